@@ -1,0 +1,1 @@
+//! amoCRM API v4 and OAuth client: no database, no web framework.

@@ -1,0 +1,1 @@
+//! A local stand-in for amoCRM: OAuth, API v4, webhooks, limits and fault injection.

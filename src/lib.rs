@@ -1,0 +1,1 @@
+//! amoCRM marketplace connector.
