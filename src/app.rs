@@ -29,7 +29,10 @@ pub enum StartError {
     #[error("database: {0}")]
     Database(#[from] StorageError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 /// A built, bound application, not yet serving.
@@ -50,10 +53,11 @@ impl Application {
         if !applied.is_empty() {
             tracing::info!(migrations = ?applied, "applied migrations");
         }
-        let listener = TcpListener::bind(settings.listen_addr).map_err(|source| StartError::Bind {
-            addr: settings.listen_addr.to_string(),
-            source,
-        })?;
+        let listener =
+            TcpListener::bind(settings.listen_addr).map_err(|source| StartError::Bind {
+                addr: settings.listen_addr.to_string(),
+                source,
+            })?;
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let state = Data::new(AppState {
@@ -84,7 +88,10 @@ impl Application {
 }
 
 fn build_server(listener: TcpListener, state: Data<AppState>) -> Result<Server, StartError> {
-    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let shutdown_secs = state.settings.shutdown_timeout.as_secs();
     let server = HttpServer::new(move || {
         App::new()

@@ -141,15 +141,22 @@ fn run(cli: Cli) -> Result<(), String> {
                             return Err("--name must be 1 to 100 characters".to_owned());
                         }
                         let tier = Tier::parse(&tier).ok_or("unknown tier")?;
-                        let (row, key) = api_keys::create(&db, &name, tier).await.map_err(one_line)?;
+                        let (row, key) =
+                            api_keys::create(&db, &name, tier).await.map_err(one_line)?;
                         println!("created API key {} ({}, {})", row.id, row.name, row.tier);
                         println!("store it now; it is not shown again:");
                         println!("{key}");
                         Ok(())
                     }
                     ApiKeysCommand::List => {
-                        let rows = db.run(crate::storage::api_keys::list).await.map_err(one_line)?;
-                        println!("{:<6} {:<24} {:<11} {:<12} {:<20} status", "id", "name", "tier", "prefix", "created");
+                        let rows = db
+                            .run(crate::storage::api_keys::list)
+                            .await
+                            .map_err(one_line)?;
+                        println!(
+                            "{:<6} {:<24} {:<11} {:<12} {:<20} status",
+                            "id", "name", "tier", "prefix", "created"
+                        );
                         for r in rows {
                             println!(
                                 "{:<6} {:<24} {:<11} {:<12} {:<20} {}",
@@ -158,7 +165,11 @@ fn run(cli: Cli) -> Result<(), String> {
                                 r.tier,
                                 format!("{}…", r.key_prefix),
                                 r.created_at.format("%Y-%m-%d %H:%M"),
-                                if r.revoked_at.is_some() { "revoked" } else { "active" }
+                                if r.revoked_at.is_some() {
+                                    "revoked"
+                                } else {
+                                    "active"
+                                }
                             );
                         }
                         Ok(())

@@ -30,15 +30,23 @@ impl DatabaseUrl {
             .or_else(|| raw.strip_prefix("sqlite:"))
         {
             if path.is_empty() {
-                return Err(ConfigError::new("DATABASE_URL", "sqlite:// needs a file path"));
+                return Err(ConfigError::new(
+                    "DATABASE_URL",
+                    "sqlite:// needs a file path",
+                ));
             }
             return Ok(Self::Sqlite(path.to_owned()));
         }
         if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
-            Url::parse(raw).map_err(|e| ConfigError::new("DATABASE_URL", format!("not a URL: {e}")))?;
+            Url::parse(raw)
+                .map_err(|e| ConfigError::new("DATABASE_URL", format!("not a URL: {e}")))?;
             return Ok(Self::Postgres(raw.to_owned()));
         }
-        let scheme = raw.split("://").next().filter(|_| raw.contains("://")).unwrap_or(raw);
+        let scheme = raw
+            .split("://")
+            .next()
+            .filter(|_| raw.contains("://"))
+            .unwrap_or(raw);
         Err(ConfigError::new(
             "DATABASE_URL",
             format!("unsupported scheme `{scheme}`: use sqlite://PATH or postgres://…"),
@@ -144,7 +152,10 @@ impl fmt::Debug for Settings {
             .field("amocrm_redirect_uri", &self.amocrm_redirect_uri.as_str())
             .field("amocrm_authorize_url", &self.amocrm_authorize_url.as_str())
             .field("amocrm_allowed_domains", &self.amocrm_allowed_domains)
-            .field("amocrm_account_url_template", &self.amocrm_account_url_template)
+            .field(
+                "amocrm_account_url_template",
+                &self.amocrm_account_url_template,
+            )
             .field("amocrm_rate_limit_rps", &self.amocrm_rate_limit_rps)
             .field("token_keys", &self.token_keys)
             .field("refresh_secret", &redact(&self.refresh_secret))
@@ -210,11 +221,14 @@ pub fn load_dotenv() -> Result<(), ConfigError> {
 }
 
 fn non_empty(env: &dyn Env, key: &str) -> Option<String> {
-    env.get(key).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+    env.get(key)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
 }
 
 fn parse_url(key: &'static str, raw: &str) -> Result<Url, ConfigError> {
-    let url = Url::parse(raw).map_err(|e| ConfigError::new(key, format!("not a valid URL ({e})")))?;
+    let url =
+        Url::parse(raw).map_err(|e| ConfigError::new(key, format!("not a valid URL ({e})")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(ConfigError::new(key, "must be an http(s) URL with a host"));
     }
@@ -234,9 +248,9 @@ fn parse_bool(key: &'static str, raw: &str) -> Result<bool, ConfigError> {
     }
 }
 
-fn parse_number<T: std::str::FromStr>(key: &'static str, raw: &str, min: T) -> Result<T, ConfigError>
+fn parse_number<T>(key: &'static str, raw: &str, min: T) -> Result<T, ConfigError>
 where
-    T: PartialOrd + fmt::Display + Copy,
+    T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
 {
     let v: T = raw
         .parse()
@@ -265,29 +279,36 @@ impl Settings {
     /// the commands that need them (`require_*`), so `migrate` or `api-keys` run without them.
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         let database_url = DatabaseUrl::parse(
-            &non_empty(env, "DATABASE_URL").unwrap_or_else(|| "sqlite://data/amocrm-connector.db".to_owned()),
+            &non_empty(env, "DATABASE_URL")
+                .unwrap_or_else(|| "sqlite://data/amocrm-connector.db".to_owned()),
         )?;
         let database_pool_size = match non_empty(env, "DATABASE_POOL_SIZE") {
             Some(v) => parse_number("DATABASE_POOL_SIZE", &v, 1u32)?,
             None if database_url.is_sqlite() => 4,
             None => 8,
         };
-        let listen_raw = non_empty(env, "LISTEN_ADDR").unwrap_or_else(|| "127.0.0.1:8080".to_owned());
-        let listen_addr: SocketAddr = listen_raw
-            .parse()
-            .map_err(|_| ConfigError::new("LISTEN_ADDR", format!("`{listen_raw}` is not HOST:PORT")))?;
+        let listen_raw =
+            non_empty(env, "LISTEN_ADDR").unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+        let listen_addr: SocketAddr = listen_raw.parse().map_err(|_| {
+            ConfigError::new("LISTEN_ADDR", format!("`{listen_raw}` is not HOST:PORT"))
+        })?;
         let public_base_url = parse_url(
             "PUBLIC_BASE_URL",
-            &non_empty(env, "PUBLIC_BASE_URL").unwrap_or_else(|| "http://127.0.0.1:8080".to_owned()),
+            &non_empty(env, "PUBLIC_BASE_URL")
+                .unwrap_or_else(|| "http://127.0.0.1:8080".to_owned()),
         )?;
         let base = public_base_url.as_str().trim_end_matches('/').to_owned();
         let amocrm_redirect_uri = match non_empty(env, "AMOCRM_REDIRECT_URI") {
             Some(v) => parse_url("AMOCRM_REDIRECT_URI", &v)?,
-            None => parse_url("AMOCRM_REDIRECT_URI", &format!("{base}/oauth/amocrm/callback"))?,
+            None => parse_url(
+                "AMOCRM_REDIRECT_URI",
+                &format!("{base}/oauth/amocrm/callback"),
+            )?,
         };
         let amocrm_authorize_url = parse_url(
             "AMOCRM_AUTHORIZE_URL",
-            &non_empty(env, "AMOCRM_AUTHORIZE_URL").unwrap_or_else(|| "https://www.amocrm.ru/oauth".to_owned()),
+            &non_empty(env, "AMOCRM_AUTHORIZE_URL")
+                .unwrap_or_else(|| "https://www.amocrm.ru/oauth".to_owned()),
         )?;
         let amocrm_allowed_domains: Vec<String> = non_empty(env, "AMOCRM_ALLOWED_DOMAINS")
             .unwrap_or_else(|| "amocrm.ru,kommo.com,amocrm.com".to_owned())
@@ -296,7 +317,10 @@ impl Settings {
             .filter(|d| !d.is_empty())
             .collect();
         if amocrm_allowed_domains.is_empty() {
-            return Err(ConfigError::new("AMOCRM_ALLOWED_DOMAINS", "needs at least one domain"));
+            return Err(ConfigError::new(
+                "AMOCRM_ALLOWED_DOMAINS",
+                "needs at least one domain",
+            ));
         }
         for d in &amocrm_allowed_domains {
             let ok = d.split('.').count() >= 2
@@ -310,10 +334,13 @@ impl Settings {
                 ));
             }
         }
-        let amocrm_account_url_template =
-            non_empty(env, "AMOCRM_ACCOUNT_URL_TEMPLATE").unwrap_or_else(|| "https://{host}".to_owned());
+        let amocrm_account_url_template = non_empty(env, "AMOCRM_ACCOUNT_URL_TEMPLATE")
+            .unwrap_or_else(|| "https://{host}".to_owned());
         if !amocrm_account_url_template.contains("{host}") {
-            return Err(ConfigError::new("AMOCRM_ACCOUNT_URL_TEMPLATE", "must contain {host}"));
+            return Err(ConfigError::new(
+                "AMOCRM_ACCOUNT_URL_TEMPLATE",
+                "must contain {host}",
+            ));
         }
         parse_url(
             "AMOCRM_ACCOUNT_URL_TEMPLATE",
@@ -329,7 +356,8 @@ impl Settings {
         };
         let token_keys = match non_empty(env, "TOKEN_ENCRYPTION_KEYS") {
             Some(v) => Some(
-                Keyring::parse(&v).map_err(|e| ConfigError::new("TOKEN_ENCRYPTION_KEYS", e.to_string()))?,
+                Keyring::parse(&v)
+                    .map_err(|e| ConfigError::new("TOKEN_ENCRYPTION_KEYS", e.to_string()))?,
             ),
             None => None,
         };
@@ -354,7 +382,10 @@ impl Settings {
             Some("json") => LogFormat::Json,
             Some("pretty") => LogFormat::Pretty,
             Some(other) => {
-                return Err(ConfigError::new("LOG_FORMAT", format!("`{other}` is not pretty or json")));
+                return Err(ConfigError::new(
+                    "LOG_FORMAT",
+                    format!("`{other}` is not pretty or json"),
+                ));
             }
             None if std::io::IsTerminal::is_terminal(&std::io::stderr()) => LogFormat::Pretty,
             None => LogFormat::Json,
@@ -374,7 +405,10 @@ impl Settings {
         for (key, slot) in [
             ("PIPELINE_NAME", &mut stage_names.pipeline),
             ("STAGE_NAME_PENDING", &mut stage_names.pending),
-            ("STAGE_NAME_AWAITING_PAYMENT", &mut stage_names.awaiting_payment),
+            (
+                "STAGE_NAME_AWAITING_PAYMENT",
+                &mut stage_names.awaiting_payment,
+            ),
             ("STAGE_NAME_PAID", &mut stage_names.paid),
             ("STAGE_NAME_SHIPPING", &mut stage_names.shipping),
             ("STAGE_NAME_COMPLETED", &mut stage_names.completed),
@@ -382,13 +416,16 @@ impl Settings {
         ] {
             if let Some(v) = non_empty(env, key) {
                 if v.chars().count() > 255 {
-                    return Err(ConfigError::new("STAGE_NAME_*", format!("{key} is longer than 255 characters")));
+                    return Err(ConfigError::new(
+                        "STAGE_NAME_*",
+                        format!("{key} is longer than 255 characters"),
+                    ));
                 }
                 *slot = v;
             }
         }
-        let lead_name_template =
-            non_empty(env, "LEAD_NAME_TEMPLATE").unwrap_or_else(|| "Buyurtma #{order_number}".to_owned());
+        let lead_name_template = non_empty(env, "LEAD_NAME_TEMPLATE")
+            .unwrap_or_else(|| "Buyurtma #{order_number}".to_owned());
         let event_retention = match non_empty(env, "EVENT_RETENTION") {
             Some(v) => parse_duration("EVENT_RETENTION", &v)?,
             None => Duration::from_secs(90 * 24 * 3600),
@@ -401,18 +438,23 @@ impl Settings {
             Some(v) => parse_bool("ALLOW_SHARED_ACCOUNTS", &v)?,
             None => false,
         };
-        let secret = |key: &'static str, min_len: usize| -> Result<Option<SecretString>, ConfigError> {
-            match non_empty(env, key) {
-                Some(v) if v.len() < min_len => Err(ConfigError::new(
-                    key,
-                    format!("must be at least {min_len} characters"),
-                )),
-                Some(v) => Ok(Some(SecretString::from(v))),
-                None => Ok(None),
-            }
-        };
+        let secret =
+            |key: &'static str, min_len: usize| -> Result<Option<SecretString>, ConfigError> {
+                match non_empty(env, key) {
+                    Some(v) if v.len() < min_len => Err(ConfigError::new(
+                        key,
+                        format!("must be at least {min_len} characters"),
+                    )),
+                    Some(v) => Ok(Some(SecretString::from(v))),
+                    None => Ok(None),
+                }
+            };
         let instance_id = non_empty(env, "INSTANCE_ID").unwrap_or_else(|| {
-            format!("{}-{}", std::process::id(), crate::domain::ids::random_token(6))
+            format!(
+                "{}-{}",
+                std::process::id(),
+                crate::domain::ids::random_token(6)
+            )
         });
         Ok(Self {
             database_url,
@@ -469,7 +511,10 @@ impl Settings {
 
     /// `PUBLIC_BASE_URL` without a trailing slash, for building links.
     pub fn base_url(&self) -> String {
-        self.public_base_url.as_str().trim_end_matches('/').to_owned()
+        self.public_base_url
+            .as_str()
+            .trim_end_matches('/')
+            .to_owned()
     }
 
     /// Constant-time check of the refresh secret; `None` when `/refresh` is disabled.

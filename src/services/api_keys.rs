@@ -64,7 +64,8 @@ pub async fn authenticate(db: &Db, presented: &str) -> Result<Option<ApiKeyRow>,
         return Ok(None);
     }
     let hash = sha256_hex(presented.as_bytes());
-    db.run(move |c| api_keys::find_active_by_hash(c, &hash)).await
+    db.run(move |c| api_keys::find_active_by_hash(c, &hash))
+        .await
 }
 
 /// The outcome of counting one request against a key's hourly budget.
@@ -78,14 +79,16 @@ pub struct RateDecision {
 }
 
 /// Counts a request in the current hour window (shared by all instances through the database).
-pub async fn count_request(db: &Db, key_id: i64, tier: Tier) -> Result<Option<RateDecision>, StorageError> {
+pub async fn count_request(
+    db: &Db,
+    key_id: i64,
+    tier: Tier,
+) -> Result<Option<RateDecision>, StorageError> {
     let Some(limit) = tier.hourly_limit() else {
         return Ok(None);
     };
     let now = Utc::now();
-    let window = now
-        .duration_trunc(TimeDelta::hours(1))
-        .unwrap_or(now);
+    let window = now.duration_trunc(TimeDelta::hours(1)).unwrap_or(now);
     let window_start: NaiveDateTime = window.naive_utc();
     let used = db
         .run(move |c| api_keys::count_request(c, key_id, window_start))

@@ -20,7 +20,9 @@ pub async fn rotate(db: &Db, keys: &Keyring) -> Result<RotationReport, StorageEr
     let mut report = RotationReport::default();
     let mut after = 0i64;
     loop {
-        let batch = db.run(move |c| connections::ids_with_tokens(c, after, 200)).await?;
+        let batch = db
+            .run(move |c| connections::ids_with_tokens(c, after, 200))
+            .await?;
         let Some(last) = batch.last() else { break };
         after = last.id;
         for row in batch {
@@ -40,7 +42,10 @@ pub async fn rotate(db: &Db, keys: &Keyring) -> Result<RotationReport, StorageEr
                     row: &row.seller_id,
                 };
                 let plain = keys.decrypt(aad, blob).map_err(|_| ())?;
-                Ok(Some(keys.encrypt(aad, secrecy::ExposeSecret::expose_secret(&plain))))
+                Ok(Some(keys.encrypt(
+                    aad,
+                    secrecy::ExposeSecret::expose_secret(&plain),
+                )))
             };
             let (Ok(access), Ok(refresh)) = (
                 reseal(&row.access_token_enc, connections::ACCESS_COLUMN),
@@ -51,7 +56,9 @@ pub async fn rotate(db: &Db, keys: &Keyring) -> Result<RotationReport, StorageEr
                 continue;
             };
             let changed = db
-                .run(move |c| connections::replace_ciphertexts(c, &row, access.clone(), refresh.clone()))
+                .run(move |c| {
+                    connections::replace_ciphertexts(c, &row, access.clone(), refresh.clone())
+                })
                 .await?;
             if changed {
                 report.rotated += 1;

@@ -2,3 +2,11 @@
 
 pub mod api_keys;
 pub mod keys;
+
+// connect and refresh (issues 4, 5)
+
+// orders (issue 6)
+
+// events (issue 7)
+
+// operations (issue 8)

@@ -68,13 +68,20 @@ pub fn list(conn: &mut AnyConnection) -> Result<Vec<ApiKeyRow>, StorageError> {
 
 /// Marks a key revoked; false when there is no such active key.
 pub fn revoke(conn: &mut AnyConnection, id: i64) -> Result<bool, StorageError> {
-    let n = diesel::update(api_keys::table.filter(api_keys::id.eq(id)).filter(api_keys::revoked_at.is_null()))
-        .set(api_keys::revoked_at.eq(Some(super::now())))
-        .execute(conn)?;
+    let n = diesel::update(
+        api_keys::table
+            .filter(api_keys::id.eq(id))
+            .filter(api_keys::revoked_at.is_null()),
+    )
+    .set(api_keys::revoked_at.eq(Some(super::now())))
+    .execute(conn)?;
     Ok(n == 1)
 }
 
-pub fn find_active_by_hash(conn: &mut AnyConnection, hash: &str) -> Result<Option<ApiKeyRow>, StorageError> {
+pub fn find_active_by_hash(
+    conn: &mut AnyConnection,
+    hash: &str,
+) -> Result<Option<ApiKeyRow>, StorageError> {
     Ok(api_keys::table
         .filter(api_keys::key_hash.eq(hash))
         .filter(api_keys::revoked_at.is_null())
@@ -105,5 +112,8 @@ pub fn count_request(
 
 /// Drops usage windows older than `before` (they only matter for the current hour).
 pub fn prune_usage(conn: &mut AnyConnection, before: NaiveDateTime) -> Result<usize, StorageError> {
-    Ok(diesel::delete(api_key_usage::table.filter(api_key_usage::window_start.lt(before))).execute(conn)?)
+    Ok(
+        diesel::delete(api_key_usage::table.filter(api_key_usage::window_start.lt(before)))
+            .execute(conn)?,
+    )
 }

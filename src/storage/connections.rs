@@ -84,7 +84,12 @@ impl Connection {
 }
 
 /// Encrypts a token pair for the given seller's row.
-pub fn seal_tokens(keys: &Keyring, seller_id: &str, access: &str, refresh: &str) -> (Vec<u8>, Vec<u8>) {
+pub fn seal_tokens(
+    keys: &Keyring,
+    seller_id: &str,
+    access: &str,
+    refresh: &str,
+) -> (Vec<u8>, Vec<u8>) {
     let access = keys.encrypt(
         Aad {
             table: TABLE,
@@ -104,7 +109,10 @@ pub fn seal_tokens(keys: &Keyring, seller_id: &str, access: &str, refresh: &str)
     (access, refresh)
 }
 
-pub fn find_by_seller(conn: &mut AnyConnection, seller_id: &str) -> Result<Option<Connection>, StorageError> {
+pub fn find_by_seller(
+    conn: &mut AnyConnection,
+    seller_id: &str,
+) -> Result<Option<Connection>, StorageError> {
     Ok(c::table
         .filter(c::seller_id.eq(seller_id))
         .select(Connection::as_select())
@@ -120,7 +128,10 @@ pub fn find_by_id(conn: &mut AnyConnection, id: i64) -> Result<Option<Connection
         .optional()?)
 }
 
-pub fn find_by_webhook_token(conn: &mut AnyConnection, token: &str) -> Result<Option<Connection>, StorageError> {
+pub fn find_by_webhook_token(
+    conn: &mut AnyConnection,
+    token: &str,
+) -> Result<Option<Connection>, StorageError> {
     Ok(c::table
         .filter(c::webhook_token.eq(token))
         .select(Connection::as_select())
@@ -129,7 +140,10 @@ pub fn find_by_webhook_token(conn: &mut AnyConnection, token: &str) -> Result<Op
 }
 
 /// Connections of one amoCRM account (normally one seller; several only when sharing is allowed).
-pub fn find_by_account(conn: &mut AnyConnection, account_id: i64) -> Result<Vec<Connection>, StorageError> {
+pub fn find_by_account(
+    conn: &mut AnyConnection,
+    account_id: i64,
+) -> Result<Vec<Connection>, StorageError> {
     Ok(c::table
         .filter(c::account_id.eq(account_id))
         .order(c::id.asc())
@@ -150,16 +164,28 @@ pub fn list(
         q = q.filter(c::status.eq(s.to_owned()));
         count = count.filter(c::status.eq(s.to_owned()));
     }
-    let rows = q.order(c::id.asc()).offset(offset).limit(limit).load(conn)?;
+    let rows = q
+        .order(c::id.asc())
+        .offset(offset)
+        .limit(limit)
+        .load(conn)?;
     let total = count.get_result::<i64>(conn)?;
     Ok((rows, total))
 }
 
 /// Ids of connections whose stored tokens are not encrypted with the active key (for `keys rotate`).
-pub fn ids_with_tokens(conn: &mut AnyConnection, after_id: i64, limit: i64) -> Result<Vec<Connection>, StorageError> {
+pub fn ids_with_tokens(
+    conn: &mut AnyConnection,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<Connection>, StorageError> {
     Ok(c::table
         .filter(c::id.gt(after_id))
-        .filter(c::access_token_enc.is_not_null().or(c::refresh_token_enc.is_not_null()))
+        .filter(
+            c::access_token_enc
+                .is_not_null()
+                .or(c::refresh_token_enc.is_not_null()),
+        )
         .order(c::id.asc())
         .limit(limit)
         .select(Connection::as_select())
@@ -185,7 +211,10 @@ pub fn replace_ciphertexts(
         None => q.filter(c::refresh_token_enc.is_null()),
     };
     let n = q
-        .set((c::access_token_enc.eq(access), c::refresh_token_enc.eq(refresh)))
+        .set((
+            c::access_token_enc.eq(access),
+            c::refresh_token_enc.eq(refresh),
+        ))
         .execute(conn)?;
     Ok(n == 1)
 }

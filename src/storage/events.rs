@@ -37,7 +37,12 @@ pub struct NewEvent {
 
 impl NewEvent {
     /// Builds the contract's body `{id, event, timestamp, seller_id, data}` once, at creation.
-    pub fn new(event: &str, seller_id: &str, data: serde_json::Value, dedupe_key: Option<String>) -> Self {
+    pub fn new(
+        event: &str,
+        seller_id: &str,
+        data: serde_json::Value,
+        dedupe_key: Option<String>,
+    ) -> Self {
         let id = prefixed_id("evt");
         let created = Utc::now();
         let payload = json!({
@@ -174,7 +179,11 @@ pub fn list_after(
 }
 
 /// Every event of one seller with the given name (tests and the dashboard).
-pub fn count_by_name(conn: &mut AnyConnection, seller_id: &str, event: &str) -> Result<i64, StorageError> {
+pub fn count_by_name(
+    conn: &mut AnyConnection,
+    seller_id: &str,
+    event: &str,
+) -> Result<i64, StorageError> {
     Ok(events::table
         .filter(events::seller_id.eq(seller_id))
         .filter(events::event.eq(event))

@@ -11,6 +11,14 @@ pub mod leases;
 pub mod schema;
 pub mod subscriptions;
 
+// connect and refresh (issues 4, 5)
+
+// orders (issue 6)
+
+// events (issue 7)
+
+// operations (issue 8)
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -86,8 +94,8 @@ impl r2d2::ManageConnection for AnyManager {
                 .map(AnyConnection::Postgresql)
                 .map_err(r2d2::Error::ConnectionError),
             DatabaseUrl::Sqlite(path) => {
-                let mut c =
-                    diesel::SqliteConnection::establish(path).map_err(r2d2::Error::ConnectionError)?;
+                let mut c = diesel::SqliteConnection::establish(path)
+                    .map_err(r2d2::Error::ConnectionError)?;
                 // busy_timeout first: WAL needs a moment of exclusivity while the pool warms up.
                 c.batch_execute(
                     "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
@@ -119,22 +127,28 @@ pub struct Db {
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Db").field("sqlite", &self.sqlite).finish_non_exhaustive()
+        f.debug_struct("Db")
+            .field("sqlite", &self.sqlite)
+            .finish_non_exhaustive()
     }
 }
 
 impl Db {
     /// Builds the pool; the SQLite file's folder is created first. Fails with the driver's own reason.
     pub fn connect(url: &DatabaseUrl, pool_size: u32) -> Result<Self, StorageError> {
-        if let DatabaseUrl::Sqlite(path) = url {
-            if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| StorageError::Other(format!("cannot create {}: {e}", dir.display())))?;
-            }
+        if let DatabaseUrl::Sqlite(path) = url
+            && let Some(dir) = Path::new(path)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StorageError::Other(format!("cannot create {}: {e}", dir.display()))
+            })?;
         }
         let manager = AnyManager { url: url.clone() };
         // Surface the real connection error (r2d2 would retry silently until its timeout).
-        let first = r2d2::ManageConnection::connect(&manager).map_err(|e| StorageError::Pool(e.to_string()))?;
+        let first = r2d2::ManageConnection::connect(&manager)
+            .map_err(|e| StorageError::Pool(e.to_string()))?;
         drop(first);
         let pool = r2d2::Pool::builder()
             .max_size(pool_size)
@@ -182,17 +196,20 @@ impl Db {
 
     /// Synchronous access for CLI commands and tests that already run off the executor.
     pub fn get(&self) -> Result<r2d2::PooledConnection<AnyManager>, StorageError> {
-        self.pool.get().map_err(|e| StorageError::Pool(e.to_string()))
+        self.pool
+            .get()
+            .map_err(|e| StorageError::Pool(e.to_string()))
     }
 
     /// Applies pending migrations; returns the names applied.
     pub async fn migrate(&self) -> Result<Vec<String>, StorageError> {
-        self.run(|conn| run_migrations(conn)).await
+        self.run(run_migrations).await
     }
 
     /// `SELECT 1`, for `/health`.
     pub async fn ping(&self) -> Result<(), StorageError> {
-        self.run(|conn| conn.ping().map(|_| ()).map_err(StorageError::from)).await
+        self.run(|conn| conn.ping().map(|_| ()).map_err(StorageError::from))
+            .await
     }
 }
 

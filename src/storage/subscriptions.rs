@@ -43,7 +43,10 @@ impl Subscription {
 }
 
 pub fn all(conn: &mut AnyConnection) -> Result<Vec<Subscription>, StorageError> {
-    Ok(s::table.order(s::created_at.asc()).select(Subscription::as_select()).load(conn)?)
+    Ok(s::table
+        .order(s::created_at.asc())
+        .select(Subscription::as_select())
+        .load(conn)?)
 }
 
 /// Re-encrypts subscription secrets not under the active key (part of `keys rotate`).
@@ -60,13 +63,20 @@ pub async fn rotate_all(db: &Db, keys: &Keyring) -> Result<RotationReport, Stora
             report.failed += 1;
             continue;
         };
-        let fresh = keys.encrypt(secret_aad(&row.id), secrecy::ExposeSecret::expose_secret(&plain));
+        let fresh = keys.encrypt(
+            secret_aad(&row.id),
+            secrecy::ExposeSecret::expose_secret(&plain),
+        );
         let (id, old) = (row.id.clone(), row.secret_enc.clone());
         let n = db
             .run(move |c| {
-                Ok(diesel::update(s::table.filter(s::id.eq(&id)).filter(s::secret_enc.eq(&old)))
-                    .set(s::secret_enc.eq(&fresh))
-                    .execute(c)?)
+                Ok(diesel::update(
+                    s::table
+                        .filter(s::id.eq(&id))
+                        .filter(s::secret_enc.eq(&old)),
+                )
+                .set(s::secret_enc.eq(&fresh))
+                .execute(c)?)
             })
             .await?;
         if n == 1 {

@@ -127,7 +127,10 @@ impl ApiError {
     }
 
     pub fn rate_limited(retry_after: u64) -> Self {
-        let mut e = Self::new(ErrorCode::RateLimitExceeded, "rate limit exceeded for this API key");
+        let mut e = Self::new(
+            ErrorCode::RateLimitExceeded,
+            "rate limit exceeded for this API key",
+        );
         e.retry_after = Some(retry_after);
         e
     }

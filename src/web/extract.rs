@@ -5,8 +5,8 @@ use std::pin::Pin;
 
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest, web};
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use super::error::{ApiError, FieldErrors};
 
@@ -26,8 +26,11 @@ impl<T: DeserializeOwned + 'static> FromRequest for ApiJson<T> {
         Box::pin(async move {
             let body = bytes.await.map_err(|e| {
                 if e.to_string().contains("overflow") || e.to_string().contains("too large") {
-                    ApiError::bad_request(format!("request body is larger than {} KiB", JSON_LIMIT / 1024))
-                        .with_status(actix_web::http::StatusCode::PAYLOAD_TOO_LARGE)
+                    ApiError::bad_request(format!(
+                        "request body is larger than {} KiB",
+                        JSON_LIMIT / 1024
+                    ))
+                    .with_status(actix_web::http::StatusCode::PAYLOAD_TOO_LARGE)
                 } else {
                     ApiError::bad_request("could not read the request body")
                 }
@@ -115,13 +118,19 @@ pub fn paging_from_query(q: &str) -> Result<Paging, ApiError> {
             .parse::<i64>()
             .ok()
             .filter(|p| (1..=100).contains(p))
-            .ok_or_else(|| ApiError::bad_request("per_page must be a whole number from 1 to 100"))?,
+            .ok_or_else(|| {
+                ApiError::bad_request("per_page must be a whole number from 1 to 100")
+            })?,
     };
     Ok(Paging { page, per_page })
 }
 
 /// Query parameters of any shape, with 400 on malformed input.
 pub fn query<T: DeserializeOwned>(req: &HttpRequest) -> Result<T, ApiError> {
-    serde_urlencoded::from_str(req.query_string())
-        .map_err(|e| ApiError::bad_request(format!("malformed query parameters: {}", short(&e.to_string()))))
+    serde_urlencoded::from_str(req.query_string()).map_err(|e| {
+        ApiError::bad_request(format!(
+            "malformed query parameters: {}",
+            short(&e.to_string())
+        ))
+    })
 }

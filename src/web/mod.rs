@@ -12,21 +12,41 @@ use error::ApiError;
 
 /// The whole route table, in one place.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/health", web::get().to(health::health))
-        .service(
-            web::scope("/api/v1")
-                .wrap(middleware::from_fn(api::guard::guard))
-                .default_service(web::to(api_not_found)),
-        )
-        .service(web::scope("/api").default_service(web::to(api_not_found)));
+    cfg.route("/health", web::get().to(health::health));
+
+    // --- connect and refresh (issues 4, 5): pages, OAuth callback, uninstall hook, /refresh ---
+
+    // --- amoCRM webhooks in (issue 7) ---
+
+    // --- operations (issue 8): dashboard, metrics ---
+
+    cfg.service(
+        web::scope("/api/v1")
+            .wrap(middleware::from_fn(api::guard::guard))
+            .configure(api_v1)
+            .default_service(web::to(api_not_found)),
+    )
+    .service(web::scope("/api").default_service(web::to(api_not_found)));
+}
+
+/// Routes under `/api/v1` (already authenticated and rate-limited by the guard).
+fn api_v1(cfg: &mut web::ServiceConfig) {
+    let _ = &cfg;
+
+    // --- connect sessions, connections, pipeline (issues 4, 5) ---
+
+    // --- orders (issue 6) ---
+
+    // --- webhooks subscriptions, deliveries, events (issue 7) ---
+
+    // --- operations (issue 8) ---
 }
 
 /// Extractor errors outside our own extractors (paths, queries, forms) answer in the contract's body.
 pub fn configure_extractors(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(
-        web::QueryConfig::default()
-            .error_handler(|e, _| ApiError::bad_request(format!("malformed query parameters: {e}")).into()),
-    )
+    cfg.app_data(web::QueryConfig::default().error_handler(|e, _| {
+        ApiError::bad_request(format!("malformed query parameters: {e}")).into()
+    }))
     .app_data(
         web::PathConfig::default().error_handler(|_, _| ApiError::not_found("resource").into()),
     )
@@ -40,7 +60,10 @@ pub fn configure_extractors(cfg: &mut web::ServiceConfig) {
 
 async fn api_not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let _ = req;
-    Err(ApiError::new(error::ErrorCode::ResourceNotFound, "no such route"))
+    Err(ApiError::new(
+        error::ErrorCode::ResourceNotFound,
+        "no such route",
+    ))
 }
 
 /// Non-API paths that match nothing.

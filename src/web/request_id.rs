@@ -35,7 +35,10 @@ pub async fn middleware(
     );
     let started = std::time::Instant::now();
     let fut = REQUEST_ID.sync_scope(id.clone(), || next.call(req));
-    let res = REQUEST_ID.scope(id.clone(), fut).instrument(span.clone()).await;
+    let res = REQUEST_ID
+        .scope(id.clone(), fut)
+        .instrument(span.clone())
+        .await;
     let mut res = match res {
         Ok(r) => r,
         Err(e) => {
@@ -47,7 +50,11 @@ pub async fn middleware(
     let status = res.status().as_u16();
     span.record("status", status);
     let _enter = span.enter();
-    tracing::info!(status, elapsed_ms = started.elapsed().as_millis() as u64, "request");
+    tracing::info!(
+        status,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut().insert(HeaderName::from_static(HEADER), v);
     }

@@ -46,7 +46,9 @@ impl FromRequest for Caller {
 fn bearer(req: &ServiceRequest) -> Option<String> {
     let v = req.headers().get("authorization")?.to_str().ok()?;
     let (scheme, token) = v.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
 }
 
 fn reject(req: ServiceRequest, e: ApiError) -> ServiceResponse<BoxBody> {
@@ -59,14 +61,14 @@ pub async fn guard(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    if let Some(v) = req.headers().get("x-api-version") {
-        if v.as_bytes() != b"v1" {
-            let e = ApiError::new(
-                ErrorCode::InvalidApiVersion,
-                "unsupported X-API-Version; this service speaks v1",
-            );
-            return Ok(reject(req, e));
-        }
+    if let Some(v) = req.headers().get("x-api-version")
+        && v.as_bytes() != b"v1"
+    {
+        let e = ApiError::new(
+            ErrorCode::InvalidApiVersion,
+            "unsupported X-API-Version; this service speaks v1",
+        );
+        return Ok(reject(req, e));
     }
     let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
         return Ok(reject(req, ApiError::internal("application state missing")));
@@ -74,11 +76,17 @@ pub async fn guard(
     let Some(token) = bearer(&req) else {
         return Ok(reject(req, ApiError::unauthorized("missing Bearer token")));
     };
-    let (caller, decision): (Caller, Option<RateDecision>) = match authenticate(&state, &token).await {
-        Ok(Some(found)) => found,
-        Ok(None) => return Ok(reject(req, ApiError::unauthorized("invalid or revoked token"))),
-        Err(e) => return Ok(reject(req, e)),
-    };
+    let (caller, decision): (Caller, Option<RateDecision>) =
+        match authenticate(&state, &token).await {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                return Ok(reject(
+                    req,
+                    ApiError::unauthorized("invalid or revoked token"),
+                ));
+            }
+            Err(e) => return Ok(reject(req, e)),
+        };
     if let Some(d) = decision.filter(|d| !d.allowed) {
         let retry = (d.reset - chrono::Utc::now().timestamp()).max(1) as u64;
         let mut res = reject(req, ApiError::rate_limited(retry));
@@ -90,12 +98,17 @@ pub async fn guard(
     if let Some(d) = decision {
         add_rate_headers(&mut res, &d);
     }
-    res.headers_mut()
-        .insert(HeaderName::from_static("x-api-version"), HeaderValue::from_static("v1"));
+    res.headers_mut().insert(
+        HeaderName::from_static("x-api-version"),
+        HeaderValue::from_static("v1"),
+    );
     Ok(res)
 }
 
-async fn authenticate(state: &AppState, token: &str) -> Result<Option<(Caller, Option<RateDecision>)>, ApiError> {
+async fn authenticate(
+    state: &AppState,
+    token: &str,
+) -> Result<Option<(Caller, Option<RateDecision>)>, ApiError> {
     if let Some(key) = api_keys::authenticate(&state.db, token).await? {
         let tier = Tier::parse(&key.tier).unwrap_or(Tier::Standard);
         let decision = api_keys::count_request(&state.db, key.id, tier).await?;
@@ -113,7 +126,16 @@ async fn authenticate(state: &AppState, token: &str) -> Result<Option<(Caller, O
 
 fn add_rate_headers(res: &mut ServiceResponse<BoxBody>, d: &RateDecision) {
     let h = res.headers_mut();
-    h.insert(HeaderName::from_static("x-ratelimit-limit"), HeaderValue::from(d.limit));
-    h.insert(HeaderName::from_static("x-ratelimit-remaining"), HeaderValue::from(d.remaining));
-    h.insert(HeaderName::from_static("x-ratelimit-reset"), HeaderValue::from(d.reset));
+    h.insert(
+        HeaderName::from_static("x-ratelimit-limit"),
+        HeaderValue::from(d.limit),
+    );
+    h.insert(
+        HeaderName::from_static("x-ratelimit-remaining"),
+        HeaderValue::from(d.remaining),
+    );
+    h.insert(
+        HeaderName::from_static("x-ratelimit-reset"),
+        HeaderValue::from(d.reset),
+    );
 }
