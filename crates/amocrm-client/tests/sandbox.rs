@@ -5,8 +5,9 @@
 use std::time::{Duration, Instant};
 
 use amocrm_client::{
-    AccountHost, AllowedDomains, AmoClient, AmoConfig, ApiError, AuthMode, ComplexLead, FieldValue, LeadQuery,
-    LeadUpdate, NewCompany, NewContact, NewCustomField, NewPipeline, NewStatus, OAuthError, Status,
+    AccountHost, AllowedDomains, AmoClient, AmoConfig, ApiError, AuthMode, ComplexLead, FieldValue,
+    LeadQuery, LeadUpdate, NewCompany, NewContact, NewCustomField, NewPipeline, NewStatus,
+    OAuthError, Status,
 };
 use amocrm_sandbox::{Faults, Integration, Sandbox, SandboxConfig, SandboxHandle};
 use secrecy::{ExposeSecret, SecretString};
@@ -28,7 +29,11 @@ fn host(s: &str) -> AccountHost {
 }
 
 fn config(sandbox: &SandboxHandle) -> AmoConfig {
-    let mut cfg = AmoConfig::new(CLIENT_ID, SecretString::from(SECRET), Url::parse(REDIRECT).unwrap());
+    let mut cfg = AmoConfig::new(
+        CLIENT_ID,
+        SecretString::from(SECRET),
+        Url::parse(REDIRECT).unwrap(),
+    );
     cfg.authorize_url = Url::parse(&sandbox.authorize_url()).unwrap();
     cfg.account_url_template = sandbox.account_url_template();
     cfg.request_timeout = Duration::from_secs(10);
@@ -64,7 +69,9 @@ fn order_lead(n: u32, pipeline_id: u64, status_id: u64, field: u64) -> ComplexLe
             phone: Some("+998901234567".into()),
             email: Some(format!("buyer{n}@example.com")),
         }),
-        company: Some(NewCompany { name: format!("Buyer {n} LLC") }),
+        company: Some(NewCompany {
+            name: format!("Buyer {n} LLC"),
+        }),
     }
 }
 
@@ -73,42 +80,96 @@ async fn a_consented_code_is_exchanged_once_and_its_refresh_token_rotates() {
     let env = env().await;
     let authorize = env.client.authorize_url("state-123", AuthMode::PostMessage);
     let redirect = Url::parse(&env.sandbox.approve(authorize.as_str(), ONE).unwrap()).unwrap();
-    let q = |k: &str| redirect.query_pairs().find(|(n, _)| n == k).map(|(_, v)| v.into_owned());
+    let q = |k: &str| {
+        redirect
+            .query_pairs()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.into_owned())
+    };
     assert_eq!(q("state").as_deref(), Some("state-123"));
     assert_eq!(q("client_id").as_deref(), Some(CLIENT_ID));
-    let h = AccountHost::parse(&q("referer").unwrap(), &env.client.config().allowed_domains).unwrap();
+    let h =
+        AccountHost::parse(&q("referer").unwrap(), &env.client.config().allowed_domains).unwrap();
     let code = q("code").unwrap();
 
     let tokens = env.client.exchange_code(&h, &code).await.unwrap();
     let account_id = env.sandbox.account_id(ONE).unwrap();
     assert_eq!(tokens.claims.account_id, Some(account_id));
     let hours = (tokens.expires_at - chrono::Utc::now()).num_hours();
-    assert!((23..=24).contains(&hours), "access token lives 24 h, got {hours} h");
-    let account = env.client.api(&h, &tokens.access_token).account().await.unwrap();
-    assert_eq!((account.id, account.subdomain.as_str()), (account_id, "sellerone"));
+    assert!(
+        (23..=24).contains(&hours),
+        "access token lives 24 h, got {hours} h"
+    );
+    let account = env
+        .client
+        .api(&h, &tokens.access_token)
+        .account()
+        .await
+        .unwrap();
+    assert_eq!(
+        (account.id, account.subdomain.as_str()),
+        (account_id, "sellerone")
+    );
 
     let reused = env.client.exchange_code(&h, &code).await.unwrap_err();
-    assert!(matches!(reused, OAuthError::Rejected { status: 400..=499, .. }), "{reused:?}");
+    assert!(
+        matches!(
+            reused,
+            OAuthError::Rejected {
+                status: 400..=499,
+                ..
+            }
+        ),
+        "{reused:?}"
+    );
     assert!(!reused.is_retryable());
 
     let next = env.client.refresh(&h, &tokens.refresh_token).await.unwrap();
-    assert_ne!(next.refresh_token.expose_secret(), tokens.refresh_token.expose_secret());
-    env.client.api(&h, &next.access_token).account().await.unwrap();
+    assert_ne!(
+        next.refresh_token.expose_secret(),
+        tokens.refresh_token.expose_secret()
+    );
+    env.client
+        .api(&h, &next.access_token)
+        .account()
+        .await
+        .unwrap();
     let third = env.client.refresh(&h, &next.refresh_token).await.unwrap();
-    let stale = env.client.refresh(&h, &tokens.refresh_token).await.unwrap_err();
-    assert!(matches!(stale, OAuthError::Rejected { .. }), "an old refresh token dies once its successor is used");
+    let stale = env
+        .client
+        .refresh(&h, &tokens.refresh_token)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(stale, OAuthError::Rejected { .. }),
+        "an old refresh token dies once its successor is used"
+    );
 
     assert!(env.sandbox.revoke_grant(ONE, CLIENT_ID));
-    let revoked = env.client.refresh(&h, &third.refresh_token).await.unwrap_err();
+    let revoked = env
+        .client
+        .refresh(&h, &third.refresh_token)
+        .await
+        .unwrap_err();
     let shown = format!("{revoked} {revoked:?}");
     assert!(matches!(revoked, OAuthError::Rejected { .. }), "{shown}");
     assert!(!shown.contains(SECRET) && !shown.contains(third.refresh_token.expose_secret()));
-    let api = env.client.api(&h, &third.access_token).account().await.unwrap_err();
+    let api = env
+        .client
+        .api(&h, &third.access_token)
+        .account()
+        .await
+        .unwrap_err();
     assert!(matches!(api, ApiError::Unauthorized), "{api:?}");
 
     let c = env.sandbox.counters(ONE);
     assert_eq!((c.code_exchanges, c.refreshes), (1, 2));
-    assert!(env.sandbox.request_log().iter().all(|r| r.host.as_deref() == Some(ONE)));
+    assert!(
+        env.sandbox
+            .request_log()
+            .iter()
+            .all(|r| r.host.as_deref() == Some(ONE))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,7 +180,12 @@ async fn a_wrong_client_secret_is_a_terminal_rejection() {
     let bad = AmoClient::new(cfg).unwrap();
     let authorize = bad.authorize_url("s", AuthMode::Popup);
     let redirect = Url::parse(&env.sandbox.approve(authorize.as_str(), ONE).unwrap()).unwrap();
-    let code = redirect.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
+    let code = redirect
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
     let err = bad.exchange_code(&host(ONE), &code).await.unwrap_err();
     assert!(matches!(err, OAuthError::Rejected { .. }), "{err:?}");
     assert!(!err.to_string().contains("not-the-secret"));
@@ -150,39 +216,79 @@ async fn provisioning_pushing_searching_and_moving_leads_work_end_to_end() {
     assert!(created.statuses.iter().any(|s| s.id == Status::LOST));
     let pending = created.status_named("Kutilmoqda").unwrap().id;
     let paid = created.status_named("To'landi").unwrap().id;
-    assert_eq!(api.get_pipeline(created.id).await.unwrap().unwrap().name, "Marketplace");
+    assert_eq!(
+        api.get_pipeline(created.id).await.unwrap().unwrap().name,
+        "Marketplace"
+    );
     assert!(api.get_pipeline(987_654_321).await.unwrap().is_none());
     assert_eq!(api.pipelines().await.unwrap().len(), before.len() + 1);
 
     let fields = api
         .create_lead_custom_fields(&[
-            NewCustomField { name: "Order number".into(), type_: "text".into(), code: None, is_api_only: true },
-            NewCustomField { name: "Order link".into(), type_: "url".into(), code: None, is_api_only: true },
+            NewCustomField {
+                name: "Order number".into(),
+                type_: "text".into(),
+                code: None,
+                is_api_only: true,
+            },
+            NewCustomField {
+                name: "Order link".into(),
+                type_: "url".into(),
+                code: None,
+                is_api_only: true,
+            },
         ])
         .await
         .unwrap();
     assert_eq!(fields.len(), 2);
     let number_field = fields[0].id;
     let listed = api.lead_custom_fields().await.unwrap();
-    assert!(fields.iter().all(|f| listed.iter().any(|l| l.id == f.id && l.type_ == f.type_)));
+    assert!(
+        fields
+            .iter()
+            .all(|f| listed.iter().any(|l| l.id == f.id && l.type_ == f.type_))
+    );
 
     let results = api
-        .leads_complex(&[order_lead(1, created.id, pending, number_field), order_lead(2, created.id, pending, number_field)])
+        .leads_complex(&[
+            order_lead(1, created.id, pending, number_field),
+            order_lead(2, created.id, pending, number_field),
+        ])
         .await
         .unwrap();
     assert_eq!(results.len(), 2);
     assert_eq!(results[0].request_id, vec!["ord_1".to_owned()]);
-    assert!(results.iter().all(|r| r.contact_id.is_some() && r.company_id.is_some() && !r.merged));
+    assert!(
+        results
+            .iter()
+            .all(|r| r.contact_id.is_some() && r.company_id.is_some() && !r.merged)
+    );
     let contacts = env.sandbox.contacts(ONE);
-    let contact = contacts.iter().find(|c| Some(c.id) == results[0].contact_id).unwrap();
-    let codes: Vec<&str> = contact.custom_fields_values.iter().filter_map(|f| f.field_code.as_deref()).collect();
-    assert!(codes.contains(&"PHONE") && codes.contains(&"EMAIL"), "{codes:?}");
+    let contact = contacts
+        .iter()
+        .find(|c| Some(c.id) == results[0].contact_id)
+        .unwrap();
+    let codes: Vec<&str> = contact
+        .custom_fields_values
+        .iter()
+        .filter_map(|f| f.field_code.as_deref())
+        .collect();
+    assert!(
+        codes.contains(&"PHONE") && codes.contains(&"EMAIL"),
+        "{codes:?}"
+    );
 
     let found = api
-        .search_leads(&LeadQuery { query: Some("ORD-2".into()), ..LeadQuery::default() })
+        .search_leads(&LeadQuery {
+            query: Some("ORD-2".into()),
+            ..LeadQuery::default()
+        })
         .await
         .unwrap();
-    assert_eq!(found.iter().map(|l| l.id).collect::<Vec<_>>(), vec![results[1].id]);
+    assert_eq!(
+        found.iter().map(|l| l.id).collect::<Vec<_>>(),
+        vec![results[1].id]
+    );
     let by_ids = api
         .search_leads(&LeadQuery {
             ids: results.iter().map(|r| r.id).collect(),
@@ -194,27 +300,43 @@ async fn provisioning_pushing_searching_and_moving_leads_work_end_to_end() {
         .unwrap();
     assert_eq!(by_ids.len(), 2);
     let none = api
-        .search_leads(&LeadQuery { query: Some("no-such-order".into()), ..LeadQuery::default() })
+        .search_leads(&LeadQuery {
+            query: Some("no-such-order".into()),
+            ..LeadQuery::default()
+        })
         .await
         .unwrap();
     assert!(none.is_empty(), "204 reads as an empty list");
 
     let lead = api.get_lead(results[0].id).await.unwrap().unwrap();
-    assert_eq!((lead.pipeline_id, lead.status_id, lead.price), (Some(created.id), Some(pending), 150_000));
+    assert_eq!(
+        (lead.pipeline_id, lead.status_id, lead.price),
+        (Some(created.id), Some(pending), 150_000)
+    );
     assert_eq!(lead.field_texts(number_field), vec!["ORD-1".to_owned()]);
     assert!(api.get_lead(999_999_999).await.unwrap().is_none());
 
     let moved = api
-        .update_leads(&[LeadUpdate { id: lead.id, pipeline_id: created.id, status_id: paid }])
+        .update_leads(&[LeadUpdate {
+            id: lead.id,
+            pipeline_id: created.id,
+            status_id: paid,
+        }])
         .await
         .unwrap();
     assert_eq!(moved[0].id, lead.id);
-    assert_eq!(api.get_lead(lead.id).await.unwrap().unwrap().status_id, Some(paid));
+    assert_eq!(
+        api.get_lead(lead.id).await.unwrap().unwrap().status_id,
+        Some(paid)
+    );
 
     let destination = "https://connector.example/webhooks/amocrm/tok123";
     assert!(api.webhooks().await.unwrap().is_empty());
     let hook = api
-        .subscribe_webhook(destination, &["add_lead", "update_lead", "status_lead", "delete_lead"])
+        .subscribe_webhook(
+            destination,
+            &["add_lead", "update_lead", "status_lead", "delete_lead"],
+        )
         .await
         .unwrap();
     assert_eq!(hook.destination, destination);
@@ -233,18 +355,32 @@ async fn amocrm_validation_errors_name_the_rejected_request() {
     let t = token(&env, ONE);
     let api = env.client.api(&h, &t);
     let p = &api.pipelines().await.unwrap()[0];
-    let stage = p.statuses.iter().find(|s| s.type_ == 0 && s.id != Status::WON && s.id != Status::LOST).unwrap();
+    let stage = p
+        .statuses
+        .iter()
+        .find(|s| s.type_ == 0 && s.id != Status::WON && s.id != Status::LOST)
+        .unwrap();
     let mut bad = order_lead(7, p.id, stage.id, 0);
     bad.custom_fields_values.clear();
     bad.price = -5;
     let err = api.leads_complex(&[bad]).await.unwrap_err();
-    assert!(matches!(err, ApiError::Rejected { status: 400, .. }), "{err:?}");
+    assert!(
+        matches!(err, ApiError::Rejected { status: 400, .. }),
+        "{err:?}"
+    );
     assert_eq!(err.rejected_request_ids(), vec!["ord_7"]);
 
     let too_many: Vec<ComplexLead> = (0..51).map(|n| order_lead(n, p.id, stage.id, 0)).collect();
     let before = env.sandbox.request_log().len();
-    assert!(matches!(api.leads_complex(&too_many).await, Err(ApiError::Request(_))));
-    assert_eq!(env.sandbox.request_log().len(), before, "refused locally, nothing sent");
+    assert!(matches!(
+        api.leads_complex(&too_many).await,
+        Err(ApiError::Request(_))
+    ));
+    assert_eq!(
+        env.sandbox.request_log().len(),
+        before,
+        "refused locally, nothing sent"
+    );
 
     let nobody = SecretString::from("not-a-token");
     let err = env.client.api(&h, &nobody).account().await.unwrap_err();
@@ -261,33 +397,88 @@ async fn injected_faults_map_to_transient_rate_limited_and_ambiguous() {
     let client = AmoClient::new(cfg).unwrap();
     let api = client.api(&h, &t);
     let p = &api.pipelines().await.unwrap()[0];
-    let stage = p.statuses.iter().find(|s| s.type_ == 0 && s.id != Status::WON && s.id != Status::LOST).unwrap();
+    let stage = p
+        .statuses
+        .iter()
+        .find(|s| s.type_ == 0 && s.id != Status::WON && s.id != Status::LOST)
+        .unwrap();
     let mut lead = order_lead(9, p.id, stage.id, 0);
     lead.custom_fields_values.clear();
 
-    env.sandbox.set_faults(ONE, Faults { fail_next: 1, ..Faults::default() });
-    let err = api.leads_complex(std::slice::from_ref(&lead)).await.unwrap_err();
-    assert!(matches!(err, ApiError::Transient { status: Some(500), .. }), "{err:?}");
+    env.sandbox.set_faults(
+        ONE,
+        Faults {
+            fail_next: 1,
+            ..Faults::default()
+        },
+    );
+    let err = api
+        .leads_complex(std::slice::from_ref(&lead))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ApiError::Transient {
+                status: Some(500),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(env.sandbox.leads(ONE).is_empty(), "a 500 applied nothing");
 
-    env.sandbox.set_faults(ONE, Faults { force_429_next: 1, ..Faults::default() });
-    let err = api.leads_complex(std::slice::from_ref(&lead)).await.unwrap_err();
-    assert!(matches!(err, ApiError::RateLimited { retry_after } if retry_after >= Duration::from_secs(1)), "{err:?}");
+    env.sandbox.set_faults(
+        ONE,
+        Faults {
+            force_429_next: 1,
+            ..Faults::default()
+        },
+    );
+    let err = api
+        .leads_complex(std::slice::from_ref(&lead))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ApiError::RateLimited { retry_after } if retry_after >= Duration::from_secs(1)),
+        "{err:?}"
+    );
 
-    env.sandbox.set_faults(ONE, Faults { drop_after_write_next: 1, ..Faults::default() });
-    let err = api.leads_complex(std::slice::from_ref(&lead)).await.unwrap_err();
+    env.sandbox.set_faults(
+        ONE,
+        Faults {
+            drop_after_write_next: 1,
+            ..Faults::default()
+        },
+    );
+    let err = api
+        .leads_complex(std::slice::from_ref(&lead))
+        .await
+        .unwrap_err();
     assert!(matches!(err, ApiError::Ambiguous(_)), "{err:?}");
     assert!(err.may_have_written());
     // The caller's duty on Ambiguous: look up before re-sending. The lead is there, exactly once.
     let found = api
-        .search_leads(&LeadQuery { query: Some("Buyurtma #9".into()), ..LeadQuery::default() })
+        .search_leads(&LeadQuery {
+            query: Some("Buyurtma #9".into()),
+            ..LeadQuery::default()
+        })
         .await
         .unwrap();
     assert_eq!(found.len(), 1);
     assert_eq!(env.sandbox.leads(ONE).len(), 1);
 
-    env.sandbox.set_faults(ONE, Faults { fail_next: 1, ..Faults::default() });
-    let err = client.refresh(&h, &SecretString::from("whatever")).await.unwrap_err();
+    env.sandbox.set_faults(
+        ONE,
+        Faults {
+            fail_next: 1,
+            ..Faults::default()
+        },
+    );
+    let err = client
+        .refresh(&h, &SecretString::from("whatever"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, OAuthError::Transient(_)), "{err:?}");
 }
 
@@ -306,12 +497,21 @@ async fn fifteen_calls_at_seven_per_second_take_two_windows_and_draw_no_429() {
             if i == 7 {
                 // The token endpoint draws from the same budget.
                 let pair = SecretString::from("unknown-refresh-token");
-                return client.refresh(&h, &pair).await.map(|_| ()).or_else(|e| match e {
-                    OAuthError::Rejected { .. } => Ok(()),
-                    other => Err(format!("{other:?}")),
-                });
+                return client
+                    .refresh(&h, &pair)
+                    .await
+                    .map(|_| ())
+                    .or_else(|e| match e {
+                        OAuthError::Rejected { .. } => Ok(()),
+                        other => Err(format!("{other:?}")),
+                    });
             }
-            client.api(&h, &t).account().await.map(|_| ()).map_err(|e| format!("{e:?}"))
+            client
+                .api(&h, &t)
+                .account()
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("{e:?}"))
         }));
     }
     for task in tasks {
@@ -360,7 +560,16 @@ async fn a_busy_account_does_not_slow_another_account() {
     }
     let quiet = started.elapsed();
     let busy = busy.await.unwrap();
-    assert!(quiet < Duration::from_millis(900), "the quiet account waited {quiet:?}");
-    assert!(busy >= Duration::from_secs(2), "21 calls at 7/s need two more windows: {busy:?}");
-    assert_eq!(env.sandbox.counters(ONE).rate_limited + env.sandbox.counters(TWO).rate_limited, 0);
+    assert!(
+        quiet < Duration::from_millis(900),
+        "the quiet account waited {quiet:?}"
+    );
+    assert!(
+        busy >= Duration::from_secs(2),
+        "21 calls at 7/s need two more windows: {busy:?}"
+    );
+    assert_eq!(
+        env.sandbox.counters(ONE).rate_limited + env.sandbox.counters(TWO).rate_limited,
+        0
+    );
 }
