@@ -4,6 +4,8 @@ pub mod api_keys;
 pub mod keys;
 
 // connect and refresh (issues 4, 5)
+pub mod refresh;
+pub mod tokens;
 
 // orders (issue 6)
 
