@@ -84,6 +84,11 @@ impl Application {
             amo,
             shutdown: shutdown_rx,
         });
+        if state.settings.run_workers {
+            // connect and refresh (issues 4, 5)
+            crate::workers::refresh::spawn(state.clone());
+            crate::workers::refresh::spawn_schedule(state.clone());
+        }
         let server = build_server(listener, state.clone())?;
         Ok(Self {
             port,

@@ -38,6 +38,8 @@ pub enum Command {
     /// Manage the token encryption keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Run one token refresh sweep (the same as the schedule and /refresh), print its summary and exit.
+    Refresh,
 }
 
 #[derive(Subcommand, Debug)]
@@ -187,6 +189,46 @@ fn run(cli: Cli) -> Result<(), String> {
                         }
                     }
                 }
+            })
+        }
+        Command::Refresh => {
+            let settings = settings()?;
+            crate::telemetry::init(settings.log_format);
+            let keys = settings.require_keys().map_err(one_line)?.clone();
+            let amo = amocrm_client::AmoClient::new(settings.amo_config().map_err(one_line)?)
+                .map_err(one_line)?;
+            runtime()?.block_on(async move {
+                let db = Db::connect(&settings.database_url, settings.database_pool_size)
+                    .map_err(one_line)?;
+                db.migrate().await.map_err(one_line)?;
+                let (_stop, shutdown) = tokio::sync::watch::channel(false);
+                let state = crate::app::AppState {
+                    settings: std::sync::Arc::new(settings),
+                    db,
+                    keys: std::sync::Arc::new(keys),
+                    amo,
+                    shutdown,
+                };
+                let outcome =
+                    crate::services::refresh::sweep(&state, crate::services::refresh::JOIN_WAIT)
+                        .await
+                        .map_err(one_line)?;
+                let (how, report) = match outcome {
+                    crate::services::refresh::SweepOutcome::Ran(r) => ("ran", r),
+                    crate::services::refresh::SweepOutcome::Joined(r) => {
+                        ("joined the sweep another instance was running", r)
+                    }
+                    crate::services::refresh::SweepOutcome::AlreadyRunning => {
+                        return Err(
+                            "a refresh sweep is already running in another instance".to_owned()
+                        );
+                    }
+                };
+                println!(
+                    "refresh sweep {how}: due {}, refreshed {}, failed {}, skipped {}",
+                    report.due, report.refreshed, report.failed, report.skipped
+                );
+                Ok(())
             })
         }
         Command::Keys(KeysCommand::Generate { id }) => {

@@ -528,7 +528,7 @@ pub async fn callback(
         Stored::Saved {
             connection,
             previous,
-        } => (connection, previous),
+        } => (*connection, previous.map(|p| *p)),
         Stored::SessionUsed => return refuse(Refusal::SessionUsed, lang, None),
         Stored::AccountTaken => return refuse(Refusal::AccountTaken, lang, retry().await),
     };
@@ -568,8 +568,8 @@ fn non_empty_or(a: &str, b: &str) -> String {
 
 enum Stored {
     Saved {
-        connection: Connection,
-        previous: Option<Connection>,
+        connection: Box<Connection>,
+        previous: Option<Box<Connection>>,
     },
     SessionUsed,
     AccountTaken,
@@ -683,8 +683,8 @@ async fn store_connection(
                 let connection = connections::find_by_seller(c, &seller)?
                     .ok_or_else(|| StorageError::Other("connection vanished".into()))?;
                 Ok(Stored::Saved {
-                    connection,
-                    previous,
+                    connection: Box::new(connection),
+                    previous: previous.map(Box::new),
                 })
             })
         })
