@@ -39,7 +39,7 @@ pub struct ProvisionReport {
     pub complete: bool,
     /// Parts not in place: `pipeline`, `custom_fields`, `webhook`.
     pub missing: Vec<&'static str>,
-    /// The first error met, without secrets.
+    /// The errors met, without secrets (one line per failed step, `; `-separated).
     pub error: Option<String>,
 }
 
@@ -116,9 +116,11 @@ async fn provision_leased(
             return Err(ProvisionError::Token(e));
         }
         tracing::warn!(seller_id, step, error = %e, "provisioning step failed");
-        if first_error.is_none() {
-            first_error = Some(format!("{step}: {e}"));
-        }
+        let line = format!("{step}: {e}");
+        first_error = Some(match first_error.take() {
+            Some(prev) => format!("{prev}; {line}"),
+            None => line,
+        });
         Ok(())
     };
 

@@ -7,6 +7,7 @@ mod foundation;
 mod helpers;
 
 // connect and refresh (issues 4, 5)
+mod connect;
 
 // orders (issue 6)
 
