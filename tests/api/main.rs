@@ -8,6 +8,7 @@ mod helpers;
 
 // connect and refresh (issues 4, 5)
 mod connect;
+mod refresh;
 
 // orders (issue 6)
 
