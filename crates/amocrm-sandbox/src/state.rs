@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::{Faults, Integration, WebhookFormat};
 use crate::model::{
-    Company, Contact, Counters, CustomField, Delivery, Lead, LoggedRequest, Pipeline, Status,
+    Company, Contact, Counters, CustomField, Delivery, FieldEnum, Lead, LoggedRequest, Pipeline, Status,
     Webhook,
 };
 
@@ -274,6 +274,20 @@ impl State {
             ("POSITION", "Должность", 2),
         ] {
             let fid = next(&mut ids.field);
+            let kinds: &[&str] = match code {
+                "PHONE" => &["WORK", "WORKDD", "MOB", "FAX", "HOME", "OTHER"],
+                "EMAIL" => &["WORK", "PRIV", "OTHER"],
+                _ => &[],
+            };
+            let enums = kinds
+                .iter()
+                .enumerate()
+                .map(|(i, k)| FieldEnum {
+                    id: next(&mut ids.enum_),
+                    value: (*k).to_owned(),
+                    sort: 2 * (i as i64 + 1),
+                })
+                .collect();
             account.contact_fields.insert(
                 fid,
                 CustomField {
@@ -288,7 +302,7 @@ impl State {
                     code: Some(code.to_owned()),
                     sort,
                     is_api_only: false,
-                    enums: Vec::new(),
+                    enums,
                     entity_type: "contacts".to_owned(),
                 },
             );
