@@ -1,9 +1,8 @@
 //! Test harness: a sandbox on port 0 with one integration, an HTTP client, the OAuth dance, a tiny
-//! webhook receiver, and a bounded wait for asynchronous outcomes.
+//! webhook receiver, and the webhook body parser the connector uses (serde_qs).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use amocrm_sandbox::{Integration, Sandbox, SandboxConfig, SandboxHandle, TokenPair};
 use serde::Deserialize;
@@ -97,7 +96,13 @@ pub async fn refresh(sb: &SandboxHandle, host: &str, refresh_token: &str) -> req
 }
 
 /// A request to the account's API with a bearer token.
-pub fn api(sb: &SandboxHandle, host: &str, method: reqwest::Method, path: &str, token: &str) -> reqwest::RequestBuilder {
+pub fn api(
+    sb: &SandboxHandle,
+    host: &str,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+) -> reqwest::RequestBuilder {
     http()
         .request(method, format!("{}/api/v4/{path}", sb.account_url(host)))
         .bearer_auth(token)
@@ -110,7 +115,13 @@ pub async fn get(sb: &SandboxHandle, token: &str, path: &str) -> reqwest::Respon
         .expect("request")
 }
 
-pub async fn send_json(sb: &SandboxHandle, token: &str, method: reqwest::Method, path: &str, body: Value) -> reqwest::Response {
+pub async fn send_json(
+    sb: &SandboxHandle,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Value,
+) -> reqwest::Response {
     api(sb, HOST, method, path, token)
         .json(&body)
         .send()
@@ -120,17 +131,6 @@ pub async fn send_json(sb: &SandboxHandle, token: &str, method: reqwest::Method,
 
 pub async fn json_of(resp: reqwest::Response) -> Value {
     resp.json().await.expect("json body")
-}
-
-/// Waits (bounded) until `cond` holds.
-pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 /// One request a receiver got.
@@ -149,7 +149,9 @@ pub struct Receiver {
 
 impl Receiver {
     pub async fn start(status: u16) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let got = Arc::new(Mutex::new(Vec::new()));
         let sink = got.clone();
@@ -160,7 +162,9 @@ impl Receiver {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 8192];
                     let (head_end, length) = loop {
-                        let Ok(n) = sock.read(&mut chunk).await else { return };
+                        let Ok(n) = sock.read(&mut chunk).await else {
+                            return;
+                        };
                         if n == 0 {
                             return;
                         }
@@ -171,14 +175,17 @@ impl Receiver {
                                 .lines()
                                 .find_map(|l| {
                                     let (k, v) = l.split_once(':')?;
-                                    k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
+                                    k.eq_ignore_ascii_case("content-length")
+                                        .then(|| v.trim().parse::<usize>().ok())?
                                 })
                                 .unwrap_or(0);
                             break (pos + 4, len);
                         }
                     };
                     while buf.len() < head_end + length {
-                        let Ok(n) = sock.read(&mut chunk).await else { return };
+                        let Ok(n) = sock.read(&mut chunk).await else {
+                            return;
+                        };
                         if n == 0 {
                             break;
                         }
@@ -192,8 +199,14 @@ impl Receiver {
                         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
                         .collect();
                     let body = String::from_utf8_lossy(&buf[head_end..]).to_string();
-                    sink.lock().expect("lock").push(Received { request_line, headers, body });
-                    let reply = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                    sink.lock().expect("lock").push(Received {
+                        request_line,
+                        headers,
+                        body,
+                    });
+                    let reply = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
                     let _ = sock.write_all(reply.as_bytes()).await;
                     let _ = sock.shutdown().await;
                 });

@@ -17,7 +17,10 @@ async fn consent_page_lists_accounts_and_allow_redirects_with_code_state_referer
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
     for host in amocrm_sandbox::DEFAULT_ACCOUNTS {
-        assert!(html.contains(host), "account {host} offered on the consent page");
+        assert!(
+            html.contains(host),
+            "account {host} offered on the consent page"
+        );
     }
     assert!(html.contains("value=\"allow\"") && html.contains("value=\"deny\""));
 
@@ -77,7 +80,10 @@ async fn an_unknown_client_or_foreign_redirect_uri_gets_no_consent() {
         .unwrap();
     assert_eq!(page.status(), 400);
     let err = sb.approve(
-        &format!("{}&redirect_uri=http://evil.example/cb", authorize_query("x")),
+        &format!(
+            "{}&redirect_uri=http://evil.example/cb",
+            authorize_query("x")
+        ),
         HOST,
     );
     assert!(err.is_err());
@@ -91,15 +97,26 @@ async fn an_authorization_code_works_once_then_is_revoked() {
     let code = query_of(&redirect)["code"].clone();
     let first = exchange_code(&sb, HOST, &code).await;
     assert_eq!(first.status(), 200);
-    assert!(first.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+    assert!(
+        first.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
     let second = exchange_code(&sb, HOST, &code).await;
     assert_eq!(second.status(), 400);
     let body = json_of(second).await;
     assert_eq!(body["hint"], "Authorization code has been revoked");
     assert_eq!(body["title"], "Некорректный запрос");
-    assert_eq!(body["type"], "https://developers.amocrm.ru/v3/errors/OAuthProblemJson");
+    assert_eq!(
+        body["type"],
+        "https://developers.amocrm.ru/v3/errors/OAuthProblemJson"
+    );
     assert_eq!(body["status"], 400);
-    assert_eq!(body["detail"], "В запросе отсутствует ряд параметров или параметры невалидны");
+    assert_eq!(
+        body["detail"],
+        "В запросе отсутствует ряд параметров или параметры невалидны"
+    );
     let c = sb.counters(HOST);
     assert_eq!((c.code_exchanges, c.rejected_code_exchanges), (1, 1));
     sb.stop().await;
@@ -115,7 +132,10 @@ async fn an_authorization_code_expires_after_twenty_minutes() {
     sb.advance_clock(HOST, 60);
     let resp = exchange_code(&sb, HOST, &stale).await;
     assert_eq!(resp.status(), 400);
-    assert_eq!(json_of(resp).await["hint"], "Authorization code has expired");
+    assert_eq!(
+        json_of(resp).await["hint"],
+        "Authorization code has expired"
+    );
     sb.stop().await;
 }
 
@@ -131,24 +151,45 @@ async fn the_token_endpoint_checks_client_secret_redirect_uri_and_account() {
         });
         async move {
             let r = http().post(url).json(&body).send().await.unwrap();
-            (r.status().as_u16(), json_of(r).await["hint"].as_str().unwrap_or_default().to_owned())
+            (
+                r.status().as_u16(),
+                json_of(r).await["hint"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
         }
     };
-    assert_eq!(attempt("other", SECRET, REDIRECT, url.clone()).await, (400, "Check the `client_id` parameter".to_owned()));
-    assert_eq!(attempt(CLIENT_ID, "wrong", REDIRECT, url.clone()).await, (400, "Check the `client_secret` parameter".to_owned()));
+    assert_eq!(
+        attempt("other", SECRET, REDIRECT, url.clone()).await,
+        (400, "Check the `client_id` parameter".to_owned())
+    );
+    assert_eq!(
+        attempt(CLIENT_ID, "wrong", REDIRECT, url.clone()).await,
+        (400, "Check the `client_secret` parameter".to_owned())
+    );
     assert_eq!(
         attempt(CLIENT_ID, SECRET, "http://evil.example/cb", url.clone()).await,
         (400, "Redirect URI is not associated with client".to_owned())
     );
-    let other_account = format!("{}/oauth2/access_token", sb.account_url("sellertwo.amocrm.ru"));
-    assert_eq!(attempt(CLIENT_ID, SECRET, REDIRECT, other_account).await, (400, "Invalid account".to_owned()));
+    let other_account = format!(
+        "{}/oauth2/access_token",
+        sb.account_url("sellertwo.amocrm.ru")
+    );
+    assert_eq!(
+        attempt(CLIENT_ID, SECRET, REDIRECT, other_account).await,
+        (400, "Invalid account".to_owned())
+    );
     let garbage = http()
         .post(&url)
         .json(&serde_json::json!({"client_id": CLIENT_ID, "client_secret": SECRET, "grant_type": "authorization_code", "code": "nonsense", "redirect_uri": REDIRECT}))
         .send()
         .await
         .unwrap();
-    assert_eq!(json_of(garbage).await["hint"], "Cannot decrypt the authorization code");
+    assert_eq!(
+        json_of(garbage).await["hint"],
+        "Cannot decrypt the authorization code"
+    );
     // None of the refusals consumed the code.
     assert_eq!(attempt(CLIENT_ID, SECRET, REDIRECT, url).await.0, 200);
     sb.stop().await;
@@ -167,7 +208,10 @@ async fn access_tokens_are_jwts_with_account_claims_living_24_hours() {
     assert_eq!(claims["aud"], CLIENT_ID);
     assert_eq!(claims["base_domain"], "amocrm.ru");
     assert_eq!(claims["api_domain"], "api-b.amocrm.ru");
-    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 86_400);
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        86_400
+    );
     for k in ["jti", "nbf", "sub", "scopes"] {
         assert!(!claims[k].is_null(), "claim {k}");
     }
@@ -181,7 +225,10 @@ async fn access_tokens_are_jwts_with_account_claims_living_24_hours() {
     sb.advance_clock(HOST, 86_400);
     let expired = get(&sb, &pair.access_token, "account").await;
     assert_eq!(expired.status(), 401);
-    assert_eq!(expired.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        expired.headers()["content-type"],
+        "application/problem+json"
+    );
     assert_eq!(json_of(expired).await["status"], 401);
     sb.stop().await;
 }
@@ -190,10 +237,16 @@ async fn access_tokens_are_jwts_with_account_claims_living_24_hours() {
 async fn a_token_is_only_good_for_its_own_account() {
     let sb = start().await;
     let pair = connect(&sb, HOST).await;
-    let other = api(&sb, "sellertwo.amocrm.ru", Method::GET, "account", &pair.access_token)
-        .send()
-        .await
-        .unwrap();
+    let other = api(
+        &sb,
+        "sellertwo.amocrm.ru",
+        Method::GET,
+        "account",
+        &pair.access_token,
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(other.status(), 401);
     let none = http()
         .get(format!("{}/api/v4/account", sb.account_url(HOST)))
@@ -254,7 +307,10 @@ async fn a_refresh_token_is_refused_with_the_wrong_client_or_unknown_value() {
         .send()
         .await
         .unwrap();
-    assert_eq!(json_of(wrong_secret).await["hint"], "Check the `client_secret` parameter");
+    assert_eq!(
+        json_of(wrong_secret).await["hint"],
+        "Check the `client_secret` parameter"
+    );
     // Refusals do not burn the token.
     pair_of(refresh(&sb, HOST, &p0.refresh_token).await).await;
     sb.stop().await;
@@ -264,7 +320,10 @@ async fn a_refresh_token_is_refused_with_the_wrong_client_or_unknown_value() {
 async fn revoking_the_grant_kills_tokens_and_sends_a_signed_uninstall_hook() {
     let sb = start().await;
     let hook = Receiver::start(200).await;
-    sb.add_integration(Integration::new(CLIENT_ID, SECRET, REDIRECT).with_disconnect_url(format!("{}/amocrm/uninstall", hook.url)));
+    sb.add_integration(
+        Integration::new(CLIENT_ID, SECRET, REDIRECT)
+            .with_disconnect_url(format!("{}/amocrm/uninstall", hook.url)),
+    );
     let pair = connect(&sb, HOST).await;
     assert!(sb.revoke_grant(HOST, CLIENT_ID));
     assert_eq!(get(&sb, &pair.access_token, "account").await.status(), 401);
@@ -276,13 +335,19 @@ async fn revoking_the_grant_kills_tokens_and_sends_a_signed_uninstall_hook() {
     assert_eq!(got.len(), 1);
     let line = &got[0].request_line;
     assert!(line.starts_with("GET /amocrm/uninstall?"), "{line}");
-    assert_eq!(got[0].headers["user-agent"], "amoService-oAuth-Code-Sender/1.0");
+    assert_eq!(
+        got[0].headers["user-agent"],
+        "amoService-oAuth-Code-Sender/1.0"
+    );
     let path = line.split(' ').nth(1).unwrap();
     let q = query_of(path);
     let account_id = sb.account_id(HOST).unwrap();
     assert_eq!(q["client_uuid"], CLIENT_ID);
     assert_eq!(q["account_id"], account_id.to_string());
-    assert_eq!(q["signature"], disconnect_signature(CLIENT_ID, SECRET, account_id));
+    assert_eq!(
+        q["signature"],
+        disconnect_signature(CLIENT_ID, SECRET, account_id)
+    );
     assert_eq!(q["signature"].len(), 64);
 
     // Consenting again installs afresh.
@@ -309,7 +374,16 @@ async fn issued_tokens_work_without_consent() {
     let sb = start().await;
     let pair = sb.issue_tokens(CLIENT_ID, "fresh.amocrm.ru");
     assert!(sb.account_id("fresh.amocrm.ru").is_some());
-    let resp = api(&sb, "fresh.amocrm.ru", Method::GET, "account", &pair.access_token).send().await.unwrap();
+    let resp = api(
+        &sb,
+        "fresh.amocrm.ru",
+        Method::GET,
+        "account",
+        &pair.access_token,
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(resp.status(), 200);
     let via_http = http()
         .post(format!("{}/_sandbox/tokens", sb.base_url()))
