@@ -429,13 +429,19 @@ impl SandboxHandle {
         format!("{}/oauth", self.shared.base_url)
     }
 
-    /// Creates the account (or finds it) and returns its id. Panics only on a host that cannot be a
-    /// host at all (empty, or with characters other than letters, digits, `.`, `-`, `:`).
+    /// Creates the account (or finds it) and returns its id. Panics only on a string that cannot be a
+    /// host at all (empty, or with characters other than letters, digits, `.`, `-`, `:`); use
+    /// `try_add_account` for untrusted input.
     pub fn add_account(&self, host: &str) -> u64 {
         match self.shared.add_account(host) {
             Ok(id) => id,
             Err(e) => panic!("{e}"),
         }
+    }
+
+    /// Creates the account (or finds it) and returns its id; an error for a string that cannot be a host.
+    pub fn try_add_account(&self, host: &str) -> anyhow::Result<u64> {
+        self.shared.add_account(host)
     }
 
     /// All accounts.
