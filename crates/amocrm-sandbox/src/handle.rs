@@ -108,6 +108,15 @@ impl Shared {
             .unwrap_or_default()
     }
 
+    pub fn total_counters(&self) -> Counters {
+        let st = self.lock();
+        let mut total = Counters::default();
+        for a in st.accounts.values() {
+            total.add(&a.counters);
+        }
+        total
+    }
+
     pub fn with_account<T>(
         &self,
         host: &str,
@@ -522,6 +531,11 @@ impl SandboxHandle {
 
     pub fn counters(&self, host: &str) -> Counters {
         self.shared.counters(host)
+    }
+
+    /// The counters summed over every account (benchmarks over many accounts).
+    pub fn total_counters(&self) -> Counters {
+        self.shared.total_counters()
     }
 
     pub fn leads(&self, host: &str) -> Vec<Lead> {

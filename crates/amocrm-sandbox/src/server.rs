@@ -117,6 +117,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 )
                 .route("/accounts/{host}/webhooks", web::get().to(account_webhooks))
                 .route("/accounts/{host}/revoke", web::post().to(grant_revoke))
+                .route("/counters", web::get().to(total_counters))
                 .route("/tokens", web::post().to(tokens_issue))
                 .route("/integrations", web::get().to(integrations_list))
                 .route("/integrations", web::post().to(integrations_add))
@@ -697,6 +698,10 @@ async fn account_summary(path: web::Path<String>, sh: Data) -> HttpResponse {
 
 async fn account_counters(path: web::Path<String>, sh: Data) -> HttpResponse {
     with_account(&sh, &path, |a| a.counters.clone())
+}
+
+async fn total_counters(sh: Data) -> HttpResponse {
+    HttpResponse::Ok().json(sh.total_counters())
 }
 
 async fn faults_get(path: web::Path<String>, sh: Data) -> HttpResponse {

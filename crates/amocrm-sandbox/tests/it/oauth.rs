@@ -396,3 +396,19 @@ async fn issued_tokens_work_without_consent() {
     pair_of(refresh(&sb, HOST, v["refresh_token"].as_str().unwrap()).await).await;
     sb.stop().await;
 }
+
+#[tokio::test]
+async fn sandbox_time_starts_at_the_configured_instant() {
+    let start_at = chrono::DateTime::parse_from_rfc3339("2030-01-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let sb = start_with(|c| c.now = Some(start_at)).await;
+    let pair = connect(&sb, HOST).await;
+    let iat = decode_claims(&pair.access_token).unwrap()["iat"]
+        .as_i64()
+        .unwrap();
+    assert!((iat - start_at.timestamp()).abs() < 60, "iat {iat}");
+    assert!((pair.server_time - start_at.timestamp()).abs() < 60);
+    assert_eq!(sb.total_counters().code_exchanges, 1);
+    sb.stop().await;
+}
