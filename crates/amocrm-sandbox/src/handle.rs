@@ -660,3 +660,33 @@ impl Drop for SandboxHandle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_handle_can_be_shared_across_threads_and_tasks() {
+        fn send_sync<T: Send + Sync + 'static>() {}
+        send_sync::<SandboxHandle>();
+    }
+
+    #[actix_web::test]
+    async fn it_runs_under_the_actix_runtime_too() -> anyhow::Result<()> {
+        let sb = Sandbox::start(SandboxConfig::default()).await?;
+        let resp = reqwest::get(format!("{}/_sandbox/accounts", sb.base_url())).await?;
+        assert_eq!(resp.status(), 200);
+        sb.stop().await;
+        Ok(())
+    }
+
+    #[test]
+    fn it_starts_from_a_plain_thread_with_a_throwaway_runtime() -> anyhow::Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let sb = rt.block_on(Sandbox::start(SandboxConfig::default()))?;
+        let id = sb.add_account("extra.amocrm.ru");
+        assert_eq!(sb.account_id("extra.amocrm.ru"), Some(id));
+        drop(sb);
+        Ok(())
+    }
+}
