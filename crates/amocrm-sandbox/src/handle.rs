@@ -336,6 +336,41 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// An install from amoCRM's widget catalogue: a code is sent to the redirect URI with
+    /// `from_widget=1` and no `state` (server to server, not through the user's browser).
+    pub fn widget_install(&self, client_id: &str, host: &str) -> anyhow::Result<String> {
+        let host = norm(host);
+        let url = {
+            let mut st = self.lock();
+            let redirect = st
+                .integrations
+                .get(client_id)
+                .map(|i| i.redirect_uri.clone())
+                .with_context(|| format!("unknown client_id {client_id:?}"))?;
+            st.ensure_account(&host)
+                .with_context(|| format!("invalid account host {host:?}"))?;
+            let code = oauth::mint_code(&mut st, client_id, &host);
+            let query = serde_urlencoded::to_string([
+                ("code", code.as_str()),
+                ("referer", host.as_str()),
+                ("client_id", client_id),
+                ("from_widget", "1"),
+            ])?;
+            let sep = if redirect.contains('?') { '&' } else { '?' };
+            format!("{redirect}{sep}{query}")
+        };
+        self.outbound.send(vec![Job {
+            kind: DeliveryKind::WidgetInstall,
+            host,
+            webhook_id: None,
+            url: url.clone(),
+            body: None,
+        }]);
+        Ok(url)
+    }
+}
+
 /// Removes a lead and unlinks it; returns the `delete_lead` event.
 fn remove_lead(acc: &mut crate::state::Account, lead_id: u64) -> Option<Vec<Event>> {
     let lead = acc.leads.remove(&lead_id)?;
@@ -490,6 +525,12 @@ impl SandboxHandle {
     pub fn deny(&self, authorize: &str, host: &str) -> anyhow::Result<String> {
         self.shared
             .decide(&AuthorizeParams::parse(authorize), host, false)
+    }
+
+    /// An install from amoCRM's widget catalogue: sends `GET {redirect_uri}?code=…&referer=…&client_id=…&from_widget=1`
+    /// (no `state`) to the integration and returns that URL.
+    pub fn widget_install(&self, client_id: &str, host: &str) -> anyhow::Result<String> {
+        self.shared.widget_install(client_id, host)
     }
 
     /// Mints a grant and a token pair without consent (benchmarks, fixtures).
@@ -682,7 +723,9 @@ mod tests {
 
     #[test]
     fn it_starts_from_a_plain_thread_with_a_throwaway_runtime() -> anyhow::Result<()> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let sb = rt.block_on(Sandbox::start(SandboxConfig::default()))?;
         let id = sb.add_account("extra.amocrm.ru");
         assert_eq!(sb.account_id("extra.amocrm.ru"), Some(id));

@@ -264,6 +264,9 @@ pub struct LoggedRequest {
 pub enum DeliveryKind {
     Webhook,
     Uninstall,
+    /// The code sent to the redirect URI when the integration is installed from amoCRM's widget
+    /// catalogue (`from_widget=1`, no `state`).
+    WidgetInstall,
 }
 
 /// One outgoing request (webhook or uninstall hook) and its outcome.

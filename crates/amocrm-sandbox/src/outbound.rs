@@ -459,9 +459,13 @@ async fn deliver(state: &Mutex<State>, client: &reqwest::Client, job: Job) {
             .header("Accept", "*/*")
             .header("Connection", "close")
             .body(body.clone()),
-        None => client
-            .get(&job.url)
-            .header("User-Agent", "amoService-oAuth-Code-Sender/1.0"),
+        None => client.get(&job.url).header(
+            "User-Agent",
+            match job.kind {
+                DeliveryKind::WidgetInstall => "amoCRM-oAuth-client/1.0",
+                _ => "amoService-oAuth-Code-Sender/1.0",
+            },
+        ),
     };
     let (status, error) = match request.send().await {
         Ok(resp) => (Some(resp.status().as_u16()), None),

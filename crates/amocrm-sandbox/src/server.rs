@@ -117,6 +117,10 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 )
                 .route("/accounts/{host}/webhooks", web::get().to(account_webhooks))
                 .route("/accounts/{host}/revoke", web::post().to(grant_revoke))
+                .route(
+                    "/accounts/{host}/widget_install",
+                    web::post().to(widget_install),
+                )
                 .route("/counters", web::get().to(total_counters))
                 .route("/tokens", web::post().to(tokens_issue))
                 .route("/integrations", web::get().to(integrations_list))
@@ -848,6 +852,17 @@ async fn grant_revoke(
 ) -> HttpResponse {
     let revoked = sh.revoke_grant(&path, &body.client_id);
     HttpResponse::Ok().json(json!({"revoked": revoked}))
+}
+
+async fn widget_install(
+    path: web::Path<String>,
+    body: web::Json<ClientBody>,
+    sh: Data,
+) -> HttpResponse {
+    match sh.widget_install(&body.client_id, &path) {
+        Ok(url) => HttpResponse::Ok().json(json!({"url": url})),
+        Err(e) => bad_json(e),
+    }
 }
 
 #[derive(Deserialize)]

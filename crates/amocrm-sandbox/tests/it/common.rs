@@ -253,7 +253,8 @@ pub struct HookField {
 
 #[derive(Debug, Deserialize)]
 pub struct HookAccount {
-    pub id: String,
+    /// Absent in older captures.
+    pub id: Option<String>,
     pub subdomain: String,
     #[serde(rename = "_links")]
     pub links: Option<BTreeMap<String, String>>,

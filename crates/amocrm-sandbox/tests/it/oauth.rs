@@ -412,3 +412,38 @@ async fn sandbox_time_starts_at_the_configured_instant() {
     assert_eq!(sb.total_counters().code_exchanges, 1);
     sb.stop().await;
 }
+
+#[tokio::test]
+async fn a_widget_install_sends_a_code_with_from_widget_and_no_state() {
+    let sb = start().await;
+    let rx = Receiver::start(200).await;
+    sb.add_integration(Integration::new(
+        CLIENT_ID,
+        SECRET,
+        format!("{}/oauth/amocrm/callback", rx.url),
+    ));
+    let url = sb.widget_install(CLIENT_ID, HOST).unwrap();
+    sb.webhooks_idle().await;
+    let got = rx.received();
+    assert_eq!(got.len(), 1);
+    let path = got[0].request_line.split(' ').nth(1).unwrap().to_owned();
+    assert!(url.ends_with(&path));
+    let q = query_of(&path);
+    assert_eq!(
+        (
+            q["from_widget"].as_str(),
+            q["referer"].as_str(),
+            q["client_id"].as_str()
+        ),
+        ("1", HOST, CLIENT_ID)
+    );
+    assert!(!q.contains_key("state"));
+    let token = http()
+        .post(format!("{}/oauth2/access_token", sb.account_url(HOST)))
+        .json(&serde_json::json!({"client_id": CLIENT_ID, "client_secret": SECRET, "grant_type": "authorization_code", "code": q["code"], "redirect_uri": format!("{}/oauth/amocrm/callback", rx.url)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(token.status(), 200);
+    sb.stop().await;
+}
