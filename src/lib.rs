@@ -1,1 +1,11 @@
-//! amoCRM marketplace connector.
+//! amoCRM marketplace connector: connects marketplace sellers to their own amoCRM (Kommo) accounts.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod services;
+pub mod storage;
+pub mod telemetry;
+pub mod web;
+pub mod workers;

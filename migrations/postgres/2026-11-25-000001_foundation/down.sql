@@ -1,0 +1,16 @@
+DROP TABLE operator_tokens;
+DROP TABLE operators;
+DROP TABLE job_leases;
+DROP TABLE lead_states;
+DROP TABLE amocrm_webhook_inbox;
+DROP TABLE delivery_attempts;
+DROP TABLE event_deliveries;
+DROP TABLE webhook_subscriptions;
+DROP TABLE events;
+DROP TABLE order_moves;
+DROP TABLE orders;
+DROP TABLE oauth_states;
+DROP TABLE connect_sessions;
+DROP TABLE amocrm_connections;
+DROP TABLE api_key_usage;
+DROP TABLE api_keys;

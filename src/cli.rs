@@ -1,0 +1,220 @@
+//! The command line of CONTRACT §1: `serve` (default), `demo`, `migrate`, `api-keys`, `keys`, `refresh`.
+//!
+//! Every failure ends as one line on stderr and a non-zero exit code, never a stack trace.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::app::Application;
+use crate::config::{self, ProcessEnv, Settings};
+use crate::services::api_keys::{self, Tier};
+use crate::storage::Db;
+use crate::storage::cipher::Keyring;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "amocrm-connector",
+    version,
+    about = "Connects marketplace sellers to their own amoCRM (Kommo) accounts",
+    long_about = "Connects marketplace sellers to their own amoCRM (Kommo) accounts: the OAuth connect flow, \
+encrypted token storage and refresh, order push as deals, and amoCRM webhooks turned into signed marketplace \
+events.\n\nConfiguration comes from the environment and an optional .env file; see .env.example."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Apply pending migrations, serve HTTP and run the background workers (the default).
+    Serve,
+    /// Apply pending migrations and exit.
+    Migrate,
+    /// Manage the marketplace's API keys (stored only as hashes).
+    #[command(subcommand)]
+    ApiKeys(ApiKeysCommand),
+    /// Manage the token encryption keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ApiKeysCommand {
+    /// Create a key; the key is printed once, alone on the last line.
+    Create {
+        /// A name to recognise the key by.
+        #[arg(long)]
+        name: String,
+        /// standard (1000 requests/hour), premium (5000) or enterprise (unlimited).
+        #[arg(long, default_value = "standard", value_parser = ["standard", "premium", "enterprise"])]
+        tier: String,
+    },
+    /// List keys (never the keys themselves).
+    List,
+    /// Revoke a key by id.
+    Revoke {
+        /// The key's id, as shown by `api-keys list`.
+        id: i64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Print one fresh TOKEN_ENCRYPTION_KEYS entry (KEY_ID:BASE64_OF_32_BYTES).
+    Generate {
+        /// The key id to put in front of the key.
+        #[arg(long, default_value_t = default_key_id())]
+        id: String,
+    },
+    /// Re-encrypt every stored secret with the first (active) key; safe to interrupt and run again.
+    Rotate,
+}
+
+fn default_key_id() -> String {
+    format!("k{}", chrono::Utc::now().format("%Y%m%d"))
+}
+
+/// Parses arguments and runs the command; the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+fn settings() -> Result<Settings, String> {
+    config::load_dotenv().map_err(|e| e.to_string())?;
+    Settings::from_env(&ProcessEnv).map_err(|e| e.to_string())
+}
+
+fn one_line(e: impl std::fmt::Display) -> String {
+    e.to_string().replace('\n', " ")
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let settings = settings()?;
+            crate::telemetry::init(settings.log_format);
+            settings.require_keys().map_err(one_line)?;
+            settings.require_amocrm().map_err(one_line)?;
+            runtime()?.block_on(async move {
+                let app = Application::build(settings).await.map_err(one_line)?;
+                tracing::info!(port = app.port(), "serving");
+                app.run_until_stopped().await.map_err(one_line)
+            })
+        }
+        Command::Migrate => {
+            let settings = settings()?;
+            runtime()?.block_on(async move {
+                let db = Db::connect(&settings.database_url, 1).map_err(one_line)?;
+                let applied = db.migrate().await.map_err(one_line)?;
+                println!("applied {} migration(s)", applied.len());
+                for m in applied {
+                    println!("  {m}");
+                }
+                Ok(())
+            })
+        }
+        Command::ApiKeys(cmd) => {
+            let settings = settings()?;
+            runtime()?.block_on(async move {
+                let db = Db::connect(&settings.database_url, 1).map_err(one_line)?;
+                db.migrate().await.map_err(one_line)?;
+                match cmd {
+                    ApiKeysCommand::Create { name, tier } => {
+                        let name = name.trim().to_owned();
+                        if name.is_empty() || name.len() > 100 {
+                            return Err("--name must be 1 to 100 characters".to_owned());
+                        }
+                        let tier = Tier::parse(&tier).ok_or("unknown tier")?;
+                        let (row, key) =
+                            api_keys::create(&db, &name, tier).await.map_err(one_line)?;
+                        println!("created API key {} ({}, {})", row.id, row.name, row.tier);
+                        println!("store it now; it is not shown again:");
+                        println!("{key}");
+                        Ok(())
+                    }
+                    ApiKeysCommand::List => {
+                        let rows = db
+                            .run(crate::storage::api_keys::list)
+                            .await
+                            .map_err(one_line)?;
+                        println!(
+                            "{:<6} {:<24} {:<11} {:<12} {:<20} status",
+                            "id", "name", "tier", "prefix", "created"
+                        );
+                        for r in rows {
+                            println!(
+                                "{:<6} {:<24} {:<11} {:<12} {:<20} {}",
+                                r.id,
+                                r.name,
+                                r.tier,
+                                format!("{}…", r.key_prefix),
+                                r.created_at.format("%Y-%m-%d %H:%M"),
+                                if r.revoked_at.is_some() {
+                                    "revoked"
+                                } else {
+                                    "active"
+                                }
+                            );
+                        }
+                        Ok(())
+                    }
+                    ApiKeysCommand::Revoke { id } => {
+                        let done = db
+                            .run(move |c| crate::storage::api_keys::revoke(c, id))
+                            .await
+                            .map_err(one_line)?;
+                        if done {
+                            println!("revoked API key {id}");
+                            Ok(())
+                        } else {
+                            Err(format!("no active API key with id {id}"))
+                        }
+                    }
+                }
+            })
+        }
+        Command::Keys(KeysCommand::Generate { id }) => {
+            Keyring::parse(&format!("{id}:{}", "A".repeat(43) + "="))
+                .map_err(|e| format!("--id: {e}"))?;
+            println!("{}", Keyring::generate_entry(&id));
+            Ok(())
+        }
+        Command::Keys(KeysCommand::Rotate) => {
+            let settings = settings()?;
+            let keys = settings.require_keys().map_err(one_line)?.clone();
+            runtime()?.block_on(async move {
+                let db = Db::connect(&settings.database_url, 2).map_err(one_line)?;
+                db.migrate().await.map_err(one_line)?;
+                let report = crate::services::keys::rotate(&db, &keys).await.map_err(one_line)?;
+                println!(
+                    "rotated {} secret(s) to key {}; {} already current, {} changed concurrently (run again), {} unreadable",
+                    report.rotated,
+                    keys.active_id(),
+                    report.already_current,
+                    report.skipped_concurrent,
+                    report.failed
+                );
+                if report.failed > 0 {
+                    return Err(format!("{} secret(s) could not be decrypted with any configured key", report.failed));
+                }
+                Ok(())
+            })
+        }
+    }
+}

@@ -1,0 +1,556 @@
+//! Settings read from the environment (and an optional `.env`), validated once at start-up.
+//!
+//! Every value is checked here so a bad deployment fails fast with a one-line reason instead of failing
+//! later in a request. Secrets are `SecretString`/`Keyring` and never appear in `Debug`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+use crate::storage::cipher::Keyring;
+
+/// Which engine `DATABASE_URL` selects. Anything but these two schemes is refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// A SQLite file path (created with its folder on first use).
+    Sqlite(String),
+    /// A libpq connection URL, kept as given.
+    Postgres(String),
+}
+
+impl DatabaseUrl {
+    pub fn parse(raw: &str) -> Result<Self, ConfigError> {
+        let raw = raw.trim();
+        if let Some(path) = raw
+            .strip_prefix("sqlite://")
+            .or_else(|| raw.strip_prefix("sqlite:"))
+        {
+            if path.is_empty() {
+                return Err(ConfigError::new(
+                    "DATABASE_URL",
+                    "sqlite:// needs a file path",
+                ));
+            }
+            return Ok(Self::Sqlite(path.to_owned()));
+        }
+        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            Url::parse(raw)
+                .map_err(|e| ConfigError::new("DATABASE_URL", format!("not a URL: {e}")))?;
+            return Ok(Self::Postgres(raw.to_owned()));
+        }
+        let scheme = raw
+            .split("://")
+            .next()
+            .filter(|_| raw.contains("://"))
+            .unwrap_or(raw);
+        Err(ConfigError::new(
+            "DATABASE_URL",
+            format!("unsupported scheme `{scheme}`: use sqlite://PATH or postgres://…"),
+        ))
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        matches!(self, Self::Sqlite(_))
+    }
+
+    /// The URL with any password replaced, for logs.
+    pub fn redacted(&self) -> String {
+        match self {
+            Self::Sqlite(p) => format!("sqlite://{p}"),
+            Self::Postgres(u) => match Url::parse(u) {
+                Ok(mut url) => {
+                    if url.password().is_some() {
+                        let _ = url.set_password(Some("***"));
+                    }
+                    url.to_string()
+                }
+                Err(_) => "postgres://***".to_owned(),
+            },
+        }
+    }
+}
+
+/// Output format of the log lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// The stage names the connector gives the pipeline it provisions, keyed by internal status.
+#[derive(Clone, Debug)]
+pub struct StageNames {
+    pub pipeline: String,
+    pub pending: String,
+    pub awaiting_payment: String,
+    pub paid: String,
+    pub shipping: String,
+    pub completed: String,
+    pub cancelled: String,
+}
+
+impl Default for StageNames {
+    fn default() -> Self {
+        // Uzbek by default: the marketplace's sellers work in Uzbek.
+        Self {
+            pipeline: "Marketplace buyurtmalari".to_owned(),
+            pending: "Yangi buyurtma".to_owned(),
+            awaiting_payment: "To'lov kutilmoqda".to_owned(),
+            paid: "To'landi".to_owned(),
+            shipping: "Yetkazilmoqda".to_owned(),
+            completed: "Yakunlandi".to_owned(),
+            cancelled: "Bekor qilindi".to_owned(),
+        }
+    }
+}
+
+/// Everything the service needs to know about its environment.
+#[derive(Clone)]
+pub struct Settings {
+    pub database_url: DatabaseUrl,
+    pub database_pool_size: u32,
+    pub listen_addr: SocketAddr,
+    pub public_base_url: Url,
+    pub amocrm_client_id: Option<String>,
+    pub amocrm_client_secret: Option<SecretString>,
+    pub amocrm_redirect_uri: Url,
+    pub amocrm_authorize_url: Url,
+    pub amocrm_allowed_domains: Vec<String>,
+    pub amocrm_account_url_template: String,
+    pub amocrm_rate_limit_rps: u32,
+    pub amocrm_request_timeout: Duration,
+    pub allow_shared_accounts: bool,
+    pub token_keys: Option<Keyring>,
+    pub refresh_secret: Option<SecretString>,
+    pub refresh_schedule: Option<String>,
+    pub refresh_ahead: Duration,
+    pub refresh_concurrency: usize,
+    pub log_format: LogFormat,
+    pub return_url_allowlist: Vec<String>,
+    pub stage_names: StageNames,
+    pub lead_name_template: String,
+    pub event_retention: Duration,
+    pub shutdown_timeout: Duration,
+    pub metrics_token: Option<SecretString>,
+    pub instance_id: String,
+    /// Run the background workers in this process (tests turn them off and drive `run_once` themselves).
+    pub run_workers: bool,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redact = |s: &Option<SecretString>| if s.is_some() { "***" } else { "unset" };
+        f.debug_struct("Settings")
+            .field("database_url", &self.database_url.redacted())
+            .field("database_pool_size", &self.database_pool_size)
+            .field("listen_addr", &self.listen_addr)
+            .field("public_base_url", &self.public_base_url.as_str())
+            .field("amocrm_client_id", &self.amocrm_client_id)
+            .field("amocrm_client_secret", &redact(&self.amocrm_client_secret))
+            .field("amocrm_redirect_uri", &self.amocrm_redirect_uri.as_str())
+            .field("amocrm_authorize_url", &self.amocrm_authorize_url.as_str())
+            .field("amocrm_allowed_domains", &self.amocrm_allowed_domains)
+            .field(
+                "amocrm_account_url_template",
+                &self.amocrm_account_url_template,
+            )
+            .field("amocrm_rate_limit_rps", &self.amocrm_rate_limit_rps)
+            .field("token_keys", &self.token_keys)
+            .field("refresh_secret", &redact(&self.refresh_secret))
+            .field("refresh_schedule", &self.refresh_schedule)
+            .field("refresh_ahead", &self.refresh_ahead)
+            .field("log_format", &self.log_format)
+            .field("metrics_token", &redact(&self.metrics_token))
+            .field("instance_id", &self.instance_id)
+            .field("run_workers", &self.run_workers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A configuration problem, printed as one line: `VARIABLE: reason`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("configuration error: {variable}: {reason}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(variable: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            variable,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A source of variables: the process environment, or a map in tests.
+pub trait Env {
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// The real process environment (after `.env` has been loaded into it).
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).cloned()
+    }
+}
+
+impl Env for HashMap<&str, &str> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).map(|v| (*v).to_owned())
+    }
+}
+
+/// Loads `.env` from the working directory if present; real environment variables win.
+pub fn load_dotenv() -> Result<(), ConfigError> {
+    match dotenvy::dotenv() {
+        Ok(_) => Ok(()),
+        Err(e) if e.not_found() => Ok(()),
+        Err(e) => Err(ConfigError::new(".env", e.to_string())),
+    }
+}
+
+fn non_empty(env: &dyn Env, key: &str) -> Option<String> {
+    env.get(key)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+fn parse_url(key: &'static str, raw: &str) -> Result<Url, ConfigError> {
+    let url =
+        Url::parse(raw).map_err(|e| ConfigError::new(key, format!("not a valid URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(ConfigError::new(key, "must be an http(s) URL with a host"));
+    }
+    Ok(url)
+}
+
+fn parse_duration(key: &'static str, raw: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(raw)
+        .map_err(|e| ConfigError::new(key, format!("not a duration like 1h or 30m ({e})")))
+}
+
+fn parse_bool(key: &'static str, raw: &str) -> Result<bool, ConfigError> {
+    match raw.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(ConfigError::new(key, "expected true or false")),
+    }
+}
+
+fn parse_number<T>(key: &'static str, raw: &str, min: T) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
+{
+    let v: T = raw
+        .parse()
+        .map_err(|_| ConfigError::new(key, "expected a whole number"))?;
+    if v < min {
+        return Err(ConfigError::new(key, format!("must be at least {min}")));
+    }
+    Ok(v)
+}
+
+/// Validates a six-field (seconds first) cron expression the way the scheduler will read it.
+pub fn validate_cron(expr: &str) -> Result<(), String> {
+    if expr.split_whitespace().count() != 6 {
+        return Err("expected 6 fields with seconds first, e.g. `0 */10 * * * *`".to_owned());
+    }
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .build()
+        .parse(expr)
+        .map(|_| ())
+        .map_err(|e| format!("invalid cron expression ({e})"))
+}
+
+impl Settings {
+    /// Reads and validates every variable. Required-ness of the amoCRM credentials and keys is checked by
+    /// the commands that need them (`require_*`), so `migrate` or `api-keys` run without them.
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let database_url = DatabaseUrl::parse(
+            &non_empty(env, "DATABASE_URL")
+                .unwrap_or_else(|| "sqlite://data/amocrm-connector.db".to_owned()),
+        )?;
+        let database_pool_size = match non_empty(env, "DATABASE_POOL_SIZE") {
+            Some(v) => parse_number("DATABASE_POOL_SIZE", &v, 1u32)?,
+            None if database_url.is_sqlite() => 4,
+            None => 8,
+        };
+        let listen_raw =
+            non_empty(env, "LISTEN_ADDR").unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+        let listen_addr: SocketAddr = listen_raw.parse().map_err(|_| {
+            ConfigError::new("LISTEN_ADDR", format!("`{listen_raw}` is not HOST:PORT"))
+        })?;
+        let public_base_url = parse_url(
+            "PUBLIC_BASE_URL",
+            &non_empty(env, "PUBLIC_BASE_URL")
+                .unwrap_or_else(|| "http://127.0.0.1:8080".to_owned()),
+        )?;
+        let base = public_base_url.as_str().trim_end_matches('/').to_owned();
+        let amocrm_redirect_uri = match non_empty(env, "AMOCRM_REDIRECT_URI") {
+            Some(v) => parse_url("AMOCRM_REDIRECT_URI", &v)?,
+            None => parse_url(
+                "AMOCRM_REDIRECT_URI",
+                &format!("{base}/oauth/amocrm/callback"),
+            )?,
+        };
+        let amocrm_authorize_url = parse_url(
+            "AMOCRM_AUTHORIZE_URL",
+            &non_empty(env, "AMOCRM_AUTHORIZE_URL")
+                .unwrap_or_else(|| "https://www.amocrm.ru/oauth".to_owned()),
+        )?;
+        let amocrm_allowed_domains: Vec<String> = non_empty(env, "AMOCRM_ALLOWED_DOMAINS")
+            .unwrap_or_else(|| "amocrm.ru,kommo.com,amocrm.com".to_owned())
+            .split(',')
+            .map(|d| d.trim().to_ascii_lowercase())
+            .filter(|d| !d.is_empty())
+            .collect();
+        if amocrm_allowed_domains.is_empty() {
+            return Err(ConfigError::new(
+                "AMOCRM_ALLOWED_DOMAINS",
+                "needs at least one domain",
+            ));
+        }
+        for d in &amocrm_allowed_domains {
+            let ok = d.split('.').count() >= 2
+                && d.split('.').all(|l| {
+                    !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                });
+            if !ok {
+                return Err(ConfigError::new(
+                    "AMOCRM_ALLOWED_DOMAINS",
+                    format!("`{d}` is not a domain like amocrm.ru"),
+                ));
+            }
+        }
+        let amocrm_account_url_template = non_empty(env, "AMOCRM_ACCOUNT_URL_TEMPLATE")
+            .unwrap_or_else(|| "https://{host}".to_owned());
+        if !amocrm_account_url_template.contains("{host}") {
+            return Err(ConfigError::new(
+                "AMOCRM_ACCOUNT_URL_TEMPLATE",
+                "must contain {host}",
+            ));
+        }
+        parse_url(
+            "AMOCRM_ACCOUNT_URL_TEMPLATE",
+            &amocrm_account_url_template.replace("{host}", "example.amocrm.ru"),
+        )?;
+        let amocrm_rate_limit_rps = match non_empty(env, "AMOCRM_RATE_LIMIT_RPS") {
+            Some(v) => parse_number("AMOCRM_RATE_LIMIT_RPS", &v, 1u32)?,
+            None => 7,
+        };
+        let amocrm_request_timeout = match non_empty(env, "AMOCRM_REQUEST_TIMEOUT") {
+            Some(v) => parse_duration("AMOCRM_REQUEST_TIMEOUT", &v)?,
+            None => Duration::from_secs(20),
+        };
+        let token_keys = match non_empty(env, "TOKEN_ENCRYPTION_KEYS") {
+            Some(v) => Some(
+                Keyring::parse(&v)
+                    .map_err(|e| ConfigError::new("TOKEN_ENCRYPTION_KEYS", e.to_string()))?,
+            ),
+            None => None,
+        };
+        let refresh_schedule = match env.get("REFRESH_SCHEDULE") {
+            None => Some("0 */10 * * * *".to_owned()),
+            Some(v) if v.trim().is_empty() => None,
+            Some(v) => {
+                let v = v.trim().to_owned();
+                validate_cron(&v).map_err(|e| ConfigError::new("REFRESH_SCHEDULE", e))?;
+                Some(v)
+            }
+        };
+        let refresh_ahead = match non_empty(env, "REFRESH_AHEAD") {
+            Some(v) => parse_duration("REFRESH_AHEAD", &v)?,
+            None => Duration::from_secs(3600),
+        };
+        let refresh_concurrency = match non_empty(env, "REFRESH_CONCURRENCY") {
+            Some(v) => parse_number("REFRESH_CONCURRENCY", &v, 1usize)?,
+            None => 64,
+        };
+        let log_format = match non_empty(env, "LOG_FORMAT").as_deref() {
+            Some("json") => LogFormat::Json,
+            Some("pretty") => LogFormat::Pretty,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "LOG_FORMAT",
+                    format!("`{other}` is not pretty or json"),
+                ));
+            }
+            None if std::io::IsTerminal::is_terminal(&std::io::stderr()) => LogFormat::Pretty,
+            None => LogFormat::Json,
+        };
+        let return_url_allowlist = non_empty(env, "CONNECT_RETURN_URL_ALLOWLIST")
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        for prefix in &return_url_allowlist {
+            parse_url("CONNECT_RETURN_URL_ALLOWLIST", prefix)?;
+        }
+        let mut stage_names = StageNames::default();
+        for (key, slot) in [
+            ("PIPELINE_NAME", &mut stage_names.pipeline),
+            ("STAGE_NAME_PENDING", &mut stage_names.pending),
+            (
+                "STAGE_NAME_AWAITING_PAYMENT",
+                &mut stage_names.awaiting_payment,
+            ),
+            ("STAGE_NAME_PAID", &mut stage_names.paid),
+            ("STAGE_NAME_SHIPPING", &mut stage_names.shipping),
+            ("STAGE_NAME_COMPLETED", &mut stage_names.completed),
+            ("STAGE_NAME_CANCELLED", &mut stage_names.cancelled),
+        ] {
+            if let Some(v) = non_empty(env, key) {
+                if v.chars().count() > 255 {
+                    return Err(ConfigError::new(
+                        "STAGE_NAME_*",
+                        format!("{key} is longer than 255 characters"),
+                    ));
+                }
+                *slot = v;
+            }
+        }
+        let lead_name_template = non_empty(env, "LEAD_NAME_TEMPLATE")
+            .unwrap_or_else(|| "Buyurtma #{order_number}".to_owned());
+        let event_retention = match non_empty(env, "EVENT_RETENTION") {
+            Some(v) => parse_duration("EVENT_RETENTION", &v)?,
+            None => Duration::from_secs(90 * 24 * 3600),
+        };
+        let shutdown_timeout = match non_empty(env, "SHUTDOWN_TIMEOUT") {
+            Some(v) => parse_duration("SHUTDOWN_TIMEOUT", &v)?,
+            None => Duration::from_secs(30),
+        };
+        let allow_shared_accounts = match non_empty(env, "ALLOW_SHARED_ACCOUNTS") {
+            Some(v) => parse_bool("ALLOW_SHARED_ACCOUNTS", &v)?,
+            None => false,
+        };
+        let secret =
+            |key: &'static str, min_len: usize| -> Result<Option<SecretString>, ConfigError> {
+                match non_empty(env, key) {
+                    Some(v) if v.len() < min_len => Err(ConfigError::new(
+                        key,
+                        format!("must be at least {min_len} characters"),
+                    )),
+                    Some(v) => Ok(Some(SecretString::from(v))),
+                    None => Ok(None),
+                }
+            };
+        let instance_id = non_empty(env, "INSTANCE_ID").unwrap_or_else(|| {
+            format!(
+                "{}-{}",
+                std::process::id(),
+                crate::domain::ids::random_token(6)
+            )
+        });
+        let run_workers = match non_empty(env, "RUN_WORKERS") {
+            Some(v) => parse_bool("RUN_WORKERS", &v)?,
+            None => true,
+        };
+        Ok(Self {
+            run_workers,
+            database_url,
+            database_pool_size,
+            listen_addr,
+            public_base_url,
+            amocrm_client_id: non_empty(env, "AMOCRM_CLIENT_ID"),
+            amocrm_client_secret: secret("AMOCRM_CLIENT_SECRET", 1)?,
+            amocrm_redirect_uri,
+            amocrm_authorize_url,
+            amocrm_allowed_domains,
+            amocrm_account_url_template,
+            amocrm_rate_limit_rps,
+            amocrm_request_timeout,
+            allow_shared_accounts,
+            token_keys,
+            refresh_secret: secret("REFRESH_SECRET", 16)?,
+            refresh_schedule,
+            refresh_ahead,
+            refresh_concurrency,
+            log_format,
+            return_url_allowlist,
+            stage_names,
+            lead_name_template,
+            event_retention,
+            shutdown_timeout,
+            metrics_token: secret("METRICS_TOKEN", 16)?,
+            instance_id,
+        })
+    }
+
+    /// The keyring, or the one-line error `serve` and `keys rotate` exit with.
+    pub fn require_keys(&self) -> Result<&Keyring, ConfigError> {
+        self.token_keys.as_ref().ok_or_else(|| {
+            ConfigError::new(
+                "TOKEN_ENCRYPTION_KEYS",
+                "required: generate one with `amocrm-connector keys generate`",
+            )
+        })
+    }
+
+    /// The integration credentials `serve` cannot run without.
+    pub fn require_amocrm(&self) -> Result<(&str, &SecretString), ConfigError> {
+        let id = self
+            .amocrm_client_id
+            .as_deref()
+            .ok_or_else(|| ConfigError::new("AMOCRM_CLIENT_ID", "required by serve"))?;
+        let secret = self
+            .amocrm_client_secret
+            .as_ref()
+            .ok_or_else(|| ConfigError::new("AMOCRM_CLIENT_SECRET", "required by serve"))?;
+        Ok((id, secret))
+    }
+
+    /// The amoCRM client configuration these settings describe.
+    pub fn amo_config(&self) -> Result<amocrm_client::AmoConfig, ConfigError> {
+        let (client_id, secret) = self.require_amocrm()?;
+        let allowed = amocrm_client::AllowedDomains::parse(&self.amocrm_allowed_domains.join(","))
+            .map_err(|e| ConfigError::new("AMOCRM_ALLOWED_DOMAINS", e.to_string()))?;
+        let mut cfg = amocrm_client::AmoConfig::new(
+            client_id,
+            secret.clone(),
+            self.amocrm_redirect_uri.clone(),
+        );
+        cfg.authorize_url = self.amocrm_authorize_url.clone();
+        cfg.account_url_template = self.amocrm_account_url_template.clone();
+        cfg.allowed_domains = allowed;
+        cfg.rate_limit_rps = self.amocrm_rate_limit_rps;
+        cfg.request_timeout = self.amocrm_request_timeout;
+        cfg.validate()
+            .map_err(|e| ConfigError::new("AMOCRM_*", e.to_string()))?;
+        Ok(cfg)
+    }
+
+    /// `PUBLIC_BASE_URL` without a trailing slash, for building links.
+    pub fn base_url(&self) -> String {
+        self.public_base_url
+            .as_str()
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
+    /// Constant-time check of the refresh secret; `None` when `/refresh` is disabled.
+    pub fn refresh_secret_matches(&self, presented: &str) -> Option<bool> {
+        let expected = self.refresh_secret.as_ref()?;
+        Some(crate::domain::ids::constant_time_eq(
+            expected.expose_secret().as_bytes(),
+            presented.as_bytes(),
+        ))
+    }
+}

@@ -1,0 +1,103 @@
+//! Marketplace API keys: creation (shown once), authentication by hash, tiers and their hourly limits.
+
+use chrono::{DurationRound, NaiveDateTime, TimeDelta, Utc};
+
+use crate::domain::ids::{random_token, sha256_hex};
+use crate::storage::api_keys::{self, ApiKeyRow};
+use crate::storage::{Db, StorageError};
+
+/// A key's tier decides its hourly request budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    Standard,
+    Premium,
+    Enterprise,
+}
+
+impl Tier {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "standard" => Some(Self::Standard),
+            "premium" => Some(Self::Premium),
+            "enterprise" => Some(Self::Enterprise),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Standard => "standard",
+            Self::Premium => "premium",
+            Self::Enterprise => "enterprise",
+        }
+    }
+
+    /// Requests per hour; `None` is unlimited.
+    pub fn hourly_limit(self) -> Option<i64> {
+        match self {
+            Self::Standard => Some(1000),
+            Self::Premium => Some(5000),
+            Self::Enterprise => None,
+        }
+    }
+}
+
+/// Keys start with this, so a leaked key is recognisable by secret scanners.
+pub const KEY_PREFIX: &str = "amc_";
+
+/// Creates a key; the plaintext is returned once and only its hash is stored.
+pub async fn create(db: &Db, name: &str, tier: Tier) -> Result<(ApiKeyRow, String), StorageError> {
+    let key = format!("{KEY_PREFIX}{}", random_token(40));
+    let hash = sha256_hex(key.as_bytes());
+    let prefix: String = key.chars().take(KEY_PREFIX.len() + 6).collect();
+    let name = name.to_owned();
+    let row = db
+        .run(move |c| api_keys::insert(c, &name, &prefix, &hash, tier.as_str()))
+        .await?;
+    Ok((row, key))
+}
+
+/// The active key matching a presented secret. Keys are high-entropy, so a SHA-256 look-up is safe.
+pub async fn authenticate(db: &Db, presented: &str) -> Result<Option<ApiKeyRow>, StorageError> {
+    if !presented.starts_with(KEY_PREFIX) || presented.len() > 128 {
+        return Ok(None);
+    }
+    let hash = sha256_hex(presented.as_bytes());
+    db.run(move |c| api_keys::find_active_by_hash(c, &hash))
+        .await
+}
+
+/// The outcome of counting one request against a key's hourly budget.
+#[derive(Debug, Clone, Copy)]
+pub struct RateDecision {
+    pub limit: i64,
+    pub remaining: i64,
+    /// Unix seconds when the window resets.
+    pub reset: i64,
+    pub allowed: bool,
+}
+
+/// Counts a request in the current hour window (shared by all instances through the database).
+pub async fn count_request(
+    db: &Db,
+    key_id: i64,
+    tier: Tier,
+) -> Result<Option<RateDecision>, StorageError> {
+    let Some(limit) = tier.hourly_limit() else {
+        return Ok(None);
+    };
+    let now = Utc::now();
+    let window = now.duration_trunc(TimeDelta::hours(1)).unwrap_or(now);
+    let window_start: NaiveDateTime = window.naive_utc();
+    let used = db
+        .run(move |c| api_keys::count_request(c, key_id, window_start))
+        .await?;
+    let reset = (window + TimeDelta::hours(1)).timestamp();
+    Ok(Some(RateDecision {
+        limit,
+        remaining: (limit - used).max(0),
+        reset,
+        allowed: used <= limit,
+    }))
+}

@@ -1,0 +1,12 @@
+//! Use cases of the connector. No actix types here: the web layer and the workers call these.
+
+pub mod api_keys;
+pub mod keys;
+
+// connect and refresh (issues 4, 5)
+
+// orders (issue 6)
+
+// events (issue 7)
+
+// operations (issue 8)

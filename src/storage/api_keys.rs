@@ -1,0 +1,119 @@
+//! `api_keys` and `api_key_usage`: hashed marketplace API keys and their hourly request counts.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use super::schema::{api_key_usage, api_keys};
+use super::{AnyConnection, StorageError};
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = api_keys)]
+pub struct ApiKeyRow {
+    pub id: i64,
+    pub name: String,
+    pub key_prefix: String,
+    pub key_hash: String,
+    pub tier: String,
+    pub created_at: NaiveDateTime,
+    pub last_used_at: Option<NaiveDateTime>,
+    pub revoked_at: Option<NaiveDateTime>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = api_keys)]
+struct NewApiKey<'a> {
+    name: &'a str,
+    key_prefix: &'a str,
+    key_hash: &'a str,
+    tier: &'a str,
+    created_at: NaiveDateTime,
+}
+
+pub fn insert(
+    conn: &mut AnyConnection,
+    name: &str,
+    key_prefix: &str,
+    key_hash: &str,
+    tier: &str,
+) -> Result<ApiKeyRow, StorageError> {
+    let created_at = super::now();
+    let id = diesel::insert_into(api_keys::table)
+        .values(NewApiKey {
+            name,
+            key_prefix,
+            key_hash,
+            tier,
+            created_at,
+        })
+        .returning(api_keys::id)
+        .get_result::<i64>(conn)?;
+    Ok(ApiKeyRow {
+        id,
+        name: name.to_owned(),
+        key_prefix: key_prefix.to_owned(),
+        key_hash: key_hash.to_owned(),
+        tier: tier.to_owned(),
+        created_at,
+        last_used_at: None,
+        revoked_at: None,
+    })
+}
+
+pub fn list(conn: &mut AnyConnection) -> Result<Vec<ApiKeyRow>, StorageError> {
+    Ok(api_keys::table
+        .order(api_keys::id.asc())
+        .select(ApiKeyRow::as_select())
+        .load(conn)?)
+}
+
+/// Marks a key revoked; false when there is no such active key.
+pub fn revoke(conn: &mut AnyConnection, id: i64) -> Result<bool, StorageError> {
+    let n = diesel::update(
+        api_keys::table
+            .filter(api_keys::id.eq(id))
+            .filter(api_keys::revoked_at.is_null()),
+    )
+    .set(api_keys::revoked_at.eq(Some(super::now())))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+pub fn find_active_by_hash(
+    conn: &mut AnyConnection,
+    hash: &str,
+) -> Result<Option<ApiKeyRow>, StorageError> {
+    Ok(api_keys::table
+        .filter(api_keys::key_hash.eq(hash))
+        .filter(api_keys::revoked_at.is_null())
+        .select(ApiKeyRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Counts one request in the key's window and returns the window's total so far (atomic upsert).
+pub fn count_request(
+    conn: &mut AnyConnection,
+    key_id: i64,
+    window_start: NaiveDateTime,
+) -> Result<i64, StorageError> {
+    let total = crate::per_backend!(conn, |c| diesel::insert_into(api_key_usage::table)
+        .values((
+            api_key_usage::key_id.eq(key_id),
+            api_key_usage::window_start.eq(window_start),
+            api_key_usage::request_count.eq(1i64),
+        ))
+        .on_conflict((api_key_usage::key_id, api_key_usage::window_start))
+        .do_update()
+        .set(api_key_usage::request_count.eq(api_key_usage::request_count + 1i64))
+        .returning(api_key_usage::request_count)
+        .get_result::<i64>(c))?;
+    Ok(total)
+}
+
+/// Drops usage windows older than `before` (they only matter for the current hour).
+pub fn prune_usage(conn: &mut AnyConnection, before: NaiveDateTime) -> Result<usize, StorageError> {
+    Ok(
+        diesel::delete(api_key_usage::table.filter(api_key_usage::window_start.lt(before)))
+            .execute(conn)?,
+    )
+}

@@ -1,0 +1,192 @@
+//! `events` (the event log and outbox) and the fan-out of each new event into `event_deliveries`.
+//!
+//! Events are written in the same transaction as the state change they report, so an event exists if and
+//! only if its change was committed. A `dedupe_key` makes "exactly once" a database constraint (for example
+//! one `payment.completed` per order) instead of a hope.
+
+use chrono::{NaiveDateTime, SecondsFormat, Utc};
+use diesel::prelude::*;
+use serde_json::json;
+
+use super::schema::{event_deliveries, events, webhook_subscriptions};
+use super::{AnyConnection, StorageError};
+use crate::domain::ids::prefixed_id;
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = events)]
+pub struct EventRow {
+    pub seq: i64,
+    pub id: String,
+    pub event: String,
+    pub seller_id: String,
+    pub payload: String,
+    pub dedupe_key: Option<String>,
+    pub created_at: NaiveDateTime,
+}
+
+/// An event about to be recorded. `payload` is the exact body every subscriber will receive and sign.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: String,
+    pub event: String,
+    pub seller_id: String,
+    pub payload: String,
+    pub dedupe_key: Option<String>,
+    pub created_at: NaiveDateTime,
+}
+
+impl NewEvent {
+    /// Builds the contract's body `{id, event, timestamp, seller_id, data}` once, at creation.
+    pub fn new(
+        event: &str,
+        seller_id: &str,
+        data: serde_json::Value,
+        dedupe_key: Option<String>,
+    ) -> Self {
+        let id = prefixed_id("evt");
+        let created = Utc::now();
+        let payload = json!({
+            "id": id,
+            "event": event,
+            "timestamp": created.to_rfc3339_opts(SecondsFormat::Secs, true),
+            "seller_id": seller_id,
+            "data": data,
+        })
+        .to_string();
+        Self {
+            id,
+            event: event.to_owned(),
+            seller_id: seller_id.to_owned(),
+            payload,
+            dedupe_key,
+            created_at: super::to_db(created),
+        }
+    }
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = events)]
+struct InsertEvent<'a> {
+    id: &'a str,
+    event: &'a str,
+    seller_id: &'a str,
+    payload: &'a str,
+    dedupe_key: Option<&'a str>,
+    created_at: NaiveDateTime,
+}
+
+/// The event names a subscription may ask for (`"*"` means all).
+pub const EVENT_NAMES: [&str; 9] = [
+    "connection.connected",
+    "connection.refresh_failed",
+    "connection.revoked",
+    "order.synced",
+    "order.sync_failed",
+    "order.created",
+    "order.status_changed",
+    "payment.completed",
+    "order.cancelled",
+];
+
+/// Records an event and queues a delivery to every active subscription that wants it. Returns `None`
+/// when an event with the same dedupe key already exists (nothing is written). Call inside the
+/// transaction of the change it reports.
+pub fn record(conn: &mut AnyConnection, ev: &NewEvent) -> Result<Option<i64>, StorageError> {
+    let row = InsertEvent {
+        id: &ev.id,
+        event: &ev.event,
+        seller_id: &ev.seller_id,
+        payload: &ev.payload,
+        dedupe_key: ev.dedupe_key.as_deref(),
+        created_at: ev.created_at,
+    };
+    let seq: Option<i64> = if ev.dedupe_key.is_some() {
+        crate::per_backend!(conn, |c| diesel::insert_into(events::table)
+            .values(&row)
+            .on_conflict(events::dedupe_key)
+            .do_nothing()
+            .returning(events::seq)
+            .get_result::<i64>(c)
+            .optional())?
+    } else {
+        Some(
+            diesel::insert_into(events::table)
+                .values(&row)
+                .returning(events::seq)
+                .get_result::<i64>(conn)?,
+        )
+    };
+    let Some(seq) = seq else { return Ok(None) };
+    let subs: Vec<(String, String)> = webhook_subscriptions::table
+        .filter(webhook_subscriptions::active.eq(true))
+        .select((webhook_subscriptions::id, webhook_subscriptions::events))
+        .load(conn)?;
+    let now = super::now();
+    for (sub_id, wanted) in subs {
+        if !subscription_wants(&wanted, &ev.event) {
+            continue;
+        }
+        diesel::insert_into(event_deliveries::table)
+            .values((
+                event_deliveries::event_seq.eq(seq),
+                event_deliveries::subscription_id.eq(&sub_id),
+                event_deliveries::seller_id.eq(&ev.seller_id),
+                event_deliveries::state.eq("pending"),
+                event_deliveries::attempts.eq(0),
+                event_deliveries::next_attempt_at.eq(now),
+                event_deliveries::created_at.eq(now),
+                event_deliveries::updated_at.eq(now),
+            ))
+            .execute(conn)?;
+    }
+    Ok(Some(seq))
+}
+
+/// Whether a subscription's stored event list (a JSON array) includes `event` or `"*"`.
+pub fn subscription_wants(events_json: &str, event: &str) -> bool {
+    serde_json::from_str::<Vec<String>>(events_json)
+        .map(|list| list.iter().any(|e| e == "*" || e == event))
+        .unwrap_or(false)
+}
+
+pub fn find_by_id(conn: &mut AnyConnection, id: &str) -> Result<Option<EventRow>, StorageError> {
+    Ok(events::table
+        .filter(events::id.eq(id))
+        .select(EventRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Events after a cursor, in log order, optionally of one seller and one event name.
+pub fn list_after(
+    conn: &mut AnyConnection,
+    after: i64,
+    seller_id: Option<&str>,
+    event: Option<&str>,
+    limit: i64,
+) -> Result<Vec<EventRow>, StorageError> {
+    let mut q = events::table
+        .filter(events::seq.gt(after))
+        .select(EventRow::as_select())
+        .into_boxed();
+    if let Some(s) = seller_id {
+        q = q.filter(events::seller_id.eq(s.to_owned()));
+    }
+    if let Some(e) = event {
+        q = q.filter(events::event.eq(e.to_owned()));
+    }
+    Ok(q.order(events::seq.asc()).limit(limit).load(conn)?)
+}
+
+/// Every event of one seller with the given name (tests and the dashboard).
+pub fn count_by_name(
+    conn: &mut AnyConnection,
+    seller_id: &str,
+    event: &str,
+) -> Result<i64, StorageError> {
+    Ok(events::table
+        .filter(events::seller_id.eq(seller_id))
+        .filter(events::event.eq(event))
+        .count()
+        .get_result(conn)?)
+}

@@ -1,0 +1,141 @@
+//! Authentication, `X-API-Version` and per-key hourly rate limits for every `/api/v1` request.
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{FromRequest, HttpMessage, HttpRequest, ResponseError, web};
+
+use crate::app::AppState;
+use crate::services::api_keys::{self, RateDecision, Tier};
+use crate::web::error::{ApiError, ErrorCode};
+
+/// Who is calling: the marketplace backend with an API key, or a signed-in operator.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    ApiKey { id: i64, name: String, tier: Tier },
+    Operator { id: i64, role: String },
+}
+
+impl Caller {
+    /// Viewers may read but not change anything.
+    pub fn require_write(&self) -> Result<(), ApiError> {
+        match self {
+            Caller::Operator { role, .. } if role != "admin" => Err(ApiError::forbidden(
+                "this account may view but not change anything",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        std::future::ready(
+            req.extensions()
+                .get::<Caller>()
+                .cloned()
+                .ok_or_else(|| ApiError::unauthorized("missing credentials")),
+        )
+    }
+}
+
+fn bearer(req: &ServiceRequest) -> Option<String> {
+    let v = req.headers().get("authorization")?.to_str().ok()?;
+    let (scheme, token) = v.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+fn reject(req: ServiceRequest, e: ApiError) -> ServiceResponse<BoxBody> {
+    let resp = e.error_response();
+    req.into_response(resp)
+}
+
+/// Middleware for the `/api/v1` scope.
+pub async fn guard(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    if let Some(v) = req.headers().get("x-api-version")
+        && v.as_bytes() != b"v1"
+    {
+        let e = ApiError::new(
+            ErrorCode::InvalidApiVersion,
+            "unsupported X-API-Version; this service speaks v1",
+        );
+        return Ok(reject(req, e));
+    }
+    let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
+        return Ok(reject(req, ApiError::internal("application state missing")));
+    };
+    let Some(token) = bearer(&req) else {
+        return Ok(reject(req, ApiError::unauthorized("missing Bearer token")));
+    };
+    let (caller, decision): (Caller, Option<RateDecision>) =
+        match authenticate(&state, &token).await {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                return Ok(reject(
+                    req,
+                    ApiError::unauthorized("invalid or revoked token"),
+                ));
+            }
+            Err(e) => return Ok(reject(req, e)),
+        };
+    if let Some(d) = decision.filter(|d| !d.allowed) {
+        let retry = (d.reset - chrono::Utc::now().timestamp()).max(1) as u64;
+        let mut res = reject(req, ApiError::rate_limited(retry));
+        add_rate_headers(&mut res, &d);
+        return Ok(res);
+    }
+    req.extensions_mut().insert(caller);
+    let mut res = next.call(req).await?.map_into_boxed_body();
+    if let Some(d) = decision {
+        add_rate_headers(&mut res, &d);
+    }
+    res.headers_mut().insert(
+        HeaderName::from_static("x-api-version"),
+        HeaderValue::from_static("v1"),
+    );
+    Ok(res)
+}
+
+async fn authenticate(
+    state: &AppState,
+    token: &str,
+) -> Result<Option<(Caller, Option<RateDecision>)>, ApiError> {
+    if let Some(key) = api_keys::authenticate(&state.db, token).await? {
+        let tier = Tier::parse(&key.tier).unwrap_or(Tier::Standard);
+        let decision = api_keys::count_request(&state.db, key.id, tier).await?;
+        return Ok(Some((
+            Caller::ApiKey {
+                id: key.id,
+                name: key.name,
+                tier,
+            },
+            decision,
+        )));
+    }
+    Ok(None)
+}
+
+fn add_rate_headers(res: &mut ServiceResponse<BoxBody>, d: &RateDecision) {
+    let h = res.headers_mut();
+    h.insert(
+        HeaderName::from_static("x-ratelimit-limit"),
+        HeaderValue::from(d.limit),
+    );
+    h.insert(
+        HeaderName::from_static("x-ratelimit-remaining"),
+        HeaderValue::from(d.remaining),
+    );
+    h.insert(
+        HeaderName::from_static("x-ratelimit-reset"),
+        HeaderValue::from(d.reset),
+    );
+}

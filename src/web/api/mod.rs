@@ -1,0 +1,4 @@
+//! `/api/v1`: the marketplace backend's API. The guard here authenticates, checks the version header and
+//! counts the key's hourly budget before any handler runs.
+
+pub mod guard;

@@ -1,0 +1,136 @@
+//! Request extractors with the contract's errors: JSON bodies (400 malformed, 422 per field) and paging.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::dev::Payload;
+use actix_web::{FromRequest, HttpRequest, web};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use super::error::{ApiError, FieldErrors};
+
+/// Largest JSON body accepted on `/api`.
+pub const JSON_LIMIT: usize = 256 * 1024;
+
+/// A JSON body: malformed JSON is 400 `BAD_REQUEST`; a well-formed body of the wrong shape is 422
+/// `VALIDATION_ERROR` naming the field.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned + 'static> FromRequest for ApiJson<T> {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let bytes = web::Bytes::from_request(req, payload);
+        Box::pin(async move {
+            let body = bytes.await.map_err(|e| {
+                if e.to_string().contains("overflow") || e.to_string().contains("too large") {
+                    ApiError::bad_request(format!(
+                        "request body is larger than {} KiB",
+                        JSON_LIMIT / 1024
+                    ))
+                    .with_status(actix_web::http::StatusCode::PAYLOAD_TOO_LARGE)
+                } else {
+                    ApiError::bad_request("could not read the request body")
+                }
+            })?;
+            parse_json(&body).map(ApiJson)
+        })
+    }
+}
+
+/// Parses a JSON body with the contract's error classes.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request("request body must be a JSON object"));
+    }
+    // First check that it is JSON at all, so syntax errors are 400 and shape errors 422.
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON: {}", short(&e.to_string()))))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request("request body must be a JSON object"));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { "body".to_owned() } else { path };
+        let mut fields = FieldErrors::new();
+        fields.insert(field, vec![short(&e.inner().to_string())]);
+        ApiError::validation(fields)
+    })
+}
+
+fn short(s: &str) -> String {
+    // serde messages are safe to show but can quote long inputs; keep them bounded.
+    let mut out: String = s.chars().take(200).collect();
+    if s.chars().count() > 200 {
+        out.push('…');
+    }
+    out
+}
+
+/// `?page=&per_page=` with the contract's bounds (per_page at most 100).
+#[derive(Debug, Clone, Copy)]
+pub struct Paging {
+    pub page: i64,
+    pub per_page: i64,
+}
+
+impl Paging {
+    pub fn offset(&self) -> i64 {
+        (self.page - 1) * self.per_page
+    }
+
+    pub fn meta(&self, total: i64) -> serde_json::Value {
+        serde_json::json!({"page": self.page, "per_page": self.per_page, "total": total})
+    }
+}
+
+#[derive(Deserialize)]
+struct RawPaging {
+    page: Option<String>,
+    per_page: Option<String>,
+}
+
+impl FromRequest for Paging {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        std::future::ready(paging_from_query(req.query_string()))
+    }
+}
+
+pub fn paging_from_query(q: &str) -> Result<Paging, ApiError> {
+    let raw: RawPaging = serde_urlencoded::from_str(q)
+        .map_err(|_| ApiError::bad_request("malformed query string"))?;
+    let page = match raw.page.as_deref() {
+        None | Some("") => 1,
+        Some(p) => p
+            .parse::<i64>()
+            .ok()
+            .filter(|p| (1..=1_000_000).contains(p))
+            .ok_or_else(|| ApiError::bad_request("page must be a whole number from 1"))?,
+    };
+    let per_page = match raw.per_page.as_deref() {
+        None | Some("") => 15,
+        Some(p) => p
+            .parse::<i64>()
+            .ok()
+            .filter(|p| (1..=100).contains(p))
+            .ok_or_else(|| {
+                ApiError::bad_request("per_page must be a whole number from 1 to 100")
+            })?,
+    };
+    Ok(Paging { page, per_page })
+}
+
+/// Query parameters of any shape, with 400 on malformed input.
+pub fn query<T: DeserializeOwned>(req: &HttpRequest) -> Result<T, ApiError> {
+    serde_urlencoded::from_str(req.query_string()).map_err(|e| {
+        ApiError::bad_request(format!(
+            "malformed query parameters: {}",
+            short(&e.to_string())
+        ))
+    })
+}

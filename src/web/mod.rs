@@ -1,0 +1,74 @@
+//! The HTTP layer: the one route table, middleware, and one file per area. Only this module imports actix.
+
+pub mod api;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod request_id;
+
+use actix_web::{HttpRequest, HttpResponse, middleware, web};
+
+use error::ApiError;
+
+/// The whole route table, in one place.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/health", web::get().to(health::health));
+
+    // --- connect and refresh (issues 4, 5): pages, OAuth callback, uninstall hook, /refresh ---
+
+    // --- amoCRM webhooks in (issue 7) ---
+
+    // --- operations (issue 8): dashboard, metrics ---
+
+    cfg.service(
+        web::scope("/api/v1")
+            .wrap(middleware::from_fn(api::guard::guard))
+            .configure(api_v1)
+            .default_service(web::to(api_not_found)),
+    )
+    .service(web::scope("/api").default_service(web::to(api_not_found)));
+}
+
+/// Routes under `/api/v1` (already authenticated and rate-limited by the guard).
+fn api_v1(cfg: &mut web::ServiceConfig) {
+    let _ = &cfg;
+
+    // --- connect sessions, connections, pipeline (issues 4, 5) ---
+
+    // --- orders (issue 6) ---
+
+    // --- webhooks subscriptions, deliveries, events (issue 7) ---
+
+    // --- operations (issue 8) ---
+}
+
+/// Extractor errors outside our own extractors (paths, queries, forms) answer in the contract's body.
+pub fn configure_extractors(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::QueryConfig::default().error_handler(|e, _| {
+        ApiError::bad_request(format!("malformed query parameters: {e}")).into()
+    }))
+    .app_data(
+        web::PathConfig::default().error_handler(|_, _| ApiError::not_found("resource").into()),
+    )
+    .app_data(
+        web::JsonConfig::default()
+            .limit(extract::JSON_LIMIT)
+            .error_handler(|e, _| ApiError::bad_request(format!("malformed JSON: {e}")).into()),
+    )
+    .app_data(web::PayloadConfig::new(extract::JSON_LIMIT));
+}
+
+async fn api_not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let _ = req;
+    Err(ApiError::new(
+        error::ErrorCode::ResourceNotFound,
+        "no such route",
+    ))
+}
+
+/// Non-API paths that match nothing.
+pub async fn page_not_found() -> HttpResponse {
+    HttpResponse::NotFound()
+        .content_type("text/plain; charset=utf-8")
+        .body("Not found")
+}

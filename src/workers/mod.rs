@@ -1,0 +1,9 @@
+//! Background workers, each a `run_once` step plus a loop, so tests drive them step by step.
+
+// connect and refresh (issues 4, 5)
+
+// orders (issue 6)
+
+// events (issue 7)
+
+// operations (issue 8)

@@ -1,0 +1,175 @@
+//! The marketplace API conventions: Bearer auth, the error body, the version header, rate limits, 404s.
+
+use amocrm_connector::services::api_keys::Tier;
+
+use crate::helpers::{assert_error, spawn_app};
+
+#[tokio::test]
+async fn api_requests_without_a_token_are_401_in_the_contract_format() {
+    let app = spawn_app().await;
+    let resp = app
+        .http
+        .get(app.url("/api/v1/connections"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, 401, "INVALID_TOKEN").await;
+}
+
+#[tokio::test]
+async fn a_wrong_or_revoked_api_key_is_401() {
+    let app = spawn_app().await;
+    let resp = app
+        .http
+        .get(app.url("/api/v1/connections"))
+        .bearer_auth("amc_not-a-real-key")
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, 401, "INVALID_TOKEN").await;
+
+    let rows = app
+        .db
+        .run(amocrm_connector::storage::api_keys::list)
+        .await
+        .unwrap();
+    let id = rows[0].id;
+    app.db
+        .run(move |c| amocrm_connector::storage::api_keys::revoke(c, id))
+        .await
+        .unwrap();
+    let resp = app.api_get("/api/v1/no-such-route").await;
+    assert_error(resp, 401, "INVALID_TOKEN").await;
+}
+
+#[tokio::test]
+async fn an_unsupported_api_version_is_400_and_v1_is_accepted() {
+    let app = spawn_app().await;
+    let resp = app
+        .http
+        .get(app.url("/api/v1/no-such-route"))
+        .bearer_auth(&app.api_key)
+        .header("X-API-Version", "v2")
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, 400, "INVALID_API_VERSION").await;
+    let resp = app
+        .http
+        .get(app.url("/api/v1/no-such-route"))
+        .bearer_auth(&app.api_key)
+        .header("X-API-Version", "v1")
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, 404, "RESOURCE_NOT_FOUND").await;
+}
+
+#[tokio::test]
+async fn unknown_api_routes_are_404_in_the_contract_format() {
+    let app = spawn_app().await;
+    assert_error(
+        app.api_get("/api/v1/nothing/here").await,
+        404,
+        "RESOURCE_NOT_FOUND",
+    )
+    .await;
+    let resp = app
+        .http
+        .get(app.url("/api/v2/anything"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, 404, "RESOURCE_NOT_FOUND").await;
+}
+
+#[tokio::test]
+async fn responses_carry_rate_limit_headers_for_limited_tiers() {
+    let app = spawn_app().await;
+    let resp = app.api_get("/api/v1/no-such-route").await;
+    assert_eq!(resp.headers()["x-ratelimit-limit"], "1000");
+    assert_eq!(resp.headers()["x-ratelimit-remaining"], "999");
+    let reset: i64 = resp.headers()["x-ratelimit-reset"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let now = chrono::Utc::now().timestamp();
+    assert!(reset > now && reset <= now + 3600);
+    let resp = app.api_get("/api/v1/no-such-route").await;
+    assert_eq!(resp.headers()["x-ratelimit-remaining"], "998");
+
+    let premium = app.api_key_with_tier(Tier::Premium).await;
+    let resp = app
+        .http
+        .get(app.url("/api/v1/x"))
+        .bearer_auth(&premium)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-ratelimit-limit"], "5000");
+
+    let enterprise = app.api_key_with_tier(Tier::Enterprise).await;
+    let resp = app
+        .http
+        .get(app.url("/api/v1/x"))
+        .bearer_auth(&enterprise)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        resp.headers().get("x-ratelimit-limit").is_none(),
+        "enterprise is unlimited"
+    );
+}
+
+#[tokio::test]
+async fn a_key_over_its_hourly_budget_gets_429_with_retry_after() {
+    let app = spawn_app().await;
+    // Use up the standard budget directly in the usage table (1000 requests would only slow the test).
+    let rows = app
+        .db
+        .run(amocrm_connector::storage::api_keys::list)
+        .await
+        .unwrap();
+    let id = rows[0].id;
+    let window = {
+        use chrono::{DurationRound, TimeDelta};
+        chrono::Utc::now()
+            .duration_trunc(TimeDelta::hours(1))
+            .unwrap()
+            .naive_utc()
+    };
+    app.db
+        .run(move |c| {
+            use amocrm_connector::storage::schema::api_key_usage as u;
+            use diesel::prelude::*;
+            diesel::insert_into(u::table)
+                .values((
+                    u::key_id.eq(id),
+                    u::window_start.eq(window),
+                    u::request_count.eq(1000i64),
+                ))
+                .execute(c)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let resp = app.api_get("/api/v1/no-such-route").await;
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=3600).contains(&retry));
+    assert_eq!(resp.headers()["x-ratelimit-remaining"], "0");
+    assert_error(resp, 429, "RATE_LIMIT_EXCEEDED").await;
+}
+
+#[tokio::test]
+async fn non_api_paths_that_match_nothing_are_plain_404s() {
+    let app = spawn_app().await;
+    let resp = app.http.get(app.url("/nothing")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    assert!(resp.headers().get("x-request-id").is_some());
+}

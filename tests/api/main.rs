@@ -1,0 +1,15 @@
+//! The one integration-test binary: every test starts the real service over HTTP with its own database.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+mod config_errors;
+mod conventions;
+mod foundation;
+mod helpers;
+
+// connect and refresh (issues 4, 5)
+
+// orders (issue 6)
+
+// events (issue 7)
+
+// operations (issue 8)
