@@ -8,6 +8,7 @@ pub mod oauth;
 pub mod pages;
 pub mod refresh;
 pub mod request_id;
+pub mod sanity;
 
 use actix_web::{HttpRequest, HttpResponse, middleware, web};
 

@@ -15,3 +15,7 @@ mod refresh;
 // events (issue 7)
 
 // operations (issue 8)
+
+// proof under hostile input, faults and load (issue 9)
+mod hostile;
+mod properties;
