@@ -19,3 +19,4 @@ mod refresh;
 // proof under hostile input, faults and load (issue 9)
 mod hostile;
 mod properties;
+mod security;
