@@ -8,5 +8,8 @@ pub mod keys;
 // orders (issue 6)
 
 // events (issue 7)
+pub mod delivery;
+pub mod events_log;
+pub mod subscriptions;
 
 // operations (issue 8)

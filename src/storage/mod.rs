@@ -16,6 +16,9 @@ pub mod subscriptions;
 // orders (issue 6)
 
 // events (issue 7)
+pub mod deliveries;
+pub mod inbox;
+pub mod lead_states;
 
 // operations (issue 8)
 

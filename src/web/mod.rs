@@ -38,6 +38,26 @@ fn api_v1(cfg: &mut web::ServiceConfig) {
     // --- orders (issue 6) ---
 
     // --- webhooks subscriptions, deliveries, events (issue 7) ---
+    cfg.service(
+        web::resource("/webhooks")
+            .route(web::get().to(api::webhooks::list))
+            .route(web::post().to(api::webhooks::create)),
+    )
+    .service(
+        web::resource("/webhooks/{id}")
+            .route(web::get().to(api::webhooks::get))
+            .route(web::patch().to(api::webhooks::update))
+            .route(web::delete().to(api::webhooks::delete)),
+    )
+    .route(
+        "/webhooks/{id}/deliveries",
+        web::get().to(api::webhooks::deliveries),
+    )
+    .route("/events", web::get().to(api::events::list))
+    .route(
+        "/events/{id}/redeliver",
+        web::post().to(api::events::redeliver),
+    );
 
     // --- operations (issue 8) ---
 }

@@ -5,5 +5,6 @@
 // orders (issue 6)
 
 // events (issue 7)
+pub mod delivery;
 
 // operations (issue 8)

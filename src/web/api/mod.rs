@@ -2,3 +2,7 @@
 //! counts the key's hourly budget before any handler runs.
 
 pub mod guard;
+
+// --- events (issue 7) ---
+pub mod events;
+pub mod webhooks;
