@@ -18,6 +18,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub db: Db,
     pub keys: Arc<Keyring>,
+    /// The one amoCRM client of this process: every call to every account shares its rate limiter.
+    pub amo: amocrm_client::AmoClient,
     /// Flips to `true` when the process is asked to stop; workers finish their step and exit.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -28,6 +30,8 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     #[error("database: {0}")]
     Database(#[from] StorageError),
+    #[error("amoCRM client: {0}")]
+    Amo(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -47,23 +51,37 @@ impl Application {
     /// Connects the database, applies migrations and binds the listener (`LISTEN_ADDR`; port 0 picks a
     /// free port, as tests do).
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
+        Self::build_with_listener(settings, None).await
+    }
+
+    /// Like [`Application::build`], on a listener the caller already bound (tests learn the port first,
+    /// so `PUBLIC_BASE_URL` and the redirect URI can name it).
+    pub async fn build_with_listener(
+        settings: Settings,
+        listener: Option<TcpListener>,
+    ) -> Result<Self, StartError> {
         let keys = settings.require_keys()?.clone();
+        let amo = amocrm_client::AmoClient::new(settings.amo_config()?)
+            .map_err(|e| StartError::Amo(e.to_string()))?;
         let db = Db::connect(&settings.database_url, settings.database_pool_size)?;
         let applied = db.migrate().await?;
         if !applied.is_empty() {
             tracing::info!(migrations = ?applied, "applied migrations");
         }
-        let listener =
-            TcpListener::bind(settings.listen_addr).map_err(|source| StartError::Bind {
+        let listener = match listener {
+            Some(l) => l,
+            None => TcpListener::bind(settings.listen_addr).map_err(|source| StartError::Bind {
                 addr: settings.listen_addr.to_string(),
                 source,
-            })?;
+            })?,
+        };
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let state = Data::new(AppState {
             settings: Arc::new(settings),
             db,
             keys: Arc::new(keys),
+            amo,
             shutdown: shutdown_rx,
         });
         let server = build_server(listener, state.clone())?;

@@ -137,6 +137,8 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     pub metrics_token: Option<SecretString>,
     pub instance_id: String,
+    /// Run the background workers in this process (tests turn them off and drive `run_once` themselves).
+    pub run_workers: bool,
 }
 
 impl fmt::Debug for Settings {
@@ -164,6 +166,7 @@ impl fmt::Debug for Settings {
             .field("log_format", &self.log_format)
             .field("metrics_token", &redact(&self.metrics_token))
             .field("instance_id", &self.instance_id)
+            .field("run_workers", &self.run_workers)
             .finish_non_exhaustive()
     }
 }
@@ -456,7 +459,12 @@ impl Settings {
                 crate::domain::ids::random_token(6)
             )
         });
+        let run_workers = match non_empty(env, "RUN_WORKERS") {
+            Some(v) => parse_bool("RUN_WORKERS", &v)?,
+            None => true,
+        };
         Ok(Self {
+            run_workers,
             database_url,
             database_pool_size,
             listen_addr,
@@ -507,6 +515,26 @@ impl Settings {
             .as_ref()
             .ok_or_else(|| ConfigError::new("AMOCRM_CLIENT_SECRET", "required by serve"))?;
         Ok((id, secret))
+    }
+
+    /// The amoCRM client configuration these settings describe.
+    pub fn amo_config(&self) -> Result<amocrm_client::AmoConfig, ConfigError> {
+        let (client_id, secret) = self.require_amocrm()?;
+        let allowed = amocrm_client::AllowedDomains::parse(&self.amocrm_allowed_domains.join(","))
+            .map_err(|e| ConfigError::new("AMOCRM_ALLOWED_DOMAINS", e.to_string()))?;
+        let mut cfg = amocrm_client::AmoConfig::new(
+            client_id,
+            secret.clone(),
+            self.amocrm_redirect_uri.clone(),
+        );
+        cfg.authorize_url = self.amocrm_authorize_url.clone();
+        cfg.account_url_template = self.amocrm_account_url_template.clone();
+        cfg.allowed_domains = allowed;
+        cfg.rate_limit_rps = self.amocrm_rate_limit_rps;
+        cfg.request_timeout = self.amocrm_request_timeout;
+        cfg.validate()
+            .map_err(|e| ConfigError::new("AMOCRM_*", e.to_string()))?;
+        Ok(cfg)
     }
 
     /// `PUBLIC_BASE_URL` without a trailing slash, for building links.

@@ -1,6 +1,23 @@
-//! The `amocrm-sandbox` binary: a local stand-in for amoCRM (see the amocrm-sandbox crate).
+//! The `amocrm-sandbox` binary: a thin wrapper around `amocrm_sandbox::run_cli`.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("error: the sandbox binary is being built; use the library for now");
-    std::process::ExitCode::FAILURE
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("amocrm-sandbox: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(amocrm_sandbox::run_cli()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("amocrm-sandbox: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -11,10 +11,12 @@ use amocrm_connector::config::Settings;
 use amocrm_connector::services::api_keys::{self, Tier};
 use amocrm_connector::storage::Db;
 use amocrm_connector::storage::cipher::Keyring;
+use amocrm_sandbox::{Integration, Sandbox, SandboxConfig, SandboxHandle};
 use diesel::Connection;
 use diesel::connection::SimpleConnection;
 
 pub struct TestApp {
+    pub sandbox: SandboxHandle,
     pub address: String,
     pub port: u16,
     pub db: Db,
@@ -92,6 +94,8 @@ pub fn base_env(db_url: &str) -> HashMap<String, String> {
     );
     env.insert("REFRESH_SCHEDULE".into(), String::new());
     env.insert("LOG_FORMAT".into(), "json".into());
+    // Tests drive the workers' run_once steps themselves; a test that wants the loops turns this on.
+    env.insert("RUN_WORKERS".into(), "false".into());
     env
 }
 
@@ -109,8 +113,42 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut HashMap<String, String>)
 
 /// Starts the service on a given database and environment (several instances may share one database).
 pub async fn spawn_app_on(database: TestDatabase, env: HashMap<String, String>) -> TestApp {
+    let sandbox = Sandbox::start(SandboxConfig::default())
+        .await
+        .expect("sandbox starts");
+    spawn_app_with_sandbox(database, env, sandbox).await
+}
+
+/// Starts the service against a given sandbox: the app's port is bound first so the redirect URI and the
+/// webhook destinations name it, then the integration is registered in the sandbox.
+pub async fn spawn_app_with_sandbox(
+    database: TestDatabase,
+    mut env: HashMap<String, String>,
+    sandbox: SandboxHandle,
+) -> TestApp {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    let port = listener.local_addr().expect("local addr").port();
+    let base = format!("http://127.0.0.1:{port}");
+    env.insert("LISTEN_ADDR".into(), format!("127.0.0.1:{port}"));
+    env.entry("PUBLIC_BASE_URL".into())
+        .or_insert_with(|| base.clone());
+    env.insert(
+        "AMOCRM_ACCOUNT_URL_TEMPLATE".into(),
+        sandbox.account_url_template(),
+    );
+    env.insert("AMOCRM_AUTHORIZE_URL".into(), sandbox.authorize_url());
     let settings = Settings::from_env(&env).expect("valid test settings");
-    let app = Application::build(settings).await.expect("app builds");
+    sandbox.add_integration(
+        Integration::new(
+            env["AMOCRM_CLIENT_ID"].clone(),
+            env["AMOCRM_CLIENT_SECRET"].clone(),
+            settings.amocrm_redirect_uri.to_string(),
+        )
+        .with_disconnect_url(format!("{}/oauth/amocrm/disconnect", settings.base_url())),
+    );
+    let app = Application::build_with_listener(settings, Some(listener))
+        .await
+        .expect("app builds");
     let port = app.port();
     let state = app.state.clone();
     let db = state.db.clone();
@@ -124,6 +162,7 @@ pub async fn spawn_app_on(database: TestDatabase, env: HashMap<String, String>) 
         .build()
         .expect("http client");
     TestApp {
+        sandbox,
         address: format!("http://127.0.0.1:{port}"),
         port,
         db,

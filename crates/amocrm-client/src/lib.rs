@@ -1,1 +1,27 @@
 //! amoCRM API v4 and OAuth client: no database, no web framework.
+//!
+//! The service builds one [`AmoClient`] from an [`AmoConfig`]; every call for one account host goes through the
+//! shared per-account [`RateLimiter`], token calls included. Webhook bodies are parsed by [`webhook::parse`], the
+//! uninstall hook is checked by [`verify_disconnect_signature`].
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod disconnect;
+pub mod error;
+pub mod host;
+pub mod limiter;
+pub mod models;
+pub mod oauth;
+pub mod webhook;
+
+pub use api::AccountApi;
+pub use client::AmoClient;
+pub use config::{AmoConfig, AuthMode, ConfigError};
+pub use disconnect::verify_disconnect_signature;
+pub use error::{ApiError, FieldError, ValidationError};
+pub use host::{AccountHost, AllowedDomains, HostError};
+pub use limiter::RateLimiter;
+pub use models::*;
+pub use oauth::{OAuthError, TokenClaims, TokenSet};
+pub use webhook::{LeadAction, LeadEvent, OtherEntityEvent, WebhookParseError, WebhookPayload};

@@ -1,1 +1,28 @@
 //! A local stand-in for amoCRM: OAuth, API v4, webhooks, limits and fault injection.
+//!
+//! Start one in-process with [`Sandbox::start`] (port 0 by default) and drive it through the returned
+//! [`SandboxHandle`], or over HTTP under `/_sandbox/…` (see the crate's README).
+
+pub mod api;
+mod cli;
+pub mod config;
+mod fields;
+mod handle;
+pub mod model;
+pub mod oauth;
+mod outbound;
+mod problem;
+mod server;
+mod state;
+pub mod tokens;
+
+pub use cli::run_cli;
+pub use config::{DEFAULT_ACCOUNTS, Faults, Integration, SandboxConfig, WebhookFormat};
+pub use handle::{Sandbox, SandboxHandle};
+pub use model::{
+    AccountInfo, Company, Contact, Counters, CustomField, Delivery, DeliveryKind, FieldEnum,
+    FieldValue, FieldValues, Lead, LoggedRequest, Pipeline, Status, Tag, TokenPair, Webhook,
+};
+pub use oauth::AuthorizeParams;
+pub use state::STATUS_COLORS;
+pub use tokens::{decode_claims, disconnect_signature};

@@ -1,0 +1,1942 @@
+//! amoCRM API v4 for one account: account, pipelines and statuses, custom fields, leads (complex, list,
+//! get, add, patch), contacts and companies (read), webhooks. Pure state transitions plus the events
+//! they cause; the HTTP layer around them lives in `server`.
+#![allow(
+    clippy::result_large_err,
+    reason = "handlers pass ready amoCRM responses up; they are built once per request"
+)]
+
+use actix_web::HttpResponse;
+use actix_web::http::StatusCode;
+use serde_json::{Map, Value, json};
+
+use crate::fields::{self, FIELD_TYPES, as_id, join, opt_bool, opt_int, opt_str};
+use crate::model::{
+    Company, Contact, CustomField, FieldEnum, FieldValues, Lead, Pipeline, Status, Tag, Webhook,
+};
+use crate::outbound::Event;
+use crate::problem::{
+    self, FieldError, ItemErrors, bad_request, empty_body, hal, no_content, problem,
+};
+use crate::state::{
+    Account, Ids, LOST, MAX_PIPELINES, MAX_STATUSES, MAX_WEBHOOKS, STATUS_COLORS, State, WON,
+    WebhookState, new_pipeline, next, system_statuses,
+};
+
+/// Webhook settings amoCRM accepts (amocrm-api.md §6.1).
+pub const WEBHOOK_SETTINGS: [&str; 31] = [
+    "add_lead",
+    "update_lead",
+    "delete_lead",
+    "restore_lead",
+    "status_lead",
+    "responsible_lead",
+    "note_lead",
+    "add_contact",
+    "update_contact",
+    "delete_contact",
+    "restore_contact",
+    "responsible_contact",
+    "note_contact",
+    "add_company",
+    "update_company",
+    "delete_company",
+    "restore_company",
+    "responsible_company",
+    "note_company",
+    "add_task",
+    "update_task",
+    "delete_task",
+    "responsible_task",
+    "add_unsorted",
+    "update_unsorted",
+    "delete_unsorted",
+    "add_talk",
+    "update_talk",
+    "add_message",
+    "add_customer",
+    "update_customer",
+];
+/// Leads per `leads/complex` call.
+pub const MAX_COMPLEX: usize = 50;
+/// Entities per request or page.
+pub const MAX_PAGE: usize = 250;
+
+/// An API request as the handlers need it.
+pub struct ApiRequest<'a> {
+    pub method: &'a str,
+    /// Path after `/api/v4/`, without a trailing slash.
+    pub path: &'a str,
+    pub query: &'a str,
+    pub body: &'a [u8],
+}
+
+/// Runs one API request against account `host`.
+pub fn handle(st: &mut State, host: &str, req: &ApiRequest<'_>) -> (HttpResponse, Vec<Event>) {
+    let now = st.now(host);
+    let State { accounts, ids, .. } = st;
+    let Some(acc) = accounts.get_mut(host) else {
+        return (problem::not_found(req.method, host), Vec::new());
+    };
+    let seg: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
+    let q = Query::parse(req.query);
+    let mut cx = Cx {
+        acc,
+        ids,
+        now,
+        events: Vec::new(),
+    };
+    let resp = match (req.method, seg.as_slice()) {
+        ("GET", ["account"]) => cx.account(&q),
+        ("GET", ["leads", "pipelines"]) => cx.pipelines_list(),
+        ("POST", ["leads", "pipelines"]) => with_body(req.body, |v| cx.pipelines_create(v)),
+        ("GET", ["leads", "pipelines", id]) => with_id(id, |id| cx.pipeline_get(id)),
+        ("PATCH", ["leads", "pipelines", id]) => {
+            with_id(id, |id| with_body(req.body, |v| cx.pipeline_patch(id, v)))
+        }
+        ("DELETE", ["leads", "pipelines", id]) => with_id(id, |id| cx.pipeline_delete(id)),
+        ("GET", ["leads", "pipelines", id, "statuses"]) => with_id(id, |id| cx.statuses_list(id)),
+        ("POST", ["leads", "pipelines", id, "statuses"]) => {
+            with_id(id, |id| with_body(req.body, |v| cx.statuses_create(id, v)))
+        }
+        ("GET", ["leads", "pipelines", id, "statuses", sid]) => {
+            with_id(id, |id| with_id(sid, |sid| cx.status_get(id, sid)))
+        }
+        ("DELETE", ["leads", "pipelines", id, "statuses", sid]) => {
+            with_id(id, |id| with_id(sid, |sid| cx.status_delete(id, sid)))
+        }
+        ("GET", ["leads", "custom_fields"]) => cx.fields_list(&q),
+        ("POST", ["leads", "custom_fields"]) => with_body(req.body, |v| cx.fields_create(v)),
+        ("GET", ["leads", "custom_fields", id]) => with_id(id, |id| cx.field_get(id)),
+        ("DELETE", ["leads", "custom_fields", id]) => with_id(id, |id| cx.field_delete(id)),
+        ("POST", ["leads", "complex"]) => with_body(req.body, |v| cx.leads_complex(v)),
+        ("GET", ["leads"]) => cx.leads_list(&q),
+        ("POST", ["leads"]) => with_body(req.body, |v| cx.leads_add(v)),
+        ("PATCH", ["leads"]) => with_body(req.body, |v| cx.leads_patch(v, false)),
+        ("GET", ["leads", id]) => with_id(id, |id| cx.lead_get(id, &q)),
+        ("PATCH", ["leads", id]) => with_id(id, |id| {
+            with_body(req.body, |mut v| {
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("id".to_owned(), id.into());
+                }
+                cx.leads_patch(Value::Array(vec![v]), true)
+            })
+        }),
+        ("GET", ["contacts"]) => cx.contacts_list(&q),
+        ("GET", ["contacts", id]) => with_id(id, |id| cx.contact_get(id)),
+        ("GET", ["companies"]) => cx.companies_list(&q),
+        ("GET", ["companies", id]) => with_id(id, |id| cx.company_get(id)),
+        ("GET", ["webhooks"]) => cx.webhooks_list(&q),
+        ("POST", ["webhooks"]) => with_body(req.body, |v| cx.webhook_subscribe(v)),
+        ("DELETE", ["webhooks"]) => with_body(req.body, |v| cx.webhook_unsubscribe(v)),
+        _ => problem::not_found(
+            req.method,
+            &format!("{}/api/v4/{}", cx.acc.self_url(), req.path),
+        ),
+    };
+    (resp, cx.events)
+}
+
+fn with_body(body: &[u8], f: impl FnOnce(Value) -> HttpResponse) -> HttpResponse {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return empty_body();
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Null) => empty_body(),
+        Ok(v) => f(v),
+        Err(_) => bad_request("Request body is not valid JSON"),
+    }
+}
+
+fn with_id(s: &str, f: impl FnOnce(u64) -> HttpResponse) -> HttpResponse {
+    match s.parse::<u64>() {
+        Ok(id) => f(id),
+        Err(_) => problem::problem(StatusCode::NOT_FOUND, "Entity not found"),
+    }
+}
+
+/// Query-string access that understands `key`, `key[]` and `key[N]` lists.
+pub struct Query {
+    pairs: Vec<(String, String)>,
+}
+
+impl Query {
+    pub fn parse(q: &str) -> Self {
+        Self {
+            pairs: serde_urlencoded::from_str(q).unwrap_or_default(),
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Values of `base`, `base[]` and `base[N]`; comma lists are split.
+    pub fn list(&self, base: &str) -> Vec<String> {
+        self.pairs
+            .iter()
+            .filter(|(k, _)| {
+                k == base
+                    || k.strip_prefix(base).is_some_and(|rest| {
+                        rest.starts_with('[')
+                            && rest.ends_with(']')
+                            && rest[1..rest.len() - 1].chars().all(|c| c.is_ascii_digit())
+                    })
+            })
+            .flat_map(|(_, v)| v.split(',').map(|s| s.trim().to_owned()))
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+
+    pub fn ids(&self, base: &str) -> Vec<u64> {
+        self.list(base)
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect()
+    }
+
+    /// `filter[statuses][N][pipeline_id]` / `[status_id]` pairs.
+    pub fn statuses(&self) -> Vec<(Option<u64>, Option<u64>)> {
+        let mut groups: std::collections::BTreeMap<String, (Option<u64>, Option<u64>)> =
+            std::collections::BTreeMap::new();
+        for (k, v) in &self.pairs {
+            let Some(rest) = k.strip_prefix("filter[statuses][") else {
+                continue;
+            };
+            let Some((idx, field)) = rest.split_once("][") else {
+                continue;
+            };
+            let entry = groups.entry(idx.to_owned()).or_default();
+            match field {
+                "pipeline_id]" => entry.0 = v.parse().ok(),
+                "status_id]" => entry.1 = v.parse().ok(),
+                _ => {}
+            }
+        }
+        groups.into_values().collect()
+    }
+
+    pub fn with(&self) -> Vec<String> {
+        self.list("with")
+    }
+
+    /// `(page, limit)`, or the 422 amoCRM gives for a limit above 250.
+    pub fn paging(&self) -> Result<(usize, usize), HttpResponse> {
+        let page = self
+            .get("page")
+            .and_then(|p| p.parse::<usize>().ok())
+            .filter(|p| *p >= 1)
+            .unwrap_or(1);
+        let limit = self
+            .get("limit")
+            .and_then(|l| l.parse::<usize>().ok())
+            .filter(|l| *l >= 1)
+            .unwrap_or(50);
+        if limit > MAX_PAGE {
+            return Err(problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Limit 250 per page",
+            ));
+        }
+        Ok((page, limit))
+    }
+}
+
+/// The handlers' context: one account, the id sequences, the account's clock, collected events.
+struct Cx<'a> {
+    acc: &'a mut Account,
+    ids: &'a mut Ids,
+    now: i64,
+    events: Vec<Event>,
+}
+
+fn link(href: String) -> Value {
+    json!({"self": {"href": href}})
+}
+
+fn items(v: &Value) -> Option<&Vec<Value>> {
+    v.as_array()
+}
+
+/// A page of a list as HAL, or 204 when the page is empty.
+fn page_of(base: &str, key: &str, all: Vec<Value>, page: usize, limit: usize) -> HttpResponse {
+    let start = (page - 1).saturating_mul(limit);
+    let total = all.len();
+    let chunk: Vec<Value> = all.into_iter().skip(start).take(limit).collect();
+    if chunk.is_empty() {
+        return no_content();
+    }
+    let mut links = json!({
+        "self": {"href": format!("{base}?page={page}&limit={limit}")},
+    });
+    if start + limit < total {
+        links["next"] = json!({"href": format!("{base}?page={}&limit={limit}", page + 1)});
+    }
+    if page > 1 {
+        links["prev"] = json!({"href": format!("{base}?page={}&limit={limit}", page - 1)});
+    }
+    let mut embedded = Map::new();
+    embedded.insert(key.to_owned(), Value::Array(chunk));
+    hal(json!({"_page": page, "_links": links, "_embedded": embedded}))
+}
+
+/// Parsed, validated input of one lead (create or patch).
+#[derive(Default)]
+struct LeadIn {
+    id: Option<u64>,
+    name: Option<String>,
+    price: Option<i64>,
+    pipeline_id: Option<u64>,
+    status_id: Option<u64>,
+    responsible: Option<u64>,
+    created_by: Option<u64>,
+    created_at: Option<i64>,
+    closed_at: Option<i64>,
+    fields: Option<Vec<FieldValues>>,
+    tags: Option<Vec<String>>,
+    request_id: String,
+    request_id_given: bool,
+    contact: Option<PartyIn>,
+    company: Option<PartyIn>,
+    unsorted: bool,
+}
+
+#[derive(Default)]
+struct PartyIn {
+    existing: Option<u64>,
+    name: Option<String>,
+    first_name: String,
+    last_name: String,
+    responsible: Option<u64>,
+    fields: Vec<FieldValues>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Complex,
+    Add,
+    Patch,
+}
+
+impl Cx<'_> {
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v4/{path}", self.acc.self_url())
+    }
+
+    // ---- account -------------------------------------------------------------------------------
+
+    fn account(&self, q: &Query) -> HttpResponse {
+        let a = &self.acc;
+        let mut body = json!({
+            "id": a.id,
+            "name": a.name,
+            "subdomain": a.subdomain,
+            "created_at": a.created_at,
+            "created_by": 0,
+            "updated_at": a.created_at,
+            "updated_by": 0,
+            "current_user_id": a.user_id,
+            "country": "RU",
+            "currency": "RUB",
+            "currency_symbol": "₽",
+            "customers_mode": "disabled",
+            "is_unsorted_on": true,
+            "is_loss_reason_enabled": false,
+            "is_helpbot_enabled": false,
+            "is_technical_account": false,
+            "contact_name_display_order": 1,
+            "_links": link(self.url("account")),
+        });
+        for w in q.with() {
+            match w.as_str() {
+                "amojo_id" => body["amojo_id"] = json!(format!("{:032x}", a.id)),
+                "uuid" => {
+                    body["uuid"] = json!(format!("{:08x}-0000-4000-8000-{:012x}", a.id, a.id))
+                }
+                "version" => body["version"] = json!(22),
+                "drive_url" => {
+                    body["drive_url"] = json!(format!(
+                        "https://drive-b.{}",
+                        a.host.split_once('.').map(|x| x.1).unwrap_or(&a.host)
+                    ))
+                }
+                _ => {}
+            }
+        }
+        hal(body)
+    }
+
+    // ---- pipelines -----------------------------------------------------------------------------
+
+    fn status_json(&self, s: &Status) -> Value {
+        json!({
+            "id": s.id,
+            "name": s.name,
+            "sort": s.sort,
+            "is_editable": s.is_editable,
+            "pipeline_id": s.pipeline_id,
+            "color": s.color,
+            "type": s.type_,
+            "account_id": self.acc.id,
+            "_links": link(self.url(&format!("leads/pipelines/{}/statuses/{}", s.pipeline_id, s.id))),
+        })
+    }
+
+    fn pipeline_json(&self, p: &Pipeline) -> Value {
+        let mut statuses: Vec<&Status> = p.statuses.iter().collect();
+        statuses.sort_by_key(|s| (s.sort, s.id));
+        json!({
+            "id": p.id,
+            "name": p.name,
+            "sort": p.sort,
+            "is_main": p.is_main,
+            "is_unsorted_on": p.is_unsorted_on,
+            "is_archive": p.is_archive,
+            "account_id": self.acc.id,
+            "_links": link(self.url(&format!("leads/pipelines/{}", p.id))),
+            "_embedded": {"statuses": statuses.iter().map(|s| self.status_json(s)).collect::<Vec<_>>()},
+        })
+    }
+
+    fn pipelines_list(&self) -> HttpResponse {
+        let mut list: Vec<&Pipeline> = self.acc.pipelines.values().collect();
+        list.sort_by_key(|p| (p.sort, p.id));
+        hal(json!({
+            "_total_items": list.len(),
+            "_links": link(self.url("leads/pipelines")),
+            "_embedded": {"pipelines": list.iter().map(|p| self.pipeline_json(p)).collect::<Vec<_>>()},
+        }))
+    }
+
+    fn pipeline_get(&self, id: u64) -> HttpResponse {
+        match self.acc.pipelines.get(&id) {
+            Some(p) => hal(self.pipeline_json(p)),
+            None => no_content(),
+        }
+    }
+
+    /// Validates `_embedded.statuses`-style status inputs; returns (rename of 142/143, new stages).
+    #[allow(clippy::type_complexity)]
+    fn status_inputs(
+        list: &[Value],
+        prefix: &str,
+        errs: &mut Vec<FieldError>,
+    ) -> (Vec<(u64, String)>, Vec<(String, Option<i64>, String)>) {
+        let mut renames = Vec::new();
+        let mut stages = Vec::new();
+        for (j, s) in list.iter().enumerate() {
+            let sp = format!("{prefix}.{j}");
+            let Some(o) = s.as_object() else {
+                errs.push(FieldError::invalid_type(sp, "object"));
+                continue;
+            };
+            let name = opt_str(o, "name", &sp, errs);
+            let sort = opt_int(o, "sort", &sp, errs);
+            if let Some(idv) = o.get("id").filter(|v| !v.is_null()) {
+                match as_id(idv) {
+                    Some(id) if id == WON || id == LOST => {
+                        if let Some(n) = name {
+                            renames.push((id, n));
+                        }
+                    }
+                    _ => errs.push(FieldError::not_supported(join(&sp, "id"))),
+                }
+                continue;
+            }
+            let Some(name) = name.filter(|n| !n.trim().is_empty()) else {
+                errs.push(FieldError::required(join(&sp, "name")));
+                continue;
+            };
+            let color = match o.get("color") {
+                None | Some(Value::Null) => STATUS_COLORS[0].to_owned(),
+                Some(Value::String(c))
+                    if STATUS_COLORS.contains(&c.to_ascii_lowercase().as_str()) =>
+                {
+                    c.to_ascii_lowercase()
+                }
+                Some(_) => {
+                    errs.push(FieldError::not_supported(join(&sp, "color")));
+                    continue;
+                }
+            };
+            stages.push((name, sort, color));
+        }
+        (renames, stages)
+    }
+
+    fn pipelines_create(&mut self, v: Value) -> HttpResponse {
+        let Some(list) = items(&v) else {
+            return problem::validation(&[ItemErrors {
+                request_id: "0".to_owned(),
+                errors: vec![FieldError::invalid_type("", "array")],
+            }]);
+        };
+        if list.is_empty() {
+            return empty_body();
+        }
+        let mut all_errs = Vec::new();
+        let mut parsed = Vec::new();
+        for (i, item) in list.iter().enumerate() {
+            let mut errs = Vec::new();
+            let Some(o) = item.as_object() else {
+                all_errs.push(ItemErrors {
+                    request_id: i.to_string(),
+                    errors: vec![FieldError::invalid_type("", "object")],
+                });
+                continue;
+            };
+            let request_id = opt_str(o, "request_id", "", &mut errs);
+            let name = opt_str(o, "name", "", &mut errs);
+            if name.as_deref().is_none_or(|n| n.trim().is_empty()) {
+                errs.push(FieldError::required("name"));
+            }
+            let sort = opt_int(o, "sort", "", &mut errs);
+            let is_main = opt_bool(o, "is_main", "", &mut errs).unwrap_or(false);
+            let unsorted = opt_bool(o, "is_unsorted_on", "", &mut errs).unwrap_or(true);
+            let statuses = match o.get("_embedded").and_then(|e| e.get("statuses")) {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::Array(a)) => a.clone(),
+                Some(_) => {
+                    errs.push(FieldError::invalid_type("_embedded.statuses", "array"));
+                    Vec::new()
+                }
+            };
+            let (renames, stages) = Self::status_inputs(&statuses, "_embedded.statuses", &mut errs);
+            if stages.len() + 3 > MAX_STATUSES {
+                errs.push(FieldError::new(
+                    "TooManyStatuses",
+                    "_embedded.statuses",
+                    format!("A pipeline can have at most {MAX_STATUSES} statuses."),
+                ));
+            }
+            if self.acc.pipelines.len() + i + 1 > MAX_PIPELINES {
+                errs.push(FieldError::new(
+                    "TooManyPipelines",
+                    "",
+                    format!("An account can have at most {MAX_PIPELINES} pipelines."),
+                ));
+            }
+            let rid = request_id.clone().unwrap_or_else(|| i.to_string());
+            if errs.is_empty() {
+                parsed.push((
+                    request_id,
+                    name.unwrap_or_default(),
+                    sort,
+                    is_main,
+                    unsorted,
+                    renames,
+                    stages,
+                ));
+            } else {
+                all_errs.push(ItemErrors {
+                    request_id: rid,
+                    errors: errs,
+                });
+            }
+        }
+        if !all_errs.is_empty() {
+            return problem::validation(&all_errs);
+        }
+        let mut out = Vec::new();
+        for (request_id, name, sort, is_main, unsorted, renames, stages) in parsed {
+            let next_sort = self
+                .acc
+                .pipelines
+                .values()
+                .map(|p| p.sort)
+                .max()
+                .unwrap_or(0)
+                + 1;
+            let mut p = new_pipeline(
+                self.ids,
+                &name,
+                sort.unwrap_or(next_sort),
+                is_main,
+                unsorted,
+                &[],
+            );
+            let pid = p.id;
+            let mut incoming: Vec<Status> = p.statuses.drain(..1).collect();
+            let mut custom: Vec<Status> = stages
+                .into_iter()
+                .enumerate()
+                .map(|(j, (n, s, c))| Status {
+                    id: next(&mut self.ids.status),
+                    name: n,
+                    sort: s.unwrap_or(20 + 10 * j as i64),
+                    color: c,
+                    type_: 0,
+                    is_editable: true,
+                    pipeline_id: pid,
+                })
+                .collect();
+            let mut system = system_statuses(pid).to_vec();
+            for (id, n) in renames {
+                if let Some(s) = system.iter_mut().find(|s| s.id == id) {
+                    s.name = n;
+                }
+            }
+            incoming.append(&mut custom);
+            incoming.append(&mut system);
+            p.statuses = incoming;
+            if is_main {
+                for other in self.acc.pipelines.values_mut() {
+                    other.is_main = false;
+                }
+            }
+            let mut j = self.pipeline_json(&p);
+            if let Some(r) = request_id {
+                j["request_id"] = json!(r);
+            }
+            out.push(j);
+            self.acc.pipelines.insert(pid, p);
+        }
+        hal(json!({
+            "_total_items": out.len(),
+            "_links": link(self.url("leads/pipelines")),
+            "_embedded": {"pipelines": out},
+        }))
+    }
+
+    fn pipeline_patch(&mut self, id: u64, v: Value) -> HttpResponse {
+        let Some(o) = v.as_object() else {
+            return bad_request("Request validation failed");
+        };
+        let mut errs = Vec::new();
+        let name = opt_str(o, "name", "", &mut errs);
+        let sort = opt_int(o, "sort", "", &mut errs);
+        let is_main = opt_bool(o, "is_main", "", &mut errs);
+        let unsorted = opt_bool(o, "is_unsorted_on", "", &mut errs);
+        if !errs.is_empty() {
+            return problem::validation(&[ItemErrors {
+                request_id: "0".to_owned(),
+                errors: errs,
+            }]);
+        }
+        if !self.acc.pipelines.contains_key(&id) {
+            return problem(StatusCode::NOT_FOUND, "Pipeline not found");
+        }
+        if is_main == Some(true) {
+            for other in self.acc.pipelines.values_mut() {
+                other.is_main = false;
+            }
+        }
+        let Some(p) = self.acc.pipelines.get_mut(&id) else {
+            return no_content();
+        };
+        if let Some(n) = name {
+            p.name = n;
+        }
+        if let Some(s) = sort {
+            p.sort = s;
+        }
+        if let Some(m) = is_main {
+            p.is_main = m;
+        }
+        if let Some(u) = unsorted {
+            p.is_unsorted_on = u;
+        }
+        let p = p.clone();
+        hal(self.pipeline_json(&p))
+    }
+
+    fn pipeline_delete(&mut self, id: u64) -> HttpResponse {
+        let Some(p) = self.acc.pipelines.get(&id) else {
+            return problem(StatusCode::NOT_FOUND, "Pipeline not found");
+        };
+        if p.is_main || self.acc.pipelines.len() == 1 {
+            return bad_request("The main pipeline cannot be deleted");
+        }
+        if self.acc.leads.values().any(|l| l.pipeline_id == id) {
+            return bad_request("The pipeline has leads; move or delete them first");
+        }
+        self.acc.pipelines.remove(&id);
+        no_content()
+    }
+
+    fn statuses_list(&self, pid: u64) -> HttpResponse {
+        let Some(p) = self.acc.pipelines.get(&pid) else {
+            return no_content();
+        };
+        let mut list: Vec<&Status> = p.statuses.iter().collect();
+        list.sort_by_key(|s| (s.sort, s.id));
+        hal(json!({
+            "_total_items": list.len(),
+            "_links": link(self.url(&format!("leads/pipelines/{pid}/statuses"))),
+            "_embedded": {"statuses": list.iter().map(|s| self.status_json(s)).collect::<Vec<_>>()},
+        }))
+    }
+
+    fn statuses_create(&mut self, pid: u64, v: Value) -> HttpResponse {
+        let Some(list) = items(&v) else {
+            return bad_request("Request validation failed");
+        };
+        let Some(count) = self.acc.pipelines.get(&pid).map(|p| p.statuses.len()) else {
+            return problem(StatusCode::NOT_FOUND, "Pipeline not found");
+        };
+        let mut errs = Vec::new();
+        let (_, stages) = Self::status_inputs(list, "", &mut errs);
+        if count + stages.len() > MAX_STATUSES {
+            errs.push(FieldError::new(
+                "TooManyStatuses",
+                "",
+                format!("A pipeline can have at most {MAX_STATUSES} statuses."),
+            ));
+        }
+        if !errs.is_empty() {
+            return problem::validation(&[ItemErrors {
+                request_id: "0".to_owned(),
+                errors: errs,
+            }]);
+        }
+        let mut out = Vec::new();
+        for (name, sort, color) in stages {
+            let s = Status {
+                id: next(&mut self.ids.status),
+                name,
+                sort: sort.unwrap_or(9_000),
+                color,
+                type_: 0,
+                is_editable: true,
+                pipeline_id: pid,
+            };
+            out.push(self.status_json(&s));
+            if let Some(p) = self.acc.pipelines.get_mut(&pid) {
+                p.statuses.push(s);
+            }
+        }
+        hal(json!({
+            "_total_items": out.len(),
+            "_links": link(self.url(&format!("leads/pipelines/{pid}/statuses"))),
+            "_embedded": {"statuses": out},
+        }))
+    }
+
+    fn status_get(&self, pid: u64, sid: u64) -> HttpResponse {
+        match self.acc.pipelines.get(&pid).and_then(|p| p.status(sid)) {
+            Some(s) => hal(self.status_json(s)),
+            None => no_content(),
+        }
+    }
+
+    fn status_delete(&mut self, pid: u64, sid: u64) -> HttpResponse {
+        let Some(p) = self.acc.pipelines.get_mut(&pid) else {
+            return problem(StatusCode::NOT_FOUND, "Pipeline not found");
+        };
+        match p.status(sid) {
+            None => problem(StatusCode::NOT_FOUND, "Status not found"),
+            Some(s) if !s.is_editable => bad_request("System statuses cannot be deleted"),
+            Some(_)
+                if self
+                    .acc
+                    .leads
+                    .values()
+                    .any(|l| l.pipeline_id == pid && l.status_id == sid) =>
+            {
+                bad_request("The status has leads; move them first")
+            }
+            Some(_) => {
+                p.statuses.retain(|s| s.id != sid);
+                no_content()
+            }
+        }
+    }
+
+    // ---- custom fields -------------------------------------------------------------------------
+
+    fn field_json(&self, f: &CustomField) -> Value {
+        json!({
+            "id": f.id,
+            "name": f.name,
+            "type": f.type_,
+            "account_id": self.acc.id,
+            "code": f.code,
+            "sort": f.sort,
+            "is_api_only": f.is_api_only,
+            "enums": if f.enums.is_empty() { Value::Null } else { json!(f.enums.iter().map(|e| json!({"id": e.id, "value": e.value, "sort": e.sort})).collect::<Vec<_>>()) },
+            "group_id": null,
+            "required_statuses": [],
+            "is_deletable": true,
+            "is_predefined": false,
+            "entity_type": f.entity_type,
+            "tracking_callback": null,
+            "remind": null,
+            "triggers": [],
+            "currency": null,
+            "hidden_statuses": [],
+            "chained_lists": null,
+            "_links": link(self.url(&format!("{}/custom_fields/{}", f.entity_type, f.id))),
+        })
+    }
+
+    fn fields_list(&self, q: &Query) -> HttpResponse {
+        let (page, limit) = match q.paging() {
+            Ok(p) => p,
+            Err(r) => return r,
+        };
+        let types = q.list("filter[type]");
+        let all: Vec<Value> = self
+            .acc
+            .lead_fields
+            .values()
+            .filter(|f| types.is_empty() || types.contains(&f.type_))
+            .map(|f| self.field_json(f))
+            .collect();
+        let total = all.len();
+        let start = (page - 1).saturating_mul(limit);
+        let chunk: Vec<Value> = all.into_iter().skip(start).take(limit).collect();
+        if chunk.is_empty() {
+            return no_content();
+        }
+        hal(json!({
+            "_total_items": total,
+            "_page": page,
+            "_page_count": total.div_ceil(limit),
+            "_links": link(format!("{}?page={page}&limit={limit}", self.url("leads/custom_fields"))),
+            "_embedded": {"custom_fields": chunk},
+        }))
+    }
+
+    fn field_get(&self, id: u64) -> HttpResponse {
+        match self.acc.lead_fields.get(&id) {
+            Some(f) => hal(self.field_json(f)),
+            None => no_content(),
+        }
+    }
+
+    fn fields_create(&mut self, v: Value) -> HttpResponse {
+        let Some(list) = items(&v) else {
+            return bad_request("Request validation failed");
+        };
+        if list.is_empty() {
+            return empty_body();
+        }
+        let mut all_errs = Vec::new();
+        let mut parsed = Vec::new();
+        for (i, item) in list.iter().enumerate() {
+            let mut errs = Vec::new();
+            let Some(o) = item.as_object() else {
+                all_errs.push(ItemErrors {
+                    request_id: i.to_string(),
+                    errors: vec![FieldError::invalid_type("", "object")],
+                });
+                continue;
+            };
+            let request_id = opt_str(o, "request_id", "", &mut errs);
+            let name = opt_str(o, "name", "", &mut errs).filter(|n| !n.trim().is_empty());
+            if name.is_none() {
+                errs.push(FieldError::required("name"));
+            }
+            let ty = opt_str(o, "type", "", &mut errs);
+            match ty.as_deref() {
+                Some(t) if FIELD_TYPES.contains(&t) && t != "multitext" => {}
+                Some(_) => errs.push(FieldError::not_supported("type")),
+                None => errs.push(FieldError::required("type")),
+            }
+            let code = opt_str(o, "code", "", &mut errs);
+            let sort = opt_int(o, "sort", "", &mut errs).unwrap_or(500);
+            let api_only = opt_bool(o, "is_api_only", "", &mut errs).unwrap_or(false);
+            let mut enums = Vec::new();
+            if let Some(Value::Array(es)) = o.get("enums") {
+                for (j, e) in es.iter().enumerate() {
+                    match e.get("value").and_then(Value::as_str) {
+                        Some(val) => enums.push((
+                            val.to_owned(),
+                            e.get("sort").and_then(Value::as_i64).unwrap_or(500),
+                        )),
+                        None => errs.push(FieldError::required(format!("enums.{j}.value"))),
+                    }
+                }
+            }
+            let rid = request_id.clone().unwrap_or_else(|| i.to_string());
+            if errs.is_empty() {
+                parsed.push((
+                    request_id,
+                    name.unwrap_or_default(),
+                    ty.unwrap_or_default(),
+                    code,
+                    sort,
+                    api_only,
+                    enums,
+                ));
+            } else {
+                all_errs.push(ItemErrors {
+                    request_id: rid,
+                    errors: errs,
+                });
+            }
+        }
+        if !all_errs.is_empty() {
+            return problem::validation(&all_errs);
+        }
+        let mut out = Vec::new();
+        for (request_id, name, ty, code, sort, api_only, enums) in parsed {
+            let id = next(&mut self.ids.field);
+            let f = CustomField {
+                id,
+                name,
+                type_: ty,
+                code,
+                sort,
+                is_api_only: api_only,
+                enums: enums
+                    .into_iter()
+                    .map(|(value, sort)| FieldEnum {
+                        id: next(&mut self.ids.enum_),
+                        value,
+                        sort,
+                    })
+                    .collect(),
+                entity_type: "leads".to_owned(),
+            };
+            let mut j = self.field_json(&f);
+            if let Some(r) = request_id {
+                j["request_id"] = json!(r);
+            }
+            out.push(j);
+            self.acc.lead_fields.insert(id, f);
+        }
+        hal(json!({
+            "_total_items": out.len(),
+            "_embedded": {"custom_fields": out},
+        }))
+    }
+
+    fn field_delete(&mut self, id: u64) -> HttpResponse {
+        if self.acc.lead_fields.remove(&id).is_none() {
+            return problem(StatusCode::NOT_FOUND, "Custom field not found");
+        }
+        for l in self.acc.leads.values_mut() {
+            l.custom_fields_values.retain(|f| f.field_id != id);
+        }
+        no_content()
+    }
+
+    // ---- leads ---------------------------------------------------------------------------------
+
+    fn lead_json(&self, l: &Lead, with_contacts: bool) -> Value {
+        let mut embedded = json!({
+            "tags": l.tags.iter().map(|t| json!({"id": t.id, "name": t.name, "color": null})).collect::<Vec<_>>(),
+            "companies": l.company_id.map(|c| vec![json!({"id": c, "_links": link(self.url(&format!("companies/{c}")))})]).unwrap_or_default(),
+        });
+        if with_contacts {
+            embedded["contacts"] = json!(l
+                .contact_ids
+                .iter()
+                .enumerate()
+                .map(|(i, c)| json!({"id": c, "is_main": i == 0, "_links": link(self.url(&format!("contacts/{c}")))}))
+                .collect::<Vec<_>>());
+        }
+        json!({
+            "id": l.id,
+            "name": l.name,
+            "price": l.price,
+            "responsible_user_id": l.responsible_user_id,
+            "group_id": 0,
+            "status_id": l.status_id,
+            "pipeline_id": l.pipeline_id,
+            "loss_reason_id": null,
+            "created_by": l.created_by,
+            "updated_by": l.updated_by,
+            "created_at": l.created_at,
+            "updated_at": l.updated_at,
+            "closed_at": l.closed_at,
+            "closest_task_at": null,
+            "is_deleted": false,
+            "custom_fields_values": fields::values_json(&l.custom_fields_values),
+            "score": null,
+            "account_id": self.acc.id,
+            "labor_cost": null,
+            "_links": link(self.url(&format!("leads/{}", l.id))),
+            "_embedded": embedded,
+        })
+    }
+
+    fn lead_get(&self, id: u64, q: &Query) -> HttpResponse {
+        let with_contacts = q.with().iter().any(|w| w == "contacts");
+        match self.acc.leads.get(&id) {
+            Some(l) => hal(self.lead_json(l, with_contacts)),
+            None => no_content(),
+        }
+    }
+
+    fn lead_matches(&self, l: &Lead, needle: &str) -> bool {
+        let hay = |s: &str| s.to_lowercase().contains(needle);
+        hay(&l.name)
+            || l.id.to_string() == needle
+            || l.custom_fields_values
+                .iter()
+                .any(|f| f.values.iter().any(|v| hay(&v.as_text())))
+            || l.tags.iter().any(|t| hay(&t.name))
+            || l.contact_ids
+                .iter()
+                .filter_map(|c| self.acc.contacts.get(c))
+                .any(|c| {
+                    hay(&c.name)
+                        || c.custom_fields_values
+                            .iter()
+                            .any(|f| f.values.iter().any(|v| hay(&v.as_text())))
+                })
+    }
+
+    fn leads_list(&self, q: &Query) -> HttpResponse {
+        let (page, limit) = match q.paging() {
+            Ok(p) => p,
+            Err(r) => return r,
+        };
+        let ids = q.ids("filter[id]");
+        let pipelines = q.ids("filter[pipeline_id]");
+        let statuses = q.statuses();
+        let names = q.list("filter[name]");
+        let needle = q
+            .get("query")
+            .map(|s| s.trim().to_lowercase())
+            .filter(|s| !s.is_empty());
+        let cf_filters: Vec<(u64, Vec<String>)> = {
+            let mut m: std::collections::BTreeMap<u64, Vec<String>> =
+                std::collections::BTreeMap::new();
+            for (k, v) in &q.pairs {
+                if let Some(rest) = k.strip_prefix("filter[custom_fields_values][")
+                    && let Some((id, _)) = rest.split_once(']')
+                    && let Ok(id) = id.parse::<u64>()
+                {
+                    m.entry(id).or_default().push(v.clone());
+                }
+            }
+            m.into_iter().collect()
+        };
+        let with_contacts = q.with().iter().any(|w| w == "contacts");
+        let mut leads: Vec<&Lead> = self
+            .acc
+            .leads
+            .values()
+            .filter(|l| ids.is_empty() || ids.contains(&l.id))
+            .filter(|l| pipelines.is_empty() || pipelines.contains(&l.pipeline_id))
+            .filter(|l| {
+                statuses.is_empty()
+                    || statuses.iter().any(|(p, s)| {
+                        p.is_none_or(|p| p == l.pipeline_id) && s.is_none_or(|s| s == l.status_id)
+                    })
+            })
+            .filter(|l| names.is_empty() || names.contains(&l.name))
+            .filter(|l| needle.as_deref().is_none_or(|n| self.lead_matches(l, n)))
+            .filter(|l| {
+                cf_filters.iter().all(|(fid, wanted)| {
+                    l.custom_fields_values.iter().any(|f| {
+                        f.field_id == *fid && f.values.iter().any(|v| wanted.contains(&v.as_text()))
+                    })
+                })
+            })
+            .collect();
+        let (key, desc) = ["id", "created_at", "updated_at"]
+            .iter()
+            .find_map(|k| {
+                q.get(&format!("order[{k}]"))
+                    .map(|d| (*k, d.eq_ignore_ascii_case("desc")))
+            })
+            .unwrap_or(("id", false));
+        leads.sort_by_key(|l| match key {
+            "created_at" => (l.created_at, l.id),
+            "updated_at" => (l.updated_at, l.id),
+            _ => (0, l.id),
+        });
+        if desc {
+            leads.reverse();
+        }
+        let all: Vec<Value> = leads
+            .iter()
+            .map(|l| self.lead_json(l, with_contacts))
+            .collect();
+        page_of(&self.url("leads"), "leads", all, page, limit)
+    }
+
+    /// Resolves the pipeline and status a lead is created in or moved to.
+    fn resolve_stage(
+        &self,
+        pipeline_id: Option<u64>,
+        status_id: Option<u64>,
+        current_pipeline: Option<u64>,
+        unsorted: bool,
+        errs: &mut Vec<FieldError>,
+    ) -> Option<(u64, u64)> {
+        let pipeline = match pipeline_id {
+            Some(p) => match self.acc.pipelines.get(&p) {
+                Some(p) => p,
+                None => {
+                    errs.push(FieldError::not_supported("pipeline_id"));
+                    return None;
+                }
+            },
+            None => {
+                let pid = match status_id {
+                    Some(s) if s == WON || s == LOST => {
+                        current_pipeline.or_else(|| self.acc.main_pipeline().map(|p| p.id))
+                    }
+                    Some(s) => match current_pipeline.filter(|cp| {
+                        self.acc
+                            .pipelines
+                            .get(cp)
+                            .is_some_and(|p| p.status(s).is_some())
+                    }) {
+                        Some(cp) => Some(cp),
+                        None => self.acc.pipeline_of_status(s),
+                    },
+                    None => current_pipeline.or_else(|| self.acc.main_pipeline().map(|p| p.id)),
+                };
+                match pid.and_then(|p| self.acc.pipelines.get(&p)) {
+                    Some(p) => p,
+                    None => {
+                        errs.push(FieldError::not_supported("status_id"));
+                        return None;
+                    }
+                }
+            }
+        };
+        if unsorted {
+            return pipeline
+                .statuses
+                .iter()
+                .find(|s| s.type_ == 1)
+                .map(|s| (pipeline.id, s.id));
+        }
+        match status_id {
+            Some(s) => match pipeline.status(s) {
+                Some(st) if st.type_ == 1 => {
+                    errs.push(FieldError::not_supported("status_id"));
+                    None
+                }
+                Some(_) => Some((pipeline.id, s)),
+                None => {
+                    errs.push(FieldError::not_supported("status_id"));
+                    None
+                }
+            },
+            None => {
+                let mut stages: Vec<&Status> =
+                    pipeline.statuses.iter().filter(|s| s.type_ == 0).collect();
+                stages.sort_by_key(|s| (s.sort, s.id));
+                stages.first().map(|s| (pipeline.id, s.id))
+            }
+        }
+    }
+
+    fn user_ok(&self, id: u64) -> bool {
+        id == self.acc.user_id
+    }
+
+    fn party_in(
+        &self,
+        v: &Value,
+        prefix: &str,
+        company: bool,
+        errs: &mut Vec<FieldError>,
+    ) -> Option<PartyIn> {
+        let Some(o) = v.as_object() else {
+            errs.push(FieldError::invalid_type(prefix, "object"));
+            return None;
+        };
+        let mut p = PartyIn::default();
+        if let Some(idv) = o.get("id").filter(|v| !v.is_null()) {
+            let exists = as_id(idv).filter(|id| {
+                if company {
+                    self.acc.companies.contains_key(id)
+                } else {
+                    self.acc.contacts.contains_key(id)
+                }
+            });
+            match exists {
+                Some(id) => p.existing = Some(id),
+                None => errs.push(FieldError::not_supported(join(prefix, "id"))),
+            }
+            return Some(p);
+        }
+        p.name = opt_str(o, "name", prefix, errs);
+        if !company {
+            p.first_name = opt_str(o, "first_name", prefix, errs).unwrap_or_default();
+            p.last_name = opt_str(o, "last_name", prefix, errs).unwrap_or_default();
+        }
+        if let Some(r) = opt_int(o, "responsible_user_id", prefix, errs) {
+            match u64::try_from(r).ok().filter(|r| self.user_ok(*r)) {
+                Some(r) => p.responsible = Some(r),
+                None => errs.push(FieldError::not_supported(join(
+                    prefix,
+                    "responsible_user_id",
+                ))),
+            }
+        }
+        p.fields = fields::parse_values(
+            &self.acc.contact_fields,
+            o.get("custom_fields_values"),
+            prefix,
+            errs,
+        )
+        .unwrap_or_default();
+        Some(p)
+    }
+
+    fn lead_in(&self, item: &Value, index: usize, mode: Mode) -> Result<LeadIn, ItemErrors> {
+        let mut errs = Vec::new();
+        let mut li = LeadIn {
+            request_id: index.to_string(),
+            ..LeadIn::default()
+        };
+        let Some(o) = item.as_object() else {
+            return Err(ItemErrors {
+                request_id: li.request_id,
+                errors: vec![FieldError::invalid_type("", "object")],
+            });
+        };
+        if let Some(r) = opt_str(o, "request_id", "", &mut errs) {
+            li.request_id = r;
+            li.request_id_given = true;
+        }
+        if mode == Mode::Patch {
+            match o.get("id").and_then(as_id) {
+                Some(id) if self.acc.leads.contains_key(&id) => li.id = Some(id),
+                Some(_) => errs.push(FieldError::new("NotFound", "id", "Entity not found.")),
+                None => errs.push(FieldError::invalid_type("id", "int")),
+            }
+        }
+        li.name = opt_str(o, "name", "", &mut errs);
+        li.price = opt_int(o, "price", "", &mut errs);
+        if li.price.is_some_and(|p| p < 0) {
+            errs.push(FieldError::new(
+                "InvalidValue",
+                "price",
+                "This value should be greater than or equal to 0.",
+            ));
+        }
+        let pipeline_id = opt_int(o, "pipeline_id", "", &mut errs);
+        let status_id = opt_int(o, "status_id", "", &mut errs);
+        li.pipeline_id = pipeline_id.and_then(|p| u64::try_from(p).ok());
+        li.status_id = status_id.and_then(|s| u64::try_from(s).ok());
+        if let Some(r) = opt_int(o, "responsible_user_id", "", &mut errs) {
+            match u64::try_from(r).ok().filter(|r| self.user_ok(*r)) {
+                Some(r) => li.responsible = Some(r),
+                None => errs.push(FieldError::not_supported("responsible_user_id")),
+            }
+        }
+        if let Some(c) = opt_int(o, "created_by", "", &mut errs) {
+            li.created_by = u64::try_from(c).ok();
+        }
+        li.created_at = opt_int(o, "created_at", "", &mut errs);
+        let _ = opt_int(o, "updated_at", "", &mut errs);
+        li.closed_at = opt_int(o, "closed_at", "", &mut errs);
+        let _ = opt_int(o, "updated_by", "", &mut errs);
+        let _ = opt_int(o, "loss_reason_id", "", &mut errs);
+        li.fields = fields::parse_values(
+            &self.acc.lead_fields,
+            o.get("custom_fields_values"),
+            "",
+            &mut errs,
+        );
+        match o.get("_embedded") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(e)) => {
+                match e.get("tags") {
+                    None | Some(Value::Null) => {}
+                    Some(Value::Array(tags)) => {
+                        let mut names = Vec::new();
+                        for (j, t) in tags.iter().enumerate() {
+                            let by_name = t.get("name").and_then(Value::as_str).map(str::to_owned);
+                            let by_id = t.get("id").and_then(as_id).and_then(|id| {
+                                self.acc
+                                    .tags
+                                    .iter()
+                                    .find(|(_, v)| **v == id)
+                                    .map(|(k, _)| k.clone())
+                            });
+                            match by_name.or(by_id) {
+                                Some(n) => names.push(n),
+                                None => errs
+                                    .push(FieldError::not_supported(format!("_embedded.tags.{j}"))),
+                            }
+                        }
+                        li.tags = Some(names);
+                    }
+                    Some(_) => errs.push(FieldError::invalid_type("_embedded.tags", "array")),
+                }
+                for (key, company) in [("contacts", false), ("companies", true)] {
+                    let path = format!("_embedded.{key}");
+                    match e.get(key) {
+                        None | Some(Value::Null) => {}
+                        Some(Value::Array(list)) if mode == Mode::Patch => {
+                            if !list.is_empty() {
+                                errs.push(FieldError::new(
+                                    "NotSupported",
+                                    path,
+                                    "Links cannot be changed here.",
+                                ));
+                            }
+                        }
+                        Some(Value::Array(list)) => {
+                            if list.len() > 1 {
+                                errs.push(FieldError::new(
+                                    "TooManyItems",
+                                    path.clone(),
+                                    "This collection should contain 1 element or less.",
+                                ));
+                            } else if let Some(first) = list.first() {
+                                let party =
+                                    self.party_in(first, &format!("{path}.0"), company, &mut errs);
+                                if mode == Mode::Add
+                                    && party.as_ref().is_some_and(|p| p.existing.is_none())
+                                {
+                                    errs.push(FieldError::not_supported(format!("{path}.0.id")));
+                                }
+                                if company {
+                                    li.company = party
+                                } else {
+                                    li.contact = party
+                                }
+                            }
+                        }
+                        Some(_) => errs.push(FieldError::invalid_type(path, "array")),
+                    }
+                }
+                if e.get("metadata").is_some_and(|m| !m.is_null()) {
+                    li.unsorted = true;
+                }
+            }
+            Some(_) => errs.push(FieldError::invalid_type("_embedded", "object")),
+        }
+        if errs.is_empty() {
+            Ok(li)
+        } else {
+            Err(ItemErrors {
+                request_id: li.request_id,
+                errors: errs,
+            })
+        }
+    }
+
+    fn create_party(&mut self, p: PartyIn, company: bool) -> u64 {
+        if let Some(id) = p.existing {
+            return id;
+        }
+        let responsible = p.responsible.unwrap_or(self.acc.user_id);
+        if company {
+            let id = next(&mut self.ids.company);
+            self.acc.companies.insert(
+                id,
+                Company {
+                    id,
+                    name: p.name.unwrap_or_else(|| format!("Компания #{id}")),
+                    responsible_user_id: responsible,
+                    created_at: self.now,
+                    updated_at: self.now,
+                    custom_fields_values: p.fields,
+                    contact_ids: Vec::new(),
+                    lead_ids: Vec::new(),
+                },
+            );
+            self.events.push(Event::CompanyAdded(id));
+            id
+        } else {
+            let id = next(&mut self.ids.contact);
+            let joined = format!("{} {}", p.first_name, p.last_name)
+                .trim()
+                .to_owned();
+            let name = p
+                .name
+                .filter(|n| !n.is_empty())
+                .unwrap_or(if joined.is_empty() {
+                    format!("Контакт #{id}")
+                } else {
+                    joined
+                });
+            self.acc.contacts.insert(
+                id,
+                Contact {
+                    id,
+                    name,
+                    first_name: p.first_name,
+                    last_name: p.last_name,
+                    responsible_user_id: responsible,
+                    created_at: self.now,
+                    updated_at: self.now,
+                    custom_fields_values: p.fields,
+                    company_id: None,
+                    lead_ids: Vec::new(),
+                },
+            );
+            self.events.push(Event::ContactAdded(id));
+            id
+        }
+    }
+
+    /// Validates every item first; nothing is created when any item is invalid.
+    fn validate_create(
+        &self,
+        list: &[Value],
+        mode: Mode,
+    ) -> Result<Vec<(LeadIn, u64, u64)>, HttpResponse> {
+        let mut all_errs = Vec::new();
+        let mut ok = Vec::new();
+        for (i, item) in list.iter().enumerate() {
+            match self.lead_in(item, i, mode) {
+                Ok(li) => {
+                    let mut errs = Vec::new();
+                    match self.resolve_stage(
+                        li.pipeline_id,
+                        li.status_id,
+                        None,
+                        li.unsorted,
+                        &mut errs,
+                    ) {
+                        Some((p, s)) if errs.is_empty() => ok.push((li, p, s)),
+                        _ => all_errs.push(ItemErrors {
+                            request_id: li.request_id,
+                            errors: errs,
+                        }),
+                    }
+                }
+                Err(e) => all_errs.push(e),
+            }
+        }
+        if all_errs.is_empty() {
+            Ok(ok)
+        } else {
+            Err(problem::validation(&all_errs))
+        }
+    }
+
+    fn create_lead(
+        &mut self,
+        li: LeadIn,
+        pipeline_id: u64,
+        status_id: u64,
+    ) -> (u64, Option<u64>, Option<u64>) {
+        let id = next(&mut self.ids.lead);
+        let contact_id = li.contact.map(|c| self.create_party(c, false));
+        let company_id = li.company.map(|c| self.create_party(c, true));
+        if let (Some(c), Some(co)) = (contact_id, company_id) {
+            if let Some(contact) = self.acc.contacts.get_mut(&c) {
+                contact.company_id.get_or_insert(co);
+            }
+            if let Some(company) = self.acc.companies.get_mut(&co)
+                && !company.contact_ids.contains(&c)
+            {
+                company.contact_ids.push(c);
+            }
+        }
+        if let Some(c) = contact_id.and_then(|c| self.acc.contacts.get_mut(&c)) {
+            c.lead_ids.push(id);
+        }
+        if let Some(c) = company_id.and_then(|c| self.acc.companies.get_mut(&c)) {
+            c.lead_ids.push(id);
+        }
+        let tags = li
+            .tags
+            .unwrap_or_default()
+            .into_iter()
+            .map(|name| Tag {
+                id: self.acc.tag_id(self.ids, &name),
+                name,
+            })
+            .collect();
+        let user = self.acc.user_id;
+        let closed = status_id == WON || status_id == LOST;
+        let lead = Lead {
+            id,
+            name: li
+                .name
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| format!("Сделка #{id}")),
+            price: li.price.unwrap_or(0),
+            pipeline_id,
+            status_id,
+            responsible_user_id: li.responsible.unwrap_or(user),
+            created_by: li.created_by.unwrap_or(user),
+            updated_by: user,
+            created_at: li.created_at.unwrap_or(self.now),
+            updated_at: self.now,
+            closed_at: li.closed_at.or(closed.then_some(self.now)),
+            custom_fields_values: li.fields.unwrap_or_default(),
+            tags,
+            contact_ids: contact_id.into_iter().collect(),
+            company_id,
+            request_id: li.request_id_given.then_some(li.request_id),
+        };
+        self.acc.leads.insert(id, lead);
+        self.acc.counters.leads_created += 1;
+        self.events.push(Event::LeadAdded(id));
+        (id, contact_id, company_id)
+    }
+
+    fn leads_complex(&mut self, v: Value) -> HttpResponse {
+        let Some(list) = items(&v) else {
+            return problem::validation(&[ItemErrors {
+                request_id: "0".to_owned(),
+                errors: vec![FieldError::invalid_type("", "array")],
+            }]);
+        };
+        if list.is_empty() {
+            return empty_body();
+        }
+        if list.len() > MAX_COMPLEX {
+            return problem(StatusCode::UNPROCESSABLE_ENTITY, "Limit 50 per request");
+        }
+        let valid = match self.validate_create(list, Mode::Complex) {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        let mut out = Vec::new();
+        for (li, p, s) in valid {
+            let rid = li.request_id.clone();
+            let (id, contact_id, company_id) = self.create_lead(li, p, s);
+            out.push(json!({
+                "id": id,
+                "contact_id": contact_id,
+                "company_id": company_id,
+                "request_id": [rid],
+                "merged": false,
+            }));
+        }
+        self.acc.counters.complex_calls += 1;
+        hal(Value::Array(out))
+    }
+
+    fn leads_add(&mut self, v: Value) -> HttpResponse {
+        let Some(list) = items(&v) else {
+            return bad_request("Request validation failed");
+        };
+        if list.is_empty() {
+            return empty_body();
+        }
+        if list.len() > MAX_PAGE {
+            return problem(StatusCode::UNPROCESSABLE_ENTITY, "Limit 250 per page");
+        }
+        let valid = match self.validate_create(list, Mode::Add) {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        let mut out = Vec::new();
+        for (li, p, s) in valid {
+            let rid = li.request_id.clone();
+            let (id, _, _) = self.create_lead(li, p, s);
+            out.push(json!({"id": id, "request_id": rid, "_links": link(self.url(&format!("leads/{id}")))}));
+        }
+        hal(json!({"_links": link(self.url("leads")), "_embedded": {"leads": out}}))
+    }
+
+    fn leads_patch(&mut self, v: Value, single: bool) -> HttpResponse {
+        let Some(list) = items(&v) else {
+            return bad_request("Request validation failed");
+        };
+        if list.is_empty() {
+            return empty_body();
+        }
+        if list.len() > MAX_PAGE {
+            return problem(StatusCode::UNPROCESSABLE_ENTITY, "Limit 250 per page");
+        }
+        let mut all_errs = Vec::new();
+        let mut valid = Vec::new();
+        for (i, item) in list.iter().enumerate() {
+            match self.lead_in(item, i, Mode::Patch) {
+                Ok(li) => {
+                    let Some(current) = li.id.and_then(|id| self.acc.leads.get(&id)) else {
+                        continue;
+                    };
+                    let mut errs = Vec::new();
+                    let target = if li.pipeline_id.is_some() || li.status_id.is_some() {
+                        self.resolve_stage(
+                            li.pipeline_id,
+                            li.status_id,
+                            Some(current.pipeline_id),
+                            false,
+                            &mut errs,
+                        )
+                    } else {
+                        Some((current.pipeline_id, current.status_id))
+                    };
+                    match target {
+                        Some(t) if errs.is_empty() => valid.push((li, t)),
+                        _ => all_errs.push(ItemErrors {
+                            request_id: li.request_id,
+                            errors: errs,
+                        }),
+                    }
+                }
+                Err(e) => all_errs.push(e),
+            }
+        }
+        if !all_errs.is_empty() {
+            return problem::validation(&all_errs);
+        }
+        let mut out = Vec::new();
+        for (li, (pid, sid)) in valid {
+            let Some(id) = li.id else { continue };
+            let tags = li.tags.map(|names| {
+                names
+                    .into_iter()
+                    .map(|name| Tag {
+                        id: self.acc.tag_id(self.ids, &name),
+                        name,
+                    })
+                    .collect::<Vec<_>>()
+            });
+            let changed = apply_patch(
+                self.acc,
+                id,
+                Patch {
+                    name: li.name,
+                    price: li.price,
+                    pipeline_id: pid,
+                    status_id: sid,
+                    responsible: li.responsible,
+                    fields: li.fields,
+                    tags,
+                    closed_at: li.closed_at,
+                },
+                self.now,
+            );
+            self.events.extend(changed);
+            let updated_at = self
+                .acc
+                .leads
+                .get(&id)
+                .map(|l| l.updated_at)
+                .unwrap_or(self.now);
+            let mut j = json!({"id": id, "updated_at": updated_at, "_links": link(self.url(&format!("leads/{id}")))});
+            if li.request_id_given {
+                j["request_id"] = json!(li.request_id);
+            }
+            out.push(j);
+        }
+        if single && let Some(first) = out.pop() {
+            return hal(first);
+        }
+        hal(json!({"_links": link(self.url("leads")), "_embedded": {"leads": out}}))
+    }
+
+    // ---- contacts, companies -------------------------------------------------------------------
+
+    fn contact_json(&self, c: &Contact) -> Value {
+        json!({
+            "id": c.id,
+            "name": c.name,
+            "first_name": c.first_name,
+            "last_name": c.last_name,
+            "responsible_user_id": c.responsible_user_id,
+            "group_id": 0,
+            "created_by": self.acc.user_id,
+            "updated_by": self.acc.user_id,
+            "created_at": c.created_at,
+            "updated_at": c.updated_at,
+            "closest_task_at": null,
+            "is_deleted": false,
+            "is_unsorted": false,
+            "custom_fields_values": fields::values_json(&c.custom_fields_values),
+            "account_id": self.acc.id,
+            "_links": link(self.url(&format!("contacts/{}", c.id))),
+            "_embedded": {
+                "tags": [],
+                "companies": c.company_id.map(|co| vec![json!({"id": co, "_links": link(self.url(&format!("companies/{co}")))})]).unwrap_or_default(),
+            },
+        })
+    }
+
+    fn company_json(&self, c: &Company) -> Value {
+        json!({
+            "id": c.id,
+            "name": c.name,
+            "responsible_user_id": c.responsible_user_id,
+            "group_id": 0,
+            "created_by": self.acc.user_id,
+            "updated_by": self.acc.user_id,
+            "created_at": c.created_at,
+            "updated_at": c.updated_at,
+            "closest_task_at": null,
+            "is_deleted": false,
+            "custom_fields_values": fields::values_json(&c.custom_fields_values),
+            "account_id": self.acc.id,
+            "_links": link(self.url(&format!("companies/{}", c.id))),
+            "_embedded": {"tags": []},
+        })
+    }
+
+    fn contacts_list(&self, q: &Query) -> HttpResponse {
+        let (page, limit) = match q.paging() {
+            Ok(p) => p,
+            Err(r) => return r,
+        };
+        let ids = q.ids("filter[id]");
+        let needle = q
+            .get("query")
+            .map(|s| s.trim().to_lowercase())
+            .filter(|s| !s.is_empty());
+        let all: Vec<Value> = self
+            .acc
+            .contacts
+            .values()
+            .filter(|c| ids.is_empty() || ids.contains(&c.id))
+            .filter(|c| {
+                needle.as_deref().is_none_or(|n| {
+                    c.name.to_lowercase().contains(n)
+                        || c.custom_fields_values.iter().any(|f| {
+                            f.values
+                                .iter()
+                                .any(|v| v.as_text().to_lowercase().contains(n))
+                        })
+                })
+            })
+            .map(|c| self.contact_json(c))
+            .collect();
+        page_of(&self.url("contacts"), "contacts", all, page, limit)
+    }
+
+    fn contact_get(&self, id: u64) -> HttpResponse {
+        match self.acc.contacts.get(&id) {
+            Some(c) => hal(self.contact_json(c)),
+            None => no_content(),
+        }
+    }
+
+    fn companies_list(&self, q: &Query) -> HttpResponse {
+        let (page, limit) = match q.paging() {
+            Ok(p) => p,
+            Err(r) => return r,
+        };
+        let ids = q.ids("filter[id]");
+        let needle = q
+            .get("query")
+            .map(|s| s.trim().to_lowercase())
+            .filter(|s| !s.is_empty());
+        let all: Vec<Value> = self
+            .acc
+            .companies
+            .values()
+            .filter(|c| ids.is_empty() || ids.contains(&c.id))
+            .filter(|c| {
+                needle
+                    .as_deref()
+                    .is_none_or(|n| c.name.to_lowercase().contains(n))
+            })
+            .map(|c| self.company_json(c))
+            .collect();
+        page_of(&self.url("companies"), "companies", all, page, limit)
+    }
+
+    fn company_get(&self, id: u64) -> HttpResponse {
+        match self.acc.companies.get(&id) {
+            Some(c) => hal(self.company_json(c)),
+            None => no_content(),
+        }
+    }
+
+    // ---- webhooks ------------------------------------------------------------------------------
+
+    fn webhook_json(&self, w: &Webhook) -> Value {
+        json!({
+            "id": w.id,
+            "destination": w.destination,
+            "created_at": w.created_at,
+            "updated_at": w.updated_at,
+            "account_id": self.acc.id,
+            "created_by": self.acc.user_id,
+            "sort": w.sort,
+            "disabled": w.disabled,
+            "settings": w.settings,
+        })
+    }
+
+    fn webhooks_list(&self, q: &Query) -> HttpResponse {
+        let dest = q.get("filter[destination]");
+        let list: Vec<Value> = self
+            .acc
+            .webhooks
+            .iter()
+            .filter(|w| dest.is_none_or(|d| d == w.hook.destination))
+            .map(|w| self.webhook_json(&w.hook))
+            .collect();
+        if list.is_empty() {
+            return no_content();
+        }
+        hal(json!({
+            "_total_items": list.len(),
+            "_links": link(self.url("webhooks")),
+            "_embedded": {"webhooks": list},
+        }))
+    }
+
+    fn webhook_subscribe(&mut self, v: Value) -> HttpResponse {
+        let Some(o) = v.as_object() else {
+            return bad_request("Request validation failed");
+        };
+        let mut errs = Vec::new();
+        let dest = opt_str(o, "destination", "", &mut errs);
+        let valid_dest = dest.as_deref().is_some_and(|d| {
+            url::Url::parse(d)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        });
+        if !valid_dest {
+            errs.push(FieldError::new(
+                "InvalidUrl",
+                "destination",
+                "This value is not a valid URL.",
+            ));
+        }
+        let mut settings = Vec::new();
+        match o.get("settings") {
+            Some(Value::Array(list)) if !list.is_empty() => {
+                for (i, s) in list.iter().enumerate() {
+                    match s.as_str().filter(|s| WEBHOOK_SETTINGS.contains(s)) {
+                        Some(s) => {
+                            if !settings.iter().any(|x: &String| x == s) {
+                                settings.push(s.to_owned());
+                            }
+                        }
+                        None => errs.push(FieldError::not_supported(format!("settings.{i}"))),
+                    }
+                }
+            }
+            Some(Value::Array(_)) | None | Some(Value::Null) => {
+                errs.push(FieldError::required("settings"))
+            }
+            Some(_) => errs.push(FieldError::invalid_type("settings", "array")),
+        }
+        let sort = opt_int(o, "sort", "", &mut errs).unwrap_or(1);
+        let dest = dest.unwrap_or_default();
+        let exists = self.acc.webhooks.iter().any(|w| w.hook.destination == dest);
+        if !exists && self.acc.webhooks.len() >= MAX_WEBHOOKS {
+            errs.push(FieldError::new(
+                "TooManyWebhooks",
+                "destination",
+                format!("An account can have at most {MAX_WEBHOOKS} webhooks."),
+            ));
+        }
+        if !errs.is_empty() {
+            return problem::validation(&[ItemErrors {
+                request_id: "0".to_owned(),
+                errors: errs,
+            }]);
+        }
+        let now = self.now;
+        let hook = match self
+            .acc
+            .webhooks
+            .iter_mut()
+            .find(|w| w.hook.destination == dest)
+        {
+            Some(w) => {
+                // Saving a webhook again re-enables it, as in amoCRM's settings page.
+                w.hook.settings = settings;
+                w.hook.sort = sort;
+                w.hook.disabled = false;
+                w.hook.updated_at = now;
+                w.hook.recent_failures = 0;
+                w.failures.clear();
+                w.hook.clone()
+            }
+            None => {
+                let hook = Webhook {
+                    id: next(&mut self.ids.webhook),
+                    destination: dest,
+                    settings,
+                    sort,
+                    disabled: false,
+                    created_at: now,
+                    updated_at: now,
+                    recent_failures: 0,
+                };
+                self.acc.webhooks.push(WebhookState {
+                    hook: hook.clone(),
+                    failures: Default::default(),
+                });
+                hook
+            }
+        };
+        hal(self.webhook_json(&hook))
+    }
+
+    fn webhook_unsubscribe(&mut self, v: Value) -> HttpResponse {
+        let Some(dest) = v.get("destination").and_then(Value::as_str) else {
+            return problem::validation(&[ItemErrors {
+                request_id: "0".to_owned(),
+                errors: vec![FieldError::required("destination")],
+            }]);
+        };
+        let before = self.acc.webhooks.len();
+        self.acc.webhooks.retain(|w| w.hook.destination != dest);
+        if self.acc.webhooks.len() == before {
+            return problem(StatusCode::NOT_FOUND, "Webhook not found");
+        }
+        no_content()
+    }
+}
+
+/// A change to one lead.
+pub struct Patch {
+    pub name: Option<String>,
+    pub price: Option<i64>,
+    pub pipeline_id: u64,
+    pub status_id: u64,
+    pub responsible: Option<u64>,
+    pub fields: Option<Vec<FieldValues>>,
+    pub tags: Option<Vec<Tag>>,
+    pub closed_at: Option<i64>,
+}
+
+/// Applies a change to a lead and returns the events it causes (`update_lead` for any change,
+/// `status_lead` for a stage move, `responsible_lead` for a new responsible user).
+pub fn apply_patch(acc: &mut Account, id: u64, p: Patch, now: i64) -> Vec<Event> {
+    let user = acc.user_id;
+    let Some(l) = acc.leads.get_mut(&id) else {
+        return Vec::new();
+    };
+    let before = l.clone();
+    if let Some(n) = p.name {
+        l.name = n;
+    }
+    if let Some(pr) = p.price {
+        l.price = pr;
+    }
+    l.pipeline_id = p.pipeline_id;
+    l.status_id = p.status_id;
+    if let Some(r) = p.responsible {
+        l.responsible_user_id = r;
+    }
+    if let Some(f) = p.fields {
+        fields::merge(&mut l.custom_fields_values, f);
+    }
+    if let Some(t) = p.tags {
+        l.tags = t;
+    }
+    let moved = before.status_id != l.status_id || before.pipeline_id != l.pipeline_id;
+    if moved {
+        let closed = l.status_id == WON || l.status_id == LOST;
+        l.closed_at = if closed {
+            Some(p.closed_at.unwrap_or(now))
+        } else {
+            None
+        };
+    } else if let Some(c) = p.closed_at {
+        l.closed_at = Some(c);
+    }
+    if *l == before {
+        return Vec::new();
+    }
+    l.updated_at = now.max(before.updated_at);
+    l.updated_by = user;
+    let mut events = Vec::new();
+    if moved {
+        events.push(Event::LeadStatus {
+            id,
+            old_status_id: before.status_id,
+            old_pipeline_id: before.pipeline_id,
+        });
+    }
+    events.push(Event::LeadUpdated(id));
+    if before.responsible_user_id != l.responsible_user_id {
+        events.push(Event::LeadResponsible {
+            id,
+            old_responsible_user_id: before.responsible_user_id,
+        });
+    }
+    events
+}

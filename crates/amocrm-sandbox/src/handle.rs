@@ -1,0 +1,642 @@
+//! Starting a sandbox and driving it in-process: `Sandbox::start` and the `SandboxHandle` operations
+//! (also used by the `/_sandbox` HTTP routes, so both ways behave the same).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anyhow::{Context as _, anyhow, bail};
+
+use crate::api::{Patch, apply_patch};
+use crate::config::{Faults, Integration, SandboxConfig};
+use crate::model::{
+    AccountInfo, Company, Contact, Counters, CustomField, Delivery, DeliveryKind, Lead,
+    LoggedRequest, Pipeline, TokenPair, Webhook,
+};
+use crate::oauth::{self, AuthorizeParams};
+use crate::outbound::{Event, Job, Outbound, jobs_for};
+use crate::state::{LOST, State, WON};
+use crate::tokens;
+
+/// State shared by the HTTP workers, the delivery thread and the handle.
+#[derive(Debug)]
+pub struct Shared {
+    pub state: Arc<Mutex<State>>,
+    pub outbound: Outbound,
+    /// Flips to `true` at stop: requests held by `drop_after_write_next` are released.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
+    pub base_url: String,
+}
+
+impl Shared {
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends the webhooks of `events` (built now, under the caller's view of the state).
+    pub fn emit(&self, st: &State, host: &str, events: &[Event]) -> Vec<Job> {
+        if events.is_empty() {
+            return Vec::new();
+        }
+        jobs_for(st, host, events)
+    }
+
+    pub fn add_account(&self, host: &str) -> anyhow::Result<u64> {
+        self.lock()
+            .ensure_account(host)
+            .ok_or_else(|| anyhow!("invalid account host {host:?}"))
+    }
+
+    pub fn accounts(&self) -> Vec<AccountInfo> {
+        self.lock()
+            .accounts
+            .values()
+            .map(|a| AccountInfo {
+                id: a.id,
+                host: a.host.clone(),
+                subdomain: a.subdomain.clone(),
+                name: a.name.clone(),
+            })
+            .collect()
+    }
+
+    pub fn decide(
+        &self,
+        authorize: &AuthorizeParams,
+        host: &str,
+        allow: bool,
+    ) -> anyhow::Result<String> {
+        let mut st = self.lock();
+        Ok(oauth::decide(&mut st, authorize, host, allow)?)
+    }
+
+    pub fn issue_tokens(&self, client_id: &str, host: &str) -> TokenPair {
+        let mut st = self.lock();
+        let host = State::normalize_host(host).unwrap_or_else(|| host.to_owned());
+        st.ensure_account(&host);
+        let install = st.ensure_install(client_id, &host);
+        oauth::mint_pair(&mut st, install, None)
+    }
+
+    pub fn add_integration(&self, i: Integration) {
+        self.lock().integrations.insert(i.client_id.clone(), i);
+    }
+
+    pub fn integrations(&self) -> Vec<Integration> {
+        self.lock().integrations.values().cloned().collect()
+    }
+
+    pub fn set_faults(&self, host: &str, f: Faults) -> anyhow::Result<()> {
+        let mut st = self.lock();
+        let acc = account_mut(&mut st, host)?;
+        acc.faults = f;
+        Ok(())
+    }
+
+    pub fn faults(&self, host: &str) -> Faults {
+        let st = self.lock();
+        st.accounts
+            .get(&norm(host))
+            .map(|a| a.faults.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn counters(&self, host: &str) -> Counters {
+        let st = self.lock();
+        st.accounts
+            .get(&norm(host))
+            .map(|a| a.counters.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn with_account<T>(
+        &self,
+        host: &str,
+        f: impl FnOnce(&crate::state::Account) -> T,
+    ) -> Option<T> {
+        let st = self.lock();
+        st.accounts.get(&norm(host)).map(f)
+    }
+
+    pub fn move_lead(
+        &self,
+        host: &str,
+        lead_id: u64,
+        pipeline_id: u64,
+        status_id: u64,
+    ) -> anyhow::Result<()> {
+        let host = norm(host);
+        let jobs = {
+            let mut st = self.lock();
+            let now = st.now(&host);
+            let acc = account_mut(&mut st, &host)?;
+            if !acc.leads.contains_key(&lead_id) {
+                bail!("no lead {lead_id} in {host}");
+            }
+            let pipeline = acc
+                .pipelines
+                .get(&pipeline_id)
+                .with_context(|| format!("no pipeline {pipeline_id} in {host}"))?;
+            let status = pipeline
+                .status(status_id)
+                .with_context(|| format!("status {status_id} is not in pipeline {pipeline_id}"))?;
+            if status.type_ == 1 {
+                bail!("a lead cannot be moved into the incoming stage");
+            }
+            let events = apply_patch(
+                acc,
+                lead_id,
+                Patch {
+                    name: None,
+                    price: None,
+                    pipeline_id,
+                    status_id,
+                    responsible: None,
+                    fields: None,
+                    tags: None,
+                    closed_at: None,
+                },
+                now,
+            );
+            self.emit(&st, &host, &events)
+        };
+        self.outbound.send(jobs);
+        Ok(())
+    }
+
+    /// Creates a lead as a person would in the UI (first stage of the pipeline, or the given stage).
+    pub fn create_lead(
+        &self,
+        host: &str,
+        name: &str,
+        price: i64,
+        stage: Option<(u64, u64)>,
+    ) -> anyhow::Result<u64> {
+        let host = norm(host);
+        let (id, jobs) = {
+            let mut st = self.lock();
+            let now = st.now(&host);
+            let State { accounts, ids, .. } = &mut *st;
+            let acc = accounts
+                .get_mut(&host)
+                .with_context(|| format!("unknown account {host}"))?;
+            let (pid, sid) = match stage {
+                Some((p, s)) => {
+                    let ok = acc
+                        .pipelines
+                        .get(&p)
+                        .and_then(|pl| pl.status(s))
+                        .is_some_and(|s| s.type_ == 0);
+                    if !ok {
+                        bail!("status {s} is not a stage of pipeline {p}");
+                    }
+                    (p, s)
+                }
+                None => {
+                    let p = acc.main_pipeline().context("account has no pipeline")?;
+                    let mut stages: Vec<_> = p.statuses.iter().filter(|s| s.type_ == 0).collect();
+                    stages.sort_by_key(|s| (s.sort, s.id));
+                    (p.id, stages.first().map(|s| s.id).unwrap_or(WON))
+                }
+            };
+            let id = crate::state::next(&mut ids.lead);
+            let user = acc.user_id;
+            acc.leads.insert(
+                id,
+                Lead {
+                    id,
+                    name: if name.is_empty() {
+                        format!("Сделка #{id}")
+                    } else {
+                        name.to_owned()
+                    },
+                    price,
+                    pipeline_id: pid,
+                    status_id: sid,
+                    responsible_user_id: user,
+                    created_by: user,
+                    updated_by: user,
+                    created_at: now,
+                    updated_at: now,
+                    closed_at: (sid == WON || sid == LOST).then_some(now),
+                    custom_fields_values: Vec::new(),
+                    tags: Vec::new(),
+                    contact_ids: Vec::new(),
+                    company_id: None,
+                    request_id: None,
+                },
+            );
+            acc.counters.leads_created += 1;
+            let jobs = self.emit(&st, &host, &[Event::LeadAdded(id)]);
+            (id, jobs)
+        };
+        self.outbound.send(jobs);
+        Ok(id)
+    }
+
+    pub fn delete_lead(&self, host: &str, lead_id: u64) -> anyhow::Result<()> {
+        let host = norm(host);
+        let jobs = {
+            let mut st = self.lock();
+            let acc = account_mut(&mut st, &host)?;
+            let events = remove_lead(acc, lead_id)
+                .with_context(|| format!("no lead {lead_id} in {host}"))?;
+            self.emit(&st, &host, &events)
+        };
+        self.outbound.send(jobs);
+        Ok(())
+    }
+
+    /// Deletes a pipeline as an admin would in the UI, with its leads (each sends `delete_lead`).
+    pub fn delete_pipeline(&self, host: &str, pipeline_id: u64) -> anyhow::Result<()> {
+        let host = norm(host);
+        let jobs = {
+            let mut st = self.lock();
+            let acc = account_mut(&mut st, &host)?;
+            if !acc.pipelines.contains_key(&pipeline_id) {
+                bail!("no pipeline {pipeline_id} in {host}");
+            }
+            if acc.pipelines.len() == 1 {
+                bail!("the last pipeline of an account cannot be deleted");
+            }
+            let ids: Vec<u64> = acc
+                .leads
+                .values()
+                .filter(|l| l.pipeline_id == pipeline_id)
+                .map(|l| l.id)
+                .collect();
+            let mut events = Vec::new();
+            for id in ids {
+                events.extend(remove_lead(acc, id).unwrap_or_default());
+            }
+            let was_main = acc
+                .pipelines
+                .remove(&pipeline_id)
+                .is_some_and(|p| p.is_main);
+            if was_main && let Some(first) = acc.pipelines.values_mut().next() {
+                first.is_main = true;
+            }
+            self.emit(&st, &host, &events)
+        };
+        self.outbound.send(jobs);
+        Ok(())
+    }
+
+    pub fn delete_custom_field(&self, host: &str, field_id: u64) -> anyhow::Result<()> {
+        let mut st = self.lock();
+        let acc = account_mut(&mut st, host)?;
+        if acc.lead_fields.remove(&field_id).is_none() {
+            bail!("no lead custom field {field_id} in {host}");
+        }
+        for l in acc.leads.values_mut() {
+            l.custom_fields_values.retain(|f| f.field_id != field_id);
+        }
+        Ok(())
+    }
+
+    /// Disables the integration in the account: tokens die, the uninstall hook is sent if configured.
+    pub fn revoke_grant(&self, host: &str, client_id: &str) -> bool {
+        let host = norm(host);
+        let job = {
+            let mut st = self.lock();
+            if !oauth::revoke(&mut st, &host, client_id) {
+                return false;
+            }
+            let account_id = st.accounts.get(&host).map(|a| a.id).unwrap_or(0);
+            st.integrations.get(client_id).and_then(|i| {
+                let url = i.disconnect_url.as_ref()?;
+                let signature =
+                    tokens::disconnect_signature(client_id, &i.client_secret, account_id);
+                let query = serde_urlencoded::to_string([
+                    ("client_uuid", client_id.to_owned()),
+                    ("account_id", account_id.to_string()),
+                    ("signature", signature),
+                ])
+                .ok()?;
+                let sep = if url.contains('?') { '&' } else { '?' };
+                Some(Job {
+                    kind: DeliveryKind::Uninstall,
+                    host: host.clone(),
+                    webhook_id: None,
+                    url: format!("{url}{sep}{query}"),
+                    body: None,
+                })
+            })
+        };
+        self.outbound.send(job.into_iter().collect());
+        true
+    }
+}
+
+/// Removes a lead and unlinks it; returns the `delete_lead` event.
+fn remove_lead(acc: &mut crate::state::Account, lead_id: u64) -> Option<Vec<Event>> {
+    let lead = acc.leads.remove(&lead_id)?;
+    for c in acc.contacts.values_mut() {
+        c.lead_ids.retain(|l| *l != lead_id);
+    }
+    for c in acc.companies.values_mut() {
+        c.lead_ids.retain(|l| *l != lead_id);
+    }
+    Some(vec![Event::LeadDeleted(Box::new(lead))])
+}
+
+fn norm(host: &str) -> String {
+    State::normalize_host(host).unwrap_or_else(|| host.to_owned())
+}
+
+fn account_mut<'a>(st: &'a mut State, host: &str) -> anyhow::Result<&'a mut crate::state::Account> {
+    st.accounts
+        .get_mut(&norm(host))
+        .with_context(|| format!("unknown account {host}"))
+}
+
+/// Entry point: `Sandbox::start(config)`.
+pub struct Sandbox;
+
+impl Sandbox {
+    /// Binds, seeds the accounts, starts serving (on its own thread) and returns the handle.
+    pub async fn start(cfg: SandboxConfig) -> anyhow::Result<SandboxHandle> {
+        let mut st = State::new(
+            cfg.rate_limit_rps,
+            cfg.webhook_format,
+            cfg.webhook_disable_after,
+            cfg.now,
+        );
+        for host in &cfg.accounts {
+            st.ensure_account(host)
+                .with_context(|| format!("invalid account host {host:?}"))?;
+        }
+        for i in &cfg.integrations {
+            st.integrations.insert(i.client_id.clone(), i.clone());
+        }
+        let state = Arc::new(Mutex::new(st));
+        let outbound = Outbound::start(state.clone(), cfg.webhook_timeout)?;
+        let listener = std::net::TcpListener::bind(cfg.listen)
+            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            state,
+            outbound,
+            shutdown: tokio::sync::watch::channel(false).0,
+            base_url: format!("http://{addr}"),
+        });
+        let server = crate::server::spawn(shared.clone(), listener, cfg.workers.max(1)).await?;
+        Ok(SandboxHandle {
+            shared,
+            server: Some(server),
+            addr,
+        })
+    }
+}
+
+/// A running sandbox. Dropping it stops the server too; `stop` waits for that.
+pub struct SandboxHandle {
+    shared: Arc<Shared>,
+    server: Option<actix_web::dev::ServerHandle>,
+    addr: SocketAddr,
+}
+
+impl std::fmt::Debug for SandboxHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxHandle")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl SandboxHandle {
+    /// The listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> String {
+        self.shared.base_url.clone()
+    }
+
+    /// `http://127.0.0.1:PORT/{host}`: the value for `AMOCRM_ACCOUNT_URL_TEMPLATE`.
+    pub fn account_url_template(&self) -> String {
+        format!("{}/{{host}}", self.shared.base_url)
+    }
+
+    /// The base URL of one account (`http://127.0.0.1:PORT/sellerone.amocrm.ru`).
+    pub fn account_url(&self, host: &str) -> String {
+        format!("{}/{}", self.shared.base_url, norm(host))
+    }
+
+    /// `http://127.0.0.1:PORT/oauth`: the value for `AMOCRM_AUTHORIZE_URL`.
+    pub fn authorize_url(&self) -> String {
+        format!("{}/oauth", self.shared.base_url)
+    }
+
+    /// Creates the account (or finds it) and returns its id. Panics only on a host that cannot be a
+    /// host at all (empty, or with characters other than letters, digits, `.`, `-`, `:`).
+    pub fn add_account(&self, host: &str) -> u64 {
+        match self.shared.add_account(host) {
+            Ok(id) => id,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// All accounts.
+    pub fn accounts(&self) -> Vec<AccountInfo> {
+        self.shared.accounts()
+    }
+
+    /// The account id of `host`, if it exists.
+    pub fn account_id(&self, host: &str) -> Option<u64> {
+        self.shared.with_account(host, |a| a.id)
+    }
+
+    /// Registers (or replaces) an integration at run time.
+    pub fn add_integration(&self, integration: Integration) {
+        self.shared.add_integration(integration);
+    }
+
+    /// Sets the uninstall hook URL of an integration.
+    pub fn set_disconnect_url(&self, client_id: &str, url: Option<&str>) -> anyhow::Result<()> {
+        let mut st = self.shared.lock();
+        let i = st
+            .integrations
+            .get_mut(client_id)
+            .with_context(|| format!("unknown client_id {client_id:?}"))?;
+        i.disconnect_url = url.map(str::to_owned);
+        Ok(())
+    }
+
+    /// Scripted consent: the user picks account `host` and clicks Allow. `authorize` is the full
+    /// authorize URL or its query. Returns the redirect URL (`…?code=…&state=…&referer=…&client_id=…`).
+    pub fn approve(&self, authorize: &str, host: &str) -> anyhow::Result<String> {
+        self.shared
+            .decide(&AuthorizeParams::parse(authorize), host, true)
+    }
+
+    /// Scripted consent: the user clicks Deny. Returns `…?error=access_denied&client_id=…&state=…`.
+    pub fn deny(&self, authorize: &str, host: &str) -> anyhow::Result<String> {
+        self.shared
+            .decide(&AuthorizeParams::parse(authorize), host, false)
+    }
+
+    /// Mints a grant and a token pair without consent (benchmarks, fixtures).
+    pub fn issue_tokens(&self, client_id: &str, host: &str) -> TokenPair {
+        self.shared.issue_tokens(client_id, host)
+    }
+
+    /// Replaces the fault switches of an account (unknown account: ignored).
+    pub fn set_faults(&self, host: &str, f: Faults) {
+        let _ = self.shared.set_faults(host, f);
+    }
+
+    /// Current fault switches (remaining counts).
+    pub fn faults(&self, host: &str) -> Faults {
+        self.shared.faults(host)
+    }
+
+    /// Moves this account's clock forward by `secs` more seconds.
+    pub fn advance_clock(&self, host: &str, secs: i64) {
+        let mut f = self.faults(host);
+        f.clock_offset_secs += secs;
+        self.set_faults(host, f);
+    }
+
+    /// Changes the per-account limit at run time (0 disables it).
+    pub fn set_rate_limit_rps(&self, rps: u32) {
+        self.shared.lock().rate_limit_rps = rps;
+    }
+
+    /// Every request received so far (oldest first).
+    pub fn request_log(&self) -> Vec<LoggedRequest> {
+        self.shared.lock().log.clone()
+    }
+
+    /// Forgets the request log.
+    pub fn clear_log(&self) {
+        self.shared.lock().log.clear();
+    }
+
+    pub fn counters(&self, host: &str) -> Counters {
+        self.shared.counters(host)
+    }
+
+    pub fn leads(&self, host: &str) -> Vec<Lead> {
+        self.shared
+            .with_account(host, |a| a.leads.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn lead(&self, host: &str, id: u64) -> Option<Lead> {
+        self.shared
+            .with_account(host, |a| a.leads.get(&id).cloned())
+            .flatten()
+    }
+
+    pub fn contacts(&self, host: &str) -> Vec<Contact> {
+        self.shared
+            .with_account(host, |a| a.contacts.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn companies(&self, host: &str) -> Vec<Company> {
+        self.shared
+            .with_account(host, |a| a.companies.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn pipelines(&self, host: &str) -> Vec<Pipeline> {
+        self.shared
+            .with_account(host, |a| a.pipelines.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Lead custom fields.
+    pub fn custom_fields(&self, host: &str) -> Vec<CustomField> {
+        self.shared
+            .with_account(host, |a| a.lead_fields.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Webhook subscriptions (with `disabled`).
+    pub fn webhooks(&self, host: &str) -> Vec<Webhook> {
+        self.shared
+            .with_account(host, |a| {
+                a.webhooks.iter().map(|w| w.hook.clone()).collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Moves a lead as a person in the UI would; sends `status_lead` / `update_lead` webhooks.
+    pub fn move_lead(
+        &self,
+        host: &str,
+        lead_id: u64,
+        pipeline_id: u64,
+        status_id: u64,
+    ) -> anyhow::Result<()> {
+        self.shared.move_lead(host, lead_id, pipeline_id, status_id)
+    }
+
+    /// Creates a lead as a person in the UI would (sends `add_lead`); `stage` = `(pipeline_id, status_id)`.
+    pub fn create_lead(
+        &self,
+        host: &str,
+        name: &str,
+        price: i64,
+        stage: Option<(u64, u64)>,
+    ) -> anyhow::Result<u64> {
+        self.shared.create_lead(host, name, price, stage)
+    }
+
+    /// Deletes a lead as a person in the UI would (sends `delete_lead`).
+    pub fn delete_lead(&self, host: &str, lead_id: u64) -> anyhow::Result<()> {
+        self.shared.delete_lead(host, lead_id)
+    }
+
+    /// Deletes a pipeline and its leads, as an admin in the UI would.
+    pub fn delete_pipeline(&self, host: &str, pipeline_id: u64) -> anyhow::Result<()> {
+        self.shared.delete_pipeline(host, pipeline_id)
+    }
+
+    /// Deletes a lead custom field (and its values), as an admin in the UI would.
+    pub fn delete_custom_field(&self, host: &str, field_id: u64) -> anyhow::Result<()> {
+        self.shared.delete_custom_field(host, field_id)
+    }
+
+    /// The admin disabled the integration: its tokens are revoked (API → 401, refresh refused) and the
+    /// uninstall hook is sent when configured. Returns whether a grant existed.
+    pub fn revoke_grant(&self, host: &str, client_id: &str) -> bool {
+        self.shared.revoke_grant(host, client_id)
+    }
+
+    /// Every outgoing webhook and uninstall hook finished so far.
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.shared.lock().deliveries.clone()
+    }
+
+    /// Outgoing requests queued or in flight.
+    pub fn deliveries_in_flight(&self) -> usize {
+        self.shared.outbound.inflight.current()
+    }
+
+    /// Resolves when every queued webhook / uninstall hook has been delivered or has failed.
+    pub async fn webhooks_idle(&self) {
+        self.shared.outbound.inflight.idle().await;
+    }
+
+    /// Stops serving (held connections are released) and waits for the server to finish.
+    pub async fn stop(mut self) {
+        let _ = self.shared.shutdown.send(true);
+        if let Some(server) = self.server.take() {
+            server.stop(false).await;
+        }
+    }
+}
+
+impl Drop for SandboxHandle {
+    fn drop(&mut self) {
+        let _ = self.shared.shutdown.send(true);
+        if let Some(server) = self.server.take() {
+            // The stop command is sent when `stop` is called; the returned future only awaits it.
+            drop(server.stop(false));
+        }
+    }
+}

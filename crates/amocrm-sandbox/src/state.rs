@@ -1,0 +1,478 @@
+//! The sandbox's in-memory world: accounts and their entities, grants and tokens, logs, id sequences.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use crate::config::{Faults, Integration, WebhookFormat};
+use crate::model::{
+    Company, Contact, Counters, CustomField, Delivery, Lead, LoggedRequest, Pipeline, Status,
+    Webhook,
+};
+
+/// Colours amoCRM accepts for non-system statuses (amocrm-api.md §5).
+pub const STATUS_COLORS: [&str; 21] = [
+    "#fffeb2", "#fffd7f", "#fff000", "#ffeab2", "#ffdc7f", "#ffce5a", "#ffdbdb", "#ffc8c8",
+    "#ff8f92", "#d6eaff", "#c1e0ff", "#98cbff", "#ebffb1", "#deff81", "#87f2c0", "#f9deff",
+    "#f3beff", "#ccc8f9", "#eb93ff", "#f2f3f4", "#e6e8ea",
+];
+pub const WON: u64 = 142;
+pub const LOST: u64 = 143;
+pub const MAX_PIPELINES: usize = 50;
+pub const MAX_STATUSES: usize = 100;
+pub const MAX_WEBHOOKS: usize = 100;
+pub const CODE_TTL_SECS: i64 = 20 * 60;
+pub const ACCESS_TTL_SECS: i64 = 86_400;
+pub const REFRESH_TTL_SECS: i64 = 90 * 86_400;
+/// Caps the in-memory logs so a long benchmark cannot exhaust memory.
+pub const LOG_CAP: usize = 2_000_000;
+
+/// Monotonic id sequences, one per entity kind, in ranges that look like amoCRM's.
+#[derive(Debug)]
+pub struct Ids {
+    pub account: u64,
+    pub user: u64,
+    pub pipeline: u64,
+    pub status: u64,
+    pub lead: u64,
+    pub contact: u64,
+    pub company: u64,
+    pub field: u64,
+    pub enum_: u64,
+    pub tag: u64,
+    pub webhook: u64,
+    pub install: u64,
+    pub pair: u64,
+    pub log: u64,
+    pub delivery: u64,
+}
+
+impl Default for Ids {
+    fn default() -> Self {
+        Self {
+            account: 31_000_000,
+            user: 8_000_000,
+            pipeline: 7_000_000,
+            status: 61_000_000,
+            lead: 25_000_000,
+            contact: 40_000_000,
+            company: 50_000_000,
+            field: 990_000,
+            enum_: 550_000,
+            tag: 80_000,
+            webhook: 0,
+            install: 0,
+            pair: 0,
+            log: 0,
+            delivery: 0,
+        }
+    }
+}
+
+pub fn next(counter: &mut u64) -> u64 {
+    *counter += 1;
+    *counter
+}
+
+/// One amoCRM account.
+#[derive(Debug)]
+pub struct Account {
+    pub id: u64,
+    pub host: String,
+    pub subdomain: String,
+    pub name: String,
+    pub user_id: u64,
+    pub created_at: i64,
+    pub pipelines: BTreeMap<u64, Pipeline>,
+    pub lead_fields: BTreeMap<u64, CustomField>,
+    pub contact_fields: BTreeMap<u64, CustomField>,
+    pub leads: BTreeMap<u64, Lead>,
+    pub contacts: BTreeMap<u64, Contact>,
+    pub companies: BTreeMap<u64, Company>,
+    pub tags: BTreeMap<String, u64>,
+    pub webhooks: Vec<WebhookState>,
+    pub faults: Faults,
+    pub counters: Counters,
+    /// Arrival instants of admitted requests within the last second.
+    pub window: VecDeque<Instant>,
+}
+
+/// A webhook subscription plus its failure history.
+#[derive(Debug, Clone)]
+pub struct WebhookState {
+    pub hook: Webhook,
+    pub failures: VecDeque<Instant>,
+}
+
+/// An installation of an integration in an account (a grant). Revoking it kills every token.
+#[derive(Debug)]
+pub struct Install {
+    pub client_id: String,
+    pub host: String,
+    pub revoked: bool,
+}
+
+#[derive(Debug)]
+pub struct AuthCode {
+    pub client_id: String,
+    pub host: String,
+    pub install_id: u64,
+    pub issued_at: i64,
+    pub used: bool,
+}
+
+/// A token pair and its place in the refresh chain.
+#[derive(Debug)]
+pub struct PairRecord {
+    pub install_id: u64,
+    pub parent: Option<u64>,
+    pub children: Vec<u64>,
+    /// The pair's access or refresh token has been used.
+    pub used: bool,
+    /// The pair's refresh token no longer works.
+    pub refresh_dead: bool,
+}
+
+#[derive(Debug)]
+pub struct AccessRecord {
+    pub pair_id: u64,
+    pub install_id: u64,
+    pub host: String,
+    pub exp: i64,
+}
+
+#[derive(Debug)]
+pub struct RefreshRecord {
+    pub pair_id: u64,
+    pub install_id: u64,
+    pub host: String,
+    pub client_id: String,
+    pub exp: i64,
+}
+
+/// The whole mutable world, behind one mutex.
+#[derive(Debug)]
+pub struct State {
+    pub accounts: BTreeMap<String, Account>,
+    pub integrations: BTreeMap<String, Integration>,
+    pub installs: HashMap<u64, Install>,
+    pub active_installs: HashMap<(String, String), u64>,
+    pub codes: HashMap<String, AuthCode>,
+    pub pairs: HashMap<u64, PairRecord>,
+    pub access: HashMap<String, AccessRecord>,
+    pub refresh: HashMap<String, RefreshRecord>,
+    pub log: Vec<LoggedRequest>,
+    pub deliveries: Vec<Delivery>,
+    pub ids: Ids,
+    pub rate_limit_rps: u32,
+    pub webhook_format: WebhookFormat,
+    pub webhook_disable_after: u32,
+    /// Sandbox time minus real time, from `SandboxConfig::now`.
+    pub base_offset: chrono::Duration,
+}
+
+impl State {
+    pub fn new(
+        rate_limit_rps: u32,
+        webhook_format: WebhookFormat,
+        webhook_disable_after: u32,
+        now: Option<DateTime<Utc>>,
+    ) -> Self {
+        Self {
+            accounts: BTreeMap::new(),
+            integrations: BTreeMap::new(),
+            installs: HashMap::new(),
+            active_installs: HashMap::new(),
+            codes: HashMap::new(),
+            pairs: HashMap::new(),
+            access: HashMap::new(),
+            refresh: HashMap::new(),
+            log: Vec::new(),
+            deliveries: Vec::new(),
+            ids: Ids::default(),
+            rate_limit_rps,
+            webhook_format,
+            webhook_disable_after,
+            base_offset: now.map(|n| n - Utc::now()).unwrap_or_default(),
+        }
+    }
+
+    /// Sandbox time for an account (real time + start offset + the account's clock offset).
+    pub fn now_dt(&self, host: &str) -> DateTime<Utc> {
+        let offset = self
+            .accounts
+            .get(host)
+            .map(|a| a.faults.clock_offset_secs)
+            .unwrap_or(0);
+        Utc::now() + self.base_offset + chrono::Duration::seconds(offset)
+    }
+
+    /// Sandbox unix seconds for an account.
+    pub fn now(&self, host: &str) -> i64 {
+        self.now_dt(host).timestamp()
+    }
+
+    /// Normalises and checks an account host; `None` when it cannot be one.
+    pub fn normalize_host(host: &str) -> Option<String> {
+        let h = host.trim().to_ascii_lowercase();
+        let ok = !h.is_empty()
+            && h.len() <= 253
+            && !h.starts_with('_')
+            && h != "oauth"
+            && h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
+        ok.then_some(h)
+    }
+
+    /// Creates the account (seeded with a main pipeline and contact fields) or returns the existing id.
+    pub fn ensure_account(&mut self, host: &str) -> Option<u64> {
+        let host = Self::normalize_host(host)?;
+        if let Some(a) = self.accounts.get(&host) {
+            return Some(a.id);
+        }
+        let now = self.now(&host);
+        let ids = &mut self.ids;
+        let id = next(&mut ids.account);
+        let user_id = next(&mut ids.user);
+        let subdomain = host.split('.').next().unwrap_or(&host).to_owned();
+        let mut account = Account {
+            id,
+            host: host.clone(),
+            subdomain: subdomain.clone(),
+            name: subdomain,
+            user_id,
+            created_at: now,
+            pipelines: BTreeMap::new(),
+            lead_fields: BTreeMap::new(),
+            contact_fields: BTreeMap::new(),
+            leads: BTreeMap::new(),
+            contacts: BTreeMap::new(),
+            companies: BTreeMap::new(),
+            tags: BTreeMap::new(),
+            webhooks: Vec::new(),
+            faults: Faults::default(),
+            counters: Counters::default(),
+            window: VecDeque::new(),
+        };
+        let main = new_pipeline(
+            ids,
+            "Воронка",
+            1,
+            true,
+            true,
+            &[
+                ("Первичный контакт", "#99ccff"),
+                ("Переговоры", "#ffff99"),
+                ("Принимают решение", "#ffcc66"),
+            ],
+        );
+        account.pipelines.insert(main.id, main);
+        for (code, name, sort) in [
+            ("PHONE", "Телефон", 4),
+            ("EMAIL", "Email", 6),
+            ("POSITION", "Должность", 2),
+        ] {
+            let fid = next(&mut ids.field);
+            account.contact_fields.insert(
+                fid,
+                CustomField {
+                    id: fid,
+                    name: name.to_owned(),
+                    type_: if code == "POSITION" {
+                        "text"
+                    } else {
+                        "multitext"
+                    }
+                    .to_owned(),
+                    code: Some(code.to_owned()),
+                    sort,
+                    is_api_only: false,
+                    enums: Vec::new(),
+                    entity_type: "contacts".to_owned(),
+                },
+            );
+        }
+        self.accounts.insert(host, account);
+        Some(id)
+    }
+
+    /// Appends to the request log.
+    pub fn push_log(&mut self, mut entry: LoggedRequest) {
+        entry.seq = next(&mut self.ids.log);
+        if self.log.len() >= LOG_CAP {
+            self.log.drain(..LOG_CAP / 2);
+        }
+        self.log.push(entry);
+    }
+
+    /// The active installation of `client_id` in `host`, created when absent (or revoked).
+    pub fn ensure_install(&mut self, client_id: &str, host: &str) -> u64 {
+        let key = (client_id.to_owned(), host.to_owned());
+        if let Some(id) = self.active_installs.get(&key) {
+            return *id;
+        }
+        let id = next(&mut self.ids.install);
+        self.installs.insert(
+            id,
+            Install {
+                client_id: client_id.to_owned(),
+                host: host.to_owned(),
+                revoked: false,
+            },
+        );
+        self.active_installs.insert(key, id);
+        id
+    }
+
+    pub fn install_live(&self, install_id: u64) -> bool {
+        self.installs.get(&install_id).is_some_and(|i| !i.revoked)
+    }
+
+    /// Marks a pair as used: its parent's refresh token and its siblings' refresh tokens die
+    /// (the old refresh token works only until the new pair is used).
+    pub fn mark_pair_used(&mut self, pair_id: u64) {
+        let parent = match self.pairs.get_mut(&pair_id) {
+            Some(p) if !p.used => {
+                p.used = true;
+                p.parent
+            }
+            _ => return,
+        };
+        let Some(parent_id) = parent else { return };
+        let siblings = match self.pairs.get_mut(&parent_id) {
+            Some(parent) => {
+                parent.refresh_dead = true;
+                parent.children.clone()
+            }
+            None => return,
+        };
+        for s in siblings.into_iter().filter(|s| *s != pair_id) {
+            if let Some(p) = self.pairs.get_mut(&s) {
+                p.refresh_dead = true;
+            }
+        }
+    }
+}
+
+/// Builds a pipeline with the incoming stage, the given stages and the system statuses 142/143.
+pub fn new_pipeline(
+    ids: &mut Ids,
+    name: &str,
+    sort: i64,
+    is_main: bool,
+    is_unsorted_on: bool,
+    stages: &[(&str, &str)],
+) -> Pipeline {
+    let pid = next(&mut ids.pipeline);
+    let mut statuses = vec![Status {
+        id: next(&mut ids.status),
+        name: "Неразобранное".to_owned(),
+        sort: 10,
+        color: "#c1c1c1".to_owned(),
+        type_: 1,
+        is_editable: false,
+        pipeline_id: pid,
+    }];
+    for (i, (stage, color)) in stages.iter().enumerate() {
+        statuses.push(Status {
+            id: next(&mut ids.status),
+            name: (*stage).to_owned(),
+            sort: 20 + 10 * i as i64,
+            color: (*color).to_owned(),
+            type_: 0,
+            is_editable: true,
+            pipeline_id: pid,
+        });
+    }
+    statuses.extend(system_statuses(pid));
+    Pipeline {
+        id: pid,
+        name: name.to_owned(),
+        sort,
+        is_main,
+        is_unsorted_on,
+        is_archive: false,
+        statuses,
+    }
+}
+
+/// Statuses 142 (won) and 143 (lost), present in every pipeline with the same ids.
+pub fn system_statuses(pipeline_id: u64) -> [Status; 2] {
+    [
+        Status {
+            id: WON,
+            name: "Успешно реализовано".to_owned(),
+            sort: 10_000,
+            color: "#CCFF66".to_owned(),
+            type_: 0,
+            is_editable: false,
+            pipeline_id,
+        },
+        Status {
+            id: LOST,
+            name: "Закрыто и не реализовано".to_owned(),
+            sort: 11_000,
+            color: "#D5D8DB".to_owned(),
+            type_: 0,
+            is_editable: false,
+            pipeline_id,
+        },
+    ]
+}
+
+impl Account {
+    /// Admits a request under the sliding-window limit; `Err(retry_after_secs)` when over it.
+    pub fn admit(&mut self, rps: u32, now: Instant) -> Result<(), u64> {
+        if rps == 0 {
+            return Ok(());
+        }
+        let window = Duration::from_secs(1);
+        while let Some(front) = self.window.front() {
+            if now.duration_since(*front) >= window {
+                self.window.pop_front();
+            } else {
+                break;
+            }
+        }
+        if self.window.len() >= rps as usize {
+            let oldest = self.window.front().copied().unwrap_or(now);
+            let wait = (oldest + window).saturating_duration_since(now);
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            return Err(secs.max(1));
+        }
+        self.window.push_back(now);
+        Ok(())
+    }
+
+    pub fn main_pipeline(&self) -> Option<&Pipeline> {
+        self.pipelines
+            .values()
+            .find(|p| p.is_main)
+            .or_else(|| self.pipelines.values().next())
+    }
+
+    /// The pipeline a status belongs to, if only one does (142/143 belong to all: ambiguous).
+    pub fn pipeline_of_status(&self, status_id: u64) -> Option<u64> {
+        if status_id == WON || status_id == LOST {
+            return self.main_pipeline().map(|p| p.id);
+        }
+        self.pipelines
+            .values()
+            .find(|p| p.status(status_id).is_some())
+            .map(|p| p.id)
+    }
+
+    pub fn tag_id(&mut self, ids: &mut Ids, name: &str) -> u64 {
+        if let Some(id) = self.tags.get(name) {
+            return *id;
+        }
+        let id = next(&mut ids.tag);
+        self.tags.insert(name.to_owned(), id);
+        id
+    }
+
+    pub fn self_url(&self) -> String {
+        format!("https://{}", self.host)
+    }
+}
