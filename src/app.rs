@@ -85,6 +85,10 @@ impl Application {
             shutdown: shutdown_rx,
         });
         let server = build_server(listener, state.clone())?;
+        if state.settings.run_workers {
+            // --- events (issue 7) ---
+            crate::workers::delivery::spawn(state.clone());
+        }
         Ok(Self {
             port,
             server,

@@ -16,7 +16,7 @@ use crate::storage::deliveries::{self, AttemptRecord, ClaimedDelivery, NextStep}
 use crate::storage::subscriptions::secret_aad;
 use crate::storage::{Db, StorageError, cipher::Keyring};
 
-/// How long a subscriber has to answer.
+/// How long a subscriber has to answer by default (`DELIVERY_TIMEOUT` overrides it).
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Waits after the 1st, 2nd … failed attempt; after the last one the delivery is `failed`.
 pub const RETRY_SCHEDULE: [Duration; 7] = [
@@ -76,7 +76,6 @@ fn http() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     CLIENT.get_or_init(|| {
         reqwest::Client::builder()
-            .timeout(DELIVERY_TIMEOUT)
             .connect_timeout(Duration::from_secs(5))
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!(
@@ -99,6 +98,7 @@ pub struct Attempt {
 
 /// Sends one event body to one URL with the contract's headers.
 pub async fn post_signed(
+    timeout: Duration,
     url: &str,
     event_id: &str,
     payload: &str,
@@ -110,6 +110,7 @@ pub async fn post_signed(
     let timestamp = crate::storage::from_db(now).timestamp();
     let result = http()
         .post(url)
+        .timeout(timeout)
         .header("Content-Type", "application/json")
         .header("X-Webhook-Id", event_id)
         .header("X-Webhook-Timestamp", timestamp.to_string())
@@ -173,6 +174,7 @@ pub enum Outcome {
 
 /// Sends a claimed delivery and stores the attempt and the next step.
 pub async fn deliver(
+    timeout: Duration,
     db: &Db,
     keys: &Keyring,
     owner: &str,
@@ -183,6 +185,7 @@ pub async fn deliver(
     let attempt = match keys.decrypt(secret_aad(&sub_id), &claimed.secret_enc) {
         Ok(secret) => {
             post_signed(
+                timeout,
                 &claimed.url,
                 &claimed.event_id,
                 &claimed.payload,

@@ -18,6 +18,9 @@ pub const FAILED: &str = "failed";
 
 diesel::alias!(d as earlier: EarlierDelivery);
 
+/// A claimed row with (event id, name, payload) and (url, sealed secret).
+type ClaimRow = (DeliveryRow, (String, String, String), (String, Vec<u8>));
+
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = d)]
 pub struct DeliveryRow {
@@ -112,7 +115,7 @@ pub fn claim_due(
     if claimed.is_empty() {
         return Ok(Vec::new());
     }
-    let rows: Vec<(DeliveryRow, (String, String, String), (String, Vec<u8>))> = d::table
+    let rows: Vec<ClaimRow> = d::table
         .inner_join(events::table)
         .inner_join(webhook_subscriptions::table)
         .filter(d::id.eq_any(&claimed))
@@ -372,10 +375,18 @@ pub fn count_by_state(conn: &mut AnyConnection, state: &str) -> Result<i64, Stor
         .get_result(conn)?)
 }
 
-/// The earliest time any pending delivery becomes due (the worker sleeps until then, at most).
+/// The earliest time a queue head (a pending delivery with no earlier pending one of its seller and
+/// subscription) becomes due; deliveries waiting behind a head are not counted.
 pub fn next_due(conn: &mut AnyConnection) -> Result<Option<NaiveDateTime>, StorageError> {
     Ok(d::table
         .filter(d::state.eq(PENDING))
+        .filter(not(exists(
+            earlier
+                .filter(earlier.field(d::subscription_id).eq(d::subscription_id))
+                .filter(earlier.field(d::seller_id).eq(d::seller_id))
+                .filter(earlier.field(d::state).eq(PENDING))
+                .filter(earlier.field(d::event_seq).lt(d::event_seq)),
+        )))
         .select(diesel::dsl::min(d::next_attempt_at))
         .first(conn)?)
 }

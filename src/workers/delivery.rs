@@ -62,9 +62,10 @@ pub async fn run_once_at(state: &AppState, now: NaiveDateTime) -> Result<Report,
         ..Report::default()
     };
     let mut set = JoinSet::new();
+    let timeout = state.settings.delivery_timeout;
     for c in claimed {
         let (db, keys, owner) = (state.db.clone(), state.keys.clone(), owner.clone());
-        set.spawn(async move { delivery::deliver(&db, &keys, &owner, c, now).await });
+        set.spawn(async move { delivery::deliver(timeout, &db, &keys, &owner, c, now).await });
     }
     while let Some(done) = set.join_next().await {
         match done {
@@ -98,6 +99,7 @@ async fn run_loop(state: Data<AppState>) {
     let db = state.db.clone();
     let keys: Arc<Keyring> = state.keys.clone();
     let mut shutdown = state.shutdown.clone();
+    let timeout = state.settings.delivery_timeout;
     let mut in_flight: JoinSet<String> = JoinSet::new();
     let mut per_sub: HashMap<String, usize> = HashMap::new();
     loop {
@@ -131,7 +133,9 @@ async fn run_loop(state: Data<AppState>) {
                         let (db, keys, owner) = (db.clone(), keys.clone(), owner.clone());
                         in_flight.spawn(async move {
                             let now = storage::now();
-                            if let Err(e) = delivery::deliver(&db, &keys, &owner, c, now).await {
+                            if let Err(e) =
+                                delivery::deliver(timeout, &db, &keys, &owner, c, now).await
+                            {
                                 tracing::warn!(error = %e, "recording a delivery attempt failed");
                             }
                             sub

@@ -11,5 +11,6 @@ mod helpers;
 // orders (issue 6)
 
 // events (issue 7)
+mod events_out;
 
 // operations (issue 8)
