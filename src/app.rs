@@ -88,6 +88,7 @@ impl Application {
         if state.settings.run_workers {
             // --- events (issue 7) ---
             crate::workers::delivery::spawn(state.clone());
+            crate::workers::webhook_processor::spawn(state.clone());
         }
         Ok(Self {
             port,

@@ -37,6 +37,12 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
+/// Wakes the delivery worker when events were recorded (it also polls, so a missed wake-up only delays).
+pub fn new_event_signal() -> &'static tokio::sync::Notify {
+    static SIGNAL: OnceLock<tokio::sync::Notify> = OnceLock::new();
+    SIGNAL.get_or_init(tokio::sync::Notify::new)
+}
+
 /// `sha256=<lowercase hex HMAC-SHA256(secret, body)>`.
 pub fn signature(secret: &[u8], body: &[u8]) -> String {
     // HMAC accepts keys of any length, so this cannot fail; an empty tag would never verify anyway.

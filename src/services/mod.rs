@@ -10,6 +10,8 @@ pub mod keys;
 // events (issue 7)
 pub mod delivery;
 pub mod events_log;
+pub mod ingest;
+pub mod lead_events;
 pub mod subscriptions;
 
 // operations (issue 8)

@@ -4,7 +4,7 @@
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
-use super::schema::lead_states as l;
+use super::schema::{lead_states as l, orders};
 use super::{AnyConnection, StorageError};
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
@@ -91,4 +91,92 @@ pub fn for_seller(
         .order(l::lead_id.asc())
         .select(LeadState::as_select())
         .load(conn)?)
+}
+
+/// A marketplace order a lead belongs to (read from `orders`, which the orders push owns).
+#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
+pub struct OrderLink {
+    pub order_id: String,
+    pub order_number: String,
+    pub lead_id: Option<i64>,
+    pub total_amount_minor: i64,
+    pub currency: String,
+}
+
+fn order_link_query() -> orders::BoxedQuery<
+    'static,
+    super::MultiBackend,
+    (
+        diesel::sql_types::Text,
+        diesel::sql_types::Text,
+        diesel::sql_types::Nullable<diesel::sql_types::BigInt>,
+        diesel::sql_types::BigInt,
+        diesel::sql_types::Text,
+    ),
+> {
+    orders::table
+        .select((
+            orders::id,
+            orders::order_number,
+            orders::lead_id,
+            orders::total_amount_minor,
+            orders::currency,
+        ))
+        .into_boxed()
+}
+
+/// The order whose pushed lead is `lead_id`.
+pub fn order_by_lead(
+    conn: &mut AnyConnection,
+    seller_id: &str,
+    lead_id: i64,
+) -> Result<Option<OrderLink>, StorageError> {
+    Ok(order_link_query()
+        .filter(orders::seller_id.eq(seller_id.to_owned()))
+        .filter(orders::lead_id.eq(lead_id))
+        .first(conn)
+        .optional()?)
+}
+
+/// The order with the marketplace's number (found from the lead's order-number field).
+pub fn order_by_number(
+    conn: &mut AnyConnection,
+    seller_id: &str,
+    order_number: &str,
+) -> Result<Option<OrderLink>, StorageError> {
+    Ok(order_link_query()
+        .filter(orders::seller_id.eq(seller_id.to_owned()))
+        .filter(orders::order_number.eq(order_number.to_owned()))
+        .first(conn)
+        .optional()?)
+}
+
+pub fn order_by_id(conn: &mut AnyConnection, id: &str) -> Result<Option<OrderLink>, StorageError> {
+    Ok(order_link_query()
+        .filter(orders::id.eq(id.to_owned()))
+        .first(conn)
+        .optional()?)
+}
+
+/// Moves a lead's state from `prev` to `next` and records `events` in one transaction, only if the row
+/// is still `prev`. `None`: someone else changed it first (nothing written); otherwise how many events were
+/// new (a dedupe key may have swallowed one).
+pub fn apply(
+    conn: &mut AnyConnection,
+    prev: Option<&LeadState>,
+    next: &LeadState,
+    events: &[super::events::NewEvent],
+) -> Result<Option<usize>, StorageError> {
+    conn.transaction(|c| {
+        if !compare_and_set(c, prev, next)? {
+            return Ok(None);
+        }
+        let mut recorded = 0;
+        for ev in events {
+            if super::events::record(c, ev)?.is_some() {
+                recorded += 1;
+            }
+        }
+        Ok(Some(recorded))
+    })
 }

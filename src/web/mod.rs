@@ -1,5 +1,6 @@
 //! The HTTP layer: the one route table, middleware, and one file per area. Only this module imports actix.
 
+pub mod amocrm_webhooks;
 pub mod api;
 pub mod error;
 pub mod extract;
@@ -17,6 +18,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     // --- connect and refresh (issues 4, 5): pages, OAuth callback, uninstall hook, /refresh ---
 
     // --- amoCRM webhooks in (issue 7) ---
+    cfg.route(
+        "/webhooks/amocrm/{webhook_token}",
+        web::post().to(amocrm_webhooks::receive),
+    );
 
     // --- operations (issue 8): dashboard, metrics ---
 

@@ -160,6 +160,7 @@ async fn run_loop(state: Data<AppState>) {
                 }
             }
             _ = tokio::time::sleep(IDLE_POLL) => {}
+            _ = delivery::new_event_signal().notified() => {}
             _ = shutdown.changed() => {}
         }
     }

@@ -6,5 +6,6 @@
 
 // events (issue 7)
 pub mod delivery;
+pub mod webhook_processor;
 
 // operations (issue 8)
