@@ -89,6 +89,7 @@ impl Application {
             // --- events (issue 7) ---
             crate::workers::delivery::spawn(state.clone());
             crate::workers::webhook_processor::spawn(state.clone());
+            crate::workers::retention::spawn(state.clone());
         }
         Ok(Self {
             port,

@@ -114,3 +114,77 @@ pub fn check_account(conn: &Connection, p: &WebhookPayload) -> Result<(), Ingest
     }
     Ok(())
 }
+
+// --- keeping amoCRM's side of the subscription alive ---
+
+/// The lead events the connector subscribes each account to (the same list provisioning uses).
+pub const AMOCRM_WEBHOOK_SETTINGS: [&str; 4] =
+    ["add_lead", "update_lead", "status_lead", "delete_lead"];
+
+/// What [`ensure_amocrm_subscription`] found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriptionCheck {
+    /// Subscribed, enabled, with every setting we need.
+    Healthy { webhook_id: u64 },
+    /// Missing, disabled by amoCRM (too many failed deliveries) or lacking a setting: subscribed again.
+    Resubscribed { webhook_id: u64 },
+    /// Not checked: the connection is not active (the seller must reconnect first).
+    Skipped,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubscriptionCheckError {
+    #[error("amoCRM: {0}")]
+    Amo(#[from] amocrm_client::ApiError),
+    #[error("the stored connection is unusable: {0}")]
+    Connection(String),
+}
+
+/// The destination amoCRM posts this connection's lead changes to.
+pub fn amocrm_destination(base_url: &str, webhook_token: &str) -> String {
+    format!(
+        "{}/webhooks/amocrm/{webhook_token}",
+        base_url.trim_end_matches('/')
+    )
+}
+
+/// Checks the connection's amoCRM webhook subscription and subscribes again when amoCRM disabled it (after
+/// more than 100 failed deliveries in 2 hours) or it is missing. Meant for the refresh sweep, once per
+/// active connection; costs one API call when healthy, two when not.
+pub async fn ensure_amocrm_subscription(
+    state: &crate::app::AppState,
+    connection: &Connection,
+) -> Result<SubscriptionCheck, SubscriptionCheckError> {
+    if ConnectionStatus::parse(&connection.status) != Some(ConnectionStatus::Active) {
+        return Ok(SubscriptionCheck::Skipped);
+    }
+    let host =
+        amocrm_client::AccountHost::parse(&connection.host, &state.amo.config().allowed_domains)
+            .map_err(|e| SubscriptionCheckError::Connection(format!("host: {e}")))?;
+    let token = connection
+        .access_token(&state.keys)
+        .map_err(|e| SubscriptionCheckError::Connection(e.to_string()))?
+        .ok_or_else(|| SubscriptionCheckError::Connection("no access token".into()))?;
+    let destination = connection.webhook_destination.clone().unwrap_or_else(|| {
+        amocrm_destination(&state.settings.base_url(), &connection.webhook_token)
+    });
+    let api = state.amo.api(&host, &token);
+    let hooks = api.webhooks().await?;
+    if let Some(h) = hooks.iter().find(|h| {
+        h.destination == destination
+            && !h.disabled
+            && AMOCRM_WEBHOOK_SETTINGS
+                .iter()
+                .all(|s| h.settings.iter().any(|x| x == s))
+    }) {
+        return Ok(SubscriptionCheck::Healthy { webhook_id: h.id });
+    }
+    // Subscribing the same destination again updates its settings and re-enables it.
+    let hook = api
+        .subscribe_webhook(&destination, &AMOCRM_WEBHOOK_SETTINGS)
+        .await?;
+    tracing::info!(seller_id = %connection.seller_id, "amoCRM webhook subscription restored");
+    Ok(SubscriptionCheck::Resubscribed {
+        webhook_id: hook.id,
+    })
+}

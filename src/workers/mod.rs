@@ -6,6 +6,7 @@
 
 // events (issue 7)
 pub mod delivery;
+pub mod retention;
 pub mod webhook_processor;
 
 // operations (issue 8)

@@ -12,5 +12,6 @@ mod helpers;
 
 // events (issue 7)
 mod events_out;
+mod webhooks_in;
 
 // operations (issue 8)
