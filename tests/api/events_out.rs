@@ -714,3 +714,62 @@ async fn the_event_log_pages_by_cursor_and_filters_by_seller_and_event() {
         .await;
     }
 }
+
+#[tokio::test]
+async fn events_their_deliveries_and_old_webhook_bodies_are_pruned_after_the_retention_period() {
+    use amocrm_connector::storage::inbox;
+    use amocrm_connector::workers::retention;
+    let app = spawn_app_with(|env| {
+        env.insert("EVENT_RETENTION".into(), "7days".into());
+    })
+    .await;
+    let rx = Receiver::start("k", Behaviour::Ok).await;
+    let sub = app.subscribe(&rx.url, json!("*"), "k").await;
+    let (_, old_id) = app
+        .record_event("order.synced", "s-1", json!({"n": 1}))
+        .await;
+    delivery_worker::run_once(&app.state).await.unwrap();
+    // Two raw bodies (of two connections): one processed, one still waiting.
+    for conn in [1, 2] {
+        app.db
+            .run(move |c| inbox::insert(c, conn, "s-1", b"leads[add][0][id]=1", st::now()))
+            .await
+            .unwrap();
+    }
+    let now = st::now();
+    let leased = app
+        .db
+        .run(move |c| inbox::claim_due(c, "w", now, now + TimeDelta::minutes(1), 10))
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 2);
+    let done = leased[0].id;
+    app.db
+        .run(move |c| inbox::mark_processed(c, done, "w", None, now))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        retention::run_once(&app.state).await.unwrap(),
+        retention::Report::default(),
+        "nothing is older than 7 days yet"
+    );
+    let report = retention::run_once_at(&app.state, now + TimeDelta::days(8))
+        .await
+        .unwrap();
+    assert_eq!(report.events, 1);
+    assert_eq!(report.webhook_bodies, 1, "only the processed body goes");
+    let gone = app
+        .db
+        .run(move |c| events::find_by_id(c, &old_id))
+        .await
+        .unwrap();
+    assert!(gone.is_none());
+    assert!(
+        app.deliveries_of(&sub).await.is_empty(),
+        "deliveries and attempts went with their event"
+    );
+    let left = app.db.run(|c| inbox::for_seller(c, "s-1")).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].state, "pending");
+}

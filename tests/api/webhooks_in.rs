@@ -949,3 +949,58 @@ async fn a_subscription_amocrm_disabled_or_lost_is_subscribed_again() {
         "lead {lead} reached the intake"
     );
 }
+
+#[tokio::test]
+async fn a_subscription_amocrm_disabled_after_failed_deliveries_is_re_enabled() {
+    let sandbox = Sandbox::start(SandboxConfig {
+        webhook_disable_after: 1,
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let db = fresh_database();
+    let env = base_env(&db.url);
+    let app = spawn_app_with_sandbox(db, env, sandbox).await;
+    let seller = connect_seller(&app, "sellerone.amocrm.ru", "seller-1").await;
+    // While the connection is revoked the intake refuses amoCRM's webhooks, and amoCRM gives up.
+    let set_status = |status: &'static str| {
+        app.db.run(move |c| {
+            Ok(diesel::update(c::table.filter(c::seller_id.eq("seller-1")))
+                .set(c::status.eq(status))
+                .execute(c)?)
+        })
+    };
+    set_status("revoked").await.unwrap();
+    for n in 0..3 {
+        seller.push_lead(&app, &format!("r{n}"), 1).await;
+        app.sandbox.webhooks_idle().await;
+    }
+    let hook = |app: &TestApp| {
+        app.sandbox
+            .webhooks(&seller.host)
+            .into_iter()
+            .find(|w| w.destination == seller.intake_url(app))
+            .unwrap()
+    };
+    assert!(hook(&app).disabled, "amoCRM disabled the destination");
+    assert_eq!(inbox_count(&app).await, 0);
+
+    set_status("active").await.unwrap();
+    let conn = app
+        .db
+        .run(|c| connections::find_by_seller(c, "seller-1"))
+        .await
+        .unwrap()
+        .unwrap();
+    let check = ingest::ensure_amocrm_subscription(&app.state, &conn)
+        .await
+        .unwrap();
+    assert!(
+        matches!(check, SubscriptionCheck::Resubscribed { .. }),
+        "{check:?}"
+    );
+    assert!(!hook(&app).disabled);
+    seller.push_lead(&app, "after", 1).await;
+    app.sandbox.webhooks_idle().await;
+    assert_eq!(inbox_count(&app).await, 1, "webhooks flow again");
+}
