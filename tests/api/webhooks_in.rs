@@ -20,7 +20,8 @@ use crate::helpers::{
     TestApp, assert_error, base_env, fresh_database, spawn_app, spawn_app_with_sandbox,
 };
 
-const SAMPLES: &str = "/work/shared/amocrm-samples";
+/// Copies of `../shared/amocrm-samples` (provenance in its SOURCES.md, copied beside them).
+const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/amocrm");
 
 /// A seller connected by hand (the connect flow is another issue's): tokens from the sandbox, a pipeline
 /// with the six stages, the order-number field, and amoCRM's webhook pointed at `destination`.
