@@ -178,17 +178,24 @@ pub enum Outcome {
     LeaseLost,
 }
 
-/// Sends a claimed delivery and stores the attempt and the next step.
-pub async fn deliver(
+/// One finished attempt, waiting to be recorded.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub delivery_id: i64,
+    pub subscription_id: String,
+    pub attempts_before: i32,
+    pub attempt: Attempt,
+}
+
+/// Sends one claimed delivery (no database work: the caller records a batch of these at once).
+pub async fn send(
     timeout: Duration,
-    db: &Db,
     keys: &Keyring,
-    owner: &str,
-    claimed: ClaimedDelivery,
+    claimed: &ClaimedDelivery,
     now: NaiveDateTime,
-) -> Result<Outcome, StorageError> {
-    let sub_id = claimed.delivery.subscription_id.clone();
-    let attempt = match keys.decrypt(secret_aad(&sub_id), &claimed.secret_enc) {
+) -> Finished {
+    let sub_id = &claimed.delivery.subscription_id;
+    let attempt = match keys.decrypt(secret_aad(sub_id), &claimed.secret_enc) {
         Ok(secret) => {
             post_signed(
                 timeout,
@@ -212,21 +219,66 @@ pub async fn deliver(
             },
         },
     };
-    let next = next_step(claimed.delivery.attempts, attempt.delivered, now);
-    let id = claimed.delivery.id;
-    let owner = owner.to_owned();
-    let record = attempt.record;
-    let kept = db
-        .run(move |c| deliveries::record_attempt(c, id, &owner, &record, next))
-        .await?;
-    if !kept {
-        return Ok(Outcome::LeaseLost);
+    Finished {
+        delivery_id: claimed.delivery.id,
+        subscription_id: sub_id.clone(),
+        attempts_before: claimed.delivery.attempts,
+        attempt,
     }
-    Ok(match next {
-        NextStep::Delivered => Outcome::Delivered,
-        NextStep::RetryAt(_) => Outcome::Retrying,
-        NextStep::Failed => Outcome::Failed,
-    })
+}
+
+/// Stores a batch of attempts and their next steps in one transaction.
+pub async fn record(
+    db: &Db,
+    owner: &str,
+    finished: &[Finished],
+    now: NaiveDateTime,
+) -> Result<Vec<Outcome>, StorageError> {
+    if finished.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(i64, AttemptRecord, NextStep)> = finished
+        .iter()
+        .map(|f| {
+            (
+                f.delivery_id,
+                f.attempt.record.clone(),
+                next_step(f.attempts_before, f.attempt.delivered, now),
+            )
+        })
+        .collect();
+    let steps: Vec<NextStep> = rows.iter().map(|r| r.2).collect();
+    let owner = owner.to_owned();
+    let rows = std::sync::Arc::new(rows);
+    let kept = db
+        .run(move |c| deliveries::record_attempts(c, &owner, &rows))
+        .await?;
+    Ok(kept
+        .into_iter()
+        .zip(steps)
+        .map(|(kept, next)| match (kept, next) {
+            (false, _) => Outcome::LeaseLost,
+            (true, NextStep::Delivered) => Outcome::Delivered,
+            (true, NextStep::RetryAt(_)) => Outcome::Retrying,
+            (true, NextStep::Failed) => Outcome::Failed,
+        })
+        .collect())
+}
+
+/// Sends a claimed delivery and stores the attempt and the next step.
+pub async fn deliver(
+    timeout: Duration,
+    db: &Db,
+    keys: &Keyring,
+    owner: &str,
+    claimed: ClaimedDelivery,
+    now: NaiveDateTime,
+) -> Result<Outcome, StorageError> {
+    let finished = send(timeout, keys, &claimed, now).await;
+    Ok(record(db, owner, &[finished], now)
+        .await?
+        .pop()
+        .unwrap_or(Outcome::LeaseLost))
 }
 
 #[cfg(test)]

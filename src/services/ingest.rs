@@ -5,13 +5,13 @@
 //! `account[id]` / `account[subdomain]` (and each entity's `account_id`) must name the connection's account,
 //! or nothing is stored.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use amocrm_client::webhook::{self, WebhookParseError, WebhookPayload};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::domain::status::ConnectionStatus;
-use crate::storage::connections::{self, Connection};
+use crate::storage::connections::Connection;
 use crate::storage::{self, Db, StorageError, inbox};
 
 /// Longest path token looked up (real ones are much shorter); anything longer is simply unknown.
@@ -47,72 +47,234 @@ pub struct Accepted {
     pub lead_events: usize,
 }
 
-/// Checks and stores one body; returns once the row is committed.
-pub async fn accept(
-    db: &Db,
-    token: &str,
-    body: &[u8],
-    limit: usize,
-) -> Result<Accepted, IngestError> {
-    if body.len() > limit {
-        return Err(IngestError::TooLarge { limit });
+/// Most bodies committed in one transaction.
+const MAX_BATCH: usize = 256;
+
+/// The intake's single writer: requests hand their checked bodies to it and wait for the commit.
+///
+/// Under load many requests arrive while one transaction commits; the next transaction takes all of them
+/// at once (group commit). Each request is still answered only after its own row is committed, and one
+/// writer means SQLite never makes intake requests wait on its file lock.
+#[derive(Clone)]
+pub struct Intake {
+    tx: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Intake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Intake").finish_non_exhaustive()
     }
-    if token.is_empty()
-        || token.len() > MAX_TOKEN_LEN
-        || !token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return Err(IngestError::UnknownToken);
+}
+
+/// One body waiting for the writer.
+struct Job {
+    item: Arc<Item>,
+    reply: oneshot::Sender<Result<Accepted, IngestError>>,
+}
+
+/// What the writer needs of a request: its token, the account identities the body claims (or why it is
+/// not a webhook), the raw bytes.
+struct Item {
+    token: String,
+    claims: Result<Claims, IngestErrorKind>,
+    body: Vec<u8>,
+}
+
+struct Claims {
+    account_id: Option<u64>,
+    subdomain: Option<String>,
+    entity_accounts: Vec<u64>,
+    lead_events: usize,
+}
+
+/// [`IngestError`] without its storage payload, so one outcome can be computed inside a retried closure.
+#[derive(Debug, Clone)]
+enum IngestErrorKind {
+    UnknownToken,
+    Revoked,
+    Malformed(String),
+    TooLarge(usize),
+    AccountMismatch,
+}
+
+impl From<IngestErrorKind> for IngestError {
+    fn from(k: IngestErrorKind) -> Self {
+        match k {
+            IngestErrorKind::UnknownToken => Self::UnknownToken,
+            IngestErrorKind::Revoked => Self::Revoked,
+            IngestErrorKind::Malformed(m) => Self::Malformed(m),
+            IngestErrorKind::TooLarge(limit) => Self::TooLarge { limit },
+            IngestErrorKind::AccountMismatch => Self::AccountMismatch,
+        }
     }
-    let payload = webhook::parse_with_limit(body, limit).map_err(|e| match e {
-        WebhookParseError::TooLarge { limit } => IngestError::TooLarge { limit },
-        other => IngestError::Malformed(other.to_string()),
-    });
-    let token = token.to_owned();
-    let connection = db
-        .run(move |c| connections::find_by_webhook_token(c, &token))
-        .await?
-        .ok_or(IngestError::UnknownToken)?;
-    if ConnectionStatus::parse(&connection.status) == Some(ConnectionStatus::Revoked) {
-        return Err(IngestError::Revoked);
+}
+
+impl Intake {
+    /// Starts the writer task for `db` (inside a tokio runtime).
+    pub fn start(db: Db) -> Self {
+        let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(writer(db, rx));
+        Self { tx }
     }
-    let payload = payload?;
-    check_account(&connection, &payload)?;
-    let (conn_id, seller, raw) = (connection.id, connection.seller_id.clone(), body.to_vec());
-    let inbox_id = db
-        .run(move |c| inbox::insert(c, conn_id, &seller, &raw, storage::now()))
-        .await?;
-    new_body_signal().notify_one();
-    Ok(Accepted {
-        inbox_id,
-        seller_id: connection.seller_id,
-        lead_events: payload.events.len(),
+
+    /// Checks and stores one body; returns once its row is committed. Parsing happens here, on the
+    /// request's task; the database sees only bodies that are webhooks.
+    pub async fn accept(
+        &self,
+        token: &str,
+        body: &[u8],
+        limit: usize,
+    ) -> Result<Accepted, IngestError> {
+        if body.len() > limit {
+            return Err(IngestError::TooLarge { limit });
+        }
+        if token.is_empty()
+            || token.len() > MAX_TOKEN_LEN
+            || !token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(IngestError::UnknownToken);
+        }
+        // Parse errors are reported after the token is known (an unknown token is 404 whatever the body).
+        let claims = match webhook::parse_with_limit(body, limit) {
+            Ok(p) => Ok(Claims {
+                account_id: p.account_id,
+                subdomain: p.subdomain.clone(),
+                entity_accounts: p.events.iter().filter_map(|e| e.account_id).collect(),
+                lead_events: p.events.len(),
+            }),
+            Err(WebhookParseError::TooLarge { limit }) => Err(IngestErrorKind::TooLarge(limit)),
+            Err(other) => Err(IngestErrorKind::Malformed(other.to_string())),
+        };
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            item: Arc::new(Item {
+                token: token.to_owned(),
+                claims,
+                body: body.to_vec(),
+            }),
+            reply,
+        };
+        self.tx
+            .send(job)
+            .await
+            .map_err(|_| StorageError::Other("the intake writer has stopped".into()))?;
+        answer.await.map_err(|_| {
+            IngestError::Storage(StorageError::Other("the intake writer has stopped".into()))
+        })?
+    }
+}
+
+async fn writer(db: Db, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let items: Arc<Vec<Arc<Item>>> = Arc::new(jobs.iter().map(|j| j.item.clone()).collect());
+        let result = db.run(move |c| store_batch(c, &items)).await;
+        let mut stored = false;
+        match result {
+            Ok(outcomes) => {
+                for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                    stored |= outcome.is_ok();
+                    let _ = job.reply.send(outcome.map_err(IngestError::from));
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for job in jobs {
+                    let _ = job
+                        .reply
+                        .send(Err(IngestError::Storage(StorageError::Other(msg.clone()))));
+                }
+            }
+        }
+        if stored {
+            new_body_signal().notify_one();
+        }
+    }
+}
+
+/// Looks the batch's tokens up, checks each body against its connection and inserts the good ones, in one
+/// transaction.
+fn store_batch(
+    c: &mut storage::AnyConnection,
+    items: &[Arc<Item>],
+) -> Result<Vec<Result<Accepted, IngestErrorKind>>, StorageError> {
+    use diesel::Connection as _;
+    let mut tokens: Vec<&str> = items.iter().map(|i| i.token.as_str()).collect();
+    tokens.sort_unstable();
+    tokens.dedup();
+    // Read before the write transaction, so it starts with a write (SQLite takes its lock at once).
+    let found = inbox::connections_by_tokens(c, &tokens)?;
+    let now = storage::now();
+    c.transaction(|c| {
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            let Some(conn) = found.iter().find(|f| f.webhook_token == item.token) else {
+                out.push(Err(IngestErrorKind::UnknownToken));
+                continue;
+            };
+            if ConnectionStatus::parse(&conn.status) == Some(ConnectionStatus::Revoked) {
+                out.push(Err(IngestErrorKind::Revoked));
+                continue;
+            }
+            let claims = match &item.claims {
+                Ok(cl) => cl,
+                Err(e) => {
+                    out.push(Err(e.clone()));
+                    continue;
+                }
+            };
+            if !account_matches(conn.account_id, &conn.subdomain, claims) {
+                out.push(Err(IngestErrorKind::AccountMismatch));
+                continue;
+            }
+            let inbox_id = inbox::insert(c, conn.id, &conn.seller_id, &item.body, now)?;
+            out.push(Ok(Accepted {
+                inbox_id,
+                seller_id: conn.seller_id.clone(),
+                lead_events: claims.lead_events,
+            }));
+        }
+        Ok(out)
     })
+}
+
+fn account_matches(account_id: i64, subdomain: &str, claims: &Claims) -> bool {
+    let account = u64::try_from(account_id).ok();
+    if claims.account_id.is_some_and(|id| Some(id) != account) {
+        return false;
+    }
+    if claims
+        .subdomain
+        .as_deref()
+        .is_some_and(|s| !s.eq_ignore_ascii_case(subdomain))
+    {
+        return false;
+    }
+    claims.entity_accounts.iter().all(|id| Some(*id) == account)
 }
 
 /// Every account identity the body carries must be the connection's. A body with none at all (older
 /// senders omit the account block in some entity kinds) is accepted on the token alone.
 pub fn check_account(conn: &Connection, p: &WebhookPayload) -> Result<(), IngestError> {
-    let account = u64::try_from(conn.account_id).ok();
-    if let Some(id) = p.account_id
-        && Some(id) != account
-    {
-        return Err(IngestError::AccountMismatch);
+    let claims = Claims {
+        account_id: p.account_id,
+        subdomain: p.subdomain.clone(),
+        entity_accounts: p.events.iter().filter_map(|e| e.account_id).collect(),
+        lead_events: p.events.len(),
+    };
+    if account_matches(conn.account_id, &conn.subdomain, &claims) {
+        Ok(())
+    } else {
+        Err(IngestError::AccountMismatch)
     }
-    if let Some(sub) = &p.subdomain
-        && !sub.eq_ignore_ascii_case(&conn.subdomain)
-    {
-        return Err(IngestError::AccountMismatch);
-    }
-    if p.events
-        .iter()
-        .filter_map(|e| e.account_id)
-        .any(|id| Some(id) != account)
-    {
-        return Err(IngestError::AccountMismatch);
-    }
-    Ok(())
 }
 
 // --- keeping amoCRM's side of the subscription alive ---

@@ -95,23 +95,31 @@ pub fn claim_due(
         q = q.filter(d::subscription_id.ne_all(skip.to_vec()));
     }
     let candidates: Vec<i64> = q.load(conn)?;
-    let mut claimed = Vec::with_capacity(candidates.len());
-    for id in candidates {
-        let n = diesel::update(
-            d::table
-                .filter(d::id.eq(id))
-                .filter(d::state.eq(PENDING))
-                .filter(d::lease_until.is_null().or(d::lease_until.lt(now))),
-        )
-        .set((
-            d::lease_owner.eq(Some(owner)),
-            d::lease_until.eq(Some(lease_until)),
-        ))
-        .execute(conn)?;
-        if n == 1 {
-            claimed.push(id);
-        }
+    if candidates.is_empty() {
+        return Ok(Vec::new());
     }
+    // One UPDATE claims them all; the rows this call won are those carrying its exact lease. A few random
+    // microseconds make the lease value unique even for two claims of one owner in the same instant.
+    let lease_until =
+        lease_until + chrono::TimeDelta::microseconds(rand::random_range(0..1_000_000));
+    let lease_until = super::to_db(super::from_db(lease_until));
+    diesel::update(
+        d::table
+            .filter(d::id.eq_any(&candidates))
+            .filter(d::state.eq(PENDING))
+            .filter(d::lease_until.is_null().or(d::lease_until.lt(now))),
+    )
+    .set((
+        d::lease_owner.eq(Some(owner)),
+        d::lease_until.eq(Some(lease_until)),
+    ))
+    .execute(conn)?;
+    let claimed: Vec<i64> = d::table
+        .filter(d::id.eq_any(&candidates))
+        .filter(d::lease_owner.eq(owner))
+        .filter(d::lease_until.eq(lease_until))
+        .select(d::id)
+        .load(conn)?;
     if claimed.is_empty() {
         return Ok(Vec::new());
     }
@@ -170,49 +178,68 @@ pub fn record_attempt(
     attempt: &AttemptRecord,
     next: NextStep,
 ) -> Result<bool, StorageError> {
+    let one = [(delivery_id, attempt.clone(), next)];
+    Ok(record_attempts(conn, owner, &one)?
+        .first()
+        .copied()
+        .unwrap_or(false))
+}
+
+/// [`record_attempt`] for many deliveries in one transaction (one commit for a whole batch of answers).
+pub fn record_attempts(
+    conn: &mut AnyConnection,
+    owner: &str,
+    results: &[(i64, AttemptRecord, NextStep)],
+) -> Result<Vec<bool>, StorageError> {
     conn.transaction(|c| {
-        let now = attempt.attempted_at;
-        let (state, next_at, delivered_at) = match next {
-            NextStep::Delivered => (DELIVERED, now, Some(now)),
-            NextStep::RetryAt(at) => (PENDING, at, None),
-            NextStep::Failed => (FAILED, now, None),
-        };
-        let n = diesel::update(
-            d::table
-                .filter(d::id.eq(delivery_id))
-                .filter(d::lease_owner.eq(owner))
-                .filter(d::state.eq(PENDING)),
-        )
-        .set((
-            d::state.eq(state),
-            d::attempts.eq(d::attempts + 1),
-            d::next_attempt_at.eq(next_at),
-            d::last_status.eq(attempt.status_code),
-            d::last_error.eq(attempt.error.as_deref()),
-            d::delivered_at.eq(delivered_at),
-            d::lease_owner.eq(None::<String>),
-            d::lease_until.eq(None::<NaiveDateTime>),
-            d::updated_at.eq(super::now()),
-        ))
-        .execute(c)?;
-        if n != 1 {
-            return Ok(false);
-        }
-        let number: i64 = a::table
-            .filter(a::delivery_id.eq(delivery_id))
-            .count()
-            .get_result(c)?;
-        diesel::insert_into(a::table)
-            .values((
-                a::delivery_id.eq(delivery_id),
-                a::attempt.eq(i32::try_from(number + 1).unwrap_or(i32::MAX)),
-                a::status_code.eq(attempt.status_code),
-                a::error.eq(attempt.error.as_deref()),
-                a::duration_ms.eq(attempt.duration_ms),
-                a::attempted_at.eq(attempt.attempted_at),
+        let mut kept = Vec::with_capacity(results.len());
+        for (delivery_id, attempt, next) in results {
+            let delivery_id = *delivery_id;
+            let now = attempt.attempted_at;
+            let (state, next_at, delivered_at) = match next {
+                NextStep::Delivered => (DELIVERED, now, Some(now)),
+                NextStep::RetryAt(at) => (PENDING, *at, None),
+                NextStep::Failed => (FAILED, now, None),
+            };
+            let n = diesel::update(
+                d::table
+                    .filter(d::id.eq(delivery_id))
+                    .filter(d::lease_owner.eq(owner))
+                    .filter(d::state.eq(PENDING)),
+            )
+            .set((
+                d::state.eq(state),
+                d::attempts.eq(d::attempts + 1),
+                d::next_attempt_at.eq(next_at),
+                d::last_status.eq(attempt.status_code),
+                d::last_error.eq(attempt.error.as_deref()),
+                d::delivered_at.eq(delivered_at),
+                d::lease_owner.eq(None::<String>),
+                d::lease_until.eq(None::<NaiveDateTime>),
+                d::updated_at.eq(super::now()),
             ))
             .execute(c)?;
-        Ok(true)
+            if n != 1 {
+                kept.push(false);
+                continue;
+            }
+            let number: i64 = a::table
+                .filter(a::delivery_id.eq(delivery_id))
+                .count()
+                .get_result(c)?;
+            diesel::insert_into(a::table)
+                .values((
+                    a::delivery_id.eq(delivery_id),
+                    a::attempt.eq(i32::try_from(number + 1).unwrap_or(i32::MAX)),
+                    a::status_code.eq(attempt.status_code),
+                    a::error.eq(attempt.error.as_deref()),
+                    a::duration_ms.eq(attempt.duration_ms),
+                    a::attempted_at.eq(attempt.attempted_at),
+                ))
+                .execute(c)?;
+            kept.push(true);
+        }
+        Ok(kept)
     })
 }
 

@@ -31,6 +31,18 @@ pub struct InboxRow {
     pub processed_at: Option<NaiveDateTime>,
 }
 
+/// The connections behind a batch of webhook tokens (the intake looks a whole batch up at once).
+pub fn connections_by_tokens(
+    conn: &mut AnyConnection,
+    tokens: &[&str],
+) -> Result<Vec<super::connections::Connection>, StorageError> {
+    use super::schema::amocrm_connections as c;
+    Ok(c::table
+        .filter(c::webhook_token.eq_any(tokens))
+        .select(super::connections::Connection::as_select())
+        .load(conn)?)
+}
+
 /// Stores one raw body as pending work; returns its id. One INSERT, committed on return.
 pub fn insert(
     conn: &mut AnyConnection,

@@ -8,7 +8,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::app::AppState;
-use crate::services::ingest::{self, IngestError};
+use crate::services::ingest::IngestError;
 use crate::web::error::{ApiError, ErrorCode};
 
 fn too_large(limit: usize) -> ApiError {
@@ -46,7 +46,7 @@ pub async fn receive(
 ) -> Result<HttpResponse, ApiError> {
     let limit = state.settings.webhook_max_body;
     let body = read_limited(&req, payload, limit).await?;
-    match ingest::accept(&state.db, &token, &body, limit).await {
+    match state.intake.accept(&token, &body, limit).await {
         Ok(accepted) => {
             tracing::info!(
                 seller_id = %accepted.seller_id,

@@ -1,8 +1,10 @@
 //! The event delivery worker: claims due deliveries with leases and sends them concurrently.
 //!
-//! A slow or dead subscriber cannot delay the others: every attempt has a 10 s timeout, each subscription
-//! has at most [`PER_SUBSCRIPTION`] attempts in flight in this process, and the loop keeps claiming for
-//! other subscriptions while those run.
+//! A slow or dead subscriber cannot delay the others: every attempt has a timeout (`DELIVERY_TIMEOUT`,
+//! 10 s), each subscription has at most [`PER_SUBSCRIPTION`] attempts in flight in this process, and the loop
+//! keeps claiming for other subscriptions while those run. HTTP happens in tasks; all database work happens
+//! in the loop itself, in batches (one transaction records every answer that came in meanwhile), so the
+//! worker never competes with itself for SQLite's write lock.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,19 +15,19 @@ use chrono::{NaiveDateTime, TimeDelta};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::app::AppState;
-use crate::services::delivery::{self, Outcome};
+use crate::services::delivery::{self, Finished, Outcome};
 use crate::storage::cipher::Keyring;
 use crate::storage::deliveries::{self, ClaimedDelivery};
 use crate::storage::{self, Db, StorageError};
 
 /// Attempts in flight in one process, all subscriptions together.
-pub const MAX_IN_FLIGHT: usize = 32;
-/// Attempts in flight to one subscription in one process.
-pub const PER_SUBSCRIPTION: usize = 4;
+pub const MAX_IN_FLIGHT: usize = 64;
+/// Attempts in flight to one subscription in one process (one per seller at most: order per seller).
+pub const PER_SUBSCRIPTION: usize = 16;
 /// Longer than the delivery timeout, so a lease outlives the attempt it covers.
-const LEASE: TimeDelta = TimeDelta::seconds(60);
-/// How often an idle worker looks for due deliveries.
-const IDLE_POLL: Duration = Duration::from_millis(200);
+const LEASE: TimeDelta = TimeDelta::seconds(90);
+/// How often an idle worker looks for due deliveries (it is also woken when events are recorded).
+const IDLE_POLL: Duration = Duration::from_millis(250);
 
 /// What one step did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -61,18 +63,18 @@ pub async fn run_once_at(state: &AppState, now: NaiveDateTime) -> Result<Report,
         claimed: claimed.len(),
         ..Report::default()
     };
-    let mut set = JoinSet::new();
     let timeout = state.settings.delivery_timeout;
+    let mut set = JoinSet::new();
     for c in claimed {
-        let (db, keys, owner) = (state.db.clone(), state.keys.clone(), owner.clone());
-        set.spawn(async move { delivery::deliver(timeout, &db, &keys, &owner, c, now).await });
+        let keys = state.keys.clone();
+        set.spawn(async move { delivery::send(timeout, &keys, &c, now).await });
     }
+    let mut finished = Vec::new();
     while let Some(done) = set.join_next().await {
-        match done {
-            Ok(Ok(o)) => report.add(o),
-            Ok(Err(e)) => return Err(e),
-            Err(e) => return Err(StorageError::Other(format!("delivery task failed: {e}"))),
-        }
+        finished.push(done.map_err(|e| StorageError::Other(format!("delivery task failed: {e}")))?);
+    }
+    for o in delivery::record(&state.db, &owner, &finished, now).await? {
+        report.add(o);
     }
     Ok(report)
 }
@@ -98,16 +100,33 @@ async fn run_loop(state: Data<AppState>) {
     let owner = state.settings.instance_id.clone();
     let db = state.db.clone();
     let keys: Arc<Keyring> = state.keys.clone();
-    let mut shutdown = state.shutdown.clone();
     let timeout = state.settings.delivery_timeout;
-    let mut in_flight: JoinSet<String> = JoinSet::new();
+    let mut shutdown = state.shutdown.clone();
+    let mut in_flight: JoinSet<Finished> = JoinSet::new();
     let mut per_sub: HashMap<String, usize> = HashMap::new();
+    let mut done: Vec<Finished> = Vec::new();
     loop {
+        // Record every answer that came in, in one transaction; their sellers' next events become due.
+        if !done.is_empty() {
+            let batch = std::mem::take(&mut done);
+            for f in &batch {
+                if let Some(n) = per_sub.get_mut(&f.subscription_id) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        per_sub.remove(&f.subscription_id);
+                    }
+                }
+            }
+            if let Err(e) = delivery::record(&db, &owner, &batch, storage::now()).await {
+                // The leases expire and the deliveries are attempted again: at least once.
+                tracing::warn!(error = %e, "recording delivery attempts failed");
+            }
+        }
         if *shutdown.borrow() {
             break;
         }
-        let mut claimed_any = false;
         let room = MAX_IN_FLIGHT.saturating_sub(in_flight.len());
+        let mut claimed_any = false;
         if room > 0 {
             let skip: Vec<String> = per_sub
                 .iter()
@@ -117,46 +136,53 @@ async fn run_loop(state: Data<AppState>) {
             let now = storage::now();
             match claim(&db, &owner, now, room as i64, skip).await {
                 Ok(batch) => {
+                    let mut over = Vec::new();
                     for c in batch {
-                        let sub = c.delivery.subscription_id.clone();
-                        let n = per_sub.entry(sub.clone()).or_insert(0);
+                        let n = per_sub
+                            .entry(c.delivery.subscription_id.clone())
+                            .or_insert(0);
                         if *n >= PER_SUBSCRIPTION {
-                            // Over this subscription's share: hand it back, still due.
-                            let (db, owner, id) = (db.clone(), owner.clone(), c.delivery.id);
-                            let _ = db
-                                .run(move |conn| deliveries::release(conn, id, &owner, now, None))
-                                .await;
+                            over.push(c.delivery.id);
                             continue;
                         }
                         *n += 1;
                         claimed_any = true;
-                        let (db, keys, owner) = (db.clone(), keys.clone(), owner.clone());
+                        let keys = keys.clone();
                         in_flight.spawn(async move {
-                            let now = storage::now();
-                            if let Err(e) =
-                                delivery::deliver(timeout, &db, &keys, &owner, c, now).await
-                            {
-                                tracing::warn!(error = %e, "recording a delivery attempt failed");
-                            }
-                            sub
+                            delivery::send(timeout, &keys, &c, storage::now()).await
                         });
+                    }
+                    if !over.is_empty() {
+                        // Over a subscription's share: hand them back, still due.
+                        let owner = owner.clone();
+                        let over = Arc::new(over);
+                        let _ = db
+                            .run(move |conn| {
+                                for id in over.iter() {
+                                    deliveries::release(conn, *id, &owner, now, None)?;
+                                }
+                                Ok(())
+                            })
+                            .await;
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "claiming deliveries failed"),
             }
         }
         if claimed_any && in_flight.len() < MAX_IN_FLIGHT {
+            // There may be more due work: claim again before sleeping (answers are collected next round).
+            while let Some(Ok(f)) = in_flight.try_join_next() {
+                done.push(f);
+            }
             continue;
         }
         tokio::select! {
-            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                if let Ok(sub) = done
-                    && let Some(n) = per_sub.get_mut(&sub)
-                {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        per_sub.remove(&sub);
-                    }
+            Some(result) = in_flight.join_next(), if !in_flight.is_empty() => {
+                if let Ok(f) = result {
+                    done.push(f);
+                }
+                while let Some(Ok(f)) = in_flight.try_join_next() {
+                    done.push(f);
                 }
             }
             _ = tokio::time::sleep(IDLE_POLL) => {}
@@ -164,6 +190,13 @@ async fn run_loop(state: Data<AppState>) {
             _ = shutdown.changed() => {}
         }
     }
-    // Let attempts in flight finish (each is bounded by the delivery timeout) so none is left leased.
-    while in_flight.join_next().await.is_some() {}
+    // Let attempts in flight finish (each is bounded by the delivery timeout) and record them.
+    while let Some(result) = in_flight.join_next().await {
+        if let Ok(f) = result {
+            done.push(f);
+        }
+    }
+    if let Err(e) = delivery::record(&db, &owner, &done, storage::now()).await {
+        tracing::warn!(error = %e, "recording delivery attempts failed");
+    }
 }
