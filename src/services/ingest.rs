@@ -42,7 +42,6 @@ pub fn new_body_signal() -> &'static Notify {
 /// What was accepted.
 #[derive(Debug, Clone)]
 pub struct Accepted {
-    pub inbox_id: i64,
     pub seller_id: String,
     pub lead_events: usize,
 }
@@ -213,37 +212,36 @@ fn store_batch(
     // Read before the write transaction, so it starts with a write (SQLite takes its lock at once).
     let found = inbox::connections_by_tokens(c, &tokens)?;
     let now = storage::now();
-    c.transaction(|c| {
-        let mut out = Vec::with_capacity(items.len());
-        for item in items {
-            let Some(conn) = found.iter().find(|f| f.webhook_token == item.token) else {
-                out.push(Err(IngestErrorKind::UnknownToken));
-                continue;
-            };
-            if ConnectionStatus::parse(&conn.status) == Some(ConnectionStatus::Revoked) {
-                out.push(Err(IngestErrorKind::Revoked));
-                continue;
-            }
-            let claims = match &item.claims {
-                Ok(cl) => cl,
-                Err(e) => {
-                    out.push(Err(e.clone()));
-                    continue;
-                }
-            };
-            if !account_matches(conn.account_id, &conn.subdomain, claims) {
-                out.push(Err(IngestErrorKind::AccountMismatch));
-                continue;
-            }
-            let inbox_id = inbox::insert(c, conn.id, &conn.seller_id, &item.body, now)?;
-            out.push(Ok(Accepted {
-                inbox_id,
-                seller_id: conn.seller_id.clone(),
-                lead_events: claims.lead_events,
-            }));
+    let mut out = Vec::with_capacity(items.len());
+    let mut rows: Vec<(i64, &str, &[u8])> = Vec::new();
+    for item in items {
+        let Some(conn) = found.iter().find(|f| f.webhook_token == item.token) else {
+            out.push(Err(IngestErrorKind::UnknownToken));
+            continue;
+        };
+        if ConnectionStatus::parse(&conn.status) == Some(ConnectionStatus::Revoked) {
+            out.push(Err(IngestErrorKind::Revoked));
+            continue;
         }
-        Ok(out)
-    })
+        let claims = match &item.claims {
+            Ok(cl) => cl,
+            Err(e) => {
+                out.push(Err(e.clone()));
+                continue;
+            }
+        };
+        if !account_matches(conn.account_id, &conn.subdomain, claims) {
+            out.push(Err(IngestErrorKind::AccountMismatch));
+            continue;
+        }
+        rows.push((conn.id, conn.seller_id.as_str(), item.body.as_slice()));
+        out.push(Ok(Accepted {
+            seller_id: conn.seller_id.clone(),
+            lead_events: claims.lead_events,
+        }));
+    }
+    c.transaction(|c| inbox::insert_many(c, &rows, now))?;
+    Ok(out)
 }
 
 fn account_matches(account_id: i64, subdomain: &str, claims: &Claims) -> bool {

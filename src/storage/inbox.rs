@@ -65,6 +65,43 @@ pub fn insert(
         .get_result(conn)?)
 }
 
+/// Stores several raw bodies `(connection_id, seller_id, body)` at once: one multi-row INSERT on
+/// PostgreSQL (one round trip), row by row on SQLite (in-process, no round trips to save).
+pub fn insert_many(
+    conn: &mut AnyConnection,
+    rows: &[(i64, &str, &[u8])],
+    now: NaiveDateTime,
+) -> Result<(), StorageError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    match conn {
+        AnyConnection::Postgresql(c) => {
+            let values: Vec<_> = rows
+                .iter()
+                .map(|(conn_id, seller, body)| {
+                    (
+                        i::connection_id.eq(*conn_id),
+                        i::seller_id.eq(*seller),
+                        i::body.eq(*body),
+                        i::state.eq(PENDING),
+                        i::attempts.eq(0),
+                        i::next_attempt_at.eq(now),
+                        i::received_at.eq(now),
+                    )
+                })
+                .collect();
+            diesel::insert_into(i::table).values(&values).execute(c)?;
+        }
+        AnyConnection::Sqlite(_) => {
+            for (conn_id, seller, body) in rows {
+                insert(conn, *conn_id, seller, body, now)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Claims up to `limit` due rows, at most one per connection and none of a connection that already has a
 /// row in flight, oldest first.
 pub fn claim_due(

@@ -50,7 +50,6 @@ pub async fn receive(
         Ok(accepted) => {
             tracing::info!(
                 seller_id = %accepted.seller_id,
-                inbox_id = accepted.inbox_id,
                 lead_events = accepted.lead_events,
                 "amoCRM webhook stored"
             );
