@@ -81,12 +81,17 @@ impl Application {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let state = Data::new(AppState {
             settings: Arc::new(settings),
-            intake: crate::services::ingest::Intake::start(db.clone()),
+            intake: crate::services::ingest::Intake::new(db.clone()),
             db,
             keys: Arc::new(keys),
             amo,
             shutdown: shutdown_rx,
         });
+        if state.settings.run_workers {
+            // connect and refresh (issues 4, 5)
+            crate::workers::refresh::spawn(state.clone());
+            crate::workers::refresh::spawn_schedule(state.clone());
+        }
         let server = build_server(listener, state.clone())?;
         if state.settings.run_workers {
             // --- events (issue 7) ---

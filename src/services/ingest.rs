@@ -54,9 +54,10 @@ const MAX_BATCH: usize = 256;
 /// Under load many requests arrive while one transaction commits; the next transaction takes all of them
 /// at once (group commit). Each request is still answered only after its own row is committed, and one
 /// writer means SQLite never makes intake requests wait on its file lock.
-#[derive(Clone)]
 pub struct Intake {
-    tx: mpsc::Sender<Job>,
+    db: Db,
+    /// The writer task's queue, started on first use (so an `AppState` can be built outside a runtime).
+    tx: OnceLock<mpsc::Sender<Job>>,
 }
 
 impl std::fmt::Debug for Intake {
@@ -109,11 +110,20 @@ impl From<IngestErrorKind> for IngestError {
 }
 
 impl Intake {
-    /// Starts the writer task for `db` (inside a tokio runtime).
-    pub fn start(db: Db) -> Self {
-        let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(writer(db, rx));
-        Self { tx }
+    /// The intake for `db`; its writer task starts with the first body.
+    pub fn new(db: Db) -> Self {
+        Self {
+            db,
+            tx: OnceLock::new(),
+        }
+    }
+
+    fn sender(&self) -> &mpsc::Sender<Job> {
+        self.tx.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+            tokio::spawn(writer(self.db.clone(), rx));
+            tx
+        })
     }
 
     /// Checks and stores one body; returns once its row is committed. Parsing happens here, on the
@@ -155,7 +165,7 @@ impl Intake {
             }),
             reply,
         };
-        self.tx
+        self.sender()
             .send(job)
             .await
             .map_err(|_| StorageError::Other("the intake writer has stopped".into()))?;
@@ -318,33 +328,44 @@ pub async fn ensure_amocrm_subscription(
     if ConnectionStatus::parse(&connection.status) != Some(ConnectionStatus::Active) {
         return Ok(SubscriptionCheck::Skipped);
     }
-    let host =
-        amocrm_client::AccountHost::parse(&connection.host, &state.amo.config().allowed_domains)
-            .map_err(|e| SubscriptionCheckError::Connection(format!("host: {e}")))?;
-    let token = connection
-        .access_token(&state.keys)
-        .map_err(|e| SubscriptionCheckError::Connection(e.to_string()))?
-        .ok_or_else(|| SubscriptionCheckError::Connection("no access token".into()))?;
     let destination = connection.webhook_destination.clone().unwrap_or_else(|| {
         amocrm_destination(&state.settings.base_url(), &connection.webhook_token)
     });
-    let api = state.amo.api(&host, &token);
-    let hooks = api.webhooks().await?;
-    if let Some(h) = hooks.iter().find(|h| {
-        h.destination == destination
-            && !h.disabled
-            && AMOCRM_WEBHOOK_SETTINGS
-                .iter()
-                .all(|s| h.settings.iter().any(|x| x == s))
-    }) {
-        return Ok(SubscriptionCheck::Healthy { webhook_id: h.id });
-    }
-    // Subscribing the same destination again updates its settings and re-enables it.
-    let hook = api
-        .subscribe_webhook(&destination, &AMOCRM_WEBHOOK_SETTINGS)
-        .await?;
-    tracing::info!(seller_id = %connection.seller_id, "amoCRM webhook subscription restored");
-    Ok(SubscriptionCheck::Resubscribed {
-        webhook_id: hook.id,
+    let result = crate::services::tokens::with_api(state, &connection.seller_id, |amo| {
+        let destination = destination.clone();
+        async move {
+            let api = amo.api();
+            let hooks = api.webhooks().await?;
+            if let Some(h) = hooks.iter().find(|h| {
+                h.destination == destination
+                    && !h.disabled
+                    && AMOCRM_WEBHOOK_SETTINGS
+                        .iter()
+                        .all(|s| h.settings.iter().any(|x| x == s))
+            }) {
+                return Ok(SubscriptionCheck::Healthy { webhook_id: h.id });
+            }
+            // Subscribing the same destination again updates its settings and re-enables it.
+            let hook = api
+                .subscribe_webhook(&destination, &AMOCRM_WEBHOOK_SETTINGS)
+                .await?;
+            Ok(SubscriptionCheck::Resubscribed {
+                webhook_id: hook.id,
+            })
+        }
     })
+    .await;
+    match result {
+        Ok(check) => {
+            if matches!(check, SubscriptionCheck::Resubscribed { .. }) {
+                tracing::info!(seller_id = %connection.seller_id, "amoCRM webhook subscription restored");
+            }
+            Ok(check)
+        }
+        Err(crate::services::tokens::TokenError::NeedsReconnect(_)) => {
+            Ok(SubscriptionCheck::Skipped)
+        }
+        Err(crate::services::tokens::TokenError::Api(e)) => Err(SubscriptionCheckError::Amo(e)),
+        Err(e) => Err(SubscriptionCheckError::Connection(e.to_string())),
+    }
 }

@@ -15,11 +15,12 @@
 //! tasks …, are left alone (their raw bodies stay in the inbox for the retention period).
 
 use amocrm_client::webhook::{self, LeadAction, LeadEvent};
-use amocrm_client::{AccountHost, ApiError as AmoApiError, Lead};
+use amocrm_client::{ApiError as AmoApiError, Lead};
 use serde_json::{Value, json};
 
 use crate::app::AppState;
 use crate::domain::status::{ConnectionStatus, OrderStatus};
+use crate::services::tokens::{self, TokenError};
 use crate::storage::connections::{self, Connection};
 use crate::storage::events::NewEvent;
 use crate::storage::inbox::InboxRow;
@@ -151,33 +152,26 @@ pub fn internal_status(
         .map(|(_, s)| *s)
 }
 
-/// Reads a lead back from amoCRM with the seller's token. `None`: the lead no longer exists.
-///
-/// Uses the stored access token as is; once the token provider (`services::tokens::with_api`, issue 5) is
-/// merged this goes through it, so a token about to expire is refreshed first and a 401 re-reads the pair.
+/// Reads a lead back from amoCRM through the token provider (refreshed ahead of expiry, a 401 re-reads
+/// the stored pair once). `None`: the lead no longer exists.
 async fn fetch_lead(
     state: &AppState,
     conn: &Connection,
     lead_id: u64,
 ) -> Result<Option<Lead>, ProcessError> {
-    if ConnectionStatus::parse(&conn.status) != Some(ConnectionStatus::Active) {
-        return Err(ProcessError::NeedsReconnect(format!(
-            "the connection is {}",
-            conn.status
-        )));
-    }
-    let host = AccountHost::parse(&conn.host, &state.amo.config().allowed_domains)
-        .map_err(|e| ProcessError::Fatal(format!("account host {:?}: {e}", conn.host)))?;
-    let token = conn
-        .access_token(&state.keys)
-        .map_err(|e| ProcessError::Fatal(format!("stored token unusable: {e}")))?
-        .ok_or_else(|| ProcessError::NeedsReconnect("no access token stored".into()))?;
-    match state.amo.api(&host, &token).get_lead(lead_id).await {
+    let result = tokens::with_api(state, &conn.seller_id, |amo| async move {
+        amo.api().get_lead(lead_id).await
+    })
+    .await;
+    match result {
         Ok(lead) => Ok(lead),
-        Err(AmoApiError::NotFound) => Ok(None),
-        Err(AmoApiError::Unauthorized) => Err(ProcessError::Retry(
-            "amoCRM answered 401; waiting for the token refresh".into(),
-        )),
+        Err(TokenError::Api(AmoApiError::NotFound)) => Ok(None),
+        Err(e @ (TokenError::NeedsReconnect(_) | TokenError::NotConnected)) => {
+            Err(ProcessError::NeedsReconnect(e.to_string()))
+        }
+        Err(e @ TokenError::Corrupt(_)) => Err(ProcessError::NeedsReconnect(e.to_string())),
+        Err(TokenError::Storage(e)) => Err(ProcessError::Storage(e)),
+        // 429, 5xx, network, a refresh that could not happen now, or anything amoCRM refused: later.
         Err(e) => Err(ProcessError::Retry(e.to_string())),
     }
 }

@@ -1005,3 +1005,58 @@ async fn a_subscription_amocrm_disabled_after_failed_deliveries_is_re_enabled() 
     app.sandbox.webhooks_idle().await;
     assert_eq!(inbox_count(&app).await, 1, "webhooks flow again");
 }
+
+#[tokio::test]
+async fn after_a_real_connect_a_lead_moved_to_paid_gives_one_payment_with_the_order_number() {
+    let app = spawn_app().await;
+    let host = "sellertwo.amocrm.ru";
+    let resp = crate::connect::connect(&app, "seller-c", host).await;
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let conn = crate::connect::connection(&app, "seller-c").await.unwrap();
+    assert_eq!(conn.status, "active");
+    // Provisioning subscribed amoCRM to the intake and mapped the stages: use them as the service does.
+    let pipeline = conn.pipeline_id.unwrap() as u64;
+    let (pending, paid) = (
+        conn.stage_pending.unwrap() as u64,
+        conn.stage_paid.unwrap() as u64,
+    );
+    let field = conn.field_order_number_id.unwrap() as u64;
+    let token = SecretString::from(
+        secrecy::ExposeSecret::expose_secret(&conn.access_token(&app.state.keys).unwrap().unwrap())
+            .to_owned(),
+    );
+    let h = AccountHost::parse(host, &app.state.amo.config().allowed_domains).unwrap();
+    let lead = app
+        .state
+        .amo
+        .api(&h, &token)
+        .leads_complex(&[ComplexLead {
+            name: "Buyurtma #3001".into(),
+            price: 70_000,
+            pipeline_id: pipeline,
+            status_id: pending,
+            request_id: "ord-3001".into(),
+            custom_fields_values: vec![FieldValue::text(field, "3001")],
+            tags: vec![],
+            contact: None,
+            company: None,
+        }])
+        .await
+        .unwrap()[0]
+        .id;
+    insert_order(&app, "seller-c", "3001", 7_000_000, Some(lead)).await;
+    app.sandbox.webhooks_idle().await;
+    process_all(&app).await;
+    app.sandbox.move_lead(host, lead, pipeline, paid).unwrap();
+    app.sandbox.webhooks_idle().await;
+    let r = process_all(&app).await;
+    assert_eq!(r.failed + r.retrying, 0);
+    let payments = events_named(&app, "seller-c", "payment.completed").await;
+    assert_eq!(payments.len(), 1);
+    assert_eq!(payments[0]["data"]["order_number"], "3001");
+    assert_eq!(payments[0]["data"]["amount"], 70_000);
+    assert_eq!(
+        events_named(&app, "seller-c", "order.status_changed").await[0]["data"]["status"],
+        "paid"
+    );
+}
