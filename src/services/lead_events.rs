@@ -193,6 +193,12 @@ pub async fn process_body(state: &AppState, row: &InboxRow) -> Result<BodyOutcom
         return Ok(note("the connection was revoked"));
     }
     let payload = webhook::parse(&row.body).map_err(|e| ProcessError::Fatal(e.to_string()))?;
+    if crate::services::ingest::check_account(&conn, &payload).is_err() {
+        // The seller moved to another amoCRM account after this body was stored.
+        return Ok(note(
+            "the body is from an account the seller no longer uses",
+        ));
+    }
     if conn.pipeline_id.is_none() {
         return Ok(note("the seller's pipeline is not provisioned yet"));
     }

@@ -31,15 +31,33 @@ pub struct InboxRow {
     pub processed_at: Option<NaiveDateTime>,
 }
 
+/// What the intake needs of a connection to accept a body for it.
+#[derive(Debug, Clone, Queryable)]
+pub struct TokenOwner {
+    pub id: i64,
+    pub seller_id: String,
+    pub account_id: i64,
+    pub subdomain: String,
+    pub status: String,
+    pub webhook_token: String,
+}
+
 /// The connections behind a batch of webhook tokens (the intake looks a whole batch up at once).
 pub fn connections_by_tokens(
     conn: &mut AnyConnection,
     tokens: &[&str],
-) -> Result<Vec<super::connections::Connection>, StorageError> {
+) -> Result<Vec<TokenOwner>, StorageError> {
     use super::schema::amocrm_connections as c;
     Ok(c::table
         .filter(c::webhook_token.eq_any(tokens))
-        .select(super::connections::Connection::as_select())
+        .select((
+            c::id,
+            c::seller_id,
+            c::account_id,
+            c::subdomain,
+            c::status,
+            c::webhook_token,
+        ))
         .load(conn)?)
 }
 
