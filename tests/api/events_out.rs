@@ -773,3 +773,24 @@ async fn events_their_deliveries_and_old_webhook_bodies_are_pruned_after_the_ret
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].state, "pending");
 }
+
+#[test]
+fn a_bad_delivery_timeout_or_webhook_size_is_a_one_line_configuration_error() {
+    for (var, value) in [
+        ("DELIVERY_TIMEOUT", "0s"),
+        ("DELIVERY_TIMEOUT", "5min"),
+        ("DELIVERY_TIMEOUT", "soon"),
+        ("WEBHOOK_MAX_BODY_KIB", "0"),
+        ("WEBHOOK_MAX_BODY_KIB", "big"),
+    ] {
+        let mut env = crate::helpers::base_env("sqlite://unused.db");
+        env.insert(var.into(), value.into());
+        let err = amocrm_connector::config::Settings::from_env(&env).unwrap_err();
+        assert_eq!(err.variable, var, "{value}");
+        assert!(!err.to_string().contains('\n'));
+    }
+    let env = crate::helpers::base_env("sqlite://unused.db");
+    let s = amocrm_connector::config::Settings::from_env(&env).unwrap();
+    assert_eq!(s.delivery_timeout, Duration::from_secs(10));
+    assert_eq!(s.webhook_max_body, 256 * 1024);
+}
