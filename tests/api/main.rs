@@ -13,6 +13,8 @@ mod refresh;
 // orders (issue 6)
 
 // events (issue 7)
+mod events_out;
+mod webhooks_in;
 
 // operations (issue 8)
 
