@@ -13,7 +13,10 @@ use diesel::sql_types::{Binary, Nullable, Text};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
+use amocrm_connector::workers::{delivery as delivery_worker, webhook_processor};
+
 use crate::connect::{HOST, OTHER_HOST, connection, until_callback};
+use crate::events_out::{Behaviour, Receiver};
 use crate::helpers::{TestApp, spawn_app_with, spawn_app_with_sandbox};
 
 // ---------------------------------------------------------------------------------------------------
@@ -352,6 +355,71 @@ async fn no_secret_reaches_the_logs_an_api_answer_or_the_database_in_plain_text(
         .unwrap();
     assert_eq!(answers.keep("/refresh wrong secret", resp).await.0, 401);
 
+    // Events out: a subscriber with a secret; a manager's lead in amoCRM, moved to paid, comes back
+    // through the webhook intake, the processor and the delivery worker.
+    let sub_secret = "subscription-secret-4d2c7b9e1a";
+    secrets.add("subscription secret", sub_secret);
+    let receiver = Receiver::start(sub_secret, Behaviour::Ok).await;
+    let resp = app
+        .api_post(
+            "/api/v1/webhooks",
+            &json!({"url": receiver.url, "events": ["*"], "secret": sub_secret, "active": true}),
+        )
+        .await;
+    let (status, sub) = answers.keep("create subscription", resp).await;
+    assert_eq!(status, 201, "{sub}");
+    let sub_id = sub["data"]["id"].as_str().unwrap().to_owned();
+    let b = connection(&app, "sec-seller-b").await.unwrap();
+    let lead = app
+        .sandbox
+        .create_lead(
+            &b.host,
+            "Manager's lead",
+            5_000,
+            Some((
+                b.pipeline_id.unwrap() as u64,
+                b.stage_pending.unwrap() as u64,
+            )),
+        )
+        .unwrap();
+    app.sandbox.webhooks_idle().await;
+    app.sandbox
+        .move_lead(
+            &b.host,
+            lead,
+            b.pipeline_id.unwrap() as u64,
+            b.stage_paid.unwrap() as u64,
+        )
+        .unwrap();
+    app.sandbox.webhooks_idle().await;
+    for _ in 0..20 {
+        let r = webhook_processor::run_once(&app.state).await.unwrap();
+        let d = delivery_worker::run_once(&app.state).await.unwrap();
+        if r.claimed == 0 && d.claimed == 0 {
+            break;
+        }
+    }
+    let hits = receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert!(
+        hits.iter()
+            .any(|h| h.json()["event"] == "payment.completed" && h.signature_ok),
+        "the payment was delivered, signed"
+    );
+    for path in [
+        "/api/v1/webhooks".to_owned(),
+        format!("/api/v1/webhooks/{sub_id}"),
+        format!("/api/v1/webhooks/{sub_id}/deliveries"),
+        "/api/v1/events?limit=100".to_owned(),
+    ] {
+        let (status, _) = answers.keep(path.clone(), app.api_get(&path).await).await;
+        assert_eq!(status, 200, "{path}");
+    }
+    for (i, h) in hits.iter().enumerate() {
+        let mut raw = format!("{:?}\n", h.headers).into_bytes();
+        raw.extend_from_slice(&h.body);
+        answers.0.push((format!("delivered event #{i}"), raw));
+    }
+
     // Key rotation, then a second instance on the new key refreshes again.
     let new_entry = Keyring::generate_entry("rotated2");
     secrets.add_key_entry(&new_entry);
@@ -360,7 +428,10 @@ async fn no_secret_reaches_the_logs_an_api_answer_or_the_database_in_plain_text(
     let report = amocrm_connector::services::keys::rotate(&app.db, &rotated_keys)
         .await
         .unwrap();
-    assert_eq!(report.rotated, 2, "{report:?}");
+    assert_eq!(
+        report.rotated, 3,
+        "two token pairs and one subscription secret: {report:?}"
+    );
     let mut env = app.env.clone();
     env.insert("TOKEN_ENCRYPTION_KEYS".into(), both);
     env.remove("LISTEN_ADDR");
@@ -506,6 +577,21 @@ async fn a_sellers_connection_and_pipeline_never_show_through_another_sellers_id
         .map(|c| c["seller_id"].as_str().unwrap())
         .collect();
     assert_eq!(sellers, ["iso-a", "iso-b"]);
+    // The event log filtered by one seller holds only that seller's events.
+    for seller in ["iso-a", "iso-b"] {
+        let v: Value = app
+            .api_get(&format!("/api/v1/events?seller_id={seller}&limit=100"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let items = v["data"].as_array().unwrap();
+        assert!(!items.is_empty(), "{seller} has events");
+        assert!(
+            items.iter().all(|e| e["seller_id"] == seller),
+            "only {seller}'s events: {v}"
+        );
+    }
     // Deleting A leaves B untouched and working.
     let resp = app
         .http
