@@ -70,6 +70,17 @@ impl Application {
         if !applied.is_empty() {
             tracing::info!(migrations = ?applied, "applied migrations");
         }
+        // A previous life of this instance (same INSTANCE_ID) that was killed left its leases taken.
+        let me = settings.instance_id.clone();
+        let released = db
+            .run(move |c| crate::storage::leases::release_instance(c, &me, crate::storage::now()))
+            .await?;
+        if released > 0 {
+            tracing::info!(
+                released,
+                "took back the leases a previous run of this instance held"
+            );
+        }
         let listener = match listener {
             Some(l) => l,
             None => TcpListener::bind(settings.listen_addr).map_err(|source| StartError::Bind {

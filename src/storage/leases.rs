@@ -94,3 +94,124 @@ pub fn get(conn: &mut AnyConnection, name: &str) -> Result<Option<JobLease>, Sto
         .first(conn)
         .optional()?)
 }
+
+/// The `LIKE` pattern matching owners `{instance_id}:…` (the per-call owners of refresh, sweep and
+/// provisioning), with `LIKE`'s wildcards in the id escaped.
+fn owner_prefix(instance_id: &str) -> String {
+    let mut p = String::with_capacity(instance_id.len() + 2);
+    for ch in instance_id.chars() {
+        if matches!(ch, '\\' | '%' | '_') {
+            p.push('\\');
+        }
+        p.push(ch);
+    }
+    p.push_str(":%");
+    p
+}
+
+/// Releases every lease held by `instance_id` (as owner, or as the `{instance_id}:…` prefix of one) in
+/// every table that has leases. Called at start-up: a process killed without shutting down leaves its
+/// leases taken, and when it comes back with the same `INSTANCE_ID` nothing of its previous life still
+/// runs, so its work is taken back at once instead of after the leases expire (up to five minutes for
+/// webhook bodies). A random default id matches nothing. `INSTANCE_ID` must be unique among live
+/// processes.
+pub fn release_instance(
+    conn: &mut AnyConnection,
+    instance_id: &str,
+    now: NaiveDateTime,
+) -> Result<usize, StorageError> {
+    use super::schema::{
+        amocrm_connections as c, amocrm_webhook_inbox as inbox, event_deliveries as d,
+        order_moves as m, orders as o,
+    };
+    let prefix = owner_prefix(instance_id);
+    let none = None::<String>;
+    let mut n = 0;
+    n += diesel::update(
+        o::table.filter(
+            o::lease_owner
+                .eq(instance_id)
+                .or(o::lease_owner.like(&prefix).escape('\\')),
+        ),
+    )
+    .set((o::lease_owner.eq(&none), o::lease_until.eq(Some(now))))
+    .execute(conn)?;
+    n += diesel::update(
+        m::table.filter(
+            m::lease_owner
+                .eq(instance_id)
+                .or(m::lease_owner.like(&prefix).escape('\\')),
+        ),
+    )
+    .set((m::lease_owner.eq(&none), m::lease_until.eq(Some(now))))
+    .execute(conn)?;
+    n += diesel::update(
+        d::table.filter(
+            d::lease_owner
+                .eq(instance_id)
+                .or(d::lease_owner.like(&prefix).escape('\\')),
+        ),
+    )
+    .set((d::lease_owner.eq(&none), d::lease_until.eq(Some(now))))
+    .execute(conn)?;
+    n += diesel::update(
+        inbox::table.filter(
+            inbox::lease_owner
+                .eq(instance_id)
+                .or(inbox::lease_owner.like(&prefix).escape('\\')),
+        ),
+    )
+    .set((
+        inbox::lease_owner.eq(&none),
+        inbox::lease_until.eq(Some(now)),
+    ))
+    .execute(conn)?;
+    n += diesel::update(
+        c::table.filter(
+            c::refresh_lease_owner
+                .eq(instance_id)
+                .or(c::refresh_lease_owner.like(&prefix).escape('\\')),
+        ),
+    )
+    .set((
+        c::refresh_lease_owner.eq(&none),
+        c::refresh_lease_until.eq(Some(now)),
+    ))
+    .execute(conn)?;
+    n += diesel::update(
+        c::table.filter(
+            c::push_lease_owner
+                .eq(instance_id)
+                .or(c::push_lease_owner.like(&prefix).escape('\\')),
+        ),
+    )
+    .set((
+        c::push_lease_owner.eq(&none),
+        c::push_lease_until.eq(Some(now)),
+    ))
+    .execute(conn)?;
+    n += diesel::update(
+        job_leases::table.filter(
+            job_leases::owner
+                .eq(instance_id)
+                .or(job_leases::owner.like(&prefix).escape('\\')),
+        ),
+    )
+    .set((
+        job_leases::owner.eq(&none),
+        job_leases::lease_until.eq(Some(now)),
+    ))
+    .execute(conn)?;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owner_prefix;
+
+    #[test]
+    fn the_owner_prefix_escapes_like_wildcards() {
+        assert_eq!(owner_prefix("web-1"), "web-1:%");
+        assert_eq!(owner_prefix("a_b%c\\d"), "a\\_b\\%c\\\\d:%");
+    }
+}
