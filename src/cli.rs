@@ -1,4 +1,5 @@
-//! The command line of CONTRACT §1: `serve` (default), `demo`, `migrate`, `api-keys`, `keys`, `refresh`.
+//! The command line of CONTRACT §1: `serve` (default), `demo`, `migrate`, `api-keys`, `keys`, `refresh`,
+//! and `users` for the operators.
 //!
 //! Every failure ends as one line on stderr and a non-zero exit code, never a stack trace.
 
@@ -9,8 +10,10 @@ use clap::{Parser, Subcommand};
 use crate::app::Application;
 use crate::config::{self, ProcessEnv, Settings};
 use crate::services::api_keys::{self, Tier};
+use crate::services::operators::{self, MIN_PASSWORD_LEN, Role};
 use crate::storage::Db;
 use crate::storage::cipher::Keyring;
+use secrecy::SecretString;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -38,6 +41,28 @@ pub enum Command {
     /// Manage the token encryption keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Manage the operators who sign in to the dashboard and the operator API.
+    #[command(subcommand)]
+    Users(UsersCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UsersCommand {
+    /// Create an operator (or reset an existing one's password, name and role); the password is read
+    /// from standard input.
+    Create {
+        /// The e-mail address the operator signs in with.
+        #[arg(long)]
+        email: String,
+        /// admin (may change things) or viewer (read only).
+        #[arg(long, value_parser = ["admin", "viewer"])]
+        role: String,
+        /// A display name (default: the part of the e-mail before @).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List operators.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -70,6 +95,26 @@ pub enum KeysCommand {
     },
     /// Re-encrypt every stored secret with the first (active) key; safe to interrupt and run again.
     Rotate,
+}
+
+/// The password from standard input: its first line, without the line break (so `echo pw |` and a
+/// typed line both work). Never echoed back or logged.
+fn read_password() -> Result<SecretString, String> {
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("password (input is visible; at least {MIN_PASSWORD_LEN} characters): ");
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+    let password = line.trim_end_matches(['\r', '\n']).to_owned();
+    if password.is_empty() {
+        return Err("no password on stdin (pipe it in: `echo \"$PASSWORD\" | amocrm-connector users create …`)".to_owned());
+    }
+    Ok(SecretString::from(password))
 }
 
 fn default_key_id() -> String {
@@ -185,6 +230,53 @@ fn run(cli: Cli) -> Result<(), String> {
                         } else {
                             Err(format!("no active API key with id {id}"))
                         }
+                    }
+                }
+            })
+        }
+        Command::Users(cmd) => {
+            let settings = settings()?;
+            runtime()?.block_on(async move {
+                let db = Db::connect(&settings.database_url, 1).map_err(one_line)?;
+                db.migrate().await.map_err(one_line)?;
+                match cmd {
+                    UsersCommand::Create { email, role, name } => {
+                        let role = Role::parse(&role).ok_or("--role must be admin or viewer")?;
+                        let password = read_password()?;
+                        let (id, created) = operators::create_or_update(
+                            &db,
+                            &email,
+                            name.as_deref(),
+                            role,
+                            password,
+                        )
+                        .await
+                        .map_err(one_line)?;
+                        let verb = if created {
+                            "created"
+                        } else {
+                            "updated (signed out everywhere)"
+                        };
+                        println!(
+                            "{verb} operator {id} ({}, {})",
+                            operators::normalize_email(&email),
+                            role.as_str()
+                        );
+                        Ok(())
+                    }
+                    UsersCommand::List => {
+                        let rows = operators::list(&db).await.map_err(one_line)?;
+                        println!("{:<6} {:<32} {:<24} role", "id", "email", "name");
+                        for r in rows {
+                            println!(
+                                "{:<6} {:<32} {:<24} {}",
+                                r.id,
+                                r.email,
+                                r.name,
+                                r.role.as_str()
+                            );
+                        }
+                        Ok(())
                     }
                 }
             })

@@ -139,6 +139,9 @@ pub struct Settings {
     pub instance_id: String,
     /// Run the background workers in this process (tests turn them off and drive `run_once` themselves).
     pub run_workers: bool,
+    /// Take the client address from `Forwarded`/`X-Forwarded-For` (only behind a proxy that sets them);
+    /// otherwise the socket peer. Used by the per-address login throttle.
+    pub trust_forwarded_for: bool,
 }
 
 impl fmt::Debug for Settings {
@@ -167,6 +170,7 @@ impl fmt::Debug for Settings {
             .field("metrics_token", &redact(&self.metrics_token))
             .field("instance_id", &self.instance_id)
             .field("run_workers", &self.run_workers)
+            .field("trust_forwarded_for", &self.trust_forwarded_for)
             .finish_non_exhaustive()
     }
 }
@@ -463,8 +467,13 @@ impl Settings {
             Some(v) => parse_bool("RUN_WORKERS", &v)?,
             None => true,
         };
+        let trust_forwarded_for = match non_empty(env, "TRUST_FORWARDED_FOR") {
+            Some(v) => parse_bool("TRUST_FORWARDED_FOR", &v)?,
+            None => false,
+        };
         Ok(Self {
             run_workers,
+            trust_forwarded_for,
             database_url,
             database_pool_size,
             listen_addr,

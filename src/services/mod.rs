@@ -10,3 +10,4 @@ pub mod keys;
 // events (issue 7)
 
 // operations (issue 8)
+pub mod operators;

@@ -1,6 +1,7 @@
 //! The HTTP layer: the one route table, middleware, and one file per area. Only this module imports actix.
 
 pub mod api;
+pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -19,6 +20,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     // --- amoCRM webhooks in (issue 7) ---
 
     // --- operations (issue 8): dashboard, metrics ---
+    cfg.route("/api/auth/login", web::post().to(auth::login))
+        .route("/api/auth/refresh", web::post().to(auth::refresh));
 
     cfg.service(
         web::scope("/api/v1")

@@ -13,3 +13,4 @@ mod helpers;
 // events (issue 7)
 
 // operations (issue 8)
+mod operators;
