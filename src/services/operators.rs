@@ -273,6 +273,7 @@ pub async fn login(
         .filter(|u| *u > now)
         .max()
     {
+        crate::metrics::login_outcome("throttled");
         return Err(AuthError::Throttled {
             retry_after: retry_after(until, now),
         });
@@ -284,6 +285,7 @@ pub async fn login(
     let operator = match (ok, row) {
         (true, Some(row)) => Operator::try_from(row)?,
         _ => {
+            crate::metrics::login_outcome("invalid");
             record_failure(db, keys).await?;
             return Err(AuthError::InvalidCredentials);
         }
@@ -305,6 +307,7 @@ pub async fn login(
         )
     })
     .await?;
+    crate::metrics::login_outcome("ok");
     tracing::info!(operator_id = operator.id, "operator signed in");
     Ok(LoginGrant {
         access_token,

@@ -19,6 +19,7 @@ pub mod subscriptions;
 
 // operations (issue 8)
 pub mod operators;
+pub mod stats;
 
 use std::path::Path;
 use std::time::Duration;

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod metrics;
 pub mod request_id;
 
 use actix_web::{HttpRequest, HttpResponse, middleware, web};
@@ -21,7 +22,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
     // --- operations (issue 8): dashboard, metrics ---
     cfg.route("/api/auth/login", web::post().to(auth::login))
-        .route("/api/auth/refresh", web::post().to(auth::refresh));
+        .route("/api/auth/refresh", web::post().to(auth::refresh))
+        .route("/metrics", web::get().to(metrics::metrics));
 
     cfg.service(
         web::scope("/api/v1")

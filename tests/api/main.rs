@@ -13,4 +13,5 @@ mod helpers;
 // events (issue 7)
 
 // operations (issue 8)
+mod metrics;
 mod operators;
