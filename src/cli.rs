@@ -156,11 +156,15 @@ fn run(cli: Cli) -> Result<(), String> {
             crate::telemetry::init(settings.log_format);
             settings.require_keys().map_err(one_line)?;
             settings.require_amocrm().map_err(one_line)?;
-            runtime()?.block_on(async move {
+            let rt = runtime()?;
+            let result = rt.block_on(async move {
                 let app = Application::build(settings).await.map_err(one_line)?;
                 tracing::info!(port = app.port(), "serving");
                 app.run_until_stopped().await.map_err(one_line)
-            })
+            });
+            // Database work already handed to the blocking pool is not waited for forever.
+            rt.shutdown_timeout(std::time::Duration::from_secs(2));
+            result
         }
         Command::Migrate => {
             let settings = settings()?;

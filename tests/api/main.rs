@@ -15,3 +15,4 @@ mod helpers;
 // operations (issue 8)
 mod metrics;
 mod operators;
+mod shutdown;
