@@ -142,6 +142,8 @@ pub struct Settings {
     /// Take the client address from `Forwarded`/`X-Forwarded-For` (only behind a proxy that sets them);
     /// otherwise the socket peer. Used by the per-address login throttle.
     pub trust_forwarded_for: bool,
+    /// A link to the amoCRM sandbox's page, shown in the dashboard (set by `demo`).
+    pub sandbox_page_url: Option<Url>,
 }
 
 impl fmt::Debug for Settings {
@@ -471,9 +473,14 @@ impl Settings {
             Some(v) => parse_bool("TRUST_FORWARDED_FOR", &v)?,
             None => false,
         };
+        let sandbox_page_url = match non_empty(env, "SANDBOX_PAGE_URL") {
+            Some(v) => Some(parse_url("SANDBOX_PAGE_URL", &v)?),
+            None => None,
+        };
         Ok(Self {
             run_workers,
             trust_forwarded_for,
+            sandbox_page_url,
             database_url,
             database_pool_size,
             listen_addr,

@@ -251,14 +251,57 @@ fn retry_after(until: NaiveDateTime, now: NaiveDateTime) -> u64 {
     (ms as u64).div_ceil(1000).max(1)
 }
 
-/// Checks an e-mail and password. While the e-mail or the client address is locked by earlier failures,
-/// the password is not even checked.
+/// Signs in with an e-mail and password and issues an access and a refresh token.
 pub async fn login(
     db: &Db,
     email: &str,
     password: SecretString,
     client_ip: Option<IpAddr>,
 ) -> Result<LoginGrant, AuthError> {
+    let operator = check_credentials(db, email, password, client_ip).await?;
+    let (access_token, access_hash) = new_token(ACCESS_PREFIX);
+    let (refresh_token, refresh_hash) = new_token(REFRESH_PREFIX);
+    let id = operator.id;
+    let access_until = expiry(ACCESS_TTL);
+    let refresh_until = expiry(REFRESH_TTL);
+    db.run(move |c| {
+        store::insert_token_pair(
+            c,
+            id,
+            (&access_hash, access_until),
+            (&refresh_hash, refresh_until),
+        )
+    })
+    .await?;
+    Ok(LoginGrant {
+        access_token,
+        refresh_token,
+        expires_in: ACCESS_TTL.as_secs(),
+        operator,
+    })
+}
+
+/// Signs in to the dashboard: checks the credentials like [`login`] and starts a session instead of
+/// issuing API tokens.
+pub async fn login_session(
+    db: &Db,
+    email: &str,
+    password: SecretString,
+    client_ip: Option<IpAddr>,
+) -> Result<(Operator, SecretString), AuthError> {
+    let operator = check_credentials(db, email, password, client_ip).await?;
+    let session = start_session(db, operator.id).await?;
+    Ok((operator, session))
+}
+
+/// Checks an e-mail and password. While the e-mail or the client address is locked by earlier failures,
+/// the password is not even checked.
+async fn check_credentials(
+    db: &Db,
+    email: &str,
+    password: SecretString,
+    client_ip: Option<IpAddr>,
+) -> Result<Operator, AuthError> {
     let email = normalize_email(email);
     let mut keys = vec![(email_key(&email), FREE_FAILURES_PER_EMAIL)];
     if let Some(ip) = client_ip {
@@ -293,28 +336,9 @@ pub async fn login(
 
     let email_key = email_key(&email);
     db.run(move |c| store::clear(c, &email_key)).await?;
-    let (access_token, access_hash) = new_token(ACCESS_PREFIX);
-    let (refresh_token, refresh_hash) = new_token(REFRESH_PREFIX);
-    let id = operator.id;
-    let access_until = expiry(ACCESS_TTL);
-    let refresh_until = expiry(REFRESH_TTL);
-    db.run(move |c| {
-        store::insert_token_pair(
-            c,
-            id,
-            (&access_hash, access_until),
-            (&refresh_hash, refresh_until),
-        )
-    })
-    .await?;
     crate::metrics::login_outcome("ok");
     tracing::info!(operator_id = operator.id, "operator signed in");
-    Ok(LoginGrant {
-        access_token,
-        refresh_token,
-        expires_in: ACCESS_TTL.as_secs(),
-        operator,
-    })
+    Ok(operator)
 }
 
 async fn record_failure(db: &Db, keys: Vec<(String, i32)>) -> Result<(), StorageError> {
@@ -412,6 +436,12 @@ pub async fn authenticate_session(db: &Db, token: &str) -> Result<Option<Operato
         return Ok(None);
     }
     operator_for(db, KIND_SESSION, token).await
+}
+
+/// The form token of a dashboard session (synchronizer token): derived from the session secret, which
+/// only the server and the HttpOnly cookie know, so a page of another site cannot produce it.
+pub fn csrf_token(session: &str) -> String {
+    sha256_hex(format!("csrf:{session}").as_bytes())
 }
 
 /// Ends a session or revokes a token (sign-out).

@@ -18,6 +18,7 @@ pub mod subscriptions;
 // events (issue 7)
 
 // operations (issue 8)
+pub mod dashboard;
 pub mod instance;
 pub mod operators;
 pub mod stats;

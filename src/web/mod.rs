@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod dashboard;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -23,7 +24,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     // --- operations (issue 8): dashboard, metrics ---
     cfg.route("/api/auth/login", web::post().to(auth::login))
         .route("/api/auth/refresh", web::post().to(auth::refresh))
-        .route("/metrics", web::get().to(metrics::metrics));
+        .route("/metrics", web::get().to(metrics::metrics))
+        .service(web::scope("/dashboard").configure(dashboard::routes));
 
     cfg.service(
         web::scope("/api/v1")

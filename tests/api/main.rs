@@ -13,6 +13,7 @@ mod helpers;
 // events (issue 7)
 
 // operations (issue 8)
+mod dashboard;
 mod metrics;
 mod operators;
 mod shutdown;
