@@ -65,13 +65,15 @@ async fn get(app: &TestApp, path: &str) -> (u16, String) {
     (status, resp.text().await.unwrap())
 }
 
-async fn seed(app: &TestApp) {
+/// A connection row in `refresh_failed`, as the dashboard lists it.
+pub async fn seed_connection(app: &TestApp, seller_id: &str) {
+    let seller = seller_id.to_owned();
     app.db
-        .run(|c| {
+        .run(move |c| {
             let now = amocrm_connector::storage::now();
             diesel::insert_into(amocrm_connections::table)
                 .values((
-                    amocrm_connections::seller_id.eq("seller-dash"),
+                    amocrm_connections::seller_id.eq(&seller),
                     amocrm_connections::account_id.eq(31_337i64),
                     amocrm_connections::host.eq("dash.amocrm.ru"),
                     amocrm_connections::subdomain.eq("dash"),
@@ -79,12 +81,23 @@ async fn seed(app: &TestApp) {
                     amocrm_connections::last_error.eq(Some("amoCRM refused the refresh token")),
                     amocrm_connections::refresh_failures.eq(3),
                     amocrm_connections::token_expires_at.eq(Some(now + TimeDelta::hours(5))),
-                    amocrm_connections::webhook_token.eq("whtok-dash"),
+                    amocrm_connections::webhook_token.eq(format!("whtok-{seller}")),
                     amocrm_connections::connected_at.eq(now),
                     amocrm_connections::created_at.eq(now),
                     amocrm_connections::updated_at.eq(now),
                 ))
                 .execute(c)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+}
+
+async fn seed(app: &TestApp) {
+    seed_connection(app, "seller-dash").await;
+    app.db
+        .run(|c| {
+            let now = amocrm_connector::storage::now();
             diesel::insert_into(orders::table)
                 .values((
                     orders::id.eq("ord_dash1"),

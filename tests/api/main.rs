@@ -1,6 +1,7 @@
 //! The one integration-test binary: every test starts the real service over HTTP with its own database.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+mod browser;
 mod config_errors;
 mod conventions;
 mod foundation;
