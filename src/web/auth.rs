@@ -7,22 +7,60 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
+use utoipa::ToSchema;
 
 use crate::app::AppState;
 use crate::services::operators::{self, AuthError};
 use crate::web::error::{ApiError, ErrorCode, FieldErrors};
 use crate::web::extract::ApiJson;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct LoginBody {
     // Optional so a missing field is reported under its own name.
+    #[schema(required, example = "ops@example.com")]
     email: Option<String>,
+    #[schema(value_type = String, required)]
     password: Option<SecretString>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct RefreshBody {
+    #[schema(value_type = String, required)]
     refresh_token: Option<SecretString>,
+}
+
+/// The signed-in operator, as the login answer shows it.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct LoginUser {
+    id: i64,
+    name: String,
+    /// `admin` or `viewer`.
+    role: String,
+}
+
+/// `POST /api/auth/login` answer (not wrapped in `data`, like the platform's own auth).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct LoginResponse {
+    access_token: String,
+    #[schema(example = "Bearer")]
+    token_type: String,
+    #[schema(example = 3600)]
+    expires_in: u64,
+    refresh_token: String,
+    user: LoginUser,
+}
+
+/// `POST /api/auth/refresh` answer.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct RefreshResponse {
+    access_token: String,
+    #[schema(example = "Bearer")]
+    token_type: String,
+    #[schema(example = 3600)]
+    expires_in: u64,
 }
 
 /// The client's address for throttling: the socket peer, or the proxy's forwarded address when the
@@ -65,6 +103,23 @@ impl From<AuthError> for ApiError {
     }
 }
 
+/// Sign in as an operator.
+///
+/// Returns an access token (accepted on `/api/v1` like an API key; viewers may only read) and a refresh
+/// token. Repeated failures for one e-mail or from one address are locked out for a growing time (429).
+#[utoipa::path(
+    post,
+    path = "/api/auth/login",
+    tag = "auth",
+    request_body = LoginBody,
+    security(()),
+    responses(
+        (status = 200, description = "Signed in", body = LoginResponse),
+        (status = 401, description = "Wrong e-mail or password", body = crate::web::openapi::ErrorBody),
+        (status = 422, description = "Missing e-mail or password", body = crate::web::openapi::ErrorBody),
+        (status = 429, description = "Too many failed logins; see Retry-After", body = crate::web::openapi::ErrorBody),
+    )
+)]
 pub async fn login(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -103,6 +158,18 @@ pub async fn login(
         })))
 }
 
+/// A new access token for a refresh token from `POST /api/auth/login`.
+#[utoipa::path(
+    post,
+    path = "/api/auth/refresh",
+    tag = "auth",
+    request_body = RefreshBody,
+    security(()),
+    responses(
+        (status = 200, description = "A fresh access token", body = RefreshResponse),
+        (status = 401, description = "Unknown, expired or revoked refresh token", body = crate::web::openapi::ErrorBody),
+    )
+)]
 pub async fn refresh(
     state: web::Data<AppState>,
     ApiJson(body): ApiJson<RefreshBody>,

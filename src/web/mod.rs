@@ -7,6 +7,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod metrics;
+pub mod openapi;
 pub mod request_id;
 
 use actix_web::{HttpRequest, HttpResponse, middleware, web};
@@ -25,7 +26,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/auth/login", web::post().to(auth::login))
         .route("/api/auth/refresh", web::post().to(auth::refresh))
         .route("/metrics", web::get().to(metrics::metrics))
-        .service(web::scope("/dashboard").configure(dashboard::routes));
+        .service(web::scope("/dashboard").configure(dashboard::routes))
+        .configure(openapi::routes);
 
     cfg.service(
         web::scope("/api/v1")

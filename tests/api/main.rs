@@ -16,5 +16,6 @@ mod helpers;
 // operations (issue 8)
 mod dashboard;
 mod metrics;
+mod openapi;
 mod operators;
 mod shutdown;
