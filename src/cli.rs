@@ -33,6 +33,19 @@ pub struct Cli {
 pub enum Command {
     /// Apply pending migrations, serve HTTP and run the background workers (the default).
     Serve,
+    /// The whole product on one machine with nothing configured: the service on SQLite plus the bundled
+    /// amoCRM sandbox, a demo API key and admin; prints the links to follow.
+    Demo {
+        /// Where the demo keeps its database and generated secrets.
+        #[arg(long, default_value = "data/demo")]
+        data_dir: std::path::PathBuf,
+        /// The service's port on 127.0.0.1 (another free port if taken).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// The sandbox's port on 127.0.0.1 (another free port if taken).
+        #[arg(long, default_value_t = 9090)]
+        sandbox_port: u16,
+    },
     /// Apply pending migrations and exit.
     Migrate,
     /// Manage the marketplace's API keys (stored only as hashes).
@@ -163,6 +176,22 @@ fn run(cli: Cli) -> Result<(), String> {
                 app.run_until_stopped().await.map_err(one_line)
             });
             // Database work already handed to the blocking pool is not waited for forever.
+            rt.shutdown_timeout(std::time::Duration::from_secs(2));
+            result
+        }
+        Command::Demo {
+            data_dir,
+            port,
+            sandbox_port,
+        } => {
+            // The demo is configured by its own folder only: a `.env` meant for `serve` is not read.
+            crate::telemetry::init_with_default(config::LogFormat::Pretty, "warn");
+            let rt = runtime()?;
+            let result = rt.block_on(crate::demo::run(crate::demo::DemoOptions {
+                data_dir,
+                port,
+                sandbox_port,
+            }));
             rt.shutdown_timeout(std::time::Duration::from_secs(2));
             result
         }
