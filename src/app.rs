@@ -96,6 +96,7 @@ impl Application {
         let keys = settings.require_keys()?.clone();
         let amo = amocrm_client::AmoClient::new(settings.amo_config()?)
             .map_err(|e| StartError::Amo(e.to_string()))?;
+        amo.set_observer(crate::metrics::amocrm_observer());
         let db = Db::connect(&settings.database_url, settings.database_pool_size)?;
         let applied = db.migrate().await?;
         if !applied.is_empty() {

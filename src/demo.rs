@@ -59,8 +59,12 @@ impl DemoSecrets {
     fn load_or_create(dir: &Path) -> Result<Self, String> {
         let path = dir.join("demo-secrets.json");
         if let Ok(raw) = std::fs::read(&path) {
-            return serde_json::from_slice(&raw)
-                .map_err(|e| format!("{} is damaged ({e}); delete it to start over", path.display()));
+            return serde_json::from_slice(&raw).map_err(|e| {
+                format!(
+                    "{} is damaged ({e}); delete it to start over",
+                    path.display()
+                )
+            });
         }
         let secrets = Self::generate();
         let body = serde_json::to_vec_pretty(&secrets).map_err(|e| e.to_string())?;
@@ -97,9 +101,7 @@ fn bind(port: u16) -> Result<TcpListener, String> {
 /// A free port, preferring `port`.
 fn free_port(port: u16) -> Result<u16, String> {
     let l = bind(port)?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| e.to_string())
+    l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
 }
 
 /// Receives the service's event deliveries like a marketplace backend would, checks `X-Signature`, and
@@ -204,7 +206,10 @@ pub async fn run(opts: DemoOptions) -> Result<(), String> {
         ("AMOCRM_CLIENT_ID", CLIENT_ID.to_owned()),
         ("AMOCRM_CLIENT_SECRET", secrets.client_secret.clone()),
         ("AMOCRM_AUTHORIZE_URL", sandbox.authorize_url()),
-        ("AMOCRM_ACCOUNT_URL_TEMPLATE", sandbox.account_url_template()),
+        (
+            "AMOCRM_ACCOUNT_URL_TEMPLATE",
+            sandbox.account_url_template(),
+        ),
         ("TOKEN_ENCRYPTION_KEYS", secrets.encryption_keys.clone()),
         ("SANDBOX_PAGE_URL", format!("{}/", sandbox.base_url())),
         ("INSTANCE_ID", "demo".to_owned()),
@@ -233,7 +238,13 @@ pub async fn run(opts: DemoOptions) -> Result<(), String> {
     let key = secrets.api_key.clone();
     db.run(move |c| {
         let prefix: String = key.chars().take(KEY_PREFIX.len() + 6).collect();
-        crate::storage::api_keys::insert(c, "demo", &prefix, &sha256_hex(key.as_bytes()), "enterprise")
+        crate::storage::api_keys::insert(
+            c,
+            "demo",
+            &prefix,
+            &sha256_hex(key.as_bytes()),
+            "enterprise",
+        )
     })
     .await
     .map_err(|e| e.to_string())?;

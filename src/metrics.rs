@@ -204,23 +204,41 @@ impl AmoOutcome {
     }
 }
 
-/// Counts one request to amoCRM. `call` names the kind of request (`leads_complex`, `account`,
-/// `pipelines`, `oauth_refresh`, …): a fixed word, never an id.
-pub fn amocrm_call(call: &'static str, outcome: AmoOutcome) {
+/// Counts one request to amoCRM. Requests sent through `AmoClient` are counted automatically (see
+/// [`amocrm_observer`], labelled `METHOD /path` with ids as `{id}`); this is for anything else. `call` must
+/// come from a small fixed set, never contain an id.
+pub fn amocrm_call(call: &str, outcome: AmoOutcome) {
     COUNTERS
         .amocrm_calls
         .with_label_values(&[call, outcome.as_str()])
         .inc();
 }
 
-/// Counts an API call from its result and hands the result back, for use inline:
-/// `let leads = metrics::amocrm_result("leads_complex", api.leads_complex(..).await)?;`
-pub fn amocrm_result<T>(
-    call: &'static str,
-    result: Result<T, amocrm_client::ApiError>,
-) -> Result<T, amocrm_client::ApiError> {
-    amocrm_call(call, AmoOutcome::of(&result));
-    result
+impl AmoOutcome {
+    /// The outcome of a finished request as the client's observer reports it.
+    pub fn of_call(outcome: amocrm_client::CallOutcome) -> Self {
+        use amocrm_client::CallOutcome as C;
+        match outcome {
+            C::Status(s) if (200..300).contains(&s) => Self::Ok,
+            C::Status(401) => Self::Unauthorized,
+            C::Status(429) => Self::RateLimited,
+            C::Status(404) => Self::NotFound,
+            C::Status(s) if s >= 500 => Self::ServerError,
+            C::Status(s) if s >= 400 => Self::Rejected,
+            C::Status(_) => Self::Error,
+            C::Timeout => Self::Timeout,
+            C::Network => Self::Network,
+            C::Other => Self::Error,
+        }
+    }
+}
+
+/// The hook installed on the process's `AmoClient`: every request to amoCRM, API and token endpoint,
+/// counted by endpoint and outcome.
+pub fn amocrm_observer() -> amocrm_client::Observer {
+    std::sync::Arc::new(|call: &amocrm_client::CallRecord<'_>| {
+        amocrm_call(call.endpoint, AmoOutcome::of_call(call.outcome));
+    })
 }
 
 /// Counts one access-token refresh: `ok`, `rejected` (amoCRM refused the refresh token: the seller must

@@ -217,6 +217,33 @@ async fn metrics_parse_as_prometheus_text_and_list_every_family() {
 }
 
 #[tokio::test]
+async fn every_amocrm_request_is_counted_by_endpoint_and_outcome() {
+    let app = spawn_app().await;
+    let allowed = amocrm_client::AllowedDomains::parse("amocrm.ru").unwrap();
+    let host = amocrm_client::AccountHost::parse("sellerone.amocrm.ru", &allowed).unwrap();
+    let token = secrecy::SecretString::from("not-a-valid-token");
+    let count = |text: &str| {
+        let (_, samples) = parse_exposition(text);
+        samples
+            .iter()
+            .find(|s| {
+                s.name == "amocrm_requests_total"
+                    && s.labels.get("call").map(String::as_str) == Some("GET /api/v4/account")
+                    && s.labels.get("outcome").map(String::as_str) == Some("401")
+            })
+            .map_or(0.0, |s| s.value)
+    };
+    let before = count(&scrape(&app).await);
+    let result = app.state.amo.api(&host, &token).account().await;
+    assert!(
+        matches!(result, Err(amocrm_client::ApiError::Unauthorized)),
+        "{result:?}"
+    );
+    let after = count(&scrape(&app).await);
+    assert!(after >= before + 1.0, "{before} → {after}");
+}
+
+#[tokio::test]
 async fn the_webhook_backlog_and_its_lag_come_from_the_database() {
     let app = spawn_app().await;
     let received = amocrm_connector::storage::now() - TimeDelta::seconds(120);
