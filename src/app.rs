@@ -203,11 +203,22 @@ impl Application {
 /// Starts the background workers (only when `RUN_WORKERS` is on). Each returns its `JoinHandle`, so the
 /// shutdown can wait for it; each stops when `AppState.shutdown` flips.
 fn spawn_workers(state: &Data<AppState>) -> Vec<(&'static str, JoinHandle<()>)> {
-    let workers = Vec::new();
+    let mut workers = Vec::new();
     if !state.settings.run_workers {
         return workers;
     }
     // Workers register here, one line each: `workers.push(("name", crate::workers::x::spawn(state.clone())));`
+
+    // connect and refresh (issues 4, 5)
+    workers.push(("connect", crate::workers::refresh::spawn(state.clone())));
+    if let Some(schedule) = crate::workers::refresh::spawn_schedule(state.clone()) {
+        workers.push(("refresh_schedule", schedule));
+    }
+
+    // orders (issue 6)
+
+    // events (issue 7)
+
     workers
 }
 

@@ -8,6 +8,8 @@ mod foundation;
 mod helpers;
 
 // connect and refresh (issues 4, 5)
+mod connect;
+mod refresh;
 
 // orders (issue 6)
 
