@@ -177,8 +177,51 @@ pub fn example_order(number: &str) -> serde_json::Value {
     })
 }
 
+/// A started demo: everything the walk-through prints, and the running pieces.
+pub struct Demo {
+    pub base_url: String,
+    pub sandbox: amocrm_sandbox::SandboxHandle,
+    pub api_key: String,
+    pub admin_email: &'static str,
+    pub admin_password: String,
+    pub seller_id: &'static str,
+    /// The first connect link (single use, 30 minutes).
+    pub connect_url: Option<String>,
+    /// Where signed events are delivered, when the subscription could be made.
+    pub receiver_url: Option<String>,
+    pub data_dir: PathBuf,
+    pub state: actix_web::web::Data<crate::app::AppState>,
+    pub trigger: crate::app::ShutdownTrigger,
+    serving: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Demo {
+    /// Waits until the service stops (Ctrl-C, SIGTERM or the trigger).
+    pub async fn wait(self) -> Result<(), String> {
+        match self.serving.await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("the service stopped unexpectedly: {e}")),
+        }
+    }
+}
+
 /// Runs the demo until Ctrl-C.
 pub async fn run(opts: DemoOptions) -> Result<(), String> {
+    let demo = start(opts).await?;
+    print_banner(&Banner {
+        base: &demo.base_url,
+        sandbox: &demo.sandbox.base_url(),
+        api_key: &demo.api_key,
+        admin_password: &demo.admin_password,
+        connect_url: demo.connect_url.as_deref(),
+        receiver: demo.receiver_url.clone(),
+        data_dir: &demo.data_dir,
+    });
+    demo.wait().await
+}
+
+/// Starts the demo: sandbox, receiver, service, demo key, admin, subscription and a first connect link.
+pub async fn start(opts: DemoOptions) -> Result<Demo, String> {
     std::fs::create_dir_all(&opts.data_dir)
         .map_err(|e| format!("cannot create {}: {e}", opts.data_dir.display()))?;
     let secrets = DemoSecrets::load_or_create(&opts.data_dir)?;
@@ -258,6 +301,8 @@ pub async fn run(opts: DemoOptions) -> Result<(), String> {
     .await
     .map_err(|e| e.to_string())?;
 
+    let state = app.state.clone();
+    let trigger = app.shutdown_trigger();
     let serving = tokio::spawn(app.run_until_stopped());
     let http = reqwest::Client::new();
     let subscribed = http
@@ -290,20 +335,20 @@ pub async fn run(opts: DemoOptions) -> Result<(), String> {
         None => None,
     };
 
-    print_banner(&Banner {
-        base: &base,
-        sandbox: &sandbox.base_url(),
-        api_key: &secrets.api_key,
-        admin_password: &secrets.admin_password,
-        connect_url: connect_url.as_deref(),
-        receiver: subscribed.then(|| format!("http://{receiver}/events")),
-        data_dir: &opts.data_dir,
-    });
-
-    match serving.await {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(e) => Err(format!("the service stopped unexpectedly: {e}")),
-    }
+    Ok(Demo {
+        base_url: base,
+        sandbox,
+        api_key: secrets.api_key,
+        admin_email: ADMIN_EMAIL,
+        admin_password: secrets.admin_password,
+        seller_id: SELLER_ID,
+        connect_url,
+        receiver_url: subscribed.then(|| format!("http://{receiver}/events")),
+        data_dir: opts.data_dir,
+        state,
+        trigger,
+        serving,
+    })
 }
 
 struct Banner<'a> {

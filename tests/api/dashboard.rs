@@ -341,3 +341,34 @@ async fn dashboard_pages_are_locked_down_with_security_headers() {
         "phone layout"
     );
 }
+
+#[tokio::test]
+async fn refresh_now_in_the_dashboard_refreshes_the_connection_at_amocrm() {
+    let app = spawn_app().await;
+    crate::connect::seed_connection(&app, "seller-live", "sellerone.amocrm.ru").await;
+    let before = crate::connect::connection(&app, "seller-live")
+        .await
+        .unwrap();
+    sign_in(&app, "ops@example.com", Role::Admin).await;
+    let html = get(&app, "/dashboard/connections").await.1;
+    assert!(html.contains("/dashboard/connections/seller-live/refresh"));
+    let resp = app
+        .http
+        .post(app.url("/dashboard/connections/seller-live/refresh"))
+        .form(&[("csrf", csrf_in(&html).as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    assert_eq!(
+        resp.headers()["location"],
+        "/dashboard/connections?done=refreshed"
+    );
+    let after = crate::connect::connection(&app, "seller-live")
+        .await
+        .unwrap();
+    assert!(after.token_version > before.token_version);
+    assert!(after.last_refreshed_at.is_some());
+    let page = get(&app, "/dashboard/connections?done=refreshed").await.1;
+    assert!(page.contains("The connection was refreshed."));
+}

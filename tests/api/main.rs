@@ -17,6 +17,7 @@ mod refresh;
 
 // operations (issue 8)
 mod dashboard;
+mod demo;
 mod metrics;
 mod openapi;
 mod operators;

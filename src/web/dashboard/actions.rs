@@ -6,6 +6,8 @@ use actix_web::{HttpResponse, web};
 
 use super::{CsrfForm, DashError, Signed, page};
 use crate::app::AppState;
+use crate::services::connect::{self, ConnectError};
+use crate::services::refresh::{self, Need, RefreshError};
 
 fn back(to: &str, done: &str) -> HttpResponse {
     page(StatusCode::SEE_OTHER)
@@ -20,10 +22,26 @@ pub async fn refresh_connection(
     form: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, DashError> {
     signed.check_write(&form.csrf)?;
-    let _ = (&state, path.into_inner());
-    Err(DashError::Forbidden(
-        "Refreshing from the dashboard is not available in this build.",
-    ))
+    let seller = path.into_inner();
+    let current = match connect::get_connection(&state, &seller).await {
+        Ok(c) => c,
+        Err(ConnectError::NotFound) => return Err(DashError::NotFound),
+        Err(e) => return Err(DashError::Internal(e.to_string())),
+    };
+    let need = Need::Stale {
+        version: current.token_version,
+    };
+    let done = match refresh::refresh(&state, &seller, need).await {
+        Ok(_) => "refreshed",
+        Err(RefreshError::NotConnected) => return Err(DashError::NotFound),
+        Err(RefreshError::Storage(e)) => return Err(e.into()),
+        Err(e) => {
+            tracing::info!(seller_id = %seller, error = %e, "refresh from the dashboard failed");
+            "refresh_failed"
+        }
+    };
+    tracing::info!(operator_id = signed.operator.id, seller_id = %seller, "refresh from the dashboard");
+    Ok(back("/dashboard/connections", done))
 }
 
 pub async fn retry_order(
@@ -33,7 +51,7 @@ pub async fn retry_order(
     form: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, DashError> {
     signed.check_write(&form.csrf)?;
-    let _ = (&state, path.into_inner(), back);
+    let _ = (&state, path.into_inner());
     Err(DashError::Forbidden(
         "Retrying from the dashboard is not available in this build.",
     ))

@@ -1,0 +1,117 @@
+//! `amocrm-connector demo`: started in-process on free ports in a temporary folder, its printed links work:
+//! the connect link through the sandbox's consent page, the dashboard login, the API key.
+
+use std::time::Duration;
+
+use amocrm_connector::demo::{self, DemoOptions};
+use serde_json::{Value, json};
+
+use crate::connect::attr;
+
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+        .build()
+        .unwrap()
+}
+
+/// A seller's browser: the connect page, the sandbox's consent page, Allow, back to our callback.
+async fn click_through_connect(http: &reqwest::Client, connect_url: &str, sandbox: &str) -> String {
+    let page = http.get(connect_url).send().await.unwrap();
+    assert_eq!(page.status(), 200, "connect page");
+    let popup = attr(&page.text().await.unwrap(), "data-popup").expect("consent link");
+    let consent = http.get(&popup).send().await.unwrap();
+    assert_eq!(consent.status(), 200, "consent page");
+    let html = consent.text().await.unwrap();
+    let mut form: Vec<(String, String)> = ["client_id", "state", "mode", "redirect_uri"]
+        .iter()
+        .map(|f| {
+            let at = html.find(&format!("name=\"{f}\"")).expect("consent field");
+            (
+                (*f).to_owned(),
+                attr(&html[at..], "value").unwrap_or_default(),
+            )
+        })
+        .collect();
+    form.push(("account".into(), "sellerone.amocrm.ru".into()));
+    form.push(("decision".into(), "allow".into()));
+    let allowed = http
+        .post(format!("{sandbox}/oauth"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), 302, "consent redirects back");
+    let callback = allowed.headers()["location"].to_str().unwrap().to_owned();
+    let done = http.get(&callback).send().await.unwrap();
+    assert_eq!(done.status(), 200, "callback");
+    done.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_demo_starts_everything_and_its_printed_links_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = DemoOptions {
+        data_dir: dir.path().join("demo"),
+        port: 0,
+        sandbox_port: 0,
+    };
+    let demo = demo::start(opts.clone()).await.expect("demo starts");
+    let http = browser();
+
+    // The seller connects through the link the demo printed.
+    let connect_url = demo.connect_url.clone().expect("a connect link");
+    click_through_connect(&http, &connect_url, &demo.sandbox.base_url()).await;
+    let conn: Value = http
+        .get(format!(
+            "{}/api/v1/connections/{}",
+            demo.base_url, demo.seller_id
+        ))
+        .bearer_auth(&demo.api_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(conn["data"]["status"], "active", "{conn}");
+    assert_eq!(conn["data"]["host"], "sellerone.amocrm.ru");
+
+    // The printed admin login works, and the sandbox page is where the banner says.
+    let login = http
+        .post(format!("{}/api/auth/login", demo.base_url))
+        .json(&json!({"email": demo.admin_email, "password": demo.admin_password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    let board = http
+        .get(format!("{}/", demo.sandbox.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(board.status(), 200);
+    assert!(
+        demo.state.settings.sandbox_page_url.is_some(),
+        "the dashboard links the sandbox"
+    );
+
+    // Secrets stay in the demo folder, and a second start reuses them.
+    let secrets = std::fs::read_to_string(opts.data_dir.join("demo-secrets.json")).unwrap();
+    assert!(secrets.contains(&demo.api_key));
+    let (key, password) = (demo.api_key.clone(), demo.admin_password.clone());
+    demo.trigger.trigger();
+    tokio::time::timeout(Duration::from_secs(15), demo.wait())
+        .await
+        .expect("stops")
+        .expect("stops cleanly");
+    let again = demo::start(opts).await.expect("demo starts again");
+    assert_eq!(again.api_key, key);
+    assert_eq!(again.admin_password, password);
+    again.trigger.trigger();
+    tokio::time::timeout(Duration::from_secs(15), again.wait())
+        .await
+        .expect("stops")
+        .expect("stops cleanly");
+}
