@@ -262,3 +262,86 @@ async fn an_operator_signs_in_to_the_dashboard_in_a_real_browser_and_it_fits_a_p
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_seller_connects_through_the_sandbox_popup_in_a_real_browser() {
+    let Some(driver) = start_driver().await else {
+        return;
+    };
+    let app = spawn_app().await;
+    let session = crate::connect::create_session(&app, "seller-popup", json!({"lang": "en"})).await;
+    let connect_url = session["connect_url"].as_str().unwrap().to_owned();
+    let client = browser(&driver, 1024, 800).await;
+    let app_ref = &app;
+    run_steps("connect_popup", client, |client| async move {
+        step("open the connect page", client.goto(&connect_url).await)?;
+        let opener = step("the connect window", client.window().await)?;
+        let button = step(
+            "connect button",
+            client
+                .wait()
+                .at_most(Duration::from_secs(15))
+                .for_element(Locator::Id("connect"))
+                .await,
+        )?;
+        step("press connect", button.click().await)?;
+        // amoCRM's consent opens in a popup window.
+        let started = Instant::now();
+        let popup = loop {
+            let windows = step("windows", client.windows().await)?;
+            if let Some(w) = windows.into_iter().find(|w| *w != opener) {
+                break w;
+            }
+            if started.elapsed() > Duration::from_secs(15) {
+                return Err("no consent popup opened".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        step("switch to the popup", client.switch_to_window(popup).await)?;
+        let account = step(
+            "account choice",
+            client
+                .wait()
+                .at_most(Duration::from_secs(15))
+                .for_element(Locator::Id("account"))
+                .await,
+        )?;
+        step(
+            "choose the account",
+            account.select_by_value("sellerone.amocrm.ru").await,
+        )?;
+        let allow = step(
+            "allow button",
+            client.find(Locator::Css("button.allow")).await,
+        )?;
+        step("press allow", allow.click().await)?;
+        // The popup reports to the connect page and closes itself.
+        let started = Instant::now();
+        loop {
+            let windows = step("windows", client.windows().await)?;
+            if windows.len() == 1 {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                return Err("the popup did not close after consent".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        step(
+            "back to the connect page",
+            client.switch_to_window(opener).await,
+        )?;
+        let title = text_of(&client, "#result:not([hidden]) #result-title").await?;
+        if title.trim().is_empty() {
+            return Err("no success message on the connect page".into());
+        }
+        let conn = crate::connect::connection(app_ref, "seller-popup")
+            .await
+            .ok_or("no connection stored")?;
+        if conn.status != "active" || conn.host != "sellerone.amocrm.ru" {
+            return Err(format!("connection is {} at {}", conn.status, conn.host));
+        }
+        Ok(())
+    })
+    .await;
+}
