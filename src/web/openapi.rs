@@ -47,6 +47,109 @@ pub struct PageMeta {
     total: i64,
 }
 
+// ---- connect sessions and connections (CONTRACT §6) -------------------------------------------------------
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ConnectSessionIn {
+    /// The marketplace's seller id (a string; a number is taken as its decimal form).
+    #[schema(example = "seller-42")]
+    seller_id: String,
+    /// Where to send the seller after connecting (must match `CONNECT_RETURN_URL_ALLOWLIST`).
+    return_url: Option<String>,
+    /// `uz` (default), `ru` or `en`.
+    lang: Option<String>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ConnectSession {
+    /// Single use, valid 30 minutes.
+    token: String,
+    /// The page to show the seller: `/connect/{token}`.
+    connect_url: String,
+    expires_at: String,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ConnectSessionEnvelope {
+    data: ConnectSession,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Provisioning {
+    /// `pending`, `done` or `failed`: the seller's pipeline, custom fields and webhook in amoCRM.
+    state: String,
+    missing: Vec<String>,
+    error: Option<String>,
+    attempts: i32,
+    next_attempt_at: Option<String>,
+}
+
+/// A seller's amoCRM connection; never a token.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ConnectionOut {
+    seller_id: String,
+    /// `active`, `refresh_failed` or `revoked`.
+    #[schema(example = "active")]
+    status: String,
+    account_id: i64,
+    subdomain: String,
+    host: String,
+    token_expires_at: Option<String>,
+    last_refreshed_at: Option<String>,
+    refresh_failures: i32,
+    last_error: Option<String>,
+    pipeline_id: Option<i64>,
+    connected_at: String,
+    revoked_at: Option<String>,
+    revoke_reason: Option<String>,
+    provisioning: Provisioning,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ConnectionEnvelope {
+    data: ConnectionOut,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ConnectionList {
+    data: Vec<ConnectionOut>,
+    meta: PageMeta,
+}
+
+/// amoCRM status ids for each marketplace order status.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct StageMap {
+    pending: i64,
+    awaiting_payment: i64,
+    paid: i64,
+    shipping: i64,
+    /// 142 (won) by default.
+    completed: i64,
+    /// 143 (lost) by default.
+    cancelled: i64,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct PipelineMapping {
+    pipeline_id: i64,
+    statuses: StageMap,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct PipelineEnvelope {
+    data: PipelineMapping,
+}
+
 struct Security;
 
 impl Modify for Security {
@@ -71,6 +174,13 @@ payment events. Authenticate with `Authorization: Bearer <API key>` (or an opera
     paths(
         crate::web::auth::login,
         crate::web::auth::refresh,
+        crate::web::api::connect_sessions::create,
+        crate::web::api::connections::list,
+        crate::web::api::connections::get,
+        crate::web::api::connections::delete,
+        crate::web::api::connections::refresh_now,
+        crate::web::api::connections::get_pipeline,
+        crate::web::api::connections::put_pipeline,
     ),
     components(schemas(ErrorBody, ErrorDetail, PageMeta)),
     modifiers(&Security),

@@ -8,8 +8,17 @@ use serde_json::Value;
 use crate::helpers::spawn_app;
 
 /// Every operation the contract (§6) and the operator auth define.
-const CONTRACT_ROUTES: &[(&str, &str)] =
-    &[("post", "/api/auth/login"), ("post", "/api/auth/refresh")];
+const CONTRACT_ROUTES: &[(&str, &str)] = &[
+    ("post", "/api/auth/login"),
+    ("post", "/api/auth/refresh"),
+    ("post", "/api/v1/connect-sessions"),
+    ("get", "/api/v1/connections"),
+    ("get", "/api/v1/connections/{seller_id}"),
+    ("delete", "/api/v1/connections/{seller_id}"),
+    ("post", "/api/v1/connections/{seller_id}/refresh"),
+    ("get", "/api/v1/connections/{seller_id}/pipeline"),
+    ("put", "/api/v1/connections/{seller_id}/pipeline"),
+];
 
 /// Structural checks of an OpenAPI 3 document: version and info, operations with responses, every path
 /// parameter declared, every `$ref` resolving to a component.
