@@ -890,3 +890,44 @@ pub async fn prune_sessions(state: &AppState) -> Result<usize, StorageError> {
         .run(move |c| sessions::prune_expired(c, before))
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_language_picks_the_best_supported_language() {
+        assert_eq!(
+            Lang::from_accept_language("ru-RU,ru;q=0.9,en;q=0.8"),
+            Some(Lang::Ru)
+        );
+        assert_eq!(
+            Lang::from_accept_language("de-DE, en;q=0.5, uz;q=0.7"),
+            Some(Lang::Uz)
+        );
+        assert_eq!(Lang::from_accept_language("de, fr"), None);
+        assert_eq!(
+            Lang::from_accept_language("en;q=0, ru;q=0.1"),
+            Some(Lang::Ru)
+        );
+        assert_eq!(Lang::from_accept_language(""), None);
+    }
+
+    #[test]
+    fn browser_tokens_are_reused_only_when_they_look_like_ours() {
+        let fresh = browser_token(None);
+        assert_eq!(fresh.len(), 32);
+        assert_eq!(browser_token(Some(&fresh)), fresh);
+        assert_ne!(browser_token(Some("short")), "short");
+        assert_ne!(browser_token(Some(&"x;".repeat(16))), "x;".repeat(16));
+    }
+
+    #[test]
+    fn refusals_of_spent_or_stale_links_are_gone_and_others_bad_requests() {
+        assert_eq!(Refusal::UsedState.status(), 410);
+        assert_eq!(Refusal::ExpiredState.status(), 410);
+        assert_eq!(Refusal::UnknownState.status(), 400);
+        assert_eq!(Refusal::BadReferer.status(), 400);
+        assert_eq!(Refusal::AccountTaken.status(), 409);
+    }
+}

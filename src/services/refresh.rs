@@ -37,8 +37,9 @@ pub const IDLE_REFRESH: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 /// How long a caller that found a sweep running waits for its result before answering "already running".
 pub const JOIN_WAIT: Duration = Duration::from_secs(60);
-/// Rows read per page of the sweep (the job lease is extended between pages).
-const SWEEP_PAGE: i64 = 1000;
+/// Rows per page of the sweep, per unit of concurrency: the job lease is extended between pages, so a page
+/// must finish well inside the lease even when every call takes the full request timeout.
+const PAGE_PER_WORKER: usize = 8;
 
 /// When a refresh is (still) needed; checked again on the freshly leased row.
 #[derive(Debug, Clone, Copy)]
@@ -516,18 +517,12 @@ async fn refresh_due_leased(
     let mut report = SweepReport::default();
     let mut after = 0i64;
     let concurrency = state.settings.refresh_concurrency.max(1);
+    let page_size = i64::try_from((concurrency * PAGE_PER_WORKER).clamp(100, 2000)).unwrap_or(1000);
     loop {
         let page = state
             .db
             .run(move |c| {
-                connections::due_for_refresh(
-                    c,
-                    now,
-                    expiring_before,
-                    idle_before,
-                    after,
-                    SWEEP_PAGE,
-                )
+                connections::due_for_refresh(c, now, expiring_before, idle_before, after, page_size)
             })
             .await?;
         let Some(&(last_id, _)) = page.last() else {
