@@ -114,15 +114,9 @@ pub enum KeysCommand {
 
 /// The password from standard input: its first line, without the line break (so `echo pw |` and a
 /// typed line both work). Never echoed back or logged.
-fn read_password() -> Result<SecretString, String> {
-    use std::io::{BufRead, IsTerminal};
-    let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        eprint!("password (input is visible; at least {MIN_PASSWORD_LEN} characters): ");
-    }
+fn read_password(mut input: impl std::io::BufRead) -> Result<SecretString, String> {
     let mut line = String::new();
-    stdin
-        .lock()
+    input
         .read_line(&mut line)
         .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
     let password = line.trim_end_matches(['\r', '\n']).to_owned();
@@ -130,6 +124,51 @@ fn read_password() -> Result<SecretString, String> {
         return Err("no password on stdin (pipe it in: `echo \"$PASSWORD\" | amocrm-connector users create …`)".to_owned());
     }
     Ok(SecretString::from(password))
+}
+
+/// `users create | list`: what the command prints, or its one-line error. The password of `create` is the
+/// first line of `input` (standard input for the binary).
+pub async fn users(
+    settings: Settings,
+    cmd: UsersCommand,
+    input: impl std::io::BufRead,
+) -> Result<String, String> {
+    let db = Db::connect(&settings.database_url, 1).map_err(one_line)?;
+    db.migrate().await.map_err(one_line)?;
+    match cmd {
+        UsersCommand::Create { email, role, name } => {
+            let role = Role::parse(&role).ok_or("--role must be admin or viewer")?;
+            let password = read_password(input)?;
+            let (id, created) =
+                operators::create_or_update(&db, &email, name.as_deref(), role, password)
+                    .await
+                    .map_err(one_line)?;
+            let verb = if created {
+                "created"
+            } else {
+                "updated (signed out everywhere)"
+            };
+            Ok(format!(
+                "{verb} operator {id} ({}, {})\n",
+                operators::normalize_email(&email),
+                role.as_str()
+            ))
+        }
+        UsersCommand::List => {
+            let rows = operators::list(&db).await.map_err(one_line)?;
+            let mut out = format!("{:<6} {:<32} {:<24} role\n", "id", "email", "name");
+            for r in rows {
+                out.push_str(&format!(
+                    "{:<6} {:<32} {:<24} {}\n",
+                    r.id,
+                    r.email,
+                    r.name,
+                    r.role.as_str()
+                ));
+            }
+            Ok(out)
+        }
+    }
 }
 
 fn default_key_id() -> String {
@@ -278,50 +317,15 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Users(cmd) => {
             let settings = settings()?;
-            runtime()?.block_on(async move {
-                let db = Db::connect(&settings.database_url, 1).map_err(one_line)?;
-                db.migrate().await.map_err(one_line)?;
-                match cmd {
-                    UsersCommand::Create { email, role, name } => {
-                        let role = Role::parse(&role).ok_or("--role must be admin or viewer")?;
-                        let password = read_password()?;
-                        let (id, created) = operators::create_or_update(
-                            &db,
-                            &email,
-                            name.as_deref(),
-                            role,
-                            password,
-                        )
-                        .await
-                        .map_err(one_line)?;
-                        let verb = if created {
-                            "created"
-                        } else {
-                            "updated (signed out everywhere)"
-                        };
-                        println!(
-                            "{verb} operator {id} ({}, {})",
-                            operators::normalize_email(&email),
-                            role.as_str()
-                        );
-                        Ok(())
-                    }
-                    UsersCommand::List => {
-                        let rows = operators::list(&db).await.map_err(one_line)?;
-                        println!("{:<6} {:<32} {:<24} role", "id", "email", "name");
-                        for r in rows {
-                            println!(
-                                "{:<6} {:<32} {:<24} {}",
-                                r.id,
-                                r.email,
-                                r.name,
-                                r.role.as_str()
-                            );
-                        }
-                        Ok(())
-                    }
-                }
-            })
+            let stdin = std::io::stdin();
+            if matches!(cmd, UsersCommand::Create { .. })
+                && std::io::IsTerminal::is_terminal(&stdin)
+            {
+                eprint!("password (input is visible; at least {MIN_PASSWORD_LEN} characters): ");
+            }
+            let out = runtime()?.block_on(users(settings, cmd, stdin.lock()))?;
+            print!("{out}");
+            Ok(())
         }
         Command::Keys(KeysCommand::Generate { id }) => {
             Keyring::parse(&format!("{id}:{}", "A".repeat(43) + "="))

@@ -1,9 +1,8 @@
 //! Operators: `users create` on the command line, login and refresh, operator tokens on `/api/v1`,
 //! read-only viewers, and the throttle on failed logins.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
+use amocrm_connector::cli::{self, Cli, Command};
+use amocrm_connector::config::Settings;
 use amocrm_connector::services::operators::{self, Role};
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -34,12 +33,25 @@ async fn access_token(app: &TestApp, email: &str) -> String {
     body["access_token"].as_str().unwrap().to_owned()
 }
 
+/// Runs `amocrm-connector users …` in-process (parsed by the real command line) with `stdin` as input.
+async fn users_cli(app: &TestApp, args: &[&str], stdin: &str) -> Result<String, String> {
+    use clap::Parser;
+    let mut argv = vec!["amocrm-connector", "users"];
+    argv.extend_from_slice(args);
+    let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+    let Some(Command::Users(cmd)) = cli.command else {
+        return Err("not a users command".into());
+    };
+    let settings = Settings::from_env(&app.env).unwrap();
+    cli::users(settings, cmd, stdin.as_bytes()).await
+}
+
 #[tokio::test]
 async fn an_operator_created_on_the_command_line_signs_in_with_the_password_from_stdin() {
     let app = spawn_app().await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_amocrm-connector"))
-        .args([
-            "users",
+    let out = users_cli(
+        &app,
+        &[
             "create",
             "--email",
             "Ops@Example.com",
@@ -47,29 +59,13 @@ async fn an_operator_created_on_the_command_line_signs_in_with_the_password_from
             "admin",
             "--name",
             "Olga",
-        ])
-        .env("DATABASE_URL", &app.database.url)
-        .env("TOKEN_ENCRYPTION_KEYS", &app.env["TOKEN_ENCRYPTION_KEYS"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{PASSWORD}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("created operator"), "{stdout}");
-    assert!(!stdout.contains(PASSWORD) && !String::from_utf8_lossy(&out.stderr).contains(PASSWORD));
+        ],
+        &format!("{PASSWORD}\n"),
+    )
+    .await
+    .unwrap();
+    assert!(out.contains("created operator"), "{out}");
+    assert!(!out.contains(PASSWORD));
 
     let resp = login(&app, "ops@example.com", PASSWORD).await;
     assert_eq!(resp.status(), 200);
@@ -90,53 +86,27 @@ async fn an_operator_created_on_the_command_line_signs_in_with_the_password_from
         .unwrap();
     assert!(rows[0].password_hash.starts_with("$argon2id$"));
     assert!(!rows[0].password_hash.contains(PASSWORD));
+    let listed = users_cli(&app, &["list"], "").await.unwrap();
+    assert!(
+        listed.contains("ops@example.com") && listed.contains("admin"),
+        "{listed}"
+    );
 }
 
 #[tokio::test]
-async fn users_create_refuses_a_short_password_and_a_bad_role() {
+async fn users_create_refuses_a_short_password_a_missing_one_and_a_bad_role() {
     let app = spawn_app().await;
-    let run = |args: &[&str], stdin: &str| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_amocrm-connector"))
-            .args(args)
-            .env("DATABASE_URL", &app.database.url)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    };
-    let out = run(
-        &[
-            "users",
-            "create",
-            "--email",
-            "a@example.com",
-            "--role",
-            "admin",
-        ],
-        "short\n",
+    let create = ["create", "--email", "a@example.com", "--role", "admin"];
+    let err = users_cli(&app, &create, "short\n").await.unwrap_err();
+    assert!(err.contains("at least"), "{err}");
+    let err = users_cli(&app, &create, "").await.unwrap_err();
+    assert!(err.contains("no password"), "{err}");
+    let bad_role = ["create", "--email", "a@example.com", "--role", "root"];
+    assert!(
+        users_cli(&app, &bad_role, &format!("{PASSWORD}\n"))
+            .await
+            .is_err()
     );
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("at least"));
-    let out = run(
-        &[
-            "users",
-            "create",
-            "--email",
-            "a@example.com",
-            "--role",
-            "root",
-        ],
-        &format!("{PASSWORD}\n"),
-    );
-    assert!(!out.status.success());
     let rows = app
         .db
         .run(amocrm_connector::storage::operators::list)
