@@ -28,6 +28,8 @@ pub struct AppState {
     pub keys: Arc<Keyring>,
     /// The one amoCRM client of this process: every call to every account shares its rate limiter.
     pub amo: amocrm_client::AmoClient,
+    /// The amoCRM webhook intake's writer (group commit of raw bodies).
+    pub intake: crate::services::ingest::Intake,
     /// Flips to `true` when the process is asked to stop; workers finish their step and exit.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -113,6 +115,7 @@ impl Application {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let state = Data::new(AppState {
             settings: Arc::new(settings),
+            intake: crate::services::ingest::Intake::new(db.clone()),
             db,
             keys: Arc::new(keys),
             amo,
@@ -218,6 +221,12 @@ fn spawn_workers(state: &Data<AppState>) -> Vec<(&'static str, JoinHandle<()>)> 
     // orders (issue 6)
 
     // events (issue 7)
+    workers.push(("delivery", crate::workers::delivery::spawn(state.clone())));
+    workers.push((
+        "webhook_processor",
+        crate::workers::webhook_processor::spawn(state.clone()),
+    ));
+    workers.push(("retention", crate::workers::retention::spawn(state.clone())));
 
     workers
 }

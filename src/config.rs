@@ -144,6 +144,10 @@ pub struct Settings {
     pub trust_forwarded_for: bool,
     /// A link to the amoCRM sandbox's page, shown in the dashboard (set by `demo`).
     pub sandbox_page_url: Option<Url>,
+    /// How long an event subscriber has to answer a delivery (CONTRACT §7: 10 s).
+    pub delivery_timeout: Duration,
+    /// Largest amoCRM webhook body accepted at the intake.
+    pub webhook_max_body: usize,
 }
 
 impl fmt::Debug for Settings {
@@ -477,7 +481,23 @@ impl Settings {
             Some(v) => Some(parse_url("SANDBOX_PAGE_URL", &v)?),
             None => None,
         };
+        let delivery_timeout = match non_empty(env, "DELIVERY_TIMEOUT") {
+            Some(v) => parse_duration("DELIVERY_TIMEOUT", &v)?,
+            None => Duration::from_secs(10),
+        };
+        if delivery_timeout.is_zero() || delivery_timeout > Duration::from_secs(60) {
+            return Err(ConfigError::new(
+                "DELIVERY_TIMEOUT",
+                "must be more than 0 and at most 60s",
+            ));
+        }
+        let webhook_max_body = match non_empty(env, "WEBHOOK_MAX_BODY_KIB") {
+            Some(v) => parse_number("WEBHOOK_MAX_BODY_KIB", &v, 1usize)? * 1024,
+            None => 256 * 1024,
+        };
         Ok(Self {
+            delivery_timeout,
+            webhook_max_body,
             run_workers,
             trust_forwarded_for,
             sandbox_page_url,

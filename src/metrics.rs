@@ -128,6 +128,7 @@ static COUNTERS: LazyLock<Counters> = LazyLock::new(|| {
                 "account_mismatch",
                 "malformed",
                 "too_large",
+                "error",
             ],
         ),
         deliveries: counter(

@@ -12,6 +12,11 @@ pub mod tokens;
 // orders (issue 6)
 
 // events (issue 7)
+pub mod delivery;
+pub mod events_log;
+pub mod ingest;
+pub mod lead_events;
+pub mod subscriptions;
 
 // operations (issue 8)
 pub mod operators;

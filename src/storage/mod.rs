@@ -17,6 +17,9 @@ pub mod sessions;
 // orders (issue 6)
 
 // events (issue 7)
+pub mod deliveries;
+pub mod inbox;
+pub mod lead_states;
 
 // operations (issue 8)
 pub mod dashboard;

@@ -6,5 +6,8 @@ pub mod refresh;
 // orders (issue 6)
 
 // events (issue 7)
+pub mod delivery;
+pub mod retention;
+pub mod webhook_processor;
 
 // operations (issue 8)

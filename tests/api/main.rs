@@ -14,6 +14,8 @@ mod refresh;
 // orders (issue 6)
 
 // events (issue 7)
+mod events_out;
+mod webhooks_in;
 
 // operations (issue 8)
 mod dashboard;

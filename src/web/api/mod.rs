@@ -4,3 +4,7 @@
 pub mod connect_sessions;
 pub mod connections;
 pub mod guard;
+
+// --- events (issue 7) ---
+pub mod events;
+pub mod webhooks;
