@@ -150,6 +150,126 @@ pub struct PipelineEnvelope {
     data: PipelineMapping,
 }
 
+// ---- event subscriptions, deliveries and the event log (CONTRACT §6, §7) ------------------------------------
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct SubscriptionIn {
+    /// http or https.
+    #[schema(example = "https://marketplace.example/hooks/amocrm")]
+    url: String,
+    /// Event names from CONTRACT §7, or `"*"` for all (one name or a list).
+    #[schema(example = json!(["payment.completed", "order.status_changed"]))]
+    events: Vec<String>,
+    /// Signs every delivery (`X-Signature: sha256=HMAC(secret, body)`); stored encrypted, never returned.
+    secret: String,
+    active: Option<bool>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct SubscriptionOut {
+    #[schema(example = "whk_…")]
+    id: String,
+    url: String,
+    events: Vec<String>,
+    active: bool,
+    created_at: String,
+    updated_at: String,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct SubscriptionEnvelope {
+    data: SubscriptionOut,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct SubscriptionList {
+    data: Vec<SubscriptionOut>,
+    meta: PageMeta,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct AttemptOut {
+    attempt: i32,
+    status_code: Option<i32>,
+    error: Option<String>,
+    duration_ms: i64,
+    attempted_at: String,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct DeliveryOut {
+    id: i64,
+    event_id: String,
+    event: String,
+    subscription_id: String,
+    seller_id: String,
+    /// `pending`, `delivered` or `failed`.
+    state: String,
+    attempts: i32,
+    next_attempt_at: Option<String>,
+    last_status: Option<i32>,
+    last_error: Option<String>,
+    delivered_at: Option<String>,
+    created_at: String,
+    attempt_log: Vec<AttemptOut>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct DeliveryList {
+    data: Vec<DeliveryOut>,
+    meta: PageMeta,
+}
+
+/// An event as delivered and as listed: `{id, event, timestamp, seller_id, data}`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct EventOut {
+    #[schema(example = "evt_…")]
+    id: String,
+    #[schema(example = "payment.completed")]
+    event: String,
+    timestamp: String,
+    seller_id: String,
+    /// The event's fields (CONTRACT §7).
+    #[schema(value_type = Object)]
+    data: Value,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct EventCursor {
+    /// Pass as `after` to read on.
+    next_after: i64,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct EventList {
+    data: Vec<EventOut>,
+    meta: EventCursor,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Redelivery {
+    event_id: String,
+    event: String,
+    deliveries: Vec<DeliveryOut>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct RedeliveryEnvelope {
+    data: Redelivery,
+}
+
 struct Security;
 
 impl Modify for Security {
@@ -181,6 +301,14 @@ payment events. Authenticate with `Authorization: Bearer <API key>` (or an opera
         crate::web::api::connections::refresh_now,
         crate::web::api::connections::get_pipeline,
         crate::web::api::connections::put_pipeline,
+        crate::web::api::webhooks::create,
+        crate::web::api::webhooks::list,
+        crate::web::api::webhooks::get,
+        crate::web::api::webhooks::update,
+        crate::web::api::webhooks::delete,
+        crate::web::api::webhooks::deliveries,
+        crate::web::api::events::list,
+        crate::web::api::events::redeliver,
     ),
     components(schemas(ErrorBody, ErrorDetail, PageMeta)),
     modifiers(&Security),

@@ -372,3 +372,47 @@ async fn refresh_now_in_the_dashboard_refreshes_the_connection_at_amocrm() {
     let page = get(&app, "/dashboard/connections?done=refreshed").await.1;
     assert!(page.contains("The connection was refreshed."));
 }
+
+#[tokio::test]
+async fn redeliver_in_the_dashboard_makes_a_failed_delivery_due_again() {
+    use amocrm_connector::storage::schema::event_deliveries;
+    let app = spawn_app().await;
+    seed(&app).await;
+    let deliveries = app
+        .db
+        .run(|c| {
+            Ok(diesel::update(event_deliveries::table)
+                .set(event_deliveries::state.eq("failed"))
+                .execute(c)?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(deliveries, 1, "the seeded event has one delivery");
+    sign_in(&app, "ops@example.com", Role::Admin).await;
+    let html = get(&app, "/dashboard/events?failed=1").await.1;
+    let at = html.find("/redeliver\"").expect("a redeliver button");
+    let action_start = html[..at].rfind("action=\"").unwrap() + "action=\"".len();
+    let action = format!("{}/redeliver", &html[action_start..at]);
+    let resp = app
+        .http
+        .post(app.url(&action))
+        .form(&[("csrf", csrf_in(&html).as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    assert_eq!(
+        resp.headers()["location"],
+        "/dashboard/events?done=redelivered"
+    );
+    let states: Vec<String> = app
+        .db
+        .run(|c| {
+            Ok(event_deliveries::table
+                .select(event_deliveries::state)
+                .load(c)?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(states, vec!["pending".to_owned()]);
+}

@@ -96,6 +96,10 @@ async fn the_demo_starts_everything_and_its_printed_links_work() {
         demo.state.settings.sandbox_page_url.is_some(),
         "the dashboard links the sandbox"
     );
+    assert!(
+        demo.receiver_url.is_some(),
+        "events are delivered to the demo receiver"
+    );
 
     // Secrets stay in the demo folder, and a second start reuses them.
     let secrets = std::fs::read_to_string(opts.data_dir.join("demo-secrets.json")).unwrap();

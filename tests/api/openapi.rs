@@ -18,6 +18,14 @@ const CONTRACT_ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/connections/{seller_id}/refresh"),
     ("get", "/api/v1/connections/{seller_id}/pipeline"),
     ("put", "/api/v1/connections/{seller_id}/pipeline"),
+    ("post", "/api/v1/webhooks"),
+    ("get", "/api/v1/webhooks"),
+    ("get", "/api/v1/webhooks/{id}"),
+    ("patch", "/api/v1/webhooks/{id}"),
+    ("delete", "/api/v1/webhooks/{id}"),
+    ("get", "/api/v1/webhooks/{id}/deliveries"),
+    ("get", "/api/v1/events"),
+    ("post", "/api/v1/events/{id}/redeliver"),
 ];
 
 /// Structural checks of an OpenAPI 3 document: version and info, operations with responses, every path

@@ -7,6 +7,7 @@ use actix_web::{HttpResponse, web};
 use super::{CsrfForm, DashError, Signed, page};
 use crate::app::AppState;
 use crate::services::connect::{self, ConnectError};
+use crate::services::events_log::{self, EventsError};
 use crate::services::refresh::{self, Need, RefreshError};
 
 fn back(to: &str, done: &str) -> HttpResponse {
@@ -64,8 +65,13 @@ pub async fn redeliver_event(
     form: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, DashError> {
     signed.check_write(&form.csrf)?;
-    let _ = (&state, path.into_inner());
-    Err(DashError::Forbidden(
-        "Redelivering from the dashboard is not available in this build.",
-    ))
+    let id = path.into_inner();
+    match events_log::redeliver(&state.db, &id).await {
+        Ok(_) => {
+            tracing::info!(operator_id = signed.operator.id, event_id = %id, "redeliver from the dashboard");
+            Ok(back("/dashboard/events", "redelivered"))
+        }
+        Err(EventsError::NotFound(_)) => Err(DashError::NotFound),
+        Err(e) => Err(DashError::Internal(e.to_string())),
+    }
 }
