@@ -84,6 +84,10 @@ impl Application {
             amo,
             shutdown: shutdown_rx,
         });
+        if state.settings.run_workers {
+            // orders (issue 6)
+            crate::workers::push::spawn(state.clone());
+        }
         let server = build_server(listener, state.clone())?;
         Ok(Self {
             port,

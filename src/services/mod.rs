@@ -6,6 +6,8 @@ pub mod keys;
 // connect and refresh (issues 4, 5)
 
 // orders (issue 6)
+pub mod order_push;
+pub mod orders;
 
 // events (issue 7)
 

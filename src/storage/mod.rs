@@ -14,6 +14,7 @@ pub mod subscriptions;
 // connect and refresh (issues 4, 5)
 
 // orders (issue 6)
+pub mod orders;
 
 // events (issue 7)
 

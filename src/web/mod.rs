@@ -36,6 +36,7 @@ fn api_v1(cfg: &mut web::ServiceConfig) {
     // --- connect sessions, connections, pipeline (issues 4, 5) ---
 
     // --- orders (issue 6) ---
+    cfg.configure(api::orders::routes);
 
     // --- webhooks subscriptions, deliveries, events (issue 7) ---
 

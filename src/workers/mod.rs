@@ -3,6 +3,7 @@
 // connect and refresh (issues 4, 5)
 
 // orders (issue 6)
+pub mod push;
 
 // events (issue 7)
 

@@ -2,3 +2,4 @@
 //! counts the key's hourly budget before any handler runs.
 
 pub mod guard;
+pub mod orders;
