@@ -9,6 +9,7 @@ mod helpers;
 // connect and refresh (issues 4, 5)
 
 // orders (issue 6)
+mod orders;
 
 // events (issue 7)
 
