@@ -17,12 +17,15 @@ use crate::models::{
 
 /// Most leads amoCRM accepts in one `leads/complex` call.
 pub const MAX_COMPLEX_LEADS: usize = 50;
+/// Most leads amoCRM accepts in one `PATCH /api/v4/leads` (it recommends 50).
+pub const MAX_PATCH_LEADS: usize = 250;
 /// Largest response body read (amoCRM pages hold at most 250 objects).
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 /// Safety stop for paged reads.
 const MAX_PAGES: u32 = 200;
 
 /// Calls for one account with one access token; borrow it from [`AmoClient::api`].
+#[derive(Clone, Copy)]
 pub struct AccountApi<'a> {
     client: &'a AmoClient,
     host: &'a AccountHost,
@@ -240,6 +243,12 @@ impl<'a> AccountApi<'a> {
     pub async fn update_leads(&self, updates: &[LeadUpdate]) -> Result<Vec<UpdatedLead>, ApiError> {
         if updates.is_empty() {
             return Ok(Vec::new());
+        }
+        if updates.len() > MAX_PATCH_LEADS {
+            return Err(ApiError::Request(format!(
+                "PATCH leads takes at most {MAX_PATCH_LEADS} leads, got {}",
+                updates.len()
+            )));
         }
         let body = serde_json::to_value(updates).map_err(|e| ApiError::Request(e.to_string()))?;
         let Some(resp) = self

@@ -76,6 +76,17 @@ impl AmoClient {
     }
 }
 
+/// The futures the service spawns must be `Send` (checked at compile time).
+#[expect(dead_code, reason = "compile-time check, never called")]
+fn futures_are_send(client: &AmoClient, host: &AccountHost, token: &SecretString) {
+    fn is_send<T: Send>(_: T) {}
+    is_send(client.exchange_code(host, "code"));
+    is_send(client.refresh(host, token));
+    is_send(client.api(host, token).account());
+    is_send(client.api(host, token).leads_complex(&[]));
+    is_send(client.limiter().acquire(host));
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

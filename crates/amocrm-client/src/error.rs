@@ -25,7 +25,8 @@ pub enum ApiError {
     #[error("amoCRM temporarily unavailable ({})", .status.map_or_else(|| reason.clone(), |s| format!("HTTP {s}")))]
     Transient { status: Option<u16>, reason: String },
     /// A timeout or a dropped connection after the request may have reached amoCRM: a create may have happened.
-    /// Look the object up before sending the create again.
+    /// Look the object up before sending the create again. For reads and idempotent moves it is simply a
+    /// failure worth retrying with backoff.
     #[error("amoCRM request outcome unknown: {0}")]
     Ambiguous(String),
     /// 400/403/422 and other 4xx: amoCRM refused the request; resending it unchanged will fail again.

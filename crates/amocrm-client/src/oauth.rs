@@ -5,7 +5,7 @@
 //! (`{hint,title,type,status,detail}`), so the raw HTTP status and body are captured by our own HTTP adapter and
 //! classified here. Redirects are never followed (the client secret must not travel to another host).
 
-use std::sync::Mutex as StdMutex;
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -161,34 +161,42 @@ impl AmoClient {
             .set_redirect_uri(RedirectUrl::from_url(cfg.redirect_uri.clone()))
             .set_auth_type(AuthType::RequestBody);
 
-        let captured: Captured = StdMutex::new(None);
-        let http = self.http();
-        let captured_ref = &captured;
-        let send = move |req: oauth2::HttpRequest| async move {
-            let req: reqwest::Request = req
-                .try_into()
-                .map_err(|e: reqwest::Error| TransportError(transport_reason(&e)))?;
-            let resp = http
-                .execute(req)
-                .await
-                .map_err(|e| TransportError(transport_reason(&e)))?;
-            let status = resp.status();
-            let headers = resp.headers().clone();
-            let body = resp
-                .bytes()
-                .await
-                .map_err(|e| TransportError(transport_reason(&e)))?
-                .to_vec();
-            if let Ok(mut slot) = captured_ref.lock() {
-                *slot = Some((status.as_u16(), headers.clone(), body.clone()));
+        // Owned captures (no borrowed state) keep the token future `Send` for any lifetime, so callers can
+        // spawn refreshes on a multi-threaded runtime.
+        let captured: Arc<Captured> = Arc::new(StdMutex::new(None));
+        let send = {
+            let http = self.http().clone();
+            let captured = captured.clone();
+            move |req: oauth2::HttpRequest| {
+                let http = http.clone();
+                let captured = captured.clone();
+                async move {
+                    let req: reqwest::Request = req
+                        .try_into()
+                        .map_err(|e: reqwest::Error| TransportError(transport_reason(&e)))?;
+                    let resp = http
+                        .execute(req)
+                        .await
+                        .map_err(|e| TransportError(transport_reason(&e)))?;
+                    let status = resp.status();
+                    let headers = resp.headers().clone();
+                    let body = resp
+                        .bytes()
+                        .await
+                        .map_err(|e| TransportError(transport_reason(&e)))?
+                        .to_vec();
+                    if let Ok(mut slot) = captured.lock() {
+                        *slot = Some((status.as_u16(), headers.clone(), body.clone()));
+                    }
+                    let mut builder = http::Response::builder().status(status);
+                    for (name, value) in &headers {
+                        builder = builder.header(name, value);
+                    }
+                    builder
+                        .body(body)
+                        .map_err(|e| TransportError(format!("bad response: {e}")))
+                }
             }
-            let mut builder = http::Response::builder().status(status);
-            for (name, value) in &headers {
-                builder = builder.header(name, value);
-            }
-            builder
-                .body(body)
-                .map_err(|e| TransportError(format!("bad response: {e}")))
         };
 
         self.limiter().acquire(host).await;
