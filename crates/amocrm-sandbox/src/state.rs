@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 
 use crate::config::{Faults, Integration, WebhookFormat};
 use crate::model::{
-    Company, Contact, Counters, CustomField, Delivery, Lead, LoggedRequest, Pipeline, Status,
-    Webhook,
+    Company, Contact, Counters, CustomField, Delivery, FieldEnum, Lead, LoggedRequest, Pipeline,
+    Status, Webhook,
 };
 
 /// Colours amoCRM accepts for non-system statuses (amocrm-api.md §5).
@@ -274,6 +274,20 @@ impl State {
             ("POSITION", "Должность", 2),
         ] {
             let fid = next(&mut ids.field);
+            let kinds: &[&str] = match code {
+                "PHONE" => &["WORK", "WORKDD", "MOB", "FAX", "HOME", "OTHER"],
+                "EMAIL" => &["WORK", "PRIV", "OTHER"],
+                _ => &[],
+            };
+            let enums = kinds
+                .iter()
+                .enumerate()
+                .map(|(i, k)| FieldEnum {
+                    id: next(&mut ids.enum_),
+                    value: (*k).to_owned(),
+                    sort: 2 * (i as i64 + 1),
+                })
+                .collect();
             account.contact_fields.insert(
                 fid,
                 CustomField {
@@ -288,7 +302,7 @@ impl State {
                     code: Some(code.to_owned()),
                     sort,
                     is_api_only: false,
-                    enums: Vec::new(),
+                    enums,
                     entity_type: "contacts".to_owned(),
                 },
             );
@@ -474,5 +488,54 @@ impl Account {
 
     pub fn self_url(&self) -> String {
         format!("https://{}", self.host)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account() -> Account {
+        let mut st = State::new(7, WebhookFormat::Full, 100, None);
+        st.ensure_account("a.amocrm.ru").expect("host");
+        st.accounts.remove("a.amocrm.ru").expect("account")
+    }
+
+    #[test]
+    fn the_window_admits_seven_per_sliding_second_and_refusals_cost_nothing() {
+        let mut a = account();
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        for i in 0..7 {
+            assert_eq!(a.admit(7, ms(i * 100)), Ok(()), "request {i}");
+        }
+        // 8th at 999 ms: the first slot frees at 1000 ms.
+        assert_eq!(a.admit(7, ms(999)), Err(1));
+        assert_eq!(
+            a.admit(7, ms(999)),
+            Err(1),
+            "a refusal does not take a slot"
+        );
+        assert_eq!(a.admit(7, ms(1000)), Ok(()));
+        assert_eq!(a.admit(7, ms(1050)), Err(1));
+        assert_eq!(a.admit(7, ms(1100)), Ok(()));
+        // Exactly at the ceiling forever: one request every 1/7 s is always admitted.
+        let mut b = account();
+        for i in 0..70u64 {
+            assert_eq!(
+                b.admit(7, t0 + Duration::from_micros(i * 142_858)),
+                Ok(()),
+                "paced request {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_zero_limit_disables_the_window() {
+        let mut a = account();
+        let t0 = Instant::now();
+        for _ in 0..100 {
+            assert_eq!(a.admit(0, t0), Ok(()));
+        }
     }
 }

@@ -1,0 +1,268 @@
+//! Test harness: a sandbox on port 0 with one integration, an HTTP client, the OAuth dance, a tiny
+//! webhook receiver, and the webhook body parser the connector uses (serde_qs).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use amocrm_sandbox::{Integration, Sandbox, SandboxConfig, SandboxHandle, TokenPair};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const CLIENT_ID: &str = "3f1c2a4e-0000-4000-8000-000000000001";
+pub const SECRET: &str = "test-client-secret";
+pub const REDIRECT: &str = "http://127.0.0.1:8080/oauth/amocrm/callback";
+pub const HOST: &str = "sellerone.amocrm.ru";
+
+pub async fn start() -> SandboxHandle {
+    start_with(|_| {}).await
+}
+
+pub async fn start_with(tweak: impl FnOnce(&mut SandboxConfig)) -> SandboxHandle {
+    let mut cfg = SandboxConfig {
+        integrations: vec![Integration::new(CLIENT_ID, SECRET, REDIRECT)],
+        ..SandboxConfig::default()
+    };
+    tweak(&mut cfg);
+    Sandbox::start(cfg).await.expect("sandbox starts")
+}
+
+/// A client that does not follow redirects (we inspect them).
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+pub fn authorize_query(state: &str) -> String {
+    format!("client_id={CLIENT_ID}&state={state}&mode=post_message")
+}
+
+/// Query parameters of a URL.
+pub fn query_of(url: &str) -> HashMap<String, String> {
+    let q = url.split_once('?').map(|(_, q)| q).unwrap_or("");
+    serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+        .expect("query")
+        .into_iter()
+        .collect()
+}
+
+/// Consent (scripted) and the code exchange over HTTP: a fresh token pair for `host`.
+pub async fn connect(sb: &SandboxHandle, host: &str) -> TokenPair {
+    let redirect = sb.approve(&authorize_query("st"), host).expect("approve");
+    let code = query_of(&redirect)["code"].clone();
+    let resp = exchange_code(sb, host, &code).await;
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.expect("json");
+    TokenPair {
+        token_type: v["token_type"].as_str().unwrap_or_default().to_owned(),
+        expires_in: v["expires_in"].as_i64().unwrap_or_default(),
+        access_token: v["access_token"].as_str().unwrap_or_default().to_owned(),
+        refresh_token: v["refresh_token"].as_str().unwrap_or_default().to_owned(),
+        server_time: v["server_time"].as_i64().unwrap_or_default(),
+        account_id: sb.account_id(host).unwrap_or_default(),
+    }
+}
+
+pub async fn exchange_code(sb: &SandboxHandle, host: &str, code: &str) -> reqwest::Response {
+    http()
+        .post(format!("{}/oauth2/access_token", sb.account_url(host)))
+        .json(&json!({
+            "client_id": CLIENT_ID,
+            "client_secret": SECRET,
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": REDIRECT,
+        }))
+        .send()
+        .await
+        .expect("token request")
+}
+
+pub async fn refresh(sb: &SandboxHandle, host: &str, refresh_token: &str) -> reqwest::Response {
+    http()
+        .post(format!("{}/oauth2/access_token", sb.account_url(host)))
+        .form(&[
+            ("client_id", CLIENT_ID),
+            ("client_secret", SECRET),
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+            ("redirect_uri", REDIRECT),
+        ])
+        .send()
+        .await
+        .expect("token request")
+}
+
+/// A request to the account's API with a bearer token.
+pub fn api(
+    sb: &SandboxHandle,
+    host: &str,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+) -> reqwest::RequestBuilder {
+    http()
+        .request(method, format!("{}/api/v4/{path}", sb.account_url(host)))
+        .bearer_auth(token)
+}
+
+pub async fn get(sb: &SandboxHandle, token: &str, path: &str) -> reqwest::Response {
+    api(sb, HOST, reqwest::Method::GET, path, token)
+        .send()
+        .await
+        .expect("request")
+}
+
+pub async fn send_json(
+    sb: &SandboxHandle,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Value,
+) -> reqwest::Response {
+    api(sb, HOST, method, path, token)
+        .json(&body)
+        .send()
+        .await
+        .expect("request")
+}
+
+pub async fn json_of(resp: reqwest::Response) -> Value {
+    resp.json().await.expect("json body")
+}
+
+/// One request a receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub request_line: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: String,
+}
+
+/// A tiny HTTP receiver on port 0 that answers every request with `status`.
+pub struct Receiver {
+    pub url: String,
+    pub got: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    pub async fn start(status: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = got.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let sink = sink.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    let (head_end, length) = loop {
+                        let Ok(n) = sock.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..pos]).to_string();
+                            let len = head
+                                .lines()
+                                .find_map(|l| {
+                                    let (k, v) = l.split_once(':')?;
+                                    k.eq_ignore_ascii_case("content-length")
+                                        .then(|| v.trim().parse::<usize>().ok())?
+                                })
+                                .unwrap_or(0);
+                            break (pos + 4, len);
+                        }
+                    };
+                    while buf.len() < head_end + length {
+                        let Ok(n) = sock.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            break;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    let head = String::from_utf8_lossy(&buf[..head_end - 4]).to_string();
+                    let mut lines = head.lines();
+                    let request_line = lines.next().unwrap_or_default().to_owned();
+                    let headers = lines
+                        .filter_map(|l| l.split_once(':'))
+                        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                        .collect();
+                    let body = String::from_utf8_lossy(&buf[head_end..]).to_string();
+                    sink.lock().expect("lock").push(Received {
+                        request_line,
+                        headers,
+                        body,
+                    });
+                    let reply = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                    let _ = sock.write_all(reply.as_bytes()).await;
+                    let _ = sock.shutdown().await;
+                });
+            }
+        });
+        Self { url, got }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.got.lock().expect("lock").clone()
+    }
+}
+
+/// A webhook body parsed the way the connector parses it.
+#[derive(Debug, Deserialize)]
+pub struct Hook {
+    pub leads: Option<BTreeMap<String, Vec<HookLead>>>,
+    pub contacts: Option<BTreeMap<String, Vec<BTreeMap<String, Value>>>>,
+    pub account: HookAccount,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HookLead {
+    pub id: String,
+    pub name: Option<String>,
+    pub status_id: Option<String>,
+    pub old_status_id: Option<String>,
+    pub pipeline_id: Option<String>,
+    pub old_pipeline_id: Option<String>,
+    pub price: Option<String>,
+    pub account_id: Option<String>,
+    pub last_modified: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub custom_fields: Option<Vec<HookField>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HookField {
+    pub id: String,
+    pub name: String,
+    pub values: Vec<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HookAccount {
+    pub id: String,
+    pub subdomain: String,
+    #[serde(rename = "_links")]
+    pub links: Option<BTreeMap<String, String>>,
+}
+
+pub fn parse_hook(body: &str) -> Hook {
+    serde_qs::Config::new()
+        .max_depth(10)
+        .use_form_encoding(true)
+        .deserialize_str(body)
+        .expect("webhook body parses as amoCRM's bracket form")
+}
