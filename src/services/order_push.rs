@@ -510,8 +510,9 @@ async fn reschedule(
     Ok(())
 }
 
-/// Pipeline, stage or custom-field errors on every rejected item mean our provisioning was deleted in amoCRM.
-fn points_at_provisioning(err: &ApiError) -> bool {
+/// Errors that name only our pipeline, stage or custom-field ids (not a value) on every rejected item mean
+/// the seller's provisioning was deleted in amoCRM: nothing is wrong with the orders themselves.
+pub fn points_at_provisioning(err: &ApiError) -> bool {
     let ApiError::Rejected { validation, .. } = err else {
         return false;
     };
@@ -521,7 +522,9 @@ fn points_at_provisioning(err: &ApiError) -> bool {
         .collect();
     !paths.is_empty()
         && paths.iter().all(|p| {
-            *p == "pipeline_id" || *p == "status_id" || p.starts_with("custom_fields_values")
+            *p == "pipeline_id"
+                || *p == "status_id"
+                || (p.starts_with("custom_fields_values.") && p.ends_with(".field_id"))
         })
 }
 
@@ -548,12 +551,10 @@ fn rejection_reason(err: &ApiError, request_id: &str) -> String {
 
 /// Handles a non-success answer that is not order-specific. Returns `None` if the caller must decide.
 async fn common_failure(
-    state: &AppState,
-    cfg: &PushConfig,
+    (state, cfg, owner): (&AppState, &PushConfig, &str),
     err: &ApiError,
     ids: Vec<String>,
     max_attempts: i32,
-    owner: &str,
     report: &mut StepReport,
     may_have_written: bool,
 ) -> Result<Option<Outcome>, StorageError> {
@@ -667,12 +668,10 @@ async fn push_batch(
         }
         Err(err) => {
             if let Some(out) = common_failure(
-                state,
-                cfg,
+                (state, cfg, owner),
                 &err,
                 ids_of(&sendable),
                 max_attempts,
-                owner,
                 report,
                 false,
             )
@@ -862,12 +861,10 @@ async fn lookup_batch(
             pending.clear();
             let max_attempts = o.row.sync_attempts.max(1);
             outcome = match common_failure(
-                state,
-                cfg,
+                (state, cfg, owner),
                 &err,
                 ids.clone(),
                 max_attempts,
-                owner,
                 report,
                 true,
             )

@@ -751,6 +751,17 @@ pub fn backlog(conn: &mut AnyConnection) -> Result<(i64, i64), StorageError> {
 // ---------------------------------------------------------------------------------------------------------
 // Push worker: stage moves
 
+/// (move id, order id, target status, next attempt, lease until, lead id, attempts)
+type MoveCandidate = (
+    i64,
+    String,
+    String,
+    NaiveDateTime,
+    Option<NaiveDateTime>,
+    i64,
+    i32,
+);
+
 /// Claims up to `limit` due moves of one seller, at most one per order and only each order's oldest pending
 /// move, so moves of one order are applied in the order they were asked for.
 pub fn claim_moves(
@@ -763,15 +774,7 @@ pub fn claim_moves(
 ) -> Result<Vec<ClaimedMove>, StorageError> {
     conn.transaction(|conn| {
         // Oldest pending move per order (of orders that have a lead), then keep the due, unleased ones.
-        let candidates: Vec<(
-            i64,
-            String,
-            String,
-            NaiveDateTime,
-            Option<NaiveDateTime>,
-            i64,
-            i32,
-        )> = m::table
+        let candidates: Vec<MoveCandidate> = m::table
             .inner_join(o::table)
             .filter(o::seller_id.eq(seller_id))
             .filter(o::lead_id.is_not_null())
