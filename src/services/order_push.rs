@@ -147,11 +147,12 @@ pub async fn step(state: &AppState) -> Result<StepReport, PushError> {
 
     let now = crate::storage::now();
     let limit = i64::try_from(cfg.accounts_per_step).unwrap_or(64);
+    let owner = state.settings.instance_id.clone();
+    let o = owner.clone();
     let due = state
         .db
-        .run(move |c| store::due_accounts(c, now, limit))
+        .run(move |c| store::due_accounts(c, &o, now, limit))
         .await?;
-    let owner = state.settings.instance_id.clone();
     let mut claimed = Vec::new();
     for acct in due {
         let (o, id) = (owner.clone(), acct.connection_id);
@@ -228,14 +229,15 @@ async fn turn(
     };
     let owner = state.settings.instance_id.clone();
     let result = turn_inner(state, cfg, acct, &owner, &mut report).await;
-    let not_before = match &result {
-        Ok(Some(t)) => *t,
-        _ => crate::storage::now(),
+    let (not_before, rest) = match &result {
+        Ok(Some(t)) => (*t, true),
+        _ if report.calls > 0 => (at(state.amo.limiter().window()), false),
+        _ => (crate::storage::now(), false),
     };
     let (o, id) = (owner.clone(), acct.connection_id);
     state
         .db
-        .run(move |c| store::release_account(c, id, &o, not_before))
+        .run(move |c| store::release_account(c, id, &o, not_before, rest))
         .await?;
     result.map(|_| report)
 }

@@ -316,10 +316,11 @@ pub struct DueAccount {
     pub seller_id: String,
 }
 
-/// Active connections with due orders or due moves whose push lease is free, least recently served first
-/// (the release time is kept in `push_lease_until`), so accounts take turns.
+/// Active connections with due orders or due moves whose push lease is free (or was last ours), least
+/// recently served first (the release time is kept in `push_lease_until`), so accounts take turns.
 pub fn due_accounts(
     conn: &mut AnyConnection,
+    owner: &str,
     now: NaiveDateTime,
     limit: i64,
 ) -> Result<Vec<DueAccount>, StorageError> {
@@ -342,7 +343,8 @@ pub fn due_accounts(
         .filter(
             c::push_lease_until
                 .is_null()
-                .or(c::push_lease_until.lt(now)),
+                .or(c::push_lease_until.lt(now))
+                .or(c::push_lease_owner.eq(owner)),
         )
         .filter(
             c::seller_id
@@ -366,7 +368,9 @@ pub fn due_accounts(
         .collect())
 }
 
-/// Claims an account for pushing; false when another worker holds it (or it is resting after a 429).
+/// Claims an account for pushing; false when another worker holds it, when it is resting after a 429, or
+/// while the rate-limit window of another instance's last calls to it is still open. The instance that
+/// served it last may take it again at once: its own limiter remembers those calls.
 pub fn claim_account(
     conn: &mut AnyConnection,
     connection_id: i64,
@@ -381,7 +385,8 @@ pub fn claim_account(
             .filter(
                 c::push_lease_until
                     .is_null()
-                    .or(c::push_lease_until.lt(now)),
+                    .or(c::push_lease_until.lt(now))
+                    .or(c::push_lease_owner.eq(owner)),
             ),
     )
     .set((
@@ -409,13 +414,16 @@ pub fn extend_account(
     Ok(n == 1)
 }
 
-/// Releases our account lease. `not_before` keeps the account unclaimed until then (amoCRM's
-/// `retry_after`); otherwise it is now, which also records when the account was last served.
+/// Releases our account lease; `push_lease_until` then records when the account was last served (the
+/// round-robin order). `rest` (after a 429) keeps every instance, us included, away until `not_before`;
+/// otherwise we stay the owner, so only other instances wait until `not_before` (the end of the rate-limit
+/// window of our last calls, which their limiters cannot see).
 pub fn release_account(
     conn: &mut AnyConnection,
     connection_id: i64,
     owner: &str,
     not_before: NaiveDateTime,
+    rest: bool,
 ) -> Result<(), StorageError> {
     diesel::update(
         c::table
@@ -423,7 +431,7 @@ pub fn release_account(
             .filter(c::push_lease_owner.eq(owner)),
     )
     .set((
-        c::push_lease_owner.eq(None::<String>),
+        c::push_lease_owner.eq((!rest).then_some(owner)),
         c::push_lease_until.eq(Some(not_before)),
     ))
     .execute(conn)?;

@@ -880,3 +880,62 @@ async fn a_busy_seller_does_not_starve_the_others() {
     assert_eq!(app.sandbox.leads(&busy.host).len(), 1000);
     assert_eq!(app.sandbox.counters(&busy.host).rate_limited, 0);
 }
+
+#[tokio::test]
+async fn two_instances_pushing_one_queue_make_exactly_one_lead_per_order_and_no_429() {
+    let app = spawn_app().await;
+    let one = connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    let two = connect_seller(&app, "seller-2", "sellertwo.amocrm.ru").await;
+    post_orders(&app, "seller-1", &numbers("X", 1000)).await;
+    post_orders(&app, "seller-2", &numbers("Y", 200)).await;
+
+    // A second service instance on the same database and the same amoCRM.
+    let mut env = app.env.clone();
+    env.insert("LISTEN_ADDR".into(), "127.0.0.1:0".into());
+    env.insert("INSTANCE_ID".into(), "second-instance".into());
+    let settings = amocrm_connector::config::Settings::from_env(&env).unwrap();
+    let other = amocrm_connector::app::Application::build(settings)
+        .await
+        .unwrap();
+
+    // The first instance serves one turn (14 calls, 700 of seller-1's orders) and then stops.
+    let first = push::run_once(&app.state).await.unwrap();
+    assert_eq!(first.accounts, 2);
+    assert!(first.pushed < 1200);
+    // The second takes over what is left; it waits for the first one's rate-limit window to close
+    // (its own limiter never saw those calls), so amoCRM sees no burst above 7 per second.
+    let (second, drained) = push::drain(&other.state, 2_000).await.unwrap();
+    assert!(drained);
+    assert_eq!(first.pushed + second.pushed, 1200, "{first:?} {second:?}");
+
+    // Both at once on new orders: still exactly one lead per order.
+    post_orders(&app, "seller-1", &numbers("Z", 300)).await;
+    post_orders(&app, "seller-2", &numbers("W", 300)).await;
+    let (a, b) = tokio::join!(
+        push::drain(&app.state, 2_000),
+        push::drain(&other.state, 2_000)
+    );
+    let (a, b) = (a.unwrap().0, b.unwrap().0);
+    assert_eq!(a.pushed + b.pushed, 600, "{a:?} {b:?}");
+
+    assert_eq!(leads_by_number(&app, &one).len(), 1300);
+    assert_eq!(leads_by_number(&app, &two).len(), 500);
+    assert_eq!(app.sandbox.counters(&one.host).complex_calls, 26);
+    let log: Vec<String> = app
+        .sandbox
+        .request_log()
+        .iter()
+        .filter(|r| r.host.as_deref() == Some(one.host.as_str()))
+        .map(|r| {
+            format!(
+                "{} {} {} {}",
+                r.at.format("%H:%M:%S%.3f"),
+                r.method,
+                r.path,
+                r.status
+            )
+        })
+        .collect();
+    assert_eq!(app.sandbox.counters(&one.host).rate_limited, 0, "{log:#?}");
+    assert_eq!(app.sandbox.counters(&two.host).rate_limited, 0);
+}
