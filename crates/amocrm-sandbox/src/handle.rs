@@ -108,6 +108,15 @@ impl Shared {
             .unwrap_or_default()
     }
 
+    pub fn total_counters(&self) -> Counters {
+        let st = self.lock();
+        let mut total = Counters::default();
+        for a in st.accounts.values() {
+            total.add(&a.counters);
+        }
+        total
+    }
+
     pub fn with_account<T>(
         &self,
         host: &str,
@@ -327,6 +336,41 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// An install from amoCRM's widget catalogue: a code is sent to the redirect URI with
+    /// `from_widget=1` and no `state` (server to server, not through the user's browser).
+    pub fn widget_install(&self, client_id: &str, host: &str) -> anyhow::Result<String> {
+        let host = norm(host);
+        let url = {
+            let mut st = self.lock();
+            let redirect = st
+                .integrations
+                .get(client_id)
+                .map(|i| i.redirect_uri.clone())
+                .with_context(|| format!("unknown client_id {client_id:?}"))?;
+            st.ensure_account(&host)
+                .with_context(|| format!("invalid account host {host:?}"))?;
+            let code = oauth::mint_code(&mut st, client_id, &host);
+            let query = serde_urlencoded::to_string([
+                ("code", code.as_str()),
+                ("referer", host.as_str()),
+                ("client_id", client_id),
+                ("from_widget", "1"),
+            ])?;
+            let sep = if redirect.contains('?') { '&' } else { '?' };
+            format!("{redirect}{sep}{query}")
+        };
+        self.outbound.send(vec![Job {
+            kind: DeliveryKind::WidgetInstall,
+            host,
+            webhook_id: None,
+            url: url.clone(),
+            body: None,
+        }]);
+        Ok(url)
+    }
+}
+
 /// Removes a lead and unlinks it; returns the `delete_lead` event.
 fn remove_lead(acc: &mut crate::state::Account, lead_id: u64) -> Option<Vec<Event>> {
     let lead = acc.leads.remove(&lead_id)?;
@@ -429,13 +473,19 @@ impl SandboxHandle {
         format!("{}/oauth", self.shared.base_url)
     }
 
-    /// Creates the account (or finds it) and returns its id. Panics only on a host that cannot be a
-    /// host at all (empty, or with characters other than letters, digits, `.`, `-`, `:`).
+    /// Creates the account (or finds it) and returns its id. Panics only on a string that cannot be a
+    /// host at all (empty, or with characters other than letters, digits, `.`, `-`, `:`); use
+    /// `try_add_account` for untrusted input.
     pub fn add_account(&self, host: &str) -> u64 {
         match self.shared.add_account(host) {
             Ok(id) => id,
             Err(e) => panic!("{e}"),
         }
+    }
+
+    /// Creates the account (or finds it) and returns its id; an error for a string that cannot be a host.
+    pub fn try_add_account(&self, host: &str) -> anyhow::Result<u64> {
+        self.shared.add_account(host)
     }
 
     /// All accounts.
@@ -477,6 +527,12 @@ impl SandboxHandle {
             .decide(&AuthorizeParams::parse(authorize), host, false)
     }
 
+    /// An install from amoCRM's widget catalogue: sends `GET {redirect_uri}?code=…&referer=…&client_id=…&from_widget=1`
+    /// (no `state`) to the integration and returns that URL.
+    pub fn widget_install(&self, client_id: &str, host: &str) -> anyhow::Result<String> {
+        self.shared.widget_install(client_id, host)
+    }
+
     /// Mints a grant and a token pair without consent (benchmarks, fixtures).
     pub fn issue_tokens(&self, client_id: &str, host: &str) -> TokenPair {
         self.shared.issue_tokens(client_id, host)
@@ -516,6 +572,11 @@ impl SandboxHandle {
 
     pub fn counters(&self, host: &str) -> Counters {
         self.shared.counters(host)
+    }
+
+    /// The counters summed over every account (benchmarks over many accounts).
+    pub fn total_counters(&self) -> Counters {
+        self.shared.total_counters()
     }
 
     pub fn leads(&self, host: &str) -> Vec<Lead> {
@@ -638,5 +699,37 @@ impl Drop for SandboxHandle {
             // The stop command is sent when `stop` is called; the returned future only awaits it.
             drop(server.stop(false));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_handle_can_be_shared_across_threads_and_tasks() {
+        fn send_sync<T: Send + Sync + 'static>() {}
+        send_sync::<SandboxHandle>();
+    }
+
+    #[actix_web::test]
+    async fn it_runs_under_the_actix_runtime_too() -> anyhow::Result<()> {
+        let sb = Sandbox::start(SandboxConfig::default()).await?;
+        let resp = reqwest::get(format!("{}/_sandbox/accounts", sb.base_url())).await?;
+        assert_eq!(resp.status(), 200);
+        sb.stop().await;
+        Ok(())
+    }
+
+    #[test]
+    fn it_starts_from_a_plain_thread_with_a_throwaway_runtime() -> anyhow::Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let sb = rt.block_on(Sandbox::start(SandboxConfig::default()))?;
+        let id = sb.add_account("extra.amocrm.ru");
+        assert_eq!(sb.account_id("extra.amocrm.ru"), Some(id));
+        drop(sb);
+        Ok(())
     }
 }

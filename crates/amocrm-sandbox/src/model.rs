@@ -192,7 +192,7 @@ pub struct TokenPair {
     pub account_id: u64,
 }
 
-/// Per-account counters.
+/// Per-account counters (or their sum over all accounts).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     /// Every request addressed to the account, including refused ones.
@@ -221,6 +221,24 @@ pub struct Counters {
     pub leads_created: u64,
 }
 
+impl Counters {
+    /// Adds another account's counters to these.
+    pub fn add(&mut self, o: &Counters) {
+        self.requests += o.requests;
+        self.admitted += o.admitted;
+        self.code_exchanges += o.code_exchanges;
+        self.rejected_code_exchanges += o.rejected_code_exchanges;
+        self.refreshes += o.refreshes;
+        self.rejected_refreshes += o.rejected_refreshes;
+        self.rate_limited += o.rate_limited;
+        self.injected_failures += o.injected_failures;
+        self.dropped += o.dropped;
+        self.unauthorized += o.unauthorized;
+        self.complex_calls += o.complex_calls;
+        self.leads_created += o.leads_created;
+    }
+}
+
 /// One request the sandbox received (admin routes under `/_sandbox` are not logged).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoggedRequest {
@@ -246,6 +264,9 @@ pub struct LoggedRequest {
 pub enum DeliveryKind {
     Webhook,
     Uninstall,
+    /// The code sent to the redirect URI when the integration is installed from amoCRM's widget
+    /// catalogue (`from_widget=1`, no `state`).
+    WidgetInstall,
 }
 
 /// One outgoing request (webhook or uninstall hook) and its outcome.

@@ -84,19 +84,7 @@ pub fn decide(
     if allow {
         st.ensure_account(&host_norm)
             .ok_or_else(|| ConsentError::BadHost(host.to_owned()))?;
-        let install_id = st.ensure_install(&integration.client_id, &host_norm);
-        let code = tokens::opaque();
-        let issued_at = st.now(&host_norm);
-        st.codes.insert(
-            code.clone(),
-            AuthCode {
-                client_id: integration.client_id.clone(),
-                host: host_norm.clone(),
-                install_id,
-                issued_at,
-                used: false,
-            },
-        );
+        let code = mint_code(st, &integration.client_id, &host_norm);
         query.push(("code", code));
         if let Some(s) = &params.state {
             query.push(("state", s.clone()));
@@ -117,6 +105,24 @@ pub fn decide(
     };
     let qs = serde_urlencoded::to_string(&query).unwrap_or_default();
     Ok(format!("{}{sep}{qs}", integration.redirect_uri))
+}
+
+/// Issues an authorization code for `client_id` in the (existing) account `host`.
+pub fn mint_code(st: &mut State, client_id: &str, host: &str) -> String {
+    let install_id = st.ensure_install(client_id, host);
+    let code = tokens::opaque();
+    let issued_at = st.now(host);
+    st.codes.insert(
+        code.clone(),
+        AuthCode {
+            client_id: client_id.to_owned(),
+            host: host.to_owned(),
+            install_id,
+            issued_at,
+            used: false,
+        },
+    );
+    code
 }
 
 /// A token-endpoint refusal: HTTP status and amoCRM's `hint`.

@@ -91,7 +91,7 @@ pub fn jobs_for(st: &State, host: &str, events: &[Event]) -> Vec<Job> {
             continue;
         }
         let body = match format {
-            WebhookFormat::Full => full_body(acc, &mine, st.now(host)),
+            WebhookFormat::Full => full_body(acc, &mine),
             WebhookFormat::DigitalPipeline => dp_body(acc, &mine),
         };
         if body.is_empty() {
@@ -127,7 +127,7 @@ fn grouped<'a>(events: &[&'a Event]) -> Vec<((&'static str, &'static str), Vec<&
     groups
 }
 
-fn full_body(acc: &Account, events: &[&Event], now: i64) -> String {
+fn full_body(acc: &Account, events: &[&Event]) -> String {
     let mut out: Pairs = Vec::new();
     for ((entity, action), list) in grouped(events) {
         let mut index = 0usize;
@@ -200,7 +200,6 @@ fn full_body(acc: &Account, events: &[&Event], now: i64) -> String {
     if out.is_empty() {
         return String::new();
     }
-    let _ = now;
     out.push(("account[subdomain]".to_owned(), acc.subdomain.clone()));
     out.push(("account[id]".to_owned(), acc.id.to_string()));
     out.push(("account[_links][self]".to_owned(), acc.self_url()));
@@ -460,9 +459,13 @@ async fn deliver(state: &Mutex<State>, client: &reqwest::Client, job: Job) {
             .header("Accept", "*/*")
             .header("Connection", "close")
             .body(body.clone()),
-        None => client
-            .get(&job.url)
-            .header("User-Agent", "amoService-oAuth-Code-Sender/1.0"),
+        None => client.get(&job.url).header(
+            "User-Agent",
+            match job.kind {
+                DeliveryKind::WidgetInstall => "amoCRM-oAuth-client/1.0",
+                _ => "amoService-oAuth-Code-Sender/1.0",
+            },
+        ),
     };
     let (status, error) = match request.send().await {
         Ok(resp) => (Some(resp.status().as_u16()), None),

@@ -117,6 +117,11 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 )
                 .route("/accounts/{host}/webhooks", web::get().to(account_webhooks))
                 .route("/accounts/{host}/revoke", web::post().to(grant_revoke))
+                .route(
+                    "/accounts/{host}/widget_install",
+                    web::post().to(widget_install),
+                )
+                .route("/counters", web::get().to(total_counters))
                 .route("/tokens", web::post().to(tokens_issue))
                 .route("/integrations", web::get().to(integrations_list))
                 .route("/integrations", web::post().to(integrations_add))
@@ -699,6 +704,10 @@ async fn account_counters(path: web::Path<String>, sh: Data) -> HttpResponse {
     with_account(&sh, &path, |a| a.counters.clone())
 }
 
+async fn total_counters(sh: Data) -> HttpResponse {
+    HttpResponse::Ok().json(sh.total_counters())
+}
+
 async fn faults_get(path: web::Path<String>, sh: Data) -> HttpResponse {
     with_account(&sh, &path, |a| a.faults.clone())
 }
@@ -843,6 +852,17 @@ async fn grant_revoke(
 ) -> HttpResponse {
     let revoked = sh.revoke_grant(&path, &body.client_id);
     HttpResponse::Ok().json(json!({"revoked": revoked}))
+}
+
+async fn widget_install(
+    path: web::Path<String>,
+    body: web::Json<ClientBody>,
+    sh: Data,
+) -> HttpResponse {
+    match sh.widget_install(&body.client_id, &path) {
+        Ok(url) => HttpResponse::Ok().json(json!({"url": url})),
+        Err(e) => bad_json(e),
+    }
 }
 
 #[derive(Deserialize)]

@@ -133,6 +133,17 @@ pub async fn json_of(resp: reqwest::Response) -> Value {
     resp.json().await.expect("json body")
 }
 
+/// Polls `cond` every 10 ms for up to 5 s (work the sandbox finishes on its own threads).
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
 /// One request a receiver got.
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -253,7 +264,8 @@ pub struct HookField {
 
 #[derive(Debug, Deserialize)]
 pub struct HookAccount {
-    pub id: String,
+    /// Absent in older captures.
+    pub id: Option<String>,
     pub subdomain: String,
     #[serde(rename = "_links")]
     pub links: Option<BTreeMap<String, String>>,

@@ -10,81 +10,101 @@ use crate::common::*;
 
 #[tokio::test]
 async fn the_eighth_request_within_a_second_is_429_with_retry_after() {
-    let sb = start().await;
-    let token = sb.issue_tokens(CLIENT_ID, HOST).access_token;
-    let other = sb
-        .issue_tokens(CLIENT_ID, "sellertwo.amocrm.ru")
-        .access_token;
-    let started = Instant::now();
-    for _ in 0..7 {
-        assert_eq!(get(&sb, &token, "account").await.status(), 200);
+    // The rule is about one real second: on a loaded machine a burst may take longer, so try again.
+    for _attempt in 0..5 {
+        let sb = start().await;
+        let token = sb.issue_tokens(CLIENT_ID, HOST).access_token;
+        let other = sb
+            .issue_tokens(CLIENT_ID, "sellertwo.amocrm.ru")
+            .access_token;
+        let started = Instant::now();
+        let mut statuses = Vec::new();
+        let mut bodies = Vec::new();
+        for _ in 0..8 {
+            let resp = get(&sb, &token, "account").await;
+            statuses.push(resp.status().as_u16());
+            bodies.push((
+                resp.headers()["content-type"].to_str().unwrap().to_owned(),
+                json_of(resp).await,
+            ));
+        }
+        if started.elapsed() >= Duration::from_millis(900) {
+            sb.stop().await;
+            continue;
+        }
+        assert_eq!(statuses, vec![200, 200, 200, 200, 200, 200, 200, 429]);
+        let (content_type, body) = &bodies[7];
+        assert_eq!(content_type, "application/problem+json");
+        assert_eq!(body["title"], "Too Many Requests");
+        assert_eq!(body["type"], "https://httpstatus.es/429");
+        assert_eq!(body["status"], 429);
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("You have sent too many requests")
+        );
+        assert!(body["retry_after"].as_u64().is_some_and(|r| r >= 1));
+        // Another account has its own budget.
+        let resp = api(&sb, "sellertwo.amocrm.ru", Method::GET, "account", &other)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let c = sb.counters(HOST);
+        assert_eq!((c.requests, c.admitted, c.rate_limited), (8, 7, 1));
+        sb.stop().await;
+        return;
     }
-    let eighth = get(&sb, &token, "account").await;
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "the test must run inside one window"
-    );
-    assert_eq!(eighth.status(), 429);
-    assert_eq!(eighth.headers()["content-type"], "application/problem+json");
-    let body = json_of(eighth).await;
-    assert_eq!(body["title"], "Too Many Requests");
-    assert_eq!(body["type"], "https://httpstatus.es/429");
-    assert_eq!(body["status"], 429);
-    assert!(
-        body["detail"]
-            .as_str()
-            .unwrap()
-            .starts_with("You have sent too many requests")
-    );
-    assert!(body["retry_after"].as_u64().is_some_and(|r| r >= 1));
-    // Another account has its own budget.
-    let resp = api(&sb, "sellertwo.amocrm.ru", Method::GET, "account", &other)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let c = sb.counters(HOST);
-    assert_eq!((c.requests, c.admitted, c.rate_limited), (8, 7, 1));
-    sb.stop().await;
+    panic!("the machine never sent 8 requests within one second");
 }
 
 #[tokio::test]
 async fn concurrent_bursts_admit_exactly_the_limit_including_token_requests() {
-    let sb = start().await;
-    let pair = sb.issue_tokens(CLIENT_ID, HOST);
-    let mut tasks = Vec::new();
-    for i in 0..20 {
-        let (url, token, refresh_token) = (
-            sb.account_url(HOST),
-            pair.access_token.clone(),
-            pair.refresh_token.clone(),
+    for _attempt in 0..5 {
+        let sb = start().await;
+        let pair = sb.issue_tokens(CLIENT_ID, HOST);
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let (url, token, refresh_token) = (
+                sb.account_url(HOST),
+                pair.access_token.clone(),
+                pair.refresh_token.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let client = http();
+                let resp = if i == 0 {
+                    client
+                        .post(format!("{url}/oauth2/access_token"))
+                        .json(&json!({"client_id": CLIENT_ID, "client_secret": SECRET, "grant_type": "refresh_token", "refresh_token": refresh_token, "redirect_uri": REDIRECT}))
+                        .send()
+                        .await
+                } else {
+                    client.get(format!("{url}/api/v4/account")).bearer_auth(token).send().await
+                };
+                resp.unwrap().status().as_u16()
+            }));
+        }
+        let mut statuses = Vec::new();
+        for t in tasks {
+            statuses.push(t.await.unwrap());
+        }
+        if started.elapsed() >= Duration::from_millis(900) {
+            sb.stop().await;
+            continue;
+        }
+        assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 13);
+        assert_eq!(statuses.iter().filter(|s| **s != 429).count(), 7);
+        let log = sb.request_log();
+        assert!(
+            log.iter()
+                .any(|r| r.grant_type.as_deref() == Some("refresh_token"))
         );
-        tasks.push(tokio::spawn(async move {
-            let client = http();
-            let resp = if i == 0 {
-                client
-                    .post(format!("{url}/oauth2/access_token"))
-                    .json(&json!({"client_id": CLIENT_ID, "client_secret": SECRET, "grant_type": "refresh_token", "refresh_token": refresh_token, "redirect_uri": REDIRECT}))
-                    .send()
-                    .await
-            } else {
-                client.get(format!("{url}/api/v4/account")).bearer_auth(token).send().await
-            };
-            resp.unwrap().status().as_u16()
-        }));
+        sb.stop().await;
+        return;
     }
-    let mut statuses = Vec::new();
-    for t in tasks {
-        statuses.push(t.await.unwrap());
-    }
-    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 13);
-    assert_eq!(statuses.iter().filter(|s| **s != 429).count(), 7);
-    let log = sb.request_log();
-    assert!(
-        log.iter()
-            .any(|r| r.grant_type.as_deref() == Some("refresh_token"))
-    );
-    sb.stop().await;
+    panic!("the machine never sent 20 requests within one second");
 }
 
 #[tokio::test]
@@ -149,6 +169,8 @@ async fn drop_after_write_applies_the_request_and_never_answers() {
         .await
         .expect_err("no answer");
     assert!(err.is_timeout());
+    // The write is applied even when the client gave up first.
+    wait_until("the dropped write", || sb.counters(HOST).dropped == 1).await;
     let leads = sb.leads(HOST);
     assert_eq!(leads.len(), 1, "the write happened");
     assert_eq!(leads[0].request_id.as_deref(), Some("o7"));
@@ -181,8 +203,13 @@ async fn a_refresh_lost_after_the_write_can_be_retried_with_the_old_token() {
         .send()
         .await;
     assert!(lost.is_err());
+    wait_until("the lost refresh", || sb.counters(HOST).refreshes == 1).await;
     let retry = refresh(&sb, HOST, &pair.refresh_token).await;
-    assert_eq!(retry.status(), 200);
+    assert_eq!(
+        retry.status(),
+        200,
+        "the old refresh token still works: its successor was never used"
+    );
     assert_eq!(sb.counters(HOST).refreshes, 2);
     sb.stop().await;
 }

@@ -396,3 +396,54 @@ async fn issued_tokens_work_without_consent() {
     pair_of(refresh(&sb, HOST, v["refresh_token"].as_str().unwrap()).await).await;
     sb.stop().await;
 }
+
+#[tokio::test]
+async fn sandbox_time_starts_at_the_configured_instant() {
+    let start_at = chrono::DateTime::parse_from_rfc3339("2030-01-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let sb = start_with(|c| c.now = Some(start_at)).await;
+    let pair = connect(&sb, HOST).await;
+    let iat = decode_claims(&pair.access_token).unwrap()["iat"]
+        .as_i64()
+        .unwrap();
+    assert!((iat - start_at.timestamp()).abs() < 60, "iat {iat}");
+    assert!((pair.server_time - start_at.timestamp()).abs() < 60);
+    assert_eq!(sb.total_counters().code_exchanges, 1);
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn a_widget_install_sends_a_code_with_from_widget_and_no_state() {
+    let sb = start().await;
+    let rx = Receiver::start(200).await;
+    sb.add_integration(Integration::new(
+        CLIENT_ID,
+        SECRET,
+        format!("{}/oauth/amocrm/callback", rx.url),
+    ));
+    let url = sb.widget_install(CLIENT_ID, HOST).unwrap();
+    sb.webhooks_idle().await;
+    let got = rx.received();
+    assert_eq!(got.len(), 1);
+    let path = got[0].request_line.split(' ').nth(1).unwrap().to_owned();
+    assert!(url.ends_with(&path));
+    let q = query_of(&path);
+    assert_eq!(
+        (
+            q["from_widget"].as_str(),
+            q["referer"].as_str(),
+            q["client_id"].as_str()
+        ),
+        ("1", HOST, CLIENT_ID)
+    );
+    assert!(!q.contains_key("state"));
+    let token = http()
+        .post(format!("{}/oauth2/access_token", sb.account_url(HOST)))
+        .json(&serde_json::json!({"client_id": CLIENT_ID, "client_secret": SECRET, "grant_type": "authorization_code", "code": q["code"], "redirect_uri": format!("{}/oauth/amocrm/callback", rx.url)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(token.status(), 200);
+    sb.stop().await;
+}

@@ -128,7 +128,7 @@ async fn a_stage_change_sends_status_and_update_in_amocrm_bracket_format() {
     );
     assert!(!cf.id.is_empty());
     assert_eq!(leads["update"][0].id, lead.to_string());
-    assert_eq!(hook.account.id, account_id);
+    assert_eq!(hook.account.id.as_deref(), Some(account_id.as_str()));
     assert_eq!(hook.account.subdomain, "sellerone");
     assert_eq!(
         hook.account.links.unwrap()["self"],
@@ -329,4 +329,81 @@ async fn a_slow_destination_times_out_after_the_deadline() {
         (false, None, Some("timeout"))
     );
     sb.stop().await;
+}
+
+/// Keys of a form body with indices normalised (`leads[status][0][custom_fields][3][id]` → `…[N]…[N]…`).
+fn key_shapes(body: &str) -> Vec<String> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(body).unwrap();
+    let mut keys: Vec<String> = pairs
+        .into_iter()
+        .map(|(k, _)| {
+            k.split('[')
+                .map(|part| {
+                    if part
+                        .trim_end_matches(']')
+                        .chars()
+                        .all(|c| c.is_ascii_digit())
+                        && part.ends_with(']')
+                    {
+                        "N]".to_owned()
+                    } else {
+                        part.to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("[")
+        })
+        .collect();
+    keys.dedup();
+    keys
+}
+
+#[tokio::test]
+async fn bodies_carry_every_key_of_real_amocrm_captures_in_the_same_order() {
+    let capture_status = include_str!("../fixtures/webhook-status-lead-1.txt");
+    let capture_add = include_str!("../fixtures/webhook-add-lead-1.txt");
+    let capture_dp = include_str!("../fixtures/webhook-status-lead-3-dp-format.txt");
+    // The captures parse with the same parser.
+    parse_hook(capture_status);
+    parse_hook(capture_add);
+
+    let sb = start_with(|c| c.rate_limit_rps = 0).await;
+    let token = sb.issue_tokens(CLIENT_ID, HOST).access_token;
+    let rx = Receiver::start(200).await;
+    subscribe(&sb, &token, &rx.url, &["add_lead", "status_lead"]).await;
+    let (pid, _, paid, lead) = setup(&sb, &token).await;
+    sb.move_lead(HOST, lead, pid, paid).unwrap();
+    sb.webhooks_idle().await;
+    let got = rx.received();
+    for (ours, real) in [(&got[0].body, capture_add), (&got[1].body, capture_status)] {
+        let ours = key_shapes(ours);
+        let real = key_shapes(real);
+        let mut last = 0;
+        for key in &real {
+            // 2016 captures put old_status_id last; newer bodies place it after status_id.
+            let pos = ours
+                .iter()
+                .position(|k| k == key)
+                .unwrap_or_else(|| panic!("{key} missing from {ours:?}"));
+            if !key.ends_with("[old_status_id]") {
+                assert!(pos >= last, "{key} out of order in {ours:?}");
+                last = pos;
+            }
+        }
+    }
+
+    let dp = start_with(|c| {
+        c.rate_limit_rps = 0;
+        c.webhook_format = WebhookFormat::DigitalPipeline;
+    })
+    .await;
+    let token = dp.issue_tokens(CLIENT_ID, HOST).access_token;
+    let rx = Receiver::start(200).await;
+    subscribe(&dp, &token, &rx.url, &["status_lead"]).await;
+    let (pid, _, paid, lead) = setup(&dp, &token).await;
+    dp.move_lead(HOST, lead, pid, paid).unwrap();
+    dp.webhooks_idle().await;
+    assert_eq!(key_shapes(&rx.received()[0].body), key_shapes(capture_dp));
+    sb.stop().await;
+    dp.stop().await;
 }
