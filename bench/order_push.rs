@@ -56,7 +56,10 @@ fn args() -> Args {
 
 /// A fresh database: a temp SQLite file, or a new schema in `BENCH_DATABASE_URL`.
 fn database() -> (String, Option<tempfile::TempDir>) {
-    match std::env::var("BENCH_DATABASE_URL").ok().filter(|u| !u.is_empty()) {
+    match std::env::var("BENCH_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
         Some(url) => {
             let schema = format!(
                 "bench_{}",
@@ -103,7 +106,12 @@ async fn connect(state: &AppState, sandbox: &SandboxHandle, seller: &str, host: 
     let h = AccountHost::parse(host, &state.amo.config().allowed_domains).expect("host");
     let token = SecretString::from(pair.access_token.clone());
     let api = state.amo.api(&h, &token);
-    let names = ["Yangi buyurtma", "To'lov kutilmoqda", "To'landi", "Yetkazilmoqda"];
+    let names = [
+        "Yangi buyurtma",
+        "To'lov kutilmoqda",
+        "To'landi",
+        "Yetkazilmoqda",
+    ];
     let p = api
         .create_pipeline(&NewPipeline {
             name: "Marketplace".into(),
@@ -206,7 +214,9 @@ async fn scenario(sellers: usize, orders: usize) {
             "customer": {"name": "Ali Valiyev", "phone": "+998901234567", "email": "ali@example.com"},
             "url": format!("https://market.example/orders/B{i:06}"),
         });
-        order_service::create(&state, &body).await.expect("order accepted");
+        order_service::create(&state, &body)
+            .await
+            .expect("order accepted");
     }
     let accepted_in = setup.elapsed();
 
@@ -251,6 +261,14 @@ async fn scenario(sellers: usize, orders: usize) {
 
 fn main() {
     let args = args();
+    // Warnings (429s, ambiguous answers) are printed; RUST_LOG=debug shows every call.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!("machine: {cores} cores, {}", std::env::consts::ARCH);
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -14,8 +14,10 @@
 //!   errors that point at our pipeline or fields mean they were deleted in amoCRM: re-provision, then push;
 //! - 401 → the stored pair is re-read once; a connection that is no longer active holds its orders.
 
-use std::collections::HashMap;
-use std::time::Duration;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use amocrm_client::{
     AccountHost, ApiError, ComplexLead, ComplexLeadResult, FieldValue, LeadQuery, LeadUpdate,
@@ -131,6 +133,52 @@ impl StepReport {
 pub enum PushError {
     #[error(transparent)]
     Storage(#[from] StorageError),
+}
+
+/// Response-time pacing per account, on top of the client's limiter. The limiter spaces request *starts*
+/// (1.02 s per `AMOCRM_RATE_LIMIT_RPS` calls); amoCRM counts *arrivals*, and on a loaded machine a request
+/// can reach it later than it started, so two windows' requests may arrive closer than a second apart and
+/// the next one gets a 429 (which costs at least a second). Starting call `k + rps` no earlier than one
+/// second after call `k` *answered* rules that out: the answer came after the arrival. The push is
+/// sequential per account, so this costs only the latency of one call per window.
+static PACING: LazyLock<Mutex<HashMap<String, VecDeque<Instant>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+const PACING_WINDOW: Duration = Duration::from_secs(1);
+
+fn pacing_key(state: &AppState, host: &AccountHost) -> String {
+    format!("{}/{}", state.settings.instance_id, host.as_str())
+}
+
+/// Waits until one more call to `host` cannot make amoCRM see more than the limit in a second, then runs it
+/// (through the client, whose limiter applies as well) and records when it answered.
+async fn paced<T>(state: &AppState, host: &AccountHost, call: impl Future<Output = T>) -> T {
+    let key = pacing_key(state, host);
+    let rps = usize::try_from(state.settings.amocrm_rate_limit_rps.max(1)).unwrap_or(7);
+    let wait_until = PACING.lock().ok().and_then(|map| {
+        let log = map.get(&key)?;
+        (log.len() >= rps)
+            .then(|| log.get(log.len() - rps).copied())
+            .flatten()
+            .map(|t| t + PACING_WINDOW)
+    });
+    if let Some(t) = wait_until {
+        tokio::time::sleep_until(t.into()).await;
+    }
+    let out = call.await;
+    if let Ok(mut map) = PACING.lock() {
+        let now = Instant::now();
+        map.retain(|_, log| {
+            log.back()
+                .is_some_and(|t| now.duration_since(*t) < PACING_WINDOW * 2)
+        });
+        let log = map.entry(key).or_default();
+        log.push_back(now);
+        while log.len() > rps {
+            log.pop_front();
+        }
+    }
+    out
 }
 
 fn at(after: Duration) -> NaiveDateTime {
@@ -643,7 +691,7 @@ async fn push_batch(
     report.calls += 1;
     report.complex_calls += 1;
     let started = std::time::Instant::now();
-    let result = api.leads_complex(&leads).await;
+    let result = paced(state, &access.host, api.leads_complex(&leads)).await;
     tracing::debug!(seller_id = %conn.seller_id, count = leads.len(), ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "leads/complex");
     let max_attempts = sendable
         .iter()
@@ -840,7 +888,7 @@ async fn lookup_batch(
                 limit: Some(250),
                 ..LeadQuery::default()
             };
-            match api.search_leads(&q).await {
+            match paced(state, &access.host, api.search_leads(&q)).await {
                 Ok(leads) => {
                     let full = leads.len() >= 250;
                     hit = leads.into_iter().find(|l| match field {
@@ -993,7 +1041,7 @@ async fn move_batch(
     let api = state.amo.api(&access.host, &access.token);
     report.calls += 1;
     let ow = owner.to_owned();
-    match api.update_leads(&updates).await {
+    match paced(state, &access.host, api.update_leads(&updates)).await {
         Ok(_) => {
             let n = state
                 .db
@@ -1027,7 +1075,16 @@ async fn move_batch(
                         return Ok(Outcome::Ok);
                     } else {
                         // amoCRM refused the batch: send each move alone so only the bad one fails.
-                        return solo_moves(state, owner, &api, &sent, &updates, report).await;
+                        return solo_moves(
+                            state,
+                            &access.host,
+                            owner,
+                            &api,
+                            &sent,
+                            &updates,
+                            report,
+                        )
+                        .await;
                     }
                 }
                 ApiError::Rejected { .. } | ApiError::PaymentRequired => {
@@ -1050,6 +1107,7 @@ async fn move_batch(
 /// rescheduled (any other answer).
 async fn solo_moves(
     state: &AppState,
+    host: &AccountHost,
     owner: &str,
     api: &amocrm_client::AccountApi<'_>,
     sent: &[&ClaimedMove],
@@ -1060,7 +1118,7 @@ async fn solo_moves(
         report.calls += 1;
         let ids = vec![mv.id];
         let ow = owner.to_owned();
-        match api.update_leads(std::slice::from_ref(up)).await {
+        match paced(state, host, api.update_leads(std::slice::from_ref(up))).await {
             Ok(_) => {
                 report.moved += state
                     .db

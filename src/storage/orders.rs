@@ -98,6 +98,23 @@ pub const MOVE_FAILED: &str = "failed";
 /// The lead was created after the move was asked for, already in the wanted stage.
 pub const MOVE_SUPERSEDED: &str = "superseded";
 
+/// A transaction that holds the write lock from its first statement. On SQLite a deferred transaction that
+/// reads and then writes fails at once with "database is locked" when another connection wrote in between
+/// (the busy timeout does not apply to that upgrade); taking the lock first makes it wait its turn instead.
+/// On PostgreSQL row locks do that job and nothing extra is sent.
+fn write_transaction<T>(
+    conn: &mut AnyConnection,
+    f: impl FnOnce(&mut AnyConnection) -> Result<T, StorageError>,
+) -> Result<T, StorageError> {
+    conn.transaction(|conn| {
+        if matches!(conn, AnyConnection::Sqlite(_)) {
+            // Matches no row, but an UPDATE takes SQLite's write lock when it starts.
+            diesel::sql_query("UPDATE order_moves SET id = id WHERE 0 = 1").execute(conn)?;
+        }
+        f(conn)
+    })
+}
+
 /// Inserts an order; a second order with the same `(seller_id, order_number)` is a unique violation.
 pub fn insert(conn: &mut AnyConnection, new: &NewOrder) -> Result<OrderRow, StorageError> {
     diesel::insert_into(o::table).values(new).execute(conn)?;
@@ -177,7 +194,7 @@ pub fn change_status(
     id: &str,
     status: &str,
 ) -> Result<Option<OrderRow>, StorageError> {
-    conn.transaction(|conn| {
+    write_transaction(conn, |conn| {
         let Some(row) = find(conn, id)? else {
             return Ok(None);
         };
@@ -209,7 +226,7 @@ pub fn requeue(
     id: &str,
     connection_active: bool,
 ) -> Result<Option<OrderRow>, StorageError> {
-    conn.transaction(|conn| {
+    write_transaction(conn, |conn| {
         let now = super::now();
         let target = if connection_active { "queued" } else { "held" };
         diesel::update(
@@ -461,7 +478,7 @@ pub fn claim_orders(
     limit: i64,
     lookup: bool,
 ) -> Result<Vec<ClaimedOrder>, StorageError> {
-    conn.transaction(|conn| {
+    write_transaction(conn, |conn| {
         let ids: Vec<String> = o::table
             .filter(o::seller_id.eq(seller_id))
             .filter(o::sync_state.eq("queued"))
@@ -547,7 +564,7 @@ pub fn mark_synced(
     if synced.is_empty() {
         return Ok(0);
     }
-    conn.transaction(|conn| {
+    write_transaction(conn, |conn| {
         let now = super::now();
         let mut marked = 0;
         for s in synced {
@@ -643,7 +660,7 @@ pub fn mark_failed(
     order_id: &str,
     reason: &str,
 ) -> Result<bool, StorageError> {
-    conn.transaction(|conn| {
+    write_transaction(conn, |conn| {
         let now = super::now();
         let n = diesel::update(
             o::table
@@ -780,7 +797,7 @@ pub fn claim_moves(
     until: NaiveDateTime,
     limit: i64,
 ) -> Result<Vec<ClaimedMove>, StorageError> {
-    conn.transaction(|conn| {
+    write_transaction(conn, |conn| {
         // Oldest pending move per order (of orders that have a lead), then keep the due, unleased ones.
         let candidates: Vec<MoveCandidate> = m::table
             .inner_join(o::table)
