@@ -85,6 +85,9 @@ impl Application {
             shutdown: shutdown_rx,
         });
         if state.settings.run_workers {
+            // connect and refresh (issues 4, 5)
+            crate::workers::refresh::spawn(state.clone());
+            crate::workers::refresh::spawn_schedule(state.clone());
             // orders (issue 6)
             crate::workers::push::spawn(state.clone());
         }

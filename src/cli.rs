@@ -38,6 +38,8 @@ pub enum Command {
     /// Manage the token encryption keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Run one token refresh sweep (the same as the schedule and /refresh), print its summary and exit.
+    Refresh,
 }
 
 #[derive(Subcommand, Debug)]
@@ -189,6 +191,13 @@ fn run(cli: Cli) -> Result<(), String> {
                 }
             })
         }
+        Command::Refresh => {
+            let settings = settings()?;
+            crate::telemetry::init(settings.log_format);
+            let summary = runtime()?.block_on(refresh_once(settings))?;
+            println!("{summary}");
+            Ok(())
+        }
         Command::Keys(KeysCommand::Generate { id }) => {
             Keyring::parse(&format!("{id}:{}", "A".repeat(43) + "="))
                 .map_err(|e| format!("--id: {e}"))?;
@@ -216,5 +225,48 @@ fn run(cli: Cli) -> Result<(), String> {
                 Ok(())
             })
         }
+    }
+}
+
+/// `amocrm-connector refresh`: one sweep (joining a running one), its summary line.
+pub async fn refresh_once(settings: Settings) -> Result<String, String> {
+    use crate::services::refresh::{self, SweepOutcome};
+    let keys = settings.require_keys().map_err(one_line)?.clone();
+    let amo = amocrm_client::AmoClient::new(settings.amo_config().map_err(one_line)?)
+        .map_err(one_line)?;
+    let db = Db::connect(&settings.database_url, settings.database_pool_size).map_err(one_line)?;
+    db.migrate().await.map_err(one_line)?;
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    let state = crate::app::AppState {
+        settings: std::sync::Arc::new(settings),
+        db,
+        keys: std::sync::Arc::new(keys),
+        amo,
+        shutdown,
+    };
+    let (how, report) = match refresh::sweep(&state, refresh::JOIN_WAIT)
+        .await
+        .map_err(one_line)?
+    {
+        SweepOutcome::Ran(r) => ("ran", r),
+        SweepOutcome::Joined(r) => ("joined the sweep another instance was running", r),
+        SweepOutcome::AlreadyRunning => {
+            return Err("a refresh sweep is already running in another instance".to_owned());
+        }
+    };
+    Ok(format!(
+        "refresh sweep {how}: due {}, refreshed {}, failed {}, skipped {}",
+        report.due, report.refreshed, report.failed, report.skipped
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_is_a_subcommand() {
+        let cli = Cli::try_parse_from(["amocrm-connector", "refresh"]);
+        assert!(matches!(cli.map(|c| c.command), Ok(Some(Command::Refresh))));
     }
 }

@@ -4,6 +4,10 @@ pub mod api_keys;
 pub mod keys;
 
 // connect and refresh (issues 4, 5)
+pub mod connect;
+pub mod provisioning;
+pub mod refresh;
+pub mod tokens;
 
 // orders (issue 6)
 pub mod order_push;

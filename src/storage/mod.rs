@@ -12,6 +12,7 @@ pub mod schema;
 pub mod subscriptions;
 
 // connect and refresh (issues 4, 5)
+pub mod sessions;
 
 // orders (issue 6)
 pub mod orders;

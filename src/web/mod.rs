@@ -4,6 +4,9 @@ pub mod api;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod oauth;
+pub mod pages;
+pub mod refresh;
 pub mod request_id;
 
 use actix_web::{HttpRequest, HttpResponse, middleware, web};
@@ -15,6 +18,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/health", web::get().to(health::health));
 
     // --- connect and refresh (issues 4, 5): pages, OAuth callback, uninstall hook, /refresh ---
+    cfg.route("/connect/{token}", web::get().to(pages::connect_page))
+        .route("/oauth/amocrm/callback", web::get().to(oauth::callback))
+        .route("/oauth/amocrm/disconnect", web::get().to(oauth::disconnect))
+        .route("/refresh", web::get().to(refresh::refresh))
+        .route("/refresh", web::post().to(refresh::refresh));
 
     // --- amoCRM webhooks in (issue 7) ---
 
@@ -34,6 +42,29 @@ fn api_v1(cfg: &mut web::ServiceConfig) {
     let _ = &cfg;
 
     // --- connect sessions, connections, pipeline (issues 4, 5) ---
+    use api::{connect_sessions, connections};
+    cfg.route(
+        "/connect-sessions",
+        web::post().to(connect_sessions::create),
+    )
+    .route("/connections", web::get().to(connections::list))
+    .route("/connections/{seller_id}", web::get().to(connections::get))
+    .route(
+        "/connections/{seller_id}",
+        web::delete().to(connections::delete),
+    )
+    .route(
+        "/connections/{seller_id}/refresh",
+        web::post().to(connections::refresh_now),
+    )
+    .route(
+        "/connections/{seller_id}/pipeline",
+        web::get().to(connections::get_pipeline),
+    )
+    .route(
+        "/connections/{seller_id}/pipeline",
+        web::put().to(connections::put_pipeline),
+    );
 
     // --- orders (issue 6) ---
     cfg.configure(api::orders::routes);

@@ -4,6 +4,7 @@
 //! schema per test, so tests never share state and can run in parallel.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use actix_web::web::Data;
 use amocrm_connector::app::{AppState, Application};
@@ -16,7 +17,8 @@ use diesel::Connection;
 use diesel::connection::SimpleConnection;
 
 pub struct TestApp {
-    pub sandbox: SandboxHandle,
+    /// Shared when several instances run against one sandbox (`spawn_peer`).
+    pub sandbox: Arc<SandboxHandle>,
     pub address: String,
     pub port: u16,
     pub db: Db,
@@ -32,6 +34,17 @@ pub struct TestDatabase {
     pub url: String,
     _dir: Option<tempfile::TempDir>,
     pg_schema: Option<(String, String)>,
+}
+
+impl TestDatabase {
+    /// The same database for another instance; the original keeps ownership (drop it last).
+    pub fn shared(&self) -> TestDatabase {
+        TestDatabase {
+            url: self.url.clone(),
+            _dir: None,
+            pg_schema: None,
+        }
+    }
 }
 
 impl Drop for TestDatabase {
@@ -124,8 +137,9 @@ pub async fn spawn_app_on(database: TestDatabase, env: HashMap<String, String>) 
 pub async fn spawn_app_with_sandbox(
     database: TestDatabase,
     mut env: HashMap<String, String>,
-    sandbox: SandboxHandle,
+    sandbox: impl Into<Arc<SandboxHandle>>,
 ) -> TestApp {
+    let sandbox: Arc<SandboxHandle> = sandbox.into();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     let port = listener.local_addr().expect("local addr").port();
     let base = format!("http://127.0.0.1:{port}");
@@ -175,6 +189,23 @@ pub async fn spawn_app_with_sandbox(
 }
 
 impl TestApp {
+    /// A second instance of the service on the same database, sandbox, keys and integration (its own port
+    /// and instance id), as in a multi-instance deployment.
+    pub async fn spawn_peer(&self) -> TestApp {
+        let mut env = self.env.clone();
+        env.remove("LISTEN_ADDR");
+        env.remove("PUBLIC_BASE_URL");
+        env.insert(
+            "AMOCRM_REDIRECT_URI".into(),
+            self.state.settings.amocrm_redirect_uri.to_string(),
+        );
+        env.insert(
+            "INSTANCE_ID".into(),
+            format!("peer-{}", amocrm_connector::domain::ids::random_token(6)),
+        );
+        spawn_app_with_sandbox(self.database.shared(), env, self.sandbox.clone()).await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

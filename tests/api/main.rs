@@ -7,6 +7,8 @@ mod foundation;
 mod helpers;
 
 // connect and refresh (issues 4, 5)
+mod connect;
+mod refresh;
 
 // orders (issue 6)
 mod orders;

@@ -1,5 +1,7 @@
 //! `/api/v1`: the marketplace backend's API. The guard here authenticates, checks the version header and
 //! counts the key's hourly budget before any handler runs.
 
+pub mod connect_sessions;
+pub mod connections;
 pub mod guard;
 pub mod orders;

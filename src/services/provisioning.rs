@@ -1,0 +1,460 @@
+//! Provisioning a seller's amoCRM: the pipeline with the six order stages, the two lead custom fields and
+//! the webhook subscription that brings lead changes back to us.
+//!
+//! Idempotent: every step first looks for what a previous attempt (or connect) made — by the stored id,
+//! then by name (pipeline, fields) or destination (webhook) — and only creates what is missing, so a
+//! reconnect or a retry never duplicates anything. Each step's result is stored as soon as it is known; a
+//! failing step leaves the tokens and the other steps in place, records what is missing, and is retried with
+//! back-off by the refresh worker ([`retry_due`]).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use amocrm_client::{
+    ApiError, CustomField, NewCustomField, NewPipeline, NewStatus, Pipeline, Status,
+};
+
+use super::tokens::{self, TokenError};
+use crate::app::AppState;
+use crate::domain::ids::random_token;
+use crate::storage::connections::{self, Connection};
+use crate::storage::{self, StorageError, leases};
+
+/// The amoCRM webhook events the connector subscribes each account to.
+pub const WEBHOOK_SETTINGS: [&str; 4] = ["add_lead", "update_lead", "status_lead", "delete_lead"];
+/// Colours of the four stages we create (from amoCRM's palette): pending, awaiting payment, paid, shipping.
+pub const STAGE_COLORS: [&str; 4] = ["#fffeb2", "#ffdc7f", "#87f2c0", "#98cbff"];
+/// Codes of the lead custom fields (found by code or name on a reconnect).
+pub const ORDER_NUMBER_CODE: &str = "MARKETPLACE_ORDER_NUMBER";
+pub const ORDER_LINK_CODE: &str = "MARKETPLACE_ORDER_LINK";
+/// Names of the lead custom fields, in Uzbek like the stages.
+pub const ORDER_NUMBER_NAME: &str = "Buyurtma raqami";
+pub const ORDER_LINK_NAME: &str = "Buyurtma havolasi";
+/// Longest back-off between provisioning attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30 * 60);
+
+/// What a provisioning attempt left in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvisionReport {
+    pub complete: bool,
+    /// Parts not in place: `pipeline`, `custom_fields`, `webhook`.
+    pub missing: Vec<&'static str>,
+    /// The errors met, without secrets (one line per failed step, `; `-separated).
+    pub error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Another attempt for this seller is running (its result will be stored).
+    #[error("provisioning of this seller is already running")]
+    Busy,
+}
+
+fn lease_name(seller_id: &str) -> String {
+    format!("provision:{seller_id}")
+}
+
+/// The webhook destination amoCRM posts this connection's lead changes to.
+pub fn webhook_destination(state: &AppState, webhook_token: &str) -> String {
+    format!(
+        "{}/webhooks/amocrm/{webhook_token}",
+        state.settings.base_url()
+    )
+}
+
+/// Makes sure the seller's pipeline, fields and webhook subscription exist; stores their ids. Errors that
+/// concern one step are recorded on the connection (and retried later), not returned.
+pub async fn provision(
+    state: &AppState,
+    seller_id: &str,
+) -> Result<ProvisionReport, ProvisionError> {
+    let owner = format!("{}:{}", state.settings.instance_id, random_token(8));
+    let (name, who) = (lease_name(seller_id), owner.clone());
+    let ttl = state.settings.amocrm_request_timeout * 12;
+    let acquired = state
+        .db
+        .run(move |c| {
+            let now = storage::now();
+            let until = now + chrono::Duration::from_std(ttl).unwrap_or_default();
+            leases::try_acquire(c, &name, &who, now, until)
+        })
+        .await?;
+    if !acquired {
+        return Err(ProvisionError::Busy);
+    }
+    let result = provision_leased(state, seller_id).await;
+    let (name, who) = (lease_name(seller_id), owner);
+    let summary = result.as_ref().ok().map(|r| {
+        if r.complete {
+            "complete".to_owned()
+        } else {
+            format!("missing: {}", r.missing.join(", "))
+        }
+    });
+    if let Err(e) = state
+        .db
+        .run(move |c| leases::release(c, &name, &who, summary.as_deref()))
+        .await
+    {
+        tracing::warn!(error = %e, "could not release the provisioning lease");
+    }
+    result
+}
+
+async fn provision_leased(
+    state: &AppState,
+    seller_id: &str,
+) -> Result<ProvisionReport, ProvisionError> {
+    let row = load(state, seller_id).await?;
+    let mut first_error: Option<String> = None;
+    let mut note = |step: &str, e: TokenError| -> Result<(), ProvisionError> {
+        if e.needs_reconnect() || matches!(e, TokenError::NotConnected) {
+            return Err(ProvisionError::Token(e));
+        }
+        tracing::warn!(seller_id, step, error = %e, "provisioning step failed");
+        let line = format!("{step}: {e}");
+        first_error = Some(match first_error.take() {
+            Some(prev) => format!("{prev}; {line}"),
+            None => line,
+        });
+        Ok(())
+    };
+
+    match ensure_pipeline(state, &row).await {
+        Ok((pipeline_id, stages)) => {
+            let id = row.id;
+            state
+                .db
+                .run(move |c| {
+                    connections::save_pipeline(c, id, pipeline_id, stages, storage::now())
+                })
+                .await?;
+        }
+        Err(e) => note("pipeline", e)?,
+    }
+    match ensure_fields(state, &row).await {
+        Ok((number, link)) => {
+            let id = row.id;
+            state
+                .db
+                .run(move |c| connections::save_fields(c, id, number, link, storage::now()))
+                .await?;
+        }
+        Err(e) => note("custom fields", e)?,
+    }
+    let destination = webhook_destination(state, &row.webhook_token);
+    match ensure_webhook(state, &row, &destination).await {
+        Ok(webhook_id) => {
+            let (id, dest) = (row.id, destination.clone());
+            state
+                .db
+                .run(move |c| connections::save_webhook(c, id, webhook_id, &dest, storage::now()))
+                .await?;
+        }
+        Err(e) => note("webhook subscription", e)?,
+    }
+
+    let row = load(state, seller_id).await?;
+    let missing = row.missing_provisioning();
+    let complete = missing.is_empty() && first_error.is_none();
+    let attempts = u32::try_from(row.provisioning_attempts.max(0)).unwrap_or(0);
+    let backoff = (Duration::from_secs(5) * 2u32.saturating_pow(attempts.min(16))).min(MAX_BACKOFF);
+    let now = storage::now();
+    let next_at =
+        (!complete).then(|| now + chrono::Duration::from_std(backoff).unwrap_or_default());
+    let error = if complete {
+        None
+    } else {
+        Some(
+            first_error
+                .clone()
+                .unwrap_or_else(|| format!("missing: {}", missing.join(", "))),
+        )
+    };
+    let (id, err) = (row.id, error.clone());
+    state
+        .db
+        .run(move |c| {
+            connections::finish_provisioning(c, id, complete, err.as_deref(), next_at, now)
+        })
+        .await?;
+    Ok(ProvisionReport {
+        complete,
+        missing,
+        error,
+    })
+}
+
+async fn load(state: &AppState, seller_id: &str) -> Result<Connection, ProvisionError> {
+    let seller = seller_id.to_owned();
+    state
+        .db
+        .run(move |c| connections::find_by_seller(c, &seller))
+        .await?
+        .ok_or(ProvisionError::Token(TokenError::NotConnected))
+}
+
+fn to_i64(id: u64) -> i64 {
+    i64::try_from(id).unwrap_or(i64::MAX)
+}
+
+/// Finds (stored id, then name) or creates the seller's pipeline; returns its id and the six stage ids.
+async fn ensure_pipeline(
+    state: &AppState,
+    row: &Connection,
+) -> Result<(i64, [i64; 6]), TokenError> {
+    let names = state.settings.stage_names.clone();
+    let stored_id = row.pipeline_id.and_then(|p| u64::try_from(p).ok());
+    let stored_stages = row.stages();
+    tokens::with_api(state, &row.seller_id, move |amo| {
+        let names = names.clone();
+        async move {
+            let api = amo.api();
+            let pipelines = api.pipelines().await?;
+            if let Some(p) = stored_id.and_then(|id| pipelines.iter().find(|p| p.id == id)) {
+                // The seller may have changed the mapping through the API: keep it while its stages exist.
+                let ids: HashSet<i64> = p.statuses.iter().map(|s| to_i64(s.id)).collect();
+                if stored_stages
+                    .iter()
+                    .all(|s| s.is_some_and(|s| ids.contains(&s)))
+                {
+                    let stages = stored_stages.map(|s| s.unwrap_or_default());
+                    return Ok((to_i64(p.id), stages));
+                }
+                if let Some(stages) = map_stages(p, &names) {
+                    return Ok((to_i64(p.id), stages));
+                }
+            }
+            if let Some(p) = pipelines.iter().find(|p| p.name == names.pipeline)
+                && let Some(stages) = map_stages(p, &names)
+            {
+                return Ok((to_i64(p.id), stages));
+            }
+            let new = NewPipeline {
+                name: names.pipeline.clone(),
+                sort: None,
+                statuses: vec![
+                    NewStatus::new(names.pending.clone(), 10, STAGE_COLORS[0]),
+                    NewStatus::new(names.awaiting_payment.clone(), 20, STAGE_COLORS[1]),
+                    NewStatus::new(names.paid.clone(), 30, STAGE_COLORS[2]),
+                    NewStatus::new(names.shipping.clone(), 40, STAGE_COLORS[3]),
+                    NewStatus {
+                        id: Some(Status::WON),
+                        name: names.completed.clone(),
+                        sort: None,
+                        color: None,
+                    },
+                    NewStatus {
+                        id: Some(Status::LOST),
+                        name: names.cancelled.clone(),
+                        sort: None,
+                        color: None,
+                    },
+                ],
+            };
+            let created = api.create_pipeline(&new).await?;
+            map_stages(&created, &names)
+                .map(|stages| (to_i64(created.id), stages))
+                .ok_or_else(|| {
+                    ApiError::Decode("the created pipeline lacks the stages we asked for".into())
+                })
+        }
+    })
+    .await
+}
+
+/// The six stage ids of a pipeline: ours by name (falling back to the order of its own stages), completed
+/// and cancelled are amoCRM's 142 and 143.
+fn map_stages(p: &Pipeline, names: &crate::config::StageNames) -> Option<[i64; 6]> {
+    let mut own: Vec<&Status> = p
+        .statuses
+        .iter()
+        .filter(|s| s.type_ == 0 && s.id != Status::WON && s.id != Status::LOST)
+        .collect();
+    own.sort_by_key(|s| s.sort);
+    let wanted = [
+        &names.pending,
+        &names.awaiting_payment,
+        &names.paid,
+        &names.shipping,
+    ];
+    let mut chosen: [Option<u64>; 4] = [None; 4];
+    for (i, name) in wanted.iter().enumerate() {
+        chosen[i] = own.iter().find(|s| &&s.name == name).map(|s| s.id);
+    }
+    let mut spare = own
+        .iter()
+        .map(|s| s.id)
+        .filter(|id| !chosen.contains(&Some(*id)))
+        .collect::<Vec<_>>()
+        .into_iter();
+    for slot in &mut chosen {
+        if slot.is_none() {
+            *slot = spare.next();
+        }
+    }
+    let [a, b, c, d] = chosen;
+    Some([
+        to_i64(a?),
+        to_i64(b?),
+        to_i64(c?),
+        to_i64(d?),
+        to_i64(Status::WON),
+        to_i64(Status::LOST),
+    ])
+}
+
+/// Finds (stored id, code, then name) or creates the order-number (text) and order-link (url) fields.
+async fn ensure_fields(state: &AppState, row: &Connection) -> Result<(i64, i64), TokenError> {
+    let stored = (row.field_order_number_id, row.field_order_link_id);
+    tokens::with_api(state, &row.seller_id, move |amo| async move {
+        let api = amo.api();
+        let fields = api.lead_custom_fields().await?;
+        let find = |stored: Option<i64>, code: &str, name: &str| -> Option<i64> {
+            let by_id = stored.and_then(|id| fields.iter().find(|f| to_i64(f.id) == id));
+            by_id
+                .or_else(|| fields.iter().find(|f| f.code.as_deref() == Some(code)))
+                .or_else(|| fields.iter().find(|f| f.name == name))
+                .map(|f: &CustomField| to_i64(f.id))
+        };
+        let number = find(stored.0, ORDER_NUMBER_CODE, ORDER_NUMBER_NAME);
+        let link = find(stored.1, ORDER_LINK_CODE, ORDER_LINK_NAME);
+        let mut wanted = Vec::new();
+        if number.is_none() {
+            wanted.push(NewCustomField {
+                name: ORDER_NUMBER_NAME.to_owned(),
+                type_: "text".to_owned(),
+                code: Some(ORDER_NUMBER_CODE.to_owned()),
+                is_api_only: false,
+            });
+        }
+        if link.is_none() {
+            wanted.push(NewCustomField {
+                name: ORDER_LINK_NAME.to_owned(),
+                type_: "url".to_owned(),
+                code: Some(ORDER_LINK_CODE.to_owned()),
+                is_api_only: false,
+            });
+        }
+        let created = api.create_lead_custom_fields(&wanted).await?;
+        let made = |code: &str, name: &str| {
+            created
+                .iter()
+                .find(|f| f.code.as_deref() == Some(code) || f.name == name)
+                .map(|f| to_i64(f.id))
+        };
+        let number = number.or_else(|| made(ORDER_NUMBER_CODE, ORDER_NUMBER_NAME));
+        let link = link.or_else(|| made(ORDER_LINK_CODE, ORDER_LINK_NAME));
+        match (number, link) {
+            (Some(n), Some(l)) => Ok((n, l)),
+            _ => Err(ApiError::Decode(
+                "the custom field create response lacks a field we asked for".into(),
+            )),
+        }
+    })
+    .await
+}
+
+/// Finds an enabled subscription of `destination` with our events, or subscribes it (which also re-enables
+/// a subscription amoCRM disabled).
+async fn ensure_webhook(
+    state: &AppState,
+    row: &Connection,
+    destination: &str,
+) -> Result<i64, TokenError> {
+    let destination = destination.to_owned();
+    tokens::with_api(state, &row.seller_id, move |amo| {
+        let destination = destination.clone();
+        async move {
+            let api = amo.api();
+            let hooks = api.webhooks().await?;
+            if let Some(h) = hooks.iter().find(|h| {
+                h.destination == destination
+                    && !h.disabled
+                    && WEBHOOK_SETTINGS
+                        .iter()
+                        .all(|s| h.settings.iter().any(|x| x == s))
+            }) {
+                return Ok(to_i64(h.id));
+            }
+            let hook = api
+                .subscribe_webhook(&destination, &WEBHOOK_SETTINGS)
+                .await?;
+            Ok(to_i64(hook.id))
+        }
+    })
+    .await
+}
+
+/// Best-effort removal of a subscription from an account the seller left (or on revoke). Never fails.
+pub async fn unsubscribe_best_effort(
+    state: &AppState,
+    host: &str,
+    access_token: Option<secrecy::SecretString>,
+    destination: Option<String>,
+) {
+    let (Some(token), Some(dest)) = (access_token, destination) else {
+        return;
+    };
+    let Ok(host) = tokens::parse_host(state, host) else {
+        return;
+    };
+    let api = state.amo.api(&host, &token);
+    let call = api.unsubscribe_webhook(&dest);
+    match tokio::time::timeout(Duration::from_secs(10), call).await {
+        Ok(Ok(())) => tracing::info!(host = %host, "removed the amoCRM webhook subscription"),
+        Ok(Err(e)) => {
+            tracing::warn!(host = %host, error = %e, "could not remove the amoCRM webhook subscription")
+        }
+        Err(_) => {
+            tracing::warn!(host = %host, "removing the amoCRM webhook subscription timed out")
+        }
+    }
+}
+
+/// Retries provisioning of every active connection whose set-up is unfinished and due (worker step).
+/// Returns how many were attempted.
+pub async fn retry_due(state: &AppState) -> Result<usize, StorageError> {
+    let due = state
+        .db
+        .run(|c| connections::provisioning_due(c, storage::now(), 50))
+        .await?;
+    let n = due.len();
+    for seller in due {
+        match provision(state, &seller).await {
+            Ok(r) if r.complete => tracing::info!(seller_id = %seller, "provisioning completed"),
+            Ok(r) => {
+                tracing::info!(seller_id = %seller, missing = ?r.missing, "provisioning still incomplete")
+            }
+            Err(ProvisionError::Busy) => {}
+            Err(ProvisionError::Token(e)) => {
+                tracing::warn!(seller_id = %seller, error = %e, "provisioning could not get a token");
+                // Push the next attempt back so a connection without a usable token is not retried hot.
+                let s = seller.clone();
+                state
+                    .db
+                    .run(move |c| {
+                        let Some(row) = connections::find_by_seller(c, &s)? else {
+                            return Ok(());
+                        };
+                        let next = storage::now() + chrono::Duration::minutes(5);
+                        connections::finish_provisioning(
+                            c,
+                            row.id,
+                            false,
+                            row.provisioning_error.as_deref(),
+                            Some(next),
+                            storage::now(),
+                        )
+                    })
+                    .await?;
+            }
+            Err(ProvisionError::Storage(e)) => return Err(e),
+        }
+    }
+    Ok(n)
+}

@@ -1,0 +1,556 @@
+//! Token refresh that never loses a connection: single-flight per connection, the sweep, failure classes.
+//!
+//! A refresh token works once (amoCRM rotates the pair) and the old one dies as soon as the new pair is used,
+//! so two refreshes racing with the same token lose the connection. Here, whoever refreshes holds the row's
+//! lease (a conditional UPDATE that also re-reads the row), checks again whether the refresh is still needed
+//! (a peer may have just stored a new pair, which is then used instead), and stores the new pair before
+//! anything uses it. If storing fails after amoCRM answered, the new pair is never used, so amoCRM's grace
+//! rule keeps the old refresh token valid and the refresh is simply retried.
+//!
+//! Failure classes: a 4xx other than 429 from the token endpoint is terminal (`refresh_failed` plus a
+//! `connection.refresh_failed` event); 429, 5xx and network errors keep the connection `active`, counted,
+//! with a capped back-off before the sweep tries again.
+//!
+//! The sweep ([`sweep`]) runs under the job lease `refresh_sweep`, so at most one runs at a time across all
+//! instances sharing the database; a caller that finds one running waits for it and gets its result.
+
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDateTime;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::app::AppState;
+use crate::domain::ids::random_token;
+use crate::domain::status::ConnectionStatus;
+use crate::storage::connections::{self, Connection, RefreshedPair};
+use crate::storage::events::{self, NewEvent};
+use crate::storage::{self, StorageError, leases};
+
+/// The job lease name that makes the sweep run at most once at a time across instances.
+pub const SWEEP_JOB: &str = "refresh_sweep";
+/// A connection not refreshed for this long is refreshed even if its access token is still valid, so an
+/// idle refresh token (3-month lifetime) never dies.
+pub const IDLE_REFRESH: Duration = Duration::from_secs(24 * 3600);
+/// Back-off after a transient failure: 2^failures seconds, at most this.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
+/// How long a caller that found a sweep running waits for its result before answering "already running".
+pub const JOIN_WAIT: Duration = Duration::from_secs(60);
+/// Rows per page of the sweep, per unit of concurrency: the job lease is extended between pages, so a page
+/// must finish well inside the lease even when every call takes the full request timeout.
+const PAGE_PER_WORKER: usize = 8;
+
+/// When a refresh is (still) needed; checked again on the freshly leased row.
+#[derive(Debug, Clone, Copy)]
+pub enum Need {
+    /// The access token expires before `before` (on demand).
+    Expiring { before: NaiveDateTime },
+    /// The sweep's rule: expiring before `expiring_before`, or not refreshed since `idle_before`.
+    Due {
+        expiring_before: NaiveDateTime,
+        idle_before: NaiveDateTime,
+    },
+    /// The pair of this version was refused (401) or a refresh was asked for explicitly: refresh unless a
+    /// peer already stored a newer pair.
+    Stale { version: i64 },
+}
+
+impl Need {
+    pub fn needed(&self, row: &Connection) -> bool {
+        match *self {
+            Need::Expiring { before } => row.token_expires_at.is_none_or(|t| t < before),
+            Need::Due {
+                expiring_before,
+                idle_before,
+            } => {
+                row.token_expires_at.is_none_or(|t| t < expiring_before)
+                    || row.last_refreshed_at.is_none_or(|t| t < idle_before)
+            }
+            Need::Stale { version } => row.token_version == version,
+        }
+    }
+
+    /// The sweep's rule as of now.
+    pub fn due_now(state: &AppState) -> Self {
+        let now = storage::now();
+        Need::Due {
+            expiring_before: now + chrono_dur(state.settings.refresh_ahead),
+            idle_before: now - chrono_dur(IDLE_REFRESH),
+        }
+    }
+}
+
+/// How a refresh call ended when it did not fail.
+#[derive(Debug, Clone)]
+pub enum RefreshOutcome {
+    /// This call refreshed the pair and stored it; the row as stored.
+    Refreshed(Connection),
+    /// No refresh was needed (any more): a peer stored a fresh pair, or the row was not due.
+    Fresh(Connection),
+}
+
+impl RefreshOutcome {
+    pub fn connection(&self) -> &Connection {
+        match self {
+            Self::Refreshed(c) | Self::Fresh(c) => c,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    #[error("the seller has no amoCRM connection")]
+    NotConnected,
+    #[error("the amoCRM connection is {}", .0.as_str())]
+    NeedsReconnect(ConnectionStatus),
+    /// amoCRM refused the refresh token: the connection is now `refresh_failed`.
+    #[error("{0}")]
+    Rejected(String),
+    /// 429, 5xx, network, or the new pair could not be stored: the connection stays active, retried later.
+    #[error("{0}")]
+    Transient(String),
+    /// A peer held the row's refresh lease for longer than we wait.
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+fn chrono_dur(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// The refresh lease's lifetime: long enough for a token call that times out, twice.
+fn lease_ttl(state: &AppState) -> Duration {
+    state.settings.amocrm_request_timeout * 2 + Duration::from_secs(10)
+}
+
+/// Refreshes `seller_id`'s pair if `need` still holds once the row lease is taken. Concurrent callers (threads
+/// or instances) wait for the lease holder and then find the need satisfied, so one refresh happens.
+pub async fn refresh(
+    state: &AppState,
+    seller_id: &str,
+    need: Need,
+) -> Result<RefreshOutcome, RefreshError> {
+    let ttl = lease_ttl(state);
+    let deadline = Instant::now() + ttl + Duration::from_secs(5);
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let owner = format!("{}:{}", state.settings.instance_id, random_token(10));
+        let (seller, who) = (seller_id.to_owned(), owner.clone());
+        let now = storage::now();
+        let until = now + chrono_dur(ttl);
+        let leased = state
+            .db
+            .run(move |c| connections::try_lease_refresh(c, &seller, &who, now, until))
+            .await?;
+        if let Some(row) = leased {
+            if let Err(e) = check_usable(&row) {
+                release(state, row.id, &owner).await;
+                return Err(e);
+            }
+            if !need.needed(&row) {
+                release(state, row.id, &owner).await;
+                return Ok(RefreshOutcome::Fresh(row));
+            }
+            return refresh_leased(state, row, owner).await;
+        }
+        // No row, or a peer holds the lease: wait (reading only) until the lease is free or the need is met.
+        loop {
+            let seller = seller_id.to_owned();
+            let row = state
+                .db
+                .run(move |c| connections::find_by_seller(c, &seller))
+                .await?
+                .ok_or(RefreshError::NotConnected)?;
+            check_usable(&row)?;
+            if !need.needed(&row) {
+                return Ok(RefreshOutcome::Fresh(row));
+            }
+            let free = row.refresh_lease_until.is_none_or(|t| t < storage::now());
+            if free {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(RefreshError::Busy(
+                    "another refresh of this connection is still running".into(),
+                ));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+}
+
+fn check_usable(row: &Connection) -> Result<(), RefreshError> {
+    match ConnectionStatus::parse(&row.status) {
+        Some(ConnectionStatus::Active) if row.refresh_token_enc.is_some() => Ok(()),
+        Some(ConnectionStatus::Active) => {
+            Err(RefreshError::NeedsReconnect(ConnectionStatus::Revoked))
+        }
+        Some(other) => Err(RefreshError::NeedsReconnect(other)),
+        None => Err(RefreshError::Corrupt(format!(
+            "unknown connection status {:?}",
+            row.status
+        ))),
+    }
+}
+
+async fn release(state: &AppState, id: i64, owner: &str) {
+    let owner = owner.to_owned();
+    if let Err(e) = state
+        .db
+        .run(move |c| connections::release_refresh_lease(c, id, &owner))
+        .await
+    {
+        // The lease expires by itself; nothing is lost.
+        tracing::warn!(error = %e, "could not release a refresh lease");
+    }
+}
+
+/// We hold the lease on `row` and it needs a refresh: call amoCRM, store, classify.
+async fn refresh_leased(
+    state: &AppState,
+    row: Connection,
+    owner: String,
+) -> Result<RefreshOutcome, RefreshError> {
+    let host = match super::tokens::parse_host(state, &row.host) {
+        Ok(h) => h,
+        Err(e) => {
+            record_transient(state, &row, &owner, &e).await;
+            return Err(RefreshError::Corrupt(e));
+        }
+    };
+    let refresh_token = match row.refresh_token(&state.keys) {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            release(state, row.id, &owner).await;
+            return Err(RefreshError::NeedsReconnect(ConnectionStatus::Revoked));
+        }
+        Err(e) => {
+            let reason = format!("stored refresh token unreadable: {e}");
+            record_transient(state, &row, &owner, &reason).await;
+            return Err(RefreshError::Corrupt(reason));
+        }
+    };
+    let started = Instant::now();
+    match state.amo.refresh(&host, &refresh_token).await {
+        Ok(set) => {
+            let (access_enc, refresh_enc) = connections::seal_tokens(
+                &state.keys,
+                &row.seller_id,
+                secrecy::ExposeSecret::expose_secret(&set.access_token),
+                secrecy::ExposeSecret::expose_secret(&set.refresh_token),
+            );
+            let pair = RefreshedPair {
+                access_token_enc: access_enc,
+                refresh_token_enc: refresh_enc,
+                expires_at: storage::to_db(set.expires_at),
+                api_domain: set.claims.api_domain.clone().or(row.api_domain.clone()),
+            };
+            store_new_pair(state, row, owner, pair, started).await
+        }
+        Err(err) => {
+            let reason = err.to_string();
+            match err {
+                amocrm_client::OAuthError::Rejected { .. } => {
+                    tracing::warn!(seller_id = %row.seller_id, error = %reason, "amoCRM refused the refresh token");
+                    mark_failed(state, &row, &owner, &reason).await
+                }
+                _ => {
+                    tracing::warn!(seller_id = %row.seller_id, error = %reason, "refresh failed, will retry");
+                    record_transient(state, &row, &owner, &reason).await;
+                    Err(RefreshError::Transient(reason))
+                }
+            }
+        }
+    }
+}
+
+/// Store-before-use, retried: while the pair is not stored nobody uses it, so the old refresh token stays
+/// valid (amoCRM's grace rule) and giving up here loses nothing but this attempt.
+async fn store_new_pair(
+    state: &AppState,
+    row: Connection,
+    owner: String,
+    pair: RefreshedPair,
+    started: Instant,
+) -> Result<RefreshOutcome, RefreshError> {
+    let mut last_err = None;
+    for attempt in 0..4u32 {
+        let (id, who, p) = (row.id, owner.clone(), pair.clone());
+        let stored = state
+            .db
+            .run(move |c| connections::store_refreshed(c, id, &who, &p, storage::now()))
+            .await;
+        match stored {
+            Ok(true) => {
+                let seller = row.seller_id.clone();
+                let fresh = state
+                    .db
+                    .run(move |c| connections::find_by_seller(c, &seller))
+                    .await?
+                    .ok_or(RefreshError::NotConnected)?;
+                tracing::info!(
+                    seller_id = %row.seller_id,
+                    ms = started.elapsed().as_millis() as u64,
+                    "refreshed amoCRM tokens"
+                );
+                return Ok(RefreshOutcome::Refreshed(fresh));
+            }
+            Ok(false) => {
+                // Our lease expired and a peer took the row, or it was revoked meanwhile. Our pair is dropped
+                // unused; whatever the row holds now is the truth.
+                let seller = row.seller_id.clone();
+                let now_row = state
+                    .db
+                    .run(move |c| connections::find_by_seller(c, &seller))
+                    .await?
+                    .ok_or(RefreshError::NotConnected)?;
+                check_usable(&now_row)?;
+                if now_row.token_version != row.token_version {
+                    return Ok(RefreshOutcome::Fresh(now_row));
+                }
+                return Err(RefreshError::Transient(
+                    "the refresh lease was lost before the new pair could be stored".into(),
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(seller_id = %row.seller_id, attempt, error = %e, "could not store the refreshed pair");
+                last_err = Some(e);
+                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+            }
+        }
+    }
+    // The lease expires on its own; the next refresh uses the old (still valid) refresh token.
+    Err(RefreshError::Transient(format!(
+        "the refreshed pair could not be stored ({}); the old refresh token stays valid and will be retried",
+        last_err.map(|e| e.to_string()).unwrap_or_default()
+    )))
+}
+
+async fn record_transient(state: &AppState, row: &Connection, owner: &str, reason: &str) {
+    let failures = u32::try_from(row.refresh_failures.max(0)).unwrap_or(0) + 1;
+    let backoff = Duration::from_secs(1u64 << failures.min(20)).min(MAX_BACKOFF);
+    let now = storage::now();
+    let next_at = now + chrono_dur(backoff);
+    let (id, who, why) = (row.id, owner.to_owned(), reason.to_owned());
+    if let Err(e) = state
+        .db
+        .run(move |c| connections::record_refresh_failure(c, id, &who, &why, next_at, now))
+        .await
+    {
+        tracing::warn!(error = %e, "could not record a refresh failure");
+    }
+}
+
+async fn mark_failed(
+    state: &AppState,
+    row: &Connection,
+    owner: &str,
+    reason: &str,
+) -> Result<RefreshOutcome, RefreshError> {
+    let (id, who, why) = (row.id, owner.to_owned(), reason.to_owned());
+    let (seller, account_id, version) = (row.seller_id.clone(), row.account_id, row.token_version);
+    let marked = state
+        .db
+        .run(move |c| {
+            crate::storage::sessions::transaction(c, |c| {
+                if !connections::mark_refresh_failed(c, id, &who, &why, storage::now())? {
+                    return Ok(false);
+                }
+                let ev = NewEvent::new(
+                    "connection.refresh_failed",
+                    &seller,
+                    json!({ "seller_id": seller, "account_id": account_id, "reason": why }),
+                    Some(format!("connection.refresh_failed:{seller}:{version}")),
+                );
+                events::record(c, &ev)?;
+                Ok::<_, StorageError>(true)
+            })
+        })
+        .await?;
+    if marked {
+        return Err(RefreshError::Rejected(reason.to_owned()));
+    }
+    // The lease was lost meanwhile: a peer may have stored a fresh pair with a token that still worked.
+    let seller = row.seller_id.clone();
+    let now_row = state
+        .db
+        .run(move |c| connections::find_by_seller(c, &seller))
+        .await?
+        .ok_or(RefreshError::NotConnected)?;
+    check_usable(&now_row)?;
+    if now_row.token_version != row.token_version {
+        return Ok(RefreshOutcome::Fresh(now_row));
+    }
+    Err(RefreshError::Transient(reason.to_owned()))
+}
+
+/// What one sweep did: the contract's `{due, refreshed, failed, skipped}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SweepReport {
+    pub due: u64,
+    pub refreshed: u64,
+    pub failed: u64,
+    pub skipped: u64,
+}
+
+/// How a call to [`sweep`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SweepOutcome {
+    /// This call ran the sweep.
+    Ran(SweepReport),
+    /// Another sweep (this or another instance) was running; this is its result.
+    Joined(SweepReport),
+    /// Another sweep is still running after [`JOIN_WAIT`].
+    AlreadyRunning,
+}
+
+impl SweepOutcome {
+    pub fn report(&self) -> Option<SweepReport> {
+        match self {
+            Self::Ran(r) | Self::Joined(r) => Some(*r),
+            Self::AlreadyRunning => None,
+        }
+    }
+}
+
+/// One refresh sweep under the job lease (at most one at a time across instances). A caller that finds a
+/// sweep running waits up to `join_wait` for it and returns its result.
+pub async fn sweep(state: &AppState, join_wait: Duration) -> Result<SweepOutcome, StorageError> {
+    let owner = format!("{}:{}", state.settings.instance_id, random_token(10));
+    let ttl = sweep_lease_ttl(state);
+    let who = owner.clone();
+    let acquired = state
+        .db
+        .run(move |c| {
+            let now = storage::now();
+            leases::try_acquire(c, SWEEP_JOB, &who, now, now + chrono_dur(ttl))
+        })
+        .await?;
+    if !acquired {
+        return join_running(state, join_wait).await;
+    }
+    let result = refresh_due_leased(state, Some(&owner)).await;
+    let summary = result
+        .as_ref()
+        .ok()
+        .and_then(|r| serde_json::to_string(r).ok());
+    let who = owner.clone();
+    if let Err(e) = state
+        .db
+        .run(move |c| leases::release(c, SWEEP_JOB, &who, summary.as_deref()))
+        .await
+    {
+        tracing::warn!(error = %e, "could not release the sweep lease");
+    }
+    let report = result?;
+    tracing::info!(
+        due = report.due,
+        refreshed = report.refreshed,
+        failed = report.failed,
+        skipped = report.skipped,
+        "refresh sweep finished"
+    );
+    Ok(SweepOutcome::Ran(report))
+}
+
+fn sweep_lease_ttl(state: &AppState) -> Duration {
+    lease_ttl(state) * 4
+}
+
+/// Waits (bounded, reading only) for the running sweep to finish and returns its recorded result.
+async fn join_running(state: &AppState, wait: Duration) -> Result<SweepOutcome, StorageError> {
+    let deadline = Instant::now() + wait;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        let lease = state.db.run(|c| leases::get(c, SWEEP_JOB)).await?;
+        let running = lease.as_ref().is_some_and(|l| {
+            l.owner.is_some() && l.lease_until.is_some_and(|t| t >= storage::now())
+        });
+        if !running {
+            let report = lease
+                .and_then(|l| l.last_result)
+                .and_then(|r| serde_json::from_str::<SweepReport>(&r).ok())
+                .unwrap_or_default();
+            return Ok(SweepOutcome::Joined(report));
+        }
+        if Instant::now() >= deadline {
+            return Ok(SweepOutcome::AlreadyRunning);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// Refreshes every due connection with bounded concurrency, without the job lease. The sweep calls this;
+/// it is public so tests can run it from several instances at once (row leases alone must keep each
+/// connection refreshed once).
+pub async fn refresh_due(state: &AppState) -> Result<SweepReport, StorageError> {
+    refresh_due_leased(state, None).await
+}
+
+async fn refresh_due_leased(
+    state: &AppState,
+    job_owner: Option<&str>,
+) -> Result<SweepReport, StorageError> {
+    let need = Need::due_now(state);
+    let Need::Due {
+        expiring_before,
+        idle_before,
+    } = need
+    else {
+        return Ok(SweepReport::default());
+    };
+    let now = storage::now();
+    let mut report = SweepReport::default();
+    let mut after = 0i64;
+    let concurrency = state.settings.refresh_concurrency.max(1);
+    let page_size = i64::try_from((concurrency * PAGE_PER_WORKER).clamp(100, 2000)).unwrap_or(1000);
+    loop {
+        let page = state
+            .db
+            .run(move |c| {
+                connections::due_for_refresh(c, now, expiring_before, idle_before, after, page_size)
+            })
+            .await?;
+        let Some(&(last_id, _)) = page.last() else {
+            break;
+        };
+        after = last_id;
+        report.due += page.len() as u64;
+        let outcomes: Vec<Result<RefreshOutcome, RefreshError>> = futures_util::stream::iter(
+            page.into_iter()
+                .map(|(_, seller)| async move { refresh(state, &seller, need).await }),
+        )
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+        for outcome in outcomes {
+            match outcome {
+                Ok(RefreshOutcome::Refreshed(_)) => report.refreshed += 1,
+                Ok(RefreshOutcome::Fresh(_))
+                | Err(RefreshError::Busy(_))
+                | Err(RefreshError::NeedsReconnect(_))
+                | Err(RefreshError::NotConnected) => report.skipped += 1,
+                Err(RefreshError::Storage(e)) => {
+                    tracing::warn!(error = %e, "refresh hit a database error");
+                    report.failed += 1;
+                }
+                Err(_) => report.failed += 1,
+            }
+        }
+        if let Some(owner) = job_owner {
+            let (who, ttl) = (owner.to_owned(), sweep_lease_ttl(state));
+            state
+                .db
+                .run(move |c| leases::extend(c, SWEEP_JOB, &who, storage::now() + chrono_dur(ttl)))
+                .await?;
+        }
+    }
+    Ok(report)
+}

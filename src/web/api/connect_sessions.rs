@@ -1,0 +1,73 @@
+//! `POST /api/v1/connect-sessions`: a single-use, 30-minute link to the seller's "Connect amoCRM" page.
+
+use actix_web::{HttpResponse, web};
+use chrono::SecondsFormat;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::guard::Caller;
+use crate::app::AppState;
+use crate::services::connect::{self, ConnectError};
+use crate::web::error::{ApiError, FieldErrors};
+use crate::web::extract::ApiJson;
+
+#[derive(Debug, Deserialize)]
+pub struct CreateSession {
+    /// A string, or a number as some marketplace ids are (taken as its decimal form).
+    seller_id: Option<Value>,
+    return_url: Option<String>,
+    lang: Option<String>,
+}
+
+/// Maps a service error to the contract's errors.
+pub fn api_error(e: ConnectError) -> ApiError {
+    match e {
+        ConnectError::Invalid(problems) => {
+            let mut fields = FieldErrors::new();
+            for p in problems {
+                fields
+                    .entry(p.field.to_owned())
+                    .or_default()
+                    .push(p.message);
+            }
+            ApiError::validation(fields)
+        }
+        ConnectError::NotFound => ApiError::not_found("connection"),
+        ConnectError::Unavailable(reason) => ApiError::new(
+            crate::web::error::ErrorCode::MaintenanceMode,
+            format!("amoCRM could not be reached: {reason}"),
+        ),
+        ConnectError::Storage(e) => ApiError::internal(e),
+    }
+}
+
+pub async fn create(
+    caller: Caller,
+    state: web::Data<AppState>,
+    body: ApiJson<CreateSession>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_write()?;
+    let body = body.0;
+    let seller_id = match body.seller_id {
+        Some(Value::String(s)) => s,
+        Some(Value::Number(n)) if n.is_u64() || n.is_i64() => n.to_string(),
+        Some(_) => return Err(ApiError::field("seller_id", "must be a string")),
+        None => return Err(ApiError::field("seller_id", "is required")),
+    };
+    let created = connect::create_session(
+        &state,
+        &seller_id,
+        body.return_url.as_deref(),
+        body.lang.as_deref(),
+    )
+    .await
+    .map_err(api_error)?;
+    Ok(HttpResponse::Created().json(json!({
+        "data": {
+            "token": created.token,
+            "connect_url": created.connect_url,
+            "expires_at": created.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+            "seller_id": created.seller_id,
+        }
+    })))
+}

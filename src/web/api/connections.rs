@@ -1,0 +1,212 @@
+//! `/api/v1/connections`: the sellers' amoCRM connections (never a token), revoking one, refreshing one now,
+//! and the status mapping of its pipeline.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::{NaiveDateTime, SecondsFormat};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::connect_sessions::api_error;
+use super::guard::Caller;
+use crate::app::AppState;
+use crate::domain::status::ConnectionStatus;
+use crate::services::connect;
+use crate::services::refresh::{self, Need, RefreshError};
+use crate::storage::connections::Connection;
+use crate::storage::from_db;
+use crate::web::error::{ApiError, FieldErrors};
+use crate::web::extract::{self, ApiJson, Paging};
+
+fn ts(t: Option<NaiveDateTime>) -> Value {
+    t.map(|t| json!(from_db(t).to_rfc3339_opts(SecondsFormat::Secs, true)))
+        .unwrap_or(Value::Null)
+}
+
+/// The API view of a connection: everything but the tokens.
+pub fn view(c: &Connection) -> Value {
+    json!({
+        "seller_id": c.seller_id,
+        "status": c.status,
+        "account_id": c.account_id,
+        "subdomain": c.subdomain,
+        "host": c.host,
+        "token_expires_at": ts(c.token_expires_at),
+        "last_refreshed_at": ts(c.last_refreshed_at),
+        "refresh_failures": c.refresh_failures,
+        "last_error": c.last_error,
+        "pipeline_id": c.pipeline_id,
+        "connected_at": ts(Some(c.connected_at)),
+        "revoked_at": ts(c.revoked_at),
+        "revoke_reason": c.revoke_reason,
+        "provisioning": {
+            "state": c.provisioning_state,
+            "missing": c.missing_provisioning(),
+            "error": c.provisioning_error,
+            "attempts": c.provisioning_attempts,
+            "next_attempt_at": ts(c.next_provision_at),
+        },
+    })
+}
+
+fn pipeline_view(c: &Connection) -> Value {
+    let s = c.stages();
+    json!({
+        "pipeline_id": c.pipeline_id,
+        "statuses": {
+            "pending": s[0],
+            "awaiting_payment": s[1],
+            "paid": s[2],
+            "shipping": s[3],
+            "completed": s[4],
+            "cancelled": s[5],
+        }
+    })
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+}
+
+pub async fn list(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    paging: Paging,
+) -> Result<HttpResponse, ApiError> {
+    let q: ListQuery = extract::query(&req)?;
+    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(ConnectionStatus::parse(s).ok_or_else(|| {
+            ApiError::bad_request("status must be one of active, refresh_failed, revoked")
+        })?),
+    };
+    let (rows, total) = connect::list_connections(&state, status, paging.offset(), paging.per_page)
+        .await
+        .map_err(api_error)?;
+    Ok(HttpResponse::Ok().json(json!({
+        "data": rows.iter().map(view).collect::<Vec<_>>(),
+        "meta": paging.meta(total),
+    })))
+}
+
+pub async fn get(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let c = connect::get_connection(&state, &path)
+        .await
+        .map_err(api_error)?;
+    Ok(HttpResponse::Ok().json(json!({ "data": view(&c) })))
+}
+
+pub async fn delete(
+    caller: Caller,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_write()?;
+    connect::revoke(&state, &path).await.map_err(api_error)?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// `POST /api/v1/connections/{seller_id}/refresh`: refreshes now (single-flight with every other trigger),
+/// then answers with the connection; a failure is visible in its `status`, `refresh_failures`, `last_error`.
+pub async fn refresh_now(
+    caller: Caller,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_write()?;
+    let current = connect::get_connection(&state, &path)
+        .await
+        .map_err(api_error)?;
+    let need = Need::Stale {
+        version: current.token_version,
+    };
+    match refresh::refresh(&state, &path, need).await {
+        Ok(_)
+        | Err(RefreshError::Rejected(_) | RefreshError::Transient(_) | RefreshError::Busy(_)) => {}
+        Err(RefreshError::NotConnected) => return Err(ApiError::not_found("connection")),
+        Err(RefreshError::NeedsReconnect(s)) => {
+            return Err(ApiError::field(
+                "status",
+                format!(
+                    "the connection is {}: the seller must reconnect",
+                    s.as_str()
+                ),
+            ));
+        }
+        Err(RefreshError::Corrupt(e)) => return Err(ApiError::internal(e)),
+        Err(RefreshError::Storage(e)) => return Err(ApiError::internal(e)),
+    }
+    let c = connect::get_connection(&state, &path)
+        .await
+        .map_err(api_error)?;
+    Ok(HttpResponse::Ok().json(json!({ "data": view(&c) })))
+}
+
+pub async fn get_pipeline(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let c = connect::get_connection(&state, &path)
+        .await
+        .map_err(api_error)?;
+    Ok(HttpResponse::Ok().json(json!({ "data": pipeline_view(&c) })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PipelineBody {
+    pipeline_id: Option<Value>,
+    statuses: Option<serde_json::Map<String, Value>>,
+}
+
+fn positive_id(v: Option<&Value>) -> Option<i64> {
+    v.and_then(Value::as_i64).filter(|id| *id > 0)
+}
+
+pub async fn put_pipeline(
+    caller: Caller,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+    body: ApiJson<PipelineBody>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_write()?;
+    let body = body.0;
+    let mut fields = FieldErrors::new();
+    let pipeline_id = positive_id(body.pipeline_id.as_ref());
+    if pipeline_id.is_none() {
+        fields.insert(
+            "pipeline_id".into(),
+            vec!["is required: a positive amoCRM pipeline id".into()],
+        );
+    }
+    let statuses = body.statuses.unwrap_or_default();
+    let mut stages = [0i64; 6];
+    for (i, status) in crate::domain::status::OrderStatus::ALL.iter().enumerate() {
+        match positive_id(statuses.get(status.as_str())) {
+            Some(id) => stages[i] = id,
+            None => {
+                fields.insert(
+                    connect::status_field(*status).into(),
+                    vec!["is required: a positive amoCRM status id".into()],
+                );
+            }
+        }
+    }
+    for key in statuses.keys() {
+        if crate::domain::status::OrderStatus::parse(key).is_none() {
+            fields.insert(
+                format!("statuses.{key}"),
+                vec!["is not an order status".into()],
+            );
+        }
+    }
+    let Some(pipeline_id) = pipeline_id.filter(|_| fields.is_empty()) else {
+        return Err(ApiError::validation(fields));
+    };
+    let c = connect::set_pipeline(&state, &path, pipeline_id, stages)
+        .await
+        .map_err(api_error)?;
+    Ok(HttpResponse::Ok().json(json!({ "data": pipeline_view(&c) })))
+}

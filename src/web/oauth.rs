@@ -1,0 +1,140 @@
+//! amoCRM's redirects to us: the OAuth callback (`/oauth/amocrm/callback`) and the uninstall hook
+//! (`/oauth/amocrm/disconnect`). The checks themselves live in `services::connect`.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use amocrm_client::AuthMode;
+use askama::Template;
+use serde::Deserialize;
+
+use super::error::ApiError;
+use super::pages::{self, MessageTemplate, pick_lang, texts};
+use crate::app::AppState;
+use crate::services::connect::{self, BROWSER_COOKIE, CallbackParams, Refusal, UninstallError};
+
+/// `GET /oauth/amocrm/callback?code&state&referer&client_id[&from_widget][&error]`.
+pub async fn callback(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    // A query that does not even parse is treated like one without a state.
+    let params: CallbackParams = serde_urlencoded::from_str(req.query_string()).unwrap_or_default();
+    let cookie = req.cookie(BROWSER_COOKIE).map(|c| c.value().to_owned());
+    let outcome = match connect::callback(&state, &params, cookie.as_deref()).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(error = %e, "OAuth callback failed on the database");
+            let lang = pick_lang(&req, None);
+            let t = texts(lang);
+            return pages::message(
+                StatusCode::SERVICE_UNAVAILABLE,
+                lang,
+                "bad",
+                t.error_title,
+                t.exchange_failed,
+                None,
+            );
+        }
+    };
+    let origin = pages::origin(&state);
+    let nonce = pages::nonce();
+    match outcome {
+        Ok(done) => {
+            let lang = pick_lang(&req, done.lang);
+            let t = texts(lang);
+            let return_url = done.return_url.clone().unwrap_or_default();
+            if done.mode == AuthMode::Popup && !return_url.is_empty() {
+                return HttpResponse::SeeOther()
+                    .insert_header(("Location", return_url))
+                    .insert_header(("Cache-Control", "no-store"))
+                    .insert_header(("Referrer-Policy", "no-referrer"))
+                    .finish();
+            }
+            let setup_done = done.provisioning.as_ref().is_some_and(|p| p.complete);
+            let text = format!("{} ({})", t.success_text, done.connection.host);
+            let page = MessageTemplate {
+                t,
+                nonce: &nonce,
+                class: "ok",
+                title: t.success_title,
+                text: &text,
+                note: (!setup_done).then_some(t.setup_pending),
+                hint: None,
+                retry_url: None,
+                post_message: done.mode == AuthMode::PostMessage,
+                status: "connected",
+                origin: &origin,
+                return_url: &return_url,
+            };
+            pages::html(StatusCode::OK, &nonce, page.render())
+        }
+        Err(refused) => {
+            let lang = pick_lang(&req, refused.lang);
+            let t = texts(lang);
+            let (text, hint) = match refused.reason {
+                Refusal::FromWidget => (t.from_widget, None),
+                Refusal::MissingState | Refusal::UnknownState => {
+                    (t.bad_state, Some(t.ask_new_link))
+                }
+                Refusal::ExpiredState => (t.expired_state, Some(t.ask_new_link)),
+                Refusal::UsedState => (t.used_state, Some(t.ask_new_link)),
+                Refusal::OtherBrowser => (t.other_browser, Some(t.ask_new_link)),
+                Refusal::SessionUsed => (t.session_used, None),
+                Refusal::Denied => (t.denied, None),
+                Refusal::WrongClient => (t.wrong_client, None),
+                Refusal::BadReferer => (t.bad_referer, None),
+                Refusal::MissingCode => (t.missing_code, None),
+                Refusal::ExchangeFailed => (t.exchange_failed, None),
+                Refusal::AccountUnreadable => (t.account_unreadable, None),
+                Refusal::AccountTaken => (t.account_taken, None),
+            };
+            let hint = if refused.retry_url.is_none() && hint.is_none() {
+                Some(t.ask_new_link)
+            } else {
+                hint
+            };
+            let status =
+                StatusCode::from_u16(refused.reason.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            let page = MessageTemplate {
+                t,
+                nonce: &nonce,
+                class: "bad",
+                title: t.error_title,
+                text,
+                note: None,
+                hint,
+                retry_url: refused.retry_url.as_deref(),
+                post_message: false,
+                status: "error",
+                origin: &origin,
+                return_url: "",
+            };
+            pages::html(status, &nonce, page.render())
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct DisconnectParams {
+    client_uuid: Option<String>,
+    account_id: Option<String>,
+    signature: Option<String>,
+}
+
+/// `GET /oauth/amocrm/disconnect?client_uuid&account_id&signature`: amoCRM's uninstall hook.
+pub async fn disconnect(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let p: DisconnectParams = serde_urlencoded::from_str(req.query_string()).unwrap_or_default();
+    let result = connect::uninstall(
+        &state,
+        p.client_uuid.as_deref().unwrap_or_default(),
+        p.account_id.as_deref().unwrap_or_default(),
+        p.signature.as_deref().unwrap_or_default(),
+    )
+    .await;
+    match result {
+        Ok(n) => HttpResponse::Ok()
+            .content_type("application/json")
+            .body(serde_json::json!({"data": {"revoked": n}}).to_string()),
+        Err(UninstallError::BadSignature) => {
+            ApiError::unauthorized("the uninstall hook's signature is not valid").error_response()
+        }
+        Err(UninstallError::Storage(e)) => ApiError::internal(e).error_response(),
+    }
+}

@@ -1,0 +1,97 @@
+//! The connect/refresh worker: the cron schedule of the refresh sweep (`REFRESH_SCHEDULE`), and a loop that
+//! retries unfinished provisioning with back-off and prunes old connect sessions.
+
+use std::time::Duration;
+
+use actix_web::web::Data;
+use tokio::task::JoinHandle;
+use tokio_cron_scheduler::{Job, JobScheduler};
+
+use crate::app::AppState;
+use crate::services::{connect, provisioning, refresh};
+use crate::storage::StorageError;
+
+/// How often the loop looks for provisioning to retry.
+pub const INTERVAL: Duration = Duration::from_secs(5);
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Report {
+    pub provisioning_attempted: usize,
+    pub sessions_pruned: usize,
+}
+
+/// One step: retries due provisioning, prunes expired connect sessions.
+pub async fn run_once(state: &AppState) -> Result<Report, StorageError> {
+    let provisioning_attempted = provisioning::retry_due(state).await?;
+    let sessions_pruned = connect::prune_sessions(state).await?;
+    Ok(Report {
+        provisioning_attempted,
+        sessions_pruned,
+    })
+}
+
+/// Loops [`run_once`] every [`INTERVAL`] until shutdown.
+pub fn spawn(state: Data<AppState>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut shutdown = state.shutdown.clone();
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            if let Err(e) = run_once(&state).await {
+                tracing::warn!(error = %e, "connect worker step failed");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(INTERVAL) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    })
+}
+
+/// Starts the in-process refresh schedule (`REFRESH_SCHEDULE`, cron with seconds, UTC) when configured. Every
+/// instance runs the schedule; the sweep's job lease makes only one of them sweep at a time.
+pub fn spawn_schedule(state: Data<AppState>) -> Option<JoinHandle<()>> {
+    let schedule = state.settings.refresh_schedule.clone()?;
+    Some(tokio::spawn(async move {
+        let mut scheduler = match JobScheduler::new().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "refresh scheduler could not start");
+                return;
+            }
+        };
+        let job_state = state.clone();
+        let job = Job::new_async(schedule.as_str(), move |_id, _lock| {
+            let state = job_state.clone();
+            Box::pin(async move {
+                // A sweep already running elsewhere is enough: do not wait for it.
+                match refresh::sweep(&state, Duration::ZERO).await {
+                    Ok(outcome) => tracing::debug!(?outcome, "scheduled refresh sweep"),
+                    Err(e) => tracing::warn!(error = %e, "scheduled refresh sweep failed"),
+                }
+            })
+        });
+        let added = match job {
+            Ok(job) => scheduler.add(job).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = added {
+            tracing::error!(error = %e, "refresh schedule could not be added");
+            return;
+        }
+        if let Err(e) = scheduler.start().await {
+            tracing::error!(error = %e, "refresh scheduler could not start");
+            return;
+        }
+        tracing::info!(%schedule, "refresh schedule running");
+        let mut shutdown = state.shutdown.clone();
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+        let _ = scheduler.shutdown().await;
+    }))
+}
