@@ -12,7 +12,8 @@
 //!   (by order number) before they may be sent again; a found lead is adopted, so no duplicate is made;
 //! - 400 `validation-errors` → the named orders fail for good (`order.sync_failed`), the rest go again;
 //!   errors that point at our pipeline or fields mean they were deleted in amoCRM: re-provision, then push;
-//! - 401 → the stored pair is re-read once; a connection that is no longer active holds its orders.
+//! - 401 → the token provider's path (`services::tokens::with_api`: re-read the stored pair once, then
+//!   refresh, then retry); a connection that is no longer active holds its orders until reconnect.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -25,11 +26,12 @@ use amocrm_client::{
 };
 use chrono::{NaiveDateTime, TimeDelta};
 use futures_util::future::join_all;
-use secrecy::SecretString;
 
 use crate::app::AppState;
 use crate::domain::order::{Money, OrderDraft};
 use crate::domain::status::{ConnectionStatus, OrderStatus};
+use crate::services::provisioning;
+use crate::services::tokens::{self, TokenError};
 use crate::storage::StorageError;
 use crate::storage::connections::{self, Connection};
 use crate::storage::orders::{
@@ -107,10 +109,13 @@ pub struct StepReport {
     /// Orders parked because their connection is not active / released because it is again.
     pub held: usize,
     pub released: usize,
+    /// Times the seller's pipeline or fields were provisioned again (deleted in amoCRM).
+    pub reprovisioned: usize,
 }
 
 impl StepReport {
-    fn add(&mut self, o: &StepReport) {
+    /// Adds another report's counts to this one.
+    pub fn add(&mut self, o: &StepReport) {
         self.accounts += o.accounts;
         self.calls += o.calls;
         self.complex_calls += o.complex_calls;
@@ -121,6 +126,7 @@ impl StepReport {
         self.rate_limited += o.rate_limited;
         self.held += o.held;
         self.released += o.released;
+        self.reprovisioned += o.reprovisioned;
     }
 
     /// Whether the step changed anything.
@@ -224,40 +230,150 @@ pub async fn step(state: &AppState) -> Result<StepReport, PushError> {
     Ok(report)
 }
 
-/// A valid access token for one account, with the version it was read at (to notice a refresh by a peer).
-struct Access {
-    host: AccountHost,
-    token: SecretString,
-    version: i64,
+/// What one account's turn works with.
+struct Ctx<'a> {
+    state: &'a AppState,
+    cfg: &'a PushConfig,
+    conn: Connection,
+    owner: &'a str,
 }
 
-enum AccessError {
-    /// The connection cannot be used until the seller reconnects: hold its orders.
-    Inactive(String),
-    /// Try later.
-    Temporary(String),
-}
-
-/// Reads the stored token of an active connection.
-// TODO(issue 5): switch to `services::tokens::access` (refresh ahead of expiry) once it lands on main.
-fn access_of(state: &AppState, conn: &Connection) -> Result<Access, AccessError> {
-    if conn.status != ConnectionStatus::Active.as_str() {
-        return Err(AccessError::Inactive(format!(
-            "amoCRM connection is {}; the seller must reconnect",
-            conn.status
-        )));
+impl Ctx<'_> {
+    fn seller(&self) -> &str {
+        &self.conn.seller_id
     }
-    let host = AccountHost::parse(&conn.host, &state.amo.config().allowed_domains)
-        .map_err(|e| AccessError::Inactive(format!("stored account host is not allowed: {e}")))?;
-    let token = conn
-        .access_token(&state.keys)
-        .map_err(|_| AccessError::Temporary("stored access token cannot be decrypted".into()))?
-        .ok_or_else(|| AccessError::Inactive("the connection holds no access token".into()))?;
-    Ok(Access {
-        host,
-        token,
-        version: conn.token_version,
+}
+
+/// Work that was claimed for a call and must be put back when the call cannot be made or fails.
+enum Claimed {
+    /// Orders; `needs_lookup` is set to this (`None` leaves it as it is).
+    Orders(Vec<String>, Option<bool>),
+    Moves(Vec<i64>),
+}
+
+enum Outcome {
+    Ok,
+    /// End the turn; the account may be served again from this time on (`None`: whenever it is due).
+    Stop(Option<NaiveDateTime>),
+}
+
+/// Runs one amoCRM call for the seller through the token provider (refreshed ahead of expiry; on a 401 the
+/// stored pair is re-read once, then refreshed, and the call retried), paced per account.
+async fn call<T, F, Fut>(ctx: &Ctx<'_>, f: F) -> Result<T, TokenError>
+where
+    F: Fn(tokens::Amo) -> Fut,
+    Fut: Future<Output = Result<T, ApiError>>,
+{
+    let state = ctx.state;
+    tokens::with_api(state, ctx.seller(), |amo: tokens::Amo| {
+        let host = amo.host().clone();
+        let fut = f(amo);
+        async move { paced(state, &host, fut).await }
     })
+    .await
+}
+
+async fn put_back(
+    ctx: &Ctx<'_>,
+    claimed: Claimed,
+    next_at: NaiveDateTime,
+    error: Option<String>,
+) -> Result<(), StorageError> {
+    let ow = ctx.owner.to_owned();
+    match claimed {
+        Claimed::Orders(ids, flag) => {
+            ctx.state
+                .db
+                .run(move |c| store::reschedule(c, &ids, &ow, next_at, error.as_deref(), flag))
+                .await?;
+        }
+        Claimed::Moves(ids) => {
+            ctx.state
+                .db
+                .run(move |c| store::reschedule_moves(c, &ids, &ow, next_at, error.as_deref()))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The call could not be made (or a 401 survived a fresh token): nothing was written. Holds the seller's
+/// orders when only reconnecting helps, otherwise rests the account.
+async fn token_failure(
+    ctx: &Ctx<'_>,
+    err: TokenError,
+    claimed: Claimed,
+    report: &mut StepReport,
+) -> Result<Outcome, PushError> {
+    let reason = err.to_string();
+    let rest = match &err {
+        TokenError::NeedsReconnect(_) | TokenError::NotConnected => {
+            tracing::info!(seller_id = %ctx.seller(), reason, "holding orders until the seller reconnects");
+            put_back(ctx, claimed, crate::storage::now(), Some(reason.clone())).await?;
+            let seller = ctx.seller().to_owned();
+            report.held += ctx
+                .state
+                .db
+                .run(move |c| store::hold_seller(c, &seller, &reason))
+                .await?;
+            return Ok(Outcome::Stop(None));
+        }
+        TokenError::Storage(_) => {
+            put_back(ctx, claimed, crate::storage::now(), Some(reason)).await?;
+            return Err(match err {
+                TokenError::Storage(e) => PushError::Storage(e),
+                _ => PushError::Storage(StorageError::Other("unreachable".into())),
+            });
+        }
+        TokenError::Corrupt(_) => {
+            tracing::error!(seller_id = %ctx.seller(), reason, "the stored amoCRM connection is unusable");
+            ctx.cfg.backoff_max
+        }
+        // A 401 even with a freshly read or refreshed token, or no token right now.
+        TokenError::Api(_) | TokenError::Unavailable(_) => Duration::from_secs(30),
+    };
+    let next = at(rest);
+    put_back(ctx, claimed, next, Some(reason)).await?;
+    Ok(Outcome::Stop(Some(next)))
+}
+
+/// Handles an API error that is about the account or amoCRM, not the request's content. `None` when it is
+/// a rejection the caller must attribute.
+async fn api_failure(
+    ctx: &Ctx<'_>,
+    err: &ApiError,
+    claimed: Claimed,
+    max_attempts: i32,
+    report: &mut StepReport,
+) -> Result<Option<Outcome>, StorageError> {
+    let cfg = ctx.cfg;
+    let (next, outcome) = match err {
+        ApiError::RateLimited { retry_after } => {
+            report.rate_limited += 1;
+            let next = at(*retry_after);
+            (next, Outcome::Stop(Some(next)))
+        }
+        ApiError::Unauthorized => {
+            let next = at(Duration::from_secs(30));
+            (next, Outcome::Stop(Some(next)))
+        }
+        ApiError::Transient { .. } | ApiError::NotFound | ApiError::Request(_) => {
+            (at(cfg.backoff(max_attempts)), Outcome::Stop(None))
+        }
+        ApiError::PaymentRequired => {
+            // The account's subscription ended: nothing will work until it is paid; check hourly.
+            let next = at(Duration::from_secs(3600));
+            (next, Outcome::Stop(Some(next)))
+        }
+        ApiError::Rejected { status: 403, .. } => {
+            // amoCRM answers 403 to everything from an IP it blocked for exceeding its limits.
+            let next = at(cfg.backoff_max);
+            (next, Outcome::Stop(Some(next)))
+        }
+        _ => return Ok(None),
+    };
+    put_back(ctx, claimed, next, Some(err.to_string())).await?;
+    Ok(Some(outcome))
 }
 
 async fn load_connection(state: &AppState, id: i64) -> Result<Option<Connection>, StorageError> {
@@ -290,7 +406,7 @@ async fn turn(
     result.map(|_| report)
 }
 
-/// Returns the time the account may be served again (after a 429), if it must rest.
+/// Returns the time the account may be served again, if it must rest (429, token trouble).
 async fn turn_inner(
     state: &AppState,
     cfg: &PushConfig,
@@ -298,26 +414,30 @@ async fn turn_inner(
     owner: &str,
     report: &mut StepReport,
 ) -> Result<Option<NaiveDateTime>, PushError> {
-    let Some(mut conn) = load_connection(state, acct.connection_id).await? else {
+    let Some(conn) = load_connection(state, acct.connection_id).await? else {
         return Ok(None);
     };
-    let mut access = match access_of(state, &conn) {
-        Ok(a) => a,
-        Err(AccessError::Inactive(reason)) => {
-            let seller = acct.seller_id.clone();
-            report.held += state
-                .db
-                .run(move |c| store::hold_seller(c, &seller, &reason))
-                .await?;
-            return Ok(None);
-        }
-        Err(AccessError::Temporary(reason)) => {
-            tracing::warn!(seller_id = %acct.seller_id, reason, "cannot read the access token");
-            return Ok(Some(at(cfg.backoff_base * 30)));
-        }
+    if conn.status != ConnectionStatus::Active.as_str() {
+        let (seller, reason) = (
+            conn.seller_id.clone(),
+            format!(
+                "amoCRM connection is {}; the seller must reconnect",
+                conn.status
+            ),
+        );
+        report.held += state
+            .db
+            .run(move |c| store::hold_seller(c, &seller, &reason))
+            .await?;
+        return Ok(None);
+    }
+    let mut ctx = Ctx {
+        state,
+        cfg,
+        conn,
+        owner,
     };
     let mut solo = 0usize;
-    let mut unauthorized_once = false;
     while report.calls < cfg.calls_per_turn {
         let until = at(cfg.lease);
         let (o, id) = (owner.to_owned(), acct.connection_id);
@@ -333,27 +453,11 @@ async fn turn_inner(
 
         // 1. Orders whose last send had no known outcome: find their lead before anything is re-sent.
         let budget = i64::from(cfg.calls_per_turn - report.calls).min(BATCH as i64);
-        let lookups = claim(state, acct, owner, cfg, budget, true).await?;
+        let lookups = claim(&ctx, budget, true).await?;
         if !lookups.is_empty() {
             progressed = true;
-            match lookup_batch(state, cfg, &conn, &access, owner, lookups, report).await? {
-                Outcome::Ok => {}
-                Outcome::Stop(s) => return Ok(s),
-                Outcome::Unauthorized => {
-                    match reauthorize(
-                        state,
-                        &mut conn,
-                        &mut access,
-                        &mut unauthorized_once,
-                        acct,
-                        report,
-                    )
-                    .await?
-                    {
-                        Some(stop) => return Ok(stop),
-                        None => continue,
-                    }
-                }
+            if let Outcome::Stop(s) = lookup_batch(&ctx, lookups, report).await? {
+                return Ok(s);
             }
         }
         if report.calls >= cfg.calls_per_turn {
@@ -362,27 +466,20 @@ async fn turn_inner(
 
         // 2. New orders, up to 50 per call (one at a time after an unattributed rejection).
         let size = if solo > 0 { 1 } else { BATCH as i64 };
-        let batch = claim(state, acct, owner, cfg, size, false).await?;
+        let batch = claim(&ctx, size, false).await?;
         if !batch.is_empty() {
             progressed = true;
             solo = solo.saturating_sub(1);
-            match push_batch(state, cfg, &conn, &access, owner, batch, report, &mut solo).await? {
+            let reprovisioned = report.reprovisioned;
+            match push_batch(&ctx, batch, report, &mut solo).await? {
                 Outcome::Ok => {}
                 Outcome::Stop(s) => return Ok(s),
-                Outcome::Unauthorized => {
-                    match reauthorize(
-                        state,
-                        &mut conn,
-                        &mut access,
-                        &mut unauthorized_once,
-                        acct,
-                        report,
-                    )
-                    .await?
-                    {
-                        Some(stop) => return Ok(stop),
-                        None => continue,
-                    }
+            }
+            if report.reprovisioned > reprovisioned {
+                // The pipeline or fields were made again: continue with the new ids.
+                match load_connection(state, acct.connection_id).await? {
+                    Some(fresh) => ctx.conn = fresh,
+                    None => return Ok(None),
                 }
             }
         }
@@ -399,24 +496,8 @@ async fn turn_inner(
             .await?;
         if !moves.is_empty() {
             progressed = true;
-            match move_batch(state, cfg, &conn, &access, owner, moves, report).await? {
-                Outcome::Ok => {}
-                Outcome::Stop(s) => return Ok(s),
-                Outcome::Unauthorized => {
-                    match reauthorize(
-                        state,
-                        &mut conn,
-                        &mut access,
-                        &mut unauthorized_once,
-                        acct,
-                        report,
-                    )
-                    .await?
-                    {
-                        Some(stop) => return Ok(stop),
-                        None => continue,
-                    }
-                }
+            if let Outcome::Stop(s) = move_batch(&ctx, moves, report).await? {
+                return Ok(s);
             }
         }
         if !progressed {
@@ -426,59 +507,17 @@ async fn turn_inner(
     Ok(None)
 }
 
-async fn claim(
-    state: &AppState,
-    acct: &DueAccount,
-    owner: &str,
-    cfg: &PushConfig,
-    limit: i64,
-    lookup: bool,
-) -> Result<Vec<ClaimedOrder>, StorageError> {
-    let seller = acct.seller_id.clone();
-    let (o, until, now) = (owner.to_owned(), at(cfg.lease), crate::storage::now());
-    state
+async fn claim(ctx: &Ctx<'_>, limit: i64, lookup: bool) -> Result<Vec<ClaimedOrder>, StorageError> {
+    let seller = ctx.seller().to_owned();
+    let (o, until, now) = (
+        ctx.owner.to_owned(),
+        at(ctx.cfg.lease),
+        crate::storage::now(),
+    );
+    ctx.state
         .db
         .run(move |c| store::claim_orders(c, &seller, &o, now, until, limit, lookup))
         .await
-}
-
-/// After a 401: re-read the stored pair once (a peer may have refreshed it); if it did not change, the
-/// account rests until the token provider has refreshed it. Returns `Some` to end the turn.
-async fn reauthorize(
-    state: &AppState,
-    conn: &mut Connection,
-    access: &mut Access,
-    once: &mut bool,
-    acct: &DueAccount,
-    report: &mut StepReport,
-) -> Result<Option<Option<NaiveDateTime>>, PushError> {
-    let Some(fresh) = load_connection(state, acct.connection_id).await? else {
-        return Ok(Some(None));
-    };
-    match access_of(state, &fresh) {
-        Ok(a) if !*once && a.version != access.version => {
-            *once = true;
-            *conn = fresh;
-            *access = a;
-            Ok(None)
-        }
-        Ok(_) => Ok(Some(Some(at(Duration::from_secs(30))))),
-        Err(AccessError::Inactive(reason)) => {
-            let seller = acct.seller_id.clone();
-            report.held += state
-                .db
-                .run(move |c| store::hold_seller(c, &seller, &reason))
-                .await?;
-            Ok(Some(None))
-        }
-        Err(AccessError::Temporary(_)) => Ok(Some(Some(at(Duration::from_secs(30))))),
-    }
-}
-
-enum Outcome {
-    Ok,
-    Stop(Option<NaiveDateTime>),
-    Unauthorized,
 }
 
 /// The amoCRM stage for an internal status in the seller's mapping (won/lost default to 142/143).
@@ -544,22 +583,6 @@ fn ids_of(batch: &[ClaimedOrder]) -> Vec<String> {
     batch.iter().map(|o| o.row.id.clone()).collect()
 }
 
-async fn reschedule(
-    state: &AppState,
-    ids: Vec<String>,
-    owner: &str,
-    next_at: NaiveDateTime,
-    error: Option<String>,
-    needs_lookup: Option<bool>,
-) -> Result<(), StorageError> {
-    let o = owner.to_owned();
-    state
-        .db
-        .run(move |c| store::reschedule(c, &ids, &o, next_at, error.as_deref(), needs_lookup))
-        .await?;
-    Ok(())
-}
-
 /// Errors that name only our pipeline, stage or custom-field ids (not a value) on every rejected item mean
 /// the seller's provisioning was deleted in amoCRM: nothing is wrong with the orders themselves.
 pub fn points_at_provisioning(err: &ApiError) -> bool {
@@ -599,207 +622,161 @@ fn rejection_reason(err: &ApiError, request_id: &str) -> String {
     text.chars().take(500).collect()
 }
 
-/// Handles a non-success answer that is not order-specific. Returns `None` if the caller must decide.
-async fn common_failure(
-    (state, cfg, owner): (&AppState, &PushConfig, &str),
-    err: &ApiError,
-    ids: Vec<String>,
-    max_attempts: i32,
-    report: &mut StepReport,
-    may_have_written: bool,
-) -> Result<Option<Outcome>, StorageError> {
-    let lookup_flag = if may_have_written { None } else { Some(false) };
-    match err {
-        ApiError::RateLimited { retry_after } => {
-            report.rate_limited += 1;
-            let next = at(*retry_after);
-            reschedule(state, ids, owner, next, Some(err.to_string()), lookup_flag).await?;
-            Ok(Some(Outcome::Stop(Some(next))))
-        }
-        ApiError::Unauthorized => {
-            reschedule(
-                state,
-                ids,
-                owner,
-                crate::storage::now(),
-                Some(err.to_string()),
-                lookup_flag,
-            )
-            .await?;
-            Ok(Some(Outcome::Unauthorized))
-        }
-        ApiError::Transient { .. } | ApiError::NotFound | ApiError::Request(_) => {
-            let next = at(cfg.backoff(max_attempts));
-            reschedule(state, ids, owner, next, Some(err.to_string()), lookup_flag).await?;
-            Ok(Some(Outcome::Stop(None)))
-        }
-        ApiError::PaymentRequired => {
-            // The account's subscription ended: nothing will work until it is paid, check hourly.
-            let next = at(Duration::from_secs(3600));
-            reschedule(state, ids, owner, next, Some(err.to_string()), lookup_flag).await?;
-            Ok(Some(Outcome::Stop(Some(next))))
-        }
-        ApiError::Rejected { status: 403, .. } => {
-            // amoCRM blocks an IP that exceeded its limits with 403 for everything: back off the account.
-            let next = at(cfg.backoff_max);
-            reschedule(state, ids, owner, next, Some(err.to_string()), lookup_flag).await?;
-            Ok(Some(Outcome::Stop(Some(next))))
-        }
-        _ => Ok(None),
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
 async fn push_batch(
-    state: &AppState,
-    cfg: &PushConfig,
-    conn: &Connection,
-    access: &Access,
-    owner: &str,
+    ctx: &Ctx<'_>,
     batch: Vec<ClaimedOrder>,
     report: &mut StepReport,
     solo: &mut usize,
 ) -> Result<Outcome, PushError> {
+    let (state, cfg) = (ctx.state, ctx.cfg);
     let mut leads = Vec::with_capacity(batch.len());
     let mut sendable = Vec::with_capacity(batch.len());
+    let mut unbuildable = Vec::new();
     for o in batch {
-        match build_lead(conn, &o.row, &cfg.lead_name_template) {
+        match build_lead(&ctx.conn, &o.row, &cfg.lead_name_template) {
             Ok(l) => {
                 leads.push(l);
                 sendable.push(o);
             }
-            Err(reason) => {
-                // Nothing was sent for this order; it waits for provisioning (or a fix) and tries again.
-                let next = at(cfg.backoff(o.row.sync_attempts));
-                reschedule(
-                    state,
-                    vec![o.row.id.clone()],
-                    owner,
-                    next,
-                    Some(reason),
-                    Some(false),
-                )
-                .await?;
-                reprovision(state, conn).await;
-            }
+            Err(reason) => unbuildable.push((o, reason)),
+        }
+    }
+    if !unbuildable.is_empty() {
+        // Nothing was sent for these: the mapping is incomplete. Provision, and try them again.
+        let complete = reprovision(ctx, report).await;
+        for (o, reason) in unbuildable {
+            let next = if complete {
+                crate::storage::now()
+            } else {
+                at(cfg.backoff(o.row.sync_attempts))
+            };
+            put_back(
+                ctx,
+                Claimed::Orders(vec![o.row.id.clone()], Some(false)),
+                next,
+                Some(reason),
+            )
+            .await?;
         }
     }
     if sendable.is_empty() {
         return Ok(Outcome::Ok);
     }
-    let api = state.amo.api(&access.host, &access.token);
     report.calls += 1;
     report.complex_calls += 1;
-    let started = std::time::Instant::now();
-    let result = paced(state, &access.host, api.leads_complex(&leads)).await;
-    tracing::debug!(seller_id = %conn.seller_id, count = leads.len(), ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "leads/complex");
+    let leads_ref: &[ComplexLead] = &leads;
+    let result = call(ctx, |amo| async move {
+        amo.api().leads_complex(leads_ref).await
+    })
+    .await;
     let max_attempts = sendable
         .iter()
         .map(|o| o.row.sync_attempts)
         .max()
         .unwrap_or(1);
-    match result {
+    let err = match result {
         Ok(results) => {
-            store_results(state, cfg, conn, owner, &sendable, results, report).await?;
-            Ok(Outcome::Ok)
+            store_results(ctx, &sendable, results, report).await?;
+            return Ok(Outcome::Ok);
         }
-        Err(err) if err.may_have_written() => {
-            tracing::warn!(seller_id = %conn.seller_id, count = sendable.len(), error = %err, "leads/complex outcome unknown; orders will be looked up");
-            reschedule(
-                state,
-                ids_of(&sendable),
-                owner,
-                at(cfg.lookup_delay),
-                Some(err.to_string()),
-                Some(true),
-            )
-            .await?;
-            Ok(Outcome::Ok)
-        }
-        Err(err) => {
-            if let Some(out) = common_failure(
-                (state, cfg, owner),
-                &err,
-                ids_of(&sendable),
-                max_attempts,
+        Err(TokenError::Api(err)) => err,
+        Err(other) => {
+            return token_failure(
+                ctx,
+                other,
+                Claimed::Orders(ids_of(&sendable), Some(false)),
                 report,
-                false,
             )
+            .await;
+        }
+    };
+    if err.may_have_written() {
+        tracing::warn!(seller_id = %ctx.seller(), count = sendable.len(), error = %err, "leads/complex outcome unknown; the orders will be looked up");
+        put_back(
+            ctx,
+            Claimed::Orders(ids_of(&sendable), Some(true)),
+            at(cfg.lookup_delay),
+            Some(err.to_string()),
+        )
+        .await?;
+        return Ok(Outcome::Ok);
+    }
+    let claimed = Claimed::Orders(ids_of(&sendable), Some(false));
+    if let Some(out) = api_failure(ctx, &err, claimed, max_attempts, report).await? {
+        return Ok(out);
+    }
+    // A rejection (400/422…): nothing was created.
+    if points_at_provisioning(&err) {
+        tracing::warn!(seller_id = %ctx.seller(), error = %err, "amoCRM no longer knows our pipeline or fields; provisioning again");
+        let complete = reprovision(ctx, report).await;
+        let next = if complete {
+            crate::storage::now()
+        } else {
+            at(cfg.backoff(max_attempts))
+        };
+        put_back(
+            ctx,
+            Claimed::Orders(ids_of(&sendable), Some(false)),
+            next,
+            Some(err.to_string()),
+        )
+        .await?;
+        return Ok(if complete {
+            Outcome::Ok
+        } else {
+            Outcome::Stop(None)
+        });
+    }
+    let named: Vec<&str> = err.rejected_request_ids();
+    let (bad, good): (Vec<ClaimedOrder>, Vec<ClaimedOrder>) = if sendable.len() == 1 {
+        (sendable, Vec::new())
+    } else {
+        sendable
+            .into_iter()
+            .partition(|o| named.contains(&o.row.id.as_str()))
+    };
+    if bad.is_empty() {
+        // amoCRM did not say which order it refused: send them one by one to find out.
+        *solo = good.len();
+        put_back(
+            ctx,
+            Claimed::Orders(ids_of(&good), Some(false)),
+            crate::storage::now(),
+            Some(err.to_string()),
+        )
+        .await?;
+        return Ok(Outcome::Ok);
+    }
+    for o in &bad {
+        let reason = rejection_reason(&err, &o.row.id);
+        tracing::warn!(order_id = %o.row.id, reason, "amoCRM rejected an order");
+        let (seller, ow, id) = (
+            ctx.seller().to_owned(),
+            ctx.owner.to_owned(),
+            o.row.id.clone(),
+        );
+        if state
+            .db
+            .run(move |c| store::mark_failed(c, &seller, &ow, &id, &reason))
             .await?
-            {
-                return Ok(out);
-            }
-            // A rejection (400/422…): nothing was created.
-            if points_at_provisioning(&err) {
-                tracing::warn!(seller_id = %conn.seller_id, error = %err, "amoCRM no longer knows our pipeline or fields");
-                let next = at(cfg.backoff(max_attempts));
-                reschedule(
-                    state,
-                    ids_of(&sendable),
-                    owner,
-                    next,
-                    Some(err.to_string()),
-                    Some(false),
-                )
-                .await?;
-                reprovision(state, conn).await;
-                return Ok(Outcome::Stop(None));
-            }
-            let named: Vec<&str> = err.rejected_request_ids();
-            let (bad, good): (Vec<ClaimedOrder>, Vec<ClaimedOrder>) = if sendable.len() == 1 {
-                (sendable, Vec::new())
-            } else {
-                sendable
-                    .into_iter()
-                    .partition(|o| named.contains(&o.row.id.as_str()))
-            };
-            if bad.is_empty() {
-                // amoCRM did not say which order it disliked: send them one by one to find out.
-                *solo = good.len();
-                reschedule(
-                    state,
-                    ids_of(&good),
-                    owner,
-                    crate::storage::now(),
-                    Some(err.to_string()),
-                    Some(false),
-                )
-                .await?;
-                return Ok(Outcome::Ok);
-            }
-            for o in &bad {
-                let reason = rejection_reason(&err, &o.row.id);
-                tracing::warn!(order_id = %o.row.id, reason, "amoCRM rejected an order");
-                let (seller, ow, id) = (conn.seller_id.clone(), owner.to_owned(), o.row.id.clone());
-                if state
-                    .db
-                    .run(move |c| store::mark_failed(c, &seller, &ow, &id, &reason))
-                    .await?
-                {
-                    report.failed += 1;
-                }
-            }
-            // The rest were not created (the whole call was refused): send them again without the bad ones.
-            reschedule(
-                state,
-                ids_of(&good),
-                owner,
-                crate::storage::now(),
-                None,
-                Some(false),
-            )
-            .await?;
-            Ok(Outcome::Ok)
+        {
+            report.failed += 1;
         }
     }
+    // The rest were not created (the whole call was refused): send them again without the bad ones.
+    put_back(
+        ctx,
+        Claimed::Orders(ids_of(&good), Some(false)),
+        crate::storage::now(),
+        None,
+    )
+    .await?;
+    Ok(Outcome::Ok)
 }
 
 /// Stores the leads amoCRM answered with; orders missing from the answer are looked up later.
 async fn store_results(
-    state: &AppState,
-    cfg: &PushConfig,
-    conn: &Connection,
-    owner: &str,
+    ctx: &Ctx<'_>,
     sent: &[ClaimedOrder],
     results: Vec<ComplexLeadResult>,
     report: &mut StepReport,
@@ -815,9 +792,10 @@ async fn store_results(
     for o in sent {
         match by_request.get(o.row.id.as_str()) {
             Some(r) => {
-                let stage = OrderStatus::parse(&o.row.status).and_then(|s| stage_of(conn, s));
+                let stage = OrderStatus::parse(&o.row.status).and_then(|s| stage_of(&ctx.conn, s));
                 synced.push(SyncedOrder {
                     order_id: o.row.id.clone(),
+                    order_number: o.row.order_number.clone(),
                     lead_id: to_i64(r.id),
                     contact_id: r.contact_id.map(to_i64),
                     company_id: r.company_id.map(to_i64),
@@ -829,21 +807,20 @@ async fn store_results(
             None => missing.push(o.row.id.clone()),
         }
     }
-    let (seller, ow) = (conn.seller_id.clone(), owner.to_owned());
-    let n = state
+    let (seller, ow) = (ctx.seller().to_owned(), ctx.owner.to_owned());
+    let n = ctx
+        .state
         .db
         .run(move |c| store::mark_synced(c, &seller, &ow, &synced))
         .await?;
     report.pushed += n;
     if !missing.is_empty() {
-        tracing::warn!(seller_id = %conn.seller_id, count = missing.len(), "leads/complex answer did not list some orders");
-        reschedule(
-            state,
-            missing,
-            owner,
-            at(cfg.lookup_delay),
+        tracing::warn!(seller_id = %ctx.seller(), count = missing.len(), "leads/complex answer did not list some orders");
+        put_back(
+            ctx,
+            Claimed::Orders(missing, Some(true)),
+            at(ctx.cfg.lookup_delay),
             Some("amoCRM's answer did not list this order".into()),
-            Some(true),
         )
         .await?;
     }
@@ -857,28 +834,25 @@ fn to_i64(v: u64) -> i64 {
 /// Searches amoCRM for the leads of orders whose create may have happened; adopts what it finds and
 /// releases the rest for sending.
 async fn lookup_batch(
-    state: &AppState,
-    cfg: &PushConfig,
-    conn: &Connection,
-    access: &Access,
-    owner: &str,
+    ctx: &Ctx<'_>,
     batch: Vec<ClaimedOrder>,
     report: &mut StepReport,
 ) -> Result<Outcome, PushError> {
-    let api = state.amo.api(&access.host, &access.token);
-    let field = conn
+    let cfg = ctx.cfg;
+    let field = ctx
+        .conn
         .field_order_number_id
         .and_then(|f| u64::try_from(f).ok());
     let mut found = Vec::new();
     let mut absent = Vec::new();
-    let mut pending: Vec<ClaimedOrder> = batch;
+    let mut pending: VecDeque<ClaimedOrder> = batch.into();
     let mut outcome = Outcome::Ok;
-    while let Some(o) = pending.first().cloned() {
+    while let Some(o) = pending.front().cloned() {
         if report.calls >= cfg.calls_per_turn {
             break;
         }
         let mut hit: Option<amocrm_client::Lead> = None;
-        let mut failure: Option<ApiError> = None;
+        let mut failure: Option<TokenError> = None;
         // amoCRM's `query` matches substrings: page through and keep only an exact order-number match.
         for page in 1..=20u32 {
             report.calls += 1;
@@ -888,7 +862,8 @@ async fn lookup_batch(
                 limit: Some(250),
                 ..LeadQuery::default()
             };
-            match paced(state, &access.host, api.search_leads(&q)).await {
+            let q = &q;
+            match call(ctx, |amo| async move { amo.api().search_leads(q).await }).await {
                 Ok(leads) => {
                     let full = leads.len() >= 250;
                     hit = leads.into_iter().find(|l| match field {
@@ -906,43 +881,38 @@ async fn lookup_batch(
             }
         }
         if let Some(err) = failure {
-            // Leave this and the remaining orders flagged; decide how long the account rests.
-            let ids = pending.iter().map(|o| o.row.id.clone()).collect::<Vec<_>>();
-            pending.clear();
+            // This and the remaining orders stay flagged; decide how long the account rests.
+            let ids: Vec<String> = pending.drain(..).map(|o| o.row.id).collect();
             let max_attempts = o.row.sync_attempts.max(1);
-            outcome = match common_failure(
-                (state, cfg, owner),
-                &err,
-                ids.clone(),
-                max_attempts,
-                report,
-                true,
-            )
-            .await?
-            {
-                Some(out) => out,
-                None => {
-                    // A search is a read: an odd rejection or unreadable answer just waits and retries.
-                    reschedule(
-                        state,
-                        ids,
-                        owner,
-                        at(cfg.backoff(max_attempts)),
-                        Some(err.to_string()),
-                        None,
-                    )
-                    .await?;
-                    Outcome::Stop(None)
+            let claimed = Claimed::Orders(ids.clone(), None);
+            outcome = match err {
+                TokenError::Api(api) => {
+                    match api_failure(ctx, &api, claimed, max_attempts, report).await? {
+                        Some(out) => out,
+                        None => {
+                            // A search is a read: an odd rejection or unreadable answer waits and retries.
+                            put_back(
+                                ctx,
+                                Claimed::Orders(ids, None),
+                                at(cfg.backoff(max_attempts)),
+                                Some(api.to_string()),
+                            )
+                            .await?;
+                            Outcome::Stop(None)
+                        }
+                    }
                 }
+                other => token_failure(ctx, other, claimed, report).await?,
             };
             break;
         }
-        pending.remove(0);
+        pending.pop_front();
         match hit {
             Some(lead) => {
                 tracing::info!(order_id = %o.row.id, lead_id = lead.id, "adopted the lead an ambiguous push had created");
                 found.push(SyncedOrder {
                     order_id: o.row.id.clone(),
+                    order_number: o.row.order_number.clone(),
                     lead_id: to_i64(lead.id),
                     contact_id: None,
                     company_id: None,
@@ -956,54 +926,42 @@ async fn lookup_batch(
     }
     // Orders not reached in this turn keep their flag and are looked up next time.
     if !pending.is_empty() {
-        reschedule(
-            state,
-            pending.iter().map(|o| o.row.id.clone()).collect(),
-            owner,
-            crate::storage::now(),
-            None,
-            None,
-        )
-        .await?;
+        let ids = pending.iter().map(|o| o.row.id.clone()).collect();
+        put_back(ctx, Claimed::Orders(ids, None), crate::storage::now(), None).await?;
     }
-    let adopted = found.len();
     if !found.is_empty() {
-        let (seller, ow) = (conn.seller_id.clone(), owner.to_owned());
-        let n = state
+        let (seller, ow) = (ctx.seller().to_owned(), ctx.owner.to_owned());
+        report.adopted += ctx
+            .state
             .db
             .run(move |c| store::mark_synced(c, &seller, &ow, &found))
             .await?;
-        report.adopted += n.min(adopted);
     }
     if !absent.is_empty() {
         // Not in amoCRM: the create never happened, so sending it again cannot duplicate it.
-        reschedule(
-            state,
-            absent,
-            owner,
+        put_back(
+            ctx,
+            Claimed::Orders(absent, Some(false)),
             crate::storage::now(),
             None,
-            Some(false),
         )
         .await?;
     }
     Ok(outcome)
 }
 
-/// Sends claimed stage moves in one `PATCH /api/v4/leads`.
+/// Sends claimed stage moves in one `PATCH /api/v4/leads` (a move is idempotent: ambiguous answers are
+/// simply retried).
 async fn move_batch(
-    state: &AppState,
-    cfg: &PushConfig,
-    conn: &Connection,
-    access: &Access,
-    owner: &str,
+    ctx: &Ctx<'_>,
     moves: Vec<ClaimedMove>,
     report: &mut StepReport,
 ) -> Result<Outcome, PushError> {
+    let (state, cfg) = (ctx.state, ctx.cfg);
     let mut updates = Vec::with_capacity(moves.len());
     let mut sent: Vec<&ClaimedMove> = Vec::with_capacity(moves.len());
     for mv in &moves {
-        let stage = OrderStatus::parse(&mv.target_status).and_then(|s| stage_of(conn, s));
+        let stage = OrderStatus::parse(&mv.target_status).and_then(|s| stage_of(&ctx.conn, s));
         match (stage, u64::try_from(mv.lead_id)) {
             (Some((pipeline_id, status_id)), Ok(id)) => {
                 updates.push(LeadUpdate {
@@ -1014,22 +972,19 @@ async fn move_batch(
                 sent.push(mv);
             }
             _ => {
-                let ids = vec![mv.id];
-                let ow = owner.to_owned();
-                let next = at(cfg.backoff(mv.attempts));
-                state
-                    .db
-                    .run(move |c| {
-                        store::reschedule_moves(
-                            c,
-                            &ids,
-                            &ow,
-                            next,
-                            Some("the seller's pipeline mapping is incomplete"),
-                        )
-                    })
-                    .await?;
-                reprovision(state, conn).await;
+                let complete = reprovision(ctx, report).await;
+                let next = if complete {
+                    crate::storage::now()
+                } else {
+                    at(cfg.backoff(mv.attempts))
+                };
+                put_back(
+                    ctx,
+                    Claimed::Moves(vec![mv.id]),
+                    next,
+                    Some("the seller's pipeline mapping is incomplete".into()),
+                )
+                .await?;
             }
         }
     }
@@ -1038,78 +993,65 @@ async fn move_batch(
     }
     let ids: Vec<i64> = sent.iter().map(|m| m.id).collect();
     let max_attempts = sent.iter().map(|m| m.attempts).max().unwrap_or(1);
-    let api = state.amo.api(&access.host, &access.token);
     report.calls += 1;
-    let ow = owner.to_owned();
-    match paced(state, &access.host, api.update_leads(&updates)).await {
+    let updates_ref: &[LeadUpdate] = &updates;
+    let result = call(ctx, |amo| async move {
+        amo.api().update_leads(updates_ref).await
+    })
+    .await;
+    let ow = ctx.owner.to_owned();
+    let err = match result {
         Ok(_) => {
-            let n = state
+            report.moved += state
                 .db
                 .run(move |c| store::finish_moves(c, &ids, &ow, MOVE_DONE, None))
                 .await?;
-            report.moved += n;
-            Ok(Outcome::Ok)
+            return Ok(Outcome::Ok);
         }
-        // A stage move is idempotent: ambiguous answers are simply retried.
-        Err(err) => {
-            let (next, outcome) = match &err {
-                ApiError::RateLimited { retry_after } => {
-                    report.rate_limited += 1;
-                    let n = at(*retry_after);
-                    (n, Outcome::Stop(Some(n)))
-                }
-                ApiError::Unauthorized => (crate::storage::now(), Outcome::Unauthorized),
-                ApiError::Rejected { status, .. } if *status != 403 => {
-                    if points_at_provisioning(&err) {
-                        reprovision(state, conn).await;
-                        (at(cfg.backoff(max_attempts)), Outcome::Stop(None))
-                    } else if ids.len() == 1 {
-                        let reason = err.to_string();
-                        let ids = ids.clone();
-                        state
-                            .db
-                            .run(move |c| {
-                                store::finish_moves(c, &ids, &ow, MOVE_FAILED, Some(&reason))
-                            })
-                            .await?;
-                        return Ok(Outcome::Ok);
-                    } else {
-                        // amoCRM refused the batch: send each move alone so only the bad one fails.
-                        return solo_moves(
-                            state,
-                            &access.host,
-                            owner,
-                            &api,
-                            &sent,
-                            &updates,
-                            report,
-                        )
-                        .await;
-                    }
-                }
-                ApiError::Rejected { .. } | ApiError::PaymentRequired => {
-                    let n = at(cfg.backoff_max);
-                    (n, Outcome::Stop(Some(n)))
-                }
-                _ => (at(cfg.backoff(max_attempts)), Outcome::Stop(None)),
-            };
-            let reason = err.to_string();
-            state
-                .db
-                .run(move |c| store::reschedule_moves(c, &ids, &ow, next, Some(&reason)))
-                .await?;
-            Ok(outcome)
-        }
+        Err(TokenError::Api(err)) => err,
+        Err(other) => return token_failure(ctx, other, Claimed::Moves(ids), report).await,
+    };
+    if let Some(out) =
+        api_failure(ctx, &err, Claimed::Moves(ids.clone()), max_attempts, report).await?
+    {
+        return Ok(out);
     }
+    if err.may_have_written() {
+        put_back(
+            ctx,
+            Claimed::Moves(ids),
+            at(cfg.lookup_delay),
+            Some(err.to_string()),
+        )
+        .await?;
+        return Ok(Outcome::Ok);
+    }
+    if points_at_provisioning(&err) {
+        let complete = reprovision(ctx, report).await;
+        let next = if complete {
+            crate::storage::now()
+        } else {
+            at(cfg.backoff(max_attempts))
+        };
+        put_back(ctx, Claimed::Moves(ids), next, Some(err.to_string())).await?;
+        return Ok(Outcome::Stop(None));
+    }
+    if ids.len() == 1 {
+        let reason = err.to_string();
+        state
+            .db
+            .run(move |c| store::finish_moves(c, &ids, &ow, MOVE_FAILED, Some(&reason)))
+            .await?;
+        return Ok(Outcome::Ok);
+    }
+    // amoCRM refused the batch: send each move alone so only the bad one fails.
+    solo_moves(ctx, &sent, &updates, report).await
 }
 
 /// Sends moves one per call after a batch was refused: each ends done, failed (refused alone) or
 /// rescheduled (any other answer).
 async fn solo_moves(
-    state: &AppState,
-    host: &AccountHost,
-    owner: &str,
-    api: &amocrm_client::AccountApi<'_>,
+    ctx: &Ctx<'_>,
     sent: &[&ClaimedMove],
     updates: &[LeadUpdate],
     report: &mut StepReport,
@@ -1117,39 +1059,56 @@ async fn solo_moves(
     for (mv, up) in sent.iter().zip(updates) {
         report.calls += 1;
         let ids = vec![mv.id];
-        let ow = owner.to_owned();
-        match paced(state, host, api.update_leads(std::slice::from_ref(up))).await {
+        let ow = ctx.owner.to_owned();
+        let one = std::slice::from_ref(up);
+        match call(ctx, |amo| async move { amo.api().update_leads(one).await }).await {
             Ok(_) => {
-                report.moved += state
+                report.moved += ctx
+                    .state
                     .db
                     .run(move |c| store::finish_moves(c, &ids, &ow, MOVE_DONE, None))
                     .await?;
             }
-            Err(err @ ApiError::Rejected { .. }) => {
+            Err(TokenError::Api(err @ ApiError::Rejected { .. })) => {
                 let reason = err.to_string();
-                state
+                ctx.state
                     .db
                     .run(move |c| store::finish_moves(c, &ids, &ow, MOVE_FAILED, Some(&reason)))
                     .await?;
             }
             Err(err) => {
-                let reason = err.to_string();
-                let next = at(Duration::from_secs(5));
-                state
-                    .db
-                    .run(move |c| store::reschedule_moves(c, &ids, &ow, next, Some(&reason)))
-                    .await?;
+                put_back(
+                    ctx,
+                    Claimed::Moves(ids),
+                    at(Duration::from_secs(5)),
+                    Some(err.to_string()),
+                )
+                .await?;
             }
         }
     }
     Ok(Outcome::Ok)
 }
 
-/// Asks for the seller's pipeline and fields to be provisioned again (deleted in amoCRM, or never made).
-// TODO(issue 4): call the connect helper's provisioning service once it lands on main.
-async fn reprovision(state: &AppState, conn: &Connection) {
-    let _ = state;
-    tracing::warn!(seller_id = %conn.seller_id, "the seller's amoCRM pipeline or fields need provisioning again");
+/// Provisions the seller's pipeline and fields again (deleted in amoCRM, or never made) through the connect
+/// flow's idempotent provisioning. Returns whether everything is in place now.
+async fn reprovision(ctx: &Ctx<'_>, report: &mut StepReport) -> bool {
+    report.calls += 1;
+    match provisioning::provision(ctx.state, ctx.seller()).await {
+        Ok(r) => {
+            if r.complete {
+                tracing::info!(seller_id = %ctx.seller(), "the seller's pipeline and fields were provisioned again");
+                report.reprovisioned += 1;
+            } else {
+                tracing::warn!(seller_id = %ctx.seller(), missing = ?r.missing, error = ?r.error, "provisioning is still incomplete");
+            }
+            r.complete
+        }
+        Err(e) => {
+            tracing::warn!(seller_id = %ctx.seller(), error = %e, "provisioning failed");
+            false
+        }
+    }
 }
 
 /// How many orders are still queued and stage moves pending (tests and the benchmark drain until zero).

@@ -544,6 +544,7 @@ pub fn claim_orders(
 #[derive(Debug, Clone)]
 pub struct SyncedOrder {
     pub order_id: String,
+    pub order_number: String,
     pub lead_id: i64,
     pub contact_id: Option<i64>,
     pub company_id: Option<i64>,
@@ -591,9 +592,6 @@ pub fn mark_synced(
                 continue;
             }
             marked += 1;
-            let Some(row) = find(conn, &s.order_id)? else {
-                continue;
-            };
             if let Some(up_to) = s.moves_up_to {
                 diesel::update(
                     m::table
@@ -609,13 +607,13 @@ pub fn mark_synced(
                 "order.synced",
                 seller_id,
                 serde_json::json!({
-                    "order_id": row.id,
-                    "order_number": row.order_number,
+                    "order_id": s.order_id,
+                    "order_number": s.order_number,
                     "lead_id": s.lead_id,
                     "contact_id": s.contact_id,
                     "company_id": s.company_id,
                 }),
-                Some(format!("order.synced:{}", row.id)),
+                Some(format!("order.synced:{}", s.order_id)),
             );
             events::record(conn, &ev)?;
         }

@@ -38,16 +38,7 @@ pub async fn drain(state: &AppState, max_steps: usize) -> Result<(StepReport, bo
     let mut total = StepReport::default();
     for _ in 0..max_steps {
         let r = run_once(state).await?;
-        total.accounts += r.accounts;
-        total.calls += r.calls;
-        total.complex_calls += r.complex_calls;
-        total.pushed += r.pushed;
-        total.adopted += r.adopted;
-        total.failed += r.failed;
-        total.moved += r.moved;
-        total.rate_limited += r.rate_limited;
-        total.held += r.held;
-        total.released += r.released;
+        total.add(&r);
         let (orders, moves) = order_push::backlog(state).await?;
         if orders == 0 && moves == 0 {
             return Ok((total, true));

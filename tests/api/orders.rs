@@ -4,9 +4,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use amocrm_client::{AccountHost, NewCustomField, NewPipeline, NewStatus};
+use amocrm_client::{AccountHost, NewCustomField};
 use amocrm_connector::services::api_keys::Tier;
 use amocrm_connector::services::orders as order_service;
+use amocrm_connector::services::provisioning;
 use amocrm_connector::storage::schema::amocrm_connections as c;
 use amocrm_connector::storage::{StorageError, connections, events, orders as order_store};
 use amocrm_connector::workers::push;
@@ -28,110 +29,79 @@ pub struct Seller {
     pub field_link: u64,
 }
 
-/// Connects `seller_id` to the sandbox account `host` the way the connect flow leaves it: tokens stored
-/// encrypted, a pipeline with the marketplace's stages, the order-number and order-link fields.
+/// Connects `seller_id` to the sandbox account `host` the way the connect flow leaves it: the token pair
+/// stored encrypted, then the connect flow's own provisioning (pipeline, fields, webhook subscription).
 pub async fn connect_seller(app: &TestApp, seller_id: &str, host: &str) -> Seller {
     if app.sandbox.account_id(host).is_none() {
         app.sandbox.add_account(host);
     }
     let pair = app.sandbox.issue_tokens(&app.env["AMOCRM_CLIENT_ID"], host);
-    let account_host =
-        AccountHost::parse(host, &app.state.amo.config().allowed_domains).expect("allowed host");
-    let token = SecretString::from(pair.access_token.clone());
-    let api = app.state.amo.api(&account_host, &token);
-    let names = [
-        ("pending", "Yangi buyurtma", "#fffeb2"),
-        ("awaiting_payment", "To'lov kutilmoqda", "#fffd7f"),
-        ("paid", "To'landi", "#87f2c0"),
-        ("shipping", "Yetkazilmoqda", "#98cbff"),
-    ];
-    let pipeline = api
-        .create_pipeline(&NewPipeline {
-            name: format!("Marketplace {seller_id}"),
-            sort: None,
-            statuses: names
-                .iter()
-                .enumerate()
-                .map(|(i, (_, n, color))| NewStatus::new(*n, (i as i64 + 1) * 10, *color))
-                .collect(),
-        })
-        .await
-        .expect("pipeline created");
-    let mut stages = HashMap::new();
-    for (key, name, _) in names {
-        stages.insert(key, pipeline.status_named(name).expect("stage").id);
-    }
-    stages.insert("completed", 142);
-    stages.insert("cancelled", 143);
-    let fields = api
-        .create_lead_custom_fields(&[
-            NewCustomField {
-                name: "Buyurtma raqami".into(),
-                type_: "text".into(),
-                code: None,
-                is_api_only: false,
-            },
-            NewCustomField {
-                name: "Buyurtma havolasi".into(),
-                type_: "url".into(),
-                code: None,
-                is_api_only: false,
-            },
-        ])
-        .await
-        .expect("fields created");
-    let seller = Seller {
-        seller_id: seller_id.to_owned(),
-        host: host.to_owned(),
-        pipeline_id: pipeline.id,
-        stages,
-        field_number: fields[0].id,
-        field_link: fields[1].id,
-    };
     let (access, refresh) = connections::seal_tokens(
         &app.state.keys,
         seller_id,
         &pair.access_token,
         &pair.refresh_token,
     );
-    let account_id = i64::try_from(pair.account_id).unwrap();
-    let st = |k: &str| i64::try_from(seller.stages[k]).unwrap();
-    let row = (
-        c::seller_id.eq(seller_id.to_owned()),
-        c::account_id.eq(account_id),
-        c::host.eq(host.to_owned()),
-        c::subdomain.eq(host.split('.').next().unwrap().to_owned()),
-        c::status.eq("active"),
-        c::access_token_enc.eq(Some(access)),
-        c::refresh_token_enc.eq(Some(refresh)),
-        c::token_expires_at.eq(Some(
-            amocrm_connector::storage::now() + chrono::TimeDelta::hours(24),
-        )),
-        c::webhook_token.eq(format!("wh-{seller_id}")),
-        c::pipeline_id.eq(Some(i64::try_from(seller.pipeline_id).unwrap())),
-        c::stage_pending.eq(Some(st("pending"))),
-        c::stage_awaiting_payment.eq(Some(st("awaiting_payment"))),
-        c::stage_paid.eq(Some(st("paid"))),
-        c::stage_shipping.eq(Some(st("shipping"))),
-        c::stage_completed.eq(Some(142i64)),
-        c::stage_cancelled.eq(Some(143i64)),
-        c::field_order_number_id.eq(Some(i64::try_from(seller.field_number).unwrap())),
-        c::field_order_link_id.eq(Some(i64::try_from(seller.field_link).unwrap())),
-        c::provisioning_state.eq("done"),
-        c::connected_at.eq(amocrm_connector::storage::now()),
-        c::created_at.eq(amocrm_connector::storage::now()),
-        c::updated_at.eq(amocrm_connector::storage::now()),
-    );
+    let now = amocrm_connector::storage::now();
+    let row = connections::NewConnection {
+        seller_id: seller_id.to_owned(),
+        account_id: i64::try_from(pair.account_id).unwrap(),
+        host: host.to_owned(),
+        subdomain: host.split('.').next().unwrap().to_owned(),
+        api_domain: None,
+        status: "active".to_owned(),
+        access_token_enc: Some(access),
+        refresh_token_enc: Some(refresh),
+        token_expires_at: Some(now + chrono::TimeDelta::hours(24)),
+        token_version: 1,
+        last_refreshed_at: Some(now),
+        refresh_failures: 0,
+        webhook_token: format!(
+            "wh-{seller_id}-{}",
+            amocrm_connector::domain::ids::random_token(8)
+        ),
+        provisioning_state: "pending".to_owned(),
+        provisioning_attempts: 0,
+        connected_at: now,
+        created_at: now,
+        updated_at: now,
+    };
     app.db
-        .run(move |conn| {
-            diesel::insert_into(c::table)
-                .values(row.clone())
-                .execute(conn)
-                .map_err(StorageError::from)
-        })
+        .run(move |conn| connections::insert(conn, &row))
         .await
         .expect("connection stored");
-    seller
+    let report = provisioning::provision(&app.state, seller_id)
+        .await
+        .expect("provisioned");
+    assert!(report.complete, "{report:?}");
+    seller_of(app, seller_id).await
+}
+
+/// What the connection row says about the seller's pipeline, stages and fields now.
+async fn seller_of(app: &TestApp, seller_id: &str) -> Seller {
+    let s = seller_id.to_owned();
+    let row = app
+        .db
+        .run(move |c| connections::find_by_seller(c, &s))
+        .await
+        .unwrap()
+        .expect("connection");
+    let id = |v: Option<i64>| u64::try_from(v.expect("provisioned id")).unwrap();
+    let mut stages = HashMap::new();
+    stages.insert("pending", id(row.stage_pending));
+    stages.insert("awaiting_payment", id(row.stage_awaiting_payment));
+    stages.insert("paid", id(row.stage_paid));
+    stages.insert("shipping", id(row.stage_shipping));
+    stages.insert("completed", id(row.stage_completed));
+    stages.insert("cancelled", id(row.stage_cancelled));
+    Seller {
+        seller_id: seller_id.to_owned(),
+        host: row.host.clone(),
+        pipeline_id: id(row.pipeline_id),
+        stages,
+        field_number: id(row.field_order_number_id),
+        field_link: id(row.field_order_link_id),
+    }
 }
 
 /// Sets a connection's status directly (what refresh failures and reconnects do).
@@ -890,13 +860,7 @@ async fn two_instances_pushing_one_queue_make_exactly_one_lead_per_order_and_no_
     post_orders(&app, "seller-2", &numbers("Y", 200)).await;
 
     // A second service instance on the same database and the same amoCRM.
-    let mut env = app.env.clone();
-    env.insert("LISTEN_ADDR".into(), "127.0.0.1:0".into());
-    env.insert("INSTANCE_ID".into(), "second-instance".into());
-    let settings = amocrm_connector::config::Settings::from_env(&env).unwrap();
-    let other = amocrm_connector::app::Application::build(settings)
-        .await
-        .unwrap();
+    let other = app.spawn_peer().await;
 
     // The first instance serves one turn (14 calls, 700 of seller-1's orders) and then stops.
     let first = push::run_once(&app.state).await.unwrap();
@@ -938,4 +902,101 @@ async fn two_instances_pushing_one_queue_make_exactly_one_lead_per_order_and_no_
         .collect();
     assert_eq!(app.sandbox.counters(&one.host).rate_limited, 0, "{log:#?}");
     assert_eq!(app.sandbox.counters(&two.host).rate_limited, 0);
+}
+
+#[tokio::test]
+async fn a_401_goes_through_the_token_provider_and_the_order_is_pushed_with_a_refreshed_token() {
+    let app = spawn_app().await;
+    let seller = connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    // amoCRM's clock moves past the access token's expiry while our row still believes it valid.
+    app.sandbox.advance_clock(&seller.host, 25 * 3600);
+    post_orders(&app, "seller-1", &numbers("T", 3)).await;
+    let report = drain(&app).await;
+    assert_eq!(report.pushed, 3, "{report:?}");
+    let counters = app.sandbox.counters(&seller.host);
+    assert!(counters.unauthorized >= 1, "{counters:?}");
+    assert_eq!(counters.refreshes, 1, "{counters:?}");
+    assert_eq!(leads_by_number(&app, &seller).len(), 3);
+}
+
+#[tokio::test]
+async fn a_revoked_grant_holds_the_orders_instead_of_failing_them() {
+    let app = spawn_app().await;
+    let seller = connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    assert!(
+        app.sandbox
+            .revoke_grant(&seller.host, &app.env["AMOCRM_CLIENT_ID"])
+    );
+    post_orders(&app, "seller-1", &numbers("R", 2)).await;
+    drain(&app).await;
+    let held: Value = app
+        .api_get("/api/v1/sales/orders?sync_state=held")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(held["meta"]["total"], 2, "{held}");
+    assert!(app.sandbox.leads(&seller.host).is_empty());
+    let conn: Value = app
+        .api_get("/api/v1/connections/seller-1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    // The refresh is refused (refresh_failed); the uninstall hook may have marked it revoked first.
+    let status = conn["data"]["status"].as_str().unwrap();
+    assert!(
+        status == "refresh_failed" || status == "revoked",
+        "{status}"
+    );
+    let failed = app
+        .db
+        .run(|c| events::count_by_name(c, "seller-1", "order.sync_failed"))
+        .await
+        .unwrap();
+    assert_eq!(failed, 0);
+}
+
+#[tokio::test]
+async fn a_deleted_order_field_is_provisioned_again_and_the_order_pushed() {
+    let app = spawn_app().await;
+    let seller = connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    app.sandbox
+        .delete_custom_field(&seller.host, seller.field_number)
+        .unwrap();
+    post_orders(&app, "seller-1", &numbers("D", 2)).await;
+    let report = drain(&app).await;
+    assert_eq!((report.pushed, report.failed), (2, 0), "{report:?}");
+    assert!(report.reprovisioned >= 1, "{report:?}");
+    let now = seller_of(&app, "seller-1").await;
+    assert_ne!(
+        now.field_number, seller.field_number,
+        "a new field was made"
+    );
+    let leads = leads_by_number(&app, &now);
+    assert_eq!(
+        leads.len(),
+        2,
+        "the leads carry the order number in the new field"
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_pipeline_is_provisioned_again_and_the_orders_land_in_the_new_one() {
+    let app = spawn_app().await;
+    let seller = connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    app.sandbox
+        .delete_pipeline(&seller.host, seller.pipeline_id)
+        .unwrap();
+    post_orders(&app, "seller-1", &numbers("P", 3)).await;
+    let report = drain(&app).await;
+    assert_eq!((report.pushed, report.failed), (3, 0), "{report:?}");
+    let now = seller_of(&app, "seller-1").await;
+    assert_ne!(now.pipeline_id, seller.pipeline_id);
+    for lead in app.sandbox.leads(&seller.host) {
+        assert_eq!(
+            (lead.pipeline_id, lead.status_id),
+            (now.pipeline_id, now.stages["pending"])
+        );
+    }
 }
