@@ -167,7 +167,7 @@ async fn connect(state: &AppState, sandbox: &SandboxHandle, seller: &str, host: 
         c::stage_cancelled.eq(Some(143i64)),
         c::field_order_number_id.eq(Some(f[0].id as i64)),
         c::field_order_link_id.eq(Some(f[1].id as i64)),
-        c::provisioning_state.eq("done"),
+        c::provisioning_state.eq("complete"),
         c::connected_at.eq(now),
         c::created_at.eq(now),
         c::updated_at.eq(now),
