@@ -257,6 +257,82 @@ async fn scenario(sellers: usize, orders: usize) {
         leads == orders
     );
     sandbox.stop().await;
+    if sellers > 1 {
+        baseline(sellers, orders).await;
+    }
+}
+
+/// The floor under the service: the same leads sent by the amoCRM client straight to a fresh sandbox (same
+/// batches, same limiter, all accounts at once), with no database and no service logic.
+async fn baseline(sellers: usize, orders: usize) {
+    let sandbox = Sandbox::start(SandboxConfig {
+        accounts: Vec::new(),
+        ..SandboxConfig::default()
+    })
+    .await
+    .expect("sandbox");
+    let mut cfg = amocrm_client::AmoConfig::new(
+        CLIENT_ID,
+        SecretString::from("bench-client-secret"),
+        url::Url::parse("http://127.0.0.1:1/cb").expect("url"),
+    );
+    cfg.account_url_template = sandbox.account_url_template();
+    let client = amocrm_client::AmoClient::new(cfg).expect("client");
+    let per = orders / sellers;
+    let mut accounts = Vec::new();
+    for i in 0..sellers {
+        let host = format!("base{i:03}.amocrm.ru");
+        sandbox.add_account(&host);
+        let pair = sandbox.issue_tokens(CLIENT_ID, &host);
+        let p = sandbox
+            .pipelines(&host)
+            .into_iter()
+            .next()
+            .expect("pipeline");
+        let stage = p.statuses.iter().find(|s| s.type_ == 0).expect("stage").id;
+        let h = AccountHost::parse(&host, &client.config().allowed_domains).expect("host");
+        accounts.push((h, SecretString::from(pair.access_token), p.id, stage));
+    }
+    let started = Instant::now();
+    let runs = accounts
+        .iter()
+        .enumerate()
+        .map(|(i, (host, token, pipeline, stage))| {
+            let client = client.clone();
+            async move {
+                let leads: Vec<amocrm_client::ComplexLead> = (0..per)
+                    .map(|j| amocrm_client::ComplexLead {
+                        name: format!("Buyurtma #{i}-{j}"),
+                        price: 150_000,
+                        pipeline_id: *pipeline,
+                        status_id: *stage,
+                        request_id: format!("{i}-{j}"),
+                        custom_fields_values: Vec::new(),
+                        tags: Vec::new(),
+                        contact: Some(amocrm_client::NewContact {
+                            name: "Ali Valiyev".into(),
+                            phone: Some("+998901234567".into()),
+                            email: Some("ali@example.com".into()),
+                        }),
+                        company: None,
+                    })
+                    .collect();
+                for chunk in leads.chunks(50) {
+                    client
+                        .api(host, token)
+                        .leads_complex(chunk)
+                        .await
+                        .expect("leads/complex");
+                }
+            }
+        });
+    futures_util::future::join_all(runs).await;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "  baseline, client straight to the sandbox (no database, no service): {secs:.2} s, {:.1} orders/s per account",
+        orders as f64 / secs / sellers as f64
+    );
+    sandbox.stop().await;
 }
 
 fn main() {
