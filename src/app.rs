@@ -20,6 +20,8 @@ pub struct AppState {
     pub keys: Arc<Keyring>,
     /// The one amoCRM client of this process: every call to every account shares its rate limiter.
     pub amo: amocrm_client::AmoClient,
+    /// The amoCRM webhook intake's writer (group commit of raw bodies).
+    pub intake: crate::services::ingest::Intake,
     /// Flips to `true` when the process is asked to stop; workers finish their step and exit.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -79,6 +81,7 @@ impl Application {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let state = Data::new(AppState {
             settings: Arc::new(settings),
+            intake: crate::services::ingest::Intake::new(db.clone()),
             db,
             keys: Arc::new(keys),
             amo,
@@ -92,6 +95,12 @@ impl Application {
             crate::workers::push::spawn(state.clone());
         }
         let server = build_server(listener, state.clone())?;
+        if state.settings.run_workers {
+            // --- events (issue 7) ---
+            crate::workers::delivery::spawn(state.clone());
+            crate::workers::webhook_processor::spawn(state.clone());
+            crate::workers::retention::spawn(state.clone());
+        }
         Ok(Self {
             port,
             server,

@@ -239,6 +239,7 @@ pub async fn refresh_once(settings: Settings) -> Result<String, String> {
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
     let state = crate::app::AppState {
         settings: std::sync::Arc::new(settings),
+        intake: crate::services::ingest::Intake::new(db.clone()),
         db,
         keys: std::sync::Arc::new(keys),
         amo,

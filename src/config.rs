@@ -139,6 +139,10 @@ pub struct Settings {
     pub instance_id: String,
     /// Run the background workers in this process (tests turn them off and drive `run_once` themselves).
     pub run_workers: bool,
+    /// How long an event subscriber has to answer a delivery (CONTRACT §7: 10 s).
+    pub delivery_timeout: Duration,
+    /// Largest amoCRM webhook body accepted at the intake.
+    pub webhook_max_body: usize,
 }
 
 impl fmt::Debug for Settings {
@@ -463,7 +467,23 @@ impl Settings {
             Some(v) => parse_bool("RUN_WORKERS", &v)?,
             None => true,
         };
+        let delivery_timeout = match non_empty(env, "DELIVERY_TIMEOUT") {
+            Some(v) => parse_duration("DELIVERY_TIMEOUT", &v)?,
+            None => Duration::from_secs(10),
+        };
+        if delivery_timeout.is_zero() || delivery_timeout > Duration::from_secs(60) {
+            return Err(ConfigError::new(
+                "DELIVERY_TIMEOUT",
+                "must be more than 0 and at most 60s",
+            ));
+        }
+        let webhook_max_body = match non_empty(env, "WEBHOOK_MAX_BODY_KIB") {
+            Some(v) => parse_number("WEBHOOK_MAX_BODY_KIB", &v, 1usize)? * 1024,
+            None => 256 * 1024,
+        };
         Ok(Self {
+            delivery_timeout,
+            webhook_max_body,
             run_workers,
             database_url,
             database_pool_size,

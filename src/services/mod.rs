@@ -14,5 +14,10 @@ pub mod order_push;
 pub mod orders;
 
 // events (issue 7)
+pub mod delivery;
+pub mod events_log;
+pub mod ingest;
+pub mod lead_events;
+pub mod subscriptions;
 
 // operations (issue 8)

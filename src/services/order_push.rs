@@ -791,19 +791,14 @@ async fn store_results(
     let mut missing = Vec::new();
     for o in sent {
         match by_request.get(o.row.id.as_str()) {
-            Some(r) => {
-                let stage = OrderStatus::parse(&o.row.status).and_then(|s| stage_of(&ctx.conn, s));
-                synced.push(SyncedOrder {
-                    order_id: o.row.id.clone(),
-                    order_number: o.row.order_number.clone(),
-                    lead_id: to_i64(r.id),
-                    contact_id: r.contact_id.map(to_i64),
-                    company_id: r.company_id.map(to_i64),
-                    moves_up_to: o.moves_up_to,
-                    pipeline_id: stage.map(|s| to_i64(s.0)),
-                    status_id: stage.map(|s| to_i64(s.1)),
-                })
-            }
+            Some(r) => synced.push(SyncedOrder {
+                order_id: o.row.id.clone(),
+                order_number: o.row.order_number.clone(),
+                lead_id: to_i64(r.id),
+                contact_id: r.contact_id.map(to_i64),
+                company_id: r.company_id.map(to_i64),
+                moves_up_to: o.moves_up_to,
+            }),
             None => missing.push(o.row.id.clone()),
         }
     }
@@ -917,8 +912,6 @@ async fn lookup_batch(
                     contact_id: None,
                     company_id: None,
                     moves_up_to: o.moves_up_to,
-                    pipeline_id: lead.pipeline_id.map(to_i64),
-                    status_id: lead.status_id.map(to_i64),
                 });
             }
             None => absent.push(o.row.id.clone()),

@@ -487,6 +487,19 @@ async fn join_running(state: &AppState, wait: Duration) -> Result<SweepOutcome, 
     }
 }
 
+/// Re-subscribes a webhook destination amoCRM disabled; failures are logged and retried on the next refresh.
+async fn check_subscription(state: &AppState, conn: &Connection) {
+    match crate::services::ingest::ensure_amocrm_subscription(state, conn).await {
+        Ok(crate::services::ingest::SubscriptionCheck::Resubscribed { .. }) => {
+            tracing::info!(seller_id = %conn.seller_id, "re-subscribed a disabled amoCRM webhook");
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(seller_id = %conn.seller_id, error = %e, "amoCRM webhook check failed")
+        }
+    }
+}
+
 /// Refreshes every due connection with bounded concurrency, without the job lease. The sweep calls this;
 /// it is public so tests can run it from several instances at once (row leases alone must keep each
 /// connection refreshed once).
@@ -523,13 +536,19 @@ async fn refresh_due_leased(
         };
         after = last_id;
         report.due += page.len() as u64;
-        let outcomes: Vec<Result<RefreshOutcome, RefreshError>> = futures_util::stream::iter(
-            page.into_iter()
-                .map(|(_, seller)| async move { refresh(state, &seller, need).await }),
-        )
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
+        let outcomes: Vec<Result<RefreshOutcome, RefreshError>> =
+            futures_util::stream::iter(page.into_iter().map(|(_, seller)| async move {
+                let outcome = refresh(state, &seller, need).await;
+                if let Ok(RefreshOutcome::Refreshed(conn)) = &outcome {
+                    // Once a day per connection (with its refresh), make sure amoCRM has not disabled
+                    // our webhook subscription after a run of failed deliveries.
+                    check_subscription(state, conn).await;
+                }
+                outcome
+            }))
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
         for outcome in outcomes {
             match outcome {
                 Ok(RefreshOutcome::Refreshed(_)) => report.refreshed += 1,

@@ -92,6 +92,7 @@ pub const EVENT_NAMES: [&str; 9] = [
 /// when an event with the same dedupe key already exists (nothing is written). Call inside the
 /// transaction of the change it reports.
 pub fn record(conn: &mut AnyConnection, ev: &NewEvent) -> Result<Option<i64>, StorageError> {
+    serialize_event_writers(conn)?;
     let row = InsertEvent {
         id: &ev.id,
         event: &ev.event,
@@ -189,4 +190,60 @@ pub fn count_by_name(
         .filter(events::event.eq(event))
         .count()
         .get_result(conn)?)
+}
+
+// --- issue 7: ordering, cursor reads, retention ---
+
+/// On PostgreSQL, event writers take one transaction-scoped advisory lock before inserting, so `seq` order
+/// is commit order: a reader of the log (cursor paging, in-order delivery) never sees seq 11 committed while
+/// seq 10 is still in flight and later appears behind its cursor. SQLite has a single writer already. The
+/// lock is held to the end of the caller's transaction, which the caller keeps short (record last).
+fn serialize_event_writers(conn: &mut AnyConnection) -> Result<(), StorageError> {
+    if let AnyConnection::Postgresql(c) = conn {
+        diesel::sql_query("SELECT pg_advisory_xact_lock(7307001)").execute(c)?;
+    }
+    Ok(())
+}
+
+/// The log position of an event id (to accept `after=evt_…` as a cursor).
+pub fn seq_of(conn: &mut AnyConnection, id: &str) -> Result<Option<i64>, StorageError> {
+    Ok(events::table
+        .filter(events::id.eq(id))
+        .select(events::seq)
+        .first(conn)
+        .optional()?)
+}
+
+/// Deletes events created before `cutoff` (with their deliveries and attempts), at most `batch` events
+/// at a time; returns how many events went.
+pub fn prune(
+    conn: &mut AnyConnection,
+    cutoff: NaiveDateTime,
+    batch: i64,
+) -> Result<usize, StorageError> {
+    use super::schema::delivery_attempts;
+    conn.transaction(|c| {
+        let seqs: Vec<i64> = events::table
+            .filter(events::created_at.lt(cutoff))
+            .order(events::seq.asc())
+            .limit(batch)
+            .select(events::seq)
+            .load(c)?;
+        if seqs.is_empty() {
+            return Ok(0);
+        }
+        let deliveries: Vec<i64> = event_deliveries::table
+            .filter(event_deliveries::event_seq.eq_any(&seqs))
+            .select(event_deliveries::id)
+            .load(c)?;
+        for chunk in deliveries.chunks(500) {
+            diesel::delete(
+                delivery_attempts::table.filter(delivery_attempts::delivery_id.eq_any(chunk)),
+            )
+            .execute(c)?;
+            diesel::delete(event_deliveries::table.filter(event_deliveries::id.eq_any(chunk)))
+                .execute(c)?;
+        }
+        Ok(diesel::delete(events::table.filter(events::seq.eq_any(&seqs))).execute(c)?)
+    })
 }

@@ -18,6 +18,9 @@ pub mod sessions;
 pub mod orders;
 
 // events (issue 7)
+pub mod deliveries;
+pub mod inbox;
+pub mod lead_states;
 
 // operations (issue 8)
 

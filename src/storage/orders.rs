@@ -10,7 +10,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::events::{self, NewEvent};
-use super::schema::{amocrm_connections as c, lead_states, order_moves as m, orders as o};
+use super::schema::{amocrm_connections as c, order_moves as m, orders as o};
 use super::{AnyConnection, StorageError};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -549,11 +549,10 @@ pub struct SyncedOrder {
     pub contact_id: Option<i64>,
     pub company_id: Option<i64>,
     pub moves_up_to: Option<i64>,
-    pub pipeline_id: Option<i64>,
-    pub status_id: Option<i64>,
 }
 
-/// Stores the lead ids of pushed orders and records `order.synced` for each, in one transaction. Only rows
+/// Stores the lead ids of pushed orders and records `order.synced` for each, in one transaction (webhook
+/// processing links a lead to its order through `orders.lead_id`). Only rows
 /// still leased by `owner` are updated (a lost lease means another worker owns the outcome). Returns how
 /// many orders were marked.
 pub fn mark_synced(
@@ -602,7 +601,6 @@ pub fn mark_synced(
                 .set((m::state.eq(MOVE_SUPERSEDED), m::updated_at.eq(now)))
                 .execute(conn)?;
             }
-            link_lead(conn, seller_id, s, now)?;
             let ev = NewEvent::new(
                 "order.synced",
                 seller_id,
@@ -619,35 +617,6 @@ pub fn mark_synced(
         }
         Ok(marked)
     })
-}
-
-/// Records in `lead_states` that this lead is ours and which order it carries, so webhook processing never
-/// mistakes it for a lead made by hand.
-fn link_lead(
-    conn: &mut AnyConnection,
-    seller_id: &str,
-    s: &SyncedOrder,
-    now: NaiveDateTime,
-) -> Result<(), StorageError> {
-    let values = (
-        lead_states::seller_id.eq(seller_id),
-        lead_states::lead_id.eq(s.lead_id),
-        lead_states::order_id.eq(Some(s.order_id.as_str())),
-        lead_states::pipeline_id.eq(s.pipeline_id),
-        lead_states::status_id.eq(s.status_id),
-        lead_states::created_by_us.eq(true),
-        lead_states::updated_at.eq(now),
-    );
-    crate::per_backend!(conn, |c| diesel::insert_into(lead_states::table)
-        .values(values)
-        .on_conflict((lead_states::seller_id, lead_states::lead_id))
-        .do_update()
-        .set((
-            lead_states::order_id.eq(Some(s.order_id.as_str())),
-            lead_states::created_by_us.eq(true),
-        ))
-        .execute(c))?;
-    Ok(())
 }
 
 /// Marks one order `failed` for good with amoCRM's reason and records `order.sync_failed`.

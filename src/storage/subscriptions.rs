@@ -87,3 +87,100 @@ pub async fn rotate_all(db: &Db, keys: &Keyring) -> Result<RotationReport, Stora
     }
     Ok(report)
 }
+
+// --- issue 7: the subscriptions API ---
+
+/// A subscription about to be stored; `secret_enc` is already sealed for its row id.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = s)]
+pub struct NewSubscription {
+    pub id: String,
+    pub url: String,
+    pub events: String,
+    pub secret_enc: Vec<u8>,
+    pub active: bool,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+/// Fields a `PATCH` may change; `None` leaves the column as it is.
+#[derive(Debug, Clone, Default, AsChangeset)]
+#[diesel(table_name = s)]
+pub struct SubscriptionChanges {
+    pub url: Option<String>,
+    pub events: Option<String>,
+    pub secret_enc: Option<Vec<u8>>,
+    pub active: Option<bool>,
+    pub updated_at: Option<NaiveDateTime>,
+}
+
+pub fn insert(
+    conn: &mut AnyConnection,
+    row: &NewSubscription,
+) -> Result<Subscription, StorageError> {
+    diesel::insert_into(s::table).values(row).execute(conn)?;
+    find(conn, &row.id)?.ok_or(StorageError::Query(diesel::result::Error::NotFound))
+}
+
+pub fn find(conn: &mut AnyConnection, id: &str) -> Result<Option<Subscription>, StorageError> {
+    Ok(s::table
+        .filter(s::id.eq(id))
+        .select(Subscription::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// A page of subscriptions, oldest first, with the total count.
+pub fn list(
+    conn: &mut AnyConnection,
+    offset: i64,
+    limit: i64,
+) -> Result<(Vec<Subscription>, i64), StorageError> {
+    let rows = s::table
+        .order((s::created_at.asc(), s::id.asc()))
+        .offset(offset)
+        .limit(limit)
+        .select(Subscription::as_select())
+        .load(conn)?;
+    let total = s::table.count().get_result(conn)?;
+    Ok((rows, total))
+}
+
+/// Applies a change set; `None` when the subscription does not exist.
+pub fn update(
+    conn: &mut AnyConnection,
+    id: &str,
+    changes: &SubscriptionChanges,
+) -> Result<Option<Subscription>, StorageError> {
+    let n = diesel::update(s::table.filter(s::id.eq(id)))
+        .set(changes)
+        .execute(conn)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    find(conn, id)
+}
+
+/// Deletes a subscription and (by cascade) its deliveries; false when it did not exist.
+pub fn delete(conn: &mut AnyConnection, id: &str) -> Result<bool, StorageError> {
+    // Deliveries first: SQLite cascades only with foreign keys on, PostgreSQL always; be explicit for both.
+    conn.transaction(|c| {
+        let ids: Vec<i64> = super::schema::event_deliveries::table
+            .filter(super::schema::event_deliveries::subscription_id.eq(id))
+            .select(super::schema::event_deliveries::id)
+            .load(c)?;
+        for chunk in ids.chunks(500) {
+            diesel::delete(
+                super::schema::delivery_attempts::table
+                    .filter(super::schema::delivery_attempts::delivery_id.eq_any(chunk)),
+            )
+            .execute(c)?;
+        }
+        diesel::delete(
+            super::schema::event_deliveries::table
+                .filter(super::schema::event_deliveries::subscription_id.eq(id)),
+        )
+        .execute(c)?;
+        Ok::<_, StorageError>(diesel::delete(s::table.filter(s::id.eq(id))).execute(c)? == 1)
+    })
+}

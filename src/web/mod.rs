@@ -1,5 +1,6 @@
 //! The HTTP layer: the one route table, middleware, and one file per area. Only this module imports actix.
 
+pub mod amocrm_webhooks;
 pub mod api;
 pub mod error;
 pub mod extract;
@@ -25,6 +26,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/refresh", web::post().to(refresh::refresh));
 
     // --- amoCRM webhooks in (issue 7) ---
+    cfg.route(
+        "/webhooks/amocrm/{webhook_token}",
+        web::post().to(amocrm_webhooks::receive),
+    );
 
     // --- operations (issue 8): dashboard, metrics ---
 
@@ -70,6 +75,26 @@ fn api_v1(cfg: &mut web::ServiceConfig) {
     cfg.configure(api::orders::routes);
 
     // --- webhooks subscriptions, deliveries, events (issue 7) ---
+    cfg.service(
+        web::resource("/webhooks")
+            .route(web::get().to(api::webhooks::list))
+            .route(web::post().to(api::webhooks::create)),
+    )
+    .service(
+        web::resource("/webhooks/{id}")
+            .route(web::get().to(api::webhooks::get))
+            .route(web::patch().to(api::webhooks::update))
+            .route(web::delete().to(api::webhooks::delete)),
+    )
+    .route(
+        "/webhooks/{id}/deliveries",
+        web::get().to(api::webhooks::deliveries),
+    )
+    .route("/events", web::get().to(api::events::list))
+    .route(
+        "/events/{id}/redeliver",
+        web::post().to(api::events::redeliver),
+    );
 
     // --- operations (issue 8) ---
 }

@@ -7,5 +7,8 @@ pub mod refresh;
 pub mod push;
 
 // events (issue 7)
+pub mod delivery;
+pub mod retention;
+pub mod webhook_processor;
 
 // operations (issue 8)

@@ -14,5 +14,7 @@ mod refresh;
 mod orders;
 
 // events (issue 7)
+mod events_out;
+mod webhooks_in;
 
 // operations (issue 8)

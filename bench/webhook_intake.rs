@@ -1,0 +1,352 @@
+//! Benchmark: amoCRM webhook intake and event delivery.
+//!
+//! `cargo bench --bench webhook_intake` (release build). Prints, for SQLite and — when
+//! `TEST_DATABASE_URL` (or `BENCH_DATABASE_URL`) names a PostgreSQL server — for PostgreSQL:
+//! - requests per second and p50/p99 latency of `POST /webhooks/amocrm/{token}` (every body committed
+//!   before the 200), beside a bare actix-web handler that answers 200 without doing anything, measured in
+//!   the same run with the same client and concurrency;
+//! - events per second delivered (signed POSTs) to a local receiver by the delivery worker.
+//!
+//! Knobs (environment): `BENCH_REQUESTS` (default 20000), `BENCH_CONCURRENCY` (32), `BENCH_EVENTS` (5000).
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use amocrm_connector::app::Application;
+use amocrm_connector::config::Settings;
+use amocrm_connector::storage::cipher::Keyring;
+use amocrm_connector::storage::connections::seal_tokens;
+use amocrm_connector::storage::events::{self, NewEvent};
+use amocrm_connector::storage::schema::amocrm_connections as c;
+use amocrm_connector::storage::{self as st, deliveries, inbox};
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+
+const BODY: &str = include_str!("../tests/fixtures/amocrm/webhook-status-lead-1.txt");
+
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Figures {
+    requests: usize,
+    ok: usize,
+    seconds: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+impl Figures {
+    fn rps(&self) -> f64 {
+        self.ok as f64 / self.seconds
+    }
+}
+
+/// Sends `total` POSTs of `body` to `url` from `concurrency` workers and measures each one.
+async fn hammer(url: &str, body: &'static str, total: usize, concurrency: usize) -> Figures {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .expect("client");
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, next, url) = (client.clone(), next.clone(), url.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut ok = 0usize;
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                let t = Instant::now();
+                let resp = client
+                    .post(&url)
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(body)
+                    .send()
+                    .await;
+                if let Ok(r) = resp {
+                    if r.status().is_success() {
+                        ok += 1;
+                    }
+                    let _ = r.bytes().await;
+                }
+                lat.push(t.elapsed());
+            }
+            (lat, ok)
+        }));
+    }
+    let mut all = Vec::with_capacity(total);
+    let mut ok = 0;
+    for t in tasks {
+        let (lat, n) = t.await.expect("task");
+        all.extend(lat);
+        ok += n;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    all.sort();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    Figures {
+        requests: all.len(),
+        ok,
+        seconds,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+    }
+}
+
+async fn bare_server() -> (String, actix_web::dev::ServerHandle) {
+    let server = HttpServer::new(|| {
+        App::new().default_service(web::to(|_body: web::Bytes| async {
+            HttpResponse::Ok()
+                .content_type("application/json")
+                .body(r#"{"data":{"status":"accepted"}}"#)
+        }))
+    })
+    .disable_signals()
+    .bind(("127.0.0.1", 0))
+    .expect("bind");
+    let port = server.addrs()[0].port();
+    let server = server.run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    (format!("http://127.0.0.1:{port}"), handle)
+}
+
+/// A database for one run: a temp SQLite file, or a fresh schema on the given PostgreSQL server.
+fn database(pg: Option<&str>, dir: &tempfile::TempDir) -> (String, Option<(String, String)>) {
+    match pg {
+        None => (
+            format!("sqlite://{}", dir.path().join("bench.db").display()),
+            None,
+        ),
+        Some(admin) => {
+            let schema = format!(
+                "bench_{}",
+                amocrm_connector::domain::ids::random_token(10).to_lowercase()
+            );
+            let mut conn = diesel::PgConnection::establish(admin).expect("postgres reachable");
+            conn.batch_execute(&format!("CREATE SCHEMA {schema}"))
+                .expect("schema");
+            let sep = if admin.contains('?') { '&' } else { '?' };
+            (
+                format!("{admin}{sep}options=-csearch_path%3D{schema}"),
+                Some((admin.to_owned(), schema)),
+            )
+        }
+    }
+}
+
+async fn run_backend(label: &str, pg: Option<&str>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (url, cleanup) = database(pg, &dir);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let mut env: HashMap<String, String> = HashMap::new();
+    env.insert("DATABASE_URL".into(), url);
+    env.insert("LISTEN_ADDR".into(), format!("127.0.0.1:{port}"));
+    env.insert("PUBLIC_BASE_URL".into(), format!("http://127.0.0.1:{port}"));
+    env.insert(
+        "TOKEN_ENCRYPTION_KEYS".into(),
+        Keyring::generate_entry("bench"),
+    );
+    env.insert("AMOCRM_CLIENT_ID".into(), "bench".into());
+    env.insert("AMOCRM_CLIENT_SECRET".into(), "bench-secret".into());
+    env.insert("REFRESH_SCHEDULE".into(), String::new());
+    env.insert("RUN_WORKERS".into(), "false".into());
+    env.insert("LOG_FORMAT".into(), "json".into());
+    let settings = Settings::from_env(&env).expect("settings");
+    let app = Application::build_with_listener(settings, Some(listener))
+        .await
+        .expect("app");
+    let state = app.state.clone();
+    tokio::spawn(app.run_until_stopped());
+
+    // The connection the sample body belongs to (account subdomain `test000002`).
+    let token = amocrm_connector::domain::ids::random_token(32);
+    let keys = state.keys.clone();
+    let tok = token.clone();
+    state
+        .db
+        .run(move |conn| {
+            let (a, r) = seal_tokens(&keys, "bench-seller", "access", "refresh");
+            let now = st::now();
+            diesel::insert_into(c::table)
+                .values((
+                    c::seller_id.eq("bench-seller"),
+                    c::account_id.eq(10216991i64),
+                    c::host.eq("test000002.amocrm.ru"),
+                    c::subdomain.eq("test000002"),
+                    c::status.eq("active"),
+                    c::access_token_enc.eq(Some(a)),
+                    c::refresh_token_enc.eq(Some(r)),
+                    c::webhook_token.eq(&tok),
+                    c::connected_at.eq(now),
+                    c::created_at.eq(now),
+                    c::updated_at.eq(now),
+                ))
+                .execute(conn)?;
+            Ok(())
+        })
+        .await
+        .expect("connection");
+
+    let total = knob("BENCH_REQUESTS", 20_000);
+    let concurrency = knob("BENCH_CONCURRENCY", 32);
+    let (bare_url, bare) = bare_server().await;
+    let intake_url = format!("http://127.0.0.1:{port}/webhooks/amocrm/{token}");
+    // Warm both up (connections, pool, page cache), then measure alternately.
+    hammer(&bare_url, BODY, 500, concurrency).await;
+    hammer(&intake_url, BODY, 500, concurrency).await;
+    let b = hammer(&bare_url, BODY, total, concurrency).await;
+    let i = hammer(&intake_url, BODY, total, concurrency).await;
+    let stored = state
+        .db
+        .run(|conn| inbox::count(conn, None))
+        .await
+        .expect("count");
+    println!(
+        "\n== {label}: webhook intake, {total} requests, concurrency {concurrency}, body {} bytes",
+        BODY.len()
+    );
+    println!(
+        "{:<28} {:>9} {:>10} {:>9} {:>9}",
+        "target", "ok", "req/s", "p50 ms", "p99 ms"
+    );
+    for (name, f) in [
+        ("bare actix-web handler", &b),
+        ("webhook intake (stored)", &i),
+    ] {
+        println!(
+            "{:<28} {:>9} {:>10.0} {:>9.2} {:>9.2}",
+            name,
+            format!("{}/{}", f.ok, f.requests),
+            f.rps(),
+            f.p50_ms,
+            f.p99_ms
+        );
+    }
+    println!(
+        "intake/bare throughput: {:.0} %   bodies stored: {stored} (expected {})   p99 target < 50 ms: {}",
+        100.0 * i.rps() / b.rps(),
+        total + 500,
+        if i.p99_ms < 50.0 { "met" } else { "MISSED" }
+    );
+    bare.stop(false).await;
+
+    // Event delivery to a local receiver.
+    let n_events = knob("BENCH_EVENTS", 5_000);
+    let received = Arc::new(AtomicUsize::new(0));
+    let counter = received.clone();
+    let server = HttpServer::new(move || {
+        let counter = counter.clone();
+        App::new().default_service(web::to(move |_b: web::Bytes| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::Relaxed);
+                HttpResponse::Ok().finish()
+            }
+        }))
+    })
+    .disable_signals()
+    .bind(("127.0.0.1", 0))
+    .expect("bind");
+    let rport = server.addrs()[0].port();
+    let server = server.run();
+    let rhandle = server.handle();
+    tokio::spawn(server);
+    let client = reqwest::Client::new();
+    let key = amocrm_connector::services::api_keys::create(
+        &state.db,
+        "bench",
+        amocrm_connector::services::api_keys::Tier::Enterprise,
+    )
+    .await
+    .expect("key")
+    .1;
+    let resp = client
+        .post(format!("http://127.0.0.1:{port}/api/v1/webhooks"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"url": format!("http://127.0.0.1:{rport}/in"), "events": "*", "secret": "bench"}))
+        .send()
+        .await
+        .expect("subscribe");
+    assert_eq!(resp.status().as_u16(), 201);
+    let sellers = 50;
+    let mut batch = Vec::new();
+    for n in 0..n_events {
+        batch.push(NewEvent::new(
+            "order.status_changed",
+            &format!("seller-{}", n % sellers),
+            serde_json::json!({"lead_id": n, "status": "paid"}),
+            None,
+        ));
+    }
+    let batch = Arc::new(batch);
+    state
+        .db
+        .run(move |conn| {
+            conn.transaction(|c| {
+                for ev in batch.iter() {
+                    events::record(c, ev)?;
+                }
+                Ok::<_, st::StorageError>(())
+            })
+        })
+        .await
+        .expect("events");
+    let started = Instant::now();
+    let worker = amocrm_connector::workers::delivery::spawn(state.clone());
+    let deadline = started + Duration::from_secs(600);
+    loop {
+        let delivered = state
+            .db
+            .run(|conn| deliveries::count_by_state(conn, deliveries::DELIVERED))
+            .await
+            .expect("count");
+        if delivered as usize >= n_events || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    worker.abort();
+    println!(
+        "\n== {label}: event delivery, {n_events} events of {sellers} sellers to one local receiver"
+    );
+    println!(
+        "delivered {} in {secs:.2} s: {:.0} events/s (in order per seller, signed)",
+        received.load(Ordering::Relaxed),
+        received.load(Ordering::Relaxed) as f64 / secs
+    );
+    rhandle.stop(false).await;
+    if let Some((admin, schema)) = cleanup
+        && let Ok(mut conn) = diesel::PgConnection::establish(&admin)
+    {
+        let _ = conn.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+    }
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    run_backend("SQLite", None).await;
+    let pg = std::env::var("BENCH_DATABASE_URL")
+        .or_else(|_| std::env::var("TEST_DATABASE_URL"))
+        .ok()
+        .filter(|u| u.starts_with("postgres"));
+    match pg {
+        Some(url) => run_backend("PostgreSQL", Some(&url)).await,
+        None => {
+            println!("\n(PostgreSQL skipped: set TEST_DATABASE_URL=postgres://… to include it)")
+        }
+    }
+}

@@ -1,0 +1,3 @@
+DROP INDEX amocrm_webhook_inbox_received;
+DROP INDEX amocrm_webhook_inbox_connection;
+DROP INDEX event_deliveries_head;

@@ -1,0 +1,235 @@
+//! Reading the event log (cursor paging for receivers that poll), delivery histories, and re-driving an
+//! event's deliveries.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::services::subscriptions::rfc3339;
+use crate::storage::deliveries::{self, DeliveryRow, DeliveryView};
+use crate::storage::events::{self, EVENT_NAMES, EventRow};
+use crate::storage::{self, Db, StorageError, subscriptions as subs};
+
+/// Largest page of `GET /api/v1/events`.
+pub const MAX_LIMIT: i64 = 1000;
+pub const DEFAULT_LIMIT: i64 = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventsError {
+    #[error("{0}")]
+    BadParameter(String),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Raw query of `GET /api/v1/events`, checked by [`list`].
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct EventsQuery {
+    pub after: Option<String>,
+    pub seller_id: Option<String>,
+    pub event: Option<String>,
+    pub limit: Option<String>,
+}
+
+/// One page of the log: the stored bodies, exactly as subscribers receive them, and the cursor to go on.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventsPage {
+    pub data: Vec<Value>,
+    pub next_after: i64,
+}
+
+/// Events after the cursor in log order. `after` is a log position (`meta.next_after` of the previous page)
+/// or an event id; the answer's `next_after` is where the next poll continues (unchanged when empty).
+pub async fn list(db: &Db, q: EventsQuery) -> Result<EventsPage, EventsError> {
+    let limit = match q.limit.as_deref().map(str::trim) {
+        None | Some("") => DEFAULT_LIMIT,
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| {
+                EventsError::BadParameter(format!(
+                    "limit must be a whole number from 1 to {MAX_LIMIT}"
+                ))
+            })?,
+    };
+    if let Some(e) = q.event.as_deref().filter(|e| !e.is_empty())
+        && !EVENT_NAMES.contains(&e)
+    {
+        return Err(EventsError::BadParameter(format!(
+            "event must be one of {}",
+            EVENT_NAMES.join(", ")
+        )));
+    }
+    let after_raw = q.after.unwrap_or_default();
+    let after_raw = after_raw.trim().to_owned();
+    let seller = q.seller_id.filter(|s| !s.is_empty());
+    let event = q.event.filter(|s| !s.is_empty());
+    let rows = db
+        .run(move |c| {
+            let after = if after_raw.is_empty() {
+                0
+            } else if let Ok(n) = after_raw.parse::<i64>() {
+                if n < 0 {
+                    return Ok(Err("after must not be negative".to_owned()));
+                }
+                n
+            } else {
+                match events::seq_of(c, &after_raw)? {
+                    Some(seq) => seq,
+                    None => {
+                        return Ok(Err(
+                            "after must be a cursor (meta.next_after) or a known event id".into(),
+                        ));
+                    }
+                }
+            };
+            let rows = events::list_after(c, after, seller.as_deref(), event.as_deref(), limit)?;
+            Ok(Ok((after, rows)))
+        })
+        .await?
+        .map_err(EventsError::BadParameter)?;
+    let (after, rows) = rows;
+    let next_after = rows.last().map_or(after, |r| r.seq);
+    Ok(EventsPage {
+        data: rows.iter().map(payload_value).collect(),
+        next_after,
+    })
+}
+
+fn payload_value(row: &EventRow) -> Value {
+    serde_json::from_str(&row.payload).unwrap_or(Value::Null)
+}
+
+/// One attempt as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptView {
+    pub attempt: i32,
+    pub status_code: Option<i32>,
+    pub error: Option<String>,
+    pub duration_ms: i64,
+    pub attempted_at: String,
+}
+
+/// One delivery as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryInfo {
+    pub id: i64,
+    pub event_id: String,
+    pub event: String,
+    pub subscription_id: String,
+    pub seller_id: String,
+    pub state: String,
+    pub attempts: i32,
+    pub next_attempt_at: Option<String>,
+    pub last_status: Option<i32>,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<String>,
+    pub created_at: String,
+    pub attempt_log: Vec<AttemptView>,
+}
+
+impl DeliveryInfo {
+    fn new(row: &DeliveryRow, event_id: &str, event: &str, log: Vec<AttemptView>) -> Self {
+        Self {
+            id: row.id,
+            event_id: event_id.to_owned(),
+            event: event.to_owned(),
+            subscription_id: row.subscription_id.clone(),
+            seller_id: row.seller_id.clone(),
+            state: row.state.clone(),
+            attempts: row.attempts,
+            next_attempt_at: (row.state == deliveries::PENDING)
+                .then(|| rfc3339(row.next_attempt_at)),
+            last_status: row.last_status,
+            last_error: row.last_error.clone(),
+            delivered_at: row.delivered_at.map(rfc3339),
+            created_at: rfc3339(row.created_at),
+            attempt_log: log,
+        }
+    }
+}
+
+impl From<&DeliveryView> for DeliveryInfo {
+    fn from(v: &DeliveryView) -> Self {
+        let log = v
+            .attempts
+            .iter()
+            .map(|a| AttemptView {
+                attempt: a.attempt,
+                status_code: a.status_code,
+                error: a.error.clone(),
+                duration_ms: a.duration_ms,
+                attempted_at: rfc3339(a.attempted_at),
+            })
+            .collect();
+        Self::new(&v.delivery, &v.event_id, &v.event, log)
+    }
+}
+
+/// A subscription's deliveries, newest first; 404 when the subscription does not exist.
+pub async fn deliveries(
+    db: &Db,
+    subscription_id: &str,
+    state: Option<&str>,
+    offset: i64,
+    limit: i64,
+) -> Result<(Vec<DeliveryInfo>, i64), EventsError> {
+    if let Some(s) = state.filter(|s| !s.is_empty())
+        && ![
+            deliveries::PENDING,
+            deliveries::DELIVERED,
+            deliveries::FAILED,
+        ]
+        .contains(&s)
+    {
+        return Err(EventsError::BadParameter(
+            "state must be pending, delivered or failed".into(),
+        ));
+    }
+    let id = subscription_id.to_owned();
+    let state = state.filter(|s| !s.is_empty()).map(str::to_owned);
+    let found = db
+        .run(move |c| {
+            if subs::find(c, &id)?.is_none() {
+                return Ok(None);
+            }
+            deliveries::list_for_subscription(c, &id, state.as_deref(), offset, limit).map(Some)
+        })
+        .await?;
+    let (views, total) = found.ok_or(EventsError::NotFound("webhook subscription"))?;
+    Ok((views.iter().map(DeliveryInfo::from).collect(), total))
+}
+
+/// The answer of a redelivery: the event and its deliveries as they now stand.
+#[derive(Debug, Clone, Serialize)]
+pub struct Redelivery {
+    pub event_id: String,
+    pub event: String,
+    pub deliveries: Vec<DeliveryInfo>,
+}
+
+/// Re-drives an event: failed (and delivered) deliveries are due again with a fresh schedule, and active
+/// subscriptions that want it but have no delivery get one.
+pub async fn redeliver(db: &Db, event_id: &str) -> Result<Redelivery, EventsError> {
+    let id = event_id.to_owned();
+    let found = db
+        .run(move |c| {
+            let Some(ev) = events::find_by_id(c, &id)? else {
+                return Ok(None);
+            };
+            let rows = deliveries::redeliver(c, ev.seq, &ev.seller_id, &ev.event, storage::now())?;
+            Ok(Some((ev, rows)))
+        })
+        .await?;
+    let (ev, rows) = found.ok_or(EventsError::NotFound("event"))?;
+    Ok(Redelivery {
+        deliveries: rows
+            .iter()
+            .map(|r| DeliveryInfo::new(r, &ev.id, &ev.event, Vec::new()))
+            .collect(),
+        event_id: ev.id,
+        event: ev.event,
+    })
+}

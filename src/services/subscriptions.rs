@@ -1,0 +1,293 @@
+//! Event subscriptions of the marketplace: validation, the sealed signing secret, create/read/update/delete.
+//!
+//! The secret is encrypted with the vault (bound to the subscription's row) and never leaves the service
+//! again: [`SubscriptionView`] has no field for it.
+
+use std::collections::BTreeMap;
+
+use chrono::{NaiveDateTime, SecondsFormat};
+use serde::Serialize;
+
+use crate::domain::ids::prefixed_id;
+use crate::storage::events::EVENT_NAMES;
+use crate::storage::subscriptions::{
+    self as store, NewSubscription, Subscription, SubscriptionChanges, secret_aad,
+};
+use crate::storage::{self, Db, StorageError, cipher::Keyring};
+
+/// Longest accepted URL and secret.
+pub const MAX_URL_LEN: usize = 2048;
+pub const MAX_SECRET_LEN: usize = 512;
+
+/// Field → messages, as the API's 422 details.
+pub type FieldErrors = BTreeMap<String, Vec<String>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubscriptionError {
+    #[error("invalid fields")]
+    Invalid(FieldErrors),
+    #[error("subscription not found")]
+    NotFound,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// What a client may send; every field optional here so create and update share the checks.
+#[derive(Debug, Clone, Default)]
+pub struct SubscriptionInput {
+    pub url: Option<String>,
+    pub events: Option<Vec<String>>,
+    pub secret: Option<String>,
+    pub active: Option<bool>,
+}
+
+/// A subscription as the API shows it: never the secret.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubscriptionView {
+    pub id: String,
+    pub url: String,
+    pub events: Vec<String>,
+    pub active: bool,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+pub fn rfc3339(t: NaiveDateTime) -> String {
+    storage::from_db(t).to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+impl From<&Subscription> for SubscriptionView {
+    fn from(s: &Subscription) -> Self {
+        Self {
+            id: s.id.clone(),
+            url: s.url.clone(),
+            events: s.event_list(),
+            active: s.active,
+            created_at: rfc3339(s.created_at),
+            updated_at: rfc3339(s.updated_at),
+        }
+    }
+}
+
+fn push(errors: &mut FieldErrors, field: &str, msg: impl Into<String>) {
+    errors.entry(field.to_owned()).or_default().push(msg.into());
+}
+
+/// An http(s) URL with a host, no credentials, no fragment.
+pub fn check_url(raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if raw.len() > MAX_URL_LEN {
+        return Err(format!("must be at most {MAX_URL_LEN} characters"));
+    }
+    let url =
+        url::Url::parse(raw).map_err(|_| "must be an absolute http or https URL".to_owned())?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("must use http or https".into());
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("must have a host".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry credentials; sign with the secret instead".into());
+    }
+    if url.fragment().is_some() {
+        return Err("must not have a fragment".into());
+    }
+    Ok(url.to_string())
+}
+
+/// Known event names or `"*"`, at least one, without repeats (order kept).
+pub fn check_events(list: &[String]) -> Result<Vec<String>, Vec<String>> {
+    let mut errors = Vec::new();
+    if list.is_empty() {
+        errors.push("must name at least one event, or \"*\" for all".to_owned());
+    }
+    let mut out: Vec<String> = Vec::new();
+    for e in list {
+        let e = e.trim();
+        if e != "*" && !EVENT_NAMES.contains(&e) {
+            errors.push(format!(
+                "unknown event `{}`; use one of {} or \"*\"",
+                e.chars().take(64).collect::<String>(),
+                EVENT_NAMES.join(", ")
+            ));
+        } else if !out.iter().any(|x| x == e) {
+            out.push(e.to_owned());
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+fn check_secret(raw: &str) -> Result<(), String> {
+    if raw.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    if raw.chars().count() > MAX_SECRET_LEN {
+        return Err(format!("must be at most {MAX_SECRET_LEN} characters"));
+    }
+    Ok(())
+}
+
+/// Checks what is present; `require_all` for create (url, events and secret are required).
+fn validate(
+    input: &SubscriptionInput,
+    require_all: bool,
+) -> Result<(Option<String>, Option<Vec<String>>), FieldErrors> {
+    let mut errors = FieldErrors::new();
+    let url = match &input.url {
+        Some(u) => match check_url(u) {
+            Ok(u) => Some(u),
+            Err(m) => {
+                push(&mut errors, "url", m);
+                None
+            }
+        },
+        None if require_all => {
+            push(&mut errors, "url", "is required");
+            None
+        }
+        None => None,
+    };
+    let events = match &input.events {
+        Some(list) => match check_events(list) {
+            Ok(v) => Some(v),
+            Err(ms) => {
+                for m in ms {
+                    push(&mut errors, "events", m);
+                }
+                None
+            }
+        },
+        None if require_all => {
+            push(&mut errors, "events", "is required");
+            None
+        }
+        None => None,
+    };
+    match &input.secret {
+        Some(s) => {
+            if let Err(m) = check_secret(s) {
+                push(&mut errors, "secret", m);
+            }
+        }
+        None if require_all => push(&mut errors, "secret", "is required"),
+        None => {}
+    }
+    if errors.is_empty() {
+        Ok((url, events))
+    } else {
+        Err(errors)
+    }
+}
+
+fn events_json(events: &[String]) -> String {
+    serde_json::to_string(events).unwrap_or_else(|_| "[]".to_owned())
+}
+
+pub async fn create(
+    db: &Db,
+    keys: &Keyring,
+    input: SubscriptionInput,
+) -> Result<SubscriptionView, SubscriptionError> {
+    let (url, events) = validate(&input, true).map_err(SubscriptionError::Invalid)?;
+    let (Some(url), Some(events), Some(secret)) = (url, events, input.secret) else {
+        return Err(SubscriptionError::Invalid(FieldErrors::new()));
+    };
+    let id = prefixed_id("whk");
+    let now = storage::now();
+    let row = NewSubscription {
+        secret_enc: keys.encrypt(secret_aad(&id), &secret),
+        id,
+        url,
+        events: events_json(&events),
+        active: input.active.unwrap_or(true),
+        created_at: now,
+        updated_at: now,
+    };
+    let saved = db.run(move |c| store::insert(c, &row)).await?;
+    Ok(SubscriptionView::from(&saved))
+}
+
+pub async fn get(db: &Db, id: &str) -> Result<SubscriptionView, SubscriptionError> {
+    let id = id.to_owned();
+    db.run(move |c| store::find(c, &id))
+        .await?
+        .map(|s| SubscriptionView::from(&s))
+        .ok_or(SubscriptionError::NotFound)
+}
+
+pub async fn list(
+    db: &Db,
+    offset: i64,
+    limit: i64,
+) -> Result<(Vec<SubscriptionView>, i64), SubscriptionError> {
+    let (rows, total) = db.run(move |c| store::list(c, offset, limit)).await?;
+    Ok((rows.iter().map(SubscriptionView::from).collect(), total))
+}
+
+pub async fn update(
+    db: &Db,
+    keys: &Keyring,
+    id: &str,
+    input: SubscriptionInput,
+) -> Result<SubscriptionView, SubscriptionError> {
+    let (url, events) = validate(&input, false).map_err(SubscriptionError::Invalid)?;
+    let changes = SubscriptionChanges {
+        url,
+        events: events.as_deref().map(events_json),
+        secret_enc: input
+            .secret
+            .as_deref()
+            .map(|s| keys.encrypt(secret_aad(id), s)),
+        active: input.active,
+        updated_at: Some(storage::now()),
+    };
+    let id = id.to_owned();
+    db.run(move |c| store::update(c, &id, &changes))
+        .await?
+        .map(|s| SubscriptionView::from(&s))
+        .ok_or(SubscriptionError::NotFound)
+}
+
+pub async fn delete(db: &Db, id: &str) -> Result<(), SubscriptionError> {
+    let id = id.to_owned();
+    if db.run(move |c| store::delete(c, &id)).await? {
+        Ok(())
+    } else {
+        Err(SubscriptionError::NotFound)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_http_and_https_urls_with_a_host_are_accepted() {
+        assert!(check_url("https://example.com/hook").is_ok());
+        assert!(check_url("http://127.0.0.1:9000/x").is_ok());
+        assert!(check_url("ftp://example.com/").is_err());
+        assert!(check_url("javascript:alert(1)").is_err());
+        assert!(check_url("/relative").is_err());
+        assert!(check_url("https://user:pw@example.com/").is_err());
+        assert!(check_url("").is_err());
+    }
+
+    #[test]
+    fn events_must_be_known_names_or_the_wildcard() {
+        assert_eq!(check_events(&["*".into()]).ok(), Some(vec!["*".to_owned()]));
+        assert_eq!(
+            check_events(&["payment.completed".into(), "payment.completed".into()]).ok(),
+            Some(vec!["payment.completed".to_owned()])
+        );
+        assert!(check_events(&[]).is_err());
+        assert!(check_events(&["payment.done".into()]).is_err());
+    }
+}

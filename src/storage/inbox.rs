@@ -1,0 +1,294 @@
+//! `amocrm_webhook_inbox`: raw amoCRM webhook bodies, committed before amoCRM gets its 200, then leased and
+//! processed by the webhook processor. A connection's bodies are processed one at a time.
+
+use chrono::NaiveDateTime;
+use diesel::dsl::{exists, not};
+use diesel::prelude::*;
+
+use super::schema::amocrm_webhook_inbox as i;
+use super::{AnyConnection, StorageError};
+
+pub const PENDING: &str = "pending";
+pub const PROCESSED: &str = "processed";
+pub const FAILED: &str = "failed";
+
+diesel::alias!(i as busy: BusyInbox);
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = i)]
+pub struct InboxRow {
+    pub id: i64,
+    pub connection_id: i64,
+    pub seller_id: String,
+    pub body: Vec<u8>,
+    pub state: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub next_attempt_at: NaiveDateTime,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<NaiveDateTime>,
+    pub received_at: NaiveDateTime,
+    pub processed_at: Option<NaiveDateTime>,
+}
+
+/// What the intake needs of a connection to accept a body for it.
+#[derive(Debug, Clone, Queryable)]
+pub struct TokenOwner {
+    pub id: i64,
+    pub seller_id: String,
+    pub account_id: i64,
+    pub subdomain: String,
+    pub status: String,
+    pub webhook_token: String,
+}
+
+/// The connections behind a batch of webhook tokens (the intake looks a whole batch up at once).
+pub fn connections_by_tokens(
+    conn: &mut AnyConnection,
+    tokens: &[&str],
+) -> Result<Vec<TokenOwner>, StorageError> {
+    use super::schema::amocrm_connections as c;
+    Ok(c::table
+        .filter(c::webhook_token.eq_any(tokens))
+        .select((
+            c::id,
+            c::seller_id,
+            c::account_id,
+            c::subdomain,
+            c::status,
+            c::webhook_token,
+        ))
+        .load(conn)?)
+}
+
+/// Stores one raw body as pending work; returns its id. One INSERT, committed on return.
+pub fn insert(
+    conn: &mut AnyConnection,
+    connection_id: i64,
+    seller_id: &str,
+    body: &[u8],
+    now: NaiveDateTime,
+) -> Result<i64, StorageError> {
+    Ok(diesel::insert_into(i::table)
+        .values((
+            i::connection_id.eq(connection_id),
+            i::seller_id.eq(seller_id),
+            i::body.eq(body),
+            i::state.eq(PENDING),
+            i::attempts.eq(0),
+            i::next_attempt_at.eq(now),
+            i::received_at.eq(now),
+        ))
+        .returning(i::id)
+        .get_result(conn)?)
+}
+
+/// Stores several raw bodies `(connection_id, seller_id, body)` at once: one multi-row INSERT on
+/// PostgreSQL (one round trip), row by row on SQLite (in-process, no round trips to save).
+pub fn insert_many(
+    conn: &mut AnyConnection,
+    rows: &[(i64, &str, &[u8])],
+    now: NaiveDateTime,
+) -> Result<(), StorageError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    match conn {
+        AnyConnection::Postgresql(c) => {
+            let values: Vec<_> = rows
+                .iter()
+                .map(|(conn_id, seller, body)| {
+                    (
+                        i::connection_id.eq(*conn_id),
+                        i::seller_id.eq(*seller),
+                        i::body.eq(*body),
+                        i::state.eq(PENDING),
+                        i::attempts.eq(0),
+                        i::next_attempt_at.eq(now),
+                        i::received_at.eq(now),
+                    )
+                })
+                .collect();
+            diesel::insert_into(i::table).values(&values).execute(c)?;
+        }
+        AnyConnection::Sqlite(_) => {
+            for (conn_id, seller, body) in rows {
+                insert(conn, *conn_id, seller, body, now)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Claims up to `limit` due rows, at most one per connection and none of a connection that already has a
+/// row in flight, oldest first.
+pub fn claim_due(
+    conn: &mut AnyConnection,
+    owner: &str,
+    now: NaiveDateTime,
+    lease_until: NaiveDateTime,
+    limit: i64,
+) -> Result<Vec<InboxRow>, StorageError> {
+    let candidates: Vec<(i64, i64)> = i::table
+        .filter(i::state.eq(PENDING))
+        .filter(i::next_attempt_at.le(now))
+        .filter(i::lease_until.is_null().or(i::lease_until.lt(now)))
+        .filter(not(exists(
+            busy.filter(busy.field(i::connection_id).eq(i::connection_id))
+                .filter(busy.field(i::state).eq(PENDING))
+                .filter(busy.field(i::lease_until).ge(now)),
+        )))
+        .order(i::id.asc())
+        .limit(limit * 4)
+        .select((i::id, i::connection_id))
+        .load(conn)?;
+    let mut seen = std::collections::HashSet::new();
+    let mut claimed = Vec::new();
+    for (id, connection_id) in candidates {
+        if claimed.len() as i64 >= limit || !seen.insert(connection_id) {
+            continue;
+        }
+        let n = diesel::update(
+            i::table
+                .filter(i::id.eq(id))
+                .filter(i::state.eq(PENDING))
+                .filter(i::lease_until.is_null().or(i::lease_until.lt(now))),
+        )
+        .set((
+            i::lease_owner.eq(Some(owner)),
+            i::lease_until.eq(Some(lease_until)),
+        ))
+        .execute(conn)?;
+        if n == 1 {
+            claimed.push(id);
+        }
+    }
+    if claimed.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(i::table
+        .filter(i::id.eq_any(&claimed))
+        .order(i::id.asc())
+        .select(InboxRow::as_select())
+        .load(conn)?)
+}
+
+/// Marks a row processed (it stays for the retention period as the raw record).
+pub fn mark_processed(
+    conn: &mut AnyConnection,
+    id: i64,
+    owner: &str,
+    note: Option<&str>,
+    now: NaiveDateTime,
+) -> Result<bool, StorageError> {
+    let n = diesel::update(
+        i::table
+            .filter(i::id.eq(id))
+            .filter(i::lease_owner.eq(owner)),
+    )
+    .set((
+        i::state.eq(PROCESSED),
+        i::attempts.eq(i::attempts + 1),
+        i::last_error.eq(note),
+        i::processed_at.eq(Some(now)),
+        i::lease_owner.eq(None::<String>),
+        i::lease_until.eq(None::<NaiveDateTime>),
+    ))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Puts a row back for a later attempt, or gives up on it (`retry_at` = `None`: state `failed`).
+pub fn mark_failed_attempt(
+    conn: &mut AnyConnection,
+    id: i64,
+    owner: &str,
+    error: &str,
+    retry_at: Option<NaiveDateTime>,
+    now: NaiveDateTime,
+) -> Result<bool, StorageError> {
+    let (state, next) = match retry_at {
+        Some(at) => (PENDING, at),
+        None => (FAILED, now),
+    };
+    let n = diesel::update(
+        i::table
+            .filter(i::id.eq(id))
+            .filter(i::lease_owner.eq(owner)),
+    )
+    .set((
+        i::state.eq(state),
+        i::attempts.eq(i::attempts + 1),
+        i::last_error.eq(Some(error)),
+        i::next_attempt_at.eq(next),
+        i::lease_owner.eq(None::<String>),
+        i::lease_until.eq(None::<NaiveDateTime>),
+    ))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Sets a failed (or processed) row back to pending, due now (operators re-driving a body).
+pub fn requeue(
+    conn: &mut AnyConnection,
+    id: i64,
+    now: NaiveDateTime,
+) -> Result<bool, StorageError> {
+    let n = diesel::update(i::table.filter(i::id.eq(id)).filter(i::state.ne(PENDING)))
+        .set((
+            i::state.eq(PENDING),
+            i::next_attempt_at.eq(now),
+            i::lease_owner.eq(None::<String>),
+            i::lease_until.eq(None::<NaiveDateTime>),
+        ))
+        .execute(conn)?;
+    Ok(n == 1)
+}
+
+pub fn find(conn: &mut AnyConnection, id: i64) -> Result<Option<InboxRow>, StorageError> {
+    Ok(i::table
+        .filter(i::id.eq(id))
+        .select(InboxRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Rows of one seller, oldest first (tests and the dashboard).
+pub fn for_seller(
+    conn: &mut AnyConnection,
+    seller_id: &str,
+) -> Result<Vec<InboxRow>, StorageError> {
+    Ok(i::table
+        .filter(i::seller_id.eq(seller_id))
+        .order(i::id.asc())
+        .select(InboxRow::as_select())
+        .load(conn)?)
+}
+
+/// Number of rows, optionally in one state.
+pub fn count(conn: &mut AnyConnection, state: Option<&str>) -> Result<i64, StorageError> {
+    let mut q = i::table.count().into_boxed();
+    if let Some(s) = state {
+        q = q.filter(i::state.eq(s.to_owned()));
+    }
+    Ok(q.get_result(conn)?)
+}
+
+/// Deletes finished rows received before `cutoff`, at most `batch` at a time; returns how many went.
+pub fn prune(
+    conn: &mut AnyConnection,
+    cutoff: NaiveDateTime,
+    batch: i64,
+) -> Result<usize, StorageError> {
+    let ids: Vec<i64> = i::table
+        .filter(i::received_at.lt(cutoff))
+        .filter(i::state.ne(PENDING))
+        .order(i::id.asc())
+        .limit(batch)
+        .select(i::id)
+        .load(conn)?;
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    Ok(diesel::delete(i::table.filter(i::id.eq_any(&ids))).execute(conn)?)
+}

@@ -1,0 +1,147 @@
+//! `/api/v1/webhooks`: the marketplace's event subscriptions and their delivery attempts.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::app::AppState;
+use crate::services::events_log::{self, EventsError};
+use crate::services::subscriptions::{self, SubscriptionError, SubscriptionInput};
+use crate::web::api::guard::Caller;
+use crate::web::error::{ApiError, FieldErrors};
+use crate::web::extract::{ApiJson, Paging, query};
+
+/// `events` may be one name or a list; everything else has one shape.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum EventList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl EventList {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::One(s) => vec![s],
+            Self::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionBody {
+    url: Option<String>,
+    events: Option<EventList>,
+    secret: Option<String>,
+    active: Option<bool>,
+}
+
+impl From<SubscriptionBody> for SubscriptionInput {
+    fn from(b: SubscriptionBody) -> Self {
+        Self {
+            url: b.url,
+            events: b.events.map(EventList::into_vec),
+            secret: b.secret,
+            active: b.active,
+        }
+    }
+}
+
+fn map_err(e: SubscriptionError) -> ApiError {
+    match e {
+        SubscriptionError::Invalid(fields) => ApiError::validation(fields as FieldErrors),
+        SubscriptionError::NotFound => ApiError::not_found("webhook subscription"),
+        SubscriptionError::Storage(e) => ApiError::internal(e),
+    }
+}
+
+/// `POST /api/v1/webhooks` → 201 with the subscription (without its secret).
+pub async fn create(
+    state: web::Data<AppState>,
+    caller: Caller,
+    body: ApiJson<SubscriptionBody>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_write()?;
+    let view = subscriptions::create(&state.db, &state.keys, body.0.into())
+        .await
+        .map_err(map_err)?;
+    Ok(HttpResponse::Created().json(json!({ "data": view })))
+}
+
+/// `GET /api/v1/webhooks`
+pub async fn list(state: web::Data<AppState>, paging: Paging) -> Result<HttpResponse, ApiError> {
+    let (items, total) = subscriptions::list(&state.db, paging.offset(), paging.per_page)
+        .await
+        .map_err(map_err)?;
+    Ok(HttpResponse::Ok().json(json!({ "data": items, "meta": paging.meta(total) })))
+}
+
+/// `GET /api/v1/webhooks/{id}`
+pub async fn get(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let view = subscriptions::get(&state.db, &id).await.map_err(map_err)?;
+    Ok(HttpResponse::Ok().json(json!({ "data": view })))
+}
+
+/// `PATCH /api/v1/webhooks/{id}`: any of `url`, `events`, `secret`, `active`.
+pub async fn update(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<String>,
+    body: ApiJson<SubscriptionBody>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_write()?;
+    let view = subscriptions::update(&state.db, &state.keys, &id, body.0.into())
+        .await
+        .map_err(map_err)?;
+    Ok(HttpResponse::Ok().json(json!({ "data": view })))
+}
+
+/// `DELETE /api/v1/webhooks/{id}` → 204; its pending deliveries go with it.
+pub async fn delete(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_write()?;
+    subscriptions::delete(&state.db, &id)
+        .await
+        .map_err(map_err)?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Debug, Deserialize)]
+struct DeliveriesQuery {
+    state: Option<String>,
+}
+
+/// `GET /api/v1/webhooks/{id}/deliveries?state=&page=&per_page=`: newest first, each with its attempts.
+pub async fn deliveries(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    paging: Paging,
+) -> Result<HttpResponse, ApiError> {
+    let q: DeliveriesQuery = query(&req)?;
+    let (items, total) = events_log::deliveries(
+        &state.db,
+        &id,
+        q.state.as_deref(),
+        paging.offset(),
+        paging.per_page,
+    )
+    .await
+    .map_err(map_events_err)?;
+    Ok(HttpResponse::Ok().json(json!({ "data": items, "meta": paging.meta(total) })))
+}
+
+pub fn map_events_err(e: EventsError) -> ApiError {
+    match e {
+        EventsError::BadParameter(m) => ApiError::bad_request(m),
+        EventsError::NotFound(what) => ApiError::not_found(what),
+        EventsError::Storage(e) => ApiError::internal(e),
+    }
+}

@@ -1,0 +1,796 @@
+//! Events out: subscriptions API, signed deliveries to a real receiver, retries, failure and re-driving,
+//! order per seller, the event log with cursor paging, retention.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use amocrm_connector::storage::events::{self, NewEvent};
+use amocrm_connector::storage::{self as st, deliveries};
+use amocrm_connector::workers::delivery as delivery_worker;
+use chrono::TimeDelta;
+use hmac::{KeyInit, Mac};
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, assert_error, spawn_app, spawn_app_with};
+
+// ---------- a real subscriber: a tiny actix server on a free port ----------
+
+/// How the receiver answers the n-th request (0-based).
+#[derive(Clone, Copy, Debug)]
+pub enum Behaviour {
+    Ok,
+    /// 500 for the first `n` requests, then 200.
+    FailFirst(usize),
+    /// Never answers.
+    Hang,
+}
+
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+    pub signature_ok: bool,
+    pub status_sent: u16,
+}
+
+impl Hit {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("JSON body")
+    }
+}
+
+struct ReceiverState {
+    secret: String,
+    behaviour: Mutex<Behaviour>,
+    count: AtomicUsize,
+    hits: Mutex<Vec<Hit>>,
+}
+
+pub struct Receiver {
+    pub url: String,
+    state: Arc<ReceiverState>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+/// Checks `X-Signature` the way a marketplace receiver would: HMAC-SHA256 of the raw body, constant time.
+fn verify(secret: &str, body: &[u8], header: Option<&str>) -> bool {
+    let Some(hex) = header.and_then(|h| h.strip_prefix("sha256=")) else {
+        return false;
+    };
+    if hex.len() != 64 || hex.chars().any(|c| c.is_ascii_uppercase()) {
+        return false;
+    }
+    let Ok(tag) = (0..32)
+        .map(|i| u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()
+    else {
+        return false;
+    };
+    let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    mac.verify_slice(&tag).is_ok()
+}
+
+async fn receive(req: HttpRequest, body: web::Bytes, st: web::Data<ReceiverState>) -> HttpResponse {
+    let n = st.count.fetch_add(1, Ordering::SeqCst);
+    let behaviour = *st.behaviour.lock().unwrap();
+    let status = match behaviour {
+        Behaviour::Ok => 200,
+        Behaviour::FailFirst(k) if n < k => 500,
+        Behaviour::FailFirst(_) => 200,
+        Behaviour::Hang => 0,
+    };
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_ascii_lowercase(),
+                v.to_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect::<HashMap<_, _>>();
+    let signature_ok = verify(
+        &st.secret,
+        &body,
+        headers.get("x-signature").map(String::as_str),
+    );
+    st.hits.lock().unwrap().push(Hit {
+        headers,
+        body: body.to_vec(),
+        signature_ok,
+        status_sent: status,
+    });
+    if status == 0 {
+        std::future::pending::<()>().await;
+    }
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap()).finish()
+}
+
+impl Receiver {
+    pub async fn start(secret: &str, behaviour: Behaviour) -> Self {
+        let state = Arc::new(ReceiverState {
+            secret: secret.to_owned(),
+            behaviour: Mutex::new(behaviour),
+            count: AtomicUsize::new(0),
+            hits: Mutex::new(Vec::new()),
+        });
+        let data = web::Data::from(state.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .default_service(web::to(receive))
+        })
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(0)
+        .bind(("127.0.0.1", 0))
+        .unwrap();
+        let port = server.addrs()[0].port();
+        let server = server.run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        Self {
+            url: format!("http://127.0.0.1:{port}/hooks/marketplace"),
+            state,
+            handle,
+        }
+    }
+
+    pub fn hits(&self) -> Vec<Hit> {
+        self.state.hits.lock().unwrap().clone()
+    }
+
+    pub fn set_behaviour(&self, b: Behaviour) {
+        *self.state.behaviour.lock().unwrap() = b;
+    }
+
+    /// Waits (bounded) until at least `n` requests arrived.
+    pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<Hit> {
+        let until = Instant::now() + within;
+        loop {
+            let hits = self.hits();
+            if hits.len() >= n || Instant::now() > until {
+                return hits;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let h = self.handle.clone();
+        tokio::spawn(async move { h.stop(false).await });
+    }
+}
+
+// ---------- helpers ----------
+
+impl TestApp {
+    pub async fn api_patch(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .patch(self.url(path))
+            .bearer_auth(&self.api_key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn api_delete(&self, path: &str) -> reqwest::Response {
+        self.http
+            .delete(self.url(path))
+            .bearer_auth(&self.api_key)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Subscribes `url` to `events` with `secret`; returns the subscription id.
+    pub async fn subscribe(&self, url: &str, events: Value, secret: &str) -> String {
+        let resp = self
+            .api_post(
+                "/api/v1/webhooks",
+                &json!({"url": url, "events": events, "secret": secret, "active": true}),
+            )
+            .await;
+        assert_eq!(resp.status().as_u16(), 201);
+        let body: Value = resp.json().await.unwrap();
+        body["data"]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Records an event the way the services do (its own transaction); returns (seq, event id).
+    pub async fn record_event(&self, name: &str, seller: &str, data: Value) -> (i64, String) {
+        let ev = NewEvent::new(name, seller, data, None);
+        let id = ev.id.clone();
+        let seq = self
+            .db
+            .run(move |c| {
+                use diesel::Connection;
+                c.transaction(|c| events::record(c, &ev))
+            })
+            .await
+            .unwrap()
+            .expect("recorded");
+        (seq, id)
+    }
+
+    pub async fn deliveries_of(&self, sub: &str) -> Vec<Value> {
+        let resp = self
+            .api_get(&format!("/api/v1/webhooks/{sub}/deliveries?per_page=100"))
+            .await;
+        assert_eq!(resp.status().as_u16(), 200);
+        let body: Value = resp.json().await.unwrap();
+        body["data"].as_array().unwrap().clone()
+    }
+}
+
+/// Runs delivery steps with the clock moved past every pending retry, until nothing is due.
+async fn drive_deliveries(app: &TestApp, mut now: chrono::NaiveDateTime, max_steps: usize) {
+    for _ in 0..max_steps {
+        let r = delivery_worker::run_once_at(&app.state, now).await.unwrap();
+        if r.claimed == 0 {
+            let next = app.db.run(deliveries::next_due).await.unwrap();
+            match next {
+                Some(at) if at > now => now = at + TimeDelta::seconds(1),
+                _ => return,
+            }
+        }
+    }
+}
+
+// ---------- subscriptions API ----------
+
+#[tokio::test]
+async fn a_subscription_is_created_read_changed_and_deleted_without_ever_showing_its_secret() {
+    let app = spawn_app().await;
+    let resp = app
+        .api_post(
+            "/api/v1/webhooks",
+            &json!({"url": "https://market.example/hooks", "events": ["payment.completed", "order.cancelled"],
+                    "secret": "s3cret-value", "active": true}),
+        )
+        .await;
+    assert_eq!(resp.status().as_u16(), 201);
+    let text = resp.text().await.unwrap();
+    assert!(
+        !text.contains("s3cret-value") && !text.contains("\"secret\""),
+        "{text}"
+    );
+    let created: Value = serde_json::from_str(&text).unwrap();
+    let id = created["data"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["data"]["url"], "https://market.example/hooks");
+    assert_eq!(
+        created["data"]["events"],
+        json!(["payment.completed", "order.cancelled"])
+    );
+    assert_eq!(created["data"]["active"], true);
+
+    let got: Value = app
+        .api_get(&format!("/api/v1/webhooks/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["data"], created["data"]);
+
+    let list: Value = app.api_get("/api/v1/webhooks").await.json().await.unwrap();
+    assert_eq!(list["meta"]["total"], 1);
+    assert_eq!(list["data"][0]["id"], id.as_str());
+
+    let resp = app
+        .api_patch(
+            &format!("/api/v1/webhooks/{id}"),
+            &json!({"active": false, "events": "*", "secret": "rotated-secret"}),
+        )
+        .await;
+    assert_eq!(resp.status().as_u16(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(!text.contains("rotated-secret"));
+    let patched: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(patched["data"]["active"], false);
+    assert_eq!(patched["data"]["events"], json!(["*"]));
+    assert_eq!(patched["data"]["url"], "https://market.example/hooks");
+
+    // The secret is stored encrypted, not as plaintext.
+    let sid = id.clone();
+    let stored = app
+        .db
+        .run(move |c| st::subscriptions::find(c, &sid))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&stored.secret_enc).contains("rotated-secret"),
+        "secret at rest is encrypted"
+    );
+    let plain = stored.secret(&app.state.keys).unwrap();
+    assert_eq!(
+        secrecy::ExposeSecret::expose_secret(&plain),
+        "rotated-secret"
+    );
+
+    let resp = app.api_delete(&format!("/api/v1/webhooks/{id}")).await;
+    assert_eq!(resp.status().as_u16(), 204);
+    assert_error(
+        app.api_get(&format!("/api/v1/webhooks/{id}")).await,
+        404,
+        "RESOURCE_NOT_FOUND",
+    )
+    .await;
+    assert_error(
+        app.api_delete(&format!("/api/v1/webhooks/{id}")).await,
+        404,
+        "RESOURCE_NOT_FOUND",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn invalid_subscriptions_are_refused_with_details_per_field() {
+    let app = spawn_app().await;
+    let body = assert_error(
+        app.api_post(
+            "/api/v1/webhooks",
+            &json!({"url": "ftp://market.example/x", "events": ["payment.done"], "secret": ""}),
+        )
+        .await,
+        422,
+        "VALIDATION_ERROR",
+    )
+    .await;
+    let details = &body["error"]["details"];
+    for field in ["url", "events", "secret"] {
+        assert!(
+            details[field].as_array().is_some_and(|a| !a.is_empty()),
+            "{field} in {body}"
+        );
+    }
+    let body = assert_error(
+        app.api_post("/api/v1/webhooks", &json!({})).await,
+        422,
+        "VALIDATION_ERROR",
+    )
+    .await;
+    assert!(body["error"]["details"]["url"].is_array());
+
+    let resp = app
+        .http
+        .post(app.url("/api/v1/webhooks"))
+        .bearer_auth(&app.api_key)
+        .header("content-type", "application/json")
+        .body("{\"url\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, 400, "BAD_REQUEST").await;
+
+    let resp = app
+        .http
+        .post(app.url("/api/v1/webhooks"))
+        .json(&json!({"url": "https://x.example", "events": "*", "secret": "abc"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, 401, "INVALID_TOKEN").await;
+    let list: Value = app.api_get("/api/v1/webhooks").await.json().await.unwrap();
+    assert_eq!(list["meta"]["total"], 0, "nothing was stored");
+}
+
+// ---------- delivery ----------
+
+#[tokio::test]
+async fn an_event_is_delivered_once_with_the_exact_body_and_a_valid_signature() {
+    let app = spawn_app().await;
+    let rx = Receiver::start("receiver-secret", Behaviour::Ok).await;
+    let sub = app
+        .subscribe(&rx.url, json!(["payment.completed"]), "receiver-secret")
+        .await;
+    let other = Receiver::start("x", Behaviour::Ok).await;
+    app.subscribe(&other.url, json!(["order.synced"]), "x")
+        .await;
+
+    let (seq, id) = app
+        .record_event(
+            "payment.completed",
+            "seller-1",
+            json!({"order_id": "ord_1", "order_number": "1042", "lead_id": 7, "amount": 150000, "currency": "UZS"}),
+        )
+        .await;
+    let report = delivery_worker::run_once(&app.state).await.unwrap();
+    assert_eq!(report.delivered, 1);
+    assert_eq!(
+        delivery_worker::run_once(&app.state).await.unwrap().claimed,
+        0
+    );
+
+    let hits = rx.hits();
+    assert_eq!(hits.len(), 1);
+    let hit = &hits[0];
+    assert!(
+        hit.signature_ok,
+        "X-Signature verifies with the subscriber's secret"
+    );
+    let stored = app
+        .db
+        .run(move |c| events::find_by_id(c, &id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        hit.body,
+        stored.payload.as_bytes(),
+        "body is the stored payload, byte for byte"
+    );
+    assert_eq!(hit.headers["content-type"], "application/json");
+    assert_eq!(hit.headers["x-webhook-id"], stored.id);
+    let ts: i64 = hit.headers["x-webhook-timestamp"].parse().unwrap();
+    assert!((ts - chrono::Utc::now().timestamp()).abs() < 60);
+    let body = hit.json();
+    assert_eq!(body["id"], stored.id);
+    assert_eq!(body["event"], "payment.completed");
+    assert_eq!(body["seller_id"], "seller-1");
+    assert_eq!(body["data"]["order_number"], "1042");
+    chrono::DateTime::parse_from_rfc3339(body["timestamp"].as_str().unwrap()).unwrap();
+    assert!(
+        other.hits().is_empty(),
+        "a subscriber that did not ask for it gets nothing"
+    );
+
+    let ds = app.deliveries_of(&sub).await;
+    assert_eq!(ds.len(), 1);
+    assert_eq!(ds[0]["state"], "delivered");
+    assert_eq!(ds[0]["event_id"], body["id"]);
+    assert_eq!(ds[0]["attempt_log"][0]["status_code"], 200);
+    let rows = app
+        .db
+        .run(move |c| deliveries::for_event(c, seq))
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.len(),
+        1,
+        "one delivery row: only the matching subscription"
+    );
+}
+
+#[tokio::test]
+async fn a_receiver_failing_the_first_three_deliveries_receives_the_event_on_the_fourth_attempt() {
+    let app = spawn_app().await;
+    let rx = Receiver::start("k", Behaviour::FailFirst(3)).await;
+    let sub = app.subscribe(&rx.url, json!("*"), "k").await;
+    app.record_event("order.cancelled", "seller-9", json!({"lead_id": 1}))
+        .await;
+
+    let mut now = st::now();
+    let mut waits = Vec::new();
+    for _ in 0..3 {
+        let r = delivery_worker::run_once_at(&app.state, now).await.unwrap();
+        assert_eq!((r.claimed, r.retrying), (1, 1));
+        // Not due again before its retry time.
+        assert_eq!(
+            delivery_worker::run_once_at(&app.state, now)
+                .await
+                .unwrap()
+                .claimed,
+            0
+        );
+        let next = app.db.run(deliveries::next_due).await.unwrap().unwrap();
+        waits.push((next - now).num_seconds());
+        now = next;
+    }
+    let r = delivery_worker::run_once_at(&app.state, now).await.unwrap();
+    assert_eq!(r.delivered, 1);
+    // ≈5 s, 5 min, 30 min, with ±10 % jitter.
+    assert!((4..=6).contains(&waits[0]), "{waits:?}");
+    assert!((270..=330).contains(&waits[1]), "{waits:?}");
+    assert!((1620..=1980).contains(&waits[2]), "{waits:?}");
+
+    let hits = rx.hits();
+    assert_eq!(hits.len(), 4);
+    assert!(hits.iter().all(|h| h.signature_ok));
+    assert!(
+        hits.windows(2).all(|w| w[0].body == w[1].body),
+        "same body every time"
+    );
+    let ds = app.deliveries_of(&sub).await;
+    assert_eq!(ds[0]["state"], "delivered");
+    assert_eq!(ds[0]["attempts"], 4);
+    let codes: Vec<i64> = ds[0]["attempt_log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status_code"].as_i64().unwrap())
+        .collect();
+    assert_eq!(codes, vec![500, 500, 500, 200]);
+}
+
+#[tokio::test]
+async fn a_receiver_that_never_answers_ends_failed_visibly_and_can_be_re_driven() {
+    let app = spawn_app_with(|env| {
+        env.insert("DELIVERY_TIMEOUT".into(), "300ms".into());
+    })
+    .await;
+    let rx = Receiver::start("k", Behaviour::Hang).await;
+    let sub = app
+        .subscribe(&rx.url, json!(["payment.completed"]), "k")
+        .await;
+    let (_, id) = app
+        .record_event("payment.completed", "seller-2", json!({"lead_id": 5}))
+        .await;
+
+    drive_deliveries(&app, st::now(), 20).await;
+    let ds = app.deliveries_of(&sub).await;
+    assert_eq!(ds[0]["state"], "failed");
+    assert_eq!(ds[0]["attempts"], 8, "the first attempt and seven retries");
+    assert!(ds[0]["last_error"].as_str().unwrap().contains("no answer"));
+    assert_eq!(rx.hits().len(), 8);
+    let failed: Value = app
+        .api_get(&format!("/api/v1/webhooks/{sub}/deliveries?state=failed"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(failed["meta"]["total"], 1);
+
+    // Re-driven after the receiver recovers.
+    rx.set_behaviour(Behaviour::Ok);
+    let resp = app
+        .api_post(&format!("/api/v1/events/{id}/redeliver"), &json!({}))
+        .await;
+    assert_eq!(resp.status().as_u16(), 202);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["data"]["deliveries"][0]["state"], "pending");
+    let r = delivery_worker::run_once(&app.state).await.unwrap();
+    assert_eq!(r.delivered, 1);
+    let ds = app.deliveries_of(&sub).await;
+    assert_eq!(ds[0]["state"], "delivered");
+    assert_eq!(ds[0]["attempt_log"].as_array().unwrap().len(), 9);
+
+    assert_error(
+        app.api_post("/api/v1/events/evt_unknown/redeliver", &json!({}))
+            .await,
+        404,
+        "RESOURCE_NOT_FOUND",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_sellers_events_arrive_in_order_even_when_the_first_needs_a_retry() {
+    let app = spawn_app().await;
+    let rx = Receiver::start("k", Behaviour::FailFirst(1)).await;
+    app.subscribe(&rx.url, json!("*"), "k").await;
+    for i in 0..5 {
+        app.record_event("order.status_changed", "seller-a", json!({"lead_id": i}))
+            .await;
+    }
+    // Only the head of seller-a's queue goes out, and fails.
+    let r = delivery_worker::run_once(&app.state).await.unwrap();
+    assert_eq!((r.claimed, r.retrying), (1, 1));
+    // While it waits for its retry, seller-a's later events wait too; another seller's do not.
+    app.record_event("order.status_changed", "seller-b", json!({"lead_id": 100}))
+        .await;
+    let r = delivery_worker::run_once(&app.state).await.unwrap();
+    assert_eq!((r.claimed, r.delivered), (1, 1));
+    assert_eq!(rx.hits().last().unwrap().json()["seller_id"], "seller-b");
+    drive_deliveries(&app, st::now(), 20).await;
+
+    let order: Vec<i64> = rx
+        .hits()
+        .iter()
+        .filter(|h| h.status_sent == 200)
+        .map(|h| h.json())
+        .filter(|b| b["seller_id"] == "seller-a")
+        .map(|b| b["data"]["lead_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(order, vec![0, 1, 2, 3, 4]);
+}
+
+#[tokio::test]
+async fn a_dead_subscriber_does_not_delay_a_healthy_one() {
+    let app = spawn_app_with(|env| {
+        env.insert("RUN_WORKERS".into(), "true".into());
+        env.insert("DELIVERY_TIMEOUT".into(), "8s".into());
+    })
+    .await;
+    let dead = Receiver::start("d", Behaviour::Hang).await;
+    let healthy = Receiver::start("h", Behaviour::Ok).await;
+    app.subscribe(&dead.url, json!("*"), "d").await;
+    app.subscribe(&healthy.url, json!("*"), "h").await;
+    let started = Instant::now();
+    for i in 0..10 {
+        app.record_event(
+            "order.synced",
+            &format!("seller-{}", i % 3),
+            json!({"n": i}),
+        )
+        .await;
+    }
+    let hits = healthy.wait_for(10, Duration::from_secs(6)).await;
+    assert_eq!(hits.len(), 10, "the healthy subscriber got everything");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "well before the dead one's timeout"
+    );
+    // The dead one holds one request per seller at a time (order per seller is kept).
+    assert!(dead.hits().len() <= 3, "{}", dead.hits().len());
+}
+
+// ---------- the event log ----------
+
+#[tokio::test]
+async fn the_event_log_pages_by_cursor_and_filters_by_seller_and_event() {
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let name = if i % 2 == 0 {
+            "order.synced"
+        } else {
+            "payment.completed"
+        };
+        let seller = if i < 3 { "s-1" } else { "s-2" };
+        ids.push(app.record_event(name, seller, json!({"i": i})).await.1);
+    }
+    let page: Value = app
+        .api_get("/api/v1/events?limit=2")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let got: Vec<&str> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, vec![ids[0].as_str(), ids[1].as_str()]);
+    let cursor = page["meta"]["next_after"].as_i64().unwrap();
+    let page: Value = app
+        .api_get(&format!("/api/v1/events?after={cursor}&limit=10"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["data"].as_array().unwrap().len(), 3);
+    assert_eq!(page["data"][0]["id"], ids[2].as_str());
+    let end = page["meta"]["next_after"].as_i64().unwrap();
+    let page: Value = app
+        .api_get(&format!("/api/v1/events?after={end}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["data"], json!([]));
+    assert_eq!(
+        page["meta"]["next_after"], end,
+        "an empty page keeps the cursor"
+    );
+
+    // An event id is a cursor too; filters combine.
+    let page: Value = app
+        .api_get(&format!(
+            "/api/v1/events?after={}&event=payment.completed",
+            ids[0]
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let got: Vec<&str> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, vec![ids[1].as_str(), ids[3].as_str()]);
+    let page: Value = app
+        .api_get("/api/v1/events?seller_id=s-2")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["data"].as_array().unwrap().len(), 2);
+    assert_eq!(page["data"][0]["seller_id"], "s-2");
+    assert_eq!(page["data"][0]["data"]["i"], 3);
+
+    for bad in [
+        "limit=0",
+        "limit=abc",
+        "limit=5000",
+        "event=nope",
+        "after=-1",
+        "after=evt_missing",
+    ] {
+        assert_error(
+            app.api_get(&format!("/api/v1/events?{bad}")).await,
+            400,
+            "BAD_REQUEST",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn events_their_deliveries_and_old_webhook_bodies_are_pruned_after_the_retention_period() {
+    use amocrm_connector::storage::inbox;
+    use amocrm_connector::workers::retention;
+    let app = spawn_app_with(|env| {
+        env.insert("EVENT_RETENTION".into(), "7days".into());
+    })
+    .await;
+    let rx = Receiver::start("k", Behaviour::Ok).await;
+    let sub = app.subscribe(&rx.url, json!("*"), "k").await;
+    let (_, old_id) = app
+        .record_event("order.synced", "s-1", json!({"n": 1}))
+        .await;
+    delivery_worker::run_once(&app.state).await.unwrap();
+    // Two raw bodies (of two connections): one processed, one still waiting.
+    for conn in [1, 2] {
+        app.db
+            .run(move |c| inbox::insert(c, conn, "s-1", b"leads[add][0][id]=1", st::now()))
+            .await
+            .unwrap();
+    }
+    let now = st::now();
+    let leased = app
+        .db
+        .run(move |c| inbox::claim_due(c, "w", now, now + TimeDelta::minutes(1), 10))
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 2);
+    let done = leased[0].id;
+    app.db
+        .run(move |c| inbox::mark_processed(c, done, "w", None, now))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        retention::run_once(&app.state).await.unwrap(),
+        retention::Report::default(),
+        "nothing is older than 7 days yet"
+    );
+    let report = retention::run_once_at(&app.state, now + TimeDelta::days(8))
+        .await
+        .unwrap();
+    assert_eq!(report.events, 1);
+    assert_eq!(report.webhook_bodies, 1, "only the processed body goes");
+    let gone = app
+        .db
+        .run(move |c| events::find_by_id(c, &old_id))
+        .await
+        .unwrap();
+    assert!(gone.is_none());
+    assert!(
+        app.deliveries_of(&sub).await.is_empty(),
+        "deliveries and attempts went with their event"
+    );
+    let left = app.db.run(|c| inbox::for_seller(c, "s-1")).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].state, "pending");
+}
+
+#[test]
+fn a_bad_delivery_timeout_or_webhook_size_is_a_one_line_configuration_error() {
+    for (var, value) in [
+        ("DELIVERY_TIMEOUT", "0s"),
+        ("DELIVERY_TIMEOUT", "5min"),
+        ("DELIVERY_TIMEOUT", "soon"),
+        ("WEBHOOK_MAX_BODY_KIB", "0"),
+        ("WEBHOOK_MAX_BODY_KIB", "big"),
+    ] {
+        let mut env = crate::helpers::base_env("sqlite://unused.db");
+        env.insert(var.into(), value.into());
+        let err = amocrm_connector::config::Settings::from_env(&env).unwrap_err();
+        assert_eq!(err.variable, var, "{value}");
+        assert!(!err.to_string().contains('\n'));
+    }
+    let env = crate::helpers::base_env("sqlite://unused.db");
+    let s = amocrm_connector::config::Settings::from_env(&env).unwrap();
+    assert_eq!(s.delivery_timeout, Duration::from_secs(10));
+    assert_eq!(s.webhook_max_body, 256 * 1024);
+}
