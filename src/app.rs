@@ -91,6 +91,8 @@ impl Application {
             // connect and refresh (issues 4, 5)
             crate::workers::refresh::spawn(state.clone());
             crate::workers::refresh::spawn_schedule(state.clone());
+            // orders (issue 6)
+            crate::workers::push::spawn(state.clone());
         }
         let server = build_server(listener, state.clone())?;
         if state.settings.run_workers {
