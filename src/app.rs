@@ -219,6 +219,7 @@ fn spawn_workers(state: &Data<AppState>) -> Vec<(&'static str, JoinHandle<()>)> 
     }
 
     // orders (issue 6)
+    workers.push(("push", crate::workers::push::spawn(state.clone())));
 
     // events (issue 7)
     workers.push(("delivery", crate::workers::delivery::spawn(state.clone())));

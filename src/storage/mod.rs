@@ -15,6 +15,7 @@ pub mod subscriptions;
 pub mod sessions;
 
 // orders (issue 6)
+pub mod orders;
 
 // events (issue 7)
 pub mod deliveries;

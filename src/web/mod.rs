@@ -81,6 +81,7 @@ fn api_v1(cfg: &mut web::ServiceConfig) {
     );
 
     // --- orders (issue 6) ---
+    cfg.configure(api::orders::routes);
 
     // --- webhooks subscriptions, deliveries, events (issue 7) ---
     cfg.service(

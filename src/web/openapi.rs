@@ -270,6 +270,102 @@ pub struct RedeliveryEnvelope {
     data: Redelivery,
 }
 
+// ---- orders (CONTRACT §6) -----------------------------------------------------------------------------------
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct OrderItem {
+    product_id: String,
+    name: String,
+    /// More than 0.
+    quantity: i64,
+    /// At least 0.
+    price: f64,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct OrderCustomer {
+    id: Option<String>,
+    name: String,
+    phone: Option<String>,
+    email: Option<String>,
+    company: Option<String>,
+}
+
+/// An order to push to the seller's amoCRM as a lead.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct OrderIn {
+    seller_id: String,
+    /// The marketplace's own reference, unique per seller (repeating it is idempotent).
+    #[schema(example = "1042")]
+    order_number: String,
+    /// At least 0.
+    total_amount: f64,
+    /// Default `UZS`.
+    currency: Option<String>,
+    /// `pending` (default), `awaiting_payment`, `paid`, `shipping`, `completed` or `cancelled`.
+    status: Option<String>,
+    /// At least one.
+    items: Vec<OrderItem>,
+    /// The buyer (or the seed-style `customer_id`).
+    customer: Option<OrderCustomer>,
+    customer_id: Option<String>,
+    url: Option<String>,
+    tags: Option<Vec<String>>,
+    comment: Option<String>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct OrderSync {
+    /// `queued`, `synced`, `held` or `failed`.
+    state: String,
+    lead_id: Option<i64>,
+    contact_id: Option<i64>,
+    company_id: Option<i64>,
+    attempts: i32,
+    last_error: Option<String>,
+    synced_at: Option<String>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct OrderOut {
+    #[schema(example = "ord_…")]
+    id: String,
+    seller_id: String,
+    order_number: String,
+    status: String,
+    total_amount: f64,
+    currency: String,
+    created_at: String,
+    updated_at: String,
+    sync: OrderSync,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct OrderEnvelope {
+    data: OrderOut,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct OrderList {
+    data: Vec<OrderOut>,
+    meta: PageMeta,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct OrderStatusIn {
+    /// The new marketplace status; the lead is moved to its mapped stage.
+    #[schema(example = "paid")]
+    status: String,
+}
+
 struct Security;
 
 impl Modify for Security {
@@ -301,6 +397,11 @@ payment events. Authenticate with `Authorization: Bearer <API key>` (or an opera
         crate::web::api::connections::refresh_now,
         crate::web::api::connections::get_pipeline,
         crate::web::api::connections::put_pipeline,
+        crate::web::api::orders::create,
+        crate::web::api::orders::list,
+        crate::web::api::orders::get,
+        crate::web::api::orders::patch,
+        crate::web::api::orders::retry,
         crate::web::api::webhooks::create,
         crate::web::api::webhooks::list,
         crate::web::api::webhooks::get,

@@ -416,3 +416,32 @@ async fn redeliver_in_the_dashboard_makes_a_failed_delivery_due_again() {
         .unwrap();
     assert_eq!(states, vec!["pending".to_owned()]);
 }
+
+#[tokio::test]
+async fn retry_in_the_dashboard_queues_a_failed_order_again() {
+    let app = spawn_app().await;
+    seed(&app).await;
+    sign_in(&app, "ops@example.com", Role::Admin).await;
+    let html = get(&app, "/dashboard/orders?sync_state=failed").await.1;
+    assert!(html.contains("/dashboard/orders/ord_dash1/retry"));
+    let resp = app
+        .http
+        .post(app.url("/dashboard/orders/ord_dash1/retry"))
+        .form(&[("csrf", csrf_in(&html).as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    assert_eq!(resp.headers()["location"], "/dashboard/orders?done=retried");
+    let state: String = app
+        .db
+        .run(|c| {
+            Ok(orders::table
+                .filter(orders::id.eq("ord_dash1"))
+                .select(orders::sync_state)
+                .first(c)?)
+        })
+        .await
+        .unwrap();
+    assert_ne!(state, "failed");
+}

@@ -12,6 +12,7 @@ mod connect;
 mod refresh;
 
 // orders (issue 6)
+mod orders;
 
 // events (issue 7)
 mod events_out;

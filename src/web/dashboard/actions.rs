@@ -8,6 +8,7 @@ use super::{CsrfForm, DashError, Signed, page};
 use crate::app::AppState;
 use crate::services::connect::{self, ConnectError};
 use crate::services::events_log::{self, EventsError};
+use crate::services::orders::{self, OrderError};
 use crate::services::refresh::{self, Need, RefreshError};
 
 fn back(to: &str, done: &str) -> HttpResponse {
@@ -52,10 +53,18 @@ pub async fn retry_order(
     form: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, DashError> {
     signed.check_write(&form.csrf)?;
-    let _ = (&state, path.into_inner());
-    Err(DashError::Forbidden(
-        "Retrying from the dashboard is not available in this build.",
-    ))
+    let id = path.into_inner();
+    match orders::retry(&state.db, &id).await {
+        Ok(_) => {
+            tracing::info!(operator_id = signed.operator.id, order_id = %id, "retry from the dashboard");
+            Ok(back("/dashboard/orders", "retried"))
+        }
+        Err(OrderError::NotFound) => Err(DashError::NotFound),
+        Err(OrderError::NotRetryable(_)) => Err(DashError::Forbidden(
+            "Only failed or held orders can be retried.",
+        )),
+        Err(e) => Err(DashError::Internal(e.to_string())),
+    }
 }
 
 pub async fn redeliver_event(
