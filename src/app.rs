@@ -179,9 +179,14 @@ impl Application {
         };
         let owner = state.settings.instance_id.clone();
         let now = crate::storage::now();
+        // A request amoCRM received is applied within its timeout or never: until then, orders cut off
+        // mid-push are not looked up by anyone.
+        let in_flight_until = now
+            + chrono::TimeDelta::from_std(state.settings.amocrm_request_timeout)
+                .unwrap_or(chrono::TimeDelta::seconds(60));
         match state
             .db
-            .run(move |c| crate::storage::instance::release_all(c, &owner, now))
+            .run(move |c| crate::storage::instance::release_all(c, &owner, now, in_flight_until))
             .await
         {
             Ok(released) => report.leases_released = released.total(),

@@ -35,21 +35,37 @@ impl Released {
 }
 
 /// Releases every lease `owner` holds, expiring it at `now`. Only call this once no task of the owner is
-/// still working: a half-sent order push stays safe because its orders keep `needs_lookup` (set when they
-/// were claimed), so whoever takes them next looks them up in amoCRM before sending again.
+/// still working.
+///
+/// Orders whose `leads/complex` call may still be in flight (they keep `needs_lookup`, set when they were
+/// claimed, until the answer is recorded) stay leased until `in_flight_until`: amoCRM may still apply a
+/// request the client gave up on, and whoever takes the orders next must look them up only after that
+/// write has landed, or it would not find the lead and create a second one.
 pub fn release_all(
     conn: &mut AnyConnection,
     owner: &str,
     now: NaiveDateTime,
+    in_flight_until: NaiveDateTime,
 ) -> Result<Released, StorageError> {
     let none = None::<String>;
+    let possibly_sent = diesel::update(
+        orders::table
+            .filter(orders::lease_owner.eq(owner))
+            .filter(orders::needs_lookup.eq(true)),
+    )
+    .set((
+        orders::lease_owner.eq(&none),
+        orders::lease_until.eq(Some(in_flight_until)),
+    ))
+    .execute(conn)?;
     Ok(Released {
-        orders: diesel::update(orders::table.filter(orders::lease_owner.eq(owner)))
-            .set((
-                orders::lease_owner.eq(&none),
-                orders::lease_until.eq(Some(now)),
-            ))
-            .execute(conn)?,
+        orders: possibly_sent
+            + diesel::update(orders::table.filter(orders::lease_owner.eq(owner)))
+                .set((
+                    orders::lease_owner.eq(&none),
+                    orders::lease_until.eq(Some(now)),
+                ))
+                .execute(conn)?,
         order_moves: diesel::update(order_moves::table.filter(order_moves::lease_owner.eq(owner)))
             .set((
                 order_moves::lease_owner.eq(&none),

@@ -171,3 +171,102 @@ async fn the_binary_exits_cleanly_on_sigterm_within_the_shutdown_timeout() {
         "{stderr}"
     );
 }
+
+/// How many orders of the test are synced, by the database.
+async fn synced_orders(app: &crate::helpers::TestApp) -> i64 {
+    use amocrm_connector::storage::schema::orders;
+    app.db
+        .run(|c| {
+            Ok(orders::table
+                .filter(orders::sync_state.eq("synced"))
+                .count()
+                .get_result::<i64>(c)?)
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_shutdown_during_a_push_of_1000_orders_loses_none_and_duplicates_none_after_restart() {
+    let host = "sellerone.amocrm.ru";
+    let first = crate::helpers::spawn_app_with(|env| {
+        env.insert("RUN_WORKERS".into(), "true".into());
+        env.insert("SHUTDOWN_TIMEOUT".into(), "1s".into());
+        // Orders cut off mid-push wait this long before anyone looks them up (a late write lands first).
+        env.insert("AMOCRM_REQUEST_TIMEOUT".into(), "3s".into());
+    })
+    .await;
+    let resp = crate::connect::connect(&first, "seller-stop", host).await;
+    assert_eq!(resp.status(), 200, "connected");
+    // Slow amoCRM answers, so that pushes are in flight (and some cut off) when the shutdown comes.
+    first.sandbox.set_faults(
+        host,
+        amocrm_sandbox::Faults {
+            latency_ms: 700,
+            ..Default::default()
+        },
+    );
+    let key = first
+        .api_key_with_tier(amocrm_connector::services::api_keys::Tier::Enterprise)
+        .await;
+    let mut posts = tokio::task::JoinSet::new();
+    for chunk in 0..20 {
+        let (http, url, key) = (
+            first.http.clone(),
+            first.url("/api/v1/sales/orders"),
+            key.clone(),
+        );
+        posts.spawn(async move {
+            for i in 0..50 {
+                let n = chunk * 50 + i;
+                let body = serde_json::json!({
+                    "seller_id": "seller-stop",
+                    "order_number": format!("STOP-{n:04}"),
+                    "total_amount": 1000 + n,
+                    "items": [{"product_id": "p1", "name": "Item", "quantity": 1, "price": 1000 + n}],
+                    "customer": {"name": "Buyer", "phone": "+998901234567"},
+                });
+                let resp = http.post(&url).bearer_auth(&key).json(&body).send().await.unwrap();
+                assert!(resp.status().is_success(), "order {n}: {}", resp.status());
+            }
+        });
+    }
+    while let Some(r) = posts.join_next().await {
+        r.unwrap();
+    }
+    // Part of the way through, stop the instance as SIGTERM would.
+    let started = Instant::now();
+    while first.sandbox.leads(host).len() < 100 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "pushing never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.stop().await;
+    let at_stop = first.sandbox.leads(host).len();
+    assert!(
+        at_stop < 1000,
+        "the stop came after the whole push ({at_stop} leads)"
+    );
+
+    // A restarted instance on the same database finishes the work.
+    first
+        .sandbox
+        .set_faults(host, amocrm_sandbox::Faults::default());
+    let second = first.spawn_peer().await;
+    let started = Instant::now();
+    while synced_orders(&second).await < 1000 {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "only {} of 1000 orders synced after the restart",
+            synced_orders(&second).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let leads = first.sandbox.leads(host);
+    let names: std::collections::BTreeSet<&str> = leads.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(leads.len(), 1000, "exactly one lead per order");
+    assert_eq!(names.len(), 1000, "no order became two leads");
+    second.stop().await;
+}
