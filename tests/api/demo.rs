@@ -101,6 +101,133 @@ async fn the_demo_starts_everything_and_its_printed_links_work() {
         "events are delivered to the demo receiver"
     );
 
+    // The printed curl: an order becomes a lead in the seller's pipeline.
+    let posted = http
+        .post(format!("{}/api/v1/sales/orders", demo.base_url))
+        .bearer_auth(&demo.api_key)
+        .json(&demo::example_order("DEMO-1001"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 202, "{}", posted.text().await.unwrap());
+    let order: Value = posted.json().await.unwrap_or_default();
+    let order_id = order["data"]["id"].as_str().unwrap_or_default().to_owned();
+    let started = std::time::Instant::now();
+    let lead_id = loop {
+        let o: Value = http
+            .get(format!("{}/api/v1/sales/orders/{order_id}", demo.base_url))
+            .bearer_auth(&demo.api_key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(id) = o["data"]["sync"]["lead_id"].as_u64() {
+            break id;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "never pushed: {o}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // Moving the lead to "paid" on the sandbox page flows back as one payment.completed, delivered signed
+    // to the demo receiver and shown in the dashboard.
+    let mapping: Value = http
+        .get(format!(
+            "{}/api/v1/connections/{}/pipeline",
+            demo.base_url, demo.seller_id
+        ))
+        .bearer_auth(&demo.api_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let pipeline = mapping["data"]["pipeline_id"].as_u64().unwrap();
+    let paid = mapping["data"]["statuses"]["paid"].as_u64().unwrap();
+    demo.sandbox
+        .move_lead("sellerone.amocrm.ru", lead_id, pipeline, paid)
+        .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let events: Value = http
+            .get(format!(
+                "{}/api/v1/events?event=payment.completed",
+                demo.base_url
+            ))
+            .bearer_auth(&demo.api_key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let delivered = demo
+            .state
+            .db
+            .run(|c| {
+                use amocrm_connector::storage::schema::event_deliveries as d;
+                use diesel::prelude::*;
+                Ok(d::table
+                    .filter(d::state.eq("delivered"))
+                    .count()
+                    .get_result::<i64>(c)?)
+            })
+            .await
+            .unwrap();
+        let payments = events["data"].as_array().map_or(0, Vec::len);
+        if payments == 1 && delivered >= 1 {
+            assert_eq!(events["data"][0]["data"]["order_number"], "DEMO-1001");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no delivered payment.completed: {events}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let login_page = http
+        .get(format!("{}/dashboard/login", demo.base_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let signed_in = http
+        .post(format!("{}/dashboard/login", demo.base_url))
+        .form(&[
+            ("email", demo.admin_email),
+            ("password", demo.admin_password.as_str()),
+            ("csrf", crate::dashboard::csrf_in(&login_page).as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let events_page = http
+        .get(format!("{}/dashboard/events", demo.base_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(events_page.contains("payment.completed") && events_page.contains("delivered"));
+    let orders_page = http
+        .get(format!("{}/dashboard/orders", demo.base_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(orders_page.contains("DEMO-1001") && orders_page.contains(&lead_id.to_string()));
+
     // Secrets stay in the demo folder, and a second start reuses them.
     let secrets = std::fs::read_to_string(opts.data_dir.join("demo-secrets.json")).unwrap();
     assert!(secrets.contains(&demo.api_key));
