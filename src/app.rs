@@ -305,6 +305,7 @@ fn build_server(listener: TcpListener, state: Data<AppState>) -> Result<Server, 
             .app_data(state.clone())
             .configure(http::configure_extractors)
             .wrap(middleware::from_fn(http::metrics::middleware))
+            .wrap(middleware::from_fn(http::sanity::middleware))
             .wrap(middleware::from_fn(http::request_id::middleware))
             .configure(http::routes)
             .default_service(actix_web::web::to(http::page_not_found))

@@ -30,3 +30,22 @@ pub fn init_with_default(format: LogFormat, default_filter: &str) {
         LogFormat::Pretty => builder.compact().try_init(),
     };
 }
+
+/// Installs a JSON subscriber writing to `writer` instead of stderr, with `filter` as the filter. Returns
+/// `false` if a global subscriber was already installed. Tests use it to capture every log line of a
+/// scenario and prove no secret is ever written.
+pub fn init_with_writer<W>(filter: &str, writer: W) -> bool
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_writer(writer)
+        .with_span_events(FmtSpan::NONE)
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_span_list(true)
+        .try_init()
+        .is_ok()
+}

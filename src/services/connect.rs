@@ -337,6 +337,8 @@ pub enum Refusal {
     BadReferer,
     MissingCode,
     ExchangeFailed,
+    /// amoCRM refused the code itself (forged, expired or reused): the caller's fault, not amoCRM's.
+    CodeRejected,
     AccountUnreadable,
     /// The account is connected to another seller and sharing is off.
     AccountTaken,
@@ -349,6 +351,7 @@ impl Refusal {
             Self::ExpiredState | Self::UsedState | Self::SessionUsed => 410,
             Self::ExchangeFailed | Self::AccountUnreadable => 502,
             Self::AccountTaken => 409,
+            Self::CodeRejected => 400,
             Self::OtherBrowser => 403,
             _ => 400,
         }
@@ -483,7 +486,12 @@ pub async fn callback(
         Ok(set) => set,
         Err(e) => {
             tracing::warn!(host = %host, error = %e, "code exchange failed");
-            return refuse(Refusal::ExchangeFailed, lang, retry().await);
+            let reason = if matches!(e, amocrm_client::OAuthError::Rejected { .. }) {
+                Refusal::CodeRejected
+            } else {
+                Refusal::ExchangeFailed
+            };
+            return refuse(reason, lang, retry().await);
         }
     };
     let account = {

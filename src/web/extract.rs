@@ -51,6 +51,12 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if !value.is_object() {
         return Err(ApiError::bad_request("request body must be a JSON object"));
     }
+    if let Some(path) = nul_path(&value, String::new()) {
+        // PostgreSQL cannot store NUL in text; no field of ours has a use for it.
+        let mut fields = FieldErrors::new();
+        fields.insert(path, vec!["must not contain a NUL character".to_owned()]);
+        return Err(ApiError::validation(fields));
+    }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." { "body".to_owned() } else { path };
@@ -58,6 +64,37 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         fields.insert(field, vec![short(&e.inner().to_string())]);
         ApiError::validation(fields)
     })
+}
+
+/// The path (`a.b[2]`) of the first string or key holding a NUL character, if any.
+fn nul_path(v: &serde_json::Value, at: String) -> Option<String> {
+    let field = |at: &str| {
+        if at.is_empty() {
+            "body".to_owned()
+        } else {
+            at.to_owned()
+        }
+    };
+    match v {
+        serde_json::Value::String(s) => s.contains('\0').then(|| field(&at)),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| nul_path(item, format!("{at}[{i}]"))),
+        serde_json::Value::Object(map) => map.iter().find_map(|(k, item)| {
+            let here = if at.is_empty() {
+                k.clone()
+            } else {
+                format!("{at}.{k}")
+            };
+            if k.contains('\0') {
+                Some(field(&at))
+            } else {
+                nul_path(item, here)
+            }
+        }),
+        _ => None,
+    }
 }
 
 fn short(s: &str) -> String {

@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod pages;
 pub mod refresh;
 pub mod request_id;
+pub mod sanity;
 
 use actix_web::{HttpRequest, HttpResponse, middleware, web};
 

@@ -81,7 +81,7 @@ pub async fn callback(req: HttpRequest, state: web::Data<AppState>) -> HttpRespo
                 Refusal::WrongClient => (t.wrong_client, None),
                 Refusal::BadReferer => (t.bad_referer, None),
                 Refusal::MissingCode => (t.missing_code, None),
-                Refusal::ExchangeFailed => (t.exchange_failed, None),
+                Refusal::ExchangeFailed | Refusal::CodeRejected => (t.exchange_failed, None),
                 Refusal::AccountUnreadable => (t.account_unreadable, None),
                 Refusal::AccountTaken => (t.account_taken, None),
             };

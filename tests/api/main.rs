@@ -25,3 +25,8 @@ mod metrics;
 mod openapi;
 mod operators;
 mod shutdown;
+
+// proof under hostile input, faults and load (issue 9)
+mod hostile;
+mod properties;
+mod security;

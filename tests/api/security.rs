@@ -1,0 +1,756 @@
+//! Security checks as tests: no secret in the logs of a whole scenario, in any API answer or in plain
+//! text in the database; one seller's data never shows through another seller's id; secrets are compared
+//! in constant time.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use amocrm_connector::storage::AnyConnection;
+use amocrm_connector::storage::cipher::Keyring;
+use diesel::prelude::*;
+use diesel::sql_types::{Binary, Nullable, Text};
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+
+use amocrm_connector::workers::{delivery as delivery_worker, webhook_processor};
+
+use crate::connect::{HOST, OTHER_HOST, connection, until_callback};
+use crate::events_out::{Behaviour, Receiver};
+use crate::helpers::{TestApp, spawn_app_with, spawn_app_with_sandbox};
+
+// ---------------------------------------------------------------------------------------------------
+// Log capture: one global subscriber for the test binary, writing every line to a shared buffer.
+
+/// Everything logged in this process since the capture was installed.
+#[derive(Clone, Default)]
+pub struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+pub struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = LogWriter;
+
+    fn make_writer(&'a self) -> LogWriter {
+        LogWriter(self.0.clone())
+    }
+}
+
+impl LogBuffer {
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    pub fn since(&self, mark: usize) -> Vec<u8> {
+        self.0.lock().unwrap()[mark..].to_vec()
+    }
+}
+
+/// Our crates at the most verbose level, libraries at debug; the sandbox is amoCRM's stand-in, not ours.
+const CAPTURE_FILTER: &str = "trace,amocrm_sandbox=off,h2=debug,hyper=debug,hyper_util=debug,\
+     rustls=debug,mio=off,tokio=debug,runtime=off,actix_server=debug";
+
+/// Installs the capture once for the whole test binary and returns it.
+pub fn log_capture() -> LogBuffer {
+    static LOGS: OnceLock<LogBuffer> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = LogBuffer::default();
+        assert!(
+            amocrm_connector::telemetry::init_with_writer(CAPTURE_FILTER, buffer.clone()),
+            "another global subscriber was installed first; the capture would miss lines"
+        );
+        buffer
+    })
+    .clone()
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Secrets and where to look for them.
+
+/// A named secret and the bytes that must not appear.
+#[derive(Debug, Clone)]
+pub struct Secret {
+    pub what: String,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Default)]
+pub struct Secrets(pub Vec<Secret>);
+
+impl Secrets {
+    pub fn add(&mut self, what: impl Into<String>, value: impl AsRef<[u8]>) {
+        let bytes = value.as_ref().to_vec();
+        // Short values would match by chance; every secret of ours is far longer.
+        assert!(bytes.len() >= 12, "secret too short to scan for");
+        if !self.0.iter().any(|s| s.bytes == bytes) {
+            self.0.push(Secret {
+                what: what.into(),
+                bytes,
+            });
+        }
+    }
+
+    /// The names of the secrets found in `haystack`.
+    pub fn found_in(&self, haystack: &[u8]) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|s| haystack.windows(s.bytes.len()).any(|w| w == s.bytes))
+            .map(|s| s.what.clone())
+            .collect()
+    }
+
+    /// Adds a `TOKEN_ENCRYPTION_KEYS` entry: its base64 text and the 32 raw bytes.
+    pub fn add_key_entry(&mut self, entry: &str) {
+        use base64::Engine;
+        let (id, b64) = entry.split_once(':').unwrap();
+        self.add(format!("encryption key {id} (base64)"), b64);
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        self.add(format!("encryption key {id} (raw)"), raw);
+    }
+
+    /// Adds the current token pair of every connection (decrypted with `keys`).
+    pub async fn add_stored_tokens(&mut self, app: &TestApp, keys: &Keyring) {
+        let (rows, _) = app
+            .db
+            .run(|c| amocrm_connector::storage::connections::list(c, None, 0, 10_000))
+            .await
+            .unwrap();
+        for row in rows {
+            if let Some(t) = row.access_token(keys).unwrap() {
+                self.add(
+                    format!("access token of {}", row.seller_id),
+                    t.expose_secret(),
+                );
+            }
+            if let Some(t) = row.refresh_token(keys).unwrap() {
+                self.add(
+                    format!("refresh token of {}", row.seller_id),
+                    t.expose_secret(),
+                );
+            }
+        }
+    }
+}
+
+#[derive(QueryableByName)]
+struct ColumnRow {
+    #[diesel(sql_type = Text)]
+    table_name: String,
+    #[diesel(sql_type = Text)]
+    column_name: String,
+    #[diesel(sql_type = Text)]
+    data_type: String,
+}
+
+#[derive(QueryableByName)]
+struct CellRow {
+    #[diesel(sql_type = Nullable<Binary>)]
+    v: Option<Vec<u8>>,
+}
+
+/// Every value of every column of every table, as bytes: `(table.column, value)`.
+pub async fn dump_database(app: &TestApp) -> Vec<(String, Vec<u8>)> {
+    app.db
+        .run(|conn| {
+            let columns: Vec<ColumnRow> = match conn {
+                AnyConnection::Sqlite(c) => diesel::sql_query(
+                    "SELECT m.name AS table_name, p.name AS column_name, p.type AS data_type \
+                     FROM sqlite_master m JOIN pragma_table_info(m.name) p \
+                     WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%'",
+                )
+                .load(c)?,
+                AnyConnection::Postgresql(c) => diesel::sql_query(
+                    "SELECT table_name::text AS table_name, column_name::text AS column_name, \
+                     data_type::text AS data_type FROM information_schema.columns \
+                     WHERE table_schema = current_schema()",
+                )
+                .load(c)?,
+            };
+            let mut out = Vec::new();
+            for col in columns {
+                let (t, k) = (&col.table_name, &col.column_name);
+                let cells: Vec<CellRow> = match conn {
+                    AnyConnection::Sqlite(c) => {
+                        diesel::sql_query(format!("SELECT CAST(\"{k}\" AS BLOB) AS v FROM \"{t}\""))
+                            .load(c)?
+                    }
+                    AnyConnection::Postgresql(c) => {
+                        let expr = if col.data_type == "bytea" {
+                            format!("\"{k}\"")
+                        } else {
+                            format!("convert_to(\"{k}\"::text, 'UTF8')")
+                        };
+                        diesel::sql_query(format!("SELECT {expr} AS v FROM \"{t}\"")).load(c)?
+                    }
+                };
+                for cell in cells {
+                    if let Some(v) = cell.v {
+                        out.push((format!("{t}.{k}"), v));
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .unwrap()
+}
+
+/// Every answer the scenario received, with where it came from.
+#[derive(Default)]
+pub struct Answers(pub Vec<(String, Vec<u8>)>);
+
+impl Answers {
+    pub async fn keep(
+        &mut self,
+        label: impl Into<String>,
+        resp: reqwest::Response,
+    ) -> (u16, Value) {
+        let status = resp.status().as_u16();
+        let mut raw = Vec::new();
+        for (k, v) in resp.headers() {
+            raw.extend_from_slice(k.as_str().as_bytes());
+            raw.extend_from_slice(b": ");
+            raw.extend_from_slice(v.as_bytes());
+            raw.push(b'\n');
+        }
+        let body = resp.bytes().await.unwrap().to_vec();
+        raw.extend_from_slice(&body);
+        self.0.push((label.into(), raw));
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+}
+
+const REFRESH_SECRET: &str = "security-refresh-secret-7f3a9c2e";
+
+fn query_param(url: &str, key: &str) -> Option<String> {
+    let q = url.split_once('?')?.1;
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q).ok()?;
+    pairs.into_iter().find(|(k, _)| k == key).map(|(_, v)| v)
+}
+
+/// Makes every connection's access token due for refresh.
+async fn make_due(app: &TestApp) {
+    use amocrm_connector::storage::schema::amocrm_connections as c;
+    let at = amocrm_connector::storage::now() + chrono::Duration::seconds(30);
+    app.db
+        .run(move |conn| {
+            diesel::update(c::table)
+                .set((
+                    c::token_expires_at.eq(Some(at)),
+                    c::next_refresh_at.eq(None::<chrono::NaiveDateTime>),
+                ))
+                .execute(conn)
+                .map_err(Into::into)
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn no_secret_reaches_the_logs_an_api_answer_or_the_database_in_plain_text() {
+    let logs = log_capture();
+    let mark = logs.len();
+    let app = spawn_app_with(|env| {
+        env.insert("REFRESH_SECRET".into(), REFRESH_SECRET.into());
+    })
+    .await;
+    let mut secrets = Secrets::default();
+    let mut logs_only = Secrets::default();
+    let mut answers = Answers::default();
+    secrets.add("client secret", &app.env["AMOCRM_CLIENT_SECRET"]);
+    secrets.add("API key", &app.api_key);
+    secrets.add("refresh secret", REFRESH_SECRET);
+    secrets.add_key_entry(&app.env["TOKEN_ENCRYPTION_KEYS"]);
+
+    // Connect two sellers click by click; the codes, states and session tokens are secrets too.
+    for (seller, host) in [("sec-seller-a", HOST), ("sec-seller-b", OTHER_HOST)] {
+        let callback = until_callback(&app, seller, host, true).await;
+        logs_only.add(
+            format!("authorization code of {seller}"),
+            query_param(&callback, "code").unwrap(),
+        );
+        logs_only.add(
+            format!("OAuth state of {seller}"),
+            query_param(&callback, "state").unwrap(),
+        );
+        let resp = app.http.get(&callback).send().await.unwrap();
+        let (status, _) = answers.keep(format!("callback of {seller}"), resp).await;
+        assert_eq!(status, 200, "{seller} connects");
+        let conn = connection(&app, seller).await.unwrap();
+        logs_only.add(format!("webhook token of {seller}"), &conn.webhook_token);
+    }
+    let keys = app.state.keys.clone();
+    secrets.add_stored_tokens(&app, &keys).await;
+
+    // The API, read and written.
+    for path in [
+        "/api/v1/connections",
+        "/api/v1/connections/sec-seller-a",
+        "/api/v1/connections/sec-seller-b/pipeline",
+    ] {
+        let (status, _) = answers.keep(path, app.api_get(path).await).await;
+        assert_eq!(status, 200, "{path}");
+    }
+    let resp = app
+        .api_post(
+            "/api/v1/connect-sessions",
+            &json!({"seller_id": "sec-seller-c"}),
+        )
+        .await;
+    let (status, body) = answers.keep("connect session", resp).await;
+    assert_eq!(status, 201);
+    logs_only.add(
+        "connect session token",
+        body["data"]["token"].as_str().unwrap(),
+    );
+
+    // Refresh: by the cron URL (secret in the query and in a header) and through the API.
+    make_due(&app).await;
+    let resp = app
+        .http
+        .get(app.url(&format!("/refresh?secret_key={REFRESH_SECRET}")))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = answers.keep("/refresh by query", resp).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["refreshed"], 2, "{body}");
+    secrets.add_stored_tokens(&app, &keys).await;
+    make_due(&app).await;
+    let resp = app
+        .http
+        .post(app.url("/refresh"))
+        .header("X-Refresh-Secret", REFRESH_SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answers.keep("/refresh by header", resp).await.0, 200);
+    secrets.add_stored_tokens(&app, &keys).await;
+    let resp = app
+        .api_post("/api/v1/connections/sec-seller-a/refresh", &json!({}))
+        .await;
+    assert_eq!(answers.keep("refresh through the API", resp).await.0, 200);
+    secrets.add_stored_tokens(&app, &keys).await;
+    // A wrong secret is logged as a warning: the presented value must not be in it.
+    let wrong = format!("{REFRESH_SECRET}-almost");
+    logs_only.add("a presented wrong refresh secret", &wrong);
+    let resp = app
+        .http
+        .get(app.url(&format!("/refresh?secret_key={wrong}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answers.keep("/refresh wrong secret", resp).await.0, 401);
+
+    // Events out: a subscriber with a secret; a manager's lead in amoCRM, moved to paid, comes back
+    // through the webhook intake, the processor and the delivery worker.
+    let sub_secret = "subscription-secret-4d2c7b9e1a";
+    secrets.add("subscription secret", sub_secret);
+    let receiver = Receiver::start(sub_secret, Behaviour::Ok).await;
+    let resp = app
+        .api_post(
+            "/api/v1/webhooks",
+            &json!({"url": receiver.url, "events": ["*"], "secret": sub_secret, "active": true}),
+        )
+        .await;
+    let (status, sub) = answers.keep("create subscription", resp).await;
+    assert_eq!(status, 201, "{sub}");
+    let sub_id = sub["data"]["id"].as_str().unwrap().to_owned();
+    let b = connection(&app, "sec-seller-b").await.unwrap();
+    let lead = app
+        .sandbox
+        .create_lead(
+            &b.host,
+            "Manager's lead",
+            5_000,
+            Some((
+                b.pipeline_id.unwrap() as u64,
+                b.stage_pending.unwrap() as u64,
+            )),
+        )
+        .unwrap();
+    app.sandbox.webhooks_idle().await;
+    app.sandbox
+        .move_lead(
+            &b.host,
+            lead,
+            b.pipeline_id.unwrap() as u64,
+            b.stage_paid.unwrap() as u64,
+        )
+        .unwrap();
+    app.sandbox.webhooks_idle().await;
+    for _ in 0..20 {
+        let r = webhook_processor::run_once(&app.state).await.unwrap();
+        let d = delivery_worker::run_once(&app.state).await.unwrap();
+        if r.claimed == 0 && d.claimed == 0 {
+            break;
+        }
+    }
+    let hits = receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert!(
+        hits.iter()
+            .any(|h| h.json()["event"] == "payment.completed" && h.signature_ok),
+        "the payment was delivered, signed"
+    );
+    for path in [
+        "/api/v1/webhooks".to_owned(),
+        format!("/api/v1/webhooks/{sub_id}"),
+        format!("/api/v1/webhooks/{sub_id}/deliveries"),
+        "/api/v1/events?limit=100".to_owned(),
+    ] {
+        let (status, _) = answers.keep(path.clone(), app.api_get(&path).await).await;
+        assert_eq!(status, 200, "{path}");
+    }
+    for (i, h) in hits.iter().enumerate() {
+        let mut raw = format!("{:?}\n", h.headers).into_bytes();
+        raw.extend_from_slice(&h.body);
+        answers.0.push((format!("delivered event #{i}"), raw));
+    }
+
+    // Key rotation, then a second instance on the new key refreshes again.
+    let new_entry = Keyring::generate_entry("rotated2");
+    secrets.add_key_entry(&new_entry);
+    let both = format!("{new_entry},{}", app.env["TOKEN_ENCRYPTION_KEYS"]);
+    let rotated_keys = Keyring::parse(&both).unwrap();
+    let report = amocrm_connector::services::keys::rotate(&app.db, &rotated_keys)
+        .await
+        .unwrap();
+    assert_eq!(
+        report.rotated, 3,
+        "two token pairs and one subscription secret: {report:?}"
+    );
+    let mut env = app.env.clone();
+    env.insert("TOKEN_ENCRYPTION_KEYS".into(), both);
+    env.remove("LISTEN_ADDR");
+    env.remove("PUBLIC_BASE_URL");
+    env.insert(
+        "AMOCRM_REDIRECT_URI".into(),
+        app.state.settings.amocrm_redirect_uri.to_string(),
+    );
+    env.insert("INSTANCE_ID".into(), "rotated-peer".into());
+    let peer = spawn_app_with_sandbox(app.database.shared(), env, app.sandbox.clone()).await;
+    let resp = peer
+        .http
+        .post(peer.url("/api/v1/connections/sec-seller-b/refresh"))
+        .bearer_auth(&peer.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        answers.keep("refresh on the rotated key", resp).await.0,
+        200
+    );
+    secrets.add("API key of the peer", &peer.api_key);
+    secrets.add_stored_tokens(&peer, &rotated_keys).await;
+
+    // Disconnect one seller through the API (tokens wiped, amoCRM unsubscribed).
+    let resp = app
+        .http
+        .delete(app.url("/api/v1/connections/sec-seller-a"))
+        .bearer_auth(&app.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answers.keep("delete connection", resp).await.0, 204);
+
+    // Now look everywhere.
+    let captured = logs.since(mark);
+    let text = String::from_utf8_lossy(&captured);
+    assert!(
+        text.contains("/oauth/amocrm/callback") && text.lines().count() > 50,
+        "the capture saw the scenario ({} lines)",
+        text.lines().count()
+    );
+    let mut all = Secrets(secrets.0.clone());
+    for s in &logs_only.0 {
+        all.add(s.what.clone(), &s.bytes);
+    }
+    let in_logs = all.found_in(&captured);
+    assert!(in_logs.is_empty(), "secrets in the logs: {in_logs:?}");
+    for (label, raw) in &answers.0 {
+        let found = secrets.found_in(raw);
+        assert!(
+            found.is_empty(),
+            "secrets in the answer to {label}: {found:?}"
+        );
+    }
+    let dump = dump_database(&app).await;
+    assert!(
+        dump.len() > 20,
+        "the dump saw the tables ({} cells)",
+        dump.len()
+    );
+    for (column, value) in &dump {
+        let found = secrets.found_in(value);
+        assert!(
+            found.is_empty(),
+            "plain-text secrets in {column}: {found:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// One seller's data through another seller's id.
+
+#[tokio::test]
+async fn a_sellers_connection_and_pipeline_never_show_through_another_sellers_id() {
+    let app = spawn_app_with(|_| {}).await;
+    for (seller, host) in [("iso-a", HOST), ("iso-b", OTHER_HOST)] {
+        let callback = until_callback(&app, seller, host, true).await;
+        assert_eq!(app.http.get(&callback).send().await.unwrap().status(), 200);
+    }
+    let a = connection(&app, "iso-a").await.unwrap();
+    let b = connection(&app, "iso-b").await.unwrap();
+    assert_ne!(a.account_id, b.account_id);
+    for (seller, own) in [("iso-a", &a), ("iso-b", &b)] {
+        let v: Value = app
+            .api_get(&format!("/api/v1/connections/{seller}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["data"]["seller_id"], seller);
+        assert_eq!(v["data"]["account_id"], own.account_id);
+        assert_eq!(v["data"]["host"], own.host);
+        let p: Value = app
+            .api_get(&format!("/api/v1/connections/{seller}/pipeline"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(p["data"]["pipeline_id"], own.pipeline_id.unwrap());
+    }
+    // B's pipeline cannot be mapped onto A: it is another account's.
+    let resp = app
+        .http
+        .put(app.url("/api/v1/connections/iso-a/pipeline"))
+        .bearer_auth(&app.api_key)
+        .json(&json!({"pipeline_id": b.pipeline_id.unwrap()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 422, "another account's pipeline");
+    // A's webhook token with B's account in the body is refused and stores nothing.
+    let body = format!(
+        "account[id]={}&account[subdomain]={}&leads[status][0][id]=1&leads[status][0][status_id]=142&leads[status][0][pipeline_id]={}",
+        b.account_id,
+        b.subdomain,
+        b.pipeline_id.unwrap()
+    );
+    let resp = app
+        .http
+        .post(app.url(&format!("/webhooks/amocrm/{}", a.webhook_token)))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        [403, 404].contains(&resp.status().as_u16()),
+        "a mismatched account is refused: {}",
+        resp.status()
+    );
+    // Lists filtered by status never mix in the other seller's row.
+    let list: Value = app
+        .api_get("/api/v1/connections?status=active&per_page=100")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let sellers: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["seller_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(sellers, ["iso-a", "iso-b"]);
+    // The event log filtered by one seller holds only that seller's events.
+    for seller in ["iso-a", "iso-b"] {
+        let v: Value = app
+            .api_get(&format!("/api/v1/events?seller_id={seller}&limit=100"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let items = v["data"].as_array().unwrap();
+        assert!(!items.is_empty(), "{seller} has events");
+        assert!(
+            items.iter().all(|e| e["seller_id"] == seller),
+            "only {seller}'s events: {v}"
+        );
+    }
+    // Deleting A leaves B untouched and working.
+    let resp = app
+        .http
+        .delete(app.url("/api/v1/connections/iso-a"))
+        .bearer_auth(&app.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    let b_after = connection(&app, "iso-b").await.unwrap();
+    assert_eq!(b_after.status, "active");
+    assert!(b_after.access_token_enc.is_some());
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Constant-time comparison.
+
+/// Median time of `f` over `rounds` runs.
+fn median(rounds: usize, mut f: impl FnMut() -> bool) -> Duration {
+    let mut times: Vec<Duration> = (0..rounds)
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(f());
+            t.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[rounds / 2]
+}
+
+#[test]
+fn the_secret_comparison_takes_as_long_for_a_near_miss_as_for_a_first_byte_miss() {
+    use amocrm_connector::domain::ids::constant_time_eq;
+    // Long inputs make an early exit measurable: a plain `==` (memcmp) returns after the first byte
+    // for one and reads 1 MiB for the other.
+    let expected = vec![b'a'; 1 << 20];
+    let mut first_byte = expected.clone();
+    first_byte[0] = b'b';
+    let mut last_byte = expected.clone();
+    *last_byte.last_mut().unwrap() = b'b';
+    // Control: the method sees the early exit of a plain comparison.
+    let plain_first = median(15, || std::hint::black_box(&expected) == &first_byte);
+    let plain_last = median(15, || std::hint::black_box(&expected) == &last_byte);
+    assert!(
+        plain_last > plain_first * 10,
+        "the measurement can see an early exit ({plain_first:?} vs {plain_last:?})"
+    );
+    let ct_first = median(15, || constant_time_eq(&expected, &first_byte));
+    let ct_last = median(15, || constant_time_eq(&expected, &last_byte));
+    let ratio = ct_last.as_secs_f64() / ct_first.as_secs_f64();
+    assert!(
+        (0.5..2.0).contains(&ratio),
+        "constant_time_eq: first-byte miss {ct_first:?}, last-byte miss {ct_last:?}"
+    );
+    assert!(constant_time_eq(b"same", b"same"));
+    assert!(!constant_time_eq(b"same", b"samE"));
+    assert!(!constant_time_eq(b"same", b"same-longer"));
+}
+
+#[test]
+fn the_uninstall_signature_is_checked_with_an_hmac_verify() {
+    use hmac::{KeyInit, Mac};
+    // The hook's signature is hex HMAC-SHA256 of "{client_uuid}|{account_id}" keyed with the client
+    // secret (CONTRACT §3); amocrm-client verifies it with `Mac::verify_slice` (constant time).
+    let secret = "client-secret-for-the-hook";
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(b"client-uuid-1|12345");
+    let good: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let check = |sig: &str| {
+        amocrm_client::verify_disconnect_signature(
+            "client-uuid-1",
+            &secrecy::SecretString::from(secret.to_owned()),
+            "client-uuid-1",
+            "12345",
+            sig,
+        )
+    };
+    assert!(check(&good));
+    assert!(check(&good.to_uppercase()), "hex case does not matter");
+    let mut near = good.clone();
+    near.replace_range(63..64, if good.ends_with('0') { "1" } else { "0" });
+    assert!(!check(&near), "a near miss is refused");
+    assert!(!check(""), "an empty signature is refused");
+    assert!(!check(&good[..62]), "a truncated signature is refused");
+}
+
+/// Source lines that compare something secret with `==`/`!=` instead of a constant-time check.
+fn plain_secret_comparisons(src: &str) -> Vec<String> {
+    const SECRET_WORDS: &[&str] = &[
+        "secret",
+        "signature",
+        "password",
+        "csrf",
+        "token_hash",
+        "key_hash",
+        "browser_hash",
+        "expose_secret()",
+    ];
+    src.lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            let t = l.trim_start();
+            !t.starts_with("//") && (t.contains(" == ") || t.contains(" != "))
+        })
+        .filter(|(_, l)| {
+            let lower = l.to_lowercase();
+            SECRET_WORDS.iter().any(|w| lower.contains(w))
+                // Comparisons of lengths, emptiness and fixed names are not comparisons of secrets.
+                && !lower.contains(".len()")
+                && !lower.contains("is_empty")
+                && !lower.contains("!= \"\"")
+                && !lower.contains("== \"\"")
+                && !lower.contains("\"secret\"")
+                && !lower.contains("_secret.is_some")
+        })
+        .map(|(i, l)| format!("{}: {}", i + 1, l.trim()))
+        .collect()
+}
+
+#[test]
+fn no_source_file_compares_a_secret_with_plain_equality() {
+    // A supplement to the checks above: a grep over the service and the client for `==` on secrets.
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|e| e == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    walk(&root.join("src"), &mut files);
+    walk(&root.join("crates/amocrm-client/src"), &mut files);
+    assert!(files.len() > 20, "the sources were found");
+    let mut offenders = Vec::new();
+    for f in files {
+        let src = std::fs::read_to_string(&f).unwrap();
+        // Unit tests inside the file may compare freely.
+        let src = src.split("#[cfg(test)]").next().unwrap_or_default();
+        for hit in plain_secret_comparisons(src) {
+            offenders.push(format!("{}:{hit}", f.display()));
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "secrets compared with ==/!= (use domain::ids::constant_time_eq or an HMAC verify):\n{}",
+        offenders.join("\n")
+    );
+    // And the grep itself finds what it looks for.
+    assert_eq!(
+        plain_secret_comparisons("if presented == settings.refresh_secret {").len(),
+        1
+    );
+}

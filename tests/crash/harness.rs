@@ -1,0 +1,505 @@
+//! The real `amocrm-connector serve` binary as child processes behind a small TCP balancer, against an
+//! in-process amoCRM sandbox, one database and a local event receiver; killed with SIGKILL and restarted.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use amocrm_connector::config::DatabaseUrl;
+use amocrm_connector::services::api_keys::{self, Tier};
+use amocrm_connector::storage::Db;
+use amocrm_connector::storage::cipher::Keyring;
+use amocrm_sandbox::{Integration, Sandbox, SandboxConfig, SandboxHandle};
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestDatabase, fresh_database};
+
+pub const CLIENT_ID: &str = "crash-client-id";
+pub const CLIENT_SECRET: &str = "crash-client-secret-5b1d8e";
+pub const REFRESH_SECRET: &str = "crash-refresh-secret-0c7e2a";
+pub const RECEIVER_SECRET: &str = "crash-receiver-secret-91f3";
+
+/// Waits for `cond` (checked every 50 ms) for at most `limit`; returns whether it held.
+pub async fn wait_for<F, Fut>(limit: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = Instant::now() + limit;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if Instant::now() > until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A free port on 127.0.0.1 (bound and released; the child binds it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+// ---------------------------------------------------------------------------------------------------
+
+/// A round-robin TCP balancer in front of the instances: the one public address amoCRM, sellers and the
+/// marketplace see. A connection to a dead instance is retried on the next.
+pub struct Balancer {
+    pub port: u16,
+    backends: Arc<Mutex<Vec<u16>>>,
+}
+
+impl Balancer {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let backends: Arc<Mutex<Vec<u16>>> = Arc::default();
+        let next = Arc::new(AtomicUsize::new(0));
+        let b = backends.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let (b, next) = (b.clone(), next.clone());
+                tokio::spawn(async move {
+                    let ports = b.lock().unwrap().clone();
+                    let start = next.fetch_add(1, Ordering::Relaxed);
+                    for i in 0..ports.len() {
+                        let p = ports[(start + i) % ports.len()];
+                        if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", p)).await
+                        {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { port, backends }
+    }
+
+    pub fn set_backends(&self, ports: Vec<u16>) {
+        *self.backends.lock().unwrap() = ports;
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+
+/// One received event delivery.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub id: String,
+    pub event: String,
+    pub body: Value,
+    pub signature_ok: bool,
+}
+
+/// The marketplace's event receiver: answers 200 and remembers every delivery (receivers dedupe by id).
+pub struct Receiver {
+    pub url: String,
+    pub got: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+        let got: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let g = got.clone();
+        let server = HttpServer::new(move || {
+            let g = g.clone();
+            App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
+                let g = g.clone();
+                async move {
+                    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    let header = |n: &str| {
+                        req.headers()
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned()
+                    };
+                    let signature_ok = header("x-signature") == format!("sha256={}", sign(&body));
+                    g.lock().unwrap().push(Received {
+                        id: header("x-webhook-id"),
+                        event: parsed["event"].as_str().unwrap_or_default().to_owned(),
+                        body: parsed,
+                        signature_ok,
+                    });
+                    HttpResponse::Ok().finish()
+                }
+            }))
+        })
+        .workers(2)
+        .disable_signals()
+        .listen(listener)
+        .unwrap()
+        .run();
+        tokio::spawn(server);
+        Self {
+            url: format!("http://127.0.0.1:{port}/events"),
+            got,
+        }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+fn sign(body: &[u8]) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(RECEIVER_SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------------
+
+/// One running `amocrm-connector serve`.
+pub struct Service {
+    pub name: String,
+    pub port: u16,
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl Service {
+    /// SIGKILL: no shutdown hook runs, leases stay taken, in-flight requests are cut.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Everything around the service: sandbox, database, balancer, receiver, keys and an API key.
+pub struct World {
+    pub sandbox: Arc<SandboxHandle>,
+    pub database: TestDatabase,
+    pub db: Db,
+    pub key_entry: String,
+    pub keys: Keyring,
+    pub api_key: String,
+    pub balancer: Balancer,
+    pub receiver: Receiver,
+    pub http: reqwest::Client,
+    pub dir: tempfile::TempDir,
+    pub extra_env: HashMap<String, String>,
+    starts: AtomicUsize,
+}
+
+impl World {
+    pub async fn new() -> Self {
+        let sandbox = Sandbox::start(SandboxConfig::default())
+            .await
+            .expect("sandbox starts");
+        let balancer = Balancer::start().await;
+        sandbox.add_integration(
+            Integration::new(
+                CLIENT_ID.to_owned(),
+                CLIENT_SECRET.to_owned(),
+                format!("{}/oauth/amocrm/callback", balancer.url()),
+            )
+            .with_disconnect_url(format!("{}/oauth/amocrm/disconnect", balancer.url())),
+        );
+        let database = fresh_database();
+        let db = Db::connect(&DatabaseUrl::parse(&database.url).unwrap(), 4).unwrap();
+        db.migrate().await.unwrap();
+        let (_, api_key) = api_keys::create(&db, "crash", Tier::Enterprise)
+            .await
+            .unwrap();
+        let key_entry = Keyring::generate_entry("crash1");
+        let keys = Keyring::parse(&key_entry).unwrap();
+        let receiver = Receiver::start().await;
+        Self {
+            sandbox: Arc::new(sandbox),
+            database,
+            db,
+            key_entry,
+            keys,
+            api_key,
+            balancer,
+            receiver,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .cookie_store(true)
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            dir: tempfile::tempdir().unwrap(),
+            extra_env: HashMap::new(),
+            starts: AtomicUsize::new(0),
+        }
+    }
+
+    /// The environment of instance `name` listening on `port`.
+    pub fn env(&self, name: &str, port: u16) -> HashMap<String, String> {
+        let mut env: HashMap<String, String> = [
+            ("DATABASE_URL", self.database.url.clone()),
+            ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
+            ("PUBLIC_BASE_URL", self.balancer.url()),
+            ("TOKEN_ENCRYPTION_KEYS", self.key_entry.clone()),
+            ("AMOCRM_CLIENT_ID", CLIENT_ID.to_owned()),
+            ("AMOCRM_CLIENT_SECRET", CLIENT_SECRET.to_owned()),
+            (
+                "AMOCRM_ACCOUNT_URL_TEMPLATE",
+                self.sandbox.account_url_template(),
+            ),
+            ("AMOCRM_AUTHORIZE_URL", self.sandbox.authorize_url()),
+            ("REFRESH_SECRET", REFRESH_SECRET.to_owned()),
+            // Every instance sweeps every two seconds: sweeps overlap on purpose.
+            ("REFRESH_SCHEDULE", "*/2 * * * * *".to_owned()),
+            ("LOG_FORMAT", "json".to_owned()),
+            ("RUN_WORKERS", "true".to_owned()),
+            ("INSTANCE_ID", name.to_owned()),
+            ("SHUTDOWN_TIMEOUT", "2s".to_owned()),
+            // The sandbox is local: short amoCRM timeouts keep the leases a killed process leaves short.
+            ("AMOCRM_REQUEST_TIMEOUT", "2s".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        if let Ok(filter) = std::env::var("CRASH_RUST_LOG") {
+            env.insert("RUST_LOG".into(), filter);
+        }
+        env.extend(self.extra_env.clone());
+        env
+    }
+
+    /// Starts instance `name` on a fresh port and waits until its `/health` is 200.
+    pub async fn start(&self, name: &str) -> Service {
+        let port = free_port();
+        let n = self.starts.fetch_add(1, Ordering::Relaxed);
+        let log = self.dir.path().join(format!("{n:03}-{name}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_amocrm-connector"))
+            .arg("serve")
+            .env_clear()
+            .envs(self.env(name, port))
+            // No `.env` of a developer's checkout is read: the working directory is empty.
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new().append(true).open(&log).unwrap(),
+            ))
+            .spawn()
+            .expect("the service binary starts");
+        let mut svc = Service {
+            name: name.to_owned(),
+            port,
+            log,
+            child,
+        };
+        let health = svc.url("/health");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        let started = Instant::now();
+        loop {
+            if let Ok(r) = http.get(&health).send().await
+                && r.status().as_u16() == 200
+            {
+                break;
+            }
+            if let Ok(Some(status)) = svc.child.try_wait() {
+                panic!(
+                    "{name} exited with {status} before it was healthy:\n{}",
+                    tail(&svc.log)
+                );
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{name} not healthy within 60 s:\n{}",
+                tail(&svc.log)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        svc
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.balancer.url())
+    }
+
+    /// A call to `/api/v1…` through the balancer; `None` when the answer was lost to a crash.
+    pub async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Option<(u16, Value)> {
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), self.url(path))
+            .bearer_auth(&self.api_key);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.ok()?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.ok()?;
+        Some((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
+    }
+
+    /// Connects `seller` to the sandbox account `host` click by click, through the balancer.
+    pub async fn connect(&self, seller: &str, host: &str) {
+        self.sandbox.add_account(host);
+        let (status, session) = self
+            .api(
+                "POST",
+                "/api/v1/connect-sessions",
+                Some(&json!({"seller_id": seller})),
+            )
+            .await
+            .expect("connect session");
+        assert_eq!(status, 201, "{session}");
+        let page = self
+            .http
+            .get(session["data"]["connect_url"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let popup = attr(&page, "data-popup").expect("the consent link");
+        let callback = self.sandbox.approve(&popup, host).unwrap();
+        let resp = self.http.get(&callback).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "{seller} connects");
+    }
+
+    /// Subscribes the receiver to every event.
+    pub async fn subscribe_receiver(&self) {
+        let (status, body) = self
+            .api(
+                "POST",
+                "/api/v1/webhooks",
+                Some(&json!({
+                    "url": self.receiver.url,
+                    "events": ["*"],
+                    "secret": RECEIVER_SECRET,
+                    "active": true
+                })),
+            )
+            .await
+            .expect("subscription");
+        assert_eq!(status, 201, "{body}");
+    }
+
+    /// Makes every active connection's access token due for refresh (as if a day had passed).
+    pub async fn make_tokens_due(&self) {
+        use amocrm_connector::storage::schema::amocrm_connections as c;
+        use diesel::prelude::*;
+        let at = amocrm_connector::storage::now() + chrono::Duration::seconds(60);
+        let _ = self
+            .db
+            .run(move |conn| {
+                diesel::update(c::table.filter(c::status.eq("active")))
+                    .set((
+                        c::token_expires_at.eq(Some(at)),
+                        c::next_refresh_at.eq(None::<chrono::NaiveDateTime>),
+                    ))
+                    .execute(conn)
+                    .map_err(Into::into)
+            })
+            .await;
+    }
+
+    /// Every connection in the database.
+    pub async fn connections(&self) -> Vec<amocrm_connector::storage::connections::Connection> {
+        self.db
+            .run(|c| amocrm_connector::storage::connections::list(c, None, 0, 10_000))
+            .await
+            .unwrap()
+            .0
+    }
+
+    /// The connection works: it is active, and its stored access token is accepted by amoCRM.
+    pub async fn assert_connection_works(&self, seller: &str) {
+        let conns = self.connections().await;
+        let c = conns
+            .iter()
+            .find(|c| c.seller_id == seller)
+            .unwrap_or_else(|| panic!("{seller} has a connection"));
+        assert_eq!(c.status, "active", "{seller}: {:?}", c.last_error);
+        let token = c.access_token(&self.keys).unwrap().expect("a stored token");
+        let resp = reqwest::Client::new()
+            .get(format!(
+                "{}/api/v4/account",
+                self.sandbox.account_url(&c.host)
+            ))
+            .bearer_auth(token.expose_secret())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status().as_u16(),
+            200,
+            "{seller}: the stored access token works"
+        );
+    }
+}
+
+/// The value of the first `name="…"` attribute in `html`, unescaped.
+pub fn attr(html: &str, name: &str) -> Option<String> {
+    let key = format!("{name}=\"");
+    let start = html.find(&key)? + key.len();
+    let end = html[start..].find('"')? + start;
+    Some(
+        html[start..end]
+            .replace("&#38;", "&")
+            .replace("&amp;", "&")
+            .replace("&#61;", "=")
+            .replace("&#x3D;", "="),
+    )
+}
+
+/// The last lines of a log file, for failure messages.
+pub fn tail(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// Every log line every instance wrote.
+pub fn all_logs(world: &World) -> Vec<u8> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(world.dir.path()).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "log") {
+            out.extend(std::fs::read(&p).unwrap());
+        }
+    }
+    out
+}
