@@ -1,12 +1,20 @@
-//! Building the application: database, migrations, HTTP server and background workers, from `Settings`.
+//! Building the application: database, migrations, HTTP server and background workers, from `Settings`;
+//! and stopping it gracefully.
+//!
+//! Shutdown (SIGTERM or SIGINT, or [`ShutdownTrigger::trigger`] in tests): the listener closes at once,
+//! `AppState.shutdown` flips so workers claim nothing new and finish their current step, in-flight
+//! requests and steps get up to `SHUTDOWN_TIMEOUT`, stragglers are aborted, and then every lease this
+//! instance still holds is released so other instances take the work over immediately.
 
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::web::Data;
 use actix_web::{App, HttpServer, middleware};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
 
 use crate::config::Settings;
 use crate::storage::cipher::Keyring;
@@ -47,6 +55,31 @@ pub struct Application {
     server: Server,
     pub state: Data<AppState>,
     shutdown_tx: watch::Sender<bool>,
+    /// Background tasks, awaited (within the shutdown timeout) when the application stops.
+    workers: Vec<(&'static str, JoinHandle<()>)>,
+    trigger: ShutdownTrigger,
+}
+
+/// Starts the same graceful shutdown a SIGTERM starts; tests use it instead of signalling themselves.
+#[derive(Clone, Default)]
+pub struct ShutdownTrigger(Arc<Notify>);
+
+impl ShutdownTrigger {
+    pub fn trigger(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// What happened during a shutdown, for the log and for tests.
+#[derive(Debug, Clone, Default)]
+pub struct ShutdownReport {
+    /// Workers that finished their step within the timeout.
+    pub workers_finished: usize,
+    /// Workers still busy at the deadline, aborted.
+    pub workers_aborted: Vec<&'static str>,
+    /// Leases of this instance released after the workers stopped.
+    pub leases_released: usize,
+    pub elapsed: Duration,
 }
 
 impl Application {
@@ -65,6 +98,7 @@ impl Application {
         let keys = settings.require_keys()?.clone();
         let amo = amocrm_client::AmoClient::new(settings.amo_config()?)
             .map_err(|e| StartError::Amo(e.to_string()))?;
+        amo.set_observer(crate::metrics::amocrm_observer());
         let db = Db::connect(&settings.database_url, settings.database_pool_size)?;
         let applied = db.migrate().await?;
         if !applied.is_empty() {
@@ -98,23 +132,15 @@ impl Application {
             amo,
             shutdown: shutdown_rx,
         });
-        if state.settings.run_workers {
-            // connect and refresh (issues 4, 5)
-            crate::workers::refresh::spawn(state.clone());
-            crate::workers::refresh::spawn_schedule(state.clone());
-        }
         let server = build_server(listener, state.clone())?;
-        if state.settings.run_workers {
-            // --- events (issue 7) ---
-            crate::workers::delivery::spawn(state.clone());
-            crate::workers::webhook_processor::spawn(state.clone());
-            crate::workers::retention::spawn(state.clone());
-        }
+        let workers = spawn_workers(&state);
         Ok(Self {
             port,
             server,
             state,
             shutdown_tx,
+            workers,
+            trigger: ShutdownTrigger::default(),
         })
     }
 
@@ -122,12 +148,161 @@ impl Application {
         self.port
     }
 
-    /// Serves until the server stops (SIGINT/SIGTERM), then tells the workers to stop.
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let result = self.server.await;
-        let _ = self.shutdown_tx.send(true);
-        result
+    /// A handle that starts the graceful shutdown, as SIGTERM does.
+    pub fn shutdown_trigger(&self) -> ShutdownTrigger {
+        self.trigger.clone()
     }
+
+    /// Serves until SIGTERM, SIGINT or the [`ShutdownTrigger`], then shuts down gracefully.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.run_until_stopped_with_report().await.map(|_| ())
+    }
+
+    /// [`Application::run_until_stopped`], returning what the shutdown did.
+    pub async fn run_until_stopped_with_report(self) -> std::io::Result<ShutdownReport> {
+        let Self {
+            server,
+            state,
+            shutdown_tx,
+            workers,
+            trigger,
+            ..
+        } = self;
+        let handle = server.handle();
+        let mut serving = tokio::spawn(server);
+        let served = tokio::select! {
+            result = &mut serving => Some(result),
+            reason = stop_requested(&trigger) => {
+                tracing::info!(reason, "shutdown requested");
+                None
+            }
+        };
+        let started = tokio::time::Instant::now();
+        let deadline = started + state.settings.shutdown_timeout;
+        let _ = shutdown_tx.send(true);
+        // Stop accepting now; in-flight requests get the server's shutdown timeout (the same setting).
+        let stopping = handle.stop(true);
+        let workers_done = wait_for_workers(workers, deadline);
+        let ((), mut report) = tokio::join!(stopping, workers_done);
+        let served = match served {
+            Some(result) => result,
+            None => serving.await,
+        };
+        let owner = state.settings.instance_id.clone();
+        let now = crate::storage::now();
+        // A request amoCRM received is applied within its timeout or never: until then, orders cut off
+        // mid-push are not looked up by anyone.
+        let in_flight_until = now
+            + chrono::TimeDelta::from_std(state.settings.amocrm_request_timeout)
+                .unwrap_or(chrono::TimeDelta::seconds(60));
+        match state
+            .db
+            .run(move |c| crate::storage::instance::release_all(c, &owner, now, in_flight_until))
+            .await
+        {
+            Ok(released) => report.leases_released = released.total(),
+            Err(e) => tracing::warn!(error = %e, "could not release this instance's leases"),
+        }
+        report.elapsed = started.elapsed();
+        tracing::info!(
+            workers_finished = report.workers_finished,
+            workers_aborted = ?report.workers_aborted,
+            leases_released = report.leases_released,
+            elapsed_ms = report.elapsed.as_millis() as u64,
+            "stopped"
+        );
+        match served {
+            Ok(Ok(())) => Ok(report),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(std::io::Error::other(format!("server task failed: {e}"))),
+        }
+    }
+}
+
+/// Starts the background workers (only when `RUN_WORKERS` is on). Each returns its `JoinHandle`, so the
+/// shutdown can wait for it; each stops when `AppState.shutdown` flips.
+fn spawn_workers(state: &Data<AppState>) -> Vec<(&'static str, JoinHandle<()>)> {
+    let mut workers = Vec::new();
+    if !state.settings.run_workers {
+        return workers;
+    }
+    // Workers register here, one line each: `workers.push(("name", crate::workers::x::spawn(state.clone())));`
+
+    // connect and refresh (issues 4, 5)
+    workers.push(("connect", crate::workers::refresh::spawn(state.clone())));
+    if let Some(schedule) = crate::workers::refresh::spawn_schedule(state.clone()) {
+        workers.push(("refresh_schedule", schedule));
+    }
+
+    // orders (issue 6)
+    workers.push(("push", crate::workers::push::spawn(state.clone())));
+
+    // events (issue 7)
+    workers.push(("delivery", crate::workers::delivery::spawn(state.clone())));
+    workers.push((
+        "webhook_processor",
+        crate::workers::webhook_processor::spawn(state.clone()),
+    ));
+    workers.push(("retention", crate::workers::retention::spawn(state.clone())));
+
+    workers
+}
+
+/// Resolves with the reason once SIGTERM, SIGINT or the trigger arrives.
+async fn stop_requested(trigger: &ShutdownTrigger) -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+                () = trigger.0.notified() => "trigger",
+            },
+            _ => {
+                tracing::warn!("cannot listen for signals; only the trigger stops the service");
+                trigger.0.notified().await;
+                "trigger"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => "ctrl-c",
+            () = trigger.0.notified() => "trigger",
+        }
+    }
+}
+
+/// Waits for each worker until the deadline, then aborts those still running.
+async fn wait_for_workers(
+    workers: Vec<(&'static str, JoinHandle<()>)>,
+    deadline: tokio::time::Instant,
+) -> ShutdownReport {
+    let mut report = ShutdownReport::default();
+    for (name, mut handle) in workers {
+        match tokio::time::timeout_at(deadline, &mut handle).await {
+            Ok(Ok(())) => report.workers_finished += 1,
+            Ok(Err(e)) => {
+                tracing::error!(worker = name, error = %e, "worker ended abnormally");
+                report.workers_finished += 1;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    worker = name,
+                    "worker still busy at the shutdown deadline; aborting it"
+                );
+                handle.abort();
+                let _ = handle.await;
+                report.workers_aborted.push(name);
+            }
+        }
+    }
+    report
 }
 
 fn build_server(listener: TcpListener, state: Data<AppState>) -> Result<Server, StartError> {
@@ -140,12 +315,16 @@ fn build_server(listener: TcpListener, state: Data<AppState>) -> Result<Server, 
         App::new()
             .app_data(state.clone())
             .configure(http::configure_extractors)
+            .wrap(middleware::from_fn(http::metrics::middleware))
             .wrap(middleware::from_fn(http::sanity::middleware))
             .wrap(middleware::from_fn(http::request_id::middleware))
             .configure(http::routes)
             .default_service(actix_web::web::to(http::page_not_found))
     })
     .shutdown_timeout(shutdown_secs)
+    // Signals are handled in `run_until_stopped`, so SIGINT is as graceful as SIGTERM and the workers
+    // are stopped in the same sequence.
+    .disable_signals()
     .listen(listener)
     .map_err(|source| StartError::Bind { addr, source })?
     .run();

@@ -1,4 +1,5 @@
-//! The command line of CONTRACT §1: `serve` (default), `demo`, `migrate`, `api-keys`, `keys`, `refresh`.
+//! The command line of CONTRACT §1: `serve` (default), `demo`, `migrate`, `api-keys`, `keys`, `refresh`,
+//! and `users` for the operators.
 //!
 //! Every failure ends as one line on stderr and a non-zero exit code, never a stack trace.
 
@@ -9,8 +10,10 @@ use clap::{Parser, Subcommand};
 use crate::app::Application;
 use crate::config::{self, ProcessEnv, Settings};
 use crate::services::api_keys::{self, Tier};
+use crate::services::operators::{self, MIN_PASSWORD_LEN, Role};
 use crate::storage::Db;
 use crate::storage::cipher::Keyring;
+use secrecy::SecretString;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -30,6 +33,19 @@ pub struct Cli {
 pub enum Command {
     /// Apply pending migrations, serve HTTP and run the background workers (the default).
     Serve,
+    /// The whole product on one machine with nothing configured: the service on SQLite plus the bundled
+    /// amoCRM sandbox, a demo API key and admin; prints the links to follow.
+    Demo {
+        /// Where the demo keeps its database and generated secrets.
+        #[arg(long, default_value = "data/demo")]
+        data_dir: std::path::PathBuf,
+        /// The service's port on 127.0.0.1 (another free port if taken).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// The sandbox's port on 127.0.0.1 (another free port if taken).
+        #[arg(long, default_value_t = 9090)]
+        sandbox_port: u16,
+    },
     /// Apply pending migrations and exit.
     Migrate,
     /// Manage the marketplace's API keys (stored only as hashes).
@@ -40,6 +56,28 @@ pub enum Command {
     Keys(KeysCommand),
     /// Run one token refresh sweep (the same as the schedule and /refresh), print its summary and exit.
     Refresh,
+    /// Manage the operators who sign in to the dashboard and the operator API.
+    #[command(subcommand)]
+    Users(UsersCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UsersCommand {
+    /// Create an operator (or reset an existing one's password, name and role); the password is read
+    /// from standard input.
+    Create {
+        /// The e-mail address the operator signs in with.
+        #[arg(long)]
+        email: String,
+        /// admin (may change things) or viewer (read only).
+        #[arg(long, value_parser = ["admin", "viewer"])]
+        role: String,
+        /// A display name (default: the part of the e-mail before @).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List operators.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -72,6 +110,65 @@ pub enum KeysCommand {
     },
     /// Re-encrypt every stored secret with the first (active) key; safe to interrupt and run again.
     Rotate,
+}
+
+/// The password from standard input: its first line, without the line break (so `echo pw |` and a
+/// typed line both work). Never echoed back or logged.
+fn read_password(mut input: impl std::io::BufRead) -> Result<SecretString, String> {
+    let mut line = String::new();
+    input
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+    let password = line.trim_end_matches(['\r', '\n']).to_owned();
+    if password.is_empty() {
+        return Err("no password on stdin (pipe it in: `echo \"$PASSWORD\" | amocrm-connector users create …`)".to_owned());
+    }
+    Ok(SecretString::from(password))
+}
+
+/// `users create | list`: what the command prints, or its one-line error. The password of `create` is the
+/// first line of `input` (standard input for the binary).
+pub async fn users(
+    settings: Settings,
+    cmd: UsersCommand,
+    input: impl std::io::BufRead,
+) -> Result<String, String> {
+    let db = Db::connect(&settings.database_url, 1).map_err(one_line)?;
+    db.migrate().await.map_err(one_line)?;
+    match cmd {
+        UsersCommand::Create { email, role, name } => {
+            let role = Role::parse(&role).ok_or("--role must be admin or viewer")?;
+            let password = read_password(input)?;
+            let (id, created) =
+                operators::create_or_update(&db, &email, name.as_deref(), role, password)
+                    .await
+                    .map_err(one_line)?;
+            let verb = if created {
+                "created"
+            } else {
+                "updated (signed out everywhere)"
+            };
+            Ok(format!(
+                "{verb} operator {id} ({}, {})\n",
+                operators::normalize_email(&email),
+                role.as_str()
+            ))
+        }
+        UsersCommand::List => {
+            let rows = operators::list(&db).await.map_err(one_line)?;
+            let mut out = format!("{:<6} {:<32} {:<24} role\n", "id", "email", "name");
+            for r in rows {
+                out.push_str(&format!(
+                    "{:<6} {:<32} {:<24} {}\n",
+                    r.id,
+                    r.email,
+                    r.name,
+                    r.role.as_str()
+                ));
+            }
+            Ok(out)
+        }
+    }
 }
 
 fn default_key_id() -> String {
@@ -113,11 +210,31 @@ fn run(cli: Cli) -> Result<(), String> {
             crate::telemetry::init(settings.log_format);
             settings.require_keys().map_err(one_line)?;
             settings.require_amocrm().map_err(one_line)?;
-            runtime()?.block_on(async move {
+            let rt = runtime()?;
+            let result = rt.block_on(async move {
                 let app = Application::build(settings).await.map_err(one_line)?;
                 tracing::info!(port = app.port(), "serving");
                 app.run_until_stopped().await.map_err(one_line)
-            })
+            });
+            // Database work already handed to the blocking pool is not waited for forever.
+            rt.shutdown_timeout(std::time::Duration::from_secs(2));
+            result
+        }
+        Command::Demo {
+            data_dir,
+            port,
+            sandbox_port,
+        } => {
+            // The demo is configured by its own folder only: a `.env` meant for `serve` is not read.
+            crate::telemetry::init_with_default(config::LogFormat::Pretty, "warn");
+            let rt = runtime()?;
+            let result = rt.block_on(crate::demo::run(crate::demo::DemoOptions {
+                data_dir,
+                port,
+                sandbox_port,
+            }));
+            rt.shutdown_timeout(std::time::Duration::from_secs(2));
+            result
         }
         Command::Migrate => {
             let settings = settings()?;
@@ -196,6 +313,18 @@ fn run(cli: Cli) -> Result<(), String> {
             crate::telemetry::init(settings.log_format);
             let summary = runtime()?.block_on(refresh_once(settings))?;
             println!("{summary}");
+            Ok(())
+        }
+        Command::Users(cmd) => {
+            let settings = settings()?;
+            let stdin = std::io::stdin();
+            if matches!(cmd, UsersCommand::Create { .. })
+                && std::io::IsTerminal::is_terminal(&stdin)
+            {
+                eprint!("password (input is visible; at least {MIN_PASSWORD_LEN} characters): ");
+            }
+            let out = runtime()?.block_on(users(settings, cmd, stdin.lock()))?;
+            print!("{out}");
             Ok(())
         }
         Command::Keys(KeysCommand::Generate { id }) => {

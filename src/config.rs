@@ -139,6 +139,11 @@ pub struct Settings {
     pub instance_id: String,
     /// Run the background workers in this process (tests turn them off and drive `run_once` themselves).
     pub run_workers: bool,
+    /// Take the client address from `Forwarded`/`X-Forwarded-For` (only behind a proxy that sets them);
+    /// otherwise the socket peer. Used by the per-address login throttle.
+    pub trust_forwarded_for: bool,
+    /// A link to the amoCRM sandbox's page, shown in the dashboard (set by `demo`).
+    pub sandbox_page_url: Option<Url>,
     /// How long an event subscriber has to answer a delivery (CONTRACT §7: 10 s).
     pub delivery_timeout: Duration,
     /// Largest amoCRM webhook body accepted at the intake.
@@ -171,6 +176,7 @@ impl fmt::Debug for Settings {
             .field("metrics_token", &redact(&self.metrics_token))
             .field("instance_id", &self.instance_id)
             .field("run_workers", &self.run_workers)
+            .field("trust_forwarded_for", &self.trust_forwarded_for)
             .finish_non_exhaustive()
     }
 }
@@ -467,6 +473,14 @@ impl Settings {
             Some(v) => parse_bool("RUN_WORKERS", &v)?,
             None => true,
         };
+        let trust_forwarded_for = match non_empty(env, "TRUST_FORWARDED_FOR") {
+            Some(v) => parse_bool("TRUST_FORWARDED_FOR", &v)?,
+            None => false,
+        };
+        let sandbox_page_url = match non_empty(env, "SANDBOX_PAGE_URL") {
+            Some(v) => Some(parse_url("SANDBOX_PAGE_URL", &v)?),
+            None => None,
+        };
         let delivery_timeout = match non_empty(env, "DELIVERY_TIMEOUT") {
             Some(v) => parse_duration("DELIVERY_TIMEOUT", &v)?,
             None => Duration::from_secs(10),
@@ -485,6 +499,8 @@ impl Settings {
             delivery_timeout,
             webhook_max_body,
             run_workers,
+            trust_forwarded_for,
+            sandbox_page_url,
             database_url,
             database_pool_size,
             listen_addr,

@@ -3,7 +3,9 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod domain;
+pub mod metrics;
 pub mod services;
 pub mod storage;
 pub mod telemetry;

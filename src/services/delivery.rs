@@ -256,11 +256,20 @@ pub async fn record(
     Ok(kept
         .into_iter()
         .zip(steps)
-        .map(|(kept, next)| match (kept, next) {
-            (false, _) => Outcome::LeaseLost,
-            (true, NextStep::Delivered) => Outcome::Delivered,
-            (true, NextStep::RetryAt(_)) => Outcome::Retrying,
-            (true, NextStep::Failed) => Outcome::Failed,
+        .map(|(kept, next)| {
+            let outcome = match (kept, next) {
+                (false, _) => Outcome::LeaseLost,
+                (true, NextStep::Delivered) => Outcome::Delivered,
+                (true, NextStep::RetryAt(_)) => Outcome::Retrying,
+                (true, NextStep::Failed) => Outcome::Failed,
+            };
+            crate::metrics::delivery_outcome(match outcome {
+                Outcome::Delivered => "delivered",
+                Outcome::Retrying => "retry",
+                Outcome::Failed => "failed",
+                Outcome::LeaseLost => "lease_lost",
+            });
+            outcome
         })
         .collect())
 }

@@ -10,6 +10,8 @@ pub mod refresh;
 pub mod tokens;
 
 // orders (issue 6)
+pub mod order_push;
+pub mod orders;
 
 // events (issue 7)
 pub mod delivery;
@@ -19,3 +21,4 @@ pub mod lead_events;
 pub mod subscriptions;
 
 // operations (issue 8)
+pub mod operators;

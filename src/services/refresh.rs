@@ -156,7 +156,14 @@ pub async fn refresh(
                 release(state, row.id, &owner).await;
                 return Ok(RefreshOutcome::Fresh(row));
             }
-            return refresh_leased(state, row, owner).await;
+            let result = refresh_leased(state, row, owner).await;
+            crate::metrics::refresh_outcome(match &result {
+                Ok(RefreshOutcome::Refreshed(_)) => "ok",
+                Ok(RefreshOutcome::Fresh(_)) => "skipped",
+                Err(RefreshError::Rejected(_)) => "rejected",
+                Err(_) => "transient",
+            });
+            return result;
         }
         // No row, or a peer holds the lease: wait (reading only) until the lease is free or the need is met.
         loop {

@@ -15,6 +15,7 @@ pub mod subscriptions;
 pub mod sessions;
 
 // orders (issue 6)
+pub mod orders;
 
 // events (issue 7)
 pub mod deliveries;
@@ -22,6 +23,10 @@ pub mod inbox;
 pub mod lead_states;
 
 // operations (issue 8)
+pub mod dashboard;
+pub mod instance;
+pub mod operators;
+pub mod stats;
 
 use std::path::Path;
 use std::time::Duration;

@@ -283,3 +283,14 @@ diesel::allow_tables_to_appear_in_same_query!(
     operators,
     operator_tokens,
 );
+
+// --- operations (issue 8) ---
+
+diesel::table! {
+    login_throttle (throttle_key) {
+        throttle_key -> Text,
+        failures -> Integer,
+        locked_until -> Nullable<Timestamp>,
+        updated_at -> Timestamp,
+    }
+}

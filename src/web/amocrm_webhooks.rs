@@ -45,9 +45,14 @@ pub async fn receive(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let limit = state.settings.webhook_max_body;
-    let body = read_limited(&req, payload, limit).await?;
+    let body = read_limited(&req, payload, limit).await.inspect_err(|e| {
+        if e.status == StatusCode::PAYLOAD_TOO_LARGE {
+            crate::metrics::webhook_outcome("too_large");
+        }
+    })?;
     match state.intake.accept(&token, &body, limit).await {
         Ok(accepted) => {
+            crate::metrics::webhook_received();
             tracing::info!(
                 seller_id = %accepted.seller_id,
                 lead_events = accepted.lead_events,
@@ -62,6 +67,13 @@ pub async fn receive(
 }
 
 fn map_err(e: IngestError) -> ApiError {
+    crate::metrics::webhook_outcome(match &e {
+        IngestError::UnknownToken | IngestError::Revoked => "unknown_token",
+        IngestError::Malformed(_) => "malformed",
+        IngestError::TooLarge { .. } => "too_large",
+        IngestError::AccountMismatch => "account_mismatch",
+        IngestError::Storage(_) => "error",
+    });
     match e {
         IngestError::UnknownToken => ApiError::not_found("webhook destination"),
         IngestError::Revoked => ApiError::new(

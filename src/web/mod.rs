@@ -2,10 +2,14 @@
 
 pub mod amocrm_webhooks;
 pub mod api;
+pub mod auth;
+pub mod dashboard;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod metrics;
 pub mod oauth;
+pub mod openapi;
 pub mod pages;
 pub mod refresh;
 pub mod request_id;
@@ -33,6 +37,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     );
 
     // --- operations (issue 8): dashboard, metrics ---
+    cfg.route("/api/auth/login", web::post().to(auth::login))
+        .route("/api/auth/refresh", web::post().to(auth::refresh))
+        .route("/metrics", web::get().to(metrics::metrics))
+        .service(web::scope("/dashboard").configure(dashboard::routes))
+        .configure(openapi::routes);
 
     cfg.service(
         web::scope("/api/v1")
@@ -73,6 +82,7 @@ fn api_v1(cfg: &mut web::ServiceConfig) {
     );
 
     // --- orders (issue 6) ---
+    cfg.configure(api::orders::routes);
 
     // --- webhooks subscriptions, deliveries, events (issue 7) ---
     cfg.service(

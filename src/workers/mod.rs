@@ -4,6 +4,7 @@
 pub mod refresh;
 
 // orders (issue 6)
+pub mod push;
 
 // events (issue 7)
 pub mod delivery;

@@ -27,6 +27,9 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub env: HashMap<String, String>,
     pub database: TestDatabase,
+    /// Starts the graceful shutdown SIGTERM would start; `stopped` resolves when it is done.
+    pub shutdown: amocrm_connector::app::ShutdownTrigger,
+    pub stopped: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<std::io::Result<()>>>>>,
 }
 
 /// Where a test's data lives; dropped with the test.
@@ -166,7 +169,10 @@ pub async fn spawn_app_with_sandbox(
     let port = app.port();
     let state = app.state.clone();
     let db = state.db.clone();
-    tokio::spawn(app.run_until_stopped());
+    let shutdown = app.shutdown_trigger();
+    let stopped = Arc::new(tokio::sync::Mutex::new(Some(tokio::spawn(
+        app.run_until_stopped(),
+    ))));
     let (_, api_key) = api_keys::create(&db, "test", Tier::Standard)
         .await
         .expect("api key");
@@ -185,6 +191,8 @@ pub async fn spawn_app_with_sandbox(
         http,
         env,
         database,
+        shutdown,
+        stopped,
     }
 }
 
@@ -204,6 +212,14 @@ impl TestApp {
             format!("peer-{}", amocrm_connector::domain::ids::random_token(6)),
         );
         spawn_app_with_sandbox(self.database.shared(), env, self.sandbox.clone()).await
+    }
+
+    /// Stops this instance as SIGTERM would (graceful: workers finish or release their leases) and waits.
+    pub async fn stop(&self) {
+        self.shutdown.trigger();
+        if let Some(handle) = self.stopped.lock().await.take() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(60), handle).await;
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -323,10 +323,13 @@ impl<'a> AccountApi<'a> {
             req = req.json(body);
         }
         self.client.limiter().acquire(self.host).await;
+        let started = std::time::Instant::now();
+        let observe = |outcome| self.client.observe(method.as_str(), path, outcome, started);
         let mut resp = match req.send().await {
             Ok(resp) => resp,
             Err(e) => {
                 let err = classify_transport(&e);
+                observe(transport_outcome(&e));
                 tracing::warn!(%method, path, error = %err, "amoCRM request failed");
                 return Err(err);
             }
@@ -350,11 +353,13 @@ impl<'a> AccountApi<'a> {
                 Ok(None) => break,
                 Err(e) => {
                     let err = classify_transport(&e);
+                    observe(transport_outcome(&e));
                     tracing::warn!(%method, path, status = status.as_u16(), error = %err, "amoCRM response cut off");
                     return Err(err);
                 }
             }
         }
+        observe(crate::observe::CallOutcome::Status(status.as_u16()));
         if status.is_success() {
             tracing::debug!(%method, path, status = status.as_u16(), request_id, "amoCRM request done");
             if status == reqwest::StatusCode::NO_CONTENT
@@ -367,6 +372,17 @@ impl<'a> AccountApi<'a> {
         let err = classify_status(status, &headers, &bytes);
         tracing::warn!(%method, path, status = status.as_u16(), request_id, error = %err, "amoCRM request refused");
         Err(err)
+    }
+}
+
+/// The observer's class of a transport failure.
+pub(crate) fn transport_outcome(e: &reqwest::Error) -> crate::observe::CallOutcome {
+    if e.is_timeout() {
+        crate::observe::CallOutcome::Timeout
+    } else if e.is_builder() {
+        crate::observe::CallOutcome::Other
+    } else {
+        crate::observe::CallOutcome::Network
     }
 }
 

@@ -16,11 +16,21 @@ pub struct AmoClient {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     cfg: AmoConfig,
     http: reqwest::Client,
     limiter: RateLimiter,
+    observer: std::sync::OnceLock<crate::observe::Observer>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("cfg", &self.cfg)
+            .field("limiter", &self.limiter)
+            .field("observer", &self.observer.get().is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl AmoClient {
@@ -42,7 +52,12 @@ impl AmoClient {
             .build()
             .map_err(|e| ConfigError::Http(e.to_string()))?;
         Ok(Self {
-            inner: Arc::new(Inner { cfg, http, limiter }),
+            inner: Arc::new(Inner {
+                cfg,
+                http,
+                limiter,
+                observer: std::sync::OnceLock::new(),
+            }),
         })
     }
 
@@ -54,6 +69,28 @@ impl AmoClient {
     /// The per-account limiter every call of this client goes through (token endpoint included).
     pub fn limiter(&self) -> &RateLimiter {
         &self.inner.limiter
+    }
+
+    /// Installs the hook told about every request (once; false if one was already set).
+    pub fn set_observer(&self, observer: crate::observe::Observer) -> bool {
+        self.inner.observer.set(observer).is_ok()
+    }
+
+    pub(crate) fn observe(
+        &self,
+        method: &str,
+        path: &str,
+        outcome: crate::observe::CallOutcome,
+        started: std::time::Instant,
+    ) {
+        if let Some(observer) = self.inner.observer.get() {
+            let endpoint = crate::observe::endpoint(method, path);
+            observer(&crate::observe::CallRecord {
+                endpoint: &endpoint,
+                outcome,
+                elapsed: started.elapsed(),
+            });
+        }
     }
 
     pub(crate) fn http(&self) -> &reqwest::Client {

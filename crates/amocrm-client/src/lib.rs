@@ -13,6 +13,7 @@ pub mod host;
 pub mod limiter;
 pub mod models;
 pub mod oauth;
+pub mod observe;
 pub mod webhook;
 
 pub use api::AccountApi;
@@ -24,4 +25,5 @@ pub use host::{AccountHost, AllowedDomains, HostError};
 pub use limiter::RateLimiter;
 pub use models::*;
 pub use oauth::{OAuthError, TokenClaims, TokenSet};
+pub use observe::{CallOutcome, CallRecord, Observer};
 pub use webhook::{LeadAction, LeadEvent, OtherEntityEvent, WebhookParseError, WebhookPayload};

@@ -200,6 +200,7 @@ impl AmoClient {
         };
 
         self.limiter().acquire(host).await;
+        let started = std::time::Instant::now();
         let kind = match grant {
             Grant::Code(_) => "authorization_code",
             Grant::Refresh(_) => "refresh_token",
@@ -224,6 +225,14 @@ impl AmoClient {
             .lock()
             .ok()
             .and_then(|c| c.as_ref().map(|(s, _, _)| *s));
+        let outcome = match (status, &result) {
+            (Some(s), _) => crate::observe::CallOutcome::Status(s),
+            (None, Err(e)) if e.to_string().contains("timeout") => {
+                crate::observe::CallOutcome::Timeout
+            }
+            (None, _) => crate::observe::CallOutcome::Network,
+        };
+        self.observe("POST", "oauth2/access_token", outcome, started);
         match result {
             Ok(token) => {
                 tracing::info!(

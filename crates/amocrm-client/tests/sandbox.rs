@@ -579,7 +579,6 @@ async fn a_busy_account_does_not_slow_another_account() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "sandbox gap: its PHONE/EMAIL contact fields have no enums, so enum_code WORK is refused"]
 async fn contact_phone_and_email_are_stored_as_work_multitext() {
     let env = env().await;
     let h = host(ONE);

@@ -41,6 +41,18 @@ pub fn api_error(e: ConnectError) -> ApiError {
     }
 }
 
+/// Create a single-use link for a seller to connect their amoCRM account.
+#[utoipa::path(
+    post,
+    path = "/api/v1/connect-sessions",
+    tag = "connections",
+    request_body = crate::web::openapi::ConnectSessionIn,
+    responses(
+        (status = 201, description = "The link to show the seller", body = crate::web::openapi::ConnectSessionEnvelope),
+        (status = 401, description = "Missing or invalid token", body = crate::web::openapi::ErrorBody),
+        (status = 422, description = "Invalid fields", body = crate::web::openapi::ErrorBody),
+    )
+)]
 pub async fn create(
     caller: Caller,
     state: web::Data<AppState>,

@@ -68,6 +68,21 @@ struct ListQuery {
     status: Option<String>,
 }
 
+/// List connections, optionally by status.
+#[utoipa::path(
+    get,
+    path = "/api/v1/connections",
+    tag = "connections",
+    params(
+        ("status" = Option<String>, Query, description = "active, refresh_failed or revoked"),
+        ("page" = Option<i64>, Query, description = "From 1"),
+        ("per_page" = Option<i64>, Query, description = "1 to 100, default 15"),
+    ),
+    responses(
+        (status = 200, description = "A page of connections", body = crate::web::openapi::ConnectionList),
+        (status = 401, description = "Missing or invalid token", body = crate::web::openapi::ErrorBody),
+    )
+)]
 pub async fn list(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -89,6 +104,17 @@ pub async fn list(
     })))
 }
 
+/// One seller's connection.
+#[utoipa::path(
+    get,
+    path = "/api/v1/connections/{seller_id}",
+    tag = "connections",
+    params(("seller_id" = String, Path, description = "The marketplace's seller id")),
+    responses(
+        (status = 200, description = "The connection", body = crate::web::openapi::ConnectionEnvelope),
+        (status = 404, description = "The seller never connected", body = crate::web::openapi::ErrorBody),
+    )
+)]
 pub async fn get(
     path: web::Path<String>,
     state: web::Data<AppState>,
@@ -99,6 +125,17 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(json!({ "data": view(&c) })))
 }
 
+/// Disconnect a seller: unsubscribes its amoCRM webhooks, wipes its tokens, emits `connection.revoked`.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/connections/{seller_id}",
+    tag = "connections",
+    params(("seller_id" = String, Path, description = "The marketplace's seller id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, description = "No such connection", body = crate::web::openapi::ErrorBody),
+    )
+)]
 pub async fn delete(
     caller: Caller,
     path: web::Path<String>,
@@ -111,6 +148,17 @@ pub async fn delete(
 
 /// `POST /api/v1/connections/{seller_id}/refresh`: refreshes now (single-flight with every other trigger),
 /// then answers with the connection; a failure is visible in its `status`, `refresh_failures`, `last_error`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/connections/{seller_id}/refresh",
+    tag = "connections",
+    params(("seller_id" = String, Path, description = "The marketplace's seller id")),
+    responses(
+        (status = 200, description = "The connection after the refresh", body = crate::web::openapi::ConnectionEnvelope),
+        (status = 404, description = "No such connection", body = crate::web::openapi::ErrorBody),
+        (status = 422, description = "The connection must be reconnected", body = crate::web::openapi::ErrorBody),
+    )
+)]
 pub async fn refresh_now(
     caller: Caller,
     path: web::Path<String>,
@@ -145,6 +193,17 @@ pub async fn refresh_now(
     Ok(HttpResponse::Ok().json(json!({ "data": view(&c) })))
 }
 
+/// The seller's pipeline and the amoCRM status for each order status.
+#[utoipa::path(
+    get,
+    path = "/api/v1/connections/{seller_id}/pipeline",
+    tag = "connections",
+    params(("seller_id" = String, Path, description = "The marketplace's seller id")),
+    responses(
+        (status = 200, description = "The mapping", body = crate::web::openapi::PipelineEnvelope),
+        (status = 404, description = "No such connection", body = crate::web::openapi::ErrorBody),
+    )
+)]
 pub async fn get_pipeline(
     path: web::Path<String>,
     state: web::Data<AppState>,
@@ -165,6 +224,19 @@ fn positive_id(v: Option<&Value>) -> Option<i64> {
     v.and_then(Value::as_i64).filter(|id| *id > 0)
 }
 
+/// Replace the pipeline and status mapping.
+#[utoipa::path(
+    put,
+    path = "/api/v1/connections/{seller_id}/pipeline",
+    tag = "connections",
+    params(("seller_id" = String, Path, description = "The marketplace's seller id")),
+    request_body = crate::web::openapi::PipelineMapping,
+    responses(
+        (status = 200, description = "The new mapping", body = crate::web::openapi::PipelineEnvelope),
+        (status = 404, description = "No such connection", body = crate::web::openapi::ErrorBody),
+        (status = 422, description = "Invalid ids", body = crate::web::openapi::ErrorBody),
+    )
+)]
 pub async fn put_pipeline(
     caller: Caller,
     path: web::Path<String>,

@@ -11,6 +11,21 @@ use crate::web::error::ApiError;
 use crate::web::extract::query;
 
 /// `GET /api/v1/events?after=&seller_id=&event=&limit=` → `{"data":[…],"meta":{"next_after":N}}`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    tag = "events",
+    params(
+        ("after" = Option<i64>, Query, description = "Cursor: `meta.next_after` of the previous page"),
+        ("seller_id" = Option<String>, Query, description = "Only this seller's events"),
+        ("event" = Option<String>, Query, description = "Only this event name"),
+        ("limit" = Option<i64>, Query, description = "Page size"),
+    ),
+    responses(
+        (status = 200, description = "Events in order", body = crate::web::openapi::EventList),
+        (status = 400, description = "Malformed parameters", body = crate::web::openapi::ErrorBody),
+    )
+)]
 pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let q: EventsQuery = query(&req)?;
     let page = events_log::list(&state.db, q)
@@ -23,6 +38,16 @@ pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRe
 }
 
 /// `POST /api/v1/events/{id}/redeliver` → 202 with the event's deliveries, due now.
+#[utoipa::path(
+    post,
+    path = "/api/v1/events/{id}/redeliver",
+    tag = "events",
+    params(("id" = String, Path, description = "The event id (`evt_…`)")),
+    responses(
+        (status = 202, description = "The event's deliveries, due now", body = crate::web::openapi::RedeliveryEnvelope),
+        (status = 404, description = "No such event", body = crate::web::openapi::ErrorBody),
+    )
+)]
 pub async fn redeliver(
     state: web::Data<AppState>,
     caller: Caller,

@@ -1,4 +1,7 @@
 //! Authentication, `X-API-Version` and per-key hourly rate limits for every `/api/v1` request.
+//!
+//! Two kinds of bearer token are accepted: marketplace API keys and operator access tokens. Viewers are
+//! refused any method that could change something here, centrally, so no handler can forget to check.
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
@@ -8,25 +11,37 @@ use actix_web::{FromRequest, HttpMessage, HttpRequest, ResponseError, web};
 
 use crate::app::AppState;
 use crate::services::api_keys::{self, RateDecision, Tier};
+use crate::services::operators::{self, Role};
 use crate::web::error::{ApiError, ErrorCode};
 
 /// Who is calling: the marketplace backend with an API key, or a signed-in operator.
 #[derive(Debug, Clone)]
 pub enum Caller {
     ApiKey { id: i64, name: String, tier: Tier },
-    Operator { id: i64, role: String },
+    Operator { id: i64, role: Role },
 }
 
 impl Caller {
-    /// Viewers may read but not change anything.
+    /// Viewers may read but not change anything. The guard already refuses their writes; handlers call
+    /// this too, as a second line.
     pub fn require_write(&self) -> Result<(), ApiError> {
-        match self {
-            Caller::Operator { role, .. } if role != "admin" => Err(ApiError::forbidden(
-                "this account may view but not change anything",
-            )),
-            _ => Ok(()),
+        if self.can_write() {
+            Ok(())
+        } else {
+            Err(viewer_forbidden())
         }
     }
+
+    pub fn can_write(&self) -> bool {
+        match self {
+            Caller::ApiKey { .. } => true,
+            Caller::Operator { role, .. } => role.can_write(),
+        }
+    }
+}
+
+fn viewer_forbidden() -> ApiError {
+    ApiError::forbidden("this account may view but not change anything")
 }
 
 impl FromRequest for Caller {
@@ -87,6 +102,9 @@ pub async fn guard(
             }
             Err(e) => return Ok(reject(req, e)),
         };
+    if !caller.can_write() && !req.method().is_safe() {
+        return Ok(reject(req, viewer_forbidden()));
+    }
     if let Some(d) = decision.filter(|d| !d.allowed) {
         let retry = (d.reset - chrono::Utc::now().timestamp()).max(1) as u64;
         let mut res = reject(req, ApiError::rate_limited(retry));
@@ -109,6 +127,20 @@ async fn authenticate(
     state: &AppState,
     token: &str,
 ) -> Result<Option<(Caller, Option<RateDecision>)>, ApiError> {
+    if operators::is_access_token(token) {
+        // Operators are people at a dashboard: no hourly budget, and login itself is throttled.
+        return Ok(operators::authenticate_access(&state.db, token)
+            .await?
+            .map(|op| {
+                (
+                    Caller::Operator {
+                        id: op.id,
+                        role: op.role,
+                    },
+                    None,
+                )
+            }));
+    }
     if let Some(key) = api_keys::authenticate(&state.db, token).await? {
         let tier = Tier::parse(&key.tier).unwrap_or(Tier::Standard);
         let decision = api_keys::count_request(&state.db, key.id, tier).await?;

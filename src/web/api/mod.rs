@@ -5,6 +5,9 @@ pub mod connect_sessions;
 pub mod connections;
 pub mod guard;
 
+// --- orders (issue 6) ---
+pub mod orders;
+
 // --- events (issue 7) ---
 pub mod events;
 pub mod webhooks;

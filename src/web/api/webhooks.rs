@@ -57,6 +57,16 @@ fn map_err(e: SubscriptionError) -> ApiError {
 }
 
 /// `POST /api/v1/webhooks` → 201 with the subscription (without its secret).
+#[utoipa::path(
+    post,
+    path = "/api/v1/webhooks",
+    tag = "events",
+    request_body = crate::web::openapi::SubscriptionIn,
+    responses(
+        (status = 201, description = "Subscribed", body = crate::web::openapi::SubscriptionEnvelope),
+        (status = 422, description = "Invalid fields", body = crate::web::openapi::ErrorBody),
+    )
+)]
 pub async fn create(
     state: web::Data<AppState>,
     caller: Caller,
@@ -70,6 +80,14 @@ pub async fn create(
 }
 
 /// `GET /api/v1/webhooks`
+/// Event subscriptions.
+#[utoipa::path(
+    get,
+    path = "/api/v1/webhooks",
+    tag = "events",
+    params(("page" = Option<i64>, Query, description = "From 1"), ("per_page" = Option<i64>, Query, description = "1 to 100, default 15")),
+    responses((status = 200, description = "A page of subscriptions", body = crate::web::openapi::SubscriptionList))
+)]
 pub async fn list(state: web::Data<AppState>, paging: Paging) -> Result<HttpResponse, ApiError> {
     let (items, total) = subscriptions::list(&state.db, paging.offset(), paging.per_page)
         .await
@@ -78,6 +96,17 @@ pub async fn list(state: web::Data<AppState>, paging: Paging) -> Result<HttpResp
 }
 
 /// `GET /api/v1/webhooks/{id}`
+/// One subscription (never its secret).
+#[utoipa::path(
+    get,
+    path = "/api/v1/webhooks/{id}",
+    tag = "events",
+    params(("id" = String, Path, description = "The subscription id")),
+    responses(
+        (status = 200, description = "The subscription", body = crate::web::openapi::SubscriptionEnvelope),
+        (status = 404, description = "No such subscription", body = crate::web::openapi::ErrorBody),
+    )
+)]
 pub async fn get(
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -87,6 +116,19 @@ pub async fn get(
 }
 
 /// `PATCH /api/v1/webhooks/{id}`: any of `url`, `events`, `secret`, `active`.
+/// Change the URL, events, secret or `active` of a subscription.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/webhooks/{id}",
+    tag = "events",
+    params(("id" = String, Path, description = "The subscription id")),
+    request_body = crate::web::openapi::SubscriptionIn,
+    responses(
+        (status = 200, description = "The subscription", body = crate::web::openapi::SubscriptionEnvelope),
+        (status = 404, description = "No such subscription", body = crate::web::openapi::ErrorBody),
+        (status = 422, description = "Invalid fields", body = crate::web::openapi::ErrorBody),
+    )
+)]
 pub async fn update(
     state: web::Data<AppState>,
     caller: Caller,
@@ -101,6 +143,17 @@ pub async fn update(
 }
 
 /// `DELETE /api/v1/webhooks/{id}` → 204; its pending deliveries go with it.
+/// Remove a subscription and its pending deliveries.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/webhooks/{id}",
+    tag = "events",
+    params(("id" = String, Path, description = "The subscription id")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "No such subscription", body = crate::web::openapi::ErrorBody),
+    )
+)]
 pub async fn delete(
     state: web::Data<AppState>,
     caller: Caller,
@@ -119,6 +172,17 @@ struct DeliveriesQuery {
 }
 
 /// `GET /api/v1/webhooks/{id}/deliveries?state=&page=&per_page=`: newest first, each with its attempts.
+/// The deliveries of a subscription with every attempt.
+#[utoipa::path(
+    get,
+    path = "/api/v1/webhooks/{id}/deliveries",
+    tag = "events",
+    params(("id" = String, Path, description = "The subscription id"), ("page" = Option<i64>, Query, description = "From 1"), ("per_page" = Option<i64>, Query, description = "1 to 100, default 15"), ("state" = Option<String>, Query, description = "pending, delivered or failed")),
+    responses(
+        (status = 200, description = "A page of deliveries", body = crate::web::openapi::DeliveryList),
+        (status = 404, description = "No such subscription", body = crate::web::openapi::ErrorBody),
+    )
+)]
 pub async fn deliveries(
     state: web::Data<AppState>,
     req: HttpRequest,

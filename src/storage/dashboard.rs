@@ -1,0 +1,217 @@
+//! Read-only lists for the operator dashboard: connections, orders, events with their deliveries, and
+//! subscriptions, newest first, filtered by state. Never a token or a secret column.
+
+use chrono::NaiveDateTime;
+use diesel::dsl::count_star;
+use diesel::prelude::*;
+
+use super::schema::{amocrm_connections, event_deliveries, events, orders, webhook_subscriptions};
+use super::{AnyConnection, StorageError};
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = amocrm_connections)]
+pub struct ConnectionView {
+    pub seller_id: String,
+    pub status: String,
+    pub account_id: i64,
+    pub host: String,
+    pub subdomain: String,
+    pub token_expires_at: Option<NaiveDateTime>,
+    pub last_refreshed_at: Option<NaiveDateTime>,
+    pub refresh_failures: i32,
+    pub last_error: Option<String>,
+    pub provisioning_state: String,
+    pub provisioning_error: Option<String>,
+    pub connected_at: NaiveDateTime,
+    pub revoke_reason: Option<String>,
+}
+
+pub fn connections(
+    conn: &mut AnyConnection,
+    status: Option<&str>,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<ConnectionView>, i64), StorageError> {
+    let mut q = amocrm_connections::table.into_boxed();
+    let mut n = amocrm_connections::table.into_boxed();
+    if let Some(s) = status {
+        q = q.filter(amocrm_connections::status.eq(s.to_owned()));
+        n = n.filter(amocrm_connections::status.eq(s.to_owned()));
+    }
+    let rows = q
+        .order(amocrm_connections::updated_at.desc())
+        .then_order_by(amocrm_connections::id.desc())
+        .limit(limit)
+        .offset(offset)
+        .select(ConnectionView::as_select())
+        .load(conn)?;
+    let total = n.select(count_star()).first(conn)?;
+    Ok((rows, total))
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = orders)]
+pub struct OrderView {
+    pub id: String,
+    pub seller_id: String,
+    pub order_number: String,
+    pub status: String,
+    pub total_amount_minor: i64,
+    pub currency: String,
+    pub sync_state: String,
+    pub lead_id: Option<i64>,
+    pub sync_attempts: i32,
+    pub last_error: Option<String>,
+    pub synced_at: Option<NaiveDateTime>,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+pub fn orders(
+    conn: &mut AnyConnection,
+    sync_state: Option<&str>,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<OrderView>, i64), StorageError> {
+    let mut q = orders::table.into_boxed();
+    let mut n = orders::table.into_boxed();
+    if let Some(s) = sync_state {
+        q = q.filter(orders::sync_state.eq(s.to_owned()));
+        n = n.filter(orders::sync_state.eq(s.to_owned()));
+    }
+    let rows = q
+        .order(orders::created_at.desc())
+        .then_order_by(orders::id.desc())
+        .limit(limit)
+        .offset(offset)
+        .select(OrderView::as_select())
+        .load(conn)?;
+    let total = n.select(count_star()).first(conn)?;
+    Ok((rows, total))
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = events)]
+pub struct EventView {
+    pub seq: i64,
+    pub id: String,
+    pub event: String,
+    pub seller_id: String,
+    pub payload: String,
+    pub created_at: NaiveDateTime,
+}
+
+#[derive(Debug, Clone, Queryable)]
+pub struct DeliveryView {
+    pub id: i64,
+    pub event_seq: i64,
+    pub subscription_id: String,
+    pub url: String,
+    pub state: String,
+    pub attempts: i32,
+    pub last_status: Option<i32>,
+    pub last_error: Option<String>,
+    pub next_attempt_at: NaiveDateTime,
+    pub delivered_at: Option<NaiveDateTime>,
+}
+
+/// Newest events first; with `failed_only`, only events with a failed delivery.
+pub fn events(
+    conn: &mut AnyConnection,
+    failed_only: bool,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<EventView>, i64), StorageError> {
+    let failed_seqs = event_deliveries::table
+        .filter(event_deliveries::state.eq("failed"))
+        .select(event_deliveries::event_seq);
+    let mut q = events::table.into_boxed();
+    let mut n = events::table.into_boxed();
+    if failed_only {
+        q = q.filter(events::seq.eq_any(failed_seqs));
+        n = n.filter(events::seq.eq_any(failed_seqs));
+    }
+    let rows = q
+        .order(events::seq.desc())
+        .limit(limit)
+        .offset(offset)
+        .select(EventView::as_select())
+        .load(conn)?;
+    let total = n.select(count_star()).first(conn)?;
+    Ok((rows, total))
+}
+
+/// The deliveries of these events, with their subscription's URL.
+pub fn deliveries_of(
+    conn: &mut AnyConnection,
+    seqs: &[i64],
+) -> Result<Vec<DeliveryView>, StorageError> {
+    Ok(event_deliveries::table
+        .inner_join(webhook_subscriptions::table)
+        .filter(event_deliveries::event_seq.eq_any(seqs))
+        .order(event_deliveries::id.asc())
+        .select((
+            event_deliveries::id,
+            event_deliveries::event_seq,
+            event_deliveries::subscription_id,
+            webhook_subscriptions::url,
+            event_deliveries::state,
+            event_deliveries::attempts,
+            event_deliveries::last_status,
+            event_deliveries::last_error,
+            event_deliveries::next_attempt_at,
+            event_deliveries::delivered_at,
+        ))
+        .load(conn)?)
+}
+
+#[derive(Debug, Clone)]
+pub struct SubscriptionView {
+    pub id: String,
+    pub url: String,
+    pub events: String,
+    pub active: bool,
+    pub created_at: NaiveDateTime,
+    /// Delivery state → count.
+    pub deliveries: Vec<(String, i64)>,
+}
+
+pub fn subscriptions(conn: &mut AnyConnection) -> Result<Vec<SubscriptionView>, StorageError> {
+    let subs: Vec<(String, String, String, bool, NaiveDateTime)> = webhook_subscriptions::table
+        .order(webhook_subscriptions::created_at.desc())
+        .select((
+            webhook_subscriptions::id,
+            webhook_subscriptions::url,
+            webhook_subscriptions::events,
+            webhook_subscriptions::active,
+            webhook_subscriptions::created_at,
+        ))
+        .limit(500)
+        .load(conn)?;
+    let counts: Vec<(String, String, i64)> = event_deliveries::table
+        .group_by((event_deliveries::subscription_id, event_deliveries::state))
+        .select((
+            event_deliveries::subscription_id,
+            event_deliveries::state,
+            count_star(),
+        ))
+        .load(conn)?;
+    Ok(subs
+        .into_iter()
+        .map(|(id, url, events, active, created_at)| {
+            let deliveries = counts
+                .iter()
+                .filter(|(s, _, _)| *s == id)
+                .map(|(_, state, n)| (state.clone(), *n))
+                .collect();
+            SubscriptionView {
+                id,
+                url,
+                events,
+                active,
+                created_at,
+                deliveries,
+            }
+        })
+        .collect())
+}

@@ -1,0 +1,114 @@
+//! What one instance holds in the shared database, released in one go when it shuts down, so other
+//! instances (or this one after a restart) take the work over at once instead of waiting for the leases
+//! to expire.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use super::schema::{
+    amocrm_connections, amocrm_webhook_inbox, event_deliveries, job_leases, order_moves, orders,
+};
+use super::{AnyConnection, StorageError};
+
+/// Leases this instance released, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Released {
+    pub orders: usize,
+    pub order_moves: usize,
+    pub deliveries: usize,
+    pub inbox: usize,
+    pub refresh: usize,
+    pub push: usize,
+    pub jobs: usize,
+}
+
+impl Released {
+    pub fn total(&self) -> usize {
+        self.orders
+            + self.order_moves
+            + self.deliveries
+            + self.inbox
+            + self.refresh
+            + self.push
+            + self.jobs
+    }
+}
+
+/// Releases every lease `owner` holds, expiring it at `now`. Only call this once no task of the owner is
+/// still working.
+///
+/// Orders whose `leads/complex` call may still be in flight (they keep `needs_lookup`, set when they were
+/// claimed, until the answer is recorded) stay leased until `in_flight_until`: amoCRM may still apply a
+/// request the client gave up on, and whoever takes the orders next must look them up only after that
+/// write has landed, or it would not find the lead and create a second one.
+pub fn release_all(
+    conn: &mut AnyConnection,
+    owner: &str,
+    now: NaiveDateTime,
+    in_flight_until: NaiveDateTime,
+) -> Result<Released, StorageError> {
+    let none = None::<String>;
+    let possibly_sent = diesel::update(
+        orders::table
+            .filter(orders::lease_owner.eq(owner))
+            .filter(orders::needs_lookup.eq(true)),
+    )
+    .set((
+        orders::lease_owner.eq(&none),
+        orders::lease_until.eq(Some(in_flight_until)),
+    ))
+    .execute(conn)?;
+    Ok(Released {
+        orders: possibly_sent
+            + diesel::update(orders::table.filter(orders::lease_owner.eq(owner)))
+                .set((
+                    orders::lease_owner.eq(&none),
+                    orders::lease_until.eq(Some(now)),
+                ))
+                .execute(conn)?,
+        order_moves: diesel::update(order_moves::table.filter(order_moves::lease_owner.eq(owner)))
+            .set((
+                order_moves::lease_owner.eq(&none),
+                order_moves::lease_until.eq(Some(now)),
+            ))
+            .execute(conn)?,
+        deliveries: diesel::update(
+            event_deliveries::table.filter(event_deliveries::lease_owner.eq(owner)),
+        )
+        .set((
+            event_deliveries::lease_owner.eq(&none),
+            event_deliveries::lease_until.eq(Some(now)),
+        ))
+        .execute(conn)?,
+        inbox: diesel::update(
+            amocrm_webhook_inbox::table.filter(amocrm_webhook_inbox::lease_owner.eq(owner)),
+        )
+        .set((
+            amocrm_webhook_inbox::lease_owner.eq(&none),
+            amocrm_webhook_inbox::lease_until.eq(Some(now)),
+        ))
+        .execute(conn)?,
+        refresh: diesel::update(
+            amocrm_connections::table.filter(amocrm_connections::refresh_lease_owner.eq(owner)),
+        )
+        .set((
+            amocrm_connections::refresh_lease_owner.eq(&none),
+            amocrm_connections::refresh_lease_until.eq(Some(now)),
+        ))
+        .execute(conn)?,
+        push: diesel::update(
+            amocrm_connections::table.filter(amocrm_connections::push_lease_owner.eq(owner)),
+        )
+        .set((
+            amocrm_connections::push_lease_owner.eq(&none),
+            amocrm_connections::push_lease_until.eq(Some(now)),
+        ))
+        .execute(conn)?,
+        jobs: diesel::update(job_leases::table.filter(job_leases::owner.eq(owner)))
+            .set((
+                job_leases::owner.eq(&none),
+                job_leases::lease_until.eq(Some(now)),
+            ))
+            .execute(conn)?,
+    })
+}

@@ -1,0 +1,289 @@
+//! `operators`, `operator_tokens` and `login_throttle`: dashboard users, their hashed tokens, and the
+//! failed-login counters that slow down password guessing.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use super::schema::{login_throttle, operator_tokens, operators};
+use super::{AnyConnection, StorageError};
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = operators)]
+pub struct OperatorRow {
+    pub id: i64,
+    pub email: String,
+    pub name: String,
+    pub role: String,
+    pub password_hash: String,
+    pub failed_logins: i32,
+    pub locked_until: Option<NaiveDateTime>,
+    pub created_at: NaiveDateTime,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = operators)]
+struct NewOperator<'a> {
+    email: &'a str,
+    name: &'a str,
+    role: &'a str,
+    password_hash: &'a str,
+    failed_logins: i32,
+    created_at: NaiveDateTime,
+}
+
+/// Adds an operator; a taken e-mail is a unique violation (see [`StorageError::is_unique_violation`]).
+pub fn insert(
+    conn: &mut AnyConnection,
+    email: &str,
+    name: &str,
+    role: &str,
+    password_hash: &str,
+) -> Result<i64, StorageError> {
+    Ok(diesel::insert_into(operators::table)
+        .values(NewOperator {
+            email,
+            name,
+            role,
+            password_hash,
+            failed_logins: 0,
+            created_at: super::now(),
+        })
+        .returning(operators::id)
+        .get_result(conn)?)
+}
+
+/// Replaces the password and role of an existing operator (re-running `users create` for an e-mail).
+pub fn update_credentials(
+    conn: &mut AnyConnection,
+    email: &str,
+    name: &str,
+    role: &str,
+    password_hash: &str,
+) -> Result<Option<i64>, StorageError> {
+    Ok(
+        diesel::update(operators::table.filter(operators::email.eq(email)))
+            .set((
+                operators::name.eq(name),
+                operators::role.eq(role),
+                operators::password_hash.eq(password_hash),
+                operators::failed_logins.eq(0),
+                operators::locked_until.eq(None::<NaiveDateTime>),
+            ))
+            .returning(operators::id)
+            .get_result(conn)
+            .optional()?,
+    )
+}
+
+/// Creates the operator, or replaces the credentials of the one with this e-mail and revokes all its
+/// tokens, in one transaction. Returns the id and whether it was created.
+pub fn upsert(
+    conn: &mut AnyConnection,
+    email: &str,
+    name: &str,
+    role: &str,
+    password_hash: &str,
+) -> Result<(i64, bool), StorageError> {
+    conn.transaction(|c| {
+        if let Some(id) = update_credentials(c, email, name, role, password_hash)? {
+            revoke_all_tokens(c, id)?;
+            return Ok((id, false));
+        }
+        Ok((insert(c, email, name, role, password_hash)?, true))
+    })
+}
+
+/// Stores the hashes of a new access and refresh token pair together.
+pub fn insert_token_pair(
+    conn: &mut AnyConnection,
+    operator_id: i64,
+    access: (&str, NaiveDateTime),
+    refresh: (&str, NaiveDateTime),
+) -> Result<(), StorageError> {
+    conn.transaction(|c| {
+        insert_token(c, operator_id, "access", access.0, access.1)?;
+        insert_token(c, operator_id, "refresh", refresh.0, refresh.1)
+    })
+}
+
+pub fn find_by_email(
+    conn: &mut AnyConnection,
+    email: &str,
+) -> Result<Option<OperatorRow>, StorageError> {
+    Ok(operators::table
+        .filter(operators::email.eq(email))
+        .select(OperatorRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+pub fn find(conn: &mut AnyConnection, id: i64) -> Result<Option<OperatorRow>, StorageError> {
+    Ok(operators::table
+        .find(id)
+        .select(OperatorRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+pub fn list(conn: &mut AnyConnection) -> Result<Vec<OperatorRow>, StorageError> {
+    Ok(operators::table
+        .order(operators::id.asc())
+        .select(OperatorRow::as_select())
+        .load(conn)?)
+}
+
+/// Stores a token's hash. `kind` is `access`, `refresh` or `session`.
+pub fn insert_token(
+    conn: &mut AnyConnection,
+    operator_id: i64,
+    kind: &str,
+    token_hash: &str,
+    expires_at: NaiveDateTime,
+) -> Result<(), StorageError> {
+    diesel::insert_into(operator_tokens::table)
+        .values((
+            operator_tokens::operator_id.eq(operator_id),
+            operator_tokens::kind.eq(kind),
+            operator_tokens::token_hash.eq(token_hash),
+            operator_tokens::expires_at.eq(expires_at),
+            operator_tokens::created_at.eq(super::now()),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// The operator owning a live (unexpired, unrevoked) token of this kind.
+pub fn operator_for_token(
+    conn: &mut AnyConnection,
+    kind: &str,
+    token_hash: &str,
+    now: NaiveDateTime,
+) -> Result<Option<OperatorRow>, StorageError> {
+    Ok(operator_tokens::table
+        .inner_join(operators::table)
+        .filter(operator_tokens::kind.eq(kind))
+        .filter(operator_tokens::token_hash.eq(token_hash))
+        .filter(operator_tokens::revoked_at.is_null())
+        .filter(operator_tokens::expires_at.gt(now))
+        .select(OperatorRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Revokes one token by hash (sign-out); true when a live token was revoked.
+pub fn revoke_token(conn: &mut AnyConnection, token_hash: &str) -> Result<bool, StorageError> {
+    let n = diesel::update(
+        operator_tokens::table
+            .filter(operator_tokens::token_hash.eq(token_hash))
+            .filter(operator_tokens::revoked_at.is_null()),
+    )
+    .set(operator_tokens::revoked_at.eq(Some(super::now())))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Revokes every token of an operator (password reset).
+pub fn revoke_all_tokens(
+    conn: &mut AnyConnection,
+    operator_id: i64,
+) -> Result<usize, StorageError> {
+    Ok(diesel::update(
+        operator_tokens::table
+            .filter(operator_tokens::operator_id.eq(operator_id))
+            .filter(operator_tokens::revoked_at.is_null()),
+    )
+    .set(operator_tokens::revoked_at.eq(Some(super::now())))
+    .execute(conn)?)
+}
+
+/// Drops tokens that expired before `before`.
+pub fn prune_tokens(
+    conn: &mut AnyConnection,
+    before: NaiveDateTime,
+) -> Result<usize, StorageError> {
+    Ok(
+        diesel::delete(operator_tokens::table.filter(operator_tokens::expires_at.lt(before)))
+            .execute(conn)?,
+    )
+}
+
+/// One throttle counter: failures in the current window and the lock they earned.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = login_throttle)]
+pub struct ThrottleRow {
+    pub throttle_key: String,
+    pub failures: i32,
+    pub locked_until: Option<NaiveDateTime>,
+    pub updated_at: NaiveDateTime,
+}
+
+/// The counters for these keys (missing keys have no failures).
+pub fn throttle_rows(
+    conn: &mut AnyConnection,
+    keys: &[String],
+) -> Result<Vec<ThrottleRow>, StorageError> {
+    Ok(login_throttle::table
+        .filter(login_throttle::throttle_key.eq_any(keys))
+        .select(ThrottleRow::as_select())
+        .load(conn)?)
+}
+
+/// Counts one failure for `key` and returns the new count. A counter idle since `window_start` starts
+/// again from one, so old mistakes are forgotten. One upsert, so concurrent failures all count.
+pub fn record_failure(
+    conn: &mut AnyConnection,
+    key: &str,
+    now: NaiveDateTime,
+    window_start: NaiveDateTime,
+) -> Result<i32, StorageError> {
+    conn.transaction(|conn| {
+        crate::per_backend!(conn, |c| diesel::insert_into(login_throttle::table)
+            .values((
+                login_throttle::throttle_key.eq(key),
+                login_throttle::failures.eq(0),
+                login_throttle::updated_at.eq(now),
+            ))
+            .on_conflict(login_throttle::throttle_key)
+            .do_nothing()
+            .execute(c))?;
+        diesel::update(
+            login_throttle::table
+                .filter(login_throttle::throttle_key.eq(key))
+                .filter(login_throttle::updated_at.lt(window_start)),
+        )
+        .set(login_throttle::failures.eq(0))
+        .execute(conn)?;
+        let failures =
+            diesel::update(login_throttle::table.filter(login_throttle::throttle_key.eq(key)))
+                .set((
+                    login_throttle::failures.eq(login_throttle::failures + 1),
+                    login_throttle::updated_at.eq(now),
+                ))
+                .returning(login_throttle::failures)
+                .get_result::<i32>(conn)?;
+        Ok(failures)
+    })
+}
+
+/// Sets the lock of `key` (never shortens an existing one).
+pub fn lock(conn: &mut AnyConnection, key: &str, until: NaiveDateTime) -> Result<(), StorageError> {
+    diesel::update(
+        login_throttle::table
+            .filter(login_throttle::throttle_key.eq(key))
+            .filter(
+                login_throttle::locked_until
+                    .is_null()
+                    .or(login_throttle::locked_until.lt(until)),
+            ),
+    )
+    .set(login_throttle::locked_until.eq(Some(until)))
+    .execute(conn)?;
+    Ok(())
+}
+
+/// Forgets the failures of `key` (after a successful login).
+pub fn clear(conn: &mut AnyConnection, key: &str) -> Result<(), StorageError> {
+    diesel::delete(login_throttle::table.filter(login_throttle::throttle_key.eq(key)))
+        .execute(conn)?;
+    Ok(())
+}

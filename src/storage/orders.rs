@@ -1,0 +1,889 @@
+//! `orders` (the push queue and each order's sync state) and `order_moves` (stage moves asked for by PATCH).
+//!
+//! Claims are conditional UPDATEs on lease columns, so several instances can share one database: the
+//! account is claimed on its connection row (`push_lease_*`), its orders and moves on their own rows.
+//! `needs_lookup` is set in the same UPDATE that claims an order for a `leads/complex` call and cleared only
+//! when the call's outcome is known; an order found with it still set (ambiguous answer, crash, lost lease) is
+//! looked up in amoCRM before it may be sent again. That flag is what makes "never a duplicate lead" hold.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use super::events::{self, NewEvent};
+use super::schema::{amocrm_connections as c, order_moves as m, orders as o};
+use super::{AnyConnection, StorageError};
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = o)]
+pub struct OrderRow {
+    pub id: String,
+    pub seller_id: String,
+    pub order_number: String,
+    pub status: String,
+    pub total_amount_minor: i64,
+    pub currency: String,
+    pub body_json: String,
+    pub body_hash: String,
+    pub sync_state: String,
+    pub lead_id: Option<i64>,
+    pub contact_id: Option<i64>,
+    pub company_id: Option<i64>,
+    pub sync_attempts: i32,
+    pub last_error: Option<String>,
+    pub synced_at: Option<NaiveDateTime>,
+    pub next_attempt_at: NaiveDateTime,
+    pub needs_lookup: bool,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<NaiveDateTime>,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = o)]
+pub struct NewOrder {
+    pub id: String,
+    pub seller_id: String,
+    pub order_number: String,
+    pub status: String,
+    pub total_amount_minor: i64,
+    pub currency: String,
+    pub body_json: String,
+    pub body_hash: String,
+    pub sync_state: String,
+    pub sync_attempts: i32,
+    pub next_attempt_at: NaiveDateTime,
+    pub needs_lookup: bool,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = m)]
+pub struct MoveRow {
+    pub id: i64,
+    pub order_id: String,
+    pub target_status: String,
+    pub state: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub next_attempt_at: NaiveDateTime,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<NaiveDateTime>,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+/// A claimed move with what the worker needs to send it.
+#[derive(Debug, Clone)]
+pub struct ClaimedMove {
+    pub id: i64,
+    pub order_id: String,
+    pub target_status: String,
+    pub lead_id: i64,
+    pub attempts: i32,
+}
+
+/// Filters of `GET /api/v1/sales/orders`.
+#[derive(Debug, Clone, Default)]
+pub struct OrderFilter {
+    pub seller_id: Option<String>,
+    pub status: Option<String>,
+    pub sync_state: Option<String>,
+}
+
+pub const MOVE_PENDING: &str = "pending";
+pub const MOVE_DONE: &str = "done";
+pub const MOVE_FAILED: &str = "failed";
+/// The lead was created after the move was asked for, already in the wanted stage.
+pub const MOVE_SUPERSEDED: &str = "superseded";
+
+/// A transaction that holds the write lock from its first statement. On SQLite a deferred transaction that
+/// reads and then writes fails at once with "database is locked" when another connection wrote in between
+/// (the busy timeout does not apply to that upgrade); taking the lock first makes it wait its turn instead.
+/// On PostgreSQL row locks do that job and nothing extra is sent.
+fn write_transaction<T>(
+    conn: &mut AnyConnection,
+    f: impl FnOnce(&mut AnyConnection) -> Result<T, StorageError>,
+) -> Result<T, StorageError> {
+    conn.transaction(|conn| {
+        if matches!(conn, AnyConnection::Sqlite(_)) {
+            // Matches no row, but an UPDATE takes SQLite's write lock when it starts.
+            diesel::sql_query("UPDATE order_moves SET id = id WHERE 0 = 1").execute(conn)?;
+        }
+        f(conn)
+    })
+}
+
+/// Inserts an order; a second order with the same `(seller_id, order_number)` is a unique violation.
+pub fn insert(conn: &mut AnyConnection, new: &NewOrder) -> Result<OrderRow, StorageError> {
+    diesel::insert_into(o::table).values(new).execute(conn)?;
+    find(conn, &new.id)?.ok_or_else(|| StorageError::Other("inserted order not found".into()))
+}
+
+pub fn find(conn: &mut AnyConnection, id: &str) -> Result<Option<OrderRow>, StorageError> {
+    Ok(o::table
+        .filter(o::id.eq(id))
+        .select(OrderRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+pub fn find_by_number(
+    conn: &mut AnyConnection,
+    seller_id: &str,
+    order_number: &str,
+) -> Result<Option<OrderRow>, StorageError> {
+    Ok(o::table
+        .filter(o::seller_id.eq(seller_id))
+        .filter(o::order_number.eq(order_number))
+        .select(OrderRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// A page of orders (newest first) with the total matching the filter.
+pub fn list(
+    conn: &mut AnyConnection,
+    f: &OrderFilter,
+    offset: i64,
+    limit: i64,
+) -> Result<(Vec<OrderRow>, i64), StorageError> {
+    let mut q = o::table.select(OrderRow::as_select()).into_boxed();
+    let mut count = o::table.count().into_boxed();
+    if let Some(s) = &f.seller_id {
+        q = q.filter(o::seller_id.eq(s.clone()));
+        count = count.filter(o::seller_id.eq(s.clone()));
+    }
+    if let Some(s) = &f.status {
+        q = q.filter(o::status.eq(s.clone()));
+        count = count.filter(o::status.eq(s.clone()));
+    }
+    if let Some(s) = &f.sync_state {
+        q = q.filter(o::sync_state.eq(s.clone()));
+        count = count.filter(o::sync_state.eq(s.clone()));
+    }
+    let rows = q
+        .order((o::created_at.desc(), o::id.desc()))
+        .offset(offset)
+        .limit(limit)
+        .load(conn)?;
+    Ok((rows, count.get_result(conn)?))
+}
+
+/// Counts orders of one seller in one sync state (tests, metrics, the dashboard).
+pub fn count_in_state(
+    conn: &mut AnyConnection,
+    seller_id: Option<&str>,
+    sync_state: &str,
+) -> Result<i64, StorageError> {
+    let mut q = o::table
+        .filter(o::sync_state.eq(sync_state.to_owned()))
+        .count()
+        .into_boxed();
+    if let Some(s) = seller_id {
+        q = q.filter(o::seller_id.eq(s.to_owned()));
+    }
+    Ok(q.get_result(conn)?)
+}
+
+/// Sets a new status and queues the stage move, in one transaction. `None` if the order does not exist;
+/// no move is queued when the status does not change.
+pub fn change_status(
+    conn: &mut AnyConnection,
+    id: &str,
+    status: &str,
+) -> Result<Option<OrderRow>, StorageError> {
+    write_transaction(conn, |conn| {
+        let Some(row) = find(conn, id)? else {
+            return Ok(None);
+        };
+        if row.status == status {
+            return Ok(Some(row));
+        }
+        let now = super::now();
+        diesel::update(o::table.filter(o::id.eq(id)))
+            .set((o::status.eq(status), o::updated_at.eq(now)))
+            .execute(conn)?;
+        diesel::insert_into(m::table)
+            .values((
+                m::order_id.eq(id),
+                m::target_status.eq(status),
+                m::state.eq(MOVE_PENDING),
+                m::attempts.eq(0),
+                m::next_attempt_at.eq(now),
+                m::created_at.eq(now),
+                m::updated_at.eq(now),
+            ))
+            .execute(conn)?;
+        find(conn, id)
+    })
+}
+
+/// Puts a failed (or held, when `active`) order and its failed moves back in the queue.
+pub fn requeue(
+    conn: &mut AnyConnection,
+    id: &str,
+    connection_active: bool,
+) -> Result<Option<OrderRow>, StorageError> {
+    write_transaction(conn, |conn| {
+        let now = super::now();
+        let target = if connection_active { "queued" } else { "held" };
+        diesel::update(
+            o::table
+                .filter(o::id.eq(id))
+                .filter(o::sync_state.eq_any(["failed", "held"])),
+        )
+        .set((
+            o::sync_state.eq(target),
+            o::next_attempt_at.eq(now),
+            o::lease_owner.eq(None::<String>),
+            o::lease_until.eq(None::<NaiveDateTime>),
+            o::updated_at.eq(now),
+        ))
+        .execute(conn)?;
+        diesel::update(
+            m::table
+                .filter(m::order_id.eq(id))
+                .filter(m::state.eq(MOVE_FAILED)),
+        )
+        .set((
+            m::state.eq(MOVE_PENDING),
+            m::next_attempt_at.eq(now),
+            m::updated_at.eq(now),
+        ))
+        .execute(conn)?;
+        find(conn, id)
+    })
+}
+
+/// Moves a seller's held orders back into the queue (its connection is active again). Returns how many.
+pub fn release_held(conn: &mut AnyConnection, seller_id: &str) -> Result<usize, StorageError> {
+    let now = super::now();
+    Ok(diesel::update(
+        o::table
+            .filter(o::seller_id.eq(seller_id))
+            .filter(o::sync_state.eq("held")),
+    )
+    .set((
+        o::sync_state.eq("queued"),
+        o::next_attempt_at.eq(now),
+        o::updated_at.eq(now),
+    ))
+    .execute(conn)?)
+}
+
+/// Queued orders of inactive connections become `held`; held orders of active ones are queued again.
+/// Returns `(held, released)`.
+pub fn sync_hold_states(conn: &mut AnyConnection) -> Result<(usize, usize), StorageError> {
+    let now = super::now();
+    let inactive = c::table.filter(c::status.ne("active")).select(c::seller_id);
+    let held = diesel::update(
+        o::table
+            .filter(o::sync_state.eq("queued"))
+            .filter(o::seller_id.eq_any(inactive))
+            .filter(o::lease_until.is_null().or(o::lease_until.lt(now))),
+    )
+    .set((o::sync_state.eq("held"), o::updated_at.eq(now)))
+    .execute(conn)?;
+    let active = c::table.filter(c::status.eq("active")).select(c::seller_id);
+    let released = diesel::update(
+        o::table
+            .filter(o::sync_state.eq("held"))
+            .filter(o::seller_id.eq_any(active)),
+    )
+    .set((
+        o::sync_state.eq("queued"),
+        o::next_attempt_at.eq(now),
+        o::updated_at.eq(now),
+    ))
+    .execute(conn)?;
+    Ok((held, released))
+}
+
+/// Holds every queued order of one seller (its connection was found inactive mid-push).
+pub fn hold_seller(
+    conn: &mut AnyConnection,
+    seller_id: &str,
+    reason: &str,
+) -> Result<usize, StorageError> {
+    let now = super::now();
+    Ok(diesel::update(
+        o::table
+            .filter(o::seller_id.eq(seller_id))
+            .filter(o::sync_state.eq("queued")),
+    )
+    .set((
+        o::sync_state.eq("held"),
+        o::last_error.eq(reason),
+        o::lease_owner.eq(None::<String>),
+        o::lease_until.eq(None::<NaiveDateTime>),
+        o::updated_at.eq(now),
+    ))
+    .execute(conn)?)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Push worker: accounts
+
+/// An account with work due: its connection row id and seller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueAccount {
+    pub connection_id: i64,
+    pub seller_id: String,
+}
+
+/// Active connections with due orders or due moves whose push lease is free (or was last ours), least
+/// recently served first (the release time is kept in `push_lease_until`), so accounts take turns.
+pub fn due_accounts(
+    conn: &mut AnyConnection,
+    owner: &str,
+    now: NaiveDateTime,
+    limit: i64,
+) -> Result<Vec<DueAccount>, StorageError> {
+    let with_orders = o::table
+        .filter(o::sync_state.eq("queued"))
+        .filter(o::next_attempt_at.le(now))
+        .filter(o::lease_until.is_null().or(o::lease_until.lt(now)))
+        .select(o::seller_id)
+        .distinct();
+    let with_moves = m::table
+        .inner_join(o::table)
+        .filter(m::state.eq(MOVE_PENDING))
+        .filter(m::next_attempt_at.le(now))
+        .filter(m::lease_until.is_null().or(m::lease_until.lt(now)))
+        .filter(o::lead_id.is_not_null())
+        .select(o::seller_id)
+        .distinct();
+    let rows: Vec<(i64, String)> = c::table
+        .filter(c::status.eq("active"))
+        .filter(
+            c::push_lease_until
+                .is_null()
+                .or(c::push_lease_until.lt(now))
+                .or(c::push_lease_owner.eq(owner)),
+        )
+        .filter(
+            c::seller_id
+                .eq_any(with_orders)
+                .or(c::seller_id.eq_any(with_moves)),
+        )
+        .order((
+            c::push_lease_until.is_not_null(),
+            c::push_lease_until.asc(),
+            c::id.asc(),
+        ))
+        .limit(limit)
+        .select((c::id, c::seller_id))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|(connection_id, seller_id)| DueAccount {
+            connection_id,
+            seller_id,
+        })
+        .collect())
+}
+
+/// Claims an account for pushing; false when another worker holds it, when it is resting after a 429, or
+/// while the rate-limit window of another instance's last calls to it is still open. The instance that
+/// served it last may take it again at once: its own limiter remembers those calls.
+pub fn claim_account(
+    conn: &mut AnyConnection,
+    connection_id: i64,
+    owner: &str,
+    now: NaiveDateTime,
+    until: NaiveDateTime,
+) -> Result<bool, StorageError> {
+    let n = diesel::update(
+        c::table
+            .filter(c::id.eq(connection_id))
+            .filter(c::status.eq("active"))
+            .filter(
+                c::push_lease_until
+                    .is_null()
+                    .or(c::push_lease_until.lt(now))
+                    .or(c::push_lease_owner.eq(owner)),
+            ),
+    )
+    .set((
+        c::push_lease_owner.eq(Some(owner)),
+        c::push_lease_until.eq(Some(until)),
+    ))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Extends our account lease; false if it was lost.
+pub fn extend_account(
+    conn: &mut AnyConnection,
+    connection_id: i64,
+    owner: &str,
+    until: NaiveDateTime,
+) -> Result<bool, StorageError> {
+    let n = diesel::update(
+        c::table
+            .filter(c::id.eq(connection_id))
+            .filter(c::push_lease_owner.eq(owner)),
+    )
+    .set(c::push_lease_until.eq(Some(until)))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Releases our account lease; `push_lease_until` then records when the account was last served (the
+/// round-robin order). `rest` (after a 429) keeps every instance, us included, away until `not_before`;
+/// otherwise we stay the owner, so only other instances wait until `not_before` (the end of the rate-limit
+/// window of our last calls, which their limiters cannot see).
+pub fn release_account(
+    conn: &mut AnyConnection,
+    connection_id: i64,
+    owner: &str,
+    not_before: NaiveDateTime,
+    rest: bool,
+) -> Result<(), StorageError> {
+    diesel::update(
+        c::table
+            .filter(c::id.eq(connection_id))
+            .filter(c::push_lease_owner.eq(owner)),
+    )
+    .set((
+        c::push_lease_owner.eq((!rest).then_some(owner)),
+        c::push_lease_until.eq(Some(not_before)),
+    ))
+    .execute(conn)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Push worker: orders
+
+/// A claimed batch: the orders and, per order, the newest pending move at claim time (moves up to it are
+/// already reflected in the status the lead is created with).
+#[derive(Debug, Clone)]
+pub struct ClaimedOrder {
+    pub row: OrderRow,
+    pub moves_up_to: Option<i64>,
+}
+
+/// Claims up to `limit` due orders of one seller. With `lookup` false it takes orders to send and marks
+/// them `needs_lookup` (a create is about to be sent) and counts the attempt; with `lookup` true it takes
+/// orders whose last send had no known outcome.
+pub fn claim_orders(
+    conn: &mut AnyConnection,
+    seller_id: &str,
+    owner: &str,
+    now: NaiveDateTime,
+    until: NaiveDateTime,
+    limit: i64,
+    lookup: bool,
+) -> Result<Vec<ClaimedOrder>, StorageError> {
+    write_transaction(conn, |conn| {
+        let ids: Vec<String> = o::table
+            .filter(o::seller_id.eq(seller_id))
+            .filter(o::sync_state.eq("queued"))
+            .filter(o::needs_lookup.eq(lookup))
+            .filter(o::next_attempt_at.le(now))
+            .filter(o::lease_until.is_null().or(o::lease_until.lt(now)))
+            .order((o::created_at.asc(), o::id.asc()))
+            .limit(limit)
+            .select(o::id)
+            .load(conn)?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let target = o::table
+            .filter(o::id.eq_any(&ids))
+            .filter(o::sync_state.eq("queued"))
+            .filter(o::needs_lookup.eq(lookup))
+            .filter(o::lease_until.is_null().or(o::lease_until.lt(now)));
+        if lookup {
+            diesel::update(target)
+                .set((
+                    o::lease_owner.eq(Some(owner)),
+                    o::lease_until.eq(Some(until)),
+                ))
+                .execute(conn)?;
+        } else {
+            diesel::update(target)
+                .set((
+                    o::lease_owner.eq(Some(owner)),
+                    o::lease_until.eq(Some(until)),
+                    o::needs_lookup.eq(true),
+                    o::sync_attempts.eq(o::sync_attempts + 1),
+                ))
+                .execute(conn)?;
+        }
+        let rows: Vec<OrderRow> = o::table
+            .filter(o::id.eq_any(&ids))
+            .filter(o::lease_owner.eq(owner))
+            .filter(o::lease_until.eq(until))
+            .order((o::created_at.asc(), o::id.asc()))
+            .select(OrderRow::as_select())
+            .load(conn)?;
+        let pending: Vec<(String, i64)> = m::table
+            .filter(m::order_id.eq_any(&ids))
+            .filter(m::state.eq(MOVE_PENDING))
+            .select((m::order_id, m::id))
+            .load(conn)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let moves_up_to = pending
+                    .iter()
+                    .filter(|(oid, _)| *oid == row.id)
+                    .map(|(_, id)| *id)
+                    .max();
+                ClaimedOrder { row, moves_up_to }
+            })
+            .collect())
+    })
+}
+
+/// The lead amoCRM made (or that a lookup found) for one order.
+#[derive(Debug, Clone)]
+pub struct SyncedOrder {
+    pub order_id: String,
+    pub order_number: String,
+    pub lead_id: i64,
+    pub contact_id: Option<i64>,
+    pub company_id: Option<i64>,
+    pub moves_up_to: Option<i64>,
+}
+
+/// Stores the lead ids of pushed orders and records `order.synced` for each, in one transaction (webhook
+/// processing links a lead to its order through `orders.lead_id`). Only rows
+/// still leased by `owner` are updated (a lost lease means another worker owns the outcome). Returns how
+/// many orders were marked.
+pub fn mark_synced(
+    conn: &mut AnyConnection,
+    seller_id: &str,
+    owner: &str,
+    synced: &[SyncedOrder],
+) -> Result<usize, StorageError> {
+    if synced.is_empty() {
+        return Ok(0);
+    }
+    write_transaction(conn, |conn| {
+        let now = super::now();
+        let mut marked = 0;
+        for s in synced {
+            let n = diesel::update(
+                o::table
+                    .filter(o::id.eq(&s.order_id))
+                    .filter(o::lease_owner.eq(owner))
+                    .filter(o::sync_state.eq("queued")),
+            )
+            .set((
+                o::sync_state.eq("synced"),
+                o::lead_id.eq(Some(s.lead_id)),
+                o::contact_id.eq(s.contact_id),
+                o::company_id.eq(s.company_id),
+                o::synced_at.eq(Some(now)),
+                o::needs_lookup.eq(false),
+                o::last_error.eq(None::<String>),
+                o::lease_owner.eq(None::<String>),
+                o::lease_until.eq(None::<NaiveDateTime>),
+                o::updated_at.eq(now),
+            ))
+            .execute(conn)?;
+            if n == 0 {
+                continue;
+            }
+            marked += 1;
+            if let Some(up_to) = s.moves_up_to {
+                diesel::update(
+                    m::table
+                        .filter(m::order_id.eq(&s.order_id))
+                        .filter(m::state.eq(MOVE_PENDING))
+                        .filter(m::id.le(up_to)),
+                )
+                .set((m::state.eq(MOVE_SUPERSEDED), m::updated_at.eq(now)))
+                .execute(conn)?;
+            }
+            let ev = NewEvent::new(
+                "order.synced",
+                seller_id,
+                serde_json::json!({
+                    "order_id": s.order_id,
+                    "order_number": s.order_number,
+                    "lead_id": s.lead_id,
+                    "contact_id": s.contact_id,
+                    "company_id": s.company_id,
+                }),
+                Some(format!("order.synced:{}", s.order_id)),
+            );
+            events::record(conn, &ev)?;
+        }
+        Ok(marked)
+    })
+}
+
+/// Marks one order `failed` for good with amoCRM's reason and records `order.sync_failed`.
+pub fn mark_failed(
+    conn: &mut AnyConnection,
+    seller_id: &str,
+    owner: &str,
+    order_id: &str,
+    reason: &str,
+) -> Result<bool, StorageError> {
+    write_transaction(conn, |conn| {
+        let now = super::now();
+        let n = diesel::update(
+            o::table
+                .filter(o::id.eq(order_id))
+                .filter(o::lease_owner.eq(owner))
+                .filter(o::sync_state.eq("queued")),
+        )
+        .set((
+            o::sync_state.eq("failed"),
+            o::needs_lookup.eq(false),
+            o::last_error.eq(Some(reason)),
+            o::lease_owner.eq(None::<String>),
+            o::lease_until.eq(None::<NaiveDateTime>),
+            o::updated_at.eq(now),
+        ))
+        .execute(conn)?;
+        if n == 0 {
+            return Ok(false);
+        }
+        let Some(row) = find(conn, order_id)? else {
+            return Ok(false);
+        };
+        let ev = NewEvent::new(
+            "order.sync_failed",
+            seller_id,
+            serde_json::json!({
+                "order_id": row.id,
+                "order_number": row.order_number,
+                "error": reason,
+            }),
+            Some(format!(
+                "order.sync_failed:{}:{}",
+                row.id, row.sync_attempts
+            )),
+        );
+        events::record(conn, &ev)?;
+        Ok(true)
+    })
+}
+
+/// Puts claimed orders back in the queue for `next_at`, releasing our lease. `needs_lookup` says whether a
+/// create may have happened (`Some(true)`), surely did not (`Some(false)`), or is left as it is (`None`).
+pub fn reschedule(
+    conn: &mut AnyConnection,
+    ids: &[String],
+    owner: &str,
+    next_at: NaiveDateTime,
+    error: Option<&str>,
+    needs_lookup: Option<bool>,
+) -> Result<usize, StorageError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let now = super::now();
+    let target = o::table
+        .filter(o::id.eq_any(ids))
+        .filter(o::lease_owner.eq(owner))
+        .filter(o::sync_state.eq("queued"));
+    let n = match needs_lookup {
+        Some(flag) => diesel::update(target)
+            .set((
+                o::next_attempt_at.eq(next_at),
+                o::last_error.eq(error),
+                o::needs_lookup.eq(flag),
+                o::lease_owner.eq(None::<String>),
+                o::lease_until.eq(None::<NaiveDateTime>),
+                o::updated_at.eq(now),
+            ))
+            .execute(conn)?,
+        None => diesel::update(target)
+            .set((
+                o::next_attempt_at.eq(next_at),
+                o::last_error.eq(error),
+                o::lease_owner.eq(None::<String>),
+                o::lease_until.eq(None::<NaiveDateTime>),
+                o::updated_at.eq(now),
+            ))
+            .execute(conn)?,
+    };
+    Ok(n)
+}
+
+/// The earliest time a queued order or pending move becomes due (for the worker loop's wait).
+pub fn next_due(conn: &mut AnyConnection) -> Result<Option<NaiveDateTime>, StorageError> {
+    let orders: Option<NaiveDateTime> = o::table
+        .filter(o::sync_state.eq("queued"))
+        .select(diesel::dsl::min(o::next_attempt_at))
+        .first(conn)?;
+    let moves: Option<NaiveDateTime> = m::table
+        .inner_join(o::table)
+        .filter(m::state.eq(MOVE_PENDING))
+        .filter(o::lead_id.is_not_null())
+        .select(diesel::dsl::min(m::next_attempt_at))
+        .first(conn)?;
+    Ok(match (orders, moves) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    })
+}
+
+/// How much work is left: queued orders and pending moves of orders that have a lead.
+pub fn backlog(conn: &mut AnyConnection) -> Result<(i64, i64), StorageError> {
+    let orders = count_in_state(conn, None, "queued")?;
+    let moves = m::table
+        .inner_join(o::table)
+        .filter(m::state.eq(MOVE_PENDING))
+        .filter(o::lead_id.is_not_null())
+        .count()
+        .get_result(conn)?;
+    Ok((orders, moves))
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Push worker: stage moves
+
+/// (move id, order id, target status, next attempt, lease until, lead id, attempts)
+type MoveCandidate = (
+    i64,
+    String,
+    String,
+    NaiveDateTime,
+    Option<NaiveDateTime>,
+    i64,
+    i32,
+);
+
+/// Claims up to `limit` due moves of one seller, at most one per order and only each order's oldest pending
+/// move, so moves of one order are applied in the order they were asked for.
+pub fn claim_moves(
+    conn: &mut AnyConnection,
+    seller_id: &str,
+    owner: &str,
+    now: NaiveDateTime,
+    until: NaiveDateTime,
+    limit: i64,
+) -> Result<Vec<ClaimedMove>, StorageError> {
+    write_transaction(conn, |conn| {
+        // Oldest pending move per order (of orders that have a lead), then keep the due, unleased ones.
+        let candidates: Vec<MoveCandidate> = m::table
+            .inner_join(o::table)
+            .filter(o::seller_id.eq(seller_id))
+            .filter(o::lead_id.is_not_null())
+            .filter(m::state.eq(MOVE_PENDING))
+            .order((m::order_id.asc(), m::id.asc()))
+            .select((
+                m::id,
+                m::order_id,
+                m::target_status,
+                m::next_attempt_at,
+                m::lease_until,
+                o::lead_id.assume_not_null(),
+                m::attempts,
+            ))
+            .load(conn)?;
+        let mut picked: Vec<ClaimedMove> = Vec::new();
+        let mut last_order: Option<String> = None;
+        for (id, order_id, target, next_at, lease, lead_id, attempts) in candidates {
+            if last_order.as_deref() == Some(order_id.as_str()) {
+                continue;
+            }
+            last_order = Some(order_id.clone());
+            if next_at > now || lease.is_some_and(|l| l >= now) {
+                continue;
+            }
+            picked.push(ClaimedMove {
+                id,
+                order_id,
+                target_status: target,
+                lead_id,
+                attempts,
+            });
+            if picked.len() as i64 >= limit {
+                break;
+            }
+        }
+        let mut claimed = Vec::with_capacity(picked.len());
+        for mv in picked {
+            let n = diesel::update(
+                m::table
+                    .filter(m::id.eq(mv.id))
+                    .filter(m::state.eq(MOVE_PENDING))
+                    .filter(m::lease_until.is_null().or(m::lease_until.lt(now))),
+            )
+            .set((
+                m::lease_owner.eq(Some(owner)),
+                m::lease_until.eq(Some(until)),
+                m::attempts.eq(m::attempts + 1),
+            ))
+            .execute(conn)?;
+            if n == 1 {
+                claimed.push(mv);
+            }
+        }
+        Ok(claimed)
+    })
+}
+
+/// Finishes claimed moves with one state (`done` or `failed`) and an optional error.
+pub fn finish_moves(
+    conn: &mut AnyConnection,
+    ids: &[i64],
+    owner: &str,
+    state: &str,
+    error: Option<&str>,
+) -> Result<usize, StorageError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let now = super::now();
+    Ok(diesel::update(
+        m::table
+            .filter(m::id.eq_any(ids))
+            .filter(m::lease_owner.eq(owner)),
+    )
+    .set((
+        m::state.eq(state),
+        m::last_error.eq(error),
+        m::lease_owner.eq(None::<String>),
+        m::lease_until.eq(None::<NaiveDateTime>),
+        m::updated_at.eq(now),
+    ))
+    .execute(conn)?)
+}
+
+/// Puts claimed moves back for a later attempt.
+pub fn reschedule_moves(
+    conn: &mut AnyConnection,
+    ids: &[i64],
+    owner: &str,
+    next_at: NaiveDateTime,
+    error: Option<&str>,
+) -> Result<usize, StorageError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let now = super::now();
+    Ok(diesel::update(
+        m::table
+            .filter(m::id.eq_any(ids))
+            .filter(m::lease_owner.eq(owner)),
+    )
+    .set((
+        m::next_attempt_at.eq(next_at),
+        m::last_error.eq(error),
+        m::lease_owner.eq(None::<String>),
+        m::lease_until.eq(None::<NaiveDateTime>),
+        m::updated_at.eq(now),
+    ))
+    .execute(conn)?)
+}
+
+/// Every move of one order, oldest first (tests and the dashboard).
+pub fn moves_of(conn: &mut AnyConnection, order_id: &str) -> Result<Vec<MoveRow>, StorageError> {
+    Ok(m::table
+        .filter(m::order_id.eq(order_id))
+        .order(m::id.asc())
+        .select(MoveRow::as_select())
+        .load(conn)?)
+}

@@ -1,0 +1,86 @@
+//! The dashboard's actions (admins only, CSRF-checked forms): refresh a connection now, retry a failed
+//! order, redeliver an event. Each redirects back to its list with a fixed message.
+
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpResponse, web};
+
+use super::{CsrfForm, DashError, Signed, page};
+use crate::app::AppState;
+use crate::services::connect::{self, ConnectError};
+use crate::services::events_log::{self, EventsError};
+use crate::services::orders::{self, OrderError};
+use crate::services::refresh::{self, Need, RefreshError};
+
+fn back(to: &str, done: &str) -> HttpResponse {
+    page(StatusCode::SEE_OTHER)
+        .insert_header((header::LOCATION, format!("{to}?done={done}")))
+        .finish()
+}
+
+pub async fn refresh_connection(
+    state: web::Data<AppState>,
+    signed: Signed,
+    path: web::Path<String>,
+    form: web::Form<CsrfForm>,
+) -> Result<HttpResponse, DashError> {
+    signed.check_write(&form.csrf)?;
+    let seller = path.into_inner();
+    let current = match connect::get_connection(&state, &seller).await {
+        Ok(c) => c,
+        Err(ConnectError::NotFound) => return Err(DashError::NotFound),
+        Err(e) => return Err(DashError::Internal(e.to_string())),
+    };
+    let need = Need::Stale {
+        version: current.token_version,
+    };
+    let done = match refresh::refresh(&state, &seller, need).await {
+        Ok(_) => "refreshed",
+        Err(RefreshError::NotConnected) => return Err(DashError::NotFound),
+        Err(RefreshError::Storage(e)) => return Err(e.into()),
+        Err(e) => {
+            tracing::info!(seller_id = %seller, error = %e, "refresh from the dashboard failed");
+            "refresh_failed"
+        }
+    };
+    tracing::info!(operator_id = signed.operator.id, seller_id = %seller, "refresh from the dashboard");
+    Ok(back("/dashboard/connections", done))
+}
+
+pub async fn retry_order(
+    state: web::Data<AppState>,
+    signed: Signed,
+    path: web::Path<String>,
+    form: web::Form<CsrfForm>,
+) -> Result<HttpResponse, DashError> {
+    signed.check_write(&form.csrf)?;
+    let id = path.into_inner();
+    match orders::retry(&state.db, &id).await {
+        Ok(_) => {
+            tracing::info!(operator_id = signed.operator.id, order_id = %id, "retry from the dashboard");
+            Ok(back("/dashboard/orders", "retried"))
+        }
+        Err(OrderError::NotFound) => Err(DashError::NotFound),
+        Err(OrderError::NotRetryable(_)) => Err(DashError::Forbidden(
+            "Only failed or held orders can be retried.",
+        )),
+        Err(e) => Err(DashError::Internal(e.to_string())),
+    }
+}
+
+pub async fn redeliver_event(
+    state: web::Data<AppState>,
+    signed: Signed,
+    path: web::Path<String>,
+    form: web::Form<CsrfForm>,
+) -> Result<HttpResponse, DashError> {
+    signed.check_write(&form.csrf)?;
+    let id = path.into_inner();
+    match events_log::redeliver(&state.db, &id).await {
+        Ok(_) => {
+            tracing::info!(operator_id = signed.operator.id, event_id = %id, "redeliver from the dashboard");
+            Ok(back("/dashboard/events", "redelivered"))
+        }
+        Err(EventsError::NotFound(_)) => Err(DashError::NotFound),
+        Err(e) => Err(DashError::Internal(e.to_string())),
+    }
+}

@@ -1,0 +1,489 @@
+//! The dashboard's read-only pages: overview, connections, orders, events with deliveries, subscriptions.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use askama::Template;
+use serde::Deserialize;
+
+use super::{Clock, DashError, Nav, Signed, html};
+use crate::app::AppState;
+use crate::storage::{dashboard as q, stats};
+
+const PER_PAGE: i64 = 50;
+
+/// One filter link above a list.
+pub struct Filter {
+    pub href: String,
+    pub label: String,
+    pub current: bool,
+}
+
+fn filters(base: &str, param: &str, values: &[&str], current: Option<&str>) -> Vec<Filter> {
+    let mut out = vec![Filter {
+        href: base.to_owned(),
+        label: "all".to_owned(),
+        current: current.is_none(),
+    }];
+    out.extend(values.iter().map(|v| Filter {
+        href: format!("{base}?{param}={v}"),
+        label: (*v).to_owned(),
+        current: current == Some(*v),
+    }));
+    out
+}
+
+#[derive(Deserialize, Default)]
+pub struct ListQuery {
+    status: Option<String>,
+    sync_state: Option<String>,
+    failed: Option<String>,
+    page: Option<i64>,
+}
+
+impl ListQuery {
+    fn parse(req: &HttpRequest) -> Self {
+        serde_urlencoded::from_str(req.query_string()).unwrap_or_default()
+    }
+
+    fn page(&self) -> i64 {
+        self.page.filter(|p| (1..=10_000).contains(p)).unwrap_or(1)
+    }
+}
+
+/// Links to the neighbouring pages, keeping the filter.
+fn pager(
+    base: &str,
+    filter: Option<(&str, &str)>,
+    page: i64,
+    total: i64,
+) -> (Option<String>, Option<String>) {
+    let link = |p: i64| match filter {
+        Some((k, v)) => format!("{base}?{k}={v}&page={p}"),
+        None => format!("{base}?page={p}"),
+    };
+    let prev = (page > 1).then(|| link(page - 1));
+    let next = (page * PER_PAGE < total).then(|| link(page + 1));
+    (prev, next)
+}
+
+/// Only values from the fixed list are used as filters (anything else shows everything).
+fn known<'a>(value: Option<&'a str>, allowed: &[&str]) -> Option<&'a str> {
+    value.filter(|v| allowed.contains(v))
+}
+
+fn age(oldest: Option<chrono::NaiveDateTime>) -> String {
+    match oldest {
+        None => "none".to_owned(),
+        Some(t) => {
+            let secs = (crate::storage::now() - t).num_seconds().max(0);
+            humantime::format_duration(std::time::Duration::from_secs(secs as u64)).to_string()
+        }
+    }
+}
+
+fn with_known(rows: &[(String, i64)], known: &[&str]) -> Vec<(String, i64)> {
+    let mut out: Vec<(String, i64)> = known
+        .iter()
+        .map(|k| {
+            let n = rows.iter().filter(|(s, _)| s == k).map(|(_, n)| n).sum();
+            ((*k).to_owned(), n)
+        })
+        .collect();
+    out.extend(
+        rows.iter()
+            .filter(|(s, _)| !known.contains(&s.as_str()))
+            .cloned(),
+    );
+    out
+}
+
+pub const CONNECTION_STATUSES: &[&str] = &["active", "refresh_failed", "revoked"];
+pub const SYNC_STATES: &[&str] = &["queued", "synced", "held", "failed"];
+
+#[derive(Template)]
+#[template(path = "dashboard/overview.html")]
+struct OverviewPage {
+    nav: Nav,
+    connections: Vec<(String, i64)>,
+    orders: Vec<(String, i64)>,
+    deliveries: Vec<(String, i64)>,
+    inbox: Vec<(String, i64)>,
+    oldest_queued: String,
+    oldest_delivery: String,
+    inbox_lag: String,
+}
+
+pub async fn overview(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    signed: Signed,
+) -> Result<HttpResponse, DashError> {
+    let s = state.db.run(stats::snapshot).await?;
+    let page = OverviewPage {
+        nav: Nav::new(&signed, &state, "overview", &req),
+        connections: with_known(&s.connections_by_status, CONNECTION_STATUSES),
+        orders: with_known(&s.orders_by_sync_state, SYNC_STATES),
+        deliveries: with_known(&s.deliveries_by_state, &["pending", "delivered", "failed"]),
+        inbox: with_known(&s.inbox_by_state, &["pending", "processed", "failed"]),
+        oldest_queued: age(s.oldest_queued_order),
+        oldest_delivery: age(s.oldest_pending_delivery),
+        inbox_lag: age(s.oldest_pending_inbox),
+    };
+    Ok(html(StatusCode::OK, page.render()))
+}
+
+pub struct ConnectionRow {
+    pub seller_id: String,
+    pub status: String,
+    pub account_id: i64,
+    pub host: String,
+    pub token_expires_at: String,
+    pub last_refreshed_at: String,
+    pub refresh_failures: i32,
+    pub last_error: Option<String>,
+    pub provisioning_state: String,
+    pub provisioning_error: Option<String>,
+    pub connected_at: String,
+    pub revoke_reason: Option<String>,
+}
+
+impl ConnectionRow {
+    fn new(c: q::ConnectionView, clock: &Clock) -> Self {
+        Self {
+            seller_id: c.seller_id,
+            status: c.status,
+            account_id: c.account_id,
+            host: c.host,
+            token_expires_at: clock.time_opt(c.token_expires_at),
+            last_refreshed_at: clock.time_opt(c.last_refreshed_at),
+            refresh_failures: c.refresh_failures,
+            last_error: c.last_error,
+            provisioning_state: c.provisioning_state,
+            provisioning_error: c.provisioning_error,
+            connected_at: clock.time(c.connected_at),
+            revoke_reason: c.revoke_reason,
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/connections.html")]
+struct ConnectionsPage {
+    nav: Nav,
+    rows: Vec<ConnectionRow>,
+    total: i64,
+    status: Option<String>,
+    filters: Vec<Filter>,
+    can_write: bool,
+    page: i64,
+    prev_href: Option<String>,
+    next_href: Option<String>,
+}
+
+pub async fn connections(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    signed: Signed,
+) -> Result<HttpResponse, DashError> {
+    let query = ListQuery::parse(&req);
+    let status = known(query.status.as_deref(), CONNECTION_STATUSES).map(str::to_owned);
+    let page = query.page();
+    let filter = status.clone();
+    let (rows, total) = state
+        .db
+        .run(move |c| q::connections(c, filter.as_deref(), PER_PAGE, (page - 1) * PER_PAGE))
+        .await?;
+    let (prev_href, next_href) = pager(
+        "/dashboard/connections",
+        status.as_deref().map(|s| ("status", s)),
+        page,
+        total,
+    );
+    let body = ConnectionsPage {
+        nav: Nav::new(&signed, &state, "connections", &req),
+        rows: rows
+            .into_iter()
+            .map(|c| ConnectionRow::new(c, &signed.clock))
+            .collect(),
+        total,
+        filters: filters(
+            "/dashboard/connections",
+            "status",
+            CONNECTION_STATUSES,
+            status.as_deref(),
+        ),
+        status,
+        can_write: signed.operator.role.can_write(),
+        page,
+        prev_href,
+        next_href,
+    }
+    .render();
+    Ok(html(StatusCode::OK, body))
+}
+
+pub struct OrderRow {
+    pub id: String,
+    pub seller_id: String,
+    pub order_number: String,
+    pub status: String,
+    pub amount: String,
+    pub currency: String,
+    pub sync_state: String,
+    pub lead_id: Option<i64>,
+    pub sync_attempts: i32,
+    pub last_error: Option<String>,
+    pub synced_at: String,
+    pub created_at: String,
+}
+
+/// Minor units as a decimal amount (`123456` → `1234.56`).
+fn amount(minor: i64) -> String {
+    let sign = if minor < 0 { "-" } else { "" };
+    let m = minor.unsigned_abs();
+    format!("{sign}{}.{:02}", m / 100, m % 100)
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/orders.html")]
+struct OrdersPage {
+    nav: Nav,
+    rows: Vec<OrderRow>,
+    total: i64,
+    sync_state: Option<String>,
+    filters: Vec<Filter>,
+    can_write: bool,
+    page: i64,
+    prev_href: Option<String>,
+    next_href: Option<String>,
+}
+
+pub async fn orders(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    signed: Signed,
+) -> Result<HttpResponse, DashError> {
+    let query = ListQuery::parse(&req);
+    let sync_state = known(query.sync_state.as_deref(), SYNC_STATES).map(str::to_owned);
+    let page = query.page();
+    let filter = sync_state.clone();
+    let (rows, total) = state
+        .db
+        .run(move |c| q::orders(c, filter.as_deref(), PER_PAGE, (page - 1) * PER_PAGE))
+        .await?;
+    let clock = signed.clock;
+    let (prev_href, next_href) = pager(
+        "/dashboard/orders",
+        sync_state.as_deref().map(|s| ("sync_state", s)),
+        page,
+        total,
+    );
+    let body = OrdersPage {
+        nav: Nav::new(&signed, &state, "orders", &req),
+        rows: rows
+            .into_iter()
+            .map(|o| OrderRow {
+                amount: amount(o.total_amount_minor),
+                synced_at: clock.time_opt(o.synced_at),
+                created_at: clock.time(o.created_at),
+                id: o.id,
+                seller_id: o.seller_id,
+                order_number: o.order_number,
+                status: o.status,
+                currency: o.currency,
+                sync_state: o.sync_state,
+                lead_id: o.lead_id,
+                sync_attempts: o.sync_attempts,
+                last_error: o.last_error,
+            })
+            .collect(),
+        total,
+        filters: filters(
+            "/dashboard/orders",
+            "sync_state",
+            SYNC_STATES,
+            sync_state.as_deref(),
+        ),
+        sync_state,
+        can_write: signed.operator.role.can_write(),
+        page,
+        prev_href,
+        next_href,
+    }
+    .render();
+    Ok(html(StatusCode::OK, body))
+}
+
+pub struct DeliveryRow {
+    pub state: String,
+    pub url: String,
+    pub attempts: i32,
+    pub last_status: Option<i32>,
+    pub last_error: Option<String>,
+}
+
+pub struct EventRow {
+    pub id: String,
+    pub event: String,
+    pub seller_id: String,
+    pub data: String,
+    pub created_at: String,
+    pub deliveries: Vec<DeliveryRow>,
+    pub redeliverable: bool,
+}
+
+/// The event's `data`, compact and bounded for a table cell.
+fn event_data(payload: &str) -> String {
+    let data = serde_json::from_str::<serde_json::Value>(payload)
+        .ok()
+        .and_then(|v| v.get("data").cloned())
+        .map(|d| d.to_string())
+        .unwrap_or_default();
+    if data.chars().count() > 300 {
+        let mut s: String = data.chars().take(300).collect();
+        s.push('…');
+        s
+    } else {
+        data
+    }
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/events.html")]
+struct EventsPage {
+    nav: Nav,
+    rows: Vec<EventRow>,
+    total: i64,
+    filters: Vec<Filter>,
+    can_write: bool,
+    page: i64,
+    prev_href: Option<String>,
+    next_href: Option<String>,
+}
+
+pub async fn events(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    signed: Signed,
+) -> Result<HttpResponse, DashError> {
+    let query = ListQuery::parse(&req);
+    let failed_only = query.failed.as_deref() == Some("1");
+    let page = query.page();
+    let (events, deliveries, total) = state
+        .db
+        .run(move |c| {
+            let (events, total) = q::events(c, failed_only, PER_PAGE, (page - 1) * PER_PAGE)?;
+            let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+            let deliveries = q::deliveries_of(c, &seqs)?;
+            Ok((events, deliveries, total))
+        })
+        .await?;
+    let clock = signed.clock;
+    let rows = events
+        .into_iter()
+        .map(|e| {
+            let deliveries: Vec<DeliveryRow> = deliveries
+                .iter()
+                .filter(|d| d.event_seq == e.seq)
+                .map(|d| DeliveryRow {
+                    state: d.state.clone(),
+                    url: d.url.clone(),
+                    attempts: d.attempts,
+                    last_status: d.last_status,
+                    last_error: d.last_error.clone(),
+                })
+                .collect();
+            EventRow {
+                redeliverable: deliveries.iter().any(|d| d.state != "pending"),
+                data: event_data(&e.payload),
+                created_at: clock.time(e.created_at),
+                id: e.id,
+                event: e.event,
+                seller_id: e.seller_id,
+                deliveries,
+            }
+        })
+        .collect();
+    let (prev_href, next_href) = pager(
+        "/dashboard/events",
+        failed_only.then_some(("failed", "1")),
+        page,
+        total,
+    );
+    let body = EventsPage {
+        nav: Nav::new(&signed, &state, "events", &req),
+        rows,
+        total,
+        filters: vec![
+            Filter {
+                href: "/dashboard/events".into(),
+                label: "all".into(),
+                current: !failed_only,
+            },
+            Filter {
+                href: "/dashboard/events?failed=1".into(),
+                label: "with failed deliveries".into(),
+                current: failed_only,
+            },
+        ],
+        can_write: signed.operator.role.can_write(),
+        page,
+        prev_href,
+        next_href,
+    }
+    .render();
+    Ok(html(StatusCode::OK, body))
+}
+
+pub struct SubscriptionRow {
+    pub id: String,
+    pub url: String,
+    pub events: String,
+    pub active: bool,
+    pub created_at: String,
+    pub deliveries: Vec<(String, i64)>,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/subscriptions.html")]
+struct SubscriptionsPage {
+    nav: Nav,
+    rows: Vec<SubscriptionRow>,
+}
+
+pub async fn subscriptions(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    signed: Signed,
+) -> Result<HttpResponse, DashError> {
+    let subs = state.db.run(q::subscriptions).await?;
+    let clock = signed.clock;
+    let body = SubscriptionsPage {
+        nav: Nav::new(&signed, &state, "subscriptions", &req),
+        rows: subs
+            .into_iter()
+            .map(|s| SubscriptionRow {
+                created_at: clock.time(s.created_at),
+                events: s.events.replace(',', ", "),
+                id: s.id,
+                url: s.url,
+                active: s.active,
+                deliveries: s.deliveries,
+            })
+            .collect(),
+    }
+    .render();
+    Ok(html(StatusCode::OK, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_print_minor_units_as_decimals() {
+        assert_eq!(amount(123_456), "1234.56");
+        assert_eq!(amount(5), "0.05");
+        assert_eq!(amount(-250), "-2.50");
+    }
+}

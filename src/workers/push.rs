@@ -1,0 +1,88 @@
+//! The order push worker: `run_once` is one step of [`crate::services::order_push`]; `spawn` loops it
+//! until shutdown, resting until the next order or move is due when there is nothing to do.
+
+use std::time::Duration;
+
+use actix_web::web::Data;
+use tokio::task::JoinHandle;
+
+use crate::app::AppState;
+use crate::services::order_push::{self, PushError, StepReport};
+
+pub use crate::services::order_push::StepReport as Report;
+
+/// Longest rest between steps while idle (new orders are picked up at least this often).
+const IDLE_POLL: Duration = Duration::from_millis(250);
+
+/// One step: claim accounts with due work and give each a turn (see `services::order_push`).
+pub async fn run_once(state: &AppState) -> Result<StepReport, PushError> {
+    order_push::step(state).await
+}
+
+/// How long to rest before the next step: nothing if work is due now, else until the earliest due
+/// order or move (at most `max`).
+pub async fn rest_time(state: &AppState, max: Duration) -> Duration {
+    match order_push::next_due(state).await {
+        Ok(Some(t)) => {
+            let now = crate::storage::now();
+            (t - now).to_std().unwrap_or(Duration::ZERO).min(max)
+        }
+        _ => max,
+    }
+}
+
+/// Runs steps until no order is queued and no move is pending, or `max_steps` steps have run; rests only
+/// until the next due time when a step found nothing to do. Used by tests, the benchmark and `demo`.
+/// Returns the summed report and whether the queue was drained.
+pub async fn drain(state: &AppState, max_steps: usize) -> Result<(StepReport, bool), PushError> {
+    let mut total = StepReport::default();
+    for _ in 0..max_steps {
+        let r = run_once(state).await?;
+        total.add(&r);
+        let (orders, moves) = order_push::backlog(state).await?;
+        if orders == 0 && moves == 0 {
+            return Ok((total, true));
+        }
+        if !r.did_work() {
+            // Everything left is waiting for a backoff or retry_after: wait for exactly that moment.
+            let rest = rest_time(state, Duration::from_secs(5)).await;
+            tokio::time::sleep(rest.max(Duration::from_millis(5))).await;
+        }
+    }
+    Ok((total, false))
+}
+
+/// The background loop of `serve`.
+pub fn spawn(state: Data<AppState>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut shutdown = state.shutdown.clone();
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let worked = match run_once(&state).await {
+                Ok(r) => {
+                    if r.did_work() {
+                        tracing::debug!(?r, "order push step");
+                    }
+                    r.did_work()
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "order push step failed");
+                    false
+                }
+            };
+            if worked {
+                continue;
+            }
+            // Work that is due but leased by another instance is retried after a short pause.
+            let rest = rest_time(&state, IDLE_POLL)
+                .await
+                .max(Duration::from_millis(20));
+            tokio::select! {
+                _ = tokio::time::sleep(rest) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    })
+}

@@ -1,0 +1,347 @@
+//! Real-browser end-to-end tests: Debian's chromium driven through chromium-driver (WebDriver) from Rust.
+//!
+//! `.ci/run` installs both packages. On a developer machine without them the tests say so and pass
+//! without running, unless `CI` is set, where a missing browser is a failure. Every failing step saves a
+//! screenshot and the page source under `target/browser-screenshots/`.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use amocrm_connector::services::operators::{self, Role};
+use fantoccini::{Client, ClientBuilder, Locator};
+use secrecy::SecretString;
+use serde_json::json;
+
+use crate::helpers::{TestApp, spawn_app};
+
+/// A chromedriver process on a free port, killed on drop.
+pub struct Driver {
+    child: Child,
+    pub url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn find(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .flat_map(|dir| names.iter().map(move |n| dir.join(n)))
+        .find(|p| p.is_file())
+}
+
+/// Starts chromedriver, or `None` (with a note) when it is not installed outside CI.
+pub async fn start_driver() -> Option<Driver> {
+    let Some(bin) = find(&["chromedriver", "chromium-driver"]) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have chromium and chromium-driver installed (apt-get install -y chromium chromium-driver)"
+        );
+        eprintln!("browser test not run: chromedriver is not installed");
+        return None;
+    };
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let child = Command::new(bin)
+        .arg(format!("--port={port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver starts");
+    let driver = Driver {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        if let Ok(r) = http.get(format!("{}/status", driver.url)).send().await
+            && r.status().is_success()
+        {
+            return Some(driver);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "chromedriver did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A headless chromium session of `width`×`height`.
+pub async fn browser(driver: &Driver, width: u32, height: u32) -> Client {
+    let mut caps = serde_json::Map::new();
+    let mut options = json!({
+        "args": [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            format!("--window-size={width},{height}"),
+        ],
+    });
+    if let Some(bin) = find(&["chromium", "chromium-browser"]) {
+        options["binary"] = json!(bin);
+    }
+    caps.insert("goog:chromeOptions".into(), options);
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("a browser session")
+}
+
+/// Runs the steps; on failure saves a screenshot and the page source, closes the browser, then fails.
+pub async fn run_steps<F, Fut>(name: &str, client: Client, steps: F)
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let result = steps(client.clone()).await;
+    if let Err(e) = &result {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/browser-screenshots");
+        let _ = std::fs::create_dir_all(&dir);
+        if let Ok(png) = client.screenshot().await {
+            let _ = std::fs::write(dir.join(format!("{name}.png")), png);
+        }
+        if let Ok(source) = client.source().await {
+            let _ = std::fs::write(dir.join(format!("{name}.html")), source);
+        }
+        eprintln!("{name} failed: {e}; screenshot in {}", dir.display());
+    }
+    let _ = client.close().await;
+    if let Err(e) = result {
+        panic!("{name}: {e}");
+    }
+}
+
+/// Turns any error into the step's message.
+pub fn step<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> Result<T, String> {
+    r.map_err(|e| format!("{what}: {e}"))
+}
+
+pub async fn text_of(client: &Client, css: &str) -> Result<String, String> {
+    let el = step(
+        &format!("waiting for {css}"),
+        client
+            .wait()
+            .at_most(Duration::from_secs(15))
+            .for_element(Locator::Css(css))
+            .await,
+    )?;
+    step(&format!("text of {css}"), el.text().await)
+}
+
+/// Signs in through the dashboard's login form, as a person would.
+pub async fn dashboard_sign_in(
+    client: &Client,
+    app: &TestApp,
+    email: &str,
+    password: &str,
+) -> Result<(), String> {
+    step(
+        "open the dashboard",
+        client.goto(&app.url("/dashboard")).await,
+    )?;
+    let url = step("current url", client.current_url().await)?;
+    if !url.path().ends_with("/dashboard/login") {
+        return Err(format!("expected the sign-in page, got {url}"));
+    }
+    let email_field = step(
+        "e-mail field",
+        client
+            .wait()
+            .at_most(Duration::from_secs(15))
+            .for_element(Locator::Id("email"))
+            .await,
+    )?;
+    step("type the e-mail", email_field.send_keys(email).await)?;
+    let password_field = step("password field", client.find(Locator::Id("password")).await)?;
+    step(
+        "type the password",
+        password_field.send_keys(password).await,
+    )?;
+    let button = step("sign-in button", client.find(Locator::Id("sign-in")).await)?;
+    step("press sign in", button.click().await)?;
+    let overview: url::Url = step("dashboard url", app.url("/dashboard").parse())?;
+    step(
+        "waiting for the dashboard after signing in",
+        client
+            .wait()
+            .at_most(Duration::from_secs(15))
+            .for_url(&overview)
+            .await,
+    )?;
+    let heading = text_of(client, "main h1").await?;
+    if heading != "Overview" {
+        return Err(format!(
+            "expected the overview after signing in, got {heading:?}"
+        ));
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_operator_signs_in_to_the_dashboard_in_a_real_browser_and_it_fits_a_phone() {
+    let Some(driver) = start_driver().await else {
+        return;
+    };
+    let app = spawn_app().await;
+    let password = "browser test password";
+    operators::create_or_update(
+        &app.db,
+        "ops@example.com",
+        Some("Browser Operator"),
+        Role::Admin,
+        SecretString::from(password),
+    )
+    .await
+    .unwrap();
+    crate::dashboard::seed_connection(&app, "seller-browser").await;
+
+    // A phone-sized window: 390×844 CSS pixels.
+    let client = browser(&driver, 390, 844).await;
+    run_steps("dashboard_sign_in", client, |client| async move {
+        dashboard_sign_in(&client, &app, "ops@example.com", password).await?;
+        step(
+            "open connections",
+            client.goto(&app.url("/dashboard/connections")).await,
+        )?;
+        let cell = text_of(&client, "#conn-seller-browser td").await?;
+        if !cell.contains("seller-browser") {
+            return Err(format!("connection row shows {cell:?}"));
+        }
+        // The page script ran under the CSP: times carry their UTC value as a title once localized.
+        step(
+            "localized times",
+            client
+                .wait()
+                .at_most(Duration::from_secs(10))
+                .for_element(Locator::Css("time[title]"))
+                .await,
+        )?;
+        // On a phone the table turns into cards: no header row is shown.
+        let display = step(
+            "header display",
+            client
+                .execute(
+                    "return getComputedStyle(document.querySelector('table.cards thead')).display",
+                    vec![],
+                )
+                .await,
+        )?;
+        if display != json!("none") {
+            return Err(format!("table header on a phone is {display}"));
+        }
+        // Nothing wider than the screen (headless chromium's narrowest window is about 500 px).
+        let overflow = step(
+            "page width",
+            client
+                .execute(
+                    "return document.documentElement.scrollWidth - window.innerWidth",
+                    vec![],
+                )
+                .await,
+        )?;
+        if overflow.as_f64().unwrap_or(f64::MAX) > 0.0 {
+            return Err(format!(
+                "the page scrolls sideways on a phone by {overflow} px"
+            ));
+        }
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_seller_connects_through_the_sandbox_popup_in_a_real_browser() {
+    let Some(driver) = start_driver().await else {
+        return;
+    };
+    let app = spawn_app().await;
+    let session = crate::connect::create_session(&app, "seller-popup", json!({"lang": "en"})).await;
+    let connect_url = session["connect_url"].as_str().unwrap().to_owned();
+    let client = browser(&driver, 1024, 800).await;
+    let app_ref = &app;
+    run_steps("connect_popup", client, |client| async move {
+        step("open the connect page", client.goto(&connect_url).await)?;
+        let opener = step("the connect window", client.window().await)?;
+        let button = step(
+            "connect button",
+            client
+                .wait()
+                .at_most(Duration::from_secs(15))
+                .for_element(Locator::Id("connect"))
+                .await,
+        )?;
+        step("press connect", button.click().await)?;
+        // amoCRM's consent opens in a popup window.
+        let started = Instant::now();
+        let popup = loop {
+            let windows = step("windows", client.windows().await)?;
+            if let Some(w) = windows.into_iter().find(|w| *w != opener) {
+                break w;
+            }
+            if started.elapsed() > Duration::from_secs(15) {
+                return Err("no consent popup opened".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        step("switch to the popup", client.switch_to_window(popup).await)?;
+        let account = step(
+            "account choice",
+            client
+                .wait()
+                .at_most(Duration::from_secs(15))
+                .for_element(Locator::Id("account"))
+                .await,
+        )?;
+        step(
+            "choose the account",
+            account.select_by_value("sellerone.amocrm.ru").await,
+        )?;
+        let allow = step(
+            "allow button",
+            client.find(Locator::Css("button.allow")).await,
+        )?;
+        step("press allow", allow.click().await)?;
+        // The popup reports to the connect page and closes itself.
+        let started = Instant::now();
+        loop {
+            let windows = step("windows", client.windows().await)?;
+            if windows.len() == 1 {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                return Err("the popup did not close after consent".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        step(
+            "back to the connect page",
+            client.switch_to_window(opener).await,
+        )?;
+        let title = text_of(&client, "#result:not([hidden]) #result-title").await?;
+        if title.trim().is_empty() {
+            return Err("no success message on the connect page".into());
+        }
+        let conn = crate::connect::connection(app_ref, "seller-popup")
+            .await
+            .ok_or("no connection stored")?;
+        if conn.status != "active" || conn.host != "sellerone.amocrm.ru" {
+            return Err(format!("connection is {} at {}", conn.status, conn.host));
+        }
+        Ok(())
+    })
+    .await;
+}

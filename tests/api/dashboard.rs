@@ -1,0 +1,447 @@
+//! The operator dashboard: sign-in with a session cookie and CSRF tokens, the pages and their data, viewers,
+//! sign-out, and the security headers.
+
+use amocrm_connector::services::operators::{self, Role};
+use amocrm_connector::storage::events::{self, NewEvent};
+use amocrm_connector::storage::schema::{amocrm_connections, orders, webhook_subscriptions};
+use chrono::TimeDelta;
+use diesel::prelude::*;
+use secrecy::SecretString;
+use serde_json::json;
+
+use crate::helpers::{TestApp, spawn_app};
+
+const PASSWORD: &str = "dashboard password 1";
+
+/// The value of the first hidden `csrf` field in a page.
+pub fn csrf_in(html: &str) -> String {
+    let marker = "name=\"csrf\" value=\"";
+    let start = html.find(marker).expect("a csrf field") + marker.len();
+    html[start..].split('"').next().unwrap().to_owned()
+}
+
+/// Signs in through the login form; the app's client keeps the cookies.
+pub async fn sign_in(app: &TestApp, email: &str, role: Role) {
+    operators::create_or_update(
+        &app.db,
+        email,
+        Some("Dana"),
+        role,
+        SecretString::from(PASSWORD),
+    )
+    .await
+    .unwrap();
+    let page = app
+        .http
+        .get(app.url("/dashboard/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let csrf = csrf_in(&page.text().await.unwrap());
+    let resp = app
+        .http
+        .post(app.url("/dashboard/login"))
+        .form(&[("email", email), ("password", PASSWORD), ("csrf", &csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    assert_eq!(resp.headers()["location"], "/dashboard");
+    let cookie = resp
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("amc_session="))
+        .expect("session cookie");
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+}
+
+async fn get(app: &TestApp, path: &str) -> (u16, String) {
+    let resp = app.http.get(app.url(path)).send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap())
+}
+
+/// A connection row in `refresh_failed`, as the dashboard lists it.
+pub async fn seed_connection(app: &TestApp, seller_id: &str) {
+    let seller = seller_id.to_owned();
+    app.db
+        .run(move |c| {
+            let now = amocrm_connector::storage::now();
+            diesel::insert_into(amocrm_connections::table)
+                .values((
+                    amocrm_connections::seller_id.eq(&seller),
+                    amocrm_connections::account_id.eq(31_337i64),
+                    amocrm_connections::host.eq("dash.amocrm.ru"),
+                    amocrm_connections::subdomain.eq("dash"),
+                    amocrm_connections::status.eq("refresh_failed"),
+                    amocrm_connections::last_error.eq(Some("amoCRM refused the refresh token")),
+                    amocrm_connections::refresh_failures.eq(3),
+                    amocrm_connections::token_expires_at.eq(Some(now + TimeDelta::hours(5))),
+                    amocrm_connections::webhook_token.eq(format!("whtok-{seller}")),
+                    amocrm_connections::connected_at.eq(now),
+                    amocrm_connections::created_at.eq(now),
+                    amocrm_connections::updated_at.eq(now),
+                ))
+                .execute(c)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+}
+
+async fn seed(app: &TestApp) {
+    seed_connection(app, "seller-dash").await;
+    app.db
+        .run(|c| {
+            let now = amocrm_connector::storage::now();
+            diesel::insert_into(orders::table)
+                .values((
+                    orders::id.eq("ord_dash1"),
+                    orders::seller_id.eq("seller-dash"),
+                    orders::order_number.eq("A-1042"),
+                    orders::status.eq("pending"),
+                    orders::total_amount_minor.eq(1_250_000i64),
+                    orders::currency.eq("UZS"),
+                    orders::body_json.eq("{}"),
+                    orders::body_hash.eq("x"),
+                    orders::sync_state.eq("failed"),
+                    orders::last_error.eq(Some("amoCRM rejected the lead: price")),
+                    orders::next_attempt_at.eq(now),
+                    orders::created_at.eq(now),
+                    orders::updated_at.eq(now),
+                ))
+                .execute(c)?;
+            diesel::insert_into(webhook_subscriptions::table)
+                .values((
+                    webhook_subscriptions::id.eq("sub_dash"),
+                    webhook_subscriptions::url.eq("https://receiver.example/hook"),
+                    webhook_subscriptions::events.eq("[\"payment.completed\"]"),
+                    webhook_subscriptions::secret_enc.eq(vec![0u8; 8]),
+                    webhook_subscriptions::active.eq(true),
+                    webhook_subscriptions::created_at.eq(now),
+                    webhook_subscriptions::updated_at.eq(now),
+                ))
+                .execute(c)?;
+            let ev = NewEvent::new(
+                "payment.completed",
+                "seller-dash",
+                json!({"order_id": "ord_dash1", "order_number": "A-1042", "lead_id": 77, "amount": 12500, "currency": "UZS"}),
+                None,
+            );
+            events::record(c, &ev)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_dashboard_sends_strangers_to_the_sign_in_page() {
+    let app = spawn_app().await;
+    for path in [
+        "/dashboard",
+        "/dashboard/connections",
+        "/dashboard/orders",
+        "/dashboard/events",
+    ] {
+        let resp = app.http.get(app.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 303, "{path}");
+        assert_eq!(resp.headers()["location"], "/dashboard/login");
+    }
+    // A forged session cookie is no better.
+    let resp = app
+        .http
+        .get(app.url("/dashboard"))
+        .header("cookie", "amc_session=ops_forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+}
+
+#[tokio::test]
+async fn an_operator_signs_in_and_sees_connections_orders_events_and_subscriptions() {
+    let app = spawn_app().await;
+    seed(&app).await;
+    sign_in(&app, "ops@example.com", Role::Admin).await;
+
+    let (status, html) = get(&app, "/dashboard").await;
+    assert_eq!(status, 200);
+    assert!(html.contains("Overview") && html.contains("Dana"), "{html}");
+
+    let (status, html) = get(&app, "/dashboard/connections").await;
+    assert_eq!(status, 200);
+    assert!(html.contains("seller-dash") && html.contains("dash.amocrm.ru"));
+    assert!(html.contains("refresh_failed") && html.contains("amoCRM refused the refresh token"));
+    assert!(html.contains("Refresh now"));
+    assert!(
+        html.contains("<time datetime=\""),
+        "times are machine-readable"
+    );
+
+    let (_, html) = get(&app, "/dashboard/connections?status=active").await;
+    assert!(!html.contains("seller-dash"), "filtered out");
+
+    let (status, html) = get(&app, "/dashboard/orders?sync_state=failed").await;
+    assert_eq!(status, 200);
+    assert!(html.contains("A-1042") && html.contains("12500.00 UZS"));
+    assert!(html.contains("Retry"));
+
+    let (status, html) = get(&app, "/dashboard/events").await;
+    assert_eq!(status, 200);
+    assert!(html.contains("payment.completed") && html.contains("ord_dash1"));
+
+    let (status, html) = get(&app, "/dashboard/subscriptions").await;
+    assert_eq!(status, 200);
+    assert!(html.contains("https://receiver.example/hook"));
+}
+
+#[tokio::test]
+async fn times_are_shown_in_the_operators_time_zone() {
+    let mut app = spawn_app().await;
+    seed(&app).await;
+    let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+    app.http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_provider(jar.clone())
+        .build()
+        .unwrap();
+    sign_in(&app, "ops@example.com", Role::Admin).await;
+    let url: reqwest::Url = app.url("/dashboard").parse().unwrap();
+    let utc = get(&app, "/dashboard/connections").await.1;
+    // What the page script reports for a browser in Tashkent.
+    jar.add_cookie_str("tz_offset=300; Path=/dashboard", &url);
+    let tashkent = get(&app, "/dashboard/connections").await.1;
+    assert!(tashkent.contains("UTC+05:00"), "{tashkent}");
+    assert!(utc.contains("UTC+00:00"));
+    let first_time = |html: &str| {
+        let start = html.find("<time").unwrap();
+        html[start..html[start..].find("</time>").unwrap() + start].to_owned()
+    };
+    assert_ne!(first_time(&utc), first_time(&tashkent));
+}
+
+#[tokio::test]
+async fn the_login_form_needs_its_csrf_token_and_the_right_password() {
+    let app = spawn_app().await;
+    operators::create_or_update(
+        &app.db,
+        "ops@example.com",
+        None,
+        Role::Admin,
+        SecretString::from(PASSWORD),
+    )
+    .await
+    .unwrap();
+    // No token from a login page: refused, no session.
+    let resp = app
+        .http
+        .post(app.url("/dashboard/login"))
+        .form(&[
+            ("email", "ops@example.com"),
+            ("password", PASSWORD),
+            ("csrf", "made-up"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(get(&app, "/dashboard").await.0, 303);
+
+    let page = get(&app, "/dashboard/login").await.1;
+    let resp = app
+        .http
+        .post(app.url("/dashboard/login"))
+        .form(&[
+            ("email", "ops@example.com"),
+            ("password", "wrong password"),
+            ("csrf", &csrf_in(&page)),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(
+        resp.text()
+            .await
+            .unwrap()
+            .contains("Wrong e-mail or password")
+    );
+    assert_eq!(get(&app, "/dashboard").await.0, 303);
+}
+
+#[tokio::test]
+async fn dashboard_actions_need_the_session_form_token_and_viewers_cannot_act() {
+    let app = spawn_app().await;
+    seed(&app).await;
+    sign_in(&app, "viewer@example.com", Role::Viewer).await;
+    let html = get(&app, "/dashboard/orders").await.1;
+    assert!(!html.contains(">Retry<"), "viewers see no action buttons");
+    let resp = app
+        .http
+        .post(app.url("/dashboard/orders/ord_dash1/retry"))
+        .form(&[("csrf", csrf_in(&html).as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+
+    let admin = spawn_app().await;
+    seed(&admin).await;
+    sign_in(&admin, "ops@example.com", Role::Admin).await;
+    let resp = admin
+        .http
+        .post(admin.url("/dashboard/orders/ord_dash1/retry"))
+        .form(&[("csrf", "not-the-token")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+}
+
+#[tokio::test]
+async fn signing_out_ends_the_session() {
+    let app = spawn_app().await;
+    sign_in(&app, "ops@example.com", Role::Admin).await;
+    let html = get(&app, "/dashboard").await.1;
+    let resp = app
+        .http
+        .post(app.url("/dashboard/logout"))
+        .form(&[("csrf", csrf_in(&html).as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    assert_eq!(get(&app, "/dashboard").await.0, 303);
+}
+
+#[tokio::test]
+async fn dashboard_pages_are_locked_down_with_security_headers() {
+    let app = spawn_app().await;
+    sign_in(&app, "ops@example.com", Role::Admin).await;
+    let resp = app.http.get(app.url("/dashboard")).send().await.unwrap();
+    let h = resp.headers();
+    let csp = h["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"));
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["cache-control"], "no-store");
+    let css = app
+        .http
+        .get(app.url("/dashboard/assets/app.css"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(css.status(), 200);
+    assert!(
+        css.text().await.unwrap().contains("@media (max-width"),
+        "phone layout"
+    );
+}
+
+#[tokio::test]
+async fn refresh_now_in_the_dashboard_refreshes_the_connection_at_amocrm() {
+    let app = spawn_app().await;
+    crate::connect::seed_connection(&app, "seller-live", "sellerone.amocrm.ru").await;
+    let before = crate::connect::connection(&app, "seller-live")
+        .await
+        .unwrap();
+    sign_in(&app, "ops@example.com", Role::Admin).await;
+    let html = get(&app, "/dashboard/connections").await.1;
+    assert!(html.contains("/dashboard/connections/seller-live/refresh"));
+    let resp = app
+        .http
+        .post(app.url("/dashboard/connections/seller-live/refresh"))
+        .form(&[("csrf", csrf_in(&html).as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    assert_eq!(
+        resp.headers()["location"],
+        "/dashboard/connections?done=refreshed"
+    );
+    let after = crate::connect::connection(&app, "seller-live")
+        .await
+        .unwrap();
+    assert!(after.token_version > before.token_version);
+    assert!(after.last_refreshed_at.is_some());
+    let page = get(&app, "/dashboard/connections?done=refreshed").await.1;
+    assert!(page.contains("The connection was refreshed."));
+}
+
+#[tokio::test]
+async fn redeliver_in_the_dashboard_makes_a_failed_delivery_due_again() {
+    use amocrm_connector::storage::schema::event_deliveries;
+    let app = spawn_app().await;
+    seed(&app).await;
+    let deliveries = app
+        .db
+        .run(|c| {
+            Ok(diesel::update(event_deliveries::table)
+                .set(event_deliveries::state.eq("failed"))
+                .execute(c)?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(deliveries, 1, "the seeded event has one delivery");
+    sign_in(&app, "ops@example.com", Role::Admin).await;
+    let html = get(&app, "/dashboard/events?failed=1").await.1;
+    let at = html.find("/redeliver\"").expect("a redeliver button");
+    let action_start = html[..at].rfind("action=\"").unwrap() + "action=\"".len();
+    let action = format!("{}/redeliver", &html[action_start..at]);
+    let resp = app
+        .http
+        .post(app.url(&action))
+        .form(&[("csrf", csrf_in(&html).as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    assert_eq!(
+        resp.headers()["location"],
+        "/dashboard/events?done=redelivered"
+    );
+    let states: Vec<String> = app
+        .db
+        .run(|c| {
+            Ok(event_deliveries::table
+                .select(event_deliveries::state)
+                .load(c)?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(states, vec!["pending".to_owned()]);
+}
+
+#[tokio::test]
+async fn retry_in_the_dashboard_queues_a_failed_order_again() {
+    let app = spawn_app().await;
+    seed(&app).await;
+    sign_in(&app, "ops@example.com", Role::Admin).await;
+    let html = get(&app, "/dashboard/orders?sync_state=failed").await.1;
+    assert!(html.contains("/dashboard/orders/ord_dash1/retry"));
+    let resp = app
+        .http
+        .post(app.url("/dashboard/orders/ord_dash1/retry"))
+        .form(&[("csrf", csrf_in(&html).as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    assert_eq!(resp.headers()["location"], "/dashboard/orders?done=retried");
+    let state: String = app
+        .db
+        .run(|c| {
+            Ok(orders::table
+                .filter(orders::id.eq("ord_dash1"))
+                .select(orders::sync_state)
+                .first(c)?)
+        })
+        .await
+        .unwrap();
+    assert_ne!(state, "failed");
+}

@@ -1,0 +1,248 @@
+//! `amocrm-connector demo`: started in-process on free ports in a temporary folder, its printed links work:
+//! the connect link through the sandbox's consent page, the dashboard login, the API key.
+
+use std::time::Duration;
+
+use amocrm_connector::demo::{self, DemoOptions};
+use serde_json::{Value, json};
+
+use crate::connect::attr;
+
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+        .build()
+        .unwrap()
+}
+
+/// A seller's browser: the connect page, the sandbox's consent page, Allow, back to our callback.
+async fn click_through_connect(http: &reqwest::Client, connect_url: &str, sandbox: &str) -> String {
+    let page = http.get(connect_url).send().await.unwrap();
+    assert_eq!(page.status(), 200, "connect page");
+    let popup = attr(&page.text().await.unwrap(), "data-popup").expect("consent link");
+    let consent = http.get(&popup).send().await.unwrap();
+    assert_eq!(consent.status(), 200, "consent page");
+    let html = consent.text().await.unwrap();
+    let mut form: Vec<(String, String)> = ["client_id", "state", "mode", "redirect_uri"]
+        .iter()
+        .map(|f| {
+            let at = html.find(&format!("name=\"{f}\"")).expect("consent field");
+            (
+                (*f).to_owned(),
+                attr(&html[at..], "value").unwrap_or_default(),
+            )
+        })
+        .collect();
+    form.push(("account".into(), "sellerone.amocrm.ru".into()));
+    form.push(("decision".into(), "allow".into()));
+    let allowed = http
+        .post(format!("{sandbox}/oauth"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), 302, "consent redirects back");
+    let callback = allowed.headers()["location"].to_str().unwrap().to_owned();
+    let done = http.get(&callback).send().await.unwrap();
+    assert_eq!(done.status(), 200, "callback");
+    done.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_demo_starts_everything_and_its_printed_links_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = DemoOptions {
+        data_dir: dir.path().join("demo"),
+        port: 0,
+        sandbox_port: 0,
+    };
+    let demo = demo::start(opts.clone()).await.expect("demo starts");
+    let http = browser();
+
+    // The seller connects through the link the demo printed.
+    let connect_url = demo.connect_url.clone().expect("a connect link");
+    click_through_connect(&http, &connect_url, &demo.sandbox.base_url()).await;
+    let conn: Value = http
+        .get(format!(
+            "{}/api/v1/connections/{}",
+            demo.base_url, demo.seller_id
+        ))
+        .bearer_auth(&demo.api_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(conn["data"]["status"], "active", "{conn}");
+    assert_eq!(conn["data"]["host"], "sellerone.amocrm.ru");
+
+    // The printed admin login works, and the sandbox page is where the banner says.
+    let login = http
+        .post(format!("{}/api/auth/login", demo.base_url))
+        .json(&json!({"email": demo.admin_email, "password": demo.admin_password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    let board = http
+        .get(format!("{}/", demo.sandbox.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(board.status(), 200);
+    assert!(
+        demo.state.settings.sandbox_page_url.is_some(),
+        "the dashboard links the sandbox"
+    );
+    assert!(
+        demo.receiver_url.is_some(),
+        "events are delivered to the demo receiver"
+    );
+
+    // The printed curl: an order becomes a lead in the seller's pipeline.
+    let posted = http
+        .post(format!("{}/api/v1/sales/orders", demo.base_url))
+        .bearer_auth(&demo.api_key)
+        .json(&demo::example_order("DEMO-1001"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 202, "{}", posted.text().await.unwrap());
+    let order: Value = posted.json().await.unwrap_or_default();
+    let order_id = order["data"]["id"].as_str().unwrap_or_default().to_owned();
+    let started = std::time::Instant::now();
+    let lead_id = loop {
+        let o: Value = http
+            .get(format!("{}/api/v1/sales/orders/{order_id}", demo.base_url))
+            .bearer_auth(&demo.api_key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(id) = o["data"]["sync"]["lead_id"].as_u64() {
+            break id;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "never pushed: {o}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // Moving the lead to "paid" on the sandbox page flows back as one payment.completed, delivered signed
+    // to the demo receiver and shown in the dashboard.
+    let mapping: Value = http
+        .get(format!(
+            "{}/api/v1/connections/{}/pipeline",
+            demo.base_url, demo.seller_id
+        ))
+        .bearer_auth(&demo.api_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let pipeline = mapping["data"]["pipeline_id"].as_u64().unwrap();
+    let paid = mapping["data"]["statuses"]["paid"].as_u64().unwrap();
+    demo.sandbox
+        .move_lead("sellerone.amocrm.ru", lead_id, pipeline, paid)
+        .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let events: Value = http
+            .get(format!(
+                "{}/api/v1/events?event=payment.completed",
+                demo.base_url
+            ))
+            .bearer_auth(&demo.api_key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let delivered = demo
+            .state
+            .db
+            .run(|c| {
+                use amocrm_connector::storage::schema::event_deliveries as d;
+                use diesel::prelude::*;
+                Ok(d::table
+                    .filter(d::state.eq("delivered"))
+                    .count()
+                    .get_result::<i64>(c)?)
+            })
+            .await
+            .unwrap();
+        let payments = events["data"].as_array().map_or(0, Vec::len);
+        if payments == 1 && delivered >= 1 {
+            assert_eq!(events["data"][0]["data"]["order_number"], "DEMO-1001");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no delivered payment.completed: {events}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let login_page = http
+        .get(format!("{}/dashboard/login", demo.base_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let signed_in = http
+        .post(format!("{}/dashboard/login", demo.base_url))
+        .form(&[
+            ("email", demo.admin_email),
+            ("password", demo.admin_password.as_str()),
+            ("csrf", crate::dashboard::csrf_in(&login_page).as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let events_page = http
+        .get(format!("{}/dashboard/events", demo.base_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(events_page.contains("payment.completed") && events_page.contains("delivered"));
+    let orders_page = http
+        .get(format!("{}/dashboard/orders", demo.base_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(orders_page.contains("DEMO-1001") && orders_page.contains(&lead_id.to_string()));
+
+    // Secrets stay in the demo folder, and a second start reuses them.
+    let secrets = std::fs::read_to_string(opts.data_dir.join("demo-secrets.json")).unwrap();
+    assert!(secrets.contains(&demo.api_key));
+    let (key, password) = (demo.api_key.clone(), demo.admin_password.clone());
+    demo.trigger.trigger();
+    tokio::time::timeout(Duration::from_secs(15), demo.wait())
+        .await
+        .expect("stops")
+        .expect("stops cleanly");
+    let again = demo::start(opts).await.expect("demo starts again");
+    assert_eq!(again.api_key, key);
+    assert_eq!(again.admin_password, password);
+    again.trigger.trigger();
+    tokio::time::timeout(Duration::from_secs(15), again.wait())
+        .await
+        .expect("stops")
+        .expect("stops cleanly");
+}

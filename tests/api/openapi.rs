@@ -1,0 +1,150 @@
+//! `GET /api/v1/openapi.json`: a valid OpenAPI 3 document generated from the code, listing every `/api/v1`
+//! route of the contract; and `GET /api/v1/docs`, the page rendering it.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+use crate::helpers::spawn_app;
+
+/// Every operation the contract (§6) and the operator auth define.
+const CONTRACT_ROUTES: &[(&str, &str)] = &[
+    ("post", "/api/auth/login"),
+    ("post", "/api/auth/refresh"),
+    ("post", "/api/v1/connect-sessions"),
+    ("get", "/api/v1/connections"),
+    ("get", "/api/v1/connections/{seller_id}"),
+    ("delete", "/api/v1/connections/{seller_id}"),
+    ("post", "/api/v1/connections/{seller_id}/refresh"),
+    ("get", "/api/v1/connections/{seller_id}/pipeline"),
+    ("put", "/api/v1/connections/{seller_id}/pipeline"),
+    ("post", "/api/v1/sales/orders"),
+    ("get", "/api/v1/sales/orders"),
+    ("get", "/api/v1/sales/orders/{id}"),
+    ("patch", "/api/v1/sales/orders/{id}"),
+    ("post", "/api/v1/sales/orders/{id}/retry"),
+    ("post", "/api/v1/webhooks"),
+    ("get", "/api/v1/webhooks"),
+    ("get", "/api/v1/webhooks/{id}"),
+    ("patch", "/api/v1/webhooks/{id}"),
+    ("delete", "/api/v1/webhooks/{id}"),
+    ("get", "/api/v1/webhooks/{id}/deliveries"),
+    ("get", "/api/v1/events"),
+    ("post", "/api/v1/events/{id}/redeliver"),
+];
+
+/// Structural checks of an OpenAPI 3 document: version and info, operations with responses, every path
+/// parameter declared, every `$ref` resolving to a component.
+fn validate(doc: &Value) -> Result<(), String> {
+    let version = doc["openapi"].as_str().ok_or("no openapi version")?;
+    if !version.starts_with("3.") {
+        return Err(format!("openapi {version} is not 3.x"));
+    }
+    if doc["info"]["title"].as_str().is_none_or(str::is_empty)
+        || doc["info"]["version"].as_str().is_none()
+    {
+        return Err("info.title and info.version are required".into());
+    }
+    let paths = doc["paths"].as_object().ok_or("no paths")?;
+    for (path, item) in paths {
+        if !path.starts_with('/') {
+            return Err(format!("path {path} must start with /"));
+        }
+        let declared_in_path: BTreeSet<&str> = path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .collect();
+        for (method, op) in item.as_object().ok_or("path item is not an object")? {
+            let responses = op["responses"]
+                .as_object()
+                .ok_or(format!("{method} {path}: no responses"))?;
+            if responses.is_empty() {
+                return Err(format!("{method} {path}: empty responses"));
+            }
+            let params: BTreeSet<&str> = op["parameters"]
+                .as_array()
+                .map(|ps| {
+                    ps.iter()
+                        .filter(|p| p["in"] == "path")
+                        .filter_map(|p| p["name"].as_str())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if params != declared_in_path {
+                return Err(format!(
+                    "{method} {path}: path parameters {params:?} do not match {declared_in_path:?}"
+                ));
+            }
+        }
+    }
+    let schemas = doc["components"]["schemas"].as_object();
+    let mut refs = Vec::new();
+    collect_refs(doc, &mut refs);
+    for r in refs {
+        let name = r
+            .strip_prefix("#/components/schemas/")
+            .ok_or(format!("unexpected $ref {r}"))?;
+        if !schemas.is_some_and(|s| s.contains_key(name)) {
+            return Err(format!("$ref {r} does not resolve"));
+        }
+    }
+    Ok(())
+}
+
+fn collect_refs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                if k == "$ref" {
+                    if let Some(s) = v.as_str() {
+                        out.push(s.to_owned());
+                    }
+                } else {
+                    collect_refs(v, out);
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| collect_refs(v, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_valid_and_lists_every_api_route() {
+    let app = spawn_app().await;
+    // Public: no API key needed to read the contract.
+    let resp = app
+        .http
+        .get(app.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let doc: Value = resp.json().await.unwrap();
+    validate(&doc).unwrap_or_else(|e| panic!("{e}\n{doc:#}"));
+    for (method, path) in CONTRACT_ROUTES {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} missing from the document"
+        );
+    }
+    assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+#[tokio::test]
+async fn the_docs_page_renders_every_operation() {
+    let app = spawn_app().await;
+    let resp = app.http.get(app.url("/api/v1/docs")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let html = resp.text().await.unwrap();
+    for (method, path) in CONTRACT_ROUTES {
+        assert!(
+            html.contains(&format!(
+                "{}</span> <code>{path}</code>",
+                method.to_uppercase()
+            )),
+            "{method} {path} not on the page"
+        );
+    }
+}

@@ -1,0 +1,369 @@
+//! Operators: `users create` on the command line, login and refresh, operator tokens on `/api/v1`,
+//! read-only viewers, and the throttle on failed logins.
+
+use amocrm_connector::cli::{self, Cli, Command};
+use amocrm_connector::config::Settings;
+use amocrm_connector::services::operators::{self, Role};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, assert_error, spawn_app};
+
+const PASSWORD: &str = "correct horse battery";
+
+async fn add_operator(app: &TestApp, email: &str, role: Role) {
+    operators::create_or_update(&app.db, email, None, role, SecretString::from(PASSWORD))
+        .await
+        .expect("operator created");
+}
+
+async fn login(app: &TestApp, email: &str, password: &str) -> reqwest::Response {
+    app.http
+        .post(app.url("/api/auth/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn access_token(app: &TestApp, email: &str) -> String {
+    let resp = login(app, email, PASSWORD).await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+/// Runs `amocrm-connector users …` in-process (parsed by the real command line) with `stdin` as input.
+async fn users_cli(app: &TestApp, args: &[&str], stdin: &str) -> Result<String, String> {
+    use clap::Parser;
+    let mut argv = vec!["amocrm-connector", "users"];
+    argv.extend_from_slice(args);
+    let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+    let Some(Command::Users(cmd)) = cli.command else {
+        return Err("not a users command".into());
+    };
+    let settings = Settings::from_env(&app.env).unwrap();
+    cli::users(settings, cmd, stdin.as_bytes()).await
+}
+
+#[tokio::test]
+async fn an_operator_created_on_the_command_line_signs_in_with_the_password_from_stdin() {
+    let app = spawn_app().await;
+    let out = users_cli(
+        &app,
+        &[
+            "create",
+            "--email",
+            "Ops@Example.com",
+            "--role",
+            "admin",
+            "--name",
+            "Olga",
+        ],
+        &format!("{PASSWORD}\n"),
+    )
+    .await
+    .unwrap();
+    assert!(out.contains("created operator"), "{out}");
+    assert!(!out.contains(PASSWORD));
+
+    let resp = login(&app, "ops@example.com", PASSWORD).await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 3600);
+    assert_eq!(body["user"]["name"], "Olga");
+    assert_eq!(body["user"]["role"], "admin");
+    assert!(body["user"]["id"].as_i64().is_some());
+    assert!(body["access_token"].as_str().is_some_and(|t| t.len() > 30));
+    assert!(body["refresh_token"].as_str().is_some_and(|t| t.len() > 30));
+
+    // The stored password is an Argon2id hash, never the password.
+    let rows = app
+        .db
+        .run(amocrm_connector::storage::operators::list)
+        .await
+        .unwrap();
+    assert!(rows[0].password_hash.starts_with("$argon2id$"));
+    assert!(!rows[0].password_hash.contains(PASSWORD));
+    let listed = users_cli(&app, &["list"], "").await.unwrap();
+    assert!(
+        listed.contains("ops@example.com") && listed.contains("admin"),
+        "{listed}"
+    );
+}
+
+#[tokio::test]
+async fn users_create_refuses_a_short_password_a_missing_one_and_a_bad_role() {
+    let app = spawn_app().await;
+    let create = ["create", "--email", "a@example.com", "--role", "admin"];
+    let err = users_cli(&app, &create, "short\n").await.unwrap_err();
+    assert!(err.contains("at least"), "{err}");
+    let err = users_cli(&app, &create, "").await.unwrap_err();
+    assert!(err.contains("no password"), "{err}");
+    let bad_role = ["create", "--email", "a@example.com", "--role", "root"];
+    assert!(
+        users_cli(&app, &bad_role, &format!("{PASSWORD}\n"))
+            .await
+            .is_err()
+    );
+    let rows = app
+        .db
+        .run(amocrm_connector::storage::operators::list)
+        .await
+        .unwrap();
+    assert!(rows.is_empty());
+}
+
+#[tokio::test]
+async fn a_wrong_password_or_unknown_email_is_401_in_the_contract_format() {
+    let app = spawn_app().await;
+    add_operator(&app, "ops@example.com", Role::Admin).await;
+    assert_error(
+        login(&app, "ops@example.com", "wrong password").await,
+        401,
+        "INVALID_TOKEN",
+    )
+    .await;
+    assert_error(
+        login(&app, "nobody@example.com", PASSWORD).await,
+        401,
+        "INVALID_TOKEN",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn malformed_or_incomplete_login_bodies_are_400_and_422() {
+    let app = spawn_app().await;
+    let resp = app
+        .http
+        .post(app.url("/api/auth/login"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, 400, "BAD_REQUEST").await;
+    let resp = app
+        .http
+        .post(app.url("/api/auth/login"))
+        .json(&json!({"email": "ops@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_error(resp, 422, "VALIDATION_ERROR").await;
+    assert!(body["error"]["details"].get("password").is_some(), "{body}");
+    let body = assert_error(login(&app, "", "").await, 422, "VALIDATION_ERROR").await;
+    assert!(body["error"]["details"].get("email").is_some(), "{body}");
+}
+
+#[tokio::test]
+async fn an_operator_access_token_is_accepted_on_the_api_beside_api_keys() {
+    let app = spawn_app().await;
+    add_operator(&app, "ops@example.com", Role::Admin).await;
+    let token = access_token(&app, "ops@example.com").await;
+    // Past the guard: the route does not exist, so 404 rather than 401.
+    let resp = app
+        .http
+        .get(app.url("/api/v1/no-such-route"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, 404, "RESOURCE_NOT_FOUND").await;
+    let resp = app
+        .http
+        .post(app.url("/api/v1/no-such-route"))
+        .bearer_auth(&token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, 404, "RESOURCE_NOT_FOUND").await;
+    // A made-up operator token is refused.
+    let resp = app
+        .http
+        .get(app.url("/api/v1/no-such-route"))
+        .bearer_auth("opa_made-up-token-that-was-never-issued")
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, 401, "INVALID_TOKEN").await;
+}
+
+#[tokio::test]
+async fn viewers_may_read_but_every_write_method_is_403() {
+    let app = spawn_app().await;
+    add_operator(&app, "viewer@example.com", Role::Viewer).await;
+    let token = access_token(&app, "viewer@example.com").await;
+    let resp = app
+        .http
+        .get(app.url("/api/v1/no-such-route"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, 404, "RESOURCE_NOT_FOUND").await;
+    for method in [
+        reqwest::Method::POST,
+        reqwest::Method::PUT,
+        reqwest::Method::PATCH,
+        reqwest::Method::DELETE,
+    ] {
+        let resp = app
+            .http
+            .request(method.clone(), app.url("/api/v1/connections/seller-1"))
+            .bearer_auth(&token)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_error(resp, 403, "INSUFFICIENT_PERMISSION").await;
+    }
+}
+
+#[tokio::test]
+async fn a_refresh_token_gives_a_new_working_access_token_and_junk_is_401() {
+    let app = spawn_app().await;
+    add_operator(&app, "ops@example.com", Role::Admin).await;
+    let body: Value = login(&app, "ops@example.com", PASSWORD)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let refresh = body["refresh_token"].as_str().unwrap();
+    let resp = app
+        .http
+        .post(app.url("/api/auth/refresh"))
+        .json(&json!({"refresh_token": refresh}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let renewed: Value = resp.json().await.unwrap();
+    assert_eq!(renewed["expires_in"], 3600);
+    let token = renewed["access_token"].as_str().unwrap();
+    assert_ne!(token, body["access_token"].as_str().unwrap());
+    let resp = app
+        .http
+        .get(app.url("/api/v1/no-such-route"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, 404, "RESOURCE_NOT_FOUND").await;
+
+    for junk in ["opr_junk", "", body["access_token"].as_str().unwrap()] {
+        let resp = app
+            .http
+            .post(app.url("/api/auth/refresh"))
+            .json(&json!({"refresh_token": junk}))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        assert!(status == 401 || status == 422, "{junk}: {status}");
+    }
+}
+
+#[tokio::test]
+async fn operator_tokens_are_stored_only_as_hashes() {
+    let app = spawn_app().await;
+    add_operator(&app, "ops@example.com", Role::Admin).await;
+    let body: Value = login(&app, "ops@example.com", PASSWORD)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let access = body["access_token"].as_str().unwrap().to_owned();
+    let refresh = body["refresh_token"].as_str().unwrap().to_owned();
+    let found = app
+        .db
+        .run(move |c| {
+            let now = amocrm_connector::storage::now();
+            Ok((
+                amocrm_connector::storage::operators::operator_for_token(
+                    c, "access", &access, now,
+                )?,
+                amocrm_connector::storage::operators::operator_for_token(
+                    c, "refresh", &refresh, now,
+                )?,
+            ))
+        })
+        .await
+        .unwrap();
+    assert!(
+        found.0.is_none() && found.1.is_none(),
+        "plaintext tokens must not be look-up keys"
+    );
+}
+
+#[tokio::test]
+async fn repeated_failed_logins_for_one_email_are_locked_out_with_retry_after() {
+    let app = spawn_app().await;
+    add_operator(&app, "ops@example.com", Role::Admin).await;
+    for _ in 0..6 {
+        assert_error(
+            login(&app, "ops@example.com", "wrong password").await,
+            401,
+            "INVALID_TOKEN",
+        )
+        .await;
+    }
+    // Locked now: even the right password is refused, with a hint when to come back.
+    let resp = login(&app, "ops@example.com", PASSWORD).await;
+    let retry: u64 = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=900).contains(&retry), "{retry}");
+    assert_error(resp, 429, "RATE_LIMIT_EXCEEDED").await;
+    // Another operator is not affected by this e-mail's lock.
+    add_operator(&app, "other@example.com", Role::Viewer).await;
+    assert_eq!(
+        login(&app, "other@example.com", PASSWORD).await.status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn many_failed_logins_from_one_address_lock_that_address_for_every_email() {
+    let app = spawn_app().await;
+    add_operator(&app, "ops@example.com", Role::Admin).await;
+    // Spread over many e-mails so that no single e-mail reaches its own limit.
+    for i in 0..21 {
+        let resp = login(&app, &format!("guess{i}@example.com"), "wrong password").await;
+        assert_error(resp, 401, "INVALID_TOKEN").await;
+    }
+    let resp = login(&app, "ops@example.com", PASSWORD).await;
+    assert!(resp.headers().get("retry-after").is_some());
+    assert_error(resp, 429, "RATE_LIMIT_EXCEEDED").await;
+}
+
+#[tokio::test]
+async fn a_successful_login_forgets_earlier_failures_of_that_email() {
+    let app = spawn_app().await;
+    add_operator(&app, "ops@example.com", Role::Admin).await;
+    for _ in 0..5 {
+        assert_error(
+            login(&app, "ops@example.com", "wrong password").await,
+            401,
+            "INVALID_TOKEN",
+        )
+        .await;
+    }
+    assert_eq!(login(&app, "ops@example.com", PASSWORD).await.status(), 200);
+    // Five more free failures after the success: none of them locks.
+    for _ in 0..5 {
+        assert_error(
+            login(&app, "ops@example.com", "wrong password").await,
+            401,
+            "INVALID_TOKEN",
+        )
+        .await;
+    }
+    assert_eq!(login(&app, "ops@example.com", PASSWORD).await.status(), 200);
+}

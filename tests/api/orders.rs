@@ -1,0 +1,1002 @@
+//! Orders: the API (validation, idempotency, filters, status changes, retries) and the push worker against
+//! the sandbox (exactly one lead per order, batches of 50, faults, stage moves). Workers are driven through
+//! `push::run_once` / `push::drain`, never by sleeping.
+
+use std::collections::{HashMap, HashSet};
+
+use amocrm_client::{AccountHost, NewCustomField};
+use amocrm_connector::services::api_keys::Tier;
+use amocrm_connector::services::orders as order_service;
+use amocrm_connector::services::provisioning;
+use amocrm_connector::storage::schema::amocrm_connections as c;
+use amocrm_connector::storage::{StorageError, connections, events, orders as order_store};
+use amocrm_connector::workers::push;
+use amocrm_sandbox::Faults;
+use diesel::prelude::*;
+use futures_util::future::join_all;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, assert_error, spawn_app, spawn_app_with};
+
+/// A seller connected to a sandbox account with our pipeline and fields provisioned.
+pub struct Seller {
+    pub seller_id: String,
+    pub host: String,
+    pub pipeline_id: u64,
+    pub stages: HashMap<&'static str, u64>,
+    pub field_number: u64,
+    pub field_link: u64,
+}
+
+/// Connects `seller_id` to the sandbox account `host` the way the connect flow leaves it: the token pair
+/// stored encrypted, then the connect flow's own provisioning (pipeline, fields, webhook subscription).
+pub async fn connect_seller(app: &TestApp, seller_id: &str, host: &str) -> Seller {
+    if app.sandbox.account_id(host).is_none() {
+        app.sandbox.add_account(host);
+    }
+    let pair = app.sandbox.issue_tokens(&app.env["AMOCRM_CLIENT_ID"], host);
+    let (access, refresh) = connections::seal_tokens(
+        &app.state.keys,
+        seller_id,
+        &pair.access_token,
+        &pair.refresh_token,
+    );
+    let now = amocrm_connector::storage::now();
+    let row = connections::NewConnection {
+        seller_id: seller_id.to_owned(),
+        account_id: i64::try_from(pair.account_id).unwrap(),
+        host: host.to_owned(),
+        subdomain: host.split('.').next().unwrap().to_owned(),
+        api_domain: None,
+        status: "active".to_owned(),
+        access_token_enc: Some(access),
+        refresh_token_enc: Some(refresh),
+        token_expires_at: Some(now + chrono::TimeDelta::hours(24)),
+        token_version: 1,
+        last_refreshed_at: Some(now),
+        refresh_failures: 0,
+        webhook_token: format!(
+            "wh-{seller_id}-{}",
+            amocrm_connector::domain::ids::random_token(8)
+        ),
+        provisioning_state: "pending".to_owned(),
+        provisioning_attempts: 0,
+        connected_at: now,
+        created_at: now,
+        updated_at: now,
+    };
+    app.db
+        .run(move |conn| connections::insert(conn, &row))
+        .await
+        .expect("connection stored");
+    let report = provisioning::provision(&app.state, seller_id)
+        .await
+        .expect("provisioned");
+    assert!(report.complete, "{report:?}");
+    seller_of(app, seller_id).await
+}
+
+/// What the connection row says about the seller's pipeline, stages and fields now.
+async fn seller_of(app: &TestApp, seller_id: &str) -> Seller {
+    let s = seller_id.to_owned();
+    let row = app
+        .db
+        .run(move |c| connections::find_by_seller(c, &s))
+        .await
+        .unwrap()
+        .expect("connection");
+    let id = |v: Option<i64>| u64::try_from(v.expect("provisioned id")).unwrap();
+    let mut stages = HashMap::new();
+    stages.insert("pending", id(row.stage_pending));
+    stages.insert("awaiting_payment", id(row.stage_awaiting_payment));
+    stages.insert("paid", id(row.stage_paid));
+    stages.insert("shipping", id(row.stage_shipping));
+    stages.insert("completed", id(row.stage_completed));
+    stages.insert("cancelled", id(row.stage_cancelled));
+    Seller {
+        seller_id: seller_id.to_owned(),
+        host: row.host.clone(),
+        pipeline_id: id(row.pipeline_id),
+        stages,
+        field_number: id(row.field_order_number_id),
+        field_link: id(row.field_order_link_id),
+    }
+}
+
+/// Sets a connection's status directly (what refresh failures and reconnects do).
+async fn set_connection_status(app: &TestApp, seller_id: &str, status: &'static str) {
+    let s = seller_id.to_owned();
+    app.db
+        .run(move |conn| {
+            diesel::update(c::table.filter(c::seller_id.eq(&s)))
+                .set(c::status.eq(status))
+                .execute(conn)
+                .map_err(StorageError::from)
+        })
+        .await
+        .unwrap();
+}
+
+pub fn order_body(seller_id: &str, number: &str) -> Value {
+    json!({
+        "seller_id": seller_id,
+        "order_number": number,
+        "total_amount": 150000,
+        "currency": "UZS",
+        "items": [{"product_id": "sku-1", "name": "Choynak", "quantity": 2, "price": 75000}],
+        "customer": {
+            "name": "Ali Valiyev",
+            "phone": "+998901234567",
+            "email": "ali@example.com",
+            "company": "Vali Savdo"
+        },
+        "url": format!("https://market.example/orders/{number}"),
+        "tags": ["marketplace"]
+    })
+}
+
+async fn post_with_key(app: &TestApp, key: &str, body: &Value) -> reqwest::Response {
+    app.http
+        .post(app.url("/api/v1/sales/orders"))
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .expect("request")
+}
+
+/// Posts many orders, ten at a time, with an unlimited key; every answer must be 202.
+async fn post_orders(app: &TestApp, seller_id: &str, numbers: &[String]) {
+    let key = app.api_key_with_tier(Tier::Enterprise).await;
+    for chunk in numbers.chunks(10) {
+        let bodies: Vec<Value> = chunk.iter().map(|n| order_body(seller_id, n)).collect();
+        let posts = bodies.iter().map(|b| post_with_key(app, &key, b));
+        for r in join_all(posts).await {
+            assert_eq!(r.status().as_u16(), 202, "{:?}", r.text().await);
+        }
+    }
+}
+
+async fn drain(app: &TestApp) -> push::Report {
+    let (report, drained) = push::drain(&app.state, 2_000).await.expect("push steps");
+    assert!(drained, "the push queue did not drain: {report:?}");
+    report
+}
+
+async fn order_rows(app: &TestApp, seller_id: &str) -> Vec<order_store::OrderRow> {
+    let filter = order_store::OrderFilter {
+        seller_id: Some(seller_id.to_owned()),
+        ..Default::default()
+    };
+    app.db
+        .run(move |conn| order_store::list(conn, &filter, 0, 100_000))
+        .await
+        .unwrap()
+        .0
+}
+
+/// Every lead of the sandbox account keyed by its order-number field; panics on a duplicate.
+fn leads_by_number(app: &TestApp, seller: &Seller) -> HashMap<String, amocrm_sandbox::Lead> {
+    let mut map = HashMap::new();
+    for lead in app.sandbox.leads(&seller.host) {
+        let number = lead
+            .custom_fields_values
+            .iter()
+            .find(|f| f.field_id == seller.field_number)
+            .and_then(|f| f.values.first())
+            .map(|v| v.as_text())
+            .unwrap_or_default();
+        assert!(
+            map.insert(number.clone(), lead).is_none(),
+            "two leads carry order number {number}"
+        );
+    }
+    map
+}
+
+fn numbers(prefix: &str, n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("{prefix}{i:04}")).collect()
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// API: validation, idempotency, reading
+
+#[tokio::test]
+async fn an_order_is_stored_and_answered_with_202_and_its_sync_state() {
+    let app = spawn_app().await;
+    connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    let resp = app
+        .api_post("/api/v1/sales/orders", &order_body("seller-1", "1042"))
+        .await;
+    assert_eq!(resp.status().as_u16(), 202);
+    let body: Value = resp.json().await.unwrap();
+    let o = &body["data"];
+    assert!(o["id"].as_str().unwrap().starts_with("ord_"));
+    assert_eq!(o["seller_id"], "seller-1");
+    assert_eq!(o["order_number"], "1042");
+    assert_eq!(o["status"], "pending");
+    assert_eq!(o["total_amount"], 150000);
+    assert_eq!(o["currency"], "UZS");
+    assert_eq!(o["sync"]["state"], "queued");
+    assert_eq!(o["sync"]["attempts"], 0);
+    assert!(o["sync"]["lead_id"].is_null());
+    chrono::DateTime::parse_from_rfc3339(o["created_at"].as_str().unwrap()).unwrap();
+
+    let got = app
+        .api_get(&format!(
+            "/api/v1/sales/orders/{}",
+            o["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(got.status().as_u16(), 200);
+    let got: Value = got.json().await.unwrap();
+    assert_eq!(got["data"], *o);
+}
+
+#[tokio::test]
+async fn invalid_orders_get_422_naming_every_bad_field() {
+    let app = spawn_app().await;
+    connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    let resp = app
+        .api_post(
+            "/api/v1/sales/orders",
+            &json!({
+                "seller_id": "seller-1",
+                "total_amount": -1,
+                "currency": "SOM1",
+                "status": "refunded",
+                "items": [{"product_id": "p", "name": "x", "quantity": 0, "price": 1.234}],
+                "customer": {"name": "", "email": "not-an-email"}
+            }),
+        )
+        .await;
+    let body = assert_error(resp, 422, "VALIDATION_ERROR").await;
+    let details = body["error"]["details"].as_object().unwrap();
+    for field in [
+        "order_number",
+        "total_amount",
+        "currency",
+        "status",
+        "items[0].quantity",
+        "items[0].price",
+        "customer.name",
+        "customer.email",
+    ] {
+        assert!(
+            details.contains_key(field),
+            "{field} missing in {details:?}"
+        );
+        assert!(details[field].as_array().is_some_and(|m| !m.is_empty()));
+    }
+    let (rows, _) = app
+        .db
+        .run(|c| order_store::list(c, &Default::default(), 0, 10))
+        .await
+        .unwrap();
+    assert!(rows.is_empty(), "nothing is stored for an invalid order");
+}
+
+#[tokio::test]
+async fn malformed_json_is_400_and_a_missing_body_object_too() {
+    let app = spawn_app().await;
+    let resp = app
+        .http
+        .post(app.url("/api/v1/sales/orders"))
+        .bearer_auth(&app.api_key)
+        .header("content-type", "application/json")
+        .body("{\"seller_id\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, 400, "BAD_REQUEST").await;
+    let resp = app.api_post("/api/v1/sales/orders", &json!([1, 2])).await;
+    assert_error(resp, 400, "BAD_REQUEST").await;
+}
+
+#[tokio::test]
+async fn an_order_for_a_seller_that_never_connected_is_422() {
+    let app = spawn_app().await;
+    let resp = app
+        .api_post("/api/v1/sales/orders", &order_body("nobody", "1"))
+        .await;
+    let body = assert_error(resp, 422, "VALIDATION_ERROR").await;
+    assert!(body["error"]["details"]["seller_id"].is_array());
+}
+
+#[tokio::test]
+async fn the_seed_style_customer_id_is_accepted_and_becomes_the_contact() {
+    let app = spawn_app().await;
+    let seller = connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    let mut body = order_body("seller-1", "S-1");
+    body.as_object_mut().unwrap().remove("customer");
+    body["customer_id"] = json!(4711);
+    let resp = app.api_post("/api/v1/sales/orders", &body).await;
+    assert_eq!(resp.status().as_u16(), 202);
+    drain(&app).await;
+    let contacts = app.sandbox.contacts(&seller.host);
+    assert_eq!(contacts.len(), 1);
+    assert_eq!(contacts[0].name, "Mijoz #4711");
+}
+
+#[tokio::test]
+async fn posting_the_same_order_again_returns_200_with_it_and_a_different_body_is_409() {
+    let app = spawn_app().await;
+    connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    let body = order_body("seller-1", "1042");
+    let first: Value = app
+        .api_post("/api/v1/sales/orders", &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    // The same order written differently (defaults spelled out, amount as a string) is the same order.
+    let mut same = body.clone();
+    same["total_amount"] = json!("150000.00");
+    same["status"] = json!("pending");
+    let again = app.api_post("/api/v1/sales/orders", &same).await;
+    assert_eq!(again.status().as_u16(), 200);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["data"]["id"], first["data"]["id"]);
+
+    let mut different = body.clone();
+    different["total_amount"] = json!(99);
+    let resp = app.api_post("/api/v1/sales/orders", &different).await;
+    assert_error(resp, 409, "DUPLICATE_RESOURCE").await;
+    assert_eq!(order_rows(&app, "seller-1").await.len(), 1);
+}
+
+#[tokio::test]
+async fn posting_the_same_order_twice_concurrently_creates_one_order_and_one_lead() {
+    let app = spawn_app().await;
+    let seller = connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    let body = order_body("seller-1", "77");
+    for _ in 0..3 {
+        let posts = (0..8).map(|_| app.api_post("/api/v1/sales/orders", &body));
+        let answers = join_all(posts).await;
+        let mut ids = HashSet::new();
+        let mut created = 0;
+        for r in answers {
+            let status = r.status().as_u16();
+            assert!(status == 202 || status == 200, "status {status}");
+            created += usize::from(status == 202);
+            let v: Value = r.json().await.unwrap();
+            ids.insert(v["data"]["id"].as_str().unwrap().to_owned());
+        }
+        assert_eq!(ids.len(), 1, "every answer names the same order");
+        assert!(created <= 1);
+    }
+    assert_eq!(order_rows(&app, "seller-1").await.len(), 1);
+    drain(&app).await;
+    // Posting once more after the push creates nothing either.
+    let r = app.api_post("/api/v1/sales/orders", &body).await;
+    assert_eq!(r.status().as_u16(), 200);
+    drain(&app).await;
+    assert_eq!(app.sandbox.leads(&seller.host).len(), 1);
+    assert_eq!(app.sandbox.counters(&seller.host).complex_calls, 1);
+}
+
+#[tokio::test]
+async fn orders_are_listed_with_filters_and_paging() {
+    let app = spawn_app().await;
+    connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    connect_seller(&app, "seller-2", "sellertwo.amocrm.ru").await;
+    post_orders(&app, "seller-1", &numbers("A", 5)).await;
+    post_orders(&app, "seller-2", &numbers("B", 3)).await;
+    let mut paid = order_body("seller-2", "B-paid");
+    paid["status"] = json!("paid");
+    assert_eq!(
+        app.api_post("/api/v1/sales/orders", &paid).await.status(),
+        202
+    );
+
+    let page: Value = app
+        .api_get("/api/v1/sales/orders?seller_id=seller-1&per_page=2&page=2")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["meta"], json!({"page": 2, "per_page": 2, "total": 5}));
+    assert_eq!(page["data"].as_array().unwrap().len(), 2);
+    assert!(
+        page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o["seller_id"] == "seller-1")
+    );
+
+    let paid: Value = app
+        .api_get("/api/v1/sales/orders?status=paid")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(paid["meta"]["total"], 1);
+    assert_eq!(paid["data"][0]["order_number"], "B-paid");
+
+    drain(&app).await;
+    let synced: Value = app
+        .api_get("/api/v1/sales/orders?sync_state=synced&seller_id=seller-2")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(synced["meta"]["total"], 4);
+    assert!(synced["data"][0]["sync"]["lead_id"].as_i64().is_some());
+
+    let bad = app.api_get("/api/v1/sales/orders?sync_state=lost").await;
+    assert_error(bad, 400, "BAD_REQUEST").await;
+    let missing = app.api_get("/api/v1/sales/orders/ord_doesnotexist").await;
+    assert_error(missing, 404, "RESOURCE_NOT_FOUND").await;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Push against the sandbox
+
+#[tokio::test]
+async fn one_hundred_twenty_orders_become_exactly_120_leads_in_three_complex_calls() {
+    let app = spawn_app().await;
+    let seller = connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    let list = numbers("N", 120);
+    post_orders(&app, "seller-1", &list).await;
+    let before = app.sandbox.counters(&seller.host);
+    let report = drain(&app).await;
+    let rows = order_rows(&app, "seller-1").await;
+    assert_eq!(report.pushed, 120, "{report:?} {:?}", rows[0].last_error);
+    let after = app.sandbox.counters(&seller.host);
+    assert_eq!(after.complex_calls - before.complex_calls, 3);
+    assert_eq!(after.leads_created - before.leads_created, 120);
+    assert_eq!(after.rate_limited, 0, "no 429 at the sandbox");
+
+    let leads = leads_by_number(&app, &seller);
+    assert_eq!(leads.len(), 120);
+    let contacts: HashMap<u64, amocrm_sandbox::Contact> = app
+        .sandbox
+        .contacts(&seller.host)
+        .into_iter()
+        .map(|c| (c.id, c))
+        .collect();
+    let companies: HashMap<u64, amocrm_sandbox::Company> = app
+        .sandbox
+        .companies(&seller.host)
+        .into_iter()
+        .map(|c| (c.id, c))
+        .collect();
+    for row in order_rows(&app, "seller-1").await {
+        assert_eq!(row.sync_state, "synced");
+        let lead = &leads[&row.order_number];
+        assert_eq!(row.lead_id, Some(lead.id as i64), "stored lead id");
+        assert_eq!(lead.name, format!("Buyurtma #{}", row.order_number));
+        assert_eq!(lead.price, 150000);
+        assert_eq!(lead.pipeline_id, seller.pipeline_id);
+        assert_eq!(lead.status_id, seller.stages["pending"]);
+        assert_eq!(lead.request_id.as_deref(), Some(row.id.as_str()));
+        let link = lead
+            .custom_fields_values
+            .iter()
+            .find(|f| f.field_id == seller.field_link)
+            .expect("link field");
+        assert_eq!(
+            link.values[0].as_text(),
+            format!("https://market.example/orders/{}", row.order_number)
+        );
+        assert!(lead.tags.iter().any(|t| t.name == "marketplace"));
+        let contact = &contacts[&lead.contact_ids[0]];
+        assert_eq!(row.contact_id, Some(contact.id as i64));
+        assert_eq!(contact.name, "Ali Valiyev");
+        assert_eq!(contact.values_of("PHONE"), vec!["+998901234567"]);
+        assert_eq!(contact.values_of("EMAIL"), vec!["ali@example.com"]);
+        let company = &companies[&lead.company_id.expect("company linked")];
+        assert_eq!(company.name, "Vali Savdo");
+        assert_eq!(row.company_id, Some(company.id as i64));
+    }
+    let synced_events = app
+        .db
+        .run(|c| events::count_by_name(c, "seller-1", "order.synced"))
+        .await
+        .unwrap();
+    assert_eq!(synced_events, 120, "one order.synced per order");
+}
+
+#[tokio::test]
+async fn with_500s_drops_after_write_and_429s_1000_orders_become_exactly_1000_leads() {
+    let app = spawn_app_with(|env| {
+        // A dropped answer is noticed when the request times out.
+        env.insert("AMOCRM_REQUEST_TIMEOUT".into(), "1s".into());
+    })
+    .await;
+    let seller = connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    let list = numbers("F", 1000);
+    post_orders(&app, "seller-1", &list).await;
+
+    app.sandbox.set_faults(
+        &seller.host,
+        Faults {
+            force_429_next: 2,
+            fail_next: 2,
+            drop_after_write_next: 1,
+            ..Faults::default()
+        },
+    );
+    // Push until the first round of faults is used up, then inject a second round mid-way.
+    let mut total = push::Report::default();
+    for _ in 0..500 {
+        if app.sandbox.faults(&seller.host) == Faults::default() {
+            break;
+        }
+        let r = push::run_once(&app.state).await.unwrap();
+        total.pushed += r.pushed;
+        total.adopted += r.adopted;
+        if !r.did_work() {
+            // Everything due is resting after a 429 or a backoff: wait for that moment, not longer.
+            let rest = push::rest_time(&app.state, std::time::Duration::from_secs(5)).await;
+            tokio::time::sleep(rest.max(std::time::Duration::from_millis(5))).await;
+        }
+    }
+    assert_eq!(app.sandbox.faults(&seller.host), Faults::default());
+    assert!(total.pushed < 1000, "faults injected mid-way");
+    app.sandbox.set_faults(
+        &seller.host,
+        Faults {
+            force_429_next: 1,
+            fail_next: 2,
+            drop_after_write_next: 1,
+            ..Faults::default()
+        },
+    );
+    let report = drain(&app).await;
+    let counters = app.sandbox.counters(&seller.host);
+    assert_eq!(counters.dropped, 2, "{counters:?}");
+    assert_eq!(counters.injected_failures, 4, "{counters:?}");
+    assert_eq!(
+        counters.rate_limited, 3,
+        "only the injected 429s: {counters:?}"
+    );
+
+    let leads = leads_by_number(&app, &seller);
+    assert_eq!(leads.len(), 1000, "none lost, none duplicated");
+    let rows = order_rows(&app, "seller-1").await;
+    assert_eq!(rows.len(), 1000);
+    let mut lead_ids = HashSet::new();
+    for row in &rows {
+        assert_eq!(row.sync_state, "synced", "{row:?}");
+        assert!(!row.needs_lookup);
+        let lead = &leads[&row.order_number];
+        assert_eq!(row.lead_id, Some(lead.id as i64));
+        assert!(lead_ids.insert(lead.id));
+    }
+    assert_eq!(
+        total.adopted + report.adopted + total.pushed + report.pushed,
+        1000,
+        "every order stored exactly once: {report:?}"
+    );
+    assert!(
+        total.adopted + report.adopted >= 50,
+        "a dropped leads/complex answer was resolved by adopting its leads: {report:?}"
+    );
+    let synced_events = app
+        .db
+        .run(|c| events::count_by_name(c, "seller-1", "order.synced"))
+        .await
+        .unwrap();
+    assert_eq!(synced_events, 1000);
+}
+
+#[tokio::test]
+async fn an_order_amocrm_rejects_fails_with_its_reason_and_the_rest_of_the_batch_goes_through() {
+    let app = spawn_app().await;
+    let seller = connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    // Point the order-number field at a numeric field: amoCRM then refuses non-numeric order numbers.
+    let pair = app
+        .sandbox
+        .issue_tokens(&app.env["AMOCRM_CLIENT_ID"], &seller.host);
+    let host = AccountHost::parse(&seller.host, &app.state.amo.config().allowed_domains).unwrap();
+    let token = SecretString::from(pair.access_token);
+    let numeric = app
+        .state
+        .amo
+        .api(&host, &token)
+        .create_lead_custom_fields(&[NewCustomField {
+            name: "Raqam".into(),
+            type_: "numeric".into(),
+            code: None,
+            is_api_only: false,
+        }])
+        .await
+        .unwrap()[0]
+        .id;
+    app.db
+        .run(move |conn| {
+            diesel::update(c::table)
+                .set(c::field_order_number_id.eq(Some(numeric as i64)))
+                .execute(conn)
+                .map_err(StorageError::from)
+        })
+        .await
+        .unwrap();
+    let list: Vec<String> = vec!["101".into(), "ABC-1".into(), "102".into(), "103".into()];
+    post_orders(&app, "seller-1", &list).await;
+    let report = drain(&app).await;
+    assert_eq!(report.failed, 1, "{report:?}");
+    assert_eq!(report.pushed, 3, "{report:?}");
+    assert_eq!(app.sandbox.leads(&seller.host).len(), 3);
+
+    let failed: Value = app
+        .api_get("/api/v1/sales/orders?sync_state=failed")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(failed["meta"]["total"], 1);
+    let bad = &failed["data"][0];
+    assert_eq!(bad["order_number"], "ABC-1");
+    let reason = bad["sync"]["last_error"].as_str().unwrap();
+    assert!(reason.contains("custom_fields_values"), "{reason}");
+    let events = app
+        .db
+        .run(|c| events::count_by_name(c, "seller-1", "order.sync_failed"))
+        .await
+        .unwrap();
+    assert_eq!(events, 1);
+
+    // Fixed on the seller's side (field mapping back to the text field), the order is retried by the API.
+    let text_field = seller.field_number as i64;
+    app.db
+        .run(move |conn| {
+            diesel::update(c::table)
+                .set(c::field_order_number_id.eq(Some(text_field)))
+                .execute(conn)
+                .map_err(StorageError::from)
+        })
+        .await
+        .unwrap();
+    let id = bad["id"].as_str().unwrap();
+    let resp = app
+        .http
+        .post(app.url(&format!("/api/v1/sales/orders/{id}/retry")))
+        .bearer_auth(&app.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["data"]["sync"]["state"], "queued");
+    drain(&app).await;
+    let order: Value = app
+        .api_get(&format!("/api/v1/sales/orders/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(order["data"]["sync"]["state"], "synced");
+    assert_eq!(app.sandbox.leads(&seller.host).len(), 4);
+    // A synced order cannot be retried.
+    let resp = app
+        .http
+        .post(app.url(&format!("/api/v1/sales/orders/{id}/retry")))
+        .bearer_auth(&app.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, 422, "VALIDATION_ERROR").await;
+}
+
+#[tokio::test]
+async fn patch_moves_the_lead_to_the_mapped_stage_and_moves_apply_in_order() {
+    let app = spawn_app().await;
+    let seller = connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    let created: Value = app
+        .api_post("/api/v1/sales/orders", &order_body("seller-1", "M1"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["data"]["id"].as_str().unwrap().to_owned();
+    drain(&app).await;
+    let lead_id = order_rows(&app, "seller-1").await[0].lead_id.unwrap() as u64;
+
+    let patch = |status: &str| {
+        app.http
+            .patch(app.url(&format!("/api/v1/sales/orders/{id}")))
+            .bearer_auth(&app.api_key)
+            .json(&json!({ "status": status }))
+            .send()
+    };
+    let resp = patch("paid").await.unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["data"]["status"], "paid");
+    drain(&app).await;
+    assert_eq!(
+        app.sandbox.lead(&seller.host, lead_id).unwrap().status_id,
+        seller.stages["paid"]
+    );
+
+    // Two changes before the worker runs: both are applied, in order, ending at the last one.
+    assert_eq!(patch("shipping").await.unwrap().status().as_u16(), 202);
+    assert_eq!(patch("completed").await.unwrap().status().as_u16(), 202);
+    app.sandbox.clear_log();
+    let step = push::run_once(&app.state).await.unwrap();
+    assert_eq!(step.moved, 2, "{step:?}");
+    let patches = app
+        .sandbox
+        .request_log()
+        .into_iter()
+        .filter(|r| r.method == "PATCH" && r.path == "/api/v4/leads")
+        .count();
+    assert_eq!(
+        patches, 2,
+        "one move of an order per call, so they cannot be reordered"
+    );
+    let lead = app.sandbox.lead(&seller.host, lead_id).unwrap();
+    assert_eq!(
+        (lead.pipeline_id, lead.status_id),
+        (seller.pipeline_id, 142)
+    );
+    let moves = app
+        .db
+        .run({
+            let id = id.clone();
+            move |c| order_store::moves_of(c, &id)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        moves.iter().map(|m| m.state.as_str()).collect::<Vec<_>>(),
+        vec!["done", "done", "done"]
+    );
+
+    let bad = patch("refunded").await.unwrap();
+    assert_error(bad, 422, "VALIDATION_ERROR").await;
+    let missing = app
+        .http
+        .patch(app.url("/api/v1/sales/orders/ord_nope"))
+        .bearer_auth(&app.api_key)
+        .json(&json!({"status": "paid"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(missing, 404, "RESOURCE_NOT_FOUND").await;
+}
+
+#[tokio::test]
+async fn a_status_changed_before_the_push_creates_the_lead_in_that_stage_without_a_move() {
+    let app = spawn_app().await;
+    let seller = connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    let created: Value = app
+        .api_post("/api/v1/sales/orders", &order_body("seller-1", "E1"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["data"]["id"].as_str().unwrap();
+    let resp = app
+        .http
+        .patch(app.url(&format!("/api/v1/sales/orders/{id}")))
+        .bearer_auth(&app.api_key)
+        .json(&json!({"status": "awaiting_payment"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let report = drain(&app).await;
+    assert_eq!(report.moved, 0);
+    let leads = app.sandbox.leads(&seller.host);
+    assert_eq!(leads[0].status_id, seller.stages["awaiting_payment"]);
+}
+
+#[tokio::test]
+async fn orders_of_a_failed_connection_are_held_and_pushed_after_reconnecting() {
+    let app = spawn_app().await;
+    let seller = connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    set_connection_status(&app, "seller-1", "refresh_failed").await;
+    let resp = app
+        .api_post("/api/v1/sales/orders", &order_body("seller-1", "H1"))
+        .await;
+    assert_eq!(resp.status().as_u16(), 202);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["data"]["sync"]["state"], "held");
+    let r = push::run_once(&app.state).await.unwrap();
+    assert_eq!(r.calls, 0);
+    assert!(app.sandbox.leads(&seller.host).is_empty());
+
+    // Reconnected: the connect flow releases the held orders.
+    set_connection_status(&app, "seller-1", "active").await;
+    let released = order_service::release_held(&app.db, "seller-1")
+        .await
+        .unwrap();
+    assert_eq!(released, 1);
+    drain(&app).await;
+    assert_eq!(app.sandbox.leads(&seller.host).len(), 1);
+
+    // A queued order whose connection is revoked meanwhile is held by the worker, and picked up by it
+    // again once the connection is active, without anyone calling release_held.
+    assert_eq!(
+        app.api_post("/api/v1/sales/orders", &order_body("seller-1", "H2"))
+            .await
+            .status(),
+        202
+    );
+    set_connection_status(&app, "seller-1", "revoked").await;
+    let r = push::run_once(&app.state).await.unwrap();
+    assert_eq!(r.held, 1);
+    let held: Value = app
+        .api_get("/api/v1/sales/orders?sync_state=held")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(held["meta"]["total"], 1);
+    set_connection_status(&app, "seller-1", "active").await;
+    let r = drain(&app).await;
+    assert_eq!(r.released, 1);
+    assert_eq!(app.sandbox.leads(&seller.host).len(), 2);
+}
+
+#[tokio::test]
+async fn a_busy_seller_does_not_starve_the_others() {
+    let app = spawn_app().await;
+    let busy = connect_seller(&app, "busy", "sellerone.amocrm.ru").await;
+    let quiet = connect_seller(&app, "quiet", "sellertwo.amocrm.ru").await;
+    post_orders(&app, "busy", &numbers("B", 1000)).await;
+    post_orders(&app, "quiet", &numbers("Q", 3)).await;
+    // The first step serves both accounts: the quiet seller's orders do not wait behind 400 others.
+    let r = push::run_once(&app.state).await.unwrap();
+    assert_eq!(r.accounts, 2);
+    assert_eq!(app.sandbox.leads(&quiet.host).len(), 3);
+    assert!(app.sandbox.leads(&busy.host).len() < 1000);
+    drain(&app).await;
+    assert_eq!(app.sandbox.leads(&busy.host).len(), 1000);
+    assert_eq!(app.sandbox.counters(&busy.host).rate_limited, 0);
+}
+
+#[tokio::test]
+async fn two_instances_pushing_one_queue_make_exactly_one_lead_per_order_and_no_429() {
+    let app = spawn_app().await;
+    let one = connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    let two = connect_seller(&app, "seller-2", "sellertwo.amocrm.ru").await;
+    post_orders(&app, "seller-1", &numbers("X", 1000)).await;
+    post_orders(&app, "seller-2", &numbers("Y", 200)).await;
+
+    // A second service instance on the same database and the same amoCRM.
+    let other = app.spawn_peer().await;
+
+    // The first instance serves one turn (14 calls, 700 of seller-1's orders) and then stops.
+    let first = push::run_once(&app.state).await.unwrap();
+    assert_eq!(first.accounts, 2);
+    assert!(first.pushed < 1200);
+    // The second takes over what is left; it waits for the first one's rate-limit window to close
+    // (its own limiter never saw those calls), so amoCRM sees no burst above 7 per second.
+    let (second, drained) = push::drain(&other.state, 2_000).await.unwrap();
+    assert!(drained);
+    assert_eq!(first.pushed + second.pushed, 1200, "{first:?} {second:?}");
+
+    // Both at once on new orders: still exactly one lead per order.
+    post_orders(&app, "seller-1", &numbers("Z", 300)).await;
+    post_orders(&app, "seller-2", &numbers("W", 300)).await;
+    let (a, b) = tokio::join!(
+        push::drain(&app.state, 2_000),
+        push::drain(&other.state, 2_000)
+    );
+    let (a, b) = (a.unwrap().0, b.unwrap().0);
+    assert_eq!(a.pushed + b.pushed, 600, "{a:?} {b:?}");
+
+    assert_eq!(leads_by_number(&app, &one).len(), 1300);
+    assert_eq!(leads_by_number(&app, &two).len(), 500);
+    assert_eq!(app.sandbox.counters(&one.host).complex_calls, 26);
+    let log: Vec<String> = app
+        .sandbox
+        .request_log()
+        .iter()
+        .filter(|r| r.host.as_deref() == Some(one.host.as_str()))
+        .map(|r| {
+            format!(
+                "{} {} {} {}",
+                r.at.format("%H:%M:%S%.3f"),
+                r.method,
+                r.path,
+                r.status
+            )
+        })
+        .collect();
+    assert_eq!(app.sandbox.counters(&one.host).rate_limited, 0, "{log:#?}");
+    assert_eq!(app.sandbox.counters(&two.host).rate_limited, 0);
+}
+
+#[tokio::test]
+async fn a_401_goes_through_the_token_provider_and_the_order_is_pushed_with_a_refreshed_token() {
+    let app = spawn_app().await;
+    let seller = connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    // amoCRM's clock moves past the access token's expiry while our row still believes it valid.
+    app.sandbox.advance_clock(&seller.host, 25 * 3600);
+    post_orders(&app, "seller-1", &numbers("T", 3)).await;
+    let report = drain(&app).await;
+    assert_eq!(report.pushed, 3, "{report:?}");
+    let counters = app.sandbox.counters(&seller.host);
+    assert!(counters.unauthorized >= 1, "{counters:?}");
+    assert_eq!(counters.refreshes, 1, "{counters:?}");
+    assert_eq!(leads_by_number(&app, &seller).len(), 3);
+}
+
+#[tokio::test]
+async fn a_revoked_grant_holds_the_orders_instead_of_failing_them() {
+    let app = spawn_app().await;
+    let seller = connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    assert!(
+        app.sandbox
+            .revoke_grant(&seller.host, &app.env["AMOCRM_CLIENT_ID"])
+    );
+    post_orders(&app, "seller-1", &numbers("R", 2)).await;
+    drain(&app).await;
+    let held: Value = app
+        .api_get("/api/v1/sales/orders?sync_state=held")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(held["meta"]["total"], 2, "{held}");
+    assert!(app.sandbox.leads(&seller.host).is_empty());
+    let conn: Value = app
+        .api_get("/api/v1/connections/seller-1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    // The refresh is refused (refresh_failed); the uninstall hook may have marked it revoked first.
+    let status = conn["data"]["status"].as_str().unwrap();
+    assert!(
+        status == "refresh_failed" || status == "revoked",
+        "{status}"
+    );
+    let failed = app
+        .db
+        .run(|c| events::count_by_name(c, "seller-1", "order.sync_failed"))
+        .await
+        .unwrap();
+    assert_eq!(failed, 0);
+}
+
+#[tokio::test]
+async fn a_deleted_order_field_is_provisioned_again_and_the_order_pushed() {
+    let app = spawn_app().await;
+    let seller = connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    app.sandbox
+        .delete_custom_field(&seller.host, seller.field_number)
+        .unwrap();
+    post_orders(&app, "seller-1", &numbers("D", 2)).await;
+    let report = drain(&app).await;
+    assert_eq!((report.pushed, report.failed), (2, 0), "{report:?}");
+    assert!(report.reprovisioned >= 1, "{report:?}");
+    let now = seller_of(&app, "seller-1").await;
+    assert_ne!(
+        now.field_number, seller.field_number,
+        "a new field was made"
+    );
+    let leads = leads_by_number(&app, &now);
+    assert_eq!(
+        leads.len(),
+        2,
+        "the leads carry the order number in the new field"
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_pipeline_is_provisioned_again_and_the_orders_land_in_the_new_one() {
+    let app = spawn_app().await;
+    let seller = connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    app.sandbox
+        .delete_pipeline(&seller.host, seller.pipeline_id)
+        .unwrap();
+    post_orders(&app, "seller-1", &numbers("P", 3)).await;
+    let report = drain(&app).await;
+    assert_eq!((report.pushed, report.failed), (3, 0), "{report:?}");
+    let now = seller_of(&app, "seller-1").await;
+    assert_ne!(now.pipeline_id, seller.pipeline_id);
+    for lead in app.sandbox.leads(&seller.host) {
+        assert_eq!(
+            (lead.pipeline_id, lead.status_id),
+            (now.pipeline_id, now.stages["pending"])
+        );
+    }
+}

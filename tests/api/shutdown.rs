@@ -1,0 +1,272 @@
+//! Graceful shutdown: the listener closes, workers are told to stop, this instance's leases are released,
+//! and the real binary exits cleanly on SIGTERM within the configured time.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use amocrm_connector::app::Application;
+use amocrm_connector::config::Settings;
+use amocrm_connector::storage::schema::{amocrm_webhook_inbox, job_leases};
+use diesel::prelude::*;
+
+use crate::helpers::{base_env, fresh_database};
+
+fn inbox_row(
+    owner: &str,
+) -> impl Fn(
+    &mut amocrm_connector::storage::AnyConnection,
+) -> Result<(), amocrm_connector::storage::StorageError>
++ use<> {
+    let owner = owner.to_owned();
+    move |c| {
+        let now = amocrm_connector::storage::now();
+        diesel::insert_into(amocrm_webhook_inbox::table)
+            .values((
+                amocrm_webhook_inbox::connection_id.eq(1i64),
+                amocrm_webhook_inbox::seller_id.eq("seller-1"),
+                amocrm_webhook_inbox::body.eq(b"x=1".to_vec()),
+                amocrm_webhook_inbox::state.eq("pending"),
+                amocrm_webhook_inbox::next_attempt_at.eq(now),
+                amocrm_webhook_inbox::lease_owner.eq(Some(owner.as_str())),
+                amocrm_webhook_inbox::lease_until.eq(Some(now + chrono::TimeDelta::minutes(5))),
+                amocrm_webhook_inbox::received_at.eq(now),
+            ))
+            .execute(c)?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_shutdown_closes_the_listener_signals_workers_and_releases_only_this_instances_leases() {
+    let database = fresh_database();
+    let mut env = base_env(&database.url);
+    env.insert("INSTANCE_ID".into(), "instance-a".into());
+    env.insert("SHUTDOWN_TIMEOUT".into(), "5s".into());
+    let settings = Settings::from_env(&env).unwrap();
+    let app = Application::build(settings).await.unwrap();
+    let port = app.port();
+    let state = app.state.clone();
+    let trigger = app.shutdown_trigger();
+    let db = state.db.clone();
+    db.run(inbox_row("instance-a")).await.unwrap();
+    db.run(inbox_row("instance-b")).await.unwrap();
+    db.run(|c| {
+        diesel::insert_into(job_leases::table)
+            .values((
+                job_leases::name.eq("refresh_sweep"),
+                job_leases::owner.eq(Some("instance-a")),
+                job_leases::lease_until.eq(Some(
+                    amocrm_connector::storage::now() + chrono::TimeDelta::minutes(5),
+                )),
+            ))
+            .execute(c)?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+
+    let running = tokio::spawn(app.run_until_stopped_with_report());
+    let http = reqwest::Client::new();
+    let health = http
+        .get(format!("http://127.0.0.1:{port}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(!*state.shutdown.borrow());
+
+    trigger.trigger();
+    let report = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("stops within the timeout")
+        .unwrap()
+        .unwrap();
+    assert!(*state.shutdown.borrow(), "workers were told to stop");
+    assert_eq!(report.leases_released, 2, "{report:?}");
+    assert!(report.workers_aborted.is_empty());
+    assert!(
+        http.get(format!("http://127.0.0.1:{port}/health"))
+            .send()
+            .await
+            .is_err(),
+        "the listener is closed"
+    );
+    let owners: Vec<Option<String>> = db
+        .run(|c| {
+            Ok(amocrm_webhook_inbox::table
+                .order(amocrm_webhook_inbox::id.asc())
+                .select(amocrm_webhook_inbox::lease_owner)
+                .load(c)?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(owners, vec![None, Some("instance-b".to_owned())]);
+    let job_owner: Option<String> = db
+        .run(|c| Ok(job_leases::table.select(job_leases::owner).first(c)?))
+        .await
+        .unwrap();
+    assert_eq!(job_owner, None);
+}
+
+#[tokio::test]
+async fn the_binary_exits_cleanly_on_sigterm_within_the_shutdown_timeout() {
+    let database = fresh_database();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let mut env = base_env(&database.url);
+    env.insert("LISTEN_ADDR".into(), format!("127.0.0.1:{port}"));
+    env.insert("SHUTDOWN_TIMEOUT".into(), "5s".into());
+    env.insert("RUN_WORKERS".into(), "true".into());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_amocrm-connector"))
+        .arg("serve")
+        .envs(&env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        if let Ok(r) = http
+            .get(format!("http://127.0.0.1:{port}/health"))
+            .send()
+            .await
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the service exited early"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never became healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let signalled = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    let sent = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(10),
+            "still running 10 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "exit {status:?}: {stderr}");
+    assert!(
+        stderr.contains("SIGTERM") && stderr.contains("stopped"),
+        "{stderr}"
+    );
+}
+
+/// How many orders of the test are synced, by the database.
+async fn synced_orders(app: &crate::helpers::TestApp) -> i64 {
+    use amocrm_connector::storage::schema::orders;
+    app.db
+        .run(|c| {
+            Ok(orders::table
+                .filter(orders::sync_state.eq("synced"))
+                .count()
+                .get_result::<i64>(c)?)
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_shutdown_during_a_push_of_1000_orders_loses_none_and_duplicates_none_after_restart() {
+    let host = "sellerone.amocrm.ru";
+    let first = crate::helpers::spawn_app_with(|env| {
+        env.insert("RUN_WORKERS".into(), "true".into());
+        env.insert("SHUTDOWN_TIMEOUT".into(), "1s".into());
+        // Orders cut off mid-push wait this long before anyone looks them up (a late write lands first).
+        env.insert("AMOCRM_REQUEST_TIMEOUT".into(), "3s".into());
+    })
+    .await;
+    let resp = crate::connect::connect(&first, "seller-stop", host).await;
+    assert_eq!(resp.status(), 200, "connected");
+    // Slow amoCRM answers, so that pushes are in flight (and some cut off) when the shutdown comes.
+    first.sandbox.set_faults(
+        host,
+        amocrm_sandbox::Faults {
+            latency_ms: 700,
+            ..Default::default()
+        },
+    );
+    let key = first
+        .api_key_with_tier(amocrm_connector::services::api_keys::Tier::Enterprise)
+        .await;
+    let mut posts = tokio::task::JoinSet::new();
+    for chunk in 0..20 {
+        let (http, url, key) = (
+            first.http.clone(),
+            first.url("/api/v1/sales/orders"),
+            key.clone(),
+        );
+        posts.spawn(async move {
+            for i in 0..50 {
+                let n = chunk * 50 + i;
+                let body = serde_json::json!({
+                    "seller_id": "seller-stop",
+                    "order_number": format!("STOP-{n:04}"),
+                    "total_amount": 1000 + n,
+                    "items": [{"product_id": "p1", "name": "Item", "quantity": 1, "price": 1000 + n}],
+                    "customer": {"name": "Buyer", "phone": "+998901234567"},
+                });
+                let resp = http.post(&url).bearer_auth(&key).json(&body).send().await.unwrap();
+                assert!(resp.status().is_success(), "order {n}: {}", resp.status());
+            }
+        });
+    }
+    while let Some(r) = posts.join_next().await {
+        r.unwrap();
+    }
+    // Part of the way through, stop the instance as SIGTERM would.
+    let started = Instant::now();
+    while first.sandbox.leads(host).len() < 100 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "pushing never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.stop().await;
+    let at_stop = first.sandbox.leads(host).len();
+    assert!(
+        at_stop < 1000,
+        "the stop came after the whole push ({at_stop} leads)"
+    );
+
+    // A restarted instance on the same database finishes the work.
+    first
+        .sandbox
+        .set_faults(host, amocrm_sandbox::Faults::default());
+    let second = first.spawn_peer().await;
+    let started = Instant::now();
+    while synced_orders(&second).await < 1000 {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "only {} of 1000 orders synced after the restart",
+            synced_orders(&second).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let leads = first.sandbox.leads(host);
+    let names: std::collections::BTreeSet<&str> = leads.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(leads.len(), 1000, "exactly one lead per order");
+    assert_eq!(names.len(), 1000, "no order became two leads");
+    second.stop().await;
+}
