@@ -109,100 +109,34 @@ fn owner_prefix(instance_id: &str) -> String {
     p
 }
 
-/// Releases every lease held by `instance_id` (as owner, or as the `{instance_id}:…` prefix of one) in
-/// every table that has leases. Called at start-up: a process killed without shutting down leaves its
-/// leases taken, and when it comes back with the same `INSTANCE_ID` nothing of its previous life still
-/// runs, so its work is taken back at once instead of after the leases expire (up to five minutes for
-/// webhook bodies). A random default id matches nothing. `INSTANCE_ID` must be unique among live
-/// processes.
-pub fn release_instance(
+/// Releases the leases held under per-call owners `{instance_id}:…` (row refresh leases, the refresh
+/// sweep's and provisioning's job leases); [`super::instance::release_all`] releases those held under the
+/// plain instance id. Together they let an instance restarted with the same `INSTANCE_ID` after being
+/// killed take back at once what its previous life held, instead of waiting for the leases to expire (up
+/// to five minutes for webhook bodies). Call it before any worker of this process runs. A random default
+/// id matches nothing; `INSTANCE_ID` must be unique among live processes.
+pub fn release_prefixed(
     conn: &mut AnyConnection,
     instance_id: &str,
     now: NaiveDateTime,
 ) -> Result<usize, StorageError> {
-    use super::schema::{
-        amocrm_connections as c, amocrm_webhook_inbox as inbox, event_deliveries as d,
-        order_moves as m, orders as o,
-    };
+    use super::schema::amocrm_connections as c;
     let prefix = owner_prefix(instance_id);
     let none = None::<String>;
-    let mut n = 0;
-    n += diesel::update(
-        o::table.filter(
-            o::lease_owner
-                .eq(instance_id)
-                .or(o::lease_owner.like(&prefix).escape('\\')),
-        ),
-    )
-    .set((o::lease_owner.eq(&none), o::lease_until.eq(Some(now))))
-    .execute(conn)?;
-    n += diesel::update(
-        m::table.filter(
-            m::lease_owner
-                .eq(instance_id)
-                .or(m::lease_owner.like(&prefix).escape('\\')),
-        ),
-    )
-    .set((m::lease_owner.eq(&none), m::lease_until.eq(Some(now))))
-    .execute(conn)?;
-    n += diesel::update(
-        d::table.filter(
-            d::lease_owner
-                .eq(instance_id)
-                .or(d::lease_owner.like(&prefix).escape('\\')),
-        ),
-    )
-    .set((d::lease_owner.eq(&none), d::lease_until.eq(Some(now))))
-    .execute(conn)?;
-    n += diesel::update(
-        inbox::table.filter(
-            inbox::lease_owner
-                .eq(instance_id)
-                .or(inbox::lease_owner.like(&prefix).escape('\\')),
-        ),
-    )
-    .set((
-        inbox::lease_owner.eq(&none),
-        inbox::lease_until.eq(Some(now)),
-    ))
-    .execute(conn)?;
-    n += diesel::update(
-        c::table.filter(
-            c::refresh_lease_owner
-                .eq(instance_id)
-                .or(c::refresh_lease_owner.like(&prefix).escape('\\')),
-        ),
-    )
-    .set((
-        c::refresh_lease_owner.eq(&none),
-        c::refresh_lease_until.eq(Some(now)),
-    ))
-    .execute(conn)?;
-    n += diesel::update(
-        c::table.filter(
-            c::push_lease_owner
-                .eq(instance_id)
-                .or(c::push_lease_owner.like(&prefix).escape('\\')),
-        ),
-    )
-    .set((
-        c::push_lease_owner.eq(&none),
-        c::push_lease_until.eq(Some(now)),
-    ))
-    .execute(conn)?;
-    n += diesel::update(
-        job_leases::table.filter(
-            job_leases::owner
-                .eq(instance_id)
-                .or(job_leases::owner.like(&prefix).escape('\\')),
-        ),
-    )
-    .set((
-        job_leases::owner.eq(&none),
-        job_leases::lease_until.eq(Some(now)),
-    ))
-    .execute(conn)?;
-    Ok(n)
+    let rows = diesel::update(c::table.filter(c::refresh_lease_owner.like(&prefix).escape('\\')))
+        .set((
+            c::refresh_lease_owner.eq(&none),
+            c::refresh_lease_until.eq(Some(now)),
+        ))
+        .execute(conn)?;
+    let jobs =
+        diesel::update(job_leases::table.filter(job_leases::owner.like(&prefix).escape('\\')))
+            .set((
+                job_leases::owner.eq(&none),
+                job_leases::lease_until.eq(Some(now)),
+            ))
+            .execute(conn)?;
+    Ok(rows + jobs)
 }
 
 #[cfg(test)]
