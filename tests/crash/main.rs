@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 use harness::{REFRESH_SECRET, Service, World, wait_for};
@@ -47,6 +48,7 @@ struct Side {
     pending: u64,
     paid: u64,
     shipping: u64,
+    number_field: u64,
 }
 
 async fn sides(world: &World) -> Vec<Side> {
@@ -61,6 +63,7 @@ async fn sides(world: &World) -> Vec<Side> {
             pending: c.stage_pending.unwrap() as u64,
             paid: c.stage_paid.unwrap() as u64,
             shipping: c.stage_shipping.unwrap() as u64,
+            number_field: c.field_order_number_id.unwrap() as u64,
         })
         .collect()
 }
@@ -74,6 +77,45 @@ struct Expected {
     leads: HashSet<u64>,
     /// The stages each lead was moved to, in order.
     moves: HashMap<u64, Vec<u64>>,
+    /// Orders the marketplace sent: number → seller. Every one must end as exactly one lead.
+    orders: HashMap<String, String>,
+    /// Order bodies whose answer was lost to a crash: the marketplace posts them again (idempotent).
+    unconfirmed: Vec<Value>,
+}
+
+fn order_body(seller: &str, number: &str) -> Value {
+    json!({
+        "seller_id": seller,
+        "order_number": number,
+        "total_amount": 150000,
+        "currency": "UZS",
+        "items": [{"product_id": "sku-1", "name": "Choynak", "quantity": 2, "price": 75000}],
+        "customer": {"name": "Ali Valiyev", "phone": "+998901234567", "email": "ali@example.com"},
+        "url": format!("https://market.example/orders/{number}"),
+    })
+}
+
+/// Posts an order through the balancer; false when the answer was lost (the service died meanwhile).
+async fn post_order(world: &World, body: &Value) -> bool {
+    match world.api("POST", "/api/v1/sales/orders", Some(body)).await {
+        Some((200 | 202, _)) => true,
+        Some((502..=504, _)) | None => false,
+        Some((status, answer)) => panic!("order {body} refused: {status} {answer}"),
+    }
+}
+
+/// The marketplace's retries of orders whose answer it never got.
+async fn repost_unconfirmed(world: &World, expected: &Mutex<Expected>) -> usize {
+    let pending = std::mem::take(&mut expected.lock().unwrap().unconfirmed);
+    let mut still = Vec::new();
+    for body in pending {
+        if !post_order(world, &body).await {
+            still.push(body);
+        }
+    }
+    let n = still.len();
+    expected.lock().unwrap().unconfirmed.extend(still);
+    n
 }
 
 /// Background load against the running instances; aborted when they are killed.
@@ -106,6 +148,65 @@ impl Load {
                     .bearer_auth(&key)
                     .send()
                     .await;
+            }
+        }));
+        // The marketplace sends orders; an answer lost to a crash is posted again later.
+        let (w, sides_o, exp) = (world.clone(), sides.to_vec(), expected.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+            loop {
+                let side = &sides_o[rng.random_range(0..sides_o.len())];
+                let number = format!("o{seed:x}-{}", rng.random::<u32>());
+                let body = order_body(&side.seller, &number);
+                exp.lock()
+                    .unwrap()
+                    .orders
+                    .insert(number.clone(), side.seller.clone());
+                // Recorded as unconfirmed first: an abort mid-request leaves it to be posted again.
+                exp.lock().unwrap().unconfirmed.push(body.clone());
+                if post_order(&w, &body).await {
+                    exp.lock()
+                        .unwrap()
+                        .unconfirmed
+                        .retain(|b| b["order_number"] != number.as_str());
+                }
+                tokio::time::sleep(Duration::from_millis(rng.random_range(5..40))).await;
+            }
+        }));
+        // Managers move the leads our orders became to paid and on.
+        let (w, sides_m, exp) = (world.clone(), sides.to_vec(), expected.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(seed ^ 0xbeef);
+            loop {
+                for side in &sides_m {
+                    let ours: Vec<u64> = w
+                        .sandbox
+                        .leads(&side.host)
+                        .into_iter()
+                        .filter(|l| l.status_id == side.pending)
+                        .filter(|l| {
+                            l.custom_fields_values
+                                .iter()
+                                .any(|f| f.field_id == side.number_field)
+                        })
+                        .map(|l| l.id)
+                        .collect();
+                    for lead in ours {
+                        if !rng.random_bool(0.3) {
+                            continue;
+                        }
+                        let to = [side.paid, side.shipping, 142][rng.random_range(0..3)];
+                        if w.sandbox
+                            .move_lead(&side.host, lead, side.pipeline, to)
+                            .is_ok()
+                        {
+                            let mut e = exp.lock().unwrap();
+                            e.moves.entry(lead).or_default().push(to);
+                            e.paid.insert(lead);
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(rng.random_range(100..300))).await;
             }
         }));
         // Managers make leads in amoCRM and move them on; amoCRM sends the webhooks.
@@ -208,6 +309,39 @@ fn payments(world: &World) -> HashMap<u64, HashSet<String>> {
     out
 }
 
+/// Orders not yet synced (queued, held or failed).
+async fn unsynced_orders(world: &World) -> i64 {
+    use amocrm_connector::storage::schema::orders as o;
+    use diesel::prelude::*;
+    world
+        .db
+        .run(|c| {
+            o::table
+                .filter(o::sync_state.ne("synced"))
+                .count()
+                .get_result(c)
+                .map_err(Into::into)
+        })
+        .await
+        .unwrap()
+}
+
+/// Every stored order as (number, seller, sync state, lead id).
+async fn order_rows(world: &World) -> Vec<(String, String, String, Option<i64>)> {
+    use amocrm_connector::storage::schema::orders as o;
+    use diesel::prelude::*;
+    world
+        .db
+        .run(|c| {
+            o::table
+                .select((o::order_number, o::seller_id, o::sync_state, o::lead_id))
+                .load(c)
+                .map_err(Into::into)
+        })
+        .await
+        .unwrap()
+}
+
 /// Starts `names`, puts them behind the balancer.
 async fn start_all(world: &World, names: &[String]) -> Vec<Service> {
     let mut out = Vec::new();
@@ -302,13 +436,24 @@ async fn crash_run(instances: usize, sellers: usize, rounds: usize) {
             .balancer
             .set_backends(services.iter().map(|s| s.port).collect());
         retries.resend(&world).await;
+        let lost = expected.lock().unwrap().unconfirmed.len();
+        repost_unconfirmed(&world, &expected).await;
+        println!("  {lost} order answers lost to the kill, posted again");
     }
     // Settle: amoCRM keeps retrying what failed; the services finish what the crashes interrupted.
     world.make_tokens_due().await;
-    // The load is stopped: what it did is final.
+    // The load is stopped: what it did is final once every order has been confirmed.
+    let confirmed = wait_for(Duration::from_secs(60), || async {
+        repost_unconfirmed(&world, &expected).await == 0
+    })
+    .await;
+    assert!(confirmed, "every order was finally accepted");
     let exp = std::mem::take(&mut *expected.lock().unwrap());
     let settled = wait_for(Duration::from_secs(240), || async {
         if retries.resend(&world).await > 0 {
+            return false;
+        }
+        if unsynced_orders(&world).await > 0 {
             return false;
         }
         let got = payments(&world);
@@ -350,6 +495,52 @@ async fn crash_run(instances: usize, sellers: usize, rounds: usize) {
         counters.rejected_refreshes, 0,
         "no refresh used a dead token (a lost answer is retried under the grace rule): {counters:?}"
     );
+    // Every accepted order is exactly one lead, and its row names that lead.
+    let mut leads_by_number: HashMap<String, Vec<u64>> = HashMap::new();
+    for side in &sides {
+        for lead in world.sandbox.leads(&side.host) {
+            if let Some(n) = lead
+                .custom_fields_values
+                .iter()
+                .find(|f| f.field_id == side.number_field)
+                .and_then(|f| f.values.first())
+            {
+                leads_by_number
+                    .entry(n.as_text())
+                    .or_default()
+                    .push(lead.id);
+            }
+        }
+    }
+    let doubled: Vec<_> = leads_by_number
+        .iter()
+        .filter(|(_, l)| l.len() > 1)
+        .collect();
+    assert!(doubled.is_empty(), "orders with two leads: {doubled:?}");
+    let stray: Vec<_> = leads_by_number
+        .keys()
+        .filter(|n| !exp.orders.contains_key(*n))
+        .collect();
+    assert!(stray.is_empty(), "leads for orders never sent: {stray:?}");
+    let rows = order_rows(&world).await;
+    assert_eq!(rows.len(), exp.orders.len(), "every order stored once");
+    for (number, seller, state, lead) in &rows {
+        assert_eq!(exp.orders.get(number), Some(seller), "{number}");
+        assert_eq!(state, "synced", "{number}");
+        assert_eq!(
+            leads_by_number.get(number).map(|l| l[0] as i64),
+            *lead,
+            "{number}: one lead, the one the order names"
+        );
+    }
+    // Payments for order leads name their order.
+    for r in world.receiver.received() {
+        if r.event == "payment.completed"
+            && let Some(n) = r.body["data"]["order_number"].as_str()
+        {
+            assert!(exp.orders.contains_key(n), "payment names order {n}");
+        }
+    }
     let sweeps = harness::assert_sweeps_never_overlapped(&world);
     assert!(sweeps > 0, "sweeps ran");
     for i in 0..sellers {
@@ -363,7 +554,8 @@ async fn crash_run(instances: usize, sellers: usize, rounds: usize) {
         world.assert_connection_works(&s).await;
     }
     println!(
-        "{} leads, {} paid, {} payments delivered, {} refreshes, {sweeps} sweeps",
+        "{} orders, {} manager leads, {} paid, {} payments delivered, {} refreshes, {sweeps} sweeps",
+        exp.orders.len(),
         exp.leads.len(),
         exp.paid.len(),
         got.len(),
