@@ -352,7 +352,6 @@ async fn post_order(app: &TestApp, key: &str, body: &[u8]) -> Result<Answer, Tes
 }
 
 #[test]
-#[ignore = "enabled when the orders routes (issue 6) are merged"]
 fn generated_order_bodies_are_accepted_once_or_refused_in_the_contract_format() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let app = rt.block_on(spawn_app());
