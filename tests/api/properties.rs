@@ -283,11 +283,17 @@ fn order_body() -> impl Strategy<Value = (Value, Vec<String>)> {
             Just("cancelled")
         ],
         vec(
-            ("[a-z0-9]{1,10}", ".{1,30}", 1u32..100, 0u32..100_000),
+            (
+                "[a-z0-9]{1,10}",
+                "[^\\x00-\\x1f\\x7f-\\x9f]{1,30}",
+                1u32..100,
+                0u32..100_000,
+            ),
             1..4,
         ),
         (
-            ".{1,30}",
+            // Printable names: the mutations below bring the hostile values.
+            "[^\\x00-\\x1f\\x7f-\\x9f]{1,30}",
             proptest::option::of("\\+998[0-9]{9}"),
             proptest::option::of("[a-z]{1,8}@[a-z]{1,8}\\.uz"),
         ),
