@@ -104,6 +104,26 @@ impl Application {
         if !applied.is_empty() {
             tracing::info!(migrations = ?applied, "applied migrations");
         }
+        // A previous life of this instance (same INSTANCE_ID) that was killed left its leases taken:
+        // take them back now rather than after they expire. Orders whose push may still be in flight
+        // at amoCRM stay leased for one request timeout, as after a graceful stop.
+        let me = settings.instance_id.clone();
+        let in_flight = chrono::TimeDelta::from_std(settings.amocrm_request_timeout)
+            .unwrap_or(chrono::TimeDelta::seconds(60));
+        let released = db
+            .run(move |c| {
+                let now = crate::storage::now();
+                let plain = crate::storage::instance::release_all(c, &me, now, now + in_flight)?;
+                let prefixed = crate::storage::leases::release_prefixed(c, &me, now)?;
+                Ok(plain.total() + prefixed)
+            })
+            .await?;
+        if released > 0 {
+            tracing::info!(
+                released,
+                "took back the leases a previous run of this instance held"
+            );
+        }
         let listener = match listener {
             Some(l) => l,
             None => TcpListener::bind(settings.listen_addr).map_err(|source| StartError::Bind {

@@ -442,11 +442,23 @@ pub async fn sweep(state: &AppState, join_wait: Duration) -> Result<SweepOutcome
     if !acquired {
         return join_running(state, join_wait).await;
     }
+    // Both lines are written while the lease is held, so the log shows that sweeps never overlap.
+    tracing::info!("refresh sweep started");
     let result = refresh_due_leased(state, Some(&owner)).await;
     let summary = result
         .as_ref()
         .ok()
         .and_then(|r| serde_json::to_string(r).ok());
+    match &result {
+        Ok(report) => tracing::info!(
+            due = report.due,
+            refreshed = report.refreshed,
+            failed = report.failed,
+            skipped = report.skipped,
+            "refresh sweep finished"
+        ),
+        Err(e) => tracing::warn!(error = %e, "refresh sweep finished with an error"),
+    }
     let who = owner.clone();
     if let Err(e) = state
         .db
@@ -456,13 +468,6 @@ pub async fn sweep(state: &AppState, join_wait: Duration) -> Result<SweepOutcome
         tracing::warn!(error = %e, "could not release the sweep lease");
     }
     let report = result?;
-    tracing::info!(
-        due = report.due,
-        refreshed = report.refreshed,
-        failed = report.failed,
-        skipped = report.skipped,
-        "refresh sweep finished"
-    );
     Ok(SweepOutcome::Ran(report))
 }
 

@@ -184,8 +184,20 @@ pub struct Service {
 impl Service {
     /// SIGKILL: no shutdown hook runs, leases stay taken, in-flight requests are cut.
     pub fn kill(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Marks the moment in the log, so anything this process had begun ends here.
+        if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&self.log) {
+            use std::io::Write;
+            let _ = writeln!(
+                f,
+                "{}",
+                json!({"timestamp": chrono::Utc::now().to_rfc3339(), "message": "SIGKILL"})
+            );
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -454,19 +466,25 @@ impl World {
             .unwrap_or_else(|| panic!("{seller} has a connection"));
         assert_eq!(c.status, "active", "{seller}: {:?}", c.last_error);
         let token = c.access_token(&self.keys).unwrap().expect("a stored token");
-        let resp = reqwest::Client::new()
-            .get(format!(
-                "{}/api/v4/account",
-                self.sandbox.account_url(&c.host)
-            ))
-            .bearer_auth(token.expose_secret())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            resp.status().as_u16(),
-            200,
-            "{seller}: the stored access token works"
+        // The service shares the account's 7 rps with this call: a 429 is waited out, never a 401.
+        let url = format!("{}/api/v4/account", self.sandbox.account_url(&c.host));
+        let status = std::sync::atomic::AtomicU16::new(0);
+        let ok = wait_for(Duration::from_secs(20), || async {
+            let s = reqwest::Client::new()
+                .get(&url)
+                .bearer_auth(token.expose_secret())
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0);
+            status.store(s, Ordering::Relaxed);
+            s != 429
+        })
+        .await;
+        let status = status.load(Ordering::Relaxed);
+        assert!(
+            ok && status == 200,
+            "{seller}: the stored access token works ({status})"
         );
     }
 }
@@ -502,4 +520,114 @@ pub fn all_logs(world: &World) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Counts by state of the work tables, for failure messages.
+pub async fn summary(world: &World) -> String {
+    use diesel::prelude::*;
+    use diesel::sql_types::{BigInt, Text};
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Text)]
+        k: String,
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let queries = [
+        "SELECT 'inbox ' || state || ' ' || COALESCE(lease_owner, '-') AS k, COUNT(*) AS n FROM amocrm_webhook_inbox GROUP BY state, lease_owner",
+        "SELECT 'event ' || event AS k, COUNT(*) AS n FROM events GROUP BY event",
+        "SELECT 'delivery ' || state || ' ' || COALESCE(lease_owner, '-') AS k, COUNT(*) AS n FROM event_deliveries GROUP BY state, lease_owner",
+        "SELECT 'order ' || sync_state AS k, COUNT(*) AS n FROM orders GROUP BY sync_state",
+        "SELECT 'lease ' || name || ' ' || COALESCE(owner, '-') AS k, COUNT(*) AS n FROM job_leases GROUP BY name, owner",
+    ];
+    let mut out = String::new();
+    for q in queries {
+        let rows: Result<Vec<Row>, _> = world
+            .db
+            .run(move |c| match c {
+                amocrm_connector::storage::AnyConnection::Sqlite(c) => {
+                    diesel::sql_query(q).load(c).map_err(Into::into)
+                }
+                amocrm_connector::storage::AnyConnection::Postgresql(c) => {
+                    diesel::sql_query(q).load(c).map_err(Into::into)
+                }
+            })
+            .await;
+        match rows {
+            Ok(rows) => {
+                for r in rows {
+                    out.push_str(&format!("{}: {}\n", r.k, r.n));
+                }
+            }
+            Err(e) => out.push_str(&format!("{q}: {e}\n")),
+        }
+    }
+    let failed_webhooks = world.sandbox.deliveries().iter().filter(|d| !d.ok).count();
+    out.push_str(&format!(
+        "sandbox webhooks: {} sent, {failed_webhooks} failed\n",
+        world.sandbox.deliveries().len()
+    ));
+    out
+}
+
+/// Every refresh sweep every process ran, as (log file, start, end): a sweep cut by SIGKILL ends at the
+/// kill, one still running ends now.
+pub fn sweep_intervals(
+    world: &World,
+) -> Vec<(
+    String,
+    chrono::DateTime<chrono::Utc>,
+    chrono::DateTime<chrono::Utc>,
+)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(world.dir.path()).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_none_or(|e| e != "log") {
+            continue;
+        }
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        let mut open = None;
+        for line in std::fs::read_to_string(&p).unwrap_or_default().lines() {
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            let Some(ts) = v["timestamp"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&chrono::Utc))
+            else {
+                continue;
+            };
+            match v["message"].as_str().unwrap_or_default() {
+                "refresh sweep started" => {
+                    assert!(open.is_none(), "{name}: a sweep started inside a sweep");
+                    open = Some(ts);
+                }
+                m if m.starts_with("refresh sweep finished") || m == "SIGKILL" => {
+                    if let Some(start) = open.take() {
+                        out.push((name.clone(), start, ts));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(start) = open {
+            out.push((name, start, chrono::Utc::now()));
+        }
+    }
+    out.sort_by_key(|(_, start, _)| *start);
+    out
+}
+
+/// Asserts that no two sweeps (of any processes) overlapped in time; returns how many ran.
+pub fn assert_sweeps_never_overlapped(world: &World) -> usize {
+    let sweeps = sweep_intervals(world);
+    for pair in sweeps.windows(2) {
+        let ((a, _, a_end), (b, b_start, _)) = (&pair[0], &pair[1]);
+        assert!(
+            b_start >= a_end,
+            "two sweeps at once: {a} until {a_end}, {b} from {b_start}"
+        );
+    }
+    sweeps.len()
 }
