@@ -234,6 +234,7 @@ impl Answers {
 }
 
 const REFRESH_SECRET: &str = "security-refresh-secret-7f3a9c2e";
+const METRICS_TOKEN: &str = "security-metrics-token-0a9b8c7d";
 
 fn query_param(url: &str, key: &str) -> Option<String> {
     let q = url.split_once('?')?.1;
@@ -265,9 +266,11 @@ async fn no_secret_reaches_the_logs_an_api_answer_or_the_database_in_plain_text(
     let mark = logs.len();
     let app = spawn_app_with(|env| {
         env.insert("REFRESH_SECRET".into(), REFRESH_SECRET.into());
+        env.insert("METRICS_TOKEN".into(), METRICS_TOKEN.into());
     })
     .await;
     let mut secrets = Secrets::default();
+    secrets.add("metrics token", METRICS_TOKEN);
     let mut logs_only = Secrets::default();
     let mut answers = Answers::default();
     secrets.add("client secret", &app.env["AMOCRM_CLIENT_SECRET"]);
@@ -419,6 +422,112 @@ async fn no_secret_reaches_the_logs_an_api_answer_or_the_database_in_plain_text(
         raw.extend_from_slice(&h.body);
         answers.0.push((format!("delivered event #{i}"), raw));
     }
+
+    // Orders pushed into amoCRM; their leads moved to paid come back as events.
+    for n in ["SEC-1", "SEC-2"] {
+        let resp = app
+            .api_post(
+                "/api/v1/sales/orders",
+                &crate::orders::order_body("sec-seller-b", n),
+            )
+            .await;
+        let (status, body) = answers.keep(format!("order {n}"), resp).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    amocrm_connector::workers::push::drain(&app.state, 20)
+        .await
+        .unwrap();
+    let (status, list) = answers
+        .keep(
+            "orders list",
+            app.api_get("/api/v1/sales/orders?seller_id=sec-seller-b")
+                .await,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o["sync"]["state"] == "synced"),
+        "{list}"
+    );
+
+    // Operators: a password, access and refresh tokens, the dashboard session.
+    let password = "operator-password-c3f1e9a7";
+    secrets.add("operator password", password);
+    amocrm_connector::services::operators::create_or_update(
+        &app.db,
+        "ops@example.com",
+        Some("Ops"),
+        amocrm_connector::services::operators::Role::Admin,
+        secrecy::SecretString::from(password.to_owned()),
+    )
+    .await
+    .unwrap();
+    let resp = app
+        .http
+        .post(app.url("/api/auth/login"))
+        .json(&json!({"email": "ops@example.com", "password": password}))
+        .send()
+        .await
+        .unwrap();
+    let (status, login) = answers.keep("operator login", resp).await;
+    assert_eq!(status, 200, "{login}");
+    let access = login["access_token"]
+        .as_str()
+        .or_else(|| login["data"]["access_token"].as_str())
+        .unwrap()
+        .to_owned();
+    let refresh = login["refresh_token"]
+        .as_str()
+        .or_else(|| login["data"]["refresh_token"].as_str())
+        .unwrap()
+        .to_owned();
+    // These two are the answer's purpose: scanned for in logs and the database only.
+    logs_only.add("operator access token", &access);
+    logs_only.add("operator refresh token", &refresh);
+    let resp = app
+        .http
+        .get(app.url("/api/v1/connections"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answers.keep("connections as operator", resp).await.0, 200);
+    let resp = app
+        .http
+        .post(app.url("/api/auth/refresh"))
+        .json(&json!({"refresh_token": refresh}))
+        .send()
+        .await
+        .unwrap();
+    let (status, renewed) = answers.keep("operator refresh", resp).await;
+    assert_eq!(status, 200, "{renewed}");
+    if let Some(t) = renewed["access_token"]
+        .as_str()
+        .or_else(|| renewed["data"]["access_token"].as_str())
+    {
+        logs_only.add("renewed operator access token", t);
+    }
+    let resp = app
+        .http
+        .post(app.url("/api/auth/login"))
+        .json(&json!({"email": "ops@example.com", "password": format!("{password}-wrong")}))
+        .send()
+        .await
+        .unwrap();
+    logs_only.add("a wrong operator password", format!("{password}-wrong"));
+    assert_eq!(answers.keep("wrong login", resp).await.0, 401);
+    let resp = app
+        .http
+        .get(app.url("/metrics"))
+        .bearer_auth(METRICS_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answers.keep("metrics", resp).await.0, 200);
 
     // Key rotation, then a second instance on the new key refreshes again.
     let new_entry = Keyring::generate_entry("rotated2");
@@ -577,6 +686,51 @@ async fn a_sellers_connection_and_pipeline_never_show_through_another_sellers_id
         .map(|c| c["seller_id"].as_str().unwrap())
         .collect();
     assert_eq!(sellers, ["iso-a", "iso-b"]);
+    // Orders: each seller's list holds only its own, and one seller's id cannot be used to read or
+    // change through another's.
+    for (seller, n) in [("iso-a", "A-1"), ("iso-b", "B-1"), ("iso-b", "B-2")] {
+        let resp = app
+            .api_post(
+                "/api/v1/sales/orders",
+                &crate::orders::order_body(seller, n),
+            )
+            .await;
+        assert_eq!(resp.status().as_u16(), 202, "{seller} {n}");
+    }
+    amocrm_connector::workers::push::drain(&app.state, 20)
+        .await
+        .unwrap();
+    for (seller, count) in [("iso-a", 1), ("iso-b", 2)] {
+        let v: Value = app
+            .api_get(&format!(
+                "/api/v1/sales/orders?seller_id={seller}&per_page=100"
+            ))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let items = v["data"].as_array().unwrap();
+        assert_eq!(items.len(), count, "{v}");
+        assert!(items.iter().all(|o| o["seller_id"] == seller), "{v}");
+    }
+    // The same order number under another seller is another order, not a duplicate of A's.
+    let resp = app
+        .api_post(
+            "/api/v1/sales/orders",
+            &crate::orders::order_body("iso-b", "A-1"),
+        )
+        .await;
+    assert_eq!(resp.status().as_u16(), 202, "B's own A-1");
+    amocrm_connector::workers::push::drain(&app.state, 20)
+        .await
+        .unwrap();
+    let a_leads = app.sandbox.leads(&a.host).len();
+    let b_leads = app.sandbox.leads(&b.host).len();
+    assert_eq!(
+        (a_leads, b_leads),
+        (1, 3),
+        "each order went to its own seller's amoCRM"
+    );
     // The event log filtered by one seller holds only that seller's events.
     for seller in ["iso-a", "iso-b"] {
         let v: Value = app
