@@ -42,6 +42,20 @@ pub const ROUTES: &[(&str, &str, Kind)] = &[
     ("POST", "/api/auth/refresh", Kind::Api),
     ("GET", "/dashboard/login", Kind::Page),
     ("POST", "/dashboard/login", Kind::Page),
+    ("POST", "/dashboard/logout", Kind::Page),
+    ("GET", "/dashboard", Kind::Page),
+    ("GET", "/dashboard/connections", Kind::Page),
+    ("GET", "/dashboard/orders", Kind::Page),
+    ("GET", "/dashboard/events", Kind::Page),
+    ("GET", "/dashboard/subscriptions", Kind::Page),
+    (
+        "POST",
+        "/dashboard/connections/{seller}/refresh",
+        Kind::Page,
+    ),
+    ("POST", "/dashboard/orders/{id}/retry", Kind::Page),
+    ("POST", "/dashboard/events/{id}/redeliver", Kind::Page),
+    ("GET", "/api/v1/docs", Kind::Api),
     ("GET", "/api/v1/openapi.json", Kind::Api),
     ("POST", "/api/v1/connect-sessions", Kind::Api),
     ("GET", "/api/v1/connections", Kind::Api),
@@ -914,6 +928,62 @@ async fn hostile_webhooks_naming_the_right_account_are_refused_or_stored_and_pro
         amocrm_connector::workers::webhook_processor::run_once(&t.app.state)
             .await
             .expect("the processor survives hostile bodies");
+    }
+    assert_still_serving(&t).await;
+}
+
+#[tokio::test]
+async fn hostile_queries_forms_and_cookies_on_the_signed_in_dashboard_get_a_page_not_a_failure() {
+    use amocrm_connector::services::operators::{self, Role};
+    use secrecy::ExposeSecret;
+    let t = target().await;
+    let (id, _) = operators::create_or_update(
+        &t.app.db,
+        "hostile@example.com",
+        None,
+        Role::Admin,
+        secrecy::SecretString::from("a-long-enough-password".to_owned()),
+    )
+    .await
+    .unwrap();
+    let session = operators::start_session(&t.app.db, id).await.unwrap();
+    let cookie = format!("amc_session={}; tz_offset=%ff", session.expose_secret());
+    let form: [(&str, &[u8]); 2] = [
+        ("Content-Type", b"application/x-www-form-urlencoded"),
+        ("Cookie", cookie.as_bytes()),
+    ];
+    for (method, template, _) in ROUTES.iter().filter(|r| r.1.starts_with("/dashboard")) {
+        let path = t.fill(template);
+        for query in hostile_queries() {
+            let label = format!("signed in: {method} {template}{}", short(&query));
+            let body: &[u8] = if *method == "GET" {
+                b""
+            } else {
+                b"csrf=%ff&csrf=&seller_id=%00&x[]=1"
+            };
+            let a = raw(
+                t.app.port,
+                &request(method, &format!("{path}{query}"), None, &form, body),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+            check(Kind::Page, &label, &a);
+        }
+        for tz in ["-99999999999", "NaN", "%00", "1e308", "-0", "840"] {
+            let label = format!("signed in: {method} {template} with tz_offset={tz}");
+            let c = format!("amc_session={}; tz_offset={tz}", session.expose_secret());
+            let headers: [(&str, &[u8]); 1] = [("Cookie", c.as_bytes())];
+            let a = raw(t.app.port, &request(method, &path, None, &headers, b""))
+                .await
+                .unwrap_or_else(|e| panic!("{label}: {e}"));
+            check(Kind::Page, &label, &a);
+            if *method == "GET" && !template.ends_with("login") {
+                assert_eq!(
+                    a.status, 200,
+                    "{label}: the session is good, the page renders"
+                );
+            }
+        }
     }
     assert_still_serving(&t).await;
 }
