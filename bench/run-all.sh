@@ -93,10 +93,10 @@ startup() { # label database-url
   port=$(free_port)
   dir=$(mktemp -d)
   start=$(date +%s%N)
-  (cd "$dir" && env -i PATH="$PATH" DATABASE_URL="$url" LISTEN_ADDR="127.0.0.1:$port" \
+  (cd "$dir" && exec env -i PATH="$PATH" DATABASE_URL="$url" LISTEN_ADDR="127.0.0.1:$port" \
       PUBLIC_BASE_URL="http://127.0.0.1:$port" TOKEN_ENCRYPTION_KEYS="b1:$(head -c32 /dev/urandom | base64)" \
       AMOCRM_CLIENT_ID=bench AMOCRM_CLIENT_SECRET=bench-secret LOG_FORMAT=json \
-      exec "$BIN" serve >"$LOGS/startup-$label.log" 2>&1) &
+      "$BIN" serve >"$LOGS/startup-$label.log" 2>&1) &
   pid=$!
   for _ in $(seq 1 600); do
     code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health" || true)
