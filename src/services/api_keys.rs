@@ -58,16 +58,6 @@ pub async fn create(db: &Db, name: &str, tier: Tier) -> Result<(ApiKeyRow, Strin
     Ok((row, key))
 }
 
-/// The active key matching a presented secret. Keys are high-entropy, so a SHA-256 look-up is safe.
-pub async fn authenticate(db: &Db, presented: &str) -> Result<Option<ApiKeyRow>, StorageError> {
-    if !presented.starts_with(KEY_PREFIX) || presented.len() > 128 {
-        return Ok(None);
-    }
-    let hash = sha256_hex(presented.as_bytes());
-    db.run(move |c| api_keys::find_active_by_hash(c, &hash))
-        .await
-}
-
 /// The outcome of counting one request against a key's hourly budget.
 #[derive(Debug, Clone, Copy)]
 pub struct RateDecision {
@@ -78,26 +68,39 @@ pub struct RateDecision {
     pub allowed: bool,
 }
 
-/// Counts a request in the current hour window (shared by all instances through the database).
-pub async fn count_request(
+/// Authenticates a presented key and counts the request in its tier's current hour window (shared by
+/// all instances through the database), in one trip to the blocking pool: this runs on every API request.
+/// Keys are high-entropy, so a SHA-256 look-up is safe.
+pub async fn authenticate_and_count(
     db: &Db,
-    key_id: i64,
-    tier: Tier,
-) -> Result<Option<RateDecision>, StorageError> {
-    let Some(limit) = tier.hourly_limit() else {
+    presented: &str,
+) -> Result<Option<(ApiKeyRow, Tier, Option<RateDecision>)>, StorageError> {
+    if !presented.starts_with(KEY_PREFIX) || presented.len() > 128 {
         return Ok(None);
-    };
+    }
+    let hash = sha256_hex(presented.as_bytes());
     let now = Utc::now();
     let window = now.duration_trunc(TimeDelta::hours(1)).unwrap_or(now);
     let window_start: NaiveDateTime = window.naive_utc();
-    let used = db
-        .run(move |c| api_keys::count_request(c, key_id, window_start))
-        .await?;
     let reset = (window + TimeDelta::hours(1)).timestamp();
-    Ok(Some(RateDecision {
-        limit,
-        remaining: (limit - used).max(0),
-        reset,
-        allowed: used <= limit,
-    }))
+    db.run(move |c| {
+        let Some(key) = api_keys::find_active_by_hash(c, &hash)? else {
+            return Ok(None);
+        };
+        let tier = Tier::parse(&key.tier).unwrap_or(Tier::Standard);
+        let decision = match tier.hourly_limit() {
+            None => None,
+            Some(limit) => {
+                let used = api_keys::count_request(c, key.id, window_start)?;
+                Some(RateDecision {
+                    limit,
+                    remaining: (limit - used).max(0),
+                    reset,
+                    allowed: used <= limit,
+                })
+            }
+        };
+        Ok(Some((key, tier, decision)))
+    })
+    .await
 }

@@ -287,9 +287,8 @@ pub fn check_account(conn: &Connection, p: &WebhookPayload) -> Result<(), Ingest
 
 // --- keeping amoCRM's side of the subscription alive ---
 
-/// The lead events the connector subscribes each account to (the same list provisioning uses).
-pub const AMOCRM_WEBHOOK_SETTINGS: [&str; 4] =
-    ["add_lead", "update_lead", "status_lead", "delete_lead"];
+/// The lead events the connector subscribes each account to (provisioning owns the list).
+pub use crate::services::provisioning::WEBHOOK_SETTINGS as AMOCRM_WEBHOOK_SETTINGS;
 
 /// What [`ensure_amocrm_subscription`] found and did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -331,30 +330,19 @@ pub async fn ensure_amocrm_subscription(
     let destination = connection.webhook_destination.clone().unwrap_or_else(|| {
         amocrm_destination(&state.settings.base_url(), &connection.webhook_token)
     });
-    let result = crate::services::tokens::with_api(state, &connection.seller_id, |amo| {
-        let destination = destination.clone();
-        async move {
-            let api = amo.api();
-            let hooks = api.webhooks().await?;
-            if let Some(h) = hooks.iter().find(|h| {
-                h.destination == destination
-                    && !h.disabled
-                    && AMOCRM_WEBHOOK_SETTINGS
-                        .iter()
-                        .all(|s| h.settings.iter().any(|x| x == s))
-            }) {
-                return Ok(SubscriptionCheck::Healthy { webhook_id: h.id });
-            }
-            // Subscribing the same destination again updates its settings and re-enables it.
-            let hook = api
-                .subscribe_webhook(&destination, &AMOCRM_WEBHOOK_SETTINGS)
-                .await?;
-            Ok(SubscriptionCheck::Resubscribed {
-                webhook_id: hook.id,
-            })
+    let result = crate::services::provisioning::ensure_subscription(
+        state,
+        &connection.seller_id,
+        &destination,
+    )
+    .await
+    .map(|(webhook_id, resubscribed)| {
+        if resubscribed {
+            SubscriptionCheck::Resubscribed { webhook_id }
+        } else {
+            SubscriptionCheck::Healthy { webhook_id }
         }
-    })
-    .await;
+    });
     match result {
         Ok(check) => {
             if matches!(check, SubscriptionCheck::Resubscribed { .. }) {

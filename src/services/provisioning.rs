@@ -60,10 +60,7 @@ fn lease_name(seller_id: &str) -> String {
 
 /// The webhook destination amoCRM posts this connection's lead changes to.
 pub fn webhook_destination(state: &AppState, webhook_token: &str) -> String {
-    format!(
-        "{}/webhooks/amocrm/{webhook_token}",
-        state.settings.base_url()
-    )
+    crate::services::ingest::amocrm_destination(&state.settings.base_url(), webhook_token)
 }
 
 /// Makes sure the seller's pipeline, fields and webhook subscription exist; stores their ids. Errors that
@@ -147,8 +144,9 @@ async fn provision_leased(
         Err(e) => note("custom fields", e)?,
     }
     let destination = webhook_destination(state, &row.webhook_token);
-    match ensure_webhook(state, &row, &destination).await {
-        Ok(webhook_id) => {
+    match ensure_subscription(state, &row.seller_id, &destination).await {
+        Ok((webhook_id, _)) => {
+            let webhook_id = to_i64(webhook_id);
             let (id, dest) = (row.id, destination.clone());
             state
                 .db
@@ -360,14 +358,15 @@ async fn ensure_fields(state: &AppState, row: &Connection) -> Result<(i64, i64),
 }
 
 /// Finds an enabled subscription of `destination` with our events, or subscribes it (which also re-enables
-/// a subscription amoCRM disabled).
-async fn ensure_webhook(
+/// a subscription amoCRM disabled). Returns the webhook id and whether it had to subscribe. Provisioning and
+/// the refresh sweep's daily check both come through here.
+pub async fn ensure_subscription(
     state: &AppState,
-    row: &Connection,
+    seller_id: &str,
     destination: &str,
-) -> Result<i64, TokenError> {
+) -> Result<(u64, bool), TokenError> {
     let destination = destination.to_owned();
-    tokens::with_api(state, &row.seller_id, move |amo| {
+    tokens::with_api(state, seller_id, move |amo| {
         let destination = destination.clone();
         async move {
             let api = amo.api();
@@ -379,12 +378,12 @@ async fn ensure_webhook(
                         .iter()
                         .all(|s| h.settings.iter().any(|x| x == s))
             }) {
-                return Ok(to_i64(h.id));
+                return Ok((h.id, false));
             }
             let hook = api
                 .subscribe_webhook(&destination, &WEBHOOK_SETTINGS)
                 .await?;
-            Ok(to_i64(hook.id))
+            Ok((hook.id, true))
         }
     })
     .await

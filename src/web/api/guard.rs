@@ -141,9 +141,7 @@ async fn authenticate(
                 )
             }));
     }
-    if let Some(key) = api_keys::authenticate(&state.db, token).await? {
-        let tier = Tier::parse(&key.tier).unwrap_or(Tier::Standard);
-        let decision = api_keys::count_request(&state.db, key.id, tier).await?;
+    if let Some((key, tier, decision)) = api_keys::authenticate_and_count(&state.db, token).await? {
         return Ok(Some((
             Caller::ApiKey {
                 id: key.id,
