@@ -553,6 +553,51 @@ async fn crash_run(instances: usize, sellers: usize, rounds: usize) {
         assert_eq!(status, 200, "{s}: {body}");
         world.assert_connection_works(&s).await;
     }
+    // The logs of every process life hold none of the secrets they handled.
+    let logs = harness::all_logs(&world);
+    let mut secrets: Vec<(String, String)> = vec![
+        ("client secret".into(), harness::CLIENT_SECRET.into()),
+        ("refresh secret".into(), REFRESH_SECRET.into()),
+        (
+            "subscription secret".into(),
+            harness::RECEIVER_SECRET.into(),
+        ),
+        ("API key".into(), world.api_key.clone()),
+        (
+            "encryption key".into(),
+            world.key_entry.split_once(':').unwrap().1.to_owned(),
+        ),
+    ];
+    for c in world.connections().await {
+        use secrecy::ExposeSecret;
+        if let Some(t) = c.access_token(&world.keys).unwrap() {
+            secrets.push((
+                format!("access token of {}", c.seller_id),
+                t.expose_secret().to_owned(),
+            ));
+        }
+        if let Some(t) = c.refresh_token(&world.keys).unwrap() {
+            secrets.push((
+                format!("refresh token of {}", c.seller_id),
+                t.expose_secret().to_owned(),
+            ));
+        }
+        secrets.push((
+            format!("webhook token of {}", c.seller_id),
+            c.webhook_token.clone(),
+        ));
+    }
+    for (what, value) in &secrets {
+        assert!(
+            !logs.windows(value.len()).any(|w| w == value.as_bytes()),
+            "the {what} is in a log"
+        );
+    }
+    assert!(
+        logs.len() > 10_000,
+        "the logs were read ({} bytes)",
+        logs.len()
+    );
     println!(
         "{} orders, {} manager leads, {} paid, {} payments delivered, {} refreshes, {sweeps} sweeps",
         exp.orders.len(),
