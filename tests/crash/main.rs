@@ -326,6 +326,23 @@ async fn unsynced_orders(world: &World) -> i64 {
         .unwrap()
 }
 
+/// Event deliveries not yet delivered (pending, retrying or failed).
+async fn undelivered_events(world: &World) -> i64 {
+    use amocrm_connector::storage::schema::event_deliveries as d;
+    use diesel::prelude::*;
+    world
+        .db
+        .run(|c| {
+            d::table
+                .filter(d::state.ne("delivered"))
+                .count()
+                .get_result(c)
+                .map_err(Into::into)
+        })
+        .await
+        .unwrap()
+}
+
 /// Every stored order as (number, seller, sync state, lead id).
 async fn order_rows(world: &World) -> Vec<(String, String, String, Option<i64>)> {
     use amocrm_connector::storage::schema::orders as o;
@@ -453,7 +470,7 @@ async fn crash_run(instances: usize, sellers: usize, rounds: usize) {
         if retries.resend(&world).await > 0 {
             return false;
         }
-        if unsynced_orders(&world).await > 0 {
+        if unsynced_orders(&world).await > 0 || undelivered_events(&world).await > 0 {
             return false;
         }
         let got = payments(&world);
@@ -541,6 +558,36 @@ async fn crash_run(instances: usize, sellers: usize, rounds: usize) {
             assert!(exp.orders.contains_key(n), "payment names order {n}");
         }
     }
+    // Other events, by their subject: one `order.synced` per order, one `order.created` per manager
+    // lead, each under one id however often it was delivered.
+    let mut by_subject: HashMap<(String, String), HashSet<String>> = HashMap::new();
+    for r in world.receiver.received() {
+        let subject = match r.event.as_str() {
+            "order.synced" => r.body["data"]["order_number"].as_str().map(str::to_owned),
+            "order.created" => r.body["data"]["lead_id"].as_u64().map(|l| l.to_string()),
+            _ => None,
+        };
+        if let Some(subject) = subject {
+            by_subject
+                .entry((r.event.clone(), subject))
+                .or_default()
+                .insert(r.id.clone());
+        }
+    }
+    let twice: Vec<_> = by_subject.iter().filter(|(_, ids)| ids.len() > 1).collect();
+    assert!(twice.is_empty(), "events recorded twice: {twice:?}");
+    for number in exp.orders.keys() {
+        assert!(
+            by_subject.contains_key(&("order.synced".to_owned(), number.clone())),
+            "order.synced of {number} delivered"
+        );
+    }
+    for lead in &exp.leads {
+        assert!(
+            by_subject.contains_key(&("order.created".to_owned(), lead.to_string())),
+            "order.created of manager lead {lead} delivered"
+        );
+    }
     let sweeps = harness::assert_sweeps_never_overlapped(&world);
     assert!(sweeps > 0, "sweeps ran");
     for i in 0..sellers {
@@ -553,6 +600,51 @@ async fn crash_run(instances: usize, sellers: usize, rounds: usize) {
         assert_eq!(status, 200, "{s}: {body}");
         world.assert_connection_works(&s).await;
     }
+    // The logs of every process life hold none of the secrets they handled.
+    let logs = harness::all_logs(&world);
+    let mut secrets: Vec<(String, String)> = vec![
+        ("client secret".into(), harness::CLIENT_SECRET.into()),
+        ("refresh secret".into(), REFRESH_SECRET.into()),
+        (
+            "subscription secret".into(),
+            harness::RECEIVER_SECRET.into(),
+        ),
+        ("API key".into(), world.api_key.clone()),
+        (
+            "encryption key".into(),
+            world.key_entry.split_once(':').unwrap().1.to_owned(),
+        ),
+    ];
+    for c in world.connections().await {
+        use secrecy::ExposeSecret;
+        if let Some(t) = c.access_token(&world.keys).unwrap() {
+            secrets.push((
+                format!("access token of {}", c.seller_id),
+                t.expose_secret().to_owned(),
+            ));
+        }
+        if let Some(t) = c.refresh_token(&world.keys).unwrap() {
+            secrets.push((
+                format!("refresh token of {}", c.seller_id),
+                t.expose_secret().to_owned(),
+            ));
+        }
+        secrets.push((
+            format!("webhook token of {}", c.seller_id),
+            c.webhook_token.clone(),
+        ));
+    }
+    for (what, value) in &secrets {
+        assert!(
+            !logs.windows(value.len()).any(|w| w == value.as_bytes()),
+            "the {what} is in a log"
+        );
+    }
+    assert!(
+        logs.len() > 10_000,
+        "the logs were read ({} bytes)",
+        logs.len()
+    );
     println!(
         "{} orders, {} manager leads, {} paid, {} payments delivered, {} refreshes, {sweeps} sweeps",
         exp.orders.len(),
