@@ -343,6 +343,23 @@ async fn undelivered_events(world: &World) -> i64 {
         .unwrap()
 }
 
+/// amoCRM webhook bodies not yet processed, with their attempts and last error (pending or failed).
+async fn unprocessed_bodies(world: &World) -> Vec<(i64, String, i32, Option<String>)> {
+    use amocrm_connector::storage::schema::amocrm_webhook_inbox as i;
+    use diesel::prelude::*;
+    world
+        .db
+        .run(|c| {
+            i::table
+                .filter(i::state.ne("processed"))
+                .select((i::id, i::state, i::attempts, i::last_error))
+                .load(c)
+                .map_err(Into::into)
+        })
+        .await
+        .unwrap()
+}
+
 /// Every stored order as (number, seller, sync state, lead id).
 async fn order_rows(world: &World) -> Vec<(String, String, String, Option<i64>)> {
     use amocrm_connector::storage::schema::orders as o;
@@ -470,7 +487,10 @@ async fn crash_run(instances: usize, sellers: usize, rounds: usize) {
         if retries.resend(&world).await > 0 {
             return false;
         }
-        if unsynced_orders(&world).await > 0 || undelivered_events(&world).await > 0 {
+        if unsynced_orders(&world).await > 0
+            || undelivered_events(&world).await > 0
+            || !unprocessed_bodies(&world).await.is_empty()
+        {
             return false;
         }
         let got = payments(&world);
@@ -486,6 +506,9 @@ async fn crash_run(instances: usize, sellers: usize, rounds: usize) {
     println!("settled at {:?}", t0.elapsed());
     if !settled {
         println!("{}", harness::summary(&world).await);
+        for body in unprocessed_bodies(&world).await {
+            println!("unprocessed amoCRM body {body:?}");
+        }
     }
     let got = payments(&world);
     let missing: Vec<&u64> = exp.paid.iter().filter(|l| !got.contains_key(l)).collect();
