@@ -22,3 +22,6 @@ pub mod subscriptions;
 
 // operations (issue 8)
 pub mod operators;
+
+// several instances
+pub mod turns;

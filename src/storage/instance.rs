@@ -20,6 +20,7 @@ pub struct Released {
     pub refresh: usize,
     pub push: usize,
     pub jobs: usize,
+    pub turns: usize,
 }
 
 impl Released {
@@ -31,6 +32,7 @@ impl Released {
             + self.refresh
             + self.push
             + self.jobs
+            + self.turns
     }
 }
 
@@ -110,5 +112,10 @@ pub fn release_all(
                 job_leases::lease_until.eq(Some(now)),
             ))
             .execute(conn)?,
+        turns: super::turns::release_all(
+            conn,
+            owner,
+            now + chrono::TimeDelta::milliseconds(super::turns::MARGIN_MS),
+        )?,
     })
 }

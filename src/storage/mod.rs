@@ -28,6 +28,9 @@ pub mod instance;
 pub mod operators;
 pub mod stats;
 
+// several instances
+pub mod turns;
+
 use std::path::Path;
 use std::time::Duration;
 

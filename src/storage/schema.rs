@@ -294,3 +294,15 @@ diesel::table! {
         updated_at -> Timestamp,
     }
 }
+
+// --- cross-instance amoCRM budget ---
+
+diesel::table! {
+    amocrm_account_turns (account_key) {
+        account_key -> Text,
+        owner -> Nullable<Text>,
+        lease_until -> Nullable<Timestamp>,
+        taken_at -> Nullable<Timestamp>,
+        wanted_at -> Nullable<Timestamp>,
+    }
+}

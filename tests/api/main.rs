@@ -26,6 +26,9 @@ mod openapi;
 mod operators;
 mod shutdown;
 
+// several instances
+mod turns;
+
 // proof under hostile input, faults and load (issue 9)
 mod hostile;
 mod properties;

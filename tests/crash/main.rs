@@ -532,6 +532,10 @@ async fn crash_run(instances: usize, sellers: usize, rounds: usize) {
     );
     let counters = world.sandbox.total_counters();
     assert_eq!(
+        counters.rate_limited, 0,
+        "amoCRM never answered 429: every instance called an account only in its turn, within its budget"
+    );
+    assert_eq!(
         counters.rejected_refreshes, 0,
         "no refresh used a dead token (a lost answer is retried under the grace rule): {counters:?}"
     );
@@ -669,12 +673,13 @@ async fn crash_run(instances: usize, sellers: usize, rounds: usize) {
         logs.len()
     );
     println!(
-        "{} orders, {} manager leads, {} paid, {} payments delivered, {} refreshes, {sweeps} sweeps",
+        "{} orders, {} manager leads, {} paid, {} payments delivered, {} refreshes, {sweeps} sweeps, {} answers 429",
         exp.orders.len(),
         exp.leads.len(),
         exp.paid.len(),
         got.len(),
-        counters.refreshes
+        counters.refreshes,
+        counters.rate_limited
     );
     drop(services);
 }

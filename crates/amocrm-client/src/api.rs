@@ -322,7 +322,7 @@ impl<'a> AccountApi<'a> {
         if let Some(body) = body {
             req = req.json(body);
         }
-        self.client.limiter().acquire(self.host).await;
+        self.client.admit(self.host).await;
         let started = std::time::Instant::now();
         let observe = |outcome| self.client.observe(method.as_str(), path, outcome, started);
         let mut resp = match req.send().await {

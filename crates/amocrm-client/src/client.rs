@@ -21,6 +21,7 @@ struct Inner {
     http: reqwest::Client,
     limiter: RateLimiter,
     observer: std::sync::OnceLock<crate::observe::Observer>,
+    gate: std::sync::OnceLock<crate::gate::Gate>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -29,6 +30,7 @@ impl std::fmt::Debug for Inner {
             .field("cfg", &self.cfg)
             .field("limiter", &self.limiter)
             .field("observer", &self.observer.get().is_some())
+            .field("gate", &self.gate.get().is_some())
             .finish_non_exhaustive()
     }
 }
@@ -57,6 +59,7 @@ impl AmoClient {
                 http,
                 limiter,
                 observer: std::sync::OnceLock::new(),
+                gate: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -74,6 +77,28 @@ impl AmoClient {
     /// Installs the hook told about every request (once; false if one was already set).
     pub fn set_observer(&self, observer: crate::observe::Observer) -> bool {
         self.inner.observer.set(observer).is_ok()
+    }
+
+    /// Installs the cross-process admission gate (once; false if one was already set).
+    pub fn set_gate(&self, gate: crate::gate::Gate) -> bool {
+        self.inner.gate.set(gate).is_ok()
+    }
+
+    /// Waits until a request to `host` may be sent: first the gate (whether this process may call the
+    /// account at all), then this process's limiter (a slot in the account's window).
+    pub async fn admit(&self, host: &AccountHost) {
+        let Some(gate) = self.inner.gate.get() else {
+            self.inner.limiter.acquire(host).await;
+            return;
+        };
+        loop {
+            gate.admit(host.as_str()).await;
+            self.inner.limiter.acquire(host).await;
+            // A slot granted after the turn ended is left unused (that only spends less of the budget).
+            if gate.holds(host.as_str()) {
+                return;
+            }
+        }
     }
 
     pub(crate) fn observe(
@@ -122,6 +147,7 @@ fn futures_are_send(client: &AmoClient, host: &AccountHost, token: &SecretString
     is_send(client.api(host, token).account());
     is_send(client.api(host, token).leads_complex(&[]));
     is_send(client.limiter().acquire(host));
+    is_send(client.admit(host));
 }
 
 #[cfg(test)]

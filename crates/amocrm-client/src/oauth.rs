@@ -199,7 +199,7 @@ impl AmoClient {
             }
         };
 
-        self.limiter().acquire(host).await;
+        self.admit(host).await;
         let started = std::time::Instant::now();
         let kind = match grant {
             Grant::Code(_) => "authorization_code",

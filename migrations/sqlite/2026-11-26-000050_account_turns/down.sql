@@ -1,0 +1,1 @@
+DROP TABLE amocrm_account_turns;

@@ -1,0 +1,124 @@
+//! `amocrm_account_turns`: which instance may call an amoCRM account right now.
+//!
+//! amoCRM counts requests per account in a sliding second; each instance's limiter only sees its own calls.
+//! So an instance calls an account only while it holds the account's turn, a short lease taken and renewed
+//! here with single conditional `UPDATE`s (two instances racing cannot both win). A holder that has had the
+//! turn for long while another instance waits stops renewing, so one busy instance cannot starve another's
+//! token refresh. See [`crate::services::turns`] for how the lease is used safely across a hand-over.
+
+use chrono::{NaiveDateTime, TimeDelta};
+use diesel::prelude::*;
+
+use super::schema::amocrm_account_turns as t;
+use super::{AnyConnection, StorageError};
+
+/// How long before its lease ends a holder stops calling, and how long a released turn stays closed: one
+/// limiter window (1.02 s) plus room for clock skew between instances.
+pub const MARGIN_MS: i64 = 1500;
+
+/// What asking for a turn came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// The turn was free (or expired) and is now ours until the given time.
+    Taken,
+    /// We held it and it is extended until the given time.
+    Renewed,
+    /// Someone else holds it (or it is cooling down after a hand-over) until `until`; `was_ours` when we
+    /// held it last and gave it up for a waiter.
+    Busy {
+        until: NaiveDateTime,
+        was_ours: bool,
+    },
+}
+
+/// Takes or renews the turn on `key` for `owner` until `until`. A holder renews only while nobody waits or
+/// it has held the turn for less than `max_turn`; otherwise the waiter is marked (`wanted_at`) and gets it
+/// when the lease runs out.
+pub fn take(
+    conn: &mut AnyConnection,
+    key: &str,
+    owner: &str,
+    now: NaiveDateTime,
+    until: NaiveDateTime,
+    max_turn: TimeDelta,
+) -> Result<Turn, StorageError> {
+    // Cheapest first: a holder renewing (every second or so while busy) costs one statement.
+    let renewed = diesel::update(
+        t::table
+            .filter(t::account_key.eq(key))
+            .filter(t::owner.eq(owner))
+            .filter(t::lease_until.ge(now))
+            .filter(t::wanted_at.is_null().or(t::taken_at.ge(now - max_turn))),
+    )
+    .set(t::lease_until.eq(Some(until)))
+    .execute(conn)?;
+    if renewed == 1 {
+        return Ok(Turn::Renewed);
+    }
+    let take_free = |conn: &mut AnyConnection| {
+        diesel::update(
+            t::table
+                .filter(t::account_key.eq(key))
+                .filter(t::lease_until.is_null().or(t::lease_until.lt(now))),
+        )
+        .set((
+            t::owner.eq(Some(owner)),
+            t::lease_until.eq(Some(until)),
+            t::taken_at.eq(Some(now)),
+            t::wanted_at.eq(None::<NaiveDateTime>),
+        ))
+        .execute(conn)
+    };
+    if take_free(conn)? == 1 {
+        return Ok(Turn::Taken);
+    }
+    // The first call to this account: make its row, then take it like any free turn.
+    let created = crate::per_backend!(conn, |c| diesel::insert_into(t::table)
+        .values(t::account_key.eq(key))
+        .on_conflict(t::account_key)
+        .do_nothing()
+        .execute(c))?;
+    if created == 1 && take_free(conn)? == 1 {
+        return Ok(Turn::Taken);
+    }
+    // Busy: say that someone waits (unless we are the holder giving it up), then report until when.
+    diesel::update(
+        t::table
+            .filter(t::account_key.eq(key))
+            .filter(t::wanted_at.is_null())
+            .filter(t::owner.is_null().or(t::owner.ne(owner))),
+    )
+    .set(t::wanted_at.eq(Some(now)))
+    .execute(conn)?;
+    let (holder, lease_until): (Option<String>, Option<NaiveDateTime>) = t::table
+        .filter(t::account_key.eq(key))
+        .select((t::owner, t::lease_until))
+        .first(conn)?;
+    Ok(Turn::Busy {
+        until: lease_until.unwrap_or(now),
+        was_ours: holder.as_deref() == Some(owner),
+    })
+}
+
+/// Gives up every turn `owner` holds. Its last calls may still count at amoCRM for one window, so the
+/// turn stays closed until `cool_until` (unless it already runs out sooner).
+pub fn release_all(
+    conn: &mut AnyConnection,
+    owner: &str,
+    cool_until: NaiveDateTime,
+) -> Result<usize, StorageError> {
+    let cooled = diesel::update(
+        t::table
+            .filter(t::owner.eq(owner))
+            .filter(t::lease_until.gt(cool_until)),
+    )
+    .set((
+        t::owner.eq(None::<String>),
+        t::lease_until.eq(Some(cool_until)),
+    ))
+    .execute(conn)?;
+    let cleared = diesel::update(t::table.filter(t::owner.eq(owner)))
+        .set(t::owner.eq(None::<String>))
+        .execute(conn)?;
+    Ok(cooled + cleared)
+}
