@@ -101,10 +101,13 @@ impl Application {
         amo.set_observer(crate::metrics::amocrm_observer());
         let db = Db::connect(&settings.database_url, settings.database_pool_size)?;
         // Several instances share each account's request budget: one calls an account at a time.
-        amo.set_gate(Arc::new(crate::services::turns::DbGate::new(
+        let gate = Arc::new(crate::services::turns::DbGate::new(
             db.clone(),
             settings.instance_id.clone(),
-        )));
+            amo.limiter().clone(),
+        ));
+        crate::services::turns::DbGate::spawn_keeper(&gate);
+        amo.set_gate(gate);
         let applied = db.migrate().await?;
         if !applied.is_empty() {
             tracing::info!(migrations = ?applied, "applied migrations");

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use amocrm_client::{AccountGate, Admission};
+use amocrm_client::{AccountGate, Admission, RateLimiter};
 use chrono::TimeDelta;
 use tokio::sync::Mutex as AsyncMutex;
 use tokio::time::Instant;
@@ -34,6 +34,13 @@ pub const MARGIN: Duration = Duration::from_millis(turns::MARGIN_MS.unsigned_abs
 pub const RENEW_EVERY: Duration = Duration::from_millis(1250);
 /// How long a holder keeps a turn another instance is waiting for.
 pub const MAX_TURN: Duration = Duration::from_secs(10);
+/// A turn nobody here has asked for this long is shortened to [`MARGIN`] from now, so another instance
+/// waits that long for it instead of the rest of the lease (this instance may still renew it meanwhile).
+pub const IDLE_RELEASE: Duration = Duration::from_millis(500);
+/// How often the keeper renews turns in demand and shortens idle ones.
+pub const TEND_EVERY: Duration = Duration::from_millis(250);
+/// How often a waiter asks again while the turn is someone else's.
+const POLL: Duration = Duration::from_millis(400);
 /// Extra wait of a holder that gave a turn up, so the waiter it yielded to takes it first.
 const YIELD_GRACE: Duration = Duration::from_millis(250);
 
@@ -43,6 +50,8 @@ struct Held {
     usable_until: Instant,
     /// From then on the next call renews first.
     renew_at: Instant,
+    /// When a caller here last asked for the turn.
+    asked_at: Instant,
 }
 
 /// The database-backed [`AccountGate`] the service installs on its amoCRM client.
@@ -50,6 +59,8 @@ pub struct DbGate {
     db: Db,
     owner: String,
     held: Mutex<HashMap<String, Held>>,
+    /// This process's limiter: callers queued in it still want the turn.
+    limiter: RateLimiter,
     /// One database conversation per account at a time from this process; other callers queue behind it.
     locks: Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
 }
@@ -63,10 +74,11 @@ impl std::fmt::Debug for DbGate {
 }
 
 impl DbGate {
-    pub fn new(db: Db, owner: impl Into<String>) -> Self {
+    pub fn new(db: Db, owner: impl Into<String>, limiter: RateLimiter) -> Self {
         Self {
             db,
             owner: owner.into(),
+            limiter,
             held: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
         }
@@ -106,6 +118,7 @@ impl DbGate {
 
     /// Waits until this instance holds the turn on `key` with time left to call.
     pub async fn admit_key(&self, key: &str) {
+        self.touch(key);
         if self.usable_now(key) {
             return;
         }
@@ -115,43 +128,13 @@ impl DbGate {
             if self.usable_now(key) {
                 return;
             }
-            let started = Instant::now();
-            let now = storage::now();
-            let until = now + delta(LEASE);
-            let (k, owner) = (key.to_owned(), self.owner.clone());
-            let asked = self
-                .db
-                .run(move |c| turns::take(c, &k, &owner, now, until, delta(MAX_TURN)))
-                .await;
-            match asked {
-                Ok(Turn::Taken | Turn::Renewed) => {
-                    self.set_held(
-                        key,
-                        Some(Held {
-                            usable_until: started + LEASE - MARGIN,
-                            renew_at: started + RENEW_EVERY,
-                        }),
-                    );
-                    return;
-                }
-                Ok(Turn::Busy { until, was_ours }) => {
-                    // Giving the turn up for a waiter: what is left of our lease is still ours to use.
-                    if let Some(h) = self.held(key)
-                        && Instant::now() < h.usable_until
-                    {
-                        self.set_held(
-                            key,
-                            Some(Held {
-                                renew_at: h.usable_until,
-                                ..h
-                            }),
-                        );
-                        return;
-                    }
-                    self.set_held(key, None);
+            match self.ask(key).await {
+                Ok(None) => return,
+                Ok(Some((until, was_ours))) => {
                     let left = (until - storage::now()).to_std().unwrap_or_default();
                     let extra = if was_ours { YIELD_GRACE } else { jitter() };
-                    tokio::time::sleep(left.min(LEASE) + extra).await;
+                    // Asked again at least every POLL: an idle holder shortens its lease.
+                    tokio::time::sleep(left.min(POLL) + extra).await;
                 }
                 Err(e) => {
                     // Without the database nothing else works either; the limiter still holds this
@@ -161,6 +144,124 @@ impl DbGate {
                 }
             }
         }
+    }
+
+    /// Takes or renews the turn (the caller holds the account's lock). `None`: ours, with time left to
+    /// call; else until when someone else holds it, and whether we gave it up ourselves.
+    async fn ask(
+        &self,
+        key: &str,
+    ) -> Result<Option<(chrono::NaiveDateTime, bool)>, storage::StorageError> {
+        let started = Instant::now();
+        let now = storage::now();
+        let until = now + delta(LEASE);
+        let (k, owner) = (key.to_owned(), self.owner.clone());
+        let asked = self
+            .db
+            .run(move |c| turns::take(c, &k, &owner, now, until, delta(MAX_TURN)))
+            .await?;
+        let held = self.held(key);
+        match asked {
+            Turn::Taken | Turn::Renewed => {
+                self.set_held(
+                    key,
+                    Some(Held {
+                        usable_until: started + LEASE - MARGIN,
+                        renew_at: started + RENEW_EVERY,
+                        asked_at: held.map_or_else(Instant::now, |h| h.asked_at),
+                    }),
+                );
+                Ok(None)
+            }
+            // Giving the turn up for a waiter: what is left of our lease is still ours to use.
+            Turn::Busy { .. } if held.is_some_and(|h| Instant::now() < h.usable_until) => {
+                if let Some(h) = held {
+                    self.set_held(
+                        key,
+                        Some(Held {
+                            renew_at: h.usable_until,
+                            ..h
+                        }),
+                    );
+                }
+                Ok(None)
+            }
+            Turn::Busy { until, was_ours } => {
+                self.set_held(key, None);
+                Ok(Some((until, was_ours)))
+            }
+        }
+    }
+
+    fn touch(&self, key: &str) {
+        if let Some(h) = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_mut(key)
+        {
+            h.asked_at = Instant::now();
+        }
+    }
+
+    /// Looks after the turns this instance holds: renews those still in demand (callers queued in the
+    /// limiter or a call started within [`IDLE_RELEASE`]), so callers already waiting for a slot never find
+    /// the turn gone; shortens the idle ones so another instance need not wait out the lease. Each under the
+    /// account's lock, so no caller of this process takes or renews it meanwhile.
+    pub async fn tend(&self) {
+        let keys: Vec<String> = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        for key in keys {
+            let lock = self.lock_for(&key);
+            let Ok(_one_at_a_time) = lock.try_lock() else {
+                continue; // a caller is asking for it right now
+            };
+            let Some(h) = self.held(&key) else { continue };
+            let now = Instant::now();
+            if now >= h.usable_until {
+                self.set_held(&key, None); // ran out by itself
+                continue;
+            }
+            let wanted = now.duration_since(h.asked_at) < IDLE_RELEASE
+                || self.limiter.busy(&key, IDLE_RELEASE);
+            if wanted {
+                if now >= h.renew_at
+                    && let Err(e) = self.ask(&key).await
+                {
+                    tracing::warn!(error = %e, "could not renew an amoCRM account turn");
+                }
+                continue;
+            }
+            self.set_held(&key, None);
+            let cool_until = storage::now() + delta(MARGIN);
+            let (k, owner) = (key.clone(), self.owner.clone());
+            if let Err(e) = self
+                .db
+                .run(move |c| turns::shorten(c, &k, &owner, cool_until))
+                .await
+            {
+                tracing::warn!(error = %e, "could not shorten an idle amoCRM account turn");
+            }
+        }
+    }
+
+    /// Runs [`Self::tend`] every [`TEND_EVERY`] for as long as the gate is in use.
+    pub fn spawn_keeper(gate: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(gate);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TEND_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(gate) = weak.upgrade() else { return };
+                gate.tend().await;
+            }
+        })
     }
 
     fn usable_now(&self, key: &str) -> bool {

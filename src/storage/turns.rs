@@ -122,3 +122,23 @@ pub fn release_all(
         .execute(conn)?;
     Ok(cooled + cleared)
 }
+
+/// Shortens an idle turn we hold to `cool_until` (when our last calls' window has closed): another
+/// instance may take it from then on, and we may still renew it before. False when we did not hold it
+/// (any more) or it ends sooner anyway.
+pub fn shorten(
+    conn: &mut AnyConnection,
+    key: &str,
+    owner: &str,
+    cool_until: NaiveDateTime,
+) -> Result<bool, StorageError> {
+    let n = diesel::update(
+        t::table
+            .filter(t::account_key.eq(key))
+            .filter(t::owner.eq(owner))
+            .filter(t::lease_until.gt(cool_until)),
+    )
+    .set(t::lease_until.eq(Some(cool_until)))
+    .execute(conn)?;
+    Ok(n == 1)
+}

@@ -729,7 +729,7 @@ async fn a_failed_provisioning_step_keeps_the_tokens_and_is_retried_later() {
         .collect();
     // Through the app's own per-account limiter, so this request counts in the same 7 rps budget.
     let host = amocrm_client::AccountHost::parse(HOST, &Default::default()).unwrap();
-    app.state.amo.limiter().acquire(&host).await;
+    let _slot = app.state.amo.limiter().acquire(&host).await;
     let resp = reqwest::Client::new()
         .post(format!(
             "{}/api/v4/leads/pipelines",

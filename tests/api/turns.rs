@@ -77,6 +77,44 @@ async fn a_turn_is_held_renewed_yielded_to_a_waiter_and_cooled_on_release() {
         Turn::Taken,
         "expired, taken again"
     );
+    // Idle, "c" shortens its turn to when its last calls' window closes: others wait only until then,
+    // while "c" itself may still renew it.
+    let shortened = app
+        .db
+        .run(move |c| turns::shorten(c, key_c, "c", at(32)))
+        .await
+        .unwrap();
+    assert!(shortened);
+    let take_d = |now, until| {
+        let db = db.clone();
+        async move {
+            db.run(move |c| turns::take(c, key_c, "d", now, until, max_turn))
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        take_d(at(31), at(35)).await,
+        Turn::Busy {
+            until: at(32),
+            was_ours: false
+        }
+    );
+    assert_eq!(take_c(at(31), at(35)).await, Turn::Renewed);
+    assert!(
+        app.db
+            .run(move |c| turns::shorten(c, key_c, "c", at(33)))
+            .await
+            .unwrap()
+    );
+    assert_eq!(take_d(at(34), at(38)).await, Turn::Taken);
+    assert!(
+        !app.db
+            .run(move |c| turns::shorten(c, key_c, "c", at(35)))
+            .await
+            .unwrap(),
+        "no longer ours to shorten"
+    );
 
     // Releasing "b"'s turns (shutdown, or a restart under the same instance id) keeps the turn closed
     // until its last calls are a window old, for everyone, "b" included.

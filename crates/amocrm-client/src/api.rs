@@ -322,10 +322,13 @@ impl<'a> AccountApi<'a> {
         if let Some(body) = body {
             req = req.json(body);
         }
-        self.client.admit(self.host).await;
+        let slot = self.client.admit(self.host).await;
         let started = std::time::Instant::now();
         let observe = |outcome| self.client.observe(method.as_str(), path, outcome, started);
-        let mut resp = match req.send().await {
+        let sent = req.send().await;
+        // Answered (or given up): the request has reached amoCRM if it ever will; its slot counts from now.
+        drop(slot);
+        let mut resp = match sent {
             Ok(resp) => resp,
             Err(e) => {
                 let err = classify_transport(&e);

@@ -85,18 +85,19 @@ impl AmoClient {
     }
 
     /// Waits until a request to `host` may be sent: first the gate (whether this process may call the
-    /// account at all), then this process's limiter (a slot in the account's window).
-    pub async fn admit(&self, host: &AccountHost) {
+    /// account at all), then this process's limiter (a slot in the account's window), then the gate again.
+    /// Hold the permit until the answer.
+    pub async fn admit(&self, host: &AccountHost) -> crate::limiter::Permit {
         let Some(gate) = self.inner.gate.get() else {
-            self.inner.limiter.acquire(host).await;
-            return;
+            return self.inner.limiter.acquire(host).await;
         };
         loop {
             gate.admit(host.as_str()).await;
-            self.inner.limiter.acquire(host).await;
-            // A slot granted after the turn ended is left unused (that only spends less of the budget).
+            let permit = self.inner.limiter.acquire(host).await;
+            // A slot granted after the turn ended is given back unused (counted as if used: that only
+            // spends less of the budget).
             if gate.holds(host.as_str()) {
-                return;
+                return permit;
             }
         }
     }

@@ -24,7 +24,7 @@ pub use disconnect::verify_disconnect_signature;
 pub use error::{ApiError, FieldError, ValidationError};
 pub use gate::{AccountGate, Admission, Gate};
 pub use host::{AccountHost, AllowedDomains, HostError};
-pub use limiter::RateLimiter;
+pub use limiter::{Permit, RateLimiter};
 pub use models::*;
 pub use oauth::{OAuthError, TokenClaims, TokenSet};
 pub use observe::{CallOutcome, CallRecord, Observer};

@@ -1,22 +1,25 @@
 //! The per-account request budget: at most N requests in any sliding window, waited for asynchronously.
 //!
-//! amoCRM (and the sandbox) count requests in a strict sliding second per account, so a token bucket or GCRA
-//! (which allows a burst plus a steady rate) would overshoot. This is a sliding log: each account keeps the start
-//! times of its last N grants, and a new grant waits until the oldest is one window old. The window is slightly
-//! longer than a second to absorb the time between our grant and the request's arrival. Each account has its own
-//! FIFO-fair async mutex, so waiters are served in arrival order and one account never blocks another.
+//! amoCRM (and the sandbox) count requests in a strict sliding second per account, on arrival, so a token
+//! bucket or GCRA (which allows a burst plus a steady rate) would overshoot. This is a sliding log of at most
+//! N slots per account. A slot is taken when a request may start and is counted until one window after the
+//! request was *answered* (its [`Permit`] dropped): the answer comes after the arrival amoCRM counted, so a slot
+//! that frees one window later can never put two arrivals in one window, however long the request took to get
+//! there (a busy machine, a slow network). Each account has its own FIFO-fair async mutex, so waiters are served
+//! in arrival order and one account never blocks another.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex as StdMutex};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::Mutex as AsyncMutex;
+use tokio::sync::{Mutex as AsyncMutex, Notify};
 use tokio::time::Instant;
 
 use crate::host::AccountHost;
 
-/// Default window: one second plus a 2 % margin for the trip from grant to server.
-pub const DEFAULT_WINDOW: Duration = Duration::from_millis(1020);
+/// Default window: one second (counted from the answer) plus 10 ms for timer granularity.
+pub const DEFAULT_WINDOW: Duration = Duration::from_millis(1010);
 
 /// Shared per-account sliding-log limiter; cheap to clone (all clones share the same budgets).
 #[derive(Clone, Debug)]
@@ -28,7 +31,52 @@ pub struct RateLimiter {
 struct Inner {
     max: usize,
     window: Duration,
-    accounts: StdMutex<HashMap<String, Arc<AsyncMutex<VecDeque<Instant>>>>>,
+    accounts: StdMutex<HashMap<String, Arc<Account>>>,
+    next_id: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    /// Granted, not answered yet: counted for as long as it lasts.
+    InFlight(u64),
+    /// Answered at this instant: counted for one window after it.
+    Done(Instant),
+}
+
+#[derive(Debug, Default)]
+struct Account {
+    /// First come, first served: the head of the queue holds it while it waits for a slot.
+    queue: AsyncMutex<()>,
+    slots: StdMutex<Vec<Slot>>,
+    /// A slot was answered (the head of the queue may find a slot sooner than it planned).
+    answered: Notify,
+}
+
+impl Account {
+    fn slots(&self) -> MutexGuard<'_, Vec<Slot>> {
+        // A poisoned lock only means a thread panicked while holding it; the slots stay consistent.
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One granted slot: keep it until the request is answered (or given up), then drop it.
+#[derive(Debug)]
+#[must_use = "the slot is counted from when the permit is dropped: hold it until the answer"]
+pub struct Permit {
+    account: Arc<Account>,
+    id: u64,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        for slot in self.account.slots().iter_mut() {
+            if matches!(slot, Slot::InFlight(id) if *id == self.id) {
+                *slot = Slot::Done(now);
+            }
+        }
+        self.account.answered.notify_one();
+    }
 }
 
 impl RateLimiter {
@@ -44,6 +92,7 @@ impl RateLimiter {
                 max: usize::try_from(max.max(1)).unwrap_or(usize::MAX),
                 window,
                 accounts: StdMutex::new(HashMap::new()),
+                next_id: AtomicU64::new(0),
             }),
         }
     }
@@ -60,75 +109,117 @@ impl RateLimiter {
 
     /// Waits for a slot for `host` and takes it. Waiters for one account are served first come, first served;
     /// a cancelled wait takes no slot.
-    pub async fn acquire(&self, host: &AccountHost) {
-        self.acquire_key(host.as_str()).await;
+    pub async fn acquire(&self, host: &AccountHost) -> Permit {
+        self.acquire_key(host.as_str()).await
     }
 
     /// [`Self::acquire`] keyed by any string (the service may budget by account id instead of host).
-    pub async fn acquire_key(&self, key: &str) {
-        let log = self.account(key);
-        let mut log = log.lock().await;
+    pub async fn acquire_key(&self, key: &str) -> Permit {
+        let account = self.account(key);
+        let _head_of_queue = account.queue.lock().await;
         loop {
-            let now = Instant::now();
-            while log
-                .front()
-                .is_some_and(|t| now.duration_since(*t) >= self.inner.window)
-            {
-                log.pop_front();
-            }
-            if log.len() < self.inner.max {
-                log.push_back(now);
-                return;
-            }
-            if let Some(oldest) = log.front().copied() {
-                tokio::time::sleep_until(oldest + self.inner.window).await;
+            let answered = account.answered.notified();
+            let next_free = {
+                let mut slots = account.slots();
+                let now = Instant::now();
+                self.forget_expired(&mut slots, now);
+                if slots.len() < self.inner.max {
+                    let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+                    slots.push(Slot::InFlight(id));
+                    return Permit {
+                        account: account.clone(),
+                        id,
+                    };
+                }
+                self.next_free(&slots)
+            };
+            match next_free {
+                Some(at) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at) => {}
+                        () = answered => {}
+                    }
+                }
+                None => answered.await,
             }
         }
     }
 
-    /// How long an [`Self::acquire`] for `host` would wait right now if nobody else were queued.
-    pub fn wait_time(&self, host: &AccountHost) -> Duration {
-        let log = self.account(host.as_str());
-        let Ok(log) = log.try_lock() else {
-            // Someone is waiting or granting: at least one slot is being taken; report one window as the bound.
-            return self.inner.window;
-        };
-        let now = Instant::now();
-        let live: Vec<&Instant> = log
+    fn forget_expired(&self, slots: &mut Vec<Slot>, now: Instant) {
+        let window = self.inner.window;
+        slots.retain(|s| match s {
+            Slot::InFlight(_) => true,
+            Slot::Done(at) => now.duration_since(*at) < window,
+        });
+    }
+
+    /// When the oldest answered slot leaves the window (`None`: every slot is still in flight).
+    fn next_free(&self, slots: &[Slot]) -> Option<Instant> {
+        slots
             .iter()
-            .filter(|t| now.duration_since(**t) < self.inner.window)
-            .collect();
-        if live.len() < self.inner.max {
+            .filter_map(|s| match s {
+                Slot::Done(at) => Some(*at + self.inner.window),
+                Slot::InFlight(_) => None,
+            })
+            .min()
+    }
+
+    /// How long an [`Self::acquire`] for `host` would wait right now if nobody else were queued (one window
+    /// when that cannot be known: someone is queued, or every slot is in flight).
+    pub fn wait_time(&self, host: &AccountHost) -> Duration {
+        let account = self.account(host.as_str());
+        if account.queue.try_lock().is_err() {
+            return self.inner.window;
+        }
+        let mut slots = account.slots();
+        let now = Instant::now();
+        self.forget_expired(&mut slots, now);
+        if slots.len() < self.inner.max {
             return Duration::ZERO;
         }
-        let idx = live.len() - self.inner.max;
-        live.get(idx).map_or(Duration::ZERO, |t| {
-            (**t + self.inner.window).saturating_duration_since(now)
+        self.next_free(&slots)
+            .map_or(self.inner.window, |at| at.saturating_duration_since(now))
+    }
+
+    /// Whether `key` is in use: a caller is waiting for a slot, a request is in flight, or the last answer is
+    /// younger than `within`.
+    pub fn busy(&self, key: &str, within: Duration) -> bool {
+        let known = self.accounts().get(key).cloned();
+        let Some(account) = known else { return false };
+        if account.queue.try_lock().is_err() {
+            return true;
+        }
+        let now = Instant::now();
+        account.slots().iter().any(|s| match s {
+            Slot::InFlight(_) => true,
+            Slot::Done(at) => now.duration_since(*at) < within,
         })
     }
 
-    /// Forgets accounts with no grant inside the window, so the map does not grow without bound.
+    /// Forgets accounts with nothing in their window, so the map does not grow without bound.
     pub fn retain_recent(&self) {
         let now = Instant::now();
-        let window = self.inner.window;
-        if let Ok(mut map) = self.inner.accounts.lock() {
-            map.retain(|_, log| match log.try_lock() {
-                Ok(log) => log.back().is_some_and(|t| now.duration_since(*t) < window),
-                Err(_) => true,
-            });
-        }
+        let mut map = self.accounts();
+        map.retain(|_, account| {
+            if account.queue.try_lock().is_err() {
+                return true;
+            }
+            let mut slots = account.slots();
+            self.forget_expired(&mut slots, now);
+            !slots.is_empty()
+        });
     }
 
-    fn account(&self, key: &str) -> Arc<AsyncMutex<VecDeque<Instant>>> {
+    fn accounts(&self) -> MutexGuard<'_, HashMap<String, Arc<Account>>> {
         // A poisoned map only means another thread panicked mid-insert; the map itself is still consistent.
-        let mut map = self
-            .inner
+        self.inner
             .accounts
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.entry(key.to_owned())
-            .or_insert_with(|| Arc::new(AsyncMutex::new(VecDeque::with_capacity(self.inner.max))))
-            .clone()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn account(&self, key: &str) -> Arc<Account> {
+        self.accounts().entry(key.to_owned()).or_default().clone()
     }
 }
 
@@ -149,7 +240,7 @@ mod tests {
             let l = limiter.clone();
             let h = h.clone();
             tasks.push(tokio::spawn(async move {
-                l.acquire(&h).await;
+                drop(l.acquire(&h).await);
                 Instant::now()
             }));
         }
@@ -177,7 +268,7 @@ mod tests {
                 "{in_window} grants within one second of grant {i}"
             );
         }
-        // 30 grants at 7 per 1.02 s: the last batch starts after 4 full windows.
+        // 30 grants at 7 per window: the last batch starts after 4 full windows.
         let elapsed = times.last().unwrap().duration_since(started);
         assert!(elapsed >= DEFAULT_WINDOW * 4, "{elapsed:?}");
         assert!(elapsed < DEFAULT_WINDOW * 5, "{elapsed:?}");
@@ -189,16 +280,16 @@ mod tests {
         let busy = host("busy.amocrm.ru");
         let other = host("other.amocrm.ru");
         for _ in 0..2 {
-            limiter.acquire(&busy).await;
+            drop(limiter.acquire(&busy).await);
         }
         let l = limiter.clone();
         let b = busy.clone();
         let waiting = tokio::spawn(async move { l.acquire(&b).await });
         let started = Instant::now();
-        limiter.acquire(&other).await;
+        drop(limiter.acquire(&other).await);
         assert_eq!(started.elapsed(), Duration::ZERO);
         assert!(limiter.wait_time(&busy) > Duration::ZERO);
-        waiting.await.unwrap();
+        drop(waiting.await.unwrap());
     }
 
     #[tokio::test(start_paused = true)]
@@ -212,7 +303,7 @@ mod tests {
             let h = h.clone();
             let order = order.clone();
             tasks.push(tokio::spawn(async move {
-                l.acquire(&h).await;
+                drop(l.acquire(&h).await);
                 order.lock().unwrap().push(i);
             }));
             // Let task i reach the queue before task i+1 is spawned.
@@ -228,14 +319,62 @@ mod tests {
     async fn a_cancelled_wait_takes_no_slot() {
         let limiter = RateLimiter::with_window(1, Duration::from_secs(1));
         let h = host("cancel.amocrm.ru");
-        limiter.acquire(&h).await;
+        drop(limiter.acquire(&h).await);
         let timed_out = tokio::time::timeout(Duration::from_millis(100), limiter.acquire(&h)).await;
         assert!(timed_out.is_err());
         let started = Instant::now();
-        limiter.acquire(&h).await;
+        drop(limiter.acquire(&h).await);
         // Only the first grant counts: the slot frees one window after it, not after the cancelled wait.
         assert_eq!(started.elapsed(), Duration::from_millis(900));
         limiter.retain_recent();
         assert_eq!(limiter.wait_time(&host("idle.amocrm.ru")), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_counts_until_one_window_after_its_answer() {
+        let limiter = RateLimiter::with_window(2, Duration::from_secs(1));
+        let h = host("slow.amocrm.ru");
+        let slow = limiter.acquire(&h).await;
+        drop(limiter.acquire(&h).await);
+        let started = Instant::now();
+        let l = limiter.clone();
+        let hh = h.clone();
+        let third = tokio::spawn(async move {
+            drop(l.acquire(&hh).await);
+            Instant::now()
+        });
+        // The quick one frees its slot one window after its answer.
+        assert_eq!(
+            third.await.unwrap().duration_since(started),
+            Duration::from_secs(1)
+        );
+        assert!(
+            limiter.busy(h.as_str(), Duration::ZERO),
+            "a request is in flight"
+        );
+        // The slow request is still in flight five seconds later: its slot is still taken, and with one
+        // more request in flight none is left.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let other = limiter.acquire(&h).await;
+        let l = limiter.clone();
+        let hh = h.clone();
+        let fourth = tokio::spawn(async move {
+            drop(l.acquire(&hh).await);
+            Instant::now()
+        });
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            !fourth.is_finished(),
+            "no slot while the slow request is unanswered"
+        );
+        let answered = Instant::now();
+        drop(slow);
+        assert_eq!(
+            fourth.await.unwrap().duration_since(answered),
+            Duration::from_secs(1)
+        );
+        drop(other);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!limiter.busy(h.as_str(), Duration::from_secs(1)));
     }
 }

@@ -199,7 +199,7 @@ impl AmoClient {
             }
         };
 
-        self.admit(host).await;
+        let slot = self.admit(host).await;
         let started = std::time::Instant::now();
         let kind = match grant {
             Grant::Code(_) => "authorization_code",
@@ -221,6 +221,8 @@ impl AmoClient {
                     .await
             }
         };
+        // Answered (or given up): the slot counts from now.
+        drop(slot);
         let status = captured
             .lock()
             .ok()
