@@ -17,12 +17,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::{LazyLock, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use amocrm_client::{
-    AccountHost, ApiError, ComplexLead, ComplexLeadResult, FieldValue, LeadQuery, LeadUpdate,
-    NewCompany, NewContact,
+    ApiError, ComplexLead, ComplexLeadResult, FieldValue, LeadQuery, LeadUpdate, NewCompany,
+    NewContact,
 };
 use chrono::{NaiveDateTime, TimeDelta};
 use futures_util::future::join_all;
@@ -141,52 +140,6 @@ pub enum PushError {
     Storage(#[from] StorageError),
 }
 
-/// Response-time pacing per account, on top of the client's limiter. The limiter spaces request *starts*
-/// (1.02 s per `AMOCRM_RATE_LIMIT_RPS` calls); amoCRM counts *arrivals*, and on a loaded machine a request
-/// can reach it later than it started, so two windows' requests may arrive closer than a second apart and
-/// the next one gets a 429 (which costs at least a second). Starting call `k + rps` no earlier than one
-/// second after call `k` *answered* rules that out: the answer came after the arrival. The push is
-/// sequential per account, so this costs only the latency of one call per window.
-static PACING: LazyLock<Mutex<HashMap<String, VecDeque<Instant>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
-
-const PACING_WINDOW: Duration = Duration::from_secs(1);
-
-fn pacing_key(state: &AppState, host: &AccountHost) -> String {
-    format!("{}/{}", state.settings.instance_id, host.as_str())
-}
-
-/// Waits until one more call to `host` cannot make amoCRM see more than the limit in a second, then runs it
-/// (through the client, whose limiter applies as well) and records when it answered.
-async fn paced<T>(state: &AppState, host: &AccountHost, call: impl Future<Output = T>) -> T {
-    let key = pacing_key(state, host);
-    let rps = usize::try_from(state.settings.amocrm_rate_limit_rps.max(1)).unwrap_or(7);
-    let wait_until = PACING.lock().ok().and_then(|map| {
-        let log = map.get(&key)?;
-        (log.len() >= rps)
-            .then(|| log.get(log.len() - rps).copied())
-            .flatten()
-            .map(|t| t + PACING_WINDOW)
-    });
-    if let Some(t) = wait_until {
-        tokio::time::sleep_until(t.into()).await;
-    }
-    let out = call.await;
-    if let Ok(mut map) = PACING.lock() {
-        let now = Instant::now();
-        map.retain(|_, log| {
-            log.back()
-                .is_some_and(|t| now.duration_since(*t) < PACING_WINDOW * 2)
-        });
-        let log = map.entry(key).or_default();
-        log.push_back(now);
-        while log.len() > rps {
-            log.pop_front();
-        }
-    }
-    out
-}
-
 fn at(after: Duration) -> NaiveDateTime {
     crate::storage::now() + TimeDelta::from_std(after).unwrap_or(TimeDelta::MAX)
 }
@@ -258,19 +211,14 @@ enum Outcome {
 }
 
 /// Runs one amoCRM call for the seller through the token provider (refreshed ahead of expiry; on a 401 the
-/// stored pair is re-read once, then refreshed, and the call retried), paced per account.
+/// stored pair is re-read once, then refreshed, and the call retried). The client paces it: the account's
+/// turn across instances, and a limiter slot counted until one window after the answer.
 async fn call<T, F, Fut>(ctx: &Ctx<'_>, f: F) -> Result<T, TokenError>
 where
     F: Fn(tokens::Amo) -> Fut,
     Fut: Future<Output = Result<T, ApiError>>,
 {
-    let state = ctx.state;
-    tokens::with_api(state, ctx.seller(), |amo: tokens::Amo| {
-        let host = amo.host().clone();
-        let fut = f(amo);
-        async move { paced(state, &host, fut).await }
-    })
-    .await
+    tokens::with_api(ctx.state, ctx.seller(), f).await
 }
 
 async fn put_back(

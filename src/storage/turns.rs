@@ -13,7 +13,7 @@ use super::schema::amocrm_account_turns as t;
 use super::{AnyConnection, StorageError};
 
 /// How long before its lease ends a holder stops calling, and how long a released turn stays closed: one
-/// limiter window (1.02 s) plus room for clock skew between instances.
+/// limiter window (1.01 s) plus room for clock skew between instances.
 pub const MARGIN_MS: i64 = 1500;
 
 /// What asking for a turn came to.
