@@ -35,9 +35,12 @@ pub const LOST_STATUS: i64 = 143;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
-    /// amoCRM could not be asked right now (429, 5xx, network, token being refreshed): try the body later.
+    /// amoCRM could not be asked right now (5xx, network, token being refreshed): try the body later.
     #[error("amoCRM unavailable: {0}")]
     Retry(String),
+    /// amoCRM answered 429: try the body no sooner than it said.
+    #[error("amoCRM rate limit hit (429), retry after {}s", .0.as_secs())]
+    RateLimited(std::time::Duration),
     /// The seller must reconnect before the lead can be read back; the body waits.
     #[error("amoCRM connection needs the seller: {0}")]
     NeedsReconnect(String),
@@ -171,7 +174,10 @@ async fn fetch_lead(
         }
         Err(e @ TokenError::Corrupt(_)) => Err(ProcessError::NeedsReconnect(e.to_string())),
         Err(TokenError::Storage(e)) => Err(ProcessError::Storage(e)),
-        // 429, 5xx, network, a refresh that could not happen now, or anything amoCRM refused: later.
+        Err(TokenError::Api(AmoApiError::RateLimited { retry_after })) => {
+            Err(ProcessError::RateLimited(retry_after))
+        }
+        // 5xx, network, a refresh that could not happen now, or anything amoCRM refused: later.
         Err(e) => Err(ProcessError::Retry(e.to_string())),
     }
 }

@@ -104,8 +104,13 @@ async fn settle(
         Err(ProcessError::Storage(e)) => Err(e),
         Err(e) => {
             let give_up = matches!(e, ProcessError::Fatal(_)) || row.attempts + 1 >= MAX_ATTEMPTS;
-            let retry_at = (!give_up)
-                .then(|| now + backoff(row.attempts, matches!(e, ProcessError::NeedsReconnect(_))));
+            let mut wait = backoff(row.attempts, matches!(e, ProcessError::NeedsReconnect(_)));
+            if let ProcessError::RateLimited(told) = &e {
+                // amoCRM said when: never sooner.
+                let told = TimeDelta::from_std(*told).unwrap_or(TimeDelta::MAX);
+                wait = wait.max(told.min(TimeDelta::hours(1)));
+            }
+            let retry_at = (!give_up).then(|| now + wait);
             let error = e.to_string();
             tracing::warn!(inbox_id = id, seller_id = %row.seller_id, error = %error, give_up, "webhook body not processed");
             state

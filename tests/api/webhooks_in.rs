@@ -10,7 +10,7 @@ use amocrm_connector::storage::connections::{self, seal_tokens};
 use amocrm_connector::storage::schema::{amocrm_connections as c, orders};
 use amocrm_connector::storage::{self as st, events, inbox, lead_states};
 use amocrm_connector::workers::{delivery as delivery_worker, webhook_processor};
-use amocrm_sandbox::{Sandbox, SandboxConfig, WebhookFormat};
+use amocrm_sandbox::{Faults, Sandbox, SandboxConfig, WebhookFormat};
 use diesel::prelude::*;
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -1059,4 +1059,59 @@ async fn after_a_real_connect_a_lead_moved_to_paid_gives_one_payment_with_the_or
         events_named(&app, "seller-c", "order.status_changed").await[0]["data"]["status"],
         "paid"
     );
+}
+
+#[tokio::test]
+async fn a_body_amocrm_answered_429_is_tried_again_no_sooner_than_amocrm_said() {
+    let app = spawn_app().await;
+    let seller = connect_seller(&app, "sellerfour.amocrm.ru", "seller-4").await;
+    let lead = app
+        .sandbox
+        .create_lead(
+            &seller.host,
+            "Telefon orqali",
+            1_000,
+            Some((seller.pipeline_id, seller.pending)),
+        )
+        .unwrap();
+    app.sandbox.webhooks_idle().await;
+    process_all(&app).await;
+    app.sandbox
+        .move_lead(&seller.host, lead, seller.pipeline_id, seller.paid)
+        .unwrap();
+    app.sandbox.webhooks_idle().await;
+    // The read-back before the payment is refused: 429, retry after five minutes.
+    app.sandbox.set_faults(
+        &seller.host,
+        Faults {
+            force_429_next: 1,
+            force_429_retry_after_secs: 300,
+            ..Faults::default()
+        },
+    );
+    let now = amocrm_connector::storage::now();
+    let first = webhook_processor::run_once_at(&app.state, now)
+        .await
+        .unwrap();
+    assert_eq!((first.claimed, first.retrying), (1, 1), "{first:?}");
+    let early = webhook_processor::run_once_at(&app.state, now + chrono::TimeDelta::seconds(295))
+        .await
+        .unwrap();
+    assert_eq!(early.claimed, 0, "not tried again before amoCRM's 300 s");
+    assert!(
+        events_named(&app, "seller-4", "payment.completed")
+            .await
+            .is_empty()
+    );
+    let later = webhook_processor::run_once_at(&app.state, now + chrono::TimeDelta::seconds(301))
+        .await
+        .unwrap();
+    assert_eq!((later.claimed, later.processed), (1, 1), "{later:?}");
+    assert_eq!(
+        events_named(&app, "seller-4", "payment.completed")
+            .await
+            .len(),
+        1
+    );
+    assert_eq!(app.sandbox.counters(&seller.host).rate_limited, 1);
 }

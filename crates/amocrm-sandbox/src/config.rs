@@ -111,6 +111,8 @@ pub struct Faults {
     pub drop_after_write_next: u32,
     /// The next N requests are answered 429 without being applied (they consume no rate budget).
     pub force_429_next: u32,
+    /// The `retry_after` (seconds) those forced 429s carry; 0 means 1.
+    pub force_429_retry_after_secs: u64,
     /// This account's clock runs this many seconds ahead (expires codes and tokens).
     pub clock_offset_secs: i64,
 }

@@ -210,7 +210,7 @@ async fn account_entry(req: HttpRequest, body: web::Bytes, sh: Data) -> HttpResp
         acc.counters.requests += 1;
         let refused = if acc.faults.force_429_next > 0 {
             acc.faults.force_429_next -= 1;
-            Some(1)
+            Some(acc.faults.force_429_retry_after_secs.max(1))
         } else {
             acc.admit(rps, Instant::now()).err()
         };
