@@ -250,16 +250,39 @@ impl DbGate {
         }
     }
 
-    /// Runs [`Self::tend`] every [`TEND_EVERY`] for as long as the gate is in use.
+    /// Forgets accounts nobody here has called lately (their locks and limiter logs), so a long-running
+    /// instance serving many sellers does not keep one entry per account it ever called.
+    pub fn prune(&self) {
+        self.limiter.retain_recent();
+        let held: std::collections::HashSet<String> = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        self.locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|key, lock| Arc::strong_count(lock) > 1 || held.contains(key));
+    }
+
+    /// Runs [`Self::tend`] every [`TEND_EVERY`], and [`Self::prune`] every minute, for as long as the gate
+    /// is in use.
     pub fn spawn_keeper(gate: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(gate);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(TEND_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_prune = Instant::now();
             loop {
                 tick.tick().await;
                 let Some(gate) = weak.upgrade() else { return };
                 gate.tend().await;
+                if last_prune.elapsed() >= Duration::from_secs(60) {
+                    gate.prune();
+                    last_prune = Instant::now();
+                }
             }
         })
     }
