@@ -227,7 +227,7 @@ async fn refresh_leased(
     let host = match super::tokens::parse_host(state, &row.host) {
         Ok(h) => h,
         Err(e) => {
-            record_transient(state, &row, &owner, &e).await;
+            record_transient(state, &row, &owner, &e, None).await;
             return Err(RefreshError::Corrupt(e));
         }
     };
@@ -239,7 +239,7 @@ async fn refresh_leased(
         }
         Err(e) => {
             let reason = format!("stored refresh token unreadable: {e}");
-            record_transient(state, &row, &owner, &reason).await;
+            record_transient(state, &row, &owner, &reason, None).await;
             return Err(RefreshError::Corrupt(reason));
         }
     };
@@ -267,9 +267,13 @@ async fn refresh_leased(
                     tracing::warn!(seller_id = %row.seller_id, error = %reason, "amoCRM refused the refresh token");
                     mark_failed(state, &row, &owner, &reason).await
                 }
-                _ => {
+                other => {
                     tracing::warn!(seller_id = %row.seller_id, error = %reason, "refresh failed, will retry");
-                    record_transient(state, &row, &owner, &reason).await;
+                    let told = match other {
+                        amocrm_client::OAuthError::RateLimited { retry_after } => Some(retry_after),
+                        _ => None,
+                    };
+                    record_transient(state, &row, &owner, &reason, told).await;
                     Err(RefreshError::Transient(reason))
                 }
             }
@@ -339,9 +343,19 @@ async fn store_new_pair(
     )))
 }
 
-async fn record_transient(state: &AppState, row: &Connection, owner: &str, reason: &str) {
+/// Records a failed attempt and when to try again: capped exponential backoff, and never sooner than a 429
+/// said (`told`).
+async fn record_transient(
+    state: &AppState,
+    row: &Connection,
+    owner: &str,
+    reason: &str,
+    told: Option<Duration>,
+) {
     let failures = u32::try_from(row.refresh_failures.max(0)).unwrap_or(0) + 1;
-    let backoff = Duration::from_secs(1u64 << failures.min(20)).min(MAX_BACKOFF);
+    let backoff = Duration::from_secs(1u64 << failures.min(20))
+        .min(MAX_BACKOFF)
+        .max(told.unwrap_or_default().min(Duration::from_secs(3600)));
     let now = storage::now();
     let next_at = now + chrono_dur(backoff);
     let (id, who, why) = (row.id, owner.to_owned(), reason.to_owned());

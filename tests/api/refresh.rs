@@ -284,6 +284,36 @@ async fn a_sandbox_500_leaves_the_connection_active_and_it_recovers_on_the_next_
 }
 
 #[tokio::test]
+async fn a_refresh_refused_with_429_waits_as_long_as_amocrm_said_and_the_connection_stays_active() {
+    let app = spawn().await;
+    seed_connection(&app, "seller-1", HOST).await;
+    expire_in(&app, 30).await;
+    app.sandbox.set_faults(
+        HOST,
+        Faults {
+            force_429_next: 1,
+            force_429_retry_after_secs: 600,
+            ..Faults::default()
+        },
+    );
+    let before = st::now();
+    let report = sweep(&app).await;
+    assert_eq!((report.due, report.failed), (1, 1));
+    let row = connection(&app, "seller-1").await.unwrap();
+    assert_eq!(row.status, "active", "a 429 is not a dead token");
+    assert!(
+        row.next_refresh_at.unwrap() >= before + chrono::TimeDelta::seconds(600),
+        "not before amoCRM's retry_after: {:?}",
+        row.next_refresh_at
+    );
+    assert_eq!(sweep(&app).await.due, 0, "not retried meanwhile");
+    backoff_over(&app).await;
+    assert_eq!(sweep(&app).await.refreshed, 1);
+    assert_eq!(app.sandbox.counters(HOST).rate_limited, 1);
+    works(&app, "seller-1").await;
+}
+
+#[tokio::test]
 async fn a_refresh_lost_to_a_timeout_is_retried_with_the_old_token_under_the_grace_rule() {
     let app = spawn_app_with(|env| {
         env.insert("AMOCRM_REQUEST_TIMEOUT".into(), "1s".into());
