@@ -172,3 +172,70 @@ async fn two_instances_calling_one_account_at_once_share_its_budget_and_get_no_4
     // 32 calls at 7 a second take at least four full windows, whoever made them.
     assert!(elapsed >= Duration::from_secs(4), "{elapsed:?}");
 }
+
+/// The account's turn as stored: (owner, lease end).
+async fn turn_row(
+    app: &crate::helpers::TestApp,
+    host: &str,
+) -> (Option<String>, Option<chrono::NaiveDateTime>) {
+    use amocrm_connector::storage::schema::amocrm_account_turns as t;
+    use diesel::prelude::*;
+    let host = host.to_owned();
+    app.db
+        .run(move |c| {
+            t::table
+                .filter(t::account_key.eq(&host))
+                .select((t::owner, t::lease_until))
+                .first(c)
+                .map_err(Into::into)
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_idle_instance_shortens_its_turn_so_another_need_not_wait_out_the_lease() {
+    let app = spawn_app().await;
+    let seller = connect_seller(&app, "seller-idle", "idle.amocrm.ru").await;
+    tokens::with_api(&app.state, "seller-idle", |amo| async move {
+        amo.api().account().await
+    })
+    .await
+    .unwrap();
+    let (owner, until) = turn_row(&app, &seller.host).await;
+    assert_eq!(
+        owner.as_deref(),
+        Some(app.state.settings.instance_id.as_str())
+    );
+    let until = until.unwrap();
+    // Only the keeper's shortening moves a lease's end earlier (renewals move it later); poll for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let shortened = loop {
+        let (owner, now_until) = turn_row(&app, &seller.host).await;
+        if now_until.is_some_and(|u| u < until) {
+            break Some((owner, now_until.unwrap()));
+        }
+        if std::time::Instant::now() > deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (owner, short_until) = shortened.expect("the idle turn was shortened");
+    assert_eq!(
+        owner.as_deref(),
+        Some(app.state.settings.instance_id.as_str()),
+        "still ours to renew"
+    );
+    assert!(
+        short_until <= amocrm_connector::storage::now() + TimeDelta::milliseconds(1500),
+        "closed at most one margin from now"
+    );
+    // And this instance takes it straight back when it calls again.
+    tokens::with_api(&app.state, "seller-idle", |amo| async move {
+        amo.api().account().await
+    })
+    .await
+    .unwrap();
+    let (_, renewed) = turn_row(&app, &seller.host).await;
+    assert!(renewed.unwrap() > short_until, "renewed");
+}
