@@ -41,15 +41,6 @@ where
     }
 }
 
-/// A free port on 127.0.0.1 (bound and released; the child binds it right after).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 // ---------------------------------------------------------------------------------------------------
 
 /// A round-robin TCP balancer in front of the instances: the one public address amoCRM, sellers and the
@@ -307,7 +298,9 @@ impl World {
 
     /// Starts instance `name` on a fresh port and waits until its `/health` is 200.
     pub async fn start(&self, name: &str) -> Service {
-        let port = free_port();
+        // The service binds a port of its own choosing (port 0) and logs it: a port picked here and
+        // released could be taken by another test's process before the service binds it.
+        let port = 0;
         let n = self.starts.fetch_add(1, Ordering::Relaxed);
         let log = self.dir.path().join(format!("{n:03}-{name}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_amocrm-connector"))
@@ -329,12 +322,29 @@ impl World {
             log,
             child,
         };
+        let started = Instant::now();
+        svc.port = loop {
+            if let Some(port) = serving_port(&svc.log) {
+                break port;
+            }
+            if let Ok(Some(status)) = svc.child.try_wait() {
+                panic!(
+                    "{name} exited with {status} before it listened:\n{}",
+                    tail(&svc.log)
+                );
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{name} not listening within 60 s:\n{}",
+                tail(&svc.log)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         let health = svc.url("/health");
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
             .build()
             .unwrap();
-        let started = Instant::now();
         loop {
             if let Ok(r) = http.get(&health).send().await
                 && r.status().as_u16() == 200
@@ -384,17 +394,51 @@ impl World {
         ))
     }
 
+    /// A set-up call (nothing is being killed): an answer lost on the way is asked again, twice; if it is
+    /// still lost, the failure names the error and shows every instance's last log lines.
+    pub async fn setup_api(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            let mut req = self
+                .http
+                .request(method.parse().unwrap(), self.url(path))
+                .bearer_auth(&self.api_key);
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    match resp.bytes().await {
+                        Ok(bytes) => {
+                            return (
+                                status,
+                                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                            );
+                        }
+                        Err(e) => last_error = format!("reading the answer: {e}"),
+                    }
+                }
+                Err(e) => last_error = format!("sending: {e}"),
+            }
+            println!("set-up call {method} {path} lost ({last_error}); asking again");
+        }
+        panic!(
+            "set-up call {method} {path} failed: {last_error}\n{}",
+            all_tails(self)
+        );
+    }
+
     /// Connects `seller` to the sandbox account `host` click by click, through the balancer.
     pub async fn connect(&self, seller: &str, host: &str) {
         self.sandbox.add_account(host);
         let (status, session) = self
-            .api(
+            .setup_api(
                 "POST",
                 "/api/v1/connect-sessions",
                 Some(&json!({"seller_id": seller})),
             )
-            .await
-            .expect("connect session");
+            .await;
         assert_eq!(status, 201, "{session}");
         let page = self
             .http
@@ -414,7 +458,7 @@ impl World {
     /// Subscribes the receiver to every event.
     pub async fn subscribe_receiver(&self) {
         let (status, body) = self
-            .api(
+            .setup_api(
                 "POST",
                 "/api/v1/webhooks",
                 Some(&json!({
@@ -424,8 +468,7 @@ impl World {
                     "active": true
                 })),
             )
-            .await
-            .expect("subscription");
+            .await;
         assert_eq!(status, 201, "{body}");
     }
 
@@ -504,6 +547,32 @@ pub fn attr(html: &str, name: &str) -> Option<String> {
 }
 
 /// The last lines of a log file, for failure messages.
+/// The port a service logged it is serving on (its JSON line `"message":"serving","port":…`).
+fn serving_port(log: &std::path::Path) -> Option<u16> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["message"] == "serving")
+        .and_then(|v| v["port"].as_u64())
+        .and_then(|p| u16::try_from(p).ok())
+}
+
+/// Every instance's last log lines, for a failure message.
+pub fn all_tails(world: &World) -> String {
+    let mut out = String::new();
+    if let Ok(dir) = std::fs::read_dir(world.dir.path()) {
+        let mut paths: Vec<_> = dir.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for p in paths
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        {
+            out.push_str(&format!("--- {}\n{}\n", p.display(), tail(p)));
+        }
+    }
+    out
+}
+
 pub fn tail(path: &std::path::Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
