@@ -355,7 +355,10 @@ async fn record_transient(
     let failures = u32::try_from(row.refresh_failures.max(0)).unwrap_or(0) + 1;
     let backoff = Duration::from_secs(1u64 << failures.min(20))
         .min(MAX_BACKOFF)
-        .max(told.unwrap_or_default().min(Duration::from_secs(3600)));
+        .max(
+            told.unwrap_or_default()
+                .min(amocrm_client::error::MAX_RETRY_AFTER),
+        );
     let now = storage::now();
     let next_at = now + chrono_dur(backoff);
     let (id, who, why) = (row.id, owner.to_owned(), reason.to_owned());

@@ -118,8 +118,7 @@ impl DbGate {
 
     /// Waits until this instance holds the turn on `key` with time left to call.
     pub async fn admit_key(&self, key: &str) {
-        self.touch(key);
-        if self.usable_now(key) {
+        if self.touch(key) {
             return;
         }
         let lock = self.lock_for(key);
@@ -193,15 +192,17 @@ impl DbGate {
         }
     }
 
-    fn touch(&self, key: &str) {
-        if let Some(h) = self
-            .held
+    /// Notes that a caller here wants the turn; true when it may call right away (one lock, the hot path).
+    fn touch(&self, key: &str) -> bool {
+        let now = Instant::now();
+        self.held
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get_mut(key)
-        {
-            h.asked_at = Instant::now();
-        }
+            .is_some_and(|h| {
+                h.asked_at = now;
+                now < h.usable_until && now < h.renew_at
+            })
     }
 
     /// Looks after the turns this instance holds: renews those still in demand (callers queued in the

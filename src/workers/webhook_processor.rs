@@ -106,9 +106,9 @@ async fn settle(
             let give_up = matches!(e, ProcessError::Fatal(_)) || row.attempts + 1 >= MAX_ATTEMPTS;
             let mut wait = backoff(row.attempts, matches!(e, ProcessError::NeedsReconnect(_)));
             if let ProcessError::RateLimited(told) = &e {
-                // amoCRM said when: never sooner.
-                let told = TimeDelta::from_std(*told).unwrap_or(TimeDelta::MAX);
-                wait = wait.max(told.min(TimeDelta::hours(1)));
+                // amoCRM said when: never sooner (the client bounds it by `MAX_RETRY_AFTER`).
+                let told = (*told).min(amocrm_client::error::MAX_RETRY_AFTER);
+                wait = wait.max(TimeDelta::from_std(told).unwrap_or(TimeDelta::hours(1)));
             }
             let retry_at = (!give_up).then(|| now + wait);
             let error = e.to_string();

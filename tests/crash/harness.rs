@@ -378,6 +378,16 @@ impl World {
         path: &str,
         body: Option<&Value>,
     ) -> Option<(u16, Value)> {
+        self.try_api(method, path, body).await.ok()
+    }
+
+    /// A call to `/api/v1…` through the balancer; the error says how the answer was lost.
+    async fn try_api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value), String> {
         let mut req = self
             .http
             .request(method.parse().unwrap(), self.url(path))
@@ -385,10 +395,13 @@ impl World {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.ok()?;
+        let resp = req.send().await.map_err(|e| format!("sending: {e}"))?;
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.ok()?;
-        Some((
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| format!("reading the answer: {e}"))?;
+        Ok((
             status,
             serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         ))
@@ -399,27 +412,9 @@ impl World {
     pub async fn setup_api(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
         let mut last_error = String::new();
         for _ in 0..3 {
-            let mut req = self
-                .http
-                .request(method.parse().unwrap(), self.url(path))
-                .bearer_auth(&self.api_key);
-            if let Some(b) = body {
-                req = req.json(b);
-            }
-            match req.send().await {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    match resp.bytes().await {
-                        Ok(bytes) => {
-                            return (
-                                status,
-                                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-                            );
-                        }
-                        Err(e) => last_error = format!("reading the answer: {e}"),
-                    }
-                }
-                Err(e) => last_error = format!("sending: {e}"),
+            match self.try_api(method, path, body).await {
+                Ok(answer) => return answer,
+                Err(e) => last_error = e,
             }
             println!("set-up call {method} {path} lost ({last_error}); asking again");
         }

@@ -164,23 +164,6 @@ impl RateLimiter {
             .min()
     }
 
-    /// How long an [`Self::acquire`] for `host` would wait right now if nobody else were queued (one window
-    /// when that cannot be known: someone is queued, or every slot is in flight).
-    pub fn wait_time(&self, host: &AccountHost) -> Duration {
-        let account = self.account(host.as_str());
-        if account.queue.try_lock().is_err() {
-            return self.inner.window;
-        }
-        let mut slots = account.slots();
-        let now = Instant::now();
-        self.forget_expired(&mut slots, now);
-        if slots.len() < self.inner.max {
-            return Duration::ZERO;
-        }
-        self.next_free(&slots)
-            .map_or(self.inner.window, |at| at.saturating_duration_since(now))
-    }
-
     /// Whether `key` is in use: a caller is waiting for a slot, a request is in flight, or the last answer is
     /// younger than `within`.
     pub fn busy(&self, key: &str, within: Duration) -> bool {
@@ -288,7 +271,7 @@ mod tests {
         let started = Instant::now();
         drop(limiter.acquire(&other).await);
         assert_eq!(started.elapsed(), Duration::ZERO);
-        assert!(limiter.wait_time(&busy) > Duration::ZERO);
+        assert!(limiter.busy(busy.as_str(), DEFAULT_WINDOW));
         drop(waiting.await.unwrap());
     }
 
@@ -327,7 +310,7 @@ mod tests {
         // Only the first grant counts: the slot frees one window after it, not after the cancelled wait.
         assert_eq!(started.elapsed(), Duration::from_millis(900));
         limiter.retain_recent();
-        assert_eq!(limiter.wait_time(&host("idle.amocrm.ru")), Duration::ZERO);
+        assert!(!limiter.busy("idle.amocrm.ru", DEFAULT_WINDOW));
     }
 
     #[tokio::test(start_paused = true)]
