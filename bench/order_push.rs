@@ -6,6 +6,7 @@
 //! cargo bench --bench order_push                      # both scenarios, 10,000 orders each, SQLite
 //! cargo bench --bench order_push -- --sellers 1 --orders 10000
 //! BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:55432/app cargo bench --bench order_push
+//! DATABASE_POOL_SIZE=1 cargo bench --bench order_push -- --sellers 50   # the service's pool size
 //! ```
 //!
 //! Orders are accepted through the same service call the API uses (not timed); the timed part is the push
@@ -96,6 +97,9 @@ async fn start(sandbox: &SandboxHandle, db_url: &str) -> Application {
     env.insert("AMOCRM_RATE_LIMIT_RPS".into(), "7".into());
     env.insert("REFRESH_SCHEDULE".into(), String::new());
     env.insert("RUN_WORKERS".into(), "false".into());
+    if let Ok(size) = std::env::var("DATABASE_POOL_SIZE") {
+        env.insert("DATABASE_POOL_SIZE".into(), size);
+    }
     let settings = Settings::from_env(&env).expect("settings");
     Application::build(settings).await.expect("app")
 }

@@ -92,6 +92,27 @@ pub const EVENT_NAMES: [&str; 9] = [
 /// when an event with the same dedupe key already exists (nothing is written). Call inside the
 /// transaction of the change it reports.
 pub fn record(conn: &mut AnyConnection, ev: &NewEvent) -> Result<Option<i64>, StorageError> {
+    let subs = active_subscriptions(conn)?;
+    record_for(conn, ev, &subs)
+}
+
+/// The active subscriptions (id, wanted events) an event is fanned out to. Read once by callers that record
+/// many events in one transaction (the push records one `order.synced` per lead, 50 per call).
+pub fn active_subscriptions(
+    conn: &mut AnyConnection,
+) -> Result<Vec<(String, String)>, StorageError> {
+    Ok(webhook_subscriptions::table
+        .filter(webhook_subscriptions::active.eq(true))
+        .select((webhook_subscriptions::id, webhook_subscriptions::events))
+        .load(conn)?)
+}
+
+/// [`record`] with the subscriptions already read in this transaction.
+pub fn record_for(
+    conn: &mut AnyConnection,
+    ev: &NewEvent,
+    subs: &[(String, String)],
+) -> Result<Option<i64>, StorageError> {
     serialize_event_writers(conn)?;
     let row = InsertEvent {
         id: &ev.id,
@@ -118,19 +139,15 @@ pub fn record(conn: &mut AnyConnection, ev: &NewEvent) -> Result<Option<i64>, St
         )
     };
     let Some(seq) = seq else { return Ok(None) };
-    let subs: Vec<(String, String)> = webhook_subscriptions::table
-        .filter(webhook_subscriptions::active.eq(true))
-        .select((webhook_subscriptions::id, webhook_subscriptions::events))
-        .load(conn)?;
     let now = super::now();
     for (sub_id, wanted) in subs {
-        if !subscription_wants(&wanted, &ev.event) {
+        if !subscription_wants(wanted, &ev.event) {
             continue;
         }
         diesel::insert_into(event_deliveries::table)
             .values((
                 event_deliveries::event_seq.eq(seq),
-                event_deliveries::subscription_id.eq(&sub_id),
+                event_deliveries::subscription_id.eq(sub_id),
                 event_deliveries::seller_id.eq(&ev.seller_id),
                 event_deliveries::state.eq("pending"),
                 event_deliveries::attempts.eq(0),
