@@ -93,27 +93,41 @@ pub const EVENT_NAMES: [&str; 9] = [
 /// transaction of the change it reports.
 pub fn record(conn: &mut AnyConnection, ev: &NewEvent) -> Result<Option<i64>, StorageError> {
     let subs = active_subscriptions(conn)?;
-    record_for(conn, ev, &subs)
+    serialize_event_writers(conn)?;
+    insert_one(conn, ev, &subs)
 }
 
-/// The active subscriptions (id, wanted events) an event is fanned out to. Read once by callers that record
-/// many events in one transaction (the push records one `order.synced` per lead, 50 per call).
-pub fn active_subscriptions(
-    conn: &mut AnyConnection,
-) -> Result<Vec<(String, String)>, StorageError> {
+/// [`record`] for several events of one transaction (the push records an `order.synced` per lead, up to
+/// 50 at once): the subscriptions are read and the writers' lock taken once. Returns how many were new.
+pub fn record_many(conn: &mut AnyConnection, evs: &[NewEvent]) -> Result<usize, StorageError> {
+    if evs.is_empty() {
+        return Ok(0);
+    }
+    let subs = active_subscriptions(conn)?;
+    serialize_event_writers(conn)?;
+    let mut new = 0;
+    for ev in evs {
+        if insert_one(conn, ev, &subs)?.is_some() {
+            new += 1;
+        }
+    }
+    Ok(new)
+}
+
+/// The active subscriptions (id, wanted events) an event is fanned out to.
+fn active_subscriptions(conn: &mut AnyConnection) -> Result<Vec<(String, String)>, StorageError> {
     Ok(webhook_subscriptions::table
         .filter(webhook_subscriptions::active.eq(true))
         .select((webhook_subscriptions::id, webhook_subscriptions::events))
         .load(conn)?)
 }
 
-/// [`record`] with the subscriptions already read in this transaction.
-pub fn record_for(
+/// Inserts one event and its deliveries; the caller holds the writers' lock.
+fn insert_one(
     conn: &mut AnyConnection,
     ev: &NewEvent,
     subs: &[(String, String)],
 ) -> Result<Option<i64>, StorageError> {
-    serialize_event_writers(conn)?;
     let row = InsertEvent {
         id: &ev.id,
         event: &ev.event,

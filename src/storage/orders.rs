@@ -576,8 +576,7 @@ pub fn mark_synced(
     }
     write_transaction(conn, |conn| {
         let now = super::now();
-        let subs = events::active_subscriptions(conn)?;
-        let mut marked = 0;
+        let mut marked = Vec::with_capacity(synced.len());
         for s in synced {
             let n = diesel::update(
                 o::table
@@ -601,7 +600,6 @@ pub fn mark_synced(
             if n == 0 {
                 continue;
             }
-            marked += 1;
             if let Some(up_to) = s.moves_up_to {
                 diesel::update(
                     m::table
@@ -612,21 +610,29 @@ pub fn mark_synced(
                 .set((m::state.eq(MOVE_SUPERSEDED), m::updated_at.eq(now)))
                 .execute(conn)?;
             }
-            let ev = NewEvent::new(
-                "order.synced",
-                seller_id,
-                serde_json::json!({
-                    "order_id": s.order_id,
-                    "order_number": s.order_number,
-                    "lead_id": s.lead_id,
-                    "contact_id": s.contact_id,
-                    "company_id": s.company_id,
-                }),
-                Some(format!("order.synced:{}", s.order_id)),
-            );
-            events::record_for(conn, &ev, &subs)?;
+            marked.push(s);
         }
-        Ok(marked)
+        // Events last: on PostgreSQL the first one takes the event writers' lock until commit, so every
+        // other instance's events wait only for these inserts, not for the order updates above as well.
+        let evs: Vec<NewEvent> = marked
+            .iter()
+            .map(|s| {
+                NewEvent::new(
+                    "order.synced",
+                    seller_id,
+                    serde_json::json!({
+                        "order_id": s.order_id,
+                        "order_number": s.order_number,
+                        "lead_id": s.lead_id,
+                        "contact_id": s.contact_id,
+                        "company_id": s.company_id,
+                    }),
+                    Some(format!("order.synced:{}", s.order_id)),
+                )
+            })
+            .collect();
+        events::record_many(conn, &evs)?;
+        Ok(marked.len())
     })
 }
 
