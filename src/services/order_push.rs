@@ -804,6 +804,8 @@ async fn lookup_batch(
                 query: Some(o.row.order_number.clone()),
                 page: Some(page),
                 limit: Some(250),
+                // An adopted lead keeps its contact and company ids, as a pushed one does.
+                with_contacts: true,
                 ..LeadQuery::default()
             };
             let q = &q;
@@ -858,8 +860,8 @@ async fn lookup_batch(
                     order_id: o.row.id.clone(),
                     order_number: o.row.order_number.clone(),
                     lead_id: to_i64(lead.id),
-                    contact_id: None,
-                    company_id: None,
+                    contact_id: lead.main_contact_id().map(to_i64),
+                    company_id: lead.company_id().map(to_i64),
                     moves_up_to: o.moves_up_to,
                 });
             }

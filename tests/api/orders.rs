@@ -565,6 +565,12 @@ async fn with_500s_drops_after_write_and_429s_1000_orders_become_exactly_1000_le
         let lead = &leads[&row.order_number];
         assert_eq!(row.lead_id, Some(lead.id as i64));
         assert!(lead_ids.insert(lead.id));
+        // Adopted leads too: their contact and company ids are read back with the lead.
+        let contact = lead.contact_ids.first().map(|c| *c as i64);
+        assert!(contact.is_some(), "every lead has its buyer: {lead:?}");
+        assert_eq!(row.contact_id, contact, "{row:?}");
+        assert_eq!(row.company_id, lead.company_id.map(|c| c as i64), "{row:?}");
+        assert!(row.company_id.is_some(), "{row:?}");
     }
     assert_eq!(
         total.adopted + report.adopted + total.pushed + report.pushed,

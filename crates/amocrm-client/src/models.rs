@@ -346,6 +346,8 @@ pub struct LeadQuery {
     pub page: Option<u32>,
     /// At most 250 (amoCRM's limit); larger values are clamped.
     pub limit: Option<u32>,
+    /// Ask for each lead's contacts (`with=contacts`); companies come without asking.
+    pub with_contacts: bool,
 }
 
 impl LeadQuery {
@@ -365,6 +367,9 @@ impl LeadQuery {
         }
         if let Some(l) = self.limit {
             pairs.push(("limit".to_owned(), l.clamp(1, 250).to_string()));
+        }
+        if self.with_contacts {
+            pairs.push(("with".to_owned(), "contacts".to_owned()));
         }
         pairs
     }
@@ -389,9 +394,49 @@ pub struct Lead {
     pub updated_at: i64,
     #[serde(default, deserialize_with = "de::i64_flex_default")]
     pub created_at: i64,
+    /// Linked contacts (only when read `with=contacts`) and companies.
+    #[serde(
+        default,
+        rename = "_embedded",
+        deserialize_with = "de::null_as_default"
+    )]
+    pub embedded: LeadLinks,
+}
+
+/// The entities linked to a lead, as ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct LeadLinks {
+    #[serde(default, deserialize_with = "de::null_as_default")]
+    pub contacts: Vec<LinkedEntity>,
+    #[serde(default, deserialize_with = "de::null_as_default")]
+    pub companies: Vec<LinkedEntity>,
+}
+
+/// One linked contact or company.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct LinkedEntity {
+    #[serde(deserialize_with = "de::u64_flex")]
+    pub id: u64,
+    #[serde(default)]
+    pub is_main: bool,
 }
 
 impl Lead {
+    /// The main contact (the first one when none is marked main), if the lead was read `with=contacts`.
+    pub fn main_contact_id(&self) -> Option<u64> {
+        let contacts = &self.embedded.contacts;
+        contacts
+            .iter()
+            .find(|c| c.is_main)
+            .or_else(|| contacts.first())
+            .map(|c| c.id)
+    }
+
+    /// The lead's company (amoCRM links at most one).
+    pub fn company_id(&self) -> Option<u64> {
+        self.embedded.companies.first().map(|c| c.id)
+    }
+
     /// The values of custom field `field_id` as strings (empty when the lead does not have it).
     pub fn field_texts(&self, field_id: u64) -> Vec<String> {
         self.custom_fields_values
@@ -527,6 +572,37 @@ mod tests {
             env!("CARGO_MANIFEST_DIR")
         ))
         .unwrap()
+    }
+
+    #[test]
+    fn a_lead_read_with_contacts_names_its_main_contact_and_company() {
+        // The shape of `GET /api/v4/leads?with=contacts` (amoCRM reference, trimmed).
+        let lead: Lead = serde_json::from_value(json!({
+            "id": 19619, "name": "Buyurtma #A-1", "price": 46333, "status_id": 142, "pipeline_id": 1300,
+            "custom_fields_values": null, "created_at": 1548280113, "updated_at": 1548280115,
+            "_embedded": {
+                "tags": [],
+                "companies": [{"id": 1, "_links": {"self": {"href": "https://x.amocrm.ru/api/v4/companies/1"}}}],
+                "contacts": [
+                    {"id": 7, "is_main": false},
+                    {"id": 8, "is_main": true}
+                ]
+            }
+        }))
+        .unwrap();
+        assert_eq!(lead.main_contact_id(), Some(8));
+        assert_eq!(lead.company_id(), Some(1));
+        let bare: Lead = serde_json::from_value(json!({"id": "5", "_embedded": null})).unwrap();
+        assert_eq!((bare.main_contact_id(), bare.company_id()), (None, None));
+        let q = LeadQuery {
+            query: Some("A-1".into()),
+            with_contacts: true,
+            ..LeadQuery::default()
+        };
+        assert!(
+            q.to_pairs()
+                .contains(&("with".to_owned(), "contacts".to_owned()))
+        );
     }
 
     #[test]
@@ -689,6 +765,7 @@ mod tests {
             pipeline_id: Some(7),
             page: Some(0),
             limit: Some(1000),
+            with_contacts: false,
         };
         let pairs = q.to_pairs();
         assert!(pairs.contains(&("filter[id][]".into(), "2".into())));
