@@ -699,12 +699,46 @@ pub fn reschedule(
         return Ok(0);
     }
     let now = super::now();
-    let target = o::table
-        .filter(o::id.eq_any(ids))
-        .filter(o::lease_owner.eq(owner))
-        .filter(o::sync_state.eq("queued"));
+    let sqlite = matches!(conn, AnyConnection::Sqlite(_));
+    write_transaction(conn, |conn| {
+        let mut target = diesel::update(o::table).into_boxed();
+        if sqlite {
+            // As in `claim_orders`: a `sync_state = ?` term makes SQLite's planner walk the whole queue
+            // instead of looking the ids up, so ours are picked by primary key under the write lock.
+            let rows: Vec<(String, Option<String>, String)> = o::table
+                .filter(o::id.eq_any(ids))
+                .select((o::id, o::lease_owner, o::sync_state))
+                .load(conn)?;
+            let ours: Vec<String> = rows
+                .into_iter()
+                .filter(|(_, lease, state)| lease.as_deref() == Some(owner) && state == "queued")
+                .map(|(id, _, _)| id)
+                .collect();
+            if ours.is_empty() {
+                return Ok(0);
+            }
+            target = target.filter(o::id.eq_any(ours));
+        } else {
+            target = target
+                .filter(o::id.eq_any(ids))
+                .filter(o::lease_owner.eq(owner))
+                .filter(o::sync_state.eq("queued"));
+        }
+        reschedule_rows(conn, target, now, next_at, error, needs_lookup)
+    })
+}
+
+/// The UPDATE of [`reschedule`] on the rows `target` selects.
+fn reschedule_rows(
+    conn: &mut AnyConnection,
+    target: diesel::query_builder::BoxedUpdateStatement<'_, super::MultiBackend, o::table>,
+    now: NaiveDateTime,
+    next_at: NaiveDateTime,
+    error: Option<&str>,
+    needs_lookup: Option<bool>,
+) -> Result<usize, StorageError> {
     let n = match needs_lookup {
-        Some(flag) => diesel::update(target)
+        Some(flag) => target
             .set((
                 o::next_attempt_at.eq(next_at),
                 o::last_error.eq(error),
@@ -714,7 +748,7 @@ pub fn reschedule(
                 o::updated_at.eq(now),
             ))
             .execute(conn)?,
-        None => diesel::update(target)
+        None => target
             .set((
                 o::next_attempt_at.eq(next_at),
                 o::last_error.eq(error),
