@@ -54,6 +54,13 @@ struct Held {
     asked_at: Instant,
 }
 
+impl Held {
+    /// Whether a call may start now without renewing first.
+    fn callable(&self, now: Instant) -> bool {
+        now < self.usable_until && now < self.renew_at
+    }
+}
+
 /// The database-backed [`AccountGate`] the service installs on its amoCRM client.
 pub struct DbGate {
     db: Db,
@@ -84,19 +91,19 @@ impl DbGate {
         }
     }
 
-    fn held(&self, key: &str) -> Option<Held> {
+    /// The turns held here (a poisoned lock still holds valid entries: each update is one map write).
+    fn held_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
         self.held
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(key)
-            .copied()
+    }
+
+    fn held(&self, key: &str) -> Option<Held> {
+        self.held_map().get(key).copied()
     }
 
     fn set_held(&self, key: &str, held: Option<Held>) {
-        let mut map = self
-            .held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self.held_map();
         match held {
             Some(h) => {
                 map.insert(key.to_owned(), h);
@@ -195,14 +202,10 @@ impl DbGate {
     /// Notes that a caller here wants the turn; true when it may call right away (one lock, the hot path).
     fn touch(&self, key: &str) -> bool {
         let now = Instant::now();
-        self.held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get_mut(key)
-            .is_some_and(|h| {
-                h.asked_at = now;
-                now < h.usable_until && now < h.renew_at
-            })
+        self.held_map().get_mut(key).is_some_and(|h| {
+            h.asked_at = now;
+            h.callable(now)
+        })
     }
 
     /// Looks after the turns this instance holds: renews those still in demand (callers queued in the
@@ -210,13 +213,7 @@ impl DbGate {
     /// the turn gone; shortens the idle ones so another instance need not wait out the lease. Each under the
     /// account's lock, so no caller of this process takes or renews it meanwhile.
     pub async fn tend(&self) {
-        let keys: Vec<String> = self
-            .held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .keys()
-            .cloned()
-            .collect();
+        let keys: Vec<String> = self.held_map().keys().cloned().collect();
         for key in keys {
             let lock = self.lock_for(&key);
             let Ok(_one_at_a_time) = lock.try_lock() else {
@@ -255,13 +252,7 @@ impl DbGate {
     /// instance serving many sellers does not keep one entry per account it ever called.
     pub fn prune(&self) {
         self.limiter.retain_recent();
-        let held: std::collections::HashSet<String> = self
-            .held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .keys()
-            .cloned()
-            .collect();
+        let held: std::collections::HashSet<String> = self.held_map().keys().cloned().collect();
         self.locks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -289,9 +280,7 @@ impl DbGate {
     }
 
     fn usable_now(&self, key: &str) -> bool {
-        let now = Instant::now();
-        self.held(key)
-            .is_some_and(|h| now < h.usable_until && now < h.renew_at)
+        self.held(key).is_some_and(|h| h.callable(Instant::now()))
     }
 }
 

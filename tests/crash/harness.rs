@@ -173,6 +173,23 @@ pub struct Service {
 }
 
 impl Service {
+    /// Fails the test with the log tail when the service exited, or is not yet `what` 60 s after `started`.
+    fn still_starting(&mut self, what: &str, started: Instant) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "{} exited with {status} before it was {what}:\n{}",
+                self.name,
+                tail(&self.log)
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{} not {what} within 60 s:\n{}",
+            self.name,
+            tail(&self.log)
+        );
+    }
+
     /// SIGKILL: no shutdown hook runs, leases stay taken, in-flight requests are cut.
     pub fn kill(&mut self) {
         if self.child.try_wait().ok().flatten().is_some() {
@@ -327,17 +344,7 @@ impl World {
             if let Some(port) = serving_port(&svc.log) {
                 break port;
             }
-            if let Ok(Some(status)) = svc.child.try_wait() {
-                panic!(
-                    "{name} exited with {status} before it listened:\n{}",
-                    tail(&svc.log)
-                );
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "{name} not listening within 60 s:\n{}",
-                tail(&svc.log)
-            );
+            svc.still_starting("listening", started);
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         let health = svc.url("/health");
@@ -351,17 +358,7 @@ impl World {
             {
                 break;
             }
-            if let Ok(Some(status)) = svc.child.try_wait() {
-                panic!(
-                    "{name} exited with {status} before it was healthy:\n{}",
-                    tail(&svc.log)
-                );
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "{name} not healthy within 60 s:\n{}",
-                tail(&svc.log)
-            );
+            svc.still_starting("healthy", started);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         svc
