@@ -1,24 +1,31 @@
 //! Order push benchmark: N orders for one seller and spread over 50 sellers, pushed to the in-process amoCRM
 //! sandbox at 7 requests/second per account; prints orders per second per account against the ceiling
-//! (7 calls × 50 leads = 350) and the number of 429 answers.
+//! (7 calls × 50 leads = 350) and the number of 429 answers. These plain leads have no note, no products and
+//! a new contact each (the seller's settings say so), as before the deal existed.
+//!
+//! `--deal`: complete deals for known buyers and known SKUs (note, products linked and read back, the buyer's
+//! existing contact attached): prints the amoCRM requests per order, the ceiling that follows from them
+//! (7 requests/s ÷ requests per order) and orders/s against it, with `--new-buyers PCT` first-time buyers.
 //!
 //! ```sh
 //! cargo bench --bench order_push                      # both scenarios, 10,000 orders each, SQLite
 //! cargo bench --bench order_push -- --sellers 1 --orders 10000
+//! cargo bench --bench order_push -- --deal --orders 10000 [--new-buyers 10]
 //! BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:55432/app cargo bench --bench order_push
 //! DATABASE_POOL_SIZE=1 cargo bench --bench order_push -- --sellers 50   # the service's pool size
 //! ```
 //!
 //! Orders are accepted through the same service call the API uses (not timed); the timed part is the push
 //! worker's `run_once` loop until every order is a lead.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![expect(clippy::expect_used, reason = "tests fail loudly on unexpected errors")]
 
 use std::collections::HashMap;
 use std::time::Instant;
 
 use amocrm_client::{AccountHost, NewCustomField, NewPipeline, NewStatus};
-use amocrm_connector::app::{AppState, Application};
+use amocrm_connector::app::Application;
 use amocrm_connector::config::Settings;
+use amocrm_connector::services::Context;
 use amocrm_connector::services::orders as order_service;
 use amocrm_connector::storage::cipher::Keyring;
 use amocrm_connector::storage::schema::amocrm_connections as c;
@@ -35,6 +42,8 @@ const CLIENT_ID: &str = "bench-client";
 
 struct Args {
     scenarios: Vec<(usize, usize)>,
+    /// Complete deals instead of plain leads, with this percentage of first-time buyers.
+    deal: Option<usize>,
 }
 
 fn args() -> Args {
@@ -45,12 +54,18 @@ fn args() -> Args {
             .and_then(|i| raw.get(i + 1))
             .and_then(|v| v.parse::<usize>().ok())
     };
+    let deal = raw
+        .iter()
+        .any(|a| a == "--deal")
+        .then(|| get("--new-buyers").unwrap_or(0).min(100));
     match (get("--sellers"), get("--orders")) {
-        (None, None) => Args {
+        (None, None) if deal.is_none() => Args {
             scenarios: vec![(1, 10_000), (50, 10_000)],
+            deal,
         },
         (s, o) => Args {
             scenarios: vec![(s.unwrap_or(1), o.unwrap_or(10_000))],
+            deal,
         },
     }
 }
@@ -105,7 +120,7 @@ async fn start(sandbox: &SandboxHandle, db_url: &str) -> Application {
 }
 
 /// Connects a seller to a sandbox account: tokens, pipeline, fields, as the connect flow leaves them.
-async fn connect(state: &AppState, sandbox: &SandboxHandle, seller: &str, host: &str) {
+async fn connect(state: &Context, sandbox: &SandboxHandle, seller: &str, host: &str) {
     let pair = sandbox.issue_tokens(CLIENT_ID, host);
     let h = AccountHost::parse(host, &state.amo.config().allowed_domains).expect("host");
     let token = SecretString::from(pair.access_token.clone());
@@ -188,6 +203,26 @@ async fn connect(state: &AppState, sandbox: &SandboxHandle, seller: &str, host: 
         .expect("connection row");
 }
 
+/// Plain leads: no note, no products, no task, a new contact per order (the push before deals existed).
+async fn plain_settings(state: &Context, seller: &str) {
+    use amocrm_connector::domain::settings::{MatchMode, ProductsMode, SellerSettings};
+    let mut s = SellerSettings::default();
+    s.items.note = false;
+    s.items.products = ProductsMode::Off;
+    s.contacts.match_mode = MatchMode::Off;
+    state
+        .db
+        .settings()
+        .save(amocrm_connector::storage::settings::SettingsWrite {
+            seller_id: seller.to_owned(),
+            settings: s,
+            pipeline: None,
+            event: None,
+        })
+        .await
+        .expect("settings");
+}
+
 async fn scenario(sellers: usize, orders: usize) {
     let sandbox = Sandbox::start(SandboxConfig {
         accounts: Vec::new(),
@@ -205,6 +240,7 @@ async fn scenario(sellers: usize, orders: usize) {
     for (seller, host) in &hosts {
         sandbox.add_account(host);
         connect(&state, &sandbox, seller, host).await;
+        plain_settings(&state, seller).await;
     }
 
     let setup = Instant::now();
@@ -356,6 +392,132 @@ fn main() {
         .build()
         .expect("runtime");
     for (sellers, orders) in args.scenarios {
-        rt.block_on(scenario(sellers, orders));
+        match args.deal {
+            Some(new_buyers) => rt.block_on(deal_scenario(orders, new_buyers)),
+            None => rt.block_on(scenario(sellers, orders)),
+        }
     }
+}
+
+/// Known buyers (existing contacts, phones typed three ways) and known SKUs.
+const DEAL_BUYERS: usize = 300;
+const DEAL_SKUS: usize = 40;
+
+fn deal_phone(i: usize) -> String {
+    let n = 901_000_000 + i;
+    match i % 3 {
+        0 => format!(
+            "+998 {} {}-{}-{}",
+            n / 10_000_000,
+            n / 10_000 % 1000,
+            n / 100 % 100,
+            n % 100
+        ),
+        1 => format!("998{n}"),
+        _ => format!("{n}"),
+    }
+}
+
+fn deal_order(seller: &str, number: &str, buyer: usize, sku: usize) -> serde_json::Value {
+    json!({
+        "seller_id": seller,
+        "order_number": number,
+        "total_amount": 250000,
+        "items": [
+            {"product_id": format!("sku-{sku}"), "name": format!("Mahsulot {sku}"), "quantity": 2, "price": 75000},
+            {"product_id": format!("sku-{}", (sku + 1) % DEAL_SKUS), "name": "Piyola", "quantity": 4, "price": 25000}
+        ],
+        "customer": {"name": format!("Xaridor {buyer}"), "phone": deal_phone(buyer)},
+        "comment": "Kechqurun qo'ng'iroq qiling",
+        "url": format!("https://market.example/orders/{number}"),
+    })
+}
+
+/// Complete deals for one account: after a warm-up that fills the buyer index and creates every SKU, N orders
+/// (a share of them from first-time buyers) become leads with their note and products; timed until every
+/// step is done.
+async fn deal_scenario(orders: usize, new_buyers: usize) {
+    let sandbox = Sandbox::start(SandboxConfig {
+        accounts: Vec::new(),
+        rate_limit_rps: 7,
+        ..SandboxConfig::default()
+    })
+    .await
+    .expect("sandbox");
+    let (db_url, _dir) = database();
+    let app = start(&sandbox, &db_url).await;
+    let state = app.state.clone();
+    let (seller, host) = ("deal-seller", "deal.amocrm.ru");
+    sandbox.add_account(host);
+    sandbox.enable_products(host, None).expect("products");
+    for b in 0..DEAL_BUYERS {
+        let seed = amocrm_sandbox::ContactSeed {
+            name: format!("Xaridor {b}"),
+            phones: vec![deal_phone(b)],
+            ..amocrm_sandbox::ContactSeed::default()
+        };
+        sandbox.add_contact(host, seed).expect("contact");
+    }
+    connect(&state, &sandbox, seller, host).await;
+    // Warm-up: every SKU once (their elements are made), the index filled from the account's contacts.
+    for k in 0..DEAL_SKUS {
+        let body = deal_order(seller, &format!("W{k:04}"), k, k);
+        order_service::create(&state, &body).await.expect("order");
+    }
+    push::drain(&state, 1_000_000).await.expect("warm-up");
+    let before = sandbox.counters(host);
+    let mut fresh = 0usize;
+    for i in 0..orders {
+        let buyer = if new_buyers > 0 && i % 100 < new_buyers {
+            fresh += 1;
+            DEAL_BUYERS + i
+        } else {
+            i % DEAL_BUYERS
+        };
+        let body = deal_order(seller, &format!("D{i:06}"), buyer, i % DEAL_SKUS);
+        order_service::create(&state, &body).await.expect("order");
+    }
+    let started = Instant::now();
+    let (report, drained) = push::drain(&state, 1_000_000).await.expect("push");
+    let secs = started.elapsed().as_secs_f64();
+    assert!(drained, "queue and steps drained");
+    let after = sandbox.counters(host);
+    let requests = after.endpoints.total() - before.endpoints.total();
+    let per_order = requests as f64 / orders as f64;
+    let ceiling = 7.0 / per_order;
+    let rate = orders as f64 / secs;
+    let backend = if db_url.starts_with("sqlite") {
+        "sqlite"
+    } else {
+        "postgres"
+    };
+    println!(
+        "deal push: {orders} orders, 1 seller, {backend}, first-time buyers {new_buyers} % ({fresh})"
+    );
+    println!(
+        "  pushed {} in {secs:.2} s; {requests} amoCRM requests: {per_order:.4} per order (target <= 0.05)",
+        report.pushed
+    );
+    let by_family: Vec<String> = after
+        .endpoints
+        .families()
+        .into_iter()
+        .zip(before.endpoints.families())
+        .filter(|((_, a), (_, b))| a > b)
+        .map(|((name, a), (_, b))| format!("{name} {}", a - b))
+        .collect();
+    println!("  by kind: {}", by_family.join(", "));
+    println!(
+        "  {rate:.1} orders/s vs the ceiling its requests allow, 7 / {per_order:.4} = {ceiling:.0} orders/s ({:.1} %, target >= 95 %)",
+        rate / ceiling * 100.0
+    );
+    let notes = sandbox.notes(host).len();
+    let leads = sandbox.leads(host).len();
+    println!(
+        "  429 answers: {}; leads {leads}, notes {notes} (one per lead: {}), contacts {}",
+        after.rate_limited - before.rate_limited,
+        notes == leads,
+        sandbox.contacts(host).len()
+    );
+    sandbox.stop().await;
 }

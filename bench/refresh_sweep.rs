@@ -9,17 +9,22 @@
 //! ```
 //!
 //! Seeding (accounts, grants, rows) is not timed; the timed part is `services::refresh::sweep`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail loudly on unexpected errors"
+)]
 
+use amocrm_connector::domain::status::{ConnectionStatus, ProvisioningState};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use amocrm_connector::app::Application;
 use amocrm_connector::config::Settings;
 use amocrm_connector::services::refresh::{self, SweepOutcome};
+use amocrm_connector::storage as st;
 use amocrm_connector::storage::cipher::Keyring;
 use amocrm_connector::storage::connections::{self, NewConnection};
-use amocrm_connector::storage::{self as st, sessions};
 use amocrm_sandbox::{Faults, Integration, Sandbox, SandboxConfig};
 use diesel::Connection as _;
 use diesel::connection::SimpleConnection;
@@ -143,7 +148,7 @@ async fn main() {
             host: host.clone(),
             subdomain: format!("bench{i}"),
             api_domain: None,
-            status: "active".into(),
+            status: ConnectionStatus::Active,
             access_token_enc: Some(access),
             refresh_token_enc: Some(refresh),
             token_expires_at: Some(now + chrono::Duration::minutes(10)),
@@ -151,7 +156,7 @@ async fn main() {
             last_refreshed_at: Some(now),
             refresh_failures: 0,
             webhook_token: amocrm_connector::domain::ids::random_token(40),
-            provisioning_state: "complete".into(),
+            provisioning_state: ProvisioningState::Complete,
             provisioning_attempts: 0,
             connected_at: now,
             created_at: now,
@@ -159,17 +164,10 @@ async fn main() {
         });
     }
     for chunk in rows.chunks(1000) {
-        let chunk = chunk.to_vec();
         state
             .db
-            .run(move |c| {
-                sessions::transaction(c, |c| {
-                    for r in &chunk {
-                        connections::insert(c, r)?;
-                    }
-                    Ok(())
-                })
-            })
+            .connections()
+            .insert_many(chunk.to_vec())
             .await
             .expect("seed");
     }

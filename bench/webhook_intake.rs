@@ -310,7 +310,12 @@ async fn run_backend(label: &str, pg: Option<&str>) {
     loop {
         let delivered = state
             .db
-            .run(|conn| deliveries::count_by_state(conn, deliveries::DELIVERED))
+            .run(|conn| {
+                deliveries::count_by_state(
+                    conn,
+                    amocrm_connector::domain::status::DeliveryState::Delivered,
+                )
+            })
             .await
             .expect("count");
         if delivered as usize >= n_events || Instant::now() > deadline {

@@ -2,7 +2,7 @@
 //! and stopping it gracefully.
 //!
 //! Shutdown (SIGTERM or SIGINT, or [`ShutdownTrigger::trigger`] in tests): the listener closes at once,
-//! `AppState.shutdown` flips so workers claim nothing new and finish their current step, in-flight
+//! `Context.shutdown` flips so workers claim nothing new and finish their current step, in-flight
 //! requests and steps get up to `SHUTDOWN_TIMEOUT`, stragglers are aborted, and then every lease this
 //! instance still holds is released so other instances take the work over immediately.
 
@@ -10,29 +10,15 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::Server;
-use actix_web::web::Data;
-use actix_web::{App, HttpServer, middleware};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::Settings;
-use crate::storage::cipher::Keyring;
 use crate::storage::{Db, StorageError};
-use crate::web as http;
+use crate::web::server::Server;
 
-/// Shared by every handler and worker.
-pub struct AppState {
-    pub settings: Arc<Settings>,
-    pub db: Db,
-    pub keys: Arc<Keyring>,
-    /// The one amoCRM client of this process: every call to every account shares its rate limiter.
-    pub amo: amocrm_client::AmoClient,
-    /// The amoCRM webhook intake's writer (group commit of raw bodies).
-    pub intake: crate::services::ingest::Intake,
-    /// Flips to `true` when the process is asked to stop; workers finish their step and exit.
-    pub shutdown: watch::Receiver<bool>,
-}
+use crate::services::Context;
+use crate::services::platforms::{PlatformError, Platforms};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -40,6 +26,12 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     #[error("database: {0}")]
     Database(#[from] StorageError),
+    /// Serving writes (migrations, leases, every accepted order): a read-only database is refused at once
+    /// rather than failing request by request.
+    #[error(
+        "database is read-only, and serving needs to write ({0}); make the database file and its folder writable"
+    )]
+    ReadOnlyDatabase(StorageError),
     #[error("amoCRM client: {0}")]
     Amo(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -49,11 +41,19 @@ pub enum StartError {
     },
 }
 
+fn db_error(e: StorageError) -> StartError {
+    if e.is_read_only() {
+        StartError::ReadOnlyDatabase(e)
+    } else {
+        StartError::Database(e)
+    }
+}
+
 /// A built, bound application, not yet serving.
 pub struct Application {
     port: u16,
     server: Server,
-    pub state: Data<AppState>,
+    pub state: Arc<Context>,
     shutdown_tx: watch::Sender<bool>,
     /// Background tasks, awaited (within the shutdown timeout) when the application stops.
     workers: Vec<(&'static str, JoinHandle<()>)>,
@@ -96,19 +96,27 @@ impl Application {
         listener: Option<TcpListener>,
     ) -> Result<Self, StartError> {
         let keys = settings.require_keys()?.clone();
-        let amo = amocrm_client::AmoClient::new(settings.amo_config()?)
-            .map_err(|e| StartError::Amo(e.to_string()))?;
-        amo.set_observer(crate::metrics::amocrm_observer());
-        let db = Db::connect(&settings.database_url, settings.database_pool_size)?;
+        let platforms = Platforms::build(&settings).map_err(|e| match e {
+            PlatformError::Config(c) => StartError::Config(c),
+            PlatformError::Client(reason) => StartError::Amo(reason),
+        })?;
+        platforms.set_observer(&crate::metrics::amocrm_observer());
+        let db = Db::connect_with(
+            &settings.database_url,
+            settings.database_pool_size,
+            settings.database_timeout,
+        )
+        .map_err(db_error)?;
         // Several instances share each account's request budget: one calls an account at a time.
         let gate = Arc::new(crate::services::turns::DbGate::new(
             db.clone(),
             settings.instance_id.clone(),
-            amo.limiter().clone(),
+            platforms.limiter().clone(),
         ));
         crate::services::turns::DbGate::spawn_keeper(&gate);
-        amo.set_gate(gate);
-        let applied = db.migrate().await?;
+        let gate: amocrm_client::Gate = gate;
+        platforms.set_gate(&gate);
+        let applied = db.migrate().await.map_err(db_error)?;
         if !applied.is_empty() {
             tracing::info!(migrations = ?applied, "applied migrations");
         }
@@ -118,14 +126,12 @@ impl Application {
         let me = settings.instance_id.clone();
         let in_flight = chrono::TimeDelta::from_std(settings.amocrm_request_timeout)
             .unwrap_or(chrono::TimeDelta::seconds(60));
+        let now = crate::storage::now();
         let released = db
-            .run(move |c| {
-                let now = crate::storage::now();
-                let plain = crate::storage::instance::release_all(c, &me, now, now + in_flight)?;
-                let prefixed = crate::storage::leases::release_prefixed(c, &me, now)?;
-                Ok(plain.total() + prefixed)
-            })
-            .await?;
+            .instance(&me)
+            .take_back(now, now + in_flight)
+            .await
+            .map_err(db_error)?;
         if released > 0 {
             tracing::info!(
                 released,
@@ -141,15 +147,19 @@ impl Application {
         };
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let state = Data::new(AppState {
-            settings: Arc::new(settings),
-            intake: crate::services::ingest::Intake::new(db.clone()),
+        let state = Arc::new(Context::new(
+            Arc::new(settings),
             db,
-            keys: Arc::new(keys),
-            amo,
-            shutdown: shutdown_rx,
-        });
-        let server = build_server(listener, state.clone())?;
+            Arc::new(keys),
+            platforms,
+            shutdown_rx,
+        ));
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let server = crate::web::server::build(listener, state.clone())
+            .map_err(|source| StartError::Bind { addr, source })?;
         let workers = spawn_workers(&state);
         Ok(Self {
             port,
@@ -214,7 +224,8 @@ impl Application {
                 .unwrap_or(chrono::TimeDelta::seconds(60));
         match state
             .db
-            .run(move |c| crate::storage::instance::release_all(c, &owner, now, in_flight_until))
+            .instance(&owner)
+            .release(now, in_flight_until)
             .await
         {
             Ok(released) => report.leases_released = released.total(),
@@ -237,8 +248,8 @@ impl Application {
 }
 
 /// Starts the background workers (only when `RUN_WORKERS` is on). Each returns its `JoinHandle`, so the
-/// shutdown can wait for it; each stops when `AppState.shutdown` flips.
-fn spawn_workers(state: &Data<AppState>) -> Vec<(&'static str, JoinHandle<()>)> {
+/// shutdown can wait for it; each stops when `Context.shutdown` flips.
+fn spawn_workers(state: &Arc<Context>) -> Vec<(&'static str, JoinHandle<()>)> {
     let mut workers = Vec::new();
     if !state.settings.run_workers {
         return workers;
@@ -320,30 +331,4 @@ async fn wait_for_workers(
         }
     }
     report
-}
-
-fn build_server(listener: TcpListener, state: Data<AppState>) -> Result<Server, StartError> {
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let shutdown_secs = state.settings.shutdown_timeout.as_secs();
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
-            .configure(http::configure_extractors)
-            .wrap(middleware::from_fn(http::metrics::middleware))
-            .wrap(middleware::from_fn(http::sanity::middleware))
-            .wrap(middleware::from_fn(http::request_id::middleware))
-            .configure(http::routes)
-            .default_service(actix_web::web::to(http::page_not_found))
-    })
-    .shutdown_timeout(shutdown_secs)
-    // Signals are handled in `run_until_stopped`, so SIGINT is as graceful as SIGTERM and the workers
-    // are stopped in the same sequence.
-    .disable_signals()
-    .listen(listener)
-    .map_err(|source| StartError::Bind { addr, source })?
-    .run();
-    Ok(server)
 }

@@ -209,7 +209,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let settings = settings()?;
             crate::telemetry::init(settings.log_format);
             settings.require_keys().map_err(one_line)?;
-            settings.require_amocrm().map_err(one_line)?;
+            settings.require_platforms().map_err(one_line)?;
             let rt = runtime()?;
             let result = rt.block_on(async move {
                 let app = Application::build(settings).await.map_err(one_line)?;
@@ -268,10 +268,7 @@ fn run(cli: Cli) -> Result<(), String> {
                         Ok(())
                     }
                     ApiKeysCommand::List => {
-                        let rows = db
-                            .run(crate::storage::api_keys::list)
-                            .await
-                            .map_err(one_line)?;
+                        let rows = db.api_keys().list().await.map_err(one_line)?;
                         println!(
                             "{:<6} {:<24} {:<11} {:<12} {:<20} status",
                             "id", "name", "tier", "prefix", "created"
@@ -294,10 +291,7 @@ fn run(cli: Cli) -> Result<(), String> {
                         Ok(())
                     }
                     ApiKeysCommand::Revoke { id } => {
-                        let done = db
-                            .run(move |c| crate::storage::api_keys::revoke(c, id))
-                            .await
-                            .map_err(one_line)?;
+                        let done = db.api_keys().revoke(id).await.map_err(one_line)?;
                         if done {
                             println!("revoked API key {id}");
                             Ok(())
@@ -361,19 +355,17 @@ fn run(cli: Cli) -> Result<(), String> {
 pub async fn refresh_once(settings: Settings) -> Result<String, String> {
     use crate::services::refresh::{self, SweepOutcome};
     let keys = settings.require_keys().map_err(one_line)?.clone();
-    let amo = amocrm_client::AmoClient::new(settings.amo_config().map_err(one_line)?)
-        .map_err(one_line)?;
+    let platforms = crate::services::platforms::Platforms::build(&settings).map_err(one_line)?;
     let db = Db::connect(&settings.database_url, settings.database_pool_size).map_err(one_line)?;
     db.migrate().await.map_err(one_line)?;
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
-    let state = crate::app::AppState {
-        settings: std::sync::Arc::new(settings),
-        intake: crate::services::ingest::Intake::new(db.clone()),
+    let state = crate::services::Context::new(
+        std::sync::Arc::new(settings),
         db,
-        keys: std::sync::Arc::new(keys),
-        amo,
+        std::sync::Arc::new(keys),
+        platforms,
         shutdown,
-    };
+    );
     let (how, report) = match refresh::sweep(&state, refresh::JOIN_WAIT)
         .await
         .map_err(one_line)?

@@ -11,68 +11,10 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
+use crate::domain::platform::Platform;
 use crate::storage::cipher::Keyring;
 
-/// Which engine `DATABASE_URL` selects. Anything but these two schemes is refused.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DatabaseUrl {
-    /// A SQLite file path (created with its folder on first use).
-    Sqlite(String),
-    /// A libpq connection URL, kept as given.
-    Postgres(String),
-}
-
-impl DatabaseUrl {
-    pub fn parse(raw: &str) -> Result<Self, ConfigError> {
-        let raw = raw.trim();
-        if let Some(path) = raw
-            .strip_prefix("sqlite://")
-            .or_else(|| raw.strip_prefix("sqlite:"))
-        {
-            if path.is_empty() {
-                return Err(ConfigError::new(
-                    "DATABASE_URL",
-                    "sqlite:// needs a file path",
-                ));
-            }
-            return Ok(Self::Sqlite(path.to_owned()));
-        }
-        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
-            Url::parse(raw)
-                .map_err(|e| ConfigError::new("DATABASE_URL", format!("not a URL: {e}")))?;
-            return Ok(Self::Postgres(raw.to_owned()));
-        }
-        let scheme = raw
-            .split("://")
-            .next()
-            .filter(|_| raw.contains("://"))
-            .unwrap_or(raw);
-        Err(ConfigError::new(
-            "DATABASE_URL",
-            format!("unsupported scheme `{scheme}`: use sqlite://PATH or postgres://…"),
-        ))
-    }
-
-    pub fn is_sqlite(&self) -> bool {
-        matches!(self, Self::Sqlite(_))
-    }
-
-    /// The URL with any password replaced, for logs.
-    pub fn redacted(&self) -> String {
-        match self {
-            Self::Sqlite(p) => format!("sqlite://{p}"),
-            Self::Postgres(u) => match Url::parse(u) {
-                Ok(mut url) => {
-                    if url.password().is_some() {
-                        let _ = url.set_password(Some("***"));
-                    }
-                    url.to_string()
-                }
-                Err(_) => "postgres://***".to_owned(),
-            },
-        }
-    }
-}
+pub use crate::storage::DatabaseUrl;
 
 /// Output format of the log lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,6 +65,17 @@ pub struct Settings {
     pub amocrm_account_url_template: String,
     pub amocrm_rate_limit_rps: u32,
     pub amocrm_request_timeout: Duration,
+    /// The Kommo integration (`KOMMO_*`), when configured; it shares the account URL template, the rate
+    /// limit and the timeouts with amoCRM's.
+    pub kommo_client_id: Option<String>,
+    pub kommo_client_secret: Option<SecretString>,
+    pub kommo_authorize_url: Url,
+    pub kommo_allowed_domains: Vec<String>,
+    /// How often a suspended connection (amoCRM answered 402 or 403) is probed (`SUSPENDED_PROBE_INTERVAL`).
+    pub suspended_probe_interval: Duration,
+    /// The longest any database call waits for a connection (`DATABASE_TIMEOUT`): while the database is
+    /// unreachable, requests answer 503 within it instead of hanging.
+    pub database_timeout: Duration,
     pub allow_shared_accounts: bool,
     pub token_keys: Option<Keyring>,
     pub refresh_secret: Option<SecretString>,
@@ -168,6 +121,12 @@ impl fmt::Debug for Settings {
                 &self.amocrm_account_url_template,
             )
             .field("amocrm_rate_limit_rps", &self.amocrm_rate_limit_rps)
+            .field("kommo_client_id", &self.kommo_client_id)
+            .field("kommo_client_secret", &redact(&self.kommo_client_secret))
+            .field("kommo_authorize_url", &self.kommo_authorize_url.as_str())
+            .field("kommo_allowed_domains", &self.kommo_allowed_domains)
+            .field("suspended_probe_interval", &self.suspended_probe_interval)
+            .field("database_timeout", &self.database_timeout)
             .field("token_keys", &self.token_keys)
             .field("refresh_secret", &redact(&self.refresh_secret))
             .field("refresh_schedule", &self.refresh_schedule)
@@ -274,6 +233,57 @@ where
     Ok(v)
 }
 
+/// A comma list of plain domains such as `amocrm.ru,kommo.com`, lowercased; at least one.
+fn parse_domains(key: &'static str, raw: &str) -> Result<Vec<String>, ConfigError> {
+    let domains: Vec<String> = raw
+        .split(',')
+        .map(|d| d.trim().to_ascii_lowercase())
+        .filter(|d| !d.is_empty())
+        .collect();
+    if domains.is_empty() {
+        return Err(ConfigError::new(key, "needs at least one domain"));
+    }
+    for d in &domains {
+        let ok = d.split('.').count() >= 2
+            && d.split('.')
+                .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+        if !ok {
+            return Err(ConfigError::new(
+                key,
+                format!("`{d}` is not a domain like amocrm.ru"),
+            ));
+        }
+    }
+    Ok(domains)
+}
+
+/// The variable names of one platform's settings, for one-line errors.
+struct PlatformVars {
+    client_id: &'static str,
+    client_secret: &'static str,
+    allowed_domains: &'static str,
+    all: &'static str,
+}
+
+impl PlatformVars {
+    fn of(p: Platform) -> Self {
+        match p {
+            Platform::Amocrm => Self {
+                client_id: "AMOCRM_CLIENT_ID",
+                client_secret: "AMOCRM_CLIENT_SECRET",
+                allowed_domains: "AMOCRM_ALLOWED_DOMAINS",
+                all: "AMOCRM_*",
+            },
+            Platform::Kommo => Self {
+                client_id: "KOMMO_CLIENT_ID",
+                client_secret: "KOMMO_CLIENT_SECRET",
+                allowed_domains: "KOMMO_ALLOWED_DOMAINS",
+                all: "KOMMO_*",
+            },
+        }
+    }
+}
+
 /// Validates a six-field (seconds first) cron expression the way the scheduler will read it.
 pub fn validate_cron(expr: &str) -> Result<(), String> {
     if expr.split_whitespace().count() != 6 {
@@ -294,7 +304,8 @@ impl Settings {
         let database_url = DatabaseUrl::parse(
             &non_empty(env, "DATABASE_URL")
                 .unwrap_or_else(|| "sqlite://data/amocrm-connector.db".to_owned()),
-        )?;
+        )
+        .map_err(|reason| ConfigError::new("DATABASE_URL", reason))?;
         let database_pool_size = match non_empty(env, "DATABASE_POOL_SIZE") {
             Some(v) => parse_number("DATABASE_POOL_SIZE", &v, 1u32)?,
             None if database_url.is_sqlite() => 4,
@@ -323,29 +334,50 @@ impl Settings {
             &non_empty(env, "AMOCRM_AUTHORIZE_URL")
                 .unwrap_or_else(|| "https://www.amocrm.ru/oauth".to_owned()),
         )?;
-        let amocrm_allowed_domains: Vec<String> = non_empty(env, "AMOCRM_ALLOWED_DOMAINS")
-            .unwrap_or_else(|| "amocrm.ru,kommo.com,amocrm.com".to_owned())
-            .split(',')
-            .map(|d| d.trim().to_ascii_lowercase())
-            .filter(|d| !d.is_empty())
-            .collect();
-        if amocrm_allowed_domains.is_empty() {
+        let kommo_client_id = non_empty(env, "KOMMO_CLIENT_ID");
+        // With Kommo configured beside amoCRM, each platform's hosts must be told apart: amoCRM's integration
+        // then defaults to amocrm.ru alone (alone, it keeps serving all three domains as before).
+        let amocrm_default_domains = if kommo_client_id.is_some() {
+            "amocrm.ru"
+        } else {
+            "amocrm.ru,kommo.com,amocrm.com"
+        };
+        let amocrm_allowed_domains = parse_domains(
+            "AMOCRM_ALLOWED_DOMAINS",
+            &non_empty(env, "AMOCRM_ALLOWED_DOMAINS")
+                .unwrap_or_else(|| amocrm_default_domains.to_owned()),
+        )?;
+        let kommo_authorize_url = parse_url(
+            "KOMMO_AUTHORIZE_URL",
+            &non_empty(env, "KOMMO_AUTHORIZE_URL")
+                .unwrap_or_else(|| "https://www.kommo.com/oauth".to_owned()),
+        )?;
+        let kommo_allowed_domains = parse_domains(
+            "KOMMO_ALLOWED_DOMAINS",
+            &non_empty(env, "KOMMO_ALLOWED_DOMAINS")
+                .unwrap_or_else(|| "kommo.com,amocrm.com".to_owned()),
+        )?;
+        let suspended_probe_interval = match non_empty(env, "SUSPENDED_PROBE_INTERVAL") {
+            Some(v) => parse_duration("SUSPENDED_PROBE_INTERVAL", &v)?,
+            None => Duration::from_secs(3600),
+        };
+        if suspended_probe_interval.is_zero() {
             return Err(ConfigError::new(
-                "AMOCRM_ALLOWED_DOMAINS",
-                "needs at least one domain",
+                "SUSPENDED_PROBE_INTERVAL",
+                "must be more than 0",
             ));
         }
-        for d in &amocrm_allowed_domains {
-            let ok = d.split('.').count() >= 2
-                && d.split('.').all(|l| {
-                    !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                });
-            if !ok {
-                return Err(ConfigError::new(
-                    "AMOCRM_ALLOWED_DOMAINS",
-                    format!("`{d}` is not a domain like amocrm.ru"),
-                ));
-            }
+        let database_timeout = match non_empty(env, "DATABASE_TIMEOUT") {
+            Some(v) => parse_duration("DATABASE_TIMEOUT", &v)?,
+            None => Duration::from_secs(5),
+        };
+        if database_timeout < Duration::from_millis(100)
+            || database_timeout > Duration::from_secs(60)
+        {
+            return Err(ConfigError::new(
+                "DATABASE_TIMEOUT",
+                "must be between 100ms and 60s",
+            ));
         }
         let amocrm_account_url_template = non_empty(env, "AMOCRM_ACCOUNT_URL_TEMPLATE")
             .unwrap_or_else(|| "https://{host}".to_owned());
@@ -513,6 +545,12 @@ impl Settings {
             amocrm_account_url_template,
             amocrm_rate_limit_rps,
             amocrm_request_timeout,
+            kommo_client_id,
+            kommo_client_secret: secret("KOMMO_CLIENT_SECRET", 1)?,
+            kommo_authorize_url,
+            kommo_allowed_domains,
+            suspended_probe_interval,
+            database_timeout,
             allow_shared_accounts,
             token_keys,
             refresh_secret: secret("REFRESH_SECRET", 16)?,
@@ -540,36 +578,81 @@ impl Settings {
         })
     }
 
-    /// The integration credentials `serve` cannot run without.
-    pub fn require_amocrm(&self) -> Result<(&str, &SecretString), ConfigError> {
-        let id = self
-            .amocrm_client_id
-            .as_deref()
-            .ok_or_else(|| ConfigError::new("AMOCRM_CLIENT_ID", "required by serve"))?;
-        let secret = self
-            .amocrm_client_secret
-            .as_ref()
-            .ok_or_else(|| ConfigError::new("AMOCRM_CLIENT_SECRET", "required by serve"))?;
-        Ok((id, secret))
+    /// The platforms `serve` runs with: each one whose client id is set (its secret is then required), at
+    /// least one of them.
+    pub fn require_platforms(&self) -> Result<Vec<Platform>, ConfigError> {
+        let mut platforms = Vec::new();
+        for p in Platform::ALL.iter().copied() {
+            let vars = PlatformVars::of(p);
+            let (id, secret) = self.credentials(p);
+            match (id, secret) {
+                (Some(_), Some(_)) => platforms.push(p),
+                (Some(_), None) => {
+                    return Err(ConfigError::new(
+                        vars.client_secret,
+                        "required with its client id",
+                    ));
+                }
+                (None, _) => {}
+            }
+        }
+        if platforms.is_empty() {
+            let reason = if self.amocrm_client_secret.is_some() {
+                "required by serve"
+            } else {
+                "required by serve (or KOMMO_CLIENT_ID and KOMMO_CLIENT_SECRET for Kommo)"
+            };
+            return Err(ConfigError::new("AMOCRM_CLIENT_ID", reason));
+        }
+        Ok(platforms)
     }
 
-    /// The amoCRM client configuration these settings describe.
-    pub fn amo_config(&self) -> Result<amocrm_client::AmoConfig, ConfigError> {
-        let (client_id, secret) = self.require_amocrm()?;
-        let allowed = amocrm_client::AllowedDomains::parse(&self.amocrm_allowed_domains.join(","))
-            .map_err(|e| ConfigError::new("AMOCRM_ALLOWED_DOMAINS", e.to_string()))?;
+    fn credentials(&self, p: Platform) -> (Option<&str>, Option<&SecretString>) {
+        match p {
+            Platform::Amocrm => (
+                self.amocrm_client_id.as_deref(),
+                self.amocrm_client_secret.as_ref(),
+            ),
+            Platform::Kommo => (
+                self.kommo_client_id.as_deref(),
+                self.kommo_client_secret.as_ref(),
+            ),
+        }
+    }
+
+    /// The platform connect sessions use when they name none: the only one configured, else amoCRM.
+    pub fn default_platform(&self) -> Platform {
+        match self.require_platforms().as_deref() {
+            Ok([only]) => *only,
+            _ => Platform::Amocrm,
+        }
+    }
+
+    /// The client configuration of platform `p` (its credentials must be set). Both platforms share the
+    /// redirect URI, the account URL template, the rate limit and the timeouts.
+    pub fn platform_config(&self, p: Platform) -> Result<amocrm_client::AmoConfig, ConfigError> {
+        let vars = PlatformVars::of(p);
+        let (Some(client_id), Some(secret)) = self.credentials(p) else {
+            return Err(ConfigError::new(vars.client_id, "required by serve"));
+        };
+        let (authorize_url, domains) = match p {
+            Platform::Amocrm => (&self.amocrm_authorize_url, &self.amocrm_allowed_domains),
+            Platform::Kommo => (&self.kommo_authorize_url, &self.kommo_allowed_domains),
+        };
+        let allowed = amocrm_client::AllowedDomains::parse(&domains.join(","))
+            .map_err(|e| ConfigError::new(vars.allowed_domains, e.to_string()))?;
         let mut cfg = amocrm_client::AmoConfig::new(
             client_id,
             secret.clone(),
             self.amocrm_redirect_uri.clone(),
         );
-        cfg.authorize_url = self.amocrm_authorize_url.clone();
+        cfg.authorize_url = authorize_url.clone();
         cfg.account_url_template = self.amocrm_account_url_template.clone();
         cfg.allowed_domains = allowed;
         cfg.rate_limit_rps = self.amocrm_rate_limit_rps;
         cfg.request_timeout = self.amocrm_request_timeout;
         cfg.validate()
-            .map_err(|e| ConfigError::new("AMOCRM_*", e.to_string()))?;
+            .map_err(|e| ConfigError::new(vars.all, e.to_string()))?;
         Ok(cfg)
     }
 

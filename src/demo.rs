@@ -177,6 +177,27 @@ pub fn example_order(number: &str) -> serde_json::Value {
     })
 }
 
+/// Makes the sandbox accounts look like a shop's: Products turned on (the example order's items become
+/// catalog products with its first push) and the example buyer already a contact, her phone typed differently
+/// and without the email, so the demo's deal shows the buyer matched, her email added, the note and the
+/// products linked.
+fn stock_demo_accounts(sandbox: &amocrm_sandbox::SandboxHandle) {
+    for account in sandbox.accounts() {
+        let host = account.host.as_str();
+        if let Err(e) = sandbox.enable_products(host, None) {
+            tracing::warn!(host, error = %e, "demo: could not turn Products on");
+        }
+        let buyer = amocrm_sandbox::ContactSeed {
+            name: "Aziza Karimova".to_owned(),
+            phones: vec!["+998 (90) 123-45-67".to_owned()],
+            ..amocrm_sandbox::ContactSeed::default()
+        };
+        if let Err(e) = sandbox.add_contact(host, buyer) {
+            tracing::warn!(host, error = %e, "demo: could not add the example buyer");
+        }
+    }
+}
+
 /// A started demo: everything the walk-through prints, and the running pieces.
 pub struct Demo {
     pub base_url: String,
@@ -190,7 +211,7 @@ pub struct Demo {
     /// Where signed events are delivered, when the subscription could be made.
     pub receiver_url: Option<String>,
     pub data_dir: PathBuf,
-    pub state: actix_web::web::Data<crate::app::AppState>,
+    pub state: std::sync::Arc<crate::services::Context>,
     pub trigger: crate::app::ShutdownTrigger,
     serving: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -238,6 +259,7 @@ pub async fn start(opts: DemoOptions) -> Result<Demo, String> {
     .await
     .map_err(|e| format!("the sandbox did not start: {e}"))?;
     let receiver = start_receiver(secrets.receiver_secret.clone())?;
+    stock_demo_accounts(&sandbox);
 
     let listener = bind(opts.port)?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
@@ -278,19 +300,12 @@ pub async fn start(opts: DemoOptions) -> Result<Demo, String> {
     let db = app.state.db.clone();
 
     // The demo API key and admin: known plaintexts from the demo folder, stored as hashes like any other.
-    let key = secrets.api_key.clone();
-    db.run(move |c| {
-        let prefix: String = key.chars().take(KEY_PREFIX.len() + 6).collect();
-        crate::storage::api_keys::insert(
-            c,
-            "demo",
-            &prefix,
-            &sha256_hex(key.as_bytes()),
-            "enterprise",
-        )
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    let key = &secrets.api_key;
+    let prefix: String = key.chars().take(KEY_PREFIX.len() + 6).collect();
+    db.api_keys()
+        .insert("demo", &prefix, &sha256_hex(key.as_bytes()), "enterprise")
+        .await
+        .map_err(|e| e.to_string())?;
     operators::create_or_update(
         &db,
         ADMIN_EMAIL,

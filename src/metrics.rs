@@ -6,6 +6,8 @@
 //! The counters live in one process-wide registry: they count what this instance did, while the gauges
 //! report the shared database, the same from every instance.
 
+use crate::domain::order::SyncState;
+use crate::domain::status::{ConnectionStatus, DeliveryState, InboxState};
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -15,7 +17,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::storage::stats::{self, Stats};
+use crate::storage::stats::Stats;
 use crate::storage::{Db, StorageError};
 
 /// The content type of the classic Prometheus text exposition format.
@@ -199,7 +201,7 @@ impl AmoOutcome {
             Err(E::Transient { .. }) => Self::Network,
             Err(E::Ambiguous(_)) => Self::Timeout,
             Err(E::NotFound) => Self::NotFound,
-            Err(E::Rejected { .. } | E::PaymentRequired) => Self::Rejected,
+            Err(E::Rejected { .. } | E::PaymentRequired | E::Forbidden { .. }) => Self::Rejected,
             Err(E::Decode(_) | E::Request(_)) => Self::Error,
         }
     }
@@ -294,10 +296,10 @@ pub fn http_request(method: &str, route: &str, status: u16, elapsed: Duration) {
 }
 
 /// States always reported (as 0 when absent), so dashboards and alerts see the series from the start.
-const CONNECTION_STATUSES: &[&str] = &["active", "refresh_failed", "revoked"];
-const ORDER_SYNC_STATES: &[&str] = &["queued", "synced", "held", "failed"];
-const DELIVERY_STATES: &[&str] = &["pending", "delivered", "failed"];
-const INBOX_STATES: &[&str] = &["pending", "processed", "failed"];
+const CONNECTION_STATUSES: &[&str] = ConnectionStatus::NAMES;
+const ORDER_SYNC_STATES: &[&str] = SyncState::NAMES;
+const DELIVERY_STATES: &[&str] = DeliveryState::NAMES;
+const INBOX_STATES: &[&str] = InboxState::NAMES;
 
 fn gauge_vec(
     registry: &Registry,
@@ -384,7 +386,7 @@ fn gauges(s: &Stats, instance: &str) -> Registry {
         &r,
         "event_delivery_backlog",
         "Deliveries not yet delivered and not given up (pending).",
-        count_of(&s.deliveries_by_state, "pending"),
+        count_of(&s.deliveries_by_state, DeliveryState::Pending.as_str()),
     );
     gauge(
         &r,
@@ -404,7 +406,7 @@ fn gauges(s: &Stats, instance: &str) -> Registry {
         &r,
         "amocrm_webhook_inbox_backlog",
         "Stored amoCRM webhook bodies not processed yet.",
-        count_of(&s.inbox_by_state, "pending"),
+        count_of(&s.inbox_by_state, InboxState::Pending.as_str()),
     );
     gauge(
         &r,
@@ -449,7 +451,7 @@ fn gauges(s: &Stats, instance: &str) -> Registry {
 
 /// Renders every metric: this process's counters and the database gauges, in the text format.
 pub async fn scrape(db: &Db, instance: &str) -> Result<String, StorageError> {
-    let snapshot = db.run(stats::snapshot).await?;
+    let snapshot = db.dashboard().stats().await?;
     let mut families = COUNTERS.registry.gather();
     families.extend(gauges(&snapshot, instance).gather());
     families.sort_by(|a, b| a.name().cmp(b.name()));

@@ -107,6 +107,42 @@ pub struct OrderItem {
     pub name: String,
     pub quantity: i64,
     pub price: Money,
+    /// The catalog SKU when it differs from `product_id` (absent from the stored body when not given, so
+    /// older bodies keep their fingerprint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sku: Option<String>,
+}
+
+impl OrderItem {
+    /// The SKU the item is known by in the seller's catalog: its own, else the product id.
+    pub fn sku(&self) -> &str {
+        self.sku.as_deref().unwrap_or(&self.product_id)
+    }
+
+    /// Quantity × price.
+    pub fn line_total(&self) -> Money {
+        Money::from_minor(self.price.minor().saturating_mul(self.quantity))
+    }
+}
+
+/// How the order reaches the buyer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<Money>,
+}
+
+/// How the buyer pays.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payment {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
 }
 
 /// The buyer. With the seed-style `customer_id` only, `name` is `None` and the contact is named from the id.
@@ -144,6 +180,13 @@ pub struct OrderDraft {
     pub url: Option<String>,
     pub tags: Vec<String>,
     pub comment: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<Delivery>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment: Option<Payment>,
+    /// Where the order was placed (the marketplace's storefront name): a tag, and a field if mapped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// Reads a stored seller id back through [`SellerId::parse`] (kept here so `ids.rs` stays untouched).
@@ -368,6 +411,9 @@ impl OrderDraft {
         }
 
         let comment = text(&mut errs, obj, "comment", "comment", 2000, false);
+        let delivery = Self::parse_delivery(&mut errs, obj.get("delivery"));
+        let payment = Self::parse_payment(&mut errs, obj.get("payment"));
+        let source = text(&mut errs, obj, "source", "source", 100, false);
 
         if !errs.0.is_empty() {
             return Err(errs.0);
@@ -400,6 +446,9 @@ impl OrderDraft {
                 url,
                 tags,
                 comment,
+                delivery,
+                payment,
+                source,
             }),
             _ => {
                 // Every None above recorded an error; this is only reached if that invariant breaks.
@@ -470,10 +519,12 @@ impl OrderDraft {
                 }
                 Some(v) => Money::parse(v).map_err(|m| errs.add(path("price"), m)).ok(),
             };
+            let sku = ident(errs, obj.get("sku"), &path("sku"), false);
             if let (Some(product_id), Some(name), Some(quantity), Some(price)) =
                 (product_id, name, quantity, price)
             {
                 items.push(OrderItem {
+                    sku: sku.filter(|s| *s != product_id),
                     product_id,
                     name,
                     quantity,
@@ -482,6 +533,50 @@ impl OrderDraft {
             }
         }
         (errs.0.len() == before).then_some(items)
+    }
+
+    /// `delivery {method?, address?, price?}`; an object with nothing in it is no delivery.
+    fn parse_delivery(errs: &mut Errors, v: Option<&Value>) -> Option<Delivery> {
+        let obj = Self::optional_object(errs, v, "delivery")?;
+        let method = text(errs, obj, "method", "delivery.method", 100, false);
+        let address = text(errs, obj, "address", "delivery.address", 500, false);
+        let price = match obj.get("price") {
+            None | Some(Value::Null) => None,
+            Some(v) => Money::parse(v)
+                .map_err(|m| errs.add("delivery.price", m))
+                .ok(),
+        };
+        let d = Delivery {
+            method,
+            address,
+            price,
+        };
+        (d != Delivery::default()).then_some(d)
+    }
+
+    /// `payment {method?, status?}`; an object with nothing in it is no payment.
+    fn parse_payment(errs: &mut Errors, v: Option<&Value>) -> Option<Payment> {
+        let obj = Self::optional_object(errs, v, "payment")?;
+        let p = Payment {
+            method: text(errs, obj, "method", "payment.method", 100, false),
+            status: text(errs, obj, "status", "payment.status", 100, false),
+        };
+        (p != Payment::default()).then_some(p)
+    }
+
+    fn optional_object<'v>(
+        errs: &mut Errors,
+        v: Option<&'v Value>,
+        path: &str,
+    ) -> Option<&'v serde_json::Map<String, Value>> {
+        match v {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(o)) => Some(o),
+            Some(_) => {
+                errs.add(path, "must be an object");
+                None
+            }
+        }
     }
 
     fn parse_customer(errs: &mut Errors, obj: &serde_json::Map<String, Value>) -> Option<Customer> {
@@ -567,34 +662,57 @@ fn status_message() -> String {
     format!("must be one of {}", names.join(", "))
 }
 
-/// Where an order stands towards amoCRM.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SyncState {
-    /// Waiting for (or in) a push.
-    Queued,
-    /// The lead exists and its ids are stored.
-    Synced,
-    /// The seller's connection is not active; pushed after reconnecting.
-    Held,
-    /// amoCRM rejected the order for good; retry through the API after fixing the cause.
-    Failed,
+super::wire_enum! {
+    /// Where an order stands towards amoCRM.
+    pub enum SyncState {
+        /// Waiting for (or in) a push.
+        Queued => "queued",
+        /// The lead exists and its ids are stored.
+        Synced => "synced",
+        /// The seller's connection is not active; pushed after reconnecting.
+        Held => "held",
+        /// amoCRM rejected the order for good; retry through the API after fixing the cause.
+        Failed => "failed",
+    }
 }
 
-impl SyncState {
-    pub const ALL: [SyncState; 4] = [Self::Queued, Self::Synced, Self::Held, Self::Failed];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Synced => "synced",
-            Self::Held => "held",
-            Self::Failed => "failed",
-        }
+super::wire_enum! {
+    /// Where a queued stage move (`PATCH /api/v1/sales/orders/{id}`) stands.
+    pub enum MoveState {
+        /// Waiting for (or in) a `PATCH /api/v4/leads`.
+        Pending => "pending",
+        /// The lead is in the wanted stage.
+        Done => "done",
+        /// amoCRM refused the move for good.
+        Failed => "failed",
+        /// The lead was created after the move was asked for, already in the wanted stage.
+        Superseded => "superseded",
     }
+}
 
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|st| st.as_str() == s)
+super::wire_enum! {
+    /// What is done on an order's lead once it exists, each exactly once.
+    pub enum StepKind {
+        /// The buyer's existing contact gets a phone or email it lacked.
+        Contact => "contact",
+        Note => "note",
+        Products => "products",
+        Task => "task",
+    }
+}
+
+super::wire_enum! {
+    /// Where one step of an order stands.
+    pub enum StepState {
+        /// Not sent yet (or known not to have been written).
+        Pending => "pending",
+        /// Sent with no known answer: amoCRM is read before it is sent again.
+        Sent => "sent",
+        Done => "done",
+        /// Nothing to do (no products catalog, nothing missing on the contact).
+        Skipped => "skipped",
+        /// amoCRM refused it for good.
+        Failed => "failed",
     }
 }
 

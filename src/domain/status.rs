@@ -45,31 +45,71 @@ impl OrderStatus {
     }
 }
 
-/// The state of a seller's amoCRM connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ConnectionStatus {
-    Active,
-    RefreshFailed,
-    Revoked,
+super::wire_enum! {
+    /// The state of a seller's amoCRM connection.
+    pub enum ConnectionStatus {
+        Active => "active",
+        /// amoCRM refuses the account for now (unpaid or blocked, see [`SuspendReason`]): nothing is sent
+        /// to it but a rare probe, and it becomes `active` again by itself when amoCRM answers.
+        Suspended => "suspended",
+        RefreshFailed => "refresh_failed",
+        Revoked => "revoked",
+    }
 }
 
-impl ConnectionStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "active",
-            Self::RefreshFailed => "refresh_failed",
-            Self::Revoked => "revoked",
-        }
+super::wire_enum! {
+    /// Why a connection is `suspended`.
+    pub enum SuspendReason {
+        /// 402: the account's paid period ended.
+        PaymentRequired => "payment_required",
+        /// 403: the account, the integration or this IP is blocked (or the connecting user deactivated).
+        Blocked => "blocked",
     }
+}
 
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "active" => Some(Self::Active),
-            "refresh_failed" => Some(Self::RefreshFailed),
-            "revoked" => Some(Self::Revoked),
-            _ => None,
-        }
+super::wire_enum! {
+    /// How a connection's calls to amoCRM are going, as the connection's health reports it.
+    pub enum HealthState {
+        /// The last call succeeded.
+        Healthy => "healthy",
+        /// The last call failed in a way that passes by itself (429, 5xx, network, timeout).
+        Degraded => "degraded",
+        /// amoCRM refuses the account (402/403): see the connection's `suspended_reason`.
+        Suspended => "suspended",
+        /// Only the seller can fix it: the refresh token was refused, or the connection was revoked.
+        Disconnected => "disconnected",
+    }
+}
+
+super::wire_enum! {
+    /// How far the connect-time set-up of a seller's account (pipeline, fields, webhook) has got.
+    pub enum ProvisioningState {
+        /// Not tried yet (a new or moved account).
+        Pending => "pending",
+        /// Tried and unfinished: retried on its schedule.
+        Incomplete => "incomplete",
+        Complete => "complete",
+    }
+}
+
+super::wire_enum! {
+    /// Where one event's delivery to one subscription stands.
+    pub enum DeliveryState {
+        /// Waiting for its next attempt.
+        Pending => "pending",
+        Delivered => "delivered",
+        /// Out of attempts; can be re-driven.
+        Failed => "failed",
+    }
+}
+
+super::wire_enum! {
+    /// Where a stored amoCRM webhook body stands.
+    pub enum InboxState {
+        Pending => "pending",
+        Processed => "processed",
+        /// Out of attempts; can be retried by an operator.
+        Failed => "failed",
     }
 }
 

@@ -3,7 +3,7 @@
 use chrono::{DurationRound, NaiveDateTime, TimeDelta, Utc};
 
 use crate::domain::ids::{random_token, sha256_hex};
-use crate::storage::api_keys::{self, ApiKeyRow};
+use crate::storage::api_keys::ApiKeyRow;
 use crate::storage::{Db, StorageError};
 
 /// A key's tier decides its hourly request budget.
@@ -51,9 +51,9 @@ pub async fn create(db: &Db, name: &str, tier: Tier) -> Result<(ApiKeyRow, Strin
     let key = format!("{KEY_PREFIX}{}", random_token(40));
     let hash = sha256_hex(key.as_bytes());
     let prefix: String = key.chars().take(KEY_PREFIX.len() + 6).collect();
-    let name = name.to_owned();
     let row = db
-        .run(move |c| api_keys::insert(c, &name, &prefix, &hash, tier.as_str()))
+        .api_keys()
+        .insert(name, &prefix, &hash, tier.as_str())
         .await?;
     Ok((row, key))
 }
@@ -83,24 +83,32 @@ pub async fn authenticate_and_count(
     let window = now.duration_trunc(TimeDelta::hours(1)).unwrap_or(now);
     let window_start: NaiveDateTime = window.naive_utc();
     let reset = (window + TimeDelta::hours(1)).timestamp();
-    db.run(move |c| {
-        let Some(key) = api_keys::find_active_by_hash(c, &hash)? else {
-            return Ok(None);
-        };
-        let tier = Tier::parse(&key.tier).unwrap_or(Tier::Standard);
-        let decision = match tier.hourly_limit() {
-            None => None,
-            Some(limit) => {
-                let used = api_keys::count_request(c, key.id, window_start)?;
-                Some(RateDecision {
-                    limit,
-                    remaining: (limit - used).max(0),
-                    reset,
-                    allowed: used <= limit,
-                })
-            }
-        };
-        Ok(Some((key, tier, decision)))
-    })
-    .await
+    let Some((key, used)) = db
+        .api_keys()
+        .find_active_and_count(&hash, window_start, metered)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let tier = tier_of(&key.tier);
+    let decision = match (tier.hourly_limit(), used) {
+        (Some(limit), Some(used)) => Some(RateDecision {
+            limit,
+            remaining: (limit - used).max(0),
+            reset,
+            allowed: used <= limit,
+        }),
+        _ => None,
+    };
+    Ok(Some((key, tier, decision)))
+}
+
+/// A stored tier; an unknown one gets the standard budget.
+fn tier_of(stored: &str) -> Tier {
+    Tier::parse(stored).unwrap_or(Tier::Standard)
+}
+
+/// Whether requests of a key with this stored tier are counted (its tier has an hourly limit).
+fn metered(stored: &str) -> bool {
+    tier_of(stored).hourly_limit().is_some()
 }

@@ -12,7 +12,7 @@ use hmac::{KeyInit, Mac};
 use rand::Rng;
 use secrecy::ExposeSecret;
 
-use crate::storage::deliveries::{self, AttemptRecord, ClaimedDelivery, NextStep};
+use crate::storage::deliveries::{AttemptRecord, ClaimedDelivery, NextStep};
 use crate::storage::subscriptions::secret_aad;
 use crate::storage::{Db, StorageError, cipher::Keyring};
 
@@ -188,6 +188,7 @@ pub struct Finished {
 }
 
 /// Sends one claimed delivery (no database work: the caller records a batch of these at once).
+#[tracing::instrument(skip_all, fields(seller_id = %claimed.delivery.seller_id, delivery_id = claimed.delivery.id))]
 pub async fn send(
     timeout: Duration,
     keys: &Keyring,
@@ -228,6 +229,7 @@ pub async fn send(
 }
 
 /// Stores a batch of attempts and their next steps in one transaction.
+#[tracing::instrument(skip_all, fields(deliveries = finished.len()))]
 pub async fn record(
     db: &Db,
     owner: &str,
@@ -248,11 +250,7 @@ pub async fn record(
         })
         .collect();
     let steps: Vec<NextStep> = rows.iter().map(|r| r.2).collect();
-    let owner = owner.to_owned();
-    let rows = std::sync::Arc::new(rows);
-    let kept = db
-        .run(move |c| deliveries::record_attempts(c, &owner, &rows))
-        .await?;
+    let kept = db.deliveries().record_attempts(owner, rows).await?;
     Ok(kept
         .into_iter()
         .zip(steps)
@@ -275,6 +273,7 @@ pub async fn record(
 }
 
 /// Sends a claimed delivery and stores the attempt and the next step.
+#[tracing::instrument(skip_all, fields(seller_id = %claimed.delivery.seller_id, delivery_id = claimed.delivery.id))]
 pub async fn deliver(
     timeout: Duration,
     db: &Db,

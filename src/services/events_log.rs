@@ -4,10 +4,12 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::domain::events::EventKind;
+use crate::domain::status::DeliveryState;
 use crate::services::subscriptions::rfc3339;
-use crate::storage::deliveries::{self, DeliveryRow, DeliveryView};
-use crate::storage::events::{self, EVENT_NAMES, EventRow};
-use crate::storage::{self, Db, StorageError, subscriptions as subs};
+use crate::storage::deliveries::{DeliveryRow, DeliveryView};
+use crate::storage::events::{Cursor, EventRow};
+use crate::storage::{self, Db, StorageError};
 
 /// Largest page of `GET /api/v1/events`.
 pub const MAX_LIMIT: i64 = 1000;
@@ -41,6 +43,7 @@ pub struct EventsPage {
 
 /// Events after the cursor in log order. `after` is a log position (`meta.next_after` of the previous page)
 /// or an event id; the answer's `next_after` is where the next poll continues (unchanged when empty).
+#[tracing::instrument(skip_all, fields(seller_id = ?q.seller_id))]
 pub async fn list(db: &Db, q: EventsQuery) -> Result<EventsPage, EventsError> {
     let limit = match q.limit.as_deref().map(str::trim) {
         None | Some("") => DEFAULT_LIMIT,
@@ -55,42 +58,38 @@ pub async fn list(db: &Db, q: EventsQuery) -> Result<EventsPage, EventsError> {
             })?,
     };
     if let Some(e) = q.event.as_deref().filter(|e| !e.is_empty())
-        && !EVENT_NAMES.contains(&e)
+        && EventKind::parse(e).is_none()
     {
         return Err(EventsError::BadParameter(format!(
             "event must be one of {}",
-            EVENT_NAMES.join(", ")
+            EventKind::names().join(", ")
         )));
     }
     let after_raw = q.after.unwrap_or_default();
     let after_raw = after_raw.trim().to_owned();
     let seller = q.seller_id.filter(|s| !s.is_empty());
     let event = q.event.filter(|s| !s.is_empty());
-    let rows = db
-        .run(move |c| {
-            let after = if after_raw.is_empty() {
-                0
-            } else if let Ok(n) = after_raw.parse::<i64>() {
-                if n < 0 {
-                    return Ok(Err("after must not be negative".to_owned()));
-                }
-                n
-            } else {
-                match events::seq_of(c, &after_raw)? {
-                    Some(seq) => seq,
-                    None => {
-                        return Ok(Err(
-                            "after must be a cursor (meta.next_after) or a known event id".into(),
-                        ));
-                    }
-                }
-            };
-            let rows = events::list_after(c, after, seller.as_deref(), event.as_deref(), limit)?;
-            Ok(Ok((after, rows)))
-        })
+    let cursor = if after_raw.is_empty() {
+        Cursor::Seq(0)
+    } else if let Ok(n) = after_raw.parse::<i64>() {
+        if n < 0 {
+            return Err(EventsError::BadParameter(
+                "after must not be negative".into(),
+            ));
+        }
+        Cursor::Seq(n)
+    } else {
+        Cursor::EventId(after_raw)
+    };
+    let (after, rows) = db
+        .events()
+        .page(cursor, seller, event, limit)
         .await?
-        .map_err(EventsError::BadParameter)?;
-    let (after, rows) = rows;
+        .ok_or_else(|| {
+            EventsError::BadParameter(
+                "after must be a cursor (meta.next_after) or a known event id".into(),
+            )
+        })?;
     let next_after = rows.last().map_or(after, |r| r.seq);
     Ok(EventsPage {
         data: rows.iter().map(payload_value).collect(),
@@ -120,7 +119,7 @@ pub struct DeliveryInfo {
     pub event: String,
     pub subscription_id: String,
     pub seller_id: String,
-    pub state: String,
+    pub state: DeliveryState,
     pub attempts: i32,
     pub next_attempt_at: Option<String>,
     pub last_status: Option<i32>,
@@ -138,9 +137,9 @@ impl DeliveryInfo {
             event: event.to_owned(),
             subscription_id: row.subscription_id.clone(),
             seller_id: row.seller_id.clone(),
-            state: row.state.clone(),
+            state: row.state,
             attempts: row.attempts,
-            next_attempt_at: (row.state == deliveries::PENDING)
+            next_attempt_at: (row.state == DeliveryState::Pending)
                 .then(|| rfc3339(row.next_attempt_at)),
             last_status: row.last_status,
             last_error: row.last_error.clone(),
@@ -169,6 +168,7 @@ impl From<&DeliveryView> for DeliveryInfo {
 }
 
 /// A subscription's deliveries, newest first; 404 when the subscription does not exist.
+#[tracing::instrument(skip(db))]
 pub async fn deliveries(
     db: &Db,
     subscription_id: &str,
@@ -176,27 +176,15 @@ pub async fn deliveries(
     offset: i64,
     limit: i64,
 ) -> Result<(Vec<DeliveryInfo>, i64), EventsError> {
-    if let Some(s) = state.filter(|s| !s.is_empty())
-        && ![
-            deliveries::PENDING,
-            deliveries::DELIVERED,
-            deliveries::FAILED,
-        ]
-        .contains(&s)
-    {
-        return Err(EventsError::BadParameter(
-            "state must be pending, delivered or failed".into(),
-        ));
-    }
-    let id = subscription_id.to_owned();
-    let state = state.filter(|s| !s.is_empty()).map(str::to_owned);
+    let state = match state.filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(DeliveryState::parse(s).ok_or_else(|| {
+            EventsError::BadParameter("state must be pending, delivered or failed".into())
+        })?),
+    };
     let found = db
-        .run(move |c| {
-            if subs::find(c, &id)?.is_none() {
-                return Ok(None);
-            }
-            deliveries::list_for_subscription(c, &id, state.as_deref(), offset, limit).map(Some)
-        })
+        .deliveries()
+        .of_subscription(subscription_id, state, offset, limit)
         .await?;
     let (views, total) = found.ok_or(EventsError::NotFound("webhook subscription"))?;
     Ok((views.iter().map(DeliveryInfo::from).collect(), total))
@@ -212,17 +200,9 @@ pub struct Redelivery {
 
 /// Re-drives an event: failed (and delivered) deliveries are due again with a fresh schedule, and active
 /// subscriptions that want it but have no delivery get one.
+#[tracing::instrument(skip(db))]
 pub async fn redeliver(db: &Db, event_id: &str) -> Result<Redelivery, EventsError> {
-    let id = event_id.to_owned();
-    let found = db
-        .run(move |c| {
-            let Some(ev) = events::find_by_id(c, &id)? else {
-                return Ok(None);
-            };
-            let rows = deliveries::redeliver(c, ev.seq, &ev.seller_id, &ev.event, storage::now())?;
-            Ok(Some((ev, rows)))
-        })
-        .await?;
+    let found = db.deliveries().redeliver(event_id, storage::now()).await?;
     let (ev, rows) = found.ok_or(EventsError::NotFound("event"))?;
     Ok(Redelivery {
         deliveries: rows

@@ -12,7 +12,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::domain::status::ConnectionStatus;
 use crate::storage::connections::Connection;
-use crate::storage::{self, Db, StorageError, inbox};
+use crate::storage::{Db, StorageError, inbox};
 
 /// Longest path token looked up (real ones are much shorter); anything longer is simply unknown.
 const MAX_TOKEN_LEN: usize = 128;
@@ -56,7 +56,7 @@ const MAX_BATCH: usize = 256;
 /// writer means SQLite never makes intake requests wait on its file lock.
 pub struct Intake {
     db: Db,
-    /// The writer task's queue, started on first use (so an `AppState` can be built outside a runtime).
+    /// The writer task's queue, started on first use (so an `Context` can be built outside a runtime).
     tx: OnceLock<mpsc::Sender<Job>>,
 }
 
@@ -185,7 +185,10 @@ async fn writer(db: Db, mut rx: mpsc::Receiver<Job>) {
             }
         }
         let items: Arc<Vec<Arc<Item>>> = Arc::new(jobs.iter().map(|j| j.item.clone()).collect());
-        let result = db.run(move |c| store_batch(c, &items)).await;
+        let result = db
+            .inbox()
+            .store_checked(items, verdict, || IngestErrorKind::UnknownToken)
+            .await;
         let mut stored = false;
         match result {
             Ok(outcomes) => {
@@ -209,49 +212,29 @@ async fn writer(db: Db, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
-/// Looks the batch's tokens up, checks each body against its connection and inserts the good ones, in one
-/// transaction.
-fn store_batch(
-    c: &mut storage::AnyConnection,
-    items: &[Arc<Item>],
-) -> Result<Vec<Result<Accepted, IngestErrorKind>>, StorageError> {
-    use diesel::Connection as _;
-    let mut tokens: Vec<&str> = items.iter().map(|i| i.token.as_str()).collect();
-    tokens.sort_unstable();
-    tokens.dedup();
-    // Read before the write transaction, so it starts with a write (SQLite takes its lock at once).
-    let found = inbox::connections_by_tokens(c, &tokens)?;
-    let now = storage::now();
-    let mut out = Vec::with_capacity(items.len());
-    let mut rows: Vec<(i64, &str, &[u8])> = Vec::new();
-    for item in items {
-        let Some(conn) = found.iter().find(|f| f.webhook_token == item.token) else {
-            out.push(Err(IngestErrorKind::UnknownToken));
-            continue;
-        };
-        if ConnectionStatus::parse(&conn.status) == Some(ConnectionStatus::Revoked) {
-            out.push(Err(IngestErrorKind::Revoked));
-            continue;
-        }
-        let claims = match &item.claims {
-            Ok(cl) => cl,
-            Err(e) => {
-                out.push(Err(e.clone()));
-                continue;
-            }
-        };
-        if !account_matches(conn.account_id, &conn.subdomain, claims) {
-            out.push(Err(IngestErrorKind::AccountMismatch));
-            continue;
-        }
-        rows.push((conn.id, conn.seller_id.as_str(), item.body.as_slice()));
-        out.push(Ok(Accepted {
-            seller_id: conn.seller_id.clone(),
-            lead_events: claims.lead_events,
-        }));
+impl inbox::OfferedBody for Arc<Item> {
+    fn token(&self) -> &str {
+        &self.token
     }
-    c.transaction(|c| inbox::insert_many(c, &rows, now))?;
-    Ok(out)
+
+    fn body(&self) -> &[u8] {
+        &self.body
+    }
+}
+
+/// Whether a body may be stored for the connection its token names.
+fn verdict(item: &Arc<Item>, conn: &inbox::TokenOwner) -> Result<Accepted, IngestErrorKind> {
+    if conn.status == ConnectionStatus::Revoked {
+        return Err(IngestErrorKind::Revoked);
+    }
+    let claims = item.claims.as_ref().map_err(Clone::clone)?;
+    if !account_matches(conn.account_id, &conn.subdomain, claims) {
+        return Err(IngestErrorKind::AccountMismatch);
+    }
+    Ok(Accepted {
+        seller_id: conn.seller_id.clone(),
+        lead_events: claims.lead_events,
+    })
 }
 
 fn account_matches(account_id: i64, subdomain: &str, claims: &Claims) -> bool {
@@ -320,11 +303,12 @@ pub fn amocrm_destination(base_url: &str, webhook_token: &str) -> String {
 /// Checks the connection's amoCRM webhook subscription and subscribes again when amoCRM disabled it (after
 /// more than 100 failed deliveries in 2 hours) or it is missing. Meant for the refresh sweep, once per
 /// active connection; costs one API call when healthy, two when not.
+#[tracing::instrument(skip_all, fields(seller_id = %connection.seller_id, account_id = connection.account_id))]
 pub async fn ensure_amocrm_subscription(
-    state: &crate::app::AppState,
+    state: &crate::services::Context,
     connection: &Connection,
 ) -> Result<SubscriptionCheck, SubscriptionCheckError> {
-    if ConnectionStatus::parse(&connection.status) != Some(ConnectionStatus::Active) {
+    if connection.status != ConnectionStatus::Active {
         return Ok(SubscriptionCheck::Skipped);
     }
     let destination = connection.webhook_destination.clone().unwrap_or_else(|| {
@@ -346,7 +330,7 @@ pub async fn ensure_amocrm_subscription(
     match result {
         Ok(check) => {
             if matches!(check, SubscriptionCheck::Resubscribed { .. }) {
-                tracing::info!(seller_id = %connection.seller_id, "amoCRM webhook subscription restored");
+                tracing::info!("amoCRM webhook subscription restored");
             }
             Ok(check)
         }

@@ -1,7 +1,7 @@
 //! Key rotation: re-encrypts every stored secret with the active key, in small resumable steps.
 
 use crate::storage::cipher::{Aad, Keyring};
-use crate::storage::{Db, StorageError, connections, subscriptions};
+use crate::storage::{Db, StorageError, connections};
 
 /// What a rotation run changed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -20,9 +20,7 @@ pub async fn rotate(db: &Db, keys: &Keyring) -> Result<RotationReport, StorageEr
     let mut report = RotationReport::default();
     let mut after = 0i64;
     loop {
-        let batch = db
-            .run(move |c| connections::ids_with_tokens(c, after, 200))
-            .await?;
+        let batch = db.connections().with_tokens_after(after, 200).await?;
         let Some(last) = batch.last() else { break };
         after = last.id;
         for row in batch {
@@ -56,9 +54,8 @@ pub async fn rotate(db: &Db, keys: &Keyring) -> Result<RotationReport, StorageEr
                 continue;
             };
             let changed = db
-                .run(move |c| {
-                    connections::replace_ciphertexts(c, &row, access.clone(), refresh.clone())
-                })
+                .connections()
+                .replace_ciphertexts(&row, access, refresh)
                 .await?;
             if changed {
                 report.rotated += 1;
@@ -67,7 +64,7 @@ pub async fn rotate(db: &Db, keys: &Keyring) -> Result<RotationReport, StorageEr
             }
         }
     }
-    let subs = subscriptions::rotate_all(db, keys).await?;
+    let subs = crate::services::subscriptions::rotate_secrets(db, keys).await?;
     report.scanned += subs.scanned;
     report.rotated += subs.rotated;
     report.already_current += subs.already_current;

@@ -18,20 +18,17 @@ use amocrm_client::webhook::{self, LeadAction, LeadEvent};
 use amocrm_client::{ApiError as AmoApiError, Lead};
 use serde_json::{Value, json};
 
-use crate::app::AppState;
 use crate::domain::status::{ConnectionStatus, OrderStatus};
+use crate::services::Context;
 use crate::services::tokens::{self, TokenError};
-use crate::storage::connections::{self, Connection};
+use crate::storage::connections::Connection;
 use crate::storage::events::NewEvent;
 use crate::storage::inbox::InboxRow;
-use crate::storage::lead_states::{self, LeadState, OrderLink};
+use crate::storage::lead_states::{LeadState, OrderLink};
 use crate::storage::{self, StorageError};
 
 /// Currency reported for leads that belong to no marketplace order (the marketplace's default).
 pub const DEFAULT_CURRENCY: &str = "UZS";
-/// amoCRM's system stages, the same id in every pipeline.
-pub const WON_STATUS: i64 = 142;
-pub const LOST_STATUS: i64 = 143;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
@@ -125,40 +122,10 @@ impl Observation {
     }
 }
 
-/// The seller's stage mapping: which internal status an amoCRM stage of the seller's pipeline means.
-pub fn internal_status(
-    conn: &Connection,
-    pipeline_id: Option<i64>,
-    status_id: Option<i64>,
-) -> Option<OrderStatus> {
-    let (pipeline, status) = (pipeline_id?, status_id?);
-    if conn.pipeline_id != Some(pipeline) {
-        return None;
-    }
-    let stages = [
-        (conn.stage_pending, OrderStatus::Pending),
-        (conn.stage_awaiting_payment, OrderStatus::AwaitingPayment),
-        (conn.stage_paid, OrderStatus::Paid),
-        (conn.stage_shipping, OrderStatus::Shipping),
-        (
-            Some(conn.stage_completed.unwrap_or(WON_STATUS)),
-            OrderStatus::Completed,
-        ),
-        (
-            Some(conn.stage_cancelled.unwrap_or(LOST_STATUS)),
-            OrderStatus::Cancelled,
-        ),
-    ];
-    stages
-        .iter()
-        .find(|(id, _)| *id == Some(status))
-        .map(|(_, s)| *s)
-}
-
 /// Reads a lead back from amoCRM through the token provider (refreshed ahead of expiry, a 401 re-reads
 /// the stored pair once). `None`: the lead no longer exists.
 async fn fetch_lead(
-    state: &AppState,
+    state: &Context,
     conn: &Connection,
     lead_id: u64,
 ) -> Result<Option<Lead>, ProcessError> {
@@ -183,19 +150,16 @@ async fn fetch_lead(
 }
 
 /// Processes one stored body: every lead event in it, in body order.
-pub async fn process_body(state: &AppState, row: &InboxRow) -> Result<BodyOutcome, ProcessError> {
-    let conn_id = row.connection_id;
-    let Some(conn) = state
-        .db
-        .run(move |c| connections::find_by_id(c, conn_id))
-        .await?
-    else {
+#[tracing::instrument(skip_all, fields(seller_id = %row.seller_id, account_id = tracing::field::Empty))]
+pub async fn process_body(state: &Context, row: &InboxRow) -> Result<BodyOutcome, ProcessError> {
+    let Some(conn) = state.db.connections().by_id(row.connection_id).await? else {
         return Ok(note("the connection no longer exists"));
     };
+    tracing::Span::current().record("account_id", conn.account_id);
     if conn.seller_id != row.seller_id {
         return Ok(note("the connection now belongs to another seller"));
     }
-    if ConnectionStatus::parse(&conn.status) == Some(ConnectionStatus::Revoked) {
+    if conn.status == ConnectionStatus::Revoked {
         return Ok(note("the connection was revoked"));
     }
     let payload = webhook::parse(&row.body).map_err(|e| ProcessError::Fatal(e.to_string()))?;
@@ -205,6 +169,7 @@ pub async fn process_body(state: &AppState, row: &InboxRow) -> Result<BodyOutcom
             "the body is from an account the seller no longer uses",
         ));
     }
+    let contacts = keep_index_fresh(state, &conn, &payload.other).await?;
     if conn.pipeline_id.is_none() {
         return Ok(note("the seller's pipeline is not provisioned yet"));
     }
@@ -216,9 +181,49 @@ pub async fn process_body(state: &AppState, row: &InboxRow) -> Result<BodyOutcom
         outcome.events_recorded += handle_lead_event(state, &conn, event).await?;
     }
     if payload.events.is_empty() {
-        outcome.note = Some("no lead events".into());
+        outcome.note = Some(if contacts > 0 {
+            format!("{contacts} contact changes kept in the buyer index")
+        } else {
+            "no lead events".into()
+        });
     }
     Ok(outcome)
+}
+
+/// Contacts added, changed or deleted in amoCRM keep the buyer index fresh (a buyer who got a phone in
+/// amoCRM is found by it on their next order; a deleted contact is not attached again). Returns how many
+/// contact changes were applied.
+async fn keep_index_fresh(
+    state: &Context,
+    conn: &Connection,
+    other: &[webhook::OtherEntityEvent],
+) -> Result<usize, ProcessError> {
+    let settings = state.db.settings().get(&conn.seller_id).await?;
+    let country = &settings.settings.contacts.default_country;
+    let buyers = state.db.buyers();
+    let mut n = 0;
+    for e in other.iter().filter(|e| e.entity == "contact") {
+        let Some(id) = e.id.and_then(|i| i64::try_from(i).ok()) else {
+            continue;
+        };
+        if e.action == "delete" {
+            buyers.forget_contact(&conn.seller_id, id).await?;
+            n += 1;
+            continue;
+        }
+        let keys = crate::domain::buyer::contact_keys(&e.phones, &e.emails, country);
+        if keys.is_empty() {
+            continue;
+        }
+        let owner = e.responsible_user_id.and_then(|u| i64::try_from(u).ok());
+        let keys = keys
+            .iter()
+            .map(crate::domain::buyer::BuyerKey::as_index)
+            .collect();
+        buyers.remember(&conn.seller_id, keys, id, owner).await?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 fn note(text: &str) -> BodyOutcome {
@@ -240,9 +245,28 @@ fn reports_stage(a: &LeadAction) -> bool {
     )
 }
 
+/// One lead event being handled, with what every step of it reads.
+struct Handling<'a> {
+    state: &'a Context,
+    conn: &'a Connection,
+    e: &'a LeadEvent,
+    lead_id: i64,
+    our_pipeline: i64,
+    from_webhook: Observation,
+}
+
+/// What one attempt at a lead event came to.
+enum Attempt {
+    /// Finished: how many marketplace events were recorded.
+    Done(usize),
+    /// The stored state changed meanwhile: read it and decide again.
+    Changed,
+}
+
 /// Handles one lead event; returns how many marketplace events it recorded.
+#[tracing::instrument(skip_all, fields(lead_id = e.lead_id))]
 async fn handle_lead_event(
-    state: &AppState,
+    state: &Context,
     conn: &Connection,
     e: &LeadEvent,
 ) -> Result<usize, ProcessError> {
@@ -255,110 +279,28 @@ async fn handle_lead_event(
     let Ok(lead_id) = i64::try_from(e.lead_id) else {
         return Ok(0);
     };
-    let seller = conn.seller_id.clone();
-    let from_webhook = Observation::from_webhook(conn, e);
+    let h = Handling {
+        state,
+        conn,
+        e,
+        lead_id,
+        our_pipeline,
+        from_webhook: Observation::from_webhook(conn, e),
+    };
     // Reading back is expensive (rate limit): at most once per event, kept across compare-and-set retries.
     let mut fetched: Option<Observation> = None;
     for _ in 0..5 {
-        let s = {
-            let seller = seller.clone();
-            state
-                .db
-                .run(move |c| lead_states::find(c, &seller, lead_id))
-                .await?
-        };
-        let seen_pipeline = from_webhook
-            .pipeline_id
-            .or(s.as_ref().and_then(|s| s.pipeline_id));
-        let relevant = seen_pipeline == Some(our_pipeline)
-            || to_i64(e.old_pipeline_id) == Some(our_pipeline)
-            || s.as_ref()
-                .is_some_and(|s| s.pipeline_id == Some(our_pipeline));
-        if !relevant {
+        let s = state
+            .db
+            .lead_states()
+            .find(&conn.seller_id, lead_id)
+            .await?;
+        if !h.relevant(s.as_ref()) {
             return Ok(0);
         }
-
-        // 1. What is the lead's stage now?
-        let mut truth = match (&fetched, &s) {
-            (Some(f), _) => f.clone(),
-            (None, Some(s))
-                if from_webhook.complete()
-                    && from_webhook
-                        .last_modified
-                        .is_some_and(|lm| lm < s.last_modified) =>
-            {
-                return Ok(0); // an older change arriving late
-            }
-            (None, Some(s)) if from_webhook.complete() && from_webhook.same_stage(s) => {
-                let lm = from_webhook.last_modified.unwrap_or(0);
-                if lm > s.last_modified {
-                    let next = LeadState {
-                        last_modified: lm,
-                        updated_at: storage::now(),
-                        ..s.clone()
-                    };
-                    if apply(state, Some(s), next, Vec::new()).await?.is_none() {
-                        continue;
-                    }
-                }
-                return Ok(0); // a duplicate, or a change that is not a stage move
-            }
-            (None, Some(s))
-                if from_webhook.complete()
-                    && from_webhook
-                        .last_modified
-                        .is_some_and(|lm| lm > s.last_modified) =>
-            {
-                from_webhook.clone()
-            }
-            (None, None) if from_webhook.complete() && from_webhook.last_modified.is_some() => {
-                from_webhook.clone()
-            }
-            (None, _) => {
-                let f = read_back(state, conn, e.lead_id).await?;
-                fetched = Some(f.clone());
-                f
-            }
-        };
-        // 2. A payment is only ever reported from amoCRM's own answer.
-        let paid_before = s.as_ref().is_some_and(|s| s.paid);
-        let maybe_paid = internal_status(conn, truth.pipeline_id, truth.status_id)
-            .is_some_and(OrderStatus::implies_payment);
-        if maybe_paid && !paid_before && !truth.fetched {
-            let f = read_back(state, conn, e.lead_id).await?;
-            fetched = Some(f.clone());
-            truth = f;
-        }
-        if truth.pipeline_id.is_none() {
-            return Ok(0); // deleted in amoCRM meanwhile
-        }
-        if let Some(s) = &s
-            && truth.same_stage(s)
-        {
-            return Ok(0);
-        }
-        // 3. Whose lead is it?
-        let mut order = find_order(state, conn, lead_id, &truth, s.as_ref()).await?;
-        if order.is_none()
-            && s.is_none()
-            && truth.order_number.is_none()
-            && !truth.fetched
-            && truth.pipeline_id == Some(our_pipeline)
-        {
-            // A compact body carries no fields: ask amoCRM before calling a lead foreign.
-            let f = read_back(state, conn, e.lead_id).await?;
-            fetched = Some(f.clone());
-            if f.pipeline_id.is_none() {
-                return Ok(0);
-            }
-            truth = f;
-            order = find_order(state, conn, lead_id, &truth, s.as_ref()).await?;
-        }
-        // 4. The new state and the events it implies.
-        let (next, events) = decide(conn, e, lead_id, s.as_ref(), &truth, order.as_ref());
-        match apply(state, s.as_ref(), next, events).await? {
-            Some(recorded) => return Ok(recorded),
-            None => continue, // someone changed the lead's state meanwhile: decide again
+        match attempt(&h, s.as_ref(), &mut fetched).await? {
+            Attempt::Done(recorded) => return Ok(recorded),
+            Attempt::Changed => continue,
         }
     }
     Err(ProcessError::Retry(format!(
@@ -366,8 +308,144 @@ async fn handle_lead_event(
     )))
 }
 
+impl Handling<'_> {
+    /// Whether the lead is, or was, in the seller's pipeline.
+    fn relevant(&self, s: Option<&LeadState>) -> bool {
+        let ours = Some(self.our_pipeline);
+        let seen_pipeline = self
+            .from_webhook
+            .pipeline_id
+            .or(s.and_then(|s| s.pipeline_id));
+        seen_pipeline == ours
+            || to_i64(self.e.old_pipeline_id) == ours
+            || s.is_some_and(|s| s.pipeline_id == ours)
+    }
+
+    /// Reads the lead back from amoCRM, remembering the answer for later attempts.
+    async fn fetch(&self, fetched: &mut Option<Observation>) -> Result<Observation, ProcessError> {
+        let f = read_back(self.state, self.conn, self.e.lead_id).await?;
+        *fetched = Some(f.clone());
+        Ok(f)
+    }
+}
+
+/// The lead's stage now, as far as one attempt needs to know it.
+enum Stage {
+    Now(Observation),
+    /// Nothing to do: an older change arriving late, a duplicate, or a change that is not a stage move.
+    Unchanged,
+    /// The stored state changed while a newer `last_modified` was being written.
+    Changed,
+}
+
+/// One attempt against the stored state `s`: the lead's stage now, a payment confirmed from amoCRM, whose
+/// lead it is, then the new state and its events written if `s` is still the stored state.
+async fn attempt(
+    h: &Handling<'_>,
+    s: Option<&LeadState>,
+    fetched: &mut Option<Observation>,
+) -> Result<Attempt, ProcessError> {
+    let mut truth = match current_stage(h, s, fetched).await? {
+        Stage::Now(t) => t,
+        Stage::Unchanged => return Ok(Attempt::Done(0)),
+        Stage::Changed => return Ok(Attempt::Changed),
+    };
+    // A payment is only ever reported from amoCRM's own answer.
+    let paid_before = s.is_some_and(|s| s.paid);
+    let maybe_paid = h
+        .conn
+        .stage_map()
+        .status_of(truth.pipeline_id, truth.status_id)
+        .is_some_and(OrderStatus::implies_payment);
+    if maybe_paid && !paid_before && !truth.fetched {
+        truth = h.fetch(fetched).await?;
+    }
+    if truth.pipeline_id.is_none() {
+        return Ok(Attempt::Done(0)); // deleted in amoCRM meanwhile
+    }
+    if let Some(s) = s
+        && truth.same_stage(s)
+    {
+        return Ok(Attempt::Done(0));
+    }
+    let Some(order) = whose_lead(h, s, &mut truth, fetched).await? else {
+        return Ok(Attempt::Done(0)); // deleted in amoCRM meanwhile
+    };
+    let (next, events) = decide(h.conn, h.e, h.lead_id, s, &truth, order.as_ref());
+    Ok(match apply(h.state, s, next, events).await? {
+        Some(recorded) => Attempt::Done(recorded),
+        None => Attempt::Changed,
+    })
+}
+
+/// What the lead's stage is now: the webhook's when it is clearly newer than what we knew, else amoCRM's
+/// own answer.
+async fn current_stage(
+    h: &Handling<'_>,
+    s: Option<&LeadState>,
+    fetched: &mut Option<Observation>,
+) -> Result<Stage, ProcessError> {
+    let w = &h.from_webhook;
+    if let Some(f) = fetched {
+        return Ok(Stage::Now(f.clone()));
+    }
+    let lm = w.last_modified;
+    match s {
+        Some(s) if w.complete() && lm.is_some_and(|lm| lm < s.last_modified) => {
+            return Ok(Stage::Unchanged);
+        }
+        Some(s) if w.complete() && w.same_stage(s) => {
+            let lm = lm.unwrap_or(0);
+            if lm > s.last_modified {
+                let next = LeadState {
+                    last_modified: lm,
+                    updated_at: storage::now(),
+                    ..s.clone()
+                };
+                if apply(h.state, Some(s), next, Vec::new()).await?.is_none() {
+                    return Ok(Stage::Changed);
+                }
+            }
+            return Ok(Stage::Unchanged);
+        }
+        Some(s) if w.complete() && lm.is_some_and(|lm| lm > s.last_modified) => {
+            return Ok(Stage::Now(w.clone()));
+        }
+        None if w.complete() && lm.is_some() => return Ok(Stage::Now(w.clone())),
+        _ => {}
+    }
+    Ok(Stage::Now(h.fetch(fetched).await?))
+}
+
+/// The order the lead belongs to (`Some(None)`: none, a lead made in amoCRM). A compact body carries no
+/// fields, so amoCRM is asked before a lead is called foreign; `None` when it was deleted meanwhile.
+async fn whose_lead(
+    h: &Handling<'_>,
+    s: Option<&LeadState>,
+    truth: &mut Observation,
+    fetched: &mut Option<Observation>,
+) -> Result<Option<Option<OrderLink>>, ProcessError> {
+    let order = find_order(h.state, h.conn, h.lead_id, truth, s).await?;
+    let unknown = order.is_none()
+        && s.is_none()
+        && truth.order_number.is_none()
+        && !truth.fetched
+        && truth.pipeline_id == Some(h.our_pipeline);
+    if !unknown {
+        return Ok(Some(order));
+    }
+    let f = h.fetch(fetched).await?;
+    if f.pipeline_id.is_none() {
+        return Ok(None);
+    }
+    *truth = f;
+    Ok(Some(
+        find_order(h.state, h.conn, h.lead_id, truth, s).await?,
+    ))
+}
+
 async fn read_back(
-    state: &AppState,
+    state: &Context,
     conn: &Connection,
     lead_id: u64,
 ) -> Result<Observation, ProcessError> {
@@ -386,48 +464,31 @@ async fn read_back(
 }
 
 async fn find_order(
-    state: &AppState,
+    state: &Context,
     conn: &Connection,
     lead_id: i64,
     truth: &Observation,
     s: Option<&LeadState>,
 ) -> Result<Option<OrderLink>, ProcessError> {
-    let seller = conn.seller_id.clone();
-    let number = truth.order_number.clone();
     let known = s.and_then(|s| s.order_id.clone());
     Ok(state
         .db
-        .run(move |c| {
-            if let Some(o) = lead_states::order_by_lead(c, &seller, lead_id)? {
-                return Ok(Some(o));
-            }
-            if let Some(id) = &known
-                && let Some(o) = lead_states::order_by_id(c, id)?
-            {
-                return Ok(Some(o));
-            }
-            if let Some(n) = &number
-                && let Some(o) = lead_states::order_by_number(c, &seller, n)?
-                && o.lead_id.is_none_or(|l| l == lead_id)
-            {
-                return Ok(Some(o));
-            }
-            Ok(None)
-        })
+        .lead_states()
+        .order_of(&conn.seller_id, lead_id, known, truth.order_number.clone())
         .await?)
 }
 
 /// Writes the decision; `None` when the stored state changed meanwhile, else the events recorded.
 async fn apply(
-    state: &AppState,
+    state: &Context,
     prev: Option<&LeadState>,
     next: LeadState,
     events: Vec<NewEvent>,
 ) -> Result<Option<usize>, ProcessError> {
-    let prev = prev.cloned();
     let result = state
         .db
-        .run(move |c| lead_states::apply(c, prev.as_ref(), &next, &events))
+        .lead_states()
+        .apply(prev.cloned(), next, events)
         .await?;
     if result.is_some_and(|n| n > 0) {
         crate::services::delivery::new_event_signal().notify_one();
@@ -454,97 +515,51 @@ fn decide(
     order: Option<&OrderLink>,
 ) -> (LeadState, Vec<NewEvent>) {
     let seller = conn.seller_id.as_str();
-    let ours = conn.pipeline_id;
-    let in_ours = truth.pipeline_id.is_some() && truth.pipeline_id == ours;
-    let new_status = internal_status(conn, truth.pipeline_id, truth.status_id);
-    // The stage it comes from: what we knew, else what the webhook says it left.
-    let (old_pipeline, old_status_id) = match s {
-        Some(s) => (s.pipeline_id, s.status_id),
-        None => match e.action {
-            LeadAction::Status => (
-                to_i64(e.old_pipeline_id).or(to_i64(e.pipeline_id)),
-                to_i64(e.old_status_id),
-            ),
-            _ => (None, None),
-        },
-    };
-    let old_status = internal_status(conn, old_pipeline, old_status_id);
+    let in_ours = truth.pipeline_id.is_some() && truth.pipeline_id == conn.pipeline_id;
+    let stages = conn.stage_map();
+    let new_status = stages.status_of(truth.pipeline_id, truth.status_id);
+    let (old_pipeline, old_status_id) = previous_stage(e, s);
+    let old_status = stages.status_of(old_pipeline, old_status_id);
     let paid_before = s.is_some_and(|s| s.paid);
-    let created_by_us = order.is_some() || s.is_some_and(|s| s.created_by_us);
     let (order_id, order_number) = match order {
         Some(o) => (json!(o.order_id), json!(o.order_number)),
         None => (Value::Null, Value::Null),
     };
     let mut events = Vec::new();
-
     if in_ours && s.is_none() && order.is_none() {
-        events.push(NewEvent::new(
-            "order.created",
-            seller,
-            json!({
-                "lead_id": lead_id,
-                "name": truth.name.clone().unwrap_or_default(),
-                "price": truth.price.unwrap_or(0),
-                "pipeline_id": truth.pipeline_id,
-                "status_id": truth.status_id,
-            }),
-            Some(format!("order.created:{seller}:{lead_id}")),
-        ));
+        events.push(created_event(seller, lead_id, truth));
     }
     let moved = old_status_id.is_some()
         && (old_pipeline, old_status_id) != (truth.pipeline_id, truth.status_id);
     if in_ours && moved {
-        events.push(NewEvent::new(
-            "order.status_changed",
-            seller,
-            json!({
-                "order_id": order_id,
-                "order_number": order_number,
-                "lead_id": lead_id,
-                "status": new_status.map(OrderStatus::as_str),
-                "previous_status": old_status.map(OrderStatus::as_str),
-                "amocrm": {
-                    "pipeline_id": truth.pipeline_id,
-                    "status_id": truth.status_id,
-                    "old_status_id": old_status_id,
-                },
-            }),
-            None,
-        ));
+        let payload = json!({
+            "order_id": order_id,
+            "order_number": order_number,
+            "lead_id": lead_id,
+            "status": new_status.map(OrderStatus::as_str),
+            "previous_status": old_status.map(OrderStatus::as_str),
+            "amocrm": {
+                "pipeline_id": truth.pipeline_id,
+                "status_id": truth.status_id,
+                "old_status_id": old_status_id,
+            },
+        });
+        events.push(NewEvent::new("order.status_changed", seller, payload, None));
     }
     let pays = in_ours && truth.fetched && new_status.is_some_and(OrderStatus::implies_payment);
     if pays && !paid_before {
-        let (amount, currency) = match order {
-            Some(o) => (amount_json(o.total_amount_minor), o.currency.clone()),
-            None => (json!(truth.price.unwrap_or(0)), DEFAULT_CURRENCY.to_owned()),
-        };
-        events.push(NewEvent::new(
-            "payment.completed",
-            seller,
-            json!({
-                "order_id": order_id,
-                "order_number": order_number,
-                "lead_id": lead_id,
-                "amount": amount,
-                "currency": currency,
-            }),
-            Some(format!("payment.completed:{seller}:{lead_id}")),
-        ));
+        events.push(payment_event(seller, lead_id, truth, order));
     }
     if in_ours
         && new_status == Some(OrderStatus::Cancelled)
         && old_status != Some(OrderStatus::Cancelled)
     {
-        events.push(NewEvent::new(
-            "order.cancelled",
-            seller,
-            json!({
-                "order_id": order_id,
-                "order_number": order_number,
-                "lead_id": lead_id,
-            }),
-            None,
-        ));
+        let payload = json!({
+            "order_id": order_id,
+            "order_number": order_number,
+            "lead_id": lead_id,
+        });
+        events.push(NewEvent::new("order.cancelled", seller, payload, None));
     }
     let next = LeadState {
         seller_id: seller.to_owned(),
@@ -556,10 +571,69 @@ fn decide(
             .map_or(0, |s| s.last_modified)
             .max(truth.last_modified.unwrap_or(0)),
         paid: paid_before || pays,
-        created_by_us,
+        created_by_us: order.is_some() || s.is_some_and(|s| s.created_by_us),
         updated_at: storage::now(),
     };
     (next, events)
+}
+
+/// The stage the lead comes from: what we knew, else what a status webhook says it left.
+fn previous_stage(e: &LeadEvent, s: Option<&LeadState>) -> (Option<i64>, Option<i64>) {
+    match s {
+        Some(s) => (s.pipeline_id, s.status_id),
+        None => match e.action {
+            LeadAction::Status => (
+                to_i64(e.old_pipeline_id).or(to_i64(e.pipeline_id)),
+                to_i64(e.old_status_id),
+            ),
+            _ => (None, None),
+        },
+    }
+}
+
+/// `order.created`: a lead made in amoCRM, in the seller's pipeline, that no marketplace order has.
+fn created_event(seller: &str, lead_id: i64, truth: &Observation) -> NewEvent {
+    NewEvent::new(
+        "order.created",
+        seller,
+        json!({
+            "lead_id": lead_id,
+            "name": truth.name.clone().unwrap_or_default(),
+            "price": truth.price.unwrap_or(0),
+            "pipeline_id": truth.pipeline_id,
+            "status_id": truth.status_id,
+        }),
+        Some(format!("order.created:{seller}:{lead_id}")),
+    )
+}
+
+/// `payment.completed`, once per lead (its dedupe key), with the order's amount or the lead's price.
+fn payment_event(
+    seller: &str,
+    lead_id: i64,
+    truth: &Observation,
+    order: Option<&OrderLink>,
+) -> NewEvent {
+    let (order_id, order_number) = match order {
+        Some(o) => (json!(o.order_id), json!(o.order_number)),
+        None => (Value::Null, Value::Null),
+    };
+    let (amount, currency) = match order {
+        Some(o) => (amount_json(o.total_amount_minor), o.currency.clone()),
+        None => (json!(truth.price.unwrap_or(0)), DEFAULT_CURRENCY.to_owned()),
+    };
+    NewEvent::new(
+        "payment.completed",
+        seller,
+        json!({
+            "order_id": order_id,
+            "order_number": order_number,
+            "lead_id": lead_id,
+            "amount": amount,
+            "currency": currency,
+        }),
+        Some(format!("payment.completed:{seller}:{lead_id}")),
+    )
 }
 
 #[cfg(test)]

@@ -1,27 +1,34 @@
 //! Use cases of the connector. No actix types here: the web layer and the workers call these.
 
 pub mod api_keys;
+pub mod context;
+pub mod dashboard;
+pub mod health;
 pub mod keys;
+pub mod platforms;
 
-// connect and refresh (issues 4, 5)
 pub mod connect;
 pub mod provisioning;
 pub mod refresh;
+pub mod rename;
+pub mod suspension;
 pub mod tokens;
 
-// orders (issue 6)
+pub mod buyers;
 pub mod order_push;
 pub mod orders;
+pub mod settings;
+pub mod settings_page;
+pub mod users;
 
-// events (issue 7)
 pub mod delivery;
 pub mod events_log;
 pub mod ingest;
 pub mod lead_events;
 pub mod subscriptions;
 
-// operations (issue 8)
 pub mod operators;
 
-// several instances
 pub mod turns;
+
+pub use context::Context;

@@ -11,7 +11,7 @@ use chrono::{NaiveDateTime, TimeDelta};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::domain::ids::{random_token, sha256_hex};
-use crate::storage::operators::{self as store, OperatorRow};
+use crate::storage::operators::OperatorRow;
 use crate::storage::{Db, StorageError};
 
 /// What an operator may do: admins change things, viewers only look.
@@ -215,12 +215,14 @@ pub async fn create_or_update(
     }
     let hash = hash_password(password).await?;
     Ok(db
-        .run(move |c| store::upsert(c, &email, &name, role.as_str(), &hash))
+        .operators()
+        .upsert(&email, &name, role.as_str(), &hash)
         .await?)
 }
 
 pub async fn list(db: &Db) -> Result<Vec<Operator>, StorageError> {
-    db.run(store::list)
+    db.operators()
+        .list()
         .await?
         .into_iter()
         .map(Operator::try_from)
@@ -264,15 +266,13 @@ pub async fn login(
     let id = operator.id;
     let access_until = expiry(ACCESS_TTL);
     let refresh_until = expiry(REFRESH_TTL);
-    db.run(move |c| {
-        store::insert_token_pair(
-            c,
+    db.operators()
+        .insert_token_pair(
             id,
             (&access_hash, access_until),
             (&refresh_hash, refresh_until),
         )
-    })
-    .await?;
+        .await?;
     Ok(LoginGrant {
         access_token,
         refresh_token,
@@ -309,7 +309,7 @@ async fn check_credentials(
     }
     let now = crate::storage::now();
     let names: Vec<String> = keys.iter().map(|(k, _)| k.clone()).collect();
-    let rows = db.run(move |c| store::throttle_rows(c, &names)).await?;
+    let rows = db.operators().throttle_rows(&names).await?;
     if let Some(until) = rows
         .iter()
         .filter_map(|r| r.locked_until)
@@ -322,8 +322,7 @@ async fn check_credentials(
         });
     }
 
-    let lookup = email.clone();
-    let row = db.run(move |c| store::find_by_email(c, &lookup)).await?;
+    let row = db.operators().by_email(&email).await?;
     let ok = verify_password(password, row.as_ref().map(|r| r.password_hash.clone())).await;
     let operator = match (ok, row) {
         (true, Some(row)) => Operator::try_from(row)?,
@@ -334,8 +333,7 @@ async fn check_credentials(
         }
     };
 
-    let email_key = email_key(&email);
-    db.run(move |c| store::clear(c, &email_key)).await?;
+    db.operators().clear_throttle(&email_key(&email)).await?;
     crate::metrics::login_outcome("ok");
     tracing::info!(operator_id = operator.id, "operator signed in");
     Ok(operator)
@@ -344,16 +342,9 @@ async fn check_credentials(
 async fn record_failure(db: &Db, keys: Vec<(String, i32)>) -> Result<(), StorageError> {
     let now = crate::storage::now();
     let window_start = now - FAILURE_WINDOW;
-    db.run(move |c| {
-        for (key, free) in &keys {
-            let failures = store::record_failure(c, key, now, window_start)?;
-            if let Some(secs) = lock_for(failures, *free) {
-                store::lock(c, key, now + TimeDelta::seconds(secs))?;
-            }
-        }
-        Ok(())
-    })
-    .await?;
+    db.operators()
+        .record_failures(&keys, now, window_start, lock_for)
+        .await?;
     tracing::warn!("operator login failed");
     Ok(())
 }
@@ -375,16 +366,14 @@ pub async fn refresh(db: &Db, refresh_token: &str) -> Result<AccessGrant, AuthEr
     }
     let hash = sha256_hex(refresh_token.as_bytes());
     let now = crate::storage::now();
-    let Some(row) = db
-        .run(move |c| store::operator_for_token(c, KIND_REFRESH, &hash, now))
-        .await?
-    else {
+    let Some(row) = db.operators().by_token(KIND_REFRESH, &hash, now).await? else {
         return Err(AuthError::InvalidRefreshToken);
     };
     let (access_token, access_hash) = new_token(ACCESS_PREFIX);
     let until = expiry(ACCESS_TTL);
     let id = row.id;
-    db.run(move |c| store::insert_token(c, id, KIND_ACCESS, &access_hash, until))
+    db.operators()
+        .insert_token(id, KIND_ACCESS, &access_hash, until)
         .await?;
     Ok(AccessGrant {
         access_token,
@@ -407,7 +396,8 @@ async fn operator_for(
     }
     let hash = sha256_hex(token.as_bytes());
     let now = crate::storage::now();
-    db.run(move |c| store::operator_for_token(c, kind, &hash, now))
+    db.operators()
+        .by_token(kind, &hash, now)
         .await?
         .map(Operator::try_from)
         .transpose()
@@ -425,7 +415,8 @@ pub async fn authenticate_access(db: &Db, token: &str) -> Result<Option<Operator
 pub async fn start_session(db: &Db, operator_id: i64) -> Result<SecretString, StorageError> {
     let (token, hash) = new_token(SESSION_PREFIX);
     let until = expiry(SESSION_TTL);
-    db.run(move |c| store::insert_token(c, operator_id, KIND_SESSION, &hash, until))
+    db.operators()
+        .insert_token(operator_id, KIND_SESSION, &hash, until)
         .await?;
     Ok(token)
 }
@@ -447,7 +438,7 @@ pub fn csrf_token(session: &str) -> String {
 /// Ends a session or revokes a token (sign-out).
 pub async fn revoke(db: &Db, token: &str) -> Result<bool, StorageError> {
     let hash = sha256_hex(token.as_bytes());
-    db.run(move |c| store::revoke_token(c, &hash)).await
+    db.operators().revoke_token(&hash).await
 }
 
 #[cfg(test)]

@@ -15,13 +15,22 @@ use amocrm_client::{
 };
 
 use super::tokens::{self, TokenError};
-use crate::app::AppState;
 use crate::domain::ids::random_token;
-use crate::storage::connections::{self, Connection};
-use crate::storage::{self, StorageError, leases};
+use crate::services::Context;
+use crate::storage::connections::Connection;
+use crate::storage::{self, StorageError};
 
-/// The amoCRM webhook events the connector subscribes each account to.
-pub const WEBHOOK_SETTINGS: [&str; 4] = ["add_lead", "update_lead", "status_lead", "delete_lead"];
+/// The amoCRM webhook events the connector subscribes each account to: lead changes become order events;
+/// contact changes keep the buyer index fresh.
+pub const WEBHOOK_SETTINGS: [&str; 7] = [
+    "add_lead",
+    "update_lead",
+    "status_lead",
+    "delete_lead",
+    "add_contact",
+    "update_contact",
+    "delete_contact",
+];
 /// Colours of the four stages we create (from amoCRM's palette): pending, awaiting payment, paid, shipping.
 pub const STAGE_COLORS: [&str; 4] = ["#fffeb2", "#ffdc7f", "#87f2c0", "#98cbff"];
 /// Codes of the lead custom fields (found by code or name on a reconnect).
@@ -59,32 +68,25 @@ fn lease_name(seller_id: &str) -> String {
 }
 
 /// The webhook destination amoCRM posts this connection's lead changes to.
-pub fn webhook_destination(state: &AppState, webhook_token: &str) -> String {
+pub fn webhook_destination(state: &Context, webhook_token: &str) -> String {
     crate::services::ingest::amocrm_destination(&state.settings.base_url(), webhook_token)
 }
 
 /// Makes sure the seller's pipeline, fields and webhook subscription exist; stores their ids. Errors that
 /// concern one step are recorded on the connection (and retried later), not returned.
+#[tracing::instrument(skip_all, fields(seller_id))]
 pub async fn provision(
-    state: &AppState,
+    state: &Context,
     seller_id: &str,
 ) -> Result<ProvisionReport, ProvisionError> {
     let owner = format!("{}:{}", state.settings.instance_id, random_token(8));
-    let (name, who) = (lease_name(seller_id), owner.clone());
-    let ttl = state.settings.amocrm_request_timeout * 12;
-    let acquired = state
-        .db
-        .run(move |c| {
-            let now = storage::now();
-            let until = now + chrono::Duration::from_std(ttl).unwrap_or_default();
-            leases::try_acquire(c, &name, &who, now, until)
-        })
-        .await?;
-    if !acquired {
+    let name = lease_name(seller_id);
+    let ttl =
+        chrono::Duration::from_std(state.settings.amocrm_request_timeout * 12).unwrap_or_default();
+    if !state.db.leases().acquire(&name, &owner, ttl).await? {
         return Err(ProvisionError::Busy);
     }
     let result = provision_leased(state, seller_id).await;
-    let (name, who) = (lease_name(seller_id), owner);
     let summary = result.as_ref().ok().map(|r| {
         if r.complete {
             "complete".to_owned()
@@ -92,93 +94,82 @@ pub async fn provision(
             format!("missing: {}", r.missing.join(", "))
         }
     });
-    if let Err(e) = state
-        .db
-        .run(move |c| leases::release(c, &name, &who, summary.as_deref()))
-        .await
-    {
+    if let Err(e) = state.db.leases().release(&name, &owner, summary).await {
         tracing::warn!(error = %e, "could not release the provisioning lease");
     }
     result
 }
 
-async fn provision_leased(
-    state: &AppState,
-    seller_id: &str,
-) -> Result<ProvisionReport, ProvisionError> {
-    let row = load(state, seller_id).await?;
-    let mut first_error: Option<String> = None;
-    let mut note = |step: &str, e: TokenError| -> Result<(), ProvisionError> {
+/// The errors of one attempt's failed steps, one line each; a step that needs a reconnect ends the attempt.
+#[derive(Default)]
+struct StepErrors(Option<String>);
+
+impl StepErrors {
+    fn note(&mut self, step: &str, e: TokenError) -> Result<(), ProvisionError> {
         if e.needs_reconnect() || matches!(e, TokenError::NotConnected) {
             return Err(ProvisionError::Token(e));
         }
-        tracing::warn!(seller_id, step, error = %e, "provisioning step failed");
+        tracing::warn!(step, error = %e, "provisioning step failed");
         let line = format!("{step}: {e}");
-        first_error = Some(match first_error.take() {
+        self.0 = Some(match self.0.take() {
             Some(prev) => format!("{prev}; {line}"),
             None => line,
         });
         Ok(())
-    };
+    }
+}
 
+async fn provision_leased(
+    state: &Context,
+    seller_id: &str,
+) -> Result<ProvisionReport, ProvisionError> {
+    let row = load(state, seller_id).await?;
+    let repo = state.db.connections();
+    let mut errors = StepErrors::default();
     match ensure_pipeline(state, &row).await {
-        Ok((pipeline_id, stages)) => {
-            let id = row.id;
-            state
-                .db
-                .run(move |c| {
-                    connections::save_pipeline(c, id, pipeline_id, stages, storage::now())
-                })
-                .await?;
-        }
-        Err(e) => note("pipeline", e)?,
+        Ok((pipeline_id, stages)) => repo.save_pipeline(row.id, pipeline_id, stages).await?,
+        Err(e) => errors.note("pipeline", e)?,
     }
     match ensure_fields(state, &row).await {
-        Ok((number, link)) => {
-            let id = row.id;
-            state
-                .db
-                .run(move |c| connections::save_fields(c, id, number, link, storage::now()))
-                .await?;
-        }
-        Err(e) => note("custom fields", e)?,
+        Ok((number, link)) => repo.save_fields(row.id, number, link).await?,
+        Err(e) => errors.note("custom fields", e)?,
     }
     let destination = webhook_destination(state, &row.webhook_token);
     match ensure_subscription(state, &row.seller_id, &destination).await {
         Ok((webhook_id, _)) => {
-            let webhook_id = to_i64(webhook_id);
-            let (id, dest) = (row.id, destination.clone());
-            state
-                .db
-                .run(move |c| connections::save_webhook(c, id, webhook_id, &dest, storage::now()))
-                .await?;
+            repo.save_webhook(row.id, to_i64(webhook_id), &destination)
+                .await?
         }
-        Err(e) => note("webhook subscription", e)?,
+        Err(e) => errors.note("webhook subscription", e)?,
     }
+    finish(state, seller_id, errors.0).await
+}
 
+/// Records how the attempt ended: complete, or what is missing and when to try again (capped back-off).
+async fn finish(
+    state: &Context,
+    seller_id: &str,
+    first_error: Option<String>,
+) -> Result<ProvisionReport, ProvisionError> {
     let row = load(state, seller_id).await?;
     let missing = row.missing_provisioning();
     let complete = missing.is_empty() && first_error.is_none();
-    let attempts = u32::try_from(row.provisioning_attempts.max(0)).unwrap_or(0);
-    let backoff = (Duration::from_secs(5) * 2u32.saturating_pow(attempts.min(16))).min(MAX_BACKOFF);
-    let now = storage::now();
-    let next_at =
-        (!complete).then(|| now + chrono::Duration::from_std(backoff).unwrap_or_default());
-    let error = if complete {
-        None
-    } else {
-        Some(
-            first_error
-                .clone()
-                .unwrap_or_else(|| format!("missing: {}", missing.join(", "))),
-        )
+    let error = (!complete)
+        .then(|| first_error.unwrap_or_else(|| format!("missing: {}", missing.join(", "))));
+    let outcome = match &error {
+        None => Ok(()),
+        Some(e) => {
+            let attempts = u32::try_from(row.provisioning_attempts.max(0)).unwrap_or(0);
+            let backoff =
+                (Duration::from_secs(5) * 2u32.saturating_pow(attempts.min(16))).min(MAX_BACKOFF);
+            let next_at = storage::now() + chrono::Duration::from_std(backoff).unwrap_or_default();
+            Err((Some(e.as_str()), next_at))
+        }
     };
-    let (id, err) = (row.id, error.clone());
     state
         .db
-        .run(move |c| {
-            connections::finish_provisioning(c, id, complete, err.as_deref(), next_at, now)
-        })
+        .connections()
+        .finish_provisioning(row.id, outcome)
         .await?;
     Ok(ProvisionReport {
         complete,
@@ -187,11 +178,11 @@ async fn provision_leased(
     })
 }
 
-async fn load(state: &AppState, seller_id: &str) -> Result<Connection, ProvisionError> {
-    let seller = seller_id.to_owned();
+async fn load(state: &Context, seller_id: &str) -> Result<Connection, ProvisionError> {
     state
         .db
-        .run(move |c| connections::find_by_seller(c, &seller))
+        .connections()
+        .by_seller(seller_id)
         .await?
         .ok_or(ProvisionError::Token(TokenError::NotConnected))
 }
@@ -200,15 +191,19 @@ fn to_i64(id: u64) -> i64 {
     i64::try_from(id).unwrap_or(i64::MAX)
 }
 
+/// Pipelines and webhook subscriptions are for administrators only: a 403 there says the connecting user
+/// lacks the rights, not that the account is blocked, so it fails the step instead of suspending.
+const ADMIN_ROUTES: tokens::Calling = tokens::Calling {
+    forbidden_is_rights: true,
+    probe: false,
+};
+
 /// Finds (stored id, then name) or creates the seller's pipeline; returns its id and the six stage ids.
-async fn ensure_pipeline(
-    state: &AppState,
-    row: &Connection,
-) -> Result<(i64, [i64; 6]), TokenError> {
+async fn ensure_pipeline(state: &Context, row: &Connection) -> Result<(i64, [i64; 6]), TokenError> {
     let names = state.settings.stage_names.clone();
     let stored_id = row.pipeline_id.and_then(|p| u64::try_from(p).ok());
     let stored_stages = row.stages();
-    tokens::with_api(state, &row.seller_id, move |amo| {
+    tokens::with_api_as(state, &row.seller_id, ADMIN_ROUTES, move |amo| {
         let names = names.clone();
         async move {
             let api = amo.api();
@@ -307,7 +302,7 @@ fn map_stages(p: &Pipeline, names: &crate::config::StageNames) -> Option<[i64; 6
 }
 
 /// Finds (stored id, code, then name) or creates the order-number (text) and order-link (url) fields.
-async fn ensure_fields(state: &AppState, row: &Connection) -> Result<(i64, i64), TokenError> {
+async fn ensure_fields(state: &Context, row: &Connection) -> Result<(i64, i64), TokenError> {
     let stored = (row.field_order_number_id, row.field_order_link_id);
     tokens::with_api(state, &row.seller_id, move |amo| async move {
         let api = amo.api();
@@ -361,12 +356,12 @@ async fn ensure_fields(state: &AppState, row: &Connection) -> Result<(i64, i64),
 /// a subscription amoCRM disabled). Returns the webhook id and whether it had to subscribe. Provisioning and
 /// the refresh sweep's daily check both come through here.
 pub async fn ensure_subscription(
-    state: &AppState,
+    state: &Context,
     seller_id: &str,
     destination: &str,
 ) -> Result<(u64, bool), TokenError> {
     let destination = destination.to_owned();
-    tokens::with_api(state, seller_id, move |amo| {
+    tokens::with_api_as(state, seller_id, ADMIN_ROUTES, move |amo| {
         let destination = destination.clone();
         async move {
             let api = amo.api();
@@ -389,20 +384,20 @@ pub async fn ensure_subscription(
     .await
 }
 
-/// Best-effort removal of a subscription from an account the seller left (or on revoke). Never fails.
-pub async fn unsubscribe_best_effort(
-    state: &AppState,
-    host: &str,
-    access_token: Option<secrecy::SecretString>,
-    destination: Option<String>,
-) {
-    let (Some(token), Some(dest)) = (access_token, destination) else {
+/// Best-effort removal of the subscription of `conn` (as it was stored) from its account: the seller left it,
+/// or revoked the connection. Never fails.
+pub async fn unsubscribe_best_effort(state: &Context, conn: &Connection) {
+    let token = conn.access_token(&state.keys).ok().flatten();
+    let (Some(token), Some(dest)) = (token, conn.webhook_destination.clone()) else {
         return;
     };
-    let Ok(host) = tokens::parse_host(state, host) else {
+    let Ok(host) = tokens::parse_host(state, conn.platform, &conn.host) else {
         return;
     };
-    let api = state.amo.api(&host, &token);
+    let Ok(client) = tokens::client_of(state, conn.platform) else {
+        return;
+    };
+    let api = client.api(&host, &token);
     let call = api.unsubscribe_webhook(&dest);
     match tokio::time::timeout(Duration::from_secs(10), call).await {
         Ok(Ok(())) => tracing::info!(host = %host, "removed the amoCRM webhook subscription"),
@@ -417,11 +412,8 @@ pub async fn unsubscribe_best_effort(
 
 /// Retries provisioning of every active connection whose set-up is unfinished and due (worker step).
 /// Returns how many were attempted.
-pub async fn retry_due(state: &AppState) -> Result<usize, StorageError> {
-    let due = state
-        .db
-        .run(|c| connections::provisioning_due(c, storage::now(), 50))
-        .await?;
+pub async fn retry_due(state: &Context) -> Result<usize, StorageError> {
+    let due = state.db.connections().provisioning_due(50).await?;
     let n = due.len();
     for seller in due {
         match provision(state, &seller).await {
@@ -433,24 +425,15 @@ pub async fn retry_due(state: &AppState) -> Result<usize, StorageError> {
             Err(ProvisionError::Token(e)) => {
                 tracing::warn!(seller_id = %seller, error = %e, "provisioning could not get a token");
                 // Push the next attempt back so a connection without a usable token is not retried hot.
-                let s = seller.clone();
-                state
-                    .db
-                    .run(move |c| {
-                        let Some(row) = connections::find_by_seller(c, &s)? else {
-                            return Ok(());
-                        };
-                        let next = storage::now() + chrono::Duration::minutes(5);
-                        connections::finish_provisioning(
-                            c,
-                            row.id,
-                            false,
-                            row.provisioning_error.as_deref(),
-                            Some(next),
-                            storage::now(),
-                        )
-                    })
-                    .await?;
+                if let Some(row) = state.db.connections().by_seller(&seller).await? {
+                    let next = storage::now() + chrono::Duration::minutes(5);
+                    let error = row.provisioning_error.as_deref();
+                    state
+                        .db
+                        .connections()
+                        .finish_provisioning(row.id, Err((error, next)))
+                        .await?;
+                }
             }
             Err(ProvisionError::Storage(e)) => return Err(e),
         }

@@ -7,9 +7,11 @@
 //! anything uses it. If storing fails after amoCRM answered, the new pair is never used, so amoCRM's grace
 //! rule keeps the old refresh token valid and the refresh is simply retried.
 //!
-//! Failure classes: a 4xx other than 429 from the token endpoint is terminal (`refresh_failed` plus a
-//! `connection.refresh_failed` event); 429, 5xx and network errors keep the connection `active`, counted,
-//! with a capped back-off before the sweep tries again.
+//! Failure classes: a 401 or 404 first looks for a renamed account and follows it to its new host
+//! ([`super::rename`]); a 402 or 403 suspends the connection ([`super::suspension`]); any other 4xx but 429
+//! from the token endpoint is terminal (`refresh_failed` plus a `connection.refresh_failed` event); 429, 5xx
+//! and network errors keep the connection `active`, counted, with a capped back-off before the sweep tries
+//! again.
 //!
 //! The sweep ([`sweep`]) runs under the job lease `refresh_sweep`, so at most one runs at a time across all
 //! instances sharing the database; a caller that finds one running waits for it and gets its result.
@@ -19,14 +21,15 @@ use std::time::{Duration, Instant};
 use chrono::NaiveDateTime;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
-use crate::app::AppState;
+use super::health::{self, Outcome};
+use crate::domain::events::ConnectionRefreshFailed;
 use crate::domain::ids::random_token;
-use crate::domain::status::ConnectionStatus;
+use crate::domain::status::{ConnectionStatus, SuspendReason};
+use crate::services::Context;
 use crate::storage::connections::{self, Connection, RefreshedPair};
-use crate::storage::events::{self, NewEvent};
-use crate::storage::{self, StorageError, leases};
+use crate::storage::events::NewEvent;
+use crate::storage::{self, StorageError};
 
 /// The job lease name that makes the sweep run at most once at a time across instances.
 pub const SWEEP_JOB: &str = "refresh_sweep";
@@ -72,7 +75,7 @@ impl Need {
     }
 
     /// The sweep's rule as of now.
-    pub fn due_now(state: &AppState) -> Self {
+    pub fn due_now(state: &Context) -> Self {
         let now = storage::now();
         Need::Due {
             expiring_before: now + chrono_dur(state.settings.refresh_ahead),
@@ -124,31 +127,40 @@ fn chrono_dur(d: Duration) -> chrono::Duration {
 }
 
 /// The refresh lease's lifetime: long enough for a token call that times out, twice.
-fn lease_ttl(state: &AppState) -> Duration {
+fn lease_ttl(state: &Context) -> Duration {
     state.settings.amocrm_request_timeout * 2 + Duration::from_secs(10)
 }
 
 /// Refreshes `seller_id`'s pair if `need` still holds once the row lease is taken. Concurrent callers (threads
 /// or instances) wait for the lease holder and then find the need satisfied, so one refresh happens.
 pub async fn refresh(
-    state: &AppState,
+    state: &Context,
     seller_id: &str,
     need: Need,
+) -> Result<RefreshOutcome, RefreshError> {
+    refresh_as(state, seller_id, need, false).await
+}
+
+/// [`refresh`]; with `suspended_too` a suspended connection is refreshed as well (its probe needs a token).
+pub async fn refresh_as(
+    state: &Context,
+    seller_id: &str,
+    need: Need,
+    suspended_too: bool,
 ) -> Result<RefreshOutcome, RefreshError> {
     let ttl = lease_ttl(state);
     let deadline = Instant::now() + ttl + Duration::from_secs(5);
     let mut pause = Duration::from_millis(10);
     loop {
         let owner = format!("{}:{}", state.settings.instance_id, random_token(10));
-        let (seller, who) = (seller_id.to_owned(), owner.clone());
-        let now = storage::now();
-        let until = now + chrono_dur(ttl);
+        let until = storage::now() + chrono_dur(ttl);
         let leased = state
             .db
-            .run(move |c| connections::try_lease_refresh(c, &seller, &who, now, until))
+            .connections()
+            .lease_refresh(seller_id, &owner, until)
             .await?;
         if let Some(row) = leased {
-            if let Err(e) = check_usable(&row) {
+            if let Err(e) = check_usable(&row, suspended_too) {
                 release(state, row.id, &owner).await;
                 return Err(e);
             }
@@ -167,13 +179,13 @@ pub async fn refresh(
         }
         // No row, or a peer holds the lease: wait (reading only) until the lease is free or the need is met.
         loop {
-            let seller = seller_id.to_owned();
             let row = state
                 .db
-                .run(move |c| connections::find_by_seller(c, &seller))
+                .connections()
+                .by_seller(seller_id)
                 .await?
                 .ok_or(RefreshError::NotConnected)?;
-            check_usable(&row)?;
+            check_usable(&row, suspended_too)?;
             if !need.needed(&row) {
                 return Ok(RefreshOutcome::Fresh(row));
             }
@@ -192,25 +204,21 @@ pub async fn refresh(
     }
 }
 
-fn check_usable(row: &Connection) -> Result<(), RefreshError> {
-    match ConnectionStatus::parse(&row.status) {
-        Some(ConnectionStatus::Active) if row.refresh_token_enc.is_some() => Ok(()),
-        Some(ConnectionStatus::Active) => {
-            Err(RefreshError::NeedsReconnect(ConnectionStatus::Revoked))
-        }
-        Some(other) => Err(RefreshError::NeedsReconnect(other)),
-        None => Err(RefreshError::Corrupt(format!(
-            "unknown connection status {:?}",
-            row.status
-        ))),
+fn check_usable(row: &Connection, suspended_too: bool) -> Result<(), RefreshError> {
+    let usable = row.status == ConnectionStatus::Active
+        || (suspended_too && row.status == ConnectionStatus::Suspended);
+    match row.status {
+        _ if usable && row.refresh_token_enc.is_some() => Ok(()),
+        _ if usable => Err(RefreshError::NeedsReconnect(ConnectionStatus::Revoked)),
+        other => Err(RefreshError::NeedsReconnect(other)),
     }
 }
 
-async fn release(state: &AppState, id: i64, owner: &str) {
-    let owner = owner.to_owned();
+async fn release(state: &Context, id: i64, owner: &str) {
     if let Err(e) = state
         .db
-        .run(move |c| connections::release_refresh_lease(c, id, &owner))
+        .connections()
+        .release_refresh_lease(id, owner)
         .await
     {
         // The lease expires by itself; nothing is lost.
@@ -220,12 +228,16 @@ async fn release(state: &AppState, id: i64, owner: &str) {
 
 /// We hold the lease on `row` and it needs a refresh: call amoCRM, store, classify.
 async fn refresh_leased(
-    state: &AppState,
+    state: &Context,
     row: Connection,
     owner: String,
 ) -> Result<RefreshOutcome, RefreshError> {
-    let host = match super::tokens::parse_host(state, &row.host) {
-        Ok(h) => h,
+    let leased = super::tokens::parse_host(state, row.platform, &row.host).and_then(|host| {
+        let client = super::tokens::client_of(state, row.platform).map_err(|e| e.to_string())?;
+        Ok((host, client))
+    });
+    let (host, client) = match leased {
+        Ok(v) => v,
         Err(e) => {
             record_transient(state, &row, &owner, &e, None).await;
             return Err(RefreshError::Corrupt(e));
@@ -244,39 +256,80 @@ async fn refresh_leased(
         }
     };
     let started = Instant::now();
-    match state.amo.refresh(&host, &refresh_token).await {
+    match client.refresh(&host, &refresh_token).await {
         Ok(set) => {
-            let (access_enc, refresh_enc) = connections::seal_tokens(
-                &state.keys,
-                &row.seller_id,
-                secrecy::ExposeSecret::expose_secret(&set.access_token),
-                secrecy::ExposeSecret::expose_secret(&set.refresh_token),
-            );
-            let pair = RefreshedPair {
-                access_token_enc: access_enc,
-                refresh_token_enc: refresh_enc,
-                expires_at: storage::to_db(set.expires_at),
-                api_domain: set.claims.api_domain.clone().or(row.api_domain.clone()),
-            };
+            health::record(state, row.id, Outcome::Ok).await;
+            let pair = sealed(state, &row, &set);
             store_new_pair(state, row, owner, pair, started).await
         }
         Err(err) => {
-            let reason = err.to_string();
-            match err {
-                amocrm_client::OAuthError::Rejected { .. } => {
-                    tracing::warn!(seller_id = %row.seller_id, error = %reason, "amoCRM refused the refresh token");
-                    mark_failed(state, &row, &owner, &reason).await
-                }
-                other => {
-                    tracing::warn!(seller_id = %row.seller_id, error = %reason, "refresh failed, will retry");
-                    let told = match other {
-                        amocrm_client::OAuthError::RateLimited { retry_after } => Some(retry_after),
-                        _ => None,
-                    };
-                    record_transient(state, &row, &owner, &reason, told).await;
-                    Err(RefreshError::Transient(reason))
-                }
-            }
+            health::record(state, row.id, Outcome::of_refresh(&err)).await;
+            refused(state, row, owner, &refresh_token, err).await
+        }
+    }
+}
+
+/// The pair `set`, encrypted for `row`, with the API host its access token names.
+pub(super) fn sealed(
+    state: &Context,
+    row: &Connection,
+    set: &amocrm_client::TokenSet,
+) -> RefreshedPair {
+    let (access_enc, refresh_enc) = connections::seal_tokens(
+        &state.keys,
+        &row.seller_id,
+        secrecy::ExposeSecret::expose_secret(&set.access_token),
+        secrecy::ExposeSecret::expose_secret(&set.refresh_token),
+    );
+    RefreshedPair {
+        access_token_enc: access_enc,
+        refresh_token_enc: refresh_enc,
+        expires_at: storage::to_db(set.expires_at),
+        api_domain: set.claims.api_domain.clone().or(row.api_domain.clone()),
+    }
+}
+
+/// The token endpoint refused or failed: follow a renamed account (401, 404), suspend an unpaid or blocked
+/// one (402, 403), give up on any other refusal, or try again later.
+async fn refused(
+    state: &Context,
+    row: Connection,
+    owner: String,
+    refresh_token: &secrecy::SecretString,
+    err: amocrm_client::OAuthError,
+) -> Result<RefreshOutcome, RefreshError> {
+    use amocrm_client::OAuthError;
+    let reason = err.to_string();
+    match err {
+        OAuthError::Rejected {
+            status: 401 | 404, ..
+        } => super::rename::follow(state, row, owner, refresh_token, &reason).await,
+        OAuthError::Rejected {
+            status: status @ (402 | 403),
+            ..
+        } => {
+            let why = if status == 402 {
+                SuspendReason::PaymentRequired
+            } else {
+                SuspendReason::Blocked
+            };
+            tracing::warn!(seller_id = %row.seller_id, error = %reason, "amoCRM refuses the account");
+            super::suspension::suspend(state, &row, why).await?;
+            record_transient(state, &row, &owner, &reason, None).await;
+            Err(RefreshError::NeedsReconnect(ConnectionStatus::Suspended))
+        }
+        OAuthError::Rejected { .. } => {
+            tracing::warn!(seller_id = %row.seller_id, error = %reason, "amoCRM refused the refresh token");
+            mark_failed(state, &row, &owner, &reason).await
+        }
+        other => {
+            tracing::warn!(seller_id = %row.seller_id, error = %reason, "refresh failed, will retry");
+            let told = match other {
+                OAuthError::RateLimited { retry_after } => Some(retry_after),
+                _ => None,
+            };
+            record_transient(state, &row, &owner, &reason, told).await;
+            Err(RefreshError::Transient(reason))
         }
     }
 }
@@ -284,7 +337,7 @@ async fn refresh_leased(
 /// Store-before-use, retried: while the pair is not stored nobody uses it, so the old refresh token stays
 /// valid (amoCRM's grace rule) and giving up here loses nothing but this attempt.
 async fn store_new_pair(
-    state: &AppState,
+    state: &Context,
     row: Connection,
     owner: String,
     pair: RefreshedPair,
@@ -292,17 +345,17 @@ async fn store_new_pair(
 ) -> Result<RefreshOutcome, RefreshError> {
     let mut last_err = None;
     for attempt in 0..4u32 {
-        let (id, who, p) = (row.id, owner.clone(), pair.clone());
         let stored = state
             .db
-            .run(move |c| connections::store_refreshed(c, id, &who, &p, storage::now()))
+            .connections()
+            .store_refreshed(row.id, &owner, &pair)
             .await;
         match stored {
             Ok(true) => {
-                let seller = row.seller_id.clone();
                 let fresh = state
                     .db
-                    .run(move |c| connections::find_by_seller(c, &seller))
+                    .connections()
+                    .by_seller(&row.seller_id)
                     .await?
                     .ok_or(RefreshError::NotConnected)?;
                 tracing::info!(
@@ -315,13 +368,13 @@ async fn store_new_pair(
             Ok(false) => {
                 // Our lease expired and a peer took the row, or it was revoked meanwhile. Our pair is dropped
                 // unused; whatever the row holds now is the truth.
-                let seller = row.seller_id.clone();
                 let now_row = state
                     .db
-                    .run(move |c| connections::find_by_seller(c, &seller))
+                    .connections()
+                    .by_seller(&row.seller_id)
                     .await?
                     .ok_or(RefreshError::NotConnected)?;
-                check_usable(&now_row)?;
+                check_usable(&now_row, true)?;
                 if now_row.token_version != row.token_version {
                     return Ok(RefreshOutcome::Fresh(now_row));
                 }
@@ -345,8 +398,8 @@ async fn store_new_pair(
 
 /// Records a failed attempt and when to try again: capped exponential backoff, and never sooner than a 429
 /// said (`told`).
-async fn record_transient(
-    state: &AppState,
+pub(super) async fn record_transient(
+    state: &Context,
     row: &Connection,
     owner: &str,
     reason: &str,
@@ -359,55 +412,54 @@ async fn record_transient(
             told.unwrap_or_default()
                 .min(amocrm_client::error::MAX_RETRY_AFTER),
         );
-    let now = storage::now();
-    let next_at = now + chrono_dur(backoff);
-    let (id, who, why) = (row.id, owner.to_owned(), reason.to_owned());
+    let next_at = storage::now() + chrono_dur(backoff);
     if let Err(e) = state
         .db
-        .run(move |c| connections::record_refresh_failure(c, id, &who, &why, next_at, now))
+        .connections()
+        .record_refresh_failure(row.id, owner, reason, next_at)
         .await
     {
         tracing::warn!(error = %e, "could not record a refresh failure");
     }
 }
 
-async fn mark_failed(
-    state: &AppState,
+/// amoCRM refused the refresh for good: `refresh_failed` and its event, unless a peer stored a fresh pair
+/// meanwhile.
+pub(super) async fn mark_failed(
+    state: &Context,
     row: &Connection,
     owner: &str,
     reason: &str,
 ) -> Result<RefreshOutcome, RefreshError> {
-    let (id, who, why) = (row.id, owner.to_owned(), reason.to_owned());
-    let (seller, account_id, version) = (row.seller_id.clone(), row.account_id, row.token_version);
+    let seller = &row.seller_id;
+    let event = NewEvent::of(
+        seller,
+        &ConnectionRefreshFailed {
+            seller_id: seller.clone(),
+            account_id: row.account_id,
+            reason: reason.to_owned(),
+        },
+        Some(format!(
+            "connection.refresh_failed:{seller}:{}",
+            row.token_version
+        )),
+    );
     let marked = state
         .db
-        .run(move |c| {
-            crate::storage::sessions::transaction(c, |c| {
-                if !connections::mark_refresh_failed(c, id, &who, &why, storage::now())? {
-                    return Ok(false);
-                }
-                let ev = NewEvent::new(
-                    "connection.refresh_failed",
-                    &seller,
-                    json!({ "seller_id": seller, "account_id": account_id, "reason": why }),
-                    Some(format!("connection.refresh_failed:{seller}:{version}")),
-                );
-                events::record(c, &ev)?;
-                Ok::<_, StorageError>(true)
-            })
-        })
+        .connections()
+        .mark_refresh_failed(row.id, owner, reason, &event)
         .await?;
     if marked {
         return Err(RefreshError::Rejected(reason.to_owned()));
     }
     // The lease was lost meanwhile: a peer may have stored a fresh pair with a token that still worked.
-    let seller = row.seller_id.clone();
     let now_row = state
         .db
-        .run(move |c| connections::find_by_seller(c, &seller))
+        .connections()
+        .by_seller(&row.seller_id)
         .await?
         .ok_or(RefreshError::NotConnected)?;
-    check_usable(&now_row)?;
+    check_usable(&now_row, true)?;
     if now_row.token_version != row.token_version {
         return Ok(RefreshOutcome::Fresh(now_row));
     }
@@ -445,16 +497,13 @@ impl SweepOutcome {
 
 /// One refresh sweep under the job lease (at most one at a time across instances). A caller that finds a
 /// sweep running waits up to `join_wait` for it and returns its result.
-pub async fn sweep(state: &AppState, join_wait: Duration) -> Result<SweepOutcome, StorageError> {
+pub async fn sweep(state: &Context, join_wait: Duration) -> Result<SweepOutcome, StorageError> {
     let owner = format!("{}:{}", state.settings.instance_id, random_token(10));
     let ttl = sweep_lease_ttl(state);
-    let who = owner.clone();
     let acquired = state
         .db
-        .run(move |c| {
-            let now = storage::now();
-            leases::try_acquire(c, SWEEP_JOB, &who, now, now + chrono_dur(ttl))
-        })
+        .leases()
+        .acquire(SWEEP_JOB, &owner, chrono_dur(ttl))
         .await?;
     if !acquired {
         return join_running(state, join_wait).await;
@@ -476,28 +525,23 @@ pub async fn sweep(state: &AppState, join_wait: Duration) -> Result<SweepOutcome
         ),
         Err(e) => tracing::warn!(error = %e, "refresh sweep finished with an error"),
     }
-    let who = owner.clone();
-    if let Err(e) = state
-        .db
-        .run(move |c| leases::release(c, SWEEP_JOB, &who, summary.as_deref()))
-        .await
-    {
+    if let Err(e) = state.db.leases().release(SWEEP_JOB, &owner, summary).await {
         tracing::warn!(error = %e, "could not release the sweep lease");
     }
     let report = result?;
     Ok(SweepOutcome::Ran(report))
 }
 
-fn sweep_lease_ttl(state: &AppState) -> Duration {
+fn sweep_lease_ttl(state: &Context) -> Duration {
     lease_ttl(state) * 4
 }
 
 /// Waits (bounded, reading only) for the running sweep to finish and returns its recorded result.
-async fn join_running(state: &AppState, wait: Duration) -> Result<SweepOutcome, StorageError> {
+async fn join_running(state: &Context, wait: Duration) -> Result<SweepOutcome, StorageError> {
     let deadline = Instant::now() + wait;
     let mut pause = Duration::from_millis(20);
     loop {
-        let lease = state.db.run(|c| leases::get(c, SWEEP_JOB)).await?;
+        let lease = state.db.leases().get(SWEEP_JOB).await?;
         let running = lease.as_ref().is_some_and(|l| {
             l.owner.is_some() && l.lease_until.is_some_and(|t| t >= storage::now())
         });
@@ -517,7 +561,7 @@ async fn join_running(state: &AppState, wait: Duration) -> Result<SweepOutcome, 
 }
 
 /// Re-subscribes a webhook destination amoCRM disabled; failures are logged and retried on the next refresh.
-async fn check_subscription(state: &AppState, conn: &Connection) {
+async fn check_subscription(state: &Context, conn: &Connection) {
     match crate::services::ingest::ensure_amocrm_subscription(state, conn).await {
         Ok(crate::services::ingest::SubscriptionCheck::Resubscribed { .. }) => {
             tracing::info!(seller_id = %conn.seller_id, "re-subscribed a disabled amoCRM webhook");
@@ -532,12 +576,12 @@ async fn check_subscription(state: &AppState, conn: &Connection) {
 /// Refreshes every due connection with bounded concurrency, without the job lease. The sweep calls this;
 /// it is public so tests can run it from several instances at once (row leases alone must keep each
 /// connection refreshed once).
-pub async fn refresh_due(state: &AppState) -> Result<SweepReport, StorageError> {
+pub async fn refresh_due(state: &Context) -> Result<SweepReport, StorageError> {
     refresh_due_leased(state, None).await
 }
 
 async fn refresh_due_leased(
-    state: &AppState,
+    state: &Context,
     job_owner: Option<&str>,
 ) -> Result<SweepReport, StorageError> {
     let need = Need::due_now(state);
@@ -548,7 +592,6 @@ async fn refresh_due_leased(
     else {
         return Ok(SweepReport::default());
     };
-    let now = storage::now();
     let mut report = SweepReport::default();
     let mut after = 0i64;
     let concurrency = state.settings.refresh_concurrency.max(1);
@@ -556,9 +599,8 @@ async fn refresh_due_leased(
     loop {
         let page = state
             .db
-            .run(move |c| {
-                connections::due_for_refresh(c, now, expiring_before, idle_before, after, page_size)
-            })
+            .connections()
+            .due_for_refresh(expiring_before, idle_before, after, page_size)
             .await?;
         let Some(&(last_id, _)) = page.last() else {
             break;
@@ -593,11 +635,8 @@ async fn refresh_due_leased(
             }
         }
         if let Some(owner) = job_owner {
-            let (who, ttl) = (owner.to_owned(), sweep_lease_ttl(state));
-            state
-                .db
-                .run(move |c| leases::extend(c, SWEEP_JOB, &who, storage::now() + chrono_dur(ttl)))
-                .await?;
+            let ttl = chrono_dur(sweep_lease_ttl(state));
+            state.db.leases().extend(SWEEP_JOB, owner, ttl).await?;
         }
     }
     Ok(report)

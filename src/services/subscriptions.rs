@@ -8,10 +8,11 @@ use std::collections::BTreeMap;
 use chrono::{NaiveDateTime, SecondsFormat};
 use serde::Serialize;
 
+use crate::domain::events::EventKind;
 use crate::domain::ids::prefixed_id;
-use crate::storage::events::EVENT_NAMES;
+use crate::services::keys::RotationReport;
 use crate::storage::subscriptions::{
-    self as store, NewSubscription, Subscription, SubscriptionChanges, secret_aad,
+    NewSubscription, Subscription, SubscriptionChanges, secret_aad,
 };
 use crate::storage::{self, Db, StorageError, cipher::Keyring};
 
@@ -108,11 +109,11 @@ pub fn check_events(list: &[String]) -> Result<Vec<String>, Vec<String>> {
     let mut out: Vec<String> = Vec::new();
     for e in list {
         let e = e.trim();
-        if e != "*" && !EVENT_NAMES.contains(&e) {
+        if e != "*" && EventKind::parse(e).is_none() {
             errors.push(format!(
                 "unknown event `{}`; use one of {} or \"*\"",
                 e.chars().take(64).collect::<String>(),
-                EVENT_NAMES.join(", ")
+                EventKind::names().join(", ")
             ));
         } else if !out.iter().any(|x| x == e) {
             out.push(e.to_owned());
@@ -191,6 +192,7 @@ fn events_json(events: &[String]) -> String {
     serde_json::to_string(events).unwrap_or_else(|_| "[]".to_owned())
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn create(
     db: &Db,
     keys: &Keyring,
@@ -211,13 +213,14 @@ pub async fn create(
         created_at: now,
         updated_at: now,
     };
-    let saved = db.run(move |c| store::insert(c, &row)).await?;
+    let saved = db.subscriptions().insert(row).await?;
     Ok(SubscriptionView::from(&saved))
 }
 
+#[tracing::instrument(skip(db))]
 pub async fn get(db: &Db, id: &str) -> Result<SubscriptionView, SubscriptionError> {
-    let id = id.to_owned();
-    db.run(move |c| store::find(c, &id))
+    db.subscriptions()
+        .find(id)
         .await?
         .map(|s| SubscriptionView::from(&s))
         .ok_or(SubscriptionError::NotFound)
@@ -228,10 +231,11 @@ pub async fn list(
     offset: i64,
     limit: i64,
 ) -> Result<(Vec<SubscriptionView>, i64), SubscriptionError> {
-    let (rows, total) = db.run(move |c| store::list(c, offset, limit)).await?;
+    let (rows, total) = db.subscriptions().page(offset, limit).await?;
     Ok((rows.iter().map(SubscriptionView::from).collect(), total))
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn update(
     db: &Db,
     keys: &Keyring,
@@ -249,20 +253,52 @@ pub async fn update(
         active: input.active,
         updated_at: Some(storage::now()),
     };
-    let id = id.to_owned();
-    db.run(move |c| store::update(c, &id, &changes))
+    db.subscriptions()
+        .update(id, changes)
         .await?
         .map(|s| SubscriptionView::from(&s))
         .ok_or(SubscriptionError::NotFound)
 }
 
+#[tracing::instrument(skip(db))]
 pub async fn delete(db: &Db, id: &str) -> Result<(), SubscriptionError> {
-    let id = id.to_owned();
-    if db.run(move |c| store::delete(c, &id)).await? {
+    if db.subscriptions().delete(id).await? {
         Ok(())
     } else {
         Err(SubscriptionError::NotFound)
     }
+}
+
+/// Re-encrypts subscription secrets not under the active key (part of `keys rotate`); a secret changed by a
+/// concurrent `PATCH` is left to it.
+#[tracing::instrument(skip_all)]
+pub async fn rotate_secrets(db: &Db, keys: &Keyring) -> Result<RotationReport, StorageError> {
+    let mut report = RotationReport::default();
+    for row in db.subscriptions().all().await? {
+        report.scanned += 1;
+        if !keys.needs_rotation(&row.secret_enc) {
+            report.already_current += 1;
+            continue;
+        }
+        let Ok(plain) = row.secret(keys) else {
+            report.failed += 1;
+            continue;
+        };
+        let fresh = keys.encrypt(
+            secret_aad(&row.id),
+            secrecy::ExposeSecret::expose_secret(&plain),
+        );
+        if db
+            .subscriptions()
+            .replace_secret(&row.id, row.secret_enc, fresh)
+            .await?
+        {
+            report.rotated += 1;
+        } else {
+            report.skipped_concurrent += 1;
+        }
+    }
+    Ok(report)
 }
 
 #[cfg(test)]

@@ -4,6 +4,12 @@
 //! [`super::refresh`], so concurrent callers across threads and instances cause one refresh). [`with_api`] runs
 //! a call against amoCRM and, on a 401, re-reads the stored pair once (a peer may have refreshed it) before
 //! refreshing and trying again. Orders, provisioning and webhooks processing all go through here.
+//!
+//! Being the one place every call passes, it is also where amoCRM's verdicts on the account are kept: a 402
+//! or 403 suspends the connection (nothing more is sent until a probe finds it answering again, see
+//! [`super::suspension`]), a 404 that comes from a renamed account makes the refresh follow it to its new
+//! host ([`super::rename`]), and every outcome feeds the connection's health ([`super::health`]). Each call
+//! uses the client of the connection's platform.
 
 use std::future::Future;
 use std::time::Duration;
@@ -11,11 +17,13 @@ use std::time::Duration;
 use amocrm_client::{AccountApi, AccountHost, AmoClient, ApiError};
 use secrecy::SecretString;
 
+use super::health::{self, Outcome};
 use super::refresh::{self, Need, RefreshError, RefreshOutcome};
-use crate::app::AppState;
-use crate::domain::status::ConnectionStatus;
+use crate::domain::platform::Platform;
+use crate::domain::status::{ConnectionStatus, SuspendReason};
+use crate::services::Context;
 use crate::storage::StorageError;
-use crate::storage::connections::{self, Connection};
+use crate::storage::connections::Connection;
 
 /// On demand, a token that expires within this margin is refreshed before it is handed out. (The sweep
 /// refreshes much earlier, `REFRESH_AHEAD`; this only covers connections the sweep has not reached.)
@@ -68,9 +76,10 @@ pub enum TokenError {
     /// The seller never connected amoCRM.
     #[error("the seller has no amoCRM connection")]
     NotConnected,
-    /// The connection is `refresh_failed` or `revoked`: only the seller can fix it, by reconnecting. Work
-    /// for this seller (orders) is held until then.
-    #[error("the amoCRM connection is {}: the seller must reconnect", .0.as_str())]
+    /// The connection is not active: `refresh_failed` or `revoked` (only the seller can fix it, by
+    /// reconnecting) or `suspended` (amoCRM refuses the account; it comes back by itself once amoCRM answers
+    /// again). Work for this seller (orders) is held meanwhile.
+    #[error("the amoCRM connection is {}: {}", .0.as_str(), until(.0))]
     NeedsReconnect(ConnectionStatus),
     /// The token could not be refreshed right now (amoCRM 429/5xx/network, or a peer holds the refresh
     /// lease too long). Retry later; the connection stays active.
@@ -102,6 +111,26 @@ impl TokenError {
     }
 }
 
+/// What it takes for a connection in `status` to work again.
+fn until(status: &ConnectionStatus) -> &'static str {
+    match status {
+        ConnectionStatus::Suspended => {
+            "amoCRM refuses the account (unpaid or blocked); work waits until it answers again"
+        }
+        _ => "the seller must reconnect",
+    }
+}
+
+/// How a call treats amoCRM's verdicts on the account.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Calling {
+    /// On this route a 403 means the user lacks the rights (admin-only routes such as `GET users`), not
+    /// that the account is blocked: it is returned as it is and nothing is suspended.
+    pub forbidden_is_rights: bool,
+    /// The probe of a suspended connection: its status is accepted, and a 402/403 is returned as it is.
+    pub probe: bool,
+}
+
 impl From<RefreshError> for TokenError {
     fn from(e: RefreshError) -> Self {
         match e {
@@ -116,96 +145,209 @@ impl From<RefreshError> for TokenError {
 }
 
 /// A usable access token for `seller_id`, refreshed first if it expires within [`ON_DEMAND_MARGIN`].
-pub async fn access(state: &AppState, seller_id: &str) -> Result<Grant, TokenError> {
-    let seller = seller_id.to_owned();
+pub async fn access(state: &Context, seller_id: &str) -> Result<Grant, TokenError> {
+    access_as(state, seller_id, Calling::default()).await
+}
+
+async fn access_as(state: &Context, seller_id: &str, how: Calling) -> Result<Grant, TokenError> {
     let row = state
         .db
-        .run(move |c| connections::find_by_seller(c, &seller))
+        .connections()
+        .by_seller(seller_id)
         .await?
         .ok_or(TokenError::NotConnected)?;
     let margin = chrono::Duration::from_std(ON_DEMAND_MARGIN).unwrap_or_default();
     let fresh_enough = row
         .token_expires_at
         .is_some_and(|t| t > crate::storage::now() + margin);
-    if status_of(&row)? == ConnectionStatus::Active && fresh_enough {
-        return grant_from(state, row);
+    status_of(&row, how)?;
+    if fresh_enough {
+        return grant_as(state, row, how);
     }
     let need = Need::Expiring {
         before: crate::storage::now() + margin,
     };
-    let row = match refresh::refresh(state, seller_id, need).await? {
+    let row = match refresh::refresh_as(state, seller_id, need, how.probe).await? {
         RefreshOutcome::Refreshed(row) | RefreshOutcome::Fresh(row) => row,
     };
-    grant_from(state, row)
+    grant_as(state, row, how)
 }
 
 /// Runs `call` with the seller's account API. On a 401 the stored pair is re-read once: if a peer stored a
 /// newer pair, the call is retried with it; otherwise the token is refreshed (single-flight) and the call
-/// retried once. Any other error is returned as [`TokenError::Api`].
+/// retried once. On a 404 the account is looked for at another host (it may have been renamed) and, if
+/// found there, followed and the call retried once. A 402 or 403 suspends the connection (see
+/// [`with_api_as`]). Any other error is returned as [`TokenError::Api`].
 ///
 /// ```ignore
 /// let pipelines = tokens::with_api(&state, "seller-1", |amo| async move { amo.api().pipelines().await }).await?;
 /// ```
-pub async fn with_api<T, F, Fut>(
-    state: &AppState,
+pub async fn with_api<T, F, Fut>(state: &Context, seller_id: &str, call: F) -> Result<T, TokenError>
+where
+    F: Fn(Amo) -> Fut,
+    Fut: Future<Output = Result<T, ApiError>>,
+{
+    with_api_as(state, seller_id, Calling::default(), call).await
+}
+
+/// [`with_api`] with its treatment of amoCRM's verdicts chosen by `how` (see [`Calling`]). Unless `how`
+/// says otherwise, a 402 or 403 suspends the connection and comes back as
+/// [`TokenError::NeedsReconnect`]`(Suspended)`: the caller holds its work as for any inactive connection.
+pub async fn with_api_as<T, F, Fut>(
+    state: &Context,
     seller_id: &str,
+    how: Calling,
     call: F,
 ) -> Result<T, TokenError>
 where
     F: Fn(Amo) -> Fut,
     Fut: Future<Output = Result<T, ApiError>>,
 {
-    let grant = access(state, seller_id).await?;
-    let version = grant.connection.token_version;
-    match call(amo(state, grant)).await {
-        Err(ApiError::Unauthorized) => {}
-        other => return other.map_err(TokenError::Api),
-    }
+    let grant = access_as(state, seller_id, how).await?;
+    let conn = grant.connection.clone();
+    let result = match call(amo(state, grant)?).await {
+        Err(ApiError::Unauthorized) => after_401(state, &conn, how, &call).await,
+        Err(ApiError::NotFound) if !how.probe => after_404(state, &conn, how, &call).await,
+        other => other.map_err(TokenError::Api),
+    };
+    settle(state, &conn, how, result).await
+}
+
+/// A 401: re-reads the stored pair once (a peer may have stored a newer one), else refreshes, and calls
+/// again.
+async fn after_401<T, F, Fut>(
+    state: &Context,
+    conn: &Connection,
+    how: Calling,
+    call: &F,
+) -> Result<T, TokenError>
+where
+    F: Fn(Amo) -> Fut,
+    Fut: Future<Output = Result<T, ApiError>>,
+{
+    let seller_id = conn.seller_id.as_str();
+    let version = conn.token_version;
     tracing::info!(
         seller_id,
         "amoCRM answered 401; re-reading the stored token pair"
     );
-    let seller = seller_id.to_owned();
     let row = state
         .db
-        .run(move |c| connections::find_by_seller(c, &seller))
+        .connections()
+        .by_seller(seller_id)
         .await?
         .ok_or(TokenError::NotConnected)?;
-    status_of(&row)?;
+    status_of(&row, how)?;
     let row = if row.token_version != version {
         // A peer stored a newer pair while we were calling: use it.
         row
     } else {
-        match refresh::refresh(state, seller_id, Need::Stale { version }).await? {
+        match refresh::refresh_as(state, seller_id, Need::Stale { version }, how.probe).await? {
             RefreshOutcome::Refreshed(row) | RefreshOutcome::Fresh(row) => row,
         }
     };
-    let grant = grant_from(state, row)?;
-    call(amo(state, grant)).await.map_err(TokenError::Api)
+    let grant = grant_as(state, row, how)?;
+    call(amo(state, grant)?).await.map_err(TokenError::Api)
 }
 
-fn amo(state: &AppState, grant: Grant) -> Amo {
-    Amo {
-        client: state.amo.clone(),
+/// A 404 where the account itself may be gone: if amoCRM says it lives at another host now, the refresh
+/// follows it there and the call is made again; otherwise the 404 is the answer.
+async fn after_404<T, F, Fut>(
+    state: &Context,
+    conn: &Connection,
+    how: Calling,
+    call: &F,
+) -> Result<T, TokenError>
+where
+    F: Fn(Amo) -> Fut,
+    Fut: Future<Output = Result<T, ApiError>>,
+{
+    if !super::rename::host_moved(state, conn).await {
+        return Err(TokenError::Api(ApiError::NotFound));
+    }
+    let need = Need::Stale {
+        version: conn.token_version,
+    };
+    let row = match refresh::refresh_as(state, &conn.seller_id, need, how.probe).await? {
+        RefreshOutcome::Refreshed(row) | RefreshOutcome::Fresh(row) => row,
+    };
+    let grant = grant_as(state, row, how)?;
+    call(amo(state, grant)?).await.map_err(TokenError::Api)
+}
+
+/// Records the call's outcome in the connection's health and suspends the connection on a 402 or 403
+/// (unless `how` says they mean something else here).
+async fn settle<T>(
+    state: &Context,
+    conn: &Connection,
+    how: Calling,
+    result: Result<T, TokenError>,
+) -> Result<T, TokenError> {
+    let err = match &result {
+        Ok(_) => {
+            health::record(state, conn.id, Outcome::Ok).await;
+            return result;
+        }
+        Err(TokenError::Api(e)) => e,
+        Err(_) => return result,
+    };
+    let rights = how.forbidden_is_rights && err.is_forbidden();
+    let outcome = if rights {
+        Outcome::of_api(&ApiError::Rejected {
+            status: 403,
+            detail: err.to_string(),
+            validation: Vec::new(),
+        })
+    } else {
+        Outcome::of_api(err)
+    };
+    health::record(state, conn.id, outcome).await;
+    let reason = match err {
+        _ if how.probe || rights => None,
+        ApiError::PaymentRequired => Some(SuspendReason::PaymentRequired),
+        ApiError::Forbidden { .. } => Some(SuspendReason::Blocked),
+        _ => None,
+    };
+    if let Some(reason) = reason {
+        super::suspension::suspend(state, conn, reason).await?;
+        return Err(TokenError::NeedsReconnect(ConnectionStatus::Suspended));
+    }
+    result
+}
+
+fn amo(state: &Context, grant: Grant) -> Result<Amo, TokenError> {
+    Ok(Amo {
+        client: client_of(state, grant.connection.platform)?.clone(),
         grant,
+    })
+}
+
+/// The client of a connection's platform; a platform no longer configured makes the connection unusable.
+pub fn client_of(state: &Context, platform: Platform) -> Result<&AmoClient, TokenError> {
+    state.client(platform).ok_or_else(|| {
+        TokenError::Corrupt(format!(
+            "the connection is on {}, which is not configured",
+            platform.display_name()
+        ))
+    })
+}
+
+fn status_of(row: &Connection, how: Calling) -> Result<ConnectionStatus, TokenError> {
+    match row.status {
+        ConnectionStatus::Active => Ok(ConnectionStatus::Active),
+        ConnectionStatus::Suspended if how.probe => Ok(ConnectionStatus::Suspended),
+        other => Err(TokenError::NeedsReconnect(other)),
     }
 }
 
-fn status_of(row: &Connection) -> Result<ConnectionStatus, TokenError> {
-    match ConnectionStatus::parse(&row.status) {
-        Some(ConnectionStatus::Active) => Ok(ConnectionStatus::Active),
-        Some(other) => Err(TokenError::NeedsReconnect(other)),
-        None => Err(TokenError::Corrupt(format!(
-            "unknown connection status {:?}",
-            row.status
-        ))),
-    }
+/// Decrypts the row's access token and parses its host (re-checked against its platform's allowed domains).
+pub fn grant_from(state: &Context, row: Connection) -> Result<Grant, TokenError> {
+    grant_as(state, row, Calling::default())
 }
 
-/// Decrypts the row's access token and parses its host (re-checked against the allowed domains).
-pub fn grant_from(state: &AppState, row: Connection) -> Result<Grant, TokenError> {
-    status_of(&row)?;
-    let host = parse_host(state, &row.host).map_err(TokenError::Corrupt)?;
+fn grant_as(state: &Context, row: Connection, how: Calling) -> Result<Grant, TokenError> {
+    status_of(&row, how)?;
+    let host = parse_host(state, row.platform, &row.host).map_err(TokenError::Corrupt)?;
     let token = row
         .access_token(&state.keys)
         .map_err(|e| TokenError::Corrupt(e.to_string()))?
@@ -217,8 +359,9 @@ pub fn grant_from(state: &AppState, row: Connection) -> Result<Grant, TokenError
     })
 }
 
-/// An account host as configuration allows it now.
-pub fn parse_host(state: &AppState, host: &str) -> Result<AccountHost, String> {
-    AccountHost::parse(host, &state.amo.config().allowed_domains)
+/// An account host of `platform` as configuration allows it now.
+pub fn parse_host(state: &Context, platform: Platform, host: &str) -> Result<AccountHost, String> {
+    let client = client_of(state, platform).map_err(|e| e.to_string())?;
+    AccountHost::parse(host, &client.config().allowed_domains)
         .map_err(|e| format!("account host {host:?}: {e}"))
 }

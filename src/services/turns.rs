@@ -161,10 +161,10 @@ impl DbGate {
         let started = Instant::now();
         let now = storage::now();
         let until = now + delta(LEASE);
-        let (k, owner) = (key.to_owned(), self.owner.clone());
         let asked = self
             .db
-            .run(move |c| turns::take(c, &k, &owner, now, until, delta(MAX_TURN)))
+            .turns()
+            .take(key, &self.owner, now, until, delta(MAX_TURN))
             .await?;
         let held = self.held(key);
         match asked {
@@ -237,12 +237,7 @@ impl DbGate {
             }
             self.set_held(&key, None);
             let cool_until = storage::now() + delta(MARGIN);
-            let (k, owner) = (key.clone(), self.owner.clone());
-            if let Err(e) = self
-                .db
-                .run(move |c| turns::shorten(c, &k, &owner, cool_until))
-                .await
-            {
+            if let Err(e) = self.db.turns().shorten(&key, &self.owner, cool_until).await {
                 tracing::warn!(error = %e, "could not shorten an idle amoCRM account turn");
             }
         }

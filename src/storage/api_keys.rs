@@ -110,10 +110,85 @@ pub fn count_request(
     Ok(total)
 }
 
+/// The active key with this hash and, when `metered(tier)`, its request counted in the window starting
+/// at `window_start` (the window's total so far). One trip to the pool, as this runs on every API request;
+/// not one transaction, as the count is a single atomic upsert.
+pub fn find_active_and_count(
+    conn: &mut AnyConnection,
+    hash: &str,
+    window_start: NaiveDateTime,
+    metered: fn(&str) -> bool,
+) -> Result<Option<(ApiKeyRow, Option<i64>)>, StorageError> {
+    let Some(key) = find_active_by_hash(conn, hash)? else {
+        return Ok(None);
+    };
+    let used = if metered(&key.tier) {
+        Some(count_request(conn, key.id, window_start)?)
+    } else {
+        None
+    };
+    Ok(Some((key, used)))
+}
+
 /// Drops usage windows older than `before` (they only matter for the current hour).
 pub fn prune_usage(conn: &mut AnyConnection, before: NaiveDateTime) -> Result<usize, StorageError> {
     Ok(
         diesel::delete(api_key_usage::table.filter(api_key_usage::window_start.lt(before)))
             .execute(conn)?,
     )
+}
+
+/// API keys, as the use cases see them: each call is one trip to the blocking pool.
+pub struct ApiKeys<'a> {
+    db: &'a super::Db,
+}
+
+impl super::Db {
+    pub fn api_keys(&self) -> ApiKeys<'_> {
+        ApiKeys { db: self }
+    }
+}
+
+impl ApiKeys<'_> {
+    /// Stores a key by its prefix and hash; the plaintext never reaches the database.
+    pub async fn insert(
+        &self,
+        name: &str,
+        key_prefix: &str,
+        key_hash: &str,
+        tier: &str,
+    ) -> Result<ApiKeyRow, StorageError> {
+        let (name, prefix, hash, tier) = (
+            name.to_owned(),
+            key_prefix.to_owned(),
+            key_hash.to_owned(),
+            tier.to_owned(),
+        );
+        self.db
+            .run(move |c| insert(c, &name, &prefix, &hash, &tier))
+            .await
+    }
+
+    pub async fn list(&self) -> Result<Vec<ApiKeyRow>, StorageError> {
+        self.db.run(list).await
+    }
+
+    /// Marks a key revoked; false when there is no such active key.
+    pub async fn revoke(&self, id: i64) -> Result<bool, StorageError> {
+        self.db.run(move |c| revoke(c, id)).await
+    }
+
+    /// The active key with this hash, its request counted when its tier is metered (see
+    /// [`find_active_and_count`]).
+    pub async fn find_active_and_count(
+        &self,
+        hash: &str,
+        window_start: NaiveDateTime,
+        metered: fn(&str) -> bool,
+    ) -> Result<Option<(ApiKeyRow, Option<i64>)>, StorageError> {
+        let hash = hash.to_owned();
+        self.db
+            .run(move |c| find_active_and_count(c, &hash, window_start, metered))
+            .await
+    }
 }

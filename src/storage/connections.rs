@@ -6,7 +6,10 @@ use secrecy::SecretString;
 
 use super::cipher::{Aad, CipherError, Keyring};
 use super::schema::amocrm_connections as c;
-use super::{AnyConnection, StorageError};
+use super::{AnyConnection, Db, StorageError};
+use crate::domain::ids::random_token;
+use crate::domain::platform::Platform;
+use crate::domain::status::{ConnectionStatus, ProvisioningState, SuspendReason};
 
 pub const TABLE: &str = "amocrm_connections";
 pub const ACCESS_COLUMN: &str = "access_token";
@@ -21,7 +24,7 @@ pub struct Connection {
     pub host: String,
     pub subdomain: String,
     pub api_domain: Option<String>,
-    pub status: String,
+    pub status: ConnectionStatus,
     pub access_token_enc: Option<Vec<u8>>,
     pub refresh_token_enc: Option<Vec<u8>>,
     pub token_expires_at: Option<NaiveDateTime>,
@@ -44,7 +47,7 @@ pub struct Connection {
     pub field_order_link_id: Option<i64>,
     pub amocrm_webhook_id: Option<i64>,
     pub webhook_destination: Option<String>,
-    pub provisioning_state: String,
+    pub provisioning_state: ProvisioningState,
     pub provisioning_error: Option<String>,
     pub provisioning_attempts: i32,
     pub next_provision_at: Option<NaiveDateTime>,
@@ -55,7 +58,18 @@ pub struct Connection {
     pub revoke_reason: Option<String>,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
+    /// amoCRM or Kommo: whose client id, secret and allowed domains this connection's calls use.
+    pub platform: Platform,
+    /// Set while `suspended`: why amoCRM refuses the account.
+    pub suspended_reason: Option<SuspendReason>,
+    pub suspended_at: Option<NaiveDateTime>,
+    /// While `suspended`: the earliest time the next probe may run (claimed by [`claim_probe`]).
+    pub next_probe_at: Option<NaiveDateTime>,
 }
+
+/// The statuses in which a connection still holds a usable grant (a suspended account keeps its tokens).
+pub const HOLDS_GRANT: [ConnectionStatus; 2] =
+    [ConnectionStatus::Active, ConnectionStatus::Suspended];
 
 impl Connection {
     fn aad<'a>(&'a self, column: &'a str) -> Aad<'a> {
@@ -154,15 +168,15 @@ pub fn find_by_account(
 /// A page of connections, optionally of one status, with the total count.
 pub fn list(
     conn: &mut AnyConnection,
-    status: Option<&str>,
+    status: Option<ConnectionStatus>,
     offset: i64,
     limit: i64,
 ) -> Result<(Vec<Connection>, i64), StorageError> {
     let mut q = c::table.select(Connection::as_select()).into_boxed();
     let mut count = c::table.count().into_boxed();
     if let Some(s) = status {
-        q = q.filter(c::status.eq(s.to_owned()));
-        count = count.filter(c::status.eq(s.to_owned()));
+        q = q.filter(c::status.eq(s));
+        count = count.filter(c::status.eq(s));
     }
     let rows = q
         .order(c::id.asc())
@@ -228,7 +242,7 @@ pub struct NewConnection {
     pub host: String,
     pub subdomain: String,
     pub api_domain: Option<String>,
-    pub status: String,
+    pub status: ConnectionStatus,
     pub access_token_enc: Option<Vec<u8>>,
     pub refresh_token_enc: Option<Vec<u8>>,
     pub token_expires_at: Option<NaiveDateTime>,
@@ -236,7 +250,7 @@ pub struct NewConnection {
     pub last_refreshed_at: Option<NaiveDateTime>,
     pub refresh_failures: i32,
     pub webhook_token: String,
-    pub provisioning_state: String,
+    pub provisioning_state: ProvisioningState,
     pub provisioning_attempts: i32,
     pub connected_at: NaiveDateTime,
     pub created_at: NaiveDateTime,
@@ -251,7 +265,7 @@ pub struct ReconnectChanges {
     pub host: String,
     pub subdomain: String,
     pub api_domain: Option<String>,
-    pub status: String,
+    pub status: ConnectionStatus,
     pub access_token_enc: Option<Vec<u8>>,
     pub refresh_token_enc: Option<Vec<u8>>,
     pub token_expires_at: Option<NaiveDateTime>,
@@ -265,6 +279,10 @@ pub struct ReconnectChanges {
     pub revoked_at: Option<NaiveDateTime>,
     pub revoke_reason: Option<String>,
     pub updated_at: NaiveDateTime,
+    pub platform: Platform,
+    pub suspended_reason: Option<SuspendReason>,
+    pub suspended_at: Option<NaiveDateTime>,
+    pub next_probe_at: Option<NaiveDateTime>,
 }
 
 impl Connection {
@@ -339,7 +357,7 @@ pub fn reset_provisioning(
             c::field_order_link_id.eq(None::<i64>),
             c::amocrm_webhook_id.eq(None::<i64>),
             c::webhook_destination.eq(None::<String>),
-            c::provisioning_state.eq("pending"),
+            c::provisioning_state.eq(ProvisioningState::Pending),
             c::provisioning_error.eq(None::<String>),
             c::provisioning_attempts.eq(0),
             c::next_provision_at.eq(None::<NaiveDateTime>),
@@ -402,8 +420,9 @@ pub struct RefreshedPair {
     pub api_domain: Option<String>,
 }
 
-/// Stores a refreshed pair and releases the lease, only while we still hold the lease and the connection is
-/// active. False means nothing was written (lease lost, or the connection was revoked meanwhile).
+/// Stores a refreshed pair and releases the lease, only while we still hold the lease and the connection holds
+/// its grant (active or suspended). False means nothing was written (lease lost, or the connection was revoked
+/// meanwhile).
 pub fn store_refreshed(
     conn: &mut AnyConnection,
     id: i64,
@@ -415,7 +434,7 @@ pub fn store_refreshed(
         c::table
             .filter(c::id.eq(id))
             .filter(c::refresh_lease_owner.eq(owner))
-            .filter(c::status.eq("active")),
+            .filter(c::status.eq_any(HOLDS_GRANT)),
     )
     .set((
         c::access_token_enc.eq(Some(pair.access_token_enc.clone())),
@@ -462,7 +481,7 @@ pub fn record_refresh_failure(
 }
 
 /// amoCRM refused the refresh token for good: `refresh_failed`, lease released. False if the row was no
-/// longer ours or no longer active (nothing written).
+/// longer ours or no longer held its grant (nothing written).
 pub fn mark_refresh_failed(
     conn: &mut AnyConnection,
     id: i64,
@@ -474,10 +493,12 @@ pub fn mark_refresh_failed(
         c::table
             .filter(c::id.eq(id))
             .filter(c::refresh_lease_owner.eq(owner))
-            .filter(c::status.eq("active")),
+            .filter(c::status.eq_any(HOLDS_GRANT)),
     )
     .set((
-        c::status.eq("refresh_failed"),
+        c::status.eq(ConnectionStatus::RefreshFailed),
+        c::suspended_reason.eq(None::<SuspendReason>),
+        c::next_probe_at.eq(None::<NaiveDateTime>),
         c::refresh_failures.eq(c::refresh_failures + 1),
         c::last_error.eq(Some(error)),
         c::next_refresh_at.eq(None::<NaiveDateTime>),
@@ -502,7 +523,7 @@ pub fn due_for_refresh(
 ) -> Result<Vec<(i64, String)>, StorageError> {
     Ok(c::table
         .filter(c::id.gt(after_id))
-        .filter(c::status.eq("active"))
+        .filter(c::status.eq(ConnectionStatus::Active))
         .filter(c::refresh_token_enc.is_not_null())
         .filter(
             c::token_expires_at
@@ -528,10 +549,10 @@ pub fn revoke(
     let n = diesel::update(
         c::table
             .filter(c::id.eq(id))
-            .filter(c::status.ne("revoked")),
+            .filter(c::status.ne(ConnectionStatus::Revoked)),
     )
     .set((
-        c::status.eq("revoked"),
+        c::status.eq(ConnectionStatus::Revoked),
         c::access_token_enc.eq(None::<Vec<u8>>),
         c::refresh_token_enc.eq(None::<Vec<u8>>),
         c::token_expires_at.eq(None::<NaiveDateTime>),
@@ -619,7 +640,7 @@ pub fn finish_provisioning(
     if complete {
         diesel::update(c::table.filter(c::id.eq(id)))
             .set((
-                c::provisioning_state.eq("complete"),
+                c::provisioning_state.eq(ProvisioningState::Complete),
                 c::provisioning_error.eq(None::<String>),
                 c::provisioning_attempts.eq(0),
                 c::next_provision_at.eq(None::<NaiveDateTime>),
@@ -629,7 +650,7 @@ pub fn finish_provisioning(
     } else {
         diesel::update(c::table.filter(c::id.eq(id)))
             .set((
-                c::provisioning_state.eq("incomplete"),
+                c::provisioning_state.eq(ProvisioningState::Incomplete),
                 c::provisioning_error.eq(error),
                 c::provisioning_attempts.eq(c::provisioning_attempts + 1),
                 c::next_provision_at.eq(next_at),
@@ -647,8 +668,8 @@ pub fn provisioning_due(
     limit: i64,
 ) -> Result<Vec<String>, StorageError> {
     Ok(c::table
-        .filter(c::status.eq("active"))
-        .filter(c::provisioning_state.ne("complete"))
+        .filter(c::status.eq(ConnectionStatus::Active))
+        .filter(c::provisioning_state.ne(ProvisioningState::Complete))
         .filter(
             c::next_provision_at
                 .is_null()
@@ -658,4 +679,680 @@ pub fn provisioning_due(
         .limit(limit)
         .select(c::seller_id)
         .load(conn)?)
+}
+
+/// A connect that reached amoCRM: the account and the token pair, sealed for the seller's row.
+#[derive(Debug, Clone)]
+pub struct ConnectedAccount {
+    pub seller_id: String,
+    pub account_id: i64,
+    pub host: String,
+    pub subdomain: String,
+    pub api_domain: Option<String>,
+    pub access_token_enc: Vec<u8>,
+    pub refresh_token_enc: Vec<u8>,
+    pub expires_at: NaiveDateTime,
+}
+
+impl NewConnection {
+    /// The row a first connect creates: active, tokens fresh, provisioning still to do.
+    pub fn connected(a: &ConnectedAccount, webhook_token: String, now: NaiveDateTime) -> Self {
+        Self {
+            seller_id: a.seller_id.clone(),
+            account_id: a.account_id,
+            host: a.host.clone(),
+            subdomain: a.subdomain.clone(),
+            api_domain: a.api_domain.clone(),
+            status: ConnectionStatus::Active,
+            access_token_enc: Some(a.access_token_enc.clone()),
+            refresh_token_enc: Some(a.refresh_token_enc.clone()),
+            token_expires_at: Some(a.expires_at),
+            token_version: 1,
+            last_refreshed_at: Some(now),
+            refresh_failures: 0,
+            webhook_token,
+            provisioning_state: ProvisioningState::Pending,
+            provisioning_attempts: 0,
+            connected_at: now,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
+impl ReconnectChanges {
+    /// What a reconnect of an existing row overwrites: back to active with the new pair.
+    fn from_connected(a: &ConnectedAccount, now: NaiveDateTime) -> Self {
+        Self {
+            account_id: a.account_id,
+            host: a.host.clone(),
+            subdomain: a.subdomain.clone(),
+            api_domain: a.api_domain.clone(),
+            status: ConnectionStatus::Active,
+            access_token_enc: Some(a.access_token_enc.clone()),
+            refresh_token_enc: Some(a.refresh_token_enc.clone()),
+            token_expires_at: Some(a.expires_at),
+            last_refreshed_at: Some(now),
+            refresh_failures: 0,
+            last_error: None,
+            next_refresh_at: None,
+            refresh_lease_owner: None,
+            refresh_lease_until: None,
+            connected_at: now,
+            revoked_at: None,
+            revoke_reason: None,
+            updated_at: now,
+            platform: Platform::Amocrm,
+            suspended_reason: None,
+            suspended_at: None,
+            next_probe_at: None,
+        }
+    }
+}
+
+/// How storing a finished connect ended.
+#[derive(Debug)]
+pub enum Connected {
+    /// Another seller holds an active connection to this account (and sharing is off).
+    AccountTaken,
+    /// The connect session was used meanwhile (a second tab, a replayed callback).
+    SessionUsed,
+    Saved {
+        connection: Box<Connection>,
+        /// The row as it was before, for a reconnect.
+        previous: Option<Box<Connection>>,
+    },
+}
+
+/// Stores a finished connect in one transaction: the account is not another seller's (unless shared), the
+/// session is consumed, the row is created or reconnected (provisioning forgotten when the account changed)
+/// and `event` is recorded. Either all of it happens or nothing does.
+pub fn store_connected(
+    conn: &mut AnyConnection,
+    account: &ConnectedAccount,
+    platform: Platform,
+    session_id: i64,
+    allow_shared: bool,
+    event: &super::events::NewEvent,
+) -> Result<Connected, StorageError> {
+    diesel::Connection::transaction(conn, |c| {
+        let now = super::now();
+        let seller = account.seller_id.as_str();
+        if !allow_shared {
+            let taken = find_by_account(c, account.account_id)?
+                .into_iter()
+                .any(|other| {
+                    other.seller_id != seller
+                        && other.status != ConnectionStatus::Revoked
+                        && other.platform == platform
+                });
+            if taken {
+                return Ok(Connected::AccountTaken);
+            }
+        }
+        if !super::sessions::mark_session_used(c, session_id, now)? {
+            return Ok(Connected::SessionUsed);
+        }
+        let previous = find_by_seller(c, seller)?;
+        let id = match &previous {
+            None => {
+                let id = insert(c, &NewConnection::connected(account, random_token(40), now))?.id;
+                super::buyers::start_scan(c, seller)?;
+                id
+            }
+            Some(prev) => {
+                let mut changes = ReconnectChanges::from_connected(account, now);
+                changes.platform = platform;
+                apply_reconnect(c, prev.id, &changes)?;
+                if prev.account_id != account.account_id || prev.platform != platform {
+                    reset_provisioning(c, prev.id, &random_token(40), now)?;
+                    super::buyers::reset_seller(c, seller)?;
+                }
+                prev.id
+            }
+        };
+        // A first connect's row is made as amoCRM's (the column's default); say which platform it is.
+        if previous.is_none() && platform != Platform::Amocrm {
+            diesel::update(c::table.filter(c::id.eq(id)))
+                .set(c::platform.eq(platform))
+                .execute(c)?;
+        }
+        super::events::record(c, event)?;
+        let connection = find_by_seller(c, seller)?
+            .ok_or_else(|| StorageError::Other("connection vanished".into()))?;
+        Ok(Connected::Saved {
+            connection: Box::new(connection),
+            previous: previous.map(Box::new),
+        })
+    })
+}
+
+/// Revokes a connection and records `event` in one transaction. False if it was already revoked (nothing
+/// written, no event).
+pub fn revoke_recorded(
+    conn: &mut AnyConnection,
+    id: i64,
+    reason: &str,
+    event: &super::events::NewEvent,
+) -> Result<bool, StorageError> {
+    diesel::Connection::transaction(conn, |c| {
+        if !revoke(c, id, reason, super::now())? {
+            return Ok(false);
+        }
+        super::events::record(c, event)?;
+        Ok(true)
+    })
+}
+
+/// Marks a connection `refresh_failed` and records `event` in one transaction, only while `owner` holds its
+/// refresh lease and it is active. False when nothing was written.
+pub fn refresh_failed_recorded(
+    conn: &mut AnyConnection,
+    id: i64,
+    owner: &str,
+    error: &str,
+    event: &super::events::NewEvent,
+) -> Result<bool, StorageError> {
+    diesel::Connection::transaction(conn, |c| {
+        if !mark_refresh_failed(c, id, owner, error, super::now())? {
+            return Ok(false);
+        }
+        super::events::record(c, event)?;
+        Ok(true)
+    })
+}
+
+/// Connections, as the use cases see them: each call is one trip to the blocking pool, with typed
+/// arguments borrowed from the caller.
+pub struct Connections<'a> {
+    db: &'a Db,
+}
+
+impl Db {
+    pub fn connections(&self) -> Connections<'_> {
+        Connections { db: self }
+    }
+}
+
+impl Connections<'_> {
+    /// Stores rows made elsewhere (imports, fixtures) in one transaction.
+    pub async fn insert_many(&self, rows: Vec<NewConnection>) -> Result<(), StorageError> {
+        self.db
+            .run(move |c| {
+                diesel::Connection::transaction(c, |c| {
+                    rows.iter().try_for_each(|r| insert(c, r).map(|_| ()))
+                })
+            })
+            .await
+    }
+
+    pub async fn by_id(&self, id: i64) -> Result<Option<Connection>, StorageError> {
+        self.db.run(move |c| find_by_id(c, id)).await
+    }
+
+    /// The seller's connection, whatever its status (every use case starts here).
+    pub async fn by_seller(
+        &self,
+        seller: impl AsRef<str>,
+    ) -> Result<Option<Connection>, StorageError> {
+        let seller = seller.as_ref().to_owned();
+        self.db.run(move |c| find_by_seller(c, &seller)).await
+    }
+
+    /// The connection an amoCRM webhook destination belongs to.
+    pub async fn by_webhook_token(&self, token: &str) -> Result<Option<Connection>, StorageError> {
+        let token = token.to_owned();
+        self.db.run(move |c| find_by_webhook_token(c, &token)).await
+    }
+
+    /// Every connection of one amoCRM account.
+    pub async fn by_account(&self, account_id: i64) -> Result<Vec<Connection>, StorageError> {
+        self.db.run(move |c| find_by_account(c, account_id)).await
+    }
+
+    /// A page of connections, optionally of one status, with the total.
+    pub async fn list(
+        &self,
+        status: Option<ConnectionStatus>,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(Vec<Connection>, i64), StorageError> {
+        self.db.run(move |c| list(c, status, offset, limit)).await
+    }
+
+    /// Rows holding tokens, by id after `after_id` (key rotation pages through them).
+    pub async fn with_tokens_after(
+        &self,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<Connection>, StorageError> {
+        self.db
+            .run(move |c| ids_with_tokens(c, after_id, limit))
+            .await
+    }
+
+    /// See [`replace_ciphertexts`].
+    pub async fn replace_ciphertexts(
+        &self,
+        row: &Connection,
+        access: Option<Vec<u8>>,
+        refresh: Option<Vec<u8>>,
+    ) -> Result<bool, StorageError> {
+        let row = row.clone();
+        self.db
+            .run(move |c| replace_ciphertexts(c, &row, access.clone(), refresh.clone()))
+            .await
+    }
+
+    /// See [`store_connected`].
+    pub async fn store_connected(
+        &self,
+        account: &ConnectedAccount,
+        platform: Platform,
+        session_id: i64,
+        allow_shared: bool,
+        event: &super::events::NewEvent,
+    ) -> Result<Connected, StorageError> {
+        let (account, event) = (account.clone(), event.clone());
+        self.db
+            .run(move |c| store_connected(c, &account, platform, session_id, allow_shared, &event))
+            .await
+    }
+
+    /// See [`revoke_recorded`].
+    pub async fn revoke(
+        &self,
+        id: i64,
+        reason: &str,
+        event: &super::events::NewEvent,
+    ) -> Result<bool, StorageError> {
+        let (reason, event) = (reason.to_owned(), event.clone());
+        self.db
+            .run(move |c| revoke_recorded(c, id, &reason, &event))
+            .await
+    }
+
+    /// See [`try_lease_refresh`].
+    pub async fn lease_refresh(
+        &self,
+        seller: &str,
+        owner: &str,
+        until: NaiveDateTime,
+    ) -> Result<Option<Connection>, StorageError> {
+        let (seller, owner) = (seller.to_owned(), owner.to_owned());
+        self.db
+            .run(move |c| try_lease_refresh(c, &seller, &owner, super::now(), until))
+            .await
+    }
+
+    pub async fn release_refresh_lease(&self, id: i64, owner: &str) -> Result<(), StorageError> {
+        let owner = owner.to_owned();
+        self.db
+            .run(move |c| release_refresh_lease(c, id, &owner))
+            .await
+    }
+
+    /// See [`store_refreshed`].
+    pub async fn store_refreshed(
+        &self,
+        id: i64,
+        owner: &str,
+        pair: &RefreshedPair,
+    ) -> Result<bool, StorageError> {
+        let (owner, pair) = (owner.to_owned(), pair.clone());
+        self.db
+            .run(move |c| store_refreshed(c, id, &owner, &pair, super::now()))
+            .await
+    }
+
+    /// See [`record_refresh_failure`].
+    pub async fn record_refresh_failure(
+        &self,
+        id: i64,
+        owner: &str,
+        error: &str,
+        next_at: NaiveDateTime,
+    ) -> Result<(), StorageError> {
+        let (owner, error) = (owner.to_owned(), error.to_owned());
+        self.db
+            .run(move |c| record_refresh_failure(c, id, &owner, &error, next_at, super::now()))
+            .await
+    }
+
+    /// See [`refresh_failed_recorded`].
+    pub async fn mark_refresh_failed(
+        &self,
+        id: i64,
+        owner: &str,
+        error: &str,
+        event: &super::events::NewEvent,
+    ) -> Result<bool, StorageError> {
+        let (owner, error, event) = (owner.to_owned(), error.to_owned(), event.clone());
+        self.db
+            .run(move |c| refresh_failed_recorded(c, id, &owner, &error, &event))
+            .await
+    }
+
+    /// See [`due_for_refresh`]: `(id, seller_id)` pairs.
+    pub async fn due_for_refresh(
+        &self,
+        expiring_before: NaiveDateTime,
+        idle_before: NaiveDateTime,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, String)>, StorageError> {
+        self.db
+            .run(move |c| {
+                due_for_refresh(
+                    c,
+                    super::now(),
+                    expiring_before,
+                    idle_before,
+                    after_id,
+                    limit,
+                )
+            })
+            .await
+    }
+
+    pub async fn save_pipeline(
+        &self,
+        id: i64,
+        pipeline_id: i64,
+        stages: [i64; 6],
+    ) -> Result<(), StorageError> {
+        self.db
+            .run(move |c| save_pipeline(c, id, pipeline_id, stages, super::now()))
+            .await
+    }
+
+    pub async fn save_fields(
+        &self,
+        id: i64,
+        order_number_id: i64,
+        order_link_id: i64,
+    ) -> Result<(), StorageError> {
+        self.db
+            .run(move |c| save_fields(c, id, order_number_id, order_link_id, super::now()))
+            .await
+    }
+
+    pub async fn save_webhook(
+        &self,
+        id: i64,
+        webhook_id: i64,
+        destination: &str,
+    ) -> Result<(), StorageError> {
+        let destination = destination.to_owned();
+        self.db
+            .run(move |c| save_webhook(c, id, webhook_id, &destination, super::now()))
+            .await
+    }
+
+    /// See [`finish_provisioning`]: `Ok` for complete, else the error (if known) and the next attempt.
+    pub async fn finish_provisioning(
+        &self,
+        id: i64,
+        outcome: Result<(), (Option<&str>, NaiveDateTime)>,
+    ) -> Result<(), StorageError> {
+        let outcome = outcome.map_err(|(e, at)| (e.map(str::to_owned), at));
+        self.db
+            .run(move |c| match &outcome {
+                Ok(()) => finish_provisioning(c, id, true, None, None, super::now()),
+                Err((e, at)) => {
+                    finish_provisioning(c, id, false, e.as_deref(), Some(*at), super::now())
+                }
+            })
+            .await
+    }
+
+    /// Sellers whose provisioning is unfinished and due.
+    pub async fn provisioning_due(&self, limit: i64) -> Result<Vec<String>, StorageError> {
+        self.db
+            .run(move |c| provisioning_due(c, super::now(), limit))
+            .await
+    }
+}
+
+impl Connection {
+    /// The seller's order-status ↔ stage mapping, as provisioned.
+    pub fn stage_map(&self) -> crate::domain::stages::StageMap {
+        crate::domain::stages::StageMap {
+            pipeline_id: self.pipeline_id,
+            pending: self.stage_pending,
+            awaiting_payment: self.stage_awaiting_payment,
+            paid: self.stage_paid,
+            shipping: self.stage_shipping,
+            completed: self.stage_completed,
+            cancelled: self.stage_cancelled,
+        }
+    }
+}
+
+// --- renamed accounts and suspended accounts (docs/CONTRACT.md §11) ---
+
+/// The account's new place after a rename: stored with the pair refreshed there.
+#[derive(Debug, Clone)]
+pub struct MovedAccount {
+    pub host: String,
+    pub subdomain: String,
+}
+
+/// Stores the pair refreshed at the account's new host, the new host and subdomain, and `event`
+/// (`connection.host_changed`) in one transaction, while `owner` holds the refresh lease. False when nothing
+/// was written (lease lost, or the connection no longer holds its grant).
+pub fn store_moved(
+    conn: &mut AnyConnection,
+    id: i64,
+    owner: &str,
+    pair: &RefreshedPair,
+    moved: &MovedAccount,
+    event: &super::events::NewEvent,
+) -> Result<bool, StorageError> {
+    diesel::Connection::transaction(conn, |cn| {
+        let now = super::now();
+        if !store_refreshed(cn, id, owner, pair, now)? {
+            return Ok(false);
+        }
+        diesel::update(c::table.filter(c::id.eq(id)))
+            .set((
+                c::host.eq(&moved.host),
+                c::subdomain.eq(&moved.subdomain),
+                c::updated_at.eq(now),
+            ))
+            .execute(cn)?;
+        super::events::record(cn, event)?;
+        Ok(true)
+    })
+}
+
+/// Marks an active connection `suspended` for `reason` with its first probe at `next_probe_at`, and records
+/// `event` (`connection.suspended`), in one transaction. False when it was not active (nothing written), so
+/// a burst of refused calls suspends it, and reports it, once.
+pub fn suspend_recorded(
+    conn: &mut AnyConnection,
+    id: i64,
+    reason: SuspendReason,
+    next_probe_at: NaiveDateTime,
+    event: &super::events::NewEvent,
+) -> Result<bool, StorageError> {
+    diesel::Connection::transaction(conn, |cn| {
+        let now = super::now();
+        let n = diesel::update(
+            c::table
+                .filter(c::id.eq(id))
+                .filter(c::status.eq(ConnectionStatus::Active)),
+        )
+        .set((
+            c::status.eq(ConnectionStatus::Suspended),
+            c::suspended_reason.eq(Some(reason)),
+            c::suspended_at.eq(Some(now)),
+            c::next_probe_at.eq(Some(next_probe_at)),
+            c::last_error.eq(Some(format!("amoCRM refuses the account: {reason}"))),
+            c::updated_at.eq(now),
+        ))
+        .execute(cn)?;
+        if n == 0 {
+            return Ok(false);
+        }
+        super::events::record(cn, event)?;
+        Ok(true)
+    })
+}
+
+/// Claims the next probe of a suspended connection: its time is due (or `force`), and the next one is moved
+/// to `next`. False when the connection is not suspended or another caller probed it within the interval.
+pub fn claim_probe(
+    conn: &mut AnyConnection,
+    id: i64,
+    force: bool,
+    now: NaiveDateTime,
+    next: NaiveDateTime,
+) -> Result<bool, StorageError> {
+    let mut q = diesel::update(c::table)
+        .filter(c::id.eq(id))
+        .filter(c::status.eq(ConnectionStatus::Suspended))
+        .into_boxed();
+    if !force {
+        q = q.filter(c::next_probe_at.is_null().or(c::next_probe_at.le(now)));
+    }
+    let n = q.set(c::next_probe_at.eq(Some(next))).execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Sellers of suspended connections whose next probe is due, oldest first.
+pub fn probes_due(
+    conn: &mut AnyConnection,
+    now: NaiveDateTime,
+    limit: i64,
+) -> Result<Vec<String>, StorageError> {
+    Ok(c::table
+        .filter(c::status.eq(ConnectionStatus::Suspended))
+        .filter(c::next_probe_at.is_null().or(c::next_probe_at.le(now)))
+        .order((c::next_probe_at.asc(), c::id.asc()))
+        .limit(limit)
+        .select(c::seller_id)
+        .load(conn)?)
+}
+
+/// A probe saw the account answer again: back to `active`, suspension forgotten, `event`
+/// (`connection.recovered`) recorded, in one transaction. False when it was not suspended any more.
+pub fn recover_recorded(
+    conn: &mut AnyConnection,
+    id: i64,
+    event: &super::events::NewEvent,
+) -> Result<bool, StorageError> {
+    diesel::Connection::transaction(conn, |cn| {
+        let now = super::now();
+        let n = diesel::update(
+            c::table
+                .filter(c::id.eq(id))
+                .filter(c::status.eq(ConnectionStatus::Suspended)),
+        )
+        .set((
+            c::status.eq(ConnectionStatus::Active),
+            c::suspended_reason.eq(None::<SuspendReason>),
+            c::suspended_at.eq(None::<NaiveDateTime>),
+            c::next_probe_at.eq(None::<NaiveDateTime>),
+            c::last_error.eq(None::<String>),
+            c::updated_at.eq(now),
+        ))
+        .execute(cn)?;
+        if n == 0 {
+            return Ok(false);
+        }
+        super::events::record(cn, event)?;
+        Ok(true)
+    })
+}
+
+/// A probe found the account still refused, possibly for another reason (paid but now blocked).
+pub fn set_suspend_reason(
+    conn: &mut AnyConnection,
+    id: i64,
+    reason: SuspendReason,
+) -> Result<(), StorageError> {
+    diesel::update(
+        c::table
+            .filter(c::id.eq(id))
+            .filter(c::status.eq(ConnectionStatus::Suspended)),
+    )
+    .set((
+        c::suspended_reason.eq(Some(reason)),
+        c::last_error.eq(Some(format!("amoCRM refuses the account: {reason}"))),
+    ))
+    .execute(conn)?;
+    Ok(())
+}
+
+impl Connections<'_> {
+    /// See [`store_moved`].
+    pub async fn store_moved(
+        &self,
+        id: i64,
+        owner: &str,
+        pair: &RefreshedPair,
+        moved: &MovedAccount,
+        event: &super::events::NewEvent,
+    ) -> Result<bool, StorageError> {
+        let (owner, pair, moved, event) =
+            (owner.to_owned(), pair.clone(), moved.clone(), event.clone());
+        self.db
+            .run(move |c| store_moved(c, id, &owner, &pair, &moved, &event))
+            .await
+    }
+
+    /// See [`suspend_recorded`].
+    pub async fn suspend(
+        &self,
+        id: i64,
+        reason: SuspendReason,
+        next_probe_at: NaiveDateTime,
+        event: &super::events::NewEvent,
+    ) -> Result<bool, StorageError> {
+        let event = event.clone();
+        self.db
+            .run(move |c| suspend_recorded(c, id, reason, next_probe_at, &event))
+            .await
+    }
+
+    /// See [`claim_probe`].
+    pub async fn claim_probe(
+        &self,
+        id: i64,
+        force: bool,
+        next: NaiveDateTime,
+    ) -> Result<bool, StorageError> {
+        self.db
+            .run(move |c| claim_probe(c, id, force, super::now(), next))
+            .await
+    }
+
+    /// See [`probes_due`].
+    pub async fn probes_due(&self, limit: i64) -> Result<Vec<String>, StorageError> {
+        self.db
+            .run(move |c| probes_due(c, super::now(), limit))
+            .await
+    }
+
+    /// See [`recover_recorded`].
+    pub async fn recover(
+        &self,
+        id: i64,
+        event: &super::events::NewEvent,
+    ) -> Result<bool, StorageError> {
+        let event = event.clone();
+        self.db.run(move |c| recover_recorded(c, id, &event)).await
+    }
+
+    /// See [`set_suspend_reason`].
+    pub async fn set_suspend_reason(
+        &self,
+        id: i64,
+        reason: SuspendReason,
+    ) -> Result<(), StorageError> {
+        self.db
+            .run(move |c| set_suspend_reason(c, id, reason))
+            .await
+    }
 }

@@ -6,13 +6,16 @@ use diesel::dsl::count_star;
 use diesel::prelude::*;
 
 use super::schema::{amocrm_connections, event_deliveries, events, orders, webhook_subscriptions};
-use super::{AnyConnection, StorageError};
+use super::{AnyConnection, Db, StorageError};
+use crate::domain::status::DeliveryState;
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = amocrm_connections)]
 pub struct ConnectionView {
     pub seller_id: String,
+    pub platform: String,
     pub status: String,
+    pub suspended_reason: Option<String>,
     pub account_id: i64,
     pub host: String,
     pub subdomain: String,
@@ -107,7 +110,7 @@ pub struct DeliveryView {
     pub event_seq: i64,
     pub subscription_id: String,
     pub url: String,
-    pub state: String,
+    pub state: DeliveryState,
     pub attempts: i32,
     pub last_status: Option<i32>,
     pub last_error: Option<String>,
@@ -123,7 +126,7 @@ pub fn events(
     offset: i64,
 ) -> Result<(Vec<EventView>, i64), StorageError> {
     let failed_seqs = event_deliveries::table
-        .filter(event_deliveries::state.eq("failed"))
+        .filter(event_deliveries::state.eq(DeliveryState::Failed))
         .select(event_deliveries::event_seq);
     let mut q = events::table.into_boxed();
     let mut n = events::table.into_boxed();
@@ -214,4 +217,64 @@ pub fn subscriptions(conn: &mut AnyConnection) -> Result<Vec<SubscriptionView>, 
             }
         })
         .collect())
+}
+
+/// The dashboard's read models: each call is one trip to the blocking pool.
+pub struct Dashboard<'a> {
+    db: &'a Db,
+}
+
+impl Db {
+    pub fn dashboard(&self) -> Dashboard<'_> {
+        Dashboard { db: self }
+    }
+}
+
+impl Dashboard<'_> {
+    pub async fn stats(&self) -> Result<super::stats::Stats, StorageError> {
+        self.db.run(super::stats::snapshot).await
+    }
+
+    pub async fn connections(
+        &self,
+        status: Option<String>,
+        limit: i64,
+        offset: i64,
+    ) -> Result<(Vec<ConnectionView>, i64), StorageError> {
+        self.db
+            .run(move |c| connections(c, status.as_deref(), limit, offset))
+            .await
+    }
+
+    pub async fn orders(
+        &self,
+        sync_state: Option<String>,
+        limit: i64,
+        offset: i64,
+    ) -> Result<(Vec<OrderView>, i64), StorageError> {
+        self.db
+            .run(move |c| orders(c, sync_state.as_deref(), limit, offset))
+            .await
+    }
+
+    /// A page of events, their deliveries and the total count, read together.
+    pub async fn events(
+        &self,
+        failed_only: bool,
+        limit: i64,
+        offset: i64,
+    ) -> Result<(Vec<EventView>, Vec<DeliveryView>, i64), StorageError> {
+        self.db
+            .run(move |c| {
+                let (events, total) = events(c, failed_only, limit, offset)?;
+                let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+                let deliveries = deliveries_of(c, &seqs)?;
+                Ok((events, deliveries, total))
+            })
+            .await
+    }
+
+    pub async fn subscriptions(&self) -> Result<Vec<SubscriptionView>, StorageError> {
+        self.db.run(subscriptions).await
+    }
 }

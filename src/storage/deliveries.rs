@@ -11,10 +11,7 @@ use diesel::prelude::*;
 
 use super::schema::{delivery_attempts as a, event_deliveries as d, events, webhook_subscriptions};
 use super::{AnyConnection, StorageError};
-
-pub const PENDING: &str = "pending";
-pub const DELIVERED: &str = "delivered";
-pub const FAILED: &str = "failed";
+use crate::domain::status::DeliveryState;
 
 diesel::alias!(d as earlier: EarlierDelivery);
 
@@ -28,7 +25,7 @@ pub struct DeliveryRow {
     pub event_seq: i64,
     pub subscription_id: String,
     pub seller_id: String,
-    pub state: String,
+    pub state: DeliveryState,
     pub attempts: i32,
     pub next_attempt_at: NaiveDateTime,
     pub last_status: Option<i32>,
@@ -76,7 +73,7 @@ pub fn claim_due(
 ) -> Result<Vec<ClaimedDelivery>, StorageError> {
     let mut q = d::table
         .inner_join(webhook_subscriptions::table)
-        .filter(d::state.eq(PENDING))
+        .filter(d::state.eq(DeliveryState::Pending))
         .filter(d::next_attempt_at.le(now))
         .filter(d::lease_until.is_null().or(d::lease_until.lt(now)))
         .filter(webhook_subscriptions::active.eq(true))
@@ -84,7 +81,7 @@ pub fn claim_due(
             earlier
                 .filter(earlier.field(d::subscription_id).eq(d::subscription_id))
                 .filter(earlier.field(d::seller_id).eq(d::seller_id))
-                .filter(earlier.field(d::state).eq(PENDING))
+                .filter(earlier.field(d::state).eq(DeliveryState::Pending))
                 .filter(earlier.field(d::event_seq).lt(d::event_seq)),
         )))
         .select(d::id)
@@ -106,7 +103,7 @@ pub fn claim_due(
     diesel::update(
         d::table
             .filter(d::id.eq_any(&candidates))
-            .filter(d::state.eq(PENDING))
+            .filter(d::state.eq(DeliveryState::Pending))
             .filter(d::lease_until.is_null().or(d::lease_until.lt(now))),
     )
     .set((
@@ -197,15 +194,15 @@ pub fn record_attempts(
             let delivery_id = *delivery_id;
             let now = attempt.attempted_at;
             let (state, next_at, delivered_at) = match next {
-                NextStep::Delivered => (DELIVERED, now, Some(now)),
-                NextStep::RetryAt(at) => (PENDING, *at, None),
-                NextStep::Failed => (FAILED, now, None),
+                NextStep::Delivered => (DeliveryState::Delivered, now, Some(now)),
+                NextStep::RetryAt(at) => (DeliveryState::Pending, *at, None),
+                NextStep::Failed => (DeliveryState::Failed, now, None),
             };
             let n = diesel::update(
                 d::table
                     .filter(d::id.eq(delivery_id))
                     .filter(d::lease_owner.eq(owner))
-                    .filter(d::state.eq(PENDING)),
+                    .filter(d::state.eq(DeliveryState::Pending)),
             )
             .set((
                 d::state.eq(state),
@@ -280,7 +277,7 @@ pub struct DeliveryView {
 pub fn list_for_subscription(
     conn: &mut AnyConnection,
     subscription_id: &str,
-    state: Option<&str>,
+    state: Option<DeliveryState>,
     offset: i64,
     limit: i64,
 ) -> Result<(Vec<DeliveryView>, i64), StorageError> {
@@ -294,8 +291,8 @@ pub fn list_for_subscription(
         .count()
         .into_boxed();
     if let Some(s) = state {
-        q = q.filter(d::state.eq(s.to_owned()));
-        count = count.filter(d::state.eq(s.to_owned()));
+        q = q.filter(d::state.eq(s));
+        count = count.filter(d::state.eq(s));
     }
     let rows: Vec<(DeliveryRow, (String, String))> = q
         .order(d::id.desc())
@@ -354,10 +351,10 @@ pub fn redeliver(
         diesel::update(
             d::table
                 .filter(d::event_seq.eq(event_seq))
-                .filter(d::state.ne(PENDING)),
+                .filter(d::state.ne(DeliveryState::Pending)),
         )
         .set((
-            d::state.eq(PENDING),
+            d::state.eq(DeliveryState::Pending),
             d::attempts.eq(0),
             d::next_attempt_at.eq(now),
             d::lease_owner.eq(None::<String>),
@@ -382,7 +379,7 @@ pub fn redeliver(
                     d::event_seq.eq(event_seq),
                     d::subscription_id.eq(&sub_id),
                     d::seller_id.eq(seller_id),
-                    d::state.eq(PENDING),
+                    d::state.eq(DeliveryState::Pending),
                     d::attempts.eq(0),
                     d::next_attempt_at.eq(now),
                     d::created_at.eq(now),
@@ -395,7 +392,7 @@ pub fn redeliver(
 }
 
 /// Counts of deliveries by state (metrics, dashboard, tests).
-pub fn count_by_state(conn: &mut AnyConnection, state: &str) -> Result<i64, StorageError> {
+pub fn count_by_state(conn: &mut AnyConnection, state: DeliveryState) -> Result<i64, StorageError> {
     Ok(d::table
         .filter(d::state.eq(state))
         .count()
@@ -406,14 +403,125 @@ pub fn count_by_state(conn: &mut AnyConnection, state: &str) -> Result<i64, Stor
 /// subscription) becomes due; deliveries waiting behind a head are not counted.
 pub fn next_due(conn: &mut AnyConnection) -> Result<Option<NaiveDateTime>, StorageError> {
     Ok(d::table
-        .filter(d::state.eq(PENDING))
+        .filter(d::state.eq(DeliveryState::Pending))
         .filter(not(exists(
             earlier
                 .filter(earlier.field(d::subscription_id).eq(d::subscription_id))
                 .filter(earlier.field(d::seller_id).eq(d::seller_id))
-                .filter(earlier.field(d::state).eq(PENDING))
+                .filter(earlier.field(d::state).eq(DeliveryState::Pending))
                 .filter(earlier.field(d::event_seq).lt(d::event_seq)),
         )))
         .select(diesel::dsl::min(d::next_attempt_at))
         .first(conn)?)
+}
+
+/// [`redeliver`] for an event named by id, in one transaction; `None` when there is no such event.
+pub fn redeliver_event(
+    conn: &mut AnyConnection,
+    event_id: &str,
+    now: NaiveDateTime,
+) -> Result<Option<(super::events::EventRow, Vec<DeliveryRow>)>, StorageError> {
+    conn.transaction(|c| {
+        let Some(ev) = super::events::find_by_id(c, event_id)? else {
+            return Ok(None);
+        };
+        let rows = redeliver(c, ev.seq, &ev.seller_id, &ev.event, now)?;
+        Ok(Some((ev, rows)))
+    })
+}
+
+/// [`list_for_subscription`], or `None` when the subscription does not exist.
+pub fn list_for_known_subscription(
+    conn: &mut AnyConnection,
+    subscription_id: &str,
+    state: Option<DeliveryState>,
+    offset: i64,
+    limit: i64,
+) -> Result<Option<(Vec<DeliveryView>, i64)>, StorageError> {
+    if super::subscriptions::find(conn, subscription_id)?.is_none() {
+        return Ok(None);
+    }
+    list_for_subscription(conn, subscription_id, state, offset, limit).map(Some)
+}
+
+/// Deliveries, as the use cases and the delivery worker see them: each call is one trip to the blocking pool.
+pub struct Deliveries<'a> {
+    db: &'a super::Db,
+}
+
+impl super::Db {
+    pub fn deliveries(&self) -> Deliveries<'_> {
+        Deliveries { db: self }
+    }
+}
+
+impl Deliveries<'_> {
+    /// See [`redeliver_event`].
+    pub async fn redeliver(
+        &self,
+        event_id: &str,
+        now: NaiveDateTime,
+    ) -> Result<Option<(super::events::EventRow, Vec<DeliveryRow>)>, StorageError> {
+        let id = event_id.to_owned();
+        self.db.run(move |c| redeliver_event(c, &id, now)).await
+    }
+
+    /// See [`list_for_known_subscription`].
+    pub async fn of_subscription(
+        &self,
+        subscription_id: &str,
+        state: Option<DeliveryState>,
+        offset: i64,
+        limit: i64,
+    ) -> Result<Option<(Vec<DeliveryView>, i64)>, StorageError> {
+        let id = subscription_id.to_owned();
+        self.db
+            .run(move |c| list_for_known_subscription(c, &id, state, offset, limit))
+            .await
+    }
+
+    /// See [`claim_due`].
+    pub async fn claim_due(
+        &self,
+        owner: &str,
+        now: NaiveDateTime,
+        until: NaiveDateTime,
+        limit: i64,
+        skip: Vec<String>,
+    ) -> Result<Vec<ClaimedDelivery>, StorageError> {
+        let owner = owner.to_owned();
+        self.db
+            .run(move |c| claim_due(c, &owner, now, until, limit, &skip))
+            .await
+    }
+
+    /// See [`record_attempts`].
+    pub async fn record_attempts(
+        &self,
+        owner: &str,
+        rows: Vec<(i64, AttemptRecord, NextStep)>,
+    ) -> Result<Vec<bool>, StorageError> {
+        let owner = owner.to_owned();
+        self.db
+            .run(move |c| record_attempts(c, &owner, &rows))
+            .await
+    }
+
+    /// Releases our leases on deliveries we claimed but will not send now (see [`release`]).
+    pub async fn release_all(
+        &self,
+        ids: Vec<i64>,
+        owner: &str,
+        now: NaiveDateTime,
+    ) -> Result<(), StorageError> {
+        let owner = owner.to_owned();
+        self.db
+            .run(move |c| {
+                for id in &ids {
+                    release(c, *id, &owner, now, None)?;
+                }
+                Ok(())
+            })
+            .await
+    }
 }

@@ -10,7 +10,9 @@ use serde_json::json;
 
 use super::schema::{event_deliveries, events, webhook_subscriptions};
 use super::{AnyConnection, StorageError};
+use crate::domain::events::EventPayload;
 use crate::domain::ids::prefixed_id;
+use crate::domain::status::DeliveryState;
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = events)]
@@ -36,6 +38,12 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
+    /// An event of the catalogue (`domain::events`): its name comes from the payload's type.
+    pub fn of<P: EventPayload>(seller_id: &str, data: &P, dedupe_key: Option<String>) -> Self {
+        let data = serde_json::to_value(data).unwrap_or(serde_json::Value::Null);
+        Self::new(P::KIND.as_str(), seller_id, data, dedupe_key)
+    }
+
     /// Builds the contract's body `{id, event, timestamp, seller_id, data}` once, at creation.
     pub fn new(
         event: &str,
@@ -74,19 +82,6 @@ struct InsertEvent<'a> {
     dedupe_key: Option<&'a str>,
     created_at: NaiveDateTime,
 }
-
-/// The event names a subscription may ask for (`"*"` means all).
-pub const EVENT_NAMES: [&str; 9] = [
-    "connection.connected",
-    "connection.refresh_failed",
-    "connection.revoked",
-    "order.synced",
-    "order.sync_failed",
-    "order.created",
-    "order.status_changed",
-    "payment.completed",
-    "order.cancelled",
-];
 
 /// Records an event and queues a delivery to every active subscription that wants it. Returns `None`
 /// when an event with the same dedupe key already exists (nothing is written). Call inside the
@@ -163,7 +158,7 @@ fn insert_one(
                 event_deliveries::event_seq.eq(seq),
                 event_deliveries::subscription_id.eq(sub_id),
                 event_deliveries::seller_id.eq(&ev.seller_id),
-                event_deliveries::state.eq("pending"),
+                event_deliveries::state.eq(DeliveryState::Pending),
                 event_deliveries::attempts.eq(0),
                 event_deliveries::next_attempt_at.eq(now),
                 event_deliveries::created_at.eq(now),
@@ -223,7 +218,22 @@ pub fn count_by_name(
         .get_result(conn)?)
 }
 
-// --- issue 7: ordering, cursor reads, retention ---
+/// The latest `limit` events of one seller whose names are in `names`, newest first (a connection's
+/// timeline of state changes on the dashboard).
+pub fn latest_of(
+    conn: &mut AnyConnection,
+    seller_id: &str,
+    names: &[&str],
+    limit: i64,
+) -> Result<Vec<EventRow>, StorageError> {
+    Ok(events::table
+        .filter(events::seller_id.eq(seller_id))
+        .filter(events::event.eq_any(names))
+        .order(events::seq.desc())
+        .limit(limit)
+        .select(EventRow::as_select())
+        .load(conn)?)
+}
 
 /// On PostgreSQL, event writers take one transaction-scoped advisory lock before inserting, so `seq` order
 /// is commit order: a reader of the log (cursor paging, in-order delivery) never sees seq 11 committed while
@@ -277,4 +287,82 @@ pub fn prune(
         }
         Ok(diesel::delete(events::table.filter(events::seq.eq_any(&seqs))).execute(c)?)
     })
+}
+
+/// Where a read of the log starts: after a log position, or after a known event.
+#[derive(Debug, Clone)]
+pub enum Cursor {
+    Seq(i64),
+    EventId(String),
+}
+
+/// A page of the log after `after`, with the position it resolved to; `None` when `after` names an event
+/// that does not exist.
+pub fn page(
+    conn: &mut AnyConnection,
+    after: &Cursor,
+    seller_id: Option<&str>,
+    event: Option<&str>,
+    limit: i64,
+) -> Result<Option<(i64, Vec<EventRow>)>, StorageError> {
+    let after = match after {
+        Cursor::Seq(n) => *n,
+        Cursor::EventId(id) => match seq_of(conn, id)? {
+            Some(seq) => seq,
+            None => return Ok(None),
+        },
+    };
+    Ok(Some((
+        after,
+        list_after(conn, after, seller_id, event, limit)?,
+    )))
+}
+
+/// The event log, as the use cases see it: each call is one trip to the blocking pool.
+pub struct Events<'a> {
+    db: &'a super::Db,
+}
+
+impl super::Db {
+    pub fn events(&self) -> Events<'_> {
+        Events { db: self }
+    }
+}
+
+impl Events<'_> {
+    /// See [`page`].
+    pub async fn page(
+        &self,
+        after: Cursor,
+        seller_id: Option<String>,
+        event: Option<String>,
+        limit: i64,
+    ) -> Result<Option<(i64, Vec<EventRow>)>, StorageError> {
+        self.db
+            .run(move |c| page(c, &after, seller_id.as_deref(), event.as_deref(), limit))
+            .await
+    }
+
+    pub async fn by_id(&self, id: &str) -> Result<Option<EventRow>, StorageError> {
+        let id = id.to_owned();
+        self.db.run(move |c| find_by_id(c, &id)).await
+    }
+
+    /// See [`latest_of`].
+    pub async fn latest_of(
+        &self,
+        seller_id: &str,
+        names: Vec<&'static str>,
+        limit: i64,
+    ) -> Result<Vec<EventRow>, StorageError> {
+        let seller_id = seller_id.to_owned();
+        self.db
+            .run(move |c| latest_of(c, &seller_id, &names, limit))
+            .await
+    }
+
+    /// Deletes at most `batch` events older than `cutoff`; see [`prune`].
+    pub async fn prune(&self, cutoff: NaiveDateTime, batch: i64) -> Result<usize, StorageError> {
+        self.db.run(move |c| prune(c, cutoff, batch)).await
+    }
 }

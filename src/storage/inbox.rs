@@ -6,11 +6,8 @@ use diesel::dsl::{exists, not};
 use diesel::prelude::*;
 
 use super::schema::amocrm_webhook_inbox as i;
-use super::{AnyConnection, StorageError};
-
-pub const PENDING: &str = "pending";
-pub const PROCESSED: &str = "processed";
-pub const FAILED: &str = "failed";
+use super::{AnyConnection, Db, StorageError};
+use crate::domain::status::{ConnectionStatus, InboxState};
 
 diesel::alias!(i as busy: BusyInbox);
 
@@ -21,7 +18,7 @@ pub struct InboxRow {
     pub connection_id: i64,
     pub seller_id: String,
     pub body: Vec<u8>,
-    pub state: String,
+    pub state: InboxState,
     pub attempts: i32,
     pub last_error: Option<String>,
     pub next_attempt_at: NaiveDateTime,
@@ -38,7 +35,7 @@ pub struct TokenOwner {
     pub seller_id: String,
     pub account_id: i64,
     pub subdomain: String,
-    pub status: String,
+    pub status: ConnectionStatus,
     pub webhook_token: String,
 }
 
@@ -74,7 +71,7 @@ pub fn insert(
             i::connection_id.eq(connection_id),
             i::seller_id.eq(seller_id),
             i::body.eq(body),
-            i::state.eq(PENDING),
+            i::state.eq(InboxState::Pending),
             i::attempts.eq(0),
             i::next_attempt_at.eq(now),
             i::received_at.eq(now),
@@ -102,7 +99,7 @@ pub fn insert_many(
                         i::connection_id.eq(*conn_id),
                         i::seller_id.eq(*seller),
                         i::body.eq(*body),
-                        i::state.eq(PENDING),
+                        i::state.eq(InboxState::Pending),
                         i::attempts.eq(0),
                         i::next_attempt_at.eq(now),
                         i::received_at.eq(now),
@@ -130,12 +127,12 @@ pub fn claim_due(
     limit: i64,
 ) -> Result<Vec<InboxRow>, StorageError> {
     let candidates: Vec<(i64, i64)> = i::table
-        .filter(i::state.eq(PENDING))
+        .filter(i::state.eq(InboxState::Pending))
         .filter(i::next_attempt_at.le(now))
         .filter(i::lease_until.is_null().or(i::lease_until.lt(now)))
         .filter(not(exists(
             busy.filter(busy.field(i::connection_id).eq(i::connection_id))
-                .filter(busy.field(i::state).eq(PENDING))
+                .filter(busy.field(i::state).eq(InboxState::Pending))
                 .filter(busy.field(i::lease_until).ge(now)),
         )))
         .order(i::id.asc())
@@ -151,7 +148,7 @@ pub fn claim_due(
         let n = diesel::update(
             i::table
                 .filter(i::id.eq(id))
-                .filter(i::state.eq(PENDING))
+                .filter(i::state.eq(InboxState::Pending))
                 .filter(i::lease_until.is_null().or(i::lease_until.lt(now))),
         )
         .set((
@@ -187,7 +184,7 @@ pub fn mark_processed(
             .filter(i::lease_owner.eq(owner)),
     )
     .set((
-        i::state.eq(PROCESSED),
+        i::state.eq(InboxState::Processed),
         i::attempts.eq(i::attempts + 1),
         i::last_error.eq(note),
         i::processed_at.eq(Some(now)),
@@ -208,8 +205,8 @@ pub fn mark_failed_attempt(
     now: NaiveDateTime,
 ) -> Result<bool, StorageError> {
     let (state, next) = match retry_at {
-        Some(at) => (PENDING, at),
-        None => (FAILED, now),
+        Some(at) => (InboxState::Pending, at),
+        None => (InboxState::Failed, now),
     };
     let n = diesel::update(
         i::table
@@ -234,14 +231,18 @@ pub fn requeue(
     id: i64,
     now: NaiveDateTime,
 ) -> Result<bool, StorageError> {
-    let n = diesel::update(i::table.filter(i::id.eq(id)).filter(i::state.ne(PENDING)))
-        .set((
-            i::state.eq(PENDING),
-            i::next_attempt_at.eq(now),
-            i::lease_owner.eq(None::<String>),
-            i::lease_until.eq(None::<NaiveDateTime>),
-        ))
-        .execute(conn)?;
+    let n = diesel::update(
+        i::table
+            .filter(i::id.eq(id))
+            .filter(i::state.ne(InboxState::Pending)),
+    )
+    .set((
+        i::state.eq(InboxState::Pending),
+        i::next_attempt_at.eq(now),
+        i::lease_owner.eq(None::<String>),
+        i::lease_until.eq(None::<NaiveDateTime>),
+    ))
+    .execute(conn)?;
     Ok(n == 1)
 }
 
@@ -282,7 +283,7 @@ pub fn prune(
 ) -> Result<usize, StorageError> {
     let ids: Vec<i64> = i::table
         .filter(i::received_at.lt(cutoff))
-        .filter(i::state.ne(PENDING))
+        .filter(i::state.ne(InboxState::Pending))
         .order(i::id.asc())
         .limit(batch)
         .select(i::id)
@@ -291,4 +292,120 @@ pub fn prune(
         return Ok(0);
     }
     Ok(diesel::delete(i::table.filter(i::id.eq_any(&ids))).execute(conn)?)
+}
+
+/// One body offered to [`store_checked`]: the webhook token it came with and the raw bytes.
+pub trait OfferedBody {
+    fn token(&self) -> &str;
+    fn body(&self) -> &[u8];
+}
+
+/// Looks the batch's tokens up, asks `verdict` about each body with its connection, and inserts the accepted
+/// ones in one transaction. A body whose token matches no connection gets `unknown()`.
+pub fn store_checked<T: OfferedBody, R, E>(
+    conn: &mut AnyConnection,
+    items: &[T],
+    now: NaiveDateTime,
+    verdict: impl Fn(&T, &TokenOwner) -> Result<R, E>,
+    unknown: impl Fn() -> E,
+) -> Result<Vec<Result<R, E>>, StorageError> {
+    let mut tokens: Vec<&str> = items.iter().map(OfferedBody::token).collect();
+    tokens.sort_unstable();
+    tokens.dedup();
+    // Read before the write transaction, so it starts with a write (SQLite takes its lock at once).
+    let found = connections_by_tokens(conn, &tokens)?;
+    let mut out = Vec::with_capacity(items.len());
+    let mut rows: Vec<(i64, &str, &[u8])> = Vec::new();
+    for item in items {
+        let Some(owner) = found.iter().find(|f| f.webhook_token == item.token()) else {
+            out.push(Err(unknown()));
+            continue;
+        };
+        let v = verdict(item, owner);
+        if v.is_ok() {
+            rows.push((owner.id, owner.seller_id.as_str(), item.body()));
+        }
+        out.push(v);
+    }
+    conn.transaction(|c| insert_many(c, &rows, now))?;
+    Ok(out)
+}
+
+/// Stored webhook bodies, as the intake, the processor and retention see them: each call is one trip to the
+/// blocking pool.
+pub struct Inbox<'a> {
+    db: &'a Db,
+}
+
+impl Db {
+    pub fn inbox(&self) -> Inbox<'_> {
+        Inbox { db: self }
+    }
+}
+
+impl Inbox<'_> {
+    /// See [`store_checked`].
+    pub async fn store_checked<T, R, E>(
+        &self,
+        items: std::sync::Arc<Vec<T>>,
+        verdict: fn(&T, &TokenOwner) -> Result<R, E>,
+        unknown: fn() -> E,
+    ) -> Result<Vec<Result<R, E>>, StorageError>
+    where
+        T: OfferedBody + Send + Sync + 'static,
+        R: Send + 'static,
+        E: Send + 'static,
+    {
+        self.db
+            .run(move |c| store_checked(c, &items, super::now(), verdict, unknown))
+            .await
+    }
+
+    /// See [`claim_due`].
+    pub async fn claim_due(
+        &self,
+        owner: &str,
+        now: NaiveDateTime,
+        until: NaiveDateTime,
+        limit: i64,
+    ) -> Result<Vec<InboxRow>, StorageError> {
+        let owner = owner.to_owned();
+        self.db
+            .run(move |c| claim_due(c, &owner, now, until, limit))
+            .await
+    }
+
+    /// See [`mark_processed`].
+    pub async fn mark_processed(
+        &self,
+        id: i64,
+        owner: &str,
+        note: Option<String>,
+        now: NaiveDateTime,
+    ) -> Result<bool, StorageError> {
+        let owner = owner.to_owned();
+        self.db
+            .run(move |c| mark_processed(c, id, &owner, note.as_deref(), now))
+            .await
+    }
+
+    /// See [`mark_failed_attempt`].
+    pub async fn mark_failed_attempt(
+        &self,
+        id: i64,
+        owner: &str,
+        error: String,
+        retry_at: Option<NaiveDateTime>,
+        now: NaiveDateTime,
+    ) -> Result<bool, StorageError> {
+        let owner = owner.to_owned();
+        self.db
+            .run(move |c| mark_failed_attempt(c, id, &owner, &error, retry_at, now))
+            .await
+    }
+
+    /// Deletes at most `batch` finished bodies older than `cutoff`; see [`prune`].
+    pub async fn prune(&self, cutoff: NaiveDateTime, batch: i64) -> Result<usize, StorageError> {
+        self.db.run(move |c| prune(c, cutoff, batch)).await
+    }
 }

@@ -8,7 +8,7 @@ use diesel::prelude::*;
 use super::schema::{
     amocrm_connections, amocrm_webhook_inbox, event_deliveries, job_leases, order_moves, orders,
 };
-use super::{AnyConnection, StorageError};
+use super::{AnyConnection, Db, StorageError};
 
 /// Leases this instance released, by kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -118,4 +118,51 @@ pub fn release_all(
             now + chrono::TimeDelta::milliseconds(super::turns::MARGIN_MS),
         )?,
     })
+}
+
+/// What an instance holds, as start-up and shutdown see it.
+pub struct Instance<'a> {
+    db: &'a Db,
+    owner: String,
+}
+
+impl Db {
+    /// The leases of the instance `owner`.
+    pub fn instance(&self, owner: &str) -> Instance<'_> {
+        Instance {
+            db: self,
+            owner: owner.to_owned(),
+        }
+    }
+}
+
+impl Instance<'_> {
+    /// See [`release_all`]; at shutdown, once the workers have stopped.
+    pub async fn release(
+        &self,
+        now: NaiveDateTime,
+        in_flight_until: NaiveDateTime,
+    ) -> Result<Released, StorageError> {
+        let owner = self.owner.clone();
+        self.db
+            .run(move |c| release_all(c, &owner, now, in_flight_until))
+            .await
+    }
+
+    /// At start-up, what a killed previous life of this instance left taken: its leases (as at shutdown)
+    /// and its per-item job leases. Returns how many were freed.
+    pub async fn take_back(
+        &self,
+        now: NaiveDateTime,
+        in_flight_until: NaiveDateTime,
+    ) -> Result<usize, StorageError> {
+        let owner = self.owner.clone();
+        self.db
+            .run(move |c| {
+                let plain = release_all(c, &owner, now, in_flight_until)?;
+                let prefixed = super::leases::release_prefixed(c, &owner, now)?;
+                Ok(plain.total() + prefixed)
+            })
+            .await
+    }
 }

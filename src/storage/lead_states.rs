@@ -4,8 +4,66 @@
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
+use super::events::NewEvent;
 use super::schema::{lead_states as l, orders};
-use super::{AnyConnection, StorageError};
+use super::{AnyConnection, Db, StorageError};
+
+/// Lead states, as webhook processing sees them: each call is one trip to the blocking pool.
+pub struct LeadStates<'a> {
+    db: &'a Db,
+}
+
+impl Db {
+    pub fn lead_states(&self) -> LeadStates<'_> {
+        LeadStates { db: self }
+    }
+}
+
+impl LeadStates<'_> {
+    /// What we last knew of the seller's lead.
+    pub async fn find(
+        &self,
+        seller_id: &str,
+        lead_id: i64,
+    ) -> Result<Option<LeadState>, StorageError> {
+        let seller = seller_id.to_owned();
+        self.db.run(move |c| find(c, &seller, lead_id)).await
+    }
+
+    /// The order a lead belongs to (see [`order_of`]).
+    pub async fn order_of(
+        &self,
+        seller_id: &str,
+        lead_id: i64,
+        known_order_id: Option<String>,
+        order_number: Option<String>,
+    ) -> Result<Option<OrderLink>, StorageError> {
+        let seller = seller_id.to_owned();
+        self.db
+            .run(move |c| {
+                order_of(
+                    c,
+                    &seller,
+                    lead_id,
+                    known_order_id.as_deref(),
+                    order_number.as_deref(),
+                )
+            })
+            .await
+    }
+
+    /// Moves the lead from `prev` to `next` with its events (see [`apply`]).
+    pub async fn apply(
+        &self,
+        prev: Option<LeadState>,
+        next: LeadState,
+        events: Vec<NewEvent>,
+    ) -> Result<Option<usize>, StorageError> {
+        self.db
+            .run(move |c| apply(c, prev.as_ref(), &next, &events))
+            .await
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = l)]
@@ -158,6 +216,32 @@ pub fn order_by_id(conn: &mut AnyConnection, id: &str) -> Result<Option<OrderLin
         .optional()?)
 }
 
+/// The order a lead belongs to: the one it was pushed for, else the one its state already names, else
+/// the seller's order with the lead's order number (unless that order has another lead).
+pub fn order_of(
+    conn: &mut AnyConnection,
+    seller_id: &str,
+    lead_id: i64,
+    known_order_id: Option<&str>,
+    order_number: Option<&str>,
+) -> Result<Option<OrderLink>, StorageError> {
+    if let Some(o) = order_by_lead(conn, seller_id, lead_id)? {
+        return Ok(Some(o));
+    }
+    if let Some(id) = known_order_id
+        && let Some(o) = order_by_id(conn, id)?
+    {
+        return Ok(Some(o));
+    }
+    if let Some(n) = order_number
+        && let Some(o) = order_by_number(conn, seller_id, n)?
+        && o.lead_id.is_none_or(|l| l == lead_id)
+    {
+        return Ok(Some(o));
+    }
+    Ok(None)
+}
+
 /// Moves a lead's state from `prev` to `next` and records `events` in one transaction, only if the row
 /// is still `prev`. `None`: someone else changed it first (nothing written); otherwise how many events were
 /// new (a dedupe key may have swallowed one).
@@ -165,7 +249,7 @@ pub fn apply(
     conn: &mut AnyConnection,
     prev: Option<&LeadState>,
     next: &LeadState,
-    events: &[super::events::NewEvent],
+    events: &[NewEvent],
 ) -> Result<Option<usize>, StorageError> {
     conn.transaction(|c| {
         if !compare_and_set(c, prev, next)? {

@@ -139,6 +139,66 @@ pub fn release_prefixed(
     Ok(rows + jobs)
 }
 
+/// Job leases, as the use cases see them: each call is one trip to the blocking pool.
+pub struct Leases<'a> {
+    db: &'a super::Db,
+}
+
+impl super::Db {
+    pub fn leases(&self) -> Leases<'_> {
+        Leases { db: self }
+    }
+}
+
+impl Leases<'_> {
+    /// Takes the named lease for `ttl` from now if it is free, expired or already ours.
+    pub async fn acquire(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl: chrono::Duration,
+    ) -> Result<bool, StorageError> {
+        let (name, owner) = (name.to_owned(), owner.to_owned());
+        self.db
+            .run(move |c| {
+                let now = super::now();
+                try_acquire(c, &name, &owner, now, now + ttl)
+            })
+            .await
+    }
+
+    /// Moves a lease we hold to end `ttl` from now; false if it was lost.
+    pub async fn extend(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl: chrono::Duration,
+    ) -> Result<bool, StorageError> {
+        let (name, owner) = (name.to_owned(), owner.to_owned());
+        self.db
+            .run(move |c| extend(c, &name, &owner, super::now() + ttl))
+            .await
+    }
+
+    /// Releases a lease we hold, recording the job's result for later callers.
+    pub async fn release(
+        &self,
+        name: &str,
+        owner: &str,
+        result: Option<String>,
+    ) -> Result<(), StorageError> {
+        let (name, owner) = (name.to_owned(), owner.to_owned());
+        self.db
+            .run(move |c| release(c, &name, &owner, result.as_deref()))
+            .await
+    }
+
+    pub async fn get(&self, name: &str) -> Result<Option<JobLease>, StorageError> {
+        let name = name.to_owned();
+        self.db.run(move |c| get(c, &name)).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::owner_prefix;

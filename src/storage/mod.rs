@@ -4,31 +4,32 @@
 //! [`Db::run`], never on the async executor. Each table has its own file with its queries.
 
 pub mod api_keys;
+pub mod buyers;
+pub mod catalog;
 pub mod cipher;
 pub mod connections;
+pub mod enums;
 pub mod events;
+pub mod health;
 pub mod leases;
 pub mod schema;
+pub mod sessions;
+pub mod settings;
+pub mod settings_sessions;
+pub mod steps;
 pub mod subscriptions;
 
-// connect and refresh (issues 4, 5)
-pub mod sessions;
-
-// orders (issue 6)
 pub mod orders;
 
-// events (issue 7)
 pub mod deliveries;
 pub mod inbox;
 pub mod lead_states;
 
-// operations (issue 8)
 pub mod dashboard;
 pub mod instance;
 pub mod operators;
 pub mod stats;
 
-// several instances
 pub mod turns;
 
 use std::path::Path;
@@ -40,10 +41,65 @@ use diesel::prelude::*;
 use diesel::r2d2::{self, R2D2Connection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-use crate::config::DatabaseUrl;
-
 pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 pub const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+/// Which engine `DATABASE_URL` selects. Anything but these two schemes is refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// A SQLite file path (created with its folder on first use).
+    Sqlite(String),
+    /// A libpq connection URL, kept as given.
+    Postgres(String),
+}
+
+impl DatabaseUrl {
+    /// Reads `DATABASE_URL`; the error is a one-line reason.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let raw = raw.trim();
+        if let Some(path) = raw
+            .strip_prefix("sqlite://")
+            .or_else(|| raw.strip_prefix("sqlite:"))
+        {
+            if path.is_empty() {
+                return Err(String::from("sqlite:// needs a file path"));
+            }
+            return Ok(Self::Sqlite(path.to_owned()));
+        }
+        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            url::Url::parse(raw).map_err(|e| format!("not a URL: {e}"))?;
+            return Ok(Self::Postgres(raw.to_owned()));
+        }
+        let scheme = raw
+            .split("://")
+            .next()
+            .filter(|_| raw.contains("://"))
+            .unwrap_or(raw);
+        Err(format!(
+            "unsupported scheme `{scheme}`: use sqlite://PATH or postgres://…"
+        ))
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        matches!(self, Self::Sqlite(_))
+    }
+
+    /// The URL with any password replaced, for logs.
+    pub fn redacted(&self) -> String {
+        match self {
+            Self::Sqlite(p) => format!("sqlite://{p}"),
+            Self::Postgres(u) => match url::Url::parse(u) {
+                Ok(mut url) => {
+                    if url.password().is_some() {
+                        let _ = url.set_password(Some("***"));
+                    }
+                    url.to_string()
+                }
+                Err(_) => "postgres://***".to_owned(),
+            },
+        }
+    }
+}
 
 /// A connection to either backend; queries written once run on both.
 #[derive(diesel::MultiConnection)]
@@ -78,6 +134,44 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// The database cannot be used right now, as opposed to a query that is wrong: no connection within the
+    /// pool's timeout, a connection the server dropped (restart, failover), or a read-only database file.
+    /// Requests answer 503 `MAINTENANCE_MODE` for these; workers log them and try again.
+    pub fn is_unavailable(&self) -> bool {
+        use diesel::result::DatabaseErrorKind as K;
+        match self {
+            Self::Pool(_) => true,
+            Self::Query(diesel::result::Error::DatabaseError(
+                K::ClosedConnection | K::UnableToSendCommand,
+                _,
+            )) => true,
+            Self::Query(diesel::result::Error::DatabaseError(_, info)) => {
+                unavailable_message(info.message())
+            }
+            Self::Query(diesel::result::Error::BrokenTransactionManager) => true,
+            Self::Other(msg) => unavailable_message(msg),
+            _ => false,
+        }
+    }
+
+    /// The database file (SQLite) or the server (PostgreSQL, in recovery or read-only mode) refuses writes.
+    pub fn is_read_only(&self) -> bool {
+        if let Self::Query(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::ReadOnlyTransaction,
+            _,
+        )) = self
+        {
+            return true;
+        }
+        let msg = match self {
+            Self::Query(diesel::result::Error::DatabaseError(_, info)) => info.message(),
+            Self::Other(msg) => msg.as_str(),
+            _ => return false,
+        };
+        let msg = msg.to_ascii_lowercase();
+        msg.contains("readonly database") || msg.contains("read-only transaction")
+    }
+
     /// A unique-constraint violation: the caller usually maps it to "already exists".
     pub fn is_unique_violation(&self) -> bool {
         matches!(
@@ -88,6 +182,29 @@ impl StorageError {
             ))
         )
     }
+}
+
+/// Whether a driver message says the database went away or refuses writes (messages are all a dropped
+/// PostgreSQL connection or a read-only SQLite file leave to tell them from a wrong query).
+fn unavailable_message(msg: &str) -> bool {
+    let msg = msg.to_ascii_lowercase();
+    [
+        "server closed the connection",
+        "terminating connection",
+        "connection refused",
+        "could not connect",
+        "no connection to the server",
+        "connection to server",
+        "the database system is shutting down",
+        "the database system is starting up",
+        "the database system is in recovery mode",
+        "readonly database",
+        "read-only transaction",
+        "disk i/o error",
+        "unable to open database file",
+    ]
+    .iter()
+    .any(|m| msg.contains(m))
 }
 
 /// Opens connections for the pool, with the SQLite pragmas every connection needs.
@@ -102,9 +219,11 @@ impl r2d2::ManageConnection for AnyManager {
 
     fn connect(&self) -> Result<AnyConnection, r2d2::Error> {
         match &self.url {
-            DatabaseUrl::Postgres(url) => diesel::PgConnection::establish(url)
-                .map(AnyConnection::Postgresql)
-                .map_err(r2d2::Error::ConnectionError),
+            DatabaseUrl::Postgres(url) => {
+                diesel::PgConnection::establish(&with_connect_timeout(url))
+                    .map(AnyConnection::Postgresql)
+                    .map_err(r2d2::Error::ConnectionError)
+            }
             DatabaseUrl::Sqlite(path) => {
                 let mut c = diesel::SqliteConnection::establish(path)
                     .map_err(r2d2::Error::ConnectionError)?;
@@ -132,6 +251,16 @@ impl r2d2::ManageConnection for AnyManager {
     }
 }
 
+/// A PostgreSQL URL with libpq's `connect_timeout` (seconds) unless it sets one: an unreachable host must not
+/// hold a pool thread for the kernel's TCP timeout (minutes) while requests wait for their 503.
+fn with_connect_timeout(url: &str) -> String {
+    if url.contains("connect_timeout=") {
+        return url.to_owned();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}connect_timeout=3")
+}
+
 type Pool = r2d2::Pool<AnyManager>;
 
 /// The shared handle to the database: a pool plus the backend it talks to.
@@ -140,6 +269,11 @@ pub struct Db {
     pool: Pool,
     sqlite: bool,
 }
+
+/// How long a database call waits for a pooled connection by default (see `DATABASE_TIMEOUT`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `/health` waits: it must answer fast while the database is gone.
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -152,7 +286,19 @@ impl std::fmt::Debug for Db {
 impl Db {
     /// Builds the pool; the SQLite file's folder is created first. Fails with the driver's own reason.
     pub fn connect(url: &DatabaseUrl, pool_size: u32) -> Result<Self, StorageError> {
+        Self::connect_with(url, pool_size, DEFAULT_TIMEOUT)
+    }
+
+    /// [`Db::connect`] with the longest a call waits for a connection: past it the call fails with
+    /// [`StorageError::Pool`] (unavailable) instead of waiting for the database to come back.
+    pub fn connect_with(
+        url: &DatabaseUrl,
+        pool_size: u32,
+        timeout: Duration,
+    ) -> Result<Self, StorageError> {
+        // A `file:` URI (e.g. `?mode=ro`) names its file itself; only plain paths get their folder made.
         if let DatabaseUrl::Sqlite(path) = url
+            && !path.starts_with("file:")
             && let Some(dir) = Path::new(path)
                 .parent()
                 .filter(|d| !d.as_os_str().is_empty())
@@ -169,7 +315,7 @@ impl Db {
         let pool = r2d2::Pool::builder()
             .max_size(pool_size)
             .min_idle(Some(1))
-            .connection_timeout(Duration::from_secs(15))
+            .connection_timeout(timeout)
             .build(manager)
             .map_err(|e| StorageError::Pool(e.to_string()))?;
         Ok(Self {
@@ -222,10 +368,17 @@ impl Db {
         self.run(run_migrations).await
     }
 
-    /// `SELECT 1`, for `/health`.
+    /// `SELECT 1`, for `/health`: waits at most [`PING_TIMEOUT`] for a connection.
     pub async fn ping(&self) -> Result<(), StorageError> {
-        self.run(|conn| conn.ping().map(|_| ()).map_err(StorageError::from))
-            .await
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool
+                .get_timeout(PING_TIMEOUT)
+                .map_err(|e| StorageError::Pool(e.to_string()))?;
+            conn.ping().map(|_| ()).map_err(StorageError::from)
+        })
+        .await
+        .map_err(|_| StorageError::Cancelled)?
     }
 }
 
@@ -262,5 +415,64 @@ impl MicroPrecision for NaiveDateTime {
         use chrono::Timelike;
         let micros = self.nanosecond() / 1_000 * 1_000;
         self.with_nanosecond(micros).unwrap_or(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::result::DatabaseErrorKind as K;
+
+    fn db_error(kind: K, message: &str) -> StorageError {
+        StorageError::Query(diesel::result::Error::DatabaseError(
+            kind,
+            Box::new(message.to_owned()),
+        ))
+    }
+
+    #[test]
+    fn a_database_gone_or_read_only_is_told_apart_from_a_wrong_query() {
+        assert!(StorageError::Pool("timed out waiting for connection".into()).is_unavailable());
+        assert!(db_error(K::ClosedConnection, "x").is_unavailable());
+        assert!(db_error(K::UnableToSendCommand, "x").is_unavailable());
+        assert!(
+            db_error(
+                K::Unknown,
+                "terminating connection due to administrator command"
+            )
+            .is_unavailable()
+        );
+        assert!(db_error(K::Unknown, "the database system is shutting down").is_unavailable());
+        let ro = db_error(K::Unknown, "attempt to write a readonly database");
+        assert!(ro.is_read_only() && ro.is_unavailable());
+        assert!(
+            db_error(
+                K::ReadOnlyTransaction,
+                "cannot execute INSERT in a read-only transaction"
+            )
+            .is_read_only()
+        );
+        for wrong in [
+            db_error(K::UniqueViolation, "duplicate key"),
+            db_error(K::Unknown, "no such column: foo"),
+        ] {
+            assert!(!wrong.is_unavailable() && !wrong.is_read_only(), "{wrong}");
+        }
+    }
+
+    #[test]
+    fn postgres_urls_get_a_connect_timeout_unless_they_set_one() {
+        assert_eq!(
+            with_connect_timeout("postgres://u@h/db"),
+            "postgres://u@h/db?connect_timeout=3"
+        );
+        assert_eq!(
+            with_connect_timeout("postgres://u@h/db?sslmode=require"),
+            "postgres://u@h/db?sslmode=require&connect_timeout=3"
+        );
+        assert_eq!(
+            with_connect_timeout("postgres://u@h/db?connect_timeout=10"),
+            "postgres://u@h/db?connect_timeout=10"
+        );
     }
 }

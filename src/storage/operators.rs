@@ -1,7 +1,7 @@
 //! `operators`, `operator_tokens` and `login_throttle`: dashboard users, their hashed tokens, and the
 //! failed-login counters that slow down password guessing.
 
-use chrono::NaiveDateTime;
+use chrono::{NaiveDateTime, TimeDelta};
 use diesel::prelude::*;
 
 use super::schema::{login_throttle, operator_tokens, operators};
@@ -76,7 +76,8 @@ pub fn update_credentials(
 }
 
 /// Creates the operator, or replaces the credentials of the one with this e-mail and revokes all its
-/// tokens, in one transaction. Returns the id and whether it was created.
+/// tokens, in one transaction so that no token outlives the password it was issued for. Returns the id
+/// and whether it was created.
 pub fn upsert(
     conn: &mut AnyConnection,
     email: &str,
@@ -93,7 +94,8 @@ pub fn upsert(
     })
 }
 
-/// Stores the hashes of a new access and refresh token pair together.
+/// Stores the hashes of a new access and refresh token pair in one transaction, so a login never leaves
+/// half a pair behind.
 pub fn insert_token_pair(
     conn: &mut AnyConnection,
     operator_id: i64,
@@ -281,9 +283,152 @@ pub fn lock(conn: &mut AnyConnection, key: &str, until: NaiveDateTime) -> Result
     Ok(())
 }
 
+/// Counts a failed login against each `(key, free failures)` and locks the keys `lock_for(failures, free)`
+/// gives seconds for. One trip to the pool, not one transaction: each count commits on its own (see
+/// [`record_failure`]), as concurrent failures must all count.
+pub fn record_failures(
+    conn: &mut AnyConnection,
+    keys: &[(String, i32)],
+    now: NaiveDateTime,
+    window_start: NaiveDateTime,
+    lock_for: fn(i32, i32) -> Option<i64>,
+) -> Result<(), StorageError> {
+    for (key, free) in keys {
+        let failures = record_failure(conn, key, now, window_start)?;
+        if let Some(secs) = lock_for(failures, *free) {
+            lock(conn, key, now + TimeDelta::seconds(secs))?;
+        }
+    }
+    Ok(())
+}
+
 /// Forgets the failures of `key` (after a successful login).
 pub fn clear(conn: &mut AnyConnection, key: &str) -> Result<(), StorageError> {
     diesel::delete(login_throttle::table.filter(login_throttle::throttle_key.eq(key)))
         .execute(conn)?;
     Ok(())
+}
+
+/// Operators, their tokens and the login throttle, as the use cases see them: each call is one trip to
+/// the blocking pool.
+pub struct Operators<'a> {
+    db: &'a super::Db,
+}
+
+impl super::Db {
+    pub fn operators(&self) -> Operators<'_> {
+        Operators { db: self }
+    }
+}
+
+impl Operators<'_> {
+    /// Creates the operator or replaces its credentials and signs it out (see [`upsert`]); the id and
+    /// whether it was created.
+    pub async fn upsert(
+        &self,
+        email: &str,
+        name: &str,
+        role: &str,
+        password_hash: &str,
+    ) -> Result<(i64, bool), StorageError> {
+        let (email, name, role, hash) = (
+            email.to_owned(),
+            name.to_owned(),
+            role.to_owned(),
+            password_hash.to_owned(),
+        );
+        self.db
+            .run(move |c| upsert(c, &email, &name, &role, &hash))
+            .await
+    }
+
+    pub async fn list(&self) -> Result<Vec<OperatorRow>, StorageError> {
+        self.db.run(list).await
+    }
+
+    pub async fn by_email(&self, email: &str) -> Result<Option<OperatorRow>, StorageError> {
+        let email = email.to_owned();
+        self.db.run(move |c| find_by_email(c, &email)).await
+    }
+
+    /// The operator owning a live token of this kind (see [`operator_for_token`]).
+    pub async fn by_token(
+        &self,
+        kind: &str,
+        token_hash: &str,
+        now: NaiveDateTime,
+    ) -> Result<Option<OperatorRow>, StorageError> {
+        let (kind, hash) = (kind.to_owned(), token_hash.to_owned());
+        self.db
+            .run(move |c| operator_for_token(c, &kind, &hash, now))
+            .await
+    }
+
+    /// Stores the hash of one token (see [`insert_token`]).
+    pub async fn insert_token(
+        &self,
+        operator_id: i64,
+        kind: &str,
+        token_hash: &str,
+        expires_at: NaiveDateTime,
+    ) -> Result<(), StorageError> {
+        let (kind, hash) = (kind.to_owned(), token_hash.to_owned());
+        self.db
+            .run(move |c| insert_token(c, operator_id, &kind, &hash, expires_at))
+            .await
+    }
+
+    /// Stores the hashes of an access and a refresh token together (see [`insert_token_pair`]).
+    pub async fn insert_token_pair(
+        &self,
+        operator_id: i64,
+        access: (&str, NaiveDateTime),
+        refresh: (&str, NaiveDateTime),
+    ) -> Result<(), StorageError> {
+        let (access_hash, access_until) = (access.0.to_owned(), access.1);
+        let (refresh_hash, refresh_until) = (refresh.0.to_owned(), refresh.1);
+        self.db
+            .run(move |c| {
+                insert_token_pair(
+                    c,
+                    operator_id,
+                    (&access_hash, access_until),
+                    (&refresh_hash, refresh_until),
+                )
+            })
+            .await
+    }
+
+    /// Revokes one token by hash; true when a live token was revoked.
+    pub async fn revoke_token(&self, token_hash: &str) -> Result<bool, StorageError> {
+        let hash = token_hash.to_owned();
+        self.db.run(move |c| revoke_token(c, &hash)).await
+    }
+
+    /// The throttle counters for these keys.
+    pub async fn throttle_rows(&self, keys: &[String]) -> Result<Vec<ThrottleRow>, StorageError> {
+        let keys = keys.to_vec();
+        self.db.run(move |c| throttle_rows(c, &keys)).await
+    }
+
+    /// Counts a failed login against each key and locks those over their allowance (see
+    /// [`record_failures`]).
+    pub async fn record_failures(
+        &self,
+        keys: &[(String, i32)],
+        now: NaiveDateTime,
+        window_start: NaiveDateTime,
+        lock_for: fn(i32, i32) -> Option<i64>,
+    ) -> Result<(), StorageError> {
+        let keys = keys.to_vec();
+        self.db
+            .run(move |c| record_failures(c, &keys, now, window_start, lock_for))
+            .await
+    }
+
+    /// Forgets the failures of a throttle key.
+    pub async fn clear_throttle(&self, key: &str) -> Result<(), StorageError> {
+        let key = key.to_owned();
+        self.db.run(move |c| clear(c, &key)).await
+    }
 }

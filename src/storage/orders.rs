@@ -10,8 +10,15 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::events::{self, NewEvent};
-use super::schema::{amocrm_connections as c, order_moves as m, orders as o};
-use super::{AnyConnection, StorageError};
+use super::schema::{
+    amocrm_connections as c, buyer_scans as sc, order_moves as m, order_steps as st, orders as o,
+};
+use super::{AnyConnection, Db, StorageError};
+use crate::domain::buyer::ContactMatch;
+use crate::domain::events::{OrderSyncFailed, OrderSynced};
+use crate::domain::order::{MoveState, SyncState};
+use crate::domain::order::{StepKind, StepState};
+use crate::domain::status::{ConnectionStatus, OrderStatus};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = o)]
@@ -19,12 +26,12 @@ pub struct OrderRow {
     pub id: String,
     pub seller_id: String,
     pub order_number: String,
-    pub status: String,
+    pub status: OrderStatus,
     pub total_amount_minor: i64,
     pub currency: String,
     pub body_json: String,
     pub body_hash: String,
-    pub sync_state: String,
+    pub sync_state: SyncState,
     pub lead_id: Option<i64>,
     pub contact_id: Option<i64>,
     pub company_id: Option<i64>,
@@ -37,6 +44,20 @@ pub struct OrderRow {
     pub lease_until: Option<NaiveDateTime>,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
+    #[diesel(embed)]
+    pub buyer: BuyerResolution,
+}
+
+/// How the order's buyer was resolved before its lead was sent; kept so a retry sends the same lead.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Queryable, Selectable, AsChangeset)]
+#[diesel(table_name = o, treat_none_as_null = true)]
+pub struct BuyerResolution {
+    pub buyer_resolved: bool,
+    /// The existing contact to attach; `None` with `buyer_resolved`: a new contact is sent with the lead.
+    pub buyer_contact_id: Option<i64>,
+    pub buyer_company_id: Option<i64>,
+    pub contact_matched: Option<ContactMatch>,
+    pub responsible_user_id: Option<i64>,
 }
 
 #[derive(Debug, Clone, Insertable)]
@@ -45,12 +66,12 @@ pub struct NewOrder {
     pub id: String,
     pub seller_id: String,
     pub order_number: String,
-    pub status: String,
+    pub status: OrderStatus,
     pub total_amount_minor: i64,
     pub currency: String,
     pub body_json: String,
     pub body_hash: String,
-    pub sync_state: String,
+    pub sync_state: SyncState,
     pub sync_attempts: i32,
     pub next_attempt_at: NaiveDateTime,
     pub needs_lookup: bool,
@@ -63,8 +84,8 @@ pub struct NewOrder {
 pub struct MoveRow {
     pub id: i64,
     pub order_id: String,
-    pub target_status: String,
-    pub state: String,
+    pub target_status: OrderStatus,
+    pub state: MoveState,
     pub attempts: i32,
     pub last_error: Option<String>,
     pub next_attempt_at: NaiveDateTime,
@@ -79,7 +100,7 @@ pub struct MoveRow {
 pub struct ClaimedMove {
     pub id: i64,
     pub order_id: String,
-    pub target_status: String,
+    pub target_status: OrderStatus,
     pub lead_id: i64,
     pub attempts: i32,
 }
@@ -88,15 +109,294 @@ pub struct ClaimedMove {
 #[derive(Debug, Clone, Default)]
 pub struct OrderFilter {
     pub seller_id: Option<String>,
-    pub status: Option<String>,
-    pub sync_state: Option<String>,
+    pub status: Option<OrderStatus>,
+    pub sync_state: Option<SyncState>,
 }
 
-pub const MOVE_PENDING: &str = "pending";
-pub const MOVE_DONE: &str = "done";
-pub const MOVE_FAILED: &str = "failed";
-/// The lead was created after the move was asked for, already in the wanted stage.
-pub const MOVE_SUPERSEDED: &str = "superseded";
+/// Orders and their stage moves, as the use cases see them: each call is one trip to the blocking pool.
+pub struct Orders<'a> {
+    db: &'a Db,
+}
+
+impl Db {
+    pub fn orders(&self) -> Orders<'_> {
+        Orders { db: self }
+    }
+}
+
+/// Which due orders [`Orders::claim`] takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimFor {
+    /// Orders to send: marked `needs_lookup` (a create is about to be sent) and the attempt counted.
+    Send,
+    /// Orders whose last send had no known outcome, to be looked up in amoCRM first.
+    Lookup,
+}
+
+impl Orders<'_> {
+    /// Stores a new order; a second one with the same `(seller_id, order_number)` is a unique violation.
+    pub async fn insert(&self, new: NewOrder) -> Result<OrderRow, StorageError> {
+        self.db.run(move |c| insert(c, &new)).await
+    }
+
+    pub async fn find(&self, id: &str) -> Result<Option<OrderRow>, StorageError> {
+        let id = id.to_owned();
+        self.db.run(move |c| find(c, &id)).await
+    }
+
+    /// See [`uncount_attempt`].
+    pub async fn uncount_attempt(&self, ids: Vec<String>, owner: &str) -> Result<usize, StorageError> {
+        let owner = owner.to_owned();
+        self.db.run(move |c| uncount_attempt(c, &ids, &owner)).await
+    }
+
+    pub async fn find_many(&self, ids: Vec<String>) -> Result<Vec<OrderRow>, StorageError> {
+        self.db.run(move |c| find_many(c, &ids)).await
+    }
+
+    /// See [`save_buyers`]; returns the resolutions as stored (round-robin users filled in).
+    pub async fn save_buyers(
+        &self,
+        seller_id: &str,
+        owner: &str,
+        resolved: Vec<(String, BuyerResolution)>,
+        round_robin: Option<Vec<i64>>,
+    ) -> Result<Vec<(String, BuyerResolution)>, StorageError> {
+        let (seller, owner) = (seller_id.to_owned(), owner.to_owned());
+        self.db
+            .run(move |c| save_buyers(c, &seller, &owner, &resolved, round_robin.as_deref()))
+            .await
+    }
+
+    /// The seller's order with the marketplace's number (repeats and conflicts of a `POST`).
+    pub async fn by_number(
+        &self,
+        seller_id: &str,
+        order_number: &str,
+    ) -> Result<Option<OrderRow>, StorageError> {
+        let (seller, number) = (seller_id.to_owned(), order_number.to_owned());
+        self.db
+            .run(move |c| find_by_number(c, &seller, &number))
+            .await
+    }
+
+    /// A page of orders, newest first, and the total matching the filter.
+    pub async fn list(
+        &self,
+        filter: OrderFilter,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(Vec<OrderRow>, i64), StorageError> {
+        self.db.run(move |c| list(c, &filter, offset, limit)).await
+    }
+
+    /// Sets a new status and queues the stage move (see [`change_status`]).
+    pub async fn change_status(
+        &self,
+        id: &str,
+        status: OrderStatus,
+    ) -> Result<Option<OrderRow>, StorageError> {
+        let id = id.to_owned();
+        self.db.run(move |c| change_status(c, &id, status)).await
+    }
+
+    /// Queues a failed or held order again, held when the seller's connection is not active (see
+    /// [`retry`]).
+    pub async fn retry(&self, id: &str, seller_id: &str) -> Result<Option<OrderRow>, StorageError> {
+        let (id, seller) = (id.to_owned(), seller_id.to_owned());
+        self.db.run(move |c| retry(c, &id, &seller)).await
+    }
+
+    /// Queues a seller's held orders again; how many.
+    pub async fn release_held(&self, seller_id: &str) -> Result<usize, StorageError> {
+        let seller = seller_id.to_owned();
+        self.db.run(move |c| release_held(c, &seller)).await
+    }
+
+    /// Holds or releases orders to match their connection's status; `(held, released)`.
+    pub async fn sync_hold_states(&self) -> Result<(usize, usize), StorageError> {
+        self.db.run(sync_hold_states).await
+    }
+
+    /// Holds every queued order of a seller whose connection is not usable; how many.
+    pub async fn hold_seller(&self, seller_id: &str, reason: &str) -> Result<usize, StorageError> {
+        let (seller, reason) = (seller_id.to_owned(), reason.to_owned());
+        self.db.run(move |c| hold_seller(c, &seller, &reason)).await
+    }
+
+    /// Accounts with due work whose push lease is free, least recently served first.
+    pub async fn due_accounts(
+        &self,
+        owner: &str,
+        now: NaiveDateTime,
+        limit: i64,
+    ) -> Result<Vec<DueAccount>, StorageError> {
+        let owner = owner.to_owned();
+        self.db
+            .run(move |c| due_accounts(c, &owner, now, limit))
+            .await
+    }
+
+    /// Takes an account's push lease; false when someone else holds it or it rests.
+    pub async fn claim_account(
+        &self,
+        connection_id: i64,
+        owner: &str,
+        now: NaiveDateTime,
+        until: NaiveDateTime,
+    ) -> Result<bool, StorageError> {
+        let owner = owner.to_owned();
+        self.db
+            .run(move |c| claim_account(c, connection_id, &owner, now, until))
+            .await
+    }
+
+    /// Extends our account lease; false if it was lost.
+    pub async fn extend_account(
+        &self,
+        connection_id: i64,
+        owner: &str,
+        until: NaiveDateTime,
+    ) -> Result<bool, StorageError> {
+        let owner = owner.to_owned();
+        self.db
+            .run(move |c| extend_account(c, connection_id, &owner, until))
+            .await
+    }
+
+    /// Ends our turn on an account (see [`release_account`]).
+    pub async fn release_account(
+        &self,
+        connection_id: i64,
+        owner: &str,
+        not_before: NaiveDateTime,
+        rest: bool,
+    ) -> Result<(), StorageError> {
+        let owner = owner.to_owned();
+        self.db
+            .run(move |c| release_account(c, connection_id, &owner, not_before, rest))
+            .await
+    }
+
+    /// Claims up to `limit` due orders of one seller, oldest due first.
+    pub async fn claim(
+        &self,
+        seller_id: &str,
+        owner: &str,
+        until: NaiveDateTime,
+        limit: i64,
+        purpose: ClaimFor,
+    ) -> Result<Vec<ClaimedOrder>, StorageError> {
+        let (seller, owner) = (seller_id.to_owned(), owner.to_owned());
+        let lookup = purpose == ClaimFor::Lookup;
+        let now = super::now();
+        self.db
+            .run(move |c| claim_orders(c, &seller, &owner, now, until, limit, lookup))
+            .await
+    }
+
+    /// Stores the leads of pushed or adopted orders with their `order.synced` events; how many.
+    pub async fn mark_synced(
+        &self,
+        seller_id: &str,
+        owner: &str,
+        synced: Vec<SyncedOrder>,
+    ) -> Result<usize, StorageError> {
+        let (seller, owner) = (seller_id.to_owned(), owner.to_owned());
+        self.db
+            .run(move |c| mark_synced(c, &seller, &owner, &synced))
+            .await
+    }
+
+    /// Fails one order for good with amoCRM's reason and records `order.sync_failed`.
+    pub async fn mark_failed(
+        &self,
+        seller_id: &str,
+        owner: &str,
+        order_id: &str,
+        reason: &str,
+    ) -> Result<bool, StorageError> {
+        let (seller, owner) = (seller_id.to_owned(), owner.to_owned());
+        let (id, reason) = (order_id.to_owned(), reason.to_owned());
+        self.db
+            .run(move |c| mark_failed(c, &seller, &owner, &id, &reason))
+            .await
+    }
+
+    /// Puts claimed orders back in the queue for `next_at` (see [`reschedule`]).
+    pub async fn reschedule(
+        &self,
+        ids: Vec<String>,
+        owner: &str,
+        next_at: NaiveDateTime,
+        error: Option<String>,
+        needs_lookup: Option<bool>,
+    ) -> Result<usize, StorageError> {
+        let owner = owner.to_owned();
+        self.db
+            .run(move |c| reschedule(c, &ids, &owner, next_at, error.as_deref(), needs_lookup))
+            .await
+    }
+
+    /// Claims due stage moves of one seller, each order's oldest first.
+    pub async fn claim_moves(
+        &self,
+        seller_id: &str,
+        owner: &str,
+        until: NaiveDateTime,
+        limit: i64,
+    ) -> Result<Vec<ClaimedMove>, StorageError> {
+        let (seller, owner) = (seller_id.to_owned(), owner.to_owned());
+        let now = super::now();
+        self.db
+            .run(move |c| claim_moves(c, &seller, &owner, now, until, limit))
+            .await
+    }
+
+    /// Ends claimed moves in `state` (done or failed); how many were still ours.
+    pub async fn finish_moves(
+        &self,
+        ids: Vec<i64>,
+        owner: &str,
+        state: MoveState,
+        error: Option<String>,
+    ) -> Result<usize, StorageError> {
+        let owner = owner.to_owned();
+        self.db
+            .run(move |c| finish_moves(c, &ids, &owner, state, error.as_deref()))
+            .await
+    }
+
+    /// Puts claimed moves back for another attempt at `next_at`.
+    pub async fn reschedule_moves(
+        &self,
+        ids: Vec<i64>,
+        owner: &str,
+        next_at: NaiveDateTime,
+        error: Option<String>,
+    ) -> Result<usize, StorageError> {
+        let owner = owner.to_owned();
+        self.db
+            .run(move |c| reschedule_moves(c, &ids, &owner, next_at, error.as_deref()))
+            .await
+    }
+
+    /// Queued orders and pending moves left (tests and the benchmark drain until both are zero).
+    pub async fn backlog(&self) -> Result<(i64, i64), StorageError> {
+        self.db.run(backlog).await
+    }
+
+    /// When the next queued order or pending move becomes due.
+    pub async fn next_due(&self) -> Result<Option<NaiveDateTime>, StorageError> {
+        self.db.run(next_due).await
+    }
+
+    /// Every move of one order, oldest first.
+    pub async fn moves_of(&self, order_id: &str) -> Result<Vec<MoveRow>, StorageError> {
+        let id = order_id.to_owned();
+        self.db.run(move |c| moves_of(c, &id)).await
+    }
+}
 
 /// A transaction that holds the write lock from its first statement. On SQLite a deferred transaction that
 /// reads and then writes fails at once with "database is locked" when another connection wrote in between
@@ -155,13 +455,13 @@ pub fn list(
         q = q.filter(o::seller_id.eq(s.clone()));
         count = count.filter(o::seller_id.eq(s.clone()));
     }
-    if let Some(s) = &f.status {
-        q = q.filter(o::status.eq(s.clone()));
-        count = count.filter(o::status.eq(s.clone()));
+    if let Some(s) = f.status {
+        q = q.filter(o::status.eq(s));
+        count = count.filter(o::status.eq(s));
     }
-    if let Some(s) = &f.sync_state {
-        q = q.filter(o::sync_state.eq(s.clone()));
-        count = count.filter(o::sync_state.eq(s.clone()));
+    if let Some(s) = f.sync_state {
+        q = q.filter(o::sync_state.eq(s));
+        count = count.filter(o::sync_state.eq(s));
     }
     let rows = q
         .order((o::created_at.desc(), o::id.desc()))
@@ -175,10 +475,10 @@ pub fn list(
 pub fn count_in_state(
     conn: &mut AnyConnection,
     seller_id: Option<&str>,
-    sync_state: &str,
+    sync_state: SyncState,
 ) -> Result<i64, StorageError> {
     let mut q = o::table
-        .filter(o::sync_state.eq(sync_state.to_owned()))
+        .filter(o::sync_state.eq(sync_state))
         .count()
         .into_boxed();
     if let Some(s) = seller_id {
@@ -192,7 +492,7 @@ pub fn count_in_state(
 pub fn change_status(
     conn: &mut AnyConnection,
     id: &str,
-    status: &str,
+    status: OrderStatus,
 ) -> Result<Option<OrderRow>, StorageError> {
     write_transaction(conn, |conn| {
         let Some(row) = find(conn, id)? else {
@@ -209,7 +509,7 @@ pub fn change_status(
             .values((
                 m::order_id.eq(id),
                 m::target_status.eq(status),
-                m::state.eq(MOVE_PENDING),
+                m::state.eq(MoveState::Pending),
                 m::attempts.eq(0),
                 m::next_attempt_at.eq(now),
                 m::created_at.eq(now),
@@ -228,11 +528,15 @@ pub fn requeue(
 ) -> Result<Option<OrderRow>, StorageError> {
     write_transaction(conn, |conn| {
         let now = super::now();
-        let target = if connection_active { "queued" } else { "held" };
+        let target = if connection_active {
+            SyncState::Queued
+        } else {
+            SyncState::Held
+        };
         diesel::update(
-            o::table
-                .filter(o::id.eq(id))
-                .filter(o::sync_state.eq_any(["failed", "held"])),
+            o::table.filter(o::id.eq(id)).filter(
+                o::sync_state.eq_any([SyncState::Failed.as_str(), SyncState::Held.as_str()]),
+            ),
         )
         .set((
             o::sync_state.eq(target),
@@ -245,15 +549,29 @@ pub fn requeue(
         diesel::update(
             m::table
                 .filter(m::order_id.eq(id))
-                .filter(m::state.eq(MOVE_FAILED)),
+                .filter(m::state.eq(MoveState::Failed)),
         )
         .set((
-            m::state.eq(MOVE_PENDING),
+            m::state.eq(MoveState::Pending),
             m::next_attempt_at.eq(now),
             m::updated_at.eq(now),
         ))
         .execute(conn)?;
         find(conn, id)
+    })
+}
+
+/// Queues a failed or held order again in one transaction: `queued` when its seller's connection is
+/// active, else `held` (see [`requeue`]).
+pub fn retry(
+    conn: &mut AnyConnection,
+    id: &str,
+    seller_id: &str,
+) -> Result<Option<OrderRow>, StorageError> {
+    write_transaction(conn, |conn| {
+        let active = super::connections::find_by_seller(conn, seller_id)?
+            .is_some_and(|c| c.status == ConnectionStatus::Active);
+        requeue(conn, id, active)
     })
 }
 
@@ -263,10 +581,10 @@ pub fn release_held(conn: &mut AnyConnection, seller_id: &str) -> Result<usize, 
     Ok(diesel::update(
         o::table
             .filter(o::seller_id.eq(seller_id))
-            .filter(o::sync_state.eq("held")),
+            .filter(o::sync_state.eq(SyncState::Held)),
     )
     .set((
-        o::sync_state.eq("queued"),
+        o::sync_state.eq(SyncState::Queued),
         o::next_attempt_at.eq(now),
         o::updated_at.eq(now),
     ))
@@ -277,23 +595,27 @@ pub fn release_held(conn: &mut AnyConnection, seller_id: &str) -> Result<usize, 
 /// Returns `(held, released)`.
 pub fn sync_hold_states(conn: &mut AnyConnection) -> Result<(usize, usize), StorageError> {
     let now = super::now();
-    let inactive = c::table.filter(c::status.ne("active")).select(c::seller_id);
+    let inactive = c::table
+        .filter(c::status.ne(ConnectionStatus::Active))
+        .select(c::seller_id);
     let held = diesel::update(
         o::table
-            .filter(o::sync_state.eq("queued"))
+            .filter(o::sync_state.eq(SyncState::Queued))
             .filter(o::seller_id.eq_any(inactive))
             .filter(o::lease_until.is_null().or(o::lease_until.lt(now))),
     )
-    .set((o::sync_state.eq("held"), o::updated_at.eq(now)))
+    .set((o::sync_state.eq(SyncState::Held), o::updated_at.eq(now)))
     .execute(conn)?;
-    let active = c::table.filter(c::status.eq("active")).select(c::seller_id);
+    let active = c::table
+        .filter(c::status.eq(ConnectionStatus::Active))
+        .select(c::seller_id);
     let released = diesel::update(
         o::table
-            .filter(o::sync_state.eq("held"))
+            .filter(o::sync_state.eq(SyncState::Held))
             .filter(o::seller_id.eq_any(active)),
     )
     .set((
-        o::sync_state.eq("queued"),
+        o::sync_state.eq(SyncState::Queued),
         o::next_attempt_at.eq(now),
         o::updated_at.eq(now),
     ))
@@ -311,10 +633,10 @@ pub fn hold_seller(
     Ok(diesel::update(
         o::table
             .filter(o::seller_id.eq(seller_id))
-            .filter(o::sync_state.eq("queued")),
+            .filter(o::sync_state.eq(SyncState::Queued)),
     )
     .set((
-        o::sync_state.eq("held"),
+        o::sync_state.eq(SyncState::Held),
         o::last_error.eq(reason),
         o::lease_owner.eq(None::<String>),
         o::lease_until.eq(None::<NaiveDateTime>),
@@ -342,21 +664,31 @@ pub fn due_accounts(
     limit: i64,
 ) -> Result<Vec<DueAccount>, StorageError> {
     let with_orders = o::table
-        .filter(o::sync_state.eq("queued"))
+        .filter(o::sync_state.eq(SyncState::Queued))
         .filter(o::next_attempt_at.le(now))
         .filter(o::lease_until.is_null().or(o::lease_until.lt(now)))
         .select(o::seller_id)
         .distinct();
     let with_moves = m::table
         .inner_join(o::table)
-        .filter(m::state.eq(MOVE_PENDING))
+        .filter(m::state.eq(MoveState::Pending))
         .filter(m::next_attempt_at.le(now))
         .filter(m::lease_until.is_null().or(m::lease_until.lt(now)))
         .filter(o::lead_id.is_not_null())
         .select(o::seller_id)
         .distinct();
+    let with_steps = st::table
+        .filter(st::state.eq_any([StepState::Pending, StepState::Sent]))
+        .filter(st::next_attempt_at.le(now))
+        .filter(st::lease_until.is_null().or(st::lease_until.lt(now)))
+        .select(st::seller_id)
+        .distinct();
+    let with_scans = sc::table
+        .filter(sc::finished_at.is_null())
+        .filter(sc::next_attempt_at.le(now))
+        .select(sc::seller_id);
     let rows: Vec<(i64, String)> = c::table
-        .filter(c::status.eq("active"))
+        .filter(c::status.eq(ConnectionStatus::Active))
         .filter(
             c::push_lease_until
                 .is_null()
@@ -366,7 +698,9 @@ pub fn due_accounts(
         .filter(
             c::seller_id
                 .eq_any(with_orders)
-                .or(c::seller_id.eq_any(with_moves)),
+                .or(c::seller_id.eq_any(with_moves))
+                .or(c::seller_id.eq_any(with_steps))
+                .or(c::seller_id.eq_any(with_scans)),
         )
         .order((
             c::push_lease_until.is_not_null(),
@@ -398,7 +732,7 @@ pub fn claim_account(
     let n = diesel::update(
         c::table
             .filter(c::id.eq(connection_id))
-            .filter(c::status.eq("active"))
+            .filter(c::status.eq(ConnectionStatus::Active))
             .filter(
                 c::push_lease_until
                     .is_null()
@@ -481,7 +815,7 @@ pub fn claim_orders(
     write_transaction(conn, |conn| {
         let ids: Vec<String> = o::table
             .filter(o::seller_id.eq(seller_id))
-            .filter(o::sync_state.eq("queued"))
+            .filter(o::sync_state.eq(SyncState::Queued))
             .filter(o::needs_lookup.eq(lookup))
             .filter(o::next_attempt_at.le(now))
             .filter(o::lease_until.is_null().or(o::lease_until.lt(now)))
@@ -503,7 +837,7 @@ pub fn claim_orders(
             // (`sync_state = ?`) to 50 primary-key lookups (measured: most of the push's time with 50
             // sellers).
             target = target
-                .filter(o::sync_state.eq("queued"))
+                .filter(o::sync_state.eq(SyncState::Queued))
                 .filter(o::needs_lookup.eq(lookup))
                 .filter(o::lease_until.is_null().or(o::lease_until.lt(now)));
         }
@@ -533,7 +867,7 @@ pub fn claim_orders(
             .load(conn)?;
         let pending: Vec<(String, i64)> = m::table
             .filter(m::order_id.eq_any(&ids))
-            .filter(m::state.eq(MOVE_PENDING))
+            .filter(m::state.eq(MoveState::Pending))
             .select((m::order_id, m::id))
             .load(conn)?;
         Ok(rows
@@ -550,6 +884,74 @@ pub fn claim_orders(
     })
 }
 
+/// Stores how the buyers of claimed orders were resolved, in one transaction. With `round_robin` users, each
+/// resolution without a responsible user takes the next position of the seller's counter (in the same
+/// transaction, so a crash never skips a position and instances never share one).
+pub fn save_buyers(
+    conn: &mut AnyConnection,
+    seller_id: &str,
+    owner: &str,
+    resolved: &[(String, BuyerResolution)],
+    round_robin: Option<&[i64]>,
+) -> Result<Vec<(String, BuyerResolution)>, StorageError> {
+    write_transaction(conn, |conn| {
+        let mut out = resolved.to_vec();
+        if let Some(users) = round_robin.filter(|u| !u.is_empty()) {
+            let unassigned: Vec<usize> = out
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, r))| r.responsible_user_id.is_none())
+                .map(|(i, _)| i)
+                .collect();
+            if !unassigned.is_empty() {
+                let n = i64::try_from(unassigned.len()).unwrap_or(i64::MAX);
+                let start = super::settings::take_round_robin(conn, seller_id, n)?;
+                let len = i64::try_from(users.len()).unwrap_or(1);
+                for (k, i) in unassigned.into_iter().enumerate() {
+                    let pos = (start + i64::try_from(k).unwrap_or(0)).rem_euclid(len);
+                    out[i].1.responsible_user_id =
+                        users.get(usize::try_from(pos).unwrap_or(0)).copied();
+                }
+            }
+        }
+        for (id, r) in &out {
+            diesel::update(
+                o::table
+                    .filter(o::id.eq(id))
+                    .filter(o::lease_owner.eq(owner)),
+            )
+            .set((r, o::updated_at.eq(super::now())))
+            .execute(conn)?;
+        }
+        Ok(out)
+    })
+}
+
+/// Takes back the attempt a send claim counted for orders that were not sent after all (their buyer was
+/// still being made, or the turn ran out), so their backoff does not grow while they only wait.
+pub fn uncount_attempt(
+    conn: &mut AnyConnection,
+    ids: &[String],
+    owner: &str,
+) -> Result<usize, StorageError> {
+    Ok(diesel::update(
+        o::table
+            .filter(o::id.eq_any(ids))
+            .filter(o::lease_owner.eq(owner))
+            .filter(o::sync_attempts.gt(0)),
+    )
+    .set(o::sync_attempts.eq(o::sync_attempts - 1))
+    .execute(conn)?)
+}
+
+/// Orders by id (the lead steps read their bodies).
+pub fn find_many(conn: &mut AnyConnection, ids: &[String]) -> Result<Vec<OrderRow>, StorageError> {
+    Ok(o::table
+        .filter(o::id.eq_any(ids))
+        .select(OrderRow::as_select())
+        .load(conn)?)
+}
+
 /// The lead amoCRM made (or that a lookup found) for one order.
 #[derive(Debug, Clone)]
 pub struct SyncedOrder {
@@ -559,6 +961,8 @@ pub struct SyncedOrder {
     pub contact_id: Option<i64>,
     pub company_id: Option<i64>,
     pub moves_up_to: Option<i64>,
+    /// What is done on the lead next (note, products, task, the contact's missing values).
+    pub steps: Vec<StepKind>,
 }
 
 /// Stores the lead ids of pushed orders and records `order.synced` for each, in one transaction (webhook
@@ -582,10 +986,10 @@ pub fn mark_synced(
                 o::table
                     .filter(o::id.eq(&s.order_id))
                     .filter(o::lease_owner.eq(owner))
-                    .filter(o::sync_state.eq("queued")),
+                    .filter(o::sync_state.eq(SyncState::Queued)),
             )
             .set((
-                o::sync_state.eq("synced"),
+                o::sync_state.eq(SyncState::Synced),
                 o::lead_id.eq(Some(s.lead_id)),
                 o::contact_id.eq(s.contact_id),
                 o::company_id.eq(s.company_id),
@@ -600,14 +1004,16 @@ pub fn mark_synced(
             if n == 0 {
                 continue;
             }
+            super::steps::plan(conn, &s.order_id, seller_id, s.lead_id, &s.steps)?;
+            super::buyers::complete_creation(conn, &s.order_id, s.contact_id, s.company_id)?;
             if let Some(up_to) = s.moves_up_to {
                 diesel::update(
                     m::table
                         .filter(m::order_id.eq(&s.order_id))
-                        .filter(m::state.eq(MOVE_PENDING))
+                        .filter(m::state.eq(MoveState::Pending))
                         .filter(m::id.le(up_to)),
                 )
-                .set((m::state.eq(MOVE_SUPERSEDED), m::updated_at.eq(now)))
+                .set((m::state.eq(MoveState::Superseded), m::updated_at.eq(now)))
                 .execute(conn)?;
             }
             marked.push(s);
@@ -617,16 +1023,15 @@ pub fn mark_synced(
         let evs: Vec<NewEvent> = marked
             .iter()
             .map(|s| {
-                NewEvent::new(
-                    "order.synced",
+                NewEvent::of(
                     seller_id,
-                    serde_json::json!({
-                        "order_id": s.order_id,
-                        "order_number": s.order_number,
-                        "lead_id": s.lead_id,
-                        "contact_id": s.contact_id,
-                        "company_id": s.company_id,
-                    }),
+                    &OrderSynced {
+                        order_id: s.order_id.clone(),
+                        order_number: s.order_number.clone(),
+                        lead_id: Some(s.lead_id),
+                        contact_id: s.contact_id,
+                        company_id: s.company_id,
+                    },
                     Some(format!("order.synced:{}", s.order_id)),
                 )
             })
@@ -650,10 +1055,10 @@ pub fn mark_failed(
             o::table
                 .filter(o::id.eq(order_id))
                 .filter(o::lease_owner.eq(owner))
-                .filter(o::sync_state.eq("queued")),
+                .filter(o::sync_state.eq(SyncState::Queued)),
         )
         .set((
-            o::sync_state.eq("failed"),
+            o::sync_state.eq(SyncState::Failed),
             o::needs_lookup.eq(false),
             o::last_error.eq(Some(reason)),
             o::lease_owner.eq(None::<String>),
@@ -667,14 +1072,14 @@ pub fn mark_failed(
         let Some(row) = find(conn, order_id)? else {
             return Ok(false);
         };
-        let ev = NewEvent::new(
-            "order.sync_failed",
+        super::buyers::release(conn, order_id)?;
+        let ev = NewEvent::of(
             seller_id,
-            serde_json::json!({
-                "order_id": row.id,
-                "order_number": row.order_number,
-                "error": reason,
-            }),
+            &OrderSyncFailed {
+                order_id: row.id.clone(),
+                order_number: row.order_number.clone(),
+                error: reason.to_owned(),
+            },
             Some(format!(
                 "order.sync_failed:{}:{}",
                 row.id, row.sync_attempts
@@ -705,13 +1110,15 @@ pub fn reschedule(
         if sqlite {
             // As in `claim_orders`: a `sync_state = ?` term makes SQLite's planner walk the whole queue
             // instead of looking the ids up, so ours are picked by primary key under the write lock.
-            let rows: Vec<(String, Option<String>, String)> = o::table
+            let rows: Vec<(String, Option<String>, SyncState)> = o::table
                 .filter(o::id.eq_any(ids))
                 .select((o::id, o::lease_owner, o::sync_state))
                 .load(conn)?;
             let ours: Vec<String> = rows
                 .into_iter()
-                .filter(|(_, lease, state)| lease.as_deref() == Some(owner) && state == "queued")
+                .filter(|(_, lease, state)| {
+                    lease.as_deref() == Some(owner) && *state == SyncState::Queued
+                })
                 .map(|(id, _, _)| id)
                 .collect();
             if ours.is_empty() {
@@ -722,7 +1129,7 @@ pub fn reschedule(
             target = target
                 .filter(o::id.eq_any(ids))
                 .filter(o::lease_owner.eq(owner))
-                .filter(o::sync_state.eq("queued"));
+                .filter(o::sync_state.eq(SyncState::Queued));
         }
         reschedule_rows(conn, target, now, next_at, error, needs_lookup)
     })
@@ -764,31 +1171,30 @@ fn reschedule_rows(
 /// The earliest time a queued order or pending move becomes due (for the worker loop's wait).
 pub fn next_due(conn: &mut AnyConnection) -> Result<Option<NaiveDateTime>, StorageError> {
     let orders: Option<NaiveDateTime> = o::table
-        .filter(o::sync_state.eq("queued"))
+        .filter(o::sync_state.eq(SyncState::Queued))
         .select(diesel::dsl::min(o::next_attempt_at))
         .first(conn)?;
     let moves: Option<NaiveDateTime> = m::table
         .inner_join(o::table)
-        .filter(m::state.eq(MOVE_PENDING))
+        .filter(m::state.eq(MoveState::Pending))
         .filter(o::lead_id.is_not_null())
         .select(diesel::dsl::min(m::next_attempt_at))
         .first(conn)?;
-    Ok(match (orders, moves) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    })
+    let steps = super::steps::next_due(conn, None)?;
+    Ok([orders, moves, steps].into_iter().flatten().min())
 }
 
-/// How much work is left: queued orders and pending moves of orders that have a lead.
+/// How much work is left: queued orders, and pending moves of orders that have a lead together with their
+/// unfinished lead steps (note, products, task, contact).
 pub fn backlog(conn: &mut AnyConnection) -> Result<(i64, i64), StorageError> {
-    let orders = count_in_state(conn, None, "queued")?;
+    let orders = count_in_state(conn, None, SyncState::Queued)?;
     let moves = m::table
         .inner_join(o::table)
-        .filter(m::state.eq(MOVE_PENDING))
+        .filter(m::state.eq(MoveState::Pending))
         .filter(o::lead_id.is_not_null())
         .count()
-        .get_result(conn)?;
-    Ok((orders, moves))
+        .get_result::<i64>(conn)?;
+    Ok((orders, moves + super::steps::backlog(conn)?))
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -798,7 +1204,7 @@ pub fn backlog(conn: &mut AnyConnection) -> Result<(i64, i64), StorageError> {
 type MoveCandidate = (
     i64,
     String,
-    String,
+    OrderStatus,
     NaiveDateTime,
     Option<NaiveDateTime>,
     i64,
@@ -821,7 +1227,7 @@ pub fn claim_moves(
             .inner_join(o::table)
             .filter(o::seller_id.eq(seller_id))
             .filter(o::lead_id.is_not_null())
-            .filter(m::state.eq(MOVE_PENDING))
+            .filter(m::state.eq(MoveState::Pending))
             .order((m::order_id.asc(), m::id.asc()))
             .select((
                 m::id,
@@ -859,7 +1265,7 @@ pub fn claim_moves(
             let n = diesel::update(
                 m::table
                     .filter(m::id.eq(mv.id))
-                    .filter(m::state.eq(MOVE_PENDING))
+                    .filter(m::state.eq(MoveState::Pending))
                     .filter(m::lease_until.is_null().or(m::lease_until.lt(now))),
             )
             .set((
@@ -881,7 +1287,7 @@ pub fn finish_moves(
     conn: &mut AnyConnection,
     ids: &[i64],
     owner: &str,
-    state: &str,
+    state: MoveState,
     error: Option<&str>,
 ) -> Result<usize, StorageError> {
     if ids.is_empty() {

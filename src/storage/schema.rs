@@ -63,6 +63,10 @@ diesel::table! {
         revoke_reason -> Nullable<Text>,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        platform -> Text,
+        suspended_reason -> Nullable<Text>,
+        suspended_at -> Nullable<Timestamp>,
+        next_probe_at -> Nullable<Timestamp>,
     }
 }
 
@@ -76,6 +80,19 @@ diesel::table! {
         expires_at -> Timestamp,
         used_at -> Nullable<Timestamp>,
         created_at -> Timestamp,
+        platform -> Text,
+    }
+}
+
+diesel::table! {
+    connection_health (connection_id) {
+        connection_id -> BigInt,
+        state -> Text,
+        last_success_at -> Nullable<Timestamp>,
+        last_failure_at -> Nullable<Timestamp>,
+        last_failure_class -> Nullable<Text>,
+        last_failure -> Nullable<Text>,
+        updated_at -> Timestamp,
     }
 }
 
@@ -116,6 +133,11 @@ diesel::table! {
         lease_until -> Nullable<Timestamp>,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        buyer_resolved -> Bool,
+        buyer_contact_id -> Nullable<BigInt>,
+        buyer_company_id -> Nullable<BigInt>,
+        contact_matched -> Nullable<Text>,
+        responsible_user_id -> Nullable<BigInt>,
     }
 }
 
@@ -259,16 +281,101 @@ diesel::table! {
 
 diesel::joinable!(api_key_usage -> api_keys (key_id));
 diesel::joinable!(oauth_states -> connect_sessions (session_id));
+diesel::table! {
+    seller_settings (seller_id) {
+        seller_id -> Text,
+        settings -> Text,
+        round_robin_next -> BigInt,
+        products_catalog_id -> Nullable<BigInt>,
+        catalog_checked_at -> Nullable<Timestamp>,
+        problems -> Nullable<Text>,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    buyer_index (seller_id, buyer_key) {
+        seller_id -> Text,
+        buyer_key -> Text,
+        contact_id -> Nullable<BigInt>,
+        responsible_user_id -> Nullable<BigInt>,
+        creator_order -> Nullable<Text>,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    buyer_scans (seller_id) {
+        seller_id -> Text,
+        next_page -> Integer,
+        finished_at -> Nullable<Timestamp>,
+        next_attempt_at -> Timestamp,
+        attempts -> Integer,
+        last_error -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    catalog_skus (seller_id, catalog_id, sku) {
+        seller_id -> Text,
+        catalog_id -> BigInt,
+        sku -> Text,
+        element_id -> Nullable<BigInt>,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    order_steps (order_id, step) {
+        order_id -> Text,
+        step -> Text,
+        seller_id -> Text,
+        lead_id -> BigInt,
+        state -> Text,
+        result_id -> Nullable<BigInt>,
+        result_count -> Nullable<Integer>,
+        attempts -> Integer,
+        last_error -> Nullable<Text>,
+        next_attempt_at -> Timestamp,
+        lease_owner -> Nullable<Text>,
+        lease_until -> Nullable<Timestamp>,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    settings_sessions (id) {
+        id -> BigInt,
+        token_hash -> Text,
+        seller_id -> Text,
+        return_url -> Nullable<Text>,
+        lang -> Text,
+        browser_hash -> Nullable<Text>,
+        expires_at -> Timestamp,
+        opened_at -> Nullable<Timestamp>,
+        created_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(order_moves -> orders (order_id));
+diesel::joinable!(order_steps -> orders (order_id));
 diesel::joinable!(event_deliveries -> events (event_seq));
 diesel::joinable!(event_deliveries -> webhook_subscriptions (subscription_id));
 diesel::joinable!(delivery_attempts -> event_deliveries (delivery_id));
 diesel::joinable!(operator_tokens -> operators (operator_id));
+diesel::joinable!(connection_health -> amocrm_connections (connection_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
+    buyer_index,
+    buyer_scans,
+    catalog_skus,
+    order_steps,
+    seller_settings,
+    settings_sessions,
     api_key_usage,
     amocrm_connections,
+    connection_health,
     connect_sessions,
     oauth_states,
     orders,

@@ -6,6 +6,7 @@ use diesel::prelude::*;
 
 use super::schema::{connect_sessions as cs, oauth_states as os};
 use super::{AnyConnection, StorageError};
+use crate::domain::platform::Platform;
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = cs)]
@@ -18,6 +19,8 @@ pub struct ConnectSession {
     pub expires_at: NaiveDateTime,
     pub used_at: Option<NaiveDateTime>,
     pub created_at: NaiveDateTime,
+    /// The platform the seller connects to: its consent page and client id.
+    pub platform: Platform,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -44,6 +47,7 @@ pub struct NewSession {
     pub lang: String,
     pub expires_at: NaiveDateTime,
     pub created_at: NaiveDateTime,
+    pub platform: Platform,
 }
 
 /// A state about to be stored.
@@ -150,10 +154,57 @@ pub fn prune_expired(
     Ok(diesel::delete(cs::table.filter(cs::expires_at.lt(before))).execute(conn)?)
 }
 
-/// Runs `f` in one database transaction (for services, which do not import diesel).
-pub fn transaction<T, F>(conn: &mut AnyConnection, f: F) -> Result<T, StorageError>
-where
-    F: FnOnce(&mut AnyConnection) -> Result<T, StorageError>,
-{
-    conn.transaction(f)
+/// Connect sessions and OAuth states, as the use cases see them: each call is one trip to the blocking pool.
+pub struct Sessions<'a> {
+    db: &'a super::Db,
+}
+
+impl super::Db {
+    pub fn sessions(&self) -> Sessions<'_> {
+        Sessions { db: self }
+    }
+}
+
+impl Sessions<'_> {
+    pub async fn insert(&self, new: NewSession) -> Result<ConnectSession, StorageError> {
+        self.db.run(move |c| insert_session(c, &new)).await
+    }
+
+    /// The session whose raw token hashes to `token_hash`.
+    pub async fn by_token_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<ConnectSession>, StorageError> {
+        let hash = token_hash.to_owned();
+        self.db.run(move |c| find_session_by_hash(c, &hash)).await
+    }
+
+    pub async fn by_id(&self, id: i64) -> Result<Option<ConnectSession>, StorageError> {
+        self.db.run(move |c| find_session(c, id)).await
+    }
+
+    pub async fn insert_state(&self, new: NewState) -> Result<(), StorageError> {
+        self.db.run(move |c| insert_state(c, &new)).await
+    }
+
+    /// The state whose raw value hashes to `state_hash`.
+    pub async fn state_by_hash(
+        &self,
+        state_hash: &str,
+    ) -> Result<Option<OAuthState>, StorageError> {
+        let hash = state_hash.to_owned();
+        self.db.run(move |c| find_state_by_hash(c, &hash)).await
+    }
+
+    /// See [`consume_state`].
+    pub async fn consume_state(&self, id: i64) -> Result<bool, StorageError> {
+        self.db
+            .run(move |c| consume_state(c, id, super::now()))
+            .await
+    }
+
+    /// See [`prune_expired`].
+    pub async fn prune_expired(&self, before: NaiveDateTime) -> Result<usize, StorageError> {
+        self.db.run(move |c| prune_expired(c, before)).await
+    }
 }

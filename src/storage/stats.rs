@@ -11,6 +11,8 @@ use super::schema::{
     orders,
 };
 use super::{AnyConnection, StorageError};
+use crate::domain::order::SyncState;
+use crate::domain::status::{DeliveryState, InboxState};
 
 /// One snapshot of the service's queues and states.
 #[derive(Debug, Clone, Default)]
@@ -50,7 +52,7 @@ pub fn snapshot(conn: &mut AnyConnection) -> Result<Stats, StorageError> {
                 .select((orders::sync_state, count_star()))
                 .load(c)?,
             oldest_queued_order: orders::table
-                .filter(orders::sync_state.eq("queued"))
+                .filter(orders::sync_state.eq(SyncState::Queued))
                 .select(min(orders::created_at))
                 .first(c)?,
             order_moves_by_state: order_moves::table
@@ -62,7 +64,7 @@ pub fn snapshot(conn: &mut AnyConnection) -> Result<Stats, StorageError> {
                 .select((event_deliveries::state, count_star()))
                 .load(c)?,
             oldest_pending_delivery: event_deliveries::table
-                .filter(event_deliveries::state.eq("pending"))
+                .filter(event_deliveries::state.eq(DeliveryState::Pending))
                 .select(min(event_deliveries::created_at))
                 .first(c)?,
             inbox_by_state: amocrm_webhook_inbox::table
@@ -70,7 +72,7 @@ pub fn snapshot(conn: &mut AnyConnection) -> Result<Stats, StorageError> {
                 .select((amocrm_webhook_inbox::state, count_star()))
                 .load(c)?,
             oldest_pending_inbox: amocrm_webhook_inbox::table
-                .filter(amocrm_webhook_inbox::state.eq("pending"))
+                .filter(amocrm_webhook_inbox::state.eq(InboxState::Pending))
                 .select(min(amocrm_webhook_inbox::received_at))
                 .first(c)?,
             events_total: events::table.select(count_star()).first(c)?,

@@ -7,7 +7,6 @@ use secrecy::SecretString;
 use super::cipher::{Aad, CipherError, Keyring};
 use super::schema::webhook_subscriptions as s;
 use super::{AnyConnection, Db, StorageError};
-use crate::services::keys::RotationReport;
 
 pub const TABLE: &str = "webhook_subscriptions";
 pub const SECRET_COLUMN: &str = "secret";
@@ -49,46 +48,20 @@ pub fn all(conn: &mut AnyConnection) -> Result<Vec<Subscription>, StorageError> 
         .load(conn)?)
 }
 
-/// Re-encrypts subscription secrets not under the active key (part of `keys rotate`).
-pub async fn rotate_all(db: &Db, keys: &Keyring) -> Result<RotationReport, StorageError> {
-    let mut report = RotationReport::default();
-    let rows = db.run(all).await?;
-    for row in rows {
-        report.scanned += 1;
-        if !keys.needs_rotation(&row.secret_enc) {
-            report.already_current += 1;
-            continue;
-        }
-        let Ok(plain) = row.secret(keys) else {
-            report.failed += 1;
-            continue;
-        };
-        let fresh = keys.encrypt(
-            secret_aad(&row.id),
-            secrecy::ExposeSecret::expose_secret(&plain),
-        );
-        let (id, old) = (row.id.clone(), row.secret_enc.clone());
-        let n = db
-            .run(move |c| {
-                Ok(diesel::update(
-                    s::table
-                        .filter(s::id.eq(&id))
-                        .filter(s::secret_enc.eq(&old)),
-                )
-                .set(s::secret_enc.eq(&fresh))
-                .execute(c)?)
-            })
-            .await?;
-        if n == 1 {
-            report.rotated += 1;
-        } else {
-            report.skipped_concurrent += 1;
-        }
-    }
-    Ok(report)
+/// Swaps a secret's ciphertext for one sealed under the active key, only if it is still `old` (a concurrent
+/// `PATCH` wins); the number of rows changed.
+pub fn replace_secret(
+    conn: &mut AnyConnection,
+    id: &str,
+    old: &[u8],
+    fresh: &[u8],
+) -> Result<usize, StorageError> {
+    Ok(
+        diesel::update(s::table.filter(s::id.eq(id)).filter(s::secret_enc.eq(old)))
+            .set(s::secret_enc.eq(fresh))
+            .execute(conn)?,
+    )
 }
-
-// --- issue 7: the subscriptions API ---
 
 /// A subscription about to be stored; `secret_enc` is already sealed for its row id.
 #[derive(Debug, Clone, Insertable)]
@@ -183,4 +156,67 @@ pub fn delete(conn: &mut AnyConnection, id: &str) -> Result<bool, StorageError> 
         .execute(c)?;
         Ok::<_, StorageError>(diesel::delete(s::table.filter(s::id.eq(id))).execute(c)? == 1)
     })
+}
+
+/// Subscriptions, as the use cases see them: each call is one trip to the blocking pool.
+pub struct Subscriptions<'a> {
+    db: &'a Db,
+}
+
+impl Db {
+    pub fn subscriptions(&self) -> Subscriptions<'_> {
+        Subscriptions { db: self }
+    }
+}
+
+impl Subscriptions<'_> {
+    pub async fn all(&self) -> Result<Vec<Subscription>, StorageError> {
+        self.db.run(all).await
+    }
+
+    pub async fn insert(&self, row: NewSubscription) -> Result<Subscription, StorageError> {
+        self.db.run(move |c| insert(c, &row)).await
+    }
+
+    pub async fn find(&self, id: &str) -> Result<Option<Subscription>, StorageError> {
+        let id = id.to_owned();
+        self.db.run(move |c| find(c, &id)).await
+    }
+
+    pub async fn page(
+        &self,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(Vec<Subscription>, i64), StorageError> {
+        self.db.run(move |c| list(c, offset, limit)).await
+    }
+
+    pub async fn update(
+        &self,
+        id: &str,
+        changes: SubscriptionChanges,
+    ) -> Result<Option<Subscription>, StorageError> {
+        let id = id.to_owned();
+        self.db.run(move |c| update(c, &id, &changes)).await
+    }
+
+    pub async fn delete(&self, id: &str) -> Result<bool, StorageError> {
+        let id = id.to_owned();
+        self.db.run(move |c| delete(c, &id)).await
+    }
+
+    /// See [`replace_secret`].
+    pub async fn replace_secret(
+        &self,
+        id: &str,
+        old: Vec<u8>,
+        fresh: Vec<u8>,
+    ) -> Result<bool, StorageError> {
+        let id = id.to_owned();
+        Ok(self
+            .db
+            .run(move |c| replace_secret(c, &id, &old, &fresh))
+            .await?
+            == 1)
+    }
 }

@@ -10,7 +10,60 @@ use chrono::{NaiveDateTime, TimeDelta};
 use diesel::prelude::*;
 
 use super::schema::amocrm_account_turns as t;
-use super::{AnyConnection, StorageError};
+use super::{AnyConnection, Db, StorageError};
+
+/// Account turns, as the turn gate sees them: each call is one trip to the blocking pool.
+pub struct Turns<'a> {
+    db: &'a Db,
+}
+
+impl Db {
+    pub fn turns(&self) -> Turns<'_> {
+        Turns { db: self }
+    }
+}
+
+impl Turns<'_> {
+    /// Takes or renews the turn on `key` (see [`take`]).
+    pub async fn take(
+        &self,
+        key: &str,
+        owner: &str,
+        now: NaiveDateTime,
+        until: NaiveDateTime,
+        max_turn: TimeDelta,
+    ) -> Result<Turn, StorageError> {
+        let (key, owner) = (key.to_owned(), owner.to_owned());
+        self.db
+            .run(move |c| take(c, &key, &owner, now, until, max_turn))
+            .await
+    }
+
+    /// Shortens an idle turn we hold to `cool_until` (see [`shorten`]).
+    pub async fn shorten(
+        &self,
+        key: &str,
+        owner: &str,
+        cool_until: NaiveDateTime,
+    ) -> Result<bool, StorageError> {
+        let (key, owner) = (key.to_owned(), owner.to_owned());
+        self.db
+            .run(move |c| shorten(c, &key, &owner, cool_until))
+            .await
+    }
+
+    /// Gives up every turn `owner` holds, closed until `cool_until` (see [`release_all`]).
+    pub async fn release_all(
+        &self,
+        owner: &str,
+        cool_until: NaiveDateTime,
+    ) -> Result<usize, StorageError> {
+        let owner = owner.to_owned();
+        self.db
+            .run(move |c| release_all(c, &owner, cool_until))
+            .await
+    }
+}
 
 /// How long before its lease ends a holder stops calling, and how long a released turn stays closed: one
 /// limiter window (1.01 s) plus room for clock skew between instances.

@@ -7,7 +7,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use crate::app::AppState;
+use crate::services::Context;
 use crate::services::ingest::IngestError;
 use crate::web::error::{ApiError, ErrorCode};
 
@@ -39,7 +39,7 @@ async fn read_limited(
 }
 
 pub async fn receive(
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
     req: HttpRequest,
     token: web::Path<String>,
     payload: web::Payload,
@@ -87,6 +87,6 @@ fn map_err(e: IngestError) -> ApiError {
             tracing::warn!("amoCRM webhook for another account refused");
             ApiError::forbidden("the body names another amoCRM account than this destination's")
         }
-        IngestError::Storage(e) => ApiError::internal(e),
+        IngestError::Storage(e) => ApiError::from(e),
     }
 }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 use utoipa::ToSchema;
 
-use crate::app::AppState;
+use crate::services::Context;
 use crate::services::operators::{self, AuthError};
 use crate::web::error::{ApiError, ErrorCode, FieldErrors};
 use crate::web::extract::ApiJson;
@@ -65,7 +65,7 @@ pub struct RefreshResponse {
 
 /// The client's address for throttling: the socket peer, or the proxy's forwarded address when the
 /// deployment says the proxy is trusted.
-pub fn client_ip(req: &HttpRequest, state: &AppState) -> Option<IpAddr> {
+pub fn client_ip(req: &HttpRequest, state: &Context) -> Option<IpAddr> {
     if state.settings.trust_forwarded_for
         && let Some(ip) = req
             .connection_info()
@@ -98,7 +98,7 @@ impl From<AuthError> for ApiError {
                 err.retry_after = Some(retry_after);
                 err
             }
-            AuthError::Storage(e) => ApiError::internal(e),
+            AuthError::Storage(e) => ApiError::from(e),
         }
     }
 }
@@ -122,7 +122,7 @@ impl From<AuthError> for ApiError {
 )]
 pub async fn login(
     req: HttpRequest,
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<HttpResponse, ApiError> {
     let email = body.email.unwrap_or_default();
@@ -171,7 +171,7 @@ pub async fn login(
     )
 )]
 pub async fn refresh(
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
     ApiJson(body): ApiJson<RefreshBody>,
 ) -> Result<HttpResponse, ApiError> {
     let Some(token) = body.refresh_token.filter(|t| !t.expose_secret().is_empty()) else {

@@ -171,8 +171,58 @@ impl ResponseError for ApiError {
     }
 }
 
+/// A database that is gone (or read-only) is maintenance, not a bug: 503 `MAINTENANCE_MODE` with a
+/// `Retry-After`, so clients retry what they sent; anything else is an opaque 500.
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
+        if e.is_read_only() {
+            tracing::error!(error = %e, "the database refuses writes (read-only)");
+            let mut err = Self::new(
+                ErrorCode::MaintenanceMode,
+                "the database is read-only: writes are refused until it is writable again",
+            );
+            err.retry_after = Some(30);
+            return err;
+        }
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "the database is unavailable");
+            let mut err = Self::new(
+                ErrorCode::MaintenanceMode,
+                "the database is unavailable; try again shortly",
+            );
+            err.retry_after = Some(5);
+            return err;
+        }
         Self::internal(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_that_is_gone_or_read_only_is_maintenance_not_a_500() {
+        for e in [
+            StorageError::Pool("timed out waiting for connection".into()),
+            StorageError::Other("server closed the connection unexpectedly".into()),
+            StorageError::Other("attempt to write a readonly database".into()),
+        ] {
+            let api = ApiError::from(e);
+            assert_eq!(api.code, ErrorCode::MaintenanceMode);
+            assert_eq!(api.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert!(api.retry_after.is_some());
+        }
+        let readonly = ApiError::from(StorageError::Other(
+            "attempt to write a readonly database".into(),
+        ));
+        assert!(
+            readonly.message.contains("read-only"),
+            "{}",
+            readonly.message
+        );
+        let bug = ApiError::from(StorageError::Other("no such column: foo".into()));
+        assert_eq!(bug.code, ErrorCode::InternalServerError);
+        assert!(!bug.message.contains("foo"));
     }
 }

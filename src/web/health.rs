@@ -3,9 +3,9 @@
 use actix_web::{HttpResponse, web};
 use serde_json::json;
 
-use crate::app::AppState;
+use crate::services::Context;
 
-pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+pub async fn health(state: web::Data<Context>) -> HttpResponse {
     match state.db.ping().await {
         Ok(()) => HttpResponse::Ok().json(json!({"status": "ok", "database": "ok"})),
         Err(e) => {

@@ -10,9 +10,9 @@ use actix_web::middleware::Next;
 use actix_web::{HttpRequest, HttpResponse, web};
 use secrecy::ExposeSecret;
 
-use crate::app::AppState;
 use crate::domain::ids::constant_time_eq;
 use crate::metrics;
+use crate::services::Context;
 
 /// Middleware: one count and one latency observation per answered request, labelled with the matched
 /// route pattern (`/webhooks/amocrm/{webhook_token}`), never the raw path.
@@ -39,7 +39,7 @@ fn route_label(req: &HttpRequest) -> String {
 
 /// `GET /metrics`. With `METRICS_TOKEN` set, only `Authorization: Bearer <token>` gets in (compared in
 /// constant time); a wrong or missing token is 401 and reveals nothing.
-pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+pub async fn metrics(req: HttpRequest, state: web::Data<Context>) -> HttpResponse {
     if let Some(expected) = &state.settings.metrics_token {
         let presented = req
             .headers()

@@ -14,6 +14,8 @@ pub mod pages;
 pub mod refresh;
 pub mod request_id;
 pub mod sanity;
+pub mod server;
+pub mod settings_page;
 
 use actix_web::{HttpRequest, HttpResponse, middleware, web};
 
@@ -25,6 +27,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
     // --- connect and refresh (issues 4, 5): pages, OAuth callback, uninstall hook, /refresh ---
     cfg.route("/connect/{token}", web::get().to(pages::connect_page))
+        .route("/settings/{token}", web::get().to(settings_page::page))
+        .route("/settings/{token}", web::post().to(settings_page::save))
         .route("/oauth/amocrm/callback", web::get().to(oauth::callback))
         .route("/oauth/amocrm/disconnect", web::get().to(oauth::disconnect))
         .route("/refresh", web::get().to(refresh::refresh))
@@ -79,6 +83,18 @@ fn api_v1(cfg: &mut web::ServiceConfig) {
     .route(
         "/connections/{seller_id}/pipeline",
         web::put().to(connections::put_pipeline),
+    )
+    .route(
+        "/connections/{seller_id}/settings",
+        web::get().to(api::settings::get),
+    )
+    .route(
+        "/connections/{seller_id}/settings",
+        web::put().to(api::settings::put),
+    )
+    .route(
+        "/settings-sessions",
+        web::post().to(api::settings_sessions::create),
     );
 
     // --- orders (issue 6) ---

@@ -9,11 +9,12 @@ use serde::Deserialize;
 
 use super::error::ApiError;
 use super::pages::{self, MessageTemplate, pick_lang, texts};
-use crate::app::AppState;
+use crate::services::Context;
 use crate::services::connect::{self, BROWSER_COOKIE, CallbackParams, Refusal, UninstallError};
+use crate::services::settings_page;
 
 /// `GET /oauth/amocrm/callback?code&state&referer&client_id[&from_widget][&error]`.
-pub async fn callback(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+pub async fn callback(req: HttpRequest, state: web::Data<Context>) -> HttpResponse {
     // A query that does not even parse is treated like one without a state.
     let params: CallbackParams = serde_urlencoded::from_str(req.query_string()).unwrap_or_default();
     let cookie = req.cookie(BROWSER_COOKIE).map(|c| c.value().to_owned());
@@ -49,6 +50,7 @@ pub async fn callback(req: HttpRequest, state: web::Data<AppState>) -> HttpRespo
             }
             let setup_done = done.provisioning.as_ref().is_some_and(|p| p.complete);
             let text = format!("{} ({})", t.success_text, done.connection.host);
+            let settings_url = settings_link(&state, &done).await;
             let page = MessageTemplate {
                 t,
                 nonce: &nonce,
@@ -58,6 +60,7 @@ pub async fn callback(req: HttpRequest, state: web::Data<AppState>) -> HttpRespo
                 note: (!setup_done).then_some(t.setup_pending),
                 hint: None,
                 retry_url: None,
+                settings_url: settings_url.as_deref(),
                 post_message: done.mode == AuthMode::PostMessage,
                 status: "connected",
                 origin: &origin,
@@ -90,8 +93,7 @@ pub async fn callback(req: HttpRequest, state: web::Data<AppState>) -> HttpRespo
             } else {
                 hint
             };
-            let status =
-                StatusCode::from_u16(refused.reason.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            let status = refusal_status(refused.reason);
             let page = MessageTemplate {
                 t,
                 nonce: &nonce,
@@ -101,12 +103,32 @@ pub async fn callback(req: HttpRequest, state: web::Data<AppState>) -> HttpRespo
                 note: None,
                 hint,
                 retry_url: refused.retry_url.as_deref(),
+                settings_url: None,
                 post_message: false,
                 status: "error",
                 origin: &origin,
                 return_url: "",
             };
             pages::html(status, &nonce, page.render())
+        }
+    }
+}
+
+/// A fresh settings link for the seller who just connected, so the success page can lead on to choosing how
+/// orders arrive. Without one the page still reports success.
+async fn settings_link(state: &Context, done: &connect::Connected) -> Option<String> {
+    let created = settings_page::create_session(
+        state,
+        &done.connection.seller_id,
+        done.return_url.as_deref(),
+        done.lang.map(|l| l.as_str()),
+    )
+    .await;
+    match created {
+        Ok(c) => Some(c.settings_url),
+        Err(e) => {
+            tracing::warn!(error = %e, "no settings link for the success page");
+            None
         }
     }
 }
@@ -119,7 +141,7 @@ struct DisconnectParams {
 }
 
 /// `GET /oauth/amocrm/disconnect?client_uuid&account_id&signature`: amoCRM's uninstall hook.
-pub async fn disconnect(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+pub async fn disconnect(req: HttpRequest, state: web::Data<Context>) -> HttpResponse {
     let p: DisconnectParams = serde_urlencoded::from_str(req.query_string()).unwrap_or_default();
     let result = connect::uninstall(
         &state,
@@ -135,6 +157,35 @@ pub async fn disconnect(req: HttpRequest, state: web::Data<AppState>) -> HttpRes
         Err(UninstallError::BadSignature) => {
             ApiError::unauthorized("the uninstall hook's signature is not valid").error_response()
         }
-        Err(UninstallError::Storage(e)) => ApiError::internal(e).error_response(),
+        Err(UninstallError::Storage(e)) => ApiError::from(e).error_response(),
+    }
+}
+
+/// The HTTP status of a refused callback's page: spent or stale links are gone, amoCRM's own failures are a
+/// bad gateway, everything else is the request's fault.
+fn refusal_status(r: Refusal) -> StatusCode {
+    match r {
+        Refusal::ExpiredState | Refusal::UsedState | Refusal::SessionUsed => StatusCode::GONE,
+        Refusal::ExchangeFailed | Refusal::AccountUnreadable => StatusCode::BAD_GATEWAY,
+        Refusal::AccountTaken => StatusCode::CONFLICT,
+        Refusal::OtherBrowser => StatusCode::FORBIDDEN,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_of_spent_or_stale_links_are_gone_and_others_bad_requests() {
+        assert_eq!(refusal_status(Refusal::UsedState), StatusCode::GONE);
+        assert_eq!(refusal_status(Refusal::ExpiredState), StatusCode::GONE);
+        assert_eq!(
+            refusal_status(Refusal::UnknownState),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(refusal_status(Refusal::BadReferer), StatusCode::BAD_REQUEST);
+        assert_eq!(refusal_status(Refusal::AccountTaken), StatusCode::CONFLICT);
     }
 }

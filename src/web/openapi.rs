@@ -13,15 +13,17 @@ use serde_json::Value;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
+use crate::domain::events::EventKind;
+
 /// The contract's error body.
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct ErrorBody {
     error: ErrorDetail,
 }
 
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct ErrorDetail {
     /// `INVALID_TOKEN`, `INSUFFICIENT_PERMISSION`, `RESOURCE_NOT_FOUND`, `DUPLICATE_RESOURCE`,
     /// `VALIDATION_ERROR`, `BAD_REQUEST`, `INVALID_API_VERSION`, `RATE_LIMIT_EXCEEDED`, `MAINTENANCE_MODE`,
@@ -40,7 +42,7 @@ pub struct ErrorDetail {
 
 /// `meta` of a paged list.
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct PageMeta {
     page: i64,
     per_page: i64,
@@ -50,7 +52,7 @@ pub struct PageMeta {
 // ---- connect sessions and connections (CONTRACT §6) -------------------------------------------------------
 
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct ConnectSessionIn {
     /// The marketplace's seller id (a string; a number is taken as its decimal form).
     #[schema(example = "seller-42")]
@@ -59,26 +61,61 @@ pub struct ConnectSessionIn {
     return_url: Option<String>,
     /// `uz` (default), `ru` or `en`.
     lang: Option<String>,
+    /// `amocrm` or `kommo`: the platform the seller's account is on. Default: the only one configured,
+    /// else `amocrm`; a platform this service is not configured for is a 422.
+    #[schema(example = "amocrm")]
+    platform: Option<String>,
 }
 
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct ConnectSession {
     /// Single use, valid 30 minutes.
     token: String,
     /// The page to show the seller: `/connect/{token}`.
     connect_url: String,
     expires_at: String,
+    seller_id: String,
+    /// `amocrm` or `kommo`.
+    platform: String,
 }
 
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct ConnectSessionEnvelope {
     data: ConnectSession,
 }
 
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
+pub struct SettingsSessionIn {
+    /// A seller that has connected amoCRM (a string; a number is taken as its decimal form).
+    #[schema(example = "seller-42")]
+    seller_id: String,
+    /// Offered as a link back after saving (must match `CONNECT_RETURN_URL_ALLOWLIST`).
+    return_url: Option<String>,
+    /// `uz` (default), `ru` or `en`.
+    lang: Option<String>,
+}
+
+#[derive(ToSchema)]
+#[expect(dead_code, reason = "read only by the document generator")]
+pub struct SettingsSession {
+    /// Single use (bound to the first browser that opens it), valid 30 minutes.
+    token: String,
+    /// The page to show the seller: `/settings/{token}`.
+    settings_url: String,
+    expires_at: String,
+}
+
+#[derive(ToSchema)]
+#[expect(dead_code, reason = "read only by the document generator")]
+pub struct SettingsSessionEnvelope {
+    data: SettingsSession,
+}
+
+#[derive(ToSchema)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct Provisioning {
     /// `pending`, `done` or `failed`: the seller's pipeline, custom fields and webhook in amoCRM.
     state: String,
@@ -88,14 +125,37 @@ pub struct Provisioning {
     next_attempt_at: Option<String>,
 }
 
+/// How a connection's calls to amoCRM go.
+#[derive(ToSchema)]
+#[expect(dead_code, reason = "read only by the document generator")]
+pub struct ConnectionHealth {
+    /// `healthy`, `degraded` (the last call failed in a way that passes: 429, 5xx, network), `suspended` or
+    /// `disconnected` (refresh refused or revoked).
+    #[schema(example = "healthy")]
+    state: String,
+    last_success_at: Option<String>,
+    last_failure_at: Option<String>,
+    /// `rate_limited`, `unavailable`, `timeout`, `unauthorized`, `payment_required`, `blocked`, `not_found`,
+    /// `rejected`, `unreadable` or `refresh_rejected`.
+    last_failure_class: Option<String>,
+    last_failure: Option<String>,
+}
+
 /// A seller's amoCRM connection; never a token.
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct ConnectionOut {
     seller_id: String,
-    /// `active`, `refresh_failed` or `revoked`.
+    /// `amocrm` or `kommo`.
+    #[schema(example = "amocrm")]
+    platform: String,
+    /// `active`, `suspended` (amoCRM refuses the account: see `suspended_reason`; orders are held and the
+    /// account is probed hourly), `refresh_failed` or `revoked`.
     #[schema(example = "active")]
     status: String,
+    /// While `suspended`: `payment_required` (402) or `blocked` (403).
+    suspended_reason: Option<String>,
+    suspended_at: Option<String>,
     account_id: i64,
     subdomain: String,
     host: String,
@@ -108,16 +168,17 @@ pub struct ConnectionOut {
     revoked_at: Option<String>,
     revoke_reason: Option<String>,
     provisioning: Provisioning,
+    health: ConnectionHealth,
 }
 
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct ConnectionEnvelope {
     data: ConnectionOut,
 }
 
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct ConnectionList {
     data: Vec<ConnectionOut>,
     meta: PageMeta,
@@ -125,7 +186,7 @@ pub struct ConnectionList {
 
 /// amoCRM status ids for each marketplace order status.
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct StageMap {
     pending: i64,
     awaiting_payment: i64,
@@ -138,22 +199,58 @@ pub struct StageMap {
 }
 
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct PipelineMapping {
     pipeline_id: i64,
     statuses: StageMap,
 }
 
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct PipelineEnvelope {
     data: PipelineMapping,
+}
+
+/// A seller's settings (CONTRACT §10); every key is optional on `PUT`.
+#[derive(ToSchema)]
+#[expect(dead_code, reason = "read only by the document generator")]
+pub struct Settings {
+    /// uz, ru or en: the order note's language.
+    #[schema(example = "uz")]
+    language: Option<String>,
+    /// `lead` (the mapped stage) or `incoming` (amoCRM's Unsorted).
+    #[schema(example = "lead")]
+    entry: Option<String>,
+    pipeline: Option<PipelineMapping>,
+    /// `{mode: default | contact_owner | round_robin, user_ids: [..]}`.
+    #[schema(value_type = Object, example = json!({"mode": "round_robin", "user_ids": [8000001, 8000002]}))]
+    responsible: Option<serde_json::Value>,
+    /// `{match: phone_then_email | phone | email | off, default_country: "UZ"}`.
+    #[schema(value_type = Object, example = json!({"match": "phone_then_email", "default_country": "UZ"}))]
+    contacts: Option<serde_json::Value>,
+    /// `{note: bool, products: auto | off}`.
+    #[schema(value_type = Object, example = json!({"note": true, "products": "auto"}))]
+    items: Option<serde_json::Value>,
+    /// `{enabled: bool, text, due_in_minutes}`.
+    #[schema(value_type = Object, example = json!({"enabled": false, "text": "Buyurtmani tasdiqlang", "due_in_minutes": 60}))]
+    task: Option<serde_json::Value>,
+    /// The seller's own lead field id for each order value, or null.
+    #[schema(value_type = Object, example = json!({"delivery_method": null, "delivery_address": null, "payment_method": null, "source": null}))]
+    fields: Option<serde_json::Value>,
+    /// What the push met that the seller should fix (read only).
+    problems: Option<String>,
+}
+
+#[derive(ToSchema)]
+#[expect(dead_code, reason = "read only by the document generator")]
+pub struct SettingsEnvelope {
+    data: Settings,
 }
 
 // ---- event subscriptions, deliveries and the event log (CONTRACT §6, §7) ------------------------------------
 
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct SubscriptionIn {
     /// http or https.
     #[schema(example = "https://marketplace.example/hooks/amocrm")]
@@ -167,7 +264,7 @@ pub struct SubscriptionIn {
 }
 
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct SubscriptionOut {
     #[schema(example = "whk_…")]
     id: String,
@@ -179,20 +276,20 @@ pub struct SubscriptionOut {
 }
 
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct SubscriptionEnvelope {
     data: SubscriptionOut,
 }
 
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct SubscriptionList {
     data: Vec<SubscriptionOut>,
     meta: PageMeta,
 }
 
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct AttemptOut {
     attempt: i32,
     status_code: Option<i32>,
@@ -202,7 +299,7 @@ pub struct AttemptOut {
 }
 
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct DeliveryOut {
     id: i64,
     event_id: String,
@@ -221,7 +318,7 @@ pub struct DeliveryOut {
 }
 
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct DeliveryList {
     data: Vec<DeliveryOut>,
     meta: PageMeta,
@@ -229,7 +326,7 @@ pub struct DeliveryList {
 
 /// An event as delivered and as listed: `{id, event, timestamp, seller_id, data}`.
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct EventOut {
     #[schema(example = "evt_…")]
     id: String,
@@ -243,21 +340,21 @@ pub struct EventOut {
 }
 
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct EventCursor {
     /// Pass as `after` to read on.
     next_after: i64,
 }
 
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct EventList {
     data: Vec<EventOut>,
     meta: EventCursor,
 }
 
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct Redelivery {
     event_id: String,
     event: String,
@@ -265,7 +362,7 @@ pub struct Redelivery {
 }
 
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct RedeliveryEnvelope {
     data: Redelivery,
 }
@@ -273,7 +370,7 @@ pub struct RedeliveryEnvelope {
 // ---- orders (CONTRACT §6) -----------------------------------------------------------------------------------
 
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct OrderItem {
     product_id: String,
     name: String,
@@ -284,7 +381,7 @@ pub struct OrderItem {
 }
 
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct OrderCustomer {
     id: Option<String>,
     name: String,
@@ -295,7 +392,7 @@ pub struct OrderCustomer {
 
 /// An order to push to the seller's amoCRM as a lead.
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct OrderIn {
     seller_id: String,
     /// The marketplace's own reference, unique per seller (repeating it is idempotent).
@@ -318,7 +415,7 @@ pub struct OrderIn {
 }
 
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct OrderSync {
     /// `queued`, `synced`, `held` or `failed`.
     state: String,
@@ -331,7 +428,7 @@ pub struct OrderSync {
 }
 
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct OrderOut {
     #[schema(example = "ord_…")]
     id: String,
@@ -346,20 +443,20 @@ pub struct OrderOut {
 }
 
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct OrderEnvelope {
     data: OrderOut,
 }
 
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct OrderList {
     data: Vec<OrderOut>,
     meta: PageMeta,
 }
 
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct OrderStatusIn {
     /// The new marketplace status; the lead is moved to its mapped stage.
     #[schema(example = "paid")]
@@ -378,6 +475,63 @@ impl Modify for Security {
     }
 }
 
+/// The outgoing events of the catalogue (`domain::events`) as OpenAPI 3.1 `webhooks`, each with its body
+/// schema, so a receiver's types can be generated from the same document as the API's.
+struct EventCatalogue;
+
+impl Modify for EventCatalogue {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem, PathsBuilder};
+        use utoipa::openapi::request_body::RequestBodyBuilder;
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Ref, SchemaFormat, Type};
+        use utoipa::openapi::{ContentBuilder, Required, ResponseBuilder};
+
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let mut hooks = PathsBuilder::new();
+        for kind in EventKind::ALL {
+            let mut schemas = Vec::new();
+            kind.data_schemas(&mut schemas);
+            for (name, schema) in schemas {
+                components.schemas.insert(name, schema);
+            }
+            let string = || ObjectBuilder::new().schema_type(Type::String);
+            let body = ObjectBuilder::new()
+                .property("id", string().examples(["evt_…"]))
+                .property("event", string().enum_values(Some([kind.as_str()])))
+                .property(
+                    "timestamp",
+                    string().format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))),
+                )
+                .property("seller_id", string())
+                .property("data", Ref::from_schema_name(kind.data_schema_name()))
+                .required("id")
+                .required("event")
+                .required("timestamp")
+                .required("seller_id")
+                .required("data");
+            let operation = OperationBuilder::new()
+                .summary(Some(kind.when()))
+                .description(Some(
+                    "Signed with `X-Signature: sha256=<hex HMAC-SHA256(subscription secret, raw body)>`; \
+`X-Webhook-Id` is the event id (dedupe on it), `X-Webhook-Timestamp` the unix time of the attempt. \
+A 2xx answer within 10 s is delivery; anything else is retried.",
+                ))
+                .operation_id(Some(format!("event_{}", kind.as_str().replace('.', "_"))))
+                .tag("events")
+                .request_body(Some(
+                    RequestBodyBuilder::new()
+                        .content("application/json", ContentBuilder::new().schema(Some(body)).build())
+                        .required(Some(Required::True))
+                        .build(),
+                ))
+                .response("2XX", ResponseBuilder::new().description("Delivered").build())
+                .build();
+            hooks = hooks.path(kind.as_str(), PathItem::new(HttpMethod::Post, operation));
+        }
+        openapi.webhooks = Some(hooks.build());
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -391,12 +545,15 @@ payment events. Authenticate with `Authorization: Bearer <API key>` (or an opera
         crate::web::auth::login,
         crate::web::auth::refresh,
         crate::web::api::connect_sessions::create,
+        crate::web::api::settings_sessions::create,
         crate::web::api::connections::list,
         crate::web::api::connections::get,
         crate::web::api::connections::delete,
         crate::web::api::connections::refresh_now,
         crate::web::api::connections::get_pipeline,
         crate::web::api::connections::put_pipeline,
+        crate::web::api::settings::get,
+        crate::web::api::settings::put,
         crate::web::api::orders::create,
         crate::web::api::orders::list,
         crate::web::api::orders::get,
@@ -412,7 +569,7 @@ payment events. Authenticate with `Authorization: Bearer <API key>` (or an opera
         crate::web::api::events::redeliver,
     ),
     components(schemas(ErrorBody, ErrorDetail, PageMeta)),
-    modifiers(&Security),
+    modifiers(&Security, &EventCatalogue),
     security(("bearer" = [])),
     tags(
         (name = "auth", description = "Operator sign-in (the platform's own auth shapes)"),

@@ -9,8 +9,9 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 
-use crate::app::AppState;
 use crate::domain::ids::random_token;
+use crate::domain::status::ConnectionStatus;
+use crate::services::Context;
 use crate::services::connect::{self, BROWSER_COOKIE, Lang, Page};
 use crate::storage::connections::Connection;
 
@@ -27,6 +28,7 @@ pub struct Texts {
     pub status_active: &'static str,
     pub status_refresh_failed: &'static str,
     pub status_revoked: &'static str,
+    pub status_suspended: &'static str,
     pub waiting: &'static str,
     pub success_title: &'static str,
     pub success_text: &'static str,
@@ -53,6 +55,7 @@ pub struct Texts {
     pub exchange_failed: &'static str,
     pub account_unreadable: &'static str,
     pub account_taken: &'static str,
+    pub settings_link: &'static str,
 }
 
 pub const UZ: Texts = Texts {
@@ -67,6 +70,7 @@ pub const UZ: Texts = Texts {
     status_active: "Faol",
     status_refresh_failed: "Ulanish uzildi — iltimos, qayta ulang",
     status_revoked: "Uzilgan",
+    status_suspended: "amoCRM hisobni vaqtincha rad etmoqda (to'lanmagan yoki bloklangan); buyurtmalar kutib turibdi",
     waiting: "amoCRM oynasida ruxsat bering…",
     success_title: "amoCRM ulandi",
     success_text: "Buyurtmalaringiz endi amoCRM'ga tushadi. Bu oynani yopishingiz mumkin.",
@@ -93,6 +97,7 @@ pub const UZ: Texts = Texts {
     exchange_failed: "amoCRM kirishga ruxsat bermadi. Qayta urinib ko'ring.",
     account_unreadable: "amoCRM hisobini aniqlab bo'lmadi.",
     account_taken: "Bu amoCRM hisobi boshqa sotuvchiga ulangan.",
+    settings_link: "Buyurtmalar qanday tushishini sozlash",
 };
 
 pub const RU: Texts = Texts {
@@ -107,6 +112,7 @@ pub const RU: Texts = Texts {
     status_active: "Активно",
     status_refresh_failed: "Подключение потеряно — переподключите, пожалуйста",
     status_revoked: "Отключено",
+    status_suspended: "amoCRM временно отклоняет аккаунт (не оплачен или заблокирован); заказы ждут",
     waiting: "Подтвердите доступ в окне amoCRM…",
     success_title: "amoCRM подключён",
     success_text: "Заказы теперь будут попадать в amoCRM. Это окно можно закрыть.",
@@ -133,6 +139,7 @@ pub const RU: Texts = Texts {
     exchange_failed: "amoCRM не выдал доступ. Попробуйте ещё раз.",
     account_unreadable: "Не удалось определить аккаунт amoCRM.",
     account_taken: "Этот аккаунт amoCRM уже подключён другим продавцом.",
+    settings_link: "Настроить, как приходят заказы",
 };
 
 pub const EN: Texts = Texts {
@@ -147,6 +154,7 @@ pub const EN: Texts = Texts {
     status_active: "Active",
     status_refresh_failed: "Connection lost — please reconnect",
     status_revoked: "Disconnected",
+    status_suspended: "amoCRM refuses the account for now (unpaid or blocked); orders are waiting",
     waiting: "Allow access in the amoCRM window…",
     success_title: "amoCRM is connected",
     success_text: "Your orders will now appear in amoCRM. You can close this window.",
@@ -173,6 +181,7 @@ pub const EN: Texts = Texts {
     exchange_failed: "amoCRM did not grant access. Please try again.",
     account_unreadable: "The amoCRM account could not be identified.",
     account_taken: "This amoCRM account is already connected by another seller.",
+    settings_link: "Set up how orders arrive",
 };
 
 pub fn texts(lang: Lang) -> &'static Texts {
@@ -201,7 +210,7 @@ pub fn pick_lang(req: &HttpRequest, session_lang: Option<Lang>) -> Lang {
 }
 
 /// The origin (`scheme://host[:port]`) pages post messages to and accept them from.
-pub fn origin(state: &AppState) -> String {
+pub fn origin(state: &Context) -> String {
     state
         .settings
         .public_base_url
@@ -220,10 +229,11 @@ pub struct CurrentConnection {
 
 impl CurrentConnection {
     fn from(c: &Connection, t: &'static Texts) -> Self {
-        let (status_text, status_class) = match c.status.as_str() {
-            "active" => (t.status_active, "ok"),
-            "refresh_failed" => (t.status_refresh_failed, "warn"),
-            _ => (t.status_revoked, "bad"),
+        let (status_text, status_class) = match c.status {
+            ConnectionStatus::Active => (t.status_active, "ok"),
+            ConnectionStatus::RefreshFailed => (t.status_refresh_failed, "warn"),
+            ConnectionStatus::Revoked => (t.status_revoked, "bad"),
+            ConnectionStatus::Suspended => (t.status_suspended, "warn"),
         };
         Self {
             host: c.host.clone(),
@@ -258,6 +268,8 @@ pub struct MessageTemplate<'a> {
     pub note: Option<&'a str>,
     pub hint: Option<&'a str>,
     pub retry_url: Option<&'a str>,
+    /// The seller's settings page, offered after connecting.
+    pub settings_url: Option<&'a str>,
     /// Whether to post the outcome to the opener (popup mode).
     pub post_message: bool,
     pub status: &'a str,
@@ -272,6 +284,24 @@ pub fn nonce() -> String {
 
 /// An HTML response with the headers every seller page carries.
 pub fn html(status: StatusCode, nonce: &str, body: Result<String, askama::Error>) -> HttpResponse {
+    respond(status, nonce, body, "'none'")
+}
+
+/// As [`html`], for a page whose form posts back to this service.
+pub fn html_with_form(
+    status: StatusCode,
+    nonce: &str,
+    body: Result<String, askama::Error>,
+) -> HttpResponse {
+    respond(status, nonce, body, "'self'")
+}
+
+fn respond(
+    status: StatusCode,
+    nonce: &str,
+    body: Result<String, askama::Error>,
+    form_action: &str,
+) -> HttpResponse {
     let body = match body {
         Ok(b) => b,
         Err(e) => {
@@ -290,7 +320,7 @@ pub fn html(status: StatusCode, nonce: &str, body: Result<String, askama::Error>
             "Content-Security-Policy",
             format!(
                 "default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; \
-                 img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+                 img-src 'self' data:; base-uri 'none'; form-action {form_action}; frame-ancestors 'none'"
             ),
         ))
         .body(body)
@@ -315,6 +345,7 @@ pub fn message(
         note: None,
         hint,
         retry_url: None,
+        settings_url: None,
         post_message: false,
         status: "error",
         origin: "",
@@ -327,7 +358,7 @@ pub fn message(
 pub async fn connect_page(
     req: HttpRequest,
     path: web::Path<String>,
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
 ) -> HttpResponse {
     let token = path.into_inner();
     let cookie = req.cookie(BROWSER_COOKIE).map(|c| c.value().to_owned());

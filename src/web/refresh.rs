@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::{ApiError, ErrorCode};
-use crate::app::AppState;
+use crate::services::Context;
 use crate::services::refresh::{self, SweepOutcome};
 
 #[derive(Deserialize, Default)]
@@ -40,7 +40,7 @@ fn presented(req: &HttpRequest) -> Option<String> {
 
 pub async fn refresh(
     req: HttpRequest,
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
 ) -> Result<HttpResponse, ApiError> {
     let secret = presented(&req).unwrap_or_default();
     match state.settings.refresh_secret_matches(&secret) {

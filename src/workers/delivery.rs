@@ -10,14 +10,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::web::Data;
 use chrono::{NaiveDateTime, TimeDelta};
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::app::AppState;
+use crate::services::Context;
 use crate::services::delivery::{self, Finished, Outcome};
 use crate::storage::cipher::Keyring;
-use crate::storage::deliveries::{self, ClaimedDelivery};
+use crate::storage::deliveries::ClaimedDelivery;
 use crate::storage::{self, Db, StorageError};
 
 /// Attempts in flight in one process, all subscriptions together.
@@ -51,12 +50,13 @@ impl Report {
 }
 
 /// One step at the current time: claims what is due and waits for those attempts.
-pub async fn run_once(state: &AppState) -> Result<Report, StorageError> {
+pub async fn run_once(state: &Context) -> Result<Report, StorageError> {
     run_once_at(state, storage::now()).await
 }
 
 /// One step with the clock at `now` (tests move it forward instead of sleeping through the schedule).
-pub async fn run_once_at(state: &AppState, now: NaiveDateTime) -> Result<Report, StorageError> {
+#[tracing::instrument(name = "delivery_step", skip_all)]
+pub async fn run_once_at(state: &Context, now: NaiveDateTime) -> Result<Report, StorageError> {
     let owner = state.settings.instance_id.clone();
     let claimed = claim(&state.db, &owner, now, MAX_IN_FLIGHT as i64, Vec::new()).await?;
     let mut report = Report {
@@ -86,17 +86,17 @@ async fn claim(
     limit: i64,
     skip: Vec<String>,
 ) -> Result<Vec<ClaimedDelivery>, StorageError> {
-    let owner = owner.to_owned();
-    db.run(move |c| deliveries::claim_due(c, &owner, now, now + LEASE, limit, &skip))
+    db.deliveries()
+        .claim_due(owner, now, now + LEASE, limit, skip)
         .await
 }
 
 /// Runs until shutdown: claims whenever there is room, never waits for a slow attempt to claim others.
-pub fn spawn(state: Data<AppState>) -> JoinHandle<()> {
+pub fn spawn(state: Arc<Context>) -> JoinHandle<()> {
     tokio::spawn(async move { run_loop(state).await })
 }
 
-async fn run_loop(state: Data<AppState>) {
+async fn run_loop(state: Arc<Context>) {
     let owner = state.settings.instance_id.clone();
     let db = state.db.clone();
     let keys: Arc<Keyring> = state.keys.clone();
@@ -154,16 +154,7 @@ async fn run_loop(state: Data<AppState>) {
                     }
                     if !over.is_empty() {
                         // Over a subscription's share: hand them back, still due.
-                        let owner = owner.clone();
-                        let over = Arc::new(over);
-                        let _ = db
-                            .run(move |conn| {
-                                for id in over.iter() {
-                                    deliveries::release(conn, *id, &owner, now, None)?;
-                                }
-                                Ok(())
-                            })
-                            .await;
+                        let _ = db.deliveries().release_all(over, &owner, now).await;
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "claiming deliveries failed"),

@@ -3,11 +3,12 @@
 
 use std::time::Duration;
 
-use actix_web::web::Data;
+use std::sync::Arc;
 use tokio::task::JoinHandle;
 
-use crate::app::AppState;
-use crate::services::order_push::{self, PushError, StepReport};
+use crate::services::Context;
+use crate::services::order_push::{self, StepReport};
+use crate::storage::StorageError;
 
 pub use crate::services::order_push::StepReport as Report;
 
@@ -15,13 +16,14 @@ pub use crate::services::order_push::StepReport as Report;
 const IDLE_POLL: Duration = Duration::from_millis(250);
 
 /// One step: claim accounts with due work and give each a turn (see `services::order_push`).
-pub async fn run_once(state: &AppState) -> Result<StepReport, PushError> {
+#[tracing::instrument(name = "push_worker_step", skip_all)]
+pub async fn run_once(state: &Context) -> Result<StepReport, StorageError> {
     order_push::step(state).await
 }
 
 /// How long to rest before the next step: nothing if work is due now, else until the earliest due
 /// order or move (at most `max`).
-pub async fn rest_time(state: &AppState, max: Duration) -> Duration {
+pub async fn rest_time(state: &Context, max: Duration) -> Duration {
     match order_push::next_due(state).await {
         Ok(Some(t)) => {
             let now = crate::storage::now();
@@ -34,7 +36,7 @@ pub async fn rest_time(state: &AppState, max: Duration) -> Duration {
 /// Runs steps until no order is queued and no move is pending, or `max_steps` steps have run; rests only
 /// until the next due time when a step found nothing to do. Used by tests, the benchmark and `demo`.
 /// Returns the summed report and whether the queue was drained.
-pub async fn drain(state: &AppState, max_steps: usize) -> Result<(StepReport, bool), PushError> {
+pub async fn drain(state: &Context, max_steps: usize) -> Result<(StepReport, bool), StorageError> {
     let mut total = StepReport::default();
     for _ in 0..max_steps {
         let r = run_once(state).await?;
@@ -53,7 +55,7 @@ pub async fn drain(state: &AppState, max_steps: usize) -> Result<(StepReport, bo
 }
 
 /// The background loop of `serve`.
-pub fn spawn(state: Data<AppState>) -> JoinHandle<()> {
+pub fn spawn(state: Arc<Context>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut shutdown = state.shutdown.clone();
         loop {

@@ -1,14 +1,15 @@
 //! The connect/refresh worker: the cron schedule of the refresh sweep (`REFRESH_SCHEDULE`), and a loop that
-//! retries unfinished provisioning with back-off and prunes old connect sessions.
+//! retries unfinished provisioning with back-off, probes suspended connections when their probe is due
+//! (`SUSPENDED_PROBE_INTERVAL`) and prunes old connect sessions.
 
 use std::time::Duration;
 
-use actix_web::web::Data;
+use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_cron_scheduler::{Job, JobScheduler};
 
-use crate::app::AppState;
-use crate::services::{connect, provisioning, refresh};
+use crate::services::Context;
+use crate::services::{connect, provisioning, refresh, suspension};
 use crate::storage::StorageError;
 
 /// How often the loop looks for provisioning to retry.
@@ -19,20 +20,24 @@ pub const INTERVAL: Duration = Duration::from_secs(5);
 pub struct Report {
     pub provisioning_attempted: usize,
     pub sessions_pruned: usize,
+    /// Probes of suspended connections sent to amoCRM, and how many found the account answering again.
+    pub probes: suspension::ProbeReport,
 }
 
-/// One step: retries due provisioning, prunes expired connect sessions.
-pub async fn run_once(state: &AppState) -> Result<Report, StorageError> {
+/// One step: retries due provisioning, probes due suspended connections, prunes expired connect sessions.
+pub async fn run_once(state: &Context) -> Result<Report, StorageError> {
     let provisioning_attempted = provisioning::retry_due(state).await?;
+    let probes = suspension::probe_due(state).await?;
     let sessions_pruned = connect::prune_sessions(state).await?;
     Ok(Report {
         provisioning_attempted,
         sessions_pruned,
+        probes,
     })
 }
 
 /// Loops [`run_once`] every [`INTERVAL`] until shutdown.
-pub fn spawn(state: Data<AppState>) -> JoinHandle<()> {
+pub fn spawn(state: Arc<Context>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut shutdown = state.shutdown.clone();
         loop {
@@ -52,7 +57,7 @@ pub fn spawn(state: Data<AppState>) -> JoinHandle<()> {
 
 /// Starts the in-process refresh schedule (`REFRESH_SCHEDULE`, cron with seconds, UTC) when configured. Every
 /// instance runs the schedule; the sweep's job lease makes only one of them sweep at a time.
-pub fn spawn_schedule(state: Data<AppState>) -> Option<JoinHandle<()>> {
+pub fn spawn_schedule(state: Arc<Context>) -> Option<JoinHandle<()>> {
     let schedule = state.settings.refresh_schedule.clone()?;
     Some(tokio::spawn(async move {
         let mut scheduler = match JobScheduler::new().await {

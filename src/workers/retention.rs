@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use actix_web::web::Data;
 use chrono::{NaiveDateTime, TimeDelta};
+use std::sync::Arc;
 use tokio::task::JoinHandle;
 
-use crate::app::AppState;
-use crate::storage::{self, StorageError, events, inbox};
+use crate::services::Context;
+use crate::storage::{self, StorageError};
 
 /// Rows deleted per statement.
 const BATCH: i64 = 1000;
@@ -21,31 +21,26 @@ pub struct Report {
     pub webhook_bodies: usize,
 }
 
-pub async fn run_once(state: &AppState) -> Result<Report, StorageError> {
+pub async fn run_once(state: &Context) -> Result<Report, StorageError> {
     run_once_at(state, storage::now()).await
 }
 
 /// Prunes everything older than the retention period as seen at `now`. Webhook bodies still waiting to
 /// be processed are kept whatever their age.
-pub async fn run_once_at(state: &AppState, now: NaiveDateTime) -> Result<Report, StorageError> {
+#[tracing::instrument(name = "retention_step", skip_all)]
+pub async fn run_once_at(state: &Context, now: NaiveDateTime) -> Result<Report, StorageError> {
     let keep = TimeDelta::from_std(state.settings.event_retention).unwrap_or(TimeDelta::MAX);
     let cutoff = now.checked_sub_signed(keep).unwrap_or(NaiveDateTime::MIN);
     let mut report = Report::default();
     loop {
-        let n = state
-            .db
-            .run(move |c| events::prune(c, cutoff, BATCH))
-            .await?;
+        let n = state.db.events().prune(cutoff, BATCH).await?;
         report.events += n;
         if n < BATCH as usize {
             break;
         }
     }
     loop {
-        let n = state
-            .db
-            .run(move |c| inbox::prune(c, cutoff, BATCH))
-            .await?;
+        let n = state.db.inbox().prune(cutoff, BATCH).await?;
         report.webhook_bodies += n;
         if n < BATCH as usize {
             break;
@@ -62,7 +57,7 @@ pub async fn run_once_at(state: &AppState, now: NaiveDateTime) -> Result<Report,
 }
 
 /// Prunes once at start, then hourly, until shutdown.
-pub fn spawn(state: Data<AppState>) -> JoinHandle<()> {
+pub fn spawn(state: Arc<Context>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut shutdown = state.shutdown.clone();
         loop {

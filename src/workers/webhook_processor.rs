@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use actix_web::web::Data;
 use chrono::{NaiveDateTime, TimeDelta};
+use std::sync::Arc;
 use tokio::task::JoinHandle;
 
-use crate::app::AppState;
+use crate::services::Context;
 use crate::services::ingest;
 use crate::services::lead_events::{self, ProcessError};
 use crate::storage::{self, StorageError, inbox};
@@ -40,20 +40,19 @@ fn backoff(attempts: i32, needs_seller: bool) -> TimeDelta {
     TimeDelta::seconds((5i64 << exp).min(15 * 60))
 }
 
-pub async fn run_once(state: &AppState) -> Result<Report, StorageError> {
+pub async fn run_once(state: &Context) -> Result<Report, StorageError> {
     run_once_at(state, storage::now()).await
 }
 
 /// One step with the clock at `now`: claims due bodies and processes them concurrently.
-pub async fn run_once_at(state: &AppState, now: NaiveDateTime) -> Result<Report, StorageError> {
+#[tracing::instrument(name = "webhook_step", skip_all)]
+pub async fn run_once_at(state: &Context, now: NaiveDateTime) -> Result<Report, StorageError> {
     let owner = state.settings.instance_id.clone();
-    let rows = {
-        let owner = owner.clone();
-        state
-            .db
-            .run(move |c| inbox::claim_due(c, &owner, now, now + LEASE, BATCH))
-            .await?
-    };
+    let rows = state
+        .db
+        .inbox()
+        .claim_due(&owner, now, now + LEASE, BATCH)
+        .await?;
     let mut report = Report {
         claimed: rows.len(),
         ..Report::default()
@@ -84,20 +83,21 @@ enum Settled {
     Failed,
 }
 
+#[tracing::instrument(skip_all, fields(seller_id = %row.seller_id, inbox_id = row.id))]
 async fn settle(
-    state: &AppState,
+    state: &Context,
     row: &inbox::InboxRow,
     owner: &str,
     result: Result<lead_events::BodyOutcome, ProcessError>,
     now: NaiveDateTime,
 ) -> Result<(Settled, usize), StorageError> {
-    let (id, owner) = (row.id, owner.to_owned());
+    let id = row.id;
     match result {
         Ok(outcome) => {
-            let note = outcome.note.clone();
             state
                 .db
-                .run(move |c| inbox::mark_processed(c, id, &owner, note.as_deref(), now))
+                .inbox()
+                .mark_processed(id, owner, outcome.note.clone(), now)
                 .await?;
             Ok((Settled::Processed, outcome.events_recorded))
         }
@@ -112,10 +112,11 @@ async fn settle(
             }
             let retry_at = (!give_up).then(|| now + wait);
             let error = e.to_string();
-            tracing::warn!(inbox_id = id, seller_id = %row.seller_id, error = %error, give_up, "webhook body not processed");
+            tracing::warn!(error = %error, give_up, "webhook body not processed");
             state
                 .db
-                .run(move |c| inbox::mark_failed_attempt(c, id, &owner, &error, retry_at, now))
+                .inbox()
+                .mark_failed_attempt(id, owner, error, retry_at, now)
                 .await?;
             Ok((
                 if give_up {
@@ -130,7 +131,7 @@ async fn settle(
 }
 
 /// Runs until shutdown: processes bodies as they arrive (woken by the intake), polling as a fallback.
-pub fn spawn(state: Data<AppState>) -> JoinHandle<()> {
+pub fn spawn(state: Arc<Context>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut shutdown = state.shutdown.clone();
         loop {

@@ -4,18 +4,20 @@
 //! without running, unless `CI` is set, where a missing browser is a failure. Every failing step saves a
 //! screenshot and the page source under `target/browser-screenshots/`.
 
+use amocrm_connector::domain::status::ConnectionStatus;
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use amocrm_connector::services::operators::{self, Role};
+use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
 use secrecy::SecretString;
 use serde_json::json;
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::support::{TestApp, spawn_app, wait_until};
 
 /// A chromedriver process on a free port, killed on drop.
 pub struct Driver {
@@ -63,19 +65,13 @@ pub async fn start_driver() -> Option<Driver> {
         url: format!("http://127.0.0.1:{port}"),
     };
     let http = reqwest::Client::new();
-    let started = Instant::now();
-    loop {
-        if let Ok(r) = http.get(format!("{}/status", driver.url)).send().await
-            && r.status().is_success()
-        {
-            return Some(driver);
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "chromedriver did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let status = format!("{}/status", driver.url);
+    wait_until(Duration::from_secs(20), "chromedriver ready", || async {
+        matches!(http.get(&status).send().await, Ok(r) if r.status().is_success())
+    })
+    .await
+    .expect("chromedriver did not become ready");
+    Some(driver)
 }
 
 /// A headless chromium session of `width`×`height`.
@@ -130,15 +126,20 @@ pub fn step<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> Result<T, S
     r.map_err(|e| format!("{what}: {e}"))
 }
 
-pub async fn text_of(client: &Client, css: &str) -> Result<String, String> {
-    let el = step(
-        &format!("waiting for {css}"),
+/// The element `locator` finds, once it is on the page (15 s at most); `what` names it for the error.
+pub async fn element(client: &Client, what: &str, locator: Locator<'_>) -> Result<Element, String> {
+    step(
+        what,
         client
             .wait()
             .at_most(Duration::from_secs(15))
-            .for_element(Locator::Css(css))
+            .for_element(locator)
             .await,
-    )?;
+    )
+}
+
+pub async fn text_of(client: &Client, css: &str) -> Result<String, String> {
+    let el = element(client, &format!("waiting for {css}"), Locator::Css(css)).await?;
     step(&format!("text of {css}"), el.text().await)
 }
 
@@ -157,14 +158,7 @@ pub async fn dashboard_sign_in(
     if !url.path().ends_with("/dashboard/login") {
         return Err(format!("expected the sign-in page, got {url}"));
     }
-    let email_field = step(
-        "e-mail field",
-        client
-            .wait()
-            .at_most(Duration::from_secs(15))
-            .for_element(Locator::Id("email"))
-            .await,
-    )?;
+    let email_field = element(client, "e-mail field", Locator::Id("email")).await?;
     step("type the e-mail", email_field.send_keys(email).await)?;
     let password_field = step("password field", client.find(Locator::Id("password")).await)?;
     step(
@@ -207,7 +201,7 @@ async fn an_operator_signs_in_to_the_dashboard_in_a_real_browser_and_it_fits_a_p
     )
     .await
     .unwrap();
-    crate::dashboard::seed_connection(&app, "seller-browser").await;
+    crate::dashboard::seed_failed_connection(&app, "seller-browser").await;
 
     // A phone-sized window: 390×844 CSS pixels.
     let client = browser(&driver, 390, 844).await;
@@ -269,43 +263,29 @@ async fn a_seller_connects_through_the_sandbox_popup_in_a_real_browser() {
         return;
     };
     let app = spawn_app().await;
-    let session = crate::connect::create_session(&app, "seller-popup", json!({"lang": "en"})).await;
+    let session = crate::support::create_session(&app, "seller-popup", json!({"lang": "en"})).await;
     let connect_url = session["connect_url"].as_str().unwrap().to_owned();
     let client = browser(&driver, 1024, 800).await;
     let app_ref = &app;
     run_steps("connect_popup", client, |client| async move {
         step("open the connect page", client.goto(&connect_url).await)?;
         let opener = step("the connect window", client.window().await)?;
-        let button = step(
-            "connect button",
-            client
-                .wait()
-                .at_most(Duration::from_secs(15))
-                .for_element(Locator::Id("connect"))
-                .await,
-        )?;
+        let button = element(&client, "connect button", Locator::Id("connect")).await?;
         step("press connect", button.click().await)?;
         // amoCRM's consent opens in a popup window.
-        let started = Instant::now();
-        let popup = loop {
-            let windows = step("windows", client.windows().await)?;
-            if let Some(w) = windows.into_iter().find(|w| *w != opener) {
-                break w;
-            }
-            if started.elapsed() > Duration::from_secs(15) {
-                return Err("no consent popup opened".into());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        step("switch to the popup", client.switch_to_window(popup).await)?;
-        let account = step(
-            "account choice",
-            client
-                .wait()
-                .at_most(Duration::from_secs(15))
-                .for_element(Locator::Id("account"))
-                .await,
+        let popup = step(
+            "no consent popup opened",
+            wait_until(Duration::from_secs(15), "a second window", || async {
+                let windows = step("windows", client.windows().await)?;
+                windows
+                    .into_iter()
+                    .find(|w| *w != opener)
+                    .ok_or_else(|| "only the connect window".to_owned())
+            })
+            .await,
         )?;
+        step("switch to the popup", client.switch_to_window(popup).await)?;
+        let account = element(&client, "account choice", Locator::Id("account")).await?;
         step(
             "choose the account",
             account.select_by_value("sellerone.amocrm.ru").await,
@@ -316,17 +296,16 @@ async fn a_seller_connects_through_the_sandbox_popup_in_a_real_browser() {
         )?;
         step("press allow", allow.click().await)?;
         // The popup reports to the connect page and closes itself.
-        let started = Instant::now();
-        loop {
-            let windows = step("windows", client.windows().await)?;
-            if windows.len() == 1 {
-                break;
-            }
-            if started.elapsed() > Duration::from_secs(20) {
-                return Err("the popup did not close after consent".into());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        step(
+            "the popup did not close after consent",
+            wait_until(Duration::from_secs(20), "one window", || async {
+                let windows = step("windows", client.windows().await)?;
+                (windows.len() == 1)
+                    .then_some(())
+                    .ok_or_else(|| format!("{} windows", windows.len()))
+            })
+            .await,
+        )?;
         step(
             "back to the connect page",
             client.switch_to_window(opener).await,
@@ -335,11 +314,11 @@ async fn a_seller_connects_through_the_sandbox_popup_in_a_real_browser() {
         if title.trim().is_empty() {
             return Err("no success message on the connect page".into());
         }
-        let conn = crate::connect::connection(app_ref, "seller-popup")
+        let conn = crate::support::connection(app_ref, "seller-popup")
             .await
             .ok_or("no connection stored")?;
-        if conn.status != "active" || conn.host != "sellerone.amocrm.ru" {
-            return Err(format!("connection is {} at {}", conn.status, conn.host));
+        if conn.status != ConnectionStatus::Active || conn.host != "sellerone.amocrm.ru" {
+            return Err(format!("connection is {:?} at {}", conn.status, conn.host));
         }
         Ok(())
     })

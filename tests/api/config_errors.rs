@@ -47,58 +47,45 @@ fn assert_one_line_failure(vars: &[(&str, &str)], mentions: &str) {
     );
 }
 
+/// `var` set to `value` alone is refused in one line that names `var`.
+fn refused(var: &str, value: &str) {
+    assert_one_line_failure(&[(var, value)], var);
+}
+
 #[test]
 fn an_unknown_database_scheme_is_refused() {
-    assert_one_line_failure(&[("DATABASE_URL", "mysql://localhost/db")], "DATABASE_URL");
+    refused("DATABASE_URL", "mysql://localhost/db");
 }
 
 #[test]
 fn a_malformed_or_short_encryption_key_is_refused() {
-    assert_one_line_failure(
-        &[("TOKEN_ENCRYPTION_KEYS", "k1:c2hvcnQ=")],
-        "TOKEN_ENCRYPTION_KEYS",
-    );
-    assert_one_line_failure(
-        &[("TOKEN_ENCRYPTION_KEYS", "no-colon-here")],
-        "TOKEN_ENCRYPTION_KEYS",
-    );
-    assert_one_line_failure(
-        &[("TOKEN_ENCRYPTION_KEYS", "k1:%%%notbase64")],
-        "TOKEN_ENCRYPTION_KEYS",
-    );
+    for key in ["k1:c2hvcnQ=", "no-colon-here", "k1:%%%notbase64"] {
+        refused("TOKEN_ENCRYPTION_KEYS", key);
+    }
 }
 
 #[test]
 fn a_missing_encryption_key_is_refused_by_serve() {
-    assert_one_line_failure(&[("TOKEN_ENCRYPTION_KEYS", "")], "TOKEN_ENCRYPTION_KEYS");
+    refused("TOKEN_ENCRYPTION_KEYS", "");
 }
 
 #[test]
 fn a_bad_cron_expression_is_refused() {
-    assert_one_line_failure(
-        &[("REFRESH_SCHEDULE", "every ten minutes")],
-        "REFRESH_SCHEDULE",
-    );
-    assert_one_line_failure(&[("REFRESH_SCHEDULE", "0 */10 * * *")], "REFRESH_SCHEDULE");
-    assert_one_line_failure(&[("REFRESH_SCHEDULE", "99 * * * * *")], "REFRESH_SCHEDULE");
+    for schedule in ["every ten minutes", "0 */10 * * *", "99 * * * * *"] {
+        refused("REFRESH_SCHEDULE", schedule);
+    }
 }
 
 #[test]
 fn bad_urls_are_refused() {
-    assert_one_line_failure(&[("PUBLIC_BASE_URL", "not a url")], "PUBLIC_BASE_URL");
-    assert_one_line_failure(
-        &[("AMOCRM_AUTHORIZE_URL", "ftp://x.example/oauth")],
-        "AMOCRM_AUTHORIZE_URL",
-    );
-    assert_one_line_failure(
-        &[("AMOCRM_ACCOUNT_URL_TEMPLATE", "https://example.com")],
-        "AMOCRM_ACCOUNT_URL_TEMPLATE",
-    );
+    refused("PUBLIC_BASE_URL", "not a url");
+    refused("AMOCRM_AUTHORIZE_URL", "ftp://x.example/oauth");
+    refused("AMOCRM_ACCOUNT_URL_TEMPLATE", "https://example.com");
 }
 
 #[test]
 fn missing_amocrm_credentials_are_refused_by_serve() {
-    assert_one_line_failure(&[("AMOCRM_CLIENT_ID", "")], "AMOCRM_CLIENT_ID");
+    refused("AMOCRM_CLIENT_ID", "");
 }
 
 #[test]

@@ -1,48 +1,21 @@
 //! Connecting amoCRM click by click against the sandbox: sessions, the page, consent, the callback's
 //! checks, provisioning, reconnects, revocation and the uninstall hook.
 
-use std::collections::HashMap;
+use amocrm_connector::domain::status::{ConnectionStatus, ProvisioningState};
 
 use amocrm_connector::services::provisioning;
-use amocrm_connector::storage::connections::{self, NewConnection};
 use amocrm_connector::storage::schema::{amocrm_connections as c, oauth_states as os};
-use amocrm_connector::storage::{self as st, events, sessions};
+use amocrm_connector::storage::{self as st, sessions};
 use diesel::prelude::*;
+use reqwest::Method;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_error, spawn_app, spawn_app_with};
-
-pub const HOST: &str = "sellerone.amocrm.ru";
-pub const OTHER_HOST: &str = "sellertwo.amocrm.ru";
-
-/// Undoes the HTML escaping of an attribute value.
-fn unescape(s: &str) -> String {
-    s.replace("&#38;", "&")
-        .replace("&amp;", "&")
-        .replace("&#34;", "\"")
-        .replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&#x27;", "'")
-        .replace("&#60;", "<")
-        .replace("&#62;", ">")
-}
-
-/// The value of the first `name="…"` attribute in `html`.
-pub fn attr(html: &str, name: &str) -> Option<String> {
-    let key = format!("{name}=\"");
-    let start = html.find(&key)? + key.len();
-    let end = html[start..].find('"')? + start;
-    Some(unescape(&html[start..end]))
-}
-
-fn query_of(url: &str) -> HashMap<String, String> {
-    let q = url.split_once('?').map(|(_, q)| q).unwrap_or("");
-    serde_urlencoded::from_str::<Vec<(String, String)>>(q)
-        .unwrap()
-        .into_iter()
-        .collect()
-}
+use crate::support::{
+    HOST, OTHER_HOST, TestApp, assert_error, attr, connect, connection, consent, create_session,
+    env_vars, event_count, open_page, query_of, spawn_app, spawn_app_with, status_of,
+    until_callback,
+};
 
 /// Replaces (or adds) one query parameter of a URL.
 fn with_param(url: &str, key: &str, value: &str) -> String {
@@ -55,126 +28,11 @@ fn with_param(url: &str, key: &str, value: &str) -> String {
     format!("{base}?{}", serde_urlencoded::to_string(pairs).unwrap())
 }
 
-pub async fn create_session(app: &TestApp, seller: &str, extra: Value) -> Value {
-    let mut body = json!({ "seller_id": seller });
-    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
-        b.extend(e.clone());
-    }
-    let resp = app.api_post("/api/v1/connect-sessions", &body).await;
-    assert_eq!(resp.status().as_u16(), 201, "create session");
-    let v: Value = resp.json().await.unwrap();
-    v["data"].clone()
-}
-
-/// The connect page's two consent links: (popup `post_message`, same-window fallback `popup`).
-pub async fn open_page(app: &TestApp, connect_url: &str) -> (String, String) {
-    let resp = app.http.get(connect_url).send().await.unwrap();
-    assert_eq!(resp.status().as_u16(), 200, "connect page");
-    let html = resp.text().await.unwrap();
-    let popup = attr(&html, "data-popup").expect("popup link");
-    let at = html.find("id=\"fallback\"").expect("fallback link");
-    let fallback = attr(&html[at..], "href").expect("fallback link");
-    (popup, fallback)
-}
-
-/// The seller's browser on amoCRM's consent page: loads it, picks `host`, clicks Allow or Deny. Returns
-/// where amoCRM redirects the browser (our callback).
-pub async fn consent(app: &TestApp, authorize_url: &str, host: &str, allow: bool) -> String {
-    let page = app.http.get(authorize_url).send().await.unwrap();
-    assert_eq!(page.status().as_u16(), 200, "consent page");
-    let html = page.text().await.unwrap();
-    let mut form: Vec<(String, String)> = Vec::new();
-    for field in ["client_id", "state", "mode", "redirect_uri"] {
-        let key = format!("name=\"{field}\" value=\"");
-        let value = html
-            .find(&key)
-            .map(|i| {
-                let rest = &html[i + key.len()..];
-                unescape(&rest[..rest.find('"').unwrap()])
-            })
-            .unwrap_or_default();
-        form.push((field.to_owned(), value));
-    }
-    form.push(("account".into(), host.into()));
-    form.push((
-        "decision".into(),
-        if allow { "allow" } else { "deny" }.into(),
-    ));
-    let resp = app
-        .http
-        .post(format!("{}/oauth", app.sandbox.base_url()))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 302, "consent redirects");
-    resp.headers()["location"].to_str().unwrap().to_owned()
-}
-
-/// Session → page → consent: the callback URL amoCRM would send the browser to (not yet followed).
-pub async fn until_callback(app: &TestApp, seller: &str, host: &str, allow: bool) -> String {
-    let session = create_session(app, seller, json!({})).await;
-    let (popup, _) = open_page(app, session["connect_url"].as_str().unwrap()).await;
-    consent(app, &popup, host, allow).await
-}
-
-/// A full connect, click by click; returns the callback's response.
-pub async fn connect(app: &TestApp, seller: &str, host: &str) -> reqwest::Response {
-    let callback = until_callback(app, seller, host, true).await;
-    app.http.get(&callback).send().await.unwrap()
-}
-
-pub async fn connection(app: &TestApp, seller: &str) -> Option<connections::Connection> {
-    let seller = seller.to_owned();
-    app.db
-        .run(move |c| connections::find_by_seller(c, &seller))
-        .await
-        .unwrap()
-}
-
-pub async fn event_count(app: &TestApp, seller: &str, name: &str) -> i64 {
-    let (seller, name) = (seller.to_owned(), name.to_owned());
-    app.db
-        .run(move |c| events::count_by_name(c, &seller, &name))
-        .await
-        .unwrap()
-}
-
-/// Inserts an active connection holding a real sandbox grant (no consent flow), for refresh tests.
-pub async fn seed_connection(app: &TestApp, seller: &str, host: &str) -> i64 {
-    app.sandbox.add_account(host);
-    let pair = app.sandbox.issue_tokens(&app.env["AMOCRM_CLIENT_ID"], host);
-    let (access, refresh) = connections::seal_tokens(
-        &app.state.keys,
-        seller,
-        &pair.access_token,
-        &pair.refresh_token,
-    );
-    let now = st::now();
-    let row = NewConnection {
-        seller_id: seller.to_owned(),
-        account_id: pair.account_id as i64,
-        host: host.to_owned(),
-        subdomain: host.split('.').next().unwrap().to_owned(),
-        api_domain: None,
-        status: "active".into(),
-        access_token_enc: Some(access),
-        refresh_token_enc: Some(refresh),
-        token_expires_at: Some(now + chrono::Duration::seconds(pair.expires_in)),
-        token_version: 1,
-        last_refreshed_at: Some(now),
-        refresh_failures: 0,
-        webhook_token: amocrm_connector::domain::ids::random_token(40),
-        provisioning_state: "complete".into(),
-        provisioning_attempts: 0,
-        connected_at: now,
-        created_at: now,
-        updated_at: now,
-    };
-    app.db
-        .run(move |c| connections::insert(c, &row).map(|r| r.id))
-        .await
-        .unwrap()
+/// A test app where `seller-1` has connected to `HOST`, click by click.
+async fn connected_app() -> TestApp {
+    let app = spawn_app().await;
+    assert_eq!(connect(&app, "seller-1", HOST).await.status().as_u16(), 200);
+    app
 }
 
 /// Hosts of every request the sandbox received that was addressed to an account.
@@ -200,11 +58,11 @@ async fn a_full_connect_click_by_click_leaves_an_active_provisioned_connection()
     );
 
     let row = connection(&app, "seller-1").await.expect("stored");
-    assert_eq!(row.status, "active");
+    assert_eq!(row.status, ConnectionStatus::Active);
     assert_eq!(row.account_id as u64, app.sandbox.account_id(HOST).unwrap());
     assert_eq!(row.host, HOST);
     assert_eq!(row.subdomain, "sellerone");
-    assert_eq!(row.provisioning_state, "complete");
+    assert_eq!(row.provisioning_state, ProvisioningState::Complete);
     // Tokens are stored encrypted, bound to the row.
     let access = row.access_token(&app.state.keys).unwrap().unwrap();
     let blob = row.access_token_enc.clone().unwrap();
@@ -299,8 +157,7 @@ async fn a_full_connect_click_by_click_leaves_an_active_provisioned_connection()
 
 #[tokio::test]
 async fn a_second_connect_of_the_same_seller_and_account_creates_nothing_new_in_amocrm() {
-    let app = spawn_app().await;
-    assert_eq!(connect(&app, "seller-1", HOST).await.status().as_u16(), 200);
+    let app = connected_app().await;
     let before = connection(&app, "seller-1").await.unwrap();
     let (pipelines, fields, hooks) = (
         app.sandbox.pipelines(HOST).len(),
@@ -328,8 +185,7 @@ async fn a_second_connect_of_the_same_seller_and_account_creates_nothing_new_in_
 
 #[tokio::test]
 async fn connecting_another_account_moves_the_seller_and_unsubscribes_the_old_one() {
-    let app = spawn_app().await;
-    assert_eq!(connect(&app, "seller-1", HOST).await.status().as_u16(), 200);
+    let app = connected_app().await;
     let before = connection(&app, "seller-1").await.unwrap();
     assert_eq!(app.sandbox.webhooks(HOST).len(), 1);
 
@@ -348,7 +204,7 @@ async fn connecting_another_account_moves_the_seller_and_unsubscribes_the_old_on
     );
     assert_ne!(after.webhook_token, before.webhook_token);
     assert_ne!(after.pipeline_id, before.pipeline_id);
-    assert_eq!(after.provisioning_state, "complete");
+    assert_eq!(after.provisioning_state, ProvisioningState::Complete);
     assert!(
         app.sandbox.webhooks(HOST).is_empty(),
         "old subscription removed"
@@ -358,18 +214,14 @@ async fn connecting_another_account_moves_the_seller_and_unsubscribes_the_old_on
 
 #[tokio::test]
 async fn one_account_cannot_be_connected_by_two_sellers_unless_allowed() {
-    let app = spawn_app().await;
-    assert_eq!(connect(&app, "seller-1", HOST).await.status().as_u16(), 200);
+    let app = connected_app().await;
     let resp = connect(&app, "seller-2", HOST).await;
     assert_eq!(resp.status().as_u16(), 409);
     let html = resp.text().await.unwrap();
     assert!(html.contains("boshqa sotuvchiga ulangan"), "{html}");
     assert!(connection(&app, "seller-2").await.is_none());
 
-    let shared = spawn_app_with(|env| {
-        env.insert("ALLOW_SHARED_ACCOUNTS".into(), "true".into());
-    })
-    .await;
+    let shared = spawn_app_with(env_vars(&[("ALLOW_SHARED_ACCOUNTS", "true")])).await;
     assert_eq!(
         connect(&shared, "seller-1", HOST).await.status().as_u16(),
         200
@@ -379,8 +231,8 @@ async fn one_account_cannot_be_connected_by_two_sellers_unless_allowed() {
         200
     );
     assert_eq!(
-        connection(&shared, "seller-2").await.unwrap().status,
-        "active"
+        status_of(&shared, "seller-2").await,
+        ConnectionStatus::Active
     );
 }
 
@@ -402,19 +254,10 @@ async fn a_forged_state_stores_nothing() {
     let app = spawn_app().await;
     let callback = until_callback(&app, "seller-1", HOST, true).await;
     let forged = with_param(&callback, "state", "forged-state-value");
-    let resp = app.http.get(&forged).send().await.unwrap();
+    let resp = app.browse(&forged).await;
     assert_eq!(resp.status().as_u16(), 400);
     let missing = callback.split('?').next().unwrap().to_owned() + "?code=x&referer=" + HOST;
-    assert_eq!(
-        app.http
-            .get(&missing)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        400
-    );
+    assert_eq!(app.browse(&missing).await.status().as_u16(), 400);
     assert_nothing_stored(&app, "seller-1").await;
 }
 
@@ -423,16 +266,13 @@ async fn an_expired_state_stores_nothing() {
     let app = spawn_app().await;
     let callback = until_callback(&app, "seller-1", HOST, true).await;
     let past = st::now() - chrono::Duration::minutes(1);
-    app.db
-        .run(move |conn| {
-            diesel::update(os::table)
-                .set(os::expires_at.eq(past))
-                .execute(conn)
-                .map_err(Into::into)
-        })
-        .await
-        .unwrap();
-    let resp = app.http.get(&callback).send().await.unwrap();
+    app.sql(move |conn| {
+        diesel::update(os::table)
+            .set(os::expires_at.eq(past))
+            .execute(conn)
+    })
+    .await;
+    let resp = app.browse(&callback).await;
     assert_eq!(resp.status().as_u16(), 410);
     assert_nothing_stored(&app, "seller-1").await;
 }
@@ -441,18 +281,9 @@ async fn an_expired_state_stores_nothing() {
 async fn a_reused_state_is_refused_and_changes_nothing() {
     let app = spawn_app().await;
     let callback = until_callback(&app, "seller-1", HOST, true).await;
-    assert_eq!(
-        app.http
-            .get(&callback)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        200
-    );
+    assert_eq!(app.browse(&callback).await.status().as_u16(), 200);
     let first = connection(&app, "seller-1").await.unwrap();
-    let resp = app.http.get(&callback).send().await.unwrap();
+    let resp = app.browse(&callback).await;
     assert_eq!(resp.status().as_u16(), 410);
     let again = connection(&app, "seller-1").await.unwrap();
     assert_eq!(again.token_version, first.token_version);
@@ -471,16 +302,7 @@ async fn a_state_from_another_browser_stores_nothing() {
     assert_eq!(resp.status().as_u16(), 403);
     assert_nothing_stored(&app, "seller-1").await;
     // The state was not spent: the right browser still completes.
-    assert_eq!(
-        app.http
-            .get(&callback)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        200
-    );
+    assert_eq!(app.browse(&callback).await.status().as_u16(), 200);
 }
 
 #[tokio::test]
@@ -519,7 +341,7 @@ async fn a_denial_or_a_foreign_client_id_stores_nothing_and_offers_a_retry() {
     let app = spawn_app().await;
     let callback = until_callback(&app, "seller-1", HOST, false).await;
     assert_eq!(query_of(&callback)["error"], "access_denied");
-    let resp = app.http.get(&callback).send().await.unwrap();
+    let resp = app.browse(&callback).await;
     assert_eq!(resp.status().as_u16(), 400);
     let html = resp.text().await.unwrap();
     assert!(html.contains("ruxsat bermadingiz"), "{html}");
@@ -537,18 +359,9 @@ async fn a_denial_or_a_foreign_client_id_stores_nothing_and_offers_a_retry() {
     assert_nothing_stored(&app, "seller-2").await;
 
     // The retry link of the denial is a fresh consent for the same session: it completes the connect.
-    let callback = consent(&app, &retry, HOST, true).await;
-    assert_eq!(
-        app.http
-            .get(&callback)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        200
-    );
-    assert_eq!(connection(&app, "seller-1").await.unwrap().status, "active");
+    let callback = consent(&app.http, &app.sandbox.base_url(), &retry, HOST, true).await;
+    assert_eq!(app.browse(&callback).await.status().as_u16(), 200);
+    assert_eq!(status_of(&app, "seller-1").await, ConnectionStatus::Active);
 }
 
 #[tokio::test]
@@ -572,42 +385,30 @@ async fn a_widget_install_is_refused_with_an_explanation() {
 #[tokio::test]
 async fn unknown_expired_and_used_connect_links_get_human_pages() {
     let app = spawn_app().await;
-    let resp = app.http.get(app.url("/connect/nope")).send().await.unwrap();
+    let resp = app.get("/connect/nope").await;
     assert_eq!(resp.status().as_u16(), 404);
     assert!(resp.text().await.unwrap().contains("Havola topilmadi"));
 
     let session = create_session(&app, "seller-1", json!({})).await;
     let url = session["connect_url"].as_str().unwrap().to_owned();
     let past = st::now() - chrono::Duration::minutes(1);
-    app.db
-        .run(move |conn| {
-            use amocrm_connector::storage::schema::connect_sessions as cs;
-            diesel::update(cs::table)
-                .set(cs::expires_at.eq(past))
-                .execute(conn)
-                .map_err(Into::into)
-        })
-        .await
-        .unwrap();
-    let resp = app.http.get(format!("{url}?lang=en")).send().await.unwrap();
+    app.sql(move |conn| {
+        use amocrm_connector::storage::schema::connect_sessions as cs;
+        diesel::update(cs::table)
+            .set(cs::expires_at.eq(past))
+            .execute(conn)
+    })
+    .await;
+    let resp = app.browse(&format!("{url}?lang=en")).await;
     assert_eq!(resp.status().as_u16(), 410);
     assert!(resp.text().await.unwrap().contains("This link has expired"));
 
     let session = create_session(&app, "seller-2", json!({})).await;
     let url = session["connect_url"].as_str().unwrap().to_owned();
-    let (popup, _) = open_page(&app, &url).await;
-    let callback = consent(&app, &popup, HOST, true).await;
-    assert_eq!(
-        app.http
-            .get(&callback)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        200
-    );
-    let resp = app.http.get(&url).send().await.unwrap();
+    let (popup, _) = open_page(&app.http, &url).await;
+    let callback = consent(&app.http, &app.sandbox.base_url(), &popup, HOST, true).await;
+    assert_eq!(app.browse(&callback).await.status().as_u16(), 200);
+    let resp = app.browse(&url).await;
     assert_eq!(resp.status().as_u16(), 410);
 }
 
@@ -616,7 +417,7 @@ async fn the_connect_page_speaks_uzbek_by_default_and_russian_or_english_on_requ
     let app = spawn_app().await;
     let session = create_session(&app, "seller-1", json!({})).await;
     let url = session["connect_url"].as_str().unwrap().to_owned();
-    let resp = app.http.get(&url).send().await.unwrap();
+    let resp = app.browse(&url).await;
     assert_eq!(resp.headers()["referrer-policy"], "no-referrer");
     assert_eq!(resp.headers()["cache-control"], "no-store");
     let csp = resp.headers()["content-security-policy"].to_str().unwrap();
@@ -652,7 +453,7 @@ async fn the_connect_page_speaks_uzbek_by_default_and_russian_or_english_on_requ
     let (en, _) = page(url.clone(), Some("en-GB,en;q=0.8")).await;
     assert!(en.contains("Connect amoCRM"));
     // The button opens the consent page in a popup (post_message) with a same-window fallback (popup).
-    let (popup, fallback) = open_page(&app, &url).await;
+    let (popup, fallback) = open_page(&app.http, &url).await;
     assert!(popup.starts_with(&app.sandbox.authorize_url()));
     assert_eq!(query_of(&popup)["mode"], "post_message");
     assert_eq!(query_of(&fallback)["mode"], "popup");
@@ -662,8 +463,7 @@ async fn the_connect_page_speaks_uzbek_by_default_and_russian_or_english_on_requ
 
 #[tokio::test]
 async fn the_connect_page_shows_an_existing_connection_with_a_reconnect_button() {
-    let app = spawn_app().await;
-    assert_eq!(connect(&app, "seller-1", HOST).await.status().as_u16(), 200);
+    let app = connected_app().await;
     let session = create_session(&app, "seller-1", json!({"lang": "en"})).await;
     let resp = app
         .http
@@ -677,13 +477,11 @@ async fn the_connect_page_shows_an_existing_connection_with_a_reconnect_button()
 
 #[tokio::test]
 async fn the_fallback_mode_redirects_to_an_allowed_return_url() {
-    let app = spawn_app_with(|env| {
-        env.insert(
-            "CONNECT_RETURN_URL_ALLOWLIST".into(),
-            "https://seller.market.example/".into(),
-        );
-    })
-    .await;
+    let allowlist = (
+        "CONNECT_RETURN_URL_ALLOWLIST",
+        "https://seller.market.example/",
+    );
+    let app = spawn_app_with(env_vars(&[allowlist])).await;
     let resp = app
         .api_post(
             "/api/v1/connect-sessions",
@@ -706,15 +504,15 @@ async fn the_fallback_mode_redirects_to_an_allowed_return_url() {
         json!({"return_url": "https://seller.market.example/amocrm/done"}),
     )
     .await;
-    let (_, fallback) = open_page(&app, session["connect_url"].as_str().unwrap()).await;
-    let callback = consent(&app, &fallback, HOST, true).await;
-    let resp = app.http.get(&callback).send().await.unwrap();
+    let (_, fallback) = open_page(&app.http, session["connect_url"].as_str().unwrap()).await;
+    let callback = consent(&app.http, &app.sandbox.base_url(), &fallback, HOST, true).await;
+    let resp = app.browse(&callback).await;
     assert_eq!(resp.status().as_u16(), 303);
     assert_eq!(
         resp.headers()["location"],
         "https://seller.market.example/amocrm/done"
     );
-    assert_eq!(connection(&app, "seller-1").await.unwrap().status, "active");
+    assert_eq!(status_of(&app, "seller-1").await, ConnectionStatus::Active);
 }
 
 #[tokio::test]
@@ -744,9 +542,9 @@ async fn a_failed_provisioning_step_keeps_the_tokens_and_is_retried_later() {
 
     assert_eq!(connect(&app, "seller-1", HOST).await.status().as_u16(), 200);
     let row = connection(&app, "seller-1").await.unwrap();
-    assert_eq!(row.status, "active");
+    assert_eq!(row.status, ConnectionStatus::Active);
     assert!(row.access_token_enc.is_some());
-    assert_eq!(row.provisioning_state, "incomplete");
+    assert_eq!(row.provisioning_state, ProvisioningState::Incomplete);
     assert_eq!(
         row.missing_provisioning(),
         vec!["pipeline"],
@@ -760,12 +558,7 @@ async fn a_failed_provisioning_step_keeps_the_tokens_and_is_retried_later() {
             .contains("pipeline")
     );
     assert!(row.next_provision_at.is_some());
-    let v: Value = app
-        .api_get("/api/v1/connections/seller-1")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v = app.api_json("/api/v1/connections/seller-1").await;
     assert_eq!(v["data"]["provisioning"]["missing"], json!(["pipeline"]));
 
     // The seller frees a slot; once the back-off has passed, the worker finishes the set-up.
@@ -777,21 +570,18 @@ async fn a_failed_provisioning_step_keeps_the_tokens_and_is_retried_later() {
         .unwrap();
     app.sandbox.delete_pipeline(HOST, victim.id).unwrap();
     let now = st::now();
-    app.db
-        .run(move |conn| {
-            diesel::update(c::table)
-                .set(c::next_provision_at.eq(Some(now)))
-                .execute(conn)
-                .map_err(Into::into)
-        })
-        .await
-        .unwrap();
+    app.sql(move |conn| {
+        diesel::update(c::table)
+            .set(c::next_provision_at.eq(Some(now)))
+            .execute(conn)
+    })
+    .await;
     let report = amocrm_connector::workers::refresh::run_once(&app.state)
         .await
         .unwrap();
     assert_eq!(report.provisioning_attempted, 1);
     let row = connection(&app, "seller-1").await.unwrap();
-    assert_eq!(row.provisioning_state, "complete");
+    assert_eq!(row.provisioning_state, ProvisioningState::Complete);
     assert!(row.pipeline_id.is_some());
     assert_eq!(
         app.sandbox.counters(HOST).code_exchanges,
@@ -803,96 +593,60 @@ async fn a_failed_provisioning_step_keeps_the_tokens_and_is_retried_later() {
 
 #[tokio::test]
 async fn the_uninstall_hook_with_a_valid_signature_revokes_and_wipes_tokens() {
-    let app = spawn_app().await;
-    assert_eq!(connect(&app, "seller-1", HOST).await.status().as_u16(), 200);
+    let app = connected_app().await;
     let account_id = app.sandbox.account_id(HOST).unwrap();
 
     // A bad signature: 401 and nothing changes.
-    let resp = app
-        .http
-        .get(app.url(&format!(
+    let resp = app.get(&format!(
             "/oauth/amocrm/disconnect?client_uuid=test-client-id&account_id={account_id}&signature={}",
             "0".repeat(64)
-        )))
-        .send()
-        .await
-        .unwrap();
+        )).await;
     assert_error(resp, 401, "INVALID_TOKEN").await;
     let row = connection(&app, "seller-1").await.unwrap();
-    assert_eq!(row.status, "active");
+    assert_eq!(row.status, ConnectionStatus::Active);
     assert!(row.access_token_enc.is_some());
 
     // The admin disables the integration in amoCRM: the sandbox sends the signed hook.
     assert!(app.sandbox.revoke_grant(HOST, "test-client-id"));
     app.sandbox.webhooks_idle().await;
     let row = connection(&app, "seller-1").await.unwrap();
-    assert_eq!(row.status, "revoked");
+    assert_eq!(row.status, ConnectionStatus::Revoked);
     assert!(row.access_token_enc.is_none() && row.refresh_token_enc.is_none());
     assert_eq!(event_count(&app, "seller-1", "connection.revoked").await, 1);
-    let v: Value = app
-        .api_get("/api/v1/connections?status=revoked")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v = app.api_json("/api/v1/connections?status=revoked").await;
     assert_eq!(v["meta"]["total"], 1);
     assert_eq!(v["data"][0]["seller_id"], "seller-1");
 }
 
 #[tokio::test]
 async fn deleting_a_connection_unsubscribes_wipes_tokens_and_emits_revoked() {
-    let app = spawn_app().await;
-    assert_eq!(connect(&app, "seller-1", HOST).await.status().as_u16(), 200);
+    let app = connected_app().await;
     assert_eq!(app.sandbox.webhooks(HOST).len(), 1);
-    let resp = app
-        .http
-        .delete(app.url("/api/v1/connections/seller-1"))
-        .bearer_auth(&app.api_key)
-        .send()
-        .await
-        .unwrap();
+    let resp = app.api_delete("/api/v1/connections/seller-1").await;
     assert_eq!(resp.status().as_u16(), 204);
     let row = connection(&app, "seller-1").await.unwrap();
-    assert_eq!(row.status, "revoked");
+    assert_eq!(row.status, ConnectionStatus::Revoked);
     assert!(row.access_token_enc.is_none() && row.refresh_token_enc.is_none());
     assert!(app.sandbox.webhooks(HOST).is_empty());
     assert_eq!(event_count(&app, "seller-1", "connection.revoked").await, 1);
     // Idempotent; unknown sellers are 404.
-    let again = app
-        .http
-        .delete(app.url("/api/v1/connections/seller-1"))
-        .bearer_auth(&app.api_key)
-        .send()
-        .await
-        .unwrap();
+    let again = app.api_delete("/api/v1/connections/seller-1").await;
     assert_eq!(again.status().as_u16(), 204);
     assert_eq!(event_count(&app, "seller-1", "connection.revoked").await, 1);
-    let resp = app
-        .http
-        .delete(app.url("/api/v1/connections/nobody"))
-        .bearer_auth(&app.api_key)
-        .send()
-        .await
-        .unwrap();
+    let resp = app.api_delete("/api/v1/connections/nobody").await;
     assert_error(resp, 404, "RESOURCE_NOT_FOUND").await;
 
     // A reconnect after revoking brings everything back.
     assert_eq!(connect(&app, "seller-1", HOST).await.status().as_u16(), 200);
     let row = connection(&app, "seller-1").await.unwrap();
-    assert_eq!(row.status, "active");
+    assert_eq!(row.status, ConnectionStatus::Active);
     assert_eq!(app.sandbox.webhooks(HOST).len(), 1);
 }
 
 #[tokio::test]
 async fn the_pipeline_mapping_is_readable_and_changeable_within_the_account() {
-    let app = spawn_app().await;
-    assert_eq!(connect(&app, "seller-1", HOST).await.status().as_u16(), 200);
-    let v: Value = app
-        .api_get("/api/v1/connections/seller-1/pipeline")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let app = connected_app().await;
+    let v = app.api_json("/api/v1/connections/seller-1/pipeline").await;
     let pipeline_id = v["data"]["pipeline_id"].as_i64().unwrap();
     assert_eq!(v["data"]["statuses"]["completed"], 142);
     assert_eq!(v["data"]["statuses"]["cancelled"], 143);
@@ -900,31 +654,29 @@ async fn the_pipeline_mapping_is_readable_and_changeable_within_the_account() {
     let mut statuses = v["data"]["statuses"].clone();
     statuses["paid"] = statuses["shipping"].clone();
     let put = |body: Value| {
-        app.http
-            .put(app.url("/api/v1/connections/seller-1/pipeline"))
-            .bearer_auth(&app.api_key)
-            .json(&body)
-            .send()
+        let app = &app;
+        async move {
+            app.api(
+                Method::PUT,
+                "/api/v1/connections/seller-1/pipeline",
+                Some(&body),
+            )
+            .await
+        }
     };
-    let resp = put(json!({"pipeline_id": pipeline_id, "statuses": statuses}))
-        .await
-        .unwrap();
+    let resp = put(json!({"pipeline_id": pipeline_id, "statuses": statuses})).await;
     assert_eq!(resp.status().as_u16(), 200);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["data"]["statuses"]["paid"], statuses["shipping"]);
 
     let mut bad = statuses.clone();
     bad["pending"] = json!(999_999_999);
-    let resp = put(json!({"pipeline_id": pipeline_id, "statuses": bad}))
-        .await
-        .unwrap();
+    let resp = put(json!({"pipeline_id": pipeline_id, "statuses": bad})).await;
     let body = assert_error(resp, 422, "VALIDATION_ERROR").await;
     assert!(body["error"]["details"]["statuses.pending"].is_array());
-    let resp = put(json!({"pipeline_id": pipeline_id})).await.unwrap();
+    let resp = put(json!({"pipeline_id": pipeline_id})).await;
     assert_error(resp, 422, "VALIDATION_ERROR").await;
-    let resp = put(json!({"pipeline_id": 123_456_789, "statuses": statuses}))
-        .await
-        .unwrap();
+    let resp = put(json!({"pipeline_id": 123_456_789, "statuses": statuses})).await;
     assert_error(resp, 422, "VALIDATION_ERROR").await;
 }
 

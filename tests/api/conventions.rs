@@ -2,17 +2,22 @@
 
 use amocrm_connector::services::api_keys::Tier;
 
-use crate::helpers::{assert_error, spawn_app};
+use crate::support::{TestApp, assert_error, spawn_app};
+
+/// The id of the test's API key (the first one made).
+async fn first_key_id(app: &TestApp) -> i64 {
+    let rows = app
+        .db
+        .run(amocrm_connector::storage::api_keys::list)
+        .await
+        .unwrap();
+    rows[0].id
+}
 
 #[tokio::test]
 async fn api_requests_without_a_token_are_401_in_the_contract_format() {
     let app = spawn_app().await;
-    let resp = app
-        .http
-        .get(app.url("/api/v1/connections"))
-        .send()
-        .await
-        .unwrap();
+    let resp = app.get("/api/v1/connections").await;
     assert_error(resp, 401, "INVALID_TOKEN").await;
 }
 
@@ -20,20 +25,11 @@ async fn api_requests_without_a_token_are_401_in_the_contract_format() {
 async fn a_wrong_or_revoked_api_key_is_401() {
     let app = spawn_app().await;
     let resp = app
-        .http
-        .get(app.url("/api/v1/connections"))
-        .bearer_auth("amc_not-a-real-key")
-        .send()
-        .await
-        .unwrap();
+        .get_as("/api/v1/connections", "amc_not-a-real-key")
+        .await;
     assert_error(resp, 401, "INVALID_TOKEN").await;
 
-    let rows = app
-        .db
-        .run(amocrm_connector::storage::api_keys::list)
-        .await
-        .unwrap();
-    let id = rows[0].id;
+    let id = first_key_id(&app).await;
     app.db
         .run(move |c| amocrm_connector::storage::api_keys::revoke(c, id))
         .await
@@ -45,41 +41,25 @@ async fn a_wrong_or_revoked_api_key_is_401() {
 #[tokio::test]
 async fn an_unsupported_api_version_is_400_and_v1_is_accepted() {
     let app = spawn_app().await;
-    let resp = app
-        .http
-        .get(app.url("/api/v1/no-such-route"))
-        .bearer_auth(&app.api_key)
-        .header("X-API-Version", "v2")
-        .send()
-        .await
-        .unwrap();
+    let with_version = |version: &'static str| {
+        app.http
+            .get(app.url("/api/v1/no-such-route"))
+            .bearer_auth(&app.api_key)
+            .header("X-API-Version", version)
+            .send()
+    };
+    let resp = with_version("v2").await.unwrap();
     assert_error(resp, 400, "INVALID_API_VERSION").await;
-    let resp = app
-        .http
-        .get(app.url("/api/v1/no-such-route"))
-        .bearer_auth(&app.api_key)
-        .header("X-API-Version", "v1")
-        .send()
-        .await
-        .unwrap();
+    let resp = with_version("v1").await.unwrap();
     assert_error(resp, 404, "RESOURCE_NOT_FOUND").await;
 }
 
 #[tokio::test]
 async fn unknown_api_routes_are_404_in_the_contract_format() {
     let app = spawn_app().await;
-    assert_error(
-        app.api_get("/api/v1/nothing/here").await,
-        404,
-        "RESOURCE_NOT_FOUND",
-    )
-    .await;
-    let resp = app
-        .http
-        .get(app.url("/api/v2/anything"))
-        .send()
-        .await
-        .unwrap();
+    let resp = app.api_get("/api/v1/nothing/here").await;
+    assert_error(resp, 404, "RESOURCE_NOT_FOUND").await;
+    let resp = app.get("/api/v2/anything").await;
     assert_error(resp, 404, "RESOURCE_NOT_FOUND").await;
 }
 
@@ -100,23 +80,11 @@ async fn responses_carry_rate_limit_headers_for_limited_tiers() {
     assert_eq!(resp.headers()["x-ratelimit-remaining"], "998");
 
     let premium = app.api_key_with_tier(Tier::Premium).await;
-    let resp = app
-        .http
-        .get(app.url("/api/v1/x"))
-        .bearer_auth(&premium)
-        .send()
-        .await
-        .unwrap();
+    let resp = app.get_as("/api/v1/x", &premium).await;
     assert_eq!(resp.headers()["x-ratelimit-limit"], "5000");
 
     let enterprise = app.api_key_with_tier(Tier::Enterprise).await;
-    let resp = app
-        .http
-        .get(app.url("/api/v1/x"))
-        .bearer_auth(&enterprise)
-        .send()
-        .await
-        .unwrap();
+    let resp = app.get_as("/api/v1/x", &enterprise).await;
     assert!(
         resp.headers().get("x-ratelimit-limit").is_none(),
         "enterprise is unlimited"
@@ -127,12 +95,7 @@ async fn responses_carry_rate_limit_headers_for_limited_tiers() {
 async fn a_key_over_its_hourly_budget_gets_429_with_retry_after() {
     let app = spawn_app().await;
     // Use up the standard budget directly in the usage table (1000 requests would only slow the test).
-    let rows = app
-        .db
-        .run(amocrm_connector::storage::api_keys::list)
-        .await
-        .unwrap();
-    let id = rows[0].id;
+    let id = first_key_id(&app).await;
     let window = {
         use chrono::{DurationRound, TimeDelta};
         chrono::Utc::now()
@@ -140,21 +103,18 @@ async fn a_key_over_its_hourly_budget_gets_429_with_retry_after() {
             .unwrap()
             .naive_utc()
     };
-    app.db
-        .run(move |c| {
-            use amocrm_connector::storage::schema::api_key_usage as u;
-            use diesel::prelude::*;
-            diesel::insert_into(u::table)
-                .values((
-                    u::key_id.eq(id),
-                    u::window_start.eq(window),
-                    u::request_count.eq(1000i64),
-                ))
-                .execute(c)?;
-            Ok(())
-        })
-        .await
-        .unwrap();
+    app.sql(move |c| {
+        use amocrm_connector::storage::schema::api_key_usage as u;
+        use diesel::prelude::*;
+        diesel::insert_into(u::table)
+            .values((
+                u::key_id.eq(id),
+                u::window_start.eq(window),
+                u::request_count.eq(1000i64),
+            ))
+            .execute(c)
+    })
+    .await;
     let resp = app.api_get("/api/v1/no-such-route").await;
     let retry: u64 = resp.headers()["retry-after"]
         .to_str()
@@ -169,7 +129,7 @@ async fn a_key_over_its_hourly_budget_gets_429_with_retry_after() {
 #[tokio::test]
 async fn non_api_paths_that_match_nothing_are_plain_404s() {
     let app = spawn_app().await;
-    let resp = app.http.get(app.url("/nothing")).send().await.unwrap();
+    let resp = app.get("/nothing").await;
     assert_eq!(resp.status().as_u16(), 404);
     assert!(resp.headers().get("x-request-id").is_some());
 }

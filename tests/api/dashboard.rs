@@ -1,6 +1,7 @@
 //! The operator dashboard: sign-in with a session cookie and CSRF tokens, the pages and their data, viewers,
 //! sign-out, and the security headers.
 
+use amocrm_connector::domain::status::ConnectionStatus;
 use amocrm_connector::services::operators::{self, Role};
 use amocrm_connector::storage::events::{self, NewEvent};
 use amocrm_connector::storage::schema::{amocrm_connections, orders, webhook_subscriptions};
@@ -9,7 +10,7 @@ use diesel::prelude::*;
 use secrecy::SecretString;
 use serde_json::json;
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::support::{TestApp, connection_row, insert_connections, spawn_app};
 
 const PASSWORD: &str = "dashboard password 1";
 
@@ -31,12 +32,7 @@ pub async fn sign_in(app: &TestApp, email: &str, role: Role) {
     )
     .await
     .unwrap();
-    let page = app
-        .http
-        .get(app.url("/dashboard/login"))
-        .send()
-        .await
-        .unwrap();
+    let page = app.get("/dashboard/login").await;
     assert_eq!(page.status(), 200);
     let csrf = csrf_in(&page.text().await.unwrap());
     let resp = app
@@ -60,41 +56,49 @@ pub async fn sign_in(app: &TestApp, email: &str, role: Role) {
 }
 
 async fn get(app: &TestApp, path: &str) -> (u16, String) {
-    let resp = app.http.get(app.url(path)).send().await.unwrap();
+    let resp = app.get(path).await;
     let status = resp.status().as_u16();
     (status, resp.text().await.unwrap())
 }
 
-/// A connection row in `refresh_failed`, as the dashboard lists it.
-pub async fn seed_connection(app: &TestApp, seller_id: &str) {
-    let seller = seller_id.to_owned();
-    app.db
-        .run(move |c| {
-            let now = amocrm_connector::storage::now();
-            diesel::insert_into(amocrm_connections::table)
-                .values((
-                    amocrm_connections::seller_id.eq(&seller),
-                    amocrm_connections::account_id.eq(31_337i64),
-                    amocrm_connections::host.eq("dash.amocrm.ru"),
-                    amocrm_connections::subdomain.eq("dash"),
-                    amocrm_connections::status.eq("refresh_failed"),
-                    amocrm_connections::last_error.eq(Some("amoCRM refused the refresh token")),
-                    amocrm_connections::refresh_failures.eq(3),
-                    amocrm_connections::token_expires_at.eq(Some(now + TimeDelta::hours(5))),
-                    amocrm_connections::webhook_token.eq(format!("whtok-{seller}")),
-                    amocrm_connections::connected_at.eq(now),
-                    amocrm_connections::created_at.eq(now),
-                    amocrm_connections::updated_at.eq(now),
-                ))
-                .execute(c)?;
-            Ok(())
-        })
+/// Posts the dashboard form at `path` with its `csrf` token.
+async fn post_form(app: &TestApp, path: &str, csrf: &str) -> reqwest::Response {
+    app.http
+        .post(app.url(path))
+        .form(&[("csrf", csrf)])
+        .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// A connection row in `refresh_failed` (no tokens left), as the dashboard lists it.
+pub async fn seed_failed_connection(app: &TestApp, seller_id: &str) {
+    let expires_at = amocrm_connector::storage::now() + TimeDelta::hours(5);
+    let mut row = connection_row(
+        app,
+        seller_id,
+        "dash.amocrm.ru",
+        31_337,
+        ("", ""),
+        expires_at,
+    );
+    row.status = ConnectionStatus::RefreshFailed;
+    row.refresh_failures = 3;
+    (row.access_token_enc, row.refresh_token_enc) = (None, None);
+    row.last_refreshed_at = None;
+    row.webhook_token = format!("whtok-{seller_id}");
+    insert_connections(app, vec![row]).await;
+    let seller = seller_id.to_owned();
+    app.sql(move |c| {
+        diesel::update(amocrm_connections::table.filter(amocrm_connections::seller_id.eq(&seller)))
+            .set(amocrm_connections::last_error.eq(Some("amoCRM refused the refresh token")))
+            .execute(c)
+    })
+    .await;
 }
 
 async fn seed(app: &TestApp) {
-    seed_connection(app, "seller-dash").await;
+    seed_failed_connection(app, "seller-dash").await;
     app.db
         .run(|c| {
             let now = amocrm_connector::storage::now();
@@ -139,6 +143,14 @@ async fn seed(app: &TestApp) {
         .unwrap();
 }
 
+/// A test app with the seeded rows and an admin signed in.
+async fn seeded_admin() -> TestApp {
+    let app = spawn_app().await;
+    seed(&app).await;
+    sign_in(&app, "ops@example.com", Role::Admin).await;
+    app
+}
+
 #[tokio::test]
 async fn the_dashboard_sends_strangers_to_the_sign_in_page() {
     let app = spawn_app().await;
@@ -148,7 +160,7 @@ async fn the_dashboard_sends_strangers_to_the_sign_in_page() {
         "/dashboard/orders",
         "/dashboard/events",
     ] {
-        let resp = app.http.get(app.url(path)).send().await.unwrap();
+        let resp = app.get(path).await;
         assert_eq!(resp.status(), 303, "{path}");
         assert_eq!(resp.headers()["location"], "/dashboard/login");
     }
@@ -165,9 +177,7 @@ async fn the_dashboard_sends_strangers_to_the_sign_in_page() {
 
 #[tokio::test]
 async fn an_operator_signs_in_and_sees_connections_orders_events_and_subscriptions() {
-    let app = spawn_app().await;
-    seed(&app).await;
-    sign_in(&app, "ops@example.com", Role::Admin).await;
+    let app = seeded_admin().await;
 
     let (status, html) = get(&app, "/dashboard").await;
     assert_eq!(status, 200);
@@ -281,25 +291,11 @@ async fn dashboard_actions_need_the_session_form_token_and_viewers_cannot_act() 
     sign_in(&app, "viewer@example.com", Role::Viewer).await;
     let html = get(&app, "/dashboard/orders").await.1;
     assert!(!html.contains(">Retry<"), "viewers see no action buttons");
-    let resp = app
-        .http
-        .post(app.url("/dashboard/orders/ord_dash1/retry"))
-        .form(&[("csrf", csrf_in(&html).as_str())])
-        .send()
-        .await
-        .unwrap();
+    let resp = post_form(&app, "/dashboard/orders/ord_dash1/retry", &csrf_in(&html)).await;
     assert_eq!(resp.status(), 403);
 
-    let admin = spawn_app().await;
-    seed(&admin).await;
-    sign_in(&admin, "ops@example.com", Role::Admin).await;
-    let resp = admin
-        .http
-        .post(admin.url("/dashboard/orders/ord_dash1/retry"))
-        .form(&[("csrf", "not-the-token")])
-        .send()
-        .await
-        .unwrap();
+    let admin = seeded_admin().await;
+    let resp = post_form(&admin, "/dashboard/orders/ord_dash1/retry", "not-the-token").await;
     assert_eq!(resp.status(), 403);
 }
 
@@ -308,13 +304,7 @@ async fn signing_out_ends_the_session() {
     let app = spawn_app().await;
     sign_in(&app, "ops@example.com", Role::Admin).await;
     let html = get(&app, "/dashboard").await.1;
-    let resp = app
-        .http
-        .post(app.url("/dashboard/logout"))
-        .form(&[("csrf", csrf_in(&html).as_str())])
-        .send()
-        .await
-        .unwrap();
+    let resp = post_form(&app, "/dashboard/logout", &csrf_in(&html)).await;
     assert_eq!(resp.status(), 303);
     assert_eq!(get(&app, "/dashboard").await.0, 303);
 }
@@ -323,18 +313,13 @@ async fn signing_out_ends_the_session() {
 async fn dashboard_pages_are_locked_down_with_security_headers() {
     let app = spawn_app().await;
     sign_in(&app, "ops@example.com", Role::Admin).await;
-    let resp = app.http.get(app.url("/dashboard")).send().await.unwrap();
+    let resp = app.get("/dashboard").await;
     let h = resp.headers();
     let csp = h["content-security-policy"].to_str().unwrap();
     assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"));
     assert_eq!(h["x-frame-options"], "DENY");
     assert_eq!(h["cache-control"], "no-store");
-    let css = app
-        .http
-        .get(app.url("/dashboard/assets/app.css"))
-        .send()
-        .await
-        .unwrap();
+    let css = app.get("/dashboard/assets/app.css").await;
     assert_eq!(css.status(), 200);
     assert!(
         css.text().await.unwrap().contains("@media (max-width"),
@@ -345,26 +330,25 @@ async fn dashboard_pages_are_locked_down_with_security_headers() {
 #[tokio::test]
 async fn refresh_now_in_the_dashboard_refreshes_the_connection_at_amocrm() {
     let app = spawn_app().await;
-    crate::connect::seed_connection(&app, "seller-live", "sellerone.amocrm.ru").await;
-    let before = crate::connect::connection(&app, "seller-live")
+    crate::support::seed_connection(&app, "seller-live", "sellerone.amocrm.ru").await;
+    let before = crate::support::connection(&app, "seller-live")
         .await
         .unwrap();
     sign_in(&app, "ops@example.com", Role::Admin).await;
     let html = get(&app, "/dashboard/connections").await.1;
     assert!(html.contains("/dashboard/connections/seller-live/refresh"));
-    let resp = app
-        .http
-        .post(app.url("/dashboard/connections/seller-live/refresh"))
-        .form(&[("csrf", csrf_in(&html).as_str())])
-        .send()
-        .await
-        .unwrap();
+    let resp = post_form(
+        &app,
+        "/dashboard/connections/seller-live/refresh",
+        &csrf_in(&html),
+    )
+    .await;
     assert_eq!(resp.status(), 303);
     assert_eq!(
         resp.headers()["location"],
         "/dashboard/connections?done=refreshed"
     );
-    let after = crate::connect::connection(&app, "seller-live")
+    let after = crate::support::connection(&app, "seller-live")
         .await
         .unwrap();
     assert!(after.token_version > before.token_version);
@@ -379,69 +363,49 @@ async fn redeliver_in_the_dashboard_makes_a_failed_delivery_due_again() {
     let app = spawn_app().await;
     seed(&app).await;
     let deliveries = app
-        .db
-        .run(|c| {
-            Ok(diesel::update(event_deliveries::table)
+        .sql(|c| {
+            diesel::update(event_deliveries::table)
                 .set(event_deliveries::state.eq("failed"))
-                .execute(c)?)
+                .execute(c)
         })
-        .await
-        .unwrap();
+        .await;
     assert_eq!(deliveries, 1, "the seeded event has one delivery");
     sign_in(&app, "ops@example.com", Role::Admin).await;
     let html = get(&app, "/dashboard/events?failed=1").await.1;
     let at = html.find("/redeliver\"").expect("a redeliver button");
     let action_start = html[..at].rfind("action=\"").unwrap() + "action=\"".len();
     let action = format!("{}/redeliver", &html[action_start..at]);
-    let resp = app
-        .http
-        .post(app.url(&action))
-        .form(&[("csrf", csrf_in(&html).as_str())])
-        .send()
-        .await
-        .unwrap();
+    let resp = post_form(&app, &action, &csrf_in(&html)).await;
     assert_eq!(resp.status(), 303);
     assert_eq!(
         resp.headers()["location"],
         "/dashboard/events?done=redelivered"
     );
     let states: Vec<String> = app
-        .db
-        .run(|c| {
-            Ok(event_deliveries::table
+        .sql(|c| {
+            event_deliveries::table
                 .select(event_deliveries::state)
-                .load(c)?)
+                .load(c)
         })
-        .await
-        .unwrap();
+        .await;
     assert_eq!(states, vec!["pending".to_owned()]);
 }
 
 #[tokio::test]
 async fn retry_in_the_dashboard_queues_a_failed_order_again() {
-    let app = spawn_app().await;
-    seed(&app).await;
-    sign_in(&app, "ops@example.com", Role::Admin).await;
+    let app = seeded_admin().await;
     let html = get(&app, "/dashboard/orders?sync_state=failed").await.1;
     assert!(html.contains("/dashboard/orders/ord_dash1/retry"));
-    let resp = app
-        .http
-        .post(app.url("/dashboard/orders/ord_dash1/retry"))
-        .form(&[("csrf", csrf_in(&html).as_str())])
-        .send()
-        .await
-        .unwrap();
+    let resp = post_form(&app, "/dashboard/orders/ord_dash1/retry", &csrf_in(&html)).await;
     assert_eq!(resp.status(), 303);
     assert_eq!(resp.headers()["location"], "/dashboard/orders?done=retried");
     let state: String = app
-        .db
-        .run(|c| {
-            Ok(orders::table
+        .sql(|c| {
+            orders::table
                 .filter(orders::id.eq("ord_dash1"))
                 .select(orders::sync_state)
-                .first(c)?)
+                .first(c)
         })
-        .await
-        .unwrap();
+        .await;
     assert_ne!(state, "failed");
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use amocrm_connector::demo::{self, DemoOptions};
 use serde_json::{Value, json};
 
-use crate::connect::attr;
+use crate::support::{consent, open_page, wait_until};
 
 fn browser() -> reqwest::Client {
     reqwest::Client::builder()
@@ -18,35 +18,28 @@ fn browser() -> reqwest::Client {
 
 /// A seller's browser: the connect page, the sandbox's consent page, Allow, back to our callback.
 async fn click_through_connect(http: &reqwest::Client, connect_url: &str, sandbox: &str) -> String {
-    let page = http.get(connect_url).send().await.unwrap();
-    assert_eq!(page.status(), 200, "connect page");
-    let popup = attr(&page.text().await.unwrap(), "data-popup").expect("consent link");
-    let consent = http.get(&popup).send().await.unwrap();
-    assert_eq!(consent.status(), 200, "consent page");
-    let html = consent.text().await.unwrap();
-    let mut form: Vec<(String, String)> = ["client_id", "state", "mode", "redirect_uri"]
-        .iter()
-        .map(|f| {
-            let at = html.find(&format!("name=\"{f}\"")).expect("consent field");
-            (
-                (*f).to_owned(),
-                attr(&html[at..], "value").unwrap_or_default(),
-            )
-        })
-        .collect();
-    form.push(("account".into(), "sellerone.amocrm.ru".into()));
-    form.push(("decision".into(), "allow".into()));
-    let allowed = http
-        .post(format!("{sandbox}/oauth"))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(allowed.status(), 302, "consent redirects back");
-    let callback = allowed.headers()["location"].to_str().unwrap().to_owned();
+    let (popup, _) = open_page(http, connect_url).await;
+    let callback = consent(http, sandbox, &popup, "sellerone.amocrm.ru", true).await;
     let done = http.get(&callback).send().await.unwrap();
     assert_eq!(done.status(), 200, "callback");
     done.text().await.unwrap()
+}
+
+/// A GET of `url` with the bearer `key`: the answer's JSON.
+async fn get_json(http: &reqwest::Client, url: &str, key: &str) -> Value {
+    http.get(url)
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// A GET of `url`: the answer's text.
+async fn get_text(http: &reqwest::Client, url: &str) -> String {
+    http.get(url).send().await.unwrap().text().await.unwrap()
 }
 
 #[tokio::test]
@@ -63,18 +56,12 @@ async fn the_demo_starts_everything_and_its_printed_links_work() {
     // The seller connects through the link the demo printed.
     let connect_url = demo.connect_url.clone().expect("a connect link");
     click_through_connect(&http, &connect_url, &demo.sandbox.base_url()).await;
-    let conn: Value = http
-        .get(format!(
-            "{}/api/v1/connections/{}",
-            demo.base_url, demo.seller_id
-        ))
-        .bearer_auth(&demo.api_key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let conn = get_json(
+        &http,
+        &format!("{}/api/v1/connections/{}", demo.base_url, demo.seller_id),
+        &demo.api_key,
+    )
+    .await;
     assert_eq!(conn["data"]["status"], "active", "{conn}");
     assert_eq!(conn["data"]["host"], "sellerone.amocrm.ru");
 
@@ -112,60 +99,35 @@ async fn the_demo_starts_everything_and_its_printed_links_work() {
     assert_eq!(posted.status(), 202, "{}", posted.text().await.unwrap());
     let order: Value = posted.json().await.unwrap_or_default();
     let order_id = order["data"]["id"].as_str().unwrap_or_default().to_owned();
-    let started = std::time::Instant::now();
-    let lead_id = loop {
-        let o: Value = http
-            .get(format!("{}/api/v1/sales/orders/{order_id}", demo.base_url))
-            .bearer_auth(&demo.api_key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if let Some(id) = o["data"]["sync"]["lead_id"].as_u64() {
-            break id;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "never pushed: {o}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let order_url = format!("{}/api/v1/sales/orders/{order_id}", demo.base_url);
+    let lead_id = wait_until(Duration::from_secs(60), "the order pushed", || async {
+        let o = get_json(&http, &order_url, &demo.api_key).await;
+        o["data"]["sync"]["lead_id"]
+            .as_u64()
+            .ok_or_else(|| format!("never pushed: {o}"))
+    })
+    .await
+    .unwrap();
 
     // Moving the lead to "paid" on the sandbox page flows back as one payment.completed, delivered signed
     // to the demo receiver and shown in the dashboard.
-    let mapping: Value = http
-        .get(format!(
+    let mapping = get_json(
+        &http,
+        &format!(
             "{}/api/v1/connections/{}/pipeline",
             demo.base_url, demo.seller_id
-        ))
-        .bearer_auth(&demo.api_key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        ),
+        &demo.api_key,
+    )
+    .await;
     let pipeline = mapping["data"]["pipeline_id"].as_u64().unwrap();
     let paid = mapping["data"]["statuses"]["paid"].as_u64().unwrap();
     demo.sandbox
         .move_lead("sellerone.amocrm.ru", lead_id, pipeline, paid)
         .unwrap();
-    let started = std::time::Instant::now();
-    loop {
-        let events: Value = http
-            .get(format!(
-                "{}/api/v1/events?event=payment.completed",
-                demo.base_url
-            ))
-            .bearer_auth(&demo.api_key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let events_url = format!("{}/api/v1/events?event=payment.completed", demo.base_url);
+    let events = wait_until(Duration::from_secs(60), "a delivered payment", || async {
+        let events = get_json(&http, &events_url, &demo.api_key).await;
         let delivered = demo
             .state
             .db
@@ -181,23 +143,15 @@ async fn the_demo_starts_everything_and_its_printed_links_work() {
             .unwrap();
         let payments = events["data"].as_array().map_or(0, Vec::len);
         if payments == 1 && delivered >= 1 {
-            assert_eq!(events["data"][0]["data"]["order_number"], "DEMO-1001");
-            break;
+            Ok(events)
+        } else {
+            Err(format!("no delivered payment.completed: {events}"))
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no delivered payment.completed: {events}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let login_page = http
-        .get(format!("{}/dashboard/login", demo.base_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    })
+    .await
+    .unwrap();
+    assert_eq!(events["data"][0]["data"]["order_number"], "DEMO-1001");
+    let login_page = get_text(&http, &format!("{}/dashboard/login", demo.base_url)).await;
     let signed_in = http
         .post(format!("{}/dashboard/login", demo.base_url))
         .form(&[
@@ -209,23 +163,9 @@ async fn the_demo_starts_everything_and_its_printed_links_work() {
         .await
         .unwrap();
     assert_eq!(signed_in.status(), 303);
-    let events_page = http
-        .get(format!("{}/dashboard/events", demo.base_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let events_page = get_text(&http, &format!("{}/dashboard/events", demo.base_url)).await;
     assert!(events_page.contains("payment.completed") && events_page.contains("delivered"));
-    let orders_page = http
-        .get(format!("{}/dashboard/orders", demo.base_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let orders_page = get_text(&http, &format!("{}/dashboard/orders", demo.base_url)).await;
     assert!(orders_page.contains("DEMO-1001") && orders_page.contains(&lead_id.to_string()));
 
     // Secrets stay in the demo folder, and a second start reuses them.

@@ -1,208 +1,24 @@
 //! Events out: subscriptions API, signed deliveries to a real receiver, retries, failure and re-driving,
 //! order per seller, the event log with cursor paging, retention.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use amocrm_connector::domain::status::InboxState;
 use amocrm_connector::storage::events::{self, NewEvent};
 use amocrm_connector::storage::{self as st, deliveries};
 use amocrm_connector::workers::delivery as delivery_worker;
 use chrono::TimeDelta;
-use hmac::{KeyInit, Mac};
+use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_error, spawn_app, spawn_app_with};
-
-// ---------- a real subscriber: a tiny actix server on a free port ----------
-
-/// How the receiver answers the n-th request (0-based).
-#[derive(Clone, Copy, Debug)]
-pub enum Behaviour {
-    Ok,
-    /// 500 for the first `n` requests, then 200.
-    FailFirst(usize),
-    /// Never answers.
-    Hang,
-}
-
-#[derive(Debug, Clone)]
-pub struct Hit {
-    pub headers: HashMap<String, String>,
-    pub body: Vec<u8>,
-    pub signature_ok: bool,
-    pub status_sent: u16,
-}
-
-impl Hit {
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).expect("JSON body")
-    }
-}
-
-struct ReceiverState {
-    secret: String,
-    behaviour: Mutex<Behaviour>,
-    count: AtomicUsize,
-    hits: Mutex<Vec<Hit>>,
-}
-
-pub struct Receiver {
-    pub url: String,
-    state: Arc<ReceiverState>,
-    handle: actix_web::dev::ServerHandle,
-}
-
-/// Checks `X-Signature` the way a marketplace receiver would: HMAC-SHA256 of the raw body, constant time.
-fn verify(secret: &str, body: &[u8], header: Option<&str>) -> bool {
-    let Some(hex) = header.and_then(|h| h.strip_prefix("sha256=")) else {
-        return false;
-    };
-    if hex.len() != 64 || hex.chars().any(|c| c.is_ascii_uppercase()) {
-        return false;
-    }
-    let Ok(tag) = (0..32)
-        .map(|i| u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16))
-        .collect::<Result<Vec<u8>, _>>()
-    else {
-        return false;
-    };
-    let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    mac.verify_slice(&tag).is_ok()
-}
-
-async fn receive(req: HttpRequest, body: web::Bytes, st: web::Data<ReceiverState>) -> HttpResponse {
-    let n = st.count.fetch_add(1, Ordering::SeqCst);
-    let behaviour = *st.behaviour.lock().unwrap();
-    let status = match behaviour {
-        Behaviour::Ok => 200,
-        Behaviour::FailFirst(k) if n < k => 500,
-        Behaviour::FailFirst(_) => 200,
-        Behaviour::Hang => 0,
-    };
-    let headers = req
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_ascii_lowercase(),
-                v.to_str().unwrap_or("").to_owned(),
-            )
-        })
-        .collect::<HashMap<_, _>>();
-    let signature_ok = verify(
-        &st.secret,
-        &body,
-        headers.get("x-signature").map(String::as_str),
-    );
-    st.hits.lock().unwrap().push(Hit {
-        headers,
-        body: body.to_vec(),
-        signature_ok,
-        status_sent: status,
-    });
-    if status == 0 {
-        std::future::pending::<()>().await;
-    }
-    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap()).finish()
-}
-
-impl Receiver {
-    pub async fn start(secret: &str, behaviour: Behaviour) -> Self {
-        let state = Arc::new(ReceiverState {
-            secret: secret.to_owned(),
-            behaviour: Mutex::new(behaviour),
-            count: AtomicUsize::new(0),
-            hits: Mutex::new(Vec::new()),
-        });
-        let data = web::Data::from(state.clone());
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                .default_service(web::to(receive))
-        })
-        .workers(1)
-        .disable_signals()
-        .shutdown_timeout(0)
-        .bind(("127.0.0.1", 0))
-        .unwrap();
-        let port = server.addrs()[0].port();
-        let server = server.run();
-        let handle = server.handle();
-        tokio::spawn(server);
-        Self {
-            url: format!("http://127.0.0.1:{port}/hooks/marketplace"),
-            state,
-            handle,
-        }
-    }
-
-    pub fn hits(&self) -> Vec<Hit> {
-        self.state.hits.lock().unwrap().clone()
-    }
-
-    pub fn set_behaviour(&self, b: Behaviour) {
-        *self.state.behaviour.lock().unwrap() = b;
-    }
-
-    /// Waits (bounded) until at least `n` requests arrived.
-    pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<Hit> {
-        let until = Instant::now() + within;
-        loop {
-            let hits = self.hits();
-            if hits.len() >= n || Instant::now() > until {
-                return hits;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let h = self.handle.clone();
-        tokio::spawn(async move { h.stop(false).await });
-    }
-}
+use crate::support::{
+    Behaviour, Queue, Receiver, TestApp, assert_error, base_env, env_vars, spawn_app,
+    spawn_app_with,
+};
 
 // ---------- helpers ----------
 
 impl TestApp {
-    pub async fn api_patch(&self, path: &str, body: &Value) -> reqwest::Response {
-        self.http
-            .patch(self.url(path))
-            .bearer_auth(&self.api_key)
-            .json(body)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    pub async fn api_delete(&self, path: &str) -> reqwest::Response {
-        self.http
-            .delete(self.url(path))
-            .bearer_auth(&self.api_key)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    /// Subscribes `url` to `events` with `secret`; returns the subscription id.
-    pub async fn subscribe(&self, url: &str, events: Value, secret: &str) -> String {
-        let resp = self
-            .api_post(
-                "/api/v1/webhooks",
-                &json!({"url": url, "events": events, "secret": secret, "active": true}),
-            )
-            .await;
-        assert_eq!(resp.status().as_u16(), 201);
-        let body: Value = resp.json().await.unwrap();
-        body["data"]["id"].as_str().unwrap().to_owned()
-    }
-
     /// Records an event the way the services do (its own transaction); returns (seq, event id).
     pub async fn record_event(&self, name: &str, seller: &str, data: Value) -> (i64, String) {
         let ev = NewEvent::new(name, seller, data, None);
@@ -243,6 +59,16 @@ async fn drive_deliveries(app: &TestApp, mut now: chrono::NaiveDateTime, max_ste
     }
 }
 
+/// The event ids of a page of the event log, in order.
+fn ids_of(page: &Value) -> Vec<&str> {
+    page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect()
+}
+
 // ---------- subscriptions API ----------
 
 #[tokio::test]
@@ -270,15 +96,10 @@ async fn a_subscription_is_created_read_changed_and_deleted_without_ever_showing
     );
     assert_eq!(created["data"]["active"], true);
 
-    let got: Value = app
-        .api_get(&format!("/api/v1/webhooks/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let got = app.api_json(&format!("/api/v1/webhooks/{id}")).await;
     assert_eq!(got["data"], created["data"]);
 
-    let list: Value = app.api_get("/api/v1/webhooks").await.json().await.unwrap();
+    let list = app.api_json("/api/v1/webhooks").await;
     assert_eq!(list["meta"]["total"], 1);
     assert_eq!(list["data"][0]["id"], id.as_str());
 
@@ -316,18 +137,10 @@ async fn a_subscription_is_created_read_changed_and_deleted_without_ever_showing
 
     let resp = app.api_delete(&format!("/api/v1/webhooks/{id}")).await;
     assert_eq!(resp.status().as_u16(), 204);
-    assert_error(
-        app.api_get(&format!("/api/v1/webhooks/{id}")).await,
-        404,
-        "RESOURCE_NOT_FOUND",
-    )
-    .await;
-    assert_error(
-        app.api_delete(&format!("/api/v1/webhooks/{id}")).await,
-        404,
-        "RESOURCE_NOT_FOUND",
-    )
-    .await;
+    let resp = app.api_get(&format!("/api/v1/webhooks/{id}")).await;
+    assert_error(resp, 404, "RESOURCE_NOT_FOUND").await;
+    let resp = app.api_delete(&format!("/api/v1/webhooks/{id}")).await;
+    assert_error(resp, 404, "RESOURCE_NOT_FOUND").await;
 }
 
 #[tokio::test]
@@ -350,34 +163,23 @@ async fn invalid_subscriptions_are_refused_with_details_per_field() {
             "{field} in {body}"
         );
     }
-    let body = assert_error(
-        app.api_post("/api/v1/webhooks", &json!({})).await,
-        422,
-        "VALIDATION_ERROR",
-    )
-    .await;
+    let resp = app.api_post("/api/v1/webhooks", &json!({})).await;
+    let body = assert_error(resp, 422, "VALIDATION_ERROR").await;
     assert!(body["error"]["details"]["url"].is_array());
 
-    let resp = app
-        .http
-        .post(app.url("/api/v1/webhooks"))
-        .bearer_auth(&app.api_key)
-        .header("content-type", "application/json")
-        .body("{\"url\": ")
-        .send()
-        .await
-        .unwrap();
+    let resp = app.api_post_text("/api/v1/webhooks", "{\"url\": ").await;
     assert_error(resp, 400, "BAD_REQUEST").await;
 
     let resp = app
-        .http
-        .post(app.url("/api/v1/webhooks"))
-        .json(&json!({"url": "https://x.example", "events": "*", "secret": "abc"}))
-        .send()
-        .await
-        .unwrap();
+        .request(
+            Method::POST,
+            "/api/v1/webhooks",
+            None,
+            Some(&json!({"url": "https://x.example", "events": "*", "secret": "abc"})),
+        )
+        .await;
     assert_error(resp, 401, "INVALID_TOKEN").await;
-    let list: Value = app.api_get("/api/v1/webhooks").await.json().await.unwrap();
+    let list = app.api_json("/api/v1/webhooks").await;
     assert_eq!(list["meta"]["total"], 0, "nothing was stored");
 }
 
@@ -511,10 +313,7 @@ async fn a_receiver_failing_the_first_three_deliveries_receives_the_event_on_the
 
 #[tokio::test]
 async fn a_receiver_that_never_answers_ends_failed_visibly_and_can_be_re_driven() {
-    let app = spawn_app_with(|env| {
-        env.insert("DELIVERY_TIMEOUT".into(), "300ms".into());
-    })
-    .await;
+    let app = spawn_app_with(env_vars(&[("DELIVERY_TIMEOUT", "300ms")])).await;
     let rx = Receiver::start("k", Behaviour::Hang).await;
     let sub = app
         .subscribe(&rx.url, json!(["payment.completed"]), "k")
@@ -529,12 +328,9 @@ async fn a_receiver_that_never_answers_ends_failed_visibly_and_can_be_re_driven(
     assert_eq!(ds[0]["attempts"], 8, "the first attempt and seven retries");
     assert!(ds[0]["last_error"].as_str().unwrap().contains("no answer"));
     assert_eq!(rx.hits().len(), 8);
-    let failed: Value = app
-        .api_get(&format!("/api/v1/webhooks/{sub}/deliveries?state=failed"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let failed = app
+        .api_json(&format!("/api/v1/webhooks/{sub}/deliveries?state=failed"))
+        .await;
     assert_eq!(failed["meta"]["total"], 1);
 
     // Re-driven after the receiver recovers.
@@ -593,10 +389,10 @@ async fn a_sellers_events_arrive_in_order_even_when_the_first_needs_a_retry() {
 
 #[tokio::test]
 async fn a_dead_subscriber_does_not_delay_a_healthy_one() {
-    let app = spawn_app_with(|env| {
-        env.insert("RUN_WORKERS".into(), "true".into());
-        env.insert("DELIVERY_TIMEOUT".into(), "8s".into());
-    })
+    let app = spawn_app_with(env_vars(&[
+        ("RUN_WORKERS", "true"),
+        ("DELIVERY_TIMEOUT", "8s"),
+    ]))
     .await;
     let dead = Receiver::start("d", Behaviour::Hang).await;
     let healthy = Receiver::start("h", Behaviour::Ok).await;
@@ -636,35 +432,17 @@ async fn the_event_log_pages_by_cursor_and_filters_by_seller_and_event() {
         let seller = if i < 3 { "s-1" } else { "s-2" };
         ids.push(app.record_event(name, seller, json!({"i": i})).await.1);
     }
-    let page: Value = app
-        .api_get("/api/v1/events?limit=2")
-        .await
-        .json()
-        .await
-        .unwrap();
-    let got: Vec<&str> = page["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["id"].as_str().unwrap())
-        .collect();
+    let page = app.api_json("/api/v1/events?limit=2").await;
+    let got = ids_of(&page);
     assert_eq!(got, vec![ids[0].as_str(), ids[1].as_str()]);
     let cursor = page["meta"]["next_after"].as_i64().unwrap();
-    let page: Value = app
-        .api_get(&format!("/api/v1/events?after={cursor}&limit=10"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let page = app
+        .api_json(&format!("/api/v1/events?after={cursor}&limit=10"))
+        .await;
     assert_eq!(page["data"].as_array().unwrap().len(), 3);
     assert_eq!(page["data"][0]["id"], ids[2].as_str());
     let end = page["meta"]["next_after"].as_i64().unwrap();
-    let page: Value = app
-        .api_get(&format!("/api/v1/events?after={end}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let page = app.api_json(&format!("/api/v1/events?after={end}")).await;
     assert_eq!(page["data"], json!([]));
     assert_eq!(
         page["meta"]["next_after"], end,
@@ -672,28 +450,15 @@ async fn the_event_log_pages_by_cursor_and_filters_by_seller_and_event() {
     );
 
     // An event id is a cursor too; filters combine.
-    let page: Value = app
-        .api_get(&format!(
+    let page = app
+        .api_json(&format!(
             "/api/v1/events?after={}&event=payment.completed",
             ids[0]
         ))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let got: Vec<&str> = page["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["id"].as_str().unwrap())
-        .collect();
+        .await;
+    let got = ids_of(&page);
     assert_eq!(got, vec![ids[1].as_str(), ids[3].as_str()]);
-    let page: Value = app
-        .api_get("/api/v1/events?seller_id=s-2")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let page = app.api_json("/api/v1/events?seller_id=s-2").await;
     assert_eq!(page["data"].as_array().unwrap().len(), 2);
     assert_eq!(page["data"][0]["seller_id"], "s-2");
     assert_eq!(page["data"][0]["data"]["i"], 3);
@@ -706,12 +471,8 @@ async fn the_event_log_pages_by_cursor_and_filters_by_seller_and_event() {
         "after=-1",
         "after=evt_missing",
     ] {
-        assert_error(
-            app.api_get(&format!("/api/v1/events?{bad}")).await,
-            400,
-            "BAD_REQUEST",
-        )
-        .await;
+        let resp = app.api_get(&format!("/api/v1/events?{bad}")).await;
+        assert_error(resp, 400, "BAD_REQUEST").await;
     }
 }
 
@@ -719,10 +480,11 @@ async fn the_event_log_pages_by_cursor_and_filters_by_seller_and_event() {
 async fn events_their_deliveries_and_old_webhook_bodies_are_pruned_after_the_retention_period() {
     use amocrm_connector::storage::inbox;
     use amocrm_connector::workers::retention;
-    let app = spawn_app_with(|env| {
-        env.insert("EVENT_RETENTION".into(), "7days".into());
-    })
-    .await;
+    let app = spawn_app_with(env_vars(&[("EVENT_RETENTION", "7days")])).await;
+    app.leaves_queued(
+        Queue::Inbox,
+        "one body stays pending on purpose: retention keeps what is not processed",
+    );
     let rx = Receiver::start("k", Behaviour::Ok).await;
     let sub = app.subscribe(&rx.url, json!("*"), "k").await;
     let (_, old_id) = app
@@ -771,7 +533,7 @@ async fn events_their_deliveries_and_old_webhook_bodies_are_pruned_after_the_ret
     );
     let left = app.db.run(|c| inbox::for_seller(c, "s-1")).await.unwrap();
     assert_eq!(left.len(), 1);
-    assert_eq!(left[0].state, "pending");
+    assert_eq!(left[0].state, InboxState::Pending);
 }
 
 #[test]
@@ -783,13 +545,13 @@ fn a_bad_delivery_timeout_or_webhook_size_is_a_one_line_configuration_error() {
         ("WEBHOOK_MAX_BODY_KIB", "0"),
         ("WEBHOOK_MAX_BODY_KIB", "big"),
     ] {
-        let mut env = crate::helpers::base_env("sqlite://unused.db");
+        let mut env = base_env("sqlite://unused.db");
         env.insert(var.into(), value.into());
         let err = amocrm_connector::config::Settings::from_env(&env).unwrap_err();
         assert_eq!(err.variable, var, "{value}");
         assert!(!err.to_string().contains('\n'));
     }
-    let env = crate::helpers::base_env("sqlite://unused.db");
+    let env = base_env("sqlite://unused.db");
     let s = amocrm_connector::config::Settings::from_env(&env).unwrap();
     assert_eq!(s.delivery_timeout, Duration::from_secs(10));
     assert_eq!(s.webhook_max_body, 256 * 1024);

@@ -1,19 +1,19 @@
 //! Health, migrations on both backends, the vault at rest, key rotation.
 
 use amocrm_connector::services::keys;
+use amocrm_connector::storage as st;
 use amocrm_connector::storage::cipher::Keyring;
-use amocrm_connector::storage::connections::{self, seal_tokens};
+use amocrm_connector::storage::connections::NewConnection;
 use amocrm_connector::storage::schema::amocrm_connections as c;
-use amocrm_connector::storage::{self as st, AnyConnection};
 use diesel::prelude::*;
 use secrecy::ExposeSecret;
 
-use crate::helpers::spawn_app;
+use crate::support::{TestApp, connection, connection_row, insert_connections, spawn_app};
 
 #[tokio::test]
 async fn health_answers_ok_with_a_request_id_when_the_database_is_reachable() {
     let app = spawn_app().await;
-    let resp = app.http.get(app.url("/health")).send().await.unwrap();
+    let resp = app.get("/health").await;
     assert_eq!(resp.status().as_u16(), 200);
     assert!(resp.headers().get("x-request-id").is_some());
     let body: serde_json::Value = resp.json().await.unwrap();
@@ -47,100 +47,68 @@ fn every_migration_exists_for_both_backends_with_the_same_name() {
     }
 }
 
-fn insert_connection(
-    conn: &mut AnyConnection,
-    keys: &Keyring,
-    seller: &str,
-    access: &str,
-    refresh: &str,
-) {
-    let (a, r) = seal_tokens(keys, seller, access, refresh);
-    let now = st::now();
-    diesel::insert_into(c::table)
-        .values((
-            c::seller_id.eq(seller),
-            c::account_id.eq(31000001i64),
-            c::host.eq("sellerone.amocrm.ru"),
-            c::subdomain.eq("sellerone"),
-            c::status.eq("active"),
-            c::access_token_enc.eq(Some(a)),
-            c::refresh_token_enc.eq(Some(r)),
-            c::webhook_token.eq(format!("wh-{seller}")),
-            c::connected_at.eq(now),
-            c::created_at.eq(now),
-            c::updated_at.eq(now),
-        ))
-        .execute(conn)
-        .unwrap();
+/// An active connection of `seller` holding the pair (`access`, `refresh`).
+fn seller_row(app: &TestApp, seller: &str, access: &str, refresh: &str) -> NewConnection {
+    let expires_at = st::now() + chrono::TimeDelta::hours(24);
+    let mut row = connection_row(
+        app,
+        seller,
+        "sellerone.amocrm.ru",
+        31000001,
+        (access, refresh),
+        expires_at,
+    );
+    row.webhook_token = format!("wh-{seller}");
+    row
 }
 
 #[tokio::test]
 async fn tokens_are_encrypted_at_rest_and_a_ciphertext_moved_to_another_seller_fails() {
     let app = spawn_app().await;
     let keys = app.state.keys.clone();
-    let k = keys.clone();
-    app.db
-        .run(move |conn| {
-            insert_connection(
-                conn,
-                &k,
-                "seller-a",
-                "ACCESS-PLAINTEXT-A",
-                "REFRESH-PLAINTEXT-A",
-            );
-            insert_connection(
-                conn,
-                &k,
-                "seller-b",
-                "ACCESS-PLAINTEXT-B",
-                "REFRESH-PLAINTEXT-B",
-            );
-            Ok(())
-        })
-        .await
-        .unwrap();
+    let rows = vec![
+        seller_row(
+            &app,
+            "seller-a",
+            "ACCESS-PLAINTEXT-A",
+            "REFRESH-PLAINTEXT-A",
+        ),
+        seller_row(
+            &app,
+            "seller-b",
+            "ACCESS-PLAINTEXT-B",
+            "REFRESH-PLAINTEXT-B",
+        ),
+    ];
+    insert_connections(&app, rows).await;
     // Nothing in the stored rows contains the plaintext.
     type Blobs = (Option<Vec<u8>>, Option<Vec<u8>>);
     let rows: Vec<Blobs> = app
-        .db
-        .run(|conn| {
-            Ok(c::table
+        .sql(|conn| {
+            c::table
                 .select((c::access_token_enc, c::refresh_token_enc))
-                .load(conn)?)
+                .load(conn)
         })
-        .await
-        .unwrap();
+        .await;
     for (a, r) in &rows {
         for blob in [a.as_ref().unwrap(), r.as_ref().unwrap()] {
             assert!(!blob.windows(9).any(|w| w == b"PLAINTEXT"));
         }
     }
-    let a = app
-        .db
-        .run(|conn| connections::find_by_seller(conn, "seller-a"))
-        .await
-        .unwrap()
-        .unwrap();
+    let a = connection(&app, "seller-a").await.unwrap();
     assert_eq!(
         a.access_token(&keys).unwrap().unwrap().expose_secret(),
         "ACCESS-PLAINTEXT-A"
     );
     // Copy seller-a's ciphertext into seller-b's row: it must not decrypt there.
     let stolen = a.access_token_enc.clone();
-    app.db
-        .run(move |conn| {
-            Ok(diesel::update(c::table.filter(c::seller_id.eq("seller-b")))
-                .set(c::access_token_enc.eq(stolen.clone()))
-                .execute(conn)?)
-        })
-        .await
-        .unwrap();
-    let b = app
-        .db
-        .run(|conn| connections::find_by_seller(conn, "seller-b"))
-        .await
-        .unwrap()
-        .unwrap();
+    app.sql(move |conn| {
+        diesel::update(c::table.filter(c::seller_id.eq("seller-b")))
+            .set(c::access_token_enc.eq(stolen.clone()))
+            .execute(conn)
+    })
+    .await;
+    let b = connection(&app, "seller-b").await.unwrap();
     assert!(b.access_token(&keys).is_err());
     // And the access-token ciphertext does not open as the refresh token of the same row.
     let mut swapped = a.clone();
@@ -152,22 +120,18 @@ async fn tokens_are_encrypted_at_rest_and_a_ciphertext_moved_to_another_seller_f
 async fn rotation_re_encrypts_every_token_with_the_new_key_and_is_idempotent() {
     let app = spawn_app().await;
     let old_keys = app.state.keys.clone();
-    let k = old_keys.clone();
-    app.db
-        .run(move |conn| {
-            for i in 0..5 {
-                insert_connection(
-                    conn,
-                    &k,
-                    &format!("seller-{i}"),
-                    &format!("access-{i}"),
-                    &format!("refresh-{i}"),
-                );
-            }
-            Ok(())
+    let rows = (0..5)
+        .map(|i| {
+            let seller = format!("seller-{i}");
+            seller_row(
+                &app,
+                &seller,
+                &format!("access-{i}"),
+                &format!("refresh-{i}"),
+            )
         })
-        .await
-        .unwrap();
+        .collect();
+    insert_connections(&app, rows).await;
     let old_entry = app.env["TOKEN_ENCRYPTION_KEYS"].clone();
     let new_entry = Keyring::generate_entry("test2");
     let new_ring = Keyring::parse(&format!("{new_entry},{old_entry}")).unwrap();
@@ -180,13 +144,7 @@ async fn rotation_re_encrypts_every_token_with_the_new_key_and_is_idempotent() {
     // Everything now opens with the new key alone.
     let only_new = Keyring::parse(&new_entry).unwrap();
     for i in 0..5 {
-        let seller = format!("seller-{i}");
-        let row = app
-            .db
-            .run(move |conn| connections::find_by_seller(conn, &seller))
-            .await
-            .unwrap()
-            .unwrap();
+        let row = connection(&app, &format!("seller-{i}")).await.unwrap();
         assert_eq!(
             Keyring::key_id_of(row.access_token_enc.as_deref().unwrap()),
             Some("test2")

@@ -4,14 +4,16 @@
 //! that carries no internal detail. Property tests drive the OAuth callback and the order body with
 //! generated input (`PROPTEST_CASES=5000 cargo test --test api proptest_` for a long run).
 
+use amocrm_connector::domain::status::ConnectionStatus;
 use std::time::Duration;
 
 use amocrm_connector::services::api_keys::Tier;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::connect::{HOST, connection, create_session, seed_connection};
-use crate::helpers::{TestApp, spawn_app_with};
+use crate::support::{
+    HOST, Queue, TestApp, connection, create_session, env_vars, seed_connection, spawn_app_with,
+};
 
 pub const REFRESH_SECRET: &str = "hostile-refresh-secret-0123456789";
 const SELLER: &str = "seller-hostile";
@@ -118,13 +120,9 @@ pub struct Target {
 }
 
 pub async fn target() -> Target {
-    let app = spawn_app_with(|env| {
-        env.insert("REFRESH_SECRET".into(), REFRESH_SECRET.into());
-    })
-    .await;
+    let app = spawn_app_with(env_vars(&[("REFRESH_SECRET", REFRESH_SECRET)])).await;
     let key = app.api_key_with_tier(Tier::Enterprise).await;
-    seed_connection(&app, SELLER, HOST).await;
-    let webhook_token = connection(&app, SELLER).await.unwrap().webhook_token;
+    let webhook_token = seed_connection(&app, SELLER, HOST).await.webhook_token;
     let session = create_session(&app, "seller-with-session", json!({})).await;
     let session_token = session["token"].as_str().unwrap().to_owned();
     Target {
@@ -621,6 +619,14 @@ pub fn hostile_segments() -> Vec<String> {
 #[tokio::test]
 async fn hostile_bodies_at_every_route_get_a_4xx_in_the_routes_own_format() {
     let t = target().await;
+    t.app.leaves_queued(
+        Queue::Push,
+        "a hostile body well-formed enough to be an order is accepted and left queued",
+    );
+    t.app.leaves_queued(
+        Queue::Inbox,
+        "hostile form bodies well-formed enough to be stored are left unprocessed",
+    );
     let bodies = hostile_bodies();
     for (method, template, kind) in ROUTES {
         let path = t.fill(template);
@@ -724,75 +730,49 @@ async fn hostile_path_segments_at_every_route_get_a_4xx_in_the_routes_own_format
 async fn hostile_headers_at_every_route_get_a_4xx_in_the_routes_own_format() {
     let t = target().await;
     let long_bearer = format!("Bearer {}", "k".repeat(6_000));
+    let h = |name: &'static str, value: &[u8]| (name, value.to_vec());
+    let one = |set: &'static str, name: &'static str, value: &[u8]| (set, vec![h(name, value)]);
+    // A body declared JSON under the encoding `encoding`.
+    let encoded = |set: &'static str, encoding: &[u8]| {
+        let json = h("Content-Type", b"application/json");
+        (set, vec![h("Content-Encoding", encoding), json])
+    };
+    let auth = |set: &'static str, value: &[u8]| one(set, "Authorization", value);
     let header_sets: Vec<(&str, Headers)> = vec![
-        (
-            "invalid utf-8 bearer",
-            vec![("Authorization", b"Bearer \xff\xfe\x80".to_vec())],
-        ),
-        ("empty bearer", vec![("Authorization", b"Bearer ".to_vec())]),
-        ("bare scheme", vec![("Authorization", b"Bearer".to_vec())]),
-        (
-            "basic auth",
-            vec![("Authorization", b"Basic YTpi".to_vec())],
-        ),
-        (
-            "long bearer",
-            vec![("Authorization", long_bearer.into_bytes())],
-        ),
+        auth("invalid utf-8 bearer", b"Bearer \xff\xfe\x80"),
+        auth("empty bearer", b"Bearer "),
+        auth("bare scheme", b"Bearer"),
+        auth("basic auth", b"Basic YTpi"),
+        auth("long bearer", long_bearer.as_bytes()),
         (
             "two bearers",
             vec![
-                ("Authorization", b"Bearer a".to_vec()),
-                ("Authorization", b"Bearer b".to_vec()),
+                h("Authorization", b"Bearer a"),
+                h("Authorization", b"Bearer b"),
             ],
         ),
-        (
-            "control character in a header",
-            vec![("Authorization", b"Bearer a\x01b".to_vec())],
-        ),
-        ("api version v2", vec![("X-API-Version", b"v2".to_vec())]),
-        (
-            "api version junk",
-            vec![("X-API-Version", b"\xff".to_vec())],
-        ),
-        (
-            "refresh secret junk",
-            vec![("X-Refresh-Secret", b"\xff\xfe".to_vec())],
-        ),
-        (
+        auth("control character in a header", b"Bearer a\x01b"),
+        one("api version v2", "X-API-Version", b"v2"),
+        one("api version junk", "X-API-Version", b"\xff"),
+        one("refresh secret junk", "X-Refresh-Secret", b"\xff\xfe"),
+        one(
             "accept-language junk",
-            vec![(
-                "Accept-Language",
-                b"\xff;q=abc, ,,;;, zz-ZZZZZZZZ;q=9".to_vec(),
-            )],
+            "Accept-Language",
+            b"\xff;q=abc, ,,;;, zz-ZZZZZZZZ;q=9",
         ),
-        (
-            "cookie junk",
-            vec![("Cookie", b"amo_browser=\xff; ===; ;;".to_vec())],
-        ),
-        (
-            "gzip that is not gzip",
-            vec![
-                ("Content-Encoding", b"gzip".to_vec()),
-                ("Content-Type", b"application/json".to_vec()),
-            ],
-        ),
-        (
-            "unknown encoding",
-            vec![
-                ("Content-Encoding", b"zstd, br, x-junk".to_vec()),
-                ("Content-Type", b"application/json".to_vec()),
-            ],
-        ),
-        (
+        one("cookie junk", "Cookie", b"amo_browser=\xff; ===; ;;"),
+        encoded("gzip that is not gzip", b"gzip"),
+        encoded("unknown encoding", b"zstd, br, x-junk"),
+        one(
             "request id injection",
-            vec![("X-Request-Id", b"\r\nSet-Cookie: x=y".to_vec())],
+            "X-Request-Id",
+            b"\r\nSet-Cookie: x=y",
         ),
         (
             "forwarded junk",
             vec![
-                ("X-Forwarded-For", b"\xff, , 999.999.999.999".to_vec()),
-                ("Forwarded", b"for=\"[::1".to_vec()),
+                h("X-Forwarded-For", b"\xff, , 999.999.999.999"),
+                h("Forwarded", b"for=\"[::1"),
             ],
         ),
     ];
@@ -853,19 +833,16 @@ async fn a_gzip_bomb_is_refused_without_inflating_it_in_memory() {
 
 /// After the abuse the service still answers and still works: `/health` is 200 and the API lists.
 pub async fn assert_still_serving(t: &Target) {
-    let health = t.app.http.get(t.app.url("/health")).send().await.unwrap();
+    let health = t.app.get("/health").await;
     assert_eq!(health.status().as_u16(), 200, "still healthy");
-    let list = t
-        .app
-        .http
-        .get(t.app.url("/api/v1/connections"))
-        .bearer_auth(&t.key)
-        .send()
-        .await
-        .unwrap();
+    let list = t.app.get_as("/api/v1/connections", &t.key).await;
     assert_eq!(list.status().as_u16(), 200, "the API still works");
     let c = connection(&t.app, SELLER).await.unwrap();
-    assert_eq!(c.status, "active", "the abuse changed nothing");
+    assert_eq!(
+        c.status,
+        ConnectionStatus::Active,
+        "the abuse changed nothing"
+    );
 }
 
 fn short(s: &str) -> String {

@@ -1,18 +1,24 @@
 //! The one integration-test binary: every test starts the real service over HTTP with its own database.
-#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    dead_code,
+    reason = "tests fail loudly on unexpected errors"
+)]
 
 mod browser;
 mod config_errors;
 mod conventions;
 mod foundation;
-mod helpers;
 
 // connect and refresh (issues 4, 5)
+mod accounts;
 mod connect;
 mod refresh;
 
 // orders (issue 6)
 mod orders;
+mod settings;
 
 // events (issue 7)
 mod events_out;
@@ -20,10 +26,12 @@ mod webhooks_in;
 
 // operations (issue 8)
 mod dashboard;
+mod deal;
 mod demo;
 mod metrics;
 mod openapi;
 mod operators;
+mod outage;
 mod shutdown;
 
 // several instances
@@ -33,3 +41,7 @@ mod turns;
 mod hostile;
 mod properties;
 mod security;
+
+// what every suite shares (the crash suite too)
+#[path = "../support/mod.rs"]
+mod support;

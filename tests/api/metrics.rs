@@ -4,11 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use amocrm_connector::metrics::{self, AmoOutcome};
-use amocrm_connector::storage::schema::amocrm_webhook_inbox;
 use chrono::TimeDelta;
-use diesel::prelude::*;
 
-use crate::helpers::{spawn_app, spawn_app_with};
+use crate::support::{Queue, TestApp, env_vars, inbox_row, spawn_app, spawn_app_with};
 
 /// One sample line: family name, labels, value.
 #[derive(Debug)]
@@ -134,8 +132,17 @@ fn parse_labels(body: &str, line: &str) -> BTreeMap<String, String> {
     labels
 }
 
-async fn scrape(app: &crate::helpers::TestApp) -> String {
-    let resp = app.http.get(app.url("/metrics")).send().await.unwrap();
+/// The values label `label` takes in the samples of `family`.
+fn label_values<'a>(samples: &'a [Sample], family: &str, label: &str) -> BTreeSet<&'a str> {
+    samples
+        .iter()
+        .filter(|s| s.name == family)
+        .filter_map(|s| s.labels.get(label).map(String::as_str))
+        .collect()
+}
+
+async fn scrape(app: &TestApp) -> String {
+    let resp = app.get("/metrics").await;
     assert_eq!(resp.status(), 200);
     let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
     assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
@@ -152,7 +159,7 @@ async fn metrics_parse_as_prometheus_text_and_list_every_family() {
     metrics::push_batch(50);
     metrics::webhook_received();
     metrics::delivery_outcome("delivered");
-    app.http.get(app.url("/health")).send().await.unwrap();
+    app.get("/health").await;
 
     let text = scrape(&app).await;
     let (types, samples) = parse_exposition(&text);
@@ -196,23 +203,15 @@ async fn metrics_parse_as_prometheus_text_and_list_every_family() {
     });
     assert!(rate_limited.is_some_and(|s| s.value >= 1.0), "{text}");
     // Each state is present from the start, at zero on an empty database.
-    let states: BTreeSet<&str> = samples
-        .iter()
-        .filter(|s| s.name == "orders")
-        .filter_map(|s| s.labels.get("sync_state").map(String::as_str))
-        .collect();
+    let states = label_values(&samples, "orders", "sync_state");
     assert_eq!(
         states,
         BTreeSet::from(["queued", "synced", "held", "failed"])
     );
-    let connections: BTreeSet<&str> = samples
-        .iter()
-        .filter(|s| s.name == "amocrm_connections")
-        .filter_map(|s| s.labels.get("status").map(String::as_str))
-        .collect();
+    let connections = label_values(&samples, "amocrm_connections", "status");
     assert_eq!(
         connections,
-        BTreeSet::from(["active", "refresh_failed", "revoked"])
+        BTreeSet::from(["active", "suspended", "refresh_failed", "revoked"])
     );
 }
 
@@ -246,21 +245,13 @@ async fn every_amocrm_request_is_counted_by_endpoint_and_outcome() {
 #[tokio::test]
 async fn the_webhook_backlog_and_its_lag_come_from_the_database() {
     let app = spawn_app().await;
+    app.leaves_queued(
+        Queue::Inbox,
+        "the pending body is the backlog the gauges report",
+    );
     let received = amocrm_connector::storage::now() - TimeDelta::seconds(120);
     app.db
-        .run(move |c| {
-            diesel::insert_into(amocrm_webhook_inbox::table)
-                .values((
-                    amocrm_webhook_inbox::connection_id.eq(1i64),
-                    amocrm_webhook_inbox::seller_id.eq("seller-1"),
-                    amocrm_webhook_inbox::body.eq(b"leads[status][0][id]=1".to_vec()),
-                    amocrm_webhook_inbox::state.eq("pending"),
-                    amocrm_webhook_inbox::next_attempt_at.eq(received),
-                    amocrm_webhook_inbox::received_at.eq(received),
-                ))
-                .execute(c)?;
-            Ok(())
-        })
+        .run(inbox_row(b"leads[status][0][id]=1", received, None))
         .await
         .unwrap();
     let text = scrape(&app).await;
@@ -281,16 +272,8 @@ async fn the_webhook_backlog_and_its_lag_come_from_the_database() {
 async fn request_metrics_name_route_patterns_never_raw_paths() {
     let app = spawn_app().await;
     let secret = "pathSecretToken9f8e7d6c";
-    app.http
-        .get(app.url(&format!("/webhooks/amocrm/{secret}")))
-        .send()
-        .await
-        .unwrap();
-    app.http
-        .get(app.url(&format!("/connect/{secret}")))
-        .send()
-        .await
-        .unwrap();
+    app.get(&format!("/webhooks/amocrm/{secret}")).await;
+    app.get(&format!("/connect/{secret}")).await;
     app.api_get(&format!("/api/v1/connections/{secret}")).await;
     let text = scrape(&app).await;
     assert!(
@@ -302,30 +285,15 @@ async fn request_metrics_name_route_patterns_never_raw_paths() {
 #[tokio::test]
 async fn with_a_metrics_token_only_the_right_bearer_gets_the_metrics() {
     let token = "metrics-token-0123456789";
-    let app = spawn_app_with(|env| {
-        env.insert("METRICS_TOKEN".into(), token.into());
-    })
-    .await;
-    let resp = app.http.get(app.url("/metrics")).send().await.unwrap();
+    let app = spawn_app_with(env_vars(&[("METRICS_TOKEN", token)])).await;
+    let resp = app.get("/metrics").await;
     assert_eq!(resp.status(), 401);
     for wrong in ["metrics-token-012345678", "metrics-token-0123456789x", ""] {
-        let resp = app
-            .http
-            .get(app.url("/metrics"))
-            .bearer_auth(wrong)
-            .send()
-            .await
-            .unwrap();
+        let resp = app.get_as("/metrics", wrong).await;
         assert_eq!(resp.status(), 401, "{wrong:?}");
         assert!(!resp.text().await.unwrap().contains("http_requests_total"));
     }
-    let resp = app
-        .http
-        .get(app.url("/metrics"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
+    let resp = app.get_as("/metrics", token).await;
     assert_eq!(resp.status(), 200);
     let (types, _) = parse_exposition(&resp.text().await.unwrap());
     assert!(types.contains_key("http_requests_total"));

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use crate::helpers::spawn_app;
+use crate::support::spawn_app;
 
 /// Every operation the contract (§6) and the operator auth define.
 const CONTRACT_ROUTES: &[(&str, &str)] = &[
@@ -113,12 +113,7 @@ fn collect_refs(v: &Value, out: &mut Vec<String>) {
 async fn the_openapi_document_is_valid_and_lists_every_api_route() {
     let app = spawn_app().await;
     // Public: no API key needed to read the contract.
-    let resp = app
-        .http
-        .get(app.url("/api/v1/openapi.json"))
-        .send()
-        .await
-        .unwrap();
+    let resp = app.get("/api/v1/openapi.json").await;
     assert_eq!(resp.status(), 200);
     let doc: Value = resp.json().await.unwrap();
     validate(&doc).unwrap_or_else(|e| panic!("{e}\n{doc:#}"));
@@ -132,10 +127,39 @@ async fn the_openapi_document_is_valid_and_lists_every_api_route() {
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 }
 
+/// Every event of the catalogue is an OpenAPI 3.1 webhook whose body names the event and whose `data`
+/// schema is in the document with the fields the producer sends.
+#[tokio::test]
+async fn every_outgoing_event_is_a_webhook_of_the_document() {
+    use amocrm_connector::domain::events::EventKind;
+    let app = spawn_app().await;
+    let doc: Value = app.get("/api/v1/openapi.json").await.json().await.unwrap();
+    for kind in EventKind::ALL {
+        let body = &doc["webhooks"][kind.as_str()]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"];
+        assert_eq!(
+            body["properties"]["event"]["enum"][0],
+            kind.as_str(),
+            "webhook {} missing: {doc:#}",
+            kind.as_str()
+        );
+        let reference = body["properties"]["data"]["$ref"].as_str().unwrap();
+        let name = reference.trim_start_matches("#/components/schemas/");
+        assert!(
+            doc["components"]["schemas"][name]["properties"].is_object(),
+            "{name} has no schema"
+        );
+    }
+    let paid = &doc["components"]["schemas"]["PaymentCompleted"]["properties"];
+    for field in ["order_id", "order_number", "lead_id", "amount", "currency"] {
+        assert!(paid[field].is_object(), "payment.completed lacks {field}");
+    }
+}
+
 #[tokio::test]
 async fn the_docs_page_renders_every_operation() {
     let app = spawn_app().await;
-    let resp = app.http.get(app.url("/api/v1/docs")).send().await.unwrap();
+    let resp = app.get("/api/v1/docs").await;
     assert_eq!(resp.status(), 200);
     let html = resp.text().await.unwrap();
     for (method, path) in CONTRACT_ROUTES {

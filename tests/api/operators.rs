@@ -4,10 +4,11 @@
 use amocrm_connector::cli::{self, Cli, Command};
 use amocrm_connector::config::Settings;
 use amocrm_connector::services::operators::{self, Role};
+use reqwest::Method;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_error, spawn_app};
+use crate::support::{TestApp, assert_error, spawn_app};
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -18,12 +19,21 @@ async fn add_operator(app: &TestApp, email: &str, role: Role) {
 }
 
 async fn login(app: &TestApp, email: &str, password: &str) -> reqwest::Response {
-    app.http
-        .post(app.url("/api/auth/login"))
-        .json(&json!({"email": email, "password": password}))
-        .send()
-        .await
-        .unwrap()
+    app.post_json(
+        "/api/auth/login",
+        &json!({"email": email, "password": password}),
+    )
+    .await
+}
+
+/// A sign-in with `email` and `password` is refused: 401 in the contract format.
+async fn assert_refused(app: &TestApp, email: &str, password: &str) {
+    assert_error(login(app, email, password).await, 401, "INVALID_TOKEN").await;
+}
+
+/// The answer to a sign-in of `email` with the right password.
+async fn tokens(app: &TestApp, email: &str) -> Value {
+    login(app, email, PASSWORD).await.json().await.unwrap()
 }
 
 async fn access_token(app: &TestApp, email: &str) -> String {
@@ -119,39 +129,20 @@ async fn users_create_refuses_a_short_password_a_missing_one_and_a_bad_role() {
 async fn a_wrong_password_or_unknown_email_is_401_in_the_contract_format() {
     let app = spawn_app().await;
     add_operator(&app, "ops@example.com", Role::Admin).await;
-    assert_error(
-        login(&app, "ops@example.com", "wrong password").await,
-        401,
-        "INVALID_TOKEN",
-    )
-    .await;
-    assert_error(
-        login(&app, "nobody@example.com", PASSWORD).await,
-        401,
-        "INVALID_TOKEN",
-    )
-    .await;
+    assert_refused(&app, "ops@example.com", "wrong password").await;
+    assert_refused(&app, "nobody@example.com", PASSWORD).await;
 }
 
 #[tokio::test]
 async fn malformed_or_incomplete_login_bodies_are_400_and_422() {
     let app = spawn_app().await;
     let resp = app
-        .http
-        .post(app.url("/api/auth/login"))
-        .header("content-type", "application/json")
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
+        .post_raw("/api/auth/login", None, "application/json", "{not json")
+        .await;
     assert_error(resp, 400, "BAD_REQUEST").await;
     let resp = app
-        .http
-        .post(app.url("/api/auth/login"))
-        .json(&json!({"email": "ops@example.com"}))
-        .send()
-        .await
-        .unwrap();
+        .post_json("/api/auth/login", &json!({"email": "ops@example.com"}))
+        .await;
     let body = assert_error(resp, 422, "VALIDATION_ERROR").await;
     assert!(body["error"]["details"].get("password").is_some(), "{body}");
     let body = assert_error(login(&app, "", "").await, 422, "VALIDATION_ERROR").await;
@@ -164,31 +155,24 @@ async fn an_operator_access_token_is_accepted_on_the_api_beside_api_keys() {
     add_operator(&app, "ops@example.com", Role::Admin).await;
     let token = access_token(&app, "ops@example.com").await;
     // Past the guard: the route does not exist, so 404 rather than 401.
-    let resp = app
-        .http
-        .get(app.url("/api/v1/no-such-route"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let resp = app.get_as("/api/v1/no-such-route", &token).await;
     assert_error(resp, 404, "RESOURCE_NOT_FOUND").await;
     let resp = app
-        .http
-        .post(app.url("/api/v1/no-such-route"))
-        .bearer_auth(&token)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
+        .request(
+            Method::POST,
+            "/api/v1/no-such-route",
+            Some(&token),
+            Some(&json!({})),
+        )
+        .await;
     assert_error(resp, 404, "RESOURCE_NOT_FOUND").await;
     // A made-up operator token is refused.
     let resp = app
-        .http
-        .get(app.url("/api/v1/no-such-route"))
-        .bearer_auth("opa_made-up-token-that-was-never-issued")
-        .send()
-        .await
-        .unwrap();
+        .get_as(
+            "/api/v1/no-such-route",
+            "opa_made-up-token-that-was-never-issued",
+        )
+        .await;
     assert_error(resp, 401, "INVALID_TOKEN").await;
 }
 
@@ -197,28 +181,17 @@ async fn viewers_may_read_but_every_write_method_is_403() {
     let app = spawn_app().await;
     add_operator(&app, "viewer@example.com", Role::Viewer).await;
     let token = access_token(&app, "viewer@example.com").await;
-    let resp = app
-        .http
-        .get(app.url("/api/v1/no-such-route"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let resp = app.get_as("/api/v1/no-such-route", &token).await;
     assert_error(resp, 404, "RESOURCE_NOT_FOUND").await;
-    for method in [
-        reqwest::Method::POST,
-        reqwest::Method::PUT,
-        reqwest::Method::PATCH,
-        reqwest::Method::DELETE,
-    ] {
+    for method in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
         let resp = app
-            .http
-            .request(method.clone(), app.url("/api/v1/connections/seller-1"))
-            .bearer_auth(&token)
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap();
+            .request(
+                method.clone(),
+                "/api/v1/connections/seller-1",
+                Some(&token),
+                Some(&json!({})),
+            )
+            .await;
         assert_error(resp, 403, "INSUFFICIENT_PERMISSION").await;
     }
 }
@@ -227,41 +200,23 @@ async fn viewers_may_read_but_every_write_method_is_403() {
 async fn a_refresh_token_gives_a_new_working_access_token_and_junk_is_401() {
     let app = spawn_app().await;
     add_operator(&app, "ops@example.com", Role::Admin).await;
-    let body: Value = login(&app, "ops@example.com", PASSWORD)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body = tokens(&app, "ops@example.com").await;
     let refresh = body["refresh_token"].as_str().unwrap();
     let resp = app
-        .http
-        .post(app.url("/api/auth/refresh"))
-        .json(&json!({"refresh_token": refresh}))
-        .send()
-        .await
-        .unwrap();
+        .post_json("/api/auth/refresh", &json!({"refresh_token": refresh}))
+        .await;
     assert_eq!(resp.status(), 200);
     let renewed: Value = resp.json().await.unwrap();
     assert_eq!(renewed["expires_in"], 3600);
     let token = renewed["access_token"].as_str().unwrap();
     assert_ne!(token, body["access_token"].as_str().unwrap());
-    let resp = app
-        .http
-        .get(app.url("/api/v1/no-such-route"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
+    let resp = app.get_as("/api/v1/no-such-route", token).await;
     assert_error(resp, 404, "RESOURCE_NOT_FOUND").await;
 
     for junk in ["opr_junk", "", body["access_token"].as_str().unwrap()] {
         let resp = app
-            .http
-            .post(app.url("/api/auth/refresh"))
-            .json(&json!({"refresh_token": junk}))
-            .send()
-            .await
-            .unwrap();
+            .post_json("/api/auth/refresh", &json!({"refresh_token": junk}))
+            .await;
         let status = resp.status().as_u16();
         assert!(status == 401 || status == 422, "{junk}: {status}");
     }
@@ -271,11 +226,7 @@ async fn a_refresh_token_gives_a_new_working_access_token_and_junk_is_401() {
 async fn operator_tokens_are_stored_only_as_hashes() {
     let app = spawn_app().await;
     add_operator(&app, "ops@example.com", Role::Admin).await;
-    let body: Value = login(&app, "ops@example.com", PASSWORD)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body = tokens(&app, "ops@example.com").await;
     let access = body["access_token"].as_str().unwrap().to_owned();
     let refresh = body["refresh_token"].as_str().unwrap().to_owned();
     let found = app
@@ -304,12 +255,7 @@ async fn repeated_failed_logins_for_one_email_are_locked_out_with_retry_after() 
     let app = spawn_app().await;
     add_operator(&app, "ops@example.com", Role::Admin).await;
     for _ in 0..6 {
-        assert_error(
-            login(&app, "ops@example.com", "wrong password").await,
-            401,
-            "INVALID_TOKEN",
-        )
-        .await;
+        assert_refused(&app, "ops@example.com", "wrong password").await;
     }
     // Locked now: even the right password is refused, with a hint when to come back.
     let resp = login(&app, "ops@example.com", PASSWORD).await;
@@ -335,8 +281,7 @@ async fn many_failed_logins_from_one_address_lock_that_address_for_every_email()
     add_operator(&app, "ops@example.com", Role::Admin).await;
     // Spread over many e-mails so that no single e-mail reaches its own limit.
     for i in 0..21 {
-        let resp = login(&app, &format!("guess{i}@example.com"), "wrong password").await;
-        assert_error(resp, 401, "INVALID_TOKEN").await;
+        assert_refused(&app, &format!("guess{i}@example.com"), "wrong password").await;
     }
     let resp = login(&app, "ops@example.com", PASSWORD).await;
     assert!(resp.headers().get("retry-after").is_some());
@@ -348,22 +293,12 @@ async fn a_successful_login_forgets_earlier_failures_of_that_email() {
     let app = spawn_app().await;
     add_operator(&app, "ops@example.com", Role::Admin).await;
     for _ in 0..5 {
-        assert_error(
-            login(&app, "ops@example.com", "wrong password").await,
-            401,
-            "INVALID_TOKEN",
-        )
-        .await;
+        assert_refused(&app, "ops@example.com", "wrong password").await;
     }
     assert_eq!(login(&app, "ops@example.com", PASSWORD).await.status(), 200);
     // Five more free failures after the success: none of them locks.
     for _ in 0..5 {
-        assert_error(
-            login(&app, "ops@example.com", "wrong password").await,
-            401,
-            "INVALID_TOKEN",
-        )
-        .await;
+        assert_refused(&app, "ops@example.com", "wrong password").await;
     }
     assert_eq!(login(&app, "ops@example.com", PASSWORD).await.status(), 200);
 }

@@ -4,146 +4,81 @@
 
 use std::collections::{HashMap, HashSet};
 
-use amocrm_client::{AccountHost, NewCustomField};
+use amocrm_client::NewCustomField;
+use amocrm_connector::domain::order::SyncState;
 use amocrm_connector::services::api_keys::Tier;
 use amocrm_connector::services::orders as order_service;
-use amocrm_connector::services::provisioning;
+use amocrm_connector::storage::orders as order_store;
 use amocrm_connector::storage::schema::amocrm_connections as c;
-use amocrm_connector::storage::{StorageError, connections, events, orders as order_store};
 use amocrm_connector::workers::push;
 use amocrm_sandbox::Faults;
 use diesel::prelude::*;
 use futures_util::future::join_all;
-use secrecy::SecretString;
+use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_error, spawn_app, spawn_app_with};
+use crate::support::{
+    Queue, Seller, TestApp, assert_error, connect_seller, env_vars, event_count, order_body,
+    set_connection_status, spawn_app_with,
+};
 
-/// A seller connected to a sandbox account with our pipeline and fields provisioned.
-pub struct Seller {
-    pub seller_id: String,
-    pub host: String,
-    pub pipeline_id: u64,
-    pub stages: HashMap<&'static str, u64>,
-    pub field_number: u64,
-    pub field_link: u64,
+/// amoCRM tells the intake about every lead the push makes; the order tests leave those bodies to the
+/// webhook tests.
+const AMOCRM_NOTICES: &str = "amoCRM's webhooks about the pushed leads (processed in webhooks_in)";
+
+/// The test app of this suite: its amoCRM webhook bodies are not processed here.
+async fn spawn() -> TestApp {
+    spawn_with(|_| {}).await
 }
 
-/// Connects `seller_id` to the sandbox account `host` the way the connect flow leaves it: the token pair
-/// stored encrypted, then the connect flow's own provisioning (pipeline, fields, webhook subscription).
-pub async fn connect_seller(app: &TestApp, seller_id: &str, host: &str) -> Seller {
-    if app.sandbox.account_id(host).is_none() {
-        app.sandbox.add_account(host);
-    }
-    let pair = app.sandbox.issue_tokens(&app.env["AMOCRM_CLIENT_ID"], host);
-    let (access, refresh) = connections::seal_tokens(
-        &app.state.keys,
-        seller_id,
-        &pair.access_token,
-        &pair.refresh_token,
-    );
-    let now = amocrm_connector::storage::now();
-    let row = connections::NewConnection {
-        seller_id: seller_id.to_owned(),
-        account_id: i64::try_from(pair.account_id).unwrap(),
-        host: host.to_owned(),
-        subdomain: host.split('.').next().unwrap().to_owned(),
-        api_domain: None,
-        status: "active".to_owned(),
-        access_token_enc: Some(access),
-        refresh_token_enc: Some(refresh),
-        token_expires_at: Some(now + chrono::TimeDelta::hours(24)),
-        token_version: 1,
-        last_refreshed_at: Some(now),
-        refresh_failures: 0,
-        webhook_token: format!(
-            "wh-{seller_id}-{}",
-            amocrm_connector::domain::ids::random_token(8)
-        ),
-        provisioning_state: "pending".to_owned(),
-        provisioning_attempts: 0,
-        connected_at: now,
-        created_at: now,
-        updated_at: now,
-    };
-    app.db
-        .run(move |conn| connections::insert(conn, &row))
-        .await
-        .expect("connection stored");
-    let report = provisioning::provision(&app.state, seller_id)
-        .await
-        .expect("provisioned");
-    assert!(report.complete, "{report:?}");
-    seller_of(app, seller_id).await
+async fn spawn_with(customize: impl FnOnce(&mut HashMap<String, String>)) -> TestApp {
+    let app = spawn_app_with(customize).await;
+    app.leaves_queued(Queue::Inbox, AMOCRM_NOTICES);
+    app
 }
 
-/// What the connection row says about the seller's pipeline, stages and fields now.
-async fn seller_of(app: &TestApp, seller_id: &str) -> Seller {
-    let s = seller_id.to_owned();
-    let row = app
-        .db
-        .run(move |c| connections::find_by_seller(c, &s))
-        .await
-        .unwrap()
-        .expect("connection");
-    let id = |v: Option<i64>| u64::try_from(v.expect("provisioned id")).unwrap();
-    let mut stages = HashMap::new();
-    stages.insert("pending", id(row.stage_pending));
-    stages.insert("awaiting_payment", id(row.stage_awaiting_payment));
-    stages.insert("paid", id(row.stage_paid));
-    stages.insert("shipping", id(row.stage_shipping));
-    stages.insert("completed", id(row.stage_completed));
-    stages.insert("cancelled", id(row.stage_cancelled));
-    Seller {
-        seller_id: seller_id.to_owned(),
-        host: row.host.clone(),
-        pipeline_id: id(row.pipeline_id),
-        stages,
-        field_number: id(row.field_order_number_id),
-        field_link: id(row.field_order_link_id),
-    }
+/// A test app of this suite with `seller-1` connected to `sellerone.amocrm.ru`.
+async fn app_with_seller() -> (TestApp, Seller) {
+    let app = spawn().await;
+    let seller = connect(&app, "seller-1", "sellerone.amocrm.ru").await;
+    (app, seller)
 }
 
-/// Sets a connection's status directly (what refresh failures and reconnects do).
-async fn set_connection_status(app: &TestApp, seller_id: &str, status: &'static str) {
-    let s = seller_id.to_owned();
-    app.db
-        .run(move |conn| {
-            diesel::update(c::table.filter(c::seller_id.eq(&s)))
-                .set(c::status.eq(status))
-                .execute(conn)
-                .map_err(StorageError::from)
-        })
-        .await
-        .unwrap();
+/// A seller whose orders each get a new contact (matching off): this suite is about getting leads made
+/// exactly once, and its orders all share one buyer; buyer matching has its own suite (`deal`).
+async fn connect(app: &TestApp, seller_id: &str, host: &str) -> Seller {
+    let seller = connect_seller(app, seller_id, host).await;
+    let off = json!({"contacts": {"match": "off"}});
+    let resp = app
+        .api(
+            Method::PUT,
+            &format!("/api/v1/connections/{seller_id}/settings"),
+            Some(&off),
+        )
+        .await;
+    assert_eq!(resp.status().as_u16(), 200, "{:?}", resp.text().await);
+    seller
 }
 
-pub fn order_body(seller_id: &str, number: &str) -> Value {
-    json!({
-        "seller_id": seller_id,
-        "order_number": number,
-        "total_amount": 150000,
-        "currency": "UZS",
-        "items": [{"product_id": "sku-1", "name": "Choynak", "quantity": 2, "price": 75000}],
-        "customer": {
-            "name": "Ali Valiyev",
-            "phone": "+998901234567",
-            "email": "ali@example.com",
-            "company": "Vali Savdo"
-        },
-        "url": format!("https://market.example/orders/{number}"),
-        "tags": ["marketplace"]
+/// Points every connection's order-number field at `field`.
+async fn set_order_number_field(app: &TestApp, field: i64) {
+    app.sql(move |conn| {
+        diesel::update(c::table)
+            .set(c::field_order_number_id.eq(Some(field)))
+            .execute(conn)
     })
+    .await;
 }
 
 async fn post_with_key(app: &TestApp, key: &str, body: &Value) -> reqwest::Response {
-    app.http
-        .post(app.url("/api/v1/sales/orders"))
-        .bearer_auth(key)
-        .json(body)
-        .send()
+    app.request(Method::POST, "/api/v1/sales/orders", Some(key), Some(body))
         .await
-        .expect("request")
+}
+
+/// Posts one order; the answer's JSON, whatever its status.
+async fn post_order(app: &TestApp, body: &Value) -> Value {
+    let resp = app.api_post("/api/v1/sales/orders", body).await;
+    resp.json().await.unwrap()
 }
 
 /// Posts many orders, ten at a time, with an unlimited key; every answer must be 202.
@@ -204,8 +139,12 @@ fn numbers(prefix: &str, n: usize) -> Vec<String> {
 
 #[tokio::test]
 async fn an_order_is_stored_and_answered_with_202_and_its_sync_state() {
-    let app = spawn_app().await;
-    connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    let app = spawn().await;
+    app.leaves_queued(
+        Queue::Push,
+        "the order is only answered and read back, never pushed",
+    );
+    connect(&app, "seller-1", "sellerone.amocrm.ru").await;
     let resp = app
         .api_post("/api/v1/sales/orders", &order_body("seller-1", "1042"))
         .await;
@@ -236,8 +175,8 @@ async fn an_order_is_stored_and_answered_with_202_and_its_sync_state() {
 
 #[tokio::test]
 async fn invalid_orders_get_422_naming_every_bad_field() {
-    let app = spawn_app().await;
-    connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    let app = spawn().await;
+    connect(&app, "seller-1", "sellerone.amocrm.ru").await;
     let resp = app
         .api_post(
             "/api/v1/sales/orders",
@@ -279,16 +218,10 @@ async fn invalid_orders_get_422_naming_every_bad_field() {
 
 #[tokio::test]
 async fn malformed_json_is_400_and_a_missing_body_object_too() {
-    let app = spawn_app().await;
+    let app = spawn().await;
     let resp = app
-        .http
-        .post(app.url("/api/v1/sales/orders"))
-        .bearer_auth(&app.api_key)
-        .header("content-type", "application/json")
-        .body("{\"seller_id\": ")
-        .send()
-        .await
-        .unwrap();
+        .api_post_text("/api/v1/sales/orders", "{\"seller_id\": ")
+        .await;
     assert_error(resp, 400, "BAD_REQUEST").await;
     let resp = app.api_post("/api/v1/sales/orders", &json!([1, 2])).await;
     assert_error(resp, 400, "BAD_REQUEST").await;
@@ -296,7 +229,7 @@ async fn malformed_json_is_400_and_a_missing_body_object_too() {
 
 #[tokio::test]
 async fn an_order_for_a_seller_that_never_connected_is_422() {
-    let app = spawn_app().await;
+    let app = spawn().await;
     let resp = app
         .api_post("/api/v1/sales/orders", &order_body("nobody", "1"))
         .await;
@@ -306,8 +239,7 @@ async fn an_order_for_a_seller_that_never_connected_is_422() {
 
 #[tokio::test]
 async fn the_seed_style_customer_id_is_accepted_and_becomes_the_contact() {
-    let app = spawn_app().await;
-    let seller = connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    let (app, seller) = app_with_seller().await;
     let mut body = order_body("seller-1", "S-1");
     body.as_object_mut().unwrap().remove("customer");
     body["customer_id"] = json!(4711);
@@ -321,15 +253,14 @@ async fn the_seed_style_customer_id_is_accepted_and_becomes_the_contact() {
 
 #[tokio::test]
 async fn posting_the_same_order_again_returns_200_with_it_and_a_different_body_is_409() {
-    let app = spawn_app().await;
-    connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    let app = spawn().await;
+    app.leaves_queued(
+        Queue::Push,
+        "idempotency of the API alone: the order is never pushed",
+    );
+    connect(&app, "seller-1", "sellerone.amocrm.ru").await;
     let body = order_body("seller-1", "1042");
-    let first: Value = app
-        .api_post("/api/v1/sales/orders", &body)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let first = post_order(&app, &body).await;
     // The same order written differently (defaults spelled out, amount as a string) is the same order.
     let mut same = body.clone();
     same["total_amount"] = json!("150000.00");
@@ -348,8 +279,7 @@ async fn posting_the_same_order_again_returns_200_with_it_and_a_different_body_i
 
 #[tokio::test]
 async fn posting_the_same_order_twice_concurrently_creates_one_order_and_one_lead() {
-    let app = spawn_app().await;
-    let seller = connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    let (app, seller) = app_with_seller().await;
     let body = order_body("seller-1", "77");
     for _ in 0..3 {
         let posts = (0..8).map(|_| app.api_post("/api/v1/sales/orders", &body));
@@ -378,9 +308,9 @@ async fn posting_the_same_order_twice_concurrently_creates_one_order_and_one_lea
 
 #[tokio::test]
 async fn orders_are_listed_with_filters_and_paging() {
-    let app = spawn_app().await;
-    connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
-    connect_seller(&app, "seller-2", "sellertwo.amocrm.ru").await;
+    let app = spawn().await;
+    connect(&app, "seller-1", "sellerone.amocrm.ru").await;
+    connect(&app, "seller-2", "sellertwo.amocrm.ru").await;
     post_orders(&app, "seller-1", &numbers("A", 5)).await;
     post_orders(&app, "seller-2", &numbers("B", 3)).await;
     let mut paid = order_body("seller-2", "B-paid");
@@ -390,12 +320,9 @@ async fn orders_are_listed_with_filters_and_paging() {
         202
     );
 
-    let page: Value = app
-        .api_get("/api/v1/sales/orders?seller_id=seller-1&per_page=2&page=2")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let page = app
+        .api_json("/api/v1/sales/orders?seller_id=seller-1&per_page=2&page=2")
+        .await;
     assert_eq!(page["meta"], json!({"page": 2, "per_page": 2, "total": 5}));
     assert_eq!(page["data"].as_array().unwrap().len(), 2);
     assert!(
@@ -406,22 +333,14 @@ async fn orders_are_listed_with_filters_and_paging() {
             .all(|o| o["seller_id"] == "seller-1")
     );
 
-    let paid: Value = app
-        .api_get("/api/v1/sales/orders?status=paid")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let paid = app.api_json("/api/v1/sales/orders?status=paid").await;
     assert_eq!(paid["meta"]["total"], 1);
     assert_eq!(paid["data"][0]["order_number"], "B-paid");
 
     drain(&app).await;
-    let synced: Value = app
-        .api_get("/api/v1/sales/orders?sync_state=synced&seller_id=seller-2")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let synced = app
+        .api_json("/api/v1/sales/orders?sync_state=synced&seller_id=seller-2")
+        .await;
     assert_eq!(synced["meta"]["total"], 4);
     assert!(synced["data"][0]["sync"]["lead_id"].as_i64().is_some());
 
@@ -436,8 +355,7 @@ async fn orders_are_listed_with_filters_and_paging() {
 
 #[tokio::test]
 async fn one_hundred_twenty_orders_become_exactly_120_leads_in_three_complex_calls() {
-    let app = spawn_app().await;
-    let seller = connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    let (app, seller) = app_with_seller().await;
     let list = numbers("N", 120);
     post_orders(&app, "seller-1", &list).await;
     let before = app.sandbox.counters(&seller.host);
@@ -464,7 +382,7 @@ async fn one_hundred_twenty_orders_become_exactly_120_leads_in_three_complex_cal
         .map(|c| (c.id, c))
         .collect();
     for row in order_rows(&app, "seller-1").await {
-        assert_eq!(row.sync_state, "synced");
+        assert_eq!(row.sync_state, SyncState::Synced);
         let lead = &leads[&row.order_number];
         assert_eq!(row.lead_id, Some(lead.id as i64), "stored lead id");
         assert_eq!(lead.name, format!("Buyurtma #{}", row.order_number));
@@ -491,34 +409,26 @@ async fn one_hundred_twenty_orders_become_exactly_120_leads_in_three_complex_cal
         assert_eq!(company.name, "Vali Savdo");
         assert_eq!(row.company_id, Some(company.id as i64));
     }
-    let synced_events = app
-        .db
-        .run(|c| events::count_by_name(c, "seller-1", "order.synced"))
-        .await
-        .unwrap();
-    assert_eq!(synced_events, 120, "one order.synced per order");
+    assert_eq!(
+        event_count(&app, "seller-1", "order.synced").await,
+        120,
+        "one order.synced per order"
+    );
 }
 
 #[tokio::test]
 async fn with_500s_drops_after_write_and_429s_1000_orders_become_exactly_1000_leads() {
-    let app = spawn_app_with(|env| {
-        // A dropped answer is noticed when the request times out.
-        env.insert("AMOCRM_REQUEST_TIMEOUT".into(), "1s".into());
-    })
-    .await;
-    let seller = connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    // A dropped answer is noticed when the request times out.
+    let app = spawn_with(env_vars(&[("AMOCRM_REQUEST_TIMEOUT", "1s")])).await;
+    let seller = connect(&app, "seller-1", "sellerone.amocrm.ru").await;
     let list = numbers("F", 1000);
     post_orders(&app, "seller-1", &list).await;
 
-    app.sandbox.set_faults(
-        &seller.host,
-        Faults {
-            force_429_next: 2,
-            fail_next: 2,
-            drop_after_write_next: 1,
-            ..Faults::default()
-        },
-    );
+    app.set_faults(&seller.host, |f| {
+        f.force_429_next = 2;
+        f.fail_next = 2;
+        f.drop_after_write_next = 1;
+    });
     // Push until the first round of faults is used up, then inject a second round mid-way.
     let mut total = push::Report::default();
     for _ in 0..500 {
@@ -536,15 +446,11 @@ async fn with_500s_drops_after_write_and_429s_1000_orders_become_exactly_1000_le
     }
     assert_eq!(app.sandbox.faults(&seller.host), Faults::default());
     assert!(total.pushed < 1000, "faults injected mid-way");
-    app.sandbox.set_faults(
-        &seller.host,
-        Faults {
-            force_429_next: 1,
-            fail_next: 2,
-            drop_after_write_next: 1,
-            ..Faults::default()
-        },
-    );
+    app.set_faults(&seller.host, |f| {
+        f.force_429_next = 1;
+        f.fail_next = 2;
+        f.drop_after_write_next = 1;
+    });
     let report = drain(&app).await;
     let counters = app.sandbox.counters(&seller.host);
     assert_eq!(counters.dropped, 2, "{counters:?}");
@@ -560,7 +466,7 @@ async fn with_500s_drops_after_write_and_429s_1000_orders_become_exactly_1000_le
     assert_eq!(rows.len(), 1000);
     let mut lead_ids = HashSet::new();
     for row in &rows {
-        assert_eq!(row.sync_state, "synced", "{row:?}");
+        assert_eq!(row.sync_state, SyncState::Synced, "{row:?}");
         assert!(!row.needs_lookup);
         let lead = &leads[&row.order_number];
         assert_eq!(row.lead_id, Some(lead.id as i64));
@@ -581,28 +487,15 @@ async fn with_500s_drops_after_write_and_429s_1000_orders_become_exactly_1000_le
         total.adopted + report.adopted >= 50,
         "a dropped leads/complex answer was resolved by adopting its leads: {report:?}"
     );
-    let synced_events = app
-        .db
-        .run(|c| events::count_by_name(c, "seller-1", "order.synced"))
-        .await
-        .unwrap();
-    assert_eq!(synced_events, 1000);
+    assert_eq!(event_count(&app, "seller-1", "order.synced").await, 1000);
 }
 
 #[tokio::test]
 async fn an_order_amocrm_rejects_fails_with_its_reason_and_the_rest_of_the_batch_goes_through() {
-    let app = spawn_app().await;
-    let seller = connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    let (app, seller) = app_with_seller().await;
     // Point the order-number field at a numeric field: amoCRM then refuses non-numeric order numbers.
-    let pair = app
-        .sandbox
-        .issue_tokens(&app.env["AMOCRM_CLIENT_ID"], &seller.host);
-    let host = AccountHost::parse(&seller.host, &app.state.amo.config().allowed_domains).unwrap();
-    let token = SecretString::from(pair.access_token);
-    let numeric = app
-        .state
-        .amo
-        .api(&host, &token)
+    let numeric = seller
+        .api(&app)
         .create_lead_custom_fields(&[NewCustomField {
             name: "Raqam".into(),
             type_: "numeric".into(),
@@ -612,15 +505,7 @@ async fn an_order_amocrm_rejects_fails_with_its_reason_and_the_rest_of_the_batch
         .await
         .unwrap()[0]
         .id;
-    app.db
-        .run(move |conn| {
-            diesel::update(c::table)
-                .set(c::field_order_number_id.eq(Some(numeric as i64)))
-                .execute(conn)
-                .map_err(StorageError::from)
-        })
-        .await
-        .unwrap();
+    set_order_number_field(&app, numeric as i64).await;
     let list: Vec<String> = vec!["101".into(), "ABC-1".into(), "102".into(), "103".into()];
     post_orders(&app, "seller-1", &list).await;
     let report = drain(&app).await;
@@ -628,88 +513,51 @@ async fn an_order_amocrm_rejects_fails_with_its_reason_and_the_rest_of_the_batch
     assert_eq!(report.pushed, 3, "{report:?}");
     assert_eq!(app.sandbox.leads(&seller.host).len(), 3);
 
-    let failed: Value = app
-        .api_get("/api/v1/sales/orders?sync_state=failed")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let failed = app.api_json("/api/v1/sales/orders?sync_state=failed").await;
     assert_eq!(failed["meta"]["total"], 1);
     let bad = &failed["data"][0];
     assert_eq!(bad["order_number"], "ABC-1");
     let reason = bad["sync"]["last_error"].as_str().unwrap();
     assert!(reason.contains("custom_fields_values"), "{reason}");
-    let events = app
-        .db
-        .run(|c| events::count_by_name(c, "seller-1", "order.sync_failed"))
-        .await
-        .unwrap();
-    assert_eq!(events, 1);
+    assert_eq!(event_count(&app, "seller-1", "order.sync_failed").await, 1);
 
     // Fixed on the seller's side (field mapping back to the text field), the order is retried by the API.
-    let text_field = seller.field_number as i64;
-    app.db
-        .run(move |conn| {
-            diesel::update(c::table)
-                .set(c::field_order_number_id.eq(Some(text_field)))
-                .execute(conn)
-                .map_err(StorageError::from)
-        })
-        .await
-        .unwrap();
+    set_order_number_field(&app, seller.field_number as i64).await;
     let id = bad["id"].as_str().unwrap();
     let resp = app
-        .http
-        .post(app.url(&format!("/api/v1/sales/orders/{id}/retry")))
-        .bearer_auth(&app.api_key)
-        .send()
-        .await
-        .unwrap();
+        .api_post_empty(&format!("/api/v1/sales/orders/{id}/retry"))
+        .await;
     assert_eq!(resp.status().as_u16(), 202);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["data"]["sync"]["state"], "queued");
     drain(&app).await;
-    let order: Value = app
-        .api_get(&format!("/api/v1/sales/orders/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let order = app.api_json(&format!("/api/v1/sales/orders/{id}")).await;
     assert_eq!(order["data"]["sync"]["state"], "synced");
     assert_eq!(app.sandbox.leads(&seller.host).len(), 4);
     // A synced order cannot be retried.
     let resp = app
-        .http
-        .post(app.url(&format!("/api/v1/sales/orders/{id}/retry")))
-        .bearer_auth(&app.api_key)
-        .send()
-        .await
-        .unwrap();
+        .api_post_empty(&format!("/api/v1/sales/orders/{id}/retry"))
+        .await;
     assert_error(resp, 422, "VALIDATION_ERROR").await;
 }
 
 #[tokio::test]
 async fn patch_moves_the_lead_to_the_mapped_stage_and_moves_apply_in_order() {
-    let app = spawn_app().await;
-    let seller = connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
-    let created: Value = app
-        .api_post("/api/v1/sales/orders", &order_body("seller-1", "M1"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let (app, seller) = app_with_seller().await;
+    let created = post_order(&app, &order_body("seller-1", "M1")).await;
     let id = created["data"]["id"].as_str().unwrap().to_owned();
     drain(&app).await;
     let lead_id = order_rows(&app, "seller-1").await[0].lead_id.unwrap() as u64;
 
     let patch = |status: &str| {
-        app.http
-            .patch(app.url(&format!("/api/v1/sales/orders/{id}")))
-            .bearer_auth(&app.api_key)
-            .json(&json!({ "status": status }))
-            .send()
+        let (path, body) = (
+            format!("/api/v1/sales/orders/{id}"),
+            json!({ "status": status }),
+        );
+        let app = &app;
+        async move { app.api_patch(&path, &body).await }
     };
-    let resp = patch("paid").await.unwrap();
+    let resp = patch("paid").await;
     assert_eq!(resp.status().as_u16(), 202);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["data"]["status"], "paid");
@@ -720,8 +568,8 @@ async fn patch_moves_the_lead_to_the_mapped_stage_and_moves_apply_in_order() {
     );
 
     // Two changes before the worker runs: both are applied, in order, ending at the last one.
-    assert_eq!(patch("shipping").await.unwrap().status().as_u16(), 202);
-    assert_eq!(patch("completed").await.unwrap().status().as_u16(), 202);
+    assert_eq!(patch("shipping").await.status().as_u16(), 202);
+    assert_eq!(patch("completed").await.status().as_u16(), 202);
     app.sandbox.clear_log();
     let step = push::run_once(&app.state).await.unwrap();
     assert_eq!(step.moved, 2, "{step:?}");
@@ -740,51 +588,31 @@ async fn patch_moves_the_lead_to_the_mapped_stage_and_moves_apply_in_order() {
         (lead.pipeline_id, lead.status_id),
         (seller.pipeline_id, 142)
     );
-    let moves = app
-        .db
-        .run({
-            let id = id.clone();
-            move |c| order_store::moves_of(c, &id)
-        })
-        .await
-        .unwrap();
+    let moves = app.db.orders().moves_of(&id).await.unwrap();
     assert_eq!(
         moves.iter().map(|m| m.state.as_str()).collect::<Vec<_>>(),
         vec!["done", "done", "done"]
     );
 
-    let bad = patch("refunded").await.unwrap();
+    let bad = patch("refunded").await;
     assert_error(bad, 422, "VALIDATION_ERROR").await;
     let missing = app
-        .http
-        .patch(app.url("/api/v1/sales/orders/ord_nope"))
-        .bearer_auth(&app.api_key)
-        .json(&json!({"status": "paid"}))
-        .send()
-        .await
-        .unwrap();
+        .api_patch("/api/v1/sales/orders/ord_nope", &json!({"status": "paid"}))
+        .await;
     assert_error(missing, 404, "RESOURCE_NOT_FOUND").await;
 }
 
 #[tokio::test]
 async fn a_status_changed_before_the_push_creates_the_lead_in_that_stage_without_a_move() {
-    let app = spawn_app().await;
-    let seller = connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
-    let created: Value = app
-        .api_post("/api/v1/sales/orders", &order_body("seller-1", "E1"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let (app, seller) = app_with_seller().await;
+    let created = post_order(&app, &order_body("seller-1", "E1")).await;
     let id = created["data"]["id"].as_str().unwrap();
     let resp = app
-        .http
-        .patch(app.url(&format!("/api/v1/sales/orders/{id}")))
-        .bearer_auth(&app.api_key)
-        .json(&json!({"status": "awaiting_payment"}))
-        .send()
-        .await
-        .unwrap();
+        .api_patch(
+            &format!("/api/v1/sales/orders/{id}"),
+            &json!({"status": "awaiting_payment"}),
+        )
+        .await;
     assert_eq!(resp.status().as_u16(), 202);
     let report = drain(&app).await;
     assert_eq!(report.moved, 0);
@@ -794,8 +622,7 @@ async fn a_status_changed_before_the_push_creates_the_lead_in_that_stage_without
 
 #[tokio::test]
 async fn orders_of_a_failed_connection_are_held_and_pushed_after_reconnecting() {
-    let app = spawn_app().await;
-    let seller = connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    let (app, seller) = app_with_seller().await;
     set_connection_status(&app, "seller-1", "refresh_failed").await;
     let resp = app
         .api_post("/api/v1/sales/orders", &order_body("seller-1", "H1"))
@@ -827,12 +654,7 @@ async fn orders_of_a_failed_connection_are_held_and_pushed_after_reconnecting() 
     set_connection_status(&app, "seller-1", "revoked").await;
     let r = push::run_once(&app.state).await.unwrap();
     assert_eq!(r.held, 1);
-    let held: Value = app
-        .api_get("/api/v1/sales/orders?sync_state=held")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let held = app.api_json("/api/v1/sales/orders?sync_state=held").await;
     assert_eq!(held["meta"]["total"], 1);
     set_connection_status(&app, "seller-1", "active").await;
     let r = drain(&app).await;
@@ -842,9 +664,9 @@ async fn orders_of_a_failed_connection_are_held_and_pushed_after_reconnecting() 
 
 #[tokio::test]
 async fn a_busy_seller_does_not_starve_the_others() {
-    let app = spawn_app().await;
-    let busy = connect_seller(&app, "busy", "sellerone.amocrm.ru").await;
-    let quiet = connect_seller(&app, "quiet", "sellertwo.amocrm.ru").await;
+    let app = spawn().await;
+    let busy = connect(&app, "busy", "sellerone.amocrm.ru").await;
+    let quiet = connect(&app, "quiet", "sellertwo.amocrm.ru").await;
     post_orders(&app, "busy", &numbers("B", 1000)).await;
     post_orders(&app, "quiet", &numbers("Q", 3)).await;
     // The first step serves both accounts: the quiet seller's orders do not wait behind 400 others.
@@ -859,9 +681,9 @@ async fn a_busy_seller_does_not_starve_the_others() {
 
 #[tokio::test]
 async fn two_instances_pushing_one_queue_make_exactly_one_lead_per_order_and_no_429() {
-    let app = spawn_app().await;
-    let one = connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
-    let two = connect_seller(&app, "seller-2", "sellertwo.amocrm.ru").await;
+    let app = spawn().await;
+    let one = connect(&app, "seller-1", "sellerone.amocrm.ru").await;
+    let two = connect(&app, "seller-2", "sellertwo.amocrm.ru").await;
     post_orders(&app, "seller-1", &numbers("X", 1000)).await;
     post_orders(&app, "seller-2", &numbers("Y", 200)).await;
 
@@ -912,8 +734,7 @@ async fn two_instances_pushing_one_queue_make_exactly_one_lead_per_order_and_no_
 
 #[tokio::test]
 async fn a_401_goes_through_the_token_provider_and_the_order_is_pushed_with_a_refreshed_token() {
-    let app = spawn_app().await;
-    let seller = connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    let (app, seller) = app_with_seller().await;
     // amoCRM's clock moves past the access token's expiry while our row still believes it valid.
     app.sandbox.advance_clock(&seller.host, 25 * 3600);
     post_orders(&app, "seller-1", &numbers("T", 3)).await;
@@ -927,46 +748,29 @@ async fn a_401_goes_through_the_token_provider_and_the_order_is_pushed_with_a_re
 
 #[tokio::test]
 async fn a_revoked_grant_holds_the_orders_instead_of_failing_them() {
-    let app = spawn_app().await;
-    let seller = connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    let (app, seller) = app_with_seller().await;
     assert!(
         app.sandbox
             .revoke_grant(&seller.host, &app.env["AMOCRM_CLIENT_ID"])
     );
     post_orders(&app, "seller-1", &numbers("R", 2)).await;
     drain(&app).await;
-    let held: Value = app
-        .api_get("/api/v1/sales/orders?sync_state=held")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let held = app.api_json("/api/v1/sales/orders?sync_state=held").await;
     assert_eq!(held["meta"]["total"], 2, "{held}");
     assert!(app.sandbox.leads(&seller.host).is_empty());
-    let conn: Value = app
-        .api_get("/api/v1/connections/seller-1")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let conn = app.api_json("/api/v1/connections/seller-1").await;
     // The refresh is refused (refresh_failed); the uninstall hook may have marked it revoked first.
     let status = conn["data"]["status"].as_str().unwrap();
     assert!(
         status == "refresh_failed" || status == "revoked",
         "{status}"
     );
-    let failed = app
-        .db
-        .run(|c| events::count_by_name(c, "seller-1", "order.sync_failed"))
-        .await
-        .unwrap();
-    assert_eq!(failed, 0);
+    assert_eq!(event_count(&app, "seller-1", "order.sync_failed").await, 0);
 }
 
 #[tokio::test]
 async fn a_deleted_order_field_is_provisioned_again_and_the_order_pushed() {
-    let app = spawn_app().await;
-    let seller = connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    let (app, seller) = app_with_seller().await;
     app.sandbox
         .delete_custom_field(&seller.host, seller.field_number)
         .unwrap();
@@ -974,7 +778,7 @@ async fn a_deleted_order_field_is_provisioned_again_and_the_order_pushed() {
     let report = drain(&app).await;
     assert_eq!((report.pushed, report.failed), (2, 0), "{report:?}");
     assert!(report.reprovisioned >= 1, "{report:?}");
-    let now = seller_of(&app, "seller-1").await;
+    let now = Seller::of(&app, "seller-1").await;
     assert_ne!(
         now.field_number, seller.field_number,
         "a new field was made"
@@ -989,15 +793,14 @@ async fn a_deleted_order_field_is_provisioned_again_and_the_order_pushed() {
 
 #[tokio::test]
 async fn a_deleted_pipeline_is_provisioned_again_and_the_orders_land_in_the_new_one() {
-    let app = spawn_app().await;
-    let seller = connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
+    let (app, seller) = app_with_seller().await;
     app.sandbox
         .delete_pipeline(&seller.host, seller.pipeline_id)
         .unwrap();
     post_orders(&app, "seller-1", &numbers("P", 3)).await;
     let report = drain(&app).await;
     assert_eq!((report.pushed, report.failed), (3, 0), "{report:?}");
-    let now = seller_of(&app, "seller-1").await;
+    let now = Seller::of(&app, "seller-1").await;
     assert_ne!(now.pipeline_id, seller.pipeline_id);
     for lead in app.sandbox.leads(&seller.host) {
         assert_eq!(

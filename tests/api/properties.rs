@@ -2,16 +2,13 @@
 //! few dozen cases in the suite; `PROPTEST_CASES=5000 cargo test --test api properties::` is the long run.
 //! (amoCRM's webhook parser is fuzzed in `crates/amocrm-client/tests/webhook_samples.rs`.)
 
-use std::collections::HashMap;
-
 use proptest::collection::{hash_map, vec};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{Value, json};
 
-use crate::connect::{HOST, create_session, open_page};
-use crate::helpers::{TestApp, spawn_app};
 use crate::hostile::{Answer, Kind, check, raw, request};
+use crate::support::{HOST, Queue, TestApp, create_session, open_page, query_of, spawn_app};
 
 /// Cases per property: a few dozen in the suite unless `PROPTEST_CASES` asks for more.
 fn config(default_cases: u32) -> Config {
@@ -77,50 +74,29 @@ struct Callback {
     extra: Vec<(String, String)>,
 }
 
-fn callback() -> impl Strategy<Value = Callback> {
-    (
-        proptest::bool::weighted(0.8),
-        proptest::bool::weighted(0.8),
-        proptest::option::weighted(0.8, junk()),
-        proptest::option::of(referer()),
-        proptest::option::weighted(0.2, prop_oneof![Just("access_denied".to_owned()), junk()]),
-        proptest::option::weighted(0.1, junk()),
-        junk(),
-        junk(),
-        vec((".{0,10}", ".{0,10}"), 0..3),
-    )
-        .prop_map(
-            |(
-                real_state,
-                real_client,
-                code,
-                referer,
-                error,
-                from_widget,
-                state_junk,
-                client_junk,
-                extra,
-            )| Callback {
-                real_state,
-                real_client,
-                code,
-                referer,
-                error,
-                from_widget,
-                state_junk,
-                client_junk,
-                extra,
-            },
-        )
+prop_compose! {
+    fn callback()(
+        real_state in proptest::bool::weighted(0.8),
+        real_client in proptest::bool::weighted(0.8),
+        code in proptest::option::weighted(0.8, junk()),
+        referer in proptest::option::of(referer()),
+        error in proptest::option::weighted(0.2, prop_oneof![Just("access_denied".to_owned()), junk()]),
+        from_widget in proptest::option::weighted(0.1, junk()),
+        state_junk in junk(),
+        client_junk in junk(),
+        extra in vec((".{0,10}", ".{0,10}"), 0..3),
+    ) -> Callback {
+        Callback {
+            real_state, real_client, code, referer, error, from_widget, state_junk, client_junk, extra,
+        }
+    }
 }
 
 /// A real `state` for this browser: a fresh session, its page opened (which sets the browser cookie).
 async fn real_state(app: &TestApp, n: usize) -> String {
     let session = create_session(app, &format!("prop-seller-{n}"), json!({})).await;
-    let (popup, _) = open_page(app, session["connect_url"].as_str().unwrap()).await;
-    let q = popup.split_once('?').map(|(_, q)| q).unwrap_or_default();
-    let pairs: HashMap<String, String> = serde_urlencoded::from_str(q).unwrap();
-    pairs["state"].clone()
+    let (popup, _) = open_page(&app.http, session["connect_url"].as_str().unwrap()).await;
+    query_of(&popup)["state"].clone()
 }
 
 /// Sends one generated callback and checks what must hold whatever it carried.
@@ -360,9 +336,13 @@ async fn post_order(app: &TestApp, key: &str, body: &[u8]) -> Result<Answer, Tes
 fn generated_order_bodies_are_accepted_once_or_refused_in_the_contract_format() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let app = rt.block_on(spawn_app());
+    app.leaves_queued(
+        Queue::Push,
+        "accepted orders are checked in the answers only, never pushed",
+    );
     let key =
         rt.block_on(app.api_key_with_tier(amocrm_connector::services::api_keys::Tier::Enterprise));
-    rt.block_on(crate::connect::seed_connection(&app, ORDER_SELLER, HOST));
+    rt.block_on(crate::support::seed_connection(&app, ORDER_SELLER, HOST));
     let mut runner = TestRunner::new(config(64));
     let accepted = std::cell::Cell::new(0u32);
     let refused = std::cell::Cell::new(0u32);

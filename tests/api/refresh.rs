@@ -1,54 +1,53 @@
 //! Token refresh against the sandbox: single flight across triggers and instances, failure classes, the
 //! grace rule, `/refresh` and its secret, the on-demand provider, the schedule and the CLI.
 
-use std::time::{Duration, Instant};
+use amocrm_connector::domain::status::ConnectionStatus;
+use std::time::Duration;
 
 use amocrm_connector::services::refresh::{self, Need, SweepOutcome};
 use amocrm_connector::services::tokens::{self, TokenError};
 use amocrm_connector::storage::schema::amocrm_connections as c;
 use amocrm_connector::storage::{self as st, leases};
-use amocrm_sandbox::Faults;
 use diesel::prelude::*;
 use serde_json::Value;
 
-use crate::connect::{HOST, connection, event_count, seed_connection};
-use crate::helpers::{TestApp, assert_error, spawn_app_with};
+use crate::support::{
+    HOST, TestApp, assert_error, connection, env_vars, event_count, seed_connection,
+    spawn_app_with, status_of, wait_until,
+};
 
 const SECRET: &str = "refresh-secret-0123456789";
 
 async fn spawn() -> TestApp {
-    spawn_app_with(|env| {
-        env.insert("REFRESH_SECRET".into(), SECRET.into());
-    })
-    .await
+    spawn_app_with(env_vars(&[("REFRESH_SECRET", SECRET)])).await
 }
 
 /// Makes every connection's access token expire in `secs` seconds (as if time had passed).
 async fn expire_in(app: &TestApp, secs: i64) {
     let at = st::now() + chrono::Duration::seconds(secs);
-    app.db
-        .run(move |conn| {
-            diesel::update(c::table)
-                .set(c::token_expires_at.eq(Some(at)))
-                .execute(conn)
-                .map_err(Into::into)
-        })
-        .await
-        .unwrap();
+    app.sql(move |conn| {
+        diesel::update(c::table)
+            .set(c::token_expires_at.eq(Some(at)))
+            .execute(conn)
+    })
+    .await;
+}
+
+/// `seller-1` connected to `HOST`, its access token expiring in 30 s.
+async fn seed_due(app: &TestApp) {
+    seed_connection(app, "seller-1", HOST).await;
+    expire_in(app, 30).await;
 }
 
 /// The back-off after a failure has passed.
 async fn backoff_over(app: &TestApp) {
     let now = st::now();
-    app.db
-        .run(move |conn| {
-            diesel::update(c::table)
-                .set(c::next_refresh_at.eq(Some(now)))
-                .execute(conn)
-                .map_err(Into::into)
-        })
-        .await
-        .unwrap();
+    app.sql(move |conn| {
+        diesel::update(c::table)
+            .set(c::next_refresh_at.eq(Some(now)))
+            .execute(conn)
+    })
+    .await;
 }
 
 async fn sweep(app: &TestApp) -> refresh::SweepReport {
@@ -74,8 +73,7 @@ async fn works(app: &TestApp, seller: &str) {
 #[tokio::test]
 async fn fifty_concurrent_triggers_refresh_a_due_connection_exactly_once() {
     let app = spawn().await;
-    seed_connection(&app, "seller-1", HOST).await;
-    expire_in(&app, 30).await;
+    seed_due(&app).await;
     let before = connection(&app, "seller-1").await.unwrap();
 
     let mut tasks = Vec::new();
@@ -112,7 +110,7 @@ async fn fifty_concurrent_triggers_refresh_a_due_connection_exactly_once() {
     assert_eq!(counters.refreshes, 1, "exactly one refresh reached amoCRM");
     assert_eq!(counters.rejected_refreshes, 0);
     let after = connection(&app, "seller-1").await.unwrap();
-    assert_eq!(after.status, "active");
+    assert_eq!(after.status, ConnectionStatus::Active);
     assert_eq!(after.token_version, before.token_version + 1);
     assert!(after.token_expires_at.unwrap() > st::now() + chrono::Duration::hours(23));
     assert!(after.refresh_lease_owner.is_none());
@@ -154,7 +152,7 @@ async fn two_instances_sweeping_200_due_connections_refresh_each_exactly_once() 
         assert_eq!(counters.refreshes, 1, "{host}");
         assert_eq!(counters.rejected_refreshes, 0, "{host}");
         let row = connection(&app, &format!("seller-{i}")).await.unwrap();
-        assert_eq!(row.status, "active", "{host}");
+        assert_eq!(row.status, ConnectionStatus::Active, "{host}");
     }
     // A sweep now finds nothing due.
     assert_eq!(sweep(&peer).await.due, 0);
@@ -168,13 +166,7 @@ async fn a_second_sweep_caller_gets_the_running_sweeps_result() {
     }
     expire_in(&app, 60).await;
     for i in 0..5 {
-        app.sandbox.set_faults(
-            &format!("shop{i}.amocrm.ru"),
-            Faults {
-                latency_ms: 300,
-                ..Faults::default()
-            },
-        );
+        app.set_faults(&format!("shop{i}.amocrm.ru"), |f| f.latency_ms = 300);
     }
     let (a, b) = tokio::join!(
         refresh::sweep(&app.state, Duration::from_secs(60)),
@@ -222,7 +214,7 @@ async fn a_revoked_grant_ends_refresh_failed_with_an_event() {
     let report = sweep(&app).await;
     assert_eq!((report.due, report.failed, report.refreshed), (1, 1, 0));
     let row = connection(&app, "seller-1").await.unwrap();
-    assert_eq!(row.status, "refresh_failed");
+    assert_eq!(row.status, ConnectionStatus::RefreshFailed);
     assert_eq!(row.refresh_failures, 1);
     assert!(row.last_error.as_deref().unwrap().contains("refused"));
     assert_eq!(
@@ -233,12 +225,7 @@ async fn a_revoked_grant_ends_refresh_failed_with_an_event() {
     let err = tokens::access(&app.state, "seller-1").await.unwrap_err();
     assert!(err.needs_reconnect(), "{err:?}");
     assert_eq!(sweep(&app).await.due, 0);
-    let v: Value = app
-        .api_get("/api/v1/connections/seller-1")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v = app.api_json("/api/v1/connections/seller-1").await;
     assert_eq!(v["data"]["status"], "refresh_failed");
     assert_eq!(v["data"]["refresh_failures"], 1);
     assert!(
@@ -252,19 +239,12 @@ async fn a_revoked_grant_ends_refresh_failed_with_an_event() {
 #[tokio::test]
 async fn a_sandbox_500_leaves_the_connection_active_and_it_recovers_on_the_next_sweep() {
     let app = spawn().await;
-    seed_connection(&app, "seller-1", HOST).await;
-    expire_in(&app, 30).await;
-    app.sandbox.set_faults(
-        HOST,
-        Faults {
-            fail_next: 1,
-            ..Faults::default()
-        },
-    );
+    seed_due(&app).await;
+    app.set_faults(HOST, |f| f.fail_next = 1);
     let report = sweep(&app).await;
     assert_eq!((report.due, report.failed), (1, 1));
     let row = connection(&app, "seller-1").await.unwrap();
-    assert_eq!(row.status, "active");
+    assert_eq!(row.status, ConnectionStatus::Active);
     assert_eq!(row.refresh_failures, 1);
     assert!(
         row.last_error.as_deref().unwrap().contains("500"),
@@ -286,21 +266,20 @@ async fn a_sandbox_500_leaves_the_connection_active_and_it_recovers_on_the_next_
 #[tokio::test]
 async fn a_refresh_refused_with_429_waits_as_long_as_amocrm_said_and_the_connection_stays_active() {
     let app = spawn().await;
-    seed_connection(&app, "seller-1", HOST).await;
-    expire_in(&app, 30).await;
-    app.sandbox.set_faults(
-        HOST,
-        Faults {
-            force_429_next: 1,
-            force_429_retry_after_secs: 600,
-            ..Faults::default()
-        },
-    );
+    seed_due(&app).await;
+    app.set_faults(HOST, |f| {
+        f.force_429_next = 1;
+        f.force_429_retry_after_secs = 600;
+    });
     let before = st::now();
     let report = sweep(&app).await;
     assert_eq!((report.due, report.failed), (1, 1));
     let row = connection(&app, "seller-1").await.unwrap();
-    assert_eq!(row.status, "active", "a 429 is not a dead token");
+    assert_eq!(
+        row.status,
+        ConnectionStatus::Active,
+        "a 429 is not a dead token"
+    );
     assert!(
         row.next_refresh_at.unwrap() >= before + chrono::TimeDelta::seconds(600),
         "not before amoCRM's retry_after: {:?}",
@@ -315,37 +294,26 @@ async fn a_refresh_refused_with_429_waits_as_long_as_amocrm_said_and_the_connect
 
 #[tokio::test]
 async fn a_refresh_lost_to_a_timeout_is_retried_with_the_old_token_under_the_grace_rule() {
-    let app = spawn_app_with(|env| {
-        env.insert("AMOCRM_REQUEST_TIMEOUT".into(), "1s".into());
-    })
-    .await;
-    seed_connection(&app, "seller-1", HOST).await;
-    expire_in(&app, 30).await;
+    let app = spawn_app_with(env_vars(&[("AMOCRM_REQUEST_TIMEOUT", "1s")])).await;
+    seed_due(&app).await;
     // amoCRM applies the refresh (a new pair exists) but the answer never arrives.
-    app.sandbox.set_faults(
-        HOST,
-        Faults {
-            drop_after_write_next: 1,
-            ..Faults::default()
-        },
-    );
+    app.set_faults(HOST, |f| f.drop_after_write_next = 1);
     let report = sweep(&app).await;
     assert_eq!(report.failed, 1);
-    assert_eq!(connection(&app, "seller-1").await.unwrap().status, "active");
+    assert_eq!(status_of(&app, "seller-1").await, ConnectionStatus::Active);
 
     backoff_over(&app).await;
     let report = sweep(&app).await;
     assert_eq!(report.refreshed, 1);
     assert_eq!(app.sandbox.counters(HOST).rejected_refreshes, 0);
-    assert_eq!(connection(&app, "seller-1").await.unwrap().status, "active");
+    assert_eq!(status_of(&app, "seller-1").await, ConnectionStatus::Active);
     works(&app, "seller-1").await;
 }
 
 #[tokio::test]
 async fn the_refresh_url_refuses_wrong_missing_and_almost_right_secrets_and_does_nothing() {
     let app = spawn().await;
-    seed_connection(&app, "seller-1", HOST).await;
-    expire_in(&app, 30).await;
+    seed_due(&app).await;
     let almost = format!("{}X", &SECRET[..SECRET.len() - 1]);
     let longer = format!("{SECRET}0");
     let url = app.url("/refresh");
@@ -403,12 +371,7 @@ async fn the_refresh_url_refuses_wrong_missing_and_almost_right_secrets_and_does
 #[tokio::test]
 async fn the_refresh_url_does_not_exist_without_a_configured_secret() {
     let app = spawn_app_with(|_| {}).await;
-    let resp = app
-        .http
-        .get(app.url("/refresh?secret_key=anything-at-all-here"))
-        .send()
-        .await
-        .unwrap();
+    let resp = app.get("/refresh?secret_key=anything-at-all-here").await;
     assert_eq!(resp.status().as_u16(), 404);
 }
 
@@ -452,15 +415,12 @@ async fn an_idle_connection_is_refreshed_daily_even_with_a_valid_token() {
     seed_connection(&app, "seller-1", HOST).await;
     assert_eq!(sweep(&app).await.due, 0);
     let long_ago = st::now() - chrono::Duration::hours(25);
-    app.db
-        .run(move |conn| {
-            diesel::update(c::table)
-                .set(c::last_refreshed_at.eq(Some(long_ago)))
-                .execute(conn)
-                .map_err(Into::into)
-        })
-        .await
-        .unwrap();
+    app.sql(move |conn| {
+        diesel::update(c::table)
+            .set(c::last_refreshed_at.eq(Some(long_ago)))
+            .execute(conn)
+    })
+    .await;
     let report = sweep(&app).await;
     assert_eq!((report.due, report.refreshed), (1, 1));
 }
@@ -470,12 +430,8 @@ async fn refreshing_through_the_api_refreshes_now_and_shows_the_connection() {
     let app = spawn().await;
     seed_connection(&app, "seller-1", HOST).await;
     let resp = app
-        .http
-        .post(app.url("/api/v1/connections/seller-1/refresh"))
-        .bearer_auth(&app.api_key)
-        .send()
-        .await
-        .unwrap();
+        .api_post_empty("/api/v1/connections/seller-1/refresh")
+        .await;
     assert_eq!(resp.status().as_u16(), 200);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["data"]["status"], "active");
@@ -483,12 +439,8 @@ async fn refreshing_through_the_api_refreshes_now_and_shows_the_connection() {
     assert_eq!(v["data"]["refresh_failures"], 0);
     assert_eq!(app.sandbox.counters(HOST).refreshes, 1);
     let resp = app
-        .http
-        .post(app.url("/api/v1/connections/nobody/refresh"))
-        .bearer_auth(&app.api_key)
-        .send()
-        .await
-        .unwrap();
+        .api_post_empty("/api/v1/connections/nobody/refresh")
+        .await;
     assert_error(resp, 404, "RESOURCE_NOT_FOUND").await;
 }
 
@@ -510,26 +462,24 @@ async fn a_stale_pair_is_not_refreshed_again_when_a_peer_already_did() {
 
 #[tokio::test]
 async fn the_in_process_schedule_runs_the_sweep() {
-    let app = spawn_app_with(|env| {
-        env.insert("RUN_WORKERS".into(), "true".into());
-        env.insert("REFRESH_SCHEDULE".into(), "* * * * * *".into());
-    })
+    let app = spawn_app_with(env_vars(&[
+        ("RUN_WORKERS", "true"),
+        ("REFRESH_SCHEDULE", "* * * * * *"),
+    ]))
     .await;
-    seed_connection(&app, "seller-1", HOST).await;
-    expire_in(&app, 30).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while app.sandbox.counters(HOST).refreshes == 0 {
-        assert!(Instant::now() < deadline, "the schedule never swept");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(connection(&app, "seller-1").await.unwrap().status, "active");
+    seed_due(&app).await;
+    wait_until(Duration::from_secs(20), "a refresh", || async {
+        app.sandbox.counters(HOST).refreshes > 0
+    })
+    .await
+    .expect("the schedule never swept");
+    assert_eq!(status_of(&app, "seller-1").await, ConnectionStatus::Active);
 }
 
 #[tokio::test]
 async fn the_refresh_command_runs_one_sweep_and_prints_a_summary() {
     let app = spawn().await;
-    seed_connection(&app, "seller-1", HOST).await;
-    expire_in(&app, 30).await;
+    seed_due(&app).await;
     // The command's body, in-process: the shared target directory of this machine makes the built binary
     // itself an unreliable thing to spawn (another checkout may have replaced it).
     let settings = amocrm_connector::config::Settings::from_env(&app.env).unwrap();

@@ -2,6 +2,7 @@
 //! text in the database; one seller's data never shows through another seller's id; secrets are compared
 //! in constant time.
 
+use amocrm_connector::domain::status::ConnectionStatus;
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -10,14 +11,16 @@ use amocrm_connector::storage::AnyConnection;
 use amocrm_connector::storage::cipher::Keyring;
 use diesel::prelude::*;
 use diesel::sql_types::{Binary, Nullable, Text};
+use reqwest::Method;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
 use amocrm_connector::workers::{delivery as delivery_worker, webhook_processor};
 
-use crate::connect::{HOST, OTHER_HOST, connection, until_callback};
-use crate::events_out::{Behaviour, Receiver};
-use crate::helpers::{TestApp, spawn_app_with, spawn_app_with_sandbox};
+use crate::support::{
+    Behaviour, HOST, OTHER_HOST, Queue, Receiver, TestApp, connection, env_vars, order_body,
+    query_of, spawn_app_with, until_callback,
+};
 
 // ---------------------------------------------------------------------------------------------------
 // Log capture: one global subscriber for the test binary, writing every line to a shared buffer.
@@ -236,39 +239,41 @@ impl Answers {
 const REFRESH_SECRET: &str = "security-refresh-secret-7f3a9c2e";
 const METRICS_TOKEN: &str = "security-metrics-token-0a9b8c7d";
 
-fn query_param(url: &str, key: &str) -> Option<String> {
-    let q = url.split_once('?')?.1;
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q).ok()?;
-    pairs.into_iter().find(|(k, _)| k == key).map(|(_, v)| v)
+/// The token `name` of a sign-in answer, at the top or under `data`.
+fn token_in<'a>(answer: &'a Value, name: &str) -> Option<&'a str> {
+    answer[name]
+        .as_str()
+        .or_else(|| answer["data"][name].as_str())
 }
 
 /// Makes every connection's access token due for refresh.
 async fn make_due(app: &TestApp) {
     use amocrm_connector::storage::schema::amocrm_connections as c;
     let at = amocrm_connector::storage::now() + chrono::Duration::seconds(30);
-    app.db
-        .run(move |conn| {
-            diesel::update(c::table)
-                .set((
-                    c::token_expires_at.eq(Some(at)),
-                    c::next_refresh_at.eq(None::<chrono::NaiveDateTime>),
-                ))
-                .execute(conn)
-                .map_err(Into::into)
-        })
-        .await
-        .unwrap();
+    app.sql(move |conn| {
+        diesel::update(c::table)
+            .set((
+                c::token_expires_at.eq(Some(at)),
+                c::next_refresh_at.eq(None::<chrono::NaiveDateTime>),
+            ))
+            .execute(conn)
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn no_secret_reaches_the_logs_an_api_answer_or_the_database_in_plain_text() {
     let logs = log_capture();
     let mark = logs.len();
-    let app = spawn_app_with(|env| {
-        env.insert("REFRESH_SECRET".into(), REFRESH_SECRET.into());
-        env.insert("METRICS_TOKEN".into(), METRICS_TOKEN.into());
-    })
+    let app = spawn_app_with(env_vars(&[
+        ("REFRESH_SECRET", REFRESH_SECRET),
+        ("METRICS_TOKEN", METRICS_TOKEN),
+    ]))
     .await;
+    app.leaves_queued(
+        Queue::Inbox,
+        "amoCRM's webhooks about the pushed orders' leads are not processed",
+    );
     let mut secrets = Secrets::default();
     secrets.add("metrics token", METRICS_TOKEN);
     let mut logs_only = Secrets::default();
@@ -283,13 +288,13 @@ async fn no_secret_reaches_the_logs_an_api_answer_or_the_database_in_plain_text(
         let callback = until_callback(&app, seller, host, true).await;
         logs_only.add(
             format!("authorization code of {seller}"),
-            query_param(&callback, "code").unwrap(),
+            &query_of(&callback)["code"],
         );
         logs_only.add(
             format!("OAuth state of {seller}"),
-            query_param(&callback, "state").unwrap(),
+            &query_of(&callback)["state"],
         );
-        let resp = app.http.get(&callback).send().await.unwrap();
+        let resp = app.browse(&callback).await;
         let (status, _) = answers.keep(format!("callback of {seller}"), resp).await;
         assert_eq!(status, 200, "{seller} connects");
         let conn = connection(&app, seller).await.unwrap();
@@ -323,11 +328,8 @@ async fn no_secret_reaches_the_logs_an_api_answer_or_the_database_in_plain_text(
     // Refresh: by the cron URL (secret in the query and in a header) and through the API.
     make_due(&app).await;
     let resp = app
-        .http
-        .get(app.url(&format!("/refresh?secret_key={REFRESH_SECRET}")))
-        .send()
-        .await
-        .unwrap();
+        .get(&format!("/refresh?secret_key={REFRESH_SECRET}"))
+        .await;
     let (status, body) = answers.keep("/refresh by query", resp).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["refreshed"], 2, "{body}");
@@ -350,12 +352,7 @@ async fn no_secret_reaches_the_logs_an_api_answer_or_the_database_in_plain_text(
     // A wrong secret is logged as a warning: the presented value must not be in it.
     let wrong = format!("{REFRESH_SECRET}-almost");
     logs_only.add("a presented wrong refresh secret", &wrong);
-    let resp = app
-        .http
-        .get(app.url(&format!("/refresh?secret_key={wrong}")))
-        .send()
-        .await
-        .unwrap();
+    let resp = app.get(&format!("/refresh?secret_key={wrong}")).await;
     assert_eq!(answers.keep("/refresh wrong secret", resp).await.0, 401);
 
     // Events out: a subscriber with a secret; a manager's lead in amoCRM, moved to paid, comes back
@@ -426,10 +423,7 @@ async fn no_secret_reaches_the_logs_an_api_answer_or_the_database_in_plain_text(
     // Orders pushed into amoCRM; their leads moved to paid come back as events.
     for n in ["SEC-1", "SEC-2"] {
         let resp = app
-            .api_post(
-                "/api/v1/sales/orders",
-                &crate::orders::order_body("sec-seller-b", n),
-            )
+            .api_post("/api/v1/sales/orders", &order_body("sec-seller-b", n))
             .await;
         let (status, body) = answers.keep(format!("order {n}"), resp).await;
         assert_eq!(status, 202, "{body}");
@@ -467,66 +461,37 @@ async fn no_secret_reaches_the_logs_an_api_answer_or_the_database_in_plain_text(
     .await
     .unwrap();
     let resp = app
-        .http
-        .post(app.url("/api/auth/login"))
-        .json(&json!({"email": "ops@example.com", "password": password}))
-        .send()
-        .await
-        .unwrap();
+        .post_json(
+            "/api/auth/login",
+            &json!({"email": "ops@example.com", "password": password}),
+        )
+        .await;
     let (status, login) = answers.keep("operator login", resp).await;
     assert_eq!(status, 200, "{login}");
-    let access = login["access_token"]
-        .as_str()
-        .or_else(|| login["data"]["access_token"].as_str())
-        .unwrap()
-        .to_owned();
-    let refresh = login["refresh_token"]
-        .as_str()
-        .or_else(|| login["data"]["refresh_token"].as_str())
-        .unwrap()
-        .to_owned();
+    let access = token_in(&login, "access_token").unwrap().to_owned();
+    let refresh = token_in(&login, "refresh_token").unwrap().to_owned();
     // These two are the answer's purpose: scanned for in logs and the database only.
     logs_only.add("operator access token", &access);
     logs_only.add("operator refresh token", &refresh);
-    let resp = app
-        .http
-        .get(app.url("/api/v1/connections"))
-        .bearer_auth(&access)
-        .send()
-        .await
-        .unwrap();
+    let resp = app.get_as("/api/v1/connections", &access).await;
     assert_eq!(answers.keep("connections as operator", resp).await.0, 200);
     let resp = app
-        .http
-        .post(app.url("/api/auth/refresh"))
-        .json(&json!({"refresh_token": refresh}))
-        .send()
-        .await
-        .unwrap();
+        .post_json("/api/auth/refresh", &json!({"refresh_token": refresh}))
+        .await;
     let (status, renewed) = answers.keep("operator refresh", resp).await;
     assert_eq!(status, 200, "{renewed}");
-    if let Some(t) = renewed["access_token"]
-        .as_str()
-        .or_else(|| renewed["data"]["access_token"].as_str())
-    {
+    if let Some(t) = token_in(&renewed, "access_token") {
         logs_only.add("renewed operator access token", t);
     }
     let resp = app
-        .http
-        .post(app.url("/api/auth/login"))
-        .json(&json!({"email": "ops@example.com", "password": format!("{password}-wrong")}))
-        .send()
-        .await
-        .unwrap();
+        .post_json(
+            "/api/auth/login",
+            &json!({"email": "ops@example.com", "password": format!("{password}-wrong")}),
+        )
+        .await;
     logs_only.add("a wrong operator password", format!("{password}-wrong"));
     assert_eq!(answers.keep("wrong login", resp).await.0, 401);
-    let resp = app
-        .http
-        .get(app.url("/metrics"))
-        .bearer_auth(METRICS_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let resp = app.get_as("/metrics", METRICS_TOKEN).await;
     assert_eq!(answers.keep("metrics", resp).await.0, 200);
 
     // Key rotation, then a second instance on the new key refreshes again.
@@ -541,23 +506,15 @@ async fn no_secret_reaches_the_logs_an_api_answer_or_the_database_in_plain_text(
         report.rotated, 3,
         "two token pairs and one subscription secret: {report:?}"
     );
-    let mut env = app.env.clone();
-    env.insert("TOKEN_ENCRYPTION_KEYS".into(), both);
-    env.remove("LISTEN_ADDR");
-    env.remove("PUBLIC_BASE_URL");
-    env.insert(
-        "AMOCRM_REDIRECT_URI".into(),
-        app.state.settings.amocrm_redirect_uri.to_string(),
-    );
-    env.insert("INSTANCE_ID".into(), "rotated-peer".into());
-    let peer = spawn_app_with_sandbox(app.database.shared(), env, app.sandbox.clone()).await;
+    let peer = app
+        .spawn_peer_with(|env| {
+            env.insert("TOKEN_ENCRYPTION_KEYS".into(), both);
+            env.insert("INSTANCE_ID".into(), "rotated-peer".into());
+        })
+        .await;
     let resp = peer
-        .http
-        .post(peer.url("/api/v1/connections/sec-seller-b/refresh"))
-        .bearer_auth(&peer.api_key)
-        .send()
-        .await
-        .unwrap();
+        .api_post_empty("/api/v1/connections/sec-seller-b/refresh")
+        .await;
     assert_eq!(
         answers.keep("refresh on the rotated key", resp).await.0,
         200
@@ -566,13 +523,7 @@ async fn no_secret_reaches_the_logs_an_api_answer_or_the_database_in_plain_text(
     secrets.add_stored_tokens(&peer, &rotated_keys).await;
 
     // Disconnect one seller through the API (tokens wiped, amoCRM unsubscribed).
-    let resp = app
-        .http
-        .delete(app.url("/api/v1/connections/sec-seller-a"))
-        .bearer_auth(&app.api_key)
-        .send()
-        .await
-        .unwrap();
+    let resp = app.api_delete("/api/v1/connections/sec-seller-a").await;
     assert_eq!(answers.keep("delete connection", resp).await.0, 204);
 
     // Now look everywhere.
@@ -617,40 +568,35 @@ async fn no_secret_reaches_the_logs_an_api_answer_or_the_database_in_plain_text(
 #[tokio::test]
 async fn a_sellers_connection_and_pipeline_never_show_through_another_sellers_id() {
     let app = spawn_app_with(|_| {}).await;
+    app.leaves_queued(
+        Queue::Inbox,
+        "amoCRM's webhooks about the pushed orders' leads are not processed",
+    );
     for (seller, host) in [("iso-a", HOST), ("iso-b", OTHER_HOST)] {
         let callback = until_callback(&app, seller, host, true).await;
-        assert_eq!(app.http.get(&callback).send().await.unwrap().status(), 200);
+        assert_eq!(app.browse(&callback).await.status(), 200);
     }
     let a = connection(&app, "iso-a").await.unwrap();
     let b = connection(&app, "iso-b").await.unwrap();
     assert_ne!(a.account_id, b.account_id);
     for (seller, own) in [("iso-a", &a), ("iso-b", &b)] {
-        let v: Value = app
-            .api_get(&format!("/api/v1/connections/{seller}"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let v = app.api_json(&format!("/api/v1/connections/{seller}")).await;
         assert_eq!(v["data"]["seller_id"], seller);
         assert_eq!(v["data"]["account_id"], own.account_id);
         assert_eq!(v["data"]["host"], own.host);
-        let p: Value = app
-            .api_get(&format!("/api/v1/connections/{seller}/pipeline"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let p = app
+            .api_json(&format!("/api/v1/connections/{seller}/pipeline"))
+            .await;
         assert_eq!(p["data"]["pipeline_id"], own.pipeline_id.unwrap());
     }
     // B's pipeline cannot be mapped onto A: it is another account's.
     let resp = app
-        .http
-        .put(app.url("/api/v1/connections/iso-a/pipeline"))
-        .bearer_auth(&app.api_key)
-        .json(&json!({"pipeline_id": b.pipeline_id.unwrap()}))
-        .send()
-        .await
-        .unwrap();
+        .api(
+            Method::PUT,
+            "/api/v1/connections/iso-a/pipeline",
+            Some(&json!({"pipeline_id": b.pipeline_id.unwrap()})),
+        )
+        .await;
     assert_eq!(resp.status().as_u16(), 422, "another account's pipeline");
     // A's webhook token with B's account in the body is refused and stores nothing.
     let body = format!(
@@ -660,25 +606,22 @@ async fn a_sellers_connection_and_pipeline_never_show_through_another_sellers_id
         b.pipeline_id.unwrap()
     );
     let resp = app
-        .http
-        .post(app.url(&format!("/webhooks/amocrm/{}", a.webhook_token)))
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+        .post_raw(
+            &format!("/webhooks/amocrm/{}", a.webhook_token),
+            None,
+            "application/x-www-form-urlencoded",
+            body,
+        )
+        .await;
     assert!(
         [403, 404].contains(&resp.status().as_u16()),
         "a mismatched account is refused: {}",
         resp.status()
     );
     // Lists filtered by status never mix in the other seller's row.
-    let list: Value = app
-        .api_get("/api/v1/connections?status=active&per_page=100")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let list = app
+        .api_json("/api/v1/connections?status=active&per_page=100")
+        .await;
     let sellers: Vec<&str> = list["data"]
         .as_array()
         .unwrap()
@@ -690,10 +633,7 @@ async fn a_sellers_connection_and_pipeline_never_show_through_another_sellers_id
     // change through another's.
     for (seller, n) in [("iso-a", "A-1"), ("iso-b", "B-1"), ("iso-b", "B-2")] {
         let resp = app
-            .api_post(
-                "/api/v1/sales/orders",
-                &crate::orders::order_body(seller, n),
-            )
+            .api_post("/api/v1/sales/orders", &order_body(seller, n))
             .await;
         assert_eq!(resp.status().as_u16(), 202, "{seller} {n}");
     }
@@ -701,24 +641,18 @@ async fn a_sellers_connection_and_pipeline_never_show_through_another_sellers_id
         .await
         .unwrap();
     for (seller, count) in [("iso-a", 1), ("iso-b", 2)] {
-        let v: Value = app
-            .api_get(&format!(
+        let v = app
+            .api_json(&format!(
                 "/api/v1/sales/orders?seller_id={seller}&per_page=100"
             ))
-            .await
-            .json()
-            .await
-            .unwrap();
+            .await;
         let items = v["data"].as_array().unwrap();
         assert_eq!(items.len(), count, "{v}");
         assert!(items.iter().all(|o| o["seller_id"] == seller), "{v}");
     }
     // The same order number under another seller is another order, not a duplicate of A's.
     let resp = app
-        .api_post(
-            "/api/v1/sales/orders",
-            &crate::orders::order_body("iso-b", "A-1"),
-        )
+        .api_post("/api/v1/sales/orders", &order_body("iso-b", "A-1"))
         .await;
     assert_eq!(resp.status().as_u16(), 202, "B's own A-1");
     amocrm_connector::workers::push::drain(&app.state, 20)
@@ -733,12 +667,9 @@ async fn a_sellers_connection_and_pipeline_never_show_through_another_sellers_id
     );
     // The event log filtered by one seller holds only that seller's events.
     for seller in ["iso-a", "iso-b"] {
-        let v: Value = app
-            .api_get(&format!("/api/v1/events?seller_id={seller}&limit=100"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let v = app
+            .api_json(&format!("/api/v1/events?seller_id={seller}&limit=100"))
+            .await;
         let items = v["data"].as_array().unwrap();
         assert!(!items.is_empty(), "{seller} has events");
         assert!(
@@ -747,16 +678,10 @@ async fn a_sellers_connection_and_pipeline_never_show_through_another_sellers_id
         );
     }
     // Deleting A leaves B untouched and working.
-    let resp = app
-        .http
-        .delete(app.url("/api/v1/connections/iso-a"))
-        .bearer_auth(&app.api_key)
-        .send()
-        .await
-        .unwrap();
+    let resp = app.api_delete("/api/v1/connections/iso-a").await;
     assert_eq!(resp.status().as_u16(), 204);
     let b_after = connection(&app, "iso-b").await.unwrap();
-    assert_eq!(b_after.status, "active");
+    assert_eq!(b_after.status, ConnectionStatus::Active);
     assert!(b_after.access_token_enc.is_some());
 }
 

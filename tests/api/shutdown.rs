@@ -2,38 +2,25 @@
 //! and the real binary exits cleanly on SIGTERM within the configured time.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use amocrm_connector::app::Application;
 use amocrm_connector::config::Settings;
 use amocrm_connector::storage::schema::{amocrm_webhook_inbox, job_leases};
 use diesel::prelude::*;
 
-use crate::helpers::{base_env, fresh_database};
+use amocrm_connector::storage::AnyConnection;
 
-fn inbox_row(
+use crate::support::{
+    Queue, TestApp, base_env, connect, count_sql, env_vars, fresh_database, inbox_row,
+    spawn_app_with, wait_until,
+};
+
+/// A pending body leased to `owner` for five minutes from now.
+fn leased_body(
     owner: &str,
-) -> impl Fn(
-    &mut amocrm_connector::storage::AnyConnection,
-) -> Result<(), amocrm_connector::storage::StorageError>
-+ use<> {
-    let owner = owner.to_owned();
-    move |c| {
-        let now = amocrm_connector::storage::now();
-        diesel::insert_into(amocrm_webhook_inbox::table)
-            .values((
-                amocrm_webhook_inbox::connection_id.eq(1i64),
-                amocrm_webhook_inbox::seller_id.eq("seller-1"),
-                amocrm_webhook_inbox::body.eq(b"x=1".to_vec()),
-                amocrm_webhook_inbox::state.eq("pending"),
-                amocrm_webhook_inbox::next_attempt_at.eq(now),
-                amocrm_webhook_inbox::lease_owner.eq(Some(owner.as_str())),
-                amocrm_webhook_inbox::lease_until.eq(Some(now + chrono::TimeDelta::minutes(5))),
-                amocrm_webhook_inbox::received_at.eq(now),
-            ))
-            .execute(c)?;
-        Ok(())
-    }
+) -> impl Fn(&mut AnyConnection) -> Result<(), amocrm_connector::storage::StorageError> + use<> {
+    inbox_row(b"x=1", amocrm_connector::storage::now(), Some(owner))
 }
 
 #[tokio::test]
@@ -48,8 +35,8 @@ async fn a_shutdown_closes_the_listener_signals_workers_and_releases_only_this_i
     let state = app.state.clone();
     let trigger = app.shutdown_trigger();
     let db = state.db.clone();
-    db.run(inbox_row("instance-a")).await.unwrap();
-    db.run(inbox_row("instance-b")).await.unwrap();
+    db.run(leased_body("instance-a")).await.unwrap();
+    db.run(leased_body("instance-b")).await.unwrap();
     db.run(|c| {
         diesel::insert_into(job_leases::table)
             .values((
@@ -127,42 +114,28 @@ async fn the_binary_exits_cleanly_on_sigterm_within_the_shutdown_timeout() {
         .spawn()
         .unwrap();
     let http = reqwest::Client::new();
-    let started = Instant::now();
-    loop {
-        if let Ok(r) = http
-            .get(format!("http://127.0.0.1:{port}/health"))
-            .send()
-            .await
-            && r.status() == 200
-        {
-            break;
+    let health = format!("http://127.0.0.1:{port}/health");
+    wait_until(Duration::from_secs(30), "healthy", || {
+        let exited = child.try_wait().unwrap().is_some();
+        let answer = http.get(&health).send();
+        async move {
+            assert!(!exited, "the service exited early");
+            matches!(answer.await, Ok(r) if r.status() == 200)
         }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the service exited early"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "never became healthy"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
+    .expect("never became healthy");
     let signalled = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(signalled.success());
-    let sent = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            sent.elapsed() < Duration::from_secs(10),
-            "still running 10 s after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = wait_until(Duration::from_secs(10), "exited after SIGTERM", || {
+        let exited = child.try_wait().unwrap();
+        async move { exited }
+    })
+    .await
+    .expect("still running 10 s after SIGTERM");
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(status.success(), "exit {status:?}: {stderr}");
@@ -173,39 +146,36 @@ async fn the_binary_exits_cleanly_on_sigterm_within_the_shutdown_timeout() {
 }
 
 /// How many orders of the test are synced, by the database.
-async fn synced_orders(app: &crate::helpers::TestApp) -> i64 {
-    use amocrm_connector::storage::schema::orders;
-    app.db
-        .run(|c| {
-            Ok(orders::table
-                .filter(orders::sync_state.eq("synced"))
-                .count()
-                .get_result::<i64>(c)?)
-        })
-        .await
-        .unwrap()
+async fn synced_orders(app: &TestApp) -> i64 {
+    count_sql(
+        &app.db,
+        "SELECT COUNT(*) AS n FROM orders WHERE sync_state = 'synced'",
+    )
+    .await
 }
 
 #[tokio::test]
 async fn a_shutdown_during_a_push_of_1000_orders_loses_none_and_duplicates_none_after_restart() {
     let host = "sellerone.amocrm.ru";
-    let first = crate::helpers::spawn_app_with(|env| {
-        env.insert("RUN_WORKERS".into(), "true".into());
-        env.insert("SHUTDOWN_TIMEOUT".into(), "1s".into());
-        // Orders cut off mid-push wait this long before anyone looks them up (a late write lands first).
-        env.insert("AMOCRM_REQUEST_TIMEOUT".into(), "3s".into());
-    })
+    // Orders cut off mid-push wait this long before anyone looks them up (a late write lands first).
+    let first = spawn_app_with(env_vars(&[
+        ("RUN_WORKERS", "true"),
+        ("SHUTDOWN_TIMEOUT", "1s"),
+        ("AMOCRM_REQUEST_TIMEOUT", "3s"),
+    ]))
     .await;
-    let resp = crate::connect::connect(&first, "seller-stop", host).await;
+    first.leaves_queued(
+        Queue::Inbox,
+        "amoCRM's webhooks about the last leads may reach the intake as the instance stops",
+    );
+    first.leaves_queued(
+        Queue::Push,
+        "the lead steps after the pushes are not waited for",
+    );
+    let resp = connect(&first, "seller-stop", host).await;
     assert_eq!(resp.status(), 200, "connected");
     // Slow amoCRM answers, so that pushes are in flight (and some cut off) when the shutdown comes.
-    first.sandbox.set_faults(
-        host,
-        amocrm_sandbox::Faults {
-            latency_ms: 700,
-            ..Default::default()
-        },
-    );
+    first.set_faults(host, |f| f.latency_ms = 700);
     let key = first
         .api_key_with_tier(amocrm_connector::services::api_keys::Tier::Enterprise)
         .await;
@@ -235,14 +205,11 @@ async fn a_shutdown_during_a_push_of_1000_orders_loses_none_and_duplicates_none_
         r.unwrap();
     }
     // Part of the way through, stop the instance as SIGTERM would.
-    let started = Instant::now();
-    while first.sandbox.leads(host).len() < 100 {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "pushing never started"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(Duration::from_secs(120), "100 leads pushed", || async {
+        first.sandbox.leads(host).len() >= 100
+    })
+    .await
+    .expect("pushing never started");
     first.stop().await;
     let at_stop = first.sandbox.leads(host).len();
     assert!(
@@ -255,15 +222,18 @@ async fn a_shutdown_during_a_push_of_1000_orders_loses_none_and_duplicates_none_
         .sandbox
         .set_faults(host, amocrm_sandbox::Faults::default());
     let second = first.spawn_peer().await;
-    let started = Instant::now();
-    while synced_orders(&second).await < 1000 {
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "only {} of 1000 orders synced after the restart",
-            synced_orders(&second).await
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_until(Duration::from_secs(180), "1000 orders synced", || async {
+        let synced = synced_orders(&second).await;
+        if synced < 1000 {
+            Err(format!(
+                "only {synced} of 1000 orders synced after the restart"
+            ))
+        } else {
+            Ok(())
+        }
+    })
+    .await
+    .unwrap();
     let leads = first.sandbox.leads(host);
     let names: std::collections::BTreeSet<&str> = leads.iter().map(|l| l.name.as_str()).collect();
     assert_eq!(leads.len(), 1000, "exactly one lead per order");

@@ -9,8 +9,7 @@ use amocrm_connector::storage::turns::{self, Turn};
 use chrono::TimeDelta;
 use futures_util::future::join_all;
 
-use crate::helpers::spawn_app;
-use crate::orders::connect_seller;
+use crate::support::{TestApp, connect_seller, spawn_app, wait_until};
 
 const KEY: &str = "shared.amocrm.ru";
 
@@ -20,56 +19,37 @@ async fn a_turn_is_held_renewed_yielded_to_a_waiter_and_cooled_on_release() {
     let t0 = amocrm_connector::storage::now();
     let at = move |s: i64| t0 + TimeDelta::seconds(s);
     let max_turn = TimeDelta::seconds(10);
-    let take = |owner: &'static str, now, until| {
+    // `owner` asks for the turn of account `key` at `now`, for a lease until `until`.
+    let take_turn = |key: &'static str, owner: &'static str, now, until| {
         let db = app.db.clone();
         async move {
-            db.run(move |c| turns::take(c, KEY, owner, now, until, max_turn))
+            db.run(move |c| turns::take(c, key, owner, now, until, max_turn))
                 .await
                 .unwrap()
         }
     };
+    let take = |owner: &'static str, now, until| take_turn(KEY, owner, now, until);
+    // Someone else holds the turn until `s`; `was_ours` if the asker just gave it up.
+    let busy = |s: i64, was_ours: bool| Turn::Busy {
+        until: at(s),
+        was_ours,
+    };
 
     // First caller takes the free turn; another waits for it until the lease ends.
     assert_eq!(take("a", at(0), at(4)).await, Turn::Taken);
-    assert_eq!(
-        take("b", at(1), at(5)).await,
-        Turn::Busy {
-            until: at(4),
-            was_ours: false
-        }
-    );
+    assert_eq!(take("b", at(1), at(5)).await, busy(4, false));
     // The holder keeps renewing while it has held the turn for less than the longest turn.
     assert_eq!(take("a", at(3), at(7)).await, Turn::Renewed);
     assert_eq!(take("a", at(6), at(10)).await, Turn::Renewed);
     assert_eq!(take("a", at(9), at(13)).await, Turn::Renewed);
     // Held for over 10 s with "b" waiting: "a" may not renew; it is told it gave the turn up.
-    assert_eq!(
-        take("a", at(11), at(15)).await,
-        Turn::Busy {
-            until: at(13),
-            was_ours: true
-        }
-    );
+    assert_eq!(take("a", at(11), at(15)).await, busy(13, true));
     // When the lease has run out, the waiter takes it, and the old holder now waits.
     assert_eq!(take("b", at(14), at(18)).await, Turn::Taken);
-    assert_eq!(
-        take("a", at(15), at(19)).await,
-        Turn::Busy {
-            until: at(18),
-            was_ours: false
-        }
-    );
+    assert_eq!(take("a", at(15), at(19)).await, busy(18, false));
     // Nobody waits for "c"'s account: its holder renews for as long as it likes.
     let key_c = "quiet.amocrm.ru";
-    let db = app.db.clone();
-    let take_c = |now, until| {
-        let db = db.clone();
-        async move {
-            db.run(move |c| turns::take(c, key_c, "c", now, until, max_turn))
-                .await
-                .unwrap()
-        }
-    };
+    let take_c = |now, until| take_turn(key_c, "c", now, until);
     assert_eq!(take_c(at(0), at(4)).await, Turn::Taken);
     assert_eq!(take_c(at(3), at(7)).await, Turn::Renewed);
     assert_eq!(
@@ -85,21 +65,8 @@ async fn a_turn_is_held_renewed_yielded_to_a_waiter_and_cooled_on_release() {
         .await
         .unwrap();
     assert!(shortened);
-    let take_d = |now, until| {
-        let db = db.clone();
-        async move {
-            db.run(move |c| turns::take(c, key_c, "d", now, until, max_turn))
-                .await
-                .unwrap()
-        }
-    };
-    assert_eq!(
-        take_d(at(31), at(35)).await,
-        Turn::Busy {
-            until: at(32),
-            was_ours: false
-        }
-    );
+    let take_d = |now, until| take_turn(key_c, "d", now, until);
+    assert_eq!(take_d(at(31), at(35)).await, busy(32, false));
     assert_eq!(take_c(at(31), at(35)).await, Turn::Renewed);
     assert!(
         app.db
@@ -124,13 +91,7 @@ async fn a_turn_is_held_renewed_yielded_to_a_waiter_and_cooled_on_release() {
         .await
         .unwrap();
     assert_eq!(released, 1);
-    assert_eq!(
-        take("b", at(15), at(19)).await,
-        Turn::Busy {
-            until: at(16),
-            was_ours: false
-        }
-    );
+    assert_eq!(take("b", at(15), at(19)).await, busy(16, false));
     assert_eq!(take("a", at(17), at(21)).await, Turn::Taken);
 }
 
@@ -174,10 +135,7 @@ async fn two_instances_calling_one_account_at_once_share_its_budget_and_get_no_4
 }
 
 /// The account's turn as stored: (owner, lease end).
-async fn turn_row(
-    app: &crate::helpers::TestApp,
-    host: &str,
-) -> (Option<String>, Option<chrono::NaiveDateTime>) {
+async fn turn_row(app: &TestApp, host: &str) -> (Option<String>, Option<chrono::NaiveDateTime>) {
     use amocrm_connector::storage::schema::amocrm_account_turns as t;
     use diesel::prelude::*;
     let host = host.to_owned();
@@ -209,18 +167,12 @@ async fn an_idle_instance_shortens_its_turn_so_another_need_not_wait_out_the_lea
     );
     let until = until.unwrap();
     // Only the keeper's shortening moves a lease's end earlier (renewals move it later); poll for it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let shortened = loop {
+    let (owner, short_until) = wait_until(Duration::from_secs(10), "a shorter lease", || async {
         let (owner, now_until) = turn_row(&app, &seller.host).await;
-        if now_until.is_some_and(|u| u < until) {
-            break Some((owner, now_until.unwrap()));
-        }
-        if std::time::Instant::now() > deadline {
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let (owner, short_until) = shortened.expect("the idle turn was shortened");
+        now_until.filter(|u| *u < until).map(|u| (owner, u))
+    })
+    .await
+    .expect("the idle turn was shortened");
     assert_eq!(
         owner.as_deref(),
         Some(app.state.settings.instance_id.as_str()),

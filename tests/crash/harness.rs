@@ -1,12 +1,13 @@
 //! The real `amocrm-connector serve` binary as child processes behind a small TCP balancer, against an
 //! in-process amoCRM sandbox, one database and a local event receiver; killed with SIGKILL and restarted.
 
+use amocrm_connector::domain::status::ConnectionStatus;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use amocrm_connector::config::DatabaseUrl;
 use amocrm_connector::services::api_keys::{self, Tier};
@@ -16,30 +17,12 @@ use amocrm_sandbox::{Integration, Sandbox, SandboxConfig, SandboxHandle};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestDatabase, fresh_database};
+use crate::support::{Behaviour, Receiver, TestDatabase, fresh_database, open_page, wait_until};
 
 pub const CLIENT_ID: &str = "crash-client-id";
 pub const CLIENT_SECRET: &str = "crash-client-secret-5b1d8e";
 pub const REFRESH_SECRET: &str = "crash-refresh-secret-0c7e2a";
 pub const RECEIVER_SECRET: &str = "crash-receiver-secret-91f3";
-
-/// Waits for `cond` (checked every 50 ms) for at most `limit`; returns whether it held.
-pub async fn wait_for<F, Fut>(limit: Duration, mut cond: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let until = Instant::now() + limit;
-    loop {
-        if cond().await {
-            return true;
-        }
-        if Instant::now() > until {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 // ---------------------------------------------------------------------------------------------------
 
@@ -88,115 +71,37 @@ impl Balancer {
 
 // ---------------------------------------------------------------------------------------------------
 
-/// One received event delivery.
-#[derive(Debug, Clone)]
-pub struct Received {
-    pub id: String,
-    pub event: String,
-    pub body: Value,
-    pub signature_ok: bool,
-}
-
-/// The marketplace's event receiver: answers 200 and remembers every delivery (receivers dedupe by id).
-pub struct Receiver {
-    pub url: String,
-    pub got: Arc<Mutex<Vec<Received>>>,
-}
-
-impl Receiver {
-    pub async fn start() -> Self {
-        use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
-        let got: Arc<Mutex<Vec<Received>>> = Arc::default();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let g = got.clone();
-        let server = HttpServer::new(move || {
-            let g = g.clone();
-            App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
-                let g = g.clone();
-                async move {
-                    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                    let header = |n: &str| {
-                        req.headers()
-                            .get(n)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or_default()
-                            .to_owned()
-                    };
-                    let signature_ok = header("x-signature") == format!("sha256={}", sign(&body));
-                    g.lock().unwrap().push(Received {
-                        id: header("x-webhook-id"),
-                        event: parsed["event"].as_str().unwrap_or_default().to_owned(),
-                        body: parsed,
-                        signature_ok,
-                    });
-                    HttpResponse::Ok().finish()
-                }
-            }))
-        })
-        .workers(2)
-        .disable_signals()
-        .listen(listener)
-        .unwrap()
-        .run();
-        tokio::spawn(server);
-        Self {
-            url: format!("http://127.0.0.1:{port}/events"),
-            got,
-        }
-    }
-
-    pub fn received(&self) -> Vec<Received> {
-        self.got.lock().unwrap().clone()
-    }
-}
-
-fn sign(body: &[u8]) -> String {
-    use hmac::{KeyInit, Mac};
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(RECEIVER_SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-// ---------------------------------------------------------------------------------------------------
-
 /// One running `amocrm-connector serve`.
 pub struct Service {
     pub name: String,
     pub port: u16,
     pub log: PathBuf,
-    child: Child,
+    child: Mutex<Child>,
 }
 
+/// How long a starting service may take to listen, and then to be healthy.
+const START: Duration = Duration::from_secs(60);
+
 impl Service {
-    /// Fails the test with the log tail when the service exited, or is not yet `what` 60 s after `started`.
-    fn still_starting(&mut self, what: &str, started: Instant) {
-        if let Ok(Some(status)) = self.child.try_wait() {
+    /// Fails the test with the log tail when the service exited before it was `what`.
+    fn still_starting(&self, what: &str) {
+        if let Ok(Some(status)) = self.child.lock().unwrap().try_wait() {
             panic!(
                 "{} exited with {status} before it was {what}:\n{}",
                 self.name,
                 tail(&self.log)
             );
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{} not {what} within 60 s:\n{}",
-            self.name,
-            tail(&self.log)
-        );
     }
 
     /// SIGKILL: no shutdown hook runs, leases stay taken, in-flight requests are cut.
     pub fn kill(&mut self) {
-        if self.child.try_wait().ok().flatten().is_some() {
+        let child = self.child.get_mut().unwrap();
+        if child.try_wait().ok().flatten().is_some() {
             return;
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = child.kill();
+        let _ = child.wait();
         // Marks the moment in the log, so anything this process had begun ends here.
         if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&self.log) {
             use std::io::Write;
@@ -257,7 +162,7 @@ impl World {
             .unwrap();
         let key_entry = Keyring::generate_entry("crash1");
         let keys = Keyring::parse(&key_entry).unwrap();
-        let receiver = Receiver::start().await;
+        let receiver = Receiver::start(RECEIVER_SECRET, Behaviour::Ok).await;
         Self {
             sandbox: Arc::new(sandbox),
             database,
@@ -337,30 +242,25 @@ impl World {
             name: name.to_owned(),
             port,
             log,
-            child,
+            child: Mutex::new(child),
         };
-        let started = Instant::now();
-        svc.port = loop {
-            if let Some(port) = serving_port(&svc.log) {
-                break port;
-            }
-            svc.still_starting("listening", started);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        svc.port = wait_until(START, &format!("{name} listening"), || async {
+            svc.still_starting("listening");
+            serving_port(&svc.log)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}:\n{}", tail(&svc.log)));
         let health = svc.url("/health");
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
             .build()
             .unwrap();
-        loop {
-            if let Ok(r) = http.get(&health).send().await
-                && r.status().as_u16() == 200
-            {
-                break;
-            }
-            svc.still_starting("healthy", started);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until(START, &format!("{name} healthy"), || async {
+            svc.still_starting("healthy");
+            matches!(http.get(&health).send().await, Ok(r) if r.status().as_u16() == 200)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}:\n{}", tail(&svc.log)));
         svc
     }
 
@@ -432,16 +332,8 @@ impl World {
             )
             .await;
         assert_eq!(status, 201, "{session}");
-        let page = self
-            .http
-            .get(session["data"]["connect_url"].as_str().unwrap())
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let popup = attr(&page, "data-popup").expect("the consent link");
+        let (popup, _) =
+            open_page(&self.http, session["data"]["connect_url"].as_str().unwrap()).await;
         let callback = self.sandbox.approve(&popup, host).unwrap();
         let resp = self.http.get(&callback).send().await.unwrap();
         assert_eq!(resp.status().as_u16(), 200, "{seller} connects");
@@ -499,46 +391,37 @@ impl World {
             .iter()
             .find(|c| c.seller_id == seller)
             .unwrap_or_else(|| panic!("{seller} has a connection"));
-        assert_eq!(c.status, "active", "{seller}: {:?}", c.last_error);
+        assert_eq!(
+            c.status,
+            ConnectionStatus::Active,
+            "{seller}: {:?}",
+            c.last_error
+        );
         let token = c.access_token(&self.keys).unwrap().expect("a stored token");
         // The service shares the account's 7 rps with this call: a 429 is waited out, never a 401.
         let url = format!("{}/api/v4/account", self.sandbox.account_url(&c.host));
-        let status = std::sync::atomic::AtomicU16::new(0);
-        let ok = wait_for(Duration::from_secs(20), || async {
-            let s = reqwest::Client::new()
-                .get(&url)
-                .bearer_auth(token.expose_secret())
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-                .unwrap_or(0);
-            status.store(s, Ordering::Relaxed);
-            s != 429
-        })
+        let status = wait_until(
+            Duration::from_secs(20),
+            "an answer other than 429",
+            || async {
+                let s = reqwest::Client::new()
+                    .get(&url)
+                    .bearer_auth(token.expose_secret())
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0);
+                (s != 429).then_some(s)
+            },
+        )
         .await;
-        let status = status.load(Ordering::Relaxed);
         assert!(
-            ok && status == 200,
-            "{seller}: the stored access token works ({status})"
+            matches!(status, Ok(200)),
+            "{seller}: the stored access token works ({status:?})"
         );
     }
 }
 
-/// The value of the first `name="…"` attribute in `html`, unescaped.
-pub fn attr(html: &str, name: &str) -> Option<String> {
-    let key = format!("{name}=\"");
-    let start = html.find(&key)? + key.len();
-    let end = html[start..].find('"')? + start;
-    Some(
-        html[start..end]
-            .replace("&#38;", "&")
-            .replace("&amp;", "&")
-            .replace("&#61;", "=")
-            .replace("&#x3D;", "="),
-    )
-}
-
-/// The last lines of a log file, for failure messages.
 /// The port a service logged it is serving on (its JSON line `"message":"serving","port":…`).
 fn serving_port(log: &std::path::Path) -> Option<u16> {
     let text = std::fs::read_to_string(log).ok()?;
@@ -565,6 +448,7 @@ pub fn all_tails(world: &World) -> String {
     out
 }
 
+/// The last lines of a log file, for failure messages.
 pub fn tail(path: &std::path::Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();

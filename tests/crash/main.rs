@@ -1,22 +1,30 @@
 //! Crash tests: the real `amocrm-connector serve` binary is killed with SIGKILL at random moments while it
 //! refreshes tokens, pushes orders and processes webhooks, then restarted; in the end nothing is lost or
 //! doubled. `CRASH_SEED=<n>` replays a run; `CRASH_ROUNDS=<n>` makes it longer.
-#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    dead_code,
+    reason = "tests fail loudly on unexpected errors"
+)]
+
+#[path = "../support/mod.rs"]
+mod support;
 
 mod harness;
-#[path = "../api/helpers.rs"]
-mod helpers;
 
+use amocrm_connector::domain::status::ConnectionStatus;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::task::JoinHandle;
 
-use harness::{REFRESH_SECRET, Service, World, wait_for};
+use harness::{REFRESH_SECRET, Service, World};
+use support::{count_sql, wait_until};
 
 /// The seed of this run (printed so a failure can be replayed).
 fn rng() -> StdRng {
@@ -83,16 +91,12 @@ struct Expected {
     unconfirmed: Vec<Value>,
 }
 
+/// The marketplace's order of the load: the suites' order without company and tags.
 fn order_body(seller: &str, number: &str) -> Value {
-    json!({
-        "seller_id": seller,
-        "order_number": number,
-        "total_amount": 150000,
-        "currency": "UZS",
-        "items": [{"product_id": "sku-1", "name": "Choynak", "quantity": 2, "price": 75000}],
-        "customer": {"name": "Ali Valiyev", "phone": "+998901234567", "email": "ali@example.com"},
-        "url": format!("https://market.example/orders/{number}"),
-    })
+    let mut body = support::order_body(seller, number);
+    body["customer"].as_object_mut().unwrap().remove("company");
+    body.as_object_mut().unwrap().remove("tags");
+    body
 }
 
 /// Posts an order through the balancer; false when the answer was lost (the service died meanwhile).
@@ -299,11 +303,11 @@ impl AmoRetries {
 /// Payments the receiver got: lead id → distinct event ids.
 fn payments(world: &World) -> HashMap<u64, HashSet<String>> {
     let mut out: HashMap<u64, HashSet<String>> = HashMap::new();
-    for r in world.receiver.received() {
-        if r.event == "payment.completed" {
+    for r in world.receiver.hits() {
+        if r.event() == "payment.completed" {
             assert!(r.signature_ok, "a signed delivery");
-            let lead = r.body["data"]["lead_id"].as_u64().unwrap();
-            out.entry(lead).or_default().insert(r.id);
+            let lead = r.json()["data"]["lead_id"].as_u64().unwrap();
+            out.entry(lead).or_default().insert(r.id());
         }
     }
     out
@@ -311,36 +315,20 @@ fn payments(world: &World) -> HashMap<u64, HashSet<String>> {
 
 /// Orders not yet synced (queued, held or failed).
 async fn unsynced_orders(world: &World) -> i64 {
-    use amocrm_connector::storage::schema::orders as o;
-    use diesel::prelude::*;
-    world
-        .db
-        .run(|c| {
-            o::table
-                .filter(o::sync_state.ne("synced"))
-                .count()
-                .get_result(c)
-                .map_err(Into::into)
-        })
-        .await
-        .unwrap()
+    count_sql(
+        &world.db,
+        "SELECT COUNT(*) AS n FROM orders WHERE sync_state <> 'synced'",
+    )
+    .await
 }
 
 /// Event deliveries not yet delivered (pending, retrying or failed).
 async fn undelivered_events(world: &World) -> i64 {
-    use amocrm_connector::storage::schema::event_deliveries as d;
-    use diesel::prelude::*;
-    world
-        .db
-        .run(|c| {
-            d::table
-                .filter(d::state.ne("delivered"))
-                .count()
-                .get_result(c)
-                .map_err(Into::into)
-        })
-        .await
-        .unwrap()
+    count_sql(
+        &world.db,
+        "SELECT COUNT(*) AS n FROM event_deliveries WHERE state <> 'delivered'",
+    )
+    .await
 }
 
 /// amoCRM webhook bodies not yet processed, with their attempts and last error (pending or failed).
@@ -419,14 +407,19 @@ async fn crash_run(instances: usize, sellers: usize, rounds: usize) {
             })
         })
         .collect();
-    let fresh = wait_for(Duration::from_secs(60), || async {
-        let now = amocrm_connector::storage::now();
-        world.connections().await.iter().all(|c| {
-            c.token_expires_at
-                .is_some_and(|t| t > now + chrono::Duration::hours(2))
-        })
-    })
-    .await;
+    let fresh = wait_until(
+        Duration::from_secs(60),
+        "every due connection refreshed",
+        || async {
+            let now = amocrm_connector::storage::now();
+            world.connections().await.iter().all(|c| {
+                c.token_expires_at
+                    .is_some_and(|t| t > now + chrono::Duration::hours(2))
+            })
+        },
+    )
+    .await
+    .is_ok();
     // A little longer, to catch a late second refresh.
     tokio::time::sleep(Duration::from_millis(500)).await;
     for h in hammer {
@@ -477,13 +470,13 @@ async fn crash_run(instances: usize, sellers: usize, rounds: usize) {
     // Settle: amoCRM keeps retrying what failed; the services finish what the crashes interrupted.
     world.make_tokens_due().await;
     // The load is stopped: what it did is final once every order has been confirmed.
-    let confirmed = wait_for(Duration::from_secs(60), || async {
+    wait_until(Duration::from_secs(60), "every order accepted", || async {
         repost_unconfirmed(&world, &expected).await == 0
     })
-    .await;
-    assert!(confirmed, "every order was finally accepted");
+    .await
+    .expect("every order was finally accepted");
     let exp = std::mem::take(&mut *expected.lock().unwrap());
-    let settled = wait_for(Duration::from_secs(240), || async {
+    let settled = wait_until(Duration::from_secs(240), "everything settled", || async {
         if retries.resend(&world).await > 0 {
             return false;
         }
@@ -496,13 +489,14 @@ async fn crash_run(instances: usize, sellers: usize, rounds: usize) {
         let got = payments(&world);
         let now = amocrm_connector::storage::now();
         let fresh = world.connections().await.iter().all(|c| {
-            c.status == "active"
+            c.status == ConnectionStatus::Active
                 && c.token_expires_at
                     .is_some_and(|t| t > now + chrono::Duration::hours(2))
         });
         fresh && exp.paid.iter().all(|l| got.contains_key(l))
     })
-    .await;
+    .await
+    .is_ok();
     println!("settled at {:?}", t0.elapsed());
     if !settled {
         println!("{}", harness::summary(&world).await);
@@ -578,9 +572,10 @@ async fn crash_run(instances: usize, sellers: usize, rounds: usize) {
         );
     }
     // Payments for order leads name their order.
-    for r in world.receiver.received() {
-        if r.event == "payment.completed"
-            && let Some(n) = r.body["data"]["order_number"].as_str()
+    for r in world.receiver.hits() {
+        let body = r.json();
+        if r.event() == "payment.completed"
+            && let Some(n) = body["data"]["order_number"].as_str()
         {
             assert!(exp.orders.contains_key(n), "payment names order {n}");
         }
@@ -588,17 +583,18 @@ async fn crash_run(instances: usize, sellers: usize, rounds: usize) {
     // Other events, by their subject: one `order.synced` per order, one `order.created` per manager
     // lead, each under one id however often it was delivered.
     let mut by_subject: HashMap<(String, String), HashSet<String>> = HashMap::new();
-    for r in world.receiver.received() {
-        let subject = match r.event.as_str() {
-            "order.synced" => r.body["data"]["order_number"].as_str().map(str::to_owned),
-            "order.created" => r.body["data"]["lead_id"].as_u64().map(|l| l.to_string()),
+    for r in world.receiver.hits() {
+        let (event, body) = (r.event(), r.json());
+        let subject = match event.as_str() {
+            "order.synced" => body["data"]["order_number"].as_str().map(str::to_owned),
+            "order.created" => body["data"]["lead_id"].as_u64().map(|l| l.to_string()),
             _ => None,
         };
         if let Some(subject) = subject {
             by_subject
-                .entry((r.event.clone(), subject))
+                .entry((event, subject))
                 .or_default()
-                .insert(r.id.clone());
+                .insert(r.id());
         }
     }
     let twice: Vec<_> = by_subject.iter().filter(|(_, ids)| ids.len() > 1).collect();
@@ -704,7 +700,7 @@ async fn three_instances_on_one_postgresql_database_killed_at_random_lose_and_do
 async fn a_restarted_instance_takes_back_its_own_leases_and_no_one_elses() {
     use amocrm_connector::storage::schema::job_leases as j;
     use diesel::prelude::*;
-    let first = helpers::spawn_app().await;
+    let first = support::spawn_app().await;
     let later = amocrm_connector::storage::now() + chrono::Duration::minutes(5);
     let rows = [
         ("sweep-of-node_1", "node_1:Xy12"),
@@ -714,8 +710,7 @@ async fn a_restarted_instance_takes_back_its_own_leases_and_no_one_elses() {
         ("job-of-other", "other:node_1"),
     ];
     first
-        .db
-        .run(move |c| {
+        .sql(move |c| {
             for (name, owner) in rows {
                 diesel::insert_into(j::table)
                     .values((
@@ -727,27 +722,17 @@ async fn a_restarted_instance_takes_back_its_own_leases_and_no_one_elses() {
             }
             Ok(())
         })
-        .await
-        .unwrap();
+        .await;
     // The same database started again as "node_1" (its previous life was killed); `_` is a LIKE
     // wildcard that must not match "nodeA1".
-    let mut env = first.env.clone();
-    env.insert("INSTANCE_ID".into(), "node_1".into());
-    env.remove("LISTEN_ADDR");
-    env.remove("PUBLIC_BASE_URL");
-    let _again =
-        helpers::spawn_app_with_sandbox(first.database.shared(), env, first.sandbox.clone()).await;
-    let held: Vec<(String, Option<String>)> = first
-        .db
-        .run(|c| {
-            j::table
-                .select((j::name, j::owner))
-                .order(j::name)
-                .load(c)
-                .map_err(Into::into)
+    let _again = first
+        .spawn_peer_with(|env| {
+            env.insert("INSTANCE_ID".into(), "node_1".into());
         })
-        .await
-        .unwrap();
+        .await;
+    let held: Vec<(String, Option<String>)> = first
+        .sql(|c| j::table.select((j::name, j::owner)).order(j::name).load(c))
+        .await;
     let owner = |n: &str| held.iter().find(|(k, _)| k == n).unwrap().1.clone();
     assert_eq!(owner("sweep-of-node_1"), None);
     assert_eq!(owner("job-of-node_1"), None);

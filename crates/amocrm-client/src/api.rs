@@ -1,11 +1,16 @@
 //! API v4 calls for one account: account, pipelines, custom fields, leads (complex create, search, read, move)
-//! and webhook subscriptions. Every request waits for the account's rate-limit slot first.
+//! and webhook subscriptions here; notes, contacts, companies, lists, links, users, tasks and unsorted requests
+//! in its `crm` part. Every request waits for the account's rate-limit slot first.
 
 use reqwest::Method;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+
+mod crm;
+
+pub use crm::MAX_BATCH;
 
 use crate::client::AmoClient;
 use crate::error::{ApiError, classify_status, classify_transport, truncate};
@@ -22,7 +27,7 @@ pub const MAX_PATCH_LEADS: usize = 250;
 /// Largest response body read (amoCRM pages hold at most 250 objects).
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 /// Safety stop for paged reads.
-const MAX_PAGES: u32 = 200;
+pub(crate) const MAX_PAGES: u32 = 200;
 
 /// Calls for one account with one access token; borrow it from [`AmoClient::api`].
 #[derive(Clone, Copy)]
@@ -298,7 +303,7 @@ impl<'a> AccountApi<'a> {
     }
 
     /// Sends one request after taking a rate-limit slot. `Ok(None)` is a 204 or an empty 2xx body.
-    async fn send(
+    pub(crate) async fn send(
         &self,
         method: Method,
         path: &str,
@@ -389,6 +394,6 @@ pub(crate) fn transport_outcome(e: &reqwest::Error) -> crate::observe::CallOutco
     }
 }
 
-fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::Decode(truncate(&e.to_string(), 300)))
 }

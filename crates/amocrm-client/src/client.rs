@@ -153,7 +153,7 @@ fn futures_are_send(client: &AmoClient, host: &AccountHost, token: &SecretString
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
     use super::*;
 
     #[test]

@@ -148,7 +148,7 @@ pub enum ConfigError {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
     use super::*;
 
     fn cfg() -> AmoConfig {

@@ -29,7 +29,7 @@ pub enum ApiError {
     /// failure worth retrying with backoff.
     #[error("amoCRM request outcome unknown: {0}")]
     Ambiguous(String),
-    /// 400/403/422 and other 4xx: amoCRM refused the request; resending it unchanged will fail again.
+    /// 400/422 and other 4xx: amoCRM refused the request; resending it unchanged will fail again.
     #[error("amoCRM refused the request (HTTP {status}): {detail}")]
     Rejected {
         status: u16,
@@ -42,6 +42,11 @@ pub enum ApiError {
     /// 402: the account's paid period is over.
     #[error("amoCRM account needs payment (402)")]
     PaymentRequired,
+    /// 403: the integration or this IP is blocked, the token's user was deactivated, or (on admin-only
+    /// routes such as `GET users`) the user is not an administrator. Kept apart from [`Self::Rejected`]
+    /// because the account, not the request, is what is refused: the caller decides which it means.
+    #[error("amoCRM refused access (403): {detail}")]
+    Forbidden { detail: String },
     /// A success status with a body we could not read. For a create this is as unsafe as [`Self::Ambiguous`].
     #[error("amoCRM response could not be decoded: {0}")]
     Decode(String),
@@ -59,6 +64,26 @@ impl ApiError {
     /// Whether a write may have been applied although no usable answer came back.
     pub fn may_have_written(&self) -> bool {
         matches!(self, Self::Ambiguous(_) | Self::Decode(_))
+    }
+
+    /// 403: the token's user lacks the rights (e.g. `GET users` needs an administrator), or the integration or
+    /// IP is blocked.
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self, Self::Forbidden { .. })
+    }
+
+    /// The HTTP status amoCRM answered, when it answered with an error status.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Unauthorized => Some(401),
+            Self::PaymentRequired => Some(402),
+            Self::Forbidden { .. } => Some(403),
+            Self::NotFound => Some(404),
+            Self::RateLimited { .. } => Some(429),
+            Self::Rejected { status, .. } => Some(*status),
+            Self::Transient { status, .. } => *status,
+            Self::Ambiguous(_) | Self::Decode(_) | Self::Request(_) => None,
+        }
     }
 
     /// Request ids amoCRM named in `validation-errors` (empty for other errors).
@@ -152,6 +177,16 @@ pub(crate) fn classify_status(
     match code {
         401 => ApiError::Unauthorized,
         402 => ApiError::PaymentRequired,
+        403 => {
+            let problem = ProblemBody::parse(body);
+            let detail = problem
+                .detail
+                .or(problem.title)
+                .unwrap_or_else(|| "Forbidden".to_owned());
+            ApiError::Forbidden {
+                detail: truncate(&detail, 500),
+            }
+        }
         404 => ApiError::NotFound,
         429 => {
             let problem = ProblemBody::parse(body);
@@ -235,7 +270,7 @@ pub(crate) fn truncate(s: &str, max: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
     use super::*;
     use reqwest::StatusCode;
     use reqwest::header::HeaderMap;
@@ -307,10 +342,18 @@ mod tests {
         assert!(
             matches!(&e, ApiError::Rejected { status: 422, detail, .. } if detail == "Limit 250 per page")
         );
-        assert!(matches!(
-            classify(403, b""),
-            ApiError::Rejected { status: 403, .. }
-        ));
+        let forbidden = classify(
+            403,
+            br#"{"title":"Forbidden","status":403,"detail":"Account is blocked"}"#,
+        );
+        assert!(
+            matches!(&forbidden, ApiError::Forbidden { detail } if detail == "Account is blocked"),
+            "{forbidden:?}"
+        );
+        assert!(forbidden.is_forbidden());
+        assert_eq!(forbidden.status(), Some(403));
+        assert!(classify(403, b"").is_forbidden());
+        assert!(!classify(400, b"").is_forbidden());
         assert!(!e.is_retryable());
     }
 

@@ -75,6 +75,8 @@ pub enum HostError {
     Reserved(String),
     #[error("allowed domain {0:?} is not a plain domain name")]
     InvalidAllowedDomain(String),
+    #[error("host is not an amoCRM API host (api-*.{{allowed domain}})")]
+    NotAnApiHost,
 }
 
 /// An amoCRM account host such as `sellerone.amocrm.ru`: one DNS label plus one allowed domain, lowercase.
@@ -156,6 +158,54 @@ impl serde::Serialize for AccountHost {
     }
 }
 
+/// An amoCRM API host such as `api-b.amocrm.ru`: the `api_domain` claim of newer access tokens, where the
+/// subdomain of a renamed account is asked for with the refresh token (`amocrm-api.md` §13.3).
+///
+/// It exists only as `api-{label}.{allowed domain}`, so a token naming any other host can never make the
+/// client send a refresh token there. The letter after `api-` is not fixed (amoCRM says the names change).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ApiHost {
+    host: String,
+}
+
+impl ApiHost {
+    /// The prefix every API host's label carries.
+    pub const PREFIX: &'static str = "api-";
+
+    /// Accepts exactly `api-{rest}.{allowed domain}` with `api-{rest}` one DNS label; lowercased.
+    pub fn parse(s: &str, allowed: &AllowedDomains) -> Result<Self, HostError> {
+        let host = AccountHost::parse(s, allowed)?;
+        let label = host.subdomain();
+        if !label.starts_with(Self::PREFIX) || label.len() == Self::PREFIX.len() {
+            return Err(HostError::NotAnApiHost);
+        }
+        Ok(Self {
+            host: host.as_str().to_owned(),
+        })
+    }
+
+    /// The whole host, e.g. `api-b.amocrm.ru`.
+    pub fn as_str(&self) -> &str {
+        &self.host
+    }
+
+    /// Whether this host belongs to one of `allowed` (hosts parsed against another list are re-checked).
+    pub fn allowed_by(&self, allowed: &AllowedDomains) -> bool {
+        Self::parse(&self.host, allowed).is_ok()
+    }
+
+    /// The host as an [`AccountHost`], for building its URL from the account URL template.
+    pub(crate) fn as_account_host(&self, allowed: &AllowedDomains) -> Option<AccountHost> {
+        AccountHost::parse(&self.host, allowed).ok()
+    }
+}
+
+impl fmt::Display for ApiHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.host)
+    }
+}
+
 /// RFC 1123 label, lowercase only: `[a-z0-9-]{1,63}`, not starting or ending with `-`.
 fn is_dns_label(label: &str) -> bool {
     let bytes = label.as_bytes();
@@ -170,7 +220,7 @@ fn is_dns_label(label: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
     use super::*;
 
     fn parse(s: &str) -> Result<AccountHost, HostError> {
@@ -226,6 +276,38 @@ mod tests {
         assert_eq!(parse(&long), Err(HostError::InvalidLabel));
         let max = format!("{}.amocrm.ru", "a".repeat(63));
         assert!(parse(&max).is_ok());
+    }
+
+    #[test]
+    fn api_hosts_are_api_labels_under_the_allowed_domains_only() {
+        let amocrm = AllowedDomains::parse("amocrm.ru").unwrap();
+        let kommo = AllowedDomains::parse("kommo.com,amocrm.com").unwrap();
+        assert_eq!(
+            ApiHost::parse("API-B.amocrm.ru", &amocrm).unwrap().as_str(),
+            "api-b.amocrm.ru"
+        );
+        assert!(ApiHost::parse("api-c.kommo.com", &kommo).is_ok());
+        assert!(ApiHost::parse("api-g.amocrm.com", &kommo).is_ok());
+        for bad in [
+            "api-b.kommo.com",
+            "api-b.evil.example",
+            "api-.amocrm.ru",
+            "api.amocrm.ru",
+            "sellerone.amocrm.ru",
+            "www.amocrm.ru",
+            "api-b.amocrm.ru.evil.example",
+            "x.api-b.amocrm.ru",
+            "api-b.amocrm.ru:443",
+            "",
+        ] {
+            assert!(
+                ApiHost::parse(bad, &amocrm).is_err(),
+                "{bad:?} must be refused"
+            );
+        }
+        let h = ApiHost::parse("api-c.kommo.com", &kommo).unwrap();
+        assert!(h.allowed_by(&kommo));
+        assert!(!h.allowed_by(&amocrm));
     }
 
     #[test]

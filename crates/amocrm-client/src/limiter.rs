@@ -208,7 +208,7 @@ impl RateLimiter {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
     use super::*;
     use crate::host::AllowedDomains;
 

@@ -18,6 +18,21 @@ pub struct Account {
     pub currency: Option<String>,
 }
 
+/// Where an account lives now: the answer of `GET {api_domain}/oauth2/account/current/subdomain`
+/// (`{"id", "subdomain", "domain", "top_level_domain"}`), used to find a renamed account.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct AccountDomain {
+    #[serde(deserialize_with = "de::u64_flex")]
+    pub id: u64,
+    #[serde(default)]
+    pub subdomain: String,
+    /// The account host, e.g. `newname.amocrm.ru`.
+    #[serde(default)]
+    pub domain: String,
+    #[serde(default)]
+    pub top_level_domain: String,
+}
+
 /// A pipeline with its statuses (system statuses 142/143 included, as amoCRM returns them).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Pipeline {
@@ -230,6 +245,21 @@ impl FieldValue {
         }
     }
 
+    /// A single value (no enum) for the field with this code, e.g. a product's `SKU` or `PRICE`.
+    pub fn by_code_value(code: &str, value: Value) -> Self {
+        Self {
+            field_id: None,
+            field_code: Some(code.to_owned()),
+            field_name: None,
+            field_type: None,
+            values: vec![FieldValueItem {
+                value,
+                enum_id: None,
+                enum_code: None,
+            }],
+        }
+    }
+
     /// The values as strings (numbers and booleans rendered, nulls skipped).
     pub fn texts(&self) -> Vec<String> {
         self.values
@@ -266,6 +296,32 @@ pub struct NewContact {
     pub email: Option<String>,
 }
 
+impl NewContact {
+    /// Phone and e-mail as `PHONE`/`EMAIL` values of enum `WORK` (blank ones left out).
+    pub(crate) fn field_values(&self) -> Vec<FieldValue> {
+        let mut fields = Vec::new();
+        if let Some(p) = self.phone.as_deref().filter(|p| !p.trim().is_empty()) {
+            fields.push(FieldValue::by_code("PHONE", p, "WORK"));
+        }
+        if let Some(e) = self.email.as_deref().filter(|e| !e.trim().is_empty()) {
+            fields.push(FieldValue::by_code("EMAIL", e, "WORK"));
+        }
+        fields
+    }
+
+    /// The contact as `leads/complex` and unsorted requests embed it.
+    pub(crate) fn to_api(&self) -> Value {
+        let fields = self.field_values();
+        let mut contact = json!({ "name": self.name });
+        if !fields.is_empty()
+            && let Some(obj) = contact.as_object_mut()
+        {
+            obj.insert("custom_fields_values".into(), json!(fields));
+        }
+        contact
+    }
+}
+
 /// The buyer's company.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewCompany {
@@ -280,20 +336,7 @@ impl ComplexLead {
             embedded.insert("tags".into(), Value::Array(tags));
         }
         if let Some(c) = &self.contact {
-            let mut fields = Vec::new();
-            if let Some(p) = c.phone.as_deref().filter(|p| !p.trim().is_empty()) {
-                fields.push(FieldValue::by_code("PHONE", p, "WORK"));
-            }
-            if let Some(e) = c.email.as_deref().filter(|e| !e.trim().is_empty()) {
-                fields.push(FieldValue::by_code("EMAIL", e, "WORK"));
-            }
-            let mut contact = json!({ "name": c.name });
-            if !fields.is_empty()
-                && let Some(obj) = contact.as_object_mut()
-            {
-                obj.insert("custom_fields_values".into(), json!(fields));
-            }
-            embedded.insert("contacts".into(), json!([contact]));
+            embedded.insert("contacts".into(), json!([c.to_api()]));
         }
         if let Some(c) = &self.company {
             embedded.insert("companies".into(), json!([{ "name": c.name }]));
@@ -563,7 +606,7 @@ pub(crate) mod de {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
     use super::*;
 
     fn sample(name: &str) -> Vec<u8> {

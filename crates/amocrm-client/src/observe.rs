@@ -30,18 +30,24 @@ pub struct CallRecord<'a> {
 /// The hook: called once per request, after its answer (or failure).
 pub type Observer = Arc<dyn Fn(&CallRecord<'_>) + Send + Sync>;
 
-/// `METHOD /path` with every all-digit path segment replaced by `{id}` (query strings are not part of it).
+/// `METHOD /path` with every all-digit path segment replaced by `{id}` and every unsorted uid (a segment after
+/// `unsorted/` other than `forms`) by `{uid}` (query strings are not part of it).
 pub fn endpoint(method: &str, path: &str) -> String {
     let path = path.split('?').next().unwrap_or_default();
+    let mut previous = "";
     let normalized: Vec<&str> = path
         .trim_start_matches('/')
         .split('/')
         .map(|seg| {
-            if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+            let out = if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
                 "{id}"
+            } else if previous == "unsorted" && !seg.is_empty() && seg != "forms" {
+                "{uid}"
             } else {
                 seg
-            }
+            };
+            previous = seg;
+            out
         })
         .collect();
     format!("{method} /{}", normalized.join("/"))
@@ -68,6 +74,17 @@ mod tests {
         assert_eq!(
             endpoint("POST", "oauth2/access_token"),
             "POST /oauth2/access_token"
+        );
+        assert_eq!(
+            endpoint(
+                "POST",
+                "api/v4/leads/unsorted/a1fee7c0fc436088e64ba2e8822ba2b3/accept"
+            ),
+            "POST /api/v4/leads/unsorted/{uid}/accept"
+        );
+        assert_eq!(
+            endpoint("POST", "api/v4/leads/unsorted/forms"),
+            "POST /api/v4/leads/unsorted/forms"
         );
     }
 }

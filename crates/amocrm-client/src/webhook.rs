@@ -104,6 +104,11 @@ pub struct OtherEntityEvent {
     pub entity: String,
     pub action: String,
     pub id: Option<u64>,
+    /// A contact's `PHONE` values (v2 `custom_fields` with `code`), as typed in amoCRM.
+    pub phones: Vec<String>,
+    /// A contact's `EMAIL` values.
+    pub emails: Vec<String>,
+    pub responsible_user_id: Option<u64>,
 }
 
 /// Why a body is not an amoCRM webhook.
@@ -241,14 +246,59 @@ fn read_others(
                     _ => "contact".to_owned(),
                 },
             };
+            let coded = item
+                .get("custom_fields")
+                .map(coded_fields)
+                .unwrap_or_default();
+            let values_of = |code: &str| -> Vec<String> {
+                coded
+                    .iter()
+                    .filter(|(c, _)| c.eq_ignore_ascii_case(code))
+                    .flat_map(|(_, v)| v.clone())
+                    .collect()
+            };
             out.other.push(OtherEntityEvent {
                 entity,
                 action: action.clone(),
                 id: lenient_u64(item.get("id")),
+                phones: values_of("PHONE"),
+                emails: values_of("EMAIL"),
+                responsible_user_id: lenient_u64(item.get("responsible_user_id")),
             });
         }
     }
     Ok(())
+}
+
+/// `custom_fields` by their `code` (contacts' `PHONE`, `EMAIL`): `(code, values)`.
+fn coded_fields(value: &Tree) -> Vec<(String, Vec<String>)> {
+    items(value)
+        .into_iter()
+        .filter_map(Tree::as_node)
+        .filter_map(|field| {
+            let code = field.get("code").and_then(text)?;
+            Some((
+                code,
+                field.get("values").map(field_values).unwrap_or_default(),
+            ))
+        })
+        .collect()
+}
+
+fn field_values(v: &Tree) -> Vec<String> {
+    match v {
+        // `values[value]=…&values[enum]=…` (one value written as a map)
+        Tree::Node(m) if m.contains_key("value") => {
+            m.get("value").and_then(text).into_iter().collect()
+        }
+        v => items(v)
+            .into_iter()
+            .filter_map(|v| match v {
+                Tree::Node(m) => m.get("value").and_then(text),
+                leaf => text(leaf),
+            })
+            .collect(),
+    }
 }
 
 fn custom_fields(value: &Tree) -> Vec<(u64, Vec<String>)> {
@@ -257,21 +307,10 @@ fn custom_fields(value: &Tree) -> Vec<(u64, Vec<String>)> {
         .filter_map(Tree::as_node)
         .filter_map(|field| {
             let id = lenient_u64(field.get("id"))?;
-            let values = match field.get("values") {
-                // `values[value]=…&values[enum]=…` (one value written as a map)
-                Some(Tree::Node(m)) if m.contains_key("value") => {
-                    m.get("value").and_then(text).into_iter().collect()
-                }
-                Some(v) => items(v)
-                    .into_iter()
-                    .filter_map(|v| match v {
-                        Tree::Node(m) => m.get("value").and_then(text),
-                        leaf => text(leaf),
-                    })
-                    .collect(),
-                None => Vec::new(),
-            };
-            Some((id, values))
+            Some((
+                id,
+                field.get("values").map(field_values).unwrap_or_default(),
+            ))
         })
         .collect()
 }
@@ -439,7 +478,7 @@ impl<'de> Deserialize<'de> for Leaf {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
     use super::*;
 
     #[test]

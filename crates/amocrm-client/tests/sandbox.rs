@@ -1,6 +1,6 @@
 //! The client against the amoCRM sandbox on 127.0.0.1:0: OAuth (consent, exchange, refresh, revocation), every
 //! API call the service uses, error classes under injected faults, and the per-account rate limiter.
-#![allow(clippy::unwrap_used)]
+#![expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 
 use std::time::{Duration, Instant};
 
@@ -64,8 +64,7 @@ fn order_lead(n: u32, pipeline_id: u64, status_id: u64, field: u64) -> ComplexLe
         request_id: format!("ord_{n}"),
         custom_fields_values: vec![FieldValue::text(field, format!("ORD-{n}"))],
         tags: vec!["marketplace".into()],
-        // Phone and email are left out: the sandbox seeds PHONE/EMAIL without their WORK/… enums and refuses
-        // any enum_code (see `contact_phone_and_email_are_stored_as_work_multitext`).
+        // Phone and email are left out here; `contact_phone_and_email_are_stored_as_work_multitext` covers them.
         contact: Some(NewContact {
             name: format!("Buyer {n}"),
             phone: None,
@@ -617,4 +616,765 @@ async fn contact_phone_and_email_are_stored_as_work_multitext() {
         codes,
         vec![("PHONE", Some("WORK")), ("EMAIL", Some("WORK"))]
     );
+}
+
+/// Notes, contacts, products and links, users, tasks and unsorted requests against the sandbox.
+mod crm {
+    use amocrm_client::{
+        ApiError, ComplexLead, ComplexLeadItem, ContactCreate, ContactUpdate, EmbeddedContact,
+        FieldValue, FormMetadata, NewCatalogElement, NewContact, NewLink, NewNote, NewPipeline,
+        NewStatus, NewTask, NewUnsortedForm, UnsortedLead, unconfirmed_links,
+    };
+    use amocrm_sandbox::{ContactSeed, Faults, NewUser, SandboxConfig};
+
+    use super::*;
+
+    /// A sandbox and a client without the rate limit (these tests make many calls), plus an admin token.
+    async fn fast() -> (Env, SecretString) {
+        let sandbox = Sandbox::start(SandboxConfig {
+            integrations: vec![Integration::new(CLIENT_ID, SECRET, REDIRECT)],
+            rate_limit_rps: 0,
+            ..SandboxConfig::default()
+        })
+        .await
+        .unwrap();
+        let mut cfg = config(&sandbox);
+        cfg.rate_limit_rps = 1000;
+        let client = AmoClient::new(cfg).unwrap();
+        let env = Env { sandbox, client };
+        let t = token(&env, ONE);
+        (env, t)
+    }
+
+    fn plain_lead(name: &str) -> ComplexLead {
+        ComplexLead {
+            name: name.into(),
+            price: 150_000,
+            pipeline_id: 0,
+            status_id: 0,
+            request_id: name.into(),
+            custom_fields_values: vec![],
+            tags: vec![],
+            contact: None,
+            company: None,
+        }
+    }
+
+    /// The main pipeline's first ordinary stage.
+    async fn first_stage(api: &amocrm_client::AccountApi<'_>) -> (u64, u64) {
+        let p = api
+            .pipelines()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|p| p.is_main)
+            .unwrap();
+        let mut stages: Vec<_> = p
+            .statuses
+            .iter()
+            .filter(|s| s.type_ == 0 && s.id != Status::WON && s.id != Status::LOST)
+            .collect();
+        stages.sort_by_key(|s| s.sort);
+        (p.id, stages[0].id)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn notes_are_written_in_batches_and_read_back_by_lead_ids() {
+        let (env, t) = fast().await;
+        let h = host(ONE);
+        let api = env.client.api(&h, &t);
+        let a = env.sandbox.create_lead(ONE, "A", 1, None).unwrap();
+        let b = env.sandbox.create_lead(ONE, "B", 1, None).unwrap();
+        let created = api
+            .create_lead_notes(&[
+                NewNote::common(a, "Order #1: 2 × Tea").with_request_id("ord-1"),
+                NewNote::extended_service_message(b, "Marketplace", "Paid by card"),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(created.len(), 2);
+        assert_eq!(
+            (created[0].entity_id, created[0].request_id.as_deref()),
+            (Some(a), Some("ord-1"))
+        );
+        api.create_notes_for_lead(a, &[NewNote::common(0, "second")])
+            .await
+            .unwrap();
+
+        let common = api
+            .lead_notes(&[a, b], Some(amocrm_client::NOTE_COMMON))
+            .await
+            .unwrap();
+        assert_eq!(
+            common.iter().map(Note::text).collect::<Vec<_>>(),
+            vec!["Order #1: 2 × Tea", "second"]
+        );
+        assert_eq!(api.lead_notes(&[a, b], None).await.unwrap().len(), 3);
+        assert_eq!(
+            api.notes_of_lead(b, None).await.unwrap()[0]
+                .params
+                .service
+                .as_deref(),
+            Some("Marketplace")
+        );
+        assert!(
+            api.notes_of_lead(b, Some("common"))
+                .await
+                .unwrap()
+                .is_empty(),
+            "204 is empty"
+        );
+        assert!(api.lead_notes(&[], None).await.unwrap().is_empty());
+
+        let too_many: Vec<NewNote> = (0..251)
+            .map(|i| NewNote::common(a, format!("n{i}")))
+            .collect();
+        let before = env.sandbox.request_log().len();
+        assert!(matches!(
+            api.create_lead_notes(&too_many).await,
+            Err(ApiError::Request(_))
+        ));
+        assert_eq!(env.sandbox.request_log().len(), before, "refused locally");
+        api.create_lead_notes(&too_many[..250]).await.unwrap();
+        let err = api
+            .create_lead_notes(&[NewNote::common(987_654, "ghost").with_request_id("ghost")])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ApiError::Rejected { status: 400, .. }),
+            "{err:?}"
+        );
+        assert_eq!(err.rejected_request_ids(), vec!["ghost"]);
+        assert_eq!(env.sandbox.notes(ONE).len(), 253);
+    }
+
+    use amocrm_client::Note;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_buyer_is_found_by_phone_digits_and_a_patch_keeps_the_values_it_resends() {
+        let (env, t) = fast().await;
+        let h = host(ONE);
+        let api = env.client.api(&h, &t);
+        let ali = env
+            .sandbox
+            .add_contact(
+                ONE,
+                ContactSeed {
+                    name: "Ali Valiyev".into(),
+                    phones: vec!["+998 (90) 123-45-67".into()],
+                    emails: vec!["ali@example.uz".into()],
+                    ..ContactSeed::default()
+                },
+            )
+            .unwrap();
+        let hits = api.search_contacts("901234567", 50).await.unwrap();
+        assert_eq!(hits.iter().map(|c| c.id).collect::<Vec<_>>(), vec![ali]);
+        let digits = |p: &str| p.chars().filter(char::is_ascii_digit).collect::<String>();
+        assert_eq!(
+            digits(&hits[0].phones()[0]),
+            "998901234567",
+            "the caller compares the number itself"
+        );
+        assert!(
+            api.search_contacts("no-such-buyer", 50)
+                .await
+                .unwrap()
+                .is_empty(),
+            "204 is empty"
+        );
+        assert!(
+            matches!(
+                api.search_contacts("ali", 251).await,
+                Ok(ref found) if found.len() == 1
+            ),
+            "the limit is clamped to 250"
+        );
+
+        // The PATCH rule: a field sent replaces its whole list.
+        let found = api.get_contact(ali).await.unwrap().unwrap();
+        let add = ContactUpdate::adding(&found, "PHONE", "+998935554433", "MOB").unwrap();
+        let updated = api.update_contacts(&[add]).await.unwrap();
+        assert_eq!(updated[0].id, ali);
+        let after = api.get_contact(ali).await.unwrap().unwrap();
+        assert_eq!(
+            after.phones(),
+            vec!["+998 (90) 123-45-67".to_owned(), "+998935554433".to_owned()]
+        );
+        assert!(ContactUpdate::adding(&after, "PHONE", "+998935554433", "MOB").is_none());
+        let naive = ContactUpdate {
+            id: ali,
+            custom_fields_values: vec![FieldValue::by_code("PHONE", "+998977777777", "WORK")],
+            ..ContactUpdate::default()
+        };
+        api.update_contacts(&[naive]).await.unwrap();
+        let replaced = api.get_contact(ali).await.unwrap().unwrap();
+        assert_eq!(
+            replaced.phones(),
+            vec!["+998977777777".to_owned()],
+            "the old phones are gone"
+        );
+        assert_eq!(
+            replaced.emails(),
+            vec!["ali@example.uz".to_owned()],
+            "fields not sent stay"
+        );
+        let err = api
+            .update_contacts(&[ContactUpdate {
+                id: 1,
+                name: Some("x".into()),
+                ..ContactUpdate::default()
+            }])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ApiError::Rejected { status: 400, .. }));
+        assert!(api.get_contact(1).await.unwrap().is_none());
+
+        let created = api
+            .create_contacts(&[ContactCreate {
+                request_id: Some("c1".into()),
+                ..ContactCreate::from(&NewContact {
+                    name: "Vali".into(),
+                    phone: Some("+998911112233".into()),
+                    email: None,
+                })
+            }])
+            .await
+            .unwrap();
+        assert_eq!(created[0].request_id.as_deref(), Some("c1"));
+        for i in 0..3 {
+            env.sandbox
+                .add_contact(
+                    ONE,
+                    ContactSeed {
+                        name: format!("Buyer {i}"),
+                        ..ContactSeed::default()
+                    },
+                )
+                .unwrap();
+        }
+        let first = api.contacts_page(1, 2).await.unwrap();
+        assert!(first.has_next && first.contacts.len() == 2);
+        let last = api.contacts_page(3, 2).await.unwrap();
+        assert!(!last.has_next && last.contacts.len() == 1);
+        assert!(api.contacts_page(4, 2).await.unwrap().contacts.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn complex_attaches_an_existing_contact_and_company_by_id_with_responsible_users() {
+        let (env, t) = fast().await;
+        let h = host(ONE);
+        let api = env.client.api(&h, &t);
+        let (pid, stage) = first_stage(&api).await;
+        let manager = env
+            .sandbox
+            .add_user(
+                ONE,
+                NewUser {
+                    name: "Dilnoza".into(),
+                    ..NewUser::default()
+                },
+            )
+            .unwrap()
+            .id;
+        let ali = env
+            .sandbox
+            .add_contact(
+                ONE,
+                ContactSeed {
+                    name: "Ali".into(),
+                    ..ContactSeed::default()
+                },
+            )
+            .unwrap();
+        let first = ComplexLead {
+            pipeline_id: pid,
+            status_id: stage,
+            company: Some(amocrm_client::NewCompany {
+                name: "Ali LLC".into(),
+            }),
+            ..plain_lead("o1")
+        };
+        let mut item = ComplexLeadItem::from(first);
+        item.contact_id = Some(ali);
+        item.responsible_user_id = Some(manager);
+        let r = api.leads_complex_items(&[item]).await.unwrap();
+        assert_eq!(r[0].contact_id, Some(ali));
+        let company = r[0].company_id.unwrap();
+        let lead = env.sandbox.lead(ONE, r[0].id).unwrap();
+        assert_eq!(lead.responsible_user_id, manager);
+        assert_eq!(env.sandbox.contacts(ONE).len(), 1, "no contact created");
+
+        let mut again = ComplexLeadItem::from(ComplexLead {
+            pipeline_id: pid,
+            status_id: stage,
+            ..plain_lead("o2")
+        });
+        again.contact_id = Some(ali);
+        again.company_id = Some(company);
+        assert_eq!(
+            api.leads_complex_items(&[again]).await.unwrap()[0].company_id,
+            Some(company)
+        );
+        assert_eq!(
+            api.get_company(company).await.unwrap().unwrap().name,
+            "Ali LLC"
+        );
+        assert_eq!(
+            api.search_companies("ali llc").await.unwrap()[0].id,
+            company
+        );
+        assert!(api.search_companies("nothing").await.unwrap().is_empty());
+        assert_eq!(
+            api.get_contact(ali)
+                .await
+                .unwrap()
+                .unwrap()
+                .lead_ids()
+                .len(),
+            2
+        );
+
+        let mut ghost = ComplexLeadItem::from(ComplexLead {
+            pipeline_id: pid,
+            status_id: stage,
+            contact: Some(NewContact {
+                name: "X".into(),
+                phone: None,
+                email: None,
+            }),
+            ..plain_lead("o3")
+        });
+        ghost.contact_responsible_user_id = Some(42);
+        let err = api.leads_complex_items(&[ghost]).await.unwrap_err();
+        let ApiError::Rejected {
+            status: 400,
+            validation,
+            ..
+        } = &err
+        else {
+            panic!("{err:?}")
+        };
+        assert_eq!(
+            validation[0].errors[0].path,
+            "_embedded.contacts.0.responsible_user_id"
+        );
+        assert!(validation[0].errors[0].detail.contains("42"));
+        let mut missing = ComplexLeadItem::from(ComplexLead {
+            pipeline_id: pid,
+            status_id: stage,
+            ..plain_lead("o4")
+        });
+        missing.contact_id = Some(999);
+        let err = api.leads_complex_items(&[missing]).await.unwrap_err();
+        assert_eq!(err.rejected_request_ids(), vec!["o4"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn products_are_found_by_type_linked_with_quantities_and_verified() {
+        let (env, t) = fast().await;
+        let h = host(ONE);
+        let api = env.client.api(&h, &t);
+        assert!(api.catalogs().await.unwrap().is_empty(), "204 is empty");
+        assert!(api.products_catalog().await.unwrap().is_none());
+        env.sandbox
+            .add_catalog(ONE, "Прайс-лист", "regular")
+            .unwrap();
+        env.sandbox.enable_products(ONE, None).unwrap();
+        let catalogs = api.catalogs().await.unwrap();
+        assert_eq!(catalogs.len(), 2);
+        let products = api.products_catalog().await.unwrap().unwrap();
+        assert_eq!(products.name, "Товары");
+        assert_ne!(
+            catalogs[0].id, products.id,
+            "the first list is not the products list"
+        );
+
+        let news: Vec<NewCatalogElement> = (0..3)
+            .map(|i| {
+                NewCatalogElement::product(
+                    format!("Tea {i}"),
+                    Some(&format!("SKU-{i}")),
+                    Some(15_000.0),
+                    Some("100 g"),
+                )
+                .with_request_id(format!("p{i}"))
+            })
+            .collect();
+        let made = api
+            .create_catalog_elements(products.id, &news)
+            .await
+            .unwrap();
+        assert_eq!(
+            made.iter()
+                .map(|e| e.request_id.clone().unwrap())
+                .collect::<Vec<_>>(),
+            vec!["p0", "p1", "p2"]
+        );
+        assert_eq!(made[1].sku().as_deref(), Some("SKU-1"));
+        let hits = api
+            .search_catalog_elements(products.id, "sku-2", 50)
+            .await
+            .unwrap();
+        assert_eq!((hits.len(), hits[0].price()), (1, Some(15_000.0)));
+        assert!(
+            api.search_catalog_elements(products.id, "coffee", 50)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let many: Vec<NewCatalogElement> = (0..251)
+            .map(|i| NewCatalogElement::product(format!("x{i}"), None, None, None))
+            .collect();
+        assert!(matches!(
+            api.create_catalog_elements(products.id, &many).await,
+            Err(ApiError::Request(_))
+        ));
+
+        let lead = env.sandbox.create_lead(ONE, "Order", 45_000, None).unwrap();
+        let links = vec![
+            NewLink::product(lead, made[0].id, products.id, 2.0),
+            NewLink::product(lead, made[1].id, products.id, 1.0),
+        ];
+        let answered = api.link_leads(&links).await.unwrap();
+        assert_eq!(answered.len(), 2);
+        let relink = NewLink::product(lead, made[0].id, products.id, 5.0);
+        api.link_leads(std::slice::from_ref(&relink)).await.unwrap();
+        let read = api.lead_links(lead).await.unwrap();
+        assert_eq!(read.len(), 2, "linking again updates, it does not add");
+        assert!(unconfirmed_links(&[relink.clone(), links[1].clone()], &read).is_empty());
+        assert_eq!(
+            unconfirmed_links(&links[..1], &read),
+            links[..1].to_vec(),
+            "the quantity changed to 5"
+        );
+        let with = api.leads_catalog_elements(&[lead, 987_654]).await.unwrap();
+        assert_eq!(with.len(), 1);
+        assert_eq!(with[0].lead_id, lead);
+        let q: Vec<(u64, Option<f64>)> = with[0]
+            .elements
+            .iter()
+            .map(|e| (e.id, e.quantity))
+            .collect();
+        assert_eq!(q, vec![(made[0].id, Some(5.0)), (made[1].id, Some(1.0))]);
+
+        // amoCRM lost links once (100 sent, 91 linked): the answer says all, the read-back shows the truth.
+        env.sandbox.set_faults(
+            ONE,
+            Faults {
+                drop_links_next: 1,
+                ..Faults::default()
+            },
+        );
+        let other = env.sandbox.create_lead(ONE, "Other", 1, None).unwrap();
+        let batch: Vec<NewLink> = made
+            .iter()
+            .map(|e| NewLink::product(other, e.id, products.id, 1.0))
+            .collect();
+        assert_eq!(api.link_leads(&batch).await.unwrap().len(), 3);
+        let missing = unconfirmed_links(&batch, &api.lead_links(other).await.unwrap());
+        assert_eq!(missing.len(), 1);
+        api.link_leads(&missing).await.unwrap();
+        assert!(unconfirmed_links(&batch, &api.lead_links(other).await.unwrap()).is_empty());
+        assert!(api.lead_links(987_654).await.unwrap().is_empty());
+        api.unlink_leads(&batch[..1]).await.unwrap();
+        assert_eq!(api.lead_links(other).await.unwrap().len(), 2);
+        let too_many: Vec<NewLink> = (0..251)
+            .map(|i| NewLink::product(lead, i, products.id, 1.0))
+            .collect();
+        assert!(matches!(
+            api.link_leads(&too_many).await,
+            Err(ApiError::Request(_))
+        ));
+        let c = env.sandbox.counters(ONE).endpoints;
+        assert_eq!((c.links_create, c.links_read, c.elements_create), (5, 5, 1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_an_admin_reads_users_and_tasks_are_created_and_read_per_lead() {
+        let (env, t) = fast().await;
+        let h = host(ONE);
+        let api = env.client.api(&h, &t);
+        let manager = env
+            .sandbox
+            .add_user(
+                ONE,
+                NewUser {
+                    name: "Dilnoza".into(),
+                    email: "d@shop.uz".into(),
+                    is_admin: false,
+                },
+            )
+            .unwrap();
+        env.sandbox.set_user_active(ONE, manager.id, false).unwrap();
+        let users = api.users().await.unwrap();
+        assert_eq!(users.len(), 2);
+        assert!(users[0].is_admin() && users[0].is_active());
+        assert_eq!(
+            (users[1].email.as_str(), users[1].is_active()),
+            ("d@shop.uz", false)
+        );
+        env.sandbox.set_connecting_user_admin(ONE, false).unwrap();
+        let err = api.users().await.unwrap_err();
+        assert!(err.is_forbidden(), "{err:?}");
+        env.sandbox.set_connecting_user_admin(ONE, true).unwrap();
+
+        let lead = env.sandbox.create_lead(ONE, "Order", 1, None).unwrap();
+        let mut task = NewTask::for_lead(lead, "Call the buyer about delivery", 1_900_000_000);
+        task.request_id = Some("t1".into());
+        let created = api.create_tasks(&[task]).await.unwrap();
+        assert_eq!(created[0].request_id.as_deref(), Some("t1"));
+        let read = api.lead_tasks(&[lead]).await.unwrap();
+        assert_eq!(
+            (read.len(), read[0].text.as_str()),
+            (1, "Call the buyer about delivery")
+        );
+        assert!(
+            api.lead_tasks(&[lead + 1]).await.unwrap().is_empty(),
+            "204 is empty"
+        );
+        let mut inactive = NewTask::for_lead(lead, "x", 1);
+        inactive.responsible_user_id = Some(manager.id);
+        let err = api
+            .create_tasks(&[inactive, NewTask::for_lead(lead, "", 1)])
+            .await
+            .unwrap_err();
+        let ApiError::Rejected {
+            status: 400,
+            validation,
+            ..
+        } = &err
+        else {
+            panic!("{err:?}")
+        };
+        let paths: Vec<&str> = validation
+            .iter()
+            .map(|v| v.errors[0].path.as_str())
+            .collect();
+        assert_eq!(paths, vec!["responsible_user_id", "text"]);
+        assert!(
+            validation[0].errors[0]
+                .detail
+                .contains(&manager.id.to_string())
+        );
+    }
+
+    fn form(
+        request_id: &str,
+        pipeline_id: Option<u64>,
+        contact: Option<EmbeddedContact>,
+    ) -> NewUnsortedForm {
+        NewUnsortedForm {
+            request_id: request_id.into(),
+            source_name: "Marketplace".into(),
+            source_uid: format!("order-{request_id}"),
+            pipeline_id,
+            created_at: Some(1_732_260_000),
+            metadata: FormMetadata {
+                form_id: "checkout".into(),
+                form_name: "Checkout".into(),
+                form_page: "https://shop.example/checkout".into(),
+                form_sent_at: 1_732_260_000,
+                referer: None,
+                ip: None,
+            },
+            lead: UnsortedLead {
+                name: format!("Order {request_id}"),
+                price: Some(150_000),
+                ..UnsortedLead::default()
+            },
+            contact,
+            company: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unsorted_requests_are_accepted_or_declined() {
+        let (env, t) = fast().await;
+        let h = host(ONE);
+        let api = env.client.api(&h, &t);
+        let p = api
+            .create_pipeline(&NewPipeline {
+                name: "Marketplace".into(),
+                sort: None,
+                statuses: vec![
+                    NewStatus::new("New", 10, "#fffeb2"),
+                    NewStatus::new("Paid", 20, "#87f2c0"),
+                ],
+            })
+            .await
+            .unwrap();
+        let paid = p.status_named("Paid").unwrap().id;
+        let err = api
+            .create_unsorted_forms(&[form("u0", Some(p.id), None)])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ApiError::Rejected { status: 400, .. }),
+            "incoming leads are off: {err:?}"
+        );
+        api.set_pipeline_unsorted(p.id, true).await.unwrap();
+        let buyer = EmbeddedContact::New(NewContact {
+            name: "Zarina".into(),
+            phone: Some("+998901112233".into()),
+            email: None,
+        });
+        let created = api
+            .create_unsorted_forms(&[
+                form("u1", Some(p.id), Some(buyer)),
+                form("u2", Some(p.id), None),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(created.len(), 2);
+        assert_eq!(created[0].request_id.as_deref(), Some("u1"));
+        let lead = created[0].lead_id().unwrap();
+        let incoming = p.statuses.iter().find(|s| s.type_ == 1).unwrap().id;
+        assert_eq!(
+            api.get_lead(lead).await.unwrap().unwrap().status_id,
+            Some(incoming)
+        );
+        assert!(
+            api.search_contacts("Zarina", 10).await.unwrap().is_empty(),
+            "hidden until accepted"
+        );
+        let pending = api.get_unsorted(&created[0].uid).await.unwrap().unwrap();
+        assert_eq!(
+            (pending.lead_id(), pending.source_uid.as_deref()),
+            (Some(lead), Some("order-u1"))
+        );
+
+        let accepted = api
+            .accept_unsorted(&created[0].uid, None, Some(paid))
+            .await
+            .unwrap();
+        assert_eq!(accepted.lead_id(), Some(lead));
+        assert_eq!(
+            api.get_lead(lead).await.unwrap().unwrap().status_id,
+            Some(paid)
+        );
+        assert!(api.get_unsorted(&created[0].uid).await.unwrap().is_none());
+        assert_eq!(api.search_contacts("Zarina", 10).await.unwrap().len(), 1);
+        let again = api
+            .accept_unsorted(&created[0].uid, None, None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(again, ApiError::Rejected { status: 400, .. }),
+            "{again:?}"
+        );
+
+        let declined = api.decline_unsorted(&created[1].uid, None).await.unwrap();
+        let lost = api
+            .get_lead(declined.lead_id().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(lost.status_id, Some(Status::LOST));
+        assert!(matches!(
+            api.accept_unsorted("../x", None, None).await,
+            Err(ApiError::Request(_))
+        ));
+
+        let (main, stage) = first_stage(&api).await;
+        let mut item = ComplexLeadItem::from(ComplexLead {
+            pipeline_id: main,
+            status_id: stage,
+            ..plain_lead("o9")
+        });
+        item.unsorted = Some(form("x", None, None).metadata);
+        let r = api.leads_complex_items(&[item]).await.unwrap();
+        let entry = env
+            .sandbox
+            .unsorted(ONE)
+            .into_iter()
+            .find(|u| u.lead_id == r[0].id)
+            .unwrap();
+        assert_eq!(entry.state, amocrm_sandbox::UnsortedState::Pending);
+        api.accept_unsorted(&entry.uid, None, None).await.unwrap();
+        assert_eq!(
+            api.get_lead(r[0].id).await.unwrap().unwrap().status_id,
+            Some(stage)
+        );
+        let c = env.sandbox.counters(ONE).endpoints;
+        assert_eq!(
+            (c.unsorted_create, c.unsorted_accept, c.unsorted_decline),
+            (2, 3, 1)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_account_is_found_at_the_api_host_its_token_names() {
+    let env = env().await;
+    let account_id = env.sandbox.add_account(ONE);
+    let pair = env.sandbox.issue_tokens(CLIENT_ID, ONE);
+    let claims = amocrm_client::TokenClaims::from_jwt(&pair.access_token);
+    let refresh = SecretString::from(pair.refresh_token.clone());
+    env.sandbox
+        .rename_account(ONE, "sellerrenamed.amocrm.ru", 401)
+        .unwrap();
+
+    let refused = env.client.refresh(&host(ONE), &refresh).await.unwrap_err();
+    assert!(
+        matches!(refused, OAuthError::Rejected { status: 401, .. }),
+        "{refused:?}"
+    );
+    let api_host = amocrm_client::ApiHost::parse(
+        claims.api_domain.as_deref().unwrap(),
+        &AllowedDomains::default(),
+    )
+    .unwrap();
+    let found = env
+        .client
+        .account_subdomain(&api_host, &host(ONE), &refresh)
+        .await
+        .unwrap();
+    assert_eq!(found.id, account_id);
+    assert_eq!(found.subdomain, "sellerrenamed");
+    assert_eq!(found.domain, "sellerrenamed.amocrm.ru");
+    let set = env
+        .client
+        .refresh(&host(&found.domain), &refresh)
+        .await
+        .unwrap();
+    assert!(!set.access_token.expose_secret().is_empty());
+
+    let stale = env
+        .client
+        .account_subdomain(&api_host, &host(ONE), &SecretString::from("def50200stale"))
+        .await
+        .unwrap_err();
+    assert!(matches!(stale, ApiError::Unauthorized), "{stale:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_refresh_token_goes_to_an_api_host_of_another_platform() {
+    let env = env().await;
+    let mut cfg = config(&env.sandbox);
+    cfg.allowed_domains = AllowedDomains::parse("amocrm.ru").unwrap();
+    let amocrm_only = AmoClient::new(cfg).unwrap();
+    let kommo_api =
+        amocrm_client::ApiHost::parse("api-c.kommo.com", &AllowedDomains::default()).unwrap();
+    env.sandbox.clear_log();
+    let err = amocrm_only
+        .account_subdomain(&kommo_api, &host(ONE), &SecretString::from("def50200x"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ApiError::Request(_)), "{err:?}");
+    assert!(env.sandbox.request_log().is_empty(), "nothing was sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpaid_and_blocked_accounts_are_their_own_error_classes() {
+    let env = env().await;
+    let t = token(&env, ONE);
+    env.sandbox.require_payment(ONE).unwrap();
+    let err = env.client.api(&host(ONE), &t).account().await.unwrap_err();
+    assert!(matches!(err, ApiError::PaymentRequired), "{err:?}");
+    env.sandbox.block(ONE).unwrap();
+    let err = env.client.api(&host(ONE), &t).account().await.unwrap_err();
+    assert!(err.is_forbidden(), "{err:?}");
+    assert_eq!(err.status(), Some(403));
+    env.sandbox.clear_block(ONE).unwrap();
+    env.client.api(&host(ONE), &t).account().await.unwrap();
 }

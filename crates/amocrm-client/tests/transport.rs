@@ -1,7 +1,7 @@
 //! Transport failure classes and the token request's wire shape, against a raw TCP peer on 127.0.0.1:0 that
 //! misbehaves on purpose (refuses, hangs up after reading, never answers, redirects). The sandbox covers the
 //! well-behaved amoCRM; these are the network's sharp edges it cannot produce on demand.
-#![allow(clippy::unwrap_used)]
+#![expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Webhook parsing against every real amoCRM capture in `fixtures/` (copied from /work/shared/amocrm-samples,
 //! provenance in `fixtures/SOURCES.md`), plus a seeded fuzz run: random, truncated, mutated and hostile bodies
 //! must give `Ok` or `Err`, never a panic.
-#![allow(clippy::unwrap_used)]
+#![expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 
 use std::time::{Duration, Instant};
 

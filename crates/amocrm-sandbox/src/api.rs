@@ -1,6 +1,7 @@
 //! amoCRM API v4 for one account: account, pipelines and statuses, custom fields, leads (complex, list,
-//! get, add, patch), contacts and companies (read), webhooks. Pure state transitions plus the events
-//! they cause; the HTTP layer around them lives in `server`.
+//! get, add, patch), contacts and companies, notes, lists and links, users, tasks, unsorted requests,
+//! webhooks. Pure state transitions plus the events they cause; the HTTP layer around them lives in
+//! `server`.
 #![allow(
     clippy::result_large_err,
     reason = "handlers pass ready amoCRM responses up; they are built once per request"
@@ -57,6 +58,17 @@ pub const WEBHOOK_SETTINGS: [&str; 31] = [
     "add_customer",
     "update_customer",
 ];
+mod catalogs;
+mod contacts;
+mod notes;
+mod tasks;
+mod unsorted;
+mod users;
+
+pub(crate) use catalogs::add_catalog;
+pub(crate) use contacts::{change_contact, create_contact, remove_contact};
+pub(crate) use unsorted::{accept_unsorted, decline_unsorted};
+
 /// Leads per `leads/complex` call.
 pub const MAX_COMPLEX: usize = 50;
 /// Entities per request or page.
@@ -71,19 +83,104 @@ pub struct ApiRequest<'a> {
     pub body: &'a [u8],
 }
 
-/// Runs one API request against account `host`.
+/// Runs one API request against account `host`, as the account's default user.
 pub fn handle(st: &mut State, host: &str, req: &ApiRequest<'_>) -> (HttpResponse, Vec<Event>) {
+    handle_as(st, host, req, None)
+}
+
+/// The endpoint family a request is counted under (see [`crate::EndpointCounters`]).
+pub fn family(method: &str, path: &str, query: &str) -> &'static str {
+    let seg: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    match (method, seg.as_slice()) {
+        (_, ["account", ..]) => "account",
+        (_, ["leads", "pipelines", ..]) => "pipelines",
+        (_, ["leads", "custom_fields", ..]) => "custom_fields",
+        (_, ["webhooks", ..]) => "webhooks",
+        ("POST", ["leads", "complex"]) => "complex",
+        ("POST", ["leads", "notes"]) | ("POST", ["leads", _, "notes"]) => "notes_create",
+        ("GET", ["leads", "notes", ..]) | ("GET", ["leads", _, "notes", ..]) => "notes_read",
+        ("POST", ["leads", "link" | "unlink"]) => "links_create",
+        ("GET", ["leads", _, "links"]) => "links_read",
+        ("POST", ["leads", "unsorted", "forms"]) => "unsorted_create",
+        ("POST", ["leads", "unsorted", _, "accept"]) => "unsorted_accept",
+        ("DELETE", ["leads", "unsorted", _, "decline"]) => "unsorted_decline",
+        ("GET", ["leads", "unsorted", ..]) => "unsorted_read",
+        ("GET", ["leads"]) | ("GET", ["leads", _]) => "leads_read",
+        ("POST", ["leads"]) | ("PATCH", ["leads"]) | ("PATCH", ["leads", _]) => "leads_write",
+        ("GET", ["contacts"])
+            if Query::parse(query)
+                .get("query")
+                .is_some_and(|q| !q.trim().is_empty()) =>
+        {
+            "contacts_search"
+        }
+        ("GET", ["contacts", ..]) => "contacts_read",
+        ("POST", ["contacts"]) => "contacts_create",
+        ("PATCH", ["contacts"]) | ("PATCH", ["contacts", _]) => "contacts_patch",
+        ("GET", ["companies", ..]) => "companies_read",
+        ("GET", ["catalogs", _, "elements", ..]) => "elements_search",
+        ("POST", ["catalogs", _, "elements"]) => "elements_create",
+        ("GET", ["catalogs", ..]) => "catalogs",
+        ("POST", ["tasks"]) => "tasks_create",
+        ("GET", ["tasks", ..]) => "tasks_read",
+        ("GET", ["users", ..]) => "users",
+        _ => "other",
+    }
+}
+
+/// Routes only an account administrator may call (amocrm-api.md §5, §6.1, §11).
+fn admin_only(method: &str, seg: &[&str]) -> bool {
+    matches!(
+        (method, seg),
+        ("GET", ["users", ..])
+            | ("POST" | "DELETE", ["webhooks"])
+            | ("POST", ["leads", "pipelines"])
+            | ("PATCH" | "DELETE", ["leads", "pipelines", _])
+            | ("POST", ["leads", "pipelines", _, "statuses"])
+            | ("DELETE", ["leads", "pipelines", _, "statuses", _])
+    )
+}
+
+/// Runs one API request against account `host` as user `user` (the token's `sub`; `None`: the default
+/// user). A deleted or deactivated user gets 403 everywhere, a non-admin on admin-only routes.
+pub fn handle_as(
+    st: &mut State,
+    host: &str,
+    req: &ApiRequest<'_>,
+    user: Option<u64>,
+) -> (HttpResponse, Vec<Event>) {
     let now = st.now(host);
     let State { accounts, ids, .. } = st;
     let Some(acc) = accounts.get_mut(host) else {
         return (problem::not_found(req.method, host), Vec::new());
     };
     let seg: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
+    let user = user.unwrap_or(acc.user_id);
+    match acc.users.get(&user) {
+        Some(u) if u.is_active => {
+            if !u.is_admin && admin_only(req.method, &seg) {
+                return (
+                    problem(StatusCode::FORBIDDEN, "Access denied: administrators only"),
+                    Vec::new(),
+                );
+            }
+        }
+        _ => {
+            return (
+                problem(
+                    StatusCode::FORBIDDEN,
+                    "Access denied: the user is not active",
+                ),
+                Vec::new(),
+            );
+        }
+    }
     let q = Query::parse(req.query);
     let mut cx = Cx {
         acc,
         ids,
         now,
+        user,
         events: Vec::new(),
     };
     let resp = match (req.method, seg.as_slice()) {
@@ -110,6 +207,25 @@ pub fn handle(st: &mut State, host: &str, req: &ApiRequest<'_>) -> (HttpResponse
         ("GET", ["leads", "custom_fields", id]) => with_id(id, |id| cx.field_get(id)),
         ("DELETE", ["leads", "custom_fields", id]) => with_id(id, |id| cx.field_delete(id)),
         ("POST", ["leads", "complex"]) => with_body(req.body, |v| cx.leads_complex(v)),
+        ("POST", ["leads", "notes"]) => with_body(req.body, |v| cx.notes_create(v, None)),
+        ("GET", ["leads", "notes"]) => cx.notes_list(None, &q),
+        ("POST", ["leads", id, "notes"]) => with_id(id, |id| {
+            with_body(req.body, |v| cx.notes_create(v, Some(id)))
+        }),
+        ("GET", ["leads", id, "notes"]) => with_id(id, |id| cx.notes_list(Some(id), &q)),
+        ("GET", ["leads", id, "notes", nid]) => {
+            with_id(id, |id| with_id(nid, |nid| cx.note_get(id, nid)))
+        }
+        ("POST", ["leads", "link"]) => with_body(req.body, |v| cx.links_create(v)),
+        ("POST", ["leads", "unlink"]) => with_body(req.body, |v| cx.links_remove(v)),
+        ("GET", ["leads", id, "links"]) => with_id(id, |id| cx.links_list(id, &q)),
+        ("POST", ["leads", "unsorted", "forms"]) => {
+            with_body(req.body, |v| cx.unsorted_forms_create(v))
+        }
+        ("GET", ["leads", "unsorted"]) => cx.unsorted_list(&q),
+        ("GET", ["leads", "unsorted", uid]) => cx.unsorted_get(uid),
+        ("POST", ["leads", "unsorted", uid, "accept"]) => cx.unsorted_accept(uid, req.body),
+        ("DELETE", ["leads", "unsorted", uid, "decline"]) => cx.unsorted_decline(uid, req.body),
         ("GET", ["leads"]) => cx.leads_list(&q),
         ("POST", ["leads"]) => with_body(req.body, |v| cx.leads_add(v)),
         ("PATCH", ["leads"]) => with_body(req.body, |v| cx.leads_patch(v, false)),
@@ -123,9 +239,33 @@ pub fn handle(st: &mut State, host: &str, req: &ApiRequest<'_>) -> (HttpResponse
             })
         }),
         ("GET", ["contacts"]) => cx.contacts_list(&q),
-        ("GET", ["contacts", id]) => with_id(id, |id| cx.contact_get(id)),
+        ("POST", ["contacts"]) => with_body(req.body, |v| cx.contacts_create(v)),
+        ("PATCH", ["contacts"]) => with_body(req.body, |v| cx.contacts_patch(v, false)),
+        ("GET", ["contacts", id]) => with_id(id, |id| cx.contact_get(id, &q)),
+        ("PATCH", ["contacts", id]) => with_id(id, |id| {
+            with_body(req.body, |mut v| {
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("id".to_owned(), id.into());
+                }
+                cx.contacts_patch(Value::Array(vec![v]), true)
+            })
+        }),
         ("GET", ["companies"]) => cx.companies_list(&q),
         ("GET", ["companies", id]) => with_id(id, |id| cx.company_get(id)),
+        ("GET", ["catalogs"]) => cx.catalogs_list(&q),
+        ("GET", ["catalogs", id]) => with_id(id, |id| cx.catalog_get(id)),
+        ("GET", ["catalogs", id, "elements"]) => with_id(id, |id| cx.elements_list(id, &q)),
+        ("POST", ["catalogs", id, "elements"]) => {
+            with_id(id, |id| with_body(req.body, |v| cx.elements_create(id, v)))
+        }
+        ("GET", ["catalogs", id, "elements", eid]) => {
+            with_id(id, |id| with_id(eid, |eid| cx.element_get(id, eid)))
+        }
+        ("GET", ["users"]) => cx.users_list(&q),
+        ("GET", ["users", id]) => with_id(id, |id| cx.user_get(id, &q)),
+        ("POST", ["tasks"]) => with_body(req.body, |v| cx.tasks_create(v)),
+        ("GET", ["tasks"]) => cx.tasks_list(&q),
+        ("GET", ["tasks", id]) => with_id(id, |id| cx.task_get(id)),
         ("GET", ["webhooks"]) => cx.webhooks_list(&q),
         ("POST", ["webhooks"]) => with_body(req.body, |v| cx.webhook_subscribe(v)),
         ("DELETE", ["webhooks"]) => with_body(req.body, |v| cx.webhook_unsubscribe(v)),
@@ -246,11 +386,13 @@ impl Query {
     }
 }
 
-/// The handlers' context: one account, the id sequences, the account's clock, collected events.
+/// The handlers' context: one account, the id sequences, the account's clock, the calling user,
+/// collected events.
 struct Cx<'a> {
     acc: &'a mut Account,
     ids: &'a mut Ids,
     now: i64,
+    user: u64,
     events: Vec<Event>,
 }
 
@@ -284,6 +426,31 @@ fn page_of(base: &str, key: &str, all: Vec<Value>, page: usize, limit: usize) ->
     hal(json!({"_page": page, "_links": links, "_embedded": embedded}))
 }
 
+/// What `with=` asks to embed in a lead.
+struct LeadWith {
+    contacts: bool,
+    catalog_elements: bool,
+}
+
+impl LeadWith {
+    fn of(q: &Query) -> Self {
+        let with = q.with();
+        Self {
+            contacts: with.iter().any(|w| w == "contacts"),
+            catalog_elements: with.iter().any(|w| w == "catalog_elements"),
+        }
+    }
+}
+
+/// A quantity as amoCRM writes it: an integer when whole.
+fn number(x: f64) -> Value {
+    if x.fract() == 0.0 && x.abs() < 9.0e15 {
+        json!(x as i64)
+    } else {
+        json!(x)
+    }
+}
+
 /// Parsed, validated input of one lead (create or patch).
 #[derive(Default)]
 struct LeadIn {
@@ -303,6 +470,12 @@ struct LeadIn {
     contact: Option<PartyIn>,
     company: Option<PartyIn>,
     unsorted: bool,
+    /// `_embedded.metadata` (validated) when the lead is filed as unsorted.
+    metadata: Option<Value>,
+    /// `_embedded.source.external_id`, the unsorted request's `source_uid`.
+    source_uid: Option<String>,
+    /// The unsorted request's `source_name` (default: the form's name).
+    source_name: Option<String>,
 }
 
 #[derive(Default)]
@@ -420,7 +593,7 @@ impl Cx<'_> {
     }
 
     /// Validates `_embedded.statuses`-style status inputs; returns (rename of 142/143, new stages).
-    #[allow(clippy::type_complexity)]
+    #[expect(clippy::type_complexity, reason = "the type is spelled once")]
     fn status_inputs(
         list: &[Value],
         prefix: &str,
@@ -918,7 +1091,8 @@ impl Cx<'_> {
 
     // ---- leads ---------------------------------------------------------------------------------
 
-    fn lead_json(&self, l: &Lead, with_contacts: bool) -> Value {
+    fn lead_json(&self, l: &Lead, with: &LeadWith) -> Value {
+        let with_contacts = with.contacts;
         let mut embedded = json!({
             "tags": l.tags.iter().map(|t| json!({"id": t.id, "name": t.name, "color": null})).collect::<Vec<_>>(),
             "companies": l.company_id.map(|c| vec![json!({"id": c, "_links": link(self.url(&format!("companies/{c}")))})]).unwrap_or_default(),
@@ -929,6 +1103,18 @@ impl Cx<'_> {
                 .iter()
                 .enumerate()
                 .map(|(i, c)| json!({"id": c, "is_main": i == 0, "_links": link(self.url(&format!("contacts/{c}")))}))
+                .collect::<Vec<_>>());
+        }
+        if with.catalog_elements {
+            embedded["catalog_elements"] = json!(self
+                .acc
+                .links
+                .iter()
+                .filter(|k| k.lead_id == l.id && k.to_entity_type == "catalog_elements")
+                .map(|k| json!({
+                    "id": k.to_entity_id,
+                    "metadata": {"quantity": number(k.quantity.unwrap_or(1.0)), "catalog_id": k.catalog_id},
+                }))
                 .collect::<Vec<_>>());
         }
         json!({
@@ -957,9 +1143,9 @@ impl Cx<'_> {
     }
 
     fn lead_get(&self, id: u64, q: &Query) -> HttpResponse {
-        let with_contacts = q.with().iter().any(|w| w == "contacts");
+        let with = LeadWith::of(q);
         match self.acc.leads.get(&id) {
-            Some(l) => hal(self.lead_json(l, with_contacts)),
+            Some(l) => hal(self.lead_json(l, &with)),
             None => no_content(),
         }
     }
@@ -1009,7 +1195,7 @@ impl Cx<'_> {
             }
             m.into_iter().collect()
         };
-        let with_contacts = q.with().iter().any(|w| w == "contacts");
+        let with = LeadWith::of(q);
         let mut leads: Vec<&Lead> = self
             .acc
             .leads
@@ -1047,10 +1233,7 @@ impl Cx<'_> {
         if desc {
             leads.reverse();
         }
-        let all: Vec<Value> = leads
-            .iter()
-            .map(|l| self.lead_json(l, with_contacts))
-            .collect();
+        let all: Vec<Value> = leads.iter().map(|l| self.lead_json(l, &with)).collect();
         page_of(&self.url("leads"), "leads", all, page, limit)
     }
 
@@ -1097,6 +1280,14 @@ impl Cx<'_> {
             }
         };
         if unsorted {
+            if !pipeline.is_unsorted_on {
+                errs.push(FieldError::new(
+                    "NotSupportedChoice",
+                    "pipeline_id",
+                    format!("Incoming leads are turned off in pipeline {}.", pipeline.id),
+                ));
+                return None;
+            }
             return pipeline
                 .statuses
                 .iter()
@@ -1124,8 +1315,13 @@ impl Cx<'_> {
         }
     }
 
-    fn user_ok(&self, id: u64) -> bool {
-        id == self.acc.user_id
+    /// The validation error for a `responsible_user_id` naming an unknown, deleted or inactive user.
+    fn responsible_error(&self, path: String, id: i64) -> Option<FieldError> {
+        let detail = match u64::try_from(id) {
+            Ok(id) => self.acc.user_problem(id)?,
+            Err(_) => format!("User {id} not found in the account."),
+        };
+        Some(FieldError::new("NotSupportedChoice", path, detail))
     }
 
     fn party_in(
@@ -1150,7 +1346,14 @@ impl Cx<'_> {
             });
             match exists {
                 Some(id) => p.existing = Some(id),
-                None => errs.push(FieldError::not_supported(join(prefix, "id"))),
+                None => errs.push(FieldError::new(
+                    "NotSupportedChoice",
+                    join(prefix, "id"),
+                    format!(
+                        "{} {idv} not found.",
+                        if company { "Company" } else { "Contact" }
+                    ),
+                )),
             }
             return Some(p);
         }
@@ -1160,12 +1363,9 @@ impl Cx<'_> {
             p.last_name = opt_str(o, "last_name", prefix, errs).unwrap_or_default();
         }
         if let Some(r) = opt_int(o, "responsible_user_id", prefix, errs) {
-            match u64::try_from(r).ok().filter(|r| self.user_ok(*r)) {
-                Some(r) => p.responsible = Some(r),
-                None => errs.push(FieldError::not_supported(join(
-                    prefix,
-                    "responsible_user_id",
-                ))),
+            match self.responsible_error(join(prefix, "responsible_user_id"), r) {
+                Some(e) => errs.push(e),
+                None => p.responsible = u64::try_from(r).ok(),
             }
         }
         p.fields = fields::parse_values(
@@ -1215,9 +1415,9 @@ impl Cx<'_> {
         li.pipeline_id = pipeline_id.and_then(|p| u64::try_from(p).ok());
         li.status_id = status_id.and_then(|s| u64::try_from(s).ok());
         if let Some(r) = opt_int(o, "responsible_user_id", "", &mut errs) {
-            match u64::try_from(r).ok().filter(|r| self.user_ok(*r)) {
-                Some(r) => li.responsible = Some(r),
-                None => errs.push(FieldError::not_supported("responsible_user_id")),
+            match self.responsible_error("responsible_user_id".to_owned(), r) {
+                Some(e) => errs.push(e),
+                None => li.responsible = u64::try_from(r).ok(),
             }
         }
         if let Some(c) = opt_int(o, "created_by", "", &mut errs) {
@@ -1298,8 +1498,25 @@ impl Cx<'_> {
                         Some(_) => errs.push(FieldError::invalid_type(path, "array")),
                     }
                 }
-                if e.get("metadata").is_some_and(|m| !m.is_null()) {
+                if let Some(m) = e.get("metadata").filter(|m| !m.is_null()) {
                     li.unsorted = true;
+                    if mode == Mode::Patch {
+                        errs.push(FieldError::new(
+                            "NotSupported",
+                            "_embedded.metadata",
+                            "A lead cannot be filed as unsorted by a patch.",
+                        ));
+                    } else if let Some(m) = unsorted::complex_metadata(m, &mut errs) {
+                        li.metadata = Some(m);
+                    }
+                    li.source_uid =
+                        e.get("source")
+                            .and_then(|s| s.get("external_id"))
+                            .and_then(|x| match x {
+                                Value::String(s) => Some(s.clone()),
+                                Value::Number(n) => Some(n.to_string()),
+                                _ => None,
+                            });
                 }
             }
             Some(_) => errs.push(FieldError::invalid_type("_embedded", "object")),
@@ -1314,7 +1531,9 @@ impl Cx<'_> {
         }
     }
 
-    fn create_party(&mut self, p: PartyIn, company: bool) -> u64 {
+    /// Creates the contact or company (or returns the existing one). A `hidden` contact belongs to a
+    /// pending unsorted request: no search finds it and `add_contact` waits for the acceptance.
+    fn create_party(&mut self, p: PartyIn, company: bool, hidden: bool) -> u64 {
         if let Some(id) = p.existing {
             return id;
         }
@@ -1364,7 +1583,11 @@ impl Cx<'_> {
                     lead_ids: Vec::new(),
                 },
             );
-            self.events.push(Event::ContactAdded(id));
+            if hidden {
+                self.acc.hidden_contacts.insert(id);
+            } else {
+                self.events.push(Event::ContactAdded(id));
+            }
             id
         }
     }
@@ -1412,8 +1635,9 @@ impl Cx<'_> {
         status_id: u64,
     ) -> (u64, Option<u64>, Option<u64>) {
         let id = next(&mut self.ids.lead);
-        let contact_id = li.contact.map(|c| self.create_party(c, false));
-        let company_id = li.company.map(|c| self.create_party(c, true));
+        let hidden = li.unsorted;
+        let contact_id = li.contact.map(|c| self.create_party(c, false, hidden));
+        let company_id = li.company.map(|c| self.create_party(c, true, hidden));
         if let (Some(c), Some(co)) = (contact_id, company_id) {
             if let Some(contact) = self.acc.contacts.get_mut(&c) {
                 contact.company_id.get_or_insert(co);
@@ -1460,11 +1684,32 @@ impl Cx<'_> {
             tags,
             contact_ids: contact_id.into_iter().collect(),
             company_id,
-            request_id: li.request_id_given.then_some(li.request_id),
+            request_id: li.request_id_given.then_some(li.request_id.clone()),
         };
         self.acc.leads.insert(id, lead);
         self.acc.counters.leads_created += 1;
         self.events.push(Event::LeadAdded(id));
+        if li.unsorted {
+            let source_name = li.source_name.clone().unwrap_or_else(|| {
+                li.metadata
+                    .as_ref()
+                    .and_then(|m| m.get("form_name"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("API")
+                    .to_owned()
+            });
+            self.file_unsorted(unsorted::Filing {
+                lead_id: id,
+                pipeline_id,
+                contact_ids: contact_id.into_iter().collect(),
+                company_id,
+                source_uid: li.source_uid.unwrap_or_else(|| li.request_id.clone()),
+                source_name,
+                metadata: li.metadata.unwrap_or(Value::Null),
+                created_at: li.created_at.unwrap_or(self.now),
+                request_id: li.request_id_given.then_some(li.request_id),
+            });
+        }
         (id, contact_id, company_id)
     }
 
@@ -1554,6 +1799,19 @@ impl Cx<'_> {
                     } else {
                         Some((current.pipeline_id, current.status_id))
                     };
+                    let here = (current.pipeline_id, current.status_id);
+                    if target.is_some_and(|t| t != here)
+                        && let Some(u) = self.acc.pending_unsorted_of(current.id)
+                    {
+                        errs.push(FieldError::new(
+                            "NotSupportedChoice",
+                            "status_id",
+                            format!(
+                                "Lead {} waits in incoming leads ({}): accept or decline it first.",
+                                current.id, u.uid
+                            ),
+                        ));
+                    }
                     match target {
                         Some(t) if errs.is_empty() => valid.push((li, t)),
                         _ => all_errs.push(ItemErrors {
@@ -1595,6 +1853,11 @@ impl Cx<'_> {
                 },
                 self.now,
             );
+            if !changed.is_empty()
+                && let Some(u) = self.acc.pending_unsorted_of(id)
+            {
+                self.events.push(Event::UnsortedUpdated(u.uid.clone()));
+            }
             self.events.extend(changed);
             let updated_at = self
                 .acc
@@ -1612,121 +1875,6 @@ impl Cx<'_> {
             return hal(first);
         }
         hal(json!({"_links": link(self.url("leads")), "_embedded": {"leads": out}}))
-    }
-
-    // ---- contacts, companies -------------------------------------------------------------------
-
-    fn contact_json(&self, c: &Contact) -> Value {
-        json!({
-            "id": c.id,
-            "name": c.name,
-            "first_name": c.first_name,
-            "last_name": c.last_name,
-            "responsible_user_id": c.responsible_user_id,
-            "group_id": 0,
-            "created_by": self.acc.user_id,
-            "updated_by": self.acc.user_id,
-            "created_at": c.created_at,
-            "updated_at": c.updated_at,
-            "closest_task_at": null,
-            "is_deleted": false,
-            "is_unsorted": false,
-            "custom_fields_values": fields::values_json(&c.custom_fields_values),
-            "account_id": self.acc.id,
-            "_links": link(self.url(&format!("contacts/{}", c.id))),
-            "_embedded": {
-                "tags": [],
-                "companies": c.company_id.map(|co| vec![json!({"id": co, "_links": link(self.url(&format!("companies/{co}")))})]).unwrap_or_default(),
-            },
-        })
-    }
-
-    fn company_json(&self, c: &Company) -> Value {
-        json!({
-            "id": c.id,
-            "name": c.name,
-            "responsible_user_id": c.responsible_user_id,
-            "group_id": 0,
-            "created_by": self.acc.user_id,
-            "updated_by": self.acc.user_id,
-            "created_at": c.created_at,
-            "updated_at": c.updated_at,
-            "closest_task_at": null,
-            "is_deleted": false,
-            "custom_fields_values": fields::values_json(&c.custom_fields_values),
-            "account_id": self.acc.id,
-            "_links": link(self.url(&format!("companies/{}", c.id))),
-            "_embedded": {"tags": []},
-        })
-    }
-
-    fn contacts_list(&self, q: &Query) -> HttpResponse {
-        let (page, limit) = match q.paging() {
-            Ok(p) => p,
-            Err(r) => return r,
-        };
-        let ids = q.ids("filter[id]");
-        let needle = q
-            .get("query")
-            .map(|s| s.trim().to_lowercase())
-            .filter(|s| !s.is_empty());
-        let all: Vec<Value> = self
-            .acc
-            .contacts
-            .values()
-            .filter(|c| ids.is_empty() || ids.contains(&c.id))
-            .filter(|c| {
-                needle.as_deref().is_none_or(|n| {
-                    c.name.to_lowercase().contains(n)
-                        || c.custom_fields_values.iter().any(|f| {
-                            f.values
-                                .iter()
-                                .any(|v| v.as_text().to_lowercase().contains(n))
-                        })
-                })
-            })
-            .map(|c| self.contact_json(c))
-            .collect();
-        page_of(&self.url("contacts"), "contacts", all, page, limit)
-    }
-
-    fn contact_get(&self, id: u64) -> HttpResponse {
-        match self.acc.contacts.get(&id) {
-            Some(c) => hal(self.contact_json(c)),
-            None => no_content(),
-        }
-    }
-
-    fn companies_list(&self, q: &Query) -> HttpResponse {
-        let (page, limit) = match q.paging() {
-            Ok(p) => p,
-            Err(r) => return r,
-        };
-        let ids = q.ids("filter[id]");
-        let needle = q
-            .get("query")
-            .map(|s| s.trim().to_lowercase())
-            .filter(|s| !s.is_empty());
-        let all: Vec<Value> = self
-            .acc
-            .companies
-            .values()
-            .filter(|c| ids.is_empty() || ids.contains(&c.id))
-            .filter(|c| {
-                needle
-                    .as_deref()
-                    .is_none_or(|n| c.name.to_lowercase().contains(n))
-            })
-            .map(|c| self.company_json(c))
-            .collect();
-        page_of(&self.url("companies"), "companies", all, page, limit)
-    }
-
-    fn company_get(&self, id: u64) -> HttpResponse {
-        match self.acc.companies.get(&id) {
-            Some(c) => hal(self.company_json(c)),
-            None => no_content(),
-        }
     }
 
     // ---- webhooks ------------------------------------------------------------------------------

@@ -115,4 +115,10 @@ pub struct Faults {
     pub force_429_retry_after_secs: u64,
     /// This account's clock runs this many seconds ahead (expires codes and tokens).
     pub clock_offset_secs: i64,
+    /// The next N links of `POST leads/link` batches are silently not made, although the answer lists
+    /// them (amoCRM was seen to link 91 of 100): callers must read the links back.
+    pub drop_links_next: u32,
+    /// In every `POST leads/link` batch, this percentage of the links (rounded down, spread over the batch)
+    /// is silently not made.
+    pub drop_links_percent: u32,
 }

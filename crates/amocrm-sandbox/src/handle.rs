@@ -6,11 +6,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{Context as _, anyhow, bail};
 
-use crate::api::{Patch, apply_patch};
+use crate::api::{self, Patch, apply_patch};
 use crate::config::{Faults, Integration, SandboxConfig};
 use crate::model::{
-    AccountInfo, Company, Contact, Counters, CustomField, Delivery, DeliveryKind, Lead,
-    LoggedRequest, Pipeline, TokenPair, Webhook,
+    AccountInfo, Catalog, CatalogElement, Company, Contact, ContactChange, ContactSeed, Counters,
+    CustomField, Delivery, DeliveryKind, EntityLink, FieldEnum, Lead, LoggedRequest, NewUser, Note,
+    Pipeline, Task, TokenPair, UnsortedEntry, User, Webhook,
 };
 use crate::oauth::{self, AuthorizeParams};
 use crate::outbound::{Event, Job, Outbound, jobs_for};
@@ -150,6 +151,12 @@ impl Shared {
                 .with_context(|| format!("status {status_id} is not in pipeline {pipeline_id}"))?;
             if status.type_ == 1 {
                 bail!("a lead cannot be moved into the incoming stage");
+            }
+            if let Some(u) = acc.pending_unsorted_of(lead_id) {
+                bail!(
+                    "lead {lead_id} waits in incoming leads ({}): accept or decline it first",
+                    u.uid
+                );
             }
             let events = apply_patch(
                 acc,
@@ -302,6 +309,34 @@ impl Shared {
         Ok(())
     }
 
+    pub fn rename_account(
+        &self,
+        from: &str,
+        to: &str,
+        old_host_answers: u16,
+    ) -> anyhow::Result<()> {
+        self.lock()
+            .rename_account(from, to, old_host_answers)
+            .map_err(|e| anyhow!(e))
+    }
+
+    pub fn set_api_domain(&self, host: &str, api_domain: &str) -> anyhow::Result<()> {
+        let api_domain = State::normalize_host(api_domain)
+            .with_context(|| format!("invalid API host {api_domain:?}"))?;
+        let mut st = self.lock();
+        account_mut(&mut st, host)?.api_domain = api_domain;
+        Ok(())
+    }
+
+    pub fn set_block(&self, host: &str, status: Option<u16>) -> anyhow::Result<()> {
+        if status.is_some_and(|s| !matches!(s, 402 | 403)) {
+            bail!("an account can be put in 402 (payment required) or 403 (blocked) only");
+        }
+        let mut st = self.lock();
+        account_mut(&mut st, host)?.block = status;
+        Ok(())
+    }
+
     /// Disables the integration in the account: tokens die, the uninstall hook is sent if configured.
     pub fn revoke_grant(&self, host: &str, client_id: &str) -> bool {
         let host = norm(host);
@@ -337,6 +372,213 @@ impl Shared {
 }
 
 impl Shared {
+    /// Runs `f` on the account with the sandbox clock and id sequences, then sends the events it returns.
+    fn change<T>(
+        &self,
+        host: &str,
+        f: impl FnOnce(
+            &mut crate::state::Account,
+            &mut crate::state::Ids,
+            i64,
+        ) -> anyhow::Result<(T, Vec<Event>)>,
+    ) -> anyhow::Result<T> {
+        let host = norm(host);
+        let (out, jobs) = {
+            let mut st = self.lock();
+            let now = st.now(&host);
+            let State { accounts, ids, .. } = &mut *st;
+            let acc = accounts
+                .get_mut(&host)
+                .with_context(|| format!("unknown account {host}"))?;
+            let (out, events) = f(acc, ids, now)?;
+            let jobs = self.emit(&st, &host, &events);
+            (out, jobs)
+        };
+        self.outbound.send(jobs);
+        Ok(out)
+    }
+
+    pub fn add_user(&self, host: &str, user: &NewUser) -> anyhow::Result<User> {
+        self.change(host, |acc, ids, _| {
+            let id = crate::state::next(&mut ids.user);
+            let name = if user.name.trim().is_empty() {
+                format!("Менеджер {id}")
+            } else {
+                user.name.clone()
+            };
+            let email = if user.email.trim().is_empty() {
+                format!("user{id}@{}.example", acc.subdomain)
+            } else {
+                user.email.clone()
+            };
+            let u = User {
+                id,
+                name,
+                email,
+                is_admin: user.is_admin,
+                is_active: true,
+            };
+            acc.users.insert(id, u.clone());
+            Ok((u, Vec::new()))
+        })
+    }
+
+    pub fn update_user(
+        &self,
+        host: &str,
+        id: u64,
+        is_active: Option<bool>,
+        is_admin: Option<bool>,
+    ) -> anyhow::Result<User> {
+        self.change(host, |acc, _, _| {
+            let u = acc
+                .users
+                .get_mut(&id)
+                .with_context(|| format!("no user {id}"))?;
+            if let Some(a) = is_active {
+                u.is_active = a;
+            }
+            if let Some(a) = is_admin {
+                u.is_admin = a;
+            }
+            Ok((u.clone(), Vec::new()))
+        })
+    }
+
+    pub fn delete_user(&self, host: &str, id: u64) -> anyhow::Result<()> {
+        self.change(host, |acc, _, _| {
+            if id == acc.user_id {
+                bail!("the account's default user {id} cannot be deleted (deactivate it instead)");
+            }
+            acc.users
+                .remove(&id)
+                .with_context(|| format!("no user {id}"))?;
+            if acc.token_user_id == id {
+                acc.token_user_id = acc.user_id;
+            }
+            Ok(((), Vec::new()))
+        })
+    }
+
+    pub fn set_connecting_user(&self, host: &str, id: u64) -> anyhow::Result<()> {
+        self.change(host, |acc, _, _| {
+            if !acc.users.contains_key(&id) {
+                bail!("no user {id}");
+            }
+            acc.token_user_id = id;
+            Ok(((), Vec::new()))
+        })
+    }
+
+    pub fn set_connecting_user_admin(&self, host: &str, admin: bool) -> anyhow::Result<()> {
+        self.change(host, |acc, _, _| {
+            let id = acc.token_user_id;
+            let u = acc
+                .users
+                .get_mut(&id)
+                .with_context(|| format!("no user {id}"))?;
+            u.is_admin = admin;
+            Ok(((), Vec::new()))
+        })
+    }
+
+    pub fn add_contact(&self, host: &str, seed: &ContactSeed) -> anyhow::Result<u64> {
+        self.change(host, |acc, ids, now| {
+            api::create_contact(acc, ids, now, seed).map_err(|e| anyhow!(e))
+        })
+    }
+
+    pub fn update_contact(
+        &self,
+        host: &str,
+        id: u64,
+        change: &ContactChange,
+    ) -> anyhow::Result<()> {
+        self.change(host, |acc, _, now| {
+            let events = api::change_contact(acc, id, change, now).map_err(|e| anyhow!(e))?;
+            Ok(((), events))
+        })
+    }
+
+    pub fn delete_contact(&self, host: &str, id: u64) -> anyhow::Result<()> {
+        self.change(host, |acc, _, _| {
+            let events =
+                api::remove_contact(acc, id).with_context(|| format!("no contact {id}"))?;
+            Ok(((), events))
+        })
+    }
+
+    pub fn add_catalog(&self, host: &str, name: &str, type_: &str) -> anyhow::Result<Catalog> {
+        self.change(host, |acc, ids, now| {
+            let c = api::add_catalog(acc, ids, now, name, type_).map_err(|e| anyhow!(e))?;
+            Ok((c, Vec::new()))
+        })
+    }
+
+    pub fn accept_unsorted(
+        &self,
+        host: &str,
+        uid: &str,
+        user_id: Option<u64>,
+        status_id: Option<u64>,
+    ) -> anyhow::Result<()> {
+        self.change(host, |acc, _, now| {
+            let events = api::accept_unsorted(acc, uid, user_id, status_id, now)
+                .map_err(|e| anyhow!(e.to_string()))?;
+            Ok(((), events))
+        })
+    }
+
+    pub fn decline_unsorted(&self, host: &str, uid: &str) -> anyhow::Result<()> {
+        self.change(host, |acc, _, now| {
+            let events =
+                api::decline_unsorted(acc, uid, None, now).map_err(|e| anyhow!(e.to_string()))?;
+            Ok(((), events))
+        })
+    }
+
+    pub fn add_lead_field(
+        &self,
+        host: &str,
+        name: &str,
+        type_: &str,
+        enums: &[String],
+    ) -> anyhow::Result<CustomField> {
+        self.change(host, |acc, ids, _| {
+            if name.trim().is_empty() {
+                bail!("a custom field needs a name");
+            }
+            if !crate::fields::FIELD_TYPES.contains(&type_) || type_ == "multitext" {
+                bail!("lead fields cannot be of type {type_:?}");
+            }
+            let selects = ["select", "multiselect", "radiobutton", "category"];
+            if selects.contains(&type_) && enums.is_empty() {
+                bail!("a {type_} field needs at least one option");
+            }
+            let id = crate::state::next(&mut ids.field);
+            let f = CustomField {
+                id,
+                name: name.to_owned(),
+                type_: type_.to_owned(),
+                code: None,
+                sort: 500,
+                is_api_only: false,
+                enums: enums
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| FieldEnum {
+                        id: crate::state::next(&mut ids.enum_),
+                        value: v.clone(),
+                        sort: 500 + i as i64,
+                    })
+                    .collect(),
+                entity_type: "leads".to_owned(),
+            };
+            acc.lead_fields.insert(id, f.clone());
+            Ok((f, Vec::new()))
+        })
+    }
+
     /// An install from amoCRM's widget catalogue: a code is sent to the redirect URI with
     /// `from_widget=1` and no `state` (server to server, not through the user's browser).
     pub fn widget_install(&self, client_id: &str, host: &str) -> anyhow::Result<String> {
@@ -353,6 +595,7 @@ impl Shared {
             let code = oauth::mint_code(&mut st, client_id, &host);
             let query = serde_urlencoded::to_string([
                 ("code", code.as_str()),
+                ("platform", crate::state::platform_of(&host)),
                 ("referer", host.as_str()),
                 ("client_id", client_id),
                 ("from_widget", "1"),
@@ -548,6 +791,47 @@ impl SandboxHandle {
         self.shared.faults(host)
     }
 
+    /// Renames an account as its admin would in amoCRM's settings: it is served at `to` from now on, with
+    /// its grants and tokens (its webhooks carry the new `account[subdomain]`); the old host answers
+    /// `old_host_answers` (401 or 404) to the token endpoint and the API. Tokens issued before still name
+    /// the account's API host, where `GET /oauth2/account/current/subdomain` tells the new host.
+    pub fn rename_account(
+        &self,
+        from: &str,
+        to: &str,
+        old_host_answers: u16,
+    ) -> anyhow::Result<()> {
+        self.shared.rename_account(from, to, old_host_answers)
+    }
+
+    /// Sets the `api_domain` claim of the account's tokens issued from now on (the host that answers its
+    /// subdomain lookup), e.g. a host outside amoCRM's to test that clients refuse to go there.
+    pub fn set_api_domain(&self, host: &str, api_domain: &str) -> anyhow::Result<()> {
+        self.shared.set_api_domain(host, api_domain)
+    }
+
+    /// The `api_domain` claim of the account's tokens.
+    pub fn api_domain(&self, host: &str) -> Option<String> {
+        self.shared.with_account(host, |a| a.api_domain.clone())
+    }
+
+    /// The account's paid period ended: every API call answers 402 (the token endpoint still works) until
+    /// [`SandboxHandle::clear_block`].
+    pub fn require_payment(&self, host: &str) -> anyhow::Result<()> {
+        self.shared.set_block(host, Some(402))
+    }
+
+    /// The account (or this integration's IP) is blocked: every API call and the token endpoint answer 403
+    /// until [`SandboxHandle::clear_block`].
+    pub fn block(&self, host: &str) -> anyhow::Result<()> {
+        self.shared.set_block(host, Some(403))
+    }
+
+    /// Paid again, or unblocked: the account answers normally.
+    pub fn clear_block(&self, host: &str) -> anyhow::Result<()> {
+        self.shared.set_block(host, None)
+    }
+
     /// Moves this account's clock forward by `secs` more seconds.
     pub fn advance_clock(&self, host: &str, secs: i64) {
         let mut f = self.faults(host);
@@ -623,6 +907,143 @@ impl SandboxHandle {
                 a.webhooks.iter().map(|w| w.hook.clone()).collect()
             })
             .unwrap_or_default()
+    }
+
+    /// The account's users (the default admin first); deleted ones are gone.
+    pub fn users(&self, host: &str) -> Vec<User> {
+        self.shared
+            .with_account(host, |a| a.users.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The account's default user: its admin, responsible for what is created without one.
+    pub fn default_user_id(&self, host: &str) -> Option<u64> {
+        self.shared.with_account(host, |a| a.user_id)
+    }
+
+    /// Adds a user (active; `is_admin` as given).
+    pub fn add_user(&self, host: &str, user: NewUser) -> anyhow::Result<User> {
+        self.shared.add_user(host, &user)
+    }
+
+    /// Deactivates or reactivates a user. Tokens of an inactive user get 403 on every API call, and an
+    /// inactive user cannot be made responsible.
+    pub fn set_user_active(&self, host: &str, user_id: u64, active: bool) -> anyhow::Result<User> {
+        self.shared.update_user(host, user_id, Some(active), None)
+    }
+
+    /// Gives or takes a user's admin rights (checked on every call, so existing tokens follow).
+    pub fn set_user_admin(&self, host: &str, user_id: u64, admin: bool) -> anyhow::Result<User> {
+        self.shared.update_user(host, user_id, None, Some(admin))
+    }
+
+    /// Deletes a user (not the default one): it disappears from `GET users` and is refused as responsible.
+    pub fn delete_user(&self, host: &str, user_id: u64) -> anyhow::Result<()> {
+        self.shared.delete_user(host, user_id)
+    }
+
+    /// Whether the user who connects (tokens are issued for) is an admin; by default they are. A
+    /// non-admin's token gets 403 on `GET users`, `POST/DELETE webhooks` and pipeline changes.
+    pub fn set_connecting_user_admin(&self, host: &str, admin: bool) -> anyhow::Result<()> {
+        self.shared.set_connecting_user_admin(host, admin)
+    }
+
+    /// Tokens issued from now on (consent, `issue_tokens`, refreshes) act as this user.
+    pub fn set_connecting_user(&self, host: &str, user_id: u64) -> anyhow::Result<()> {
+        self.shared.set_connecting_user(host, user_id)
+    }
+
+    /// Creates a contact as a manager would (sends `add_contact`).
+    pub fn add_contact(&self, host: &str, seed: ContactSeed) -> anyhow::Result<u64> {
+        self.shared.add_contact(host, &seed)
+    }
+
+    /// Edits a contact as a manager would (sends `update_contact` when something changed).
+    pub fn update_contact(&self, host: &str, id: u64, change: ContactChange) -> anyhow::Result<()> {
+        self.shared.update_contact(host, id, &change)
+    }
+
+    /// Deletes a contact as a manager would (sends `delete_contact`).
+    pub fn delete_contact(&self, host: &str, id: u64) -> anyhow::Result<()> {
+        self.shared.delete_contact(host, id)
+    }
+
+    /// Turns Products on: the account gets its `products` list (named `name`, default "Товары") with the
+    /// `SKU`, `PRICE` and `DESCRIPTION` fields. Returns the existing one when already on.
+    pub fn enable_products(&self, host: &str, name: Option<&str>) -> anyhow::Result<Catalog> {
+        self.shared
+            .add_catalog(host, name.unwrap_or_default(), "products")
+    }
+
+    /// Adds a list of type `regular` or `invoices` (or `products`, as `enable_products`).
+    pub fn add_catalog(&self, host: &str, name: &str, type_: &str) -> anyhow::Result<Catalog> {
+        self.shared.add_catalog(host, name, type_)
+    }
+
+    /// Adds a lead custom field of the seller's own (`text`, `select` with `options`, `url`, …).
+    pub fn add_lead_field(
+        &self,
+        host: &str,
+        name: &str,
+        type_: &str,
+        options: &[&str],
+    ) -> anyhow::Result<CustomField> {
+        let options: Vec<String> = options.iter().map(|o| (*o).to_owned()).collect();
+        self.shared.add_lead_field(host, name, type_, &options)
+    }
+
+    pub fn catalogs(&self, host: &str) -> Vec<Catalog> {
+        self.shared
+            .with_account(host, |a| a.catalogs.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Elements of every list.
+    pub fn elements(&self, host: &str) -> Vec<CatalogElement> {
+        self.shared
+            .with_account(host, |a| a.elements.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Lead → list element links (with quantities); contacts linked to leads are in `Lead::contact_ids`.
+    pub fn links(&self, host: &str) -> Vec<EntityLink> {
+        self.shared
+            .with_account(host, |a| a.links.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn notes(&self, host: &str) -> Vec<Note> {
+        self.shared
+            .with_account(host, |a| a.notes.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn tasks(&self, host: &str) -> Vec<Task> {
+        self.shared
+            .with_account(host, |a| a.tasks.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Unsorted requests, pending and done (`state`).
+    pub fn unsorted(&self, host: &str) -> Vec<UnsortedEntry> {
+        self.shared
+            .with_account(host, |a| a.unsorted.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// A manager accepts an unsorted request (into `status_id`, or the pipeline's first stage).
+    pub fn accept_unsorted(
+        &self,
+        host: &str,
+        uid: &str,
+        status_id: Option<u64>,
+    ) -> anyhow::Result<()> {
+        self.shared.accept_unsorted(host, uid, None, status_id)
+    }
+
+    /// A manager declines an unsorted request: its lead is closed as lost (143).
+    pub fn decline_unsorted(&self, host: &str, uid: &str) -> anyhow::Result<()> {
+        self.shared.decline_unsorted(host, uid)
     }
 
     /// Moves a lead as a person in the UI would; sends `status_lead` / `update_lead` webhooks.

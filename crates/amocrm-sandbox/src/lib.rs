@@ -20,8 +20,10 @@ pub use cli::run_cli;
 pub use config::{DEFAULT_ACCOUNTS, Faults, Integration, SandboxConfig, WebhookFormat};
 pub use handle::{Sandbox, SandboxHandle};
 pub use model::{
-    AccountInfo, Company, Contact, Counters, CustomField, Delivery, DeliveryKind, FieldEnum,
-    FieldValue, FieldValues, Lead, LoggedRequest, Pipeline, Status, Tag, TokenPair, Webhook,
+    AccountInfo, Catalog, CatalogElement, Company, Contact, ContactChange, ContactSeed, Counters,
+    CustomField, Delivery, DeliveryKind, EndpointCounters, EntityLink, FieldEnum, FieldValue,
+    FieldValues, Lead, LoggedRequest, NewUser, Note, Pipeline, Status, Tag, Task, TokenPair,
+    UnsortedEntry, UnsortedState, User, Webhook,
 };
 pub use oauth::AuthorizeParams;
 pub use state::STATUS_COLORS;

@@ -219,6 +219,13 @@ pub struct Counters {
     pub complex_calls: u64,
     /// Leads created (any route).
     pub leads_created: u64,
+    /// Links the `drop_links_*` faults silently left out of a `leads/link` batch.
+    #[serde(default)]
+    pub links_dropped: u64,
+    /// API requests by endpoint family, counted on arrival (refused ones included), so a test or a
+    /// benchmark can print how many calls of each kind one order took.
+    #[serde(default)]
+    pub endpoints: EndpointCounters,
 }
 
 impl Counters {
@@ -236,7 +243,259 @@ impl Counters {
         self.unauthorized += o.unauthorized;
         self.complex_calls += o.complex_calls;
         self.leads_created += o.leads_created;
+        self.links_dropped += o.links_dropped;
+        self.endpoints.add(&o.endpoints);
     }
+}
+
+/// Declares [`EndpointCounters`] from one list of family names, so the struct, `bump`, `add` and
+/// `families` cannot drift apart.
+macro_rules! endpoint_counters {
+    ($($(#[doc = $doc:literal])* $name:ident),* $(,)?) => {
+        /// API requests per endpoint family (see the crate's README for which routes each one counts).
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(default)]
+        pub struct EndpointCounters {
+            $($(#[doc = $doc])* pub $name: u64,)*
+        }
+
+        impl EndpointCounters {
+            /// Counts one request of `family` (an unknown name counts as `other`).
+            pub fn bump(&mut self, family: &str) {
+                match family {
+                    $(stringify!($name) => self.$name += 1,)*
+                    _ => self.other += 1,
+                }
+            }
+
+            /// Adds another account's counts to these.
+            pub fn add(&mut self, o: &EndpointCounters) {
+                $(self.$name += o.$name;)*
+            }
+
+            /// `(family, count)` for every family, in declaration order.
+            pub fn families(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name),)*]
+            }
+
+            /// All API requests counted.
+            pub fn total(&self) -> u64 {
+                0 $(+ self.$name)*
+            }
+        }
+    };
+}
+
+endpoint_counters! {
+    /// `GET account`.
+    account,
+    /// `leads/pipelines…` (any method).
+    pipelines,
+    /// `leads/custom_fields…` (any method).
+    custom_fields,
+    /// `webhooks` (any method).
+    webhooks,
+    /// `POST leads/complex`.
+    complex,
+    /// `GET leads`, `GET leads/{id}`.
+    leads_read,
+    /// `POST leads`, `PATCH leads`, `PATCH leads/{id}`.
+    leads_write,
+    /// `POST leads/notes`, `POST leads/{id}/notes`.
+    notes_create,
+    /// `GET leads/notes`, `GET leads/{id}/notes`.
+    notes_read,
+    /// `POST leads/link`, `POST leads/unlink`.
+    links_create,
+    /// `GET leads/{id}/links`.
+    links_read,
+    /// `GET contacts?query=…`.
+    contacts_search,
+    /// `GET contacts` without `query`, `GET contacts/{id}`.
+    contacts_read,
+    /// `POST contacts`.
+    contacts_create,
+    /// `PATCH contacts`, `PATCH contacts/{id}`.
+    contacts_patch,
+    /// `GET companies…`.
+    companies_read,
+    /// `GET catalogs`, `GET catalogs/{id}`.
+    catalogs,
+    /// `GET catalogs/{id}/elements…`.
+    elements_search,
+    /// `POST catalogs/{id}/elements`.
+    elements_create,
+    /// `POST tasks`.
+    tasks_create,
+    /// `GET tasks…`.
+    tasks_read,
+    /// `GET users…`.
+    users,
+    /// `POST leads/unsorted/forms`.
+    unsorted_create,
+    /// `POST leads/unsorted/{uid}/accept`.
+    unsorted_accept,
+    /// `DELETE leads/unsorted/{uid}/decline`.
+    unsorted_decline,
+    /// `GET leads/unsorted…`.
+    unsorted_read,
+    /// Any other API route (unknown ones included).
+    other,
+}
+
+/// A user of an account. Deleted users are gone; deactivated ones stay listed with `is_active: false`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub id: u64,
+    pub name: String,
+    pub email: String,
+    pub is_admin: bool,
+    pub is_active: bool,
+}
+
+/// A user to add to an account (handle and control API).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NewUser {
+    pub name: String,
+    /// Empty: one is made up from the name.
+    pub email: String,
+    pub is_admin: bool,
+}
+
+/// A contact to create as a manager would in the UI (handle and control API).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ContactSeed {
+    pub name: String,
+    pub first_name: String,
+    pub last_name: String,
+    /// Stored as typed, under `PHONE` with enum `WORK`.
+    pub phones: Vec<String>,
+    /// Under `EMAIL` with enum `WORK`.
+    pub emails: Vec<String>,
+    /// `None`: the account's default user.
+    pub responsible_user_id: Option<u64>,
+}
+
+/// A manager's edit of a contact; `None` leaves a part as it is, a list replaces all values.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ContactChange {
+    pub name: Option<String>,
+    pub phones: Option<Vec<String>>,
+    pub emails: Option<Vec<String>>,
+    pub responsible_user_id: Option<u64>,
+}
+
+/// A note on a lead.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Note {
+    pub id: u64,
+    /// The lead.
+    pub entity_id: u64,
+    /// `common`, `extended_service_message`, …
+    pub note_type: String,
+    /// `params.text`.
+    pub text: String,
+    /// `params` as sent.
+    pub params: serde_json::Value,
+    /// 0 is "the robot".
+    pub created_by: u64,
+    pub responsible_user_id: u64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub request_id: Option<String>,
+}
+
+/// A task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: u64,
+    pub text: String,
+    /// Unix seconds.
+    pub complete_till: i64,
+    pub entity_id: Option<u64>,
+    /// `leads`, `contacts` or `companies`.
+    pub entity_type: Option<String>,
+    pub responsible_user_id: u64,
+    /// 1 call, 2 meeting.
+    pub task_type_id: u64,
+    pub is_completed: bool,
+    pub created_by: u64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub request_id: Option<String>,
+}
+
+/// A list ("catalog"): `regular`, `invoices` or `products` (at most one of these).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Catalog {
+    pub id: u64,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub sort: i64,
+    pub created_at: i64,
+}
+
+/// An element of a list (a product of the products list).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CatalogElement {
+    pub id: u64,
+    pub catalog_id: u64,
+    pub name: String,
+    /// Products: `SKU`, `PRICE`, `DESCRIPTION` by code.
+    pub custom_fields_values: Vec<FieldValues>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub request_id: Option<String>,
+}
+
+impl CatalogElement {
+    /// All values of the field with this code (`SKU`, `PRICE`, `DESCRIPTION`).
+    pub fn values_of(&self, code: &str) -> Vec<String> {
+        values_of(&self.custom_fields_values, code)
+    }
+}
+
+/// A link from a lead to a list element (with quantity) or to a contact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntityLink {
+    pub lead_id: u64,
+    /// `catalog_elements` or `contacts`.
+    pub to_entity_type: String,
+    pub to_entity_id: u64,
+    pub catalog_id: Option<u64>,
+    pub quantity: Option<f64>,
+}
+
+/// Where an unsorted ("incoming") request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnsortedState {
+    Pending,
+    Accepted,
+    Declined,
+}
+
+/// An unsorted ("incoming") request: a lead waiting in its pipeline's incoming stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnsortedEntry {
+    pub uid: String,
+    pub source_uid: String,
+    pub source_name: String,
+    /// `forms`.
+    pub category: String,
+    pub pipeline_id: u64,
+    pub created_at: i64,
+    /// `metadata` as sent (`form_id`, `form_name`, `form_page`, `form_sent_at`, …).
+    pub metadata: serde_json::Value,
+    pub lead_id: u64,
+    pub contact_ids: Vec<u64>,
+    pub company_id: Option<u64>,
+    pub request_id: Option<String>,
+    pub state: UnsortedState,
 }
 
 /// One request the sandbox received (admin routes under `/_sandbox` are not logged).

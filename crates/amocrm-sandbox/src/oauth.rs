@@ -89,6 +89,7 @@ pub fn decide(
         if let Some(s) = &params.state {
             query.push(("state", s.clone()));
         }
+        query.push(("platform", crate::state::platform_of(&host_norm).to_owned()));
         query.push(("referer", host_norm));
         query.push(("client_id", integration.client_id.clone()));
     } else {
@@ -320,11 +321,11 @@ pub fn mint_pair(st: &mut State, install_id: u64, parent: Option<u64>) -> TokenP
         Some(i) => (i.client_id.clone(), i.host.clone()),
         None => (String::new(), String::new()),
     };
-    let (account_id, user_id) = st
+    let (account_id, user_id, api_domain) = st
         .accounts
         .get(&host)
-        .map(|a| (a.id, a.user_id))
-        .unwrap_or((0, 0));
+        .map(|a| (a.id, a.token_user_id, a.api_domain.clone()))
+        .unwrap_or_else(|| (0, 0, crate::state::default_api_domain(&host)));
     let now = st.now(&host);
     let pair_id = next(&mut st.ids.pair);
     let access = tokens::access_token(&Claims {
@@ -332,6 +333,7 @@ pub fn mint_pair(st: &mut State, install_id: u64, parent: Option<u64>) -> TokenP
         user_id,
         account_id,
         host: &host,
+        api_domain: &api_domain,
         iat: now,
         exp: now + ACCESS_TTL_SECS,
     });
@@ -353,6 +355,7 @@ pub fn mint_pair(st: &mut State, install_id: u64, parent: Option<u64>) -> TokenP
         access.clone(),
         AccessRecord {
             pair_id,
+            user_id,
             install_id,
             host: host.clone(),
             exp: now + ACCESS_TTL_SECS,
@@ -387,6 +390,38 @@ pub fn authenticate(st: &mut State, host: &str, token: &str) -> Option<String> {
     let (pair_id, install_id) = (rec.pair_id, rec.install_id);
     st.mark_pair_used(pair_id);
     st.installs.get(&install_id).map(|i| i.client_id.clone())
+}
+
+/// The user an access token acts as (its `sub`), whether or not the token is still valid.
+pub fn token_user(st: &State, token: &str) -> Option<u64> {
+    st.access.get(token).map(|r| r.user_id)
+}
+
+/// amoCRM's answer to `GET {api_host}/oauth2/account/current/subdomain` with `X-Refresh-Token: refresh`:
+/// where the account of that (still usable) refresh token lives now. `Err` is the HTTP status to answer.
+pub fn subdomain_lookup(
+    st: &State,
+    api_host: &str,
+    refresh: &str,
+) -> Result<serde_json::Value, StatusCode> {
+    let rec = st.refresh.get(refresh).ok_or(StatusCode::UNAUTHORIZED)?;
+    let usable = st.install_live(rec.install_id)
+        && st.pairs.get(&rec.pair_id).is_some_and(|p| !p.refresh_dead)
+        && st.now(&rec.host) < rec.exp;
+    if !usable {
+        return Err(StatusCode::UNAUTHORIZED);
+    }
+    let acc = st.accounts.get(&rec.host).ok_or(StatusCode::UNAUTHORIZED)?;
+    if acc.api_domain != api_host {
+        return Err(StatusCode::NOT_FOUND);
+    }
+    let tld = acc.host.rsplit('.').next().unwrap_or_default();
+    Ok(serde_json::json!({
+        "id": acc.id,
+        "subdomain": acc.subdomain,
+        "domain": acc.host,
+        "top_level_domain": tld,
+    }))
 }
 
 /// Revokes the active installation of `client_id` in `host`; returns whether one existed.

@@ -10,7 +10,7 @@ use chrono::Utc;
 use tokio::sync::{Notify, mpsc};
 
 use crate::config::WebhookFormat;
-use crate::model::{Delivery, DeliveryKind, FieldValues, Lead};
+use crate::model::{Delivery, DeliveryKind, FieldValues, Lead, Note, UnsortedEntry, UnsortedState};
 use crate::state::{Account, State, next};
 
 /// Something that happened to an account's entities and may produce webhooks.
@@ -29,7 +29,16 @@ pub enum Event {
     },
     LeadDeleted(Box<Lead>),
     ContactAdded(u64),
+    ContactUpdated(u64),
+    ContactDeleted(u64),
     CompanyAdded(u64),
+    /// A note on a lead (`note_lead`).
+    NoteAdded(u64),
+    UnsortedAdded(String),
+    /// A pending request's lead was edited.
+    UnsortedUpdated(String),
+    /// Accepted or declined (the entry's state says which).
+    UnsortedDeleted(String),
 }
 
 impl Event {
@@ -42,7 +51,13 @@ impl Event {
             Event::LeadResponsible { .. } => "responsible_lead",
             Event::LeadDeleted(_) => "delete_lead",
             Event::ContactAdded(_) => "add_contact",
+            Event::ContactUpdated(_) => "update_contact",
+            Event::ContactDeleted(_) => "delete_contact",
             Event::CompanyAdded(_) => "add_company",
+            Event::NoteAdded(_) => "note_lead",
+            Event::UnsortedAdded(_) => "add_unsorted",
+            Event::UnsortedUpdated(_) => "update_unsorted",
+            Event::UnsortedDeleted(_) => "delete_unsorted",
         }
     }
 
@@ -55,6 +70,12 @@ impl Event {
             Event::LeadResponsible { .. } => ("leads", "responsible"),
             Event::LeadDeleted(_) => ("leads", "delete"),
             Event::ContactAdded(_) | Event::CompanyAdded(_) => ("contacts", "add"),
+            Event::ContactUpdated(_) => ("contacts", "update"),
+            Event::ContactDeleted(_) => ("contacts", "delete"),
+            Event::NoteAdded(_) => ("leads", "note"),
+            Event::UnsortedAdded(_) => ("unsorted", "add"),
+            Event::UnsortedUpdated(_) => ("unsorted", "update"),
+            Event::UnsortedDeleted(_) => ("unsorted", "delete"),
         }
     }
 }
@@ -157,23 +178,43 @@ fn full_body(acc: &Account, events: &[&Event]) -> String {
                     out.push((format!("{p}[pipeline_id]"), l.pipeline_id.to_string()));
                     Some(())
                 }
-                Event::ContactAdded(id) => acc.contacts.get(id).map(|c| {
-                    party_fields(
-                        &mut out,
-                        &p,
-                        acc,
-                        Party {
-                            id: c.id,
-                            name: &c.name,
-                            responsible: c.responsible_user_id,
-                            created_at: c.created_at,
-                            updated_at: c.updated_at,
-                            fields: &c.custom_fields_values,
-                            linked_company: c.company_id,
-                            kind: "contact",
-                        },
-                    )
-                }),
+                Event::ContactAdded(id) | Event::ContactUpdated(id) => {
+                    acc.contacts.get(id).map(|c| {
+                        party_fields(
+                            &mut out,
+                            &p,
+                            acc,
+                            Party {
+                                id: c.id,
+                                name: &c.name,
+                                responsible: c.responsible_user_id,
+                                created_at: c.created_at,
+                                updated_at: c.updated_at,
+                                fields: &c.custom_fields_values,
+                                linked_company: c.company_id,
+                                lead_ids: &c.lead_ids,
+                                kind: "contact",
+                            },
+                        )
+                    })
+                }
+                Event::ContactDeleted(id) => {
+                    out.push((format!("{p}[id]"), id.to_string()));
+                    out.push((format!("{p}[type]"), "contact".to_owned()));
+                    Some(())
+                }
+                Event::NoteAdded(id) => acc
+                    .notes
+                    .get(id)
+                    .map(|n| note_fields(&mut out, &format!("{p}[note]"), acc, n)),
+                Event::UnsortedAdded(uid) | Event::UnsortedUpdated(uid) => acc
+                    .unsorted
+                    .get(uid)
+                    .map(|u| unsorted_fields(&mut out, &p, acc, u)),
+                Event::UnsortedDeleted(uid) => acc
+                    .unsorted
+                    .get(uid)
+                    .map(|u| unsorted_result_fields(&mut out, &p, acc, u)),
                 Event::CompanyAdded(id) => acc.companies.get(id).map(|c| {
                     party_fields(
                         &mut out,
@@ -187,6 +228,7 @@ fn full_body(acc: &Account, events: &[&Event]) -> String {
                             updated_at: c.updated_at,
                             fields: &c.custom_fields_values,
                             linked_company: None,
+                            lead_ids: &c.lead_ids,
                             kind: "company",
                         },
                     )
@@ -256,6 +298,7 @@ struct Party<'a> {
     updated_at: i64,
     fields: &'a [FieldValues],
     linked_company: Option<u64>,
+    lead_ids: &'a [u64],
     kind: &'static str,
 }
 
@@ -270,9 +313,18 @@ fn party_fields(out: &mut Pairs, p: &str, acc: &Account, c: Party<'_>) {
     put("modified_user_id", acc.user_id.to_string());
     put("account_id", acc.id.to_string());
     if let Some(company) = c.linked_company {
+        if let Some(co) = acc.companies.get(&company) {
+            put("company_name", co.name.clone());
+        }
         put("linked_company_id", company.to_string());
     }
     custom_fields(out, p, c.fields, true);
+    for lead in c.lead_ids {
+        out.push((
+            format!("{p}[linked_leads_id][{lead}][ID]"),
+            lead.to_string(),
+        ));
+    }
     out.push((format!("{p}[created_at]"), c.created_at.to_string()));
     out.push((format!("{p}[updated_at]"), c.updated_at.to_string()));
     out.push((format!("{p}[type]"), c.kind.to_owned()));
@@ -299,6 +351,116 @@ fn custom_fields(out: &mut Pairs, p: &str, fields: &[FieldValues], with_code: bo
             out.push((format!("{cp}[code]"), code.clone()));
         }
     }
+}
+
+/// amoCRM's numeric (v2) note types, as note webhooks carry them.
+fn note_type_code(note_type: &str) -> u32 {
+    match note_type {
+        "call_in" => 10,
+        "call_out" => 11,
+        "service_message" | "extended_service_message" => 25,
+        "sms_in" => 102,
+        "sms_out" => 103,
+        _ => 4,
+    }
+}
+
+/// `leads[note][i][note][…]` as in Kommo's example: dates as `YYYY-MM-DD HH:MM:SS`, `metadata` a JSON string.
+fn note_fields(out: &mut Pairs, p: &str, acc: &Account, n: &Note) {
+    let stamp = |t: i64| {
+        chrono::DateTime::from_timestamp(t, 0)
+            .map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_default()
+    };
+    let author = acc
+        .users
+        .get(&n.created_by)
+        .map(|u| u.name.clone())
+        .unwrap_or_else(|| "Robot".to_owned());
+    let metadata = serde_json::json!({
+        "event_source": {"id": n.created_by, "author_name": author, "type": 1},
+    });
+    let mut put = |k: &str, v: String| out.push((format!("{p}[{k}]"), v));
+    put("text", n.text.clone());
+    put("attachement", String::new());
+    put("date_create", stamp(n.created_at));
+    put("note_type", note_type_code(&n.note_type).to_string());
+    put("element_type", "2".to_owned());
+    put("element_id", n.entity_id.to_string());
+    put("catalog_id", "0".to_owned());
+    put("group_id", "0".to_owned());
+    put("timestamp_x", stamp(n.updated_at));
+    put("account_id", acc.id.to_string());
+    put("metadata", metadata.to_string());
+    put("created_by", n.created_by.to_string());
+    put("modified_by", n.created_by.to_string());
+    put("main_user_id", n.responsible_user_id.to_string());
+    put("id", n.id.to_string());
+    put("created_at", n.created_at.to_string());
+    put("updated_at", n.updated_at.to_string());
+}
+
+/// `unsorted[add|update][i][…]` in the order of a real capture: uid, source, category, source data, the
+/// entities under `data`, then pipeline, account and lead.
+fn unsorted_fields(out: &mut Pairs, p: &str, acc: &Account, u: &UnsortedEntry) {
+    let mut put = |k: &str, v: String| out.push((format!("{p}[{k}]"), v));
+    put("uid", u.uid.clone());
+    put("source", u.source_uid.clone());
+    put("source_uid", u.source_uid.clone());
+    put("category", u.category.clone());
+    if let Some(meta) = u.metadata.as_object() {
+        for (k, v) in meta {
+            let text = match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => continue,
+                other => other.to_string(),
+            };
+            put(&format!("source_data][{k}"), text);
+        }
+    }
+    put("source_data][source_name", u.source_name.clone());
+    put("date_create", u.created_at.to_string());
+    if let Some(l) = acc.leads.get(&u.lead_id) {
+        put("data][leads][0][id", l.id.to_string());
+        put("data][leads][0][name", l.name.clone());
+    }
+    for (j, c) in u
+        .contact_ids
+        .iter()
+        .filter_map(|c| acc.contacts.get(c))
+        .enumerate()
+    {
+        put(&format!("data][contacts][{j}][id"), c.id.to_string());
+        put(&format!("data][contacts][{j}][name"), c.name.clone());
+    }
+    if let Some(co) = u.company_id.and_then(|c| acc.companies.get(&c)) {
+        put("data][companies][0][id", co.id.to_string());
+        put("data][companies][0][name", co.name.clone());
+    }
+    put("pipeline_id", u.pipeline_id.to_string());
+    put("account_id", acc.id.to_string());
+    put("lead_id", u.lead_id.to_string());
+    put("created_at", u.created_at.to_string());
+}
+
+/// `unsorted[delete][i][…]`: the request is gone; `accept_result` / `decline_result` name its entities.
+fn unsorted_result_fields(out: &mut Pairs, p: &str, acc: &Account, u: &UnsortedEntry) {
+    let mut put = |k: &str, v: String| out.push((format!("{p}[{k}]"), v));
+    put("uid", u.uid.clone());
+    put("category", u.category.clone());
+    put("pipeline_id", u.pipeline_id.to_string());
+    let (action, result) = match u.state {
+        UnsortedState::Declined => ("decline", "decline_result"),
+        _ => ("accept", "accept_result"),
+    };
+    put("action", action.to_owned());
+    put(&format!("{result}][leads][0"), u.lead_id.to_string());
+    if u.state == UnsortedState::Accepted {
+        for (j, c) in u.contact_ids.iter().enumerate() {
+            put(&format!("{result}][contacts][{j}"), c.to_string());
+        }
+    }
+    put("account_id", acc.id.to_string());
 }
 
 fn dp_body(acc: &Account, events: &[&Event]) -> String {

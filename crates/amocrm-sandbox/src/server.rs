@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::api::{self, ApiRequest};
 use crate::config::{Faults, Integration};
 use crate::handle::Shared;
-use crate::model::LoggedRequest;
+use crate::model::{ContactChange, ContactSeed, LoggedRequest, NewUser};
 use crate::oauth::{self, AuthorizeParams, Grant, TokenRequest};
 use crate::outbound::jobs_for;
 use crate::problem;
@@ -76,6 +76,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/ui", web::get().to(board))
                 .route("/ui/move", web::post().to(board_move))
                 .route("/ui/lead", web::post().to(board_new_lead))
+                .route("/ui/unsorted", web::post().to(board_unsorted))
                 .route("/approve", web::get().to(scripted_approve))
                 .route("/accounts", web::get().to(accounts_list))
                 .route("/accounts", web::post().to(accounts_add))
@@ -84,6 +85,12 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/accounts/{host}/faults", web::get().to(faults_get))
                 .route("/accounts/{host}/faults", web::put().to(faults_put))
                 .route("/accounts/{host}/clock", web::post().to(clock_advance))
+                .route("/accounts/{host}/rename", web::post().to(account_rename))
+                .route(
+                    "/accounts/{host}/api_domain",
+                    web::put().to(account_api_domain),
+                )
+                .route("/accounts/{host}/state", web::put().to(account_state))
                 .route("/accounts/{host}/leads", web::get().to(account_leads))
                 .route(
                     "/accounts/{host}/leads",
@@ -95,6 +102,39 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 )
                 .route("/accounts/{host}/leads/{id}", web::delete().to(lead_delete))
                 .route("/accounts/{host}/contacts", web::get().to(account_contacts))
+                .route("/accounts/{host}/contacts", web::post().to(contact_add))
+                .route(
+                    "/accounts/{host}/contacts/{id}",
+                    web::patch().to(contact_update),
+                )
+                .route(
+                    "/accounts/{host}/contacts/{id}",
+                    web::delete().to(contact_delete),
+                )
+                .route("/accounts/{host}/users", web::get().to(account_users))
+                .route("/accounts/{host}/users", web::post().to(user_add))
+                .route("/accounts/{host}/users/{id}", web::patch().to(user_update))
+                .route("/accounts/{host}/users/{id}", web::delete().to(user_delete))
+                .route(
+                    "/accounts/{host}/connecting_user",
+                    web::put().to(connecting_user_put),
+                )
+                .route("/accounts/{host}/products", web::post().to(products_enable))
+                .route("/accounts/{host}/catalogs", web::get().to(account_catalogs))
+                .route("/accounts/{host}/catalogs", web::post().to(catalog_add))
+                .route("/accounts/{host}/elements", web::get().to(account_elements))
+                .route("/accounts/{host}/links", web::get().to(account_links))
+                .route("/accounts/{host}/notes", web::get().to(account_notes))
+                .route("/accounts/{host}/tasks", web::get().to(account_tasks))
+                .route("/accounts/{host}/unsorted", web::get().to(account_unsorted))
+                .route(
+                    "/accounts/{host}/unsorted/{uid}/accept",
+                    web::post().to(unsorted_accept),
+                )
+                .route(
+                    "/accounts/{host}/unsorted/{uid}/decline",
+                    web::post().to(unsorted_decline),
+                )
                 .route(
                     "/accounts/{host}/companies",
                     web::get().to(account_companies),
@@ -111,6 +151,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
                     "/accounts/{host}/custom_fields",
                     web::get().to(account_fields),
                 )
+                .route("/accounts/{host}/custom_fields", web::post().to(field_add))
                 .route(
                     "/accounts/{host}/custom_fields/{id}",
                     web::delete().to(field_delete),
@@ -191,6 +232,9 @@ async fn account_entry(req: HttpRequest, body: web::Bytes, sh: Data) -> HttpResp
         .to_ascii_lowercase();
     let token_req = is_token.then(|| TokenRequest::parse(&content_type, &body));
     let grant_type = token_req.as_ref().and_then(|t| t.grant_type.clone());
+    if let Some(resp) = host_level(&req, &sh, &host, &path, grant_type.clone()) {
+        return resp;
+    }
 
     // Admission: unknown account, forced 429, the sliding-window limit.
     let latency = {
@@ -208,6 +252,11 @@ async fn account_entry(req: HttpRequest, body: web::Bytes, sh: Data) -> HttpResp
             return problem::not_found(&method, &format!("https://{host}{path}"));
         };
         acc.counters.requests += 1;
+        if let Some(api_path) = path.strip_prefix("/api/v4/") {
+            acc.counters
+                .endpoints
+                .bump(api::family(&method, api_path, req.query_string()));
+        }
         let refused = if acc.faults.force_429_next > 0 {
             acc.faults.force_429_next -= 1;
             Some(acc.faults.force_429_retry_after_secs.max(1))
@@ -239,6 +288,18 @@ async fn account_entry(req: HttpRequest, body: web::Bytes, sh: Data) -> HttpResp
         let Some(acc) = st.accounts.get_mut(&host) else {
             return problem::not_found(&method, &format!("https://{host}{path}"));
         };
+        // An unpaid account still issues tokens; a blocked one refuses everything.
+        if let Some(code) = acc.block.filter(|c| !is_token || *c == 403) {
+            st.push_log(log_entry(
+                &method,
+                &path,
+                Some(&host),
+                grant_type,
+                code,
+                false,
+            ));
+            return account_blocked(code);
+        }
         if acc.faults.fail_next > 0 {
             acc.faults.fail_next -= 1;
             acc.counters.injected_failures += 1;
@@ -283,7 +344,8 @@ async fn account_entry(req: HttpRequest, body: web::Bytes, sh: Data) -> HttpResp
                 }
                 (problem::unauthorized(), Vec::new())
             } else {
-                api::handle(
+                let user = oauth::token_user(&st, bearer);
+                api::handle_as(
                     &mut st,
                     &host,
                     &ApiRequest {
@@ -292,6 +354,7 @@ async fn account_entry(req: HttpRequest, body: web::Bytes, sh: Data) -> HttpResp
                         query: req.query_string(),
                         body: &body,
                     },
+                    user,
                 )
             }
         } else {
@@ -325,6 +388,62 @@ async fn account_entry(req: HttpRequest, body: web::Bytes, sh: Data) -> HttpResp
             .finish();
     }
     resp
+}
+
+/// What a host answers before any account is looked at: an API host's subdomain lookup
+/// (`/oauth2/account/current/subdomain`), and a renamed account's old host (401 or 404 to everything).
+/// Both are logged with their host, so tests can see every host a client contacted.
+fn host_level(
+    req: &HttpRequest,
+    sh: &Shared,
+    host: &str,
+    path: &str,
+    grant_type: Option<String>,
+) -> Option<HttpResponse> {
+    let method = req.method().as_str();
+    let mut st = sh.lock();
+    let resp = if path == "/oauth2/account/current/subdomain" && !st.accounts.contains_key(host) {
+        let refresh = req
+            .headers()
+            .get("x-refresh-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .unwrap_or("");
+        match (method, oauth::subdomain_lookup(&st, host, refresh)) {
+            ("GET", Ok(body)) => problem::hal(body),
+            ("GET", Err(StatusCode::NOT_FOUND)) => {
+                problem::not_found(method, &format!("https://{host}{path}"))
+            }
+            ("GET", Err(_)) => {
+                problem::problem(StatusCode::UNAUTHORIZED, "Refresh token is invalid")
+            }
+            _ => problem::not_found(method, &format!("https://{host}{path}")),
+        }
+    } else if let Some(renamed) = st.renamed.get(host) {
+        match renamed.status {
+            401 => problem::unauthorized(),
+            _ => problem::not_found(method, &format!("https://{host}{path}")),
+        }
+    } else {
+        return None;
+    };
+    st.push_log(log_entry(
+        method,
+        path,
+        Some(host),
+        grant_type,
+        resp.status().as_u16(),
+        false,
+    ));
+    Some(resp)
+}
+
+/// amoCRM's answer to every call of an unpaid (402) or blocked (403) account.
+fn account_blocked(code: u16) -> HttpResponse {
+    match code {
+        402 => problem::problem(StatusCode::PAYMENT_REQUIRED, "Payment required"),
+        _ => problem::problem(StatusCode::FORBIDDEN, "Account is blocked"),
+    }
 }
 
 fn token_endpoint(st: &mut State, host: &str, tr: &TokenRequest) -> HttpResponse {
@@ -498,6 +617,8 @@ struct BoardLead {
     id: u64,
     name: String,
     price: i64,
+    /// The pending unsorted request holding the lead (empty: none): Accept / Decline instead of Move.
+    unsorted_uid: String,
 }
 
 struct BoardStatus {
@@ -587,6 +708,10 @@ async fn board(sh: Data) -> HttpResponse {
                                                 id: l.id,
                                                 name: l.name.clone(),
                                                 price: l.price,
+                                                unsorted_uid: a
+                                                    .pending_unsorted_of(l.id)
+                                                    .map(|u| u.uid.clone())
+                                                    .unwrap_or_default(),
                                             })
                                             .collect(),
                                     })
@@ -688,6 +813,8 @@ async fn account_summary(path: web::Path<String>, sh: Data) -> HttpResponse {
             "host": a.host,
             "subdomain": a.subdomain,
             "name": a.name,
+            "api_domain": a.api_domain,
+            "state": a.block,
             "user_id": a.user_id,
             "counters": a.counters,
             "faults": a.faults,
@@ -696,6 +823,13 @@ async fn account_summary(path: web::Path<String>, sh: Data) -> HttpResponse {
             "contacts": a.contacts.len(),
             "companies": a.companies.len(),
             "webhooks": a.webhooks.len(),
+            "users": a.users.len(),
+            "notes": a.notes.len(),
+            "tasks": a.tasks.len(),
+            "catalogs": a.catalogs.len(),
+            "elements": a.elements.len(),
+            "links": a.links.len(),
+            "unsorted": a.unsorted.len(),
         })
     })
 }
@@ -734,6 +868,62 @@ async fn clock_advance(
     match sh.set_faults(&path, f) {
         Ok(()) => HttpResponse::Ok().json(sh.faults(&path)),
         Err(e) => not_found_json(&e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct RenameBody {
+    to: String,
+    /// What the old host answers from now on: 401 (default) or 404.
+    #[serde(default = "default_rename_status")]
+    old_host_answers: u16,
+}
+
+fn default_rename_status() -> u16 {
+    401
+}
+
+async fn account_rename(
+    path: web::Path<String>,
+    body: web::Json<RenameBody>,
+    sh: Data,
+) -> HttpResponse {
+    match sh.rename_account(&path, &body.to, body.old_host_answers) {
+        Ok(()) => with_account(&sh, &body.to, |a| json!({"id": a.id, "host": a.host})),
+        Err(e) => bad_json(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ApiDomainBody {
+    api_domain: String,
+}
+
+async fn account_api_domain(
+    path: web::Path<String>,
+    body: web::Json<ApiDomainBody>,
+    sh: Data,
+) -> HttpResponse {
+    match sh.set_api_domain(&path, &body.api_domain) {
+        Ok(()) => with_account(&sh, &path, |a| json!({"api_domain": a.api_domain})),
+        Err(e) => bad_json(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct StateBody {
+    /// 402 (payment required), 403 (blocked) or null (answering normally).
+    status: Option<u16>,
+}
+
+async fn account_state(
+    path: web::Path<String>,
+    body: web::Json<StateBody>,
+    sh: Data,
+) -> HttpResponse {
+    match sh.set_block(&path, body.status) {
+        Ok(()) => with_account(&sh, &path, |a| json!({"status": a.block})),
+        Err(e) => bad_json(e),
     }
 }
 
@@ -945,4 +1135,230 @@ struct RateBody {
 async fn rate_limit_put(body: web::Json<RateBody>, sh: Data) -> HttpResponse {
     sh.lock().rate_limit_rps = body.rps;
     HttpResponse::Ok().json(json!({"rps": body.rps}))
+}
+
+// ---- users, contacts, lists, unsorted: what a manager or admin does in the UI ----------------------
+
+async fn account_users(path: web::Path<String>, sh: Data) -> HttpResponse {
+    with_account(&sh, &path, |a| {
+        a.users.values().cloned().collect::<Vec<_>>()
+    })
+}
+
+async fn user_add(path: web::Path<String>, body: web::Json<NewUser>, sh: Data) -> HttpResponse {
+    match sh.add_user(&path, &body) {
+        Ok(u) => HttpResponse::Ok().json(u),
+        Err(e) => bad_json(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct UserChange {
+    is_active: Option<bool>,
+    is_admin: Option<bool>,
+}
+
+async fn user_update(
+    path: web::Path<(String, u64)>,
+    body: web::Json<UserChange>,
+    sh: Data,
+) -> HttpResponse {
+    let (host, id) = path.into_inner();
+    match sh.update_user(&host, id, body.is_active, body.is_admin) {
+        Ok(u) => HttpResponse::Ok().json(u),
+        Err(e) => bad_json(e),
+    }
+}
+
+async fn user_delete(path: web::Path<(String, u64)>, sh: Data) -> HttpResponse {
+    let (host, id) = path.into_inner();
+    match sh.delete_user(&host, id) {
+        Ok(()) => HttpResponse::NoContent().finish(),
+        Err(e) => bad_json(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ConnectingUser {
+    user_id: Option<u64>,
+    is_admin: Option<bool>,
+}
+
+/// `{user_id?}` picks who new tokens are issued for; `{is_admin?}` sets that user's admin right.
+async fn connecting_user_put(
+    path: web::Path<String>,
+    body: web::Json<ConnectingUser>,
+    sh: Data,
+) -> HttpResponse {
+    if let Some(id) = body.user_id
+        && let Err(e) = sh.set_connecting_user(&path, id)
+    {
+        return bad_json(e);
+    }
+    if let Some(admin) = body.is_admin
+        && let Err(e) = sh.set_connecting_user_admin(&path, admin)
+    {
+        return bad_json(e);
+    }
+    with_account(
+        &sh,
+        &path,
+        |a| json!({"user_id": a.token_user_id, "user": a.users.get(&a.token_user_id)}),
+    )
+}
+
+async fn contact_add(
+    path: web::Path<String>,
+    body: web::Json<ContactSeed>,
+    sh: Data,
+) -> HttpResponse {
+    match sh.add_contact(&path, &body) {
+        Ok(id) => HttpResponse::Ok().json(json!({"id": id})),
+        Err(e) => bad_json(e),
+    }
+}
+
+async fn contact_update(
+    path: web::Path<(String, u64)>,
+    body: web::Json<ContactChange>,
+    sh: Data,
+) -> HttpResponse {
+    let (host, id) = path.into_inner();
+    match sh.update_contact(&host, id, &body) {
+        Ok(()) => HttpResponse::NoContent().finish(),
+        Err(e) => bad_json(e),
+    }
+}
+
+async fn contact_delete(path: web::Path<(String, u64)>, sh: Data) -> HttpResponse {
+    let (host, id) = path.into_inner();
+    match sh.delete_contact(&host, id) {
+        Ok(()) => HttpResponse::NoContent().finish(),
+        Err(e) => bad_json(e),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct CatalogBody {
+    name: String,
+    #[serde(rename = "type")]
+    type_: Option<String>,
+}
+
+async fn products_enable(
+    path: web::Path<String>,
+    body: Option<web::Json<CatalogBody>>,
+    sh: Data,
+) -> HttpResponse {
+    let name = body.map(|b| b.into_inner().name).unwrap_or_default();
+    match sh.add_catalog(&path, &name, "products") {
+        Ok(c) => HttpResponse::Ok().json(c),
+        Err(e) => bad_json(e),
+    }
+}
+
+async fn account_catalogs(path: web::Path<String>, sh: Data) -> HttpResponse {
+    with_account(&sh, &path, |a| {
+        a.catalogs.values().cloned().collect::<Vec<_>>()
+    })
+}
+
+async fn catalog_add(
+    path: web::Path<String>,
+    body: web::Json<CatalogBody>,
+    sh: Data,
+) -> HttpResponse {
+    let type_ = body.type_.clone().unwrap_or_else(|| "regular".to_owned());
+    match sh.add_catalog(&path, &body.name, &type_) {
+        Ok(c) => HttpResponse::Ok().json(c),
+        Err(e) => bad_json(e),
+    }
+}
+
+async fn account_elements(path: web::Path<String>, sh: Data) -> HttpResponse {
+    with_account(&sh, &path, |a| {
+        a.elements.values().cloned().collect::<Vec<_>>()
+    })
+}
+
+async fn account_links(path: web::Path<String>, sh: Data) -> HttpResponse {
+    with_account(&sh, &path, |a| a.links.clone())
+}
+
+async fn account_notes(path: web::Path<String>, sh: Data) -> HttpResponse {
+    with_account(&sh, &path, |a| {
+        a.notes.values().cloned().collect::<Vec<_>>()
+    })
+}
+
+async fn account_tasks(path: web::Path<String>, sh: Data) -> HttpResponse {
+    with_account(&sh, &path, |a| {
+        a.tasks.values().cloned().collect::<Vec<_>>()
+    })
+}
+
+async fn account_unsorted(path: web::Path<String>, sh: Data) -> HttpResponse {
+    with_account(&sh, &path, |a| {
+        a.unsorted.values().cloned().collect::<Vec<_>>()
+    })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct AcceptBody {
+    status_id: Option<u64>,
+    user_id: Option<u64>,
+}
+
+async fn unsorted_accept(
+    path: web::Path<(String, String)>,
+    body: Option<web::Json<AcceptBody>>,
+    sh: Data,
+) -> HttpResponse {
+    let (host, uid) = path.into_inner();
+    let b = body.map(web::Json::into_inner).unwrap_or_default();
+    match sh.accept_unsorted(&host, &uid, b.user_id, b.status_id) {
+        Ok(()) => HttpResponse::NoContent().finish(),
+        Err(e) => bad_json(e),
+    }
+}
+
+async fn unsorted_decline(path: web::Path<(String, String)>, sh: Data) -> HttpResponse {
+    let (host, uid) = path.into_inner();
+    match sh.decline_unsorted(&host, &uid) {
+        Ok(()) => HttpResponse::NoContent().finish(),
+        Err(e) => bad_json(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct FieldBody {
+    name: String,
+    #[serde(rename = "type")]
+    type_: String,
+    #[serde(default)]
+    enums: Vec<String>,
+}
+
+async fn field_add(path: web::Path<String>, body: web::Json<FieldBody>, sh: Data) -> HttpResponse {
+    match sh.add_lead_field(&path, &body.name, &body.type_, &body.enums) {
+        Ok(f) => HttpResponse::Ok().json(f),
+        Err(e) => bad_json(e),
+    }
+}
+
+/// The board's Accept / Decline buttons of an unsorted lead.
+async fn board_unsorted(body: web::Bytes, sh: Data) -> HttpResponse {
+    let form = oauth::form_pairs(std::str::from_utf8(&body).unwrap_or(""));
+    let host = form.get("host").cloned().unwrap_or_default();
+    let uid = form.get("uid").cloned().unwrap_or_default();
+    let result = match form.get("decision").map(String::as_str) {
+        Some("decline") => sh.decline_unsorted(&host, &uid),
+        _ => sh.accept_unsorted(&host, &uid, None, None),
+    };
+    match result {
+        Ok(()) => see_board(&host),
+        Err(e) => message(StatusCode::BAD_REQUEST, "Ошибка", &e.to_string()),
+    }
 }

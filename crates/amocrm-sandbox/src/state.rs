@@ -1,14 +1,14 @@
 //! The sandbox's in-memory world: accounts and their entities, grants and tokens, logs, id sequences.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
 use crate::config::{Faults, Integration, WebhookFormat};
 use crate::model::{
-    Company, Contact, Counters, CustomField, Delivery, FieldEnum, Lead, LoggedRequest, Pipeline,
-    Status, Webhook,
+    Catalog, CatalogElement, Company, Contact, Counters, CustomField, Delivery, EntityLink,
+    FieldEnum, Lead, LoggedRequest, Note, Pipeline, Status, Task, UnsortedEntry, User, Webhook,
 };
 
 /// Colours amoCRM accepts for non-system statuses (amocrm-api.md §5).
@@ -41,6 +41,10 @@ pub struct Ids {
     pub field: u64,
     pub enum_: u64,
     pub tag: u64,
+    pub note: u64,
+    pub task: u64,
+    pub catalog: u64,
+    pub element: u64,
     pub webhook: u64,
     pub install: u64,
     pub pair: u64,
@@ -61,6 +65,10 @@ impl Default for Ids {
             field: 990_000,
             enum_: 550_000,
             tag: 80_000,
+            note: 4_600_000,
+            task: 30_000_000,
+            catalog: 11_000,
+            element: 700_000,
             webhook: 0,
             install: 0,
             pair: 0,
@@ -82,7 +90,11 @@ pub struct Account {
     pub host: String,
     pub subdomain: String,
     pub name: String,
+    /// The account's default user (its admin): responsible for what is created without one.
     pub user_id: u64,
+    /// The user new tokens are issued for (the one who clicks Allow); the default user unless changed.
+    pub token_user_id: u64,
+    pub users: BTreeMap<u64, User>,
     pub created_at: i64,
     pub pipelines: BTreeMap<u64, Pipeline>,
     pub lead_fields: BTreeMap<u64, CustomField>,
@@ -91,11 +103,52 @@ pub struct Account {
     pub contacts: BTreeMap<u64, Contact>,
     pub companies: BTreeMap<u64, Company>,
     pub tags: BTreeMap<String, u64>,
+    pub notes: BTreeMap<u64, Note>,
+    pub tasks: BTreeMap<u64, Task>,
+    pub catalogs: BTreeMap<u64, Catalog>,
+    /// Each list's fields (products: `SKU`, `PRICE`, `DESCRIPTION`), by list id.
+    pub catalog_fields: BTreeMap<u64, BTreeMap<u64, CustomField>>,
+    pub elements: BTreeMap<u64, CatalogElement>,
+    pub links: Vec<EntityLink>,
+    pub unsorted: BTreeMap<String, UnsortedEntry>,
+    /// Contacts of pending unsorted requests: not found by search or listing until accepted.
+    pub hidden_contacts: BTreeSet<u64>,
     pub webhooks: Vec<WebhookState>,
     pub faults: Faults,
     pub counters: Counters,
     /// Arrival instants of admitted requests within the last second.
     pub window: VecDeque<Instant>,
+    /// The `api_domain` claim of the account's tokens, where its subdomain can be asked for.
+    pub api_domain: String,
+    /// 402 (the paid period ended) or 403 (blocked): every API call answers it, and for 403 the token
+    /// endpoint too, until cleared.
+    pub block: Option<u16>,
+}
+
+/// Where a renamed account went, and what its old host answers now (401 or 404).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Renamed {
+    pub to: String,
+    pub status: u16,
+}
+
+/// The API host real amoCRM puts in an account's tokens: `api-b.amocrm.ru` for amoCRM accounts, `api-c.kommo.com`
+/// for Kommo (old `*.amocrm.com` accounts live on Kommo), `api-b.{domain}` for anything else.
+pub fn default_api_domain(host: &str) -> String {
+    let domain = host.split_once('.').map(|(_, d)| d).unwrap_or(host);
+    match domain {
+        "kommo.com" | "amocrm.com" => "api-c.kommo.com".to_owned(),
+        other => format!("api-b.{other}"),
+    }
+}
+
+/// The `platform` amoCRM's consent redirect carries: 1 for amocrm.ru, 2 for kommo.com and amocrm.com.
+pub fn platform_of(host: &str) -> &'static str {
+    let domain = host.split_once('.').map(|(_, d)| d).unwrap_or(host);
+    match domain {
+        "kommo.com" | "amocrm.com" => "2",
+        _ => "1",
+    }
 }
 
 /// A webhook subscription plus its failure history.
@@ -137,6 +190,8 @@ pub struct PairRecord {
 #[derive(Debug)]
 pub struct AccessRecord {
     pub pair_id: u64,
+    /// The user the token acts as (`sub`).
+    pub user_id: u64,
     pub install_id: u64,
     pub host: String,
     pub exp: i64,
@@ -164,6 +219,8 @@ pub struct State {
     pub refresh: HashMap<String, RefreshRecord>,
     pub log: Vec<LoggedRequest>,
     pub deliveries: Vec<Delivery>,
+    /// Old hosts of renamed accounts.
+    pub renamed: HashMap<String, Renamed>,
     pub ids: Ids,
     pub rate_limit_rps: u32,
     pub webhook_format: WebhookFormat,
@@ -190,6 +247,7 @@ impl State {
             refresh: HashMap::new(),
             log: Vec::new(),
             deliveries: Vec::new(),
+            renamed: HashMap::new(),
             ids: Ids::default(),
             rate_limit_rps,
             webhook_format,
@@ -240,8 +298,19 @@ impl State {
             id,
             host: host.clone(),
             subdomain: subdomain.clone(),
-            name: subdomain,
+            name: subdomain.clone(),
             user_id,
+            token_user_id: user_id,
+            users: BTreeMap::from([(
+                user_id,
+                User {
+                    id: user_id,
+                    name: "Администратор".to_owned(),
+                    email: format!("admin@{subdomain}.example"),
+                    is_admin: true,
+                    is_active: true,
+                },
+            )]),
             created_at: now,
             pipelines: BTreeMap::new(),
             lead_fields: BTreeMap::new(),
@@ -250,10 +319,20 @@ impl State {
             contacts: BTreeMap::new(),
             companies: BTreeMap::new(),
             tags: BTreeMap::new(),
+            notes: BTreeMap::new(),
+            tasks: BTreeMap::new(),
+            catalogs: BTreeMap::new(),
+            catalog_fields: BTreeMap::new(),
+            elements: BTreeMap::new(),
+            links: Vec::new(),
+            unsorted: BTreeMap::new(),
+            hidden_contacts: BTreeSet::new(),
             webhooks: Vec::new(),
             faults: Faults::default(),
             counters: Counters::default(),
             window: VecDeque::new(),
+            api_domain: default_api_domain(&host),
+            block: None,
         };
         let main = new_pipeline(
             ids,
@@ -307,8 +386,59 @@ impl State {
                 },
             );
         }
+        // A new account may take a name another account gave up.
+        self.renamed.remove(&host);
         self.accounts.insert(host, account);
         Some(id)
+    }
+
+    /// Renames an account: it is served at `to` from now on, with its grants and tokens; `from` answers
+    /// `status` (401 or 404) to the token endpoint and the API.
+    pub fn rename_account(&mut self, from: &str, to: &str, status: u16) -> Result<(), String> {
+        let from = Self::normalize_host(from).ok_or("invalid old host")?;
+        let to = Self::normalize_host(to).ok_or("invalid new host")?;
+        if !matches!(status, 401 | 404) {
+            return Err("the old host answers 401 or 404".into());
+        }
+        if self.accounts.contains_key(&to) {
+            return Err(format!("an account already lives at {to}"));
+        }
+        let mut acc = self
+            .accounts
+            .remove(&from)
+            .ok_or_else(|| format!("unknown account {from}"))?;
+        acc.subdomain = to.split('.').next().unwrap_or(&to).to_owned();
+        acc.host = to.clone();
+        self.accounts.insert(to.clone(), acc);
+        for i in self.installs.values_mut().filter(|i| i.host == from) {
+            i.host = to.clone();
+        }
+        let moved: Vec<_> = self
+            .active_installs
+            .keys()
+            .filter(|(_, h)| *h == from)
+            .cloned()
+            .collect();
+        for key in moved {
+            if let Some(id) = self.active_installs.remove(&key) {
+                self.active_installs.insert((key.0, to.clone()), id);
+            }
+        }
+        for c in self.codes.values_mut().filter(|c| c.host == from) {
+            c.host = to.clone();
+        }
+        for a in self.access.values_mut().filter(|a| a.host == from) {
+            a.host = to.clone();
+        }
+        for r in self.refresh.values_mut().filter(|r| r.host == from) {
+            r.host = to.clone();
+        }
+        for r in self.renamed.values_mut().filter(|r| r.to == from) {
+            r.to = to.clone();
+        }
+        self.renamed.remove(&to);
+        self.renamed.insert(from, Renamed { to, status });
+        Ok(())
     }
 
     /// Appends to the request log.
@@ -488,6 +618,27 @@ impl Account {
 
     pub fn self_url(&self) -> String {
         format!("https://{}", self.host)
+    }
+
+    /// Whether `id` may be made responsible for something: a user of the account who is active.
+    pub fn user_ok(&self, id: u64) -> bool {
+        self.users.get(&id).is_some_and(|u| u.is_active)
+    }
+
+    /// Why `id` cannot be responsible (for a validation error's detail), if it cannot.
+    pub fn user_problem(&self, id: u64) -> Option<String> {
+        match self.users.get(&id) {
+            None => Some(format!("User {id} not found in the account.")),
+            Some(u) if !u.is_active => Some(format!("User {id} ({}) is not active.", u.name)),
+            Some(_) => None,
+        }
+    }
+
+    /// The pending unsorted request holding this lead, if any.
+    pub fn pending_unsorted_of(&self, lead_id: u64) -> Option<&UnsortedEntry> {
+        self.unsorted
+            .values()
+            .find(|u| u.lead_id == lead_id && u.state == crate::model::UnsortedState::Pending)
     }
 }
 

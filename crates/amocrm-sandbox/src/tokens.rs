@@ -56,6 +56,8 @@ pub struct Claims<'a> {
     pub user_id: u64,
     pub account_id: u64,
     pub host: &'a str,
+    /// The API host the token names (`api-b.amocrm.ru`).
+    pub api_domain: &'a str,
     pub iat: i64,
     pub exp: i64,
 }
@@ -82,7 +84,7 @@ pub fn access_token(c: &Claims<'_>) -> String {
         "version": 2,
         "scopes": ["crm", "files", "files_delete", "notifications", "push_notifications"],
         "hash_uuid": random_hex(16),
-        "api_domain": format!("api-b.{base_domain}"),
+        "api_domain": c.api_domain,
     });
     let mut sig = vec![0u8; 256];
     rand::rng().fill_bytes(&mut sig);

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::guard::Caller;
-use crate::app::AppState;
+use crate::services::Context;
 use crate::services::connect::{self, ConnectError};
 use crate::web::error::{ApiError, FieldErrors};
 use crate::web::extract::ApiJson;
@@ -15,8 +15,22 @@ use crate::web::extract::ApiJson;
 pub struct CreateSession {
     /// A string, or a number as some marketplace ids are (taken as its decimal form).
     seller_id: Option<Value>,
-    return_url: Option<String>,
-    lang: Option<String>,
+    pub return_url: Option<String>,
+    pub lang: Option<String>,
+    /// `amocrm` or `kommo` (connect links only).
+    platform: Option<String>,
+}
+
+impl CreateSession {
+    /// The seller id as text; the settings link takes the same body.
+    pub fn seller_id(&self) -> Result<String, ApiError> {
+        match &self.seller_id {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(Value::Number(n)) if n.is_u64() || n.is_i64() => Ok(n.to_string()),
+            Some(_) => Err(ApiError::field("seller_id", "must be a string")),
+            None => Err(ApiError::field("seller_id", "is required")),
+        }
+    }
 }
 
 /// Maps a service error to the contract's errors.
@@ -37,7 +51,7 @@ pub fn api_error(e: ConnectError) -> ApiError {
             crate::web::error::ErrorCode::MaintenanceMode,
             format!("amoCRM could not be reached: {reason}"),
         ),
-        ConnectError::Storage(e) => ApiError::internal(e),
+        ConnectError::Storage(e) => ApiError::from(e),
     }
 }
 
@@ -55,22 +69,18 @@ pub fn api_error(e: ConnectError) -> ApiError {
 )]
 pub async fn create(
     caller: Caller,
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
     body: ApiJson<CreateSession>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_write()?;
     let body = body.0;
-    let seller_id = match body.seller_id {
-        Some(Value::String(s)) => s,
-        Some(Value::Number(n)) if n.is_u64() || n.is_i64() => n.to_string(),
-        Some(_) => return Err(ApiError::field("seller_id", "must be a string")),
-        None => return Err(ApiError::field("seller_id", "is required")),
-    };
+    let seller_id = body.seller_id()?;
     let created = connect::create_session(
         &state,
         &seller_id,
         body.return_url.as_deref(),
         body.lang.as_deref(),
+        body.platform.as_deref(),
     )
     .await
     .map_err(api_error)?;
@@ -80,6 +90,7 @@ pub async fn create(
             "connect_url": created.connect_url,
             "expires_at": created.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true),
             "seller_id": created.seller_id,
+            "platform": created.platform,
         }
     })))
 }

@@ -8,12 +8,14 @@ use serde_json::{Value, json};
 
 use super::connect_sessions::api_error;
 use super::guard::Caller;
-use crate::app::AppState;
-use crate::domain::status::ConnectionStatus;
+use crate::domain::status::{ConnectionStatus, HealthState};
+use crate::services::Context;
 use crate::services::connect;
 use crate::services::refresh::{self, Need, RefreshError};
+use crate::services::suspension;
 use crate::storage::connections::Connection;
 use crate::storage::from_db;
+use crate::storage::health::Health;
 use crate::web::error::{ApiError, FieldErrors};
 use crate::web::extract::{self, ApiJson, Paging};
 
@@ -22,11 +24,14 @@ fn ts(t: Option<NaiveDateTime>) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// The API view of a connection: everything but the tokens.
-pub fn view(c: &Connection) -> Value {
+/// The API view of a connection: everything but the tokens, with its health when known.
+pub fn view(c: &Connection, health: Option<&Health>) -> Value {
     json!({
         "seller_id": c.seller_id,
+        "platform": c.platform,
         "status": c.status,
+        "suspended_reason": c.suspended_reason,
+        "suspended_at": ts(c.suspended_at),
         "account_id": c.account_id,
         "subdomain": c.subdomain,
         "host": c.host,
@@ -45,6 +50,27 @@ pub fn view(c: &Connection) -> Value {
             "attempts": c.provisioning_attempts,
             "next_attempt_at": ts(c.next_provision_at),
         },
+        "health": health_view(c, health),
+    })
+}
+
+/// How the connection's calls go: the state (the connection's own status decides while it is not active),
+/// the last success, the last failure and its class.
+fn health_view(c: &Connection, h: Option<&Health>) -> Value {
+    let state = match c.status {
+        ConnectionStatus::Suspended => HealthState::Suspended,
+        ConnectionStatus::RefreshFailed | ConnectionStatus::Revoked => HealthState::Disconnected,
+        ConnectionStatus::Active => h.map_or(HealthState::Healthy, |h| match h.state {
+            HealthState::Degraded => HealthState::Degraded,
+            _ => HealthState::Healthy,
+        }),
+    };
+    json!({
+        "state": state,
+        "last_success_at": ts(h.and_then(|h| h.last_success_at)),
+        "last_failure_at": ts(h.and_then(|h| h.last_failure_at)),
+        "last_failure_class": h.and_then(|h| h.last_failure_class.clone()),
+        "last_failure": h.and_then(|h| h.last_failure.clone()),
     })
 }
 
@@ -74,7 +100,7 @@ struct ListQuery {
     path = "/api/v1/connections",
     tag = "connections",
     params(
-        ("status" = Option<String>, Query, description = "active, refresh_failed or revoked"),
+        ("status" = Option<String>, Query, description = "active, suspended, refresh_failed or revoked"),
         ("page" = Option<i64>, Query, description = "From 1"),
         ("per_page" = Option<i64>, Query, description = "1 to 100, default 15"),
     ),
@@ -85,21 +111,24 @@ struct ListQuery {
 )]
 pub async fn list(
     req: HttpRequest,
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
     paging: Paging,
 ) -> Result<HttpResponse, ApiError> {
     let q: ListQuery = extract::query(&req)?;
     let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
         None => None,
         Some(s) => Some(ConnectionStatus::parse(s).ok_or_else(|| {
-            ApiError::bad_request("status must be one of active, refresh_failed, revoked")
+            ApiError::bad_request(format!(
+                "status must be one of {}",
+                ConnectionStatus::NAMES.join(", ")
+            ))
         })?),
     };
-    let (rows, total) = connect::list_connections(&state, status, paging.offset(), paging.per_page)
+    let (rows, total) = connect::list_with_health(&state, status, paging.offset(), paging.per_page)
         .await
         .map_err(api_error)?;
     Ok(HttpResponse::Ok().json(json!({
-        "data": rows.iter().map(view).collect::<Vec<_>>(),
+        "data": rows.iter().map(|(c, h)| view(c, h.as_ref())).collect::<Vec<_>>(),
         "meta": paging.meta(total),
     })))
 }
@@ -117,12 +146,12 @@ pub async fn list(
 )]
 pub async fn get(
     path: web::Path<String>,
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
 ) -> Result<HttpResponse, ApiError> {
-    let c = connect::get_connection(&state, &path)
+    let (c, h) = connect::get_with_health(&state, &path)
         .await
         .map_err(api_error)?;
-    Ok(HttpResponse::Ok().json(json!({ "data": view(&c) })))
+    Ok(HttpResponse::Ok().json(json!({ "data": view(&c, h.as_ref()) })))
 }
 
 /// Disconnect a seller: unsubscribes its amoCRM webhooks, wipes its tokens, emits `connection.revoked`.
@@ -139,7 +168,7 @@ pub async fn get(
 pub async fn delete(
     caller: Caller,
     path: web::Path<String>,
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_write()?;
     connect::revoke(&state, &path).await.map_err(api_error)?;
@@ -148,6 +177,7 @@ pub async fn delete(
 
 /// `POST /api/v1/connections/{seller_id}/refresh`: refreshes now (single-flight with every other trigger),
 /// then answers with the connection; a failure is visible in its `status`, `refresh_failures`, `last_error`.
+/// A suspended connection is probed at once instead: `active` again if amoCRM answers.
 #[utoipa::path(
     post,
     path = "/api/v1/connections/{seller_id}/refresh",
@@ -162,12 +192,16 @@ pub async fn delete(
 pub async fn refresh_now(
     caller: Caller,
     path: web::Path<String>,
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_write()?;
     let current = connect::get_connection(&state, &path)
         .await
         .map_err(api_error)?;
+    if current.status == ConnectionStatus::Suspended {
+        suspension::probe(&state, &path, true).await?;
+        return get(path, state).await;
+    }
     let need = Need::Stale {
         version: current.token_version,
     };
@@ -185,12 +219,9 @@ pub async fn refresh_now(
             ));
         }
         Err(RefreshError::Corrupt(e)) => return Err(ApiError::internal(e)),
-        Err(RefreshError::Storage(e)) => return Err(ApiError::internal(e)),
+        Err(RefreshError::Storage(e)) => return Err(ApiError::from(e)),
     }
-    let c = connect::get_connection(&state, &path)
-        .await
-        .map_err(api_error)?;
-    Ok(HttpResponse::Ok().json(json!({ "data": view(&c) })))
+    get(path, state).await
 }
 
 /// The seller's pipeline and the amoCRM status for each order status.
@@ -206,7 +237,7 @@ pub async fn refresh_now(
 )]
 pub async fn get_pipeline(
     path: web::Path<String>,
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
 ) -> Result<HttpResponse, ApiError> {
     let c = connect::get_connection(&state, &path)
         .await
@@ -240,7 +271,7 @@ fn positive_id(v: Option<&Value>) -> Option<i64> {
 pub async fn put_pipeline(
     caller: Caller,
     path: web::Path<String>,
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
     body: ApiJson<PipelineBody>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_write()?;

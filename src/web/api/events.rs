@@ -3,7 +3,7 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
-use crate::app::AppState;
+use crate::services::Context;
 use crate::services::events_log::{self, EventsQuery};
 use crate::web::api::guard::Caller;
 use crate::web::api::webhooks::map_events_err;
@@ -26,7 +26,7 @@ use crate::web::extract::query;
         (status = 400, description = "Malformed parameters", body = crate::web::openapi::ErrorBody),
     )
 )]
-pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub async fn list(state: web::Data<Context>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let q: EventsQuery = query(&req)?;
     let page = events_log::list(&state.db, q)
         .await
@@ -49,7 +49,7 @@ pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRe
     )
 )]
 pub async fn redeliver(
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {

@@ -9,7 +9,7 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, ResponseError, web};
 
-use crate::app::AppState;
+use crate::services::Context;
 use crate::services::api_keys::{self, RateDecision, Tier};
 use crate::services::operators::{self, Role};
 use crate::web::error::{ApiError, ErrorCode};
@@ -85,7 +85,7 @@ pub async fn guard(
         );
         return Ok(reject(req, e));
     }
-    let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
+    let Some(state) = req.app_data::<web::Data<Context>>().cloned() else {
         return Ok(reject(req, ApiError::internal("application state missing")));
     };
     let Some(token) = bearer(&req) else {
@@ -124,7 +124,7 @@ pub async fn guard(
 }
 
 async fn authenticate(
-    state: &AppState,
+    state: &Context,
     token: &str,
 ) -> Result<Option<(Caller, Option<RateDecision>)>, ApiError> {
     if operators::is_access_token(token) {

@@ -10,4 +10,6 @@ pub mod orders;
 
 // --- events (issue 7) ---
 pub mod events;
+pub mod settings;
+pub mod settings_sessions;
 pub mod webhooks;

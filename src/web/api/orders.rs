@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::guard::Caller;
-use crate::app::AppState;
+use crate::services::Context;
 use crate::services::orders::{self, Accepted, OrderError};
 use crate::web::error::ApiError;
 use crate::web::extract::{ApiJson, Paging, query};
@@ -24,7 +24,7 @@ impl From<OrderError> for ApiError {
                 f.insert("sync.state".to_owned(), vec![msg]);
                 ApiError::validation(f)
             }
-            OrderError::Storage(e) => ApiError::internal(e),
+            OrderError::Storage(e) => ApiError::from(e),
         }
     }
 }
@@ -47,7 +47,7 @@ fn one(view: &orders::OrderView) -> Value {
     )
 )]
 pub async fn create(
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
     caller: Caller,
     body: ApiJson<Value>,
 ) -> Result<HttpResponse, ApiError> {
@@ -83,7 +83,7 @@ struct ListQuery {
     )
 )]
 pub async fn list(
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
     req: HttpRequest,
     paging: Paging,
 ) -> Result<HttpResponse, ApiError> {
@@ -117,7 +117,7 @@ pub async fn list(
     )
 )]
 pub async fn get(
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let v = orders::get(&state.db, &path).await?;
@@ -138,7 +138,7 @@ pub async fn get(
     )
 )]
 pub async fn patch(
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
     caller: Caller,
     path: web::Path<String>,
     body: ApiJson<Value>,
@@ -162,7 +162,7 @@ pub async fn patch(
     )
 )]
 pub async fn retry(
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
     caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {

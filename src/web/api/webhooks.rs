@@ -4,7 +4,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::app::AppState;
+use crate::services::Context;
 use crate::services::events_log::{self, EventsError};
 use crate::services::subscriptions::{self, SubscriptionError, SubscriptionInput};
 use crate::web::api::guard::Caller;
@@ -52,7 +52,7 @@ fn map_err(e: SubscriptionError) -> ApiError {
     match e {
         SubscriptionError::Invalid(fields) => ApiError::validation(fields as FieldErrors),
         SubscriptionError::NotFound => ApiError::not_found("webhook subscription"),
-        SubscriptionError::Storage(e) => ApiError::internal(e),
+        SubscriptionError::Storage(e) => ApiError::from(e),
     }
 }
 
@@ -68,7 +68,7 @@ fn map_err(e: SubscriptionError) -> ApiError {
     )
 )]
 pub async fn create(
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
     caller: Caller,
     body: ApiJson<SubscriptionBody>,
 ) -> Result<HttpResponse, ApiError> {
@@ -88,7 +88,7 @@ pub async fn create(
     params(("page" = Option<i64>, Query, description = "From 1"), ("per_page" = Option<i64>, Query, description = "1 to 100, default 15")),
     responses((status = 200, description = "A page of subscriptions", body = crate::web::openapi::SubscriptionList))
 )]
-pub async fn list(state: web::Data<AppState>, paging: Paging) -> Result<HttpResponse, ApiError> {
+pub async fn list(state: web::Data<Context>, paging: Paging) -> Result<HttpResponse, ApiError> {
     let (items, total) = subscriptions::list(&state.db, paging.offset(), paging.per_page)
         .await
         .map_err(map_err)?;
@@ -108,7 +108,7 @@ pub async fn list(state: web::Data<AppState>, paging: Paging) -> Result<HttpResp
     )
 )]
 pub async fn get(
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let view = subscriptions::get(&state.db, &id).await.map_err(map_err)?;
@@ -130,7 +130,7 @@ pub async fn get(
     )
 )]
 pub async fn update(
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
     caller: Caller,
     id: web::Path<String>,
     body: ApiJson<SubscriptionBody>,
@@ -155,7 +155,7 @@ pub async fn update(
     )
 )]
 pub async fn delete(
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -184,7 +184,7 @@ struct DeliveriesQuery {
     )
 )]
 pub async fn deliveries(
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
     req: HttpRequest,
     id: web::Path<String>,
     paging: Paging,
@@ -206,6 +206,6 @@ pub fn map_events_err(e: EventsError) -> ApiError {
     match e {
         EventsError::BadParameter(m) => ApiError::bad_request(m),
         EventsError::NotFound(what) => ApiError::not_found(what),
-        EventsError::Storage(e) => ApiError::internal(e),
+        EventsError::Storage(e) => ApiError::from(e),
     }
 }

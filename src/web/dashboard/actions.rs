@@ -1,15 +1,17 @@
-//! The dashboard's actions (admins only, CSRF-checked forms): refresh a connection now, retry a failed
-//! order, redeliver an event. Each redirects back to its list with a fixed message.
+//! The dashboard's actions (admins only, CSRF-checked forms): refresh a connection now (probe it, when
+//! suspended), retry a failed order, redeliver an event. Each redirects back to its list with a fixed message.
 
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpResponse, web};
 
 use super::{CsrfForm, DashError, Signed, page};
-use crate::app::AppState;
+use crate::domain::status::ConnectionStatus;
+use crate::services::Context;
 use crate::services::connect::{self, ConnectError};
 use crate::services::events_log::{self, EventsError};
 use crate::services::orders::{self, OrderError};
 use crate::services::refresh::{self, Need, RefreshError};
+use crate::services::suspension::{self, Probe};
 
 fn back(to: &str, done: &str) -> HttpResponse {
     page(StatusCode::SEE_OTHER)
@@ -18,7 +20,7 @@ fn back(to: &str, done: &str) -> HttpResponse {
 }
 
 pub async fn refresh_connection(
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
     signed: Signed,
     path: web::Path<String>,
     form: web::Form<CsrfForm>,
@@ -30,6 +32,14 @@ pub async fn refresh_connection(
         Err(ConnectError::NotFound) => return Err(DashError::NotFound),
         Err(e) => return Err(DashError::Internal(e.to_string())),
     };
+    if current.status == ConnectionStatus::Suspended {
+        let done = match suspension::probe(&state, &seller, true).await? {
+            Probe::Recovered => "recovered",
+            _ => "still_suspended",
+        };
+        tracing::info!(operator_id = signed.operator.id, seller_id = %seller, done, "probe from the dashboard");
+        return Ok(back("/dashboard/connections", done));
+    }
     let need = Need::Stale {
         version: current.token_version,
     };
@@ -39,7 +49,7 @@ pub async fn refresh_connection(
         Err(RefreshError::Storage(e)) => return Err(e.into()),
         Err(e) => {
             tracing::info!(seller_id = %seller, error = %e, "refresh from the dashboard failed");
-            "refresh_failed"
+            "refresh_error"
         }
     };
     tracing::info!(operator_id = signed.operator.id, seller_id = %seller, "refresh from the dashboard");
@@ -47,7 +57,7 @@ pub async fn refresh_connection(
 }
 
 pub async fn retry_order(
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
     signed: Signed,
     path: web::Path<String>,
     form: web::Form<CsrfForm>,
@@ -68,7 +78,7 @@ pub async fn retry_order(
 }
 
 pub async fn redeliver_event(
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
     signed: Signed,
     path: web::Path<String>,
     form: web::Form<CsrfForm>,

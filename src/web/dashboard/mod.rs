@@ -7,6 +7,7 @@
 
 mod actions;
 mod pages;
+mod settings;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,8 +21,8 @@ use chrono::{FixedOffset, NaiveDateTime, Offset};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::app::AppState;
 use crate::domain::ids::{constant_time_eq, random_token};
+use crate::services::Context;
 use crate::services::operators::{self, AuthError, Operator, SESSION_TTL};
 
 const SESSION_COOKIE: &str = "amc_session";
@@ -37,9 +38,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/assets/app.css", web::get().to(css))
         .route("/assets/app.js", web::get().to(js))
         .route("/connections", web::get().to(pages::connections))
+        .route("/connections/{seller_id}", web::get().to(pages::connection))
         .route("/orders", web::get().to(pages::orders))
         .route("/events", web::get().to(pages::events))
         .route("/subscriptions", web::get().to(pages::subscriptions))
+        .route(
+            "/connections/{seller_id}/settings",
+            web::get().to(settings::page),
+        )
         .route(
             "/connections/{seller_id}/refresh",
             web::post().to(actions::refresh_connection),
@@ -98,13 +104,20 @@ pub enum DashError {
     Forbidden(&'static str),
     #[error("not found")]
     NotFound,
+    /// The database is unreachable (or read-only): the page comes back by itself.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     #[error("internal: {0}")]
     Internal(String),
 }
 
 impl From<crate::storage::StorageError> for DashError {
     fn from(e: crate::storage::StorageError) -> Self {
-        Self::Internal(e.to_string())
+        if e.is_unavailable() || e.is_read_only() {
+            Self::Unavailable(e.to_string())
+        } else {
+            Self::Internal(e.to_string())
+        }
     }
 }
 
@@ -114,6 +127,7 @@ impl ResponseError for DashError {
             Self::SignIn => StatusCode::SEE_OTHER,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -127,6 +141,13 @@ impl ResponseError for DashError {
             }
             Self::Forbidden(why) => ("Not allowed", *why),
             Self::NotFound => ("Not found", "There is nothing here."),
+            Self::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "dashboard: database unavailable");
+                (
+                    "Database unavailable",
+                    "The database cannot be reached right now; this page works again once it is back.",
+                )
+            }
             Self::Internal(cause) => {
                 tracing::error!(error = %cause, "dashboard error");
                 (
@@ -175,7 +196,7 @@ impl FromRequest for Signed {
     type Future = Pin<Box<dyn Future<Output = Result<Self, DashError>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let state = req.app_data::<web::Data<AppState>>().cloned();
+        let state = req.app_data::<web::Data<Context>>().cloned();
         let session = req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned());
         let clock = Clock::from_request(req);
         Box::pin(async move {
@@ -245,12 +266,7 @@ pub struct Nav {
 }
 
 impl Nav {
-    pub fn new(
-        signed: &Signed,
-        state: &AppState,
-        section: &'static str,
-        req: &HttpRequest,
-    ) -> Self {
+    pub fn new(signed: &Signed, state: &Context, section: &'static str, req: &HttpRequest) -> Self {
         #[derive(Deserialize)]
         struct Flash {
             done: Option<String>,
@@ -280,7 +296,9 @@ fn flash_text(key: &str) -> Option<String> {
     Some(
         match key {
             "refreshed" => "The connection was refreshed.",
-            "refresh_failed" => "The refresh failed; see the connection's last error.",
+            "refresh_error" => "The refresh failed; see the connection's last error.",
+            "recovered" => "amoCRM answers the account again: the connection is active.",
+            "still_suspended" => "amoCRM still refuses the account; it is probed again later.",
             "retried" => "The order was queued again.",
             "redelivered" => "The event was queued for delivery again.",
             _ => return None,
@@ -297,12 +315,12 @@ struct LoginPage {
     csrf: String,
 }
 
-fn secure_cookies(state: &AppState) -> bool {
+fn secure_cookies(state: &Context) -> bool {
     state.settings.public_base_url.scheme() == "https"
 }
 
 fn login_form(
-    state: &AppState,
+    state: &Context,
     status: StatusCode,
     error: Option<String>,
     email: String,
@@ -321,7 +339,7 @@ fn login_form(
     resp
 }
 
-async fn login_page(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+async fn login_page(req: HttpRequest, state: web::Data<Context>) -> HttpResponse {
     // Already signed in: straight to the dashboard.
     if let Some(c) = req.cookie(SESSION_COOKIE)
         && let Ok(Some(_)) = operators::authenticate_session(&state.db, c.value()).await
@@ -345,7 +363,7 @@ pub struct LoginForm {
 
 async fn login(
     req: HttpRequest,
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
     form: web::Form<LoginForm>,
 ) -> HttpResponse {
     let form = form.into_inner();
@@ -423,7 +441,7 @@ pub struct CsrfForm {
 
 async fn logout(
     req: HttpRequest,
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
     form: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, DashError> {
     if let Some(c) = req.cookie(SESSION_COOKIE) {

@@ -6,10 +6,11 @@ use askama::Template;
 use serde::Deserialize;
 
 use super::{Clock, DashError, Nav, Signed, html};
-use crate::app::AppState;
-use crate::storage::{dashboard as q, stats};
-
-const PER_PAGE: i64 = 50;
+use crate::domain::order::SyncState;
+use crate::domain::status::{ConnectionStatus, DeliveryState, InboxState};
+use crate::services::Context;
+use crate::services::dashboard::{self, PER_PAGE};
+use crate::storage::dashboard as q;
 
 /// One filter link above a list.
 pub struct Filter {
@@ -97,8 +98,9 @@ fn with_known(rows: &[(String, i64)], known: &[&str]) -> Vec<(String, i64)> {
     out
 }
 
-pub const CONNECTION_STATUSES: &[&str] = &["active", "refresh_failed", "revoked"];
-pub const SYNC_STATES: &[&str] = &["queued", "synced", "held", "failed"];
+/// Every connection status and sync state, in the order the filters show them.
+pub const CONNECTION_STATUSES: &[&str] = ConnectionStatus::NAMES;
+pub const SYNC_STATES: &[&str] = SyncState::NAMES;
 
 #[derive(Template)]
 #[template(path = "dashboard/overview.html")]
@@ -115,16 +117,16 @@ struct OverviewPage {
 
 pub async fn overview(
     req: HttpRequest,
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
     signed: Signed,
 ) -> Result<HttpResponse, DashError> {
-    let s = state.db.run(stats::snapshot).await?;
+    let s = dashboard::overview(&state.db).await?;
     let page = OverviewPage {
         nav: Nav::new(&signed, &state, "overview", &req),
         connections: with_known(&s.connections_by_status, CONNECTION_STATUSES),
         orders: with_known(&s.orders_by_sync_state, SYNC_STATES),
-        deliveries: with_known(&s.deliveries_by_state, &["pending", "delivered", "failed"]),
-        inbox: with_known(&s.inbox_by_state, &["pending", "processed", "failed"]),
+        deliveries: with_known(&s.deliveries_by_state, DeliveryState::NAMES),
+        inbox: with_known(&s.inbox_by_state, InboxState::NAMES),
         oldest_queued: age(s.oldest_queued_order),
         oldest_delivery: age(s.oldest_pending_delivery),
         inbox_lag: age(s.oldest_pending_inbox),
@@ -134,7 +136,9 @@ pub async fn overview(
 
 pub struct ConnectionRow {
     pub seller_id: String,
+    pub platform: String,
     pub status: String,
+    pub suspended_reason: Option<String>,
     pub account_id: i64,
     pub host: String,
     pub token_expires_at: String,
@@ -151,7 +155,9 @@ impl ConnectionRow {
     fn new(c: q::ConnectionView, clock: &Clock) -> Self {
         Self {
             seller_id: c.seller_id,
+            platform: c.platform,
             status: c.status,
+            suspended_reason: c.suspended_reason,
             account_id: c.account_id,
             host: c.host,
             token_expires_at: clock.time_opt(c.token_expires_at),
@@ -182,17 +188,13 @@ struct ConnectionsPage {
 
 pub async fn connections(
     req: HttpRequest,
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
     signed: Signed,
 ) -> Result<HttpResponse, DashError> {
     let query = ListQuery::parse(&req);
     let status = known(query.status.as_deref(), CONNECTION_STATUSES).map(str::to_owned);
     let page = query.page();
-    let filter = status.clone();
-    let (rows, total) = state
-        .db
-        .run(move |c| q::connections(c, filter.as_deref(), PER_PAGE, (page - 1) * PER_PAGE))
-        .await?;
+    let (rows, total) = dashboard::connections(&state.db, status.clone(), page).await?;
     let (prev_href, next_href) = pager(
         "/dashboard/connections",
         status.as_deref().map(|s| ("status", s)),
@@ -217,6 +219,79 @@ pub async fn connections(
         page,
         prev_href,
         next_href,
+    }
+    .render();
+    Ok(html(StatusCode::OK, body))
+}
+
+/// One state change on a connection's page.
+pub struct TimelineRow {
+    pub at: String,
+    pub event: String,
+    pub data: String,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/connection.html")]
+struct ConnectionDetailPage {
+    nav: Nav,
+    c: crate::storage::connections::Connection,
+    token_expires_at: String,
+    last_refreshed_at: String,
+    connected_at: String,
+    suspended_at: String,
+    health_state: String,
+    last_success_at: String,
+    last_failure_at: String,
+    last_failure_class: Option<String>,
+    last_failure: Option<String>,
+    timeline: Vec<TimelineRow>,
+    can_write: bool,
+}
+
+/// `/dashboard/connections/{seller_id}`: one connection, its health and the timeline of its state changes.
+pub async fn connection(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<Context>,
+    signed: Signed,
+) -> Result<HttpResponse, DashError> {
+    let page = dashboard::connection(&state.db, &path)
+        .await?
+        .ok_or(DashError::NotFound)?;
+    let clock = &signed.clock;
+    let c = page.connection;
+    let h = page.health;
+    let health_state = match c.status {
+        ConnectionStatus::Active => h
+            .as_ref()
+            .map_or("healthy", |h| h.state.as_str())
+            .to_owned(),
+        ConnectionStatus::Suspended => "suspended".to_owned(),
+        _ => "disconnected".to_owned(),
+    };
+    let body = ConnectionDetailPage {
+        nav: Nav::new(&signed, &state, "connections", &req),
+        token_expires_at: clock.time_opt(c.token_expires_at),
+        last_refreshed_at: clock.time_opt(c.last_refreshed_at),
+        connected_at: clock.time(c.connected_at),
+        suspended_at: clock.time_opt(c.suspended_at),
+        health_state,
+        last_success_at: clock.time_opt(h.as_ref().and_then(|h| h.last_success_at)),
+        last_failure_at: clock.time_opt(h.as_ref().and_then(|h| h.last_failure_at)),
+        last_failure_class: h.as_ref().and_then(|h| h.last_failure_class.clone()),
+        last_failure: h.as_ref().and_then(|h| h.last_failure.clone()),
+        timeline: page
+            .timeline
+            .into_iter()
+            .map(|e| TimelineRow {
+                at: clock.time(e.created_at),
+                data: event_data(&e.payload),
+                event: e.event,
+            })
+            .collect(),
+        can_write: signed.operator.role.can_write(),
+        c,
     }
     .render();
     Ok(html(StatusCode::OK, body))
@@ -260,17 +335,13 @@ struct OrdersPage {
 
 pub async fn orders(
     req: HttpRequest,
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
     signed: Signed,
 ) -> Result<HttpResponse, DashError> {
     let query = ListQuery::parse(&req);
     let sync_state = known(query.sync_state.as_deref(), SYNC_STATES).map(str::to_owned);
     let page = query.page();
-    let filter = sync_state.clone();
-    let (rows, total) = state
-        .db
-        .run(move |c| q::orders(c, filter.as_deref(), PER_PAGE, (page - 1) * PER_PAGE))
-        .await?;
+    let (rows, total) = dashboard::orders(&state.db, sync_state.clone(), page).await?;
     let clock = signed.clock;
     let (prev_href, next_href) = pager(
         "/dashboard/orders",
@@ -315,7 +386,7 @@ pub async fn orders(
 }
 
 pub struct DeliveryRow {
-    pub state: String,
+    pub state: DeliveryState,
     pub url: String,
     pub attempts: i32,
     pub last_status: Option<i32>,
@@ -363,21 +434,13 @@ struct EventsPage {
 
 pub async fn events(
     req: HttpRequest,
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
     signed: Signed,
 ) -> Result<HttpResponse, DashError> {
     let query = ListQuery::parse(&req);
     let failed_only = query.failed.as_deref() == Some("1");
     let page = query.page();
-    let (events, deliveries, total) = state
-        .db
-        .run(move |c| {
-            let (events, total) = q::events(c, failed_only, PER_PAGE, (page - 1) * PER_PAGE)?;
-            let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
-            let deliveries = q::deliveries_of(c, &seqs)?;
-            Ok((events, deliveries, total))
-        })
-        .await?;
+    let (events, deliveries, total) = dashboard::events(&state.db, failed_only, page).await?;
     let clock = signed.clock;
     let rows = events
         .into_iter()
@@ -386,7 +449,7 @@ pub async fn events(
                 .iter()
                 .filter(|d| d.event_seq == e.seq)
                 .map(|d| DeliveryRow {
-                    state: d.state.clone(),
+                    state: d.state,
                     url: d.url.clone(),
                     attempts: d.attempts,
                     last_status: d.last_status,
@@ -394,7 +457,7 @@ pub async fn events(
                 })
                 .collect();
             EventRow {
-                redeliverable: deliveries.iter().any(|d| d.state != "pending"),
+                redeliverable: deliveries.iter().any(|d| d.state != DeliveryState::Pending),
                 data: event_data(&e.payload),
                 created_at: clock.time(e.created_at),
                 id: e.id,
@@ -453,10 +516,10 @@ struct SubscriptionsPage {
 
 pub async fn subscriptions(
     req: HttpRequest,
-    state: web::Data<AppState>,
+    state: web::Data<Context>,
     signed: Signed,
 ) -> Result<HttpResponse, DashError> {
-    let subs = state.db.run(q::subscriptions).await?;
+    let subs = dashboard::subscriptions(&state.db).await?;
     let clock = signed.clock;
     let body = SubscriptionsPage {
         nav: Nav::new(&signed, &state, "subscriptions", &req),

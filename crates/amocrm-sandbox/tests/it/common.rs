@@ -235,8 +235,39 @@ impl Receiver {
 #[derive(Debug, Deserialize)]
 pub struct Hook {
     pub leads: Option<BTreeMap<String, Vec<HookLead>>>,
-    pub contacts: Option<BTreeMap<String, Vec<BTreeMap<String, Value>>>>,
+    pub contacts: Option<BTreeMap<String, Vec<HookParty>>>,
     pub account: HookAccount,
+}
+
+/// A contact or company of a webhook. `linked_leads_id` is keyed by lead id (`[9982719][ID]`), as in
+/// real captures, so it is read as a map, not a list.
+#[derive(Debug, Deserialize)]
+pub struct HookParty {
+    pub id: String,
+    pub name: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub linked_company_id: Option<String>,
+    pub custom_fields: Option<Vec<HookPartyField>>,
+    pub linked_leads_id: Option<BTreeMap<String, BTreeMap<String, String>>>,
+}
+
+impl HookParty {
+    /// The values of the field with this code (`PHONE`, `EMAIL`).
+    pub fn values_of(&self, code: &str) -> Vec<String> {
+        self.custom_fields
+            .iter()
+            .flatten()
+            .filter(|f| f.code.as_deref() == Some(code))
+            .flat_map(|f| f.values.iter().filter_map(|v| v.get("value").cloned()))
+            .collect()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HookPartyField {
+    pub code: Option<String>,
+    pub values: Vec<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -277,4 +308,78 @@ pub fn parse_hook(body: &str) -> Hook {
         .use_form_encoding(true)
         .deserialize_str(body)
         .expect("webhook body parses as amoCRM's bracket form")
+}
+
+/// A sandbox without the rate limit and an admin token for `HOST`.
+pub async fn unlimited() -> (SandboxHandle, String) {
+    let sb = start_with(|c| c.rate_limit_rps = 0).await;
+    let token = sb.issue_tokens(CLIENT_ID, HOST).access_token;
+    (sb, token)
+}
+
+/// The main pipeline of `HOST` with its incoming stage and first ordinary stage.
+pub fn main_stages(sb: &SandboxHandle) -> (u64, u64, u64) {
+    let main = sb
+        .pipelines(HOST)
+        .into_iter()
+        .find(|p| p.is_main)
+        .expect("main pipeline");
+    let incoming = main
+        .statuses
+        .iter()
+        .find(|s| s.type_ == 1)
+        .expect("incoming stage")
+        .id;
+    let mut stages: Vec<_> = main
+        .statuses
+        .iter()
+        .filter(|s| s.type_ == 0 && s.id != 142 && s.id != 143)
+        .collect();
+    stages.sort_by_key(|s| (s.sort, s.id));
+    (main.id, incoming, stages[0].id)
+}
+
+/// Subscribes `url` to `settings` through the API.
+pub async fn subscribe_to(sb: &SandboxHandle, token: &str, url: &str, settings: &[&str]) {
+    let resp = send_json(
+        sb,
+        token,
+        reqwest::Method::POST,
+        "webhooks",
+        json!({"destination": url, "settings": settings}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200, "subscribe {settings:?}");
+}
+
+/// The `(code, path, detail)` of every validation error in a 400 body.
+pub fn validation_errors(body: &Value) -> Vec<(String, String, String)> {
+    body["validation-errors"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|item| item["errors"].as_array().cloned().unwrap_or_default())
+        .map(|e| {
+            (
+                e["code"].as_str().unwrap_or_default().to_owned(),
+                e["path"].as_str().unwrap_or_default().to_owned(),
+                e["detail"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Asserts a 204 with an empty body.
+pub async fn assert_no_content(resp: reqwest::Response) {
+    assert_eq!(resp.status(), 204);
+    assert!(
+        resp.bytes().await.expect("body").is_empty(),
+        "204 has no body"
+    );
+}
+
+/// The `(key, value)` pairs of a form body.
+pub fn form_of(body: &str) -> Vec<(String, String)> {
+    serde_urlencoded::from_str(body).expect("form body")
 }

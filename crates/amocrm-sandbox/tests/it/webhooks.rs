@@ -79,7 +79,7 @@ async fn a_stage_change_sends_status_and_update_in_amocrm_bracket_format() {
     assert_eq!(added.id, lead.to_string());
     assert_eq!(added.name.as_deref(), Some("Buyurtma #1042"));
     let contact = &add.contacts.as_ref().unwrap()["add"][0];
-    assert_eq!(contact["type"], "contact");
+    assert_eq!(contact.kind.as_deref(), Some("contact"));
 
     let resp = send_json(
         &sb,

@@ -1,0 +1,11 @@
+DROP TABLE settings_sessions;
+ALTER TABLE orders DROP COLUMN responsible_user_id;
+ALTER TABLE orders DROP COLUMN contact_matched;
+ALTER TABLE orders DROP COLUMN buyer_company_id;
+ALTER TABLE orders DROP COLUMN buyer_contact_id;
+ALTER TABLE orders DROP COLUMN buyer_resolved;
+DROP TABLE order_steps;
+DROP TABLE catalog_skus;
+DROP TABLE buyer_scans;
+DROP TABLE buyer_index;
+DROP TABLE seller_settings;

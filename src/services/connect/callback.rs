@@ -1,0 +1,411 @@
+//! The OAuth callback: every check before the code is exchanged, the exchange, the account read, the
+//! stored connection and its provisioning.
+
+use amocrm_client::{AccountHost, AmoClient, AuthMode, TokenSet};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::Lang;
+use super::session::mint_state;
+use crate::domain::events::ConnectionConnected;
+use crate::domain::ids::{constant_time_eq, sha256_hex};
+use crate::domain::platform::Platform;
+use crate::services::Context;
+use crate::services::provisioning::{self, ProvisionError, ProvisionReport};
+use crate::storage::connections::{self, Connected as Stored, ConnectedAccount, Connection};
+use crate::storage::events::NewEvent;
+use crate::storage::sessions::ConnectSession;
+use crate::storage::{self, StorageError};
+
+/// The callback's query, as received (every field optional: nothing here is trusted).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct CallbackParams {
+    pub code: Option<String>,
+    pub state: Option<String>,
+    pub referer: Option<String>,
+    pub client_id: Option<String>,
+    /// `1` (amocrm.ru) or `2` (kommo.com, amocrm.com), as amoCRM's consent redirect carries it.
+    pub platform: Option<String>,
+    pub from_widget: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Why a callback was refused. Nothing is stored in any of these cases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// An install from an amoCRM widget or the marketplace listing, not from our connect page.
+    FromWidget,
+    MissingState,
+    UnknownState,
+    ExpiredState,
+    UsedState,
+    /// The state was minted for another browser (no or wrong cookie).
+    OtherBrowser,
+    /// The connect link was used already (this seller connected meanwhile).
+    SessionUsed,
+    Denied,
+    WrongClient,
+    BadReferer,
+    MissingCode,
+    ExchangeFailed,
+    /// amoCRM refused the code itself (forged, expired or reused): the caller's fault, not amoCRM's.
+    CodeRejected,
+    AccountUnreadable,
+    /// The account is connected to another seller and sharing is off.
+    AccountTaken,
+}
+
+/// A refused callback, with what the error page needs.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub reason: Refusal,
+    /// The session's language, when the state was known.
+    pub lang: Option<Lang>,
+    /// A fresh consent URL for the same session and browser, when one can be offered.
+    pub retry_url: Option<String>,
+}
+
+/// A completed connect.
+#[derive(Debug, Clone)]
+pub struct Connected {
+    pub connection: Connection,
+    pub mode: AuthMode,
+    pub return_url: Option<String>,
+    pub lang: Option<Lang>,
+    pub provisioning: Option<ProvisionReport>,
+}
+
+/// The OAuth callback. `cookie` is the browser cookie value, if any.
+#[tracing::instrument(skip_all, fields(seller_id = tracing::field::Empty, account_id = tracing::field::Empty))]
+pub async fn callback(
+    state: &Context,
+    params: &CallbackParams,
+    cookie: Option<&str>,
+) -> Result<Result<Connected, Refused>, StorageError> {
+    let checked = match check_state(state, params, cookie).await? {
+        Ok(checked) => checked,
+        Err(refused) => return Ok(Err(refused)),
+    };
+    tracing::Span::current().record("seller_id", checked.session.seller_id.as_str());
+    // From here on the state was good: a failure may offer a fresh consent link for the same session.
+    match connect(state, params, &checked).await? {
+        Ok(connected) => Ok(Ok(connected)),
+        Err(reason) => {
+            let retry_url = if reason == Refusal::SessionUsed {
+                None
+            } else {
+                let browser = cookie.unwrap_or_default();
+                mint_state(state, &checked.session, browser, checked.mode)
+                    .await
+                    .ok()
+            };
+            Ok(Err(Refused {
+                reason,
+                lang: checked.lang,
+                retry_url,
+            }))
+        }
+    }
+}
+
+/// A state that passed every check and is now consumed, with its session.
+struct Checked {
+    session: ConnectSession,
+    mode: AuthMode,
+    lang: Option<Lang>,
+}
+
+/// The state is ours, unused, fresh, from this browser and the session still open; consumes it.
+async fn check_state(
+    state: &Context,
+    params: &CallbackParams,
+    cookie: Option<&str>,
+) -> Result<Result<Checked, Refused>, StorageError> {
+    let refuse = |reason, lang| {
+        Ok(Err(Refused {
+            reason,
+            lang,
+            retry_url: None,
+        }))
+    };
+    if params.from_widget.as_deref().is_some() {
+        return refuse(Refusal::FromWidget, None);
+    }
+    let Some(raw_state) = params
+        .state
+        .as_deref()
+        .filter(|s| !s.is_empty() && s.len() <= 128)
+    else {
+        return refuse(Refusal::MissingState, None);
+    };
+    let sessions = state.db.sessions();
+    let Some(st) = sessions
+        .state_by_hash(&sha256_hex(raw_state.as_bytes()))
+        .await?
+    else {
+        return refuse(Refusal::UnknownState, None);
+    };
+    let Some(session) = sessions.by_id(st.session_id).await? else {
+        return refuse(Refusal::UnknownState, None);
+    };
+    let lang = Lang::parse(&session.lang);
+    let now = storage::now();
+    if st.used_at.is_some() {
+        return refuse(Refusal::UsedState, lang);
+    }
+    if st.expires_at < now {
+        return refuse(Refusal::ExpiredState, lang);
+    }
+    let browser_ok = cookie.is_some_and(|c| {
+        constant_time_eq(
+            sha256_hex(c.as_bytes()).as_bytes(),
+            st.browser_hash.as_bytes(),
+        )
+    });
+    if !browser_ok {
+        return refuse(Refusal::OtherBrowser, lang);
+    }
+    if !sessions.consume_state(st.id).await? {
+        return refuse(Refusal::UsedState, lang);
+    }
+    if session.used_at.is_some() {
+        return refuse(Refusal::SessionUsed, lang);
+    }
+    if session.expires_at < now {
+        return refuse(Refusal::ExpiredState, lang);
+    }
+    let mode = if st.mode == AuthMode::Popup.as_str() {
+        AuthMode::Popup
+    } else {
+        AuthMode::PostMessage
+    };
+    Ok(Ok(Checked {
+        session,
+        mode,
+        lang,
+    }))
+}
+
+/// From a good state to a stored, provisioned connection.
+async fn connect(
+    state: &Context,
+    params: &CallbackParams,
+    checked: &Checked,
+) -> Result<Result<Connected, Refusal>, StorageError> {
+    let Request {
+        platform,
+        client,
+        host,
+        code,
+    } = match check_request(state, params, &checked.session) {
+        Ok(v) => v,
+        Err(r) => return Ok(Err(r)),
+    };
+    let set = match client.exchange_code(&host, code).await {
+        Ok(set) => set,
+        Err(e) => {
+            tracing::warn!(host = %host, error = %e, "code exchange failed");
+            let rejected = matches!(e, amocrm_client::OAuthError::Rejected { .. });
+            return Ok(Err(if rejected {
+                Refusal::CodeRejected
+            } else {
+                Refusal::ExchangeFailed
+            }));
+        }
+    };
+    let (account_id, subdomain) = match read_account(client, &host, &set).await {
+        Ok(v) => v,
+        Err(r) => return Ok(Err(r)),
+    };
+    tracing::Span::current().record("account_id", account_id);
+    let account = ConnectedAccount {
+        seller_id: checked.session.seller_id.clone(),
+        account_id,
+        host: host.as_str().to_owned(),
+        subdomain,
+        api_domain: set.claims.api_domain.clone(),
+        access_token_enc: Vec::new(),
+        refresh_token_enc: Vec::new(),
+        expires_at: storage::to_db(set.expires_at),
+    };
+    let (connection, previous) = match store(
+        state,
+        &checked.session,
+        (account, platform),
+        &set.access_token,
+        &set.refresh_token,
+    )
+    .await?
+    {
+        Ok(v) => v,
+        Err(r) => return Ok(Err(r)),
+    };
+    tracing::info!(host = %host, "seller connected amoCRM");
+    let (connection, provisioning) = settle(state, connection, previous).await?;
+    Ok(Ok(Connected {
+        connection,
+        mode: checked.mode,
+        return_url: checked.session.return_url.clone(),
+        lang: checked.lang,
+        provisioning,
+    }))
+}
+
+/// A callback that passed every check: whose integration it is, where the code goes, and the code.
+struct Request<'a> {
+    platform: Platform,
+    client: &'a AmoClient,
+    host: AccountHost,
+    code: &'a str,
+}
+
+/// Consent was given, to one of our integrations — the one of the session's platform, and of the platform
+/// amoCRM says it is when it says — from an account host allowed for that platform (which decides where
+/// the client secret goes), with a code.
+fn check_request<'a>(
+    state: &'a Context,
+    params: &'a CallbackParams,
+    session: &ConnectSession,
+) -> Result<Request<'a>, Refusal> {
+    if params.error.is_some() {
+        return Err(Refusal::Denied);
+    }
+    let ours = params
+        .client_id
+        .as_deref()
+        .and_then(|id| state.platforms.by_client_id(id));
+    let Some((platform, client)) = ours else {
+        tracing::warn!("OAuth callback with a client_id that is not ours");
+        return Err(Refusal::WrongClient);
+    };
+    let said = params.platform.as_deref().map(Platform::from_callback);
+    if platform != session.platform || said.is_some_and(|p| p != Some(platform)) {
+        tracing::warn!(%platform, session = %session.platform, "OAuth callback of another platform than its client id's");
+        return Err(Refusal::WrongClient);
+    }
+    let host = match params
+        .referer
+        .as_deref()
+        .map(|r| AccountHost::parse(r, &client.config().allowed_domains))
+    {
+        Some(Ok(h)) => h,
+        _ => {
+            tracing::warn!("OAuth callback with a disallowed referer; nothing sent");
+            return Err(Refusal::BadReferer);
+        }
+    };
+    let code = params
+        .code
+        .as_deref()
+        .filter(|c| !c.is_empty() && c.len() <= 4096)
+        .ok_or(Refusal::MissingCode)?;
+    Ok(Request {
+        platform,
+        client,
+        host,
+        code,
+    })
+}
+
+/// The account the new token belongs to: `GET /api/v4/account` (asked twice if the first answer was
+/// retryable), checked against the token's claims; the claims alone when the read fails.
+async fn read_account(
+    client: &AmoClient,
+    host: &AccountHost,
+    set: &TokenSet,
+) -> Result<(i64, String), Refusal> {
+    let api = client.api(host, &set.access_token);
+    let mut account = api.account().await;
+    if account.as_ref().is_err_and(|e| e.is_retryable()) {
+        account = api.account().await;
+    }
+    let (account_id, subdomain) = match (&account, set.claims.account_id) {
+        (Ok(a), Some(claimed)) if a.id != claimed => {
+            tracing::warn!(host = %host, "token claims and GET /api/v4/account disagree on the account");
+            return Err(Refusal::AccountUnreadable);
+        }
+        (Ok(a), _) => (a.id, non_empty_or(&a.subdomain, host.subdomain())),
+        (Err(e), Some(claimed)) => {
+            tracing::warn!(host = %host, error = %e, "GET /api/v4/account failed; using the token's claims");
+            (claimed, host.subdomain().to_owned())
+        }
+        (Err(e), None) => {
+            tracing::warn!(host = %host, error = %e, "account of the new token is unknown");
+            return Err(Refusal::AccountUnreadable);
+        }
+    };
+    let account_id = i64::try_from(account_id).map_err(|_| Refusal::AccountUnreadable)?;
+    Ok((account_id, subdomain))
+}
+
+fn non_empty_or(a: &str, b: &str) -> String {
+    if a.trim().is_empty() { b } else { a }.to_owned()
+}
+
+/// Seals the pair for the seller's row and stores the connect in one transaction (see
+/// [`connections::store_connected`]); `connection.connected` is recorded with it.
+async fn store(
+    state: &Context,
+    session: &ConnectSession,
+    (mut account, platform): (ConnectedAccount, Platform),
+    access: &SecretString,
+    refresh: &SecretString,
+) -> Result<Result<(Connection, Option<Connection>), Refusal>, StorageError> {
+    (account.access_token_enc, account.refresh_token_enc) = connections::seal_tokens(
+        &state.keys,
+        &session.seller_id,
+        access.expose_secret(),
+        refresh.expose_secret(),
+    );
+    let event = NewEvent::of(
+        &account.seller_id,
+        &ConnectionConnected {
+            seller_id: account.seller_id.clone(),
+            account_id: account.account_id,
+            subdomain: account.subdomain.clone(),
+        },
+        None,
+    );
+    let allow_shared = state.settings.allow_shared_accounts;
+    let stored = state
+        .db
+        .connections()
+        .store_connected(&account, platform, session.id, allow_shared, &event)
+        .await?;
+    Ok(match stored {
+        Stored::Saved {
+            connection,
+            previous,
+        } => Ok((*connection, previous.map(|p| *p))),
+        Stored::SessionUsed => Err(Refusal::SessionUsed),
+        Stored::AccountTaken => Err(Refusal::AccountTaken),
+    })
+}
+
+/// After the connect is stored: the previous account (if the seller moved) stops sending us webhooks, and
+/// the new one is provisioned. Returns the row as it is now.
+async fn settle(
+    state: &Context,
+    connection: Connection,
+    previous: Option<Connection>,
+) -> Result<(Connection, Option<ProvisionReport>), StorageError> {
+    let moved =
+        |p: &Connection| p.account_id != connection.account_id || p.platform != connection.platform;
+    if let Some(prev) = previous.filter(moved) {
+        provisioning::unsubscribe_best_effort(state, &prev).await;
+    }
+    let provisioning = match provisioning::provision(state, &connection.seller_id).await {
+        Ok(r) => Some(r),
+        Err(ProvisionError::Busy) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "provisioning failed; will retry");
+            None
+        }
+    };
+    let connection = state
+        .db
+        .connections()
+        .by_seller(&connection.seller_id)
+        .await?
+        .unwrap_or(connection);
+    Ok((connection, provisioning))
+}

@@ -1,0 +1,65 @@
+//! What every use case needs, built once by `app` and handed to the web layer and the workers alike.
+//!
+//! It lives here, below the web layer, so that services never reach up into `app` or `web`: `app` only wires
+//! a `Context` together, `web` wraps it for actix, and workers take it as an `Arc`.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::config::Settings;
+use crate::domain::platform::Platform;
+use crate::services::health::HealthBook;
+use crate::services::platforms::Platforms;
+use crate::storage::Db;
+use crate::storage::cipher::Keyring;
+
+/// Shared by every handler and worker.
+pub struct Context {
+    pub settings: Arc<Settings>,
+    pub db: Db,
+    pub keys: Arc<Keyring>,
+    /// The default platform's client (the only one when one platform is configured). Calls for a
+    /// connection use its platform's client: [`Context::client`].
+    pub amo: amocrm_client::AmoClient,
+    /// One client per configured platform; all share one rate limiter and one account gate, so every call
+    /// to every account, whichever platform, is paced together.
+    pub platforms: Platforms,
+    /// How each connection's calls to amoCRM go (see `services::health`).
+    pub health: HealthBook,
+    /// The amoCRM webhook intake's writer (group commit of raw bodies).
+    pub intake: crate::services::ingest::Intake,
+    /// Flips to `true` when the process is asked to stop; workers finish their step and exit.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Context {
+    pub fn new(
+        settings: Arc<Settings>,
+        db: Db,
+        keys: Arc<Keyring>,
+        platforms: Platforms,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            settings,
+            intake: crate::services::ingest::Intake::new(db.clone()),
+            db,
+            keys,
+            amo: platforms.default_client().clone(),
+            platforms,
+            health: HealthBook::default(),
+            shutdown,
+        }
+    }
+
+    /// Whether the process has been asked to stop.
+    pub fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// The client of platform `p`, if it is configured.
+    pub fn client(&self, p: Platform) -> Option<&amocrm_client::AmoClient> {
+        self.platforms.client(p)
+    }
+}

@@ -1,0 +1,51 @@
+//! `POST /api/v1/settings-sessions`: a single-use, 30-minute link to the seller's own settings page
+//! (docs/CONTRACT.md §10). Same body and checks as `POST /api/v1/connect-sessions`.
+
+use actix_web::{HttpResponse, web};
+use chrono::SecondsFormat;
+use serde_json::json;
+
+use super::connect_sessions::{CreateSession, api_error};
+use super::guard::Caller;
+use crate::services::Context;
+use crate::services::settings_page;
+use crate::web::error::ApiError;
+use crate::web::extract::ApiJson;
+
+/// Create a single-use link for a connected seller to change their own settings.
+#[utoipa::path(
+    post,
+    path = "/api/v1/settings-sessions",
+    tag = "connections",
+    request_body = crate::web::openapi::SettingsSessionIn,
+    responses(
+        (status = 201, description = "The link to show the seller", body = crate::web::openapi::SettingsSessionEnvelope),
+        (status = 401, description = "Missing or invalid token", body = crate::web::openapi::ErrorBody),
+        (status = 422, description = "Invalid fields, or a seller that never connected", body = crate::web::openapi::ErrorBody),
+    )
+)]
+pub async fn create(
+    caller: Caller,
+    state: web::Data<Context>,
+    body: ApiJson<CreateSession>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_write()?;
+    let body = body.0;
+    let seller_id = body.seller_id()?;
+    let created = settings_page::create_session(
+        &state,
+        &seller_id,
+        body.return_url.as_deref(),
+        body.lang.as_deref(),
+    )
+    .await
+    .map_err(api_error)?;
+    Ok(HttpResponse::Created().json(json!({
+        "data": {
+            "token": created.token,
+            "settings_url": created.settings_url,
+            "expires_at": created.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+            "seller_id": created.seller_id,
+        }
+    })))
+}

@@ -1,0 +1,278 @@
+//! What an order becomes in the seller's amoCRM (docs/CONTRACT.md §9): the lead with the buyer's existing
+//! contact (matched by phone in E.164, then email; never overwritten, only completed), one new contact per new
+//! buyer however many orders arrive together, the order note, the products linked with their quantities (each
+//! SKU made once), the responsible user and the task — exactly once, through faults.
+
+use std::collections::{HashMap, HashSet};
+
+use amocrm_connector::workers::push;
+use amocrm_sandbox::{ContactSeed, Faults};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::{Queue, Seller, TestApp, connect_seller, env_vars, spawn_app_with};
+
+const HOST: &str = "sellerone.amocrm.ru";
+const AMOCRM_NOTICES: &str = "amoCRM's webhooks about the pushed leads are not processed in this suite";
+
+async fn app_with_products() -> TestApp {
+    // A dropped answer is noticed when the request times out.
+    let app = spawn_app_with(env_vars(&[("AMOCRM_REQUEST_TIMEOUT", "1s")])).await;
+    app.leaves_queued(Queue::Inbox, AMOCRM_NOTICES);
+    app.sandbox.add_account(HOST);
+    app.sandbox.enable_products(HOST, None).expect("products on");
+    app
+}
+
+fn order(seller: &str, number: &str, buyer: &Value, items: &[(&str, i64)]) -> Value {
+    let items: Vec<Value> = items
+        .iter()
+        .map(|(sku, qty)| json!({"product_id": sku, "name": format!("Mahsulot {sku}"), "quantity": qty, "price": 12500}))
+        .collect();
+    json!({
+        "seller_id": seller, "order_number": number, "total_amount": 100000,
+        "items": items, "customer": buyer, "comment": "Tezroq yetkazing",
+        "url": format!("https://market.example/orders/{number}"),
+        "delivery": {"method": "Kuryer", "address": "Toshkent"},
+        "payment": {"method": "Click"}, "source": "Bozor"
+    })
+}
+
+async fn post(app: &TestApp, body: &Value) {
+    let r = app.api_post("/api/v1/sales/orders", body).await;
+    assert_eq!(r.status().as_u16(), 202, "{:?}", r.text().await);
+}
+
+async fn drain(app: &TestApp) -> push::Report {
+    let (report, drained) = push::drain(&app.state, 5_000).await.expect("push");
+    assert!(drained, "the push (orders and lead steps) did not drain: {report:?}");
+    report
+}
+
+async fn put_settings(app: &TestApp, seller: &str, body: Value) -> Value {
+    let r = app
+        .api(
+            Method::PUT,
+            &format!("/api/v1/connections/{seller}/settings"),
+            Some(&body),
+        )
+        .await;
+    let status = r.status().as_u16();
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+/// Leads of the seller's account by the order number in their name.
+fn leads_by_number(app: &TestApp) -> HashMap<String, amocrm_sandbox::Lead> {
+    app.sandbox
+        .leads(HOST)
+        .into_iter()
+        .filter_map(|l| Some((l.name.strip_prefix("Buyurtma #")?.to_owned(), l)))
+        .collect()
+}
+
+async fn order_view(app: &TestApp, seller: &str, number: &str) -> Value {
+    let list = app
+        .api_json(&format!("/api/v1/sales/orders?seller_id={seller}&per_page=100"))
+        .await;
+    list["data"]
+        .as_array()
+        .and_then(|a| a.iter().find(|o| o["order_number"] == number).cloned())
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn orders_of_old_and_new_buyers_become_complete_deals_with_one_contact_per_buyer() {
+    let app = app_with_products().await;
+    let old = app
+        .sandbox
+        .add_contact(
+            HOST,
+            ContactSeed {
+                name: "Karimova Aziza (doimiy mijoz)".into(),
+                phones: vec!["+998 (90) 123-45-67".into()],
+                ..ContactSeed::default()
+            },
+        )
+        .expect("old contact");
+    let seller: Seller = connect_seller(&app, "seller-1", HOST).await;
+    let buyers = [
+        json!({"name": "Aziza", "phone": "998901234567", "email": "Aziza@Example.uz"}),
+        json!({"name": "Bobur", "phone": "90 222 33 44"}),
+        json!({"name": "Bobur", "phone": "+998 90 222-33-44"}),
+        json!({"name": "Dilnoza", "email": "dilnoza@example.uz"}),
+    ];
+    for i in 0..12usize {
+        let items = [("S1", 1 + (i as i64 % 3)), ("S2", 2)];
+        post(&app, &order("seller-1", &format!("D{i:03}"), &buyers[i % 4], &items)).await;
+    }
+    drain(&app).await;
+
+    let leads = leads_by_number(&app);
+    assert_eq!(leads.len(), 12, "one lead per order");
+    let contacts = app.sandbox.contacts(HOST);
+    assert_eq!(contacts.len(), 3, "the old contact and one per new buyer: {contacts:?}");
+    let old_now = contacts.iter().find(|c| c.id == old).expect("old contact kept");
+    assert_eq!(old_now.name, "Karimova Aziza (doimiy mijoz)", "never overwritten");
+    assert_eq!(old_now.values_of("EMAIL"), vec!["aziza@example.uz".to_owned()], "email added");
+    assert_eq!(old_now.values_of("PHONE"), vec!["+998 (90) 123-45-67".to_owned()], "phone kept as typed");
+    for i in [0usize, 4, 8] {
+        let lead = &leads[&format!("D{i:03}")];
+        assert_eq!(lead.contact_ids, vec![old], "Aziza's orders attach her contact");
+        let v = order_view(&app, "seller-1", &format!("D{i:03}")).await;
+        assert_eq!(v["sync"]["contact_matched"], "phone", "{v}");
+    }
+    let bobur: HashSet<u64> = [1usize, 2, 5, 6, 9, 10]
+        .iter()
+        .flat_map(|i| leads[&format!("D{i:03}")].contact_ids.clone())
+        .collect();
+    assert_eq!(bobur.len(), 1, "two spellings of Bobur's phone are one buyer");
+    assert!(leads.values().all(|l| l.tags.iter().any(|t| t.name == "Bozor")), "source as a tag");
+
+    let notes = app.sandbox.notes(HOST);
+    assert_eq!(notes.len(), 12, "one note per lead");
+    for (number, lead) in &leads {
+        let mine: Vec<_> = notes.iter().filter(|n| n.entity_id == lead.id).collect();
+        assert_eq!(mine.len(), 1, "{number}");
+        let text = &mine[0].text;
+        assert!(text.starts_with(&format!("Buyurtma #{number}")), "{text}");
+        assert!(text.contains("Mahsulot S1") && text.contains("Mahsulot S2"), "{text}");
+        assert!(text.contains("Tezroq yetkazing") && text.contains("Kuryer"), "{text}");
+    }
+    let elements = app.sandbox.elements(HOST);
+    assert_eq!(elements.len(), 2, "each SKU made once: {elements:?}");
+    let links = app.sandbox.links(HOST);
+    for (i, lead) in (0..12usize).map(|i| (i, &leads[&format!("D{i:03}")])) {
+        let mine: Vec<_> = links.iter().filter(|l| l.lead_id == lead.id).collect();
+        assert_eq!(mine.len(), 2, "both items linked once");
+        let want: HashSet<(u64, i64)> = mine
+            .iter()
+            .map(|l| (l.to_entity_id, l.quantity.unwrap_or(0.0) as i64))
+            .collect();
+        assert!(want.iter().any(|(_, q)| *q == 1 + (i as i64 % 3)), "{want:?}");
+    }
+    let v = order_view(&app, "seller-1", "D001").await;
+    assert_eq!(v["sync"]["products_linked"], 2, "{v}");
+    assert!(v["sync"]["note_id"].is_i64(), "{v}");
+    let _ = seller;
+}
+
+#[tokio::test]
+async fn through_500s_lost_answers_and_429s_every_step_happens_once() {
+    let app = app_with_products().await;
+    connect_seller(&app, "seller-1", HOST).await;
+    put_settings(
+        &app,
+        "seller-1",
+        json!({"task": {"enabled": true, "text": "Qo'ng'iroq qiling", "due_in_minutes": 30}}),
+    )
+    .await;
+    for i in 0..60usize {
+        let buyer = json!({"name": format!("Xaridor {}", i % 20), "phone": format!("+99890{:07}", 1_000_000 + i % 20)});
+        let items = [("A1", 1), ("B2", 3), (if i % 2 == 0 { "C3" } else { "D4" }, 2)];
+        post(&app, &order("seller-1", &format!("F{i:03}"), &buyer, &items)).await;
+    }
+    app.set_faults(HOST, |f: &mut Faults| {
+        f.fail_next = 6;
+        f.drop_after_write_next = 6;
+        f.force_429_next = 4;
+        f.drop_links_percent = 10;
+    });
+    drain(&app).await;
+
+    let leads = leads_by_number(&app);
+    assert_eq!(leads.len(), 60, "exactly one lead per order");
+    let ids: HashSet<u64> = leads.values().map(|l| l.id).collect();
+    assert_eq!(app.sandbox.contacts(HOST).len(), 20, "one contact per buyer");
+    let notes = app.sandbox.notes(HOST);
+    assert_eq!(notes.len(), 60, "one note per lead");
+    assert_eq!(notes.iter().map(|n| n.entity_id).collect::<HashSet<_>>(), ids);
+    let tasks = app.sandbox.tasks(HOST);
+    assert_eq!(tasks.len(), 60, "one task per lead");
+    let mut skus: Vec<String> = app
+        .sandbox
+        .elements(HOST)
+        .iter()
+        .flat_map(|e| e.values_of("SKU"))
+        .collect();
+    skus.sort();
+    assert_eq!(skus, vec!["A1", "B2", "C3", "D4"], "no SKU made twice");
+    let links = app.sandbox.links(HOST);
+    for lead in leads.values() {
+        let n = links.iter().filter(|l| l.lead_id == lead.id).count();
+        assert_eq!(n, 3, "every item linked once, dropped links repaired");
+    }
+}
+
+#[tokio::test]
+async fn round_robin_gives_each_chosen_user_a_third_across_three_instances() {
+    let app = app_with_products().await;
+    let users: Vec<u64> = (0..3)
+        .map(|i| {
+            app.sandbox
+                .add_user(
+                    HOST,
+                    amocrm_sandbox::NewUser {
+                        name: format!("Manager {i}"),
+                        email: String::new(),
+                        is_admin: false,
+                    },
+                )
+                .expect("user")
+                .id
+        })
+        .collect();
+    connect_seller(&app, "seller-1", HOST).await;
+    put_settings(
+        &app,
+        "seller-1",
+        json!({"responsible": {"mode": "round_robin", "user_ids": users},
+               "items": {"note": false, "products": "off"}, "contacts": {"match": "off"}}),
+    )
+    .await;
+    for i in 0..300usize {
+        let buyer = json!({"name": "Xaridor", "phone": format!("+99890{:07}", 2_000_000 + i)});
+        post(&app, &order("seller-1", &format!("R{i:03}"), &buyer, &[("A1", 1)])).await;
+    }
+    let b = app.spawn_peer().await;
+    let c = app.spawn_peer().await;
+    let (x, y, z) = tokio::join!(
+        push::drain(&app.state, 5_000),
+        push::drain(&b.state, 5_000),
+        push::drain(&c.state, 5_000)
+    );
+    for r in [x, y, z] {
+        assert!(r.expect("push").1, "drained");
+    }
+    drain(&app).await;
+    let leads = app.sandbox.leads(HOST);
+    assert_eq!(leads.len(), 300);
+    let mut per_user: HashMap<u64, usize> = HashMap::new();
+    for l in &leads {
+        *per_user.entry(l.responsible_user_id).or_default() += 1;
+    }
+    for u in &users {
+        assert_eq!(per_user.get(u), Some(&100), "{per_user:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_incoming_order_waits_in_unsorted_and_follows_the_managers_accept() {
+    let app = app_with_products().await;
+    app.leaves_queued(Queue::Inbox, AMOCRM_NOTICES);
+    let seller = connect_seller(&app, "seller-1", HOST).await;
+    put_settings(&app, "seller-1", json!({"entry": "incoming"})).await;
+    post(&app, &order("seller-1", "U001", &json!({"name": "Ali", "phone": "+998901112233"}), &[("A1", 1)])).await;
+    drain(&app).await;
+    let pending = app.sandbox.unsorted(HOST);
+    assert_eq!(pending.len(), 1, "filed as Unsorted: {pending:?}");
+    let uid = pending[0].uid.clone();
+    let paid = seller.stages["paid"];
+    app.sandbox
+        .accept_unsorted(HOST, &uid, Some(paid))
+        .expect("accept");
+    let lead = leads_by_number(&app)["U001"].clone();
+    assert_eq!(lead.status_id, paid);
+    assert_eq!(lead.pipeline_id, seller.pipeline_id);
+}

@@ -1,0 +1,117 @@
+//! The connect flow click by click against the sandbox: session, the connect page, amoCRM's consent page,
+//! and the callback it sends the browser to.
+
+use std::collections::HashMap;
+
+use serde_json::{Value, json};
+
+use super::app::TestApp;
+
+pub const HOST: &str = "sellerone.amocrm.ru";
+pub const OTHER_HOST: &str = "sellertwo.amocrm.ru";
+
+/// Undoes the HTML escaping of an attribute value.
+fn unescape(s: &str) -> String {
+    s.replace("&#38;", "&")
+        .replace("&amp;", "&")
+        .replace("&#34;", "\"")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&#x27;", "'")
+        .replace("&#60;", "<")
+        .replace("&#62;", ">")
+        .replace("&#61;", "=")
+        .replace("&#x3D;", "=")
+}
+
+/// The value of the first `name="…"` attribute in `html`, unescaped.
+pub fn attr(html: &str, name: &str) -> Option<String> {
+    let key = format!("{name}=\"");
+    let start = html.find(&key)? + key.len();
+    let end = html[start..].find('"')? + start;
+    Some(unescape(&html[start..end]))
+}
+
+/// The query parameters of a URL.
+pub fn query_of(url: &str) -> HashMap<String, String> {
+    let q = url.split_once('?').map(|(_, q)| q).unwrap_or("");
+    serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+        .expect("a query")
+        .into_iter()
+        .collect()
+}
+
+pub async fn create_session(app: &TestApp, seller: &str, extra: Value) -> Value {
+    let mut body = json!({ "seller_id": seller });
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    let resp = app.api_post("/api/v1/connect-sessions", &body).await;
+    assert_eq!(resp.status().as_u16(), 201, "create session");
+    let v: Value = resp.json().await.expect("JSON");
+    v["data"].clone()
+}
+
+/// The connect page's two consent links: (popup `post_message`, same-window fallback `popup`).
+pub async fn open_page(http: &reqwest::Client, connect_url: &str) -> (String, String) {
+    let resp = http.get(connect_url).send().await.expect("connect page");
+    assert_eq!(resp.status().as_u16(), 200, "connect page");
+    let html = resp.text().await.expect("connect page");
+    let popup = attr(&html, "data-popup").expect("popup link");
+    let at = html.find("id=\"fallback\"").expect("fallback link");
+    let fallback = attr(&html[at..], "href").expect("fallback link");
+    (popup, fallback)
+}
+
+/// The seller's browser `http` on amoCRM's consent page (the sandbox at `sandbox_url`): loads it, picks
+/// `host`, clicks Allow or Deny. Returns where amoCRM redirects the browser (our callback).
+pub async fn consent(
+    http: &reqwest::Client,
+    sandbox_url: &str,
+    authorize_url: &str,
+    host: &str,
+    allow: bool,
+) -> String {
+    let page = http.get(authorize_url).send().await.expect("consent page");
+    assert_eq!(page.status().as_u16(), 200, "consent page");
+    let html = page.text().await.expect("consent page");
+    let mut form: Vec<(String, String)> = Vec::new();
+    for field in ["client_id", "state", "mode", "redirect_uri"] {
+        let key = format!("name=\"{field}\" value=\"");
+        let value = html
+            .find(&key)
+            .and_then(|i| attr(&html[i..], "value"))
+            .unwrap_or_default();
+        form.push((field.to_owned(), value));
+    }
+    form.push(("account".into(), host.into()));
+    form.push((
+        "decision".into(),
+        if allow { "allow" } else { "deny" }.into(),
+    ));
+    let resp = http
+        .post(format!("{sandbox_url}/oauth"))
+        .form(&form)
+        .send()
+        .await
+        .expect("consent");
+    assert_eq!(resp.status().as_u16(), 302, "consent redirects");
+    resp.headers()["location"]
+        .to_str()
+        .expect("a location")
+        .to_owned()
+}
+
+/// Session → page → consent: the callback URL amoCRM would send the browser to (not yet followed).
+pub async fn until_callback(app: &TestApp, seller: &str, host: &str, allow: bool) -> String {
+    let session = create_session(app, seller, json!({})).await;
+    let connect_url = session["connect_url"].as_str().expect("connect_url");
+    let (popup, _) = open_page(&app.http, connect_url).await;
+    consent(&app.http, &app.sandbox.base_url(), &popup, host, allow).await
+}
+
+/// A full connect, click by click; returns the callback's response.
+pub async fn connect(app: &TestApp, seller: &str, host: &str) -> reqwest::Response {
+    let callback = until_callback(app, seller, host, true).await;
+    app.browse(&callback).await
+}

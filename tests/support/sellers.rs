@@ -1,0 +1,250 @@
+//! Sellers and their connections without the consent flow: rows as a first connect stores them
+//! (`NewConnection::connected`), a real sandbox grant, and the connect flow's own provisioning.
+
+use std::collections::HashMap;
+
+use amocrm_client::{AccountApi, AccountHost, ComplexLead, FieldValue};
+use amocrm_connector::domain::ids::random_token;
+use amocrm_connector::domain::status::{ConnectionStatus, ProvisioningState};
+use amocrm_connector::services::ingest::AMOCRM_WEBHOOK_SETTINGS;
+use amocrm_connector::services::provisioning;
+use amocrm_connector::storage::connections::{
+    ConnectedAccount, Connection, NewConnection, seal_tokens,
+};
+use chrono::NaiveDateTime;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+
+use super::app::TestApp;
+
+/// The row a first connect stores (`NewConnection::connected`): active, the pair `tokens` (access,
+/// refresh) sealed for `seller`'s row, valid until `expires_at`, provisioning still to do.
+pub fn connection_row(
+    app: &TestApp,
+    seller: &str,
+    host: &str,
+    account_id: i64,
+    (access, refresh): (&str, &str),
+    expires_at: NaiveDateTime,
+) -> NewConnection {
+    let (access_token_enc, refresh_token_enc) =
+        seal_tokens(&app.state.keys, seller, access, refresh);
+    let account = ConnectedAccount {
+        seller_id: seller.to_owned(),
+        account_id,
+        host: host.to_owned(),
+        subdomain: host.split('.').next().unwrap_or(host).to_owned(),
+        api_domain: None,
+        access_token_enc,
+        refresh_token_enc,
+        expires_at,
+    };
+    NewConnection::connected(&account, random_token(40), amocrm_connector::storage::now())
+}
+
+/// Stores rows made by [`connection_row`] (the repository's `insert_many`, one transaction).
+pub async fn insert_connections(app: &TestApp, rows: Vec<NewConnection>) {
+    app.db
+        .connections()
+        .insert_many(rows)
+        .await
+        .expect("connections stored");
+}
+
+/// The row of an active connection to the sandbox account `host` holding a real grant.
+fn granted_row(app: &TestApp, seller: &str, host: &str) -> NewConnection {
+    let account_id = app.sandbox.add_account(host);
+    let pair = app.sandbox.issue_tokens(&app.env["AMOCRM_CLIENT_ID"], host);
+    let expires_at = amocrm_connector::storage::now() + chrono::Duration::seconds(pair.expires_in);
+    connection_row(
+        app,
+        seller,
+        host,
+        i64::try_from(account_id).expect("an account id"),
+        (&pair.access_token, &pair.refresh_token),
+        expires_at,
+    )
+}
+
+/// An active connection of `seller` to the sandbox account `host` with a real grant and nothing to
+/// provision (no consent flow, nothing set up in amoCRM), for refresh tests; the stored row.
+pub async fn seed_connection(app: &TestApp, seller: &str, host: &str) -> Connection {
+    let mut row = granted_row(app, seller, host);
+    row.provisioning_state = ProvisioningState::Complete;
+    insert_connections(app, vec![row]).await;
+    connection(app, seller).await.expect("stored")
+}
+
+/// The seller's connection as stored, whatever its status.
+pub async fn connection(app: &TestApp, seller: &str) -> Option<Connection> {
+    app.db
+        .connections()
+        .by_seller(seller)
+        .await
+        .expect("connection read")
+}
+
+/// The status of the seller's connection (which must exist).
+pub async fn status_of(app: &TestApp, seller: &str) -> ConnectionStatus {
+    connection(app, seller).await.expect("a connection").status
+}
+
+/// Sets a connection's status directly (what refresh failures, revocations and reconnects do).
+pub async fn set_connection_status(app: &TestApp, seller: &str, status: &'static str) {
+    use amocrm_connector::storage::schema::amocrm_connections as c;
+    use diesel::prelude::*;
+    let seller = seller.to_owned();
+    app.sql(move |conn| {
+        diesel::update(c::table.filter(c::seller_id.eq(&seller)))
+            .set(c::status.eq(status))
+            .execute(conn)
+    })
+    .await;
+}
+
+/// How many events `name` were recorded for `seller`.
+pub async fn event_count(app: &TestApp, seller: &str, name: &str) -> i64 {
+    let (seller, name) = (seller.to_owned(), name.to_owned());
+    app.db
+        .run(move |c| amocrm_connector::storage::events::count_by_name(c, &seller, &name))
+        .await
+        .expect("events counted")
+}
+
+/// A seller connected to a sandbox account with our pipeline, fields and amoCRM webhook provisioned.
+pub struct Seller {
+    pub seller_id: String,
+    pub host: String,
+    /// `host` as the amoCRM client takes it.
+    pub account: AccountHost,
+    pub account_id: i64,
+    pub webhook_token: String,
+    pub pipeline_id: u64,
+    /// Stage ids by order status (`pending`, `awaiting_payment`, `paid`, `shipping`, `completed`,
+    /// `cancelled`).
+    pub stages: HashMap<&'static str, u64>,
+    pub field_number: u64,
+    pub field_link: u64,
+    /// The access token stored for the connection.
+    pub token: SecretString,
+}
+
+/// Connects `seller_id` to the sandbox account `host` the way the connect flow leaves it: the token pair
+/// stored encrypted, then the connect flow's own provisioning (pipeline, fields, webhook subscription).
+pub async fn connect_seller(app: &TestApp, seller_id: &str, host: &str) -> Seller {
+    insert_connections(app, vec![granted_row(app, seller_id, host)]).await;
+    let report = provisioning::provision(&app.state, seller_id)
+        .await
+        .expect("provisioned");
+    assert!(report.complete, "{report:?}");
+    Seller::of(app, seller_id).await
+}
+
+impl Seller {
+    /// What the connection row says about the seller's pipeline, stages and fields now.
+    pub async fn of(app: &TestApp, seller_id: &str) -> Seller {
+        let row = connection(app, seller_id).await.expect("connection");
+        let id = |v: Option<i64>| u64::try_from(v.expect("provisioned id")).expect("an id");
+        let stages = HashMap::from([
+            ("pending", id(row.stage_pending)),
+            ("awaiting_payment", id(row.stage_awaiting_payment)),
+            ("paid", id(row.stage_paid)),
+            ("shipping", id(row.stage_shipping)),
+            ("completed", id(row.stage_completed)),
+            ("cancelled", id(row.stage_cancelled)),
+        ]);
+        let token = row
+            .access_token(&app.state.keys)
+            .expect("the token opens")
+            .expect("a token");
+        Seller {
+            seller_id: seller_id.to_owned(),
+            host: row.host.clone(),
+            account: AccountHost::parse(&row.host, &app.state.amo.config().allowed_domains)
+                .expect("a host"),
+            account_id: row.account_id,
+            webhook_token: row.webhook_token.clone(),
+            pipeline_id: id(row.pipeline_id),
+            stages,
+            field_number: id(row.field_order_number_id),
+            field_link: id(row.field_order_link_id),
+            token: SecretString::from(token.expose_secret().to_owned()),
+        }
+    }
+
+    /// Where amoCRM sends this connection's webhooks.
+    pub fn intake_url(&self, app: &TestApp) -> String {
+        app.url(&format!("/webhooks/amocrm/{}", self.webhook_token))
+    }
+
+    /// The seller's amoCRM API with the stored token, as the service calls it.
+    pub fn api<'a>(&'a self, app: &'a TestApp) -> AccountApi<'a> {
+        app.state.amo.api(&self.account, &self.token)
+    }
+
+    /// Creates a lead through the API as the order push does, with the order number in its field.
+    pub async fn push_lead(&self, app: &TestApp, order_number: &str, price: i64) -> u64 {
+        let lead = ComplexLead {
+            name: format!("Buyurtma #{order_number}"),
+            price,
+            pipeline_id: self.pipeline_id,
+            status_id: self.stages["pending"],
+            request_id: format!("req-{order_number}"),
+            custom_fields_values: vec![FieldValue::text(self.field_number, order_number)],
+            tags: vec![],
+            contact: None,
+            company: None,
+        };
+        let res = self.api(app).leads_complex(&[lead]).await;
+        res.expect("lead created")[0].id
+    }
+
+    /// A lead a manager makes in amoCRM, in our pipeline's first stage; its id.
+    pub fn manager_lead(&self, app: &TestApp, name: &str, price: i64) -> u64 {
+        let first_stage = Some((self.pipeline_id, self.stages["pending"]));
+        app.sandbox
+            .create_lead(&self.host, name, price, first_stage)
+            .expect("lead made")
+    }
+
+    /// A manager moves `lead` to the stage of our pipeline mapped to `status` (`paid`, `completed`, …).
+    pub fn move_to(&self, app: &TestApp, lead: u64, status: &str) {
+        app.sandbox
+            .move_lead(&self.host, lead, self.pipeline_id, self.stages[status])
+            .expect("lead moved");
+    }
+
+    /// Points amoCRM's webhook for this account at `destination`.
+    pub async fn subscribe_amocrm(&self, app: &TestApp, destination: &str) {
+        let api = self.api(app);
+        let subscribed = api.subscribe_webhook(destination, &AMOCRM_WEBHOOK_SETTINGS);
+        subscribed.await.expect("subscribed");
+    }
+
+    /// Stops amoCRM's webhook for this account to `destination`.
+    pub async fn unsubscribe_amocrm(&self, app: &TestApp, destination: &str) {
+        let api = self.api(app);
+        api.unsubscribe_webhook(destination)
+            .await
+            .expect("unsubscribed");
+    }
+}
+
+/// A marketplace order of `seller_id` numbered `number`: two items, a buyer with a company, a link, a tag.
+pub fn order_body(seller_id: &str, number: &str) -> Value {
+    json!({
+        "seller_id": seller_id,
+        "order_number": number,
+        "total_amount": 150000,
+        "currency": "UZS",
+        "items": [{"product_id": "sku-1", "name": "Choynak", "quantity": 2, "price": 75000}],
+        "customer": {
+            "name": "Ali Valiyev",
+            "phone": "+998901234567",
+            "email": "ali@example.com",
+            "company": "Vali Savdo"
+        },
+        "url": format!("https://market.example/orders/{number}"),
+        "tags": ["marketplace"]
+    })
+}
