@@ -138,6 +138,21 @@ pub async fn element(client: &Client, what: &str, locator: Locator<'_>) -> Resul
     )
 }
 
+/// Clicks `el` as a thumb would: brought to the middle of the screen first, so a sticky
+/// bar at the bottom (the settings page's save button) is never what receives the click.
+pub async fn press(client: &Client, what: &str, el: Element) -> Result<(), String> {
+    step(
+        what,
+        client
+            .execute(
+                "arguments[0].scrollIntoView({block: 'center', inline: 'nearest'})",
+                vec![serde_json::to_value(&el).map_err(|e| e.to_string())?],
+            )
+            .await,
+    )?;
+    step(what, el.click().await)
+}
+
 pub async fn text_of(client: &Client, css: &str) -> Result<String, String> {
     let el = element(client, &format!("waiting for {css}"), Locator::Css(css)).await?;
     step(&format!("text of {css}"), el.text().await)

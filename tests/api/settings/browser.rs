@@ -8,7 +8,7 @@ use fantoccini::Locator;
 use serde_json::{Value, json};
 
 use super::{connected, push_orders, settings_session, spawn};
-use crate::browser::{browser, element, run_steps, start_driver, step, text_of};
+use crate::browser::{browser, element, press, run_steps, start_driver, step, text_of};
 
 /// Whether the element `css` is ticked.
 async fn is_checked(client: &fantoccini::Client, css: &str) -> Result<bool, String> {
@@ -66,12 +66,12 @@ async fn a_seller_chooses_a_pipeline_and_round_robin_users_on_a_phone_in_three_l
             }
             let round_robin =
                 element(&client, "round robin", Locator::Id("mode-round_robin")).await?;
-            step("choose round robin", round_robin.click().await)?;
+            press(&client, "choose round robin", round_robin).await?;
             for u in users {
                 let css = format!("#user-{u}");
                 if !is_checked(&client, &css).await? {
                     let tick = element(&client, "user", Locator::Css(&css)).await?;
-                    step("tick the user", tick.click().await)?;
+                    press(&client, "tick the user", tick).await?;
                 }
             }
             let overflow = step(
@@ -89,7 +89,7 @@ async fn a_seller_chooses_a_pipeline_and_round_robin_users_on_a_phone_in_three_l
                 ));
             }
             let save = element(&client, "save", Locator::Id("save")).await?;
-            step("save", save.click().await)?;
+            press(&client, "save", save).await?;
             element(&client, "the saved message", Locator::Id("saved")).await?;
             Ok(())
         })
