@@ -73,6 +73,9 @@ pub struct Settings {
     pub kommo_allowed_domains: Vec<String>,
     /// How often a suspended connection (amoCRM answered 402 or 403) is probed (`SUSPENDED_PROBE_INTERVAL`).
     pub suspended_probe_interval: Duration,
+    /// The longest wait between two tries of failed push work (`PUSH_RETRY_MAX`): the backoff after 5xx,
+    /// timeouts and lost answers doubles from one second up to it.
+    pub push_retry_max: Duration,
     /// The longest any database call waits for a connection (`DATABASE_TIMEOUT`): while the database is
     /// unreachable, requests answer 503 within it instead of hanging.
     pub database_timeout: Duration,
@@ -126,6 +129,7 @@ impl fmt::Debug for Settings {
             .field("kommo_authorize_url", &self.kommo_authorize_url.as_str())
             .field("kommo_allowed_domains", &self.kommo_allowed_domains)
             .field("suspended_probe_interval", &self.suspended_probe_interval)
+            .field("push_retry_max", &self.push_retry_max)
             .field("database_timeout", &self.database_timeout)
             .field("token_keys", &self.token_keys)
             .field("refresh_secret", &redact(&self.refresh_secret))
@@ -367,6 +371,16 @@ impl Settings {
                 "must be more than 0",
             ));
         }
+        let push_retry_max = match non_empty(env, "PUSH_RETRY_MAX") {
+            Some(v) => parse_duration("PUSH_RETRY_MAX", &v)?,
+            None => Duration::from_secs(300),
+        };
+        if push_retry_max < Duration::from_secs(1) || push_retry_max > Duration::from_secs(86_400) {
+            return Err(ConfigError::new(
+                "PUSH_RETRY_MAX",
+                "must be between 1s and 24h",
+            ));
+        }
         let database_timeout = match non_empty(env, "DATABASE_TIMEOUT") {
             Some(v) => parse_duration("DATABASE_TIMEOUT", &v)?,
             None => Duration::from_secs(5),
@@ -550,6 +564,7 @@ impl Settings {
             kommo_authorize_url,
             kommo_allowed_domains,
             suspended_probe_interval,
+            push_retry_max,
             database_timeout,
             allow_shared_accounts,
             token_keys,

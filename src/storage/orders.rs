@@ -145,7 +145,11 @@ impl Orders<'_> {
     }
 
     /// See [`uncount_attempt`].
-    pub async fn uncount_attempt(&self, ids: Vec<String>, owner: &str) -> Result<usize, StorageError> {
+    pub async fn uncount_attempt(
+        &self,
+        ids: Vec<String>,
+        owner: &str,
+    ) -> Result<usize, StorageError> {
         let owner = owner.to_owned();
         self.db.run(move |c| uncount_attempt(c, &ids, &owner)).await
     }
@@ -386,9 +390,11 @@ impl Orders<'_> {
         self.db.run(backlog).await
     }
 
-    /// When the next queued order or pending move becomes due.
-    pub async fn next_due(&self) -> Result<Option<NaiveDateTime>, StorageError> {
-        self.db.run(next_due).await
+    /// When this instance can next do push work (see [`next_due`]).
+    pub async fn next_due(&self, owner: &str) -> Result<Option<NaiveDateTime>, StorageError> {
+        let owner = owner.to_owned();
+        let now = super::now();
+        self.db.run(move |c| next_due(c, &owner, now)).await
     }
 
     /// Every move of one order, oldest first.
@@ -1168,8 +1174,14 @@ fn reschedule_rows(
     Ok(n)
 }
 
-/// The earliest time a queued order or pending move becomes due (for the worker loop's wait).
-pub fn next_due(conn: &mut AnyConnection) -> Result<Option<NaiveDateTime>, StorageError> {
+/// The earliest time the push can do something (for the worker loop's wait): when the next queued order,
+/// pending move or lead step becomes due, or, when work is due but every account with work rests (429,
+/// token trouble) or is another instance's turn, when the first of those ends.
+pub fn next_due(
+    conn: &mut AnyConnection,
+    owner: &str,
+    now: NaiveDateTime,
+) -> Result<Option<NaiveDateTime>, StorageError> {
     let orders: Option<NaiveDateTime> = o::table
         .filter(o::sync_state.eq(SyncState::Queued))
         .select(diesel::dsl::min(o::next_attempt_at))
@@ -1181,7 +1193,21 @@ pub fn next_due(conn: &mut AnyConnection) -> Result<Option<NaiveDateTime>, Stora
         .select(diesel::dsl::min(m::next_attempt_at))
         .first(conn)?;
     let steps = super::steps::next_due(conn, None)?;
-    Ok([orders, moves, steps].into_iter().flatten().min())
+    let work = [orders, moves, steps].into_iter().flatten().min();
+    if work.is_none_or(|t| t > now) || !due_accounts(conn, owner, now, 1)?.is_empty() {
+        return Ok(work);
+    }
+    let rest_ends: Option<NaiveDateTime> = c::table
+        .filter(c::status.eq(ConnectionStatus::Active))
+        .filter(c::push_lease_until.gt(now))
+        .filter(
+            c::push_lease_owner
+                .is_null()
+                .or(c::push_lease_owner.ne(owner)),
+        )
+        .select(diesel::dsl::min(c::push_lease_until))
+        .first(conn)?;
+    Ok(rest_ends)
 }
 
 /// How much work is left: queued orders, and pending moves of orders that have a lead together with their

@@ -4,6 +4,7 @@
 //! SKU made once), the responsible user and the task — exactly once, through faults.
 
 use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use amocrm_connector::workers::push;
 use amocrm_sandbox::{ContactSeed, Faults};
@@ -13,14 +14,22 @@ use serde_json::{Value, json};
 use crate::support::{Queue, Seller, TestApp, connect_seller, env_vars, spawn_app_with};
 
 const HOST: &str = "sellerone.amocrm.ru";
-const AMOCRM_NOTICES: &str = "amoCRM's webhooks about the pushed leads are not processed in this suite";
+const AMOCRM_NOTICES: &str =
+    "amoCRM's webhooks about the pushed leads are not processed in this suite";
 
 async fn app_with_products() -> TestApp {
     // A dropped answer is noticed when the request times out.
-    let app = spawn_app_with(env_vars(&[("AMOCRM_REQUEST_TIMEOUT", "1s")])).await;
+    // Faults come in runs here: a backoff climbing to five minutes would only make the test wait.
+    let app = spawn_app_with(env_vars(&[
+        ("AMOCRM_REQUEST_TIMEOUT", "1s"),
+        ("PUSH_RETRY_MAX", "2s"),
+    ]))
+    .await;
     app.leaves_queued(Queue::Inbox, AMOCRM_NOTICES);
     app.sandbox.add_account(HOST);
-    app.sandbox.enable_products(HOST, None).expect("products on");
+    app.sandbox
+        .enable_products(HOST, None)
+        .expect("products on");
     app
 }
 
@@ -45,7 +54,10 @@ async fn post(app: &TestApp, body: &Value) {
 
 async fn drain(app: &TestApp) -> push::Report {
     let (report, drained) = push::drain(&app.state, 5_000).await.expect("push");
-    assert!(drained, "the push (orders and lead steps) did not drain: {report:?}");
+    assert!(
+        drained,
+        "the push (orders and lead steps) did not drain: {report:?}"
+    );
     report
 }
 
@@ -74,7 +86,9 @@ fn leads_by_number(app: &TestApp) -> HashMap<String, amocrm_sandbox::Lead> {
 
 async fn order_view(app: &TestApp, seller: &str, number: &str) -> Value {
     let list = app
-        .api_json(&format!("/api/v1/sales/orders?seller_id={seller}&per_page=100"))
+        .api_json(&format!(
+            "/api/v1/sales/orders?seller_id={seller}&per_page=100"
+        ))
         .await;
     list["data"]
         .as_array()
@@ -105,21 +119,47 @@ async fn orders_of_old_and_new_buyers_become_complete_deals_with_one_contact_per
     ];
     for i in 0..12usize {
         let items = [("S1", 1 + (i as i64 % 3)), ("S2", 2)];
-        post(&app, &order("seller-1", &format!("D{i:03}"), &buyers[i % 4], &items)).await;
+        post(
+            &app,
+            &order("seller-1", &format!("D{i:03}"), &buyers[i % 4], &items),
+        )
+        .await;
     }
     drain(&app).await;
 
     let leads = leads_by_number(&app);
     assert_eq!(leads.len(), 12, "one lead per order");
     let contacts = app.sandbox.contacts(HOST);
-    assert_eq!(contacts.len(), 3, "the old contact and one per new buyer: {contacts:?}");
-    let old_now = contacts.iter().find(|c| c.id == old).expect("old contact kept");
-    assert_eq!(old_now.name, "Karimova Aziza (doimiy mijoz)", "never overwritten");
-    assert_eq!(old_now.values_of("EMAIL"), vec!["aziza@example.uz".to_owned()], "email added");
-    assert_eq!(old_now.values_of("PHONE"), vec!["+998 (90) 123-45-67".to_owned()], "phone kept as typed");
+    assert_eq!(
+        contacts.len(),
+        3,
+        "the old contact and one per new buyer: {contacts:?}"
+    );
+    let old_now = contacts
+        .iter()
+        .find(|c| c.id == old)
+        .expect("old contact kept");
+    assert_eq!(
+        old_now.name, "Karimova Aziza (doimiy mijoz)",
+        "never overwritten"
+    );
+    assert_eq!(
+        old_now.values_of("EMAIL"),
+        vec!["aziza@example.uz".to_owned()],
+        "email added"
+    );
+    assert_eq!(
+        old_now.values_of("PHONE"),
+        vec!["+998 (90) 123-45-67".to_owned()],
+        "phone kept as typed"
+    );
     for i in [0usize, 4, 8] {
         let lead = &leads[&format!("D{i:03}")];
-        assert_eq!(lead.contact_ids, vec![old], "Aziza's orders attach her contact");
+        assert_eq!(
+            lead.contact_ids,
+            vec![old],
+            "Aziza's orders attach her contact"
+        );
         let v = order_view(&app, "seller-1", &format!("D{i:03}")).await;
         assert_eq!(v["sync"]["contact_matched"], "phone", "{v}");
     }
@@ -127,8 +167,17 @@ async fn orders_of_old_and_new_buyers_become_complete_deals_with_one_contact_per
         .iter()
         .flat_map(|i| leads[&format!("D{i:03}")].contact_ids.clone())
         .collect();
-    assert_eq!(bobur.len(), 1, "two spellings of Bobur's phone are one buyer");
-    assert!(leads.values().all(|l| l.tags.iter().any(|t| t.name == "Bozor")), "source as a tag");
+    assert_eq!(
+        bobur.len(),
+        1,
+        "two spellings of Bobur's phone are one buyer"
+    );
+    assert!(
+        leads
+            .values()
+            .all(|l| l.tags.iter().any(|t| t.name == "Bozor")),
+        "source as a tag"
+    );
 
     let notes = app.sandbox.notes(HOST);
     assert_eq!(notes.len(), 12, "one note per lead");
@@ -137,8 +186,14 @@ async fn orders_of_old_and_new_buyers_become_complete_deals_with_one_contact_per
         assert_eq!(mine.len(), 1, "{number}");
         let text = &mine[0].text;
         assert!(text.starts_with(&format!("Buyurtma #{number}")), "{text}");
-        assert!(text.contains("Mahsulot S1") && text.contains("Mahsulot S2"), "{text}");
-        assert!(text.contains("Tezroq yetkazing") && text.contains("Kuryer"), "{text}");
+        assert!(
+            text.contains("Mahsulot S1") && text.contains("Mahsulot S2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Tezroq yetkazing") && text.contains("Kuryer"),
+            "{text}"
+        );
     }
     let elements = app.sandbox.elements(HOST);
     assert_eq!(elements.len(), 2, "each SKU made once: {elements:?}");
@@ -150,7 +205,10 @@ async fn orders_of_old_and_new_buyers_become_complete_deals_with_one_contact_per
             .iter()
             .map(|l| (l.to_entity_id, l.quantity.unwrap_or(0.0) as i64))
             .collect();
-        assert!(want.iter().any(|(_, q)| *q == 1 + (i as i64 % 3)), "{want:?}");
+        assert!(
+            want.iter().any(|(_, q)| *q == 1 + (i as i64 % 3)),
+            "{want:?}"
+        );
     }
     let v = order_view(&app, "seller-1", "D001").await;
     assert_eq!(v["sync"]["products_linked"], 2, "{v}");
@@ -170,24 +228,78 @@ async fn through_500s_lost_answers_and_429s_every_step_happens_once() {
     .await;
     for i in 0..60usize {
         let buyer = json!({"name": format!("Xaridor {}", i % 20), "phone": format!("+99890{:07}", 1_000_000 + i % 20)});
-        let items = [("A1", 1), ("B2", 3), (if i % 2 == 0 { "C3" } else { "D4" }, 2)];
-        post(&app, &order("seller-1", &format!("F{i:03}"), &buyer, &items)).await;
+        let items = [
+            ("A1", 1),
+            ("B2", 3),
+            (if i % 2 == 0 { "C3" } else { "D4" }, 2),
+        ];
+        post(
+            &app,
+            &order("seller-1", &format!("F{i:03}"), &buyer, &items),
+        )
+        .await;
     }
-    app.set_faults(HOST, |f: &mut Faults| {
-        f.fail_next = 6;
-        f.drop_after_write_next = 6;
-        f.force_429_next = 4;
+    // Three rounds of faults, each injected once the one before is used up, so they land on every kind of
+    // call (buyer searches, leads, notes, products, links, tasks) and not only on the first batch, whose
+    // orders would otherwise climb the whole backoff ladder.
+    let round = |f: &mut Faults| {
+        f.fail_next = 2;
+        f.drop_after_write_next = 2;
+        f.force_429_next = 1;
         f.drop_links_percent = 10;
-    });
+    };
+    let mut rounds = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let faults = app.sandbox.faults(HOST);
+        let used_up = faults.fail_next == 0
+            && faults.drop_after_write_next == 0
+            && faults.force_429_next == 0;
+        if used_up && rounds == 3 {
+            break;
+        }
+        if used_up {
+            app.set_faults(HOST, round);
+            rounds += 1;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "round {rounds} of faults not used up: {faults:?}"
+        );
+        let r = push::run_once(&app.state).await.expect("push");
+        if !r.did_work() {
+            let (orders, moves) = amocrm_connector::services::order_push::backlog(&app.state)
+                .await
+                .expect("backlog");
+            if orders == 0 && moves == 0 {
+                // All done before the faults were: the rest of them hit nothing.
+                break;
+            }
+            // Everything due rests after a 429 or a backoff: wait for that moment, not longer.
+            let rest = push::rest_time(&app.state, Duration::from_secs(5)).await;
+            tokio::time::sleep(rest.max(Duration::from_millis(5))).await;
+        }
+    }
+    assert!(
+        rounds >= 2,
+        "the faults landed after the first lead existed"
+    );
     drain(&app).await;
 
     let leads = leads_by_number(&app);
     assert_eq!(leads.len(), 60, "exactly one lead per order");
     let ids: HashSet<u64> = leads.values().map(|l| l.id).collect();
-    assert_eq!(app.sandbox.contacts(HOST).len(), 20, "one contact per buyer");
+    assert_eq!(
+        app.sandbox.contacts(HOST).len(),
+        20,
+        "one contact per buyer"
+    );
     let notes = app.sandbox.notes(HOST);
     assert_eq!(notes.len(), 60, "one note per lead");
-    assert_eq!(notes.iter().map(|n| n.entity_id).collect::<HashSet<_>>(), ids);
+    assert_eq!(
+        notes.iter().map(|n| n.entity_id).collect::<HashSet<_>>(),
+        ids
+    );
     let tasks = app.sandbox.tasks(HOST);
     assert_eq!(tasks.len(), 60, "one task per lead");
     let mut skus: Vec<String> = app
@@ -233,7 +345,11 @@ async fn round_robin_gives_each_chosen_user_a_third_across_three_instances() {
     .await;
     for i in 0..300usize {
         let buyer = json!({"name": "Xaridor", "phone": format!("+99890{:07}", 2_000_000 + i)});
-        post(&app, &order("seller-1", &format!("R{i:03}"), &buyer, &[("A1", 1)])).await;
+        post(
+            &app,
+            &order("seller-1", &format!("R{i:03}"), &buyer, &[("A1", 1)]),
+        )
+        .await;
     }
     let b = app.spawn_peer().await;
     let c = app.spawn_peer().await;
@@ -263,7 +379,16 @@ async fn an_incoming_order_waits_in_unsorted_and_follows_the_managers_accept() {
     app.leaves_queued(Queue::Inbox, AMOCRM_NOTICES);
     let seller = connect_seller(&app, "seller-1", HOST).await;
     put_settings(&app, "seller-1", json!({"entry": "incoming"})).await;
-    post(&app, &order("seller-1", "U001", &json!({"name": "Ali", "phone": "+998901112233"}), &[("A1", 1)])).await;
+    post(
+        &app,
+        &order(
+            "seller-1",
+            "U001",
+            &json!({"name": "Ali", "phone": "+998901112233"}),
+            &[("A1", 1)],
+        ),
+    )
+    .await;
     drain(&app).await;
     let pending = app.sandbox.unsorted(HOST);
     assert_eq!(pending.len(), 1, "filed as Unsorted: {pending:?}");

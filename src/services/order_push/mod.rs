@@ -72,7 +72,7 @@ impl PushConfig {
             lease: s.amocrm_request_timeout * 3 + Duration::from_secs(30),
             retry: RetryPolicy {
                 backoff_base: Duration::from_secs(1),
-                backoff_max: Duration::from_secs(300),
+                backoff_max: s.push_retry_max,
                 lookup_delay: Duration::from_millis(500),
             },
             lead_name_template: s.lead_name_template.clone(),
@@ -1480,7 +1480,12 @@ pub async fn backlog(state: &Context) -> Result<(i64, i64), StorageError> {
     state.db.orders().backlog().await
 }
 
-/// When the next queued order or move becomes due.
+/// When this instance can next do push work (see the storage's `next_due`); `None` when nothing is queued
+/// or nothing it waits for has a known end.
 pub async fn next_due(state: &Context) -> Result<Option<NaiveDateTime>, StorageError> {
-    state.db.orders().next_due().await
+    state
+        .db
+        .orders()
+        .next_due(&state.settings.instance_id)
+        .await
 }
