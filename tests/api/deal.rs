@@ -75,6 +75,52 @@ async fn put_settings(app: &TestApp, seller: &str, body: Value) -> Value {
     v
 }
 
+/// Pushes while `rounds` rounds of faults (500s, answers lost after the write, a 429, dropped links) are
+/// injected, each once the one before is used up, so they land on every kind of call (buyer searches, leads,
+/// notes, products, links, tasks) and not only on the first batch, whose orders would otherwise climb the
+/// whole backoff ladder. Then drains.
+async fn push_through_faults(app: &TestApp, rounds: usize, within: Duration) {
+    let round = |f: &mut Faults| {
+        f.fail_next = 2;
+        f.drop_after_write_next = 2;
+        f.force_429_next = 1;
+        f.drop_links_percent = 10;
+    };
+    let mut injected = 0;
+    let deadline = Instant::now() + within;
+    loop {
+        let faults = app.sandbox.faults(HOST);
+        let used_up = faults.fail_next == 0
+            && faults.drop_after_write_next == 0
+            && faults.force_429_next == 0;
+        if used_up && injected == rounds {
+            break;
+        }
+        if used_up {
+            app.set_faults(HOST, round);
+            injected += 1;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "round {injected} of faults not used up: {faults:?}"
+        );
+        let r = push::run_once(&app.state).await.expect("push");
+        if !r.did_work() {
+            let (orders, moves) = amocrm_connector::services::order_push::backlog(&app.state)
+                .await
+                .expect("backlog");
+            if orders == 0 && moves == 0 {
+                break;
+            }
+            // Everything due rests after a 429 or a backoff: wait for that moment, not longer.
+            let rest = push::rest_time(&app.state, Duration::from_secs(5)).await;
+            tokio::time::sleep(rest.max(Duration::from_millis(5))).await;
+        }
+    }
+    assert!(injected >= 2, "faults landed after the first leads existed");
+    drain(app).await;
+}
+
 /// Leads of the seller's account by the order number in their name.
 fn leads_by_number(app: &TestApp) -> HashMap<String, amocrm_sandbox::Lead> {
     app.sandbox
@@ -239,52 +285,7 @@ async fn through_500s_lost_answers_and_429s_every_step_happens_once() {
         )
         .await;
     }
-    // Three rounds of faults, each injected once the one before is used up, so they land on every kind of
-    // call (buyer searches, leads, notes, products, links, tasks) and not only on the first batch, whose
-    // orders would otherwise climb the whole backoff ladder.
-    let round = |f: &mut Faults| {
-        f.fail_next = 2;
-        f.drop_after_write_next = 2;
-        f.force_429_next = 1;
-        f.drop_links_percent = 10;
-    };
-    let mut rounds = 0;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let faults = app.sandbox.faults(HOST);
-        let used_up = faults.fail_next == 0
-            && faults.drop_after_write_next == 0
-            && faults.force_429_next == 0;
-        if used_up && rounds == 3 {
-            break;
-        }
-        if used_up {
-            app.set_faults(HOST, round);
-            rounds += 1;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "round {rounds} of faults not used up: {faults:?}"
-        );
-        let r = push::run_once(&app.state).await.expect("push");
-        if !r.did_work() {
-            let (orders, moves) = amocrm_connector::services::order_push::backlog(&app.state)
-                .await
-                .expect("backlog");
-            if orders == 0 && moves == 0 {
-                // All done before the faults were: the rest of them hit nothing.
-                break;
-            }
-            // Everything due rests after a 429 or a backoff: wait for that moment, not longer.
-            let rest = push::rest_time(&app.state, Duration::from_secs(5)).await;
-            tokio::time::sleep(rest.max(Duration::from_millis(5))).await;
-        }
-    }
-    assert!(
-        rounds >= 2,
-        "the faults landed after the first lead existed"
-    );
-    drain(&app).await;
+    push_through_faults(&app, 3, Duration::from_secs(120)).await;
 
     let leads = leads_by_number(&app);
     assert_eq!(leads.len(), 60, "exactly one lead per order");
@@ -400,4 +401,139 @@ async fn an_incoming_order_waits_in_unsorted_and_follows_the_managers_accept() {
     let lead = leads_by_number(&app)["U001"].clone();
     assert_eq!(lead.status_id, paid);
     assert_eq!(lead.pipeline_id, seller.pipeline_id);
+}
+
+/// The buyer's phone as a marketplace might send it: three spellings of one Uzbek mobile number.
+fn spelled(b: usize) -> String {
+    let n = 1_000_000 + b;
+    let (a, rest) = (n / 10_000, n % 10_000);
+    match b % 3 {
+        0 => format!("+998 90 {:03}-{:02}-{:02}", a, rest / 100, rest % 100),
+        1 => format!("99890{n:07}"),
+        _ => format!("90 {:03} {:02} {:02}", a, rest / 100, rest % 100),
+    }
+}
+
+#[tokio::test]
+async fn a_thousand_orders_of_three_hundred_buyers_through_faults_give_a_thousand_complete_deals() {
+    let app = app_with_products().await;
+    // Sixty buyers are already the seller's contacts, their phones typed yet another way; the first under
+    // another name and without an email.
+    let mut old = Vec::new();
+    for b in 0..60usize {
+        let n = 1_000_000 + b;
+        let seed = ContactSeed {
+            name: if b == 0 {
+                "Doimiy mijoz Aziza".into()
+            } else {
+                format!("Xaridor {b}")
+            },
+            phones: vec![format!(
+                "+998 (90) {:03}-{:02}-{:02}",
+                n / 10_000,
+                (n % 10_000) / 100,
+                n % 100
+            )],
+            emails: if b == 0 {
+                vec![]
+            } else {
+                vec![format!("xaridor{b}@example.uz")]
+            },
+            ..ContactSeed::default()
+        };
+        old.push(app.sandbox.add_contact(HOST, seed).expect("old contact"));
+    }
+    connect_seller(&app, "seller-1", HOST).await;
+    let skus = ["K1", "K2", "K3", "K4", "K5", "K6", "K7"];
+    let items_of = |i: usize| -> Vec<(&str, i64)> {
+        (0..1 + i % 3)
+            .map(|k| (skus[(i + k * 3) % skus.len()], 1 + ((i + k) % 4) as i64))
+            .collect()
+    };
+    for i in 0..1000usize {
+        let b = i % 300;
+        let mut buyer = json!({"name": format!("Xaridor {b}"), "phone": spelled(b)});
+        if b == 0 {
+            buyer["name"] = json!("Aziza");
+            buyer["email"] = json!("aziza@example.uz");
+        }
+        post(
+            &app,
+            &order("seller-1", &format!("T{i:04}"), &buyer, &items_of(i)),
+        )
+        .await;
+    }
+    push_through_faults(&app, 6, Duration::from_secs(600)).await;
+
+    let leads = leads_by_number(&app);
+    assert_eq!(leads.len(), 1000, "exactly one lead per order");
+    let contacts = app.sandbox.contacts(HOST);
+    assert_eq!(contacts.len(), 300, "60 old contacts and one per new buyer");
+    for i in 0..1000usize {
+        let lead = &leads[&format!("T{i:04}")];
+        assert_eq!(lead.contact_ids.len(), 1, "T{i:04}: one contact");
+        if i % 300 < 60 {
+            assert_eq!(
+                lead.contact_ids[0],
+                old[i % 300],
+                "T{i:04}: the buyer's existing contact"
+            );
+        }
+    }
+    let first = contacts
+        .iter()
+        .find(|c| c.id == old[0])
+        .expect("old contact kept");
+    assert_eq!(first.name, "Doimiy mijoz Aziza", "never renamed");
+    assert_eq!(
+        first.values_of("EMAIL"),
+        vec!["aziza@example.uz".to_owned()],
+        "email added"
+    );
+
+    let notes = app.sandbox.notes(HOST);
+    assert_eq!(notes.len(), 1000, "one note per lead");
+    let elements = app.sandbox.elements(HOST);
+    let mut made: Vec<String> = elements.iter().flat_map(|e| e.values_of("SKU")).collect();
+    made.sort();
+    assert_eq!(made, skus.to_vec(), "no SKU made twice");
+    let sku_of: HashMap<u64, String> = elements
+        .iter()
+        .filter_map(|e| Some((e.id, e.values_of("SKU").into_iter().next()?)))
+        .collect();
+    let links = app.sandbox.links(HOST);
+    let mut linked: HashMap<u64, Vec<(String, i64)>> = HashMap::new();
+    for l in links
+        .iter()
+        .filter(|l| l.to_entity_type == "catalog_elements")
+    {
+        let sku = sku_of.get(&l.to_entity_id).cloned().unwrap_or_default();
+        linked
+            .entry(l.lead_id)
+            .or_default()
+            .push((sku, l.quantity.unwrap_or(0.0) as i64));
+    }
+    for i in 0..1000usize {
+        let lead = &leads[&format!("T{i:04}")];
+        let note: Vec<_> = notes.iter().filter(|n| n.entity_id == lead.id).collect();
+        assert_eq!(note.len(), 1, "T{i:04}: one note");
+        let mut want: Vec<(String, i64)> = items_of(i)
+            .into_iter()
+            .map(|(s, q)| (s.to_owned(), q))
+            .collect();
+        for (sku, _) in &want {
+            assert!(
+                note[0].text.contains(&format!("Mahsulot {sku}")),
+                "T{i:04}: the note lists {sku}: {}",
+                note[0].text
+            );
+        }
+        let mut got = linked.remove(&lead.id).unwrap_or_default();
+        want.sort();
+        got.sort();
+        assert_eq!(
+            got, want,
+            "T{i:04}: every item linked once with its quantity"
+        );
+    }
 }
