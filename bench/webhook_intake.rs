@@ -164,6 +164,7 @@ async fn run_backend(label: &str, pg: Option<&str>) {
     env.insert("REFRESH_SCHEDULE".into(), String::new());
     env.insert("RUN_WORKERS".into(), "false".into());
     env.insert("LOG_FORMAT".into(), "json".into());
+    env.insert("WEBHOOK_ALLOWED_HOSTS".into(), "127.0.0.1".into());
     let settings = Settings::from_env(&env).expect("settings");
     let app = Application::build_with_listener(settings, Some(listener))
         .await

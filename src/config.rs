@@ -76,6 +76,9 @@ pub struct Settings {
     /// The longest wait between two tries of failed push work (`PUSH_RETRY_MAX`): the backoff after 5xx,
     /// timeouts and lost answers doubles from one second up to it.
     pub push_retry_max: Duration,
+    /// Hosts or addresses event subscriptions may target although loopback, private or link-local
+    /// (`WEBHOOK_ALLOWED_HOSTS`; see `domain::outbound`).
+    pub webhook_allowed_hosts: Vec<String>,
     /// The longest any database call waits for a connection (`DATABASE_TIMEOUT`): while the database is
     /// unreachable, requests answer 503 within it instead of hanging.
     pub database_timeout: Duration,
@@ -130,6 +133,7 @@ impl fmt::Debug for Settings {
             .field("kommo_allowed_domains", &self.kommo_allowed_domains)
             .field("suspended_probe_interval", &self.suspended_probe_interval)
             .field("push_retry_max", &self.push_retry_max)
+            .field("webhook_allowed_hosts", &self.webhook_allowed_hosts)
             .field("database_timeout", &self.database_timeout)
             .field("token_keys", &self.token_keys)
             .field("refresh_secret", &redact(&self.refresh_secret))
@@ -238,6 +242,30 @@ where
 }
 
 /// A comma list of plain domains such as `amocrm.ru,kommo.com`, lowercased; at least one.
+/// A comma list of host names or IP addresses (IPv6 in brackets or not); empty when unset.
+fn parse_hosts(key: &'static str, raw: Option<&str>) -> Result<Vec<String>, ConfigError> {
+    let mut out = Vec::new();
+    for h in raw
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+    {
+        let bare = h.trim_start_matches('[').trim_end_matches(']');
+        let name_ok = bare
+            .split('.')
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+        if bare.parse::<std::net::IpAddr>().is_err() && !name_ok {
+            return Err(ConfigError::new(
+                key,
+                format!("`{h}` is not a host name or an IP address"),
+            ));
+        }
+        out.push(bare.to_ascii_lowercase());
+    }
+    Ok(out)
+}
+
 fn parse_domains(key: &'static str, raw: &str) -> Result<Vec<String>, ConfigError> {
     let domains: Vec<String> = raw
         .split(',')
@@ -381,6 +409,10 @@ impl Settings {
                 "must be between 1s and 24h",
             ));
         }
+        let webhook_allowed_hosts = parse_hosts(
+            "WEBHOOK_ALLOWED_HOSTS",
+            non_empty(env, "WEBHOOK_ALLOWED_HOSTS").as_deref(),
+        )?;
         let database_timeout = match non_empty(env, "DATABASE_TIMEOUT") {
             Some(v) => parse_duration("DATABASE_TIMEOUT", &v)?,
             None => Duration::from_secs(5),
@@ -565,6 +597,7 @@ impl Settings {
             kommo_allowed_domains,
             suspended_probe_interval,
             push_retry_max,
+            webhook_allowed_hosts,
             database_timeout,
             allow_shared_accounts,
             token_keys,

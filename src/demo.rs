@@ -278,6 +278,8 @@ pub async fn start(opts: DemoOptions) -> Result<Demo, String> {
         ("TOKEN_ENCRYPTION_KEYS", secrets.encryption_keys.clone()),
         ("SANDBOX_PAGE_URL", format!("{}/", sandbox.base_url())),
         ("INSTANCE_ID", "demo".to_owned()),
+        // The demo's event receiver listens on this machine.
+        ("WEBHOOK_ALLOWED_HOSTS", "127.0.0.1".to_owned()),
         ("RUN_WORKERS", "true".to_owned()),
         ("SHUTDOWN_TIMEOUT", "5s".to_owned()),
         ("LOG_FORMAT", "pretty".to_owned()),

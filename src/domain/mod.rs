@@ -41,6 +41,7 @@ pub mod ids;
 pub mod lang;
 pub mod note;
 pub mod order;
+pub mod outbound;
 pub mod platform;
 pub mod settings;
 pub mod stages;

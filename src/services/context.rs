@@ -29,6 +29,8 @@ pub struct Context {
     pub health: HealthBook,
     /// The amoCRM webhook intake's writer (group commit of raw bodies).
     pub intake: crate::services::ingest::Intake,
+    /// How event deliveries leave the process (the target policy and its HTTP client).
+    pub outbound: Arc<crate::services::delivery::Outbound>,
     /// Flips to `true` when the process is asked to stop; workers finish their step and exit.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -41,7 +43,9 @@ impl Context {
         platforms: Platforms,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
+        let policy = crate::domain::outbound::TargetPolicy::new(&settings.webhook_allowed_hosts);
         Self {
+            outbound: Arc::new(crate::services::delivery::Outbound::new(policy)),
             settings,
             intake: crate::services::ingest::Intake::new(db.clone()),
             db,

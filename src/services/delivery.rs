@@ -4,7 +4,8 @@
 //! A 2xx within [`DELIVERY_TIMEOUT`] is delivery; anything else is retried on [`RETRY_SCHEDULE`] (with
 //! jitter), then the delivery is `failed` until someone re-drives it.
 
-use std::sync::OnceLock;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use chrono::{NaiveDateTime, TimeDelta};
@@ -12,6 +13,7 @@ use hmac::{KeyInit, Mac};
 use rand::Rng;
 use secrecy::ExposeSecret;
 
+use crate::domain::outbound::{self, TargetPolicy};
 use crate::storage::deliveries::{AttemptRecord, ClaimedDelivery, NextStep};
 use crate::storage::subscriptions::secret_aad;
 use crate::storage::{Db, StorageError, cipher::Keyring};
@@ -77,13 +79,24 @@ pub fn next_step(attempts_before: i32, delivered: bool, now: NaiveDateTime) -> N
     }
 }
 
-/// One HTTP client for all deliveries (connection reuse); redirects are not followed: a 3xx is a failure.
-fn http() -> &'static reqwest::Client {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(|| {
-        reqwest::Client::builder()
+/// How deliveries leave the process: one HTTP client (connection reuse) whose DNS answers pass the target
+/// policy, so a subscriber's name that resolves to an internal address is never connected to (checked on
+/// every connection, not once at creation, which a DNS rebinding would defeat). Redirects are not followed:
+/// a 3xx is a failure.
+pub struct Outbound {
+    policy: Arc<TargetPolicy>,
+    client: reqwest::Client,
+}
+
+impl Outbound {
+    pub fn new(policy: TargetPolicy) -> Self {
+        let policy = Arc::new(policy);
+        let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(GuardedResolver {
+                policy: policy.clone(),
+            }))
             .user_agent(concat!(
                 "amocrm-connector/",
                 env!("CARGO_PKG_VERSION"),
@@ -91,8 +104,52 @@ fn http() -> &'static reqwest::Client {
             ))
             .pool_max_idle_per_host(16)
             .build()
-            .unwrap_or_default()
-    })
+            .unwrap_or_default();
+        Self { policy, client }
+    }
+
+    pub fn policy(&self) -> &TargetPolicy {
+        &self.policy
+    }
+}
+
+/// The system resolver, keeping only addresses the policy allows for the name.
+struct GuardedResolver {
+    policy: Arc<TargetPolicy>,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.policy.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let found = tokio::net::lookup_host((host.as_str(), 0)).await?;
+            let allowed: Vec<SocketAddr> = found
+                .filter(|a| policy.allows_address(&host, a.ip()))
+                .collect();
+            if allowed.is_empty() {
+                return Err(Box::new(Refused) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// A subscriber's host resolved only to addresses the policy refuses.
+#[derive(Debug, thiserror::Error)]
+#[error("the subscriber's host {}", outbound::NOT_PUBLIC)]
+struct Refused;
+
+/// Whether a request failed because the resolver refused every address of the host.
+fn refused(e: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<Refused>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// The result of one attempt, before it is stored.
@@ -104,6 +161,7 @@ pub struct Attempt {
 
 /// Sends one event body to one URL with the contract's headers.
 pub async fn post_signed(
+    out: &Outbound,
     timeout: Duration,
     url: &str,
     event_id: &str,
@@ -114,7 +172,24 @@ pub async fn post_signed(
     let started = Instant::now();
     let body = payload.as_bytes().to_vec();
     let timestamp = crate::storage::from_db(now).timestamp();
-    let result = http()
+    let host = url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default();
+    if out.policy.check_host(&host).is_err() {
+        // An address literal (no DNS answer to filter), or a policy narrowed since the subscription was made.
+        return Attempt {
+            delivered: false,
+            record: AttemptRecord {
+                status_code: None,
+                error: Some(format!("not sent: the URL {}", outbound::NOT_PUBLIC)),
+                duration_ms: 0,
+                attempted_at: now,
+            },
+        };
+    }
+    let result = out
+        .client
         .post(url)
         .timeout(timeout)
         .header("Content-Type", "application/json")
@@ -147,6 +222,8 @@ pub async fn post_signed(
         Err(e) => {
             let reason = if e.is_timeout() {
                 format!("no answer within {} s", DELIVERY_TIMEOUT.as_secs())
+            } else if refused(&e) {
+                format!("not sent: the subscriber's host {}", outbound::NOT_PUBLIC)
             } else if e.is_connect() {
                 "could not connect".to_owned()
             } else {
@@ -190,6 +267,7 @@ pub struct Finished {
 /// Sends one claimed delivery (no database work: the caller records a batch of these at once).
 #[tracing::instrument(skip_all, fields(seller_id = %claimed.delivery.seller_id, delivery_id = claimed.delivery.id))]
 pub async fn send(
+    out: &Outbound,
     timeout: Duration,
     keys: &Keyring,
     claimed: &ClaimedDelivery,
@@ -199,6 +277,7 @@ pub async fn send(
     let attempt = match keys.decrypt(secret_aad(sub_id), &claimed.secret_enc) {
         Ok(secret) => {
             post_signed(
+                out,
                 timeout,
                 &claimed.url,
                 &claimed.event_id,
@@ -272,26 +351,28 @@ pub async fn record(
         .collect())
 }
 
-/// Sends a claimed delivery and stores the attempt and the next step.
-#[tracing::instrument(skip_all, fields(seller_id = %claimed.delivery.seller_id, delivery_id = claimed.delivery.id))]
-pub async fn deliver(
-    timeout: Duration,
-    db: &Db,
-    keys: &Keyring,
-    owner: &str,
-    claimed: ClaimedDelivery,
-    now: NaiveDateTime,
-) -> Result<Outcome, StorageError> {
-    let finished = send(timeout, keys, &claimed, now).await;
-    Ok(record(db, owner, &[finished], now)
-        .await?
-        .pop()
-        .unwrap_or(Outcome::LeaseLost))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_name_resolving_only_to_internal_addresses_is_never_connected_to() {
+        use reqwest::dns::Resolve;
+        let strict = GuardedResolver {
+            policy: Arc::new(TargetPolicy::default()),
+        };
+        let name = |n: &str| n.parse::<reqwest::dns::Name>().expect("a name");
+        assert!(strict.resolve(name("localhost")).await.is_err());
+        let allowed = GuardedResolver {
+            policy: Arc::new(TargetPolicy::new(["localhost"])),
+        };
+        let addrs: Vec<SocketAddr> = allowed
+            .resolve(name("localhost"))
+            .await
+            .expect("allowed")
+            .collect();
+        assert!(addrs.iter().all(|a| a.ip().is_loopback()) && !addrs.is_empty());
+    }
 
     #[test]
     fn the_signature_is_lowercase_hex_hmac_sha256_of_the_body() {

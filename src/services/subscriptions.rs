@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::domain::events::EventKind;
 use crate::domain::ids::prefixed_id;
+use crate::domain::outbound::TargetPolicy;
 use crate::services::keys::RotationReport;
 use crate::storage::subscriptions::{
     NewSubscription, Subscription, SubscriptionChanges, secret_aad,
@@ -74,8 +75,9 @@ fn push(errors: &mut FieldErrors, field: &str, msg: impl Into<String>) {
     errors.entry(field.to_owned()).or_default().push(msg.into());
 }
 
-/// An http(s) URL with a host, no credentials, no fragment.
-pub fn check_url(raw: &str) -> Result<String, String> {
+/// An http(s) URL with a host, no credentials, no fragment, and not an internal address (see
+/// `domain::outbound`; names are checked again when a delivery resolves them).
+pub fn check_url(raw: &str, policy: &TargetPolicy) -> Result<String, String> {
     let raw = raw.trim();
     if raw.is_empty() {
         return Err("must not be empty".into());
@@ -97,6 +99,9 @@ pub fn check_url(raw: &str) -> Result<String, String> {
     if url.fragment().is_some() {
         return Err("must not have a fragment".into());
     }
+    policy
+        .check_host(url.host_str().unwrap_or(""))
+        .map_err(str::to_owned)?;
     Ok(url.to_string())
 }
 
@@ -140,10 +145,11 @@ fn check_secret(raw: &str) -> Result<(), String> {
 fn validate(
     input: &SubscriptionInput,
     require_all: bool,
+    policy: &TargetPolicy,
 ) -> Result<(Option<String>, Option<Vec<String>>), FieldErrors> {
     let mut errors = FieldErrors::new();
     let url = match &input.url {
-        Some(u) => match check_url(u) {
+        Some(u) => match check_url(u, policy) {
             Ok(u) => Some(u),
             Err(m) => {
                 push(&mut errors, "url", m);
@@ -196,9 +202,10 @@ fn events_json(events: &[String]) -> String {
 pub async fn create(
     db: &Db,
     keys: &Keyring,
+    policy: &TargetPolicy,
     input: SubscriptionInput,
 ) -> Result<SubscriptionView, SubscriptionError> {
-    let (url, events) = validate(&input, true).map_err(SubscriptionError::Invalid)?;
+    let (url, events) = validate(&input, true, policy).map_err(SubscriptionError::Invalid)?;
     let (Some(url), Some(events), Some(secret)) = (url, events, input.secret) else {
         return Err(SubscriptionError::Invalid(FieldErrors::new()));
     };
@@ -239,10 +246,11 @@ pub async fn list(
 pub async fn update(
     db: &Db,
     keys: &Keyring,
+    policy: &TargetPolicy,
     id: &str,
     input: SubscriptionInput,
 ) -> Result<SubscriptionView, SubscriptionError> {
-    let (url, events) = validate(&input, false).map_err(SubscriptionError::Invalid)?;
+    let (url, events) = validate(&input, false, policy).map_err(SubscriptionError::Invalid)?;
     let changes = SubscriptionChanges {
         url,
         events: events.as_deref().map(events_json),
@@ -307,8 +315,11 @@ mod tests {
 
     #[test]
     fn only_http_and_https_urls_with_a_host_are_accepted() {
+        let local = TargetPolicy::new(["127.0.0.1"]);
+        let check_url = |u: &str| check_url(u, &local);
         assert!(check_url("https://example.com/hook").is_ok());
         assert!(check_url("http://127.0.0.1:9000/x").is_ok());
+        assert!(super::check_url("http://127.0.0.1:9000/x", &TargetPolicy::default()).is_err());
         assert!(check_url("ftp://example.com/").is_err());
         assert!(check_url("javascript:alert(1)").is_err());
         assert!(check_url("/relative").is_err());

@@ -67,7 +67,8 @@ pub async fn run_once_at(state: &Context, now: NaiveDateTime) -> Result<Report, 
     let mut set = JoinSet::new();
     for c in claimed {
         let keys = state.keys.clone();
-        set.spawn(async move { delivery::send(timeout, &keys, &c, now).await });
+        let out = state.outbound.clone();
+        set.spawn(async move { delivery::send(&out, timeout, &keys, &c, now).await });
     }
     let mut finished = Vec::new();
     while let Some(done) = set.join_next().await {
@@ -100,6 +101,7 @@ async fn run_loop(state: Arc<Context>) {
     let owner = state.settings.instance_id.clone();
     let db = state.db.clone();
     let keys: Arc<Keyring> = state.keys.clone();
+    let out = state.outbound.clone();
     let timeout = state.settings.delivery_timeout;
     let mut shutdown = state.shutdown.clone();
     let mut in_flight: JoinSet<Finished> = JoinSet::new();
@@ -148,8 +150,9 @@ async fn run_loop(state: Arc<Context>) {
                         *n += 1;
                         claimed_any = true;
                         let keys = keys.clone();
+                        let out = out.clone();
                         in_flight.spawn(async move {
-                            delivery::send(timeout, &keys, &c, storage::now()).await
+                            delivery::send(&out, timeout, &keys, &c, storage::now()).await
                         });
                     }
                     if !over.is_empty() {

@@ -183,6 +183,105 @@ async fn invalid_subscriptions_are_refused_with_details_per_field() {
     assert_eq!(list["meta"]["total"], 0, "nothing was stored");
 }
 
+#[tokio::test]
+async fn subscriptions_to_internal_addresses_are_refused_unless_the_host_is_allowed() {
+    let app = spawn_app_with(env_vars(&[("WEBHOOK_ALLOWED_HOSTS", "")])).await;
+    for url in [
+        "http://127.0.0.1:9000/events",
+        "http://10.0.0.1/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]:8080/",
+        "http://localhost:3000/events",
+        "https://192.168.1.10/hook",
+    ] {
+        let body = assert_error(
+            app.api_post(
+                "/api/v1/webhooks",
+                &json!({"url": url, "events": ["*"], "secret": "s3cret-s3cret"}),
+            )
+            .await,
+            422,
+            "VALIDATION_ERROR",
+        )
+        .await;
+        let why = body["error"]["details"]["url"].to_string();
+        assert!(why.contains("WEBHOOK_ALLOWED_HOSTS"), "{url}: {body}");
+    }
+    let created = app
+        .api_post(
+            "/api/v1/webhooks",
+            &json!({"url": "https://marketplace.example/hooks", "events": ["*"], "secret": "s3cret-s3cret"}),
+        )
+        .await;
+    assert_eq!(created.status().as_u16(), 201);
+    let id = created.json::<Value>().await.expect("json")["data"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let resp = app
+        .api(
+            Method::PATCH,
+            &format!("/api/v1/webhooks/{id}"),
+            Some(&json!({"url": "http://10.1.2.3/internal"})),
+        )
+        .await;
+    assert_error(resp, 422, "VALIDATION_ERROR").await;
+    let got = app.api_json(&format!("/api/v1/webhooks/{id}")).await;
+    assert_eq!(
+        got["data"]["url"], "https://marketplace.example/hooks",
+        "unchanged"
+    );
+    let list = app.api_json("/api/v1/webhooks").await;
+    assert_eq!(list["meta"]["total"], 1, "only the public one was stored");
+
+    // Allowed by configuration (tests, the demo, a private network).
+    let allowed = spawn_app_with(env_vars(&[(
+        "WEBHOOK_ALLOWED_HOSTS",
+        "10.0.0.1, 127.0.0.1",
+    )]))
+    .await;
+    for url in ["http://10.0.0.1/hook", "http://127.0.0.1:9000/events"] {
+        let resp = allowed
+            .api_post(
+                "/api/v1/webhooks",
+                &json!({"url": url, "events": ["*"], "secret": "s3cret-s3cret"}),
+            )
+            .await;
+        assert_eq!(resp.status().as_u16(), 201, "{url}");
+    }
+}
+
+#[tokio::test]
+async fn a_delivery_to_an_address_the_policy_no_longer_allows_is_not_sent() {
+    let receiver = Receiver::start("recv-secret", Behaviour::Ok).await;
+    let open = spawn_app().await;
+    let sub = open
+        .subscribe(&receiver.url, json!(["order.synced"]), "recv-secret")
+        .await;
+    // Another instance on the same database with an empty allow-list: the stored loopback URL is no longer
+    // a target, so its delivery fails without a connection being made.
+    let strict = open
+        .spawn_peer_with(|env| {
+            env.insert("WEBHOOK_ALLOWED_HOSTS".into(), String::new());
+        })
+        .await;
+    strict
+        .record_event("order.synced", "seller-1", json!({"n": 1}))
+        .await;
+    let report = delivery_worker::run_once(&strict.state)
+        .await
+        .expect("deliver");
+    assert_eq!(report.claimed, 1);
+    assert!(receiver.hits().is_empty(), "nothing reached the receiver");
+    let deliveries = strict.deliveries_of(&sub).await;
+    let error = deliveries[0]["attempts"][0]["error"]
+        .as_str()
+        .or(deliveries[0]["last_error"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.contains("WEBHOOK_ALLOWED_HOSTS"), "{deliveries:?}");
+}
+
 // ---------- delivery ----------
 
 #[tokio::test]

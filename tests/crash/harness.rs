@@ -191,6 +191,7 @@ impl World {
             ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
             ("PUBLIC_BASE_URL", self.balancer.url()),
             ("TOKEN_ENCRYPTION_KEYS", self.key_entry.clone()),
+            ("WEBHOOK_ALLOWED_HOSTS", "127.0.0.1".to_owned()),
             ("AMOCRM_CLIENT_ID", CLIENT_ID.to_owned()),
             ("AMOCRM_CLIENT_SECRET", CLIENT_SECRET.to_owned()),
             (

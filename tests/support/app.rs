@@ -137,6 +137,8 @@ pub fn base_env(db_url: &str) -> HashMap<String, String> {
     env.insert("LOG_FORMAT".into(), "json".into());
     // Tests drive the workers' run_once steps themselves; a test that wants the loops turns this on.
     env.insert("RUN_WORKERS".into(), "false".into());
+    // Receivers listen on this machine.
+    env.insert("WEBHOOK_ALLOWED_HOSTS".into(), "127.0.0.1".into());
     env
 }
 

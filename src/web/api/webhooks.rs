@@ -73,9 +73,14 @@ pub async fn create(
     body: ApiJson<SubscriptionBody>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_write()?;
-    let view = subscriptions::create(&state.db, &state.keys, body.0.into())
-        .await
-        .map_err(map_err)?;
+    let view = subscriptions::create(
+        &state.db,
+        &state.keys,
+        state.outbound.policy(),
+        body.0.into(),
+    )
+    .await
+    .map_err(map_err)?;
     Ok(HttpResponse::Created().json(json!({ "data": view })))
 }
 
@@ -136,9 +141,15 @@ pub async fn update(
     body: ApiJson<SubscriptionBody>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_write()?;
-    let view = subscriptions::update(&state.db, &state.keys, &id, body.0.into())
-        .await
-        .map_err(map_err)?;
+    let view = subscriptions::update(
+        &state.db,
+        &state.keys,
+        state.outbound.policy(),
+        &id,
+        body.0.into(),
+    )
+    .await
+    .map_err(map_err)?;
     Ok(HttpResponse::Ok().json(json!({ "data": view })))
 }
 
