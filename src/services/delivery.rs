@@ -199,7 +199,24 @@ pub async fn post_signed(
         .body(body)
         .send()
         .await;
-    let (status, error) = match result {
+    let (status, error) = answer_of(result).await;
+    let delivered = status.is_some_and(|s| (200..300).contains(&s));
+    Attempt {
+        delivered,
+        record: AttemptRecord {
+            status_code: status,
+            error,
+            duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+            attempted_at: now,
+        },
+    }
+}
+
+/// The status and error of one attempt's answer.
+async fn answer_of(
+    result: Result<reqwest::Response, reqwest::Error>,
+) -> (Option<i32>, Option<String>) {
+    match result {
         Ok(mut resp) => {
             let status = resp.status();
             // Drain a bounded part of the answer so the connection can be reused.
@@ -232,16 +249,6 @@ pub async fn post_signed(
             };
             (None, Some(reason))
         }
-    };
-    let delivered = status.is_some_and(|s| (200..300).contains(&s));
-    Attempt {
-        delivered,
-        record: AttemptRecord {
-            status_code: status,
-            error,
-            duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
-            attempted_at: now,
-        },
     }
 }
 
