@@ -256,16 +256,16 @@ fn spawn_workers(state: &Arc<Context>) -> Vec<(&'static str, JoinHandle<()>)> {
     }
     // Workers register here, one line each: `workers.push(("name", crate::workers::x::spawn(state.clone())));`
 
-    // connect and refresh (issues 4, 5)
+    // connect and refresh
     workers.push(("connect", crate::workers::refresh::spawn(state.clone())));
     if let Some(schedule) = crate::workers::refresh::spawn_schedule(state.clone()) {
         workers.push(("refresh_schedule", schedule));
     }
 
-    // orders (issue 6)
+    // orders
     workers.push(("push", crate::workers::push::spawn(state.clone())));
 
-    // events (issue 7)
+    // events
     workers.push(("delivery", crate::workers::delivery::spawn(state.clone())));
     workers.push((
         "webhook_processor",

@@ -17,33 +17,40 @@ pub mod sanity;
 pub mod server;
 pub mod settings_page;
 
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
 use actix_web::{HttpRequest, HttpResponse, middleware, web};
 
 use error::ApiError;
 
-/// The whole route table, in one place.
+/// The whole route table, in one place. Each path is one resource carrying all its methods, so another
+/// method gets 405 with `Allow` (see [`method_not_allowed`]) rather than a 404.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/health", web::get().to(health::health));
+    cfg.service(web::resource("/health").get(health::health));
 
-    // --- connect and refresh (issues 4, 5): pages, OAuth callback, uninstall hook, /refresh ---
-    cfg.route("/connect/{token}", web::get().to(pages::connect_page))
-        .route("/settings/{token}", web::get().to(settings_page::page))
-        .route("/settings/{token}", web::post().to(settings_page::save))
-        .route("/oauth/amocrm/callback", web::get().to(oauth::callback))
-        .route("/oauth/amocrm/disconnect", web::get().to(oauth::disconnect))
-        .route("/refresh", web::get().to(refresh::refresh))
-        .route("/refresh", web::post().to(refresh::refresh));
+    // Seller pages, the OAuth callback, amoCRM's uninstall hook, the external cron's /refresh.
+    cfg.service(web::resource("/connect/{token}").get(pages::connect_page))
+        .service(
+            web::resource("/settings/{token}")
+                .get(settings_page::page)
+                .post(settings_page::save),
+        )
+        .service(web::resource("/oauth/amocrm/callback").get(oauth::callback))
+        .service(web::resource("/oauth/amocrm/disconnect").get(oauth::disconnect))
+        .service(
+            web::resource("/refresh")
+                .get(refresh::refresh)
+                .post(refresh::refresh),
+        );
 
-    // --- amoCRM webhooks in (issue 7) ---
-    cfg.route(
-        "/webhooks/amocrm/{webhook_token}",
-        web::post().to(amocrm_webhooks::receive),
-    );
+    // amoCRM's webhooks in.
+    cfg.service(web::resource("/webhooks/amocrm/{webhook_token}").post(amocrm_webhooks::receive));
 
-    // --- operations (issue 8): dashboard, metrics ---
-    cfg.route("/api/auth/login", web::post().to(auth::login))
-        .route("/api/auth/refresh", web::post().to(auth::refresh))
-        .route("/metrics", web::get().to(metrics::metrics))
+    // Operators: sign-in, metrics, the dashboard, the API reference.
+    cfg.service(web::resource("/api/auth/login").post(auth::login))
+        .service(web::resource("/api/auth/refresh").post(auth::refresh))
+        .service(web::resource("/metrics").get(metrics::metrics))
         .service(web::scope("/dashboard").configure(dashboard::routes))
         .configure(openapi::routes);
 
@@ -58,71 +65,74 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 /// Routes under `/api/v1` (already authenticated and rate-limited by the guard).
 fn api_v1(cfg: &mut web::ServiceConfig) {
-    let _ = &cfg;
+    use api::{connect_sessions, connections, events, settings, settings_sessions, webhooks};
+    cfg.service(web::resource("/connect-sessions").post(connect_sessions::create))
+        .service(web::resource("/connections").get(connections::list))
+        .service(
+            web::resource("/connections/{seller_id}")
+                .get(connections::get)
+                .delete(connections::delete),
+        )
+        .service(web::resource("/connections/{seller_id}/refresh").post(connections::refresh_now))
+        .service(
+            web::resource("/connections/{seller_id}/pipeline")
+                .get(connections::get_pipeline)
+                .put(connections::put_pipeline),
+        )
+        .service(
+            web::resource("/connections/{seller_id}/settings")
+                .get(settings::get)
+                .put(settings::put),
+        )
+        .service(web::resource("/settings-sessions").post(settings_sessions::create));
 
-    // --- connect sessions, connections, pipeline (issues 4, 5) ---
-    use api::{connect_sessions, connections};
-    cfg.route(
-        "/connect-sessions",
-        web::post().to(connect_sessions::create),
-    )
-    .route("/connections", web::get().to(connections::list))
-    .route("/connections/{seller_id}", web::get().to(connections::get))
-    .route(
-        "/connections/{seller_id}",
-        web::delete().to(connections::delete),
-    )
-    .route(
-        "/connections/{seller_id}/refresh",
-        web::post().to(connections::refresh_now),
-    )
-    .route(
-        "/connections/{seller_id}/pipeline",
-        web::get().to(connections::get_pipeline),
-    )
-    .route(
-        "/connections/{seller_id}/pipeline",
-        web::put().to(connections::put_pipeline),
-    )
-    .route(
-        "/connections/{seller_id}/settings",
-        web::get().to(api::settings::get),
-    )
-    .route(
-        "/connections/{seller_id}/settings",
-        web::put().to(api::settings::put),
-    )
-    .route(
-        "/settings-sessions",
-        web::post().to(api::settings_sessions::create),
-    );
-
-    // --- orders (issue 6) ---
     cfg.configure(api::orders::routes);
 
-    // --- webhooks subscriptions, deliveries, events (issue 7) ---
     cfg.service(
         web::resource("/webhooks")
-            .route(web::get().to(api::webhooks::list))
-            .route(web::post().to(api::webhooks::create)),
+            .get(webhooks::list)
+            .post(webhooks::create),
     )
     .service(
         web::resource("/webhooks/{id}")
-            .route(web::get().to(api::webhooks::get))
-            .route(web::patch().to(api::webhooks::update))
-            .route(web::delete().to(api::webhooks::delete)),
+            .get(webhooks::get)
+            .patch(webhooks::update)
+            .delete(webhooks::delete),
     )
-    .route(
-        "/webhooks/{id}/deliveries",
-        web::get().to(api::webhooks::deliveries),
-    )
-    .route("/events", web::get().to(api::events::list))
-    .route(
-        "/events/{id}/redeliver",
-        web::post().to(api::events::redeliver),
-    );
+    .service(web::resource("/webhooks/{id}/deliveries").get(webhooks::deliveries))
+    .service(web::resource("/events").get(events::list))
+    .service(web::resource("/events/{id}/redeliver").post(events::redeliver));
+}
 
-    // --- operations (issue 8) ---
+/// A known path asked with a method it does not answer: actix's resource says 405 with `Allow`; under
+/// `/api` the body becomes the contract's error, elsewhere a short text.
+pub async fn method_not_allowed(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let api = req.path().starts_with("/api/");
+    let method = req.method().clone();
+    let res = next.call(req).await?;
+    if res.status() != actix_web::http::StatusCode::METHOD_NOT_ALLOWED {
+        return Ok(res.map_into_left_body());
+    }
+    let allow = res.headers().get(actix_web::http::header::ALLOW).cloned();
+    let (req, _) = res.into_parts();
+    let mut resp = if api {
+        actix_web::ResponseError::error_response(&ApiError::new(
+            error::ErrorCode::MethodNotAllowed,
+            format!("{method} is not supported here; the Allow header lists what is"),
+        ))
+    } else {
+        HttpResponse::MethodNotAllowed()
+            .content_type("text/plain; charset=utf-8")
+            .body("Method not allowed")
+    };
+    if let Some(allow) = allow {
+        resp.headers_mut()
+            .insert(actix_web::http::header::ALLOW, allow);
+    }
+    Ok(ServiceResponse::new(req, resp).map_into_right_body())
 }
 
 /// Extractor errors outside our own extractors (paths, queries, forms) answer in the contract's body.

@@ -130,6 +130,28 @@ async fn the_openapi_document_is_valid_and_lists_every_api_route() {
 /// Every event of the catalogue is an OpenAPI 3.1 webhook whose body names the event and whose `data`
 /// schema is in the document with the fields the producer sends.
 #[tokio::test]
+async fn every_operation_has_an_id_no_other_operation_has() {
+    let app = spawn_app().await;
+    let doc: Value = app
+        .get("/api/v1/openapi.json")
+        .await
+        .json()
+        .await
+        .expect("json");
+    let mut seen = std::collections::HashMap::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            let id = op["operationId"].as_str().unwrap_or_default().to_owned();
+            assert!(!id.is_empty(), "{method} {path} has no operationId");
+            if let Some(other) = seen.insert(id.clone(), format!("{method} {path}")) {
+                panic!("{id} names both {other} and {method} {path}");
+            }
+        }
+    }
+    assert!(seen.len() >= 20, "{seen:?}");
+}
+
+#[tokio::test]
 async fn every_outgoing_event_is_a_webhook_of_the_document() {
     use amocrm_connector::domain::events::EventKind;
     let app = spawn_app().await;

@@ -3,13 +3,9 @@
 
 pub mod connect_sessions;
 pub mod connections;
-pub mod guard;
-
-// --- orders (issue 6) ---
-pub mod orders;
-
-// --- events (issue 7) ---
 pub mod events;
+pub mod guard;
+pub mod orders;
 pub mod settings;
 pub mod settings_sessions;
 pub mod webhooks;

@@ -173,9 +173,7 @@ pub async fn retry(
 
 /// The routes of this file, mounted under `/api/v1`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/sales/orders", web::post().to(create))
-        .route("/sales/orders", web::get().to(list))
-        .route("/sales/orders/{id}", web::get().to(get))
-        .route("/sales/orders/{id}", web::patch().to(patch))
-        .route("/sales/orders/{id}/retry", web::post().to(retry));
+    cfg.service(web::resource("/sales/orders").post(create).get(list))
+        .service(web::resource("/sales/orders/{id}").get(get).patch(patch))
+        .service(web::resource("/sales/orders/{id}/retry").post(retry));
 }

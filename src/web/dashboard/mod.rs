@@ -30,31 +30,23 @@ const LOGIN_CSRF_COOKIE: &str = "amc_login_csrf";
 const TZ_COOKIE: &str = "tz_offset";
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("", web::get().to(pages::overview))
-        .route("/", web::get().to(pages::overview))
-        .route("/login", web::get().to(login_page))
-        .route("/login", web::post().to(login))
-        .route("/logout", web::post().to(logout))
-        .route("/assets/app.css", web::get().to(css))
-        .route("/assets/app.js", web::get().to(js))
-        .route("/connections", web::get().to(pages::connections))
-        .route("/connections/{seller_id}", web::get().to(pages::connection))
-        .route("/orders", web::get().to(pages::orders))
-        .route("/events", web::get().to(pages::events))
-        .route("/subscriptions", web::get().to(pages::subscriptions))
-        .route(
-            "/connections/{seller_id}/settings",
-            web::get().to(settings::page),
+    cfg.service(web::resource("").get(pages::overview))
+        .service(web::resource("/").get(pages::overview))
+        .service(web::resource("/login").get(login_page).post(login))
+        .service(web::resource("/logout").post(logout))
+        .service(web::resource("/assets/app.css").get(css))
+        .service(web::resource("/assets/app.js").get(js))
+        .service(web::resource("/connections").get(pages::connections))
+        .service(web::resource("/connections/{seller_id}").get(pages::connection))
+        .service(web::resource("/orders").get(pages::orders))
+        .service(web::resource("/events").get(pages::events))
+        .service(web::resource("/subscriptions").get(pages::subscriptions))
+        .service(web::resource("/connections/{seller_id}/settings").get(settings::page))
+        .service(
+            web::resource("/connections/{seller_id}/refresh").post(actions::refresh_connection),
         )
-        .route(
-            "/connections/{seller_id}/refresh",
-            web::post().to(actions::refresh_connection),
-        )
-        .route("/orders/{id}/retry", web::post().to(actions::retry_order))
-        .route(
-            "/events/{id}/redeliver",
-            web::post().to(actions::redeliver_event),
-        );
+        .service(web::resource("/orders/{id}/retry").post(actions::retry_order))
+        .service(web::resource("/events/{id}/redeliver").post(actions::redeliver_event));
 }
 
 /// Security headers every dashboard response carries.
