@@ -130,7 +130,7 @@ async fn events_named(app: &TestApp, seller: &str, name: &str) -> Vec<Value> {
 /// Processes stored bodies until none is due.
 async fn process_all(app: &TestApp) -> webhook_processor::Report {
     let mut total = webhook_processor::Report::default();
-    for _ in 0..50 {
+    for _ in 0..500 {
         let r = webhook_processor::run_once(&app.state).await.unwrap();
         if r.claimed == 0 {
             break;
@@ -306,6 +306,180 @@ async fn every_real_amocrm_sample_body_is_accepted_stored_and_processed_without_
     assert_eq!(
         processed, accepted,
         "stored and ignored: other pipelines and entities"
+    );
+}
+
+/// One entity of a webhook body in amoCRM's legacy shape: strings only, custom fields as
+/// `custom_fields[i][id|code|values[j][value]]`, per-action extras (`amocrm-api.md` §6.2).
+fn corpus_entity(entity: &str, action: &str, account_id: i64, full: bool) -> Value {
+    let mut e = json!({"id": "91001"});
+    if !full {
+        return e;
+    }
+    let o = e.as_object_mut().expect("object");
+    o.insert("account_id".into(), json!(account_id.to_string()));
+    o.insert("last_modified".into(), json!("1733400000"));
+    o.insert("modified_user_id".into(), json!("5001"));
+    o.insert("responsible_user_id".into(), json!("5001"));
+    match entity {
+        "leads" | "customers" => {
+            o.insert("name".into(), json!("Buyurtma"));
+            o.insert("status_id".into(), json!("777"));
+            o.insert("pipeline_id".into(), json!("888"));
+            o.insert("price".into(), json!(""));
+            o.insert("tags".into(), json!([{"id": "1", "name": "Bozor"}]));
+        }
+        "contacts" => {
+            o.insert("name".into(), json!("Aziza"));
+            o.insert(
+                "type".into(),
+                json!(if action.ends_with("company") {
+                    "company"
+                } else {
+                    "contact"
+                }),
+            );
+            o.insert(
+                "custom_fields".into(),
+                json!([{"id": "3001", "name": "Телефон", "code": "PHONE", "values": [{"value": "+998 90 123-45-67", "enum": "9001"}]}]),
+            );
+            o.insert("linked_leads_id".into(), json!({"91002": {"ID": "91002"}}));
+        }
+        "task" => {
+            o.insert("element_id".into(), json!("91002"));
+            o.insert("element_type".into(), json!("2"));
+            o.insert("task_type".into(), json!("1"));
+            o.insert("text".into(), json!("Qo'ng'iroq qiling"));
+            o.insert("complete_till".into(), json!("1733500000"));
+        }
+        "unsorted" => {
+            o.insert("uid".into(), json!("a1b2c3"));
+            o.insert("category".into(), json!("forms"));
+            o.insert("pipeline_id".into(), json!("888"));
+            o.insert("lead_id".into(), json!("91002"));
+            o.insert("data".into(), json!({"leads": [{"name": "Ariza"}]}));
+        }
+        "catalogs" => {
+            o.insert("catalog_id".into(), json!("4001"));
+            o.insert("name".into(), json!("Choynak"));
+        }
+        "message" => {
+            o.insert("chat_id".into(), json!("c-1"));
+            o.insert("talk_id".into(), json!("7"));
+            o.insert("contact_id".into(), json!("91003"));
+            o.insert("text".into(), json!("Salom"));
+        }
+        "talk" => {
+            o.insert("talk_id".into(), json!("7"));
+            o.insert("chat_id".into(), json!("c-1"));
+            o.insert("entity_id".into(), json!("91002"));
+            o.insert("is_in_work".into(), json!("1"));
+        }
+        _ => {}
+    }
+    match action {
+        "status" => {
+            o.insert("old_status_id".into(), json!("776"));
+        }
+        "responsible" => {
+            o.insert("old_responsible_user_id".into(), json!("5002"));
+        }
+        "delete" => {
+            o.retain(|k, _| {
+                k == "id" || k == "account_id" || k == "status_id" || k == "pipeline_id"
+            });
+            o.insert("type".into(), json!(entity.trim_end_matches('s')));
+        }
+        "note" => {
+            let note = json!({
+                "id": "61001", "text": "Izoh", "note_type": "4", "element_type": "2",
+                "element_id": "91002", "metadata": "{\"event_source\":{\"en\":\"API\"}}",
+                "timestamp_x": "2026-12-06 10:00:00", "created_by": "5001",
+                "account_id": account_id.to_string(),
+            });
+            return json!({"note": note});
+        }
+        _ => {}
+    }
+    e
+}
+
+#[tokio::test]
+async fn every_entity_and_event_amocrm_lists_is_answered_200_stored_and_ignored_where_it_means_nothing()
+ {
+    let app = spawn_app().await;
+    let (account_id, subdomain, token) = (31_337_i64, "korpus", random_token(24));
+    insert_sample_connection(&app, "corpus-seller", account_id, subdomain, &token).await;
+    let url = app.url(&format!("/webhooks/amocrm/{token}"));
+    let actions = [
+        "add",
+        "update",
+        "delete",
+        "restore",
+        "status",
+        "responsible",
+        "note",
+    ];
+    let entities: [(&str, &[&str]); 9] = [
+        ("leads", &actions),
+        ("contacts", &actions),
+        ("contacts-company", &actions),
+        ("customers", &actions),
+        ("task", &["add", "update", "delete", "responsible"]),
+        ("unsorted", &["add", "update", "delete"]),
+        ("catalogs", &["add", "update", "delete"]),
+        ("message", &["add"]),
+        ("talk", &["add", "update"]),
+    ];
+    let mut posted = 0i64;
+    for (entity, acts) in entities {
+        let (key, company) = match entity.strip_suffix("-company") {
+            Some(k) => (k, true),
+            None => (entity, false),
+        };
+        for action in acts {
+            for full in [true, false] {
+                let tag = if company {
+                    format!("{action}_company")
+                } else {
+                    (*action).to_owned()
+                };
+                let account = if full {
+                    json!({"id": account_id.to_string(), "subdomain": subdomain,
+                           "_links": {"self": format!("https://{subdomain}.amocrm.ru")}})
+                } else {
+                    json!({"subdomain": subdomain})
+                };
+                let mut one = corpus_entity(key, &tag, account_id, full);
+                if company && !full {
+                    one["type"] = json!("company");
+                }
+                let body = json!({key: {*action: [one]}, "account": account});
+                let resp = post_body(&app, &url, form_from_json(&body)).await;
+                let status = resp.status().as_u16();
+                let text = resp.text().await.unwrap_or_default();
+                assert_eq!(status, 200, "{entity} {action} (full: {full}): {text}");
+                posted += 1;
+            }
+        }
+    }
+    // The Digital Pipeline's own format: a status change with only the account block.
+    let dp = format!(
+        "leads[status][0][id]=91001&leads[status][0][status_id]=777&leads[status][0][pipeline_id]=888&\
+         leads[status][0][old_status_id]=776&leads[status][0][old_pipeline_id]=888&\
+         account[id]={account_id}&account[subdomain]={subdomain}"
+    );
+    let resp = post_body(&app, &url, dp.replace(' ', "")).await;
+    assert_eq!(resp.status().as_u16(), 200);
+    posted += 1;
+
+    assert_eq!(inbox_count(&app).await, posted, "every body stored");
+    let r = process_all(&app).await;
+    assert_eq!(r.processed as i64, posted);
+    assert_eq!(
+        (r.failed, r.retrying, r.events_recorded),
+        (0, 0, 0),
+        "nothing about our orders in them: no event"
     );
 }
 
