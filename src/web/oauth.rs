@@ -66,7 +66,8 @@ pub async fn callback(req: HttpRequest, state: web::Data<Context>) -> HttpRespon
                 origin: &origin,
                 return_url: &return_url,
             };
-            pages::html(StatusCode::OK, &nonce, page.render())
+            let body = pages::branded(done.connection.platform, page.render());
+            pages::html(StatusCode::OK, &nonce, body)
         }
         Err(refused) => {
             let lang = pick_lang(&req, refused.lang);

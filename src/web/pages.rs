@@ -10,6 +10,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 
 use crate::domain::ids::random_token;
+use crate::domain::platform::Platform;
 use crate::domain::status::ConnectionStatus;
 use crate::services::Context;
 use crate::services::connect::{self, BROWSER_COOKIE, Lang, Page};
@@ -282,6 +283,18 @@ pub fn nonce() -> String {
     random_token(24)
 }
 
+/// A page rendered for a seller of `platform`: the texts are written with amoCRM's name, which a Kommo seller
+/// reads as Kommo (the name appears only in human text; hosts and code are lowercase).
+pub fn branded(
+    platform: Platform,
+    body: Result<String, askama::Error>,
+) -> Result<String, askama::Error> {
+    match platform {
+        Platform::Amocrm => body,
+        other => body.map(|b| b.replace("amoCRM", other.display_name())),
+    }
+}
+
 /// An HTML response with the headers every seller page carries.
 pub fn html(status: StatusCode, nonce: &str, body: Result<String, askama::Error>) -> HttpResponse {
     respond(status, nonce, body, "'none'")
@@ -432,7 +445,8 @@ pub async fn connect_page(
                 origin: &origin,
                 return_url: ready.session.return_url.as_deref().unwrap_or(""),
             };
-            let mut resp = html(StatusCode::OK, &n, page.render());
+            let body = branded(ready.session.platform, page.render());
+            let mut resp = html(StatusCode::OK, &n, body);
             let secure = state.settings.public_base_url.scheme() == "https";
             let cookie = Cookie::build(BROWSER_COOKIE, ready.browser_token.clone())
                 .path("/")

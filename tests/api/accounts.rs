@@ -451,7 +451,21 @@ async fn kommo_and_amocrm_sellers_work_side_by_side_each_with_its_own_integratio
         (q["platform"].as_str(), q["client_id"].as_str()),
         ("2", KOMMO_ID)
     );
-    assert_eq!(app.browse(&callback).await.status(), 200);
+    let done = app.browse(&callback).await;
+    assert_eq!(done.status(), 200);
+    let page = done.text().await.unwrap();
+    assert!(
+        page.contains("Kommo") && !page.contains("amoCRM"),
+        "a Kommo seller reads Kommo: {page}"
+    );
+    let session = create_session(&app, "seller-kommo-2", json!({"platform": "kommo"})).await;
+    let page = app
+        .browse(session["connect_url"].as_str().unwrap())
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Kommo") && !page.contains("amoCRM"), "{page}");
 
     for (seller, platform, client_id) in [
         ("seller-amo", "amocrm", amo_id.as_str()),
