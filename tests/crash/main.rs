@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 use harness::{REFRESH_SECRET, Service, World};
@@ -91,11 +91,30 @@ struct Expected {
     unconfirmed: Vec<Value>,
 }
 
-/// The marketplace's order of the load: the suites' order without company and tags.
+/// Buyers per seller in the load: their orders share one contact each.
+const BUYERS: usize = 4;
+
+/// A number's buyer and first item, fixed by the number so a re-posted order is the same order.
+fn pick(number: &str) -> (usize, usize) {
+    let n: usize = number.bytes().map(usize::from).sum();
+    (n % BUYERS, n % 3)
+}
+
+/// The marketplace's order of the load: the suites' order without company and tags, from one of
+/// [`BUYERS`] buyers, with two items (one of three SKUs, and a SKU every order has).
 fn order_body(seller: &str, number: &str) -> Value {
     let mut body = support::order_body(seller, number);
     body["customer"].as_object_mut().unwrap().remove("company");
     body.as_object_mut().unwrap().remove("tags");
+    let (buyer, sku) = pick(number);
+    body["customer"]["name"] = json!(format!("Xaridor {buyer}"));
+    body["customer"]["phone"] = json!(format!("+99890{:07}", 2_000_000 + buyer));
+    body["customer"]["email"] = json!(format!("xaridor{buyer}@example.uz"));
+    body["items"] = json!([
+        {"product_id": format!("sku-{sku}"), "name": format!("Mahsulot {sku}"), "quantity": 1 + sku, "price": 50000},
+        {"product_id": "sku-common", "name": "Qadoq", "quantity": 1, "price": 25000},
+    ]);
+    body["total_amount"] = json!(50000 * (1 + sku) + 25000);
     body
 }
 
@@ -322,6 +341,77 @@ async fn unsynced_orders(world: &World) -> i64 {
     .await
 }
 
+/// Lead steps (contact, note, products, task) not yet done or skipped.
+async fn unfinished_steps(world: &World) -> i64 {
+    count_sql(
+        &world.db,
+        "SELECT COUNT(*) AS n FROM order_steps WHERE state NOT IN ('done', 'skipped')",
+    )
+    .await
+}
+
+/// Every order lead of `side` is a complete deal, each part made once though instances died mid-way: one
+/// note, one task, both items linked with their quantities, one contact per buyer, each SKU made once.
+fn assert_complete_deals(world: &World, side: &Side, leads: &HashMap<String, Vec<u64>>) {
+    let notes = world.sandbox.notes(&side.host);
+    let tasks = world.sandbox.tasks(&side.host);
+    let links = world.sandbox.links(&side.host);
+    let elements = world.sandbox.elements(&side.host);
+    let mut skus: Vec<String> = elements.iter().flat_map(|e| e.values_of("SKU")).collect();
+    let made = skus.len();
+    skus.sort();
+    skus.dedup();
+    assert_eq!(
+        made,
+        skus.len(),
+        "{}: a SKU made twice: {skus:?}",
+        side.host
+    );
+    let sku_of: HashMap<u64, String> = elements
+        .iter()
+        .filter_map(|e| Some((e.id, e.values_of("SKU").into_iter().next()?)))
+        .collect();
+    let mut buyers = HashSet::new();
+    let host_leads = world.sandbox.leads(&side.host);
+    for (number, ids) in leads {
+        let Some(lead) = host_leads.iter().find(|l| l.id == ids[0]) else {
+            continue;
+        };
+        let (buyer, sku) = pick(number);
+        buyers.insert(buyer);
+        let n = notes.iter().filter(|n| n.entity_id == lead.id).count();
+        assert_eq!(n, 1, "{number}: one note");
+        let t = tasks
+            .iter()
+            .filter(|t| t.entity_id == Some(lead.id))
+            .count();
+        assert_eq!(t, 1, "{number}: one task");
+        let mut got: Vec<(String, i64)> = links
+            .iter()
+            .filter(|l| l.lead_id == lead.id && l.to_entity_type == "catalog_elements")
+            .map(|l| {
+                let s = sku_of.get(&l.to_entity_id).cloned().unwrap_or_default();
+                (s, l.quantity.unwrap_or(0.0) as i64)
+            })
+            .collect();
+        got.sort();
+        let mut want = vec![
+            (format!("sku-{sku}"), 1 + sku as i64),
+            ("sku-common".to_owned(), 1),
+        ];
+        want.sort();
+        assert_eq!(got, want, "{number}: each item linked once");
+        assert_eq!(lead.contact_ids.len(), 1, "{number}: the buyer's contact");
+    }
+    let contacts = world.sandbox.contacts(&side.host);
+    assert_eq!(
+        contacts.len(),
+        buyers.len(),
+        "{}: one contact per buyer",
+        side.host
+    );
+}
+
 /// Event deliveries not yet delivered (pending, retrying or failed).
 async fn undelivered_events(world: &World) -> i64 {
     count_sql(
@@ -385,7 +475,17 @@ async fn crash_run(instances: usize, sellers: usize, rounds: usize) {
     let mut services = start_all(&world, &names).await;
     for i in 0..sellers {
         let (s, h) = seller(i);
+        world.sandbox.add_account(&h);
+        world
+            .sandbox
+            .enable_products(&h, None)
+            .expect("products on");
         world.connect(&s, &h).await;
+        let task =
+            json!({"task": {"enabled": true, "text": "Qo'ng'iroq qiling", "due_in_minutes": 30}});
+        let path = format!("/api/v1/connections/{s}/settings");
+        let (status, body) = world.setup_api("PUT", &path, Some(&task)).await;
+        assert_eq!(status, 200, "{s}: {body}");
     }
     world.subscribe_receiver().await;
     let sides = sides(&world).await;
@@ -481,6 +581,7 @@ async fn crash_run(instances: usize, sellers: usize, rounds: usize) {
             return false;
         }
         if unsynced_orders(&world).await > 0
+            || unfinished_steps(&world).await > 0
             || undelivered_events(&world).await > 0
             || !unprocessed_bodies(&world).await.is_empty()
         {
@@ -555,6 +656,14 @@ async fn crash_run(instances: usize, sellers: usize, rounds: usize) {
         .filter(|(_, l)| l.len() > 1)
         .collect();
     assert!(doubled.is_empty(), "orders with two leads: {doubled:?}");
+    for side in &sides {
+        let mine: HashMap<String, Vec<u64>> = leads_by_number
+            .iter()
+            .filter(|(n, _)| exp.orders.get(*n) == Some(&side.seller))
+            .map(|(n, l)| (n.clone(), l.clone()))
+            .collect();
+        assert_complete_deals(&world, side, &mine);
+    }
     let stray: Vec<_> = leads_by_number
         .keys()
         .filter(|n| !exp.orders.contains_key(*n))
