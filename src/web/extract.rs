@@ -22,15 +22,20 @@ impl<T: DeserializeOwned + 'static> FromRequest for ApiJson<T> {
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let declared_too_large = req
+            .headers()
+            .get(actix_web::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .is_some_and(|len| len > JSON_LIMIT);
         let bytes = web::Bytes::from_request(req, payload);
         Box::pin(async move {
+            if declared_too_large {
+                return Err(too_large());
+            }
             let body = bytes.await.map_err(|e| {
-                if e.to_string().contains("overflow") || e.to_string().contains("too large") {
-                    ApiError::bad_request(format!(
-                        "request body is larger than {} KiB",
-                        JSON_LIMIT / 1024
-                    ))
-                    .with_status(actix_web::http::StatusCode::PAYLOAD_TOO_LARGE)
+                if is_overflow(&e) {
+                    too_large()
                 } else {
                     ApiError::bad_request("could not read the request body")
                 }
@@ -38,6 +43,22 @@ impl<T: DeserializeOwned + 'static> FromRequest for ApiJson<T> {
             parse_json(&body).map(ApiJson)
         })
     }
+}
+
+/// 413 in the contract's body.
+pub fn too_large() -> ApiError {
+    ApiError::bad_request(format!(
+        "request body is larger than {} KiB",
+        JSON_LIMIT / 1024
+    ))
+    .with_status(actix_web::http::StatusCode::PAYLOAD_TOO_LARGE)
+}
+
+/// Whether reading a body failed because it passed the limit (declared or streamed).
+pub fn is_overflow(e: &actix_web::Error) -> bool {
+    use actix_web::error::PayloadError;
+    matches!(e.as_error::<PayloadError>(), Some(PayloadError::Overflow))
+        || e.as_response_error().status_code() == actix_web::http::StatusCode::PAYLOAD_TOO_LARGE
 }
 
 /// Parses a JSON body with the contract's error classes.

@@ -146,8 +146,18 @@ pub fn configure_extractors(cfg: &mut web::ServiceConfig) {
     .app_data(
         web::JsonConfig::default()
             .limit(extract::JSON_LIMIT)
-            .error_handler(|e, _| ApiError::bad_request(format!("malformed JSON: {e}")).into()),
+            .error_handler(|e, _| match e {
+                actix_web::error::JsonPayloadError::Overflow { .. }
+                | actix_web::error::JsonPayloadError::OverflowKnownLength { .. } => {
+                    extract::too_large().into()
+                }
+                e => ApiError::bad_request(format!("malformed JSON: {e}")).into(),
+            }),
     )
+    .app_data(web::FormConfig::default().error_handler(|e, _| match e {
+        actix_web::error::UrlencodedError::Overflow { .. } => extract::too_large().into(),
+        e => ApiError::bad_request(format!("malformed form: {e}")).into(),
+    }))
     .app_data(web::PayloadConfig::new(extract::JSON_LIMIT));
 }
 

@@ -13,11 +13,20 @@ use crate::services::Context;
 pub fn build(listener: TcpListener, state: Arc<Context>) -> std::io::Result<Server> {
     let state = Data::from(state);
     let shutdown_secs = state.settings.shutdown_timeout.as_secs();
+    // Behind https, browsers are told to never try plain http again (a year, as the preload list asks).
+    let https = state.settings.public_base_url.scheme() == "https";
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .configure(super::configure_extractors)
             .wrap(middleware::from_fn(super::method_not_allowed))
+            .wrap(middleware::Condition::new(
+                https,
+                middleware::DefaultHeaders::new().add((
+                    actix_web::http::header::STRICT_TRANSPORT_SECURITY,
+                    "max-age=31536000; includeSubDomains",
+                )),
+            ))
             .wrap(middleware::from_fn(super::metrics::middleware))
             .wrap(middleware::from_fn(super::sanity::middleware))
             .wrap(middleware::from_fn(super::request_id::middleware))

@@ -18,8 +18,8 @@ use serde_json::{Value, json};
 use amocrm_connector::workers::{delivery as delivery_worker, webhook_processor};
 
 use crate::support::{
-    Behaviour, HOST, OTHER_HOST, Queue, Receiver, TestApp, connection, env_vars, order_body,
-    query_of, spawn_app_with, until_callback,
+    Behaviour, HOST, OTHER_HOST, Queue, Receiver, TestApp, assert_error, connection, env_vars,
+    order_body, query_of, spawn_app, spawn_app_with, until_callback,
 };
 
 // ---------------------------------------------------------------------------------------------------
@@ -832,4 +832,64 @@ fn no_source_file_compares_a_secret_with_plain_equality() {
         plain_secret_comparisons("if presented == settings.refresh_secret {").len(),
         1
     );
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_413_in_the_contract_format_on_every_route_family() {
+    let app = spawn_app().await;
+    let big = "x".repeat(300 * 1024);
+    let json_body = format!("{{\"seller_id\": \"{big}\"}}");
+    for path in [
+        "/api/v1/sales/orders",
+        "/api/v1/webhooks",
+        "/api/v1/connect-sessions",
+        "/api/auth/login",
+        "/api/auth/refresh",
+    ] {
+        let resp = app
+            .http
+            .post(app.url(path))
+            .bearer_auth(&app.api_key)
+            .header("content-type", "application/json")
+            .body(json_body.clone())
+            .send()
+            .await
+            .expect("answer");
+        assert_error(resp, 413, "BAD_REQUEST").await;
+    }
+    // A form page and the amoCRM intake.
+    let form = format!("password={big}");
+    for path in ["/dashboard/login", "/webhooks/amocrm/some-token"] {
+        let resp = app
+            .http
+            .post(app.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form.clone())
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(resp.status().as_u16(), 413, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn hsts_is_sent_only_when_the_public_address_is_https() {
+    let plain = spawn_app().await;
+    let resp = plain.get("/health").await;
+    assert!(resp.headers().get("strict-transport-security").is_none());
+    let tls = spawn_app_with(env_vars(&[(
+        "PUBLIC_BASE_URL",
+        "https://connector.example",
+    )]))
+    .await;
+    for path in ["/health", "/api/v1/openapi.json", "/dashboard/login"] {
+        let resp = tls.get(path).await;
+        let hsts = resp
+            .headers()
+            .get("strict-transport-security")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(hsts.starts_with("max-age=31536000"), "{path}: {hsts:?}");
+    }
 }
