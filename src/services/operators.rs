@@ -11,7 +11,7 @@ use chrono::{NaiveDateTime, TimeDelta};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::domain::ids::{random_token, sha256_hex};
-use crate::storage::operators::OperatorRow;
+use crate::storage::operators::{OperatorRow, Rotation};
 use crate::storage::{Db, StorageError};
 
 /// What an operator may do: admins change things, viewers only look.
@@ -81,7 +81,6 @@ const REFRESH_PREFIX: &str = "opr_";
 const SESSION_PREFIX: &str = "ops_";
 
 const KIND_ACCESS: &str = "access";
-const KIND_REFRESH: &str = "refresh";
 const KIND_SESSION: &str = "session";
 
 /// Shortest password `users create` accepts.
@@ -135,6 +134,8 @@ pub struct LoginGrant {
 /// A fresh access token from a refresh token.
 pub struct AccessGrant {
     pub access_token: SecretString,
+    /// The refresh token to use next time (the one presented is used up).
+    pub refresh_token: SecretString,
     pub expires_in: u64,
 }
 
@@ -266,9 +267,11 @@ pub async fn login(
     let id = operator.id;
     let access_until = expiry(ACCESS_TTL);
     let refresh_until = expiry(REFRESH_TTL);
+    let family = random_token(24);
     db.operators()
         .insert_token_pair(
             id,
+            &family,
             (&access_hash, access_until),
             (&refresh_hash, refresh_until),
         )
@@ -359,26 +362,38 @@ fn expiry(ttl: Duration) -> NaiveDateTime {
     crate::storage::now() + TimeDelta::seconds(ttl.as_secs() as i64)
 }
 
-/// A new access token for a live refresh token.
+/// A new access and refresh token for a live refresh token, which is used up; the access tokens issued
+/// before it stop working. A refresh token presented a second time means a copy is in other hands: every
+/// token of that sign-in is revoked (OAuth 2.0 Security BCP, refresh token rotation).
 pub async fn refresh(db: &Db, refresh_token: &str) -> Result<AccessGrant, AuthError> {
     if !refresh_token.starts_with(REFRESH_PREFIX) || refresh_token.len() > 128 {
         return Err(AuthError::InvalidRefreshToken);
     }
     let hash = sha256_hex(refresh_token.as_bytes());
-    let now = crate::storage::now();
-    let Some(row) = db.operators().by_token(KIND_REFRESH, &hash, now).await? else {
-        return Err(AuthError::InvalidRefreshToken);
-    };
     let (access_token, access_hash) = new_token(ACCESS_PREFIX);
-    let until = expiry(ACCESS_TTL);
-    let id = row.id;
-    db.operators()
-        .insert_token(id, KIND_ACCESS, &access_hash, until)
+    let (new_refresh, refresh_hash) = new_token(REFRESH_PREFIX);
+    let rotation = db
+        .operators()
+        .rotate_refresh(
+            &hash,
+            (&access_hash, expiry(ACCESS_TTL)),
+            (&refresh_hash, expiry(REFRESH_TTL)),
+        )
         .await?;
-    Ok(AccessGrant {
-        access_token,
-        expires_in: ACCESS_TTL.as_secs(),
-    })
+    match rotation {
+        Rotation::Rotated { .. } => Ok(AccessGrant {
+            access_token,
+            refresh_token: new_refresh,
+            expires_in: ACCESS_TTL.as_secs(),
+        }),
+        Rotation::Reused => {
+            tracing::warn!(
+                "a used operator refresh token was presented again; its sign-in is revoked"
+            );
+            Err(AuthError::InvalidRefreshToken)
+        }
+        Rotation::Invalid => Err(AuthError::InvalidRefreshToken),
+    }
 }
 
 /// Whether a bearer token looks like an operator access token (and not an API key).

@@ -94,18 +94,116 @@ pub fn upsert(
     })
 }
 
-/// Stores the hashes of a new access and refresh token pair in one transaction, so a login never leaves
-/// half a pair behind.
+/// Stores the hashes of a new access and refresh token pair of one family (a sign-in) in one transaction,
+/// so a login never leaves half a pair behind.
 pub fn insert_token_pair(
     conn: &mut AnyConnection,
     operator_id: i64,
+    family: &str,
     access: (&str, NaiveDateTime),
     refresh: (&str, NaiveDateTime),
 ) -> Result<(), StorageError> {
     conn.transaction(|c| {
-        insert_token(c, operator_id, "access", access.0, access.1)?;
-        insert_token(c, operator_id, "refresh", refresh.0, refresh.1)
+        insert_family_token(c, operator_id, "access", family, access)?;
+        insert_family_token(c, operator_id, "refresh", family, refresh)
     })
+}
+
+fn insert_family_token(
+    conn: &mut AnyConnection,
+    operator_id: i64,
+    kind: &str,
+    family: &str,
+    (hash, expires_at): (&str, NaiveDateTime),
+) -> Result<(), StorageError> {
+    diesel::insert_into(operator_tokens::table)
+        .values((
+            operator_tokens::operator_id.eq(operator_id),
+            operator_tokens::kind.eq(kind),
+            operator_tokens::token_hash.eq(hash),
+            operator_tokens::expires_at.eq(expires_at),
+            operator_tokens::created_at.eq(super::now()),
+            operator_tokens::family.eq(Some(family)),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// What presenting a refresh token did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rotation {
+    /// The token was live: it is used up, the family's access tokens revoked, the new pair stored.
+    Rotated { operator_id: i64 },
+    /// The token was used before (or revoked): a copy is in someone else's hands, so the whole family is
+    /// revoked.
+    Reused,
+    /// Unknown or expired.
+    Invalid,
+}
+
+/// (id, operator, family, expires at, revoked at) of a refresh token.
+type RefreshRow = (i64, i64, Option<String>, NaiveDateTime, Option<NaiveDateTime>);
+
+/// Rotates a refresh token in one transaction (see [`Rotation`]): at most one of two racing refreshes
+/// with the same token wins; the other counts as a reuse.
+pub fn rotate_refresh(
+    conn: &mut AnyConnection,
+    token_hash: &str,
+    access: (&str, NaiveDateTime),
+    refresh: (&str, NaiveDateTime),
+    now: NaiveDateTime,
+) -> Result<Rotation, StorageError> {
+    conn.transaction(|c| {
+        let row: Option<RefreshRow> = operator_tokens::table
+            .filter(operator_tokens::kind.eq("refresh"))
+            .filter(operator_tokens::token_hash.eq(token_hash))
+            .select((
+                operator_tokens::id,
+                operator_tokens::operator_id,
+                operator_tokens::family,
+                operator_tokens::expires_at,
+                operator_tokens::revoked_at,
+            ))
+            .first(c)
+            .optional()?;
+        let Some((id, operator_id, family, expires_at, revoked_at)) = row else {
+            return Ok(Rotation::Invalid);
+        };
+        // Tokens issued before families existed form a family of their own.
+        let family = family.unwrap_or_else(|| format!("legacy-{id}"));
+        let used = diesel::update(
+            operator_tokens::table
+                .filter(operator_tokens::id.eq(id))
+                .filter(operator_tokens::revoked_at.is_null()),
+        )
+        .set(operator_tokens::revoked_at.eq(Some(now)))
+        .execute(c)?;
+        if revoked_at.is_some() || used == 0 {
+            revoke_family(c, &family, now)?;
+            return Ok(Rotation::Reused);
+        }
+        if expires_at <= now {
+            return Ok(Rotation::Invalid);
+        }
+        revoke_family(c, &family, now)?;
+        insert_family_token(c, operator_id, "access", &family, access)?;
+        insert_family_token(c, operator_id, "refresh", &family, refresh)?;
+        Ok(Rotation::Rotated { operator_id })
+    })
+}
+
+fn revoke_family(
+    conn: &mut AnyConnection,
+    family: &str,
+    now: NaiveDateTime,
+) -> Result<usize, StorageError> {
+    Ok(diesel::update(
+        operator_tokens::table
+            .filter(operator_tokens::family.eq(family))
+            .filter(operator_tokens::revoked_at.is_null()),
+    )
+    .set(operator_tokens::revoked_at.eq(Some(now)))
+    .execute(conn)?)
 }
 
 pub fn find_by_email(
@@ -382,9 +480,11 @@ impl Operators<'_> {
     pub async fn insert_token_pair(
         &self,
         operator_id: i64,
+        family: &str,
         access: (&str, NaiveDateTime),
         refresh: (&str, NaiveDateTime),
     ) -> Result<(), StorageError> {
+        let family = family.to_owned();
         let (access_hash, access_until) = (access.0.to_owned(), access.1);
         let (refresh_hash, refresh_until) = (refresh.0.to_owned(), refresh.1);
         self.db
@@ -392,8 +492,33 @@ impl Operators<'_> {
                 insert_token_pair(
                     c,
                     operator_id,
+                    &family,
                     (&access_hash, access_until),
                     (&refresh_hash, refresh_until),
+                )
+            })
+            .await
+    }
+
+    /// See [`rotate_refresh`].
+    pub async fn rotate_refresh(
+        &self,
+        token_hash: &str,
+        access: (&str, NaiveDateTime),
+        refresh: (&str, NaiveDateTime),
+    ) -> Result<Rotation, StorageError> {
+        let hash = token_hash.to_owned();
+        let (access_hash, access_until) = (access.0.to_owned(), access.1);
+        let (refresh_hash, refresh_until) = (refresh.0.to_owned(), refresh.1);
+        let now = super::now();
+        self.db
+            .run(move |c| {
+                rotate_refresh(
+                    c,
+                    &hash,
+                    (&access_hash, access_until),
+                    (&refresh_hash, refresh_until),
+                    now,
                 )
             })
             .await

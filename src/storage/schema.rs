@@ -276,6 +276,7 @@ diesel::table! {
         expires_at -> Timestamp,
         revoked_at -> Nullable<Timestamp>,
         created_at -> Timestamp,
+        family -> Nullable<Text>,
     }
 }
 

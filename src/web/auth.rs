@@ -57,6 +57,8 @@ pub struct LoginResponse {
 #[allow(dead_code)]
 pub struct RefreshResponse {
     access_token: String,
+    /// Use this one next time: the refresh token just presented is used up.
+    refresh_token: String,
     #[schema(example = "Bearer")]
     token_type: String,
     #[schema(example = 3600)]
@@ -158,7 +160,8 @@ pub async fn login(
         })))
 }
 
-/// A new access token for a refresh token from `POST /api/auth/login`.
+/// A new access token and refresh token for a refresh token from `POST /api/auth/login` or an earlier
+/// refresh. Each refresh token works once; presenting it again revokes every token of that sign-in.
 #[utoipa::path(
     post,
     path = "/api/auth/refresh",
@@ -166,7 +169,7 @@ pub async fn login(
     request_body = RefreshBody,
     security(()),
     responses(
-        (status = 200, description = "A fresh access token", body = RefreshResponse),
+        (status = 200, description = "A fresh access token and the refresh token to use next", body = RefreshResponse),
         (status = 401, description = "Unknown, expired or revoked refresh token", body = crate::web::openapi::ErrorBody),
     )
 )]
@@ -182,6 +185,7 @@ pub async fn refresh(
         .insert_header(("Cache-Control", "no-store"))
         .json(json!({
             "access_token": grant.access_token.expose_secret(),
+            "refresh_token": grant.refresh_token.expose_secret(),
             "token_type": "Bearer",
             "expires_in": grant.expires_in,
         })))

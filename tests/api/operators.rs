@@ -223,6 +223,42 @@ async fn a_refresh_token_gives_a_new_working_access_token_and_junk_is_401() {
 }
 
 #[tokio::test]
+async fn a_refresh_token_works_once_and_presenting_it_again_revokes_the_whole_sign_in() {
+    let app = spawn_app().await;
+    add_operator(&app, "ops@example.com", Role::Admin).await;
+    let first = tokens(&app, "ops@example.com").await;
+    let refresh = |token: String| {
+        let app = &app;
+        async move {
+            app.post_json("/api/auth/refresh", &json!({"refresh_token": token}))
+                .await
+        }
+    };
+    let resp = refresh(first["refresh_token"].as_str().unwrap().to_owned()).await;
+    assert_eq!(resp.status(), 200);
+    let second: Value = resp.json().await.unwrap();
+    assert_ne!(second["refresh_token"], first["refresh_token"], "rotated");
+    let live = |t: &Value| t["access_token"].as_str().unwrap().to_owned();
+    let resp = app.get_as("/api/v1/connections", &live(&first)).await;
+    assert_error(resp, 401, "INVALID_TOKEN").await;
+    let resp = app.get_as("/api/v1/connections", &live(&second)).await;
+    assert_eq!(resp.status(), 200, "the new access token works");
+
+    // The first refresh token again: someone kept a copy. Every token of this sign-in dies.
+    let resp = refresh(first["refresh_token"].as_str().unwrap().to_owned()).await;
+    assert_error(resp, 401, "INVALID_TOKEN").await;
+    let resp = app.get_as("/api/v1/connections", &live(&second)).await;
+    assert_error(resp, 401, "INVALID_TOKEN").await;
+    let resp = refresh(second["refresh_token"].as_str().unwrap().to_owned()).await;
+    assert_error(resp, 401, "INVALID_TOKEN").await;
+
+    // Another sign-in of the same operator is untouched.
+    let other = tokens(&app, "ops@example.com").await;
+    let resp = app.get_as("/api/v1/connections", &live(&other)).await;
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
 async fn operator_tokens_are_stored_only_as_hashes() {
     let app = spawn_app().await;
     add_operator(&app, "ops@example.com", Role::Admin).await;

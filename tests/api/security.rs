@@ -483,6 +483,9 @@ async fn no_secret_reaches_the_logs_an_api_answer_or_the_database_in_plain_text(
     if let Some(t) = token_in(&renewed, "access_token") {
         logs_only.add("renewed operator access token", t);
     }
+    if let Some(t) = token_in(&renewed, "refresh_token") {
+        logs_only.add("renewed operator refresh token", t);
+    }
     let resp = app
         .post_json(
             "/api/auth/login",

@@ -1,0 +1,2 @@
+DROP INDEX operator_tokens_family;
+ALTER TABLE operator_tokens DROP COLUMN family;
