@@ -107,6 +107,9 @@ pub struct Settings {
     pub delivery_timeout: Duration,
     /// Largest amoCRM webhook body accepted at the intake.
     pub webhook_max_body: usize,
+    /// How long a client may take to send a request's body (`REQUEST_BODY_TIMEOUT`): a body trickled
+    /// slower is cut with 408, so slow senders cannot hold the server's connections.
+    pub request_body_timeout: Duration,
 }
 
 impl fmt::Debug for Settings {
@@ -569,6 +572,18 @@ impl Settings {
                 "must be more than 0 and at most 60s",
             ));
         }
+        let request_body_timeout = match non_empty(env, "REQUEST_BODY_TIMEOUT") {
+            Some(v) => parse_duration("REQUEST_BODY_TIMEOUT", &v)?,
+            None => Duration::from_secs(10),
+        };
+        if request_body_timeout < Duration::from_millis(100)
+            || request_body_timeout > Duration::from_secs(300)
+        {
+            return Err(ConfigError::new(
+                "REQUEST_BODY_TIMEOUT",
+                "must be between 100ms and 5m",
+            ));
+        }
         let webhook_max_body = match non_empty(env, "WEBHOOK_MAX_BODY_KIB") {
             Some(v) => parse_number("WEBHOOK_MAX_BODY_KIB", &v, 1usize)? * 1024,
             None => 256 * 1024,
@@ -576,6 +591,7 @@ impl Settings {
         Ok(Self {
             delivery_timeout,
             webhook_max_body,
+            request_body_timeout,
             run_workers,
             trust_forwarded_for,
             sandbox_page_url,

@@ -142,7 +142,13 @@ pub enum Rotation {
 }
 
 /// (id, operator, family, expires at, revoked at) of a refresh token.
-type RefreshRow = (i64, i64, Option<String>, NaiveDateTime, Option<NaiveDateTime>);
+type RefreshRow = (
+    i64,
+    i64,
+    Option<String>,
+    NaiveDateTime,
+    Option<NaiveDateTime>,
+);
 
 /// Rotates a refresh token in one transaction (see [`Rotation`]): at most one of two racing refreshes
 /// with the same token wins; the other counts as a reuse.

@@ -7,6 +7,7 @@ pub mod dashboard;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod limits;
 pub mod metrics;
 pub mod oauth;
 pub mod openapi;
@@ -154,9 +155,12 @@ pub fn configure_extractors(cfg: &mut web::ServiceConfig) {
                 e => ApiError::bad_request(format!("malformed JSON: {e}")).into(),
             }),
     )
+    // Forms are the dashboard's: a human page, not the API's JSON.
     .app_data(web::FormConfig::default().error_handler(|e, _| match e {
-        actix_web::error::UrlencodedError::Overflow { .. } => extract::too_large().into(),
-        e => ApiError::bad_request(format!("malformed form: {e}")).into(),
+        actix_web::error::UrlencodedError::Overflow { .. } => {
+            actix_web::error::InternalError::from_response(e, limits::plain_too_large()).into()
+        }
+        e => e.into(),
     }))
     .app_data(web::PayloadConfig::new(extract::JSON_LIMIT));
 }

@@ -19,6 +19,7 @@ pub fn build(listener: TcpListener, state: Arc<Context>) -> std::io::Result<Serv
         App::new()
             .app_data(state.clone())
             .configure(super::configure_extractors)
+            .wrap(middleware::from_fn(super::limits::middleware))
             .wrap(middleware::from_fn(super::method_not_allowed))
             .wrap(middleware::Condition::new(
                 https,

@@ -896,3 +896,53 @@ async fn hsts_is_sent_only_when_the_public_address_is_https() {
         assert!(hsts.starts_with("max-age=31536000"), "{path}: {hsts:?}");
     }
 }
+
+#[tokio::test]
+async fn a_trickled_body_is_cut_with_408_while_other_clients_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(env_vars(&[("REQUEST_BODY_TIMEOUT", "1s")])).await;
+    let addr = format!("127.0.0.1:{}", app.port);
+    let mut slow = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /api/v1/sales/orders HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 200\r\n\r\n{{",
+        app.api_key
+    );
+    slow.write_all(head.as_bytes()).await.expect("headers");
+    let started = Instant::now();
+    let trickle = async {
+        // One byte every 200 ms: the body would take 40 s.
+        for _ in 0..199 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if slow.write_all(b" ").await.is_err() {
+                break;
+            }
+        }
+    };
+    let served = async {
+        // Meanwhile a normal client is answered at once.
+        let t = Instant::now();
+        let resp = app.get("/health").await;
+        assert!(resp.status().is_success() || resp.status().as_u16() == 503);
+        t.elapsed()
+    };
+    let (_, health_took) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(3), trickle),
+        served
+    );
+    assert!(health_took < Duration::from_secs(1), "{health_took:?}");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("REQUEST_TIMEOUT"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "cut near the deadline: {:?}",
+        started.elapsed()
+    );
+    let list = app.api_json("/api/v1/sales/orders").await;
+    assert_eq!(list["meta"]["total"], 0, "nothing stored");
+}
