@@ -537,3 +537,35 @@ async fn a_thousand_orders_of_three_hundred_buyers_through_faults_give_a_thousan
         );
     }
 }
+
+#[tokio::test]
+async fn more_new_skus_than_one_turn_can_search_are_all_made_once_and_linked() {
+    let app = app_with_products().await;
+    connect_seller(&app, "seller-1", HOST).await;
+    // A turn has about 14 calls; 40 SKUs nobody made yet need several turns of searches.
+    let skus: Vec<String> = (0..40).map(|k| format!("NEW-{k:02}")).collect();
+    for (n, chunk) in skus.chunks(20).enumerate() {
+        let items: Vec<(&str, i64)> = chunk.iter().map(|s| (s.as_str(), 1)).collect();
+        let buyer = json!({"name": "Aziza", "phone": "+998901112233"});
+        post(&app, &order("seller-1", &format!("S{n}"), &buyer, &items)).await;
+    }
+    drain(&app).await;
+    let mut made: Vec<String> = app
+        .sandbox
+        .elements(HOST)
+        .iter()
+        .flat_map(|e| e.values_of("SKU"))
+        .collect();
+    made.sort();
+    assert_eq!(made, skus, "every SKU made once");
+    let leads = leads_by_number(&app);
+    let links = app.sandbox.links(HOST);
+    for n in ["S0", "S1"] {
+        let lead = leads[n].id;
+        assert_eq!(
+            links.iter().filter(|l| l.lead_id == lead).count(),
+            20,
+            "{n}"
+        );
+    }
+}

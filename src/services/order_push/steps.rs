@@ -666,7 +666,7 @@ async fn products_catalog(
 
 /// SKU → element for every SKU: the cache, then a search checked on the exact `SKU` value, then one create
 /// for those still missing (recorded in doubt first, so a lost answer is searched, never created twice).
-/// `None` when the turn's budget ran out first.
+/// `None` when the turn's budget ran out before every SKU was searched (what was found or made is kept).
 async fn elements_for(
     ctx: &Ctx<'_>,
     catalog: u64,
@@ -686,9 +686,13 @@ async fn elements_for(
         .into_iter()
         .filter(|(s, ..)| !out.contains_key(s))
         .collect();
+    // A turn may not reach every new SKU: what it searched and did not find is still made in this turn (one
+    // call kept for that), so the next turn starts where this one ended instead of searching again.
+    let mut unsearched = false;
     for (sku, name, price) in unknown {
-        if report.calls >= ctx.cfg.calls_per_turn {
-            return Ok(None);
+        if report.calls + 1 >= ctx.cfg.calls_per_turn {
+            unsearched = true;
+            break;
         }
         report.calls += 1;
         let q = &sku;
@@ -710,10 +714,7 @@ async fn elements_for(
         }
     }
     if create.is_empty() {
-        return Ok(Some(out));
-    }
-    if report.calls >= ctx.cfg.calls_per_turn {
-        return Ok(None);
+        return Ok((!unsearched).then_some(out));
     }
     let doubt = create.iter().map(|(s, ..)| (s.clone(), None)).collect();
     cache.store(ctx.seller(), cat, doubt).await?;
@@ -738,7 +739,7 @@ async fn elements_for(
         }
     }
     cache.store(ctx.seller(), cat, stored).await?;
-    Ok(Some(out))
+    Ok((!unsearched).then_some(out))
 }
 
 fn to_i64(v: u64) -> i64 {
