@@ -90,6 +90,9 @@ pub enum ApiKeysCommand {
         /// standard (1000 requests/hour), premium (5000) or enterprise (unlimited).
         #[arg(long, default_value = "standard", value_parser = ["standard", "premium", "enterprise"])]
         tier: String,
+        /// full (everything), read (GET only) or orders (orders and connect sessions only).
+        #[arg(long, default_value = "full", value_parser = ["full", "read", "orders"])]
+        scope: String,
     },
     /// List keys (never the keys themselves).
     List,
@@ -254,15 +257,20 @@ fn run(cli: Cli) -> Result<(), String> {
                 let db = Db::connect(&settings.database_url, 1).map_err(one_line)?;
                 db.migrate().await.map_err(one_line)?;
                 match cmd {
-                    ApiKeysCommand::Create { name, tier } => {
+                    ApiKeysCommand::Create { name, tier, scope } => {
                         let name = name.trim().to_owned();
                         if name.is_empty() || name.len() > 100 {
                             return Err("--name must be 1 to 100 characters".to_owned());
                         }
                         let tier = Tier::parse(&tier).ok_or("unknown tier")?;
-                        let (row, key) =
-                            api_keys::create(&db, &name, tier).await.map_err(one_line)?;
-                        println!("created API key {} ({}, {})", row.id, row.name, row.tier);
+                        let scope = api_keys::Scope::parse(&scope).ok_or("unknown scope")?;
+                        let (row, key) = api_keys::create_scoped(&db, &name, tier, scope)
+                            .await
+                            .map_err(one_line)?;
+                        println!(
+                            "created API key {} ({}, {}, scope {})",
+                            row.id, row.name, row.tier, row.scope
+                        );
                         println!("store it now; it is not shown again:");
                         println!("{key}");
                         Ok(())
@@ -270,15 +278,16 @@ fn run(cli: Cli) -> Result<(), String> {
                     ApiKeysCommand::List => {
                         let rows = db.api_keys().list().await.map_err(one_line)?;
                         println!(
-                            "{:<6} {:<24} {:<11} {:<12} {:<20} status",
-                            "id", "name", "tier", "prefix", "created"
+                            "{:<6} {:<24} {:<11} {:<7} {:<12} {:<20} status",
+                            "id", "name", "tier", "scope", "prefix", "created"
                         );
                         for r in rows {
                             println!(
-                                "{:<6} {:<24} {:<11} {:<12} {:<20} {}",
+                                "{:<6} {:<24} {:<11} {:<7} {:<12} {:<20} {}",
                                 r.id,
                                 r.name,
                                 r.tier,
+                                r.scope,
                                 format!("{}…", r.key_prefix),
                                 r.created_at.format("%Y-%m-%d %H:%M"),
                                 if r.revoked_at.is_some() {

@@ -305,7 +305,13 @@ pub async fn start(opts: DemoOptions) -> Result<Demo, String> {
     let key = &secrets.api_key;
     let prefix: String = key.chars().take(KEY_PREFIX.len() + 6).collect();
     db.api_keys()
-        .insert("demo", &prefix, &sha256_hex(key.as_bytes()), "enterprise")
+        .insert(
+            "demo",
+            &prefix,
+            &sha256_hex(key.as_bytes()),
+            "enterprise",
+            "full",
+        )
         .await
         .map_err(|e| e.to_string())?;
     operators::create_or_update(

@@ -43,17 +43,75 @@ impl Tier {
     }
 }
 
+/// What a key may do. A leaked integration key that only reads, or only sends orders, cannot redirect
+/// every seller's events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Everything the API offers.
+    Full,
+    /// `GET` only.
+    Read,
+    /// Orders and connect sessions only, any method.
+    Orders,
+}
+
+impl Scope {
+    pub const NAMES: [&'static str; 3] = ["full", "read", "orders"];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "full" => Some(Self::Full),
+            "read" => Some(Self::Read),
+            "orders" => Some(Self::Orders),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Read => "read",
+            Self::Orders => "orders",
+        }
+    }
+
+    /// Whether a request with this method (`safe`: GET/HEAD/OPTIONS) to this `/api/v1` path is allowed.
+    pub fn allows(self, safe: bool, path: &str) -> bool {
+        match self {
+            Self::Full => true,
+            Self::Read => safe,
+            Self::Orders => {
+                let p = path.trim_start_matches("/api/v1");
+                ["/sales/orders", "/connect-sessions"]
+                    .iter()
+                    .any(|r| p == *r || p.starts_with(&format!("{r}/")))
+            }
+        }
+    }
+}
+
 /// Keys start with this, so a leaked key is recognisable by secret scanners.
 pub const KEY_PREFIX: &str = "amc_";
 
-/// Creates a key; the plaintext is returned once and only its hash is stored.
+/// Creates a key of full scope; see [`create_scoped`].
 pub async fn create(db: &Db, name: &str, tier: Tier) -> Result<(ApiKeyRow, String), StorageError> {
+    create_scoped(db, name, tier, Scope::Full).await
+}
+
+/// Creates a key; the plaintext is returned once and only its hash is stored.
+pub async fn create_scoped(
+    db: &Db,
+    name: &str,
+    tier: Tier,
+    scope: Scope,
+) -> Result<(ApiKeyRow, String), StorageError> {
     let key = format!("{KEY_PREFIX}{}", random_token(40));
     let hash = sha256_hex(key.as_bytes());
     let prefix: String = key.chars().take(KEY_PREFIX.len() + 6).collect();
     let row = db
         .api_keys()
-        .insert(name, &prefix, &hash, tier.as_str())
+        .insert(name, &prefix, &hash, tier.as_str(), scope.as_str())
         .await?;
     Ok((row, key))
 }
@@ -101,6 +159,11 @@ pub async fn authenticate_and_count(
         _ => None,
     };
     Ok(Some((key, tier, decision)))
+}
+
+/// A stored scope; an unknown one may only read.
+pub fn scope_of(stored: &str) -> Scope {
+    Scope::parse(stored).unwrap_or(Scope::Read)
 }
 
 /// A stored tier; an unknown one gets the standard budget.

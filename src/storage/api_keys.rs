@@ -17,6 +17,8 @@ pub struct ApiKeyRow {
     pub created_at: NaiveDateTime,
     pub last_used_at: Option<NaiveDateTime>,
     pub revoked_at: Option<NaiveDateTime>,
+    /// `full`, `read` or `orders` (see `services::api_keys::Scope`).
+    pub scope: String,
 }
 
 #[derive(Insertable)]
@@ -27,6 +29,7 @@ struct NewApiKey<'a> {
     key_hash: &'a str,
     tier: &'a str,
     created_at: NaiveDateTime,
+    scope: &'a str,
 }
 
 pub fn insert(
@@ -35,6 +38,7 @@ pub fn insert(
     key_prefix: &str,
     key_hash: &str,
     tier: &str,
+    scope: &str,
 ) -> Result<ApiKeyRow, StorageError> {
     let created_at = super::now();
     let id = diesel::insert_into(api_keys::table)
@@ -44,6 +48,7 @@ pub fn insert(
             key_hash,
             tier,
             created_at,
+            scope,
         })
         .returning(api_keys::id)
         .get_result::<i64>(conn)?;
@@ -56,6 +61,7 @@ pub fn insert(
         created_at,
         last_used_at: None,
         revoked_at: None,
+        scope: scope.to_owned(),
     })
 }
 
@@ -157,15 +163,17 @@ impl ApiKeys<'_> {
         key_prefix: &str,
         key_hash: &str,
         tier: &str,
+        scope: &str,
     ) -> Result<ApiKeyRow, StorageError> {
-        let (name, prefix, hash, tier) = (
+        let (name, prefix, hash, tier, scope) = (
             name.to_owned(),
             key_prefix.to_owned(),
             key_hash.to_owned(),
             tier.to_owned(),
+            scope.to_owned(),
         );
         self.db
-            .run(move |c| insert(c, &name, &prefix, &hash, &tier))
+            .run(move |c| insert(c, &name, &prefix, &hash, &tier, &scope))
             .await
     }
 

@@ -176,3 +176,86 @@ async fn non_api_paths_that_match_nothing_are_plain_404s() {
     assert_eq!(resp.status().as_u16(), 404);
     assert!(resp.headers().get("x-request-id").is_some());
 }
+
+/// Every operation of the served document as (method, path with sample values for its parameters).
+async fn operations(app: &TestApp) -> Vec<(Method, String)> {
+    let doc: serde_json::Value = app
+        .get("/api/v1/openapi.json")
+        .await
+        .json()
+        .await
+        .expect("json");
+    let mut out = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        let concrete = path
+            .replace("{seller_id}", "seller-1")
+            .replace("{id}", "x1")
+            .replace("{webhook_token}", "t");
+        for method in item.as_object().expect("item").keys() {
+            if let Ok(m) = Method::from_bytes(method.to_uppercase().as_bytes()) {
+                out.push((m, concrete.clone()));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_read_key_may_only_read_and_an_orders_key_only_send_orders_on_every_route() {
+    use amocrm_connector::services::api_keys::{Scope, create_scoped};
+    let app = spawn_app().await;
+    let key = |scope| {
+        let db = app.db.clone();
+        async move {
+            create_scoped(&db, "scoped", Tier::Enterprise, scope)
+                .await
+                .expect("key")
+                .1
+        }
+    };
+    let (read, orders) = (key(Scope::Read).await, key(Scope::Orders).await);
+    let ops = operations(&app).await;
+    assert!(ops.len() >= 20, "{ops:?}");
+    let mut writes = 0;
+    for (method, path) in ops.iter().filter(|(_, p)| p.starts_with("/api/v1/")) {
+        let body = serde_json::json!({});
+        let as_read = app
+            .request(method.clone(), path, Some(&read), Some(&body))
+            .await;
+        let as_orders = app
+            .request(method.clone(), path, Some(&orders), Some(&body))
+            .await;
+        let orders_route = path.starts_with("/api/v1/sales/orders")
+            || path.starts_with("/api/v1/connect-sessions");
+        if method == Method::GET {
+            assert_ne!(as_read.status().as_u16(), 403, "read key: {method} {path}");
+        } else {
+            writes += 1;
+            assert_error(as_read, 403, "INSUFFICIENT_PERMISSION").await;
+        }
+        if orders_route {
+            assert_ne!(
+                as_orders.status().as_u16(),
+                403,
+                "orders key: {method} {path}"
+            );
+        } else {
+            assert_error(as_orders, 403, "INSUFFICIENT_PERMISSION").await;
+        }
+    }
+    assert!(writes >= 10, "the walk reached the write routes ({writes})");
+    crate::support::connect_seller(&app, "seller-1", crate::support::HOST).await;
+    app.leaves_queued(
+        crate::support::Queue::Push,
+        "only the scope's answer is under test, not the push",
+    );
+    let resp = app
+        .request(
+            Method::POST,
+            "/api/v1/sales/orders",
+            Some(&orders),
+            Some(&crate::support::order_body("seller-1", "SCOPE-1")),
+        )
+        .await;
+    assert_eq!(resp.status().as_u16(), 202, "an orders key sends orders");
+}

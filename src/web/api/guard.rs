@@ -10,15 +10,23 @@ use actix_web::middleware::Next;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, ResponseError, web};
 
 use crate::services::Context;
-use crate::services::api_keys::{self, RateDecision, Tier};
+use crate::services::api_keys::{self, RateDecision, Scope, Tier};
 use crate::services::operators::{self, Role};
 use crate::web::error::{ApiError, ErrorCode};
 
 /// Who is calling: the marketplace backend with an API key, or a signed-in operator.
 #[derive(Debug, Clone)]
 pub enum Caller {
-    ApiKey { id: i64, name: String, tier: Tier },
-    Operator { id: i64, role: Role },
+    ApiKey {
+        id: i64,
+        name: String,
+        tier: Tier,
+        scope: Scope,
+    },
+    Operator {
+        id: i64,
+        role: Role,
+    },
 }
 
 impl Caller {
@@ -34,8 +42,18 @@ impl Caller {
 
     pub fn can_write(&self) -> bool {
         match self {
-            Caller::ApiKey { .. } => true,
+            Caller::ApiKey { scope, .. } => *scope != Scope::Read,
             Caller::Operator { role, .. } => role.can_write(),
+        }
+    }
+
+    /// Whether this caller may make this request at all (viewers and `read` keys: safe methods only;
+    /// `orders` keys: orders and connect sessions only).
+    fn may(&self, req: &ServiceRequest) -> bool {
+        let safe = req.method().is_safe();
+        match self {
+            Caller::ApiKey { scope, .. } => scope.allows(safe, req.path()),
+            Caller::Operator { role, .. } => safe || role.can_write(),
         }
     }
 }
@@ -102,8 +120,15 @@ pub async fn guard(
             }
             Err(e) => return Ok(reject(req, e)),
         };
-    if !caller.can_write() && !req.method().is_safe() {
-        return Ok(reject(req, viewer_forbidden()));
+    if !caller.may(&req) {
+        let e = match caller {
+            Caller::ApiKey { scope, .. } => ApiError::forbidden(format!(
+                "this API key's scope ({}) does not allow this request",
+                scope.as_str()
+            )),
+            Caller::Operator { .. } => viewer_forbidden(),
+        };
+        return Ok(reject(req, e));
     }
     if let Some(d) = decision.filter(|d| !d.allowed) {
         let retry = (d.reset - chrono::Utc::now().timestamp()).max(1) as u64;
@@ -145,6 +170,7 @@ async fn authenticate(
         return Ok(Some((
             Caller::ApiKey {
                 id: key.id,
+                scope: api_keys::scope_of(&key.scope),
                 name: key.name,
                 tier,
             },
