@@ -104,8 +104,8 @@ pub fn insert_token_pair(
     refresh: (&str, NaiveDateTime),
 ) -> Result<(), StorageError> {
     conn.transaction(|c| {
-        insert_family_token(c, operator_id, "access", family, access)?;
-        insert_family_token(c, operator_id, "refresh", family, refresh)
+        insert_family_token(c, operator_id, "access", Some(family), access)?;
+        insert_family_token(c, operator_id, "refresh", Some(family), refresh)
     })
 }
 
@@ -113,7 +113,7 @@ fn insert_family_token(
     conn: &mut AnyConnection,
     operator_id: i64,
     kind: &str,
-    family: &str,
+    family: Option<&str>,
     (hash, expires_at): (&str, NaiveDateTime),
 ) -> Result<(), StorageError> {
     diesel::insert_into(operator_tokens::table)
@@ -123,7 +123,7 @@ fn insert_family_token(
             operator_tokens::token_hash.eq(hash),
             operator_tokens::expires_at.eq(expires_at),
             operator_tokens::created_at.eq(super::now()),
-            operator_tokens::family.eq(Some(family)),
+            operator_tokens::family.eq(family),
         ))
         .execute(conn)?;
     Ok(())
@@ -192,8 +192,8 @@ pub fn rotate_refresh(
             return Ok(Rotation::Invalid);
         }
         revoke_family(c, &family, now)?;
-        insert_family_token(c, operator_id, "access", &family, access)?;
-        insert_family_token(c, operator_id, "refresh", &family, refresh)?;
+        insert_family_token(c, operator_id, "access", Some(&family), access)?;
+        insert_family_token(c, operator_id, "refresh", Some(&family), refresh)?;
         Ok(Rotation::Rotated { operator_id })
     })
 }
@@ -238,7 +238,7 @@ pub fn list(conn: &mut AnyConnection) -> Result<Vec<OperatorRow>, StorageError> 
         .load(conn)?)
 }
 
-/// Stores a token's hash. `kind` is `access`, `refresh` or `session`.
+/// Stores a token's hash (of no sign-in family). `kind` is `access`, `refresh` or `session`.
 pub fn insert_token(
     conn: &mut AnyConnection,
     operator_id: i64,
@@ -246,16 +246,7 @@ pub fn insert_token(
     token_hash: &str,
     expires_at: NaiveDateTime,
 ) -> Result<(), StorageError> {
-    diesel::insert_into(operator_tokens::table)
-        .values((
-            operator_tokens::operator_id.eq(operator_id),
-            operator_tokens::kind.eq(kind),
-            operator_tokens::token_hash.eq(token_hash),
-            operator_tokens::expires_at.eq(expires_at),
-            operator_tokens::created_at.eq(super::now()),
-        ))
-        .execute(conn)?;
-    Ok(())
+    insert_family_token(conn, operator_id, kind, None, (token_hash, expires_at))
 }
 
 /// The operator owning a live (unexpired, unrevoked) token of this kind.
