@@ -510,6 +510,91 @@ impl Modify for OperationIds {
     }
 }
 
+/// Declares on every API operation the error statuses the guard, the body limits and the database can
+/// answer with, each with the contract's error body, so clients and validators know every status a route
+/// may give (a handler's own declarations are kept).
+struct ErrorResponses;
+
+impl Modify for ErrorResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::Ref;
+        use utoipa::openapi::{ContentBuilder, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/api/")
+                || path.ends_with("/openapi.json")
+                || path.ends_with("/docs")
+            {
+                continue;
+            }
+            let has_params = path.contains('{');
+            for (write, op) in [
+                (false, &mut item.get),
+                (true, &mut item.put),
+                (true, &mut item.post),
+                (true, &mut item.delete),
+                (true, &mut item.patch),
+            ] {
+                let Some(op) = op else { continue };
+                // `security(())` marks a public operation: it serialises as one empty requirement.
+                let public = op.security.as_ref().is_some_and(|s| {
+                    serde_json::to_value(s).is_ok_and(|v| v == serde_json::json!([{}]))
+                });
+                let mut add = vec![
+                    (
+                        "400",
+                        "Malformed request or unsupported X-API-Version (`BAD_REQUEST`, `INVALID_API_VERSION`)",
+                    ),
+                    (
+                        "503",
+                        "The database is unavailable; try again shortly (`MAINTENANCE_MODE`)",
+                    ),
+                ];
+                if !public {
+                    add.push(("401", "Missing, invalid or revoked token (`INVALID_TOKEN`)"));
+                    add.push((
+                        "429",
+                        "The key's hourly budget is spent (`RATE_LIMIT_EXCEEDED`, `Retry-After`)",
+                    ));
+                    if write {
+                        add.push(("403", "A viewer, or a key whose scope does not allow this (`INSUFFICIENT_PERMISSION`)"));
+                    }
+                }
+                if has_params {
+                    add.push(("404", "No such resource (`RESOURCE_NOT_FOUND`)"));
+                }
+                if op.request_body.is_some() {
+                    add.push((
+                        "408",
+                        "The body did not arrive within REQUEST_BODY_TIMEOUT (`REQUEST_TIMEOUT`)",
+                    ));
+                    add.push(("413", "The body is larger than the route takes"));
+                    add.push((
+                        "422",
+                        "A field is invalid (`VALIDATION_ERROR`, `details` by field)",
+                    ));
+                }
+                for (status, description) in add {
+                    op.responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| error(description).into());
+                }
+            }
+        }
+    }
+}
+
 /// The outgoing events of the catalogue (`domain::events`) as OpenAPI 3.1 `webhooks`, each with its body
 /// schema, so a receiver's types can be generated from the same document as the API's.
 struct EventCatalogue;
@@ -604,7 +689,7 @@ payment events. Authenticate with `Authorization: Bearer <API key>` (or an opera
         crate::web::api::events::redeliver,
     ),
     components(schemas(ErrorBody, ErrorDetail, PageMeta)),
-    modifiers(&Security, &EventCatalogue, &OperationIds),
+    modifiers(&Security, &EventCatalogue, &OperationIds, &ErrorResponses),
     security(("bearer" = [])),
     tags(
         (name = "auth", description = "Operator sign-in (the platform's own auth shapes)"),

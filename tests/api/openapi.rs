@@ -152,6 +152,51 @@ async fn every_operation_has_an_id_no_other_operation_has() {
 }
 
 #[tokio::test]
+async fn every_operation_declares_the_errors_it_can_answer() {
+    let app = spawn_app().await;
+    let doc: Value = app
+        .get("/api/v1/openapi.json")
+        .await
+        .json()
+        .await
+        .expect("json");
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        if !path.starts_with("/api/v1/")
+            || path.ends_with("/openapi.json")
+            || path.ends_with("/docs")
+        {
+            continue;
+        }
+        for (method, op) in item.as_object().expect("item") {
+            let declared = |status: &str| !op["responses"][status].is_null();
+            for status in ["400", "401", "429", "503"] {
+                assert!(
+                    declared(status),
+                    "{method} {path} does not declare {status}"
+                );
+            }
+            if !op["requestBody"].is_null() {
+                for status in ["408", "413", "422"] {
+                    assert!(
+                        declared(status),
+                        "{method} {path} does not declare {status}"
+                    );
+                }
+            }
+            if path.contains('{') {
+                assert!(declared("404"), "{method} {path} does not declare 404");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "{checked}");
+    // What the document says is what the service does: no token, 401.
+    let resp = app.get("/api/v1/connections/seller-1").await;
+    assert_eq!(resp.status().as_u16(), 401);
+}
+
+#[tokio::test]
 async fn every_outgoing_event_is_a_webhook_of_the_document() {
     use amocrm_connector::domain::events::EventKind;
     let app = spawn_app().await;
