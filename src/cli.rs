@@ -59,6 +59,9 @@ pub enum Command {
     /// Manage the operators who sign in to the dashboard and the operator API.
     #[command(subcommand)]
     Users(UsersCommand),
+    /// Print the API's OpenAPI document (the one `/api/v1/openapi.json` serves) and exit: for client
+    /// generators and validators, without a running service or any configuration.
+    Openapi,
 }
 
 #[derive(Subcommand, Debug)]
@@ -310,6 +313,10 @@ fn run(cli: Cli) -> Result<(), String> {
                     }
                 }
             })
+        }
+        Command::Openapi => {
+            println!("{}", crate::web::openapi::document());
+            Ok(())
         }
         Command::Refresh => {
             let settings = settings()?;

@@ -707,6 +707,11 @@ static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
         .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 });
 
+/// The document as served.
+pub fn document() -> &'static str {
+    DOCUMENT.as_str()
+}
+
 pub async fn openapi_json() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
