@@ -127,6 +127,9 @@ fn short(s: &str) -> String {
     out
 }
 
+/// The last page number a list takes (a bound on the offset the database is asked for).
+pub const MAX_PAGE: i64 = 1_000_000;
+
 /// `?page=&per_page=` with the contract's bounds (per_page at most 100).
 #[derive(Debug, Clone, Copy)]
 pub struct Paging {
@@ -167,8 +170,10 @@ pub fn paging_from_query(q: &str) -> Result<Paging, ApiError> {
         Some(p) => p
             .parse::<i64>()
             .ok()
-            .filter(|p| (1..=1_000_000).contains(p))
-            .ok_or_else(|| ApiError::bad_request("page must be a whole number from 1"))?,
+            .filter(|p| (1..=MAX_PAGE).contains(p))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("page must be a whole number from 1 to {MAX_PAGE}"))
+            })?,
     };
     let per_page = match raw.per_page.as_deref() {
         None | Some("") => 15,

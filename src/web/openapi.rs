@@ -14,6 +14,8 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::domain::events::EventKind;
+use crate::domain::order::SyncState;
+use crate::domain::status::{ConnectionStatus, OrderStatus};
 
 /// The contract's error body.
 #[derive(ToSchema)]
@@ -595,6 +597,66 @@ impl Modify for ErrorResponses {
     }
 }
 
+/// Query parameters described as strictly as they are checked (a value the document allows is one the
+/// service takes): page sizes and cursors with their bounds, the connection status filter with its values.
+struct ParameterBounds;
+
+impl Modify for ParameterBounds {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let int = |min: i64, max: Option<i64>| {
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(min))
+                .maximum(max)
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                for p in op.parameters.iter_mut().flatten() {
+                    let utoipa::openapi::RefOr::T(p) = p else {
+                        continue;
+                    };
+                    let schema = match p.name.as_str() {
+                        "page" => int(1, Some(crate::web::extract::MAX_PAGE)),
+                        "per_page" => int(1, Some(100)),
+                        "limit" => int(1, Some(crate::services::events_log::MAX_LIMIT)),
+                        "after" => ObjectBuilder::new()
+                            .schema_type(Type::String)
+                            .description(Some(
+                                "A cursor (`meta.next_after`, digits) or an event id",
+                            ))
+                            .build(),
+                        "status" if path == "/api/v1/connections" => ObjectBuilder::new()
+                            .schema_type(Type::String)
+                            .enum_values(Some(ConnectionStatus::NAMES.iter().copied()))
+                            .build(),
+                        "status" if path == "/api/v1/sales/orders" => ObjectBuilder::new()
+                            .schema_type(Type::String)
+                            .enum_values(Some(OrderStatus::ALL.map(OrderStatus::as_str)))
+                            .build(),
+                        "sync_state" => ObjectBuilder::new()
+                            .schema_type(Type::String)
+                            .enum_values(Some(SyncState::NAMES.iter().copied()))
+                            .build(),
+                        _ => continue,
+                    };
+                    p.schema = Some(schema.into());
+                }
+            }
+        }
+    }
+}
+
 /// The outgoing events of the catalogue (`domain::events`) as OpenAPI 3.1 `webhooks`, each with its body
 /// schema, so a receiver's types can be generated from the same document as the API's.
 struct EventCatalogue;
@@ -689,7 +751,7 @@ payment events. Authenticate with `Authorization: Bearer <API key>` (or an opera
         crate::web::api::events::redeliver,
     ),
     components(schemas(ErrorBody, ErrorDetail, PageMeta)),
-    modifiers(&Security, &EventCatalogue, &OperationIds, &ErrorResponses),
+    modifiers(&Security, &EventCatalogue, &OperationIds, &ErrorResponses, &ParameterBounds),
     security(("bearer" = [])),
     tags(
         (name = "auth", description = "Operator sign-in (the platform's own auth shapes)"),
