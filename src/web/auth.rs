@@ -17,15 +17,15 @@ use crate::web::extract::ApiJson;
 #[derive(Deserialize, ToSchema)]
 pub struct LoginBody {
     // Optional so a missing field is reported under its own name.
-    #[schema(required, example = "ops@example.com")]
+    #[schema(required, example = "ops@example.com", min_length = 1)]
     email: Option<String>,
-    #[schema(value_type = String, required)]
+    #[schema(value_type = String, required, min_length = 1)]
     password: Option<SecretString>,
 }
 
 #[derive(Deserialize, ToSchema)]
 pub struct RefreshBody {
-    #[schema(value_type = String, required)]
+    #[schema(value_type = String, required, min_length = 1)]
     refresh_token: Option<SecretString>,
 }
 

@@ -254,14 +254,36 @@ pub struct SettingsEnvelope {
 #[derive(ToSchema)]
 #[expect(dead_code, reason = "read only by the document generator")]
 pub struct SubscriptionIn {
-    /// http or https.
-    #[schema(example = "https://marketplace.example/hooks/amocrm")]
+    /// http or https; not a loopback, private or link-local address unless allowed (`WEBHOOK_ALLOWED_HOSTS`).
+    #[schema(
+        example = "https://marketplace.example/hooks/amocrm",
+        min_length = 1,
+        max_length = 2048
+    )]
     url: String,
     /// Event names from CONTRACT §7, or `"*"` for all (one name or a list).
-    #[schema(example = json!(["payment.completed", "order.status_changed"]))]
+    #[schema(example = json!(["payment.completed", "order.status_changed"]), min_items = 1)]
     events: Vec<String>,
     /// Signs every delivery (`X-Signature: sha256=HMAC(secret, body)`); stored encrypted, never returned.
+    #[schema(min_length = 1, max_length = 512, pattern = r"\S")]
     secret: String,
+    active: Option<bool>,
+}
+
+/// `PATCH /api/v1/webhooks/{id}`: only what is sent changes.
+#[derive(ToSchema)]
+#[expect(dead_code, reason = "read only by the document generator")]
+pub struct SubscriptionPatch {
+    #[schema(
+        example = "https://marketplace.example/hooks/amocrm",
+        min_length = 1,
+        max_length = 2048
+    )]
+    url: Option<String>,
+    #[schema(min_items = 1)]
+    events: Option<Vec<String>>,
+    #[schema(min_length = 1, max_length = 512, pattern = r"\S")]
+    secret: Option<String>,
     active: Option<bool>,
 }
 

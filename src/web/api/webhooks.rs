@@ -127,7 +127,7 @@ pub async fn get(
     path = "/api/v1/webhooks/{id}",
     tag = "events",
     params(("id" = String, Path, description = "The subscription id")),
-    request_body = crate::web::openapi::SubscriptionIn,
+    request_body = crate::web::openapi::SubscriptionPatch,
     responses(
         (status = 200, description = "The subscription", body = crate::web::openapi::SubscriptionEnvelope),
         (status = 404, description = "No such subscription", body = crate::web::openapi::ErrorBody),
