@@ -256,22 +256,26 @@ fn spawn_workers(state: &Arc<Context>) -> Vec<(&'static str, JoinHandle<()>)> {
     }
     // Workers register here, one line each: `workers.push(("name", crate::workers::x::spawn(state.clone())));`
 
-    // connect and refresh
+    // Connect and refresh.
     workers.push(("connect", crate::workers::refresh::spawn(state.clone())));
     if let Some(schedule) = crate::workers::refresh::spawn_schedule(state.clone()) {
         workers.push(("refresh_schedule", schedule));
     }
 
-    // orders
+    // Orders.
     workers.push(("push", crate::workers::push::spawn(state.clone())));
 
-    // events
+    // Events, and the log's count of broken client connections.
     workers.push(("delivery", crate::workers::delivery::spawn(state.clone())));
     workers.push((
         "webhook_processor",
         crate::workers::webhook_processor::spawn(state.clone()),
     ));
     workers.push(("retention", crate::workers::retention::spawn(state.clone())));
+    workers.push((
+        "client_faults",
+        crate::telemetry::spawn_fault_reporter(state.shutdown.clone()),
+    ));
 
     workers
 }

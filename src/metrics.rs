@@ -33,6 +33,7 @@ struct Counters {
     webhooks: IntCounterVec,
     deliveries: IntCounterVec,
     logins: IntCounterVec,
+    malformed: IntCounterVec,
 }
 
 /// A counter family; `outcomes` are pre-set to 0 so the series exist before the first event.
@@ -132,6 +133,13 @@ static COUNTERS: LazyLock<Counters> = LazyLock::new(|| {
                 "too_large",
                 "error",
             ],
+        ),
+        malformed: counter(
+            &registry,
+            "http_malformed_connections_total",
+            "Client connections the HTTP server dropped as malformed or broken (bad headers, cut streams).",
+            &["kind"],
+            &["stream_error"],
         ),
         deliveries: counter(
             &registry,
@@ -272,6 +280,14 @@ pub fn delivery_outcome(outcome: &'static str) {
 }
 
 /// Counts one operator sign-in attempt: `ok`, `invalid` or `throttled`.
+/// A client connection the HTTP server gave up on (see `telemetry`: logged at most once a minute).
+pub fn malformed_connection() {
+    COUNTERS
+        .malformed
+        .with_label_values(&["stream_error"])
+        .inc();
+}
+
 pub fn login_outcome(outcome: &'static str) {
     COUNTERS.logins.with_label_values(&[outcome]).inc();
 }

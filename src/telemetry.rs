@@ -1,7 +1,14 @@
 //! Logging: one subscriber, JSON for machines or pretty for people, filtered by `RUST_LOG`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::format::FmtSpan;
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
 
@@ -17,17 +24,28 @@ pub fn init(format: LogFormat) {
 pub fn init_with_default(format: LogFormat, default_filter: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_span_events(FmtSpan::NONE);
+    let registry =
+        tracing_subscriber::registry().with(ClientFaults.with_filter(filter_fn(is_client_fault)));
     let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
+        LogFormat::Json => registry
+            .with(
+                fmt.json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_filter(filter_fn(not_client_fault))
+                    .with_filter(filter),
+            )
             .try_init(),
-        LogFormat::Pretty => builder.compact().try_init(),
+        LogFormat::Pretty => registry
+            .with(
+                fmt.compact()
+                    .with_filter(filter_fn(not_client_fault))
+                    .with_filter(filter),
+            )
+            .try_init(),
     };
 }
 
@@ -38,14 +56,131 @@ pub fn init_with_writer<W>(filter: &str, writer: W) -> bool
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::new(filter))
+    json_subscriber(filter, writer).try_init().is_ok()
+}
+
+/// The JSON subscriber of [`init_with_writer`], not installed.
+pub fn json_subscriber<W>(filter: &str, writer: W) -> impl Subscriber + Send + Sync + 'static
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(writer)
         .with_span_events(FmtSpan::NONE)
         .json()
         .flatten_event(true)
         .with_current_span(true)
         .with_span_list(true)
-        .try_init()
-        .is_ok()
+        .with_filter(filter_fn(not_client_fault))
+        .with_filter(EnvFilter::new(filter));
+    tracing_subscriber::registry()
+        .with(ClientFaults.with_filter(filter_fn(is_client_fault)))
+        .with(fmt)
+}
+
+/// actix-http logs a client's malformed request or cut stream at ERROR, once per connection: any client
+/// could fill the error log. Those lines are not written; [`ClientFaults`] counts them instead.
+fn is_client_fault(m: &Metadata<'_>) -> bool {
+    *m.level() == Level::ERROR && m.target().starts_with("actix_http::h1")
+}
+
+fn not_client_fault(m: &Metadata<'_>) -> bool {
+    !is_client_fault(m)
+}
+
+/// Counts client faults (`http_malformed_connections_total`); [`report_client_faults`] says how many
+/// there were, as one warning a minute. (A layer cannot log itself: tracing drops events raised while an
+/// event is being dispatched.)
+struct ClientFaults;
+
+static CLIENT_FAULTS: AtomicU64 = AtomicU64::new(0);
+
+/// How often the count of client faults is logged.
+pub const CLIENT_FAULT_INTERVAL: Duration = Duration::from_secs(60);
+
+impl<S: Subscriber> Layer<S> for ClientFaults {
+    fn on_event(&self, _: &Event<'_>, _: Context<'_, S>) {
+        crate::metrics::malformed_connection();
+        CLIENT_FAULTS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Logs one warning with the client faults counted since the last call, if there were any.
+pub fn report_client_faults() {
+    let count = CLIENT_FAULTS.swap(0, Ordering::Relaxed);
+    if count > 0 {
+        tracing::warn!(
+            count,
+            "clients sent malformed requests or broke off (counted in http_malformed_connections_total)"
+        );
+    }
+}
+
+/// Reports client faults every [`CLIENT_FAULT_INTERVAL`] until `shutdown` turns true.
+pub fn spawn_fault_reporter(
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(CLIENT_FAULT_INTERVAL) => report_client_faults(),
+                _ = shutdown.changed() => break,
+            }
+            if *shutdown.borrow() {
+                break;
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut v) = self.0.lock() {
+                v.extend_from_slice(b);
+            }
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_clients_broken_requests_are_counted_and_reported_as_one_warning_never_an_error_line() {
+        let buf = Buffer::default();
+        let writer = buf.clone();
+        let subscriber = json_subscriber("info", move || writer.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..3 {
+                tracing::error!(target: "actix_http::h1::dispatcher", "stream error: invalid Header provided");
+            }
+            tracing::error!(target: "amocrm_connector::services", "a real failure");
+            report_client_faults();
+            report_client_faults();
+        });
+        let out = String::from_utf8(buf.0.lock().map(|v| v.clone()).unwrap_or_default())
+            .unwrap_or_default();
+        assert!(!out.contains("stream error"), "{out}");
+        assert!(out.contains("a real failure"), "{out}");
+        let warnings: Vec<&str> = out
+            .lines()
+            .filter(|l| l.contains("malformed requests"))
+            .collect();
+        assert_eq!(
+            warnings.len(),
+            1,
+            "one report, none when nothing happened: {out}"
+        );
+        assert!(warnings[0].contains("\"level\":\"WARN\""), "{out}");
+        assert!(warnings[0].contains("\"count\":3"), "{out}");
+    }
 }
