@@ -9,9 +9,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use amocrm_sandbox::{Integration, Sandbox, SandboxConfig};
-use hmac::{KeyInit, Mac};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -102,62 +100,6 @@ fn bind(port: u16) -> Result<TcpListener, String> {
 fn free_port(port: u16) -> Result<u16, String> {
     let l = bind(port)?;
     l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
-}
-
-/// Receives the service's event deliveries like a marketplace backend would, checks `X-Signature`, and
-/// prints one line per event.
-async fn receive(req: HttpRequest, body: web::Bytes, secret: web::Data<String>) -> HttpResponse {
-    type HmacSha256 = hmac::Hmac<sha2::Sha256>;
-    let presented = req
-        .headers()
-        .get("x-signature")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("sha256="))
-        .unwrap_or_default()
-        .to_owned();
-    let valid = <HmacSha256 as KeyInit>::new_from_slice(secret.as_bytes())
-        .map(|mut m| {
-            m.update(&body);
-            let expected: String = m
-                .finalize()
-                .into_bytes()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            crate::domain::ids::constant_time_eq(expected.as_bytes(), presented.as_bytes())
-        })
-        .unwrap_or(false);
-    let event: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    println!(
-        "  ← receiver: {} {} for {} (signature {})",
-        event["event"].as_str().unwrap_or("?"),
-        event["id"].as_str().unwrap_or("?"),
-        event["seller_id"].as_str().unwrap_or("?"),
-        if valid { "ok" } else { "INVALID" }
-    );
-    if valid {
-        HttpResponse::Ok().finish()
-    } else {
-        HttpResponse::Unauthorized().finish()
-    }
-}
-
-fn start_receiver(secret: String) -> Result<SocketAddr, String> {
-    let listener = bind(0)?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let secret = web::Data::new(secret);
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(secret.clone())
-            .route("/events", web::post().to(receive))
-    })
-    .workers(1)
-    .disable_signals()
-    .listen(listener)
-    .map_err(|e| e.to_string())?
-    .run();
-    tokio::spawn(server);
-    Ok(addr)
 }
 
 /// The example order the printed `curl` posts.
@@ -258,7 +200,7 @@ pub async fn start(opts: DemoOptions) -> Result<Demo, String> {
     })
     .await
     .map_err(|e| format!("the sandbox did not start: {e}"))?;
-    let receiver = start_receiver(secrets.receiver_secret.clone())?;
+    let receiver = crate::web::demo_receiver::start(bind(0)?, secrets.receiver_secret.clone())?;
     stock_demo_accounts(&sandbox);
 
     let listener = bind(opts.port)?;

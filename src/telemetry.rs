@@ -16,7 +16,10 @@ use crate::config::LogFormat;
 pub fn init(format: LogFormat) {
     init_with_default(
         format,
-        "info,actix_server=warn,diesel=warn,h2=warn,hyper=warn,reqwest=warn",
+        &format!(
+            "info,{},diesel=warn,h2=warn,hyper=warn,reqwest=warn",
+            crate::web::server::LOG_DIRECTIVES
+        ),
     );
 }
 
@@ -78,10 +81,10 @@ where
         .with(fmt)
 }
 
-/// actix-http logs a client's malformed request or cut stream at ERROR, once per connection: any client
-/// could fill the error log. Those lines are not written; [`ClientFaults`] counts them instead.
+/// The HTTP server's lines about one client's broken request (see `web::server::is_client_fault`) are not
+/// written; [`ClientFaults`] counts them instead.
 fn is_client_fault(m: &Metadata<'_>) -> bool {
-    *m.level() == Level::ERROR && m.target().starts_with("actix_http::h1")
+    crate::web::server::is_client_fault(m.target(), *m.level() == Level::ERROR)
 }
 
 fn not_client_fault(m: &Metadata<'_>) -> bool {
@@ -131,56 +134,4 @@ pub fn spawn_fault_reporter(
             }
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::{Arc, Mutex};
-
-    use super::*;
-
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Buffer {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            if let Ok(mut v) = self.0.lock() {
-                v.extend_from_slice(b);
-            }
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn a_clients_broken_requests_are_counted_and_reported_as_one_warning_never_an_error_line() {
-        let buf = Buffer::default();
-        let writer = buf.clone();
-        let subscriber = json_subscriber("info", move || writer.clone());
-        tracing::subscriber::with_default(subscriber, || {
-            for _ in 0..3 {
-                tracing::error!(target: "actix_http::h1::dispatcher", "stream error: invalid Header provided");
-            }
-            tracing::error!(target: "amocrm_connector::services", "a real failure");
-            report_client_faults();
-            report_client_faults();
-        });
-        let out = String::from_utf8(buf.0.lock().map(|v| v.clone()).unwrap_or_default())
-            .unwrap_or_default();
-        assert!(!out.contains("stream error"), "{out}");
-        assert!(out.contains("a real failure"), "{out}");
-        let warnings: Vec<&str> = out
-            .lines()
-            .filter(|l| l.contains("malformed requests"))
-            .collect();
-        assert_eq!(
-            warnings.len(),
-            1,
-            "one report, none when nothing happened: {out}"
-        );
-        assert!(warnings[0].contains("\"level\":\"WARN\""), "{out}");
-        assert!(warnings[0].contains("\"count\":3"), "{out}");
-    }
 }

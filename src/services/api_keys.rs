@@ -83,9 +83,10 @@ impl Scope {
             Self::Read => safe,
             Self::Orders => {
                 let p = path.trim_start_matches("/api/v1");
-                ["/sales/orders", "/connect-sessions"]
-                    .iter()
-                    .any(|r| p == *r || p.starts_with(&format!("{r}/")))
+                ["/sales/orders", "/connect-sessions"].iter().any(|r| {
+                    p.strip_prefix(r)
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+                })
             }
         }
     }

@@ -4,6 +4,7 @@ pub mod amocrm_webhooks;
 pub mod api;
 pub mod auth;
 pub mod dashboard;
+pub mod demo_receiver;
 pub mod error;
 pub mod extract;
 pub mod health;

@@ -9,6 +9,15 @@ use actix_web::{App, HttpServer, middleware};
 
 use crate::services::Context;
 
+/// Log directives for the HTTP server's own crates: its start and stop lines only.
+pub const LOG_DIRECTIVES: &str = "actix_server=warn";
+
+/// Whether a log event is the HTTP server reporting one client's malformed request or cut stream (actix-http
+/// logs each at ERROR, so any client could fill the error log; `telemetry` counts them instead).
+pub fn is_client_fault(target: &str, error: bool) -> bool {
+    error && target.starts_with("actix_http::h1")
+}
+
 /// Builds the server on a bound listener; it serves once awaited (or spawned).
 pub fn build(listener: TcpListener, state: Arc<Context>) -> std::io::Result<Server> {
     let state = Data::from(state);
@@ -41,4 +50,56 @@ pub fn build(listener: TcpListener, state: Arc<Context>) -> std::io::Result<Serv
     .listen(listener)?
     .run();
     Ok(server)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use crate::telemetry::{json_subscriber, report_client_faults};
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut v) = self.0.lock() {
+                v.extend_from_slice(b);
+            }
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_clients_broken_requests_are_counted_and_reported_as_one_warning_never_an_error_line() {
+        let buf = Buffer::default();
+        let writer = buf.clone();
+        let subscriber = json_subscriber("info", move || writer.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..3 {
+                tracing::error!(target: "actix_http::h1::dispatcher", "stream error: invalid Header provided");
+            }
+            tracing::error!(target: "amocrm_connector::services", "a real failure");
+            report_client_faults();
+            report_client_faults();
+        });
+        let out = String::from_utf8(buf.0.lock().map(|v| v.clone()).unwrap_or_default())
+            .unwrap_or_default();
+        assert!(!out.contains("stream error"), "{out}");
+        assert!(out.contains("a real failure"), "{out}");
+        let warnings: Vec<&str> = out
+            .lines()
+            .filter(|l| l.contains("malformed requests"))
+            .collect();
+        assert_eq!(
+            warnings.len(),
+            1,
+            "one report, none when nothing happened: {out}"
+        );
+        assert!(warnings[0].contains("\"level\":\"WARN\""), "{out}");
+        assert!(warnings[0].contains("\"count\":3"), "{out}");
+    }
 }

@@ -392,6 +392,23 @@ impl TestApp {
         body["data"]["id"].as_str().expect("an id").to_owned()
     }
 
+    /// Every operation of the served API document: (method in lower case, path, the operation).
+    pub async fn document_operations(&self) -> Vec<(String, String, Value)> {
+        let doc: Value = self
+            .get("/api/v1/openapi.json")
+            .await
+            .json()
+            .await
+            .expect("the document is JSON");
+        let mut out = Vec::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("path item") {
+                out.push((method.clone(), path.clone(), op.clone()));
+            }
+        }
+        out
+    }
+
     pub async fn api_key_with_tier(&self, tier: Tier) -> String {
         api_keys::create(&self.db, "tiered", tier)
             .await

@@ -1,4 +1,4 @@
-//! Webhook parsing against every real amoCRM capture in `fixtures/` (copied from /work/shared/amocrm-samples,
+//! Webhook parsing against every real amoCRM capture in `fixtures/` (public captures,
 //! provenance in `fixtures/SOURCES.md`), plus a seeded fuzz run: random, truncated, mutated and hostile bodies
 //! must give `Ok` or `Err`, never a panic.
 #![expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]

@@ -404,6 +404,45 @@ fn items(v: &Value) -> Option<&Vec<Value>> {
     v.as_array()
 }
 
+/// The items of a batch request, refused as amoCRM refuses them: not a list (400), empty (400 with an empty
+/// body), or more than a page (422).
+fn batch(v: &Value) -> Result<&Vec<Value>, HttpResponse> {
+    let Some(list) = items(v) else {
+        return Err(bad_request("Request validation failed"));
+    };
+    if list.is_empty() {
+        return Err(empty_body());
+    }
+    if list.len() > MAX_PAGE {
+        return Err(problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Limit 250 per page",
+        ));
+    }
+    Ok(list)
+}
+
+/// Every item checked by `check` (its index given); the whole batch refused with every item's errors when
+/// any is invalid, as amoCRM does.
+fn all_valid<T>(
+    list: &[Value],
+    mut check: impl FnMut(&Value, usize) -> Result<T, ItemErrors>,
+) -> Result<Vec<T>, HttpResponse> {
+    let mut all_errs = Vec::new();
+    let mut ok = Vec::new();
+    for (i, item) in list.iter().enumerate() {
+        match check(item, i) {
+            Ok(t) => ok.push(t),
+            Err(e) => all_errs.push(e),
+        }
+    }
+    if all_errs.is_empty() {
+        Ok(ok)
+    } else {
+        Err(problem::validation(&all_errs))
+    }
+}
+
 /// A page of a list as HAL, or 204 when the page is empty.
 fn page_of(base: &str, key: &str, all: Vec<Value>, page: usize, limit: usize) -> HttpResponse {
     let start = (page - 1).saturating_mul(limit);
@@ -1747,15 +1786,10 @@ impl Cx<'_> {
     }
 
     fn leads_add(&mut self, v: Value) -> HttpResponse {
-        let Some(list) = items(&v) else {
-            return bad_request("Request validation failed");
+        let list = match batch(&v) {
+            Ok(l) => l,
+            Err(r) => return r,
         };
-        if list.is_empty() {
-            return empty_body();
-        }
-        if list.len() > MAX_PAGE {
-            return problem(StatusCode::UNPROCESSABLE_ENTITY, "Limit 250 per page");
-        }
         let valid = match self.validate_create(list, Mode::Add) {
             Ok(v) => v,
             Err(r) => return r,
@@ -1770,15 +1804,10 @@ impl Cx<'_> {
     }
 
     fn leads_patch(&mut self, v: Value, single: bool) -> HttpResponse {
-        let Some(list) = items(&v) else {
-            return bad_request("Request validation failed");
+        let list = match batch(&v) {
+            Ok(l) => l,
+            Err(r) => return r,
         };
-        if list.is_empty() {
-            return empty_body();
-        }
-        if list.len() > MAX_PAGE {
-            return problem(StatusCode::UNPROCESSABLE_ENTITY, "Limit 250 per page");
-        }
         let mut all_errs = Vec::new();
         let mut valid = Vec::new();
         for (i, item) in list.iter().enumerate() {

@@ -7,12 +7,10 @@ use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
 use serde_json::{Value, json};
 
-use super::{Cx, MAX_PAGE, Query, items, link, number, page_of};
+use super::{Cx, Query, all_valid, batch, link, number, page_of};
 use crate::fields::{self, as_id, opt_str};
 use crate::model::{Catalog, CatalogElement, CustomField, EntityLink};
-use crate::problem::{
-    self, FieldError, ItemErrors, bad_request, empty_body, hal, no_content, problem,
-};
+use crate::problem::{self, FieldError, ItemErrors, hal, no_content, problem};
 use crate::state::{Account, Ids, next};
 
 /// List types amoCRM reports.
@@ -220,15 +218,10 @@ impl Cx<'_> {
         let Some(fields_of) = self.acc.catalog_fields.get(&catalog) else {
             return problem(StatusCode::NOT_FOUND, "Catalog not found");
         };
-        let Some(list) = items(&v) else {
-            return bad_request("Request validation failed");
+        let list = match batch(&v) {
+            Ok(l) => l,
+            Err(r) => return r,
         };
-        if list.is_empty() {
-            return empty_body();
-        }
-        if list.len() > MAX_PAGE {
-            return problem(StatusCode::UNPROCESSABLE_ENTITY, "Limit 250 per page");
-        }
         let mut all_errs = Vec::new();
         let mut valid = Vec::new();
         for (i, item) in list.iter().enumerate() {
@@ -426,31 +419,8 @@ impl Cx<'_> {
     }
 
     fn links_in(&self, v: &Value, unlink: bool) -> Result<Vec<LinkIn>, HttpResponse> {
-        let Some(list) = items(v) else {
-            return Err(bad_request("Request validation failed"));
-        };
-        if list.is_empty() {
-            return Err(empty_body());
-        }
-        if list.len() > MAX_PAGE {
-            return Err(problem(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "Limit 250 per page",
-            ));
-        }
-        let mut all_errs = Vec::new();
-        let mut ok = Vec::new();
-        for (i, item) in list.iter().enumerate() {
-            match self.link_in(item, i, unlink) {
-                Ok(l) => ok.push(l),
-                Err(e) => all_errs.push(e),
-            }
-        }
-        if all_errs.is_empty() {
-            Ok(ok)
-        } else {
-            Err(problem::validation(&all_errs))
-        }
+        let list = batch(v)?;
+        all_valid(list, |item, i| self.link_in(item, i, unlink))
     }
 
     fn link_json(&self, l: &LinkIn) -> Value {

@@ -3,16 +3,13 @@
 //! whole), and the edits a manager makes in the UI (handle).
 
 use actix_web::HttpResponse;
-use actix_web::http::StatusCode;
 use serde_json::{Value, json};
 
-use super::{Cx, MAX_PAGE, Query, items, link, page_of};
+use super::{Cx, Query, all_valid, batch, link, page_of};
 use crate::fields::{self, as_id, opt_int, opt_str};
 use crate::model::{Company, Contact, ContactChange, ContactSeed, FieldValue, FieldValues};
 use crate::outbound::Event;
-use crate::problem::{
-    self, FieldError, ItemErrors, bad_request, empty_body, hal, no_content, problem,
-};
+use crate::problem::{FieldError, ItemErrors, hal, no_content};
 use crate::state::{Account, Ids, next};
 
 /// The digits of a string (`+998 (90) 123-45-67` → `998901234567`).
@@ -352,31 +349,8 @@ impl Cx<'_> {
     }
 
     fn contacts_in(&self, v: &Value, patch: bool) -> Result<Vec<ContactIn>, HttpResponse> {
-        let Some(list) = items(v) else {
-            return Err(bad_request("Request validation failed"));
-        };
-        if list.is_empty() {
-            return Err(empty_body());
-        }
-        if list.len() > MAX_PAGE {
-            return Err(problem(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "Limit 250 per page",
-            ));
-        }
-        let mut all_errs = Vec::new();
-        let mut ok = Vec::new();
-        for (i, item) in list.iter().enumerate() {
-            match self.contact_in(item, i, patch) {
-                Ok(ci) => ok.push(ci),
-                Err(e) => all_errs.push(e),
-            }
-        }
-        if all_errs.is_empty() {
-            Ok(ok)
-        } else {
-            Err(problem::validation(&all_errs))
-        }
+        let list = batch(v)?;
+        all_valid(list, |item, i| self.contact_in(item, i, patch))
     }
 
     pub(super) fn contacts_create(&mut self, v: Value) -> HttpResponse {

@@ -2,16 +2,13 @@
 //! by lead ids and by type.
 
 use actix_web::HttpResponse;
-use actix_web::http::StatusCode;
 use serde_json::{Value, json};
 
-use super::{Cx, MAX_PAGE, Query, items, link, page_of};
+use super::{Cx, Query, all_valid, batch, link, page_of};
 use crate::fields::{as_id, join, opt_bool, opt_int, opt_str};
 use crate::model::Note;
 use crate::outbound::Event;
-use crate::problem::{
-    self, FieldError, ItemErrors, bad_request, empty_body, hal, no_content, problem,
-};
+use crate::problem::{FieldError, ItemErrors, hal, no_content};
 use crate::state::next;
 
 /// Note types the sandbox models; others (attachments, geolocation, invoices…) are refused.
@@ -192,26 +189,14 @@ impl Cx<'_> {
 
     /// `POST leads/notes` (each item names its lead) or `POST leads/{id}/notes` (`lead` set).
     pub(super) fn notes_create(&mut self, v: Value, lead: Option<u64>) -> HttpResponse {
-        let Some(list) = items(&v) else {
-            return bad_request("Request validation failed");
+        let list = match batch(&v) {
+            Ok(l) => l,
+            Err(r) => return r,
         };
-        if list.is_empty() {
-            return empty_body();
-        }
-        if list.len() > MAX_PAGE {
-            return problem(StatusCode::UNPROCESSABLE_ENTITY, "Limit 250 per page");
-        }
-        let mut all_errs = Vec::new();
-        let mut valid = Vec::new();
-        for (i, item) in list.iter().enumerate() {
-            match self.note_in(item, i, lead) {
-                Ok(n) => valid.push(n),
-                Err(e) => all_errs.push(e),
-            }
-        }
-        if !all_errs.is_empty() {
-            return problem::validation(&all_errs);
-        }
+        let valid = match all_valid(list, |item, i| self.note_in(item, i, lead)) {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
         let mut out = Vec::new();
         for n in valid {
             let id = next(&mut self.ids.note);

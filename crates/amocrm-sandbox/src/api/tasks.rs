@@ -1,15 +1,12 @@
 //! Tasks: batch create (`text` and `complete_till` required) and reads filtered by entity.
 
 use actix_web::HttpResponse;
-use actix_web::http::StatusCode;
 use serde_json::{Value, json};
 
-use super::{Cx, MAX_PAGE, Query, items, link, page_of};
+use super::{Cx, Query, all_valid, batch, link, page_of};
 use crate::fields::{as_id, opt_bool, opt_int, opt_str};
 use crate::model::Task;
-use crate::problem::{
-    self, FieldError, ItemErrors, bad_request, empty_body, hal, no_content, problem,
-};
+use crate::problem::{FieldError, ItemErrors, hal, no_content};
 use crate::state::next;
 
 /// Task types every account has: 1 call, 2 meeting.
@@ -135,26 +132,14 @@ impl Cx<'_> {
 
     /// `POST tasks`: at most 250; the whole batch is refused when one task is invalid.
     pub(super) fn tasks_create(&mut self, v: Value) -> HttpResponse {
-        let Some(list) = items(&v) else {
-            return bad_request("Request validation failed");
+        let list = match batch(&v) {
+            Ok(l) => l,
+            Err(r) => return r,
         };
-        if list.is_empty() {
-            return empty_body();
-        }
-        if list.len() > MAX_PAGE {
-            return problem(StatusCode::UNPROCESSABLE_ENTITY, "Limit 250 per page");
-        }
-        let mut all_errs = Vec::new();
-        let mut valid = Vec::new();
-        for (i, item) in list.iter().enumerate() {
-            match self.task_in(item, i) {
-                Ok(t) => valid.push(t),
-                Err(e) => all_errs.push(e),
-            }
-        }
-        if !all_errs.is_empty() {
-            return problem::validation(&all_errs);
-        }
+        let valid = match all_valid(list, |item, i| self.task_in(item, i)) {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
         let mut out = Vec::new();
         for mut t in valid {
             t.id = next(&mut self.ids.task);

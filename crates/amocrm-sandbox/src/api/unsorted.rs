@@ -6,13 +6,11 @@ use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
 use serde_json::{Map, Value, json};
 
-use super::{Cx, LeadIn, MAX_PAGE, Mode, Patch, Query, apply_patch, items, link, page_of};
+use super::{Cx, LeadIn, Mode, Patch, Query, all_valid, apply_patch, batch, link, page_of};
 use crate::fields::{as_int, opt_int, opt_str};
 use crate::model::{UnsortedEntry, UnsortedState};
 use crate::outbound::Event;
-use crate::problem::{
-    self, FieldError, ItemErrors, bad_request, empty_body, hal, no_content, problem,
-};
+use crate::problem::{self, FieldError, ItemErrors, bad_request, hal, no_content, problem};
 use crate::state::{Account, LOST, WON};
 
 /// What a new unsorted request records.
@@ -463,26 +461,14 @@ impl Cx<'_> {
     /// `POST leads/unsorted/forms`: at most 250 requests; `source_name`, `source_uid`, `metadata` and one
     /// lead required. The whole batch is refused when one item is invalid.
     pub(super) fn unsorted_forms_create(&mut self, v: Value) -> HttpResponse {
-        let Some(list) = items(&v) else {
-            return bad_request("Request validation failed");
+        let list = match batch(&v) {
+            Ok(l) => l,
+            Err(r) => return r,
         };
-        if list.is_empty() {
-            return empty_body();
-        }
-        if list.len() > MAX_PAGE {
-            return problem(StatusCode::UNPROCESSABLE_ENTITY, "Limit 250 per page");
-        }
-        let mut all_errs = Vec::new();
-        let mut valid = Vec::new();
-        for (i, item) in list.iter().enumerate() {
-            match self.unsorted_item(item, i) {
-                Ok(x) => valid.push(x),
-                Err(e) => all_errs.push(e),
-            }
-        }
-        if !all_errs.is_empty() {
-            return problem::validation(&all_errs);
-        }
+        let valid = match all_valid(list, |item, i| self.unsorted_item(item, i)) {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
         let mut out = Vec::new();
         for (li, p, s) in valid {
             let rid = li.request_id.clone();
