@@ -36,6 +36,19 @@ macro_rules! wire_enum {
 pub(crate) use wire_enum;
 
 pub mod buyer;
+
+/// A JSON number that is a whole number within `i64`: `5`, and `5.0` too, since JSON Schema's `integer`
+/// (which the API document uses) counts both.
+pub fn whole_number(v: &serde_json::Value) -> Option<i64> {
+    let n = v.as_number()?;
+    n.as_i64().or_else(|| {
+        let f = n.as_f64()?;
+        // 2^63 is the first float above i64::MAX.
+        (f.fract() == 0.0
+            && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f))
+        .then_some(f as i64)
+    })
+}
 pub mod events;
 pub mod ids;
 pub mod lang;

@@ -318,7 +318,11 @@ impl OrderDraft {
                     None
                 }
             },
-            Some(Value::Number(n)) if n.is_u64() => SellerId::parse(&n.to_string()).ok(),
+            Some(n @ Value::Number(_))
+                if let Some(n) = super::whole_number(n).filter(|n| *n >= 0) =>
+            {
+                SellerId::parse(&n.to_string()).ok()
+            }
             Some(_) => {
                 errs.add("seller_id", "must be a string");
                 None
@@ -493,7 +497,7 @@ impl OrderDraft {
                     errs.add(path("quantity"), "is required");
                     None
                 }
-                Some(Value::Number(n)) => match n.as_i64() {
+                Some(Value::Number(_)) => match obj.get("quantity").and_then(super::whole_number) {
                     Some(q) if q > 0 && q <= 1_000_000 => Some(q),
                     Some(_) => {
                         errs.add(

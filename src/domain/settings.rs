@@ -208,7 +208,7 @@ impl Problems {
     }
 
     fn id(&mut self, v: &Value, path: &str) -> Option<i64> {
-        match v.as_i64() {
+        match super::whole_number(v) {
             Some(n) if n > 0 => Some(n),
             _ => {
                 self.add(path, "must be a positive amoCRM id");
@@ -454,7 +454,7 @@ fn merge_task(p: &mut Problems, v: &Value, t: &mut Task) {
         }
     }
     if let Some(d) = obj.get("due_in_minutes") {
-        match d.as_i64() {
+        match super::whole_number(d) {
             Some(m) if (1..=MAX_DUE_MINUTES).contains(&m) => t.due_in_minutes = m,
             _ => p.add(
                 "task.due_in_minutes",

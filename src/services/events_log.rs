@@ -5,6 +5,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::domain::events::EventKind;
+use crate::domain::ids::SellerId;
 use crate::domain::status::DeliveryState;
 use crate::services::subscriptions::rfc3339;
 use crate::storage::deliveries::{DeliveryRow, DeliveryView};
@@ -45,8 +46,8 @@ pub struct EventsPage {
 /// or an event id; the answer's `next_after` is where the next poll continues (unchanged when empty).
 #[tracing::instrument(skip_all, fields(seller_id = ?q.seller_id))]
 pub async fn list(db: &Db, q: EventsQuery) -> Result<EventsPage, EventsError> {
-    let limit = match q.limit.as_deref().map(str::trim) {
-        None | Some("") => DEFAULT_LIMIT,
+    let limit = match q.limit.as_deref() {
+        None => DEFAULT_LIMIT,
         Some(l) => l
             .parse::<i64>()
             .ok()
@@ -66,17 +67,21 @@ pub async fn list(db: &Db, q: EventsQuery) -> Result<EventsPage, EventsError> {
         )));
     }
     let after_raw = q.after.unwrap_or_default();
-    let after_raw = after_raw.trim().to_owned();
-    let seller = q.seller_id.filter(|s| !s.is_empty());
+    let seller = match q.seller_id.filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(
+            SellerId::parse(&s)
+                .map_err(|m| EventsError::BadParameter(format!("seller_id {m}")))?
+                .as_str()
+                .to_owned(),
+        ),
+    };
     let event = q.event.filter(|s| !s.is_empty());
     let cursor = if after_raw.is_empty() {
         Cursor::Seq(0)
-    } else if let Ok(n) = after_raw.parse::<i64>() {
-        if n < 0 {
-            return Err(EventsError::BadParameter(
-                "after must not be negative".into(),
-            ));
-        }
+    } else if after_raw.bytes().all(|b| b.is_ascii_digit())
+        && let Ok(n) = after_raw.parse::<i64>()
+    {
         Cursor::Seq(n)
     } else {
         Cursor::EventId(after_raw)

@@ -132,12 +132,12 @@ pub async fn login(
     let mut fields = FieldErrors::new();
     if email.trim().is_empty() {
         fields.insert("email".into(), vec!["is required".into()]);
-    } else if email.len() > 254 {
+    } else if email.chars().count() > 254 {
         fields.insert("email".into(), vec!["is too long".into()]);
     }
     if password.expose_secret().is_empty() {
         fields.insert("password".into(), vec!["is required".into()]);
-    } else if password.expose_secret().len() > 1024 {
+    } else if password.expose_secret().chars().count() > 1024 {
         fields.insert("password".into(), vec!["is too long".into()]);
     }
     if !fields.is_empty() {

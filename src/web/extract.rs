@@ -72,19 +72,85 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if !value.is_object() {
         return Err(ApiError::bad_request("request body must be a JSON object"));
     }
-    if let Some(path) = nul_path(&value, String::new()) {
-        // PostgreSQL cannot store NUL in text; no field of ours has a use for it.
-        let mut fields = FieldErrors::new();
-        fields.insert(path, vec!["must not contain a NUL character".to_owned()]);
-        return Err(ApiError::validation(fields));
-    }
-    serde_path_to_error::deserialize(value).map_err(|e| {
+    // Keys no field reads are ignored (clients may send more than we use); what is kept must be storable.
+    let mut ignored: Vec<Vec<Segment>> = Vec::new();
+    let mut kept = value.clone();
+    let parsed: Result<T, _> = serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
+        value,
+        &mut |path: serde_ignored::Path<'_>| ignored.push(segments(&path)),
+    ));
+    let parsed = parsed.map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." { "body".to_owned() } else { path };
         let mut fields = FieldErrors::new();
         fields.insert(field, vec![short(&e.inner().to_string())]);
         ApiError::validation(fields)
-    })
+    })?;
+    for path in &ignored {
+        remove_at(&mut kept, path);
+    }
+    if let Some(path) = nul_path(&kept, String::new()) {
+        // PostgreSQL cannot store NUL in text; no field of ours has a use for it.
+        let mut fields = FieldErrors::new();
+        fields.insert(path, vec!["must not contain a NUL character".to_owned()]);
+        return Err(ApiError::validation(fields));
+    }
+    Ok(parsed)
+}
+
+/// One step of a path into a JSON value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+/// The steps of a path serde_ignored reports, root first (options and newtypes are no step in JSON).
+fn segments(path: &serde_ignored::Path<'_>) -> Vec<Segment> {
+    use serde_ignored::Path;
+    let mut out = match path {
+        Path::Root => return Vec::new(),
+        Path::Seq { parent, .. }
+        | Path::Map { parent, .. }
+        | Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => segments(parent),
+    };
+    match path {
+        Path::Seq { index, .. } => out.push(Segment::Index(*index)),
+        Path::Map { key, .. } => out.push(Segment::Key(key.clone())),
+        _ => {}
+    }
+    out
+}
+
+/// Removes the value at `path`, if there is one.
+fn remove_at(v: &mut serde_json::Value, path: &[Segment]) {
+    let Some((last, parents)) = path.split_last() else {
+        *v = serde_json::Value::Null;
+        return;
+    };
+    let mut at = v;
+    for seg in parents {
+        let next = match (seg, at) {
+            (Segment::Key(k), serde_json::Value::Object(m)) => m.get_mut(k),
+            (Segment::Index(i), serde_json::Value::Array(a)) => a.get_mut(*i),
+            _ => None,
+        };
+        match next {
+            Some(n) => at = n,
+            None => return,
+        }
+    }
+    match (last, at) {
+        (Segment::Key(k), serde_json::Value::Object(m)) => {
+            m.remove(k);
+        }
+        (Segment::Index(i), serde_json::Value::Array(a)) if *i < a.len() => {
+            a[*i] = serde_json::Value::Null;
+        }
+        _ => {}
+    }
 }
 
 /// The path (`a.b[2]`) of the first string or key holding a NUL character, if any.
@@ -166,7 +232,7 @@ pub fn paging_from_query(q: &str) -> Result<Paging, ApiError> {
     let raw: RawPaging = serde_urlencoded::from_str(q)
         .map_err(|_| ApiError::bad_request("malformed query string"))?;
     let page = match raw.page.as_deref() {
-        None | Some("") => 1,
+        None => 1,
         Some(p) => p
             .parse::<i64>()
             .ok()
@@ -176,7 +242,7 @@ pub fn paging_from_query(q: &str) -> Result<Paging, ApiError> {
             })?,
     };
     let per_page = match raw.per_page.as_deref() {
-        None | Some("") => 15,
+        None => 15,
         Some(p) => p
             .parse::<i64>()
             .ok()

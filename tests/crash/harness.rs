@@ -485,6 +485,10 @@ pub async fn summary(world: &World) -> String {
         "SELECT 'delivery ' || state || ' ' || COALESCE(lease_owner, '-') AS k, COUNT(*) AS n FROM event_deliveries GROUP BY state, lease_owner",
         "SELECT 'order ' || sync_state AS k, COUNT(*) AS n FROM orders GROUP BY sync_state",
         "SELECT 'lease ' || name || ' ' || COALESCE(owner, '-') AS k, COUNT(*) AS n FROM job_leases GROUP BY name, owner",
+        "SELECT 'unsynced ' || seller_id || ' attempts ' || CAST(sync_attempts AS TEXT) || ' lease ' || COALESCE(lease_owner, '-') || ' next ' || CAST(next_attempt_at AS TEXT) || ' error ' || COALESCE(last_error, '-') AS k, COUNT(*) AS n FROM orders WHERE sync_state <> 'synced' GROUP BY seller_id, sync_attempts, lease_owner, next_attempt_at, last_error",
+        "SELECT 'connection ' || seller_id || ' ' || status || ' expires ' || COALESCE(CAST(token_expires_at AS TEXT), '-') || ' push lease ' || COALESCE(push_lease_owner, '-') || ' until ' || COALESCE(CAST(push_lease_until AS TEXT), '-') || ' refresh failures ' || CAST(refresh_failures AS TEXT) || ' next refresh ' || COALESCE(CAST(next_refresh_at AS TEXT), '-') || ' refresh lease ' || COALESCE(refresh_lease_owner, '-') || ' until ' || COALESCE(CAST(refresh_lease_until AS TEXT), '-') || ' error ' || COALESCE(last_error, '-') AS k, CAST(1 AS BIGINT) AS n FROM amocrm_connections",
+        "SELECT 'turn ' || account_key || ' ' || COALESCE(owner, '-') || ' until ' || COALESCE(CAST(lease_until AS TEXT), '-') || ' wanted ' || COALESCE(CAST(wanted_at AS TEXT), '-') AS k, CAST(1 AS BIGINT) AS n FROM amocrm_account_turns",
+        "SELECT 'step ' || step || ' ' || state AS k, COUNT(*) AS n FROM order_steps GROUP BY step, state",
     ];
     let mut out = String::new();
     for q in queries {

@@ -26,7 +26,9 @@ impl CreateSession {
     pub fn seller_id(&self) -> Result<String, ApiError> {
         match &self.seller_id {
             Some(Value::String(s)) => Ok(s.clone()),
-            Some(Value::Number(n)) if n.is_u64() || n.is_i64() => Ok(n.to_string()),
+            Some(n @ Value::Number(_)) => crate::domain::whole_number(n)
+                .map(|n| n.to_string())
+                .ok_or_else(|| ApiError::field("seller_id", "must be a string or a whole number")),
             Some(_) => Err(ApiError::field("seller_id", "must be a string")),
             None => Err(ApiError::field("seller_id", "is required")),
         }

@@ -252,7 +252,7 @@ pub struct PipelineBody {
 }
 
 fn positive_id(v: Option<&Value>) -> Option<i64> {
-    v.and_then(Value::as_i64).filter(|id| *id > 0)
+    v.and_then(crate::domain::whole_number).filter(|id| *id > 0)
 }
 
 /// Replace the pipeline and status mapping.

@@ -6,6 +6,8 @@
 
 use std::sync::LazyLock;
 
+mod strict;
+
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpResponse, web};
 use askama::Template;
@@ -15,7 +17,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::domain::events::EventKind;
 use crate::domain::order::SyncState;
-use crate::domain::status::{ConnectionStatus, OrderStatus};
+use crate::domain::status::{ConnectionStatus, DeliveryState, OrderStatus};
 
 /// The contract's error body.
 #[derive(ToSchema)]
@@ -625,6 +627,7 @@ struct ParameterBounds;
 
 impl Modify for ParameterBounds {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
         use utoipa::openapi::schema::{ObjectBuilder, Type};
         let int = |min: i64, max: Option<i64>| {
             ObjectBuilder::new()
@@ -648,28 +651,39 @@ impl Modify for ParameterBounds {
                     let utoipa::openapi::RefOr::T(p) = p else {
                         continue;
                     };
+                    // Filters read an empty value as "no filter", so "" is among their values.
+                    let filter = |names: &[&str]| {
+                        let mut values: Vec<&str> = vec![""];
+                        values.extend(names);
+                        ObjectBuilder::new()
+                            .schema_type(Type::String)
+                            .enum_values(Some(values))
+                            .build()
+                    };
                     let schema = match p.name.as_str() {
                         "page" => int(1, Some(crate::web::extract::MAX_PAGE)),
                         "per_page" => int(1, Some(100)),
                         "limit" => int(1, Some(crate::services::events_log::MAX_LIMIT)),
                         "after" => ObjectBuilder::new()
                             .schema_type(Type::String)
+                            .pattern(Some("^$|^([0-9]+|evt_[A-Za-z0-9]+)$"))
                             .description(Some(
-                                "A cursor (`meta.next_after`, digits) or an event id",
+                                "A cursor (`meta.next_after`, digits) or an event id; empty: from the start",
                             ))
                             .build(),
-                        "status" if path == "/api/v1/connections" => ObjectBuilder::new()
-                            .schema_type(Type::String)
-                            .enum_values(Some(ConnectionStatus::NAMES.iter().copied()))
-                            .build(),
-                        "status" if path == "/api/v1/sales/orders" => ObjectBuilder::new()
-                            .schema_type(Type::String)
-                            .enum_values(Some(OrderStatus::ALL.map(OrderStatus::as_str)))
-                            .build(),
-                        "sync_state" => ObjectBuilder::new()
-                            .schema_type(Type::String)
-                            .enum_values(Some(SyncState::NAMES.iter().copied()))
-                            .build(),
+                        "seller_id" if matches!(p.parameter_in, ParameterIn::Query) => {
+                            ObjectBuilder::new()
+                                .schema_type(Type::String)
+                                .pattern(Some(format!("^$|{}", strict::SELLER_PATTERN)))
+                                .build()
+                        }
+                        "status" if path == "/api/v1/connections" => filter(ConnectionStatus::NAMES),
+                        "status" if path == "/api/v1/sales/orders" => {
+                            filter(&OrderStatus::ALL.map(OrderStatus::as_str))
+                        }
+                        "sync_state" => filter(SyncState::NAMES),
+                        "event" => filter(&EventKind::names()),
+                        "state" if path.ends_with("/deliveries") => filter(DeliveryState::NAMES),
                         _ => continue,
                     };
                     p.schema = Some(schema.into());
@@ -786,9 +800,9 @@ pub struct ApiDoc;
 
 /// The document, built once.
 static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
-    ApiDoc::openapi()
-        .to_pretty_json()
-        .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
+    strict::apply(&mut doc);
+    serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 });
 
 /// The document as served.
