@@ -10,8 +10,10 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
+target="${CARGO_TARGET_DIR:-$root/target}"
+[[ "$target" = /* ]] || target="$PWD/$target"
+export CARGO_TARGET_DIR="$target"
 cd "$root"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 
 cargo build -q --bin amocrm-sandbox
 sandbox_bin="$CARGO_TARGET_DIR/debug/amocrm-sandbox"
