@@ -241,7 +241,7 @@ async fn account_entry(req: HttpRequest, body: web::Bytes, sh: Data) -> HttpResp
     // Admission: unknown account, forced 429, the sliding-window limit.
     let latency = {
         let mut st = sh.lock();
-        // Token requests pass the window only under the strict rule (see `Rules`).
+        // Token requests skip the window when `Rules::rate_limit_token_endpoint` is off.
         let rps = if is_token && !st.rules.rate_limit_token_endpoint {
             0
         } else {
