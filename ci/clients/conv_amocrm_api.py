@@ -12,7 +12,7 @@ import base64
 import json
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import requests.adapters
 
@@ -146,7 +146,8 @@ def main() -> int:
 
     @conv.step("tasks.add", needs=("lead",))
     def _() -> None:
-        due = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+        # timezone.utc, not datetime.UTC: Python 3.10 has no datetime.UTC.
+        due = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=1)  # noqa: UP017
         s["lead"].tasks.add(Task(text="Ship the order", complete_till=due, task_type_id=1))
 
     @conv.step("tasks.add_via_manager", needs=("lead_id",))
