@@ -11,6 +11,7 @@ use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
 use serde_json::{Map, Value, json};
 
+use crate::config::Rules;
 use crate::fields::{self, FIELD_TYPES, as_id, join, opt_bool, opt_int, opt_str};
 use crate::model::{
     Company, Contact, CustomField, FieldEnum, FieldValues, Lead, Pipeline, Status, Tag, Webhook,
@@ -150,7 +151,12 @@ pub fn handle_as(
     user: Option<u64>,
 ) -> (HttpResponse, Vec<Event>) {
     let now = st.now(host);
-    let State { accounts, ids, .. } = st;
+    let State {
+        accounts,
+        ids,
+        rules,
+        ..
+    } = st;
     let Some(acc) = accounts.get_mut(host) else {
         return (problem::not_found(req.method, host), Vec::new());
     };
@@ -181,6 +187,7 @@ pub fn handle_as(
         ids,
         now,
         user,
+        rules: *rules,
         events: Vec::new(),
     };
     let resp = match (req.method, seg.as_slice()) {
@@ -393,6 +400,7 @@ struct Cx<'a> {
     ids: &'a mut Ids,
     now: i64,
     user: u64,
+    rules: Rules,
     events: Vec<Event>,
 }
 
@@ -1504,7 +1512,7 @@ impl Cx<'_> {
                     match e.get(key) {
                         None | Some(Value::Null) => {}
                         Some(Value::Array(list)) if mode == Mode::Patch => {
-                            if !list.is_empty() {
+                            if !list.is_empty() && self.rules.refuse_lead_patch_links {
                                 errs.push(FieldError::new(
                                     "NotSupported",
                                     path,

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use anyhow::bail;
 use clap::{Parser, ValueEnum};
 
-use crate::config::{DEFAULT_ACCOUNTS, Integration, SandboxConfig, WebhookFormat};
+use crate::config::{DEFAULT_ACCOUNTS, Integration, Rules, SandboxConfig, WebhookFormat};
 use crate::handle::Sandbox;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -64,6 +64,14 @@ struct Cli {
     /// Failed deliveries within 2 h after which a webhook destination is disabled.
     #[arg(long, default_value_t = 100, value_name = "N")]
     webhook_disable_after: u32,
+    /// Ignore `_embedded.contacts`/`companies` in a lead PATCH instead of refusing it with 400
+    /// (amoCRM's behaviour is not documented; refusing is the default).
+    #[arg(long)]
+    accept_lead_patch_links: bool,
+    /// Do not count token-endpoint requests toward the per-second limit (amoCRM does not say whether
+    /// they count; counting is the default).
+    #[arg(long)]
+    token_endpoint_unlimited: bool,
 }
 
 fn config_from(cli: Cli) -> anyhow::Result<SandboxConfig> {
@@ -111,6 +119,10 @@ fn config_from(cli: Cli) -> anyhow::Result<SandboxConfig> {
             Format::Dp => WebhookFormat::DigitalPipeline,
         },
         webhook_disable_after: cli.webhook_disable_after,
+        rules: Rules {
+            refuse_lead_patch_links: !cli.accept_lead_patch_links,
+            rate_limit_token_endpoint: !cli.token_endpoint_unlimited,
+        },
         ..SandboxConfig::default()
     })
 }
@@ -179,6 +191,17 @@ mod tests {
         assert_eq!(cfg.integrations[1].disconnect_url, None);
         assert_eq!(cfg.accounts, vec!["one.amocrm.ru".to_owned()]);
         assert_eq!(cfg.listen.port(), 9090);
+        assert_eq!(cfg.rules, Rules::default());
+        Ok(())
+    }
+
+    #[test]
+    fn unsourced_rules_are_on_unless_turned_off() -> anyhow::Result<()> {
+        let cfg = parse(&["--accept-lead-patch-links", "--token-endpoint-unlimited"])?;
+        assert!(!cfg.rules.refuse_lead_patch_links);
+        assert!(!cfg.rules.rate_limit_token_endpoint);
+        let cfg = parse(&["--token-endpoint-unlimited"])?;
+        assert!(cfg.rules.refuse_lead_patch_links);
         Ok(())
     }
 

@@ -29,6 +29,8 @@ pub struct SandboxConfig {
     pub webhook_timeout: Duration,
     /// Actix worker threads serving HTTP.
     pub workers: usize,
+    /// Rules no amoCRM source states; strict by default.
+    pub rules: Rules,
 }
 
 impl Default for SandboxConfig {
@@ -43,6 +45,30 @@ impl Default for SandboxConfig {
             webhook_disable_after: 100,
             webhook_timeout: Duration::from_secs(2),
             workers: 2,
+            rules: Rules::default(),
+        }
+    }
+}
+
+/// Rules the sandbox enforces although no amoCRM source states them. Each is on by default: where
+/// amoCRM's behaviour is unknown, code tested here should cope with the stricter reading. Turn one off
+/// to see whether a client fails only because of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Rules {
+    /// A lead `PATCH` carrying `_embedded.contacts` or `_embedded.companies` is refused (400
+    /// "Links cannot be changed here."). Off: they are ignored and the links stay as they were.
+    pub refuse_lead_patch_links: bool,
+    /// Token-endpoint requests count toward the account's per-second limit like API calls.
+    /// Off: they are neither counted nor refused with 429.
+    pub rate_limit_token_endpoint: bool,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self {
+            refuse_lead_patch_links: true,
+            rate_limit_token_endpoint: true,
         }
     }
 }

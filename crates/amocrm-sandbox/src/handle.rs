@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use anyhow::{Context as _, anyhow, bail};
 
 use crate::api::{self, Patch, apply_patch};
-use crate::config::{Faults, Integration, SandboxConfig};
+use crate::config::{Faults, Integration, Rules, SandboxConfig};
 use crate::model::{
     AccountInfo, Catalog, CatalogElement, Company, Contact, ContactChange, ContactSeed, Counters,
     CustomField, Delivery, DeliveryKind, EntityLink, FieldEnum, Lead, LoggedRequest, NewUser, Note,
@@ -648,6 +648,7 @@ impl Sandbox {
             cfg.webhook_disable_after,
             cfg.now,
         );
+        st.rules = cfg.rules;
         for host in &cfg.accounts {
             st.ensure_account(host)
                 .with_context(|| format!("invalid account host {host:?}"))?;
@@ -842,6 +843,16 @@ impl SandboxHandle {
     /// Changes the per-account limit at run time (0 disables it).
     pub fn set_rate_limit_rps(&self, rps: u32) {
         self.shared.lock().rate_limit_rps = rps;
+    }
+
+    /// The unsourced rules in force.
+    pub fn rules(&self) -> Rules {
+        self.shared.lock().rules
+    }
+
+    /// Turns unsourced rules on or off at run time.
+    pub fn set_rules(&self, rules: Rules) {
+        self.shared.lock().rules = rules;
     }
 
     /// Every request received so far (oldest first).

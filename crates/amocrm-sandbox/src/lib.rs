@@ -17,7 +17,7 @@ mod state;
 pub mod tokens;
 
 pub use cli::run_cli;
-pub use config::{DEFAULT_ACCOUNTS, Faults, Integration, SandboxConfig, WebhookFormat};
+pub use config::{DEFAULT_ACCOUNTS, Faults, Integration, Rules, SandboxConfig, WebhookFormat};
 pub use handle::{Sandbox, SandboxHandle};
 pub use model::{
     AccountInfo, Catalog, CatalogElement, Company, Contact, ContactChange, ContactSeed, Counters,

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::api::{self, ApiRequest};
-use crate::config::{Faults, Integration};
+use crate::config::{Faults, Integration, Rules};
 use crate::handle::Shared;
 use crate::model::{ContactChange, ContactSeed, LoggedRequest, NewUser};
 use crate::oauth::{self, AuthorizeParams, Grant, TokenRequest};
@@ -170,7 +170,9 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/log", web::delete().to(log_clear))
                 .route("/deliveries", web::get().to(deliveries_get))
                 .route("/deliveries/idle", web::get().to(deliveries_idle))
-                .route("/rate_limit", web::put().to(rate_limit_put)),
+                .route("/rate_limit", web::put().to(rate_limit_put))
+                .route("/rules", web::get().to(rules_get))
+                .route("/rules", web::put().to(rules_put)),
         )
         .default_service(web::to(account_entry));
 }
@@ -239,7 +241,12 @@ async fn account_entry(req: HttpRequest, body: web::Bytes, sh: Data) -> HttpResp
     // Admission: unknown account, forced 429, the sliding-window limit.
     let latency = {
         let mut st = sh.lock();
-        let rps = st.rate_limit_rps;
+        // Token requests skip the window when `Rules::rate_limit_token_endpoint` is off.
+        let rps = if is_token && !st.rules.rate_limit_token_endpoint {
+            0
+        } else {
+            st.rate_limit_rps
+        };
         let Some(acc) = st.accounts.get_mut(&host) else {
             st.push_log(log_entry(
                 &method,
@@ -1135,6 +1142,16 @@ struct RateBody {
 async fn rate_limit_put(body: web::Json<RateBody>, sh: Data) -> HttpResponse {
     sh.lock().rate_limit_rps = body.rps;
     HttpResponse::Ok().json(json!({"rps": body.rps}))
+}
+
+async fn rules_get(sh: Data) -> HttpResponse {
+    HttpResponse::Ok().json(sh.lock().rules)
+}
+
+async fn rules_put(body: web::Json<Rules>, sh: Data) -> HttpResponse {
+    let rules = body.into_inner();
+    sh.lock().rules = rules;
+    HttpResponse::Ok().json(rules)
 }
 
 // ---- users, contacts, lists, unsorted: what a manager or admin does in the UI ----------------------

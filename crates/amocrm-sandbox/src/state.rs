@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use crate::config::{Faults, Integration, WebhookFormat};
+use crate::config::{Faults, Integration, Rules, WebhookFormat};
 use crate::model::{
     Catalog, CatalogElement, Company, Contact, Counters, CustomField, Delivery, EntityLink,
     FieldEnum, Lead, LoggedRequest, Note, Pipeline, Status, Task, UnsortedEntry, User, Webhook,
@@ -223,6 +223,7 @@ pub struct State {
     pub renamed: HashMap<String, Renamed>,
     pub ids: Ids,
     pub rate_limit_rps: u32,
+    pub rules: Rules,
     pub webhook_format: WebhookFormat,
     pub webhook_disable_after: u32,
     /// Sandbox time minus real time, from `SandboxConfig::now`.
@@ -250,6 +251,7 @@ impl State {
             renamed: HashMap::new(),
             ids: Ids::default(),
             rate_limit_rps,
+            rules: Rules::default(),
             webhook_format,
             webhook_disable_after,
             base_offset: now.map(|n| n - Utc::now()).unwrap_or_default(),

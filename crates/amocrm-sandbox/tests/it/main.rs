@@ -10,6 +10,7 @@ mod limits;
 mod notes;
 mod oauth;
 mod products;
+mod rules;
 mod unsorted;
 mod users;
 mod webhooks;
