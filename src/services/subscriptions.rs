@@ -82,7 +82,7 @@ pub fn check_url(raw: &str, policy: &TargetPolicy) -> Result<String, String> {
     if raw.is_empty() {
         return Err("must not be empty".into());
     }
-    if raw.len() > MAX_URL_LEN {
+    if raw.chars().count() > MAX_URL_LEN {
         return Err(format!("must be at most {MAX_URL_LEN} characters"));
     }
     let url =

@@ -16,6 +16,12 @@ use crate::domain::status::OrderStatus;
 
 /// What `SellerId::parse` takes.
 pub const SELLER_PATTERN: &str = "^[A-Za-z0-9._:-]{1,64}$";
+/// A subscription URL that `services::subscriptions::check_url` takes whatever the configuration: http(s),
+/// a host name whose last label starts with a letter (so it is never read as an address), not `localhost`
+/// and no IDNA `xn--` label (whose punycode may not decode), a port below 10,000, no credentials and no
+/// fragment.
+const URL_PATTERN: &str = "^[Hh][Tt][Tt][Pp][Ss]?://(?![^/?]*[Ll][Oo][Cc][Aa][Ll][Hh][Oo][Ss][Tt])(?![^/?]*[Xx][Nn]--)\
+([A-Za-z0-9-]+\\.)*[A-Za-z][A-Za-z0-9-]*(:[0-9]{1,4})?([/?][^\\s#]*)?$";
 /// The languages of notes and pages.
 const LANGS: [&str; 3] = ["uz", "ru", "en"];
 
@@ -247,9 +253,12 @@ pub fn apply(doc: &mut Value) {
     );
     let events = json!({"description": "Event names from CONTRACT §7, or `*` for all: one name or a list.",
         "oneOf": [event_name(), {"type": "array", "items": event_name(), "minItems": 1}]});
-    // Whether an address may be delivered to is the outbound policy's call (configuration and DNS).
-    let url = json!({"type": "string", "minLength": 1, "maxLength": 2048, "format": "uri",
-        "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://[^/?#@\\s]+([/?#]\\S*)?$",
+    // A host name, never an address literal or `localhost`: those pass only when `WEBHOOK_ALLOWED_HOSTS`
+    // (configuration) allows them, and names are checked again when a delivery resolves them.
+    let url = json!({"type": "string", "minLength": 1, "maxLength": 2048,
+        "pattern": URL_PATTERN,
+        "description": "An http(s) URL of a host name, without credentials or a fragment; loopback, private and \
+link-local addresses are refused unless on `WEBHOOK_ALLOWED_HOSTS`.",
         "example": "https://marketplace.example/hooks/amocrm"});
     for (name, required, patch) in [
         ("SubscriptionIn", &["url", "events", "secret"][..], false),
