@@ -216,6 +216,13 @@ fn run(cli: Cli) -> Result<(), String> {
             crate::telemetry::init(settings.log_format);
             settings.require_keys().map_err(one_line)?;
             settings.require_platforms().map_err(one_line)?;
+            // What this process runs with, secrets redacted by `Settings`' Debug: the first line to read
+            // when an instance behaves unlike its peers.
+            tracing::info!(
+                version = env!("CARGO_PKG_VERSION"),
+                config = ?settings,
+                "starting"
+            );
             let rt = runtime()?;
             let result = rt.block_on(async move {
                 let app = Application::build(settings).await.map_err(one_line)?;

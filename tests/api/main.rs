@@ -6,6 +6,7 @@
     reason = "tests fail loudly on unexpected errors"
 )]
 
+mod a11y;
 mod browser;
 mod config_errors;
 mod conventions;

@@ -145,6 +145,67 @@ async fn the_binary_exits_cleanly_on_sigterm_within_the_shutdown_timeout() {
     );
 }
 
+#[tokio::test]
+async fn the_binary_logs_its_version_and_configuration_at_start_without_secrets() {
+    let database = fresh_database();
+    let mut env = base_env(&database.url);
+    env.insert("REFRESH_SECRET".into(), "start-log-refresh-secret".into());
+    env.insert("METRICS_TOKEN".into(), "start-log-metrics-token".into());
+    let secrets: Vec<String> = [
+        "AMOCRM_CLIENT_SECRET",
+        "TOKEN_ENCRYPTION_KEYS",
+        "REFRESH_SECRET",
+        "METRICS_TOKEN",
+    ]
+    .iter()
+    .map(|k| env[*k].clone())
+    .collect();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_amocrm-connector"))
+        .arg("serve")
+        .envs(&env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log.reopen().unwrap()))
+        .spawn()
+        .unwrap();
+    let read = || std::fs::read_to_string(log.path()).unwrap_or_default();
+    let served = wait_until(Duration::from_secs(30), "the serving line", || {
+        let text = read();
+        let exited = child.try_wait().unwrap().is_some();
+        async move {
+            assert!(!exited, "the service exited early: {text}");
+            text.contains("\"serving\"")
+        }
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = read();
+    served.unwrap_or_else(|e| panic!("{e}: {text}"));
+    let start: serde_json::Value = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "starting")
+        .unwrap_or_else(|| panic!("no start line: {text}"));
+    assert_eq!(start["version"], env!("CARGO_PKG_VERSION"));
+    let config = start["config"].as_str().unwrap_or_default();
+    for shown in [
+        "listen_addr",
+        "instance_id",
+        "run_workers",
+        "refresh_secret",
+    ] {
+        assert!(config.contains(shown), "{shown} missing from {config}");
+    }
+    for secret in &secrets {
+        assert!(
+            !text.contains(secret.as_str()),
+            "a secret in the log: {text}"
+        );
+    }
+}
+
 /// How many orders of the test are synced, by the database.
 async fn synced_orders(app: &TestApp) -> i64 {
     count_sql(
