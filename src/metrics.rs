@@ -441,7 +441,8 @@ fn gauges(s: &Stats, instance: &str) -> Registry {
             "job_last_finished_timestamp_seconds",
             "When a scheduled job (such as the refresh sweep) last finished, in Unix seconds.",
         ),
-        &["job"],
+        // Not `job` or `instance`: Prometheus sets those on every scraped series and would rename ours.
+        &["job_name"],
     ) {
         for (name, at) in &s.jobs_last_finished {
             if let Some(at) = at {
@@ -456,7 +457,7 @@ fn gauges(s: &Stats, instance: &str) -> Registry {
             "amocrm_connector_info",
             "Always 1; labels name the version and this instance.",
         ),
-        &["version", "instance"],
+        &["version", "instance_id"],
     ) {
         g.with_label_values(&[env!("CARGO_PKG_VERSION"), instance])
             .set(1);

@@ -89,26 +89,14 @@ fi
 # ---- 2. systemd ----------------------------------------------------------------------------------------------
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/deploy-check.XXXXXX")
 chmod 755 "$WORK" # nginx's workers (user nobody when run as root) read and write below it
-PIDS=()
-NAMES=()
 DBNAME=""
 PGURL=""
+CHECK_NAME=deploy
+STOP_GRACE_TENTHS=100
+DEADLINE_AT=$((SECONDS + DEADLINE_SECS)) # until the nginx part starts its own clock
+# shellcheck source=ci/lib.sh
+source "$ROOT/ci/lib.sh"
 
-stop_all() {
-  local i pid n
-  for i in "${!PIDS[@]}"; do kill -TERM "${PIDS[$i]}" 2>/dev/null || true; done
-  for i in "${!PIDS[@]}"; do
-    pid=${PIDS[$i]}
-    for n in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
-      echo "[deploy] ${NAMES[$i]} ($pid) ignored SIGTERM; killing" >&2
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-  done
-  PIDS=()
-  NAMES=()
-}
 on_exit() {
   local rc=$?
   trap - EXIT INT TERM
@@ -145,7 +133,7 @@ if out=$(systemd-analyze verify "$WORK/systemd/amocrm-connector.service" 2>&1); 
     fail "systemd-analyze verify printed warnings for $UNIT"
   }
   log "systemd-analyze verify: $UNIT clean"
-elif echo "$out" | grep -qiE 'Failed to (connect|initialize|setup)|not been booted|System has not|Operation not permitted'; then
+elif grep -qiE 'Failed to (connect|initialize|setup)|not been booted|System has not|Operation not permitted' <<<"$out"; then
   warn "systemd-analyze verify cannot run here ($(echo "$out" | head -n1)); $UNIT NOT verified"
 else
   echo "$out" >&2
@@ -179,27 +167,7 @@ log "env.example lists every variable src/config.rs reads"
 # ---- 3. nginx in front of three instances ----------------------------------------------------------------------
 T_START=$SECONDS
 elapsed_ok() { [ $((SECONDS - T_START)) -lt "$DEADLINE_SECS" ]; }
-started() { NAMES+=("$1"); PIDS+=("$2"); }
-check_alive() {
-  local i
-  for i in "${!PIDS[@]}"; do
-    kill -0 "${PIDS[$i]}" 2>/dev/null || fail "${NAMES[$i]} exited unexpectedly (see $WORK/${NAMES[$i]}.log)"
-  done
-}
-# wait_for SECONDS DESCRIPTION COMMAND...: polls COMMAND until it succeeds, within SECONDS and the overall deadline.
-wait_for() {
-  local secs=$1 what=$2
-  shift 2
-  local until=$((SECONDS + secs)) hard=$((T_START + DEADLINE_SECS))
-  [ "$until" -le "$hard" ] || until=$hard
-  while :; do
-    check_alive
-    if "$@"; then return 0; fi
-    [ "$SECONDS" -lt "$until" ] || fail "timed out waiting for: $what"
-    sleep 0.2
-  done
-}
-pyj() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); v=eval(sys.argv[2]); print(v if isinstance(v,str) else json.dumps(v))' "$1" "$2"; }
+DEADLINE_AT=$((T_START + DEADLINE_SECS))
 
 # Database: a fresh one on the throwaway PostgreSQL, dropped on exit.
 PGURL=$(bash scripts/pg-start.sh | tail -n1)

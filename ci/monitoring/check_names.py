@@ -508,7 +508,9 @@ def main() -> int:
                 continue
         catalog = Catalog(parse_exposition(text))
         problems, used = check(exprs, catalog)
-        if not problems or args.metrics_file or time.monotonic() >= deadline:
+        # Only a missing metric can still appear (a counter on its first event); a wrong label cannot.
+        waiting = any("not exported by the service" in p for p in problems)
+        if not waiting or args.metrics_file or time.monotonic() >= deadline:
             break
         time.sleep(0.5)
     if args.save:

@@ -46,22 +46,12 @@ log "npm ci in examples/receivers/node"
 
 T_BUILT=$SECONDS
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/receivers-check.XXXXXX")
-PIDS=()
-NAMES=()
+DEADLINE_AT=$((T_BUILT + DEADLINE_SECS))
+CHECK_NAME=receivers
+PROC_LOG_EXT=out
+# shellcheck source=ci/lib.sh
+source "$ROOT/ci/lib.sh"
 
-stop_all() {
-  local i pid n
-  for i in "${!PIDS[@]}"; do kill -TERM "${PIDS[$i]}" 2>/dev/null || true; done
-  for i in "${!PIDS[@]}"; do
-    pid=${PIDS[$i]}
-    for n in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
-      echo "[receivers] ${NAMES[$i]} ($pid) ignored SIGTERM; killing" >&2
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-  done
-}
 on_exit() {
   local rc=$?
   trap - EXIT INT TERM
@@ -83,34 +73,6 @@ on_exit() {
 trap on_exit EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-started() { # name pid
-  NAMES+=("$1")
-  PIDS+=("$2")
-}
-check_alive() {
-  local i
-  for i in "${!PIDS[@]}"; do
-    kill -0 "${PIDS[$i]}" 2>/dev/null || fail "${NAMES[$i]} exited unexpectedly (see $WORK/${NAMES[$i]}.out)"
-  done
-}
-# wait_for SECONDS DESCRIPTION COMMAND...: polls COMMAND until it succeeds, within SECONDS and the overall deadline.
-wait_for() {
-  local secs=$1 what=$2
-  shift 2
-  local until=$((SECONDS + secs)) hard=$((T_BUILT + DEADLINE_SECS))
-  [ "$until" -le "$hard" ] || until=$hard
-  while :; do
-    check_alive
-    if "$@"; then return 0; fi
-    [ "$SECONDS" -lt "$until" ] || fail "timed out waiting for: $what"
-    sleep 0.2
-  done
-}
-file_has() { grep -qE "$2" "$1" 2>/dev/null; }
-
-# JSON helper: pyj FILE 'python expression over d' (d = the parsed file)
-pyj() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); v=eval(sys.argv[2]); print(v if isinstance(v,str) else json.dumps(v))' "$1" "$2"; }
 
 # api METHOD PATH [JSON]: the answer's body goes to $WORK/resp.json, its status to $STATUS.
 api() {

@@ -4,12 +4,10 @@
 
 use std::path::PathBuf;
 
-use amocrm_connector::services::operators::{self, Role};
 use fantoccini::Client;
-use secrecy::SecretString;
 use serde_json::json;
 
-use crate::browser::{browser, dashboard_sign_in, run_steps, start_driver, step};
+use crate::browser::{admin_operator, browser, dashboard_sign_in, run_steps, start_driver, step};
 use crate::support::{connect_seller, create_session, spawn_app};
 
 /// axe-core's browser bundle, or `None` (with a note) outside CI when it was not installed.
@@ -136,15 +134,7 @@ async fn the_dashboard_has_no_serious_accessibility_violations() {
     };
     let app = spawn_app().await;
     let password = "accessibility test password";
-    operators::create_or_update(
-        &app.db,
-        "a11y@example.com",
-        Some("Accessibility Operator"),
-        Role::Admin,
-        SecretString::from(password),
-    )
-    .await
-    .unwrap();
+    admin_operator(&app, "a11y@example.com", password).await;
     connect_seller(&app, "seller-a11y", "sellerone.amocrm.ru").await;
     crate::dashboard::seed_failed_connection(&app, "seller-broken").await;
     let pages: Vec<(String, String)> = [

@@ -158,6 +158,19 @@ pub async fn text_of(client: &Client, css: &str) -> Result<String, String> {
     step(&format!("text of {css}"), el.text().await)
 }
 
+/// An admin operator with this e-mail and password.
+pub async fn admin_operator(app: &TestApp, email: &str, password: &str) {
+    operators::create_or_update(
+        &app.db,
+        email,
+        Some("Browser Operator"),
+        Role::Admin,
+        SecretString::from(password),
+    )
+    .await
+    .unwrap();
+}
+
 /// Signs in through the dashboard's login form, as a person would.
 pub async fn dashboard_sign_in(
     client: &Client,
@@ -207,15 +220,7 @@ async fn an_operator_signs_in_to_the_dashboard_in_a_real_browser_and_it_fits_a_p
     };
     let app = spawn_app().await;
     let password = "browser test password";
-    operators::create_or_update(
-        &app.db,
-        "ops@example.com",
-        Some("Browser Operator"),
-        Role::Admin,
-        SecretString::from(password),
-    )
-    .await
-    .unwrap();
+    admin_operator(&app, "ops@example.com", password).await;
     crate::dashboard::seed_failed_connection(&app, "seller-browser").await;
 
     // A phone-sized window: 390×844 CSS pixels.

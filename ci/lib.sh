@@ -1,0 +1,59 @@
+# Shared by the CI check scripts that start processes: a registry of what was started, stopping it all, waits
+# with deadlines, and JSON reads. The sourcing script defines fail() and sets, before using these:
+#   WORK         its temp dir (process logs are $WORK/<name>.$PROC_LOG_EXT, default "log")
+#   DEADLINE_AT  a $SECONDS value no wait goes past
+#   CHECK_NAME   how its messages are prefixed
+# shellcheck shell=bash
+
+PIDS=()
+NAMES=()
+
+started() { # name pid
+  NAMES+=("$1")
+  PIDS+=("$2")
+}
+
+# Stops everything started: SIGTERM, then SIGKILL for what is still there after $STOP_GRACE_TENTHS tenths.
+stop_all() {
+  local i pid n
+  for i in "${!PIDS[@]}"; do kill -TERM "${PIDS[$i]}" 2>/dev/null || true; done
+  for i in "${!PIDS[@]}"; do
+    pid=${PIDS[$i]}
+    for n in $(seq 1 "${STOP_GRACE_TENTHS:-50}"); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "[$CHECK_NAME] ${NAMES[$i]} ($pid) ignored SIGTERM; killing" >&2
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+  done
+  PIDS=()
+  NAMES=()
+}
+
+check_alive() {
+  local i
+  for i in "${!PIDS[@]}"; do
+    kill -0 "${PIDS[$i]}" 2>/dev/null ||
+      fail "${NAMES[$i]} exited unexpectedly (see $WORK/${NAMES[$i]}.${PROC_LOG_EXT:-log})"
+  done
+}
+
+# wait_for SECONDS DESCRIPTION COMMAND...: polls COMMAND until it succeeds, within SECONDS and DEADLINE_AT,
+# failing at once if a started process died.
+wait_for() {
+  local secs=$1 what=$2
+  shift 2
+  local until=$((SECONDS + secs))
+  [ "$until" -le "$DEADLINE_AT" ] || until=$DEADLINE_AT
+  while :; do
+    check_alive
+    if "$@"; then return 0; fi
+    [ "$SECONDS" -lt "$until" ] || fail "timed out waiting for: $what"
+    sleep 0.2
+  done
+}
+
+file_has() { grep -qE "$2" "$1" 2>/dev/null; }
+
+# pyj FILE 'python expression over d': d is the parsed JSON file; strings print bare, the rest as JSON.
+pyj() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); v=eval(sys.argv[2]); print(v if isinstance(v,str) else json.dumps(v))' "$1" "$2"; }
