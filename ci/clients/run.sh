@@ -55,6 +55,8 @@ declare -A rules_off=(
 
 # One sandbox per library: its rules and its 7 req/s window are that conversation's alone.
 for lib in "${libraries[@]}"; do
+  # Made before the background start, which opens it at a moment of its own: read below right away.
+  : >"$work/sandbox-$lib.log"
   # shellcheck disable=SC2086 # the flags are words
   "$sandbox_bin" --listen 127.0.0.1:0 \
     --client-id "$client_id" --client-secret "$client_secret" --redirect-uri "$redirect_uri" \

@@ -62,6 +62,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 step "starting demo"
+: >"$WORK/demo.out" # made before the background start opens it: read below right away
 (cd "$WORK" && exec "$BIN" demo --data-dir "$WORK/demo" --port 0 --sandbox-port 0) >"$WORK/demo.out" 2>&1 &
 DEMO_PID=$!
 BASE=

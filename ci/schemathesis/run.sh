@@ -38,6 +38,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
+: >"$WORK/demo.out" # made before the background start opens it: read below right away
 (cd "$WORK" && exec "$BIN" demo --data-dir "$WORK/demo" --port 0 --sandbox-port 0) >"$WORK/demo.out" 2>&1 &
 DEMO_PID=$!
 BASE=
