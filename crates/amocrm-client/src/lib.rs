@@ -3,6 +3,7 @@
 //! The service builds one [`AmoClient`] from an [`AmoConfig`]; every call for one account host goes through the
 //! shared per-account [`RateLimiter`], token calls included. Webhook bodies are parsed by [`webhook::parse`], the
 //! uninstall hook is checked by [`verify_disconnect_signature`].
+#![warn(missing_docs)]
 
 pub mod api;
 pub mod client;

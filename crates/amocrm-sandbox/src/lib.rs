@@ -2,6 +2,7 @@
 //!
 //! Start one in-process with [`Sandbox::start`] (port 0 by default) and drive it through the returned
 //! [`SandboxHandle`], or over HTTP under `/_sandbox/…` (see the crate's README).
+#![warn(missing_docs)]
 
 pub mod api;
 mod cli;
