@@ -63,6 +63,7 @@ async fn main() -> Result<(), Error> {
     };
     println!("sandbox at {}", target.base_url);
 
+    // README: begin
     // The same configuration as for real amoCRM, with the two URLs pointed at the sandbox.
     let mut config = AmoConfig::new(
         CLIENT_ID,
@@ -144,6 +145,7 @@ async fn main() -> Result<(), Error> {
         "lead {} created in stage {:?} (contact {:?}, company {:?}, request_id {:?})",
         lead.id, stage.name, lead.contact_id, lead.company_id, lead.request_id
     );
+    // README: end
 
     let stored = api
         .get_lead(lead.id)
