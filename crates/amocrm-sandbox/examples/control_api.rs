@@ -67,6 +67,7 @@ async fn main() -> Result<(), Error> {
         .to_owned();
     let api = |path: &str| format!("{base}/{HOST}/api/v4/{path}");
 
+    // README: begin
     // Faults: the next request gets amoCRM's 500 and changes nothing; then a forced 429 with retry_after.
     http.put(format!("{base}/_sandbox/accounts/{HOST}/faults"))
         .json(&json!({ "fail_next": 1 }))
@@ -182,6 +183,7 @@ async fn main() -> Result<(), Error> {
         field("leads[status][0][status_id]"),
         Some(second.to_string().as_str())
     );
+    // README: end
 
     let counters: Value = http
         .get(format!("{base}/_sandbox/accounts/{HOST}/counters"))
