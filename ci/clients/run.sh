@@ -15,7 +15,7 @@ target="${CARGO_TARGET_DIR:-$root/target}"
 export CARGO_TARGET_DIR="$target"
 cd "$root"
 
-cargo build -q --bin amocrm-sandbox
+cargo build -q -p amocrm-sandbox --bin amocrm-sandbox
 sandbox_bin="$CARGO_TARGET_DIR/debug/amocrm-sandbox"
 
 deadline=$((SECONDS + ${CLIENTS_DEADLINE_SECS:-150}))

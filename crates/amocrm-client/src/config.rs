@@ -13,18 +13,23 @@ pub const HOST_PLACEHOLDER: &str = "{host}";
 /// Everything the client needs; `Debug` shows no secret (`client_secret` is a [`SecretString`]).
 #[derive(Clone, Debug)]
 pub struct AmoConfig {
+    /// The integration's client id.
     pub client_id: String,
+    /// The integration's client secret.
     pub client_secret: SecretString,
+    /// The integration's redirect URI; amoCRM requires it to match exactly.
     pub redirect_uri: Url,
     /// The consent page, `https://www.amocrm.ru/oauth` (Kommo: `https://www.kommo.com/oauth`).
     pub authorize_url: Url,
     /// Base URL of an account: `https://{host}` for real amoCRM, `http://127.0.0.1:9090/{host}` for a sandbox.
     pub account_url_template: String,
+    /// The domains an account host may end in (`amocrm.ru`, `amocrm.com`, `kommo.com`); anything else is refused before a request is sent.
     pub allowed_domains: AllowedDomains,
     /// Requests per sliding second per account, every kind of call counted (amoCRM allows 7).
     pub rate_limit_rps: u32,
     /// Whole-request deadline; passing it after the request was sent makes a create [`crate::ApiError::Ambiguous`].
     pub request_timeout: Duration,
+    /// Deadline for opening a connection; failing it is safe to retry (nothing was sent).
     pub connect_timeout: Duration,
 }
 
@@ -135,14 +140,19 @@ impl AuthMode {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     #[error("amoCRM client id is empty")]
+    /// No client id: every token request would be refused.
     EmptyClientId,
     #[error("amoCRM rate limit must be at least 1 request per second")]
+    /// A rate of 0 would never admit a request.
     ZeroRateLimit,
     #[error("amoCRM timeouts must be greater than zero")]
+    /// A zero timeout fails every request at once.
     ZeroTimeout,
     #[error("amoCRM account URL template is unusable: {0}")]
+    /// The account URL template gives no usable URL (the reason is given).
     Template(&'static str),
     #[error("HTTP client could not be built: {0}")]
+    /// The HTTP client (TLS, timeouts) could not be built.
     Http(String),
 }
 

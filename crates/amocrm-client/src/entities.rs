@@ -22,6 +22,7 @@ pub struct NewNote {
     pub lead_id: u64,
     /// [`NOTE_COMMON`], [`NOTE_EXTENDED_SERVICE_MESSAGE`], …
     pub note_type: String,
+    /// The text a manager sees.
     pub text: String,
     /// `params.service`: the integration's name, for service messages.
     pub service: Option<String>,
@@ -29,6 +30,7 @@ pub struct NewNote {
     pub request_id: Option<String>,
     /// The author; `Some(0)` is "the robot". `None`: the token's user.
     pub created_by: Option<u64>,
+    /// The amoCRM user responsible for it.
     pub responsible_user_id: Option<u64>,
 }
 
@@ -91,10 +93,13 @@ impl NewNote {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct CreatedNote {
     #[serde(deserialize_with = "de::u64_flex")]
+    /// amoCRM's id of this created note.
     pub id: u64,
     #[serde(default, deserialize_with = "de::opt_u64_flex")]
+    /// The lead (or other entity) it is attached to.
     pub entity_id: Option<u64>,
     #[serde(default, deserialize_with = "de::opt_string_or_number")]
+    /// The caller's correlation id: amoCRM echoes it so results can be matched to what was sent.
     pub request_id: Option<String>,
 }
 
@@ -102,8 +107,10 @@ pub struct CreatedNote {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub struct NoteParams {
     #[serde(default, deserialize_with = "de::opt_string_or_number")]
+    /// The text a manager sees.
     pub text: Option<String>,
     #[serde(default, deserialize_with = "de::opt_string_or_number")]
+    /// The service name shown on a service-message note.
     pub service: Option<String>,
 }
 
@@ -111,18 +118,25 @@ pub struct NoteParams {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Note {
     #[serde(deserialize_with = "de::u64_flex")]
+    /// amoCRM's id of this note.
     pub id: u64,
     #[serde(default, deserialize_with = "de::opt_u64_flex")]
+    /// The lead (or other entity) it is attached to.
     pub entity_id: Option<u64>,
     #[serde(default, deserialize_with = "de::null_as_default")]
+    /// amoCRM's note type (`common`, `extended_service_message`, …).
     pub note_type: String,
     #[serde(default, deserialize_with = "de::null_as_default")]
+    /// The type-dependent content (text, service name).
     pub params: NoteParams,
     #[serde(default, deserialize_with = "de::opt_u64_flex")]
+    /// The user who created it.
     pub created_by: Option<u64>,
     #[serde(default, deserialize_with = "de::opt_u64_flex")]
+    /// The amoCRM user responsible for it.
     pub responsible_user_id: Option<u64>,
     #[serde(default, deserialize_with = "de::i64_flex_default")]
+    /// When it was created (Unix seconds).
     pub created_at: i64,
 }
 
@@ -150,8 +164,10 @@ fn texts_by_code(fields: &[FieldValue], code: &str) -> Vec<String> {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub struct ContactLinks {
     #[serde(default, deserialize_with = "de::null_as_default")]
+    /// Leads the contact is linked to (read with `with=leads`).
     pub leads: Vec<LinkedEntity>,
     #[serde(default, deserialize_with = "de::null_as_default")]
+    /// Companies the contact is linked to.
     pub companies: Vec<LinkedEntity>,
 }
 
@@ -159,16 +175,22 @@ pub struct ContactLinks {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct Contact {
     #[serde(deserialize_with = "de::u64_flex")]
+    /// amoCRM's id of this contact.
     pub id: u64,
     #[serde(default, deserialize_with = "de::null_as_default")]
+    /// Name as amoCRM shows it.
     pub name: String,
     #[serde(default, deserialize_with = "de::null_as_default")]
+    /// Given name.
     pub first_name: String,
     #[serde(default, deserialize_with = "de::null_as_default")]
+    /// Family name.
     pub last_name: String,
     #[serde(default, deserialize_with = "de::opt_u64_flex")]
+    /// The amoCRM user responsible for it.
     pub responsible_user_id: Option<u64>,
     #[serde(default, deserialize_with = "de::null_as_default")]
+    /// Custom field values (each names its field by id or code).
     pub custom_fields_values: Vec<FieldValue>,
     /// The contact belongs to an unsorted request not yet accepted.
     #[serde(default, deserialize_with = "de::null_as_default")]
@@ -178,6 +200,7 @@ pub struct Contact {
         rename = "_embedded",
         deserialize_with = "de::null_as_default"
     )]
+    /// Its links, from `_embedded`.
     pub embedded: ContactLinks,
 }
 
@@ -187,10 +210,12 @@ impl Contact {
         texts_by_code(&self.custom_fields_values, code)
     }
 
+    /// The contact's `PHONE` values, as typed in amoCRM.
     pub fn phones(&self) -> Vec<String> {
         self.values_by_code("PHONE")
     }
 
+    /// The contact's `EMAIL` values.
     pub fn emails(&self) -> Vec<String> {
         self.values_by_code("EMAIL")
     }
@@ -204,7 +229,9 @@ impl Contact {
 /// One page of contacts and whether amoCRM announced a next one.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ContactsPage {
+    /// The contacts on this page.
     pub contacts: Vec<Contact>,
+    /// Whether amoCRM links a next page.
     pub has_next: bool,
 }
 
@@ -212,16 +239,22 @@ pub struct ContactsPage {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ContactCreate {
     #[serde(skip_serializing_if = "String::is_empty")]
+    /// Name as amoCRM shows it.
     pub name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Given name.
     pub first_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Family name.
     pub last_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// The amoCRM user responsible for it.
     pub responsible_user_id: Option<u64>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// Custom field values (each names its field by id or code).
     pub custom_fields_values: Vec<FieldValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// The caller's correlation id: amoCRM echoes it so results can be matched to what was sent.
     pub request_id: Option<String>,
 }
 
@@ -240,8 +273,10 @@ impl From<&NewContact> for ContactCreate {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct CreatedContact {
     #[serde(deserialize_with = "de::u64_flex")]
+    /// amoCRM's id of this created contact.
     pub id: u64,
     #[serde(default, deserialize_with = "de::opt_string_or_number")]
+    /// The caller's correlation id: amoCRM echoes it so results can be matched to what was sent.
     pub request_id: Option<String>,
 }
 
@@ -249,12 +284,16 @@ pub struct CreatedContact {
 /// values to keep too ([`ContactUpdate::adding`] does).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ContactUpdate {
+    /// amoCRM's id of this contact update.
     pub id: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Name as amoCRM shows it.
     pub name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// The amoCRM user responsible for it.
     pub responsible_user_id: Option<u64>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// Custom field values (each names its field by id or code).
     pub custom_fields_values: Vec<FieldValue>,
 }
 
@@ -317,8 +356,10 @@ impl ContactUpdate {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub struct UpdatedContact {
     #[serde(deserialize_with = "de::u64_flex")]
+    /// amoCRM's id of this updated contact.
     pub id: u64,
     #[serde(default, deserialize_with = "de::opt_i64_flex")]
+    /// When it last changed (Unix seconds).
     pub updated_at: Option<i64>,
 }
 
@@ -326,12 +367,16 @@ pub struct UpdatedContact {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct Company {
     #[serde(deserialize_with = "de::u64_flex")]
+    /// amoCRM's id of this company.
     pub id: u64,
     #[serde(default, deserialize_with = "de::null_as_default")]
+    /// Name as amoCRM shows it.
     pub name: String,
     #[serde(default, deserialize_with = "de::opt_u64_flex")]
+    /// The amoCRM user responsible for it.
     pub responsible_user_id: Option<u64>,
     #[serde(default, deserialize_with = "de::null_as_default")]
+    /// Custom field values (each names its field by id or code).
     pub custom_fields_values: Vec<FieldValue>,
 }
 
@@ -342,8 +387,10 @@ pub const CATALOG_PRODUCTS: &str = "products";
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Catalog {
     #[serde(deserialize_with = "de::u64_flex")]
+    /// amoCRM's id of this catalog.
     pub id: u64,
     #[serde(default, deserialize_with = "de::null_as_default")]
+    /// Name as amoCRM shows it.
     pub name: String,
     /// `regular`, `invoices` or `products`.
     #[serde(rename = "type", default, deserialize_with = "de::null_as_default")]
@@ -351,6 +398,7 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// Whether this is the account's Products list (found by type, never by its localised name).
     pub fn is_products(&self) -> bool {
         self.type_ == CATALOG_PRODUCTS
     }
@@ -360,12 +408,16 @@ impl Catalog {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct CatalogElement {
     #[serde(deserialize_with = "de::u64_flex")]
+    /// amoCRM's id of this catalog element.
     pub id: u64,
     #[serde(default, deserialize_with = "de::null_as_default")]
+    /// Name as amoCRM shows it.
     pub name: String,
     #[serde(default, deserialize_with = "de::opt_u64_flex")]
+    /// The list (catalog) the element belongs to.
     pub catalog_id: Option<u64>,
     #[serde(default, deserialize_with = "de::null_as_default")]
+    /// Custom field values (each names its field by id or code).
     pub custom_fields_values: Vec<FieldValue>,
     /// Echoed on create.
     #[serde(default, deserialize_with = "de::opt_string_or_number")]
@@ -373,6 +425,7 @@ pub struct CatalogElement {
 }
 
 impl CatalogElement {
+    /// The values of the field with this code (`SKU`, `PRICE`…), as strings.
     pub fn values_by_code(&self, code: &str) -> Vec<String> {
         texts_by_code(&self.custom_fields_values, code)
     }
@@ -393,10 +446,13 @@ impl CatalogElement {
 /// An element to create in a list.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NewCatalogElement {
+    /// Name as amoCRM shows it.
     pub name: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// Custom field values (each names its field by id or code).
     pub custom_fields_values: Vec<FieldValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// The caller's correlation id: amoCRM echoes it so results can be matched to what was sent.
     pub request_id: Option<String>,
 }
 
@@ -425,6 +481,7 @@ impl NewCatalogElement {
         }
     }
 
+    /// Sets the correlation id amoCRM echoes back for this item.
     pub fn with_request_id(mut self, request_id: impl Into<String>) -> Self {
         self.request_id = Some(request_id.into());
         self
@@ -439,6 +496,7 @@ pub const LINK_CATALOG_ELEMENTS: &str = "catalog_elements";
 pub struct NewLink {
     /// The lead.
     pub entity_id: u64,
+    /// The linked entity (a contact, company or list element).
     pub to_entity_id: u64,
     /// [`LINK_CATALOG_ELEMENTS`] or `contacts`.
     pub to_entity_type: String,
@@ -494,10 +552,13 @@ fn quantity_json(q: f64) -> Value {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 pub struct LinkMetadata {
     #[serde(default, deserialize_with = "opt_f64_flex")]
+    /// How many of the element the lead holds.
     pub quantity: Option<f64>,
     #[serde(default, deserialize_with = "de::opt_u64_flex")]
+    /// The list (catalog) the element belongs to.
     pub catalog_id: Option<u64>,
     #[serde(default)]
+    /// Whether the contact is the lead's main contact.
     pub main_contact: Option<bool>,
 }
 
@@ -505,14 +566,19 @@ pub struct LinkMetadata {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct EntityLink {
     #[serde(default, deserialize_with = "de::opt_u64_flex")]
+    /// The lead (or other entity) it is attached to.
     pub entity_id: Option<u64>,
     #[serde(default, deserialize_with = "de::null_as_default")]
+    /// Entity type it is attached to (`leads`, `contacts`, `companies`).
     pub entity_type: String,
     #[serde(deserialize_with = "de::u64_flex")]
+    /// The linked entity (a contact, company or list element).
     pub to_entity_id: u64,
     #[serde(default, deserialize_with = "de::null_as_default")]
+    /// Type of the linked entity (`contacts`, `companies`, `catalog_elements`).
     pub to_entity_type: String,
     #[serde(default, deserialize_with = "de::null_as_default")]
+    /// Extra data amoCRM keeps with it.
     pub metadata: LinkMetadata,
 }
 
@@ -539,15 +605,20 @@ pub fn unconfirmed_links(sent: &[NewLink], read: &[EntityLink]) -> Vec<NewLink> 
 /// One product on a lead (`with=catalog_elements`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LinkedElement {
+    /// amoCRM's id of this linked element.
     pub id: u64,
+    /// How many of the element the lead holds.
     pub quantity: Option<f64>,
+    /// The list (catalog) the element belongs to.
     pub catalog_id: Option<u64>,
 }
 
 /// A lead's products.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LeadProducts {
+    /// The lead it concerns.
     pub lead_id: u64,
+    /// List elements linked to the lead.
     pub elements: Vec<LinkedElement>,
 }
 
@@ -599,8 +670,10 @@ impl From<RawLeadProducts> for LeadProducts {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub struct UserRights {
     #[serde(default, deserialize_with = "de::null_as_default")]
+    /// Whether the user may still sign in; an inactive user's tokens are refused with 403.
     pub is_active: bool,
     #[serde(default, deserialize_with = "de::null_as_default")]
+    /// Whether the user administers the account (needed for admin-only routes such as `GET users`).
     pub is_admin: bool,
 }
 
@@ -608,12 +681,16 @@ pub struct UserRights {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct User {
     #[serde(deserialize_with = "de::u64_flex")]
+    /// amoCRM's id of this user.
     pub id: u64,
     #[serde(default, deserialize_with = "de::null_as_default")]
+    /// Name as amoCRM shows it.
     pub name: String,
     #[serde(default, deserialize_with = "de::null_as_default")]
+    /// E-mail address.
     pub email: String,
     #[serde(default, deserialize_with = "de::null_as_default")]
+    /// What the user may do in the account.
     pub rights: UserRights,
 }
 
@@ -623,6 +700,7 @@ impl User {
         self.rights.is_active
     }
 
+    /// Whether the user is an administrator.
     pub fn is_admin(&self) -> bool {
         self.rights.is_admin
     }
@@ -636,19 +714,24 @@ pub const TASK_TYPE_MEETING: u64 = 2;
 /// A task to create; `text` and `complete_till` are required by amoCRM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NewTask {
+    /// The text a manager sees.
     pub text: String,
     /// Unix seconds.
     pub complete_till: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// The lead (or other entity) it is attached to.
     pub entity_id: Option<u64>,
     /// `leads`, `contacts` or `companies`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub entity_type: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// The amoCRM user responsible for it.
     pub responsible_user_id: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Task type (1 call, 2 meeting, or an account's own type).
     pub task_type_id: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// The caller's correlation id: amoCRM echoes it so results can be matched to what was sent.
     pub request_id: Option<String>,
 }
 
@@ -671,8 +754,10 @@ impl NewTask {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct CreatedTask {
     #[serde(deserialize_with = "de::u64_flex")]
+    /// amoCRM's id of this created task.
     pub id: u64,
     #[serde(default, deserialize_with = "de::opt_string_or_number")]
+    /// The caller's correlation id: amoCRM echoes it so results can be matched to what was sent.
     pub request_id: Option<String>,
 }
 
@@ -680,49 +765,65 @@ pub struct CreatedTask {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Task {
     #[serde(deserialize_with = "de::u64_flex")]
+    /// amoCRM's id of this task.
     pub id: u64,
     #[serde(default, deserialize_with = "de::null_as_default")]
+    /// The text a manager sees.
     pub text: String,
     #[serde(default, deserialize_with = "de::i64_flex_default")]
+    /// Deadline (Unix seconds); amoCRM requires one.
     pub complete_till: i64,
     #[serde(default, deserialize_with = "de::opt_u64_flex")]
+    /// The lead (or other entity) it is attached to.
     pub entity_id: Option<u64>,
     #[serde(default)]
+    /// Entity type it is attached to (`leads`, `contacts`, `companies`).
     pub entity_type: Option<String>,
     #[serde(default, deserialize_with = "de::opt_u64_flex")]
+    /// The amoCRM user responsible for it.
     pub responsible_user_id: Option<u64>,
     #[serde(default, deserialize_with = "de::opt_u64_flex")]
+    /// Task type (1 call, 2 meeting, or an account's own type).
     pub task_type_id: Option<u64>,
     #[serde(default, deserialize_with = "de::null_as_default")]
+    /// Whether the task is done.
     pub is_completed: bool,
 }
 
 /// A web form's `metadata` for an unsorted request (all but `referer` and `ip` required by amoCRM).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FormMetadata {
+    /// The form's id in the caller's system, shown in the request's source.
     pub form_id: String,
+    /// The form's name, shown to the manager who sorts the request.
     pub form_name: String,
     /// The page the form was sent from (a URL).
     pub form_page: String,
     /// Unix seconds.
     pub form_sent_at: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// The page the form was sent from.
     pub referer: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// The sender's IP address, as the form saw it.
     pub ip: Option<String>,
 }
 
 /// A contact inside a request: an existing one by id, or a new one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EmbeddedContact {
+    /// A contact that already exists, by id.
     Existing(u64),
+    /// A contact to create with the request.
     New(NewContact),
 }
 
 /// A company inside a request: an existing one by id, or a new one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EmbeddedCompany {
+    /// A company that already exists, by id.
     Existing(u64),
+    /// A company to create with the request.
     New(NewCompany),
 }
 
@@ -747,9 +848,13 @@ impl EmbeddedCompany {
 /// The lead of an unsorted request (its status is always the incoming stage).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UnsortedLead {
+    /// Name as amoCRM shows it.
     pub name: String,
+    /// Sale value in whole currency units.
     pub price: Option<i64>,
+    /// Custom field values (each names its field by id or code).
     pub custom_fields_values: Vec<FieldValue>,
+    /// Tags shown on the lead.
     pub tags: Vec<String>,
 }
 
@@ -757,6 +862,7 @@ pub struct UnsortedLead {
 /// manager accepts it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewUnsortedForm {
+    /// The caller's correlation id: amoCRM echoes it so results can be matched to what was sent.
     pub request_id: String,
     /// Shown as the request's source, e.g. the marketplace's name.
     pub source_name: String,
@@ -764,10 +870,15 @@ pub struct NewUnsortedForm {
     pub source_uid: String,
     /// `None`: the main pipeline. The pipeline must have incoming leads turned on.
     pub pipeline_id: Option<u64>,
+    /// When it was created (Unix seconds).
     pub created_at: Option<i64>,
+    /// Extra data amoCRM keeps with it.
     pub metadata: FormMetadata,
+    /// The lead the request becomes once accepted.
     pub lead: UnsortedLead,
+    /// The buyer, existing or new.
     pub contact: Option<EmbeddedContact>,
+    /// The buyer's company, existing or new.
     pub company: Option<EmbeddedCompany>,
 }
 
@@ -831,14 +942,23 @@ fn ids(list: &[LinkedEntity]) -> Vec<u64> {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(from = "RawUnsorted")]
 pub struct Unsorted {
+    /// The unsorted request's id (a string, not a number).
     pub uid: String,
+    /// The caller's correlation id: amoCRM echoes it so results can be matched to what was sent.
     pub request_id: Option<String>,
+    /// The caller's id of the source the request came from.
     pub source_uid: Option<String>,
+    /// Name of that source.
     pub source_name: Option<String>,
+    /// Request category (`forms` for these).
     pub category: Option<String>,
+    /// The pipeline it belongs to.
     pub pipeline_id: Option<u64>,
+    /// Linked leads.
     pub lead_ids: Vec<u64>,
+    /// Linked contacts.
     pub contact_ids: Vec<u64>,
+    /// Companies created or linked with the request.
     pub company_ids: Vec<u64>,
 }
 
@@ -891,6 +1011,7 @@ impl From<RawUnsorted> for Unsorted {
 /// id (instead of creating one), responsible users, and filing the lead as an unsorted web-form request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ComplexLeadItem {
+    /// The lead, its new contact and company.
     pub lead: ComplexLead,
     /// Attach this existing contact (`_embedded.contacts: [{"id"}]`); `lead.contact` is then not sent.
     pub contact_id: Option<u64>,

@@ -19,11 +19,19 @@ pub enum ApiError {
     Unauthorized,
     /// 429: wait at least `retry_after` before the next request to this account.
     #[error("amoCRM rate limit hit (429), retry after {retry_after:?}")]
-    RateLimited { retry_after: Duration },
+    RateLimited {
+        /// How long amoCRM asked to wait.
+        retry_after: Duration,
+    },
     /// Nothing was changed: 5xx (`status` set) or a connection that failed before the request was sent.
     /// Safe to retry with backoff.
     #[error("amoCRM temporarily unavailable ({})", .status.map_or_else(|| reason.clone(), |s| format!("HTTP {s}")))]
-    Transient { status: Option<u16>, reason: String },
+    Transient {
+        /// The 5xx status, `None` for a connection that failed before sending.
+        status: Option<u16>,
+        /// What failed, for logs.
+        reason: String,
+    },
     /// A timeout or a dropped connection after the request may have reached amoCRM: a create may have happened.
     /// Look the object up before sending the create again. For reads and idempotent moves it is simply a
     /// failure worth retrying with backoff.
@@ -32,8 +40,11 @@ pub enum ApiError {
     /// 400/422 and other 4xx: amoCRM refused the request; resending it unchanged will fail again.
     #[error("amoCRM refused the request (HTTP {status}): {detail}")]
     Rejected {
+        /// HTTP status of the refusal.
         status: u16,
+        /// amoCRM's explanation.
         detail: String,
+        /// Per-item validation errors, when amoCRM sent them.
         validation: Vec<ValidationError>,
     },
     /// 404: the object or route does not exist (for example a pipeline deleted in amoCRM).
@@ -46,7 +57,10 @@ pub enum ApiError {
     /// routes such as `GET users`) the user is not an administrator. Kept apart from [`Self::Rejected`]
     /// because the account, not the request, is what is refused: the caller decides which it means.
     #[error("amoCRM refused access (403): {detail}")]
-    Forbidden { detail: String },
+    Forbidden {
+        /// amoCRM's explanation (`Account is blocked`, …).
+        detail: String,
+    },
     /// A success status with a body we could not read. For a create this is as unsafe as [`Self::Ambiguous`].
     #[error("amoCRM response could not be decoded: {0}")]
     Decode(String),
@@ -102,8 +116,10 @@ impl ApiError {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 pub struct ValidationError {
     #[serde(default, deserialize_with = "crate::models::de::opt_string_or_number")]
+    /// The caller's correlation id: amoCRM echoes it so results can be matched to what was sent.
     pub request_id: Option<String>,
     #[serde(default)]
+    /// The refused fields.
     pub errors: Vec<FieldError>,
 }
 
@@ -111,10 +127,13 @@ pub struct ValidationError {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 pub struct FieldError {
     #[serde(default)]
+    /// amoCRM's error code (`NotSupported`, `InvalidType`…).
     pub code: String,
     #[serde(default)]
+    /// Where in the item the field is (`custom_fields_values.0.values`).
     pub path: String,
     #[serde(default)]
+    /// amoCRM's human-readable explanation.
     pub detail: String,
 }
 

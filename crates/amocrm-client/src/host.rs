@@ -62,20 +62,28 @@ impl Default for AllowedDomains {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HostError {
     #[error("account host is empty")]
+    /// Nothing was given.
     Empty,
     #[error("account host is too long")]
+    /// Longer than a DNS name may be.
     TooLong,
     #[error("account host contains a character other than a-z, 0-9, '-' and '.'")]
+    /// A character outside `a-z 0-9 - .`.
     InvalidCharacter,
     #[error("account subdomain is not a valid DNS label")]
+    /// The subdomain is not a valid DNS label.
     InvalidLabel,
     #[error("account host is not one label followed by an allowed domain")]
+    /// Not one label followed by an allowed domain.
     DomainNotAllowed,
     #[error("account subdomain {0:?} is reserved and never an account")]
+    /// A subdomain amoCRM uses itself (`www`, `api-b`…), never an account.
     Reserved(String),
     #[error("allowed domain {0:?} is not a plain domain name")]
+    /// An allowed-domain entry that is not a plain domain name.
     InvalidAllowedDomain(String),
     #[error("host is not an amoCRM API host (api-*.{{allowed domain}})")]
+    /// Not an `api-*` host of an allowed domain.
     NotAnApiHost,
 }
 

@@ -9,12 +9,16 @@ use serde_json::{Value, json};
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Account {
     #[serde(deserialize_with = "de::u64_flex")]
+    /// amoCRM's id of this account.
     pub id: u64,
     #[serde(default)]
+    /// Name as amoCRM shows it.
     pub name: String,
     #[serde(default)]
+    /// The account's subdomain (`sellerone` for `sellerone.amocrm.ru`).
     pub subdomain: String,
     #[serde(default)]
+    /// The account's currency code (`RUB`, `UZS`…).
     pub currency: Option<String>,
 }
 
@@ -23,23 +27,31 @@ pub struct Account {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct AccountDomain {
     #[serde(deserialize_with = "de::u64_flex")]
+    /// amoCRM's id of this account domain.
     pub id: u64,
     #[serde(default)]
+    /// The account's subdomain (`sellerone` for `sellerone.amocrm.ru`).
     pub subdomain: String,
     /// The account host, e.g. `newname.amocrm.ru`.
     #[serde(default)]
     pub domain: String,
     #[serde(default)]
+    /// `ru` or `com`, which decides the consent page and API domain to use.
     pub top_level_domain: String,
 }
 
 /// A pipeline with its statuses (system statuses 142/143 included, as amoCRM returns them).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Pipeline {
+    /// amoCRM's id of this pipeline.
     pub id: u64,
+    /// Name as amoCRM shows it.
     pub name: String,
+    /// Position among its siblings (lower comes first).
     pub sort: i64,
+    /// Whether this is the account's main pipeline (or main contact).
     pub is_main: bool,
+    /// Its stages, in order.
     pub statuses: Vec<Status>,
 }
 
@@ -47,16 +59,22 @@ pub struct Pipeline {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Status {
     #[serde(deserialize_with = "de::u64_flex")]
+    /// amoCRM's id of this status.
     pub id: u64,
     #[serde(default)]
+    /// Name as amoCRM shows it.
     pub name: String,
     #[serde(default, deserialize_with = "de::null_as_default")]
+    /// Position among its siblings (lower comes first).
     pub sort: i64,
     #[serde(default)]
+    /// Stage colour as a `#rrggbb` string.
     pub color: Option<String>,
     #[serde(rename = "type", default, deserialize_with = "de::null_as_default")]
+    /// 1 for the incoming (unsorted) stage, 0 otherwise.
     pub type_: i64,
     #[serde(default, deserialize_with = "de::opt_u64_flex")]
+    /// The pipeline it belongs to.
     pub pipeline_id: Option<u64>,
 }
 
@@ -109,8 +127,11 @@ impl From<RawPipeline> for Pipeline {
 /// A pipeline to create with its own stages (amoCRM adds the incoming stage, 142 and 143 itself).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewPipeline {
+    /// Name as amoCRM shows it.
     pub name: String,
+    /// Position among its siblings (lower comes first).
     pub sort: Option<i64>,
+    /// Its stages, in order.
     pub statuses: Vec<NewStatus>,
 }
 
@@ -119,11 +140,15 @@ pub struct NewPipeline {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NewStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// amoCRM's id of this new status.
     pub id: Option<u64>,
+    /// Name as amoCRM shows it.
     pub name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Position among its siblings (lower comes first).
     pub sort: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Stage colour as a `#rrggbb` string.
     pub color: Option<String>,
 }
 
@@ -158,25 +183,34 @@ impl NewPipeline {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct CustomField {
     #[serde(deserialize_with = "de::u64_flex")]
+    /// amoCRM's id of this custom field.
     pub id: u64,
     #[serde(default)]
+    /// Name as amoCRM shows it.
     pub name: String,
     #[serde(rename = "type", default)]
+    /// Field type (`text`, `select`, `multitext`…).
     pub type_: String,
     #[serde(default)]
+    /// The field's code (`PHONE`, `EMAIL`, `SKU`…): stable across accounts, unlike ids.
     pub code: Option<String>,
     #[serde(default, deserialize_with = "de::null_as_default")]
+    /// Whether only integrations may edit the field (hidden from managers' edit forms).
     pub is_api_only: bool,
 }
 
 /// A lead custom field to create; `type_` e.g. `text`, `url`, `numeric`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NewCustomField {
+    /// Name as amoCRM shows it.
     pub name: String,
     #[serde(rename = "type")]
+    /// Field type (`text`, `select`, `multitext`…).
     pub type_: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// The field's code (`PHONE`, `EMAIL`, `SKU`…): stable across accounts, unlike ids.
     pub code: Option<String>,
+    /// Whether only integrations may edit the field (hidden from managers' edit forms).
     pub is_api_only: bool,
 }
 
@@ -188,14 +222,19 @@ pub struct FieldValue {
         skip_serializing_if = "Option::is_none",
         deserialize_with = "de::opt_u64_flex"
     )]
+    /// Field id in this account.
     pub field_id: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Field code, when it has one.
     pub field_code: Option<String>,
     #[serde(default, skip_serializing)]
+    /// Field name as the account shows it.
     pub field_name: Option<String>,
     #[serde(default, skip_serializing)]
+    /// Field type (`text`, `numeric`, `multitext`, `select`, …).
     pub field_type: Option<String>,
     #[serde(default, deserialize_with = "de::null_as_default")]
+    /// The field's values (multitext fields hold several).
     pub values: Vec<FieldValueItem>,
 }
 
@@ -203,14 +242,17 @@ pub struct FieldValue {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct FieldValueItem {
     #[serde(default)]
+    /// The value: a string for most types, a number or boolean for some.
     pub value: Value,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         deserialize_with = "de::opt_u64_flex"
     )]
+    /// The chosen option's id (select fields, `WORK`/`MOB` of multitext fields).
     pub enum_id: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The chosen option's code (`WORK`, `MOB`…).
     pub enum_code: Option<String>,
 }
 
@@ -276,23 +318,34 @@ impl FieldValue {
 /// A lead for `POST /api/v4/leads/complex`, with at most one contact and one company.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ComplexLead {
+    /// Name as amoCRM shows it.
     pub name: String,
+    /// Sale value in whole currency units.
     pub price: i64,
+    /// The pipeline it belongs to.
     pub pipeline_id: u64,
+    /// The pipeline stage.
     pub status_id: u64,
     /// Our correlation id (the order id); amoCRM echoes it in [`ComplexLeadResult::request_id`].
     pub request_id: String,
+    /// Custom field values (each names its field by id or code).
     pub custom_fields_values: Vec<FieldValue>,
+    /// Tags shown on the lead.
     pub tags: Vec<String>,
+    /// A new contact created and linked with the lead.
     pub contact: Option<NewContact>,
+    /// A new company created and linked with the lead.
     pub company: Option<NewCompany>,
 }
 
 /// The buyer: phone and email go into the `PHONE`/`EMAIL` multitext fields with enum `WORK`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewContact {
+    /// Name as amoCRM shows it.
     pub name: String,
+    /// Phone number, stored under `PHONE` with enum `WORK`.
     pub phone: Option<String>,
+    /// E-mail address.
     pub email: Option<String>,
 }
 
@@ -325,6 +378,7 @@ impl NewContact {
 /// The buyer's company.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewCompany {
+    /// Name as amoCRM shows it.
     pub name: String,
 }
 
@@ -368,14 +422,19 @@ impl ComplexLead {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct ComplexLeadResult {
     #[serde(deserialize_with = "de::u64_flex")]
+    /// amoCRM's id of this complex lead result.
     pub id: u64,
     #[serde(default, deserialize_with = "de::opt_u64_flex")]
+    /// The contact created with the lead.
     pub contact_id: Option<u64>,
     #[serde(default, deserialize_with = "de::opt_u64_flex")]
+    /// Linked company, if any.
     pub company_id: Option<u64>,
     #[serde(default, deserialize_with = "de::string_list")]
+    /// The caller's correlation id: amoCRM echoes it so results can be matched to what was sent.
     pub request_id: Vec<String>,
     #[serde(default, deserialize_with = "de::null_as_default")]
+    /// Whether amoCRM's duplicate control merged the lead into an existing one.
     pub merged: bool,
 }
 
@@ -384,8 +443,11 @@ pub struct ComplexLeadResult {
 pub struct LeadQuery {
     /// amoCRM's full-text `query` (matches names and field values, e.g. an order number).
     pub query: Option<String>,
+    /// Only these lead ids (empty: no id filter).
     pub ids: Vec<u64>,
+    /// The pipeline it belongs to.
     pub pipeline_id: Option<u64>,
+    /// Page number, from 1.
     pub page: Option<u32>,
     /// At most 250 (amoCRM's limit); larger values are clamped.
     pub limit: Option<u32>,
@@ -422,20 +484,28 @@ impl LeadQuery {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct Lead {
     #[serde(deserialize_with = "de::u64_flex")]
+    /// amoCRM's id of this lead.
     pub id: u64,
     #[serde(default, deserialize_with = "de::null_as_default")]
+    /// Name as amoCRM shows it.
     pub name: String,
     #[serde(default, deserialize_with = "de::i64_flex_default")]
+    /// Sale value in whole currency units.
     pub price: i64,
     #[serde(default, deserialize_with = "de::opt_u64_flex")]
+    /// The pipeline it belongs to.
     pub pipeline_id: Option<u64>,
     #[serde(default, deserialize_with = "de::opt_u64_flex")]
+    /// The pipeline stage.
     pub status_id: Option<u64>,
     #[serde(default, deserialize_with = "de::null_as_default")]
+    /// Custom field values (each names its field by id or code).
     pub custom_fields_values: Vec<FieldValue>,
     #[serde(default, deserialize_with = "de::i64_flex_default")]
+    /// When it last changed (Unix seconds).
     pub updated_at: i64,
     #[serde(default, deserialize_with = "de::i64_flex_default")]
+    /// When it was created (Unix seconds).
     pub created_at: i64,
     /// Linked contacts (only when read `with=contacts`) and companies.
     #[serde(
@@ -450,8 +520,10 @@ pub struct Lead {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub struct LeadLinks {
     #[serde(default, deserialize_with = "de::null_as_default")]
+    /// Contacts linked to the lead.
     pub contacts: Vec<LinkedEntity>,
     #[serde(default, deserialize_with = "de::null_as_default")]
+    /// Companies linked to the lead.
     pub companies: Vec<LinkedEntity>,
 }
 
@@ -459,8 +531,10 @@ pub struct LeadLinks {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct LinkedEntity {
     #[serde(deserialize_with = "de::u64_flex")]
+    /// amoCRM's id of this linked entity.
     pub id: u64,
     #[serde(default)]
+    /// Whether this is the account's main pipeline (or main contact).
     pub is_main: bool,
 }
 
@@ -493,8 +567,11 @@ impl Lead {
 /// A stage move for `PATCH /api/v4/leads`: statuses 142/143 exist in every pipeline, so both ids are sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct LeadUpdate {
+    /// amoCRM's id of this lead update.
     pub id: u64,
+    /// The pipeline it belongs to.
     pub pipeline_id: u64,
+    /// The pipeline stage.
     pub status_id: u64,
 }
 
@@ -502,8 +579,10 @@ pub struct LeadUpdate {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub struct UpdatedLead {
     #[serde(deserialize_with = "de::u64_flex")]
+    /// amoCRM's id of this updated lead.
     pub id: u64,
     #[serde(default, deserialize_with = "de::opt_i64_flex")]
+    /// When it last changed (Unix seconds).
     pub updated_at: Option<i64>,
 }
 
@@ -511,14 +590,19 @@ pub struct UpdatedLead {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Webhook {
     #[serde(deserialize_with = "de::u64_flex")]
+    /// amoCRM's id of this webhook.
     pub id: u64,
     #[serde(default)]
+    /// The URL webhooks are posted to.
     pub destination: String,
     #[serde(default, deserialize_with = "de::string_list")]
+    /// The events the destination is subscribed to (`add_lead`, `status_lead`, …).
     pub settings: Vec<String>,
     #[serde(default, deserialize_with = "de::null_as_default")]
+    /// Whether amoCRM stopped sending to it after repeated failures.
     pub disabled: bool,
     #[serde(default, deserialize_with = "de::opt_i64_flex")]
+    /// Position among its siblings (lower comes first).
     pub sort: Option<i64>,
 }
 

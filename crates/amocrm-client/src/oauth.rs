@@ -30,10 +30,13 @@ const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(86_400);
 /// A fresh token pair. `Debug` shows no token.
 #[derive(Clone, Debug)]
 pub struct TokenSet {
+    /// The access token sent as `Authorization: Bearer`.
     pub access_token: SecretString,
+    /// The refresh token (single-use: each refresh returns a new one).
     pub refresh_token: SecretString,
     /// When the access token expires, by our clock (`now + expires_in` at receipt).
     pub expires_at: DateTime<Utc>,
+    /// What the access token says about itself (account, API domain, expiry).
     pub claims: TokenClaims,
 }
 
@@ -42,12 +45,16 @@ pub struct TokenSet {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct TokenClaims {
     #[serde(default, deserialize_with = "crate::models::de::opt_u64_flex")]
+    /// The amoCRM account id.
     pub account_id: Option<u64>,
     #[serde(default)]
+    /// The API host to call for this account (`api-b.amocrm.ru`).
     pub api_domain: Option<String>,
     #[serde(default)]
+    /// The account's base domain (`amocrm.ru`, `kommo.com`).
     pub base_domain: Option<String>,
     #[serde(default, deserialize_with = "crate::models::de::opt_i64_flex")]
+    /// Expiry (Unix seconds).
     pub exp: Option<i64>,
 }
 
@@ -77,14 +84,21 @@ pub enum OAuthError {
     /// misconfigured. Terminal: do not retry with the same grant.
     #[error("amoCRM refused the token request (HTTP {status}){}", .hint.as_deref().map(|h| format!(": {h}")).unwrap_or_default())]
     Rejected {
+        /// HTTP status of the refusal.
         status: u16,
+        /// amoCRM's `hint` (`Authorization code has been revoked`, …).
         hint: Option<String>,
+        /// amoCRM's `title`.
         title: Option<String>,
+        /// amoCRM's `detail`.
         detail: Option<String>,
     },
     /// 429: wait before trying again.
     #[error("amoCRM rate limit hit on the token endpoint, retry after {retry_after:?}")]
-    RateLimited { retry_after: Duration },
+    RateLimited {
+        /// How long amoCRM asked to wait.
+        retry_after: Duration,
+    },
     /// 5xx, network error or timeout: retry later with the same grant (amoCRM's grace rule keeps the old refresh
     /// token valid until the new one is used).
     #[error("amoCRM token endpoint temporarily unavailable: {0}")]

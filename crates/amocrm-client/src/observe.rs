@@ -23,7 +23,9 @@ pub struct CallRecord<'a> {
     /// Method and path with ids replaced by `{id}`, e.g. `PATCH /api/v4/leads`, `GET /api/v4/leads/{id}`,
     /// `POST /oauth2/access_token`: a small, fixed set, safe as a metric label.
     pub endpoint: &'a str,
+    /// How the call ended.
     pub outcome: CallOutcome,
+    /// How long the call took, queueing in the limiter excluded.
     pub elapsed: Duration,
 }
 

@@ -32,12 +32,19 @@ pub struct WebhookPayload {
 /// What happened to a lead.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum LeadAction {
+    /// `leads[add]`: a lead was created.
     Add,
+    /// `leads[update]`: fields changed.
     Update,
+    /// `leads[status]`: moved to another stage or pipeline.
     Status,
+    /// `leads[delete]`: deleted.
     Delete,
+    /// `leads[responsible]`: the responsible user changed.
     Responsible,
+    /// `leads[note]`: a note was added to the lead.
     Note,
+    /// `leads[restore]`: restored from the bin.
     Restore,
     /// An action this parser does not know (kept so nothing is silently dropped).
     Other(String),
@@ -82,13 +89,21 @@ impl fmt::Display for LeadAction {
 /// For `note`, `lead_id` is the note's `element_id`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeadEvent {
+    /// What happened to the lead.
     pub action: LeadAction,
+    /// The lead it concerns.
     pub lead_id: u64,
+    /// The pipeline stage.
     pub status_id: Option<u64>,
+    /// The stage before a move (`status` events).
     pub old_status_id: Option<u64>,
+    /// The pipeline it belongs to.
     pub pipeline_id: Option<u64>,
+    /// The pipeline before a move between pipelines.
     pub old_pipeline_id: Option<u64>,
+    /// Sale value in whole currency units.
     pub price: Option<i64>,
+    /// Name as amoCRM shows it.
     pub name: Option<String>,
     /// `last_modified` (or `updated_at`), unix seconds.
     pub last_modified: Option<i64>,
@@ -101,27 +116,41 @@ pub struct LeadEvent {
 /// A non-lead entity event: `entity` is `contact`, `company`, `task`, `unsorted` …
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OtherEntityEvent {
+    /// Entity kind (`contact`, `company`, `task`, `unsorted`…).
     pub entity: String,
+    /// The event (`add`, `update`, `delete`…).
     pub action: String,
+    /// amoCRM's id of this other entity event.
     pub id: Option<u64>,
     /// A contact's `PHONE` values (v2 `custom_fields` with `code`), as typed in amoCRM.
     pub phones: Vec<String>,
     /// A contact's `EMAIL` values.
     pub emails: Vec<String>,
+    /// The amoCRM user responsible for it.
     pub responsible_user_id: Option<u64>,
 }
 
 /// Why a body is not an amoCRM webhook.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WebhookParseError {
+    /// Larger than the caller's limit: refused before parsing, so a huge body costs nothing.
     #[error("webhook body larger than {limit} bytes")]
-    TooLarge { limit: usize },
+    TooLarge {
+        /// The size limit in bytes.
+        limit: usize,
+    },
     #[error("webhook body is not a bracket form: {0}")]
+    /// Not a form-encoded body (the parser's message).
     Malformed(String),
     #[error("body carries no account and no entity")]
+    /// A form body with no entity events in it.
     NotAWebhook,
+    /// An id field that is not a number.
     #[error("webhook field {path} is not a valid id")]
-    InvalidField { path: String },
+    InvalidField {
+        /// The bracket path of the unreadable field.
+        path: String,
+    },
 }
 
 /// Parses a webhook body of at most [`MAX_BODY_BYTES`].

@@ -77,10 +77,13 @@ pub const MAX_PAGE: usize = 250;
 
 /// An API request as the handlers need it.
 pub struct ApiRequest<'a> {
+    /// HTTP method (`GET`, `POST`…).
     pub method: &'a str,
     /// Path after `/api/v4/`, without a trailing slash.
     pub path: &'a str,
+    /// The raw query string.
     pub query: &'a str,
+    /// The raw request body.
     pub body: &'a [u8],
 }
 
@@ -308,12 +311,14 @@ pub struct Query {
 }
 
 impl Query {
+    /// Splits a raw query string into decoded pairs.
     pub fn parse(q: &str) -> Self {
         Self {
             pairs: serde_urlencoded::from_str(q).unwrap_or_default(),
         }
     }
 
+    /// The first value of `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.pairs
             .iter()
@@ -339,6 +344,7 @@ impl Query {
             .collect()
     }
 
+    /// The numeric ids listed under `base`, `base[]` or `base[N]`.
     pub fn ids(&self, base: &str) -> Vec<u64> {
         self.list(base)
             .iter()
@@ -367,6 +373,7 @@ impl Query {
         groups.into_values().collect()
     }
 
+    /// The `with` list (`contacts`, `catalog_elements`…), comma-separated or repeated.
     pub fn with(&self) -> Vec<String> {
         self.list("with")
     }
@@ -2057,13 +2064,21 @@ impl Cx<'_> {
 
 /// A change to one lead.
 pub struct Patch {
+    /// Name as amoCRM shows it.
     pub name: Option<String>,
+    /// Sale value in whole currency units.
     pub price: Option<i64>,
+    /// The pipeline it belongs to.
     pub pipeline_id: u64,
+    /// The pipeline stage.
     pub status_id: u64,
+    /// The new responsible user.
     pub responsible: Option<u64>,
+    /// Custom field values to set.
     pub fields: Option<Vec<FieldValues>>,
+    /// Tags shown on the lead.
     pub tags: Option<Vec<Tag>>,
+    /// When the lead was won or lost (Unix seconds).
     pub closed_at: Option<i64>,
 }
 

@@ -83,8 +83,11 @@ pub const DEFAULT_ACCOUNTS: [&str; 3] = [
 /// One registered amoCRM integration (what the "Integrations" settings page holds).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Integration {
+    /// The integration's client id.
     pub client_id: String,
+    /// The integration's client secret.
     pub client_secret: String,
+    /// The integration's redirect URI; amoCRM requires it to match exactly.
     pub redirect_uri: String,
     /// The "hook to disable integration" URL; `None`: no uninstall hook is sent.
     #[serde(default)]
@@ -92,6 +95,7 @@ pub struct Integration {
 }
 
 impl Integration {
+    /// An integration without an uninstall hook.
     pub fn new(
         client_id: impl Into<String>,
         client_secret: impl Into<String>,

@@ -865,6 +865,7 @@ impl SandboxHandle {
         self.shared.lock().log.clear();
     }
 
+    /// Request and outcome counters of one account.
     pub fn counters(&self, host: &str) -> Counters {
         self.shared.counters(host)
     }
@@ -874,30 +875,35 @@ impl SandboxHandle {
         self.shared.total_counters()
     }
 
+    /// The account's leads.
     pub fn leads(&self, host: &str) -> Vec<Lead> {
         self.shared
             .with_account(host, |a| a.leads.values().cloned().collect())
             .unwrap_or_default()
     }
 
+    /// One lead, if it exists.
     pub fn lead(&self, host: &str, id: u64) -> Option<Lead> {
         self.shared
             .with_account(host, |a| a.leads.get(&id).cloned())
             .flatten()
     }
 
+    /// The account's contacts.
     pub fn contacts(&self, host: &str) -> Vec<Contact> {
         self.shared
             .with_account(host, |a| a.contacts.values().cloned().collect())
             .unwrap_or_default()
     }
 
+    /// The account's companies.
     pub fn companies(&self, host: &str) -> Vec<Company> {
         self.shared
             .with_account(host, |a| a.companies.values().cloned().collect())
             .unwrap_or_default()
     }
 
+    /// The account's pipelines with their stages.
     pub fn pipelines(&self, host: &str) -> Vec<Pipeline> {
         self.shared
             .with_account(host, |a| a.pipelines.values().cloned().collect())
@@ -1003,6 +1009,7 @@ impl SandboxHandle {
         self.shared.add_lead_field(host, name, type_, &options)
     }
 
+    /// The account's lists (catalogs), Products included when on.
     pub fn catalogs(&self, host: &str) -> Vec<Catalog> {
         self.shared
             .with_account(host, |a| a.catalogs.values().cloned().collect())
@@ -1023,12 +1030,14 @@ impl SandboxHandle {
             .unwrap_or_default()
     }
 
+    /// The account's notes.
     pub fn notes(&self, host: &str) -> Vec<Note> {
         self.shared
             .with_account(host, |a| a.notes.values().cloned().collect())
             .unwrap_or_default()
     }
 
+    /// The account's tasks.
     pub fn tasks(&self, host: &str) -> Vec<Task> {
         self.shared
             .with_account(host, |a| a.tasks.values().cloned().collect())

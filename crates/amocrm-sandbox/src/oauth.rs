@@ -14,9 +14,13 @@ use crate::tokens::{self, Claims};
 /// The parameters of an authorize URL (`/oauth?client_id&state&mode&redirect_uri`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuthorizeParams {
+    /// The integration's client id.
     pub client_id: String,
+    /// The caller's CSRF state, returned unchanged in the redirect.
     pub state: Option<String>,
+    /// `popup` or `post_message`; both answer with the same redirect here.
     pub mode: Option<String>,
+    /// The integration's redirect URI; amoCRM requires it to match exactly.
     pub redirect_uri: Option<String>,
 }
 
@@ -31,6 +35,7 @@ impl AuthorizeParams {
         Self::from_pairs(&form_pairs(query))
     }
 
+    /// Reads the parameters from a decoded query or form.
     pub fn from_pairs(pairs: &HashMap<String, String>) -> Self {
         let get = |k: &str| pairs.get(k).filter(|v| !v.is_empty()).cloned();
         Self {
@@ -54,10 +59,13 @@ pub fn form_pairs(s: &str) -> HashMap<String, String> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConsentError {
     #[error("unknown client_id {0:?}")]
+    /// No integration has this client id.
     UnknownClient(String),
     #[error("redirect_uri does not match the integration's redirect URI")]
+    /// The `redirect_uri` sent is not the integration's.
     RedirectMismatch,
     #[error("invalid account host {0:?}")]
+    /// The account host is not a valid host.
     BadHost(String),
 }
 
@@ -129,7 +137,9 @@ pub fn mint_code(st: &mut State, client_id: &str, host: &str) -> String {
 /// A token-endpoint refusal: HTTP status and amoCRM's `hint`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenError {
+    /// HTTP status of the answer.
     pub status: StatusCode,
+    /// amoCRM's hint on what to change.
     pub hint: &'static str,
 }
 
@@ -143,11 +153,17 @@ fn refuse(hint: &'static str) -> TokenError {
 /// Fields of a token request (JSON or form).
 #[derive(Debug, Default)]
 pub struct TokenRequest {
+    /// `authorization_code` or `refresh_token`.
     pub grant_type: Option<String>,
+    /// The integration's client id.
     pub client_id: Option<String>,
+    /// The integration's client secret.
     pub client_secret: Option<String>,
+    /// The integration's redirect URI; amoCRM requires it to match exactly.
     pub redirect_uri: Option<String>,
+    /// The authorization code (for `authorization_code`).
     pub code: Option<String>,
+    /// The refresh token (single-use: each refresh returns a new one).
     pub refresh_token: Option<String>,
 }
 
@@ -193,8 +209,11 @@ impl TokenRequest {
 /// Which grant a token request was, for counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Grant {
+    /// `authorization_code`.
     Code,
+    /// `refresh_token`.
     Refresh,
+    /// Anything else (refused).
     Other,
 }
 

@@ -15,6 +15,7 @@ pub fn random_hex(n: usize) -> String {
     hex(&bytes)
 }
 
+/// Lower-case hex of the bytes (token and code bodies).
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
@@ -52,13 +53,19 @@ pub fn opaque() -> String {
 
 /// Claims put into an access token.
 pub struct Claims<'a> {
+    /// The integration's client id.
     pub client_id: &'a str,
+    /// The user the token acts as (`sub`).
     pub user_id: u64,
+    /// The amoCRM account id.
     pub account_id: u64,
+    /// The account host (`sellerone.amocrm.ru`).
     pub host: &'a str,
     /// The API host the token names (`api-b.amocrm.ru`).
     pub api_domain: &'a str,
+    /// Issue time (Unix seconds).
     pub iat: i64,
+    /// Expiry (Unix seconds).
     pub exp: i64,
 }
 
