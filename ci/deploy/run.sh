@@ -58,8 +58,9 @@ fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 if [ -z "${DEPLOY_SKIP_BUILD:-}" ]; then
-  log "cargo build --bin amocrm-connector --bin amocrm-sandbox (target dir $TARGET)"
-  cargo build -q --bin amocrm-connector --bin amocrm-sandbox
+  log "cargo build of amocrm-connector and amocrm-sandbox (target dir $TARGET)"
+  cargo build -q --bin amocrm-connector
+  cargo build -q -p amocrm-sandbox --bin amocrm-sandbox
 fi
 BIN="$TARGET/debug/amocrm-connector"
 SANDBOX_BIN="$TARGET/debug/amocrm-sandbox"
