@@ -217,15 +217,13 @@ fn run(cli: Cli) -> Result<(), String> {
             settings.require_keys().map_err(one_line)?;
             settings.require_platforms().map_err(one_line)?;
             // What this process runs with, secrets redacted by `Settings`' Debug: the first line to read
-            // when an instance behaves unlike its peers.
-            tracing::info!(
-                version = env!("CARGO_PKG_VERSION"),
-                config = ?settings,
-                "starting"
-            );
+            // when an instance behaves unlike its peers. Logged once it started, so a start that fails
+            // stays one line.
+            let config = format!("{settings:?}");
             let rt = runtime()?;
             let result = rt.block_on(async move {
                 let app = Application::build(settings).await.map_err(one_line)?;
+                tracing::info!(version = env!("CARGO_PKG_VERSION"), config, "starting");
                 tracing::info!(port = app.port(), "serving");
                 app.run_until_stopped().await.map_err(one_line)
             });
