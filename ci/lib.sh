@@ -57,3 +57,38 @@ file_has() { grep -qE "$2" "$1" 2>/dev/null; }
 
 # pyj FILE 'python expression over d': d is the parsed JSON file; strings print bare, the rest as JSON.
 pyj() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); v=eval(sys.argv[2]); print(v if isinstance(v,str) else json.dumps(v))' "$1" "$2"; }
+
+# The service's `demo` (SQLite and the bundled sandbox) from $BIN, on free ports, its data in $WORK/demo:
+# registered as `demo`; BASE (its URL) and API_KEY are set once its banner and secrets are written.
+start_demo() {
+  local log="$WORK/demo.${PROC_LOG_EXT:-log}"
+  : >"$log" # made before the background start opens it: read at once below
+  (cd "$WORK" && exec "$BIN" demo --data-dir "$WORK/demo" --port 0 --sandbox-port 0) >"$log" 2>&1 &
+  started demo $!
+  wait_for 60 "demo to start (its banner and secrets)" demo_ready
+  API_KEY=$(pyj "$WORK/demo/demo-secrets.json" 'd["api_key"]')
+}
+demo_ready() {
+  BASE=$(sed -n 's#.*API reference: \(http://127\.0\.0\.1:[0-9]*\)/api/v1/docs.*#\1#p' "$WORK/demo.${PROC_LOG_EXT:-log}" | head -n1)
+  [ -n "$BASE" ] && [ -s "$WORK/demo/demo-secrets.json" ]
+}
+
+# finish RC LOG...: stops everything started; after a failure prints the tails of the LOG files that exist and
+# keeps $WORK, else removes it (unless KEEP_WORK is set).
+finish() {
+  local rc=$1 f
+  shift
+  stop_all
+  if [ "$rc" -ne 0 ]; then
+    for f in "$@"; do
+      [ -f "$f" ] || continue
+      echo "----- tail of $f" >&2
+      tail -n 25 "$f" | cut -c1-400 >&2
+    done
+    echo "[$CHECK_NAME] logs kept in $WORK" >&2
+  elif [ -n "${KEEP_WORK:-}" ]; then
+    echo "[$CHECK_NAME] logs kept in $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+}

@@ -106,18 +106,7 @@ on_exit() {
     psql "$PGURL" -qX -v ON_ERROR_STOP=1 -c "DROP DATABASE IF EXISTS \"$DBNAME\" WITH (FORCE)" >/dev/null 2>&1 ||
       echo "[deploy] could not drop database $DBNAME" >&2
   fi
-  if [ "$rc" -ne 0 ]; then
-    for f in "$WORK"/*.log "$WORK"/nginx/*.log; do
-      [ -f "$f" ] || continue
-      echo "----- tail of $f" >&2
-      tail -n 20 "$f" | cut -c1-400 >&2
-    done
-    echo "[deploy] logs kept in $WORK" >&2
-  elif [ -n "${KEEP_WORK:-}" ]; then
-    echo "[deploy] logs kept in $WORK"
-  else
-    rm -rf "$WORK"
-  fi
+  finish "$rc" "$WORK"/*.log "$WORK"/nginx/*.log
   exit "$rc"
 }
 trap on_exit EXIT

@@ -47,34 +47,24 @@ promtool test rules "$MON/alerts_test.yml"
 
 # ---- 2. a running demo ------------------------------------------------------------------------------------
 WORK=$(mktemp -d)
-DEMO_PID=
-cleanup() {
-  if [ -n "$DEMO_PID" ] && kill -0 "$DEMO_PID" 2>/dev/null; then
-    kill "$DEMO_PID" 2>/dev/null || true
-    # Bounded: the demo's SHUTDOWN_TIMEOUT is 5 s; do not hang CI on a stuck process.
-    for _ in $(seq 100); do kill -0 "$DEMO_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$DEMO_PID" 2>/dev/null || true
-    wait "$DEMO_PID" 2>/dev/null || true
-  fi
-  if [ -n "${MONITORING_KEEP:-}" ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
+CHECK_NAME=monitoring
+PROC_LOG_EXT=out
+DEADLINE_AT=$((SECONDS + 90))
+fail() { echo "FAIL: $*" >&2; exit 1; }
+# shellcheck source=ci/lib.sh
+source "$ROOT/ci/lib.sh"
+on_exit() {
+  local rc=$?
+  trap - EXIT
+  KEEP_WORK=${MONITORING_KEEP:-} finish "$rc" "$WORK/demo.out"
+  exit "$rc"
 }
-trap cleanup EXIT
+trap on_exit EXIT
 trap 'exit 130' INT TERM
 
 step "starting demo"
-: >"$WORK/demo.out" # made before the background start opens it: read below right away
-(cd "$WORK" && exec "$BIN" demo --data-dir "$WORK/demo" --port 0 --sandbox-port 0) >"$WORK/demo.out" 2>&1 &
-DEMO_PID=$!
-BASE=
-deadline=$((SECONDS + 60))
-while [ $SECONDS -lt $deadline ]; do
-  BASE=$(sed -n 's#.*API reference: \(http://127\.0\.0\.1:[0-9]*\)/api/v1/docs.*#\1#p' "$WORK/demo.out" | head -n1)
-  [ -n "$BASE" ] && [ -s "$WORK/demo/demo-secrets.json" ] && break
-  kill -0 "$DEMO_PID" 2>/dev/null || { cat "$WORK/demo.out"; echo "FAIL: demo exited" >&2; exit 1; }
-  sleep 0.1
-done
-[ -n "$BASE" ] || { cat "$WORK/demo.out"; echo "FAIL: demo did not start within 60 s" >&2; exit 1; }
-KEY=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["api_key"])' "$WORK/demo/demo-secrets.json")
+start_demo
+KEY=$API_KEY
 echo "demo at $BASE"
 
 # The demo sets no METRICS_TOKEN; a service that does gets it from the environment.
@@ -85,7 +75,6 @@ TOKEN_ARGS=()
 step "traffic"
 c() { curl -sS --max-time 10 "$@"; }
 api() { c -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' "$@"; }
-fail() { echo "FAIL: $*" >&2; tail -n 40 "$WORK/demo.out" >&2; exit 1; }
 
 # http_requests_total / http_request_duration_seconds
 api -o /dev/null -w 'GET /api/v1/connections -> %{http_code}\n' "$BASE/api/v1/connections"

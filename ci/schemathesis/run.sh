@@ -31,25 +31,23 @@ if [ "${1:-}" != --inside ]; then
 fi
 
 WORK=$(mktemp -d)
-DEMO_PID=
-cleanup() {
-  [ -n "$DEMO_PID" ] && kill "$DEMO_PID" 2>/dev/null && wait "$DEMO_PID" 2>/dev/null
-  if [ -n "${SCHEMATHESIS_KEEP:-}" ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
+CHECK_NAME=schemathesis
+DEADLINE_AT=$((SECONDS + 60))
+fail() {
+  echo "[schemathesis] FAIL: $*" >&2
+  exit 1
 }
-trap cleanup EXIT
-
-: >"$WORK/demo.out" # made before the background start opens it: read below right away
-(cd "$WORK" && exec "$BIN" demo --data-dir "$WORK/demo" --port 0 --sandbox-port 0) >"$WORK/demo.out" 2>&1 &
-DEMO_PID=$!
-BASE=
-for _ in $(seq 600); do
-  BASE=$(sed -n 's#.*API reference: \(http://127\.0\.0\.1:[0-9]*\)/api/v1/docs.*#\1#p' "$WORK/demo.out" | head -n1)
-  [ -n "$BASE" ] && [ -s "$WORK/demo/demo-secrets.json" ] && break
-  kill -0 "$DEMO_PID" 2>/dev/null || { cat "$WORK/demo.out"; echo "demo exited" >&2; exit 1; }
-  sleep 0.1
-done
-[ -n "$BASE" ] || { cat "$WORK/demo.out"; echo "demo did not start within 60 s" >&2; exit 1; }
-KEY=$("$tools/bin/python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["api_key"])' "$WORK/demo/demo-secrets.json")
+# shellcheck source=ci/lib.sh
+source "$ROOT/ci/lib.sh"
+on_exit() {
+  local rc=$?
+  trap - EXIT
+  KEEP_WORK=${SCHEMATHESIS_KEEP:-} finish "$rc" "$WORK/demo.log"
+  exit "$rc"
+}
+trap on_exit EXIT
+start_demo
+KEY=$API_KEY
 
 # The run's own report files stay in the temp dir; the console report is what CI shows.
 cd "$WORK"

@@ -55,19 +55,7 @@ source "$ROOT/ci/lib.sh"
 on_exit() {
   local rc=$?
   trap - EXIT INT TERM
-  stop_all
-  if [ "$rc" -ne 0 ]; then
-    for f in "$WORK"/*.out "$WORK"/*.jsonl; do
-      [ -f "$f" ] || continue
-      echo "----- tail of $f" >&2
-      tail -n 25 "$f" | cut -c1-400 >&2
-    done
-    echo "[receivers] logs kept in $WORK" >&2
-  elif [ -n "${KEEP_WORK:-}" ]; then
-    echo "[receivers] logs kept in $WORK"
-  else
-    rm -rf "$WORK"
-  fi
+  finish "$rc" "$WORK"/*.out "$WORK"/*.jsonl
   exit "$rc"
 }
 trap on_exit EXIT
@@ -104,8 +92,6 @@ started python $!
 
 # ---- the service: `demo` on SQLite with the bundled sandbox, in its own temp dir, on free ports ---------
 # `demo` sets WEBHOOK_ALLOWED_HOSTS=127.0.0.1 itself, so loopback receivers may be subscribed.
-(cd "$WORK" && exec "$BIN" demo --data-dir "$WORK/demo" --port 0 --sandbox-port 0) >"$WORK/demo.out" 2>&1 &
-started demo $!
 
 for r in node python; do
   wait_for 15 "the $r receiver to listen" file_has "$WORK/$r.out" '^listening on http://'
@@ -113,9 +99,7 @@ for r in node python; do
   curl -fsS --max-time 5 "${URL[$r]}/health" >/dev/null || fail "$r receiver does not answer /health"
   log "$r receiver at ${URL[$r]}"
 done
-wait_for 60 "demo to start (its banner)" file_has "$WORK/demo.out" 'API reference: http://127\.0\.0\.1:[0-9]+/api/v1/docs'
-BASE=$(sed -n 's#.*API reference: \(http://127\.0\.0\.1:[0-9]*\)/api/v1/docs.*#\1#p' "$WORK/demo.out" | head -n1)
-API_KEY=$(pyj "$WORK/demo/demo-secrets.json" 'd["api_key"]')
+start_demo
 log "demo at $BASE"
 
 # ---- one subscription per receiver, each with its own known secret ---------------------------------------
