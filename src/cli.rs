@@ -39,9 +39,10 @@ pub enum Command {
         /// Where the demo keeps its database and generated secrets.
         #[arg(long, default_value = "data/demo")]
         data_dir: std::path::PathBuf,
-        /// The service's port on 127.0.0.1 (another free port if taken).
-        #[arg(long, default_value_t = 8080)]
-        port: u16,
+        /// The service's port on 127.0.0.1 (another free port if taken; 0 picks one). Default: the port of
+        /// `LISTEN_ADDR` when it is set, else 8080. The demo listens on 127.0.0.1 only: it prints its secrets.
+        #[arg(long)]
+        port: Option<u16>,
         /// The sandbox's port on 127.0.0.1 (another free port if taken).
         #[arg(long, default_value_t = 9090)]
         sandbox_port: u16,
@@ -205,6 +206,25 @@ fn settings() -> Result<Settings, String> {
     Settings::from_env(&ProcessEnv).map_err(|e| e.to_string())
 }
 
+/// The demo's port from `LISTEN_ADDR` (8080 without it). Its host is not used: the demo prints an API key and
+/// an admin password, so it listens on 127.0.0.1 only, and says so when asked for another address.
+fn demo_port(listen_addr: Option<&str>) -> Result<u16, String> {
+    let Some(raw) = listen_addr.filter(|s| !s.trim().is_empty()) else {
+        return Ok(8080);
+    };
+    let addr: std::net::SocketAddr = raw
+        .trim()
+        .parse()
+        .map_err(|_| format!("LISTEN_ADDR: `{raw}` is not an address such as 127.0.0.1:8080"))?;
+    if !addr.ip().is_loopback() {
+        eprintln!(
+            "note: the demo listens on 127.0.0.1 only (it prints its secrets); LISTEN_ADDR's port {} is used",
+            addr.port()
+        );
+    }
+    Ok(addr.port())
+}
+
 fn one_line(e: impl std::fmt::Display) -> String {
     e.to_string().replace('\n', " ")
 }
@@ -238,6 +258,10 @@ fn run(cli: Cli) -> Result<(), String> {
         } => {
             // The demo is configured by its own folder only: a `.env` meant for `serve` is not read.
             crate::telemetry::init_with_default(config::LogFormat::Pretty, "warn");
+            let port = match port {
+                Some(p) => p,
+                None => demo_port(std::env::var("LISTEN_ADDR").ok().as_deref())?,
+            };
             let rt = runtime()?;
             let result = rt.block_on(crate::demo::run(crate::demo::DemoOptions {
                 data_dir,
@@ -411,5 +435,14 @@ mod tests {
     fn refresh_is_a_subcommand() {
         let cli = Cli::try_parse_from(["amocrm-connector", "refresh"]);
         assert!(matches!(cli.map(|c| c.command), Ok(Some(Command::Refresh))));
+    }
+
+    #[test]
+    fn the_demo_takes_its_port_from_listen_addr_and_keeps_to_loopback() {
+        assert_eq!(demo_port(None), Ok(8080));
+        assert_eq!(demo_port(Some("")), Ok(8080));
+        assert_eq!(demo_port(Some("127.0.0.1:18081")), Ok(18081));
+        assert_eq!(demo_port(Some("0.0.0.0:18082")), Ok(18082));
+        assert!(demo_port(Some("not an address")).is_err());
     }
 }

@@ -8,6 +8,7 @@ pub mod demo_receiver;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod home;
 pub mod limits;
 pub mod metrics;
 pub mod oauth;
@@ -29,7 +30,8 @@ use error::ApiError;
 /// The whole route table, in one place. Each path is one resource carrying all its methods, so another
 /// method gets 405 with `Allow` (see [`method_not_allowed`]) rather than a 404.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/health").get(health::health));
+    cfg.service(web::resource("/").get(home::home))
+        .service(web::resource("/health").get(health::health));
 
     // Seller pages, the OAuth callback, amoCRM's uninstall hook, the external cron's /refresh.
     cfg.service(web::resource("/connect/{token}").get(pages::connect_page))
@@ -176,7 +178,5 @@ async fn api_not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
 
 /// Non-API paths that match nothing.
 pub async fn page_not_found() -> HttpResponse {
-    HttpResponse::NotFound()
-        .content_type("text/plain; charset=utf-8")
-        .body("Not found")
+    home::not_found().await
 }

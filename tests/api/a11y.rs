@@ -138,6 +138,8 @@ async fn the_dashboard_has_no_serious_accessibility_violations() {
     connect_seller(&app, "seller-a11y", "sellerone.amocrm.ru").await;
     crate::dashboard::seed_failed_connection(&app, "seller-broken").await;
     let pages: Vec<(String, String)> = [
+        "/",
+        "/no-such-page",
         "/dashboard",
         "/dashboard/connections",
         "/dashboard/connections/seller-a11y",

@@ -170,11 +170,54 @@ async fn a_key_over_its_hourly_budget_gets_429_with_retry_after() {
 }
 
 #[tokio::test]
-async fn non_api_paths_that_match_nothing_are_plain_404s() {
+async fn non_api_paths_that_match_nothing_are_404_pages_with_the_ways_in() {
     let app = spawn_app().await;
     let resp = app.get("/nothing").await;
     assert_eq!(resp.status().as_u16(), 404);
     assert!(resp.headers().get("x-request-id").is_some());
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("Page not found"), "{body}");
+    for link in ["/api/v1/docs", "/dashboard", "/health"] {
+        assert!(
+            body.contains(&format!("href=\"{link}\"")),
+            "{link} in {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_root_is_a_landing_page_whose_links_all_answer() {
+    let app = spawn_app().await;
+    let resp = app.get("/").await;
+    assert_eq!(resp.status().as_u16(), 200);
+    let body = resp.text().await.unwrap();
+    let links: Vec<&str> = body
+        .split("href=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    assert_eq!(links, ["/api/v1/docs", "/dashboard", "/health"], "{body}");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for link in links {
+        let status = http
+            .get(app.url(link))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        // The dashboard sends a visitor who has not signed in to its sign-in page.
+        assert!(matches!(status, 200 | 303), "{link} answered {status}");
+    }
 }
 
 /// Every operation of the served document as (method, path with sample values for its parameters).
