@@ -92,3 +92,16 @@ finish() {
     rm -rf "$WORK"
   fi
 }
+
+# authorize_link FILE: the sandbox consent link ({sandbox}/oauth?client_id&state&mode) on a saved connect page.
+authorize_link() {
+  python3 - "$1" <<'PY'
+import html, re, sys
+page = open(sys.argv[1], encoding="utf-8").read()
+for href in re.findall(r'href="([^"]+)"', page):
+    href = html.unescape(href)
+    if re.search(r"/oauth\?.*client_id=", href):
+        print(href)
+        break
+PY
+}

@@ -347,16 +347,7 @@ CONNECT_URL=$(pyj "$WORK/resp.json" 'd["data"]["connect_url"]')
 case "$CONNECT_URL" in "$PUBLIC"/connect/*) ;; *) fail "connect_url is not on PUBLIC_BASE_URL: $CONNECT_URL" ;; esac
 curl -fsS --max-time 10 -c "$WORK/cookies" -b "$WORK/cookies" -o "$WORK/connect.html" "$CONNECT_URL" ||
   fail "the connect page did not load through nginx"
-AUTHORIZE=$(python3 - "$WORK/connect.html" <<'PY'
-import html, re, sys
-page = open(sys.argv[1], encoding="utf-8").read()
-for href in re.findall(r'href="([^"]+)"', page):
-    href = html.unescape(href)
-    if re.search(r"/oauth\?.*client_id=", href):
-        print(href)
-        break
-PY
-)
+AUTHORIZE=$(authorize_link "$WORK/connect.html")
 case "$AUTHORIZE" in "$SANDBOX"/oauth\?*) ;; *) fail "no sandbox authorize link on the connect page: '$AUTHORIZE'" ;; esac
 FORM=$(python3 - "$AUTHORIZE" "$ACCOUNT" <<'PY'
 import sys

@@ -118,16 +118,7 @@ CONNECT_URL=$(pyj "$WORK/resp.json" 'd["data"]["connect_url"]')
 curl -fsS --max-time 10 -c "$WORK/cookies" -b "$WORK/cookies" -o "$WORK/connect.html" "$CONNECT_URL" ||
   fail "the connect page did not load"
 # The page's button leads to the sandbox's consent page: {sandbox}/oauth?client_id&state&mode.
-AUTHORIZE=$(python3 - "$WORK/connect.html" <<'PY'
-import html, re, sys
-page = open(sys.argv[1], encoding="utf-8").read()
-for href in re.findall(r'href="([^"]+)"', page):
-    href = html.unescape(href)
-    if re.search(r"/oauth\?.*client_id=", href):
-        print(href)
-        break
-PY
-)
+AUTHORIZE=$(authorize_link "$WORK/connect.html")
 [ -n "$AUTHORIZE" ] || fail "no authorize link on the connect page"
 SANDBOX=${AUTHORIZE%%/oauth\?*}
 # Press "Allow" for one seeded account: the consent form posts client_id, state, mode, account, decision.

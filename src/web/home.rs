@@ -34,15 +34,20 @@ fn links() -> Vec<(&'static str, &'static str, &'static str)> {
     ]
 }
 
+/// A page without scripts: its own styles only, never framed.
+pub fn static_html(status: StatusCode, body: String) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .insert_header((
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+        ))
+        .body(body)
+}
+
 fn page(status: StatusCode, home: Home) -> HttpResponse {
     match home.render() {
-        Ok(body) => HttpResponse::build(status)
-            .content_type("text/html; charset=utf-8")
-            .insert_header((
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
-            ))
-            .body(body),
+        Ok(body) => static_html(status, body),
         Err(e) => {
             tracing::error!(error = %e, "home page");
             HttpResponse::build(status)

@@ -983,13 +983,7 @@ pub async fn docs_page() -> HttpResponse {
         schemas,
     };
     match page.render() {
-        Ok(body) => HttpResponse::build(StatusCode::OK)
-            .content_type("text/html; charset=utf-8")
-            .insert_header((
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
-            ))
-            .body(body),
+        Ok(body) => crate::web::home::static_html(StatusCode::OK, body),
         Err(e) => {
             tracing::error!(error = %e, "docs page");
             HttpResponse::InternalServerError().finish()
