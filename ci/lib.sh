@@ -105,3 +105,9 @@ for href in re.findall(r'href="([^"]+)"', page):
         break
 PY
 }
+
+# finish_on_exit LOG...: on exit, whatever the cause, `finish` with the exit status and these logs.
+finish_on_exit() {
+  FINISH_LOGS=("$@")
+  trap 'rc=$?; trap - EXIT; finish "$rc" "${FINISH_LOGS[@]}"; exit "$rc"' EXIT
+}

@@ -53,13 +53,8 @@ DEADLINE_AT=$((SECONDS + 90))
 fail() { echo "FAIL: $*" >&2; exit 1; }
 # shellcheck source=ci/lib.sh
 source "$ROOT/ci/lib.sh"
-on_exit() {
-  local rc=$?
-  trap - EXIT
-  KEEP_WORK=${MONITORING_KEEP:-} finish "$rc" "$WORK/demo.out"
-  exit "$rc"
-}
-trap on_exit EXIT
+KEEP_WORK=${MONITORING_KEEP:-}
+finish_on_exit "$WORK/demo.out"
 trap 'exit 130' INT TERM
 
 step "starting demo"

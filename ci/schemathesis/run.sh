@@ -39,13 +39,8 @@ fail() {
 }
 # shellcheck source=ci/lib.sh
 source "$ROOT/ci/lib.sh"
-on_exit() {
-  local rc=$?
-  trap - EXIT
-  KEEP_WORK=${SCHEMATHESIS_KEEP:-} finish "$rc" "$WORK/demo.log"
-  exit "$rc"
-}
-trap on_exit EXIT
+KEEP_WORK=${SCHEMATHESIS_KEEP:-}
+finish_on_exit "$WORK/demo.log"
 start_demo
 KEY=$API_KEY
 

@@ -1,7 +1,7 @@
 //! What every use case needs, built once by `app` and handed to the web layer and the workers alike.
 //!
 //! It lives here, below the web layer, so that services never reach up into `app` or `web`: `app` only wires
-//! a `Context` together, `web` wraps it for actix, and workers take it as an `Arc`.
+//! a `Context` together, `web` wraps it for its HTTP server, and workers take it as an `Arc`.
 
 use std::sync::Arc;
 

@@ -1,4 +1,4 @@
-//! Use cases of the connector. No actix types here: the web layer and the workers call these.
+//! Use cases of the connector. No HTTP-framework types here: the web layer and the workers call these.
 
 pub mod api_keys;
 pub mod context;
