@@ -8,7 +8,7 @@ use crate::domain::events::EventKind;
 use crate::domain::ids::SellerId;
 use crate::domain::status::DeliveryState;
 use crate::services::subscriptions::rfc3339;
-use crate::storage::deliveries::{DeliveryRow, DeliveryView};
+use crate::storage::deliveries::{DeliveryRow, DeliveryView, Redelivered, Redrive};
 use crate::storage::events::{Cursor, EventRow};
 use crate::storage::{self, Db, StorageError};
 
@@ -203,12 +203,29 @@ pub struct Redelivery {
     pub deliveries: Vec<DeliveryInfo>,
 }
 
-/// Re-drives an event: failed (and delivered) deliveries are due again with a fresh schedule, and active
-/// subscriptions that want it but have no delivery get one.
+/// Re-drives an event. Without a subscription, its failed deliveries are due again with a fresh schedule
+/// (a receiver that already has the event gets nothing more), and active subscriptions that want it but
+/// have no delivery get one. With one, only the delivery to that subscription is sent again, whatever it
+/// reached. Earlier attempts stay in each delivery's attempt log.
 #[tracing::instrument(skip(db))]
-pub async fn redeliver(db: &Db, event_id: &str) -> Result<Redelivery, EventsError> {
-    let found = db.deliveries().redeliver(event_id, storage::now()).await?;
-    let (ev, rows) = found.ok_or(EventsError::NotFound("event"))?;
+pub async fn redeliver(
+    db: &Db,
+    event_id: &str,
+    subscription_id: Option<&str>,
+) -> Result<Redelivery, EventsError> {
+    let which = match subscription_id.filter(|s| !s.is_empty()) {
+        None => Redrive::Failed,
+        Some(s) => Redrive::To(s.to_owned()),
+    };
+    let (ev, rows) = match db.deliveries().redeliver(event_id, which, storage::now()).await? {
+        Redelivered::Done(ev, rows) => (ev, rows),
+        Redelivered::NoEvent => return Err(EventsError::NotFound("event")),
+        Redelivered::NoDelivery => {
+            return Err(EventsError::NotFound(
+                "delivery of this event to that subscription",
+            ));
+        }
+    };
     Ok(Redelivery {
         deliveries: rows
             .iter()

@@ -5,7 +5,9 @@ use chrono::NaiveDateTime;
 use diesel::dsl::count_star;
 use diesel::prelude::*;
 
-use super::schema::{amocrm_connections, event_deliveries, events, orders, webhook_subscriptions};
+use super::schema::{
+    amocrm_connections, delivery_attempts, event_deliveries, events, orders, webhook_subscriptions,
+};
 use super::{AnyConnection, Db, StorageError};
 use crate::domain::status::DeliveryState;
 
@@ -104,7 +106,7 @@ pub struct EventView {
     pub created_at: NaiveDateTime,
 }
 
-#[derive(Debug, Clone, Queryable)]
+#[derive(Debug, Clone)]
 pub struct DeliveryView {
     pub id: i64,
     pub event_seq: i64,
@@ -116,6 +118,8 @@ pub struct DeliveryView {
     pub last_error: Option<String>,
     pub next_attempt_at: NaiveDateTime,
     pub delivered_at: Option<NaiveDateTime>,
+    /// Every attempt ever made, across redeliveries (`attempts` restarts at each redelivery).
+    pub attempts_ever: i64,
 }
 
 /// Newest events first; with `failed_only`, only events with a failed delivery.
@@ -144,12 +148,24 @@ pub fn events(
     Ok((rows, total))
 }
 
-/// The deliveries of these events, with their subscription's URL.
+/// The deliveries of these events, with their subscription's URL and how many attempts each ever had.
 pub fn deliveries_of(
     conn: &mut AnyConnection,
     seqs: &[i64],
 ) -> Result<Vec<DeliveryView>, StorageError> {
-    Ok(event_deliveries::table
+    type Row = (
+        i64,
+        i64,
+        String,
+        String,
+        DeliveryState,
+        i32,
+        Option<i32>,
+        Option<String>,
+        NaiveDateTime,
+        Option<NaiveDateTime>,
+    );
+    let rows: Vec<Row> = event_deliveries::table
         .inner_join(webhook_subscriptions::table)
         .filter(event_deliveries::event_seq.eq_any(seqs))
         .order(event_deliveries::id.asc())
@@ -165,7 +181,32 @@ pub fn deliveries_of(
             event_deliveries::next_attempt_at,
             event_deliveries::delivered_at,
         ))
-        .load(conn)?)
+        .load(conn)?;
+    let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    let counts: Vec<(i64, i64)> = delivery_attempts::table
+        .filter(delivery_attempts::delivery_id.eq_any(&ids))
+        .group_by(delivery_attempts::delivery_id)
+        .select((delivery_attempts::delivery_id, count_star()))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| DeliveryView {
+            attempts_ever: counts
+                .iter()
+                .find(|(id, _)| *id == r.0)
+                .map_or(0, |(_, n)| *n),
+            id: r.0,
+            event_seq: r.1,
+            subscription_id: r.2,
+            url: r.3,
+            state: r.4,
+            attempts: r.5,
+            last_status: r.6,
+            last_error: r.7,
+            next_attempt_at: r.8,
+            delivered_at: r.9,
+        })
+        .collect())
 }
 
 #[derive(Debug, Clone)]

@@ -337,39 +337,63 @@ pub fn for_event(
         .load(conn)?)
 }
 
-/// Re-drives one event: its finished deliveries (failed or delivered) become pending and due now with a
-/// fresh retry schedule, and active subscriptions that want the event but never got a delivery row (created
-/// after it) get one. Deliveries still pending are left as they are.
+/// Which deliveries of an event a redelivery re-drives.
+#[derive(Debug, Clone)]
+pub enum Redrive {
+    /// Its failed deliveries, and a first delivery to each active subscription that wants the event but was
+    /// created after it. A receiver that already has the event gets nothing more.
+    Failed,
+    /// The one delivery to this subscription, whatever it reached (an operator asks for a copy again), or a
+    /// first one when the subscription is active, wants the event and never had it.
+    To(String),
+}
+
+/// Re-drives one event as `which` says: the chosen deliveries become pending and due now with a fresh retry
+/// schedule; their earlier attempts stay in `delivery_attempts`. Deliveries still pending are left as they
+/// are. `None` when `which` names a subscription that has no delivery of the event and cannot get one.
 pub fn redeliver(
     conn: &mut AnyConnection,
     event_seq: i64,
     seller_id: &str,
     event_name: &str,
+    which: &Redrive,
     now: NaiveDateTime,
-) -> Result<Vec<DeliveryRow>, StorageError> {
+) -> Result<Option<Vec<DeliveryRow>>, StorageError> {
     conn.transaction(|c| {
-        diesel::update(
-            d::table
-                .filter(d::event_seq.eq(event_seq))
-                .filter(d::state.ne(DeliveryState::Pending)),
-        )
-        .set((
-            d::state.eq(DeliveryState::Pending),
-            d::attempts.eq(0),
-            d::next_attempt_at.eq(now),
-            d::lease_owner.eq(None::<String>),
-            d::lease_until.eq(None::<NaiveDateTime>),
-            d::updated_at.eq(now),
-        ))
-        .execute(c)?;
+        let mut finished = d::table
+            .filter(d::event_seq.eq(event_seq))
+            .filter(d::state.ne(DeliveryState::Pending))
+            .into_boxed();
+        finished = match which {
+            Redrive::Failed => finished.filter(d::state.eq(DeliveryState::Failed)),
+            Redrive::To(sub) => finished.filter(d::subscription_id.eq(sub.clone())),
+        };
+        let ids: Vec<i64> = finished.select(d::id).load(c)?;
+        diesel::update(d::table.filter(d::id.eq_any(&ids)))
+            .set((
+                d::state.eq(DeliveryState::Pending),
+                d::attempts.eq(0),
+                d::next_attempt_at.eq(now),
+                d::last_status.eq(None::<i32>),
+                d::last_error.eq(None::<String>),
+                d::lease_owner.eq(None::<String>),
+                d::lease_until.eq(None::<NaiveDateTime>),
+                d::updated_at.eq(now),
+            ))
+            .execute(c)?;
         let have: Vec<String> = d::table
             .filter(d::event_seq.eq(event_seq))
             .select(d::subscription_id)
             .load(c)?;
-        let subs: Vec<(String, String)> = webhook_subscriptions::table
+        let mut subs = webhook_subscriptions::table
             .filter(webhook_subscriptions::active.eq(true))
             .select((webhook_subscriptions::id, webhook_subscriptions::events))
-            .load(c)?;
+            .into_boxed();
+        if let Redrive::To(sub) = which {
+            subs = subs.filter(webhook_subscriptions::id.eq(sub.clone()));
+        }
+        let subs: Vec<(String, String)> = subs.load(c)?;
+        let mut added = false;
         for (sub_id, wanted) in subs {
             if have.contains(&sub_id) || !super::events::subscription_wants(&wanted, event_name) {
                 continue;
@@ -386,8 +410,15 @@ pub fn redeliver(
                     d::updated_at.eq(now),
                 ))
                 .execute(c)?;
+            added = true;
         }
-        for_event(c, event_seq)
+        if let Redrive::To(sub) = which
+            && !added
+            && !have.contains(sub)
+        {
+            return Ok(None);
+        }
+        for_event(c, event_seq).map(Some)
     })
 }
 
@@ -415,18 +446,32 @@ pub fn next_due(conn: &mut AnyConnection) -> Result<Option<NaiveDateTime>, Stora
         .first(conn)?)
 }
 
-/// [`redeliver`] for an event named by id, in one transaction; `None` when there is no such event.
+/// What became of a redelivery asked by event id.
+#[derive(Debug)]
+pub enum Redelivered {
+    Done(super::events::EventRow, Vec<DeliveryRow>),
+    NoEvent,
+    /// The named subscription has no delivery of the event and cannot get one.
+    NoDelivery,
+}
+
+/// [`redeliver`] for an event named by id, in one transaction.
 pub fn redeliver_event(
     conn: &mut AnyConnection,
     event_id: &str,
+    which: &Redrive,
     now: NaiveDateTime,
-) -> Result<Option<(super::events::EventRow, Vec<DeliveryRow>)>, StorageError> {
+) -> Result<Redelivered, StorageError> {
     conn.transaction(|c| {
         let Some(ev) = super::events::find_by_id(c, event_id)? else {
-            return Ok(None);
+            return Ok(Redelivered::NoEvent);
         };
-        let rows = redeliver(c, ev.seq, &ev.seller_id, &ev.event, now)?;
-        Ok(Some((ev, rows)))
+        Ok(
+            match redeliver(c, ev.seq, &ev.seller_id, &ev.event, which, now)? {
+                Some(rows) => Redelivered::Done(ev, rows),
+                None => Redelivered::NoDelivery,
+            },
+        )
     })
 }
 
@@ -460,10 +505,13 @@ impl Deliveries<'_> {
     pub async fn redeliver(
         &self,
         event_id: &str,
+        which: Redrive,
         now: NaiveDateTime,
-    ) -> Result<Option<(super::events::EventRow, Vec<DeliveryRow>)>, StorageError> {
+    ) -> Result<Redelivered, StorageError> {
         let id = event_id.to_owned();
-        self.db.run(move |c| redeliver_event(c, &id, now)).await
+        self.db
+            .run(move |c| redeliver_event(c, &id, &which, now))
+            .await
     }
 
     /// See [`list_for_known_subscription`].

@@ -456,6 +456,84 @@ async fn a_receiver_that_never_answers_ends_failed_visibly_and_can_be_re_driven(
 }
 
 #[tokio::test]
+async fn redelivering_to_one_failing_subscription_sends_nothing_more_to_a_healthy_one() {
+    let app = spawn_app_with(env_vars(&[("DELIVERY_TIMEOUT", "300ms")])).await;
+    let healthy = Receiver::start("h", Behaviour::Ok).await;
+    let broken = Receiver::start("b", Behaviour::Hang).await;
+    let good_sub = app
+        .subscribe(&healthy.url, json!(["payment.completed"]), "h")
+        .await;
+    let bad_sub = app
+        .subscribe(&broken.url, json!(["payment.completed"]), "b")
+        .await;
+    let (_, id) = app
+        .record_event("payment.completed", "seller-9", json!({"lead_id": 7}))
+        .await;
+    drive_deliveries(&app, st::now(), 20).await;
+    assert_eq!(app.deliveries_of(&good_sub).await[0]["state"], "delivered");
+    assert_eq!(app.deliveries_of(&bad_sub).await[0]["state"], "failed");
+    assert_eq!(healthy.hits().len(), 1);
+    assert_eq!(broken.hits().len(), 8);
+
+    // One subscription named: only its delivery is due again; the healthy receiver's is left alone.
+    broken.set_behaviour(Behaviour::Ok);
+    let resp = app
+        .api_post(
+            &format!("/api/v1/events/{id}/redeliver?subscription_id={bad_sub}"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(resp.status().as_u16(), 202);
+    let body: Value = resp.json().await.unwrap();
+    let states: Vec<(&str, &str)> = body["data"]["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["subscription_id"].as_str().unwrap(),
+                d["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(states.contains(&(good_sub.as_str(), "delivered")), "{states:?}");
+    assert!(states.contains(&(bad_sub.as_str(), "pending")), "{states:?}");
+    drive_deliveries(&app, st::now(), 5).await;
+    assert_eq!(healthy.hits().len(), 1, "the healthy receiver got no duplicate");
+    assert_eq!(broken.hits().len(), 9);
+    let ds = app.deliveries_of(&bad_sub).await;
+    assert_eq!(ds[0]["state"], "delivered");
+    assert_eq!(
+        ds[0]["attempt_log"].as_array().unwrap().len(),
+        9,
+        "the earlier attempts are kept"
+    );
+
+    // Without a subscription only failed deliveries go again: here none, so nobody hears more.
+    let resp = app
+        .api_post(&format!("/api/v1/events/{id}/redeliver"), &json!({}))
+        .await;
+    assert_eq!(resp.status().as_u16(), 202);
+    drive_deliveries(&app, st::now(), 5).await;
+    assert_eq!((healthy.hits().len(), broken.hits().len()), (1, 9));
+
+    // A subscription that never wanted the event has no delivery to send again.
+    let other = app
+        .subscribe(&healthy.url, json!(["order.synced"]), "h")
+        .await;
+    assert_error(
+        app.api_post(
+            &format!("/api/v1/events/{id}/redeliver?subscription_id={other}"),
+            &json!({}),
+        )
+        .await,
+        404,
+        "RESOURCE_NOT_FOUND",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn a_sellers_events_arrive_in_order_even_when_the_first_needs_a_retry() {
     let app = spawn_app().await;
     let rx = Receiver::start("k", Behaviour::FailFirst(1)).await;

@@ -37,25 +37,35 @@ pub async fn list(state: web::Data<Context>, req: HttpRequest) -> Result<HttpRes
     })))
 }
 
-/// `POST /api/v1/events/{id}/redeliver` → 202 with the event's deliveries, due now.
+/// `POST /api/v1/events/{id}/redeliver[?subscription_id=]` → 202 with the event's deliveries, due now.
 #[utoipa::path(
     post,
     path = "/api/v1/events/{id}/redeliver",
     tag = "events",
-    params(("id" = String, Path, description = "The event id (`evt_…`)")),
+    params(
+        ("id" = String, Path, description = "The event id (`evt_…`)"),
+        ("subscription_id" = Option<String>, Query, description = "Send again to this subscription only, even if it already received the event. Without it, only failed deliveries are sent again."),
+    ),
     responses(
         (status = 202, description = "The event's deliveries, due now", body = crate::web::openapi::RedeliveryEnvelope),
-        (status = 404, description = "No such event", body = crate::web::openapi::ErrorBody),
+        (status = 404, description = "No such event, or no delivery of it to that subscription", body = crate::web::openapi::ErrorBody),
     )
 )]
 pub async fn redeliver(
     state: web::Data<Context>,
     caller: Caller,
     id: web::Path<String>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_write()?;
-    let r = events_log::redeliver(&state.db, &id)
+    let q: RedeliverQuery = query(&req)?;
+    let r = events_log::redeliver(&state.db, &id, q.subscription_id.as_deref())
         .await
         .map_err(map_events_err)?;
     Ok(HttpResponse::Accepted().json(json!({ "data": r })))
+}
+
+#[derive(serde::Deserialize, Default)]
+struct RedeliverQuery {
+    subscription_id: Option<String>,
 }

@@ -77,17 +77,27 @@ pub async fn retry_order(
     }
 }
 
+/// The redeliver form: the delivery's subscription when one row's button was pressed.
+#[derive(serde::Deserialize)]
+pub struct RedeliverForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    subscription_id: String,
+}
+
 pub async fn redeliver_event(
     state: web::Data<Context>,
     signed: Signed,
     path: web::Path<String>,
-    form: web::Form<CsrfForm>,
+    form: web::Form<RedeliverForm>,
 ) -> Result<HttpResponse, DashError> {
     signed.check_write(&form.csrf)?;
     let id = path.into_inner();
-    match events_log::redeliver(&state.db, &id).await {
+    let only = Some(form.subscription_id.as_str()).filter(|s| !s.is_empty());
+    match events_log::redeliver(&state.db, &id, only).await {
         Ok(_) => {
-            tracing::info!(operator_id = signed.operator.id, event_id = %id, "redeliver from the dashboard");
+            tracing::info!(operator_id = signed.operator.id, event_id = %id, subscription_id = only, "redeliver from the dashboard");
             Ok(back("/dashboard/events", "redelivered"))
         }
         Err(EventsError::NotFound(_)) => Err(DashError::NotFound),

@@ -387,20 +387,95 @@ pub async fn orders(
 
 pub struct DeliveryRow {
     pub state: DeliveryState,
+    pub subscription_id: String,
     pub url: String,
-    pub attempts: i32,
-    pub last_status: Option<i32>,
+    /// Where the delivery stands, in words: when it went out, or why and when it goes out next.
+    pub summary: String,
     pub last_error: Option<String>,
+}
+
+impl DeliveryRow {
+    fn new(d: &q::DeliveryView, clock: &Clock) -> Self {
+        let status = d.last_status.map(|s| format!("HTTP {s}"));
+        let tries = |n: i64| match n {
+            1 => "1 attempt".to_owned(),
+            n => format!("{n} attempts"),
+        };
+        let summary = match d.state {
+            DeliveryState::Delivered => format!(
+                "delivered {}{} after {}",
+                clock.time_opt(d.delivered_at),
+                status.map(|s| format!(" ({s})")).unwrap_or_default(),
+                tries(i64::from(d.attempts).max(1)),
+            ),
+            DeliveryState::Failed => format!(
+                "gave up after {}{}",
+                tries(i64::from(d.attempts)),
+                status.map(|s| format!(", last answer {s}")).unwrap_or_default(),
+            ),
+            DeliveryState::Pending if d.attempts > 0 => format!(
+                "{} failed{}; next attempt {}",
+                tries(i64::from(d.attempts)),
+                status.map(|s| format!(" (last answer {s})")).unwrap_or_default(),
+                clock.time(d.next_attempt_at),
+            ),
+            DeliveryState::Pending if d.attempts_ever > 0 => format!(
+                "sent again on request, due {}; {} before",
+                clock.time(d.next_attempt_at),
+                tries(d.attempts_ever),
+            ),
+            DeliveryState::Pending => format!("queued, due {}", clock.time(d.next_attempt_at)),
+        };
+        Self {
+            state: d.state,
+            subscription_id: d.subscription_id.clone(),
+            url: d.url.clone(),
+            summary,
+            last_error: d.last_error.clone(),
+        }
+    }
 }
 
 pub struct EventRow {
     pub id: String,
     pub event: String,
     pub seller_id: String,
-    pub data: String,
+    pub data: Vec<(String, String)>,
     pub created_at: String,
     pub deliveries: Vec<DeliveryRow>,
-    pub redeliverable: bool,
+    /// Some delivery failed: the event-wide button sends those again (and only those).
+    pub has_failed: bool,
+}
+
+/// The event's `data` as labelled fields for reading: strings unquoted, nested values as compact JSON,
+/// each bounded for a table cell.
+fn data_fields(payload: &str) -> Vec<(String, String)> {
+    let Some(serde_json::Value::Object(data)) = serde_json::from_str::<serde_json::Value>(payload)
+        .ok()
+        .and_then(|v| v.get("data").cloned())
+    else {
+        return Vec::new();
+    };
+    data.into_iter()
+        .map(|(k, v)| {
+            let text = match v {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Null => "—".to_owned(),
+                other => other.to_string(),
+            };
+            (k, bounded(&text, 160))
+        })
+        .collect()
+}
+
+fn bounded(text: &str, max: usize) -> String {
+    if text.chars().count() > max {
+        let mut s: String = text.chars().take(max).collect();
+        s.push('…');
+        s
+    } else {
+        text.to_owned()
+    }
 }
 
 /// The event's `data`, compact and bounded for a table cell.
@@ -410,13 +485,7 @@ fn event_data(payload: &str) -> String {
         .and_then(|v| v.get("data").cloned())
         .map(|d| d.to_string())
         .unwrap_or_default();
-    if data.chars().count() > 300 {
-        let mut s: String = data.chars().take(300).collect();
-        s.push('…');
-        s
-    } else {
-        data
-    }
+    bounded(&data, 300)
 }
 
 #[derive(Template)]
@@ -424,6 +493,7 @@ fn event_data(payload: &str) -> String {
 struct EventsPage {
     nav: Nav,
     rows: Vec<EventRow>,
+    failed_only: bool,
     total: i64,
     filters: Vec<Filter>,
     can_write: bool,
@@ -448,17 +518,11 @@ pub async fn events(
             let deliveries: Vec<DeliveryRow> = deliveries
                 .iter()
                 .filter(|d| d.event_seq == e.seq)
-                .map(|d| DeliveryRow {
-                    state: d.state,
-                    url: d.url.clone(),
-                    attempts: d.attempts,
-                    last_status: d.last_status,
-                    last_error: d.last_error.clone(),
-                })
+                .map(|d| DeliveryRow::new(d, &clock))
                 .collect();
             EventRow {
-                redeliverable: deliveries.iter().any(|d| d.state != DeliveryState::Pending),
-                data: event_data(&e.payload),
+                has_failed: deliveries.iter().any(|d| d.state == DeliveryState::Failed),
+                data: data_fields(&e.payload),
                 created_at: clock.time(e.created_at),
                 id: e.id,
                 event: e.event,
@@ -476,6 +540,7 @@ pub async fn events(
     let body = EventsPage {
         nav: Nav::new(&signed, &state, "events", &req),
         rows,
+        failed_only,
         total,
         filters: vec![
             Filter {
