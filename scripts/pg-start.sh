@@ -17,6 +17,12 @@ as_pg "$PGBIN/pg_ctl" -D "$PGROOT/data" status >/dev/null 2>&1 ||
   as_pg "$PGBIN/pg_ctl" -D "$PGROOT/data" -l "$PGROOT/server.log" -w -t 60 \
     -o "-p $PGPORT -k $PGROOT -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
     start >/dev/null
+# A server left running by someone else may still be recovering from an unclean stop: wait until it
+# accepts connections (bounded), rather than failing on the first query.
+for _ in $(seq 1 600); do
+  "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PGPORT" && break
+  sleep 0.2
+done
 as_pg "$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U postgres -qtAc "SELECT 1 FROM pg_database WHERE datname='app'" | grep -q 1 ||
   as_pg "$PGBIN/createdb" -h 127.0.0.1 -p "$PGPORT" -U postgres app
 echo "postgres://postgres@127.0.0.1:$PGPORT/app"

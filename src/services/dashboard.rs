@@ -2,12 +2,17 @@
 //! overview's counts. The web layer renders them; it never reads storage itself.
 
 use crate::domain::events::EventKind;
+use crate::domain::order::OrderDraft;
+use crate::domain::status::OrderStatus;
 use crate::storage::connections::Connection;
 use crate::storage::dashboard::{
-    ConnectionView, DeliveryView, EventView, OrderView, SubscriptionView,
+    ConnectionView, DeliveryView, EventView, LeadSeen, OrderHistoryRow, OrderPage as OrderRows,
+    OrderView, SubscriptionView,
 };
 use crate::storage::events::EventRow;
 use crate::storage::health::Health;
+use crate::storage::lead_states::LeadState;
+use crate::storage::orders::OrderRow;
 use crate::storage::stats::Stats;
 use crate::storage::{Db, StorageError};
 
@@ -62,26 +67,69 @@ pub async fn overview(db: &Db) -> Result<Stats, StorageError> {
     db.dashboard().stats().await
 }
 
-/// One page of connections, optionally of one status, with the total.
+/// One page of connections, optionally of one status and matching a search, with the total.
 pub async fn connections(
     db: &Db,
     status: Option<String>,
+    search: Option<String>,
     page: i64,
 ) -> Result<(Vec<ConnectionView>, i64), StorageError> {
     db.dashboard()
-        .connections(status, PER_PAGE, offset(page))
+        .connections(status, search, PER_PAGE, offset(page))
         .await
 }
 
-/// One page of orders, optionally of one sync state, with the total.
+/// One order of a list page, with what is known of its lead.
+pub struct OrderListed {
+    pub order: OrderView,
+    /// The marketplace status the lead's amoCRM stage is mapped to, else the stage id.
+    pub lead_stage: Option<String>,
+    pub paid: bool,
+}
+
+/// One page of orders, optionally of one sync state and matching a search, with the total and what is
+/// known of their leads.
 pub async fn orders(
     db: &Db,
     sync_state: Option<String>,
+    search: Option<String>,
     page: i64,
-) -> Result<(Vec<OrderView>, i64), StorageError> {
-    db.dashboard()
-        .orders(sync_state, PER_PAGE, offset(page))
-        .await
+) -> Result<(Vec<OrderListed>, i64), StorageError> {
+    let OrderRows {
+        rows,
+        total,
+        leads,
+        stages,
+    } = db
+        .dashboard()
+        .orders(sync_state, search, PER_PAGE, offset(page))
+        .await?;
+    let listed = rows
+        .into_iter()
+        .map(|order| {
+            let lead = leads
+                .iter()
+                .find(|l| l.order_id.as_deref() == Some(order.id.as_str()));
+            let map = stages.iter().find(|(s, _)| *s == order.seller_id);
+            let lead_stage = lead.and_then(|l| l.status_id).map(|id| {
+                map.and_then(|(_, m)| stage_of(m, id))
+                    .map_or_else(|| format!("stage {id}"), str::to_owned)
+            });
+            OrderListed {
+                paid: lead.is_some_and(|l: &LeadSeen| l.paid),
+                lead_stage,
+                order,
+            }
+        })
+        .collect();
+    Ok((listed, total))
+}
+
+/// Which marketplace status a seller mapped to this amoCRM stage.
+fn stage_of(map: &[Option<i64>; 6], status_id: i64) -> Option<&'static str> {
+    map.iter()
+        .position(|id| *id == Some(status_id))
+        .map(|i| OrderStatus::ALL[i].as_str())
 }
 
 /// One page of events with their deliveries, and the total.
@@ -97,4 +145,69 @@ pub async fn events(
 
 pub async fn subscriptions(db: &Db) -> Result<Vec<SubscriptionView>, StorageError> {
     db.dashboard().subscriptions().await
+}
+
+/// One order's page: the order with its items and buyer, the seller's connection, what the lead last
+/// was in amoCRM, and the order's timeline.
+pub struct OrderPage {
+    pub order: OrderRow,
+    /// The order as the marketplace sent it; `None` only for a body this version cannot read.
+    pub draft: Option<OrderDraft>,
+    pub connection: Option<Connection>,
+    pub lead: Option<LeadState>,
+    /// The lead's card in the seller's amoCRM.
+    pub lead_url: Option<String>,
+    /// The marketplace status whose stage the lead is in, when it is one of the mapped stages.
+    pub lead_stage: Option<&'static str>,
+    pub history: Vec<OrderHistoryRow>,
+}
+
+/// The page of one order; `None` when there is no such order.
+pub async fn order(
+    db: &Db,
+    account_url_template: &str,
+    order_id: &str,
+) -> Result<Option<OrderPage>, StorageError> {
+    let Some(order) = db.orders().find(order_id).await? else {
+        return Ok(None);
+    };
+    let connection = db.connections().by_seller(&order.seller_id).await?;
+    let lead = match order.lead_id {
+        Some(id) => db.lead_states().find(&order.seller_id, id).await?,
+        None => None,
+    };
+    let lead_url = match (&connection, order.lead_id) {
+        (Some(c), Some(id)) => Some(format!(
+            "{}/leads/detail/{id}",
+            account_url_template.replace("{host}", &c.host)
+        )),
+        _ => None,
+    };
+    let lead_stage = match (&connection, lead.as_ref().and_then(|l| l.status_id)) {
+        (Some(c), Some(status)) => stage_of(
+            &[
+                c.stage_pending,
+                c.stage_awaiting_payment,
+                c.stage_paid,
+                c.stage_shipping,
+                c.stage_completed,
+                c.stage_cancelled,
+            ],
+            status,
+        ),
+        _ => None,
+    };
+    let history = db
+        .dashboard()
+        .order_history(&order.id, &order.seller_id)
+        .await?;
+    Ok(Some(OrderPage {
+        draft: serde_json::from_str(&order.body_json).ok(),
+        order,
+        connection,
+        lead,
+        lead_url,
+        lead_stage,
+        history,
+    }))
 }

@@ -217,7 +217,11 @@ pub async fn redeliver(
         None => Redrive::Failed,
         Some(s) => Redrive::To(s.to_owned()),
     };
-    let (ev, rows) = match db.deliveries().redeliver(event_id, which, storage::now()).await? {
+    let (ev, rows) = match db
+        .deliveries()
+        .redeliver(event_id, which, storage::now())
+        .await?
+    {
         Redelivered::Done(ev, rows) => (ev, rows),
         Redelivered::NoEvent => return Err(EventsError::NotFound("event")),
         Redelivered::NoDelivery => {

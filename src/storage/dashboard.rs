@@ -6,7 +6,8 @@ use diesel::dsl::count_star;
 use diesel::prelude::*;
 
 use super::schema::{
-    amocrm_connections, delivery_attempts, event_deliveries, events, orders, webhook_subscriptions,
+    amocrm_connections, delivery_attempts, event_deliveries, events, lead_states, order_moves,
+    order_steps, orders, webhook_subscriptions,
 };
 use super::{AnyConnection, Db, StorageError};
 use crate::domain::status::DeliveryState;
@@ -31,9 +32,25 @@ pub struct ConnectionView {
     pub revoke_reason: Option<String>,
 }
 
+/// A LIKE pattern matching values that start with `text` (its `%`, `_` and `\` taken literally).
+pub fn starts_with(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 1);
+    for ch in text.chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out.push('%');
+    out
+}
+
+/// A page of connections, optionally of one status and whose seller id or account host starts with
+/// `search`.
 pub fn connections(
     conn: &mut AnyConnection,
     status: Option<&str>,
+    search: Option<&str>,
     limit: i64,
     offset: i64,
 ) -> Result<(Vec<ConnectionView>, i64), StorageError> {
@@ -42,6 +59,21 @@ pub fn connections(
     if let Some(s) = status {
         q = q.filter(amocrm_connections::status.eq(s.to_owned()));
         n = n.filter(amocrm_connections::status.eq(s.to_owned()));
+    }
+    if let Some(text) = search {
+        let p = starts_with(text);
+        q = q.filter(
+            amocrm_connections::seller_id
+                .like(p.clone())
+                .escape('\\')
+                .or(amocrm_connections::host.like(p.clone()).escape('\\')),
+        );
+        n = n.filter(
+            amocrm_connections::seller_id
+                .like(p.clone())
+                .escape('\\')
+                .or(amocrm_connections::host.like(p).escape('\\')),
+        );
     }
     let rows = q
         .order(amocrm_connections::updated_at.desc())
@@ -72,19 +104,61 @@ pub struct OrderView {
     pub updated_at: NaiveDateTime,
 }
 
+/// What the connector last knew of an order's lead: its amoCRM stage and whether it was paid.
+#[derive(Debug, Clone, Queryable)]
+pub struct LeadSeen {
+    pub order_id: Option<String>,
+    pub status_id: Option<i64>,
+    pub paid: bool,
+}
+
+/// A seller's stage mapping: the amoCRM stage of each marketplace status, in [`OrderStatus`] order
+/// (pending, awaiting payment, paid, shipping, completed, cancelled).
+///
+/// [`OrderStatus`]: crate::domain::status::OrderStatus
+pub type StageMap = (String, [Option<i64>; 6]);
+
+/// A page of orders with the total, what is known of their leads, and their sellers' stage mappings.
+pub struct OrderPage {
+    pub rows: Vec<OrderView>,
+    pub total: i64,
+    pub leads: Vec<LeadSeen>,
+    pub stages: Vec<StageMap>,
+}
+
+/// A page of orders, optionally of one sync state and whose order number, id or seller id starts with
+/// `search`, with the total and what is known of their leads.
 pub fn orders(
     conn: &mut AnyConnection,
     sync_state: Option<&str>,
+    search: Option<&str>,
     limit: i64,
     offset: i64,
-) -> Result<(Vec<OrderView>, i64), StorageError> {
+) -> Result<OrderPage, StorageError> {
     let mut q = orders::table.into_boxed();
     let mut n = orders::table.into_boxed();
     if let Some(s) = sync_state {
         q = q.filter(orders::sync_state.eq(s.to_owned()));
         n = n.filter(orders::sync_state.eq(s.to_owned()));
     }
-    let rows = q
+    if let Some(text) = search {
+        let p = starts_with(text);
+        q = q.filter(
+            orders::order_number
+                .like(p.clone())
+                .escape('\\')
+                .or(orders::seller_id.like(p.clone()).escape('\\'))
+                .or(orders::id.like(p.clone()).escape('\\')),
+        );
+        n = n.filter(
+            orders::order_number
+                .like(p.clone())
+                .escape('\\')
+                .or(orders::seller_id.like(p.clone()).escape('\\'))
+                .or(orders::id.like(p).escape('\\')),
+        );
+    }
+    let rows: Vec<OrderView> = q
         .order(orders::created_at.desc())
         .then_order_by(orders::id.desc())
         .limit(limit)
@@ -92,7 +166,56 @@ pub fn orders(
         .select(OrderView::as_select())
         .load(conn)?;
     let total = n.select(count_star()).first(conn)?;
-    Ok((rows, total))
+    let ids: Vec<String> = rows.iter().map(|o| o.id.clone()).collect();
+    let leads = lead_states::table
+        .filter(lead_states::order_id.eq_any(ids))
+        .select((
+            lead_states::order_id,
+            lead_states::status_id,
+            lead_states::paid,
+        ))
+        .load(conn)?;
+    let sellers: Vec<String> = rows.iter().map(|o| o.seller_id.clone()).collect();
+    let stages = stage_maps(conn, &sellers)?;
+    Ok(OrderPage {
+        rows,
+        total,
+        leads,
+        stages,
+    })
+}
+
+/// The stage mappings of these sellers.
+pub fn stage_maps(
+    conn: &mut AnyConnection,
+    sellers: &[String],
+) -> Result<Vec<StageMap>, StorageError> {
+    use amocrm_connections as c;
+    type Row = (
+        String,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+    );
+    let rows: Vec<Row> = c::table
+        .filter(c::seller_id.eq_any(sellers))
+        .select((
+            c::seller_id,
+            c::stage_pending,
+            c::stage_awaiting_payment,
+            c::stage_paid,
+            c::stage_shipping,
+            c::stage_completed,
+            c::stage_cancelled,
+        ))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|(s, a, b, p, sh, co, ca)| (s, [a, b, p, sh, co, ca]))
+        .collect())
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -260,6 +383,97 @@ pub fn subscriptions(conn: &mut AnyConnection) -> Result<Vec<SubscriptionView>, 
         .collect())
 }
 
+/// One thing that happened to an order, for its timeline.
+#[derive(Debug, Clone)]
+pub struct OrderHistoryRow {
+    pub at: NaiveDateTime,
+    /// `event`, `move` or `step`.
+    pub kind: &'static str,
+    pub what: String,
+    pub state: String,
+    pub attempts: Option<i32>,
+    pub error: Option<String>,
+}
+
+/// The order's timeline, newest first: its events (by the order id in their data), stage moves and the
+/// lead's follow-up steps (note, products, task).
+pub fn order_history(
+    conn: &mut AnyConnection,
+    order_id: &str,
+    seller_id: &str,
+) -> Result<Vec<OrderHistoryRow>, StorageError> {
+    let quoted = serde_json::Value::from(order_id).to_string();
+    let escaped = quoted
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    let needle = format!("%\"order_id\":{escaped}%");
+    let evs: Vec<(String, String, NaiveDateTime)> = events::table
+        .filter(events::seller_id.eq(seller_id))
+        .filter(events::payload.like(needle).escape('\\'))
+        .order(events::seq.desc())
+        .limit(100)
+        .select((events::event, events::id, events::created_at))
+        .load(conn)?;
+    let moves: Vec<(String, String, i32, Option<String>, NaiveDateTime)> = order_moves::table
+        .filter(order_moves::order_id.eq(order_id))
+        .select((
+            order_moves::target_status,
+            order_moves::state,
+            order_moves::attempts,
+            order_moves::last_error,
+            order_moves::updated_at,
+        ))
+        .load(conn)?;
+    let steps: Vec<(String, String, i32, Option<String>, NaiveDateTime)> = order_steps::table
+        .filter(order_steps::order_id.eq(order_id))
+        .select((
+            order_steps::step,
+            order_steps::state,
+            order_steps::attempts,
+            order_steps::last_error,
+            order_steps::updated_at,
+        ))
+        .load(conn)?;
+    let mut out: Vec<OrderHistoryRow> = evs
+        .into_iter()
+        .map(|(event, id, at)| OrderHistoryRow {
+            at,
+            kind: "event",
+            what: event,
+            state: id,
+            attempts: None,
+            error: None,
+        })
+        .collect();
+    out.extend(
+        moves
+            .into_iter()
+            .map(|(to, state, attempts, error, at)| OrderHistoryRow {
+                at,
+                kind: "move",
+                what: format!("move to {to}"),
+                state,
+                attempts: Some(attempts),
+                error,
+            }),
+    );
+    out.extend(
+        steps
+            .into_iter()
+            .map(|(step, state, attempts, error, at)| OrderHistoryRow {
+                at,
+                kind: "step",
+                what: step,
+                state,
+                attempts: Some(attempts),
+                error,
+            }),
+    );
+    out.sort_by_key(|h| std::cmp::Reverse(h.at));
+    Ok(out)
+}
+
 /// The dashboard's read models: each call is one trip to the blocking pool.
 pub struct Dashboard<'a> {
     db: &'a Db,
@@ -279,22 +493,24 @@ impl Dashboard<'_> {
     pub async fn connections(
         &self,
         status: Option<String>,
+        search: Option<String>,
         limit: i64,
         offset: i64,
     ) -> Result<(Vec<ConnectionView>, i64), StorageError> {
         self.db
-            .run(move |c| connections(c, status.as_deref(), limit, offset))
+            .run(move |c| connections(c, status.as_deref(), search.as_deref(), limit, offset))
             .await
     }
 
     pub async fn orders(
         &self,
         sync_state: Option<String>,
+        search: Option<String>,
         limit: i64,
         offset: i64,
-    ) -> Result<(Vec<OrderView>, i64), StorageError> {
+    ) -> Result<OrderPage, StorageError> {
         self.db
-            .run(move |c| orders(c, sync_state.as_deref(), limit, offset))
+            .run(move |c| orders(c, sync_state.as_deref(), search.as_deref(), limit, offset))
             .await
     }
 
@@ -317,5 +533,15 @@ impl Dashboard<'_> {
 
     pub async fn subscriptions(&self) -> Result<Vec<SubscriptionView>, StorageError> {
         self.db.run(subscriptions).await
+    }
+
+    /// See [`order_history`].
+    pub async fn order_history(
+        &self,
+        order_id: &str,
+        seller_id: &str,
+    ) -> Result<Vec<OrderHistoryRow>, StorageError> {
+        let (o, s) = (order_id.to_owned(), seller_id.to_owned());
+        self.db.run(move |c| order_history(c, &o, &s)).await
     }
 }

@@ -26,3 +26,28 @@
   }
   if (document.readyState === "loading") { document.addEventListener("DOMContentLoaded", localize); } else { localize(); }
 })();
+
+// "Copy" buttons: copy the named field's text, and say so.
+(function () {
+  "use strict";
+  function bind() {
+    var buttons = document.querySelectorAll("button[data-copy]");
+    for (var i = 0; i < buttons.length; i++) {
+      buttons[i].addEventListener("click", function (ev) {
+        var field = document.getElementById(ev.currentTarget.getAttribute("data-copy"));
+        var said = ev.currentTarget.parentNode.querySelector(".copied");
+        if (!field) { return; }
+        field.select();
+        var done = function () { if (said) { said.textContent = "Copied"; } };
+        if (navigator.clipboard && navigator.clipboard.writeText) {
+          navigator.clipboard.writeText(field.value).then(done, function () {
+            if (said) { said.textContent = "Selected: press Ctrl+C"; }
+          });
+        } else {
+          try { document.execCommand("copy"); done(); } catch (e) { if (said) { said.textContent = "Selected: press Ctrl+C"; } }
+        }
+      });
+    }
+  }
+  if (document.readyState === "loading") { document.addEventListener("DOMContentLoaded", bind); } else { bind(); }
+})();

@@ -496,10 +496,20 @@ async fn redelivering_to_one_failing_subscription_sends_nothing_more_to_a_health
             )
         })
         .collect();
-    assert!(states.contains(&(good_sub.as_str(), "delivered")), "{states:?}");
-    assert!(states.contains(&(bad_sub.as_str(), "pending")), "{states:?}");
+    assert!(
+        states.contains(&(good_sub.as_str(), "delivered")),
+        "{states:?}"
+    );
+    assert!(
+        states.contains(&(bad_sub.as_str(), "pending")),
+        "{states:?}"
+    );
     drive_deliveries(&app, st::now(), 5).await;
-    assert_eq!(healthy.hits().len(), 1, "the healthy receiver got no duplicate");
+    assert_eq!(
+        healthy.hits().len(),
+        1,
+        "the healthy receiver got no duplicate"
+    );
     assert_eq!(broken.hits().len(), 9);
     let ds = app.deliveries_of(&bad_sub).await;
     assert_eq!(ds[0]["state"], "delivered");

@@ -27,6 +27,7 @@ mod webhooks_in;
 
 // operations (issue 8)
 mod dashboard;
+mod dashboard_browser;
 mod deal;
 mod demo;
 mod metrics;

@@ -237,6 +237,11 @@ async fn account_entry(req: HttpRequest, body: web::Bytes, sh: Data) -> HttpResp
     if let Some(resp) = host_level(&req, &sh, &host, &path, grant_type.clone()) {
         return resp;
     }
+    if method == "GET"
+        && let Some(id) = path.strip_prefix("/leads/detail/")
+    {
+        return lead_card(&sh, &host, id);
+    }
 
     // Admission: unknown account, forced 429, the sliding-window limit.
     let latency = {
@@ -504,6 +509,55 @@ struct ConsentPage {
 struct MessagePage {
     title: String,
     message: String,
+}
+
+#[derive(Template)]
+#[template(path = "lead.html")]
+struct LeadCard {
+    host: String,
+    id: u64,
+    name: String,
+    stage: String,
+    price: i64,
+    tags: String,
+}
+
+/// `GET /{host}/leads/detail/{id}`: the lead's card in the account's web interface (amoCRM's own URL for a
+/// lead), so links into amoCRM can be followed; a browser page, so outside the API's rate limit.
+fn lead_card(sh: &Shared, host: &str, id: &str) -> HttpResponse {
+    let st = sh.lock();
+    let found = st.accounts.get(host).and_then(|acc| {
+        let lead = acc.leads.get(&id.parse::<u64>().ok()?)?;
+        let pipeline = acc.pipelines.get(&lead.pipeline_id);
+        let stage = pipeline
+            .and_then(|p| {
+                let s = p.statuses.iter().find(|s| s.id == lead.status_id)?;
+                Some(format!("{} / {}", p.name, s.name))
+            })
+            .unwrap_or_else(|| lead.status_id.to_string());
+        Some(LeadCard {
+            host: host.to_owned(),
+            id: lead.id,
+            name: lead.name.clone(),
+            stage,
+            price: lead.price,
+            tags: lead
+                .tags
+                .iter()
+                .map(|t| t.name.clone())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    });
+    drop(st);
+    match found {
+        Some(card) => html(StatusCode::OK, card.render()),
+        None => message(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "No such lead in this account.",
+        ),
+    }
 }
 
 fn html(status: StatusCode, body: Result<String, askama::Error>) -> HttpResponse {

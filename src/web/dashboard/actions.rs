@@ -3,6 +3,7 @@
 
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpResponse, web};
+use askama::Template;
 
 use super::{CsrfForm, DashError, Signed, page};
 use crate::domain::status::ConnectionStatus;
@@ -12,6 +13,48 @@ use crate::services::events_log::{self, EventsError};
 use crate::services::orders::{self, OrderError};
 use crate::services::refresh::{self, Need, RefreshError};
 use crate::services::suspension::{self, Probe};
+
+#[derive(Template)]
+#[template(path = "dashboard/connect_link.html")]
+struct ConnectLinkPage {
+    nav: super::Nav,
+    seller_id: String,
+    platform: &'static str,
+    url: String,
+    expires_at: String,
+}
+
+/// A fresh single-use connect link for a seller whose connection broke (refresh failed, revoked) or who
+/// must reconnect for any reason, shown with a copy button so support can send it.
+pub async fn connect_link(
+    req: actix_web::HttpRequest,
+    state: web::Data<Context>,
+    signed: Signed,
+    path: web::Path<String>,
+    form: web::Form<CsrfForm>,
+) -> Result<HttpResponse, DashError> {
+    signed.check_write(&form.csrf)?;
+    let seller = path.into_inner();
+    let current = match connect::get_connection(&state, &seller).await {
+        Ok(c) => c,
+        Err(ConnectError::NotFound) => return Err(DashError::NotFound),
+        Err(e) => return Err(DashError::Internal(e.to_string())),
+    };
+    let platform = current.platform.as_str();
+    let created = connect::create_session(&state, &seller, None, None, Some(platform))
+        .await
+        .map_err(|e| DashError::Internal(e.to_string()))?;
+    tracing::info!(operator_id = signed.operator.id, seller_id = %seller, "connect link from the dashboard");
+    let body = ConnectLinkPage {
+        nav: super::Nav::new(&signed, &state, "connections", &req),
+        platform: current.platform.display_name(),
+        url: created.connect_url,
+        expires_at: signed.clock.time(created.expires_at.naive_utc()),
+        seller_id: seller,
+    }
+    .render();
+    Ok(super::html(StatusCode::OK, body))
+}
 
 fn back(to: &str, done: &str) -> HttpResponse {
     page(StatusCode::SEE_OTHER)

@@ -39,12 +39,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/connections").get(pages::connections))
         .service(web::resource("/connections/{seller_id}").get(pages::connection))
         .service(web::resource("/orders").get(pages::orders))
+        .service(web::resource("/orders/{id}").get(pages::order))
         .service(web::resource("/events").get(pages::events))
         .service(web::resource("/subscriptions").get(pages::subscriptions))
         .service(web::resource("/connections/{seller_id}/settings").get(settings::page))
         .service(
             web::resource("/connections/{seller_id}/refresh").post(actions::refresh_connection),
         )
+        .service(web::resource("/connections/{seller_id}/connect-link").post(actions::connect_link))
         .service(web::resource("/orders/{id}/retry").post(actions::retry_order))
         .service(web::resource("/events/{id}/redeliver").post(actions::redeliver_event));
 }

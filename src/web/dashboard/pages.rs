@@ -38,6 +38,7 @@ pub struct ListQuery {
     status: Option<String>,
     sync_state: Option<String>,
     failed: Option<String>,
+    q: Option<String>,
     page: Option<i64>,
 }
 
@@ -46,21 +47,35 @@ impl ListQuery {
         serde_urlencoded::from_str(req.query_string()).unwrap_or_default()
     }
 
+    /// The search text, trimmed and bounded; `None` when empty.
+    fn search(&self) -> Option<String> {
+        let q = self.q.as_deref()?.trim();
+        (!q.is_empty()).then(|| q.chars().take(100).collect())
+    }
+
     fn page(&self) -> i64 {
         self.page.filter(|p| (1..=10_000).contains(p)).unwrap_or(1)
     }
 }
 
-/// Links to the neighbouring pages, keeping the filter.
+/// Links to the neighbouring pages, keeping the filter and the search.
 fn pager(
     base: &str,
     filter: Option<(&str, &str)>,
+    search: Option<&str>,
     page: i64,
     total: i64,
 ) -> (Option<String>, Option<String>) {
-    let link = |p: i64| match filter {
-        Some((k, v)) => format!("{base}?{k}={v}&page={p}"),
-        None => format!("{base}?page={p}"),
+    let link = |p: i64| {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        if let Some((k, v)) = filter {
+            query.append_pair(k, v);
+        }
+        if let Some(q) = search {
+            query.append_pair("q", q);
+        }
+        query.append_pair("page", &p.to_string());
+        format!("{base}?{}", query.finish())
     };
     let prev = (page > 1).then(|| link(page - 1));
     let next = (page * PER_PAGE < total).then(|| link(page + 1));
@@ -178,6 +193,7 @@ struct ConnectionsPage {
     nav: Nav,
     rows: Vec<ConnectionRow>,
     total: i64,
+    search: Option<String>,
     status: Option<String>,
     filters: Vec<Filter>,
     can_write: bool,
@@ -194,10 +210,13 @@ pub async fn connections(
     let query = ListQuery::parse(&req);
     let status = known(query.status.as_deref(), CONNECTION_STATUSES).map(str::to_owned);
     let page = query.page();
-    let (rows, total) = dashboard::connections(&state.db, status.clone(), page).await?;
+    let search = query.search();
+    let (rows, total) =
+        dashboard::connections(&state.db, status.clone(), search.clone(), page).await?;
     let (prev_href, next_href) = pager(
         "/dashboard/connections",
         status.as_deref().map(|s| ("status", s)),
+        search.as_deref(),
         page,
         total,
     );
@@ -208,6 +227,7 @@ pub async fn connections(
             .map(|c| ConnectionRow::new(c, &signed.clock))
             .collect(),
         total,
+        search,
         filters: filters(
             "/dashboard/connections",
             "status",
@@ -302,6 +322,9 @@ pub struct OrderRow {
     pub seller_id: String,
     pub order_number: String,
     pub status: String,
+    /// What the lead last was in amoCRM: the marketplace status its stage is mapped to, or its stage id.
+    pub lead_stage: Option<String>,
+    pub paid: bool,
     pub amount: String,
     pub currency: String,
     pub sync_state: String,
@@ -325,6 +348,7 @@ struct OrdersPage {
     nav: Nav,
     rows: Vec<OrderRow>,
     total: i64,
+    search: Option<String>,
     sync_state: Option<String>,
     filters: Vec<Filter>,
     can_write: bool,
@@ -341,11 +365,14 @@ pub async fn orders(
     let query = ListQuery::parse(&req);
     let sync_state = known(query.sync_state.as_deref(), SYNC_STATES).map(str::to_owned);
     let page = query.page();
-    let (rows, total) = dashboard::orders(&state.db, sync_state.clone(), page).await?;
+    let search = query.search();
+    let (rows, total) =
+        dashboard::orders(&state.db, sync_state.clone(), search.clone(), page).await?;
     let clock = signed.clock;
     let (prev_href, next_href) = pager(
         "/dashboard/orders",
         sync_state.as_deref().map(|s| ("sync_state", s)),
+        search.as_deref(),
         page,
         total,
     );
@@ -353,22 +380,28 @@ pub async fn orders(
         nav: Nav::new(&signed, &state, "orders", &req),
         rows: rows
             .into_iter()
-            .map(|o| OrderRow {
-                amount: amount(o.total_amount_minor),
-                synced_at: clock.time_opt(o.synced_at),
-                created_at: clock.time(o.created_at),
-                id: o.id,
-                seller_id: o.seller_id,
-                order_number: o.order_number,
-                status: o.status,
-                currency: o.currency,
-                sync_state: o.sync_state,
-                lead_id: o.lead_id,
-                sync_attempts: o.sync_attempts,
-                last_error: o.last_error,
+            .map(|listed| {
+                let o = listed.order;
+                OrderRow {
+                    lead_stage: listed.lead_stage,
+                    paid: listed.paid,
+                    amount: amount(o.total_amount_minor),
+                    synced_at: clock.time_opt(o.synced_at),
+                    created_at: clock.time(o.created_at),
+                    id: o.id,
+                    seller_id: o.seller_id,
+                    order_number: o.order_number,
+                    status: o.status,
+                    currency: o.currency,
+                    sync_state: o.sync_state,
+                    lead_id: o.lead_id,
+                    sync_attempts: o.sync_attempts,
+                    last_error: o.last_error,
+                }
             })
             .collect(),
         total,
+        search,
         filters: filters(
             "/dashboard/orders",
             "sync_state",
@@ -380,6 +413,118 @@ pub async fn orders(
         page,
         prev_href,
         next_href,
+    }
+    .render();
+    Ok(html(StatusCode::OK, body))
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/order.html")]
+struct OrderDetailPage {
+    nav: Nav,
+    o: crate::storage::orders::OrderRow,
+    host: Option<String>,
+    amount: String,
+    lead_url: Option<String>,
+    lead_stage: Option<String>,
+    paid: bool,
+    synced_at: String,
+    next_attempt_at: String,
+    created_at: String,
+    /// Product name, product id (and SKU), quantity, price.
+    items: Vec<(String, String, i64, String)>,
+    customer: Vec<(&'static str, String)>,
+    comment: Option<String>,
+    history: Vec<HistoryRow>,
+    can_write: bool,
+}
+
+pub struct HistoryRow {
+    pub at: String,
+    pub kind: &'static str,
+    pub what: String,
+    pub state: String,
+    pub attempts: Option<i32>,
+    pub error: Option<String>,
+}
+
+/// `/dashboard/orders/{id}`: one order, its items and buyer, its lead in amoCRM (linked, with the stage
+/// and paid state last seen) and its timeline of events, stage moves and follow-up steps.
+pub async fn order(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<Context>,
+    signed: Signed,
+) -> Result<HttpResponse, DashError> {
+    let page = dashboard::order(
+        &state.db,
+        &state.settings.amocrm_account_url_template,
+        &path,
+    )
+    .await?
+    .ok_or(DashError::NotFound)?;
+    let clock = &signed.clock;
+    let o = page.order;
+    let (items, customer, comment) = match &page.draft {
+        Some(d) => {
+            let items = d
+                .items
+                .iter()
+                .map(|i| {
+                    let id = match &i.sku {
+                        Some(sku) => format!("{} · SKU {sku}", i.product_id),
+                        None => i.product_id.clone(),
+                    };
+                    (i.name.clone(), id, i.quantity, i.price.to_string())
+                })
+                .collect();
+            let c = &d.customer;
+            let customer = [
+                ("name", Some(c.display_name())),
+                ("phone", c.phone.clone()),
+                ("email", c.email.clone()),
+                ("company", c.company.clone()),
+                ("marketplace id", c.id.clone()),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.filter(|v| !v.is_empty()).map(|v| (k, v)))
+            .collect();
+            (items, customer, d.comment.clone())
+        }
+        None => (Vec::new(), Vec::new(), None),
+    };
+    let body = OrderDetailPage {
+        nav: Nav::new(&signed, &state, "orders", &req),
+        host: page.connection.as_ref().map(|c| c.host.clone()),
+        amount: amount(o.total_amount_minor),
+        lead_url: page.lead_url,
+        lead_stage: page.lead_stage.map(str::to_owned).or_else(|| {
+            page.lead
+                .as_ref()
+                .and_then(|l| l.status_id)
+                .map(|id| format!("id {id}"))
+        }),
+        paid: page.lead.as_ref().is_some_and(|l| l.paid),
+        synced_at: clock.time_opt(o.synced_at),
+        next_attempt_at: clock.time(o.next_attempt_at),
+        created_at: clock.time(o.created_at),
+        items,
+        customer,
+        comment,
+        history: page
+            .history
+            .into_iter()
+            .map(|h| HistoryRow {
+                at: clock.time(h.at),
+                kind: h.kind,
+                what: h.what,
+                state: h.state,
+                attempts: h.attempts,
+                error: h.error,
+            })
+            .collect(),
+        can_write: signed.operator.role.can_write(),
+        o,
     }
     .render();
     Ok(html(StatusCode::OK, body))
@@ -411,12 +556,16 @@ impl DeliveryRow {
             DeliveryState::Failed => format!(
                 "gave up after {}{}",
                 tries(i64::from(d.attempts)),
-                status.map(|s| format!(", last answer {s}")).unwrap_or_default(),
+                status
+                    .map(|s| format!(", last answer {s}"))
+                    .unwrap_or_default(),
             ),
             DeliveryState::Pending if d.attempts > 0 => format!(
                 "{} failed{}; next attempt {}",
                 tries(i64::from(d.attempts)),
-                status.map(|s| format!(" (last answer {s})")).unwrap_or_default(),
+                status
+                    .map(|s| format!(" (last answer {s})"))
+                    .unwrap_or_default(),
                 clock.time(d.next_attempt_at),
             ),
             DeliveryState::Pending if d.attempts_ever > 0 => format!(
@@ -534,6 +683,7 @@ pub async fn events(
     let (prev_href, next_href) = pager(
         "/dashboard/events",
         failed_only.then_some(("failed", "1")),
+        None,
         page,
         total,
     );
