@@ -8,15 +8,17 @@ use askama::Template;
 use serde::Deserialize;
 
 use super::error::ApiError;
-use super::pages::{self, CurrentConnection, MessageTemplate, Texts, connected_to, pick_lang, texts};
+use super::pages::{
+    self, CurrentConnection, MessageTemplate, Texts, connected_to, pick_lang, texts,
+};
 use crate::domain::status::ProvisioningState;
 use crate::services::Context;
 use crate::services::connect::{
     self, BROWSER_COOKIE, CallbackParams, Finished, Lang, Outcome, Refusal, ResultPage,
     UninstallError,
 };
-use crate::storage::connections::Connection;
 use crate::services::settings_page;
+use crate::storage::connections::Connection;
 
 /// `GET /oauth/amocrm/callback?code&state&referer&client_id[&from_widget][&error]`. Once the state is ours and
 /// spent, the answer is a redirect to its result page (Post/Redirect/Get): the callback URL, whose state
@@ -113,13 +115,27 @@ pub async fn result(
             let lang = pick_lang(&req, None);
             let t = texts(lang);
             let hint = Some(t.ask_new_link);
-            return pages::message(StatusCode::NOT_FOUND, lang, "bad", t.unknown_title, t.unknown_text, hint);
+            return pages::message(
+                StatusCode::NOT_FOUND,
+                lang,
+                "bad",
+                t.unknown_title,
+                t.unknown_text,
+                hint,
+            );
         }
         Ok(ResultPage::OtherBrowser) => {
             let lang = pick_lang(&req, None);
             let t = texts(lang);
             let hint = Some(t.ask_new_link);
-            return pages::message(StatusCode::FORBIDDEN, lang, "bad", t.error_title, t.other_browser, hint);
+            return pages::message(
+                StatusCode::FORBIDDEN,
+                lang,
+                "bad",
+                t.error_title,
+                t.other_browser,
+                hint,
+            );
         }
         Err(e) => {
             tracing::error!(error = %e, "result page failed");
@@ -134,20 +150,44 @@ pub async fn result(
         .filter(|c| CurrentConnection::is_live(c));
     // What the page says first: the outcome, unless the seller is connected anyway (a spent link).
     let (status, class, title, text, hint) = match (view.outcome, live) {
-        (Some(Outcome::Connected), Some(c)) => {
-            (StatusCode::OK, "ok", t.success_title, connected_to(t, &c.host), None)
-        }
-        (Some(Outcome::Refused(Refusal::SessionUsed)), Some(c)) => {
-            (StatusCode::OK, "ok", t.connected_title, connected_to(t, &c.host), None)
-        }
+        (Some(Outcome::Connected), Some(c)) => (
+            StatusCode::OK,
+            "ok",
+            t.success_title,
+            connected_to(t, &c.host),
+            None,
+        ),
+        (Some(Outcome::Refused(Refusal::SessionUsed)), Some(c)) => (
+            StatusCode::OK,
+            "ok",
+            t.connected_title,
+            connected_to(t, &c.host),
+            None,
+        ),
         (Some(Outcome::Refused(r)), _) => {
             let (text, hint) = refusal_text(t, r);
-            (refusal_status(r), "bad", t.error_title, text.to_owned(), hint)
+            (
+                refusal_status(r),
+                "bad",
+                t.error_title,
+                text.to_owned(),
+                hint,
+            )
         }
-        (Some(Outcome::Connected), None) => {
-            (StatusCode::OK, "warn", t.connect_title, t.status_revoked.to_owned(), None)
-        }
-        (None, _) => (StatusCode::ACCEPTED, "muted", t.connect_title, t.pending.to_owned(), None),
+        (Some(Outcome::Connected), None) => (
+            StatusCode::OK,
+            "warn",
+            t.connect_title,
+            t.status_revoked.to_owned(),
+            None,
+        ),
+        (None, _) => (
+            StatusCode::ACCEPTED,
+            "muted",
+            t.connect_title,
+            t.pending.to_owned(),
+            None,
+        ),
     };
     let ok = class == "ok";
     let hint = if !ok && view.retry_url.is_none() {

@@ -537,11 +537,7 @@ fn used_page(req: &HttpRequest, used: &connect::UsedPage) -> HttpResponse {
         origin: "",
         return_url: "",
     };
-    html(
-        StatusCode::GONE,
-        &n,
-        branded(conn.platform, page.render()),
-    )
+    html(StatusCode::GONE, &n, branded(conn.platform, page.render()))
 }
 
 fn ready_page(state: &Context, ready: &connect::ReadyPage) -> HttpResponse {

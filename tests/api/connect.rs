@@ -290,7 +290,16 @@ async fn a_reused_state_is_refused_and_changes_nothing() {
     assert_eq!(result_location(&resp).as_deref(), Some(result.as_str()));
     // Another browser with it is refused.
     let stranger = reqwest::Client::new();
-    assert_eq!(stranger.get(&callback).send().await.unwrap().status().as_u16(), 410);
+    assert_eq!(
+        stranger
+            .get(&callback)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        410
+    );
     let again = connection(&app, "seller-1").await.unwrap();
     assert_eq!(again.token_version, first.token_version);
     assert_eq!(app.sandbox.counters(HOST).code_exchanges, 1);
