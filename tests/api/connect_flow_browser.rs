@@ -139,7 +139,7 @@ async fn the_result_page_speaks_the_language_chosen_on_the_connect_page() {
                 decide(&client, &host, allow).await?;
                 if allow {
                     text_contains(&client, "#title", title).await?;
-                    text_contains(&client, "#text", &format!("{connected}")).await?;
+                    text_contains(&client, "#text", connected).await?;
                     text_contains(&client, "#text", &host).await?;
                 } else {
                     text_contains(&client, "#text", denied).await?;
@@ -353,7 +353,7 @@ async fn an_old_link_of_a_connected_seller_shows_the_connection() {
         let client = browser(&driver, PHONE.0, PHONE.1).await;
         run_steps(&format!("old_link_{lang}"), client, |client| async move {
             step("open the old link", client.goto(&url).await)?;
-            text_contains(&client, "#text", &format!("{connected}")).await?;
+            text_contains(&client, "#text", connected).await?;
             text_contains(&client, "#text", &host).await?;
             text_contains(&client, "#current-host", &host).await?;
             if client.find(Locator::Id("connect")).await.is_ok() {
