@@ -533,9 +533,8 @@ async fn a_callback_whose_platform_and_client_id_disagree_is_refused_before_any_
     // A Kommo consent coming back with the amoCRM client id.
     let callback = kommo_callback(&app, "seller-k", "shopk.kommo.com").await;
     app.sandbox.clear_log();
-    let resp = app
-        .browse(&with_param(&callback, "client_id", &amo_id))
-        .await;
+    let resp =
+        crate::support::through_result(&app, &with_param(&callback, "client_id", &amo_id)).await;
     assert_eq!(resp.status().as_u16(), 400);
     assert!(connection(&app, "seller-k").await.is_none());
 
