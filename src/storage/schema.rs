@@ -108,6 +108,9 @@ diesel::table! {
         expires_at -> Timestamp,
         used_at -> Nullable<Timestamp>,
         created_at -> Timestamp,
+        lang -> Nullable<Text>,
+        result_hash -> Nullable<Text>,
+        outcome -> Nullable<Text>,
     }
 }
 

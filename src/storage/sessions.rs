@@ -35,6 +35,12 @@ pub struct OAuthState {
     pub expires_at: NaiveDateTime,
     pub used_at: Option<NaiveDateTime>,
     pub created_at: NaiveDateTime,
+    /// The language of the page that minted the state: what the seller chose, kept server-side.
+    pub lang: Option<String>,
+    /// SHA-256 of the key of the result page this state's callback redirects to.
+    pub result_hash: Option<String>,
+    /// `connected` or the refusal's name, once the callback has finished.
+    pub outcome: Option<String>,
 }
 
 /// A session about to be stored.
@@ -61,6 +67,8 @@ pub struct NewState {
     pub mode: String,
     pub expires_at: NaiveDateTime,
     pub created_at: NaiveDateTime,
+    pub lang: Option<String>,
+    pub result_hash: Option<String>,
 }
 
 pub fn insert_session(
@@ -145,6 +153,29 @@ pub fn consume_state(
     Ok(n == 1)
 }
 
+pub fn find_state_by_result_hash(
+    conn: &mut AnyConnection,
+    result_hash: &str,
+) -> Result<Option<OAuthState>, StorageError> {
+    Ok(os::table
+        .filter(os::result_hash.eq(result_hash))
+        .select(OAuthState::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Records how a consumed state's callback ended, for its result page.
+pub fn record_outcome(
+    conn: &mut AnyConnection,
+    id: i64,
+    outcome: &str,
+) -> Result<(), StorageError> {
+    diesel::update(os::table.filter(os::id.eq(id)))
+        .set(os::outcome.eq(Some(outcome)))
+        .execute(conn)?;
+    Ok(())
+}
+
 /// Removes sessions (and, by cascade, their states) that expired before `before`.
 pub fn prune_expired(
     conn: &mut AnyConnection,
@@ -194,6 +225,22 @@ impl Sessions<'_> {
     ) -> Result<Option<OAuthState>, StorageError> {
         let hash = state_hash.to_owned();
         self.db.run(move |c| find_state_by_hash(c, &hash)).await
+    }
+
+    /// The state whose result page key hashes to `result_hash`.
+    pub async fn state_by_result_hash(
+        &self,
+        result_hash: &str,
+    ) -> Result<Option<OAuthState>, StorageError> {
+        let hash = result_hash.to_owned();
+        self.db
+            .run(move |c| find_state_by_result_hash(c, &hash))
+            .await
+    }
+
+    /// See [`record_outcome`].
+    pub async fn record_outcome(&self, id: i64, outcome: &'static str) -> Result<(), StorageError> {
+        self.db.run(move |c| record_outcome(c, id, outcome)).await
     }
 
     /// See [`consume_state`].

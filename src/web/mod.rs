@@ -35,6 +35,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
     // Seller pages, the OAuth callback, amoCRM's uninstall hook, the external cron's /refresh.
     cfg.service(web::resource("/connect/{token}").get(pages::connect_page))
+        .service(web::resource("/connect/result/{key}").get(oauth::result))
+        .service(web::resource("/connect/assets/seller.js").get(pages::script))
         .service(
             web::resource("/settings/{token}")
                 .get(settings_page::page)

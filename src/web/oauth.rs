@@ -8,127 +8,239 @@ use askama::Template;
 use serde::Deserialize;
 
 use super::error::ApiError;
-use super::pages::{self, MessageTemplate, pick_lang, texts};
+use super::pages::{
+    self, CurrentConnection, MessageTemplate, Texts, connected_to, pick_lang, texts,
+};
+use crate::domain::status::ProvisioningState;
 use crate::services::Context;
-use crate::services::connect::{self, BROWSER_COOKIE, CallbackParams, Refusal, UninstallError};
+use crate::services::connect::{
+    self, BROWSER_COOKIE, CallbackParams, Finished, Lang, Outcome, Refusal, ResultPage,
+    UninstallError,
+};
 use crate::services::settings_page;
+use crate::storage::connections::Connection;
 
-/// `GET /oauth/amocrm/callback?code&state&referer&client_id[&from_widget][&error]`.
+/// `GET /oauth/amocrm/callback?code&state&referer&client_id[&from_widget][&error]`. Once the state is ours and
+/// spent, the answer is a redirect to its result page (Post/Redirect/Get): the callback URL, whose state
+/// cannot be spent twice, never stays in the browser's history to be reloaded.
 pub async fn callback(req: HttpRequest, state: web::Data<Context>) -> HttpResponse {
     // A query that does not even parse is treated like one without a state.
     let params: CallbackParams = serde_urlencoded::from_str(req.query_string()).unwrap_or_default();
     let cookie = req.cookie(BROWSER_COOKIE).map(|c| c.value().to_owned());
-    let outcome = match connect::callback(&state, &params, cookie.as_deref()).await {
-        Ok(o) => o,
-        Err(e) => {
-            tracing::error!(error = %e, "OAuth callback failed on the database");
-            let lang = pick_lang(&req, None);
-            let t = texts(lang);
-            return pages::message(
-                StatusCode::SERVICE_UNAVAILABLE,
-                lang,
-                "bad",
-                t.error_title,
-                t.exchange_failed,
-                None,
-            );
-        }
-    };
-    let origin = pages::origin(&state);
-    let nonce = pages::nonce();
-    match outcome {
-        Ok(done) => {
-            let lang = pick_lang(&req, done.lang);
-            let t = texts(lang);
-            let return_url = done.return_url.clone().unwrap_or_default();
-            if done.mode == AuthMode::Popup && !return_url.is_empty() {
-                return HttpResponse::SeeOther()
-                    .insert_header(("Location", return_url))
-                    .insert_header(("Cache-Control", "no-store"))
-                    .insert_header(("Referrer-Policy", "no-referrer"))
-                    .finish();
-            }
-            let setup_done = done.provisioning.as_ref().is_some_and(|p| p.complete);
-            let text = format!("{} ({})", t.success_text, done.connection.host);
-            let settings_url = settings_link(&state, &done).await;
-            let page = MessageTemplate {
-                t,
-                nonce: &nonce,
-                class: "ok",
-                title: t.success_title,
-                text: &text,
-                note: (!setup_done).then_some(t.setup_pending),
-                hint: None,
-                retry_url: None,
-                settings_url: settings_url.as_deref(),
-                post_message: done.mode == AuthMode::PostMessage,
-                status: "connected",
-                origin: &origin,
-                return_url: &return_url,
-            };
-            let body = pages::branded(done.connection.platform, page.render());
-            pages::html(StatusCode::OK, &nonce, body)
-        }
-        Err(refused) => {
+    match connect::callback(&state, &params, cookie.as_deref()).await {
+        Ok(Ok(Finished::Result(key))) => see_other(&format!("/connect/result/{key}")),
+        Ok(Ok(Finished::ReturnTo(url))) => see_other(&url),
+        Ok(Err(refused)) => {
             let lang = pick_lang(&req, refused.lang);
             let t = texts(lang);
-            let (text, hint) = match refused.reason {
-                Refusal::FromWidget => (t.from_widget, None),
-                Refusal::MissingState | Refusal::UnknownState => {
-                    (t.bad_state, Some(t.ask_new_link))
-                }
-                Refusal::ExpiredState => (t.expired_state, Some(t.ask_new_link)),
-                Refusal::UsedState => (t.used_state, Some(t.ask_new_link)),
-                Refusal::OtherBrowser => (t.other_browser, Some(t.ask_new_link)),
-                Refusal::SessionUsed => (t.session_used, None),
-                Refusal::Denied => (t.denied, None),
-                Refusal::WrongClient => (t.wrong_client, None),
-                Refusal::BadReferer => (t.bad_referer, None),
-                Refusal::MissingCode => (t.missing_code, None),
-                Refusal::ExchangeFailed | Refusal::CodeRejected => (t.exchange_failed, None),
-                Refusal::AccountUnreadable => (t.account_unreadable, None),
-                Refusal::AccountTaken => (t.account_taken, None),
-            };
-            let hint = if refused.retry_url.is_none() && hint.is_none() {
-                Some(t.ask_new_link)
-            } else {
-                hint
-            };
-            let status = refusal_status(refused.reason);
+            let (text, hint) = refusal_text(t, refused.reason);
+            let n = pages::nonce();
             let page = MessageTemplate {
                 t,
-                nonce: &nonce,
+                nonce: &n,
                 class: "bad",
                 title: t.error_title,
                 text,
                 note: None,
-                hint,
-                retry_url: refused.retry_url.as_deref(),
+                hint: hint.or(Some(t.ask_new_link)),
+                retry_url: None,
                 settings_url: None,
+                card: None,
                 post_message: false,
                 status: "error",
-                origin: &origin,
+                origin: "",
                 return_url: "",
             };
-            pages::html(status, &nonce, page.render())
+            pages::html(refusal_status(refused.reason), &n, page.render())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "OAuth callback failed on the database");
+            unavailable(&req)
         }
     }
 }
 
-/// A fresh settings link for the seller who just connected, so the success page can lead on to choosing how
-/// orders arrive. Without one the page still reports success.
-async fn settings_link(state: &Context, done: &connect::Connected) -> Option<String> {
+fn see_other(location: &str) -> HttpResponse {
+    HttpResponse::SeeOther()
+        .insert_header(("Location", location))
+        .insert_header(("Cache-Control", "no-store"))
+        .insert_header(("Referrer-Policy", "no-referrer"))
+        .finish()
+}
+
+fn unavailable(req: &HttpRequest) -> HttpResponse {
+    let lang = pick_lang(req, None);
+    let t = texts(lang);
+    pages::message(
+        StatusCode::SERVICE_UNAVAILABLE,
+        lang,
+        "bad",
+        t.error_title,
+        t.exchange_failed,
+        None,
+    )
+}
+
+/// What a refusal tells the seller, and what to do about it when there is no retry.
+fn refusal_text(t: &'static Texts, r: Refusal) -> (&'static str, Option<&'static str>) {
+    match r {
+        Refusal::FromWidget => (t.from_widget, None),
+        Refusal::MissingState | Refusal::UnknownState => (t.bad_state, Some(t.ask_new_link)),
+        Refusal::ExpiredState => (t.expired_state, Some(t.ask_new_link)),
+        Refusal::UsedState => (t.used_state, Some(t.ask_new_link)),
+        Refusal::OtherBrowser => (t.other_browser, Some(t.ask_new_link)),
+        Refusal::SessionUsed => (t.session_used, None),
+        Refusal::Denied => (t.denied, None),
+        Refusal::WrongClient => (t.wrong_client, None),
+        Refusal::BadReferer => (t.bad_referer, None),
+        Refusal::MissingCode => (t.missing_code, None),
+        Refusal::ExchangeFailed | Refusal::CodeRejected => (t.exchange_failed, None),
+        Refusal::AccountUnreadable => (t.account_unreadable, None),
+        Refusal::AccountTaken => (t.account_taken, None),
+    }
+}
+
+/// `GET /connect/result/{key}`: the outcome of one consent and the seller's connection as it is now, in the
+/// language of the page the seller started from. The status is the outcome's (200, or the refusal's), so
+/// a reload answers as the first view did. In popup mode the page posts the outcome to its opener.
+pub async fn result(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<Context>,
+) -> HttpResponse {
+    let cookie = req.cookie(BROWSER_COOKIE).map(|c| c.value().to_owned());
+    let view = match connect::result_page(&state, &path.into_inner(), cookie.as_deref()).await {
+        Ok(ResultPage::Ready(view)) => view,
+        Ok(ResultPage::Unknown) => {
+            let lang = pick_lang(&req, None);
+            let t = texts(lang);
+            let hint = Some(t.ask_new_link);
+            return pages::message(
+                StatusCode::NOT_FOUND,
+                lang,
+                "bad",
+                t.unknown_title,
+                t.unknown_text,
+                hint,
+            );
+        }
+        Ok(ResultPage::OtherBrowser) => {
+            let lang = pick_lang(&req, None);
+            let t = texts(lang);
+            let hint = Some(t.ask_new_link);
+            return pages::message(
+                StatusCode::FORBIDDEN,
+                lang,
+                "bad",
+                t.error_title,
+                t.other_browser,
+                hint,
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "result page failed");
+            return unavailable(&req);
+        }
+    };
+    let lang = pick_lang(&req, view.lang);
+    let t = texts(lang);
+    let live = view
+        .connection
+        .as_ref()
+        .filter(|c| CurrentConnection::is_live(c));
+    // What the page says first: the outcome, unless the seller is connected anyway (a spent link).
+    let (status, class, title, text, hint) = match (view.outcome, live) {
+        (Some(Outcome::Connected), Some(c)) => (
+            StatusCode::OK,
+            "ok",
+            t.success_title,
+            connected_to(t, &c.host),
+            None,
+        ),
+        (Some(Outcome::Refused(Refusal::SessionUsed)), Some(c)) => (
+            StatusCode::OK,
+            "ok",
+            t.connected_title,
+            connected_to(t, &c.host),
+            None,
+        ),
+        (Some(Outcome::Refused(r)), _) => {
+            let (text, hint) = refusal_text(t, r);
+            (
+                refusal_status(r),
+                "bad",
+                t.error_title,
+                text.to_owned(),
+                hint,
+            )
+        }
+        (Some(Outcome::Connected), None) => (
+            StatusCode::OK,
+            "warn",
+            t.connect_title,
+            t.status_revoked.to_owned(),
+            None,
+        ),
+        (None, _) => (
+            StatusCode::ACCEPTED,
+            "muted",
+            t.connect_title,
+            t.pending.to_owned(),
+            None,
+        ),
+    };
+    let ok = class == "ok";
+    let hint = if !ok && view.retry_url.is_none() {
+        hint.or(Some(t.ask_new_link))
+    } else {
+        hint
+    };
+    let settings_url = match live.filter(|_| ok) {
+        Some(c) => settings_link(&state, c, &view, lang).await,
+        None => None,
+    };
+    let setup_done = live.is_some_and(|c| c.provisioning_state == ProvisioningState::Complete);
+    let origin = pages::origin(&state);
+    let n = pages::nonce();
+    let page = MessageTemplate {
+        t,
+        nonce: &n,
+        class,
+        title,
+        text: &text,
+        note: (ok && !setup_done).then_some(t.setup_pending),
+        hint,
+        retry_url: view.retry_url.as_deref(),
+        settings_url: settings_url.as_deref(),
+        card: Some(CurrentConnection::of(view.connection.as_ref(), t)),
+        post_message: view.mode == AuthMode::PostMessage,
+        status: if ok { "connected" } else { "error" },
+        origin: &origin,
+        return_url: view.session.return_url.as_deref().unwrap_or(""),
+    };
+    let body = pages::branded(view.session.platform, page.render());
+    pages::html(status, &n, body)
+}
+
+/// A fresh settings link for the seller who is connected, so the page can lead on to choosing how orders
+/// arrive. Without one the page still reports the connection.
+async fn settings_link(
+    state: &Context,
+    connection: &Connection,
+    view: &connect::ResultView,
+    lang: Lang,
+) -> Option<String> {
     let created = settings_page::create_session(
         state,
-        &done.connection.seller_id,
-        done.return_url.as_deref(),
-        done.lang.map(|l| l.as_str()),
+        &connection.seller_id,
+        view.session.return_url.as_deref(),
+        Some(lang.as_str()),
     )
     .await;
     match created {
         Ok(c) => Some(c.settings_url),
         Err(e) => {
-            tracing::warn!(error = %e, "no settings link for the success page");
+            tracing::warn!(error = %e, "no settings link for the result page");
             None
         }
     }

@@ -57,12 +57,19 @@ pub struct Texts {
     pub account_unreadable: &'static str,
     pub account_taken: &'static str,
     pub settings_link: &'static str,
+    /// "Connected to {host}": every success names the account.
+    pub connected_to: &'static str,
+    pub connected_title: &'static str,
+    pub used_connected: &'static str,
+    pub not_connected: &'static str,
+    pub pending: &'static str,
+    pub popup_closed: &'static str,
 }
 
 pub const UZ: Texts = Texts {
     html_lang: "uz",
     connect_title: "amoCRM'ni ulash",
-    connect_intro: "Marketpleys buyurtmalari amoCRM'da bitim sifatida paydo bo'lishi uchun hisobingizni ulang. amoCRM ruxsat oynasi ochiladi.",
+    connect_intro: "Marketpleys buyurtmalari amoCRM'da bitim sifatida paydo boʻlishi uchun hisobingizni ulang. amoCRM ruxsat oynasi ochiladi.",
     connect_button: "amoCRM'ni ulash",
     reconnect_button: "Qayta ulash",
     fallback_link: "Oyna ochilmadimi? Shu yerda davom eting",
@@ -71,34 +78,40 @@ pub const UZ: Texts = Texts {
     status_active: "Faol",
     status_refresh_failed: "Ulanish uzildi — iltimos, qayta ulang",
     status_revoked: "Uzilgan",
-    status_suspended: "amoCRM hisobni vaqtincha rad etmoqda (to'lanmagan yoki bloklangan); buyurtmalar kutib turibdi",
+    status_suspended: "amoCRM hisobni vaqtincha rad etmoqda (toʻlanmagan yoki bloklangan); buyurtmalar kutib turibdi",
     waiting: "amoCRM oynasida ruxsat bering…",
     success_title: "amoCRM ulandi",
     success_text: "Buyurtmalaringiz endi amoCRM'ga tushadi. Bu oynani yopishingiz mumkin.",
-    setup_pending: "Sozlash yakunlanmoqda: voronka va maydonlar tez orada tayyor bo'ladi. Qayta ulanish shart emas.",
-    error_title: "Ulanib bo'lmadi",
+    setup_pending: "Sozlash yakunlanmoqda: voronka va maydonlar tez orada tayyor boʻladi. Qayta ulanish shart emas.",
+    error_title: "Ulanib boʻlmadi",
     retry: "Qayta urinish",
     ask_new_link: "Marketpleys kabinetidan yangi ulanish havolasini oching.",
     unknown_title: "Havola topilmadi",
-    unknown_text: "Bu ulanish havolasi noto'g'ri.",
+    unknown_text: "Bu ulanish havolasi notoʻgʻri.",
     expired_title: "Havola muddati tugagan",
     expired_text: "Ulanish havolalari 30 daqiqa amal qiladi.",
     used_title: "Havola allaqachon ishlatilgan",
     used_text: "Har bir ulanish havolasi faqat bir marta ishlaydi.",
-    from_widget: "amoCRM vidjeti yoki katalogi orqali o'rnatish qo'llab-quvvatlanmaydi. Marketpleysdagi sotuvchi kabinetini oching va u yerdagi “amoCRM'ni ulash” tugmasini bosing.",
-    bad_state: "So'rov xavfsizlik tekshiruvidan o'tmadi.",
+    from_widget: "amoCRM vidjeti yoki katalogi orqali oʻrnatish qoʻllab-quvvatlanmaydi. Marketpleysdagi sotuvchi kabinetini oching va u yerdagi “amoCRM'ni ulash” tugmasini bosing.",
+    bad_state: "Soʻrov xavfsizlik tekshiruvidan oʻtmadi.",
     expired_state: "Ulanish uchun ajratilgan vaqt (30 daqiqa) tugadi.",
-    used_state: "Bu ulanish so'rovi allaqachon ishlatilgan.",
+    used_state: "Bu ulanish soʻrovi allaqachon ishlatilgan.",
     other_browser: "Ulanishni boshlagan brauzeringizda yakunlang.",
     session_used: "Bu havola orqali ulanish allaqachon yakunlangan.",
     denied: "Siz amoCRM'ga kirishga ruxsat bermadingiz.",
     wrong_client: "Javob boshqa integratsiyaga tegishli.",
-    bad_referer: "amoCRM hisobining manzili noto'g'ri.",
+    bad_referer: "amoCRM hisobining manzili notoʻgʻri.",
     missing_code: "amoCRM ruxsat kodini yubormadi.",
-    exchange_failed: "amoCRM kirishga ruxsat bermadi. Qayta urinib ko'ring.",
-    account_unreadable: "amoCRM hisobini aniqlab bo'lmadi.",
+    exchange_failed: "amoCRM kirishga ruxsat bermadi. Qayta urinib koʻring.",
+    account_unreadable: "amoCRM hisobini aniqlab boʻlmadi.",
     account_taken: "Bu amoCRM hisobi boshqa sotuvchiga ulangan.",
     settings_link: "Buyurtmalar qanday tushishini sozlash",
+    connected_to: "Siz {host} hisobiga ulangansiz.",
+    connected_title: "amoCRM ulangan",
+    used_connected: "Bu havola allaqachon ishlatilgan. Boshqa hisobni ulash uchun marketpleys kabinetidan yangi havola oching.",
+    not_connected: "Hali ulanmagan",
+    pending: "Ulanish davom etmoqda. Sahifani birozdan keyin yangilang.",
+    popup_closed: "amoCRM oynasi ulanish tugamasdan yopildi.",
 };
 
 pub const RU: Texts = Texts {
@@ -141,6 +154,12 @@ pub const RU: Texts = Texts {
     account_unreadable: "Не удалось определить аккаунт amoCRM.",
     account_taken: "Этот аккаунт amoCRM уже подключён другим продавцом.",
     settings_link: "Настроить, как приходят заказы",
+    connected_to: "Вы подключены к аккаунту {host}.",
+    connected_title: "amoCRM подключён",
+    used_connected: "Эта ссылка уже использована. Чтобы подключить другой аккаунт, откройте новую ссылку в кабинете маркетплейса.",
+    not_connected: "Ещё не подключён",
+    pending: "Подключение ещё идёт. Обновите страницу чуть позже.",
+    popup_closed: "Окно amoCRM закрыто до завершения подключения.",
 };
 
 pub const EN: Texts = Texts {
@@ -183,6 +202,12 @@ pub const EN: Texts = Texts {
     account_unreadable: "The amoCRM account could not be identified.",
     account_taken: "This amoCRM account is already connected by another seller.",
     settings_link: "Set up how orders arrive",
+    connected_to: "You are connected to {host}.",
+    connected_title: "amoCRM is connected",
+    used_connected: "This link was already used. To connect another account, open a new link from your marketplace dashboard.",
+    not_connected: "Not connected yet",
+    pending: "Connecting is still in progress. Reload this page in a moment.",
+    popup_closed: "The amoCRM window was closed before connecting finished.",
 };
 
 pub fn texts(lang: Lang) -> &'static Texts {
@@ -193,20 +218,36 @@ pub fn texts(lang: Lang) -> &'static Texts {
     }
 }
 
-/// `?lang=` first, then the session's language, then `Accept-Language`, then Uzbek.
-pub fn pick_lang(req: &HttpRequest, session_lang: Option<Lang>) -> Lang {
-    let from_query =
-        web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
-            .ok()
-            .and_then(|q| q.get("lang").and_then(|l| Lang::parse(l)));
-    from_query
-        .or(session_lang)
-        .or_else(|| {
-            req.headers()
-                .get("accept-language")
-                .and_then(|v| v.to_str().ok())
-                .and_then(Lang::from_accept_language)
-        })
+/// Name of the cookie holding the language a seller chose with `?lang=`, for the pages after amoCRM's
+/// consent (whose URLs carry no `?lang=`).
+pub const LANG_COOKIE: &str = "amocrm_lang";
+
+/// The language the seller chose: `?lang=`, else the language cookie (for pages reached from amoCRM).
+pub fn chosen_lang(req: &HttpRequest) -> Option<Lang> {
+    query_lang(req).or_else(|| req.cookie(LANG_COOKIE).and_then(|c| Lang::parse(c.value())))
+}
+
+fn query_lang(req: &HttpRequest) -> Option<Lang> {
+    web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
+        .ok()
+        .and_then(|q| q.get("lang").and_then(|l| Lang::parse(l)))
+}
+
+/// The browser's language (`Accept-Language`).
+pub fn browser_lang(req: &HttpRequest) -> Option<Lang> {
+    req.headers()
+        .get("accept-language")
+        .and_then(|v| v.to_str().ok())
+        .and_then(Lang::from_accept_language)
+}
+
+/// `?lang=` first, then the language known server-side (the state's or the session's), then the
+/// seller's language cookie, then `Accept-Language`, then Uzbek.
+pub fn pick_lang(req: &HttpRequest, known: Option<Lang>) -> Lang {
+    query_lang(req)
+        .or(known)
+        .or_else(|| chosen_lang(req))
+        .or_else(|| browser_lang(req))
         .unwrap_or(Lang::Uz)
 }
 
@@ -219,8 +260,9 @@ pub fn origin(state: &Context) -> String {
         .ascii_serialization()
 }
 
-/// The account shown on the connect page.
+/// The one status card of the seller pages: the account and its status as stored now.
 pub struct CurrentConnection {
+    /// Empty when the seller has no connection.
     pub host: String,
     pub account_id: i64,
     pub since: String,
@@ -229,7 +271,7 @@ pub struct CurrentConnection {
 }
 
 impl CurrentConnection {
-    fn from(c: &Connection, t: &'static Texts) -> Self {
+    pub fn from(c: &Connection, t: &'static Texts) -> Self {
         let (status_text, status_class) = match c.status {
             ConnectionStatus::Active => (t.status_active, "ok"),
             ConnectionStatus::RefreshFailed => (t.status_refresh_failed, "warn"),
@@ -244,6 +286,34 @@ impl CurrentConnection {
             status_class,
         }
     }
+
+    /// The card of a seller without a connection.
+    pub fn none(t: &'static Texts) -> Self {
+        Self {
+            host: String::new(),
+            account_id: 0,
+            since: String::new(),
+            status_text: t.not_connected,
+            status_class: "muted",
+        }
+    }
+
+    pub fn of(c: Option<&Connection>, t: &'static Texts) -> Self {
+        c.map_or_else(|| Self::none(t), |c| Self::from(c, t))
+    }
+
+    /// Whether orders reach this account now (what "connected to" may be said of).
+    pub fn is_live(c: &Connection) -> bool {
+        matches!(
+            c.status,
+            ConnectionStatus::Active | ConnectionStatus::Suspended
+        )
+    }
+}
+
+/// "Connected to {host}" in the seller's language.
+pub fn connected_to(t: &Texts, host: &str) -> String {
+    t.connected_to.replace("{host}", host)
 }
 
 #[derive(Template)]
@@ -251,7 +321,8 @@ impl CurrentConnection {
 struct ConnectTemplate<'a> {
     t: &'static Texts,
     nonce: &'a str,
-    connection: Option<CurrentConnection>,
+    connected: bool,
+    card: CurrentConnection,
     popup_url: &'a str,
     fallback_url: &'a str,
     origin: &'a str,
@@ -271,6 +342,8 @@ pub struct MessageTemplate<'a> {
     pub retry_url: Option<&'a str>,
     /// The seller's settings page, offered after connecting.
     pub settings_url: Option<&'a str>,
+    /// The seller's connection as it is now, on pages about one.
+    pub card: Option<CurrentConnection>,
     /// Whether to post the outcome to the opener (popup mode).
     pub post_message: bool,
     pub status: &'a str,
@@ -359,6 +432,7 @@ pub fn message(
         hint,
         retry_url: None,
         settings_url: None,
+        card: None,
         post_message: false,
         status: "error",
         origin: "",
@@ -375,7 +449,10 @@ pub async fn connect_page(
 ) -> HttpResponse {
     let token = path.into_inner();
     let cookie = req.cookie(BROWSER_COOKIE).map(|c| c.value().to_owned());
-    let page = match connect::open_page(&state, &token, cookie.as_deref()).await {
+    // The cookie is not read here: the link's own language (the marketplace's choice) or the browser's
+    // decide until the seller picks one on this page.
+    let langs = (query_lang(&req), browser_lang(&req));
+    let page = match connect::open_page(&state, &token, cookie.as_deref(), langs).await {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "connect page failed");
@@ -391,7 +468,7 @@ pub async fn connect_page(
             );
         }
     };
-    match page {
+    let mut resp = match page {
         Page::Unknown => {
             let lang = pick_lang(&req, None);
             let t = texts(lang);
@@ -416,51 +493,109 @@ pub async fn connect_page(
                 Some(t.ask_new_link),
             )
         }
-        Page::Used => {
-            let lang = pick_lang(&req, None);
-            let t = texts(lang);
-            message(
-                StatusCode::GONE,
-                lang,
-                "warn",
-                t.used_title,
-                t.used_text,
-                Some(t.ask_new_link),
-            )
-        }
-        Page::Ready(ready) => {
-            let lang = pick_lang(&req, Lang::parse(&ready.session.lang));
-            let t = texts(lang);
-            let n = nonce();
-            let origin = origin(&state);
-            let page = ConnectTemplate {
-                t,
-                nonce: &n,
-                connection: ready
-                    .connection
-                    .as_ref()
-                    .map(|c| CurrentConnection::from(c, t)),
-                popup_url: &ready.popup_url,
-                fallback_url: &ready.fallback_url,
-                origin: &origin,
-                return_url: ready.session.return_url.as_deref().unwrap_or(""),
-            };
-            let body = branded(ready.session.platform, page.render());
-            let mut resp = html(StatusCode::OK, &n, body);
-            let secure = state.settings.public_base_url.scheme() == "https";
-            let cookie = Cookie::build(BROWSER_COOKIE, ready.browser_token.clone())
-                .path("/")
-                .http_only(true)
-                .secure(secure)
-                .same_site(SameSite::Lax)
-                .max_age(actix_web::cookie::time::Duration::seconds(
-                    connect::STATE_TTL.as_secs() as i64,
-                ))
-                .finish();
-            if let Err(e) = resp.add_cookie(&cookie) {
-                tracing::error!(error = %e, "could not set the connect cookie");
-            }
-            resp
-        }
+        Page::Used(used) => used_page(&req, &used),
+        Page::Ready(ready) => ready_page(&state, &ready),
+    };
+    remember_chosen_lang(&req, &state, &mut resp);
+    resp
+}
+
+/// A used link opens no new consent (410, as the contract has it), but a seller who is connected is told
+/// to which account, rather than only that the link is spent.
+fn used_page(req: &HttpRequest, used: &connect::UsedPage) -> HttpResponse {
+    let lang = pick_lang(req, Lang::parse(&used.session.lang));
+    let t = texts(lang);
+    let live = used
+        .connection
+        .as_ref()
+        .filter(|c| CurrentConnection::is_live(c));
+    let Some(conn) = live else {
+        return message(
+            StatusCode::GONE,
+            lang,
+            "warn",
+            t.used_title,
+            t.used_text,
+            Some(t.ask_new_link),
+        );
+    };
+    let n = nonce();
+    let text = connected_to(t, &conn.host);
+    let page = MessageTemplate {
+        t,
+        nonce: &n,
+        class: "ok",
+        title: t.connected_title,
+        text: &text,
+        note: None,
+        hint: Some(t.used_connected),
+        retry_url: None,
+        settings_url: None,
+        card: Some(CurrentConnection::from(conn, t)),
+        post_message: false,
+        status: "connected",
+        origin: "",
+        return_url: "",
+    };
+    html(StatusCode::GONE, &n, branded(conn.platform, page.render()))
+}
+
+fn ready_page(state: &Context, ready: &connect::ReadyPage) -> HttpResponse {
+    let t = texts(ready.lang);
+    let n = nonce();
+    let origin = origin(state);
+    let page = ConnectTemplate {
+        t,
+        nonce: &n,
+        connected: ready.connection.is_some(),
+        card: CurrentConnection::of(ready.connection.as_ref(), t),
+        popup_url: &ready.popup_url,
+        fallback_url: &ready.fallback_url,
+        origin: &origin,
+        return_url: ready.session.return_url.as_deref().unwrap_or(""),
+    };
+    let body = branded(ready.session.platform, page.render());
+    let mut resp = html(StatusCode::OK, &n, body);
+    let secure = state.settings.public_base_url.scheme() == "https";
+    let cookie = Cookie::build(BROWSER_COOKIE, ready.browser_token.clone())
+        .path("/")
+        .http_only(true)
+        .secure(secure)
+        .same_site(SameSite::Lax)
+        .max_age(actix_web::cookie::time::Duration::seconds(
+            connect::STATE_TTL.as_secs() as i64,
+        ))
+        .finish();
+    if let Err(e) = resp.add_cookie(&cookie) {
+        tracing::error!(error = %e, "could not set the connect cookie");
     }
+    resp
+}
+
+/// A `?lang=` the seller chose is kept in a cookie, for pages whose URL carries none.
+fn remember_chosen_lang(req: &HttpRequest, state: &Context, resp: &mut HttpResponse) {
+    let Some(lang) = query_lang(req) else {
+        return;
+    };
+    let secure = state.settings.public_base_url.scheme() == "https";
+    let cookie = Cookie::build(LANG_COOKIE, lang.as_str())
+        .path("/")
+        .http_only(true)
+        .secure(secure)
+        .same_site(SameSite::Lax)
+        .max_age(actix_web::cookie::time::Duration::days(365))
+        .finish();
+    if let Err(e) = resp.add_cookie(&cookie) {
+        tracing::error!(error = %e, "could not set the language cookie");
+    }
+}
+
+/// `GET /connect/assets/seller.js`: the seller pages' one script, from a file so the CSP needs no inline
+/// code (it is still loaded only with the page's nonce).
+pub async fn script() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .insert_header(("Cache-Control", "public, max-age=3600"))
+        .insert_header(("X-Content-Type-Options", "nosniff"))
+        .body(include_str!("../../templates/seller/seller.js"))
 }

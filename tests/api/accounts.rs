@@ -451,7 +451,7 @@ async fn kommo_and_amocrm_sellers_work_side_by_side_each_with_its_own_integratio
         (q["platform"].as_str(), q["client_id"].as_str()),
         ("2", KOMMO_ID)
     );
-    let done = app.browse(&callback).await;
+    let done = crate::support::through_result(&app, &callback).await;
     assert_eq!(done.status(), 200);
     let page = done.text().await.unwrap();
     assert!(
@@ -533,16 +533,15 @@ async fn a_callback_whose_platform_and_client_id_disagree_is_refused_before_any_
     // A Kommo consent coming back with the amoCRM client id.
     let callback = kommo_callback(&app, "seller-k", "shopk.kommo.com").await;
     app.sandbox.clear_log();
-    let resp = app
-        .browse(&with_param(&callback, "client_id", &amo_id))
-        .await;
+    let resp =
+        crate::support::through_result(&app, &with_param(&callback, "client_id", &amo_id)).await;
     assert_eq!(resp.status().as_u16(), 400);
     assert!(connection(&app, "seller-k").await.is_none());
 
     // An amoCRM consent coming back as Kommo's.
     let callback = until_callback(&app, "seller-a", "shopa.amocrm.ru", true).await;
     assert_eq!(query_of(&callback)["platform"], "1");
-    let resp = app.browse(&with_param(&callback, "platform", "2")).await;
+    let resp = crate::support::through_result(&app, &with_param(&callback, "platform", "2")).await;
     assert_eq!(resp.status().as_u16(), 400);
     assert!(connection(&app, "seller-a").await.is_none());
 
@@ -553,7 +552,7 @@ async fn a_callback_whose_platform_and_client_id_disagree_is_refused_before_any_
         "platform",
         "2",
     );
-    let resp = app.browse(&forged).await;
+    let resp = crate::support::through_result(&app, &forged).await;
     assert_eq!(resp.status().as_u16(), 400);
     assert!(connection(&app, "seller-x").await.is_none());
 

@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 
 use crate::support::{
     HOST, OTHER_HOST, TestApp, assert_error, attr, connect, connection, consent, create_session,
-    env_vars, event_count, open_page, query_of, spawn_app, spawn_app_with, status_of,
-    until_callback,
+    env_vars, event_count, follow_result, open_page, query_of, result_location, spawn_app,
+    spawn_app_with, status_of, through_result, until_callback,
 };
 
 /// Replaces (or adds) one query parameter of a URL.
@@ -53,7 +53,7 @@ async fn a_full_connect_click_by_click_leaves_an_active_provisioned_connection()
     let html = resp.text().await.unwrap();
     assert!(html.contains("amoCRM ulandi"), "{html}");
     assert!(
-        html.contains("postMessage"),
+        html.contains("data-page=\"result\"") && html.contains("/connect/assets/seller.js"),
         "popup mode posts to the opener"
     );
 
@@ -281,10 +281,25 @@ async fn an_expired_state_stores_nothing() {
 async fn a_reused_state_is_refused_and_changes_nothing() {
     let app = spawn_app().await;
     let callback = until_callback(&app, "seller-1", HOST, true).await;
-    assert_eq!(app.browse(&callback).await.status().as_u16(), 200);
+    let done = app.browse(&callback).await;
+    let result = result_location(&done).expect("a redirect to the result page");
+    assert_eq!(follow_result(&app, done).await.status().as_u16(), 200);
     let first = connection(&app, "seller-1").await.unwrap();
+    // The same browser coming back with the spent state sees its result again, not "already used".
     let resp = app.browse(&callback).await;
-    assert_eq!(resp.status().as_u16(), 410);
+    assert_eq!(result_location(&resp).as_deref(), Some(result.as_str()));
+    // Another browser with it is refused.
+    let stranger = reqwest::Client::new();
+    assert_eq!(
+        stranger
+            .get(&callback)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        410
+    );
     let again = connection(&app, "seller-1").await.unwrap();
     assert_eq!(again.token_version, first.token_version);
     assert_eq!(app.sandbox.counters(HOST).code_exchanges, 1);
@@ -302,7 +317,7 @@ async fn a_state_from_another_browser_stores_nothing() {
     assert_eq!(resp.status().as_u16(), 403);
     assert_nothing_stored(&app, "seller-1").await;
     // The state was not spent: the right browser still completes.
-    assert_eq!(app.browse(&callback).await.status().as_u16(), 200);
+    assert_eq!(through_result(&app, &callback).await.status().as_u16(), 200);
 }
 
 #[tokio::test]
@@ -319,12 +334,7 @@ async fn disallowed_referers_store_nothing_and_no_secret_leaves_for_them() {
     {
         let seller = format!("seller-{i}");
         let callback = until_callback(&app, &seller, HOST, true).await;
-        let resp = app
-            .http
-            .get(with_param(&callback, "referer", bad))
-            .send()
-            .await
-            .unwrap();
+        let resp = through_result(&app, &with_param(&callback, "referer", bad)).await;
         assert_eq!(resp.status().as_u16(), 400, "{bad}");
         let html = resp.text().await.unwrap();
         assert!(html.contains("id=\"retry\""), "a retry link is offered");
@@ -341,7 +351,7 @@ async fn a_denial_or_a_foreign_client_id_stores_nothing_and_offers_a_retry() {
     let app = spawn_app().await;
     let callback = until_callback(&app, "seller-1", HOST, false).await;
     assert_eq!(query_of(&callback)["error"], "access_denied");
-    let resp = app.browse(&callback).await;
+    let resp = through_result(&app, &callback).await;
     assert_eq!(resp.status().as_u16(), 400);
     let html = resp.text().await.unwrap();
     assert!(html.contains("ruxsat bermadingiz"), "{html}");
@@ -349,18 +359,13 @@ async fn a_denial_or_a_foreign_client_id_stores_nothing_and_offers_a_retry() {
     assert_nothing_stored(&app, "seller-1").await;
 
     let callback = until_callback(&app, "seller-2", HOST, true).await;
-    let resp = app
-        .http
-        .get(with_param(&callback, "client_id", "someone-else"))
-        .send()
-        .await
-        .unwrap();
+    let resp = through_result(&app, &with_param(&callback, "client_id", "someone-else")).await;
     assert_eq!(resp.status().as_u16(), 400);
     assert_nothing_stored(&app, "seller-2").await;
 
     // The retry link of the denial is a fresh consent for the same session: it completes the connect.
     let callback = consent(&app.http, &app.sandbox.base_url(), &retry, HOST, true).await;
-    assert_eq!(app.browse(&callback).await.status().as_u16(), 200);
+    assert_eq!(through_result(&app, &callback).await.status().as_u16(), 200);
     assert_eq!(status_of(&app, "seller-1").await, ConnectionStatus::Active);
 }
 
@@ -407,7 +412,7 @@ async fn unknown_expired_and_used_connect_links_get_human_pages() {
     let url = session["connect_url"].as_str().unwrap().to_owned();
     let (popup, _) = open_page(&app.http, &url).await;
     let callback = consent(&app.http, &app.sandbox.base_url(), &popup, HOST, true).await;
-    assert_eq!(app.browse(&callback).await.status().as_u16(), 200);
+    assert_eq!(through_result(&app, &callback).await.status().as_u16(), 200);
     let resp = app.browse(&url).await;
     assert_eq!(resp.status().as_u16(), 410);
 }

@@ -20,7 +20,13 @@ fn browser() -> reqwest::Client {
 async fn click_through_connect(http: &reqwest::Client, connect_url: &str, sandbox: &str) -> String {
     let (popup, _) = open_page(http, connect_url).await;
     let callback = consent(http, sandbox, &popup, "sellerone.amocrm.ru", true).await;
-    let done = http.get(&callback).send().await.unwrap();
+    let mut done = http.get(&callback).send().await.unwrap();
+    // The callback redirects to its result page, as a browser follows it.
+    if done.status() == 303 {
+        let location = done.headers()["location"].to_str().unwrap().to_owned();
+        let result = url::Url::parse(&callback).unwrap().join(&location).unwrap();
+        done = http.get(result).send().await.unwrap();
+    }
     assert_eq!(done.status(), 200, "callback");
     done.text().await.unwrap()
 }

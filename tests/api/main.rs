@@ -15,6 +15,7 @@ mod foundation;
 // connect and refresh (issues 4, 5)
 mod accounts;
 mod connect;
+mod connect_flow_browser;
 mod refresh;
 
 // orders (issue 6)

@@ -139,6 +139,8 @@ async fn try_callback(
         .send()
         .await
         .map_err(|e| TestCaseError::fail(format!("no answer: {e}")))?;
+    // A spent state's answer is a redirect to its result page: the page is what the seller reads.
+    let resp = crate::support::follow_result(app, resp).await;
     let status = resp.status().as_u16();
     let content_type = resp
         .headers()

@@ -294,7 +294,7 @@ async fn no_secret_reaches_the_logs_an_api_answer_or_the_database_in_plain_text(
             format!("OAuth state of {seller}"),
             &query_of(&callback)["state"],
         );
-        let resp = app.browse(&callback).await;
+        let resp = crate::support::through_result(&app, &callback).await;
         let (status, _) = answers.keep(format!("callback of {seller}"), resp).await;
         assert_eq!(status, 200, "{seller} connects");
         let conn = connection(&app, seller).await.unwrap();
@@ -577,7 +577,12 @@ async fn a_sellers_connection_and_pipeline_never_show_through_another_sellers_id
     );
     for (seller, host) in [("iso-a", HOST), ("iso-b", OTHER_HOST)] {
         let callback = until_callback(&app, seller, host, true).await;
-        assert_eq!(app.browse(&callback).await.status(), 200);
+        assert_eq!(
+            crate::support::through_result(&app, &callback)
+                .await
+                .status(),
+            200
+        );
     }
     let a = connection(&app, "iso-a").await.unwrap();
     let b = connection(&app, "iso-b").await.unwrap();

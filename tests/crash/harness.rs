@@ -336,7 +336,13 @@ impl World {
         let (popup, _) =
             open_page(&self.http, session["data"]["connect_url"].as_str().unwrap()).await;
         let callback = self.sandbox.approve(&popup, host).unwrap();
-        let resp = self.http.get(&callback).send().await.unwrap();
+        let mut resp = self.http.get(&callback).send().await.unwrap();
+        // The callback redirects to its result page, as a browser follows it.
+        if resp.status().as_u16() == 303 {
+            let location = resp.headers()["location"].to_str().unwrap().to_owned();
+            let result = url::Url::parse(&callback).unwrap().join(&location).unwrap();
+            resp = self.http.get(result).send().await.unwrap();
+        }
         assert_eq!(resp.status().as_u16(), 200, "{seller} connects");
     }
 

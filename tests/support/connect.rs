@@ -110,8 +110,29 @@ pub async fn until_callback(app: &TestApp, seller: &str, host: &str, allow: bool
     consent(&app.http, &app.sandbox.base_url(), &popup, host, allow).await
 }
 
-/// A full connect, click by click; returns the callback's response.
+/// A full connect, click by click; returns the result page the callback leads to.
 pub async fn connect(app: &TestApp, seller: &str, host: &str) -> reqwest::Response {
     let callback = until_callback(app, seller, host, true).await;
-    app.browse(&callback).await
+    through_result(app, &callback).await
+}
+
+/// Where the callback redirects the browser: its result page's path, or `None` for any other answer.
+pub fn result_location(resp: &reqwest::Response) -> Option<String> {
+    let location = resp.headers().get("location")?.to_str().ok()?;
+    (resp.status().as_u16() == 303 && location.starts_with("/connect/result/"))
+        .then(|| location.to_owned())
+}
+
+/// `resp` followed, as a browser does, when it redirects to a result page; otherwise `resp` itself.
+pub async fn follow_result(app: &TestApp, resp: reqwest::Response) -> reqwest::Response {
+    match result_location(&resp) {
+        Some(path) => app.browse(&app.url(&path)).await,
+        None => resp,
+    }
+}
+
+/// A GET of the callback `url` by the test's browser, followed to its result page.
+pub async fn through_result(app: &TestApp, url: &str) -> reqwest::Response {
+    let resp = app.browse(url).await;
+    follow_result(app, resp).await
 }

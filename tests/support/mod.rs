@@ -18,7 +18,8 @@ pub use app::{
     spawn_app_against, spawn_app_on, spawn_app_with, spawn_app_with_sandbox,
 };
 pub use connect::{
-    HOST, OTHER_HOST, attr, connect, consent, create_session, open_page, query_of, until_callback,
+    HOST, OTHER_HOST, attr, connect, consent, create_session, follow_result, open_page, query_of,
+    result_location, through_result, until_callback,
 };
 pub use db::{count_sql, inbox_row};
 pub use receiver::{Behaviour, Hit, Receiver};

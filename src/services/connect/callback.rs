@@ -5,7 +5,6 @@ use amocrm_client::{AccountHost, AmoClient, AuthMode, TokenSet};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::Lang;
-use super::session::mint_state;
 use crate::domain::events::ConnectionConnected;
 use crate::domain::ids::{constant_time_eq, sha256_hex};
 use crate::domain::platform::Platform;
@@ -74,47 +73,138 @@ pub struct Connected {
     pub provisioning: Option<ProvisionReport>,
 }
 
-/// The OAuth callback. `cookie` is the browser cookie value, if any.
+/// How a callback ends once its state was ours, from this browser, and spent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finished {
+    /// The result page's key (`/connect/result/{key}`). The callback answers with a redirect there, so a
+    /// reload or Back shows the recorded outcome and the connection as it is, not a spent state.
+    Result(String),
+    /// Connected in the same window with a return URL: straight there, as before.
+    ReturnTo(String),
+}
+
+/// The OAuth callback. `cookie` is the browser cookie value, if any. Refusals before the state is spent
+/// are answered at once; everything after is recorded with the state and shown by its result page.
 #[tracing::instrument(skip_all, fields(seller_id = tracing::field::Empty, account_id = tracing::field::Empty))]
 pub async fn callback(
     state: &Context,
     params: &CallbackParams,
     cookie: Option<&str>,
-) -> Result<Result<Connected, Refused>, StorageError> {
+) -> Result<Result<Finished, Refused>, StorageError> {
     let checked = match check_state(state, params, cookie).await? {
         Ok(checked) => checked,
         Err(refused) => return Ok(Err(refused)),
     };
     tracing::Span::current().record("seller_id", checked.session.seller_id.as_str());
-    // From here on the state was good: a failure may offer a fresh consent link for the same session.
-    match connect(state, params, &checked).await? {
-        Ok(connected) => Ok(Ok(connected)),
-        Err(reason) => {
-            let retry_url = if reason == Refusal::SessionUsed {
-                None
-            } else {
-                let browser = cookie.unwrap_or_default();
-                mint_state(state, &checked.session, browser, checked.mode)
-                    .await
-                    .ok()
-            };
-            Ok(Err(Refused {
-                reason,
-                lang: checked.lang,
-                retry_url,
-            }))
+    if checked.replay {
+        return Ok(Ok(Finished::Result(checked.key)));
+    }
+    let outcome = match checked.refused {
+        Some(reason) => Err(reason),
+        None => connect(state, params, &checked).await?,
+    };
+    let recorded = match &outcome {
+        Ok(_) => Outcome::Connected,
+        Err(reason) => Outcome::Refused(*reason),
+    };
+    state
+        .db
+        .sessions()
+        .record_outcome(checked.state_id, recorded.as_str())
+        .await?;
+    Ok(Ok(match outcome {
+        Ok(Connected {
+            mode: AuthMode::Popup,
+            return_url: Some(url),
+            ..
+        }) => Finished::ReturnTo(url),
+        _ => Finished::Result(checked.key),
+    }))
+}
+
+/// What came of a spent state, as recorded for its result page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Connected,
+    Refused(Refusal),
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connected => "connected",
+            Self::Refused(r) => r.as_str(),
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        if s == "connected" {
+            return Some(Self::Connected);
+        }
+        Refusal::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .map(Self::Refused)
+    }
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 15] = [
+        Refusal::FromWidget,
+        Refusal::MissingState,
+        Refusal::UnknownState,
+        Refusal::ExpiredState,
+        Refusal::UsedState,
+        Refusal::OtherBrowser,
+        Refusal::SessionUsed,
+        Refusal::Denied,
+        Refusal::WrongClient,
+        Refusal::BadReferer,
+        Refusal::MissingCode,
+        Refusal::ExchangeFailed,
+        Refusal::CodeRejected,
+        Refusal::AccountUnreadable,
+        Refusal::AccountTaken,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::FromWidget => "from_widget",
+            Refusal::MissingState => "missing_state",
+            Refusal::UnknownState => "unknown_state",
+            Refusal::ExpiredState => "expired_state",
+            Refusal::UsedState => "used_state",
+            Refusal::OtherBrowser => "other_browser",
+            Refusal::SessionUsed => "session_used",
+            Refusal::Denied => "denied",
+            Refusal::WrongClient => "wrong_client",
+            Refusal::BadReferer => "bad_referer",
+            Refusal::MissingCode => "missing_code",
+            Refusal::ExchangeFailed => "exchange_failed",
+            Refusal::CodeRejected => "code_rejected",
+            Refusal::AccountUnreadable => "account_unreadable",
+            Refusal::AccountTaken => "account_taken",
         }
     }
 }
 
-/// A state that passed every check and is now consumed, with its session.
+/// A state that passed every check and is now spent (or was spent before by this browser), with its
+/// session.
 struct Checked {
     session: ConnectSession,
     mode: AuthMode,
     lang: Option<Lang>,
+    state_id: i64,
+    /// The result page's key.
+    key: String,
+    /// The state came back after its callback had finished: only its result page is shown again.
+    replay: bool,
+    /// Spent, but the session cannot take a consent any more.
+    refused: Option<Refusal>,
 }
 
-/// The state is ours, unused, fresh, from this browser and the session still open; consumes it.
+/// The state is ours, fresh and from this browser; spends it. A state this browser already spent on a
+/// finished callback is a replay.
 async fn check_state(
     state: &Context,
     params: &CallbackParams,
@@ -147,42 +237,57 @@ async fn check_state(
     let Some(session) = sessions.by_id(st.session_id).await? else {
         return refuse(Refusal::UnknownState, None);
     };
-    let lang = Lang::parse(&session.lang);
+    let lang = st
+        .lang
+        .as_deref()
+        .and_then(Lang::parse)
+        .or_else(|| Lang::parse(&session.lang));
     let now = storage::now();
-    if st.used_at.is_some() {
-        return refuse(Refusal::UsedState, lang);
-    }
-    if st.expires_at < now {
-        return refuse(Refusal::ExpiredState, lang);
-    }
     let browser_ok = cookie.is_some_and(|c| {
         constant_time_eq(
             sha256_hex(c.as_bytes()).as_bytes(),
             st.browser_hash.as_bytes(),
         )
     });
+    let replay = st.used_at.is_some() && browser_ok && st.outcome.is_some();
+    if st.used_at.is_some() && !replay {
+        return refuse(Refusal::UsedState, lang);
+    }
+    if !replay && st.expires_at < now {
+        return refuse(Refusal::ExpiredState, lang);
+    }
     if !browser_ok {
         return refuse(Refusal::OtherBrowser, lang);
     }
-    if !sessions.consume_state(st.id).await? {
+    if !replay && !sessions.consume_state(st.id).await? {
         return refuse(Refusal::UsedState, lang);
     }
-    if session.used_at.is_some() {
-        return refuse(Refusal::SessionUsed, lang);
-    }
-    if session.expires_at < now {
-        return refuse(Refusal::ExpiredState, lang);
-    }
-    let mode = if st.mode == AuthMode::Popup.as_str() {
-        AuthMode::Popup
+    let refused = if session.used_at.is_some() {
+        Some(Refusal::SessionUsed)
+    } else if session.expires_at < now {
+        Some(Refusal::ExpiredState)
     } else {
-        AuthMode::PostMessage
+        None
     };
+    let mode = stored_mode(&st.mode);
     Ok(Ok(Checked {
         session,
         mode,
         lang,
+        state_id: st.id,
+        key: super::result_key(raw_state),
+        replay,
+        refused,
     }))
+}
+
+/// A state's stored mode; anything but the same-window mode is the popup that posts back.
+pub(super) fn stored_mode(mode: &str) -> AuthMode {
+    if mode == AuthMode::Popup.as_str() {
+        AuthMode::Popup
+    } else {
+        AuthMode::PostMessage
+    }
 }
 
 /// From a good state to a stored, provisioned connection.

@@ -6,15 +6,18 @@
 //! `referer` must parse as an allowed account host — all before the code is exchanged, which is the first
 //! request that carries the client secret. Tokens are stored encrypted, bound to the seller's row.
 //!
-//! Steps: [`session`] (the link and its page), [`callback`] (consent to a stored connection), [`account`]
+//! Steps: [`session`] (the link and its page), [`callback`] (consent to a stored connection), [`result`]
+//! (the page the callback redirects to), [`account`]
 //! (revocation, the uninstall hook and the connection's views).
 
 mod account;
 mod callback;
+mod result;
 mod session;
 
 pub use account::*;
 pub use callback::*;
+pub use result::*;
 pub use session::*;
 
 use std::time::Duration;

@@ -187,7 +187,8 @@ pub enum Page {
     Ready(Box<ReadyPage>),
     Unknown,
     Expired,
-    Used,
+    /// The link was used: it opens no new consent, but a seller who connected through it is told so.
+    Used(Box<UsedPage>),
 }
 
 #[derive(Debug, Clone)]
@@ -200,6 +201,14 @@ pub struct ReadyPage {
     pub fallback_url: String,
     /// The browser cookie value to set (re-used when the browser already had one).
     pub browser_token: String,
+    /// The page's language, also stored with both states so the result page speaks it.
+    pub lang: Lang,
+}
+
+#[derive(Debug, Clone)]
+pub struct UsedPage {
+    pub session: ConnectSession,
+    pub connection: Option<Connection>,
 }
 
 /// A browser token from the cookie if it looks like one of ours, else a new one.
@@ -211,10 +220,13 @@ pub fn browser_token(cookie: Option<&str>) -> String {
 }
 
 /// `GET /connect/{token}`: looks the session up and mints the two OAuth states (popup and fallback).
+/// The page speaks `chosen` (the seller's `?lang=` or language cookie), else the session's language, else
+/// `browser` (`Accept-Language`), else Uzbek.
 pub async fn open_page(
     state: &Context,
     token: &str,
     cookie: Option<&str>,
+    (chosen, browser): (Option<Lang>, Option<Lang>),
 ) -> Result<Page, StorageError> {
     if token.is_empty() || token.len() > 128 {
         return Ok(Page::Unknown);
@@ -224,14 +236,22 @@ pub async fn open_page(
         return Ok(Page::Unknown);
     };
     if session.used_at.is_some() {
-        return Ok(Page::Used);
+        let connection = state.db.connections().by_seller(&session.seller_id).await?;
+        return Ok(Page::Used(Box::new(UsedPage {
+            session,
+            connection,
+        })));
     }
     if session.expires_at < storage::now() {
         return Ok(Page::Expired);
     }
+    let lang = chosen
+        .or_else(|| Lang::parse(&session.lang))
+        .or(browser)
+        .unwrap_or(Lang::Uz);
     let browser = browser_token(cookie);
-    let popup_url = mint_state(state, &session, &browser, AuthMode::PostMessage).await?;
-    let fallback_url = mint_state(state, &session, &browser, AuthMode::Popup).await?;
+    let popup_url = mint_state(state, &session, &browser, (AuthMode::PostMessage, lang)).await?;
+    let fallback_url = mint_state(state, &session, &browser, (AuthMode::Popup, lang)).await?;
     let connection = state.db.connections().by_seller(&session.seller_id).await?;
     Ok(Page::Ready(Box::new(ReadyPage {
         session,
@@ -239,7 +259,15 @@ pub async fn open_page(
         popup_url,
         fallback_url,
         browser_token: browser,
+        lang,
     })))
+}
+
+/// The key of the result page a state's callback redirects to. Derived from the raw state, so a callback
+/// that arrives again with a spent state (reload, Back then Allow) finds the same page; only its hash is
+/// stored, and it reveals nothing about the state.
+pub fn result_key(raw_state: &str) -> String {
+    sha256_hex(format!("amocrm-connector/result/{raw_state}").as_bytes())
 }
 
 /// Stores a new state for the session and browser; returns the consent URL carrying it.
@@ -247,7 +275,7 @@ pub(super) async fn mint_state(
     state: &Context,
     session: &ConnectSession,
     browser: &str,
-    mode: AuthMode,
+    (mode, lang): (AuthMode, Lang),
 ) -> Result<String, StorageError> {
     let raw = random_token(43);
     let now = storage::now();
@@ -261,6 +289,8 @@ pub(super) async fn mint_state(
         mode: mode.as_str().to_owned(),
         expires_at,
         created_at: now,
+        lang: Some(lang.as_str().to_owned()),
+        result_hash: Some(sha256_hex(result_key(&raw).as_bytes())),
     };
     state.db.sessions().insert_state(row).await?;
     // The consent page of the session's platform, with that platform's client id.

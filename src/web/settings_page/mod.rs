@@ -60,6 +60,7 @@ fn message(
         hint,
         retry_url: None,
         settings_url: None,
+        card: None,
         post_message: false,
         status: "error",
         origin: "",
