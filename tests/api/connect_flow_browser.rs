@@ -298,8 +298,8 @@ async fn a_reconnect_leaves_one_truthful_card_naming_the_account() {
         set_connection_status(&app, &seller, "revoked").await;
         let url = connect_url(&create_session(&app, &seller, json!({"lang": lang})).await);
         let client = browser(&driver, PHONE.0, PHONE.1).await;
-        let revoked = ["Uzilgan", "Отключено", "Disconnected"];
-        let active = ["Faol", "Активно", "Active"];
+        let revoked = ["Uzilgan", "Отключён", "Disconnected"];
+        let active = ["Faol", "Активен", "Active"];
         run_steps(
             &format!("reconnect_card_{lang}"),
             client,
