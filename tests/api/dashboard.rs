@@ -409,3 +409,75 @@ async fn retry_in_the_dashboard_queues_a_failed_order_again() {
         .await;
     assert_ne!(state, "failed");
 }
+
+#[tokio::test]
+async fn a_subscription_is_tested_paused_and_edited_from_the_dashboard() {
+    use crate::support::{Behaviour, Receiver};
+    let app = spawn_app().await;
+    let rx = Receiver::start("rx-secret", Behaviour::Ok).await;
+    let id = app
+        .subscribe(&rx.url, json!(["payment.completed"]), "rx-secret")
+        .await;
+    sign_in(&app, "ops@example.com", Role::Admin).await;
+    let (status, html) = get(&app, &format!("/dashboard/subscriptions/{id}")).await;
+    assert_eq!(status, 200);
+    assert!(html.contains(&rx.url), "{html}");
+    let csrf = csrf_in(&html);
+
+    // A test event: one signed POST now, and the page says how the receiver answered.
+    let resp = post_form(&app, &format!("/dashboard/subscriptions/{id}/test"), &csrf).await;
+    assert_eq!(resp.status(), 200);
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("Test event delivered: HTTP 200"), "{page}");
+    let hits = rx.hits();
+    assert_eq!(hits.len(), 1);
+    assert!(
+        hits[0].signature_ok,
+        "signed with the subscription's secret"
+    );
+    assert_eq!(hits[0].json()["event"], "webhook.test");
+    let log = app.api_json("/api/v1/events").await;
+    assert_eq!(
+        log["data"].as_array().unwrap().len(),
+        0,
+        "not in the event log"
+    );
+
+    // A bad URL changes nothing and says why.
+    let resp = app
+        .http
+        .post(app.url(&format!("/dashboard/subscriptions/{id}")))
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("url", "not a url"),
+            ("events", "payment.completed"),
+            ("active", "on"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().await.unwrap().contains("Nothing was saved"));
+    let sub = app.api_json(&format!("/api/v1/webhooks/{id}")).await;
+    assert_eq!(sub["data"]["url"], rx.url.as_str());
+
+    // Paused, with one more event: saved, and the API sees it.
+    let resp = app
+        .http
+        .post(app.url(&format!("/dashboard/subscriptions/{id}")))
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("url", rx.url.as_str()),
+            ("events", "payment.completed, order.synced"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    let sub = app.api_json(&format!("/api/v1/webhooks/{id}")).await;
+    assert_eq!(sub["data"]["active"], false);
+    assert_eq!(
+        sub["data"]["events"],
+        json!(["payment.completed", "order.synced"])
+    );
+}

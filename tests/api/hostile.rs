@@ -57,6 +57,15 @@ pub const ROUTES: &[(&str, &str, Kind)] = &[
     ),
     ("POST", "/dashboard/orders/{id}/retry", Kind::Page),
     ("POST", "/dashboard/events/{id}/redeliver", Kind::Page),
+    ("GET", "/dashboard/orders/{id}", Kind::Page),
+    (
+        "POST",
+        "/dashboard/connections/{seller}/connect-link",
+        Kind::Page,
+    ),
+    ("GET", "/dashboard/subscriptions/{id}", Kind::Page),
+    ("POST", "/dashboard/subscriptions/{id}", Kind::Page),
+    ("POST", "/dashboard/subscriptions/{id}/test", Kind::Page),
     ("GET", "/api/v1/docs", Kind::Api),
     ("GET", "/api/v1/openapi.json", Kind::Api),
     ("POST", "/api/v1/connect-sessions", Kind::Api),
@@ -993,7 +1002,8 @@ async fn hostile_queries_forms_and_cookies_on_the_signed_in_dashboard_get_a_page
                 .await
                 .unwrap_or_else(|e| panic!("{label}: {e}"));
             check(Kind::Page, &label, &a);
-            if *method == "GET" && !template.ends_with("login") {
+            // `{id}` is a made-up id: its page is a 404 page, which `check` has read as a page.
+            if *method == "GET" && !template.ends_with("login") && !template.contains("{id}") {
                 assert_eq!(
                     a.status, 200,
                     "{label}: the session is good, the page renders"

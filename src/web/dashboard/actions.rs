@@ -147,3 +147,118 @@ pub async fn redeliver_event(
         Err(e) => Err(DashError::Internal(e.to_string())),
     }
 }
+
+/// The subscription form: URL, events (comma-separated, or `*`) and the active box.
+#[derive(serde::Deserialize)]
+pub struct SubscriptionForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    url: String,
+    #[serde(default)]
+    events: String,
+    /// Present (`on`) when the box is ticked.
+    active: Option<String>,
+}
+
+async fn subscription_or_404(
+    state: &Context,
+    id: &str,
+) -> Result<crate::services::subscriptions::SubscriptionView, DashError> {
+    use crate::services::subscriptions::{self, SubscriptionError};
+    match subscriptions::get(&state.db, id).await {
+        Ok(s) => Ok(s),
+        Err(SubscriptionError::NotFound) => Err(DashError::NotFound),
+        Err(e) => Err(DashError::Internal(e.to_string())),
+    }
+}
+
+/// Saves a subscription's URL, events and active flag with the same checks as the API; a refusal shows
+/// the form again with what was sent and why.
+pub async fn save_subscription(
+    req: actix_web::HttpRequest,
+    state: web::Data<Context>,
+    signed: Signed,
+    path: web::Path<String>,
+    form: web::Form<SubscriptionForm>,
+) -> Result<HttpResponse, DashError> {
+    use crate::services::subscriptions::{self, SubscriptionError, SubscriptionInput};
+    signed.check_write(&form.csrf)?;
+    let id = path.into_inner();
+    let events: Vec<String> = form
+        .events
+        .split(',')
+        .map(|e| e.trim().to_owned())
+        .filter(|e| !e.is_empty())
+        .collect();
+    let input = SubscriptionInput {
+        url: Some(form.url.trim().to_owned()),
+        events: Some(events),
+        secret: None,
+        active: Some(form.active.is_some()),
+    };
+    match subscriptions::update(&state.db, &state.keys, state.outbound.policy(), &id, input).await {
+        Ok(_) => {
+            tracing::info!(operator_id = signed.operator.id, subscription_id = %id, "subscription saved from the dashboard");
+            Ok(page(StatusCode::SEE_OTHER)
+                .insert_header((
+                    header::LOCATION,
+                    format!("/dashboard/subscriptions/{id}?done=saved"),
+                ))
+                .finish())
+        }
+        Err(SubscriptionError::NotFound) => Err(DashError::NotFound),
+        Err(SubscriptionError::Invalid(problems)) => {
+            let current = subscription_or_404(&state, &id).await?;
+            let mut p = super::pages::SubscriptionPage::new(&req, &state, &signed, current);
+            p.url = form.url.clone();
+            p.events = form.events.clone();
+            p.error = Some(format!(
+                "Nothing was saved: {}",
+                problems
+                    .iter()
+                    .map(|(field, msgs)| format!("{field} {}", msgs.join("; ")))
+                    .collect::<Vec<_>>()
+                    .join(". ")
+            ));
+            Ok(p.render_page())
+        }
+        Err(e) => Err(DashError::Internal(e.to_string())),
+    }
+}
+
+/// Sends a test event to the subscription and shows how the receiver answered.
+pub async fn test_subscription(
+    req: actix_web::HttpRequest,
+    state: web::Data<Context>,
+    signed: Signed,
+    path: web::Path<String>,
+    form: web::Form<CsrfForm>,
+) -> Result<HttpResponse, DashError> {
+    use crate::services::subscriptions::{self, SubscriptionError};
+    signed.check_write(&form.csrf)?;
+    let id = path.into_inner();
+    let attempt = match subscriptions::send_test(&state, &id).await {
+        Ok(a) => a,
+        Err(SubscriptionError::NotFound) => return Err(DashError::NotFound),
+        Err(e) => return Err(DashError::Internal(e.to_string())),
+    };
+    let current = subscription_or_404(&state, &id).await?;
+    let mut p = super::pages::SubscriptionPage::new(&req, &state, &signed, current);
+    let r = &attempt.record;
+    let answer = match (r.status_code, &r.error) {
+        (Some(code), _) => format!("HTTP {code} in {} ms", r.duration_ms),
+        (None, Some(e)) => format!("{e} (after {} ms)", r.duration_ms),
+        (None, None) => format!("no answer after {} ms", r.duration_ms),
+    };
+    p.tested = Some((
+        attempt.delivered,
+        if attempt.delivered {
+            "delivered"
+        } else {
+            "not delivered"
+        },
+        answer,
+    ));
+    Ok(p.render_page())
+}

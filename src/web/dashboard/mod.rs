@@ -42,6 +42,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/orders/{id}").get(pages::order))
         .service(web::resource("/events").get(pages::events))
         .service(web::resource("/subscriptions").get(pages::subscriptions))
+        .service(
+            web::resource("/subscriptions/{id}")
+                .get(pages::subscription)
+                .post(actions::save_subscription),
+        )
+        .service(web::resource("/subscriptions/{id}/test").post(actions::test_subscription))
         .service(web::resource("/connections/{seller_id}/settings").get(settings::page))
         .service(
             web::resource("/connections/{seller_id}/refresh").post(actions::refresh_connection),
@@ -294,7 +300,8 @@ fn flash_text(key: &str) -> Option<String> {
             "recovered" => "amoCRM answers the account again: the connection is active.",
             "still_suspended" => "amoCRM still refuses the account; it is probed again later.",
             "retried" => "The order was queued again.",
-            "redelivered" => "The event was queued for delivery again.",
+            "redelivered" => "Queued for delivery again.",
+            "saved" => "Saved. New events are delivered as set here.",
             _ => return None,
         }
         .to_owned(),

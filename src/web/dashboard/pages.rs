@@ -713,6 +713,66 @@ pub async fn events(
     Ok(html(StatusCode::OK, body))
 }
 
+#[derive(Template)]
+#[template(path = "dashboard/subscription.html")]
+pub struct SubscriptionPage {
+    pub nav: Nav,
+    pub s: crate::services::subscriptions::SubscriptionView,
+    pub created_at: String,
+    /// The form's values: what was saved, or what the operator sent when it was refused.
+    pub url: String,
+    pub events: String,
+    pub known: String,
+    /// A test event's outcome: delivered, its status or error, its duration.
+    pub tested: Option<(bool, &'static str, String)>,
+    pub error: Option<String>,
+    pub can_write: bool,
+}
+
+impl SubscriptionPage {
+    pub fn new(
+        req: &HttpRequest,
+        state: &Context,
+        signed: &Signed,
+        s: crate::services::subscriptions::SubscriptionView,
+    ) -> Self {
+        let created = chrono::DateTime::parse_from_rfc3339(&s.created_at)
+            .map(|t| signed.clock.time(t.naive_utc()))
+            .unwrap_or_else(|_| s.created_at.clone());
+        Self {
+            nav: Nav::new(signed, state, "subscriptions", req),
+            created_at: created,
+            url: s.url.clone(),
+            events: s.events.join(", "),
+            known: crate::domain::events::EventKind::names().join(", "),
+            tested: None,
+            error: None,
+            can_write: signed.operator.role.can_write(),
+            s,
+        }
+    }
+
+    pub fn render_page(&self) -> HttpResponse {
+        html(StatusCode::OK, self.render())
+    }
+}
+
+/// `/dashboard/subscriptions/{id}`: one subscription, to edit, pause or test.
+pub async fn subscription(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<Context>,
+    signed: Signed,
+) -> Result<HttpResponse, DashError> {
+    use crate::services::subscriptions::{self, SubscriptionError};
+    let s = match subscriptions::get(&state.db, &path).await {
+        Ok(s) => s,
+        Err(SubscriptionError::NotFound) => return Err(DashError::NotFound),
+        Err(e) => return Err(DashError::Internal(e.to_string())),
+    };
+    Ok(SubscriptionPage::new(&req, &state, &signed, s).render_page())
+}
+
 pub struct SubscriptionRow {
     pub id: String,
     pub url: String,
