@@ -43,6 +43,7 @@ mod turns;
 // proof under hostile input, faults and load (issue 9)
 mod hostile;
 mod properties;
+mod screenshots;
 mod security;
 
 // what every suite shares (the crash suite too)
