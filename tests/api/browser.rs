@@ -158,6 +158,22 @@ pub async fn text_of(client: &Client, css: &str) -> Result<String, String> {
     step(&format!("text of {css}"), el.text().await)
 }
 
+/// On the sandbox's consent page: picks the account `host` and allows (or denies) access.
+pub async fn decide(client: &Client, host: &str, allow: bool) -> Result<(), String> {
+    let account = element(client, "account choice", Locator::Id("account")).await?;
+    step("choose the account", account.select_by_value(host).await)?;
+    let css = if allow { "button.allow" } else { "button.deny" };
+    let button = element(client, css, Locator::Css(css)).await?;
+    press(client, css, button).await
+}
+
+/// On a seller's connect page: takes the same-window link to amoCRM and allows access to `host`.
+pub async fn connect_in_this_window(client: &Client, host: &str) -> Result<(), String> {
+    let fallback = element(client, "same-window link", Locator::Id("fallback")).await?;
+    press(client, "go to amoCRM", fallback).await?;
+    decide(client, host, true).await
+}
+
 /// An admin operator with this e-mail and password.
 pub async fn admin_operator(app: &TestApp, email: &str, password: &str) {
     operators::create_or_update(

@@ -8,7 +8,7 @@ use amocrm_connector::domain::status::ConnectionStatus;
 use fantoccini::{Client, Locator};
 use serde_json::json;
 
-use crate::browser::{browser, element, press, run_steps, start_driver, step, text_of};
+use crate::browser::{browser, decide, element, press, run_steps, start_driver, step, text_of};
 use crate::support::{
     HOST, TestApp, connect, consent, create_session, open_page, result_location,
     set_connection_status, spawn_app, through_result, until_callback, wait_until,
@@ -73,14 +73,6 @@ async fn html_lang(client: &Client) -> Result<String, String> {
 }
 
 /// On amoCRM's (the sandbox's) consent page: chooses `host`, presses Allow or Deny.
-async fn decide(client: &Client, host: &str, allow: bool) -> Result<(), String> {
-    let account = element(client, "account choice", Locator::Id("account")).await?;
-    step("choose the account", account.select_by_value(host).await)?;
-    let css = if allow { "button.allow" } else { "button.deny" };
-    let button = element(client, css, Locator::Css(css)).await?;
-    press(client, css, button).await
-}
-
 /// Waits (bounded) for a second window and switches to it; returns the first.
 async fn to_popup(client: &Client) -> Result<fantoccini::wd::WindowHandle, String> {
     let opener = step("the connect window", client.window().await)?;

@@ -10,8 +10,8 @@ use fantoccini::Locator;
 use serde_json::Value;
 
 use crate::browser::{
-    admin_operator, browser, dashboard_sign_in, element, press, run_steps, start_driver, step,
-    text_of,
+    admin_operator, browser, connect_in_this_window, dashboard_sign_in, element, press, run_steps,
+    start_driver, step, text_of,
 };
 use crate::support::{TestApp, connect_seller, order_body, spawn_app, wait_until};
 
@@ -148,15 +148,7 @@ async fn support_makes_a_reconnect_link_for_a_refresh_failed_seller_who_reconnec
         }
         // The seller opens it, in the same window, and allows access again at amoCRM.
         step("open the link", client.goto(&link).await)?;
-        let fallback = element(&client, "same-window link", Locator::Id("fallback")).await?;
-        press(&client, "go to amoCRM", fallback).await?;
-        let account = element(&client, "account choice", Locator::Id("account")).await?;
-        step(
-            "choose the account",
-            account.select_by_value("sellerone.amocrm.ru").await,
-        )?;
-        let allow = element(&client, "allow button", Locator::Css("button.allow")).await?;
-        press(&client, "allow", allow).await?;
+        connect_in_this_window(&client, "sellerone.amocrm.ru").await?;
         step(
             "the connection did not come back",
             wait_until(Duration::from_secs(20), "active again", || async {

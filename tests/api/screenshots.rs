@@ -10,8 +10,8 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
 use crate::browser::{
-    Driver, admin_operator, browser, dashboard_sign_in, element, press, run_steps, start_driver,
-    step,
+    Driver, admin_operator, browser, connect_in_this_window, dashboard_sign_in, element, run_steps,
+    start_driver, step,
 };
 use crate::support::{
     Queue, TestApp, connect_seller, create_session, order_body, spawn_app, wait_until,
@@ -156,15 +156,7 @@ async fn screenshots_of_the_main_pages_on_desktop_and_phone() {
     run_steps("screenshots_phone", handset, |client| async move {
         shoot(&client, "seller-connect-phone", c, "#connect").await?;
         // The seller goes through with it: the page that says how it went.
-        let fallback = element(&client, "same-window link", Locator::Id("fallback")).await?;
-        press(&client, "go to amoCRM", fallback).await?;
-        let account = element(&client, "account choice", Locator::Id("account")).await?;
-        step(
-            "choose the account",
-            account.select_by_value("sellertwo.amocrm.ru").await,
-        )?;
-        let allow = element(&client, "allow", Locator::Css("button.allow")).await?;
-        press(&client, "allow", allow).await?;
+        connect_in_this_window(&client, "sellertwo.amocrm.ru").await?;
         let here = step(
             "back from amoCRM",
             wait_until(Duration::from_secs(20), "the result page", || async {

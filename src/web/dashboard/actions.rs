@@ -161,18 +161,6 @@ pub struct SubscriptionForm {
     active: Option<String>,
 }
 
-async fn subscription_or_404(
-    state: &Context,
-    id: &str,
-) -> Result<crate::services::subscriptions::SubscriptionView, DashError> {
-    use crate::services::subscriptions::{self, SubscriptionError};
-    match subscriptions::get(&state.db, id).await {
-        Ok(s) => Ok(s),
-        Err(SubscriptionError::NotFound) => Err(DashError::NotFound),
-        Err(e) => Err(DashError::Internal(e.to_string())),
-    }
-}
-
 /// Saves a subscription's URL, events and active flag with the same checks as the API; a refusal shows
 /// the form again with what was sent and why.
 pub async fn save_subscription(
@@ -207,9 +195,8 @@ pub async fn save_subscription(
                 ))
                 .finish())
         }
-        Err(SubscriptionError::NotFound) => Err(DashError::NotFound),
         Err(SubscriptionError::Invalid(problems)) => {
-            let current = subscription_or_404(&state, &id).await?;
+            let current = subscriptions::get(&state.db, &id).await?;
             let mut p = super::pages::SubscriptionPage::new(&req, &state, &signed, current);
             p.url = form.url.clone();
             p.events = form.events.clone();
@@ -223,7 +210,7 @@ pub async fn save_subscription(
             ));
             Ok(p.render_page())
         }
-        Err(e) => Err(DashError::Internal(e.to_string())),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -235,15 +222,11 @@ pub async fn test_subscription(
     path: web::Path<String>,
     form: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, DashError> {
-    use crate::services::subscriptions::{self, SubscriptionError};
+    use crate::services::subscriptions;
     signed.check_write(&form.csrf)?;
     let id = path.into_inner();
-    let attempt = match subscriptions::send_test(&state, &id).await {
-        Ok(a) => a,
-        Err(SubscriptionError::NotFound) => return Err(DashError::NotFound),
-        Err(e) => return Err(DashError::Internal(e.to_string())),
-    };
-    let current = subscription_or_404(&state, &id).await?;
+    let attempt = subscriptions::send_test(&state, &id).await?;
+    let current = subscriptions::get(&state.db, &id).await?;
     let mut p = super::pages::SubscriptionPage::new(&req, &state, &signed, current);
     let r = &attempt.record;
     let answer = match (r.status_code, &r.error) {

@@ -121,6 +121,17 @@ impl From<crate::storage::StorageError> for DashError {
     }
 }
 
+impl From<crate::services::subscriptions::SubscriptionError> for DashError {
+    fn from(e: crate::services::subscriptions::SubscriptionError) -> Self {
+        use crate::services::subscriptions::SubscriptionError;
+        match e {
+            SubscriptionError::NotFound => Self::NotFound,
+            SubscriptionError::Storage(e) => e.into(),
+            SubscriptionError::Invalid(_) => Self::Internal(e.to_string()),
+        }
+    }
+}
+
 impl ResponseError for DashError {
     fn status_code(&self) -> StatusCode {
         match self {

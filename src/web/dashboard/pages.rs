@@ -764,12 +764,7 @@ pub async fn subscription(
     state: web::Data<Context>,
     signed: Signed,
 ) -> Result<HttpResponse, DashError> {
-    use crate::services::subscriptions::{self, SubscriptionError};
-    let s = match subscriptions::get(&state.db, &path).await {
-        Ok(s) => s,
-        Err(SubscriptionError::NotFound) => return Err(DashError::NotFound),
-        Err(e) => return Err(DashError::Internal(e.to_string())),
-    };
+    let s = crate::services::subscriptions::get(&state.db, &path).await?;
     Ok(SubscriptionPage::new(&req, &state, &signed, s).render_page())
 }
 
