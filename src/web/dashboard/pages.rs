@@ -27,7 +27,7 @@ fn filters(base: &str, param: &str, values: &[&str], current: Option<&str>) -> V
     }];
     out.extend(values.iter().map(|v| Filter {
         href: format!("{base}?{param}={v}"),
-        label: (*v).to_owned(),
+        label: v.replace('_', " "),
         current: current == Some(*v),
     }));
     out
