@@ -396,7 +396,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     operator_tokens,
 );
 
-// --- operations (issue 8) ---
+// --- operations ---
 
 diesel::table! {
     login_throttle (throttle_key) {

@@ -1,14 +1,14 @@
 //! Background workers, each a `run_once` step plus a loop, so tests drive them step by step.
 
-// connect and refresh (issues 4, 5)
+// connect and refresh
 pub mod refresh;
 
-// orders (issue 6)
+// orders
 pub mod push;
 
-// events (issue 7)
+// events
 pub mod delivery;
 pub mod retention;
 pub mod webhook_processor;
 
-// operations (issue 8)
+// operations

@@ -12,21 +12,21 @@ mod config_errors;
 mod conventions;
 mod foundation;
 
-// connect and refresh (issues 4, 5)
+// connect and refresh
 mod accounts;
 mod connect;
 mod connect_flow_browser;
 mod refresh;
 
-// orders (issue 6)
+// orders
 mod orders;
 mod settings;
 
-// events (issue 7)
+// events
 mod events_out;
 mod webhooks_in;
 
-// operations (issue 8)
+// operations
 mod dashboard;
 mod dashboard_browser;
 mod deal;
@@ -40,7 +40,7 @@ mod shutdown;
 // several instances
 mod turns;
 
-// proof under hostile input, faults and load (issue 9)
+// proof under hostile input, faults and load
 mod hostile;
 mod properties;
 mod screenshots;
