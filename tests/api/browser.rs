@@ -76,6 +76,22 @@ pub async fn start_driver() -> Option<Driver> {
 
 /// A headless chromium session of `width`×`height`.
 pub async fn browser(driver: &Driver, width: u32, height: u32) -> Client {
+    session(driver, width, height, None).await
+}
+
+/// A headless chromium session that lays pages out as a phone `width` CSS pixels wide (chromium's device
+/// emulation: a plain headless window cannot be narrower than about 500 px).
+pub async fn phone(driver: &Driver, width: u32, height: u32) -> Client {
+    let metrics = json!({"deviceMetrics": {"width": width, "height": height, "pixelRatio": 2.0}});
+    session(driver, width.max(500), height, Some(metrics)).await
+}
+
+async fn session(
+    driver: &Driver,
+    width: u32,
+    height: u32,
+    emulation: Option<serde_json::Value>,
+) -> Client {
     let mut caps = serde_json::Map::new();
     let mut options = json!({
         "args": [
@@ -86,6 +102,9 @@ pub async fn browser(driver: &Driver, width: u32, height: u32) -> Client {
             format!("--window-size={width},{height}"),
         ],
     });
+    if let Some(e) = emulation {
+        options["mobileEmulation"] = e;
+    }
     if let Some(bin) = find(&["chromium", "chromium-browser"]) {
         options["binary"] = json!(bin);
     }
@@ -339,6 +358,143 @@ async fn a_seller_connects_through_the_sandbox_popup_in_a_real_browser() {
             .ok_or("no connection stored")?;
         if conn.status != ConnectionStatus::Active || conn.host != "sellerone.amocrm.ru" {
             return Err(format!("connection is {:?} at {}", conn.status, conn.host));
+        }
+        Ok(())
+    })
+    .await;
+}
+
+/// What `/api/v1/docs` must draw: every route of the document and every outgoing event.
+async fn reference_items(app: &TestApp) -> Vec<String> {
+    let doc: serde_json::Value = app
+        .get("/api/v1/openapi.json")
+        .await
+        .json()
+        .await
+        .expect("the document");
+    let mut items: Vec<String> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .keys()
+        .cloned()
+        .collect();
+    items.extend(
+        doc["webhooks"]
+            .as_object()
+            .expect("webhooks")
+            .keys()
+            .cloned(),
+    );
+    items
+}
+
+/// Waits (bounded) until the reference page shows every item, and answers what is still missing otherwise.
+async fn wait_for_reference(client: &Client, items: &[String]) -> Result<(), String> {
+    let items = json!(items);
+    step(
+        "the reference did not draw every route and event",
+        wait_until(Duration::from_secs(30), "every route and event on the page", || async {
+            let missing = client
+                .execute(
+                    "const root = document.getElementById('redoc');
+                     const text = root && root.querySelector('.api-content') ? root.textContent : '';
+                     return arguments[0].filter(item => !text.includes(item));",
+                    vec![items.clone()],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            match missing.as_array() {
+                Some(m) if m.is_empty() => Ok(()),
+                _ => Err(format!("not shown yet: {missing}")),
+            }
+        })
+        .await,
+    )
+}
+
+/// Every URL the page loaded (itself, scripts, the document, anything else), for the offline check.
+async fn loaded_urls(client: &Client) -> Result<Vec<String>, String> {
+    let urls = step(
+        "resource timing",
+        client
+            .execute(
+                "return [location.href].concat(performance.getEntriesByType('resource').map(e => e.name))",
+                vec![],
+            )
+            .await,
+    )?;
+    Ok(urls
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|u| u.as_str().map(str::to_owned))
+        .collect())
+}
+
+#[tokio::test]
+async fn the_api_reference_draws_every_route_and_event_offline_and_fits_a_phone() {
+    let Some(driver) = start_driver().await else {
+        return;
+    };
+    let app = spawn_app().await;
+    let items = reference_items(&app).await;
+    assert!(items.len() >= 20 + 13, "{items:?}");
+    let docs = app.url("/api/v1/docs");
+
+    let client = browser(&driver, 1280, 900).await;
+    let (items_ref, docs_ref) = (&items, &docs);
+    run_steps("api_reference", client, |client| async move {
+        step("open the reference", client.goto(docs_ref).await)?;
+        wait_for_reference(&client, items_ref).await?;
+        // Offline: the page, Redoc, the document and anything Redoc loads all come from this host.
+        let urls = loaded_urls(&client).await?;
+        if !urls.iter().any(|u| u.contains("/api/v1/openapi.json"))
+            || !urls
+                .iter()
+                .any(|u| u.contains("/api/v1/docs/redoc.standalone.js"))
+        {
+            return Err(format!(
+                "the document or Redoc was not loaded from here: {urls:?}"
+            ));
+        }
+        for u in &urls {
+            let parsed = url::Url::parse(u.strip_prefix("blob:").unwrap_or(u))
+                .map_err(|e| format!("{u}: {e}"))?;
+            if parsed.host_str() != Some("127.0.0.1") {
+                return Err(format!(
+                    "the reference loaded {u}, which is not on 127.0.0.1"
+                ));
+            }
+        }
+        Ok(())
+    })
+    .await;
+
+    // A phone 375 CSS pixels wide: everything drawn, nothing wider than the screen.
+    let client = phone(&driver, 375, 812).await;
+    run_steps("api_reference_phone", client, |client| async move {
+        step("open the reference", client.goto(docs_ref).await)?;
+        wait_for_reference(&client, items_ref).await?;
+        let widths = step(
+            "page width",
+            client
+                .execute(
+                    "return [window.innerWidth, document.documentElement.scrollWidth]",
+                    vec![],
+                )
+                .await,
+        )?;
+        let (inner, scroll) = (
+            widths[0].as_f64().unwrap_or(0.0),
+            widths[1].as_f64().unwrap_or(f64::MAX),
+        );
+        if inner != 375.0 {
+            return Err(format!("the phone window is {inner} px wide, not 375"));
+        }
+        if scroll > inner {
+            return Err(format!(
+                "the reference scrolls sideways on a phone: {scroll} px in {inner}"
+            ));
         }
         Ok(())
     })

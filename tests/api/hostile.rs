@@ -58,6 +58,8 @@ pub const ROUTES: &[(&str, &str, Kind)] = &[
     ("POST", "/dashboard/orders/{id}/retry", Kind::Page),
     ("POST", "/dashboard/events/{id}/redeliver", Kind::Page),
     ("GET", "/api/v1/docs", Kind::Api),
+    ("GET", "/api/v1/docs/redoc.standalone.js", Kind::Api),
+    ("GET", "/api/v1/docs/docs.js", Kind::Api),
     ("GET", "/api/v1/openapi.json", Kind::Api),
     ("POST", "/api/v1/connect-sessions", Kind::Api),
     ("GET", "/api/v1/connections", Kind::Api),
