@@ -27,9 +27,12 @@ header `X-API-Version: v1` is optional; any other version is refused with `INVAL
 Every error has the same body:
 
 ```json
-{\"error\": {\"code\": \"VALIDATION_ERROR\", \"message\": \"the request has invalid fields\",
-  \"details\": {\"items\": [\"at least one item is required\"]},
-  \"timestamp\": \"2026-11-25T21:36:15Z\", \"request_id\": \"req_Xk3f9QmT2pLw8RvN4bZc\"}}
+{\"error\": {
+  \"code\": \"VALIDATION_ERROR\",
+  \"message\": \"the request has invalid fields\",
+  \"details\": {\"items\": [\"is required\"]},
+  \"timestamp\": \"2026-11-25T21:36:15Z\",
+  \"request_id\": \"req_Xk3f9QmT2pLw8RvN4bZc\"}}
 ```
 
 `code` is one of `INVALID_TOKEN` (401), `INSUFFICIENT_PERMISSION` (403), `RESOURCE_NOT_FOUND` (404), \
