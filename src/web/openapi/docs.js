@@ -4,6 +4,9 @@
   var fonts = 'system-ui, -apple-system, "Segoe UI", Roboto, sans-serif';
   Redoc.init(root.getAttribute('data-spec-url'), {
     expandResponses: '200,201,202',
+    // Patterns are for machines: the NUL guard on every string would repeat on every field, and the
+    // descriptions say in words what a field takes.
+    hideSchemaPattern: true,
     jsonSampleExpandLevel: 3,
     menuToggle: true,
     pathInMiddlePanel: true,

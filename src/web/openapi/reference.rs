@@ -711,6 +711,8 @@ fn outgoing(kind: EventKind, op: &mut Value) {
     op["summary"] = json!(kind.as_str());
     op["description"] = json!(format!("Sent when {}.\n\n{SIGNATURE}", kind.when()));
     op["tags"] = json!(["outgoing-events"]);
+    // Not the API's bearer token: a delivery proves itself with its signature.
+    op["security"] = json!([]);
     op["parameters"] = json!([
         {
             "name": "X-Signature",
