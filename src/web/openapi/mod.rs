@@ -32,8 +32,8 @@ pub struct ErrorBody {
 #[expect(dead_code, reason = "read only by the document generator")]
 pub struct ErrorDetail {
     /// `INVALID_TOKEN`, `INSUFFICIENT_PERMISSION`, `RESOURCE_NOT_FOUND`, `DUPLICATE_RESOURCE`,
-    /// `VALIDATION_ERROR`, `BAD_REQUEST`, `INVALID_API_VERSION`, `RATE_LIMIT_EXCEEDED`, `MAINTENANCE_MODE`,
-    /// `INTERNAL_SERVER_ERROR`.
+    /// `VALIDATION_ERROR`, `BAD_REQUEST`, `INVALID_API_VERSION`, `METHOD_NOT_ALLOWED`, `REQUEST_TIMEOUT`,
+    /// `RATE_LIMIT_EXCEEDED`, `MAINTENANCE_MODE`, `INTERNAL_SERVER_ERROR`.
     #[schema(example = "VALIDATION_ERROR")]
     code: String,
     message: String,
@@ -756,7 +756,7 @@ impl Modify for EventCatalogue {
 #[openapi(
     info(
         title = "amocrm-connector marketplace API",
-        description = "See `reference::INTRODUCTION`.",
+        description = "Replaced by `reference::INTRODUCTION`.",
         version = "v1"
     ),
     paths(
@@ -825,7 +825,7 @@ static REDOC_JS: LazyLock<String> = LazyLock::new(|| {
 /// Starts Redoc on the page: a file of our own, since the page's policy runs no inline script.
 static DOCS_JS: &str = include_str!("docs.js");
 
-/// What the reference page may load: scripts, the document and styles from this host only. Redoc sets its
+/// What the reference page may load: scripts and the document from this host only. Redoc also sets its
 /// styles inline, builds its search index in a worker made from a `blob:` URL, and draws icons as `data:`
 /// images (the Redocly logo's URL is emptied when served, so nothing leaves the host).
 const DOCS_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; \

@@ -36,7 +36,7 @@ Every error has the same body:
 ```
 
 `code` is one of `INVALID_TOKEN` (401), `INSUFFICIENT_PERMISSION` (403), `RESOURCE_NOT_FOUND` (404), \
-`REQUEST_TIMEOUT` (408), `DUPLICATE_RESOURCE` (409), `VALIDATION_ERROR` (422, `details` maps each field to \
+`METHOD_NOT_ALLOWED` (405), `REQUEST_TIMEOUT` (408), `DUPLICATE_RESOURCE` (409), `VALIDATION_ERROR` (422, `details` maps each field to \
 its messages), `BAD_REQUEST` and `INVALID_API_VERSION` (400; 413 for a body that is too large), \
 `RATE_LIMIT_EXCEEDED` (429, with `Retry-After`), `MAINTENANCE_MODE` (503) and `INTERNAL_SERVER_ERROR` \
 (500). `request_id` is also the `X-Request-Id` header: quote it when reporting a problem.
