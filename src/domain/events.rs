@@ -204,8 +204,9 @@ pub struct PaymentCompleted {
     pub order_id: Option<String>,
     pub order_number: Option<String>,
     pub lead_id: i64,
-    /// A decimal string in major units, as orders are given (`"150000.00"`), or amoCRM's price.
-    #[schema(value_type = Object)]
+    /// In major units, a number (`150000`, `99.5`): the order's total, or amoCRM's price for a lead no order
+    /// made.
+    #[schema(value_type = f64, example = 150000)]
     pub amount: Value,
     pub currency: String,
 }

@@ -93,6 +93,14 @@ pub fn check_url(raw: &str, policy: &TargetPolicy) -> Result<String, String> {
     if url.host_str().is_none_or(str::is_empty) {
         return Err("must have a host".into());
     }
+    // A name DNS can hold (the url parser keeps characters such as `*` in a host): what the API document states.
+    if let Some(url::Host::Domain(name)) = url.host()
+        && !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    {
+        return Err("must name a host of letters, digits, '-' and '.'".into());
+    }
     if !url.username().is_empty() || url.password().is_some() {
         return Err("must not carry credentials; sign with the secret instead".into());
     }
@@ -386,6 +394,9 @@ mod tests {
         assert!(check_url("/relative").is_err());
         assert!(check_url("https://user:pw@example.com/").is_err());
         assert!(check_url("").is_err());
+        assert!(check_url("HTTP://A0*").is_err());
+        assert!(check_url("https://hooks_1.example.com/").is_err());
+        assert!(check_url("https://Пример.рф/hook").is_ok());
     }
 
     #[test]

@@ -165,3 +165,31 @@ async fn the_dashboard_has_no_serious_accessibility_violations() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_api_reference_has_no_serious_accessibility_violations() {
+    let Some(axe) = axe_source() else { return };
+    let Some(driver) = start_driver().await else {
+        return;
+    };
+    let app = spawn_app().await;
+    let docs = app.url("/api/v1/docs");
+    let client = browser(&driver, 1280, 900).await;
+    run_steps("a11y_api_reference", client, |client| async move {
+        step("open the reference", client.goto(&docs).await)?;
+        // Redoc draws after loading the document: check what it drew.
+        crate::browser::element(
+            &client,
+            "the drawn reference",
+            fantoccini::Locator::Css("#redoc .api-content"),
+        )
+        .await?;
+        let found = serious_violations(&client, &axe).await?;
+        if found.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("API reference: {}", found.join("\n")))
+        }
+    })
+    .await;
+}

@@ -76,6 +76,22 @@ pub async fn start_driver() -> Option<Driver> {
 
 /// A headless chromium session of `width`×`height`.
 pub async fn browser(driver: &Driver, width: u32, height: u32) -> Client {
+    session(driver, width, height, None).await
+}
+
+/// A headless chromium session that lays pages out as a phone `width` CSS pixels wide (chromium's device
+/// emulation: a plain headless window cannot be narrower than about 500 px).
+pub async fn phone(driver: &Driver, width: u32, height: u32) -> Client {
+    let metrics = json!({"deviceMetrics": {"width": width, "height": height, "pixelRatio": 2.0}});
+    session(driver, width.max(500), height, Some(metrics)).await
+}
+
+async fn session(
+    driver: &Driver,
+    width: u32,
+    height: u32,
+    emulation: Option<serde_json::Value>,
+) -> Client {
     let mut caps = serde_json::Map::new();
     let mut options = json!({
         "args": [
@@ -86,6 +102,9 @@ pub async fn browser(driver: &Driver, width: u32, height: u32) -> Client {
             format!("--window-size={width},{height}"),
         ],
     });
+    if let Some(e) = emulation {
+        options["mobileEmulation"] = e;
+    }
     if let Some(bin) = find(&["chromium", "chromium-browser"]) {
         options["binary"] = json!(bin);
     }
@@ -355,6 +374,203 @@ async fn a_seller_connects_through_the_sandbox_popup_in_a_real_browser() {
             .ok_or("no connection stored")?;
         if conn.status != ConnectionStatus::Active || conn.host != "sellerone.amocrm.ru" {
             return Err(format!("connection is {:?} at {}", conn.status, conn.host));
+        }
+        Ok(())
+    })
+    .await;
+}
+
+/// What `/api/v1/docs` must draw: every path of the document, every operation (by its summary, since a path
+/// may have several) and every outgoing event (by name). Also answers the number of operations.
+async fn reference_items(app: &TestApp) -> (Vec<String>, usize) {
+    let doc: serde_json::Value = app
+        .get("/api/v1/openapi.json")
+        .await
+        .json()
+        .await
+        .expect("the document");
+    let paths = doc["paths"].as_object().expect("paths");
+    let mut items: Vec<String> = paths.keys().cloned().collect();
+    let mut operations = 0;
+    for item in paths.values() {
+        for op in item.as_object().expect("path item").values() {
+            items.push(op["summary"].as_str().expect("a summary").to_owned());
+            operations += 1;
+        }
+    }
+    items.extend(
+        doc["webhooks"]
+            .as_object()
+            .expect("webhooks")
+            .keys()
+            .cloned(),
+    );
+    (items, operations)
+}
+
+/// Waits (bounded) until the reference page shows every item, and answers what is still missing otherwise.
+async fn wait_for_reference(client: &Client, items: &[String]) -> Result<(), String> {
+    let items = json!(items);
+    step(
+        "the reference did not draw every route and event",
+        wait_until(Duration::from_secs(30), "every route and event on the page", || async {
+            let missing = client
+                .execute(
+                    "const root = document.getElementById('redoc');
+                     const text = root && root.querySelector('.api-content') ? root.textContent : '';
+                     return arguments[0].filter(item => !text.includes(item));",
+                    vec![items.clone()],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            match missing.as_array() {
+                Some(m) if m.is_empty() => Ok(()),
+                _ => Err(format!("not shown yet: {missing}")),
+            }
+        })
+        .await,
+    )
+}
+
+/// Every URL the page loaded (itself, scripts, the document, anything else), for the offline check.
+async fn loaded_urls(client: &Client) -> Result<Vec<String>, String> {
+    let urls = step(
+        "resource timing",
+        client
+            .execute(
+                "return [location.href].concat(performance.getEntriesByType('resource').map(e => e.name))",
+                vec![],
+            )
+            .await,
+    )?;
+    Ok(urls
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|u| u.as_str().map(str::to_owned))
+        .collect())
+}
+
+/// What the page's Content-Security-Policy refused so far, as "directive blocked-url". Chromium keeps the
+/// reports of a page; an inline script added here is refused too and marks the end of them, so the answer
+/// is complete without waiting a fixed time.
+async fn csp_violations(client: &Client) -> Result<Vec<String>, String> {
+    step(
+        "observe CSP reports",
+        client
+            .execute(
+                "window.cspSeen = [];
+                 new ReportingObserver(
+                   rs => rs.forEach(r => cspSeen.push(r.body.effectiveDirective + ' ' + r.body.blockedURL)),
+                   {types: ['csp-violation'], buffered: true}).observe();
+                 const probe = document.createElement('script');
+                 probe.textContent = '0';
+                 document.head.appendChild(probe);",
+                vec![],
+            )
+            .await,
+    )?;
+    let seen = step(
+        "CSP reports",
+        wait_until(
+            Duration::from_secs(10),
+            "the probe's CSP report",
+            || async {
+                let seen = client
+                    .execute("return window.cspSeen", vec![])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let seen: Vec<String> = seen
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect();
+                if seen.iter().any(|v| v.ends_with(" inline")) {
+                    Ok(seen)
+                } else {
+                    Err(format!("so far: {seen:?}"))
+                }
+            },
+        )
+        .await,
+    )?;
+    Ok(seen
+        .into_iter()
+        .filter(|v| !v.ends_with(" inline"))
+        .collect())
+}
+
+#[tokio::test]
+async fn the_api_reference_draws_every_route_and_event_offline_and_fits_a_phone() {
+    let Some(driver) = start_driver().await else {
+        return;
+    };
+    let app = spawn_app().await;
+    let (items, operations) = reference_items(&app).await;
+    assert!(operations >= 25, "{items:?}");
+    let docs = app.url("/api/v1/docs");
+
+    let client = browser(&driver, 1280, 900).await;
+    let (items_ref, docs_ref) = (&items, &docs);
+    run_steps("api_reference", client, |client| async move {
+        step("open the reference", client.goto(docs_ref).await)?;
+        wait_for_reference(&client, items_ref).await?;
+        // Offline: the page, Redoc, the document and anything Redoc loads all come from this host.
+        let urls = loaded_urls(&client).await?;
+        if !urls.iter().any(|u| u.contains("/api/v1/openapi.json"))
+            || !urls
+                .iter()
+                .any(|u| u.contains("/api/v1/docs/redoc.standalone.js"))
+        {
+            return Err(format!(
+                "the document or Redoc was not loaded from here: {urls:?}"
+            ));
+        }
+        // A `data:` URL is no request at all; anything else must name 127.0.0.1.
+        for u in urls.iter().filter(|u| !u.starts_with("data:")) {
+            let parsed = url::Url::parse(u.strip_prefix("blob:").unwrap_or(u))
+                .map_err(|e| format!("{u}: {e}"))?;
+            if parsed.host_str() != Some("127.0.0.1") {
+                return Err(format!(
+                    "the reference loaded {u}, which is not on 127.0.0.1"
+                ));
+            }
+        }
+        // The policy allows what Redoc needs (its worker, its inline styles and icons), and nothing was refused.
+        let refused = csp_violations(&client).await?;
+        if !refused.is_empty() {
+            return Err(format!("the page's CSP refused {refused:?}"));
+        }
+        Ok(())
+    })
+    .await;
+
+    // A phone 375 CSS pixels wide: everything drawn, nothing wider than the screen.
+    let client = phone(&driver, 375, 812).await;
+    run_steps("api_reference_phone", client, |client| async move {
+        step("open the reference", client.goto(docs_ref).await)?;
+        wait_for_reference(&client, items_ref).await?;
+        let widths = step(
+            "page width",
+            client
+                .execute(
+                    "return [window.innerWidth, document.documentElement.scrollWidth]",
+                    vec![],
+                )
+                .await,
+        )?;
+        let (inner, scroll) = (
+            widths[0].as_f64().unwrap_or(0.0),
+            widths[1].as_f64().unwrap_or(f64::MAX),
+        );
+        if inner != 375.0 {
+            return Err(format!("the phone window is {inner} px wide, not 375"));
+        }
+        if scroll > inner {
+            return Err(format!(
+                "the reference scrolls sideways on a phone: {scroll} px in {inner}"
+            ));
         }
         Ok(())
     })

@@ -67,6 +67,8 @@ pub const ROUTES: &[(&str, &str, Kind)] = &[
     ("POST", "/dashboard/subscriptions/{id}", Kind::Page),
     ("POST", "/dashboard/subscriptions/{id}/test", Kind::Page),
     ("GET", "/api/v1/docs", Kind::Api),
+    ("GET", "/api/v1/docs/redoc.standalone.js", Kind::Api),
+    ("GET", "/api/v1/docs/docs.js", Kind::Api),
     ("GET", "/api/v1/openapi.json", Kind::Api),
     ("POST", "/api/v1/connect-sessions", Kind::Api),
     ("GET", "/api/v1/connections", Kind::Api),
