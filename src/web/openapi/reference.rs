@@ -253,8 +253,10 @@ that is already synced is refused with 422.",
     (
         "post_events_by_id_redeliver",
         "Redeliver an event",
-        "Sends the event again to every subscription that asked for it, due now (use it for a `failed` \
-delivery). Answers with the event's deliveries.",
+        "Sends the event's `failed` deliveries again, due now with a fresh retry schedule; a receiver that \
+already has the event gets nothing more. With `subscription_id`, sends it again to that subscription only, \
+whatever its delivery reached. Earlier attempts stay in each delivery's `attempt_log`. Answers with the \
+event's deliveries.",
     ),
 ];
 
