@@ -359,7 +359,7 @@ PY
 )
 CALLBACK=$(curl -sS --max-time 10 -o /dev/null -w '%{redirect_url}' -X POST "$SANDBOX/oauth" --data "$FORM")
 case "$CALLBACK" in "$PUBLIC"/oauth/amocrm/callback\?*code=*) ;; *) fail "consent did not redirect to the callback on nginx: '$CALLBACK'" ;; esac
-CB_STATUS=$(curl -sS --max-time 60 -c "$WORK/cookies" -b "$WORK/cookies" -o "$WORK/callback.html" -w '%{http_code}' "$CALLBACK") || CB_STATUS=000
+CB_STATUS=$(curl -sSL --max-time 60 -c "$WORK/cookies" -b "$WORK/cookies" -o "$WORK/callback.html" -w '%{http_code}' "$CALLBACK") || CB_STATUS=000
 [ "$CB_STATUS" = 200 ] || fail "the OAuth callback through nginx answered $CB_STATUS"
 connected() {
   api GET "/api/v1/connections/$SELLER"

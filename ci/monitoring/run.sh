@@ -86,7 +86,7 @@ QUERY=${AUTHORIZE#*\?}
 HOST=$(c "$SANDBOX/_sandbox/accounts" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["host"])')
 CALLBACK=$(c -o /dev/null -w '%{redirect_url}' "$SANDBOX/_sandbox/approve?$QUERY&account=$HOST&decision=allow")
 [ -n "$CALLBACK" ] || fail "the sandbox did not redirect to the callback"
-code=$(c -c "$WORK/jar" -b "$WORK/jar" -o "$WORK/callback.html" -w '%{http_code}' "$CALLBACK")
+code=$(c -L -c "$WORK/jar" -b "$WORK/jar" -o "$WORK/callback.html" -w '%{http_code}' "$CALLBACK")
 echo "OAuth callback ($HOST) -> $code"
 [ "$code" = 200 ] || fail "the OAuth callback answered $code"
 

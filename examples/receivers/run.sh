@@ -132,7 +132,7 @@ PY
 )
 CALLBACK=$(curl -sS --max-time 10 -o /dev/null -w '%{redirect_url}' -X POST "$SANDBOX/oauth" --data "$FORM")
 case "$CALLBACK" in "$BASE"/oauth/amocrm/callback\?*code=*) ;; *) fail "consent did not redirect to the callback: '$CALLBACK'" ;; esac
-CB_STATUS=$(curl -sS --max-time 20 -c "$WORK/cookies" -b "$WORK/cookies" -o "$WORK/callback.html" -w '%{http_code}' "$CALLBACK")
+CB_STATUS=$(curl -sSL --max-time 20 -c "$WORK/cookies" -b "$WORK/cookies" -o "$WORK/callback.html" -w '%{http_code}' "$CALLBACK")
 [ "$CB_STATUS" = 200 ] || fail "the OAuth callback answered $CB_STATUS"
 connected() {
   api GET "/api/v1/connections/$SELLER"
