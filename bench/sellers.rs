@@ -217,6 +217,33 @@ fn settings(db_url: &str, port: u16, sandbox_port: u16, keys: &str, workers: boo
     Settings::from_env(&env).expect("settings")
 }
 
+/// CPU time (user + system) of process `pid` so far, in seconds.
+fn proc_cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    [11, 12]
+        .iter()
+        .filter_map(|i| f.get(*i).and_then(|v| v.parse::<f64>().ok()))
+        .sum::<f64>()
+        / 100.0
+}
+
+/// Resident memory of process `pid`, in KiB.
+fn proc_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// Resets this process's peak resident memory, so the next `VmHWM` is the next phase's peak.
 fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
@@ -268,7 +295,33 @@ async fn scenario(n: usize, pg: Option<&str>, sizes: &Sizes) {
     let trigger = app.shutdown_trigger();
     let serving = tokio::spawn(app.run_until_stopped());
 
-    // Webhook intake at random sellers' addresses.
+    // Webhook intake at sellers spread over all of them, each body naming the seller's own account.
+    let sample: Vec<String> = (0..n.min(256))
+        .map(|k| common::seller_id(k * (n / n.min(256))))
+        .collect();
+    let targets: Vec<(String, String)> = state
+        .db
+        .run(move |conn| {
+            c::table
+                .filter(c::seller_id.eq_any(sample.clone()))
+                .select((c::webhook_token, c::account_id, c::subdomain))
+                .load::<(String, i64, String)>(conn)
+                .map_err(StorageError::from)
+        })
+        .await
+        .expect("webhook targets")
+        .into_iter()
+        .map(|(token, account, sub)| {
+            let body = WEBHOOK_BODY
+                .replace("10216991", &account.to_string())
+                .replace("test000002", &sub);
+            (
+                format!("http://127.0.0.1:{port}/webhooks/amocrm/{token}"),
+                body,
+            )
+        })
+        .collect();
+    let targets = Arc::new(targets);
     reset_peak();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
@@ -279,23 +332,22 @@ async fn scenario(n: usize, pg: Option<&str>, sizes: &Sizes) {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..concurrency {
-        let (client, next) = (client.clone(), next.clone());
+        let (client, next, targets) = (client.clone(), next.clone(), targets.clone());
         let total = sizes.webhooks;
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut ok = 0usize;
-            let mut k = w;
-            while next.fetch_add(1, Ordering::Relaxed) < total {
-                k = (k * 7919 + 13) % n;
-                let url = format!(
-                    "http://127.0.0.1:{port}/webhooks/amocrm/{}",
-                    common::webhook_token(k)
-                );
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= total {
+                    break;
+                }
+                let (url, body) = &targets[(k * 7919 + w) % targets.len()];
                 let t = Instant::now();
                 if let Ok(r) = client
-                    .post(&url)
+                    .post(url)
                     .header("content-type", "application/x-www-form-urlencoded")
-                    .body(WEBHOOK_BODY)
+                    .body(body.clone())
                     .send()
                     .await
                 {
@@ -407,33 +459,54 @@ async fn scenario(n: usize, pg: Option<&str>, sizes: &Sizes) {
     let _ = tokio::time::timeout(Duration::from_secs(30), serving).await;
     drop(state);
 
-    // Idle: the service with every worker on and nothing to do.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let app = Application::build_with_listener(
-        settings(&db.url, port, sandbox.port, &keys, true),
-        Some(listener),
-    )
-    .await
-    .expect("service");
-    let trigger = app.shutdown_trigger();
-    let serving = tokio::spawn(app.run_until_stopped());
+    // Idle: the real binary (`serve`, every worker on, the default refresh schedule) in its own process,
+    // so its memory is only its own; resident memory and CPU time from /proc/<pid> while at rest.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_amocrm-connector"));
+    serve
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &db.url)
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("PUBLIC_BASE_URL", format!("http://127.0.0.1:{port}"))
+        .env("TOKEN_ENCRYPTION_KEYS", &keys)
+        .env("AMOCRM_CLIENT_ID", common::CLIENT_ID)
+        .env("AMOCRM_CLIENT_SECRET", common::CLIENT_SECRET)
+        .env("AMOCRM_REDIRECT_URI", REDIRECT)
+        .env("AMOCRM_ACCOUNT_URL_TEMPLATE", format!("http://127.0.0.1:{}/{{host}}", sandbox.port))
+        .env("AMOCRM_AUTHORIZE_URL", format!("http://127.0.0.1:{}/oauth", sandbox.port))
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = serve.spawn().expect("serve");
+    let pid = child.id();
+    let health = format!("http://127.0.0.1:{port}/health");
+    let up = Instant::now();
+    while up.elapsed() < Duration::from_secs(60) {
+        if client.get(&health).send().await.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let cpu0 = common::cpu_seconds();
+    let cpu0 = proc_cpu_seconds(pid);
     tokio::time::sleep(Duration::from_secs(sizes.idle_secs)).await;
-    let cpu = common::cpu_seconds() - cpu0;
-    let rss = mib(common::rss_kib());
+    let cpu = proc_cpu_seconds(pid) - cpu0;
+    let rss = mib(proc_rss_kib(pid));
+    let pct = cpu / sizes.idle_secs as f64 * 100.0;
     println!(
-        "  idle service, workers on: {rss:.0} MiB resident; {cpu:.2} CPU seconds in {} s at rest ({:.1} % of a core)",
-        sizes.idle_secs,
-        cpu / sizes.idle_secs as f64 * 100.0
+        "  idle service (amocrm-connector serve, workers on): {rss:.0} MiB resident; {cpu:.2} CPU seconds in {} s at rest ({pct:.1} % of a core)",
+        sizes.idle_secs
     );
-    println!(
-        "RESULT sellers backend={backend} n={n} phase=idle rss_mib={rss:.1} cpu_pct={:.2}",
-        cpu / sizes.idle_secs as f64 * 100.0
-    );
-    trigger.trigger();
-    let _ = tokio::time::timeout(Duration::from_secs(30), serving).await;
+    println!("RESULT sellers backend={backend} n={n} phase=idle rss_mib={rss:.1} cpu_pct={pct:.2}");
+    let _ = child.kill();
+    let _ = child.wait();
     drop(sandbox);
 }
 
