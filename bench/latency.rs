@@ -40,7 +40,8 @@ async fn scenario(run: &Run, seconds: f64, amo_latency_ms: u64, pg: Option<&str>
     .await
     .expect("sandbox");
     let db = Database::fresh(pg);
-    let (app, port) = common::start_service(&sandbox, &db.url, &[("RUN_WORKERS", "true".into())]).await;
+    let (app, port) =
+        common::start_service(&sandbox, &db.url, &[("RUN_WORKERS", "true".into())]).await;
     let state = app.state.clone();
     let trigger = app.shutdown_trigger();
     let serving = tokio::spawn(app.run_until_stopped());
@@ -120,7 +121,11 @@ async fn scenario(run: &Run, seconds: f64, amo_latency_ms: u64, pg: Option<&str>
                 }
                 Ok(r) => {
                     if refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
-                        eprintln!("order refused: {} {}", r.status(), r.text().await.unwrap_or_default());
+                        eprintln!(
+                            "order refused: {} {}",
+                            r.status(),
+                            r.text().await.unwrap_or_default()
+                        );
                     }
                 }
                 Err(e) => {
@@ -157,7 +162,12 @@ async fn scenario(run: &Run, seconds: f64, amo_latency_ms: u64, pg: Option<&str>
     let mut added: Vec<f64> = accepted
         .iter()
         .filter_map(|(id, t0)| arrived.get(id).map(|t1| (*t1, *t0)))
-        .map(|(t1, t0)| t1.saturating_duration_since(t0).saturating_sub(answer).as_secs_f64() * 1000.0)
+        .map(|(t1, t0)| {
+            t1.saturating_duration_since(t0)
+                .saturating_sub(answer)
+                .as_secs_f64()
+                * 1000.0
+        })
         .collect();
     added.sort_by(f64::total_cmp);
     let target = match (run.rate, run.sellers) {

@@ -21,7 +21,9 @@ impl Row {
         self.kv.get(k).map(String::as_str)
     }
     fn num(&self, k: &str) -> Option<f64> {
-        self.get(k).and_then(|v| v.parse().ok()).filter(|v: &f64| v.is_finite())
+        self.get(k)
+            .and_then(|v| v.parse().ok())
+            .filter(|v: &f64| v.is_finite())
     }
 }
 
@@ -47,7 +49,9 @@ const COLORS: [&str; 6] = [
 ];
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn fmt_num(v: f64) -> String {
@@ -67,12 +71,21 @@ fn fmt_num(v: f64) -> String {
 
 /// A line chart with a logarithmic x axis (sellers) and a linear y axis from 0; `targets` are horizontal
 /// dashed lines with their labels.
-fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series], targets: &[(String, f64)]) -> String {
+fn chart(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    targets: &[(String, f64)],
+) -> String {
     let (w, h) = (720.0, 420.0);
     let (left, right, top, bottom) = (80.0, 200.0, 40.0, 60.0);
     let pw = w - left - right;
     let ph = h - top - bottom;
-    let xs: Vec<f64> = series.iter().flat_map(|s| s.1.iter().map(|p| p.0)).collect();
+    let xs: Vec<f64> = series
+        .iter()
+        .flat_map(|s| s.1.iter().map(|p| p.0))
+        .collect();
     let ys: Vec<f64> = series
         .iter()
         .flat_map(|s| s.1.iter().map(|p| p.1))
@@ -86,7 +99,15 @@ fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series], targets: 
         let raw = ymax_raw / 5.0;
         let mag = 10f64.powf(raw.log10().floor());
         let n = raw / mag;
-        mag * if n <= 1.0 { 1.0 } else if n <= 2.0 { 2.0 } else if n <= 5.0 { 5.0 } else { 10.0 }
+        mag * if n <= 1.0 {
+            1.0
+        } else if n <= 2.0 {
+            2.0
+        } else if n <= 5.0 {
+            5.0
+        } else {
+            10.0
+        }
     };
     let ymax = (ymax_raw / step).ceil() * step;
     let px = |x: f64| left + (x.max(1e-9).log10() - lx0) / (lx1 - lx0).max(1e-9) * pw;
@@ -190,7 +211,14 @@ fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series], targets: 
 }
 
 /// Series of `y` against `x` for the rows of `kind` passing `keep`, one per value of `group`.
-fn series(rows: &[Row], kind: &str, keep: impl Fn(&Row) -> bool, group: impl Fn(&Row) -> String, x: &str, y: &str) -> Vec<Series> {
+fn series(
+    rows: &[Row],
+    kind: &str,
+    keep: impl Fn(&Row) -> bool,
+    group: impl Fn(&Row) -> String,
+    x: &str,
+    y: &str,
+) -> Vec<Series> {
     let mut by: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     for r in rows.iter().filter(|r| r.kind == kind && keep(r)) {
         if let (Some(xv), Some(yv)) = (r.num(x), r.num(y)) {
@@ -201,8 +229,13 @@ fn series(rows: &[Row], kind: &str, keep: impl Fn(&Row) -> bool, group: impl Fn(
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
-    let (out, logs) = args.split_first().expect("usage: plots OUT_DIR LOG_FILE...");
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let (out, logs) = args
+        .split_first()
+        .expect("usage: plots OUT_DIR LOG_FILE...");
     std::fs::create_dir_all(out).expect("out dir");
     let mut rows = Vec::new();
     for f in logs {
@@ -217,7 +250,14 @@ fn main() {
     };
     let backend = |r: &Row| r.get("backend").unwrap_or("?").to_owned();
     // Latency: p99 against sellers, per backend and kind of deal.
-    let lat = series(&rows, "latency", |_| true, |r| format!("{} {} p99", backend(r), r.get("deal").unwrap_or("")), "sellers", "p99");
+    let lat = series(
+        &rows,
+        "latency",
+        |_| true,
+        |r| format!("{} {} p99", backend(r), r.get("deal").unwrap_or("")),
+        "sellers",
+        "p99",
+    );
     if !lat.is_empty() {
         write(
             "latency-p99",
@@ -234,14 +274,51 @@ fn main() {
         );
     }
     let sel = |phase: &'static str, y: &'static str| {
-        series(&rows, "sellers", move |r| r.get("phase") == Some(phase), backend, "n", y)
+        series(
+            &rows,
+            "sellers",
+            move |r| r.get("phase") == Some(phase),
+            backend,
+            "n",
+            y,
+        )
     };
     let charts: [(&str, &str, &str, Vec<Series>, Vec<(String, f64)>); 5] = [
-        ("sellers-refresh-seconds", "Refresh sweep of every connection (50 ms sandbox latency)", "seconds", sel("refresh", "secs"), vec![("target 150 s at 100k".into(), 150.0)]),
-        ("sellers-refresh-memory", "Resident memory during the sweep (peak)", "MiB", sel("refresh", "rss_mib"), vec![("target 128 MiB".into(), 128.0)]),
-        ("sellers-idle-memory", "Idle service, workers on: resident memory", "MiB", sel("idle", "rss_mib"), vec![("target 64 MiB".into(), 64.0)]),
-        ("sellers-push", "Order push with N connected sellers (fixed batch, active subset)", "orders/s", sel("push", "rate"), vec![]),
-        ("sellers-intake", "Webhook intake with N connected sellers", "req/s", sel("intake", "rate"), vec![]),
+        (
+            "sellers-refresh-seconds",
+            "Refresh sweep of every connection (50 ms sandbox latency)",
+            "seconds",
+            sel("refresh", "secs"),
+            vec![("target 150 s at 100k".into(), 150.0)],
+        ),
+        (
+            "sellers-refresh-memory",
+            "Resident memory during the sweep (peak)",
+            "MiB",
+            sel("refresh", "rss_mib"),
+            vec![("target 128 MiB".into(), 128.0)],
+        ),
+        (
+            "sellers-idle-memory",
+            "Idle service, workers on: resident memory",
+            "MiB",
+            sel("idle", "rss_mib"),
+            vec![("target 64 MiB".into(), 64.0)],
+        ),
+        (
+            "sellers-push",
+            "Order push with N connected sellers (fixed batch, active subset)",
+            "orders/s",
+            sel("push", "rate"),
+            vec![],
+        ),
+        (
+            "sellers-intake",
+            "Webhook intake with N connected sellers",
+            "req/s",
+            sel("intake", "rate"),
+            vec![],
+        ),
     ];
     for (name, title, unit, s, t) in charts {
         if !s.is_empty() {
@@ -265,7 +342,13 @@ fn main() {
     if !idle_cpu.is_empty() {
         write(
             "sellers-idle-cpu",
-            chart("Idle service: CPU at rest", "connected sellers", "% of a core", &idle_cpu, &[]),
+            chart(
+                "Idle service: CPU at rest",
+                "connected sellers",
+                "% of a core",
+                &idle_cpu,
+                &[],
+            ),
         );
     }
 }

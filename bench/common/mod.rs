@@ -271,8 +271,7 @@ pub async fn seed_sellers(
         if deal == Deal::Full {
             sandbox.enable_products(&host, None).expect("products");
         }
-        let (access, refresh) =
-            seal_tokens(keys, &seller, &pair.access_token, &pair.refresh_token);
+        let (access, refresh) = seal_tokens(keys, &seller, &pair.access_token, &pair.refresh_token);
         rows.push((
             c::seller_id.eq(seller),
             c::account_id.eq(pair.account_id as i64),
@@ -325,22 +324,22 @@ pub async fn seed_sellers(
         Vec::new()
     };
     db.run(move |conn| {
-            for chunk in rows.chunks(500) {
-                amocrm_connector::per_backend!(&mut *conn, |b| diesel::insert_into(c::table)
-                    .values(chunk)
-                    .execute(b))
-                .map_err(StorageError::from)?;
-            }
-            for chunk in settings.chunks(2000) {
-                amocrm_connector::per_backend!(&mut *conn, |b| diesel::insert_into(ss::table)
-                    .values(chunk)
-                    .execute(b))
-                .map_err(StorageError::from)?;
-            }
-            Ok(())
-        })
-        .await
-        .expect("seed rows");
+        for chunk in rows.chunks(500) {
+            amocrm_connector::per_backend!(&mut *conn, |b| diesel::insert_into(c::table)
+                .values(chunk)
+                .execute(b))
+            .map_err(StorageError::from)?;
+        }
+        for chunk in settings.chunks(2000) {
+            amocrm_connector::per_backend!(&mut *conn, |b| diesel::insert_into(ss::table)
+                .values(chunk)
+                .execute(b))
+            .map_err(StorageError::from)?;
+        }
+        Ok(())
+    })
+    .await
+    .expect("seed rows");
     t.elapsed()
 }
 
