@@ -43,6 +43,14 @@ fn parse(text: &str) -> Vec<Row> {
 }
 
 type Series = (String, Vec<(f64, f64)>);
+/// A chart to write: file name, title, y unit, its series and its target lines.
+type Chart = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Vec<Series>,
+    Vec<(String, f64)>,
+);
 
 const COLORS: [&str; 6] = [
     "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf",
@@ -283,7 +291,7 @@ fn main() {
             y,
         )
     };
-    let charts: [(&str, &str, &str, Vec<Series>, Vec<(String, f64)>); 5] = [
+    let charts: [Chart; 5] = [
         (
             "sellers-refresh-seconds",
             "Refresh sweep of every connection (50 ms sandbox latency)",
