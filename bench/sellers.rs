@@ -260,6 +260,54 @@ struct Sizes {
     idle_secs: u64,
 }
 
+/// One refresh sweep of every connection, made due, with the sandbox answering after 50 ms.
+async fn sweep_phase(
+    state: &amocrm_connector::services::Context,
+    sandbox: &mut SandboxChild,
+    n: usize,
+    backend: &str,
+) {
+    sandbox.ask("latency 50");
+    let due_at = st::now() + chrono::TimeDelta::minutes(1);
+    state
+        .db
+        .run(move |conn| {
+            diesel::update(c::table)
+                .set(c::token_expires_at.eq(Some(due_at)))
+                .execute(conn)
+                .map_err(StorageError::from)
+        })
+        .await
+        .expect("make due");
+    let (ex_before, rej_before, _) = sandbox.counters();
+    reset_peak();
+    let started = Instant::now();
+    let outcome = refresh::sweep(state, Duration::from_secs(600))
+        .await
+        .expect("sweep");
+    let secs = started.elapsed().as_secs_f64();
+    let peak = mib(common::peak_rss_kib());
+    let r = match outcome {
+        SweepOutcome::Ran(r) | SweepOutcome::Joined(r) => r,
+        SweepOutcome::AlreadyRunning => panic!("another sweep"),
+    };
+    let (ex_after, rej_after, _) = sandbox.counters();
+    let exchanges = ex_after - ex_before;
+    println!(
+        "  refresh sweep: {} due, {} refreshed, {} failed in {secs:.2} s ({:.0} refreshes/s); {exchanges} token exchanges (rejected {}); peak {peak:.0} MiB",
+        r.due,
+        r.refreshed,
+        r.failed,
+        r.refreshed as f64 / secs,
+        rej_after - rej_before
+    );
+    println!(
+        "RESULT sellers backend={backend} n={n} phase=refresh secs={secs:.2} rate={:.1} exchanges={exchanges} rss_mib={peak:.1}",
+        r.refreshed as f64 / secs
+    );
+    sandbox.ask("latency 0");
+}
+
 async fn scenario(n: usize, pg: Option<&str>, sizes: &Sizes) {
     let db = Database::fresh(pg);
     let backend = db.backend();
@@ -415,46 +463,10 @@ async fn scenario(n: usize, pg: Option<&str>, sizes: &Sizes) {
         mib(common::peak_rss_kib())
     );
 
-    // Refresh sweep: every connection due, the sandbox answering after 50 ms.
-    sandbox.ask("latency 50");
-    let due_at = st::now() + chrono::TimeDelta::minutes(1);
-    state
-        .db
-        .run(move |conn| {
-            diesel::update(c::table)
-                .set(c::token_expires_at.eq(Some(due_at)))
-                .execute(conn)
-                .map_err(StorageError::from)
-        })
-        .await
-        .expect("make due");
-    let (ex_before, rej_before, _) = sandbox.counters();
-    reset_peak();
-    let started = Instant::now();
-    let outcome = refresh::sweep(&state, Duration::from_secs(600))
-        .await
-        .expect("sweep");
-    let secs = started.elapsed().as_secs_f64();
-    let peak = mib(common::peak_rss_kib());
-    let r = match outcome {
-        SweepOutcome::Ran(r) | SweepOutcome::Joined(r) => r,
-        SweepOutcome::AlreadyRunning => panic!("another sweep"),
-    };
-    let (ex_after, rej_after, _) = sandbox.counters();
-    let exchanges = ex_after - ex_before;
-    println!(
-        "  refresh sweep: {} due, {} refreshed, {} failed in {secs:.2} s ({:.0} refreshes/s); {exchanges} token exchanges (rejected {}); peak {peak:.0} MiB",
-        r.due,
-        r.refreshed,
-        r.failed,
-        r.refreshed as f64 / secs,
-        rej_after - rej_before
-    );
-    println!(
-        "RESULT sellers backend={backend} n={n} phase=refresh secs={secs:.2} rate={:.1} exchanges={exchanges} rss_mib={peak:.1}",
-        r.refreshed as f64 / secs
-    );
-    sandbox.ask("latency 0");
+    // Refresh sweep: every connection due, the sandbox answering after 50 ms (`--no-sweep` skips it).
+    if !common::flag("--no-sweep") {
+        sweep_phase(&state, &mut sandbox, n, backend).await;
+    }
     trigger.trigger();
     let _ = tokio::time::timeout(Duration::from_secs(30), serving).await;
     drop(state);

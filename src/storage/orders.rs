@@ -661,6 +661,48 @@ pub struct DueAccount {
     pub seller_id: String,
 }
 
+/// Whether any order, move, lead step or buyer scan is due, one row at most from each work table: the
+/// idle worker asks this every poll, and it must not read every connection to learn there is nothing.
+fn any_due(conn: &mut AnyConnection, now: NaiveDateTime) -> Result<bool, StorageError> {
+    let order = o::table
+        .filter(o::sync_state.eq(SyncState::Queued))
+        .filter(o::next_attempt_at.le(now))
+        .filter(o::lease_until.is_null().or(o::lease_until.lt(now)))
+        .select(o::seller_id)
+        .first::<String>(conn)
+        .optional()?;
+    if order.is_some() {
+        return Ok(true);
+    }
+    let mv = m::table
+        .filter(m::state.eq(MoveState::Pending))
+        .filter(m::next_attempt_at.le(now))
+        .filter(m::lease_until.is_null().or(m::lease_until.lt(now)))
+        .select(m::id)
+        .first::<i64>(conn)
+        .optional()?;
+    if mv.is_some() {
+        return Ok(true);
+    }
+    let step = st::table
+        .filter(st::state.eq_any([StepState::Pending, StepState::Sent]))
+        .filter(st::next_attempt_at.le(now))
+        .filter(st::lease_until.is_null().or(st::lease_until.lt(now)))
+        .select(st::seller_id)
+        .first::<String>(conn)
+        .optional()?;
+    if step.is_some() {
+        return Ok(true);
+    }
+    let scan = sc::table
+        .filter(sc::finished_at.is_null())
+        .filter(sc::next_attempt_at.le(now))
+        .select(sc::seller_id)
+        .first::<String>(conn)
+        .optional()?;
+    Ok(scan.is_some())
+}
+
 /// Active connections with due orders or due moves whose push lease is free (or was last ours), least
 /// recently served first (the release time is kept in `push_lease_until`), so accounts take turns.
 pub fn due_accounts(
@@ -669,6 +711,9 @@ pub fn due_accounts(
     now: NaiveDateTime,
     limit: i64,
 ) -> Result<Vec<DueAccount>, StorageError> {
+    if !any_due(conn, now)? {
+        return Ok(Vec::new());
+    }
     let with_orders = o::table
         .filter(o::sync_state.eq(SyncState::Queued))
         .filter(o::next_attempt_at.le(now))
