@@ -72,8 +72,10 @@ fn fmt_num(v: f64) -> String {
         }
     } else if v >= 10.0 || v == 0.0 {
         format!("{v:.0}")
-    } else {
+    } else if v >= 0.1 {
         format!("{v:.1}")
+    } else {
+        format!("{v}")
     }
 }
 
@@ -118,8 +120,33 @@ fn chart(
         }
     };
     let ymax = (ymax_raw / step).ceil() * step;
+    // Figures spanning several decades (latency from milliseconds to minutes) get a logarithmic y axis.
+    let ymin_pos = ys
+        .iter()
+        .copied()
+        .filter(|v| *v > 0.0)
+        .fold(f64::INFINITY, f64::min);
+    let log_y = ymin_pos.is_finite() && ymax_raw / ymin_pos > 1000.0;
+    let (ly0, ly1) = (
+        ymin_pos.max(1e-9).log10().floor(),
+        ymax_raw.max(1e-9).log10().ceil(),
+    );
     let px = |x: f64| left + (x.max(1e-9).log10() - lx0) / (lx1 - lx0).max(1e-9) * pw;
-    let py = |y: f64| top + ph - y / ymax * ph;
+    let py = |y: f64| {
+        if log_y {
+            top + ph - (y.max(10f64.powf(ly0)).log10() - ly0) / (ly1 - ly0).max(1e-9) * ph
+        } else {
+            top + ph - y / ymax * ph
+        }
+    };
+    let ticks: Vec<f64> = if log_y {
+        (ly0 as i32..=ly1 as i32).map(|e| 10f64.powi(e)).collect()
+    } else {
+        (0..)
+            .map(|i| f64::from(i) * step)
+            .take_while(|y| *y <= ymax + step / 2.0)
+            .collect()
+    };
     let mut s = String::new();
     let _ = write!(
         s,
@@ -131,8 +158,7 @@ fn chart(
         esc(title)
     );
     // Grid and axes.
-    let mut y = 0.0;
-    while y <= ymax + step / 2.0 {
+    for y in ticks {
         let _ = writeln!(
             s,
             r##"<line x1="{left}" y1="{0}" x2="{1}" y2="{0}" stroke="#ddd"/><text x="{2}" y="{3}" text-anchor="end">{4}</text>"##,
@@ -142,7 +168,6 @@ fn chart(
             py(y) + 4.0,
             fmt_num(y)
         );
-        y += step;
     }
     let mut e = lx0;
     while e <= lx1 + 1e-9 {
