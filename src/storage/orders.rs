@@ -599,26 +599,33 @@ pub fn release_held(conn: &mut AnyConnection, seller_id: &str) -> Result<usize, 
 
 /// Queued orders of inactive connections become `held`; held orders of active ones are queued again.
 /// Returns `(held, released)`.
+///
+/// Both statements start from the orders in the state they change and look each one's connection up by
+/// seller (`EXISTS`), so an idle poll with many connections reads no connection at all; an
+/// `IN (SELECT seller_id FROM amocrm_connections …)` lets the planner read every connection first.
 pub fn sync_hold_states(conn: &mut AnyConnection) -> Result<(usize, usize), StorageError> {
+    use diesel::dsl::exists;
     let now = super::now();
-    let inactive = c::table
-        .filter(c::status.ne(ConnectionStatus::Active))
-        .select(c::seller_id);
     let held = diesel::update(
         o::table
             .filter(o::sync_state.eq(SyncState::Queued))
-            .filter(o::seller_id.eq_any(inactive))
+            .filter(exists(
+                c::table
+                    .filter(c::seller_id.eq(o::seller_id))
+                    .filter(c::status.ne(ConnectionStatus::Active)),
+            ))
             .filter(o::lease_until.is_null().or(o::lease_until.lt(now))),
     )
     .set((o::sync_state.eq(SyncState::Held), o::updated_at.eq(now)))
     .execute(conn)?;
-    let active = c::table
-        .filter(c::status.eq(ConnectionStatus::Active))
-        .select(c::seller_id);
     let released = diesel::update(
         o::table
             .filter(o::sync_state.eq(SyncState::Held))
-            .filter(o::seller_id.eq_any(active)),
+            .filter(exists(
+                c::table
+                    .filter(c::seller_id.eq(o::seller_id))
+                    .filter(c::status.eq(ConnectionStatus::Active)),
+            )),
     )
     .set((
         o::sync_state.eq(SyncState::Queued),
