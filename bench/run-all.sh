@@ -84,6 +84,22 @@ else
 fi
 MEM[intake]=$PEAK_MIB; WALL[intake]=$WALL_S
 
+# --- marketplace scale: latency, connected sellers, aggregate push (each runs SQLite, then PostgreSQL) -----
+scale_env() { if [ -n "$PG_URL" ]; then echo "BENCH_DATABASE_URL=$PG_URL"; else echo "BENCH_SKIP=1"; fi; }
+QUICK_FLAG=()
+[ "${BENCH_QUICK:-0}" = 1 ] && QUICK_FLAG=(--quick)
+say "latency: order accepted -> leads/complex"
+measure "$LOGS/latency.txt" env "$(scale_env)" "$(bench_exe latency)" --bench "${QUICK_FLAG[@]}"
+MEM[latency]=$PEAK_MIB; WALL[latency]=$WALL_S
+say "connected sellers: 1,000 / 10,000 / 100,000"
+measure "$LOGS/sellers.txt" env "$(scale_env)" "$(bench_exe sellers)" --bench "${QUICK_FLAG[@]}"
+MEM[sellers]=$PEAK_MIB; WALL[sellers]=$WALL_S
+say "aggregate push: 50 / 500 / 5,000 sellers beside the bare client"
+measure "$LOGS/aggregate.txt" env "$(scale_env)" "$(bench_exe aggregate_push)" --bench "${QUICK_FLAG[@]}"
+MEM[aggregate]=$PEAK_MIB; WALL[aggregate]=$WALL_S
+PLOTS_DIR=$(dirname "$OUT")/perf
+"$(bench_exe plots)" "$PLOTS_DIR" "$LOGS/latency.txt" "$LOGS/sellers.txt" "$LOGS/aggregate.txt" >&2 || say "plots failed"
+
 # --- start-up time to a healthy /health, and the idle service's memory -------------------------------
 BIN=$(realpath "$TARGET_DIR/release/amocrm-connector")
 PSQL=$(command -v psql || ls /usr/lib/postgresql/*/bin/psql 2>/dev/null | sort -V | tail -1 || true)
@@ -208,8 +224,10 @@ mem_total=$(awk '/^MemTotal:/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)
     echo "| Start-up to a healthy /health, $([ $b = pg ] && echo PostgreSQL || echo SQLite), fresh database (migrations applied) | ${STARTUP_MS[$b]} ms; idle service ${IDLE_MIB[$b]} MiB resident | none set | — | ${IDLE_MIB[$b]} MiB |"
   done
   echo
+  bash bench/scale-report.sh "$LOGS/latency.txt" "$LOGS/sellers.txt" "$LOGS/aggregate.txt" "$PLOTS_DIR"
+  echo
   echo "## Raw output"
-  for f in refresh-sqlite refresh-pg push-1-sqlite push-1-pg push-50-sqlite push-50-pg intake; do
+  for f in refresh-sqlite refresh-pg push-1-sqlite push-1-pg push-50-sqlite push-50-pg intake latency sellers aggregate; do
     [ -f "$LOGS/$f.txt" ] || continue
     echo
     echo "### $f (wall time ${WALL[$f]:-?} s, peak ${MEM[$f]:-?} MiB)"

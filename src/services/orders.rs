@@ -202,6 +202,7 @@ pub async fn create(state: &Context, body: &Value) -> Result<Accepted, OrderErro
         Ok(row) => {
             tracing::Span::current().record("order_id", row.id.as_str());
             tracing::info!(sync_state = row.sync_state.as_str(), "order accepted");
+            crate::services::order_push::new_work_signal().notify_one();
             Ok(Accepted::Created(OrderView::from(&row)))
         }
         Err(e) if e.is_unique_violation() => {
@@ -323,6 +324,7 @@ pub async fn change_status(db: &Db, id: &str, body: &Value) -> Result<OrderView,
         .change_status(id, status)
         .await?
         .ok_or(OrderError::NotFound)?;
+    crate::services::order_push::new_work_signal().notify_one();
     Ok(OrderView::from(&row))
 }
 

@@ -599,26 +599,33 @@ pub fn release_held(conn: &mut AnyConnection, seller_id: &str) -> Result<usize, 
 
 /// Queued orders of inactive connections become `held`; held orders of active ones are queued again.
 /// Returns `(held, released)`.
+///
+/// Both statements start from the orders in the state they change and look each one's connection up by
+/// seller (`EXISTS`), so an idle poll with many connections reads no connection at all; an
+/// `IN (SELECT seller_id FROM amocrm_connections …)` lets the planner read every connection first.
 pub fn sync_hold_states(conn: &mut AnyConnection) -> Result<(usize, usize), StorageError> {
+    use diesel::dsl::exists;
     let now = super::now();
-    let inactive = c::table
-        .filter(c::status.ne(ConnectionStatus::Active))
-        .select(c::seller_id);
     let held = diesel::update(
         o::table
             .filter(o::sync_state.eq(SyncState::Queued))
-            .filter(o::seller_id.eq_any(inactive))
+            .filter(exists(
+                c::table
+                    .filter(c::seller_id.eq(o::seller_id))
+                    .filter(c::status.ne(ConnectionStatus::Active)),
+            ))
             .filter(o::lease_until.is_null().or(o::lease_until.lt(now))),
     )
     .set((o::sync_state.eq(SyncState::Held), o::updated_at.eq(now)))
     .execute(conn)?;
-    let active = c::table
-        .filter(c::status.eq(ConnectionStatus::Active))
-        .select(c::seller_id);
     let released = diesel::update(
         o::table
             .filter(o::sync_state.eq(SyncState::Held))
-            .filter(o::seller_id.eq_any(active)),
+            .filter(exists(
+                c::table
+                    .filter(c::seller_id.eq(o::seller_id))
+                    .filter(c::status.eq(ConnectionStatus::Active)),
+            )),
     )
     .set((
         o::sync_state.eq(SyncState::Queued),
@@ -661,6 +668,48 @@ pub struct DueAccount {
     pub seller_id: String,
 }
 
+/// Whether any order, move, lead step or buyer scan is due, one row at most from each work table: the
+/// idle worker asks this every poll, and it must not read every connection to learn there is nothing.
+fn any_due(conn: &mut AnyConnection, now: NaiveDateTime) -> Result<bool, StorageError> {
+    let order = o::table
+        .filter(o::sync_state.eq(SyncState::Queued))
+        .filter(o::next_attempt_at.le(now))
+        .filter(o::lease_until.is_null().or(o::lease_until.lt(now)))
+        .select(o::seller_id)
+        .first::<String>(conn)
+        .optional()?;
+    if order.is_some() {
+        return Ok(true);
+    }
+    let mv = m::table
+        .filter(m::state.eq(MoveState::Pending))
+        .filter(m::next_attempt_at.le(now))
+        .filter(m::lease_until.is_null().or(m::lease_until.lt(now)))
+        .select(m::id)
+        .first::<i64>(conn)
+        .optional()?;
+    if mv.is_some() {
+        return Ok(true);
+    }
+    let step = st::table
+        .filter(st::state.eq_any([StepState::Pending, StepState::Sent]))
+        .filter(st::next_attempt_at.le(now))
+        .filter(st::lease_until.is_null().or(st::lease_until.lt(now)))
+        .select(st::seller_id)
+        .first::<String>(conn)
+        .optional()?;
+    if step.is_some() {
+        return Ok(true);
+    }
+    let scan = sc::table
+        .filter(sc::finished_at.is_null())
+        .filter(sc::next_attempt_at.le(now))
+        .select(sc::seller_id)
+        .first::<String>(conn)
+        .optional()?;
+    Ok(scan.is_some())
+}
+
 /// Active connections with due orders or due moves whose push lease is free (or was last ours), least
 /// recently served first (the release time is kept in `push_lease_until`), so accounts take turns.
 pub fn due_accounts(
@@ -669,6 +718,9 @@ pub fn due_accounts(
     now: NaiveDateTime,
     limit: i64,
 ) -> Result<Vec<DueAccount>, StorageError> {
+    if !any_due(conn, now)? {
+        return Ok(Vec::new());
+    }
     let with_orders = o::table
         .filter(o::sync_state.eq(SyncState::Queued))
         .filter(o::next_attempt_at.le(now))

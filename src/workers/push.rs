@@ -83,6 +83,7 @@ pub fn spawn(state: Arc<Context>) -> JoinHandle<()> {
                 .max(Duration::from_millis(20));
             tokio::select! {
                 _ = tokio::time::sleep(rest) => {}
+                _ = order_push::new_work_signal().notified() => {}
                 _ = shutdown.changed() => {}
             }
         }

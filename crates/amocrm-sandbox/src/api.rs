@@ -1785,8 +1785,10 @@ impl Cx<'_> {
             Err(r) => return r,
         };
         let mut out = Vec::new();
+        let mut arrived = Vec::with_capacity(valid.len());
         for (li, p, s) in valid {
             let rid = li.request_id.clone();
+            arrived.push(rid.clone());
             let (id, contact_id, company_id) = self.create_lead(li, p, s);
             out.push(json!({
                 "id": id,
@@ -1797,6 +1799,9 @@ impl Cx<'_> {
             }));
         }
         self.acc.counters.complex_calls += 1;
+        self.acc
+            .complex_arrivals
+            .push((std::time::Instant::now(), arrived));
         hal(Value::Array(out))
     }
 

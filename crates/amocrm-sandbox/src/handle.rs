@@ -875,6 +875,19 @@ impl SandboxHandle {
         self.shared.total_counters()
     }
 
+    /// Every `leads/complex` lead handled since the last call, over all accounts: its `request_id` and
+    /// when its call was handled (after any injected latency). Taking them keeps the log from growing.
+    pub fn take_complex_arrivals(&self) -> Vec<(String, std::time::Instant)> {
+        let mut st = self.shared.lock();
+        let mut out = Vec::new();
+        for acc in st.accounts.values_mut() {
+            for (at, ids) in acc.complex_arrivals.drain(..) {
+                out.extend(ids.into_iter().map(|id| (id, at)));
+            }
+        }
+        out
+    }
+
     /// The account's leads.
     pub fn leads(&self, host: &str) -> Vec<Lead> {
         self.shared

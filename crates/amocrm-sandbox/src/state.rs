@@ -118,6 +118,10 @@ pub struct Account {
     pub counters: Counters,
     /// Arrival instants of admitted requests within the last second.
     pub window: VecDeque<Instant>,
+    /// When each `leads/complex` call was handled (after the injected latency) and the `request_id`s it
+    /// carried, until taken by [`crate::SandboxHandle::take_complex_arrivals`]: benchmarks time orders
+    /// from acceptance to their lead with it.
+    pub complex_arrivals: Vec<(Instant, Vec<String>)>,
     /// The `api_domain` claim of the account's tokens, where its subdomain can be asked for.
     pub api_domain: String,
     /// 402 (the paid period ended) or 403 (blocked): every API call answers it, and for 403 the token
@@ -333,6 +337,7 @@ impl State {
             faults: Faults::default(),
             counters: Counters::default(),
             window: VecDeque::new(),
+            complex_arrivals: Vec::new(),
             api_domain: default_api_domain(&host),
             block: None,
         };

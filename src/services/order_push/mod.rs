@@ -41,6 +41,13 @@ use crate::storage::orders::{
     ClaimFor, ClaimedMove, ClaimedOrder, DueAccount, OrderRow, SyncedOrder,
 };
 
+/// Wakes the push worker when this process queued work (an order, a move, a retry), so the work does not
+/// wait for the worker's next poll; the worker still polls for work queued by other instances.
+pub fn new_work_signal() -> &'static tokio::sync::Notify {
+    static SIGNAL: std::sync::OnceLock<tokio::sync::Notify> = std::sync::OnceLock::new();
+    SIGNAL.get_or_init(tokio::sync::Notify::new)
+}
+
 /// Most leads in one `leads/complex` call (amoCRM's limit).
 pub const BATCH: usize = 50;
 /// Most stage moves in one `PATCH /api/v4/leads` (amoCRM's recommendation).

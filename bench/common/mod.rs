@@ -1,0 +1,391 @@
+//! What the marketplace-scale benchmarks share: a fresh database, the service started as a library with
+//! its workers, sellers seeded in bulk (accounts in the sandbox, connection rows in batches), figures of
+//! the process (resident memory, CPU time) and percentiles.
+#![allow(dead_code, reason = "each benchmark uses a part")]
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use amocrm_connector::app::Application;
+use amocrm_connector::config::Settings;
+use amocrm_connector::storage::cipher::Keyring;
+use amocrm_connector::storage::connections::seal_tokens;
+use amocrm_connector::storage::schema::{amocrm_connections as c, seller_settings as ss};
+use amocrm_connector::storage::{self as st, Db, StorageError};
+use amocrm_sandbox::{Integration, SandboxHandle};
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+
+pub const CLIENT_ID: &str = "bench-client";
+pub const CLIENT_SECRET: &str = "bench-client-secret";
+
+/// `--name VALUE` from the command line.
+pub fn arg(name: &str) -> Option<String> {
+    let raw: Vec<String> = std::env::args().collect();
+    raw.iter()
+        .position(|a| a == name)
+        .and_then(|i| raw.get(i + 1))
+        .cloned()
+}
+
+pub fn flag(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
+}
+
+/// `--name 1,2,3` as numbers.
+pub fn list(name: &str) -> Option<Vec<usize>> {
+    arg(name).map(|v| {
+        v.split(',')
+            .filter_map(|x| x.trim().replace('_', "").parse().ok())
+            .collect()
+    })
+}
+
+/// Quick runs (smaller sizes) while developing: `--quick` or `BENCH_QUICK=1`.
+pub fn quick() -> bool {
+    flag("--quick") || std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1")
+}
+
+pub fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!("{cpus} cores, {model}; load average {load}; commit {commit}")
+}
+
+/// A fresh database: a temp SQLite file, or a new schema on the PostgreSQL server `pg`.
+pub struct Database {
+    pub url: String,
+    pub dir: Option<tempfile::TempDir>,
+    pub pg: Option<(String, String)>,
+}
+
+impl Database {
+    pub fn fresh(pg: Option<&str>) -> Self {
+        match pg {
+            Some(admin) => {
+                let schema = format!(
+                    "bench_{}",
+                    amocrm_connector::domain::ids::random_token(10).to_lowercase()
+                );
+                let mut conn =
+                    diesel::PgConnection::establish(admin).expect("PostgreSQL reachable");
+                conn.batch_execute(&format!("CREATE SCHEMA {schema}"))
+                    .expect("schema");
+                let sep = if admin.contains('?') { '&' } else { '?' };
+                Self {
+                    url: format!("{admin}{sep}options=-csearch_path%3D{schema}"),
+                    dir: None,
+                    pg: Some((admin.to_owned(), schema)),
+                }
+            }
+            None => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+                Self {
+                    url,
+                    dir: Some(dir),
+                    pg: None,
+                }
+            }
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        if self.pg.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        }
+    }
+
+    /// Bytes the database takes: the SQLite file with its WAL, or the schema's relations.
+    pub fn size_bytes(&self) -> u64 {
+        match (&self.dir, &self.pg) {
+            (Some(dir), _) => std::fs::read_dir(dir.path())
+                .map(|rd| {
+                    rd.filter_map(Result::ok)
+                        .filter_map(|e| e.metadata().ok())
+                        .map(|m| m.len())
+                        .sum()
+                })
+                .unwrap_or(0),
+            (None, Some((admin, schema))) => {
+                #[derive(QueryableByName)]
+                struct Size {
+                    #[diesel(sql_type = diesel::sql_types::BigInt)]
+                    bytes: i64,
+                }
+                let Ok(mut conn) = diesel::PgConnection::establish(admin) else {
+                    return 0;
+                };
+                diesel::sql_query(format!(
+                    "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)::bigint AS bytes \
+                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = '{schema}' AND c.relkind IN ('r', 'm')"
+                ))
+                .get_result::<Size>(&mut conn)
+                .map_or(0, |s| u64::try_from(s.bytes).unwrap_or(0))
+            }
+            _ => 0,
+        }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        if let Some((admin, schema)) = &self.pg
+            && let Ok(mut c) = diesel::PgConnection::establish(admin)
+        {
+            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+        }
+    }
+}
+
+/// The PostgreSQL server to run on too, if any: `BENCH_DATABASE_URL`.
+pub fn pg_url() -> Option<String> {
+    std::env::var("BENCH_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+/// Starts the service on its own port against `sandbox`, with the extra settings given.
+pub async fn start_service(
+    sandbox: &SandboxHandle,
+    db_url: &str,
+    extra: &[(&str, String)],
+) -> (Application, u16) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let mut env: HashMap<String, String> = HashMap::new();
+    for (k, v) in [
+        ("DATABASE_URL", db_url.to_owned()),
+        ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
+        ("PUBLIC_BASE_URL", format!("http://127.0.0.1:{port}")),
+        ("TOKEN_ENCRYPTION_KEYS", Keyring::generate_entry("bench")),
+        ("AMOCRM_CLIENT_ID", CLIENT_ID.into()),
+        ("AMOCRM_CLIENT_SECRET", CLIENT_SECRET.into()),
+        (
+            "AMOCRM_ACCOUNT_URL_TEMPLATE",
+            sandbox.account_url_template(),
+        ),
+        ("AMOCRM_AUTHORIZE_URL", sandbox.authorize_url()),
+        ("REFRESH_SCHEDULE", String::new()),
+        ("LOG_FORMAT", "json".into()),
+    ] {
+        env.insert(k.to_owned(), v);
+    }
+    for (k, v) in extra {
+        env.insert((*k).to_owned(), v.clone());
+    }
+    let settings = Settings::from_env(&env).expect("settings");
+    sandbox.add_integration(Integration::new(
+        CLIENT_ID,
+        CLIENT_SECRET,
+        settings.amocrm_redirect_uri.to_string(),
+    ));
+    let app = Application::build_with_listener(settings, Some(listener))
+        .await
+        .expect("service");
+    (app, port)
+}
+
+/// How the seeded sellers' orders become deals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deal {
+    /// A lead with a new contact; no note, no products (settings saved per seller).
+    Plain,
+    /// The default settings: note, products (the account's Products list on), buyer matched by phone.
+    Full,
+}
+
+pub fn seller_id(i: usize) -> String {
+    format!("seller-{i:06}")
+}
+
+pub fn host(i: usize) -> String {
+    format!("s{i:06}.amocrm.ru")
+}
+
+/// The seller's webhook address token: known to the load generator without reading the database.
+pub fn webhook_token(i: usize) -> String {
+    format!("bench-webhook-token-{i:08}-0123456789abcdef")
+}
+
+/// Connects `n` sellers as the connect flow leaves them (an account with a grant, our pipeline and two
+/// fields, a connection row), in batches of rows: seeding is not what is measured.
+pub async fn seed_sellers(
+    db: &Db,
+    keys: &Keyring,
+    sandbox: &SandboxHandle,
+    range: std::ops::Range<usize>,
+    deal: Deal,
+    token_expires_in: chrono::TimeDelta,
+) -> Duration {
+    let t = Instant::now();
+    let now = st::now();
+    let mut rows = Vec::with_capacity(range.len());
+    for i in range.clone() {
+        let host = host(i);
+        let seller = seller_id(i);
+        sandbox.add_account(&host);
+        let pair = sandbox.issue_tokens(CLIENT_ID, &host);
+        let p = sandbox
+            .pipelines(&host)
+            .into_iter()
+            .next()
+            .expect("pipeline");
+        let stage = |n: usize| {
+            p.statuses
+                .iter()
+                .filter(|s| s.type_ == 0)
+                .nth(n)
+                .or_else(|| p.statuses.first())
+                .map(|s| s.id as i64)
+        };
+        let f1 = sandbox
+            .add_lead_field(&host, "Buyurtma raqami", "text", &[])
+            .expect("field")
+            .id as i64;
+        let f2 = sandbox
+            .add_lead_field(&host, "Buyurtma havolasi", "url", &[])
+            .expect("field")
+            .id as i64;
+        if deal == Deal::Full {
+            sandbox.enable_products(&host, None).expect("products");
+        }
+        let (access, refresh) = seal_tokens(keys, &seller, &pair.access_token, &pair.refresh_token);
+        rows.push((
+            c::seller_id.eq(seller),
+            c::account_id.eq(pair.account_id as i64),
+            c::subdomain.eq(host.split('.').next().unwrap_or_default().to_owned()),
+            c::host.eq(host),
+            c::status.eq("active"),
+            c::access_token_enc.eq(Some(access)),
+            c::refresh_token_enc.eq(Some(refresh)),
+            c::token_expires_at.eq(Some(now + token_expires_in)),
+            c::webhook_token.eq(webhook_token(i)),
+            c::pipeline_id.eq(Some(p.id as i64)),
+            c::stage_pending.eq(stage(0)),
+            c::stage_awaiting_payment.eq(stage(1)),
+            c::stage_paid.eq(stage(2)),
+            c::stage_shipping.eq(stage(3)),
+            c::stage_completed.eq(Some(142i64)),
+            c::stage_cancelled.eq(Some(143i64)),
+            c::field_order_number_id.eq(Some(f1)),
+            c::field_order_link_id.eq(Some(f2)),
+            c::provisioning_state.eq("complete"),
+            (
+                c::last_refreshed_at.eq(Some(now)),
+                c::connected_at.eq(now),
+                c::created_at.eq(now),
+                c::updated_at.eq(now),
+            ),
+        ));
+    }
+    let plain = {
+        use amocrm_connector::domain::settings::{MatchMode, ProductsMode, SellerSettings};
+        let mut s = SellerSettings::default();
+        s.items.note = false;
+        s.items.products = ProductsMode::Off;
+        s.contacts.match_mode = MatchMode::Off;
+        serde_json::to_string(&s).expect("settings json")
+    };
+    let settings: Vec<_> = if deal == Deal::Plain {
+        range
+            .clone()
+            .map(|i| {
+                (
+                    ss::seller_id.eq(seller_id(i)),
+                    ss::settings.eq(plain.clone()),
+                    ss::round_robin_next.eq(0i64),
+                    ss::updated_at.eq(now),
+                )
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    db.run(move |conn| {
+        for chunk in rows.chunks(500) {
+            amocrm_connector::per_backend!(&mut *conn, |b| diesel::insert_into(c::table)
+                .values(chunk)
+                .execute(b))
+            .map_err(StorageError::from)?;
+        }
+        for chunk in settings.chunks(2000) {
+            amocrm_connector::per_backend!(&mut *conn, |b| diesel::insert_into(ss::table)
+                .values(chunk)
+                .execute(b))
+            .map_err(StorageError::from)?;
+        }
+        Ok(())
+    })
+    .await
+    .expect("seed rows");
+    t.elapsed()
+}
+
+/// Resident memory of this process, in KiB (`VmRSS`).
+pub fn rss_kib() -> u64 {
+    status_kib("VmRSS:")
+}
+
+/// Peak resident memory of this process, in KiB (`VmHWM`).
+pub fn peak_rss_kib() -> u64 {
+    status_kib("VmHWM:")
+}
+
+fn status_kib(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// CPU time (user + system) this process used so far, in seconds (`/proc/self/stat`).
+pub fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after ')'.
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| f.get(*i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    ticks / 100.0
+}
+
+/// Percentile `p` (0..=1) of sorted milliseconds.
+pub fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
