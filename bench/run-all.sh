@@ -210,7 +210,7 @@ mem_total=$(awk '/^MemTotal:/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)
   echo "on its own port) and the load generator. \"Memory\" is the peak resident set of that process (sampled"
   echo "from /proc every 100 ms), so it includes the sandbox and the load generator."
   echo
-  echo "| figure | measured | target (issue) | | peak memory |"
+  echo "| figure | measured | target | | peak memory |"
   echo "|---|---|---|---|---|"
   refresh_row "$LOGS/refresh-sqlite.txt" SQLite refresh-sqlite
   refresh_row "$LOGS/refresh-pg.txt" PostgreSQL refresh-pg

@@ -11,7 +11,7 @@ echo "the time from the 202 to the sandbox handling the \`leads/complex\` that c
 echo "sandbox's configured answer latency. Sellers: memory is the benchmark process's peak during each phase"
 echo "(the sandbox runs in a child process); the idle figures are of the real \`amocrm-connector serve\` binary."
 echo
-echo "| figure | measured | target (issue 16) | |"
+echo "| figure | measured | target | |"
 echo "|---|---|---|---|"
 awk '/^RESULT latency/ {
     for (i = 3; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
