@@ -111,9 +111,11 @@ pub async fn orders(
                 .iter()
                 .find(|l| l.order_id.as_deref() == Some(order.id.as_str()));
             let map = stages.iter().find(|(s, _)| *s == order.seller_id);
-            let lead_stage = lead.and_then(|l| l.status_id).map(|id| {
-                map.and_then(|(_, m)| stage_of(m, id))
-                    .map_or_else(|| format!("stage {id}"), str::to_owned)
+            let lead_stage = lead.and_then(|l| {
+                let status = map.and_then(|(_, m)| m.status_of(l.pipeline_id, l.status_id));
+                status
+                    .map(|s| s.as_str().to_owned())
+                    .or_else(|| l.status_id.map(|id| format!("stage {id}")))
             });
             OrderListed {
                 paid: lead.is_some_and(|l: &LeadSeen| l.paid),
@@ -123,13 +125,6 @@ pub async fn orders(
         })
         .collect();
     Ok((listed, total))
-}
-
-/// Which marketplace status a seller mapped to this amoCRM stage.
-fn stage_of(map: &[Option<i64>; 6], status_id: i64) -> Option<&'static str> {
-    map.iter()
-        .position(|id| *id == Some(status_id))
-        .map(|i| OrderStatus::ALL[i].as_str())
 }
 
 /// One page of events with their deliveries, and the total.
@@ -183,18 +178,11 @@ pub async fn order(
         )),
         _ => None,
     };
-    let lead_stage = match (&connection, lead.as_ref().and_then(|l| l.status_id)) {
-        (Some(c), Some(status)) => stage_of(
-            &[
-                c.stage_pending,
-                c.stage_awaiting_payment,
-                c.stage_paid,
-                c.stage_shipping,
-                c.stage_completed,
-                c.stage_cancelled,
-            ],
-            status,
-        ),
+    let lead_stage = match (&connection, &lead) {
+        (Some(c), Some(l)) => c
+            .stage_map()
+            .status_of(l.pipeline_id, l.status_id)
+            .map(OrderStatus::as_str),
         _ => None,
     };
     let history = db

@@ -252,6 +252,41 @@ async fn answer_of(
     }
 }
 
+/// [`post_signed`] with the subscription's sealed secret (`(subscription id, secret_enc)`), opened here;
+/// a secret the configured keys cannot open is a failed attempt that sends nothing.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the delivery worker and the test event pass the same parts of one attempt"
+)]
+pub async fn post_sealed(
+    out: &Outbound,
+    timeout: Duration,
+    keys: &Keyring,
+    (subscription_id, secret_enc): (&str, &[u8]),
+    url: &str,
+    event_id: &str,
+    payload: &str,
+    now: NaiveDateTime,
+) -> Attempt {
+    match keys.decrypt(secret_aad(subscription_id), secret_enc) {
+        Ok(secret) => {
+            let secret = secret.expose_secret().as_bytes();
+            post_signed(out, timeout, url, event_id, payload, secret, now).await
+        }
+        Err(_) => Attempt {
+            delivered: false,
+            record: AttemptRecord {
+                status_code: None,
+                error: Some(
+                    "the subscription's secret cannot be decrypted with the configured keys".into(),
+                ),
+                duration_ms: 0,
+                attempted_at: now,
+            },
+        },
+    }
+}
+
 /// What became of one claimed delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -281,31 +316,17 @@ pub async fn send(
     now: NaiveDateTime,
 ) -> Finished {
     let sub_id = &claimed.delivery.subscription_id;
-    let attempt = match keys.decrypt(secret_aad(sub_id), &claimed.secret_enc) {
-        Ok(secret) => {
-            post_signed(
-                out,
-                timeout,
-                &claimed.url,
-                &claimed.event_id,
-                &claimed.payload,
-                secret.expose_secret().as_bytes(),
-                now,
-            )
-            .await
-        }
-        Err(_) => Attempt {
-            delivered: false,
-            record: AttemptRecord {
-                status_code: None,
-                error: Some(
-                    "the subscription's secret cannot be decrypted with the configured keys".into(),
-                ),
-                duration_ms: 0,
-                attempted_at: now,
-            },
-        },
-    };
+    let attempt = post_sealed(
+        out,
+        timeout,
+        keys,
+        (sub_id, &claimed.secret_enc),
+        &claimed.url,
+        &claimed.event_id,
+        &claimed.payload,
+        now,
+    )
+    .await;
     Finished {
         delivery_id: claimed.delivery.id,
         subscription_id: sub_id.clone(),

@@ -12,6 +12,7 @@ use crate::domain::events::EventKind;
 use crate::domain::ids::prefixed_id;
 use crate::domain::outbound::TargetPolicy;
 use crate::services::keys::RotationReport;
+use crate::storage::events::NewEvent;
 use crate::storage::subscriptions::{
     NewSubscription, Subscription, SubscriptionChanges, secret_aad,
 };
@@ -323,59 +324,42 @@ pub const TEST_EVENT: &str = "webhook.test";
 
 /// Sends one signed test event to the subscription now, outside the event log and the delivery queue, so
 /// an operator can check a receiver's URL, secret and signature check without waiting for a real event.
-/// Paused subscriptions are tested too: that is how one is checked before it is turned back on.
+/// Paused subscriptions are tested too: that is how one is checked before it is turned back on. Answers
+/// with the subscription as it stands and the attempt.
 #[tracing::instrument(skip(ctx))]
 pub async fn send_test(
     ctx: &crate::services::Context,
     id: &str,
-) -> Result<crate::services::delivery::Attempt, SubscriptionError> {
-    use secrecy::ExposeSecret;
+) -> Result<(SubscriptionView, crate::services::delivery::Attempt), SubscriptionError> {
     let sub = ctx
         .db
         .subscriptions()
         .find(id)
         .await?
         .ok_or(SubscriptionError::NotFound)?;
-    let now = storage::now();
-    let event_id = prefixed_id("evt_test");
-    let payload = serde_json::json!({
-        "id": event_id,
-        "event": TEST_EVENT,
-        "timestamp": storage::from_db(now).to_rfc3339_opts(SecondsFormat::Secs, true),
-        "seller_id": "",
-        "data": {
+    // Built like every event (id, timestamp, envelope), but never stored.
+    let event = NewEvent::new(
+        TEST_EVENT,
+        "",
+        serde_json::json!({
             "subscription_id": sub.id,
             "message": "A test event sent from the operator dashboard.",
-        },
-    })
-    .to_string();
-    let attempt = match ctx.keys.decrypt(secret_aad(&sub.id), &sub.secret_enc) {
-        Ok(secret) => {
-            crate::services::delivery::post_signed(
-                &ctx.outbound,
-                ctx.settings.delivery_timeout,
-                &sub.url,
-                &event_id,
-                &payload,
-                secret.expose_secret().as_bytes(),
-                now,
-            )
-            .await
-        }
-        Err(_) => crate::services::delivery::Attempt {
-            delivered: false,
-            record: crate::storage::deliveries::AttemptRecord {
-                status_code: None,
-                error: Some(
-                    "the subscription's secret cannot be decrypted with the configured keys".into(),
-                ),
-                duration_ms: 0,
-                attempted_at: now,
-            },
-        },
-    };
+        }),
+        None,
+    );
+    let attempt = crate::services::delivery::post_sealed(
+        &ctx.outbound,
+        ctx.settings.delivery_timeout,
+        &ctx.keys,
+        (&sub.id, &sub.secret_enc),
+        &sub.url,
+        &event.id,
+        &event.payload,
+        storage::now(),
+    )
+    .await;
     tracing::info!(subscription_id = %sub.id, delivered = attempt.delivered, "test event sent");
-    Ok(attempt)
+    Ok((SubscriptionView::from(&sub), attempt))
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use super::schema::{
     order_steps, orders, webhook_subscriptions,
 };
 use super::{AnyConnection, Db, StorageError};
+use crate::domain::stages::StageMap;
 use crate::domain::status::DeliveryState;
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -32,17 +33,21 @@ pub struct ConnectionView {
     pub revoke_reason: Option<String>,
 }
 
-/// A LIKE pattern matching values that start with `text` (its `%`, `_` and `\` taken literally).
-pub fn starts_with(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 1);
+/// `text` for a LIKE pattern with `\` as the escape: its `%`, `_` and `\` taken literally.
+fn like_literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
     for ch in text.chars() {
         if matches!(ch, '%' | '_' | '\\') {
             out.push('\\');
         }
         out.push(ch);
     }
-    out.push('%');
     out
+}
+
+/// A LIKE pattern (escape `\`) matching values that start with `text`.
+fn starts_with(text: &str) -> String {
+    format!("{}%", like_literal(text))
 }
 
 /// A page of connections, optionally of one status and whose seller id or account host starts with
@@ -54,35 +59,30 @@ pub fn connections(
     limit: i64,
     offset: i64,
 ) -> Result<(Vec<ConnectionView>, i64), StorageError> {
-    let mut q = amocrm_connections::table.into_boxed();
-    let mut n = amocrm_connections::table.into_boxed();
-    if let Some(s) = status {
-        q = q.filter(amocrm_connections::status.eq(s.to_owned()));
-        n = n.filter(amocrm_connections::status.eq(s.to_owned()));
-    }
-    if let Some(text) = search {
-        let p = starts_with(text);
-        q = q.filter(
-            amocrm_connections::seller_id
-                .like(p.clone())
-                .escape('\\')
-                .or(amocrm_connections::host.like(p.clone()).escape('\\')),
-        );
-        n = n.filter(
-            amocrm_connections::seller_id
-                .like(p.clone())
-                .escape('\\')
-                .or(amocrm_connections::host.like(p).escape('\\')),
-        );
-    }
-    let rows = q
+    let matching = || {
+        let mut q = amocrm_connections::table.into_boxed::<super::MultiBackend>();
+        if let Some(s) = status {
+            q = q.filter(amocrm_connections::status.eq(s.to_owned()));
+        }
+        if let Some(text) = search {
+            let p = starts_with(text);
+            q = q.filter(
+                amocrm_connections::seller_id
+                    .like(p.clone())
+                    .escape('\\')
+                    .or(amocrm_connections::host.like(p).escape('\\')),
+            );
+        }
+        q
+    };
+    let rows = matching()
         .order(amocrm_connections::updated_at.desc())
         .then_order_by(amocrm_connections::id.desc())
         .limit(limit)
         .offset(offset)
         .select(ConnectionView::as_select())
         .load(conn)?;
-    let total = n.select(count_star()).first(conn)?;
+    let total = matching().select(count_star()).first(conn)?;
     Ok((rows, total))
 }
 
@@ -108,22 +108,20 @@ pub struct OrderView {
 #[derive(Debug, Clone, Queryable)]
 pub struct LeadSeen {
     pub order_id: Option<String>,
+    pub pipeline_id: Option<i64>,
     pub status_id: Option<i64>,
     pub paid: bool,
 }
 
-/// A seller's stage mapping: the amoCRM stage of each marketplace status, in [`OrderStatus`] order
-/// (pending, awaiting payment, paid, shipping, completed, cancelled).
-///
-/// [`OrderStatus`]: crate::domain::status::OrderStatus
-pub type StageMap = (String, [Option<i64>; 6]);
+/// A seller and its order-status ↔ stage mapping.
+pub type SellerStages = (String, StageMap);
 
 /// A page of orders with the total, what is known of their leads, and their sellers' stage mappings.
 pub struct OrderPage {
     pub rows: Vec<OrderView>,
     pub total: i64,
     pub leads: Vec<LeadSeen>,
-    pub stages: Vec<StageMap>,
+    pub stages: Vec<SellerStages>,
 }
 
 /// A page of orders, optionally of one sync state and whose order number, id or seller id starts with
@@ -135,42 +133,37 @@ pub fn orders(
     limit: i64,
     offset: i64,
 ) -> Result<OrderPage, StorageError> {
-    let mut q = orders::table.into_boxed();
-    let mut n = orders::table.into_boxed();
-    if let Some(s) = sync_state {
-        q = q.filter(orders::sync_state.eq(s.to_owned()));
-        n = n.filter(orders::sync_state.eq(s.to_owned()));
-    }
-    if let Some(text) = search {
-        let p = starts_with(text);
-        q = q.filter(
-            orders::order_number
-                .like(p.clone())
-                .escape('\\')
-                .or(orders::seller_id.like(p.clone()).escape('\\'))
-                .or(orders::id.like(p.clone()).escape('\\')),
-        );
-        n = n.filter(
-            orders::order_number
-                .like(p.clone())
-                .escape('\\')
-                .or(orders::seller_id.like(p.clone()).escape('\\'))
-                .or(orders::id.like(p).escape('\\')),
-        );
-    }
-    let rows: Vec<OrderView> = q
+    let matching = || {
+        let mut q = orders::table.into_boxed::<super::MultiBackend>();
+        if let Some(s) = sync_state {
+            q = q.filter(orders::sync_state.eq(s.to_owned()));
+        }
+        if let Some(text) = search {
+            let p = starts_with(text);
+            q = q.filter(
+                orders::order_number
+                    .like(p.clone())
+                    .escape('\\')
+                    .or(orders::seller_id.like(p.clone()).escape('\\'))
+                    .or(orders::id.like(p).escape('\\')),
+            );
+        }
+        q
+    };
+    let rows: Vec<OrderView> = matching()
         .order(orders::created_at.desc())
         .then_order_by(orders::id.desc())
         .limit(limit)
         .offset(offset)
         .select(OrderView::as_select())
         .load(conn)?;
-    let total = n.select(count_star()).first(conn)?;
+    let total = matching().select(count_star()).first(conn)?;
     let ids: Vec<String> = rows.iter().map(|o| o.id.clone()).collect();
     let leads = lead_states::table
         .filter(lead_states::order_id.eq_any(ids))
         .select((
             lead_states::order_id,
+            lead_states::pipeline_id,
             lead_states::status_id,
             lead_states::paid,
         ))
@@ -189,10 +182,11 @@ pub fn orders(
 pub fn stage_maps(
     conn: &mut AnyConnection,
     sellers: &[String],
-) -> Result<Vec<StageMap>, StorageError> {
+) -> Result<Vec<SellerStages>, StorageError> {
     use amocrm_connections as c;
     type Row = (
         String,
+        Option<i64>,
         Option<i64>,
         Option<i64>,
         Option<i64>,
@@ -204,6 +198,7 @@ pub fn stage_maps(
         .filter(c::seller_id.eq_any(sellers))
         .select((
             c::seller_id,
+            c::pipeline_id,
             c::stage_pending,
             c::stage_awaiting_payment,
             c::stage_paid,
@@ -214,7 +209,29 @@ pub fn stage_maps(
         .load(conn)?;
     Ok(rows
         .into_iter()
-        .map(|(s, a, b, p, sh, co, ca)| (s, [a, b, p, sh, co, ca]))
+        .map(
+            |(
+                seller,
+                pipeline_id,
+                pending,
+                awaiting_payment,
+                paid,
+                shipping,
+                completed,
+                cancelled,
+            )| {
+                let map = StageMap {
+                    pipeline_id,
+                    pending,
+                    awaiting_payment,
+                    paid,
+                    shipping,
+                    completed,
+                    cancelled,
+                };
+                (seller, map)
+            },
+        )
         .collect())
 }
 
@@ -306,18 +323,17 @@ pub fn deliveries_of(
         ))
         .load(conn)?;
     let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
-    let counts: Vec<(i64, i64)> = delivery_attempts::table
+    let counts: std::collections::HashMap<i64, i64> = delivery_attempts::table
         .filter(delivery_attempts::delivery_id.eq_any(&ids))
         .group_by(delivery_attempts::delivery_id)
         .select((delivery_attempts::delivery_id, count_star()))
-        .load(conn)?;
+        .load::<(i64, i64)>(conn)?
+        .into_iter()
+        .collect();
     Ok(rows
         .into_iter()
         .map(|r| DeliveryView {
-            attempts_ever: counts
-                .iter()
-                .find(|(id, _)| *id == r.0)
-                .map_or(0, |(_, n)| *n),
+            attempts_ever: counts.get(&r.0).copied().unwrap_or(0),
             id: r.0,
             event_seq: r.1,
             subscription_id: r.2,
@@ -403,11 +419,7 @@ pub fn order_history(
     seller_id: &str,
 ) -> Result<Vec<OrderHistoryRow>, StorageError> {
     let quoted = serde_json::Value::from(order_id).to_string();
-    let escaped = quoted
-        .replace('\\', "\\\\")
-        .replace('%', "\\%")
-        .replace('_', "\\_");
-    let needle = format!("%\"order_id\":{escaped}%");
+    let needle = format!("%{}%", like_literal(&format!("\"order_id\":{quoted}")));
     let evs: Vec<(String, String, NaiveDateTime)> = events::table
         .filter(events::seller_id.eq(seller_id))
         .filter(events::payload.like(needle).escape('\\'))

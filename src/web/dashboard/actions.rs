@@ -188,12 +188,7 @@ pub async fn save_subscription(
     match subscriptions::update(&state.db, &state.keys, state.outbound.policy(), &id, input).await {
         Ok(_) => {
             tracing::info!(operator_id = signed.operator.id, subscription_id = %id, "subscription saved from the dashboard");
-            Ok(page(StatusCode::SEE_OTHER)
-                .insert_header((
-                    header::LOCATION,
-                    format!("/dashboard/subscriptions/{id}?done=saved"),
-                ))
-                .finish())
+            Ok(back(&format!("/dashboard/subscriptions/{id}"), "saved"))
         }
         Err(SubscriptionError::Invalid(problems)) => {
             let current = subscriptions::get(&state.db, &id).await?;
@@ -225,8 +220,7 @@ pub async fn test_subscription(
     use crate::services::subscriptions;
     signed.check_write(&form.csrf)?;
     let id = path.into_inner();
-    let attempt = subscriptions::send_test(&state, &id).await?;
-    let current = subscriptions::get(&state.db, &id).await?;
+    let (current, attempt) = subscriptions::send_test(&state, &id).await?;
     let mut p = super::pages::SubscriptionPage::new(&req, &state, &signed, current);
     let r = &attempt.record;
     let answer = match (r.status_code, &r.error) {
