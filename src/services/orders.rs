@@ -202,7 +202,9 @@ pub async fn create(state: &Context, body: &Value) -> Result<Accepted, OrderErro
         Ok(row) => {
             tracing::Span::current().record("order_id", row.id.as_str());
             tracing::info!(sync_state = row.sync_state.as_str(), "order accepted");
-            crate::services::order_push::new_work_signal().notify_one();
+            if row.sync_state == SyncState::Queued {
+                crate::services::order_push::new_work_signal().notify_one();
+            }
             Ok(Accepted::Created(OrderView::from(&row)))
         }
         Err(e) if e.is_unique_violation() => {
@@ -348,6 +350,7 @@ pub async fn retry(db: &Db, id: &str) -> Result<OrderView, OrderError> {
         .retry(id, &row.seller_id)
         .await?
         .ok_or(OrderError::NotFound)?;
+    crate::services::order_push::new_work_signal().notify_one();
     Ok(OrderView::from(&row))
 }
 
@@ -358,6 +361,7 @@ pub async fn release_held(db: &Db, seller_id: &str) -> Result<usize, StorageErro
     let n = db.orders().release_held(seller_id).await?;
     if n > 0 {
         tracing::info!(released = n, "held orders queued again");
+        crate::services::order_push::new_work_signal().notify_one();
     }
     Ok(n)
 }

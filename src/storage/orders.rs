@@ -681,10 +681,14 @@ fn any_due(conn: &mut AnyConnection, now: NaiveDateTime) -> Result<bool, Storage
     if order.is_some() {
         return Ok(true);
     }
+    // As `due_accounts` counts moves: only of orders that have a lead. A move of an order that never got
+    // one (failed, or held) stays pending and must not keep the idle worker scanning.
     let mv = m::table
+        .inner_join(o::table)
         .filter(m::state.eq(MoveState::Pending))
         .filter(m::next_attempt_at.le(now))
         .filter(m::lease_until.is_null().or(m::lease_until.lt(now)))
+        .filter(o::lead_id.is_not_null())
         .select(m::id)
         .first::<i64>(conn)
         .optional()?;

@@ -28,6 +28,9 @@ pub const REFRESH_TTL_SECS: i64 = 90 * 86_400;
 /// Caps the in-memory logs so a long benchmark cannot exhaust memory.
 pub const LOG_CAP: usize = 2_000_000;
 
+/// Most `leads/complex` arrivals an account keeps until they are taken.
+pub const ARRIVALS_CAP: usize = 100_000;
+
 /// Monotonic id sequences, one per entity kind, in ranges that look like amoCRM's.
 #[derive(Debug)]
 pub struct Ids {
@@ -120,7 +123,7 @@ pub struct Account {
     pub window: VecDeque<Instant>,
     /// When each `leads/complex` call was handled (after the injected latency) and the `request_id`s it
     /// carried, until taken by [`crate::SandboxHandle::take_complex_arrivals`]: benchmarks time orders
-    /// from acceptance to their lead with it.
+    /// from acceptance to their lead with it. At most [`ARRIVALS_CAP`], the oldest dropped first.
     pub complex_arrivals: Vec<(Instant, Vec<String>)>,
     /// The `api_domain` claim of the account's tokens, where its subdomain can be asked for.
     pub api_domain: String,

@@ -28,29 +28,31 @@ pub struct CallbackParams {
     pub error: Option<String>,
 }
 
-/// Why a callback was refused. Nothing is stored in any of these cases.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// An install from an amoCRM widget or the marketplace listing, not from our connect page.
-    FromWidget,
-    MissingState,
-    UnknownState,
-    ExpiredState,
-    UsedState,
-    /// The state was minted for another browser (no or wrong cookie).
-    OtherBrowser,
-    /// The connect link was used already (this seller connected meanwhile).
-    SessionUsed,
-    Denied,
-    WrongClient,
-    BadReferer,
-    MissingCode,
-    ExchangeFailed,
-    /// amoCRM refused the code itself (forged, expired or reused): the caller's fault, not amoCRM's.
-    CodeRejected,
-    AccountUnreadable,
-    /// The account is connected to another seller and sharing is off.
-    AccountTaken,
+crate::domain::wire_enum! {
+    /// Why a callback was refused. Before its state is spent, nothing is stored; after, the refusal is
+    /// recorded with the state (its wire spelling) for the result page.
+    pub enum Refusal {
+        /// An install from an amoCRM widget or the marketplace listing, not from our connect page.
+        FromWidget => "from_widget",
+        MissingState => "missing_state",
+        UnknownState => "unknown_state",
+        ExpiredState => "expired_state",
+        UsedState => "used_state",
+        /// The state was minted for another browser (no or wrong cookie).
+        OtherBrowser => "other_browser",
+        /// The connect link was used already (this seller connected meanwhile).
+        SessionUsed => "session_used",
+        Denied => "denied",
+        WrongClient => "wrong_client",
+        BadReferer => "bad_referer",
+        MissingCode => "missing_code",
+        ExchangeFailed => "exchange_failed",
+        /// amoCRM refused the code itself (forged, expired or reused): the caller's fault, not amoCRM's.
+        CodeRejected => "code_rejected",
+        AccountUnreadable => "account_unreadable",
+        /// The account is connected to another seller and sharing is off.
+        AccountTaken => "account_taken",
+    }
 }
 
 /// A refused callback, with what the error page needs.
@@ -59,8 +61,6 @@ pub struct Refused {
     pub reason: Refusal,
     /// The session's language, when the state was known.
     pub lang: Option<Lang>,
-    /// A fresh consent URL for the same session and browser, when one can be offered.
-    pub retry_url: Option<String>,
 }
 
 /// A completed connect.
@@ -141,50 +141,7 @@ impl Outcome {
         if s == "connected" {
             return Some(Self::Connected);
         }
-        Refusal::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .map(Self::Refused)
-    }
-}
-
-impl Refusal {
-    pub const ALL: [Refusal; 15] = [
-        Refusal::FromWidget,
-        Refusal::MissingState,
-        Refusal::UnknownState,
-        Refusal::ExpiredState,
-        Refusal::UsedState,
-        Refusal::OtherBrowser,
-        Refusal::SessionUsed,
-        Refusal::Denied,
-        Refusal::WrongClient,
-        Refusal::BadReferer,
-        Refusal::MissingCode,
-        Refusal::ExchangeFailed,
-        Refusal::CodeRejected,
-        Refusal::AccountUnreadable,
-        Refusal::AccountTaken,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Refusal::FromWidget => "from_widget",
-            Refusal::MissingState => "missing_state",
-            Refusal::UnknownState => "unknown_state",
-            Refusal::ExpiredState => "expired_state",
-            Refusal::UsedState => "used_state",
-            Refusal::OtherBrowser => "other_browser",
-            Refusal::SessionUsed => "session_used",
-            Refusal::Denied => "denied",
-            Refusal::WrongClient => "wrong_client",
-            Refusal::BadReferer => "bad_referer",
-            Refusal::MissingCode => "missing_code",
-            Refusal::ExchangeFailed => "exchange_failed",
-            Refusal::CodeRejected => "code_rejected",
-            Refusal::AccountUnreadable => "account_unreadable",
-            Refusal::AccountTaken => "account_taken",
-        }
+        Refusal::parse(s).map(Self::Refused)
     }
 }
 
@@ -210,13 +167,7 @@ async fn check_state(
     params: &CallbackParams,
     cookie: Option<&str>,
 ) -> Result<Result<Checked, Refused>, StorageError> {
-    let refuse = |reason, lang| {
-        Ok(Err(Refused {
-            reason,
-            lang,
-            retry_url: None,
-        }))
-    };
+    let refuse = |reason, lang| Ok(Err(Refused { reason, lang }));
     if params.from_widget.as_deref().is_some() {
         return refuse(Refusal::FromWidget, None);
     }
