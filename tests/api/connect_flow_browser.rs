@@ -8,13 +8,11 @@ use amocrm_connector::domain::status::ConnectionStatus;
 use fantoccini::{Client, Locator};
 use serde_json::json;
 
-use crate::browser::{browser, decide, element, press, run_steps, start_driver, step, text_of};
+use crate::browser::{decide, element, phone, press, run_steps, start_driver, step, text_of};
 use crate::support::{
     HOST, TestApp, connect, consent, create_session, open_page, result_location,
     set_connection_status, spawn_app, through_result, until_callback, wait_until,
 };
-
-const PHONE: (u32, u32) = (390, 844);
 
 /// A sandbox account of its own for `seller` (one account connects one seller).
 fn fresh_host(app: &TestApp, seller: &str) -> String {
@@ -118,7 +116,7 @@ async fn the_result_page_speaks_the_language_chosen_on_the_connect_page() {
             let seller = format!("seller-lang-{i}-{allow}");
             let host = fresh_host(&app, &seller);
             let url = connect_url(&create_session(&app, &seller, json!({})).await);
-            let client = browser(&driver, PHONE.0, PHONE.1).await;
+            let client = phone(&driver, 390, 844).await;
             let name = format!("result_language_{lang}_{allow}");
             run_steps(&name, client, |client| async move {
                 step(
@@ -162,7 +160,7 @@ async fn reload_and_back_after_connecting_show_the_connection_not_already_used()
         let seller = format!("seller-reload-{lang}");
         let host = fresh_host(&app, &seller);
         let url = connect_url(&create_session(&app, &seller, json!({"lang": lang})).await);
-        let client = browser(&driver, PHONE.0, PHONE.1).await;
+        let client = phone(&driver, 390, 844).await;
         let used = ["already used", "уже использован", "allaqachon ishlatilgan"];
         run_steps(
             &format!("reload_back_{lang}"),
@@ -216,7 +214,7 @@ async fn a_denied_or_closed_popup_is_reported_on_the_connect_page_with_a_retry()
         let seller = format!("seller-popup-{lang}");
         let host = fresh_host(&app, &seller);
         let url = connect_url(&create_session(&app, &seller, json!({"lang": lang})).await);
-        let client = browser(&driver, PHONE.0, PHONE.1).await;
+        let client = phone(&driver, 390, 844).await;
         run_steps(
             &format!("popup_outcomes_{lang}"),
             client,
@@ -289,7 +287,7 @@ async fn a_reconnect_leaves_one_truthful_card_naming_the_account() {
         assert_eq!(connect(&app, &seller, &host).await.status().as_u16(), 200);
         set_connection_status(&app, &seller, "revoked").await;
         let url = connect_url(&create_session(&app, &seller, json!({"lang": lang})).await);
-        let client = browser(&driver, PHONE.0, PHONE.1).await;
+        let client = phone(&driver, 390, 844).await;
         let revoked = ["Uzilgan", "Отключён", "Disconnected"];
         let active = ["Faol", "Активен", "Active"];
         run_steps(
@@ -342,7 +340,7 @@ async fn an_old_link_of_a_connected_seller_shows_the_connection() {
         let (popup, _) = open_page(&app.http, &url).await;
         let callback = consent(&app.http, &app.sandbox.base_url(), &popup, &host, true).await;
         assert_eq!(through_result(&app, &callback).await.status().as_u16(), 200);
-        let client = browser(&driver, PHONE.0, PHONE.1).await;
+        let client = phone(&driver, 390, 844).await;
         run_steps(&format!("old_link_{lang}"), client, |client| async move {
             step("open the old link", client.goto(&url).await)?;
             text_contains(&client, "#text", connected).await?;

@@ -6,34 +6,17 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, Locator};
 use serde_json::{Value, json};
 
 use crate::browser::{
-    Driver, admin_operator, browser, connect_in_this_window, dashboard_sign_in, element, run_steps,
+    admin_operator, browser, connect_in_this_window, dashboard_sign_in, element, phone, run_steps,
     start_driver, step,
 };
 use crate::support::{
     Queue, TestApp, connect_seller, create_session, order_body, spawn_app, wait_until,
 };
 use amocrm_connector::workers::push;
-
-/// A headless chromium that lays pages out as a 390×844 phone (the window alone cannot go that narrow).
-async fn phone(driver: &Driver) -> Client {
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-            "mobileEmulation": {"deviceMetrics": {"width": 390, "height": 844, "pixelRatio": 2.0}},
-        }),
-    );
-    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-        .capabilities(caps)
-        .connect(&driver.url)
-        .await
-        .expect("a phone browser session")
-}
 
 fn places() -> Vec<PathBuf> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -151,7 +134,7 @@ async fn screenshots_of_the_main_pages_on_desktop_and_phone() {
     })
     .await;
 
-    let handset = phone(&driver).await;
+    let handset = phone(&driver, 390, 844).await;
     let s = &phone_settings_url;
     run_steps("screenshots_phone", handset, |client| async move {
         shoot(&client, "seller-connect-phone", c, "#connect").await?;
