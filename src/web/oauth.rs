@@ -34,28 +34,18 @@ pub async fn callback(req: HttpRequest, state: web::Data<Context>) -> HttpRespon
             let lang = pick_lang(&req, refused.lang);
             let t = texts(lang);
             let (text, hint) = refusal_text(t, refused.reason);
-            let n = pages::nonce();
-            let page = MessageTemplate {
-                t,
-                nonce: &n,
-                class: "bad",
-                title: t.error_title,
+            pages::message(
+                refusal_status(refused.reason),
+                lang,
+                "bad",
+                t.error_title,
                 text,
-                note: None,
-                hint: hint.or(Some(t.ask_new_link)),
-                retry_url: None,
-                settings_url: None,
-                card: None,
-                post_message: false,
-                status: "error",
-                origin: "",
-                return_url: "",
-            };
-            pages::html(refusal_status(refused.reason), &n, page.render())
+                hint.or(Some(t.ask_new_link)),
+            )
         }
         Err(e) => {
             tracing::error!(error = %e, "OAuth callback failed on the database");
-            unavailable(&req)
+            pages::unavailable(&req)
         }
     }
 }
@@ -66,19 +56,6 @@ fn see_other(location: &str) -> HttpResponse {
         .insert_header(("Cache-Control", "no-store"))
         .insert_header(("Referrer-Policy", "no-referrer"))
         .finish()
-}
-
-fn unavailable(req: &HttpRequest) -> HttpResponse {
-    let lang = pick_lang(req, None);
-    let t = texts(lang);
-    pages::message(
-        StatusCode::SERVICE_UNAVAILABLE,
-        lang,
-        "bad",
-        t.error_title,
-        t.exchange_failed,
-        None,
-    )
 }
 
 /// What a refusal tells the seller, and what to do about it when there is no retry.
@@ -139,7 +116,7 @@ pub async fn result(
         }
         Err(e) => {
             tracing::error!(error = %e, "result page failed");
-            return unavailable(&req);
+            return pages::unavailable(&req);
         }
     };
     let lang = pick_lang(&req, view.lang);

@@ -441,6 +441,20 @@ pub fn message(
     html(status, &n, page.render())
 }
 
+/// The page for a request the database could not serve: try again later, in the browser's language.
+pub fn unavailable(req: &HttpRequest) -> HttpResponse {
+    let lang = pick_lang(req, None);
+    let t = texts(lang);
+    message(
+        StatusCode::SERVICE_UNAVAILABLE,
+        lang,
+        "bad",
+        t.error_title,
+        t.exchange_failed,
+        None,
+    )
+}
+
 /// `GET /connect/{token}`.
 pub async fn connect_page(
     req: HttpRequest,
@@ -456,16 +470,7 @@ pub async fn connect_page(
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "connect page failed");
-            let lang = pick_lang(&req, None);
-            let t = texts(lang);
-            return message(
-                StatusCode::SERVICE_UNAVAILABLE,
-                lang,
-                "bad",
-                t.error_title,
-                t.exchange_failed,
-                None,
-            );
+            return unavailable(&req);
         }
     };
     let mut resp = match page {
