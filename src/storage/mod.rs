@@ -31,6 +31,7 @@ pub mod operators;
 pub mod stats;
 
 pub mod turns;
+mod writer;
 
 use std::path::Path;
 use std::time::Duration;
@@ -261,13 +262,15 @@ fn with_connect_timeout(url: &str) -> String {
     format!("{url}{sep}connect_timeout=3")
 }
 
-type Pool = r2d2::Pool<AnyManager>;
+pub(crate) type Pool = r2d2::Pool<AnyManager>;
 
 /// The shared handle to the database: a pool plus the backend it talks to.
 #[derive(Clone)]
 pub struct Db {
     pool: Pool,
     sqlite: bool,
+    /// SQLite's group commit (see [`writer`]); `None` on PostgreSQL, where connections write concurrently.
+    writer: Option<writer::Writer>,
 }
 
 /// How long a database call waits for a pooled connection by default (see `DATABASE_TIMEOUT`).
@@ -318,9 +321,15 @@ impl Db {
             .connection_timeout(timeout)
             .build(manager)
             .map_err(|e| StorageError::Pool(e.to_string()))?;
+        let writer = if url.is_sqlite() {
+            Some(writer::Writer::start(pool.clone())?)
+        } else {
+            None
+        };
         Ok(Self {
             pool,
             sqlite: url.is_sqlite(),
+            writer,
         })
     }
 
@@ -328,9 +337,24 @@ impl Db {
         self.sqlite
     }
 
-    /// Runs blocking database work on the blocking pool. SQLite "database is locked" answers are retried
-    /// a few times, so closures must touch only the database (they are re-run from the start).
+    /// Runs blocking database work off the async executor: on SQLite in the writer's next batch (see
+    /// [`writer`]), on PostgreSQL on the blocking pool. Closures must touch only the database: they may be
+    /// re-run from the start (SQLite "database is locked") and are answered only after their commit.
     pub async fn run<T, F>(&self, f: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: Fn(&mut AnyConnection) -> Result<T, StorageError> + Send + 'static,
+    {
+        if let Some(writer) = &self.writer {
+            return writer.run(f).await;
+        }
+        self.run_alone(f).await
+    }
+
+    /// [`Db::run`] on a pooled connection of its own, outside any batch: for work that must not run in a
+    /// transaction (migrations) and on PostgreSQL. SQLite "database is locked" answers are retried a few
+    /// times.
+    pub async fn run_alone<T, F>(&self, f: F) -> Result<T, StorageError>
     where
         T: Send + 'static,
         F: Fn(&mut AnyConnection) -> Result<T, StorageError> + Send + 'static,
@@ -365,7 +389,7 @@ impl Db {
 
     /// Applies pending migrations; returns the names applied.
     pub async fn migrate(&self) -> Result<Vec<String>, StorageError> {
-        self.run(run_migrations).await
+        self.run_alone(run_migrations).await
     }
 
     /// `SELECT 1`, for `/health`: waits at most [`PING_TIMEOUT`] for a connection.
