@@ -156,6 +156,13 @@ async fn access_as(state: &Context, seller_id: &str, how: Calling) -> Result<Gra
         .by_seller(seller_id)
         .await?
         .ok_or(TokenError::NotConnected)?;
+    access_row(state, row, how).await
+}
+
+/// [`access_as`] with a row the caller has just read.
+async fn access_row(state: &Context, row: Connection, how: Calling) -> Result<Grant, TokenError> {
+    let seller_id = row.seller_id.clone();
+    let seller_id = seller_id.as_str();
     let margin = chrono::Duration::from_std(ON_DEMAND_MARGIN).unwrap_or_default();
     let fresh_enough = row
         .token_expires_at
@@ -190,6 +197,22 @@ where
     with_api_as(state, seller_id, Calling::default(), call).await
 }
 
+/// [`with_api`] starting from a connection row the caller read moments ago (a push turn's), which saves
+/// reading it again per call. A pair a peer refreshed since is found the usual way: its 401 re-reads it.
+pub async fn with_api_from<T, F, Fut>(
+    state: &Context,
+    row: &Connection,
+    call: F,
+) -> Result<T, TokenError>
+where
+    F: Fn(Amo) -> Fut,
+    Fut: Future<Output = Result<T, ApiError>>,
+{
+    let how = Calling::default();
+    let grant = access_row(state, row.clone(), how).await?;
+    call_with(state, grant, how, call).await
+}
+
 /// [`with_api`] with its treatment of amoCRM's verdicts chosen by `how` (see [`Calling`]). Unless `how`
 /// says otherwise, a 402 or 403 suspends the connection and comes back as
 /// [`TokenError::NeedsReconnect`]`(Suspended)`: the caller holds its work as for any inactive connection.
@@ -204,6 +227,19 @@ where
     Fut: Future<Output = Result<T, ApiError>>,
 {
     let grant = access_as(state, seller_id, how).await?;
+    call_with(state, grant, how, call).await
+}
+
+async fn call_with<T, F, Fut>(
+    state: &Context,
+    grant: Grant,
+    how: Calling,
+    call: F,
+) -> Result<T, TokenError>
+where
+    F: Fn(Amo) -> Fut,
+    Fut: Future<Output = Result<T, ApiError>>,
+{
     let conn = grant.connection.clone();
     let result = match call(amo(state, grant)?).await {
         Err(ApiError::Unauthorized) => after_401(state, &conn, how, &call).await,

@@ -241,17 +241,24 @@ impl Orders<'_> {
             .await
     }
 
-    /// Takes an account's push lease; false when someone else holds it or it rests.
-    pub async fn claim_account(
+    /// What the seller's account has due now (see [`AccountWork`]).
+    pub async fn account_work(&self, seller_id: &str) -> Result<AccountWork, StorageError> {
+        let seller = seller_id.to_owned();
+        let now = super::now();
+        self.db.run(move |c| account_work(c, &seller, now)).await
+    }
+
+    /// Takes the push leases of the free accounts among `ids` in one statement; the ids taken.
+    pub async fn claim_accounts(
         &self,
-        connection_id: i64,
+        ids: Vec<i64>,
         owner: &str,
         now: NaiveDateTime,
         until: NaiveDateTime,
-    ) -> Result<bool, StorageError> {
+    ) -> Result<Vec<i64>, StorageError> {
         let owner = owner.to_owned();
         self.db
-            .run(move |c| claim_account(c, connection_id, &owner, now, until))
+            .run(move |c| claim_accounts(c, &ids, &owner, now, until))
             .await
     }
 
@@ -781,33 +788,125 @@ pub fn due_accounts(
         .collect())
 }
 
-/// Claims an account for pushing; false when another worker holds it, when it is resting after a 429, or
-/// while the rate-limit window of another instance's last calls to it is still open. The instance that
-/// served it last may take it again at once: its own limiter remembers those calls.
-pub fn claim_account(
+/// What one account has due now. A turn reads it before each round and claims only what is there: on
+/// SQLite every claim takes the database's one write lock, even one that finds nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccountWork {
+    /// Orders whose last send had no known outcome, due for a lookup.
+    pub lookups: bool,
+    /// Orders due to be sent.
+    pub orders: bool,
+    /// Pending stage moves of orders that have a lead.
+    pub moves: bool,
+    /// Due, unleased lead steps, how many of each kind.
+    pub steps: Vec<(StepKind, i64)>,
+    /// The buyer index fill is not started, or unfinished and due.
+    pub scan: bool,
+}
+
+impl AccountWork {
+    /// Whether a round would find anything to do (a scan counts only where buyers are matched).
+    pub fn any(&self, scanning: bool) -> bool {
+        self.lookups
+            || self.orders
+            || self.moves
+            || !self.steps.is_empty()
+            || (scanning && self.scan)
+    }
+
+    /// Due steps of one kind.
+    pub fn steps_of(&self, kind: StepKind) -> i64 {
+        self.steps
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map_or(0, |(_, n)| *n)
+    }
+}
+
+/// Reads [`AccountWork`] for one seller: four indexed reads, no write.
+pub fn account_work(
     conn: &mut AnyConnection,
-    connection_id: i64,
+    seller_id: &str,
+    now: NaiveDateTime,
+) -> Result<AccountWork, StorageError> {
+    // One read per flag value: with `needs_lookup` bound, SQLite walks `orders_seller_queue` from the
+    // seller; without it, its planner takes `orders_queue` and reads every due order of every seller.
+    let mut queued = |lookup: bool| -> Result<bool, StorageError> {
+        Ok(o::table
+            .filter(o::seller_id.eq(seller_id))
+            .filter(o::sync_state.eq(SyncState::Queued))
+            .filter(o::needs_lookup.eq(lookup))
+            .filter(o::next_attempt_at.le(now))
+            .filter(o::lease_until.is_null().or(o::lease_until.lt(now)))
+            .select(o::id)
+            .first::<String>(conn)
+            .optional()?
+            .is_some())
+    };
+    let lookups = queued(true)?;
+    let orders = queued(false)?;
+    let moves = m::table
+        .inner_join(o::table)
+        .filter(o::seller_id.eq(seller_id))
+        .filter(o::lead_id.is_not_null())
+        .filter(m::state.eq(MoveState::Pending))
+        .filter(m::next_attempt_at.le(now))
+        .filter(m::lease_until.is_null().or(m::lease_until.lt(now)))
+        .select(m::id)
+        .first::<i64>(conn)
+        .optional()?
+        .is_some();
+    let steps: Vec<(StepKind, i64)> = st::table
+        .filter(st::seller_id.eq(seller_id))
+        .filter(st::state.eq_any([StepState::Pending, StepState::Sent]))
+        .filter(st::next_attempt_at.le(now))
+        .filter(st::lease_until.is_null().or(st::lease_until.lt(now)))
+        .group_by(st::step)
+        .select((st::step, diesel::dsl::count_star()))
+        .load(conn)?;
+    let scan = sc::table
+        .filter(sc::seller_id.eq(seller_id))
+        .select((sc::finished_at, sc::next_attempt_at))
+        .first::<(Option<NaiveDateTime>, NaiveDateTime)>(conn)
+        .optional()?
+        .is_none_or(|(finished, next)| finished.is_none() && next <= now);
+    Ok(AccountWork {
+        lookups,
+        orders,
+        moves,
+        steps,
+        scan,
+    })
+}
+
+/// Claims the accounts in `ids` for pushing, in one statement; the ids taken. An account is passed over
+/// when another worker holds it, when it is resting after a 429, or while the rate-limit window of another
+/// instance's last calls to it is still open. The instance that served it last may take it again at once:
+/// its own limiter remembers those calls.
+pub fn claim_accounts(
+    conn: &mut AnyConnection,
+    ids: &[i64],
     owner: &str,
     now: NaiveDateTime,
     until: NaiveDateTime,
-) -> Result<bool, StorageError> {
-    let n = diesel::update(
-        c::table
-            .filter(c::id.eq(connection_id))
-            .filter(c::status.eq(ConnectionStatus::Active))
-            .filter(
-                c::push_lease_until
-                    .is_null()
-                    .or(c::push_lease_until.lt(now))
-                    .or(c::push_lease_owner.eq(owner)),
-            ),
-    )
-    .set((
+) -> Result<Vec<i64>, StorageError> {
+    let target = c::table
+        .filter(c::id.eq_any(ids))
+        .filter(c::status.eq(ConnectionStatus::Active))
+        .filter(
+            c::push_lease_until
+                .is_null()
+                .or(c::push_lease_until.lt(now))
+                .or(c::push_lease_owner.eq(owner)),
+        );
+    let set = (
         c::push_lease_owner.eq(Some(owner)),
         c::push_lease_until.eq(Some(until)),
-    ))
-    .execute(conn)?;
-    Ok(n == 1)
+    );
+    Ok(crate::per_backend!(conn, |cn| diesel::update(target)
+        .set(set)
+        .returning(c::id)
+        .get_results(cn))?)
 }
 
 /// Extends our account lease; false if it was lost.

@@ -205,22 +205,6 @@ pub fn of_orders(
         .load(conn)?)
 }
 
-/// How many steps of one kind are due for a seller (the push waits for a full batch while orders keep coming).
-pub fn due_count(
-    conn: &mut AnyConnection,
-    seller_id: &str,
-    kind: StepKind,
-) -> Result<i64, StorageError> {
-    let now = super::now();
-    Ok(st::table
-        .filter(st::seller_id.eq(seller_id))
-        .filter(st::step.eq(kind))
-        .filter(st::state.eq_any([StepState::Pending, StepState::Sent]))
-        .filter(st::next_attempt_at.le(now))
-        .count()
-        .get_result(conn)?)
-}
-
 /// Steps not finished yet (pending or sent), across all sellers.
 pub fn backlog(conn: &mut AnyConnection) -> Result<i64, StorageError> {
     Ok(st::table
@@ -324,11 +308,6 @@ impl Steps<'_> {
 
     pub async fn of_orders(&self, order_ids: Vec<String>) -> Result<Vec<StepRow>, StorageError> {
         self.db.run(move |c| of_orders(c, &order_ids)).await
-    }
-
-    pub async fn due_count(&self, seller_id: &str, kind: StepKind) -> Result<i64, StorageError> {
-        let seller = seller_id.to_owned();
-        self.db.run(move |c| due_count(c, &seller, kind)).await
     }
 
     pub async fn backlog(&self) -> Result<i64, StorageError> {

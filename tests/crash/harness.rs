@@ -582,7 +582,9 @@ pub fn assert_sweeps_never_overlapped(world: &World) -> usize {
         let ((a, _, a_end), (b, b_start, _)) = (&pair[0], &pair[1]);
         assert!(
             b_start >= a_end,
-            "two sweeps at once: {a} until {a_end}, {b} from {b_start}"
+            "two sweeps at once: {a} until {a_end}, {b} from {b_start}\n{a}:\n{}\n{b}:\n{}",
+            tail(&world.dir.path().join(a)),
+            tail(&world.dir.path().join(b))
         );
     }
     sweeps.len()

@@ -29,7 +29,7 @@ use futures_util::future::join_all;
 mod steps;
 
 use crate::domain::order::{Money, MoveState, OrderDraft, StepKind, StepState};
-use crate::domain::settings::{Entry, SellerSettings};
+use crate::domain::settings::{Entry, MatchMode, SellerSettings};
 use crate::domain::status::ConnectionStatus;
 use crate::services::Context;
 use crate::services::buyers;
@@ -242,19 +242,16 @@ pub async fn step(state: &Context) -> Result<StepReport, StorageError> {
     let limit = i64::try_from(cfg.accounts_per_step).unwrap_or(64);
     let owner = &state.settings.instance_id;
     let due = state.db.orders().due_accounts(owner, now, limit).await?;
-    let mut claimed = Vec::new();
-    for acct in due {
-        let until = at(cfg.lease);
-        let now = crate::storage::now();
-        if state
-            .db
-            .orders()
-            .claim_account(acct.connection_id, owner, now, until)
-            .await?
-        {
-            claimed.push(acct);
-        }
-    }
+    let ids = due.iter().map(|a| a.connection_id).collect();
+    let taken = state
+        .db
+        .orders()
+        .claim_accounts(ids, owner, crate::storage::now(), at(cfg.lease))
+        .await?;
+    let claimed: Vec<DueAccount> = due
+        .into_iter()
+        .filter(|a| taken.contains(&a.connection_id))
+        .collect();
     let turns = claimed.iter().map(|a| turn(state, &cfg, a));
     for r in join_all(turns).await {
         match r {
@@ -309,7 +306,7 @@ where
     F: Fn(tokens::Amo) -> Fut,
     Fut: Future<Output = Result<T, ApiError>>,
 {
-    tokens::with_api(ctx.state, ctx.seller(), f).await
+    tokens::with_api_from(ctx.state, &ctx.conn, f).await
 }
 
 async fn put_back(
@@ -465,7 +462,7 @@ enum Part {
 /// Reads one page of contacts into the buyer index; `None` when there was none to read.
 async fn scan(ctx: &Ctx<'_>, report: &mut StepReport) -> Result<Option<Outcome>, StorageError> {
     let settings = &ctx.settings.settings;
-    if settings.contacts.match_mode == crate::domain::settings::MatchMode::Off {
+    if settings.contacts.match_mode == MatchMode::Off {
         return Ok(None);
     }
     match buyers::scan_page(ctx.state, ctx.seller(), settings).await? {
@@ -509,17 +506,25 @@ async fn turn_inner(
         settings,
     };
     let mut solo = 0usize;
+    let scanning = ctx.settings.settings.contacts.match_mode != MatchMode::Off;
+    let mut first = true;
     while report.calls < cfg.calls_per_turn {
-        let until = at(cfg.lease);
-        if !state
-            .db
-            .orders()
-            .extend_account(acct.connection_id, owner, until)
-            .await?
+        let work = state.db.orders().account_work(&acct.seller_id).await?;
+        if !work.any(scanning) {
+            break;
+        }
+        // The claim of this step set the lease a moment ago; later rounds extend it.
+        if !first
+            && !state
+                .db
+                .orders()
+                .extend_account(acct.connection_id, owner, at(cfg.lease))
+                .await?
         {
             tracing::warn!("lost the account's push lease");
             return Ok(None);
         }
+        first = false;
         let mut progressed = false;
         let mut sent_orders = false;
         for part in [
@@ -530,15 +535,16 @@ async fn turn_inner(
             Part::Scan,
         ] {
             let done = match part {
-                Part::Lookups => lookups(&ctx, report).await?,
-                Part::Orders => {
+                Part::Lookups if work.lookups => lookups(&ctx, report).await?,
+                Part::Orders if work.orders => {
                     let done = new_orders(&mut ctx, report, &mut solo).await?;
                     sent_orders = done.is_some();
                     done
                 }
-                Part::Steps => steps::run(&ctx, report, !sent_orders).await?,
-                Part::Moves => moves(&ctx, report).await?,
-                Part::Scan => scan(&ctx, report).await?,
+                Part::Steps => steps::run(&ctx, report, &work, !sent_orders).await?,
+                Part::Moves if work.moves => moves(&ctx, report).await?,
+                Part::Scan if work.scan => scan(&ctx, report).await?,
+                Part::Lookups | Part::Orders | Part::Moves | Part::Scan => None,
             };
             match done {
                 Some(Outcome::Stop(s)) => return Ok(s),

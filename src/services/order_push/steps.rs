@@ -16,6 +16,7 @@ use crate::domain::order::{OrderDraft, StepKind, StepState};
 use crate::domain::settings::ProductsMode;
 use crate::services::tokens::TokenError;
 use crate::storage::StorageError;
+use crate::storage::orders::AccountWork;
 use crate::storage::orders::OrderRow;
 use crate::storage::steps::{Finished, StepRow};
 
@@ -31,6 +32,7 @@ const CATALOG_RECHECK: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 pub(super) async fn run(
     ctx: &Ctx<'_>,
     report: &mut StepReport,
+    work: &AccountWork,
     eager: bool,
 ) -> Result<Option<Outcome>, StorageError> {
     let mut progressed = false;
@@ -48,7 +50,8 @@ pub(super) async fn run(
         } else {
             STEP_BATCH
         };
-        if !eager && ctx.state.db.steps().due_count(ctx.seller(), kind).await? < limit {
+        let due = work.steps_of(kind);
+        if due == 0 || (!eager && due < limit) {
             continue;
         }
         let rows = ctx
