@@ -569,3 +569,45 @@ async fn more_new_skus_than_one_turn_can_search_are_all_made_once_and_linked() {
         );
     }
 }
+
+/// With two calls per turn (1 request a second), a lookup of an earlier send spends one, which leaves none to
+/// search the buyers of the new orders: the turn ends, and the next turns search and push them.
+#[tokio::test]
+async fn a_turn_with_no_call_left_to_search_buyers_ends_and_the_next_turns_push_the_orders() {
+    use amocrm_connector::storage::schema::orders as o;
+    use diesel::prelude::*;
+    let app = spawn_app_with(env_vars(&[("AMOCRM_RATE_LIMIT_RPS", "1")])).await;
+    app.leaves_queued(Queue::Inbox, AMOCRM_NOTICES);
+    app.sandbox.add_account(HOST);
+    connect_seller(&app, "seller-1", HOST).await;
+    let buyer = |i: u32| json!({"name": format!("Xaridor {i}"), "phone": format!("+99890{:07}", 2_000_000 + i)});
+    // The contact index fill (one page) is finished first, so no scan call ends the turn by itself.
+    let buyers = app.state.db.buyers();
+    buyers.start_scan("seller-1").await.expect("scan row");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while buyers
+        .scan_of("seller-1")
+        .await
+        .expect("scan row")
+        .is_some_and(|s| s.finished_at.is_none())
+    {
+        assert!(Instant::now() < deadline, "the index fill did not finish");
+        push::run_once(&app.state).await.expect("push");
+    }
+    post(&app, &order("seller-1", "L0", &buyer(0), &[("A1", 1)])).await;
+    drain(&app).await;
+    post(&app, &order("seller-1", "L1", &buyer(1), &[("A1", 1)])).await;
+    post(&app, &order("seller-1", "L2", &buyer(2), &[("A1", 1)])).await;
+    // L1's earlier send had no known answer: its lead is looked up before anything is sent.
+    app.sql(|c| {
+        diesel::update(o::table.filter(o::order_number.eq("L1")))
+            .set((o::needs_lookup.eq(true), o::sync_attempts.eq(1)))
+            .execute(c)
+    })
+    .await;
+    let drained = tokio::time::timeout(Duration::from_secs(60), drain(&app)).await;
+    assert!(drained.is_ok(), "the push went round without calling");
+    let leads = leads_by_number(&app);
+    assert_eq!(leads.len(), 3, "{:?}", leads.keys());
+    assert_eq!(app.sandbox.contacts(HOST).len(), 3, "one contact per buyer");
+}

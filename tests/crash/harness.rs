@@ -140,6 +140,16 @@ pub struct World {
     starts: AtomicUsize,
 }
 
+/// The instances' logs live here; `CRASH_KEEP=1` keeps them after the test and prints where.
+fn kept_dir() -> tempfile::TempDir {
+    let mut dir = tempfile::tempdir().unwrap();
+    if std::env::var_os("CRASH_KEEP").is_some() {
+        dir.disable_cleanup(true);
+        println!("logs kept in {}", dir.path().display());
+    }
+    dir
+}
+
 impl World {
     pub async fn new() -> Self {
         let sandbox = Sandbox::start(SandboxConfig::default())
@@ -178,7 +188,7 @@ impl World {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .unwrap(),
-            dir: tempfile::tempdir().unwrap(),
+            dir: kept_dir(),
             extra_env: HashMap::new(),
             starts: AtomicUsize::new(0),
         }

@@ -1,6 +1,6 @@
 //! Crash tests: the real `amocrm-connector serve` binary is killed with SIGKILL at random moments while it
 //! refreshes tokens, pushes orders and processes webhooks, then restarted; in the end nothing is lost or
-//! doubled. `CRASH_SEED=<n>` replays a run; `CRASH_ROUNDS=<n>` makes it longer.
+//! doubled. `CRASH_SEED=<n>` replays a run; `CRASH_ROUNDS=<n>` makes it longer; `CRASH_KEEP=1` keeps the logs.
 #![expect(
     clippy::unwrap_used,
     clippy::expect_used,

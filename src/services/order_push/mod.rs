@@ -585,7 +585,13 @@ async fn new_orders(
         return Ok(None);
     }
     *solo = solo.saturating_sub(1);
+    let calls = report.calls;
     let batch = match resolve_buyers(ctx, batch, report).await? {
+        // Nothing could be searched (no call left in this turn, or every buyer is being made by another
+        // order): the orders went back, and going round again would only claim them again.
+        Ok(ready) if ready.is_empty() && report.calls == calls => {
+            return Ok(Some(Outcome::Stop(None)));
+        }
         Ok(ready) if ready.is_empty() => return Ok(Some(Outcome::Ok)),
         Ok(ready) => ready,
         Err(stop) => return Ok(Some(stop)),
