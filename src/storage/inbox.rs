@@ -356,8 +356,9 @@ impl Inbox<'_> {
         R: Send + 'static,
         E: Send + 'static,
     {
+        // The intake's writer already commits its requests in groups: it writes on its own connection.
         self.db
-            .run(move |c| store_checked(c, &items, super::now(), verdict, unknown))
+            .run_alone(move |c| store_checked(c, &items, super::now(), verdict, unknown))
             .await
     }
 
