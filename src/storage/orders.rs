@@ -823,39 +823,39 @@ impl AccountWork {
     }
 }
 
-/// Reads [`AccountWork`] for one seller: four indexed reads, no write.
+/// Reads [`AccountWork`] for one seller: three indexed reads, no write.
 pub fn account_work(
     conn: &mut AnyConnection,
     seller_id: &str,
     now: NaiveDateTime,
 ) -> Result<AccountWork, StorageError> {
-    // One read per flag value: with `needs_lookup` bound, SQLite walks `orders_seller_queue` from the
-    // seller; without it, its planner takes `orders_queue` and reads every due order of every seller.
-    let mut queued = |lookup: bool| -> Result<bool, StorageError> {
-        Ok(o::table
+    // One statement for the three flags (one round trip on PostgreSQL). Each order flag binds `needs_lookup`:
+    // so SQLite walks `orders_seller_queue` from the seller; without it, its planner takes `orders_queue` and
+    // reads every due order of every seller.
+    let queued = |lookup: bool| {
+        o::table
             .filter(o::seller_id.eq(seller_id))
             .filter(o::sync_state.eq(SyncState::Queued))
             .filter(o::needs_lookup.eq(lookup))
             .filter(o::next_attempt_at.le(now))
             .filter(o::lease_until.is_null().or(o::lease_until.lt(now)))
             .select(o::id)
-            .first::<String>(conn)
-            .optional()?
-            .is_some())
     };
-    let lookups = queued(true)?;
-    let orders = queued(false)?;
-    let moves = m::table
+    let due_moves = m::table
         .inner_join(o::table)
         .filter(o::seller_id.eq(seller_id))
         .filter(o::lead_id.is_not_null())
         .filter(m::state.eq(MoveState::Pending))
         .filter(m::next_attempt_at.le(now))
         .filter(m::lease_until.is_null().or(m::lease_until.lt(now)))
-        .select(m::id)
-        .first::<i64>(conn)
-        .optional()?
-        .is_some();
+        .select(m::id);
+    use diesel::dsl::exists;
+    let (lookups, orders, moves) = diesel::select((
+        exists(queued(true)),
+        exists(queued(false)),
+        exists(due_moves),
+    ))
+    .get_result::<(bool, bool, bool)>(conn)?;
     let steps: Vec<(StepKind, i64)> = st::table
         .filter(st::seller_id.eq(seller_id))
         .filter(st::state.eq_any([StepState::Pending, StepState::Sent]))
