@@ -107,6 +107,7 @@ async fn run_loop(state: Arc<Context>) {
     let mut in_flight: JoinSet<Finished> = JoinSet::new();
     let mut per_sub: HashMap<String, usize> = HashMap::new();
     let mut done: Vec<Finished> = Vec::new();
+    let mut idle = super::IdlePoll::new(IDLE_POLL, super::IDLE_POLL_MAX);
     loop {
         // Record every answer that came in, in one transaction; their sellers' next events become due.
         if !done.is_empty() {
@@ -163,6 +164,9 @@ async fn run_loop(state: Arc<Context>) {
                 Err(e) => tracing::warn!(error = %e, "claiming deliveries failed"),
             }
         }
+        if claimed_any {
+            idle.found_work();
+        }
         if claimed_any && in_flight.len() < MAX_IN_FLIGHT {
             // There may be more due work: claim again before sleeping (answers are collected next round).
             while let Some(Ok(f)) = in_flight.try_join_next() {
@@ -179,7 +183,7 @@ async fn run_loop(state: Arc<Context>) {
                     done.push(f);
                 }
             }
-            _ = tokio::time::sleep(IDLE_POLL) => {}
+            _ = tokio::time::sleep(idle.wait()) => {}
             _ = delivery::new_event_signal().notified() => {}
             _ = shutdown.changed() => {}
         }

@@ -12,3 +12,55 @@ pub mod retention;
 pub mod webhook_processor;
 
 // operations
+
+use std::time::Duration;
+
+/// The fallback poll of an idle worker. Work made in this process wakes its worker by signal, so the poll
+/// only finds other instances' work and retries coming due: it doubles from `min` to `max` while it finds
+/// nothing, which keeps an idle service from waking a dozen times a second, and starts at `min` again once
+/// work is found.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IdlePoll {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl IdlePoll {
+    pub(crate) fn new(min: Duration, max: Duration) -> Self {
+        Self {
+            min,
+            max,
+            next: min,
+        }
+    }
+
+    /// Work was found: the next idle wait is the shortest again.
+    pub(crate) fn found_work(&mut self) {
+        self.next = self.min;
+    }
+
+    /// How long to wait now; the wait after it is twice as long, up to `max`.
+    pub(crate) fn wait(&mut self) -> Duration {
+        let now = self.next;
+        self.next = (self.next * 2).min(self.max);
+        now
+    }
+}
+
+/// The longest fallback poll of an idle worker.
+pub(crate) const IDLE_POLL_MAX: Duration = Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_idle_poll_doubles_to_its_cap_and_starts_over_after_work() {
+        let mut p = IdlePoll::new(Duration::from_millis(250), Duration::from_secs(2));
+        let waits: Vec<u64> = (0..6).map(|_| p.wait().as_millis() as u64).collect();
+        assert_eq!(waits, [250, 500, 1000, 2000, 2000, 2000]);
+        p.found_work();
+        assert_eq!(p.wait(), Duration::from_millis(250));
+    }
+}

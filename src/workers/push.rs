@@ -58,6 +58,7 @@ pub async fn drain(state: &Context, max_steps: usize) -> Result<(StepReport, boo
 pub fn spawn(state: Arc<Context>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut shutdown = state.shutdown.clone();
+        let mut idle = super::IdlePoll::new(IDLE_POLL, super::IDLE_POLL_MAX);
         loop {
             if *shutdown.borrow() {
                 break;
@@ -75,10 +76,11 @@ pub fn spawn(state: Arc<Context>) -> JoinHandle<()> {
                 }
             };
             if worked {
+                idle.found_work();
                 continue;
             }
             // Work that is due but leased by another instance is retried after a short pause.
-            let rest = rest_time(&state, IDLE_POLL)
+            let rest = rest_time(&state, idle.wait())
                 .await
                 .max(Duration::from_millis(20));
             tokio::select! {

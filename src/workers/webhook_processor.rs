@@ -134,6 +134,7 @@ async fn settle(
 pub fn spawn(state: Arc<Context>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut shutdown = state.shutdown.clone();
+        let mut idle = super::IdlePoll::new(IDLE_POLL, super::IDLE_POLL_MAX);
         loop {
             if *shutdown.borrow() {
                 break;
@@ -146,11 +147,12 @@ pub fn spawn(state: Arc<Context>) -> JoinHandle<()> {
                 }
             };
             if busy {
+                idle.found_work();
                 continue;
             }
             tokio::select! {
                 _ = ingest::new_body_signal().notified() => {}
-                _ = tokio::time::sleep(IDLE_POLL) => {}
+                _ = tokio::time::sleep(idle.wait()) => {}
                 _ = shutdown.changed() => {}
             }
         }
