@@ -669,7 +669,11 @@ pub fn provisioning_due(
 ) -> Result<Vec<String>, StorageError> {
     Ok(c::table
         .filter(c::status.eq(ConnectionStatus::Active))
-        .filter(c::provisioning_state.ne(ProvisioningState::Complete))
+        // The open states by name, so `amocrm_connections_provisioning` finds them (`!=` reads every row).
+        .filter(
+            c::provisioning_state
+                .eq_any([ProvisioningState::Pending, ProvisioningState::Incomplete]),
+        )
         .filter(
             c::next_provision_at
                 .is_null()

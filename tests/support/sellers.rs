@@ -2,6 +2,7 @@
 //! (`NewConnection::connected`), a real sandbox grant, and the connect flow's own provisioning.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use amocrm_client::{AccountApi, AccountHost, ComplexLead, FieldValue};
 use amocrm_connector::domain::ids::random_token;
@@ -133,10 +134,19 @@ pub struct Seller {
 /// stored encrypted, then the connect flow's own provisioning (pipeline, fields, webhook subscription).
 pub async fn connect_seller(app: &TestApp, seller_id: &str, host: &str) -> Seller {
     insert_connections(app, vec![granted_row(app, seller_id, host)]).await;
-    let report = provisioning::provision(&app.state, seller_id)
-        .await
-        .expect("provisioned");
-    assert!(report.complete, "{report:?}");
+    match provisioning::provision(&app.state, seller_id).await {
+        Ok(report) => assert!(report.complete, "{report:?}"),
+        // With the workers running, the connect worker may have taken the new row first: its run finishes.
+        Err(provisioning::ProvisionError::Busy) => {
+            super::wait::wait_until(Duration::from_secs(30), "provisioned by the worker", || async {
+                let row = app.state.db.connections().by_seller(seller_id).await;
+                matches!(row, Ok(Some(r)) if r.provisioning_state == ProvisioningState::Complete)
+            })
+            .await
+            .expect("provisioned");
+        }
+        Err(e) => panic!("provisioned: {e:?}"),
+    }
     Seller::of(app, seller_id).await
 }
 

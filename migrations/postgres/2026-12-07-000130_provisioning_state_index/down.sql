@@ -1,0 +1,1 @@
+DROP INDEX amocrm_connections_provisioning;
