@@ -223,6 +223,9 @@ pub async fn spawn_app_with_sandbox(
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .cookie_store(true)
+        // The service closes a keep-alive connection after 5 s idle; a request sent on it at that moment is
+        // cut (`IncompleteMessage`). The client lets idle connections go first.
+        .pool_idle_timeout(std::time::Duration::from_secs(2))
         .build()
         .expect("http client");
     TestApp {
