@@ -157,6 +157,22 @@ pub async fn element(client: &Client, what: &str, locator: Locator<'_>) -> Resul
     )
 }
 
+/// Waits (15 s at most) until the page's address contains `part`. After a click that navigates, an element
+/// found before the new page is in is the old page's and goes stale.
+pub async fn until_url(client: &Client, what: &str, part: &str) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let url = step(what, client.current_url().await)?;
+        if url.as_str().contains(part) {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!("{what}: still at {url}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Clicks `el` as a thumb would: brought to the middle of the screen first, so a sticky
 /// bar at the bottom (the settings page's save button) is never what receives the click.
 pub async fn press(client: &Client, what: &str, el: Element) -> Result<(), String> {

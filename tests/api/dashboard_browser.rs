@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::browser::{
     admin_operator, browser, connect_in_this_window, dashboard_sign_in, element, press, run_steps,
-    start_driver, step, text_of,
+    start_driver, step, text_of, until_url,
 };
 use crate::support::{TestApp, connect_seller, order_body, spawn_app, wait_until};
 
@@ -63,6 +63,8 @@ async fn an_operator_finds_an_order_sees_it_paid_and_follows_its_lead_link_into_
         step("type the order number", search.send_keys("7781").await)?;
         let go = element(&client, "search button", Locator::Css("form.search button")).await?;
         press(&client, "search", go).await?;
+        // The list before the search shows the order too: its link is taken from the results page.
+        until_url(&client, "the search results", "q=7781").await?;
         let link = element(
             &client,
             "the order's link",
