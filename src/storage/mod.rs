@@ -252,6 +252,20 @@ impl r2d2::ManageConnection for AnyManager {
     }
 }
 
+/// Takes SQLite's write lock in the open transaction now, with an UPDATE that matches no row, instead of at
+/// the transaction's first write: a transaction that reads and then writes fails at once ("database is
+/// locked") when another connection wrote in between, where taking the lock first waits out the busy timeout.
+pub(crate) fn take_write_lock(conn: &mut AnyConnection) -> diesel::QueryResult<()> {
+    diesel::sql_query("UPDATE order_moves SET id = id WHERE 0 = 1")
+        .execute(conn)
+        .map(|_| ())
+}
+
+/// Whether SQLite answered that the database (or a table) is locked: worth a short wait and another try.
+pub(crate) fn is_locked(e: &diesel::result::Error) -> bool {
+    matches!(e, diesel::result::Error::DatabaseError(_, info) if info.message().contains("locked"))
+}
+
 /// A PostgreSQL URL with libpq's `connect_timeout` (seconds) unless it sets one: an unreachable host must not
 /// hold a pool thread for the kernel's TCP timeout (minutes) while requests wait for their 503.
 fn with_connect_timeout(url: &str) -> String {
@@ -368,9 +382,7 @@ impl Db {
             let mut attempt = 0;
             loop {
                 match f(&mut conn) {
-                    Err(StorageError::Query(diesel::result::Error::DatabaseError(_, info)))
-                        if sqlite && attempt < 5 && info.message().contains("locked") =>
-                    {
+                    Err(StorageError::Query(e)) if sqlite && attempt < 5 && is_locked(&e) => {
                         attempt += 1;
                         std::thread::sleep(Duration::from_millis(20 * attempt));
                     }

@@ -421,8 +421,7 @@ fn write_transaction<T>(
 ) -> Result<T, StorageError> {
     conn.transaction(|conn| {
         if matches!(conn, AnyConnection::Sqlite(_)) {
-            // Matches no row, but an UPDATE takes SQLite's write lock when it starts.
-            diesel::sql_query("UPDATE order_moves SET id = id WHERE 0 = 1").execute(conn)?;
+            super::take_write_lock(conn)?;
         }
         f(conn)
     })
@@ -757,13 +756,7 @@ pub fn due_accounts(
         .filter(sc::next_attempt_at.le(now))
         .select(sc::seller_id);
     let rows: Vec<(i64, String)> = c::table
-        .filter(c::status.eq(ConnectionStatus::Active))
-        .filter(
-            c::push_lease_until
-                .is_null()
-                .or(c::push_lease_until.lt(now))
-                .or(c::push_lease_owner.eq(owner)),
-        )
+        .filter(claimable(owner, now))
         .filter(
             c::seller_id
                 .eq_any(with_orders)
@@ -879,6 +872,18 @@ pub fn account_work(
     })
 }
 
+/// An account `owner` may take for pushing at `now`: active, and its push lease free, lapsed or its own.
+#[diesel::dsl::auto_type]
+fn claimable<'a>(owner: &'a str, now: NaiveDateTime) -> _ {
+    let active: ConnectionStatus = ConnectionStatus::Active;
+    c::status.eq(active).and(
+        c::push_lease_until
+            .is_null()
+            .or(c::push_lease_until.lt(now))
+            .or(c::push_lease_owner.eq(owner)),
+    )
+}
+
 /// Claims the accounts in `ids` for pushing, in one statement; the ids taken. An account is passed over
 /// when another worker holds it, when it is resting after a 429, or while the rate-limit window of another
 /// instance's last calls to it is still open. The instance that served it last may take it again at once:
@@ -892,13 +897,7 @@ pub fn claim_accounts(
 ) -> Result<Vec<i64>, StorageError> {
     let target = c::table
         .filter(c::id.eq_any(ids))
-        .filter(c::status.eq(ConnectionStatus::Active))
-        .filter(
-            c::push_lease_until
-                .is_null()
-                .or(c::push_lease_until.lt(now))
-                .or(c::push_lease_owner.eq(owner)),
-        );
+        .filter(claimable(owner, now));
     let set = (
         c::push_lease_owner.eq(Some(owner)),
         c::push_lease_until.eq(Some(until)),

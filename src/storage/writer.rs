@@ -4,8 +4,9 @@
 //! SQLite has one writer at a time. With a pool of connections, concurrent writers queue on its file lock
 //! and its busy handler sleeps them in steps of milliseconds; and each commit appends every page it touched
 //! to the WAL, so a hundred one-row commits write the same index pages a hundred times. One thread holding
-//! the lock for a batch does neither: the 500-seller push and the webhook intake spend most of their
-//! database time in those two costs (see docs/PERFORMANCE.md).
+//! the lock for a batch does neither: the 500-seller push spent most of its database time in those two
+//! costs (see docs/PERFORMANCE.md). The webhook intake commits its requests in groups of its own and
+//! writes beside the writer ([`super::Db::run_alone`]).
 //!
 //! What a caller sees does not change: its closure runs alone in a savepoint (an error rolls back only its
 //! own writes), and its answer is sent only once the batch is committed, so nothing is reported done before
@@ -15,8 +16,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use diesel::connection::TransactionManager;
-use diesel::prelude::*;
+use diesel::connection::{Connection, TransactionManager};
 
 use super::{AnyConnection, Pool, StorageError};
 
@@ -36,8 +36,8 @@ enum Slot<'a> {
     Batched(&'a mut AnyConnection),
     /// On its own, as without the writer (the batch could not take the write lock).
     Alone(&'a mut AnyConnection),
-    /// Nowhere: the batch had no connection; the call is answered with this error.
-    Refused(&'a StorageError),
+    /// Nowhere: the batch had no connection; the call is answered with the pool's reason.
+    Refused(&'a str),
 }
 
 /// The queue into the writer thread; the thread ends when the last [`super::Db`] clone is dropped.
@@ -68,7 +68,7 @@ impl Writer {
             let result = match slot {
                 Slot::Batched(conn) => conn.transaction(|c| guarded(&f, c)),
                 Slot::Alone(conn) => guarded(&f, conn),
-                Slot::Refused(e) => Err(StorageError::Pool(e.to_string())),
+                Slot::Refused(why) => Err(StorageError::Pool(why.to_owned())),
             };
             Box::new(move |commit: Option<&StorageError>| {
                 let answer = match (result, commit) {
@@ -110,15 +110,15 @@ fn run_batch(pool: &Pool, batch: Vec<Job>) {
     let mut pooled = match pool.get() {
         Ok(c) => c,
         Err(e) => {
-            let err = StorageError::Pool(e.to_string());
+            let why = e.to_string();
             for job in batch {
-                job(Slot::Refused(&err))(None);
+                job(Slot::Refused(&why))(None);
             }
             return;
         }
     };
     let conn: &mut AnyConnection = &mut pooled;
-    if take_write_lock(conn).is_err() {
+    if begin_batch(conn).is_err() {
         // The file refuses writes (read-only) or the lock could not be had: each call runs alone, as it
         // would without the writer, so reads still answer and writes fail with their own error.
         for job in batch {
@@ -141,18 +141,17 @@ fn run_batch(pool: &Pool, batch: Vec<Job>) {
     }
 }
 
-/// Begins the batch's transaction with a write that matches nothing, so the write lock is taken now
-/// (waiting out the busy timeout), not at the batch's first write, where a read-then-write upgrade fails at
-/// once when another connection wrote in between.
-fn take_write_lock(conn: &mut AnyConnection) -> Result<(), StorageError> {
+/// Begins the batch's transaction and takes the write lock at once (see [`super::take_write_lock`]),
+/// trying again a few times while another connection holds it.
+fn begin_batch(conn: &mut AnyConnection) -> Result<(), StorageError> {
     let mut attempt = 0;
     loop {
         Tm::begin_transaction(conn)?;
-        match diesel::sql_query("UPDATE order_moves SET id = id WHERE 0 = 1").execute(conn) {
-            Ok(_) => return Ok(()),
+        match super::take_write_lock(conn) {
+            Ok(()) => return Ok(()),
             Err(e) => {
                 let _ = Tm::rollback_transaction(conn);
-                if !e.to_string().contains("locked") || attempt >= 5 {
+                if !super::is_locked(&e) || attempt >= 5 {
                     return Err(e.into());
                 }
                 attempt += 1;
