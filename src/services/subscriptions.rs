@@ -13,9 +13,7 @@ use crate::domain::ids::prefixed_id;
 use crate::domain::outbound::TargetPolicy;
 use crate::services::keys::RotationReport;
 use crate::storage::events::NewEvent;
-use crate::storage::subscriptions::{
-    NewSubscription, Subscription, SubscriptionChanges, secret_aad,
-};
+use crate::storage::subscriptions::{Subscription, SubscriptionChanges, secret_aad};
 use crate::storage::{self, Db, StorageError, cipher::Keyring};
 
 /// Longest accepted URL and secret.
@@ -220,7 +218,7 @@ pub async fn create(
     };
     let id = prefixed_id("whk");
     let now = storage::now();
-    let row = NewSubscription {
+    let row = Subscription {
         secret_enc: keys.encrypt(secret_aad(&id), &secret),
         id,
         url,

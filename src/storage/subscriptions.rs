@@ -11,7 +11,8 @@ use super::{AnyConnection, Db, StorageError};
 pub const TABLE: &str = "webhook_subscriptions";
 pub const SECRET_COLUMN: &str = "secret";
 
-#[derive(Debug, Clone, Queryable, Selectable)]
+/// A subscription row; a new one is stored whole, with `secret_enc` already sealed for its row id.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = s)]
 pub struct Subscription {
     pub id: String,
@@ -63,19 +64,6 @@ pub fn replace_secret(
     )
 }
 
-/// A subscription about to be stored; `secret_enc` is already sealed for its row id.
-#[derive(Debug, Clone, Insertable)]
-#[diesel(table_name = s)]
-pub struct NewSubscription {
-    pub id: String,
-    pub url: String,
-    pub events: String,
-    pub secret_enc: Vec<u8>,
-    pub active: bool,
-    pub created_at: NaiveDateTime,
-    pub updated_at: NaiveDateTime,
-}
-
 /// Fields a `PATCH` may change; `None` leaves the column as it is.
 #[derive(Debug, Clone, Default, AsChangeset)]
 #[diesel(table_name = s)]
@@ -87,10 +75,7 @@ pub struct SubscriptionChanges {
     pub updated_at: Option<NaiveDateTime>,
 }
 
-pub fn insert(
-    conn: &mut AnyConnection,
-    row: &NewSubscription,
-) -> Result<Subscription, StorageError> {
+pub fn insert(conn: &mut AnyConnection, row: &Subscription) -> Result<Subscription, StorageError> {
     diesel::insert_into(s::table).values(row).execute(conn)?;
     find(conn, &row.id)?.ok_or(StorageError::Query(diesel::result::Error::NotFound))
 }
@@ -174,7 +159,7 @@ impl Subscriptions<'_> {
         self.db.run(all).await
     }
 
-    pub async fn insert(&self, row: NewSubscription) -> Result<Subscription, StorageError> {
+    pub async fn insert(&self, row: Subscription) -> Result<Subscription, StorageError> {
         self.db.run(move |c| insert(c, &row)).await
     }
 

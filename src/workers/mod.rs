@@ -13,7 +13,14 @@ pub mod webhook_processor;
 
 // operations
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use crate::services::Context;
+use crate::storage::StorageError;
 
 /// The fallback poll of an idle worker. Work made in this process wakes its worker by signal, so the poll
 /// only finds other instances' work and retries coming due: it doubles from `min` to `max` while it finds
@@ -50,6 +57,36 @@ impl IdlePoll {
 
 /// The longest fallback poll of an idle worker.
 pub(crate) const IDLE_POLL_MAX: Duration = Duration::from_secs(2);
+
+/// Runs `step` at once and then every `every` until shutdown; a failed step is logged as `what` and the
+/// loop goes on, since the next step retries whatever this one left.
+pub(crate) fn every<F, Fut, T>(
+    state: Arc<Context>,
+    every: Duration,
+    what: &'static str,
+    step: F,
+) -> JoinHandle<()>
+where
+    F: Fn(Arc<Context>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, StorageError>> + Send,
+    T: Send,
+{
+    tokio::spawn(async move {
+        let mut shutdown = state.shutdown.clone();
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            if let Err(e) = step(state.clone()).await {
+                tracing::warn!(error = %e, "{what} failed");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    })
+}
 
 #[cfg(test)]
 mod tests {

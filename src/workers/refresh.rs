@@ -38,20 +38,8 @@ pub async fn run_once(state: &Context) -> Result<Report, StorageError> {
 
 /// Loops [`run_once`] every [`INTERVAL`] until shutdown.
 pub fn spawn(state: Arc<Context>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut shutdown = state.shutdown.clone();
-        loop {
-            if *shutdown.borrow() {
-                break;
-            }
-            if let Err(e) = run_once(&state).await {
-                tracing::warn!(error = %e, "connect worker step failed");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(INTERVAL) => {}
-                _ = shutdown.changed() => {}
-            }
-        }
+    super::every(state, INTERVAL, "connect worker step", |state| async move {
+        run_once(&state).await
     })
 }
 

@@ -58,19 +58,7 @@ pub async fn run_once_at(state: &Context, now: NaiveDateTime) -> Result<Report, 
 
 /// Prunes once at start, then hourly, until shutdown.
 pub fn spawn(state: Arc<Context>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut shutdown = state.shutdown.clone();
-        loop {
-            if *shutdown.borrow() {
-                break;
-            }
-            if let Err(e) = run_once(&state).await {
-                tracing::warn!(error = %e, "retention step failed");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(EVERY) => {}
-                _ = shutdown.changed() => {}
-            }
-        }
+    super::every(state, EVERY, "retention step", |state| async move {
+        run_once(&state).await
     })
 }

@@ -435,17 +435,9 @@ struct OrderDetailPage {
     items: Vec<(String, String, i64, String)>,
     customer: Vec<(&'static str, String)>,
     comment: Option<String>,
-    history: Vec<HistoryRow>,
+    /// Each entry with its time as the operator reads it.
+    history: Vec<(String, q::OrderHistoryRow)>,
     can_write: bool,
-}
-
-pub struct HistoryRow {
-    pub at: String,
-    pub kind: &'static str,
-    pub what: String,
-    pub state: String,
-    pub attempts: Option<i32>,
-    pub error: Option<String>,
 }
 
 /// `/dashboard/orders/{id}`: one order, its items and buyer, its lead in amoCRM (linked, with the stage
@@ -514,14 +506,7 @@ pub async fn order(
         history: page
             .history
             .into_iter()
-            .map(|h| HistoryRow {
-                at: clock.time(h.at),
-                kind: h.kind,
-                what: h.what,
-                state: h.state,
-                attempts: h.attempts,
-                error: h.error,
-            })
+            .map(|h| (clock.time(h.at), h))
             .collect(),
         can_write: signed.operator.role.can_write(),
         o,

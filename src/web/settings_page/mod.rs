@@ -11,7 +11,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 
-use super::pages::{self, MessageTemplate, pick_lang};
+use super::pages::{self, pick_lang};
 use crate::domain::order::FieldErrors;
 use crate::services::Context;
 use crate::services::connect::Lang;
@@ -48,25 +48,7 @@ fn message(
     text: &str,
     hint: Option<&str>,
 ) -> HttpResponse {
-    let lang = pick_lang(req, None);
-    let n = pages::nonce();
-    let page = MessageTemplate {
-        t: pages::texts(lang),
-        nonce: &n,
-        class,
-        title,
-        text,
-        note: None,
-        hint,
-        retry_url: None,
-        settings_url: None,
-        card: None,
-        post_message: false,
-        status: "error",
-        origin: "",
-        return_url: "",
-    };
-    pages::html(status, &n, page.render())
+    pages::message(status, pick_lang(req, None), class, title, text, hint)
 }
 
 /// The page for a request that may not see or change the settings.
