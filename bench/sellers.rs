@@ -3,9 +3,11 @@
 //! random sellers' addresses; order push of a fixed batch for a working set of active sellers among all the
 //! connected ones (orders/s); one refresh sweep of every connection made due with the sandbox answering
 //! after 50 ms (seconds, refreshes/s, token exchanges); and the idle service with its workers on (resident
-//! memory, CPU seconds burned over 10 s at rest). Memory figures are this process's, and the sandbox runs
-//! in a child process so its 100,000 accounts are not counted: `VmHWM` (reset before each phase through
-//! `/proc/self/clear_refs`) is the phase's peak.
+//! memory, CPU seconds burned over 10 s at rest). Each size and backend runs in a process of its own (the
+//! benchmark starts itself with `--scenario-child`), and memory figures are that process's: the service,
+//! its pools and the load generator. The sandbox runs in a child process of its own, so its 100,000 accounts
+//! are not counted. `VmHWM` (reset before each phase through `/proc/self/clear_refs`) is the phase's peak;
+//! it includes what the scenario's earlier phases (intake, push) left resident.
 //!
 //! ```sh
 //! cargo bench --bench sellers                       # 1,000, 10,000, 100,000; SQLite, PostgreSQL if set
@@ -583,18 +585,46 @@ fn main() {
         Some(pg) if !common::flag("--sqlite-only") => vec![None, Some(pg)],
         _ => vec![None],
     };
+    if common::flag("--scenario-child") {
+        scenario_child(&counts, &backends, &sizes);
+        return;
+    }
     println!("sellers benchmark: {}", common::machine());
     println!(
         "  push batch {} orders over {} active sellers; {} webhooks at concurrency 32; sandbox latency 50 ms for the sweep",
         sizes.orders, sizes.active, sizes.webhooks
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    // Each size and backend runs in a process of its own, so a phase's memory is that scenario's and not
+    // what the allocator kept from an earlier, larger one.
     for pg in &backends {
         for n in &counts {
-            rt.block_on(scenario(*n, pg.as_deref(), &sizes));
+            let status = Command::new(std::env::current_exe().expect("exe"))
+                .args(["--scenario-child", "--connections", &n.to_string()])
+                .args(["--backend", if pg.is_some() { "pg" } else { "sqlite" }])
+                .args(["--orders", &sizes.orders.to_string()])
+                .args(["--active", &sizes.active.to_string()])
+                .args(["--webhooks", &sizes.webhooks.to_string()])
+                .args(["--idle-secs", &sizes.idle_secs.to_string()])
+                .args(common::flag("--no-sweep").then_some("--no-sweep"))
+                .stdout(Stdio::inherit())
+                .stderr(Stdio::inherit())
+                .status()
+                .expect("scenario child");
+            assert!(status.success(), "the {n}-seller scenario failed");
         }
     }
+}
+
+/// `--scenario-child`: runs the one scenario its parent named (`--connections N --backend sqlite|pg`).
+fn scenario_child(counts: &[usize], backends: &[Option<String>], sizes: &Sizes) {
+    let n = *counts.first().expect("--connections");
+    let pg = match common::arg("--backend").as_deref() {
+        Some("pg") => backends.iter().flatten().next().cloned(),
+        _ => None,
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(scenario(n, pg.as_deref(), sizes));
 }

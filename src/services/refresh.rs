@@ -368,19 +368,12 @@ async fn store_new_pair(
             Ok(false) => {
                 // Our lease expired and a peer took the row, or it was revoked meanwhile. Our pair is dropped
                 // unused; whatever the row holds now is the truth.
-                let now_row = state
-                    .db
-                    .connections()
-                    .by_seller(&row.seller_id)
-                    .await?
-                    .ok_or(RefreshError::NotConnected)?;
-                check_usable(&now_row, true)?;
-                if now_row.token_version != row.token_version {
-                    return Ok(RefreshOutcome::Fresh(now_row));
-                }
-                return Err(RefreshError::Transient(
-                    "the refresh lease was lost before the new pair could be stored".into(),
-                ));
+                return after_lost_lease(
+                    state,
+                    &row,
+                    "the refresh lease was lost before the new pair could be stored",
+                )
+                .await;
             }
             Err(e) => {
                 tracing::warn!(seller_id = %row.seller_id, attempt, error = %e, "could not store the refreshed pair");
@@ -453,6 +446,16 @@ pub(super) async fn mark_failed(
         return Err(RefreshError::Rejected(reason.to_owned()));
     }
     // The lease was lost meanwhile: a peer may have stored a fresh pair with a token that still worked.
+    after_lost_lease(state, row, reason).await
+}
+
+/// Our refresh lease was lost before our outcome was written: the row as it is now decides. A peer's newer
+/// pair is used; otherwise this attempt ends as transient with `reason`.
+async fn after_lost_lease(
+    state: &Context,
+    row: &Connection,
+    reason: &str,
+) -> Result<RefreshOutcome, RefreshError> {
     let now_row = state
         .db
         .connections()
@@ -607,20 +610,18 @@ async fn refresh_due_leased(
         };
         after = last_id;
         report.due += page.len() as u64;
-        let outcomes: Vec<Result<RefreshOutcome, RefreshError>> =
-            futures_util::stream::iter(page.into_iter().map(|(_, seller)| async move {
-                let outcome = refresh(state, &seller, need).await;
-                if let Ok(RefreshOutcome::Refreshed(conn)) = &outcome {
-                    // Once a day per connection (with its refresh), make sure amoCRM has not disabled
-                    // our webhook subscription after a run of failed deliveries.
-                    check_subscription(state, conn).await;
-                }
-                outcome
-            }))
-            .buffer_unordered(concurrency)
-            .collect()
-            .await;
-        for outcome in outcomes {
+        // Counted as they end: a page's connection rows are not all kept until the page is done.
+        report = futures_util::stream::iter(page.into_iter().map(|(_, seller)| async move {
+            let outcome = refresh(state, &seller, need).await;
+            if let Ok(RefreshOutcome::Refreshed(conn)) = &outcome {
+                // Once a day per connection (with its refresh), make sure amoCRM has not disabled
+                // our webhook subscription after a run of failed deliveries.
+                check_subscription(state, conn).await;
+            }
+            outcome
+        }))
+        .buffer_unordered(concurrency)
+        .fold(report, |mut report, outcome| async move {
             match outcome {
                 Ok(RefreshOutcome::Refreshed(_)) => report.refreshed += 1,
                 Ok(RefreshOutcome::Fresh(_))
@@ -633,7 +634,9 @@ async fn refresh_due_leased(
                 }
                 Err(_) => report.failed += 1,
             }
-        }
+            report
+        })
+        .await;
         if let Some(owner) = job_owner {
             let ttl = chrono_dur(sweep_lease_ttl(state));
             state.db.leases().extend(SWEEP_JOB, owner, ttl).await?;

@@ -34,6 +34,7 @@ pub mod turns;
 mod writer;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -285,6 +286,12 @@ pub struct Db {
     sqlite: bool,
     /// SQLite's group commit (see [`writer`]); `None` on PostgreSQL, where connections write concurrently.
     writer: Option<writer::Writer>,
+    /// One permit per pooled connection, taken before a call gets a blocking thread: callers beyond the
+    /// pool wait here, as tasks, instead of each holding a thread blocked on the pool (a refresh sweep
+    /// of 256 at once made 256 threads, and their allocator arenas, for a pool of 8).
+    permits: Arc<tokio::sync::Semaphore>,
+    /// How long a call waits for a connection (`DATABASE_TIMEOUT`).
+    timeout: Duration,
 }
 
 /// How long a database call waits for a pooled connection by default (see `DATABASE_TIMEOUT`).
@@ -344,6 +351,8 @@ impl Db {
             pool,
             sqlite: url.is_sqlite(),
             writer,
+            permits: Arc::new(tokio::sync::Semaphore::new(pool_size.max(1) as usize)),
+            timeout,
         })
     }
 
@@ -375,9 +384,14 @@ impl Db {
         T: Send + 'static,
         F: Fn(&mut AnyConnection) -> Result<T, StorageError> + Send + 'static,
     {
+        let permit = tokio::time::timeout(self.timeout, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| StorageError::Pool("timed out waiting for a database connection".into()))?
+            .map_err(|_| StorageError::Cancelled)?;
         let pool = self.pool.clone();
         let sqlite = self.sqlite;
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let mut conn = pool.get().map_err(|e| StorageError::Pool(e.to_string()))?;
             let mut attempt = 0;
             loop {
