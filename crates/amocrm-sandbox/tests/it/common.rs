@@ -133,6 +133,30 @@ pub async fn json_of(resp: reqwest::Response) -> Value {
     resp.json().await.expect("json body")
 }
 
+/// `GET {base}{path}` on the sandbox's own routes (`/_sandbox/…`, `/`), answered 200 or not.
+pub async fn get_path(sb: &SandboxHandle, path: &str) -> reqwest::Response {
+    http()
+        .get(format!("{}{path}", sb.base_url()))
+        .send()
+        .await
+        .expect("request")
+}
+
+/// `POST {base}{path}` with a JSON body on the sandbox's own routes.
+pub async fn post_path(sb: &SandboxHandle, path: &str, body: &Value) -> reqwest::Response {
+    http()
+        .post(format!("{}{path}", sb.base_url()))
+        .json(body)
+        .send()
+        .await
+        .expect("request")
+}
+
+/// The text of a sandbox page (the board at `/_sandbox/ui`, the home page).
+pub async fn page_text(sb: &SandboxHandle, path: &str) -> String {
+    get_path(sb, path).await.text().await.expect("page text")
+}
+
 /// Polls `cond` every 10 ms for up to 5 s (work the sandbox finishes on its own threads).
 pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     for _ in 0..500 {

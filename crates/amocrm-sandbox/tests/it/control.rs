@@ -7,38 +7,30 @@ use crate::common::*;
 #[tokio::test]
 async fn accounts_log_and_counters_are_reachable_over_http() {
     let sb = start().await;
-    let base = sb.base_url();
     let created = json_of(
-        http()
-            .post(format!("{base}/_sandbox/accounts"))
-            .json(&json!({"host": "NewShop.amocrm.ru"}))
-            .send()
-            .await
-            .unwrap(),
+        post_path(
+            &sb,
+            "/_sandbox/accounts",
+            &json!({"host": "NewShop.amocrm.ru"}),
+        )
+        .await,
     )
     .await;
     assert_eq!(created["host"], "newshop.amocrm.ru");
     let again = json_of(
-        http()
-            .post(format!("{base}/_sandbox/accounts"))
-            .json(&json!({"host": "newshop.amocrm.ru"}))
-            .send()
-            .await
-            .unwrap(),
+        post_path(
+            &sb,
+            "/_sandbox/accounts",
+            &json!({"host": "newshop.amocrm.ru"}),
+        )
+        .await,
     )
     .await;
     assert_eq!(
         again["id"], created["id"],
         "adding an existing account returns it"
     );
-    let accounts = json_of(
-        http()
-            .get(format!("{base}/_sandbox/accounts"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let accounts = json_of(get_path(&sb, "/_sandbox/accounts").await).await;
     assert_eq!(accounts.as_array().unwrap().len(), 4);
 
     let pair = connect(&sb, "newshop.amocrm.ru").await;
@@ -53,26 +45,11 @@ async fn accounts_log_and_counters_are_reachable_over_http() {
     .await
     .unwrap();
     assert_eq!(resp.status(), 200);
-    let counters = json_of(
-        http()
-            .get(format!(
-                "{base}/_sandbox/accounts/newshop.amocrm.ru/counters"
-            ))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let counters =
+        json_of(get_path(&sb, "/_sandbox/accounts/newshop.amocrm.ru/counters").await).await;
     assert_eq!(counters["code_exchanges"], 1);
     assert_eq!(counters["requests"], 2);
-    let log = json_of(
-        http()
-            .get(format!("{base}/_sandbox/log?host=newshop.amocrm.ru"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let log = json_of(get_path(&sb, "/_sandbox/log?host=newshop.amocrm.ru").await).await;
     let log = log.as_array().unwrap();
     assert_eq!(log.len(), 2);
     assert_eq!(log[0]["path"], "/oauth2/access_token");
@@ -80,45 +57,20 @@ async fn accounts_log_and_counters_are_reachable_over_http() {
     assert_eq!(log[1]["path"], "/api/v4/account");
     assert_eq!(log[1]["status"], 200);
     let since = log[0]["seq"].as_u64().unwrap();
-    let newer = json_of(
-        http()
-            .get(format!("{base}/_sandbox/log?since={since}"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let newer = json_of(get_path(&sb, &format!("/_sandbox/log?since={since}")).await).await;
     assert_eq!(newer.as_array().unwrap().len(), 1);
-    let pipelines = json_of(
-        http()
-            .get(format!(
-                "{base}/_sandbox/accounts/newshop.amocrm.ru/pipelines"
-            ))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let pipelines =
+        json_of(get_path(&sb, "/_sandbox/accounts/newshop.amocrm.ru/pipelines").await).await;
     assert_eq!(pipelines[0]["statuses"].as_array().unwrap().len(), 6);
-    let idle = json_of(
-        http()
-            .get(format!("{base}/_sandbox/deliveries/idle?timeout_ms=100"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let idle = json_of(get_path(&sb, "/_sandbox/deliveries/idle?timeout_ms=100").await).await;
     assert_eq!(idle["idle"], true);
     assert_eq!(
-        http()
-            .get(format!("{base}/_sandbox/accounts/nobody.example/leads"))
-            .send()
+        get_path(&sb, "/_sandbox/accounts/nobody.example/leads")
             .await
-            .unwrap()
             .status(),
         404
     );
-    let home = http().get(format!("{base}/")).send().await.unwrap();
+    let home = get_path(&sb, "/").await;
     assert_eq!(home.status(), 200);
     assert!(home.text().await.unwrap().contains("newshop.amocrm.ru"));
     sb.stop().await;
@@ -127,22 +79,14 @@ async fn accounts_log_and_counters_are_reachable_over_http() {
 #[tokio::test]
 async fn integrations_can_be_added_at_run_time_without_exposing_secrets() {
     let sb = start_with(|c| c.integrations.clear()).await;
-    let base = sb.base_url();
-    let added = http()
-        .post(format!("{base}/_sandbox/integrations"))
-        .json(&json!({"client_id": CLIENT_ID, "client_secret": SECRET, "redirect_uri": REDIRECT}))
-        .send()
-        .await
-        .unwrap();
+    let added = post_path(
+        &sb,
+        "/_sandbox/integrations",
+        &json!({"client_id": CLIENT_ID, "client_secret": SECRET, "redirect_uri": REDIRECT}),
+    )
+    .await;
     assert_eq!(added.status(), 204);
-    let listed = http()
-        .get(format!("{base}/_sandbox/integrations"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let listed = page_text(&sb, "/_sandbox/integrations").await;
     assert!(listed.contains(CLIENT_ID) && !listed.contains(SECRET));
     connect(&sb, HOST).await;
     sb.stop().await;
@@ -386,17 +330,8 @@ async fn counters_split_api_requests_by_endpoint_family() {
     .await;
     get(&sb, &token, "users").await;
     get(&sb, &token, "no/such/route").await;
-    let counters = json_of(
-        http()
-            .get(format!(
-                "{}/_sandbox/accounts/{HOST}/counters",
-                sb.base_url()
-            ))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let counters =
+        json_of(get_path(&sb, &format!("/_sandbox/accounts/{HOST}/counters")).await).await;
     let e = &counters["endpoints"];
     assert_eq!(
         (

@@ -88,14 +88,7 @@ async fn a_form_request_waits_in_the_incoming_stage_until_accepted() {
         lead
     );
 
-    let board = http()
-        .get(format!("{}/_sandbox/ui", sb.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let board = page_text(&sb, "/_sandbox/ui").await;
     assert!(
         board.contains(&format!("value=\"{uid}\"")) && board.contains(">Accept<"),
         "the board offers Accept"

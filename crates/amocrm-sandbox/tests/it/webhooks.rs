@@ -145,15 +145,12 @@ async fn a_move_in_the_ui_or_control_route_sends_webhooks_without_blocking() {
     subscribe(&sb, &token, &rx.url, &["status_lead"]).await;
     let (pid, pending, paid, lead) = setup(&sb, &token).await;
     sb.move_lead(HOST, lead, pid, 142).unwrap();
-    let moved = http()
-        .post(format!(
-            "{}/_sandbox/accounts/{HOST}/leads/{lead}/move",
-            sb.base_url()
-        ))
-        .json(&json!({"pipeline_id": pid, "status_id": paid}))
-        .send()
-        .await
-        .unwrap();
+    let moved = post_path(
+        &sb,
+        &format!("/_sandbox/accounts/{HOST}/leads/{lead}/move"),
+        &json!({"pipeline_id": pid, "status_id": paid}),
+    )
+    .await;
     assert_eq!(moved.status(), 204);
     // The board's form does the same.
     let form = http()
@@ -190,14 +187,7 @@ async fn a_move_in_the_ui_or_control_route_sends_webhooks_without_blocking() {
         "in order, only status_lead (no add/update subscribed)"
     );
     assert!(sb.move_lead(HOST, lead, pid, 999).is_err());
-    let board = http()
-        .get(format!("{}/_sandbox/ui", sb.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let board = page_text(&sb, "/_sandbox/ui").await;
     assert!(board.contains("Buyurtma #1042") && board.contains("Marketplace"));
     sb.stop().await;
 }
