@@ -4,7 +4,9 @@
 use amocrm_sandbox::{Integration, decode_claims};
 use serde_json::Value;
 
-use crate::common::{CLIENT_ID, HOST, REDIRECT, api, connect, get, http, query_of, refresh, start};
+use crate::common::{
+    CLIENT_ID, HOST, REDIRECT, connect, get, get_on, http, query_of, refresh, start,
+};
 
 async fn subdomain_lookup(
     sb: &amocrm_sandbox::SandboxHandle,
@@ -72,16 +74,7 @@ async fn a_renamed_account_is_found_at_its_api_host_and_served_at_the_new_host()
     assert_eq!(resp.status(), 200);
     let fresh: Value = resp.json().await.unwrap();
     let token = fresh["access_token"].as_str().unwrap();
-    let resp = api(
-        &sb,
-        "renamed.amocrm.ru",
-        reqwest::Method::GET,
-        "account",
-        token,
-    )
-    .send()
-    .await
-    .unwrap();
+    let resp = get_on(&sb, "renamed.amocrm.ru", token, "account").await;
     assert_eq!(resp.status(), 200);
     let account: Value = resp.json().await.unwrap();
     assert_eq!(account["subdomain"], "renamed");

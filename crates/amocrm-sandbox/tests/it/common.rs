@@ -109,7 +109,12 @@ pub fn api(
 }
 
 pub async fn get(sb: &SandboxHandle, token: &str, path: &str) -> reqwest::Response {
-    api(sb, HOST, reqwest::Method::GET, path, token)
+    get_on(sb, HOST, token, path).await
+}
+
+/// `GET /api/v4/{path}` on another account than [`HOST`].
+pub async fn get_on(sb: &SandboxHandle, host: &str, token: &str, path: &str) -> reqwest::Response {
+    api(sb, host, reqwest::Method::GET, path, token)
         .send()
         .await
         .expect("request")

@@ -34,16 +34,7 @@ async fn accounts_log_and_counters_are_reachable_over_http() {
     assert_eq!(accounts.as_array().unwrap().len(), 4);
 
     let pair = connect(&sb, "newshop.amocrm.ru").await;
-    let resp = api(
-        &sb,
-        "newshop.amocrm.ru",
-        reqwest::Method::GET,
-        "account",
-        &pair.access_token,
-    )
-    .send()
-    .await
-    .unwrap();
+    let resp = get_on(&sb, "newshop.amocrm.ru", &pair.access_token, "account").await;
     assert_eq!(resp.status(), 200);
     let counters =
         json_of(get_path(&sb, "/_sandbox/accounts/newshop.amocrm.ru/counters").await).await;

@@ -1,7 +1,6 @@
 //! OAuth: consent page, codes, tokens, the refresh grace rule, revocation and the uninstall hook.
 
 use amocrm_sandbox::{Integration, decode_claims, disconnect_signature};
-use reqwest::Method;
 use serde_json::Value;
 
 use crate::common::*;
@@ -237,16 +236,7 @@ async fn access_tokens_are_jwts_with_account_claims_living_24_hours() {
 async fn a_token_is_only_good_for_its_own_account() {
     let sb = start().await;
     let pair = connect(&sb, HOST).await;
-    let other = api(
-        &sb,
-        "sellertwo.amocrm.ru",
-        Method::GET,
-        "account",
-        &pair.access_token,
-    )
-    .send()
-    .await
-    .unwrap();
+    let other = get_on(&sb, "sellertwo.amocrm.ru", &pair.access_token, "account").await;
     assert_eq!(other.status(), 401);
     let none = http()
         .get(format!("{}/api/v4/account", sb.account_url(HOST)))
@@ -374,16 +364,7 @@ async fn issued_tokens_work_without_consent() {
     let sb = start().await;
     let pair = sb.issue_tokens(CLIENT_ID, "fresh.amocrm.ru");
     assert!(sb.account_id("fresh.amocrm.ru").is_some());
-    let resp = api(
-        &sb,
-        "fresh.amocrm.ru",
-        Method::GET,
-        "account",
-        &pair.access_token,
-    )
-    .send()
-    .await
-    .unwrap();
+    let resp = get_on(&sb, "fresh.amocrm.ru", &pair.access_token, "account").await;
     assert_eq!(resp.status(), 200);
     let via_http = http()
         .post(format!("{}/_sandbox/tokens", sb.base_url()))
