@@ -586,7 +586,7 @@ fn main() {
         _ => vec![None],
     };
     if common::flag("--scenario-child") {
-        scenario_child(&counts, &backends, &sizes);
+        scenario_child(&counts, &sizes);
         return;
     }
     println!("sellers benchmark: {}", common::machine());
@@ -616,10 +616,10 @@ fn main() {
 }
 
 /// `--scenario-child`: runs the one scenario its parent named (`--connections N --backend sqlite|pg`).
-fn scenario_child(counts: &[usize], backends: &[Option<String>], sizes: &Sizes) {
+fn scenario_child(counts: &[usize], sizes: &Sizes) {
     let n = *counts.first().expect("--connections");
     let pg = match common::arg("--backend").as_deref() {
-        Some("pg") => backends.iter().flatten().next().cloned(),
+        Some("pg") => Some(common::pg_url().expect("--backend pg needs BENCH_DATABASE_URL")),
         _ => None,
     };
     tokio::runtime::Builder::new_multi_thread()

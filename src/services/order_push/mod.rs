@@ -244,7 +244,7 @@ pub async fn step(state: &Context) -> Result<StepReport, StorageError> {
     report.released = released;
 
     let now = crate::storage::now();
-    let limit = i64::try_from(cfg.accounts_per_step).unwrap_or(256);
+    let limit = i64::try_from(cfg.accounts_per_step).unwrap_or(i64::MAX);
     let owner = &state.settings.instance_id;
     let due = state.db.orders().due_accounts(owner, now, limit).await?;
     let ids = due.iter().map(|a| a.connection_id).collect();
