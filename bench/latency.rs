@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use amocrm_sandbox::{Faults, Sandbox, SandboxConfig};
+use amocrm_sandbox::Faults;
 use common::{Database, Deal};
 use serde_json::json;
 
@@ -32,13 +32,7 @@ struct Run {
 }
 
 async fn scenario(run: &Run, seconds: f64, amo_latency_ms: u64, pg: Option<&str>) {
-    let sandbox = Sandbox::start(SandboxConfig {
-        accounts: Vec::new(),
-        workers: 2,
-        ..SandboxConfig::default()
-    })
-    .await
-    .expect("sandbox");
+    let sandbox = common::sandbox(2).await;
     let db = Database::fresh(pg);
     let (app, port) =
         common::start_service(&sandbox, &db.url, &[("RUN_WORKERS", "true".into())]).await;
@@ -218,13 +212,7 @@ async fn scenario(run: &Run, seconds: f64, amo_latency_ms: u64, pg: Option<&str>
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    common::init_logs("error");
     let quick = common::quick();
     let seconds: f64 = common::arg("--seconds")
         .and_then(|v| v.parse().ok())
@@ -247,16 +235,10 @@ fn main() {
         Some("full") => vec![Deal::Full],
         _ => vec![Deal::Plain, Deal::Full],
     };
-    let backends: Vec<Option<String>> = match common::pg_url() {
-        Some(pg) if !common::flag("--sqlite-only") => vec![None, Some(pg)],
-        _ => vec![None],
-    };
+    let backends = common::backends();
     println!("latency benchmark: {}", common::machine());
     println!("  {seconds} s of orders per run; sandbox answer latency {amo_latency_ms} ms");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = common::runtime();
     for pg in &backends {
         for deal in &deals {
             for (rate, sellers) in &pairs {

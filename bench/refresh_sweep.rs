@@ -9,79 +9,21 @@
 //! ```
 //!
 //! Seeding (accounts, grants, rows) is not timed; the timed part is `services::refresh::sweep`.
-#![expect(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "tests fail loudly on unexpected errors"
-)]
+#![expect(clippy::expect_used, reason = "a benchmark fails loudly")]
 
-use amocrm_connector::domain::status::{ConnectionStatus, ProvisioningState};
-use std::collections::HashMap;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use amocrm_connector::app::Application;
-use amocrm_connector::config::Settings;
+use amocrm_connector::domain::status::{ConnectionStatus, ProvisioningState};
 use amocrm_connector::services::refresh::{self, SweepOutcome};
 use amocrm_connector::storage as st;
-use amocrm_connector::storage::cipher::Keyring;
 use amocrm_connector::storage::connections::{self, NewConnection};
-use amocrm_sandbox::{Faults, Integration, Sandbox, SandboxConfig};
-use diesel::Connection as _;
-use diesel::connection::SimpleConnection;
-
-const CLIENT_ID: &str = "bench-client";
-const CLIENT_SECRET: &str = "bench-client-secret";
+use amocrm_sandbox::Faults;
+use common::{CLIENT_ID, Database};
 
 fn arg(name: &str) -> Option<u64> {
-    let raw: Vec<String> = std::env::args().collect();
-    raw.iter()
-        .position(|a| a == name)
-        .and_then(|i| raw.get(i + 1))
-        .and_then(|v| v.parse().ok())
-}
-
-/// A fresh database: a temp SQLite file, or a new schema in `BENCH_DATABASE_URL`.
-fn database() -> (String, Option<tempfile::TempDir>, Option<(String, String)>) {
-    match std::env::var("BENCH_DATABASE_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-    {
-        Some(admin) => {
-            let schema = format!(
-                "bench_{}",
-                amocrm_connector::domain::ids::random_token(10).to_lowercase()
-            );
-            let mut c = diesel::PgConnection::establish(&admin).expect("BENCH_DATABASE_URL");
-            c.batch_execute(&format!("CREATE SCHEMA {schema}")).unwrap();
-            let sep = if admin.contains('?') { '&' } else { '?' };
-            (
-                format!("{admin}{sep}options=-csearch_path%3D{schema}"),
-                None,
-                Some((admin, schema)),
-            )
-        }
-        None => {
-            let dir = tempfile::tempdir().unwrap();
-            let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-            (url, Some(dir), None)
-        }
-    }
-}
-
-fn machine() -> String {
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    format!("{cpus} cores, {model}")
+    common::arg(name).and_then(|v| v.parse().ok())
 }
 
 #[tokio::main]
@@ -90,41 +32,18 @@ async fn main() {
     let latency = arg("--latency-ms").unwrap_or(50);
     let concurrency = arg("--concurrency").unwrap_or(128);
 
-    let sandbox = Sandbox::start(SandboxConfig {
-        accounts: Vec::new(),
-        workers: 2,
-        ..SandboxConfig::default()
-    })
-    .await
-    .expect("sandbox");
-    let (db_url, _dir, pg) = database();
-    let mut env: HashMap<String, String> = HashMap::new();
-    for (k, v) in [
-        ("DATABASE_URL", db_url.clone()),
-        ("LISTEN_ADDR", "127.0.0.1:0".into()),
-        ("TOKEN_ENCRYPTION_KEYS", Keyring::generate_entry("bench")),
-        ("AMOCRM_CLIENT_ID", CLIENT_ID.into()),
-        ("AMOCRM_CLIENT_SECRET", CLIENT_SECRET.into()),
-        (
-            "AMOCRM_ACCOUNT_URL_TEMPLATE",
-            sandbox.account_url_template(),
-        ),
-        ("AMOCRM_AUTHORIZE_URL", sandbox.authorize_url()),
-        ("REFRESH_SCHEDULE", String::new()),
-        ("REFRESH_CONCURRENCY", concurrency.to_string()),
-        ("RUN_WORKERS", "false".into()),
-        ("LOG_FORMAT", "json".into()),
-        ("DATABASE_POOL_SIZE", "8".into()),
-    ] {
-        env.insert(k.to_owned(), v);
-    }
-    let settings = Settings::from_env(&env).expect("settings");
-    sandbox.add_integration(Integration::new(
-        CLIENT_ID,
-        CLIENT_SECRET,
-        settings.amocrm_redirect_uri.to_string(),
-    ));
-    let app = Application::build(settings).await.expect("app");
+    let sandbox = common::sandbox(2).await;
+    let db = Database::fresh(common::pg_url().as_deref());
+    let (app, _port) = common::start_service(
+        &sandbox,
+        &db.url,
+        &[
+            ("REFRESH_CONCURRENCY", concurrency.to_string()),
+            ("RUN_WORKERS", "false".into()),
+            ("DATABASE_POOL_SIZE", "8".into()),
+        ],
+    )
+    .await;
     let state = app.state.clone();
 
     // Seed: one account and one real grant per connection, all due now.
@@ -197,12 +116,11 @@ async fn main() {
         .map(|h| sandbox.counters(h).rejected_refreshes)
         .sum();
 
-    let backend = if db_url.starts_with("postgres") {
-        "PostgreSQL"
-    } else {
-        "SQLite"
-    };
-    println!("refresh sweep benchmark ({backend}, {})", machine());
+    println!(
+        "refresh sweep benchmark ({}, {})",
+        db.backend(),
+        common::machine()
+    );
     println!(
         "  connections: {n}, sandbox latency: {latency} ms per request, concurrency: {concurrency}"
     );
@@ -232,9 +150,4 @@ async fn main() {
 
     drop(app);
     sandbox.stop().await;
-    if let Some((admin, schema)) = pg
-        && let Ok(mut c) = diesel::PgConnection::establish(&admin)
-    {
-        let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
-    }
 }

@@ -33,10 +33,9 @@ use amocrm_connector::storage::cipher::Keyring;
 use amocrm_connector::storage::schema::amocrm_connections as c;
 use amocrm_connector::storage::{self as st, DatabaseUrl, Db, StorageError};
 use amocrm_connector::workers::push;
-use amocrm_sandbox::{Faults, Integration, Sandbox, SandboxConfig};
+use amocrm_sandbox::{Faults, Integration};
 use common::{Database, Deal};
 use diesel::prelude::*;
-use serde_json::json;
 
 const REDIRECT: &str = "http://127.0.0.1:1/oauth/amocrm/callback";
 const WEBHOOK_BODY: &str = include_str!("../tests/fixtures/amocrm/webhook-status-lead-1.txt");
@@ -121,13 +120,7 @@ fn child_main() {
         .build()
         .expect("runtime");
     rt.block_on(async move {
-        let sandbox = Sandbox::start(SandboxConfig {
-            accounts: Vec::new(),
-            workers: 1,
-            ..SandboxConfig::default()
-        })
-        .await
-        .expect("sandbox");
+        let sandbox = common::sandbox(1).await;
         sandbox.add_integration(Integration::new(
             common::CLIENT_ID,
             common::CLIENT_SECRET,
@@ -436,15 +429,7 @@ async fn scenario(n: usize, pg: Option<&str>, sizes: &Sizes) {
     let active = sizes.active.min(n);
     for i in 0..sizes.orders {
         let seller = common::seller_id((i % active.max(1)) * (n / active.max(1)));
-        let number = format!("P{i:07}");
-        let body = json!({
-            "seller_id": seller,
-            "order_number": number,
-            "total_amount": 150000,
-            "items": [{"product_id": "sku-1", "name": "Choynak", "quantity": 2, "price": 75000}],
-            "customer": {"name": "Ali Valiyev", "phone": "+998901234567"},
-            "url": format!("https://market.example/orders/{number}"),
-        });
+        let body = common::plain_order(&seller, &format!("P{i:07}"));
         order_service::create(&state, &body).await.expect("order");
     }
     reset_peak();
@@ -555,13 +540,7 @@ fn main() {
         child_main();
         return;
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    common::init_logs("error");
     let quick = common::quick();
     let counts = common::list("--connections").unwrap_or_else(|| {
         if quick {
@@ -581,10 +560,7 @@ fn main() {
         webhooks: num("--webhooks", 5000, 1000),
         idle_secs: num("--idle-secs", 10, 5) as u64,
     };
-    let backends: Vec<Option<String>> = match common::pg_url() {
-        Some(pg) if !common::flag("--sqlite-only") => vec![None, Some(pg)],
-        _ => vec![None],
-    };
+    let backends = common::backends();
     if common::flag("--scenario-child") {
         scenario_child(&counts, &sizes);
         return;
@@ -622,9 +598,5 @@ fn scenario_child(counts: &[usize], sizes: &Sizes) {
         Some("pg") => Some(common::pg_url().expect("--backend pg needs BENCH_DATABASE_URL")),
         _ => None,
     };
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(scenario(n, pg.as_deref(), sizes));
+    common::runtime().block_on(scenario(n, pg.as_deref(), sizes));
 }

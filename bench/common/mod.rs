@@ -13,7 +13,7 @@ use amocrm_connector::storage::cipher::Keyring;
 use amocrm_connector::storage::connections::seal_tokens;
 use amocrm_connector::storage::schema::{amocrm_connections as c, seller_settings as ss};
 use amocrm_connector::storage::{self as st, Db, StorageError};
-use amocrm_sandbox::{Integration, SandboxHandle};
+use amocrm_sandbox::{Integration, Sandbox, SandboxHandle};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 
@@ -68,6 +68,115 @@ pub fn machine() -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
     format!("{cpus} cores, {model}; load average {load}; commit {commit}")
+}
+
+/// Logs go to stderr at `RUST_LOG`, or at `default` when it is unset: stdout carries only the figures.
+pub fn init_logs(default: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// SQLite, then PostgreSQL when `BENCH_DATABASE_URL` names a server and `--sqlite-only` is not given.
+pub fn backends() -> Vec<Option<String>> {
+    match pg_url() {
+        Some(pg) if !flag("--sqlite-only") => vec![None, Some(pg)],
+        _ => vec![None],
+    }
+}
+
+/// A sandbox with no accounts (each benchmark adds its own) answering on `workers` threads, at amoCRM's
+/// 7 requests/s per account.
+pub async fn sandbox(workers: usize) -> SandboxHandle {
+    Sandbox::start(amocrm_sandbox::SandboxConfig {
+        accounts: Vec::new(),
+        workers,
+        ..amocrm_sandbox::SandboxConfig::default()
+    })
+    .await
+    .expect("sandbox")
+}
+
+/// Seller `i`'s account, added to the sandbox with a grant to our integration: its host, the tokens and
+/// the account's first pipeline.
+fn granted_account(
+    sandbox: &SandboxHandle,
+    i: usize,
+) -> (String, amocrm_sandbox::TokenPair, amocrm_sandbox::Pipeline) {
+    let host = host(i);
+    sandbox.add_account(&host);
+    let pair = sandbox.issue_tokens(CLIENT_ID, &host);
+    let p = sandbox
+        .pipelines(&host)
+        .into_iter()
+        .next()
+        .expect("pipeline");
+    (host, pair, p)
+}
+
+/// The floor under the service: the amoCRM client alone sends `orders` plain leads, dealt round the
+/// `sellers` accounts it adds to `sandbox`, in the push's batches (≤ 50 leads per call), every account at
+/// once, with no database and no service logic. Returns the seconds the sending took.
+pub async fn bare_client(sandbox: &SandboxHandle, sellers: usize, orders: usize) -> f64 {
+    let mut cfg = amocrm_client::AmoConfig::new(
+        CLIENT_ID,
+        secrecy::SecretString::from(CLIENT_SECRET),
+        url::Url::parse("http://127.0.0.1:1/cb").expect("url"),
+    );
+    cfg.account_url_template = sandbox.account_url_template();
+    let client = amocrm_client::AmoClient::new(cfg).expect("client");
+    let mut accounts = Vec::new();
+    for i in 0..sellers {
+        let (host, pair, p) = granted_account(sandbox, i);
+        let stage = p.statuses.iter().find(|s| s.type_ == 0).expect("stage").id;
+        let leads: Vec<amocrm_client::ComplexLead> = (i..orders)
+            .step_by(sellers)
+            .map(|j| amocrm_client::ComplexLead {
+                name: format!("Buyurtma #A{j:07}"),
+                price: 150_000,
+                pipeline_id: p.id,
+                status_id: stage,
+                request_id: format!("{j}"),
+                custom_fields_values: Vec::new(),
+                tags: Vec::new(),
+                contact: Some(amocrm_client::NewContact {
+                    name: "Ali Valiyev".into(),
+                    phone: Some("+998901234567".into()),
+                    email: Some("ali@example.com".into()),
+                }),
+                company: None,
+            })
+            .collect();
+        let h = amocrm_client::AccountHost::parse(&host, &client.config().allowed_domains)
+            .expect("host");
+        accounts.push((h, secrecy::SecretString::from(pair.access_token), leads));
+    }
+    let started = Instant::now();
+    let runs = accounts.iter().map(|(host, token, leads)| {
+        let client = client.clone();
+        async move {
+            for chunk in leads.chunks(50) {
+                client
+                    .api(host, token)
+                    .leads_complex(chunk)
+                    .await
+                    .expect("leads/complex");
+            }
+        }
+    });
+    futures_util::future::join_all(runs).await;
+    started.elapsed().as_secs_f64()
 }
 
 /// A fresh database: a temp SQLite file, or a new schema on the PostgreSQL server `pg`.
@@ -207,6 +316,18 @@ pub async fn start_service(
     (app, port)
 }
 
+/// A plain marketplace order of seller `seller` numbered `number`: one item, the same buyer every time.
+pub fn plain_order(seller: &str, number: &str) -> serde_json::Value {
+    serde_json::json!({
+        "seller_id": seller,
+        "order_number": number,
+        "total_amount": 150000,
+        "items": [{"product_id": "sku-1", "name": "Choynak", "quantity": 2, "price": 75000}],
+        "customer": {"name": "Ali Valiyev", "phone": "+998901234567", "email": "ali@example.com"},
+        "url": format!("https://market.example/orders/{number}"),
+    })
+}
+
 /// How the seeded sellers' orders become deals.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Deal {
@@ -243,15 +364,8 @@ pub async fn seed_sellers(
     let now = st::now();
     let mut rows = Vec::with_capacity(range.len());
     for i in range.clone() {
-        let host = host(i);
         let seller = seller_id(i);
-        sandbox.add_account(&host);
-        let pair = sandbox.issue_tokens(CLIENT_ID, &host);
-        let p = sandbox
-            .pipelines(&host)
-            .into_iter()
-            .next()
-            .expect("pipeline");
+        let (host, pair, p) = granted_account(sandbox, i);
         let stage = |n: usize| {
             p.statuses
                 .iter()

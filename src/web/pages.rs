@@ -561,20 +561,32 @@ fn ready_page(state: &Context, ready: &connect::ReadyPage) -> HttpResponse {
     };
     let body = branded(ready.session.platform, page.render());
     let mut resp = html(StatusCode::OK, &n, body);
-    let secure = state.settings.public_base_url.scheme() == "https";
-    let cookie = Cookie::build(BROWSER_COOKIE, ready.browser_token.clone())
-        .path("/")
+    let cookie = (BROWSER_COOKIE, ready.browser_token.as_str(), "/");
+    set_cookie(state, &mut resp, cookie, connect::STATE_TTL);
+    resp
+}
+
+/// Sets the cookie `(name, value, path)` on `resp` for `ttl`: HTTP only, secure behind HTTPS, and
+/// `SameSite=Lax`, so it comes along when the seller returns from amoCRM or the marketplace, not with
+/// another site's form post.
+pub fn set_cookie(
+    state: &Context,
+    resp: &mut HttpResponse,
+    (name, value, path): (&str, &str, &str),
+    ttl: std::time::Duration,
+) {
+    let cookie = Cookie::build(name, value)
+        .path(path)
         .http_only(true)
-        .secure(secure)
+        .secure(state.settings.public_base_url.scheme() == "https")
         .same_site(SameSite::Lax)
         .max_age(actix_web::cookie::time::Duration::seconds(
-            connect::STATE_TTL.as_secs() as i64,
+            i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
         ))
         .finish();
     if let Err(e) = resp.add_cookie(&cookie) {
-        tracing::error!(error = %e, "could not set the connect cookie");
+        tracing::error!(error = %e, cookie = name, "could not set a cookie");
     }
-    resp
 }
 
 /// A `?lang=` the seller chose is kept in a cookie, for pages whose URL carries none.
@@ -582,17 +594,8 @@ fn remember_chosen_lang(req: &HttpRequest, state: &Context, resp: &mut HttpRespo
     let Some(lang) = query_lang(req) else {
         return;
     };
-    let secure = state.settings.public_base_url.scheme() == "https";
-    let cookie = Cookie::build(LANG_COOKIE, lang.as_str())
-        .path("/")
-        .http_only(true)
-        .secure(secure)
-        .same_site(SameSite::Lax)
-        .max_age(actix_web::cookie::time::Duration::days(365))
-        .finish();
-    if let Err(e) = resp.add_cookie(&cookie) {
-        tracing::error!(error = %e, "could not set the language cookie");
-    }
+    let year = std::time::Duration::from_secs(365 * 24 * 3600);
+    set_cookie(state, resp, (LANG_COOKIE, lang.as_str(), "/"), year);
 }
 
 /// `GET /connect/assets/seller.js`: the seller pages' one script, from a file so the CSP needs no inline

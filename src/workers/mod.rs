@@ -88,6 +88,42 @@ where
     })
 }
 
+/// Runs `step` until shutdown: again at once while it finds work (it returns true); otherwise it waits until
+/// `wake` is notified (work made in this process) or `rest` has passed. `rest` gets the idle poll's
+/// wait and may shorten it, for work already due elsewhere.
+pub(crate) fn woken<S, SF, R, RF>(
+    state: Arc<Context>,
+    (min, wake): (Duration, &'static tokio::sync::Notify),
+    step: S,
+    rest: R,
+) -> JoinHandle<()>
+where
+    S: Fn(Arc<Context>) -> SF + Send + 'static,
+    SF: Future<Output = bool> + Send,
+    R: Fn(Arc<Context>, Duration) -> RF + Send + 'static,
+    RF: Future<Output = Duration> + Send,
+{
+    tokio::spawn(async move {
+        let mut shutdown = state.shutdown.clone();
+        let mut idle = IdlePoll::new(min, IDLE_POLL_MAX);
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            if step(state.clone()).await {
+                idle.found_work();
+                continue;
+            }
+            let rest = rest(state.clone(), idle.wait()).await;
+            tokio::select! {
+                _ = tokio::time::sleep(rest) => {}
+                _ = wake.notified() => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -56,38 +56,24 @@ pub async fn drain(state: &Context, max_steps: usize) -> Result<(StepReport, boo
 
 /// The background loop of `serve`.
 pub fn spawn(state: Arc<Context>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut shutdown = state.shutdown.clone();
-        let mut idle = super::IdlePoll::new(IDLE_POLL, super::IDLE_POLL_MAX);
-        loop {
-            if *shutdown.borrow() {
-                break;
-            }
-            let worked = match run_once(&state).await {
-                Ok(r) => {
-                    if r.did_work() {
-                        tracing::debug!(?r, "order push step");
-                    }
-                    r.did_work()
+    let step = |state: Arc<Context>| async move {
+        match run_once(&state).await {
+            Ok(r) => {
+                if r.did_work() {
+                    tracing::debug!(?r, "order push step");
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "order push step failed");
-                    false
-                }
-            };
-            if worked {
-                idle.found_work();
-                continue;
+                r.did_work()
             }
-            // Work that is due but leased by another instance is retried after a short pause.
-            let rest = rest_time(&state, idle.wait())
-                .await
-                .max(Duration::from_millis(20));
-            tokio::select! {
-                _ = tokio::time::sleep(rest) => {}
-                _ = order_push::new_work_signal().notified() => {}
-                _ = shutdown.changed() => {}
+            Err(e) => {
+                tracing::error!(error = %e, "order push step failed");
+                false
             }
         }
-    })
+    };
+    // Work that is due but leased by another instance is retried after a short pause.
+    let rest = |state: Arc<Context>, idle: Duration| async move {
+        rest_time(&state, idle).await.max(Duration::from_millis(20))
+    };
+    let wake = (IDLE_POLL, order_push::new_work_signal());
+    super::woken(state, wake, step, rest)
 }

@@ -132,29 +132,15 @@ async fn settle(
 
 /// Runs until shutdown: processes bodies as they arrive (woken by the intake), polling as a fallback.
 pub fn spawn(state: Arc<Context>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut shutdown = state.shutdown.clone();
-        let mut idle = super::IdlePoll::new(IDLE_POLL, super::IDLE_POLL_MAX);
-        loop {
-            if *shutdown.borrow() {
-                break;
-            }
-            let busy = match run_once(&state).await {
-                Ok(r) => r.claimed > 0,
-                Err(e) => {
-                    tracing::warn!(error = %e, "webhook processing step failed");
-                    false
-                }
-            };
-            if busy {
-                idle.found_work();
-                continue;
-            }
-            tokio::select! {
-                _ = ingest::new_body_signal().notified() => {}
-                _ = tokio::time::sleep(idle.wait()) => {}
-                _ = shutdown.changed() => {}
+    let step = |state: Arc<Context>| async move {
+        match run_once(&state).await {
+            Ok(r) => r.claimed > 0,
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook processing step failed");
+                false
             }
         }
-    })
+    };
+    let wake = (IDLE_POLL, ingest::new_body_signal());
+    super::woken(state, wake, step, |_, idle| async move { idle })
 }

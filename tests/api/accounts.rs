@@ -2,7 +2,7 @@
 //! coming, an account stops paying (402) or is blocked (403) and comes back, and Kommo sellers beside amoCRM
 //! ones in one running service. Workers are driven step by step; waits are polls with deadlines.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use amocrm_connector::services::api_keys::Tier;
@@ -17,8 +17,8 @@ use serde_json::{Value, json};
 
 use crate::support::{
     HOST, Queue, TestApp, base_env, connect, connect_seller, connection, consent, create_session,
-    env_vars, event_count, fresh_database, open_page, order_body, query_of, seed_connection,
-    spawn_app, spawn_app_with, spawn_app_with_sandbox, until_callback,
+    env_vars, event_count, fresh_database, leads_by_number, open_page, order_body, query_of,
+    seed_connection, spawn_app, spawn_app_with, spawn_app_with_sandbox, until_callback,
 };
 
 /// Where `HOST`'s account lives after its admin renames it.
@@ -40,25 +40,6 @@ async fn drain(app: &TestApp) -> push::Report {
     let (report, drained) = push::drain(&app.state, 2_000).await.expect("push steps");
     assert!(drained, "the push queue did not drain: {report:?}");
     report
-}
-
-/// The leads of account `host` by their order-number field (`field`); panics on a duplicate.
-fn leads_by_number(app: &TestApp, host: &str, field: u64) -> HashMap<String, u64> {
-    let mut map = HashMap::new();
-    for lead in app.sandbox.leads(host) {
-        let number = lead
-            .custom_fields_values
-            .iter()
-            .find(|f| f.field_id == field)
-            .and_then(|f| f.values.first())
-            .map(|v| v.as_text())
-            .unwrap_or_default();
-        assert!(
-            map.insert(number.clone(), lead.id).is_none(),
-            "two leads carry order number {number}"
-        );
-    }
-    map
 }
 
 /// The API's view of the seller's connection.
@@ -145,7 +126,7 @@ async fn a_renamed_account_is_followed_while_orders_keep_coming() {
             .any(|h| h.destination == destination && !h.disabled)
     );
     let seen = app.sandbox.deliveries().len();
-    let lead = leads["R5-4"];
+    let lead = leads["R5-4"].id;
     app.sandbox
         .move_lead(NEW_HOST, lead, seller.pipeline_id, seller.stages["paid"])
         .unwrap();

@@ -188,6 +188,25 @@ pub async fn press(client: &Client, what: &str, el: Element) -> Result<(), Strin
     step(what, el.click().await)
 }
 
+/// Fails when the page is wider than the window: on a phone it would scroll sideways.
+pub async fn fits_the_screen(client: &Client) -> Result<(), String> {
+    let overflow = step(
+        "page width",
+        client
+            .execute(
+                "return document.documentElement.scrollWidth - window.innerWidth",
+                vec![],
+            )
+            .await,
+    )?;
+    if overflow.as_f64().unwrap_or(f64::MAX) > 0.0 {
+        return Err(format!(
+            "the page scrolls sideways on a phone by {overflow} px"
+        ));
+    }
+    Ok(())
+}
+
 pub async fn text_of(client: &Client, css: &str) -> Result<String, String> {
     let el = element(client, &format!("waiting for {css}"), Locator::Css(css)).await?;
     step(&format!("text of {css}"), el.text().await)
@@ -309,21 +328,7 @@ async fn an_operator_signs_in_to_the_dashboard_in_a_real_browser_and_it_fits_a_p
             return Err(format!("table header on a phone is {display}"));
         }
         // Nothing wider than the screen (headless chromium's narrowest window is about 500 px).
-        let overflow = step(
-            "page width",
-            client
-                .execute(
-                    "return document.documentElement.scrollWidth - window.innerWidth",
-                    vec![],
-                )
-                .await,
-        )?;
-        if overflow.as_f64().unwrap_or(f64::MAX) > 0.0 {
-            return Err(format!(
-                "the page scrolls sideways on a phone by {overflow} px"
-            ));
-        }
-        Ok(())
+        fits_the_screen(&client).await
     })
     .await;
 }

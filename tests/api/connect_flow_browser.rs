@@ -99,6 +99,51 @@ async fn popup_gone(client: &Client) -> Result<(), String> {
     step("the popup did not close", gone)
 }
 
+/// Presses the connect page's button (`what`: connect or reconnect), allows or denies in the consent
+/// popup and waits for the popup to close; returns the connect window.
+async fn through_popup(
+    client: &Client,
+    what: &str,
+    host: &str,
+    allow: bool,
+) -> Result<fantoccini::wd::WindowHandle, String> {
+    let button = element(client, &format!("{what} button"), Locator::Id("connect")).await?;
+    press(client, what, button).await?;
+    let opener = to_popup(client).await?;
+    decide(client, host, allow).await?;
+    popup_gone(client).await?;
+    Ok(opener)
+}
+
+/// Back in the connect window after the popup: `css` on its result says `want`.
+async fn back_to_result(
+    client: &Client,
+    opener: fantoccini::wd::WindowHandle,
+    css: &str,
+    want: &str,
+) -> Result<(), String> {
+    step(
+        "back to the connect page",
+        client.switch_to_window(opener).await,
+    )?;
+    text_contains(client, css, want).await.map(drop)
+}
+
+/// Presses the result's Retry and switches to the consent popup it opens.
+async fn retry(client: &Client) -> Result<(), String> {
+    let retry = element(client, "retry", Locator::Css("#result-retry:not([hidden])")).await?;
+    press(client, "retry", retry).await?;
+    to_popup(client).await.map(drop)
+}
+
+/// Opens the connect page at `url` and takes its same-window link: the whole flow in one tab, as on a
+/// phone.
+async fn in_one_tab(client: &Client, url: &str) -> Result<(), String> {
+    step("open the connect page", client.goto(url).await)?;
+    let link = element(client, "fallback link", Locator::Id("fallback")).await?;
+    press(client, "continue here", link).await
+}
+
 fn connect_url(session: &serde_json::Value) -> String {
     session["connect_url"].as_str().unwrap().to_owned()
 }
@@ -119,13 +164,7 @@ async fn the_result_page_speaks_the_language_chosen_on_the_connect_page() {
             let client = phone(&driver, 390, 844).await;
             let name = format!("result_language_{lang}_{allow}");
             run_steps(&name, client, |client| async move {
-                step(
-                    "open the connect page",
-                    client.goto(&format!("{url}?lang={lang}")).await,
-                )?;
-                // The same-window link: the whole flow in one tab, as on a phone.
-                let link = element(&client, "fallback link", Locator::Id("fallback")).await?;
-                press(&client, "continue here", link).await?;
+                in_one_tab(&client, &format!("{url}?lang={lang}")).await?;
                 decide(&client, &host, allow).await?;
                 if allow {
                     text_contains(&client, "#title", title).await?;
@@ -166,9 +205,7 @@ async fn reload_and_back_after_connecting_show_the_connection_not_already_used()
             &format!("reload_back_{lang}"),
             client,
             |client| async move {
-                step("open the connect page", client.goto(&url).await)?;
-                let link = element(&client, "fallback link", Locator::Id("fallback")).await?;
-                press(&client, "continue here", link).await?;
+                in_one_tab(&client, &url).await?;
                 decide(&client, &host, true).await?;
                 text_contains(&client, "#title", title).await?;
                 let first = step("url", client.current_url().await)?;
@@ -220,48 +257,19 @@ async fn a_denied_or_closed_popup_is_reported_on_the_connect_page_with_a_retry()
             client,
             |client| async move {
                 step("open the connect page", client.goto(&url).await)?;
-                let button = element(&client, "connect button", Locator::Id("connect")).await?;
-                press(&client, "connect", button).await?;
-                let opener = to_popup(&client).await?;
-                decide(&client, &host, false).await?;
-                popup_gone(&client).await?;
-                step(
-                    "back to the connect page",
-                    client.switch_to_window(opener.clone()).await,
-                )?;
-                text_contains(&client, "#result:not([hidden]) #result-text", denied).await?;
+                let opener = through_popup(&client, "connect", &host, false).await?;
+                let result = "#result:not([hidden]) #result-text";
+                back_to_result(&client, opener.clone(), result, denied).await?;
                 // Retry, then close the popup without deciding.
-                let retry = element(
-                    &client,
-                    "retry",
-                    Locator::Css("#result-retry:not([hidden])"),
-                )
-                .await?;
-                press(&client, "retry", retry).await?;
-                to_popup(&client).await?;
+                retry(&client).await?;
                 element(&client, "consent page", Locator::Id("account")).await?;
                 step("close the popup", client.close_window().await)?;
-                step(
-                    "back to the connect page",
-                    client.switch_to_window(opener.clone()).await,
-                )?;
-                text_contains(&client, "#result:not([hidden]) #result-text", closed).await?;
+                back_to_result(&client, opener.clone(), result, closed).await?;
                 // Retry once more and allow: connected.
-                let retry = element(
-                    &client,
-                    "retry",
-                    Locator::Css("#result-retry:not([hidden])"),
-                )
-                .await?;
-                press(&client, "retry", retry).await?;
-                to_popup(&client).await?;
+                retry(&client).await?;
                 decide(&client, &host, true).await?;
                 popup_gone(&client).await?;
-                step(
-                    "back to the connect page",
-                    client.switch_to_window(opener).await,
-                )?;
-                text_contains(&client, "#result-title", title).await?;
+                back_to_result(&client, opener, "#result-title", title).await?;
                 text_contains(&client, "#result-text", connected).await?;
                 Ok(())
             },
@@ -296,16 +304,8 @@ async fn a_reconnect_leaves_one_truthful_card_naming_the_account() {
             |client| async move {
                 step("open the connect page", client.goto(&url).await)?;
                 text_contains(&client, "#current-status", revoked[index(lang)]).await?;
-                let button = element(&client, "reconnect button", Locator::Id("connect")).await?;
-                press(&client, "reconnect", button).await?;
-                let opener = to_popup(&client).await?;
-                decide(&client, &host, true).await?;
-                popup_gone(&client).await?;
-                step(
-                    "back to the connect page",
-                    client.switch_to_window(opener).await,
-                )?;
-                text_contains(&client, "#result-title", title).await?;
+                let opener = through_popup(&client, "reconnect", &host, true).await?;
+                back_to_result(&client, opener, "#result-title", title).await?;
                 text_contains(&client, "#result-text", &host).await?;
                 text_contains(&client, "#current-status", active[index(lang)]).await?;
                 text_contains(&client, "#current-host", &host).await?;

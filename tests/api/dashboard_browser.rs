@@ -4,16 +4,15 @@
 use std::time::Duration;
 
 use amocrm_connector::storage::schema::amocrm_connections;
-use amocrm_connector::workers::{push, webhook_processor};
+use amocrm_connector::workers::webhook_processor;
 use diesel::prelude::*;
 use fantoccini::Locator;
-use serde_json::Value;
 
 use crate::browser::{
     admin_operator, browser, connect_in_this_window, dashboard_sign_in, element, press, run_steps,
     start_driver, step, text_of, until_url,
 };
-use crate::support::{TestApp, connect_seller, order_body, spawn_app, wait_until};
+use crate::support::{TestApp, connect_seller, order_pushed, spawn_app, wait_until};
 
 async fn process_webhooks(app: &TestApp) {
     app.sandbox.webhooks_idle().await;
@@ -34,14 +33,7 @@ async fn an_operator_finds_an_order_sees_it_paid_and_follows_its_lead_link_into_
     let password = "order detail password";
     admin_operator(&app, "support@example.com", password).await;
     let seller = connect_seller(&app, "seller-od", "sellerone.amocrm.ru").await;
-    let resp = app
-        .api_post("/api/v1/sales/orders", &order_body("seller-od", "7781"))
-        .await;
-    assert_eq!(resp.status().as_u16(), 202);
-    let order: Value = resp.json().await.unwrap();
-    let order_id = order["data"]["id"].as_str().unwrap().to_owned();
-    let (_, drained) = push::drain(&app.state, 2_000).await.unwrap();
-    assert!(drained);
+    let order_id = order_pushed(&app, "seller-od", "7781").await;
     let lead = app
         .api_json(&format!("/api/v1/sales/orders/{order_id}"))
         .await["data"]["sync"]["lead_id"]

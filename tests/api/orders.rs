@@ -18,7 +18,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::support::{
-    Queue, Seller, TestApp, assert_error, connect_seller, env_vars, event_count, order_body,
+    self, Queue, Seller, TestApp, assert_error, connect_seller, env_vars, event_count, order_body,
     set_connection_status, spawn_app_with,
 };
 
@@ -111,23 +111,9 @@ async fn order_rows(app: &TestApp, seller_id: &str) -> Vec<order_store::OrderRow
         .0
 }
 
-/// Every lead of the sandbox account keyed by its order-number field; panics on a duplicate.
+/// Every lead of the seller's account keyed by its order-number field; panics on a duplicate.
 fn leads_by_number(app: &TestApp, seller: &Seller) -> HashMap<String, amocrm_sandbox::Lead> {
-    let mut map = HashMap::new();
-    for lead in app.sandbox.leads(&seller.host) {
-        let number = lead
-            .custom_fields_values
-            .iter()
-            .find(|f| f.field_id == seller.field_number)
-            .and_then(|f| f.values.first())
-            .map(|v| v.as_text())
-            .unwrap_or_default();
-        assert!(
-            map.insert(number.clone(), lead).is_none(),
-            "two leads carry order number {number}"
-        );
-    }
-    map
+    support::leads_by_number(app, &seller.host, seller.field_number)
 }
 
 fn numbers(prefix: &str, n: usize) -> Vec<String> {

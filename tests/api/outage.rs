@@ -16,7 +16,7 @@ use reqwest::Method;
 use serde_json::Value;
 
 use crate::support::{
-    HOST, Queue, TestApp, connect_seller, env_vars, order_body, spawn_app, spawn_app_with,
+    self, HOST, Queue, TestApp, connect_seller, env_vars, order_body, spawn_app, spawn_app_with,
     wait_until,
 };
 
@@ -232,17 +232,10 @@ async fn health(app: &TestApp) -> u16 {
     status
 }
 
-/// The order numbers of the account's leads, each once.
+/// How many leads of the account carry each order number.
 fn lead_numbers(app: &TestApp, field: u64) -> HashMap<String, usize> {
     let mut seen = HashMap::new();
-    for lead in app.sandbox.leads(HOST) {
-        let number = lead
-            .custom_fields_values
-            .iter()
-            .find(|f| f.field_id == field)
-            .and_then(|f| f.values.first())
-            .map(|v| v.as_text())
-            .unwrap_or_default();
+    for (number, _) in support::lead_numbers(app, HOST, field) {
         *seen.entry(number).or_insert(0) += 1;
     }
     seen

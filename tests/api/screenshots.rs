@@ -14,9 +14,8 @@ use crate::browser::{
     start_driver, step,
 };
 use crate::support::{
-    Queue, TestApp, connect_seller, create_session, order_body, spawn_app, wait_until,
+    Queue, TestApp, connect_seller, create_session, order_pushed, spawn_app, wait_until,
 };
-use amocrm_connector::workers::push;
 
 fn places() -> Vec<PathBuf> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -61,14 +60,7 @@ async fn seeded() -> (TestApp, String, Value) {
     );
     admin_operator(&app, "support@example.com", "screenshots password").await;
     connect_seller(&app, "seller-shop", "sellerone.amocrm.ru").await;
-    let resp = app
-        .api_post("/api/v1/sales/orders", &order_body("seller-shop", "10452"))
-        .await;
-    assert_eq!(resp.status().as_u16(), 202);
-    let order: Value = resp.json().await.unwrap();
-    let order_id = order["data"]["id"].as_str().unwrap().to_owned();
-    let (_, drained) = push::drain(&app.state, 2_000).await.unwrap();
-    assert!(drained);
+    let order_id = order_pushed(&app, "seller-shop", "10452").await;
     let session = create_session(&app, "seller-new", json!({"lang": "uz"})).await;
     (app, order_id, session)
 }

@@ -145,6 +145,12 @@ async fn settings_events(app: &TestApp, seller: &str) -> Vec<Value> {
     v["data"].as_array().cloned().unwrap_or_default()
 }
 
+/// A refusal changed nothing: `seller`'s settings are still `before` and no settings event was recorded.
+async fn nothing_stored(app: &TestApp, seller: &str, before: &Value) {
+    assert_eq!(&get_settings(app, seller).await, before, "nothing stored");
+    assert!(settings_events(app, seller).await.is_empty());
+}
+
 /// A complete form as the page sends it, on `pipeline` with `stages`, responsible `mode` over `users`.
 pub fn form(
     csrf: &str,
@@ -515,12 +521,7 @@ async fn a_save_needs_the_form_token_of_the_same_browser_and_stores_nothing_othe
     assert_eq!(post_form(&new_browser(), &url, &good).await.0, 403);
     let (status, _) = post_form(&browser, &app.url("/settings/no-such-token"), &good).await;
     assert_eq!(status, 404);
-    assert_eq!(
-        get_settings(&app, "seller-1").await,
-        before,
-        "nothing stored"
-    );
-    assert!(settings_events(&app, "seller-1").await.is_empty());
+    nothing_stored(&app, "seller-1", &before).await;
 }
 
 #[tokio::test]
@@ -565,12 +566,7 @@ async fn a_refused_save_shows_each_problem_at_its_field_and_stores_nothing() {
         assert!(html.contains(&format!("id=\"{id}\"")), "{id} missing");
     }
     assert!(html.contains("Choose a stage of the chosen pipeline."));
-    assert_eq!(
-        get_settings(&app, "seller-1").await,
-        before,
-        "nothing stored"
-    );
-    assert!(settings_events(&app, "seller-1").await.is_empty());
+    nothing_stored(&app, "seller-1", &before).await;
 }
 
 #[tokio::test]

@@ -258,3 +258,52 @@ pub fn order_body(seller_id: &str, number: &str) -> Value {
         "tags": ["marketplace"]
     })
 }
+
+/// Places `order_body(seller_id, number)` through the API and pushes until nothing is left: the order's id.
+pub async fn order_pushed(app: &TestApp, seller_id: &str, number: &str) -> String {
+    let resp = app
+        .api_post("/api/v1/sales/orders", &order_body(seller_id, number))
+        .await;
+    assert_eq!(resp.status().as_u16(), 202);
+    let order: Value = resp.json().await.expect("the order");
+    let order_id = order["data"]["id"].as_str().expect("its id").to_owned();
+    let (report, drained) = amocrm_connector::workers::push::drain(&app.state, 2_000)
+        .await
+        .expect("push");
+    assert!(drained, "the push queue did not drain: {report:?}");
+    order_id
+}
+
+/// Each lead of account `host` with the order number it carries in field `field` (empty without one).
+pub fn lead_numbers(app: &TestApp, host: &str, field: u64) -> Vec<(String, amocrm_sandbox::Lead)> {
+    app.sandbox
+        .leads(host)
+        .into_iter()
+        .map(|lead| {
+            let number = lead
+                .custom_fields_values
+                .iter()
+                .find(|f| f.field_id == field)
+                .and_then(|f| f.values.first())
+                .map(|v| v.as_text())
+                .unwrap_or_default();
+            (number, lead)
+        })
+        .collect()
+}
+
+/// The leads of account `host` keyed by their order number (field `field`); panics on a duplicate.
+pub fn leads_by_number(
+    app: &TestApp,
+    host: &str,
+    field: u64,
+) -> HashMap<String, amocrm_sandbox::Lead> {
+    let mut map = HashMap::new();
+    for (number, lead) in lead_numbers(app, host, field) {
+        assert!(
+            map.insert(number.clone(), lead).is_none(),
+            "two leads carry order number {number}"
+        );
+    }
+    map
+}

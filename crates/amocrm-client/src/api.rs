@@ -138,11 +138,8 @@ impl<'a> AccountApi<'a> {
     #[tracing::instrument(skip_all, fields(host = %self.host, pipeline_id = id))]
     pub async fn get_pipeline(&self, id: u64) -> Result<Option<Pipeline>, ApiError> {
         let path = format!("api/v4/leads/pipelines/{id}");
-        match self.send(Method::GET, &path, &[], None).await {
-            Ok(Some(body)) => Ok(Some(decode::<RawPipeline>(&body)?.into())),
-            Ok(None) | Err(ApiError::NotFound) => Ok(None),
-            Err(e) => Err(e),
-        }
+        let raw: Option<RawPipeline> = self.get_one(&path, &[]).await?;
+        Ok(raw.map(Pipeline::from))
     }
 
     /// `GET /api/v4/leads/custom_fields`, following pages until the last one.
@@ -202,21 +199,39 @@ impl<'a> AccountApi<'a> {
         &self,
         leads: &[ComplexLead],
     ) -> Result<Vec<ComplexLeadResult>, ApiError> {
+        self.post_complex(leads.iter().map(ComplexLead::to_api).collect())
+            .await
+    }
+
+    /// `POST /api/v4/leads/complex` with leads already in amoCRM's shape: none is no call, more than
+    /// [`MAX_COMPLEX_LEADS`] is refused locally.
+    pub(crate) async fn post_complex(
+        &self,
+        leads: Vec<Value>,
+    ) -> Result<Vec<ComplexLeadResult>, ApiError> {
         if leads.is_empty() {
             return Ok(Vec::new());
         }
-        if leads.len() > MAX_COMPLEX_LEADS {
-            return Err(ApiError::Request(format!(
-                "leads/complex takes at most {MAX_COMPLEX_LEADS} leads, got {}",
-                leads.len()
-            )));
-        }
-        let body = Value::Array(leads.iter().map(ComplexLead::to_api).collect());
+        check_count("leads/complex", leads.len(), MAX_COMPLEX_LEADS, "leads")?;
+        let body = Value::Array(leads);
         let resp = self
             .send(Method::POST, "api/v4/leads/complex", &[], Some(&body))
             .await?
             .ok_or_else(|| ApiError::Decode("empty leads/complex response".into()))?;
         decode(&resp)
+    }
+
+    /// `GET` of one entity; `None` when it does not exist (404, or an empty answer).
+    pub(crate) async fn get_one<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(String, String)],
+    ) -> Result<Option<T>, ApiError> {
+        match self.send(Method::GET, path, query, None).await {
+            Ok(Some(body)) => Ok(Some(decode(&body)?)),
+            Ok(None) | Err(ApiError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// `GET /api/v4/leads` with filters; an empty result (204) is an empty list.
@@ -235,12 +250,7 @@ impl<'a> AccountApi<'a> {
     /// `GET /api/v4/leads/{id}`; `None` when it does not exist (or was deleted).
     #[tracing::instrument(skip_all, fields(host = %self.host, lead_id = id))]
     pub async fn get_lead(&self, id: u64) -> Result<Option<Lead>, ApiError> {
-        let path = format!("api/v4/leads/{id}");
-        match self.send(Method::GET, &path, &[], None).await {
-            Ok(Some(body)) => Ok(Some(decode(&body)?)),
-            Ok(None) | Err(ApiError::NotFound) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.get_one(&format!("api/v4/leads/{id}"), &[]).await
     }
 
     /// `PATCH /api/v4/leads`: moves leads to the given pipeline and status (send at most 50 at once).
@@ -249,12 +259,7 @@ impl<'a> AccountApi<'a> {
         if updates.is_empty() {
             return Ok(Vec::new());
         }
-        if updates.len() > MAX_PATCH_LEADS {
-            return Err(ApiError::Request(format!(
-                "PATCH leads takes at most {MAX_PATCH_LEADS} leads, got {}",
-                updates.len()
-            )));
-        }
+        check_count("PATCH leads", updates.len(), MAX_PATCH_LEADS, "leads")?;
         let body = serde_json::to_value(updates).map_err(|e| ApiError::Request(e.to_string()))?;
         let Some(resp) = self
             .send(Method::PATCH, "api/v4/leads", &[], Some(&body))
@@ -392,6 +397,16 @@ pub(crate) fn transport_outcome(e: &reqwest::Error) -> crate::observe::CallOutco
     } else {
         crate::observe::CallOutcome::Network
     }
+}
+
+/// Refuses locally a batch of `n` when amoCRM takes at most `max` in one call (`unit`: "leads", "at once").
+fn check_count(what: &str, n: usize, max: usize, unit: &str) -> Result<(), ApiError> {
+    if n > max {
+        return Err(ApiError::Request(format!(
+            "{what} takes at most {max} {unit}, got {n}"
+        )));
+    }
+    Ok(())
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {

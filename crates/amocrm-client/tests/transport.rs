@@ -115,18 +115,32 @@ fn lead() -> ComplexLead {
     }
 }
 
+/// Sends one `leads/complex` lead with this access token; the call is expected to fail.
+async fn create_lead(c: &AmoClient, token: &str) -> ApiError {
+    c.api(&host(), &SecretString::from(token))
+        .leads_complex(&[lead()])
+        .await
+        .unwrap_err()
+}
+
+/// A peer that answers every request with this status line, extra headers and body, and a client for it.
+async fn answered_by(
+    status: &'static str,
+    headers: &'static str,
+    body: &'static str,
+) -> (Peer, AmoClient) {
+    let p = peer(Behaviour::Answer(status, headers, body)).await;
+    let c = client(&p.base);
+    (p, c)
+}
+
 #[tokio::test]
 async fn a_refused_connection_is_transient_because_nothing_was_sent() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     drop(listener);
     let c = client(&base);
-    let token = SecretString::from("t");
-    let err = c
-        .api(&host(), &token)
-        .leads_complex(&[lead()])
-        .await
-        .unwrap_err();
+    let err = create_lead(&c, "t").await;
     assert!(
         matches!(err, ApiError::Transient { status: None, .. }),
         "{err:?}"
@@ -143,12 +157,7 @@ async fn a_refused_connection_is_transient_because_nothing_was_sent() {
 async fn a_hang_up_after_the_request_was_read_is_ambiguous() {
     let p = peer(Behaviour::HangUpAfterRead).await;
     let c = client(&p.base);
-    let token = SecretString::from("t");
-    let err = c
-        .api(&host(), &token)
-        .leads_complex(&[lead()])
-        .await
-        .unwrap_err();
+    let err = create_lead(&c, "t").await;
     assert!(matches!(err, ApiError::Ambiguous(_)), "{err:?}");
     assert!(err.may_have_written() && !err.is_retryable());
     assert!(
@@ -161,12 +170,7 @@ async fn a_hang_up_after_the_request_was_read_is_ambiguous() {
 async fn a_timeout_after_sending_is_ambiguous_and_names_no_secret() {
     let p = peer(Behaviour::NeverAnswer).await;
     let c = client(&p.base);
-    let token = SecretString::from("access-token-do-not-leak");
-    let err = c
-        .api(&host(), &token)
-        .leads_complex(&[lead()])
-        .await
-        .unwrap_err();
+    let err = create_lead(&c, "access-token-do-not-leak").await;
     assert!(
         matches!(err, ApiError::Ambiguous(ref m) if m.contains("timeout")),
         "{err:?}"
@@ -182,13 +186,12 @@ async fn a_timeout_after_sending_is_ambiguous_and_names_no_secret() {
 
 #[tokio::test]
 async fn refresh_posts_credentials_and_redirect_uri_in_the_form_body() {
-    let p = peer(Behaviour::Answer(
+    let (p, c) = answered_by(
         "400 Bad Request",
         "Content-Type: application/problem+json\r\n",
         r#"{"hint":"Token has been revoked","title":"Некорректный запрос","type":"https://developers.amocrm.ru/v3/errors/OAuthProblemJson","status":400,"detail":"В запросе отсутствует ряд параметров или параметры невалидны"}"#,
-    ))
+    )
     .await;
-    let c = client(&p.base);
     let err = c
         .refresh(&host(), &SecretString::from("def502-refresh"))
         .await
@@ -227,13 +230,7 @@ async fn refresh_posts_credentials_and_redirect_uri_in_the_form_body() {
 
 #[tokio::test]
 async fn a_redirect_from_the_token_endpoint_is_not_followed() {
-    let p = peer(Behaviour::Answer(
-        "302 Found",
-        "Location: http://127.0.0.1:1/steal\r\n",
-        "",
-    ))
-    .await;
-    let c = client(&p.base);
+    let (p, c) = answered_by("302 Found", "Location: http://127.0.0.1:1/steal\r\n", "").await;
     let err = c.exchange_code(&host(), "code-1").await.unwrap_err();
     assert!(matches!(err, OAuthError::Other(_)), "{err:?}");
     assert_eq!(
@@ -245,13 +242,12 @@ async fn a_redirect_from_the_token_endpoint_is_not_followed() {
 
 #[tokio::test]
 async fn a_non_json_429_waits_the_default_second() {
-    let p = peer(Behaviour::Answer(
+    let (_peer, c) = answered_by(
         "429 Too Many Requests",
         "Content-Type: text/html\r\n",
         "<h1>slow down</h1>",
-    ))
+    )
     .await;
-    let c = client(&p.base);
     let token = SecretString::from("t");
     let err = c.api(&host(), &token).pipelines().await.unwrap_err();
     assert!(

@@ -12,7 +12,7 @@ use actix_web::http::StatusCode;
 use serde_json::{Map, Value, json};
 
 use crate::config::Rules;
-use crate::fields::{self, FIELD_TYPES, as_id, join, opt_bool, opt_int, opt_str};
+use crate::fields::{self, FIELD_TYPES, as_id, join, opt_bool, opt_int, opt_str, required_str};
 use crate::model::{
     Company, Contact, CustomField, FieldEnum, FieldValues, Lead, Pipeline, Status, Tag, Webhook,
 };
@@ -241,24 +241,14 @@ pub fn handle_as(
         ("PATCH", ["leads"]) => with_body(req.body, |v| cx.leads_patch(v, false)),
         ("GET", ["leads", id]) => with_id(id, |id| cx.lead_get(id, &q)),
         ("PATCH", ["leads", id]) => with_id(id, |id| {
-            with_body(req.body, |mut v| {
-                if let Some(o) = v.as_object_mut() {
-                    o.insert("id".to_owned(), id.into());
-                }
-                cx.leads_patch(Value::Array(vec![v]), true)
-            })
+            with_body(req.body, |v| cx.leads_patch(batch_of_one(id, v), true))
         }),
         ("GET", ["contacts"]) => cx.contacts_list(&q),
         ("POST", ["contacts"]) => with_body(req.body, |v| cx.contacts_create(v)),
         ("PATCH", ["contacts"]) => with_body(req.body, |v| cx.contacts_patch(v, false)),
         ("GET", ["contacts", id]) => with_id(id, |id| cx.contact_get(id, &q)),
         ("PATCH", ["contacts", id]) => with_id(id, |id| {
-            with_body(req.body, |mut v| {
-                if let Some(o) = v.as_object_mut() {
-                    o.insert("id".to_owned(), id.into());
-                }
-                cx.contacts_patch(Value::Array(vec![v]), true)
-            })
+            with_body(req.body, |v| cx.contacts_patch(batch_of_one(id, v), true))
         }),
         ("GET", ["companies"]) => cx.companies_list(&q),
         ("GET", ["companies", id]) => with_id(id, |id| cx.company_get(id)),
@@ -296,6 +286,14 @@ fn with_body(body: &[u8], f: impl FnOnce(Value) -> HttpResponse) -> HttpResponse
         Ok(v) => f(v),
         Err(_) => bad_request("Request body is not valid JSON"),
     }
+}
+
+/// The body of `PATCH {entities}/{id}` as the one-item batch `PATCH {entities}` takes, the id from the path.
+fn batch_of_one(id: u64, mut v: Value) -> Value {
+    if let Some(o) = v.as_object_mut() {
+        o.insert("id".to_owned(), id.into());
+    }
+    Value::Array(vec![v])
 }
 
 fn with_id(s: &str, f: impl FnOnce(u64) -> HttpResponse) -> HttpResponse {
@@ -419,6 +417,14 @@ fn items(v: &Value) -> Option<&Vec<Value>> {
     v.as_array()
 }
 
+/// A batch item as a JSON object; anything else is an error of the item at `index`.
+fn object_of(item: &Value, index: usize) -> Result<&Map<String, Value>, ItemErrors> {
+    item.as_object().ok_or_else(|| ItemErrors {
+        request_id: index.to_string(),
+        errors: vec![FieldError::invalid_type("", "object")],
+    })
+}
+
 /// The items of a batch request, refused as amoCRM refuses them: not a list (400), empty (400 with an empty
 /// body), or more than a page (422).
 fn batch(v: &Value) -> Result<&Vec<Value>, HttpResponse> {
@@ -456,6 +462,22 @@ fn all_valid<T>(
     } else {
         Err(problem::validation(&all_errs))
     }
+}
+
+fn too_many_statuses(path: &str) -> FieldError {
+    FieldError::new(
+        "TooManyStatuses",
+        path,
+        format!("A pipeline can have at most {MAX_STATUSES} statuses."),
+    )
+}
+
+/// A created entity's JSON with the `request_id` it was sent with, when one was.
+fn with_request_id(mut j: Value, request_id: Option<String>) -> Value {
+    if let Some(r) = request_id {
+        j["request_id"] = json!(r);
+    }
+    j
 }
 
 /// A page of a list as HAL, or 204 when the page is empty.
@@ -697,30 +719,16 @@ impl Cx<'_> {
 
     fn pipelines_create(&mut self, v: Value) -> HttpResponse {
         let Some(list) = items(&v) else {
-            return problem::validation(&[ItemErrors {
-                request_id: "0".to_owned(),
-                errors: vec![FieldError::invalid_type("", "array")],
-            }]);
+            return problem::body_validation(vec![FieldError::invalid_type("", "array")]);
         };
         if list.is_empty() {
             return empty_body();
         }
-        let mut all_errs = Vec::new();
-        let mut parsed = Vec::new();
-        for (i, item) in list.iter().enumerate() {
+        let parsed = all_valid(list, |item, i| {
+            let o = object_of(item, i)?;
             let mut errs = Vec::new();
-            let Some(o) = item.as_object() else {
-                all_errs.push(ItemErrors {
-                    request_id: i.to_string(),
-                    errors: vec![FieldError::invalid_type("", "object")],
-                });
-                continue;
-            };
             let request_id = opt_str(o, "request_id", "", &mut errs);
-            let name = opt_str(o, "name", "", &mut errs);
-            if name.as_deref().is_none_or(|n| n.trim().is_empty()) {
-                errs.push(FieldError::required("name"));
-            }
+            let name = required_str(o, "name", &mut errs);
             let sort = opt_int(o, "sort", "", &mut errs);
             let is_main = opt_bool(o, "is_main", "", &mut errs).unwrap_or(false);
             let unsorted = opt_bool(o, "is_unsorted_on", "", &mut errs).unwrap_or(true);
@@ -734,11 +742,7 @@ impl Cx<'_> {
             };
             let (renames, stages) = Self::status_inputs(&statuses, "_embedded.statuses", &mut errs);
             if stages.len() + 3 > MAX_STATUSES {
-                errs.push(FieldError::new(
-                    "TooManyStatuses",
-                    "_embedded.statuses",
-                    format!("A pipeline can have at most {MAX_STATUSES} statuses."),
-                ));
+                errs.push(too_many_statuses("_embedded.statuses"));
             }
             if self.acc.pipelines.len() + i + 1 > MAX_PIPELINES {
                 errs.push(FieldError::new(
@@ -748,8 +752,10 @@ impl Cx<'_> {
                 ));
             }
             let rid = request_id.clone().unwrap_or_else(|| i.to_string());
-            if errs.is_empty() {
-                parsed.push((
+            ItemErrors::check(
+                rid,
+                errs,
+                (
                     request_id,
                     name.unwrap_or_default(),
                     sort,
@@ -757,17 +763,13 @@ impl Cx<'_> {
                     unsorted,
                     renames,
                     stages,
-                ));
-            } else {
-                all_errs.push(ItemErrors {
-                    request_id: rid,
-                    errors: errs,
-                });
-            }
-        }
-        if !all_errs.is_empty() {
-            return problem::validation(&all_errs);
-        }
+                ),
+            )
+        });
+        let parsed = match parsed {
+            Ok(p) => p,
+            Err(r) => return r,
+        };
         let mut out = Vec::new();
         for (request_id, name, sort, is_main, unsorted, renames, stages) in parsed {
             let next_sort = self
@@ -815,11 +817,7 @@ impl Cx<'_> {
                     other.is_main = false;
                 }
             }
-            let mut j = self.pipeline_json(&p);
-            if let Some(r) = request_id {
-                j["request_id"] = json!(r);
-            }
-            out.push(j);
+            out.push(with_request_id(self.pipeline_json(&p), request_id));
             self.acc.pipelines.insert(pid, p);
         }
         hal(json!({
@@ -839,10 +837,7 @@ impl Cx<'_> {
         let is_main = opt_bool(o, "is_main", "", &mut errs);
         let unsorted = opt_bool(o, "is_unsorted_on", "", &mut errs);
         if !errs.is_empty() {
-            return problem::validation(&[ItemErrors {
-                request_id: "0".to_owned(),
-                errors: errs,
-            }]);
+            return problem::body_validation(errs);
         }
         if !self.acc.pipelines.contains_key(&id) {
             return problem(StatusCode::NOT_FOUND, "Pipeline not found");
@@ -908,17 +903,10 @@ impl Cx<'_> {
         let mut errs = Vec::new();
         let (_, stages) = Self::status_inputs(list, "", &mut errs);
         if count + stages.len() > MAX_STATUSES {
-            errs.push(FieldError::new(
-                "TooManyStatuses",
-                "",
-                format!("A pipeline can have at most {MAX_STATUSES} statuses."),
-            ));
+            errs.push(too_many_statuses(""));
         }
         if !errs.is_empty() {
-            return problem::validation(&[ItemErrors {
-                request_id: "0".to_owned(),
-                errors: errs,
-            }]);
+            return problem::body_validation(errs);
         }
         let mut out = Vec::new();
         for (name, sort, color) in stages {
@@ -1042,22 +1030,11 @@ impl Cx<'_> {
         if list.is_empty() {
             return empty_body();
         }
-        let mut all_errs = Vec::new();
-        let mut parsed = Vec::new();
-        for (i, item) in list.iter().enumerate() {
+        let parsed = all_valid(list, |item, i| {
+            let o = object_of(item, i)?;
             let mut errs = Vec::new();
-            let Some(o) = item.as_object() else {
-                all_errs.push(ItemErrors {
-                    request_id: i.to_string(),
-                    errors: vec![FieldError::invalid_type("", "object")],
-                });
-                continue;
-            };
             let request_id = opt_str(o, "request_id", "", &mut errs);
-            let name = opt_str(o, "name", "", &mut errs).filter(|n| !n.trim().is_empty());
-            if name.is_none() {
-                errs.push(FieldError::required("name"));
-            }
+            let name = required_str(o, "name", &mut errs);
             let ty = opt_str(o, "type", "", &mut errs);
             match ty.as_deref() {
                 Some(t) if FIELD_TYPES.contains(&t) && t != "multitext" => {}
@@ -1080,8 +1057,10 @@ impl Cx<'_> {
                 }
             }
             let rid = request_id.clone().unwrap_or_else(|| i.to_string());
-            if errs.is_empty() {
-                parsed.push((
+            ItemErrors::check(
+                rid,
+                errs,
+                (
                     request_id,
                     name.unwrap_or_default(),
                     ty.unwrap_or_default(),
@@ -1089,17 +1068,13 @@ impl Cx<'_> {
                     sort,
                     api_only,
                     enums,
-                ));
-            } else {
-                all_errs.push(ItemErrors {
-                    request_id: rid,
-                    errors: errs,
-                });
-            }
-        }
-        if !all_errs.is_empty() {
-            return problem::validation(&all_errs);
-        }
+                ),
+            )
+        });
+        let parsed = match parsed {
+            Ok(p) => p,
+            Err(r) => return r,
+        };
         let mut out = Vec::new();
         for (request_id, name, ty, code, sort, api_only, enums) in parsed {
             let id = next(&mut self.ids.field);
@@ -1120,11 +1095,7 @@ impl Cx<'_> {
                     .collect(),
                 entity_type: "leads".to_owned(),
             };
-            let mut j = self.field_json(&f);
-            if let Some(r) = request_id {
-                j["request_id"] = json!(r);
-            }
-            out.push(j);
+            out.push(with_request_id(self.field_json(&f), request_id));
             self.acc.lead_fields.insert(id, f);
         }
         hal(json!({
@@ -1438,12 +1409,7 @@ impl Cx<'_> {
             request_id: index.to_string(),
             ..LeadIn::default()
         };
-        let Some(o) = item.as_object() else {
-            return Err(ItemErrors {
-                request_id: li.request_id,
-                errors: vec![FieldError::invalid_type("", "object")],
-            });
-        };
+        let o = object_of(item, index)?;
         if let Some(r) = opt_str(o, "request_id", "", &mut errs) {
             li.request_id = r;
             li.request_id_given = true;
@@ -1575,14 +1541,7 @@ impl Cx<'_> {
             }
             Some(_) => errs.push(FieldError::invalid_type("_embedded", "object")),
         }
-        if errs.is_empty() {
-            Ok(li)
-        } else {
-            Err(ItemErrors {
-                request_id: li.request_id,
-                errors: errs,
-            })
-        }
+        ItemErrors::check(li.request_id.clone(), errs, li)
     }
 
     /// Creates the contact or company (or returns the existing one). A `hidden` contact belongs to a
@@ -1769,10 +1728,7 @@ impl Cx<'_> {
 
     fn leads_complex(&mut self, v: Value) -> HttpResponse {
         let Some(list) = items(&v) else {
-            return problem::validation(&[ItemErrors {
-                request_id: "0".to_owned(),
-                errors: vec![FieldError::invalid_type("", "array")],
-            }]);
+            return problem::body_validation(vec![FieldError::invalid_type("", "array")]);
         };
         if list.is_empty() {
             return empty_body();
@@ -2011,10 +1967,7 @@ impl Cx<'_> {
             ));
         }
         if !errs.is_empty() {
-            return problem::validation(&[ItemErrors {
-                request_id: "0".to_owned(),
-                errors: errs,
-            }]);
+            return problem::body_validation(errs);
         }
         let now = self.now;
         let hook = match self
@@ -2056,10 +2009,7 @@ impl Cx<'_> {
 
     fn webhook_unsubscribe(&mut self, v: Value) -> HttpResponse {
         let Some(dest) = v.get("destination").and_then(Value::as_str) else {
-            return problem::validation(&[ItemErrors {
-                request_id: "0".to_owned(),
-                errors: vec![FieldError::required("destination")],
-            }]);
+            return problem::body_validation(vec![FieldError::required("destination")]);
         };
         let before = self.acc.webhooks.len();
         self.acc.webhooks.retain(|w| w.hook.destination != dest);

@@ -97,6 +97,20 @@ pub fn opt_str(
     }
 }
 
+/// Reads a string field that must not be blank, recording `NotBlank` when it is missing or blank (after any
+/// `InvalidType`, as amoCRM reports both).
+pub fn required_str(
+    obj: &serde_json::Map<String, Value>,
+    key: &str,
+    errs: &mut Vec<FieldError>,
+) -> Option<String> {
+    let s = opt_str(obj, key, "", errs).filter(|s| !s.trim().is_empty());
+    if s.is_none() {
+        errs.push(FieldError::required(key));
+    }
+    s
+}
+
 /// Reads an optional bool field.
 pub fn opt_bool(
     obj: &serde_json::Map<String, Value>,

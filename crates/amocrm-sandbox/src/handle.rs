@@ -94,18 +94,12 @@ impl Shared {
     }
 
     pub fn faults(&self, host: &str) -> Faults {
-        let st = self.lock();
-        st.accounts
-            .get(&norm(host))
-            .map(|a| a.faults.clone())
+        self.with_account(host, |a| a.faults.clone())
             .unwrap_or_default()
     }
 
     pub fn counters(&self, host: &str) -> Counters {
-        let st = self.lock();
-        st.accounts
-            .get(&norm(host))
-            .map(|a| a.counters.clone())
+        self.with_account(host, |a| a.counters.clone())
             .unwrap_or_default()
     }
 
@@ -135,10 +129,7 @@ impl Shared {
         status_id: u64,
     ) -> anyhow::Result<()> {
         let host = norm(host);
-        let jobs = {
-            let mut st = self.lock();
-            let now = st.now(&host);
-            let acc = account_mut(&mut st, &host)?;
+        self.change(&host, |acc, _, now| {
             if !acc.leads.contains_key(&lead_id) {
                 bail!("no lead {lead_id} in {host}");
             }
@@ -173,10 +164,8 @@ impl Shared {
                 },
                 now,
             );
-            self.emit(&st, &host, &events)
-        };
-        self.outbound.send(jobs);
-        Ok(())
+            Ok(((), events))
+        })
     }
 
     /// Creates a lead as a person would in the UI (first stage of the pipeline, or the given stage).
@@ -187,14 +176,7 @@ impl Shared {
         price: i64,
         stage: Option<(u64, u64)>,
     ) -> anyhow::Result<u64> {
-        let host = norm(host);
-        let (id, jobs) = {
-            let mut st = self.lock();
-            let now = st.now(&host);
-            let State { accounts, ids, .. } = &mut *st;
-            let acc = accounts
-                .get_mut(&host)
-                .with_context(|| format!("unknown account {host}"))?;
+        self.change(host, |acc, ids, now| {
             let (pid, sid) = match stage {
                 Some((p, s)) => {
                     let ok = acc
@@ -242,32 +224,23 @@ impl Shared {
                 },
             );
             acc.counters.leads_created += 1;
-            let jobs = self.emit(&st, &host, &[Event::LeadAdded(id)]);
-            (id, jobs)
-        };
-        self.outbound.send(jobs);
-        Ok(id)
+            Ok((id, vec![Event::LeadAdded(id)]))
+        })
     }
 
     pub fn delete_lead(&self, host: &str, lead_id: u64) -> anyhow::Result<()> {
         let host = norm(host);
-        let jobs = {
-            let mut st = self.lock();
-            let acc = account_mut(&mut st, &host)?;
+        self.change(&host, |acc, _, _| {
             let events = remove_lead(acc, lead_id)
                 .with_context(|| format!("no lead {lead_id} in {host}"))?;
-            self.emit(&st, &host, &events)
-        };
-        self.outbound.send(jobs);
-        Ok(())
+            Ok(((), events))
+        })
     }
 
     /// Deletes a pipeline as an admin would in the UI, with its leads (each sends `delete_lead`).
     pub fn delete_pipeline(&self, host: &str, pipeline_id: u64) -> anyhow::Result<()> {
         let host = norm(host);
-        let jobs = {
-            let mut st = self.lock();
-            let acc = account_mut(&mut st, &host)?;
+        self.change(&host, |acc, _, _| {
             if !acc.pipelines.contains_key(&pipeline_id) {
                 bail!("no pipeline {pipeline_id} in {host}");
             }
@@ -291,10 +264,8 @@ impl Shared {
             if was_main && let Some(first) = acc.pipelines.values_mut().next() {
                 first.is_main = true;
             }
-            self.emit(&st, &host, &events)
-        };
-        self.outbound.send(jobs);
-        Ok(())
+            Ok(((), events))
+        })
     }
 
     pub fn delete_custom_field(&self, host: &str, field_id: u64) -> anyhow::Result<()> {
@@ -692,6 +663,17 @@ impl std::fmt::Debug for SandboxHandle {
 }
 
 impl SandboxHandle {
+    /// A copy of one of the account's collections, in id order; empty for an unknown account.
+    fn values<K, T: Clone>(
+        &self,
+        host: &str,
+        pick: impl FnOnce(&crate::state::Account) -> &std::collections::BTreeMap<K, T>,
+    ) -> Vec<T> {
+        self.shared
+            .with_account(host, |a| pick(a).values().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// The listening address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -890,9 +872,7 @@ impl SandboxHandle {
 
     /// The account's leads.
     pub fn leads(&self, host: &str) -> Vec<Lead> {
-        self.shared
-            .with_account(host, |a| a.leads.values().cloned().collect())
-            .unwrap_or_default()
+        self.values(host, |a| &a.leads)
     }
 
     /// One lead, if it exists.
@@ -904,30 +884,22 @@ impl SandboxHandle {
 
     /// The account's contacts.
     pub fn contacts(&self, host: &str) -> Vec<Contact> {
-        self.shared
-            .with_account(host, |a| a.contacts.values().cloned().collect())
-            .unwrap_or_default()
+        self.values(host, |a| &a.contacts)
     }
 
     /// The account's companies.
     pub fn companies(&self, host: &str) -> Vec<Company> {
-        self.shared
-            .with_account(host, |a| a.companies.values().cloned().collect())
-            .unwrap_or_default()
+        self.values(host, |a| &a.companies)
     }
 
     /// The account's pipelines with their stages.
     pub fn pipelines(&self, host: &str) -> Vec<Pipeline> {
-        self.shared
-            .with_account(host, |a| a.pipelines.values().cloned().collect())
-            .unwrap_or_default()
+        self.values(host, |a| &a.pipelines)
     }
 
     /// Lead custom fields.
     pub fn custom_fields(&self, host: &str) -> Vec<CustomField> {
-        self.shared
-            .with_account(host, |a| a.lead_fields.values().cloned().collect())
-            .unwrap_or_default()
+        self.values(host, |a| &a.lead_fields)
     }
 
     /// Webhook subscriptions (with `disabled`).
@@ -941,9 +913,7 @@ impl SandboxHandle {
 
     /// The account's users (the default admin first); deleted ones are gone.
     pub fn users(&self, host: &str) -> Vec<User> {
-        self.shared
-            .with_account(host, |a| a.users.values().cloned().collect())
-            .unwrap_or_default()
+        self.values(host, |a| &a.users)
     }
 
     /// The account's default user: its admin, responsible for what is created without one.
@@ -1024,16 +994,12 @@ impl SandboxHandle {
 
     /// The account's lists (catalogs), Products included when on.
     pub fn catalogs(&self, host: &str) -> Vec<Catalog> {
-        self.shared
-            .with_account(host, |a| a.catalogs.values().cloned().collect())
-            .unwrap_or_default()
+        self.values(host, |a| &a.catalogs)
     }
 
     /// Elements of every list.
     pub fn elements(&self, host: &str) -> Vec<CatalogElement> {
-        self.shared
-            .with_account(host, |a| a.elements.values().cloned().collect())
-            .unwrap_or_default()
+        self.values(host, |a| &a.elements)
     }
 
     /// Lead → list element links (with quantities); contacts linked to leads are in `Lead::contact_ids`.
@@ -1045,23 +1011,17 @@ impl SandboxHandle {
 
     /// The account's notes.
     pub fn notes(&self, host: &str) -> Vec<Note> {
-        self.shared
-            .with_account(host, |a| a.notes.values().cloned().collect())
-            .unwrap_or_default()
+        self.values(host, |a| &a.notes)
     }
 
     /// The account's tasks.
     pub fn tasks(&self, host: &str) -> Vec<Task> {
-        self.shared
-            .with_account(host, |a| a.tasks.values().cloned().collect())
-            .unwrap_or_default()
+        self.values(host, |a| &a.tasks)
     }
 
     /// Unsorted requests, pending and done (`state`).
     pub fn unsorted(&self, host: &str) -> Vec<UnsortedEntry> {
-        self.shared
-            .with_account(host, |a| a.unsorted.values().cloned().collect())
-            .unwrap_or_default()
+        self.values(host, |a| &a.unsorted)
     }
 
     /// A manager accepts an unsorted request (into `status_id`, or the pipeline's first stage).

@@ -150,6 +150,25 @@ pub struct ItemErrors {
     pub errors: Vec<FieldError>,
 }
 
+impl ItemErrors {
+    /// `Ok(item)` when validation found nothing, else the item's errors under `request_id`.
+    pub fn check<T>(request_id: String, errors: Vec<FieldError>, item: T) -> Result<T, Self> {
+        if errors.is_empty() {
+            Ok(item)
+        } else {
+            Err(Self { request_id, errors })
+        }
+    }
+}
+
+/// 400 for a request body that is wrong as a whole: amoCRM reports it as item `0`.
+pub fn body_validation(errors: Vec<FieldError>) -> HttpResponse {
+    validation(&[ItemErrors {
+        request_id: "0".to_owned(),
+        errors,
+    }])
+}
+
 /// 400 with amoCRM's `validation-errors` body.
 pub fn validation(items: &[ItemErrors]) -> HttpResponse {
     let list: Vec<Value> = items

@@ -216,20 +216,14 @@ async fn notes(
             Ok(found) => found,
             Err(e) => return read_failed(ctx, StepKind::Note, &rows, e, report).await,
         };
-        let mut finished = Vec::new();
-        for r in sent {
-            let number = orders
-                .get(&r.order_id)
-                .map(|(o, _)| o.order_number.as_str());
-            let ours = found.iter().find(|n| {
-                n.entity_id == Some(lead(r)) && number.is_some_and(|num| is_our_note(n.text(), num))
-            });
-            match ours {
-                Some(n) => finished.push(done(r, Some(n.id), None)),
-                None => pending.push(r),
-            }
-        }
-        finish(ctx, StepKind::Note, finished).await?;
+        let ours = |r: &StepRow| {
+            let number = orders.get(&r.order_id)?.0.order_number.as_str();
+            found
+                .iter()
+                .find(|n| n.entity_id == Some(lead(r)) && is_our_note(n.text(), number))
+                .map(|n| n.id)
+        };
+        settle_read_back(ctx, StepKind::Note, sent, &mut pending, ours).await?;
     }
     let lang = ctx.settings.settings.language;
     let (rows, notes): (Vec<&StepRow>, Vec<NewNote>) = pending
@@ -244,6 +238,25 @@ async fn notes(
         })
         .unzip();
     create_all(ctx, rows, Creates::Notes(notes), report).await
+}
+
+/// Steps already `sent` were read back because their create's answer may have been lost: those amoCRM
+/// has (`ours` gives the id it made) are done, the others join `pending` to be created.
+async fn settle_read_back<'r>(
+    ctx: &Ctx<'_>,
+    kind: StepKind,
+    sent: Vec<&'r StepRow>,
+    pending: &mut Vec<&'r StepRow>,
+    ours: impl Fn(&StepRow) -> Option<u64>,
+) -> Result<(), StorageError> {
+    let mut finished = Vec::new();
+    for r in sent {
+        match ours(r) {
+            Some(id) => finished.push(done(r, Some(id), None)),
+            None => pending.push(r),
+        }
+    }
+    finish(ctx, kind, finished).await
 }
 
 /// Creates of one kind, one per step, sent together.
@@ -412,17 +425,13 @@ async fn tasks(
             Ok(found) => found,
             Err(e) => return read_failed(ctx, StepKind::Task, &rows, e, report).await,
         };
-        let mut finished = Vec::new();
-        for r in sent {
-            match found
+        let ours = |r: &StepRow| {
+            found
                 .iter()
                 .find(|t| t.entity_id == Some(lead(r)) && t.text == task.text)
-            {
-                Some(t) => finished.push(done(r, Some(t.id), None)),
-                None => pending.push(r),
-            }
-        }
-        finish(ctx, StepKind::Task, finished).await?;
+                .map(|t| t.id)
+        };
+        settle_read_back(ctx, StepKind::Task, sent, &mut pending, ours).await?;
     }
     let due = chrono::Utc::now().timestamp() + task.due_in_minutes * 60;
     let (rows, new): (Vec<&StepRow>, Vec<NewTask>) = pending

@@ -6,7 +6,6 @@
 mod texts;
 mod view;
 
-use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
@@ -94,18 +93,8 @@ fn failed(req: &HttpRequest, e: &StorageError) -> HttpResponse {
 /// Binds the browser for the link's lifetime; Lax so the link opened from the marketplace still carries it,
 /// while another site's form post does not.
 fn with_cookie(state: &Context, mut resp: HttpResponse, browser: &str) -> HttpResponse {
-    let cookie = Cookie::build(BROWSER_COOKIE, browser.to_owned())
-        .path("/settings")
-        .http_only(true)
-        .secure(state.settings.public_base_url.scheme() == "https")
-        .same_site(SameSite::Lax)
-        .max_age(actix_web::cookie::time::Duration::seconds(
-            settings_page::SESSION_TTL.as_secs() as i64,
-        ))
-        .finish();
-    if let Err(e) = resp.add_cookie(&cookie) {
-        tracing::error!(error = %e, "could not set the settings cookie");
-    }
+    let cookie = (BROWSER_COOKIE, browser, "/settings");
+    crate::web::pages::set_cookie(state, &mut resp, cookie, settings_page::SESSION_TTL);
     resp
 }
 

@@ -8,7 +8,9 @@ use fantoccini::Locator;
 use serde_json::{Value, json};
 
 use super::{connected, push_orders, settings_session, spawn};
-use crate::browser::{browser, element, press, run_steps, start_driver, step, text_of};
+use crate::browser::{
+    browser, element, fits_the_screen, press, run_steps, start_driver, step, text_of,
+};
 
 /// Whether the element `css` is ticked.
 async fn is_checked(client: &fantoccini::Client, css: &str) -> Result<bool, String> {
@@ -74,20 +76,7 @@ async fn a_seller_chooses_a_pipeline_and_round_robin_users_on_a_phone_in_three_l
                     press(&client, "tick the user", tick).await?;
                 }
             }
-            let overflow = step(
-                "page width",
-                client
-                    .execute(
-                        "return document.documentElement.scrollWidth - window.innerWidth",
-                        vec![],
-                    )
-                    .await,
-            )?;
-            if overflow.as_f64().unwrap_or(f64::MAX) > 0.0 {
-                return Err(format!(
-                    "the page scrolls sideways on a phone by {overflow} px"
-                ));
-            }
+            fits_the_screen(&client).await?;
             let save = element(&client, "save", Locator::Id("save")).await?;
             press(&client, "save", save).await?;
             element(&client, "the saved message", Locator::Id("saved")).await?;

@@ -3,11 +3,11 @@
 //! empty result, never an error.
 
 use reqwest::Method;
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::{AccountApi, Links, MAX_PAGES, decode};
+use super::{AccountApi, Links, MAX_PAGES, check_count, decode};
 use crate::entities::{
     Catalog, CatalogElement, Company, ComplexLeadItem, Contact, ContactCreate, ContactUpdate,
     ContactsPage, CreatedContact, CreatedNote, CreatedTask, EntityLink, LeadProducts,
@@ -55,12 +55,18 @@ fn list_of<T: DeserializeOwned>(
 }
 
 fn check_batch(what: &str, n: usize) -> Result<(), ApiError> {
-    if n > MAX_BATCH {
-        return Err(ApiError::Request(format!(
-            "{what} takes at most {MAX_BATCH} at once, got {n}"
-        )));
+    check_count(what, n, MAX_BATCH, "at once")
+}
+
+/// The body of a batch write: `None` for an empty batch (nothing to send), an error above [`MAX_BATCH`].
+fn batch_body<T: Serialize>(what: &str, items: &[T]) -> Result<Option<Value>, ApiError> {
+    check_batch(what, items.len())?;
+    if items.is_empty() {
+        return Ok(None);
     }
-    Ok(())
+    serde_json::to_value(items)
+        .map(Some)
+        .map_err(|e| ApiError::Request(e.to_string()))
 }
 
 fn pair(k: &str, v: impl ToString) -> (String, String) {
@@ -88,6 +94,23 @@ fn check_uid(uid: &str) -> Result<(), ApiError> {
 }
 
 impl AccountApi<'_> {
+    /// Writes a batch of up to [`MAX_BATCH`] items (`what` names it in the local refusal) and returns the
+    /// list under `key` of the answer; an empty batch is not sent.
+    async fn write_batch<T: Serialize, R: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        what: &str,
+        items: &[T],
+        key: &str,
+    ) -> Result<Vec<R>, ApiError> {
+        let Some(body) = batch_body(what, items)? else {
+            return Ok(Vec::new());
+        };
+        let resp = self.send(method, path, &[], Some(&body)).await?;
+        Ok(list_of(resp, key)?.0)
+    }
+
     /// Reads every page of a list (`limit=250`), `base` query included in each request.
     async fn all_pages<T: DeserializeOwned>(
         &self,
@@ -117,22 +140,8 @@ impl AccountApi<'_> {
         &self,
         items: &[ComplexLeadItem],
     ) -> Result<Vec<ComplexLeadResult>, ApiError> {
-        if items.is_empty() {
-            return Ok(Vec::new());
-        }
-        if items.len() > super::MAX_COMPLEX_LEADS {
-            return Err(ApiError::Request(format!(
-                "leads/complex takes at most {} leads, got {}",
-                super::MAX_COMPLEX_LEADS,
-                items.len()
-            )));
-        }
-        let body = Value::Array(items.iter().map(ComplexLeadItem::to_api).collect());
-        let resp = self
-            .send(Method::POST, "api/v4/leads/complex", &[], Some(&body))
-            .await?
-            .ok_or_else(|| ApiError::Decode("empty leads/complex response".into()))?;
-        decode(&resp)
+        self.post_complex(items.iter().map(ComplexLeadItem::to_api).collect())
+            .await
     }
 
     /// `PATCH /api/v4/leads/pipelines/{id}` with `is_unsorted_on`: unsorted requests need it on.
@@ -153,15 +162,15 @@ impl AccountApi<'_> {
     /// [`ApiError::Ambiguous`] read the leads' notes before writing again.
     #[tracing::instrument(skip_all, fields(host = %self.host, count = notes.len()))]
     pub async fn create_lead_notes(&self, notes: &[NewNote]) -> Result<Vec<CreatedNote>, ApiError> {
-        check_batch("leads/notes", notes.len())?;
-        if notes.is_empty() {
-            return Ok(Vec::new());
-        }
-        let body = Value::Array(notes.iter().map(|n| n.to_api(true)).collect());
-        let resp = self
-            .send(Method::POST, "api/v4/leads/notes", &[], Some(&body))
-            .await?;
-        Ok(list_of(resp, "notes")?.0)
+        let items: Vec<Value> = notes.iter().map(|n| n.to_api(true)).collect();
+        self.write_batch(
+            Method::POST,
+            "api/v4/leads/notes",
+            "leads/notes",
+            &items,
+            "notes",
+        )
+        .await
     }
 
     /// `POST /api/v4/leads/{id}/notes`: notes on one lead (their `lead_id` is not sent), up to 250.
@@ -171,14 +180,10 @@ impl AccountApi<'_> {
         lead_id: u64,
         notes: &[NewNote],
     ) -> Result<Vec<CreatedNote>, ApiError> {
-        check_batch("leads/{id}/notes", notes.len())?;
-        if notes.is_empty() {
-            return Ok(Vec::new());
-        }
-        let body = Value::Array(notes.iter().map(|n| n.to_api(false)).collect());
+        let items: Vec<Value> = notes.iter().map(|n| n.to_api(false)).collect();
         let path = format!("api/v4/leads/{lead_id}/notes");
-        let resp = self.send(Method::POST, &path, &[], Some(&body)).await?;
-        Ok(list_of(resp, "notes")?.0)
+        self.write_batch(Method::POST, &path, "leads/{id}/notes", &items, "notes")
+            .await
     }
 
     /// The notes of these leads (`GET /api/v4/leads/notes?filter[entity_id][]=…`), of one type if given, every
@@ -240,14 +245,7 @@ impl AccountApi<'_> {
     #[tracing::instrument(skip_all, fields(host = %self.host, contact_id = id))]
     pub async fn get_contact(&self, id: u64) -> Result<Option<Contact>, ApiError> {
         let path = format!("api/v4/contacts/{id}");
-        match self
-            .send(Method::GET, &path, &[pair("with", "leads")], None)
-            .await
-        {
-            Ok(Some(body)) => Ok(Some(decode(&body)?)),
-            Ok(None) | Err(ApiError::NotFound) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.get_one(&path, &[pair("with", "leads")]).await
     }
 
     /// `POST /api/v4/contacts`, up to 250.
@@ -256,15 +254,14 @@ impl AccountApi<'_> {
         &self,
         contacts: &[ContactCreate],
     ) -> Result<Vec<CreatedContact>, ApiError> {
-        check_batch("POST contacts", contacts.len())?;
-        if contacts.is_empty() {
-            return Ok(Vec::new());
-        }
-        let body = serde_json::to_value(contacts).map_err(|e| ApiError::Request(e.to_string()))?;
-        let resp = self
-            .send(Method::POST, "api/v4/contacts", &[], Some(&body))
-            .await?;
-        Ok(list_of(resp, "contacts")?.0)
+        self.write_batch(
+            Method::POST,
+            "api/v4/contacts",
+            "POST contacts",
+            contacts,
+            "contacts",
+        )
+        .await
     }
 
     /// `PATCH /api/v4/contacts`, up to 250. Every field sent replaces that field's whole value list.
@@ -273,15 +270,14 @@ impl AccountApi<'_> {
         &self,
         updates: &[ContactUpdate],
     ) -> Result<Vec<UpdatedContact>, ApiError> {
-        check_batch("PATCH contacts", updates.len())?;
-        if updates.is_empty() {
-            return Ok(Vec::new());
-        }
-        let body = serde_json::to_value(updates).map_err(|e| ApiError::Request(e.to_string()))?;
-        let resp = self
-            .send(Method::PATCH, "api/v4/contacts", &[], Some(&body))
-            .await?;
-        Ok(list_of(resp, "contacts")?.0)
+        self.write_batch(
+            Method::PATCH,
+            "api/v4/contacts",
+            "PATCH contacts",
+            updates,
+            "contacts",
+        )
+        .await
     }
 
     /// `GET /api/v4/companies?query=` (up to 50 candidates; compare names exactly).
@@ -295,12 +291,7 @@ impl AccountApi<'_> {
     /// `GET /api/v4/companies/{id}`; `None` when it does not exist.
     #[tracing::instrument(skip_all, fields(host = %self.host, company_id = id))]
     pub async fn get_company(&self, id: u64) -> Result<Option<Company>, ApiError> {
-        let path = format!("api/v4/companies/{id}");
-        match self.send(Method::GET, &path, &[], None).await {
-            Ok(Some(body)) => Ok(Some(decode(&body)?)),
-            Ok(None) | Err(ApiError::NotFound) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.get_one(&format!("api/v4/companies/{id}"), &[]).await
     }
 
     /// `GET /api/v4/catalogs`: every list of the account.
@@ -341,14 +332,15 @@ impl AccountApi<'_> {
         catalog_id: u64,
         elements: &[NewCatalogElement],
     ) -> Result<Vec<CatalogElement>, ApiError> {
-        check_batch("catalog elements", elements.len())?;
-        if elements.is_empty() {
-            return Ok(Vec::new());
-        }
-        let body = serde_json::to_value(elements).map_err(|e| ApiError::Request(e.to_string()))?;
         let path = format!("api/v4/catalogs/{catalog_id}/elements");
-        let resp = self.send(Method::POST, &path, &[], Some(&body)).await?;
-        Ok(list_of(resp, "elements")?.0)
+        self.write_batch(
+            Method::POST,
+            &path,
+            "catalog elements",
+            elements,
+            "elements",
+        )
+        .await
     }
 
     /// `POST /api/v4/leads/link`, up to 250. Linking an element again sets its quantity. amoCRM was seen to
@@ -356,25 +348,24 @@ impl AccountApi<'_> {
     /// [`crate::unconfirmed_links`]).
     #[tracing::instrument(skip_all, fields(host = %self.host, count = links.len()))]
     pub async fn link_leads(&self, links: &[NewLink]) -> Result<Vec<EntityLink>, ApiError> {
-        check_batch("leads/link", links.len())?;
-        if links.is_empty() {
-            return Ok(Vec::new());
-        }
-        let body = Value::Array(links.iter().map(NewLink::to_api).collect());
-        let resp = self
-            .send(Method::POST, "api/v4/leads/link", &[], Some(&body))
-            .await?;
-        Ok(list_of(resp, "links")?.0)
+        let items: Vec<Value> = links.iter().map(NewLink::to_api).collect();
+        self.write_batch(
+            Method::POST,
+            "api/v4/leads/link",
+            "leads/link",
+            &items,
+            "links",
+        )
+        .await
     }
 
     /// `POST /api/v4/leads/unlink`, up to 250.
     #[tracing::instrument(skip_all, fields(host = %self.host, count = links.len()))]
     pub async fn unlink_leads(&self, links: &[NewLink]) -> Result<(), ApiError> {
-        check_batch("leads/unlink", links.len())?;
-        if links.is_empty() {
+        let items: Vec<Value> = links.iter().map(NewLink::to_api).collect();
+        let Some(body) = batch_body("leads/unlink", &items)? else {
             return Ok(());
-        }
-        let body = Value::Array(links.iter().map(NewLink::to_api).collect());
+        };
         self.send(Method::POST, "api/v4/leads/unlink", &[], Some(&body))
             .await
             .map(|_| ())
@@ -416,15 +407,8 @@ impl AccountApi<'_> {
     /// `POST /api/v4/tasks`, up to 250.
     #[tracing::instrument(skip_all, fields(host = %self.host, count = tasks.len()))]
     pub async fn create_tasks(&self, tasks: &[NewTask]) -> Result<Vec<CreatedTask>, ApiError> {
-        check_batch("tasks", tasks.len())?;
-        if tasks.is_empty() {
-            return Ok(Vec::new());
-        }
-        let body = serde_json::to_value(tasks).map_err(|e| ApiError::Request(e.to_string()))?;
-        let resp = self
-            .send(Method::POST, "api/v4/tasks", &[], Some(&body))
-            .await?;
-        Ok(list_of(resp, "tasks")?.0)
+        self.write_batch(Method::POST, "api/v4/tasks", "tasks", tasks, "tasks")
+            .await
     }
 
     /// The tasks on these leads (`GET /api/v4/tasks?filter[entity_type]=leads&filter[entity_id][]=…`).
@@ -445,20 +429,15 @@ impl AccountApi<'_> {
         &self,
         forms: &[NewUnsortedForm],
     ) -> Result<Vec<Unsorted>, ApiError> {
-        check_batch("leads/unsorted/forms", forms.len())?;
-        if forms.is_empty() {
-            return Ok(Vec::new());
-        }
-        let body = Value::Array(forms.iter().map(NewUnsortedForm::to_api).collect());
-        let resp = self
-            .send(
-                Method::POST,
-                "api/v4/leads/unsorted/forms",
-                &[],
-                Some(&body),
-            )
-            .await?;
-        Ok(list_of(resp, "unsorted")?.0)
+        let items: Vec<Value> = forms.iter().map(NewUnsortedForm::to_api).collect();
+        self.write_batch(
+            Method::POST,
+            "api/v4/leads/unsorted/forms",
+            "leads/unsorted/forms",
+            &items,
+            "unsorted",
+        )
+        .await
     }
 
     /// `GET /api/v4/leads/unsorted?filter[uid]=…`: the request while it waits; `None` once accepted or

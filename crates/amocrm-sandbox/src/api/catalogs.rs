@@ -7,10 +7,10 @@ use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
 use serde_json::{Value, json};
 
-use super::{Cx, Query, all_valid, batch, link, number, page_of};
-use crate::fields::{self, as_id, opt_str};
+use super::{Cx, Query, all_valid, batch, link, number, object_of, page_of};
+use crate::fields::{self, as_id, opt_str, required_str};
 use crate::model::{Catalog, CatalogElement, CustomField, EntityLink};
-use crate::problem::{self, FieldError, ItemErrors, hal, no_content, problem};
+use crate::problem::{FieldError, ItemErrors, hal, no_content, problem};
 use crate::state::{Account, Ids, next};
 
 /// List types amoCRM reports.
@@ -222,41 +222,25 @@ impl Cx<'_> {
             Ok(l) => l,
             Err(r) => return r,
         };
-        let mut all_errs = Vec::new();
-        let mut valid = Vec::new();
-        for (i, item) in list.iter().enumerate() {
+        let valid = all_valid(list, |item, i| {
+            let o = object_of(item, i)?;
             let mut errs = Vec::new();
-            let Some(o) = item.as_object() else {
-                all_errs.push(ItemErrors {
-                    request_id: i.to_string(),
-                    errors: vec![FieldError::invalid_type("", "object")],
-                });
-                continue;
-            };
-            let request_id = opt_str(o, "request_id", "", &mut errs);
-            let name = opt_str(o, "name", "", &mut errs).filter(|n| !n.trim().is_empty());
-            if name.is_none() {
-                errs.push(FieldError::required("name"));
-            }
+            let request_id =
+                opt_str(o, "request_id", "", &mut errs).unwrap_or_else(|| i.to_string());
+            let name = required_str(o, "name", &mut errs);
             let values =
                 fields::parse_values(fields_of, o.get("custom_fields_values"), "", &mut errs)
                     .unwrap_or_default();
-            if errs.is_empty() {
-                valid.push((
-                    request_id.unwrap_or_else(|| i.to_string()),
-                    name.unwrap_or_default(),
-                    values,
-                ));
-            } else {
-                all_errs.push(ItemErrors {
-                    request_id: request_id.unwrap_or_else(|| i.to_string()),
-                    errors: errs,
-                });
-            }
-        }
-        if !all_errs.is_empty() {
-            return problem::validation(&all_errs);
-        }
+            ItemErrors::check(
+                request_id.clone(),
+                errs,
+                (request_id, name.unwrap_or_default(), values),
+            )
+        });
+        let valid = match valid {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
         let mut out = Vec::new();
         for (request_id, name, values) in valid {
             let id = next(&mut self.ids.element);
@@ -282,12 +266,7 @@ impl Cx<'_> {
 
     fn link_in(&self, item: &Value, i: usize, unlink: bool) -> Result<LinkIn, ItemErrors> {
         let rid = i.to_string();
-        let Some(o) = item.as_object() else {
-            return Err(ItemErrors {
-                request_id: rid,
-                errors: vec![FieldError::invalid_type("", "object")],
-            });
-        };
+        let o = object_of(item, i)?;
         let mut errs = Vec::new();
         let id_at = |key: &str, errs: &mut Vec<FieldError>| match o.get(key) {
             None | Some(Value::Null) => {
@@ -401,21 +380,18 @@ impl Cx<'_> {
             }
             Some(_) => errs.push(FieldError::not_supported("to_entity_type")),
         }
-        if errs.is_empty() {
-            Ok(LinkIn {
+        ItemErrors::check(
+            rid,
+            errs,
+            LinkIn {
                 lead_id: lead_id.unwrap_or_default(),
                 to_entity_type: to_type.unwrap_or_default(),
                 to_entity_id: to_id.unwrap_or_default(),
                 catalog_id,
                 quantity,
                 main_contact,
-            })
-        } else {
-            Err(ItemErrors {
-                request_id: rid,
-                errors: errs,
-            })
-        }
+            },
+        )
     }
 
     fn links_in(&self, v: &Value, unlink: bool) -> Result<Vec<LinkIn>, HttpResponse> {

@@ -5,7 +5,7 @@
 use actix_web::HttpResponse;
 use serde_json::{Value, json};
 
-use super::{Cx, Query, all_valid, batch, link, page_of};
+use super::{Cx, Query, all_valid, batch, link, object_of, page_of};
 use crate::fields::{self, as_id, opt_int, opt_str};
 use crate::model::{Company, Contact, ContactChange, ContactSeed, FieldValue, FieldValues};
 use crate::outbound::Event;
@@ -300,12 +300,7 @@ impl Cx<'_> {
             request_id: index.to_string(),
             request_id_given: false,
         };
-        let Some(o) = item.as_object() else {
-            return Err(ItemErrors {
-                request_id: ci.request_id,
-                errors: vec![FieldError::invalid_type("", "object")],
-            });
-        };
+        let o = object_of(item, index)?;
         if let Some(r) = opt_str(o, "request_id", "", &mut errs) {
             ci.request_id = r;
             ci.request_id_given = true;
@@ -338,14 +333,7 @@ impl Cx<'_> {
             "",
             &mut errs,
         );
-        if errs.is_empty() {
-            Ok(ci)
-        } else {
-            Err(ItemErrors {
-                request_id: ci.request_id,
-                errors: errs,
-            })
-        }
+        ItemErrors::check(ci.request_id.clone(), errs, ci)
     }
 
     fn contacts_in(&self, v: &Value, patch: bool) -> Result<Vec<ContactIn>, HttpResponse> {

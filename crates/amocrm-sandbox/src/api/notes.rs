@@ -4,7 +4,7 @@
 use actix_web::HttpResponse;
 use serde_json::{Value, json};
 
-use super::{Cx, Query, all_valid, batch, link, page_of};
+use super::{Cx, Query, all_valid, batch, link, object_of, page_of};
 use crate::fields::{as_id, join, opt_bool, opt_int, opt_str};
 use crate::model::Note;
 use crate::outbound::Event;
@@ -56,12 +56,7 @@ impl Cx<'_> {
 
     fn note_in(&self, item: &Value, index: usize, lead: Option<u64>) -> Result<NoteIn, ItemErrors> {
         let mut errs = Vec::new();
-        let Some(o) = item.as_object() else {
-            return Err(ItemErrors {
-                request_id: index.to_string(),
-                errors: vec![FieldError::invalid_type("", "object")],
-            });
-        };
+        let o = object_of(item, index)?;
         let request_id =
             opt_str(o, "request_id", "", &mut errs).unwrap_or_else(|| index.to_string());
         let entity_id = match lead {
@@ -169,8 +164,10 @@ impl Cx<'_> {
             }
         }
         let _ = opt_bool(o, "is_need_to_trigger_digital_pipeline", "", &mut errs);
-        if errs.is_empty() {
-            Ok(NoteIn {
+        ItemErrors::check(
+            request_id.clone(),
+            errs,
+            NoteIn {
                 entity_id: entity_id.unwrap_or_default(),
                 note_type: note_type.unwrap_or_default(),
                 text,
@@ -178,13 +175,8 @@ impl Cx<'_> {
                 created_by,
                 responsible,
                 request_id,
-            })
-        } else {
-            Err(ItemErrors {
-                request_id,
-                errors: errs,
-            })
-        }
+            },
+        )
     }
 
     /// `POST leads/notes` (each item names its lead) or `POST leads/{id}/notes` (`lead` set).

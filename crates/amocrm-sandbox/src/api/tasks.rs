@@ -3,7 +3,7 @@
 use actix_web::HttpResponse;
 use serde_json::{Value, json};
 
-use super::{Cx, Query, all_valid, batch, link, page_of};
+use super::{Cx, Query, all_valid, batch, link, object_of, page_of};
 use crate::fields::{as_id, opt_bool, opt_int, opt_str};
 use crate::model::Task;
 use crate::problem::{FieldError, ItemErrors, hal, no_content};
@@ -45,12 +45,7 @@ impl Cx<'_> {
     }
 
     fn task_in(&self, item: &Value, i: usize) -> Result<Task, ItemErrors> {
-        let Some(o) = item.as_object() else {
-            return Err(ItemErrors {
-                request_id: i.to_string(),
-                errors: vec![FieldError::invalid_type("", "object")],
-            });
-        };
+        let o = object_of(item, i)?;
         let mut errs = Vec::new();
         let request_id = opt_str(o, "request_id", "", &mut errs);
         let text = opt_str(o, "text", "", &mut errs).filter(|t| !t.trim().is_empty());
@@ -108,26 +103,24 @@ impl Cx<'_> {
         let _ = opt_int(o, "duration", "", &mut errs);
         let is_completed = opt_bool(o, "is_completed", "", &mut errs).unwrap_or(false);
         let rid = request_id.clone().unwrap_or_else(|| i.to_string());
-        if !errs.is_empty() {
-            return Err(ItemErrors {
-                request_id: rid,
-                errors: errs,
-            });
-        }
-        Ok(Task {
-            id: 0,
-            text: text.unwrap_or_default(),
-            complete_till: complete_till.unwrap_or_default(),
-            entity_id,
-            entity_type,
-            responsible_user_id: responsible,
-            task_type_id,
-            is_completed,
-            created_by: self.user,
-            created_at: self.now,
-            updated_at: self.now,
-            request_id: Some(rid),
-        })
+        ItemErrors::check(
+            rid.clone(),
+            errs,
+            Task {
+                id: 0,
+                text: text.unwrap_or_default(),
+                complete_till: complete_till.unwrap_or_default(),
+                entity_id,
+                entity_type,
+                responsible_user_id: responsible,
+                task_type_id,
+                is_completed,
+                created_by: self.user,
+                created_at: self.now,
+                updated_at: self.now,
+                request_id: Some(rid),
+            },
+        )
     }
 
     /// `POST tasks`: at most 250; the whole batch is refused when one task is invalid.

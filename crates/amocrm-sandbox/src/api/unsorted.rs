@@ -6,7 +6,9 @@ use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
 use serde_json::{Map, Value, json};
 
-use super::{Cx, LeadIn, Mode, Patch, Query, all_valid, apply_patch, batch, link, page_of};
+use super::{
+    Cx, LeadIn, Mode, Patch, Query, all_valid, apply_patch, batch, link, object_of, page_of,
+};
 use crate::fields::{as_int, opt_int, opt_str};
 use crate::model::{UnsortedEntry, UnsortedState};
 use crate::outbound::Event;
@@ -125,10 +127,7 @@ impl UnsortedError {
                     UnsortedState::Pending => "pending",
                 }
             )),
-            Self::Invalid(errs) => problem::validation(&[ItemErrors {
-                request_id: "0".to_owned(),
-                errors: errs.clone(),
-            }]),
+            Self::Invalid(errs) => problem::body_validation(errs.clone()),
         }
     }
 }
@@ -279,10 +278,7 @@ fn accept_body(body: &[u8]) -> Result<(Option<u64>, Option<u64>), HttpResponse> 
     let user = opt_int(o, "user_id", "", &mut errs).and_then(|u| u64::try_from(u).ok());
     let status = opt_int(o, "status_id", "", &mut errs).and_then(|s| u64::try_from(s).ok());
     if !errs.is_empty() {
-        return Err(problem::validation(&[ItemErrors {
-            request_id: "0".to_owned(),
-            errors: errs,
-        }]));
+        return Err(problem::body_validation(errs));
     }
     Ok((user, status))
 }
@@ -350,12 +346,7 @@ impl Cx<'_> {
 
     /// Validates one `leads/unsorted/forms` item into a lead to create in the incoming stage.
     fn unsorted_item(&self, item: &Value, i: usize) -> Result<(LeadIn, u64, u64), ItemErrors> {
-        let Some(o) = item.as_object() else {
-            return Err(ItemErrors {
-                request_id: i.to_string(),
-                errors: vec![FieldError::invalid_type("", "object")],
-            });
-        };
+        let o = object_of(item, i)?;
         let mut errs = Vec::new();
         let request_id = opt_str(o, "request_id", "", &mut errs);
         let rid = request_id.clone().unwrap_or_else(|| i.to_string());

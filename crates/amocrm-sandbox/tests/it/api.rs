@@ -5,18 +5,11 @@ use serde_json::{Value, json};
 
 use crate::common::*;
 
-async fn ready() -> (amocrm_sandbox::SandboxHandle, String) {
-    let sb = start_with(|c| c.rate_limit_rps = 0).await;
-    let token = sb.issue_tokens(CLIENT_ID, HOST).access_token;
-    (sb, token)
-}
-
 /// Creates the seller's pipeline; returns (pipeline id, [stage ids]).
 async fn make_pipeline(sb: &amocrm_sandbox::SandboxHandle, token: &str) -> (u64, Vec<u64>) {
-    let resp = send_json(
+    let resp = post(
         sb,
         token,
-        Method::POST,
         "leads/pipelines",
         json!([{
             "name": "Marketplace", "is_main": false, "sort": 20, "request_id": "p1",
@@ -43,10 +36,9 @@ async fn make_pipeline(sb: &amocrm_sandbox::SandboxHandle, token: &str) -> (u64,
 }
 
 async fn make_field(sb: &amocrm_sandbox::SandboxHandle, token: &str, name: &str, ty: &str) -> u64 {
-    let resp = send_json(
+    let resp = post(
         sb,
         token,
-        Method::POST,
         "leads/custom_fields",
         json!([{"name": name, "type": ty}]),
     )
@@ -59,8 +51,8 @@ async fn make_field(sb: &amocrm_sandbox::SandboxHandle, token: &str, name: &str,
 
 #[tokio::test]
 async fn created_pipelines_get_incoming_won_and_lost_statuses() {
-    let (sb, token) = ready().await;
-    let resp = send_json(&sb, &token, Method::POST, "leads/pipelines", json!([{
+    let (sb, token) = unlimited().await;
+    let resp = post(&sb, &token, "leads/pipelines", json!([{
         "name": "Marketplace", "request_id": "p1",
         "_embedded": {"statuses": [{"name": "New", "sort": 10, "color": "#fffeb2"}, {"id": 142, "name": "Done"}]},
     }])).await;
@@ -85,9 +77,9 @@ async fn created_pipelines_get_incoming_won_and_lost_statuses() {
     assert_eq!((kinds[2].2, kinds[2].1), (142, "Done"));
     assert_eq!(kinds[3].2, 143);
     let id = p["id"].as_u64().unwrap();
-    let one = json_of(get(&sb, &token, &format!("leads/pipelines/{id}")).await).await;
+    let one = get_json(&sb, &token, &format!("leads/pipelines/{id}")).await;
     assert_eq!(one["name"], "Marketplace");
-    let list = json_of(get(&sb, &token, "leads/pipelines").await).await;
+    let list = get_json(&sb, &token, "leads/pipelines").await;
     assert_eq!(list["_total_items"], 2);
     assert_eq!(sb.pipelines(HOST).len(), 2);
     // Deletable through the API while it holds no leads.
@@ -113,11 +105,10 @@ async fn created_pipelines_get_incoming_won_and_lost_statuses() {
 
 #[tokio::test]
 async fn a_status_colour_outside_amocrm_list_is_a_validation_error() {
-    let (sb, token) = ready().await;
-    let resp = send_json(
+    let (sb, token) = unlimited().await;
+    let resp = post(
         &sb,
         &token,
-        Method::POST,
         "leads/pipelines",
         json!([{
             "name": "P", "_embedded": {"statuses": [{"name": "A", "color": "#123456"}]},
@@ -141,29 +132,16 @@ async fn a_status_colour_outside_amocrm_list_is_a_validation_error() {
 
 #[tokio::test]
 async fn an_account_holds_at_most_fifty_pipelines() {
-    let (sb, token) = ready().await;
+    let (sb, token) = unlimited().await;
     let many: Vec<Value> = (0..49).map(|i| json!({"name": format!("P{i}")})).collect();
     assert_eq!(
-        send_json(
-            &sb,
-            &token,
-            Method::POST,
-            "leads/pipelines",
-            Value::Array(many)
-        )
-        .await
-        .status(),
+        post(&sb, &token, "leads/pipelines", Value::Array(many))
+            .await
+            .status(),
         200
     );
     assert_eq!(sb.pipelines(HOST).len(), 50);
-    let one_more = send_json(
-        &sb,
-        &token,
-        Method::POST,
-        "leads/pipelines",
-        json!([{"name": "P50"}]),
-    )
-    .await;
+    let one_more = post(&sb, &token, "leads/pipelines", json!([{"name": "P50"}])).await;
     assert_eq!(one_more.status(), 400);
     assert_eq!(
         json_of(one_more).await["validation-errors"][0]["errors"][0]["code"],
@@ -174,9 +152,9 @@ async fn an_account_holds_at_most_fifty_pipelines() {
 
 #[tokio::test]
 async fn custom_fields_are_created_listed_and_deleted() {
-    let (sb, token) = ready().await;
+    let (sb, token) = unlimited().await;
     assert_eq!(get(&sb, &token, "leads/custom_fields").await.status(), 204);
-    let resp = send_json(&sb, &token, Method::POST, "leads/custom_fields", json!([
+    let resp = post(&sb, &token, "leads/custom_fields", json!([
         {"name": "Order number", "type": "text", "code": "ORDER_NO", "is_api_only": true, "request_id": "f1"},
         {"name": "Order link", "type": "url"},
     ])).await;
@@ -191,15 +169,14 @@ async fn custom_fields_are_created_listed_and_deleted() {
         (Some("text"), Some("leads"), Some("f1"))
     );
     assert_eq!(f["is_api_only"], true);
-    let list = json_of(get(&sb, &token, "leads/custom_fields?filter[type][]=url").await).await;
+    let list = get_json(&sb, &token, "leads/custom_fields?filter[type][]=url").await;
     assert_eq!(
         list["_embedded"]["custom_fields"].as_array().unwrap().len(),
         1
     );
-    let bad = send_json(
+    let bad = post(
         &sb,
         &token,
-        Method::POST,
         "leads/custom_fields",
         json!([{"name": "X", "type": "hologram"}]),
     )
@@ -245,19 +222,12 @@ fn order(i: usize, pipeline: u64, status: u64, order_field: u64, link_field: u64
 
 #[tokio::test]
 async fn complex_creates_up_to_fifty_leads_with_contacts_and_echoes_request_ids() {
-    let (sb, token) = ready().await;
+    let (sb, token) = unlimited().await;
     let (pid, stages) = make_pipeline(&sb, &token).await;
     let of = make_field(&sb, &token, "Order number", "text").await;
     let lf = make_field(&sb, &token, "Order link", "url").await;
     let batch: Vec<Value> = (0..50).map(|i| order(i, pid, stages[0], of, lf)).collect();
-    let resp = send_json(
-        &sb,
-        &token,
-        Method::POST,
-        "leads/complex",
-        Value::Array(batch),
-    )
-    .await;
+    let resp = post(&sb, &token, "leads/complex", Value::Array(batch)).await;
     assert_eq!(resp.status(), 200);
     let out = json_of(resp).await;
     let out = out.as_array().unwrap();
@@ -287,19 +257,10 @@ async fn complex_creates_up_to_fifty_leads_with_contacts_and_echoes_request_ids(
     assert_eq!(sb.counters(HOST).complex_calls, 1);
 
     let too_many: Vec<Value> = (0..51).map(|i| order(i, pid, stages[0], of, lf)).collect();
-    let resp = send_json(
-        &sb,
-        &token,
-        Method::POST,
-        "leads/complex",
-        Value::Array(too_many),
-    )
-    .await;
+    let resp = post(&sb, &token, "leads/complex", Value::Array(too_many)).await;
     assert_eq!(resp.status(), 422);
     assert_eq!(
-        send_json(&sb, &token, Method::POST, "leads/complex", json!([]))
-            .await
-            .status(),
+        post(&sb, &token, "leads/complex", json!([])).await.status(),
         400
     );
     assert_eq!(sb.leads(HOST).len(), 50);
@@ -308,7 +269,7 @@ async fn complex_creates_up_to_fifty_leads_with_contacts_and_echoes_request_ids(
 
 #[tokio::test]
 async fn complex_validation_errors_name_the_request_id_and_path_and_create_nothing() {
-    let (sb, token) = ready().await;
+    let (sb, token) = unlimited().await;
     let (pid, stages) = make_pipeline(&sb, &token).await;
     let of = make_field(&sb, &token, "Order number", "text").await;
     let lf = make_field(&sb, &token, "Order link", "url").await;
@@ -333,10 +294,9 @@ async fn complex_validation_errors_name_the_request_id_and_path_and_create_nothi
     bad_phone_kind["_embedded"]["contacts"][0]["custom_fields_values"][0]["values"][0]["enum_code"] =
         json!("PAGER");
     let good = order(0, pid, stages[0], of, lf);
-    let resp = send_json(
+    let resp = post(
         &sb,
         &token,
-        Method::POST,
         "leads/complex",
         json!([
             good,
@@ -391,33 +351,23 @@ async fn complex_validation_errors_name_the_request_id_and_path_and_create_nothi
 
 #[tokio::test]
 async fn leads_are_found_by_filters_and_query_and_paged_with_204_past_the_end() {
-    let (sb, token) = ready().await;
+    let (sb, token) = unlimited().await;
     let (pid, stages) = make_pipeline(&sb, &token).await;
     let of = make_field(&sb, &token, "Order number", "text").await;
     let lf = make_field(&sb, &token, "Order link", "url").await;
     let batch: Vec<Value> = (0..30)
         .map(|i| order(i, pid, stages[i % 2], of, lf))
         .collect();
-    let out = json_of(
-        send_json(
-            &sb,
-            &token,
-            Method::POST,
-            "leads/complex",
-            Value::Array(batch),
-        )
-        .await,
-    )
-    .await;
+    let out = json_of(post(&sb, &token, "leads/complex", Value::Array(batch)).await).await;
     let id3 = out[3]["id"].as_u64().unwrap();
 
-    let all = json_of(get(&sb, &token, "leads?limit=250").await).await;
+    let all = get_json(&sb, &token, "leads?limit=250").await;
     assert_eq!(all["_embedded"]["leads"].as_array().unwrap().len(), 30);
-    let page2 = json_of(get(&sb, &token, "leads?limit=20&page=2").await).await;
+    let page2 = get_json(&sb, &token, "leads?limit=20&page=2").await;
     assert_eq!(page2["_page"], 2);
     assert_eq!(page2["_embedded"]["leads"].as_array().unwrap().len(), 10);
     assert!(page2["_links"]["next"].is_null());
-    let page1 = json_of(get(&sb, &token, "leads?limit=20&page=1").await).await;
+    let page1 = get_json(&sb, &token, "leads?limit=20&page=1").await;
     assert!(page1["_links"]["next"]["href"].is_string());
     assert_eq!(
         get(&sb, &token, "leads?limit=20&page=3").await.status(),
@@ -426,7 +376,7 @@ async fn leads_are_found_by_filters_and_query_and_paged_with_204_past_the_end() 
     assert_eq!(get(&sb, &token, "leads?limit=251").await.status(), 422);
 
     // `query` is a substring search: order 1003 also matches nothing else, 100 matches many.
-    let q = json_of(get(&sb, &token, "leads?query=1003").await).await;
+    let q = get_json(&sb, &token, "leads?query=1003").await;
     let found: Vec<u64> = q["_embedded"]["leads"]
         .as_array()
         .unwrap()
@@ -438,28 +388,22 @@ async fn leads_are_found_by_filters_and_query_and_paged_with_204_past_the_end() 
         get(&sb, &token, "leads?query=no-such-order").await.status(),
         204
     );
-    let by_phone = json_of(get(&sb, &token, "leads?query=%2B998900000003").await).await;
+    let by_phone = get_json(&sb, &token, "leads?query=%2B998900000003").await;
     assert_eq!(by_phone["_embedded"]["leads"][0]["id"].as_u64(), Some(id3));
 
-    let by_id = json_of(
-        get(
-            &sb,
-            &token,
-            &format!("leads?filter[id][]={id3}&filter[id][]=1"),
-        )
-        .await,
+    let by_id = get_json(
+        &sb,
+        &token,
+        &format!("leads?filter[id][]={id3}&filter[id][]=1"),
     )
     .await;
     assert_eq!(by_id["_embedded"]["leads"].as_array().unwrap().len(), 1);
-    let by_stage = json_of(get(&sb, &token, &format!("leads?filter[statuses][0][pipeline_id]={pid}&filter[statuses][0][status_id]={}&limit=250", stages[1])).await).await;
+    let by_stage = get_json(&sb, &token, &format!("leads?filter[statuses][0][pipeline_id]={pid}&filter[statuses][0][status_id]={}&limit=250", stages[1])).await;
     assert_eq!(by_stage["_embedded"]["leads"].as_array().unwrap().len(), 15);
-    let by_pipeline = json_of(
-        get(
-            &sb,
-            &token,
-            &format!("leads?filter[pipeline_id]={pid}&limit=250"),
-        )
-        .await,
+    let by_pipeline = get_json(
+        &sb,
+        &token,
+        &format!("leads?filter[pipeline_id]={pid}&limit=250"),
     )
     .await;
     assert_eq!(
@@ -467,7 +411,7 @@ async fn leads_are_found_by_filters_and_query_and_paged_with_204_past_the_end() 
         30
     );
 
-    let one = json_of(get(&sb, &token, &format!("leads/{id3}?with=contacts")).await).await;
+    let one = get_json(&sb, &token, &format!("leads/{id3}?with=contacts")).await;
     assert_eq!(one["name"], "Buyurtma #1003");
     assert_eq!(one["custom_fields_values"][0]["values"][0]["value"], "1003");
     assert_eq!(one["_embedded"]["contacts"][0]["id"], out[3]["contact_id"]);
@@ -477,9 +421,9 @@ async fn leads_are_found_by_filters_and_query_and_paged_with_204_past_the_end() 
 
 #[tokio::test]
 async fn patching_leads_moves_them_and_validates_the_stage() {
-    let (sb, token) = ready().await;
+    let (sb, token) = unlimited().await;
     let (pid, stages) = make_pipeline(&sb, &token).await;
-    let out = json_of(send_json(&sb, &token, Method::POST, "leads/complex", json!([{"name": "A", "pipeline_id": pid, "status_id": stages[0]}, {"name": "B", "pipeline_id": pid}])).await).await;
+    let out = json_of(post(&sb, &token, "leads/complex", json!([{"name": "A", "pipeline_id": pid, "status_id": stages[0]}, {"name": "B", "pipeline_id": pid}])).await).await;
     let (a, b) = (
         out[0]["id"].as_u64().unwrap(),
         out[1]["id"].as_u64().unwrap(),
@@ -489,10 +433,9 @@ async fn patching_leads_moves_them_and_validates_the_stage() {
         stages[0],
         "no status: first stage"
     );
-    let resp = send_json(
+    let resp = patch(
         &sb,
         &token,
-        Method::PATCH,
         "leads",
         json!([
             {"id": a, "status_id": stages[2], "pipeline_id": pid},
@@ -507,20 +450,18 @@ async fn patching_leads_moves_them_and_validates_the_stage() {
     let won = sb.lead(HOST, b).unwrap();
     assert_eq!((won.status_id, won.pipeline_id, won.price), (142, pid, 5));
     assert!(won.closed_at.is_some());
-    let single = send_json(
+    let single = patch(
         &sb,
         &token,
-        Method::PATCH,
         &format!("leads/{a}"),
         json!({"name": "Renamed"}),
     )
     .await;
     assert_eq!(json_of(single).await["id"].as_u64(), Some(a));
     assert_eq!(sb.lead(HOST, a).unwrap().name, "Renamed");
-    let bad = send_json(
+    let bad = patch(
         &sb,
         &token,
-        Method::PATCH,
         "leads",
         json!([{"id": a, "status_id": 1, "pipeline_id": pid}]),
     )
@@ -531,12 +472,11 @@ async fn patching_leads_moves_them_and_validates_the_stage() {
 
 #[tokio::test]
 async fn webhook_subscriptions_are_listed_with_disabled_and_removed_with_204() {
-    let (sb, token) = ready().await;
+    let (sb, token) = unlimited().await;
     assert_eq!(get(&sb, &token, "webhooks").await.status(), 204);
-    let resp = send_json(
+    let resp = post(
         &sb,
         &token,
-        Method::POST,
         "webhooks",
         json!({
             "destination": "https://connector.example/webhooks/amocrm/tok",
@@ -549,16 +489,15 @@ async fn webhook_subscriptions_are_listed_with_disabled_and_removed_with_204() {
     let hook = json_of(resp).await;
     assert_eq!(hook["disabled"], false);
     assert_eq!(hook["settings"].as_array().unwrap().len(), 4);
-    let list = json_of(get(&sb, &token, "webhooks").await).await;
+    let list = get_json(&sb, &token, "webhooks").await;
     assert_eq!(
         list["_embedded"]["webhooks"][0]["destination"],
         "https://connector.example/webhooks/amocrm/tok"
     );
     assert_eq!(list["_embedded"]["webhooks"][0]["disabled"], false);
-    let bad = send_json(
+    let bad = post(
         &sb,
         &token,
-        Method::POST,
         "webhooks",
         json!({"destination": "https://x.example", "settings": ["sing_a_song"]}),
     )
@@ -579,7 +518,7 @@ async fn webhook_subscriptions_are_listed_with_disabled_and_removed_with_204() {
 
 #[tokio::test]
 async fn unknown_accounts_and_routes_answer_404_in_amocrm_shape() {
-    let (sb, token) = ready().await;
+    let (sb, token) = unlimited().await;
     let resp = api(&sb, "nobody.amocrm.ru", Method::GET, "account", &token)
         .send()
         .await

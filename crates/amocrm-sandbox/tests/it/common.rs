@@ -112,6 +112,11 @@ pub async fn get(sb: &SandboxHandle, token: &str, path: &str) -> reqwest::Respon
     get_on(sb, HOST, token, path).await
 }
 
+/// The JSON body of `GET /api/v4/{path}` on [`HOST`].
+pub async fn get_json(sb: &SandboxHandle, token: &str, path: &str) -> Value {
+    json_of(get(sb, token, path).await).await
+}
+
 /// `GET /api/v4/{path}` on another account than [`HOST`].
 pub async fn get_on(sb: &SandboxHandle, host: &str, token: &str, path: &str) -> reqwest::Response {
     api(sb, host, reqwest::Method::GET, path, token)
@@ -132,6 +137,16 @@ pub async fn send_json(
         .send()
         .await
         .expect("request")
+}
+
+/// `POST /api/v4/{path}` on [`HOST`] with a JSON body.
+pub async fn post(sb: &SandboxHandle, token: &str, path: &str, body: Value) -> reqwest::Response {
+    send_json(sb, token, reqwest::Method::POST, path, body).await
+}
+
+/// `PATCH /api/v4/{path}` on [`HOST`] with a JSON body.
+pub async fn patch(sb: &SandboxHandle, token: &str, path: &str, body: Value) -> reqwest::Response {
+    send_json(sb, token, reqwest::Method::PATCH, path, body).await
 }
 
 pub async fn json_of(resp: reqwest::Response) -> Value {
@@ -258,6 +273,12 @@ impl Receiver {
     pub fn received(&self) -> Vec<Received> {
         self.got.lock().expect("lock").clone()
     }
+
+    /// What arrived once `sb` has delivered everything it queued.
+    pub async fn delivered(&self, sb: &SandboxHandle) -> Vec<Received> {
+        sb.webhooks_idle().await;
+        self.received()
+    }
 }
 
 /// A webhook body parsed the way the connector parses it.
@@ -346,6 +367,14 @@ pub async fn unlimited() -> (SandboxHandle, String) {
     (sb, token)
 }
 
+/// An [`unlimited`] sandbox whose webhooks for `settings` go to a fresh receiver answering 200.
+pub async fn subscribed(settings: &[&str]) -> (SandboxHandle, String, Receiver) {
+    let (sb, token) = unlimited().await;
+    let rx = Receiver::start(200).await;
+    subscribe_to(&sb, &token, &rx.url, settings).await;
+    (sb, token, rx)
+}
+
 /// The main pipeline of `HOST` with its incoming stage and first ordinary stage.
 pub fn main_stages(sb: &SandboxHandle) -> (u64, u64, u64) {
     let main = sb
@@ -370,10 +399,9 @@ pub fn main_stages(sb: &SandboxHandle) -> (u64, u64, u64) {
 
 /// Subscribes `url` to `settings` through the API.
 pub async fn subscribe_to(sb: &SandboxHandle, token: &str, url: &str, settings: &[&str]) {
-    let resp = send_json(
+    let resp = post(
         sb,
         token,
-        reqwest::Method::POST,
         "webhooks",
         json!({"destination": url, "settings": settings}),
     )

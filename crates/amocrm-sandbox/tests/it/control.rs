@@ -243,10 +243,9 @@ async fn users_contacts_lists_and_fields_are_seeded_and_read_over_http() {
         sb.add_lead_field(HOST, "Bad", "select", &[]).is_err(),
         "a select needs options"
     );
-    let resp = send_json(
+    let resp = post(
         &sb,
         &token,
-        reqwest::Method::POST,
         "leads/complex",
         json!([{
             "name": "Order", "custom_fields_values": [
@@ -259,10 +258,9 @@ async fn users_contacts_lists_and_fields_are_seeded_and_read_over_http() {
     assert_eq!(resp.status(), 200);
     let lead = sb.leads(HOST).pop().unwrap();
     assert_eq!(lead.custom_fields_values[0].values[0].as_text(), "Pickup");
-    let resp = send_json(
+    let resp = post(
         &sb,
         &token,
-        reqwest::Method::POST,
         "leads/complex",
         json!([{
             "name": "Order", "custom_fields_values": [{"field_id": 1, "values": [{"value": "x"}]}],
@@ -295,26 +293,17 @@ async fn counters_split_api_requests_by_endpoint_family() {
     let lead = sb.create_lead(HOST, "A", 1, None).unwrap();
     get(&sb, &token, "contacts?query=ali").await;
     get(&sb, &token, "contacts?query=998").await;
-    send_json(
+    post(&sb, &token, "leads/complex", json!([{"name": "B"}])).await;
+    post(
         &sb,
         &token,
-        reqwest::Method::POST,
-        "leads/complex",
-        json!([{"name": "B"}]),
-    )
-    .await;
-    send_json(
-        &sb,
-        &token,
-        reqwest::Method::POST,
         &format!("leads/{lead}/notes"),
         json!([{"note_type": "common", "params": {"text": "x"}}]),
     )
     .await;
-    send_json(
+    post(
         &sb,
         &token,
-        reqwest::Method::POST,
         "tasks",
         json!([{"text": "x", "complete_till": 1}]),
     )

@@ -119,14 +119,7 @@ async fn fail_next_answers_500_without_applying() {
         },
     );
     for _ in 0..2 {
-        let resp = send_json(
-            &sb,
-            &token,
-            Method::POST,
-            "leads/complex",
-            json!([{"name": "A"}]),
-        )
-        .await;
+        let resp = post(&sb, &token, "leads/complex", json!([{"name": "A"}])).await;
         assert_eq!(resp.status(), 500);
         let body = json_of(resp).await;
         assert_eq!(body["title"], "ErrInternalServer");
@@ -134,15 +127,9 @@ async fn fail_next_answers_500_without_applying() {
     }
     assert!(sb.leads(HOST).is_empty());
     assert_eq!(
-        send_json(
-            &sb,
-            &token,
-            Method::POST,
-            "leads/complex",
-            json!([{"name": "A"}])
-        )
-        .await
-        .status(),
+        post(&sb, &token, "leads/complex", json!([{"name": "A"}]))
+            .await
+            .status(),
         200
     );
     assert_eq!(sb.leads(HOST).len(), 1);

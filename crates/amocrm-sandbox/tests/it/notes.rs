@@ -10,7 +10,7 @@ async fn notes_are_added_in_batches_and_read_back_by_lead_and_type() {
     let (sb, token) = unlimited().await;
     let a = sb.create_lead(HOST, "A", 1, None).unwrap();
     let b = sb.create_lead(HOST, "B", 2, None).unwrap();
-    let resp = send_json(&sb, &token, Method::POST, "leads/notes", json!([
+    let resp = post(&sb, &token, "leads/notes", json!([
         {"entity_id": a, "note_type": "common", "params": {"text": "Order #1: 2 × Tea = 30 000"}, "request_id": "n1"},
         {"entity_id": b, "note_type": "extended_service_message", "params": {"service": "Shop", "text": "Paid"}},
     ]))
@@ -32,10 +32,9 @@ async fn notes_are_added_in_batches_and_read_back_by_lead_and_type() {
         "without request_id the index is echoed"
     );
 
-    let by_path = send_json(
+    let by_path = post(
         &sb,
         &token,
-        Method::POST,
         &format!("leads/{a}/notes"),
         json!([{"note_type": "common", "params": {"text": "second"}}]),
     )
@@ -45,13 +44,10 @@ async fn notes_are_added_in_batches_and_read_back_by_lead_and_type() {
         a
     );
 
-    let of_a = json_of(
-        get(
-            &sb,
-            &token,
-            &format!("leads/{a}/notes?filter[note_type]=common"),
-        )
-        .await,
+    let of_a = get_json(
+        &sb,
+        &token,
+        &format!("leads/{a}/notes?filter[note_type]=common"),
     )
     .await;
     let texts: Vec<&str> = of_a["_embedded"]["notes"]
@@ -70,24 +66,14 @@ async fn notes_are_added_in_batches_and_read_back_by_lead_and_type() {
         .await,
     )
     .await;
-    let both = json_of(
-        get(
-            &sb,
-            &token,
-            &format!("leads/notes?filter[entity_id][]={a}&filter[entity_id][]={b}&limit=250"),
-        )
-        .await,
+    let both = get_json(
+        &sb,
+        &token,
+        &format!("leads/notes?filter[entity_id][]={a}&filter[entity_id][]={b}&limit=250"),
     )
     .await;
     assert_eq!(both["_embedded"]["notes"].as_array().unwrap().len(), 3);
-    let common = json_of(
-        get(
-            &sb,
-            &token,
-            &format!("leads/notes?filter[entity_id][]={a}&filter[entity_id][]={b}&filter[note_type]=common&limit=250"),
-        )
-        .await,
-    )
+    let common = get_json(&sb, &token, &format!("leads/notes?filter[entity_id][]={a}&filter[entity_id][]={b}&filter[note_type]=common&limit=250"))
     .await;
     assert_eq!(common["_embedded"]["notes"].as_array().unwrap().len(), 2);
     assert_eq!(sb.notes(HOST).len(), 3);
@@ -102,22 +88,15 @@ async fn note_batches_are_limited_and_validated_as_a_whole() {
     let a = sb.create_lead(HOST, "A", 1, None).unwrap();
     let note = |i: usize| json!({"entity_id": a, "note_type": "common", "params": {"text": format!("n{i}")}});
     let too_many: Vec<Value> = (0..251).map(note).collect();
-    let resp = send_json(
-        &sb,
-        &token,
-        Method::POST,
-        "leads/notes",
-        Value::Array(too_many),
-    )
-    .await;
+    let resp = post(&sb, &token, "leads/notes", Value::Array(too_many)).await;
     assert_eq!(resp.status(), 422);
     assert_eq!(json_of(resp).await["detail"], "Limit 250 per page");
     let full: Vec<Value> = (0..250).map(note).collect();
-    let resp = send_json(&sb, &token, Method::POST, "leads/notes", Value::Array(full)).await;
+    let resp = post(&sb, &token, "leads/notes", Value::Array(full)).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(sb.notes(HOST).len(), 250);
 
-    let resp = send_json(&sb, &token, Method::POST, "leads/notes", json!([
+    let resp = post(&sb, &token, "leads/notes", json!([
         note(0),
         {"entity_id": 999_999_999u64, "note_type": "common", "params": {"text": "x"}, "request_id": "ghost"},
         {"entity_id": a, "note_type": "common", "params": {}, "request_id": "empty"},
@@ -163,7 +142,7 @@ async fn notes_count_in_the_rate_limit_and_faults_like_any_call() {
             ..Default::default()
         },
     );
-    let resp = send_json(&sb, &token, Method::POST, "leads/notes", body.clone()).await;
+    let resp = post(&sb, &token, "leads/notes", body.clone()).await;
     assert_eq!(resp.status(), 500);
     assert!(sb.notes(HOST).is_empty(), "a 500 applies nothing");
     sb.set_faults(
@@ -174,7 +153,7 @@ async fn notes_count_in_the_rate_limit_and_faults_like_any_call() {
         },
     );
     assert_eq!(
-        send_json(&sb, &token, Method::POST, "leads/notes", body.clone())
+        post(&sb, &token, "leads/notes", body.clone())
             .await
             .status(),
         429
@@ -197,7 +176,7 @@ async fn notes_count_in_the_rate_limit_and_faults_like_any_call() {
     let mut codes = Vec::new();
     for _ in 0..8 {
         codes.push(
-            send_json(&sb, &token, Method::POST, "leads/notes", body.clone())
+            post(&sb, &token, "leads/notes", body.clone())
                 .await
                 .status()
                 .as_u16(),
@@ -214,21 +193,17 @@ async fn notes_count_in_the_rate_limit_and_faults_like_any_call() {
 
 #[tokio::test]
 async fn a_note_sends_note_lead_in_the_documented_shape() {
-    let (sb, token) = unlimited().await;
-    let rx = Receiver::start(200).await;
-    subscribe_to(&sb, &token, &rx.url, &["note_lead"]).await;
+    let (sb, token, rx) = subscribed(&["note_lead"]).await;
     let a = sb.create_lead(HOST, "A", 1, None).unwrap();
-    let resp = send_json(
+    let resp = post(
         &sb,
         &token,
-        Method::POST,
         &format!("leads/{a}/notes"),
         json!([{"note_type": "common", "params": {"text": "Order summary"}}]),
     )
     .await;
     assert_eq!(resp.status(), 200);
-    sb.webhooks_idle().await;
-    let got = rx.received();
+    let got = rx.delivered(&sb).await;
     assert_eq!(got.len(), 1, "only the note: add_lead is not subscribed");
     let pairs = form_of(&got[0].body);
     let keys: Vec<String> = pairs

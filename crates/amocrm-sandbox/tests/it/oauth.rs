@@ -320,8 +320,7 @@ async fn revoking_the_grant_kills_tokens_and_sends_a_signed_uninstall_hook() {
     let r = refresh(&sb, HOST, &pair.refresh_token).await;
     assert_eq!(json_of(r).await["hint"], "Token has been revoked");
 
-    sb.webhooks_idle().await;
-    let got = hook.received();
+    let got = hook.delivered(&sb).await;
     assert_eq!(got.len(), 1);
     let line = &got[0].request_line;
     assert!(line.starts_with("GET /amocrm/uninstall?"), "{line}");
@@ -404,8 +403,7 @@ async fn a_widget_install_sends_a_code_with_from_widget_and_no_state() {
         format!("{}/oauth/amocrm/callback", rx.url),
     ));
     let url = sb.widget_install(CLIENT_ID, HOST).unwrap();
-    sb.webhooks_idle().await;
-    let got = rx.received();
+    let got = rx.delivered(&sb).await;
     assert_eq!(got.len(), 1);
     let path = got[0].request_line.split(' ').nth(1).unwrap().to_owned();
     assert!(url.ends_with(&path));

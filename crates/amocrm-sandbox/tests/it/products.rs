@@ -2,7 +2,6 @@
 //! batches of 250, links carry quantities (relinking updates them), and a fault loses links silently.
 
 use amocrm_sandbox::Faults;
-use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::common::*;
@@ -23,10 +22,9 @@ fn product(i: usize) -> Value {
 async fn products(sb: &amocrm_sandbox::SandboxHandle, token: &str, n: usize) -> (u64, Vec<u64>) {
     let catalog = sb.enable_products(HOST, None).unwrap().id;
     let list: Vec<Value> = (0..n).map(product).collect();
-    let resp = send_json(
+    let resp = post(
         sb,
         token,
-        Method::POST,
         &format!("catalogs/{catalog}/elements"),
         Value::Array(list),
     )
@@ -53,7 +51,7 @@ async fn the_products_list_exists_once_turned_on_and_is_told_apart_by_type() {
         products.id,
         "at most one"
     );
-    let list = json_of(get(&sb, &token, "catalogs").await).await;
+    let list = get_json(&sb, &token, "catalogs").await;
     let catalogs = list["_embedded"]["catalogs"].as_array().unwrap();
     assert_eq!(catalogs.len(), 2);
     assert_eq!(
@@ -69,26 +67,19 @@ async fn the_products_list_exists_once_turned_on_and_is_told_apart_by_type() {
     let too_many: Vec<Value> = (0..251).map(product).collect();
     let path = format!("catalogs/{}/elements", products.id);
     assert_eq!(
-        send_json(&sb, &token, Method::POST, &path, Value::Array(too_many))
+        post(&sb, &token, &path, Value::Array(too_many))
             .await
             .status(),
         422
     );
-    let resp = send_json(
-        &sb,
-        &token,
-        Method::POST,
-        &path,
-        json!([product(1), product(2)]),
-    )
-    .await;
+    let resp = post(&sb, &token, &path, json!([product(1), product(2)])).await;
     let body = json_of(resp).await;
     let made = body["_embedded"]["elements"].as_array().unwrap();
     assert_eq!(
         (made[0]["name"].as_str(), made[0]["request_id"].as_str()),
         (Some("Tea #1"), Some("p1"))
     );
-    let hit = json_of(get(&sb, &token, &format!("{path}?query=sku-002&limit=50")).await).await;
+    let hit = get_json(&sb, &token, &format!("{path}?query=sku-002&limit=50")).await;
     let hits = hit["_embedded"]["elements"].as_array().unwrap();
     assert_eq!(hits.len(), 1);
     let sku = hits[0]["custom_fields_values"]
@@ -98,11 +89,17 @@ async fn the_products_list_exists_once_turned_on_and_is_told_apart_by_type() {
         .find(|f| f["field_code"] == "SKU")
         .unwrap();
     assert_eq!(sku["values"][0]["value"], "SKU-002");
-    assert_eq!(json_of(get(&sb, &token, &format!("{path}?query=tea")).await).await["_embedded"]["elements"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        get_json(&sb, &token, &format!("{path}?query=tea")).await["_embedded"]["elements"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     assert_no_content(get(&sb, &token, &format!("{path}?query=coffee")).await).await;
     assert_eq!(get(&sb, &token, "catalogs/1/elements").await.status(), 404);
 
-    let resp = send_json(&sb, &token, Method::POST, &path, json!([
+    let resp = post(&sb, &token, &path, json!([
         {"name": "", "request_id": "nameless"},
         {"name": "Cup", "custom_fields_values": [{"field_code": "COLOR", "values": [{"value": "red"}]}]},
         {"name": "Pot", "custom_fields_values": [{"field_code": "PRICE", "values": [{"value": "cheap"}]}]},
@@ -138,10 +135,9 @@ async fn links_carry_quantities_and_linking_again_updates_the_quantity() {
         json!({"entity_id": lead, "to_entity_id": el, "to_entity_type": "catalog_elements",
                "metadata": {"catalog_id": catalog, "quantity": qty}})
     };
-    let resp = send_json(
+    let resp = post(
         &sb,
         &token,
-        Method::POST,
         "leads/link",
         json!([link(els[0], json!(2)), link(els[1], json!(1.5))]),
     )
@@ -156,14 +152,7 @@ async fn links_carry_quantities_and_linking_again_updates_the_quantity() {
     );
     assert_eq!(links[0]["to_entity_type"], "catalog_elements");
 
-    let again = send_json(
-        &sb,
-        &token,
-        Method::POST,
-        "leads/link",
-        json!([link(els[0], json!(5))]),
-    )
-    .await;
+    let again = post(&sb, &token, "leads/link", json!([link(els[0], json!(5))])).await;
     assert_eq!(again.status(), 200);
     let stored = sb.links(HOST);
     assert_eq!(stored.len(), 2, "linking again does not add a second link");
@@ -176,26 +165,20 @@ async fn links_carry_quantities_and_linking_again_updates_the_quantity() {
         Some(5.0)
     );
 
-    let read = json_of(
-        get(
-            &sb,
-            &token,
-            &format!("leads/{lead}/links?filter[to_entity_type]=catalog_elements"),
-        )
-        .await,
+    let read = get_json(
+        &sb,
+        &token,
+        &format!("leads/{lead}/links?filter[to_entity_type]=catalog_elements"),
     )
     .await;
     let read = read["_embedded"]["links"].as_array().unwrap();
     assert_eq!(read.len(), 2);
     assert_eq!(read[0]["metadata"]["quantity"], 5);
     assert_eq!(read[1]["metadata"]["quantity"], 1.5);
-    let with = json_of(
-        get(
-            &sb,
-            &token,
-            &format!("leads?filter[id][]={lead}&with=catalog_elements"),
-        )
-        .await,
+    let with = get_json(
+        &sb,
+        &token,
+        &format!("leads?filter[id][]={lead}&with=catalog_elements"),
     )
     .await;
     let embedded = &with["_embedded"]["leads"][0]["_embedded"]["catalog_elements"];
@@ -203,7 +186,7 @@ async fn links_carry_quantities_and_linking_again_updates_the_quantity() {
         embedded[0],
         json!({"id": els[0], "metadata": {"quantity": 5, "catalog_id": catalog}})
     );
-    let one = json_of(get(&sb, &token, &format!("leads/{lead}?with=catalog_elements")).await).await;
+    let one = get_json(&sb, &token, &format!("leads/{lead}?with=catalog_elements")).await;
     assert_eq!(
         one["_embedded"]["catalog_elements"]
             .as_array()
@@ -211,7 +194,7 @@ async fn links_carry_quantities_and_linking_again_updates_the_quantity() {
             .len(),
         2
     );
-    let plain = json_of(get(&sb, &token, &format!("leads/{lead}")).await).await;
+    let plain = get_json(&sb, &token, &format!("leads/{lead}")).await;
     assert!(
         plain["_embedded"].get("catalog_elements").is_none(),
         "only when asked"
@@ -219,13 +202,13 @@ async fn links_carry_quantities_and_linking_again_updates_the_quantity() {
 
     let mut by_user = link(els[0], json!(1));
     by_user["metadata"]["updated_by"] = json!(0);
-    let resp = send_json(&sb, &token, Method::POST, "leads/link", json!([by_user])).await;
+    let resp = post(&sb, &token, "leads/link", json!([by_user])).await;
     assert_eq!(resp.status(), 400);
     assert_eq!(
         validation_errors(&json_of(resp).await)[0].1,
         "metadata.updated_by"
     );
-    let resp = send_json(&sb, &token, Method::POST, "leads/link", json!([
+    let resp = post(&sb, &token, "leads/link", json!([
         link(999, json!(1)),
         {"entity_id": 1, "to_entity_id": els[0], "to_entity_type": "catalog_elements", "metadata": {"catalog_id": catalog}},
         link(els[1], json!(0)),
@@ -250,14 +233,7 @@ async fn links_carry_quantities_and_linking_again_updates_the_quantity() {
         "nothing applied"
     );
 
-    let resp = send_json(
-        &sb,
-        &token,
-        Method::POST,
-        "leads/unlink",
-        json!([link(els[1], json!(1))]),
-    )
-    .await;
+    let resp = post(&sb, &token, "leads/unlink", json!([link(els[1], json!(1))])).await;
     assert_eq!(resp.status(), 204);
     assert_eq!(sb.links(HOST).len(), 1);
     let c = sb.counters(HOST).endpoints;
@@ -284,14 +260,7 @@ async fn the_lost_links_fault_drops_links_while_the_answer_lists_them_all() {
             ..Faults::default()
         },
     );
-    let resp = send_json(
-        &sb,
-        &token,
-        Method::POST,
-        "leads/link",
-        Value::Array(batch.clone()),
-    )
-    .await;
+    let resp = post(&sb, &token, "leads/link", Value::Array(batch.clone())).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         json_of(resp).await["_embedded"]["links"]
@@ -303,7 +272,7 @@ async fn the_lost_links_fault_drops_links_while_the_answer_lists_them_all() {
     );
     assert_eq!(sb.links(HOST).len(), 91, "100 sent, 91 linked");
     assert_eq!(sb.counters(HOST).links_dropped, 9);
-    let read = json_of(get(&sb, &token, &format!("leads/{lead}/links")).await).await;
+    let read = get_json(&sb, &token, &format!("leads/{lead}/links")).await;
     assert_eq!(
         read["_embedded"]["links"].as_array().unwrap().len(),
         91,
@@ -311,7 +280,7 @@ async fn the_lost_links_fault_drops_links_while_the_answer_lists_them_all() {
     );
 
     sb.set_faults(HOST, Faults::default());
-    let resp = send_json(&sb, &token, Method::POST, "leads/link", Value::Array(batch)).await;
+    let resp = post(&sb, &token, "leads/link", Value::Array(batch)).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         sb.links(HOST).len(),
@@ -334,7 +303,7 @@ async fn the_lost_links_fault_drops_links_while_the_answer_lists_them_all() {
             ..Faults::default()
         },
     );
-    let resp = send_json(&sb, &token, Method::POST, "leads/link", Value::Array(small)).await;
+    let resp = post(&sb, &token, "leads/link", Value::Array(small)).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(sb.faults(HOST).drop_links_next, 0, "the count is spent");
     assert_eq!(
@@ -357,18 +326,17 @@ async fn contacts_can_be_linked_to_leads_too() {
             },
         )
         .unwrap();
-    let resp = send_json(&sb, &token, Method::POST, "leads/link", json!([
+    let resp = post(&sb, &token, "leads/link", json!([
         {"entity_id": lead, "to_entity_id": c, "to_entity_type": "contacts", "metadata": {"main_contact": true}},
     ]))
     .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(sb.lead(HOST, lead).unwrap().contact_ids, vec![c]);
-    let read = json_of(get(&sb, &token, &format!("leads/{lead}/links")).await).await;
+    let read = get_json(&sb, &token, &format!("leads/{lead}/links")).await;
     assert_eq!(read["_embedded"]["links"][0]["to_entity_type"], "contacts");
-    let resp = send_json(
+    let resp = post(
         &sb,
         &token,
-        Method::POST,
         "leads/link",
         json!([
             {"entity_id": lead, "to_entity_id": 1, "to_entity_type": "customers"},

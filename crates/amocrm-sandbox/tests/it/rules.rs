@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use amocrm_sandbox::Rules;
-use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::common::*;
@@ -12,10 +11,9 @@ use crate::common::*;
 /// A lead with a contact, read back with its links: what a client would echo in a PATCH.
 async fn lead_with_contact(sb: &amocrm_sandbox::SandboxHandle, token: &str) -> (u64, Value) {
     let out = json_of(
-        send_json(
+        post(
             sb,
             token,
-            Method::POST,
             "leads/complex",
             json!([{"name": "Echo", "_embedded": {"contacts": [{"name": "Buyer"}]}}]),
         )
@@ -23,7 +21,7 @@ async fn lead_with_contact(sb: &amocrm_sandbox::SandboxHandle, token: &str) -> (
     )
     .await;
     let id = out[0]["id"].as_u64().unwrap();
-    let read = json_of(get(sb, token, &format!("leads/{id}?with=contacts")).await).await;
+    let read = get_json(sb, token, &format!("leads/{id}?with=contacts")).await;
     (id, read["_embedded"].clone())
 }
 
@@ -36,7 +34,7 @@ async fn a_lead_patch_echoing_its_links_is_refused_unless_the_rule_is_off() {
     assert_eq!(contacts.len(), 1);
     let echo = json!({"name": "Renamed", "_embedded": embedded});
     let path = format!("leads/{id}");
-    let refused = send_json(&sb, &token, Method::PATCH, &path, echo.clone()).await;
+    let refused = patch(&sb, &token, &path, echo.clone()).await;
     assert_eq!(refused.status(), 400);
     let errors = validation_errors(&json_of(refused).await);
     assert!(
@@ -60,7 +58,7 @@ async fn a_lead_patch_echoing_its_links_is_refused_unless_the_rule_is_off() {
         off,
         json!({"refuse_lead_patch_links": false, "rate_limit_token_endpoint": true})
     );
-    let accepted = send_json(&sb, &token, Method::PATCH, &path, echo).await;
+    let accepted = patch(&sb, &token, &path, echo).await;
     assert_eq!(accepted.status(), 200);
     let lead = sb.lead(HOST, id).unwrap();
     assert_eq!(

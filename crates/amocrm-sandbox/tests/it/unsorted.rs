@@ -4,6 +4,8 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use amocrm_sandbox::SandboxHandle;
+
 use crate::common::*;
 
 fn form(request_id: &str, pipeline_id: u64, buyer: &str) -> Value {
@@ -25,35 +27,65 @@ fn form(request_id: &str, pipeline_id: u64, buyer: &str) -> Value {
     })
 }
 
+/// `POST leads/unsorted/forms`.
+async fn post_forms(sb: &SandboxHandle, token: &str, forms: Value) -> reqwest::Response {
+    post(sb, token, "leads/unsorted/forms", forms).await
+}
+
+/// `POST leads/unsorted/{uid}/accept`, with a JSON body when one is given.
+async fn accept(
+    sb: &SandboxHandle,
+    token: &str,
+    uid: &str,
+    body: Option<Value>,
+) -> reqwest::Response {
+    let req = api(
+        sb,
+        HOST,
+        Method::POST,
+        &format!("leads/unsorted/{uid}/accept"),
+        token,
+    );
+    match body {
+        Some(b) => req.json(&b),
+        None => req,
+    }
+    .send()
+    .await
+    .unwrap()
+}
+
+/// `GET contacts?query=…`.
+async fn search_contacts(sb: &SandboxHandle, token: &str, query: &str) -> reqwest::Response {
+    api(sb, HOST, Method::GET, "contacts", token)
+        .query(&[("query", query)])
+        .send()
+        .await
+        .unwrap()
+}
+
 fn value_of(pairs: &[(String, String)], key: &str) -> Option<String> {
     pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
 }
 
+/// Asserts that the form body carries each `(key, value)`.
+fn assert_values(pairs: &[(String, String)], expected: &[(&str, &str)]) {
+    for (key, want) in expected {
+        assert_eq!(value_of(pairs, key).as_deref(), Some(*want), "{key}");
+    }
+}
+
 #[tokio::test]
 async fn a_form_request_waits_in_the_incoming_stage_until_accepted() {
-    let (sb, token) = unlimited().await;
-    let rx = Receiver::start(200).await;
-    subscribe_to(
-        &sb,
-        &token,
-        &rx.url,
-        &[
-            "add_unsorted",
-            "delete_unsorted",
-            "status_lead",
-            "add_contact",
-        ],
-    )
+    let (sb, token, rx) = subscribed(&[
+        "add_unsorted",
+        "delete_unsorted",
+        "status_lead",
+        "add_contact",
+    ])
     .await;
     let (pid, incoming, first) = main_stages(&sb);
-    let resp = send_json(
-        &sb,
-        &token,
-        Method::POST,
-        "leads/unsorted/forms",
-        json!([form("u1", pid, "Zarina")]),
-    )
-    .await;
+    let resp = post_forms(&sb, &token, json!([form("u1", pid, "Zarina")])).await;
     assert_eq!(resp.status(), 200);
     let body = json_of(resp).await;
     let item = &body["_embedded"]["unsorted"][0];
@@ -67,18 +99,13 @@ async fn a_form_request_waits_in_the_incoming_stage_until_accepted() {
         (pid, incoming, 150_000)
     );
 
-    let search = api(&sb, HOST, Method::GET, "contacts", &token)
-        .query(&[("query", "Zarina")])
-        .send()
-        .await
-        .unwrap();
+    let search = search_contacts(&sb, &token, "Zarina").await;
     assert_no_content(search).await;
     assert_eq!(
-        json_of(get(&sb, &token, &format!("contacts/{contact}")).await).await["is_unsorted"],
+        get_json(&sb, &token, &format!("contacts/{contact}")).await["is_unsorted"],
         true
     );
-    let listed =
-        json_of(get(&sb, &token, &format!("leads/unsorted?filter[uid]={uid}")).await).await;
+    let listed = get_json(&sb, &token, &format!("leads/unsorted?filter[uid]={uid}")).await;
     assert_eq!(
         listed["_embedded"]["unsorted"][0]["metadata"]["form_name"],
         "Checkout"
@@ -93,10 +120,9 @@ async fn a_form_request_waits_in_the_incoming_stage_until_accepted() {
         board.contains(&format!("value=\"{uid}\"")) && board.contains(">Accept<"),
         "the board offers Accept"
     );
-    let moved = send_json(
+    let moved = patch(
         &sb,
         &token,
-        Method::PATCH,
         "leads",
         json!([{"id": lead, "status_id": first}]),
     )
@@ -107,40 +133,22 @@ async fn a_form_request_waits_in_the_incoming_stage_until_accepted() {
         "a pending request is accepted, not moved"
     );
     assert!(sb.move_lead(HOST, lead, pid, first).is_err());
-    sb.webhooks_idle().await;
-    let added = form_of(&rx.received()[0].body);
-    assert_eq!(
-        value_of(&added, "unsorted[add][0][uid]").as_deref(),
-        Some(uid.as_str())
-    );
-    assert_eq!(
-        value_of(&added, "unsorted[add][0][category]").as_deref(),
-        Some("forms")
-    );
-    assert_eq!(
-        value_of(&added, "unsorted[add][0][lead_id]"),
-        Some(lead.to_string())
-    );
-    assert_eq!(
-        value_of(&added, "unsorted[add][0][source_data][form_name]").as_deref(),
-        Some("Checkout")
+    let added = form_of(&rx.delivered(&sb).await[0].body);
+    assert_values(
+        &added,
+        &[
+            ("unsorted[add][0][uid]", &uid),
+            ("unsorted[add][0][category]", "forms"),
+            ("unsorted[add][0][lead_id]", &lead.to_string()),
+            ("unsorted[add][0][source_data][form_name]", "Checkout"),
+        ],
     );
     assert!(
         added.iter().all(|(k, _)| !k.starts_with("contacts[")),
         "add_contact waits for the acceptance"
     );
 
-    let resp = api(
-        &sb,
-        HOST,
-        Method::POST,
-        &format!("leads/unsorted/{uid}/accept"),
-        &token,
-    )
-    .json(&json!({}))
-    .send()
-    .await
-    .unwrap();
+    let resp = accept(&sb, &token, &uid, Some(json!({}))).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         json_of(resp).await["_embedded"]["leads"][0]["status_id"],
@@ -151,70 +159,30 @@ async fn a_form_request_waits_in_the_incoming_stage_until_accepted() {
         first,
         "the pipeline's first stage"
     );
-    let search = api(&sb, HOST, Method::GET, "contacts", &token)
-        .query(&[("query", "Zarina")])
-        .send()
-        .await
-        .unwrap();
+    let search = search_contacts(&sb, &token, "Zarina").await;
     assert_eq!(search.status(), 200, "accepted contacts are found");
     assert_no_content(get(&sb, &token, &format!("leads/unsorted?filter[uid]={uid}")).await).await;
-    let again = api(
-        &sb,
-        HOST,
-        Method::POST,
-        &format!("leads/unsorted/{uid}/accept"),
-        &token,
-    )
-    .send()
-    .await
-    .unwrap();
+    let again = accept(&sb, &token, &uid, None).await;
     assert_eq!(again.status(), 400);
-    assert_eq!(
-        api(
-            &sb,
-            HOST,
-            Method::POST,
-            "leads/unsorted/nope/accept",
-            &token
-        )
-        .send()
-        .await
-        .unwrap()
-        .status(),
-        404
-    );
+    assert_eq!(accept(&sb, &token, "nope", None).await.status(), 404);
 
-    sb.webhooks_idle().await;
-    let got = rx.received();
+    let got = rx.delivered(&sb).await;
     assert_eq!(got.len(), 2);
     let accepted = form_of(&got[1].body);
-    assert_eq!(
-        value_of(&accepted, "unsorted[delete][0][uid]").as_deref(),
-        Some(uid.as_str())
-    );
-    assert_eq!(
-        value_of(&accepted, "unsorted[delete][0][action]").as_deref(),
-        Some("accept")
-    );
-    assert_eq!(
-        value_of(&accepted, "unsorted[delete][0][accept_result][leads][0]"),
-        Some(lead.to_string())
-    );
-    assert_eq!(
-        value_of(&accepted, "contacts[add][0][id]"),
-        Some(contact.to_string())
-    );
-    assert_eq!(
-        value_of(&accepted, "leads[status][0][id]"),
-        Some(lead.to_string())
-    );
-    assert_eq!(
-        value_of(&accepted, "leads[status][0][old_status_id]"),
-        Some(incoming.to_string())
-    );
-    assert_eq!(
-        value_of(&accepted, "leads[status][0][status_id]"),
-        Some(first.to_string())
+    assert_values(
+        &accepted,
+        &[
+            ("unsorted[delete][0][uid]", &uid),
+            ("unsorted[delete][0][action]", "accept"),
+            (
+                "unsorted[delete][0][accept_result][leads][0]",
+                &lead.to_string(),
+            ),
+            ("contacts[add][0][id]", &contact.to_string()),
+            ("leads[status][0][id]", &lead.to_string()),
+            ("leads[status][0][old_status_id]", &incoming.to_string()),
+            ("leads[status][0][status_id]", &first.to_string()),
+        ],
     );
     let c = sb.counters(HOST).endpoints;
     assert_eq!(
@@ -239,11 +207,9 @@ async fn declining_closes_the_lead_as_lost_and_the_board_and_handle_do_both() {
         .min_by_key(|s| s.sort)
         .unwrap()
         .id;
-    let resp = send_json(
+    let resp = post_forms(
         &sb,
         &token,
-        Method::POST,
-        "leads/unsorted/forms",
         json!([
             form("d1", pid, "A"),
             form("d2", pid, "B"),
@@ -287,29 +253,15 @@ async fn declining_closes_the_lead_as_lost_and_the_board_and_handle_do_both() {
         .state;
     assert_eq!(state, amocrm_sandbox::UnsortedState::Declined);
 
-    let resp = api(
-        &sb,
-        HOST,
-        Method::POST,
-        &format!("leads/unsorted/{}/accept", uid(1)),
-        &token,
-    )
-    .json(&json!({"status_id": 142}))
-    .send()
-    .await
-    .unwrap();
+    let resp = accept(&sb, &token, &uid(1), Some(json!({"status_id": 142}))).await;
     assert_eq!(resp.status(), 400, "won is not a stage to accept into");
-    let resp = api(
+    let resp = accept(
         &sb,
-        HOST,
-        Method::POST,
-        &format!("leads/unsorted/{}/accept", uid(1)),
         &token,
+        &uid(1),
+        Some(json!({"status_id": second, "user_id": 1})),
     )
-    .json(&json!({"status_id": second, "user_id": 1}))
-    .send()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(resp.status(), 400, "unknown user");
     sb.accept_unsorted(HOST, &uid(1), Some(second)).unwrap();
     assert_eq!(sb.lead(HOST, lead(1)).unwrap().status_id, second);
@@ -354,11 +306,9 @@ async fn form_requests_are_validated_and_need_incoming_leads_turned_on() {
     let mut bad_phone = form("e", pid, "E");
     bad_phone["_embedded"]["contacts"][0]["custom_fields_values"][0]["values"][0]["enum_code"] =
         json!("PAGER");
-    let resp = send_json(
+    let resp = post_forms(
         &sb,
         &token,
-        Method::POST,
-        "leads/unsorted/forms",
         json!([
             form("ok", pid, "OK"),
             no_source,
@@ -391,53 +341,31 @@ async fn form_requests_are_validated_and_need_incoming_leads_turned_on() {
     assert_eq!(items.len(), 5);
     assert!(sb.leads(HOST).is_empty() && sb.unsorted(HOST).is_empty());
 
-    let created = json_of(send_json(&sb, &token, Method::POST, "leads/pipelines", json!([
+    let created = json_of(post(&sb, &token, "leads/pipelines", json!([
         {"name": "Shop", "is_unsorted_on": false, "_embedded": {"statuses": [{"name": "New", "sort": 10, "color": "#fffeb2"}]}},
     ])).await).await;
     let shop = created["_embedded"]["pipelines"][0]["id"].as_u64().unwrap();
-    let resp = send_json(
-        &sb,
-        &token,
-        Method::POST,
-        "leads/unsorted/forms",
-        json!([form("f", shop, "F")]),
-    )
-    .await;
+    let resp = post_forms(&sb, &token, json!([form("f", shop, "F")])).await;
     assert_eq!(resp.status(), 400);
     let errs = validation_errors(&json_of(resp).await);
     assert_eq!(errs[0].1, "pipeline_id");
-    let resp = send_json(
+    let resp = patch(
         &sb,
         &token,
-        Method::PATCH,
         &format!("leads/pipelines/{shop}"),
         json!({"is_unsorted_on": true}),
     )
     .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
-        send_json(
-            &sb,
-            &token,
-            Method::POST,
-            "leads/unsorted/forms",
-            json!([form("f", shop, "F")])
-        )
-        .await
-        .status(),
+        post_forms(&sb, &token, json!([form("f", shop, "F")]))
+            .await
+            .status(),
         200
     );
     let many: Vec<Value> = (0..251).map(|i| form(&i.to_string(), pid, "X")).collect();
     assert_eq!(
-        send_json(
-            &sb,
-            &token,
-            Method::POST,
-            "leads/unsorted/forms",
-            Value::Array(many)
-        )
-        .await
-        .status(),
+        post_forms(&sb, &token, Value::Array(many)).await.status(),
         422
     );
     sb.stop().await;
@@ -449,7 +377,7 @@ async fn complex_with_forms_metadata_files_the_lead_as_unsorted() {
     let (pid, incoming, first) = main_stages(&sb);
     let meta = json!({"category": "forms", "form_id": 7, "form_name": "Checkout",
                       "form_page": "https://shop.example/checkout", "form_sent_at": 1_732_260_000});
-    let resp = send_json(&sb, &token, Method::POST, "leads/complex", json!([{
+    let resp = post(&sb, &token, "leads/complex", json!([{
         "name": "Order 9", "pipeline_id": pid, "status_id": first, "request_id": "o9",
         "_embedded": {"metadata": meta, "source": {"external_id": "order-9"}, "contacts": [{"name": "Kamola"}]},
     }]))
@@ -480,10 +408,9 @@ async fn complex_with_forms_metadata_files_the_lead_as_unsorted() {
 
     let mut sip = meta.clone();
     sip["category"] = json!("sip");
-    let resp = send_json(
+    let resp = post(
         &sb,
         &token,
-        Method::POST,
         "leads/complex",
         json!([{
             "name": "Call", "_embedded": {"metadata": sip},

@@ -1,11 +1,23 @@
 //! Users (admin-only list, rights), responsible users (unknown, deleted, inactive → 400 naming them),
 //! the default responsible user, and tasks.
 
-use amocrm_sandbox::NewUser;
-use reqwest::Method;
+use amocrm_sandbox::{NewUser, SandboxHandle};
 use serde_json::{Value, json};
 
 use crate::common::*;
+
+/// Adds an active non-admin user with this name; returns its id.
+fn add_user_named(sb: &SandboxHandle, name: &str) -> u64 {
+    sb.add_user(
+        HOST,
+        NewUser {
+            name: name.into(),
+            ..NewUser::default()
+        },
+    )
+    .unwrap()
+    .id
+}
 
 #[tokio::test]
 async fn only_an_admin_lists_users_and_each_user_has_rights() {
@@ -38,7 +50,7 @@ async fn only_an_admin_lists_users_and_each_user_has_rights() {
     assert_eq!(get(&sb, &token, "users?limit=251").await.status(), 422);
 
     sb.set_user_active(HOST, manager.id, false).unwrap();
-    let body = json_of(get(&sb, &token, "users").await).await;
+    let body = get_json(&sb, &token, "users").await;
     assert_eq!(
         body["_embedded"]["users"][1]["rights"]["is_active"], false,
         "inactive users stay listed"
@@ -48,10 +60,9 @@ async fn only_an_admin_lists_users_and_each_user_has_rights() {
     let resp = get(&sb, &token, "users?with=role,group&limit=250").await;
     assert_eq!(resp.status(), 403);
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
-    let hook = send_json(
+    let hook = post(
         &sb,
         &token,
-        Method::POST,
         "webhooks",
         json!({"destination": "https://x.example/h", "settings": ["add_lead"]}),
     )
@@ -91,37 +102,10 @@ async fn responsible_users_must_exist_and_be_active_and_default_to_the_admin() {
     let (sb, token) = unlimited().await;
     let (pid, _, stage) = main_stages(&sb);
     let admin = sb.default_user_id(HOST).unwrap();
-    let active = sb
-        .add_user(
-            HOST,
-            NewUser {
-                name: "Active".into(),
-                ..NewUser::default()
-            },
-        )
-        .unwrap()
-        .id;
-    let inactive = sb
-        .add_user(
-            HOST,
-            NewUser {
-                name: "Away".into(),
-                ..NewUser::default()
-            },
-        )
-        .unwrap()
-        .id;
+    let active = add_user_named(&sb, "Active");
+    let inactive = add_user_named(&sb, "Away");
     sb.set_user_active(HOST, inactive, false).unwrap();
-    let gone = sb
-        .add_user(
-            HOST,
-            NewUser {
-                name: "Gone".into(),
-                ..NewUser::default()
-            },
-        )
-        .unwrap()
-        .id;
+    let gone = add_user_named(&sb, "Gone");
     sb.delete_user(HOST, gone).unwrap();
     assert!(
         sb.delete_user(HOST, admin).is_err(),
@@ -129,7 +113,7 @@ async fn responsible_users_must_exist_and_be_active_and_default_to_the_admin() {
     );
     assert_eq!(sb.users(HOST).len(), 3);
 
-    let made = json_of(send_json(&sb, &token, Method::POST, "leads/complex", json!([
+    let made = json_of(post(&sb, &token, "leads/complex", json!([
         {"name": "Mine", "pipeline_id": pid, "status_id": stage, "responsible_user_id": active,
          "_embedded": {"contacts": [{"name": "C", "responsible_user_id": active}]}},
         {"name": "Default", "pipeline_id": pid, "status_id": stage, "_embedded": {"contacts": [{"name": "D"}]}},
@@ -147,7 +131,7 @@ async fn responsible_users_must_exist_and_be_active_and_default_to_the_admin() {
         .unwrap();
     assert_eq!(d.responsible_user_id, admin);
 
-    let resp = send_json(&sb, &token, Method::POST, "leads/complex", json!([
+    let resp = post(&sb, &token, "leads/complex", json!([
         {"name": "A", "request_id": "a", "responsible_user_id": inactive},
         {"name": "B", "request_id": "b", "_embedded": {"contacts": [{"name": "X", "responsible_user_id": gone}]}},
         {"name": "C", "request_id": "c", "_embedded": {"companies": [{"name": "Y", "responsible_user_id": 12345}]}},
@@ -175,10 +159,9 @@ async fn responsible_users_must_exist_and_be_active_and_default_to_the_admin() {
     let (path, detail) = err("c");
     assert_eq!(path, "_embedded.companies.0.responsible_user_id");
     assert!(detail.contains("12345"));
-    let resp = send_json(
+    let resp = patch(
         &sb,
         &token,
-        Method::PATCH,
         "leads",
         json!([{"id": mine.id, "responsible_user_id": gone}]),
     )
@@ -193,17 +176,8 @@ async fn tasks_need_text_and_a_deadline_and_are_read_by_lead() {
     let (sb, token) = unlimited().await;
     let lead = sb.create_lead(HOST, "Order", 1, None).unwrap();
     let other = sb.create_lead(HOST, "Other", 1, None).unwrap();
-    let manager = sb
-        .add_user(
-            HOST,
-            NewUser {
-                name: "M".into(),
-                ..NewUser::default()
-            },
-        )
-        .unwrap()
-        .id;
-    let resp = send_json(&sb, &token, Method::POST, "tasks", json!([
+    let manager = add_user_named(&sb, "M");
+    let resp = post(&sb, &token, "tasks", json!([
         {"text": "Call the buyer", "complete_till": 1_900_000_000, "entity_id": lead, "entity_type": "leads",
          "responsible_user_id": manager, "task_type_id": 1, "request_id": "t1"},
     ]))
@@ -213,7 +187,7 @@ async fn tasks_need_text_and_a_deadline_and_are_read_by_lead() {
     assert_eq!(body["_embedded"]["tasks"][0]["request_id"], "t1");
     let id = body["_embedded"]["tasks"][0]["id"].as_u64().unwrap();
 
-    let resp = send_json(&sb, &token, Method::POST, "tasks", json!([
+    let resp = post(&sb, &token, "tasks", json!([
         {"complete_till": 1_900_000_000, "entity_id": lead, "entity_type": "leads", "request_id": "no-text"},
         {"text": "x", "entity_id": lead, "entity_type": "leads", "request_id": "no-deadline"},
         {"text": "x", "complete_till": 1, "entity_id": 42, "entity_type": "leads", "request_id": "ghost"},
@@ -234,19 +208,16 @@ async fn tasks_need_text_and_a_deadline_and_are_read_by_lead() {
         .map(|_| json!({"text": "x", "complete_till": 1}))
         .collect();
     assert_eq!(
-        send_json(&sb, &token, Method::POST, "tasks", Value::Array(many))
+        post(&sb, &token, "tasks", Value::Array(many))
             .await
             .status(),
         422
     );
 
-    let read = json_of(
-        get(
-            &sb,
-            &token,
-            &format!("tasks?filter[entity_type]=leads&filter[entity_id][]={lead}"),
-        )
-        .await,
+    let read = get_json(
+        &sb,
+        &token,
+        &format!("tasks?filter[entity_type]=leads&filter[entity_id][]={lead}"),
     )
     .await;
     let tasks = read["_embedded"]["tasks"].as_array().unwrap();

@@ -1,26 +1,13 @@
 //! Outgoing webhooks: real bracket format, async delivery, DP format, disabling a failing destination.
 
 use amocrm_sandbox::{SandboxHandle, WebhookFormat};
-use reqwest::Method;
 use serde_json::json;
 
 use crate::common::*;
 
-async fn subscribe(sb: &SandboxHandle, token: &str, url: &str, settings: &[&str]) {
-    let resp = send_json(
-        sb,
-        token,
-        Method::POST,
-        "webhooks",
-        json!({"destination": url, "settings": settings}),
-    )
-    .await;
-    assert_eq!(resp.status(), 200);
-}
-
 /// A pipeline with two stages, an order-number field and one lead in the first stage.
 async fn setup(sb: &SandboxHandle, token: &str) -> (u64, u64, u64, u64) {
-    let p = json_of(send_json(sb, token, Method::POST, "leads/pipelines", json!([{
+    let p = json_of(post(sb, token, "leads/pipelines", json!([{
         "name": "Marketplace",
         "_embedded": {"statuses": [{"name": "Pending", "sort": 10, "color": "#fffeb2"}, {"name": "Paid", "sort": 20, "color": "#87f2c0"}]},
     }])).await).await;
@@ -29,10 +16,9 @@ async fn setup(sb: &SandboxHandle, token: &str) -> (u64, u64, u64, u64) {
     let pending = p["_embedded"]["statuses"][1]["id"].as_u64().unwrap();
     let paid = p["_embedded"]["statuses"][2]["id"].as_u64().unwrap();
     let f = json_of(
-        send_json(
+        post(
             sb,
             token,
-            Method::POST,
             "leads/custom_fields",
             json!([{"name": "Order number", "type": "text"}]),
         )
@@ -40,7 +26,7 @@ async fn setup(sb: &SandboxHandle, token: &str) -> (u64, u64, u64, u64) {
     )
     .await;
     let fid = f["_embedded"]["custom_fields"][0]["id"].as_u64().unwrap();
-    let out = json_of(send_json(sb, token, Method::POST, "leads/complex", json!([{
+    let out = json_of(post(sb, token, "leads/complex", json!([{
         "name": "Buyurtma #1042", "price": 150000, "pipeline_id": pid, "status_id": pending,
         "custom_fields_values": [{"field_id": fid, "values": [{"value": "1042"}]}],
         "_embedded": {"tags": [{"name": "marketplace"}], "contacts": [{"name": "Ali", "custom_fields_values": [{"field_code": "PHONE", "values": [{"value": "+998901234567"}]}]}]},
@@ -50,10 +36,9 @@ async fn setup(sb: &SandboxHandle, token: &str) -> (u64, u64, u64, u64) {
 
 #[tokio::test]
 async fn a_stage_change_sends_status_and_update_in_amocrm_bracket_format() {
-    let sb = start_with(|c| c.rate_limit_rps = 0).await;
-    let token = sb.issue_tokens(CLIENT_ID, HOST).access_token;
+    let (sb, token) = unlimited().await;
     let rx = Receiver::start(200).await;
-    subscribe(
+    subscribe_to(
         &sb,
         &token,
         &format!("{}/hook/abc", rx.url),
@@ -67,8 +52,7 @@ async fn a_stage_change_sends_status_and_update_in_amocrm_bracket_format() {
     )
     .await;
     let (pid, pending, paid, lead) = setup(&sb, &token).await;
-    sb.webhooks_idle().await;
-    let created = rx.received();
+    let created = rx.delivered(&sb).await;
     assert_eq!(
         created.len(),
         1,
@@ -81,17 +65,15 @@ async fn a_stage_change_sends_status_and_update_in_amocrm_bracket_format() {
     let contact = &add.contacts.as_ref().unwrap()["add"][0];
     assert_eq!(contact.kind.as_deref(), Some("contact"));
 
-    let resp = send_json(
+    let resp = patch(
         &sb,
         &token,
-        Method::PATCH,
         "leads",
         json!([{"id": lead, "pipeline_id": pid, "status_id": paid}]),
     )
     .await;
     assert_eq!(resp.status(), 200);
-    sb.webhooks_idle().await;
-    let got = rx.received();
+    let got = rx.delivered(&sb).await;
     assert_eq!(got.len(), 2);
     let req = &got[1];
     assert_eq!(req.request_line, "POST /hook/abc HTTP/1.1");
@@ -139,10 +121,7 @@ async fn a_stage_change_sends_status_and_update_in_amocrm_bracket_format() {
 
 #[tokio::test]
 async fn a_move_in_the_ui_or_control_route_sends_webhooks_without_blocking() {
-    let sb = start_with(|c| c.rate_limit_rps = 0).await;
-    let token = sb.issue_tokens(CLIENT_ID, HOST).access_token;
-    let rx = Receiver::start(200).await;
-    subscribe(&sb, &token, &rx.url, &["status_lead"]).await;
+    let (sb, token, rx) = subscribed(&["status_lead"]).await;
     let (pid, pending, paid, lead) = setup(&sb, &token).await;
     sb.move_lead(HOST, lead, pid, 142).unwrap();
     let moved = post_path(
@@ -201,11 +180,10 @@ async fn the_digital_pipeline_format_is_compact() {
     .await;
     let token = sb.issue_tokens(CLIENT_ID, HOST).access_token;
     let rx = Receiver::start(200).await;
-    subscribe(&sb, &token, &rx.url, &["status_lead", "update_lead"]).await;
+    subscribe_to(&sb, &token, &rx.url, &["status_lead", "update_lead"]).await;
     let (pid, pending, paid, lead) = setup(&sb, &token).await;
     sb.move_lead(HOST, lead, pid, paid).unwrap();
-    sb.webhooks_idle().await;
-    let got = rx.received();
+    let got = rx.delivered(&sb).await;
     assert_eq!(got.len(), 1);
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&got[0].body).unwrap();
     let keys: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
@@ -233,14 +211,10 @@ async fn the_digital_pipeline_format_is_compact() {
 
 #[tokio::test]
 async fn deleting_a_lead_sends_delete_lead_with_id_and_type() {
-    let sb = start_with(|c| c.rate_limit_rps = 0).await;
-    let token = sb.issue_tokens(CLIENT_ID, HOST).access_token;
-    let rx = Receiver::start(200).await;
-    subscribe(&sb, &token, &rx.url, &["delete_lead"]).await;
+    let (sb, token, rx) = subscribed(&["delete_lead"]).await;
     let (_, _, _, lead) = setup(&sb, &token).await;
     sb.delete_lead(HOST, lead).unwrap();
-    sb.webhooks_idle().await;
-    let got = rx.received();
+    let got = rx.delivered(&sb).await;
     assert_eq!(got.len(), 1);
     let hook = parse_hook(&got[0].body);
     let d = &hook.leads.unwrap()["delete"][0];
@@ -261,7 +235,7 @@ async fn a_destination_that_keeps_failing_is_disabled_and_stops_receiving() {
     .await;
     let token = sb.issue_tokens(CLIENT_ID, HOST).access_token;
     let rx = Receiver::start(500).await;
-    subscribe(&sb, &token, &rx.url, &["status_lead"]).await;
+    subscribe_to(&sb, &token, &rx.url, &["status_lead"]).await;
     let (pid, pending, paid, lead) = setup(&sb, &token).await;
     for i in 0..5 {
         let target = if i % 2 == 0 { paid } else { pending };
@@ -275,7 +249,7 @@ async fn a_destination_that_keeps_failing_is_disabled_and_stops_receiving() {
     );
     let hooks = sb.webhooks(HOST);
     assert!(hooks[0].disabled);
-    let listed = json_of(get(&sb, &token, "webhooks").await).await;
+    let listed = get_json(&sb, &token, "webhooks").await;
     assert_eq!(listed["_embedded"]["webhooks"][0]["disabled"], true);
     let deliveries = sb.deliveries();
     assert_eq!(
@@ -286,7 +260,7 @@ async fn a_destination_that_keeps_failing_is_disabled_and_stops_receiving() {
         3
     );
     // Saving the subscription again re-enables it.
-    subscribe(&sb, &token, &rx.url, &["status_lead"]).await;
+    subscribe_to(&sb, &token, &rx.url, &["status_lead"]).await;
     assert!(!sb.webhooks(HOST)[0].disabled);
     sb.stop().await;
 }
@@ -309,7 +283,7 @@ async fn a_slow_destination_times_out_after_the_deadline() {
             keep.lock().await.push(sock);
         }
     });
-    subscribe(&sb, &token, &url, &["add_lead"]).await;
+    subscribe_to(&sb, &token, &url, &["add_lead"]).await;
     setup(&sb, &token).await;
     sb.webhooks_idle().await;
     let d = sb.deliveries();
@@ -357,14 +331,10 @@ async fn bodies_carry_every_key_of_real_amocrm_captures_in_the_same_order() {
     parse_hook(capture_status);
     parse_hook(capture_add);
 
-    let sb = start_with(|c| c.rate_limit_rps = 0).await;
-    let token = sb.issue_tokens(CLIENT_ID, HOST).access_token;
-    let rx = Receiver::start(200).await;
-    subscribe(&sb, &token, &rx.url, &["add_lead", "status_lead"]).await;
+    let (sb, token, rx) = subscribed(&["add_lead", "status_lead"]).await;
     let (pid, _, paid, lead) = setup(&sb, &token).await;
     sb.move_lead(HOST, lead, pid, paid).unwrap();
-    sb.webhooks_idle().await;
-    let got = rx.received();
+    let got = rx.delivered(&sb).await;
     for (ours, real) in [(&got[0].body, capture_add), (&got[1].body, capture_status)] {
         let ours = key_shapes(ours);
         let real = key_shapes(real);
@@ -389,11 +359,13 @@ async fn bodies_carry_every_key_of_real_amocrm_captures_in_the_same_order() {
     .await;
     let token = dp.issue_tokens(CLIENT_ID, HOST).access_token;
     let rx = Receiver::start(200).await;
-    subscribe(&dp, &token, &rx.url, &["status_lead"]).await;
+    subscribe_to(&dp, &token, &rx.url, &["status_lead"]).await;
     let (pid, _, paid, lead) = setup(&dp, &token).await;
     dp.move_lead(HOST, lead, pid, paid).unwrap();
-    dp.webhooks_idle().await;
-    assert_eq!(key_shapes(&rx.received()[0].body), key_shapes(capture_dp));
+    assert_eq!(
+        key_shapes(&rx.delivered(&dp).await[0].body),
+        key_shapes(capture_dp)
+    );
     sb.stop().await;
     dp.stop().await;
 }
