@@ -680,6 +680,13 @@ super::wire_enum! {
     }
 }
 
+impl SyncState {
+    /// An operator's retry queues it again: it failed for good, or waited for a connection.
+    pub fn can_retry(self) -> bool {
+        matches!(self, Self::Failed | Self::Held)
+    }
+}
+
 super::wire_enum! {
     /// Where a queued stage move (`PATCH /api/v1/sales/orders/{id}`) stands.
     pub enum MoveState {

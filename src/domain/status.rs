@@ -81,6 +81,19 @@ super::wire_enum! {
     }
 }
 
+impl HealthState {
+    /// The health shown for a connection in `status` whose calls last left `stored`: the connection's
+    /// own status decides while it is not active; an active one is degraded or healthy.
+    pub fn of(status: ConnectionStatus, stored: Option<HealthState>) -> Self {
+        match status {
+            ConnectionStatus::Suspended => Self::Suspended,
+            ConnectionStatus::RefreshFailed | ConnectionStatus::Revoked => Self::Disconnected,
+            ConnectionStatus::Active if stored == Some(Self::Degraded) => Self::Degraded,
+            ConnectionStatus::Active => Self::Healthy,
+        }
+    }
+}
+
 super::wire_enum! {
     /// How far the connect-time set-up of a seller's account (pipeline, fields, webhook) has got.
     pub enum ProvisioningState {
@@ -103,6 +116,13 @@ super::wire_enum! {
     }
 }
 
+impl DeliveryState {
+    /// It is settled (delivered, or out of attempts), so an operator may send it again.
+    pub fn can_redeliver(self) -> bool {
+        self != Self::Pending
+    }
+}
+
 super::wire_enum! {
     /// Where a stored amoCRM webhook body stands.
     pub enum InboxState {
@@ -116,6 +136,27 @@ super::wire_enum! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_follows_the_connection_status_and_only_degraded_shows_through_while_active() {
+        use ConnectionStatus as C;
+        use HealthState as H;
+        for stored in [
+            None,
+            Some(H::Healthy),
+            Some(H::Degraded),
+            Some(H::Suspended),
+        ] {
+            assert_eq!(H::of(C::Suspended, stored), H::Suspended);
+            assert_eq!(H::of(C::RefreshFailed, stored), H::Disconnected);
+            assert_eq!(H::of(C::Revoked, stored), H::Disconnected);
+        }
+        assert_eq!(H::of(C::Active, None), H::Healthy);
+        assert_eq!(H::of(C::Active, Some(H::Degraded)), H::Degraded);
+        // A stored refusal from before the connection recovered is history, not its health now.
+        assert_eq!(H::of(C::Active, Some(H::Suspended)), H::Healthy);
+        assert_eq!(H::of(C::Active, Some(H::Disconnected)), H::Healthy);
+    }
 
     #[test]
     fn every_status_round_trips_through_its_name() {

@@ -2,8 +2,8 @@
 //! overview's counts. The web layer renders them; it never reads storage itself.
 
 use crate::domain::events::EventKind;
-use crate::domain::order::OrderDraft;
-use crate::domain::status::OrderStatus;
+use crate::domain::order::{OrderDraft, SyncState};
+use crate::domain::status::{ConnectionStatus, OrderStatus};
 use crate::storage::connections::Connection;
 use crate::storage::dashboard::{
     ConnectionView, DeliveryView, EventView, LeadSeen, OrderHistoryRow, OrderPage as OrderRows,
@@ -70,7 +70,7 @@ pub async fn overview(db: &Db) -> Result<Stats, StorageError> {
 /// One page of connections, optionally of one status and matching a search, with the total.
 pub async fn connections(
     db: &Db,
-    status: Option<String>,
+    status: Option<ConnectionStatus>,
     search: Option<String>,
     page: i64,
 ) -> Result<(Vec<ConnectionView>, i64), StorageError> {
@@ -91,7 +91,7 @@ pub struct OrderListed {
 /// known of their leads.
 pub async fn orders(
     db: &Db,
-    sync_state: Option<String>,
+    sync_state: Option<SyncState>,
     search: Option<String>,
     page: i64,
 ) -> Result<(Vec<OrderListed>, i64), StorageError> {

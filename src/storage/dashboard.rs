@@ -10,16 +10,20 @@ use super::schema::{
     order_steps, orders, webhook_subscriptions,
 };
 use super::{AnyConnection, Db, StorageError};
+use crate::domain::order::SyncState;
+use crate::domain::platform::Platform;
 use crate::domain::stages::StageMap;
-use crate::domain::status::DeliveryState;
+use crate::domain::status::{
+    ConnectionStatus, DeliveryState, OrderStatus, ProvisioningState, SuspendReason,
+};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = amocrm_connections)]
 pub struct ConnectionView {
     pub seller_id: String,
-    pub platform: String,
-    pub status: String,
-    pub suspended_reason: Option<String>,
+    pub platform: Platform,
+    pub status: ConnectionStatus,
+    pub suspended_reason: Option<SuspendReason>,
     pub account_id: i64,
     pub host: String,
     pub subdomain: String,
@@ -27,7 +31,7 @@ pub struct ConnectionView {
     pub last_refreshed_at: Option<NaiveDateTime>,
     pub refresh_failures: i32,
     pub last_error: Option<String>,
-    pub provisioning_state: String,
+    pub provisioning_state: ProvisioningState,
     pub provisioning_error: Option<String>,
     pub connected_at: NaiveDateTime,
     pub revoke_reason: Option<String>,
@@ -54,7 +58,7 @@ fn starts_with(text: &str) -> String {
 /// `search`.
 pub fn connections(
     conn: &mut AnyConnection,
-    status: Option<&str>,
+    status: Option<ConnectionStatus>,
     search: Option<&str>,
     limit: i64,
     offset: i64,
@@ -62,7 +66,7 @@ pub fn connections(
     let matching = || {
         let mut q = amocrm_connections::table.into_boxed::<super::MultiBackend>();
         if let Some(s) = status {
-            q = q.filter(amocrm_connections::status.eq(s.to_owned()));
+            q = q.filter(amocrm_connections::status.eq(s));
         }
         if let Some(text) = search {
             let p = starts_with(text);
@@ -92,10 +96,10 @@ pub struct OrderView {
     pub id: String,
     pub seller_id: String,
     pub order_number: String,
-    pub status: String,
+    pub status: OrderStatus,
     pub total_amount_minor: i64,
     pub currency: String,
-    pub sync_state: String,
+    pub sync_state: SyncState,
     pub lead_id: Option<i64>,
     pub sync_attempts: i32,
     pub last_error: Option<String>,
@@ -128,7 +132,7 @@ pub struct OrderPage {
 /// `search`, with the total and what is known of their leads.
 pub fn orders(
     conn: &mut AnyConnection,
-    sync_state: Option<&str>,
+    sync_state: Option<SyncState>,
     search: Option<&str>,
     limit: i64,
     offset: i64,
@@ -136,7 +140,7 @@ pub fn orders(
     let matching = || {
         let mut q = orders::table.into_boxed::<super::MultiBackend>();
         if let Some(s) = sync_state {
-            q = q.filter(orders::sync_state.eq(s.to_owned()));
+            q = q.filter(orders::sync_state.eq(s));
         }
         if let Some(text) = search {
             let p = starts_with(text);
@@ -504,25 +508,25 @@ impl Dashboard<'_> {
 
     pub async fn connections(
         &self,
-        status: Option<String>,
+        status: Option<ConnectionStatus>,
         search: Option<String>,
         limit: i64,
         offset: i64,
     ) -> Result<(Vec<ConnectionView>, i64), StorageError> {
         self.db
-            .run(move |c| connections(c, status.as_deref(), search.as_deref(), limit, offset))
+            .run(move |c| connections(c, status, search.as_deref(), limit, offset))
             .await
     }
 
     pub async fn orders(
         &self,
-        sync_state: Option<String>,
+        sync_state: Option<SyncState>,
         search: Option<String>,
         limit: i64,
         offset: i64,
     ) -> Result<OrderPage, StorageError> {
         self.db
-            .run(move |c| orders(c, sync_state.as_deref(), search.as_deref(), limit, offset))
+            .run(move |c| orders(c, sync_state, search.as_deref(), limit, offset))
             .await
     }
 

@@ -49,69 +49,35 @@ pub fn release_all(
     now: NaiveDateTime,
     in_flight_until: NaiveDateTime,
 ) -> Result<Released, StorageError> {
-    let none = None::<String>;
+    // Frees the rows of `table` whose lease column `owner_col` names `owner`, due again now.
+    macro_rules! release {
+        ($table:ident . $owner_col:ident, $until_col:ident) => {
+            diesel::update($table::table.filter($table::$owner_col.eq(owner)))
+                .set((
+                    $table::$owner_col.eq(None::<String>),
+                    $table::$until_col.eq(Some(now)),
+                ))
+                .execute(conn)?
+        };
+    }
     let possibly_sent = diesel::update(
         orders::table
             .filter(orders::lease_owner.eq(owner))
             .filter(orders::needs_lookup.eq(true)),
     )
     .set((
-        orders::lease_owner.eq(&none),
+        orders::lease_owner.eq(None::<String>),
         orders::lease_until.eq(Some(in_flight_until)),
     ))
     .execute(conn)?;
     Ok(Released {
-        orders: possibly_sent
-            + diesel::update(orders::table.filter(orders::lease_owner.eq(owner)))
-                .set((
-                    orders::lease_owner.eq(&none),
-                    orders::lease_until.eq(Some(now)),
-                ))
-                .execute(conn)?,
-        order_moves: diesel::update(order_moves::table.filter(order_moves::lease_owner.eq(owner)))
-            .set((
-                order_moves::lease_owner.eq(&none),
-                order_moves::lease_until.eq(Some(now)),
-            ))
-            .execute(conn)?,
-        deliveries: diesel::update(
-            event_deliveries::table.filter(event_deliveries::lease_owner.eq(owner)),
-        )
-        .set((
-            event_deliveries::lease_owner.eq(&none),
-            event_deliveries::lease_until.eq(Some(now)),
-        ))
-        .execute(conn)?,
-        inbox: diesel::update(
-            amocrm_webhook_inbox::table.filter(amocrm_webhook_inbox::lease_owner.eq(owner)),
-        )
-        .set((
-            amocrm_webhook_inbox::lease_owner.eq(&none),
-            amocrm_webhook_inbox::lease_until.eq(Some(now)),
-        ))
-        .execute(conn)?,
-        refresh: diesel::update(
-            amocrm_connections::table.filter(amocrm_connections::refresh_lease_owner.eq(owner)),
-        )
-        .set((
-            amocrm_connections::refresh_lease_owner.eq(&none),
-            amocrm_connections::refresh_lease_until.eq(Some(now)),
-        ))
-        .execute(conn)?,
-        push: diesel::update(
-            amocrm_connections::table.filter(amocrm_connections::push_lease_owner.eq(owner)),
-        )
-        .set((
-            amocrm_connections::push_lease_owner.eq(&none),
-            amocrm_connections::push_lease_until.eq(Some(now)),
-        ))
-        .execute(conn)?,
-        jobs: diesel::update(job_leases::table.filter(job_leases::owner.eq(owner)))
-            .set((
-                job_leases::owner.eq(&none),
-                job_leases::lease_until.eq(Some(now)),
-            ))
-            .execute(conn)?,
+        orders: possibly_sent + release!(orders.lease_owner, lease_until),
+        order_moves: release!(order_moves.lease_owner, lease_until),
+        deliveries: release!(event_deliveries.lease_owner, lease_until),
+        inbox: release!(amocrm_webhook_inbox.lease_owner, lease_until),
+        refresh: release!(amocrm_connections.refresh_lease_owner, refresh_lease_until),
+        push: release!(amocrm_connections.push_lease_owner, push_lease_until),
+        jobs: release!(job_leases.owner, lease_until),
         turns: super::turns::release_all(
             conn,
             owner,

@@ -317,18 +317,8 @@ impl ContactUpdate {
                 .as_deref()
                 .is_some_and(|c| c.eq_ignore_ascii_case(code))
         });
-        let mut values: Vec<FieldValueItem> = existing
-            .map(|f| {
-                f.values
-                    .iter()
-                    .map(|v| FieldValueItem {
-                        value: v.value.clone(),
-                        enum_id: v.enum_id,
-                        enum_code: v.enum_code.clone(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut values: Vec<FieldValueItem> =
+            existing.map(|f| f.values.clone()).unwrap_or_default();
         values.push(FieldValueItem {
             value: Value::String(value.to_owned()),
             enum_id: None,

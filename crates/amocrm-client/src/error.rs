@@ -291,16 +291,9 @@ pub(crate) fn truncate(s: &str, max: usize) -> String {
 mod tests {
     #![expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
     use super::*;
+    use crate::test_support::fixture;
     use reqwest::StatusCode;
     use reqwest::header::HeaderMap;
-
-    fn sample(name: &str) -> Vec<u8> {
-        std::fs::read(format!(
-            "{}/tests/fixtures/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap()
-    }
 
     fn classify(code: u16, body: &[u8]) -> ApiError {
         classify_status(StatusCode::from_u16(code).unwrap(), &HeaderMap::new(), body)
@@ -308,7 +301,7 @@ mod tests {
 
     #[test]
     fn validation_errors_are_read_from_amocrm_400_bodies() {
-        let err = classify(400, &sample("error-400-validation-kommo-docs.json"));
+        let err = classify(400, &fixture("error-400-validation-kommo-docs.json"));
         let ApiError::Rejected {
             status,
             detail,
@@ -332,19 +325,19 @@ mod tests {
     #[test]
     fn statuses_map_to_their_classes() {
         assert!(matches!(
-            classify(401, &sample("error-401-kommo-docs.json")),
+            classify(401, &fixture("error-401-kommo-docs.json")),
             ApiError::Unauthorized
         ));
         assert!(matches!(
-            classify(402, &sample("error-402-kommo-docs.json")),
+            classify(402, &fixture("error-402-kommo-docs.json")),
             ApiError::PaymentRequired
         ));
         assert!(matches!(
-            classify(404, &sample("error-404-kommo-docs.json")),
+            classify(404, &fixture("error-404-kommo-docs.json")),
             ApiError::NotFound
         ));
         assert!(matches!(
-            classify(500, &sample("error-500-kommo-docs.json")),
+            classify(500, &fixture("error-500-kommo-docs.json")),
             ApiError::Transient {
                 status: Some(500),
                 ..
@@ -357,7 +350,7 @@ mod tests {
                 ..
             }
         ));
-        let e = classify(422, &sample("error-422-limit-kommo-docs.json"));
+        let e = classify(422, &fixture("error-422-limit-kommo-docs.json"));
         assert!(
             matches!(&e, ApiError::Rejected { status: 422, detail, .. } if detail == "Limit 250 per page")
         );
@@ -378,7 +371,7 @@ mod tests {
 
     #[test]
     fn retry_after_is_read_from_the_body_defensively() {
-        let e = classify(429, &sample("error-429-kommo-docs.json"));
+        let e = classify(429, &fixture("error-429-kommo-docs.json"));
         assert!(
             matches!(e, ApiError::RateLimited { retry_after } if retry_after == Duration::from_secs(300))
         );

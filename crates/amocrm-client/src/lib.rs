@@ -55,3 +55,12 @@ pub use models::*;
 pub use oauth::{OAuthError, TokenClaims, TokenSet};
 pub use observe::{CallOutcome, CallRecord, Observer};
 pub use webhook::{LeadAction, LeadEvent, OtherEntityEvent, WebhookParseError, WebhookPayload};
+
+#[cfg(test)]
+mod test_support {
+    /// A capture from `tests/fixtures/` (provenance in its `SOURCES.md`).
+    pub(crate) fn fixture(name: &str) -> Vec<u8> {
+        let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+}

@@ -259,45 +259,40 @@ pub struct FieldValueItem {
 impl FieldValue {
     /// A single text-like value (text, url, textarea) for the field with this id.
     pub fn text(field_id: u64, value: impl Into<String>) -> Self {
-        Self {
-            field_id: Some(field_id),
-            field_code: None,
-            field_name: None,
-            field_type: None,
-            values: vec![FieldValueItem {
-                value: Value::String(value.into()),
-                enum_id: None,
-                enum_code: None,
-            }],
-        }
+        Self::single(Some(field_id), None, Value::String(value.into()), None)
     }
 
     /// A multitext value addressed by code, e.g. `PHONE` / `WORK`.
     pub fn by_code(code: &str, value: impl Into<String>, enum_code: &str) -> Self {
-        Self {
-            field_id: None,
-            field_code: Some(code.to_owned()),
-            field_name: None,
-            field_type: None,
-            values: vec![FieldValueItem {
-                value: Value::String(value.into()),
-                enum_id: None,
-                enum_code: Some(enum_code.to_owned()),
-            }],
-        }
+        Self::single(
+            None,
+            Some(code),
+            Value::String(value.into()),
+            Some(enum_code),
+        )
     }
 
     /// A single value (no enum) for the field with this code, e.g. a product's `SKU` or `PRICE`.
     pub fn by_code_value(code: &str, value: Value) -> Self {
+        Self::single(None, Some(code), value, None)
+    }
+
+    /// One value to write, for the field named by id or by code; name and type are only ever read back.
+    fn single(
+        field_id: Option<u64>,
+        field_code: Option<&str>,
+        value: Value,
+        enum_code: Option<&str>,
+    ) -> Self {
         Self {
-            field_id: None,
-            field_code: Some(code.to_owned()),
+            field_id,
+            field_code: field_code.map(str::to_owned),
             field_name: None,
             field_type: None,
             values: vec![FieldValueItem {
                 value,
                 enum_id: None,
-                enum_code: None,
+                enum_code: enum_code.map(str::to_owned),
             }],
         }
     }
@@ -692,14 +687,7 @@ pub(crate) mod de {
 mod tests {
     #![expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
     use super::*;
-
-    fn sample(name: &str) -> Vec<u8> {
-        std::fs::read(format!(
-            "{}/tests/fixtures/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap()
-    }
+    use crate::test_support::fixture;
 
     #[test]
     fn a_lead_read_with_contacts_names_its_main_contact_and_company() {
@@ -735,7 +723,7 @@ mod tests {
     #[test]
     fn account_response_is_read() {
         let a: Account =
-            serde_json::from_slice(&sample("account-response-kommo-docs.json")).unwrap();
+            serde_json::from_slice(&fixture("account-response-kommo-docs.json")).unwrap();
         assert_eq!(a.id, 123_123_123);
         assert_eq!(a.subdomain, "yourdomain");
         assert_eq!(a.currency.as_deref(), Some("EUR"));
@@ -756,14 +744,14 @@ mod tests {
             "pipelines-list-response-kommo-docs.json",
             "pipelines-create-response-kommo-docs.json",
         ] {
-            let page: Page = serde_json::from_slice(&sample(file)).unwrap();
+            let page: Page = serde_json::from_slice(&fixture(file)).unwrap();
             let p: Pipeline = page.embedded.pipelines.into_iter().next().unwrap().into();
             assert!(p.id > 0);
             assert!(!p.statuses.is_empty(), "{file}");
             assert_eq!(p.statuses[0].type_, 1, "incoming stage first in {file}");
         }
         let page: Page =
-            serde_json::from_slice(&sample("pipelines-create-response-kommo-docs.json")).unwrap();
+            serde_json::from_slice(&fixture("pipelines-create-response-kommo-docs.json")).unwrap();
         let p: Pipeline = page.embedded.pipelines.into_iter().next().unwrap().into();
         assert!(p.statuses.iter().any(|s| s.id == Status::WON));
         assert!(p.statuses.iter().any(|s| s.id == Status::LOST));
@@ -772,7 +760,7 @@ mod tests {
     #[test]
     fn complex_responses_are_read_including_merged_duplicates() {
         let r: Vec<ComplexLeadResult> =
-            serde_json::from_slice(&sample("complex-response-kommo-docs-1.json")).unwrap();
+            serde_json::from_slice(&fixture("complex-response-kommo-docs-1.json")).unwrap();
         assert_eq!(
             r,
             vec![ComplexLeadResult {
@@ -784,7 +772,7 @@ mod tests {
             }]
         );
         let r: Vec<ComplexLeadResult> =
-            serde_json::from_slice(&sample("complex-response-kommo-docs-2-merged.json")).unwrap();
+            serde_json::from_slice(&fixture("complex-response-kommo-docs-2-merged.json")).unwrap();
         assert!(r[0].merged);
         let r: Vec<ComplexLeadResult> = serde_json::from_slice(
             br#"[{"id":1,"contact_id":null,"company_id":null,"request_id":"x"}]"#,
@@ -799,7 +787,7 @@ mod tests {
     #[test]
     fn custom_field_create_response_is_read() {
         let f: CustomField =
-            serde_json::from_slice(&sample("custom-field-create-response-kommo-docs.json"))
+            serde_json::from_slice(&fixture("custom-field-create-response-kommo-docs.json"))
                 .unwrap();
         assert_eq!(
             (f.id, f.type_.as_str(), f.code),

@@ -330,14 +330,11 @@ where
 mod tests {
     #![expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
     use super::*;
+    use crate::test_support::fixture;
 
     #[test]
     fn claims_are_read_from_a_real_amocrm_access_token() {
-        let raw = std::fs::read(format!(
-            "{}/tests/fixtures/oauth-token-response-1.json",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap();
+        let raw = fixture("oauth-token-response-1.json");
         let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
         let claims = TokenClaims::from_jwt(v["access_token"].as_str().unwrap());
         assert_eq!(claims.account_id, Some(29_931_190));
@@ -380,11 +377,7 @@ mod tests {
 
     #[test]
     fn amocrm_error_bodies_become_rejections_with_hint() {
-        let body = std::fs::read(format!(
-            "{}/tests/fixtures/oauth-error-cannot-decrypt-code-1.json",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap();
+        let body = fixture("oauth-error-cannot-decrypt-code-1.json");
         let err: RequestTokenError<TransportError, oauth2::basic::BasicErrorResponse> =
             RequestTokenError::Other("x".into());
         let e = classify_token_error(err, Some((400, Default::default(), body)));

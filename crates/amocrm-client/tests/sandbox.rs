@@ -5,9 +5,9 @@
 use std::time::{Duration, Instant};
 
 use amocrm_client::{
-    AccountHost, AllowedDomains, AmoClient, AmoConfig, ApiError, AuthMode, ComplexLead, FieldValue,
-    LeadQuery, LeadUpdate, NewCompany, NewContact, NewCustomField, NewPipeline, NewStatus,
-    OAuthError, Status,
+    Account, AccountApi, AccountHost, AllowedDomains, AmoClient, AmoConfig, ApiError, AuthMode,
+    ComplexLead, FieldValue, Lead, LeadQuery, LeadUpdate, NewCompany, NewContact, NewCustomField,
+    NewPipeline, NewStatus, OAuthError, Status,
 };
 use amocrm_sandbox::{Faults, Integration, Sandbox, SandboxConfig, SandboxHandle};
 use secrecy::{ExposeSecret, SecretString};
@@ -55,14 +55,69 @@ fn token(env: &Env, h: &str) -> SecretString {
     SecretString::from(env.sandbox.issue_tokens(CLIENT_ID, h).access_token)
 }
 
-fn order_lead(n: u32, pipeline_id: u64, status_id: u64, field: u64) -> ComplexLead {
+/// A started `env()` with ONE's host and an access token for it.
+async fn signed_in() -> (Env, AccountHost, SecretString) {
+    let env = env().await;
+    let t = token(&env, ONE);
+    (env, host(ONE), t)
+}
+
+/// `GET account`: the cheapest call that shows whether a token is accepted.
+async fn get_account(
+    client: &AmoClient,
+    h: &AccountHost,
+    token: &SecretString,
+) -> Result<Account, ApiError> {
+    client.api(h, token).account().await
+}
+
+/// The main pipeline's first ordinary stage.
+async fn first_stage(api: &AccountApi<'_>) -> (u64, u64) {
+    let p = api
+        .pipelines()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.is_main)
+        .unwrap();
+    let mut stages: Vec<_> = p
+        .statuses
+        .iter()
+        .filter(|s| s.type_ == 0 && s.id != Status::WON && s.id != Status::LOST)
+        .collect();
+    stages.sort_by_key(|s| s.sort);
+    (p.id, stages[0].id)
+}
+
+/// Leads whose text matches `query`.
+async fn leads_matching(api: &AccountApi<'_>, query: &str) -> Vec<Lead> {
+    api.search_leads(&LeadQuery {
+        query: Some(query.into()),
+        ..LeadQuery::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// Faults with what `set` changes, the rest off.
+fn faults(set: impl FnOnce(&mut Faults)) -> Faults {
+    let mut f = Faults::default();
+    set(&mut f);
+    f
+}
+
+/// Order `n` as the service pushes it; `field`, when given, carries the order number.
+fn order_lead(n: u32, pipeline_id: u64, status_id: u64, field: Option<u64>) -> ComplexLead {
     ComplexLead {
         name: format!("Buyurtma #{n}"),
         price: 150_000,
         pipeline_id,
         status_id,
         request_id: format!("ord_{n}"),
-        custom_fields_values: vec![FieldValue::text(field, format!("ORD-{n}"))],
+        custom_fields_values: field
+            .map(|f| FieldValue::text(f, format!("ORD-{n}")))
+            .into_iter()
+            .collect(),
         tags: vec!["marketplace".into()],
         // Phone and email are left out here; `contact_phone_and_email_are_stored_as_work_multitext` covers them.
         contact: Some(NewContact {
@@ -101,10 +156,7 @@ async fn a_consented_code_is_exchanged_once_and_its_refresh_token_rotates() {
         (23..=24).contains(&hours),
         "access token lives 24 h, got {hours} h"
     );
-    let account = env
-        .client
-        .api(&h, &tokens.access_token)
-        .account()
+    let account = get_account(&env.client, &h, &tokens.access_token)
         .await
         .unwrap();
     assert_eq!(
@@ -130,9 +182,7 @@ async fn a_consented_code_is_exchanged_once_and_its_refresh_token_rotates() {
         next.refresh_token.expose_secret(),
         tokens.refresh_token.expose_secret()
     );
-    env.client
-        .api(&h, &next.access_token)
-        .account()
+    get_account(&env.client, &h, &next.access_token)
         .await
         .unwrap();
     let third = env.client.refresh(&h, &next.refresh_token).await.unwrap();
@@ -155,10 +205,7 @@ async fn a_consented_code_is_exchanged_once_and_its_refresh_token_rotates() {
     let shown = format!("{revoked} {revoked:?}");
     assert!(matches!(revoked, OAuthError::Rejected { .. }), "{shown}");
     assert!(!shown.contains(SECRET) && !shown.contains(third.refresh_token.expose_secret()));
-    let api = env
-        .client
-        .api(&h, &third.access_token)
-        .account()
+    let api = get_account(&env.client, &h, &third.access_token)
         .await
         .unwrap_err();
     assert!(matches!(api, ApiError::Unauthorized), "{api:?}");
@@ -194,9 +241,7 @@ async fn a_wrong_client_secret_is_a_terminal_rejection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provisioning_pushing_searching_and_moving_leads_work_end_to_end() {
-    let env = env().await;
-    let h = host(ONE);
-    let t = token(&env, ONE);
+    let (env, h, t) = signed_in().await;
     let api = env.client.api(&h, &t);
 
     let before = api.pipelines().await.unwrap();
@@ -252,8 +297,8 @@ async fn provisioning_pushing_searching_and_moving_leads_work_end_to_end() {
 
     let results = api
         .leads_complex(&[
-            order_lead(1, created.id, pending, number_field),
-            order_lead(2, created.id, pending, number_field),
+            order_lead(1, created.id, pending, Some(number_field)),
+            order_lead(2, created.id, pending, Some(number_field)),
         ])
         .await
         .unwrap();
@@ -281,13 +326,7 @@ async fn provisioning_pushing_searching_and_moving_leads_work_end_to_end() {
     );
     assert_eq!(lead_in_sandbox.company_id, results[0].company_id);
 
-    let found = api
-        .search_leads(&LeadQuery {
-            query: Some("ORD-2".into()),
-            ..LeadQuery::default()
-        })
-        .await
-        .unwrap();
+    let found = leads_matching(&api, "ORD-2").await;
     assert_eq!(
         found.iter().map(|l| l.id).collect::<Vec<_>>(),
         vec![results[1].id]
@@ -302,13 +341,7 @@ async fn provisioning_pushing_searching_and_moving_leads_work_end_to_end() {
         .await
         .unwrap();
     assert_eq!(by_ids.len(), 2);
-    let none = api
-        .search_leads(&LeadQuery {
-            query: Some("no-such-order".into()),
-            ..LeadQuery::default()
-        })
-        .await
-        .unwrap();
+    let none = leads_matching(&api, "no-such-order").await;
     assert!(none.is_empty(), "204 reads as an empty list");
 
     let lead = api.get_lead(results[0].id).await.unwrap().unwrap();
@@ -353,18 +386,10 @@ async fn provisioning_pushing_searching_and_moving_leads_work_end_to_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amocrm_validation_errors_name_the_rejected_request() {
-    let env = env().await;
-    let h = host(ONE);
-    let t = token(&env, ONE);
+    let (env, h, t) = signed_in().await;
     let api = env.client.api(&h, &t);
-    let p = &api.pipelines().await.unwrap()[0];
-    let stage = p
-        .statuses
-        .iter()
-        .find(|s| s.type_ == 0 && s.id != Status::WON && s.id != Status::LOST)
-        .unwrap();
-    let mut bad = order_lead(7, p.id, stage.id, 0);
-    bad.custom_fields_values.clear();
+    let (pipeline, stage) = first_stage(&api).await;
+    let mut bad = order_lead(7, pipeline, stage, None);
     bad.price = -5;
     let err = api.leads_complex(&[bad]).await.unwrap_err();
     assert!(
@@ -373,7 +398,9 @@ async fn amocrm_validation_errors_name_the_rejected_request() {
     );
     assert_eq!(err.rejected_request_ids(), vec!["ord_7"]);
 
-    let too_many: Vec<ComplexLead> = (0..51).map(|n| order_lead(n, p.id, stage.id, 0)).collect();
+    let too_many: Vec<ComplexLead> = (0..51)
+        .map(|n| order_lead(n, pipeline, stage, None))
+        .collect();
     let before = env.sandbox.request_log().len();
     assert!(matches!(
         api.leads_complex(&too_many).await,
@@ -386,39 +413,26 @@ async fn amocrm_validation_errors_name_the_rejected_request() {
     );
 
     let nobody = SecretString::from("not-a-token");
-    let err = env.client.api(&h, &nobody).account().await.unwrap_err();
+    let err = get_account(&env.client, &h, &nobody).await.unwrap_err();
     assert!(matches!(err, ApiError::Unauthorized));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_faults_map_to_transient_rate_limited_and_ambiguous() {
-    let env = env().await;
-    let h = host(ONE);
-    let t = token(&env, ONE);
+    let (env, h, t) = signed_in().await;
     let mut cfg = config(&env.sandbox);
     cfg.request_timeout = Duration::from_millis(800);
     let client = AmoClient::new(cfg).unwrap();
     let api = client.api(&h, &t);
-    let p = &api.pipelines().await.unwrap()[0];
-    let stage = p
-        .statuses
-        .iter()
-        .find(|s| s.type_ == 0 && s.id != Status::WON && s.id != Status::LOST)
-        .unwrap();
-    let mut lead = order_lead(9, p.id, stage.id, 0);
-    lead.custom_fields_values.clear();
+    let (pipeline, stage) = first_stage(&api).await;
+    let lead = order_lead(9, pipeline, stage, None);
+    // Arms one fault, then pushes the lead once.
+    let push_under = |fault: fn(&mut Faults)| {
+        env.sandbox.set_faults(ONE, faults(fault));
+        api.leads_complex(std::slice::from_ref(&lead))
+    };
 
-    env.sandbox.set_faults(
-        ONE,
-        Faults {
-            fail_next: 1,
-            ..Faults::default()
-        },
-    );
-    let err = api
-        .leads_complex(std::slice::from_ref(&lead))
-        .await
-        .unwrap_err();
+    let err = push_under(|f| f.fail_next = 1).await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -431,53 +445,23 @@ async fn injected_faults_map_to_transient_rate_limited_and_ambiguous() {
     );
     assert!(env.sandbox.leads(ONE).is_empty(), "a 500 applied nothing");
 
-    env.sandbox.set_faults(
-        ONE,
-        Faults {
-            force_429_next: 1,
-            ..Faults::default()
-        },
-    );
-    let err = api
-        .leads_complex(std::slice::from_ref(&lead))
-        .await
-        .unwrap_err();
+    let err = push_under(|f| f.force_429_next = 1).await.unwrap_err();
     assert!(
         matches!(err, ApiError::RateLimited { retry_after } if retry_after >= Duration::from_secs(1)),
         "{err:?}"
     );
 
-    env.sandbox.set_faults(
-        ONE,
-        Faults {
-            drop_after_write_next: 1,
-            ..Faults::default()
-        },
-    );
-    let err = api
-        .leads_complex(std::slice::from_ref(&lead))
+    let err = push_under(|f| f.drop_after_write_next = 1)
         .await
         .unwrap_err();
     assert!(matches!(err, ApiError::Ambiguous(_)), "{err:?}");
     assert!(err.may_have_written());
     // The caller's duty on Ambiguous: look up before re-sending. The lead is there, exactly once.
-    let found = api
-        .search_leads(&LeadQuery {
-            query: Some("Buyurtma #9".into()),
-            ..LeadQuery::default()
-        })
-        .await
-        .unwrap();
+    let found = leads_matching(&api, "Buyurtma #9").await;
     assert_eq!(found.len(), 1);
     assert_eq!(env.sandbox.leads(ONE).len(), 1);
 
-    env.sandbox.set_faults(
-        ONE,
-        Faults {
-            fail_next: 1,
-            ..Faults::default()
-        },
-    );
+    env.sandbox.set_faults(ONE, faults(|f| f.fail_next = 1));
     let err = client
         .refresh(&h, &SecretString::from("whatever"))
         .await
@@ -487,9 +471,7 @@ async fn injected_faults_map_to_transient_rate_limited_and_ambiguous() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifteen_calls_at_seven_per_second_take_two_windows_and_draw_no_429() {
-    let env = env().await;
-    let h = host(ONE);
-    let t = token(&env, ONE);
+    let (env, h, t) = signed_in().await;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..15 {
@@ -509,9 +491,7 @@ async fn fifteen_calls_at_seven_per_second_take_two_windows_and_draw_no_429() {
                         other => Err(format!("{other:?}")),
                     });
             }
-            client
-                .api(&h, &t)
-                .account()
+            get_account(&client, &h, &t)
                 .await
                 .map(|_| ())
                 .map_err(|e| format!("{e:?}"))
@@ -539,7 +519,7 @@ async fn a_busy_account_does_not_slow_another_account() {
             let calls = (0..21).map(|_| {
                 let client = client.clone();
                 let (one, t1) = (one.clone(), t1.clone());
-                async move { client.api(&one, &t1).account().await.map(|_| ()) }
+                async move { get_account(&client, &one, &t1).await.map(|_| ()) }
             });
             let mut set = tokio::task::JoinSet::new();
             for call in calls {
@@ -559,7 +539,7 @@ async fn a_busy_account_does_not_slow_another_account() {
     }
     let started = Instant::now();
     for _ in 0..7 {
-        env.client.api(&two, &t2).account().await.unwrap();
+        get_account(&env.client, &two, &t2).await.unwrap();
     }
     let quiet = started.elapsed();
     let busy = busy.await.unwrap();
@@ -579,23 +559,17 @@ async fn a_busy_account_does_not_slow_another_account() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contact_phone_and_email_are_stored_as_work_multitext() {
-    let env = env().await;
-    let h = host(ONE);
-    let t = token(&env, ONE);
+    let (env, h, t) = signed_in().await;
     let api = env.client.api(&h, &t);
-    let p = &api.pipelines().await.unwrap()[0];
-    let stage = p
-        .statuses
-        .iter()
-        .find(|s| s.type_ == 0 && s.id != Status::WON && s.id != Status::LOST)
-        .unwrap();
-    let mut lead = order_lead(3, p.id, stage.id, 0);
-    lead.custom_fields_values.clear();
-    lead.contact = Some(NewContact {
-        name: "Buyer 3".into(),
-        phone: Some("+998901234567".into()),
-        email: Some("buyer3@example.com".into()),
-    });
+    let (pipeline, stage) = first_stage(&api).await;
+    let lead = ComplexLead {
+        contact: Some(NewContact {
+            name: "Buyer 3".into(),
+            phone: Some("+998901234567".into()),
+            email: Some("buyer3@example.com".into()),
+        }),
+        ..order_lead(3, pipeline, stage, None)
+    };
     let r = api.leads_complex(&[lead]).await.unwrap();
     let contacts = env.sandbox.contacts(ONE);
     let contact = contacts
@@ -623,14 +597,14 @@ mod crm {
     use amocrm_client::{
         ApiError, ComplexLead, ComplexLeadItem, ContactCreate, ContactUpdate, EmbeddedContact,
         FieldValue, FormMetadata, NewCatalogElement, NewContact, NewLink, NewNote, NewPipeline,
-        NewStatus, NewTask, NewUnsortedForm, UnsortedLead, unconfirmed_links,
+        NewStatus, NewTask, NewUnsortedForm, UnsortedLead, ValidationError, unconfirmed_links,
     };
-    use amocrm_sandbox::{ContactSeed, Faults, NewUser, SandboxConfig};
+    use amocrm_sandbox::{ContactSeed, NewUser, SandboxConfig};
 
     use super::*;
 
     /// A sandbox and a client without the rate limit (these tests make many calls), plus an admin token.
-    async fn fast() -> (Env, SecretString) {
+    async fn fast() -> (Env, AccountHost, SecretString) {
         let sandbox = Sandbox::start(SandboxConfig {
             integrations: vec![Integration::new(CLIENT_ID, SECRET, REDIRECT)],
             rate_limit_rps: 0,
@@ -643,7 +617,29 @@ mod crm {
         let client = AmoClient::new(cfg).unwrap();
         let env = Env { sandbox, client };
         let t = token(&env, ONE);
-        (env, t)
+        (env, host(ONE), t)
+    }
+
+    /// Adds Dilnoza, a manager who does not administer the account.
+    fn add_manager(env: &Env) -> amocrm_sandbox::User {
+        let dilnoza = NewUser {
+            name: "Dilnoza".into(),
+            email: "d@shop.uz".into(),
+            is_admin: false,
+        };
+        env.sandbox.add_user(ONE, dilnoza).unwrap()
+    }
+
+    /// The per-item errors of a 400; any other error fails the test.
+    fn validation_errors(err: &ApiError) -> &[ValidationError] {
+        match err {
+            ApiError::Rejected {
+                status: 400,
+                validation,
+                ..
+            } => validation,
+            other => panic!("{other:?}"),
+        }
     }
 
     fn plain_lead(name: &str) -> ComplexLead {
@@ -660,28 +656,9 @@ mod crm {
         }
     }
 
-    /// The main pipeline's first ordinary stage.
-    async fn first_stage(api: &amocrm_client::AccountApi<'_>) -> (u64, u64) {
-        let p = api
-            .pipelines()
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|p| p.is_main)
-            .unwrap();
-        let mut stages: Vec<_> = p
-            .statuses
-            .iter()
-            .filter(|s| s.type_ == 0 && s.id != Status::WON && s.id != Status::LOST)
-            .collect();
-        stages.sort_by_key(|s| s.sort);
-        (p.id, stages[0].id)
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn notes_are_written_in_batches_and_read_back_by_lead_ids() {
-        let (env, t) = fast().await;
-        let h = host(ONE);
+        let (env, h, t) = fast().await;
         let api = env.client.api(&h, &t);
         let a = env.sandbox.create_lead(ONE, "A", 1, None).unwrap();
         let b = env.sandbox.create_lead(ONE, "B", 1, None).unwrap();
@@ -752,8 +729,7 @@ mod crm {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_buyer_is_found_by_phone_digits_and_a_patch_keeps_the_values_it_resends() {
-        let (env, t) = fast().await;
-        let h = host(ONE);
+        let (env, h, t) = fast().await;
         let api = env.client.api(&h, &t);
         let ali = env
             .sandbox
@@ -861,21 +837,10 @@ mod crm {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn complex_attaches_an_existing_contact_and_company_by_id_with_responsible_users() {
-        let (env, t) = fast().await;
-        let h = host(ONE);
+        let (env, h, t) = fast().await;
         let api = env.client.api(&h, &t);
         let (pid, stage) = first_stage(&api).await;
-        let manager = env
-            .sandbox
-            .add_user(
-                ONE,
-                NewUser {
-                    name: "Dilnoza".into(),
-                    ..NewUser::default()
-                },
-            )
-            .unwrap()
-            .id;
+        let manager = add_manager(&env).id;
         let ali = env
             .sandbox
             .add_contact(
@@ -946,14 +911,7 @@ mod crm {
         });
         ghost.contact_responsible_user_id = Some(42);
         let err = api.leads_complex_items(&[ghost]).await.unwrap_err();
-        let ApiError::Rejected {
-            status: 400,
-            validation,
-            ..
-        } = &err
-        else {
-            panic!("{err:?}")
-        };
+        let validation = validation_errors(&err);
         assert_eq!(
             validation[0].errors[0].path,
             "_embedded.contacts.0.responsible_user_id"
@@ -971,8 +929,7 @@ mod crm {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn products_are_found_by_type_linked_with_quantities_and_verified() {
-        let (env, t) = fast().await;
-        let h = host(ONE);
+        let (env, h, t) = fast().await;
         let api = env.client.api(&h, &t);
         assert!(api.catalogs().await.unwrap().is_empty(), "204 is empty");
         assert!(api.products_catalog().await.unwrap().is_none());
@@ -1058,13 +1015,8 @@ mod crm {
         assert_eq!(q, vec![(made[0].id, Some(5.0)), (made[1].id, Some(1.0))]);
 
         // amoCRM lost links once (100 sent, 91 linked): the answer says all, the read-back shows the truth.
-        env.sandbox.set_faults(
-            ONE,
-            Faults {
-                drop_links_next: 1,
-                ..Faults::default()
-            },
-        );
+        env.sandbox
+            .set_faults(ONE, faults(|f| f.drop_links_next = 1));
         let other = env.sandbox.create_lead(ONE, "Other", 1, None).unwrap();
         let batch: Vec<NewLink> = made
             .iter()
@@ -1091,20 +1043,9 @@ mod crm {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn only_an_admin_reads_users_and_tasks_are_created_and_read_per_lead() {
-        let (env, t) = fast().await;
-        let h = host(ONE);
+        let (env, h, t) = fast().await;
         let api = env.client.api(&h, &t);
-        let manager = env
-            .sandbox
-            .add_user(
-                ONE,
-                NewUser {
-                    name: "Dilnoza".into(),
-                    email: "d@shop.uz".into(),
-                    is_admin: false,
-                },
-            )
-            .unwrap();
+        let manager = add_manager(&env);
         env.sandbox.set_user_active(ONE, manager.id, false).unwrap();
         let users = api.users().await.unwrap();
         assert_eq!(users.len(), 2);
@@ -1138,14 +1079,7 @@ mod crm {
             .create_tasks(&[inactive, NewTask::for_lead(lead, "", 1)])
             .await
             .unwrap_err();
-        let ApiError::Rejected {
-            status: 400,
-            validation,
-            ..
-        } = &err
-        else {
-            panic!("{err:?}")
-        };
+        let validation = validation_errors(&err);
         let paths: Vec<&str> = validation
             .iter()
             .map(|v| v.errors[0].path.as_str())
@@ -1189,8 +1123,7 @@ mod crm {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn unsorted_requests_are_accepted_or_declined() {
-        let (env, t) = fast().await;
-        let h = host(ONE);
+        let (env, h, t) = fast().await;
         let api = env.client.api(&h, &t);
         let p = api
             .create_pipeline(&NewPipeline {
@@ -1369,12 +1302,12 @@ async fn unpaid_and_blocked_accounts_are_their_own_error_classes() {
     let env = env().await;
     let t = token(&env, ONE);
     env.sandbox.require_payment(ONE).unwrap();
-    let err = env.client.api(&host(ONE), &t).account().await.unwrap_err();
+    let err = get_account(&env.client, &host(ONE), &t).await.unwrap_err();
     assert!(matches!(err, ApiError::PaymentRequired), "{err:?}");
     env.sandbox.block(ONE).unwrap();
-    let err = env.client.api(&host(ONE), &t).account().await.unwrap_err();
+    let err = get_account(&env.client, &host(ONE), &t).await.unwrap_err();
     assert!(err.is_forbidden(), "{err:?}");
     assert_eq!(err.status(), Some(403));
     env.sandbox.clear_block(ONE).unwrap();
-    env.client.api(&host(ONE), &t).account().await.unwrap();
+    get_account(&env.client, &host(ONE), &t).await.unwrap();
 }

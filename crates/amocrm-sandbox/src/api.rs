@@ -18,7 +18,8 @@ use crate::model::{
 };
 use crate::outbound::Event;
 use crate::problem::{
-    self, FieldError, ItemErrors, bad_request, empty_body, hal, no_content, problem,
+    self, FieldError, ItemErrors, bad_request, empty_body, hal, hal_or_no_content, no_content,
+    problem,
 };
 use crate::state::{
     Account, Ids, LOST, MAX_PIPELINES, MAX_STATUSES, MAX_WEBHOOKS, STATUS_COLORS, State, WON,
@@ -59,6 +60,18 @@ pub const WEBHOOK_SETTINGS: [&str; 31] = [
     "add_customer",
     "update_customer",
 ];
+
+/// The `Ok` value, or the handler returns the `Err` response: handlers answer every refusal with a
+/// response of their own, so `?` does not apply.
+macro_rules! ok_or_return {
+    ($result:expr) => {
+        match $result {
+            Ok(value) => value,
+            Err(response) => return response,
+        }
+    };
+}
+
 mod catalogs;
 mod contacts;
 mod notes;
@@ -371,6 +384,13 @@ impl Query {
         groups.into_values().collect()
     }
 
+    /// The `query` search text, trimmed and lowercased; `None` when blank.
+    pub fn search(&self) -> Option<String> {
+        self.get("query")
+            .map(|s| s.trim().to_lowercase())
+            .filter(|s| !s.is_empty())
+    }
+
     /// The `with` list (`contacts`, `catalog_elements`…), comma-separated or repeated.
     pub fn with(&self) -> Vec<String> {
         self.list("with")
@@ -662,10 +682,7 @@ impl Cx<'_> {
     }
 
     fn pipeline_get(&self, id: u64) -> HttpResponse {
-        match self.acc.pipelines.get(&id) {
-            Some(p) => hal(self.pipeline_json(p)),
-            None => no_content(),
-        }
+        hal_or_no_content(self.acc.pipelines.get(&id).map(|p| self.pipeline_json(p)))
     }
 
     /// Validates `_embedded.statuses`-style status inputs; returns (rename of 142/143, new stages).
@@ -766,10 +783,7 @@ impl Cx<'_> {
                 ),
             )
         });
-        let parsed = match parsed {
-            Ok(p) => p,
-            Err(r) => return r,
-        };
+        let parsed = ok_or_return!(parsed);
         let mut out = Vec::new();
         for (request_id, name, sort, is_main, unsorted, renames, stages) in parsed {
             let next_sort = self
@@ -932,10 +946,13 @@ impl Cx<'_> {
     }
 
     fn status_get(&self, pid: u64, sid: u64) -> HttpResponse {
-        match self.acc.pipelines.get(&pid).and_then(|p| p.status(sid)) {
-            Some(s) => hal(self.status_json(s)),
-            None => no_content(),
-        }
+        hal_or_no_content(
+            self.acc
+                .pipelines
+                .get(&pid)
+                .and_then(|p| p.status(sid))
+                .map(|s| self.status_json(s)),
+        )
     }
 
     fn status_delete(&mut self, pid: u64, sid: u64) -> HttpResponse {
@@ -989,10 +1006,7 @@ impl Cx<'_> {
     }
 
     fn fields_list(&self, q: &Query) -> HttpResponse {
-        let (page, limit) = match q.paging() {
-            Ok(p) => p,
-            Err(r) => return r,
-        };
+        let (page, limit) = ok_or_return!(q.paging());
         let types = q.list("filter[type]");
         let all: Vec<Value> = self
             .acc
@@ -1017,10 +1031,7 @@ impl Cx<'_> {
     }
 
     fn field_get(&self, id: u64) -> HttpResponse {
-        match self.acc.lead_fields.get(&id) {
-            Some(f) => hal(self.field_json(f)),
-            None => no_content(),
-        }
+        hal_or_no_content(self.acc.lead_fields.get(&id).map(|f| self.field_json(f)))
     }
 
     fn fields_create(&mut self, v: Value) -> HttpResponse {
@@ -1071,10 +1082,7 @@ impl Cx<'_> {
                 ),
             )
         });
-        let parsed = match parsed {
-            Ok(p) => p,
-            Err(r) => return r,
-        };
+        let parsed = ok_or_return!(parsed);
         let mut out = Vec::new();
         for (request_id, name, ty, code, sort, api_only, enums) in parsed {
             let id = next(&mut self.ids.field);
@@ -1169,10 +1177,7 @@ impl Cx<'_> {
 
     fn lead_get(&self, id: u64, q: &Query) -> HttpResponse {
         let with = LeadWith::of(q);
-        match self.acc.leads.get(&id) {
-            Some(l) => hal(self.lead_json(l, &with)),
-            None => no_content(),
-        }
+        hal_or_no_content(self.acc.leads.get(&id).map(|l| self.lead_json(l, &with)))
     }
 
     fn lead_matches(&self, l: &Lead, needle: &str) -> bool {
@@ -1195,18 +1200,12 @@ impl Cx<'_> {
     }
 
     fn leads_list(&self, q: &Query) -> HttpResponse {
-        let (page, limit) = match q.paging() {
-            Ok(p) => p,
-            Err(r) => return r,
-        };
+        let (page, limit) = ok_or_return!(q.paging());
         let ids = q.ids("filter[id]");
         let pipelines = q.ids("filter[pipeline_id]");
         let statuses = q.statuses();
         let names = q.list("filter[name]");
-        let needle = q
-            .get("query")
-            .map(|s| s.trim().to_lowercase())
-            .filter(|s| !s.is_empty());
+        let needle = q.search();
         let cf_filters: Vec<(u64, Vec<String>)> = {
             let mut m: std::collections::BTreeMap<u64, Vec<String>> =
                 std::collections::BTreeMap::new();
@@ -1417,7 +1416,7 @@ impl Cx<'_> {
         if mode == Mode::Patch {
             match o.get("id").and_then(as_id) {
                 Some(id) if self.acc.leads.contains_key(&id) => li.id = Some(id),
-                Some(_) => errs.push(FieldError::new("NotFound", "id", "Entity not found.")),
+                Some(_) => errs.push(FieldError::not_found("id", "Entity not found.")),
                 None => errs.push(FieldError::invalid_type("id", "int")),
             }
         }
@@ -1736,10 +1735,7 @@ impl Cx<'_> {
         if list.len() > MAX_COMPLEX {
             return problem(StatusCode::UNPROCESSABLE_ENTITY, "Limit 50 per request");
         }
-        let valid = match self.validate_create(list, Mode::Complex) {
-            Ok(v) => v,
-            Err(r) => return r,
-        };
+        let valid = ok_or_return!(self.validate_create(list, Mode::Complex));
         let mut out = Vec::new();
         let mut arrived = Vec::with_capacity(valid.len());
         for (li, p, s) in valid {
@@ -1765,14 +1761,8 @@ impl Cx<'_> {
     }
 
     fn leads_add(&mut self, v: Value) -> HttpResponse {
-        let list = match batch(&v) {
-            Ok(l) => l,
-            Err(r) => return r,
-        };
-        let valid = match self.validate_create(list, Mode::Add) {
-            Ok(v) => v,
-            Err(r) => return r,
-        };
+        let list = ok_or_return!(batch(&v));
+        let valid = ok_or_return!(self.validate_create(list, Mode::Add));
         let mut out = Vec::new();
         for (li, p, s) in valid {
             let rid = li.request_id.clone();
@@ -1783,10 +1773,7 @@ impl Cx<'_> {
     }
 
     fn leads_patch(&mut self, v: Value, single: bool) -> HttpResponse {
-        let list = match batch(&v) {
-            Ok(l) => l,
-            Err(r) => return r,
-        };
+        let list = ok_or_return!(batch(&v));
         let mut all_errs = Vec::new();
         let mut valid = Vec::new();
         for (i, item) in list.iter().enumerate() {
@@ -2038,6 +2025,22 @@ pub struct Patch {
     pub tags: Option<Vec<Tag>>,
     /// When the lead was won or lost (Unix seconds).
     pub closed_at: Option<i64>,
+}
+
+impl Patch {
+    /// A move to `status_id` of `pipeline_id`, with a new responsible user when given; nothing else changes.
+    pub fn move_to(pipeline_id: u64, status_id: u64, responsible: Option<u64>) -> Self {
+        Self {
+            name: None,
+            price: None,
+            pipeline_id,
+            status_id,
+            responsible,
+            fields: None,
+            tags: None,
+            closed_at: None,
+        }
+    }
 }
 
 /// Applies a change to a lead and returns the events it causes (`update_lead` for any change,

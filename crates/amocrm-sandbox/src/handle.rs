@@ -152,16 +152,7 @@ impl Shared {
             let events = apply_patch(
                 acc,
                 lead_id,
-                Patch {
-                    name: None,
-                    price: None,
-                    pipeline_id,
-                    status_id,
-                    responsible: None,
-                    fields: None,
-                    tags: None,
-                    closed_at: None,
-                },
+                Patch::move_to(pipeline_id, status_id, None),
                 now,
             );
             Ok(((), events))

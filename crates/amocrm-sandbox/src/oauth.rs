@@ -150,6 +150,11 @@ fn refuse(hint: &'static str) -> TokenError {
     }
 }
 
+/// A required parameter of the token request, or the refusal whose `hint` names it.
+fn required<'a>(value: &'a Option<String>, hint: &'static str) -> Result<&'a str, TokenError> {
+    value.as_deref().ok_or(refuse(hint))
+}
+
 /// Fields of a token request (JSON or form).
 #[derive(Debug, Default)]
 pub struct TokenRequest {
@@ -246,36 +251,24 @@ fn run_grant(
         }
         Some(_) => {}
     }
-    let client_id = req
-        .client_id
-        .as_deref()
-        .ok_or(refuse("Check the `client_id` parameter"))?;
+    let client_id = required(&req.client_id, "Check the `client_id` parameter")?;
     let integration = st
         .integrations
         .get(client_id)
         .cloned()
         .ok_or(refuse("Check the `client_id` parameter"))?;
-    let secret = req
-        .client_secret
-        .as_deref()
-        .ok_or(refuse("Check the `client_secret` parameter"))?;
+    let secret = required(&req.client_secret, "Check the `client_secret` parameter")?;
     if !constant_eq(secret.as_bytes(), integration.client_secret.as_bytes()) {
         return Err(refuse("Check the `client_secret` parameter"));
     }
-    let redirect = req
-        .redirect_uri
-        .as_deref()
-        .ok_or(refuse("Check the `redirect_uri` parameter"))?;
+    let redirect = required(&req.redirect_uri, "Check the `redirect_uri` parameter")?;
     if redirect != integration.redirect_uri {
         return Err(refuse("Redirect URI is not associated with client"));
     }
     let now = st.now(host);
     match grant {
         Grant::Code => {
-            let code = req
-                .code
-                .as_deref()
-                .ok_or(refuse("Check the `code` parameter"))?;
+            let code = required(&req.code, "Check the `code` parameter")?;
             let rec = st
                 .codes
                 .get_mut(code)
@@ -300,10 +293,7 @@ fn run_grant(
             Ok(mint_pair(st, install_id, None))
         }
         Grant::Refresh => {
-            let token = req
-                .refresh_token
-                .as_deref()
-                .ok_or(refuse("Check the `refresh_token` parameter"))?;
+            let token = required(&req.refresh_token, "Check the `refresh_token` parameter")?;
             let rec = st
                 .refresh
                 .get(token)

@@ -23,6 +23,11 @@ pub fn no_content() -> HttpResponse {
     HttpResponse::NoContent().finish()
 }
 
+/// The entity as HAL JSON, or 204: amoCRM answers a read of an unknown id with no content.
+pub fn hal_or_no_content(entity: Option<Value>) -> HttpResponse {
+    entity.map_or_else(no_content, hal)
+}
+
 fn title_of(status: StatusCode) -> &'static str {
     match status.as_u16() {
         400 => "Bad Request",
@@ -140,6 +145,10 @@ impl FieldError {
     }
     pub fn required(path: impl Into<String>) -> Self {
         Self::new("NotBlank", path, "This value should not be blank.")
+    }
+    /// The item names an entity the account does not have.
+    pub fn not_found(path: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self::new("NotFound", path, detail)
     }
 }
 

@@ -57,16 +57,8 @@ pub fn view(c: &Connection, health: Option<&Health>) -> Value {
 /// How the connection's calls go: the state (the connection's own status decides while it is not active),
 /// the last success, the last failure and its class.
 fn health_view(c: &Connection, h: Option<&Health>) -> Value {
-    let state = match c.status {
-        ConnectionStatus::Suspended => HealthState::Suspended,
-        ConnectionStatus::RefreshFailed | ConnectionStatus::Revoked => HealthState::Disconnected,
-        ConnectionStatus::Active => h.map_or(HealthState::Healthy, |h| match h.state {
-            HealthState::Degraded => HealthState::Degraded,
-            _ => HealthState::Healthy,
-        }),
-    };
     json!({
-        "state": state,
+        "state": HealthState::of(c.status, h.map(|h| h.state)),
         "last_success_at": ts(h.and_then(|h| h.last_success_at)),
         "last_failure_at": ts(h.and_then(|h| h.last_failure_at)),
         "last_failure_class": h.and_then(|h| h.last_failure_class.clone()),

@@ -7,7 +7,9 @@ use serde::Deserialize;
 
 use super::{Clock, DashError, Nav, Signed, html};
 use crate::domain::order::SyncState;
-use crate::domain::status::{ConnectionStatus, DeliveryState, InboxState};
+use crate::domain::status::{
+    ConnectionStatus, DeliveryState, HealthState, InboxState, ProvisioningState, SuspendReason,
+};
 use crate::services::Context;
 use crate::services::dashboard::{self, PER_PAGE};
 use crate::storage::dashboard as q;
@@ -82,11 +84,6 @@ fn pager(
     (prev, next)
 }
 
-/// Only values from the fixed list are used as filters (anything else shows everything).
-fn known<'a>(value: Option<&'a str>, allowed: &[&str]) -> Option<&'a str> {
-    value.filter(|v| allowed.contains(v))
-}
-
 fn age(oldest: Option<chrono::NaiveDateTime>) -> String {
     match oldest {
         None => "none".to_owned(),
@@ -151,38 +148,47 @@ pub async fn overview(
 
 pub struct ConnectionRow {
     pub seller_id: String,
-    pub platform: String,
-    pub status: String,
-    pub suspended_reason: Option<String>,
+    pub platform: &'static str,
+    pub status: &'static str,
+    pub suspended_reason: Option<&'static str>,
     pub account_id: i64,
     pub host: String,
     pub token_expires_at: String,
     pub last_refreshed_at: String,
     pub refresh_failures: i32,
     pub last_error: Option<String>,
-    pub provisioning_state: String,
+    /// How far the account's set-up has got, while it is not complete.
+    pub setup: Option<&'static str>,
     pub provisioning_error: Option<String>,
     pub connected_at: String,
     pub revoke_reason: Option<String>,
+    /// An operator may refresh its tokens (it is not revoked).
+    pub refreshable: bool,
+    /// Only a new consent brings it back: the operator may hand the seller a connect link.
+    pub needs_consent: bool,
 }
 
 impl ConnectionRow {
     fn new(c: q::ConnectionView, clock: &Clock) -> Self {
+        use ConnectionStatus::{RefreshFailed, Revoked};
         Self {
             seller_id: c.seller_id,
-            platform: c.platform,
-            status: c.status,
-            suspended_reason: c.suspended_reason,
+            platform: c.platform.as_str(),
+            status: c.status.as_str(),
+            suspended_reason: c.suspended_reason.map(SuspendReason::as_str),
             account_id: c.account_id,
             host: c.host,
             token_expires_at: clock.time_opt(c.token_expires_at),
             last_refreshed_at: clock.time_opt(c.last_refreshed_at),
             refresh_failures: c.refresh_failures,
             last_error: c.last_error,
-            provisioning_state: c.provisioning_state,
+            setup: (c.provisioning_state != ProvisioningState::Complete)
+                .then(|| c.provisioning_state.as_str()),
             provisioning_error: c.provisioning_error,
             connected_at: clock.time(c.connected_at),
             revoke_reason: c.revoke_reason,
+            refreshable: c.status != Revoked,
+            needs_consent: matches!(c.status, Revoked | RefreshFailed),
         }
     }
 }
@@ -194,7 +200,8 @@ struct ConnectionsPage {
     rows: Vec<ConnectionRow>,
     total: i64,
     search: Option<String>,
-    status: Option<String>,
+    /// The status filter; an unknown value in the query shows every connection.
+    status: Option<ConnectionStatus>,
     filters: Vec<Filter>,
     can_write: bool,
     page: i64,
@@ -208,14 +215,13 @@ pub async fn connections(
     signed: Signed,
 ) -> Result<HttpResponse, DashError> {
     let query = ListQuery::parse(&req);
-    let status = known(query.status.as_deref(), CONNECTION_STATUSES).map(str::to_owned);
+    let status = query.status.as_deref().and_then(ConnectionStatus::parse);
     let page = query.page();
     let search = query.search();
-    let (rows, total) =
-        dashboard::connections(&state.db, status.clone(), search.clone(), page).await?;
+    let (rows, total) = dashboard::connections(&state.db, status, search.clone(), page).await?;
     let (prev_href, next_href) = pager(
         "/dashboard/connections",
-        status.as_deref().map(|s| ("status", s)),
+        status.map(|s| ("status", s.as_str())),
         search.as_deref(),
         page,
         total,
@@ -232,7 +238,7 @@ pub async fn connections(
             "/dashboard/connections",
             "status",
             CONNECTION_STATUSES,
-            status.as_deref(),
+            status.map(ConnectionStatus::as_str),
         ),
         status,
         can_write: signed.operator.role.can_write(),
@@ -282,14 +288,7 @@ pub async fn connection(
     let clock = &signed.clock;
     let c = page.connection;
     let h = page.health;
-    let health_state = match c.status {
-        ConnectionStatus::Active => h
-            .as_ref()
-            .map_or("healthy", |h| h.state.as_str())
-            .to_owned(),
-        ConnectionStatus::Suspended => "suspended".to_owned(),
-        _ => "disconnected".to_owned(),
-    };
+    let health_state = HealthState::of(c.status, h.as_ref().map(|h| h.state)).to_string();
     let body = ConnectionDetailPage {
         nav: Nav::new(&signed, &state, "connections", &req),
         token_expires_at: clock.time_opt(c.token_expires_at),
@@ -321,13 +320,15 @@ pub struct OrderRow {
     pub id: String,
     pub seller_id: String,
     pub order_number: String,
-    pub status: String,
+    pub status: &'static str,
     /// What the lead last was in amoCRM: the marketplace status its stage is mapped to, or its stage id.
     pub lead_stage: Option<String>,
     pub paid: bool,
     pub amount: String,
     pub currency: String,
-    pub sync_state: String,
+    pub sync_state: &'static str,
+    /// An operator may queue it again: it failed, or waited for a connection that is back.
+    pub retryable: bool,
     pub lead_id: Option<i64>,
     pub sync_attempts: i32,
     pub last_error: Option<String>,
@@ -349,7 +350,8 @@ struct OrdersPage {
     rows: Vec<OrderRow>,
     total: i64,
     search: Option<String>,
-    sync_state: Option<String>,
+    /// The sync-state filter; an unknown value in the query shows every order.
+    sync_state: Option<SyncState>,
     filters: Vec<Filter>,
     can_write: bool,
     page: i64,
@@ -363,15 +365,14 @@ pub async fn orders(
     signed: Signed,
 ) -> Result<HttpResponse, DashError> {
     let query = ListQuery::parse(&req);
-    let sync_state = known(query.sync_state.as_deref(), SYNC_STATES).map(str::to_owned);
+    let sync_state = query.sync_state.as_deref().and_then(SyncState::parse);
     let page = query.page();
     let search = query.search();
-    let (rows, total) =
-        dashboard::orders(&state.db, sync_state.clone(), search.clone(), page).await?;
+    let (rows, total) = dashboard::orders(&state.db, sync_state, search.clone(), page).await?;
     let clock = signed.clock;
     let (prev_href, next_href) = pager(
         "/dashboard/orders",
-        sync_state.as_deref().map(|s| ("sync_state", s)),
+        sync_state.map(|s| ("sync_state", s.as_str())),
         search.as_deref(),
         page,
         total,
@@ -391,9 +392,10 @@ pub async fn orders(
                     id: o.id,
                     seller_id: o.seller_id,
                     order_number: o.order_number,
-                    status: o.status,
+                    status: o.status.as_str(),
                     currency: o.currency,
-                    sync_state: o.sync_state,
+                    retryable: o.sync_state.can_retry(),
+                    sync_state: o.sync_state.as_str(),
                     lead_id: o.lead_id,
                     sync_attempts: o.sync_attempts,
                     last_error: o.last_error,
@@ -406,7 +408,7 @@ pub async fn orders(
             "/dashboard/orders",
             "sync_state",
             SYNC_STATES,
-            sync_state.as_deref(),
+            sync_state.map(SyncState::as_str),
         ),
         sync_state,
         can_write: signed.operator.role.can_write(),
@@ -429,7 +431,8 @@ struct OrderDetailPage {
     lead_stage: Option<String>,
     paid: bool,
     synced_at: String,
-    next_attempt_at: String,
+    /// When the push tries it next, while it is queued.
+    next_attempt_at: Option<String>,
     created_at: String,
     /// Product name, product id (and SKU), quantity, price.
     items: Vec<(String, String, i64, String)>,
@@ -498,7 +501,7 @@ pub async fn order(
         }),
         paid: page.lead.as_ref().is_some_and(|l| l.paid),
         synced_at: clock.time_opt(o.synced_at),
-        next_attempt_at: clock.time(o.next_attempt_at),
+        next_attempt_at: (o.sync_state == SyncState::Queued).then(|| clock.time(o.next_attempt_at)),
         created_at: clock.time(o.created_at),
         items,
         customer,

@@ -123,7 +123,7 @@ pub struct SettingsSessionEnvelope {
 #[derive(ToSchema)]
 #[expect(dead_code, reason = "read only by the document generator")]
 pub struct Provisioning {
-    /// `pending`, `done` or `failed`: the seller's pipeline, custom fields and webhook in amoCRM.
+    /// `pending`, `incomplete` or `complete`: the seller's pipeline, custom fields and webhook in amoCRM.
     state: String,
     missing: Vec<String>,
     error: Option<String>,

@@ -344,7 +344,7 @@ fn connection() -> Value {
         "connected_at": "2026-11-20T09:12:44Z",
         "revoked_at": null,
         "revoke_reason": null,
-        "provisioning": {"state": "done", "missing": [], "error": null, "attempts": 1, "next_attempt_at": null},
+        "provisioning": {"state": "complete", "missing": [], "error": null, "attempts": 1, "next_attempt_at": null},
         "health": {
             "state": "healthy",
             "last_success_at": WHEN,

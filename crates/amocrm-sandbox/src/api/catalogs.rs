@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::{Cx, Query, all_valid, batch, link, number, object_of, page_of};
 use crate::fields::{self, as_id, opt_str, required_str};
 use crate::model::{Catalog, CatalogElement, CustomField, EntityLink};
-use crate::problem::{FieldError, ItemErrors, hal, no_content, problem};
+use crate::problem::{FieldError, ItemErrors, hal, hal_or_no_content, no_content, problem};
 use crate::state::{Account, Ids, next};
 
 /// List types amoCRM reports.
@@ -136,10 +136,7 @@ impl Cx<'_> {
     }
 
     pub(super) fn catalogs_list(&self, q: &Query) -> HttpResponse {
-        let (page, limit) = match q.paging() {
-            Ok(p) => p,
-            Err(r) => return r,
-        };
+        let (page, limit) = ok_or_return!(q.paging());
         let types = q.list("filter[type]");
         let mut list: Vec<&Catalog> = self
             .acc
@@ -153,10 +150,7 @@ impl Cx<'_> {
     }
 
     pub(super) fn catalog_get(&self, id: u64) -> HttpResponse {
-        match self.acc.catalogs.get(&id) {
-            Some(c) => hal(self.catalog_json(c)),
-            None => no_content(),
-        }
+        hal_or_no_content(self.acc.catalogs.get(&id).map(|c| self.catalog_json(c)))
     }
 
     /// `GET catalogs/{id}/elements`: `query` (a case-insensitive substring of the name or any field value),
@@ -165,15 +159,9 @@ impl Cx<'_> {
         if !self.acc.catalogs.contains_key(&catalog) {
             return problem(StatusCode::NOT_FOUND, "Catalog not found");
         }
-        let (page, limit) = match q.paging() {
-            Ok(p) => p,
-            Err(r) => return r,
-        };
+        let (page, limit) = ok_or_return!(q.paging());
         let ids = q.ids("filter[id]");
-        let needle = q
-            .get("query")
-            .map(|s| s.trim().to_lowercase())
-            .filter(|s| !s.is_empty());
+        let needle = q.search();
         let all: Vec<Value> = self
             .acc
             .elements
@@ -202,15 +190,13 @@ impl Cx<'_> {
     }
 
     pub(super) fn element_get(&self, catalog: u64, id: u64) -> HttpResponse {
-        match self
-            .acc
-            .elements
-            .get(&id)
-            .filter(|e| e.catalog_id == catalog)
-        {
-            Some(e) => hal(self.element_json(e)),
-            None => no_content(),
-        }
+        hal_or_no_content(
+            self.acc
+                .elements
+                .get(&id)
+                .filter(|e| e.catalog_id == catalog)
+                .map(|e| self.element_json(e)),
+        )
     }
 
     /// `POST catalogs/{id}/elements`: at most 250; `name` required; fields by `field_id` or `field_code`.
@@ -218,10 +204,7 @@ impl Cx<'_> {
         let Some(fields_of) = self.acc.catalog_fields.get(&catalog) else {
             return problem(StatusCode::NOT_FOUND, "Catalog not found");
         };
-        let list = match batch(&v) {
-            Ok(l) => l,
-            Err(r) => return r,
-        };
+        let list = ok_or_return!(batch(&v));
         let valid = all_valid(list, |item, i| {
             let o = object_of(item, i)?;
             let mut errs = Vec::new();
@@ -237,10 +220,7 @@ impl Cx<'_> {
                 (request_id, name.unwrap_or_default(), values),
             )
         });
-        let valid = match valid {
-            Ok(v) => v,
-            Err(r) => return r,
-        };
+        let valid = ok_or_return!(valid);
         let mut out = Vec::new();
         for (request_id, name, values) in valid {
             let id = next(&mut self.ids.element);
@@ -285,8 +265,7 @@ impl Cx<'_> {
         if let Some(l) = lead_id
             && !self.acc.leads.contains_key(&l)
         {
-            errs.push(FieldError::new(
-                "NotFound",
+            errs.push(FieldError::not_found(
                 "entity_id",
                 format!("Lead {l} not found."),
             ));
@@ -319,8 +298,7 @@ impl Cx<'_> {
                     None => errs.push(FieldError::required("metadata.catalog_id")),
                     Some(v) => match as_id(v) {
                         Some(c) if self.acc.catalogs.contains_key(&c) => catalog_id = Some(c),
-                        Some(c) => errs.push(FieldError::new(
-                            "NotFound",
+                        Some(c) => errs.push(FieldError::not_found(
                             "metadata.catalog_id",
                             format!("Catalog {c} not found."),
                         )),
@@ -330,8 +308,7 @@ impl Cx<'_> {
                 if let Some(e) = to_id {
                     match self.acc.elements.get(&e) {
                         Some(el) if catalog_id.is_none_or(|c| c == el.catalog_id) => {}
-                        Some(el) => errs.push(FieldError::new(
-                            "NotFound",
+                        Some(el) => errs.push(FieldError::not_found(
                             "to_entity_id",
                             format!(
                                 "Element {e} belongs to catalog {}, not {}.",
@@ -339,8 +316,7 @@ impl Cx<'_> {
                                 catalog_id.unwrap_or_default()
                             ),
                         )),
-                        None => errs.push(FieldError::new(
-                            "NotFound",
+                        None => errs.push(FieldError::not_found(
                             "to_entity_id",
                             format!("Catalog element {e} not found."),
                         )),
@@ -367,8 +343,7 @@ impl Cx<'_> {
                 if let Some(c) = to_id
                     && !self.acc.contacts.contains_key(&c)
                 {
-                    errs.push(FieldError::new(
-                        "NotFound",
+                    errs.push(FieldError::not_found(
                         "to_entity_id",
                         format!("Contact {c} not found."),
                     ));
@@ -419,10 +394,7 @@ impl Cx<'_> {
     /// `POST leads/link`: links an element (quantity; linking it again sets the new quantity) or a contact.
     /// The `drop_links_*` faults leave some links out while the answer still lists them.
     pub(super) fn links_create(&mut self, v: Value) -> HttpResponse {
-        let list = match self.links_in(&v, false) {
-            Ok(l) => l,
-            Err(r) => return r,
-        };
+        let list = ok_or_return!(self.links_in(&v, false));
         let mut out = Vec::new();
         for (i, l) in list.iter().enumerate() {
             out.push(self.link_json(l));
@@ -483,10 +455,7 @@ impl Cx<'_> {
 
     /// `POST leads/unlink` → 204.
     pub(super) fn links_remove(&mut self, v: Value) -> HttpResponse {
-        let list = match self.links_in(&v, true) {
-            Ok(l) => l,
-            Err(r) => return r,
-        };
+        let list = ok_or_return!(self.links_in(&v, true));
         for l in list {
             match l.to_entity_type.as_str() {
                 "catalog_elements" => self.acc.links.retain(|k| {

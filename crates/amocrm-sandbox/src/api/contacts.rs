@@ -9,7 +9,7 @@ use super::{Cx, Query, all_valid, batch, link, object_of, page_of};
 use crate::fields::{self, as_id, opt_int, opt_str};
 use crate::model::{Company, Contact, ContactChange, ContactSeed, FieldValue, FieldValues};
 use crate::outbound::Event;
-use crate::problem::{FieldError, ItemErrors, hal, no_content};
+use crate::problem::{FieldError, ItemErrors, hal, hal_or_no_content};
 use crate::state::{Account, Ids, next};
 
 /// The digits of a string (`+998 (90) 123-45-67` → `998901234567`).
@@ -230,15 +230,9 @@ impl Cx<'_> {
     }
 
     pub(super) fn contacts_list(&self, q: &Query) -> HttpResponse {
-        let (page, limit) = match q.paging() {
-            Ok(p) => p,
-            Err(r) => return r,
-        };
+        let (page, limit) = ok_or_return!(q.paging());
         let ids = q.ids("filter[id]");
-        let needle = q
-            .get("query")
-            .map(|s| s.trim().to_lowercase())
-            .filter(|s| !s.is_empty());
+        let needle = q.search();
         let with_leads = q.with().iter().any(|w| w == "leads");
         let all: Vec<Value> = self
             .acc
@@ -254,22 +248,18 @@ impl Cx<'_> {
 
     pub(super) fn contact_get(&self, id: u64, q: &Query) -> HttpResponse {
         let with_leads = q.with().iter().any(|w| w == "leads");
-        match self.acc.contacts.get(&id) {
-            Some(c) => hal(self.contact_json(c, with_leads)),
-            None => no_content(),
-        }
+        hal_or_no_content(
+            self.acc
+                .contacts
+                .get(&id)
+                .map(|c| self.contact_json(c, with_leads)),
+        )
     }
 
     pub(super) fn companies_list(&self, q: &Query) -> HttpResponse {
-        let (page, limit) = match q.paging() {
-            Ok(p) => p,
-            Err(r) => return r,
-        };
+        let (page, limit) = ok_or_return!(q.paging());
         let ids = q.ids("filter[id]");
-        let needle = q
-            .get("query")
-            .map(|s| s.trim().to_lowercase())
-            .filter(|s| !s.is_empty());
+        let needle = q.search();
         let all: Vec<Value> = self
             .acc
             .companies
@@ -282,10 +272,7 @@ impl Cx<'_> {
     }
 
     pub(super) fn company_get(&self, id: u64) -> HttpResponse {
-        match self.acc.companies.get(&id) {
-            Some(c) => hal(self.company_json(c)),
-            None => no_content(),
-        }
+        hal_or_no_content(self.acc.companies.get(&id).map(|c| self.company_json(c)))
     }
 
     fn contact_in(&self, item: &Value, index: usize, patch: bool) -> Result<ContactIn, ItemErrors> {
@@ -308,8 +295,7 @@ impl Cx<'_> {
         if patch {
             match o.get("id").and_then(as_id) {
                 Some(id) if self.acc.contacts.contains_key(&id) => ci.id = Some(id),
-                Some(id) => errs.push(FieldError::new(
-                    "NotFound",
+                Some(id) => errs.push(FieldError::not_found(
                     "id",
                     format!("Contact {id} not found."),
                 )),
@@ -342,10 +328,7 @@ impl Cx<'_> {
     }
 
     pub(super) fn contacts_create(&mut self, v: Value) -> HttpResponse {
-        let list = match self.contacts_in(&v, false) {
-            Ok(l) => l,
-            Err(r) => return r,
-        };
+        let list = ok_or_return!(self.contacts_in(&v, false));
         let mut out = Vec::new();
         for ci in list {
             let id = next(&mut self.ids.contact);
@@ -387,10 +370,7 @@ impl Cx<'_> {
     /// `PATCH contacts`: every field given replaces that field's whole value list (⚠️ the strict reading
     /// of amoCRM's behaviour): send the values to keep along with the new one.
     pub(super) fn contacts_patch(&mut self, v: Value, single: bool) -> HttpResponse {
-        let list = match self.contacts_in(&v, true) {
-            Ok(l) => l,
-            Err(r) => return r,
-        };
+        let list = ok_or_return!(self.contacts_in(&v, true));
         let mut out = Vec::new();
         for ci in list {
             let Some(id) = ci.id else { continue };

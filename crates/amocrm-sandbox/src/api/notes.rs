@@ -8,7 +8,7 @@ use super::{Cx, Query, all_valid, batch, link, object_of, page_of};
 use crate::fields::{as_id, join, opt_bool, opt_int, opt_str};
 use crate::model::Note;
 use crate::outbound::Event;
-use crate::problem::{FieldError, ItemErrors, hal, no_content};
+use crate::problem::{FieldError, ItemErrors, hal, hal_or_no_content};
 use crate::state::next;
 
 /// Note types the sandbox models; others (attachments, geolocation, invoices…) are refused.
@@ -78,8 +78,7 @@ impl Cx<'_> {
         if let Some(id) = entity_id
             && !self.acc.leads.contains_key(&id)
         {
-            errs.push(FieldError::new(
-                "NotFound",
+            errs.push(FieldError::not_found(
                 "entity_id",
                 format!("Lead {id} not found."),
             ));
@@ -181,14 +180,8 @@ impl Cx<'_> {
 
     /// `POST leads/notes` (each item names its lead) or `POST leads/{id}/notes` (`lead` set).
     pub(super) fn notes_create(&mut self, v: Value, lead: Option<u64>) -> HttpResponse {
-        let list = match batch(&v) {
-            Ok(l) => l,
-            Err(r) => return r,
-        };
-        let valid = match all_valid(list, |item, i| self.note_in(item, i, lead)) {
-            Ok(v) => v,
-            Err(r) => return r,
-        };
+        let list = ok_or_return!(batch(&v));
+        let valid = ok_or_return!(all_valid(list, |item, i| self.note_in(item, i, lead)));
         let mut out = Vec::new();
         for n in valid {
             let id = next(&mut self.ids.note);
@@ -226,10 +219,7 @@ impl Cx<'_> {
     /// `GET leads/{id}/notes` (`lead` set) or `GET leads/notes?filter[entity_id][]=…`; `filter[note_type]`,
     /// `filter[id]`, paging; 204 when none.
     pub(super) fn notes_list(&self, lead: Option<u64>, q: &Query) -> HttpResponse {
-        let (page, limit) = match q.paging() {
-            Ok(p) => p,
-            Err(r) => return r,
-        };
+        let (page, limit) = ok_or_return!(q.paging());
         let leads = match lead {
             Some(l) => vec![l],
             None => q.ids("filter[entity_id]"),
@@ -253,9 +243,12 @@ impl Cx<'_> {
     }
 
     pub(super) fn note_get(&self, lead: u64, id: u64) -> HttpResponse {
-        match self.acc.notes.get(&id).filter(|n| n.entity_id == lead) {
-            Some(n) => hal(self.note_json(n)),
-            None => no_content(),
-        }
+        hal_or_no_content(
+            self.acc
+                .notes
+                .get(&id)
+                .filter(|n| n.entity_id == lead)
+                .map(|n| self.note_json(n)),
+        )
     }
 }

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use super::{Cx, Query, all_valid, batch, link, object_of, page_of};
 use crate::fields::{as_id, opt_bool, opt_int, opt_str};
 use crate::model::Task;
-use crate::problem::{FieldError, ItemErrors, hal, no_content};
+use crate::problem::{FieldError, ItemErrors, hal, hal_or_no_content};
 use crate::state::next;
 
 /// Task types every account has: 1 call, 2 meeting.
@@ -76,8 +76,7 @@ impl Cx<'_> {
                 errs.push(FieldError::required("entity_id"))
             }
             (None, Some(_)) => errs.push(FieldError::required("entity_type")),
-            (Some(t), Some(id)) if !self.entity_exists(t, id) => errs.push(FieldError::new(
-                "NotFound",
+            (Some(t), Some(id)) if !self.entity_exists(t, id) => errs.push(FieldError::not_found(
                 "entity_id",
                 format!("Entity {t} {id} not found."),
             )),
@@ -125,14 +124,8 @@ impl Cx<'_> {
 
     /// `POST tasks`: at most 250; the whole batch is refused when one task is invalid.
     pub(super) fn tasks_create(&mut self, v: Value) -> HttpResponse {
-        let list = match batch(&v) {
-            Ok(l) => l,
-            Err(r) => return r,
-        };
-        let valid = match all_valid(list, |item, i| self.task_in(item, i)) {
-            Ok(v) => v,
-            Err(r) => return r,
-        };
+        let list = ok_or_return!(batch(&v));
+        let valid = ok_or_return!(all_valid(list, |item, i| self.task_in(item, i)));
         let mut out = Vec::new();
         for mut t in valid {
             t.id = next(&mut self.ids.task);
@@ -149,10 +142,7 @@ impl Cx<'_> {
     /// `GET tasks`: `filter[entity_type]`, `filter[entity_id][]`, `filter[is_completed]`,
     /// `filter[responsible_user_id][]`, `filter[task_type][]`, `filter[id][]`, paging; 204 when none.
     pub(super) fn tasks_list(&self, q: &Query) -> HttpResponse {
-        let (page, limit) = match q.paging() {
-            Ok(p) => p,
-            Err(r) => return r,
-        };
+        let (page, limit) = ok_or_return!(q.paging());
         let types = q.list("filter[entity_type]");
         let entities = q.ids("filter[entity_id]");
         let responsible = q.ids("filter[responsible_user_id]");
@@ -179,9 +169,6 @@ impl Cx<'_> {
     }
 
     pub(super) fn task_get(&self, id: u64) -> HttpResponse {
-        match self.acc.tasks.get(&id) {
-            Some(t) => hal(self.task_json(t)),
-            None => no_content(),
-        }
+        hal_or_no_content(self.acc.tasks.get(&id).map(|t| self.task_json(t)))
     }
 }

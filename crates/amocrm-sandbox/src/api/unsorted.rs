@@ -12,7 +12,9 @@ use super::{
 use crate::fields::{as_int, opt_int, opt_str};
 use crate::model::{UnsortedEntry, UnsortedState};
 use crate::outbound::Event;
-use crate::problem::{self, FieldError, ItemErrors, bad_request, hal, no_content, problem};
+use crate::problem::{
+    self, FieldError, ItemErrors, bad_request, hal, hal_or_no_content, no_content, problem,
+};
 use crate::state::{Account, LOST, WON};
 
 /// What a new unsorted request records.
@@ -143,12 +145,14 @@ fn pending(acc: &Account, uid: &str) -> Result<UnsortedEntry, UnsortedError> {
     Ok(u.clone())
 }
 
-fn check_user(acc: &Account, user_id: Option<u64>, errs: &mut Vec<FieldError>) {
-    if let Some(u) = user_id
-        && let Some(why) = acc.user_problem(u)
-    {
-        errs.push(FieldError::new("NotSupportedChoice", "user_id", why));
-    }
+/// The error of a `user_id` who cannot take the request (none when absent or fine): the first of the
+/// request's validation errors.
+fn user_errors(acc: &Account, user_id: Option<u64>) -> Vec<FieldError> {
+    user_id
+        .and_then(|u| acc.user_problem(u))
+        .map(|why| FieldError::new("NotSupportedChoice", "user_id", why))
+        .into_iter()
+        .collect()
 }
 
 /// Accepts a pending request: its lead moves to `status_id` (a stage of its pipeline other than 142/143)
@@ -162,8 +166,7 @@ pub(crate) fn accept_unsorted(
     now: i64,
 ) -> Result<Vec<Event>, UnsortedError> {
     let u = pending(acc, uid)?;
-    let mut errs = Vec::new();
-    check_user(acc, user_id, &mut errs);
+    let mut errs = user_errors(acc, user_id);
     let stages: Vec<u64> = match acc.pipelines.get(&u.pipeline_id) {
         Some(p) => {
             let mut s: Vec<_> = p
@@ -213,16 +216,7 @@ pub(crate) fn accept_unsorted(
     events.extend(apply_patch(
         acc,
         u.lead_id,
-        Patch {
-            name: None,
-            price: None,
-            pipeline_id: u.pipeline_id,
-            status_id: target,
-            responsible: user_id,
-            fields: None,
-            tags: None,
-            closed_at: None,
-        },
+        Patch::move_to(u.pipeline_id, target, user_id),
         now,
     ));
     Ok(events)
@@ -237,8 +231,7 @@ pub(crate) fn decline_unsorted(
     now: i64,
 ) -> Result<Vec<Event>, UnsortedError> {
     let u = pending(acc, uid)?;
-    let mut errs = Vec::new();
-    check_user(acc, user_id, &mut errs);
+    let errs = user_errors(acc, user_id);
     if !errs.is_empty() {
         return Err(UnsortedError::Invalid(errs));
     }
@@ -249,16 +242,7 @@ pub(crate) fn decline_unsorted(
     events.extend(apply_patch(
         acc,
         u.lead_id,
-        Patch {
-            name: None,
-            price: None,
-            pipeline_id: u.pipeline_id,
-            status_id: LOST,
-            responsible: None,
-            fields: None,
-            tags: None,
-            closed_at: None,
-        },
+        Patch::move_to(u.pipeline_id, LOST, None),
         now,
     ));
     Ok(events)
@@ -452,14 +436,8 @@ impl Cx<'_> {
     /// `POST leads/unsorted/forms`: at most 250 requests; `source_name`, `source_uid`, `metadata` and one
     /// lead required. The whole batch is refused when one item is invalid.
     pub(super) fn unsorted_forms_create(&mut self, v: Value) -> HttpResponse {
-        let list = match batch(&v) {
-            Ok(l) => l,
-            Err(r) => return r,
-        };
-        let valid = match all_valid(list, |item, i| self.unsorted_item(item, i)) {
-            Ok(v) => v,
-            Err(r) => return r,
-        };
+        let list = ok_or_return!(batch(&v));
+        let valid = ok_or_return!(all_valid(list, |item, i| self.unsorted_item(item, i)));
         let mut out = Vec::new();
         for (li, p, s) in valid {
             let rid = li.request_id.clone();
@@ -491,10 +469,7 @@ impl Cx<'_> {
     /// `GET leads/unsorted`: pending requests; `filter[uid]`, `filter[category]`, `filter[pipeline_id]`,
     /// paging; 204 when none.
     pub(super) fn unsorted_list(&self, q: &Query) -> HttpResponse {
-        let (page, limit) = match q.paging() {
-            Ok(p) => p,
-            Err(r) => return r,
-        };
+        let (page, limit) = ok_or_return!(q.paging());
         let uids = q.list("filter[uid]");
         let categories = q.list("filter[category]");
         let pipelines = q.ids("filter[pipeline_id]");
@@ -514,22 +489,17 @@ impl Cx<'_> {
 
     /// `GET leads/unsorted/{uid}`: a pending request; 204 once accepted or declined.
     pub(super) fn unsorted_get(&self, uid: &str) -> HttpResponse {
-        match self
-            .acc
-            .unsorted
-            .get(uid)
-            .filter(|u| u.state == UnsortedState::Pending)
-        {
-            Some(u) => hal(self.unsorted_json(u)),
-            None => no_content(),
-        }
+        hal_or_no_content(
+            self.acc
+                .unsorted
+                .get(uid)
+                .filter(|u| u.state == UnsortedState::Pending)
+                .map(|u| self.unsorted_json(u)),
+        )
     }
 
     pub(super) fn unsorted_accept(&mut self, uid: &str, body: &[u8]) -> HttpResponse {
-        let (user, status) = match accept_body(body) {
-            Ok(x) => x,
-            Err(r) => return r,
-        };
+        let (user, status) = ok_or_return!(accept_body(body));
         match accept_unsorted(self.acc, uid, user, status, self.now) {
             Ok(events) => {
                 self.events.extend(events);
@@ -540,10 +510,7 @@ impl Cx<'_> {
     }
 
     pub(super) fn unsorted_decline(&mut self, uid: &str, body: &[u8]) -> HttpResponse {
-        let (user, _) = match accept_body(body) {
-            Ok(x) => x,
-            Err(r) => return r,
-        };
+        let (user, _) = ok_or_return!(accept_body(body));
         match decline_unsorted(self.acc, uid, user, self.now) {
             Ok(events) => {
                 self.events.extend(events);

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use super::{Cx, Query, link, page_of};
 use crate::model::User;
-use crate::problem::{hal, no_content};
+use crate::problem::hal_or_no_content;
 
 impl Cx<'_> {
     fn user_json(&self, u: &User, with: &[String]) -> Value {
@@ -55,10 +55,7 @@ impl Cx<'_> {
     }
 
     pub(super) fn users_list(&self, q: &Query) -> HttpResponse {
-        let (page, limit) = match q.paging() {
-            Ok(p) => p,
-            Err(r) => return r,
-        };
+        let (page, limit) = ok_or_return!(q.paging());
         let with = q.with();
         let all = self
             .acc
@@ -70,9 +67,11 @@ impl Cx<'_> {
     }
 
     pub(super) fn user_get(&self, id: u64, q: &Query) -> HttpResponse {
-        match self.acc.users.get(&id) {
-            Some(u) => hal(self.user_json(u, &q.with())),
-            None => no_content(),
-        }
+        hal_or_no_content(
+            self.acc
+                .users
+                .get(&id)
+                .map(|u| self.user_json(u, &q.with())),
+        )
     }
 }

@@ -83,16 +83,7 @@ async fn created_pipelines_get_incoming_won_and_lost_statuses() {
     assert_eq!(list["_total_items"], 2);
     assert_eq!(sb.pipelines(HOST).len(), 2);
     // Deletable through the API while it holds no leads.
-    let del = api(
-        &sb,
-        HOST,
-        Method::DELETE,
-        &format!("leads/pipelines/{id}"),
-        &token,
-    )
-    .send()
-    .await
-    .unwrap();
+    let del = delete(&sb, &token, &format!("leads/pipelines/{id}")).await;
     assert_eq!(del.status(), 204);
     assert_eq!(
         get(&sb, &token, &format!("leads/pipelines/{id}"))
@@ -183,19 +174,17 @@ async fn custom_fields_are_created_listed_and_deleted() {
     .await;
     assert_eq!(bad.status(), 400);
     let id = f["id"].as_u64().unwrap();
-    let del = api(
-        &sb,
-        HOST,
-        Method::DELETE,
-        &format!("leads/custom_fields/{id}"),
-        &token,
-    )
-    .send()
-    .await
-    .unwrap();
+    let del = delete(&sb, &token, &format!("leads/custom_fields/{id}")).await;
     assert_eq!(del.status(), 204);
     assert_eq!(sb.custom_fields(HOST).len(), 1);
     sb.stop().await;
+}
+
+/// The fields [`order`] fills: (order number, order link).
+async fn order_fields(sb: &amocrm_sandbox::SandboxHandle, token: &str) -> (u64, u64) {
+    let number = make_field(sb, token, "Order number", "text").await;
+    let link = make_field(sb, token, "Order link", "url").await;
+    (number, link)
 }
 
 fn order(i: usize, pipeline: u64, status: u64, order_field: u64, link_field: u64) -> Value {
@@ -224,8 +213,7 @@ fn order(i: usize, pipeline: u64, status: u64, order_field: u64, link_field: u64
 async fn complex_creates_up_to_fifty_leads_with_contacts_and_echoes_request_ids() {
     let (sb, token) = unlimited().await;
     let (pid, stages) = make_pipeline(&sb, &token).await;
-    let of = make_field(&sb, &token, "Order number", "text").await;
-    let lf = make_field(&sb, &token, "Order link", "url").await;
+    let (of, lf) = order_fields(&sb, &token).await;
     let batch: Vec<Value> = (0..50).map(|i| order(i, pid, stages[0], of, lf)).collect();
     let resp = post(&sb, &token, "leads/complex", Value::Array(batch)).await;
     assert_eq!(resp.status(), 200);
@@ -271,8 +259,7 @@ async fn complex_creates_up_to_fifty_leads_with_contacts_and_echoes_request_ids(
 async fn complex_validation_errors_name_the_request_id_and_path_and_create_nothing() {
     let (sb, token) = unlimited().await;
     let (pid, stages) = make_pipeline(&sb, &token).await;
-    let of = make_field(&sb, &token, "Order number", "text").await;
-    let lf = make_field(&sb, &token, "Order link", "url").await;
+    let (of, lf) = order_fields(&sb, &token).await;
     let main = sb.pipelines(HOST).into_iter().find(|p| p.is_main).unwrap();
     let foreign_status = main
         .statuses
@@ -353,8 +340,7 @@ async fn complex_validation_errors_name_the_request_id_and_path_and_create_nothi
 async fn leads_are_found_by_filters_and_query_and_paged_with_204_past_the_end() {
     let (sb, token) = unlimited().await;
     let (pid, stages) = make_pipeline(&sb, &token).await;
-    let of = make_field(&sb, &token, "Order number", "text").await;
-    let lf = make_field(&sb, &token, "Order link", "url").await;
+    let (of, lf) = order_fields(&sb, &token).await;
     let batch: Vec<Value> = (0..30)
         .map(|i| order(i, pid, stages[i % 2], of, lf))
         .collect();

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use amocrm_sandbox::{Integration, Sandbox, SandboxConfig, SandboxHandle, TokenPair};
+use amocrm_sandbox::{Faults, Integration, Sandbox, SandboxConfig, SandboxHandle, TokenPair};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,6 +25,13 @@ pub async fn start_with(tweak: impl FnOnce(&mut SandboxConfig)) -> SandboxHandle
     };
     tweak(&mut cfg);
     Sandbox::start(cfg).await.expect("sandbox starts")
+}
+
+/// Faults with what `set` changes, the rest off.
+pub fn faults(set: impl FnOnce(&mut Faults)) -> Faults {
+    let mut f = Faults::default();
+    set(&mut f);
+    f
 }
 
 /// A client that does not follow redirects (we inspect them).
@@ -110,6 +117,14 @@ pub fn api(
 
 pub async fn get(sb: &SandboxHandle, token: &str, path: &str) -> reqwest::Response {
     get_on(sb, HOST, token, path).await
+}
+
+/// `DELETE /api/v4/{path}` on [`HOST`] without a body.
+pub async fn delete(sb: &SandboxHandle, token: &str, path: &str) -> reqwest::Response {
+    api(sb, HOST, reqwest::Method::DELETE, path, token)
+        .send()
+        .await
+        .expect("request")
 }
 
 /// The JSON body of `GET /api/v4/{path}` on [`HOST`].
@@ -360,9 +375,17 @@ pub fn parse_hook(body: &str) -> Hook {
         .expect("webhook body parses as amoCRM's bracket form")
 }
 
+/// A sandbox with the default rate limit and an admin token for `HOST`.
+pub async fn signed_in() -> (SandboxHandle, String) {
+    with_token(start().await)
+}
+
 /// A sandbox without the rate limit and an admin token for `HOST`.
 pub async fn unlimited() -> (SandboxHandle, String) {
-    let sb = start_with(|c| c.rate_limit_rps = 0).await;
+    with_token(start_with(|c| c.rate_limit_rps = 0).await)
+}
+
+fn with_token(sb: SandboxHandle) -> (SandboxHandle, String) {
     let token = sb.issue_tokens(CLIENT_ID, HOST).access_token;
     (sb, token)
 }

@@ -7,25 +7,12 @@ use crate::common::*;
 #[tokio::test]
 async fn accounts_log_and_counters_are_reachable_over_http() {
     let sb = start().await;
-    let created = json_of(
-        post_path(
-            &sb,
-            "/_sandbox/accounts",
-            &json!({"host": "NewShop.amocrm.ru"}),
-        )
-        .await,
-    )
-    .await;
+    let add_account = async |host: &str| {
+        json_of(post_path(&sb, "/_sandbox/accounts", &json!({ "host": host })).await).await
+    };
+    let created = add_account("NewShop.amocrm.ru").await;
     assert_eq!(created["host"], "newshop.amocrm.ru");
-    let again = json_of(
-        post_path(
-            &sb,
-            "/_sandbox/accounts",
-            &json!({"host": "newshop.amocrm.ru"}),
-        )
-        .await,
-    )
-    .await;
+    let again = add_account("newshop.amocrm.ru").await;
     assert_eq!(
         again["id"], created["id"],
         "adding an existing account returns it"
@@ -101,6 +88,15 @@ async fn control(
     req.send().await.unwrap()
 }
 
+/// How many items `GET /_sandbox/accounts/{HOST}/{path}` lists.
+async fn control_count(sb: &amocrm_sandbox::SandboxHandle, path: &str) -> usize {
+    json_of(control(sb, reqwest::Method::GET, path, None).await)
+        .await
+        .as_array()
+        .unwrap()
+        .len()
+}
+
 #[tokio::test]
 async fn users_contacts_lists_and_fields_are_seeded_and_read_over_http() {
     use reqwest::Method;
@@ -137,14 +133,7 @@ async fn users_contacts_lists_and_fields_are_seeded_and_read_over_http() {
             .status(),
         204
     );
-    assert_eq!(
-        json_of(control(&sb, Method::GET, "users", None).await)
-            .await
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(control_count(&sb, "users").await, 1);
 
     let contact = json_of(
         control(
@@ -204,14 +193,7 @@ async fn users_contacts_lists_and_fields_are_seeded_and_read_over_http() {
     )
     .await;
     assert_eq!(regular["type"], "regular");
-    assert_eq!(
-        json_of(control(&sb, Method::GET, "catalogs", None).await)
-            .await
-            .as_array()
-            .unwrap()
-            .len(),
-        2
-    );
+    assert_eq!(control_count(&sb, "catalogs").await, 2);
     assert_eq!(
         control(
             &sb,

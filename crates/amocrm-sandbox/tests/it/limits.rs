@@ -2,7 +2,6 @@
 
 use std::time::{Duration, Instant};
 
-use amocrm_sandbox::Faults;
 use reqwest::Method;
 use serde_json::json;
 
@@ -12,8 +11,7 @@ use crate::common::*;
 async fn the_eighth_request_within_a_second_is_429_with_retry_after() {
     // The rule is about one real second: on a loaded machine a burst may take longer, so try again.
     for _attempt in 0..5 {
-        let sb = start().await;
-        let token = sb.issue_tokens(CLIENT_ID, HOST).access_token;
+        let (sb, token) = signed_in().await;
         let other = sb
             .issue_tokens(CLIENT_ID, "sellertwo.amocrm.ru")
             .access_token;
@@ -109,15 +107,8 @@ async fn concurrent_bursts_admit_exactly_the_limit_including_token_requests() {
 
 #[tokio::test]
 async fn fail_next_answers_500_without_applying() {
-    let sb = start().await;
-    let token = sb.issue_tokens(CLIENT_ID, HOST).access_token;
-    sb.set_faults(
-        HOST,
-        Faults {
-            fail_next: 2,
-            ..Faults::default()
-        },
-    );
+    let (sb, token) = signed_in().await;
+    sb.set_faults(HOST, faults(|f| f.fail_next = 2));
     for _ in 0..2 {
         let resp = post(&sb, &token, "leads/complex", json!([{"name": "A"}])).await;
         assert_eq!(resp.status(), 500);
@@ -140,15 +131,8 @@ async fn fail_next_answers_500_without_applying() {
 
 #[tokio::test]
 async fn drop_after_write_applies_the_request_and_never_answers() {
-    let sb = start().await;
-    let token = sb.issue_tokens(CLIENT_ID, HOST).access_token;
-    sb.set_faults(
-        HOST,
-        Faults {
-            drop_after_write_next: 1,
-            ..Faults::default()
-        },
-    );
+    let (sb, token) = signed_in().await;
+    sb.set_faults(HOST, faults(|f| f.drop_after_write_next = 1));
     let err = api(&sb, HOST, Method::POST, "leads/complex", &token)
         .json(&json!([{"name": "Buyurtma #7", "request_id": "o7"}]))
         .timeout(Duration::from_millis(300))
@@ -176,13 +160,7 @@ async fn drop_after_write_applies_the_request_and_never_answers() {
 async fn a_refresh_lost_after_the_write_can_be_retried_with_the_old_token() {
     let sb = start().await;
     let pair = sb.issue_tokens(CLIENT_ID, HOST);
-    sb.set_faults(
-        HOST,
-        Faults {
-            drop_after_write_next: 1,
-            ..Faults::default()
-        },
-    );
+    sb.set_faults(HOST, faults(|f| f.drop_after_write_next = 1));
     let lost = http()
         .post(format!("{}/oauth2/access_token", sb.account_url(HOST)))
         .json(&json!({"client_id": CLIENT_ID, "client_secret": SECRET, "grant_type": "refresh_token", "refresh_token": pair.refresh_token, "redirect_uri": REDIRECT}))
@@ -203,8 +181,7 @@ async fn a_refresh_lost_after_the_write_can_be_retried_with_the_old_token() {
 
 #[tokio::test]
 async fn forced_429_and_latency_switches_apply_per_account() {
-    let sb = start().await;
-    let token = sb.issue_tokens(CLIENT_ID, HOST).access_token;
+    let (sb, token) = signed_in().await;
     let put = http()
         .put(format!("{}/_sandbox/accounts/{HOST}/faults", sb.base_url()))
         .json(&json!({"force_429_next": 1, "latency_ms": 150}))

@@ -131,40 +131,21 @@ async fn note_batches_are_limited_and_validated_as_a_whole() {
 
 #[tokio::test]
 async fn notes_count_in_the_rate_limit_and_faults_like_any_call() {
-    let sb = start().await;
-    let token = sb.issue_tokens(CLIENT_ID, HOST).access_token;
+    let (sb, token) = signed_in().await;
     let a = sb.create_lead(HOST, "A", 1, None).unwrap();
     let body = json!([{"entity_id": a, "note_type": "common", "params": {"text": "x"}}]);
-    sb.set_faults(
-        HOST,
-        amocrm_sandbox::Faults {
-            fail_next: 1,
-            ..Default::default()
-        },
-    );
+    sb.set_faults(HOST, faults(|f| f.fail_next = 1));
     let resp = post(&sb, &token, "leads/notes", body.clone()).await;
     assert_eq!(resp.status(), 500);
     assert!(sb.notes(HOST).is_empty(), "a 500 applies nothing");
-    sb.set_faults(
-        HOST,
-        amocrm_sandbox::Faults {
-            force_429_next: 1,
-            ..Default::default()
-        },
-    );
+    sb.set_faults(HOST, faults(|f| f.force_429_next = 1));
     assert_eq!(
         post(&sb, &token, "leads/notes", body.clone())
             .await
             .status(),
         429
     );
-    sb.set_faults(
-        HOST,
-        amocrm_sandbox::Faults {
-            drop_after_write_next: 1,
-            ..Default::default()
-        },
-    );
+    sb.set_faults(HOST, faults(|f| f.drop_after_write_next = 1));
     let lost = api(&sb, HOST, Method::POST, "leads/notes", &token)
         .json(&body)
         .timeout(std::time::Duration::from_millis(300))

@@ -18,6 +18,12 @@ fn product(i: usize) -> Value {
     })
 }
 
+/// A `POST leads/link` item: `quantity` of product `element` (of `catalog`) in `lead`.
+fn product_link(lead: u64, element: u64, catalog: u64, quantity: Value) -> Value {
+    json!({"entity_id": lead, "to_entity_id": element, "to_entity_type": "catalog_elements",
+           "metadata": {"catalog_id": catalog, "quantity": quantity}})
+}
+
 /// Turns products on and creates `n` products; returns (catalog id, element ids).
 async fn products(sb: &amocrm_sandbox::SandboxHandle, token: &str, n: usize) -> (u64, Vec<u64>) {
     let catalog = sb.enable_products(HOST, None).unwrap().id;
@@ -131,10 +137,7 @@ async fn links_carry_quantities_and_linking_again_updates_the_quantity() {
     let (sb, token) = unlimited().await;
     let (catalog, els) = products(&sb, &token, 2).await;
     let lead = sb.create_lead(HOST, "Order", 30_000, None).unwrap();
-    let link = |el: u64, qty: Value| {
-        json!({"entity_id": lead, "to_entity_id": el, "to_entity_type": "catalog_elements",
-               "metadata": {"catalog_id": catalog, "quantity": qty}})
-    };
+    let link = |el: u64, qty: Value| product_link(lead, el, catalog, qty);
     let resp = post(
         &sb,
         &token,
@@ -248,18 +251,9 @@ async fn the_lost_links_fault_drops_links_while_the_answer_lists_them_all() {
     let lead = sb.create_lead(HOST, "Big order", 1, None).unwrap();
     let batch: Vec<Value> = els
         .iter()
-        .map(|e| {
-            json!({"entity_id": lead, "to_entity_id": e, "to_entity_type": "catalog_elements",
-                        "metadata": {"catalog_id": catalog, "quantity": 1}})
-        })
+        .map(|e| product_link(lead, *e, catalog, json!(1)))
         .collect();
-    sb.set_faults(
-        HOST,
-        Faults {
-            drop_links_percent: 9,
-            ..Faults::default()
-        },
-    );
+    sb.set_faults(HOST, faults(|f| f.drop_links_percent = 9));
     let resp = post(&sb, &token, "leads/link", Value::Array(batch.clone())).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
@@ -291,18 +285,9 @@ async fn the_lost_links_fault_drops_links_while_the_answer_lists_them_all() {
     let other = sb.create_lead(HOST, "Small order", 1, None).unwrap();
     let small: Vec<Value> = els[..3]
         .iter()
-        .map(|e| {
-            json!({"entity_id": other, "to_entity_id": e, "to_entity_type": "catalog_elements",
-                        "metadata": {"catalog_id": catalog, "quantity": 2}})
-        })
+        .map(|e| product_link(other, *e, catalog, json!(2)))
         .collect();
-    sb.set_faults(
-        HOST,
-        Faults {
-            drop_links_next: 2,
-            ..Faults::default()
-        },
-    );
+    sb.set_faults(HOST, faults(|f| f.drop_links_next = 2));
     let resp = post(&sb, &token, "leads/link", Value::Array(small)).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(sb.faults(HOST).drop_links_next, 0, "the count is spent");

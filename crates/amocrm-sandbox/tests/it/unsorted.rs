@@ -231,16 +231,7 @@ async fn declining_closes_the_lead_as_lost_and_the_board_and_handle_do_both() {
             .unwrap()
     };
 
-    let resp = api(
-        &sb,
-        HOST,
-        Method::DELETE,
-        &format!("leads/unsorted/{}/decline", uid(0)),
-        &token,
-    )
-    .send()
-    .await
-    .unwrap();
+    let resp = delete(&sb, &token, &format!("leads/unsorted/{}/decline", uid(0))).await;
     assert_eq!(resp.status(), 200);
     let declined = sb.lead(HOST, lead(0)).unwrap();
     assert_eq!(declined.status_id, 143);
