@@ -40,11 +40,17 @@ pub struct Group {
     pub options: Vec<Opt>,
 }
 
-pub struct StageRow {
+/// A form input's value with the problems shown under it.
+pub struct Field<T> {
+    pub value: T,
+    pub errors: Vec<String>,
+}
+
+/// One labelled select of a list of them (a status's stage, an order value's lead field).
+pub struct Row<T> {
     pub key: &'static str,
     pub label: &'static str,
-    pub groups: Vec<Group>,
-    pub errors: Vec<String>,
+    pub choices: Field<Vec<T>>,
 }
 
 pub struct UserRow {
@@ -54,42 +60,23 @@ pub struct UserRow {
     pub errors: Vec<String>,
 }
 
-pub struct FieldRow {
-    pub key: &'static str,
-    pub label: &'static str,
-    pub options: Vec<Opt>,
-    pub errors: Vec<String>,
-}
-
 /// Everything of the form, ready to print.
 pub struct FormView {
-    pub languages: Vec<Opt>,
-    pub language_errors: Vec<String>,
-    pub entries: Vec<Opt>,
-    pub entry_errors: Vec<String>,
-    pub pipelines: Vec<Opt>,
-    pub pipeline_errors: Vec<String>,
-    pub stages: Vec<StageRow>,
-    pub modes: Vec<Opt>,
-    pub mode_errors: Vec<String>,
+    pub language: Field<Vec<Opt>>,
+    pub entry: Field<Vec<Opt>>,
+    pub pipeline: Field<Vec<Opt>>,
+    pub stages: Vec<Row<Group>>,
+    pub mode: Field<Vec<Opt>>,
     pub users_known: bool,
-    pub users: Vec<UserRow>,
-    pub users_errors: Vec<String>,
-    pub matches: Vec<Opt>,
-    pub match_errors: Vec<String>,
-    pub country: String,
-    pub country_errors: Vec<String>,
-    pub note: bool,
-    pub note_errors: Vec<String>,
-    pub products: Vec<Opt>,
-    pub products_errors: Vec<String>,
-    pub task_enabled: bool,
-    pub task_text: String,
-    pub task_due: String,
-    pub task_errors: Vec<String>,
-    pub task_text_errors: Vec<String>,
-    pub task_due_errors: Vec<String>,
-    pub fields: Vec<FieldRow>,
+    pub users: Field<Vec<UserRow>>,
+    pub matching: Field<Vec<Opt>>,
+    pub country: Field<String>,
+    pub note: Field<bool>,
+    pub products: Field<Vec<Opt>>,
+    pub task_enabled: Field<bool>,
+    pub task_text: Field<String>,
+    pub task_due: Field<String>,
+    pub fields: Vec<Row<Opt>>,
     /// Problems that belong to no field shown.
     pub other_errors: Vec<String>,
 }
@@ -140,6 +127,14 @@ impl<'t> Problems<'t> {
         out
     }
 
+    /// `value` with the messages of any of `paths`.
+    fn field<T>(&mut self, value: T, paths: &[&str]) -> Field<T> {
+        Field {
+            value,
+            errors: self.take_all(paths),
+        }
+    }
+
     fn rest(self) -> Vec<String> {
         let mut out: Vec<String> = self
             .by_path
@@ -187,7 +182,7 @@ fn stage_rows(
     form: &Form,
     pipelines: &[Pipeline],
     p: &mut Problems<'_>,
-) -> Vec<StageRow> {
+) -> Vec<Row<Group>> {
     STATUS_KEYS
         .iter()
         .enumerate()
@@ -214,11 +209,10 @@ fn stage_rows(
                     }
                 })
                 .collect();
-            StageRow {
+            Row {
                 key,
                 label: t.statuses[i],
-                groups,
-                errors: p.take(&format!("pipeline.statuses.{key}")),
+                choices: p.field(groups, &[&format!("pipeline.statuses.{key}")]),
             }
         })
         .collect()
@@ -301,7 +295,7 @@ fn field_rows(
     form: &Form,
     ready: &Ready,
     p: &mut Problems<'_>,
-) -> Vec<FieldRow> {
+) -> Vec<Row<Opt>> {
     let conn = &ready.view.connection;
     let ours = [conn.field_order_number_id, conn.field_order_link_id];
     FIELD_KEYS
@@ -331,11 +325,10 @@ fn field_rows(
             if !current.is_empty() && !options.iter().any(|o| o.selected) {
                 options.push(Opt::new(current, format!("#{current}"), true));
             }
-            FieldRow {
+            Row {
                 key,
                 label: t.fields[i],
-                options,
-                errors: p.take(&format!("fields.{key}")),
+                choices: p.field(options, &[&format!("fields.{key}")]),
             }
         })
         .collect()
@@ -380,56 +373,62 @@ pub fn form_view(
         .collect();
     let pipelines = &ready.account.pipelines;
     FormView {
-        languages,
-        language_errors: p.take("language"),
-        entries: choices(
-            Entry::ALL,
-            Entry::as_str,
-            &[t.entry_lead, t.entry_incoming],
-            &form.entry,
+        language: p.field(languages, &["language"]),
+        entry: p.field(
+            choices(
+                Entry::ALL,
+                Entry::as_str,
+                &[t.entry_lead, t.entry_incoming],
+                &form.entry,
+            ),
+            &["entry"],
         ),
-        entry_errors: p.take("entry"),
-        pipelines: pipeline_options(form, pipelines),
-        pipeline_errors: p.take_all(&["pipeline", "pipeline.pipeline_id", "pipeline.statuses"]),
+        pipeline: p.field(
+            pipeline_options(form, pipelines),
+            &["pipeline", "pipeline.pipeline_id", "pipeline.statuses"],
+        ),
         stages: stage_rows(t, form, pipelines, &mut p),
-        modes: choices(
-            ResponsibleMode::ALL,
-            ResponsibleMode::as_str,
-            &[t.mode_default, t.mode_contact_owner, t.mode_round_robin],
-            &form.responsible_mode,
+        mode: p.field(
+            choices(
+                ResponsibleMode::ALL,
+                ResponsibleMode::as_str,
+                &[t.mode_default, t.mode_contact_owner, t.mode_round_robin],
+                &form.responsible_mode,
+            ),
+            &["responsible", "responsible.mode"],
         ),
-        mode_errors: p.take_all(&["responsible", "responsible.mode"]),
         users_known: ready.account.users_known,
-        users: if ready.account.users_known {
-            user_rows(t, form, ready, &mut p)
-        } else {
-            Vec::new()
+        users: {
+            let rows = if ready.account.users_known {
+                user_rows(t, form, ready, &mut p)
+            } else {
+                Vec::new()
+            };
+            p.field(rows, &["responsible.user_ids"])
         },
-        users_errors: p.take("responsible.user_ids"),
-        matches: choices(
-            MatchMode::ALL,
-            MatchMode::as_str,
-            &t.matches,
-            &form.contacts_match,
+        matching: p.field(
+            choices(
+                MatchMode::ALL,
+                MatchMode::as_str,
+                &t.matches,
+                &form.contacts_match,
+            ),
+            &["contacts", "contacts.match"],
         ),
-        match_errors: p.take_all(&["contacts", "contacts.match"]),
-        country: form.default_country.clone(),
-        country_errors: p.take("contacts.default_country"),
-        note: form.note,
-        note_errors: p.take_all(&["items", "items.note"]),
-        products: choices(
-            ProductsMode::ALL,
-            ProductsMode::as_str,
-            &[t.products_auto, t.products_off],
-            &form.products,
+        country: p.field(form.default_country.clone(), &["contacts.default_country"]),
+        note: p.field(form.note, &["items", "items.note"]),
+        products: p.field(
+            choices(
+                ProductsMode::ALL,
+                ProductsMode::as_str,
+                &[t.products_auto, t.products_off],
+                &form.products,
+            ),
+            &["items.products"],
         ),
-        products_errors: p.take("items.products"),
-        task_enabled: form.task_enabled,
-        task_text: form.task_text.clone(),
-        task_due: form.task_due.clone(),
-        task_errors: p.take_all(&["task", "task.enabled"]),
-        task_text_errors: p.take("task.text"),
-        task_due_errors: p.take("task.due_in_minutes"),
+        task_enabled: p.field(form.task_enabled, &["task", "task.enabled"]),
+        task_text: p.field(form.task_text.clone(), &["task.text"]),
+        task_due: p.field(form.task_due.clone(), &["task.due_in_minutes"]),
         fields: field_rows(t, form, ready, &mut p),
         other_errors: p.rest(),
     }
