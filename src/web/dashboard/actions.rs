@@ -1,9 +1,14 @@
 //! The dashboard's actions (admins only, CSRF-checked forms): refresh a connection now (probe it, when
 //! suspended), retry a failed order, redeliver an event. Each redirects back to its list with a fixed message.
 
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::dev::Payload;
 use actix_web::http::{StatusCode, header};
-use actix_web::{HttpResponse, web};
+use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
 use askama::Template;
+use serde::de::DeserializeOwned;
 
 use super::{CsrfForm, DashError, Signed, page};
 use crate::domain::status::ConnectionStatus;
@@ -13,6 +18,54 @@ use crate::services::events_log::{self, EventsError};
 use crate::services::orders::{self, OrderError};
 use crate::services::refresh::{self, Need, RefreshError};
 use crate::services::suspension::{self, Probe};
+use crate::storage::connections::Connection;
+
+/// A form that carries the session's form token.
+pub trait Csrf {
+    fn csrf(&self) -> &str;
+}
+
+impl Csrf for CsrfForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+/// An action on the resource the path names: the signed-in operator, the path's id and the posted form,
+/// taken only when the operator may write and the form's token matches (`Signed::check_write`).
+pub struct Action<F = CsrfForm> {
+    signed: Signed,
+    id: String,
+    form: F,
+}
+
+impl<F: Csrf + DeserializeOwned + 'static> FromRequest for Action<F> {
+    type Error = actix_web::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let signed = Signed::from_request(req, payload);
+        let path = web::Path::<String>::from_request(req, payload);
+        let form = web::Form::<F>::from_request(req, payload);
+        Box::pin(async move {
+            let signed = signed.await?;
+            let id = path.await?.into_inner();
+            let form = form.await?.into_inner();
+            signed.check_write(form.csrf())?;
+            Ok(Self { signed, id, form })
+        })
+    }
+}
+
+/// The seller's connection; any failure but a missing one is the page's internal error.
+async fn connection(state: &Context, seller: &str) -> Result<Connection, DashError> {
+    connect::get_connection(state, seller)
+        .await
+        .map_err(|e| match e {
+            ConnectError::NotFound => DashError::NotFound,
+            e => DashError::Internal(e.to_string()),
+        })
+}
 
 #[derive(Template)]
 #[template(path = "dashboard/connect_link.html")]
@@ -27,30 +80,23 @@ struct ConnectLinkPage {
 /// A fresh single-use connect link for a seller whose connection broke (refresh failed, revoked) or who
 /// must reconnect for any reason, shown with a copy button so support can send it.
 pub async fn connect_link(
-    req: actix_web::HttpRequest,
+    req: HttpRequest,
     state: web::Data<Context>,
-    signed: Signed,
-    path: web::Path<String>,
-    form: web::Form<CsrfForm>,
+    action: Action,
 ) -> Result<HttpResponse, DashError> {
-    signed.check_write(&form.csrf)?;
-    let seller = path.into_inner();
-    let current = match connect::get_connection(&state, &seller).await {
-        Ok(c) => c,
-        Err(ConnectError::NotFound) => return Err(DashError::NotFound),
-        Err(e) => return Err(DashError::Internal(e.to_string())),
-    };
+    let current = connection(&state, &action.id).await?;
     let platform = current.platform.as_str();
-    let created = connect::create_session(&state, &seller, None, None, Some(platform))
+    let created = connect::create_session(&state, &action.id, None, None, Some(platform))
         .await
         .map_err(|e| DashError::Internal(e.to_string()))?;
-    tracing::info!(operator_id = signed.operator.id, seller_id = %seller, "connect link from the dashboard");
+    let signed = &action.signed;
+    tracing::info!(operator_id = signed.operator.id, seller_id = %action.id, "connect link from the dashboard");
     let body = ConnectLinkPage {
-        nav: super::Nav::new(&signed, &state, "connections", &req),
+        nav: super::Nav::new(signed, &state, "connections", &req),
         platform: current.platform.display_name(),
         url: created.connect_url,
         expires_at: signed.clock.time(created.expires_at.naive_utc()),
-        seller_id: seller,
+        seller_id: action.id,
     }
     .render();
     Ok(super::html(StatusCode::OK, body))
@@ -64,17 +110,12 @@ fn back(to: &str, done: &str) -> HttpResponse {
 
 pub async fn refresh_connection(
     state: web::Data<Context>,
-    signed: Signed,
-    path: web::Path<String>,
-    form: web::Form<CsrfForm>,
+    action: Action,
 ) -> Result<HttpResponse, DashError> {
-    signed.check_write(&form.csrf)?;
-    let seller = path.into_inner();
-    let current = match connect::get_connection(&state, &seller).await {
-        Ok(c) => c,
-        Err(ConnectError::NotFound) => return Err(DashError::NotFound),
-        Err(e) => return Err(DashError::Internal(e.to_string())),
-    };
+    let Action {
+        signed, id: seller, ..
+    } = action;
+    let current = connection(&state, &seller).await?;
     if current.status == ConnectionStatus::Suspended {
         let done = match suspension::probe(&state, &seller, true).await? {
             Probe::Recovered => "recovered",
@@ -101,12 +142,9 @@ pub async fn refresh_connection(
 
 pub async fn retry_order(
     state: web::Data<Context>,
-    signed: Signed,
-    path: web::Path<String>,
-    form: web::Form<CsrfForm>,
+    action: Action,
 ) -> Result<HttpResponse, DashError> {
-    signed.check_write(&form.csrf)?;
-    let id = path.into_inner();
+    let Action { signed, id, .. } = action;
     match orders::retry(&state.db, &id).await {
         Ok(_) => {
             tracing::info!(operator_id = signed.operator.id, order_id = %id, "retry from the dashboard");
@@ -129,14 +167,17 @@ pub struct RedeliverForm {
     subscription_id: String,
 }
 
+impl Csrf for RedeliverForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
 pub async fn redeliver_event(
     state: web::Data<Context>,
-    signed: Signed,
-    path: web::Path<String>,
-    form: web::Form<RedeliverForm>,
+    action: Action<RedeliverForm>,
 ) -> Result<HttpResponse, DashError> {
-    signed.check_write(&form.csrf)?;
-    let id = path.into_inner();
+    let Action { signed, id, form } = action;
     let only = Some(form.subscription_id.as_str()).filter(|s| !s.is_empty());
     match events_log::redeliver(&state.db, &id, only).await {
         Ok(_) => {
@@ -161,18 +202,21 @@ pub struct SubscriptionForm {
     active: Option<String>,
 }
 
+impl Csrf for SubscriptionForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
 /// Saves a subscription's URL, events and active flag with the same checks as the API; a refusal shows
 /// the form again with what was sent and why.
 pub async fn save_subscription(
-    req: actix_web::HttpRequest,
+    req: HttpRequest,
     state: web::Data<Context>,
-    signed: Signed,
-    path: web::Path<String>,
-    form: web::Form<SubscriptionForm>,
+    action: Action<SubscriptionForm>,
 ) -> Result<HttpResponse, DashError> {
     use crate::services::subscriptions::{self, SubscriptionError, SubscriptionInput};
-    signed.check_write(&form.csrf)?;
-    let id = path.into_inner();
+    let Action { signed, id, form } = action;
     let events: Vec<String> = form
         .events
         .split(',')
@@ -211,15 +255,12 @@ pub async fn save_subscription(
 
 /// Sends a test event to the subscription and shows how the receiver answered.
 pub async fn test_subscription(
-    req: actix_web::HttpRequest,
+    req: HttpRequest,
     state: web::Data<Context>,
-    signed: Signed,
-    path: web::Path<String>,
-    form: web::Form<CsrfForm>,
+    action: Action,
 ) -> Result<HttpResponse, DashError> {
     use crate::services::subscriptions;
-    signed.check_write(&form.csrf)?;
-    let id = path.into_inner();
+    let Action { signed, id, .. } = action;
     let (current, attempt) = subscriptions::send_test(&state, &id).await?;
     let mut p = super::pages::SubscriptionPage::new(&req, &state, &signed, current);
     let r = &attempt.record;

@@ -225,6 +225,42 @@ impl FromRequest for Signed {
     }
 }
 
+/// What a dashboard page answers from: the request (its query and flash), the service and the signed-in
+/// operator.
+pub struct Viewer {
+    pub req: HttpRequest,
+    pub state: web::Data<Context>,
+    pub signed: Signed,
+}
+
+impl Viewer {
+    /// The navigation, with `section` marked as the current one.
+    pub fn nav(&self, section: &'static str) -> Nav {
+        Nav::new(&self.signed, &self.state, section, &self.req)
+    }
+
+    /// Whether the page offers the forms that change something.
+    pub fn can_write(&self) -> bool {
+        self.signed.operator.role.can_write()
+    }
+}
+
+impl FromRequest for Viewer {
+    type Error = DashError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, DashError>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        let state = req.app_data::<web::Data<Context>>().cloned();
+        let signed = Signed::from_request(&req, payload);
+        Box::pin(async move {
+            let signed = signed.await?;
+            let state = state.ok_or_else(|| DashError::Internal("no state".into()))?;
+            Ok(Self { req, state, signed })
+        })
+    }
+}
+
 /// The operator's time zone as a fixed offset (from the `tz_offset` cookie the page script sets); UTC
 /// until the browser has told us. The script also rewrites every time into the browser's own zone.
 #[derive(Debug, Clone, Copy)]

@@ -5,7 +5,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 use serde::Deserialize;
 
-use super::{Clock, DashError, Nav, Signed, html};
+use super::{Clock, DashError, Nav, Signed, Viewer, html};
 use crate::domain::order::SyncState;
 use crate::domain::status::{
     ConnectionStatus, DeliveryState, HealthState, InboxState, ProvisioningState, SuspendReason,
@@ -61,13 +61,20 @@ impl ListQuery {
 }
 
 /// Links to the neighbouring pages, keeping the filter and the search.
+/// Where a list is and the links to its neighbouring pages (`dashboard/pager.html`).
+pub struct Pager {
+    pub page: i64,
+    pub prev_href: Option<String>,
+    pub next_href: Option<String>,
+}
+
 fn pager(
     base: &str,
     filter: Option<(&str, &str)>,
     search: Option<&str>,
     page: i64,
     total: i64,
-) -> (Option<String>, Option<String>) {
+) -> Pager {
     let link = |p: i64| {
         let mut query = url::form_urlencoded::Serializer::new(String::new());
         if let Some((k, v)) = filter {
@@ -79,9 +86,11 @@ fn pager(
         query.append_pair("page", &p.to_string());
         format!("{base}?{}", query.finish())
     };
-    let prev = (page > 1).then(|| link(page - 1));
-    let next = (page * PER_PAGE < total).then(|| link(page + 1));
-    (prev, next)
+    Pager {
+        page,
+        prev_href: (page > 1).then(|| link(page - 1)),
+        next_href: (page * PER_PAGE < total).then(|| link(page + 1)),
+    }
 }
 
 fn age(oldest: Option<chrono::NaiveDateTime>) -> String {
@@ -127,14 +136,10 @@ struct OverviewPage {
     inbox_lag: String,
 }
 
-pub async fn overview(
-    req: HttpRequest,
-    state: web::Data<Context>,
-    signed: Signed,
-) -> Result<HttpResponse, DashError> {
-    let s = dashboard::overview(&state.db).await?;
+pub async fn overview(v: Viewer) -> Result<HttpResponse, DashError> {
+    let s = dashboard::overview(&v.state.db).await?;
     let page = OverviewPage {
-        nav: Nav::new(&signed, &state, "overview", &req),
+        nav: v.nav("overview"),
         connections: with_known(&s.connections_by_status, CONNECTION_STATUSES),
         orders: with_known(&s.orders_by_sync_state, SYNC_STATES),
         deliveries: with_known(&s.deliveries_by_state, DeliveryState::NAMES),
@@ -204,22 +209,16 @@ struct ConnectionsPage {
     status: Option<ConnectionStatus>,
     filters: Vec<Filter>,
     can_write: bool,
-    page: i64,
-    prev_href: Option<String>,
-    next_href: Option<String>,
+    pager: Pager,
 }
 
-pub async fn connections(
-    req: HttpRequest,
-    state: web::Data<Context>,
-    signed: Signed,
-) -> Result<HttpResponse, DashError> {
-    let query = ListQuery::parse(&req);
+pub async fn connections(v: Viewer) -> Result<HttpResponse, DashError> {
+    let query = ListQuery::parse(&v.req);
     let status = query.status.as_deref().and_then(ConnectionStatus::parse);
     let page = query.page();
     let search = query.search();
-    let (rows, total) = dashboard::connections(&state.db, status, search.clone(), page).await?;
-    let (prev_href, next_href) = pager(
+    let (rows, total) = dashboard::connections(&v.state.db, status, search.clone(), page).await?;
+    let pager = pager(
         "/dashboard/connections",
         status.map(|s| ("status", s.as_str())),
         search.as_deref(),
@@ -227,10 +226,10 @@ pub async fn connections(
         total,
     );
     let body = ConnectionsPage {
-        nav: Nav::new(&signed, &state, "connections", &req),
+        nav: v.nav("connections"),
         rows: rows
             .into_iter()
-            .map(|c| ConnectionRow::new(c, &signed.clock))
+            .map(|c| ConnectionRow::new(c, &v.signed.clock))
             .collect(),
         total,
         search,
@@ -241,10 +240,8 @@ pub async fn connections(
             status.map(ConnectionStatus::as_str),
         ),
         status,
-        can_write: signed.operator.role.can_write(),
-        page,
-        prev_href,
-        next_href,
+        can_write: v.can_write(),
+        pager,
     }
     .render();
     Ok(html(StatusCode::OK, body))
@@ -276,21 +273,16 @@ struct ConnectionDetailPage {
 }
 
 /// `/dashboard/connections/{seller_id}`: one connection, its health and the timeline of its state changes.
-pub async fn connection(
-    req: HttpRequest,
-    path: web::Path<String>,
-    state: web::Data<Context>,
-    signed: Signed,
-) -> Result<HttpResponse, DashError> {
-    let page = dashboard::connection(&state.db, &path)
+pub async fn connection(path: web::Path<String>, v: Viewer) -> Result<HttpResponse, DashError> {
+    let page = dashboard::connection(&v.state.db, &path)
         .await?
         .ok_or(DashError::NotFound)?;
-    let clock = &signed.clock;
+    let clock = &v.signed.clock;
     let c = page.connection;
     let h = page.health;
     let health_state = HealthState::of(c.status, h.as_ref().map(|h| h.state)).to_string();
     let body = ConnectionDetailPage {
-        nav: Nav::new(&signed, &state, "connections", &req),
+        nav: v.nav("connections"),
         token_expires_at: clock.time_opt(c.token_expires_at),
         last_refreshed_at: clock.time_opt(c.last_refreshed_at),
         connected_at: clock.time(c.connected_at),
@@ -309,7 +301,7 @@ pub async fn connection(
                 event: e.event,
             })
             .collect(),
-        can_write: signed.operator.role.can_write(),
+        can_write: v.can_write(),
         c,
     }
     .render();
@@ -354,23 +346,17 @@ struct OrdersPage {
     sync_state: Option<SyncState>,
     filters: Vec<Filter>,
     can_write: bool,
-    page: i64,
-    prev_href: Option<String>,
-    next_href: Option<String>,
+    pager: Pager,
 }
 
-pub async fn orders(
-    req: HttpRequest,
-    state: web::Data<Context>,
-    signed: Signed,
-) -> Result<HttpResponse, DashError> {
-    let query = ListQuery::parse(&req);
+pub async fn orders(v: Viewer) -> Result<HttpResponse, DashError> {
+    let query = ListQuery::parse(&v.req);
     let sync_state = query.sync_state.as_deref().and_then(SyncState::parse);
     let page = query.page();
     let search = query.search();
-    let (rows, total) = dashboard::orders(&state.db, sync_state, search.clone(), page).await?;
-    let clock = signed.clock;
-    let (prev_href, next_href) = pager(
+    let (rows, total) = dashboard::orders(&v.state.db, sync_state, search.clone(), page).await?;
+    let clock = v.signed.clock;
+    let pager = pager(
         "/dashboard/orders",
         sync_state.map(|s| ("sync_state", s.as_str())),
         search.as_deref(),
@@ -378,7 +364,7 @@ pub async fn orders(
         total,
     );
     let body = OrdersPage {
-        nav: Nav::new(&signed, &state, "orders", &req),
+        nav: v.nav("orders"),
         rows: rows
             .into_iter()
             .map(|listed| {
@@ -411,10 +397,8 @@ pub async fn orders(
             sync_state.map(SyncState::as_str),
         ),
         sync_state,
-        can_write: signed.operator.role.can_write(),
-        page,
-        prev_href,
-        next_href,
+        can_write: v.can_write(),
+        pager,
     }
     .render();
     Ok(html(StatusCode::OK, body))
@@ -445,20 +429,15 @@ struct OrderDetailPage {
 
 /// `/dashboard/orders/{id}`: one order, its items and buyer, its lead in amoCRM (linked, with the stage
 /// and paid state last seen) and its timeline of events, stage moves and follow-up steps.
-pub async fn order(
-    req: HttpRequest,
-    path: web::Path<String>,
-    state: web::Data<Context>,
-    signed: Signed,
-) -> Result<HttpResponse, DashError> {
+pub async fn order(path: web::Path<String>, v: Viewer) -> Result<HttpResponse, DashError> {
     let page = dashboard::order(
-        &state.db,
-        &state.settings.amocrm_account_url_template,
+        &v.state.db,
+        &v.state.settings.amocrm_account_url_template,
         &path,
     )
     .await?
     .ok_or(DashError::NotFound)?;
-    let clock = &signed.clock;
+    let clock = &v.signed.clock;
     let o = page.order;
     let (items, customer, comment) = match &page.draft {
         Some(d) => {
@@ -489,7 +468,7 @@ pub async fn order(
         None => (Vec::new(), Vec::new(), None),
     };
     let body = OrderDetailPage {
-        nav: Nav::new(&signed, &state, "orders", &req),
+        nav: v.nav("orders"),
         host: page.connection.as_ref().map(|c| c.host.clone()),
         amount: amount(o.total_amount_minor),
         lead_url: page.lead_url,
@@ -511,7 +490,7 @@ pub async fn order(
             .into_iter()
             .map(|h| (clock.time(h.at), h))
             .collect(),
-        can_write: signed.operator.role.can_write(),
+        can_write: v.can_write(),
         o,
     }
     .render();
@@ -634,21 +613,15 @@ struct EventsPage {
     total: i64,
     filters: Vec<Filter>,
     can_write: bool,
-    page: i64,
-    prev_href: Option<String>,
-    next_href: Option<String>,
+    pager: Pager,
 }
 
-pub async fn events(
-    req: HttpRequest,
-    state: web::Data<Context>,
-    signed: Signed,
-) -> Result<HttpResponse, DashError> {
-    let query = ListQuery::parse(&req);
+pub async fn events(v: Viewer) -> Result<HttpResponse, DashError> {
+    let query = ListQuery::parse(&v.req);
     let failed_only = query.failed.as_deref() == Some("1");
     let page = query.page();
-    let (events, deliveries, total) = dashboard::events(&state.db, failed_only, page).await?;
-    let clock = signed.clock;
+    let (events, deliveries, total) = dashboard::events(&v.state.db, failed_only, page).await?;
+    let clock = v.signed.clock;
     let rows = events
         .into_iter()
         .map(|e| {
@@ -668,7 +641,7 @@ pub async fn events(
             }
         })
         .collect();
-    let (prev_href, next_href) = pager(
+    let pager = pager(
         "/dashboard/events",
         failed_only.then_some(("failed", "1")),
         None,
@@ -676,7 +649,7 @@ pub async fn events(
         total,
     );
     let body = EventsPage {
-        nav: Nav::new(&signed, &state, "events", &req),
+        nav: v.nav("events"),
         rows,
         failed_only,
         total,
@@ -692,10 +665,8 @@ pub async fn events(
                 current: failed_only,
             },
         ],
-        can_write: signed.operator.role.can_write(),
-        page,
-        prev_href,
-        next_href,
+        can_write: v.can_write(),
+        pager,
     }
     .render();
     Ok(html(StatusCode::OK, body))
@@ -746,14 +717,9 @@ impl SubscriptionPage {
 }
 
 /// `/dashboard/subscriptions/{id}`: one subscription, to edit, pause or test.
-pub async fn subscription(
-    req: HttpRequest,
-    path: web::Path<String>,
-    state: web::Data<Context>,
-    signed: Signed,
-) -> Result<HttpResponse, DashError> {
-    let s = crate::services::subscriptions::get(&state.db, &path).await?;
-    Ok(SubscriptionPage::new(&req, &state, &signed, s).render_page())
+pub async fn subscription(path: web::Path<String>, v: Viewer) -> Result<HttpResponse, DashError> {
+    let s = crate::services::subscriptions::get(&v.state.db, &path).await?;
+    Ok(SubscriptionPage::new(&v.req, &v.state, &v.signed, s).render_page())
 }
 
 pub struct SubscriptionRow {
@@ -772,15 +738,11 @@ struct SubscriptionsPage {
     rows: Vec<SubscriptionRow>,
 }
 
-pub async fn subscriptions(
-    req: HttpRequest,
-    state: web::Data<Context>,
-    signed: Signed,
-) -> Result<HttpResponse, DashError> {
-    let subs = dashboard::subscriptions(&state.db).await?;
-    let clock = signed.clock;
+pub async fn subscriptions(v: Viewer) -> Result<HttpResponse, DashError> {
+    let subs = dashboard::subscriptions(&v.state.db).await?;
+    let clock = v.signed.clock;
     let body = SubscriptionsPage {
-        nav: Nav::new(&signed, &state, "subscriptions", &req),
+        nav: v.nav("subscriptions"),
         rows: subs
             .into_iter()
             .map(|s| SubscriptionRow {

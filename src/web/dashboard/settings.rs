@@ -3,12 +3,11 @@
 //! nothing; ids are shown as amoCRM ids.
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpResponse, web};
 use askama::Template;
 
-use super::{DashError, Nav, Signed, html};
+use super::{DashError, Nav, Viewer, html};
 use crate::domain::settings::STATUS_KEYS;
-use crate::services::Context;
 use crate::services::settings::{self, SettingsError};
 
 /// One line of the page: what, and its stored value.
@@ -108,25 +107,20 @@ fn lines(view: &settings::View) -> Vec<Line> {
         .collect()
 }
 
-pub async fn page(
-    req: HttpRequest,
-    path: web::Path<String>,
-    state: web::Data<Context>,
-    signed: Signed,
-) -> Result<HttpResponse, DashError> {
-    let view = match settings::get(&state, &path).await {
+pub async fn page(path: web::Path<String>, v: Viewer) -> Result<HttpResponse, DashError> {
+    let view = match settings::get(&v.state, &path).await {
         Ok(v) => v,
         Err(SettingsError::NotFound) => return Err(DashError::NotFound),
         Err(SettingsError::Storage(e)) => return Err(e.into()),
         Err(e) => return Err(DashError::Internal(e.to_string())),
     };
     let body = SettingsPage {
-        nav: Nav::new(&signed, &state, "connections", &req),
+        nav: v.nav("connections"),
         seller_id: view.connection.seller_id.clone(),
         host: view.connection.host.clone(),
         status: view.connection.status.as_str().to_owned(),
         problems: view.stored.problems.clone(),
-        updated_at: signed.clock.time_opt(view.stored.updated_at),
+        updated_at: v.signed.clock.time_opt(view.stored.updated_at),
         lines: lines(&view),
     }
     .render();
