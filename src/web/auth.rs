@@ -91,15 +91,12 @@ impl From<AuthError> for ApiError {
             AuthError::InvalidCredentials | AuthError::InvalidRefreshToken => {
                 ApiError::unauthorized(e.to_string())
             }
-            AuthError::Throttled { retry_after } => {
-                let mut err = ApiError::new(
-                    ErrorCode::RateLimitExceeded,
-                    "too many failed logins; try again later",
-                )
-                .with_details(json!({"retry_after": retry_after}));
-                err.retry_after = Some(retry_after);
-                err
-            }
+            AuthError::Throttled { retry_after } => ApiError::new(
+                ErrorCode::RateLimitExceeded,
+                "too many failed logins; try again later",
+            )
+            .with_details(json!({"retry_after": retry_after}))
+            .with_retry_after(retry_after),
             AuthError::Storage(e) => ApiError::from(e),
         }
     }

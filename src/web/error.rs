@@ -132,13 +132,23 @@ impl ApiError {
         Self::validation(f)
     }
 
+    /// Tells the client when to try again (`Retry-After`, in seconds).
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    /// 503 `MAINTENANCE_MODE`: the client may send the same again after `retry_after` seconds.
+    pub fn maintenance(message: &str, retry_after: u64) -> Self {
+        Self::new(ErrorCode::MaintenanceMode, message).with_retry_after(retry_after)
+    }
+
     pub fn rate_limited(retry_after: u64) -> Self {
-        let mut e = Self::new(
+        Self::new(
             ErrorCode::RateLimitExceeded,
             "rate limit exceeded for this API key",
-        );
-        e.retry_after = Some(retry_after);
-        e
+        )
+        .with_retry_after(retry_after)
     }
 
     /// An opaque 500: the cause goes to the log (with the request id), never to the client.
@@ -183,21 +193,14 @@ impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
         if e.is_read_only() {
             tracing::error!(error = %e, "the database refuses writes (read-only)");
-            let mut err = Self::new(
-                ErrorCode::MaintenanceMode,
+            return Self::maintenance(
                 "the database is read-only: writes are refused until it is writable again",
+                30,
             );
-            err.retry_after = Some(30);
-            return err;
         }
         if e.is_unavailable() {
             tracing::warn!(error = %e, "the database is unavailable");
-            let mut err = Self::new(
-                ErrorCode::MaintenanceMode,
-                "the database is unavailable; try again shortly",
-            );
-            err.retry_after = Some(5);
-            return err;
+            return Self::maintenance("the database is unavailable; try again shortly", 5);
         }
         Self::internal(e)
     }

@@ -89,30 +89,14 @@ pub async fn result(
     let view = match connect::result_page(&state, &path.into_inner(), cookie.as_deref()).await {
         Ok(ResultPage::Ready(view)) => view,
         Ok(ResultPage::Unknown) => {
-            let lang = pick_lang(&req, None);
-            let t = texts(lang);
-            let hint = Some(t.ask_new_link);
-            return pages::message(
-                StatusCode::NOT_FOUND,
-                lang,
-                "bad",
-                t.unknown_title,
-                t.unknown_text,
-                hint,
-            );
+            return pages::message_for(&req, StatusCode::NOT_FOUND, "bad", |t| {
+                (t.unknown_title, t.unknown_text, Some(t.ask_new_link))
+            });
         }
         Ok(ResultPage::OtherBrowser) => {
-            let lang = pick_lang(&req, None);
-            let t = texts(lang);
-            let hint = Some(t.ask_new_link);
-            return pages::message(
-                StatusCode::FORBIDDEN,
-                lang,
-                "bad",
-                t.error_title,
-                t.other_browser,
-                hint,
-            );
+            return pages::message_for(&req, StatusCode::FORBIDDEN, "bad", |t| {
+                (t.error_title, t.other_browser, Some(t.ask_new_link))
+            });
         }
         Err(e) => {
             tracing::error!(error = %e, "result page failed");

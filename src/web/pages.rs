@@ -441,18 +441,24 @@ pub fn message(
     html(status, &n, page.render())
 }
 
+/// A message page in the language `pick_lang` finds in the request alone; `words` picks its title, text
+/// and hint from that language's texts.
+pub fn message_for(
+    req: &HttpRequest,
+    status: StatusCode,
+    class: &str,
+    words: impl FnOnce(&'static Texts) -> (&'static str, &'static str, Option<&'static str>),
+) -> HttpResponse {
+    let lang = pick_lang(req, None);
+    let (title, text, hint) = words(texts(lang));
+    message(status, lang, class, title, text, hint)
+}
+
 /// The page for a request the database could not serve: try again later, in the browser's language.
 pub fn unavailable(req: &HttpRequest) -> HttpResponse {
-    let lang = pick_lang(req, None);
-    let t = texts(lang);
-    message(
-        StatusCode::SERVICE_UNAVAILABLE,
-        lang,
-        "bad",
-        t.error_title,
-        t.exchange_failed,
-        None,
-    )
+    message_for(req, StatusCode::SERVICE_UNAVAILABLE, "bad", |t| {
+        (t.error_title, t.exchange_failed, None)
+    })
 }
 
 /// `GET /connect/{token}`.
@@ -474,30 +480,12 @@ pub async fn connect_page(
         }
     };
     let mut resp = match page {
-        Page::Unknown => {
-            let lang = pick_lang(&req, None);
-            let t = texts(lang);
-            message(
-                StatusCode::NOT_FOUND,
-                lang,
-                "bad",
-                t.unknown_title,
-                t.unknown_text,
-                Some(t.ask_new_link),
-            )
-        }
-        Page::Expired => {
-            let lang = pick_lang(&req, None);
-            let t = texts(lang);
-            message(
-                StatusCode::GONE,
-                lang,
-                "warn",
-                t.expired_title,
-                t.expired_text,
-                Some(t.ask_new_link),
-            )
-        }
+        Page::Unknown => message_for(&req, StatusCode::NOT_FOUND, "bad", |t| {
+            (t.unknown_title, t.unknown_text, Some(t.ask_new_link))
+        }),
+        Page::Expired => message_for(&req, StatusCode::GONE, "warn", |t| {
+            (t.expired_title, t.expired_text, Some(t.ask_new_link))
+        }),
         Page::Used(used) => used_page(&req, &used),
         Page::Ready(ready) => ready_page(&state, &ready),
     };

@@ -1,10 +1,12 @@
 //! `POST /api/v1/connect-sessions`: a single-use, 30-minute link to the seller's "Connect amoCRM" page.
 
+use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use chrono::SecondsFormat;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::data;
 use super::guard::Caller;
 use crate::services::Context;
 use crate::services::connect::{self, ConnectError};
@@ -86,13 +88,14 @@ pub async fn create(
     )
     .await
     .map_err(api_error)?;
-    Ok(HttpResponse::Created().json(json!({
-        "data": {
+    Ok(data(
+        StatusCode::CREATED,
+        json!({
             "token": created.token,
             "connect_url": created.connect_url,
             "expires_at": created.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true),
             "seller_id": created.seller_id,
             "platform": created.platform,
-        }
-    })))
+        }),
+    ))
 }

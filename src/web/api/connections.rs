@@ -1,13 +1,16 @@
 //! `/api/v1/connections`: the sellers' amoCRM connections (never a token), revoking one, refreshing one now,
 //! and the status mapping of its pipeline.
 
+use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{NaiveDateTime, SecondsFormat};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::IntoParams;
 
 use super::connect_sessions::api_error;
 use super::guard::Caller;
+use super::{data, page};
 use crate::domain::status::{ConnectionStatus, HealthState};
 use crate::services::Context;
 use crate::services::connect;
@@ -81,8 +84,10 @@ fn pipeline_view(c: &Connection) -> Value {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// active, suspended, refresh_failed or revoked
     status: Option<String>,
 }
 
@@ -91,11 +96,7 @@ struct ListQuery {
     get,
     path = "/api/v1/connections",
     tag = "connections",
-    params(
-        ("status" = Option<String>, Query, description = "active, suspended, refresh_failed or revoked"),
-        ("page" = Option<i64>, Query, description = "From 1"),
-        ("per_page" = Option<i64>, Query, description = "1 to 100, default 15"),
-    ),
+    params(ListQuery, crate::web::openapi::PageParams),
     responses(
         (status = 200, description = "A page of connections", body = crate::web::openapi::ConnectionList),
         (status = 401, description = "Missing or invalid token", body = crate::web::openapi::ErrorBody),
@@ -119,10 +120,8 @@ pub async fn list(
     let (rows, total) = connect::list_with_health(&state, status, paging.offset(), paging.per_page)
         .await
         .map_err(api_error)?;
-    Ok(HttpResponse::Ok().json(json!({
-        "data": rows.iter().map(|(c, h)| view(c, h.as_ref())).collect::<Vec<_>>(),
-        "meta": paging.meta(total),
-    })))
+    let items: Vec<Value> = rows.iter().map(|(c, h)| view(c, h.as_ref())).collect();
+    Ok(page(items, paging, total))
 }
 
 /// One seller's connection.
@@ -130,7 +129,7 @@ pub async fn list(
     get,
     path = "/api/v1/connections/{seller_id}",
     tag = "connections",
-    params(("seller_id" = String, Path, description = "The marketplace's seller id")),
+    params(crate::web::openapi::SellerPath),
     responses(
         (status = 200, description = "The connection", body = crate::web::openapi::ConnectionEnvelope),
         (status = 404, description = "The seller never connected", body = crate::web::openapi::ErrorBody),
@@ -143,7 +142,7 @@ pub async fn get(
     let (c, h) = connect::get_with_health(&state, &path)
         .await
         .map_err(api_error)?;
-    Ok(HttpResponse::Ok().json(json!({ "data": view(&c, h.as_ref()) })))
+    Ok(data(StatusCode::OK, view(&c, h.as_ref())))
 }
 
 /// Disconnect a seller: unsubscribes its amoCRM webhooks, wipes its tokens, emits `connection.revoked`.
@@ -151,7 +150,7 @@ pub async fn get(
     delete,
     path = "/api/v1/connections/{seller_id}",
     tag = "connections",
-    params(("seller_id" = String, Path, description = "The marketplace's seller id")),
+    params(crate::web::openapi::SellerPath),
     responses(
         (status = 204, description = "Revoked"),
         (status = 404, description = "No such connection", body = crate::web::openapi::ErrorBody),
@@ -174,7 +173,7 @@ pub async fn delete(
     post,
     path = "/api/v1/connections/{seller_id}/refresh",
     tag = "connections",
-    params(("seller_id" = String, Path, description = "The marketplace's seller id")),
+    params(crate::web::openapi::SellerPath),
     responses(
         (status = 200, description = "The connection after the refresh", body = crate::web::openapi::ConnectionEnvelope),
         (status = 404, description = "No such connection", body = crate::web::openapi::ErrorBody),
@@ -221,7 +220,7 @@ pub async fn refresh_now(
     get,
     path = "/api/v1/connections/{seller_id}/pipeline",
     tag = "connections",
-    params(("seller_id" = String, Path, description = "The marketplace's seller id")),
+    params(crate::web::openapi::SellerPath),
     responses(
         (status = 200, description = "The mapping", body = crate::web::openapi::PipelineEnvelope),
         (status = 404, description = "No such connection", body = crate::web::openapi::ErrorBody),
@@ -234,7 +233,7 @@ pub async fn get_pipeline(
     let c = connect::get_connection(&state, &path)
         .await
         .map_err(api_error)?;
-    Ok(HttpResponse::Ok().json(json!({ "data": pipeline_view(&c) })))
+    Ok(data(StatusCode::OK, pipeline_view(&c)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -252,7 +251,7 @@ fn positive_id(v: Option<&Value>) -> Option<i64> {
     put,
     path = "/api/v1/connections/{seller_id}/pipeline",
     tag = "connections",
-    params(("seller_id" = String, Path, description = "The marketplace's seller id")),
+    params(crate::web::openapi::SellerPath),
     request_body = crate::web::openapi::PipelineMapping,
     responses(
         (status = 200, description = "The new mapping", body = crate::web::openapi::PipelineEnvelope),
@@ -303,5 +302,5 @@ pub async fn put_pipeline(
     let c = connect::set_pipeline(&state, &path, pipeline_id, stages)
         .await
         .map_err(api_error)?;
-    Ok(HttpResponse::Ok().json(json!({ "data": pipeline_view(&c) })))
+    Ok(data(StatusCode::OK, pipeline_view(&c)))
 }

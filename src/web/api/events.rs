@@ -62,7 +62,7 @@ pub async fn redeliver(
     let r = events_log::redeliver(&state.db, &id, q.subscription_id.as_deref())
         .await
         .map_err(map_events_err)?;
-    Ok(HttpResponse::Accepted().json(json!({ "data": r })))
+    Ok(super::data(actix_web::http::StatusCode::ACCEPTED, r))
 }
 
 #[derive(serde::Deserialize, Default)]

@@ -1,11 +1,14 @@
 //! `/api/v1/sales/orders`: accept orders (202), read them with their sync state, change their status (the
 //! lead is moved), and retry failed ones (`POST /api/v1/sales/orders/{id}/retry`).
 
+use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::IntoParams;
 
 use super::guard::Caller;
+use super::{data, page};
 use crate::services::Context;
 use crate::services::orders::{self, Accepted, OrderError};
 use crate::web::error::ApiError;
@@ -29,10 +32,6 @@ impl From<OrderError> for ApiError {
     }
 }
 
-fn one(view: &orders::OrderView) -> Value {
-    json!({ "data": view })
-}
-
 /// `POST /api/v1/sales/orders`: 202 with the queued (or held) order; 200 with the existing one on a repeat.
 #[utoipa::path(
     post,
@@ -53,15 +52,19 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     caller.require_write()?;
     match orders::create(&state, &body.0).await? {
-        Accepted::Created(v) => Ok(HttpResponse::Accepted().json(one(&v))),
-        Accepted::Existing(v) => Ok(HttpResponse::Ok().json(one(&v))),
+        Accepted::Created(v) => Ok(data(StatusCode::ACCEPTED, v)),
+        Accepted::Existing(v) => Ok(data(StatusCode::OK, v)),
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only this seller's orders
     seller_id: Option<String>,
+    /// Marketplace status
     status: Option<String>,
+    /// queued, synced, held or failed
     sync_state: Option<String>,
 }
 
@@ -70,13 +73,7 @@ struct ListQuery {
     get,
     path = "/api/v1/sales/orders",
     tag = "orders",
-    params(
-        ("seller_id" = Option<String>, Query, description = "Only this seller's orders"),
-        ("status" = Option<String>, Query, description = "Marketplace status"),
-        ("sync_state" = Option<String>, Query, description = "queued, synced, held or failed"),
-        ("page" = Option<i64>, Query, description = "From 1"),
-        ("per_page" = Option<i64>, Query, description = "1 to 100, default 15"),
-    ),
+    params(ListQuery, crate::web::openapi::PageParams),
     responses(
         (status = 200, description = "A page of orders", body = crate::web::openapi::OrderList),
         (status = 400, description = "Malformed parameters", body = crate::web::openapi::ErrorBody),
@@ -102,7 +99,7 @@ pub async fn list(
         other => other.into(),
     })?;
     let (rows, total) = orders::list(&state.db, filter, paging.offset(), paging.per_page).await?;
-    Ok(HttpResponse::Ok().json(json!({ "data": rows, "meta": paging.meta(total) })))
+    Ok(page(rows, paging, total))
 }
 
 /// `GET /api/v1/sales/orders/{id}`.
@@ -110,7 +107,7 @@ pub async fn list(
     get,
     path = "/api/v1/sales/orders/{id}",
     tag = "orders",
-    params(("id" = String, Path, description = "The order id (`ord_…`)")),
+    params(crate::web::openapi::OrderPath),
     responses(
         (status = 200, description = "The order with its sync state", body = crate::web::openapi::OrderEnvelope),
         (status = 404, description = "No such order", body = crate::web::openapi::ErrorBody),
@@ -121,7 +118,7 @@ pub async fn get(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let v = orders::get(&state.db, &path).await?;
-    Ok(HttpResponse::Ok().json(one(&v)))
+    Ok(data(StatusCode::OK, v))
 }
 
 /// `PATCH /api/v1/sales/orders/{id}` `{status}`: 202; the lead is moved to the mapped stage.
@@ -129,7 +126,7 @@ pub async fn get(
     patch,
     path = "/api/v1/sales/orders/{id}",
     tag = "orders",
-    params(("id" = String, Path, description = "The order id (`ord_…`)")),
+    params(crate::web::openapi::OrderPath),
     request_body = crate::web::openapi::OrderStatusIn,
     responses(
         (status = 202, description = "The move is queued", body = crate::web::openapi::OrderEnvelope),
@@ -145,7 +142,7 @@ pub async fn patch(
 ) -> Result<HttpResponse, ApiError> {
     caller.require_write()?;
     let v = orders::change_status(&state.db, &path, &body.0).await?;
-    Ok(HttpResponse::Accepted().json(one(&v)))
+    Ok(data(StatusCode::ACCEPTED, v))
 }
 
 /// `POST /api/v1/sales/orders/{id}/retry`: 202 with the order queued again (failed, or held after a
@@ -154,7 +151,7 @@ pub async fn patch(
     post,
     path = "/api/v1/sales/orders/{id}/retry",
     tag = "orders",
-    params(("id" = String, Path, description = "The order id (`ord_…`)")),
+    params(crate::web::openapi::OrderPath),
     responses(
         (status = 202, description = "Queued again", body = crate::web::openapi::OrderEnvelope),
         (status = 404, description = "No such order", body = crate::web::openapi::ErrorBody),
@@ -168,7 +165,7 @@ pub async fn retry(
 ) -> Result<HttpResponse, ApiError> {
     caller.require_write()?;
     let v = orders::retry(&state.db, &path).await?;
-    Ok(HttpResponse::Accepted().json(one(&v)))
+    Ok(data(StatusCode::ACCEPTED, v))
 }
 
 /// The routes of this file, mounted under `/api/v1`.

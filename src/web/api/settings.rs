@@ -1,8 +1,10 @@
 //! `/api/v1/connections/{seller_id}/settings`: how a seller's orders become deals (docs/CONTRACT.md §10).
 
+use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
-use serde_json::{Value, json};
+use serde_json::Value;
 
+use super::data;
 use super::guard::Caller;
 use crate::services::Context;
 use crate::services::settings::{self, SettingsError};
@@ -26,7 +28,7 @@ fn api_error(e: SettingsError) -> ApiError {
     get,
     path = "/api/v1/connections/{seller_id}/settings",
     tag = "connections",
-    params(("seller_id" = String, Path, description = "The marketplace's seller id")),
+    params(crate::web::openapi::SellerPath),
     responses(
         (status = 200, description = "The settings", body = crate::web::openapi::SettingsEnvelope),
         (status = 401, description = "Missing or invalid token", body = crate::web::openapi::ErrorBody),
@@ -38,7 +40,7 @@ pub async fn get(
     state: web::Data<Context>,
 ) -> Result<HttpResponse, ApiError> {
     let view = settings::get(&state, &path).await.map_err(api_error)?;
-    Ok(HttpResponse::Ok().json(json!({ "data": view.to_json() })))
+    Ok(data(StatusCode::OK, view.to_json()))
 }
 
 /// Change any part of the seller's settings; every amoCRM id is checked against the seller's account.
@@ -46,7 +48,7 @@ pub async fn get(
     put,
     path = "/api/v1/connections/{seller_id}/settings",
     tag = "connections",
-    params(("seller_id" = String, Path, description = "The marketplace's seller id")),
+    params(crate::web::openapi::SellerPath),
     request_body = crate::web::openapi::Settings,
     responses(
         (status = 200, description = "The settings as stored", body = crate::web::openapi::SettingsEnvelope),
@@ -67,5 +69,5 @@ pub async fn put(
     let view = settings::put(&state, &path, &body.0)
         .await
         .map_err(api_error)?;
-    Ok(HttpResponse::Ok().json(json!({ "data": view.to_json() })))
+    Ok(data(StatusCode::OK, view.to_json()))
 }

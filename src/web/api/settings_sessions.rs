@@ -1,11 +1,13 @@
 //! `POST /api/v1/settings-sessions`: a single-use, 30-minute link to the seller's own settings page
 //! (docs/CONTRACT.md §10). Same body and checks as `POST /api/v1/connect-sessions`.
 
+use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use chrono::SecondsFormat;
 use serde_json::json;
 
 use super::connect_sessions::{CreateSession, api_error};
+use super::data;
 use super::guard::Caller;
 use crate::services::Context;
 use crate::services::settings_page;
@@ -40,12 +42,13 @@ pub async fn create(
     )
     .await
     .map_err(api_error)?;
-    Ok(HttpResponse::Created().json(json!({
-        "data": {
+    Ok(data(
+        StatusCode::CREATED,
+        json!({
             "token": created.token,
             "settings_url": created.settings_url,
             "expires_at": created.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true),
             "seller_id": created.seller_id,
-        }
-    })))
+        }),
+    ))
 }

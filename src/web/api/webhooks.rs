@@ -1,8 +1,11 @@
 //! `/api/v1/webhooks`: the marketplace's event subscriptions and their delivery attempts.
 
+use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
-use serde_json::json;
+use utoipa::IntoParams;
+
+use super::{data, page};
 
 use crate::services::Context;
 use crate::services::events_log::{self, EventsError};
@@ -81,7 +84,7 @@ pub async fn create(
     )
     .await
     .map_err(map_err)?;
-    Ok(HttpResponse::Created().json(json!({ "data": view })))
+    Ok(data(StatusCode::CREATED, view))
 }
 
 /// `GET /api/v1/webhooks`
@@ -90,14 +93,14 @@ pub async fn create(
     get,
     path = "/api/v1/webhooks",
     tag = "events",
-    params(("page" = Option<i64>, Query, description = "From 1"), ("per_page" = Option<i64>, Query, description = "1 to 100, default 15")),
+    params(crate::web::openapi::PageParams),
     responses((status = 200, description = "A page of subscriptions", body = crate::web::openapi::SubscriptionList))
 )]
 pub async fn list(state: web::Data<Context>, paging: Paging) -> Result<HttpResponse, ApiError> {
     let (items, total) = subscriptions::list(&state.db, paging.offset(), paging.per_page)
         .await
         .map_err(map_err)?;
-    Ok(HttpResponse::Ok().json(json!({ "data": items, "meta": paging.meta(total) })))
+    Ok(page(items, paging, total))
 }
 
 /// `GET /api/v1/webhooks/{id}`
@@ -106,7 +109,7 @@ pub async fn list(state: web::Data<Context>, paging: Paging) -> Result<HttpRespo
     get,
     path = "/api/v1/webhooks/{id}",
     tag = "events",
-    params(("id" = String, Path, description = "The subscription id")),
+    params(crate::web::openapi::SubscriptionPath),
     responses(
         (status = 200, description = "The subscription", body = crate::web::openapi::SubscriptionEnvelope),
         (status = 404, description = "No such subscription", body = crate::web::openapi::ErrorBody),
@@ -117,7 +120,7 @@ pub async fn get(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let view = subscriptions::get(&state.db, &id).await.map_err(map_err)?;
-    Ok(HttpResponse::Ok().json(json!({ "data": view })))
+    Ok(data(StatusCode::OK, view))
 }
 
 /// `PATCH /api/v1/webhooks/{id}`: any of `url`, `events`, `secret`, `active`.
@@ -126,7 +129,7 @@ pub async fn get(
     patch,
     path = "/api/v1/webhooks/{id}",
     tag = "events",
-    params(("id" = String, Path, description = "The subscription id")),
+    params(crate::web::openapi::SubscriptionPath),
     request_body = crate::web::openapi::SubscriptionPatch,
     responses(
         (status = 200, description = "The subscription", body = crate::web::openapi::SubscriptionEnvelope),
@@ -150,7 +153,7 @@ pub async fn update(
     )
     .await
     .map_err(map_err)?;
-    Ok(HttpResponse::Ok().json(json!({ "data": view })))
+    Ok(data(StatusCode::OK, view))
 }
 
 /// `DELETE /api/v1/webhooks/{id}` → 204; its pending deliveries go with it.
@@ -159,7 +162,7 @@ pub async fn update(
     delete,
     path = "/api/v1/webhooks/{id}",
     tag = "events",
-    params(("id" = String, Path, description = "The subscription id")),
+    params(crate::web::openapi::SubscriptionPath),
     responses(
         (status = 204, description = "Removed"),
         (status = 404, description = "No such subscription", body = crate::web::openapi::ErrorBody),
@@ -177,8 +180,10 @@ pub async fn delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct DeliveriesQuery {
+    /// pending, delivered or failed
     state: Option<String>,
 }
 
@@ -188,7 +193,11 @@ struct DeliveriesQuery {
     get,
     path = "/api/v1/webhooks/{id}/deliveries",
     tag = "events",
-    params(("id" = String, Path, description = "The subscription id"), ("page" = Option<i64>, Query, description = "From 1"), ("per_page" = Option<i64>, Query, description = "1 to 100, default 15"), ("state" = Option<String>, Query, description = "pending, delivered or failed")),
+    params(
+        crate::web::openapi::SubscriptionPath,
+        crate::web::openapi::PageParams,
+        DeliveriesQuery
+    ),
     responses(
         (status = 200, description = "A page of deliveries", body = crate::web::openapi::DeliveryList),
         (status = 404, description = "No such subscription", body = crate::web::openapi::ErrorBody),
@@ -210,7 +219,7 @@ pub async fn deliveries(
     )
     .await
     .map_err(map_events_err)?;
-    Ok(HttpResponse::Ok().json(json!({ "data": items, "meta": paging.meta(total) })))
+    Ok(page(items, paging, total))
 }
 
 pub fn map_events_err(e: EventsError) -> ApiError {

@@ -93,6 +93,40 @@ fn pager(
     }
 }
 
+/// What a list page shows around its rows: the count, the search, the filter links and the pager.
+pub struct Listing {
+    pub total: i64,
+    pub search: Option<String>,
+    pub filters: Vec<Filter>,
+    pub pager: Pager,
+}
+
+impl Listing {
+    /// The list at `base`, filtered by `param` (one of `values`; `current` when one is chosen) and searched.
+    fn filtered(
+        base: &str,
+        param: &str,
+        values: &[&str],
+        current: Option<&str>,
+        search: Option<String>,
+        page: i64,
+        total: i64,
+    ) -> Self {
+        Self {
+            pager: pager(
+                base,
+                current.map(|v| (param, v)),
+                search.as_deref(),
+                page,
+                total,
+            ),
+            filters: filters(base, param, values, current),
+            total,
+            search,
+        }
+    }
+}
+
 fn age(oldest: Option<chrono::NaiveDateTime>) -> String {
     match oldest {
         None => "none".to_owned(),
@@ -203,13 +237,10 @@ impl ConnectionRow {
 struct ConnectionsPage {
     nav: Nav,
     rows: Vec<ConnectionRow>,
-    total: i64,
-    search: Option<String>,
     /// The status filter; an unknown value in the query shows every connection.
     status: Option<ConnectionStatus>,
-    filters: Vec<Filter>,
+    list: Listing,
     can_write: bool,
-    pager: Pager,
 }
 
 pub async fn connections(v: Viewer) -> Result<HttpResponse, DashError> {
@@ -218,10 +249,12 @@ pub async fn connections(v: Viewer) -> Result<HttpResponse, DashError> {
     let page = query.page();
     let search = query.search();
     let (rows, total) = dashboard::connections(&v.state.db, status, search.clone(), page).await?;
-    let pager = pager(
+    let list = Listing::filtered(
         "/dashboard/connections",
-        status.map(|s| ("status", s.as_str())),
-        search.as_deref(),
+        "status",
+        CONNECTION_STATUSES,
+        status.map(ConnectionStatus::as_str),
+        search,
         page,
         total,
     );
@@ -231,17 +264,9 @@ pub async fn connections(v: Viewer) -> Result<HttpResponse, DashError> {
             .into_iter()
             .map(|c| ConnectionRow::new(c, &v.signed.clock))
             .collect(),
-        total,
-        search,
-        filters: filters(
-            "/dashboard/connections",
-            "status",
-            CONNECTION_STATUSES,
-            status.map(ConnectionStatus::as_str),
-        ),
         status,
+        list,
         can_write: v.can_write(),
-        pager,
     }
     .render();
     Ok(html(StatusCode::OK, body))
@@ -340,13 +365,10 @@ fn amount(minor: i64) -> String {
 struct OrdersPage {
     nav: Nav,
     rows: Vec<OrderRow>,
-    total: i64,
-    search: Option<String>,
     /// The sync-state filter; an unknown value in the query shows every order.
     sync_state: Option<SyncState>,
-    filters: Vec<Filter>,
+    list: Listing,
     can_write: bool,
-    pager: Pager,
 }
 
 pub async fn orders(v: Viewer) -> Result<HttpResponse, DashError> {
@@ -356,10 +378,12 @@ pub async fn orders(v: Viewer) -> Result<HttpResponse, DashError> {
     let search = query.search();
     let (rows, total) = dashboard::orders(&v.state.db, sync_state, search.clone(), page).await?;
     let clock = v.signed.clock;
-    let pager = pager(
+    let list = Listing::filtered(
         "/dashboard/orders",
-        sync_state.map(|s| ("sync_state", s.as_str())),
-        search.as_deref(),
+        "sync_state",
+        SYNC_STATES,
+        sync_state.map(SyncState::as_str),
+        search,
         page,
         total,
     );
@@ -388,17 +412,9 @@ pub async fn orders(v: Viewer) -> Result<HttpResponse, DashError> {
                 }
             })
             .collect(),
-        total,
-        search,
-        filters: filters(
-            "/dashboard/orders",
-            "sync_state",
-            SYNC_STATES,
-            sync_state.map(SyncState::as_str),
-        ),
         sync_state,
+        list,
         can_write: v.can_write(),
-        pager,
     }
     .render();
     Ok(html(StatusCode::OK, body))
@@ -610,10 +626,8 @@ struct EventsPage {
     nav: Nav,
     rows: Vec<EventRow>,
     failed_only: bool,
-    total: i64,
-    filters: Vec<Filter>,
+    list: Listing,
     can_write: bool,
-    pager: Pager,
 }
 
 pub async fn events(v: Viewer) -> Result<HttpResponse, DashError> {
@@ -641,32 +655,34 @@ pub async fn events(v: Viewer) -> Result<HttpResponse, DashError> {
             }
         })
         .collect();
-    let pager = pager(
-        "/dashboard/events",
-        failed_only.then_some(("failed", "1")),
-        None,
-        page,
-        total,
-    );
     let body = EventsPage {
         nav: v.nav("events"),
         rows,
         failed_only,
-        total,
-        filters: vec![
-            Filter {
-                href: "/dashboard/events".into(),
-                label: "all".into(),
-                current: !failed_only,
-            },
-            Filter {
-                href: "/dashboard/events?failed=1".into(),
-                label: "with failed deliveries".into(),
-                current: failed_only,
-            },
-        ],
+        list: Listing {
+            total,
+            search: None,
+            pager: pager(
+                "/dashboard/events",
+                failed_only.then_some(("failed", "1")),
+                None,
+                page,
+                total,
+            ),
+            filters: vec![
+                Filter {
+                    href: "/dashboard/events".into(),
+                    label: "all".into(),
+                    current: !failed_only,
+                },
+                Filter {
+                    href: "/dashboard/events?failed=1".into(),
+                    label: "with failed deliveries".into(),
+                    current: failed_only,
+                },
+            ],
+        },
         can_write: v.can_write(),
-        pager,
     }
     .render();
     Ok(html(StatusCode::OK, body))

@@ -15,7 +15,7 @@ use actix_web::{HttpResponse, web};
 use askama::Template;
 use serde_json::Value;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 use crate::domain::events::EventKind;
 use crate::domain::order::SyncState;
@@ -53,6 +53,44 @@ pub struct PageMeta {
     page: i64,
     per_page: i64,
     total: i64,
+}
+
+/// `{seller_id}` of the routes on one seller's connection.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[expect(dead_code, reason = "read only by the document generator")]
+pub struct SellerPath {
+    /// The marketplace's seller id
+    seller_id: String,
+}
+
+/// `{id}` of the routes on one order.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[expect(dead_code, reason = "read only by the document generator")]
+pub struct OrderPath {
+    /// The order id (`ord_…`)
+    id: String,
+}
+
+/// `{id}` of the routes on one subscription.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[expect(dead_code, reason = "read only by the document generator")]
+pub struct SubscriptionPath {
+    /// The subscription id
+    id: String,
+}
+
+/// `?page=&per_page=` of a paged list (`web::extract::Paging`).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[expect(dead_code, reason = "read only by the document generator")]
+pub struct PageParams {
+    /// From 1
+    page: Option<i64>,
+    /// 1 to 100, default 15
+    per_page: Option<i64>,
 }
 
 // ---- connect sessions and connections (CONTRACT §6) -------------------------------------------------------
