@@ -12,6 +12,7 @@ use crate::services::Context;
 use crate::services::connect::{self, ConnectError};
 use crate::web::error::{ApiError, FieldErrors};
 use crate::web::extract::ApiJson;
+use crate::web::openapi::{InvalidFields, Unauthenticated};
 
 #[derive(Debug, Deserialize)]
 pub struct CreateSession {
@@ -67,8 +68,8 @@ pub fn api_error(e: ConnectError) -> ApiError {
     request_body = crate::web::openapi::ConnectSessionIn,
     responses(
         (status = 201, description = "The link to show the seller", body = crate::web::openapi::ConnectSessionEnvelope),
-        (status = 401, description = "Missing or invalid token", body = crate::web::openapi::ErrorBody),
-        (status = 422, description = "Invalid fields", body = crate::web::openapi::ErrorBody),
+        Unauthenticated,
+        InvalidFields,
     )
 )]
 pub async fn create(

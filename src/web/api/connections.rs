@@ -21,6 +21,7 @@ use crate::storage::from_db;
 use crate::storage::health::Health;
 use crate::web::error::{ApiError, FieldErrors};
 use crate::web::extract::{self, ApiJson, Paging};
+use crate::web::openapi::{NeverConnected, NoConnection, Unauthenticated};
 
 fn ts(t: Option<NaiveDateTime>) -> Value {
     t.map(|t| json!(from_db(t).to_rfc3339_opts(SecondsFormat::Secs, true)))
@@ -99,7 +100,7 @@ struct ListQuery {
     params(ListQuery, crate::web::openapi::PageParams),
     responses(
         (status = 200, description = "A page of connections", body = crate::web::openapi::ConnectionList),
-        (status = 401, description = "Missing or invalid token", body = crate::web::openapi::ErrorBody),
+        Unauthenticated,
     )
 )]
 pub async fn list(
@@ -132,7 +133,7 @@ pub async fn list(
     params(crate::web::openapi::SellerPath),
     responses(
         (status = 200, description = "The connection", body = crate::web::openapi::ConnectionEnvelope),
-        (status = 404, description = "The seller never connected", body = crate::web::openapi::ErrorBody),
+        NeverConnected,
     )
 )]
 pub async fn get(
@@ -153,7 +154,7 @@ pub async fn get(
     params(crate::web::openapi::SellerPath),
     responses(
         (status = 204, description = "Revoked"),
-        (status = 404, description = "No such connection", body = crate::web::openapi::ErrorBody),
+        NoConnection,
     )
 )]
 pub async fn delete(
@@ -176,7 +177,7 @@ pub async fn delete(
     params(crate::web::openapi::SellerPath),
     responses(
         (status = 200, description = "The connection after the refresh", body = crate::web::openapi::ConnectionEnvelope),
-        (status = 404, description = "No such connection", body = crate::web::openapi::ErrorBody),
+        NoConnection,
         (status = 422, description = "The connection must be reconnected", body = crate::web::openapi::ErrorBody),
     )
 )]
@@ -223,7 +224,7 @@ pub async fn refresh_now(
     params(crate::web::openapi::SellerPath),
     responses(
         (status = 200, description = "The mapping", body = crate::web::openapi::PipelineEnvelope),
-        (status = 404, description = "No such connection", body = crate::web::openapi::ErrorBody),
+        NoConnection,
     )
 )]
 pub async fn get_pipeline(
@@ -255,7 +256,7 @@ fn positive_id(v: Option<&Value>) -> Option<i64> {
     request_body = crate::web::openapi::PipelineMapping,
     responses(
         (status = 200, description = "The new mapping", body = crate::web::openapi::PipelineEnvelope),
-        (status = 404, description = "No such connection", body = crate::web::openapi::ErrorBody),
+        NoConnection,
         (status = 422, description = "Invalid ids", body = crate::web::openapi::ErrorBody),
     )
 )]

@@ -9,6 +9,7 @@ use crate::web::api::guard::Caller;
 use crate::web::api::webhooks::map_events_err;
 use crate::web::error::ApiError;
 use crate::web::extract::query;
+use crate::web::openapi::MalformedParameters;
 
 /// `GET /api/v1/events?after=&seller_id=&event=&limit=` → `{"data":[…],"meta":{"next_after":N}}`.
 #[utoipa::path(
@@ -23,7 +24,7 @@ use crate::web::extract::query;
     ),
     responses(
         (status = 200, description = "Events in order", body = crate::web::openapi::EventList),
-        (status = 400, description = "Malformed parameters", body = crate::web::openapi::ErrorBody),
+        MalformedParameters,
     )
 )]
 pub async fn list(state: web::Data<Context>, req: HttpRequest) -> Result<HttpResponse, ApiError> {

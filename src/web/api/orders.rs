@@ -13,6 +13,7 @@ use crate::services::Context;
 use crate::services::orders::{self, Accepted, OrderError};
 use crate::web::error::ApiError;
 use crate::web::extract::{ApiJson, Paging, query};
+use crate::web::openapi::{MalformedParameters, NoOrder, SellerNotConnected};
 
 impl From<OrderError> for ApiError {
     fn from(e: OrderError) -> Self {
@@ -42,7 +43,7 @@ impl From<OrderError> for ApiError {
         (status = 202, description = "Stored and queued (or held until the seller reconnects)", body = crate::web::openapi::OrderEnvelope),
         (status = 200, description = "The same order was posted before: the existing one", body = crate::web::openapi::OrderEnvelope),
         (status = 409, description = "This order number exists with a different body", body = crate::web::openapi::ErrorBody),
-        (status = 422, description = "Invalid fields, or a seller that never connected", body = crate::web::openapi::ErrorBody),
+        SellerNotConnected,
     )
 )]
 pub async fn create(
@@ -76,7 +77,7 @@ struct ListQuery {
     params(ListQuery, crate::web::openapi::PageParams),
     responses(
         (status = 200, description = "A page of orders", body = crate::web::openapi::OrderList),
-        (status = 400, description = "Malformed parameters", body = crate::web::openapi::ErrorBody),
+        MalformedParameters,
     )
 )]
 pub async fn list(
@@ -110,7 +111,7 @@ pub async fn list(
     params(crate::web::openapi::OrderPath),
     responses(
         (status = 200, description = "The order with its sync state", body = crate::web::openapi::OrderEnvelope),
-        (status = 404, description = "No such order", body = crate::web::openapi::ErrorBody),
+        NoOrder,
     )
 )]
 pub async fn get(
@@ -130,7 +131,7 @@ pub async fn get(
     request_body = crate::web::openapi::OrderStatusIn,
     responses(
         (status = 202, description = "The move is queued", body = crate::web::openapi::OrderEnvelope),
-        (status = 404, description = "No such order", body = crate::web::openapi::ErrorBody),
+        NoOrder,
         (status = 422, description = "Invalid status", body = crate::web::openapi::ErrorBody),
     )
 )]
@@ -154,7 +155,7 @@ pub async fn patch(
     params(crate::web::openapi::OrderPath),
     responses(
         (status = 202, description = "Queued again", body = crate::web::openapi::OrderEnvelope),
-        (status = 404, description = "No such order", body = crate::web::openapi::ErrorBody),
+        NoOrder,
         (status = 422, description = "The order is not failed or held", body = crate::web::openapi::ErrorBody),
     )
 )]

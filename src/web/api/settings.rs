@@ -10,6 +10,7 @@ use crate::services::Context;
 use crate::services::settings::{self, SettingsError};
 use crate::web::error::{ApiError, ErrorCode};
 use crate::web::extract::ApiJson;
+use crate::web::openapi::{NeverConnected, Unauthenticated};
 
 fn api_error(e: SettingsError) -> ApiError {
     match e {
@@ -31,8 +32,8 @@ fn api_error(e: SettingsError) -> ApiError {
     params(crate::web::openapi::SellerPath),
     responses(
         (status = 200, description = "The settings", body = crate::web::openapi::SettingsEnvelope),
-        (status = 401, description = "Missing or invalid token", body = crate::web::openapi::ErrorBody),
-        (status = 404, description = "The seller never connected", body = crate::web::openapi::ErrorBody),
+        Unauthenticated,
+        NeverConnected,
     )
 )]
 pub async fn get(
@@ -53,8 +54,8 @@ pub async fn get(
     responses(
         (status = 200, description = "The settings as stored", body = crate::web::openapi::SettingsEnvelope),
         (status = 400, description = "Malformed JSON", body = crate::web::openapi::ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = crate::web::openapi::ErrorBody),
-        (status = 404, description = "The seller never connected", body = crate::web::openapi::ErrorBody),
+        Unauthenticated,
+        NeverConnected,
         (status = 422, description = "Unknown keys, bad values, or ids the account does not have", body = crate::web::openapi::ErrorBody),
         (status = 503, description = "The seller's amoCRM could not be read", body = crate::web::openapi::ErrorBody),
     )

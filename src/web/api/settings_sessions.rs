@@ -13,6 +13,7 @@ use crate::services::Context;
 use crate::services::settings_page;
 use crate::web::error::ApiError;
 use crate::web::extract::ApiJson;
+use crate::web::openapi::{SellerNotConnected, Unauthenticated};
 
 /// Create a single-use link for a connected seller to change their own settings.
 #[utoipa::path(
@@ -22,8 +23,8 @@ use crate::web::extract::ApiJson;
     request_body = crate::web::openapi::SettingsSessionIn,
     responses(
         (status = 201, description = "The link to show the seller", body = crate::web::openapi::SettingsSessionEnvelope),
-        (status = 401, description = "Missing or invalid token", body = crate::web::openapi::ErrorBody),
-        (status = 422, description = "Invalid fields, or a seller that never connected", body = crate::web::openapi::ErrorBody),
+        Unauthenticated,
+        SellerNotConnected,
     )
 )]
 pub async fn create(

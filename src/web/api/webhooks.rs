@@ -13,6 +13,7 @@ use crate::services::subscriptions::{self, SubscriptionError, SubscriptionInput}
 use crate::web::api::guard::Caller;
 use crate::web::error::{ApiError, FieldErrors};
 use crate::web::extract::{ApiJson, Paging, query};
+use crate::web::openapi::{InvalidFields, NoSubscription};
 
 /// `events` may be one name or a list; everything else has one shape.
 #[derive(Debug, Deserialize)]
@@ -67,7 +68,7 @@ fn map_err(e: SubscriptionError) -> ApiError {
     request_body = crate::web::openapi::SubscriptionIn,
     responses(
         (status = 201, description = "Subscribed", body = crate::web::openapi::SubscriptionEnvelope),
-        (status = 422, description = "Invalid fields", body = crate::web::openapi::ErrorBody),
+        InvalidFields,
     )
 )]
 pub async fn create(
@@ -112,7 +113,7 @@ pub async fn list(state: web::Data<Context>, paging: Paging) -> Result<HttpRespo
     params(crate::web::openapi::SubscriptionPath),
     responses(
         (status = 200, description = "The subscription", body = crate::web::openapi::SubscriptionEnvelope),
-        (status = 404, description = "No such subscription", body = crate::web::openapi::ErrorBody),
+        NoSubscription,
     )
 )]
 pub async fn get(
@@ -133,8 +134,8 @@ pub async fn get(
     request_body = crate::web::openapi::SubscriptionPatch,
     responses(
         (status = 200, description = "The subscription", body = crate::web::openapi::SubscriptionEnvelope),
-        (status = 404, description = "No such subscription", body = crate::web::openapi::ErrorBody),
-        (status = 422, description = "Invalid fields", body = crate::web::openapi::ErrorBody),
+        NoSubscription,
+        InvalidFields,
     )
 )]
 pub async fn update(
@@ -165,7 +166,7 @@ pub async fn update(
     params(crate::web::openapi::SubscriptionPath),
     responses(
         (status = 204, description = "Removed"),
-        (status = 404, description = "No such subscription", body = crate::web::openapi::ErrorBody),
+        NoSubscription,
     )
 )]
 pub async fn delete(
@@ -200,7 +201,7 @@ struct DeliveriesQuery {
     ),
     responses(
         (status = 200, description = "A page of deliveries", body = crate::web::openapi::DeliveryList),
-        (status = 404, description = "No such subscription", body = crate::web::openapi::ErrorBody),
+        NoSubscription,
     )
 )]
 pub async fn deliveries(

@@ -15,7 +15,7 @@ use actix_web::{HttpResponse, web};
 use askama::Template;
 use serde_json::Value;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
 
 use crate::domain::events::EventKind;
 use crate::domain::order::SyncState;
@@ -92,6 +92,59 @@ pub struct PageParams {
     /// 1 to 100, default 15
     per_page: Option<i64>,
 }
+
+// ---- error responses several routes declare alike (each with the contract's error body) -------------------
+
+/// A missing or invalid token, as the routes that name it say it.
+#[derive(IntoResponses)]
+#[response(status = 401, description = "Missing or invalid token")]
+#[expect(dead_code, reason = "read only by the document generator")]
+pub struct Unauthenticated(ErrorBody);
+
+/// A seller without a connection, on the routes that act on one.
+#[derive(IntoResponses)]
+#[response(status = 404, description = "No such connection")]
+#[expect(dead_code, reason = "read only by the document generator")]
+pub struct NoConnection(ErrorBody);
+
+/// A seller without a connection, on the routes that read one.
+#[derive(IntoResponses)]
+#[response(status = 404, description = "The seller never connected")]
+#[expect(dead_code, reason = "read only by the document generator")]
+pub struct NeverConnected(ErrorBody);
+
+/// An unknown order id.
+#[derive(IntoResponses)]
+#[response(status = 404, description = "No such order")]
+#[expect(dead_code, reason = "read only by the document generator")]
+pub struct NoOrder(ErrorBody);
+
+/// An unknown subscription id.
+#[derive(IntoResponses)]
+#[response(status = 404, description = "No such subscription")]
+#[expect(dead_code, reason = "read only by the document generator")]
+pub struct NoSubscription(ErrorBody);
+
+/// A body that fails the checks.
+#[derive(IntoResponses)]
+#[response(status = 422, description = "Invalid fields")]
+#[expect(dead_code, reason = "read only by the document generator")]
+pub struct InvalidFields(ErrorBody);
+
+/// A body that fails the checks, or names a seller that never connected.
+#[derive(IntoResponses)]
+#[response(
+    status = 422,
+    description = "Invalid fields, or a seller that never connected"
+)]
+#[expect(dead_code, reason = "read only by the document generator")]
+pub struct SellerNotConnected(ErrorBody);
+
+/// A query the route cannot read.
+#[derive(IntoResponses)]
+#[response(status = 400, description = "Malformed parameters")]
+#[expect(dead_code, reason = "read only by the document generator")]
+pub struct MalformedParameters(ErrorBody);
 
 // ---- connect sessions and connections (CONTRACT §6) -------------------------------------------------------
 
