@@ -228,6 +228,20 @@ pub async fn connect_in_this_window(client: &Client, host: &str) -> Result<(), S
     decide(client, host, true).await
 }
 
+/// A chromedriver and then a fresh service, or `None` where chromedriver is missing (see [`start_driver`]):
+/// the test returns at once and starts no service for nothing.
+pub async fn driver_and_app() -> Option<(Driver, TestApp)> {
+    let driver = start_driver().await?;
+    Some((driver, spawn_app().await))
+}
+
+/// [`driver_and_app`] with an admin operator who signs in to the dashboard as `email` with `password`.
+pub async fn driver_and_operator(email: &str, password: &str) -> Option<(Driver, TestApp)> {
+    let (driver, app) = driver_and_app().await?;
+    admin_operator(&app, email, password).await;
+    Some((driver, app))
+}
+
 /// An admin operator with this e-mail and password.
 pub async fn admin_operator(app: &TestApp, email: &str, password: &str) {
     operators::create_or_update(
@@ -285,12 +299,10 @@ pub async fn dashboard_sign_in(
 
 #[tokio::test]
 async fn an_operator_signs_in_to_the_dashboard_in_a_real_browser_and_it_fits_a_phone() {
-    let Some(driver) = start_driver().await else {
+    let password = "browser test password";
+    let Some((driver, app)) = driver_and_operator("ops@example.com", password).await else {
         return;
     };
-    let app = spawn_app().await;
-    let password = "browser test password";
-    admin_operator(&app, "ops@example.com", password).await;
     crate::dashboard::seed_failed_connection(&app, "seller-browser").await;
 
     // A phone-sized window: 390×844 CSS pixels.
@@ -335,10 +347,9 @@ async fn an_operator_signs_in_to_the_dashboard_in_a_real_browser_and_it_fits_a_p
 
 #[tokio::test]
 async fn a_seller_connects_through_the_sandbox_popup_in_a_real_browser() {
-    let Some(driver) = start_driver().await else {
+    let Some((driver, app)) = driver_and_app().await else {
         return;
     };
-    let app = spawn_app().await;
     let session = crate::support::create_session(&app, "seller-popup", json!({"lang": "en"})).await;
     let connect_url = session["connect_url"].as_str().unwrap().to_owned();
     let client = browser(&driver, 1024, 800).await;
@@ -524,10 +535,9 @@ async fn csp_violations(client: &Client) -> Result<Vec<String>, String> {
 
 #[tokio::test]
 async fn the_api_reference_draws_every_route_and_event_offline_and_fits_a_phone() {
-    let Some(driver) = start_driver().await else {
+    let Some((driver, app)) = driver_and_app().await else {
         return;
     };
-    let app = spawn_app().await;
     let (items, operations) = reference_items(&app).await;
     assert!(operations >= 25, "{items:?}");
     let docs = app.url("/api/v1/docs");

@@ -8,7 +8,7 @@ use amocrm_connector::domain::status::ConnectionStatus;
 use fantoccini::{Client, Locator};
 use serde_json::json;
 
-use crate::browser::{decide, element, phone, press, run_steps, start_driver, step, text_of};
+use crate::browser::{decide, driver_and_app, element, phone, press, run_steps, step, text_of};
 use crate::support::{
     HOST, TestApp, connect, consent, create_session, open_page, result_location,
     set_connection_status, spawn_app, through_result, until_callback, wait_until,
@@ -20,6 +20,14 @@ fn fresh_host(app: &TestApp, seller: &str) -> String {
     let host = format!("{tag}.amocrm.ru");
     app.sandbox.add_account(&host);
     host
+}
+
+/// A seller on a sandbox account of its own ([`fresh_host`]) and the connect link of a session made with
+/// `body`: the account's host and the link.
+async fn fresh_link(app: &TestApp, seller: &str, body: serde_json::Value) -> (String, String) {
+    let host = fresh_host(app, seller);
+    let url = connect_url(&create_session(app, seller, body).await);
+    (host, url)
 }
 
 /// Per language: `?lang=`, the success title, "connected to", the denial, the closed popup.
@@ -152,15 +160,13 @@ fn connect_url(session: &serde_json::Value) -> String {
 // says (headless chromium asks for English).
 #[tokio::test]
 async fn the_result_page_speaks_the_language_chosen_on_the_connect_page() {
-    let Some(driver) = start_driver().await else {
+    let Some((driver, app)) = driver_and_app().await else {
         return;
     };
-    let app = spawn_app().await;
     for (i, (lang, title, connected, denied, _)) in LANGS.into_iter().enumerate() {
         for allow in [true, false] {
             let seller = format!("seller-lang-{i}-{allow}");
-            let host = fresh_host(&app, &seller);
-            let url = connect_url(&create_session(&app, &seller, json!({})).await);
+            let (host, url) = fresh_link(&app, &seller, json!({})).await;
             let client = phone(&driver, 390, 844).await;
             let name = format!("result_language_{lang}_{allow}");
             run_steps(&name, client, |client| async move {
@@ -191,14 +197,12 @@ async fn the_result_page_speaks_the_language_chosen_on_the_connect_page() {
 // 2. Reload and Back then Allow after connecting show the connection, never "already used".
 #[tokio::test]
 async fn reload_and_back_after_connecting_show_the_connection_not_already_used() {
-    let Some(driver) = start_driver().await else {
+    let Some((driver, app)) = driver_and_app().await else {
         return;
     };
-    let app = spawn_app().await;
     for (lang, title, connected, _, _) in LANGS {
         let seller = format!("seller-reload-{lang}");
-        let host = fresh_host(&app, &seller);
-        let url = connect_url(&create_session(&app, &seller, json!({"lang": lang})).await);
+        let (host, url) = fresh_link(&app, &seller, json!({"lang": lang})).await;
         let client = phone(&driver, 390, 844).await;
         let used = ["already used", "уже использован", "allaqachon ishlatilgan"];
         run_steps(
@@ -243,14 +247,12 @@ async fn status_of_seller(app: &TestApp, seller: &str) -> ConnectionStatus {
 // a retry that works.
 #[tokio::test]
 async fn a_denied_or_closed_popup_is_reported_on_the_connect_page_with_a_retry() {
-    let Some(driver) = start_driver().await else {
+    let Some((driver, app)) = driver_and_app().await else {
         return;
     };
-    let app = spawn_app().await;
     for (lang, title, connected, denied, closed) in LANGS {
         let seller = format!("seller-popup-{lang}");
-        let host = fresh_host(&app, &seller);
-        let url = connect_url(&create_session(&app, &seller, json!({"lang": lang})).await);
+        let (host, url) = fresh_link(&app, &seller, json!({"lang": lang})).await;
         let client = phone(&driver, 390, 844).await;
         run_steps(
             &format!("popup_outcomes_{lang}"),
@@ -285,10 +287,9 @@ async fn a_denied_or_closed_popup_is_reported_on_the_connect_page_with_a_retry()
 // 4. A reconnect in the popup leaves one status card, naming the account, that agrees with the message.
 #[tokio::test]
 async fn a_reconnect_leaves_one_truthful_card_naming_the_account() {
-    let Some(driver) = start_driver().await else {
+    let Some((driver, app)) = driver_and_app().await else {
         return;
     };
-    let app = spawn_app().await;
     for (lang, title, _, _, _) in LANGS {
         let seller = format!("seller-re-{lang}");
         let host = fresh_host(&app, &seller);
@@ -328,15 +329,12 @@ fn index(lang: &str) -> usize {
 // 5. A connected seller's old link shows the connection (and opens no consent).
 #[tokio::test]
 async fn an_old_link_of_a_connected_seller_shows_the_connection() {
-    let Some(driver) = start_driver().await else {
+    let Some((driver, app)) = driver_and_app().await else {
         return;
     };
-    let app = spawn_app().await;
     for (lang, _, connected, _, _) in LANGS {
         let seller = format!("seller-old-{lang}");
-        let host = fresh_host(&app, &seller);
-        let session = create_session(&app, &seller, json!({"lang": lang})).await;
-        let url = connect_url(&session);
+        let (host, url) = fresh_link(&app, &seller, json!({"lang": lang})).await;
         let (popup, _) = open_page(&app.http, &url).await;
         let callback = consent(&app.http, &app.sandbox.base_url(), &popup, &host, true).await;
         assert_eq!(through_result(&app, &callback).await.status().as_u16(), 200);

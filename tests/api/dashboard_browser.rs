@@ -9,10 +9,10 @@ use diesel::prelude::*;
 use fantoccini::Locator;
 
 use crate::browser::{
-    admin_operator, browser, connect_in_this_window, dashboard_sign_in, element, press, run_steps,
-    start_driver, step, text_of, until_url,
+    browser, connect_in_this_window, dashboard_sign_in, driver_and_operator, element, press,
+    run_steps, step, text_of, until_url,
 };
-use crate::support::{TestApp, connect_seller, order_pushed, spawn_app, wait_until};
+use crate::support::{TestApp, connect_seller, order_pushed, wait_until};
 
 async fn process_webhooks(app: &TestApp) {
     app.sandbox.webhooks_idle().await;
@@ -26,12 +26,10 @@ async fn process_webhooks(app: &TestApp) {
 
 #[tokio::test]
 async fn an_operator_finds_an_order_sees_it_paid_and_follows_its_lead_link_into_amocrm() {
-    let Some(driver) = start_driver().await else {
+    let password = "order detail password";
+    let Some((driver, app)) = driver_and_operator("support@example.com", password).await else {
         return;
     };
-    let app = spawn_app().await;
-    let password = "order detail password";
-    admin_operator(&app, "support@example.com", password).await;
     let seller = connect_seller(&app, "seller-od", "sellerone.amocrm.ru").await;
     let order_id = order_pushed(&app, "seller-od", "7781").await;
     let lead = app
@@ -95,12 +93,10 @@ async fn an_operator_finds_an_order_sees_it_paid_and_follows_its_lead_link_into_
 
 #[tokio::test]
 async fn support_makes_a_reconnect_link_for_a_refresh_failed_seller_who_reconnects_with_it() {
-    let Some(driver) = start_driver().await else {
+    let password = "reconnect link password";
+    let Some((driver, app)) = driver_and_operator("support@example.com", password).await else {
         return;
     };
-    let app = spawn_app().await;
-    let password = "reconnect link password";
-    admin_operator(&app, "support@example.com", password).await;
     connect_seller(&app, "seller-rc", "sellerone.amocrm.ru").await;
     // amoCRM stopped taking the refresh token: the connection is broken and holds no tokens.
     app.sql(|c| {
