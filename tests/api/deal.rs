@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use amocrm_connector::workers::push;
-use amocrm_sandbox::{ContactSeed, Faults};
+use amocrm_sandbox::{CatalogElement, ContactSeed, Faults};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -16,6 +16,13 @@ use crate::support::{Queue, Seller, TestApp, connect_seller, env_vars, spawn_app
 const HOST: &str = "sellerone.amocrm.ru";
 const AMOCRM_NOTICES: &str =
     "amoCRM's webhooks about the pushed leads are not processed in this suite";
+
+/// The SKUs of catalog elements, sorted: a SKU made twice shows twice.
+fn skus_of(elements: &[CatalogElement]) -> Vec<String> {
+    let mut skus: Vec<String> = elements.iter().flat_map(|e| e.values_of("SKU")).collect();
+    skus.sort();
+    skus
+}
 
 async fn app_with_products() -> TestApp {
     // A dropped answer is noticed when the request times out.
@@ -303,14 +310,11 @@ async fn through_500s_lost_answers_and_429s_every_step_happens_once() {
     );
     let tasks = app.sandbox.tasks(HOST);
     assert_eq!(tasks.len(), 60, "one task per lead");
-    let mut skus: Vec<String> = app
-        .sandbox
-        .elements(HOST)
-        .iter()
-        .flat_map(|e| e.values_of("SKU"))
-        .collect();
-    skus.sort();
-    assert_eq!(skus, vec!["A1", "B2", "C3", "D4"], "no SKU made twice");
+    assert_eq!(
+        skus_of(&app.sandbox.elements(HOST)),
+        vec!["A1", "B2", "C3", "D4"],
+        "no SKU made twice"
+    );
     let links = app.sandbox.links(HOST);
     for lead in leads.values() {
         let n = links.iter().filter(|l| l.lead_id == lead.id).count();
@@ -494,9 +498,7 @@ async fn a_thousand_orders_of_three_hundred_buyers_through_faults_give_a_thousan
     let notes = app.sandbox.notes(HOST);
     assert_eq!(notes.len(), 1000, "one note per lead");
     let elements = app.sandbox.elements(HOST);
-    let mut made: Vec<String> = elements.iter().flat_map(|e| e.values_of("SKU")).collect();
-    made.sort();
-    assert_eq!(made, skus.to_vec(), "no SKU made twice");
+    assert_eq!(skus_of(&elements), skus.to_vec(), "no SKU made twice");
     let sku_of: HashMap<u64, String> = elements
         .iter()
         .filter_map(|e| Some((e.id, e.values_of("SKU").into_iter().next()?)))
@@ -550,14 +552,11 @@ async fn more_new_skus_than_one_turn_can_search_are_all_made_once_and_linked() {
         post(&app, &order("seller-1", &format!("S{n}"), &buyer, &items)).await;
     }
     drain(&app).await;
-    let mut made: Vec<String> = app
-        .sandbox
-        .elements(HOST)
-        .iter()
-        .flat_map(|e| e.values_of("SKU"))
-        .collect();
-    made.sort();
-    assert_eq!(made, skus, "every SKU made once");
+    assert_eq!(
+        skus_of(&app.sandbox.elements(HOST)),
+        skus,
+        "every SKU made once"
+    );
     let leads = leads_by_number(&app);
     let links = app.sandbox.links(HOST);
     for n in ["S0", "S1"] {
