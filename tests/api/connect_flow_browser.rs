@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::browser::{decide, driver_and_app, element, phone, press, run_steps, step, text_of};
 use crate::support::{
-    HOST, TestApp, connect, consent, create_session, open_page, result_location,
+    HOST, TestApp, connect, consent, create_session, header, open_page, result_location,
     set_connection_status, spawn_app, through_result, until_callback, wait_until,
 };
 
@@ -375,10 +375,7 @@ async fn over_http_the_state_carries_the_language_and_the_result_page_is_stable(
             .await
             .unwrap();
         assert_eq!(resp.status().as_u16(), 200);
-        let csp = resp.headers()["content-security-policy"]
-            .to_str()
-            .unwrap()
-            .to_owned();
+        let csp = header(&resp, "content-security-policy");
         assert!(
             csp.contains("script-src 'nonce-") && !csp.contains("unsafe-inline"),
             "{csp}"
@@ -423,12 +420,7 @@ async fn over_http_the_state_carries_the_language_and_the_result_page_is_stable(
     // The seller script is a file.
     let js = app.get("/connect/assets/seller.js").await;
     assert_eq!(js.status().as_u16(), 200);
-    assert!(
-        js.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .contains("javascript")
-    );
+    assert!(header(&js, "content-type").contains("javascript"));
     // A denial's result page answers 400 on every view, with a retry.
     let callback = until_callback(&app, "seller-d", HOST, false).await;
     for _ in 0..2 {

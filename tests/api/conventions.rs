@@ -4,7 +4,7 @@ use amocrm_connector::services::api_keys::Tier;
 
 use reqwest::Method;
 
-use crate::support::{TestApp, assert_error, spawn_app};
+use crate::support::{TestApp, assert_error, header, spawn_app};
 
 /// The id of the test's API key (the first one made).
 async fn first_key_id(app: &TestApp) -> i64 {
@@ -112,11 +112,7 @@ async fn responses_carry_rate_limit_headers_for_limited_tiers() {
     let resp = app.api_get("/api/v1/no-such-route").await;
     assert_eq!(resp.headers()["x-ratelimit-limit"], "1000");
     assert_eq!(resp.headers()["x-ratelimit-remaining"], "999");
-    let reset: i64 = resp.headers()["x-ratelimit-reset"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let reset: i64 = header(&resp, "x-ratelimit-reset").parse().unwrap();
     let now = chrono::Utc::now().timestamp();
     assert!(reset > now && reset <= now + 3600);
     let resp = app.api_get("/api/v1/no-such-route").await;
@@ -159,11 +155,7 @@ async fn a_key_over_its_hourly_budget_gets_429_with_retry_after() {
     })
     .await;
     let resp = app.api_get("/api/v1/no-such-route").await;
-    let retry: u64 = resp.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry: u64 = header(&resp, "retry-after").parse().unwrap();
     assert!((1..=3600).contains(&retry));
     assert_eq!(resp.headers()["x-ratelimit-remaining"], "0");
     assert_error(resp, 429, "RATE_LIMIT_EXCEEDED").await;
@@ -175,12 +167,7 @@ async fn non_api_paths_that_match_nothing_are_404_pages_with_the_ways_in() {
     let resp = app.get("/nothing").await;
     assert_eq!(resp.status().as_u16(), 404);
     assert!(resp.headers().get("x-request-id").is_some());
-    assert!(
-        resp.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/html")
-    );
+    assert!(header(&resp, "content-type").starts_with("text/html"));
     let body = resp.text().await.unwrap();
     assert!(body.contains("Page not found"), "{body}");
     for link in ["/api/v1/docs", "/dashboard", "/health"] {

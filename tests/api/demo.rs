@@ -6,7 +6,7 @@ use std::time::Duration;
 use amocrm_connector::demo::{self, DemoOptions};
 use serde_json::{Value, json};
 
-use crate::support::{consent, open_page, wait_until};
+use crate::support::{consent, get_following_303, open_page, wait_until};
 
 fn browser() -> reqwest::Client {
     reqwest::Client::builder()
@@ -20,13 +20,8 @@ fn browser() -> reqwest::Client {
 async fn click_through_connect(http: &reqwest::Client, connect_url: &str, sandbox: &str) -> String {
     let (popup, _) = open_page(http, connect_url).await;
     let callback = consent(http, sandbox, &popup, "sellerone.amocrm.ru", true).await;
-    let mut done = http.get(&callback).send().await.unwrap();
     // The callback redirects to its result page, as a browser follows it.
-    if done.status() == 303 {
-        let location = done.headers()["location"].to_str().unwrap().to_owned();
-        let result = url::Url::parse(&callback).unwrap().join(&location).unwrap();
-        done = http.get(result).send().await.unwrap();
-    }
+    let done = get_following_303(http, &callback).await;
     assert_eq!(done.status(), 200, "callback");
     done.text().await.unwrap()
 }

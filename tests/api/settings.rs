@@ -8,6 +8,7 @@ mod browser;
 use std::collections::HashSet;
 
 use amocrm_connector::domain::ids::sha256_hex;
+use amocrm_connector::domain::settings::STATUS_KEYS;
 use amocrm_connector::services::operators::Role;
 use amocrm_connector::storage::schema::settings_sessions as ss;
 use amocrm_connector::workers::push;
@@ -17,7 +18,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::support::{
-    HOST, Queue, Seller, TestApp, assert_error, attr, connect_seller, env_vars, order_body,
+    HOST, Queue, Seller, TestApp, assert_error, attr, connect_seller, env_vars, header, order_body,
     spawn_app_with,
 };
 
@@ -151,7 +152,8 @@ async fn nothing_stored(app: &TestApp, seller: &str, before: &Value) {
     assert!(settings_events(app, seller).await.is_empty());
 }
 
-/// A complete form as the page sends it, on `pipeline` with `stages`, responsible `mode` over `users`.
+/// A complete form as the page sends it, on `pipeline` with `stages` (in `STATUS_KEYS` order), responsible
+/// `mode` over `users`.
 pub fn form(
     csrf: &str,
     pipeline: u64,
@@ -180,15 +182,7 @@ pub fn form(
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    let keys = [
-        "pending",
-        "awaiting_payment",
-        "paid",
-        "shipping",
-        "completed",
-        "cancelled",
-    ];
-    for (k, id) in keys.iter().zip(stages) {
+    for (k, id) in STATUS_KEYS.iter().zip(stages) {
         f.push((format!("stage_{k}"), id.to_string()));
     }
     for u in users {
@@ -361,10 +355,7 @@ async fn the_settings_page_speaks_three_languages_and_shows_the_account_by_name(
 
     let resp = browser.get(&url).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 200);
-    let csp = resp.headers()["content-security-policy"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let csp = header(&resp, "content-security-policy");
     assert!(
         csp.contains("script-src 'nonce-") && csp.contains("form-action 'self'"),
         "{csp}"

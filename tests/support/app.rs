@@ -533,6 +533,11 @@ async fn unfinished_work(
     Ok(work)
 }
 
+/// The text of `resp`'s header `name`; a missing or non-text header fails the test.
+pub fn header(resp: &Response, name: &str) -> String {
+    resp.headers()[name].to_str().unwrap().to_owned()
+}
+
 /// Asserts the contract's error body and returns it.
 pub async fn assert_error(resp: Response, status: u16, code: &str) -> Value {
     assert_eq!(resp.status().as_u16(), status, "status");

@@ -123,6 +123,19 @@ pub fn result_location(resp: &reqwest::Response) -> Option<String> {
         .then(|| location.to_owned())
 }
 
+/// A GET of the callback `url` by `http`, a 303 followed as a browser follows it (relative to `url`).
+pub async fn get_following_303(http: &reqwest::Client, url: &str) -> reqwest::Response {
+    let resp = http.get(url).send().await.unwrap();
+    if resp.status().as_u16() != 303 {
+        return resp;
+    }
+    let next = url::Url::parse(url)
+        .unwrap()
+        .join(&super::app::header(&resp, "location"))
+        .unwrap();
+    http.get(next).send().await.unwrap()
+}
+
 /// `resp` followed, as a browser does, when it redirects to a result page; otherwise `resp` itself.
 pub async fn follow_result(app: &TestApp, resp: reqwest::Response) -> reqwest::Response {
     match result_location(&resp) {

@@ -14,12 +14,12 @@ mod sellers;
 mod wait;
 
 pub use app::{
-    Queue, TestApp, TestDatabase, assert_error, base_env, env_vars, fresh_database, spawn_app,
-    spawn_app_against, spawn_app_on, spawn_app_with, spawn_app_with_sandbox,
+    Queue, TestApp, TestDatabase, assert_error, base_env, env_vars, fresh_database, header,
+    spawn_app, spawn_app_against, spawn_app_on, spawn_app_with, spawn_app_with_sandbox,
 };
 pub use connect::{
-    HOST, OTHER_HOST, attr, connect, consent, create_session, follow_result, open_page, query_of,
-    result_location, through_result, until_callback,
+    HOST, OTHER_HOST, attr, connect, consent, create_session, follow_result, get_following_303,
+    open_page, query_of, result_location, through_result, until_callback,
 };
 pub use db::{count_sql, inbox_row};
 pub use receiver::{Behaviour, Hit, Receiver};
