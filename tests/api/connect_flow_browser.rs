@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::browser::{decide, driver_and_app, element, phone, press, run_steps, step, text_of};
 use crate::support::{
     HOST, TestApp, connect, consent, create_session, header, open_page, result_location,
-    set_connection_status, spawn_app, through_result, until_callback, wait_until,
+    set_connection_status, spawn_app, status_of, through_result, until_callback, wait_until,
 };
 
 /// A sandbox account of its own for `seller` (one account connects one seller).
@@ -232,15 +232,8 @@ async fn reload_and_back_after_connecting_show_the_connection_not_already_used()
             },
         )
         .await;
-        assert_eq!(
-            status_of_seller(&app, &format!("seller-reload-{lang}")).await,
-            ConnectionStatus::Active
-        );
+        assert_eq!(status_of(&app, &seller).await, ConnectionStatus::Active);
     }
-}
-
-async fn status_of_seller(app: &TestApp, seller: &str) -> ConnectionStatus {
-    crate::support::status_of(app, seller).await
 }
 
 // 3. A denial in the popup and a popup closed by the seller are both reported on the connect page, with
@@ -277,10 +270,7 @@ async fn a_denied_or_closed_popup_is_reported_on_the_connect_page_with_a_retry()
             },
         )
         .await;
-        assert_eq!(
-            status_of_seller(&app, &seller).await,
-            ConnectionStatus::Active
-        );
+        assert_eq!(status_of(&app, &seller).await, ConnectionStatus::Active);
     }
 }
 

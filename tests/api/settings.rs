@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use crate::support::{
     HOST, Queue, Seller, TestApp, assert_error, attr, connect_seller, env_vars, header, order_body,
-    spawn_app_with,
+    seller_session, spawn_app_with,
 };
 
 const RETURN_PREFIX: &str = "https://seller.market.example/";
@@ -105,14 +105,7 @@ async fn get_settings(app: &TestApp, seller: &str) -> Value {
 
 /// A settings link for `seller` (201), with `extra` body fields.
 pub async fn settings_session(app: &TestApp, seller: &str, extra: Value) -> Value {
-    let mut body = json!({ "seller_id": seller });
-    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
-        b.extend(e.clone());
-    }
-    let resp = app.api_post("/api/v1/settings-sessions", &body).await;
-    assert_eq!(resp.status().as_u16(), 201, "settings session");
-    let v: Value = resp.json().await.unwrap();
-    v["data"].clone()
+    seller_session(app, "/api/v1/settings-sessions", seller, extra).await
 }
 
 /// A browser of its own: its own cookies, redirects not followed.

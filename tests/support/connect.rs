@@ -41,15 +41,21 @@ pub fn query_of(url: &str) -> HashMap<String, String> {
         .collect()
 }
 
-pub async fn create_session(app: &TestApp, seller: &str, extra: Value) -> Value {
+/// A session for `seller` made by a POST to `path` (connect and settings links alike: 201), with `extra`
+/// body fields: the answer's `data`.
+pub async fn seller_session(app: &TestApp, path: &str, seller: &str, extra: Value) -> Value {
     let mut body = json!({ "seller_id": seller });
     if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
         b.extend(e.clone());
     }
-    let resp = app.api_post("/api/v1/connect-sessions", &body).await;
-    assert_eq!(resp.status().as_u16(), 201, "create session");
+    let resp = app.api_post(path, &body).await;
+    assert_eq!(resp.status().as_u16(), 201, "POST {path}");
     let v: Value = resp.json().await.expect("JSON");
     v["data"].clone()
+}
+
+pub async fn create_session(app: &TestApp, seller: &str, extra: Value) -> Value {
+    seller_session(app, "/api/v1/connect-sessions", seller, extra).await
 }
 
 /// The connect page's two consent links: (popup `post_message`, same-window fallback `popup`).

@@ -19,7 +19,7 @@ pub use app::{
 };
 pub use connect::{
     HOST, OTHER_HOST, attr, connect, consent, create_session, follow_result, get_following_303,
-    open_page, query_of, result_location, through_result, until_callback,
+    open_page, query_of, result_location, seller_session, through_result, until_callback,
 };
 pub use db::{count_sql, inbox_row};
 pub use receiver::{Behaviour, Hit, Receiver};
