@@ -2,13 +2,16 @@
 //! browser matters, and over HTTP where it does not: the chosen language after consent, reload and Back
 //! after connecting, popups that are denied or closed, one truthful status card, and old links.
 
+use std::future::Future;
 use std::time::Duration;
 
 use amocrm_connector::domain::status::ConnectionStatus;
 use fantoccini::{Client, Locator};
 use serde_json::json;
 
-use crate::browser::{decide, driver_and_app, element, phone, press, run_steps, step, text_of};
+use crate::browser::{
+    Driver, decide, driver_and_app, element, phone, press, run_steps, step, text_of,
+};
 use crate::support::{
     HOST, TestApp, connect, consent, create_session, header, open_page, result_location,
     set_connection_status, spawn_app, status_of, through_result, until_callback, wait_until,
@@ -28,6 +31,16 @@ async fn fresh_link(app: &TestApp, seller: &str, body: serde_json::Value) -> (St
     let host = fresh_host(app, seller);
     let url = connect_url(&create_session(app, seller, body).await);
     (host, url)
+}
+
+/// Runs `steps` as [`run_steps`] `name` in a fresh browser at the phone size these traps are met at
+/// (390×844).
+async fn on_a_phone<F, Fut>(driver: &Driver, name: &str, steps: F)
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    run_steps(name, phone(driver, 390, 844).await, steps).await;
 }
 
 /// Per language: `?lang=`, the success title, "connected to", the denial, the closed popup.
@@ -167,9 +180,8 @@ async fn the_result_page_speaks_the_language_chosen_on_the_connect_page() {
         for allow in [true, false] {
             let seller = format!("seller-lang-{i}-{allow}");
             let (host, url) = fresh_link(&app, &seller, json!({})).await;
-            let client = phone(&driver, 390, 844).await;
             let name = format!("result_language_{lang}_{allow}");
-            run_steps(&name, client, |client| async move {
+            on_a_phone(&driver, &name, |client| async move {
                 in_one_tab(&client, &format!("{url}?lang={lang}")).await?;
                 decide(&client, &host, allow).await?;
                 if allow {
@@ -203,11 +215,10 @@ async fn reload_and_back_after_connecting_show_the_connection_not_already_used()
     for (lang, title, connected, _, _) in LANGS {
         let seller = format!("seller-reload-{lang}");
         let (host, url) = fresh_link(&app, &seller, json!({"lang": lang})).await;
-        let client = phone(&driver, 390, 844).await;
         let used = ["already used", "уже использован", "allaqachon ishlatilgan"];
-        run_steps(
+        on_a_phone(
+            &driver,
             &format!("reload_back_{lang}"),
-            client,
             |client| async move {
                 in_one_tab(&client, &url).await?;
                 decide(&client, &host, true).await?;
@@ -246,10 +257,9 @@ async fn a_denied_or_closed_popup_is_reported_on_the_connect_page_with_a_retry()
     for (lang, title, connected, denied, closed) in LANGS {
         let seller = format!("seller-popup-{lang}");
         let (host, url) = fresh_link(&app, &seller, json!({"lang": lang})).await;
-        let client = phone(&driver, 390, 844).await;
-        run_steps(
+        on_a_phone(
+            &driver,
             &format!("popup_outcomes_{lang}"),
-            client,
             |client| async move {
                 step("open the connect page", client.goto(&url).await)?;
                 let opener = through_popup(&client, "connect", &host, false).await?;
@@ -286,12 +296,11 @@ async fn a_reconnect_leaves_one_truthful_card_naming_the_account() {
         assert_eq!(connect(&app, &seller, &host).await.status().as_u16(), 200);
         set_connection_status(&app, &seller, "revoked").await;
         let url = connect_url(&create_session(&app, &seller, json!({"lang": lang})).await);
-        let client = phone(&driver, 390, 844).await;
         let revoked = ["Uzilgan", "Отключён", "Disconnected"];
         let active = ["Faol", "Активен", "Active"];
-        run_steps(
+        on_a_phone(
+            &driver,
             &format!("reconnect_card_{lang}"),
-            client,
             |client| async move {
                 step("open the connect page", client.goto(&url).await)?;
                 text_contains(&client, "#current-status", revoked[index(lang)]).await?;
@@ -328,8 +337,7 @@ async fn an_old_link_of_a_connected_seller_shows_the_connection() {
         let (popup, _) = open_page(&app.http, &url).await;
         let callback = consent(&app.http, &app.sandbox.base_url(), &popup, &host, true).await;
         assert_eq!(through_result(&app, &callback).await.status().as_u16(), 200);
-        let client = phone(&driver, 390, 844).await;
-        run_steps(&format!("old_link_{lang}"), client, |client| async move {
+        on_a_phone(&driver, &format!("old_link_{lang}"), |client| async move {
             step("open the old link", client.goto(&url).await)?;
             text_contains(&client, "#text", connected).await?;
             text_contains(&client, "#text", &host).await?;
