@@ -8,7 +8,7 @@ use fantoccini::Client;
 use serde_json::json;
 
 use crate::browser::{
-    browser, dashboard_sign_in, driver_and_app, driver_and_operator, run_steps, step,
+    browser, dashboard_sign_in, driver_and_app, driver_and_operator, run_steps, script, step,
 };
 use crate::support::{connect_seller, create_session};
 
@@ -33,7 +33,7 @@ fn axe_source() -> Option<String> {
 /// Runs axe on the page the browser shows and returns its serious and critical violations, each as
 /// "rule (impact): help — where".
 async fn serious_violations(client: &Client, axe: &str) -> Result<Vec<String>, String> {
-    step("inject axe-core", client.execute(axe, vec![]).await)?;
+    script(client, "inject axe-core", axe).await?;
     let found = step(
         "run axe",
         client
