@@ -91,6 +91,22 @@ struct Expected {
     unconfirmed: Vec<Value>,
 }
 
+/// A manager moves `lead` of `side` to stage `to` in amoCRM; a move amoCRM took is expected, and a payment
+/// with it for every stage but lost (143).
+fn move_lead(world: &World, side: &Side, lead: u64, to: u64, expected: &Mutex<Expected>) {
+    if world
+        .sandbox
+        .move_lead(&side.host, lead, side.pipeline, to)
+        .is_ok()
+    {
+        let mut e = expected.lock().unwrap();
+        e.moves.entry(lead).or_default().push(to);
+        if to != 143 {
+            e.paid.insert(lead);
+        }
+    }
+}
+
 /// Buyers per seller in the load: their orders share one contact each.
 const BUYERS: usize = 4;
 
@@ -219,14 +235,7 @@ impl Load {
                             continue;
                         }
                         let to = [side.paid, side.shipping, 142][rng.random_range(0..3)];
-                        if w.sandbox
-                            .move_lead(&side.host, lead, side.pipeline, to)
-                            .is_ok()
-                        {
-                            let mut e = exp.lock().unwrap();
-                            e.moves.entry(lead).or_default().push(to);
-                            e.paid.insert(lead);
-                        }
+                        move_lead(&w, side, lead, to, &exp);
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(rng.random_range(100..300))).await;
@@ -259,16 +268,7 @@ impl Load {
                     _ => vec![],
                 };
                 for to in path {
-                    if w.sandbox
-                        .move_lead(&side.host, lead, side.pipeline, to)
-                        .is_ok()
-                    {
-                        let mut e = exp.lock().unwrap();
-                        e.moves.entry(lead).or_default().push(to);
-                        if to != 143 {
-                            e.paid.insert(lead);
-                        }
-                    }
+                    move_lead(&w, side, lead, to, &exp);
                     tokio::time::sleep(Duration::from_millis(rng.random_range(0..30))).await;
                 }
                 tokio::time::sleep(Duration::from_millis(rng.random_range(10..60))).await;
