@@ -344,3 +344,12 @@ pub fn linked_items(sandbox: &SandboxHandle, host: &str) -> HashMap<u64, Vec<(St
     }
     linked
 }
+
+/// `seller`'s connection refreshed now through the API (`POST …/refresh`, 200): the answer's body.
+pub async fn refresh_now(app: &TestApp, seller: &str) -> Value {
+    let resp = app
+        .api_post_empty(&format!("/api/v1/connections/{seller}/refresh"))
+        .await;
+    assert_eq!(resp.status().as_u16(), 200, "refresh of {seller}");
+    resp.json().await.unwrap()
+}
