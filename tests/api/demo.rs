@@ -6,15 +6,7 @@ use std::time::Duration;
 use amocrm_connector::demo::{self, DemoOptions};
 use serde_json::{Value, json};
 
-use crate::support::{consent, get_following_303, open_page, wait_until};
-
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .cookie_store(true)
-        .build()
-        .unwrap()
-}
+use crate::support::{consent, get_following_303, new_browser, open_page, wait_until};
 
 /// A seller's browser: the connect page, the sandbox's consent page, Allow, back to our callback.
 async fn click_through_connect(http: &reqwest::Client, connect_url: &str, sandbox: &str) -> String {
@@ -52,7 +44,7 @@ async fn the_demo_starts_everything_and_its_printed_links_work() {
         sandbox_port: 0,
     };
     let demo = demo::start(opts.clone()).await.expect("demo starts");
-    let http = browser();
+    let http = new_browser();
 
     // The seller connects through the link the demo printed.
     let connect_url = demo.connect_url.clone().expect("a connect link");

@@ -18,8 +18,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::support::{
-    HOST, Queue, Seller, TestApp, assert_error, attr, connect_seller, env_vars, header, order_body,
-    seller_session, spawn_app_with,
+    HOST, Queue, Seller, TestApp, assert_error, attr, connect_seller, env_vars, header,
+    new_browser, order_body, seller_session, spawn_app_with,
 };
 
 const RETURN_PREFIX: &str = "https://seller.market.example/";
@@ -106,15 +106,6 @@ async fn get_settings(app: &TestApp, seller: &str) -> Value {
 /// A settings link for `seller` (201), with `extra` body fields.
 pub async fn settings_session(app: &TestApp, seller: &str, extra: Value) -> Value {
     seller_session(app, "/api/v1/settings-sessions", seller, extra).await
-}
-
-/// A browser of its own: its own cookies, redirects not followed.
-pub fn new_browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .cookie_store(true)
-        .build()
-        .unwrap()
 }
 
 async fn open(browser: &reqwest::Client, url: &str) -> (u16, String) {

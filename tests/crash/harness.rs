@@ -18,7 +18,8 @@ use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
 use crate::support::{
-    Behaviour, Receiver, TestDatabase, fresh_database, get_following_303, open_page, wait_until,
+    Behaviour, Receiver, TestDatabase, browser_client, fresh_database, get_following_303,
+    open_page, wait_until,
 };
 
 pub const CLIENT_ID: &str = "crash-client-id";
@@ -184,9 +185,7 @@ impl World {
             api_key,
             balancer,
             receiver,
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .cookie_store(true)
+            http: browser_client()
                 .timeout(Duration::from_secs(30))
                 .build()
                 .unwrap(),

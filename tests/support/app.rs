@@ -220,9 +220,7 @@ pub async fn spawn_app_with_sandbox(
     let (_, api_key) = api_keys::create(&db, "test", Tier::Standard)
         .await
         .expect("api key");
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .cookie_store(true)
+    let http = super::connect::browser_client()
         // The service closes a keep-alive connection after 5 s idle; a request sent on it at that moment is
         // cut (`IncompleteMessage`). The client lets idle connections go first.
         .pool_idle_timeout(std::time::Duration::from_secs(2))

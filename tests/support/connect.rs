@@ -32,6 +32,19 @@ pub fn attr(html: &str, name: &str) -> Option<String> {
     Some(unescape(&html[start..end]))
 }
 
+/// A client that acts as a browser towards the service: a cookie jar of its own, redirects left to the
+/// test to follow.
+pub fn browser_client() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+}
+
+/// A browser of its own: its own cookies, redirects not followed.
+pub fn new_browser() -> reqwest::Client {
+    browser_client().build().unwrap()
+}
+
 /// The query parameters of a URL.
 pub fn query_of(url: &str) -> HashMap<String, String> {
     let q = url.split_once('?').map(|(_, q)| q).unwrap_or("");

@@ -18,8 +18,9 @@ pub use app::{
     spawn_app, spawn_app_against, spawn_app_on, spawn_app_with, spawn_app_with_sandbox,
 };
 pub use connect::{
-    HOST, OTHER_HOST, attr, connect, consent, create_session, follow_result, get_following_303,
-    open_page, query_of, result_location, seller_session, through_result, until_callback,
+    HOST, OTHER_HOST, attr, browser_client, connect, consent, create_session, follow_result,
+    get_following_303, new_browser, open_page, query_of, result_location, seller_session,
+    through_result, until_callback,
 };
 pub use db::{count_sql, inbox_row};
 pub use receiver::{Behaviour, Hit, Receiver};
