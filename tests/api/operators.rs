@@ -34,6 +34,13 @@ async fn refresh(app: &TestApp, refresh_token: &str) -> reqwest::Response {
     .await
 }
 
+/// The new tokens the refresh token of `tokens` (a sign-in's answer) is exchanged for (200).
+async fn renew(app: &TestApp, tokens: &Value) -> Value {
+    let resp = refresh(app, tokens["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(resp.status(), 200);
+    resp.json().await.unwrap()
+}
+
 async fn login(app: &TestApp, email: &str, password: &str) -> reqwest::Response {
     app.post_json(
         "/api/auth/login",
@@ -214,9 +221,7 @@ async fn viewers_may_read_but_every_write_method_is_403() {
 async fn a_refresh_token_gives_a_new_working_access_token_and_junk_is_401() {
     let app = app_with_ops().await;
     let body = tokens(&app, "ops@example.com").await;
-    let resp = refresh(&app, body["refresh_token"].as_str().unwrap()).await;
-    assert_eq!(resp.status(), 200);
-    let renewed: Value = resp.json().await.unwrap();
+    let renewed = renew(&app, &body).await;
     assert_eq!(renewed["expires_in"], 3600);
     let token = renewed["access_token"].as_str().unwrap();
     assert_ne!(token, body["access_token"].as_str().unwrap());
@@ -234,9 +239,7 @@ async fn a_refresh_token_gives_a_new_working_access_token_and_junk_is_401() {
 async fn a_refresh_token_works_once_and_presenting_it_again_revokes_the_whole_sign_in() {
     let app = app_with_ops().await;
     let first = tokens(&app, "ops@example.com").await;
-    let resp = refresh(&app, first["refresh_token"].as_str().unwrap()).await;
-    assert_eq!(resp.status(), 200);
-    let second: Value = resp.json().await.unwrap();
+    let second = renew(&app, &first).await;
     assert_ne!(second["refresh_token"], first["refresh_token"], "rotated");
     let live = |t: &Value| t["access_token"].as_str().unwrap().to_owned();
     let resp = app.get_as("/api/v1/connections", &live(&first)).await;
