@@ -414,11 +414,10 @@ async fn retry_in_the_dashboard_queues_a_failed_order_again() {
 
 #[tokio::test]
 async fn a_subscription_is_tested_paused_and_edited_from_the_dashboard() {
-    use crate::support::{Behaviour, Receiver};
+    use crate::support::Behaviour;
     let app = spawn_app().await;
-    let rx = Receiver::start("rx-secret", Behaviour::Ok).await;
-    let id = app
-        .subscribe(&rx.url, json!(["payment.completed"]), "rx-secret")
+    let (rx, id) = app
+        .subscribed_receiver("rx-secret", Behaviour::Ok, json!(["payment.completed"]))
         .await;
     sign_in(&app, "ops@example.com", Role::Admin).await;
     let (status, html) = get(&app, &format!("/dashboard/subscriptions/{id}")).await;

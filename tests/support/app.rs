@@ -25,6 +25,8 @@ use diesel::connection::SimpleConnection;
 use reqwest::{Method, Response};
 use serde_json::Value;
 
+use super::receiver::{Behaviour, Receiver};
+
 pub struct TestApp {
     /// Shared when several instances run against one sandbox (`spawn_peer`).
     pub sandbox: Arc<SandboxHandle>,
@@ -381,6 +383,19 @@ impl TestApp {
     }
 
     /// Subscribes `url` to `events` with `secret`; returns the subscription id.
+    /// A receiver started with `secret` and `behaviour`, subscribed to `events` with that same secret (so
+    /// it can check the signatures): the receiver and the subscription's id.
+    pub async fn subscribed_receiver(
+        &self,
+        secret: &str,
+        behaviour: Behaviour,
+        events: Value,
+    ) -> (Receiver, String) {
+        let receiver = Receiver::start(secret, behaviour).await;
+        let id = self.subscribe(&receiver.url, events, secret).await;
+        (receiver, id)
+    }
+
     pub async fn subscribe(&self, url: &str, events: Value, secret: &str) -> String {
         let resp = self
             .api_post(
