@@ -21,8 +21,6 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use amocrm_connector::app::Application;
@@ -364,53 +362,20 @@ async fn scenario(n: usize, pg: Option<&str>, sizes: &Sizes) {
             )
         })
         .collect();
-    let targets = Arc::new(targets);
     reset_peak();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()
         .expect("client");
-    let next = Arc::new(AtomicUsize::new(0));
-    let concurrency = 32;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..concurrency {
-        let (client, next, targets) = (client.clone(), next.clone(), targets.clone());
-        let total = sizes.webhooks;
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut ok = 0usize;
-            loop {
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                if k >= total {
-                    break;
-                }
-                let (url, body) = &targets[(k * 7919 + w) % targets.len()];
-                let t = Instant::now();
-                if let Ok(r) = client
-                    .post(url)
-                    .header("content-type", "application/x-www-form-urlencoded")
-                    .body(body.clone())
-                    .send()
-                    .await
-                {
-                    ok += usize::from(r.status().is_success());
-                    let _ = r.bytes().await;
-                }
-                lat.push(t.elapsed().as_secs_f64() * 1000.0);
-            }
-            (lat, ok)
-        }));
-    }
-    let mut lat = Vec::new();
-    let mut ok = 0;
-    for t in tasks {
-        let (l, k) = t.await.expect("task");
-        lat.extend(l);
-        ok += k;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    lat.sort_by(f64::total_cmp);
+    let common::Posted {
+        latencies_ms: lat,
+        ok,
+        seconds: secs,
+    } = common::post_forms(&client, 32, sizes.webhooks, move |client, k, w| {
+        let (url, body) = &targets[(k * 7919 + w) % targets.len()];
+        client.post(url).body(body.clone())
+    })
+    .await;
     let rps = ok as f64 / secs;
     println!(
         "  webhook intake: {ok}/{} stored in {secs:.2} s, {rps:.0} req/s, p50 {:.2} ms, p99 {:.2} ms; peak {:.0} MiB",

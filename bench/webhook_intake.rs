@@ -9,13 +9,16 @@
 //!
 //! Knobs (environment): `BENCH_REQUESTS` (default 20000), `BENCH_CONCURRENCY` (32), `BENCH_EVENTS` (5000).
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::dev::ServerHandle;
+use actix_web::{App, Handler, HttpResponse, HttpServer, Responder, web};
 use amocrm_connector::app::Application;
 use amocrm_connector::config::Settings;
 use amocrm_connector::storage::cipher::Keyring;
@@ -23,7 +26,6 @@ use amocrm_connector::storage::connections::seal_tokens;
 use amocrm_connector::storage::events::{self, NewEvent};
 use amocrm_connector::storage::schema::amocrm_connections as c;
 use amocrm_connector::storage::{self as st, deliveries, inbox};
-use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 
 const BODY: &str = include_str!("../tests/fixtures/amocrm/webhook-status-lead-1.txt");
@@ -55,104 +57,50 @@ async fn hammer(url: &str, body: &'static str, total: usize, concurrency: usize)
         .pool_max_idle_per_host(concurrency)
         .build()
         .expect("client");
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (client, next, url) = (client.clone(), next.clone(), url.to_owned());
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut ok = 0usize;
-            while next.fetch_add(1, Ordering::Relaxed) < total {
-                let t = Instant::now();
-                let resp = client
-                    .post(&url)
-                    .header("content-type", "application/x-www-form-urlencoded")
-                    .body(body)
-                    .send()
-                    .await;
-                if let Ok(r) = resp {
-                    if r.status().is_success() {
-                        ok += 1;
-                    }
-                    let _ = r.bytes().await;
-                }
-                lat.push(t.elapsed());
-            }
-            (lat, ok)
-        }));
-    }
-    let mut all = Vec::with_capacity(total);
-    let mut ok = 0;
-    for t in tasks {
-        let (lat, n) = t.await.expect("task");
-        all.extend(lat);
-        ok += n;
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    all.sort();
+    let url = url.to_owned();
+    let posted = common::post_forms(&client, concurrency, total, move |client, _, _| {
+        client.post(&url).body(body)
+    })
+    .await;
+    let all = &posted.latencies_ms;
     let pct = |p: f64| {
         all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+            .copied()
+            .unwrap_or(0.0)
     };
     Figures {
         requests: all.len(),
-        ok,
-        seconds,
+        ok: posted.ok,
+        seconds: posted.seconds,
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
     }
 }
 
-async fn bare_server() -> (String, actix_web::dev::ServerHandle) {
-    let server = HttpServer::new(|| {
-        App::new().default_service(web::to(|_body: web::Bytes| async {
-            HttpResponse::Ok()
-                .content_type("application/json")
-                .body(r#"{"data":{"status":"accepted"}}"#)
-        }))
-    })
-    .disable_signals()
-    .bind(("127.0.0.1", 0))
-    .expect("bind");
+/// Answers every request with `handler` on a free local port, in the background: the port, and the handle
+/// that stops it.
+fn serve<H>(handler: H) -> (u16, ServerHandle)
+where
+    H: Handler<(web::Bytes,)> + Send,
+    H::Output: Responder + 'static,
+{
+    let server = HttpServer::new(move || App::new().default_service(web::to(handler.clone())))
+        .disable_signals()
+        .bind(("127.0.0.1", 0))
+        .expect("bind");
     let port = server.addrs()[0].port();
     let server = server.run();
     let handle = server.handle();
     tokio::spawn(server);
-    (format!("http://127.0.0.1:{port}"), handle)
-}
-
-/// A database for one run: a temp SQLite file, or a fresh schema on the given PostgreSQL server.
-fn database(pg: Option<&str>, dir: &tempfile::TempDir) -> (String, Option<(String, String)>) {
-    match pg {
-        None => (
-            format!("sqlite://{}", dir.path().join("bench.db").display()),
-            None,
-        ),
-        Some(admin) => {
-            let schema = format!(
-                "bench_{}",
-                amocrm_connector::domain::ids::random_token(10).to_lowercase()
-            );
-            let mut conn = diesel::PgConnection::establish(admin).expect("postgres reachable");
-            conn.batch_execute(&format!("CREATE SCHEMA {schema}"))
-                .expect("schema");
-            let sep = if admin.contains('?') { '&' } else { '?' };
-            (
-                format!("{admin}{sep}options=-csearch_path%3D{schema}"),
-                Some((admin.to_owned(), schema)),
-            )
-        }
-    }
+    (port, handle)
 }
 
 async fn run_backend(label: &str, pg: Option<&str>) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (url, cleanup) = database(pg, &dir);
+    let database = common::Database::fresh(pg);
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let mut env: HashMap<String, String> = HashMap::new();
-    env.insert("DATABASE_URL".into(), url);
+    env.insert("DATABASE_URL".into(), database.url.clone());
     env.insert("LISTEN_ADDR".into(), format!("127.0.0.1:{port}"));
     env.insert("PUBLIC_BASE_URL".into(), format!("http://127.0.0.1:{port}"));
     env.insert(
@@ -203,7 +151,12 @@ async fn run_backend(label: &str, pg: Option<&str>) {
 
     let total = knob("BENCH_REQUESTS", 20_000);
     let concurrency = knob("BENCH_CONCURRENCY", 32);
-    let (bare_url, bare) = bare_server().await;
+    let (bare_port, bare) = serve(|_body: web::Bytes| async {
+        HttpResponse::Ok()
+            .content_type("application/json")
+            .body(r#"{"data":{"status":"accepted"}}"#)
+    });
+    let bare_url = format!("http://127.0.0.1:{bare_port}");
     let intake_url = format!("http://127.0.0.1:{port}/webhooks/amocrm/{token}");
     // Warm both up (connections, pool, page cache), then measure alternately.
     hammer(&bare_url, BODY, 500, concurrency).await;
@@ -248,23 +201,13 @@ async fn run_backend(label: &str, pg: Option<&str>) {
     let n_events = knob("BENCH_EVENTS", 5_000);
     let received = Arc::new(AtomicUsize::new(0));
     let counter = received.clone();
-    let server = HttpServer::new(move || {
+    let (rport, rhandle) = serve(move |_b: web::Bytes| {
         let counter = counter.clone();
-        App::new().default_service(web::to(move |_b: web::Bytes| {
-            let counter = counter.clone();
-            async move {
-                counter.fetch_add(1, Ordering::Relaxed);
-                HttpResponse::Ok().finish()
-            }
-        }))
-    })
-    .disable_signals()
-    .bind(("127.0.0.1", 0))
-    .expect("bind");
-    let rport = server.addrs()[0].port();
-    let server = server.run();
-    let rhandle = server.handle();
-    tokio::spawn(server);
+        async move {
+            counter.fetch_add(1, Ordering::Relaxed);
+            HttpResponse::Ok().finish()
+        }
+    });
     let client = reqwest::Client::new();
     let key = amocrm_connector::services::api_keys::create(
         &state.db,
@@ -335,11 +278,6 @@ async fn run_backend(label: &str, pg: Option<&str>) {
         received.load(Ordering::Relaxed) as f64 / secs
     );
     rhandle.stop(false).await;
-    if let Some((admin, schema)) = cleanup
-        && let Ok(mut conn) = diesel::PgConnection::establish(&admin)
-    {
-        let _ = conn.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
-    }
 }
 
 #[tokio::main(flavor = "multi_thread")]

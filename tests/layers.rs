@@ -50,15 +50,24 @@ const RULES: &[Rule] = &[
     },
 ];
 
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+/// The files below `dir` whose extension is one of `exts`, passing over the folders named in `skip`.
+fn files_below(dir: &Path, exts: &[&str], skip: &[&str], out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
+            if !path
+                .file_name()
+                .is_some_and(|n| skip.iter().any(|s| n == *s))
+            {
+                files_below(&path, exts, skip, out);
+            }
+        } else if path
+            .extension()
+            .is_some_and(|e| exts.iter().any(|x| e == *x))
+        {
             out.push(path);
         }
     }
@@ -124,7 +133,7 @@ fn long_functions(name: &str, source: &str, max: usize) -> Vec<String> {
 
 fn read(rel: &str) -> Vec<(String, String)> {
     let mut files = Vec::new();
-    rust_files(&Path::new(ROOT).join(rel), &mut files);
+    files_below(&Path::new(ROOT).join(rel), &["rs"], &[], &mut files);
     files.sort();
     files
         .into_iter()
@@ -167,7 +176,12 @@ fn nothing_points_outside_the_repository() {
     let mut found = Vec::new();
     for dir in ["src", "crates", "tests", "bench", "docs", "templates"] {
         let mut files = Vec::new();
-        collect_text(&Path::new(ROOT).join(dir), &mut files);
+        files_below(
+            &Path::new(ROOT).join(dir),
+            &["rs", "md", "html", "sh"],
+            &["target", "fixtures"],
+            &mut files,
+        );
         for p in files {
             let text = std::fs::read_to_string(&p).unwrap_or_default();
             for (i, l) in text.lines().enumerate() {
@@ -186,29 +200,6 @@ fn nothing_points_outside_the_repository() {
         "references outside the repository:\n{}",
         found.join("\n")
     );
-}
-
-fn collect_text(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            if path
-                .file_name()
-                .is_some_and(|n| n == "target" || n == "fixtures")
-            {
-                continue;
-            }
-            collect_text(&path, out);
-        } else if path
-            .extension()
-            .is_some_and(|e| e == "rs" || e == "md" || e == "html" || e == "sh")
-        {
-            out.push(path);
-        }
-    }
 }
 
 /// The checks themselves: each catches what it is for, and passes comments and clean code.

@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use amocrm_connector::app::Application;
@@ -455,6 +457,71 @@ pub async fn seed_sellers(
     .await
     .expect("seed rows");
     t.elapsed()
+}
+
+/// What [`post_forms`] measured.
+pub struct Posted {
+    /// Each request's latency in milliseconds, sorted.
+    pub latencies_ms: Vec<f64>,
+    /// How many were answered with a 2xx.
+    pub ok: usize,
+    /// Wall-clock seconds from the first request to the last answer.
+    pub seconds: f64,
+}
+
+/// Sends `total` form-encoded POSTs from `concurrency` workers sharing `client`: the `k`-th request, sent
+/// by worker `w`, is `request(client, k, w)`. Every answer's body is read before the clock stops.
+pub async fn post_forms<F>(
+    client: &reqwest::Client,
+    concurrency: usize,
+    total: usize,
+    request: F,
+) -> Posted
+where
+    F: Fn(&reqwest::Client, usize, usize) -> reqwest::RequestBuilder + Send + Sync + 'static,
+{
+    let request = Arc::new(request);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let (client, next, request) = (client.clone(), next.clone(), request.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut ok = 0usize;
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= total {
+                    break;
+                }
+                let t = Instant::now();
+                if let Ok(r) = request(&client, k, w)
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .send()
+                    .await
+                {
+                    ok += usize::from(r.status().is_success());
+                    let _ = r.bytes().await;
+                }
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            (lat, ok)
+        }));
+    }
+    let mut latencies_ms = Vec::with_capacity(total);
+    let mut ok = 0;
+    for t in tasks {
+        let (l, k) = t.await.expect("task");
+        latencies_ms.extend(l);
+        ok += k;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    latencies_ms.sort_by(f64::total_cmp);
+    Posted {
+        latencies_ms,
+        ok,
+        seconds,
+    }
 }
 
 /// Resident memory of this process, in KiB (`VmRSS`).

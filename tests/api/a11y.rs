@@ -7,8 +7,10 @@ use std::path::PathBuf;
 use fantoccini::Client;
 use serde_json::json;
 
-use crate::browser::{admin_operator, browser, dashboard_sign_in, run_steps, start_driver, step};
-use crate::support::{connect_seller, create_session, spawn_app};
+use crate::browser::{
+    browser, dashboard_sign_in, driver_and_app, driver_and_operator, run_steps, script, step,
+};
+use crate::support::{connect_seller, create_session};
 
 /// axe-core's browser bundle, or `None` (with a note) outside CI when it was not installed.
 fn axe_source() -> Option<String> {
@@ -31,7 +33,7 @@ fn axe_source() -> Option<String> {
 /// Runs axe on the page the browser shows and returns its serious and critical violations, each as
 /// "rule (impact): help — where".
 async fn serious_violations(client: &Client, axe: &str) -> Result<Vec<String>, String> {
-    step("inject axe-core", client.execute(axe, vec![]).await)?;
+    script(client, "inject axe-core", axe).await?;
     let found = step(
         "run axe",
         client
@@ -89,10 +91,9 @@ async fn check_pages(client: &Client, axe: &str, pages: &[(String, String)]) -> 
 #[tokio::test]
 async fn the_seller_pages_have_no_serious_accessibility_violations_in_three_languages() {
     let Some(axe) = axe_source() else { return };
-    let Some(driver) = start_driver().await else {
+    let Some((driver, app)) = driver_and_app().await else {
         return;
     };
-    let app = spawn_app().await;
     connect_seller(&app, "seller-a11y", "sellerone.amocrm.ru").await;
     let mut pages = Vec::new();
     for lang in ["uz", "ru", "en"] {
@@ -129,12 +130,10 @@ async fn the_seller_pages_have_no_serious_accessibility_violations_in_three_lang
 #[tokio::test]
 async fn the_dashboard_has_no_serious_accessibility_violations() {
     let Some(axe) = axe_source() else { return };
-    let Some(driver) = start_driver().await else {
+    let password = "accessibility test password";
+    let Some((driver, app)) = driver_and_operator("a11y@example.com", password).await else {
         return;
     };
-    let app = spawn_app().await;
-    let password = "accessibility test password";
-    admin_operator(&app, "a11y@example.com", password).await;
     connect_seller(&app, "seller-a11y", "sellerone.amocrm.ru").await;
     crate::dashboard::seed_failed_connection(&app, "seller-broken").await;
     let pages: Vec<(String, String)> = [
@@ -169,10 +168,9 @@ async fn the_dashboard_has_no_serious_accessibility_violations() {
 #[tokio::test]
 async fn the_api_reference_has_no_serious_accessibility_violations() {
     let Some(axe) = axe_source() else { return };
-    let Some(driver) = start_driver().await else {
+    let Some((driver, app)) = driver_and_app().await else {
         return;
     };
-    let app = spawn_app().await;
     let docs = app.url("/api/v1/docs");
     let client = browser(&driver, 1280, 900).await;
     run_steps("a11y_api_reference", client, |client| async move {

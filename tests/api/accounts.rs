@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 use crate::support::{
     HOST, Queue, TestApp, base_env, connect, connect_seller, connection, consent, create_session,
     env_vars, event_count, fresh_database, leads_by_number, open_page, order_body, query_of,
-    seed_connection, spawn_app, spawn_app_with, spawn_app_with_sandbox, until_callback,
+    refresh_now, seed_connection, spawn_app, spawn_app_with, spawn_app_with_sandbox,
+    until_callback,
 };
 
 /// Where `HOST`'s account lives after its admin renames it.
@@ -192,11 +193,7 @@ async fn a_token_naming_a_foreign_api_host_is_never_sent_there() {
     app.sandbox.rename_account(HOST, NEW_HOST, 401).unwrap();
     app.sandbox.clear_log();
 
-    let resp = app
-        .api_post_empty("/api/v1/connections/seller-1/refresh")
-        .await;
-    assert_eq!(resp.status().as_u16(), 200);
-    let body: Value = resp.json().await.unwrap();
+    let body = refresh_now(&app, "seller-1").await;
     assert_eq!(
         body["data"]["status"], "refresh_failed",
         "the account cannot be found, so the seller must reconnect: {body}"
@@ -287,11 +284,7 @@ async fn suspended_and_recovered(status: u16, reason: &str, refuse: fn(&SandboxH
     assert_eq!(r.probes.probed, 0, "the next probe waits for the interval");
 
     // The marketplace asks for a refresh: one probe at once, still refused.
-    let resp = app
-        .api_post_empty("/api/v1/connections/seller-1/refresh")
-        .await;
-    assert_eq!(resp.status().as_u16(), 200);
-    let body: Value = resp.json().await.unwrap();
+    let body = refresh_now(&app, "seller-1").await;
     assert_eq!(body["data"]["status"], "suspended", "{body}");
     probes += 1;
 
@@ -309,10 +302,7 @@ async fn suspended_and_recovered(status: u16, reason: &str, refuse: fn(&SandboxH
 
     // amoCRM answers again: the next probe recovers the connection; every held order becomes one lead.
     app.sandbox.clear_block(HOST).unwrap();
-    let resp = app
-        .api_post_empty("/api/v1/connections/seller-1/refresh")
-        .await;
-    let body: Value = resp.json().await.unwrap();
+    let body = refresh_now(&app, "seller-1").await;
     assert_eq!(body["data"]["status"], "active", "{body}");
     assert!(body["data"]["suspended_reason"].is_null(), "{body}");
     assert_eq!(

@@ -173,6 +173,11 @@ pub async fn until_url(client: &Client, what: &str, part: &str) -> Result<(), St
     }
 }
 
+/// Runs the script `js` (with no arguments) in the page as step `what`: what it returns.
+pub async fn script(client: &Client, what: &str, js: &str) -> Result<serde_json::Value, String> {
+    step(what, client.execute(js, vec![]).await)
+}
+
 /// Clicks `el` as a thumb would: brought to the middle of the screen first, so a sticky
 /// bar at the bottom (the settings page's save button) is never what receives the click.
 pub async fn press(client: &Client, what: &str, el: Element) -> Result<(), String> {
@@ -190,15 +195,12 @@ pub async fn press(client: &Client, what: &str, el: Element) -> Result<(), Strin
 
 /// Fails when the page is wider than the window: on a phone it would scroll sideways.
 pub async fn fits_the_screen(client: &Client) -> Result<(), String> {
-    let overflow = step(
+    let overflow = script(
+        client,
         "page width",
-        client
-            .execute(
-                "return document.documentElement.scrollWidth - window.innerWidth",
-                vec![],
-            )
-            .await,
-    )?;
+        "return document.documentElement.scrollWidth - window.innerWidth",
+    )
+    .await?;
     if overflow.as_f64().unwrap_or(f64::MAX) > 0.0 {
         return Err(format!(
             "the page scrolls sideways on a phone by {overflow} px"
@@ -226,6 +228,20 @@ pub async fn connect_in_this_window(client: &Client, host: &str) -> Result<(), S
     let fallback = element(client, "same-window link", Locator::Id("fallback")).await?;
     press(client, "go to amoCRM", fallback).await?;
     decide(client, host, true).await
+}
+
+/// A chromedriver and then a fresh service, or `None` where chromedriver is missing (see [`start_driver`]):
+/// the test returns at once and starts no service for nothing.
+pub async fn driver_and_app() -> Option<(Driver, TestApp)> {
+    let driver = start_driver().await?;
+    Some((driver, spawn_app().await))
+}
+
+/// [`driver_and_app`] with an admin operator who signs in to the dashboard as `email` with `password`.
+pub async fn driver_and_operator(email: &str, password: &str) -> Option<(Driver, TestApp)> {
+    let (driver, app) = driver_and_app().await?;
+    admin_operator(&app, email, password).await;
+    Some((driver, app))
 }
 
 /// An admin operator with this e-mail and password.
@@ -285,12 +301,10 @@ pub async fn dashboard_sign_in(
 
 #[tokio::test]
 async fn an_operator_signs_in_to_the_dashboard_in_a_real_browser_and_it_fits_a_phone() {
-    let Some(driver) = start_driver().await else {
+    let password = "browser test password";
+    let Some((driver, app)) = driver_and_operator("ops@example.com", password).await else {
         return;
     };
-    let app = spawn_app().await;
-    let password = "browser test password";
-    admin_operator(&app, "ops@example.com", password).await;
     crate::dashboard::seed_failed_connection(&app, "seller-browser").await;
 
     // A phone-sized window: 390×844 CSS pixels.
@@ -315,15 +329,12 @@ async fn an_operator_signs_in_to_the_dashboard_in_a_real_browser_and_it_fits_a_p
                 .await,
         )?;
         // On a phone the table turns into cards: no header row is shown.
-        let display = step(
+        let display = script(
+            &client,
             "header display",
-            client
-                .execute(
-                    "return getComputedStyle(document.querySelector('table.cards thead')).display",
-                    vec![],
-                )
-                .await,
-        )?;
+            "return getComputedStyle(document.querySelector('table.cards thead')).display",
+        )
+        .await?;
         if display != json!("none") {
             return Err(format!("table header on a phone is {display}"));
         }
@@ -335,10 +346,9 @@ async fn an_operator_signs_in_to_the_dashboard_in_a_real_browser_and_it_fits_a_p
 
 #[tokio::test]
 async fn a_seller_connects_through_the_sandbox_popup_in_a_real_browser() {
-    let Some(driver) = start_driver().await else {
+    let Some((driver, app)) = driver_and_app().await else {
         return;
     };
-    let app = spawn_app().await;
     let session = crate::support::create_session(&app, "seller-popup", json!({"lang": "en"})).await;
     let connect_url = session["connect_url"].as_str().unwrap().to_owned();
     let client = browser(&driver, 1024, 800).await;
@@ -455,15 +465,12 @@ async fn wait_for_reference(client: &Client, items: &[String]) -> Result<(), Str
 
 /// Every URL the page loaded (itself, scripts, the document, anything else), for the offline check.
 async fn loaded_urls(client: &Client) -> Result<Vec<String>, String> {
-    let urls = step(
+    let urls = script(
+        client,
         "resource timing",
-        client
-            .execute(
-                "return [location.href].concat(performance.getEntriesByType('resource').map(e => e.name))",
-                vec![],
-            )
-            .await,
-    )?;
+        "return [location.href].concat(performance.getEntriesByType('resource').map(e => e.name))",
+    )
+    .await?;
     Ok(urls
         .as_array()
         .into_iter()
@@ -476,21 +483,13 @@ async fn loaded_urls(client: &Client) -> Result<Vec<String>, String> {
 /// reports of a page; an inline script added here is refused too and marks the end of them, so the answer
 /// is complete without waiting a fixed time.
 async fn csp_violations(client: &Client) -> Result<Vec<String>, String> {
-    step(
-        "observe CSP reports",
-        client
-            .execute(
-                "window.cspSeen = [];
+    script(client, "observe CSP reports", "window.cspSeen = [];
                  new ReportingObserver(
                    rs => rs.forEach(r => cspSeen.push(r.body.effectiveDirective + ' ' + r.body.blockedURL)),
                    {types: ['csp-violation'], buffered: true}).observe();
                  const probe = document.createElement('script');
                  probe.textContent = '0';
-                 document.head.appendChild(probe);",
-                vec![],
-            )
-            .await,
-    )?;
+                 document.head.appendChild(probe);").await?;
     let seen = step(
         "CSP reports",
         wait_until(
@@ -524,10 +523,9 @@ async fn csp_violations(client: &Client) -> Result<Vec<String>, String> {
 
 #[tokio::test]
 async fn the_api_reference_draws_every_route_and_event_offline_and_fits_a_phone() {
-    let Some(driver) = start_driver().await else {
+    let Some((driver, app)) = driver_and_app().await else {
         return;
     };
-    let app = spawn_app().await;
     let (items, operations) = reference_items(&app).await;
     assert!(operations >= 25, "{items:?}");
     let docs = app.url("/api/v1/docs");
@@ -572,15 +570,12 @@ async fn the_api_reference_draws_every_route_and_event_offline_and_fits_a_phone(
     run_steps("api_reference_phone", client, |client| async move {
         step("open the reference", client.goto(docs_ref).await)?;
         wait_for_reference(&client, items_ref).await?;
-        let widths = step(
+        let widths = script(
+            &client,
             "page width",
-            client
-                .execute(
-                    "return [window.innerWidth, document.documentElement.scrollWidth]",
-                    vec![],
-                )
-                .await,
-        )?;
+            "return [window.innerWidth, document.documentElement.scrollWidth]",
+        )
+        .await?;
         let (inner, scroll) = (
             widths[0].as_f64().unwrap_or(0.0),
             widths[1].as_f64().unwrap_or(f64::MAX),

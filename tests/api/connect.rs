@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::support::{
     HOST, OTHER_HOST, TestApp, assert_error, attr, connect, connection, consent, create_session,
-    env_vars, event_count, follow_result, open_page, query_of, result_location, spawn_app,
+    env_vars, event_count, follow_result, header, open_page, query_of, result_location, spawn_app,
     spawn_app_with, status_of, through_result, until_callback,
 };
 
@@ -425,7 +425,7 @@ async fn the_connect_page_speaks_uzbek_by_default_and_russian_or_english_on_requ
     let resp = app.browse(&url).await;
     assert_eq!(resp.headers()["referrer-policy"], "no-referrer");
     assert_eq!(resp.headers()["cache-control"], "no-store");
-    let csp = resp.headers()["content-security-policy"].to_str().unwrap();
+    let csp = header(&resp, "content-security-policy");
     assert!(csp.contains("script-src 'nonce-") && csp.contains("frame-ancestors 'none'"));
     let page = |u: String, al: Option<&'static str>| {
         let http = app.http.clone();

@@ -2,16 +2,19 @@
 //! browser matters, and over HTTP where it does not: the chosen language after consent, reload and Back
 //! after connecting, popups that are denied or closed, one truthful status card, and old links.
 
+use std::future::Future;
 use std::time::Duration;
 
 use amocrm_connector::domain::status::ConnectionStatus;
 use fantoccini::{Client, Locator};
 use serde_json::json;
 
-use crate::browser::{decide, element, phone, press, run_steps, start_driver, step, text_of};
+use crate::browser::{
+    Driver, decide, driver_and_app, element, phone, press, run_steps, step, text_of,
+};
 use crate::support::{
-    HOST, TestApp, connect, consent, create_session, open_page, result_location,
-    set_connection_status, spawn_app, through_result, until_callback, wait_until,
+    HOST, TestApp, connect, consent, create_session, header, open_page, result_location,
+    set_connection_status, spawn_app, status_of, through_result, until_callback, wait_until,
 };
 
 /// A sandbox account of its own for `seller` (one account connects one seller).
@@ -20,6 +23,24 @@ fn fresh_host(app: &TestApp, seller: &str) -> String {
     let host = format!("{tag}.amocrm.ru");
     app.sandbox.add_account(&host);
     host
+}
+
+/// A seller on a sandbox account of its own ([`fresh_host`]) and the connect link of a session made with
+/// `body`: the account's host and the link.
+async fn fresh_link(app: &TestApp, seller: &str, body: serde_json::Value) -> (String, String) {
+    let host = fresh_host(app, seller);
+    let url = connect_url(&create_session(app, seller, body).await);
+    (host, url)
+}
+
+/// Runs `steps` as [`run_steps`] `name` in a fresh browser at the phone size these traps are met at
+/// (390×844).
+async fn on_a_phone<F, Fut>(driver: &Driver, name: &str, steps: F)
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    run_steps(name, phone(driver, 390, 844).await, steps).await;
 }
 
 /// Per language: `?lang=`, the success title, "connected to", the denial, the closed popup.
@@ -152,18 +173,15 @@ fn connect_url(session: &serde_json::Value) -> String {
 // says (headless chromium asks for English).
 #[tokio::test]
 async fn the_result_page_speaks_the_language_chosen_on_the_connect_page() {
-    let Some(driver) = start_driver().await else {
+    let Some((driver, app)) = driver_and_app().await else {
         return;
     };
-    let app = spawn_app().await;
     for (i, (lang, title, connected, denied, _)) in LANGS.into_iter().enumerate() {
         for allow in [true, false] {
             let seller = format!("seller-lang-{i}-{allow}");
-            let host = fresh_host(&app, &seller);
-            let url = connect_url(&create_session(&app, &seller, json!({})).await);
-            let client = phone(&driver, 390, 844).await;
+            let (host, url) = fresh_link(&app, &seller, json!({})).await;
             let name = format!("result_language_{lang}_{allow}");
-            run_steps(&name, client, |client| async move {
+            on_a_phone(&driver, &name, |client| async move {
                 in_one_tab(&client, &format!("{url}?lang={lang}")).await?;
                 decide(&client, &host, allow).await?;
                 if allow {
@@ -191,19 +209,16 @@ async fn the_result_page_speaks_the_language_chosen_on_the_connect_page() {
 // 2. Reload and Back then Allow after connecting show the connection, never "already used".
 #[tokio::test]
 async fn reload_and_back_after_connecting_show_the_connection_not_already_used() {
-    let Some(driver) = start_driver().await else {
+    let Some((driver, app)) = driver_and_app().await else {
         return;
     };
-    let app = spawn_app().await;
     for (lang, title, connected, _, _) in LANGS {
         let seller = format!("seller-reload-{lang}");
-        let host = fresh_host(&app, &seller);
-        let url = connect_url(&create_session(&app, &seller, json!({"lang": lang})).await);
-        let client = phone(&driver, 390, 844).await;
+        let (host, url) = fresh_link(&app, &seller, json!({"lang": lang})).await;
         let used = ["already used", "уже использован", "allaqachon ishlatilgan"];
-        run_steps(
+        on_a_phone(
+            &driver,
             &format!("reload_back_{lang}"),
-            client,
             |client| async move {
                 in_one_tab(&client, &url).await?;
                 decide(&client, &host, true).await?;
@@ -228,33 +243,23 @@ async fn reload_and_back_after_connecting_show_the_connection_not_already_used()
             },
         )
         .await;
-        assert_eq!(
-            status_of_seller(&app, &format!("seller-reload-{lang}")).await,
-            ConnectionStatus::Active
-        );
+        assert_eq!(status_of(&app, &seller).await, ConnectionStatus::Active);
     }
-}
-
-async fn status_of_seller(app: &TestApp, seller: &str) -> ConnectionStatus {
-    crate::support::status_of(app, seller).await
 }
 
 // 3. A denial in the popup and a popup closed by the seller are both reported on the connect page, with
 // a retry that works.
 #[tokio::test]
 async fn a_denied_or_closed_popup_is_reported_on_the_connect_page_with_a_retry() {
-    let Some(driver) = start_driver().await else {
+    let Some((driver, app)) = driver_and_app().await else {
         return;
     };
-    let app = spawn_app().await;
     for (lang, title, connected, denied, closed) in LANGS {
         let seller = format!("seller-popup-{lang}");
-        let host = fresh_host(&app, &seller);
-        let url = connect_url(&create_session(&app, &seller, json!({"lang": lang})).await);
-        let client = phone(&driver, 390, 844).await;
-        run_steps(
+        let (host, url) = fresh_link(&app, &seller, json!({"lang": lang})).await;
+        on_a_phone(
+            &driver,
             &format!("popup_outcomes_{lang}"),
-            client,
             |client| async move {
                 step("open the connect page", client.goto(&url).await)?;
                 let opener = through_popup(&client, "connect", &host, false).await?;
@@ -275,32 +280,27 @@ async fn a_denied_or_closed_popup_is_reported_on_the_connect_page_with_a_retry()
             },
         )
         .await;
-        assert_eq!(
-            status_of_seller(&app, &seller).await,
-            ConnectionStatus::Active
-        );
+        assert_eq!(status_of(&app, &seller).await, ConnectionStatus::Active);
     }
 }
 
 // 4. A reconnect in the popup leaves one status card, naming the account, that agrees with the message.
 #[tokio::test]
 async fn a_reconnect_leaves_one_truthful_card_naming_the_account() {
-    let Some(driver) = start_driver().await else {
+    let Some((driver, app)) = driver_and_app().await else {
         return;
     };
-    let app = spawn_app().await;
     for (lang, title, _, _, _) in LANGS {
         let seller = format!("seller-re-{lang}");
         let host = fresh_host(&app, &seller);
         assert_eq!(connect(&app, &seller, &host).await.status().as_u16(), 200);
         set_connection_status(&app, &seller, "revoked").await;
         let url = connect_url(&create_session(&app, &seller, json!({"lang": lang})).await);
-        let client = phone(&driver, 390, 844).await;
         let revoked = ["Uzilgan", "Отключён", "Disconnected"];
         let active = ["Faol", "Активен", "Active"];
-        run_steps(
+        on_a_phone(
+            &driver,
             &format!("reconnect_card_{lang}"),
-            client,
             |client| async move {
                 step("open the connect page", client.goto(&url).await)?;
                 text_contains(&client, "#current-status", revoked[index(lang)]).await?;
@@ -328,20 +328,16 @@ fn index(lang: &str) -> usize {
 // 5. A connected seller's old link shows the connection (and opens no consent).
 #[tokio::test]
 async fn an_old_link_of_a_connected_seller_shows_the_connection() {
-    let Some(driver) = start_driver().await else {
+    let Some((driver, app)) = driver_and_app().await else {
         return;
     };
-    let app = spawn_app().await;
     for (lang, _, connected, _, _) in LANGS {
         let seller = format!("seller-old-{lang}");
-        let host = fresh_host(&app, &seller);
-        let session = create_session(&app, &seller, json!({"lang": lang})).await;
-        let url = connect_url(&session);
+        let (host, url) = fresh_link(&app, &seller, json!({"lang": lang})).await;
         let (popup, _) = open_page(&app.http, &url).await;
         let callback = consent(&app.http, &app.sandbox.base_url(), &popup, &host, true).await;
         assert_eq!(through_result(&app, &callback).await.status().as_u16(), 200);
-        let client = phone(&driver, 390, 844).await;
-        run_steps(&format!("old_link_{lang}"), client, |client| async move {
+        on_a_phone(&driver, &format!("old_link_{lang}"), |client| async move {
             step("open the old link", client.goto(&url).await)?;
             text_contains(&client, "#text", connected).await?;
             text_contains(&client, "#text", &host).await?;
@@ -377,10 +373,7 @@ async fn over_http_the_state_carries_the_language_and_the_result_page_is_stable(
             .await
             .unwrap();
         assert_eq!(resp.status().as_u16(), 200);
-        let csp = resp.headers()["content-security-policy"]
-            .to_str()
-            .unwrap()
-            .to_owned();
+        let csp = header(&resp, "content-security-policy");
         assert!(
             csp.contains("script-src 'nonce-") && !csp.contains("unsafe-inline"),
             "{csp}"
@@ -425,12 +418,7 @@ async fn over_http_the_state_carries_the_language_and_the_result_page_is_stable(
     // The seller script is a file.
     let js = app.get("/connect/assets/seller.js").await;
     assert_eq!(js.status().as_u16(), 200);
-    assert!(
-        js.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .contains("javascript")
-    );
+    assert!(header(&js, "content-type").contains("javascript"));
     // A denial's result page answers 400 on every view, with a retry.
     let callback = until_callback(&app, "seller-d", HOST, false).await;
     for _ in 0..2 {

@@ -4,7 +4,7 @@ use amocrm_connector::services::api_keys::Tier;
 
 use reqwest::Method;
 
-use crate::support::{TestApp, assert_error, spawn_app};
+use crate::support::{TestApp, assert_error, header, spawn_app};
 
 /// The id of the test's API key (the first one made).
 async fn first_key_id(app: &TestApp) -> i64 {
@@ -59,29 +59,22 @@ async fn an_unsupported_api_version_is_400_and_v1_is_accepted() {
 #[tokio::test]
 async fn a_method_a_route_does_not_answer_is_405_with_allow_on_every_route() {
     let app = spawn_app().await;
-    let allow = |r: &reqwest::Response| {
-        r.headers()
-            .get("allow")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let r = app.api(Method::DELETE, "/api/v1/sales/orders", None).await;
-    let allowed = allow(&r);
-    assert!(
-        allowed.contains("GET") && allowed.contains("POST"),
-        "{allowed}"
-    );
-    assert_error(r, 405, "METHOD_NOT_ALLOWED").await;
-    let r = app
-        .api(Method::POST, "/api/v1/connections/seller-1/settings", None)
-        .await;
-    let allowed = allow(&r);
-    assert!(
-        allowed.contains("GET") && allowed.contains("PUT"),
-        "{allowed}"
-    );
-    assert_error(r, 405, "METHOD_NOT_ALLOWED").await;
+    for (method, path, want) in [
+        (Method::DELETE, "/api/v1/sales/orders", ["GET", "POST"]),
+        (
+            Method::POST,
+            "/api/v1/connections/seller-1/settings",
+            ["GET", "PUT"],
+        ),
+    ] {
+        let r = app.api(method.clone(), path, None).await;
+        let allowed = header(&r, "allow");
+        assert!(
+            want.iter().all(|w| allowed.contains(w)),
+            "{method} {path}: {allowed}"
+        );
+        assert_error(r, 405, "METHOD_NOT_ALLOWED").await;
+    }
     for (method, path, want) in [
         (Method::PUT, "/health", "GET"),
         (Method::GET, "/webhooks/amocrm/some-token", "POST"),
@@ -90,7 +83,8 @@ async fn a_method_a_route_does_not_answer_is_405_with_allow_on_every_route() {
     ] {
         let r = app.request(method.clone(), path, None, None).await;
         assert_eq!(r.status().as_u16(), 405, "{method} {path}");
-        assert!(allow(&r).contains(want), "{method} {path}: {}", allow(&r));
+        let allowed = header(&r, "allow");
+        assert!(allowed.contains(want), "{method} {path}: {allowed}");
     }
     // A path no route has is still 404.
     let r = app.api(Method::DELETE, "/api/v1/no-such-thing", None).await;
@@ -112,11 +106,7 @@ async fn responses_carry_rate_limit_headers_for_limited_tiers() {
     let resp = app.api_get("/api/v1/no-such-route").await;
     assert_eq!(resp.headers()["x-ratelimit-limit"], "1000");
     assert_eq!(resp.headers()["x-ratelimit-remaining"], "999");
-    let reset: i64 = resp.headers()["x-ratelimit-reset"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let reset: i64 = header(&resp, "x-ratelimit-reset").parse().unwrap();
     let now = chrono::Utc::now().timestamp();
     assert!(reset > now && reset <= now + 3600);
     let resp = app.api_get("/api/v1/no-such-route").await;
@@ -159,11 +149,7 @@ async fn a_key_over_its_hourly_budget_gets_429_with_retry_after() {
     })
     .await;
     let resp = app.api_get("/api/v1/no-such-route").await;
-    let retry: u64 = resp.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry: u64 = header(&resp, "retry-after").parse().unwrap();
     assert!((1..=3600).contains(&retry));
     assert_eq!(resp.headers()["x-ratelimit-remaining"], "0");
     assert_error(resp, 429, "RATE_LIMIT_EXCEEDED").await;
@@ -175,12 +161,7 @@ async fn non_api_paths_that_match_nothing_are_404_pages_with_the_ways_in() {
     let resp = app.get("/nothing").await;
     assert_eq!(resp.status().as_u16(), 404);
     assert!(resp.headers().get("x-request-id").is_some());
-    assert!(
-        resp.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/html")
-    );
+    assert!(header(&resp, "content-type").starts_with("text/html"));
     let body = resp.text().await.unwrap();
     assert!(body.contains("Page not found"), "{body}");
     for link in ["/api/v1/docs", "/dashboard", "/health"] {

@@ -35,13 +35,12 @@ pub async fn sign_in(app: &TestApp, email: &str, role: Role) {
     let page = app.get("/dashboard/login").await;
     assert_eq!(page.status(), 200);
     let csrf = csrf_in(&page.text().await.unwrap());
-    let resp = app
-        .http
-        .post(app.url("/dashboard/login"))
-        .form(&[("email", email), ("password", PASSWORD), ("csrf", &csrf)])
-        .send()
-        .await
-        .unwrap();
+    let resp = post_fields(
+        app,
+        "/dashboard/login",
+        &[("email", email), ("password", PASSWORD), ("csrf", &csrf)],
+    )
+    .await;
     assert_eq!(resp.status(), 303);
     assert_eq!(resp.headers()["location"], "/dashboard");
     let cookie = resp
@@ -61,14 +60,19 @@ async fn get(app: &TestApp, path: &str) -> (u16, String) {
     (status, resp.text().await.unwrap())
 }
 
-/// Posts the dashboard form at `path` with its `csrf` token.
-async fn post_form(app: &TestApp, path: &str, csrf: &str) -> reqwest::Response {
+/// Posts a dashboard form at `path` with these `fields`.
+async fn post_fields(app: &TestApp, path: &str, fields: &[(&str, &str)]) -> reqwest::Response {
     app.http
         .post(app.url(path))
-        .form(&[("csrf", csrf)])
+        .form(fields)
         .send()
         .await
         .unwrap()
+}
+
+/// Posts the dashboard form at `path` with its `csrf` token.
+async fn post_form(app: &TestApp, path: &str, csrf: &str) -> reqwest::Response {
+    post_fields(app, path, &[("csrf", csrf)]).await
 }
 
 /// A connection row in `refresh_failed` (no tokens left), as the dashboard lists it.
@@ -248,32 +252,30 @@ async fn the_login_form_needs_its_csrf_token_and_the_right_password() {
     .await
     .unwrap();
     // No token from a login page: refused, no session.
-    let resp = app
-        .http
-        .post(app.url("/dashboard/login"))
-        .form(&[
+    let resp = post_fields(
+        &app,
+        "/dashboard/login",
+        &[
             ("email", "ops@example.com"),
             ("password", PASSWORD),
             ("csrf", "made-up"),
-        ])
-        .send()
-        .await
-        .unwrap();
+        ],
+    )
+    .await;
     assert_eq!(resp.status(), 403);
     assert_eq!(get(&app, "/dashboard").await.0, 303);
 
     let page = get(&app, "/dashboard/login").await.1;
-    let resp = app
-        .http
-        .post(app.url("/dashboard/login"))
-        .form(&[
+    let resp = post_fields(
+        &app,
+        "/dashboard/login",
+        &[
             ("email", "ops@example.com"),
             ("password", "wrong password"),
             ("csrf", &csrf_in(&page)),
-        ])
-        .send()
-        .await
-        .unwrap();
+        ],
+    )
+    .await;
     assert_eq!(resp.status(), 401);
     assert!(
         resp.text()
@@ -412,11 +414,10 @@ async fn retry_in_the_dashboard_queues_a_failed_order_again() {
 
 #[tokio::test]
 async fn a_subscription_is_tested_paused_and_edited_from_the_dashboard() {
-    use crate::support::{Behaviour, Receiver};
+    use crate::support::Behaviour;
     let app = spawn_app().await;
-    let rx = Receiver::start("rx-secret", Behaviour::Ok).await;
-    let id = app
-        .subscribe(&rx.url, json!(["payment.completed"]), "rx-secret")
+    let (rx, id) = app
+        .subscribed_receiver("rx-secret", Behaviour::Ok, json!(["payment.completed"]))
         .await;
     sign_in(&app, "ops@example.com", Role::Admin).await;
     let (status, html) = get(&app, &format!("/dashboard/subscriptions/{id}")).await;
@@ -444,35 +445,33 @@ async fn a_subscription_is_tested_paused_and_edited_from_the_dashboard() {
     );
 
     // A bad URL changes nothing and says why.
-    let resp = app
-        .http
-        .post(app.url(&format!("/dashboard/subscriptions/{id}")))
-        .form(&[
+    let resp = post_fields(
+        &app,
+        &format!("/dashboard/subscriptions/{id}"),
+        &[
             ("csrf", csrf.as_str()),
             ("url", "not a url"),
             ("events", "payment.completed"),
             ("active", "on"),
-        ])
-        .send()
-        .await
-        .unwrap();
+        ],
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     assert!(resp.text().await.unwrap().contains("Nothing was saved"));
     let sub = app.api_json(&format!("/api/v1/webhooks/{id}")).await;
     assert_eq!(sub["data"]["url"], rx.url.as_str());
 
     // Paused, with one more event: saved, and the API sees it.
-    let resp = app
-        .http
-        .post(app.url(&format!("/dashboard/subscriptions/{id}")))
-        .form(&[
+    let resp = post_fields(
+        &app,
+        &format!("/dashboard/subscriptions/{id}"),
+        &[
             ("csrf", csrf.as_str()),
             ("url", rx.url.as_str()),
             ("events", "payment.completed, order.synced"),
-        ])
-        .send()
-        .await
-        .unwrap();
+        ],
+    )
+    .await;
     assert_eq!(resp.status(), 303);
     let sub = app.api_json(&format!("/api/v1/webhooks/{id}")).await;
     assert_eq!(sub["data"]["active"], false);

@@ -11,7 +11,9 @@ use amocrm_sandbox::{ContactSeed, Faults};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{Queue, Seller, TestApp, connect_seller, env_vars, spawn_app_with};
+use crate::support::{
+    Queue, Seller, TestApp, connect_seller, env_vars, linked_items, skus_made, spawn_app_with,
+};
 
 const HOST: &str = "sellerone.amocrm.ru";
 const AMOCRM_NOTICES: &str =
@@ -303,14 +305,11 @@ async fn through_500s_lost_answers_and_429s_every_step_happens_once() {
     );
     let tasks = app.sandbox.tasks(HOST);
     assert_eq!(tasks.len(), 60, "one task per lead");
-    let mut skus: Vec<String> = app
-        .sandbox
-        .elements(HOST)
-        .iter()
-        .flat_map(|e| e.values_of("SKU"))
-        .collect();
-    skus.sort();
-    assert_eq!(skus, vec!["A1", "B2", "C3", "D4"], "no SKU made twice");
+    assert_eq!(
+        skus_made(&app.sandbox, HOST),
+        vec!["A1", "B2", "C3", "D4"],
+        "no SKU made twice"
+    );
     let links = app.sandbox.links(HOST);
     for lead in leads.values() {
         let n = links.iter().filter(|l| l.lead_id == lead.id).count();
@@ -493,26 +492,12 @@ async fn a_thousand_orders_of_three_hundred_buyers_through_faults_give_a_thousan
 
     let notes = app.sandbox.notes(HOST);
     assert_eq!(notes.len(), 1000, "one note per lead");
-    let elements = app.sandbox.elements(HOST);
-    let mut made: Vec<String> = elements.iter().flat_map(|e| e.values_of("SKU")).collect();
-    made.sort();
-    assert_eq!(made, skus.to_vec(), "no SKU made twice");
-    let sku_of: HashMap<u64, String> = elements
-        .iter()
-        .filter_map(|e| Some((e.id, e.values_of("SKU").into_iter().next()?)))
-        .collect();
-    let links = app.sandbox.links(HOST);
-    let mut linked: HashMap<u64, Vec<(String, i64)>> = HashMap::new();
-    for l in links
-        .iter()
-        .filter(|l| l.to_entity_type == "catalog_elements")
-    {
-        let sku = sku_of.get(&l.to_entity_id).cloned().unwrap_or_default();
-        linked
-            .entry(l.lead_id)
-            .or_default()
-            .push((sku, l.quantity.unwrap_or(0.0) as i64));
-    }
+    assert_eq!(
+        skus_made(&app.sandbox, HOST),
+        skus.to_vec(),
+        "no SKU made twice"
+    );
+    let mut linked = linked_items(&app.sandbox, HOST);
     for i in 0..1000usize {
         let lead = &leads[&format!("T{i:04}")];
         let note: Vec<_> = notes.iter().filter(|n| n.entity_id == lead.id).collect();
@@ -528,9 +513,8 @@ async fn a_thousand_orders_of_three_hundred_buyers_through_faults_give_a_thousan
                 note[0].text
             );
         }
-        let mut got = linked.remove(&lead.id).unwrap_or_default();
+        let got = linked.remove(&lead.id).unwrap_or_default();
         want.sort();
-        got.sort();
         assert_eq!(
             got, want,
             "T{i:04}: every item linked once with its quantity"
@@ -550,14 +534,7 @@ async fn more_new_skus_than_one_turn_can_search_are_all_made_once_and_linked() {
         post(&app, &order("seller-1", &format!("S{n}"), &buyer, &items)).await;
     }
     drain(&app).await;
-    let mut made: Vec<String> = app
-        .sandbox
-        .elements(HOST)
-        .iter()
-        .flat_map(|e| e.values_of("SKU"))
-        .collect();
-    made.sort();
-    assert_eq!(made, skus, "every SKU made once");
+    assert_eq!(skus_made(&app.sandbox, HOST), skus, "every SKU made once");
     let leads = leads_by_number(&app);
     let links = app.sandbox.links(HOST);
     for n in ["S0", "S1"] {

@@ -6,27 +6,14 @@ use std::time::Duration;
 use amocrm_connector::demo::{self, DemoOptions};
 use serde_json::{Value, json};
 
-use crate::support::{consent, open_page, wait_until};
-
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .cookie_store(true)
-        .build()
-        .unwrap()
-}
+use crate::support::{consent, get_following_303, new_browser, open_page, wait_until};
 
 /// A seller's browser: the connect page, the sandbox's consent page, Allow, back to our callback.
 async fn click_through_connect(http: &reqwest::Client, connect_url: &str, sandbox: &str) -> String {
     let (popup, _) = open_page(http, connect_url).await;
     let callback = consent(http, sandbox, &popup, "sellerone.amocrm.ru", true).await;
-    let mut done = http.get(&callback).send().await.unwrap();
     // The callback redirects to its result page, as a browser follows it.
-    if done.status() == 303 {
-        let location = done.headers()["location"].to_str().unwrap().to_owned();
-        let result = url::Url::parse(&callback).unwrap().join(&location).unwrap();
-        done = http.get(result).send().await.unwrap();
-    }
+    let done = get_following_303(http, &callback).await;
     assert_eq!(done.status(), 200, "callback");
     done.text().await.unwrap()
 }
@@ -57,7 +44,7 @@ async fn the_demo_starts_everything_and_its_printed_links_work() {
         sandbox_port: 0,
     };
     let demo = demo::start(opts.clone()).await.expect("demo starts");
-    let http = browser();
+    let http = new_browser();
 
     // The seller connects through the link the demo printed.
     let connect_url = demo.connect_url.clone().expect("a connect link");

@@ -287,12 +287,15 @@ async fn a_delivery_to_an_address_the_policy_no_longer_allows_is_not_sent() {
 #[tokio::test]
 async fn an_event_is_delivered_once_with_the_exact_body_and_a_valid_signature() {
     let app = spawn_app().await;
-    let rx = Receiver::start("receiver-secret", Behaviour::Ok).await;
-    let sub = app
-        .subscribe(&rx.url, json!(["payment.completed"]), "receiver-secret")
+    let (rx, sub) = app
+        .subscribed_receiver(
+            "receiver-secret",
+            Behaviour::Ok,
+            json!(["payment.completed"]),
+        )
         .await;
-    let other = Receiver::start("x", Behaviour::Ok).await;
-    app.subscribe(&other.url, json!(["order.synced"]), "x")
+    let (other, _) = app
+        .subscribed_receiver("x", Behaviour::Ok, json!(["order.synced"]))
         .await;
 
     let (seq, id) = app
@@ -362,8 +365,9 @@ async fn an_event_is_delivered_once_with_the_exact_body_and_a_valid_signature() 
 #[tokio::test]
 async fn a_receiver_failing_the_first_three_deliveries_receives_the_event_on_the_fourth_attempt() {
     let app = spawn_app().await;
-    let rx = Receiver::start("k", Behaviour::FailFirst(3)).await;
-    let sub = app.subscribe(&rx.url, json!("*"), "k").await;
+    let (rx, sub) = app
+        .subscribed_receiver("k", Behaviour::FailFirst(3), json!("*"))
+        .await;
     app.record_event("order.cancelled", "seller-9", json!({"lead_id": 1}))
         .await;
 
@@ -413,9 +417,8 @@ async fn a_receiver_failing_the_first_three_deliveries_receives_the_event_on_the
 #[tokio::test]
 async fn a_receiver_that_never_answers_ends_failed_visibly_and_can_be_re_driven() {
     let app = spawn_app_with(env_vars(&[("DELIVERY_TIMEOUT", "300ms")])).await;
-    let rx = Receiver::start("k", Behaviour::Hang).await;
-    let sub = app
-        .subscribe(&rx.url, json!(["payment.completed"]), "k")
+    let (rx, sub) = app
+        .subscribed_receiver("k", Behaviour::Hang, json!(["payment.completed"]))
         .await;
     let (_, id) = app
         .record_event("payment.completed", "seller-2", json!({"lead_id": 5}))
@@ -458,13 +461,11 @@ async fn a_receiver_that_never_answers_ends_failed_visibly_and_can_be_re_driven(
 #[tokio::test]
 async fn redelivering_to_one_failing_subscription_sends_nothing_more_to_a_healthy_one() {
     let app = spawn_app_with(env_vars(&[("DELIVERY_TIMEOUT", "300ms")])).await;
-    let healthy = Receiver::start("h", Behaviour::Ok).await;
-    let broken = Receiver::start("b", Behaviour::Hang).await;
-    let good_sub = app
-        .subscribe(&healthy.url, json!(["payment.completed"]), "h")
+    let (healthy, good_sub) = app
+        .subscribed_receiver("h", Behaviour::Ok, json!(["payment.completed"]))
         .await;
-    let bad_sub = app
-        .subscribe(&broken.url, json!(["payment.completed"]), "b")
+    let (broken, bad_sub) = app
+        .subscribed_receiver("b", Behaviour::Hang, json!(["payment.completed"]))
         .await;
     let (_, id) = app
         .record_event("payment.completed", "seller-9", json!({"lead_id": 7}))
@@ -546,8 +547,9 @@ async fn redelivering_to_one_failing_subscription_sends_nothing_more_to_a_health
 #[tokio::test]
 async fn a_sellers_events_arrive_in_order_even_when_the_first_needs_a_retry() {
     let app = spawn_app().await;
-    let rx = Receiver::start("k", Behaviour::FailFirst(1)).await;
-    app.subscribe(&rx.url, json!("*"), "k").await;
+    let (rx, _) = app
+        .subscribed_receiver("k", Behaviour::FailFirst(1), json!("*"))
+        .await;
     for i in 0..5 {
         app.record_event("order.status_changed", "seller-a", json!({"lead_id": i}))
             .await;
@@ -581,10 +583,12 @@ async fn a_dead_subscriber_does_not_delay_a_healthy_one() {
         ("DELIVERY_TIMEOUT", "8s"),
     ]))
     .await;
-    let dead = Receiver::start("d", Behaviour::Hang).await;
-    let healthy = Receiver::start("h", Behaviour::Ok).await;
-    app.subscribe(&dead.url, json!("*"), "d").await;
-    app.subscribe(&healthy.url, json!("*"), "h").await;
+    let (dead, _) = app
+        .subscribed_receiver("d", Behaviour::Hang, json!("*"))
+        .await;
+    let (healthy, _) = app
+        .subscribed_receiver("h", Behaviour::Ok, json!("*"))
+        .await;
     let started = Instant::now();
     for i in 0..10 {
         app.record_event(
@@ -672,8 +676,10 @@ async fn events_their_deliveries_and_old_webhook_bodies_are_pruned_after_the_ret
         Queue::Inbox,
         "one body stays pending on purpose: retention keeps what is not processed",
     );
-    let rx = Receiver::start("k", Behaviour::Ok).await;
-    let sub = app.subscribe(&rx.url, json!("*"), "k").await;
+    // Kept to the end: a dropped receiver stops answering, and the delivery below needs an answer.
+    let (_rx, sub) = app
+        .subscribed_receiver("k", Behaviour::Ok, json!("*"))
+        .await;
     let (_, old_id) = app
         .record_event("order.synced", "s-1", json!({"n": 1}))
         .await;

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use amocrm_connector::metrics::{self, AmoOutcome};
 use chrono::TimeDelta;
 
-use crate::support::{Queue, TestApp, env_vars, inbox_row, spawn_app, spawn_app_with};
+use crate::support::{Queue, TestApp, env_vars, header, inbox_row, spawn_app, spawn_app_with};
 
 /// One sample line: family name, labels, value.
 #[derive(Debug)]
@@ -144,7 +144,7 @@ fn label_values<'a>(samples: &'a [Sample], family: &str, label: &str) -> BTreeSe
 async fn scrape(app: &TestApp) -> String {
     let resp = app.get("/metrics").await;
     assert_eq!(resp.status(), 200);
-    let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
+    let ct = header(&resp, "content-type");
     assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
     resp.text().await.unwrap()
 }

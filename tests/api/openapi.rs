@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use crate::support::spawn_app;
+use crate::support::{header, spawn_app};
 
 /// Every operation the contract (§6) and the operator auth define.
 const CONTRACT_ROUTES: &[(&str, &str)] = &[
@@ -208,12 +208,7 @@ async fn the_docs_page_loads_the_vendored_redoc_from_this_host_only() {
     let app = spawn_app().await;
     let resp = app.get("/api/v1/docs").await;
     assert_eq!(resp.status(), 200);
-    let policy = resp
-        .headers()
-        .get("content-security-policy")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let policy = header(&resp, "content-security-policy");
     for directive in [
         "default-src 'none'",
         "script-src 'self'",
@@ -245,15 +240,8 @@ async fn the_docs_page_loads_the_vendored_redoc_from_this_host_only() {
 
     let resp = app.get(&bundle).await;
     assert_eq!(resp.status(), 200);
-    let header = |name: &str| {
-        resp.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    assert!(header("content-type").starts_with("text/javascript"));
-    assert!(header("cache-control").contains("max-age=31536000"));
+    assert!(header(&resp, "content-type").starts_with("text/javascript"));
+    assert!(header(&resp, "cache-control").contains("max-age=31536000"));
     // The vendored file as it is, but for the logo's URL: nothing on the page names another host.
     let vendored = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -8,7 +8,7 @@ use reqwest::Method;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
-use crate::support::{TestApp, assert_error, spawn_app};
+use crate::support::{TestApp, assert_error, header, spawn_app};
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -16,6 +16,29 @@ async fn add_operator(app: &TestApp, email: &str, role: Role) {
     operators::create_or_update(&app.db, email, None, role, SecretString::from(PASSWORD))
         .await
         .expect("operator created");
+}
+
+/// The service with an admin operator, ops@example.com, whose password is `PASSWORD`.
+async fn app_with_ops() -> TestApp {
+    let app = spawn_app().await;
+    add_operator(&app, "ops@example.com", Role::Admin).await;
+    app
+}
+
+/// Presents `refresh_token` at `/api/auth/refresh`.
+async fn refresh(app: &TestApp, refresh_token: &str) -> reqwest::Response {
+    app.post_json(
+        "/api/auth/refresh",
+        &json!({"refresh_token": refresh_token}),
+    )
+    .await
+}
+
+/// The new tokens the refresh token of `tokens` (a sign-in's answer) is exchanged for (200).
+async fn renew(app: &TestApp, tokens: &Value) -> Value {
+    let resp = refresh(app, tokens["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(resp.status(), 200);
+    resp.json().await.unwrap()
 }
 
 async fn login(app: &TestApp, email: &str, password: &str) -> reqwest::Response {
@@ -127,8 +150,7 @@ async fn users_create_refuses_a_short_password_a_missing_one_and_a_bad_role() {
 
 #[tokio::test]
 async fn a_wrong_password_or_unknown_email_is_401_in_the_contract_format() {
-    let app = spawn_app().await;
-    add_operator(&app, "ops@example.com", Role::Admin).await;
+    let app = app_with_ops().await;
     assert_refused(&app, "ops@example.com", "wrong password").await;
     assert_refused(&app, "nobody@example.com", PASSWORD).await;
 }
@@ -151,8 +173,7 @@ async fn malformed_or_incomplete_login_bodies_are_400_and_422() {
 
 #[tokio::test]
 async fn an_operator_access_token_is_accepted_on_the_api_beside_api_keys() {
-    let app = spawn_app().await;
-    add_operator(&app, "ops@example.com", Role::Admin).await;
+    let app = app_with_ops().await;
     let token = access_token(&app, "ops@example.com").await;
     // Past the guard: the route does not exist, so 404 rather than 401.
     let resp = app.get_as("/api/v1/no-such-route", &token).await;
@@ -198,15 +219,9 @@ async fn viewers_may_read_but_every_write_method_is_403() {
 
 #[tokio::test]
 async fn a_refresh_token_gives_a_new_working_access_token_and_junk_is_401() {
-    let app = spawn_app().await;
-    add_operator(&app, "ops@example.com", Role::Admin).await;
+    let app = app_with_ops().await;
     let body = tokens(&app, "ops@example.com").await;
-    let refresh = body["refresh_token"].as_str().unwrap();
-    let resp = app
-        .post_json("/api/auth/refresh", &json!({"refresh_token": refresh}))
-        .await;
-    assert_eq!(resp.status(), 200);
-    let renewed: Value = resp.json().await.unwrap();
+    let renewed = renew(&app, &body).await;
     assert_eq!(renewed["expires_in"], 3600);
     let token = renewed["access_token"].as_str().unwrap();
     assert_ne!(token, body["access_token"].as_str().unwrap());
@@ -214,9 +229,7 @@ async fn a_refresh_token_gives_a_new_working_access_token_and_junk_is_401() {
     assert_error(resp, 404, "RESOURCE_NOT_FOUND").await;
 
     for junk in ["opr_junk", "", body["access_token"].as_str().unwrap()] {
-        let resp = app
-            .post_json("/api/auth/refresh", &json!({"refresh_token": junk}))
-            .await;
+        let resp = refresh(&app, junk).await;
         let status = resp.status().as_u16();
         assert!(status == 401 || status == 422, "{junk}: {status}");
     }
@@ -224,19 +237,9 @@ async fn a_refresh_token_gives_a_new_working_access_token_and_junk_is_401() {
 
 #[tokio::test]
 async fn a_refresh_token_works_once_and_presenting_it_again_revokes_the_whole_sign_in() {
-    let app = spawn_app().await;
-    add_operator(&app, "ops@example.com", Role::Admin).await;
+    let app = app_with_ops().await;
     let first = tokens(&app, "ops@example.com").await;
-    let refresh = |token: String| {
-        let app = &app;
-        async move {
-            app.post_json("/api/auth/refresh", &json!({"refresh_token": token}))
-                .await
-        }
-    };
-    let resp = refresh(first["refresh_token"].as_str().unwrap().to_owned()).await;
-    assert_eq!(resp.status(), 200);
-    let second: Value = resp.json().await.unwrap();
+    let second = renew(&app, &first).await;
     assert_ne!(second["refresh_token"], first["refresh_token"], "rotated");
     let live = |t: &Value| t["access_token"].as_str().unwrap().to_owned();
     let resp = app.get_as("/api/v1/connections", &live(&first)).await;
@@ -245,11 +248,11 @@ async fn a_refresh_token_works_once_and_presenting_it_again_revokes_the_whole_si
     assert_eq!(resp.status(), 200, "the new access token works");
 
     // The first refresh token again: someone kept a copy. Every token of this sign-in dies.
-    let resp = refresh(first["refresh_token"].as_str().unwrap().to_owned()).await;
+    let resp = refresh(&app, first["refresh_token"].as_str().unwrap()).await;
     assert_error(resp, 401, "INVALID_TOKEN").await;
     let resp = app.get_as("/api/v1/connections", &live(&second)).await;
     assert_error(resp, 401, "INVALID_TOKEN").await;
-    let resp = refresh(second["refresh_token"].as_str().unwrap().to_owned()).await;
+    let resp = refresh(&app, second["refresh_token"].as_str().unwrap()).await;
     assert_error(resp, 401, "INVALID_TOKEN").await;
 
     // Another sign-in of the same operator is untouched.
@@ -260,8 +263,7 @@ async fn a_refresh_token_works_once_and_presenting_it_again_revokes_the_whole_si
 
 #[tokio::test]
 async fn operator_tokens_are_stored_only_as_hashes() {
-    let app = spawn_app().await;
-    add_operator(&app, "ops@example.com", Role::Admin).await;
+    let app = app_with_ops().await;
     let body = tokens(&app, "ops@example.com").await;
     let access = body["access_token"].as_str().unwrap().to_owned();
     let refresh = body["refresh_token"].as_str().unwrap().to_owned();
@@ -288,19 +290,13 @@ async fn operator_tokens_are_stored_only_as_hashes() {
 
 #[tokio::test]
 async fn repeated_failed_logins_for_one_email_are_locked_out_with_retry_after() {
-    let app = spawn_app().await;
-    add_operator(&app, "ops@example.com", Role::Admin).await;
+    let app = app_with_ops().await;
     for _ in 0..6 {
         assert_refused(&app, "ops@example.com", "wrong password").await;
     }
     // Locked now: even the right password is refused, with a hint when to come back.
     let resp = login(&app, "ops@example.com", PASSWORD).await;
-    let retry: u64 = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .expect("Retry-After");
+    let retry: u64 = header(&resp, "retry-after").parse().expect("Retry-After");
     assert!((1..=900).contains(&retry), "{retry}");
     assert_error(resp, 429, "RATE_LIMIT_EXCEEDED").await;
     // Another operator is not affected by this e-mail's lock.
@@ -313,8 +309,7 @@ async fn repeated_failed_logins_for_one_email_are_locked_out_with_retry_after() 
 
 #[tokio::test]
 async fn many_failed_logins_from_one_address_lock_that_address_for_every_email() {
-    let app = spawn_app().await;
-    add_operator(&app, "ops@example.com", Role::Admin).await;
+    let app = app_with_ops().await;
     // Spread over many e-mails so that no single e-mail reaches its own limit.
     for i in 0..21 {
         assert_refused(&app, &format!("guess{i}@example.com"), "wrong password").await;
@@ -326,8 +321,7 @@ async fn many_failed_logins_from_one_address_lock_that_address_for_every_email()
 
 #[tokio::test]
 async fn a_successful_login_forgets_earlier_failures_of_that_email() {
-    let app = spawn_app().await;
-    add_operator(&app, "ops@example.com", Role::Admin).await;
+    let app = app_with_ops().await;
     for _ in 0..5 {
         assert_refused(&app, "ops@example.com", "wrong password").await;
     }

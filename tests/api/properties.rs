@@ -8,7 +8,9 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{Value, json};
 
 use crate::hostile::{Answer, Kind, check, raw, request};
-use crate::support::{HOST, Queue, TestApp, create_session, open_page, query_of, spawn_app};
+use crate::support::{
+    HOST, Queue, TestApp, create_session, header, open_page, query_of, spawn_app,
+};
 
 /// Cases per property: a few dozen in the suite unless `PROPTEST_CASES` asks for more.
 fn config(default_cases: u32) -> Config {
@@ -142,12 +144,7 @@ async fn try_callback(
     // A spent state's answer is a redirect to its result page: the page is what the seller reads.
     let resp = crate::support::follow_result(app, resp).await;
     let status = resp.status().as_u16();
-    let content_type = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let content_type = header(&resp, "content-type");
     let html = resp.text().await.unwrap_or_default();
     prop_assert!(status < 500, "callback answered {status}: {html}");
     prop_assert!(

@@ -12,7 +12,7 @@ use diesel::prelude::*;
 use serde_json::Value;
 
 use crate::support::{
-    HOST, TestApp, assert_error, connection, env_vars, event_count, seed_connection,
+    HOST, TestApp, assert_error, connection, env_vars, event_count, refresh_now, seed_connection,
     spawn_app_with, status_of, wait_until,
 };
 
@@ -429,11 +429,7 @@ async fn an_idle_connection_is_refreshed_daily_even_with_a_valid_token() {
 async fn refreshing_through_the_api_refreshes_now_and_shows_the_connection() {
     let app = spawn().await;
     seed_connection(&app, "seller-1", HOST).await;
-    let resp = app
-        .api_post_empty("/api/v1/connections/seller-1/refresh")
-        .await;
-    assert_eq!(resp.status().as_u16(), 200);
-    let v: Value = resp.json().await.unwrap();
+    let v = refresh_now(&app, "seller-1").await;
     assert_eq!(v["data"]["status"], "active");
     assert!(v["data"]["last_refreshed_at"].is_string());
     assert_eq!(v["data"]["refresh_failures"], 0);

@@ -94,34 +94,22 @@ async fn screenshots_of_the_main_pages_on_desktop_and_phone() {
         )
         .await?;
         dashboard_sign_in(&client, app, "support@example.com", "screenshots password").await?;
-        shoot(
-            &client,
-            "dashboard-overview",
-            &app.url("/dashboard"),
-            "main h1",
-        )
-        .await?;
-        shoot(
-            &client,
-            "dashboard-connections",
-            &app.url("/dashboard/connections"),
-            "table",
-        )
-        .await?;
-        shoot(
-            &client,
-            "dashboard-order",
-            &app.url(&format!("/dashboard/orders/{o}")),
-            "#lead-link",
-        )
-        .await?;
-        shoot(
-            &client,
-            "dashboard-events",
-            &app.url("/dashboard/events"),
-            "table",
-        )
-        .await?;
+        for (name, path, ready) in [
+            ("dashboard-overview", "/dashboard".to_owned(), "main h1"),
+            (
+                "dashboard-connections",
+                "/dashboard/connections".to_owned(),
+                "table",
+            ),
+            (
+                "dashboard-order",
+                format!("/dashboard/orders/{o}"),
+                "#lead-link",
+            ),
+            ("dashboard-events", "/dashboard/events".to_owned(), "table"),
+        ] {
+            shoot(&client, name, &app.url(&path), ready).await?;
+        }
         Ok(())
     })
     .await;

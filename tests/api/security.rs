@@ -19,7 +19,7 @@ use amocrm_connector::workers::{delivery as delivery_worker, webhook_processor};
 
 use crate::support::{
     Behaviour, HOST, OTHER_HOST, Queue, Receiver, TestApp, assert_error, connection, env_vars,
-    order_body, query_of, spawn_app, spawn_app_with, until_callback,
+    header, order_body, query_of, spawn_app, spawn_app_with, until_callback,
 };
 
 // ---------------------------------------------------------------------------------------------------
@@ -892,12 +892,7 @@ async fn hsts_is_sent_only_when_the_public_address_is_https() {
     .await;
     for path in ["/health", "/api/v1/openapi.json", "/dashboard/login"] {
         let resp = tls.get(path).await;
-        let hsts = resp
-            .headers()
-            .get("strict-transport-security")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        let hsts = header(&resp, "strict-transport-security");
         assert!(hsts.starts_with("max-age=31536000"), "{path}: {hsts:?}");
     }
 }

@@ -8,6 +8,7 @@ mod browser;
 use std::collections::HashSet;
 
 use amocrm_connector::domain::ids::sha256_hex;
+use amocrm_connector::domain::settings::STATUS_KEYS;
 use amocrm_connector::services::operators::Role;
 use amocrm_connector::storage::schema::settings_sessions as ss;
 use amocrm_connector::workers::push;
@@ -17,8 +18,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::support::{
-    HOST, Queue, Seller, TestApp, assert_error, attr, connect_seller, env_vars, order_body,
-    spawn_app_with,
+    HOST, Queue, Seller, TestApp, assert_error, attr, connect_seller, env_vars, header,
+    new_browser, order_body, seller_session, spawn_app_with,
 };
 
 const RETURN_PREFIX: &str = "https://seller.market.example/";
@@ -104,23 +105,7 @@ async fn get_settings(app: &TestApp, seller: &str) -> Value {
 
 /// A settings link for `seller` (201), with `extra` body fields.
 pub async fn settings_session(app: &TestApp, seller: &str, extra: Value) -> Value {
-    let mut body = json!({ "seller_id": seller });
-    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
-        b.extend(e.clone());
-    }
-    let resp = app.api_post("/api/v1/settings-sessions", &body).await;
-    assert_eq!(resp.status().as_u16(), 201, "settings session");
-    let v: Value = resp.json().await.unwrap();
-    v["data"].clone()
-}
-
-/// A browser of its own: its own cookies, redirects not followed.
-pub fn new_browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .cookie_store(true)
-        .build()
-        .unwrap()
+    seller_session(app, "/api/v1/settings-sessions", seller, extra).await
 }
 
 async fn open(browser: &reqwest::Client, url: &str) -> (u16, String) {
@@ -151,7 +136,8 @@ async fn nothing_stored(app: &TestApp, seller: &str, before: &Value) {
     assert!(settings_events(app, seller).await.is_empty());
 }
 
-/// A complete form as the page sends it, on `pipeline` with `stages`, responsible `mode` over `users`.
+/// A complete form as the page sends it, on `pipeline` with `stages` (in `STATUS_KEYS` order), responsible
+/// `mode` over `users`.
 pub fn form(
     csrf: &str,
     pipeline: u64,
@@ -180,15 +166,7 @@ pub fn form(
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    let keys = [
-        "pending",
-        "awaiting_payment",
-        "paid",
-        "shipping",
-        "completed",
-        "cancelled",
-    ];
-    for (k, id) in keys.iter().zip(stages) {
+    for (k, id) in STATUS_KEYS.iter().zip(stages) {
         f.push((format!("stage_{k}"), id.to_string()));
     }
     for u in users {
@@ -361,10 +339,7 @@ async fn the_settings_page_speaks_three_languages_and_shows_the_account_by_name(
 
     let resp = browser.get(&url).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 200);
-    let csp = resp.headers()["content-security-policy"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let csp = header(&resp, "content-security-policy");
     assert!(
         csp.contains("script-src 'nonce-") && csp.contains("form-action 'self'"),
         "{csp}"

@@ -544,13 +544,13 @@ fn percent_encode_form(raw: &str) -> String {
 async fn moving_a_pushed_orders_lead_to_paid_delivers_exactly_one_signed_payment_completed() {
     let app = spawn_app().await;
     let seller = connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
-    let rx = Receiver::start("marketplace-secret", Behaviour::Ok).await;
-    app.subscribe(
-        &rx.url,
-        json!(["payment.completed", "order.status_changed"]),
-        "marketplace-secret",
-    )
-    .await;
+    let (rx, _) = app
+        .subscribed_receiver(
+            "marketplace-secret",
+            Behaviour::Ok,
+            json!(["payment.completed", "order.status_changed"]),
+        )
+        .await;
 
     let lead = seller.push_lead(&app, "1042", 150_000).await;
     let order_id = insert_order(&app, "seller-1", "1042", 15_000_000, Some(lead)).await;
@@ -854,8 +854,8 @@ async fn a_lead_made_by_a_manager_in_the_pipeline_is_reported_once_as_order_crea
 async fn with_the_workers_running_a_move_to_paid_reaches_the_receiver_once() {
     let app = spawn_app_with(env_vars(&[("RUN_WORKERS", "true")])).await;
     let seller = connect_seller(&app, "seller-1", "sellerone.amocrm.ru").await;
-    let rx = Receiver::start("s", Behaviour::Ok).await;
-    app.subscribe(&rx.url, json!(["payment.completed"]), "s")
+    let (rx, _) = app
+        .subscribed_receiver("s", Behaviour::Ok, json!(["payment.completed"]))
         .await;
     let lead = seller.push_lead(&app, "900", 10).await;
     insert_order(&app, "seller-1", "900", 1_000, Some(lead)).await;

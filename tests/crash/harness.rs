@@ -17,7 +17,10 @@ use amocrm_sandbox::{Integration, Sandbox, SandboxConfig, SandboxHandle};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
-use crate::support::{Behaviour, Receiver, TestDatabase, fresh_database, open_page, wait_until};
+use crate::support::{
+    Behaviour, Receiver, TestDatabase, browser_client, fresh_database, get_following_303,
+    open_page, wait_until,
+};
 
 pub const CLIENT_ID: &str = "crash-client-id";
 pub const CLIENT_SECRET: &str = "crash-client-secret-5b1d8e";
@@ -182,9 +185,7 @@ impl World {
             api_key,
             balancer,
             receiver,
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .cookie_store(true)
+            http: browser_client()
                 .timeout(Duration::from_secs(30))
                 .build()
                 .unwrap(),
@@ -346,13 +347,8 @@ impl World {
         let (popup, _) =
             open_page(&self.http, session["data"]["connect_url"].as_str().unwrap()).await;
         let callback = self.sandbox.approve(&popup, host).unwrap();
-        let mut resp = self.http.get(&callback).send().await.unwrap();
         // The callback redirects to its result page, as a browser follows it.
-        if resp.status().as_u16() == 303 {
-            let location = resp.headers()["location"].to_str().unwrap().to_owned();
-            let result = url::Url::parse(&callback).unwrap().join(&location).unwrap();
-            resp = self.http.get(result).send().await.unwrap();
-        }
+        let resp = get_following_303(&self.http, &callback).await;
         assert_eq!(resp.status().as_u16(), 200, "{seller} connects");
     }
 

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 use harness::{REFRESH_SECRET, Service, World};
-use support::{count_sql, wait_until};
+use support::{count_sql, linked_items, skus_made, wait_until};
 
 /// The seed of this run (printed so a failure can be replayed).
 fn rng() -> StdRng {
@@ -89,6 +89,22 @@ struct Expected {
     orders: HashMap<String, String>,
     /// Order bodies whose answer was lost to a crash: the marketplace posts them again (idempotent).
     unconfirmed: Vec<Value>,
+}
+
+/// A manager moves `lead` of `side` to stage `to` in amoCRM; a move amoCRM took is expected, and a payment
+/// with it for every stage but lost (143).
+fn move_lead(world: &World, side: &Side, lead: u64, to: u64, expected: &Mutex<Expected>) {
+    if world
+        .sandbox
+        .move_lead(&side.host, lead, side.pipeline, to)
+        .is_ok()
+    {
+        let mut e = expected.lock().unwrap();
+        e.moves.entry(lead).or_default().push(to);
+        if to != 143 {
+            e.paid.insert(lead);
+        }
+    }
 }
 
 /// Buyers per seller in the load: their orders share one contact each.
@@ -219,14 +235,7 @@ impl Load {
                             continue;
                         }
                         let to = [side.paid, side.shipping, 142][rng.random_range(0..3)];
-                        if w.sandbox
-                            .move_lead(&side.host, lead, side.pipeline, to)
-                            .is_ok()
-                        {
-                            let mut e = exp.lock().unwrap();
-                            e.moves.entry(lead).or_default().push(to);
-                            e.paid.insert(lead);
-                        }
+                        move_lead(&w, side, lead, to, &exp);
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(rng.random_range(100..300))).await;
@@ -259,16 +268,7 @@ impl Load {
                     _ => vec![],
                 };
                 for to in path {
-                    if w.sandbox
-                        .move_lead(&side.host, lead, side.pipeline, to)
-                        .is_ok()
-                    {
-                        let mut e = exp.lock().unwrap();
-                        e.moves.entry(lead).or_default().push(to);
-                        if to != 143 {
-                            e.paid.insert(lead);
-                        }
-                    }
+                    move_lead(&w, side, lead, to, &exp);
                     tokio::time::sleep(Duration::from_millis(rng.random_range(0..30))).await;
                 }
                 tokio::time::sleep(Duration::from_millis(rng.random_range(10..60))).await;
@@ -355,22 +355,16 @@ async fn unfinished_steps(world: &World) -> i64 {
 fn assert_complete_deals(world: &World, side: &Side, leads: &HashMap<String, Vec<u64>>) {
     let notes = world.sandbox.notes(&side.host);
     let tasks = world.sandbox.tasks(&side.host);
-    let links = world.sandbox.links(&side.host);
-    let elements = world.sandbox.elements(&side.host);
-    let mut skus: Vec<String> = elements.iter().flat_map(|e| e.values_of("SKU")).collect();
-    let made = skus.len();
-    skus.sort();
-    skus.dedup();
+    let skus = skus_made(&world.sandbox, &side.host);
+    let mut distinct = skus.clone();
+    distinct.dedup();
     assert_eq!(
-        made,
         skus.len(),
+        distinct.len(),
         "{}: a SKU made twice: {skus:?}",
         side.host
     );
-    let sku_of: HashMap<u64, String> = elements
-        .iter()
-        .filter_map(|e| Some((e.id, e.values_of("SKU").into_iter().next()?)))
-        .collect();
+    let linked = linked_items(&world.sandbox, &side.host);
     let mut buyers = HashSet::new();
     let host_leads = world.sandbox.leads(&side.host);
     for (number, ids) in leads {
@@ -386,15 +380,7 @@ fn assert_complete_deals(world: &World, side: &Side, leads: &HashMap<String, Vec
             .filter(|t| t.entity_id == Some(lead.id))
             .count();
         assert_eq!(t, 1, "{number}: one task");
-        let mut got: Vec<(String, i64)> = links
-            .iter()
-            .filter(|l| l.lead_id == lead.id && l.to_entity_type == "catalog_elements")
-            .map(|l| {
-                let s = sku_of.get(&l.to_entity_id).cloned().unwrap_or_default();
-                (s, l.quantity.unwrap_or(0.0) as i64)
-            })
-            .collect();
-        got.sort();
+        let got = linked.get(&lead.id).cloned().unwrap_or_default();
         let mut want = vec![
             (format!("sku-{sku}"), 1 + sku as i64),
             ("sku-common".to_owned(), 1),

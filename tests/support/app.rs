@@ -25,6 +25,8 @@ use diesel::connection::SimpleConnection;
 use reqwest::{Method, Response};
 use serde_json::Value;
 
+use super::receiver::{Behaviour, Receiver};
+
 pub struct TestApp {
     /// Shared when several instances run against one sandbox (`spawn_peer`).
     pub sandbox: Arc<SandboxHandle>,
@@ -220,9 +222,7 @@ pub async fn spawn_app_with_sandbox(
     let (_, api_key) = api_keys::create(&db, "test", Tier::Standard)
         .await
         .expect("api key");
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .cookie_store(true)
+    let http = super::connect::browser_client()
         // The service closes a keep-alive connection after 5 s idle; a request sent on it at that moment is
         // cut (`IncompleteMessage`). The client lets idle connections go first.
         .pool_idle_timeout(std::time::Duration::from_secs(2))
@@ -383,6 +383,19 @@ impl TestApp {
     }
 
     /// Subscribes `url` to `events` with `secret`; returns the subscription id.
+    /// A receiver started with `secret` and `behaviour`, subscribed to `events` with that same secret (so
+    /// it can check the signatures): the receiver and the subscription's id.
+    pub async fn subscribed_receiver(
+        &self,
+        secret: &str,
+        behaviour: Behaviour,
+        events: Value,
+    ) -> (Receiver, String) {
+        let receiver = Receiver::start(secret, behaviour).await;
+        let id = self.subscribe(&receiver.url, events, secret).await;
+        (receiver, id)
+    }
+
     pub async fn subscribe(&self, url: &str, events: Value, secret: &str) -> String {
         let resp = self
             .api_post(
@@ -531,6 +544,16 @@ async fn unfinished_work(
         }
     }
     Ok(work)
+}
+
+/// The text of `resp`'s header `name`, empty when it is missing or not text (what is asserted of it then
+/// fails, with the test's own message).
+pub fn header(resp: &Response, name: &str) -> String {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// Asserts the contract's error body and returns it.

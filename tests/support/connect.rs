@@ -32,6 +32,19 @@ pub fn attr(html: &str, name: &str) -> Option<String> {
     Some(unescape(&html[start..end]))
 }
 
+/// A client that acts as a browser towards the service: a cookie jar of its own, redirects left to the
+/// test to follow.
+pub fn browser_client() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+}
+
+/// A browser of its own: its own cookies, redirects not followed.
+pub fn new_browser() -> reqwest::Client {
+    browser_client().build().unwrap()
+}
+
 /// The query parameters of a URL.
 pub fn query_of(url: &str) -> HashMap<String, String> {
     let q = url.split_once('?').map(|(_, q)| q).unwrap_or("");
@@ -41,15 +54,21 @@ pub fn query_of(url: &str) -> HashMap<String, String> {
         .collect()
 }
 
-pub async fn create_session(app: &TestApp, seller: &str, extra: Value) -> Value {
+/// A session for `seller` made by a POST to `path` (connect and settings links alike: 201), with `extra`
+/// body fields: the answer's `data`.
+pub async fn seller_session(app: &TestApp, path: &str, seller: &str, extra: Value) -> Value {
     let mut body = json!({ "seller_id": seller });
     if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
         b.extend(e.clone());
     }
-    let resp = app.api_post("/api/v1/connect-sessions", &body).await;
-    assert_eq!(resp.status().as_u16(), 201, "create session");
+    let resp = app.api_post(path, &body).await;
+    assert_eq!(resp.status().as_u16(), 201, "POST {path}");
     let v: Value = resp.json().await.expect("JSON");
     v["data"].clone()
+}
+
+pub async fn create_session(app: &TestApp, seller: &str, extra: Value) -> Value {
+    seller_session(app, "/api/v1/connect-sessions", seller, extra).await
 }
 
 /// The connect page's two consent links: (popup `post_message`, same-window fallback `popup`).
@@ -121,6 +140,19 @@ pub fn result_location(resp: &reqwest::Response) -> Option<String> {
     let location = resp.headers().get("location")?.to_str().ok()?;
     (resp.status().as_u16() == 303 && location.starts_with("/connect/result/"))
         .then(|| location.to_owned())
+}
+
+/// A GET of the callback `url` by `http`, a 303 followed as a browser follows it (relative to `url`).
+pub async fn get_following_303(http: &reqwest::Client, url: &str) -> reqwest::Response {
+    let resp = http.get(url).send().await.unwrap();
+    if resp.status().as_u16() != 303 {
+        return resp;
+    }
+    let next = url::Url::parse(url)
+        .unwrap()
+        .join(&super::app::header(&resp, "location"))
+        .unwrap();
+    http.get(next).send().await.unwrap()
 }
 
 /// `resp` followed, as a browser does, when it redirects to a result page; otherwise `resp` itself.

@@ -12,6 +12,7 @@ use amocrm_connector::services::provisioning;
 use amocrm_connector::storage::connections::{
     ConnectedAccount, Connection, NewConnection, seal_tokens,
 };
+use amocrm_sandbox::SandboxHandle;
 use chrono::NaiveDateTime;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
@@ -306,4 +307,49 @@ pub fn leads_by_number(
         );
     }
     map
+}
+
+/// The SKUs of the catalog elements in account `host`, sorted: a SKU made twice shows twice.
+pub fn skus_made(sandbox: &SandboxHandle, host: &str) -> Vec<String> {
+    let mut skus: Vec<String> = sandbox
+        .elements(host)
+        .iter()
+        .flat_map(|e| e.values_of("SKU"))
+        .collect();
+    skus.sort();
+    skus
+}
+
+/// The catalog items linked to each lead of account `host`: per lead id, its (SKU, quantity) pairs, sorted.
+pub fn linked_items(sandbox: &SandboxHandle, host: &str) -> HashMap<u64, Vec<(String, i64)>> {
+    let sku_of: HashMap<u64, String> = sandbox
+        .elements(host)
+        .iter()
+        .filter_map(|e| Some((e.id, e.values_of("SKU").into_iter().next()?)))
+        .collect();
+    let mut linked: HashMap<u64, Vec<(String, i64)>> = HashMap::new();
+    for l in sandbox
+        .links(host)
+        .iter()
+        .filter(|l| l.to_entity_type == "catalog_elements")
+    {
+        let sku = sku_of.get(&l.to_entity_id).cloned().unwrap_or_default();
+        linked
+            .entry(l.lead_id)
+            .or_default()
+            .push((sku, l.quantity.unwrap_or(0.0) as i64));
+    }
+    for items in linked.values_mut() {
+        items.sort();
+    }
+    linked
+}
+
+/// `seller`'s connection refreshed now through the API (`POST …/refresh`, 200): the answer's body.
+pub async fn refresh_now(app: &TestApp, seller: &str) -> Value {
+    let resp = app
+        .api_post_empty(&format!("/api/v1/connections/{seller}/refresh"))
+        .await;
+    assert_eq!(resp.status().as_u16(), 200, "refresh of {seller}");
+    resp.json().await.unwrap()
 }

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::{connected, push_orders, settings_session, spawn};
 use crate::browser::{
-    browser, element, fits_the_screen, press, run_steps, start_driver, step, text_of,
+    browser, element, fits_the_screen, press, run_steps, script, start_driver, step, text_of,
 };
 
 /// Whether the element `css` is ticked.
@@ -42,12 +42,12 @@ async fn a_seller_chooses_a_pipeline_and_round_robin_users_on_a_phone_in_three_l
             if !heading.contains(title) {
                 return Err(format!("{lang}: heading {heading:?}"));
             }
-            let html_lang = step(
+            let html_lang = script(
+                &client,
                 "page language",
-                client
-                    .execute("return document.documentElement.lang", vec![])
-                    .await,
-            )?;
+                "return document.documentElement.lang",
+            )
+            .await?;
             if html_lang != json!(lang) {
                 return Err(format!("page language {html_lang}"));
             }
@@ -57,12 +57,12 @@ async fn a_seller_chooses_a_pipeline_and_round_robin_users_on_a_phone_in_three_l
                 pipeline.select_by_value(&main.to_string()).await,
             )?;
             // The page script shows only the chosen pipeline's stages and picks them.
-            let paid = step(
+            let paid = script(
+                &client,
                 "paid stage",
-                client
-                    .execute("return document.getElementById('stage_paid').value", vec![])
-                    .await,
-            )?;
+                "return document.getElementById('stage_paid').value",
+            )
+            .await?;
             if paid == Value::String(our_paid.to_string()) {
                 return Err("the paid stage still names our pipeline's stage".into());
             }
