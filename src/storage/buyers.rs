@@ -11,7 +11,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::schema::{buyer_index as b, buyer_scans as sc};
-use super::{AnyConnection, Db, StorageError};
+use super::{AnyConnection, StorageError};
 
 /// What the index knows of one key.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
@@ -318,15 +318,9 @@ pub fn scan_failed(
     Ok(())
 }
 
-/// The buyer index, as the use cases see it.
-pub struct Buyers<'a> {
-    db: &'a Db,
-}
-
-impl Db {
-    pub fn buyers(&self) -> Buyers<'_> {
-        Buyers { db: self }
-    }
+aggregate_handle! {
+    /// The buyer index, as the use cases see it.
+    Buyers => buyers
 }
 
 impl Buyers<'_> {

@@ -6,7 +6,7 @@ use secrecy::SecretString;
 
 use super::cipher::{Aad, CipherError, Keyring};
 use super::schema::amocrm_connections as c;
-use super::{AnyConnection, Db, StorageError};
+use super::{AnyConnection, ExecuteOne, StorageError};
 use crate::domain::ids::random_token;
 use crate::domain::platform::Platform;
 use crate::domain::status::{ConnectionStatus, ProvisioningState, SuspendReason};
@@ -430,7 +430,7 @@ pub fn store_refreshed(
     pair: &RefreshedPair,
     now: NaiveDateTime,
 ) -> Result<bool, StorageError> {
-    let n = diesel::update(
+    diesel::update(
         c::table
             .filter(c::id.eq(id))
             .filter(c::refresh_lease_owner.eq(owner))
@@ -450,8 +450,7 @@ pub fn store_refreshed(
         c::refresh_lease_until.eq(None::<NaiveDateTime>),
         c::updated_at.eq(now),
     ))
-    .execute(conn)?;
-    Ok(n == 1)
+    .execute_one(conn)
 }
 
 /// A refresh that may work later (429, 5xx, network): counted, the next attempt pushed back, lease released.
@@ -489,7 +488,7 @@ pub fn mark_refresh_failed(
     error: &str,
     now: NaiveDateTime,
 ) -> Result<bool, StorageError> {
-    let n = diesel::update(
+    diesel::update(
         c::table
             .filter(c::id.eq(id))
             .filter(c::refresh_lease_owner.eq(owner))
@@ -506,8 +505,7 @@ pub fn mark_refresh_failed(
         c::refresh_lease_until.eq(None::<NaiveDateTime>),
         c::updated_at.eq(now),
     ))
-    .execute(conn)?;
-    Ok(n == 1)
+    .execute_one(conn)
 }
 
 /// Active connections due for a refresh: the access token expires before `expiring_before`, or the last
@@ -546,7 +544,7 @@ pub fn revoke(
     reason: &str,
     now: NaiveDateTime,
 ) -> Result<bool, StorageError> {
-    let n = diesel::update(
+    diesel::update(
         c::table
             .filter(c::id.eq(id))
             .filter(c::status.ne(ConnectionStatus::Revoked)),
@@ -565,8 +563,7 @@ pub fn revoke(
         c::revoke_reason.eq(Some(reason)),
         c::updated_at.eq(now),
     ))
-    .execute(conn)?;
-    Ok(n == 1)
+    .execute_one(conn)
 }
 
 /// The pipeline and stage ids (in `OrderStatus::ALL` order) provisioned or chosen for a connection.
@@ -866,16 +863,10 @@ pub fn refresh_failed_recorded(
     })
 }
 
-/// Connections, as the use cases see them: each call is one trip to the blocking pool, with typed
-/// arguments borrowed from the caller.
-pub struct Connections<'a> {
-    db: &'a Db,
-}
-
-impl Db {
-    pub fn connections(&self) -> Connections<'_> {
-        Connections { db: self }
-    }
+aggregate_handle! {
+    /// Connections, as the use cases see them: each call is one trip to the blocking pool, with typed
+    /// arguments borrowed from the caller.
+    Connections => connections
 }
 
 impl Connections<'_> {
@@ -1182,7 +1173,7 @@ pub fn suspend_recorded(
 ) -> Result<bool, StorageError> {
     diesel::Connection::transaction(conn, |cn| {
         let now = super::now();
-        let n = diesel::update(
+        if !diesel::update(
             c::table
                 .filter(c::id.eq(id))
                 .filter(c::status.eq(ConnectionStatus::Active)),
@@ -1195,8 +1186,8 @@ pub fn suspend_recorded(
             c::last_error.eq(Some(format!("amoCRM refuses the account: {reason}"))),
             c::updated_at.eq(now),
         ))
-        .execute(cn)?;
-        if n == 0 {
+        .execute_one(cn)?
+        {
             return Ok(false);
         }
         super::events::record(cn, event)?;
@@ -1248,7 +1239,7 @@ pub fn recover_recorded(
 ) -> Result<bool, StorageError> {
     diesel::Connection::transaction(conn, |cn| {
         let now = super::now();
-        let n = diesel::update(
+        if !diesel::update(
             c::table
                 .filter(c::id.eq(id))
                 .filter(c::status.eq(ConnectionStatus::Suspended)),
@@ -1261,8 +1252,8 @@ pub fn recover_recorded(
             c::last_error.eq(None::<String>),
             c::updated_at.eq(now),
         ))
-        .execute(cn)?;
-        if n == 0 {
+        .execute_one(cn)?
+        {
             return Ok(false);
         }
         super::events::record(cn, event)?;

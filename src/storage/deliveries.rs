@@ -489,15 +489,9 @@ pub fn list_for_known_subscription(
     list_for_subscription(conn, subscription_id, state, offset, limit).map(Some)
 }
 
-/// Deliveries, as the use cases and the delivery worker see them: each call is one trip to the blocking pool.
-pub struct Deliveries<'a> {
-    db: &'a super::Db,
-}
-
-impl super::Db {
-    pub fn deliveries(&self) -> Deliveries<'_> {
-        Deliveries { db: self }
-    }
+aggregate_handle! {
+    /// Deliveries, as the use cases and the delivery worker see them: each call is one trip to the blocking pool.
+    Deliveries => deliveries
 }
 
 impl Deliveries<'_> {

@@ -318,15 +318,9 @@ pub fn page(
     )))
 }
 
-/// The event log, as the use cases see it: each call is one trip to the blocking pool.
-pub struct Events<'a> {
-    db: &'a super::Db,
-}
-
-impl super::Db {
-    pub fn events(&self) -> Events<'_> {
-        Events { db: self }
-    }
+aggregate_handle! {
+    /// The event log, as the use cases see it: each call is one trip to the blocking pool.
+    Events => events
 }
 
 impl Events<'_> {

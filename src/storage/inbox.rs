@@ -6,7 +6,7 @@ use diesel::dsl::{exists, not};
 use diesel::prelude::*;
 
 use super::schema::amocrm_webhook_inbox as i;
-use super::{AnyConnection, Db, StorageError};
+use super::{AnyConnection, ExecuteOne, StorageError};
 use crate::domain::status::{ConnectionStatus, InboxState};
 
 diesel::alias!(i as busy: BusyInbox);
@@ -178,7 +178,7 @@ pub fn mark_processed(
     note: Option<&str>,
     now: NaiveDateTime,
 ) -> Result<bool, StorageError> {
-    let n = diesel::update(
+    diesel::update(
         i::table
             .filter(i::id.eq(id))
             .filter(i::lease_owner.eq(owner)),
@@ -191,8 +191,7 @@ pub fn mark_processed(
         i::lease_owner.eq(None::<String>),
         i::lease_until.eq(None::<NaiveDateTime>),
     ))
-    .execute(conn)?;
-    Ok(n == 1)
+    .execute_one(conn)
 }
 
 /// Puts a row back for a later attempt, or gives up on it (`retry_at` = `None`: state `failed`).
@@ -208,7 +207,7 @@ pub fn mark_failed_attempt(
         Some(at) => (InboxState::Pending, at),
         None => (InboxState::Failed, now),
     };
-    let n = diesel::update(
+    diesel::update(
         i::table
             .filter(i::id.eq(id))
             .filter(i::lease_owner.eq(owner)),
@@ -221,8 +220,7 @@ pub fn mark_failed_attempt(
         i::lease_owner.eq(None::<String>),
         i::lease_until.eq(None::<NaiveDateTime>),
     ))
-    .execute(conn)?;
-    Ok(n == 1)
+    .execute_one(conn)
 }
 
 /// Sets a failed (or processed) row back to pending, due now (operators re-driving a body).
@@ -231,7 +229,7 @@ pub fn requeue(
     id: i64,
     now: NaiveDateTime,
 ) -> Result<bool, StorageError> {
-    let n = diesel::update(
+    diesel::update(
         i::table
             .filter(i::id.eq(id))
             .filter(i::state.ne(InboxState::Pending)),
@@ -242,8 +240,7 @@ pub fn requeue(
         i::lease_owner.eq(None::<String>),
         i::lease_until.eq(None::<NaiveDateTime>),
     ))
-    .execute(conn)?;
-    Ok(n == 1)
+    .execute_one(conn)
 }
 
 pub fn find(conn: &mut AnyConnection, id: i64) -> Result<Option<InboxRow>, StorageError> {
@@ -331,16 +328,10 @@ pub fn store_checked<T: OfferedBody, R, E>(
     Ok(out)
 }
 
-/// Stored webhook bodies, as the intake, the processor and retention see them: each call is one trip to the
-/// blocking pool.
-pub struct Inbox<'a> {
-    db: &'a Db,
-}
-
-impl Db {
-    pub fn inbox(&self) -> Inbox<'_> {
-        Inbox { db: self }
-    }
+aggregate_handle! {
+    /// Stored webhook bodies, as the intake, the processor and retention see them: each call is one trip to the
+    /// blocking pool.
+    Inbox => inbox
 }
 
 impl Inbox<'_> {

@@ -13,7 +13,7 @@ use super::events::{self, NewEvent};
 use super::schema::{
     amocrm_connections as c, buyer_scans as sc, order_moves as m, order_steps as st, orders as o,
 };
-use super::{AnyConnection, Db, StorageError};
+use super::{AnyConnection, ExecuteOne, StorageError};
 use crate::domain::buyer::ContactMatch;
 use crate::domain::events::{OrderSyncFailed, OrderSynced};
 use crate::domain::order::{MoveState, SyncState};
@@ -113,15 +113,9 @@ pub struct OrderFilter {
     pub sync_state: Option<SyncState>,
 }
 
-/// Orders and their stage moves, as the use cases see them: each call is one trip to the blocking pool.
-pub struct Orders<'a> {
-    db: &'a Db,
-}
-
-impl Db {
-    pub fn orders(&self) -> Orders<'_> {
-        Orders { db: self }
-    }
+aggregate_handle! {
+    /// Orders and their stage moves, as the use cases see them: each call is one trip to the blocking pool.
+    Orders => orders
 }
 
 /// Which due orders [`Orders::claim`] takes.
@@ -915,14 +909,13 @@ pub fn extend_account(
     owner: &str,
     until: NaiveDateTime,
 ) -> Result<bool, StorageError> {
-    let n = diesel::update(
+    diesel::update(
         c::table
             .filter(c::id.eq(connection_id))
             .filter(c::push_lease_owner.eq(owner)),
     )
     .set(c::push_lease_until.eq(Some(until)))
-    .execute(conn)?;
-    Ok(n == 1)
+    .execute_one(conn)
 }
 
 /// Releases our account lease; `push_lease_until` then records when the account was last served (the

@@ -5,7 +5,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::schema::{connect_sessions as cs, oauth_states as os};
-use super::{AnyConnection, StorageError};
+use super::{AnyConnection, ExecuteOne, StorageError};
 use crate::domain::platform::Platform;
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -111,14 +111,13 @@ pub fn mark_session_used(
     id: i64,
     now: NaiveDateTime,
 ) -> Result<bool, StorageError> {
-    let n = diesel::update(
+    diesel::update(
         cs::table
             .filter(cs::id.eq(id))
             .filter(cs::used_at.is_null()),
     )
     .set(cs::used_at.eq(Some(now)))
-    .execute(conn)?;
-    Ok(n == 1)
+    .execute_one(conn)
 }
 
 pub fn insert_state(conn: &mut AnyConnection, s: &NewState) -> Result<(), StorageError> {
@@ -143,14 +142,13 @@ pub fn consume_state(
     id: i64,
     now: NaiveDateTime,
 ) -> Result<bool, StorageError> {
-    let n = diesel::update(
+    diesel::update(
         os::table
             .filter(os::id.eq(id))
             .filter(os::used_at.is_null()),
     )
     .set(os::used_at.eq(Some(now)))
-    .execute(conn)?;
-    Ok(n == 1)
+    .execute_one(conn)
 }
 
 pub fn find_state_by_result_hash(
@@ -185,15 +183,9 @@ pub fn prune_expired(
     Ok(diesel::delete(cs::table.filter(cs::expires_at.lt(before))).execute(conn)?)
 }
 
-/// Connect sessions and OAuth states, as the use cases see them: each call is one trip to the blocking pool.
-pub struct Sessions<'a> {
-    db: &'a super::Db,
-}
-
-impl super::Db {
-    pub fn sessions(&self) -> Sessions<'_> {
-        Sessions { db: self }
-    }
+aggregate_handle! {
+    /// Connect sessions and OAuth states, as the use cases see them: each call is one trip to the blocking pool.
+    Sessions => sessions
 }
 
 impl Sessions<'_> {

@@ -7,7 +7,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::schema::order_steps as st;
-use super::{AnyConnection, Db, StorageError};
+use super::{AnyConnection, StorageError};
 use crate::domain::order::{StepKind, StepState};
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
@@ -228,15 +228,9 @@ pub fn next_due(
         .first(conn)?)
 }
 
-/// Order steps, as the use cases see them.
-pub struct Steps<'a> {
-    db: &'a Db,
-}
-
-impl Db {
-    pub fn steps(&self) -> Steps<'_> {
-        Steps { db: self }
-    }
+aggregate_handle! {
+    /// Order steps, as the use cases see them.
+    Steps => steps
 }
 
 impl Steps<'_> {

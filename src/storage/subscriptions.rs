@@ -6,7 +6,7 @@ use secrecy::SecretString;
 
 use super::cipher::{Aad, CipherError, Keyring};
 use super::schema::webhook_subscriptions as s;
-use super::{AnyConnection, Db, StorageError};
+use super::{AnyConnection, StorageError};
 
 pub const TABLE: &str = "webhook_subscriptions";
 pub const SECRET_COLUMN: &str = "secret";
@@ -143,15 +143,9 @@ pub fn delete(conn: &mut AnyConnection, id: &str) -> Result<bool, StorageError> 
     })
 }
 
-/// Subscriptions, as the use cases see them: each call is one trip to the blocking pool.
-pub struct Subscriptions<'a> {
-    db: &'a Db,
-}
-
-impl Db {
-    pub fn subscriptions(&self) -> Subscriptions<'_> {
-        Subscriptions { db: self }
-    }
+aggregate_handle! {
+    /// Subscriptions, as the use cases see them: each call is one trip to the blocking pool.
+    Subscriptions => subscriptions
 }
 
 impl Subscriptions<'_> {
