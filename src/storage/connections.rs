@@ -127,30 +127,18 @@ pub fn find_by_seller(
     conn: &mut AnyConnection,
     seller_id: &str,
 ) -> Result<Option<Connection>, StorageError> {
-    Ok(c::table
-        .filter(c::seller_id.eq(seller_id))
-        .select(Connection::as_select())
-        .first(conn)
-        .optional()?)
+    find_by!(conn, c::seller_id == seller_id => Connection)
 }
 
 pub fn find_by_id(conn: &mut AnyConnection, id: i64) -> Result<Option<Connection>, StorageError> {
-    Ok(c::table
-        .filter(c::id.eq(id))
-        .select(Connection::as_select())
-        .first(conn)
-        .optional()?)
+    find_by!(conn, c::id == id => Connection)
 }
 
 pub fn find_by_webhook_token(
     conn: &mut AnyConnection,
     token: &str,
 ) -> Result<Option<Connection>, StorageError> {
-    Ok(c::table
-        .filter(c::webhook_token.eq(token))
-        .select(Connection::as_select())
-        .first(conn)
-        .optional()?)
+    find_by!(conn, c::webhook_token == token => Connection)
 }
 
 /// Connections of one amoCRM account (normally one seller; several only when sharing is allowed).
@@ -315,12 +303,7 @@ impl Connection {
 }
 
 pub fn insert(conn: &mut AnyConnection, row: &NewConnection) -> Result<Connection, StorageError> {
-    Ok(crate::per_backend!(conn, |cn| diesel::insert_into(
-        c::table
-    )
-    .values(row)
-    .returning(Connection::as_returning())
-    .get_result(cn))?)
+    insert_returning!(conn, c, row => Connection)
 }
 
 /// Replaces the account and tokens of an existing row (a reconnect); the token version moves on.

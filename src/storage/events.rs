@@ -177,11 +177,7 @@ pub fn subscription_wants(events_json: &str, event: &str) -> bool {
 }
 
 pub fn find_by_id(conn: &mut AnyConnection, id: &str) -> Result<Option<EventRow>, StorageError> {
-    Ok(events::table
-        .filter(events::id.eq(id))
-        .select(EventRow::as_select())
-        .first(conn)
-        .optional()?)
+    find_by!(conn, events::id == id => EventRow)
 }
 
 /// Events after a cursor, in log order, optionally of one seller and one event name.

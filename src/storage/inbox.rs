@@ -244,11 +244,7 @@ pub fn requeue(
 }
 
 pub fn find(conn: &mut AnyConnection, id: i64) -> Result<Option<InboxRow>, StorageError> {
-    Ok(i::table
-        .filter(i::id.eq(id))
-        .select(InboxRow::as_select())
-        .first(conn)
-        .optional()?)
+    find_by!(conn, i::id == id => InboxRow)
 }
 
 /// Rows of one seller, oldest first (tests and the dashboard).

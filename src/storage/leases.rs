@@ -86,11 +86,7 @@ pub fn release(
 }
 
 pub fn get(conn: &mut AnyConnection, name: &str) -> Result<Option<JobLease>, StorageError> {
-    Ok(job_leases::table
-        .filter(job_leases::name.eq(name))
-        .select(JobLease::as_select())
-        .first(conn)
-        .optional()?)
+    find_by!(conn, job_leases::name == name => JobLease)
 }
 
 /// The `LIKE` pattern matching owners `{instance_id}:…` (the per-call owners of refresh, sweep and

@@ -20,6 +20,31 @@ macro_rules! aggregate_handle {
     };
 }
 
+/// The row whose `table::column` equals `value`, if any: the lookup by a unique column that most tables
+/// have. A macro because diesel's filter and select types make the generic function's bounds unreadable.
+macro_rules! find_by {
+    ($conn:expr, $table:ident :: $column:ident == $value:expr => $row:ty) => {
+        Ok($table::table
+            .filter($table::$column.eq($value))
+            .select(<$row>::as_select())
+            .first($conn)
+            .optional()?)
+    };
+}
+
+/// Inserts `values` into `table` and returns the whole stored row (ids and defaults filled in), on either
+/// backend: `RETURNING` goes through [`per_backend!`].
+macro_rules! insert_returning {
+    ($conn:expr, $table:ident, $values:expr => $row:ty) => {
+        Ok($crate::per_backend!($conn, |c| diesel::insert_into(
+            $table::table
+        )
+        .values($values)
+        .returning(<$row>::as_returning())
+        .get_result(c))?)
+    };
+}
+
 pub mod api_keys;
 pub mod buyers;
 pub mod catalog;

@@ -216,11 +216,7 @@ pub fn find_by_email(
     conn: &mut AnyConnection,
     email: &str,
 ) -> Result<Option<OperatorRow>, StorageError> {
-    Ok(operators::table
-        .filter(operators::email.eq(email))
-        .select(OperatorRow::as_select())
-        .first(conn)
-        .optional()?)
+    find_by!(conn, operators::email == email => OperatorRow)
 }
 
 pub fn find(conn: &mut AnyConnection, id: i64) -> Result<Option<OperatorRow>, StorageError> {

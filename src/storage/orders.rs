@@ -428,11 +428,7 @@ pub fn insert(conn: &mut AnyConnection, new: &NewOrder) -> Result<OrderRow, Stor
 }
 
 pub fn find(conn: &mut AnyConnection, id: &str) -> Result<Option<OrderRow>, StorageError> {
-    Ok(o::table
-        .filter(o::id.eq(id))
-        .select(OrderRow::as_select())
-        .first(conn)
-        .optional()?)
+    find_by!(conn, o::id == id => OrderRow)
 }
 
 pub fn find_by_number(

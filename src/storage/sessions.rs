@@ -75,34 +75,21 @@ pub fn insert_session(
     conn: &mut AnyConnection,
     s: &NewSession,
 ) -> Result<ConnectSession, StorageError> {
-    Ok(crate::per_backend!(conn, |c| diesel::insert_into(
-        cs::table
-    )
-    .values(s)
-    .returning(ConnectSession::as_returning())
-    .get_result(c))?)
+    insert_returning!(conn, cs, s => ConnectSession)
 }
 
 pub fn find_session_by_hash(
     conn: &mut AnyConnection,
     token_hash: &str,
 ) -> Result<Option<ConnectSession>, StorageError> {
-    Ok(cs::table
-        .filter(cs::token_hash.eq(token_hash))
-        .select(ConnectSession::as_select())
-        .first(conn)
-        .optional()?)
+    find_by!(conn, cs::token_hash == token_hash => ConnectSession)
 }
 
 pub fn find_session(
     conn: &mut AnyConnection,
     id: i64,
 ) -> Result<Option<ConnectSession>, StorageError> {
-    Ok(cs::table
-        .filter(cs::id.eq(id))
-        .select(ConnectSession::as_select())
-        .first(conn)
-        .optional()?)
+    find_by!(conn, cs::id == id => ConnectSession)
 }
 
 /// Marks a session used if it is still unused; false when another callback got there first.
@@ -129,11 +116,7 @@ pub fn find_state_by_hash(
     conn: &mut AnyConnection,
     state_hash: &str,
 ) -> Result<Option<OAuthState>, StorageError> {
-    Ok(os::table
-        .filter(os::state_hash.eq(state_hash))
-        .select(OAuthState::as_select())
-        .first(conn)
-        .optional()?)
+    find_by!(conn, os::state_hash == state_hash => OAuthState)
 }
 
 /// Consumes a state: one conditional UPDATE, so two callbacks racing with the same state cannot both win.
@@ -155,11 +138,7 @@ pub fn find_state_by_result_hash(
     conn: &mut AnyConnection,
     result_hash: &str,
 ) -> Result<Option<OAuthState>, StorageError> {
-    Ok(os::table
-        .filter(os::result_hash.eq(result_hash))
-        .select(OAuthState::as_select())
-        .first(conn)
-        .optional()?)
+    find_by!(conn, os::result_hash == result_hash => OAuthState)
 }
 
 /// Records how a consumed state's callback ended, for its result page.

@@ -39,23 +39,14 @@ pub fn insert(
     conn: &mut AnyConnection,
     s: &NewSettingsSession,
 ) -> Result<SettingsSession, StorageError> {
-    Ok(crate::per_backend!(conn, |c| diesel::insert_into(
-        ss::table
-    )
-    .values(s)
-    .returning(SettingsSession::as_returning())
-    .get_result(c))?)
+    insert_returning!(conn, ss, s => SettingsSession)
 }
 
 pub fn find_by_hash(
     conn: &mut AnyConnection,
     token_hash: &str,
 ) -> Result<Option<SettingsSession>, StorageError> {
-    Ok(ss::table
-        .filter(ss::token_hash.eq(token_hash))
-        .select(SettingsSession::as_select())
-        .first(conn)
-        .optional()?)
+    find_by!(conn, ss::token_hash == token_hash => SettingsSession)
 }
 
 /// Binds an unopened session to a browser: one conditional UPDATE, so of two browsers opening the link at

@@ -81,11 +81,7 @@ pub fn insert(conn: &mut AnyConnection, row: &Subscription) -> Result<Subscripti
 }
 
 pub fn find(conn: &mut AnyConnection, id: &str) -> Result<Option<Subscription>, StorageError> {
-    Ok(s::table
-        .filter(s::id.eq(id))
-        .select(Subscription::as_select())
-        .first(conn)
-        .optional()?)
+    find_by!(conn, s::id == id => Subscription)
 }
 
 /// A page of subscriptions, oldest first, with the total count.
