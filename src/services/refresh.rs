@@ -99,6 +99,27 @@ impl RefreshOutcome {
             Self::Refreshed(c) | Self::Fresh(c) => c,
         }
     }
+
+    /// The row as it is now, whoever refreshed it.
+    pub fn into_connection(self) -> Connection {
+        match self {
+            Self::Refreshed(c) | Self::Fresh(c) => c,
+        }
+    }
+}
+
+/// The seller's connection row, or `missing` when the seller has none.
+pub(super) async fn seller_row<E: From<StorageError>>(
+    state: &Context,
+    seller_id: &str,
+    missing: E,
+) -> Result<Connection, E> {
+    state
+        .db
+        .connections()
+        .by_seller(seller_id)
+        .await?
+        .ok_or(missing)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -179,12 +200,7 @@ pub async fn refresh_as(
         }
         // No row, or a peer holds the lease: wait (reading only) until the lease is free or the need is met.
         loop {
-            let row = state
-                .db
-                .connections()
-                .by_seller(seller_id)
-                .await?
-                .ok_or(RefreshError::NotConnected)?;
+            let row = seller_row(state, seller_id, RefreshError::NotConnected).await?;
             check_usable(&row, suspended_too)?;
             if !need.needed(&row) {
                 return Ok(RefreshOutcome::Fresh(row));
