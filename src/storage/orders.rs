@@ -17,7 +17,7 @@ use super::{AnyConnection, ExecuteOne, StorageError};
 use crate::domain::buyer::ContactMatch;
 use crate::domain::events::{OrderSyncFailed, OrderSynced};
 use crate::domain::order::{MoveState, SyncState};
-use crate::domain::order::{StepKind, StepState};
+use crate::domain::order::StepKind;
 use crate::domain::status::{ConnectionStatus, OrderStatus};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -664,13 +664,41 @@ pub struct DueAccount {
     pub seller_id: String,
 }
 
+// What is due in each work table at `now` (and not leased by a live worker): one definition for the idle
+// probe, the ranking of accounts, an account's work and the claims, which must agree on it (lead steps:
+// [`super::steps::is_due`]).
+
+/// A queued order due now.
+#[diesel::dsl::auto_type]
+fn order_due(now: NaiveDateTime) -> _ {
+    let queued: SyncState = SyncState::Queued;
+    o::sync_state
+        .eq(queued)
+        .and(o::next_attempt_at.le(now))
+        .and(o::lease_until.is_null().or(o::lease_until.lt(now)))
+}
+
+/// A pending stage move due now (the callers add that its order must have a lead).
+#[diesel::dsl::auto_type]
+fn move_due(now: NaiveDateTime) -> _ {
+    let pending: MoveState = MoveState::Pending;
+    m::state
+        .eq(pending)
+        .and(m::next_attempt_at.le(now))
+        .and(m::lease_until.is_null().or(m::lease_until.lt(now)))
+}
+
+/// An unfinished buyer scan whose next page is due.
+#[diesel::dsl::auto_type]
+fn scan_due(now: NaiveDateTime) -> _ {
+    sc::finished_at.is_null().and(sc::next_attempt_at.le(now))
+}
+
 /// Whether any order, move, lead step or buyer scan is due, one row at most from each work table: the
 /// idle worker asks this every poll, and it must not read every connection to learn there is nothing.
 fn any_due(conn: &mut AnyConnection, now: NaiveDateTime) -> Result<bool, StorageError> {
     let order = o::table
-        .filter(o::sync_state.eq(SyncState::Queued))
-        .filter(o::next_attempt_at.le(now))
-        .filter(o::lease_until.is_null().or(o::lease_until.lt(now)))
+        .filter(order_due(now))
         .select(o::seller_id)
         .first::<String>(conn)
         .optional()?;
@@ -681,9 +709,7 @@ fn any_due(conn: &mut AnyConnection, now: NaiveDateTime) -> Result<bool, Storage
     // one (failed, or held) stays pending and must not keep the idle worker scanning.
     let mv = m::table
         .inner_join(o::table)
-        .filter(m::state.eq(MoveState::Pending))
-        .filter(m::next_attempt_at.le(now))
-        .filter(m::lease_until.is_null().or(m::lease_until.lt(now)))
+        .filter(move_due(now))
         .filter(o::lead_id.is_not_null())
         .select(m::id)
         .first::<i64>(conn)
@@ -692,9 +718,7 @@ fn any_due(conn: &mut AnyConnection, now: NaiveDateTime) -> Result<bool, Storage
         return Ok(true);
     }
     let step = st::table
-        .filter(st::state.eq_any([StepState::Pending, StepState::Sent]))
-        .filter(st::next_attempt_at.le(now))
-        .filter(st::lease_until.is_null().or(st::lease_until.lt(now)))
+        .filter(super::steps::is_due(now))
         .select(st::seller_id)
         .first::<String>(conn)
         .optional()?;
@@ -702,8 +726,7 @@ fn any_due(conn: &mut AnyConnection, now: NaiveDateTime) -> Result<bool, Storage
         return Ok(true);
     }
     let scan = sc::table
-        .filter(sc::finished_at.is_null())
-        .filter(sc::next_attempt_at.le(now))
+        .filter(scan_due(now))
         .select(sc::seller_id)
         .first::<String>(conn)
         .optional()?;
@@ -722,29 +745,20 @@ pub fn due_accounts(
         return Ok(Vec::new());
     }
     let with_orders = o::table
-        .filter(o::sync_state.eq(SyncState::Queued))
-        .filter(o::next_attempt_at.le(now))
-        .filter(o::lease_until.is_null().or(o::lease_until.lt(now)))
+        .filter(order_due(now))
         .select(o::seller_id)
         .distinct();
     let with_moves = m::table
         .inner_join(o::table)
-        .filter(m::state.eq(MoveState::Pending))
-        .filter(m::next_attempt_at.le(now))
-        .filter(m::lease_until.is_null().or(m::lease_until.lt(now)))
+        .filter(move_due(now))
         .filter(o::lead_id.is_not_null())
         .select(o::seller_id)
         .distinct();
     let with_steps = st::table
-        .filter(st::state.eq_any([StepState::Pending, StepState::Sent]))
-        .filter(st::next_attempt_at.le(now))
-        .filter(st::lease_until.is_null().or(st::lease_until.lt(now)))
+        .filter(super::steps::is_due(now))
         .select(st::seller_id)
         .distinct();
-    let with_scans = sc::table
-        .filter(sc::finished_at.is_null())
-        .filter(sc::next_attempt_at.le(now))
-        .select(sc::seller_id);
+    let with_scans = sc::table.filter(scan_due(now)).select(sc::seller_id);
     let rows: Vec<(i64, String)> = c::table
         .filter(claimable(owner, now))
         .filter(
@@ -818,19 +832,15 @@ pub fn account_work(
     let queued = |lookup: bool| {
         o::table
             .filter(o::seller_id.eq(seller_id))
-            .filter(o::sync_state.eq(SyncState::Queued))
             .filter(o::needs_lookup.eq(lookup))
-            .filter(o::next_attempt_at.le(now))
-            .filter(o::lease_until.is_null().or(o::lease_until.lt(now)))
+            .filter(order_due(now))
             .select(o::id)
     };
     let due_moves = m::table
         .inner_join(o::table)
         .filter(o::seller_id.eq(seller_id))
         .filter(o::lead_id.is_not_null())
-        .filter(m::state.eq(MoveState::Pending))
-        .filter(m::next_attempt_at.le(now))
-        .filter(m::lease_until.is_null().or(m::lease_until.lt(now)))
+        .filter(move_due(now))
         .select(m::id);
     use diesel::dsl::exists;
     let (lookups, orders, moves) = diesel::select((
@@ -841,9 +851,7 @@ pub fn account_work(
     .get_result::<(bool, bool, bool)>(conn)?;
     let steps: Vec<(StepKind, i64)> = st::table
         .filter(st::seller_id.eq(seller_id))
-        .filter(st::state.eq_any([StepState::Pending, StepState::Sent]))
-        .filter(st::next_attempt_at.le(now))
-        .filter(st::lease_until.is_null().or(st::lease_until.lt(now)))
+        .filter(super::steps::is_due(now))
         .group_by(st::step)
         .select((st::step, diesel::dsl::count_star()))
         .load(conn)?;
@@ -964,10 +972,8 @@ pub fn claim_orders(
     write_transaction(conn, |conn| {
         let ids: Vec<String> = o::table
             .filter(o::seller_id.eq(seller_id))
-            .filter(o::sync_state.eq(SyncState::Queued))
             .filter(o::needs_lookup.eq(lookup))
-            .filter(o::next_attempt_at.le(now))
-            .filter(o::lease_until.is_null().or(o::lease_until.lt(now)))
+            .filter(order_due(now))
             // The order of the `orders_seller_queue` index, so no sort: longest due first.
             .order((o::next_attempt_at.asc(), o::created_at.asc(), o::id.asc()))
             .limit(limit)

@@ -25,6 +25,17 @@ pub struct StepRow {
     pub next_attempt_at: NaiveDateTime,
 }
 
+/// A step to send, or to read back, due now and not leased by a live worker (the push's idle probe, its
+/// ranking of accounts and the claims all ask this).
+#[diesel::dsl::auto_type]
+pub(super) fn is_due(now: NaiveDateTime) -> _ {
+    let open: [StepState; 2] = [StepState::Pending, StepState::Sent];
+    st::state
+        .eq_any(open)
+        .and(st::next_attempt_at.le(now))
+        .and(st::lease_until.is_null().or(st::lease_until.lt(now)))
+}
+
 /// Plans the steps of a lead that now exists; steps already planned (a re-adopted lead) stay as they are.
 pub fn plan(
     conn: &mut AnyConnection,
@@ -65,9 +76,7 @@ pub fn claim(
         let due = st::table
             .filter(st::seller_id.eq(seller_id))
             .filter(st::step.eq(kind))
-            .filter(st::state.eq_any([StepState::Pending, StepState::Sent]))
-            .filter(st::next_attempt_at.le(now))
-            .filter(st::lease_until.is_null().or(st::lease_until.lt(now)));
+            .filter(is_due(now));
         let ids: Vec<String> = due
             .clone()
             .order((st::next_attempt_at.asc(), st::order_id.asc()))
