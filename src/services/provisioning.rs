@@ -180,11 +180,8 @@ async fn finish(
 
 async fn load(state: &Context, seller_id: &str) -> Result<Connection, ProvisionError> {
     state
-        .db
-        .connections()
-        .by_seller(seller_id)
-        .await?
-        .ok_or(ProvisionError::Token(TokenError::NotConnected))
+        .connection_of(seller_id, ProvisionError::Token(TokenError::NotConnected))
+        .await
 }
 
 fn to_i64(id: u64) -> i64 {

@@ -108,20 +108,6 @@ impl RefreshOutcome {
     }
 }
 
-/// The seller's connection row, or `missing` when the seller has none.
-pub(super) async fn seller_row<E: From<StorageError>>(
-    state: &Context,
-    seller_id: &str,
-    missing: E,
-) -> Result<Connection, E> {
-    state
-        .db
-        .connections()
-        .by_seller(seller_id)
-        .await?
-        .ok_or(missing)
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum RefreshError {
     #[error("the seller has no amoCRM connection")]
@@ -200,7 +186,9 @@ pub async fn refresh_as(
         }
         // No row, or a peer holds the lease: wait (reading only) until the lease is free or the need is met.
         loop {
-            let row = seller_row(state, seller_id, RefreshError::NotConnected).await?;
+            let row = state
+                .connection_of(seller_id, RefreshError::NotConnected)
+                .await?;
             check_usable(&row, suspended_too)?;
             if !need.needed(&row) {
                 return Ok(RefreshOutcome::Fresh(row));
@@ -369,11 +357,8 @@ async fn store_new_pair(
         match stored {
             Ok(true) => {
                 let fresh = state
-                    .db
-                    .connections()
-                    .by_seller(&row.seller_id)
-                    .await?
-                    .ok_or(RefreshError::NotConnected)?;
+                    .connection_of(&row.seller_id, RefreshError::NotConnected)
+                    .await?;
                 tracing::info!(
                     seller_id = %row.seller_id,
                     ms = started.elapsed().as_millis() as u64,
@@ -473,11 +458,8 @@ async fn after_lost_lease(
     reason: &str,
 ) -> Result<RefreshOutcome, RefreshError> {
     let now_row = state
-        .db
-        .connections()
-        .by_seller(&row.seller_id)
-        .await?
-        .ok_or(RefreshError::NotConnected)?;
+        .connection_of(&row.seller_id, RefreshError::NotConnected)
+        .await?;
     check_usable(&now_row, true)?;
     if now_row.token_version != row.token_version {
         return Ok(RefreshOutcome::Fresh(now_row));

@@ -150,7 +150,9 @@ pub async fn access(state: &Context, seller_id: &str) -> Result<Grant, TokenErro
 }
 
 async fn access_as(state: &Context, seller_id: &str, how: Calling) -> Result<Grant, TokenError> {
-    let row = refresh::seller_row(state, seller_id, TokenError::NotConnected).await?;
+    let row = state
+        .connection_of(seller_id, TokenError::NotConnected)
+        .await?;
     access_row(state, row, how).await
 }
 
@@ -267,7 +269,9 @@ async fn after_401(
         seller_id,
         "amoCRM answered 401; re-reading the stored token pair"
     );
-    let row = refresh::seller_row(state, seller_id, TokenError::NotConnected).await?;
+    let row = state
+        .connection_of(seller_id, TokenError::NotConnected)
+        .await?;
     status_of(&row, how)?;
     if row.token_version != version {
         // A peer stored a newer pair while we were calling: use it.

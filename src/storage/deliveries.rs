@@ -15,6 +15,21 @@ use crate::domain::status::DeliveryState;
 
 diesel::alias!(d as earlier: EarlierDelivery);
 
+/// No earlier pending delivery (by event) of the same seller to the same subscription: the row is the head
+/// of its queue (see the module's note on order). A macro: the aliased subquery's type is too long to
+/// spell as a function's return type.
+macro_rules! queue_head {
+    () => {
+        not(exists(
+            earlier
+                .filter(earlier.field(d::subscription_id).eq(d::subscription_id))
+                .filter(earlier.field(d::seller_id).eq(d::seller_id))
+                .filter(earlier.field(d::state).eq(DeliveryState::Pending))
+                .filter(earlier.field(d::event_seq).lt(d::event_seq)),
+        ))
+    };
+}
+
 /// A claimed row with (event id, name, payload) and (url, sealed secret).
 type ClaimRow = (DeliveryRow, (String, String, String), (String, Vec<u8>));
 
@@ -77,13 +92,7 @@ pub fn claim_due(
         .filter(d::next_attempt_at.le(now))
         .filter(d::lease_until.is_null().or(d::lease_until.lt(now)))
         .filter(webhook_subscriptions::active.eq(true))
-        .filter(not(exists(
-            earlier
-                .filter(earlier.field(d::subscription_id).eq(d::subscription_id))
-                .filter(earlier.field(d::seller_id).eq(d::seller_id))
-                .filter(earlier.field(d::state).eq(DeliveryState::Pending))
-                .filter(earlier.field(d::event_seq).lt(d::event_seq)),
-        )))
+        .filter(queue_head!())
         .select(d::id)
         .order((d::next_attempt_at.asc(), d::id.asc()))
         .limit(limit)
@@ -435,13 +444,7 @@ pub fn count_by_state(conn: &mut AnyConnection, state: DeliveryState) -> Result<
 pub fn next_due(conn: &mut AnyConnection) -> Result<Option<NaiveDateTime>, StorageError> {
     Ok(d::table
         .filter(d::state.eq(DeliveryState::Pending))
-        .filter(not(exists(
-            earlier
-                .filter(earlier.field(d::subscription_id).eq(d::subscription_id))
-                .filter(earlier.field(d::seller_id).eq(d::seller_id))
-                .filter(earlier.field(d::state).eq(DeliveryState::Pending))
-                .filter(earlier.field(d::event_seq).lt(d::event_seq)),
-        )))
+        .filter(queue_head!())
         .select(diesel::dsl::min(d::next_attempt_at))
         .first(conn)?)
 }
