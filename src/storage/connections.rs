@@ -819,13 +819,7 @@ pub fn revoke_recorded(
     reason: &str,
     event: &super::events::NewEvent,
 ) -> Result<bool, StorageError> {
-    diesel::Connection::transaction(conn, |c| {
-        if !revoke(c, id, reason, super::now())? {
-            return Ok(false);
-        }
-        super::events::record(c, event)?;
-        Ok(true)
-    })
+    super::events::record_if(conn, event, |c| revoke(c, id, reason, super::now()))
 }
 
 /// Marks a connection `refresh_failed` and records `event` in one transaction, only while `owner` holds its
@@ -837,12 +831,8 @@ pub fn refresh_failed_recorded(
     error: &str,
     event: &super::events::NewEvent,
 ) -> Result<bool, StorageError> {
-    diesel::Connection::transaction(conn, |c| {
-        if !mark_refresh_failed(c, id, owner, error, super::now())? {
-            return Ok(false);
-        }
-        super::events::record(c, event)?;
-        Ok(true)
+    super::events::record_if(conn, event, |c| {
+        mark_refresh_failed(c, id, owner, error, super::now())
     })
 }
 
@@ -1127,7 +1117,7 @@ pub fn store_moved(
     moved: &MovedAccount,
     event: &super::events::NewEvent,
 ) -> Result<bool, StorageError> {
-    diesel::Connection::transaction(conn, |cn| {
+    super::events::record_if(conn, event, |cn| {
         let now = super::now();
         if !store_refreshed(cn, id, owner, pair, now)? {
             return Ok(false);
@@ -1139,7 +1129,6 @@ pub fn store_moved(
                 c::updated_at.eq(now),
             ))
             .execute(cn)?;
-        super::events::record(cn, event)?;
         Ok(true)
     })
 }
@@ -1154,9 +1143,9 @@ pub fn suspend_recorded(
     next_probe_at: NaiveDateTime,
     event: &super::events::NewEvent,
 ) -> Result<bool, StorageError> {
-    diesel::Connection::transaction(conn, |cn| {
+    super::events::record_if(conn, event, |cn| {
         let now = super::now();
-        if !diesel::update(
+        diesel::update(
             c::table
                 .filter(c::id.eq(id))
                 .filter(c::status.eq(ConnectionStatus::Active)),
@@ -1169,12 +1158,7 @@ pub fn suspend_recorded(
             c::last_error.eq(Some(format!("amoCRM refuses the account: {reason}"))),
             c::updated_at.eq(now),
         ))
-        .execute_one(cn)?
-        {
-            return Ok(false);
-        }
-        super::events::record(cn, event)?;
-        Ok(true)
+        .execute_one(cn)
     })
 }
 
@@ -1220,9 +1204,9 @@ pub fn recover_recorded(
     id: i64,
     event: &super::events::NewEvent,
 ) -> Result<bool, StorageError> {
-    diesel::Connection::transaction(conn, |cn| {
+    super::events::record_if(conn, event, |cn| {
         let now = super::now();
-        if !diesel::update(
+        diesel::update(
             c::table
                 .filter(c::id.eq(id))
                 .filter(c::status.eq(ConnectionStatus::Suspended)),
@@ -1235,12 +1219,7 @@ pub fn recover_recorded(
             c::last_error.eq(None::<String>),
             c::updated_at.eq(now),
         ))
-        .execute_one(cn)?
-        {
-            return Ok(false);
-        }
-        super::events::record(cn, event)?;
-        Ok(true)
+        .execute_one(cn)
     })
 }
 

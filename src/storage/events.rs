@@ -92,6 +92,22 @@ pub fn record(conn: &mut AnyConnection, ev: &NewEvent) -> Result<Option<i64>, St
     insert_one(conn, ev, &subs)
 }
 
+/// Makes a conditional change and records `event` with it, in one transaction: the event is written when
+/// `change` answers that it changed something, and not at all otherwise. Returns that answer.
+pub fn record_if(
+    conn: &mut AnyConnection,
+    event: &NewEvent,
+    change: impl FnOnce(&mut AnyConnection) -> Result<bool, StorageError>,
+) -> Result<bool, StorageError> {
+    diesel::Connection::transaction(conn, |c| {
+        if !change(c)? {
+            return Ok(false);
+        }
+        record(c, event)?;
+        Ok(true)
+    })
+}
+
 /// [`record`] for several events of one transaction (the push records an `order.synced` per lead, up to
 /// 50 at once): the subscriptions are read and the writers' lock taken once. Returns how many were new.
 pub fn record_many(conn: &mut AnyConnection, evs: &[NewEvent]) -> Result<usize, StorageError> {
