@@ -217,7 +217,7 @@ pub fn reset_seller(conn: &mut AnyConnection, seller_id: &str) -> Result<(), Sto
 }
 
 pub fn scan_of(conn: &mut AnyConnection, seller_id: &str) -> Result<Option<Scan>, StorageError> {
-    find_by!(conn, sc::seller_id == seller_id => Scan)
+    find_by!(conn, sc::seller_id.eq(seller_id) => Scan)
 }
 
 /// Where the page-through of one account's contacts stands.

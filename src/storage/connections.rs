@@ -127,18 +127,18 @@ pub fn find_by_seller(
     conn: &mut AnyConnection,
     seller_id: &str,
 ) -> Result<Option<Connection>, StorageError> {
-    find_by!(conn, c::seller_id == seller_id => Connection)
+    find_by!(conn, c::seller_id.eq(seller_id) => Connection)
 }
 
 pub fn find_by_id(conn: &mut AnyConnection, id: i64) -> Result<Option<Connection>, StorageError> {
-    find_by!(conn, c::id == id => Connection)
+    find_by!(conn, c::id.eq(id) => Connection)
 }
 
 pub fn find_by_webhook_token(
     conn: &mut AnyConnection,
     token: &str,
 ) -> Result<Option<Connection>, StorageError> {
-    find_by!(conn, c::webhook_token == token => Connection)
+    find_by!(conn, c::webhook_token.eq(token) => Connection)
 }
 
 /// Connections of one amoCRM account (normally one seller; several only when sharing is allowed).

@@ -193,7 +193,7 @@ pub fn subscription_wants(events_json: &str, event: &str) -> bool {
 }
 
 pub fn find_by_id(conn: &mut AnyConnection, id: &str) -> Result<Option<EventRow>, StorageError> {
-    find_by!(conn, events::id == id => EventRow)
+    find_by!(conn, events::id.eq(id) => EventRow)
 }
 
 /// Events after a cursor, in log order, optionally of one seller and one event name.

@@ -244,7 +244,7 @@ pub fn requeue(
 }
 
 pub fn find(conn: &mut AnyConnection, id: i64) -> Result<Option<InboxRow>, StorageError> {
-    find_by!(conn, i::id == id => InboxRow)
+    find_by!(conn, i::id.eq(id) => InboxRow)
 }
 
 /// Rows of one seller, oldest first (tests and the dashboard).

@@ -86,7 +86,7 @@ pub fn release(
 }
 
 pub fn get(conn: &mut AnyConnection, name: &str) -> Result<Option<JobLease>, StorageError> {
-    find_by!(conn, job_leases::name == name => JobLease)
+    find_by!(conn, job_leases::name.eq(name) => JobLease)
 }
 
 /// The `LIKE` pattern matching owners `{instance_id}:…` (the per-call owners of refresh, sweep and

@@ -23,7 +23,7 @@ macro_rules! aggregate_handle {
 /// The row whose `table::column` equals `value`, if any: the lookup by a unique column that most tables
 /// have. A macro because diesel's filter and select types make the generic function's bounds unreadable.
 macro_rules! find_by {
-    ($conn:expr, $table:ident :: $column:ident == $value:expr => $row:ty) => {
+    ($conn:expr, $table:ident :: $column:ident.eq($value:expr) => $row:ty) => {
         Ok($table::table
             .filter($table::$column.eq($value))
             .select(<$row>::as_select())

@@ -216,7 +216,7 @@ pub fn find_by_email(
     conn: &mut AnyConnection,
     email: &str,
 ) -> Result<Option<OperatorRow>, StorageError> {
-    find_by!(conn, operators::email == email => OperatorRow)
+    find_by!(conn, operators::email.eq(email) => OperatorRow)
 }
 
 pub fn find(conn: &mut AnyConnection, id: i64) -> Result<Option<OperatorRow>, StorageError> {

@@ -428,7 +428,7 @@ pub fn insert(conn: &mut AnyConnection, new: &NewOrder) -> Result<OrderRow, Stor
 }
 
 pub fn find(conn: &mut AnyConnection, id: &str) -> Result<Option<OrderRow>, StorageError> {
-    find_by!(conn, o::id == id => OrderRow)
+    find_by!(conn, o::id.eq(id) => OrderRow)
 }
 
 pub fn find_by_number(

@@ -82,14 +82,14 @@ pub fn find_session_by_hash(
     conn: &mut AnyConnection,
     token_hash: &str,
 ) -> Result<Option<ConnectSession>, StorageError> {
-    find_by!(conn, cs::token_hash == token_hash => ConnectSession)
+    find_by!(conn, cs::token_hash.eq(token_hash) => ConnectSession)
 }
 
 pub fn find_session(
     conn: &mut AnyConnection,
     id: i64,
 ) -> Result<Option<ConnectSession>, StorageError> {
-    find_by!(conn, cs::id == id => ConnectSession)
+    find_by!(conn, cs::id.eq(id) => ConnectSession)
 }
 
 /// Marks a session used if it is still unused; false when another callback got there first.
@@ -116,7 +116,7 @@ pub fn find_state_by_hash(
     conn: &mut AnyConnection,
     state_hash: &str,
 ) -> Result<Option<OAuthState>, StorageError> {
-    find_by!(conn, os::state_hash == state_hash => OAuthState)
+    find_by!(conn, os::state_hash.eq(state_hash) => OAuthState)
 }
 
 /// Consumes a state: one conditional UPDATE, so two callbacks racing with the same state cannot both win.
@@ -138,7 +138,7 @@ pub fn find_state_by_result_hash(
     conn: &mut AnyConnection,
     result_hash: &str,
 ) -> Result<Option<OAuthState>, StorageError> {
-    find_by!(conn, os::result_hash == result_hash => OAuthState)
+    find_by!(conn, os::result_hash.eq(result_hash) => OAuthState)
 }
 
 /// Records how a consumed state's callback ended, for its result page.

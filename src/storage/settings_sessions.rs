@@ -46,7 +46,7 @@ pub fn find_by_hash(
     conn: &mut AnyConnection,
     token_hash: &str,
 ) -> Result<Option<SettingsSession>, StorageError> {
-    find_by!(conn, ss::token_hash == token_hash => SettingsSession)
+    find_by!(conn, ss::token_hash.eq(token_hash) => SettingsSession)
 }
 
 /// Binds an unopened session to a browser: one conditional UPDATE, so of two browsers opening the link at

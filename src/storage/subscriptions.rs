@@ -81,7 +81,7 @@ pub fn insert(conn: &mut AnyConnection, row: &Subscription) -> Result<Subscripti
 }
 
 pub fn find(conn: &mut AnyConnection, id: &str) -> Result<Option<Subscription>, StorageError> {
-    find_by!(conn, s::id == id => Subscription)
+    find_by!(conn, s::id.eq(id) => Subscription)
 }
 
 /// A page of subscriptions, oldest first, with the total count.
