@@ -75,6 +75,30 @@ pub struct ClaimedDelivery {
     pub secret_enc: Vec<u8>,
 }
 
+/// Queues the delivery of event `event_seq` (of `seller_id`) to one subscription, due at `now`: when the
+/// event is recorded, and when a redelivery reaches a subscription that never had it.
+pub(super) fn queue(
+    conn: &mut AnyConnection,
+    event_seq: i64,
+    subscription_id: &str,
+    seller_id: &str,
+    now: NaiveDateTime,
+) -> Result<(), StorageError> {
+    diesel::insert_into(d::table)
+        .values((
+            d::event_seq.eq(event_seq),
+            d::subscription_id.eq(subscription_id),
+            d::seller_id.eq(seller_id),
+            d::state.eq(DeliveryState::Pending),
+            d::attempts.eq(0),
+            d::next_attempt_at.eq(now),
+            d::created_at.eq(now),
+            d::updated_at.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
 /// Claims up to `limit` due deliveries for `owner` until `lease_until`. Subscriptions in `skip` (already at
 /// this process's per-subscription concurrency) are left alone. Each claim is one conditional UPDATE, so two
 /// instances never claim the same row.
@@ -407,18 +431,7 @@ pub fn redeliver(
             if have.contains(&sub_id) || !super::events::subscription_wants(&wanted, event_name) {
                 continue;
             }
-            diesel::insert_into(d::table)
-                .values((
-                    d::event_seq.eq(event_seq),
-                    d::subscription_id.eq(&sub_id),
-                    d::seller_id.eq(seller_id),
-                    d::state.eq(DeliveryState::Pending),
-                    d::attempts.eq(0),
-                    d::next_attempt_at.eq(now),
-                    d::created_at.eq(now),
-                    d::updated_at.eq(now),
-                ))
-                .execute(c)?;
+            queue(c, event_seq, &sub_id, seller_id, now)?;
             added = true;
         }
         if let Redrive::To(sub) = which

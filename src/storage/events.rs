@@ -12,7 +12,6 @@ use super::schema::{event_deliveries, events, webhook_subscriptions};
 use super::{AnyConnection, StorageError};
 use crate::domain::events::EventPayload;
 use crate::domain::ids::prefixed_id;
-use crate::domain::status::DeliveryState;
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = events)]
@@ -169,18 +168,7 @@ fn insert_one(
         if !subscription_wants(wanted, &ev.event) {
             continue;
         }
-        diesel::insert_into(event_deliveries::table)
-            .values((
-                event_deliveries::event_seq.eq(seq),
-                event_deliveries::subscription_id.eq(sub_id),
-                event_deliveries::seller_id.eq(&ev.seller_id),
-                event_deliveries::state.eq(DeliveryState::Pending),
-                event_deliveries::attempts.eq(0),
-                event_deliveries::next_attempt_at.eq(now),
-                event_deliveries::created_at.eq(now),
-                event_deliveries::updated_at.eq(now),
-            ))
-            .execute(conn)?;
+        super::deliveries::queue(conn, seq, sub_id, &ev.seller_id, now)?;
     }
     Ok(Some(seq))
 }
