@@ -386,9 +386,9 @@ pub fn release_refresh_lease(
             .filter(c::id.eq(id))
             .filter(c::refresh_lease_owner.eq(owner)),
     )
-    .set((
-        c::refresh_lease_owner.eq(None::<String>),
-        c::refresh_lease_until.eq(None::<NaiveDateTime>),
+    .set(lease_released!(
+        c::refresh_lease_owner,
+        c::refresh_lease_until
     ))
     .execute(conn)?;
     Ok(())
@@ -429,8 +429,7 @@ pub fn store_refreshed(
         c::refresh_failures.eq(0),
         c::last_error.eq(None::<String>),
         c::next_refresh_at.eq(None::<NaiveDateTime>),
-        c::refresh_lease_owner.eq(None::<String>),
-        c::refresh_lease_until.eq(None::<NaiveDateTime>),
+        lease_released!(c::refresh_lease_owner, c::refresh_lease_until),
         c::updated_at.eq(now),
     ))
     .execute_one(conn)
@@ -454,8 +453,7 @@ pub fn record_refresh_failure(
         c::refresh_failures.eq(c::refresh_failures + 1),
         c::last_error.eq(Some(error)),
         c::next_refresh_at.eq(Some(next_at)),
-        c::refresh_lease_owner.eq(None::<String>),
-        c::refresh_lease_until.eq(None::<NaiveDateTime>),
+        lease_released!(c::refresh_lease_owner, c::refresh_lease_until),
         c::updated_at.eq(now),
     ))
     .execute(conn)?;
@@ -484,8 +482,7 @@ pub fn mark_refresh_failed(
         c::refresh_failures.eq(c::refresh_failures + 1),
         c::last_error.eq(Some(error)),
         c::next_refresh_at.eq(None::<NaiveDateTime>),
-        c::refresh_lease_owner.eq(None::<String>),
-        c::refresh_lease_until.eq(None::<NaiveDateTime>),
+        lease_released!(c::refresh_lease_owner, c::refresh_lease_until),
         c::updated_at.eq(now),
     ))
     .execute_one(conn)
@@ -538,8 +535,7 @@ pub fn revoke(
         c::refresh_token_enc.eq(None::<Vec<u8>>),
         c::token_expires_at.eq(None::<NaiveDateTime>),
         c::token_version.eq(c::token_version + 1),
-        c::refresh_lease_owner.eq(None::<String>),
-        c::refresh_lease_until.eq(None::<NaiveDateTime>),
+        lease_released!(c::refresh_lease_owner, c::refresh_lease_until),
         c::next_refresh_at.eq(None::<NaiveDateTime>),
         c::next_provision_at.eq(None::<NaiveDateTime>),
         c::revoked_at.eq(Some(now)),

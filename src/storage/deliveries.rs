@@ -244,8 +244,7 @@ pub fn record_attempts(
                 d::last_status.eq(attempt.status_code),
                 d::last_error.eq(attempt.error.as_deref()),
                 d::delivered_at.eq(delivered_at),
-                d::lease_owner.eq(None::<String>),
-                d::lease_until.eq(None::<NaiveDateTime>),
+                lease_released!(d),
                 d::updated_at.eq(super::now()),
             ))
             .execute(c)?;
@@ -287,8 +286,7 @@ pub fn release(
             .filter(d::lease_owner.eq(owner)),
     )
     .set((
-        d::lease_owner.eq(None::<String>),
-        d::lease_until.eq(None::<NaiveDateTime>),
+        lease_released!(d),
         d::next_attempt_at.eq(retry_at),
         d::last_error.eq(error),
         d::updated_at.eq(super::now()),
@@ -409,8 +407,7 @@ pub fn redeliver(
                 d::next_attempt_at.eq(now),
                 d::last_status.eq(None::<i32>),
                 d::last_error.eq(None::<String>),
-                d::lease_owner.eq(None::<String>),
-                d::lease_until.eq(None::<NaiveDateTime>),
+                lease_released!(d),
                 d::updated_at.eq(now),
             ))
             .execute(c)?;

@@ -188,8 +188,7 @@ pub fn mark_processed(
         i::attempts.eq(i::attempts + 1),
         i::last_error.eq(note),
         i::processed_at.eq(Some(now)),
-        i::lease_owner.eq(None::<String>),
-        i::lease_until.eq(None::<NaiveDateTime>),
+        lease_released!(i),
     ))
     .execute_one(conn)
 }
@@ -217,8 +216,7 @@ pub fn mark_failed_attempt(
         i::attempts.eq(i::attempts + 1),
         i::last_error.eq(Some(error)),
         i::next_attempt_at.eq(next),
-        i::lease_owner.eq(None::<String>),
-        i::lease_until.eq(None::<NaiveDateTime>),
+        lease_released!(i),
     ))
     .execute_one(conn)
 }
@@ -237,8 +235,7 @@ pub fn requeue(
     .set((
         i::state.eq(InboxState::Pending),
         i::next_attempt_at.eq(now),
-        i::lease_owner.eq(None::<String>),
-        i::lease_until.eq(None::<NaiveDateTime>),
+        lease_released!(i),
     ))
     .execute_one(conn)
 }

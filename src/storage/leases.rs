@@ -76,8 +76,7 @@ pub fn release(
             .filter(job_leases::owner.eq(owner)),
     )
     .set((
-        job_leases::owner.eq(None::<String>),
-        job_leases::lease_until.eq(None::<NaiveDateTime>),
+        lease_released!(job_leases::owner, job_leases::lease_until),
         job_leases::last_finished_at.eq(Some(super::now())),
         job_leases::last_result.eq(result),
     ))

@@ -45,6 +45,20 @@ macro_rules! insert_returning {
     };
 }
 
+/// The changes that give a row's lease back: no owner, no expiry. `lease_released!(t)` for a table's
+/// `lease_owner` and `lease_until`, or name the two columns.
+macro_rules! lease_released {
+    ($table:ident) => {
+        lease_released!($table::lease_owner, $table::lease_until)
+    };
+    ($owner:path, $until:path) => {
+        (
+            $owner.eq(None::<String>),
+            $until.eq(None::<chrono::NaiveDateTime>),
+        )
+    };
+}
+
 pub mod api_keys;
 pub mod buyers;
 pub mod catalog;

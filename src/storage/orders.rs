@@ -16,8 +16,8 @@ use super::schema::{
 use super::{AnyConnection, ExecuteOne, StorageError};
 use crate::domain::buyer::ContactMatch;
 use crate::domain::events::{OrderSyncFailed, OrderSynced};
-use crate::domain::order::{MoveState, SyncState};
 use crate::domain::order::StepKind;
+use crate::domain::order::{MoveState, SyncState};
 use crate::domain::status::{ConnectionStatus, OrderStatus};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -543,8 +543,7 @@ pub fn requeue(
         .set((
             o::sync_state.eq(target),
             o::next_attempt_at.eq(now),
-            o::lease_owner.eq(None::<String>),
-            o::lease_until.eq(None::<NaiveDateTime>),
+            lease_released!(o),
             o::updated_at.eq(now),
         ))
         .execute(conn)?;
@@ -647,8 +646,7 @@ pub fn hold_seller(
     .set((
         o::sync_state.eq(SyncState::Held),
         o::last_error.eq(reason),
-        o::lease_owner.eq(None::<String>),
-        o::lease_until.eq(None::<NaiveDateTime>),
+        lease_released!(o),
         o::updated_at.eq(now),
     ))
     .execute(conn)?)
@@ -1151,8 +1149,7 @@ pub fn mark_synced(
                 o::synced_at.eq(Some(now)),
                 o::needs_lookup.eq(false),
                 o::last_error.eq(None::<String>),
-                o::lease_owner.eq(None::<String>),
-                o::lease_until.eq(None::<NaiveDateTime>),
+                lease_released!(o),
                 o::updated_at.eq(now),
             ))
             .execute(conn)?;
@@ -1216,8 +1213,7 @@ pub fn mark_failed(
             o::sync_state.eq(SyncState::Failed),
             o::needs_lookup.eq(false),
             o::last_error.eq(Some(reason)),
-            o::lease_owner.eq(None::<String>),
-            o::lease_until.eq(None::<NaiveDateTime>),
+            lease_released!(o),
             o::updated_at.eq(now),
         ))
         .execute(conn)?;
@@ -1305,8 +1301,7 @@ fn reschedule_rows(
                 o::next_attempt_at.eq(next_at),
                 o::last_error.eq(error),
                 o::needs_lookup.eq(flag),
-                o::lease_owner.eq(None::<String>),
-                o::lease_until.eq(None::<NaiveDateTime>),
+                lease_released!(o),
                 o::updated_at.eq(now),
             ))
             .execute(conn)?,
@@ -1314,8 +1309,7 @@ fn reschedule_rows(
             .set((
                 o::next_attempt_at.eq(next_at),
                 o::last_error.eq(error),
-                o::lease_owner.eq(None::<String>),
-                o::lease_until.eq(None::<NaiveDateTime>),
+                lease_released!(o),
                 o::updated_at.eq(now),
             ))
             .execute(conn)?,
@@ -1477,8 +1471,7 @@ pub fn finish_moves(
     .set((
         m::state.eq(state),
         m::last_error.eq(error),
-        m::lease_owner.eq(None::<String>),
-        m::lease_until.eq(None::<NaiveDateTime>),
+        lease_released!(m),
         m::updated_at.eq(now),
     ))
     .execute(conn)?)
@@ -1504,8 +1497,7 @@ pub fn reschedule_moves(
     .set((
         m::next_attempt_at.eq(next_at),
         m::last_error.eq(error),
-        m::lease_owner.eq(None::<String>),
-        m::lease_until.eq(None::<NaiveDateTime>),
+        lease_released!(m),
         m::updated_at.eq(now),
     ))
     .execute(conn)?)

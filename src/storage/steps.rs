@@ -156,8 +156,7 @@ pub fn finish(
                 st::result_id.eq(f.result_id),
                 st::result_count.eq(f.result_count),
                 st::last_error.eq(f.error.as_deref()),
-                st::lease_owner.eq(None::<String>),
-                st::lease_until.eq(None::<NaiveDateTime>),
+                lease_released!(st),
                 st::updated_at.eq(now),
             ))
             .execute(c)?;
@@ -184,8 +183,7 @@ pub fn reschedule(
     let release = (
         st::next_attempt_at.eq(next_at),
         st::last_error.eq(error),
-        st::lease_owner.eq(None::<String>),
-        st::lease_until.eq(None::<NaiveDateTime>),
+        lease_released!(st),
         st::updated_at.eq(super::now()),
     );
     match state {
