@@ -11,8 +11,9 @@ use crate::config::Settings;
 use crate::domain::platform::Platform;
 use crate::services::health::HealthBook;
 use crate::services::platforms::Platforms;
-use crate::storage::Db;
 use crate::storage::cipher::Keyring;
+use crate::storage::connections::Connection;
+use crate::storage::{Db, StorageError};
 
 /// Shared by every handler and worker.
 pub struct Context {
@@ -65,5 +66,18 @@ impl Context {
     /// The client of platform `p`, if it is configured.
     pub fn client(&self, p: Platform) -> Option<&amocrm_client::AmoClient> {
         self.platforms.client(p)
+    }
+
+    /// The seller's connection row, or the caller's `missing` error when the seller has none.
+    pub async fn connection_of<E: From<StorageError>>(
+        &self,
+        seller_id: &str,
+        missing: E,
+    ) -> Result<Connection, E> {
+        self.db
+            .connections()
+            .by_seller(seller_id)
+            .await?
+            .ok_or(missing)
     }
 }

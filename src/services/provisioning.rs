@@ -180,11 +180,8 @@ async fn finish(
 
 async fn load(state: &Context, seller_id: &str) -> Result<Connection, ProvisionError> {
     state
-        .db
-        .connections()
-        .by_seller(seller_id)
-        .await?
-        .ok_or(ProvisionError::Token(TokenError::NotConnected))
+        .connection_of(seller_id, ProvisionError::Token(TokenError::NotConnected))
+        .await
 }
 
 fn to_i64(id: u64) -> i64 {
@@ -316,22 +313,18 @@ async fn ensure_fields(state: &Context, row: &Connection) -> Result<(i64, i64), 
         };
         let number = find(stored.0, ORDER_NUMBER_CODE, ORDER_NUMBER_NAME);
         let link = find(stored.1, ORDER_LINK_CODE, ORDER_LINK_NAME);
+        let field = |name: &str, type_: &str, code: &str| NewCustomField {
+            name: name.to_owned(),
+            type_: type_.to_owned(),
+            code: Some(code.to_owned()),
+            is_api_only: false,
+        };
         let mut wanted = Vec::new();
         if number.is_none() {
-            wanted.push(NewCustomField {
-                name: ORDER_NUMBER_NAME.to_owned(),
-                type_: "text".to_owned(),
-                code: Some(ORDER_NUMBER_CODE.to_owned()),
-                is_api_only: false,
-            });
+            wanted.push(field(ORDER_NUMBER_NAME, "text", ORDER_NUMBER_CODE));
         }
         if link.is_none() {
-            wanted.push(NewCustomField {
-                name: ORDER_LINK_NAME.to_owned(),
-                type_: "url".to_owned(),
-                code: Some(ORDER_LINK_CODE.to_owned()),
-                is_api_only: false,
-            });
+            wanted.push(field(ORDER_LINK_NAME, "url", ORDER_LINK_CODE));
         }
         let created = api.create_lead_custom_fields(&wanted).await?;
         let made = |code: &str, name: &str| {

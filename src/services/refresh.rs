@@ -99,6 +99,13 @@ impl RefreshOutcome {
             Self::Refreshed(c) | Self::Fresh(c) => c,
         }
     }
+
+    /// The row as it is now, whoever refreshed it.
+    pub fn into_connection(self) -> Connection {
+        match self {
+            Self::Refreshed(c) | Self::Fresh(c) => c,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,11 +187,8 @@ pub async fn refresh_as(
         // No row, or a peer holds the lease: wait (reading only) until the lease is free or the need is met.
         loop {
             let row = state
-                .db
-                .connections()
-                .by_seller(seller_id)
-                .await?
-                .ok_or(RefreshError::NotConnected)?;
+                .connection_of(seller_id, RefreshError::NotConnected)
+                .await?;
             check_usable(&row, suspended_too)?;
             if !need.needed(&row) {
                 return Ok(RefreshOutcome::Fresh(row));
@@ -353,11 +357,8 @@ async fn store_new_pair(
         match stored {
             Ok(true) => {
                 let fresh = state
-                    .db
-                    .connections()
-                    .by_seller(&row.seller_id)
-                    .await?
-                    .ok_or(RefreshError::NotConnected)?;
+                    .connection_of(&row.seller_id, RefreshError::NotConnected)
+                    .await?;
                 tracing::info!(
                     seller_id = %row.seller_id,
                     ms = started.elapsed().as_millis() as u64,
@@ -457,11 +458,8 @@ async fn after_lost_lease(
     reason: &str,
 ) -> Result<RefreshOutcome, RefreshError> {
     let now_row = state
-        .db
-        .connections()
-        .by_seller(&row.seller_id)
-        .await?
-        .ok_or(RefreshError::NotConnected)?;
+        .connection_of(&row.seller_id, RefreshError::NotConnected)
+        .await?;
     check_usable(&now_row, true)?;
     if now_row.token_version != row.token_version {
         return Ok(RefreshOutcome::Fresh(now_row));

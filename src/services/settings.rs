@@ -81,11 +81,8 @@ pub fn pipeline_json(conn: &Connection) -> Value {
 
 async fn connection(state: &Context, seller_id: &str) -> Result<Connection, SettingsError> {
     state
-        .db
-        .connections()
-        .by_seller(seller_id)
-        .await?
-        .ok_or(SettingsError::NotFound)
+        .connection_of(seller_id, SettingsError::NotFound)
+        .await
 }
 
 /// `GET …/settings`.

@@ -148,6 +148,32 @@ fn check_secret(raw: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// One field of a subscription input: its value checked when present, "is required" when absent but
+/// `required`; each problem is recorded under `field`.
+fn check_field<T: ?Sized, U>(
+    errors: &mut FieldErrors,
+    field: &str,
+    value: Option<&T>,
+    required: bool,
+    check: impl FnOnce(&T) -> Result<U, Vec<String>>,
+) -> Option<U> {
+    match value.map(check) {
+        Some(Ok(v)) => Some(v),
+        Some(Err(problems)) => {
+            for m in problems {
+                push(errors, field, m);
+            }
+            None
+        }
+        None => {
+            if required {
+                push(errors, field, "is required");
+            }
+            None
+        }
+    }
+}
+
 /// Checks what is present; `require_all` for create (url, events and secret are required).
 fn validate(
     input: &SubscriptionInput,
@@ -155,45 +181,23 @@ fn validate(
     policy: &TargetPolicy,
 ) -> Result<(Option<String>, Option<Vec<String>>), FieldErrors> {
     let mut errors = FieldErrors::new();
-    let url = match &input.url {
-        Some(u) => match check_url(u, policy) {
-            Ok(u) => Some(u),
-            Err(m) => {
-                push(&mut errors, "url", m);
-                None
-            }
-        },
-        None if require_all => {
-            push(&mut errors, "url", "is required");
-            None
-        }
-        None => None,
-    };
-    let events = match &input.events {
-        Some(list) => match check_events(list) {
-            Ok(v) => Some(v),
-            Err(ms) => {
-                for m in ms {
-                    push(&mut errors, "events", m);
-                }
-                None
-            }
-        },
-        None if require_all => {
-            push(&mut errors, "events", "is required");
-            None
-        }
-        None => None,
-    };
-    match &input.secret {
-        Some(s) => {
-            if let Err(m) = check_secret(s) {
-                push(&mut errors, "secret", m);
-            }
-        }
-        None if require_all => push(&mut errors, "secret", "is required"),
-        None => {}
-    }
+    let url = check_field(&mut errors, "url", input.url.as_deref(), require_all, |u| {
+        check_url(u, policy).map_err(|m| vec![m])
+    });
+    let events = check_field(
+        &mut errors,
+        "events",
+        input.events.as_deref(),
+        require_all,
+        check_events,
+    );
+    check_field(
+        &mut errors,
+        "secret",
+        input.secret.as_deref(),
+        require_all,
+        |s| check_secret(s).map_err(|m| vec![m]),
+    );
     if errors.is_empty() {
         Ok((url, events))
     } else {

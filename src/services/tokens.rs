@@ -18,7 +18,7 @@ use amocrm_client::{AccountApi, AccountHost, AmoClient, ApiError};
 use secrecy::SecretString;
 
 use super::health::{self, Outcome};
-use super::refresh::{self, Need, RefreshError, RefreshOutcome};
+use super::refresh::{self, Need, RefreshError};
 use crate::domain::platform::Platform;
 use crate::domain::status::{ConnectionStatus, SuspendReason};
 use crate::services::Context;
@@ -151,11 +151,8 @@ pub async fn access(state: &Context, seller_id: &str) -> Result<Grant, TokenErro
 
 async fn access_as(state: &Context, seller_id: &str, how: Calling) -> Result<Grant, TokenError> {
     let row = state
-        .db
-        .connections()
-        .by_seller(seller_id)
-        .await?
-        .ok_or(TokenError::NotConnected)?;
+        .connection_of(seller_id, TokenError::NotConnected)
+        .await?;
     access_row(state, row, how).await
 }
 
@@ -174,9 +171,9 @@ async fn access_row(state: &Context, row: Connection, how: Calling) -> Result<Gr
     let need = Need::Expiring {
         before: crate::storage::now() + margin,
     };
-    let row = match refresh::refresh_as(state, seller_id, need, how.probe).await? {
-        RefreshOutcome::Refreshed(row) | RefreshOutcome::Fresh(row) => row,
-    };
+    let row = refresh::refresh_as(state, seller_id, need, how.probe)
+        .await?
+        .into_connection();
     grant_as(state, row, how)
 }
 
@@ -241,26 +238,31 @@ where
     Fut: Future<Output = Result<T, ApiError>>,
 {
     let conn = grant.connection.clone();
-    let result = match call(amo(state, grant)?).await {
-        Err(ApiError::Unauthorized) => after_401(state, &conn, how, &call).await,
-        Err(ApiError::NotFound) if !how.probe => after_404(state, &conn, how, &call).await,
-        other => other.map_err(TokenError::Api),
+    let first = call(amo(state, grant)?).await;
+    // The row to call once more with, when the answer says the grant or the host went stale.
+    let again = match &first {
+        Err(ApiError::Unauthorized) => Some(after_401(state, &conn, how).await),
+        Err(ApiError::NotFound) if !how.probe => Some(after_404(state, &conn, how).await),
+        _ => None,
+    };
+    let result = match again {
+        None => first.map_err(TokenError::Api),
+        Some(Err(e)) => Err(e),
+        Some(Ok(row)) => match grant_as(state, row, how).and_then(|grant| amo(state, grant)) {
+            Ok(api) => call(api).await.map_err(TokenError::Api),
+            Err(e) => Err(e),
+        },
     };
     settle(state, &conn, how, result).await
 }
 
-/// A 401: re-reads the stored pair once (a peer may have stored a newer one), else refreshes, and calls
-/// again.
-async fn after_401<T, F, Fut>(
+/// A 401: re-reads the stored pair once (a peer may have stored a newer one), else refreshes; the row to
+/// call again with.
+async fn after_401(
     state: &Context,
     conn: &Connection,
     how: Calling,
-    call: &F,
-) -> Result<T, TokenError>
-where
-    F: Fn(Amo) -> Fut,
-    Fut: Future<Output = Result<T, ApiError>>,
-{
+) -> Result<Connection, TokenError> {
     let seller_id = conn.seller_id.as_str();
     let version = conn.token_version;
     tracing::info!(
@@ -268,47 +270,36 @@ where
         "amoCRM answered 401; re-reading the stored token pair"
     );
     let row = state
-        .db
-        .connections()
-        .by_seller(seller_id)
-        .await?
-        .ok_or(TokenError::NotConnected)?;
+        .connection_of(seller_id, TokenError::NotConnected)
+        .await?;
     status_of(&row, how)?;
-    let row = if row.token_version != version {
+    if row.token_version != version {
         // A peer stored a newer pair while we were calling: use it.
-        row
-    } else {
-        match refresh::refresh_as(state, seller_id, Need::Stale { version }, how.probe).await? {
-            RefreshOutcome::Refreshed(row) | RefreshOutcome::Fresh(row) => row,
-        }
-    };
-    let grant = grant_as(state, row, how)?;
-    call(amo(state, grant)?).await.map_err(TokenError::Api)
+        return Ok(row);
+    }
+    let need = Need::Stale { version };
+    Ok(refresh::refresh_as(state, seller_id, need, how.probe)
+        .await?
+        .into_connection())
 }
 
 /// A 404 where the account itself may be gone: if amoCRM says it lives at another host now, the refresh
-/// follows it there and the call is made again; otherwise the 404 is the answer.
-async fn after_404<T, F, Fut>(
+/// follows it there and the row to call again with is the one refreshed there; otherwise the 404 is the
+/// answer.
+async fn after_404(
     state: &Context,
     conn: &Connection,
     how: Calling,
-    call: &F,
-) -> Result<T, TokenError>
-where
-    F: Fn(Amo) -> Fut,
-    Fut: Future<Output = Result<T, ApiError>>,
-{
+) -> Result<Connection, TokenError> {
     if !super::rename::host_moved(state, conn).await {
         return Err(TokenError::Api(ApiError::NotFound));
     }
     let need = Need::Stale {
         version: conn.token_version,
     };
-    let row = match refresh::refresh_as(state, &conn.seller_id, need, how.probe).await? {
-        RefreshOutcome::Refreshed(row) | RefreshOutcome::Fresh(row) => row,
-    };
-    let grant = grant_as(state, row, how)?;
-    call(amo(state, grant)?).await.map_err(TokenError::Api)
+    Ok(refresh::refresh_as(state, &conn.seller_id, need, how.probe)
+        .await?
+        .into_connection())
 }
 
 /// Records the call's outcome in the connection's health and suspends the connection on a 402 or 403

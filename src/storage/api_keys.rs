@@ -4,7 +4,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::schema::{api_key_usage, api_keys};
-use super::{AnyConnection, StorageError};
+use super::{AnyConnection, ExecuteOne, StorageError};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = api_keys)]
@@ -74,14 +74,13 @@ pub fn list(conn: &mut AnyConnection) -> Result<Vec<ApiKeyRow>, StorageError> {
 
 /// Marks a key revoked; false when there is no such active key.
 pub fn revoke(conn: &mut AnyConnection, id: i64) -> Result<bool, StorageError> {
-    let n = diesel::update(
+    diesel::update(
         api_keys::table
             .filter(api_keys::id.eq(id))
             .filter(api_keys::revoked_at.is_null()),
     )
     .set(api_keys::revoked_at.eq(Some(super::now())))
-    .execute(conn)?;
-    Ok(n == 1)
+    .execute_one(conn)
 }
 
 pub fn find_active_by_hash(
@@ -144,15 +143,9 @@ pub fn prune_usage(conn: &mut AnyConnection, before: NaiveDateTime) -> Result<us
     )
 }
 
-/// API keys, as the use cases see them: each call is one trip to the blocking pool.
-pub struct ApiKeys<'a> {
-    db: &'a super::Db,
-}
-
-impl super::Db {
-    pub fn api_keys(&self) -> ApiKeys<'_> {
-        ApiKeys { db: self }
-    }
+aggregate_handle! {
+    /// API keys, as the use cases see them: each call is one trip to the blocking pool.
+    ApiKeys => api_keys
 }
 
 impl ApiKeys<'_> {

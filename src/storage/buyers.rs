@@ -11,7 +11,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::schema::{buyer_index as b, buyer_scans as sc};
-use super::{AnyConnection, Db, StorageError};
+use super::{AnyConnection, StorageError};
 
 /// What the index knows of one key.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
@@ -217,11 +217,7 @@ pub fn reset_seller(conn: &mut AnyConnection, seller_id: &str) -> Result<(), Sto
 }
 
 pub fn scan_of(conn: &mut AnyConnection, seller_id: &str) -> Result<Option<Scan>, StorageError> {
-    Ok(sc::table
-        .filter(sc::seller_id.eq(seller_id))
-        .select(Scan::as_select())
-        .first(conn)
-        .optional()?)
+    find_by!(conn, sc::seller_id.eq(seller_id) => Scan)
 }
 
 /// Where the page-through of one account's contacts stands.
@@ -318,15 +314,9 @@ pub fn scan_failed(
     Ok(())
 }
 
-/// The buyer index, as the use cases see it.
-pub struct Buyers<'a> {
-    db: &'a Db,
-}
-
-impl Db {
-    pub fn buyers(&self) -> Buyers<'_> {
-        Buyers { db: self }
-    }
+aggregate_handle! {
+    /// The buyer index, as the use cases see it.
+    Buyers => buyers
 }
 
 impl Buyers<'_> {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use diesel::prelude::*;
 
 use super::schema::catalog_skus as k;
-use super::{AnyConnection, Db, StorageError};
+use super::{AnyConnection, StorageError};
 
 /// Known elements (`Some`) and creates in doubt (`None`) of `skus`.
 pub fn lookup(
@@ -53,15 +53,9 @@ pub fn store(
     })
 }
 
-/// The SKU cache, as the use cases see it.
-pub struct Catalog<'a> {
-    db: &'a Db,
-}
-
-impl Db {
-    pub fn catalog(&self) -> Catalog<'_> {
-        Catalog { db: self }
-    }
+aggregate_handle! {
+    /// The SKU cache, as the use cases see it.
+    Catalog => catalog
 }
 
 impl Catalog<'_> {

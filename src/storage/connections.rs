@@ -6,7 +6,7 @@ use secrecy::SecretString;
 
 use super::cipher::{Aad, CipherError, Keyring};
 use super::schema::amocrm_connections as c;
-use super::{AnyConnection, Db, StorageError};
+use super::{AnyConnection, ExecuteOne, StorageError};
 use crate::domain::ids::random_token;
 use crate::domain::platform::Platform;
 use crate::domain::status::{ConnectionStatus, ProvisioningState, SuspendReason};
@@ -127,30 +127,18 @@ pub fn find_by_seller(
     conn: &mut AnyConnection,
     seller_id: &str,
 ) -> Result<Option<Connection>, StorageError> {
-    Ok(c::table
-        .filter(c::seller_id.eq(seller_id))
-        .select(Connection::as_select())
-        .first(conn)
-        .optional()?)
+    find_by!(conn, c::seller_id.eq(seller_id) => Connection)
 }
 
 pub fn find_by_id(conn: &mut AnyConnection, id: i64) -> Result<Option<Connection>, StorageError> {
-    Ok(c::table
-        .filter(c::id.eq(id))
-        .select(Connection::as_select())
-        .first(conn)
-        .optional()?)
+    find_by!(conn, c::id.eq(id) => Connection)
 }
 
 pub fn find_by_webhook_token(
     conn: &mut AnyConnection,
     token: &str,
 ) -> Result<Option<Connection>, StorageError> {
-    Ok(c::table
-        .filter(c::webhook_token.eq(token))
-        .select(Connection::as_select())
-        .first(conn)
-        .optional()?)
+    find_by!(conn, c::webhook_token.eq(token) => Connection)
 }
 
 /// Connections of one amoCRM account (normally one seller; several only when sharing is allowed).
@@ -315,12 +303,7 @@ impl Connection {
 }
 
 pub fn insert(conn: &mut AnyConnection, row: &NewConnection) -> Result<Connection, StorageError> {
-    Ok(crate::per_backend!(conn, |cn| diesel::insert_into(
-        c::table
-    )
-    .values(row)
-    .returning(Connection::as_returning())
-    .get_result(cn))?)
+    insert_returning!(conn, c, row => Connection)
 }
 
 /// Replaces the account and tokens of an existing row (a reconnect); the token version moves on.
@@ -403,9 +386,9 @@ pub fn release_refresh_lease(
             .filter(c::id.eq(id))
             .filter(c::refresh_lease_owner.eq(owner)),
     )
-    .set((
-        c::refresh_lease_owner.eq(None::<String>),
-        c::refresh_lease_until.eq(None::<NaiveDateTime>),
+    .set(lease_released!(
+        c::refresh_lease_owner,
+        c::refresh_lease_until
     ))
     .execute(conn)?;
     Ok(())
@@ -430,7 +413,7 @@ pub fn store_refreshed(
     pair: &RefreshedPair,
     now: NaiveDateTime,
 ) -> Result<bool, StorageError> {
-    let n = diesel::update(
+    diesel::update(
         c::table
             .filter(c::id.eq(id))
             .filter(c::refresh_lease_owner.eq(owner))
@@ -446,12 +429,10 @@ pub fn store_refreshed(
         c::refresh_failures.eq(0),
         c::last_error.eq(None::<String>),
         c::next_refresh_at.eq(None::<NaiveDateTime>),
-        c::refresh_lease_owner.eq(None::<String>),
-        c::refresh_lease_until.eq(None::<NaiveDateTime>),
+        lease_released!(c::refresh_lease_owner, c::refresh_lease_until),
         c::updated_at.eq(now),
     ))
-    .execute(conn)?;
-    Ok(n == 1)
+    .execute_one(conn)
 }
 
 /// A refresh that may work later (429, 5xx, network): counted, the next attempt pushed back, lease released.
@@ -472,8 +453,7 @@ pub fn record_refresh_failure(
         c::refresh_failures.eq(c::refresh_failures + 1),
         c::last_error.eq(Some(error)),
         c::next_refresh_at.eq(Some(next_at)),
-        c::refresh_lease_owner.eq(None::<String>),
-        c::refresh_lease_until.eq(None::<NaiveDateTime>),
+        lease_released!(c::refresh_lease_owner, c::refresh_lease_until),
         c::updated_at.eq(now),
     ))
     .execute(conn)?;
@@ -489,7 +469,7 @@ pub fn mark_refresh_failed(
     error: &str,
     now: NaiveDateTime,
 ) -> Result<bool, StorageError> {
-    let n = diesel::update(
+    diesel::update(
         c::table
             .filter(c::id.eq(id))
             .filter(c::refresh_lease_owner.eq(owner))
@@ -502,12 +482,10 @@ pub fn mark_refresh_failed(
         c::refresh_failures.eq(c::refresh_failures + 1),
         c::last_error.eq(Some(error)),
         c::next_refresh_at.eq(None::<NaiveDateTime>),
-        c::refresh_lease_owner.eq(None::<String>),
-        c::refresh_lease_until.eq(None::<NaiveDateTime>),
+        lease_released!(c::refresh_lease_owner, c::refresh_lease_until),
         c::updated_at.eq(now),
     ))
-    .execute(conn)?;
-    Ok(n == 1)
+    .execute_one(conn)
 }
 
 /// Active connections due for a refresh: the access token expires before `expiring_before`, or the last
@@ -546,7 +524,7 @@ pub fn revoke(
     reason: &str,
     now: NaiveDateTime,
 ) -> Result<bool, StorageError> {
-    let n = diesel::update(
+    diesel::update(
         c::table
             .filter(c::id.eq(id))
             .filter(c::status.ne(ConnectionStatus::Revoked)),
@@ -557,16 +535,14 @@ pub fn revoke(
         c::refresh_token_enc.eq(None::<Vec<u8>>),
         c::token_expires_at.eq(None::<NaiveDateTime>),
         c::token_version.eq(c::token_version + 1),
-        c::refresh_lease_owner.eq(None::<String>),
-        c::refresh_lease_until.eq(None::<NaiveDateTime>),
+        lease_released!(c::refresh_lease_owner, c::refresh_lease_until),
         c::next_refresh_at.eq(None::<NaiveDateTime>),
         c::next_provision_at.eq(None::<NaiveDateTime>),
         c::revoked_at.eq(Some(now)),
         c::revoke_reason.eq(Some(reason)),
         c::updated_at.eq(now),
     ))
-    .execute(conn)?;
-    Ok(n == 1)
+    .execute_one(conn)
 }
 
 /// The pipeline and stage ids (in `OrderStatus::ALL` order) provisioned or chosen for a connection.
@@ -839,13 +815,7 @@ pub fn revoke_recorded(
     reason: &str,
     event: &super::events::NewEvent,
 ) -> Result<bool, StorageError> {
-    diesel::Connection::transaction(conn, |c| {
-        if !revoke(c, id, reason, super::now())? {
-            return Ok(false);
-        }
-        super::events::record(c, event)?;
-        Ok(true)
-    })
+    super::events::record_if(conn, event, |c| revoke(c, id, reason, super::now()))
 }
 
 /// Marks a connection `refresh_failed` and records `event` in one transaction, only while `owner` holds its
@@ -857,25 +827,15 @@ pub fn refresh_failed_recorded(
     error: &str,
     event: &super::events::NewEvent,
 ) -> Result<bool, StorageError> {
-    diesel::Connection::transaction(conn, |c| {
-        if !mark_refresh_failed(c, id, owner, error, super::now())? {
-            return Ok(false);
-        }
-        super::events::record(c, event)?;
-        Ok(true)
+    super::events::record_if(conn, event, |c| {
+        mark_refresh_failed(c, id, owner, error, super::now())
     })
 }
 
-/// Connections, as the use cases see them: each call is one trip to the blocking pool, with typed
-/// arguments borrowed from the caller.
-pub struct Connections<'a> {
-    db: &'a Db,
-}
-
-impl Db {
-    pub fn connections(&self) -> Connections<'_> {
-        Connections { db: self }
-    }
+aggregate_handle! {
+    /// Connections, as the use cases see them: each call is one trip to the blocking pool, with typed
+    /// arguments borrowed from the caller.
+    Connections => connections
 }
 
 impl Connections<'_> {
@@ -1153,7 +1113,7 @@ pub fn store_moved(
     moved: &MovedAccount,
     event: &super::events::NewEvent,
 ) -> Result<bool, StorageError> {
-    diesel::Connection::transaction(conn, |cn| {
+    super::events::record_if(conn, event, |cn| {
         let now = super::now();
         if !store_refreshed(cn, id, owner, pair, now)? {
             return Ok(false);
@@ -1165,7 +1125,6 @@ pub fn store_moved(
                 c::updated_at.eq(now),
             ))
             .execute(cn)?;
-        super::events::record(cn, event)?;
         Ok(true)
     })
 }
@@ -1180,9 +1139,9 @@ pub fn suspend_recorded(
     next_probe_at: NaiveDateTime,
     event: &super::events::NewEvent,
 ) -> Result<bool, StorageError> {
-    diesel::Connection::transaction(conn, |cn| {
+    super::events::record_if(conn, event, |cn| {
         let now = super::now();
-        let n = diesel::update(
+        diesel::update(
             c::table
                 .filter(c::id.eq(id))
                 .filter(c::status.eq(ConnectionStatus::Active)),
@@ -1195,12 +1154,7 @@ pub fn suspend_recorded(
             c::last_error.eq(Some(format!("amoCRM refuses the account: {reason}"))),
             c::updated_at.eq(now),
         ))
-        .execute(cn)?;
-        if n == 0 {
-            return Ok(false);
-        }
-        super::events::record(cn, event)?;
-        Ok(true)
+        .execute_one(cn)
     })
 }
 
@@ -1246,9 +1200,9 @@ pub fn recover_recorded(
     id: i64,
     event: &super::events::NewEvent,
 ) -> Result<bool, StorageError> {
-    diesel::Connection::transaction(conn, |cn| {
+    super::events::record_if(conn, event, |cn| {
         let now = super::now();
-        let n = diesel::update(
+        diesel::update(
             c::table
                 .filter(c::id.eq(id))
                 .filter(c::status.eq(ConnectionStatus::Suspended)),
@@ -1261,12 +1215,7 @@ pub fn recover_recorded(
             c::last_error.eq(None::<String>),
             c::updated_at.eq(now),
         ))
-        .execute(cn)?;
-        if n == 0 {
-            return Ok(false);
-        }
-        super::events::record(cn, event)?;
-        Ok(true)
+        .execute_one(cn)
     })
 }
 

@@ -9,7 +9,7 @@ use super::schema::{
     amocrm_connections, delivery_attempts, event_deliveries, events, lead_states, order_moves,
     order_steps, orders, webhook_subscriptions,
 };
-use super::{AnyConnection, Db, StorageError};
+use super::{AnyConnection, StorageError};
 use crate::domain::order::SyncState;
 use crate::domain::platform::Platform;
 use crate::domain::stages::StageMap;
@@ -490,15 +490,9 @@ pub fn order_history(
     Ok(out)
 }
 
-/// The dashboard's read models: each call is one trip to the blocking pool.
-pub struct Dashboard<'a> {
-    db: &'a Db,
-}
-
-impl Db {
-    pub fn dashboard(&self) -> Dashboard<'_> {
-        Dashboard { db: self }
-    }
+aggregate_handle! {
+    /// The dashboard's read models: each call is one trip to the blocking pool.
+    Dashboard => dashboard
 }
 
 impl Dashboard<'_> {

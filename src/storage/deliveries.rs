@@ -15,6 +15,21 @@ use crate::domain::status::DeliveryState;
 
 diesel::alias!(d as earlier: EarlierDelivery);
 
+/// No earlier pending delivery (by event) of the same seller to the same subscription: the row is the head
+/// of its queue (see the module's note on order). A macro: the aliased subquery's type is too long to
+/// spell as a function's return type.
+macro_rules! queue_head {
+    () => {
+        not(exists(
+            earlier
+                .filter(earlier.field(d::subscription_id).eq(d::subscription_id))
+                .filter(earlier.field(d::seller_id).eq(d::seller_id))
+                .filter(earlier.field(d::state).eq(DeliveryState::Pending))
+                .filter(earlier.field(d::event_seq).lt(d::event_seq)),
+        ))
+    };
+}
+
 /// A claimed row with (event id, name, payload) and (url, sealed secret).
 type ClaimRow = (DeliveryRow, (String, String, String), (String, Vec<u8>));
 
@@ -60,6 +75,30 @@ pub struct ClaimedDelivery {
     pub secret_enc: Vec<u8>,
 }
 
+/// Queues the delivery of event `event_seq` (of `seller_id`) to one subscription, due at `now`: when the
+/// event is recorded, and when a redelivery reaches a subscription that never had it.
+pub(super) fn queue(
+    conn: &mut AnyConnection,
+    event_seq: i64,
+    subscription_id: &str,
+    seller_id: &str,
+    now: NaiveDateTime,
+) -> Result<(), StorageError> {
+    diesel::insert_into(d::table)
+        .values((
+            d::event_seq.eq(event_seq),
+            d::subscription_id.eq(subscription_id),
+            d::seller_id.eq(seller_id),
+            d::state.eq(DeliveryState::Pending),
+            d::attempts.eq(0),
+            d::next_attempt_at.eq(now),
+            d::created_at.eq(now),
+            d::updated_at.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
 /// Claims up to `limit` due deliveries for `owner` until `lease_until`. Subscriptions in `skip` (already at
 /// this process's per-subscription concurrency) are left alone. Each claim is one conditional UPDATE, so two
 /// instances never claim the same row.
@@ -77,13 +116,7 @@ pub fn claim_due(
         .filter(d::next_attempt_at.le(now))
         .filter(d::lease_until.is_null().or(d::lease_until.lt(now)))
         .filter(webhook_subscriptions::active.eq(true))
-        .filter(not(exists(
-            earlier
-                .filter(earlier.field(d::subscription_id).eq(d::subscription_id))
-                .filter(earlier.field(d::seller_id).eq(d::seller_id))
-                .filter(earlier.field(d::state).eq(DeliveryState::Pending))
-                .filter(earlier.field(d::event_seq).lt(d::event_seq)),
-        )))
+        .filter(queue_head!())
         .select(d::id)
         .order((d::next_attempt_at.asc(), d::id.asc()))
         .limit(limit)
@@ -211,8 +244,7 @@ pub fn record_attempts(
                 d::last_status.eq(attempt.status_code),
                 d::last_error.eq(attempt.error.as_deref()),
                 d::delivered_at.eq(delivered_at),
-                d::lease_owner.eq(None::<String>),
-                d::lease_until.eq(None::<NaiveDateTime>),
+                lease_released!(d),
                 d::updated_at.eq(super::now()),
             ))
             .execute(c)?;
@@ -254,8 +286,7 @@ pub fn release(
             .filter(d::lease_owner.eq(owner)),
     )
     .set((
-        d::lease_owner.eq(None::<String>),
-        d::lease_until.eq(None::<NaiveDateTime>),
+        lease_released!(d),
         d::next_attempt_at.eq(retry_at),
         d::last_error.eq(error),
         d::updated_at.eq(super::now()),
@@ -376,8 +407,7 @@ pub fn redeliver(
                 d::next_attempt_at.eq(now),
                 d::last_status.eq(None::<i32>),
                 d::last_error.eq(None::<String>),
-                d::lease_owner.eq(None::<String>),
-                d::lease_until.eq(None::<NaiveDateTime>),
+                lease_released!(d),
                 d::updated_at.eq(now),
             ))
             .execute(c)?;
@@ -398,18 +428,7 @@ pub fn redeliver(
             if have.contains(&sub_id) || !super::events::subscription_wants(&wanted, event_name) {
                 continue;
             }
-            diesel::insert_into(d::table)
-                .values((
-                    d::event_seq.eq(event_seq),
-                    d::subscription_id.eq(&sub_id),
-                    d::seller_id.eq(seller_id),
-                    d::state.eq(DeliveryState::Pending),
-                    d::attempts.eq(0),
-                    d::next_attempt_at.eq(now),
-                    d::created_at.eq(now),
-                    d::updated_at.eq(now),
-                ))
-                .execute(c)?;
+            queue(c, event_seq, &sub_id, seller_id, now)?;
             added = true;
         }
         if let Redrive::To(sub) = which
@@ -435,13 +454,7 @@ pub fn count_by_state(conn: &mut AnyConnection, state: DeliveryState) -> Result<
 pub fn next_due(conn: &mut AnyConnection) -> Result<Option<NaiveDateTime>, StorageError> {
     Ok(d::table
         .filter(d::state.eq(DeliveryState::Pending))
-        .filter(not(exists(
-            earlier
-                .filter(earlier.field(d::subscription_id).eq(d::subscription_id))
-                .filter(earlier.field(d::seller_id).eq(d::seller_id))
-                .filter(earlier.field(d::state).eq(DeliveryState::Pending))
-                .filter(earlier.field(d::event_seq).lt(d::event_seq)),
-        )))
+        .filter(queue_head!())
         .select(diesel::dsl::min(d::next_attempt_at))
         .first(conn)?)
 }
@@ -489,15 +502,9 @@ pub fn list_for_known_subscription(
     list_for_subscription(conn, subscription_id, state, offset, limit).map(Some)
 }
 
-/// Deliveries, as the use cases and the delivery worker see them: each call is one trip to the blocking pool.
-pub struct Deliveries<'a> {
-    db: &'a super::Db,
-}
-
-impl super::Db {
-    pub fn deliveries(&self) -> Deliveries<'_> {
-        Deliveries { db: self }
-    }
+aggregate_handle! {
+    /// Deliveries, as the use cases and the delivery worker see them: each call is one trip to the blocking pool.
+    Deliveries => deliveries
 }
 
 impl Deliveries<'_> {

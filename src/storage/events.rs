@@ -12,7 +12,6 @@ use super::schema::{event_deliveries, events, webhook_subscriptions};
 use super::{AnyConnection, StorageError};
 use crate::domain::events::EventPayload;
 use crate::domain::ids::prefixed_id;
-use crate::domain::status::DeliveryState;
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = events)]
@@ -92,6 +91,22 @@ pub fn record(conn: &mut AnyConnection, ev: &NewEvent) -> Result<Option<i64>, St
     insert_one(conn, ev, &subs)
 }
 
+/// Makes a conditional change and records `event` with it, in one transaction: the event is written when
+/// `change` answers that it changed something, and not at all otherwise. Returns that answer.
+pub fn record_if(
+    conn: &mut AnyConnection,
+    event: &NewEvent,
+    change: impl FnOnce(&mut AnyConnection) -> Result<bool, StorageError>,
+) -> Result<bool, StorageError> {
+    diesel::Connection::transaction(conn, |c| {
+        if !change(c)? {
+            return Ok(false);
+        }
+        record(c, event)?;
+        Ok(true)
+    })
+}
+
 /// [`record`] for several events of one transaction (the push records an `order.synced` per lead, up to
 /// 50 at once): the subscriptions are read and the writers' lock taken once. Returns how many were new.
 pub fn record_many(conn: &mut AnyConnection, evs: &[NewEvent]) -> Result<usize, StorageError> {
@@ -153,18 +168,7 @@ fn insert_one(
         if !subscription_wants(wanted, &ev.event) {
             continue;
         }
-        diesel::insert_into(event_deliveries::table)
-            .values((
-                event_deliveries::event_seq.eq(seq),
-                event_deliveries::subscription_id.eq(sub_id),
-                event_deliveries::seller_id.eq(&ev.seller_id),
-                event_deliveries::state.eq(DeliveryState::Pending),
-                event_deliveries::attempts.eq(0),
-                event_deliveries::next_attempt_at.eq(now),
-                event_deliveries::created_at.eq(now),
-                event_deliveries::updated_at.eq(now),
-            ))
-            .execute(conn)?;
+        super::deliveries::queue(conn, seq, sub_id, &ev.seller_id, now)?;
     }
     Ok(Some(seq))
 }
@@ -177,11 +181,7 @@ pub fn subscription_wants(events_json: &str, event: &str) -> bool {
 }
 
 pub fn find_by_id(conn: &mut AnyConnection, id: &str) -> Result<Option<EventRow>, StorageError> {
-    Ok(events::table
-        .filter(events::id.eq(id))
-        .select(EventRow::as_select())
-        .first(conn)
-        .optional()?)
+    find_by!(conn, events::id.eq(id) => EventRow)
 }
 
 /// Events after a cursor, in log order, optionally of one seller and one event name.
@@ -318,15 +318,9 @@ pub fn page(
     )))
 }
 
-/// The event log, as the use cases see it: each call is one trip to the blocking pool.
-pub struct Events<'a> {
-    db: &'a super::Db,
-}
-
-impl super::Db {
-    pub fn events(&self) -> Events<'_> {
-        Events { db: self }
-    }
+aggregate_handle! {
+    /// The event log, as the use cases see it: each call is one trip to the blocking pool.
+    Events => events
 }
 
 impl Events<'_> {

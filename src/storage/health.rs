@@ -6,7 +6,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::schema::connection_health as h;
-use super::{AnyConnection, Db, StorageError};
+use super::{AnyConnection, StorageError};
 use crate::domain::status::HealthState;
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable, AsChangeset)]
@@ -69,15 +69,9 @@ pub fn of(conn: &mut AnyConnection, ids: &[i64]) -> Result<Vec<Health>, StorageE
         .load(conn)?)
 }
 
-/// Connection health, as the use cases see it.
-pub struct HealthRepo<'a> {
-    db: &'a Db,
-}
-
-impl Db {
-    pub fn health(&self) -> HealthRepo<'_> {
-        HealthRepo { db: self }
-    }
+aggregate_handle! {
+    /// Connection health, as the use cases see it.
+    HealthRepo => health
 }
 
 impl HealthRepo<'_> {

@@ -6,7 +6,7 @@ use diesel::dsl::{exists, not};
 use diesel::prelude::*;
 
 use super::schema::amocrm_webhook_inbox as i;
-use super::{AnyConnection, Db, StorageError};
+use super::{AnyConnection, ExecuteOne, StorageError};
 use crate::domain::status::{ConnectionStatus, InboxState};
 
 diesel::alias!(i as busy: BusyInbox);
@@ -178,7 +178,7 @@ pub fn mark_processed(
     note: Option<&str>,
     now: NaiveDateTime,
 ) -> Result<bool, StorageError> {
-    let n = diesel::update(
+    diesel::update(
         i::table
             .filter(i::id.eq(id))
             .filter(i::lease_owner.eq(owner)),
@@ -188,11 +188,9 @@ pub fn mark_processed(
         i::attempts.eq(i::attempts + 1),
         i::last_error.eq(note),
         i::processed_at.eq(Some(now)),
-        i::lease_owner.eq(None::<String>),
-        i::lease_until.eq(None::<NaiveDateTime>),
+        lease_released!(i),
     ))
-    .execute(conn)?;
-    Ok(n == 1)
+    .execute_one(conn)
 }
 
 /// Puts a row back for a later attempt, or gives up on it (`retry_at` = `None`: state `failed`).
@@ -208,7 +206,7 @@ pub fn mark_failed_attempt(
         Some(at) => (InboxState::Pending, at),
         None => (InboxState::Failed, now),
     };
-    let n = diesel::update(
+    diesel::update(
         i::table
             .filter(i::id.eq(id))
             .filter(i::lease_owner.eq(owner)),
@@ -218,11 +216,9 @@ pub fn mark_failed_attempt(
         i::attempts.eq(i::attempts + 1),
         i::last_error.eq(Some(error)),
         i::next_attempt_at.eq(next),
-        i::lease_owner.eq(None::<String>),
-        i::lease_until.eq(None::<NaiveDateTime>),
+        lease_released!(i),
     ))
-    .execute(conn)?;
-    Ok(n == 1)
+    .execute_one(conn)
 }
 
 /// Sets a failed (or processed) row back to pending, due now (operators re-driving a body).
@@ -231,7 +227,7 @@ pub fn requeue(
     id: i64,
     now: NaiveDateTime,
 ) -> Result<bool, StorageError> {
-    let n = diesel::update(
+    diesel::update(
         i::table
             .filter(i::id.eq(id))
             .filter(i::state.ne(InboxState::Pending)),
@@ -239,19 +235,13 @@ pub fn requeue(
     .set((
         i::state.eq(InboxState::Pending),
         i::next_attempt_at.eq(now),
-        i::lease_owner.eq(None::<String>),
-        i::lease_until.eq(None::<NaiveDateTime>),
+        lease_released!(i),
     ))
-    .execute(conn)?;
-    Ok(n == 1)
+    .execute_one(conn)
 }
 
 pub fn find(conn: &mut AnyConnection, id: i64) -> Result<Option<InboxRow>, StorageError> {
-    Ok(i::table
-        .filter(i::id.eq(id))
-        .select(InboxRow::as_select())
-        .first(conn)
-        .optional()?)
+    find_by!(conn, i::id.eq(id) => InboxRow)
 }
 
 /// Rows of one seller, oldest first (tests and the dashboard).
@@ -331,16 +321,10 @@ pub fn store_checked<T: OfferedBody, R, E>(
     Ok(out)
 }
 
-/// Stored webhook bodies, as the intake, the processor and retention see them: each call is one trip to the
-/// blocking pool.
-pub struct Inbox<'a> {
-    db: &'a Db,
-}
-
-impl Db {
-    pub fn inbox(&self) -> Inbox<'_> {
-        Inbox { db: self }
-    }
+aggregate_handle! {
+    /// Stored webhook bodies, as the intake, the processor and retention see them: each call is one trip to the
+    /// blocking pool.
+    Inbox => inbox
 }
 
 impl Inbox<'_> {

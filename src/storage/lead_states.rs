@@ -6,17 +6,11 @@ use diesel::prelude::*;
 
 use super::events::NewEvent;
 use super::schema::{lead_states as l, orders};
-use super::{AnyConnection, Db, StorageError};
+use super::{AnyConnection, ExecuteOne, StorageError};
 
-/// Lead states, as webhook processing sees them: each call is one trip to the blocking pool.
-pub struct LeadStates<'a> {
-    db: &'a Db,
-}
-
-impl Db {
-    pub fn lead_states(&self) -> LeadStates<'_> {
-        LeadStates { db: self }
-    }
+aggregate_handle! {
+    /// Lead states, as webhook processing sees them: each call is one trip to the blocking pool.
+    LeadStates => lead_states
 }
 
 impl LeadStates<'_> {
@@ -123,18 +117,16 @@ pub fn compare_and_set(
                 Some(s) => q.filter(l::pipeline_id.eq(s)),
                 None => q.filter(l::pipeline_id.is_null()),
             };
-            let n = q
-                .set((
-                    l::order_id.eq(&next.order_id),
-                    l::pipeline_id.eq(next.pipeline_id),
-                    l::status_id.eq(next.status_id),
-                    l::last_modified.eq(next.last_modified),
-                    l::paid.eq(next.paid),
-                    l::created_by_us.eq(next.created_by_us),
-                    l::updated_at.eq(next.updated_at),
-                ))
-                .execute(conn)?;
-            Ok(n == 1)
+            q.set((
+                l::order_id.eq(&next.order_id),
+                l::pipeline_id.eq(next.pipeline_id),
+                l::status_id.eq(next.status_id),
+                l::last_modified.eq(next.last_modified),
+                l::paid.eq(next.paid),
+                l::created_by_us.eq(next.created_by_us),
+                l::updated_at.eq(next.updated_at),
+            ))
+            .execute_one(conn)
         }
     }
 }

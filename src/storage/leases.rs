@@ -4,7 +4,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::schema::job_leases;
-use super::{AnyConnection, StorageError};
+use super::{AnyConnection, ExecuteOne, StorageError};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = job_leases)]
@@ -31,7 +31,7 @@ pub fn try_acquire(
         .on_conflict(job_leases::name)
         .do_nothing()
         .execute(c))?;
-    let n = diesel::update(
+    diesel::update(
         job_leases::table.filter(job_leases::name.eq(name)).filter(
             job_leases::lease_until
                 .is_null()
@@ -44,8 +44,7 @@ pub fn try_acquire(
         job_leases::lease_until.eq(Some(until)),
         job_leases::last_started_at.eq(Some(now)),
     ))
-    .execute(conn)?;
-    Ok(n == 1)
+    .execute_one(conn)
 }
 
 /// Extends a lease we hold; false if it was lost (expired and taken by another instance).
@@ -55,14 +54,13 @@ pub fn extend(
     owner: &str,
     until: NaiveDateTime,
 ) -> Result<bool, StorageError> {
-    let n = diesel::update(
+    diesel::update(
         job_leases::table
             .filter(job_leases::name.eq(name))
             .filter(job_leases::owner.eq(owner)),
     )
     .set(job_leases::lease_until.eq(Some(until)))
-    .execute(conn)?;
-    Ok(n == 1)
+    .execute_one(conn)
 }
 
 /// Releases a lease we hold and records the job's result for later callers.
@@ -78,8 +76,7 @@ pub fn release(
             .filter(job_leases::owner.eq(owner)),
     )
     .set((
-        job_leases::owner.eq(None::<String>),
-        job_leases::lease_until.eq(None::<NaiveDateTime>),
+        lease_released!(job_leases::owner, job_leases::lease_until),
         job_leases::last_finished_at.eq(Some(super::now())),
         job_leases::last_result.eq(result),
     ))
@@ -88,11 +85,7 @@ pub fn release(
 }
 
 pub fn get(conn: &mut AnyConnection, name: &str) -> Result<Option<JobLease>, StorageError> {
-    Ok(job_leases::table
-        .filter(job_leases::name.eq(name))
-        .select(JobLease::as_select())
-        .first(conn)
-        .optional()?)
+    find_by!(conn, job_leases::name.eq(name) => JobLease)
 }
 
 /// The `LIKE` pattern matching owners `{instance_id}:…` (the per-call owners of refresh, sweep and
@@ -139,15 +132,9 @@ pub fn release_prefixed(
     Ok(rows + jobs)
 }
 
-/// Job leases, as the use cases see them: each call is one trip to the blocking pool.
-pub struct Leases<'a> {
-    db: &'a super::Db,
-}
-
-impl super::Db {
-    pub fn leases(&self) -> Leases<'_> {
-        Leases { db: self }
-    }
+aggregate_handle! {
+    /// Job leases, as the use cases see them: each call is one trip to the blocking pool.
+    Leases => leases
 }
 
 impl Leases<'_> {

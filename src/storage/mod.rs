@@ -3,6 +3,62 @@
 //! Only this module imports diesel. Blocking database work runs on tokio's blocking pool through
 //! [`Db::run`], never on the async executor. Each table has its own file with its queries.
 
+/// Declares an aggregate's handle, `pub struct Name<'a> { db: &'a Db }`, and the `Db` method that lends it:
+/// the typed async API the use cases call (`db.orders()`, `db.sessions()`, …).
+macro_rules! aggregate_handle {
+    ($(#[$doc:meta])* $name:ident => $method:ident) => {
+        $(#[$doc])*
+        pub struct $name<'a> {
+            db: &'a $crate::storage::Db,
+        }
+
+        impl $crate::storage::Db {
+            pub fn $method(&self) -> $name<'_> {
+                $name { db: self }
+            }
+        }
+    };
+}
+
+/// The row whose `table::column` equals `value`, if any: the lookup by a unique column that most tables
+/// have. A macro because diesel's filter and select types make the generic function's bounds unreadable.
+macro_rules! find_by {
+    ($conn:expr, $table:ident :: $column:ident.eq($value:expr) => $row:ty) => {
+        Ok($table::table
+            .filter($table::$column.eq($value))
+            .select(<$row>::as_select())
+            .first($conn)
+            .optional()?)
+    };
+}
+
+/// Inserts `values` into `table` and returns the whole stored row (ids and defaults filled in), on either
+/// backend: `RETURNING` goes through [`per_backend!`].
+macro_rules! insert_returning {
+    ($conn:expr, $table:ident, $values:expr => $row:ty) => {
+        Ok($crate::per_backend!($conn, |c| diesel::insert_into(
+            $table::table
+        )
+        .values($values)
+        .returning(<$row>::as_returning())
+        .get_result(c))?)
+    };
+}
+
+/// The changes that give a row's lease back: no owner, no expiry. `lease_released!(t)` for a table's
+/// `lease_owner` and `lease_until`, or name the two columns.
+macro_rules! lease_released {
+    ($table:ident) => {
+        lease_released!($table::lease_owner, $table::lease_until)
+    };
+    ($owner:path, $until:path) => {
+        (
+            $owner.eq(None::<String>),
+            $until.eq(None::<chrono::NaiveDateTime>),
+        )
+    };
+}
+
 pub mod api_keys;
 pub mod buyers;
 pub mod catalog;
@@ -120,6 +176,22 @@ macro_rules! per_backend {
             $crate::storage::AnyConnection::Sqlite($c) => $body,
         }
     };
+}
+
+/// Runs a statement whose filter names one row and tells whether it changed that row: false means the row's
+/// condition no longer held (a lease lost, a state already left, a token already used), which callers
+/// report as an outcome rather than an error.
+pub(crate) trait ExecuteOne:
+    RunQueryDsl<AnyConnection> + diesel::query_dsl::methods::ExecuteDsl<AnyConnection>
+{
+    fn execute_one(self, conn: &mut AnyConnection) -> Result<bool, StorageError> {
+        Ok(self.execute(conn)? == 1)
+    }
+}
+
+impl<Q> ExecuteOne for Q where
+    Q: RunQueryDsl<AnyConnection> + diesel::query_dsl::methods::ExecuteDsl<AnyConnection>
+{
 }
 
 /// Why a database operation failed. Never shown to API clients: the web layer maps it to an opaque 500.

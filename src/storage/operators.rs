@@ -5,7 +5,7 @@ use chrono::{NaiveDateTime, TimeDelta};
 use diesel::prelude::*;
 
 use super::schema::{login_throttle, operator_tokens, operators};
-use super::{AnyConnection, StorageError};
+use super::{AnyConnection, ExecuteOne, StorageError};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = operators)]
@@ -216,11 +216,7 @@ pub fn find_by_email(
     conn: &mut AnyConnection,
     email: &str,
 ) -> Result<Option<OperatorRow>, StorageError> {
-    Ok(operators::table
-        .filter(operators::email.eq(email))
-        .select(OperatorRow::as_select())
-        .first(conn)
-        .optional()?)
+    find_by!(conn, operators::email.eq(email) => OperatorRow)
 }
 
 pub fn find(conn: &mut AnyConnection, id: i64) -> Result<Option<OperatorRow>, StorageError> {
@@ -269,14 +265,13 @@ pub fn operator_for_token(
 
 /// Revokes one token by hash (sign-out); true when a live token was revoked.
 pub fn revoke_token(conn: &mut AnyConnection, token_hash: &str) -> Result<bool, StorageError> {
-    let n = diesel::update(
+    diesel::update(
         operator_tokens::table
             .filter(operator_tokens::token_hash.eq(token_hash))
             .filter(operator_tokens::revoked_at.is_null()),
     )
     .set(operator_tokens::revoked_at.eq(Some(super::now())))
-    .execute(conn)?;
-    Ok(n == 1)
+    .execute_one(conn)
 }
 
 /// Revokes every token of an operator (password reset).
@@ -404,16 +399,10 @@ pub fn clear(conn: &mut AnyConnection, key: &str) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Operators, their tokens and the login throttle, as the use cases see them: each call is one trip to
-/// the blocking pool.
-pub struct Operators<'a> {
-    db: &'a super::Db,
-}
-
-impl super::Db {
-    pub fn operators(&self) -> Operators<'_> {
-        Operators { db: self }
-    }
+aggregate_handle! {
+    /// Operators, their tokens and the login throttle, as the use cases see them: each call is one trip to
+    /// the blocking pool.
+    Operators => operators
 }
 
 impl Operators<'_> {

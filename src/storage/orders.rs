@@ -13,11 +13,11 @@ use super::events::{self, NewEvent};
 use super::schema::{
     amocrm_connections as c, buyer_scans as sc, order_moves as m, order_steps as st, orders as o,
 };
-use super::{AnyConnection, Db, StorageError};
+use super::{AnyConnection, ExecuteOne, StorageError};
 use crate::domain::buyer::ContactMatch;
 use crate::domain::events::{OrderSyncFailed, OrderSynced};
+use crate::domain::order::StepKind;
 use crate::domain::order::{MoveState, SyncState};
-use crate::domain::order::{StepKind, StepState};
 use crate::domain::status::{ConnectionStatus, OrderStatus};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -113,15 +113,9 @@ pub struct OrderFilter {
     pub sync_state: Option<SyncState>,
 }
 
-/// Orders and their stage moves, as the use cases see them: each call is one trip to the blocking pool.
-pub struct Orders<'a> {
-    db: &'a Db,
-}
-
-impl Db {
-    pub fn orders(&self) -> Orders<'_> {
-        Orders { db: self }
-    }
+aggregate_handle! {
+    /// Orders and their stage moves, as the use cases see them: each call is one trip to the blocking pool.
+    Orders => orders
 }
 
 /// Which due orders [`Orders::claim`] takes.
@@ -434,11 +428,7 @@ pub fn insert(conn: &mut AnyConnection, new: &NewOrder) -> Result<OrderRow, Stor
 }
 
 pub fn find(conn: &mut AnyConnection, id: &str) -> Result<Option<OrderRow>, StorageError> {
-    Ok(o::table
-        .filter(o::id.eq(id))
-        .select(OrderRow::as_select())
-        .first(conn)
-        .optional()?)
+    find_by!(conn, o::id.eq(id) => OrderRow)
 }
 
 pub fn find_by_number(
@@ -553,8 +543,7 @@ pub fn requeue(
         .set((
             o::sync_state.eq(target),
             o::next_attempt_at.eq(now),
-            o::lease_owner.eq(None::<String>),
-            o::lease_until.eq(None::<NaiveDateTime>),
+            lease_released!(o),
             o::updated_at.eq(now),
         ))
         .execute(conn)?;
@@ -657,8 +646,7 @@ pub fn hold_seller(
     .set((
         o::sync_state.eq(SyncState::Held),
         o::last_error.eq(reason),
-        o::lease_owner.eq(None::<String>),
-        o::lease_until.eq(None::<NaiveDateTime>),
+        lease_released!(o),
         o::updated_at.eq(now),
     ))
     .execute(conn)?)
@@ -674,13 +662,41 @@ pub struct DueAccount {
     pub seller_id: String,
 }
 
+// What is due in each work table at `now` (and not leased by a live worker): one definition for the idle
+// probe, the ranking of accounts, an account's work and the claims, which must agree on it (lead steps:
+// [`super::steps::is_due`]).
+
+/// A queued order due now.
+#[diesel::dsl::auto_type]
+fn order_due(now: NaiveDateTime) -> _ {
+    let queued: SyncState = SyncState::Queued;
+    o::sync_state
+        .eq(queued)
+        .and(o::next_attempt_at.le(now))
+        .and(o::lease_until.is_null().or(o::lease_until.lt(now)))
+}
+
+/// A pending stage move due now (the callers add that its order must have a lead).
+#[diesel::dsl::auto_type]
+fn move_due(now: NaiveDateTime) -> _ {
+    let pending: MoveState = MoveState::Pending;
+    m::state
+        .eq(pending)
+        .and(m::next_attempt_at.le(now))
+        .and(m::lease_until.is_null().or(m::lease_until.lt(now)))
+}
+
+/// An unfinished buyer scan whose next page is due.
+#[diesel::dsl::auto_type]
+fn scan_due(now: NaiveDateTime) -> _ {
+    sc::finished_at.is_null().and(sc::next_attempt_at.le(now))
+}
+
 /// Whether any order, move, lead step or buyer scan is due, one row at most from each work table: the
 /// idle worker asks this every poll, and it must not read every connection to learn there is nothing.
 fn any_due(conn: &mut AnyConnection, now: NaiveDateTime) -> Result<bool, StorageError> {
     let order = o::table
-        .filter(o::sync_state.eq(SyncState::Queued))
-        .filter(o::next_attempt_at.le(now))
-        .filter(o::lease_until.is_null().or(o::lease_until.lt(now)))
+        .filter(order_due(now))
         .select(o::seller_id)
         .first::<String>(conn)
         .optional()?;
@@ -691,9 +707,7 @@ fn any_due(conn: &mut AnyConnection, now: NaiveDateTime) -> Result<bool, Storage
     // one (failed, or held) stays pending and must not keep the idle worker scanning.
     let mv = m::table
         .inner_join(o::table)
-        .filter(m::state.eq(MoveState::Pending))
-        .filter(m::next_attempt_at.le(now))
-        .filter(m::lease_until.is_null().or(m::lease_until.lt(now)))
+        .filter(move_due(now))
         .filter(o::lead_id.is_not_null())
         .select(m::id)
         .first::<i64>(conn)
@@ -702,9 +716,7 @@ fn any_due(conn: &mut AnyConnection, now: NaiveDateTime) -> Result<bool, Storage
         return Ok(true);
     }
     let step = st::table
-        .filter(st::state.eq_any([StepState::Pending, StepState::Sent]))
-        .filter(st::next_attempt_at.le(now))
-        .filter(st::lease_until.is_null().or(st::lease_until.lt(now)))
+        .filter(super::steps::is_due(now))
         .select(st::seller_id)
         .first::<String>(conn)
         .optional()?;
@@ -712,8 +724,7 @@ fn any_due(conn: &mut AnyConnection, now: NaiveDateTime) -> Result<bool, Storage
         return Ok(true);
     }
     let scan = sc::table
-        .filter(sc::finished_at.is_null())
-        .filter(sc::next_attempt_at.le(now))
+        .filter(scan_due(now))
         .select(sc::seller_id)
         .first::<String>(conn)
         .optional()?;
@@ -732,29 +743,20 @@ pub fn due_accounts(
         return Ok(Vec::new());
     }
     let with_orders = o::table
-        .filter(o::sync_state.eq(SyncState::Queued))
-        .filter(o::next_attempt_at.le(now))
-        .filter(o::lease_until.is_null().or(o::lease_until.lt(now)))
+        .filter(order_due(now))
         .select(o::seller_id)
         .distinct();
     let with_moves = m::table
         .inner_join(o::table)
-        .filter(m::state.eq(MoveState::Pending))
-        .filter(m::next_attempt_at.le(now))
-        .filter(m::lease_until.is_null().or(m::lease_until.lt(now)))
+        .filter(move_due(now))
         .filter(o::lead_id.is_not_null())
         .select(o::seller_id)
         .distinct();
     let with_steps = st::table
-        .filter(st::state.eq_any([StepState::Pending, StepState::Sent]))
-        .filter(st::next_attempt_at.le(now))
-        .filter(st::lease_until.is_null().or(st::lease_until.lt(now)))
+        .filter(super::steps::is_due(now))
         .select(st::seller_id)
         .distinct();
-    let with_scans = sc::table
-        .filter(sc::finished_at.is_null())
-        .filter(sc::next_attempt_at.le(now))
-        .select(sc::seller_id);
+    let with_scans = sc::table.filter(scan_due(now)).select(sc::seller_id);
     let rows: Vec<(i64, String)> = c::table
         .filter(claimable(owner, now))
         .filter(
@@ -828,19 +830,15 @@ pub fn account_work(
     let queued = |lookup: bool| {
         o::table
             .filter(o::seller_id.eq(seller_id))
-            .filter(o::sync_state.eq(SyncState::Queued))
             .filter(o::needs_lookup.eq(lookup))
-            .filter(o::next_attempt_at.le(now))
-            .filter(o::lease_until.is_null().or(o::lease_until.lt(now)))
+            .filter(order_due(now))
             .select(o::id)
     };
     let due_moves = m::table
         .inner_join(o::table)
         .filter(o::seller_id.eq(seller_id))
         .filter(o::lead_id.is_not_null())
-        .filter(m::state.eq(MoveState::Pending))
-        .filter(m::next_attempt_at.le(now))
-        .filter(m::lease_until.is_null().or(m::lease_until.lt(now)))
+        .filter(move_due(now))
         .select(m::id);
     use diesel::dsl::exists;
     let (lookups, orders, moves) = diesel::select((
@@ -851,9 +849,7 @@ pub fn account_work(
     .get_result::<(bool, bool, bool)>(conn)?;
     let steps: Vec<(StepKind, i64)> = st::table
         .filter(st::seller_id.eq(seller_id))
-        .filter(st::state.eq_any([StepState::Pending, StepState::Sent]))
-        .filter(st::next_attempt_at.le(now))
-        .filter(st::lease_until.is_null().or(st::lease_until.lt(now)))
+        .filter(super::steps::is_due(now))
         .group_by(st::step)
         .select((st::step, diesel::dsl::count_star()))
         .load(conn)?;
@@ -915,14 +911,13 @@ pub fn extend_account(
     owner: &str,
     until: NaiveDateTime,
 ) -> Result<bool, StorageError> {
-    let n = diesel::update(
+    diesel::update(
         c::table
             .filter(c::id.eq(connection_id))
             .filter(c::push_lease_owner.eq(owner)),
     )
     .set(c::push_lease_until.eq(Some(until)))
-    .execute(conn)?;
-    Ok(n == 1)
+    .execute_one(conn)
 }
 
 /// Releases our account lease; `push_lease_until` then records when the account was last served (the
@@ -975,10 +970,8 @@ pub fn claim_orders(
     write_transaction(conn, |conn| {
         let ids: Vec<String> = o::table
             .filter(o::seller_id.eq(seller_id))
-            .filter(o::sync_state.eq(SyncState::Queued))
             .filter(o::needs_lookup.eq(lookup))
-            .filter(o::next_attempt_at.le(now))
-            .filter(o::lease_until.is_null().or(o::lease_until.lt(now)))
+            .filter(order_due(now))
             // The order of the `orders_seller_queue` index, so no sort: longest due first.
             .order((o::next_attempt_at.asc(), o::created_at.asc(), o::id.asc()))
             .limit(limit)
@@ -1156,8 +1149,7 @@ pub fn mark_synced(
                 o::synced_at.eq(Some(now)),
                 o::needs_lookup.eq(false),
                 o::last_error.eq(None::<String>),
-                o::lease_owner.eq(None::<String>),
-                o::lease_until.eq(None::<NaiveDateTime>),
+                lease_released!(o),
                 o::updated_at.eq(now),
             ))
             .execute(conn)?;
@@ -1221,8 +1213,7 @@ pub fn mark_failed(
             o::sync_state.eq(SyncState::Failed),
             o::needs_lookup.eq(false),
             o::last_error.eq(Some(reason)),
-            o::lease_owner.eq(None::<String>),
-            o::lease_until.eq(None::<NaiveDateTime>),
+            lease_released!(o),
             o::updated_at.eq(now),
         ))
         .execute(conn)?;
@@ -1310,8 +1301,7 @@ fn reschedule_rows(
                 o::next_attempt_at.eq(next_at),
                 o::last_error.eq(error),
                 o::needs_lookup.eq(flag),
-                o::lease_owner.eq(None::<String>),
-                o::lease_until.eq(None::<NaiveDateTime>),
+                lease_released!(o),
                 o::updated_at.eq(now),
             ))
             .execute(conn)?,
@@ -1319,8 +1309,7 @@ fn reschedule_rows(
             .set((
                 o::next_attempt_at.eq(next_at),
                 o::last_error.eq(error),
-                o::lease_owner.eq(None::<String>),
-                o::lease_until.eq(None::<NaiveDateTime>),
+                lease_released!(o),
                 o::updated_at.eq(now),
             ))
             .execute(conn)?,
@@ -1482,8 +1471,7 @@ pub fn finish_moves(
     .set((
         m::state.eq(state),
         m::last_error.eq(error),
-        m::lease_owner.eq(None::<String>),
-        m::lease_until.eq(None::<NaiveDateTime>),
+        lease_released!(m),
         m::updated_at.eq(now),
     ))
     .execute(conn)?)
@@ -1509,8 +1497,7 @@ pub fn reschedule_moves(
     .set((
         m::next_attempt_at.eq(next_at),
         m::last_error.eq(error),
-        m::lease_owner.eq(None::<String>),
-        m::lease_until.eq(None::<NaiveDateTime>),
+        lease_released!(m),
         m::updated_at.eq(now),
     ))
     .execute(conn)?)

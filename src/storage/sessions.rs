@@ -5,7 +5,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::schema::{connect_sessions as cs, oauth_states as os};
-use super::{AnyConnection, StorageError};
+use super::{AnyConnection, ExecuteOne, StorageError};
 use crate::domain::platform::Platform;
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -75,34 +75,21 @@ pub fn insert_session(
     conn: &mut AnyConnection,
     s: &NewSession,
 ) -> Result<ConnectSession, StorageError> {
-    Ok(crate::per_backend!(conn, |c| diesel::insert_into(
-        cs::table
-    )
-    .values(s)
-    .returning(ConnectSession::as_returning())
-    .get_result(c))?)
+    insert_returning!(conn, cs, s => ConnectSession)
 }
 
 pub fn find_session_by_hash(
     conn: &mut AnyConnection,
     token_hash: &str,
 ) -> Result<Option<ConnectSession>, StorageError> {
-    Ok(cs::table
-        .filter(cs::token_hash.eq(token_hash))
-        .select(ConnectSession::as_select())
-        .first(conn)
-        .optional()?)
+    find_by!(conn, cs::token_hash.eq(token_hash) => ConnectSession)
 }
 
 pub fn find_session(
     conn: &mut AnyConnection,
     id: i64,
 ) -> Result<Option<ConnectSession>, StorageError> {
-    Ok(cs::table
-        .filter(cs::id.eq(id))
-        .select(ConnectSession::as_select())
-        .first(conn)
-        .optional()?)
+    find_by!(conn, cs::id.eq(id) => ConnectSession)
 }
 
 /// Marks a session used if it is still unused; false when another callback got there first.
@@ -111,14 +98,13 @@ pub fn mark_session_used(
     id: i64,
     now: NaiveDateTime,
 ) -> Result<bool, StorageError> {
-    let n = diesel::update(
+    diesel::update(
         cs::table
             .filter(cs::id.eq(id))
             .filter(cs::used_at.is_null()),
     )
     .set(cs::used_at.eq(Some(now)))
-    .execute(conn)?;
-    Ok(n == 1)
+    .execute_one(conn)
 }
 
 pub fn insert_state(conn: &mut AnyConnection, s: &NewState) -> Result<(), StorageError> {
@@ -130,11 +116,7 @@ pub fn find_state_by_hash(
     conn: &mut AnyConnection,
     state_hash: &str,
 ) -> Result<Option<OAuthState>, StorageError> {
-    Ok(os::table
-        .filter(os::state_hash.eq(state_hash))
-        .select(OAuthState::as_select())
-        .first(conn)
-        .optional()?)
+    find_by!(conn, os::state_hash.eq(state_hash) => OAuthState)
 }
 
 /// Consumes a state: one conditional UPDATE, so two callbacks racing with the same state cannot both win.
@@ -143,25 +125,20 @@ pub fn consume_state(
     id: i64,
     now: NaiveDateTime,
 ) -> Result<bool, StorageError> {
-    let n = diesel::update(
+    diesel::update(
         os::table
             .filter(os::id.eq(id))
             .filter(os::used_at.is_null()),
     )
     .set(os::used_at.eq(Some(now)))
-    .execute(conn)?;
-    Ok(n == 1)
+    .execute_one(conn)
 }
 
 pub fn find_state_by_result_hash(
     conn: &mut AnyConnection,
     result_hash: &str,
 ) -> Result<Option<OAuthState>, StorageError> {
-    Ok(os::table
-        .filter(os::result_hash.eq(result_hash))
-        .select(OAuthState::as_select())
-        .first(conn)
-        .optional()?)
+    find_by!(conn, os::result_hash.eq(result_hash) => OAuthState)
 }
 
 /// Records how a consumed state's callback ended, for its result page.
@@ -185,15 +162,9 @@ pub fn prune_expired(
     Ok(diesel::delete(cs::table.filter(cs::expires_at.lt(before))).execute(conn)?)
 }
 
-/// Connect sessions and OAuth states, as the use cases see them: each call is one trip to the blocking pool.
-pub struct Sessions<'a> {
-    db: &'a super::Db,
-}
-
-impl super::Db {
-    pub fn sessions(&self) -> Sessions<'_> {
-        Sessions { db: self }
-    }
+aggregate_handle! {
+    /// Connect sessions and OAuth states, as the use cases see them: each call is one trip to the blocking pool.
+    Sessions => sessions
 }
 
 impl Sessions<'_> {

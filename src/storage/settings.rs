@@ -8,7 +8,7 @@ use diesel::prelude::*;
 use super::connections;
 use super::events::{self, NewEvent};
 use super::schema::seller_settings as s;
-use super::{AnyConnection, Db, StorageError};
+use super::{AnyConnection, StorageError};
 use crate::domain::settings::SellerSettings;
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -168,15 +168,9 @@ pub fn set_catalog(
     Ok(())
 }
 
-/// Seller settings, as the use cases see them.
-pub struct Settings<'a> {
-    db: &'a Db,
-}
-
-impl Db {
-    pub fn settings(&self) -> Settings<'_> {
-        Settings { db: self }
-    }
+aggregate_handle! {
+    /// Seller settings, as the use cases see them.
+    Settings => settings
 }
 
 impl Settings<'_> {

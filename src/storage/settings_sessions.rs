@@ -6,7 +6,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::schema::settings_sessions as ss;
-use super::{AnyConnection, Db, StorageError};
+use super::{AnyConnection, ExecuteOne, StorageError};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = ss)]
@@ -39,23 +39,14 @@ pub fn insert(
     conn: &mut AnyConnection,
     s: &NewSettingsSession,
 ) -> Result<SettingsSession, StorageError> {
-    Ok(crate::per_backend!(conn, |c| diesel::insert_into(
-        ss::table
-    )
-    .values(s)
-    .returning(SettingsSession::as_returning())
-    .get_result(c))?)
+    insert_returning!(conn, ss, s => SettingsSession)
 }
 
 pub fn find_by_hash(
     conn: &mut AnyConnection,
     token_hash: &str,
 ) -> Result<Option<SettingsSession>, StorageError> {
-    Ok(ss::table
-        .filter(ss::token_hash.eq(token_hash))
-        .select(SettingsSession::as_select())
-        .first(conn)
-        .optional()?)
+    find_by!(conn, ss::token_hash.eq(token_hash) => SettingsSession)
 }
 
 /// Binds an unopened session to a browser: one conditional UPDATE, so of two browsers opening the link at
@@ -66,7 +57,7 @@ pub fn bind(
     browser_hash: &str,
     now: NaiveDateTime,
 ) -> Result<bool, StorageError> {
-    let n = diesel::update(
+    diesel::update(
         ss::table
             .filter(ss::id.eq(id))
             .filter(ss::browser_hash.is_null()),
@@ -75,8 +66,7 @@ pub fn bind(
         ss::browser_hash.eq(Some(browser_hash)),
         ss::opened_at.eq(Some(now)),
     ))
-    .execute(conn)?;
-    Ok(n == 1)
+    .execute_one(conn)
 }
 
 /// Removes sessions that expired before `before`.
@@ -87,15 +77,9 @@ pub fn prune_expired(
     Ok(diesel::delete(ss::table.filter(ss::expires_at.lt(before))).execute(conn)?)
 }
 
-/// Settings sessions, as the use cases see them: each call is one trip to the blocking pool.
-pub struct SettingsSessions<'a> {
-    db: &'a Db,
-}
-
-impl Db {
-    pub fn settings_sessions(&self) -> SettingsSessions<'_> {
-        SettingsSessions { db: self }
-    }
+aggregate_handle! {
+    /// Settings sessions, as the use cases see them: each call is one trip to the blocking pool.
+    SettingsSessions => settings_sessions
 }
 
 impl SettingsSessions<'_> {

@@ -7,7 +7,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::schema::order_steps as st;
-use super::{AnyConnection, Db, StorageError};
+use super::{AnyConnection, StorageError};
 use crate::domain::order::{StepKind, StepState};
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
@@ -23,6 +23,17 @@ pub struct StepRow {
     pub attempts: i32,
     pub last_error: Option<String>,
     pub next_attempt_at: NaiveDateTime,
+}
+
+/// A step to send, or to read back, due now and not leased by a live worker (the push's idle probe, its
+/// ranking of accounts and the claims all ask this).
+#[diesel::dsl::auto_type]
+pub(super) fn is_due(now: NaiveDateTime) -> _ {
+    let open: [StepState; 2] = [StepState::Pending, StepState::Sent];
+    st::state
+        .eq_any(open)
+        .and(st::next_attempt_at.le(now))
+        .and(st::lease_until.is_null().or(st::lease_until.lt(now)))
 }
 
 /// Plans the steps of a lead that now exists; steps already planned (a re-adopted lead) stay as they are.
@@ -65,9 +76,7 @@ pub fn claim(
         let due = st::table
             .filter(st::seller_id.eq(seller_id))
             .filter(st::step.eq(kind))
-            .filter(st::state.eq_any([StepState::Pending, StepState::Sent]))
-            .filter(st::next_attempt_at.le(now))
-            .filter(st::lease_until.is_null().or(st::lease_until.lt(now)));
+            .filter(is_due(now));
         let ids: Vec<String> = due
             .clone()
             .order((st::next_attempt_at.asc(), st::order_id.asc()))
@@ -147,8 +156,7 @@ pub fn finish(
                 st::result_id.eq(f.result_id),
                 st::result_count.eq(f.result_count),
                 st::last_error.eq(f.error.as_deref()),
-                st::lease_owner.eq(None::<String>),
-                st::lease_until.eq(None::<NaiveDateTime>),
+                lease_released!(st),
                 st::updated_at.eq(now),
             ))
             .execute(c)?;
@@ -175,8 +183,7 @@ pub fn reschedule(
     let release = (
         st::next_attempt_at.eq(next_at),
         st::last_error.eq(error),
-        st::lease_owner.eq(None::<String>),
-        st::lease_until.eq(None::<NaiveDateTime>),
+        lease_released!(st),
         st::updated_at.eq(super::now()),
     );
     match state {
@@ -228,15 +235,9 @@ pub fn next_due(
         .first(conn)?)
 }
 
-/// Order steps, as the use cases see them.
-pub struct Steps<'a> {
-    db: &'a Db,
-}
-
-impl Db {
-    pub fn steps(&self) -> Steps<'_> {
-        Steps { db: self }
-    }
+aggregate_handle! {
+    /// Order steps, as the use cases see them.
+    Steps => steps
 }
 
 impl Steps<'_> {

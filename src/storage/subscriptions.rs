@@ -6,7 +6,7 @@ use secrecy::SecretString;
 
 use super::cipher::{Aad, CipherError, Keyring};
 use super::schema::webhook_subscriptions as s;
-use super::{AnyConnection, Db, StorageError};
+use super::{AnyConnection, StorageError};
 
 pub const TABLE: &str = "webhook_subscriptions";
 pub const SECRET_COLUMN: &str = "secret";
@@ -81,11 +81,7 @@ pub fn insert(conn: &mut AnyConnection, row: &Subscription) -> Result<Subscripti
 }
 
 pub fn find(conn: &mut AnyConnection, id: &str) -> Result<Option<Subscription>, StorageError> {
-    Ok(s::table
-        .filter(s::id.eq(id))
-        .select(Subscription::as_select())
-        .first(conn)
-        .optional()?)
+    find_by!(conn, s::id.eq(id) => Subscription)
 }
 
 /// A page of subscriptions, oldest first, with the total count.
@@ -143,15 +139,9 @@ pub fn delete(conn: &mut AnyConnection, id: &str) -> Result<bool, StorageError> 
     })
 }
 
-/// Subscriptions, as the use cases see them: each call is one trip to the blocking pool.
-pub struct Subscriptions<'a> {
-    db: &'a Db,
-}
-
-impl Db {
-    pub fn subscriptions(&self) -> Subscriptions<'_> {
-        Subscriptions { db: self }
-    }
+aggregate_handle! {
+    /// Subscriptions, as the use cases see them: each call is one trip to the blocking pool.
+    Subscriptions => subscriptions
 }
 
 impl Subscriptions<'_> {

@@ -10,17 +10,11 @@ use chrono::{NaiveDateTime, TimeDelta};
 use diesel::prelude::*;
 
 use super::schema::amocrm_account_turns as t;
-use super::{AnyConnection, Db, StorageError};
+use super::{AnyConnection, ExecuteOne, StorageError};
 
-/// Account turns, as the turn gate sees them: each call is one trip to the blocking pool.
-pub struct Turns<'a> {
-    db: &'a Db,
-}
-
-impl Db {
-    pub fn turns(&self) -> Turns<'_> {
-        Turns { db: self }
-    }
+aggregate_handle! {
+    /// Account turns, as the turn gate sees them: each call is one trip to the blocking pool.
+    Turns => turns
 }
 
 impl Turns<'_> {
@@ -185,13 +179,12 @@ pub fn shorten(
     owner: &str,
     cool_until: NaiveDateTime,
 ) -> Result<bool, StorageError> {
-    let n = diesel::update(
+    diesel::update(
         t::table
             .filter(t::account_key.eq(key))
             .filter(t::owner.eq(owner))
             .filter(t::lease_until.gt(cool_until)),
     )
     .set(t::lease_until.eq(Some(cool_until)))
-    .execute(conn)?;
-    Ok(n == 1)
+    .execute_one(conn)
 }

@@ -88,12 +88,7 @@ async fn revoke_row(state: &Context, row: &Connection, reason: &str) -> Result<b
 }
 
 pub async fn get_connection(state: &Context, seller_id: &str) -> Result<Connection, ConnectError> {
-    state
-        .db
-        .connections()
-        .by_seller(seller_id)
-        .await?
-        .ok_or(ConnectError::NotFound)
+    state.connection_of(seller_id, ConnectError::NotFound).await
 }
 
 pub async fn list_connections(
