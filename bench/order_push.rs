@@ -212,12 +212,12 @@ async fn deal_scenario(orders: usize, new_buyers: usize) {
     let host = &seed(&app, &sandbox, 1, Deal::Full).await[0];
     let seller = &common::seller_id(0);
     for b in 0..DEAL_BUYERS {
-        let seed = amocrm_sandbox::ContactSeed {
+        let buyer = amocrm_sandbox::ContactSeed {
             name: format!("Xaridor {b}"),
             phones: vec![deal_phone(b)],
             ..amocrm_sandbox::ContactSeed::default()
         };
-        sandbox.add_contact(host, seed).expect("contact");
+        sandbox.add_contact(host, buyer).expect("contact");
     }
     // Warm-up: every SKU once (their elements are made), the index filled from the account's contacts.
     for k in 0..DEAL_SKUS {

@@ -247,11 +247,14 @@ where
     };
     let result = match again {
         None => first.map_err(TokenError::Api),
-        Some(Err(e)) => Err(e),
-        Some(Ok(row)) => match grant_as(state, row, how).and_then(|grant| amo(state, grant)) {
-            Ok(api) => call(api).await.map_err(TokenError::Api),
-            Err(e) => Err(e),
-        },
+        // The second call, with the row the stale grant or host was replaced by.
+        Some(row) => {
+            async {
+                let api = amo(state, grant_as(state, row?, how)?)?;
+                call(api).await.map_err(TokenError::Api)
+            }
+            .await
+        }
     };
     settle(state, &conn, how, result).await
 }
