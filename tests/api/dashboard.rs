@@ -186,6 +186,15 @@ async fn an_operator_signs_in_and_sees_connections_orders_events_and_subscriptio
     let (status, html) = get(&app, "/dashboard").await;
     assert_eq!(status, 200);
     assert!(html.contains("Overview") && html.contains("Dana"), "{html}");
+    // Failed deliveries link to the events page filtered to them; the other states to the whole list.
+    assert!(
+        html.contains(r#"<a href="/dashboard/events?failed=1"><span class="badge s-failed">"#),
+        "{html}"
+    );
+    assert!(
+        html.contains(r#"<a href="/dashboard/events"><span class="badge s-delivered">"#),
+        "{html}"
+    );
 
     let (status, html) = get(&app, "/dashboard/connections").await;
     assert_eq!(status, 200);

@@ -163,7 +163,8 @@ struct OverviewPage {
     nav: Nav,
     connections: Vec<(String, i64)>,
     orders: Vec<(String, i64)>,
-    deliveries: Vec<(String, i64)>,
+    /// Each delivery state with its count and the events page that lists it (only failed ones filter).
+    deliveries: Vec<(String, i64, &'static str)>,
     inbox: Vec<(String, i64)>,
     oldest_queued: String,
     oldest_delivery: String,
@@ -176,7 +177,18 @@ pub async fn overview(v: Viewer) -> Result<HttpResponse, DashError> {
         nav: v.nav("overview"),
         connections: with_known(&s.connections_by_status, CONNECTION_STATUSES),
         orders: with_known(&s.orders_by_sync_state, SYNC_STATES),
-        deliveries: with_known(&s.deliveries_by_state, DeliveryState::NAMES),
+        deliveries: with_known(&s.deliveries_by_state, DeliveryState::NAMES)
+            .into_iter()
+            .map(|(state, n)| {
+                let failed = state == DeliveryState::Failed.as_str();
+                let href = if failed {
+                    "/dashboard/events?failed=1"
+                } else {
+                    "/dashboard/events"
+                };
+                (state, n, href)
+            })
+            .collect(),
         inbox: with_known(&s.inbox_by_state, InboxState::NAMES),
         oldest_queued: age(s.oldest_queued_order),
         oldest_delivery: age(s.oldest_pending_delivery),
