@@ -596,6 +596,14 @@ impl Cx<'_> {
         format!("{}/api/v4/{path}", self.acc.self_url())
     }
 
+    /// `_embedded` references to entities of `kind` (`leads`, `contacts`, `companies`): each its id and
+    /// self link.
+    fn refs(&self, kind: &str, ids: impl IntoIterator<Item = u64>) -> Vec<Value> {
+        ids.into_iter()
+            .map(|id| json!({"id": id, "_links": link(self.url(&format!("{kind}/{id}")))}))
+            .collect()
+    }
+
     // ---- account -------------------------------------------------------------------------------
 
     fn account(&self, q: &Query) -> HttpResponse {
@@ -1128,7 +1136,7 @@ impl Cx<'_> {
         let with_contacts = with.contacts;
         let mut embedded = json!({
             "tags": l.tags.iter().map(|t| json!({"id": t.id, "name": t.name, "color": null})).collect::<Vec<_>>(),
-            "companies": l.company_id.map(|c| vec![json!({"id": c, "_links": link(self.url(&format!("companies/{c}")))})]).unwrap_or_default(),
+            "companies": self.refs("companies", l.company_id),
         });
         if with_contacts {
             embedded["contacts"] = json!(l
@@ -1860,16 +1868,22 @@ impl Cx<'_> {
                 .get(&id)
                 .map(|l| l.updated_at)
                 .unwrap_or(self.now);
-            let mut j = json!({"id": id, "updated_at": updated_at, "_links": link(self.url(&format!("leads/{id}")))});
-            if li.request_id_given {
-                j["request_id"] = json!(li.request_id);
-            }
-            out.push(j);
+            let j = json!({"id": id, "updated_at": updated_at, "_links": link(self.url(&format!("leads/{id}")))});
+            out.push(with_request_id(
+                j,
+                li.request_id_given.then_some(li.request_id),
+            ));
         }
+        self.patched("leads", out, single)
+    }
+
+    /// The answer to a PATCH of `entity`: the one entity for `PATCH /{entity}/{id}` (`single`), else the
+    /// batch under `_embedded`.
+    fn patched(&self, entity: &str, mut out: Vec<Value>, single: bool) -> HttpResponse {
         if single && let Some(first) = out.pop() {
             return hal(first);
         }
-        hal(json!({"_links": link(self.url("leads")), "_embedded": {"leads": out}}))
+        hal(json!({"_links": link(self.url(entity)), "_embedded": {entity: out}}))
     }
 
     // ---- webhooks ------------------------------------------------------------------------------

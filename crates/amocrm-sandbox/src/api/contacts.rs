@@ -5,7 +5,7 @@
 use actix_web::HttpResponse;
 use serde_json::{Value, json};
 
-use super::{Cx, Query, all_valid, batch, link, object_of, page_of};
+use super::{Cx, Query, all_valid, batch, link, object_of, page_of, with_request_id};
 use crate::fields::{self, as_id, opt_int, opt_str};
 use crate::model::{Company, Contact, ContactChange, ContactSeed, FieldValue, FieldValues};
 use crate::outbound::Event;
@@ -179,15 +179,10 @@ impl Cx<'_> {
     pub(super) fn contact_json(&self, c: &Contact, with_leads: bool) -> Value {
         let mut embedded = json!({
             "tags": [],
-            "companies": c.company_id.map(|co| vec![json!({"id": co, "_links": link(self.url(&format!("companies/{co}")))})]).unwrap_or_default(),
+            "companies": self.refs("companies", c.company_id),
         });
         if with_leads {
-            embedded["leads"] = json!(
-                c.lead_ids
-                    .iter()
-                    .map(|l| json!({"id": l, "_links": link(self.url(&format!("leads/{l}")))}))
-                    .collect::<Vec<_>>()
-            );
+            embedded["leads"] = json!(self.refs("leads", c.lead_ids.iter().copied()));
         }
         json!({
             "id": c.id,
@@ -398,20 +393,17 @@ impl Cx<'_> {
                 self.events.push(Event::ContactUpdated(id));
             }
             let (name, updated_at) = (c.name.clone(), c.updated_at);
-            let mut j = json!({
+            let j = json!({
                 "id": id,
                 "name": name,
                 "updated_at": updated_at,
                 "_links": link(self.url(&format!("contacts/{id}"))),
             });
-            if ci.request_id_given {
-                j["request_id"] = json!(ci.request_id);
-            }
-            out.push(j);
+            out.push(with_request_id(
+                j,
+                ci.request_id_given.then_some(ci.request_id),
+            ));
         }
-        if single && let Some(first) = out.pop() {
-            return hal(first);
-        }
-        hal(json!({"_links": link(self.url("contacts")), "_embedded": {"contacts": out}}))
+        self.patched("contacts", out, single)
     }
 }

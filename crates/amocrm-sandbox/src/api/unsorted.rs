@@ -305,11 +305,6 @@ impl Cx<'_> {
     }
 
     fn unsorted_json(&self, u: &UnsortedEntry) -> Value {
-        let ids = |list: Vec<u64>, kind: &str| {
-            list.into_iter()
-                .map(|id| json!({"id": id, "_links": link(self.url(&format!("{kind}/{id}")))}))
-                .collect::<Vec<_>>()
-        };
         json!({
             "uid": u.uid,
             "source_uid": u.source_uid,
@@ -321,9 +316,9 @@ impl Cx<'_> {
             "account_id": self.acc.id,
             "_links": link(self.url(&format!("leads/unsorted/{}", u.uid))),
             "_embedded": {
-                "leads": ids(vec![u.lead_id], "leads"),
-                "contacts": ids(u.contact_ids.clone(), "contacts"),
-                "companies": ids(u.company_id.into_iter().collect(), "companies"),
+                "leads": self.refs("leads", [u.lead_id]),
+                "contacts": self.refs("contacts", u.contact_ids.iter().copied()),
+                "companies": self.refs("companies", u.company_id),
             },
         })
     }
@@ -453,9 +448,9 @@ impl Cx<'_> {
                 "request_id": rid,
                 "_links": link(self.url(&format!("leads/unsorted/{uid}"))),
                 "_embedded": {
-                    "leads": [{"id": lead_id, "_links": link(self.url(&format!("leads/{lead_id}")))}],
-                    "contacts": contact_id.map(|c| vec![json!({"id": c, "_links": link(self.url(&format!("contacts/{c}")))})]).unwrap_or_default(),
-                    "companies": company_id.map(|c| vec![json!({"id": c, "_links": link(self.url(&format!("companies/{c}")))})]).unwrap_or_default(),
+                    "leads": self.refs("leads", [lead_id]),
+                    "contacts": self.refs("contacts", contact_id),
+                    "companies": self.refs("companies", company_id),
                 },
             }));
         }
@@ -536,7 +531,7 @@ impl Cx<'_> {
                     "pipeline_id": lead.map(|l| l.pipeline_id),
                     "_links": link(self.url(&format!("leads/{}", u.lead_id))),
                 }],
-                "contacts": u.contact_ids.iter().map(|c| json!({"id": c, "_links": link(self.url(&format!("contacts/{c}")))})).collect::<Vec<_>>(),
+                "contacts": self.refs("contacts", u.contact_ids.iter().copied()),
             },
         }))
     }
