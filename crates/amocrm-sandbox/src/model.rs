@@ -70,6 +70,20 @@ impl Contact {
     pub fn values_of(&self, code: &str) -> Vec<String> {
         values_of(&self.custom_fields_values, code)
     }
+
+    pub(crate) fn party(&self) -> Party<'_> {
+        Party {
+            id: self.id,
+            name: &self.name,
+            responsible: self.responsible_user_id,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            fields: &self.custom_fields_values,
+            linked_company: self.company_id,
+            lead_ids: &self.lead_ids,
+            kind: "contact",
+        }
+    }
 }
 
 /// A company.
@@ -91,6 +105,37 @@ pub struct Company {
     pub contact_ids: Vec<u64>,
     /// Linked leads.
     pub lead_ids: Vec<u64>,
+}
+
+impl Company {
+    pub(crate) fn party(&self) -> Party<'_> {
+        Party {
+            id: self.id,
+            name: &self.name,
+            responsible: self.responsible_user_id,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            fields: &self.custom_fields_values,
+            linked_company: None,
+            lead_ids: &self.lead_ids,
+            kind: "company",
+        }
+    }
+}
+
+/// What contacts and companies share, as the API answers and webhooks show them alike.
+pub(crate) struct Party<'a> {
+    pub id: u64,
+    pub name: &'a str,
+    pub responsible: u64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub fields: &'a [FieldValues],
+    /// A contact's company.
+    pub linked_company: Option<u64>,
+    pub lead_ids: &'a [u64],
+    /// `contact` or `company`.
+    pub kind: &'static str,
 }
 
 /// The values one entity holds for one custom field.

@@ -10,7 +10,9 @@ use chrono::Utc;
 use tokio::sync::{Notify, mpsc};
 
 use crate::config::WebhookFormat;
-use crate::model::{Delivery, DeliveryKind, FieldValues, Lead, Note, UnsortedEntry, UnsortedState};
+use crate::model::{
+    Delivery, DeliveryKind, FieldValues, Lead, Note, Party, UnsortedEntry, UnsortedState,
+};
 use crate::state::{Account, State, next};
 
 /// Something that happened to an account's entities and may produce webhooks.
@@ -178,26 +180,10 @@ fn full_body(acc: &Account, events: &[&Event]) -> String {
                     out.push((format!("{p}[pipeline_id]"), l.pipeline_id.to_string()));
                     Some(())
                 }
-                Event::ContactAdded(id) | Event::ContactUpdated(id) => {
-                    acc.contacts.get(id).map(|c| {
-                        party_fields(
-                            &mut out,
-                            &p,
-                            acc,
-                            Party {
-                                id: c.id,
-                                name: &c.name,
-                                responsible: c.responsible_user_id,
-                                created_at: c.created_at,
-                                updated_at: c.updated_at,
-                                fields: &c.custom_fields_values,
-                                linked_company: c.company_id,
-                                lead_ids: &c.lead_ids,
-                                kind: "contact",
-                            },
-                        )
-                    })
-                }
+                Event::ContactAdded(id) | Event::ContactUpdated(id) => acc
+                    .contacts
+                    .get(id)
+                    .map(|c| party_fields(&mut out, &p, acc, c.party())),
                 Event::ContactDeleted(id) => {
                     out.push((format!("{p}[id]"), id.to_string()));
                     out.push((format!("{p}[type]"), "contact".to_owned()));
@@ -215,24 +201,10 @@ fn full_body(acc: &Account, events: &[&Event]) -> String {
                     .unsorted
                     .get(uid)
                     .map(|u| unsorted_result_fields(&mut out, &p, acc, u)),
-                Event::CompanyAdded(id) => acc.companies.get(id).map(|c| {
-                    party_fields(
-                        &mut out,
-                        &p,
-                        acc,
-                        Party {
-                            id: c.id,
-                            name: &c.name,
-                            responsible: c.responsible_user_id,
-                            created_at: c.created_at,
-                            updated_at: c.updated_at,
-                            fields: &c.custom_fields_values,
-                            linked_company: None,
-                            lead_ids: &c.lead_ids,
-                            kind: "company",
-                        },
-                    )
-                }),
+                Event::CompanyAdded(id) => acc
+                    .companies
+                    .get(id)
+                    .map(|c| party_fields(&mut out, &p, acc, c.party())),
             };
             if written.is_some() {
                 index += 1;
@@ -288,18 +260,6 @@ fn lead_fields(
     custom_fields(out, p, &l.custom_fields_values, false);
     out.push((format!("{p}[created_at]"), l.created_at.to_string()));
     out.push((format!("{p}[updated_at]"), l.updated_at.to_string()));
-}
-
-struct Party<'a> {
-    id: u64,
-    name: &'a str,
-    responsible: u64,
-    created_at: i64,
-    updated_at: i64,
-    fields: &'a [FieldValues],
-    linked_company: Option<u64>,
-    lead_ids: &'a [u64],
-    kind: &'static str,
 }
 
 fn party_fields(out: &mut Pairs, p: &str, acc: &Account, c: Party<'_>) {

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::{Cx, Query, all_valid, batch, link, object_of, page_of, with_request_id};
 use crate::fields::{self, as_id, opt_int, opt_str};
-use crate::model::{Company, Contact, ContactChange, ContactSeed, FieldValue, FieldValues};
+use crate::model::{Company, Contact, ContactChange, ContactSeed, FieldValue, FieldValues, Party};
 use crate::outbound::Event;
 use crate::problem::{FieldError, ItemErrors, hal, hal_or_no_content};
 use crate::state::{Account, Ids, next};
@@ -184,43 +184,34 @@ impl Cx<'_> {
         if with_leads {
             embedded["leads"] = json!(self.refs("leads", c.lead_ids.iter().copied()));
         }
-        json!({
-            "id": c.id,
-            "name": c.name,
-            "first_name": c.first_name,
-            "last_name": c.last_name,
-            "responsible_user_id": c.responsible_user_id,
-            "group_id": 0,
-            "created_by": self.acc.user_id,
-            "updated_by": self.acc.user_id,
-            "created_at": c.created_at,
-            "updated_at": c.updated_at,
-            "closest_task_at": null,
-            "is_deleted": false,
-            "is_unsorted": self.acc.hidden_contacts.contains(&c.id),
-            "custom_fields_values": fields::values_json(&c.custom_fields_values),
-            "account_id": self.acc.id,
-            "_links": link(self.url(&format!("contacts/{}", c.id))),
-            "_embedded": embedded,
-        })
+        let mut j = self.party_json(&c.party(), "contacts", embedded);
+        j["first_name"] = json!(c.first_name);
+        j["last_name"] = json!(c.last_name);
+        j["is_unsorted"] = json!(self.acc.hidden_contacts.contains(&c.id));
+        j
     }
 
     fn company_json(&self, c: &Company) -> Value {
+        self.party_json(&c.party(), "companies", json!({"tags": []}))
+    }
+
+    /// The fields a contact and a company answer alike; `path` is their collection (`contacts`).
+    fn party_json(&self, p: &Party<'_>, path: &str, embedded: Value) -> Value {
         json!({
-            "id": c.id,
-            "name": c.name,
-            "responsible_user_id": c.responsible_user_id,
+            "id": p.id,
+            "name": p.name,
+            "responsible_user_id": p.responsible,
             "group_id": 0,
             "created_by": self.acc.user_id,
             "updated_by": self.acc.user_id,
-            "created_at": c.created_at,
-            "updated_at": c.updated_at,
+            "created_at": p.created_at,
+            "updated_at": p.updated_at,
             "closest_task_at": null,
             "is_deleted": false,
-            "custom_fields_values": fields::values_json(&c.custom_fields_values),
+            "custom_fields_values": fields::values_json(p.fields),
             "account_id": self.acc.id,
-            "_links": link(self.url(&format!("companies/{}", c.id))),
-            "_embedded": {"tags": []},
+            "_links": link(self.url(&format!("{path}/{}", p.id))),
+            "_embedded": embedded,
         })
     }
 
