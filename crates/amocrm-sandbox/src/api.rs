@@ -1927,16 +1927,8 @@ impl Cx<'_> {
         };
         let mut errs = Vec::new();
         let dest = opt_str(o, "destination", "", &mut errs);
-        let valid_dest = dest.as_deref().is_some_and(|d| {
-            url::Url::parse(d)
-                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-        });
-        if !valid_dest {
-            errs.push(FieldError::new(
-                "InvalidUrl",
-                "destination",
-                "This value is not a valid URL.",
-            ));
+        if !dest.as_deref().is_some_and(fields::is_web_url) {
+            errs.push(FieldError::invalid_url("destination"));
         }
         let mut settings = Vec::new();
         match o.get("settings") {

@@ -61,6 +61,28 @@ pub fn join(prefix: &str, key: &str) -> String {
     }
 }
 
+/// Reads an optional field with `read`, recording an `InvalidType` error (of type `ty`) when it is present
+/// but `read` refuses it; absent and `null` are both `None`.
+fn opt_field<T>(
+    obj: &serde_json::Map<String, Value>,
+    key: &str,
+    prefix: &str,
+    errs: &mut Vec<FieldError>,
+    ty: &str,
+    read: impl FnOnce(&Value) -> Option<T>,
+) -> Option<T> {
+    match obj.get(key) {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let value = read(v);
+            if value.is_none() {
+                errs.push(FieldError::invalid_type(join(prefix, key), ty));
+            }
+            value
+        }
+    }
+}
+
 /// Reads an optional integer field, recording an `InvalidType` error when present but not an int.
 pub fn opt_int(
     obj: &serde_json::Map<String, Value>,
@@ -68,16 +90,7 @@ pub fn opt_int(
     prefix: &str,
     errs: &mut Vec<FieldError>,
 ) -> Option<i64> {
-    match obj.get(key) {
-        None | Some(Value::Null) => None,
-        Some(v) => match as_int(v) {
-            Some(i) => Some(i),
-            None => {
-                errs.push(FieldError::invalid_type(join(prefix, key), "int"));
-                None
-            }
-        },
-    }
+    opt_field(obj, key, prefix, errs, "int", as_int)
 }
 
 /// Reads an optional string field, recording an `InvalidType` error when present but not a string.
@@ -87,14 +100,9 @@ pub fn opt_str(
     prefix: &str,
     errs: &mut Vec<FieldError>,
 ) -> Option<String> {
-    match obj.get(key) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => {
-            errs.push(FieldError::invalid_type(join(prefix, key), "string"));
-            None
-        }
-    }
+    opt_field(obj, key, prefix, errs, "string", |v| {
+        v.as_str().map(str::to_owned)
+    })
 }
 
 /// Reads a string field that must not be blank, recording `NotBlank` when it is missing or blank (after any
@@ -118,14 +126,12 @@ pub fn opt_bool(
     prefix: &str,
     errs: &mut Vec<FieldError>,
 ) -> Option<bool> {
-    match obj.get(key) {
-        None | Some(Value::Null) => None,
-        Some(Value::Bool(b)) => Some(*b),
-        Some(_) => {
-            errs.push(FieldError::invalid_type(join(prefix, key), "bool"));
-            None
-        }
-    }
+    opt_field(obj, key, prefix, errs, "bool", Value::as_bool)
+}
+
+/// An absolute `http`/`https` URL with a host, as amoCRM accepts for links and webhook destinations.
+pub fn is_web_url(s: &str) -> bool {
+    url::Url::parse(s).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
 }
 
 /// Validates `custom_fields_values` against `fields`; returns what to store (None: field not given).
@@ -269,16 +275,8 @@ fn parse_value(
             }
         }
         "url" => {
-            let ok = value.as_str().is_some_and(|s| {
-                url::Url::parse(s)
-                    .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-            });
-            if !ok {
-                errs.push(FieldError::new(
-                    "InvalidUrl",
-                    value_path,
-                    "This value is not a valid URL.",
-                ));
+            if !value.as_str().is_some_and(is_web_url) {
+                errs.push(FieldError::invalid_url(value_path));
                 return None;
             }
         }

@@ -146,6 +146,9 @@ impl FieldError {
     pub fn required(path: impl Into<String>) -> Self {
         Self::new("NotBlank", path, "This value should not be blank.")
     }
+    pub fn invalid_url(path: impl Into<String>) -> Self {
+        Self::new("InvalidUrl", path, "This value is not a valid URL.")
+    }
     /// The item names an entity the account does not have.
     pub fn not_found(path: impl Into<String>, detail: impl Into<String>) -> Self {
         Self::new("NotFound", path, detail)
