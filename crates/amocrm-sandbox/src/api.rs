@@ -1347,13 +1347,28 @@ impl Cx<'_> {
         }
     }
 
-    /// The validation error for a `responsible_user_id` naming an unknown, deleted or inactive user.
-    fn responsible_error(&self, path: String, id: i64) -> Option<FieldError> {
-        let detail = match u64::try_from(id) {
-            Ok(id) => self.acc.user_problem(id)?,
-            Err(_) => format!("User {id} not found in the account."),
+    /// The item's `responsible_user_id` when given and assignable; an unknown, deleted or inactive user
+    /// (or a wrong type) is recorded in `errs`.
+    fn responsible_in(
+        &self,
+        o: &Map<String, Value>,
+        prefix: &str,
+        errs: &mut Vec<FieldError>,
+    ) -> Option<u64> {
+        let r = opt_int(o, "responsible_user_id", prefix, errs)?;
+        let problem = match u64::try_from(r) {
+            Ok(id) => match self.acc.user_problem(id) {
+                None => return Some(id),
+                Some(detail) => detail,
+            },
+            Err(_) => format!("User {r} not found in the account."),
         };
-        Some(FieldError::new("NotSupportedChoice", path, detail))
+        errs.push(FieldError::new(
+            "NotSupportedChoice",
+            join(prefix, "responsible_user_id"),
+            problem,
+        ));
+        None
     }
 
     fn party_in(
@@ -1394,12 +1409,7 @@ impl Cx<'_> {
             p.first_name = opt_str(o, "first_name", prefix, errs).unwrap_or_default();
             p.last_name = opt_str(o, "last_name", prefix, errs).unwrap_or_default();
         }
-        if let Some(r) = opt_int(o, "responsible_user_id", prefix, errs) {
-            match self.responsible_error(join(prefix, "responsible_user_id"), r) {
-                Some(e) => errs.push(e),
-                None => p.responsible = u64::try_from(r).ok(),
-            }
-        }
+        p.responsible = self.responsible_in(o, prefix, errs);
         p.fields = fields::parse_values(
             &self.acc.contact_fields,
             o.get("custom_fields_values"),
@@ -1441,12 +1451,7 @@ impl Cx<'_> {
         let status_id = opt_int(o, "status_id", "", &mut errs);
         li.pipeline_id = pipeline_id.and_then(|p| u64::try_from(p).ok());
         li.status_id = status_id.and_then(|s| u64::try_from(s).ok());
-        if let Some(r) = opt_int(o, "responsible_user_id", "", &mut errs) {
-            match self.responsible_error("responsible_user_id".to_owned(), r) {
-                Some(e) => errs.push(e),
-                None => li.responsible = u64::try_from(r).ok(),
-            }
-        }
+        li.responsible = self.responsible_in(o, "", &mut errs);
         if let Some(c) = opt_int(o, "created_by", "", &mut errs) {
             li.created_by = u64::try_from(c).ok();
         }

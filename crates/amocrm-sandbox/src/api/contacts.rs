@@ -291,12 +291,7 @@ impl Cx<'_> {
         ci.name = opt_str(o, "name", "", &mut errs);
         ci.first_name = opt_str(o, "first_name", "", &mut errs);
         ci.last_name = opt_str(o, "last_name", "", &mut errs);
-        if let Some(r) = opt_int(o, "responsible_user_id", "", &mut errs) {
-            match self.responsible_error("responsible_user_id".to_owned(), r) {
-                Some(e) => errs.push(e),
-                None => ci.responsible = u64::try_from(r).ok(),
-            }
-        }
+        ci.responsible = self.responsible_in(o, "", &mut errs);
         let _ = opt_int(o, "created_by", "", &mut errs);
         let _ = opt_int(o, "updated_by", "", &mut errs);
         ci.fields = fields::parse_values(

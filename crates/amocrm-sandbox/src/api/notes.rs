@@ -5,7 +5,7 @@ use actix_web::HttpResponse;
 use serde_json::{Value, json};
 
 use super::{Cx, Query, all_valid, batch, link, object_of, page_of};
-use crate::fields::{as_id, join, opt_bool, opt_int, opt_str};
+use crate::fields::{as_id, opt_bool, opt_int, opt_str};
 use crate::model::Note;
 use crate::outbound::Event;
 use crate::problem::{FieldError, ItemErrors, hal, hal_or_no_content};
@@ -155,13 +155,7 @@ impl Cx<'_> {
             },
             None => None,
         };
-        let mut responsible = None;
-        if let Some(r) = opt_int(o, "responsible_user_id", "", &mut errs) {
-            match self.responsible_error(join("", "responsible_user_id"), r) {
-                Some(e) => errs.push(e),
-                None => responsible = u64::try_from(r).ok(),
-            }
-        }
+        let responsible = self.responsible_in(o, "", &mut errs);
         let _ = opt_bool(o, "is_need_to_trigger_digital_pipeline", "", &mut errs);
         ItemErrors::check(
             request_id.clone(),

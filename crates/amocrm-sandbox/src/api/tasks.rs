@@ -82,13 +82,7 @@ impl Cx<'_> {
             )),
             _ => {}
         }
-        let mut responsible = self.user;
-        if let Some(r) = opt_int(o, "responsible_user_id", "", &mut errs) {
-            match self.responsible_error("responsible_user_id".to_owned(), r) {
-                Some(e) => errs.push(e),
-                None => responsible = u64::try_from(r).unwrap_or(responsible),
-            }
-        }
+        let responsible = self.responsible_in(o, "", &mut errs).unwrap_or(self.user);
         let task_type_id = match opt_int(o, "task_type_id", "", &mut errs) {
             None => 1,
             Some(t) => match u64::try_from(t).ok().filter(|t| TASK_TYPES.contains(t)) {
