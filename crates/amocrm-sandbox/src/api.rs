@@ -522,6 +522,70 @@ fn page_of(base: &str, key: &str, all: Vec<Value>, page: usize, limit: usize) ->
     hal(json!({"_page": page, "_links": links, "_embedded": embedded}))
 }
 
+/// One item of `POST leads/custom_fields`, validated.
+fn field_in(item: &Value, i: usize) -> Result<FieldIn, ItemErrors> {
+    let o = object_of(item, i)?;
+    let mut errs = Vec::new();
+    let request_id = opt_str(o, "request_id", "", &mut errs);
+    let name = required_str(o, "name", &mut errs);
+    let ty = opt_str(o, "type", "", &mut errs);
+    match ty.as_deref() {
+        Some(t) if FIELD_TYPES.contains(&t) && t != "multitext" => {}
+        Some(_) => errs.push(FieldError::not_supported("type")),
+        None => errs.push(FieldError::required("type")),
+    }
+    let code = opt_str(o, "code", "", &mut errs);
+    let sort = opt_int(o, "sort", "", &mut errs).unwrap_or(500);
+    let api_only = opt_bool(o, "is_api_only", "", &mut errs).unwrap_or(false);
+    let mut enums = Vec::new();
+    if let Some(Value::Array(es)) = o.get("enums") {
+        for (j, e) in es.iter().enumerate() {
+            match e.get("value").and_then(Value::as_str) {
+                Some(val) => enums.push((
+                    val.to_owned(),
+                    e.get("sort").and_then(Value::as_i64).unwrap_or(500),
+                )),
+                None => errs.push(FieldError::required(format!("enums.{j}.value"))),
+            }
+        }
+    }
+    ItemErrors::check(
+        ItemErrors::key(request_id.as_deref(), i),
+        errs,
+        FieldIn {
+            request_id,
+            name: name.unwrap_or_default(),
+            ty: ty.unwrap_or_default(),
+            code,
+            sort,
+            api_only,
+            enums,
+        },
+    )
+}
+
+/// A validated pipeline to create: its own stages and the system stages it renames.
+struct PipelineIn {
+    request_id: Option<String>,
+    name: String,
+    sort: Option<i64>,
+    is_main: bool,
+    unsorted: bool,
+    renames: Vec<(u64, String)>,
+    stages: Vec<(String, Option<i64>, String)>,
+}
+
+/// A validated lead custom field to create; `enums` are `(value, sort)`.
+struct FieldIn {
+    request_id: Option<String>,
+    name: String,
+    ty: String,
+    code: Option<String>,
+    sort: i64,
+    api_only: bool,
+    enums: Vec<(String, i64)>,
+}
+
 /// What `with=` asks to embed in a lead.
 struct LeadWith {
     contacts: bool,
@@ -742,6 +806,49 @@ impl Cx<'_> {
         (renames, stages)
     }
 
+    /// One item of `POST leads/pipelines`, validated.
+    fn pipeline_in(&self, item: &Value, i: usize) -> Result<PipelineIn, ItemErrors> {
+        let o = object_of(item, i)?;
+        let mut errs = Vec::new();
+        let request_id = opt_str(o, "request_id", "", &mut errs);
+        let name = required_str(o, "name", &mut errs);
+        let sort = opt_int(o, "sort", "", &mut errs);
+        let is_main = opt_bool(o, "is_main", "", &mut errs).unwrap_or(false);
+        let unsorted = opt_bool(o, "is_unsorted_on", "", &mut errs).unwrap_or(true);
+        let statuses = match o.get("_embedded").and_then(|e| e.get("statuses")) {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(a)) => a.clone(),
+            Some(_) => {
+                errs.push(FieldError::invalid_type("_embedded.statuses", "array"));
+                Vec::new()
+            }
+        };
+        let (renames, stages) = Self::status_inputs(&statuses, "_embedded.statuses", &mut errs);
+        if stages.len() + 3 > MAX_STATUSES {
+            errs.push(too_many_statuses("_embedded.statuses"));
+        }
+        if self.acc.pipelines.len() + i + 1 > MAX_PIPELINES {
+            errs.push(FieldError::new(
+                "TooManyPipelines",
+                "",
+                format!("An account can have at most {MAX_PIPELINES} pipelines."),
+            ));
+        }
+        ItemErrors::check(
+            ItemErrors::key(request_id.as_deref(), i),
+            errs,
+            PipelineIn {
+                request_id,
+                name: name.unwrap_or_default(),
+                sort,
+                is_main,
+                unsorted,
+                renames,
+                stages,
+            },
+        )
+    }
+
     fn pipelines_create(&mut self, v: Value) -> HttpResponse {
         let Some(list) = items(&v) else {
             return problem::body_validation(vec![FieldError::invalid_type("", "array")]);
@@ -749,51 +856,18 @@ impl Cx<'_> {
         if list.is_empty() {
             return empty_body();
         }
-        let parsed = all_valid(list, |item, i| {
-            let o = object_of(item, i)?;
-            let mut errs = Vec::new();
-            let request_id = opt_str(o, "request_id", "", &mut errs);
-            let name = required_str(o, "name", &mut errs);
-            let sort = opt_int(o, "sort", "", &mut errs);
-            let is_main = opt_bool(o, "is_main", "", &mut errs).unwrap_or(false);
-            let unsorted = opt_bool(o, "is_unsorted_on", "", &mut errs).unwrap_or(true);
-            let statuses = match o.get("_embedded").and_then(|e| e.get("statuses")) {
-                None | Some(Value::Null) => Vec::new(),
-                Some(Value::Array(a)) => a.clone(),
-                Some(_) => {
-                    errs.push(FieldError::invalid_type("_embedded.statuses", "array"));
-                    Vec::new()
-                }
-            };
-            let (renames, stages) = Self::status_inputs(&statuses, "_embedded.statuses", &mut errs);
-            if stages.len() + 3 > MAX_STATUSES {
-                errs.push(too_many_statuses("_embedded.statuses"));
-            }
-            if self.acc.pipelines.len() + i + 1 > MAX_PIPELINES {
-                errs.push(FieldError::new(
-                    "TooManyPipelines",
-                    "",
-                    format!("An account can have at most {MAX_PIPELINES} pipelines."),
-                ));
-            }
-            let rid = request_id.clone().unwrap_or_else(|| i.to_string());
-            ItemErrors::check(
-                rid,
-                errs,
-                (
-                    request_id,
-                    name.unwrap_or_default(),
-                    sort,
-                    is_main,
-                    unsorted,
-                    renames,
-                    stages,
-                ),
-            )
-        });
-        let parsed = ok_or_return!(parsed);
+        let parsed = ok_or_return!(all_valid(list, |item, i| self.pipeline_in(item, i)));
         let mut out = Vec::new();
-        for (request_id, name, sort, is_main, unsorted, renames, stages) in parsed {
+        for PipelineIn {
+            request_id,
+            name,
+            sort,
+            is_main,
+            unsorted,
+            renames,
+            stages,
+        } in parsed
+        {
             let next_sort = self
                 .acc
                 .pipelines
@@ -1049,50 +1123,18 @@ impl Cx<'_> {
         if list.is_empty() {
             return empty_body();
         }
-        let parsed = all_valid(list, |item, i| {
-            let o = object_of(item, i)?;
-            let mut errs = Vec::new();
-            let request_id = opt_str(o, "request_id", "", &mut errs);
-            let name = required_str(o, "name", &mut errs);
-            let ty = opt_str(o, "type", "", &mut errs);
-            match ty.as_deref() {
-                Some(t) if FIELD_TYPES.contains(&t) && t != "multitext" => {}
-                Some(_) => errs.push(FieldError::not_supported("type")),
-                None => errs.push(FieldError::required("type")),
-            }
-            let code = opt_str(o, "code", "", &mut errs);
-            let sort = opt_int(o, "sort", "", &mut errs).unwrap_or(500);
-            let api_only = opt_bool(o, "is_api_only", "", &mut errs).unwrap_or(false);
-            let mut enums = Vec::new();
-            if let Some(Value::Array(es)) = o.get("enums") {
-                for (j, e) in es.iter().enumerate() {
-                    match e.get("value").and_then(Value::as_str) {
-                        Some(val) => enums.push((
-                            val.to_owned(),
-                            e.get("sort").and_then(Value::as_i64).unwrap_or(500),
-                        )),
-                        None => errs.push(FieldError::required(format!("enums.{j}.value"))),
-                    }
-                }
-            }
-            let rid = request_id.clone().unwrap_or_else(|| i.to_string());
-            ItemErrors::check(
-                rid,
-                errs,
-                (
-                    request_id,
-                    name.unwrap_or_default(),
-                    ty.unwrap_or_default(),
-                    code,
-                    sort,
-                    api_only,
-                    enums,
-                ),
-            )
-        });
-        let parsed = ok_or_return!(parsed);
+        let parsed = ok_or_return!(all_valid(list, field_in));
         let mut out = Vec::new();
-        for (request_id, name, ty, code, sort, api_only, enums) in parsed {
+        for FieldIn {
+            request_id,
+            name,
+            ty,
+            code,
+            sort,
+            api_only,
+            enums,
+        } in parsed
+        {
             let id = next(&mut self.ids.field);
             let f = CustomField {
                 id,

@@ -163,6 +163,11 @@ pub struct ItemErrors {
 }
 
 impl ItemErrors {
+    /// What an item's errors are reported under: the `request_id` it sent, else its index in the batch.
+    pub fn key(request_id: Option<&str>, index: usize) -> String {
+        request_id.map_or_else(|| index.to_string(), str::to_owned)
+    }
+
     /// `Ok(item)` when validation found nothing, else the item's errors under `request_id`.
     pub fn check<T>(request_id: String, errors: Vec<FieldError>, item: T) -> Result<T, Self> {
         if errors.is_empty() {

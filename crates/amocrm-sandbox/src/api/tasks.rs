@@ -95,7 +95,7 @@ impl Cx<'_> {
         };
         let _ = opt_int(o, "duration", "", &mut errs);
         let is_completed = opt_bool(o, "is_completed", "", &mut errs).unwrap_or(false);
-        let rid = request_id.clone().unwrap_or_else(|| i.to_string());
+        let rid = ItemErrors::key(request_id.as_deref(), i);
         ItemErrors::check(
             rid.clone(),
             errs,

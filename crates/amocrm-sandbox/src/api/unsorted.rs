@@ -328,7 +328,7 @@ impl Cx<'_> {
         let o = object_of(item, i)?;
         let mut errs = Vec::new();
         let request_id = opt_str(o, "request_id", "", &mut errs);
-        let rid = request_id.clone().unwrap_or_else(|| i.to_string());
+        let rid = ItemErrors::key(request_id.as_deref(), i);
         let required_text = |key: &str, errs: &mut Vec<FieldError>| match o.get(key) {
             Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
             None | Some(Value::Null) | Some(Value::String(_)) => {
