@@ -1231,22 +1231,15 @@ impl Cx<'_> {
     }
 
     fn lead_matches(&self, l: &Lead, needle: &str) -> bool {
-        let hay = |s: &str| s.to_lowercase().contains(needle);
-        hay(&l.name)
+        fields::matches(&l.name, &l.custom_fields_values, needle)
             || l.id.to_string() == needle
-            || l.custom_fields_values
+            || l.tags
                 .iter()
-                .any(|f| f.values.iter().any(|v| hay(&v.as_text())))
-            || l.tags.iter().any(|t| hay(&t.name))
+                .any(|t| t.name.to_lowercase().contains(needle))
             || l.contact_ids
                 .iter()
                 .filter_map(|c| self.acc.contacts.get(c))
-                .any(|c| {
-                    hay(&c.name)
-                        || c.custom_fields_values
-                            .iter()
-                            .any(|f| f.values.iter().any(|v| hay(&v.as_text())))
-                })
+                .any(|c| fields::matches(&c.name, &c.custom_fields_values, needle))
     }
 
     fn leads_list(&self, q: &Query) -> HttpResponse {

@@ -357,6 +357,17 @@ pub fn merge(stored: &mut Vec<FieldValues>, patch: Vec<FieldValues>) {
     }
 }
 
+/// Whether `name` or any of the field values contains the lower-cased `needle`, ignoring case: amoCRM's
+/// `query` search.
+pub fn matches(name: &str, values: &[FieldValues], needle: &str) -> bool {
+    name.to_lowercase().contains(needle)
+        || values.iter().any(|f| {
+            f.values
+                .iter()
+                .any(|v| v.as_text().to_lowercase().contains(needle))
+        })
+}
+
 /// The v4 JSON of stored values (`null` when none, as amoCRM does).
 pub fn values_json(values: &[FieldValues]) -> Value {
     if values.is_empty() {

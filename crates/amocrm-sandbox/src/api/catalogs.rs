@@ -169,14 +169,9 @@ impl Cx<'_> {
             .filter(|e| e.catalog_id == catalog)
             .filter(|e| ids.is_empty() || ids.contains(&e.id))
             .filter(|e| {
-                needle.as_deref().is_none_or(|n| {
-                    e.name.to_lowercase().contains(n)
-                        || e.custom_fields_values.iter().any(|f| {
-                            f.values
-                                .iter()
-                                .any(|v| v.as_text().to_lowercase().contains(n))
-                        })
-                })
+                needle
+                    .as_deref()
+                    .is_none_or(|n| fields::matches(&e.name, &e.custom_fields_values, n))
             })
             .map(|e| self.element_json(e))
             .collect();

@@ -20,29 +20,16 @@ fn digits(s: &str) -> String {
 /// Whether a contact matches a lower-cased `query`: any filled field as a substring, phones also by
 /// digits when the query is all digits.
 fn contact_matches(c: &Contact, needle: &str) -> bool {
-    let hay = |s: &str| s.to_lowercase().contains(needle);
     let digit_query = !needle.is_empty() && needle.chars().all(|ch| ch.is_ascii_digit());
-    hay(&c.name)
-        || hay(&c.first_name)
-        || hay(&c.last_name)
-        || c.custom_fields_values.iter().any(|f| {
-            f.values.iter().any(|v| {
-                let text = v.as_text();
-                hay(&text)
-                    || (digit_query
-                        && f.field_code.as_deref() == Some("PHONE")
-                        && digits(&text).contains(needle))
-            })
-        })
-}
-
-fn company_matches(c: &Company, needle: &str) -> bool {
-    c.name.to_lowercase().contains(needle)
-        || c.custom_fields_values.iter().any(|f| {
-            f.values
+    fields::matches(&c.name, &c.custom_fields_values, needle)
+        || c.first_name.to_lowercase().contains(needle)
+        || c.last_name.to_lowercase().contains(needle)
+        || (digit_query
+            && c.custom_fields_values
                 .iter()
-                .any(|v| v.as_text().to_lowercase().contains(needle))
-        })
+                .filter(|f| f.field_code.as_deref() == Some("PHONE"))
+                .flat_map(|f| &f.values)
+                .any(|v| digits(&v.as_text()).contains(needle)))
 }
 
 /// The values of a multitext field (`PHONE`, `EMAIL`) with enum `WORK`, as the UI stores them.
@@ -251,7 +238,11 @@ impl Cx<'_> {
             .companies
             .values()
             .filter(|c| ids.is_empty() || ids.contains(&c.id))
-            .filter(|c| needle.as_deref().is_none_or(|n| company_matches(c, n)))
+            .filter(|c| {
+                needle
+                    .as_deref()
+                    .is_none_or(|n| fields::matches(&c.name, &c.custom_fields_values, n))
+            })
             .map(|c| self.company_json(c))
             .collect();
         page_of(&self.url("companies"), "companies", all, page, limit)
