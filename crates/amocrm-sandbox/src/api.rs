@@ -500,18 +500,23 @@ fn with_request_id(mut j: Value, request_id: Option<String>) -> Value {
     j
 }
 
+/// Page `page` (from 1) of `limit` items; `None` when it is empty (amoCRM answers 204).
+fn page_chunk(all: Vec<Value>, page: usize, limit: usize) -> Option<Vec<Value>> {
+    let start = (page - 1).saturating_mul(limit);
+    let chunk: Vec<Value> = all.into_iter().skip(start).take(limit).collect();
+    (!chunk.is_empty()).then_some(chunk)
+}
+
 /// A page of a list as HAL, or 204 when the page is empty.
 fn page_of(base: &str, key: &str, all: Vec<Value>, page: usize, limit: usize) -> HttpResponse {
-    let start = (page - 1).saturating_mul(limit);
     let total = all.len();
-    let chunk: Vec<Value> = all.into_iter().skip(start).take(limit).collect();
-    if chunk.is_empty() {
+    let Some(chunk) = page_chunk(all, page, limit) else {
         return no_content();
-    }
+    };
     let mut links = json!({
         "self": {"href": format!("{base}?page={page}&limit={limit}")},
     });
-    if start + limit < total {
+    if page * limit < total {
         links["next"] = json!({"href": format!("{base}?page={}&limit={limit}", page + 1)});
     }
     if page > 1 {
@@ -1098,11 +1103,9 @@ impl Cx<'_> {
             .map(|f| self.field_json(f))
             .collect();
         let total = all.len();
-        let start = (page - 1).saturating_mul(limit);
-        let chunk: Vec<Value> = all.into_iter().skip(start).take(limit).collect();
-        if chunk.is_empty() {
+        let Some(chunk) = page_chunk(all, page, limit) else {
             return no_content();
-        }
+        };
         hal(json!({
             "_total_items": total,
             "_page": page,
