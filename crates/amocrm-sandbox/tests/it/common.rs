@@ -73,15 +73,25 @@ pub async fn connect(sb: &SandboxHandle, host: &str) -> TokenPair {
 }
 
 pub async fn exchange_code(sb: &SandboxHandle, host: &str, code: &str) -> reqwest::Response {
-    http()
-        .post(format!("{}/oauth2/access_token", sb.account_url(host)))
-        .json(&json!({
+    token_request(
+        sb,
+        host,
+        &json!({
             "client_id": CLIENT_ID,
             "client_secret": SECRET,
             "grant_type": "authorization_code",
             "code": code,
             "redirect_uri": REDIRECT,
-        }))
+        }),
+    )
+    .await
+}
+
+/// `POST /oauth2/access_token` on `host` with a JSON body as given, right or wrong.
+pub async fn token_request(sb: &SandboxHandle, host: &str, body: &Value) -> reqwest::Response {
+    http()
+        .post(format!("{}/oauth2/access_token", sb.account_url(host)))
+        .json(body)
         .send()
         .await
         .expect("token request")

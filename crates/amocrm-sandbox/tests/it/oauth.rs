@@ -142,14 +142,14 @@ async fn an_authorization_code_expires_after_twenty_minutes() {
 async fn the_token_endpoint_checks_client_secret_redirect_uri_and_account() {
     let sb = start().await;
     let code = query_of(&sb.approve(&authorize_query("s"), HOST).unwrap())["code"].clone();
-    let url = format!("{}/oauth2/access_token", sb.account_url(HOST));
-    let attempt = |client_id: &str, secret: &str, redirect: &str, url: String| {
+    let handle = &sb;
+    let attempt = |client_id: &str, secret: &str, redirect: &str, host: &'static str| {
         let body = serde_json::json!({
             "client_id": client_id, "client_secret": secret, "grant_type": "authorization_code",
             "code": code, "redirect_uri": redirect,
         });
         async move {
-            let r = http().post(url).json(&body).send().await.unwrap();
+            let r = token_request(handle, host, &body).await;
             (
                 r.status().as_u16(),
                 json_of(r).await["hint"]
@@ -160,37 +160,33 @@ async fn the_token_endpoint_checks_client_secret_redirect_uri_and_account() {
         }
     };
     assert_eq!(
-        attempt("other", SECRET, REDIRECT, url.clone()).await,
+        attempt("other", SECRET, REDIRECT, HOST).await,
         (400, "Check the `client_id` parameter".to_owned())
     );
     assert_eq!(
-        attempt(CLIENT_ID, "wrong", REDIRECT, url.clone()).await,
+        attempt(CLIENT_ID, "wrong", REDIRECT, HOST).await,
         (400, "Check the `client_secret` parameter".to_owned())
     );
     assert_eq!(
-        attempt(CLIENT_ID, SECRET, "http://evil.example/cb", url.clone()).await,
+        attempt(CLIENT_ID, SECRET, "http://evil.example/cb", HOST).await,
         (400, "Redirect URI is not associated with client".to_owned())
     );
-    let other_account = format!(
-        "{}/oauth2/access_token",
-        sb.account_url("sellertwo.amocrm.ru")
-    );
     assert_eq!(
-        attempt(CLIENT_ID, SECRET, REDIRECT, other_account).await,
+        attempt(CLIENT_ID, SECRET, REDIRECT, "sellertwo.amocrm.ru").await,
         (400, "Invalid account".to_owned())
     );
-    let garbage = http()
-        .post(&url)
-        .json(&serde_json::json!({"client_id": CLIENT_ID, "client_secret": SECRET, "grant_type": "authorization_code", "code": "nonsense", "redirect_uri": REDIRECT}))
-        .send()
-        .await
-        .unwrap();
+    let garbage = token_request(
+        &sb,
+        HOST,
+        &serde_json::json!({"client_id": CLIENT_ID, "client_secret": SECRET, "grant_type": "authorization_code", "code": "nonsense", "redirect_uri": REDIRECT}),
+    )
+    .await;
     assert_eq!(
         json_of(garbage).await["hint"],
         "Cannot decrypt the authorization code"
     );
     // None of the refusals consumed the code.
-    assert_eq!(attempt(CLIENT_ID, SECRET, REDIRECT, url).await.0, 200);
+    assert_eq!(attempt(CLIENT_ID, SECRET, REDIRECT, HOST).await.0, 200);
     sb.stop().await;
 }
 
@@ -288,15 +284,15 @@ async fn a_refresh_token_is_refused_with_the_wrong_client_or_unknown_value() {
     let p0 = connect(&sb, HOST).await;
     let unknown = refresh(&sb, HOST, "def50200nonsense").await;
     assert_eq!(unknown.status(), 400);
-    let wrong_secret = http()
-        .post(format!("{}/oauth2/access_token", sb.account_url(HOST)))
-        .json(&serde_json::json!({
+    let wrong_secret = token_request(
+        &sb,
+        HOST,
+        &serde_json::json!({
             "client_id": CLIENT_ID, "client_secret": "nope", "grant_type": "refresh_token",
             "refresh_token": p0.refresh_token, "redirect_uri": REDIRECT,
-        }))
-        .send()
-        .await
-        .unwrap();
+        }),
+    )
+    .await;
     assert_eq!(
         json_of(wrong_secret).await["hint"],
         "Check the `client_secret` parameter"
@@ -365,12 +361,12 @@ async fn issued_tokens_work_without_consent() {
     assert!(sb.account_id("fresh.amocrm.ru").is_some());
     let resp = get_on(&sb, "fresh.amocrm.ru", &pair.access_token, "account").await;
     assert_eq!(resp.status(), 200);
-    let via_http = http()
-        .post(format!("{}/_sandbox/tokens", sb.base_url()))
-        .json(&serde_json::json!({"client_id": CLIENT_ID, "host": HOST}))
-        .send()
-        .await
-        .unwrap();
+    let via_http = post_path(
+        &sb,
+        "/_sandbox/tokens",
+        &serde_json::json!({"client_id": CLIENT_ID, "host": HOST}),
+    )
+    .await;
     let v = json_of(via_http).await;
     assert_eq!(v["account_id"].as_u64(), sb.account_id(HOST));
     pair_of(refresh(&sb, HOST, v["refresh_token"].as_str().unwrap()).await).await;
@@ -417,12 +413,12 @@ async fn a_widget_install_sends_a_code_with_from_widget_and_no_state() {
         ("1", HOST, CLIENT_ID)
     );
     assert!(!q.contains_key("state"));
-    let token = http()
-        .post(format!("{}/oauth2/access_token", sb.account_url(HOST)))
-        .json(&serde_json::json!({"client_id": CLIENT_ID, "client_secret": SECRET, "grant_type": "authorization_code", "code": q["code"], "redirect_uri": format!("{}/oauth/amocrm/callback", rx.url)}))
-        .send()
-        .await
-        .unwrap();
+    let token = token_request(
+        &sb,
+        HOST,
+        &serde_json::json!({"client_id": CLIENT_ID, "client_secret": SECRET, "grant_type": "authorization_code", "code": q["code"], "redirect_uri": format!("{}/oauth/amocrm/callback", rx.url)}),
+    )
+    .await;
     assert_eq!(token.status(), 200);
     sb.stop().await;
 }
