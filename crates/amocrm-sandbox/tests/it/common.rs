@@ -392,7 +392,18 @@ pub async fn signed_in() -> (SandboxHandle, String) {
 
 /// A sandbox without the rate limit and an admin token for `HOST`.
 pub async fn unlimited() -> (SandboxHandle, String) {
-    with_token(start_with(|c| c.rate_limit_rps = 0).await)
+    unlimited_with(|_| {}).await
+}
+
+/// An [`unlimited`] sandbox with what `tweak` changes in its config.
+pub async fn unlimited_with(tweak: impl FnOnce(&mut SandboxConfig)) -> (SandboxHandle, String) {
+    with_token(
+        start_with(|c| {
+            c.rate_limit_rps = 0;
+            tweak(c);
+        })
+        .await,
+    )
 }
 
 fn with_token(sb: SandboxHandle) -> (SandboxHandle, String) {
@@ -402,7 +413,15 @@ fn with_token(sb: SandboxHandle) -> (SandboxHandle, String) {
 
 /// An [`unlimited`] sandbox whose webhooks for `settings` go to a fresh receiver answering 200.
 pub async fn subscribed(settings: &[&str]) -> (SandboxHandle, String, Receiver) {
-    let (sb, token) = unlimited().await;
+    subscribed_with(settings, |_| {}).await
+}
+
+/// [`subscribed`], with what `tweak` changes in the sandbox's config.
+pub async fn subscribed_with(
+    settings: &[&str],
+    tweak: impl FnOnce(&mut SandboxConfig),
+) -> (SandboxHandle, String, Receiver) {
+    let (sb, token) = unlimited_with(tweak).await;
     let rx = Receiver::start(200).await;
     subscribe_to(&sb, &token, &rx.url, settings).await;
     (sb, token, rx)

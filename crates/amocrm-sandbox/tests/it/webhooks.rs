@@ -173,14 +173,10 @@ async fn a_move_in_the_ui_or_control_route_sends_webhooks_without_blocking() {
 
 #[tokio::test]
 async fn the_digital_pipeline_format_is_compact() {
-    let sb = start_with(|c| {
-        c.rate_limit_rps = 0;
+    let (sb, token, rx) = subscribed_with(&["status_lead", "update_lead"], |c| {
         c.webhook_format = WebhookFormat::DigitalPipeline;
     })
     .await;
-    let token = sb.issue_tokens(CLIENT_ID, HOST).access_token;
-    let rx = Receiver::start(200).await;
-    subscribe_to(&sb, &token, &rx.url, &["status_lead", "update_lead"]).await;
     let (pid, pending, paid, lead) = setup(&sb, &token).await;
     sb.move_lead(HOST, lead, pid, paid).unwrap();
     let got = rx.delivered(&sb).await;
@@ -228,12 +224,7 @@ async fn deleting_a_lead_sends_delete_lead_with_id_and_type() {
 
 #[tokio::test]
 async fn a_destination_that_keeps_failing_is_disabled_and_stops_receiving() {
-    let sb = start_with(|c| {
-        c.rate_limit_rps = 0;
-        c.webhook_disable_after = 2;
-    })
-    .await;
-    let token = sb.issue_tokens(CLIENT_ID, HOST).access_token;
+    let (sb, token) = unlimited_with(|c| c.webhook_disable_after = 2).await;
     let rx = Receiver::start(500).await;
     subscribe_to(&sb, &token, &rx.url, &["status_lead"]).await;
     let (pid, pending, paid, lead) = setup(&sb, &token).await;
@@ -267,12 +258,8 @@ async fn a_destination_that_keeps_failing_is_disabled_and_stops_receiving() {
 
 #[tokio::test]
 async fn a_slow_destination_times_out_after_the_deadline() {
-    let sb = start_with(|c| {
-        c.rate_limit_rps = 0;
-        c.webhook_timeout = std::time::Duration::from_millis(200);
-    })
-    .await;
-    let token = sb.issue_tokens(CLIENT_ID, HOST).access_token;
+    let (sb, token) =
+        unlimited_with(|c| c.webhook_timeout = std::time::Duration::from_millis(200)).await;
     // Accepts connections and never answers.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", silent.local_addr().unwrap());
@@ -352,14 +339,10 @@ async fn bodies_carry_every_key_of_real_amocrm_captures_in_the_same_order() {
         }
     }
 
-    let dp = start_with(|c| {
-        c.rate_limit_rps = 0;
+    let (dp, token, rx) = subscribed_with(&["status_lead"], |c| {
         c.webhook_format = WebhookFormat::DigitalPipeline;
     })
     .await;
-    let token = dp.issue_tokens(CLIENT_ID, HOST).access_token;
-    let rx = Receiver::start(200).await;
-    subscribe_to(&dp, &token, &rx.url, &["status_lead"]).await;
     let (pid, _, paid, lead) = setup(&dp, &token).await;
     dp.move_lead(HOST, lead, pid, paid).unwrap();
     assert_eq!(
