@@ -479,6 +479,16 @@ pub fn validation_errors(body: &Value) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// The `custom_fields_values` entry with this `field_code` in an entity's API JSON.
+pub fn field_by_code<'a>(entity: &'a Value, code: &str) -> &'a Value {
+    entity["custom_fields_values"]
+        .as_array()
+        .expect("custom_fields_values")
+        .iter()
+        .find(|f| f["field_code"] == code)
+        .unwrap_or_else(|| panic!("no {code} field"))
+}
+
 /// Asserts a 204 with an empty body.
 pub async fn assert_no_content(resp: reqwest::Response) {
     assert_eq!(resp.status(), 204);

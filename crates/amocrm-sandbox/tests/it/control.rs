@@ -157,12 +157,7 @@ async fn users_contacts_lists_and_fields_are_seeded_and_read_over_http() {
     .await;
     assert_eq!(change.status(), 204);
     let listed = json_of(control(&sb, Method::GET, "contacts", None).await).await;
-    let phone = listed[0]["custom_fields_values"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["field_code"] == "PHONE")
-        .unwrap();
+    let phone = field_by_code(&listed[0], "PHONE");
     assert_eq!(
         phone["values"],
         json!([{"value": "+998935554433", "enum_id": phone["values"][0]["enum_id"], "enum_code": "WORK"}])

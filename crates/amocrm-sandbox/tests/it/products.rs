@@ -88,12 +88,7 @@ async fn the_products_list_exists_once_turned_on_and_is_told_apart_by_type() {
     let hit = get_json(&sb, &token, &format!("{path}?query=sku-002&limit=50")).await;
     let hits = hit["_embedded"]["elements"].as_array().unwrap();
     assert_eq!(hits.len(), 1);
-    let sku = hits[0]["custom_fields_values"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["field_code"] == "SKU")
-        .unwrap();
+    let sku = field_by_code(&hits[0], "SKU");
     assert_eq!(sku["values"][0]["value"], "SKU-002");
     assert_eq!(
         get_json(&sb, &token, &format!("{path}?query=tea")).await["_embedded"]["elements"]
