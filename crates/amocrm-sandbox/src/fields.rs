@@ -274,11 +274,9 @@ fn parse_value(
                 return None;
             }
         }
-        "url" => {
-            if !value.as_str().is_some_and(is_web_url) {
-                errs.push(FieldError::invalid_url(value_path));
-                return None;
-            }
+        "url" if !value.as_str().is_some_and(is_web_url) => {
+            errs.push(FieldError::invalid_url(value_path));
+            return None;
         }
         "checkbox" if !value.is_boolean() => {
             errs.push(FieldError::invalid_type(value_path, "bool"));
