@@ -1448,13 +1448,8 @@ impl Cx<'_> {
             p.last_name = opt_str(o, "last_name", prefix, errs).unwrap_or_default();
         }
         p.responsible = self.responsible_in(o, prefix, errs);
-        p.fields = fields::parse_values(
-            &self.acc.contact_fields,
-            o.get("custom_fields_values"),
-            prefix,
-            errs,
-        )
-        .unwrap_or_default();
+        p.fields =
+            fields::parse_values(&self.acc.contact_fields, o, prefix, errs).unwrap_or_default();
         Some(p)
     }
 
@@ -1498,12 +1493,7 @@ impl Cx<'_> {
         li.closed_at = opt_int(o, "closed_at", "", &mut errs);
         let _ = opt_int(o, "updated_by", "", &mut errs);
         let _ = opt_int(o, "loss_reason_id", "", &mut errs);
-        li.fields = fields::parse_values(
-            &self.acc.lead_fields,
-            o.get("custom_fields_values"),
-            "",
-            &mut errs,
-        );
+        li.fields = fields::parse_values(&self.acc.lead_fields, o, "", &mut errs);
         match o.get("_embedded") {
             None | Some(Value::Null) => {}
             Some(Value::Object(e)) => {

@@ -134,15 +134,16 @@ pub fn is_web_url(s: &str) -> bool {
     url::Url::parse(s).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
 }
 
-/// Validates `custom_fields_values` against `fields`; returns what to store (None: field not given).
+/// Validates the item's `custom_fields_values` against `fields`; returns what to store (None: field not
+/// given).
 pub fn parse_values(
     fields: &BTreeMap<u64, CustomField>,
-    v: Option<&Value>,
+    obj: &serde_json::Map<String, Value>,
     prefix: &str,
     errs: &mut Vec<FieldError>,
 ) -> Option<Vec<FieldValues>> {
     let path = join(prefix, "custom_fields_values");
-    let items = match v {
+    let items = match obj.get("custom_fields_values") {
         None | Some(Value::Null) => return None,
         Some(Value::Array(a)) => a,
         Some(_) => {

@@ -206,9 +206,7 @@ impl Cx<'_> {
             let request_id =
                 opt_str(o, "request_id", "", &mut errs).unwrap_or_else(|| i.to_string());
             let name = required_str(o, "name", &mut errs);
-            let values =
-                fields::parse_values(fields_of, o.get("custom_fields_values"), "", &mut errs)
-                    .unwrap_or_default();
+            let values = fields::parse_values(fields_of, o, "", &mut errs).unwrap_or_default();
             ItemErrors::check(
                 request_id.clone(),
                 errs,

@@ -285,12 +285,7 @@ impl Cx<'_> {
         ci.responsible = self.responsible_in(o, "", &mut errs);
         let _ = opt_int(o, "created_by", "", &mut errs);
         let _ = opt_int(o, "updated_by", "", &mut errs);
-        ci.fields = fields::parse_values(
-            &self.acc.contact_fields,
-            o.get("custom_fields_values"),
-            "",
-            &mut errs,
-        );
+        ci.fields = fields::parse_values(&self.acc.contact_fields, o, "", &mut errs);
         ItemErrors::check(ci.request_id.clone(), errs, ci)
     }
 
