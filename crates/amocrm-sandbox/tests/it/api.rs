@@ -25,9 +25,7 @@ async fn make_pipeline(sb: &amocrm_sandbox::SandboxHandle, token: &str) -> (u64,
     assert_eq!(resp.status(), 200);
     let body = json_of(resp).await;
     let p = &body["_embedded"]["pipelines"][0];
-    let stages = p["_embedded"]["statuses"]
-        .as_array()
-        .unwrap()
+    let stages = embedded(&p, "statuses")
         .iter()
         .filter(|s| s["type"] == 0 && s["is_editable"] == true)
         .map(|s| s["id"].as_u64().unwrap())
@@ -61,7 +59,7 @@ async fn created_pipelines_get_incoming_won_and_lost_statuses() {
     assert_eq!(body["_total_items"], 1);
     let p = &body["_embedded"]["pipelines"][0];
     assert_eq!(p["request_id"], "p1");
-    let statuses = p["_embedded"]["statuses"].as_array().unwrap();
+    let statuses = embedded(&p, "statuses");
     let kinds: Vec<(u64, &str, u64)> = statuses
         .iter()
         .map(|s| {
@@ -161,10 +159,7 @@ async fn custom_fields_are_created_listed_and_deleted() {
     );
     assert_eq!(f["is_api_only"], true);
     let list = get_json(&sb, &token, "leads/custom_fields?filter[type][]=url").await;
-    assert_eq!(
-        list["_embedded"]["custom_fields"].as_array().unwrap().len(),
-        1
-    );
+    assert_eq!(embedded(&list, "custom_fields").len(), 1);
     let bad = post(
         &sb,
         &token,
@@ -348,10 +343,10 @@ async fn leads_are_found_by_filters_and_query_and_paged_with_204_past_the_end() 
     let id3 = out[3]["id"].as_u64().unwrap();
 
     let all = get_json(&sb, &token, "leads?limit=250").await;
-    assert_eq!(all["_embedded"]["leads"].as_array().unwrap().len(), 30);
+    assert_eq!(embedded(&all, "leads").len(), 30);
     let page2 = get_json(&sb, &token, "leads?limit=20&page=2").await;
     assert_eq!(page2["_page"], 2);
-    assert_eq!(page2["_embedded"]["leads"].as_array().unwrap().len(), 10);
+    assert_eq!(embedded(&page2, "leads").len(), 10);
     assert!(page2["_links"]["next"].is_null());
     let page1 = get_json(&sb, &token, "leads?limit=20&page=1").await;
     assert!(page1["_links"]["next"]["href"].is_string());
@@ -363,9 +358,7 @@ async fn leads_are_found_by_filters_and_query_and_paged_with_204_past_the_end() 
 
     // `query` is a substring search: order 1003 also matches nothing else, 100 matches many.
     let q = get_json(&sb, &token, "leads?query=1003").await;
-    let found: Vec<u64> = q["_embedded"]["leads"]
-        .as_array()
-        .unwrap()
+    let found: Vec<u64> = embedded(&q, "leads")
         .iter()
         .map(|l| l["id"].as_u64().unwrap())
         .collect();
@@ -383,19 +376,16 @@ async fn leads_are_found_by_filters_and_query_and_paged_with_204_past_the_end() 
         &format!("leads?filter[id][]={id3}&filter[id][]=1"),
     )
     .await;
-    assert_eq!(by_id["_embedded"]["leads"].as_array().unwrap().len(), 1);
+    assert_eq!(embedded(&by_id, "leads").len(), 1);
     let by_stage = get_json(&sb, &token, &format!("leads?filter[statuses][0][pipeline_id]={pid}&filter[statuses][0][status_id]={}&limit=250", stages[1])).await;
-    assert_eq!(by_stage["_embedded"]["leads"].as_array().unwrap().len(), 15);
+    assert_eq!(embedded(&by_stage, "leads").len(), 15);
     let by_pipeline = get_json(
         &sb,
         &token,
         &format!("leads?filter[pipeline_id]={pid}&limit=250"),
     )
     .await;
-    assert_eq!(
-        by_pipeline["_embedded"]["leads"].as_array().unwrap().len(),
-        30
-    );
+    assert_eq!(embedded(&by_pipeline, "leads").len(), 30);
 
     let one = get_json(&sb, &token, &format!("leads/{id3}?with=contacts")).await;
     assert_eq!(one["name"], "Buyurtma #1003");
@@ -431,7 +421,7 @@ async fn patching_leads_moves_them_and_validates_the_stage() {
     .await;
     assert_eq!(resp.status(), 200);
     let body = json_of(resp).await;
-    assert_eq!(body["_embedded"]["leads"].as_array().unwrap().len(), 2);
+    assert_eq!(embedded(&body, "leads").len(), 2);
     assert_eq!(sb.lead(HOST, a).unwrap().status_id, stages[2]);
     let won = sb.lead(HOST, b).unwrap();
     assert_eq!((won.status_id, won.pipeline_id, won.price), (142, pid, 5));

@@ -479,6 +479,13 @@ pub fn validation_errors(body: &Value) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// The `_embedded.{key}` list of a HAL body.
+pub fn embedded<'a>(body: &'a Value, key: &str) -> &'a [Value] {
+    body["_embedded"][key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no _embedded.{key} in {body}"))
+}
+
 /// The `custom_fields_values` entry with this `field_code` in an entity's API JSON.
 pub fn field_by_code<'a>(entity: &'a Value, code: &str) -> &'a Value {
     entity["custom_fields_values"]

@@ -27,9 +27,7 @@ async fn search(sb: &amocrm_sandbox::SandboxHandle, token: &str, q: &str) -> Vec
         return Vec::new();
     }
     assert_eq!(resp.status(), 200);
-    json_of(resp).await["_embedded"]["contacts"]
-        .as_array()
-        .unwrap()
+    embedded(&json_of(resp).await, "contacts")
         .iter()
         .map(|c| c["id"].as_u64().unwrap())
         .collect()
@@ -76,7 +74,7 @@ async fn contacts_are_found_by_any_field_and_by_phone_digits_with_204_when_none_
         .unwrap();
     }
     let first = get_json(&sb, &token, "contacts?page=1&limit=3").await;
-    assert_eq!(first["_embedded"]["contacts"].as_array().unwrap().len(), 3);
+    assert_eq!(embedded(&first, "contacts").len(), 3);
     assert!(
         first["_links"]["next"]["href"]
             .as_str()
@@ -84,7 +82,7 @@ async fn contacts_are_found_by_any_field_and_by_phone_digits_with_204_when_none_
             .contains("page=2")
     );
     let last = get_json(&sb, &token, "contacts?page=3&limit=3").await;
-    assert_eq!(last["_embedded"]["contacts"].as_array().unwrap().len(), 1);
+    assert_eq!(embedded(&last, "contacts").len(), 1);
     assert!(last["_links"].get("next").is_none());
     assert_no_content(get(&sb, &token, "contacts?page=4&limit=3").await).await;
     assert_eq!(sb.counters(HOST).endpoints.contacts_search, 7);
@@ -119,9 +117,7 @@ async fn a_contact_reads_back_with_its_leads_and_can_be_attached_by_id() {
     assert_eq!(sb.companies(HOST).len(), 1);
 
     let c = get_json(&sb, &token, &format!("contacts/{ali}?with=leads")).await;
-    let leads: Vec<u64> = c["_embedded"]["leads"]
-        .as_array()
-        .unwrap()
+    let leads: Vec<u64> = embedded(&c, "leads")
         .iter()
         .map(|l| l["id"].as_u64().unwrap())
         .collect();

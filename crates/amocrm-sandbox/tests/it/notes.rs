@@ -18,7 +18,7 @@ async fn notes_are_added_in_batches_and_read_back_by_lead_and_type() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "application/hal+json");
     let body = json_of(resp).await;
-    let notes = body["_embedded"]["notes"].as_array().unwrap();
+    let notes = embedded(&body, "notes");
     assert_eq!(
         (
             notes[0]["entity_id"].as_u64(),
@@ -50,9 +50,7 @@ async fn notes_are_added_in_batches_and_read_back_by_lead_and_type() {
         &format!("leads/{a}/notes?filter[note_type]=common"),
     )
     .await;
-    let texts: Vec<&str> = of_a["_embedded"]["notes"]
-        .as_array()
-        .unwrap()
+    let texts: Vec<&str> = embedded(&of_a, "notes")
         .iter()
         .map(|n| n["params"]["text"].as_str().unwrap())
         .collect();
@@ -72,10 +70,10 @@ async fn notes_are_added_in_batches_and_read_back_by_lead_and_type() {
         &format!("leads/notes?filter[entity_id][]={a}&filter[entity_id][]={b}&limit=250"),
     )
     .await;
-    assert_eq!(both["_embedded"]["notes"].as_array().unwrap().len(), 3);
+    assert_eq!(embedded(&both, "notes").len(), 3);
     let common = get_json(&sb, &token, &format!("leads/notes?filter[entity_id][]={a}&filter[entity_id][]={b}&filter[note_type]=common&limit=250"))
     .await;
-    assert_eq!(common["_embedded"]["notes"].as_array().unwrap().len(), 2);
+    assert_eq!(embedded(&common, "notes").len(), 2);
     assert_eq!(sb.notes(HOST).len(), 3);
     let c = sb.counters(HOST).endpoints;
     assert_eq!((c.notes_create, c.notes_read), (2, 4));

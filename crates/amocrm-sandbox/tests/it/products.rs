@@ -37,9 +37,7 @@ async fn products(sb: &amocrm_sandbox::SandboxHandle, token: &str, n: usize) -> 
     .await;
     assert_eq!(resp.status(), 200);
     let body = json_of(resp).await;
-    let ids = body["_embedded"]["elements"]
-        .as_array()
-        .unwrap()
+    let ids = embedded(&body, "elements")
         .iter()
         .map(|e| e["id"].as_u64().unwrap())
         .collect();
@@ -58,7 +56,7 @@ async fn the_products_list_exists_once_turned_on_and_is_told_apart_by_type() {
         "at most one"
     );
     let list = get_json(&sb, &token, "catalogs").await;
-    let catalogs = list["_embedded"]["catalogs"].as_array().unwrap();
+    let catalogs = embedded(&list, "catalogs");
     assert_eq!(catalogs.len(), 2);
     assert_eq!(
         catalogs[0]["type"], "regular",
@@ -80,21 +78,22 @@ async fn the_products_list_exists_once_turned_on_and_is_told_apart_by_type() {
     );
     let resp = post(&sb, &token, &path, json!([product(1), product(2)])).await;
     let body = json_of(resp).await;
-    let made = body["_embedded"]["elements"].as_array().unwrap();
+    let made = embedded(&body, "elements");
     assert_eq!(
         (made[0]["name"].as_str(), made[0]["request_id"].as_str()),
         (Some("Tea #1"), Some("p1"))
     );
     let hit = get_json(&sb, &token, &format!("{path}?query=sku-002&limit=50")).await;
-    let hits = hit["_embedded"]["elements"].as_array().unwrap();
+    let hits = embedded(&hit, "elements");
     assert_eq!(hits.len(), 1);
     let sku = field_by_code(&hits[0], "SKU");
     assert_eq!(sku["values"][0]["value"], "SKU-002");
     assert_eq!(
-        get_json(&sb, &token, &format!("{path}?query=tea")).await["_embedded"]["elements"]
-            .as_array()
-            .unwrap()
-            .len(),
+        embedded(
+            &get_json(&sb, &token, &format!("{path}?query=tea")).await,
+            "elements"
+        )
+        .len(),
         2
     );
     assert_no_content(get(&sb, &token, &format!("{path}?query=coffee")).await).await;
@@ -142,7 +141,7 @@ async fn links_carry_quantities_and_linking_again_updates_the_quantity() {
     .await;
     assert_eq!(resp.status(), 200);
     let body = json_of(resp).await;
-    let links = body["_embedded"]["links"].as_array().unwrap();
+    let links = embedded(&body, "links");
     assert_eq!(links.len(), 2);
     assert_eq!(
         links[0]["metadata"],
@@ -169,7 +168,7 @@ async fn links_carry_quantities_and_linking_again_updates_the_quantity() {
         &format!("leads/{lead}/links?filter[to_entity_type]=catalog_elements"),
     )
     .await;
-    let read = read["_embedded"]["links"].as_array().unwrap();
+    let read = embedded(&read, "links");
     assert_eq!(read.len(), 2);
     assert_eq!(read[0]["metadata"]["quantity"], 5);
     assert_eq!(read[1]["metadata"]["quantity"], 1.5);
@@ -179,19 +178,13 @@ async fn links_carry_quantities_and_linking_again_updates_the_quantity() {
         &format!("leads?filter[id][]={lead}&with=catalog_elements"),
     )
     .await;
-    let embedded = &with["_embedded"]["leads"][0]["_embedded"]["catalog_elements"];
+    let linked = &embedded(&with, "leads")[0]["_embedded"]["catalog_elements"];
     assert_eq!(
-        embedded[0],
+        linked[0],
         json!({"id": els[0], "metadata": {"quantity": 5, "catalog_id": catalog}})
     );
     let one = get_json(&sb, &token, &format!("leads/{lead}?with=catalog_elements")).await;
-    assert_eq!(
-        one["_embedded"]["catalog_elements"]
-            .as_array()
-            .unwrap()
-            .len(),
-        2
-    );
+    assert_eq!(embedded(&one, "catalog_elements").len(), 2);
     let plain = get_json(&sb, &token, &format!("leads/{lead}")).await;
     assert!(
         plain["_embedded"].get("catalog_elements").is_none(),
@@ -252,10 +245,7 @@ async fn the_lost_links_fault_drops_links_while_the_answer_lists_them_all() {
     let resp = post(&sb, &token, "leads/link", Value::Array(batch.clone())).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
-        json_of(resp).await["_embedded"]["links"]
-            .as_array()
-            .unwrap()
-            .len(),
+        embedded(&json_of(resp).await, "links").len(),
         100,
         "the answer claims all"
     );
@@ -263,7 +253,7 @@ async fn the_lost_links_fault_drops_links_while_the_answer_lists_them_all() {
     assert_eq!(sb.counters(HOST).links_dropped, 9);
     let read = get_json(&sb, &token, &format!("leads/{lead}/links")).await;
     assert_eq!(
-        read["_embedded"]["links"].as_array().unwrap().len(),
+        embedded(&read, "links").len(),
         91,
         "reading back shows the loss"
     );

@@ -35,7 +35,7 @@ async fn only_an_admin_lists_users_and_each_user_has_rights() {
     let resp = get(&sb, &token, "users?with=role,group&limit=250").await;
     assert_eq!(resp.status(), 200);
     let body = json_of(resp).await;
-    let users = body["_embedded"]["users"].as_array().unwrap();
+    let users = embedded(&body, "users");
     assert_eq!(users.len(), 2);
     let admin = sb.default_user_id(HOST).unwrap();
     assert_eq!(users[0]["id"], admin);
@@ -220,7 +220,7 @@ async fn tasks_need_text_and_a_deadline_and_are_read_by_lead() {
         &format!("tasks?filter[entity_type]=leads&filter[entity_id][]={lead}"),
     )
     .await;
-    let tasks = read["_embedded"]["tasks"].as_array().unwrap();
+    let tasks = embedded(&read, "tasks");
     assert_eq!(tasks.len(), 1);
     assert_eq!(
         (
