@@ -838,6 +838,31 @@ fn bad_json(e: impl std::fmt::Display) -> HttpResponse {
     HttpResponse::BadRequest().json(json!({"error": e.to_string()}))
 }
 
+/// 204 when the change was made, else 400 with the reason.
+fn no_content_or_bad(r: anyhow::Result<()>) -> HttpResponse {
+    match r {
+        Ok(()) => HttpResponse::NoContent().finish(),
+        Err(e) => bad_json(e),
+    }
+}
+
+/// The result as JSON, else 400 with the reason.
+fn json_or_bad<T: serde::Serialize>(r: anyhow::Result<T>) -> HttpResponse {
+    match r {
+        Ok(v) => HttpResponse::Ok().json(v),
+        Err(e) => bad_json(e),
+    }
+}
+
+/// A copy of one of the account's collections (in id order) as JSON; 404 for an unknown account.
+fn account_values<K, T: serde::Serialize + Clone>(
+    sh: &Shared,
+    host: &str,
+    pick: impl FnOnce(&crate::state::Account) -> &std::collections::BTreeMap<K, T>,
+) -> HttpResponse {
+    with_account(sh, host, |a| pick(a).values().cloned().collect::<Vec<_>>())
+}
+
 fn with_account<T: serde::Serialize>(
     sh: &Shared,
     host: &str,
@@ -989,9 +1014,7 @@ async fn account_state(
 }
 
 async fn account_leads(path: web::Path<String>, sh: Data) -> HttpResponse {
-    with_account(&sh, &path, |a| {
-        a.leads.values().cloned().collect::<Vec<_>>()
-    })
+    account_values(&sh, &path, |a| &a.leads)
 }
 
 #[derive(Deserialize)]
@@ -1010,10 +1033,10 @@ async fn account_lead_create(
     sh: Data,
 ) -> HttpResponse {
     let stage = body.pipeline_id.zip(body.status_id);
-    match sh.create_lead(&path, &body.name, body.price, stage) {
-        Ok(id) => HttpResponse::Ok().json(json!({"id": id})),
-        Err(e) => bad_json(e),
-    }
+    json_or_bad(
+        sh.create_lead(&path, &body.name, body.price, stage)
+            .map(|id| json!({"id": id})),
+    )
 }
 
 #[derive(Deserialize)]
@@ -1028,58 +1051,38 @@ async fn lead_move(
     sh: Data,
 ) -> HttpResponse {
     let (host, id) = path.into_inner();
-    match sh.move_lead(&host, id, body.pipeline_id, body.status_id) {
-        Ok(()) => HttpResponse::NoContent().finish(),
-        Err(e) => bad_json(e),
-    }
+    no_content_or_bad(sh.move_lead(&host, id, body.pipeline_id, body.status_id))
 }
 
 async fn lead_delete(path: web::Path<(String, u64)>, sh: Data) -> HttpResponse {
     let (host, id) = path.into_inner();
-    match sh.delete_lead(&host, id) {
-        Ok(()) => HttpResponse::NoContent().finish(),
-        Err(e) => bad_json(e),
-    }
+    no_content_or_bad(sh.delete_lead(&host, id))
 }
 
 async fn account_contacts(path: web::Path<String>, sh: Data) -> HttpResponse {
-    with_account(&sh, &path, |a| {
-        a.contacts.values().cloned().collect::<Vec<_>>()
-    })
+    account_values(&sh, &path, |a| &a.contacts)
 }
 
 async fn account_companies(path: web::Path<String>, sh: Data) -> HttpResponse {
-    with_account(&sh, &path, |a| {
-        a.companies.values().cloned().collect::<Vec<_>>()
-    })
+    account_values(&sh, &path, |a| &a.companies)
 }
 
 async fn account_pipelines(path: web::Path<String>, sh: Data) -> HttpResponse {
-    with_account(&sh, &path, |a| {
-        a.pipelines.values().cloned().collect::<Vec<_>>()
-    })
+    account_values(&sh, &path, |a| &a.pipelines)
 }
 
 async fn pipeline_delete(path: web::Path<(String, u64)>, sh: Data) -> HttpResponse {
     let (host, id) = path.into_inner();
-    match sh.delete_pipeline(&host, id) {
-        Ok(()) => HttpResponse::NoContent().finish(),
-        Err(e) => bad_json(e),
-    }
+    no_content_or_bad(sh.delete_pipeline(&host, id))
 }
 
 async fn account_fields(path: web::Path<String>, sh: Data) -> HttpResponse {
-    with_account(&sh, &path, |a| {
-        a.lead_fields.values().cloned().collect::<Vec<_>>()
-    })
+    account_values(&sh, &path, |a| &a.lead_fields)
 }
 
 async fn field_delete(path: web::Path<(String, u64)>, sh: Data) -> HttpResponse {
     let (host, id) = path.into_inner();
-    match sh.delete_custom_field(&host, id) {
-        Ok(()) => HttpResponse::NoContent().finish(),
-        Err(e) => bad_json(e),
-    }
+    no_content_or_bad(sh.delete_custom_field(&host, id))
 }
 
 async fn account_webhooks(path: web::Path<String>, sh: Data) -> HttpResponse {
@@ -1211,16 +1214,11 @@ async fn rules_put(body: web::Json<Rules>, sh: Data) -> HttpResponse {
 // ---- users, contacts, lists, unsorted: what a manager or admin does in the UI ----------------------
 
 async fn account_users(path: web::Path<String>, sh: Data) -> HttpResponse {
-    with_account(&sh, &path, |a| {
-        a.users.values().cloned().collect::<Vec<_>>()
-    })
+    account_values(&sh, &path, |a| &a.users)
 }
 
 async fn user_add(path: web::Path<String>, body: web::Json<NewUser>, sh: Data) -> HttpResponse {
-    match sh.add_user(&path, &body) {
-        Ok(u) => HttpResponse::Ok().json(u),
-        Err(e) => bad_json(e),
-    }
+    json_or_bad(sh.add_user(&path, &body))
 }
 
 #[derive(Deserialize)]
@@ -1235,18 +1233,12 @@ async fn user_update(
     sh: Data,
 ) -> HttpResponse {
     let (host, id) = path.into_inner();
-    match sh.update_user(&host, id, body.is_active, body.is_admin) {
-        Ok(u) => HttpResponse::Ok().json(u),
-        Err(e) => bad_json(e),
-    }
+    json_or_bad(sh.update_user(&host, id, body.is_active, body.is_admin))
 }
 
 async fn user_delete(path: web::Path<(String, u64)>, sh: Data) -> HttpResponse {
     let (host, id) = path.into_inner();
-    match sh.delete_user(&host, id) {
-        Ok(()) => HttpResponse::NoContent().finish(),
-        Err(e) => bad_json(e),
-    }
+    no_content_or_bad(sh.delete_user(&host, id))
 }
 
 #[derive(Deserialize)]
@@ -1283,10 +1275,7 @@ async fn contact_add(
     body: web::Json<ContactSeed>,
     sh: Data,
 ) -> HttpResponse {
-    match sh.add_contact(&path, &body) {
-        Ok(id) => HttpResponse::Ok().json(json!({"id": id})),
-        Err(e) => bad_json(e),
-    }
+    json_or_bad(sh.add_contact(&path, &body).map(|id| json!({"id": id})))
 }
 
 async fn contact_update(
@@ -1295,18 +1284,12 @@ async fn contact_update(
     sh: Data,
 ) -> HttpResponse {
     let (host, id) = path.into_inner();
-    match sh.update_contact(&host, id, &body) {
-        Ok(()) => HttpResponse::NoContent().finish(),
-        Err(e) => bad_json(e),
-    }
+    no_content_or_bad(sh.update_contact(&host, id, &body))
 }
 
 async fn contact_delete(path: web::Path<(String, u64)>, sh: Data) -> HttpResponse {
     let (host, id) = path.into_inner();
-    match sh.delete_contact(&host, id) {
-        Ok(()) => HttpResponse::NoContent().finish(),
-        Err(e) => bad_json(e),
-    }
+    no_content_or_bad(sh.delete_contact(&host, id))
 }
 
 #[derive(Deserialize, Default)]
@@ -1323,16 +1306,11 @@ async fn products_enable(
     sh: Data,
 ) -> HttpResponse {
     let name = body.map(|b| b.into_inner().name).unwrap_or_default();
-    match sh.add_catalog(&path, &name, "products") {
-        Ok(c) => HttpResponse::Ok().json(c),
-        Err(e) => bad_json(e),
-    }
+    json_or_bad(sh.add_catalog(&path, &name, "products"))
 }
 
 async fn account_catalogs(path: web::Path<String>, sh: Data) -> HttpResponse {
-    with_account(&sh, &path, |a| {
-        a.catalogs.values().cloned().collect::<Vec<_>>()
-    })
+    account_values(&sh, &path, |a| &a.catalogs)
 }
 
 async fn catalog_add(
@@ -1341,16 +1319,11 @@ async fn catalog_add(
     sh: Data,
 ) -> HttpResponse {
     let type_ = body.type_.clone().unwrap_or_else(|| "regular".to_owned());
-    match sh.add_catalog(&path, &body.name, &type_) {
-        Ok(c) => HttpResponse::Ok().json(c),
-        Err(e) => bad_json(e),
-    }
+    json_or_bad(sh.add_catalog(&path, &body.name, &type_))
 }
 
 async fn account_elements(path: web::Path<String>, sh: Data) -> HttpResponse {
-    with_account(&sh, &path, |a| {
-        a.elements.values().cloned().collect::<Vec<_>>()
-    })
+    account_values(&sh, &path, |a| &a.elements)
 }
 
 async fn account_links(path: web::Path<String>, sh: Data) -> HttpResponse {
@@ -1358,21 +1331,15 @@ async fn account_links(path: web::Path<String>, sh: Data) -> HttpResponse {
 }
 
 async fn account_notes(path: web::Path<String>, sh: Data) -> HttpResponse {
-    with_account(&sh, &path, |a| {
-        a.notes.values().cloned().collect::<Vec<_>>()
-    })
+    account_values(&sh, &path, |a| &a.notes)
 }
 
 async fn account_tasks(path: web::Path<String>, sh: Data) -> HttpResponse {
-    with_account(&sh, &path, |a| {
-        a.tasks.values().cloned().collect::<Vec<_>>()
-    })
+    account_values(&sh, &path, |a| &a.tasks)
 }
 
 async fn account_unsorted(path: web::Path<String>, sh: Data) -> HttpResponse {
-    with_account(&sh, &path, |a| {
-        a.unsorted.values().cloned().collect::<Vec<_>>()
-    })
+    account_values(&sh, &path, |a| &a.unsorted)
 }
 
 #[derive(Deserialize, Default)]
@@ -1389,18 +1356,12 @@ async fn unsorted_accept(
 ) -> HttpResponse {
     let (host, uid) = path.into_inner();
     let b = body.map(web::Json::into_inner).unwrap_or_default();
-    match sh.accept_unsorted(&host, &uid, b.user_id, b.status_id) {
-        Ok(()) => HttpResponse::NoContent().finish(),
-        Err(e) => bad_json(e),
-    }
+    no_content_or_bad(sh.accept_unsorted(&host, &uid, b.user_id, b.status_id))
 }
 
 async fn unsorted_decline(path: web::Path<(String, String)>, sh: Data) -> HttpResponse {
     let (host, uid) = path.into_inner();
-    match sh.decline_unsorted(&host, &uid) {
-        Ok(()) => HttpResponse::NoContent().finish(),
-        Err(e) => bad_json(e),
-    }
+    no_content_or_bad(sh.decline_unsorted(&host, &uid))
 }
 
 #[derive(Deserialize)]
@@ -1413,10 +1374,7 @@ struct FieldBody {
 }
 
 async fn field_add(path: web::Path<String>, body: web::Json<FieldBody>, sh: Data) -> HttpResponse {
-    match sh.add_lead_field(&path, &body.name, &body.type_, &body.enums) {
-        Ok(f) => HttpResponse::Ok().json(f),
-        Err(e) => bad_json(e),
-    }
+    json_or_bad(sh.add_lead_field(&path, &body.name, &body.type_, &body.enums))
 }
 
 /// The board's Accept / Decline buttons of an unsorted lead.
