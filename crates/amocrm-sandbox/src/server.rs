@@ -933,8 +933,13 @@ async fn faults_get(path: web::Path<String>, sh: Data) -> HttpResponse {
 }
 
 async fn faults_put(path: web::Path<String>, body: web::Json<Faults>, sh: Data) -> HttpResponse {
-    match sh.set_faults(&path, body.into_inner()) {
-        Ok(()) => HttpResponse::Ok().json(sh.faults(&path)),
+    set_faults(&sh, &path, body.into_inner())
+}
+
+/// Replaces the account's fault switches and answers them; 404 for an unknown account.
+fn set_faults(sh: &Shared, host: &str, f: Faults) -> HttpResponse {
+    match sh.set_faults(host, f) {
+        Ok(()) => HttpResponse::Ok().json(sh.faults(host)),
         Err(e) => not_found_json(&e.to_string()),
     }
 }
@@ -951,10 +956,7 @@ async fn clock_advance(
 ) -> HttpResponse {
     let mut f = sh.faults(&path);
     f.clock_offset_secs += body.advance_secs;
-    match sh.set_faults(&path, f) {
-        Ok(()) => HttpResponse::Ok().json(sh.faults(&path)),
-        Err(e) => not_found_json(&e.to_string()),
-    }
+    set_faults(&sh, &path, f)
 }
 
 #[derive(Deserialize)]
