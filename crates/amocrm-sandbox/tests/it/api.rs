@@ -25,7 +25,7 @@ async fn make_pipeline(sb: &amocrm_sandbox::SandboxHandle, token: &str) -> (u64,
     assert_eq!(resp.status(), 200);
     let body = json_of(resp).await;
     let p = &body["_embedded"]["pipelines"][0];
-    let stages = embedded(&p, "statuses")
+    let stages = embedded(p, "statuses")
         .iter()
         .filter(|s| s["type"] == 0 && s["is_editable"] == true)
         .map(|s| s["id"].as_u64().unwrap())
@@ -59,7 +59,7 @@ async fn created_pipelines_get_incoming_won_and_lost_statuses() {
     assert_eq!(body["_total_items"], 1);
     let p = &body["_embedded"]["pipelines"][0];
     assert_eq!(p["request_id"], "p1");
-    let statuses = embedded(&p, "statuses");
+    let statuses = embedded(p, "statuses");
     let kinds: Vec<(u64, &str, u64)> = statuses
         .iter()
         .map(|s| {
