@@ -428,26 +428,22 @@ fn dp_body(acc: &Account, events: &[&Event]) -> String {
     for ((entity, action), list) in grouped(events) {
         for (i, e) in list.iter().enumerate() {
             let p = format!("{entity}[{action}][{i}]");
-            match e {
+            let (id, old_stage) = match e {
                 Event::LeadStatus {
                     id,
                     old_status_id,
                     old_pipeline_id,
-                } => {
-                    let Some(l) = acc.leads.get(id) else { continue };
-                    out.push((format!("{p}[id]"), l.id.to_string()));
-                    out.push((format!("{p}[status_id]"), l.status_id.to_string()));
-                    out.push((format!("{p}[pipeline_id]"), l.pipeline_id.to_string()));
-                    out.push((format!("{p}[old_status_id]"), old_status_id.to_string()));
-                    out.push((format!("{p}[old_pipeline_id]"), old_pipeline_id.to_string()));
-                }
-                Event::LeadAdded(id) => {
-                    let Some(l) = acc.leads.get(id) else { continue };
-                    out.push((format!("{p}[id]"), l.id.to_string()));
-                    out.push((format!("{p}[status_id]"), l.status_id.to_string()));
-                    out.push((format!("{p}[pipeline_id]"), l.pipeline_id.to_string()));
-                }
-                _ => {}
+                } => (id, Some((old_status_id, old_pipeline_id))),
+                Event::LeadAdded(id) => (id, None),
+                _ => continue,
+            };
+            let Some(l) = acc.leads.get(id) else { continue };
+            out.push((format!("{p}[id]"), l.id.to_string()));
+            out.push((format!("{p}[status_id]"), l.status_id.to_string()));
+            out.push((format!("{p}[pipeline_id]"), l.pipeline_id.to_string()));
+            if let Some((old_status_id, old_pipeline_id)) = old_stage {
+                out.push((format!("{p}[old_status_id]"), old_status_id.to_string()));
+                out.push((format!("{p}[old_pipeline_id]"), old_pipeline_id.to_string()));
             }
         }
     }
