@@ -14,7 +14,8 @@ use serde_json::{Map, Value, json};
 use crate::config::Rules;
 use crate::fields::{self, FIELD_TYPES, as_id, join, opt_bool, opt_int, opt_str, required_str};
 use crate::model::{
-    Company, Contact, CustomField, FieldEnum, FieldValues, Lead, Pipeline, Status, Tag, Webhook,
+    Company, Contact, CustomField, FieldEnum, FieldValues, Lead, Pipeline, Status, Tag,
+    UnsortedEntry, UnsortedState, Webhook,
 };
 use crate::outbound::Event;
 use crate::problem::{
@@ -1751,16 +1752,19 @@ impl Cx<'_> {
                     .unwrap_or("API")
                     .to_owned()
             });
-            self.file_unsorted(unsorted::Filing {
-                lead_id: id,
-                pipeline_id,
-                contact_ids: contact_id.into_iter().collect(),
-                company_id,
+            self.file_unsorted(UnsortedEntry {
+                uid: String::new(),
                 source_uid: li.source_uid.unwrap_or_else(|| li.request_id.clone()),
                 source_name,
-                metadata: li.metadata.unwrap_or(Value::Null),
+                category: "forms".to_owned(),
+                pipeline_id,
                 created_at: li.created_at.unwrap_or(self.now),
+                metadata: li.metadata.unwrap_or(Value::Null),
+                lead_id: id,
+                contact_ids: contact_id.into_iter().collect(),
+                company_id,
                 request_id: li.request_id_given.then_some(li.request_id),
+                state: UnsortedState::Pending,
             });
         }
         (id, contact_id, company_id)

@@ -17,19 +17,6 @@ use crate::problem::{
 };
 use crate::state::{Account, LOST, WON};
 
-/// What a new unsorted request records.
-pub(super) struct Filing {
-    pub lead_id: u64,
-    pub pipeline_id: u64,
-    pub contact_ids: Vec<u64>,
-    pub company_id: Option<u64>,
-    pub source_uid: String,
-    pub source_name: String,
-    pub metadata: Value,
-    pub created_at: i64,
-    pub request_id: Option<String>,
-}
-
 /// Validates a web form's `metadata` (`form_id`, `form_name`, `form_page`, `form_sent_at` required;
 /// `referer`, `ip` optional). With `category`, it must be `forms` (the only category modelled).
 fn form_metadata(
@@ -280,28 +267,13 @@ fn lead_path(path: &str) -> String {
 }
 
 impl Cx<'_> {
-    /// Records a new pending request for a lead just created in the incoming stage (`add_unsorted`).
-    pub(super) fn file_unsorted(&mut self, f: Filing) -> String {
-        let uid = crate::tokens::random_hex(30);
-        self.acc.unsorted.insert(
-            uid.clone(),
-            UnsortedEntry {
-                uid: uid.clone(),
-                source_uid: f.source_uid,
-                source_name: f.source_name,
-                category: "forms".to_owned(),
-                pipeline_id: f.pipeline_id,
-                created_at: f.created_at,
-                metadata: f.metadata,
-                lead_id: f.lead_id,
-                contact_ids: f.contact_ids,
-                company_id: f.company_id,
-                request_id: f.request_id,
-                state: UnsortedState::Pending,
-            },
-        );
-        self.events.push(Event::UnsortedAdded(uid.clone()));
-        uid
+    /// Records a new pending request (`add_unsorted`) for a lead just created in the incoming stage,
+    /// under a fresh uid (whatever `entry.uid` held).
+    pub(super) fn file_unsorted(&mut self, mut entry: UnsortedEntry) {
+        entry.uid = crate::tokens::random_hex(30);
+        let uid = entry.uid.clone();
+        self.acc.unsorted.insert(uid.clone(), entry);
+        self.events.push(Event::UnsortedAdded(uid));
     }
 
     fn unsorted_json(&self, u: &UnsortedEntry) -> Value {
