@@ -9,9 +9,10 @@ use std::time::Duration;
 use amocrm_client::{
     AccountHost, AllowedDomains, AmoClient, AmoConfig, ApiError, ComplexLead, OAuthError,
 };
+use amocrm_sandbox::raw_http::read_request;
 use secrecy::SecretString;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
 use url::Url;
 
 const SECRET: &str = "client-secret-do-not-leak";
@@ -31,33 +32,6 @@ struct Peer {
     requests: Arc<Mutex<Vec<String>>>,
 }
 
-async fn read_request(sock: &mut TcpStream) -> String {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = sock.read(&mut chunk).await.unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&buf).to_string();
-        if let Some(head_end) = text.find("\r\n\r\n") {
-            let len = text[..head_end]
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse::<usize>().ok())?
-                })
-                .unwrap_or(0);
-            if buf.len() >= head_end + 4 + len {
-                break;
-            }
-        }
-    }
-    String::from_utf8_lossy(&buf).to_string()
-}
-
 async fn peer(behaviour: Behaviour) -> Peer {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -67,7 +41,9 @@ async fn peer(behaviour: Behaviour) -> Peer {
         let mut held = Vec::new();
         while let Ok((mut sock, _)) = listener.accept().await {
             let req = read_request(&mut sock).await;
-            seen.lock().unwrap().push(req);
+            seen.lock()
+                .unwrap()
+                .push(req.map(|r| r.text()).unwrap_or_default());
             match behaviour {
                 Behaviour::HangUpAfterRead => drop(sock),
                 Behaviour::NeverAnswer => held.push(sock),

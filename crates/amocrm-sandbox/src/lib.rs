@@ -35,6 +35,7 @@ pub mod model;
 pub mod oauth;
 mod outbound;
 mod problem;
+pub mod raw_http;
 mod server;
 mod state;
 pub mod tokens;

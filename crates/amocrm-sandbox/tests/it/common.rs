@@ -4,10 +4,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+use amocrm_sandbox::raw_http::read_request;
 use amocrm_sandbox::{Faults, Integration, Sandbox, SandboxConfig, SandboxHandle, TokenPair};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 pub const CLIENT_ID: &str = "3f1c2a4e-0000-4000-8000-000000000001";
 pub const SECRET: &str = "test-client-secret";
@@ -239,50 +240,13 @@ impl Receiver {
             while let Ok((mut sock, _)) = listener.accept().await {
                 let sink = sink.clone();
                 tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 8192];
-                    let (head_end, length) = loop {
-                        let Ok(n) = sock.read(&mut chunk).await else {
-                            return;
-                        };
-                        if n == 0 {
-                            return;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head = String::from_utf8_lossy(&buf[..pos]).to_string();
-                            let len = head
-                                .lines()
-                                .find_map(|l| {
-                                    let (k, v) = l.split_once(':')?;
-                                    k.eq_ignore_ascii_case("content-length")
-                                        .then(|| v.trim().parse::<usize>().ok())?
-                                })
-                                .unwrap_or(0);
-                            break (pos + 4, len);
-                        }
+                    let Some(req) = read_request(&mut sock).await else {
+                        return;
                     };
-                    while buf.len() < head_end + length {
-                        let Ok(n) = sock.read(&mut chunk).await else {
-                            return;
-                        };
-                        if n == 0 {
-                            break;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                    }
-                    let head = String::from_utf8_lossy(&buf[..head_end - 4]).to_string();
-                    let mut lines = head.lines();
-                    let request_line = lines.next().unwrap_or_default().to_owned();
-                    let headers = lines
-                        .filter_map(|l| l.split_once(':'))
-                        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-                        .collect();
-                    let body = String::from_utf8_lossy(&buf[head_end..]).to_string();
                     sink.lock().expect("lock").push(Received {
-                        request_line,
-                        headers,
-                        body,
+                        request_line: req.request_line().to_owned(),
+                        headers: req.headers().collect(),
+                        body: req.body_text(),
                     });
                     let reply = format!(
                         "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
