@@ -4,12 +4,12 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use chrono::SecondsFormat;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::data;
 use super::guard::Caller;
 use crate::services::Context;
-use crate::services::connect::{self, ConnectError};
+use crate::services::connect::{self, ConnectError, CreatedLink};
 use crate::web::error::{ApiError, FieldErrors};
 use crate::web::extract::ApiJson;
 use crate::web::openapi::{InvalidFields, Unauthenticated};
@@ -38,25 +38,27 @@ impl CreateSession {
     }
 }
 
-/// Maps a service error to the contract's errors.
-pub fn api_error(e: ConnectError) -> ApiError {
-    match e {
-        ConnectError::Invalid(problems) => {
-            let mut fields = FieldErrors::new();
-            for p in problems {
-                fields
-                    .entry(p.field.to_owned())
-                    .or_default()
-                    .push(p.message);
+/// The contract's errors for the connect use cases.
+impl From<ConnectError> for ApiError {
+    fn from(e: ConnectError) -> Self {
+        match e {
+            ConnectError::Invalid(problems) => {
+                let mut fields = FieldErrors::new();
+                for p in problems {
+                    fields
+                        .entry(p.field.to_owned())
+                        .or_default()
+                        .push(p.message);
+                }
+                ApiError::validation(fields)
             }
-            ApiError::validation(fields)
+            ConnectError::NotFound => ApiError::not_found("connection"),
+            ConnectError::Unavailable(reason) => ApiError::new(
+                crate::web::error::ErrorCode::MaintenanceMode,
+                format!("amoCRM could not be reached: {reason}"),
+            ),
+            ConnectError::Storage(e) => ApiError::from(e),
         }
-        ConnectError::NotFound => ApiError::not_found("connection"),
-        ConnectError::Unavailable(reason) => ApiError::new(
-            crate::web::error::ErrorCode::MaintenanceMode,
-            format!("amoCRM could not be reached: {reason}"),
-        ),
-        ConnectError::Storage(e) => ApiError::from(e),
     }
 }
 
@@ -87,16 +89,21 @@ pub async fn create(
         body.lang.as_deref(),
         body.platform.as_deref(),
     )
-    .await
-    .map_err(api_error)?;
-    Ok(data(
-        StatusCode::CREATED,
-        json!({
-            "token": created.token,
-            "connect_url": created.connect_url,
-            "expires_at": created.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true),
-            "seller_id": created.seller_id,
-            "platform": created.platform,
-        }),
-    ))
+    .await?;
+    let mut link = link_json(&created.link, "connect_url");
+    link.insert("platform".to_owned(), json!(created.platform));
+    Ok(data(StatusCode::CREATED, link))
+}
+
+/// A new link as both link endpoints answer it, its URL under `url_key`.
+pub fn link_json(link: &CreatedLink, url_key: &str) -> Map<String, Value> {
+    let mut out = Map::new();
+    out.insert("token".to_owned(), json!(link.token));
+    out.insert(url_key.to_owned(), json!(link.url));
+    out.insert(
+        "expires_at".to_owned(),
+        json!(link.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true)),
+    );
+    out.insert("seller_id".to_owned(), json!(link.seller_id));
+    out
 }
