@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use actix_web::{HttpRequest, HttpResponse, web};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use utoipa::ToSchema;
 
 use crate::services::Context;
@@ -143,35 +143,26 @@ pub async fn login(
     let ip = client_ip(&req, &state);
     let grant = operators::login(&state.db, &email, password, ip).await?;
     let mut answer = tokens_json(&grant.tokens);
-    answer.insert(
-        "user".to_owned(),
-        json!({
-            "id": grant.operator.id,
-            "name": grant.operator.name,
-            "role": grant.operator.role,
-        }),
-    );
+    answer["user"] = json!({
+        "id": grant.operator.id,
+        "name": grant.operator.name,
+        "role": grant.operator.role,
+    });
     Ok(no_store(answer))
 }
 
 /// A new token pair as the login and the refresh answer it.
-fn tokens_json(grant: &AccessGrant) -> Map<String, Value> {
-    let mut out = Map::new();
-    out.insert(
-        "access_token".to_owned(),
-        json!(grant.access_token.expose_secret()),
-    );
-    out.insert(
-        "refresh_token".to_owned(),
-        json!(grant.refresh_token.expose_secret()),
-    );
-    out.insert("token_type".to_owned(), json!("Bearer"));
-    out.insert("expires_in".to_owned(), json!(grant.expires_in));
-    out
+fn tokens_json(grant: &AccessGrant) -> Value {
+    json!({
+        "access_token": grant.access_token.expose_secret(),
+        "refresh_token": grant.refresh_token.expose_secret(),
+        "token_type": "Bearer",
+        "expires_in": grant.expires_in,
+    })
 }
 
 /// 200 with `body`, which holds tokens and so must never be cached.
-fn no_store(body: Map<String, Value>) -> HttpResponse {
+fn no_store(body: Value) -> HttpResponse {
     HttpResponse::Ok()
         .insert_header(("Cache-Control", "no-store"))
         .json(body)

@@ -4,7 +4,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use chrono::SecondsFormat;
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::data;
 use super::guard::Caller;
@@ -91,19 +91,16 @@ pub async fn create(
     )
     .await?;
     let mut link = link_json(&created.link, "connect_url");
-    link.insert("platform".to_owned(), json!(created.platform));
+    link["platform"] = json!(created.platform);
     Ok(data(StatusCode::CREATED, link))
 }
 
 /// A new link as both link endpoints answer it, its URL under `url_key`.
-pub fn link_json(link: &CreatedLink, url_key: &str) -> Map<String, Value> {
-    let mut out = Map::new();
-    out.insert("token".to_owned(), json!(link.token));
-    out.insert(url_key.to_owned(), json!(link.url));
-    out.insert(
-        "expires_at".to_owned(),
-        json!(link.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true)),
-    );
-    out.insert("seller_id".to_owned(), json!(link.seller_id));
-    out
+pub fn link_json(link: &CreatedLink, url_key: &str) -> Value {
+    json!({
+        "token": link.token,
+        url_key: link.url,
+        "expires_at": link.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+        "seller_id": link.seller_id,
+    })
 }
