@@ -231,6 +231,56 @@ fn parse_bool(key: &'static str, raw: &str) -> Result<bool, ConfigError> {
     }
 }
 
+/// `key` as a duration, or `default` when it is unset or blank.
+fn duration_var(
+    env: &dyn Env,
+    key: &'static str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    non_empty(env, key).map_or(Ok(default), |v| parse_duration(key, &v))
+}
+
+/// [`duration_var`], refused with `message` outside `range`.
+fn duration_within(
+    env: &dyn Env,
+    key: &'static str,
+    default: Duration,
+    range: std::ops::RangeInclusive<Duration>,
+    message: &'static str,
+) -> Result<Duration, ConfigError> {
+    let d = duration_var(env, key, default)?;
+    if range.contains(&d) {
+        Ok(d)
+    } else {
+        Err(ConfigError::new(key, message))
+    }
+}
+
+/// `key` as a flag, or `default` when it is unset or blank.
+fn bool_var(env: &dyn Env, key: &'static str, default: bool) -> Result<bool, ConfigError> {
+    non_empty(env, key).map_or(Ok(default), |v| parse_bool(key, &v))
+}
+
+/// `key` as a URL, or `default` when it is unset or blank.
+fn url_var(env: &dyn Env, key: &'static str, default: &str) -> Result<Url, ConfigError> {
+    parse_url(
+        key,
+        &non_empty(env, key).unwrap_or_else(|| default.to_owned()),
+    )
+}
+
+/// `key` as a domain list, or `default` when it is unset or blank.
+fn domains_var(
+    env: &dyn Env,
+    key: &'static str,
+    default: &str,
+) -> Result<Vec<String>, ConfigError> {
+    parse_domains(
+        key,
+        &non_empty(env, key).unwrap_or_else(|| default.to_owned()),
+    )
+}
+
 fn parse_number<T>(key: &'static str, raw: &str, min: T) -> Result<T, ConfigError>
 where
     T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
@@ -351,11 +401,7 @@ impl Settings {
         let listen_addr: SocketAddr = listen_raw.parse().map_err(|_| {
             ConfigError::new("LISTEN_ADDR", format!("`{listen_raw}` is not HOST:PORT"))
         })?;
-        let public_base_url = parse_url(
-            "PUBLIC_BASE_URL",
-            &non_empty(env, "PUBLIC_BASE_URL")
-                .unwrap_or_else(|| "http://127.0.0.1:8080".to_owned()),
-        )?;
+        let public_base_url = url_var(env, "PUBLIC_BASE_URL", "http://127.0.0.1:8080")?;
         let base = public_base_url.as_str().trim_end_matches('/').to_owned();
         let amocrm_redirect_uri = match non_empty(env, "AMOCRM_REDIRECT_URI") {
             Some(v) => parse_url("AMOCRM_REDIRECT_URI", &v)?,
@@ -364,11 +410,8 @@ impl Settings {
                 &format!("{base}/oauth/amocrm/callback"),
             )?,
         };
-        let amocrm_authorize_url = parse_url(
-            "AMOCRM_AUTHORIZE_URL",
-            &non_empty(env, "AMOCRM_AUTHORIZE_URL")
-                .unwrap_or_else(|| "https://www.amocrm.ru/oauth".to_owned()),
-        )?;
+        let amocrm_authorize_url =
+            url_var(env, "AMOCRM_AUTHORIZE_URL", "https://www.amocrm.ru/oauth")?;
         let kommo_client_id = non_empty(env, "KOMMO_CLIENT_ID");
         // With Kommo configured beside amoCRM, each platform's hosts must be told apart: amoCRM's integration
         // then defaults to amocrm.ru alone (alone, it keeps serving all three domains as before).
@@ -377,57 +420,37 @@ impl Settings {
         } else {
             "amocrm.ru,kommo.com,amocrm.com"
         };
-        let amocrm_allowed_domains = parse_domains(
-            "AMOCRM_ALLOWED_DOMAINS",
-            &non_empty(env, "AMOCRM_ALLOWED_DOMAINS")
-                .unwrap_or_else(|| amocrm_default_domains.to_owned()),
+        let amocrm_allowed_domains =
+            domains_var(env, "AMOCRM_ALLOWED_DOMAINS", amocrm_default_domains)?;
+        let kommo_authorize_url =
+            url_var(env, "KOMMO_AUTHORIZE_URL", "https://www.kommo.com/oauth")?;
+        let kommo_allowed_domains =
+            domains_var(env, "KOMMO_ALLOWED_DOMAINS", "kommo.com,amocrm.com")?;
+        let suspended_probe_interval = duration_within(
+            env,
+            "SUSPENDED_PROBE_INTERVAL",
+            Duration::from_secs(3600),
+            Duration::from_nanos(1)..=Duration::MAX,
+            "must be more than 0",
         )?;
-        let kommo_authorize_url = parse_url(
-            "KOMMO_AUTHORIZE_URL",
-            &non_empty(env, "KOMMO_AUTHORIZE_URL")
-                .unwrap_or_else(|| "https://www.kommo.com/oauth".to_owned()),
+        let push_retry_max = duration_within(
+            env,
+            "PUSH_RETRY_MAX",
+            Duration::from_secs(300),
+            Duration::from_secs(1)..=Duration::from_secs(86_400),
+            "must be between 1s and 24h",
         )?;
-        let kommo_allowed_domains = parse_domains(
-            "KOMMO_ALLOWED_DOMAINS",
-            &non_empty(env, "KOMMO_ALLOWED_DOMAINS")
-                .unwrap_or_else(|| "kommo.com,amocrm.com".to_owned()),
-        )?;
-        let suspended_probe_interval = match non_empty(env, "SUSPENDED_PROBE_INTERVAL") {
-            Some(v) => parse_duration("SUSPENDED_PROBE_INTERVAL", &v)?,
-            None => Duration::from_secs(3600),
-        };
-        if suspended_probe_interval.is_zero() {
-            return Err(ConfigError::new(
-                "SUSPENDED_PROBE_INTERVAL",
-                "must be more than 0",
-            ));
-        }
-        let push_retry_max = match non_empty(env, "PUSH_RETRY_MAX") {
-            Some(v) => parse_duration("PUSH_RETRY_MAX", &v)?,
-            None => Duration::from_secs(300),
-        };
-        if push_retry_max < Duration::from_secs(1) || push_retry_max > Duration::from_secs(86_400) {
-            return Err(ConfigError::new(
-                "PUSH_RETRY_MAX",
-                "must be between 1s and 24h",
-            ));
-        }
         let webhook_allowed_hosts = parse_hosts(
             "WEBHOOK_ALLOWED_HOSTS",
             non_empty(env, "WEBHOOK_ALLOWED_HOSTS").as_deref(),
         )?;
-        let database_timeout = match non_empty(env, "DATABASE_TIMEOUT") {
-            Some(v) => parse_duration("DATABASE_TIMEOUT", &v)?,
-            None => Duration::from_secs(5),
-        };
-        if database_timeout < Duration::from_millis(100)
-            || database_timeout > Duration::from_secs(60)
-        {
-            return Err(ConfigError::new(
-                "DATABASE_TIMEOUT",
-                "must be between 100ms and 60s",
-            ));
-        }
+        let database_timeout = duration_within(
+            env,
+            "DATABASE_TIMEOUT",
+            Duration::from_secs(5),
+            Duration::from_millis(100)..=Duration::from_secs(60),
+            "must be between 100ms and 60s",
+        )?;
         let amocrm_account_url_template = non_empty(env, "AMOCRM_ACCOUNT_URL_TEMPLATE")
             .unwrap_or_else(|| "https://{host}".to_owned());
         if !amocrm_account_url_template.contains("{host}") {
@@ -444,10 +467,8 @@ impl Settings {
             Some(v) => parse_number("AMOCRM_RATE_LIMIT_RPS", &v, 1u32)?,
             None => 7,
         };
-        let amocrm_request_timeout = match non_empty(env, "AMOCRM_REQUEST_TIMEOUT") {
-            Some(v) => parse_duration("AMOCRM_REQUEST_TIMEOUT", &v)?,
-            None => Duration::from_secs(20),
-        };
+        let amocrm_request_timeout =
+            duration_var(env, "AMOCRM_REQUEST_TIMEOUT", Duration::from_secs(20))?;
         let token_keys = match non_empty(env, "TOKEN_ENCRYPTION_KEYS") {
             Some(v) => Some(
                 Keyring::parse(&v)
@@ -464,10 +485,7 @@ impl Settings {
                 Some(v)
             }
         };
-        let refresh_ahead = match non_empty(env, "REFRESH_AHEAD") {
-            Some(v) => parse_duration("REFRESH_AHEAD", &v)?,
-            None => Duration::from_secs(3600),
-        };
+        let refresh_ahead = duration_var(env, "REFRESH_AHEAD", Duration::from_secs(3600))?;
         let refresh_concurrency = match non_empty(env, "REFRESH_CONCURRENCY") {
             Some(v) => parse_number("REFRESH_CONCURRENCY", &v, 1usize)?,
             // A refresh mostly waits on amoCRM (two calls: the exchange and the subscription check), so the
@@ -523,18 +541,10 @@ impl Settings {
         }
         let lead_name_template = non_empty(env, "LEAD_NAME_TEMPLATE")
             .unwrap_or_else(|| "Buyurtma #{order_number}".to_owned());
-        let event_retention = match non_empty(env, "EVENT_RETENTION") {
-            Some(v) => parse_duration("EVENT_RETENTION", &v)?,
-            None => Duration::from_secs(90 * 24 * 3600),
-        };
-        let shutdown_timeout = match non_empty(env, "SHUTDOWN_TIMEOUT") {
-            Some(v) => parse_duration("SHUTDOWN_TIMEOUT", &v)?,
-            None => Duration::from_secs(30),
-        };
-        let allow_shared_accounts = match non_empty(env, "ALLOW_SHARED_ACCOUNTS") {
-            Some(v) => parse_bool("ALLOW_SHARED_ACCOUNTS", &v)?,
-            None => false,
-        };
+        let event_retention =
+            duration_var(env, "EVENT_RETENTION", Duration::from_secs(90 * 24 * 3600))?;
+        let shutdown_timeout = duration_var(env, "SHUTDOWN_TIMEOUT", Duration::from_secs(30))?;
+        let allow_shared_accounts = bool_var(env, "ALLOW_SHARED_ACCOUNTS", false)?;
         let secret =
             |key: &'static str, min_len: usize| -> Result<Option<SecretString>, ConfigError> {
                 match non_empty(env, key) {
@@ -553,40 +563,26 @@ impl Settings {
                 crate::domain::ids::random_token(6)
             )
         });
-        let run_workers = match non_empty(env, "RUN_WORKERS") {
-            Some(v) => parse_bool("RUN_WORKERS", &v)?,
-            None => true,
-        };
-        let trust_forwarded_for = match non_empty(env, "TRUST_FORWARDED_FOR") {
-            Some(v) => parse_bool("TRUST_FORWARDED_FOR", &v)?,
-            None => false,
-        };
+        let run_workers = bool_var(env, "RUN_WORKERS", true)?;
+        let trust_forwarded_for = bool_var(env, "TRUST_FORWARDED_FOR", false)?;
         let sandbox_page_url = match non_empty(env, "SANDBOX_PAGE_URL") {
             Some(v) => Some(parse_url("SANDBOX_PAGE_URL", &v)?),
             None => None,
         };
-        let delivery_timeout = match non_empty(env, "DELIVERY_TIMEOUT") {
-            Some(v) => parse_duration("DELIVERY_TIMEOUT", &v)?,
-            None => Duration::from_secs(10),
-        };
-        if delivery_timeout.is_zero() || delivery_timeout > Duration::from_secs(60) {
-            return Err(ConfigError::new(
-                "DELIVERY_TIMEOUT",
-                "must be more than 0 and at most 60s",
-            ));
-        }
-        let request_body_timeout = match non_empty(env, "REQUEST_BODY_TIMEOUT") {
-            Some(v) => parse_duration("REQUEST_BODY_TIMEOUT", &v)?,
-            None => Duration::from_secs(10),
-        };
-        if request_body_timeout < Duration::from_millis(100)
-            || request_body_timeout > Duration::from_secs(300)
-        {
-            return Err(ConfigError::new(
-                "REQUEST_BODY_TIMEOUT",
-                "must be between 100ms and 5m",
-            ));
-        }
+        let delivery_timeout = duration_within(
+            env,
+            "DELIVERY_TIMEOUT",
+            Duration::from_secs(10),
+            Duration::from_nanos(1)..=Duration::from_secs(60),
+            "must be more than 0 and at most 60s",
+        )?;
+        let request_body_timeout = duration_within(
+            env,
+            "REQUEST_BODY_TIMEOUT",
+            Duration::from_secs(10),
+            Duration::from_millis(100)..=Duration::from_secs(300),
+            "must be between 100ms and 5m",
+        )?;
         let webhook_max_body = match non_empty(env, "WEBHOOK_MAX_BODY_KIB") {
             Some(v) => parse_number("WEBHOOK_MAX_BODY_KIB", &v, 1usize)? * 1024,
             None => 256 * 1024,

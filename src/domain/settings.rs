@@ -193,15 +193,19 @@ impl Problems {
         Some(obj)
     }
 
-    fn choice<T: Copy>(
+    /// One of `all` (a wire enum's `ALL`), by its spelling.
+    fn choice<T: Copy + std::fmt::Display>(
         &mut self,
         v: &Value,
         path: &str,
-        parse: fn(&str) -> Option<T>,
-        names: &[&str],
+        all: &[T],
     ) -> Option<T> {
-        let found = v.as_str().and_then(parse);
+        let spelled = |c: &T| c.to_string();
+        let found = v
+            .as_str()
+            .and_then(|s| all.iter().copied().find(|c| spelled(c) == s));
         if found.is_none() {
+            let names: Vec<String> = all.iter().map(spelled).collect();
             self.add(path, format!("must be one of {}", names.join(", ")));
         }
         found
@@ -279,7 +283,7 @@ impl SellerSettings {
                     }
                 }
                 "entry" => {
-                    if let Some(e) = p.choice(v, "entry", Entry::parse, Entry::NAMES) {
+                    if let Some(e) = p.choice(v, "entry", Entry::ALL) {
                         next.entry = e;
                     }
                 }
@@ -363,12 +367,7 @@ fn merge_responsible(p: &mut Problems, v: &Value, r: &mut Responsible) {
         return;
     };
     if let Some(m) = obj.get("mode")
-        && let Some(m) = p.choice(
-            m,
-            "responsible.mode",
-            ResponsibleMode::parse,
-            ResponsibleMode::NAMES,
-        )
+        && let Some(m) = p.choice(m, "responsible.mode", ResponsibleMode::ALL)
     {
         r.mode = m;
     }
@@ -401,7 +400,7 @@ fn merge_contacts(p: &mut Problems, v: &Value, c: &mut Contacts) {
         return;
     };
     if let Some(m) = obj.get("match")
-        && let Some(m) = p.choice(m, "contacts.match", MatchMode::parse, MatchMode::NAMES)
+        && let Some(m) = p.choice(m, "contacts.match", MatchMode::ALL)
     {
         c.match_mode = m;
     }
@@ -424,12 +423,7 @@ fn merge_items(p: &mut Problems, v: &Value, it: &mut Items) {
         it.note = n;
     }
     if let Some(m) = obj.get("products")
-        && let Some(m) = p.choice(
-            m,
-            "items.products",
-            ProductsMode::parse,
-            ProductsMode::NAMES,
-        )
+        && let Some(m) = p.choice(m, "items.products", ProductsMode::ALL)
     {
         it.products = m;
     }

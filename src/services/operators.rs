@@ -123,11 +123,10 @@ pub enum AuthError {
     Storage(#[from] StorageError),
 }
 
-/// The tokens of a successful login. The plaintexts exist only here, on their way to the client.
+/// The tokens of a successful login and who signed in. The plaintexts exist only here, on their way to the
+/// client.
 pub struct LoginGrant {
-    pub access_token: SecretString,
-    pub refresh_token: SecretString,
-    pub expires_in: u64,
+    pub tokens: AccessGrant,
     pub operator: Operator,
 }
 
@@ -277,9 +276,11 @@ pub async fn login(
         )
         .await?;
     Ok(LoginGrant {
-        access_token,
-        refresh_token,
-        expires_in: ACCESS_TTL.as_secs(),
+        tokens: AccessGrant {
+            access_token,
+            refresh_token,
+            expires_in: ACCESS_TTL.as_secs(),
+        },
         operator,
     })
 }

@@ -10,11 +10,10 @@
 use std::time::Duration;
 
 use amocrm_client::Pipeline;
-use chrono::{DateTime, Utc};
 use hmac::{KeyInit, Mac};
 use serde_json::{Map, Value, json};
 
-use super::connect::{self, ConnectError, FieldProblem, SessionFields};
+use super::connect::{self, ConnectError, CreatedLink, FieldProblem, IssuedLink, SessionFields};
 use super::settings::{self, AccountCatalogue, SettingsError, View};
 use crate::domain::ids::{constant_time_eq, random_token, sha256_hex};
 use crate::domain::settings::STATUS_KEYS;
@@ -34,15 +33,6 @@ fn ttl() -> chrono::Duration {
     chrono::Duration::from_std(SESSION_TTL).unwrap_or(chrono::Duration::MAX)
 }
 
-/// A new settings link: the raw token is shown once (in `settings_url`) and stored only as a hash.
-#[derive(Debug, Clone)]
-pub struct CreatedSettingsSession {
-    pub token: String,
-    pub settings_url: String,
-    pub expires_at: DateTime<Utc>,
-    pub seller_id: String,
-}
-
 /// `POST /api/v1/settings-sessions`: the connect link's checks, and the seller must have connected.
 #[tracing::instrument(skip_all, fields(seller_id))]
 pub async fn create_session(
@@ -50,7 +40,7 @@ pub async fn create_session(
     seller_id: &str,
     return_url: Option<&str>,
     lang: Option<&str>,
-) -> Result<CreatedSettingsSession, ConnectError> {
+) -> Result<CreatedLink, ConnectError> {
     let SessionFields {
         seller,
         return_url,
@@ -75,23 +65,17 @@ pub async fn create_session(
         .settings_sessions()
         .prune_expired(now - chrono::Duration::days(1))
         .await?;
-    let token = random_token(43);
-    let expires_at = now + ttl();
+    let issued = IssuedLink::new(state, "settings", &seller, now, ttl());
     let row = NewSettingsSession {
-        token_hash: sha256_hex(token.as_bytes()),
+        token_hash: issued.token_hash,
         seller_id: seller.as_str().to_owned(),
         return_url,
         lang,
-        expires_at,
-        created_at: now,
+        expires_at: issued.expires_at,
+        created_at: issued.created_at,
     };
     state.db.settings_sessions().insert(row).await?;
-    Ok(CreatedSettingsSession {
-        settings_url: format!("{}/settings/{token}", state.settings.base_url()),
-        token,
-        expires_at: storage::from_db(expires_at),
-        seller_id: seller.as_str().to_owned(),
-    })
+    Ok(issued.link)
 }
 
 /// What a request to the page may do.

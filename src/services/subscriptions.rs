@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::domain::events::EventKind;
 use crate::domain::ids::prefixed_id;
 use crate::domain::outbound::TargetPolicy;
+use crate::services::Context;
 use crate::services::keys::RotationReport;
 use crate::storage::events::NewEvent;
 use crate::storage::subscriptions::{Subscription, SubscriptionChanges, secret_aad};
@@ -211,19 +212,18 @@ fn events_json(events: &[String]) -> String {
 
 #[tracing::instrument(skip_all)]
 pub async fn create(
-    db: &Db,
-    keys: &Keyring,
-    policy: &TargetPolicy,
+    state: &Context,
     input: SubscriptionInput,
 ) -> Result<SubscriptionView, SubscriptionError> {
-    let (url, events) = validate(&input, true, policy).map_err(SubscriptionError::Invalid)?;
+    let (url, events) =
+        validate(&input, true, state.outbound.policy()).map_err(SubscriptionError::Invalid)?;
     let (Some(url), Some(events), Some(secret)) = (url, events, input.secret) else {
         return Err(SubscriptionError::Invalid(FieldErrors::new()));
     };
     let id = prefixed_id("whk");
     let now = storage::now();
     let row = Subscription {
-        secret_enc: keys.encrypt(secret_aad(&id), &secret),
+        secret_enc: state.keys.encrypt(secret_aad(&id), &secret),
         id,
         url,
         events: events_json(&events),
@@ -231,7 +231,7 @@ pub async fn create(
         created_at: now,
         updated_at: now,
     };
-    let saved = db.subscriptions().insert(row).await?;
+    let saved = state.db.subscriptions().insert(row).await?;
     Ok(SubscriptionView::from(&saved))
 }
 
@@ -255,24 +255,25 @@ pub async fn list(
 
 #[tracing::instrument(skip_all)]
 pub async fn update(
-    db: &Db,
-    keys: &Keyring,
-    policy: &TargetPolicy,
+    state: &Context,
     id: &str,
     input: SubscriptionInput,
 ) -> Result<SubscriptionView, SubscriptionError> {
-    let (url, events) = validate(&input, false, policy).map_err(SubscriptionError::Invalid)?;
+    let (url, events) =
+        validate(&input, false, state.outbound.policy()).map_err(SubscriptionError::Invalid)?;
     let changes = SubscriptionChanges {
         url,
         events: events.as_deref().map(events_json),
         secret_enc: input
             .secret
             .as_deref()
-            .map(|s| keys.encrypt(secret_aad(id), s)),
+            .map(|s| state.keys.encrypt(secret_aad(id), s)),
         active: input.active,
         updated_at: Some(storage::now()),
     };
-    db.subscriptions()
+    state
+        .db
+        .subscriptions()
         .update(id, changes)
         .await?
         .map(|s| SubscriptionView::from(&s))

@@ -6,11 +6,11 @@ use std::net::IpAddr;
 use actix_web::{HttpRequest, HttpResponse, web};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use utoipa::ToSchema;
 
 use crate::services::Context;
-use crate::services::operators::{self, AuthError};
+use crate::services::operators::{self, AccessGrant, AuthError};
 use crate::web::error::{ApiError, ErrorCode, FieldErrors};
 use crate::web::extract::ApiJson;
 
@@ -142,19 +142,30 @@ pub async fn login(
     }
     let ip = client_ip(&req, &state);
     let grant = operators::login(&state.db, &email, password, ip).await?;
-    Ok(HttpResponse::Ok()
+    let mut answer = tokens_json(&grant.tokens);
+    answer["user"] = json!({
+        "id": grant.operator.id,
+        "name": grant.operator.name,
+        "role": grant.operator.role,
+    });
+    Ok(no_store(answer))
+}
+
+/// A new token pair as the login and the refresh answer it.
+fn tokens_json(grant: &AccessGrant) -> Value {
+    json!({
+        "access_token": grant.access_token.expose_secret(),
+        "refresh_token": grant.refresh_token.expose_secret(),
+        "token_type": "Bearer",
+        "expires_in": grant.expires_in,
+    })
+}
+
+/// 200 with `body`, which holds tokens and so must never be cached.
+fn no_store(body: Value) -> HttpResponse {
+    HttpResponse::Ok()
         .insert_header(("Cache-Control", "no-store"))
-        .json(json!({
-            "access_token": grant.access_token.expose_secret(),
-            "token_type": "Bearer",
-            "expires_in": grant.expires_in,
-            "refresh_token": grant.refresh_token.expose_secret(),
-            "user": {
-                "id": grant.operator.id,
-                "name": grant.operator.name,
-                "role": grant.operator.role,
-            },
-        })))
+        .json(body)
 }
 
 /// A new access token and refresh token for a refresh token from `POST /api/auth/login` or an earlier
@@ -178,12 +189,5 @@ pub async fn refresh(
         return Err(ApiError::field("refresh_token", "is required"));
     };
     let grant = operators::refresh(&state.db, token.expose_secret()).await?;
-    Ok(HttpResponse::Ok()
-        .insert_header(("Cache-Control", "no-store"))
-        .json(json!({
-            "access_token": grant.access_token.expose_secret(),
-            "refresh_token": grant.refresh_token.expose_secret(),
-            "token_type": "Bearer",
-            "expires_in": grant.expires_in,
-        })))
+    Ok(no_store(tokens_json(&grant)))
 }

@@ -199,7 +199,7 @@ async fn settings_link(
     )
     .await;
     match created {
-        Ok(c) => Some(c.settings_url),
+        Ok(c) => Some(c.url),
         Err(e) => {
             tracing::warn!(error = %e, "no settings link for the result page");
             None

@@ -2,7 +2,7 @@
 //! OAuth states bound to the browser.
 
 use amocrm_client::AuthMode;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, Utc};
 
 use super::{ConnectError, FieldProblem, Lang, SESSION_TTL, STATE_TTL, dur};
 use crate::domain::ids::{SellerId, random_token, sha256_hex};
@@ -12,13 +12,53 @@ use crate::storage::connections::Connection;
 use crate::storage::sessions::{ConnectSession, NewSession, NewState};
 use crate::storage::{self, StorageError};
 
-/// A new connect session: the raw token is shown once (in `connect_url`) and stored only as a hash.
+/// A new single-use link (connect or settings): the raw token is shown once (in `url`) and stored only as
+/// a hash.
 #[derive(Debug, Clone)]
-pub struct CreatedSession {
+pub struct CreatedLink {
     pub token: String,
-    pub connect_url: String,
+    pub url: String,
     pub expires_at: DateTime<Utc>,
     pub seller_id: String,
+}
+
+/// A link about to be stored: what its caller is shown, and the hash and times its row keeps.
+pub(crate) struct IssuedLink {
+    pub link: CreatedLink,
+    pub token_hash: String,
+    pub created_at: NaiveDateTime,
+    pub expires_at: NaiveDateTime,
+}
+
+impl IssuedLink {
+    /// A fresh token for `seller`'s page `{base}/{page}/{token}`, valid for `ttl` from `now`.
+    pub(crate) fn new(
+        state: &Context,
+        page: &str,
+        seller: &SellerId,
+        now: NaiveDateTime,
+        ttl: chrono::Duration,
+    ) -> Self {
+        let token = random_token(43);
+        let expires_at = now + ttl;
+        Self {
+            token_hash: sha256_hex(token.as_bytes()),
+            created_at: now,
+            expires_at,
+            link: CreatedLink {
+                url: format!("{}/{page}/{token}", state.settings.base_url()),
+                token,
+                expires_at: storage::from_db(expires_at),
+                seller_id: seller.as_str().to_owned(),
+            },
+        }
+    }
+}
+
+/// A new connect session: its link and the platform it connects.
+#[derive(Debug, Clone)]
+pub struct CreatedSession {
+    pub link: CreatedLink,
     pub platform: Platform,
 }
 
@@ -112,24 +152,19 @@ pub async fn create_session(
         return_url,
         lang,
     } = fields;
-    let token = random_token(43);
-    let now = storage::now();
-    let expires_at = now + dur(SESSION_TTL);
+    let issued = IssuedLink::new(state, "connect", &seller, storage::now(), dur(SESSION_TTL));
     let row = NewSession {
-        token_hash: sha256_hex(token.as_bytes()),
+        token_hash: issued.token_hash,
         seller_id: seller.as_str().to_owned(),
         return_url,
         lang,
-        expires_at,
-        created_at: now,
+        expires_at: issued.expires_at,
+        created_at: issued.created_at,
         platform,
     };
     state.db.sessions().insert(row).await?;
     Ok(CreatedSession {
-        connect_url: format!("{}/connect/{token}", state.settings.base_url()),
-        token,
-        expires_at: storage::from_db(expires_at),
-        seller_id: seller.as_str().to_owned(),
+        link: issued.link,
         platform,
     })
 }

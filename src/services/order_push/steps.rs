@@ -4,6 +4,7 @@
 //! notes, links, tasks, the contact) before anything is sent again.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 
 use amocrm_client::{
     ApiError, CatalogElement, ContactUpdate, NewCatalogElement, NewLink, NewNote, NewTask,
@@ -202,29 +203,23 @@ async fn notes(
     orders: &HashMap<String, (OrderRow, Option<OrderDraft>)>,
     report: &mut StepReport,
 ) -> Result<Outcome, StorageError> {
-    let (sent, mut pending): (Vec<&StepRow>, Vec<&StepRow>) =
-        rows.iter().partition(|r| r.state == StepState::Sent);
-    if !sent.is_empty() {
-        report.calls += 1;
-        let leads: Vec<u64> = sent.iter().map(|r| lead(r)).collect();
-        let leads = &leads;
-        let read = call(ctx, |amo| async move {
+    let read = async |leads: &[u64]| {
+        call(ctx, |amo| async move {
             amo.api().lead_notes(leads, Some("common")).await
         })
-        .await;
-        let found = match read {
-            Ok(found) => found,
-            Err(e) => return read_failed(ctx, StepKind::Note, &rows, e, report).await,
-        };
-        let ours = |r: &StepRow| {
-            let number = orders.get(&r.order_id)?.0.order_number.as_str();
-            found
-                .iter()
-                .find(|n| n.entity_id == Some(lead(r)) && is_our_note(n.text(), number))
-                .map(|n| n.id)
-        };
-        settle_read_back(ctx, StepKind::Note, sent, &mut pending, ours).await?;
-    }
+        .await
+    };
+    let ours = |found: &[amocrm_client::Note], r: &StepRow| {
+        let number = orders.get(&r.order_id)?.0.order_number.as_str();
+        found
+            .iter()
+            .find(|n| n.entity_id == Some(lead(r)) && is_our_note(n.text(), number))
+            .map(|n| n.id)
+    };
+    let pending = match to_create(ctx, StepKind::Note, &rows, report, read, ours).await? {
+        ControlFlow::Continue(pending) => pending,
+        ControlFlow::Break(out) => return Ok(out),
+    };
     let lang = ctx.settings.settings.language;
     let (rows, notes): (Vec<&StepRow>, Vec<NewNote>) = pending
         .iter()
@@ -240,23 +235,41 @@ async fn notes(
     create_all(ctx, rows, Creates::Notes(notes), report).await
 }
 
-/// Steps already `sent` were read back because their create's answer may have been lost: those amoCRM
-/// has (`ours` gives the id it made) are done, the others join `pending` to be created.
-async fn settle_read_back<'r>(
+/// The rows still to create. Rows already `sent` may have lost their create's answer, so their leads are
+/// read back in one call (`read`): those amoCRM has (`ours` finds the id it made among what it returned)
+/// are done, the others are created with the rest. `Break` carries the outcome when the read failed.
+async fn to_create<'r, T>(
     ctx: &Ctx<'_>,
     kind: StepKind,
-    sent: Vec<&'r StepRow>,
-    pending: &mut Vec<&'r StepRow>,
-    ours: impl Fn(&StepRow) -> Option<u64>,
-) -> Result<(), StorageError> {
+    rows: &'r [StepRow],
+    report: &mut StepReport,
+    read: impl AsyncFnOnce(&[u64]) -> Result<Vec<T>, TokenError>,
+    ours: impl Fn(&[T], &StepRow) -> Option<u64>,
+) -> Result<ControlFlow<Outcome, Vec<&'r StepRow>>, StorageError> {
+    let (sent, mut pending): (Vec<&StepRow>, Vec<&StepRow>) =
+        rows.iter().partition(|r| r.state == StepState::Sent);
+    if sent.is_empty() {
+        return Ok(ControlFlow::Continue(pending));
+    }
+    report.calls += 1;
+    let leads: Vec<u64> = sent.iter().map(|r| lead(r)).collect();
+    let found = match read(&leads).await {
+        Ok(found) => found,
+        Err(e) => {
+            return read_failed(ctx, kind, rows, e, report)
+                .await
+                .map(ControlFlow::Break);
+        }
+    };
     let mut finished = Vec::new();
     for r in sent {
-        match ours(r) {
+        match ours(&found, r) {
             Some(id) => finished.push(done(r, Some(id), None)),
             None => pending.push(r),
         }
     }
-    finish(ctx, kind, finished).await
+    finish(ctx, kind, finished).await?;
+    Ok(ControlFlow::Continue(pending))
 }
 
 /// Creates of one kind, one per step, sent together.
@@ -415,24 +428,19 @@ async fn tasks(
     report: &mut StepReport,
 ) -> Result<Outcome, StorageError> {
     let task = &ctx.settings.settings.task;
-    let (sent, mut pending): (Vec<&StepRow>, Vec<&StepRow>) =
-        rows.iter().partition(|r| r.state == StepState::Sent);
-    if !sent.is_empty() {
-        report.calls += 1;
-        let leads: Vec<u64> = sent.iter().map(|r| lead(r)).collect();
-        let leads = &leads;
-        let found = match call(ctx, |amo| async move { amo.api().lead_tasks(leads).await }).await {
-            Ok(found) => found,
-            Err(e) => return read_failed(ctx, StepKind::Task, &rows, e, report).await,
-        };
-        let ours = |r: &StepRow| {
-            found
-                .iter()
-                .find(|t| t.entity_id == Some(lead(r)) && t.text == task.text)
-                .map(|t| t.id)
-        };
-        settle_read_back(ctx, StepKind::Task, sent, &mut pending, ours).await?;
-    }
+    let read = async |leads: &[u64]| {
+        call(ctx, |amo| async move { amo.api().lead_tasks(leads).await }).await
+    };
+    let ours = |found: &[amocrm_client::Task], r: &StepRow| {
+        found
+            .iter()
+            .find(|t| t.entity_id == Some(lead(r)) && t.text == task.text)
+            .map(|t| t.id)
+    };
+    let pending = match to_create(ctx, StepKind::Task, &rows, report, read, ours).await? {
+        ControlFlow::Continue(pending) => pending,
+        ControlFlow::Break(out) => return Ok(out),
+    };
     let due = chrono::Utc::now().timestamp() + task.due_in_minutes * 60;
     let (rows, new): (Vec<&StepRow>, Vec<NewTask>) = pending
         .iter()

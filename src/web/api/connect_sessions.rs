@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::data;
 use super::guard::Caller;
 use crate::services::Context;
-use crate::services::connect::{self, ConnectError};
+use crate::services::connect::{self, ConnectError, CreatedLink};
 use crate::web::error::{ApiError, FieldErrors};
 use crate::web::extract::ApiJson;
 use crate::web::openapi::{InvalidFields, Unauthenticated};
@@ -38,25 +38,27 @@ impl CreateSession {
     }
 }
 
-/// Maps a service error to the contract's errors.
-pub fn api_error(e: ConnectError) -> ApiError {
-    match e {
-        ConnectError::Invalid(problems) => {
-            let mut fields = FieldErrors::new();
-            for p in problems {
-                fields
-                    .entry(p.field.to_owned())
-                    .or_default()
-                    .push(p.message);
+/// The contract's errors for the connect use cases.
+impl From<ConnectError> for ApiError {
+    fn from(e: ConnectError) -> Self {
+        match e {
+            ConnectError::Invalid(problems) => {
+                let mut fields = FieldErrors::new();
+                for p in problems {
+                    fields
+                        .entry(p.field.to_owned())
+                        .or_default()
+                        .push(p.message);
+                }
+                ApiError::validation(fields)
             }
-            ApiError::validation(fields)
+            ConnectError::NotFound => ApiError::not_found("connection"),
+            ConnectError::Unavailable(reason) => ApiError::new(
+                crate::web::error::ErrorCode::MaintenanceMode,
+                format!("amoCRM could not be reached: {reason}"),
+            ),
+            ConnectError::Storage(e) => ApiError::from(e),
         }
-        ConnectError::NotFound => ApiError::not_found("connection"),
-        ConnectError::Unavailable(reason) => ApiError::new(
-            crate::web::error::ErrorCode::MaintenanceMode,
-            format!("amoCRM could not be reached: {reason}"),
-        ),
-        ConnectError::Storage(e) => ApiError::from(e),
     }
 }
 
@@ -87,16 +89,18 @@ pub async fn create(
         body.lang.as_deref(),
         body.platform.as_deref(),
     )
-    .await
-    .map_err(api_error)?;
-    Ok(data(
-        StatusCode::CREATED,
-        json!({
-            "token": created.token,
-            "connect_url": created.connect_url,
-            "expires_at": created.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true),
-            "seller_id": created.seller_id,
-            "platform": created.platform,
-        }),
-    ))
+    .await?;
+    let mut link = link_json(&created.link, "connect_url");
+    link["platform"] = json!(created.platform);
+    Ok(data(StatusCode::CREATED, link))
+}
+
+/// A new link as both link endpoints answer it, its URL under `url_key`.
+pub fn link_json(link: &CreatedLink, url_key: &str) -> Value {
+    json!({
+        "token": link.token,
+        url_key: link.url,
+        "expires_at": link.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+        "seller_id": link.seller_id,
+    })
 }

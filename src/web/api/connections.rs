@@ -8,7 +8,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::IntoParams;
 
-use super::connect_sessions::api_error;
 use super::guard::Caller;
 use super::{data, page};
 use crate::domain::status::{ConnectionStatus, HealthState};
@@ -118,9 +117,8 @@ pub async fn list(
             ))
         })?),
     };
-    let (rows, total) = connect::list_with_health(&state, status, paging.offset(), paging.per_page)
-        .await
-        .map_err(api_error)?;
+    let (rows, total) =
+        connect::list_with_health(&state, status, paging.offset(), paging.per_page).await?;
     let items: Vec<Value> = rows.iter().map(|(c, h)| view(c, h.as_ref())).collect();
     Ok(page(items, paging, total))
 }
@@ -140,9 +138,7 @@ pub async fn get(
     path: web::Path<String>,
     state: web::Data<Context>,
 ) -> Result<HttpResponse, ApiError> {
-    let (c, h) = connect::get_with_health(&state, &path)
-        .await
-        .map_err(api_error)?;
+    let (c, h) = connect::get_with_health(&state, &path).await?;
     Ok(data(StatusCode::OK, view(&c, h.as_ref())))
 }
 
@@ -163,7 +159,7 @@ pub async fn delete(
     state: web::Data<Context>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_write()?;
-    connect::revoke(&state, &path).await.map_err(api_error)?;
+    connect::revoke(&state, &path).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -187,9 +183,7 @@ pub async fn refresh_now(
     state: web::Data<Context>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_write()?;
-    let current = connect::get_connection(&state, &path)
-        .await
-        .map_err(api_error)?;
+    let current = connect::get_connection(&state, &path).await?;
     if current.status == ConnectionStatus::Suspended {
         suspension::probe(&state, &path, true).await?;
         return get(path, state).await;
@@ -231,9 +225,7 @@ pub async fn get_pipeline(
     path: web::Path<String>,
     state: web::Data<Context>,
 ) -> Result<HttpResponse, ApiError> {
-    let c = connect::get_connection(&state, &path)
-        .await
-        .map_err(api_error)?;
+    let c = connect::get_connection(&state, &path).await?;
     Ok(data(StatusCode::OK, pipeline_view(&c)))
 }
 
@@ -300,8 +292,6 @@ pub async fn put_pipeline(
     let Some(pipeline_id) = pipeline_id.filter(|_| fields.is_empty()) else {
         return Err(ApiError::validation(fields));
     };
-    let c = connect::set_pipeline(&state, &path, pipeline_id, stages)
-        .await
-        .map_err(api_error)?;
+    let c = connect::set_pipeline(&state, &path, pipeline_id, stages).await?;
     Ok(data(StatusCode::OK, pipeline_view(&c)))
 }

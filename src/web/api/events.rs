@@ -6,7 +6,6 @@ use serde_json::json;
 use crate::services::Context;
 use crate::services::events_log::{self, EventsQuery};
 use crate::web::api::guard::Caller;
-use crate::web::api::webhooks::map_events_err;
 use crate::web::error::ApiError;
 use crate::web::extract::query;
 use crate::web::openapi::MalformedParameters;
@@ -29,9 +28,7 @@ use crate::web::openapi::MalformedParameters;
 )]
 pub async fn list(state: web::Data<Context>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let q: EventsQuery = query(&req)?;
-    let page = events_log::list(&state.db, q)
-        .await
-        .map_err(map_events_err)?;
+    let page = events_log::list(&state.db, q).await?;
     Ok(HttpResponse::Ok().json(json!({
         "data": page.data,
         "meta": { "next_after": page.next_after },
@@ -60,9 +57,7 @@ pub async fn redeliver(
 ) -> Result<HttpResponse, ApiError> {
     caller.require_write()?;
     let q: RedeliverQuery = query(&req)?;
-    let r = events_log::redeliver(&state.db, &id, q.subscription_id.as_deref())
-        .await
-        .map_err(map_events_err)?;
+    let r = events_log::redeliver(&state.db, &id, q.subscription_id.as_deref()).await?;
     Ok(super::data(actix_web::http::StatusCode::ACCEPTED, r))
 }
 

@@ -12,15 +12,17 @@ use crate::web::error::{ApiError, ErrorCode};
 use crate::web::extract::ApiJson;
 use crate::web::openapi::{NeverConnected, Unauthenticated};
 
-fn api_error(e: SettingsError) -> ApiError {
-    match e {
-        SettingsError::NotFound => ApiError::not_found("connection"),
-        SettingsError::Invalid(fields) => ApiError::validation(fields),
-        SettingsError::Unavailable(reason) => ApiError::new(
-            ErrorCode::MaintenanceMode,
-            format!("the seller's amoCRM could not be read: {reason}"),
-        ),
-        SettingsError::Storage(e) => ApiError::from(e),
+impl From<SettingsError> for ApiError {
+    fn from(e: SettingsError) -> Self {
+        match e {
+            SettingsError::NotFound => ApiError::not_found("connection"),
+            SettingsError::Invalid(fields) => ApiError::validation(fields),
+            SettingsError::Unavailable(reason) => ApiError::new(
+                ErrorCode::MaintenanceMode,
+                format!("the seller's amoCRM could not be read: {reason}"),
+            ),
+            SettingsError::Storage(e) => ApiError::from(e),
+        }
     }
 }
 
@@ -40,7 +42,7 @@ pub async fn get(
     path: web::Path<String>,
     state: web::Data<Context>,
 ) -> Result<HttpResponse, ApiError> {
-    let view = settings::get(&state, &path).await.map_err(api_error)?;
+    let view = settings::get(&state, &path).await?;
     Ok(data(StatusCode::OK, view.to_json()))
 }
 
@@ -67,8 +69,6 @@ pub async fn put(
     body: ApiJson<Value>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_write()?;
-    let view = settings::put(&state, &path, &body.0)
-        .await
-        .map_err(api_error)?;
+    let view = settings::put(&state, &path, &body.0).await?;
     Ok(data(StatusCode::OK, view.to_json()))
 }

@@ -3,10 +3,8 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
-use chrono::SecondsFormat;
-use serde_json::json;
 
-use super::connect_sessions::{CreateSession, api_error};
+use super::connect_sessions::{CreateSession, link_json};
 use super::data;
 use super::guard::Caller;
 use crate::services::Context;
@@ -41,15 +39,9 @@ pub async fn create(
         body.return_url.as_deref(),
         body.lang.as_deref(),
     )
-    .await
-    .map_err(api_error)?;
+    .await?;
     Ok(data(
         StatusCode::CREATED,
-        json!({
-            "token": created.token,
-            "settings_url": created.settings_url,
-            "expires_at": created.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true),
-            "seller_id": created.seller_id,
-        }),
+        link_json(&created, "settings_url"),
     ))
 }

@@ -52,11 +52,13 @@ impl From<SubscriptionBody> for SubscriptionInput {
     }
 }
 
-fn map_err(e: SubscriptionError) -> ApiError {
-    match e {
-        SubscriptionError::Invalid(fields) => ApiError::validation(fields as FieldErrors),
-        SubscriptionError::NotFound => ApiError::not_found("webhook subscription"),
-        SubscriptionError::Storage(e) => ApiError::from(e),
+impl From<SubscriptionError> for ApiError {
+    fn from(e: SubscriptionError) -> Self {
+        match e {
+            SubscriptionError::Invalid(fields) => ApiError::validation(fields as FieldErrors),
+            SubscriptionError::NotFound => ApiError::not_found("webhook subscription"),
+            SubscriptionError::Storage(e) => ApiError::from(e),
+        }
     }
 }
 
@@ -77,14 +79,7 @@ pub async fn create(
     body: ApiJson<SubscriptionBody>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_write()?;
-    let view = subscriptions::create(
-        &state.db,
-        &state.keys,
-        state.outbound.policy(),
-        body.0.into(),
-    )
-    .await
-    .map_err(map_err)?;
+    let view = subscriptions::create(&state, body.0.into()).await?;
     Ok(data(StatusCode::CREATED, view))
 }
 
@@ -98,9 +93,7 @@ pub async fn create(
     responses((status = 200, description = "A page of subscriptions", body = crate::web::openapi::SubscriptionList))
 )]
 pub async fn list(state: web::Data<Context>, paging: Paging) -> Result<HttpResponse, ApiError> {
-    let (items, total) = subscriptions::list(&state.db, paging.offset(), paging.per_page)
-        .await
-        .map_err(map_err)?;
+    let (items, total) = subscriptions::list(&state.db, paging.offset(), paging.per_page).await?;
     Ok(page(items, paging, total))
 }
 
@@ -120,7 +113,7 @@ pub async fn get(
     state: web::Data<Context>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let view = subscriptions::get(&state.db, &id).await.map_err(map_err)?;
+    let view = subscriptions::get(&state.db, &id).await?;
     Ok(data(StatusCode::OK, view))
 }
 
@@ -145,15 +138,7 @@ pub async fn update(
     body: ApiJson<SubscriptionBody>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_write()?;
-    let view = subscriptions::update(
-        &state.db,
-        &state.keys,
-        state.outbound.policy(),
-        &id,
-        body.0.into(),
-    )
-    .await
-    .map_err(map_err)?;
+    let view = subscriptions::update(&state, &id, body.0.into()).await?;
     Ok(data(StatusCode::OK, view))
 }
 
@@ -175,9 +160,7 @@ pub async fn delete(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_write()?;
-    subscriptions::delete(&state.db, &id)
-        .await
-        .map_err(map_err)?;
+    subscriptions::delete(&state.db, &id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -218,15 +201,16 @@ pub async fn deliveries(
         paging.offset(),
         paging.per_page,
     )
-    .await
-    .map_err(map_events_err)?;
+    .await?;
     Ok(page(items, paging, total))
 }
 
-pub fn map_events_err(e: EventsError) -> ApiError {
-    match e {
-        EventsError::BadParameter(m) => ApiError::bad_request(m),
-        EventsError::NotFound(what) => ApiError::not_found(what),
-        EventsError::Storage(e) => ApiError::from(e),
+impl From<EventsError> for ApiError {
+    fn from(e: EventsError) -> Self {
+        match e {
+            EventsError::BadParameter(m) => ApiError::bad_request(m),
+            EventsError::NotFound(what) => ApiError::not_found(what),
+            EventsError::Storage(e) => ApiError::from(e),
+        }
     }
 }

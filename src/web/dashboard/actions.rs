@@ -94,8 +94,8 @@ pub async fn connect_link(
     let body = ConnectLinkPage {
         nav: super::Nav::new(signed, &state, "connections", &req),
         platform: current.platform.display_name(),
-        url: created.connect_url,
-        expires_at: signed.clock.time(created.expires_at.naive_utc()),
+        url: created.link.url,
+        expires_at: signed.clock.time(created.link.expires_at.naive_utc()),
         seller_id: action.id,
     }
     .render();
@@ -229,7 +229,7 @@ pub async fn save_subscription(
         secret: None,
         active: Some(form.active.is_some()),
     };
-    match subscriptions::update(&state.db, &state.keys, state.outbound.policy(), &id, input).await {
+    match subscriptions::update(&state, &id, input).await {
         Ok(_) => {
             tracing::info!(operator_id = signed.operator.id, subscription_id = %id, "subscription saved from the dashboard");
             Ok(back(&format!("/dashboard/subscriptions/{id}"), "saved"))

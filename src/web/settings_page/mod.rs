@@ -105,6 +105,15 @@ struct Shown<'a> {
     saved: bool,
 }
 
+impl Shown<'_> {
+    /// The stored settings, with no save to report.
+    const STORED: Self = Self {
+        form: None,
+        errors: None,
+        saved: false,
+    };
+}
+
 fn render(
     lang: Lang,
     token: &str,
@@ -169,12 +178,7 @@ pub async fn page(
         Ok(p) => p,
         Err(e) => return failed(&req, &e),
     };
-    let shown = Shown {
-        form: None,
-        errors: None,
-        saved: false,
-    };
-    let resp = render(lang, &token, &granted, page, shown);
+    let resp = render(lang, &token, &granted, page, Shown::STORED);
     with_cookie(&state, resp, &granted.browser_token)
 }
 
@@ -201,12 +205,7 @@ pub async fn save(
         Ok(Saved::Done) => (None, true),
         Ok(Saved::Invalid(problems)) => (Some(problems), false),
         Ok(Saved::Unreadable(why)) => {
-            let shown = Shown {
-                form: None,
-                errors: None,
-                saved: false,
-            };
-            return render(lang, &token, &granted, Page::Unreadable(why), shown);
+            return render(lang, &token, &granted, Page::Unreadable(why), Shown::STORED);
         }
         Err(e) => return failed(&req, &e),
     };
