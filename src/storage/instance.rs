@@ -103,15 +103,22 @@ impl Db {
 }
 
 impl Instance<'_> {
+    /// Runs `f` on the blocking pool for this instance's owner id.
+    async fn as_owner<T: Send + 'static>(
+        &self,
+        f: impl Fn(&mut AnyConnection, &str) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let owner = self.owner.clone();
+        self.db.run(move |c| f(c, &owner)).await
+    }
+
     /// See [`release_all`]; at shutdown, once the workers have stopped.
     pub async fn release(
         &self,
         now: NaiveDateTime,
         in_flight_until: NaiveDateTime,
     ) -> Result<Released, StorageError> {
-        let owner = self.owner.clone();
-        self.db
-            .run(move |c| release_all(c, &owner, now, in_flight_until))
+        self.as_owner(move |c, owner| release_all(c, owner, now, in_flight_until))
             .await
     }
 
@@ -122,13 +129,11 @@ impl Instance<'_> {
         now: NaiveDateTime,
         in_flight_until: NaiveDateTime,
     ) -> Result<usize, StorageError> {
-        let owner = self.owner.clone();
-        self.db
-            .run(move |c| {
-                let plain = release_all(c, &owner, now, in_flight_until)?;
-                let prefixed = super::leases::release_prefixed(c, &owner, now)?;
-                Ok(plain.total() + prefixed)
-            })
-            .await
+        self.as_owner(move |c, owner| {
+            let plain = release_all(c, owner, now, in_flight_until)?;
+            let prefixed = super::leases::release_prefixed(c, owner, now)?;
+            Ok(plain.total() + prefixed)
+        })
+        .await
     }
 }
