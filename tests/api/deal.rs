@@ -576,11 +576,10 @@ async fn a_turn_with_no_call_left_to_search_buyers_ends_and_the_next_turns_push_
     post(&app, &order("seller-1", "L1", &buyer(1), &[("A1", 1)])).await;
     post(&app, &order("seller-1", "L2", &buyer(2), &[("A1", 1)])).await;
     // L1's earlier send had no known answer: its lead is looked up before anything is sent.
-    app.sql(|c| {
-        diesel::update(o::table.filter(o::order_number.eq("L1")))
-            .set((o::needs_lookup.eq(true), o::sync_attempts.eq(1)))
-            .execute(c)
-    })
+    app.update(
+        o::table.filter(o::order_number.eq("L1")),
+        (o::needs_lookup.eq(true), o::sync_attempts.eq(1)),
+    )
     .await;
     let drained = tokio::time::timeout(Duration::from_secs(60), drain(&app)).await;
     assert!(drained.is_ok(), "the push went round without calling");

@@ -62,12 +62,8 @@ async fn connect(app: &TestApp, seller_id: &str, host: &str) -> Seller {
 
 /// Points every connection's order-number field at `field`.
 async fn set_order_number_field(app: &TestApp, field: i64) {
-    app.sql(move |conn| {
-        diesel::update(c::table)
-            .set(c::field_order_number_id.eq(Some(field)))
-            .execute(conn)
-    })
-    .await;
+    app.update(c::table, c::field_order_number_id.eq(Some(field)))
+        .await;
 }
 
 async fn post_with_key(app: &TestApp, key: &str, body: &Value) -> reqwest::Response {

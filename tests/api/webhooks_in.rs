@@ -47,12 +47,10 @@ async fn insert_sample_connection(
     row.subdomain = subdomain.to_owned();
     row.webhook_token = token.to_owned();
     insert_connections(app, vec![row]).await;
-    let seller = seller.to_owned();
-    app.sql(move |conn| {
-        diesel::update(c::table.filter(c::seller_id.eq(&seller)))
-            .set(c::pipeline_id.eq(Some(1i64)))
-            .execute(conn)
-    })
+    app.update(
+        c::table.filter(c::seller_id.eq(seller.to_owned())),
+        c::pipeline_id.eq(Some(1i64)),
+    )
     .await;
 }
 

@@ -20,8 +20,10 @@ use amocrm_connector::services::order_push;
 use amocrm_connector::storage::cipher::Keyring;
 use amocrm_connector::storage::{AnyConnection, Db, StorageError};
 use amocrm_sandbox::{Faults, Integration, Sandbox, SandboxConfig, SandboxHandle};
-use diesel::Connection;
 use diesel::connection::SimpleConnection;
+use diesel::query_builder::{AsChangeset, AsQuery, IntoUpdateTarget, UpdateStatement};
+use diesel::query_dsl::methods::ExecuteDsl;
+use diesel::{Connection, RunQueryDsl};
 use reqwest::{Method, Response};
 use serde_json::Value;
 
@@ -449,6 +451,23 @@ impl TestApp {
             .run(move |c| statement(c).map_err(StorageError::from))
             .await
             .expect("the test's statement")
+    }
+
+    /// `UPDATE target SET changes`: how a test moves a deadline or plants a stored value on the rows it
+    /// names (every row of a table, or a filtered table). Returns how many rows changed.
+    pub async fn update<T, V>(&self, target: T, changes: V) -> usize
+    where
+        T: IntoUpdateTarget + Clone + Send + 'static,
+        V: AsChangeset<Target = T::Table> + Clone + Send + 'static,
+        UpdateStatement<T::Table, T::WhereClause, V::Changeset>:
+            AsQuery + ExecuteDsl<AnyConnection>,
+    {
+        self.sql(move |c| {
+            diesel::update(target.clone())
+                .set(changes.clone())
+                .execute(c)
+        })
+        .await
     }
 
     /// Declares that the test leaves work in `queue` on purpose (`why` says which and why): the drop check

@@ -95,12 +95,10 @@ pub async fn status_of(app: &TestApp, seller: &str) -> ConnectionStatus {
 pub async fn set_connection_status(app: &TestApp, seller: &str, status: &'static str) {
     use amocrm_connector::storage::schema::amocrm_connections as c;
     use diesel::prelude::*;
-    let seller = seller.to_owned();
-    app.sql(move |conn| {
-        diesel::update(c::table.filter(c::seller_id.eq(&seller)))
-            .set(c::status.eq(status))
-            .execute(conn)
-    })
+    app.update(
+        c::table.filter(c::seller_id.eq(seller.to_owned())),
+        c::status.eq(status),
+    )
     .await;
 }
 
