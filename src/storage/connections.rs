@@ -360,15 +360,15 @@ pub fn try_lease_refresh(
     until: NaiveDateTime,
 ) -> Result<Option<Connection>, StorageError> {
     Ok(crate::per_backend!(conn, |cn| diesel::update(
-        c::table.filter(c::seller_id.eq(seller_id)).filter(
-            c::refresh_lease_until
-                .is_null()
-                .or(c::refresh_lease_until.lt(now)),
-        ),
+        c::table
+            .filter(c::seller_id.eq(seller_id))
+            .filter(lease_free!(c::refresh_lease_until, now)),
     )
-    .set((
-        c::refresh_lease_owner.eq(Some(owner)),
-        c::refresh_lease_until.eq(Some(until)),
+    .set(lease_taken!(
+        c::refresh_lease_owner,
+        c::refresh_lease_until,
+        owner,
+        until
     ))
     .returning(Connection::as_returning())
     .get_result(cn)

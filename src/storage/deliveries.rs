@@ -114,7 +114,7 @@ pub fn claim_due(
         .inner_join(webhook_subscriptions::table)
         .filter(d::state.eq(DeliveryState::Pending))
         .filter(d::next_attempt_at.le(now))
-        .filter(d::lease_until.is_null().or(d::lease_until.lt(now)))
+        .filter(lease_free!(d, now))
         .filter(webhook_subscriptions::active.eq(true))
         .filter(queue_head!())
         .select(d::id)
@@ -137,12 +137,9 @@ pub fn claim_due(
         d::table
             .filter(d::id.eq_any(&candidates))
             .filter(d::state.eq(DeliveryState::Pending))
-            .filter(d::lease_until.is_null().or(d::lease_until.lt(now))),
+            .filter(lease_free!(d, now)),
     )
-    .set((
-        d::lease_owner.eq(Some(owner)),
-        d::lease_until.eq(Some(lease_until)),
-    ))
+    .set(lease_taken!(d, owner, lease_until))
     .execute(conn)?;
     let claimed: Vec<i64> = d::table
         .filter(d::id.eq_any(&candidates))

@@ -129,7 +129,7 @@ pub fn claim_due(
     let candidates: Vec<(i64, i64)> = i::table
         .filter(i::state.eq(InboxState::Pending))
         .filter(i::next_attempt_at.le(now))
-        .filter(i::lease_until.is_null().or(i::lease_until.lt(now)))
+        .filter(lease_free!(i, now))
         .filter(not(exists(
             busy.filter(busy.field(i::connection_id).eq(i::connection_id))
                 .filter(busy.field(i::state).eq(InboxState::Pending))
@@ -149,12 +149,9 @@ pub fn claim_due(
             i::table
                 .filter(i::id.eq(id))
                 .filter(i::state.eq(InboxState::Pending))
-                .filter(i::lease_until.is_null().or(i::lease_until.lt(now))),
+                .filter(lease_free!(i, now)),
         )
-        .set((
-            i::lease_owner.eq(Some(owner)),
-            i::lease_until.eq(Some(lease_until)),
-        ))
+        .set(lease_taken!(i, owner, lease_until))
         .execute(conn)?;
         if n == 1 {
             claimed.push(id);

@@ -40,8 +40,7 @@ pub fn try_acquire(
         ),
     )
     .set((
-        job_leases::owner.eq(Some(owner)),
-        job_leases::lease_until.eq(Some(until)),
+        lease_taken!(job_leases::owner, job_leases::lease_until, owner, until),
         job_leases::last_started_at.eq(Some(now)),
     ))
     .execute_one(conn)

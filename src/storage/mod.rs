@@ -59,6 +59,28 @@ macro_rules! lease_released {
     };
 }
 
+/// A lease nobody holds at `now`: never taken, or lapsed. `lease_free!(t, now)` for a table's `lease_until`,
+/// or name the column.
+macro_rules! lease_free {
+    ($table:ident, $now:expr) => {
+        lease_free!($table::lease_until, $now)
+    };
+    ($until:path, $now:expr) => {
+        $until.is_null().or($until.lt($now))
+    };
+}
+
+/// The changes that give a row's lease to `owner` until `until`: `lease_taken!(t, owner, until)` for a
+/// table's `lease_owner` and `lease_until`, or name the two columns first.
+macro_rules! lease_taken {
+    ($table:ident, $owner:expr, $until:expr) => {
+        lease_taken!($table::lease_owner, $table::lease_until, $owner, $until)
+    };
+    ($owner_col:path, $until_col:path, $owner:expr, $until:expr) => {
+        ($owner_col.eq(Some($owner)), $until_col.eq(Some($until)))
+    };
+}
+
 pub mod api_keys;
 pub mod buyers;
 pub mod catalog;

@@ -609,7 +609,7 @@ pub fn sync_hold_states(conn: &mut AnyConnection) -> Result<(usize, usize), Stor
                     .filter(c::seller_id.eq(o::seller_id))
                     .filter(c::status.ne(ConnectionStatus::Active)),
             ))
-            .filter(o::lease_until.is_null().or(o::lease_until.lt(now))),
+            .filter(lease_free!(o, now)),
     )
     .set((o::sync_state.eq(SyncState::Held), o::updated_at.eq(now)))
     .execute(conn)?;
@@ -894,10 +894,7 @@ pub fn claim_accounts(
     let target = c::table
         .filter(c::id.eq_any(ids))
         .filter(claimable(owner, now));
-    let set = (
-        c::push_lease_owner.eq(Some(owner)),
-        c::push_lease_until.eq(Some(until)),
-    );
+    let set = lease_taken!(c::push_lease_owner, c::push_lease_until, owner, until);
     Ok(crate::per_backend!(conn, |cn| diesel::update(target)
         .set(set)
         .returning(c::id)
@@ -992,20 +989,14 @@ pub fn claim_orders(
             target = target
                 .filter(o::sync_state.eq(SyncState::Queued))
                 .filter(o::needs_lookup.eq(lookup))
-                .filter(o::lease_until.is_null().or(o::lease_until.lt(now)));
+                .filter(lease_free!(o, now));
         }
         if lookup {
-            target
-                .set((
-                    o::lease_owner.eq(Some(owner)),
-                    o::lease_until.eq(Some(until)),
-                ))
-                .execute(conn)?;
+            target.set(lease_taken!(o, owner, until)).execute(conn)?;
         } else {
             target
                 .set((
-                    o::lease_owner.eq(Some(owner)),
-                    o::lease_until.eq(Some(until)),
+                    lease_taken!(o, owner, until),
                     o::needs_lookup.eq(true),
                     o::sync_attempts.eq(o::sync_attempts + 1),
                 ))
@@ -1435,11 +1426,10 @@ pub fn claim_moves(
                 m::table
                     .filter(m::id.eq(mv.id))
                     .filter(m::state.eq(MoveState::Pending))
-                    .filter(m::lease_until.is_null().or(m::lease_until.lt(now))),
+                    .filter(lease_free!(m, now)),
             )
             .set((
-                m::lease_owner.eq(Some(owner)),
-                m::lease_until.eq(Some(until)),
+                lease_taken!(m, owner, until),
                 m::attempts.eq(m::attempts + 1),
             ))
             .execute(conn)?;

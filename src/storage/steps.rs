@@ -87,10 +87,7 @@ pub fn claim(
             return Ok(Vec::new());
         }
         diesel::update(due.filter(st::order_id.eq_any(&ids)))
-            .set((
-                st::lease_owner.eq(Some(owner)),
-                st::lease_until.eq(Some(until)),
-            ))
+            .set(lease_taken!(st, owner, until))
             .execute(c)?;
         Ok(st::table
             .filter(st::step.eq(kind))

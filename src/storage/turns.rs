@@ -106,11 +106,10 @@ pub fn take(
         diesel::update(
             t::table
                 .filter(t::account_key.eq(key))
-                .filter(t::lease_until.is_null().or(t::lease_until.lt(now))),
+                .filter(lease_free!(t, now)),
         )
         .set((
-            t::owner.eq(Some(owner)),
-            t::lease_until.eq(Some(until)),
+            lease_taken!(t::owner, t::lease_until, owner, until),
             t::taken_at.eq(Some(now)),
             t::wanted_at.eq(None::<NaiveDateTime>),
         ))
