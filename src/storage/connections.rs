@@ -146,11 +146,7 @@ pub fn find_by_account(
     conn: &mut AnyConnection,
     account_id: i64,
 ) -> Result<Vec<Connection>, StorageError> {
-    Ok(c::table
-        .filter(c::account_id.eq(account_id))
-        .order(c::id.asc())
-        .select(Connection::as_select())
-        .load(conn)?)
+    find_by!(conn, c::account_id.eq(account_id), order c::id.asc() => Vec<Connection>)
 }
 
 /// A page of connections, optionally of one status, with the total count.

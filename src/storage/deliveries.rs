@@ -358,11 +358,7 @@ pub fn for_event(
     conn: &mut AnyConnection,
     event_seq: i64,
 ) -> Result<Vec<DeliveryRow>, StorageError> {
-    Ok(d::table
-        .filter(d::event_seq.eq(event_seq))
-        .order(d::id.asc())
-        .select(DeliveryRow::as_select())
-        .load(conn)?)
+    find_by!(conn, d::event_seq.eq(event_seq), order d::id.asc() => Vec<DeliveryRow>)
 }
 
 /// Which deliveries of an event a redelivery re-drives.

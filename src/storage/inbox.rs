@@ -160,11 +160,7 @@ pub fn claim_due(
     if claimed.is_empty() {
         return Ok(Vec::new());
     }
-    Ok(i::table
-        .filter(i::id.eq_any(&claimed))
-        .order(i::id.asc())
-        .select(InboxRow::as_select())
-        .load(conn)?)
+    find_by!(conn, i::id.eq_any(&claimed), order i::id.asc() => Vec<InboxRow>)
 }
 
 /// Marks a row processed (it stays for the retention period as the raw record).
@@ -246,11 +242,7 @@ pub fn for_seller(
     conn: &mut AnyConnection,
     seller_id: &str,
 ) -> Result<Vec<InboxRow>, StorageError> {
-    Ok(i::table
-        .filter(i::seller_id.eq(seller_id))
-        .order(i::id.asc())
-        .select(InboxRow::as_select())
-        .load(conn)?)
+    find_by!(conn, i::seller_id.eq(seller_id), order i::id.asc() => Vec<InboxRow>)
 }
 
 /// Number of rows, optionally in one state.

@@ -136,11 +136,7 @@ pub fn for_seller(
     conn: &mut AnyConnection,
     seller_id: &str,
 ) -> Result<Vec<LeadState>, StorageError> {
-    Ok(l::table
-        .filter(l::seller_id.eq(seller_id))
-        .order(l::lead_id.asc())
-        .select(LeadState::as_select())
-        .load(conn)?)
+    find_by!(conn, l::seller_id.eq(seller_id), order l::lead_id.asc() => Vec<LeadState>)
 }
 
 /// A marketplace order a lead belongs to (read from `orders`, which the orders push owns).

@@ -314,10 +314,7 @@ pub fn throttle_rows(
     conn: &mut AnyConnection,
     keys: &[String],
 ) -> Result<Vec<ThrottleRow>, StorageError> {
-    Ok(login_throttle::table
-        .filter(login_throttle::throttle_key.eq_any(keys))
-        .select(ThrottleRow::as_select())
-        .load(conn)?)
+    find_by!(conn, login_throttle::throttle_key.eq_any(keys) => Vec<ThrottleRow>)
 }
 
 /// Counts one failure for `key` and returns the new count. A counter idle since `window_start` starts

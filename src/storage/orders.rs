@@ -1090,10 +1090,7 @@ pub fn uncount_attempt(
 
 /// Orders by id (the lead steps read their bodies).
 pub fn find_many(conn: &mut AnyConnection, ids: &[String]) -> Result<Vec<OrderRow>, StorageError> {
-    Ok(o::table
-        .filter(o::id.eq_any(ids))
-        .select(OrderRow::as_select())
-        .load(conn)?)
+    find_by!(conn, o::id.eq_any(ids) => Vec<OrderRow>)
 }
 
 /// The lead amoCRM made (or that a lookup found) for one order.
@@ -1495,9 +1492,5 @@ pub fn reschedule_moves(
 
 /// Every move of one order, oldest first (tests and the dashboard).
 pub fn moves_of(conn: &mut AnyConnection, order_id: &str) -> Result<Vec<MoveRow>, StorageError> {
-    Ok(m::table
-        .filter(m::order_id.eq(order_id))
-        .order(m::id.asc())
-        .select(MoveRow::as_select())
-        .load(conn)?)
+    find_by!(conn, m::order_id.eq(order_id), order m::id.asc() => Vec<MoveRow>)
 }

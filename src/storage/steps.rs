@@ -193,20 +193,14 @@ pub fn reschedule(
 }
 
 pub fn of_order(conn: &mut AnyConnection, order_id: &str) -> Result<Vec<StepRow>, StorageError> {
-    Ok(st::table
-        .filter(st::order_id.eq(order_id))
-        .select(StepRow::as_select())
-        .load(conn)?)
+    find_by!(conn, st::order_id.eq(order_id) => Vec<StepRow>)
 }
 
 pub fn of_orders(
     conn: &mut AnyConnection,
     order_ids: &[String],
 ) -> Result<Vec<StepRow>, StorageError> {
-    Ok(st::table
-        .filter(st::order_id.eq_any(order_ids))
-        .select(StepRow::as_select())
-        .load(conn)?)
+    find_by!(conn, st::order_id.eq_any(order_ids) => Vec<StepRow>)
 }
 
 /// Steps not finished yet (pending or sent), across all sellers.
