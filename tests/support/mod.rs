@@ -9,6 +9,7 @@
 mod app;
 mod connect;
 mod db;
+mod pg_schema;
 mod receiver;
 mod sellers;
 mod wait;
