@@ -28,6 +28,6 @@ pub use receiver::{Behaviour, Hit, Receiver};
 pub use sellers::{
     Seller, connect_seller, connection, connection_row, event_count, insert_connections,
     lead_numbers, leads_by_number, linked_items, order_body, order_pushed, refresh_now,
-    seed_connection, set_connection_status, skus_made, status_of,
+    save_settings, seed_connection, set_connection_status, skus_made, status_of,
 };
 pub use wait::{Poll, Timeout, wait_until};

@@ -351,3 +351,19 @@ pub async fn refresh_now(app: &TestApp, seller: &str) -> Value {
     assert_eq!(resp.status().as_u16(), 200, "refresh of {seller}");
     resp.json().await.unwrap()
 }
+
+/// `PUT /api/v1/connections/{seller}/settings` with `body`, which must be answered 200: the settings as
+/// stored.
+pub async fn save_settings(app: &TestApp, seller: &str, body: Value) -> Value {
+    let resp = app
+        .api(
+            reqwest::Method::PUT,
+            &format!("/api/v1/connections/{seller}/settings"),
+            Some(&body),
+        )
+        .await;
+    let status = resp.status().as_u16();
+    let v: Value = resp.json().await.expect("json");
+    assert_eq!(status, 200, "{v}");
+    v
+}
