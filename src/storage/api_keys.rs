@@ -66,10 +66,7 @@ pub fn insert(
 }
 
 pub fn list(conn: &mut AnyConnection) -> Result<Vec<ApiKeyRow>, StorageError> {
-    Ok(api_keys::table
-        .order(api_keys::id.asc())
-        .select(ApiKeyRow::as_select())
-        .load(conn)?)
+    find_by!(conn, all api_keys, order api_keys::id.asc() => Vec<ApiKeyRow>)
 }
 
 /// Marks a key revoked; false when there is no such active key.

@@ -22,9 +22,15 @@ macro_rules! aggregate_handle {
 
 /// The row whose `table::column` equals `value`, if any: the lookup by a unique column that most tables
 /// have. With `=> Vec<Row>`, every row whose column matches (`eq` or `eq_any`), in `order` when given: the
-/// lists of one seller, one event, one order. A macro because diesel's filter and select types make the
+/// lists of one seller, one event, one order; `all table` for the whole table. A macro because diesel's filter and select types make the
 /// generic function's bounds unreadable.
 macro_rules! find_by {
+    ($conn:expr, all $table:ident, order $order:expr => Vec<$row:ty>) => {
+        Ok($table::table
+            .order($order)
+            .select(<$row>::as_select())
+            .load($conn)?)
+    };
     ($conn:expr, $table:ident :: $column:ident.$op:ident($value:expr), order $order:expr => Vec<$row:ty>) => {
         Ok($table::table
             .filter($table::$column.$op($value))

@@ -228,10 +228,7 @@ pub fn find(conn: &mut AnyConnection, id: i64) -> Result<Option<OperatorRow>, St
 }
 
 pub fn list(conn: &mut AnyConnection) -> Result<Vec<OperatorRow>, StorageError> {
-    Ok(operators::table
-        .order(operators::id.asc())
-        .select(OperatorRow::as_select())
-        .load(conn)?)
+    find_by!(conn, all operators, order operators::id.asc() => Vec<OperatorRow>)
 }
 
 /// Stores a token's hash (of no sign-in family). `kind` is `access`, `refresh` or `session`.

@@ -43,10 +43,7 @@ impl Subscription {
 }
 
 pub fn all(conn: &mut AnyConnection) -> Result<Vec<Subscription>, StorageError> {
-    Ok(s::table
-        .order(s::created_at.asc())
-        .select(Subscription::as_select())
-        .load(conn)?)
+    find_by!(conn, all s, order s::created_at.asc() => Vec<Subscription>)
 }
 
 /// Swaps a secret's ciphertext for one sealed under the active key, only if it is still `old` (a concurrent
