@@ -184,9 +184,10 @@ impl ApiKeys<'_> {
         window_start: NaiveDateTime,
         metered: fn(&str) -> bool,
     ) -> Result<Option<(ApiKeyRow, Option<i64>)>, StorageError> {
-        let hash = hash.to_owned();
         self.db
-            .run(move |c| find_active_and_count(c, &hash, window_start, metered))
+            .run_with(hash, move |c, hash| {
+                find_active_and_count(c, hash, window_start, metered)
+            })
             .await
     }
 }

@@ -325,8 +325,9 @@ impl Buyers<'_> {
         seller_id: &str,
         keys: Vec<String>,
     ) -> Result<HashMap<String, IndexRow>, StorageError> {
-        let seller = seller_id.to_owned();
-        self.db.run(move |c| lookup(c, &seller, &keys)).await
+        self.db
+            .run_with(seller_id, move |c, seller| lookup(c, seller, &keys))
+            .await
     }
 
     pub async fn remember(
@@ -336,9 +337,10 @@ impl Buyers<'_> {
         contact_id: i64,
         responsible_user_id: Option<i64>,
     ) -> Result<(), StorageError> {
-        let seller = seller_id.to_owned();
         self.db
-            .run(move |c| remember(c, &seller, &keys, contact_id, responsible_user_id))
+            .run_with(seller_id, move |c, seller| {
+                remember(c, seller, &keys, contact_id, responsible_user_id)
+            })
             .await
     }
 
@@ -357,9 +359,10 @@ impl Buyers<'_> {
         seller_id: &str,
         contact_id: i64,
     ) -> Result<usize, StorageError> {
-        let seller = seller_id.to_owned();
         self.db
-            .run(move |c| forget_contact(c, &seller, contact_id))
+            .run_with(seller_id, move |c, seller| {
+                forget_contact(c, seller, contact_id)
+            })
             .await
     }
 
@@ -368,18 +371,17 @@ impl Buyers<'_> {
         seller_id: &str,
         contact_id: i64,
     ) -> Result<Vec<String>, StorageError> {
-        let seller = seller_id.to_owned();
-        self.db.run(move |c| keys_of(c, &seller, contact_id)).await
+        self.db
+            .run_with(seller_id, move |c, seller| keys_of(c, seller, contact_id))
+            .await
     }
 
     pub async fn start_scan(&self, seller_id: &str) -> Result<(), StorageError> {
-        let seller = seller_id.to_owned();
-        self.db.run(move |c| start_scan(c, &seller)).await
+        self.db.run_with(seller_id, start_scan).await
     }
 
     pub async fn scan_of(&self, seller_id: &str) -> Result<Option<Scan>, StorageError> {
-        let seller = seller_id.to_owned();
-        self.db.run(move |c| scan_of(c, &seller)).await
+        self.db.run_with(seller_id, scan_of).await
     }
 
     pub async fn due_scans(&self, limit: i64) -> Result<Vec<Scan>, StorageError> {
@@ -396,9 +398,10 @@ impl Buyers<'_> {
         contacts: Vec<(Vec<String>, i64, Option<i64>)>,
         last: bool,
     ) -> Result<(), StorageError> {
-        let seller = seller_id.to_owned();
         self.db
-            .run(move |c| scanned_page(c, &seller, page, &contacts, last))
+            .run_with(seller_id, move |c, seller| {
+                scanned_page(c, seller, page, &contacts, last)
+            })
             .await
     }
 

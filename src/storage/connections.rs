@@ -855,14 +855,12 @@ impl Connections<'_> {
         &self,
         seller: impl AsRef<str>,
     ) -> Result<Option<Connection>, StorageError> {
-        let seller = seller.as_ref().to_owned();
-        self.db.run(move |c| find_by_seller(c, &seller)).await
+        self.db.run_with(seller.as_ref(), find_by_seller).await
     }
 
     /// The connection an amoCRM webhook destination belongs to.
     pub async fn by_webhook_token(&self, token: &str) -> Result<Option<Connection>, StorageError> {
-        let token = token.to_owned();
-        self.db.run(move |c| find_by_webhook_token(c, &token)).await
+        self.db.run_with(token, find_by_webhook_token).await
     }
 
     /// Every connection of one amoCRM account.
@@ -946,9 +944,8 @@ impl Connections<'_> {
     }
 
     pub async fn release_refresh_lease(&self, id: i64, owner: &str) -> Result<(), StorageError> {
-        let owner = owner.to_owned();
         self.db
-            .run(move |c| release_refresh_lease(c, id, &owner))
+            .run_with(owner, move |c, owner| release_refresh_lease(c, id, owner))
             .await
     }
 
@@ -1043,9 +1040,10 @@ impl Connections<'_> {
         webhook_id: i64,
         destination: &str,
     ) -> Result<(), StorageError> {
-        let destination = destination.to_owned();
         self.db
-            .run(move |c| save_webhook(c, id, webhook_id, &destination, super::now()))
+            .run_with(destination, move |c, destination| {
+                save_webhook(c, id, webhook_id, destination, super::now())
+            })
             .await
     }
 

@@ -508,9 +508,8 @@ impl Deliveries<'_> {
         which: Redrive,
         now: NaiveDateTime,
     ) -> Result<Redelivered, StorageError> {
-        let id = event_id.to_owned();
         self.db
-            .run(move |c| redeliver_event(c, &id, &which, now))
+            .run_with(event_id, move |c, id| redeliver_event(c, id, &which, now))
             .await
     }
 
@@ -522,9 +521,10 @@ impl Deliveries<'_> {
         offset: i64,
         limit: i64,
     ) -> Result<Option<(Vec<DeliveryView>, i64)>, StorageError> {
-        let id = subscription_id.to_owned();
         self.db
-            .run(move |c| list_for_known_subscription(c, &id, state, offset, limit))
+            .run_with(subscription_id, move |c, id| {
+                list_for_known_subscription(c, id, state, offset, limit)
+            })
             .await
     }
 
@@ -537,9 +537,10 @@ impl Deliveries<'_> {
         limit: i64,
         skip: Vec<String>,
     ) -> Result<Vec<ClaimedDelivery>, StorageError> {
-        let owner = owner.to_owned();
         self.db
-            .run(move |c| claim_due(c, &owner, now, until, limit, &skip))
+            .run_with(owner, move |c, owner| {
+                claim_due(c, owner, now, until, limit, &skip)
+            })
             .await
     }
 
@@ -549,9 +550,8 @@ impl Deliveries<'_> {
         owner: &str,
         rows: Vec<(i64, AttemptRecord, NextStep)>,
     ) -> Result<Vec<bool>, StorageError> {
-        let owner = owner.to_owned();
         self.db
-            .run(move |c| record_attempts(c, &owner, &rows))
+            .run_with(owner, move |c, owner| record_attempts(c, owner, &rows))
             .await
     }
 

@@ -343,9 +343,10 @@ impl Inbox<'_> {
         until: NaiveDateTime,
         limit: i64,
     ) -> Result<Vec<InboxRow>, StorageError> {
-        let owner = owner.to_owned();
         self.db
-            .run(move |c| claim_due(c, &owner, now, until, limit))
+            .run_with(owner, move |c, owner| {
+                claim_due(c, owner, now, until, limit)
+            })
             .await
     }
 
@@ -357,9 +358,10 @@ impl Inbox<'_> {
         note: Option<String>,
         now: NaiveDateTime,
     ) -> Result<bool, StorageError> {
-        let owner = owner.to_owned();
         self.db
-            .run(move |c| mark_processed(c, id, &owner, note.as_deref(), now))
+            .run_with(owner, move |c, owner| {
+                mark_processed(c, id, owner, note.as_deref(), now)
+            })
             .await
     }
 
@@ -372,9 +374,10 @@ impl Inbox<'_> {
         retry_at: Option<NaiveDateTime>,
         now: NaiveDateTime,
     ) -> Result<bool, StorageError> {
-        let owner = owner.to_owned();
         self.db
-            .run(move |c| mark_failed_attempt(c, id, &owner, &error, retry_at, now))
+            .run_with(owner, move |c, owner| {
+                mark_failed_attempt(c, id, owner, &error, retry_at, now)
+            })
             .await
     }
 

@@ -20,8 +20,9 @@ impl LeadStates<'_> {
         seller_id: &str,
         lead_id: i64,
     ) -> Result<Option<LeadState>, StorageError> {
-        let seller = seller_id.to_owned();
-        self.db.run(move |c| find(c, &seller, lead_id)).await
+        self.db
+            .run_with(seller_id, move |c, seller| find(c, seller, lead_id))
+            .await
     }
 
     /// The order a lead belongs to (see [`order_of`]).

@@ -180,8 +180,7 @@ impl Leases<'_> {
     }
 
     pub async fn get(&self, name: &str) -> Result<Option<JobLease>, StorageError> {
-        let name = name.to_owned();
-        self.db.run(move |c| get(c, &name)).await
+        self.db.run_with(name, get).await
     }
 }
 

@@ -489,6 +489,24 @@ impl Db {
         self.run_alone(f).await
     }
 
+    /// [`Db::run`] of a storage function that borrows a string or slice from the caller: `value` is copied
+    /// once (the work outlives the borrow) and lent to `f` on each run.
+    pub(in crate::storage) async fn run_with<V, T, F>(
+        &self,
+        value: &V,
+        f: F,
+    ) -> Result<T, StorageError>
+    where
+        V: ToOwned + ?Sized,
+        V::Owned: Send + 'static,
+        T: Send + 'static,
+        F: Fn(&mut AnyConnection, &V) -> Result<T, StorageError> + Send + 'static,
+    {
+        let owned = value.to_owned();
+        self.run(move |c| f(c, std::borrow::Borrow::borrow(&owned)))
+            .await
+    }
+
     /// [`Db::run`] on a pooled connection of its own, outside any batch: for work that must not run in a
     /// transaction (migrations), for work that batches itself (the webhook intake's group commit, which a
     /// second queue only slows: 24,600 against 19,000 bodies a second in `cargo bench --bench

@@ -425,8 +425,7 @@ impl Operators<'_> {
     }
 
     pub async fn by_email(&self, email: &str) -> Result<Option<OperatorRow>, StorageError> {
-        let email = email.to_owned();
-        self.db.run(move |c| find_by_email(c, &email)).await
+        self.db.run_with(email, find_by_email).await
     }
 
     /// The operator owning a live token of this kind (see [`operator_for_token`]).
@@ -506,8 +505,7 @@ impl Operators<'_> {
 
     /// Revokes one token by hash; true when a live token was revoked.
     pub async fn revoke_token(&self, token_hash: &str) -> Result<bool, StorageError> {
-        let hash = token_hash.to_owned();
-        self.db.run(move |c| revoke_token(c, &hash)).await
+        self.db.run_with(token_hash, revoke_token).await
     }
 
     /// The throttle counters for these keys.
@@ -533,7 +531,6 @@ impl Operators<'_> {
 
     /// Forgets the failures of a throttle key.
     pub async fn clear_throttle(&self, key: &str) -> Result<(), StorageError> {
-        let key = key.to_owned();
-        self.db.run(move |c| clear(c, &key)).await
+        self.db.run_with(key, clear).await
     }
 }

@@ -134,8 +134,7 @@ impl Orders<'_> {
     }
 
     pub async fn find(&self, id: &str) -> Result<Option<OrderRow>, StorageError> {
-        let id = id.to_owned();
-        self.db.run(move |c| find(c, &id)).await
+        self.db.run_with(id, find).await
     }
 
     /// See [`uncount_attempt`].
@@ -144,8 +143,9 @@ impl Orders<'_> {
         ids: Vec<String>,
         owner: &str,
     ) -> Result<usize, StorageError> {
-        let owner = owner.to_owned();
-        self.db.run(move |c| uncount_attempt(c, &ids, &owner)).await
+        self.db
+            .run_with(owner, move |c, owner| uncount_attempt(c, &ids, owner))
+            .await
     }
 
     pub async fn find_many(&self, ids: Vec<String>) -> Result<Vec<OrderRow>, StorageError> {
@@ -194,8 +194,9 @@ impl Orders<'_> {
         id: &str,
         status: OrderStatus,
     ) -> Result<Option<OrderRow>, StorageError> {
-        let id = id.to_owned();
-        self.db.run(move |c| change_status(c, &id, status)).await
+        self.db
+            .run_with(id, move |c, id| change_status(c, id, status))
+            .await
     }
 
     /// Queues a failed or held order again, held when the seller's connection is not active (see
@@ -207,8 +208,7 @@ impl Orders<'_> {
 
     /// Queues a seller's held orders again; how many.
     pub async fn release_held(&self, seller_id: &str) -> Result<usize, StorageError> {
-        let seller = seller_id.to_owned();
-        self.db.run(move |c| release_held(c, &seller)).await
+        self.db.run_with(seller_id, release_held).await
     }
 
     /// Holds or releases orders to match their connection's status; `(held, released)`.
@@ -229,9 +229,8 @@ impl Orders<'_> {
         now: NaiveDateTime,
         limit: i64,
     ) -> Result<Vec<DueAccount>, StorageError> {
-        let owner = owner.to_owned();
         self.db
-            .run(move |c| due_accounts(c, &owner, now, limit))
+            .run_with(owner, move |c, owner| due_accounts(c, owner, now, limit))
             .await
     }
 
@@ -250,9 +249,10 @@ impl Orders<'_> {
         now: NaiveDateTime,
         until: NaiveDateTime,
     ) -> Result<Vec<i64>, StorageError> {
-        let owner = owner.to_owned();
         self.db
-            .run(move |c| claim_accounts(c, &ids, &owner, now, until))
+            .run_with(owner, move |c, owner| {
+                claim_accounts(c, &ids, owner, now, until)
+            })
             .await
     }
 
@@ -263,9 +263,10 @@ impl Orders<'_> {
         owner: &str,
         until: NaiveDateTime,
     ) -> Result<bool, StorageError> {
-        let owner = owner.to_owned();
         self.db
-            .run(move |c| extend_account(c, connection_id, &owner, until))
+            .run_with(owner, move |c, owner| {
+                extend_account(c, connection_id, owner, until)
+            })
             .await
     }
 
@@ -277,9 +278,10 @@ impl Orders<'_> {
         not_before: NaiveDateTime,
         rest: bool,
     ) -> Result<(), StorageError> {
-        let owner = owner.to_owned();
         self.db
-            .run(move |c| release_account(c, connection_id, &owner, not_before, rest))
+            .run_with(owner, move |c, owner| {
+                release_account(c, connection_id, owner, not_before, rest)
+            })
             .await
     }
 
@@ -337,9 +339,10 @@ impl Orders<'_> {
         error: Option<String>,
         needs_lookup: Option<bool>,
     ) -> Result<usize, StorageError> {
-        let owner = owner.to_owned();
         self.db
-            .run(move |c| reschedule(c, &ids, &owner, next_at, error.as_deref(), needs_lookup))
+            .run_with(owner, move |c, owner| {
+                reschedule(c, &ids, owner, next_at, error.as_deref(), needs_lookup)
+            })
             .await
     }
 
@@ -366,9 +369,10 @@ impl Orders<'_> {
         state: MoveState,
         error: Option<String>,
     ) -> Result<usize, StorageError> {
-        let owner = owner.to_owned();
         self.db
-            .run(move |c| finish_moves(c, &ids, &owner, state, error.as_deref()))
+            .run_with(owner, move |c, owner| {
+                finish_moves(c, &ids, owner, state, error.as_deref())
+            })
             .await
     }
 
@@ -380,9 +384,10 @@ impl Orders<'_> {
         next_at: NaiveDateTime,
         error: Option<String>,
     ) -> Result<usize, StorageError> {
-        let owner = owner.to_owned();
         self.db
-            .run(move |c| reschedule_moves(c, &ids, &owner, next_at, error.as_deref()))
+            .run_with(owner, move |c, owner| {
+                reschedule_moves(c, &ids, owner, next_at, error.as_deref())
+            })
             .await
     }
 
@@ -400,8 +405,7 @@ impl Orders<'_> {
 
     /// Every move of one order, oldest first.
     pub async fn moves_of(&self, order_id: &str) -> Result<Vec<MoveRow>, StorageError> {
-        let id = order_id.to_owned();
-        self.db.run(move |c| moves_of(c, &id)).await
+        self.db.run_with(order_id, moves_of).await
     }
 }
 

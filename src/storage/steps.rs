@@ -252,9 +252,8 @@ impl Steps<'_> {
         order_ids: Vec<String>,
         owner: &str,
     ) -> Result<(), StorageError> {
-        let owner = owner.to_owned();
         self.db
-            .run(move |c| mark_sent(c, kind, &order_ids, &owner))
+            .run_with(owner, move |c, owner| mark_sent(c, kind, &order_ids, owner))
             .await
     }
 
@@ -264,8 +263,9 @@ impl Steps<'_> {
         owner: &str,
         done: Vec<Finished>,
     ) -> Result<usize, StorageError> {
-        let owner = owner.to_owned();
-        self.db.run(move |c| finish(c, kind, &owner, &done)).await
+        self.db
+            .run_with(owner, move |c, owner| finish(c, kind, owner, &done))
+            .await
     }
 
     pub async fn reschedule(
@@ -294,8 +294,7 @@ impl Steps<'_> {
     }
 
     pub async fn of_order(&self, order_id: &str) -> Result<Vec<StepRow>, StorageError> {
-        let id = order_id.to_owned();
-        self.db.run(move |c| of_order(c, &id)).await
+        self.db.run_with(order_id, of_order).await
     }
 
     pub async fn of_orders(&self, order_ids: Vec<String>) -> Result<Vec<StepRow>, StorageError> {

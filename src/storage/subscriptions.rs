@@ -151,8 +151,7 @@ impl Subscriptions<'_> {
     }
 
     pub async fn find(&self, id: &str) -> Result<Option<Subscription>, StorageError> {
-        let id = id.to_owned();
-        self.db.run(move |c| find(c, &id)).await
+        self.db.run_with(id, find).await
     }
 
     pub async fn page(
@@ -168,13 +167,13 @@ impl Subscriptions<'_> {
         id: &str,
         changes: SubscriptionChanges,
     ) -> Result<Option<Subscription>, StorageError> {
-        let id = id.to_owned();
-        self.db.run(move |c| update(c, &id, &changes)).await
+        self.db
+            .run_with(id, move |c, id| update(c, id, &changes))
+            .await
     }
 
     pub async fn delete(&self, id: &str) -> Result<bool, StorageError> {
-        let id = id.to_owned();
-        self.db.run(move |c| delete(c, &id)).await
+        self.db.run_with(id, delete).await
     }
 
     /// See [`replace_secret`].

@@ -52,9 +52,8 @@ impl Turns<'_> {
         owner: &str,
         cool_until: NaiveDateTime,
     ) -> Result<usize, StorageError> {
-        let owner = owner.to_owned();
         self.db
-            .run(move |c| release_all(c, &owner, cool_until))
+            .run_with(owner, move |c, owner| release_all(c, owner, cool_until))
             .await
     }
 }
