@@ -557,6 +557,15 @@ pub fn header(resp: &Response, name: &str) -> String {
         .to_owned()
 }
 
+/// The string `field` of each object in the JSON array `items` (objects without it are passed over).
+pub fn strings_of<'a>(items: &'a Value, field: &'a str) -> impl Iterator<Item = &'a str> {
+    items
+        .as_array()
+        .expect("a JSON array")
+        .iter()
+        .filter_map(move |item| item[field].as_str())
+}
+
 /// Asserts the contract's error body and returns it.
 pub async fn assert_error(resp: Response, status: u16, code: &str) -> Value {
     assert_eq!(resp.status().as_u16(), status, "status");

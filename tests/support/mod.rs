@@ -16,7 +16,7 @@ mod wait;
 
 pub use app::{
     Queue, TestApp, TestDatabase, assert_error, base_env, env_vars, fresh_database, header,
-    spawn_app, spawn_app_against, spawn_app_on, spawn_app_with, spawn_app_with_sandbox,
+    spawn_app, spawn_app_against, spawn_app_on, spawn_app_with, spawn_app_with_sandbox, strings_of,
 };
 pub use connect::{
     HOST, OTHER_HOST, attr, browser_client, connect, consent, create_session, follow_result,
