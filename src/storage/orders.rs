@@ -371,7 +371,7 @@ impl Orders<'_> {
     ) -> Result<usize, StorageError> {
         self.db
             .run_with(owner, move |c, owner| {
-                finish_moves(c, &ids, owner, state, error.as_deref())
+                end_moves(c, &ids, owner, MoveEnd::In(state), error.as_deref())
             })
             .await
     }
@@ -386,7 +386,7 @@ impl Orders<'_> {
     ) -> Result<usize, StorageError> {
         self.db
             .run_with(owner, move |c, owner| {
-                reschedule_moves(c, &ids, owner, next_at, error.as_deref())
+                end_moves(c, &ids, owner, MoveEnd::DueAt(next_at), error.as_deref())
             })
             .await
     }
@@ -1442,56 +1442,41 @@ pub fn claim_moves(
     })
 }
 
-/// Finishes claimed moves with one state (`done` or `failed`) and an optional error.
-pub fn finish_moves(
-    conn: &mut AnyConnection,
-    ids: &[i64],
-    owner: &str,
-    state: MoveState,
-    error: Option<&str>,
-) -> Result<usize, StorageError> {
-    if ids.is_empty() {
-        return Ok(0);
-    }
-    let now = super::now();
-    Ok(diesel::update(
-        m::table
-            .filter(m::id.eq_any(ids))
-            .filter(m::lease_owner.eq(owner)),
-    )
-    .set((
-        m::state.eq(state),
-        m::last_error.eq(error),
-        lease_released!(m),
-        m::updated_at.eq(now),
-    ))
-    .execute(conn)?)
+/// How claimed moves are given back: ended in a state (`done` or `failed`), or due again at a time.
+#[derive(Debug, Clone, Copy)]
+pub enum MoveEnd {
+    In(MoveState),
+    DueAt(NaiveDateTime),
 }
 
-/// Puts claimed moves back for a later attempt.
-pub fn reschedule_moves(
+/// Gives back the moves among `ids` that `owner` still holds, as `end` says, with an optional error; how
+/// many were still ours.
+pub fn end_moves(
     conn: &mut AnyConnection,
     ids: &[i64],
     owner: &str,
-    next_at: NaiveDateTime,
+    end: MoveEnd,
     error: Option<&str>,
 ) -> Result<usize, StorageError> {
     if ids.is_empty() {
         return Ok(0);
     }
-    let now = super::now();
-    Ok(diesel::update(
-        m::table
-            .filter(m::id.eq_any(ids))
-            .filter(m::lease_owner.eq(owner)),
-    )
-    .set((
-        m::next_attempt_at.eq(next_at),
+    let held = m::table
+        .filter(m::id.eq_any(ids))
+        .filter(m::lease_owner.eq(owner));
+    let released = (
         m::last_error.eq(error),
         lease_released!(m),
-        m::updated_at.eq(now),
-    ))
-    .execute(conn)?)
+        m::updated_at.eq(super::now()),
+    );
+    Ok(match end {
+        MoveEnd::In(state) => diesel::update(held)
+            .set((m::state.eq(state), released))
+            .execute(conn)?,
+        MoveEnd::DueAt(at) => diesel::update(held)
+            .set((m::next_attempt_at.eq(at), released))
+            .execute(conn)?,
+    })
 }
 
 /// Every move of one order, oldest first (tests and the dashboard).
