@@ -126,37 +126,26 @@ pub fn complete_creation(
 ) -> Result<(), StorageError> {
     let now = super::now();
     let held = || b::table.filter(b::creator_order.eq(order_id));
-    for (is_company, id) in [(false, contact_id), (true, company_id)] {
-        let n = match (is_company, id) {
-            (false, Some(id)) => diesel::update(held().filter(b::buyer_key.not_like(COMPANY_LIKE)))
-                .set((
-                    b::contact_id.eq(Some(id)),
-                    b::creator_order.eq(None::<String>),
-                    b::updated_at.eq(now),
-                ))
-                .execute(conn)?,
-            (true, Some(id)) => diesel::update(held().filter(b::buyer_key.like(COMPANY_LIKE)))
-                .set((
-                    b::contact_id.eq(Some(id)),
-                    b::creator_order.eq(None::<String>),
-                    b::updated_at.eq(now),
-                ))
-                .execute(conn)?,
-            (false, None) => diesel::delete(
-                held()
-                    .filter(b::buyer_key.not_like(COMPANY_LIKE))
-                    .filter(b::contact_id.is_null()),
-            )
-            .execute(conn)?,
-            (true, None) => diesel::delete(
-                held()
-                    .filter(b::buyer_key.like(COMPANY_LIKE))
-                    .filter(b::contact_id.is_null()),
-            )
-            .execute(conn)?,
+    // Points the held `keys` at the entity `id` that came, or gives up those still without a contact.
+    macro_rules! settle {
+        ($keys:expr, $id:expr) => {
+            match $id {
+                Some(id) => diesel::update($keys)
+                    .set((
+                        b::contact_id.eq(Some(id)),
+                        b::creator_order.eq(None::<String>),
+                        b::updated_at.eq(now),
+                    ))
+                    .execute(conn)?,
+                None => diesel::delete($keys.filter(b::contact_id.is_null())).execute(conn)?,
+            }
         };
-        let _ = n;
     }
+    settle!(
+        held().filter(b::buyer_key.not_like(COMPANY_LIKE)),
+        contact_id
+    );
+    settle!(held().filter(b::buyer_key.like(COMPANY_LIKE)), company_id);
     Ok(())
 }
 
