@@ -71,13 +71,7 @@ pub fn list(conn: &mut AnyConnection) -> Result<Vec<ApiKeyRow>, StorageError> {
 
 /// Marks a key revoked; false when there is no such active key.
 pub fn revoke(conn: &mut AnyConnection, id: i64) -> Result<bool, StorageError> {
-    diesel::update(
-        api_keys::table
-            .filter(api_keys::id.eq(id))
-            .filter(api_keys::revoked_at.is_null()),
-    )
-    .set(api_keys::revoked_at.eq(Some(super::now())))
-    .execute_one(conn)
+    revoke_live!(api_keys, api_keys::id.eq(id), super::now()).execute_one(conn)
 }
 
 pub fn find_active_by_hash(

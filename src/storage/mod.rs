@@ -102,6 +102,19 @@ macro_rules! lease_taken {
     };
 }
 
+/// The statement that revokes the live rows of `table` that `filter` names (API keys, operator tokens): their
+/// `revoked_at` becomes `now`; rows already revoked keep the time they were.
+macro_rules! revoke_live {
+    ($table:ident, $filter:expr, $now:expr) => {
+        diesel::update(
+            $table::table
+                .filter($filter)
+                .filter($table::revoked_at.is_null()),
+        )
+        .set($table::revoked_at.eq(Some($now)))
+    };
+}
+
 pub mod api_keys;
 pub mod buyers;
 pub mod catalog;

@@ -177,13 +177,7 @@ pub fn rotate_refresh(
         };
         // Tokens issued before families existed form a family of their own.
         let family = family.unwrap_or_else(|| format!("legacy-{id}"));
-        let used = diesel::update(
-            operator_tokens::table
-                .filter(operator_tokens::id.eq(id))
-                .filter(operator_tokens::revoked_at.is_null()),
-        )
-        .set(operator_tokens::revoked_at.eq(Some(now)))
-        .execute(c)?;
+        let used = revoke_live!(operator_tokens, operator_tokens::id.eq(id), now).execute(c)?;
         if revoked_at.is_some() || used == 0 {
             revoke_family(c, &family, now)?;
             return Ok(Rotation::Reused);
@@ -203,13 +197,7 @@ fn revoke_family(
     family: &str,
     now: NaiveDateTime,
 ) -> Result<usize, StorageError> {
-    Ok(diesel::update(
-        operator_tokens::table
-            .filter(operator_tokens::family.eq(family))
-            .filter(operator_tokens::revoked_at.is_null()),
-    )
-    .set(operator_tokens::revoked_at.eq(Some(now)))
-    .execute(conn)?)
+    Ok(revoke_live!(operator_tokens, operator_tokens::family.eq(family), now).execute(conn)?)
 }
 
 pub fn find_by_email(
@@ -262,13 +250,8 @@ pub fn operator_for_token(
 
 /// Revokes one token by hash (sign-out); true when a live token was revoked.
 pub fn revoke_token(conn: &mut AnyConnection, token_hash: &str) -> Result<bool, StorageError> {
-    diesel::update(
-        operator_tokens::table
-            .filter(operator_tokens::token_hash.eq(token_hash))
-            .filter(operator_tokens::revoked_at.is_null()),
-    )
-    .set(operator_tokens::revoked_at.eq(Some(super::now())))
-    .execute_one(conn)
+    let token = operator_tokens::token_hash.eq(token_hash);
+    revoke_live!(operator_tokens, token, super::now()).execute_one(conn)
 }
 
 /// Revokes every token of an operator (password reset).
@@ -276,13 +259,8 @@ pub fn revoke_all_tokens(
     conn: &mut AnyConnection,
     operator_id: i64,
 ) -> Result<usize, StorageError> {
-    Ok(diesel::update(
-        operator_tokens::table
-            .filter(operator_tokens::operator_id.eq(operator_id))
-            .filter(operator_tokens::revoked_at.is_null()),
-    )
-    .set(operator_tokens::revoked_at.eq(Some(super::now())))
-    .execute(conn)?)
+    let tokens = operator_tokens::operator_id.eq(operator_id);
+    Ok(revoke_live!(operator_tokens, tokens, super::now()).execute(conn)?)
 }
 
 /// Drops tokens that expired before `before`.
