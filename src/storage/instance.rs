@@ -53,10 +53,7 @@ pub fn release_all(
     macro_rules! release {
         ($table:ident . $owner_col:ident, $until_col:ident) => {
             diesel::update($table::table.filter($table::$owner_col.eq(owner)))
-                .set((
-                    $table::$owner_col.eq(None::<String>),
-                    $table::$until_col.eq(Some(now)),
-                ))
+                .set(lease_released!($table::$owner_col, $table::$until_col, until now))
                 .execute(conn)?
         };
     }
@@ -65,10 +62,7 @@ pub fn release_all(
             .filter(orders::lease_owner.eq(owner))
             .filter(orders::needs_lookup.eq(true)),
     )
-    .set((
-        orders::lease_owner.eq(None::<String>),
-        orders::lease_until.eq(Some(in_flight_until)),
-    ))
+    .set(lease_released!(orders, until in_flight_until))
     .execute(conn)?;
     Ok(Released {
         orders: possibly_sent + release!(orders.lease_owner, lease_until),

@@ -114,19 +114,16 @@ pub fn release_prefixed(
 ) -> Result<usize, StorageError> {
     use super::schema::amocrm_connections as c;
     let prefix = owner_prefix(instance_id);
-    let none = None::<String>;
     let rows = diesel::update(c::table.filter(c::refresh_lease_owner.like(&prefix).escape('\\')))
-        .set((
-            c::refresh_lease_owner.eq(&none),
-            c::refresh_lease_until.eq(Some(now)),
+        .set(lease_released!(
+            c::refresh_lease_owner,
+            c::refresh_lease_until,
+            until now
         ))
         .execute(conn)?;
     let jobs =
         diesel::update(job_leases::table.filter(job_leases::owner.like(&prefix).escape('\\')))
-            .set((
-                job_leases::owner.eq(&none),
-                job_leases::lease_until.eq(Some(now)),
-            ))
+            .set(lease_released!(job_leases::owner, job_leases::lease_until, until now))
             .execute(conn)?;
     Ok(rows + jobs)
 }

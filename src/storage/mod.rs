@@ -67,16 +67,23 @@ macro_rules! insert_returning {
 }
 
 /// The changes that give a row's lease back: no owner, no expiry. `lease_released!(t)` for a table's
-/// `lease_owner` and `lease_until`, or name the two columns.
+/// `lease_owner` and `lease_until`, or name the two columns; with `until at`, the row stays closed to
+/// others until `at` (work that may still be in flight, a turn cooling down, or `now` at a shutdown).
 macro_rules! lease_released {
     ($table:ident) => {
         lease_released!($table::lease_owner, $table::lease_until)
+    };
+    ($table:ident, until $at:expr) => {
+        lease_released!($table::lease_owner, $table::lease_until, until $at)
     };
     ($owner:path, $until:path) => {
         (
             $owner.eq(None::<String>),
             $until.eq(None::<chrono::NaiveDateTime>),
         )
+    };
+    ($owner:path, $until:path, until $at:expr) => {
+        ($owner.eq(None::<String>), $until.eq(Some($at)))
     };
 }
 

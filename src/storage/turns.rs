@@ -157,10 +157,7 @@ pub fn release_all(
             .filter(t::owner.eq(owner))
             .filter(t::lease_until.gt(cool_until)),
     )
-    .set((
-        t::owner.eq(None::<String>),
-        t::lease_until.eq(Some(cool_until)),
-    ))
+    .set(lease_released!(t::owner, t::lease_until, until cool_until))
     .execute(conn)?;
     let cleared = diesel::update(t::table.filter(t::owner.eq(owner)))
         .set(t::owner.eq(None::<String>))
