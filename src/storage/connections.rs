@@ -371,22 +371,26 @@ pub fn try_lease_refresh(
     .optional())?)
 }
 
+/// Connection `id` while `owner` holds its refresh lease: what a refresh may write to.
+#[diesel::dsl::auto_type]
+fn refresh_held<'a>(id: i64, owner: &'a str) -> _ {
+    c::table
+        .filter(c::id.eq(id))
+        .filter(c::refresh_lease_owner.eq(owner))
+}
+
 /// Gives the refresh lease back without changing anything else.
 pub fn release_refresh_lease(
     conn: &mut AnyConnection,
     id: i64,
     owner: &str,
 ) -> Result<(), StorageError> {
-    diesel::update(
-        c::table
-            .filter(c::id.eq(id))
-            .filter(c::refresh_lease_owner.eq(owner)),
-    )
-    .set(lease_released!(
-        c::refresh_lease_owner,
-        c::refresh_lease_until
-    ))
-    .execute(conn)?;
+    diesel::update(refresh_held(id, owner))
+        .set(lease_released!(
+            c::refresh_lease_owner,
+            c::refresh_lease_until
+        ))
+        .execute(conn)?;
     Ok(())
 }
 
@@ -409,26 +413,21 @@ pub fn store_refreshed(
     pair: &RefreshedPair,
     now: NaiveDateTime,
 ) -> Result<bool, StorageError> {
-    diesel::update(
-        c::table
-            .filter(c::id.eq(id))
-            .filter(c::refresh_lease_owner.eq(owner))
-            .filter(c::status.eq_any(HOLDS_GRANT)),
-    )
-    .set((
-        c::access_token_enc.eq(Some(pair.access_token_enc.clone())),
-        c::refresh_token_enc.eq(Some(pair.refresh_token_enc.clone())),
-        c::token_expires_at.eq(Some(pair.expires_at)),
-        c::token_version.eq(c::token_version + 1),
-        c::api_domain.eq(pair.api_domain.clone()),
-        c::last_refreshed_at.eq(Some(now)),
-        c::refresh_failures.eq(0),
-        c::last_error.eq(None::<String>),
-        c::next_refresh_at.eq(None::<NaiveDateTime>),
-        lease_released!(c::refresh_lease_owner, c::refresh_lease_until),
-        c::updated_at.eq(now),
-    ))
-    .execute_one(conn)
+    diesel::update(refresh_held(id, owner).filter(c::status.eq_any(HOLDS_GRANT)))
+        .set((
+            c::access_token_enc.eq(Some(pair.access_token_enc.clone())),
+            c::refresh_token_enc.eq(Some(pair.refresh_token_enc.clone())),
+            c::token_expires_at.eq(Some(pair.expires_at)),
+            c::token_version.eq(c::token_version + 1),
+            c::api_domain.eq(pair.api_domain.clone()),
+            c::last_refreshed_at.eq(Some(now)),
+            c::refresh_failures.eq(0),
+            c::last_error.eq(None::<String>),
+            c::next_refresh_at.eq(None::<NaiveDateTime>),
+            lease_released!(c::refresh_lease_owner, c::refresh_lease_until),
+            c::updated_at.eq(now),
+        ))
+        .execute_one(conn)
 }
 
 /// A refresh that may work later (429, 5xx, network): counted, the next attempt pushed back, lease released.
@@ -440,19 +439,15 @@ pub fn record_refresh_failure(
     next_at: NaiveDateTime,
     now: NaiveDateTime,
 ) -> Result<(), StorageError> {
-    diesel::update(
-        c::table
-            .filter(c::id.eq(id))
-            .filter(c::refresh_lease_owner.eq(owner)),
-    )
-    .set((
-        c::refresh_failures.eq(c::refresh_failures + 1),
-        c::last_error.eq(Some(error)),
-        c::next_refresh_at.eq(Some(next_at)),
-        lease_released!(c::refresh_lease_owner, c::refresh_lease_until),
-        c::updated_at.eq(now),
-    ))
-    .execute(conn)?;
+    diesel::update(refresh_held(id, owner))
+        .set((
+            c::refresh_failures.eq(c::refresh_failures + 1),
+            c::last_error.eq(Some(error)),
+            c::next_refresh_at.eq(Some(next_at)),
+            lease_released!(c::refresh_lease_owner, c::refresh_lease_until),
+            c::updated_at.eq(now),
+        ))
+        .execute(conn)?;
     Ok(())
 }
 
@@ -465,23 +460,18 @@ pub fn mark_refresh_failed(
     error: &str,
     now: NaiveDateTime,
 ) -> Result<bool, StorageError> {
-    diesel::update(
-        c::table
-            .filter(c::id.eq(id))
-            .filter(c::refresh_lease_owner.eq(owner))
-            .filter(c::status.eq_any(HOLDS_GRANT)),
-    )
-    .set((
-        c::status.eq(ConnectionStatus::RefreshFailed),
-        c::suspended_reason.eq(None::<SuspendReason>),
-        c::next_probe_at.eq(None::<NaiveDateTime>),
-        c::refresh_failures.eq(c::refresh_failures + 1),
-        c::last_error.eq(Some(error)),
-        c::next_refresh_at.eq(None::<NaiveDateTime>),
-        lease_released!(c::refresh_lease_owner, c::refresh_lease_until),
-        c::updated_at.eq(now),
-    ))
-    .execute_one(conn)
+    diesel::update(refresh_held(id, owner).filter(c::status.eq_any(HOLDS_GRANT)))
+        .set((
+            c::status.eq(ConnectionStatus::RefreshFailed),
+            c::suspended_reason.eq(None::<SuspendReason>),
+            c::next_probe_at.eq(None::<NaiveDateTime>),
+            c::refresh_failures.eq(c::refresh_failures + 1),
+            c::last_error.eq(Some(error)),
+            c::next_refresh_at.eq(None::<NaiveDateTime>),
+            lease_released!(c::refresh_lease_owner, c::refresh_lease_until),
+            c::updated_at.eq(now),
+        ))
+        .execute_one(conn)
 }
 
 /// Active connections due for a refresh: the access token expires before `expiring_before`, or the last
@@ -1123,6 +1113,11 @@ pub fn store_moved(
     })
 }
 
+/// The `last_error` of a suspended connection.
+fn refusal(reason: SuspendReason) -> String {
+    format!("amoCRM refuses the account: {reason}")
+}
+
 /// Marks an active connection `suspended` for `reason` with its first probe at `next_probe_at`, and records
 /// `event` (`connection.suspended`), in one transaction. False when it was not active (nothing written), so
 /// a burst of refused calls suspends it, and reports it, once.
@@ -1145,7 +1140,7 @@ pub fn suspend_recorded(
             c::suspended_reason.eq(Some(reason)),
             c::suspended_at.eq(Some(now)),
             c::next_probe_at.eq(Some(next_probe_at)),
-            c::last_error.eq(Some(format!("amoCRM refuses the account: {reason}"))),
+            c::last_error.eq(Some(refusal(reason))),
             c::updated_at.eq(now),
         ))
         .execute_one(cn)
@@ -1226,7 +1221,7 @@ pub fn set_suspend_reason(
     )
     .set((
         c::suspended_reason.eq(Some(reason)),
-        c::last_error.eq(Some(format!("amoCRM refuses the account: {reason}"))),
+        c::last_error.eq(Some(refusal(reason))),
     ))
     .execute(conn)?;
     Ok(())
