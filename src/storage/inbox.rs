@@ -58,6 +58,22 @@ pub fn connections_by_tokens(
         .load(conn)?)
 }
 
+/// The values of one raw body stored as pending work, due at once.
+#[diesel::dsl::auto_type]
+fn pending<'a>(connection_id: i64, seller_id: &'a str, body: &'a [u8], now: NaiveDateTime) -> _ {
+    let state: InboxState = InboxState::Pending;
+    let attempts: i32 = 0;
+    (
+        i::connection_id.eq(connection_id),
+        i::seller_id.eq(seller_id),
+        i::body.eq(body),
+        i::state.eq(state),
+        i::attempts.eq(attempts),
+        i::next_attempt_at.eq(now),
+        i::received_at.eq(now),
+    )
+}
+
 /// Stores one raw body as pending work; returns its id. One INSERT, committed on return.
 pub fn insert(
     conn: &mut AnyConnection,
@@ -67,15 +83,7 @@ pub fn insert(
     now: NaiveDateTime,
 ) -> Result<i64, StorageError> {
     Ok(diesel::insert_into(i::table)
-        .values((
-            i::connection_id.eq(connection_id),
-            i::seller_id.eq(seller_id),
-            i::body.eq(body),
-            i::state.eq(InboxState::Pending),
-            i::attempts.eq(0),
-            i::next_attempt_at.eq(now),
-            i::received_at.eq(now),
-        ))
+        .values(pending(connection_id, seller_id, body, now))
         .returning(i::id)
         .get_result(conn)?)
 }
@@ -94,17 +102,7 @@ pub fn insert_many(
         AnyConnection::Postgresql(c) => {
             let values: Vec<_> = rows
                 .iter()
-                .map(|(conn_id, seller, body)| {
-                    (
-                        i::connection_id.eq(*conn_id),
-                        i::seller_id.eq(*seller),
-                        i::body.eq(*body),
-                        i::state.eq(InboxState::Pending),
-                        i::attempts.eq(0),
-                        i::next_attempt_at.eq(now),
-                        i::received_at.eq(now),
-                    )
-                })
+                .map(|(conn_id, seller, body)| pending(*conn_id, seller, body, now))
                 .collect();
             diesel::insert_into(i::table).values(&values).execute(c)?;
         }
