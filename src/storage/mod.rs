@@ -22,8 +22,8 @@ macro_rules! aggregate_handle {
 
 /// The row whose `table::column` equals `value`, if any: the lookup by a unique column that most tables
 /// have. With `=> Vec<Row>`, every row whose column matches (`eq` or `eq_any`), in `order` when given: the
-/// lists of one seller, one event, one order; `all table` for the whole table. A macro because diesel's filter and select types make the
-/// generic function's bounds unreadable.
+/// lists of one seller, one event, one order; `all table` for the whole table. A macro because diesel's
+/// filter and select types make the generic function's bounds unreadable.
 macro_rules! find_by {
     ($conn:expr, all $table:ident, order $order:expr => Vec<$row:ty>) => {
         Ok($table::table
