@@ -141,9 +141,7 @@ pub fn claim_due(
     )
     .set(lease_taken!(d, owner, lease_until))
     .execute(conn)?;
-    let claimed: Vec<i64> = d::table
-        .filter(d::id.eq_any(&candidates))
-        .filter(d::lease_owner.eq(owner))
+    let claimed: Vec<i64> = held_by!(d, owner, d::id.eq_any(&candidates))
         .filter(d::lease_until.eq(lease_until))
         .select(d::id)
         .load(conn)?;
@@ -229,9 +227,7 @@ pub fn record_attempts(
                 NextStep::Failed => (DeliveryState::Failed, now, None),
             };
             let n = diesel::update(
-                d::table
-                    .filter(d::id.eq(delivery_id))
-                    .filter(d::lease_owner.eq(owner))
+                held_by!(d, owner, d::id.eq(delivery_id))
                     .filter(d::state.eq(DeliveryState::Pending)),
             )
             .set((
@@ -277,18 +273,14 @@ pub fn release(
     retry_at: NaiveDateTime,
     error: Option<&str>,
 ) -> Result<(), StorageError> {
-    diesel::update(
-        d::table
-            .filter(d::id.eq(delivery_id))
-            .filter(d::lease_owner.eq(owner)),
-    )
-    .set((
-        lease_released!(d),
-        d::next_attempt_at.eq(retry_at),
-        d::last_error.eq(error),
-        d::updated_at.eq(super::now()),
-    ))
-    .execute(conn)?;
+    diesel::update(held_by!(d, owner, d::id.eq(delivery_id)))
+        .set((
+            lease_released!(d),
+            d::next_attempt_at.eq(retry_at),
+            d::last_error.eq(error),
+            d::updated_at.eq(super::now()),
+        ))
+        .execute(conn)?;
     Ok(())
 }
 

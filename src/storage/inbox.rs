@@ -169,19 +169,15 @@ pub fn mark_processed(
     note: Option<&str>,
     now: NaiveDateTime,
 ) -> Result<bool, StorageError> {
-    diesel::update(
-        i::table
-            .filter(i::id.eq(id))
-            .filter(i::lease_owner.eq(owner)),
-    )
-    .set((
-        i::state.eq(InboxState::Processed),
-        i::attempts.eq(i::attempts + 1),
-        i::last_error.eq(note),
-        i::processed_at.eq(Some(now)),
-        lease_released!(i),
-    ))
-    .execute_one(conn)
+    diesel::update(held_by!(i, owner, i::id.eq(id)))
+        .set((
+            i::state.eq(InboxState::Processed),
+            i::attempts.eq(i::attempts + 1),
+            i::last_error.eq(note),
+            i::processed_at.eq(Some(now)),
+            lease_released!(i),
+        ))
+        .execute_one(conn)
 }
 
 /// Puts a row back for a later attempt, or gives up on it (`retry_at` = `None`: state `failed`).
@@ -197,19 +193,15 @@ pub fn mark_failed_attempt(
         Some(at) => (InboxState::Pending, at),
         None => (InboxState::Failed, now),
     };
-    diesel::update(
-        i::table
-            .filter(i::id.eq(id))
-            .filter(i::lease_owner.eq(owner)),
-    )
-    .set((
-        i::state.eq(state),
-        i::attempts.eq(i::attempts + 1),
-        i::last_error.eq(Some(error)),
-        i::next_attempt_at.eq(next),
-        lease_released!(i),
-    ))
-    .execute_one(conn)
+    diesel::update(held_by!(i, owner, i::id.eq(id)))
+        .set((
+            i::state.eq(state),
+            i::attempts.eq(i::attempts + 1),
+            i::last_error.eq(Some(error)),
+            i::next_attempt_at.eq(next),
+            lease_released!(i),
+        ))
+        .execute_one(conn)
 }
 
 /// Sets a failed (or processed) row back to pending, due now (operators re-driving a body).

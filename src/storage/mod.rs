@@ -98,6 +98,16 @@ macro_rules! lease_free {
     };
 }
 
+/// The rows of `table` that `filter` names and whose lease `owner` holds: what a worker may still write to
+/// (its claim may have lapsed and been taken by another meanwhile).
+macro_rules! held_by {
+    ($table:ident, $owner:expr, $filter:expr) => {
+        $table::table
+            .filter($filter)
+            .filter($table::lease_owner.eq($owner))
+    };
+}
+
 /// The changes that give a row's lease to `owner` until `until`: `lease_taken!(t, owner, until)` for a
 /// table's `lease_owner` and `lease_until`, or name the two columns first.
 macro_rules! lease_taken {

@@ -1006,9 +1006,7 @@ pub fn claim_orders(
                 ))
                 .execute(conn)?;
         }
-        let rows: Vec<OrderRow> = o::table
-            .filter(o::id.eq_any(&ids))
-            .filter(o::lease_owner.eq(owner))
+        let rows: Vec<OrderRow> = held_by!(o, owner, o::id.eq_any(&ids))
             .filter(o::lease_until.eq(until))
             .order((o::created_at.asc(), o::id.asc()))
             .select(OrderRow::as_select())
@@ -1063,13 +1061,9 @@ pub fn save_buyers(
             }
         }
         for (id, r) in &out {
-            diesel::update(
-                o::table
-                    .filter(o::id.eq(id))
-                    .filter(o::lease_owner.eq(owner)),
-            )
-            .set((r, o::updated_at.eq(super::now())))
-            .execute(conn)?;
+            diesel::update(held_by!(o, owner, o::id.eq(id)))
+                .set((r, o::updated_at.eq(super::now())))
+                .execute(conn)?;
         }
         Ok(out)
     })
@@ -1082,14 +1076,11 @@ pub fn uncount_attempt(
     ids: &[String],
     owner: &str,
 ) -> Result<usize, StorageError> {
-    Ok(diesel::update(
-        o::table
-            .filter(o::id.eq_any(ids))
-            .filter(o::lease_owner.eq(owner))
-            .filter(o::sync_attempts.gt(0)),
+    Ok(
+        diesel::update(held_by!(o, owner, o::id.eq_any(ids)).filter(o::sync_attempts.gt(0)))
+            .set(o::sync_attempts.eq(o::sync_attempts - 1))
+            .execute(conn)?,
     )
-    .set(o::sync_attempts.eq(o::sync_attempts - 1))
-    .execute(conn)?)
 }
 
 /// Orders by id (the lead steps read their bodies).
@@ -1128,9 +1119,7 @@ pub fn mark_synced(
         let mut marked = Vec::with_capacity(synced.len());
         for s in synced {
             let n = diesel::update(
-                o::table
-                    .filter(o::id.eq(&s.order_id))
-                    .filter(o::lease_owner.eq(owner))
+                held_by!(o, owner, o::id.eq(&s.order_id))
                     .filter(o::sync_state.eq(SyncState::Queued)),
             )
             .set((
@@ -1196,10 +1185,7 @@ pub fn mark_failed(
     write_transaction(conn, |conn| {
         let now = super::now();
         let n = diesel::update(
-            o::table
-                .filter(o::id.eq(order_id))
-                .filter(o::lease_owner.eq(owner))
-                .filter(o::sync_state.eq(SyncState::Queued)),
+            held_by!(o, owner, o::id.eq(order_id)).filter(o::sync_state.eq(SyncState::Queued)),
         )
         .set((
             o::sync_state.eq(SyncState::Failed),
@@ -1461,9 +1447,7 @@ pub fn end_moves(
     if ids.is_empty() {
         return Ok(0);
     }
-    let held = m::table
-        .filter(m::id.eq_any(ids))
-        .filter(m::lease_owner.eq(owner));
+    let held = held_by!(m, owner, m::id.eq_any(ids));
     let released = (
         m::last_error.eq(error),
         lease_released!(m),
