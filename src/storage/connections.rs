@@ -1113,6 +1113,12 @@ pub fn store_moved(
     })
 }
 
+/// Connection `id` while its status is `status`: what a step of the suspension cycle may change.
+#[diesel::dsl::auto_type]
+fn in_status(id: i64, status: ConnectionStatus) -> _ {
+    c::table.filter(c::id.eq(id)).filter(c::status.eq(status))
+}
+
 /// The `last_error` of a suspended connection.
 fn refusal(reason: SuspendReason) -> String {
     format!("amoCRM refuses the account: {reason}")
@@ -1130,20 +1136,16 @@ pub fn suspend_recorded(
 ) -> Result<bool, StorageError> {
     super::events::record_if(conn, event, |cn| {
         let now = super::now();
-        diesel::update(
-            c::table
-                .filter(c::id.eq(id))
-                .filter(c::status.eq(ConnectionStatus::Active)),
-        )
-        .set((
-            c::status.eq(ConnectionStatus::Suspended),
-            c::suspended_reason.eq(Some(reason)),
-            c::suspended_at.eq(Some(now)),
-            c::next_probe_at.eq(Some(next_probe_at)),
-            c::last_error.eq(Some(refusal(reason))),
-            c::updated_at.eq(now),
-        ))
-        .execute_one(cn)
+        diesel::update(in_status(id, ConnectionStatus::Active))
+            .set((
+                c::status.eq(ConnectionStatus::Suspended),
+                c::suspended_reason.eq(Some(reason)),
+                c::suspended_at.eq(Some(now)),
+                c::next_probe_at.eq(Some(next_probe_at)),
+                c::last_error.eq(Some(refusal(reason))),
+                c::updated_at.eq(now),
+            ))
+            .execute_one(cn)
     })
 }
 
@@ -1191,20 +1193,16 @@ pub fn recover_recorded(
 ) -> Result<bool, StorageError> {
     super::events::record_if(conn, event, |cn| {
         let now = super::now();
-        diesel::update(
-            c::table
-                .filter(c::id.eq(id))
-                .filter(c::status.eq(ConnectionStatus::Suspended)),
-        )
-        .set((
-            c::status.eq(ConnectionStatus::Active),
-            c::suspended_reason.eq(None::<SuspendReason>),
-            c::suspended_at.eq(None::<NaiveDateTime>),
-            c::next_probe_at.eq(None::<NaiveDateTime>),
-            c::last_error.eq(None::<String>),
-            c::updated_at.eq(now),
-        ))
-        .execute_one(cn)
+        diesel::update(in_status(id, ConnectionStatus::Suspended))
+            .set((
+                c::status.eq(ConnectionStatus::Active),
+                c::suspended_reason.eq(None::<SuspendReason>),
+                c::suspended_at.eq(None::<NaiveDateTime>),
+                c::next_probe_at.eq(None::<NaiveDateTime>),
+                c::last_error.eq(None::<String>),
+                c::updated_at.eq(now),
+            ))
+            .execute_one(cn)
     })
 }
 
@@ -1214,16 +1212,12 @@ pub fn set_suspend_reason(
     id: i64,
     reason: SuspendReason,
 ) -> Result<(), StorageError> {
-    diesel::update(
-        c::table
-            .filter(c::id.eq(id))
-            .filter(c::status.eq(ConnectionStatus::Suspended)),
-    )
-    .set((
-        c::suspended_reason.eq(Some(reason)),
-        c::last_error.eq(Some(refusal(reason))),
-    ))
-    .execute(conn)?;
+    diesel::update(in_status(id, ConnectionStatus::Suspended))
+        .set((
+            c::suspended_reason.eq(Some(reason)),
+            c::last_error.eq(Some(refusal(reason))),
+        ))
+        .execute(conn)?;
     Ok(())
 }
 
