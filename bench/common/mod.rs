@@ -16,8 +16,11 @@ use amocrm_connector::storage::connections::seal_tokens;
 use amocrm_connector::storage::schema::{amocrm_connections as c, seller_settings as ss};
 use amocrm_connector::storage::{self as st, Db, StorageError};
 use amocrm_sandbox::{Integration, Sandbox, SandboxHandle};
-use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
+use pg_schema::PgSchema;
+
+#[path = "../../tests/support/pg_schema.rs"]
+mod pg_schema;
 
 pub const CLIENT_ID: &str = "bench-client";
 pub const CLIENT_SECRET: &str = "bench-client-secret";
@@ -185,26 +188,18 @@ pub async fn bare_client(sandbox: &SandboxHandle, sellers: usize, orders: usize)
 pub struct Database {
     pub url: String,
     pub dir: Option<tempfile::TempDir>,
-    pub pg: Option<(String, String)>,
+    pub pg: Option<PgSchema>,
 }
 
 impl Database {
     pub fn fresh(pg: Option<&str>) -> Self {
         match pg {
             Some(admin) => {
-                let schema = format!(
-                    "bench_{}",
-                    amocrm_connector::domain::ids::random_token(10).to_lowercase()
-                );
-                let mut conn =
-                    diesel::PgConnection::establish(admin).expect("PostgreSQL reachable");
-                conn.batch_execute(&format!("CREATE SCHEMA {schema}"))
-                    .expect("schema");
-                let sep = if admin.contains('?') { '&' } else { '?' };
+                let schema = PgSchema::create(admin, "bench");
                 Self {
-                    url: format!("{admin}{sep}options=-csearch_path%3D{schema}"),
+                    url: schema.url(),
                     dir: None,
-                    pg: Some((admin.to_owned(), schema)),
+                    pg: Some(schema),
                 }
             }
             None => {
@@ -238,34 +233,24 @@ impl Database {
                         .sum()
                 })
                 .unwrap_or(0),
-            (None, Some((admin, schema))) => {
+            (None, Some(PgSchema { admin_url, name })) => {
                 #[derive(QueryableByName)]
                 struct Size {
                     #[diesel(sql_type = diesel::sql_types::BigInt)]
                     bytes: i64,
                 }
-                let Ok(mut conn) = diesel::PgConnection::establish(admin) else {
+                let Ok(mut conn) = diesel::PgConnection::establish(admin_url) else {
                     return 0;
                 };
                 diesel::sql_query(format!(
                     "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)::bigint AS bytes \
                      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                     WHERE n.nspname = '{schema}' AND c.relkind IN ('r', 'm')"
+                     WHERE n.nspname = '{name}' AND c.relkind IN ('r', 'm')"
                 ))
                 .get_result::<Size>(&mut conn)
                 .map_or(0, |s| u64::try_from(s.bytes).unwrap_or(0))
             }
             _ => 0,
-        }
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        if let Some((admin, schema)) = &self.pg
-            && let Ok(mut c) = diesel::PgConnection::establish(admin)
-        {
-            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
         }
     }
 }

@@ -66,21 +66,12 @@ pub fn insert(
 }
 
 pub fn list(conn: &mut AnyConnection) -> Result<Vec<ApiKeyRow>, StorageError> {
-    Ok(api_keys::table
-        .order(api_keys::id.asc())
-        .select(ApiKeyRow::as_select())
-        .load(conn)?)
+    find_by!(conn, all api_keys, order api_keys::id.asc() => Vec<ApiKeyRow>)
 }
 
 /// Marks a key revoked; false when there is no such active key.
 pub fn revoke(conn: &mut AnyConnection, id: i64) -> Result<bool, StorageError> {
-    diesel::update(
-        api_keys::table
-            .filter(api_keys::id.eq(id))
-            .filter(api_keys::revoked_at.is_null()),
-    )
-    .set(api_keys::revoked_at.eq(Some(super::now())))
-    .execute_one(conn)
+    revoke_live!(api_keys, api_keys::id.eq(id), super::now()).execute_one(conn)
 }
 
 pub fn find_active_by_hash(
@@ -187,9 +178,10 @@ impl ApiKeys<'_> {
         window_start: NaiveDateTime,
         metered: fn(&str) -> bool,
     ) -> Result<Option<(ApiKeyRow, Option<i64>)>, StorageError> {
-        let hash = hash.to_owned();
         self.db
-            .run(move |c| find_active_and_count(c, &hash, window_start, metered))
+            .run_with(hash, move |c, hash| {
+                find_active_and_count(c, hash, window_start, metered)
+            })
             .await
     }
 }

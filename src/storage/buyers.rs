@@ -126,37 +126,26 @@ pub fn complete_creation(
 ) -> Result<(), StorageError> {
     let now = super::now();
     let held = || b::table.filter(b::creator_order.eq(order_id));
-    for (is_company, id) in [(false, contact_id), (true, company_id)] {
-        let n = match (is_company, id) {
-            (false, Some(id)) => diesel::update(held().filter(b::buyer_key.not_like(COMPANY_LIKE)))
-                .set((
-                    b::contact_id.eq(Some(id)),
-                    b::creator_order.eq(None::<String>),
-                    b::updated_at.eq(now),
-                ))
-                .execute(conn)?,
-            (true, Some(id)) => diesel::update(held().filter(b::buyer_key.like(COMPANY_LIKE)))
-                .set((
-                    b::contact_id.eq(Some(id)),
-                    b::creator_order.eq(None::<String>),
-                    b::updated_at.eq(now),
-                ))
-                .execute(conn)?,
-            (false, None) => diesel::delete(
-                held()
-                    .filter(b::buyer_key.not_like(COMPANY_LIKE))
-                    .filter(b::contact_id.is_null()),
-            )
-            .execute(conn)?,
-            (true, None) => diesel::delete(
-                held()
-                    .filter(b::buyer_key.like(COMPANY_LIKE))
-                    .filter(b::contact_id.is_null()),
-            )
-            .execute(conn)?,
+    // Points the held `keys` at the entity `id` that came, or gives up those still without a contact.
+    macro_rules! settle {
+        ($keys:expr, $id:expr) => {
+            match $id {
+                Some(id) => diesel::update($keys)
+                    .set((
+                        b::contact_id.eq(Some(id)),
+                        b::creator_order.eq(None::<String>),
+                        b::updated_at.eq(now),
+                    ))
+                    .execute(conn)?,
+                None => diesel::delete($keys.filter(b::contact_id.is_null())).execute(conn)?,
+            }
         };
-        let _ = n;
     }
+    settle!(
+        held().filter(b::buyer_key.not_like(COMPANY_LIKE)),
+        contact_id
+    );
+    settle!(held().filter(b::buyer_key.like(COMPANY_LIKE)), company_id);
     Ok(())
 }
 
@@ -325,8 +314,9 @@ impl Buyers<'_> {
         seller_id: &str,
         keys: Vec<String>,
     ) -> Result<HashMap<String, IndexRow>, StorageError> {
-        let seller = seller_id.to_owned();
-        self.db.run(move |c| lookup(c, &seller, &keys)).await
+        self.db
+            .run_with(seller_id, move |c, seller| lookup(c, seller, &keys))
+            .await
     }
 
     pub async fn remember(
@@ -336,9 +326,10 @@ impl Buyers<'_> {
         contact_id: i64,
         responsible_user_id: Option<i64>,
     ) -> Result<(), StorageError> {
-        let seller = seller_id.to_owned();
         self.db
-            .run(move |c| remember(c, &seller, &keys, contact_id, responsible_user_id))
+            .run_with(seller_id, move |c, seller| {
+                remember(c, seller, &keys, contact_id, responsible_user_id)
+            })
             .await
     }
 
@@ -357,9 +348,10 @@ impl Buyers<'_> {
         seller_id: &str,
         contact_id: i64,
     ) -> Result<usize, StorageError> {
-        let seller = seller_id.to_owned();
         self.db
-            .run(move |c| forget_contact(c, &seller, contact_id))
+            .run_with(seller_id, move |c, seller| {
+                forget_contact(c, seller, contact_id)
+            })
             .await
     }
 
@@ -368,18 +360,17 @@ impl Buyers<'_> {
         seller_id: &str,
         contact_id: i64,
     ) -> Result<Vec<String>, StorageError> {
-        let seller = seller_id.to_owned();
-        self.db.run(move |c| keys_of(c, &seller, contact_id)).await
+        self.db
+            .run_with(seller_id, move |c, seller| keys_of(c, seller, contact_id))
+            .await
     }
 
     pub async fn start_scan(&self, seller_id: &str) -> Result<(), StorageError> {
-        let seller = seller_id.to_owned();
-        self.db.run(move |c| start_scan(c, &seller)).await
+        self.db.run_with(seller_id, start_scan).await
     }
 
     pub async fn scan_of(&self, seller_id: &str) -> Result<Option<Scan>, StorageError> {
-        let seller = seller_id.to_owned();
-        self.db.run(move |c| scan_of(c, &seller)).await
+        self.db.run_with(seller_id, scan_of).await
     }
 
     pub async fn due_scans(&self, limit: i64) -> Result<Vec<Scan>, StorageError> {
@@ -396,9 +387,10 @@ impl Buyers<'_> {
         contacts: Vec<(Vec<String>, i64, Option<i64>)>,
         last: bool,
     ) -> Result<(), StorageError> {
-        let seller = seller_id.to_owned();
         self.db
-            .run(move |c| scanned_page(c, &seller, page, &contacts, last))
+            .run_with(seller_id, move |c, seller| {
+                scanned_page(c, seller, page, &contacts, last)
+            })
             .await
     }
 

@@ -65,9 +65,10 @@ impl Catalog<'_> {
         catalog_id: i64,
         skus: Vec<String>,
     ) -> Result<HashMap<String, Option<i64>>, StorageError> {
-        let seller = seller_id.to_owned();
         self.db
-            .run(move |c| lookup(c, &seller, catalog_id, &skus))
+            .run_with(seller_id, move |c, seller| {
+                lookup(c, seller, catalog_id, &skus)
+            })
             .await
     }
 
@@ -77,9 +78,10 @@ impl Catalog<'_> {
         catalog_id: i64,
         entries: Vec<(String, Option<i64>)>,
     ) -> Result<(), StorageError> {
-        let seller = seller_id.to_owned();
         self.db
-            .run(move |c| store(c, &seller, catalog_id, &entries))
+            .run_with(seller_id, move |c, seller| {
+                store(c, seller, catalog_id, &entries)
+            })
             .await
     }
 }

@@ -146,11 +146,7 @@ pub fn find_by_account(
     conn: &mut AnyConnection,
     account_id: i64,
 ) -> Result<Vec<Connection>, StorageError> {
-    Ok(c::table
-        .filter(c::account_id.eq(account_id))
-        .order(c::id.asc())
-        .select(Connection::as_select())
-        .load(conn)?)
+    find_by!(conn, c::account_id.eq(account_id), order c::id.asc() => Vec<Connection>)
 }
 
 /// A page of connections, optionally of one status, with the total count.
@@ -360,19 +356,27 @@ pub fn try_lease_refresh(
     until: NaiveDateTime,
 ) -> Result<Option<Connection>, StorageError> {
     Ok(crate::per_backend!(conn, |cn| diesel::update(
-        c::table.filter(c::seller_id.eq(seller_id)).filter(
-            c::refresh_lease_until
-                .is_null()
-                .or(c::refresh_lease_until.lt(now)),
-        ),
+        c::table
+            .filter(c::seller_id.eq(seller_id))
+            .filter(lease_free!(c::refresh_lease_until, now)),
     )
-    .set((
-        c::refresh_lease_owner.eq(Some(owner)),
-        c::refresh_lease_until.eq(Some(until)),
+    .set(lease_taken!(
+        c::refresh_lease_owner,
+        c::refresh_lease_until,
+        owner,
+        until
     ))
     .returning(Connection::as_returning())
     .get_result(cn)
     .optional())?)
+}
+
+/// Connection `id` while `owner` holds its refresh lease: what a refresh may write to.
+#[diesel::dsl::auto_type]
+fn refresh_held<'a>(id: i64, owner: &'a str) -> _ {
+    c::table
+        .filter(c::id.eq(id))
+        .filter(c::refresh_lease_owner.eq(owner))
 }
 
 /// Gives the refresh lease back without changing anything else.
@@ -381,16 +385,12 @@ pub fn release_refresh_lease(
     id: i64,
     owner: &str,
 ) -> Result<(), StorageError> {
-    diesel::update(
-        c::table
-            .filter(c::id.eq(id))
-            .filter(c::refresh_lease_owner.eq(owner)),
-    )
-    .set(lease_released!(
-        c::refresh_lease_owner,
-        c::refresh_lease_until
-    ))
-    .execute(conn)?;
+    diesel::update(refresh_held(id, owner))
+        .set(lease_released!(
+            c::refresh_lease_owner,
+            c::refresh_lease_until
+        ))
+        .execute(conn)?;
     Ok(())
 }
 
@@ -413,26 +413,21 @@ pub fn store_refreshed(
     pair: &RefreshedPair,
     now: NaiveDateTime,
 ) -> Result<bool, StorageError> {
-    diesel::update(
-        c::table
-            .filter(c::id.eq(id))
-            .filter(c::refresh_lease_owner.eq(owner))
-            .filter(c::status.eq_any(HOLDS_GRANT)),
-    )
-    .set((
-        c::access_token_enc.eq(Some(pair.access_token_enc.clone())),
-        c::refresh_token_enc.eq(Some(pair.refresh_token_enc.clone())),
-        c::token_expires_at.eq(Some(pair.expires_at)),
-        c::token_version.eq(c::token_version + 1),
-        c::api_domain.eq(pair.api_domain.clone()),
-        c::last_refreshed_at.eq(Some(now)),
-        c::refresh_failures.eq(0),
-        c::last_error.eq(None::<String>),
-        c::next_refresh_at.eq(None::<NaiveDateTime>),
-        lease_released!(c::refresh_lease_owner, c::refresh_lease_until),
-        c::updated_at.eq(now),
-    ))
-    .execute_one(conn)
+    diesel::update(refresh_held(id, owner).filter(c::status.eq_any(HOLDS_GRANT)))
+        .set((
+            c::access_token_enc.eq(Some(pair.access_token_enc.clone())),
+            c::refresh_token_enc.eq(Some(pair.refresh_token_enc.clone())),
+            c::token_expires_at.eq(Some(pair.expires_at)),
+            c::token_version.eq(c::token_version + 1),
+            c::api_domain.eq(pair.api_domain.clone()),
+            c::last_refreshed_at.eq(Some(now)),
+            c::refresh_failures.eq(0),
+            c::last_error.eq(None::<String>),
+            c::next_refresh_at.eq(None::<NaiveDateTime>),
+            lease_released!(c::refresh_lease_owner, c::refresh_lease_until),
+            c::updated_at.eq(now),
+        ))
+        .execute_one(conn)
 }
 
 /// A refresh that may work later (429, 5xx, network): counted, the next attempt pushed back, lease released.
@@ -444,19 +439,15 @@ pub fn record_refresh_failure(
     next_at: NaiveDateTime,
     now: NaiveDateTime,
 ) -> Result<(), StorageError> {
-    diesel::update(
-        c::table
-            .filter(c::id.eq(id))
-            .filter(c::refresh_lease_owner.eq(owner)),
-    )
-    .set((
-        c::refresh_failures.eq(c::refresh_failures + 1),
-        c::last_error.eq(Some(error)),
-        c::next_refresh_at.eq(Some(next_at)),
-        lease_released!(c::refresh_lease_owner, c::refresh_lease_until),
-        c::updated_at.eq(now),
-    ))
-    .execute(conn)?;
+    diesel::update(refresh_held(id, owner))
+        .set((
+            c::refresh_failures.eq(c::refresh_failures + 1),
+            c::last_error.eq(Some(error)),
+            c::next_refresh_at.eq(Some(next_at)),
+            lease_released!(c::refresh_lease_owner, c::refresh_lease_until),
+            c::updated_at.eq(now),
+        ))
+        .execute(conn)?;
     Ok(())
 }
 
@@ -469,23 +460,18 @@ pub fn mark_refresh_failed(
     error: &str,
     now: NaiveDateTime,
 ) -> Result<bool, StorageError> {
-    diesel::update(
-        c::table
-            .filter(c::id.eq(id))
-            .filter(c::refresh_lease_owner.eq(owner))
-            .filter(c::status.eq_any(HOLDS_GRANT)),
-    )
-    .set((
-        c::status.eq(ConnectionStatus::RefreshFailed),
-        c::suspended_reason.eq(None::<SuspendReason>),
-        c::next_probe_at.eq(None::<NaiveDateTime>),
-        c::refresh_failures.eq(c::refresh_failures + 1),
-        c::last_error.eq(Some(error)),
-        c::next_refresh_at.eq(None::<NaiveDateTime>),
-        lease_released!(c::refresh_lease_owner, c::refresh_lease_until),
-        c::updated_at.eq(now),
-    ))
-    .execute_one(conn)
+    diesel::update(refresh_held(id, owner).filter(c::status.eq_any(HOLDS_GRANT)))
+        .set((
+            c::status.eq(ConnectionStatus::RefreshFailed),
+            c::suspended_reason.eq(None::<SuspendReason>),
+            c::next_probe_at.eq(None::<NaiveDateTime>),
+            c::refresh_failures.eq(c::refresh_failures + 1),
+            c::last_error.eq(Some(error)),
+            c::next_refresh_at.eq(None::<NaiveDateTime>),
+            lease_released!(c::refresh_lease_owner, c::refresh_lease_until),
+            c::updated_at.eq(now),
+        ))
+        .execute_one(conn)
 }
 
 /// Active connections due for a refresh: the access token expires before `expiring_before`, or the last
@@ -859,14 +845,12 @@ impl Connections<'_> {
         &self,
         seller: impl AsRef<str>,
     ) -> Result<Option<Connection>, StorageError> {
-        let seller = seller.as_ref().to_owned();
-        self.db.run(move |c| find_by_seller(c, &seller)).await
+        self.db.run_with(seller.as_ref(), find_by_seller).await
     }
 
     /// The connection an amoCRM webhook destination belongs to.
     pub async fn by_webhook_token(&self, token: &str) -> Result<Option<Connection>, StorageError> {
-        let token = token.to_owned();
-        self.db.run(move |c| find_by_webhook_token(c, &token)).await
+        self.db.run_with(token, find_by_webhook_token).await
     }
 
     /// Every connection of one amoCRM account.
@@ -950,9 +934,8 @@ impl Connections<'_> {
     }
 
     pub async fn release_refresh_lease(&self, id: i64, owner: &str) -> Result<(), StorageError> {
-        let owner = owner.to_owned();
         self.db
-            .run(move |c| release_refresh_lease(c, id, &owner))
+            .run_with(owner, move |c, owner| release_refresh_lease(c, id, owner))
             .await
     }
 
@@ -1047,9 +1030,10 @@ impl Connections<'_> {
         webhook_id: i64,
         destination: &str,
     ) -> Result<(), StorageError> {
-        let destination = destination.to_owned();
         self.db
-            .run(move |c| save_webhook(c, id, webhook_id, &destination, super::now()))
+            .run_with(destination, move |c, destination| {
+                save_webhook(c, id, webhook_id, destination, super::now())
+            })
             .await
     }
 
@@ -1129,6 +1113,17 @@ pub fn store_moved(
     })
 }
 
+/// Connection `id` while its status is `status`: what a step of the suspension cycle may change.
+#[diesel::dsl::auto_type]
+fn in_status(id: i64, status: ConnectionStatus) -> _ {
+    c::table.filter(c::id.eq(id)).filter(c::status.eq(status))
+}
+
+/// The `last_error` of a suspended connection.
+fn refusal(reason: SuspendReason) -> String {
+    format!("amoCRM refuses the account: {reason}")
+}
+
 /// Marks an active connection `suspended` for `reason` with its first probe at `next_probe_at`, and records
 /// `event` (`connection.suspended`), in one transaction. False when it was not active (nothing written), so
 /// a burst of refused calls suspends it, and reports it, once.
@@ -1141,20 +1136,16 @@ pub fn suspend_recorded(
 ) -> Result<bool, StorageError> {
     super::events::record_if(conn, event, |cn| {
         let now = super::now();
-        diesel::update(
-            c::table
-                .filter(c::id.eq(id))
-                .filter(c::status.eq(ConnectionStatus::Active)),
-        )
-        .set((
-            c::status.eq(ConnectionStatus::Suspended),
-            c::suspended_reason.eq(Some(reason)),
-            c::suspended_at.eq(Some(now)),
-            c::next_probe_at.eq(Some(next_probe_at)),
-            c::last_error.eq(Some(format!("amoCRM refuses the account: {reason}"))),
-            c::updated_at.eq(now),
-        ))
-        .execute_one(cn)
+        diesel::update(in_status(id, ConnectionStatus::Active))
+            .set((
+                c::status.eq(ConnectionStatus::Suspended),
+                c::suspended_reason.eq(Some(reason)),
+                c::suspended_at.eq(Some(now)),
+                c::next_probe_at.eq(Some(next_probe_at)),
+                c::last_error.eq(Some(refusal(reason))),
+                c::updated_at.eq(now),
+            ))
+            .execute_one(cn)
     })
 }
 
@@ -1202,20 +1193,16 @@ pub fn recover_recorded(
 ) -> Result<bool, StorageError> {
     super::events::record_if(conn, event, |cn| {
         let now = super::now();
-        diesel::update(
-            c::table
-                .filter(c::id.eq(id))
-                .filter(c::status.eq(ConnectionStatus::Suspended)),
-        )
-        .set((
-            c::status.eq(ConnectionStatus::Active),
-            c::suspended_reason.eq(None::<SuspendReason>),
-            c::suspended_at.eq(None::<NaiveDateTime>),
-            c::next_probe_at.eq(None::<NaiveDateTime>),
-            c::last_error.eq(None::<String>),
-            c::updated_at.eq(now),
-        ))
-        .execute_one(cn)
+        diesel::update(in_status(id, ConnectionStatus::Suspended))
+            .set((
+                c::status.eq(ConnectionStatus::Active),
+                c::suspended_reason.eq(None::<SuspendReason>),
+                c::suspended_at.eq(None::<NaiveDateTime>),
+                c::next_probe_at.eq(None::<NaiveDateTime>),
+                c::last_error.eq(None::<String>),
+                c::updated_at.eq(now),
+            ))
+            .execute_one(cn)
     })
 }
 
@@ -1225,16 +1212,12 @@ pub fn set_suspend_reason(
     id: i64,
     reason: SuspendReason,
 ) -> Result<(), StorageError> {
-    diesel::update(
-        c::table
-            .filter(c::id.eq(id))
-            .filter(c::status.eq(ConnectionStatus::Suspended)),
-    )
-    .set((
-        c::suspended_reason.eq(Some(reason)),
-        c::last_error.eq(Some(format!("amoCRM refuses the account: {reason}"))),
-    ))
-    .execute(conn)?;
+    diesel::update(in_status(id, ConnectionStatus::Suspended))
+        .set((
+            c::suspended_reason.eq(Some(reason)),
+            c::last_error.eq(Some(refusal(reason))),
+        ))
+        .execute(conn)?;
     Ok(())
 }
 

@@ -431,26 +431,6 @@ pub fn order_history(
         .limit(100)
         .select((events::event, events::id, events::created_at))
         .load(conn)?;
-    let moves: Vec<(String, String, i32, Option<String>, NaiveDateTime)> = order_moves::table
-        .filter(order_moves::order_id.eq(order_id))
-        .select((
-            order_moves::target_status,
-            order_moves::state,
-            order_moves::attempts,
-            order_moves::last_error,
-            order_moves::updated_at,
-        ))
-        .load(conn)?;
-    let steps: Vec<(String, String, i32, Option<String>, NaiveDateTime)> = order_steps::table
-        .filter(order_steps::order_id.eq(order_id))
-        .select((
-            order_steps::step,
-            order_steps::state,
-            order_steps::attempts,
-            order_steps::last_error,
-            order_steps::updated_at,
-        ))
-        .load(conn)?;
     let mut out: Vec<OrderHistoryRow> = evs
         .into_iter()
         .map(|(event, id, at)| OrderHistoryRow {
@@ -462,30 +442,34 @@ pub fn order_history(
             error: None,
         })
         .collect();
-    out.extend(
-        moves
-            .into_iter()
-            .map(|(to, state, attempts, error, at)| OrderHistoryRow {
-                at,
-                kind: "move",
-                what: format!("move to {to}"),
-                state,
-                attempts: Some(attempts),
-                error,
-            }),
-    );
-    out.extend(
-        steps
-            .into_iter()
-            .map(|(step, state, attempts, error, at)| OrderHistoryRow {
-                at,
-                kind: "step",
-                what: step,
-                state,
-                attempts: Some(attempts),
-                error,
-            }),
-    );
+    // The order's stage moves and lead steps: rows of `table`, `describe` saying what each does from its
+    // `what` column.
+    macro_rules! work {
+        ($table:ident, $what:ident, $kind:literal, $describe:expr) => {
+            $table::table
+                .filter($table::order_id.eq(order_id))
+                .select((
+                    $table::$what,
+                    $table::state,
+                    $table::attempts,
+                    $table::last_error,
+                    $table::updated_at,
+                ))
+                .load::<(String, String, i32, Option<String>, NaiveDateTime)>(conn)?
+                .into_iter()
+                .map(|(what, state, attempts, error, at)| OrderHistoryRow {
+                    at,
+                    kind: $kind,
+                    what: ($describe)(what),
+                    state,
+                    attempts: Some(attempts),
+                    error,
+                })
+        };
+    }
+    let to = |status| format!("move to {status}");
+    out.extend(work!(order_moves, target_status, "move", to));
+    out.extend(work!(order_steps, step, "step", std::convert::identity));
     out.sort_by_key(|h| std::cmp::Reverse(h.at));
     Ok(out)
 }

@@ -114,7 +114,7 @@ pub fn claim_due(
         .inner_join(webhook_subscriptions::table)
         .filter(d::state.eq(DeliveryState::Pending))
         .filter(d::next_attempt_at.le(now))
-        .filter(d::lease_until.is_null().or(d::lease_until.lt(now)))
+        .filter(lease_free!(d, now))
         .filter(webhook_subscriptions::active.eq(true))
         .filter(queue_head!())
         .select(d::id)
@@ -137,16 +137,11 @@ pub fn claim_due(
         d::table
             .filter(d::id.eq_any(&candidates))
             .filter(d::state.eq(DeliveryState::Pending))
-            .filter(d::lease_until.is_null().or(d::lease_until.lt(now))),
+            .filter(lease_free!(d, now)),
     )
-    .set((
-        d::lease_owner.eq(Some(owner)),
-        d::lease_until.eq(Some(lease_until)),
-    ))
+    .set(lease_taken!(d, owner, lease_until))
     .execute(conn)?;
-    let claimed: Vec<i64> = d::table
-        .filter(d::id.eq_any(&candidates))
-        .filter(d::lease_owner.eq(owner))
+    let claimed: Vec<i64> = held_by!(d, owner, d::id.eq_any(&candidates))
         .filter(d::lease_until.eq(lease_until))
         .select(d::id)
         .load(conn)?;
@@ -232,9 +227,7 @@ pub fn record_attempts(
                 NextStep::Failed => (DeliveryState::Failed, now, None),
             };
             let n = diesel::update(
-                d::table
-                    .filter(d::id.eq(delivery_id))
-                    .filter(d::lease_owner.eq(owner))
+                held_by!(d, owner, d::id.eq(delivery_id))
                     .filter(d::state.eq(DeliveryState::Pending)),
             )
             .set((
@@ -280,18 +273,14 @@ pub fn release(
     retry_at: NaiveDateTime,
     error: Option<&str>,
 ) -> Result<(), StorageError> {
-    diesel::update(
-        d::table
-            .filter(d::id.eq(delivery_id))
-            .filter(d::lease_owner.eq(owner)),
-    )
-    .set((
-        lease_released!(d),
-        d::next_attempt_at.eq(retry_at),
-        d::last_error.eq(error),
-        d::updated_at.eq(super::now()),
-    ))
-    .execute(conn)?;
+    diesel::update(held_by!(d, owner, d::id.eq(delivery_id)))
+        .set((
+            lease_released!(d),
+            d::next_attempt_at.eq(retry_at),
+            d::last_error.eq(error),
+            d::updated_at.eq(super::now()),
+        ))
+        .execute(conn)?;
     Ok(())
 }
 
@@ -361,11 +350,7 @@ pub fn for_event(
     conn: &mut AnyConnection,
     event_seq: i64,
 ) -> Result<Vec<DeliveryRow>, StorageError> {
-    Ok(d::table
-        .filter(d::event_seq.eq(event_seq))
-        .order(d::id.asc())
-        .select(DeliveryRow::as_select())
-        .load(conn)?)
+    find_by!(conn, d::event_seq.eq(event_seq), order d::id.asc() => Vec<DeliveryRow>)
 }
 
 /// Which deliveries of an event a redelivery re-drives.
@@ -515,9 +500,8 @@ impl Deliveries<'_> {
         which: Redrive,
         now: NaiveDateTime,
     ) -> Result<Redelivered, StorageError> {
-        let id = event_id.to_owned();
         self.db
-            .run(move |c| redeliver_event(c, &id, &which, now))
+            .run_with(event_id, move |c, id| redeliver_event(c, id, &which, now))
             .await
     }
 
@@ -529,9 +513,10 @@ impl Deliveries<'_> {
         offset: i64,
         limit: i64,
     ) -> Result<Option<(Vec<DeliveryView>, i64)>, StorageError> {
-        let id = subscription_id.to_owned();
         self.db
-            .run(move |c| list_for_known_subscription(c, &id, state, offset, limit))
+            .run_with(subscription_id, move |c, id| {
+                list_for_known_subscription(c, id, state, offset, limit)
+            })
             .await
     }
 
@@ -544,9 +529,10 @@ impl Deliveries<'_> {
         limit: i64,
         skip: Vec<String>,
     ) -> Result<Vec<ClaimedDelivery>, StorageError> {
-        let owner = owner.to_owned();
         self.db
-            .run(move |c| claim_due(c, &owner, now, until, limit, &skip))
+            .run_with(owner, move |c, owner| {
+                claim_due(c, owner, now, until, limit, &skip)
+            })
             .await
     }
 
@@ -556,9 +542,8 @@ impl Deliveries<'_> {
         owner: &str,
         rows: Vec<(i64, AttemptRecord, NextStep)>,
     ) -> Result<Vec<bool>, StorageError> {
-        let owner = owner.to_owned();
         self.db
-            .run(move |c| record_attempts(c, &owner, &rows))
+            .run_with(owner, move |c, owner| record_attempts(c, owner, &rows))
             .await
     }
 

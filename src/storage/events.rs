@@ -338,8 +338,7 @@ impl Events<'_> {
     }
 
     pub async fn by_id(&self, id: &str) -> Result<Option<EventRow>, StorageError> {
-        let id = id.to_owned();
-        self.db.run(move |c| find_by_id(c, &id)).await
+        self.db.run_with(id, find_by_id).await
     }
 
     /// See [`latest_of`].
@@ -349,9 +348,10 @@ impl Events<'_> {
         names: Vec<&'static str>,
         limit: i64,
     ) -> Result<Vec<EventRow>, StorageError> {
-        let seller_id = seller_id.to_owned();
         self.db
-            .run(move |c| latest_of(c, &seller_id, &names, limit))
+            .run_with(seller_id, move |c, seller_id| {
+                latest_of(c, seller_id, &names, limit)
+            })
             .await
     }
 

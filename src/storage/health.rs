@@ -63,10 +63,7 @@ pub fn write(conn: &mut AnyConnection, row: &Health) -> Result<(), StorageError>
 
 /// The health rows of the given connections (those never written are absent).
 pub fn of(conn: &mut AnyConnection, ids: &[i64]) -> Result<Vec<Health>, StorageError> {
-    Ok(h::table
-        .filter(h::connection_id.eq_any(ids))
-        .select(Health::as_select())
-        .load(conn)?)
+    find_by!(conn, h::connection_id.eq_any(ids) => Vec<Health>)
 }
 
 aggregate_handle! {

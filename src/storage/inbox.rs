@@ -58,6 +58,22 @@ pub fn connections_by_tokens(
         .load(conn)?)
 }
 
+/// The values of one raw body stored as pending work, due at once.
+#[diesel::dsl::auto_type]
+fn pending<'a>(connection_id: i64, seller_id: &'a str, body: &'a [u8], now: NaiveDateTime) -> _ {
+    let state: InboxState = InboxState::Pending;
+    let attempts: i32 = 0;
+    (
+        i::connection_id.eq(connection_id),
+        i::seller_id.eq(seller_id),
+        i::body.eq(body),
+        i::state.eq(state),
+        i::attempts.eq(attempts),
+        i::next_attempt_at.eq(now),
+        i::received_at.eq(now),
+    )
+}
+
 /// Stores one raw body as pending work; returns its id. One INSERT, committed on return.
 pub fn insert(
     conn: &mut AnyConnection,
@@ -67,15 +83,7 @@ pub fn insert(
     now: NaiveDateTime,
 ) -> Result<i64, StorageError> {
     Ok(diesel::insert_into(i::table)
-        .values((
-            i::connection_id.eq(connection_id),
-            i::seller_id.eq(seller_id),
-            i::body.eq(body),
-            i::state.eq(InboxState::Pending),
-            i::attempts.eq(0),
-            i::next_attempt_at.eq(now),
-            i::received_at.eq(now),
-        ))
+        .values(pending(connection_id, seller_id, body, now))
         .returning(i::id)
         .get_result(conn)?)
 }
@@ -94,17 +102,7 @@ pub fn insert_many(
         AnyConnection::Postgresql(c) => {
             let values: Vec<_> = rows
                 .iter()
-                .map(|(conn_id, seller, body)| {
-                    (
-                        i::connection_id.eq(*conn_id),
-                        i::seller_id.eq(*seller),
-                        i::body.eq(*body),
-                        i::state.eq(InboxState::Pending),
-                        i::attempts.eq(0),
-                        i::next_attempt_at.eq(now),
-                        i::received_at.eq(now),
-                    )
-                })
+                .map(|(conn_id, seller, body)| pending(*conn_id, seller, body, now))
                 .collect();
             diesel::insert_into(i::table).values(&values).execute(c)?;
         }
@@ -129,7 +127,7 @@ pub fn claim_due(
     let candidates: Vec<(i64, i64)> = i::table
         .filter(i::state.eq(InboxState::Pending))
         .filter(i::next_attempt_at.le(now))
-        .filter(i::lease_until.is_null().or(i::lease_until.lt(now)))
+        .filter(lease_free!(i, now))
         .filter(not(exists(
             busy.filter(busy.field(i::connection_id).eq(i::connection_id))
                 .filter(busy.field(i::state).eq(InboxState::Pending))
@@ -149,12 +147,9 @@ pub fn claim_due(
             i::table
                 .filter(i::id.eq(id))
                 .filter(i::state.eq(InboxState::Pending))
-                .filter(i::lease_until.is_null().or(i::lease_until.lt(now))),
+                .filter(lease_free!(i, now)),
         )
-        .set((
-            i::lease_owner.eq(Some(owner)),
-            i::lease_until.eq(Some(lease_until)),
-        ))
+        .set(lease_taken!(i, owner, lease_until))
         .execute(conn)?;
         if n == 1 {
             claimed.push(id);
@@ -163,11 +158,7 @@ pub fn claim_due(
     if claimed.is_empty() {
         return Ok(Vec::new());
     }
-    Ok(i::table
-        .filter(i::id.eq_any(&claimed))
-        .order(i::id.asc())
-        .select(InboxRow::as_select())
-        .load(conn)?)
+    find_by!(conn, i::id.eq_any(&claimed), order i::id.asc() => Vec<InboxRow>)
 }
 
 /// Marks a row processed (it stays for the retention period as the raw record).
@@ -178,19 +169,15 @@ pub fn mark_processed(
     note: Option<&str>,
     now: NaiveDateTime,
 ) -> Result<bool, StorageError> {
-    diesel::update(
-        i::table
-            .filter(i::id.eq(id))
-            .filter(i::lease_owner.eq(owner)),
-    )
-    .set((
-        i::state.eq(InboxState::Processed),
-        i::attempts.eq(i::attempts + 1),
-        i::last_error.eq(note),
-        i::processed_at.eq(Some(now)),
-        lease_released!(i),
-    ))
-    .execute_one(conn)
+    diesel::update(held_by!(i, owner, i::id.eq(id)))
+        .set((
+            i::state.eq(InboxState::Processed),
+            i::attempts.eq(i::attempts + 1),
+            i::last_error.eq(note),
+            i::processed_at.eq(Some(now)),
+            lease_released!(i),
+        ))
+        .execute_one(conn)
 }
 
 /// Puts a row back for a later attempt, or gives up on it (`retry_at` = `None`: state `failed`).
@@ -206,19 +193,15 @@ pub fn mark_failed_attempt(
         Some(at) => (InboxState::Pending, at),
         None => (InboxState::Failed, now),
     };
-    diesel::update(
-        i::table
-            .filter(i::id.eq(id))
-            .filter(i::lease_owner.eq(owner)),
-    )
-    .set((
-        i::state.eq(state),
-        i::attempts.eq(i::attempts + 1),
-        i::last_error.eq(Some(error)),
-        i::next_attempt_at.eq(next),
-        lease_released!(i),
-    ))
-    .execute_one(conn)
+    diesel::update(held_by!(i, owner, i::id.eq(id)))
+        .set((
+            i::state.eq(state),
+            i::attempts.eq(i::attempts + 1),
+            i::last_error.eq(Some(error)),
+            i::next_attempt_at.eq(next),
+            lease_released!(i),
+        ))
+        .execute_one(conn)
 }
 
 /// Sets a failed (or processed) row back to pending, due now (operators re-driving a body).
@@ -249,11 +232,7 @@ pub fn for_seller(
     conn: &mut AnyConnection,
     seller_id: &str,
 ) -> Result<Vec<InboxRow>, StorageError> {
-    Ok(i::table
-        .filter(i::seller_id.eq(seller_id))
-        .order(i::id.asc())
-        .select(InboxRow::as_select())
-        .load(conn)?)
+    find_by!(conn, i::seller_id.eq(seller_id), order i::id.asc() => Vec<InboxRow>)
 }
 
 /// Number of rows, optionally in one state.
@@ -354,9 +333,10 @@ impl Inbox<'_> {
         until: NaiveDateTime,
         limit: i64,
     ) -> Result<Vec<InboxRow>, StorageError> {
-        let owner = owner.to_owned();
         self.db
-            .run(move |c| claim_due(c, &owner, now, until, limit))
+            .run_with(owner, move |c, owner| {
+                claim_due(c, owner, now, until, limit)
+            })
             .await
     }
 
@@ -368,9 +348,10 @@ impl Inbox<'_> {
         note: Option<String>,
         now: NaiveDateTime,
     ) -> Result<bool, StorageError> {
-        let owner = owner.to_owned();
         self.db
-            .run(move |c| mark_processed(c, id, &owner, note.as_deref(), now))
+            .run_with(owner, move |c, owner| {
+                mark_processed(c, id, owner, note.as_deref(), now)
+            })
             .await
     }
 
@@ -383,9 +364,10 @@ impl Inbox<'_> {
         retry_at: Option<NaiveDateTime>,
         now: NaiveDateTime,
     ) -> Result<bool, StorageError> {
-        let owner = owner.to_owned();
         self.db
-            .run(move |c| mark_failed_attempt(c, id, &owner, &error, retry_at, now))
+            .run_with(owner, move |c, owner| {
+                mark_failed_attempt(c, id, owner, &error, retry_at, now)
+            })
             .await
     }
 

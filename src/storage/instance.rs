@@ -53,10 +53,7 @@ pub fn release_all(
     macro_rules! release {
         ($table:ident . $owner_col:ident, $until_col:ident) => {
             diesel::update($table::table.filter($table::$owner_col.eq(owner)))
-                .set((
-                    $table::$owner_col.eq(None::<String>),
-                    $table::$until_col.eq(Some(now)),
-                ))
+                .set(lease_released!($table::$owner_col, $table::$until_col, until now))
                 .execute(conn)?
         };
     }
@@ -65,10 +62,7 @@ pub fn release_all(
             .filter(orders::lease_owner.eq(owner))
             .filter(orders::needs_lookup.eq(true)),
     )
-    .set((
-        orders::lease_owner.eq(None::<String>),
-        orders::lease_until.eq(Some(in_flight_until)),
-    ))
+    .set(lease_released!(orders, until in_flight_until))
     .execute(conn)?;
     Ok(Released {
         orders: possibly_sent + release!(orders.lease_owner, lease_until),
@@ -103,15 +97,22 @@ impl Db {
 }
 
 impl Instance<'_> {
+    /// Runs `f` on the blocking pool for this instance's owner id.
+    async fn as_owner<T: Send + 'static>(
+        &self,
+        f: impl Fn(&mut AnyConnection, &str) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let owner = self.owner.clone();
+        self.db.run(move |c| f(c, &owner)).await
+    }
+
     /// See [`release_all`]; at shutdown, once the workers have stopped.
     pub async fn release(
         &self,
         now: NaiveDateTime,
         in_flight_until: NaiveDateTime,
     ) -> Result<Released, StorageError> {
-        let owner = self.owner.clone();
-        self.db
-            .run(move |c| release_all(c, &owner, now, in_flight_until))
+        self.as_owner(move |c, owner| release_all(c, owner, now, in_flight_until))
             .await
     }
 
@@ -122,13 +123,11 @@ impl Instance<'_> {
         now: NaiveDateTime,
         in_flight_until: NaiveDateTime,
     ) -> Result<usize, StorageError> {
-        let owner = self.owner.clone();
-        self.db
-            .run(move |c| {
-                let plain = release_all(c, &owner, now, in_flight_until)?;
-                let prefixed = super::leases::release_prefixed(c, &owner, now)?;
-                Ok(plain.total() + prefixed)
-            })
-            .await
+        self.as_owner(move |c, owner| {
+            let plain = release_all(c, owner, now, in_flight_until)?;
+            let prefixed = super::leases::release_prefixed(c, owner, now)?;
+            Ok(plain.total() + prefixed)
+        })
+        .await
     }
 }

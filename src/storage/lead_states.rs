@@ -20,8 +20,9 @@ impl LeadStates<'_> {
         seller_id: &str,
         lead_id: i64,
     ) -> Result<Option<LeadState>, StorageError> {
-        let seller = seller_id.to_owned();
-        self.db.run(move |c| find(c, &seller, lead_id)).await
+        self.db
+            .run_with(seller_id, move |c, seller| find(c, seller, lead_id))
+            .await
     }
 
     /// The order a lead belongs to (see [`order_of`]).
@@ -136,11 +137,7 @@ pub fn for_seller(
     conn: &mut AnyConnection,
     seller_id: &str,
 ) -> Result<Vec<LeadState>, StorageError> {
-    Ok(l::table
-        .filter(l::seller_id.eq(seller_id))
-        .order(l::lead_id.asc())
-        .select(LeadState::as_select())
-        .load(conn)?)
+    find_by!(conn, l::seller_id.eq(seller_id), order l::lead_id.asc() => Vec<LeadState>)
 }
 
 /// A marketplace order a lead belongs to (read from `orders`, which the orders push owns).

@@ -40,8 +40,7 @@ pub fn try_acquire(
         ),
     )
     .set((
-        job_leases::owner.eq(Some(owner)),
-        job_leases::lease_until.eq(Some(until)),
+        lease_taken!(job_leases::owner, job_leases::lease_until, owner, until),
         job_leases::last_started_at.eq(Some(now)),
     ))
     .execute_one(conn)
@@ -115,19 +114,16 @@ pub fn release_prefixed(
 ) -> Result<usize, StorageError> {
     use super::schema::amocrm_connections as c;
     let prefix = owner_prefix(instance_id);
-    let none = None::<String>;
     let rows = diesel::update(c::table.filter(c::refresh_lease_owner.like(&prefix).escape('\\')))
-        .set((
-            c::refresh_lease_owner.eq(&none),
-            c::refresh_lease_until.eq(Some(now)),
+        .set(lease_released!(
+            c::refresh_lease_owner,
+            c::refresh_lease_until,
+            until now
         ))
         .execute(conn)?;
     let jobs =
         diesel::update(job_leases::table.filter(job_leases::owner.like(&prefix).escape('\\')))
-            .set((
-                job_leases::owner.eq(&none),
-                job_leases::lease_until.eq(Some(now)),
-            ))
+            .set(lease_released!(job_leases::owner, job_leases::lease_until, until now))
             .execute(conn)?;
     Ok(rows + jobs)
 }
@@ -181,8 +177,7 @@ impl Leases<'_> {
     }
 
     pub async fn get(&self, name: &str) -> Result<Option<JobLease>, StorageError> {
-        let name = name.to_owned();
-        self.db.run(move |c| get(c, &name)).await
+        self.db.run_with(name, get).await
     }
 }
 

@@ -21,8 +21,29 @@ macro_rules! aggregate_handle {
 }
 
 /// The row whose `table::column` equals `value`, if any: the lookup by a unique column that most tables
-/// have. A macro because diesel's filter and select types make the generic function's bounds unreadable.
+/// have. With `=> Vec<Row>`, every row whose column matches (`eq` or `eq_any`), in `order` when given: the
+/// lists of one seller, one event, one order; `all table` for the whole table. A macro because diesel's
+/// filter and select types make the generic function's bounds unreadable.
 macro_rules! find_by {
+    ($conn:expr, all $table:ident, order $order:expr => Vec<$row:ty>) => {
+        Ok($table::table
+            .order($order)
+            .select(<$row>::as_select())
+            .load($conn)?)
+    };
+    ($conn:expr, $table:ident :: $column:ident.$op:ident($value:expr), order $order:expr => Vec<$row:ty>) => {
+        Ok($table::table
+            .filter($table::$column.$op($value))
+            .order($order)
+            .select(<$row>::as_select())
+            .load($conn)?)
+    };
+    ($conn:expr, $table:ident :: $column:ident.$op:ident($value:expr) => Vec<$row:ty>) => {
+        Ok($table::table
+            .filter($table::$column.$op($value))
+            .select(<$row>::as_select())
+            .load($conn)?)
+    };
     ($conn:expr, $table:ident :: $column:ident.eq($value:expr) => $row:ty) => {
         Ok($table::table
             .filter($table::$column.eq($value))
@@ -46,16 +67,68 @@ macro_rules! insert_returning {
 }
 
 /// The changes that give a row's lease back: no owner, no expiry. `lease_released!(t)` for a table's
-/// `lease_owner` and `lease_until`, or name the two columns.
+/// `lease_owner` and `lease_until`, or name the two columns; with `until at`, the row stays closed to
+/// others until `at` (work that may still be in flight, a turn cooling down, or `now` at a shutdown).
 macro_rules! lease_released {
     ($table:ident) => {
         lease_released!($table::lease_owner, $table::lease_until)
+    };
+    ($table:ident, until $at:expr) => {
+        lease_released!($table::lease_owner, $table::lease_until, until $at)
     };
     ($owner:path, $until:path) => {
         (
             $owner.eq(None::<String>),
             $until.eq(None::<chrono::NaiveDateTime>),
         )
+    };
+    ($owner:path, $until:path, until $at:expr) => {
+        ($owner.eq(None::<String>), $until.eq(Some($at)))
+    };
+}
+
+/// A lease nobody holds at `now`: never taken, or lapsed. `lease_free!(t, now)` for a table's `lease_until`,
+/// or name the column.
+macro_rules! lease_free {
+    ($table:ident, $now:expr) => {
+        lease_free!($table::lease_until, $now)
+    };
+    ($until:path, $now:expr) => {
+        $until.is_null().or($until.lt($now))
+    };
+}
+
+/// The rows of `table` that `filter` names and whose lease `owner` holds: what a worker may still write to
+/// (its claim may have lapsed and been taken by another meanwhile).
+macro_rules! held_by {
+    ($table:ident, $owner:expr, $filter:expr) => {
+        $table::table
+            .filter($filter)
+            .filter($table::lease_owner.eq($owner))
+    };
+}
+
+/// The changes that give a row's lease to `owner` until `until`: `lease_taken!(t, owner, until)` for a
+/// table's `lease_owner` and `lease_until`, or name the two columns first.
+macro_rules! lease_taken {
+    ($table:ident, $owner:expr, $until:expr) => {
+        lease_taken!($table::lease_owner, $table::lease_until, $owner, $until)
+    };
+    ($owner_col:path, $until_col:path, $owner:expr, $until:expr) => {
+        ($owner_col.eq(Some($owner)), $until_col.eq(Some($until)))
+    };
+}
+
+/// The statement that revokes the live rows of `table` that `filter` names (API keys, operator tokens): their
+/// `revoked_at` becomes `now`; rows already revoked keep the time they were.
+macro_rules! revoke_live {
+    ($table:ident, $filter:expr, $now:expr) => {
+        diesel::update(
+            $table::table
+                .filter($filter)
+                .filter($table::revoked_at.is_null()),
+        )
+        .set($table::revoked_at.eq(Some($now)))
     };
 }
 
@@ -444,6 +517,24 @@ impl Db {
             return writer.run(f).await;
         }
         self.run_alone(f).await
+    }
+
+    /// [`Db::run`] of a storage function that borrows a string or slice from the caller: `value` is copied
+    /// once (the work outlives the borrow) and lent to `f` on each run.
+    pub(in crate::storage) async fn run_with<V, T, F>(
+        &self,
+        value: &V,
+        f: F,
+    ) -> Result<T, StorageError>
+    where
+        V: ToOwned + ?Sized,
+        V::Owned: Send + 'static,
+        T: Send + 'static,
+        F: Fn(&mut AnyConnection, &V) -> Result<T, StorageError> + Send + 'static,
+    {
+        let owned = value.to_owned();
+        self.run(move |c| f(c, std::borrow::Borrow::borrow(&owned)))
+            .await
     }
 
     /// [`Db::run`] on a pooled connection of its own, outside any batch: for work that must not run in a

@@ -177,13 +177,7 @@ pub fn rotate_refresh(
         };
         // Tokens issued before families existed form a family of their own.
         let family = family.unwrap_or_else(|| format!("legacy-{id}"));
-        let used = diesel::update(
-            operator_tokens::table
-                .filter(operator_tokens::id.eq(id))
-                .filter(operator_tokens::revoked_at.is_null()),
-        )
-        .set(operator_tokens::revoked_at.eq(Some(now)))
-        .execute(c)?;
+        let used = revoke_live!(operator_tokens, operator_tokens::id.eq(id), now).execute(c)?;
         if revoked_at.is_some() || used == 0 {
             revoke_family(c, &family, now)?;
             return Ok(Rotation::Reused);
@@ -203,13 +197,7 @@ fn revoke_family(
     family: &str,
     now: NaiveDateTime,
 ) -> Result<usize, StorageError> {
-    Ok(diesel::update(
-        operator_tokens::table
-            .filter(operator_tokens::family.eq(family))
-            .filter(operator_tokens::revoked_at.is_null()),
-    )
-    .set(operator_tokens::revoked_at.eq(Some(now)))
-    .execute(conn)?)
+    Ok(revoke_live!(operator_tokens, operator_tokens::family.eq(family), now).execute(conn)?)
 }
 
 pub fn find_by_email(
@@ -228,10 +216,7 @@ pub fn find(conn: &mut AnyConnection, id: i64) -> Result<Option<OperatorRow>, St
 }
 
 pub fn list(conn: &mut AnyConnection) -> Result<Vec<OperatorRow>, StorageError> {
-    Ok(operators::table
-        .order(operators::id.asc())
-        .select(OperatorRow::as_select())
-        .load(conn)?)
+    find_by!(conn, all operators, order operators::id.asc() => Vec<OperatorRow>)
 }
 
 /// Stores a token's hash (of no sign-in family). `kind` is `access`, `refresh` or `session`.
@@ -265,13 +250,8 @@ pub fn operator_for_token(
 
 /// Revokes one token by hash (sign-out); true when a live token was revoked.
 pub fn revoke_token(conn: &mut AnyConnection, token_hash: &str) -> Result<bool, StorageError> {
-    diesel::update(
-        operator_tokens::table
-            .filter(operator_tokens::token_hash.eq(token_hash))
-            .filter(operator_tokens::revoked_at.is_null()),
-    )
-    .set(operator_tokens::revoked_at.eq(Some(super::now())))
-    .execute_one(conn)
+    let token = operator_tokens::token_hash.eq(token_hash);
+    revoke_live!(operator_tokens, token, super::now()).execute_one(conn)
 }
 
 /// Revokes every token of an operator (password reset).
@@ -279,13 +259,8 @@ pub fn revoke_all_tokens(
     conn: &mut AnyConnection,
     operator_id: i64,
 ) -> Result<usize, StorageError> {
-    Ok(diesel::update(
-        operator_tokens::table
-            .filter(operator_tokens::operator_id.eq(operator_id))
-            .filter(operator_tokens::revoked_at.is_null()),
-    )
-    .set(operator_tokens::revoked_at.eq(Some(super::now())))
-    .execute(conn)?)
+    let tokens = operator_tokens::operator_id.eq(operator_id);
+    Ok(revoke_live!(operator_tokens, tokens, super::now()).execute(conn)?)
 }
 
 /// Drops tokens that expired before `before`.
@@ -314,10 +289,7 @@ pub fn throttle_rows(
     conn: &mut AnyConnection,
     keys: &[String],
 ) -> Result<Vec<ThrottleRow>, StorageError> {
-    Ok(login_throttle::table
-        .filter(login_throttle::throttle_key.eq_any(keys))
-        .select(ThrottleRow::as_select())
-        .load(conn)?)
+    find_by!(conn, login_throttle::throttle_key.eq_any(keys) => Vec<ThrottleRow>)
 }
 
 /// Counts one failure for `key` and returns the new count. A counter idle since `window_start` starts
@@ -431,8 +403,7 @@ impl Operators<'_> {
     }
 
     pub async fn by_email(&self, email: &str) -> Result<Option<OperatorRow>, StorageError> {
-        let email = email.to_owned();
-        self.db.run(move |c| find_by_email(c, &email)).await
+        self.db.run_with(email, find_by_email).await
     }
 
     /// The operator owning a live token of this kind (see [`operator_for_token`]).
@@ -512,8 +483,7 @@ impl Operators<'_> {
 
     /// Revokes one token by hash; true when a live token was revoked.
     pub async fn revoke_token(&self, token_hash: &str) -> Result<bool, StorageError> {
-        let hash = token_hash.to_owned();
-        self.db.run(move |c| revoke_token(c, &hash)).await
+        self.db.run_with(token_hash, revoke_token).await
     }
 
     /// The throttle counters for these keys.
@@ -539,7 +509,6 @@ impl Operators<'_> {
 
     /// Forgets the failures of a throttle key.
     pub async fn clear_throttle(&self, key: &str) -> Result<(), StorageError> {
-        let key = key.to_owned();
-        self.db.run(move |c| clear(c, &key)).await
+        self.db.run_with(key, clear).await
     }
 }

@@ -134,8 +134,7 @@ impl Orders<'_> {
     }
 
     pub async fn find(&self, id: &str) -> Result<Option<OrderRow>, StorageError> {
-        let id = id.to_owned();
-        self.db.run(move |c| find(c, &id)).await
+        self.db.run_with(id, find).await
     }
 
     /// See [`uncount_attempt`].
@@ -144,8 +143,9 @@ impl Orders<'_> {
         ids: Vec<String>,
         owner: &str,
     ) -> Result<usize, StorageError> {
-        let owner = owner.to_owned();
-        self.db.run(move |c| uncount_attempt(c, &ids, &owner)).await
+        self.db
+            .run_with(owner, move |c, owner| uncount_attempt(c, &ids, owner))
+            .await
     }
 
     pub async fn find_many(&self, ids: Vec<String>) -> Result<Vec<OrderRow>, StorageError> {
@@ -194,8 +194,9 @@ impl Orders<'_> {
         id: &str,
         status: OrderStatus,
     ) -> Result<Option<OrderRow>, StorageError> {
-        let id = id.to_owned();
-        self.db.run(move |c| change_status(c, &id, status)).await
+        self.db
+            .run_with(id, move |c, id| change_status(c, id, status))
+            .await
     }
 
     /// Queues a failed or held order again, held when the seller's connection is not active (see
@@ -207,8 +208,7 @@ impl Orders<'_> {
 
     /// Queues a seller's held orders again; how many.
     pub async fn release_held(&self, seller_id: &str) -> Result<usize, StorageError> {
-        let seller = seller_id.to_owned();
-        self.db.run(move |c| release_held(c, &seller)).await
+        self.db.run_with(seller_id, release_held).await
     }
 
     /// Holds or releases orders to match their connection's status; `(held, released)`.
@@ -229,9 +229,8 @@ impl Orders<'_> {
         now: NaiveDateTime,
         limit: i64,
     ) -> Result<Vec<DueAccount>, StorageError> {
-        let owner = owner.to_owned();
         self.db
-            .run(move |c| due_accounts(c, &owner, now, limit))
+            .run_with(owner, move |c, owner| due_accounts(c, owner, now, limit))
             .await
     }
 
@@ -250,9 +249,10 @@ impl Orders<'_> {
         now: NaiveDateTime,
         until: NaiveDateTime,
     ) -> Result<Vec<i64>, StorageError> {
-        let owner = owner.to_owned();
         self.db
-            .run(move |c| claim_accounts(c, &ids, &owner, now, until))
+            .run_with(owner, move |c, owner| {
+                claim_accounts(c, &ids, owner, now, until)
+            })
             .await
     }
 
@@ -263,9 +263,10 @@ impl Orders<'_> {
         owner: &str,
         until: NaiveDateTime,
     ) -> Result<bool, StorageError> {
-        let owner = owner.to_owned();
         self.db
-            .run(move |c| extend_account(c, connection_id, &owner, until))
+            .run_with(owner, move |c, owner| {
+                extend_account(c, connection_id, owner, until)
+            })
             .await
     }
 
@@ -277,9 +278,10 @@ impl Orders<'_> {
         not_before: NaiveDateTime,
         rest: bool,
     ) -> Result<(), StorageError> {
-        let owner = owner.to_owned();
         self.db
-            .run(move |c| release_account(c, connection_id, &owner, not_before, rest))
+            .run_with(owner, move |c, owner| {
+                release_account(c, connection_id, owner, not_before, rest)
+            })
             .await
     }
 
@@ -337,9 +339,10 @@ impl Orders<'_> {
         error: Option<String>,
         needs_lookup: Option<bool>,
     ) -> Result<usize, StorageError> {
-        let owner = owner.to_owned();
         self.db
-            .run(move |c| reschedule(c, &ids, &owner, next_at, error.as_deref(), needs_lookup))
+            .run_with(owner, move |c, owner| {
+                reschedule(c, &ids, owner, next_at, error.as_deref(), needs_lookup)
+            })
             .await
     }
 
@@ -366,9 +369,10 @@ impl Orders<'_> {
         state: MoveState,
         error: Option<String>,
     ) -> Result<usize, StorageError> {
-        let owner = owner.to_owned();
         self.db
-            .run(move |c| finish_moves(c, &ids, &owner, state, error.as_deref()))
+            .run_with(owner, move |c, owner| {
+                end_moves(c, &ids, owner, MoveEnd::In(state), error.as_deref())
+            })
             .await
     }
 
@@ -380,9 +384,10 @@ impl Orders<'_> {
         next_at: NaiveDateTime,
         error: Option<String>,
     ) -> Result<usize, StorageError> {
-        let owner = owner.to_owned();
         self.db
-            .run(move |c| reschedule_moves(c, &ids, &owner, next_at, error.as_deref()))
+            .run_with(owner, move |c, owner| {
+                end_moves(c, &ids, owner, MoveEnd::DueAt(next_at), error.as_deref())
+            })
             .await
     }
 
@@ -400,8 +405,7 @@ impl Orders<'_> {
 
     /// Every move of one order, oldest first.
     pub async fn moves_of(&self, order_id: &str) -> Result<Vec<MoveRow>, StorageError> {
-        let id = order_id.to_owned();
-        self.db.run(move |c| moves_of(c, &id)).await
+        self.db.run_with(order_id, moves_of).await
     }
 }
 
@@ -609,7 +613,7 @@ pub fn sync_hold_states(conn: &mut AnyConnection) -> Result<(usize, usize), Stor
                     .filter(c::seller_id.eq(o::seller_id))
                     .filter(c::status.ne(ConnectionStatus::Active)),
             ))
-            .filter(o::lease_until.is_null().or(o::lease_until.lt(now))),
+            .filter(lease_free!(o, now)),
     )
     .set((o::sync_state.eq(SyncState::Held), o::updated_at.eq(now)))
     .execute(conn)?;
@@ -894,10 +898,7 @@ pub fn claim_accounts(
     let target = c::table
         .filter(c::id.eq_any(ids))
         .filter(claimable(owner, now));
-    let set = (
-        c::push_lease_owner.eq(Some(owner)),
-        c::push_lease_until.eq(Some(until)),
-    );
+    let set = lease_taken!(c::push_lease_owner, c::push_lease_until, owner, until);
     Ok(crate::per_backend!(conn, |cn| diesel::update(target)
         .set(set)
         .returning(c::id)
@@ -992,28 +993,20 @@ pub fn claim_orders(
             target = target
                 .filter(o::sync_state.eq(SyncState::Queued))
                 .filter(o::needs_lookup.eq(lookup))
-                .filter(o::lease_until.is_null().or(o::lease_until.lt(now)));
+                .filter(lease_free!(o, now));
         }
         if lookup {
-            target
-                .set((
-                    o::lease_owner.eq(Some(owner)),
-                    o::lease_until.eq(Some(until)),
-                ))
-                .execute(conn)?;
+            target.set(lease_taken!(o, owner, until)).execute(conn)?;
         } else {
             target
                 .set((
-                    o::lease_owner.eq(Some(owner)),
-                    o::lease_until.eq(Some(until)),
+                    lease_taken!(o, owner, until),
                     o::needs_lookup.eq(true),
                     o::sync_attempts.eq(o::sync_attempts + 1),
                 ))
                 .execute(conn)?;
         }
-        let rows: Vec<OrderRow> = o::table
-            .filter(o::id.eq_any(&ids))
-            .filter(o::lease_owner.eq(owner))
+        let rows: Vec<OrderRow> = held_by!(o, owner, o::id.eq_any(&ids))
             .filter(o::lease_until.eq(until))
             .order((o::created_at.asc(), o::id.asc()))
             .select(OrderRow::as_select())
@@ -1068,13 +1061,9 @@ pub fn save_buyers(
             }
         }
         for (id, r) in &out {
-            diesel::update(
-                o::table
-                    .filter(o::id.eq(id))
-                    .filter(o::lease_owner.eq(owner)),
-            )
-            .set((r, o::updated_at.eq(super::now())))
-            .execute(conn)?;
+            diesel::update(held_by!(o, owner, o::id.eq(id)))
+                .set((r, o::updated_at.eq(super::now())))
+                .execute(conn)?;
         }
         Ok(out)
     })
@@ -1087,22 +1076,16 @@ pub fn uncount_attempt(
     ids: &[String],
     owner: &str,
 ) -> Result<usize, StorageError> {
-    Ok(diesel::update(
-        o::table
-            .filter(o::id.eq_any(ids))
-            .filter(o::lease_owner.eq(owner))
-            .filter(o::sync_attempts.gt(0)),
+    Ok(
+        diesel::update(held_by!(o, owner, o::id.eq_any(ids)).filter(o::sync_attempts.gt(0)))
+            .set(o::sync_attempts.eq(o::sync_attempts - 1))
+            .execute(conn)?,
     )
-    .set(o::sync_attempts.eq(o::sync_attempts - 1))
-    .execute(conn)?)
 }
 
 /// Orders by id (the lead steps read their bodies).
 pub fn find_many(conn: &mut AnyConnection, ids: &[String]) -> Result<Vec<OrderRow>, StorageError> {
-    Ok(o::table
-        .filter(o::id.eq_any(ids))
-        .select(OrderRow::as_select())
-        .load(conn)?)
+    find_by!(conn, o::id.eq_any(ids) => Vec<OrderRow>)
 }
 
 /// The lead amoCRM made (or that a lookup found) for one order.
@@ -1136,9 +1119,7 @@ pub fn mark_synced(
         let mut marked = Vec::with_capacity(synced.len());
         for s in synced {
             let n = diesel::update(
-                o::table
-                    .filter(o::id.eq(&s.order_id))
-                    .filter(o::lease_owner.eq(owner))
+                held_by!(o, owner, o::id.eq(&s.order_id))
                     .filter(o::sync_state.eq(SyncState::Queued)),
             )
             .set((
@@ -1204,10 +1185,7 @@ pub fn mark_failed(
     write_transaction(conn, |conn| {
         let now = super::now();
         let n = diesel::update(
-            o::table
-                .filter(o::id.eq(order_id))
-                .filter(o::lease_owner.eq(owner))
-                .filter(o::sync_state.eq(SyncState::Queued)),
+            held_by!(o, owner, o::id.eq(order_id)).filter(o::sync_state.eq(SyncState::Queued)),
         )
         .set((
             o::sync_state.eq(SyncState::Failed),
@@ -1435,11 +1413,10 @@ pub fn claim_moves(
                 m::table
                     .filter(m::id.eq(mv.id))
                     .filter(m::state.eq(MoveState::Pending))
-                    .filter(m::lease_until.is_null().or(m::lease_until.lt(now))),
+                    .filter(lease_free!(m, now)),
             )
             .set((
-                m::lease_owner.eq(Some(owner)),
-                m::lease_until.eq(Some(until)),
+                lease_taken!(m, owner, until),
                 m::attempts.eq(m::attempts + 1),
             ))
             .execute(conn)?;
@@ -1451,63 +1428,42 @@ pub fn claim_moves(
     })
 }
 
-/// Finishes claimed moves with one state (`done` or `failed`) and an optional error.
-pub fn finish_moves(
-    conn: &mut AnyConnection,
-    ids: &[i64],
-    owner: &str,
-    state: MoveState,
-    error: Option<&str>,
-) -> Result<usize, StorageError> {
-    if ids.is_empty() {
-        return Ok(0);
-    }
-    let now = super::now();
-    Ok(diesel::update(
-        m::table
-            .filter(m::id.eq_any(ids))
-            .filter(m::lease_owner.eq(owner)),
-    )
-    .set((
-        m::state.eq(state),
-        m::last_error.eq(error),
-        lease_released!(m),
-        m::updated_at.eq(now),
-    ))
-    .execute(conn)?)
+/// How claimed moves are given back: ended in a state (`done` or `failed`), or due again at a time.
+#[derive(Debug, Clone, Copy)]
+pub enum MoveEnd {
+    In(MoveState),
+    DueAt(NaiveDateTime),
 }
 
-/// Puts claimed moves back for a later attempt.
-pub fn reschedule_moves(
+/// Gives back the moves among `ids` that `owner` still holds, as `end` says, with an optional error; how
+/// many were still ours.
+pub fn end_moves(
     conn: &mut AnyConnection,
     ids: &[i64],
     owner: &str,
-    next_at: NaiveDateTime,
+    end: MoveEnd,
     error: Option<&str>,
 ) -> Result<usize, StorageError> {
     if ids.is_empty() {
         return Ok(0);
     }
-    let now = super::now();
-    Ok(diesel::update(
-        m::table
-            .filter(m::id.eq_any(ids))
-            .filter(m::lease_owner.eq(owner)),
-    )
-    .set((
-        m::next_attempt_at.eq(next_at),
+    let held = held_by!(m, owner, m::id.eq_any(ids));
+    let released = (
         m::last_error.eq(error),
         lease_released!(m),
-        m::updated_at.eq(now),
-    ))
-    .execute(conn)?)
+        m::updated_at.eq(super::now()),
+    );
+    Ok(match end {
+        MoveEnd::In(state) => diesel::update(held)
+            .set((m::state.eq(state), released))
+            .execute(conn)?,
+        MoveEnd::DueAt(at) => diesel::update(held)
+            .set((m::next_attempt_at.eq(at), released))
+            .execute(conn)?,
+    })
 }
 
 /// Every move of one order, oldest first (tests and the dashboard).
 pub fn moves_of(conn: &mut AnyConnection, order_id: &str) -> Result<Vec<MoveRow>, StorageError> {
-    Ok(m::table
-        .filter(m::order_id.eq(order_id))
-        .order(m::id.asc())
-        .select(MoveRow::as_select())
-        .load(conn)?)
+    find_by!(conn, m::order_id.eq(order_id), order m::id.asc() => Vec<MoveRow>)
 }

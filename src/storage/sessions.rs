@@ -177,8 +177,7 @@ impl Sessions<'_> {
         &self,
         token_hash: &str,
     ) -> Result<Option<ConnectSession>, StorageError> {
-        let hash = token_hash.to_owned();
-        self.db.run(move |c| find_session_by_hash(c, &hash)).await
+        self.db.run_with(token_hash, find_session_by_hash).await
     }
 
     pub async fn by_id(&self, id: i64) -> Result<Option<ConnectSession>, StorageError> {
@@ -194,8 +193,7 @@ impl Sessions<'_> {
         &self,
         state_hash: &str,
     ) -> Result<Option<OAuthState>, StorageError> {
-        let hash = state_hash.to_owned();
-        self.db.run(move |c| find_state_by_hash(c, &hash)).await
+        self.db.run_with(state_hash, find_state_by_hash).await
     }
 
     /// The state whose result page key hashes to `result_hash`.
@@ -203,9 +201,8 @@ impl Sessions<'_> {
         &self,
         result_hash: &str,
     ) -> Result<Option<OAuthState>, StorageError> {
-        let hash = result_hash.to_owned();
         self.db
-            .run(move |c| find_state_by_result_hash(c, &hash))
+            .run_with(result_hash, find_state_by_result_hash)
             .await
     }
 

@@ -175,8 +175,7 @@ aggregate_handle! {
 
 impl Settings<'_> {
     pub async fn get(&self, seller_id: &str) -> Result<Stored, StorageError> {
-        let seller = seller_id.to_owned();
-        self.db.run(move |c| get(c, &seller)).await
+        self.db.run_with(seller_id, get).await
     }
 
     /// See [`save`].
@@ -186,8 +185,9 @@ impl Settings<'_> {
 
     /// See [`take_round_robin`].
     pub async fn take_round_robin(&self, seller_id: &str, n: i64) -> Result<i64, StorageError> {
-        let seller = seller_id.to_owned();
-        self.db.run(move |c| take_round_robin(c, &seller, n)).await
+        self.db
+            .run_with(seller_id, move |c, seller| take_round_robin(c, seller, n))
+            .await
     }
 
     pub async fn set_problems(
@@ -206,9 +206,10 @@ impl Settings<'_> {
         seller_id: &str,
         catalog_id: Option<i64>,
     ) -> Result<(), StorageError> {
-        let seller = seller_id.to_owned();
         self.db
-            .run(move |c| set_catalog(c, &seller, catalog_id))
+            .run_with(seller_id, move |c, seller| {
+                set_catalog(c, seller, catalog_id)
+            })
             .await
     }
 }

@@ -92,14 +92,14 @@ impl SettingsSessions<'_> {
         &self,
         token_hash: &str,
     ) -> Result<Option<SettingsSession>, StorageError> {
-        let hash = token_hash.to_owned();
-        self.db.run(move |c| find_by_hash(c, &hash)).await
+        self.db.run_with(token_hash, find_by_hash).await
     }
 
     /// See [`bind`].
     pub async fn bind(&self, id: i64, browser_hash: &str) -> Result<bool, StorageError> {
-        let hash = browser_hash.to_owned();
-        self.db.run(move |c| bind(c, id, &hash, super::now())).await
+        self.db
+            .run_with(browser_hash, move |c, hash| bind(c, id, hash, super::now()))
+            .await
     }
 
     /// See [`prune_expired`].

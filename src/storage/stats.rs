@@ -39,42 +39,50 @@ pub struct Stats {
     pub jobs_last_finished: Vec<(String, Option<NaiveDateTime>)>,
 }
 
+/// Rows of `table` per value of `column`, as `(value, rows)`.
+macro_rules! count_by {
+    ($c:expr, $table:ident :: $column:ident) => {
+        $table::table
+            .group_by($table::$column)
+            .select(($table::$column, count_star()))
+            .load($c)?
+    };
+}
+
+/// The earliest `table::time` among the rows that match `filter`: how long the oldest waiting work waits.
+macro_rules! oldest {
+    ($c:expr, $table:ident :: $time:ident, $filter:expr) => {
+        $table::table
+            .filter($filter)
+            .select(min($table::$time))
+            .first($c)?
+    };
+}
+
 /// Reads every figure in one short read transaction (a consistent picture on PostgreSQL).
 pub fn snapshot(conn: &mut AnyConnection) -> Result<Stats, StorageError> {
     conn.transaction(|c| {
         Ok(Stats {
-            connections_by_status: amocrm_connections::table
-                .group_by(amocrm_connections::status)
-                .select((amocrm_connections::status, count_star()))
-                .load(c)?,
-            orders_by_sync_state: orders::table
-                .group_by(orders::sync_state)
-                .select((orders::sync_state, count_star()))
-                .load(c)?,
-            oldest_queued_order: orders::table
-                .filter(orders::sync_state.eq(SyncState::Queued))
-                .select(min(orders::created_at))
-                .first(c)?,
-            order_moves_by_state: order_moves::table
-                .group_by(order_moves::state)
-                .select((order_moves::state, count_star()))
-                .load(c)?,
-            deliveries_by_state: event_deliveries::table
-                .group_by(event_deliveries::state)
-                .select((event_deliveries::state, count_star()))
-                .load(c)?,
-            oldest_pending_delivery: event_deliveries::table
-                .filter(event_deliveries::state.eq(DeliveryState::Pending))
-                .select(min(event_deliveries::created_at))
-                .first(c)?,
-            inbox_by_state: amocrm_webhook_inbox::table
-                .group_by(amocrm_webhook_inbox::state)
-                .select((amocrm_webhook_inbox::state, count_star()))
-                .load(c)?,
-            oldest_pending_inbox: amocrm_webhook_inbox::table
-                .filter(amocrm_webhook_inbox::state.eq(InboxState::Pending))
-                .select(min(amocrm_webhook_inbox::received_at))
-                .first(c)?,
+            connections_by_status: count_by!(c, amocrm_connections::status),
+            orders_by_sync_state: count_by!(c, orders::sync_state),
+            oldest_queued_order: oldest!(
+                c,
+                orders::created_at,
+                orders::sync_state.eq(SyncState::Queued)
+            ),
+            order_moves_by_state: count_by!(c, order_moves::state),
+            deliveries_by_state: count_by!(c, event_deliveries::state),
+            oldest_pending_delivery: oldest!(
+                c,
+                event_deliveries::created_at,
+                event_deliveries::state.eq(DeliveryState::Pending)
+            ),
+            inbox_by_state: count_by!(c, amocrm_webhook_inbox::state),
+            oldest_pending_inbox: oldest!(
+                c,
+                amocrm_webhook_inbox::received_at,
+                amocrm_webhook_inbox::state.eq(InboxState::Pending)
+            ),
             events_total: events::table.select(count_star()).first(c)?,
             jobs_last_finished: job_leases::table
                 .select((job_leases::name, job_leases::last_finished_at))

@@ -87,10 +87,7 @@ pub fn claim(
             return Ok(Vec::new());
         }
         diesel::update(due.filter(st::order_id.eq_any(&ids)))
-            .set((
-                st::lease_owner.eq(Some(owner)),
-                st::lease_until.eq(Some(until)),
-            ))
+            .set(lease_taken!(st, owner, until))
             .execute(c)?;
         Ok(st::table
             .filter(st::step.eq(kind))
@@ -196,20 +193,14 @@ pub fn reschedule(
 }
 
 pub fn of_order(conn: &mut AnyConnection, order_id: &str) -> Result<Vec<StepRow>, StorageError> {
-    Ok(st::table
-        .filter(st::order_id.eq(order_id))
-        .select(StepRow::as_select())
-        .load(conn)?)
+    find_by!(conn, st::order_id.eq(order_id) => Vec<StepRow>)
 }
 
 pub fn of_orders(
     conn: &mut AnyConnection,
     order_ids: &[String],
 ) -> Result<Vec<StepRow>, StorageError> {
-    Ok(st::table
-        .filter(st::order_id.eq_any(order_ids))
-        .select(StepRow::as_select())
-        .load(conn)?)
+    find_by!(conn, st::order_id.eq_any(order_ids) => Vec<StepRow>)
 }
 
 /// Steps not finished yet (pending or sent), across all sellers.
@@ -261,9 +252,8 @@ impl Steps<'_> {
         order_ids: Vec<String>,
         owner: &str,
     ) -> Result<(), StorageError> {
-        let owner = owner.to_owned();
         self.db
-            .run(move |c| mark_sent(c, kind, &order_ids, &owner))
+            .run_with(owner, move |c, owner| mark_sent(c, kind, &order_ids, owner))
             .await
     }
 
@@ -273,8 +263,9 @@ impl Steps<'_> {
         owner: &str,
         done: Vec<Finished>,
     ) -> Result<usize, StorageError> {
-        let owner = owner.to_owned();
-        self.db.run(move |c| finish(c, kind, &owner, &done)).await
+        self.db
+            .run_with(owner, move |c, owner| finish(c, kind, owner, &done))
+            .await
     }
 
     pub async fn reschedule(
@@ -303,8 +294,7 @@ impl Steps<'_> {
     }
 
     pub async fn of_order(&self, order_id: &str) -> Result<Vec<StepRow>, StorageError> {
-        let id = order_id.to_owned();
-        self.db.run(move |c| of_order(c, &id)).await
+        self.db.run_with(order_id, of_order).await
     }
 
     pub async fn of_orders(&self, order_ids: Vec<String>) -> Result<Vec<StepRow>, StorageError> {

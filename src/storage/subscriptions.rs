@@ -43,10 +43,7 @@ impl Subscription {
 }
 
 pub fn all(conn: &mut AnyConnection) -> Result<Vec<Subscription>, StorageError> {
-    Ok(s::table
-        .order(s::created_at.asc())
-        .select(Subscription::as_select())
-        .load(conn)?)
+    find_by!(conn, all s, order s::created_at.asc() => Vec<Subscription>)
 }
 
 /// Swaps a secret's ciphertext for one sealed under the active key, only if it is still `old` (a concurrent
@@ -154,8 +151,7 @@ impl Subscriptions<'_> {
     }
 
     pub async fn find(&self, id: &str) -> Result<Option<Subscription>, StorageError> {
-        let id = id.to_owned();
-        self.db.run(move |c| find(c, &id)).await
+        self.db.run_with(id, find).await
     }
 
     pub async fn page(
@@ -171,13 +167,13 @@ impl Subscriptions<'_> {
         id: &str,
         changes: SubscriptionChanges,
     ) -> Result<Option<Subscription>, StorageError> {
-        let id = id.to_owned();
-        self.db.run(move |c| update(c, &id, &changes)).await
+        self.db
+            .run_with(id, move |c, id| update(c, id, &changes))
+            .await
     }
 
     pub async fn delete(&self, id: &str) -> Result<bool, StorageError> {
-        let id = id.to_owned();
-        self.db.run(move |c| delete(c, &id)).await
+        self.db.run_with(id, delete).await
     }
 
     /// See [`replace_secret`].

@@ -52,9 +52,8 @@ impl Turns<'_> {
         owner: &str,
         cool_until: NaiveDateTime,
     ) -> Result<usize, StorageError> {
-        let owner = owner.to_owned();
         self.db
-            .run(move |c| release_all(c, &owner, cool_until))
+            .run_with(owner, move |c, owner| release_all(c, owner, cool_until))
             .await
     }
 }
@@ -106,11 +105,10 @@ pub fn take(
         diesel::update(
             t::table
                 .filter(t::account_key.eq(key))
-                .filter(t::lease_until.is_null().or(t::lease_until.lt(now))),
+                .filter(lease_free!(t, now)),
         )
         .set((
-            t::owner.eq(Some(owner)),
-            t::lease_until.eq(Some(until)),
+            lease_taken!(t::owner, t::lease_until, owner, until),
             t::taken_at.eq(Some(now)),
             t::wanted_at.eq(None::<NaiveDateTime>),
         ))
@@ -159,10 +157,7 @@ pub fn release_all(
             .filter(t::owner.eq(owner))
             .filter(t::lease_until.gt(cool_until)),
     )
-    .set((
-        t::owner.eq(None::<String>),
-        t::lease_until.eq(Some(cool_until)),
-    ))
+    .set(lease_released!(t::owner, t::lease_until, until cool_until))
     .execute(conn)?;
     let cleared = diesel::update(t::table.filter(t::owner.eq(owner)))
         .set(t::owner.eq(None::<String>))

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use crate::support::{
     HOST, Queue, TestApp, base_env, connect, connect_seller, connection, consent, create_session,
     env_vars, event_count, fresh_database, leads_by_number, open_page, order_body, query_of,
-    refresh_now, seed_connection, spawn_app, spawn_app_with, spawn_app_with_sandbox,
+    refresh_now, seed_connection, spawn_app, spawn_app_with, spawn_app_with_sandbox, strings_of,
     until_callback,
 };
 
@@ -454,12 +454,7 @@ async fn kommo_and_amocrm_sellers_work_side_by_side_each_with_its_own_integratio
         );
     }
     let listed = app.api_json("/api/v1/connections").await;
-    let platforms: HashSet<&str> = listed["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|c| c["platform"].as_str())
-        .collect();
+    let platforms: HashSet<&str> = strings_of(&listed["data"], "platform").collect();
     assert_eq!(platforms, HashSet::from(["amocrm", "kommo"]));
 
     // Orders land in the right account, one lead each.

@@ -4,7 +4,9 @@
 use amocrm_connector::domain::status::{ConnectionStatus, ProvisioningState};
 
 use amocrm_connector::services::provisioning;
-use amocrm_connector::storage::schema::{amocrm_connections as c, oauth_states as os};
+use amocrm_connector::storage::schema::{
+    amocrm_connections as c, connect_sessions as cs, oauth_states as os,
+};
 use amocrm_connector::storage::{self as st, sessions};
 use diesel::prelude::*;
 use reqwest::Method;
@@ -266,12 +268,7 @@ async fn an_expired_state_stores_nothing() {
     let app = spawn_app().await;
     let callback = until_callback(&app, "seller-1", HOST, true).await;
     let past = st::now() - chrono::Duration::minutes(1);
-    app.sql(move |conn| {
-        diesel::update(os::table)
-            .set(os::expires_at.eq(past))
-            .execute(conn)
-    })
-    .await;
+    app.update(os::table, os::expires_at.eq(past)).await;
     let resp = app.browse(&callback).await;
     assert_eq!(resp.status().as_u16(), 410);
     assert_nothing_stored(&app, "seller-1").await;
@@ -397,13 +394,7 @@ async fn unknown_expired_and_used_connect_links_get_human_pages() {
     let session = create_session(&app, "seller-1", json!({})).await;
     let url = session["connect_url"].as_str().unwrap().to_owned();
     let past = st::now() - chrono::Duration::minutes(1);
-    app.sql(move |conn| {
-        use amocrm_connector::storage::schema::connect_sessions as cs;
-        diesel::update(cs::table)
-            .set(cs::expires_at.eq(past))
-            .execute(conn)
-    })
-    .await;
+    app.update(cs::table, cs::expires_at.eq(past)).await;
     let resp = app.browse(&format!("{url}?lang=en")).await;
     assert_eq!(resp.status().as_u16(), 410);
     assert!(resp.text().await.unwrap().contains("This link has expired"));
@@ -575,12 +566,8 @@ async fn a_failed_provisioning_step_keeps_the_tokens_and_is_retried_later() {
         .unwrap();
     app.sandbox.delete_pipeline(HOST, victim.id).unwrap();
     let now = st::now();
-    app.sql(move |conn| {
-        diesel::update(c::table)
-            .set(c::next_provision_at.eq(Some(now)))
-            .execute(conn)
-    })
-    .await;
+    app.update(c::table, c::next_provision_at.eq(Some(now)))
+        .await;
     let report = amocrm_connector::workers::refresh::run_once(&app.state)
         .await
         .unwrap();

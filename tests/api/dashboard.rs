@@ -92,12 +92,10 @@ pub async fn seed_failed_connection(app: &TestApp, seller_id: &str) {
     row.last_refreshed_at = None;
     row.webhook_token = format!("whtok-{seller_id}");
     insert_connections(app, vec![row]).await;
-    let seller = seller_id.to_owned();
-    app.sql(move |c| {
-        diesel::update(amocrm_connections::table.filter(amocrm_connections::seller_id.eq(&seller)))
-            .set(amocrm_connections::last_error.eq(Some("amoCRM refused the refresh token")))
-            .execute(c)
-    })
+    app.update(
+        amocrm_connections::table.filter(amocrm_connections::seller_id.eq(seller_id.to_owned())),
+        amocrm_connections::last_error.eq(Some("amoCRM refused the refresh token")),
+    )
     .await;
 }
 

@@ -121,18 +121,15 @@ async fn support_makes_a_reconnect_link_for_a_refresh_failed_seller_who_reconnec
     };
     connect_seller(&app, "seller-rc", "sellerone.amocrm.ru").await;
     // amoCRM stopped taking the refresh token: the connection is broken and holds no tokens.
-    app.sql(|c| {
-        diesel::update(
-            amocrm_connections::table.filter(amocrm_connections::seller_id.eq("seller-rc")),
-        )
-        .set((
+    app.update(
+        amocrm_connections::table.filter(amocrm_connections::seller_id.eq("seller-rc")),
+        (
             amocrm_connections::status.eq("refresh_failed"),
             amocrm_connections::access_token_enc.eq(None::<Vec<u8>>),
             amocrm_connections::refresh_token_enc.eq(None::<Vec<u8>>),
             amocrm_connections::last_error.eq(Some("amoCRM refused the refresh token")),
-        ))
-        .execute(c)
-    })
+        ),
+    )
     .await;
 
     let app_ref = &app;

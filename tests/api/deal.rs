@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use amocrm_connector::workers::push;
 use amocrm_sandbox::{ContactSeed, Faults};
-use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::support::{
-    Queue, Seller, TestApp, connect_seller, env_vars, linked_items, skus_made, spawn_app_with,
+    Queue, Seller, TestApp, connect_seller, env_vars, linked_items, save_settings, skus_made,
+    spawn_app_with,
 };
 
 const HOST: &str = "sellerone.amocrm.ru";
@@ -61,20 +61,6 @@ async fn drain(app: &TestApp) -> push::Report {
         "the push (orders and lead steps) did not drain: {report:?}"
     );
     report
-}
-
-async fn put_settings(app: &TestApp, seller: &str, body: Value) -> Value {
-    let r = app
-        .api(
-            Method::PUT,
-            &format!("/api/v1/connections/{seller}/settings"),
-            Some(&body),
-        )
-        .await;
-    let status = r.status().as_u16();
-    let v: Value = r.json().await.expect("json");
-    assert_eq!(status, 200, "{v}");
-    v
 }
 
 /// Pushes while `rounds` rounds of faults (500s, answers lost after the write, a 429, dropped links) are
@@ -268,7 +254,7 @@ async fn orders_of_old_and_new_buyers_become_complete_deals_with_one_contact_per
 async fn through_500s_lost_answers_and_429s_every_step_happens_once() {
     let app = app_with_products().await;
     connect_seller(&app, "seller-1", HOST).await;
-    put_settings(
+    save_settings(
         &app,
         "seller-1",
         json!({"task": {"enabled": true, "text": "Qo'ng'iroq qiling", "due_in_minutes": 30}}),
@@ -336,7 +322,7 @@ async fn round_robin_gives_each_chosen_user_a_third_across_three_instances() {
         })
         .collect();
     connect_seller(&app, "seller-1", HOST).await;
-    put_settings(
+    save_settings(
         &app,
         "seller-1",
         json!({"responsible": {"mode": "round_robin", "user_ids": users},
@@ -378,7 +364,7 @@ async fn an_incoming_order_waits_in_unsorted_and_follows_the_managers_accept() {
     let app = app_with_products().await;
     app.leaves_queued(Queue::Inbox, AMOCRM_NOTICES);
     let seller = connect_seller(&app, "seller-1", HOST).await;
-    put_settings(&app, "seller-1", json!({"entry": "incoming"})).await;
+    save_settings(&app, "seller-1", json!({"entry": "incoming"})).await;
     post(
         &app,
         &order(
@@ -576,11 +562,10 @@ async fn a_turn_with_no_call_left_to_search_buyers_ends_and_the_next_turns_push_
     post(&app, &order("seller-1", "L1", &buyer(1), &[("A1", 1)])).await;
     post(&app, &order("seller-1", "L2", &buyer(2), &[("A1", 1)])).await;
     // L1's earlier send had no known answer: its lead is looked up before anything is sent.
-    app.sql(|c| {
-        diesel::update(o::table.filter(o::order_number.eq("L1")))
-            .set((o::needs_lookup.eq(true), o::sync_attempts.eq(1)))
-            .execute(c)
-    })
+    app.update(
+        o::table.filter(o::order_number.eq("L1")),
+        (o::needs_lookup.eq(true), o::sync_attempts.eq(1)),
+    )
     .await;
     let drained = tokio::time::timeout(Duration::from_secs(60), drain(&app)).await;
     assert!(drained.is_ok(), "the push went round without calling");

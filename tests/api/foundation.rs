@@ -102,11 +102,10 @@ async fn tokens_are_encrypted_at_rest_and_a_ciphertext_moved_to_another_seller_f
     );
     // Copy seller-a's ciphertext into seller-b's row: it must not decrypt there.
     let stolen = a.access_token_enc.clone();
-    app.sql(move |conn| {
-        diesel::update(c::table.filter(c::seller_id.eq("seller-b")))
-            .set(c::access_token_enc.eq(stolen.clone()))
-            .execute(conn)
-    })
+    app.update(
+        c::table.filter(c::seller_id.eq("seller-b")),
+        c::access_token_enc.eq(stolen),
+    )
     .await;
     let b = connection(&app, "seller-b").await.unwrap();
     assert!(b.access_token(&keys).is_err());

@@ -420,6 +420,11 @@ pub fn assert_contract_error(label: &str, a: &Answer) {
     );
 }
 
+/// `n` pieces made by `piece` from their index, joined with `sep`.
+fn joined(n: usize, sep: &str, piece: impl Fn(usize) -> String) -> String {
+    (0..n).map(piece).collect::<Vec<_>>().join(sep)
+}
+
 /// Bodies no well-behaved client sends: (name, content type, bytes).
 pub fn hostile_bodies() -> Vec<(String, Option<&'static str>, Vec<u8>)> {
     let json = Some("application/json");
@@ -473,19 +478,15 @@ pub fn hostile_bodies() -> Vec<(String, Option<&'static str>, Vec<u8>)> {
     ));
     let oversized = format!("{{\"seller_id\":\"{}\"}}", "a".repeat(2 * 1024 * 1024));
     v.push(("oversized".into(), json, oversized.into_bytes()));
-    let many_keys: String = (0..20_000)
-        .map(|i| format!("\"k{i}\":{i}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let many_keys = joined(20_000, ",", |i| format!("\"k{i}\":{i}"));
     v.push((
         "many keys".into(),
         json,
         format!("{{{many_keys}}}").into_bytes(),
     ));
-    let many_items: String = (0..5_000)
-        .map(|i| format!("{{\"product_id\":\"p{i}\",\"name\":\"n\",\"quantity\":1,\"price\":1}}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let many_items = joined(5_000, ",", |i| {
+        format!("{{\"product_id\":\"p{i}\",\"name\":\"n\",\"quantity\":1,\"price\":1}}")
+    });
     v.push((
         "thousands of items".into(),
         json,
@@ -533,10 +534,7 @@ pub fn hostile_bodies() -> Vec<(String, Option<&'static str>, Vec<u8>)> {
         form,
         deep_brackets.into_bytes(),
     ));
-    let wide: String = (0..20_000)
-        .map(|i| format!("leads[status][{i}][id]={i}"))
-        .collect::<Vec<_>>()
-        .join("&");
+    let wide = joined(20_000, "&", |i| format!("leads[status][{i}][id]={i}"));
     v.push((
         "form: twenty thousand entities".into(),
         form,

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use crate::support::{header, spawn_app};
+use crate::support::{header, spawn_app, strings_of};
 
 /// Every operation the contract (§6) and the operator auth define.
 const CONTRACT_ROUTES: &[(&str, &str)] = &[
@@ -262,12 +262,7 @@ async fn the_docs_page_loads_the_vendored_redoc_from_this_host_only() {
 async fn every_operation_has_a_summary_a_description_and_a_listed_tag() {
     let app = spawn_app().await;
     let doc: Value = app.get("/api/v1/openapi.json").await.json().await.unwrap();
-    let tags: Vec<&str> = doc["tags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|t| t["name"].as_str())
-        .collect();
+    let tags: Vec<&str> = strings_of(&doc["tags"], "name").collect();
     let mut seen = 0;
     for group in ["paths", "webhooks"] {
         for (path, item) in doc[group].as_object().unwrap() {

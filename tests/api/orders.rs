@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use crate::support::{
     self, Queue, Seller, TestApp, assert_error, connect_seller, env_vars, event_count, order_body,
-    set_connection_status, spawn_app_with,
+    save_settings, set_connection_status, spawn_app_with,
 };
 
 /// amoCRM tells the intake about every lead the push makes; the order tests leave those bodies to the
@@ -48,26 +48,14 @@ async fn app_with_seller() -> (TestApp, Seller) {
 /// exactly once, and its orders all share one buyer; buyer matching has its own suite (`deal`).
 async fn connect(app: &TestApp, seller_id: &str, host: &str) -> Seller {
     let seller = connect_seller(app, seller_id, host).await;
-    let off = json!({"contacts": {"match": "off"}});
-    let resp = app
-        .api(
-            Method::PUT,
-            &format!("/api/v1/connections/{seller_id}/settings"),
-            Some(&off),
-        )
-        .await;
-    assert_eq!(resp.status().as_u16(), 200, "{:?}", resp.text().await);
+    save_settings(app, seller_id, json!({"contacts": {"match": "off"}})).await;
     seller
 }
 
 /// Points every connection's order-number field at `field`.
 async fn set_order_number_field(app: &TestApp, field: i64) {
-    app.sql(move |conn| {
-        diesel::update(c::table)
-            .set(c::field_order_number_id.eq(Some(field)))
-            .execute(conn)
-    })
-    .await;
+    app.update(c::table, c::field_order_number_id.eq(Some(field)))
+        .await;
 }
 
 async fn post_with_key(app: &TestApp, key: &str, body: &Value) -> reqwest::Response {

@@ -232,6 +232,27 @@ async fn health(app: &TestApp) -> u16 {
     status
 }
 
+/// Stops or starts the server (`change`, off the async executor), then waits up to `within_secs` for
+/// `/health` to answer `status`.
+async fn switch(
+    app: &TestApp,
+    pg: &Arc<ThrowawayPg>,
+    change: fn(&ThrowawayPg),
+    status: u16,
+    within_secs: u64,
+) {
+    let pg = pg.clone();
+    tokio::task::spawn_blocking(move || change(&pg))
+        .await
+        .unwrap();
+    let within = Duration::from_secs(within_secs);
+    wait_until(within, &format!("/health answers {status}"), || async {
+        health(app).await == status
+    })
+    .await
+    .unwrap();
+}
+
 /// How many leads of the account carry each order number.
 fn lead_numbers(app: &TestApp, field: u64) -> HashMap<String, usize> {
     let mut seen = HashMap::new();
@@ -274,15 +295,7 @@ async fn postgres_stopped_and_started_under_load_loses_nothing_and_needs_no_rest
     .await
     .unwrap();
 
-    let down = pg.clone();
-    tokio::task::spawn_blocking(move || down.server_stop())
-        .await
-        .unwrap();
-    wait_until(Duration::from_secs(30), "/health answers 503", || async {
-        health(&app).await == 503
-    })
-    .await
-    .unwrap();
+    switch(&app, &pg, ThrowawayPg::server_stop, 503, 30).await;
     wait_until(
         Duration::from_secs(30),
         "orders answered 503 MAINTENANCE_MODE",
@@ -291,17 +304,7 @@ async fn postgres_stopped_and_started_under_load_loses_nothing_and_needs_no_rest
     .await
     .unwrap();
 
-    let up = pg.clone();
-    tokio::task::spawn_blocking(move || up.server_start())
-        .await
-        .unwrap();
-    wait_until(
-        Duration::from_secs(60),
-        "/health answers 200 again",
-        || async { health(&app).await == 200 },
-    )
-    .await
-    .unwrap();
+    switch(&app, &pg, ThrowawayPg::server_start, 200, 60).await;
     let before = answered(&posted, accepted);
     wait_until(Duration::from_secs(60), "orders accepted again", || async {
         answered(&posted, accepted) >= before + 10

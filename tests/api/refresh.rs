@@ -25,12 +25,7 @@ async fn spawn() -> TestApp {
 /// Makes every connection's access token expire in `secs` seconds (as if time had passed).
 async fn expire_in(app: &TestApp, secs: i64) {
     let at = st::now() + chrono::Duration::seconds(secs);
-    app.sql(move |conn| {
-        diesel::update(c::table)
-            .set(c::token_expires_at.eq(Some(at)))
-            .execute(conn)
-    })
-    .await;
+    app.update(c::table, c::token_expires_at.eq(Some(at))).await;
 }
 
 /// `seller-1` connected to `HOST`, its access token expiring in 30 s.
@@ -42,12 +37,7 @@ async fn seed_due(app: &TestApp) {
 /// The back-off after a failure has passed.
 async fn backoff_over(app: &TestApp) {
     let now = st::now();
-    app.sql(move |conn| {
-        diesel::update(c::table)
-            .set(c::next_refresh_at.eq(Some(now)))
-            .execute(conn)
-    })
-    .await;
+    app.update(c::table, c::next_refresh_at.eq(Some(now))).await;
 }
 
 async fn sweep(app: &TestApp) -> refresh::SweepReport {
@@ -415,12 +405,8 @@ async fn an_idle_connection_is_refreshed_daily_even_with_a_valid_token() {
     seed_connection(&app, "seller-1", HOST).await;
     assert_eq!(sweep(&app).await.due, 0);
     let long_ago = st::now() - chrono::Duration::hours(25);
-    app.sql(move |conn| {
-        diesel::update(c::table)
-            .set(c::last_refreshed_at.eq(Some(long_ago)))
-            .execute(conn)
-    })
-    .await;
+    app.update(c::table, c::last_refreshed_at.eq(Some(long_ago)))
+        .await;
     let report = sweep(&app).await;
     assert_eq!((report.due, report.refreshed), (1, 1));
 }

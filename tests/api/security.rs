@@ -250,14 +250,13 @@ fn token_in<'a>(answer: &'a Value, name: &str) -> Option<&'a str> {
 async fn make_due(app: &TestApp) {
     use amocrm_connector::storage::schema::amocrm_connections as c;
     let at = amocrm_connector::storage::now() + chrono::Duration::seconds(30);
-    app.sql(move |conn| {
-        diesel::update(c::table)
-            .set((
-                c::token_expires_at.eq(Some(at)),
-                c::next_refresh_at.eq(None::<chrono::NaiveDateTime>),
-            ))
-            .execute(conn)
-    })
+    app.update(
+        c::table,
+        (
+            c::token_expires_at.eq(Some(at)),
+            c::next_refresh_at.eq(None::<chrono::NaiveDateTime>),
+        ),
+    )
     .await;
 }
 

@@ -430,11 +430,10 @@ async fn a_settings_link_belongs_to_the_first_browser_and_lives_thirty_minutes()
     let (status, html) = open(&first, &app.url("/settings/no-such-token")).await;
     assert_eq!(status, 404);
     assert!(html.contains("<h1"), "a human page");
-    app.sql(|c| {
-        diesel::update(ss::table)
-            .set(ss::expires_at.eq(amocrm_connector::storage::now() - chrono::Duration::minutes(1)))
-            .execute(c)
-    })
+    app.update(
+        ss::table,
+        ss::expires_at.eq(amocrm_connector::storage::now() - chrono::Duration::minutes(1)),
+    )
     .await;
     assert_eq!(open(&first, &url).await.0, 410, "expired");
 }

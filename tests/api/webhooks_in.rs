@@ -47,12 +47,10 @@ async fn insert_sample_connection(
     row.subdomain = subdomain.to_owned();
     row.webhook_token = token.to_owned();
     insert_connections(app, vec![row]).await;
-    let seller = seller.to_owned();
-    app.sql(move |conn| {
-        diesel::update(c::table.filter(c::seller_id.eq(&seller)))
-            .set(c::pipeline_id.eq(Some(1i64)))
-            .execute(conn)
-    })
+    app.update(
+        c::table.filter(c::seller_id.eq(seller.to_owned())),
+        c::pipeline_id.eq(Some(1i64)),
+    )
     .await;
 }
 
@@ -312,70 +310,44 @@ async fn every_real_amocrm_sample_body_is_accepted_stored_and_processed_without_
 /// One entity of a webhook body in amoCRM's legacy shape: strings only, custom fields as
 /// `custom_fields[i][id|code|values[j][value]]`, per-action extras (`amocrm-api.md` §6.2).
 fn corpus_entity(entity: &str, action: &str, account_id: i64, full: bool) -> Value {
-    let mut e = json!({"id": "91001"});
     if !full {
-        return e;
+        return json!({"id": "91001"});
     }
-    let o = e.as_object_mut().expect("object");
-    o.insert("account_id".into(), json!(account_id.to_string()));
-    o.insert("last_modified".into(), json!("1733400000"));
-    o.insert("modified_user_id".into(), json!("5001"));
-    o.insert("responsible_user_id".into(), json!("5001"));
-    match entity {
-        "leads" | "customers" => {
-            o.insert("name".into(), json!("Buyurtma"));
-            o.insert("status_id".into(), json!("777"));
-            o.insert("pipeline_id".into(), json!("888"));
-            o.insert("price".into(), json!(""));
-            o.insert("tags".into(), json!([{"id": "1", "name": "Bozor"}]));
-        }
-        "contacts" => {
-            o.insert("name".into(), json!("Aziza"));
-            o.insert(
-                "type".into(),
-                json!(if action.ends_with("company") {
-                    "company"
-                } else {
-                    "contact"
-                }),
-            );
-            o.insert(
-                "custom_fields".into(),
-                json!([{"id": "3001", "name": "Телефон", "code": "PHONE", "values": [{"value": "+998 90 123-45-67", "enum": "9001"}]}]),
-            );
-            o.insert("linked_leads_id".into(), json!({"91002": {"ID": "91002"}}));
-        }
-        "task" => {
-            o.insert("element_id".into(), json!("91002"));
-            o.insert("element_type".into(), json!("2"));
-            o.insert("task_type".into(), json!("1"));
-            o.insert("text".into(), json!("Qo'ng'iroq qiling"));
-            o.insert("complete_till".into(), json!("1733500000"));
-        }
-        "unsorted" => {
-            o.insert("uid".into(), json!("a1b2c3"));
-            o.insert("category".into(), json!("forms"));
-            o.insert("pipeline_id".into(), json!("888"));
-            o.insert("lead_id".into(), json!("91002"));
-            o.insert("data".into(), json!({"leads": [{"name": "Ariza"}]}));
-        }
-        "catalogs" => {
-            o.insert("catalog_id".into(), json!("4001"));
-            o.insert("name".into(), json!("Choynak"));
-        }
+    let mut e = json!({
+        "id": "91001", "account_id": account_id.to_string(), "last_modified": "1733400000",
+        "modified_user_id": "5001", "responsible_user_id": "5001",
+    });
+    let fields = match entity {
+        "leads" | "customers" => json!({
+            "name": "Buyurtma", "status_id": "777", "pipeline_id": "888", "price": "",
+            "tags": [{"id": "1", "name": "Bozor"}],
+        }),
+        "contacts" => json!({
+            "name": "Aziza",
+            "type": if action.ends_with("company") { "company" } else { "contact" },
+            "custom_fields": [{"id": "3001", "name": "Телефон", "code": "PHONE", "values": [{"value": "+998 90 123-45-67", "enum": "9001"}]}],
+            "linked_leads_id": {"91002": {"ID": "91002"}},
+        }),
+        "task" => json!({
+            "element_id": "91002", "element_type": "2", "task_type": "1",
+            "text": "Qo'ng'iroq qiling", "complete_till": "1733500000",
+        }),
+        "unsorted" => json!({
+            "uid": "a1b2c3", "category": "forms", "pipeline_id": "888", "lead_id": "91002",
+            "data": {"leads": [{"name": "Ariza"}]},
+        }),
+        "catalogs" => json!({"catalog_id": "4001", "name": "Choynak"}),
         "message" => {
-            o.insert("chat_id".into(), json!("c-1"));
-            o.insert("talk_id".into(), json!("7"));
-            o.insert("contact_id".into(), json!("91003"));
-            o.insert("text".into(), json!("Salom"));
+            json!({"chat_id": "c-1", "talk_id": "7", "contact_id": "91003", "text": "Salom"})
         }
         "talk" => {
-            o.insert("talk_id".into(), json!("7"));
-            o.insert("chat_id".into(), json!("c-1"));
-            o.insert("entity_id".into(), json!("91002"));
-            o.insert("is_in_work".into(), json!("1"));
+            json!({"talk_id": "7", "chat_id": "c-1", "entity_id": "91002", "is_in_work": "1"})
         }
-        _ => {}
+        _ => json!({}),
+    };
+    let o = e.as_object_mut().expect("object");
+    if let Value::Object(fields) = fields {
+        o.extend(fields);
     }
     match action {
         "status" => {

@@ -20,11 +20,13 @@ use amocrm_connector::services::order_push;
 use amocrm_connector::storage::cipher::Keyring;
 use amocrm_connector::storage::{AnyConnection, Db, StorageError};
 use amocrm_sandbox::{Faults, Integration, Sandbox, SandboxConfig, SandboxHandle};
-use diesel::Connection;
-use diesel::connection::SimpleConnection;
+use diesel::RunQueryDsl;
+use diesel::query_builder::{AsChangeset, AsQuery, IntoUpdateTarget, UpdateStatement};
+use diesel::query_dsl::methods::ExecuteDsl;
 use reqwest::{Method, Response};
 use serde_json::Value;
 
+use super::pg_schema::PgSchema;
 use super::receiver::{Behaviour, Receiver};
 
 pub struct TestApp {
@@ -58,7 +60,7 @@ pub enum Queue {
 pub struct TestDatabase {
     pub url: String,
     _dir: Option<tempfile::TempDir>,
-    pg_schema: Option<(String, String)>,
+    pg_schema: Option<PgSchema>,
 }
 
 impl TestDatabase {
@@ -77,16 +79,6 @@ impl TestDatabase {
     }
 }
 
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        if let Some((admin_url, schema)) = self.pg_schema.take()
-            && let Ok(mut c) = diesel::PgConnection::establish(&admin_url)
-        {
-            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
-        }
-    }
-}
-
 /// A fresh, empty database: a SQLite file, or a new PostgreSQL schema when `TEST_DATABASE_URL` is set.
 pub fn fresh_database() -> TestDatabase {
     match std::env::var("TEST_DATABASE_URL")
@@ -94,19 +86,11 @@ pub fn fresh_database() -> TestDatabase {
         .filter(|u| !u.is_empty())
     {
         Some(admin_url) => {
-            let schema = format!(
-                "t_{}",
-                amocrm_connector::domain::ids::random_token(12).to_lowercase()
-            );
-            let mut c =
-                diesel::PgConnection::establish(&admin_url).expect("TEST_DATABASE_URL reachable");
-            c.batch_execute(&format!("CREATE SCHEMA {schema}"))
-                .expect("create schema");
-            let sep = if admin_url.contains('?') { '&' } else { '?' };
+            let schema = PgSchema::create(&admin_url, "t");
             TestDatabase {
-                url: format!("{admin_url}{sep}options=-csearch_path%3D{schema}"),
+                url: schema.url(),
                 _dir: None,
-                pg_schema: Some((admin_url, schema)),
+                pg_schema: Some(schema),
             }
         }
         None => {
@@ -451,6 +435,23 @@ impl TestApp {
             .expect("the test's statement")
     }
 
+    /// `UPDATE target SET changes`: how a test moves a deadline or plants a stored value on the rows it
+    /// names (every row of a table, or a filtered table). Returns how many rows changed.
+    pub async fn update<T, V>(&self, target: T, changes: V) -> usize
+    where
+        T: IntoUpdateTarget + Clone + Send + 'static,
+        V: AsChangeset<Target = T::Table> + Clone + Send + 'static,
+        UpdateStatement<T::Table, T::WhereClause, V::Changeset>:
+            AsQuery + ExecuteDsl<AnyConnection>,
+    {
+        self.sql(move |c| {
+            diesel::update(target.clone())
+                .set(changes.clone())
+                .execute(c)
+        })
+        .await
+    }
+
     /// Declares that the test leaves work in `queue` on purpose (`why` says which and why): the drop check
     /// leaves that queue alone.
     pub fn leaves_queued(&self, queue: Queue, why: &'static str) {
@@ -554,6 +555,15 @@ pub fn header(resp: &Response, name: &str) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned()
+}
+
+/// The string `field` of each object in the JSON array `items` (objects without it are passed over).
+pub fn strings_of<'a>(items: &'a Value, field: &'a str) -> impl Iterator<Item = &'a str> {
+    items
+        .as_array()
+        .expect("a JSON array")
+        .iter()
+        .filter_map(move |item| item[field].as_str())
 }
 
 /// Asserts the contract's error body and returns it.

@@ -9,13 +9,14 @@
 mod app;
 mod connect;
 mod db;
+mod pg_schema;
 mod receiver;
 mod sellers;
 mod wait;
 
 pub use app::{
     Queue, TestApp, TestDatabase, assert_error, base_env, env_vars, fresh_database, header,
-    spawn_app, spawn_app_against, spawn_app_on, spawn_app_with, spawn_app_with_sandbox,
+    spawn_app, spawn_app_against, spawn_app_on, spawn_app_with, spawn_app_with_sandbox, strings_of,
 };
 pub use connect::{
     HOST, OTHER_HOST, attr, browser_client, connect, consent, create_session, follow_result,
@@ -27,6 +28,6 @@ pub use receiver::{Behaviour, Hit, Receiver};
 pub use sellers::{
     Seller, connect_seller, connection, connection_row, event_count, insert_connections,
     lead_numbers, leads_by_number, linked_items, order_body, order_pushed, refresh_now,
-    seed_connection, set_connection_status, skus_made, status_of,
+    save_settings, seed_connection, set_connection_status, skus_made, status_of,
 };
 pub use wait::{Poll, Timeout, wait_until};

@@ -95,12 +95,10 @@ pub async fn status_of(app: &TestApp, seller: &str) -> ConnectionStatus {
 pub async fn set_connection_status(app: &TestApp, seller: &str, status: &'static str) {
     use amocrm_connector::storage::schema::amocrm_connections as c;
     use diesel::prelude::*;
-    let seller = seller.to_owned();
-    app.sql(move |conn| {
-        diesel::update(c::table.filter(c::seller_id.eq(&seller)))
-            .set(c::status.eq(status))
-            .execute(conn)
-    })
+    app.update(
+        c::table.filter(c::seller_id.eq(seller.to_owned())),
+        c::status.eq(status),
+    )
     .await;
 }
 
@@ -352,4 +350,20 @@ pub async fn refresh_now(app: &TestApp, seller: &str) -> Value {
         .await;
     assert_eq!(resp.status().as_u16(), 200, "refresh of {seller}");
     resp.json().await.unwrap()
+}
+
+/// `PUT /api/v1/connections/{seller}/settings` with `body`, which must be answered 200: the settings as
+/// stored.
+pub async fn save_settings(app: &TestApp, seller: &str, body: Value) -> Value {
+    let resp = app
+        .api(
+            reqwest::Method::PUT,
+            &format!("/api/v1/connections/{seller}/settings"),
+            Some(&body),
+        )
+        .await;
+    let status = resp.status().as_u16();
+    let v: Value = resp.json().await.expect("json");
+    assert_eq!(status, 200, "{v}");
+    v
 }
