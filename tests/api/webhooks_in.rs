@@ -10,7 +10,7 @@ use amocrm_connector::services::ingest::{self, AMOCRM_WEBHOOK_SETTINGS, Subscrip
 use amocrm_connector::storage::schema::{amocrm_connections as c, orders};
 use amocrm_connector::storage::{self as st, events, inbox, lead_states};
 use amocrm_connector::workers::{delivery as delivery_worker, webhook_processor};
-use amocrm_sandbox::{SandboxConfig, WebhookFormat};
+use amocrm_sandbox::{SandboxConfig, WebhookFormat, form};
 use diesel::prelude::*;
 use serde_json::{Value, json};
 
@@ -264,12 +264,12 @@ async fn every_real_amocrm_sample_body_is_accepted_stored_and_processed_without_
     for (i, path) in files.iter().enumerate() {
         let raw = std::fs::read_to_string(path).unwrap();
         let bodies: Vec<String> = if path.extension().is_some_and(|e| e == "json") {
-            vec![form_from_json(&serde_json::from_str(&raw).unwrap())]
+            vec![form::from_json(&serde_json::from_str(&raw).unwrap())]
         } else {
             // As captured, and (for the one stored unescaped) as it would travel on the wire.
             let mut v = vec![raw.trim_end().to_owned()];
             if raw.contains('[') {
-                v.push(percent_encode_form(raw.trim_end()));
+                v.push(String::from_utf8(form::percent_encode(raw.trim_end().as_bytes())).unwrap());
             }
             v
         };
@@ -427,7 +427,7 @@ async fn every_entity_and_event_amocrm_lists_is_answered_200_stored_and_ignored_
                     one["type"] = json!("company");
                 }
                 let body = json!({key: {*action: [one]}, "account": account});
-                let resp = post_body(&app, &url, form_from_json(&body)).await;
+                let resp = post_body(&app, &url, form::from_json(&body)).await;
                 let status = resp.status().as_u16();
                 let text = resp.text().await.unwrap_or_default();
                 assert_eq!(status, 200, "{entity} {action} (full: {full}): {text}");
@@ -453,61 +453,6 @@ async fn every_entity_and_event_amocrm_lists_is_answered_200_stored_and_ignored_
         (0, 0, 0),
         "nothing about our orders in them: no event"
     );
-}
-
-/// `{"leads":{"status":[{"id":"1",…}]}}` → `leads[status][0][id]=1&…` (what amoCRM really sends).
-fn form_from_json(v: &Value) -> String {
-    fn walk(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
-        match v {
-            Value::Object(m) => {
-                for (k, v) in m {
-                    let key = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}[{k}]")
-                    };
-                    walk(&key, v, out);
-                }
-            }
-            Value::Array(a) => {
-                for (i, v) in a.iter().enumerate() {
-                    walk(&format!("{prefix}[{i}]"), v, out);
-                }
-            }
-            Value::String(s) => out.push((prefix.to_owned(), s.clone())),
-            other => out.push((prefix.to_owned(), other.to_string())),
-        }
-    }
-    let mut pairs = Vec::new();
-    walk("", v, &mut pairs);
-    serde_urlencoded::to_string(&pairs).unwrap()
-}
-
-/// Percent-encodes a captured form that kept its brackets and Cyrillic raw (spaces stay `+`).
-fn percent_encode_form(raw: &str) -> String {
-    raw.split('&')
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let enc = |s: &str| {
-                s.bytes()
-                    .map(|b| match b {
-                        b'A'..=b'Z'
-                        | b'a'..=b'z'
-                        | b'0'..=b'9'
-                        | b'-'
-                        | b'_'
-                        | b'.'
-                        | b'~'
-                        | b'+'
-                        | b'%' => (b as char).to_string(),
-                        other => format!("%{other:02X}"),
-                    })
-                    .collect::<String>()
-            };
-            format!("{}={}", enc(k), enc(v))
-        })
-        .collect::<Vec<_>>()
-        .join("&")
 }
 
 // ---------- processing, against the sandbox ----------

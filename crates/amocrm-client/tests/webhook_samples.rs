@@ -6,9 +6,9 @@
 use std::time::{Duration, Instant};
 
 use amocrm_client::webhook::{self, LeadAction, WebhookParseError};
+use amocrm_sandbox::form;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::Value;
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!(
@@ -16,64 +16,6 @@ fn fixture(name: &str) -> Vec<u8> {
         env!("CARGO_MANIFEST_DIR")
     ))
     .unwrap()
-}
-
-/// Percent-encodes what a form encoder would (non-ASCII, brackets, ':' '/' '?' …), keeping `=`, `&`, `+` and
-/// existing `%XX` escapes: turns the stored-unescaped capture back into wire bytes.
-fn percent_encode_form(raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for &b in raw {
-        if b.is_ascii_alphanumeric() || b"-_.~=&+%".contains(&b) {
-            out.push(b);
-        } else {
-            out.extend_from_slice(format!("%{b:02X}").as_bytes());
-        }
-    }
-    out
-}
-
-fn form_escape(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        match b {
-            b' ' => out.push('+'),
-            b if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) => out.push(b as char),
-            b => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
-/// Turns Kommo's decoded (JSON tree) webhook examples into the form body amoCRM actually sends.
-fn json_to_form(v: &Value) -> String {
-    fn walk(prefix: &str, v: &Value, out: &mut Vec<String>) {
-        match v {
-            Value::Object(m) => {
-                for (k, v) in m {
-                    let key = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}[{k}]")
-                    };
-                    walk(&key, v, out);
-                }
-            }
-            Value::Array(a) => {
-                for (i, v) in a.iter().enumerate() {
-                    walk(&format!("{prefix}[{i}]"), v, out);
-                }
-            }
-            Value::String(s) => out.push(format!("{}={}", form_escape(prefix), form_escape(s))),
-            other => out.push(format!(
-                "{}={}",
-                form_escape(prefix),
-                form_escape(&other.to_string())
-            )),
-        }
-    }
-    let mut pairs = Vec::new();
-    walk("", v, &mut pairs);
-    pairs.join("&")
 }
 
 #[test]
@@ -87,7 +29,7 @@ fn every_captured_webhook_sample_is_accepted() {
         }
         let mut body = fixture(&name);
         if name.contains("unescaped") {
-            body = percent_encode_form(&body);
+            body = form::percent_encode(&body);
         }
         let parsed = webhook::parse(&body).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(
@@ -125,7 +67,7 @@ fn a_2016_status_change_capture_is_read_field_by_field() {
 
 #[test]
 fn the_won_capture_with_cyrillic_tags_and_bare_date_values_is_read() {
-    let p = webhook::parse(&percent_encode_form(&fixture(
+    let p = webhook::parse(&form::percent_encode(&fixture(
         "webhook-status-lead-2-won-unescaped.txt",
     )))
     .unwrap();
@@ -227,7 +169,7 @@ fn adds_updates_deletes_and_responsible_changes_are_classified() {
 
 #[test]
 fn kommo_documentation_examples_are_accepted_once_form_encoded() {
-    let status = json_to_form(
+    let status = form::from_json(
         &serde_json::from_slice(&fixture("webhook-status-lead-kommo-docs-decoded.json")).unwrap(),
     );
     let p = webhook::parse(status.as_bytes()).unwrap();
@@ -243,7 +185,7 @@ fn kommo_documentation_examples_are_accepted_once_form_encoded() {
     );
     assert!(e.custom_fields.contains(&(1_246_489, vec!["2".to_owned()])));
 
-    let note = json_to_form(
+    let note = form::from_json(
         &serde_json::from_slice(&fixture("webhook-note-lead-kommo-docs-decoded.json")).unwrap(),
     );
     let p = webhook::parse(note.as_bytes()).unwrap();
@@ -252,7 +194,7 @@ fn kommo_documentation_examples_are_accepted_once_form_encoded() {
         (LeadAction::Note, 15_320_411)
     );
 
-    let contact = json_to_form(
+    let contact = form::from_json(
         &serde_json::from_slice(&fixture("webhook-add-contact-kommo-docs-decoded.json")).unwrap(),
     );
     let p = webhook::parse(contact.as_bytes()).unwrap();
@@ -271,7 +213,7 @@ fn all_samples() -> Vec<Vec<u8>> {
         if name.starts_with("webhook-") && name.ends_with(".txt") {
             let body = fixture(&name);
             out.push(if name.contains("unescaped") {
-                percent_encode_form(&body)
+                form::percent_encode(&body)
             } else {
                 body
             });

@@ -30,6 +30,7 @@ pub mod api;
 mod cli;
 pub mod config;
 mod fields;
+pub mod form;
 mod handle;
 pub mod model;
 pub mod oauth;
