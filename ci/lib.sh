@@ -106,6 +106,25 @@ for href in re.findall(r'href="([^"]+)"', page):
 PY
 }
 
+# consent_form AUTHORIZE_URL ACCOUNT: the form the sandbox's consent page posts when the seller presses "Allow"
+# for ACCOUNT: the authorize link's client_id, state and mode, plus the account and the decision.
+consent_form() {
+  python3 - "$1" "$2" <<'PY'
+import sys
+from urllib.parse import parse_qsl, urlencode, urlsplit
+q = dict(parse_qsl(urlsplit(sys.argv[1]).query))
+q.update(account=sys.argv[2], decision="allow")
+print(urlencode(q))
+PY
+}
+
+# expect STATUS...: the last `api` call (its status in $STATUS, its body in $WORK/resp.json) answered one of these.
+expect() {
+  local s
+  for s in "$@"; do [ "$STATUS" = "$s" ] && return 0; done
+  fail "expected HTTP $* but got $STATUS: $(head -c 600 "$WORK/resp.json" 2>/dev/null)"
+}
+
 # finish_on_exit LOG...: on exit, whatever the cause, `finish` with the exit status and these logs.
 finish_on_exit() {
   FINISH_LOGS=("$@")

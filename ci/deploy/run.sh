@@ -334,11 +334,6 @@ api() {
   [ $# -ge 3 ] && args+=(-H 'Content-Type: application/json' --data-binary "$3")
   STATUS=$(curl "${args[@]}") || STATUS=000
 }
-expect() {
-  local s
-  for s in "$@"; do [ "$STATUS" = "$s" ] && return 0; done
-  fail "expected HTTP $* but got $STATUS: $(head -c 600 "$WORK/resp.json" 2>/dev/null)"
-}
 
 # ---- a seller connects (as examples/receivers/run.sh: the sandbox's consent page, with curl) --------------------
 api POST /api/v1/connect-sessions "{\"seller_id\":\"$SELLER\",\"lang\":\"en\"}"
@@ -349,14 +344,7 @@ curl -fsS --max-time 10 -c "$WORK/cookies" -b "$WORK/cookies" -o "$WORK/connect.
   fail "the connect page did not load through nginx"
 AUTHORIZE=$(authorize_link "$WORK/connect.html")
 case "$AUTHORIZE" in "$SANDBOX"/oauth\?*) ;; *) fail "no sandbox authorize link on the connect page: '$AUTHORIZE'" ;; esac
-FORM=$(python3 - "$AUTHORIZE" "$ACCOUNT" <<'PY'
-import sys
-from urllib.parse import parse_qsl, urlencode, urlsplit
-q = dict(parse_qsl(urlsplit(sys.argv[1]).query))
-q.update(account=sys.argv[2], decision="allow")
-print(urlencode(q))
-PY
-)
+FORM=$(consent_form "$AUTHORIZE" "$ACCOUNT")
 CALLBACK=$(curl -sS --max-time 10 -o /dev/null -w '%{redirect_url}' -X POST "$SANDBOX/oauth" --data "$FORM")
 case "$CALLBACK" in "$PUBLIC"/oauth/amocrm/callback\?*code=*) ;; *) fail "consent did not redirect to the callback on nginx: '$CALLBACK'" ;; esac
 CB_STATUS=$(curl -sSL --max-time 60 -c "$WORK/cookies" -b "$WORK/cookies" -o "$WORK/callback.html" -w '%{http_code}' "$CALLBACK") || CB_STATUS=000

@@ -69,11 +69,6 @@ api() {
   [ $# -ge 3 ] && args+=(-H 'Content-Type: application/json' --data-binary "$3")
   STATUS=$(curl "${args[@]}") || STATUS=000
 }
-expect() { # STATUS... : the last api call answered one of these
-  local s
-  for s in "$@"; do [ "$STATUS" = "$s" ] && return 0; done
-  fail "expected HTTP $* but got $STATUS: $(head -c 600 "$WORK/resp.json" 2>/dev/null)"
-}
 
 # ---- receivers -------------------------------------------------------------------------------------------
 rand() { python3 -c 'import secrets; print(secrets.token_urlsafe(24))'; }
@@ -122,14 +117,7 @@ AUTHORIZE=$(authorize_link "$WORK/connect.html")
 [ -n "$AUTHORIZE" ] || fail "no authorize link on the connect page"
 SANDBOX=${AUTHORIZE%%/oauth\?*}
 # Press "Allow" for one seeded account: the consent form posts client_id, state, mode, account, decision.
-FORM=$(python3 - "$AUTHORIZE" "$ACCOUNT" <<'PY'
-import sys
-from urllib.parse import parse_qsl, urlencode, urlsplit
-q = dict(parse_qsl(urlsplit(sys.argv[1]).query))
-q.update(account=sys.argv[2], decision="allow")
-print(urlencode(q))
-PY
-)
+FORM=$(consent_form "$AUTHORIZE" "$ACCOUNT")
 CALLBACK=$(curl -sS --max-time 10 -o /dev/null -w '%{redirect_url}' -X POST "$SANDBOX/oauth" --data "$FORM")
 case "$CALLBACK" in "$BASE"/oauth/amocrm/callback\?*code=*) ;; *) fail "consent did not redirect to the callback: '$CALLBACK'" ;; esac
 CB_STATUS=$(curl -sSL --max-time 20 -c "$WORK/cookies" -b "$WORK/cookies" -o "$WORK/callback.html" -w '%{http_code}' "$CALLBACK")
