@@ -281,6 +281,14 @@ fn domains_var(
     )
 }
 
+/// `key` as a whole number of at least `min`, or `default` when it is unset or blank.
+fn number_var<T>(env: &dyn Env, key: &'static str, min: T, default: T) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
+{
+    non_empty(env, key).map_or(Ok(default), |v| parse_number(key, &v, min))
+}
+
 fn parse_number<T>(key: &'static str, raw: &str, min: T) -> Result<T, ConfigError>
 where
     T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
@@ -294,7 +302,6 @@ where
     Ok(v)
 }
 
-/// A comma list of plain domains such as `amocrm.ru,kommo.com`, lowercased; at least one.
 /// A comma list of host names or IP addresses (IPv6 in brackets or not); empty when unset.
 fn parse_hosts(key: &'static str, raw: Option<&str>) -> Result<Vec<String>, ConfigError> {
     let mut out = Vec::new();
@@ -319,6 +326,7 @@ fn parse_hosts(key: &'static str, raw: Option<&str>) -> Result<Vec<String>, Conf
     Ok(out)
 }
 
+/// A comma list of plain domains such as `amocrm.ru,kommo.com`, lowercased; at least one.
 fn parse_domains(key: &'static str, raw: &str) -> Result<Vec<String>, ConfigError> {
     let domains: Vec<String> = raw
         .split(',')
@@ -391,11 +399,8 @@ impl Settings {
                 .unwrap_or_else(|| "sqlite://data/amocrm-connector.db".to_owned()),
         )
         .map_err(|reason| ConfigError::new("DATABASE_URL", reason))?;
-        let database_pool_size = match non_empty(env, "DATABASE_POOL_SIZE") {
-            Some(v) => parse_number("DATABASE_POOL_SIZE", &v, 1u32)?,
-            None if database_url.is_sqlite() => 4,
-            None => 8,
-        };
+        let pool_default = if database_url.is_sqlite() { 4 } else { 8 };
+        let database_pool_size = number_var(env, "DATABASE_POOL_SIZE", 1u32, pool_default)?;
         let listen_raw =
             non_empty(env, "LISTEN_ADDR").unwrap_or_else(|| "127.0.0.1:8080".to_owned());
         let listen_addr: SocketAddr = listen_raw.parse().map_err(|_| {
@@ -463,10 +468,7 @@ impl Settings {
             "AMOCRM_ACCOUNT_URL_TEMPLATE",
             &amocrm_account_url_template.replace("{host}", "example.amocrm.ru"),
         )?;
-        let amocrm_rate_limit_rps = match non_empty(env, "AMOCRM_RATE_LIMIT_RPS") {
-            Some(v) => parse_number("AMOCRM_RATE_LIMIT_RPS", &v, 1u32)?,
-            None => 7,
-        };
+        let amocrm_rate_limit_rps = number_var(env, "AMOCRM_RATE_LIMIT_RPS", 1u32, 7)?;
         let amocrm_request_timeout =
             duration_var(env, "AMOCRM_REQUEST_TIMEOUT", Duration::from_secs(20))?;
         let token_keys = match non_empty(env, "TOKEN_ENCRYPTION_KEYS") {
@@ -486,13 +488,10 @@ impl Settings {
             }
         };
         let refresh_ahead = duration_var(env, "REFRESH_AHEAD", Duration::from_secs(3600))?;
-        let refresh_concurrency = match non_empty(env, "REFRESH_CONCURRENCY") {
-            Some(v) => parse_number("REFRESH_CONCURRENCY", &v, 1usize)?,
-            // A refresh mostly waits on amoCRM (two calls: the exchange and the subscription check), so the
-            // sweep's rate is this over amoCRM's answer time: at 50 ms, 64 gave 376 refreshes/s, 256 gave
-            // 1,400 (`cargo bench --bench refresh_sweep -- --concurrency 256`).
-            None => 256,
-        };
+        // A refresh mostly waits on amoCRM (two calls: the exchange and the subscription check), so the
+        // sweep's rate is this over amoCRM's answer time: at 50 ms, 64 gave 376 refreshes/s, 256 gave
+        // 1,400 (`cargo bench --bench refresh_sweep -- --concurrency 256`).
+        let refresh_concurrency = number_var(env, "REFRESH_CONCURRENCY", 1usize, 256)?;
         let log_format = match non_empty(env, "LOG_FORMAT").as_deref() {
             Some("json") => LogFormat::Json,
             Some("pretty") => LogFormat::Pretty,
@@ -583,10 +582,7 @@ impl Settings {
             Duration::from_millis(100)..=Duration::from_secs(300),
             "must be between 100ms and 5m",
         )?;
-        let webhook_max_body = match non_empty(env, "WEBHOOK_MAX_BODY_KIB") {
-            Some(v) => parse_number("WEBHOOK_MAX_BODY_KIB", &v, 1usize)? * 1024,
-            None => 256 * 1024,
-        };
+        let webhook_max_body = number_var(env, "WEBHOOK_MAX_BODY_KIB", 1usize, 256)? * 1024;
         Ok(Self {
             delivery_timeout,
             webhook_max_body,

@@ -668,7 +668,8 @@ pub struct DueAccount {
 
 // What is due in each work table at `now` (and not leased by a live worker): one definition for the idle
 // probe, the ranking of accounts, an account's work and the claims, which must agree on it (lead steps:
-// [`super::steps::is_due`]).
+// [`super::steps::is_due`]). They spell out `lease_free!`'s filter, as `auto_type` cannot infer a type
+// through a macro.
 
 /// A queued order due now.
 #[diesel::dsl::auto_type]
