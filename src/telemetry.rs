@@ -38,6 +38,7 @@ pub fn init_with_default(format: LogFormat, default_filter: &str) {
                 fmt.json()
                     .flatten_event(true)
                     .with_current_span(true)
+                    .with_span_list(true)
                     .with_filter(filter_fn(not_client_fault))
                     .with_filter(filter),
             )

@@ -16,6 +16,7 @@ pub struct RotationReport {
 /// Re-encrypts connection tokens and subscription secrets not yet under the active key. Each row is
 /// updated on its own, conditional on its ciphertext being unchanged, so the run can be interrupted and
 /// started again at any point, and a refresh racing with it is never overwritten.
+#[tracing::instrument(name = "key_rotation", skip_all)]
 pub async fn rotate(db: &Db, keys: &Keyring) -> Result<RotationReport, StorageError> {
     let mut report = RotationReport::default();
     let mut after = 0i64;

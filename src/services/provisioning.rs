@@ -74,7 +74,7 @@ pub fn webhook_destination(state: &Context, webhook_token: &str) -> String {
 
 /// Makes sure the seller's pipeline, fields and webhook subscription exist; stores their ids. Errors that
 /// concern one step are recorded on the connection (and retried later), not returned.
-#[tracing::instrument(skip_all, fields(seller_id))]
+#[tracing::instrument(skip_all, fields(seller_id = %seller_id))]
 pub async fn provision(
     state: &Context,
     seller_id: &str,
@@ -405,31 +405,37 @@ pub async fn unsubscribe_best_effort(state: &Context, conn: &Connection) {
 
 /// Retries provisioning of every active connection whose set-up is unfinished and due (worker step).
 /// Returns how many were attempted.
+#[tracing::instrument(name = "provisioning_step", skip_all)]
 pub async fn retry_due(state: &Context) -> Result<usize, StorageError> {
     let due = state.db.connections().provisioning_due(50).await?;
     let n = due.len();
     for seller in due {
-        match provision(state, &seller).await {
-            Ok(r) if r.complete => tracing::info!(seller_id = %seller, "provisioning completed"),
-            Ok(r) => {
-                tracing::info!(seller_id = %seller, missing = ?r.missing, "provisioning still incomplete")
-            }
-            Err(ProvisionError::Busy) => {}
-            Err(ProvisionError::Token(e)) => {
-                tracing::warn!(seller_id = %seller, error = %e, "provisioning could not get a token");
-                // Push the next attempt back so a connection without a usable token is not retried hot.
-                if let Some(row) = state.db.connections().by_seller(&seller).await? {
-                    let next = storage::now() + chrono::Duration::minutes(5);
-                    let error = row.provisioning_error.as_deref();
-                    state
-                        .db
-                        .connections()
-                        .finish_provisioning(row.id, Err((error, next)))
-                        .await?;
-                }
-            }
-            Err(ProvisionError::Storage(e)) => return Err(e),
-        }
+        retry(state, &seller).await?;
     }
     Ok(n)
+}
+
+/// One retry of [`retry_due`], logged in the seller's span.
+#[tracing::instrument(skip_all, fields(seller_id = %seller_id))]
+async fn retry(state: &Context, seller_id: &str) -> Result<(), StorageError> {
+    match provision(state, seller_id).await {
+        Ok(r) if r.complete => tracing::info!("provisioning completed"),
+        Ok(r) => tracing::info!(missing = ?r.missing, "provisioning still incomplete"),
+        Err(ProvisionError::Busy) => {}
+        Err(ProvisionError::Token(e)) => {
+            tracing::warn!(error = %e, "provisioning could not get a token");
+            // Push the next attempt back so a connection without a usable token is not retried hot.
+            if let Some(row) = state.db.connections().by_seller(seller_id).await? {
+                let next = storage::now() + chrono::Duration::minutes(5);
+                let error = row.provisioning_error.as_deref();
+                state
+                    .db
+                    .connections()
+                    .finish_provisioning(row.id, Err((error, next)))
+                    .await?;
+            }
+        }
+        Err(ProvisionError::Storage(e)) => return Err(e),
+    }
+    Ok(())
 }

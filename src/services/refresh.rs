@@ -149,6 +149,7 @@ pub async fn refresh(
 }
 
 /// [`refresh`]; with `suspended_too` a suspended connection is refreshed as well (its probe needs a token).
+#[tracing::instrument(skip_all, fields(seller_id = %seller_id, account_id = tracing::field::Empty))]
 pub async fn refresh_as(
     state: &Context,
     seller_id: &str,
@@ -167,6 +168,7 @@ pub async fn refresh_as(
             .lease_refresh(seller_id, &owner, until)
             .await?;
         if let Some(row) = leased {
+            tracing::Span::current().record("account_id", row.account_id);
             if let Err(e) = check_usable(&row, suspended_too) {
                 release(state, row.id, &owner).await;
                 return Err(e);
@@ -317,17 +319,17 @@ async fn refused(
             } else {
                 SuspendReason::Blocked
             };
-            tracing::warn!(seller_id = %row.seller_id, error = %reason, "amoCRM refuses the account");
+            tracing::warn!(error = %reason, "amoCRM refuses the account");
             super::suspension::suspend(state, &row, why).await?;
             record_transient(state, &row, &owner, &reason, None).await;
             Err(RefreshError::NeedsReconnect(ConnectionStatus::Suspended))
         }
         OAuthError::Rejected { .. } => {
-            tracing::warn!(seller_id = %row.seller_id, error = %reason, "amoCRM refused the refresh token");
+            tracing::warn!(error = %reason, "amoCRM refused the refresh token");
             mark_failed(state, &row, &owner, &reason).await
         }
         other => {
-            tracing::warn!(seller_id = %row.seller_id, error = %reason, "refresh failed, will retry");
+            tracing::warn!(error = %reason, "refresh failed, will retry");
             let told = match other {
                 OAuthError::RateLimited { retry_after } => Some(retry_after),
                 _ => None,
@@ -359,11 +361,8 @@ async fn store_new_pair(
                 let fresh = state
                     .connection_of(&row.seller_id, RefreshError::NotConnected)
                     .await?;
-                tracing::info!(
-                    seller_id = %row.seller_id,
-                    ms = started.elapsed().as_millis() as u64,
-                    "refreshed amoCRM tokens"
-                );
+                let ms = started.elapsed().as_millis() as u64;
+                tracing::info!(ms, "refreshed amoCRM tokens");
                 return Ok(RefreshOutcome::Refreshed(fresh));
             }
             Ok(false) => {
@@ -377,7 +376,7 @@ async fn store_new_pair(
                 .await;
             }
             Err(e) => {
-                tracing::warn!(seller_id = %row.seller_id, attempt, error = %e, "could not store the refreshed pair");
+                tracing::warn!(attempt, error = %e, "could not store the refreshed pair");
                 last_err = Some(e);
                 tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
             }
@@ -498,6 +497,7 @@ impl SweepOutcome {
 
 /// One refresh sweep under the job lease (at most one at a time across instances). A caller that finds a
 /// sweep running waits up to `join_wait` for it and returns its result.
+#[tracing::instrument(name = "refresh_sweep", skip_all)]
 pub async fn sweep(state: &Context, join_wait: Duration) -> Result<SweepOutcome, StorageError> {
     let owner = format!("{}:{}", state.settings.instance_id, random_token(10));
     let ttl = sweep_lease_ttl(state);
@@ -562,14 +562,15 @@ async fn join_running(state: &Context, wait: Duration) -> Result<SweepOutcome, S
 }
 
 /// Re-subscribes a webhook destination amoCRM disabled; failures are logged and retried on the next refresh.
+#[tracing::instrument(skip_all, fields(seller_id = %conn.seller_id, account_id = conn.account_id))]
 async fn check_subscription(state: &Context, conn: &Connection) {
     match crate::services::ingest::ensure_amocrm_subscription(state, conn).await {
         Ok(crate::services::ingest::SubscriptionCheck::Resubscribed { .. }) => {
-            tracing::info!(seller_id = %conn.seller_id, "re-subscribed a disabled amoCRM webhook");
+            tracing::info!("re-subscribed a disabled amoCRM webhook");
         }
         Ok(_) => {}
         Err(e) => {
-            tracing::warn!(seller_id = %conn.seller_id, error = %e, "amoCRM webhook check failed")
+            tracing::warn!(error = %e, "amoCRM webhook check failed")
         }
     }
 }

@@ -49,7 +49,7 @@ pub(super) async fn follow(
     let (host, subdomain) = match locate(state, client, &row, &old, refresh_token).await {
         Located::Moved { host, subdomain } => (host, subdomain),
         Located::Nowhere(why) => {
-            tracing::warn!(seller_id = %row.seller_id, why, "the account's host refused the refresh");
+            tracing::warn!(why, "the account's host refused the refresh");
             let reason = format!("{refused}; {why}");
             return refresh::mark_failed(state, &row, &owner, &reason).await;
         }
@@ -58,7 +58,7 @@ pub(super) async fn follow(
             return Err(RefreshError::Transient(why));
         }
     };
-    tracing::info!(seller_id = %row.seller_id, old = %old, new = %host, "amoCRM account renamed; following it");
+    tracing::info!(old = %old, new = %host, "amoCRM account renamed; following it");
     match client.refresh(&host, refresh_token).await {
         Ok(set) => {
             let pair = refresh::sealed(state, &row, &set);
@@ -153,7 +153,9 @@ async fn locate(
         return Located::Nowhere("the access token names no API host to ask".into());
     };
     let Ok(api_host) = ApiHost::parse(&named, allowed) else {
-        tracing::warn!(seller_id = %row.seller_id, "the access token names an API host outside the platform's; nothing was sent there");
+        tracing::warn!(
+            "the access token names an API host outside the platform's; nothing was sent there"
+        );
         return Located::Nowhere(format!(
             "the access token's API host {named:?} is not one of the platform's"
         ));
@@ -207,10 +209,10 @@ fn recheck_subscription<'a>(
     Box::pin(async move {
         match super::ingest::ensure_amocrm_subscription(state, conn).await {
             Ok(check) => {
-                tracing::info!(seller_id = %conn.seller_id, ?check, "webhook subscription checked after the move")
+                tracing::info!(?check, "webhook subscription checked after the move")
             }
             Err(e) => {
-                tracing::warn!(seller_id = %conn.seller_id, error = %e, "webhook subscription check after the move failed; the sweep retries it")
+                tracing::warn!(error = %e, "webhook subscription check after the move failed; the sweep retries it")
             }
         }
     })

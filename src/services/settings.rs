@@ -86,7 +86,7 @@ async fn connection(state: &Context, seller_id: &str) -> Result<Connection, Sett
 }
 
 /// `GET …/settings`.
-#[tracing::instrument(skip_all, fields(seller_id))]
+#[tracing::instrument(skip_all, fields(seller_id = %seller_id))]
 pub async fn get(state: &Context, seller_id: &str) -> Result<View, SettingsError> {
     let connection = connection(state, seller_id).await?;
     let stored = state.db.settings().get(seller_id).await?;
@@ -95,7 +95,7 @@ pub async fn get(state: &Context, seller_id: &str) -> Result<View, SettingsError
 
 /// `PUT …/settings`: any subset of keys; every problem is reported at once, and nothing is stored unless
 /// all of it holds.
-#[tracing::instrument(skip_all, fields(seller_id))]
+#[tracing::instrument(skip_all, fields(seller_id = %seller_id))]
 pub async fn put(state: &Context, seller_id: &str, body: &Value) -> Result<View, SettingsError> {
     let current = get(state, seller_id).await?;
     let update = current

@@ -34,7 +34,7 @@ fn ttl() -> chrono::Duration {
 }
 
 /// `POST /api/v1/settings-sessions`: the connect link's checks, and the seller must have connected.
-#[tracing::instrument(skip_all, fields(seller_id))]
+#[tracing::instrument(skip_all, fields(seller_id = %seller_id))]
 pub async fn create_session(
     state: &Context,
     seller_id: &str,
@@ -226,7 +226,7 @@ pub struct Ready {
 }
 
 /// Reads the seller's settings and their account (pipelines, users, lead fields).
-#[tracing::instrument(skip_all, fields(seller_id))]
+#[tracing::instrument(skip_all, fields(seller_id = %seller_id))]
 pub async fn load(state: &Context, seller_id: &str) -> Result<Page, StorageError> {
     let view = match settings::get(state, seller_id).await {
         Ok(v) => v,
@@ -267,6 +267,7 @@ pub enum Saved {
 }
 
 /// Saves the page's form through the API's use case.
+#[tracing::instrument(skip_all, fields(seller_id = %seller_id))]
 pub async fn save(state: &Context, seller_id: &str, form: &Form) -> Result<Saved, StorageError> {
     let current = match settings::get(state, seller_id).await {
         Ok(v) => v,

@@ -31,6 +31,7 @@ fn next_probe(state: &Context) -> chrono::NaiveDateTime {
 }
 
 /// Suspends an active connection for `reason` (with its event); false when it was not active.
+#[tracing::instrument(skip_all, fields(seller_id = %conn.seller_id, account_id = conn.account_id))]
 pub async fn suspend(
     state: &Context,
     conn: &Connection,
@@ -52,8 +53,6 @@ pub async fn suspend(
         .await?;
     if suspended {
         tracing::warn!(
-            seller_id = %conn.seller_id,
-            account_id = conn.account_id,
             %reason,
             "amoCRM refuses the account: connection suspended, its orders held"
         );
@@ -78,6 +77,7 @@ pub enum Probe {
 
 /// Probes the seller's suspended connection with `GET /api/v4/account`: when its time is due, or at once
 /// with `now` (a refresh the marketplace asked for). The next probe's time is claimed before the call.
+#[tracing::instrument(skip_all, fields(seller_id = %seller_id))]
 pub async fn probe(state: &Context, seller_id: &str, now: bool) -> Result<Probe, StorageError> {
     let Some(row) = state.db.connections().by_seller(seller_id).await? else {
         return Ok(Probe::NotSuspended);
@@ -113,7 +113,7 @@ pub async fn probe(state: &Context, seller_id: &str, now: bool) -> Result<Probe,
         }
         Err(TokenError::Storage(e)) => Err(e),
         Err(e) => {
-            tracing::info!(seller_id, error = %e, "probe of a suspended connection inconclusive");
+            tracing::info!(error = %e, "probe of a suspended connection inconclusive");
             Ok(Probe::Inconclusive(e.to_string()))
         }
     }
@@ -130,7 +130,7 @@ async fn recover(state: &Context, row: &Connection) -> Result<Probe, StorageErro
         None,
     );
     if state.db.connections().recover(row.id, &event).await? {
-        tracing::info!(seller_id = %row.seller_id, "amoCRM answers the account again: connection active");
+        tracing::info!("amoCRM answers the account again: connection active");
         health::record(state, row.id, Outcome::Ok).await;
         Ok(Probe::Recovered)
     } else {
@@ -147,6 +147,7 @@ pub struct ProbeReport {
 }
 
 /// Probes every suspended connection whose next probe is due (the refresh worker's step).
+#[tracing::instrument(name = "probe_step", skip_all)]
 pub async fn probe_due(state: &Context) -> Result<ProbeReport, StorageError> {
     let mut report = ProbeReport::default();
     for seller in state.db.connections().probes_due(PROBES_PER_STEP).await? {

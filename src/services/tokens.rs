@@ -145,6 +145,7 @@ impl From<RefreshError> for TokenError {
 }
 
 /// A usable access token for `seller_id`, refreshed first if it expires within [`ON_DEMAND_MARGIN`].
+#[tracing::instrument(skip_all, fields(seller_id = %seller_id))]
 pub async fn access(state: &Context, seller_id: &str) -> Result<Grant, TokenError> {
     access_as(state, seller_id, Calling::default()).await
 }
@@ -213,6 +214,7 @@ where
 /// [`with_api`] with its treatment of amoCRM's verdicts chosen by `how` (see [`Calling`]). Unless `how`
 /// says otherwise, a 402 or 403 suspends the connection and comes back as
 /// [`TokenError::NeedsReconnect`]`(Suspended)`: the caller holds its work as for any inactive connection.
+#[tracing::instrument(skip_all, fields(seller_id = %seller_id))]
 pub async fn with_api_as<T, F, Fut>(
     state: &Context,
     seller_id: &str,
@@ -268,10 +270,7 @@ async fn after_401(
 ) -> Result<Connection, TokenError> {
     let seller_id = conn.seller_id.as_str();
     let version = conn.token_version;
-    tracing::info!(
-        seller_id,
-        "amoCRM answered 401; re-reading the stored token pair"
-    );
+    tracing::info!("amoCRM answered 401; re-reading the stored token pair");
     let row = state
         .connection_of(seller_id, TokenError::NotConnected)
         .await?;

@@ -31,7 +31,7 @@ pub struct RefreshBody {
 
 /// The signed-in operator, as the login answer shows it.
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct LoginUser {
     id: i64,
     name: String,
@@ -41,7 +41,7 @@ pub struct LoginUser {
 
 /// `POST /api/auth/login` answer (not wrapped in `data`, like the platform's own auth).
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct LoginResponse {
     access_token: String,
     #[schema(example = "Bearer")]
@@ -54,7 +54,7 @@ pub struct LoginResponse {
 
 /// `POST /api/auth/refresh` answer.
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[expect(dead_code, reason = "read only by the document generator")]
 pub struct RefreshResponse {
     access_token: String,
     /// Use this one next time: the refresh token just presented is used up.

@@ -25,6 +25,7 @@ pub struct Report {
 }
 
 /// One step: retries due provisioning, probes due suspended connections, prunes expired connect sessions.
+#[tracing::instrument(name = "connect_worker_step", skip_all)]
 pub async fn run_once(state: &Context) -> Result<Report, StorageError> {
     let provisioning_attempted = provisioning::retry_due(state).await?;
     let probes = suspension::probe_due(state).await?;

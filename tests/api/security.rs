@@ -18,8 +18,9 @@ use serde_json::{Value, json};
 use amocrm_connector::workers::{delivery as delivery_worker, webhook_processor};
 
 use crate::support::{
-    Behaviour, HOST, OTHER_HOST, Queue, Receiver, TestApp, assert_error, connection, env_vars,
-    header, order_body, query_of, spawn_app, spawn_app_with, until_callback,
+    Behaviour, HOST, OTHER_HOST, Queue, Receiver, TestApp, assert_error, connect_seller,
+    connection, env_vars, header, order_body, query_of, refresh_now, spawn_app, spawn_app_with,
+    until_callback,
 };
 
 // ---------------------------------------------------------------------------------------------------
@@ -566,6 +567,70 @@ async fn no_secret_reaches_the_logs_an_api_answer_or_the_database_in_plain_text(
 
 // ---------------------------------------------------------------------------------------------------
 // One seller's data through another seller's id.
+
+/// The JSON lines logged since `mark` whose message is `message`.
+fn lines_saying(logs: &LogBuffer, mark: usize, message: &str) -> Vec<Value> {
+    String::from_utf8_lossy(&logs.since(mark))
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["message"] == message)
+        .collect()
+}
+
+/// Lines logged deep inside a seller's work (a refresh, a suspension, a probe, a revocation) name the seller
+/// through the spans they were logged in, not through a field each line adds by hand.
+#[tokio::test]
+async fn a_sellers_log_lines_name_the_seller_through_their_spans() {
+    const SELLER: &str = "span-seller";
+    let logs = log_capture();
+    let mark = logs.len();
+    let app = spawn_app().await;
+    connect_seller(&app, SELLER, HOST).await;
+    refresh_now(&app, SELLER).await;
+    app.sandbox.block(HOST).unwrap();
+    let resp = app
+        .api_post("/api/v1/sales/orders", &order_body(SELLER, "SPAN-1"))
+        .await;
+    assert_eq!(resp.status(), 202);
+    let (report, drained) = amocrm_connector::workers::push::drain(&app.state, 200)
+        .await
+        .unwrap();
+    assert!(drained, "{report:?}");
+    assert_eq!(
+        connection(&app, SELLER).await.unwrap().status,
+        ConnectionStatus::Suspended
+    );
+    app.sandbox.clear_block(HOST).unwrap();
+    let body = refresh_now(&app, SELLER).await;
+    assert_eq!(body["data"]["status"], "active", "{body}");
+    let resp = app
+        .api_delete(&format!("/api/v1/connections/{SELLER}"))
+        .await;
+    assert_eq!(resp.status(), 204);
+
+    for message in [
+        "refreshed amoCRM tokens",
+        "amoCRM refuses the account: connection suspended, its orders held",
+        "amoCRM answers the account again: connection active",
+        "removed the amoCRM webhook subscription",
+    ] {
+        let lines = lines_saying(&logs, mark, message);
+        let named = |l: &&Value| {
+            l["spans"]
+                .as_array()
+                .is_some_and(|spans| spans.iter().any(|s| s["seller_id"] == SELLER))
+        };
+        let line = lines.iter().find(named);
+        assert!(
+            line.is_some(),
+            "no line \"{message}\" in a span of {SELLER}: {lines:?}"
+        );
+        assert!(
+            line.unwrap().get("seller_id").is_none(),
+            "the line repeats the span's seller_id: {line:?}"
+        );
+    }
+}
 
 #[tokio::test]
 async fn a_sellers_connection_and_pipeline_never_show_through_another_sellers_id() {

@@ -23,6 +23,7 @@ pub enum UninstallError {
 
 /// amoCRM's uninstall hook: with a valid signature, every connection of the account is revoked (tokens
 /// wiped, `connection.revoked`). Returns how many connections changed.
+#[tracing::instrument(skip_all, fields(account_id = tracing::field::Empty))]
 pub async fn uninstall(
     state: &Context,
     client_uuid: &str,
@@ -48,6 +49,7 @@ pub async fn uninstall(
     let Ok(account_id) = account_id.trim().parse::<i64>() else {
         return Err(UninstallError::BadSignature);
     };
+    tracing::Span::current().record("account_id", account_id);
     let rows = state.db.connections().by_account(account_id).await?;
     let mut changed = 0;
     for row in rows.into_iter().filter(|r| r.platform == platform) {
@@ -55,13 +57,13 @@ pub async fn uninstall(
             changed += 1;
         }
     }
-    tracing::info!(account_id, changed, "uninstall hook processed");
+    tracing::info!(changed, "uninstall hook processed");
     Ok(changed)
 }
 
 /// `DELETE /api/v1/connections/{seller_id}`: unsubscribes the amoCRM webhook (best effort), wipes the tokens,
 /// marks the connection revoked and records `connection.revoked`. Idempotent.
-#[tracing::instrument(skip_all, fields(seller_id))]
+#[tracing::instrument(skip_all, fields(seller_id = %seller_id))]
 pub async fn revoke(state: &Context, seller_id: &str) -> Result<(), ConnectError> {
     let row = get_connection(state, seller_id).await?;
     if row.status == ConnectionStatus::Revoked {
@@ -138,6 +140,7 @@ pub async fn list_with_health(
 
 /// `PUT /api/v1/connections/{seller_id}/pipeline`: a new status mapping, checked against the account (the
 /// pipeline must exist and hold every status).
+#[tracing::instrument(skip_all, fields(seller_id = %seller_id))]
 pub async fn set_pipeline(
     state: &Context,
     seller_id: &str,

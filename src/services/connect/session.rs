@@ -128,7 +128,7 @@ pub fn check_session_fields(
 
 /// `POST /api/v1/connect-sessions`: validates and stores a single-use, 30-minute session for `platform`
 /// (`amocrm` or `kommo`; by default the only configured one, else amoCRM).
-#[tracing::instrument(skip_all, fields(seller_id))]
+#[tracing::instrument(skip_all, fields(seller_id = %seller_id))]
 pub async fn create_session(
     state: &Context,
     seller_id: &str,
