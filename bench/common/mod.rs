@@ -22,6 +22,9 @@ use pg_schema::PgSchema;
 #[path = "../../tests/support/pg_schema.rs"]
 mod pg_schema;
 
+/// The SQLite database file inside a fresh database's temporary folder.
+const SQLITE_FILE: &str = "bench.db";
+
 pub const CLIENT_ID: &str = "bench-client";
 pub const CLIENT_SECRET: &str = "bench-client-secret";
 
@@ -204,7 +207,7 @@ impl Database {
             }
             None => {
                 let dir = tempfile::tempdir().expect("temp dir");
-                let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+                let url = format!("sqlite://{}", dir.path().join(SQLITE_FILE).display());
                 Self {
                     url,
                     dir: Some(dir),
@@ -222,17 +225,25 @@ impl Database {
         }
     }
 
-    /// Bytes the database takes: the SQLite file with its WAL, or the schema's relations.
+    /// Bytes the database takes: the SQLite file with its WAL, or the schema's relations. The WAL is
+    /// checkpointed and truncated first: a WAL file keeps the size of the largest write since it was made,
+    /// so without this the figure says when SQLite last checkpointed rather than what the rows take.
     pub fn size_bytes(&self) -> u64 {
         match (&self.dir, &self.pg) {
-            (Some(dir), _) => std::fs::read_dir(dir.path())
-                .map(|rd| {
-                    rd.filter_map(Result::ok)
-                        .filter_map(|e| e.metadata().ok())
-                        .map(|m| m.len())
-                        .sum()
-                })
-                .unwrap_or(0),
+            (Some(dir), _) => {
+                let file = dir.path().join(SQLITE_FILE);
+                if let Ok(mut conn) = diesel::SqliteConnection::establish(&file.to_string_lossy()) {
+                    let _ = diesel::sql_query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn);
+                }
+                std::fs::read_dir(dir.path())
+                    .map(|rd| {
+                        rd.filter_map(Result::ok)
+                            .filter_map(|e| e.metadata().ok())
+                            .map(|m| m.len())
+                            .sum()
+                    })
+                    .unwrap_or(0)
+            }
             (None, Some(PgSchema { admin_url, name })) => {
                 #[derive(QueryableByName)]
                 struct Size {

@@ -2,7 +2,7 @@
 //! get, add, patch), contacts and companies, notes, lists and links, users, tasks, unsorted requests,
 //! webhooks. Pure state transitions plus the events they cause; the HTTP layer around them lives in
 //! `server`.
-#![allow(
+#![expect(
     clippy::result_large_err,
     reason = "handlers pass ready amoCRM responses up; they are built once per request"
 )]
