@@ -231,10 +231,26 @@ impl Database {
     pub fn size_bytes(&self) -> u64 {
         match (&self.dir, &self.pg) {
             (Some(dir), _) => {
-                let file = dir.path().join(SQLITE_FILE);
-                if let Ok(mut conn) = diesel::SqliteConnection::establish(&file.to_string_lossy()) {
-                    let _ = diesel::sql_query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn);
+                #[derive(QueryableByName)]
+                struct Checkpoint {
+                    /// 1 when a reader or writer kept the checkpoint from finishing.
+                    #[diesel(sql_type = diesel::sql_types::Integer)]
+                    busy: i32,
                 }
+                let file = dir.path().join(SQLITE_FILE);
+                let mut conn = diesel::SqliteConnection::establish(&file.to_string_lossy())
+                    .expect("open the SQLite database to checkpoint it");
+                // The service under test may be writing: wait for it, as its own connections do.
+                diesel::sql_query("PRAGMA busy_timeout = 10000")
+                    .execute(&mut conn)
+                    .expect("set the busy timeout");
+                let done = diesel::sql_query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .get_result::<Checkpoint>(&mut conn)
+                    .expect("checkpoint the SQLite WAL");
+                assert_eq!(
+                    done.busy, 0,
+                    "the WAL checkpoint did not finish; the size would count it"
+                );
                 std::fs::read_dir(dir.path())
                     .map(|rd| {
                         rd.filter_map(Result::ok)
